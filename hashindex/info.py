@@ -1,0 +1,44 @@
+"""`hashindex info`: what a checkpoint, shard directory or index holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import HashindexError
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Summary of a checkpoint: what it is, how it was trained, how good it is."""
+    from .model import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    params = sum(t.numel() for t in ckpt["state_dict"].values())
+    out = {
+        "kind": "checkpoint", "path": ckpt["path"], "model_id": ckpt["model_id"],
+        "arch": f"{ckpt['arch']} v{ckpt['arch_version']}", "bits": ckpt["bits"],
+        "classes": len(ckpt["class_names"]), "class_names": ckpt["class_names"],
+        "input": f"{ckpt['channels']}x{ckpt['input_size']}x{ckpt['input_size']} ({ckpt['resize']})",
+        "train_data": ckpt["train_data"],
+        "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
+        "finished": "train_state" not in ckpt,
+        "accuracy": ckpt["accuracy"], "map": ckpt["map"], "map_protocol": ckpt.get("map_protocol", ""),
+        "parameters": params, "torch_version": ckpt["torch_version"],
+    }
+    return out
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Dispatch on what PATH is."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "manifest.json").exists():
+            from .store import describe_shards
+
+            return describe_shards(p)
+        if (p / "index.json").exists():
+            from .index import describe_index
+
+            return describe_index(p)
+        raise HashindexError(f"{p}: a folder, but neither a shard directory (manifest.json) nor an index (index.json)")
+    return describe_checkpoint(path)

@@ -1,0 +1,311 @@
+"""The hashing network and its checkpoint.
+
+Network In Network (Lin et al. 2014, the CIFAR-10 net) with batch norm after
+every convolution, global average pooling to a 192-d feature, then the latent
+hash layer of DLBHC (Lin et al. 2015): Linear(192 -> K) + sigmoid, whose
+outputs thresholded at 0.5 are the K-bit code, then Linear(K -> classes).
+
+Codes are packed with ``np.packbits(..., bitorder="little")``: bit j of byte i
+is latent unit 8*i + j, the order Faiss's ``real_to_binary`` and binary
+indexes use. The re-ranking feature is the 192-d pooled feature.
+
+A checkpoint is one ``torch.save`` file holding the weights and everything
+needed to use them (see `CHECKPOINT_KEYS`); its ``model_id`` is a hash of the
+architecture and weights, which shards and indexes record so that codes from
+different models are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import HashindexError
+
+ARCH = "nin-hash"
+ARCH_VERSION = 1
+FORMAT = "hashindex-checkpoint"
+FEATURE_DIM = 192
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Module]:
+    """One NIN mlpconv block: a kxk conv then two 1x1 convs, each conv-BN-ReLU."""
+    layers: list[nn.Module] = []
+    for i, cout in enumerate(widths):
+        k = kernel if i == 0 else 1
+        layers += [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True)]
+        cin = cout
+    return layers
+
+
+class NINHash(nn.Module):
+    """NIN trunk + sigmoid latent hash layer + classifier.
+
+    Takes uint8 images (N, C, H, W) and normalises them itself, so the
+    normalisation travels with the weights.
+    """
+
+    def __init__(self, bits: int, num_classes: int, channels: int = 3,
+                 mean: list[float] | None = None, std: list[float] | None = None,
+                 dropout: float = 0.3):
+        super().__init__()
+        if bits < 4 or bits % 4:
+            raise HashindexError(f"--bits {bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
+        self.bits, self.num_classes, self.channels = bits, num_classes, channels
+        mean = mean or [0.5] * channels
+        std = std or [0.25] * channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.trunk = nn.Sequential(
+            *_mlpconv(channels, (192, 160, 96), 5),
+            nn.MaxPool2d(3, stride=2, padding=1), nn.Dropout(dropout),
+            *_mlpconv(96, (192, 192, 192), 5),
+            nn.AvgPool2d(3, stride=2, padding=1), nn.Dropout(dropout),
+            *_mlpconv(192, (192, 192), 3),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.latent = nn.Linear(FEATURE_DIM, bits)
+        self.classifier = nn.Linear(bits, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Small latent weights keep sigmoids off saturation at the start; larger
+        # classifier weights let the gradient reach the trunk through the
+        # sigmoid (std 0.05 there left the first epoch at chance on CIFAR-10).
+        nn.init.normal_(self.latent.weight, std=0.05)
+        nn.init.zeros_(self.latent.bias)
+        nn.init.normal_(self.classifier.weight, std=0.3)
+        nn.init.zeros_(self.classifier.bias)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 images -> (class logits, latent sigmoid activations, 192-d feature).
+
+        The latent and classifier layers run in float32 even under autocast, so
+        a code bit does not flip on bf16 rounding of the last layer.
+        """
+        x = self.normalize(images)
+        x = x.contiguous(memory_format=torch.channels_last)
+        feature = self.trunk(x).float()
+        with torch.autocast(feature.device.type, enabled=False):
+            latent = torch.sigmoid(self.latent(feature))
+            logits = self.classifier(latent)
+        return logits, latent, feature
+
+
+def pack_codes(latent: np.ndarray) -> np.ndarray:
+    """Threshold sigmoid activations at 0.5 and pack bits, Faiss bit order."""
+    return np.packbits(latent > 0.5, axis=1, bitorder="little")
+
+
+def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of pack_codes: (N, bytes) uint8 -> (N, bits) uint8 of 0/1."""
+    return np.unpackbits(codes, axis=1, count=bits, bitorder="little")
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    """bf16 autocast where asked for and supported; a no-op context otherwise."""
+    if bf16 and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto'; a one-line error if CUDA is asked for but absent."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HashindexError(f"--device {device}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HashindexError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+@dataclass
+class HashModel:
+    """A loaded checkpoint: the network plus what is needed to use it."""
+
+    net: NINHash
+    meta: dict[str, Any]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bf16: bool = True
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["model_id"]
+
+    @property
+    def bits(self) -> int:
+        return self.meta["bits"]
+
+    @property
+    def input_size(self) -> int:
+        return self.meta["input_size"]
+
+    @property
+    def channels(self) -> int:
+        return self.meta["channels"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    @property
+    def code_bytes(self) -> int:
+        return (self.bits + 7) // 8
+
+    def to(self, device: str | torch.device, bf16: bool | None = None) -> "HashModel":
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.net.to(self.device)
+        if self.device.type == "cpu":
+            self.net.to(memory_format=torch.channels_last)
+        if bf16 is not None:
+            self.bf16 = bf16
+        return self
+
+    @torch.inference_mode()
+    def forward_numpy(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 (N,C,H,W) -> (latent float32 N,K, feature float32 N,192, logits N,classes)."""
+        self.net.eval()
+        x = torch.as_tensor(images).to(self.device, non_blocking=True)
+        with autocast_for(self.device, self.bf16):
+            logits, latent, feature = self.net(x)
+        return latent.float().cpu().numpy(), feature.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def encode(self, images: torch.Tensor | np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N,C,H,W) -> (packed codes N x ceil(K/8) uint8, features N x 192 float32)."""
+        codes, feats = [], []
+        for start in range(0, len(images), batch_size):
+            latent, feature, _ = self.forward_numpy(images[start:start + batch_size])
+            codes.append(pack_codes(latent))
+            feats.append(feature)
+        if not codes:
+            return np.zeros((0, self.code_bytes), np.uint8), np.zeros((0, FEATURE_DIM), np.float32)
+        return np.concatenate(codes), np.concatenate(feats)
+
+    def encode_images(self, images: list, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """PIL images -> (codes, features), applying the checkpoint's transform."""
+        from .data import to_array
+
+        arr = np.stack([to_array(im, self.input_size, self.channels) for im in images])
+        return self.encode(arr, batch_size)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+CHECKPOINT_KEYS = (
+    "format", "format_version", "arch", "arch_version", "model_id", "bits", "num_classes",
+    "class_names", "input_size", "channels", "mean", "std", "resize", "train_data",
+    "epochs", "epochs_planned", "accuracy", "map", "torch_version", "hashindex_version",
+    "train_args", "history", "state_dict",
+)
+
+
+def compute_model_id(state_dict: dict[str, torch.Tensor], bits: int) -> str:
+    """Content hash of architecture + weights: the same weights give the same id."""
+    h = hashlib.sha256(f"{ARCH}/{ARCH_VERSION}/{bits}".encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
+    """Checkpoint dict for a network (weights moved to CPU, model id computed)."""
+    from . import __version__
+
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+             for k, v in net.state_dict().items()}
+    meta = {
+        "format": FORMAT, "format_version": 1, "arch": ARCH, "arch_version": ARCH_VERSION,
+        "model_id": compute_model_id(state, net.bits), "bits": net.bits,
+        "num_classes": net.num_classes, "channels": net.channels,
+        "mean": (net.mean.flatten() / 255).tolist(), "std": (net.std.flatten() / 255).tolist(),
+        "resize": "squash", "torch_version": str(torch.__version__), "hashindex_version": __version__,
+        "state_dict": state,
+    }
+    meta.update(info)
+    return meta
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A checkpoint path, or the name of a model shipped in hashindex/weights/."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = WEIGHTS_DIR / f"{name_or_path}.pt"
+    if shipped.exists():
+        return shipped
+    names = sorted(f.stem for f in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []
+    hint = f" (shipped models: {', '.join(names)})" if names else ""
+    raise HashindexError(f"--model {name_or_path}: no such checkpoint file{hint}")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint dict; one-line HashindexError if it is not one."""
+    path = resolve_model_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for non-checkpoint files
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise HashindexError(f"{path}: not a hashindex checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise HashindexError(f"{path}: not a hashindex checkpoint (no '{FORMAT}' header)")
+    if ckpt.get("arch") != ARCH or ckpt.get("arch_version") != ARCH_VERSION:
+        raise HashindexError(
+            f"{path}: architecture {ckpt.get('arch')} v{ckpt.get('arch_version')} is not supported "
+            f"(this hashindex reads {ARCH} v{ARCH_VERSION})"
+        )
+    if compute_model_id(ckpt["state_dict"], ckpt["bits"]) != ckpt["model_id"]:
+        raise HashindexError(f"{path}: weights do not match the recorded model id (corrupt checkpoint)")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
+    net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"])
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()
+
+
+def load_model(path: str | Path, device: str = "cpu", bf16: bool = True) -> HashModel:
+    """Load a checkpoint (path or shipped name) ready to encode images."""
+    ckpt = read_checkpoint(path)
+    net = net_from_checkpoint(ckpt)
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+    return HashModel(net, meta).to(device, bf16=bf16)

@@ -1,0 +1,85 @@
+"""Shared fixtures: real data from ../shared/data and tiny image files made here."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("HASHINDEX_DATA", ROOT.parent / "shared" / "data"))
+CIFAR_TRAIN = DATA / "cifar10-jpeg" / "train.tar"
+CIFAR_TEST = DATA / "cifar10-jpeg" / "test.tar"
+MNIST_TEST = DATA / "mnist-png" / "test.tar"
+FASHION = DATA / "fashion-mnist"
+
+
+def need(path: Path) -> Path:
+    """Skip the test (with the reason) when a shared data file is absent."""
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent (set HASHINDEX_DATA)")
+    return path
+
+
+def image_bytes(fmt: str = "JPEG", size=(40, 30), mode: str = "RGB", seed: int = 0) -> bytes:
+    """A small random image encoded in `fmt`."""
+    rng = np.random.default_rng(seed)
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    arr = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if bands == 1 else arr, "L" if bands == 1 else ("RGBA" if bands == 4 else "RGB"))
+    if mode not in ("L", "RGB", "RGBA"):
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_mixed_folder(root: Path) -> dict[str, str]:
+    """Good and broken images in class folders; returns {relative path: expected reason or ''}."""
+    good = image_bytes("JPEG", seed=1)
+    files = {
+        "cat/good.jpg": (good, ""),
+        "cat/grey.jpg": (image_bytes("JPEG", mode="L", seed=2), ""),
+        "cat/rgba.png": (image_bytes("PNG", mode="RGBA", seed=3), ""),
+        "dog/tiny.png": (image_bytes("PNG", size=(1, 1), seed=4), ""),
+        "dog/palette.gif": (image_bytes("GIF", mode="P", seed=5), ""),
+        "dog/cmyk.jpg": (image_bytes("JPEG", mode="CMYK", seed=6), ""),
+        "dog/big.jpg": (image_bytes("JPEG", size=(4000, 3000), seed=7), ""),
+        "dog/pic.webp": (image_bytes("WEBP", seed=8), ""),
+        "dog/pic.bmp": (image_bytes("BMP", seed=9), ""),
+        "cat/truncated.jpg": (good[: len(good) // 2], "truncated"),
+        "cat/empty.jpg": (b"", "empty"),
+        "dog/text.jpg": (b"this is not an image\n", "not-an-image"),
+    }
+    for rel, (data, _) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "dog" / "notes.txt").write_text("not an image extension: ignored\n")
+    return {rel: reason for rel, (_, reason) in files.items()}
+
+
+def make_tar(path: Path, members: dict[str, bytes]) -> Path:
+    mode = "w:gz" if path.name.endswith(".gz") else "w"
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A real checkpoint: 48 bits, trained 1 epoch on 300 CIFAR-10 images (about 10 s)."""
+    from hashindex import train
+
+    need(CIFAR_TRAIN)
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    train(str(CIFAR_TRAIN), str(out), val=str(CIFAR_TEST), val_limit=200, limit=300,
+          epochs=1, bits=48, workers=0, progress=False)
+    return out

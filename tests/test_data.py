@@ -1,0 +1,185 @@
+"""Image sources on real shared data and on tiny (partly broken) files made here."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashindex import HashindexError
+from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, to_array,
+                            to_mode)
+from tests.conftest import (CIFAR_TEST, FASHION, MNIST_TEST, image_bytes, make_mixed_folder,
+                            make_tar, need)
+
+
+def read_all(src):
+    """{path: reason or ''} after trying every item."""
+    out = {}
+    for i in range(len(src)):
+        try:
+            src.read_array(i, 32, 3)
+            out[src.paths[i]] = ""
+        except BadImage as e:
+            out[src.paths[i]] = e.reason
+    return out
+
+
+def test_folder_tree_labels_and_bad_files(tmp_path):
+    expected = make_mixed_folder(tmp_path)
+    src = open_source(tmp_path)
+    assert src.class_names == ["cat", "dog"]
+    assert sorted(src.paths) == src.paths == sorted(expected)  # notes.txt ignored, order sorted
+    for path, label in zip(src.paths, src.labels):
+        assert src.class_names[label] == path.split("/")[0]
+    assert read_all(src) == expected
+    assert list(src.ids()) == list(range(len(expected)))
+    again = open_source(tmp_path)
+    assert again.paths == src.paths and list(again.ids()) == list(src.ids())
+
+
+def test_load_arrays_counts_skips(tmp_path):
+    make_mixed_folder(tmp_path)
+    skips = SkipLog()
+    images, labels, ids = load_arrays(open_source(tmp_path), 32, 3, workers=0, progress=False, skips=skips)
+    assert images.shape == (9, 3, 32, 32) and images.dtype == np.uint8
+    assert dict(skips.counts) == {"truncated": 1, "empty": 1, "not-an-image": 1}
+    assert skips.summary() == "3 skipped (1 empty, 1 not-an-image, 1 truncated)"
+    assert len(ids) == 9 and len(set(ids.tolist())) == 9
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(image_bytes("PNG", seed=i))
+    src = open_source(tmp_path)
+    assert src.class_names == [] and list(src.labels) == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("name", ["set.tar", "set.tar.gz"])
+def test_tar_sources(tmp_path, name):
+    members = {f"data/{c}/{i}.jpg": image_bytes(seed=10 * k + i) for k, c in enumerate(["b", "a"]) for i in range(4)}
+    members["data/a/broken.jpg"] = b"\xff\xd8\xff garbage"
+    members["README"] = b"not an image"
+    src = open_source(make_tar(tmp_path / name, members))
+    assert len(src) == 9 and src.class_names == ["a", "b"]
+    assert src.paths[0] == "data/b/0.jpg"  # archive order
+    result = read_all(src)
+    assert result.pop("data/a/broken.jpg") in ("corrupt", "not-an-image", "truncated")
+    assert set(result.values()) == {""}
+    # bytes read in place equal what was archived, in any order (gzip reopens backwards)
+    for i in [3, 0, 7, 1]:
+        assert src.read_bytes(i) == members[src.paths[i]]
+
+
+def test_real_cifar_tar():
+    src = open_source(need(CIFAR_TEST))
+    assert len(src) == 10000
+    assert src.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert np.bincount(src.labels).tolist() == [1000] * 10
+    img = src.read(0)
+    assert img.size == (32, 32) and img.mode == "RGB"
+    assert src.class_names[src.labels[0]] == src.paths[0].split("/")[1]
+
+
+def test_real_mnist_png_tar_is_greyscale():
+    src = open_source(need(MNIST_TEST))
+    assert len(src) == 10000 and src.class_names == [str(d) for d in range(10)]
+    assert src.read(5).mode == "L"
+    assert to_array(src.read(5), 32, 3).shape == (3, 32, 32)
+
+
+def test_real_fashion_mnist_idx():
+    need(FASHION)
+    train = open_source(FASHION)
+    test = open_source(f"{FASHION}:test")
+    assert len(train) == 60000 and len(test) == 10000
+    assert train.class_names[0] == "T-shirt/top" and train.greyscale
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert test.read(0).size == (28, 28)
+
+
+def write_idx(path, arr):
+    header = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_made_idx_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(7, dtype=np.uint8))
+    src = open_source(f"{tmp_path}:test")
+    assert len(src) == 7 and list(src.labels) == list(range(7))
+    assert np.array_equal(np.asarray(src.read(3)), images[3])
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"junk"))
+    with pytest.raises(HashindexError, match="not a valid IDX"):
+        open_source(f"{tmp_path}:test")
+
+
+def test_cifar_python_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    data = rng.integers(0, 256, (5, 3072), dtype=np.uint8)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0, 1, 2, 3, 4]}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in "abcdefghij"]}, f)
+    src = open_source(f"{tmp_path}:test")
+    assert len(src) == 5 and src.class_names == list("abcdefghij")
+    expect = data[2].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(np.asarray(src.read(2)), expect)
+    with pytest.raises(HashindexError, match="data_batch_1"):
+        open_source(tmp_path)  # train split absent
+
+
+def test_file_list(tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "list.csv").write_text(
+        "path,label\n# a comment\nimgs/cat/good.jpg,cat\n\nimgs/dog/pic.bmp,dog\nimgs/cat/missing.jpg,cat\n"
+    )
+    src = open_source(tmp_path / "list.csv")
+    assert src.class_names == ["cat", "dog"] and list(src.labels) == [0, 1, 0]
+    assert list(read_all(src).values()) == ["", "", "missing"]
+    (tmp_path / "ints.txt").write_text(f"{tmp_path}/imgs/cat/good.jpg,3\nimgs/dog/pic.bmp\n")
+    ints = open_source(tmp_path / "ints.txt")
+    assert list(ints.labels) == [3, -1]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("/no/such/path", "no such file or directory"),
+    ("{tmp}/empty", "holds no images"),
+    ("{tmp}/x.json", "expected a folder"),
+    ("{tmp}/bad.tar", "not a readable tar"),
+])
+def test_bad_specs(tmp_path, spec, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"junk")
+    with pytest.raises(HashindexError, match=message) as err:
+        open_source(spec.format(tmp=tmp_path), "--data")
+    assert "\n" not in str(err.value) and "--data" in str(err.value)
+
+
+def test_modes_are_converted():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    assert to_mode(rgba, 3).getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    i16 = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert to_mode(i16, 1).getpixel((0, 0)) == 255
+    grey = Image.new("L", (4, 4), 77)
+    assert to_mode(grey, 3).getpixel((0, 0)) == (77, 77, 77)
+    cmyk = Image.new("CMYK", (4, 4), (0, 0, 0, 0))
+    assert to_mode(cmyk, 3).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decode_reasons():
+    with pytest.raises(BadImage) as e:
+        decode_image(b"")
+    assert e.value.reason == "empty"
+    with pytest.raises(BadImage) as e:
+        decode_image(b"GIF89a nonsense")
+    assert e.value.reason in ("corrupt", "truncated", "not-an-image")
+    big = decode_image(image_bytes(size=(4000, 3000)), max_side=64)
+    assert max(big.size) <= 4000 // 8 * 2  # JPEG draft decodes at reduced scale

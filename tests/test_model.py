@@ -1,0 +1,123 @@
+"""The network: shapes, code bit order, encode, checkpoint round trip and errors."""
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from hashindex import HashindexError, load_model
+from hashindex.model import (NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint,
+                             unpack_codes)
+
+
+@pytest.mark.parametrize("bits", [12, 16, 24, 32, 48, 64])
+def test_forward_shapes(bits):
+    net = NINHash(bits, 10).eval()
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    logits, latent, feature = net(x)
+    assert logits.shape == (5, 10) and latent.shape == (5, bits) and feature.shape == (5, 192)
+    assert float(latent.detach().min()) >= 0 and float(latent.detach().max()) <= 1
+
+
+def test_greyscale_and_other_sizes():
+    net = NINHash(24, 3, channels=1).eval()
+    logits, latent, feature = net(torch.randint(0, 256, (2, 1, 48, 40), dtype=torch.uint8))
+    assert latent.shape == (2, 24) and feature.shape == (2, 192)
+
+
+@pytest.mark.parametrize("bits", [3, 10, 0])
+def test_bits_must_be_multiple_of_4(bits):
+    with pytest.raises(HashindexError, match="--bits"):
+        NINHash(bits, 10)
+
+
+@pytest.mark.parametrize("bits", [12, 48, 64])
+def test_bit_order_matches_faiss(bits):
+    rng = np.random.default_rng(bits)
+    latent = rng.random((50, bits), dtype=np.float32)
+    codes = pack_codes(latent)
+    assert codes.shape == (50, (bits + 7) // 8) and codes.dtype == np.uint8
+    assert np.array_equal(unpack_codes(codes, bits), (latent > 0.5).astype(np.uint8))
+    if bits % 8 == 0:  # faiss.real_to_binary needs whole bytes
+        ref = np.zeros((50, bits // 8), np.uint8)
+        centred = np.ascontiguousarray(latent - 0.5)  # keep a reference: swig_ptr does not
+        faiss.real_to_binary(50 * bits, faiss.swig_ptr(centred), faiss.swig_ptr(ref))
+        assert np.array_equal(codes, ref)
+    # Hamming distance from faiss equals the number of differing thresholded bits
+    if bits % 8 == 0:
+        index = faiss.IndexBinaryFlat(bits)
+        index.add(codes)
+        dist, nn = index.search(codes[:5], 50)
+        bits01 = latent > 0.5
+        for q in range(5):
+            expect = (bits01[q] != bits01[nn[q]]).sum(axis=1)
+            assert np.array_equal(dist[q], expect)
+
+
+def test_encode_real_model(tiny_model):
+    from hashindex.data import open_source
+    from tests.conftest import CIFAR_TEST
+
+    model = load_model(tiny_model)
+    src = open_source(CIFAR_TEST).subset(100)
+    images = np.stack([src.read_array(i, 32, 3) for i in range(100)])
+    codes, feats = model.encode(images)
+    assert codes.shape == (100, 6) and codes.dtype == np.uint8
+    assert feats.shape == (100, 192) and feats.dtype == np.float32
+    latent, feature, _ = model.forward_numpy(images)
+    assert np.array_equal(codes, pack_codes(latent))
+    assert len({c.tobytes() for c in codes}) > 10  # codes are not all alike
+    # batch size does not change the codes
+    codes_b, _ = model.encode(images, batch_size=7)
+    assert (codes_b != codes).sum() <= 2  # bf16 trunk: at most a stray bit near 0.5
+    codes_pil, _ = model.encode_images([src.read(i) for i in range(100)])
+    assert (codes_pil != codes).sum() <= 2
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = NINHash(32, 4, mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.3])
+    meta = build_meta(net, class_names=list("abcd"), input_size=32, train_data="x", epochs=1,
+                      epochs_planned=1, accuracy=0.5, map=0.4, history=[], train_args={})
+    path = tmp_path / "m.pt"
+    atomic_torch_save(meta, path)
+    model = load_model(path, bf16=False)
+    assert model.model_id == meta["model_id"] and model.bits == 32 and model.class_names == list("abcd")
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    net.eval()
+    with torch.no_grad():
+        expect = net(x)[1].numpy()
+    assert np.allclose(model.forward_numpy(x)[0], expect, atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_model_id_depends_on_weights(tmp_path):
+    a, b = NINHash(48, 10), NINHash(48, 10)
+    assert build_meta(a)["model_id"] != build_meta(b)["model_id"]
+    assert build_meta(a)["model_id"] == build_meta(a)["model_id"]
+
+
+def test_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(HashindexError, match="not a hashindex checkpoint"):
+        read_checkpoint(text)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(HashindexError, match="not a hashindex checkpoint"):
+        read_checkpoint(other)
+    with pytest.raises(HashindexError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_unknown_arch_version_and_tampering(tmp_path):
+    meta = build_meta(NINHash(12, 2), class_names=["a", "b"], input_size=32)
+    path = tmp_path / "m.pt"
+    torch.save({**meta, "arch_version": 99}, path)
+    with pytest.raises(HashindexError, match="v99 is not supported"):
+        read_checkpoint(path)
+    tampered = dict(meta)
+    tampered["state_dict"] = {k: v.clone() for k, v in meta["state_dict"].items()}
+    tampered["state_dict"]["latent.bias"] += 1
+    torch.save(tampered, path)
+    with pytest.raises(HashindexError, match="corrupt"):
+        read_checkpoint(path)

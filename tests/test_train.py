@@ -1,0 +1,95 @@
+"""Training: a real short run, resume after interruption, user errors through the CLI."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hashindex import HashindexError, load_model, train
+from hashindex.cli import cli
+from hashindex.model import read_checkpoint
+from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_tar, need
+
+
+def test_tiny_model_is_usable(tiny_model):
+    model = load_model(tiny_model)
+    assert model.bits == 48 and len(model.class_names) == 10
+    ckpt = read_checkpoint(tiny_model)
+    assert "train_state" not in ckpt and ckpt["epochs"] == 1
+    assert 0 <= ckpt["accuracy"] <= 1 and 0 < ckpt["map"] <= 1
+    assert ckpt["train_data"].startswith("tar ") and ckpt["torch_version"] == str(torch.__version__)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after_epoch(n):
+    def log(line):
+        if line.startswith(f"epoch {n}/"):
+            raise Interrupt
+    return log
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    from hashindex.train import TrainConfig, train as run
+
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16)
+    full = tmp_path / "full.pt"
+    run(TrainConfig(out=str(full), **opts), progress=False, log=lambda s: None)
+    part = tmp_path / "part.pt"
+    with pytest.raises(Interrupt):
+        run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
+    half = read_checkpoint(part)
+    assert half["epochs"] == 1 and "train_state" in half
+    with pytest.raises(HashindexError, match="already exists"):
+        run(TrainConfig(out=str(part), **opts), progress=False, log=lambda s: None)
+    with pytest.raises(HashindexError, match="bits=16"):
+        run(TrainConfig(out=str(part), **{**opts, "bits": 32}), resume=True)
+    run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
+    a, b = read_checkpoint(full), read_checkpoint(part)
+    assert b["epochs"] == 2 and "train_state" not in b
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-5), k
+    with pytest.raises(HashindexError, match="finished checkpoint"):
+        run(TrainConfig(out=str(part), **opts), resume=True, progress=False)
+
+
+def test_cli_train_and_errors(tmp_path):
+    need(CIFAR_TRAIN)
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["train", "--data", "/no/such/path", "--out", str(tmp_path / "m.pt")])
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "hashindex: error: --data /no/such/path: no such file or directory"
+    # a training set with a corrupt JPEG inside: skipped, counted, training goes on
+    members = {f"t/{c}/{i}.jpg": image_bytes(seed=i + 10 * k) for k, c in enumerate("ab") for i in range(12)}
+    members["t/a/broken.jpg"] = image_bytes(seed=99)[:200]
+    tar = make_tar(tmp_path / "t.tar", members)
+    out = tmp_path / "m.pt"
+    ok = runner.invoke(cli, ["-q", "train", "--data", str(tar), "--bits", "12", "--epochs", "1",
+                             "--workers", "0", "--out", str(out), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert "1 skipped (1 truncated)" in ok.output
+    assert '"truncated": 1' in ok.output
+    assert load_model(out).bits == 12
+    again = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    cuda = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "c.pt"), "--device", "cuda"])
+    if not torch.cuda.is_available():
+        assert cuda.exit_code == 2 and "CUDA is not available" in cuda.output
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    (unlabelled / "x.png").write_bytes(image_bytes("PNG"))
+    res = runner.invoke(cli, ["train", "--data", str(unlabelled), "--out", str(tmp_path / "u.pt")])
+    assert res.exit_code == 2 and "needs labelled images" in res.output
+
+
+def test_cli_info(tiny_model, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["info", str(tiny_model), "--json"])
+    assert res.exit_code == 0 and '"bits": 48' in res.output
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01 not a checkpoint")
+    res = runner.invoke(cli, ["info", str(junk)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "not a hashindex checkpoint" in res.output
