@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .errors import HashindexError  # noqa: E402
 from .model import HashModel, load_model  # noqa: E402
+from .store import ShardSet  # noqa: E402
 from .train import TrainConfig  # noqa: E402
 
 
@@ -21,4 +22,11 @@ def train(data: str, out: str, resume: bool = False, overwrite: bool = False,
                   overwrite=overwrite, progress=progress)
 
 
-__all__ = ["HashindexError", "HashModel", "TrainConfig", "load_model", "train", "__version__"]
+def extract(model, data, out, **options) -> dict:
+    """Encode a collection into HDF5 shards; see `hashindex.extract.extract`."""
+    from .extract import extract as _extract
+
+    return _extract(model, data, out, **options)
+
+
+__all__ = ["extract", "HashindexError", "HashModel", "TrainConfig", "load_model", "train", "ShardSet", "__version__"]

@@ -102,10 +102,46 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 
 
 @cli.command()
+@click.option("--model", required=True, help="Checkpoint file or shipped model name.")
+@click.option("--data", required=True, help="Images: folder, tar, list, IDX or CIFAR dir (see data/README.md).")
+@click.option("--out", required=True, help="Shard directory to write (resumed if it exists).")
+@click.option("--shard-size", default=100_000, show_default=True, type=int, help="Source items per shard.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--features", default="float16", show_default=True, type=click.Choice(["float16", "float32", "none"]),
+              help="Re-ranking features to store.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only this many images (spread evenly).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--no-bf16", is_flag=True, help="Run the net in float32.")
+@click.option("--overwrite", is_flag=True, help="Delete the shards in --out and start over.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.pass_context
+def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, device,
+            no_bf16, overwrite, as_json):
+    """Encode an image collection into HDF5 shards (codes, features, ids, labels, paths).
+
+    Rerunning the same command after an interruption finishes the job: complete
+    shards are kept, the unfinished one is redone.
+
+    \b
+    Example:
+      hashindex extract --model m.pt --data ../shared/data/cifar10-jpeg/test.tar --out shards/test
+    """
+    from .extract import extract as api_extract
+
+    manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
+                           workers=workers, features=features, device=device, bf16=not no_bf16,
+                           overwrite=overwrite, limit=limit, progress=ctx.obj["progress"],
+                           log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(manifest)
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json):
-    """Summarise a checkpoint (or a shipped model name).
+    """Summarise a checkpoint, a shard directory or an index.
 
     \b
     Example:

@@ -540,10 +540,15 @@ class SkipLog:
         return sum(self.counts.values())
 
     def summary(self) -> str:
-        if not self.total:
-            return "0 skipped"
-        parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
-        return f"{self.total} skipped ({parts})"
+        return skip_summary(self.counts)
+
+
+def skip_summary(counts: dict[str, int]) -> str:
+    """'0 skipped' or '3 skipped (1 empty, 2 truncated)'."""
+    total = sum(counts.values())
+    if not total:
+        return "0 skipped"
+    return f"{total} skipped (" + ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) + ")"
 
 
 class ImageDataset(torch.utils.data.Dataset):

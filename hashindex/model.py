@@ -18,8 +18,6 @@ different models are never mixed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import HashindexError
+from .files import atomic_path
 
 ARCH = "nin-hash"
 ARCH_VERSION = 1
@@ -248,19 +247,9 @@ def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temp file beside path, then rename it into place."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:

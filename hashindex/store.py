@@ -1,0 +1,225 @@
+"""The shard store: HDF5 shards of codes, features, ids, labels and paths.
+
+This is the contract between extraction and everything after it; the layout
+is documented in docs/FORMAT.md. A shard directory holds ``shard-NNNNN.h5``
+files and a ``manifest.json`` that lists only complete shards (with their
+SHA-256), so a reader never sees a shard still being written.
+
+Codes and features are stored contiguous and uncompressed: they do not
+compress (codes are near-random bits) and a contiguous dataset can be
+memory-mapped with numpy at its file offset, which is how large stores are
+read without loading them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from .errors import HashindexError
+from .files import atomic_path, atomic_write_json, read_json, sha256_file
+
+FORMAT = "hashindex-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SKIPPED = "skipped.txt"
+FIELDS = ("codes", "features", "ids", "labels", "paths")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+@dataclass
+class ShardData:
+    """The rows of one shard, plus the items of its range that were skipped."""
+
+    codes: np.ndarray  # (n, code_bytes) uint8
+    features: np.ndarray | None  # (n, d) float16/float32
+    ids: np.ndarray  # (n,) int64
+    labels: np.ndarray  # (n,) int32
+    paths: list[str]
+    skipped: list[tuple[int, str, str]]  # (id, path, reason)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
+    """Write one shard atomically; returns its SHA-256."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.create_dataset("codes", data=data.codes)
+            if data.features is not None:
+                f.create_dataset("features", data=data.features)
+            f.create_dataset("ids", data=data.ids.astype(np.int64))
+            f.create_dataset("labels", data=data.labels.astype(np.int32))
+            f.create_dataset("paths", data=data.paths, dtype=h5py.string_dtype("utf-8"))
+            sk = f.create_group("skipped")
+            sk.create_dataset("ids", data=np.array([s[0] for s in data.skipped], np.int64))
+            sk.create_dataset("paths", data=[s[1] for s in data.skipped], dtype=h5py.string_dtype("utf-8"))
+            sk.create_dataset("reasons", data=[s[2] for s in data.skipped], dtype=h5py.string_dtype("utf-8"))
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        digest = sha256_file(tmp)
+    return digest
+
+
+def read_shard(path: Path, fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
+    """Load the named fields of one shard into memory (paths as a list of str)."""
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        for name in fields:
+            if name not in f:
+                out[name] = None
+            elif name == "paths":
+                out[name] = [p.decode("utf-8") if isinstance(p, bytes) else p for p in f[name][()]]
+            else:
+                out[name] = f[name][()]
+    return out
+
+
+def memmap_dataset(path: Path, name: str) -> np.ndarray:
+    """A read-only numpy memmap of a contiguous, uncompressed dataset in a shard."""
+    with h5py.File(path, "r") as f:
+        ds = f[name]
+        offset, shape, dtype = ds.id.get_offset(), ds.shape, ds.dtype
+    if offset is None:  # empty or not contiguous: fall back to reading it
+        return read_shard(path, (name,))[name]
+    return np.memmap(path, mode="r", dtype=dtype, shape=shape, offset=offset)
+
+
+class ShardSet:
+    """A complete (or partly complete) shard directory, read through its manifest."""
+
+    def __init__(self, directory: str | Path, flag: str = "SHARD_DIR", require_complete: bool = True):
+        self.dir = Path(directory)
+        mpath = self.dir / MANIFEST
+        if not self.dir.is_dir():
+            raise HashindexError(f"{flag} {self.dir}: no such directory")
+        if not mpath.exists():
+            raise HashindexError(f"{flag} {self.dir}: not a shard directory (no {MANIFEST}; run hashindex extract)")
+        try:
+            self.manifest = read_json(mpath)
+        except (OSError, ValueError) as e:
+            raise HashindexError(f"{flag} {mpath}: unreadable manifest ({e})") from None
+        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
+            raise HashindexError(f"{flag} {mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+        if require_complete and not self.manifest.get("complete"):
+            done, total = len(self.manifest["shards"]), self.manifest["shards_planned"]
+            raise HashindexError(f"{flag} {self.dir}: extraction unfinished ({done}/{total} shards); "
+                                 "rerun the same hashindex extract command to finish it")
+
+    @classmethod
+    def from_manifest(cls, directory: str | Path, manifest: dict[str, Any]) -> "ShardSet":
+        """A ShardSet over an in-memory manifest (used while extraction writes it)."""
+        shards = cls.__new__(cls)
+        shards.dir, shards.manifest = Path(directory), manifest
+        return shards
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def bits(self) -> int:
+        return self.manifest["bits"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest.get("class_names", [])
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    def shard_paths(self) -> list[Path]:
+        return [self.dir / s["file"] for s in self.manifest["shards"]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for path in self.shard_paths():
+            yield read_shard(path)
+
+    def load(self, fields: tuple[str, ...] = ("codes", "features", "ids", "labels")) -> dict[str, Any]:
+        """All shards' fields concatenated in id order (paths as one list)."""
+        parts = [read_shard(p, fields) for p in self.shard_paths()]
+        out: dict[str, Any] = {}
+        for name in fields:
+            values = [p[name] for p in parts if p[name] is not None]
+            if name == "paths":
+                out[name] = [x for v in values for x in v]
+            elif values:
+                out[name] = np.concatenate(values)
+            else:
+                out[name] = None
+        return out
+
+    def memmap(self, name: str) -> list[np.ndarray]:
+        """Per-shard read-only memmaps of ``codes`` or ``features``."""
+        return [memmap_dataset(p, name) for p in self.shard_paths()]
+
+    def verify(self) -> list[str]:
+        """Names of shards whose SHA-256 differs from the manifest (or that are missing)."""
+        bad = []
+        for s in self.manifest["shards"]:
+            p = self.dir / s["file"]
+            if not p.exists() or sha256_file(p) != s["sha256"]:
+                bad.append(s["file"])
+        return bad
+
+    def skipped(self) -> list[tuple[int, str, str]]:
+        out = []
+        for path in self.shard_paths():
+            with h5py.File(path, "r") as f:
+                g = f["skipped"]
+                for i, p, r in zip(g["ids"][()], g["paths"][()], g["reasons"][()]):
+                    out.append((int(i), p.decode() if isinstance(p, bytes) else p,
+                                r.decode() if isinstance(r, bytes) else r))
+        return out
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now, "updated": now,
+            "complete": False, "shards": [], **fields}
+
+
+def save_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Recompute totals from the shard entries and write the manifest atomically."""
+    shards = manifest["shards"]
+    reasons: dict[str, int] = {}
+    for s in shards:
+        for r, n in s["skipped_by_reason"].items():
+            reasons[r] = reasons.get(r, 0) + n
+    manifest["totals"] = {
+        "read": sum(s["stop"] - s["start"] for s in shards),
+        "written": sum(s["rows"] for s in shards),
+        "skipped": sum(reasons.values()),
+        "skipped_by_reason": dict(sorted(reasons.items())),
+    }
+    manifest["complete"] = len(shards) == manifest["shards_planned"]
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(directory / MANIFEST, manifest)
+
+
+def describe_shards(directory: str | Path) -> dict[str, Any]:
+    """Summary for `hashindex info SHARD_DIR`."""
+    shards = ShardSet(directory, require_complete=False)
+    m = shards.manifest
+    labels = np.concatenate([read_shard(p, ("labels",))["labels"] for p in shards.shard_paths()] or [np.zeros(0, np.int32)])
+    names = shards.class_names
+    hist = {(names[k] if 0 <= k < len(names) else str(k)): int(n)
+            for k, n in zip(*np.unique(labels, return_counts=True))}
+    return {
+        "kind": "shards", "path": str(shards.dir), "complete": m["complete"],
+        "shards": f"{len(m['shards'])}/{m['shards_planned']}", "rows": shards.rows,
+        "model_id": m["model_id"], "bits": m["bits"],
+        "features": f"{m['feature_dim']} x {m['feature_dtype']}" if m["feature_dtype"] != "none" else "none",
+        "source": m["source"]["description"], "skipped": m["totals"]["skipped"],
+        "skipped_by_reason": m["totals"]["skipped_by_reason"], "labels": hist,
+    }

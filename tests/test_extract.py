@@ -1,0 +1,141 @@
+"""Extraction into HDF5 shards: exact codes, kill -9 and resume, broken images, user errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import ShardSet, extract, load_model
+from hashindex.cli import cli
+from hashindex.data import open_source
+from tests.conftest import CIFAR_TEST, make_mixed_folder, need
+
+
+def test_cifar_test_tar_exact(tiny_model, tmp_path):
+    need(CIFAR_TEST)
+    out = tmp_path / "shards"
+    manifest = extract(str(tiny_model), str(CIFAR_TEST), out, shard_size=4000, progress=False,
+                       log=lambda s: None)
+    assert manifest["complete"] and manifest["totals"] == {
+        "read": 10000, "written": 10000, "skipped": 0, "skipped_by_reason": {}}
+    assert [s["rows"] for s in manifest["shards"]] == [4000, 4000, 2000]
+    shards = ShardSet(out)
+    data = shards.load(("codes", "features", "ids", "labels", "paths"))
+    src = open_source(CIFAR_TEST)
+    assert np.array_equal(data["ids"], np.arange(10000))
+    assert data["paths"] == src.paths
+    assert np.array_equal(data["labels"], src.labels)
+    assert data["codes"].shape == (10000, 6) and data["features"].dtype == np.float16
+    # bit for bit what model.encode gives for the same images in the same batches
+    model = load_model(tiny_model)
+    images = np.stack([src.read_array(i, 32, 3) for i in range(512)])
+    codes, feats = model.encode(images, batch_size=256)
+    assert np.array_equal(codes, data["codes"][:512])
+    assert np.allclose(feats.astype(np.float16), data["features"][:512])
+    # memory-mapped reads give the same arrays
+    assert np.array_equal(np.concatenate(shards.memmap("codes")), data["codes"])
+    assert not shards.verify()
+    with h5py.File(out / "shard-00000.h5") as f:
+        assert f.attrs["model_id"] == model.model_id and f.attrs["bits"] == 48
+    # rerun: nothing to do
+    again = extract(str(tiny_model), str(CIFAR_TEST), out, shard_size=4000, progress=False, log=lambda s: None)
+    assert again["shards"] == manifest["shards"]
+
+
+def _run_extract(model, out, *extra):
+    return [sys.executable, "-m", "hashindex", "-q", "extract", "--model", str(model), "--data",
+            str(CIFAR_TEST), "--out", str(out), "--shard-size", "400", "--limit", "2400",
+            "--workers", "1", *extra]
+
+
+def _shard_arrays(directory):
+    shards = ShardSet(directory)
+    data = shards.load(("codes", "features", "ids", "labels", "paths"))
+    entries = [{k: v for k, v in s.items() if k != "sha256"} for s in shards.manifest["shards"]]
+    return data, entries, shards.manifest["totals"]
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
+    need(CIFAR_TEST)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(_run_extract(tiny_model, clean), check=True)
+    proc = subprocess.Popen(_run_extract(tiny_model, killed))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = killed / "manifest.json"
+        if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = json.loads((killed / "manifest.json").read_text())
+    assert not partial["complete"] and 2 <= len(partial["shards"]) < 6
+    # an unfinished directory is refused by readers
+    with pytest.raises(Exception, match="unfinished"):
+        ShardSet(killed)
+    subprocess.run(_run_extract(tiny_model, killed), check=True)
+    a, b = _shard_arrays(clean), _shard_arrays(killed)
+    for key in ("codes", "features", "ids", "labels"):
+        assert np.array_equal(a[0][key], b[0][key]), key
+    assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
+    assert not [p for p in os.listdir(killed) if p.endswith(".tmp")]
+
+
+def test_broken_images_are_counted(tiny_model, tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data",
+                                   str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "extracted 9 images" in res.output
+    assert "3 skipped (1 empty, 1 not-an-image, 1 truncated)" in res.output
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["totals"]["skipped_by_reason"] == {"empty": 1, "not-an-image": 1, "truncated": 1}
+    lines = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[2] for line in lines) == ["empty", "not-an-image", "truncated"]
+    assert ShardSet(tmp_path / "out").load(("codes",))["codes"].shape == (9, 6)
+
+
+def test_user_errors(tiny_model, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "imgs").mkdir()
+    make_mixed_folder(tmp_path / "imgs")
+    notckpt = tmp_path / "notes.txt"
+    notckpt.write_text("hello")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--model", str(tmp_path / "none.pt"), "--data", str(tmp_path / "imgs")], "no such checkpoint"),
+        (["--model", str(notckpt), "--data", str(tmp_path / "imgs")], "not a hashindex checkpoint"),
+        (["--model", str(tiny_model), "--data", str(tmp_path / "empty")], "holds no images"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "o"
+        res = runner.invoke(cli, ["extract", *args, "--out", str(out)])
+        assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+        assert not (out / "manifest.json").exists()
+    # a shard dir of another model is refused, and left as it was
+    from hashindex.model import NINHash, atomic_torch_save, build_meta
+
+    other = tmp_path / "other.pt"
+    atomic_torch_save(build_meta(NINHash(48, 10), class_names=load_model(tiny_model).class_names,
+                                 input_size=32), other)
+    out = tmp_path / "mixed"
+    ok = runner.invoke(cli, ["-q", "extract", "--model", str(other), "--data", str(tmp_path / "imgs"),
+                             "--out", str(out), "--workers", "0"])
+    assert ok.exit_code == 0
+    before = (out / "manifest.json").read_bytes()
+    res = runner.invoke(cli, ["extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
+                              "--out", str(out), "--workers", "0"])
+    assert res.exit_code == 2 and "another model" in res.output
+    assert (out / "manifest.json").read_bytes() == before
+    res = runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
+                              "--out", str(out), "--workers", "0", "--overwrite"])
+    assert res.exit_code == 0 and ShardSet(out).model_id == load_model(tiny_model).model_id
+    res = runner.invoke(cli, ["info", str(out), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["rows"] == 9
