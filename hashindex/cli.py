@@ -138,6 +138,82 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 
 
 @cli.command()
+@click.argument("shard_dir")
+@click.option("--out", required=True, help="Index directory to create.")
+@click.option("--binary", default="flat", show_default=True,
+              type=click.Choice(["flat", "ivf", "hnsw", "multihash"]), help="Coarse Hamming index.")
+@click.option("--rerank", default="flat", show_default=True,
+              type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
+@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
+@click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print index.json.")
+@click.pass_context
+def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, overwrite, as_json):
+    """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
+
+    \b
+    Example:
+      hashindex build shards/train --out index/train --binary flat --rerank flat
+    """
+    from .index import build as api_build
+
+    meta = api_build(shard_dir, out, binary=binary, rerank=rerank, nlist=nlist, nprobe=nprobe,
+                     overwrite=overwrite, progress=ctx.obj["progress"],
+                     log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(meta)
+
+
+@cli.command()
+@click.argument("index_dir")
+@click.argument("images", nargs=-1)
+@click.option("--model", default=None, help="Checkpoint or shipped name [default: the shipped model matching the index].")
+@click.option("--k", "k", default=10, show_default=True, type=int, help="Results per query.")
+@click.option("--candidates", default=None, type=int, help="Coarse pool re-ranked by features [default: 10 x k].")
+@click.option("--radius", default=None, type=int, help="Return every item within this Hamming distance (inclusive).")
+@click.option("--no-rerank", is_flag=True, help="Hamming order only.")
+@click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
+@click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
+@click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
+              help="Batch results format [default: from --out's suffix].")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Batch job: replace --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, by_id, queries, out, fmt,
+          batch_size, device, overwrite, as_json):
+    """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
+
+    \b
+    Examples:
+      hashindex query index/train cat.jpg dog.png --model m.pt --k 10
+      hashindex query index/train --by-id 42 --radius 2 --json
+      hashindex query index/train --queries shards/test --out results.h5
+    """
+    from . import search
+
+    if queries or out:
+        if not (queries and out):
+            raise HashindexError("--queries and --out go together (a batch job needs both)")
+        job = search.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
+                                  batch_size=batch_size, fmt=fmt, model=model, device=device,
+                                  overwrite=overwrite, progress=ctx.obj["progress"],
+                                  log=lambda line: click.echo(line, err=as_json))
+        if as_json:
+            _echo_json(job)
+        return
+    rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
+                                 candidates=candidates, radius=radius, rerank=not no_rerank, device=device)
+    if as_json:
+        _echo_json(rows)
+    else:
+        click.echo(search.format_table(rows))
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json):

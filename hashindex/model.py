@@ -265,6 +265,14 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise HashindexError(f"--model {name_or_path}: no such checkpoint file{hint}")
 
 
+def find_model_for(model_id: str) -> Path:
+    """The shipped checkpoint whose model id is ``model_id`` (for queries without --model)."""
+    for path in sorted(WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []:
+        if read_checkpoint(path)["model_id"] == model_id:
+            return path
+    raise HashindexError(f"--model: needed to encode images (no shipped model has id {model_id})")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate a checkpoint dict; one-line HashindexError if it is not one."""
     path = resolve_model_path(path)

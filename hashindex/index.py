@@ -1,0 +1,262 @@
+"""`hashindex build`: Faiss indexes over a shard directory.
+
+Two Faiss indexes, both addressed by *position* (row order of the shards):
+  * a binary index for coarse Hamming search: IndexBinaryFlat, IndexBinaryIVF,
+    IndexBinaryHNSW or IndexBinaryMultiHash;
+  * a float re-rank store over the shards' features: IndexFlatL2, or
+    IndexScalarQuantizer (fp16 / 8-bit) or IndexPQ to save memory.
+A table (``table.h5``) maps positions to the stable ids, labels, paths and
+unpadded codes, so results come back as the shards' ids.
+
+Codes are zero-padded to the nearest code size Faiss has a fast Hamming
+kernel for (4, 8, 16, 20, 32, 64 bytes): zero bits change no distance, and
+a 6-byte (48-bit) flat search is several times slower than an 8-byte one.
+
+INDEX_DIR is built in a temp folder beside it and renamed into place, so a
+directory named INDEX_DIR is always complete.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .errors import HashindexError
+from .files import atomic_write_json, read_json, sha256_file
+from .store import MANIFEST, ShardSet
+
+FORMAT = "hashindex-index"
+FORMAT_VERSION = 1
+INDEX_JSON = "index.json"
+BINARY_FILE = "binary.faiss"
+RERANK_FILE = "rerank.faiss"
+TABLE_FILE = "table.h5"
+FAST_CODE_BYTES = (4, 8, 16, 20, 32, 64)
+BINARY_KINDS = ("flat", "ivf", "hnsw", "multihash")
+RERANK_KINDS = ("flat", "fp16", "sq8", "pq", "none")
+
+
+def padded_bytes(code_bytes: int) -> int:
+    """Smallest Faiss fast-path code size holding ``code_bytes`` (multiples of 8 past 64)."""
+    for size in FAST_CODE_BYTES:
+        if size >= code_bytes:
+            return size
+    return -(-code_bytes // 8) * 8
+
+
+def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
+    """Append zero bytes to each code (no Hamming distance changes)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.shape[1] == nbytes:
+        return codes
+    out = np.zeros((len(codes), nbytes), np.uint8)
+    out[:, : codes.shape[1]] = codes
+    return out
+
+
+def default_params(kind: str, n: int, bits: int) -> dict[str, Any]:
+    """Default parameters per binary index kind, scaled with the database size."""
+    if kind == "ivf":
+        nlist = int(min(max(4 * math.sqrt(n), 1), max(n // 39, 1), 65536))
+        return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
+    if kind == "hnsw":
+        return {"M": 32, "efConstruction": 80, "efSearch": 128}
+    if kind == "multihash":
+        b = 16 if bits >= 32 else max(4, bits // 2)
+        return {"nhash": max(1, bits // b), "b": b, "nflip": 1}
+    return {}
+
+
+def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.IndexBinary:
+    """A new, empty binary index of ``dim`` (padded) bits."""
+    if kind == "flat":
+        return faiss.IndexBinaryFlat(dim)
+    if kind == "ivf":
+        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dim), dim, params["nlist"])
+        index.nprobe = params["nprobe"]
+        index.own_fields = True
+        return index
+    if kind == "hnsw":
+        index = faiss.IndexBinaryHNSW(dim, params["M"])
+        index.hnsw.efConstruction = params["efConstruction"]
+        index.hnsw.efSearch = params["efSearch"]
+        return index
+    if kind == "multihash":
+        index = faiss.IndexBinaryMultiHash(dim, params["nhash"], params["b"])
+        index.nflip = params["nflip"]
+        return index
+    raise HashindexError(f"--binary {kind}: expected one of {', '.join(BINARY_KINDS)}")
+
+
+def make_rerank_index(kind: str, dim: int) -> faiss.Index | None:
+    if kind == "none":
+        return None
+    if kind == "flat":
+        return faiss.IndexFlatL2(dim)
+    if kind == "fp16":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+    if kind == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit)
+    if kind == "pq":
+        m = next(m for m in (48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0)
+        return faiss.IndexPQ(dim, m, 8)
+    raise HashindexError(f"--rerank {kind}: expected one of {', '.join(RERANK_KINDS)}")
+
+
+def _training_sample(shards: ShardSet, name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to n rows of a field, drawn evenly from all shards (memory-mapped reads)."""
+    parts = shards.memmap(name)
+    total = sum(len(p) for p in parts)
+    take = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    out = []
+    for j, p in enumerate(parts):
+        sel = take[(take >= bounds[j]) & (take < bounds[j + 1])] - bounds[j]
+        out.append(np.asarray(p[sel]))
+    return np.concatenate(out)
+
+
+def _check_shards(shards: ShardSet, rerank: str) -> None:
+    if shards.rows == 0:
+        raise HashindexError(f"SHARD_DIR {shards.dir}: holds no rows")
+    if rerank != "none" and shards.manifest["feature_dtype"] == "none":
+        raise HashindexError(f"--rerank {rerank}: {shards.dir} was extracted with --features none; "
+                             "use --rerank none or extract features")
+
+
+def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
+          nlist: int | None = None, nprobe: int | None = None, seed: int = 0,
+          overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+    """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json."""
+    t0 = time.time()
+    shards = ShardSet(shard_dir, "SHARD_DIR")
+    _check_shards(shards, rerank)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    n, bits = shards.rows, shards.bits
+    code_bytes = shards.manifest["code_bytes"]
+    pbytes = padded_bytes(code_bytes)
+    params = default_params(binary, n, bits)
+    if binary == "ivf":
+        params["nlist"] = nlist or params["nlist"]
+        params["nprobe"] = nprobe or min(params["nprobe"], params["nlist"])
+        if params["nlist"] > n:
+            raise HashindexError(f"--nlist {params['nlist']}: more lists than the {n} items to index")
+    bindex = make_binary_index(binary, pbytes * 8, params)
+    dim = shards.manifest["feature_dim"]
+    findex = make_rerank_index(rerank, dim) if rerank != "none" else None
+    rng = np.random.default_rng(seed)
+    if not bindex.is_trained:
+        sample = _training_sample(shards, "codes", max(256 * params.get("nlist", 1), 100_000), rng)
+        bindex.train(pad_codes(sample, pbytes))
+    if findex is not None and not findex.is_trained:
+        findex.train(_training_sample(shards, "features", 100_000, rng).astype(np.float32))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _fill(shards, bindex, findex, pbytes, tmp / TABLE_FILE, progress)
+        faiss.write_index_binary(bindex, str(tmp / BINARY_FILE))
+        if findex is not None:
+            faiss.write_index(findex, str(tmp / RERANK_FILE))
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model_id": shards.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
+            "class_names": shards.class_names,
+            "binary": {"kind": binary, "faiss": type(bindex).__name__, "padded_bytes": pbytes, **params},
+            "rerank": {"kind": rerank, "faiss": type(findex).__name__ if findex is not None else None,
+                       "dim": dim if findex is not None else 0, "metric": "L2"},
+            "source": {"dir": str(Path(shard_dir).resolve()),
+                       "manifest_sha256": sha256_file(Path(shard_dir) / MANIFEST)},
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_s": round(time.time() - t0, 3),
+            "memory": _memory_figures(tmp, n),
+        }
+        atomic_write_json(tmp / INDEX_JSON, meta)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}), "
+        f"{rerank} re-rank store, {meta['memory']['bytes_per_item']:.1f} bytes/item, {meta['build_s']:.1f} s")
+    return meta
+
+
+def _fill(shards: ShardSet, bindex, findex, pbytes: int, table_path: Path, progress: bool) -> None:
+    """Add every shard's codes/features to the indexes and write the position table."""
+    n = shards.rows
+    with h5py.File(table_path, "w") as table:
+        t_ids = table.create_dataset("ids", (n,), np.int64)
+        t_labels = table.create_dataset("labels", (n,), np.int32)
+        t_codes = table.create_dataset("codes", (n, shards.manifest["code_bytes"]), np.uint8)
+        t_paths = table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
+        pos = 0
+        for path in tqdm(shards.shard_paths(), desc="build", unit="shard", disable=not progress):
+            with h5py.File(path, "r") as f:
+                codes = f["codes"][()]
+                m = len(codes)
+                bindex.add(pad_codes(codes, pbytes))
+                if findex is not None:
+                    findex.add(np.ascontiguousarray(f["features"][()], dtype=np.float32))
+                t_ids[pos:pos + m] = f["ids"][()]
+                t_labels[pos:pos + m] = f["labels"][()]
+                t_codes[pos:pos + m] = codes
+                t_paths[pos:pos + m] = f["paths"][()]
+            pos += m
+
+
+def _memory_figures(folder: Path, n: int) -> dict[str, Any]:
+    sizes = {name: (folder / f).stat().st_size if (folder / f).exists() else 0
+             for name, f in (("binary_bytes", BINARY_FILE), ("rerank_bytes", RERANK_FILE),
+                             ("table_bytes", TABLE_FILE))}
+    sizes["bytes_per_item"] = sum(sizes.values()) / max(n, 1)
+    return sizes
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to ``out``, replacing an old index if present."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_index_meta(directory: str | Path, flag: str = "INDEX_DIR") -> dict[str, Any]:
+    """index.json of a complete index directory (one-line error otherwise)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise HashindexError(f"{flag} {d}: no such directory")
+    if not (d / INDEX_JSON).exists():
+        raise HashindexError(f"{flag} {d}: not a complete hashindex index (no {INDEX_JSON}; run hashindex build)")
+    try:
+        meta = read_json(d / INDEX_JSON)
+    except (OSError, ValueError) as e:
+        raise HashindexError(f"{flag} {d / INDEX_JSON}: unreadable ({e})") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise HashindexError(f"{flag} {d}: not a {FORMAT} v{FORMAT_VERSION} index")
+    needed = [BINARY_FILE, TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
+    missing = [f for f in needed if not (d / f).exists()]
+    if missing:
+        raise HashindexError(f"{flag} {d}: incomplete index, missing {', '.join(missing)}")
+    return meta
+
+
+def describe_index(directory: str | Path) -> dict[str, Any]:
+    """Summary for `hashindex info INDEX_DIR`."""
+    meta = read_index_meta(directory)
+    return {"kind": "index", "path": str(directory), "count": meta["count"], "model_id": meta["model_id"],
+            "bits": meta["bits"], "binary": meta["binary"], "rerank": meta["rerank"],
+            "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"]}

@@ -1,0 +1,415 @@
+"""Coarse-to-fine retrieval (`hashindex query`).
+
+Coarse: the binary Faiss index returns a pool of ``candidates`` positions by
+Hamming distance. Fine: the float re-rank store gives the L2 distance of the
+query's feature to each candidate, and the pool is re-ordered by it. This is
+the DLBHC retrieval scheme, with every distance computed by Faiss.
+
+Orders are deterministic: coarse results by (Hamming, position), re-ranked
+results by (L2, Hamming, position).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import h5py
+import numpy as np
+
+from .errors import HashindexError
+from .index import BINARY_FILE, RERANK_FILE, TABLE_FILE, pad_codes, read_index_meta
+
+MISSING = -1
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query; -1 ids / positions where the index had fewer results."""
+
+    ids: np.ndarray  # (Q, k) int64 stable ids
+    positions: np.ndarray  # (Q, k) int64 rows of the index
+    hamming: np.ndarray  # (Q, k) int32
+    distance: np.ndarray  # (Q, k) float32 L2^2 of features, nan without re-ranking
+
+
+def _read_binary(path: Path, mmap: bool) -> faiss.IndexBinary:
+    if mmap:
+        try:
+            return faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP)
+        except RuntimeError:
+            pass  # index types without mmap support are read into memory
+    return faiss.read_index_binary(str(path))
+
+
+def _read_float(path: Path, mmap: bool) -> faiss.Index:
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        except RuntimeError:
+            pass
+    return faiss.read_index(str(path))
+
+
+class Index:
+    """A built INDEX_DIR, loaded for searching."""
+
+    def __init__(self, directory: str | Path, mmap: bool = True):
+        self.dir = Path(directory)
+        self.meta = read_index_meta(self.dir)
+        self.binary = _read_binary(self.dir / BINARY_FILE, mmap)
+        self.rerank = _read_float(self.dir / RERANK_FILE, mmap) if self.meta["rerank"]["kind"] != "none" else None
+        with h5py.File(self.dir / TABLE_FILE, "r") as t:
+            self.ids = t["ids"][()]
+            self.labels = t["labels"][()]
+        if len(self.ids) != self.binary.ntotal:
+            raise HashindexError(f"INDEX_DIR {self.dir}: table and binary index disagree "
+                                 f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
+        self._id_order = np.argsort(self.ids, kind="stable")
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = True) -> "Index":
+        return cls(directory, mmap)
+
+    @property
+    def count(self) -> int:
+        return int(self.binary.ntotal)
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["model_id"]
+
+    @property
+    def bits(self) -> int:
+        return self.meta["bits"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.get("class_names", [])
+
+    def check_model(self, model_id: str, what: str = "--model") -> None:
+        if model_id != self.model_id:
+            raise HashindexError(f"{what}: model {model_id} differs from the index's model {self.model_id} "
+                                 "(codes of different models cannot be compared)")
+
+    # ------------------------------------------------------------------ lookups
+
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Index rows of stable ids; one-line error for an id not in the index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids = self.ids[self._id_order]
+        at = np.searchsorted(sorted_ids, ids)
+        ok = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == ids)
+        if not ok.all():
+            raise HashindexError(f"--by-id {ids[~ok][0]}: no item with this id in {self.dir}")
+        return self._id_order[at]
+
+    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (codes, features) of index rows; features None without a re-rank store."""
+        positions = np.asarray(positions, dtype=np.int64)
+        uniq, inv = np.unique(positions, return_inverse=True)
+        with h5py.File(self.dir / TABLE_FILE, "r") as t:
+            codes = t["codes"][uniq][inv.ravel()]
+        feats = self.rerank.reconstruct_batch(positions) if self.rerank is not None else None
+        return codes, feats
+
+    def paths(self, positions: np.ndarray) -> list[str]:
+        """Source paths of index rows (read lazily from the table)."""
+        flat = np.asarray(positions, dtype=np.int64).ravel()
+        valid = np.unique(flat[flat >= 0])
+        with h5py.File(self.dir / TABLE_FILE, "r") as t:
+            got = t["paths"][valid] if len(valid) else []
+        lut = {int(p): (s.decode() if isinstance(s, bytes) else s) for p, s in zip(valid, got)}
+        return [lut.get(int(p), "") for p in flat]
+
+    # ------------------------------------------------------------------ search
+
+    def _pad(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.uint8)
+        if codes.ndim != 2 or codes.shape[1] != self.meta["code_bytes"]:
+            raise HashindexError(f"query codes of shape {codes.shape}: expected (n, {self.meta['code_bytes']})")
+        return pad_codes(codes, self.meta["binary"]["padded_bytes"])
+
+    def coarse(self, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-m positions by Hamming distance, ordered by (distance, position)."""
+        m = min(m, self.count)
+        dist, pos = self.binary.search(self._pad(codes), m)
+        pos = pos.astype(np.int64)
+        dist = np.where(pos < 0, np.iinfo(np.int32).max, dist).astype(np.int64)
+        key = dist * (self.count + 1) + np.where(pos < 0, self.count, pos)
+        order = np.argsort(key, axis=1, kind="stable")
+        dist = np.take_along_axis(dist, order, 1)
+        pos = np.take_along_axis(pos, order, 1)
+        return np.where(pos < 0, MISSING, dist).astype(np.int32), pos
+
+    def float_distances(self, features: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Squared L2 between each query's feature and its candidates (inf where pos is -1)."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        q, m = pos.shape
+        safe = np.ascontiguousarray(np.where(pos < 0, 0, pos), dtype=np.int64)
+        out = np.empty((q, m), np.float32)
+        if isinstance(self.rerank, faiss.IndexFlat):
+            self.rerank.compute_distance_subset(q, faiss.swig_ptr(x), m, faiss.swig_ptr(out), faiss.swig_ptr(safe))
+        else:  # quantized store: decode the candidates, exact distance to the query
+            uniq, inv = np.unique(safe, return_inverse=True)
+            rec = self.rerank.reconstruct_batch(uniq)
+            cand = rec[inv.reshape(q, m)]
+            out = ((cand - x[:, None, :]) ** 2).sum(axis=2, dtype=np.float32)
+        out[pos < 0] = np.inf
+        return out
+
+    def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
+               candidates: int | None = None, rerank: bool = True) -> SearchResult:
+        """Coarse Hamming search for a pool of candidates, re-ranked by feature distance."""
+        if k < 1:
+            raise HashindexError(f"--k {k}: expected a positive number of results")
+        if k > self.count:
+            raise HashindexError(f"--k {k}: the index holds only {self.count} items")
+        do_rerank = rerank and self.rerank is not None and features is not None
+        m = max(candidates or 10 * k, k) if do_rerank else k
+        ham, pos = self.coarse(codes, m)
+        if do_rerank:
+            dist = self.float_distances(features, pos)
+            order = np.lexsort((np.where(pos < 0, self.count, pos), ham, dist), axis=-1)[:, :k]
+            ham, pos, dist = (np.take_along_axis(a, order, 1) for a in (ham, pos, dist))
+        else:
+            ham, pos = ham[:, :k], pos[:, :k]
+            dist = np.full(pos.shape, np.nan, np.float32)
+        ids = np.where(pos < 0, MISSING, self.ids[np.maximum(pos, 0)])
+        return SearchResult(ids=ids, positions=pos, hamming=ham, distance=dist)
+
+    def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every item within Hamming distance <= radius (inclusive), per query.
+
+        Returns [(positions, distances)] ordered by (distance, position). Faiss's
+        binary range search keeps d < radius, so it is asked for radius + 1.
+        """
+        if radius < 0:
+            raise HashindexError(f"--radius {radius}: expected 0 or more")
+        try:
+            lims, dist, pos = self.binary.range_search(self._pad(codes), radius + 1)
+        except RuntimeError:
+            raise HashindexError(f"--radius: the {self.meta['binary']['kind']} index has no range search "
+                                 "(build with --binary flat, ivf or multihash)") from None
+        out = []
+        for i in range(len(lims) - 1):
+            d, p = dist[lims[i]:lims[i + 1]], pos[lims[i]:lims[i + 1]].astype(np.int64)
+            order = np.lexsort((p, d))
+            out.append((p[order], d[order].astype(np.int32)))
+        return out
+
+
+def _encode_images(index: Index, images: list[str], model: str | None, device: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and encode query image files with the index's model."""
+    from .data import BadImage, FilesSource
+    from .model import find_model_for, load_model
+
+    hm = load_model(model if model else find_model_for(index.model_id), device)
+    index.check_model(hm.model_id)
+    src = FilesSource(images)
+    arrays = []
+    for i, path in enumerate(images):
+        try:
+            arrays.append(src.read_array(i, hm.input_size, hm.channels))
+        except BadImage as e:
+            what = "no such file" if e.reason == "missing" else f"cannot be decoded ({e.reason})"
+            raise HashindexError(f"IMAGE {path}: {what}") from None
+    return hm.encode(np.stack(arrays))
+
+
+def query(index_dir: str | Path, images: list[str], by_id: list[int], *, model: str | None = None,
+          k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
+          device: str = "cpu") -> list[dict[str, Any]]:
+    """Search with image files and/or indexed items; per-query result dicts."""
+    if not images and not by_id:
+        raise HashindexError("nothing to query: give IMAGE paths or --by-id ID")
+    check_candidates(candidates, k)
+    index = Index.load(index_dir)
+    codes, feats, names = [], [], []
+    if images:
+        c, f = _encode_images(index, images, model, device)
+        codes.append(c)
+        feats.append(f)
+        names += images
+    if by_id:
+        c, f = index.items(index.positions_of(np.array(by_id)))
+        codes.append(c)
+        feats.append(f if f is not None else np.zeros((len(c), 192), np.float32))
+        names += [f"id:{i}" for i in by_id]
+    codes_arr, feats_arr = np.concatenate(codes), np.concatenate(feats).astype(np.float32)
+    if radius is None:
+        return result_rows(index, index.search(codes_arr, feats_arr, k, candidates, rerank), names)
+    hits = index.range_search(codes_arr, radius)
+    width = max([len(p) for p, _ in hits] + [1])
+    pos = np.full((len(hits), width), MISSING, np.int64)
+    ham = np.full((len(hits), width), MISSING, np.int32)
+    for q, (p, d) in enumerate(hits):
+        pos[q, :len(p)], ham[q, :len(p)] = p, d
+    dist = (index.float_distances(feats_arr, pos) if rerank and index.rerank is not None
+            else np.full(pos.shape, np.nan, np.float32))
+    dist[pos < 0] = np.nan
+    ids = np.where(pos < 0, MISSING, index.ids[np.maximum(pos, 0)])
+    return result_rows(index, SearchResult(ids, pos, ham, dist), names)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Human-readable result table, one block per query."""
+    lines = []
+    for row in rows:
+        lines.append(f"query {row['query']}: {len(row['results'])} results")
+        lines.append(f"{'rank':>5} {'id':>10} {'hamming':>7} {'distance':>10}  {'class':<12} path")
+        for h in row["results"]:
+            dist = "-" if h["distance"] is None else f"{h['distance']:.4f}"
+            cls = h["class"] if h["class"] is not None else str(h["label"])
+            lines.append(f"{h['rank']:>5} {h['id']:>10} {h['hamming']:>7} {dist:>10}  {cls:<12} {h['path']}")
+    return "\n".join(lines)
+
+
+def check_candidates(candidates: int | None, k: int) -> None:
+    if candidates is not None and candidates < k:
+        raise HashindexError(f"--candidates {candidates}: must be at least --k {k}")
+
+
+def result_rows(index: Index, result: SearchResult, query_names: list[str]) -> list[dict[str, Any]]:
+    """Per-query result dicts with ids, paths, labels and both distances (for printing)."""
+    paths = index.paths(result.positions)
+    names = index.class_names
+    rows = []
+    k = result.ids.shape[1]
+    for q, qname in enumerate(query_names):
+        hits = []
+        for r in range(k):
+            pos = int(result.positions[q, r])
+            if pos < 0:
+                continue
+            label = int(index.labels[pos])
+            hits.append({"rank": r + 1, "id": int(result.ids[q, r]), "path": paths[q * k + r],
+                         "label": label, "class": names[label] if 0 <= label < len(names) else None,
+                         "hamming": int(result.hamming[q, r]),
+                         "distance": None if np.isnan(result.distance[q, r]) else float(result.distance[q, r])})
+        rows.append({"query": qname, "results": hits})
+    return rows
+
+
+# ---------------------------------------------------------------------- batch job
+
+OUTPUT_FORMATS = ("h5", "jsonl", "csv")
+
+
+def output_format(out: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in OUTPUT_FORMATS:
+            raise HashindexError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+    suffix = out.suffix.lower().lstrip(".")
+    return {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv"}.get(suffix, "h5")
+
+
+def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | None, device: str,
+                  progress: bool, log):
+    """The query shards: given directly, or extracted on the fly from an image source."""
+    from .store import MANIFEST, ShardSet
+
+    if (Path(queries) / MANIFEST).exists():
+        shards = ShardSet(queries, "--queries")
+        index.check_model(shards.model_id, f"--queries {queries}")
+        return shards
+    if model is None:
+        raise HashindexError(f"--queries {queries}: an image source needs --model to encode it "
+                             "(or pass a shard directory made by hashindex extract)")
+    from .extract import extract
+    from .model import load_model
+
+    hm = load_model(model, device)
+    index.check_model(hm.model_id)
+    extract(hm, str(queries), parts / "queries", progress=progress, log=log)
+    return ShardSet(parts / "queries", "--queries")
+
+
+def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
+                 candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
+                 fmt: str | None = None, model: str | None = None, device: str = "cpu",
+                 overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+    """Search every query of a shard directory (or image source); write one results file.
+
+    Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
+    interruption continues from the last completed batch, and the final file
+    equals an uninterrupted run's. Returns the job description.
+    """
+    import shutil
+
+    from tqdm import tqdm
+
+    from .files import atomic_path, atomic_write_json, read_json, sha256_file
+    from .store import MANIFEST
+
+    index = index if isinstance(index, Index) else Index.load(index)
+    check_candidates(candidates, k)
+    out = Path(out)
+    fmt = output_format(out, fmt)
+    if out.exists() and not overwrite:
+        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    parts = out.with_name(out.name + ".parts")
+    if overwrite and parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    shards = _query_shards(index, queries, parts, model, device, progress, log)
+    job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
+           "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
+           "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
+    if (parts / "job.json").exists() and read_json(parts / "job.json") != job:
+        raise HashindexError(f"--out {out}: an unfinished job with other settings is in {parts} "
+                             "(rerun it with the same settings, or pass --overwrite)")
+    atomic_write_json(parts / "job.json", job)
+
+    data = shards.load(("codes", "features", "ids"))
+    n = len(data["ids"])
+    feats = data["features"] if rerank else None
+    n_batches = -(-n // batch_size)
+    for b in tqdm(range(n_batches), desc="query", unit="batch", disable=not progress):
+        part = parts / f"part-{b:06d}.npz"
+        if part.exists():
+            continue
+        sl = slice(b * batch_size, min((b + 1) * batch_size, n))
+        res = index.search(data["codes"][sl], feats[sl] if feats is not None else None, k, candidates, rerank)
+        with atomic_path(part) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)
+    merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
+              for name in ("ids", "hamming", "distance")}
+    _write_results(out, fmt, data["ids"], merged, job)
+    shutil.rmtree(parts)
+    log(f"wrote {out}: {n} queries x top {k} ({fmt})")
+    return {**job, "out": str(out), "queries_count": n, "format": fmt}
+
+
+def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np.ndarray],
+                   job: dict[str, Any]) -> None:
+    """Write the merged results atomically in the chosen format."""
+    from .files import atomic_path
+
+    with atomic_path(out) as tmp:
+        if fmt == "h5":
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("query_ids", data=query_ids.astype(np.int64))
+                for name, arr in res.items():
+                    f.create_dataset(name, data=arr)
+                for key, value in job.items():
+                    f.attrs[key] = "none" if value is None else value
+            return
+        with open(tmp, "w", encoding="utf-8") as f:
+            if fmt == "csv":
+                f.write("query_id,rank,id,hamming,distance\n")
+            for q, qid in enumerate(query_ids):
+                ok = res["ids"][q] >= 0
+                ids, ham, dist = res["ids"][q][ok], res["hamming"][q][ok], res["distance"][q][ok]
+                if fmt == "jsonl":
+                    f.write(json.dumps({"query_id": int(qid), "ids": ids.tolist(), "hamming": ham.tolist(),
+                                        "distance": [None if np.isnan(d) else float(d) for d in dist]}) + "\n")
+                else:
+                    for r, (i, h, d) in enumerate(zip(ids, ham, dist), 1):
+                        f.write(f"{qid},{r},{i},{h},{'' if np.isnan(d) else repr(float(d))}\n")

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Training throughput: float32 (contiguous) vs channels_last + bf16 autocast, in one run.
+
+Prints images/s for each mode and their ratio. With --accuracy, also trains
+both modes for a few epochs on a CIFAR-10 subset and prints the validation
+accuracy of each, to check that bf16 does not cost accuracy.
+
+    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hashindex.model import NINHash, autocast_for
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3) -> float:
+    """Images/s of forward + backward + SGD step on random 32x32 uint8 batches."""
+    torch.manual_seed(0)
+    net = NINHash(48, 10).train()
+    if bf16_channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (batch_size,))
+    device = torch.device("cpu")
+
+    def one_step():
+        with autocast_for(device, bf16_channels_last):
+            logits, _, _ = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        one_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def accuracy_check(epochs: int, limit: int) -> dict[str, float]:
+    """Validation accuracy after a short run in each mode (same seed, same data)."""
+    from hashindex.train import TrainConfig, train
+
+    out = {}
+    for bf16 in (False, True):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = TrainConfig(data=str(DATA / "train.tar"), val=str(DATA / "test.tar"), out=f"{d}/m.pt",
+                              epochs=epochs, limit=limit, val_limit=2000, bf16=bf16)
+            out["bf16" if bf16 else "fp32"] = train(cfg, progress=False, log=lambda s: None)["accuracy"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--accuracy", action="store_true", help="also compare short-run accuracy")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--limit", type=int, default=5000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    res["fp32_img_s"] = step_throughput(False, args.batch_size, args.steps)
+    res["bf16_cl_img_s"] = step_throughput(True, args.batch_size, args.steps)
+    res["ratio"] = res["bf16_cl_img_s"] / res["fp32_img_s"]
+    if args.accuracy:
+        res["val_acc"] = accuracy_check(args.epochs, args.limit)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"threads {res['threads']}, batch {args.batch_size}, {res['cpu_capability']}")
+    print(f"fp32 contiguous          : {res['fp32_img_s']:8.1f} img/s")
+    print(f"channels_last + bf16     : {res['bf16_cl_img_s']:8.1f} img/s")
+    print(f"ratio bf16/fp32          : {res['ratio']:8.2f}x")
+    if args.accuracy:
+        print(f"val acc after {args.epochs} epochs on {args.limit} images: {res['val_acc']}")
+
+
+if __name__ == "__main__":
+    main()
