@@ -81,9 +81,11 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
     if kind == "flat":
         return faiss.IndexBinaryFlat(dim)
     if kind == "ivf":
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dim), dim, params["nlist"])
-        index.nprobe = params["nprobe"]
+        quantizer = faiss.IndexBinaryFlat(dim)
+        index = faiss.IndexBinaryIVF(quantizer, dim, params["nlist"])
+        quantizer.this.disown()  # the IVF index owns and frees its quantizer
         index.own_fields = True
+        index.nprobe = params["nprobe"]
         return index
     if kind == "hnsw":
         index = faiss.IndexBinaryHNSW(dim, params["M"])

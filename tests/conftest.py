@@ -83,3 +83,23 @@ def tiny_model(tmp_path_factory) -> Path:
     train(str(CIFAR_TRAIN), str(out), val=str(CIFAR_TEST), val_limit=200, limit=300,
           epochs=1, bits=48, workers=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def cifar_shards(tiny_model, tmp_path_factory) -> Path:
+    """The 10,000 CIFAR-10 test images extracted with the tiny model (3 shards)."""
+    from hashindex import extract
+
+    need(CIFAR_TEST)
+    out = tmp_path_factory.mktemp("shards") / "test"
+    extract(str(tiny_model), str(CIFAR_TEST), out, shard_size=4000, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def flat_index(cifar_shards, tmp_path_factory) -> Path:
+    from hashindex.index import build
+
+    out = tmp_path_factory.mktemp("index") / "flat"
+    build(cifar_shards, out, binary="flat", rerank="flat", progress=False, log=lambda s: None)
+    return out

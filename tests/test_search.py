@@ -1,0 +1,196 @@
+"""Build and query on CIFAR-10 shards, checked against numpy brute force."""
+
+import json
+
+import faiss
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import HashindexError, ShardSet
+from hashindex.cli import cli
+from hashindex.evaluate import hamming_distances
+from hashindex.index import build, pad_codes, padded_bytes
+from hashindex.search import Index, batch_search
+from tests.conftest import CIFAR_TEST, make_mixed_folder
+
+QUERIES = slice(0, 10000, 97)  # 104 queries spread over the classes
+
+
+@pytest.fixture(scope="module")
+def db(cifar_shards):
+    return ShardSet(cifar_shards).load(("codes", "features", "ids", "labels"))
+
+
+def test_padding_sizes():
+    assert [padded_bytes(b) for b in (1, 2, 3, 4, 5, 6, 8, 9, 17, 20, 21, 64, 65)] == \
+        [4, 4, 4, 4, 8, 8, 8, 16, 20, 20, 32, 64, 72]
+
+
+def test_padded_and_unpadded_distances_equal(db):
+    codes = db["codes"]
+    plain, padded = faiss.IndexBinaryFlat(48), faiss.IndexBinaryFlat(64)
+    plain.add(codes)
+    padded.add(pad_codes(codes, 8))
+    d1, _ = plain.search(codes[QUERIES], 200)
+    d2, _ = padded.search(pad_codes(codes[QUERIES], 8), 200)
+    assert np.array_equal(d1, d2)
+
+
+def test_flat_coarse_equals_numpy(flat_index, db):
+    index = Index.load(flat_index)
+    q = db["codes"][QUERIES]
+    ham, pos = index.coarse(q, 300)
+    brute = hamming_distances(q, db["codes"]).astype(np.int32)
+    expect = np.sort(brute, axis=1, kind="stable")[:, :300]
+    assert np.array_equal(ham, expect)  # same distances in the same order
+    assert np.array_equal(np.take_along_axis(brute, pos, 1), ham)  # each id really is at that distance
+    for row in pos:  # no duplicates; ties ordered by position
+        assert len(set(row.tolist())) == len(row)
+    key = ham.astype(np.int64) * 100000 + pos
+    assert (np.diff(key, axis=1) > 0).all()
+
+
+def test_two_stage_with_whole_database_equals_exhaustive(flat_index, db):
+    index = Index.load(flat_index)
+    q = slice(0, 10000, 500)
+    feats = db["features"].astype(np.float32)
+    res = index.search(db["codes"][q], feats[q], k=10, candidates=index.count)
+    exact = ((feats[q][:, None, :] - feats[None, :, :]) ** 2).sum(-1)
+    order = np.argsort(exact, axis=1, kind="stable")[:, :10]
+    expect_d = np.take_along_axis(exact, order, 1)
+    assert np.allclose(res.distance, expect_d, rtol=1e-4, atol=1e-4)
+    same = res.ids == db["ids"][order]
+    # where ids differ, the two float distances tie within rounding
+    assert np.allclose(res.distance[~same], np.take_along_axis(exact, res.positions, 1)[~same], rtol=1e-4, atol=1e-4)
+    assert same.mean() > 0.99
+    assert np.array_equal(res.hamming, np.take_along_axis(hamming_distances(db["codes"][q], db["codes"]), res.positions, 1))
+
+
+def tie_aware_recall(approx_ham, flat_ham, k=10):
+    """Fraction of an approximate top-k that is as close as the exact k-th neighbour."""
+    kth = flat_ham[:, k - 1:k]
+    return float(((approx_ham[:, :k] <= kth) & (approx_ham[:, :k] >= 0)).mean())
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "multihash"])
+def test_approximate_indexes_recall(kind, cifar_shards, flat_index, db, tmp_path):
+    """Default settings must reach tie-aware recall@10 >= 0.9 against flat."""
+    build(cifar_shards, tmp_path / kind, binary=kind, rerank="none", progress=False, log=lambda s: None)
+    approx, flat = Index.load(tmp_path / kind), Index.load(flat_index)
+    q = db["codes"][QUERIES]
+    a = approx.search(q, None, k=10, rerank=False)
+    f = flat.search(q, None, k=10, rerank=False)
+    recall = tie_aware_recall(a.hamming, f.hamming)
+    assert recall >= 0.9, (kind, recall, approx.meta["binary"])
+    assert np.array_equal(np.take_along_axis(hamming_distances(q, db["codes"]), a.positions, 1), a.hamming)
+
+
+@pytest.mark.parametrize("kind", ["flat", "multihash"])
+def test_radius_2_is_exact(kind, cifar_shards, db, tmp_path):
+    build(cifar_shards, tmp_path / kind, binary=kind, rerank="none", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / kind)
+    q = db["codes"][QUERIES]
+    brute = hamming_distances(q, db["codes"])
+    for row, (pos, dist) in zip(brute, index.range_search(q, 2)):
+        assert set(pos.tolist()) == set(np.flatnonzero(row <= 2).tolist())
+        assert np.array_equal(dist, row[pos])
+
+
+@pytest.mark.parametrize("rerank", ["fp16", "sq8", "pq"])
+def test_quantized_rerank_stores(rerank, cifar_shards, flat_index, db, tmp_path):
+    build(cifar_shards, tmp_path / rerank, binary="flat", rerank=rerank, progress=False, log=lambda s: None)
+    index, exact = Index.load(tmp_path / rerank), Index.load(flat_index)
+    feats = db["features"].astype(np.float32)
+    a = index.search(db["codes"][QUERIES], feats[QUERIES], k=10, candidates=200)
+    b = exact.search(db["codes"][QUERIES], feats[QUERIES], k=10, candidates=200)
+    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a.ids, b.ids)])
+    assert overlap >= {"fp16": 0.99, "sq8": 0.9, "pq": 0.6}[rerank], overlap
+    assert index.meta["memory"]["rerank_bytes"] < exact.meta["memory"]["rerank_bytes"]
+
+
+def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
+    runner = CliRunner()
+    from hashindex.data import open_source
+
+    src = open_source(CIFAR_TEST)
+    img = tmp_path / "q.jpg"
+    img.write_bytes(src.read_bytes(5))
+    res = runner.invoke(cli, ["query", str(flat_index), str(img), "--model", str(tiny_model), "--k", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert len(rows[0]["results"]) == 5 and rows[0]["results"][0]["id"] == 5  # finds itself first
+    assert rows[0]["results"][0]["path"] == src.paths[5]
+    res = runner.invoke(cli, ["query", str(flat_index), "--by-id", "5", "--radius", "2", "--json"])
+    assert res.exit_code == 0
+    hits = json.loads(res.output)[0]["results"]
+    assert hits and max(h["hamming"] for h in hits) <= 2
+    table = runner.invoke(cli, ["query", str(flat_index), "--by-id", "5", "--k", "3"])
+    assert table.exit_code == 0 and "test/" in table.output
+
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "binary.faiss").write_bytes(b"")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.json").write_text((flat_index / "index.json").read_text())
+    make_mixed_folder(tmp_path / "imgs")
+    from hashindex.model import NINHash, atomic_torch_save, build_meta
+
+    other = tmp_path / "other.pt"
+    atomic_torch_save(build_meta(NINHash(48, 10), class_names=[str(i) for i in range(10)], input_size=32), other)
+    cases = [
+        ([str(tmp_path / "nope"), "--by-id", "1"], "no such directory"),
+        ([str(half), "--by-id", "1"], "not a complete hashindex index"),
+        ([str(broken), "--by-id", "1"], "incomplete index, missing"),
+        ([str(flat_index), str(img), "--model", str(other)], "differs from the index's model"),
+        ([str(flat_index), str(tmp_path / "imgs/cat/truncated.jpg"), "--model", str(tiny_model)], "cannot be decoded (truncated)"),
+        ([str(flat_index), "--by-id", "1", "--k", "10001"], "holds only 10000 items"),
+        ([str(flat_index), "--by-id", "123456"], "no item with this id"),
+        ([str(flat_index), "--by-id", "1", "--k", "10", "--candidates", "5"], "at least --k"),
+        ([str(flat_index)], "nothing to query"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(cli, ["query", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and res.output.count("\n") == 1, (args, res.output)
+    res = runner.invoke(cli, ["build", str(cifar_shards), "--out", str(flat_index)])
+    assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_batch_job_resumes_to_identical_file(flat_index, cifar_shards, tmp_path, monkeypatch, db):
+    clean = tmp_path / "clean.h5"
+    batch_search(flat_index, cifar_shards, clean, k=20, batch_size=1500, progress=False, log=lambda s: None)
+    with h5py.File(clean) as f:
+        ids, ham, qids = f["ids"][()], f["hamming"][()], f["query_ids"][()]
+    assert ids.shape == (10000, 20) and np.array_equal(qids, db["ids"])
+    direct = Index.load(flat_index).search(db["codes"][:50], db["features"][:50].astype(np.float32), k=20)
+    assert np.array_equal(direct.ids, ids[:50]) and np.array_equal(direct.hamming, ham[:50])
+
+    calls = {"n": 0}
+    real = Index.search
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Index, "search", flaky)
+    out = tmp_path / "resumed.h5"
+    with pytest.raises(KeyboardInterrupt):
+        batch_search(flat_index, cifar_shards, out, k=20, batch_size=1500, progress=False, log=lambda s: None)
+    assert not out.exists() and len(list((tmp_path / "resumed.h5.parts").glob("part-*.npz"))) == 3
+    batch_search(flat_index, cifar_shards, out, k=20, batch_size=1500, progress=False, log=lambda s: None)
+    assert calls["n"] == 4 + 4  # only the 4 missing batches were searched again
+    with h5py.File(clean) as a, h5py.File(out) as b:
+        for name in ("query_ids", "ids", "hamming", "distance"):
+            assert np.array_equal(a[name][()], b[name][()]), name
+    with pytest.raises(HashindexError, match="already exists"):
+        batch_search(flat_index, cifar_shards, out, k=20)
+    monkeypatch.setattr(Index, "search", real)
+    csv = tmp_path / "r.csv"
+    batch_search(flat_index, cifar_shards, csv, k=3, progress=False, log=lambda s: None)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 10000
