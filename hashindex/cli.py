@@ -173,6 +173,8 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, overwrite, as_json
 @click.option("--candidates", default=None, type=int, help="Coarse pool re-ranked by features [default: 10 x k].")
 @click.option("--radius", default=None, type=int, help="Return every item within this Hamming distance (inclusive).")
 @click.option("--no-rerank", is_flag=True, help="Hamming order only.")
+@click.option("--cut-ties", is_flag=True,
+              help="Keep the pool at --candidates even when more items tie at its farthest distance.")
 @click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
@@ -183,7 +185,7 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, overwrite, as_json
 @click.option("--overwrite", is_flag=True, help="Batch job: replace --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, by_id, queries, out, fmt,
+def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
           batch_size, device, overwrite, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
@@ -206,11 +208,63 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, by_id
             _echo_json(job)
         return
     rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
-                                 candidates=candidates, radius=radius, rerank=not no_rerank, device=device)
+                                 candidates=candidates, radius=radius, rerank=not no_rerank,
+                                 complete_ties=not cut_ties, device=device)
     if as_json:
         _echo_json(rows)
     else:
         click.echo(search.format_table(rows))
+
+
+@cli.command(name="eval")
+@click.argument("index_dir")
+@click.option("--queries", required=True, help="Labelled query shard directory (hashindex extract).")
+@click.option("--at", "at", multiple=True, type=click.IntRange(1), default=(1000,), show_default=True,
+              help="mAP@k cut-offs (repeatable).")
+@click.option("--candidates", default=1000, show_default=True, type=click.IntRange(1),
+              help="Top of the Hamming ranking re-ranked by features.")
+@click.option("--radius", default=2, show_default=True, type=click.IntRange(0), help="Hamming radius for precision/recall.")
+@click.option("--no-rerank", is_flag=True, help="Hamming ranking only.")
+@click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
+@click.option("--json", "as_json", is_flag=True, help="Print all metrics as JSON.")
+@click.pass_context
+def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_dir, as_json):
+    """Retrieval metrics: mAP, precision@k, precision/recall within a Hamming radius.
+
+    Relevance is "same label"; ties in Hamming distance are broken by database
+    order (the headline mAP), and the tie-aware expectation is given beside it.
+
+    \b
+    Example:
+      hashindex eval index/train --queries shards/test --plot plots/ --json
+    """
+    from .evaluate import evaluate, format_metrics
+
+    metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
+                          rerank=not no_rerank, progress=ctx.obj["progress"])
+    if plot_dir:
+        metrics["plots"] = write_plots(metrics, plot_dir, index_dir, queries)
+    if as_json:
+        _echo_json(metrics)
+    else:
+        click.echo(format_metrics(metrics))
+
+
+def write_plots(metrics: dict, plot_dir: str, index_dir: str, queries: str) -> dict:
+    """PR curve, precision@k and (when the source images are reachable) a results grid."""
+    from pathlib import Path
+
+    from . import report
+
+    out = Path(plot_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {"pr_curve": str(report.plot_pr_curve(metrics, out / "pr_curve.png")),
+             "precision_at_k": str(report.plot_precision_at_k(metrics, out / "precision_at_k.png"))}
+    try:
+        plots["results_grid"] = str(report.results_grid(index_dir, queries, out / "results_grid.png"))
+    except HashindexError as e:
+        click.echo(f"hashindex: warning: {e}", err=True)
+    return plots
 
 
 @cli.command()

@@ -1,13 +1,30 @@
-"""Deep-hashing retrieval metrics, vectorised numpy.
+"""Deep-hashing retrieval metrics (`hashindex eval`), vectorised numpy.
 
-Relevance is "same label". Rankings are by Hamming distance with ties broken
-by database order (stable sort): deterministic and reproducible by anyone
-with the codes and labels. A query with no relevant item scores AP 0.
+Protocol, stated in every report:
+  * relevance = same class label;
+  * Hamming ranking over the whole database, ties broken by database order
+    (index position; a stable sort): this is the headline mAP, deterministic
+    and reproducible from the codes and labels alone;
+  * the tie-aware mAP (McSherry & Najork 2008: the expectation over random
+    orders within each tie) is reported beside it, computed exactly in
+    O(K) per query from the per-distance counts;
+  * mAP@k divides by the relevant items within the top k (DLBHC / DSH / HashNet
+    evaluation code); a query with no relevant item scores AP 0;
+  * precision within Hamming radius r: a query with no item within r counts
+    precision 0 (the common protocol), and how many such queries there were
+    is reported;
+  * re-ranked ranking: the top ``candidates`` of the Hamming ranking reordered
+    by feature distance (L2, then Hamming, then position), the rest unchanged.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from .errors import HashindexError
 
 
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
@@ -16,12 +33,10 @@ def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarr
     return np.bitwise_count(x).sum(axis=2, dtype=np.uint16)
 
 
-def _ap_rows(order: np.ndarray, rel_labels: np.ndarray, query_labels: np.ndarray,
-             at: int | None) -> np.ndarray:
-    """AP of each row of a ranking (Q, N) of database positions."""
+def average_precision(rel: np.ndarray, at: int | None = None) -> np.ndarray:
+    """AP of each row of a (Q, N) relevance matrix in ranked order (optionally @at)."""
     if at is not None:
-        order = order[:, :at]
-    rel = rel_labels[order] == query_labels[:, None]
+        rel = rel[:, :at]
     hits = np.cumsum(rel, axis=1, dtype=np.float64)
     prec = hits / np.arange(1, rel.shape[1] + 1)
     n_rel = rel.sum(axis=1)
@@ -31,14 +46,175 @@ def _ap_rows(order: np.ndarray, rel_labels: np.ndarray, query_labels: np.ndarray
 def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,
                            db_codes: np.ndarray, db_labels: np.ndarray,
                            at: int | None = None, chunk: int = 128) -> float:
-    """mAP of Hamming ranking (mAP@all, or mAP@at), ties in database order.
-
-    For mAP@at the AP of a query divides by the relevant items within the
-    top ``at`` (the convention of the DLBHC / DSH / HashNet evaluation code).
-    """
+    """mAP of Hamming ranking (mAP@all, or mAP@at), ties in database order."""
     aps = []
     for s in range(0, len(query_codes), chunk):
         d = hamming_distances(query_codes[s:s + chunk], db_codes)
         order = np.argsort(d, axis=1, kind="stable")
-        aps.append(_ap_rows(order, db_labels, query_labels[s:s + chunk], at))
+        aps.append(average_precision(db_labels[order] == query_labels[s:s + chunk, None], at))
     return float(np.concatenate(aps).mean()) if aps else 0.0
+
+
+def per_distance_counts(d: np.ndarray, rel: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, K+1) number of items and of relevant items at each Hamming distance."""
+    q = d.shape[0]
+    idx = (np.arange(q)[:, None] * (bits + 1) + d).ravel()
+    n = np.bincount(idx, minlength=q * (bits + 1)).reshape(q, bits + 1)
+    r = np.bincount(idx, weights=rel.ravel(), minlength=q * (bits + 1)).reshape(q, bits + 1)
+    return n, r
+
+
+def tie_aware_ap(n: np.ndarray, r: np.ndarray, harmonic: np.ndarray) -> np.ndarray:
+    """Expected AP over random orders within ties, from per-distance counts.
+
+    A relevant item in a tie group of n items starting after rank s, with R_b
+    relevant items ranked before the group and r relevant in it, has expected
+    precision (1/n) * sum_p (R_b + 1 + (p-1)(r-1)/(n-1)) / (s+p); summing over
+    p uses harmonic numbers H, so each query costs O(K).
+    """
+    s = np.cumsum(n, axis=1) - n
+    rb = np.cumsum(r, axis=1) - r
+    dh = harmonic[s + n] - harmonic[s]
+    alpha = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+    contrib = np.where(n > 0, r / np.maximum(n, 1) * ((rb + 1) * dh + alpha * (n - (s + 1) * dh)), 0.0)
+    total = r.sum(axis=1)
+    return np.where(total > 0, contrib.sum(axis=1) / np.maximum(total, 1), 0.0)
+
+
+def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
+                    db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
+                    pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
+                    chunk: int = 64, progress: bool = False) -> dict[str, Any]:
+    """All metrics in one pass over the queries.
+
+    ``rerank(query_slice, positions) -> (q, m) float distances`` re-orders the
+    top ``candidates`` of each Hamming ranking when given.
+    """
+    from tqdm import tqdm
+
+    nq, ndb = len(q_codes), len(db_codes)
+    pk_max = min(pk_max, ndb)
+    candidates = min(candidates, ndb)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1))])
+    ap = {"all": [], **{str(k): [] for k in at}}
+    ap_rr = {"all": [], **{str(k): [] for k in at}}
+    ap_tie, pk_sum, pk_rr_sum = [], np.zeros(pk_max), np.zeros(pk_max)
+    n_le_all, r_le_all, total_rel = [], [], []
+    for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
+        sl = slice(s, min(s + chunk, nq))
+        d = hamming_distances(q_codes[sl], db_codes)
+        order = np.argsort(d, axis=1, kind="stable")
+        rel = db_labels[order] == q_labels[sl, None]
+        ap["all"].append(average_precision(rel))
+        for k in at:
+            ap[str(k)].append(average_precision(rel, k))
+        pk_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
+        n, r = per_distance_counts(d, db_labels[None, :] == q_labels[sl, None], bits)
+        ap_tie.append(tie_aware_ap(n, r, harmonic))
+        n_le_all.append(np.cumsum(n, axis=1))
+        r_le_all.append(np.cumsum(r, axis=1))
+        total_rel.append(r.sum(axis=1))
+        if rerank is not None:
+            head = order[:, :candidates]
+            dist = rerank(sl, head)
+            ham = np.take_along_axis(d, head, 1)
+            new = np.lexsort((head, ham, dist), axis=-1)
+            order[:, :candidates] = np.take_along_axis(head, new, 1)
+            rel = db_labels[order] == q_labels[sl, None]
+            ap_rr["all"].append(average_precision(rel))
+            for k in at:
+                ap_rr[str(k)].append(average_precision(rel, k))
+            pk_rr_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
+    n_le, r_le, tot = np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel)
+    prec_r = np.where(n_le > 0, r_le / np.maximum(n_le, 1), 0.0)
+    rec_r = np.where(tot[:, None] > 0, r_le / np.maximum(tot[:, None], 1), 0.0)
+    radius = min(radius, bits)
+    out: dict[str, Any] = {
+        "queries": nq, "database": ndb, "bits": bits,
+        "hamming": {"map": _mean(ap["all"]), "map_tie_aware": _mean(ap_tie),
+                    **{f"map@{k}": _mean(ap[str(k)]) for k in at}},
+        "precision_at_k": (pk_sum / nq).tolist(),
+        f"radius{radius}": {
+            "precision": float(prec_r[:, radius].mean()), "recall": float(rec_r[:, radius].mean()),
+            "queries_with_no_item": int((n_le[:, radius] == 0).sum()),
+        },
+        "pr_curve": {"radius": list(range(bits + 1)), "precision": prec_r.mean(axis=0).tolist(),
+                     "recall": rec_r.mean(axis=0).tolist()},
+    }
+    if rerank is not None:
+        out["reranked"] = {"candidates": candidates, "map": _mean(ap_rr["all"]),
+                           **{f"map@{k}": _mean(ap_rr[str(k)]) for k in at}}
+        out["precision_at_k_reranked"] = (pk_rr_sum / nq).tolist()
+    return out
+
+
+def _mean(parts: list[np.ndarray]) -> float:
+    return float(np.concatenate(parts).mean()) if parts else 0.0
+
+
+PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
+            "order (headline mAP) and the tie-aware expectation beside it; mAP@k divides by the relevant "
+            "items in the top k; a query with no item within the radius counts precision 0")
+
+
+def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
+             candidates: int = 1000, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate an index with labelled query shards (relevance = same label)."""
+    import h5py
+
+    from .index import TABLE_FILE
+    from .search import Index
+    from .store import ShardSet
+
+    index = Index.load(index_dir)
+    shards = ShardSet(queries_dir, "--queries")
+    index.check_model(shards.model_id, f"--queries {queries_dir}")
+    q = shards.load(("codes", "features", "labels"))
+    if (q["labels"] < 0).all():
+        raise HashindexError(f"--queries {queries_dir}: the query shards have no labels "
+                             "(evaluation needs labelled queries)")
+    if (index.labels < 0).all():
+        raise HashindexError(f"INDEX_DIR {index_dir}: the indexed items have no labels")
+    if shards.class_names and index.class_names and shards.class_names != index.class_names:
+        raise HashindexError(f"--queries {queries_dir}: class names differ from the index's "
+                             f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")
+    with h5py.File(index.dir / TABLE_FILE, "r") as t:
+        db_codes = t["codes"][()]
+    keep = q["labels"] >= 0
+    feats = q["features"][keep].astype(np.float32) if q["features"] is not None else None
+    rr = None
+    if rerank and index.rerank is not None and feats is not None:
+        def rr(sl, pos):
+            return index.float_distances(feats[sl], pos)
+    out = evaluate_arrays(q["codes"][keep], q["labels"][keep], db_codes, index.labels, index.bits,
+                          at=at, pk_max=pk_max, radius=radius, rerank=rr, candidates=candidates,
+                          progress=progress)
+    out["unlabelled_queries_skipped"] = int((~keep).sum())
+    out["protocol"] = PROTOCOL
+    out["index"] = str(index_dir)
+    out["queries_dir"] = str(queries_dir)
+    out["model_id"] = index.model_id
+    return out
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """The metrics as a short human-readable table."""
+    r = next(k for k in m if k.startswith("radius"))
+    lines = [f"{m['queries']} queries vs {m['database']} items, {m['bits']} bits, model {m.get('model_id', '')}",
+             f"{'ranking':<22} {'mAP':>8} " + " ".join(f"{k:>9}" for k in m["hamming"] if k.startswith("map@")),
+             f"{'Hamming':<22} {m['hamming']['map']:8.4f} "
+             + " ".join(f"{v:9.4f}" for k, v in m["hamming"].items() if k.startswith("map@"))]
+    if "reranked" in m:
+        lines.append(f"{'re-ranked top ' + str(m['reranked']['candidates']):<22} {m['reranked']['map']:8.4f} "
+                     + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith("map@")))
+    lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
+    pk = m["precision_at_k"]
+    for k in (1, 10, 100, 500, 1000):
+        if k <= len(pk):
+            lines.append(f"precision@{k:<5} {pk[k - 1]:.4f}")
+    rad = m[r]
+    lines.append(f"within Hamming {r[6:]}: precision {rad['precision']:.4f}, recall {rad['recall']:.4f} "
+                 f"({rad['queries_with_no_item']} queries had no item within it and count precision 0)")
+    lines.append(f"protocol: {m.get('protocol', PROTOCOL)}")
+    return "\n".join(lines)

@@ -37,6 +37,20 @@ def source_fingerprint(source: ImageSource) -> str:
     return h.hexdigest()[:16]
 
 
+def source_spec(data: str | ImageSource, limit: int | None) -> str | None:
+    """How to reopen the source later (for result grids): an absolute path spec."""
+    if isinstance(data, ImageSource):
+        return None
+    spec = str(data)
+    if not spec.startswith("torchvision:"):
+        head, sep, split = spec.rpartition(":")
+        if sep and split in ("train", "test") and not Path(spec).exists():
+            spec = f"{Path(head).resolve()}:{split}"
+        else:
+            spec = str(Path(spec).resolve())
+    return spec + (f"#limit={limit}" if limit else "")
+
+
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
                    flag: str = "--data") -> ImageSource:
     """Open a source and express its labels in the model's classes where they fit."""
@@ -91,12 +105,16 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
         return new_manifest(**expected)
     manifest = ShardSet(out, "--out", require_complete=False).manifest
     for key in ("model_id", "bits", "source", "shard_size", "feature_dtype"):
-        if manifest.get(key) != expected[key]:
+        if key == "source":
+            same = manifest["source"]["fingerprint"] == expected["source"]["fingerprint"]
+        else:
+            same = manifest.get(key) == expected[key]
+        if not same:
             what = {"model_id": "another model", "bits": "another code length",
                     "source": "another source", "shard_size": "another --shard-size",
                     "feature_dtype": "another --features"}[key]
             raise HashindexError(f"--out {out}: holds shards made with {what} "
-                                 f"({key} {manifest.get(key)!r}, not {expected[key]!r}); use --overwrite to start over")
+                                 f"({key} differs); use --overwrite to start over")
     return manifest
 
 
@@ -128,7 +146,7 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
         "feature_kind": "nin-gap-192" if features != "none" else "none",
         "class_names": source.class_names,
         "source": {"description": source.description, "items": len(source),
-                   "fingerprint": source_fingerprint(source)},
+                   "fingerprint": source_fingerprint(source), "spec": source_spec(data, limit)},
         "shard_size": shard_size, "shards_planned": n_shards,
     }
     manifest = _open_or_start(out, expected, overwrite)

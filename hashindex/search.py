@@ -57,14 +57,10 @@ def _read_float(path: Path, mmap: bool) -> faiss.Index:
 class Index:
     """A built INDEX_DIR, loaded for searching."""
 
-    def __init__(self, directory: str | Path, mmap: bool = True):
-        self.dir = Path(directory)
-        self.meta = read_index_meta(self.dir)
-        self.binary = _read_binary(self.dir / BINARY_FILE, mmap)
-        self.rerank = _read_float(self.dir / RERANK_FILE, mmap) if self.meta["rerank"]["kind"] != "none" else None
-        with h5py.File(self.dir / TABLE_FILE, "r") as t:
-            self.ids = t["ids"][()]
-            self.labels = t["labels"][()]
+    def __init__(self, meta: dict[str, Any], binary: faiss.IndexBinary, rerank: faiss.Index | None,
+                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None):
+        self.meta, self.binary, self.rerank, self.dir = meta, binary, rerank, directory
+        self.ids, self.labels = ids, labels
         if len(self.ids) != self.binary.ntotal:
             raise HashindexError(f"INDEX_DIR {self.dir}: table and binary index disagree "
                                  f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
@@ -72,7 +68,43 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True) -> "Index":
-        return cls(directory, mmap)
+        """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows)."""
+        d = Path(directory)
+        meta = read_index_meta(d)
+        binary = _read_binary(d / BINARY_FILE, mmap)
+        rerank = _read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
+        with h5py.File(d / TABLE_FILE, "r") as t:
+            ids, labels = t["ids"][()], t["labels"][()]
+        return cls(meta, binary, rerank, ids, labels, d)
+
+    @classmethod
+    def in_memory(cls, codes: np.ndarray, features: np.ndarray | None, bits: int, *,
+                  binary: str = "flat", rerank: str = "flat", ids: np.ndarray | None = None,
+                  labels: np.ndarray | None = None) -> "Index":
+        """An index over arrays, built in memory (benchmarks, tests, notebooks)."""
+        from .index import default_params, make_binary_index, make_rerank_index, padded_bytes
+
+        n = len(codes)
+        pbytes = padded_bytes(codes.shape[1])
+        params = default_params(binary, n, bits)
+        bindex = make_binary_index(binary, pbytes * 8, params)
+        padded = pad_codes(codes, pbytes)
+        if not bindex.is_trained:
+            bindex.train(padded[:: max(1, n // max(256 * params.get("nlist", 1), 100_000))])
+        bindex.add(padded)
+        findex = None
+        if features is not None and rerank != "none":
+            findex = make_rerank_index(rerank, features.shape[1])
+            feats = np.ascontiguousarray(features, dtype=np.float32)
+            if not findex.is_trained:
+                findex.train(feats[:: max(1, n // 100_000)])
+            findex.add(feats)
+        meta = {"model_id": "", "bits": bits, "code_bytes": codes.shape[1], "count": n, "class_names": [],
+                "binary": {"kind": binary, "padded_bytes": pbytes, **params},
+                "rerank": {"kind": rerank if findex is not None else "none"}, "built": ""}
+        ids = np.arange(n, dtype=np.int64) if ids is None else ids
+        labels = np.full(n, -1, np.int32) if labels is None else labels
+        return cls(meta, bindex, findex, ids, labels)
 
     @property
     def count(self) -> int:
@@ -154,16 +186,46 @@ class Index:
         if isinstance(self.rerank, faiss.IndexFlat):
             self.rerank.compute_distance_subset(q, faiss.swig_ptr(x), m, faiss.swig_ptr(out), faiss.swig_ptr(safe))
         else:  # quantized store: decode the candidates, exact distance to the query
-            uniq, inv = np.unique(safe, return_inverse=True)
-            rec = self.rerank.reconstruct_batch(uniq)
-            cand = rec[inv.reshape(q, m)]
-            out = ((cand - x[:, None, :]) ** 2).sum(axis=2, dtype=np.float32)
+            step = max(1, (1 << 20) // max(m, 1))  # bound the decoded vectors held at once
+            for s in range(0, q, step):
+                uniq, inv = np.unique(safe[s:s + step], return_inverse=True)
+                cand = self.rerank.reconstruct_batch(uniq)[inv.reshape(-1, m)]
+                out[s:s + step] = ((cand - x[s:s + step, None, :]) ** 2).sum(axis=2, dtype=np.float32)
         out[pos < 0] = np.inf
         return out
 
+    def complete_ties(self, codes: np.ndarray, ham: np.ndarray, pos: np.ndarray, cap: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Widen each pool to every item as close as its farthest member (up to ``cap``).
+
+        With well-trained codes thousands of items share a code, and a pool cut
+        at m items keeps an arbitrary slice of that tie group; re-ranking the
+        whole group is what lets the float features pick the best of it.
+        Costs one range search per distinct boundary distance.
+        """
+        if self.meta["binary"]["kind"] == "hnsw":
+            return ham, pos  # no range search; the pool stays as it is
+        bound = ham[:, -1]
+        pools = [(ham[i], pos[i]) for i in range(len(ham))]
+        for r in np.unique(bound[bound >= 0]):
+            qs = np.flatnonzero(bound == r)
+            for qi, (p, d) in zip(qs, self.range_search(codes[qs], int(r))):
+                if len(p) > len(pools[qi][1]):
+                    pools[qi] = (d[:cap], p[:cap])
+        width = max(len(p) for _, p in pools)
+        out_h = np.full((len(pools), width), MISSING, np.int32)
+        out_p = np.full((len(pools), width), MISSING, np.int64)
+        for i, (d, p) in enumerate(pools):
+            out_h[i, :len(p)], out_p[i, :len(p)] = d, p
+        return out_h, out_p
+
     def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
-               candidates: int | None = None, rerank: bool = True) -> SearchResult:
-        """Coarse Hamming search for a pool of candidates, re-ranked by feature distance."""
+               candidates: int | None = None, rerank: bool = True, complete_ties: bool = False,
+               ) -> SearchResult:
+        """Coarse Hamming search for a pool of candidates, re-ranked by feature distance.
+
+        ``complete_ties`` widens the pool to whole tie groups (see `complete_ties`).
+        """
         if k < 1:
             raise HashindexError(f"--k {k}: expected a positive number of results")
         if k > self.count:
@@ -171,6 +233,8 @@ class Index:
         do_rerank = rerank and self.rerank is not None and features is not None
         m = max(candidates or 10 * k, k) if do_rerank else k
         ham, pos = self.coarse(codes, m)
+        if do_rerank and complete_ties:
+            ham, pos = self.complete_ties(codes, ham, pos, cap=max(20 * m, 10_000))
         if do_rerank:
             dist = self.float_distances(features, pos)
             order = np.lexsort((np.where(pos < 0, self.count, pos), ham, dist), axis=-1)[:, :k]
@@ -223,7 +287,7 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
 
 def query(index_dir: str | Path, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
-          device: str = "cpu") -> list[dict[str, Any]]:
+          complete_ties: bool = True, device: str = "cpu") -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts."""
     if not images and not by_id:
         raise HashindexError("nothing to query: give IMAGE paths or --by-id ID")
@@ -242,7 +306,7 @@ def query(index_dir: str | Path, images: list[str], by_id: list[int], *, model: 
         names += [f"id:{i}" for i in by_id]
     codes_arr, feats_arr = np.concatenate(codes), np.concatenate(feats).astype(np.float32)
     if radius is None:
-        return result_rows(index, index.search(codes_arr, feats_arr, k, candidates, rerank), names)
+        return result_rows(index, index.search(codes_arr, feats_arr, k, candidates, rerank, complete_ties), names)
     hits = index.range_search(codes_arr, radius)
     width = max([len(p) for p, _ in hits] + [1])
     pos = np.full((len(hits), width), MISSING, np.int64)

@@ -194,3 +194,17 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_shards, tmp_path,
     batch_search(flat_index, cifar_shards, csv, k=3, progress=False, log=lambda s: None)
     lines = csv.read_text().splitlines()
     assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 10000
+
+
+def test_complete_ties_reranks_whole_tie_group(flat_index, db):
+    index = Index.load(flat_index)
+    q = slice(0, 10000, 1000)
+    codes, feats = db["codes"][q], db["features"][q].astype(np.float32)
+    ham, pos = index.coarse(codes, 20)
+    wide_h, wide_p = index.complete_ties(codes, ham, pos, cap=10000)
+    brute = hamming_distances(codes, db["codes"])
+    for i in range(len(codes)):
+        got = wide_p[i][wide_p[i] >= 0]
+        assert set(got.tolist()) == set(np.flatnonzero(brute[i] <= ham[i, -1]).tolist())
+    res = index.search(codes, feats, k=1, candidates=20, complete_ties=True)
+    assert np.array_equal(res.ids[:, 0], db["ids"][q])  # every query finds itself first

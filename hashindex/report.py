@@ -1,0 +1,146 @@
+"""Pictures of an evaluation: PR curve, precision@k, and a results grid.
+
+Everything is written with matplotlib's Agg backend to PNG files, with the
+run's settings in the title, for people who would rather look than read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HashindexError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(metrics: dict[str, Any]) -> str:
+    return (f"{metrics['bits']}-bit codes, {metrics['queries']} queries vs {metrics['database']} items, "
+            f"model {metrics.get('model_id', '')}")
+
+
+def plot_pr_curve(metrics: dict[str, Any], path: Path) -> Path:
+    """Precision-recall over Hamming radii 0..K."""
+    plt = _plt()
+    pr = metrics["pr_curve"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.plot(pr["recall"], pr["precision"], marker="o", markersize=3)
+    for r in (0, 2, 4):
+        if r < len(pr["radius"]):
+            ax.annotate(f"r={r}", (pr["recall"][r], pr["precision"][r]), fontsize=8)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (0 for queries with no item in radius)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Precision-recall over Hamming radius\n{_title(metrics)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
+    """Precision@k for k = 1..1000, Hamming ranking and re-ranked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    pk = metrics["precision_at_k"]
+    ax.plot(np.arange(1, len(pk) + 1), pk, label=f"Hamming ranking (mAP {metrics['hamming']['map']:.4f})")
+    if "precision_at_k_reranked" in metrics:
+        rr = metrics["precision_at_k_reranked"]
+        ax.plot(np.arange(1, len(rr) + 1), rr,
+                label=f"re-ranked top {metrics['reranked']['candidates']} (mAP {metrics['reranked']['map']:.4f})")
+    ax.set_xlabel("k (number of retrieved items)")
+    ax.set_ylabel("precision@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Precision@k\n{_title(metrics)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _reopen(spec: str | None):
+    """Reopen the image source a shard directory was made from, or None."""
+    from .data import open_source
+
+    if not spec:
+        return None
+    base, _, limit = spec.partition("#limit=")
+    try:
+        src = open_source(base, "source")
+    except HashindexError:
+        return None
+    return src.subset(int(limit)) if limit else src
+
+
+def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
+                 k: int = 10) -> Path:
+    """Query image + top-k results per row, green border = same label, red = not."""
+    from .data import BadImage
+    from .search import Index
+    from .store import ShardSet, read_json
+
+    plt = _plt()
+    index = Index.load(index_dir)
+    qshards = ShardSet(queries_dir, "--queries")
+    q = qshards.load(("codes", "features", "labels", "paths"))
+    db_manifest = read_json(Path(index.meta["source"]["dir"]) / "manifest.json") \
+        if (Path(index.meta["source"]["dir"]) / "manifest.json").exists() else {}
+    qsrc = _reopen(qshards.manifest["source"].get("spec"))
+    dsrc = _reopen(db_manifest.get("source", {}).get("spec"))
+    if qsrc is None or dsrc is None:
+        raise HashindexError("results grid: the source images of the queries or the database are no "
+                             "longer where they were extracted from")
+    qpos = {p: i for i, p in enumerate(qsrc.paths)}
+    dpos = {p: i for i, p in enumerate(dsrc.paths)}
+    labels = q["labels"]
+    pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
+    pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
+    feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
+    res = index.search(q["codes"][pick], feats, k=k, complete_ties=True)
+    paths = index.paths(res.positions)
+    fig, axes = plt.subplots(len(pick), k + 1, figsize=(1.2 * (k + 1), 1.3 * len(pick)))
+    axes = np.atleast_2d(axes)
+    names = index.class_names
+
+    def show(ax, src, pos, colour, text):
+        try:
+            ax.imshow(src.read(pos).convert("RGB"))
+        except (BadImage, KeyError):
+            ax.text(0.5, 0.5, "?", ha="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_edgecolor(colour)
+            side.set_linewidth(3)
+        ax.set_title(text, fontsize=6)
+
+    for row, qi in enumerate(pick):
+        ql = int(labels[qi])
+        show(axes[row, 0], qsrc, qpos.get(q["paths"][qi], 0), "black",
+             f"query: {names[ql] if 0 <= ql < len(names) else ql}")
+        for col in range(k):
+            pos = int(res.positions[row, col])
+            if pos < 0:
+                axes[row, col + 1].axis("off")
+                continue
+            lab = int(index.labels[pos])
+            show(axes[row, col + 1], dsrc, dpos.get(paths[row * k + col], 0),
+                 "green" if lab == ql else "red", f"d={int(res.hamming[row, col])}")
+    fig.suptitle(f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

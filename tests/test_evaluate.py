@@ -1,0 +1,95 @@
+"""Metrics against independent, loop-by-loop numpy computations."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import ShardSet
+from hashindex.cli import cli
+from hashindex.evaluate import evaluate, evaluate_arrays, per_distance_counts, tie_aware_ap
+
+
+def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
+    """AP of one query, written plainly: Hamming via unpackbits, stable sort."""
+    d = np.unpackbits(q_code[None] ^ db_codes, axis=1).sum(1)
+    order = np.argsort(d, kind="stable")
+    rel = (db_labels[order] == q_label)[: at or len(order)]
+    if rel.sum() == 0:
+        return 0.0
+    hits = 0
+    total = 0.0
+    for i, r in enumerate(rel, 1):
+        if r:
+            hits += 1
+            total += hits / i
+    return total / rel.sum()
+
+
+def test_tie_aware_ap_equals_mean_over_tie_orders():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        d = rng.integers(0, 3, 7)
+        rel = rng.random(7) < 0.5
+        groups = [np.flatnonzero(d == v) for v in range(3)]
+        aps = []
+        for perms in itertools.product(*[itertools.permutations(g) for g in groups]):
+            order = np.concatenate([np.array(p, dtype=int) for p in perms])
+            r = rel[order]
+            aps.append((np.cumsum(r) / np.arange(1, 8))[r].mean() if r.any() else 0.0)
+        n, rr = per_distance_counts(d[None], rel[None], 2)
+        harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 8))])
+        assert abs(tie_aware_ap(n, rr, harmonic)[0] - np.mean(aps)) < 1e-12
+
+
+def test_metrics_match_independent_numpy(cifar_shards):
+    data = ShardSet(cifar_shards).load(("codes", "labels"))
+    db_codes, db_labels = data["codes"], data["labels"]
+    q = slice(0, 10000, 211)
+    qc, ql = db_codes[q], db_labels[q]
+    m = evaluate_arrays(qc, ql, db_codes, db_labels, 48, at=(100, 1000), pk_max=500)
+    ref = [loop_ap(c, l, db_codes, db_labels) for c, l in zip(qc, ql)]
+    assert abs(m["hamming"]["map"] - np.mean(ref)) < 1e-6
+    ref100 = [loop_ap(c, l, db_codes, db_labels, 100) for c, l in zip(qc, ql)]
+    assert abs(m["hamming"]["map@100"] - np.mean(ref100)) < 1e-6
+    # precision within radius 2: a brute-force count, 0 for queries with nothing inside
+    d = np.unpackbits(qc[:, None, :] ^ db_codes[None], axis=2).sum(2)
+    inside = d <= 2
+    prec = [(db_labels[row] == l).mean() if row.any() else 0.0 for row, l in zip(inside, ql)]
+    assert abs(m["radius2"]["precision"] - np.mean(prec)) < 1e-9
+    assert m["radius2"]["queries_with_no_item"] == int((~inside.any(1)).sum())
+    # precision@k: plain count in the stable order
+    order = np.argsort(d, axis=1, kind="stable")
+    p500 = ((db_labels[order[:, :500]] == ql[:, None]).mean(1)).mean()
+    assert abs(m["precision_at_k"][499] - p500) < 1e-9
+    # the PR curve ends at recall 1 when every item is within radius K
+    assert abs(m["pr_curve"]["recall"][-1] - 1.0) < 1e-9
+
+
+def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny_model):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--json",
+                              "--plot", str(tmp_path / "plots"), "--candidates", "200"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    direct = evaluate(flat_index, cifar_shards, candidates=200, progress=False)
+    assert abs(m["hamming"]["map"] - direct["hamming"]["map"]) < 1e-12
+    assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
+    for name in ("pr_curve.png", "precision_at_k.png", "results_grid.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
+    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])
+    assert table.exit_code == 0 and "count precision 0" in table.output
+
+    from hashindex import extract
+    from tests.conftest import make_mixed_folder
+
+    make_mixed_folder(tmp_path / "imgs")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in (tmp_path / "imgs").rglob("*.jpg"):
+        (flat / p.name).write_bytes(p.read_bytes())
+    extract(str(tiny_model), str(flat), tmp_path / "unlabelled", workers=0, progress=False, log=lambda s: None)
+    res = runner.invoke(cli, ["eval", str(flat_index), "--queries", str(tmp_path / "unlabelled")])
+    assert res.exit_code == 2 and "have no labels" in res.output and res.output.count("\n") == 1
