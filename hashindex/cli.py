@@ -268,6 +268,33 @@ def write_plots(metrics: dict, plot_dir: str, index_dir: str, queries: str) -> d
 
 
 @cli.command()
+@click.option("--data", default=None, help="Collection to use [default: CIFAR-10 test set via torchvision, downloaded once].")
+@click.option("--out", default="hashindex-demo", show_default=True, help="Folder for shards, index, metrics, plots.")
+@click.option("--model", default="nin-cifar10-48", show_default=True, help="Checkpoint or shipped model name.")
+@click.option("--every", default=10, show_default=True, type=click.IntRange(2), help="Every n-th image is a query.")
+@click.option("--limit", default=None, type=click.IntRange(2), help="Use only this many images.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def demo(ctx, data, out, model, every, limit, workers, device, as_json):
+    """The whole pipeline in one command: extract, index, evaluate, plot.
+
+    Every 10th image is a query, the rest the database.
+
+    \b
+    Example:
+      hashindex demo --data ../shared/data/cifar10-jpeg/test.tar --out /tmp/demo
+    """
+    from .demo import run_demo
+
+    summary = run_demo(out, data, model, every, limit, workers, device, progress=ctx.obj["progress"],
+                       log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(summary)
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json):

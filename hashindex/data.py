@@ -142,6 +142,7 @@ class ImageSource:
     class_names: list[str] = field(default_factory=list)
     greyscale: bool = False  # hint for training's default channel count
     id_offset: int = 0
+    spec: str | None = None  # how to reopen it (absolute path spec), set by open_source
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,11 +165,17 @@ class ImageSource:
         return decode_image(self.read_bytes(i), max_side=2 * size)
 
     def subset(self, n: int) -> "ImageSource":
-        """The first n items, spread over the collection (every k-th item)."""
+        """n items spread evenly over the collection (ids stay the collection's)."""
         if n >= len(self):
             return self
         pick = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
-        return _Subset(self, pick)
+        return _Subset(self, pick, f"limit={n}")
+
+    def split_every(self, n: int) -> tuple["ImageSource", "ImageSource"]:
+        """(every n-th item, all the others): a held-out query set and its database."""
+        every = np.arange(0, len(self), n)
+        rest = np.setdiff1d(np.arange(len(self)), every)
+        return _Subset(self, every, f"every={n}:queries"), _Subset(self, rest, f"every={n}:database")
 
     def remap_labels(self, class_names: list[str]) -> None:
         """Re-express labels in another class vocabulary (e.g. a model's).
@@ -191,13 +198,14 @@ class ImageSource:
 class _Subset(ImageSource):
     """Items of a parent source at given positions; ids stay the parent's."""
 
-    def __init__(self, parent: ImageSource, pick: np.ndarray):
+    def __init__(self, parent: ImageSource, pick: np.ndarray, how: str):
         super().__init__(
-            description=f"{parent.description} (subset of {len(pick)})",
+            description=f"{parent.description} ({how})",
             paths=[parent.paths[i] for i in pick],
             labels=parent.labels[pick],
             class_names=parent.class_names,
             greyscale=parent.greyscale,
+            spec=f"{parent.spec}#{how}" if parent.spec else None,
         )
         self.parent, self.pick = parent, pick
 
@@ -474,6 +482,7 @@ def open_source(spec: str | Path, flag: str = "--data", split: str | None = None
     if spec.startswith("torchvision:"):
         parts = spec.split(":")
         source = _torchvision_source(parts[1], parts[2] if len(parts) > 2 else split or "train")
+        source.spec = spec
         return _non_empty(source, flag, spec)
     path = Path(spec)
     if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
@@ -489,7 +498,25 @@ def open_source(spec: str | Path, flag: str = "--data", split: str | None = None
         raise HashindexError(
             f"{flag} {spec}: expected a folder, a .tar/.tar.gz, a .txt/.csv list, IDX or CIFAR-10 batches"
         )
+    source.spec = str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
     return _non_empty(source, flag, spec)
+
+
+def reopen_source(spec: str) -> ImageSource:
+    """Open a source from its recorded ``spec`` (with #limit= / #every= selections)."""
+    base, *selections = spec.split("#")
+    source = open_source(base, "source")
+    for sel in selections:
+        key, _, value = sel.partition("=")
+        if key == "limit":
+            source = source.subset(int(value))
+        elif key == "every":
+            n, _, part = value.partition(":")
+            queries, database = source.split_every(int(n))
+            source = queries if part == "queries" else database
+        else:
+            raise HashindexError(f"source spec {spec}: unknown selection '{sel}'")
+    return source
 
 
 def _open_path(path: Path, split: str) -> ImageSource | None:

@@ -37,20 +37,6 @@ def source_fingerprint(source: ImageSource) -> str:
     return h.hexdigest()[:16]
 
 
-def source_spec(data: str | ImageSource, limit: int | None) -> str | None:
-    """How to reopen the source later (for result grids): an absolute path spec."""
-    if isinstance(data, ImageSource):
-        return None
-    spec = str(data)
-    if not spec.startswith("torchvision:"):
-        head, sep, split = spec.rpartition(":")
-        if sep and split in ("train", "test") and not Path(spec).exists():
-            spec = f"{Path(head).resolve()}:{split}"
-        else:
-            spec = str(Path(spec).resolve())
-    return spec + (f"#limit={limit}" if limit else "")
-
-
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
                    flag: str = "--data") -> ImageSource:
     """Open a source and express its labels in the model's classes where they fit."""
@@ -146,7 +132,7 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
         "feature_kind": "nin-gap-192" if features != "none" else "none",
         "class_names": source.class_names,
         "source": {"description": source.description, "items": len(source),
-                   "fingerprint": source_fingerprint(source), "spec": source_spec(data, limit)},
+                   "fingerprint": source_fingerprint(source), "spec": source.spec},
         "shard_size": shard_size, "shards_planned": n_shards,
     }
     manifest = _open_or_start(out, expected, overwrite)

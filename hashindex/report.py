@@ -73,16 +73,14 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
 
 def _reopen(spec: str | None):
     """Reopen the image source a shard directory was made from, or None."""
-    from .data import open_source
+    from .data import reopen_source
 
     if not spec:
         return None
-    base, _, limit = spec.partition("#limit=")
     try:
-        src = open_source(base, "source")
+        return reopen_source(spec)
     except HashindexError:
         return None
-    return src.subset(int(limit)) if limit else src
 
 
 def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,

@@ -1,0 +1,78 @@
+"""`hashindex demo`: the whole pipeline on one collection, with the shipped model.
+
+The collection is split into a held-out query set (every 10th image) and a
+database (the rest); both are extracted, the database is indexed, and the
+queries are evaluated against it, with plots and a results grid. Every step
+resumes: rerunning the command after an interruption redoes only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .data import open_source
+from .errors import HashindexError
+from .evaluate import evaluate, format_metrics
+from .extract import extract
+from .files import atomic_write_json, read_json, sha256_file
+from .index import INDEX_JSON, build
+from .model import load_model
+from .report import plot_pr_curve, plot_precision_at_k, results_grid
+from .store import MANIFEST
+
+DEFAULT_MODEL = "nin-cifar10-48"
+DEFAULT_DATA = "torchvision:cifar10:test"
+
+
+def _index_is_current(index_dir: Path, shard_dir: Path) -> bool:
+    """True if index_dir exists and was built from the current shard manifest."""
+    if not (index_dir / INDEX_JSON).exists():
+        return False
+    meta = read_json(index_dir / INDEX_JSON)
+    return meta["source"]["manifest_sha256"] == sha256_file(shard_dir / MANIFEST)
+
+
+def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODEL, every: int = 10,
+             limit: int | None = None, workers: int = 2, device: str = "cpu", progress: bool = True,
+             log=print) -> dict[str, Any]:
+    """Extract, index, evaluate and plot; returns where everything is plus the headline metrics."""
+    t0 = time.time()
+    out = Path(out)
+    hm = load_model(model, device)
+    source = open_source(data or DEFAULT_DATA, "--data", split="test")
+    if limit:
+        source = source.subset(limit)
+    if len(source) < 2 * every:
+        raise HashindexError(f"--data {data}: {len(source)} images are too few for a query/database split")
+    queries, database = source.split_every(every)
+    log(f"[1/4] extract {len(database)} database + {len(queries)} query images with {model} ({hm.model_id})")
+    for name, src in (("database", database), ("queries", queries)):
+        extract(hm, src, out / "shards" / name, workers=workers, progress=progress, log=log)
+    index_dir = out / "index"
+    log("[2/4] build the index (flat Hamming + flat float re-rank)")
+    if _index_is_current(index_dir, out / "shards" / "database"):
+        log(f"{index_dir}: up to date")
+    else:
+        build(out / "shards" / "database", index_dir, overwrite=True, progress=progress, log=log)
+    log("[3/4] evaluate (mAP, precision@k, radius 2, PR curve)")
+    metrics = evaluate(index_dir, out / "shards" / "queries", progress=progress)
+    atomic_write_json(out / "metrics.json", metrics)
+    log("[4/4] plots and results grid")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    files = {
+        "index": str(index_dir), "metrics": str(out / "metrics.json"),
+        "pr_curve": str(plot_pr_curve(metrics, plots / "pr_curve.png")),
+        "precision_at_k": str(plot_precision_at_k(metrics, plots / "precision_at_k.png")),
+        "results_grid": str(results_grid(index_dir, out / "shards" / "queries", plots / "results_grid.png")),
+    }
+    log(format_metrics(metrics))
+    log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
+    log(f"done in {time.time() - t0:.0f} s")
+    return {"files": files, "map": metrics["hamming"]["map"],
+            "map_reranked": metrics.get("reranked", {}).get("map"), "model_id": hm.model_id,
+            "seconds": time.time() - t0, "summary": json.loads(json.dumps(metrics["hamming"]))}
