@@ -93,3 +93,17 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     extract(str(tiny_model), str(flat), tmp_path / "unlabelled", workers=0, progress=False, log=lambda s: None)
     res = runner.invoke(cli, ["eval", str(flat_index), "--queries", str(tmp_path / "unlabelled")])
     assert res.exit_code == 2 and "have no labels" in res.output and res.output.count("\n") == 1
+
+
+def test_eval_refuses_queries_of_another_model(flat_index, tmp_path):
+    from hashindex import extract
+    from hashindex.model import NINHash, atomic_torch_save, build_meta
+    from tests.conftest import CIFAR_TEST
+
+    other = tmp_path / "other.pt"
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    atomic_torch_save(build_meta(NINHash(48, 10), class_names=classes, input_size=32), other)
+    extract(str(other), str(CIFAR_TEST), tmp_path / "q", limit=50, workers=0, progress=False, log=lambda s: None)
+    res = CliRunner().invoke(cli, ["eval", str(flat_index), "--queries", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "differs from the index's model" in res.output
+    assert res.output.count("\n") == 1

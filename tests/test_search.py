@@ -208,3 +208,17 @@ def test_complete_ties_reranks_whole_tie_group(flat_index, db):
         assert set(got.tolist()) == set(np.flatnonzero(brute[i] <= ham[i, -1]).tolist())
     res = index.search(codes, feats, k=1, candidates=20, complete_ties=True)
     assert np.array_equal(res.ids[:, 0], db["ids"][q])  # every query finds itself first
+
+
+def test_batch_job_from_image_source(flat_index, tiny_model, tmp_path):
+    make_mixed_folder(tmp_path / "imgs")
+    out = tmp_path / "r.jsonl"
+    res = CliRunner().invoke(cli, ["-q", "query", str(flat_index), "--queries", str(tmp_path / "imgs"),
+                                   "--model", str(tiny_model), "--out", str(out), "--k", "5"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 9 and all(len(r["ids"]) == 5 for r in rows)  # 9 readable images, 3 skipped
+    assert not (tmp_path / "r.jsonl.parts").exists()
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(tmp_path / "imgs"),
+                                   "--out", str(tmp_path / "x.h5")])
+    assert res.exit_code == 2 and "needs --model" in res.output
