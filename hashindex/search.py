@@ -37,9 +37,14 @@ class SearchResult:
 
 
 def _read_binary(path: Path, mmap: bool) -> faiss.IndexBinary:
+    """Read a binary index; flat codes are memory-mapped (IO_FLAG_MMAP_IFC), not loaded.
+
+    (IO_FLAG_MMAP alone still reads an IndexBinaryFlat into memory: measured,
+    160 MB resident for 20M codes against 0.4 MB with IO_FLAG_MMAP_IFC.)
+    """
     if mmap:
         try:
-            return faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP)
+            return faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError:
             pass  # index types without mmap support are read into memory
     return faiss.read_index_binary(str(path))

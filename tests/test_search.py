@@ -222,3 +222,13 @@ def test_batch_job_from_image_source(flat_index, tiny_model, tmp_path):
     res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(tmp_path / "imgs"),
                                    "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 2 and "needs --model" in res.output
+
+
+def test_flat_indexes_load_memory_mapped(flat_index):
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
+
+    before = rss_mb()
+    mapped = [Index.load(flat_index) for _ in range(5)]  # 5 x (80 kB codes + 7.7 MB features)
+    assert rss_mb() - before < 20  # loaded into memory it would be about 39 MB
+    assert mapped[0].search(mapped[0].items(np.array([3]))[0], None, k=1).ids[0, 0] >= 0
