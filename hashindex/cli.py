@@ -146,10 +146,12 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
 @click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
 @click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
+              help="Split the binary index into this many indexes by position range (exact merged search).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, overwrite, as_json):
+def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
@@ -159,7 +161,7 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, overwrite, as_json
     from .index import build as api_build
 
     meta = api_build(shard_dir, out, binary=binary, rerank=rerank, nlist=nlist, nprobe=nprobe,
-                     overwrite=overwrite, progress=ctx.obj["progress"],
+                     shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
                      log=lambda line: click.echo(line, err=as_json))
     if as_json:
         _echo_json(meta)

@@ -99,6 +99,67 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
     raise HashindexError(f"--binary {kind}: expected one of {', '.join(BINARY_KINDS)}")
 
 
+class BinaryShards:
+    """Binary indexes over consecutive position ranges, searched as one.
+
+    Each shard answers for its own rows; results are shifted to global
+    positions and merged exactly (top-k by (distance, position)), so S shards
+    return what one index over all rows returns. The same fan-out works with
+    one shard per process or machine.
+    """
+
+    def __init__(self, parts: list[faiss.IndexBinary], starts: list[int]):
+        self.parts, self.starts = parts, [int(s) for s in starts]
+        self.d = parts[0].d
+
+    @property
+    def ntotal(self) -> int:
+        return sum(int(p.ntotal) for p in self.parts)
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dists, poss = [], []
+        for part, start in zip(self.parts, self.starts):
+            d, i = part.search(x, max(1, min(k, int(part.ntotal))))
+            poss.append(np.where(i < 0, -1, i + start))
+            dists.append(d)
+        d, pos = np.concatenate(dists, 1).astype(np.int64), np.concatenate(poss, 1)
+        key = np.where(pos < 0, np.iinfo(np.int64).max, d * (self.ntotal + 1) + pos)
+        order = np.argsort(key, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, 1).astype(np.int32), np.take_along_axis(pos, order, 1)
+
+    def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(x))]
+        for part, start in zip(self.parts, self.starts):
+            lims, d, i = part.range_search(x, radius)
+            for q in range(len(x)):
+                per_query[q].append((d[lims[q]:lims[q + 1]], i[lims[q]:lims[q + 1]] + start))
+        lims = np.zeros(len(x) + 1, np.int64)
+        ds, ps = [], []
+        for q, pieces in enumerate(per_query):
+            ds += [d for d, _ in pieces]
+            ps += [p for _, p in pieces]
+            lims[q + 1] = lims[q] + sum(len(d) for d, _ in pieces)
+        empty_d, empty_p = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return lims, np.concatenate(ds or [empty_d]), np.concatenate(ps or [empty_p])
+
+
+def make_binary_shards(kind: str, dim: int, params: dict[str, Any], bounds: list[int],
+                       train_codes: np.ndarray | None) -> list[faiss.IndexBinary]:
+    """One empty index per shard; IVF shards share one trained quantizer."""
+    template = make_binary_index(kind, dim, params)
+    if not template.is_trained:
+        template.train(train_codes)
+    if kind == "ivf":
+        return [faiss.clone_binary_index(template) for _ in range(len(bounds) - 1)]
+    return [template] + [make_binary_index(kind, dim, params) for _ in range(len(bounds) - 2)]
+
+
+def binary_files(meta: dict[str, Any]) -> list[str]:
+    """The binary index file(s) an index directory holds."""
+    shards = meta["binary"].get("shards")
+    return [s["file"] for s in shards] if shards else [BINARY_FILE]
+
+
 def make_rerank_index(kind: str, dim: int) -> faiss.Index | None:
     if kind == "none":
         return None
@@ -136,78 +197,103 @@ def _check_shards(shards: ShardSet, rerank: str) -> None:
 
 
 def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
-          nlist: int | None = None, nprobe: int | None = None, seed: int = 0,
+          nlist: int | None = None, nprobe: int | None = None, shards: int = 1, seed: int = 0,
           overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
-    """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json."""
+    """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json.
+
+    ``shards`` > 1 splits the binary index into that many indexes over
+    consecutive position ranges (searched with an exact merge).
+    """
     t0 = time.time()
-    shards = ShardSet(shard_dir, "SHARD_DIR")
-    _check_shards(shards, rerank)
+    store = ShardSet(shard_dir, "SHARD_DIR")
+    _check_shards(store, rerank)
     out = Path(out)
     if out.exists() and not overwrite:
         raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it)")
-    n, bits = shards.rows, shards.bits
-    code_bytes = shards.manifest["code_bytes"]
+    n, bits = store.rows, store.bits
+    if not 1 <= shards <= n:
+        raise HashindexError(f"--shards {shards}: expected 1 to {n} (the number of items)")
+    code_bytes = store.manifest["code_bytes"]
     pbytes = padded_bytes(code_bytes)
+    bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()
     params = default_params(binary, n, bits)
     if binary == "ivf":
         params["nlist"] = nlist or params["nlist"]
         params["nprobe"] = nprobe or min(params["nprobe"], params["nlist"])
         if params["nlist"] > n:
             raise HashindexError(f"--nlist {params['nlist']}: more lists than the {n} items to index")
-    bindex = make_binary_index(binary, pbytes * 8, params)
-    dim = shards.manifest["feature_dim"]
-    findex = make_rerank_index(rerank, dim) if rerank != "none" else None
     rng = np.random.default_rng(seed)
-    if not bindex.is_trained:
-        sample = _training_sample(shards, "codes", max(256 * params.get("nlist", 1), 100_000), rng)
-        bindex.train(pad_codes(sample, pbytes))
+    sample = None
+    if binary == "ivf":
+        sample = pad_codes(_training_sample(store, "codes", max(256 * params["nlist"], 100_000), rng), pbytes)
+    parts = make_binary_shards(binary, pbytes * 8, params, bounds, sample)
+    dim = store.manifest["feature_dim"]
+    findex = make_rerank_index(rerank, dim) if rerank != "none" else None
     if findex is not None and not findex.is_trained:
-        findex.train(_training_sample(shards, "features", 100_000, rng).astype(np.float32))
+        findex.train(_training_sample(store, "features", 100_000, rng).astype(np.float32))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _fill(shards, bindex, findex, pbytes, tmp / TABLE_FILE, progress)
-        faiss.write_index_binary(bindex, str(tmp / BINARY_FILE))
+        _fill(store, parts, bounds, findex, pbytes, tmp / TABLE_FILE, progress)
+        binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
+                                       "padded_bytes": pbytes, **params}
+        if shards == 1:
+            faiss.write_index_binary(parts[0], str(tmp / BINARY_FILE))
+        else:
+            binary_meta["shards"] = []
+            for j, part in enumerate(parts):
+                name = f"binary-{j:03d}.faiss"
+                faiss.write_index_binary(part, str(tmp / name))
+                binary_meta["shards"].append({"file": name, "start": bounds[j], "stop": bounds[j + 1]})
         if findex is not None:
             faiss.write_index(findex, str(tmp / RERANK_FILE))
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_id": shards.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
-            "class_names": shards.class_names,
-            "binary": {"kind": binary, "faiss": type(bindex).__name__, "padded_bytes": pbytes, **params},
+            "model_id": store.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
+            "class_names": store.class_names,
+            "binary": binary_meta,
             "rerank": {"kind": rerank, "faiss": type(findex).__name__ if findex is not None else None,
                        "dim": dim if findex is not None else 0, "metric": "L2"},
             "source": {"dir": str(Path(shard_dir).resolve()),
                        "manifest_sha256": sha256_file(Path(shard_dir) / MANIFEST)},
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.time() - t0, 3),
-            "memory": _memory_figures(tmp, n),
+            "memory": _memory_figures(tmp, n, binary_files({"binary": binary_meta})),
         }
         atomic_write_json(tmp / INDEX_JSON, meta)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}), "
+    log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}"
+        + (f", {shards} shards" if shards > 1 else "") + "), "
         f"{rerank} re-rank store, {meta['memory']['bytes_per_item']:.1f} bytes/item, {meta['build_s']:.1f} s")
     return meta
 
 
-def _fill(shards: ShardSet, bindex, findex, pbytes: int, table_path: Path, progress: bool) -> None:
-    """Add every shard's codes/features to the indexes and write the position table."""
-    n = shards.rows
+def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, table_path: Path,
+          progress: bool) -> None:
+    """Add every shard's codes/features to the indexes and write the position table.
+
+    Rows go to binary index j when their position lies in [bounds[j], bounds[j+1]).
+    """
+    n = store.rows
     with h5py.File(table_path, "w") as table:
         t_ids = table.create_dataset("ids", (n,), np.int64)
         t_labels = table.create_dataset("labels", (n,), np.int32)
-        t_codes = table.create_dataset("codes", (n, shards.manifest["code_bytes"]), np.uint8)
+        t_codes = table.create_dataset("codes", (n, store.manifest["code_bytes"]), np.uint8)
         t_paths = table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
         pos = 0
-        for path in tqdm(shards.shard_paths(), desc="build", unit="shard", disable=not progress):
+        for path in tqdm(store.shard_paths(), desc="build", unit="shard", disable=not progress):
             with h5py.File(path, "r") as f:
                 codes = f["codes"][()]
                 m = len(codes)
-                bindex.add(pad_codes(codes, pbytes))
+                padded = pad_codes(codes, pbytes)
+                for j, part in enumerate(parts):
+                    lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
+                    if lo < hi:
+                        part.add(padded[lo - pos:hi - pos])
                 if findex is not None:
                     findex.add(np.ascontiguousarray(f["features"][()], dtype=np.float32))
                 t_ids[pos:pos + m] = f["ids"][()]
@@ -217,10 +303,12 @@ def _fill(shards: ShardSet, bindex, findex, pbytes: int, table_path: Path, progr
             pos += m
 
 
-def _memory_figures(folder: Path, n: int) -> dict[str, Any]:
-    sizes = {name: (folder / f).stat().st_size if (folder / f).exists() else 0
-             for name, f in (("binary_bytes", BINARY_FILE), ("rerank_bytes", RERANK_FILE),
-                             ("table_bytes", TABLE_FILE))}
+def _memory_figures(folder: Path, n: int, binary: list[str]) -> dict[str, Any]:
+    def size(name: str) -> int:
+        return (folder / name).stat().st_size if (folder / name).exists() else 0
+
+    sizes = {"binary_bytes": sum(size(f) for f in binary), "rerank_bytes": size(RERANK_FILE),
+             "table_bytes": size(TABLE_FILE)}
     sizes["bytes_per_item"] = sum(sizes.values()) / max(n, 1)
     return sizes
 
@@ -249,7 +337,7 @@ def read_index_meta(directory: str | Path, flag: str = "INDEX_DIR") -> dict[str,
         raise HashindexError(f"{flag} {d / INDEX_JSON}: unreadable ({e})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise HashindexError(f"{flag} {d}: not a {FORMAT} v{FORMAT_VERSION} index")
-    needed = [BINARY_FILE, TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
+    needed = binary_files(meta) + [TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
     missing = [f for f in needed if not (d / f).exists()]
     if missing:
         raise HashindexError(f"{flag} {d}: incomplete index, missing {', '.join(missing)}")

@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 
 from .errors import HashindexError
-from .index import BINARY_FILE, RERANK_FILE, TABLE_FILE, pad_codes, read_index_meta
+from .index import (RERANK_FILE, TABLE_FILE, BinaryShards, binary_files, pad_codes,
+                    read_index_meta)
 
 MISSING = -1
 
@@ -76,7 +77,9 @@ class Index:
         """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows)."""
         d = Path(directory)
         meta = read_index_meta(d)
-        binary = _read_binary(d / BINARY_FILE, mmap)
+        parts = [_read_binary(d / name, mmap) for name in binary_files(meta)]
+        shards = meta["binary"].get("shards")
+        binary = BinaryShards(parts, [s["start"] for s in shards]) if shards else parts[0]
         rerank = _read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
         with h5py.File(d / TABLE_FILE, "r") as t:
             ids, labels = t["ids"][()], t["labels"][()]

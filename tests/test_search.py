@@ -232,3 +232,23 @@ def test_flat_indexes_load_memory_mapped(flat_index):
     mapped = [Index.load(flat_index) for _ in range(5)]  # 5 x (80 kB codes + 7.7 MB features)
     assert rss_mb() - before < 20  # loaded into memory it would be about 39 MB
     assert mapped[0].search(mapped[0].items(np.array([3]))[0], None, k=1).ids[0, 0] >= 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_sharded_index_equals_single(kind, cifar_shards, db, tmp_path):
+    """S=4 binary shards (IVF: one shared trained quantizer) give the single index's results."""
+    for s in (1, 4):
+        build(cifar_shards, tmp_path / f"{kind}{s}", binary=kind, rerank="flat", shards=s,
+              progress=False, log=lambda m: None)
+    one, four = Index.load(tmp_path / f"{kind}1"), Index.load(tmp_path / f"{kind}4")
+    assert len(four.meta["binary"]["shards"]) == 4 and four.count == one.count == 10000
+    q, f = db["codes"][QUERIES], db["features"][QUERIES].astype(np.float32)
+    a, b = one.search(q, None, k=50, rerank=False), four.search(q, None, k=50, rerank=False)
+    assert np.array_equal(a.hamming, b.hamming)
+    inner = a.hamming < a.hamming[:, -1:]  # below the boundary distance the ids must agree exactly
+    assert np.array_equal(np.where(inner, a.ids, -1), np.where(inner, b.ids, -1))
+    ra, rb = one.search(q, f, k=10, candidates=10000), four.search(q, f, k=10, candidates=10000)
+    assert np.array_equal(ra.ids, rb.ids)  # whole-database pools: identical re-ranked top 10
+    if kind == "flat":
+        for (pa, da), (pb, dbb) in zip(one.range_search(q, 2), four.range_search(q, 2)):
+            assert np.array_equal(pa, pb) and np.array_equal(da, dbb)
