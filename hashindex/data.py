@@ -78,14 +78,16 @@ def decode_image(data: bytes, max_side: int | None = None) -> Image.Image:
         raise BadImage("empty", "0 bytes")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above 89 MP and refuses above 179 MP (DecompressionBombError);
+            # big photos between the two are decoded (JPEGs at reduced scale via draft).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if max_side and img.format == "JPEG":
                 img.draft(None, (max_side, max_side))
             img.load()
     except UnidentifiedImageError as e:
         raise BadImage("not-an-image", str(e)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise BadImage("too-large", str(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
@@ -159,7 +161,11 @@ class ImageSource:
 
     def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
         """Item i as the net's uint8 (C, size, size) input (raises BadImage)."""
-        return to_array(self._decode_for(i, size), size, channels)
+        img = self._decode_for(i, size)
+        try:
+            return to_array(img, size, channels)
+        except (ValueError, OSError) as e:  # e.g. a colour mode Pillow cannot convert
+            raise BadImage("unsupported", f"mode {img.mode}: {e}") from None
 
     def _decode_for(self, i: int, size: int) -> Image.Image:
         return decode_image(self.read_bytes(i), max_side=2 * size)

@@ -183,3 +183,14 @@ def test_decode_reasons():
     assert e.value.reason in ("corrupt", "truncated", "not-an-image")
     big = decode_image(image_bytes(size=(4000, 3000)), max_side=64)
     assert max(big.size) <= 4000 // 8 * 2  # JPEG draft decodes at reduced scale
+
+
+def test_odd_modes_never_crash(tmp_path):
+    """Colour modes Pillow may not convert give an array or a counted skip, never another error."""
+    Image.new("LAB", (8, 8)).save(tmp_path / "lab.tif")
+    Image.new("I;16", (8, 8)).save(tmp_path / "deep.png")
+    Image.new("1", (8, 8)).save(tmp_path / "bilevel.png")
+    skips = SkipLog()
+    images, _, _ = load_arrays(open_source(tmp_path), 32, 3, workers=0, progress=False, skips=skips)
+    assert len(images) + skips.total == 3 and len(images) >= 2
+    assert set(skips.counts) <= {"unsupported", "corrupt", "not-an-image"}
