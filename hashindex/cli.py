@@ -114,14 +114,20 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--no-bf16", is_flag=True, help="Run the net in float32.")
 @click.option("--overwrite", is_flag=True, help="Delete the shards in --out and start over.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray worker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
 def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, device,
-            no_bf16, overwrite, as_json):
+            no_bf16, overwrite, backend, address, num_workers, gpus_per_worker, as_json):
     """Encode an image collection into HDF5 shards (codes, features, ids, labels, paths).
 
     Rerunning the same command after an interruption finishes the job: complete
-    shards are kept, the unfinished one is redone.
+    shards are kept, the unfinished one is redone. With --backend ray each
+    shard is a task on a Ray cluster; the files are the same.
 
     \b
     Example:
@@ -132,6 +138,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
     manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
                            workers=workers, features=features, device=device, bf16=not no_bf16,
                            overwrite=overwrite, limit=limit, progress=ctx.obj["progress"],
+                           backend=backend, ray_options={"address": address, "num_workers": num_workers,
+                                                         "gpus_per_worker": gpus_per_worker},
                            log=lambda line: click.echo(line, err=as_json))
     if as_json:
         _echo_json(manifest)
@@ -185,10 +193,14 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite,
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Batch job: replace --out.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
-          batch_size, device, overwrite, as_json):
+          batch_size, device, overwrite, backend, address, num_workers, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
     \b
@@ -204,7 +216,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
             raise HashindexError("--queries and --out go together (a batch job needs both)")
         job = search.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
                                   batch_size=batch_size, fmt=fmt, model=model, device=device,
-                                  overwrite=overwrite, progress=ctx.obj["progress"],
+                                  overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
+                                  ray_options={"address": address, "num_workers": num_workers},
                                   log=lambda line: click.echo(line, err=as_json))
         if as_json:
             _echo_json(job)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,12 +113,50 @@ def _drop_bad_shards(out: Path, manifest: dict[str, Any], log: Callable[[str], N
         manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in bad]
 
 
-def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
-            shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
-            features: str = "float16", device: str = "cpu", bf16: bool = True,
-            overwrite: bool = False, limit: int | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Extract codes and features of a collection into SHARD_DIR ``out``; returns the manifest."""
+@dataclass
+class ShardJob:
+    """Everything one worker needs to make shard j (sent once per worker, not per batch)."""
+
+    model: HashModel
+    source: ImageSource
+    out: Path
+    shard_size: int
+    features: str
+    batch_size: int
+    workers: int
+    attrs: dict[str, Any]
+
+
+def make_shard(job: ShardJob, j: int, on_batch: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Encode shard j, write it atomically, return its manifest entry.
+
+    The one unit of work of both the local loop and the Ray backend, so both
+    produce the same files.
+    """
+    start, stop = j * job.shard_size, min((j + 1) * job.shard_size, len(job.source))
+    rows = encode_range(job.model, job.source, start, stop, job.features, job.batch_size, job.workers, on_batch)
+    attrs = {**job.attrs, "shard": j, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    sha = write_shard(job.out / shard_name(j), rows, attrs)
+    reasons: dict[str, int] = {}
+    for _, _, r in rows.skipped:
+        reasons[r] = reasons.get(r, 0) + 1
+    return {"index": j, "file": shard_name(j), "rows": len(rows), "start": start, "stop": stop,
+            "id_min": int(rows.ids.min()) if len(rows) else None,
+            "id_max": int(rows.ids.max()) if len(rows) else None,
+            "skipped_by_reason": reasons, "sha256": sha}
+
+
+def record_shard(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Add a finished shard to the manifest and rewrite it atomically."""
+    manifest["shards"] = sorted([s for s in manifest["shards"] if s["index"] != entry["index"]] + [entry],
+                                key=lambda s: s["index"])
+    save_manifest(out, manifest)
+
+
+def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, shard_size: int,
+         batch_size: int, workers: int, features: str, device: str, bf16: bool, overwrite: bool,
+         limit: int | None, log: Callable[[str], None]) -> tuple[ShardJob, dict[str, Any], list[int]]:
+    """Check the arguments, open or start SHARD_DIR; returns (job, manifest, shards still to do)."""
     if features not in FEATURE_DTYPES:
         raise HashindexError(f"--features {features}: expected one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1:
@@ -139,38 +178,51 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
     remove_stale_temps(out)
     _drop_bad_shards(out, manifest, log)
     done = {s["index"] for s in manifest["shards"]}
-    if len(done) == n_shards and manifest.get("complete"):
-        log(f"{out}: already complete ({n_shards} shards); nothing to do")
-        return manifest
+    attrs = {k: expected[k] for k in ("model_id", "bits", "feature_dim", "feature_kind")}
+    attrs.update({"format": "hashindex-shards", "format_version": 1, "source": source.description})
+    job = ShardJob(model, source, out, shard_size, features, batch_size, workers, attrs)
+    return job, manifest, [j for j in range(n_shards) if j not in done]
 
-    bar = tqdm(total=len(source), unit="img", desc="extract", disable=not progress,
-               initial=sum(min(shard_size, len(source) - j * shard_size) for j in done))
-    t0 = time.time()
-    attrs_common = {k: expected[k] for k in ("model_id", "bits", "feature_dim", "feature_kind")}
-    for j in range(n_shards):
-        if j in done:
-            continue
-        start, stop = j * shard_size, min((j + 1) * shard_size, len(source))
-        rows = encode_range(model, source, start, stop, features, batch_size, workers, bar.update)
-        attrs = {**attrs_common, "format": "hashindex-shards", "format_version": 1, "shard": j,
-                 "source": source.description, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        sha = write_shard(out / shard_name(j), rows, attrs)
-        reasons: dict[str, int] = {}
-        for _, _, r in rows.skipped:
-            reasons[r] = reasons.get(r, 0) + 1
-        manifest["shards"].append({
-            "index": j, "file": shard_name(j), "rows": len(rows), "start": start, "stop": stop,
-            "id_min": int(rows.ids.min()) if len(rows) else None,
-            "id_max": int(rows.ids.max()) if len(rows) else None,
-            "skipped_by_reason": reasons, "sha256": sha,
-        })
-        manifest["shards"].sort(key=lambda s: s["index"])
-        save_manifest(out, manifest)
-    bar.close()
-    skipped = ShardSet.from_manifest(out, manifest).skipped()
-    atomic_write_bytes(out / SKIPPED, "".join(f"{i}\t{p}\t{r}\n" for i, p, r in skipped).encode())
+
+def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write skipped.txt and the summary line once every shard is done."""
+    save_manifest(job.out, manifest)
+    skipped = ShardSet.from_manifest(job.out, manifest).skipped()
+    atomic_write_bytes(job.out / SKIPPED, "".join(f"{i}\t{p}\t{r}\n" for i, p, r in skipped).encode())
     totals = manifest["totals"]
-    wall = time.time() - t0
-    log(f"extracted {totals['written']} images into {n_shards} shard(s) in {out} "
-        f"({totals['read'] / max(wall, 1e-9):.0f} img/s); {skip_summary(totals['skipped_by_reason'])}")
+    log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "
+        f"({totals['read'] / max(seconds, 1e-9):.0f} img/s); {skip_summary(totals['skipped_by_reason'])}")
     return manifest
+
+
+def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
+            shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
+            features: str = "float16", device: str = "cpu", bf16: bool = True,
+            overwrite: bool = False, limit: int | None = None, progress: bool = True,
+            backend: str = "local", ray_options: dict[str, Any] | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Extract codes and features of a collection into SHARD_DIR ``out``; returns the manifest.
+
+    ``backend="ray"`` runs the shards as tasks on a Ray cluster (see
+    hashindex.distributed); the files are the same as the local path's.
+    """
+    if backend not in ("local", "ray"):
+        raise HashindexError(f"--backend {backend}: expected local or ray")
+    job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
+                               workers=workers, features=features, device=device, bf16=bf16,
+                               overwrite=overwrite, limit=limit, log=log)
+    if not todo and manifest.get("complete"):
+        log(f"{job.out}: already complete ({manifest['shards_planned']} shards); nothing to do")
+        return manifest
+    t0 = time.time()
+    if backend == "ray":
+        from .distributed import run_shards
+
+        run_shards(job, manifest, todo, progress=progress, log=log, **(ray_options or {}))
+        return finish(job, manifest, time.time() - t0, log)
+    done_rows = sum(s["stop"] - s["start"] for s in manifest["shards"])
+    bar = tqdm(total=len(job.source), unit="img", desc="extract", disable=not progress, initial=done_rows)
+    for j in todo:
+        record_shard(job.out, manifest, make_shard(job, j, bar.update))
+    bar.close()
+    return finish(job, manifest, time.time() - t0, log)

@@ -405,7 +405,8 @@ def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | N
 def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
                  candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
                  fmt: str | None = None, model: str | None = None, device: str = "cpu",
-                 overwrite: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+                 overwrite: bool = False, progress: bool = True, backend: str = "local",
+                 ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Search every query of a shard directory (or image source); write one results file.
 
     Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
@@ -419,6 +420,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     from .files import atomic_path, atomic_write_json, read_json, sha256_file
     from .store import MANIFEST
 
+    if backend not in ("local", "ray"):
+        raise HashindexError(f"--backend {backend}: expected local or ray")
     index = index if isinstance(index, Index) else Index.load(index)
     check_candidates(candidates, k)
     out = Path(out)
@@ -439,24 +442,39 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     atomic_write_json(parts / "job.json", job)
 
     data = shards.load(("codes", "features", "ids"))
+    if not rerank:
+        data["features"] = None
     n = len(data["ids"])
-    feats = data["features"] if rerank else None
     n_batches = -(-n // batch_size)
-    for b in tqdm(range(n_batches), desc="query", unit="batch", disable=not progress):
-        part = parts / f"part-{b:06d}.npz"
-        if part.exists():
-            continue
-        sl = slice(b * batch_size, min((b + 1) * batch_size, n))
-        res = index.search(data["codes"][sl], feats[sl] if feats is not None else None, k, candidates, rerank)
-        with atomic_path(part) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)
+    todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
+    settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
+    if backend == "ray" and todo:
+        from .distributed import run_parts
+
+        run_parts(str(index.dir), data, todo, lambda b: str(parts / f"part-{b:06d}.npz"), settings,
+                  progress=progress, **(ray_options or {}))
+    else:
+        for b in tqdm(todo, desc="query", unit="batch", disable=not progress):
+            search_part(index, data, b, parts / f"part-{b:06d}.npz", **settings)
     merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
               for name in ("ids", "hamming", "distance")}
     _write_results(out, fmt, data["ids"], merged, job)
     shutil.rmtree(parts)
     log(f"wrote {out}: {n} queries x top {k} ({fmt})")
     return {**job, "out": str(out), "queries_count": n, "format": fmt}
+
+
+def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
+                candidates: int | None, rerank: bool, batch_size: int) -> None:
+    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part."""
+    from .files import atomic_path
+
+    sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
+    feats = data["features"][sl] if data["features"] is not None else None
+    res = index.search(data["codes"][sl], feats, k, candidates, rerank)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)
 
 
 def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np.ndarray],

@@ -1,0 +1,96 @@
+"""The Ray backend on a local Ray runtime: same files as the local path, failures retried or reported."""
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hashindex[ray]')")
+
+from hashindex import HashindexError, ShardSet, extract  # noqa: E402
+from hashindex.extract import make_shard  # noqa: E402
+from hashindex.search import batch_search  # noqa: E402
+from tests.conftest import CIFAR_TEST, need  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the failure-injecting shard functions below travel to the workers by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def arrays(directory):
+    shards = ShardSet(directory)
+    data = shards.load(("codes", "features", "ids", "labels", "paths"))
+    entries = [{k: v for k, v in s.items() if k != "sha256"} for s in shards.manifest["shards"]]
+    return data, entries, shards.manifest["totals"]
+
+
+def assert_same(a_dir, b_dir):
+    a, b = arrays(a_dir), arrays(b_dir)
+    for key in ("codes", "features", "ids", "labels"):
+        assert np.array_equal(a[0][key], b[0][key]), key
+    assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
+
+
+class FailOnce:
+    """Fails the first attempt at shard 1 (a marker file remembers across processes)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, job, j):
+        if j == 1 and not Path(self.marker).exists():
+            Path(self.marker).write_text("failed once")
+            raise RuntimeError("injected failure")
+        return make_shard(job, j)
+
+
+def always_fail_shard_2(job, j):
+    if j == 2:
+        raise RuntimeError("injected permanent failure")
+    return make_shard(job, j)
+
+
+def test_ray_extraction_equals_local(local_ray, tiny_model, cifar_shards, tmp_path):
+    """The whole CIFAR-10 test tar on Ray gives the local path's shards (cifar_shards), array for array."""
+    need(CIFAR_TEST)
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "ray", shard_size=4000, backend="ray",
+            ray_options={"num_workers": 2}, progress=False, log=lambda s: None)
+    assert_same(cifar_shards, tmp_path / "ray")
+    assert (tmp_path / "ray" / "skipped.txt").exists()
+
+
+def test_ray_failures_are_retried_or_reported(local_ray, tiny_model, tmp_path):
+    need(CIFAR_TEST)
+    opts = dict(shard_size=250, limit=1000, progress=False, log=lambda s: None)
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "local", workers=0, **opts)
+    # a failure on the first try is retried and nothing is lost or doubled
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "retried", backend="ray",
+            ray_options={"num_workers": 2, "shard_fn": FailOnce(str(tmp_path / "marker"))}, **opts)
+    assert (tmp_path / "marker").exists()
+    assert_same(tmp_path / "local", tmp_path / "retried")
+    # a shard that keeps failing is reported; the others are kept; a rerun completes the job
+    with pytest.raises(HashindexError, match="1 shard\\(s\\) failed after 1 retries"):
+        extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "broken", backend="ray",
+                ray_options={"num_workers": 2, "max_retries": 1, "shard_fn": always_fail_shard_2}, **opts)
+    partial = ShardSet(tmp_path / "broken", require_complete=False).manifest
+    assert not partial["complete"] and sorted(s["index"] for s in partial["shards"]) == [0, 1, 3]
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "broken", backend="ray",
+            ray_options={"num_workers": 2}, **opts)
+    assert_same(tmp_path / "local", tmp_path / "broken")
+
+
+def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_path):
+    opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_shards, tmp_path / "local.h5", **opts)
+    batch_search(flat_index, cifar_shards, tmp_path / "ray.h5", backend="ray",
+                 ray_options={"num_workers": 2}, **opts)
+    with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
+        for name in ("query_ids", "ids", "hamming", "distance"):
+            assert np.array_equal(a[name][()], b[name][()]), name
