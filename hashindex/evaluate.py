@@ -183,12 +183,14 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
         db_codes = t["codes"][()]
     keep = q["labels"] >= 0
     feats = q["features"][keep].astype(np.float32) if q["features"] is not None else None
-    rr = None
-    if rerank and index.rerank is not None and feats is not None:
-        def rr(sl, pos):
-            return index.float_distances(feats[sl], pos)
+    use_rerank = rerank and index.rerank is not None and feats is not None
+
+    def rr(sl, pos):
+        return index.float_distances(feats[sl], pos)
+
     out = evaluate_arrays(q["codes"][keep], q["labels"][keep], db_codes, index.labels, index.bits,
-                          at=at, pk_max=pk_max, radius=radius, rerank=rr, candidates=candidates,
+                          at=at, pk_max=pk_max, radius=radius, rerank=rr if use_rerank else None,
+                          candidates=candidates,
                           progress=progress)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL

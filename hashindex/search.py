@@ -417,7 +417,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
 
     from tqdm import tqdm
 
-    from .files import atomic_path, atomic_write_json, read_json, sha256_file
+    from .files import atomic_write_json, read_json, sha256_file
     from .store import MANIFEST
 
     if backend not in ("local", "ray"):

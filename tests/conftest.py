@@ -63,6 +63,22 @@ def make_mixed_folder(root: Path) -> dict[str, str]:
     return {rel: reason for rel, (_, reason) in files.items()}
 
 
+def assert_same_shards(a_dir: Path, b_dir: Path) -> None:
+    """Two shard directories hold the same rows and manifest entries (checksums and times aside)."""
+    from hashindex import ShardSet
+
+    def contents(directory):
+        shards = ShardSet(directory)
+        data = shards.load(("codes", "features", "ids", "labels", "paths"))
+        entries = [{k: v for k, v in s.items() if k != "sha256"} for s in shards.manifest["shards"]]
+        return data, entries, shards.manifest["totals"]
+
+    a, b = contents(a_dir), contents(b_dir)
+    for key in ("codes", "features", "ids", "labels"):
+        assert np.array_equal(a[0][key], b[0][key]), key
+    assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
+
+
 def make_tar(path: Path, members: dict[str, bytes]) -> Path:
     mode = "w:gz" if path.name.endswith(".gz") else "w"
     with tarfile.open(path, mode) as tf:

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hash
 from hashindex import HashindexError, ShardSet, extract  # noqa: E402
 from hashindex.extract import make_shard  # noqa: E402
 from hashindex.search import batch_search  # noqa: E402
-from tests.conftest import CIFAR_TEST, need  # noqa: E402
+from tests.conftest import CIFAR_TEST, assert_same_shards, need  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +22,6 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
     ray.shutdown()
-
-
-def arrays(directory):
-    shards = ShardSet(directory)
-    data = shards.load(("codes", "features", "ids", "labels", "paths"))
-    entries = [{k: v for k, v in s.items() if k != "sha256"} for s in shards.manifest["shards"]]
-    return data, entries, shards.manifest["totals"]
-
-
-def assert_same(a_dir, b_dir):
-    a, b = arrays(a_dir), arrays(b_dir)
-    for key in ("codes", "features", "ids", "labels"):
-        assert np.array_equal(a[0][key], b[0][key]), key
-    assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
 
 
 class FailOnce:
@@ -62,7 +48,7 @@ def test_ray_extraction_equals_local(local_ray, tiny_model, cifar_shards, tmp_pa
     need(CIFAR_TEST)
     extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "ray", shard_size=4000, backend="ray",
             ray_options={"num_workers": 2}, progress=False, log=lambda s: None)
-    assert_same(cifar_shards, tmp_path / "ray")
+    assert_same_shards(cifar_shards, tmp_path / "ray")
     assert (tmp_path / "ray" / "skipped.txt").exists()
 
 
@@ -74,7 +60,7 @@ def test_ray_failures_are_retried_or_reported(local_ray, tiny_model, tmp_path):
     extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "retried", backend="ray",
             ray_options={"num_workers": 2, "shard_fn": FailOnce(str(tmp_path / "marker"))}, **opts)
     assert (tmp_path / "marker").exists()
-    assert_same(tmp_path / "local", tmp_path / "retried")
+    assert_same_shards(tmp_path / "local", tmp_path / "retried")
     # a shard that keeps failing is reported; the others are kept; a rerun completes the job
     with pytest.raises(HashindexError, match="1 shard\\(s\\) failed after 1 retries"):
         extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "broken", backend="ray",
@@ -83,7 +69,7 @@ def test_ray_failures_are_retried_or_reported(local_ray, tiny_model, tmp_path):
     assert not partial["complete"] and sorted(s["index"] for s in partial["shards"]) == [0, 1, 3]
     extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "broken", backend="ray",
             ray_options={"num_workers": 2}, **opts)
-    assert_same(tmp_path / "local", tmp_path / "broken")
+    assert_same_shards(tmp_path / "local", tmp_path / "broken")
 
 
 def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_path):

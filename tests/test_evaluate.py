@@ -4,7 +4,6 @@ import itertools
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from hashindex import ShardSet

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hashindex import ShardSet, extract, load_model
 from hashindex.cli import cli
 from hashindex.data import open_source
-from tests.conftest import CIFAR_TEST, make_mixed_folder, need
+from tests.conftest import CIFAR_TEST, assert_same_shards, make_mixed_folder, need
 
 
 def test_cifar_test_tar_exact(tiny_model, tmp_path):
@@ -55,13 +55,6 @@ def _run_extract(model, out, *extra):
             "--workers", "1", *extra]
 
 
-def _shard_arrays(directory):
-    shards = ShardSet(directory)
-    data = shards.load(("codes", "features", "ids", "labels", "paths"))
-    entries = [{k: v for k, v in s.items() if k != "sha256"} for s in shards.manifest["shards"]]
-    return data, entries, shards.manifest["totals"]
-
-
 def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     need(CIFAR_TEST)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
@@ -81,10 +74,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     with pytest.raises(Exception, match="unfinished"):
         ShardSet(killed)
     subprocess.run(_run_extract(tiny_model, killed), check=True)
-    a, b = _shard_arrays(clean), _shard_arrays(killed)
-    for key in ("codes", "features", "ids", "labels"):
-        assert np.array_equal(a[0][key], b[0][key]), key
-    assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
+    assert_same_shards(clean, killed)
     assert not [p for p in os.listdir(killed) if p.endswith(".tmp")]
 
 

@@ -1,14 +1,13 @@
 """Training: a real short run, resume after interruption, user errors through the CLI."""
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from hashindex import HashindexError, load_model, train
+from hashindex import HashindexError, load_model
 from hashindex.cli import cli
 from hashindex.model import read_checkpoint
-from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_tar, need
+from tests.conftest import CIFAR_TRAIN, image_bytes, make_tar, need
 
 
 def test_tiny_model_is_usable(tiny_model):
