@@ -258,28 +258,14 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
     metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
                           rerank=not no_rerank, progress=ctx.obj["progress"])
     if plot_dir:
-        metrics["plots"] = write_plots(metrics, plot_dir, index_dir, queries)
+        from .report import write_plots
+
+        metrics["plots"] = write_plots(metrics, plot_dir, index_dir, queries,
+                                       warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
     if as_json:
         _echo_json(metrics)
     else:
         click.echo(format_metrics(metrics))
-
-
-def write_plots(metrics: dict, plot_dir: str, index_dir: str, queries: str) -> dict:
-    """PR curve, precision@k and (when the source images are reachable) a results grid."""
-    from pathlib import Path
-
-    from . import report
-
-    out = Path(plot_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = {"pr_curve": str(report.plot_pr_curve(metrics, out / "pr_curve.png")),
-             "precision_at_k": str(report.plot_precision_at_k(metrics, out / "precision_at_k.png"))}
-    try:
-        plots["results_grid"] = str(report.results_grid(index_dir, queries, out / "results_grid.png"))
-    except HashindexError as e:
-        click.echo(f"hashindex: warning: {e}", err=True)
-    return plots
 
 
 @cli.command()

@@ -9,7 +9,6 @@ missing.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from .extract import extract
 from .files import atomic_write_json, read_json, sha256_file
 from .index import INDEX_JSON, build
 from .model import load_model
-from .report import plot_pr_curve, plot_precision_at_k, results_grid
+from .report import write_plots
 from .store import MANIFEST
 
 DEFAULT_MODEL = "nin-cifar10-48"
@@ -62,17 +61,11 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     metrics = evaluate(index_dir, out / "shards" / "queries", progress=progress)
     atomic_write_json(out / "metrics.json", metrics)
     log("[4/4] plots and results grid")
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    files = {
-        "index": str(index_dir), "metrics": str(out / "metrics.json"),
-        "pr_curve": str(plot_pr_curve(metrics, plots / "pr_curve.png")),
-        "precision_at_k": str(plot_precision_at_k(metrics, plots / "precision_at_k.png")),
-        "results_grid": str(results_grid(index_dir, out / "shards" / "queries", plots / "results_grid.png")),
-    }
+    files = {"index": str(index_dir), "metrics": str(out / "metrics.json"),
+             **write_plots(metrics, out / "plots", index_dir, out / "shards" / "queries")}
     log(format_metrics(metrics))
     log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
     log(f"done in {time.time() - t0:.0f} s")
     return {"files": files, "map": metrics["hamming"]["map"],
             "map_reranked": metrics.get("reranked", {}).get("map"), "model_id": hm.model_id,
-            "seconds": time.time() - t0, "summary": json.loads(json.dumps(metrics["hamming"]))}
+            "seconds": time.time() - t0, "summary": dict(metrics["hamming"])}

@@ -28,6 +28,36 @@ def _title(metrics: dict[str, Any]) -> str:
             f"model {metrics.get('model_id', '')}")
 
 
+def _save(fig, ax, title: str, path: Path) -> Path:
+    """Title, grid, tight layout, write the PNG and free the figure."""
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
+def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index_dir: str | Path,
+                queries_dir: str | Path, warn=None) -> dict[str, str]:
+    """PR curve, precision@k and results grid PNGs in plot_dir; returns their paths.
+
+    If the source images are no longer reachable the grid is skipped with
+    ``warn(message)`` when given, else the HashindexError propagates.
+    """
+    out = Path(plot_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {"pr_curve": str(plot_pr_curve(metrics, out / "pr_curve.png")),
+             "precision_at_k": str(plot_precision_at_k(metrics, out / "precision_at_k.png"))}
+    try:
+        plots["results_grid"] = str(results_grid(index_dir, queries_dir, out / "results_grid.png"))
+    except HashindexError as e:
+        if warn is None:
+            raise
+        warn(str(e))
+    return plots
+
+
 def plot_pr_curve(metrics: dict[str, Any], path: Path) -> Path:
     """Precision-recall over Hamming radii 0..K."""
     plt = _plt()
@@ -41,12 +71,7 @@ def plot_pr_curve(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("precision (0 for queries with no item in radius)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Precision-recall over Hamming radius\n{_title(metrics)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, f"Precision-recall over Hamming radius\n{_title(metrics)}", path)
 
 
 def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
@@ -62,13 +87,8 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("k (number of retrieved items)")
     ax.set_ylabel("precision@k")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Precision@k\n{_title(metrics)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, f"Precision@k\n{_title(metrics)}", path)
 
 
 def _reopen(spec: str | None):
