@@ -197,10 +197,13 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite,
               help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
 @click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
 @click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
+@click.option("--shard-actors", is_flag=True,
+              help="With --backend ray and an index built with --shards S: hold each shard in its own Ray "
+                   "actor (an index larger than one machine's RAM); every query fans out to all shards.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
-          batch_size, device, overwrite, backend, address, num_workers, as_json):
+          batch_size, device, overwrite, backend, address, num_workers, shard_actors, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
     \b
@@ -218,13 +221,15 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
                                   batch_size=batch_size, fmt=fmt, model=model, device=device,
                                   overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
                                   ray_options={"address": address, "num_workers": num_workers},
-                                  log=lambda line: click.echo(line, err=as_json))
+                                  shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
         if as_json:
             _echo_json(job)
         return
+    if shard_actors and backend != "ray":
+        raise HashindexError("--shard-actors: needs --backend ray")
     rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
-                                 candidates=candidates, radius=radius, rerank=not no_rerank,
-                                 complete_ties=not cut_ties, device=device)
+                        candidates=candidates, radius=radius, rerank=not no_rerank, complete_ties=not cut_ties,
+                        device=device, shard_actors={"address": address} if shard_actors else None)
     if as_json:
         _echo_json(rows)
     else:

@@ -5,6 +5,9 @@ nothing here is imported and Ray need not be installed.
 
 The units of work are the ones the local path already has: an extraction
 shard (``extract.make_shard``) and a batch-query part (``search.search_part``).
+For an index larger than one machine's memory, each binary index shard can
+instead live in its own actor (``shard_actors``): searches fan out to every
+shard and merge exactly, as ``index.BinaryShards`` does in one process.
 Workers are Ray actors that receive the model (or open the index) once, in
 their constructor, then run one unit per call and write its file atomically;
 the driver alone writes the manifest. A unit whose worker fails is retried a
@@ -22,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
+from .index import BinaryShards
 
 
 def _ray():
@@ -141,3 +145,64 @@ def run_parts(index_dir: str, data: dict[str, np.ndarray], todo: list[int], part
     _run_pool(lambda: worker.remote(str(index_dir), data_ref, settings), todo,
               lambda actor, b: actor.run.remote(b, part_path(b)), lambda b: None, num_workers,
               max_retries, "part", progress)
+
+
+class _ShardSearcher:
+    """Holds one binary index shard (memory-mapped) and answers for its rows."""
+
+    def __init__(self, path: str):
+        from pathlib import Path
+
+        from .search import _read_binary
+
+        self.index = _read_binary(Path(path), True)
+
+    def search(self, x: np.ndarray, k: int):
+        return self.index.search(x, k)
+
+    def range_search(self, x: np.ndarray, radius: int):
+        return self.index.range_search(x, radius)
+
+
+class RayBinaryShards(BinaryShards):
+    """BinaryShards whose shards are Ray actors: each call runs on all shards at once, then merges."""
+
+    def _each(self, method: str, args: list[tuple]) -> list:
+        ray = _ray()
+        refs: dict[int, Any] = {}
+
+        def put(v):  # one object-store copy of the queries, shared by every shard
+            return refs.setdefault(id(v), ray.put(v)) if isinstance(v, np.ndarray) else v
+
+        calls = [getattr(actor, method).remote(*(put(v) for v in a)) for actor, a in zip(self.parts, args)]
+        try:
+            return ray.get(calls)
+        except ray.exceptions.RayError as e:
+            last = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+            raise HashindexError(f"--shard-actors: a shard actor failed after retries ({last})") from None
+
+
+def shard_actors(directory, shards: list[dict[str, Any]], *, address: str | None = None,
+                 num_workers: int | None = None, cpus_per_shard: float | None = None,
+                 max_retries: int = 2) -> RayBinaryShards:
+    """One actor per binary index shard of ``directory`` (a path every node can read).
+
+    Each actor reserves the shard file's size as Ray ``memory``, so the
+    scheduler spreads shards over nodes with room for them, and
+    ``cpus_per_shard`` CPUs (default: one, or an equal share when the cluster
+    has fewer CPUs than shards). A failed actor is restarted and its
+    (read-only, idempotent) call retried ``max_retries`` times.
+    """
+    from pathlib import Path
+
+    ray = init_ray(address, None if address else max(num_workers or len(shards), 1))
+    if cpus_per_shard is None:
+        cpus_per_shard = min(1.0, ray.cluster_resources().get("CPU", 1) / len(shards))
+    actor = ray.remote(_ShardSearcher)
+    parts = []
+    for s in shards:
+        path = Path(directory) / s["file"]
+        parts.append(actor.options(num_cpus=cpus_per_shard, memory=max(path.stat().st_size, 1 << 20),
+                                   max_restarts=max_retries, max_task_retries=max_retries)
+                     .remote(str(path.resolve())))
+    return RayBinaryShards(parts, [s["start"] for s in shards], [s["stop"] - s["start"] for s in shards])

@@ -108,18 +108,22 @@ class BinaryShards:
     one shard per process or machine.
     """
 
-    def __init__(self, parts: list[faiss.IndexBinary], starts: list[int]):
+    def __init__(self, parts: list, starts: list[int], sizes: list[int] | None = None):
         self.parts, self.starts = parts, [int(s) for s in starts]
-        self.d = parts[0].d
+        self.sizes = [int(n) for n in sizes] if sizes is not None else [int(p.ntotal) for p in parts]
 
     @property
     def ntotal(self) -> int:
-        return sum(int(p.ntotal) for p in self.parts)
+        return sum(self.sizes)
+
+    def _each(self, method: str, args: list[tuple]) -> list:
+        """``part.method(*args[s])`` for every shard s; a subclass may run them in parallel elsewhere."""
+        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
 
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dists, poss = [], []
-        for part, start in zip(self.parts, self.starts):
-            d, i = part.search(x, max(1, min(k, int(part.ntotal))))
+        got = self._each("search", [(x, max(1, min(k, n))) for n in self.sizes])
+        for (d, i), start in zip(got, self.starts):
             poss.append(np.where(i < 0, -1, i + start))
             dists.append(d)
         d, pos = np.concatenate(dists, 1).astype(np.int64), np.concatenate(poss, 1)
@@ -129,8 +133,8 @@ class BinaryShards:
 
     def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(x))]
-        for part, start in zip(self.parts, self.starts):
-            lims, d, i = part.range_search(x, radius)
+        got = self._each("range_search", [(x, radius)] * len(self.parts))
+        for (lims, d, i), start in zip(got, self.starts):
             for q in range(len(x)):
                 per_query[q].append((d[lims[q]:lims[q + 1]], i[lims[q]:lims[q + 1]] + start))
         lims = np.zeros(len(x) + 1, np.int64)

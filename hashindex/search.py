@@ -73,13 +73,26 @@ class Index:
         self._id_order = np.argsort(self.ids, kind="stable")
 
     @classmethod
-    def load(cls, directory: str | Path, mmap: bool = True) -> "Index":
-        """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows)."""
+    def load(cls, directory: str | Path, mmap: bool = True,
+             shard_actors: dict[str, Any] | None = None) -> "Index":
+        """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows).
+
+        ``shard_actors`` (Ray options, e.g. ``{"address": ...}``) puts each binary
+        shard of a ``--shards S`` index in its own Ray actor instead of this process.
+        """
         d = Path(directory)
         meta = read_index_meta(d)
-        parts = [_read_binary(d / name, mmap) for name in binary_files(meta)]
         shards = meta["binary"].get("shards")
-        binary = BinaryShards(parts, [s["start"] for s in shards]) if shards else parts[0]
+        if shard_actors is not None:
+            if not shards:
+                raise HashindexError(f"--shard-actors: INDEX_DIR {d} has one binary index, not shards "
+                                     "(build it with --shards S)")
+            from .distributed import shard_actors as start_actors
+
+            binary = start_actors(d, shards, **shard_actors)
+        else:
+            parts = [_read_binary(d / name, mmap) for name in binary_files(meta)]
+            binary = BinaryShards(parts, [s["start"] for s in shards]) if shards else parts[0]
         rerank = _read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
         with h5py.File(d / TABLE_FILE, "r") as t:
             ids, labels = t["ids"][()], t["labels"][()]
@@ -295,12 +308,16 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
 
 def query(index_dir: str | Path, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
-          complete_ties: bool = True, device: str = "cpu") -> list[dict[str, Any]]:
-    """Search with image files and/or indexed items; per-query result dicts."""
+          complete_ties: bool = True, device: str = "cpu", shard_actors: dict[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
+    """Search with image files and/or indexed items; per-query result dicts.
+
+    ``shard_actors``: Ray options to search a sharded index with one actor per shard.
+    """
     if not images and not by_id:
         raise HashindexError("nothing to query: give IMAGE paths or --by-id ID")
     check_candidates(candidates, k)
-    index = Index.load(index_dir)
+    index = Index.load(index_dir, shard_actors=shard_actors)
     codes, feats, names = [], [], []
     if images:
         c, f = _encode_images(index, images, model, device)
@@ -406,12 +423,17 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
                  candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
                  fmt: str | None = None, model: str | None = None, device: str = "cpu",
                  overwrite: bool = False, progress: bool = True, backend: str = "local",
-                 ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+                 ray_options: dict[str, Any] | None = None, shard_actors: bool = False,
+                 log=print) -> dict[str, Any]:
     """Search every query of a shard directory (or image source); write one results file.
 
     Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
     interruption continues from the last completed batch, and the final file
     equals an uninterrupted run's. Returns the job description.
+
+    ``backend="ray"`` runs batches as tasks on Ray workers that each map the
+    whole index; with ``shard_actors`` the batches run here instead and each
+    fans out to one Ray actor per index shard (an index past one machine's RAM).
     """
     import shutil
 
@@ -422,7 +444,11 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
 
     if backend not in ("local", "ray"):
         raise HashindexError(f"--backend {backend}: expected local or ray")
-    index = index if isinstance(index, Index) else Index.load(index)
+    if shard_actors and backend != "ray":
+        raise HashindexError("--shard-actors: needs --backend ray")
+    if not isinstance(index, Index):
+        actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
+        index = Index.load(index, shard_actors=actor_options if shard_actors else None)
     check_candidates(candidates, k)
     out = Path(out)
     fmt = output_format(out, fmt)
@@ -448,7 +474,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     n_batches = -(-n // batch_size)
     todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
     settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
-    if backend == "ray" and todo:
+    if backend == "ray" and todo and not shard_actors:
         from .distributed import run_parts
 
         run_parts(str(index.dir), data, todo, lambda b: str(parts / f"part-{b:06d}.npz"), settings,

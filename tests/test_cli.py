@@ -31,3 +31,8 @@ def test_unknown_model_name_is_one_line():
 def test_batch_flags_go_together(tmp_path):
     res = CliRunner().invoke(cli, ["query", str(tmp_path), "--out", str(tmp_path / "r.h5")])
     assert res.exit_code == 2 and "--queries and --out go together" in res.output
+
+
+def test_shard_actors_need_ray_backend(tmp_path):
+    res = CliRunner().invoke(cli, ["query", str(tmp_path), "--by-id", "1", "--shard-actors"])
+    assert res.exit_code == 2 and res.output == "hashindex: error: --shard-actors: needs --backend ray\n"

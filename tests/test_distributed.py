@@ -80,3 +80,28 @@ def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_p
     with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         for name in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(a[name][()], b[name][()]), name
+
+
+def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_path):
+    """S=4 shards held by 4 Ray actors: batch top-k and radius search equal the single local index."""
+    from hashindex.index import build
+    from hashindex.search import Index, query
+
+    build(cifar_shards, tmp_path / "s4", shards=4, progress=False, log=lambda s: None)
+    opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_shards, tmp_path / "local.h5", **opts)
+    batch_search(tmp_path / "s4", cifar_shards, tmp_path / "actors.h5", backend="ray",
+                 shard_actors=True, **opts)
+    with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "actors.h5") as b:
+        for name in ("query_ids", "ids", "hamming", "distance"):
+            assert np.array_equal(a[name][()], b[name][()]), name
+
+    ids = [3, 4000, 9999]
+    local = query(flat_index, [], ids, radius=2)
+    remote = query(tmp_path / "s4", [], ids, radius=2, shard_actors={})
+    assert [r["results"] for r in local] == [r["results"] for r in remote]
+    assert sum(len(r["results"]) for r in local) > 0
+    assert isinstance(Index.load(tmp_path / "s4", shard_actors={}).binary.parts[0], ray.actor.ActorHandle)
+
+    with pytest.raises(HashindexError, match="not shards"):
+        Index.load(flat_index, shard_actors={})

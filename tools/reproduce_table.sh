@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Train and evaluate the rows of docs/RESULTS.md's table, one after another (2 cores: one run at a time).
+# Every step resumes: rerun the same command after an interruption (a killed session, a reboot).
+#
+#   tools/reproduce_table.sh                       # all rows
+#   tools/reproduce_table.sh fmnist-48 cifar10-12  # some rows
+#
+# env: RUNS (default runs/table), HASHINDEX_DATA (default ../shared/data), HASHINDEX, PYTHON.
+set -euo pipefail
+runs=${RUNS:-runs/table}
+data=${HASHINDEX_DATA:-../shared/data}
+hx=${HASHINDEX:-hashindex}
+py=${PYTHON:-python}
+mkdir -p "$runs"
+
+# none | unfinished | finished
+state() {
+    [ -f "$1" ] || { echo none; return; }
+    $py -c 'import sys; from hashindex.model import read_checkpoint
+print("unfinished" if "train_state" in read_checkpoint(sys.argv[1]) else "finished")' "$1"
+}
+
+# row NAME TRAIN TEST [train options...]: train (or resume) runs/table/NAME.pt, then the protocol.
+row() {
+    local name=$1 train=$2 test=$3; shift 3
+    local ckpt=$runs/$name.pt
+    echo "== $name: $(date -u +%FT%TZ)"
+    case $(state "$ckpt") in
+        none) $hx -q train --data "$train" --val "$test" --out "$ckpt" "$@" ;;
+        unfinished) $hx -q train --data "$train" --val "$test" --out "$ckpt" --resume "$@" ;;
+    esac
+    HASHINDEX=$hx PYTHON=$py "$(dirname "$0")/eval_protocol.sh" "$ckpt" "$train" "$test" "$runs/eval-$name"
+    echo "== $name done: $(date -u +%FT%TZ)"
+}
+
+cifar_train=$data/cifar10-jpeg/train.tar cifar_test=$data/cifar10-jpeg/test.tar
+for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48}; do
+    case $name in
+        cifar10-12|cifar10-24|cifar10-32|cifar10-48)
+            row "$name" "$cifar_train" "$cifar_test" --bits "${name#cifar10-}" --epochs 30 ;;
+        fmnist-48)
+            row "$name" "$data/fashion-mnist" "$data/fashion-mnist:test" --bits 48 --epochs 15 --input-size 28 ;;
+        mnist-48)
+            row "$name" "$data/mnist-png/train.tar" "$data/mnist-png/test.tar" --bits 48 --epochs 10 \
+                --input-size 28 --no-flip ;;
+        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, fmnist-48, mnist-48)" >&2; exit 2 ;;
+    esac
+done
