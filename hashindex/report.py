@@ -91,6 +91,25 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
     return _save(fig, ax, f"Precision@k\n{_title(metrics)}", path)
 
 
+def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """PR curves and precision@k of several evaluations side by side (e.g. one per code length)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for name, m in runs.items():
+        pr, pk = m["pr_curve"], m["precision_at_k"]
+        left.plot(pr["recall"], pr["precision"], marker="o", markersize=2, label=f"{name} (mAP {m['hamming']['map']:.4f})")
+        right.plot(np.arange(1, len(pk) + 1), pk, label=name)
+    left.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+             title="Precision-recall over Hamming radius")
+    right.set(xlabel="k (number of retrieved items)", ylabel="precision@k", ylim=(0, 1.02),
+              title="Precision@k, Hamming ranking")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+        ax.title.set_fontsize(9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, left, left.get_title(), path)
+
+
 def _reopen(spec: str | None):
     """Reopen the image source a shard directory was made from, or None."""
     from .data import reopen_source

@@ -78,6 +78,10 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
     for name in ("pr_curve.png", "precision_at_k.png", "results_grid.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
+    from hashindex.report import plot_comparison
+
+    plot_comparison({"a": m, "b": direct}, tmp_path / "cmp.png", "two runs")
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])
     assert table.exit_code == 0 and "count precision 0" in table.output
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""The results table of docs/RESULTS.md, from the runs of tools/reproduce_table.sh.
+
+Reads RUNS/NAME.pt (training figures) and RUNS/eval-NAME/metrics.json (the protocol) for every row that
+has both, prints a markdown table, and with --plot FILE one figure of every row's PR curve and precision@k.
+
+    python tools/results_table.py [--runs runs/table] [--plot docs/figures/table.png] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hashindex.model import read_checkpoint
+from hashindex.report import plot_comparison
+
+COLUMNS = ["row", "K", "epochs", "train wall (s)", "val acc", "mAP@all Hamming", "tie-aware", "re-ranked",
+           "mAP@1000 Hamming / re-ranked", "P@500", "P(r<=2)", "R(r<=2)", "model id"]
+
+
+def row(ckpt_path: Path, metrics: dict) -> dict:
+    """One row's figures, straight from the checkpoint and the protocol's metrics.json."""
+    ckpt = read_checkpoint(ckpt_path)
+    wall = sum(h["wall_s"] for h in ckpt["history"])
+    h, rr = metrics["hamming"], metrics.get("reranked", {})
+    return {"row": ckpt_path.stem, "K": ckpt["bits"], "epochs": ckpt["epochs"], "train_wall_s": round(wall),
+            "val_acc": ckpt["accuracy"], "map": h["map"], "map_tie_aware": h["map_tie_aware"],
+            "map_reranked": rr.get("map"), "map@1000": h["map@1000"], "map@1000_reranked": rr.get("map@1000"),
+            "p@500": metrics["precision_at_k"][499], "p_r2": metrics["radius2"]["precision"],
+            "r_r2": metrics["radius2"]["recall"], "model_id": ckpt["model_id"], "queries": metrics["queries"],
+            "database": metrics["database"], "finished": "train_state" not in ckpt}
+
+
+def markdown(rows: list[dict]) -> str:
+    f = "{:.4f}".format
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for r in rows:
+        cells = [r["row"], r["K"], r["epochs"], f"{r['train_wall_s']:,}", f(r["val_acc"]), f"**{f(r['map'])}**",
+                 f(r["map_tie_aware"]), f(r["map_reranked"]) if r["map_reranked"] is not None else "",
+                 f"{f(r['map@1000'])} / {f(r['map@1000_reranked'])}" if r["map@1000_reranked"] else f(r["map@1000"]),
+                 f(r["p@500"]), f(r["p_r2"]), f(r["r_r2"]), r["model_id"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/table")
+    ap.add_argument("--plot", default=None, help="PNG file for the PR / precision@k comparison")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    runs = Path(args.runs)
+    rows, metrics = [], {}
+    for ckpt in sorted(runs.glob("*.pt")):
+        m = runs / f"eval-{ckpt.stem}" / "metrics.json"
+        if m.exists():
+            metrics[ckpt.stem] = json.loads(m.read_text())
+            rows.append(row(ckpt, metrics[ckpt.stem]))
+    if not rows:
+        raise SystemExit(f"--runs {runs}: no NAME.pt with eval-NAME/metrics.json yet (run tools/reproduce_table.sh)")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_comparison(metrics, Path(args.plot), "hashindex results table: queries = test set, database = training set")
+    print(json.dumps(rows, indent=2) if args.json else markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
