@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The standard deep-hashing protocol for one model: database = the training set, queries = the test set,
-# mAP over the whole ranking (plus mAP@1000, precision@k, radius 2, PR curve), written to OUT/metrics.json.
+# mAP over the whole ranking (plus mAP@1000 and @5000, precision@k, radius 2, PR curve), written to OUT/metrics.json.
 #
 #   tools/eval_protocol.sh MODEL TRAIN_SRC TEST_SRC OUT
 #   tools/eval_protocol.sh nin-cifar10-48 ../shared/data/cifar10-jpeg/train.tar ../shared/data/cifar10-jpeg/test.tar runs/eval-cifar10-48
@@ -12,6 +12,6 @@ hx=${HASHINDEX:-hashindex}
 $hx -q extract --model "$model" --data "$train" --out "$out/shards/database"
 $hx -q extract --model "$model" --data "$test" --out "$out/shards/queries"
 [ -f "$out/index/index.json" ] || $hx -q build "$out/shards/database" --out "$out/index"
-$hx -q eval "$out/index" --queries "$out/shards/queries" --plot "$out/plots" --json > "$out/metrics.json.tmp"
+$hx -q eval "$out/index" --queries "$out/shards/queries" --at 1000 --at 5000 --plot "$out/plots" --json > "$out/metrics.json.tmp"
 mv "$out/metrics.json.tmp" "$out/metrics.json"
 ${PYTHON:-python} -c 'import json, sys; from hashindex.evaluate import format_metrics; print(format_metrics(json.load(open(sys.argv[1]))))' "$out/metrics.json"
