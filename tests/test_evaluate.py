@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -82,6 +83,20 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
 
     plot_comparison({"a": m, "b": direct}, tmp_path / "cmp.png", "two runs")
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    # tools/results_table.py reads the same metrics.json and the checkpoint beside it
+    import shutil
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    (runs / "eval-tiny").mkdir(parents=True)
+    shutil.copy(tiny_model, runs / "tiny.pt")
+    (runs / "eval-tiny" / "metrics.json").write_text(json.dumps(m))
+    tool = Path(__file__).resolve().parent.parent / "tools" / "results_table.py"
+    out = subprocess.run([sys.executable, str(tool), "--runs", str(runs), "--plot", str(runs / "t.png")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| tiny | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
+    assert (runs / "t.png").stat().st_size > 10_000
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])
     assert table.exit_code == 0 and "count precision 0" in table.output
 
