@@ -41,7 +41,7 @@ def source_fingerprint(source: ImageSource) -> str:
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
                    flag: str = "--data") -> ImageSource:
     """Open a source and express its labels in the model's classes where they fit."""
-    source = open_source(data, flag, split="test") if not isinstance(data, ImageSource) else data
+    source = open_source(data, flag) if not isinstance(data, ImageSource) else data
     if limit:
         source = source.subset(limit)
     if source.class_names and model.class_names and set(source.class_names) <= set(model.class_names):

@@ -129,3 +129,22 @@ def test_user_errors(tiny_model, tmp_path):
     assert res.exit_code == 0 and ShardSet(out).model_id == load_model(tiny_model).model_id
     res = runner.invoke(cli, ["info", str(out), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["rows"] == 9
+
+
+def test_split_folders_default_to_train_everywhere(tiny_model, tmp_path):
+    """A bare IDX folder is its training split for extract as for train; ':test' picks the test split."""
+    import gzip
+
+    from hashindex import ShardSet, extract
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 9), ("t10k", 4)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            (tmp_path / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + arr.tobytes()))
+    opts = dict(workers=0, progress=False, log=lambda s: None)
+    extract(str(tiny_model), str(tmp_path), tmp_path / "train", **opts)
+    extract(str(tiny_model), f"{tmp_path}:test", tmp_path / "test", **opts)
+    assert ShardSet(tmp_path / "train").rows == 9 and ShardSet(tmp_path / "test").rows == 4
