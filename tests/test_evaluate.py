@@ -95,7 +95,7 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     tool = Path(__file__).resolve().parent.parent / "tools" / "results_table.py"
     out = subprocess.run([sys.executable, str(tool), "--runs", str(runs), "--plot", str(runs / "t.png")],
                          capture_output=True, text=True, check=True).stdout
-    assert "| tiny | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
+    assert f"| tiny | {m['queries']:,} vs {m['database']:,} | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
     assert (runs / "t.png").stat().st_size > 10_000
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])
     assert table.exit_code == 0 and "count precision 0" in table.output

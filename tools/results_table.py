@@ -16,7 +16,7 @@ from pathlib import Path
 from hashindex.model import read_checkpoint
 from hashindex.report import plot_comparison
 
-COLUMNS = ["row", "K", "epochs", "train wall (s)", "val acc", "mAP@all Hamming", "tie-aware", "re-ranked",
+COLUMNS = ["row", "queries vs database", "K", "epochs", "train wall (s)", "val acc", "mAP@all Hamming", "tie-aware", "re-ranked",
            "mAP@1000 Hamming / re-ranked", "mAP@5000", "P@500", "P(r<=2)", "R(r<=2)", "model id"]
 
 
@@ -38,7 +38,7 @@ def markdown(rows: list[dict]) -> str:
     f = "{:.4f}".format
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for r in rows:
-        cells = [r["row"], r["K"], r["epochs"], f"{r['train_wall_s']:,}", f(r["val_acc"]), f"**{f(r['map'])}**",
+        cells = [r["row"], f"{r['queries']:,} vs {r['database']:,}", r["K"], r["epochs"], f"{r['train_wall_s']:,}", f(r["val_acc"]), f"**{f(r['map'])}**",
                  f(r["map_tie_aware"]), f(r["map_reranked"]) if r["map_reranked"] is not None else "",
                  f"{f(r['map@1000'])} / {f(r['map@1000_reranked'])}" if r["map@1000_reranked"] else f(r["map@1000"]),
                  f(r["map@5000"]) if r["map@5000"] is not None else "", f(r["p@500"]), f(r["p_r2"]), f(r["r_r2"]), r["model_id"]]
