@@ -7,7 +7,9 @@ Protocol, stated in every report:
     and reproducible from the codes and labels alone;
   * the tie-aware mAP (McSherry & Najork 2008: the expectation over random
     orders within each tie) is reported beside it, computed exactly in
-    O(K) per query from the per-distance counts;
+    O(K) per query from the per-distance counts; so is the tie-aware
+    precision@k (with a database stored class by class, index order puts the
+    lowest class first inside every tie, which drags precision@1 down);
   * mAP@k divides by the relevant items within the top k (DLBHC / DSH / HashNet
     evaluation code); a query with no relevant item scores AP 0;
   * precision within Hamming radius r: a query with no item within r counts
@@ -81,6 +83,21 @@ def tie_aware_ap(n: np.ndarray, r: np.ndarray, harmonic: np.ndarray) -> np.ndarr
     return np.where(total > 0, contrib.sum(axis=1) / np.maximum(total, 1), 0.0)
 
 
+def tie_aware_precision_at_k(n: np.ndarray, r: np.ndarray, k_max: int) -> np.ndarray:
+    """(Q, k_max) expected precision@k over random orders within ties, from per-distance counts.
+
+    The top k holds every item of the groups that end by rank k, plus k - (items
+    before it) of the group that straddles rank k, relevant in proportion r/n.
+    """
+    cn, cr = np.cumsum(n, axis=1), np.cumsum(r, axis=1)
+    k = np.arange(1, k_max + 1)
+    g = np.minimum((cn[:, :, None] < k).sum(axis=1), n.shape[1] - 1)  # the group holding rank k
+    n_before = np.take_along_axis(cn - n, g, 1)
+    r_before = np.take_along_axis(cr - r, g, 1)
+    share = np.take_along_axis(r, g, 1) / np.maximum(np.take_along_axis(n, g, 1), 1)
+    return (r_before + (k - n_before) * share) / k
+
+
 def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
@@ -98,7 +115,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1))])
     ap = {"all": [], **{str(k): [] for k in at}}
     ap_rr = {"all": [], **{str(k): [] for k in at}}
-    ap_tie, pk_sum, pk_rr_sum = [], np.zeros(pk_max), np.zeros(pk_max)
+    ap_tie, pk_sum, pk_rr_sum, pk_tie_sum = [], np.zeros(pk_max), np.zeros(pk_max), np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
@@ -111,6 +128,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         pk_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
         n, r = per_distance_counts(d, db_labels[None, :] == q_labels[sl, None], bits)
         ap_tie.append(tie_aware_ap(n, r, harmonic))
+        pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
         n_le_all.append(np.cumsum(n, axis=1))
         r_le_all.append(np.cumsum(r, axis=1))
         total_rel.append(r.sum(axis=1))
@@ -134,6 +152,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         "hamming": {"map": _mean(ap["all"]), "map_tie_aware": _mean(ap_tie),
                     **{f"map@{k}": _mean(ap[str(k)]) for k in at}},
         "precision_at_k": (pk_sum / nq).tolist(),
+        "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
         f"radius{radius}": {
             "precision": float(prec_r[:, radius].mean()), "recall": float(rec_r[:, radius].mean()),
             "queries_with_no_item": int((n_le[:, radius] == 0).sum()),
@@ -153,7 +172,7 @@ def _mean(parts: list[np.ndarray]) -> float:
 
 
 PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
-            "order (headline mAP) and the tie-aware expectation beside it; mAP@k divides by the relevant "
+            "order (headline mAP and precision@k) and the tie-aware expectations beside them; mAP@k divides by the relevant "
             "items in the top k; a query with no item within the radius counts precision 0")
 
 
@@ -212,9 +231,11 @@ def format_metrics(m: dict[str, Any]) -> str:
                      + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith("map@")))
     lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
     pk = m["precision_at_k"]
+    pkt = m.get("precision_at_k_tie_aware")
     for k in (1, 10, 100, 500, 1000):
         if k <= len(pk):
-            lines.append(f"precision@{k:<5} {pk[k - 1]:.4f}")
+            lines.append(f"precision@{k:<5} {pk[k - 1]:.4f}"
+                         + (f"   tie-aware {pkt[k - 1]:.4f}" if pkt else ""))
     rad = m[r]
     lines.append(f"within Hamming {r[6:]}: precision {rad['precision']:.4f}, recall {rad['recall']:.4f} "
                  f"({rad['queries_with_no_item']} queries had no item within it and count precision 0)")

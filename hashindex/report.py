@@ -80,6 +80,10 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5))
     pk = metrics["precision_at_k"]
     ax.plot(np.arange(1, len(pk) + 1), pk, label=f"Hamming ranking (mAP {metrics['hamming']['map']:.4f})")
+    if "precision_at_k_tie_aware" in metrics:
+        pt = metrics["precision_at_k_tie_aware"]
+        ax.plot(np.arange(1, len(pt) + 1), pt, linestyle="--",
+                label=f"Hamming, tie-aware expectation (mAP {metrics['hamming']['map_tie_aware']:.4f})")
     if "precision_at_k_reranked" in metrics:
         rr = metrics["precision_at_k_reranked"]
         ax.plot(np.arange(1, len(rr) + 1), rr,

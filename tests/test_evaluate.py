@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from hashindex import ShardSet
 from hashindex.cli import cli
-from hashindex.evaluate import evaluate, evaluate_arrays, per_distance_counts, tie_aware_ap
+from hashindex.evaluate import (evaluate, evaluate_arrays, per_distance_counts, tie_aware_ap,
+                                tie_aware_precision_at_k)
 
 
 def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
@@ -42,6 +43,20 @@ def test_tie_aware_ap_equals_mean_over_tie_orders():
         n, rr = per_distance_counts(d[None], rel[None], 2)
         harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 8))])
         assert abs(tie_aware_ap(n, rr, harmonic)[0] - np.mean(aps)) < 1e-12
+
+
+def test_tie_aware_precision_at_k_equals_mean_over_tie_orders():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        d = rng.integers(0, 3, 7)
+        rel = rng.random(7) < 0.5
+        groups = [np.flatnonzero(d == v) for v in range(3)]
+        pks = []
+        for perms in itertools.product(*[itertools.permutations(g) for g in groups]):
+            order = np.concatenate([np.array(p, dtype=int) for p in perms])
+            pks.append(np.cumsum(rel[order]) / np.arange(1, 8))
+        n, rr = per_distance_counts(d[None], rel[None], 2)
+        assert np.allclose(tie_aware_precision_at_k(n, rr, 7)[0], np.mean(pks, axis=0), atol=1e-12)
 
 
 def test_metrics_match_independent_numpy(cifar_shards):

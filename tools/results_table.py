@@ -17,7 +17,7 @@ from hashindex.model import read_checkpoint
 from hashindex.report import plot_comparison
 
 COLUMNS = ["row", "queries vs database", "K", "epochs", "train wall (s)", "val acc", "mAP@all Hamming", "tie-aware", "re-ranked",
-           "mAP@1000 Hamming / re-ranked", "mAP@5000", "P@500", "P(r<=2)", "R(r<=2)", "model id"]
+           "mAP@1000 Hamming / re-ranked", "mAP@5000", "P@1 (tie-aware)", "P@500", "P(r<=2)", "R(r<=2)", "model id"]
 
 
 def row(ckpt_path: Path, metrics: dict) -> dict:
@@ -29,6 +29,8 @@ def row(ckpt_path: Path, metrics: dict) -> dict:
             "val_acc": ckpt["accuracy"], "map": h["map"], "map_tie_aware": h["map_tie_aware"],
             "map_reranked": rr.get("map"), "map@1000": h["map@1000"], "map@1000_reranked": rr.get("map@1000"),
             "map@5000": h.get("map@5000"),
+            "p@1": metrics["precision_at_k"][0],
+            "p@1_tie_aware": metrics.get("precision_at_k_tie_aware", [None])[0],
             "p@500": metrics["precision_at_k"][499], "p_r2": metrics["radius2"]["precision"],
             "r_r2": metrics["radius2"]["recall"], "model_id": ckpt["model_id"], "queries": metrics["queries"],
             "database": metrics["database"], "finished": "train_state" not in ckpt}
@@ -41,7 +43,9 @@ def markdown(rows: list[dict]) -> str:
         cells = [r["row"], f"{r['queries']:,} vs {r['database']:,}", r["K"], r["epochs"], f"{r['train_wall_s']:,}", f(r["val_acc"]), f"**{f(r['map'])}**",
                  f(r["map_tie_aware"]), f(r["map_reranked"]) if r["map_reranked"] is not None else "",
                  f"{f(r['map@1000'])} / {f(r['map@1000_reranked'])}" if r["map@1000_reranked"] else f(r["map@1000"]),
-                 f(r["map@5000"]) if r["map@5000"] is not None else "", f(r["p@500"]), f(r["p_r2"]), f(r["r_r2"]), r["model_id"]]
+                 f(r["map@5000"]) if r["map@5000"] is not None else "",
+                 f(r["p@1"]) + (f" ({f(r['p@1_tie_aware'])})" if r["p@1_tie_aware"] is not None else ""),
+                 f(r["p@500"]), f(r["p_r2"]), f(r["r_r2"]), r["model_id"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
