@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -126,8 +127,9 @@ def run_shards(job, manifest: dict[str, Any], todo: list[int], *, address: str |
     from .extract import record_shard
 
     ray = init_ray(address, None if address else max(num_workers, 1))
-    # One core per actor: decode in the actor itself, no nested worker processes.
-    job_ref = ray.put(dataclasses.replace(job, workers=0))
+    # One core per actor: decode in the actor itself, no nested worker processes. Absolute paths: a
+    # worker on another node does not start in the driver's working directory.
+    job_ref = ray.put(dataclasses.replace(job, workers=0, out=Path(job.out).resolve()))
     worker = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ExtractWorker)
     log(f"ray: {len(todo)} shard(s) on {min(num_workers, len(todo))} worker(s)")
     _run_pool(lambda: worker.remote(job_ref, shard_fn), todo, lambda actor, j: actor.run.remote(j),
@@ -142,8 +144,9 @@ def run_parts(index_dir: str, data: dict[str, np.ndarray], todo: list[int], part
     ray = init_ray(address, None if address else max(num_workers, 1))
     data_ref = ray.put(data)
     worker = ray.remote(num_cpus=1)(_QueryWorker)
-    _run_pool(lambda: worker.remote(str(index_dir), data_ref, settings), todo,
-              lambda actor, b: actor.run.remote(b, part_path(b)), lambda b: None, num_workers,
+    index_dir = str(Path(index_dir).resolve())  # workers elsewhere do not share our working directory
+    _run_pool(lambda: worker.remote(index_dir, data_ref, settings), todo,
+              lambda actor, b: actor.run.remote(b, str(Path(part_path(b)).resolve())), lambda b: None, num_workers,
               max_retries, "part", progress)
 
 
@@ -151,8 +154,6 @@ class _ShardSearcher:
     """Holds one binary index shard (memory-mapped) and answers for its rows."""
 
     def __init__(self, path: str):
-        from pathlib import Path
-
         from .search import _read_binary
 
         self.index = _read_binary(Path(path), True)
@@ -193,8 +194,6 @@ def shard_actors(directory, shards: list[dict[str, Any]], *, address: str | None
     has fewer CPUs than shards). A failed actor is restarted and its
     (read-only, idempotent) call retried ``max_retries`` times.
     """
-    from pathlib import Path
-
     ray = init_ray(address, None if address else max(num_workers or len(shards), 1))
     if cpus_per_shard is None:
         cpus_per_shard = min(1.0, ray.cluster_resources().get("CPU", 1) / len(shards))
