@@ -18,6 +18,7 @@ written are kept, so rerunning the command resumes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable
@@ -42,10 +43,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     ray = _ray()
     if not ray.is_initialized():
         try:
+            quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # our own lines say what runs
             if address:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, **quiet)
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise HashindexError(f"--address {address}: cannot start or reach Ray ({e})") from None
     return ray
