@@ -29,32 +29,29 @@ def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
     return total / rel.sum()
 
 
-def test_tie_aware_ap_equals_mean_over_tie_orders():
-    rng = np.random.default_rng(3)
+def tied_rankings(seed: int):
+    """20 small random queries: (distances, relevance, every ranking that orders ties differently)."""
+    rng = np.random.default_rng(seed)
     for _ in range(20):
         d = rng.integers(0, 3, 7)
         rel = rng.random(7) < 0.5
         groups = [np.flatnonzero(d == v) for v in range(3)]
-        aps = []
-        for perms in itertools.product(*[itertools.permutations(g) for g in groups]):
-            order = np.concatenate([np.array(p, dtype=int) for p in perms])
-            r = rel[order]
-            aps.append((np.cumsum(r) / np.arange(1, 8))[r].mean() if r.any() else 0.0)
+        orders = [np.concatenate([np.array(p, dtype=int) for p in perms])
+                  for perms in itertools.product(*[itertools.permutations(g) for g in groups])]
+        yield d, rel, orders
+
+
+def test_tie_aware_ap_equals_mean_over_tie_orders():
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 8))])
+    for d, rel, orders in tied_rankings(3):
+        aps = [(np.cumsum(rel[o]) / np.arange(1, 8))[rel[o]].mean() if rel.any() else 0.0 for o in orders]
         n, rr = per_distance_counts(d[None], rel[None], 2)
-        harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 8))])
         assert abs(tie_aware_ap(n, rr, harmonic)[0] - np.mean(aps)) < 1e-12
 
 
 def test_tie_aware_precision_at_k_equals_mean_over_tie_orders():
-    rng = np.random.default_rng(4)
-    for _ in range(20):
-        d = rng.integers(0, 3, 7)
-        rel = rng.random(7) < 0.5
-        groups = [np.flatnonzero(d == v) for v in range(3)]
-        pks = []
-        for perms in itertools.product(*[itertools.permutations(g) for g in groups]):
-            order = np.concatenate([np.array(p, dtype=int) for p in perms])
-            pks.append(np.cumsum(rel[order]) / np.arange(1, 8))
+    for d, rel, orders in tied_rankings(4):
+        pks = [np.cumsum(rel[o]) / np.arange(1, 8) for o in orders]
         n, rr = per_distance_counts(d[None], rel[None], 2)
         assert np.allclose(tie_aware_precision_at_k(n, rr, 7)[0], np.mean(pks, axis=0), atol=1e-12)
 
