@@ -105,8 +105,11 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     shutil.copy(tiny_model, runs / "tiny.pt")
     (runs / "eval-tiny" / "metrics.json").write_text(json.dumps(m))
     tool = Path(__file__).resolve().parent.parent / "tools" / "results_table.py"
-    out = subprocess.run([sys.executable, str(tool), "--runs", str(runs), "--plot", str(runs / "t.png")],
-                         capture_output=True, text=True, check=True).stdout
+    doc = runs / "RESULTS.md"
+    doc.write_text("intro\n<!-- results-table -->\nold table\n<!-- /results-table -->\noutro\n")
+    out = subprocess.run([sys.executable, str(tool), "--runs", str(runs), "--plot", str(runs / "t.png"),
+                          "--update", str(doc)], capture_output=True, text=True, check=True).stdout
+    assert doc.read_text() == f"intro\n<!-- results-table -->\n{out}<!-- /results-table -->\noutro\n"
     assert f"| tiny | {m['queries']:,} vs {m['database']:,} | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
     assert (runs / "t.png").stat().st_size > 10_000
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])

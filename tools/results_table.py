@@ -5,6 +5,9 @@ Reads RUNS/NAME.pt (training figures) and RUNS/eval-NAME/metrics.json (the proto
 has both, prints a markdown table, and with --plot FILE one figure of every row's PR curve and precision@k.
 
     python tools/results_table.py [--runs runs/table] [--plot docs/figures/table.png] [--json]
+    python tools/results_table.py --plot docs/figures/results_table.png --update docs/RESULTS.md
+
+--update rewrites the table between the results-table markers of that file (atomically).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hashindex.files import atomic_path
 from hashindex.model import read_checkpoint
 from hashindex.report import plot_comparison
 
@@ -50,10 +54,25 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- results-table", "<!-- /results-table -->"
+
+
+def update(doc: Path, table: str) -> None:
+    """Replace the lines between the results-table markers of ``doc`` with ``table``."""
+    text = doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"--update {doc}: no '{BEGIN} ... -->' / '{END}' markers in it")
+    head = text[:text.index("\n", text.index(BEGIN)) + 1]
+    tail = text[text.index(END):]
+    with atomic_path(doc) as tmp:
+        Path(tmp).write_text(head + table + "\n" + tail)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs/table")
     ap.add_argument("--plot", default=None, help="PNG file for the PR / precision@k comparison")
+    ap.add_argument("--update", default=None, help="markdown file whose results-table block to rewrite")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     runs = Path(args.runs)
@@ -68,6 +87,8 @@ def main() -> None:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_comparison(metrics, Path(args.plot), "hashindex results table: queries = test set, database = training set")
+    if args.update:
+        update(Path(args.update), markdown(rows))
     print(json.dumps(rows, indent=2) if args.json else markdown(rows))
 
 
