@@ -29,7 +29,9 @@ import io
 import logging
 import os
 import pickle
+import signal
 import struct
+import sys
 import tarfile
 import warnings
 from collections import Counter
@@ -609,6 +611,18 @@ def collate(batch):
     return images, positions, bad
 
 
+def _die_with_parent(_worker_id: int) -> None:
+    """Decode worker init: on Linux, get SIGKILL when the parent dies.
+
+    Without it, a worker of a job killed with SIGKILL can block forever writing a
+    batch nobody reads, and stay behind holding its memory.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int = 256,
                  workers: int = 2, start: int = 0, stop: int | None = None,
                  ) -> Iterator[tuple[torch.Tensor | None, np.ndarray, list[tuple[int, str]]]]:
@@ -621,7 +635,7 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
     subset = torch.utils.data.Subset(ImageDataset(source, size, channels), range(start, stop))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=collate, persistent_workers=False,
+        collate_fn=collate, persistent_workers=False, worker_init_fn=_die_with_parent,
         prefetch_factor=4 if workers else None,
     )
     yield from loader

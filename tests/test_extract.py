@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -55,6 +56,26 @@ def _run_extract(model, out, *extra):
             "--workers", "1", *extra]
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of pid (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     need(CIFAR_TEST)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
@@ -63,11 +84,18 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         m = killed / "manifest.json"
-        if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2:
-            break
+        if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2 and _children(proc.pid):
+            break  # two shards done and decode workers running for the next
         time.sleep(0.05)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # its decode workers die with it (PR_SET_PDEATHSIG), not up to 5 s later when torch's watchdog looks,
+    # and never left blocked on a pipe nobody reads
+    deadline = time.time() + 2
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(_alive(w) for w in workers), workers
     partial = json.loads((killed / "manifest.json").read_text())
     assert not partial["complete"] and 2 <= len(partial["shards"]) < 6
     # an unfinished directory is refused by readers
