@@ -214,6 +214,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     """
     from . import search
 
+    if shard_actors and backend != "ray":
+        raise HashindexError("--shard-actors: needs --backend ray")
     if queries or out:
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
@@ -225,8 +227,6 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
         if as_json:
             _echo_json(job)
         return
-    if shard_actors and backend != "ray":
-        raise HashindexError("--shard-actors: needs --backend ray")
     rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
                         candidates=candidates, radius=radius, rerank=not no_rerank, complete_ties=not cut_ties,
                         device=device, shard_actors={"address": address} if shard_actors else None)

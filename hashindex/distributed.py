@@ -53,6 +53,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
+def _last_line(e: Exception) -> str:
+    """The last line of a (Ray, multi-line) error, for a one-line report."""
+    text = str(e).strip()
+    return text.splitlines()[-1][:200] if text else type(e).__name__
+
+
 class _ExtractWorker:
     """Holds one ShardJob (model weights and source, sent once) and makes shards."""
 
@@ -109,7 +115,7 @@ def _run_pool(make_actor: Callable, todo: list, call: Callable, on_done: Callabl
             if attempts[unit] <= max_retries:
                 queue.append(unit)
             else:
-                failed[unit] = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+                failed[unit] = _last_line(e)
             if isinstance(e, ray.exceptions.RayActorError):
                 ray.kill(actor, no_restart=True)
                 actor = make_actor()
@@ -181,8 +187,7 @@ class RayBinaryShards(BinaryShards):
         try:
             return ray.get(calls)
         except ray.exceptions.RayError as e:
-            last = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-            raise HashindexError(f"--shard-actors: a shard actor failed after retries ({last})") from None
+            raise HashindexError(f"--shard-actors: a shard actor failed after retries ({_last_line(e)})") from None
 
 
 def shard_actors(directory, shards: list[dict[str, Any]], *, address: str | None = None,
