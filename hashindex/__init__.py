@@ -39,10 +39,15 @@ def build(shard_dir, out, **options) -> dict:
     return _index_mod.build(shard_dir, out, **options)
 
 
+def append(shard_dir, index_dir, **options) -> dict:
+    """Add a shard directory's items to a built index; see `hashindex.index.append`."""
+    return _index_mod.append(shard_dir, index_dir, **options)
+
+
 def evaluate(index_dir, queries_dir, **options) -> dict:
     """Retrieval metrics of an index with labelled queries; see `hashindex.evaluate.evaluate`."""
     return _evaluate_mod.evaluate(index_dir, queries_dir, **options)
 
 
 __all__ = ["HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig",
-           "build", "evaluate", "extract", "load_model", "train", "__version__"]
+           "append", "build", "evaluate", "extract", "load_model", "train", "__version__"]

@@ -111,6 +111,8 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 @click.option("--features", default="float16", show_default=True, type=click.Choice(["float16", "float32", "none"]),
               help="Re-ranking features to store.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only this many images (spread evenly).")
+@click.option("--id-offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Number the images from this id (a collection that joins an index with build --append).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--no-bf16", is_flag=True, help="Run the net in float32.")
 @click.option("--overwrite", is_flag=True, help="Delete the shards in --out and start over.")
@@ -121,7 +123,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 @click.option("--gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray worker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
-def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, device,
+def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, device,
             no_bf16, overwrite, backend, address, num_workers, gpus_per_worker, as_json):
     """Encode an image collection into HDF5 shards (codes, features, ids, labels, paths).
 
@@ -137,7 +139,7 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 
     manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
                            workers=workers, features=features, device=device, bf16=not no_bf16,
-                           overwrite=overwrite, limit=limit, progress=ctx.obj["progress"],
+                           overwrite=overwrite, limit=limit, id_offset=id_offset, progress=ctx.obj["progress"],
                            backend=backend, ray_options={"address": address, "num_workers": num_workers,
                                                          "gpus_per_worker": gpus_per_worker},
                            log=lambda line: click.echo(line, err=as_json))
@@ -157,20 +159,32 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
               help="Split the binary index into this many indexes by position range (exact merged search).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--append", is_flag=True,
+              help="Add SHARD_DIR's items to the existing index --out (same model, new ids; "
+                   "the index keeps its kinds and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite, as_json):
+def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite, append, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
-    Example:
+    Examples:
       hashindex build shards/train --out index/train --binary flat --rerank flat
+      hashindex build shards/new --out index/train --append     # a collection that grows
     """
-    from .index import build as api_build
+    from .index import append as api_append, build as api_build
 
-    meta = api_build(shard_dir, out, binary=binary, rerank=rerank, nlist=nlist, nprobe=nprobe,
-                     shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
-                     log=lambda line: click.echo(line, err=as_json))
+    log = lambda line: click.echo(line, err=as_json)  # noqa: E731
+    if append:
+        fixed = [f"--{name}" for name in ("binary", "rerank", "nlist", "nprobe", "shards", "overwrite")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
+                                 "keeps its kinds and parameters; rebuild without --append to change them)")
+        meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
+    else:
+        meta = api_build(shard_dir, out, binary=binary, rerank=rerank, nlist=nlist, nprobe=nprobe,
+                         shards=shards, overwrite=overwrite, progress=ctx.obj["progress"], log=log)
     if as_json:
         _echo_json(meta)
 

@@ -39,9 +39,17 @@ def source_fingerprint(source: ImageSource) -> str:
 
 
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
-                   flag: str = "--data") -> ImageSource:
-    """Open a source and express its labels in the model's classes where they fit."""
-    source = open_source(data, flag) if not isinstance(data, ImageSource) else data
+                   flag: str = "--data", id_offset: int = 0) -> ImageSource:
+    """Open a source and express its labels in the model's classes where they fit.
+
+    ``id_offset`` (for a source given by spec) numbers its items from that id, so
+    a second collection can join an index without id clashes.
+    """
+    if isinstance(data, ImageSource):
+        source = data
+    else:
+        source = open_source(data, flag)
+        source.id_offset = id_offset
     if limit:
         source = source.subset(limit)
     if source.class_names and model.class_names and set(source.class_names) <= set(model.class_names):
@@ -100,6 +108,8 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
             what = {"model_id": "another model", "bits": "another code length",
                     "source": "another source", "shard_size": "another --shard-size",
                     "feature_dtype": "another --features"}[key]
+            if key == "source" and manifest["source"].get("id_offset", 0) != expected["source"]["id_offset"]:
+                what = "another --id-offset"
             raise HashindexError(f"--out {out}: holds shards made with {what} "
                                  f"({key} differs); use --overwrite to start over")
     return manifest
@@ -155,14 +165,17 @@ def record_shard(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> 
 
 def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, shard_size: int,
          batch_size: int, workers: int, features: str, device: str, bf16: bool, overwrite: bool,
-         limit: int | None, log: Callable[[str], None]) -> tuple[ShardJob, dict[str, Any], list[int]]:
+         limit: int | None, log: Callable[[str], None], id_offset: int = 0,
+         ) -> tuple[ShardJob, dict[str, Any], list[int]]:
     """Check the arguments, open or start SHARD_DIR; returns (job, manifest, shards still to do)."""
     if features not in FEATURE_DTYPES:
         raise HashindexError(f"--features {features}: expected one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1:
         raise HashindexError(f"--shard-size {shard_size}: expected a positive number of rows")
     model = load_model(model, device, bf16) if not isinstance(model, HashModel) else model
-    source = prepare_source(data, model, limit)
+    if id_offset < 0:
+        raise HashindexError(f"--id-offset {id_offset}: expected 0 or more")
+    source = prepare_source(data, model, limit, id_offset=id_offset)
     out = Path(out)
     n_shards = -(-len(source) // shard_size)
     expected = {
@@ -171,7 +184,8 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
         "feature_kind": "nin-gap-192" if features != "none" else "none",
         "class_names": source.class_names,
         "source": {"description": source.description, "items": len(source),
-                   "fingerprint": source_fingerprint(source), "spec": source.spec},
+                   "fingerprint": source_fingerprint(source), "spec": source.spec,
+                   "id_offset": id_offset},
         "shard_size": shard_size, "shards_planned": n_shards,
     }
     manifest = _open_or_start(out, expected, overwrite)
@@ -198,7 +212,7 @@ def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callabl
 def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
             shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
             features: str = "float16", device: str = "cpu", bf16: bool = True,
-            overwrite: bool = False, limit: int | None = None, progress: bool = True,
+            overwrite: bool = False, limit: int | None = None, id_offset: int = 0, progress: bool = True,
             backend: str = "local", ray_options: dict[str, Any] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Extract codes and features of a collection into SHARD_DIR ``out``; returns the manifest.
@@ -210,7 +224,7 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
         raise HashindexError(f"--backend {backend}: expected local or ray")
     job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
                                workers=workers, features=features, device=device, bf16=bf16,
-                               overwrite=overwrite, limit=limit, log=log)
+                               overwrite=overwrite, limit=limit, id_offset=id_offset, log=log)
     if not todo and manifest.get("complete"):
         log(f"{job.out}: already complete ({manifest['shards_planned']} shards); nothing to do")
         return manifest

@@ -19,6 +19,7 @@ directory named INDEX_DIR is always complete.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -213,7 +214,8 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     _check_shards(store, rerank)
     out = Path(out)
     if out.exists() and not overwrite:
-        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it, "
+                             "or --append to add SHARD_DIR to it)")
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
         raise HashindexError(f"--shards {shards}: expected 1 to {n} (the number of items)")
@@ -239,7 +241,8 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _fill(store, parts, bounds, findex, pbytes, tmp / TABLE_FILE, progress)
+        with _new_table(tmp / TABLE_FILE, n, code_bytes) as table:
+            _fill(store, parts, bounds, findex, pbytes, table, 0, progress)
         binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
                                        "padded_bytes": pbytes, **params}
         if shards == 1:
@@ -276,35 +279,146 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     return meta
 
 
-def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, table_path: Path,
-          progress: bool) -> None:
-    """Add every shard's codes/features to the indexes and write the position table.
+def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
+    """One-line errors for shards that cannot join an existing index."""
+    where = f"SHARD_DIR {store.dir}"
+    if store.model_id != meta["model_id"]:
+        raise HashindexError(f"{where}: extracted with model {store.model_id}, but {index_dir} holds codes of "
+                             f"model {meta['model_id']} (codes of different models cannot be compared)")
+    if store.class_names and store.class_names != meta["class_names"]:
+        raise HashindexError(f"{where}: classes {store.class_names[:5]} differ from the index's "
+                             f"{meta['class_names'][:5]}")
+    dim = meta["rerank"]["dim"]
+    if dim and store.manifest["feature_dim"] != dim:
+        raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
+    sha = sha256_file(store.dir / MANIFEST)
+    if sha in [s["manifest_sha256"] for s in [meta["source"], *meta.get("appended", [])]]:
+        raise HashindexError(f"{where}: already in {index_dir}")
+
+
+def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> None:
+    """New ids must be unique and absent from the index (results are reported by id)."""
+    new_ids = np.concatenate([np.asarray(part) for part in store.memmap("ids")])
+    uniq = np.unique(new_ids)
+    if len(uniq) < len(new_ids):
+        raise HashindexError(f"SHARD_DIR {store.dir}: holds duplicate ids")
+    clash = uniq[np.isin(uniq, old_ids, assume_unique=True)]
+    if len(clash):
+        raise HashindexError(
+            f"SHARD_DIR {store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
+            f"extract the new images with --id-offset {int(old_ids.max()) + 1} (or higher)")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link an unchanged file into the new index folder (a copy across file systems).
+
+    Safe because index files are only ever replaced, never modified in place.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = True, log=print) -> dict[str, Any]:
+    """Add a complete shard directory's items to an existing INDEX_DIR; returns the new index.json.
+
+    The appended rows take positions after the existing ones, so every result
+    the index gave before keeps its position and id. Index kinds and parameters
+    are the index's: a single binary index gets the codes added (IVF codes go
+    to the lists of the existing quantizer), a ``--shards S`` index gets one
+    more shard holding exactly the new rows; the float store and the table are
+    rewritten with the new rows at the end. The new index is built beside the
+    old one and swapped in, so INDEX_DIR is complete at every moment.
+    """
+    t0 = time.time()
+    index_dir = Path(index_dir)
+    meta = read_index_meta(index_dir, "--out")
+    store = ShardSet(shard_dir, "SHARD_DIR")
+    _check_shards(store, meta["rerank"]["kind"])
+    _check_appendable(meta, store, index_dir)
+    with h5py.File(index_dir / TABLE_FILE, "r") as old:
+        _check_new_ids(old["ids"][()], store, index_dir)
+    n_old, m = meta["count"], store.rows
+    n = n_old + m
+    pbytes = meta["binary"]["padded_bytes"]
+    binary_meta = dict(meta["binary"])
+    shards = [dict(s) for s in binary_meta.get("shards", [])]
+    if shards:  # a new shard over [n_old, n); IVF keeps the quantizer of the shards before it
+        last = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
+        part = last if binary_meta["kind"] == "ivf" else make_binary_index(binary_meta["kind"], pbytes * 8,
+                                                                           binary_meta)
+        part.reset()
+        name = f"binary-{len(shards):03d}.faiss"
+        shards.append({"file": name, "start": n_old, "stop": n})
+        binary_meta["shards"] = shards
+        parts, bounds, rewritten = [part], [n_old, n], name
+    else:
+        parts, bounds, rewritten = [faiss.read_index_binary(str(index_dir / BINARY_FILE))], [0, n], BINARY_FILE
+    findex = faiss.read_index(str(index_dir / RERANK_FILE)) if meta["rerank"]["kind"] != "none" else None
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".tmp", dir=index_dir.parent))
+    try:
+        with _new_table(tmp / TABLE_FILE, n, meta["code_bytes"]) as table, \
+                h5py.File(index_dir / TABLE_FILE, "r") as old:
+            for name in ("ids", "labels", "codes", "paths"):
+                for lo in range(0, n_old, 1 << 20):
+                    hi = min(lo + (1 << 20), n_old)
+                    table[name][lo:hi] = old[name][lo:hi]
+            _fill(store, parts, bounds, findex, pbytes, table, n_old, progress)
+        faiss.write_index_binary(parts[0], str(tmp / rewritten))
+        for name in binary_files(meta):
+            if name != rewritten:
+                _link_or_copy(index_dir / name, tmp / name)
+        if findex is not None:
+            faiss.write_index(findex, str(tmp / RERANK_FILE))
+        new_meta = {**meta, "count": n, "binary": binary_meta,
+                    "appended": meta.get("appended", []) + [{
+                        "dir": str(Path(shard_dir).resolve()),
+                        "manifest_sha256": sha256_file(store.dir / MANIFEST), "start": n_old, "stop": n,
+                        "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "append_s": round(time.time() - t0, 3)}],
+                    "memory": _memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
+        atomic_write_json(tmp / INDEX_JSON, new_meta)
+        _swap_into_place(tmp, index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"appended {m} items to {index_dir}: {n} items now"
+        + (f", shard {len(shards) - 1} added" if shards else "") + f", {time.time() - t0:.1f} s")
+    return new_meta
+
+
+def _new_table(path: Path, n: int, code_bytes: int) -> h5py.File:
+    """An open, empty position table for n items."""
+    table = h5py.File(path, "w")
+    table.create_dataset("ids", (n,), np.int64)
+    table.create_dataset("labels", (n,), np.int32)
+    table.create_dataset("codes", (n, code_bytes), np.uint8)
+    table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
+    return table
+
+
+def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, table: h5py.File,
+          pos: int, progress: bool) -> None:
+    """Add every shard's codes/features to the indexes and its rows to the table from position ``pos``.
 
     Rows go to binary index j when their position lies in [bounds[j], bounds[j+1]).
     """
-    n = store.rows
-    with h5py.File(table_path, "w") as table:
-        t_ids = table.create_dataset("ids", (n,), np.int64)
-        t_labels = table.create_dataset("labels", (n,), np.int32)
-        t_codes = table.create_dataset("codes", (n, store.manifest["code_bytes"]), np.uint8)
-        t_paths = table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
-        pos = 0
-        for path in tqdm(store.shard_paths(), desc="build", unit="shard", disable=not progress):
-            with h5py.File(path, "r") as f:
-                codes = f["codes"][()]
-                m = len(codes)
-                padded = pad_codes(codes, pbytes)
-                for j, part in enumerate(parts):
-                    lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
-                    if lo < hi:
-                        part.add(padded[lo - pos:hi - pos])
-                if findex is not None:
-                    findex.add(np.ascontiguousarray(f["features"][()], dtype=np.float32))
-                t_ids[pos:pos + m] = f["ids"][()]
-                t_labels[pos:pos + m] = f["labels"][()]
-                t_codes[pos:pos + m] = codes
-                t_paths[pos:pos + m] = f["paths"][()]
-            pos += m
+    for path in tqdm(store.shard_paths(), desc="build", unit="shard", disable=not progress):
+        with h5py.File(path, "r") as f:
+            codes = f["codes"][()]
+            m = len(codes)
+            padded = pad_codes(codes, pbytes)
+            for j, part in enumerate(parts):
+                lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
+                if lo < hi:
+                    part.add(padded[lo - pos:hi - pos])
+            if findex is not None:
+                findex.add(np.ascontiguousarray(f["features"][()], dtype=np.float32))
+            for name in ("ids", "labels", "codes", "paths"):
+                table[name][pos:pos + m] = f[name][()]
+        pos += m
 
 
 def _memory_figures(folder: Path, n: int, binary: list[str]) -> dict[str, Any]:
@@ -353,4 +467,5 @@ def describe_index(directory: str | Path) -> dict[str, Any]:
     meta = read_index_meta(directory)
     return {"kind": "index", "path": str(directory), "count": meta["count"], "model_id": meta["model_id"],
             "bits": meta["bits"], "binary": meta["binary"], "rerank": meta["rerank"],
-            "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"]}
+            "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"],
+            "appended": [{k: e[k] for k in ("dir", "start", "stop", "appended")} for e in meta.get("appended", [])]}

@@ -126,26 +126,41 @@ def _reopen(spec: str | None):
         return None
 
 
+def _database_sources(index) -> list[tuple[int, int, Any, dict[str, int]]]:
+    """(start, stop, reopened source or None, path -> item) per shard directory in the index.
+
+    An index grown with ``build --append`` holds rows of several collections,
+    each over its own position range.
+    """
+    from .files import read_json
+
+    entries = [index.meta["source"], *index.meta.get("appended", [])]
+    starts = [0] + [e["start"] for e in entries[1:]]
+    out = []
+    for entry, start, stop in zip(entries, starts, starts[1:] + [index.count]):
+        manifest = Path(entry["dir"]) / "manifest.json"
+        src = _reopen(read_json(manifest).get("source", {}).get("spec")) if manifest.exists() else None
+        out.append((start, stop, src, {p: i for i, p in enumerate(src.paths)} if src is not None else {}))
+    return out
+
+
 def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
                  k: int = 10) -> Path:
     """Query image + top-k results per row, green border = same label, red = not."""
     from .data import BadImage
     from .search import Index
-    from .store import ShardSet, read_json
+    from .store import ShardSet
 
     plt = _plt()
     index = Index.load(index_dir)
     qshards = ShardSet(queries_dir, "--queries")
     q = qshards.load(("codes", "features", "labels", "paths"))
-    db_manifest = read_json(Path(index.meta["source"]["dir"]) / "manifest.json") \
-        if (Path(index.meta["source"]["dir"]) / "manifest.json").exists() else {}
     qsrc = _reopen(qshards.manifest["source"].get("spec"))
-    dsrc = _reopen(db_manifest.get("source", {}).get("spec"))
-    if qsrc is None or dsrc is None:
+    dsrcs = _database_sources(index)
+    if qsrc is None or any(src is None for _, _, src, _ in dsrcs):
         raise HashindexError("results grid: the source images of the queries or the database are no "
                              "longer where they were extracted from")
     qpos = {p: i for i, p in enumerate(qsrc.paths)}
-    dpos = {p: i for i, p in enumerate(dsrc.paths)}
     labels = q["labels"]
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
@@ -158,6 +173,8 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
 
     def show(ax, src, pos, colour, text):
         try:
+            if pos is None:  # the path is no longer in its source
+                raise KeyError(text)
             ax.imshow(src.read(pos).convert("RGB"))
         except (BadImage, KeyError):
             ax.text(0.5, 0.5, "?", ha="center")
@@ -170,7 +187,7 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
 
     for row, qi in enumerate(pick):
         ql = int(labels[qi])
-        show(axes[row, 0], qsrc, qpos.get(q["paths"][qi], 0), "black",
+        show(axes[row, 0], qsrc, qpos.get(q["paths"][qi]), "black",
              f"query: {names[ql] if 0 <= ql < len(names) else ql}")
         for col in range(k):
             pos = int(res.positions[row, col])
@@ -178,7 +195,8 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
                 axes[row, col + 1].axis("off")
                 continue
             lab = int(index.labels[pos])
-            show(axes[row, col + 1], dsrc, dpos.get(paths[row * k + col], 0),
+            _, _, dsrc, dpos = next(s for s in dsrcs if s[0] <= pos < s[1])
+            show(axes[row, col + 1], dsrc, dpos.get(paths[row * k + col]),
                  "green" if lab == ql else "red", f"d={int(res.hamming[row, col])}")
     fig.suptitle(f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}", fontsize=8)
     fig.tight_layout()
