@@ -18,13 +18,15 @@ directory named INDEX_DIR is always complete.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import faiss
 import h5py
@@ -289,6 +291,8 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
         raise HashindexError(f"{where}: classes {store.class_names[:5]} differ from the index's "
                              f"{meta['class_names'][:5]}")
     dim = meta["rerank"]["dim"]
+    if dim and store.manifest["feature_dim"] == 0:
+        raise HashindexError(f"{where}: extracted with --features none, but {index_dir} re-ranks with features")
     if dim and store.manifest["feature_dim"] != dim:
         raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
     sha = sha256_file(store.dir / MANIFEST)
@@ -307,6 +311,24 @@ def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> Non
         raise HashindexError(
             f"SHARD_DIR {store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
             f"extract the new images with --id-offset {int(old_ids.max()) + 1} (or higher)")
+
+
+@contextlib.contextmanager
+def _exclusive(index_dir: Path) -> Iterator[None]:
+    """Hold a lock beside INDEX_DIR, so two appends cannot each add to the old index and lose the other's rows.
+
+    (flock: reliable between processes of one machine, not across NFS clients.)
+    """
+    lock = index_dir.parent / f".{index_dir.name}.lock"
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HashindexError(f"--out {index_dir}: another append to it is running (lock {lock})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -333,10 +355,18 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
     """
     t0 = time.time()
     index_dir = Path(index_dir)
-    meta = read_index_meta(index_dir, "--out")
     store = ShardSet(shard_dir, "SHARD_DIR")
-    _check_shards(store, meta["rerank"]["kind"])
-    _check_appendable(meta, store, index_dir)
+    read_index_meta(index_dir, "--out")  # a clear error before any lock file is made
+    with _exclusive(index_dir):
+        meta = read_index_meta(index_dir, "--out")  # as it is now that no other append runs
+        _check_appendable(meta, store, index_dir)
+        _check_shards(store, meta["rerank"]["kind"])
+        return _append(store, meta, index_dir, t0, progress, log)
+
+
+def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, progress: bool, log
+            ) -> dict[str, Any]:
+    """The work of `append`, under the index's lock."""
     with h5py.File(index_dir / TABLE_FILE, "r") as old:
         _check_new_ids(old["ids"][()], store, index_dir)
     n_old, m = meta["count"], store.rows
@@ -374,7 +404,7 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
             faiss.write_index(findex, str(tmp / RERANK_FILE))
         new_meta = {**meta, "count": n, "binary": binary_meta,
                     "appended": meta.get("appended", []) + [{
-                        "dir": str(Path(shard_dir).resolve()),
+                        "dir": str(store.dir.resolve()),
                         "manifest_sha256": sha256_file(store.dir / MANIFEST), "start": n_old, "stop": n,
                         "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "append_s": round(time.time() - t0, 3)}],

@@ -116,12 +116,18 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
     manifest = json.loads((other_model / "manifest.json").read_text())
     manifest["model_id"] = "0123456789abcdef"
     (other_model / "manifest.json").write_text(json.dumps(manifest))
+    no_features = tmp_path / "no_features"
+    shutil.copytree(new_shards, no_features)
+    manifest = json.loads((no_features / "manifest.json").read_text())
+    manifest.update(feature_dim=0, feature_dtype="none")
+    (no_features / "manifest.json").write_text(json.dumps(manifest))
     before = (out / "index.json").read_text()
     next_id = int(ShardSet(new_shards).load(("ids",))["ids"].max()) + 1  # 20000: the hint for a clash
     cases = [
         ([str(new_shards), "--out", str(out), "--append"], "already in"),
         ([str(clash), "--out", str(out), "--append"], f"--id-offset {next_id}"),
         ([str(other_model), "--out", str(out), "--append"], "codes of different models"),
+        ([str(no_features), "--out", str(out), "--append"], "extracted with --features none, but"),
         ([str(new_shards), "--out", str(out), "--append", "--binary", "ivf"], "--append: --binary cannot"),
         ([str(new_shards), "--out", str(tmp_path / "none"), "--append"], "no such directory"),
         ([str(new_shards), "--out", str(out)], "or --append"),
@@ -131,6 +137,21 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and res.output.count("\n") == 1, (args, res.output)
     assert (out / "index.json").read_text() == before  # refused appends leave the index as it was
+
+
+def test_concurrent_append_is_refused(cifar_shards, new_shards, tmp_path):
+    """A second append while one holds the index's lock: a one-line error, not a lost update."""
+    import fcntl
+
+    out = tmp_path / "index"
+    build(cifar_shards, out, **QUIET)
+    with open(tmp_path / ".index.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = CliRunner().invoke(cli, ["-q", "build", str(new_shards), "--out", str(out), "--append"])
+    assert res.exit_code == 2 and "another append to it is running" in res.output, res.output
+    assert Index.load(out).count == 10000
+    append(new_shards, out, **QUIET)  # the lock released: it goes through
+    assert Index.load(out).count == 10600
 
 
 def test_failed_append_leaves_the_index_whole(cifar_shards, new_shards, tmp_path, monkeypatch):
@@ -145,7 +166,7 @@ def test_failed_append_leaves_the_index_whole(cifar_shards, new_shards, tmp_path
     with pytest.raises(OSError, match="disk full"):
         append(new_shards, out, **QUIET)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temp folder left behind
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp folder left behind
     monkeypatch.undo()
     append(new_shards, out, **QUIET)
     assert Index.load(out).count == 10600
