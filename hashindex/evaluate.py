@@ -164,7 +164,22 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         out["reranked"] = {"candidates": candidates, "map": _mean(ap_rr["all"]),
                            **{f"map@{k}": _mean(ap_rr[str(k)]) for k in at}}
         out["precision_at_k_reranked"] = (pk_rr_sum / nq).tolist()
+    out["per_class"] = per_class_map(q_labels, np.concatenate(ap["all"]),
+                                     np.concatenate(ap_rr["all"]) if rerank is not None else None)
     return out
+
+
+def per_class_map(q_labels: np.ndarray, ap: np.ndarray, ap_reranked: np.ndarray | None = None
+                  ) -> list[dict[str, Any]]:
+    """mAP@all per query class (which classes the codes serve badly); query-weighted, they average to mAP."""
+    rows = []
+    for label in np.unique(q_labels):
+        mine = q_labels == label
+        row = {"label": int(label), "queries": int(mine.sum()), "map": float(ap[mine].mean())}
+        if ap_reranked is not None:
+            row["map_reranked"] = float(ap_reranked[mine].mean())
+        rows.append(row)
+    return rows
 
 
 def _mean(parts: list[np.ndarray]) -> float:
@@ -211,6 +226,8 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
                           at=at, pk_max=pk_max, radius=radius, rerank=rr if use_rerank else None,
                           candidates=candidates,
                           progress=progress)
+    for row in out["per_class"]:
+        row["name"] = index.class_names[row["label"]] if row["label"] < len(index.class_names) else str(row["label"])
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL
     out["index"] = str(index_dir)
@@ -239,5 +256,11 @@ def format_metrics(m: dict[str, Any]) -> str:
     rad = m[r]
     lines.append(f"within Hamming {r[6:]}: precision {rad['precision']:.4f}, recall {rad['recall']:.4f} "
                  f"({rad['queries_with_no_item']} queries had no item within it and count precision 0)")
+    per_class = sorted(m.get("per_class", []), key=lambda row: row["map"])
+    if per_class:
+        shown = per_class if len(per_class) <= 12 else per_class[:5] + per_class[-5:]
+        lines.append("mAP per query class" + (" (5 worst, 5 best; all in --json)" if len(shown) < len(per_class)
+                                               else ", worst first") + ": "
+                     + ", ".join(f"{row.get('name', row['label'])} {row['map']:.4f}" for row in shown))
     lines.append(f"protocol: {m.get('protocol', PROTOCOL)}")
     return "\n".join(lines)

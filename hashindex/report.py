@@ -1,4 +1,4 @@
-"""Pictures of an evaluation: PR curve, precision@k, and a results grid.
+"""Pictures of an evaluation: PR curve, precision@k, mAP per class, and a results grid.
 
 Everything is written with matplotlib's Agg backend to PNG files, with the
 run's settings in the title, for people who would rather look than read.
@@ -49,6 +49,8 @@ def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index_dir: str | 
     out.mkdir(parents=True, exist_ok=True)
     plots = {"pr_curve": str(plot_pr_curve(metrics, out / "pr_curve.png")),
              "precision_at_k": str(plot_precision_at_k(metrics, out / "precision_at_k.png"))}
+    if metrics.get("per_class"):
+        plots["per_class_map"] = str(plot_per_class(metrics, out / "per_class_map.png"))
     try:
         plots["results_grid"] = str(results_grid(index_dir, queries_dir, out / "results_grid.png"))
     except HashindexError as e:
@@ -93,6 +95,32 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     return _save(fig, ax, f"Precision@k\n{_title(metrics)}", path)
+
+
+def plot_per_class(metrics: dict[str, Any], path: Path, most: int = 60) -> Path:
+    """mAP per query class as horizontal bars, worst at the top (the worst and best most/2 if many)."""
+    plt = _plt()
+    rows = sorted(metrics["per_class"], key=lambda r: r["map"])
+    what = "mAP per query class"
+    if len(rows) > most:
+        what = f"mAP per query class: the {most // 2} worst and {most // 2} best of {len(rows)}"
+        rows = rows[:most // 2] + rows[-(most // 2):]
+    y = np.arange(len(rows))[::-1]
+    names = [str(r.get("name", r["label"])) for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 1.8 + 0.28 * len(rows)))
+    rr = "map_reranked" in rows[0]
+    h = 0.4 if rr else 0.8
+    ax.barh(y + (h / 2 if rr else 0), [r["map"] for r in rows], height=h, label="Hamming ranking")
+    if rr:
+        ax.barh(y - h / 2, [r["map_reranked"] for r in rows], height=h, label="re-ranked")
+    ax.axvline(metrics["hamming"]["map"], color="black", linewidth=1, linestyle=":",
+               label=f"mAP over all queries {metrics['hamming']['map']:.4f}")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlabel("mAP@all of the class's queries")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (1 + 0.25 * len(rows))), ncol=3)
+    return _save(fig, ax, f"{what}\n{_title(metrics)}", path)
 
 
 def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:

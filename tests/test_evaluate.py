@@ -78,6 +78,13 @@ def test_metrics_match_independent_numpy(cifar_shards):
     assert abs(m["precision_at_k"][499] - p500) < 1e-9
     # the PR curve ends at recall 1 when every item is within radius K
     assert abs(m["pr_curve"]["recall"][-1] - 1.0) < 1e-9
+    # per-class mAP: each class's mean of the loop APs; weighted by queries they give the mAP back
+    per = {row["label"]: row for row in m["per_class"]}
+    assert sorted(per) == sorted(set(ql.tolist()))
+    for label, row in per.items():
+        assert row["queries"] == int((ql == label).sum())
+        assert abs(row["map"] - np.mean([a for a, l in zip(ref, ql) if l == label])) < 1e-6
+    assert abs(sum(r["map"] * r["queries"] for r in per.values()) / len(ql) - m["hamming"]["map"]) < 1e-9
 
 
 def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny_model):
@@ -89,8 +96,12 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     direct = evaluate(flat_index, cifar_shards, candidates=200, progress=False)
     assert abs(m["hamming"]["map"] - direct["hamming"]["map"]) < 1e-12
     assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
-    for name in ("pr_curve.png", "precision_at_k.png", "results_grid.png"):
+    for name in ("pr_curve.png", "precision_at_k.png", "per_class_map.png", "results_grid.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
+    assert [r["name"] for r in sorted(m["per_class"], key=lambda r: r["label"])][:2] == ["airplane", "automobile"]
+    assert all(0 <= r["map_reranked"] <= 1 for r in m["per_class"])
+    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards)])
+    assert "mAP per query class, worst first: " in table.output and "airplane" in table.output
     from hashindex.report import plot_comparison
 
     plot_comparison({"a": m, "b": direct}, tmp_path / "cmp.png", "two runs")
