@@ -240,9 +240,7 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     if findex is not None and not findex.is_trained:
         findex.train(_training_sample(store, "features", 100_000, rng).astype(np.float32))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with _replacing(out) as tmp:
         with _new_table(tmp / TABLE_FILE, n, code_bytes) as table:
             _fill(store, parts, bounds, findex, pbytes, table, 0, progress)
         binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
@@ -264,21 +262,21 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
             "binary": binary_meta,
             "rerank": {"kind": rerank, "faiss": type(findex).__name__ if findex is not None else None,
                        "dim": dim if findex is not None else 0, "metric": "L2"},
-            "source": {"dir": str(Path(shard_dir).resolve()),
-                       "manifest_sha256": sha256_file(Path(shard_dir) / MANIFEST)},
+            "source": _source_entry(store),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.time() - t0, 3),
             "memory": _memory_figures(tmp, n, binary_files({"binary": binary_meta})),
         }
         atomic_write_json(tmp / INDEX_JSON, meta)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}"
         + (f", {shards} shards" if shards > 1 else "") + "), "
         f"{rerank} re-rank store, {meta['memory']['bytes_per_item']:.1f} bytes/item, {meta['build_s']:.1f} s")
     return meta
+
+
+def _source_entry(store: ShardSet) -> dict[str, str]:
+    """Where an index's rows came from: the shard directory and its manifest's checksum."""
+    return {"dir": str(store.dir.resolve()), "manifest_sha256": sha256_file(store.dir / MANIFEST)}
 
 
 def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
@@ -295,7 +293,7 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
         raise HashindexError(f"{where}: extracted with --features none, but {index_dir} re-ranks with features")
     if dim and store.manifest["feature_dim"] != dim:
         raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
-    sha = sha256_file(store.dir / MANIFEST)
+    sha = _source_entry(store)["manifest_sha256"]
     if sha in [s["manifest_sha256"] for s in [meta["source"], *meta.get("appended", [])]]:
         raise HashindexError(f"{where}: already in {index_dir}")
 
@@ -387,8 +385,7 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
         parts, bounds, rewritten = [faiss.read_index_binary(str(index_dir / BINARY_FILE))], [0, n], BINARY_FILE
     findex = faiss.read_index(str(index_dir / RERANK_FILE)) if meta["rerank"]["kind"] != "none" else None
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", suffix=".tmp", dir=index_dir.parent))
-    try:
+    with _replacing(index_dir) as tmp:
         with _new_table(tmp / TABLE_FILE, n, meta["code_bytes"]) as table, \
                 h5py.File(index_dir / TABLE_FILE, "r") as old:
             for name in ("ids", "labels", "codes", "paths"):
@@ -404,16 +401,11 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
             faiss.write_index(findex, str(tmp / RERANK_FILE))
         new_meta = {**meta, "count": n, "binary": binary_meta,
                     "appended": meta.get("appended", []) + [{
-                        "dir": str(store.dir.resolve()),
-                        "manifest_sha256": sha256_file(store.dir / MANIFEST), "start": n_old, "stop": n,
+                        **_source_entry(store), "start": n_old, "stop": n,
                         "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "append_s": round(time.time() - t0, 3)}],
                     "memory": _memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
         atomic_write_json(tmp / INDEX_JSON, new_meta)
-        _swap_into_place(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"appended {m} items to {index_dir}: {n} items now"
         + (f", shard {len(shards) - 1} added" if shards else "") + f", {time.time() - t0:.1f} s")
     return new_meta
@@ -459,6 +451,19 @@ def _memory_figures(folder: Path, n: int, binary: list[str]) -> dict[str, Any]:
              "table_bytes": size(TABLE_FILE)}
     sizes["bytes_per_item"] = sum(sizes.values()) / max(n, 1)
     return sizes
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` that replaces it when the block succeeds and is removed if it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
