@@ -130,11 +130,14 @@ def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = ""
     for name, m in runs.items():
         pr, pk = m["pr_curve"], m["precision_at_k"]
         left.plot(pr["recall"], pr["precision"], marker="o", markersize=2, label=f"{name} (mAP {m['hamming']['map']:.4f})")
-        right.plot(np.arange(1, len(pk) + 1), pk, label=name)
+        line, = right.plot(np.arange(1, len(pk) + 1), pk, label=name)
+        if "precision_at_k_tie_aware" in m:
+            pt = m["precision_at_k_tie_aware"]
+            right.plot(np.arange(1, len(pt) + 1), pt, linestyle="--", color=line.get_color(), linewidth=1)
     left.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
              title="Precision-recall over Hamming radius")
     right.set(xlabel="k (number of retrieved items)", ylabel="precision@k", ylim=(0, 1.02),
-              title="Precision@k, Hamming ranking")
+              title="Precision@k, Hamming ranking: ties in index order (solid), tie-aware (dashed)")
     for ax in (left, right):
         ax.legend(fontsize=8)
         ax.title.set_fontsize(9)
