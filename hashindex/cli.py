@@ -214,16 +214,19 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite,
 @click.option("--shard-actors", is_flag=True,
               help="With --backend ray and an index built with --shards S: hold each shard in its own Ray "
                    "actor (an index larger than one machine's RAM); every query fans out to all shards.")
+@click.option("--grid", default=None, help="Also draw the results as a PNG: the query image, then its top "
+                                           "results (up to 20) with their class and Hamming distance.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
-          batch_size, device, overwrite, backend, address, num_workers, shard_actors, as_json):
+          batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
     \b
     Examples:
       hashindex query index/train cat.jpg dog.png --model m.pt --k 10
       hashindex query index/train --by-id 42 --radius 2 --json
+      hashindex query index/train cat.jpg --grid cat-results.png
       hashindex query index/train --queries shards/test --out results.h5
     """
     from . import search
@@ -231,6 +234,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")
     if queries or out:
+        if grid:
+            raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
         job = search.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
@@ -244,10 +249,16 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
                         candidates=candidates, radius=radius, rerank=not no_rerank, complete_ties=not cut_ties,
                         device=device, shard_actors={"address": address} if shard_actors else None)
+    if grid:
+        from .report import query_grid
+
+        query_grid(search.Index.load(index_dir), rows, grid)
     if as_json:
         _echo_json(rows)
     else:
         click.echo(search.format_table(rows))
+        if grid:
+            click.echo(f"grid: {grid}")
 
 
 @cli.command(name="eval")

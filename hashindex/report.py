@@ -7,7 +7,7 @@ run's settings in the title, for people who would rather look than read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,8 +33,7 @@ def _save(fig, ax, title: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _plt().close(fig)
+    _write_png(fig, path, dpi=120)
     return path
 
 
@@ -175,39 +174,41 @@ def _database_sources(index) -> list[tuple[int, int, Any, dict[str, int]]]:
     return out
 
 
-def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
-                 k: int = 10) -> Path:
-    """Query image + top-k results per row, green border = same label, red = not."""
+def _database_image(sources: list, position: int, path: str) -> Callable[[], Any]:
+    """A reader of the image at an index position (from the collection that holds that position)."""
+    _, _, src, lut = next(s for s in sources if s[0] <= position < s[1])
+    item = lut.get(path)
+    return lambda: src.read(item) if item is not None else None
+
+
+def _file_image(path: str) -> Callable[[], Any]:
+    from .data import decode_image
+
+    return lambda: decode_image(Path(path).read_bytes())
+
+
+def _reachable_sources(index) -> list:
+    sources = _database_sources(index)
+    if any(src is None for _, _, src, _ in sources):
+        raise HashindexError("results grid: the indexed images are no longer where they were extracted from")
+    return sources
+
+
+def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]], path: Path, title: str) -> Path:
+    """One row per query: (read query image, caption, [(read result image, border colour, caption)])."""
     from .data import BadImage
-    from .search import Index
-    from .store import ShardSet
 
     plt = _plt()
-    index = Index.load(index_dir)
-    qshards = ShardSet(queries_dir, "--queries")
-    q = qshards.load(("codes", "features", "labels", "paths"))
-    qsrc = _reopen(qshards.manifest["source"].get("spec"))
-    dsrcs = _database_sources(index)
-    if qsrc is None or any(src is None for _, _, src, _ in dsrcs):
-        raise HashindexError("results grid: the source images of the queries or the database are no "
-                             "longer where they were extracted from")
-    qpos = {p: i for i, p in enumerate(qsrc.paths)}
-    labels = q["labels"]
-    pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
-    pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
-    feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
-    res = index.search(q["codes"][pick], feats, k=k, complete_ties=True)
-    paths = index.paths(res.positions)
-    fig, axes = plt.subplots(len(pick), k + 1, figsize=(1.2 * (k + 1), 1.3 * len(pick)))
-    axes = np.atleast_2d(axes)
-    names = index.class_names
+    k = max([len(hits) for _, _, hits in rows] + [1])
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.2 * (k + 1), 1.45 * len(rows) + 0.4), squeeze=False)
 
-    def show(ax, src, pos, colour, text):
+    def show(ax, read, colour, text):
         try:
-            if pos is None:  # the path is no longer in its source
+            img = read()
+            if img is None:  # the path is no longer in its source
                 raise KeyError(text)
-            ax.imshow(src.read(pos).convert("RGB"))
-        except (BadImage, KeyError):
+            ax.imshow(img.convert("RGB"))
+        except (BadImage, KeyError, OSError):
             ax.text(0.5, 0.5, "?", ha="center")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -216,21 +217,95 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
             side.set_linewidth(3)
         ax.set_title(text, fontsize=6)
 
+    for r, (read, text, hits) in enumerate(rows):
+        show(axes[r, 0], read, "black", text)
+        for c in range(k):
+            if c < len(hits):
+                show(axes[r, c + 1], *hits[c])
+            else:
+                axes[r, c + 1].axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _write_png(fig, path, dpi=110)
+    return path
+
+
+def _write_png(fig, path: Path, dpi: int) -> None:
+    """Save a figure atomically (never a half-written PNG under the final name) and free it."""
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    _plt().close(fig)
+
+
+def _class_name(names: list[str], label: int) -> str:
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
+def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
+                 k: int = 10) -> Path:
+    """Query image + top-k results per row, green border = same label, red = not."""
+    from .search import Index
+    from .store import ShardSet
+
+    index = Index.load(index_dir)
+    qshards = ShardSet(queries_dir, "--queries")
+    q = qshards.load(("codes", "features", "labels", "paths"))
+    qsrc = _reopen(qshards.manifest["source"].get("spec"))
+    if qsrc is None:
+        raise HashindexError("results grid: the query images are no longer where they were extracted from")
+    sources = _reachable_sources(index)
+    qpos = {p: i for i, p in enumerate(qsrc.paths)}
+    labels = q["labels"]
+    pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
+    pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
+    feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
+    res = index.search(q["codes"][pick], feats, k=k, complete_ties=True)
+    paths = index.paths(res.positions)
+    rows = []
     for row, qi in enumerate(pick):
-        ql = int(labels[qi])
-        show(axes[row, 0], qsrc, qpos.get(q["paths"][qi]), "black",
-             f"query: {names[ql] if 0 <= ql < len(names) else ql}")
+        ql, item = int(labels[qi]), qpos.get(q["paths"][qi])
+        hits = []
         for col in range(k):
             pos = int(res.positions[row, col])
-            if pos < 0:
-                axes[row, col + 1].axis("off")
-                continue
-            lab = int(index.labels[pos])
-            _, _, dsrc, dpos = next(s for s in dsrcs if s[0] <= pos < s[1])
-            show(axes[row, col + 1], dsrc, dpos.get(paths[row * k + col]),
-                 "green" if lab == ql else "red", f"d={int(res.hamming[row, col])}")
-    fig.suptitle(f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            if pos >= 0:
+                hits.append((_database_image(sources, pos, paths[row * k + col]),
+                             "green" if index.labels[pos] == ql else "red", f"d={int(res.hamming[row, col])}"))
+        rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
+                     f"query: {_class_name(index.class_names, ql)}", hits))
+    return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}")
+
+
+def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
+    """Grid rows for `hashindex query` results (``search.query``'s dicts): the query image, then its hits.
+
+    A query by id has a label: borders green / red for same / other class; an
+    image file has none, so its hits get grey borders and their class as caption.
+    """
+    sources = _reachable_sources(index)
+    out = []
+    for row in rows:
+        name, hits = row["query"], row["results"][:most]
+        qlabel = None
+        if name.startswith("id:"):
+            qpos = int(index.positions_of(np.array([int(name[3:])]))[0])
+            read, qlabel = _database_image(sources, qpos, index.paths([qpos])[0]), int(index.labels[qpos])
+            caption = f"{name} ({_class_name(index.class_names, qlabel)})"
+        else:
+            read, caption = _file_image(name), Path(name).name
+        positions = index.positions_of(np.array([h["id"] for h in hits], np.int64)) if hits else []
+        cells = []
+        for h, pos in zip(hits, positions):
+            colour = "grey" if qlabel is None else ("green" if h["label"] == qlabel else "red")
+            cls = h["class"] if h["class"] is not None else str(h["label"])
+            cells.append((_database_image(sources, int(pos), h["path"]), colour, f"{cls} d={h['hamming']}"))
+        out.append((read, caption, cells))
+    return out
+
+
+def query_grid(index, rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the results of `hashindex query` as a PNG grid (query image, then its results)."""
+    return _draw_grid(query_grid_rows(index, rows), Path(path),
+                      f"hashindex query: {index.count} items, model {index.model_id} (border: green same class, "
+                      "red other, grey unknown)")

@@ -234,6 +234,34 @@ def test_flat_indexes_load_memory_mapped(flat_index):
     assert mapped[0].search(mapped[0].items(np.array([3]))[0], None, k=1).ids[0, 0] >= 0
 
 
+def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
+    """`query --grid`: each cell reads the image of its own item (the query by id finds itself first)."""
+    from hashindex.data import open_source
+    from hashindex.report import query_grid_rows
+    from hashindex.search import query
+
+    src = open_source(CIFAR_TEST)
+    img = tmp_path / "q.jpg"
+    img.write_bytes(src.read_bytes(77))
+    rows = query(flat_index, [str(img)], [5], model=str(tiny_model), k=6)
+    index = Index.load(flat_index)
+    grid = query_grid_rows(index, rows)
+    as_array = lambda im: np.asarray(im.convert("RGB"))  # noqa: E731
+    (read_img, cap_img, hits_img), (read_id, cap_id, hits_id) = grid
+    assert np.array_equal(as_array(read_img()), as_array(src.read(77))) and cap_img == "q.jpg"
+    assert np.array_equal(as_array(read_id()), as_array(src.read(5))) and cap_id.startswith("id:5 (")
+    for row, hits in ((rows[0], hits_img), (rows[1], hits_id)):
+        for hit, (read, colour, caption) in zip(row["results"], hits):
+            assert np.array_equal(as_array(read()), as_array(src.read(hit["id"])))  # ids are test-set positions
+            assert caption.endswith(f"d={hit['hamming']}")
+    assert {c for _, c, _ in hits_img} == {"grey"}  # an image file has no label
+    assert hits_id[0][1] == "green" and {c for _, c, _ in hits_id} <= {"green", "red"}
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "5", "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 5_000, res.output
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", "x", "--out", "y", "--grid", "g.png"])
+    assert res.exit_code == 2 and "--grid: draws interactive queries" in res.output
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_sharded_index_equals_single(kind, cifar_shards, db, tmp_path):
     """S=4 binary shards (IVF: one shared trained quantizer) give the single index's results."""
