@@ -370,19 +370,8 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
     n_old, m = meta["count"], store.rows
     n = n_old + m
     pbytes = meta["binary"]["padded_bytes"]
-    binary_meta = dict(meta["binary"])
-    shards = [dict(s) for s in binary_meta.get("shards", [])]
-    if shards:  # a new shard over [n_old, n); IVF keeps the quantizer of the shards before it
-        last = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
-        part = last if binary_meta["kind"] == "ivf" else make_binary_index(binary_meta["kind"], pbytes * 8,
-                                                                           binary_meta)
-        part.reset()
-        name = f"binary-{len(shards):03d}.faiss"
-        shards.append({"file": name, "start": n_old, "stop": n})
-        binary_meta["shards"] = shards
-        parts, bounds, rewritten = [part], [n_old, n], name
-    else:
-        parts, bounds, rewritten = [faiss.read_index_binary(str(index_dir / BINARY_FILE))], [0, n], BINARY_FILE
+    part, bounds, rewritten, binary_meta = _binary_to_grow(meta, index_dir, n)
+    parts = [part]
     findex = faiss.read_index(str(index_dir / RERANK_FILE)) if meta["rerank"]["kind"] != "none" else None
 
     with _replacing(index_dir) as tmp:
@@ -406,9 +395,32 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
                         "append_s": round(time.time() - t0, 3)}],
                     "memory": _memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
         atomic_write_json(tmp / INDEX_JSON, new_meta)
+    shards = binary_meta.get("shards")
     log(f"appended {m} items to {index_dir}: {n} items now"
         + (f", shard {len(shards) - 1} added" if shards else "") + f", {time.time() - t0:.1f} s")
     return new_meta
+
+
+def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
+                    ) -> tuple[faiss.IndexBinary, list[int], str, dict[str, Any]]:
+    """(binary index the new rows go to, its position bounds, its file name, the new "binary" entry).
+
+    A single index is loaded whole and grows; a sharded one gets a new, empty
+    shard over [count, n) (IVF: a copy of the last shard, emptied, so it keeps
+    the shared quantizer).
+    """
+    binary_meta = dict(meta["binary"])
+    shards = [dict(s) for s in binary_meta.get("shards", [])]
+    if not shards:
+        return faiss.read_index_binary(str(index_dir / BINARY_FILE)), [0, n], BINARY_FILE, binary_meta
+    if binary_meta["kind"] == "ivf":
+        part = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
+        part.reset()
+    else:
+        part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
+    name = f"binary-{len(shards):03d}.faiss"
+    binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
+    return part, [meta["count"], n], name, binary_meta
 
 
 def _new_table(path: Path, n: int, code_bytes: int) -> h5py.File:
