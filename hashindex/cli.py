@@ -246,13 +246,13 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
         if as_json:
             _echo_json(job)
         return
-    rows = search.query(index_dir, list(images), list(by_id), model=model, k=k,
-                        candidates=candidates, radius=radius, rerank=not no_rerank, complete_ties=not cut_ties,
-                        device=device, shard_actors={"address": address} if shard_actors else None)
+    index = search.Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
+    rows = search.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
+                        radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, device=device)
     if grid:
         from .report import query_grid
 
-        query_grid(search.Index.load(index_dir), rows, grid)
+        query_grid(index, rows, grid)
     if as_json:
         _echo_json(rows)
     else:

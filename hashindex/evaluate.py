@@ -182,6 +182,11 @@ def per_class_map(q_labels: np.ndarray, ap: np.ndarray, ap_reranked: np.ndarray 
     return rows
 
 
+def class_name(names: list[str], label: int) -> str:
+    """The class name of a label, or the label itself where the names do not cover it."""
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
 def _mean(parts: list[np.ndarray]) -> float:
     return float(np.concatenate(parts).mean()) if parts else 0.0
 
@@ -227,7 +232,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
                           candidates=candidates,
                           progress=progress)
     for row in out["per_class"]:
-        row["name"] = index.class_names[row["label"]] if row["label"] < len(index.class_names) else str(row["label"])
+        row["name"] = class_name(index.class_names, row["label"])
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL
     out["index"] = str(index_dir)

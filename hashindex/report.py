@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import HashindexError
+from .evaluate import class_name
 
 
 def _plt():
@@ -239,10 +240,6 @@ def _write_png(fig, path: Path, dpi: int) -> None:
     _plt().close(fig)
 
 
-def _class_name(names: list[str], label: int) -> str:
-    return names[label] if 0 <= label < len(names) else str(label)
-
-
 def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
                  k: int = 10) -> Path:
     """Query image + top-k results per row, green border = same label, red = not."""
@@ -273,7 +270,7 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
                 hits.append((_database_image(sources, pos, paths[row * k + col]),
                              "green" if index.labels[pos] == ql else "red", f"d={int(res.hamming[row, col])}"))
         rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
-                     f"query: {_class_name(index.class_names, ql)}", hits))
+                     f"query: {class_name(index.class_names, ql)}", hits))
     return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}")
 
 
@@ -291,7 +288,7 @@ def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
         if name.startswith("id:"):
             qpos = int(index.positions_of(np.array([int(name[3:])]))[0])
             read, qlabel = _database_image(sources, qpos, index.paths([qpos])[0]), int(index.labels[qpos])
-            caption = f"{name} ({_class_name(index.class_names, qlabel)})"
+            caption = f"{name} ({class_name(index.class_names, qlabel)})"
         else:
             read, caption = _file_image(name), Path(name).name
         positions = index.positions_of(np.array([h["id"] for h in hits], np.int64)) if hits else []

@@ -306,18 +306,20 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
     return hm.encode(np.stack(arrays))
 
 
-def query(index_dir: str | Path, images: list[str], by_id: list[int], *, model: str | None = None,
+def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
           complete_ties: bool = True, device: str = "cpu", shard_actors: dict[str, Any] | None = None
           ) -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts.
 
-    ``shard_actors``: Ray options to search a sharded index with one actor per shard.
+    ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
+    open a sharded INDEX_DIR with one actor per shard.
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give IMAGE paths or --by-id ID")
     check_candidates(candidates, k)
-    index = Index.load(index_dir, shard_actors=shard_actors)
+    if not isinstance(index, Index):
+        index = Index.load(index, shard_actors=shard_actors)
     codes, feats, names = [], [], []
     if images:
         c, f = _encode_images(index, images, model, device)
