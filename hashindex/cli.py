@@ -73,12 +73,15 @@ def _echo_json(obj) -> None:
 @click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bf16 autocast.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--init", default=None, metavar="MODEL",
+              help="Fine-tune from this checkpoint or shipped model: its trunk always, its hash layer if "
+                   "--bits match, its classifier if the classes match too (try --lr 0.01).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
-          val_limit, input_size, channels, no_flip, device, no_bf16, workers, seed, resume,
+          val_limit, input_size, channels, no_flip, device, no_bf16, workers, seed, init, resume,
           overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
@@ -87,6 +90,12 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
       hashindex train --data ../shared/data/cifar10-jpeg/train.tar \\
           --val ../shared/data/cifar10-jpeg/test.tar --bits 48 --epochs 1 \\
           --limit 2000 --out /tmp/m.pt
+
+    \b
+    Fine-tuning the shipped model on 1,000 labelled images of another set:
+      hashindex train --init nin-cifar10-48 --data ../shared/data/fashion-mnist \
+          --val ../shared/data/fashion-mnist:test --limit 1000 --lr 0.01 \
+          --epochs 10 --out /tmp/ft.pt
     """
     from . import train as api_train
 
@@ -95,7 +104,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
-        device=device, bf16=not no_bf16, workers=workers, seed=seed,
+        device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
     )
     if as_json:
         _echo_json(summary)

@@ -21,11 +21,19 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "input": f"{ckpt['channels']}x{ckpt['input_size']}x{ckpt['input_size']} ({ckpt['resize']})",
         "train_data": ckpt["train_data"],
         "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
+        "fine_tuned_from": _init_line(ckpt.get("init")),
         "finished": "train_state" not in ckpt,
         "accuracy": ckpt["accuracy"], "map": ckpt["map"], "map_protocol": ckpt.get("map_protocol", ""),
         "parameters": params, "torch_version": ckpt["torch_version"],
     }
     return out
+
+
+def _init_line(init: dict[str, Any] | None) -> str | None:
+    """'nin-cifar10-48 (model 19cc..., copied trunk, latent)' for a fine-tuned checkpoint."""
+    if not init:
+        return None
+    return f"{init['model']} (model {init['model_id']}; copied {', '.join(init['copied'])})"
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -214,7 +214,7 @@ CHECKPOINT_KEYS = (
     "format", "format_version", "arch", "arch_version", "model_id", "bits", "num_classes",
     "class_names", "input_size", "channels", "mean", "std", "resize", "train_data",
     "epochs", "epochs_planned", "accuracy", "map", "torch_version", "hashindex_version",
-    "train_args", "history", "state_dict",
+    "train_args", "history", "init", "state_dict",
 )
 
 
@@ -252,7 +252,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def resolve_model_path(name_or_path: str | Path) -> Path:
+def resolve_model_path(name_or_path: str | Path, flag: str = "--model") -> Path:
     """A checkpoint path, or the name of a model shipped in hashindex/weights/."""
     p = Path(name_or_path)
     if p.exists():
@@ -262,7 +262,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return shipped
     names = sorted(f.stem for f in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []
     hint = f" (shipped models: {', '.join(names)})" if names else ""
-    raise HashindexError(f"--model {name_or_path}: no such checkpoint file{hint}")
+    raise HashindexError(f"{flag} {name_or_path}: no such checkpoint file{hint}")
 
 
 def find_model_for(model_id: str) -> Path:
@@ -273,9 +273,9 @@ def find_model_for(model_id: str) -> Path:
     raise HashindexError(f"--model: needed to encode images (no shipped model has id {model_id})")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint dict; one-line HashindexError if it is not one."""
-    path = resolve_model_path(path)
+def read_checkpoint(path: str | Path, flag: str = "--model") -> dict[str, Any]:
+    """Load and validate a checkpoint dict; one-line HashindexError (naming flag) if it is not one."""
+    path = resolve_model_path(path, flag)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoint files

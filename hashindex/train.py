@@ -6,6 +6,10 @@ decay, random-crop + flip augmentation, per-epoch validation. The training
 set is decoded once into memory (32x32 inputs: 150 MB for CIFAR-10), which
 on a 2-core machine is far cheaper than decoding every epoch.
 
+``init`` starts from a trained checkpoint instead of random weights (fine-tuning,
+as DLBHC fine-tunes a pretrained net): the trunk and its input normalisation always,
+the hash layer when the code length matches, the classifier when the classes match too.
+
 Every epoch the checkpoint at ``out`` is rewritten atomically with the
 optimizer state, so ``--resume`` continues an interrupted run exactly: the
 shuffling, augmentation and dropout of epoch e are seeded by (seed, e).
@@ -29,7 +33,7 @@ from .data import SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .evaluate import mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
-                    resolve_device)
+                    read_checkpoint, resolve_device)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class TrainConfig:
     bf16: bool = True
     workers: int = 2
     seed: int = 0
+    init: str | None = None  # checkpoint path or shipped name to fine-tune from
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -109,18 +114,43 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     """The unfinished checkpoint at cfg.out to continue from, after checking it matches."""
-    from .model import read_checkpoint
-
     ckpt = read_checkpoint(cfg.out)
     if "train_state" not in ckpt:
         raise HashindexError(f"--resume: {cfg.out} is a finished checkpoint ({ckpt['epochs']} epochs); "
                              "nothing to resume (use --overwrite to train again)")
     old = ckpt["train_state"]["config"]
-    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size"):
-        if old[key] != getattr(cfg, key):
-            raise HashindexError(f"--resume: {cfg.out} was trained with {key}={old[key]!r}, "
+    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init"):
+        if old.get(key) != getattr(cfg, key):
+            raise HashindexError(f"--resume: {cfg.out} was trained with {key}={old.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}")
     return ckpt
+
+
+def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
+    """Input channels of a fine-tuning run: the init model's, unless --channels says otherwise."""
+    channels = cfg.channels or init["channels"]
+    if channels != init["channels"]:
+        raise HashindexError(f"--init {cfg.init}: a {init['channels']}-channel model, but --channels "
+                             f"{channels}; leave --channels out to train with {init['channels']}")
+    return channels
+
+
+def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str]) -> list[str]:
+    """Copy what fits from a checkpoint into a fresh net; returns the parts copied.
+
+    The trunk (with its input normalisation) always fits; the hash layer when the
+    code length is the same; the classifier when the classes are the same too.
+    """
+    parts = ["trunk"]
+    if init["bits"] == net.bits:
+        parts.append("latent")
+        if init["class_names"] == class_names:
+            parts.append("classifier")
+    prefixes = tuple(f"{p}." for p in parts) + ("mean", "std")
+    state = {k: v for k, v in init["state_dict"].items() if k.startswith(prefixes)}
+    result = net.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    return parts
 
 
 def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -148,7 +178,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if not src.class_names or (src.labels < 0).any():
         raise HashindexError(f"--data {cfg.data}: training needs labelled images "
                              "(class subfolders, a labelled list, IDX or CIFAR batches)")
-    channels = cfg.channels or (1 if src.greyscale else 3)
+    init = read_checkpoint(cfg.init, "--init") if cfg.init and ckpt is None else None
+    if ckpt is not None:
+        channels = ckpt["channels"]
+    elif init is not None:
+        channels = _init_channels(cfg, init)
+    else:
+        channels = cfg.channels or (1 if src.greyscale else 3)
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
     val_x = val_y = None
     if cfg.val:
@@ -164,6 +200,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 
     mean, std = _channel_stats(train_x)
     net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout)
+    init_info = ckpt.get("init") if ckpt is not None else None
+    if init is not None:
+        parts = transfer_weights(net, init, src.class_names)
+        init_info = {"model": cfg.init, "model_id": init["model_id"], "copied": parts}
+        log(f"init: {', '.join(parts)} from {cfg.init} (model {init['model_id']})")
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
     history: list[dict[str, float]] = []
@@ -177,7 +218,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     net.to(device, memory_format=torch.channels_last)
 
     info = {"class_names": src.class_names, "input_size": cfg.input_size,
-            "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs}
+            "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs,
+            "init": init_info}
     steps = math.ceil(len(train_x) / cfg.batch_size)
     if start_epoch >= cfg.epochs:
         raise HashindexError(f"--resume: {cfg.out} has {start_epoch} epochs already (--epochs {cfg.epochs})")

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from hashindex import HashindexError, load_model
 from hashindex.cli import cli
 from hashindex.model import read_checkpoint
-from tests.conftest import CIFAR_TRAIN, image_bytes, make_tar, need
+from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_tar, need
 
 
 def test_tiny_model_is_usable(tiny_model):
@@ -92,3 +92,46 @@ def test_cli_info(tiny_model, tmp_path):
     junk.write_bytes(b"\x00\x01 not a checkpoint")
     res = runner.invoke(cli, ["info", str(junk)])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "not a hashindex checkpoint" in res.output
+
+
+def test_transfer_weights_copies_what_fits():
+    from hashindex.model import NINHash, compute_model_id
+    from hashindex.train import transfer_weights
+
+    init = read_checkpoint("nin-cifar10-48")
+    fresh = NINHash(48, 3)
+    before = fresh.classifier.weight.detach().clone()
+    assert transfer_weights(fresh, init, ["a", "b", "c"]) == ["trunk", "latent"]
+    state = fresh.state_dict()
+    for k, v in init["state_dict"].items():
+        if not k.startswith("classifier."):
+            assert torch.equal(state[k], v), k  # trunk (with BN statistics), normalisation, hash layer
+    assert torch.equal(fresh.classifier.weight, before)  # other classes: classifier left as initialised
+    shorter = NINHash(32, 10)
+    assert transfer_weights(shorter, init, init["class_names"]) == ["trunk"]
+    assert not torch.equal(shorter.latent.weight[:, :4], init["state_dict"]["latent.weight"][:32, :4])
+    same = NINHash(48, 10)
+    assert transfer_weights(same, init, init["class_names"]) == ["trunk", "latent", "classifier"]
+    assert compute_model_id(same.state_dict(), 48) == init["model_id"]  # nothing left out
+
+
+def test_cli_fine_tune_from_shipped_model(tiny_model, tmp_path):
+    need(CIFAR_TEST)
+    runner = CliRunner()
+    out = tmp_path / "ft.pt"
+    args = ["-q", "train", "--data", str(CIFAR_TEST), "--val", str(CIFAR_TEST), "--limit", "300",
+            "--val-limit", "200", "--epochs", "1", "--bits", "48", "--workers", "0", "--out", str(out)]
+    res = runner.invoke(cli, args + ["--init", "nin-cifar10-48", "--lr", "0.01", "--json"])
+    assert res.exit_code == 0, res.output
+    ckpt = read_checkpoint(out)
+    assert ckpt["init"]["model"] == "nin-cifar10-48" and ckpt["init"]["copied"] == ["trunk", "latent", "classifier"]
+    # one epoch on 300 images: from the trained model it classifies; from scratch (tiny_model) it barely does
+    scratch = read_checkpoint(tiny_model)["accuracy"]
+    assert ckpt["accuracy"] > 0.7 and ckpt["accuracy"] > scratch + 0.3, (ckpt["accuracy"], scratch)
+    shown = runner.invoke(cli, ["info", str(out), "--json"])
+    assert '"fine_tuned_from": "nin-cifar10-48 (model ' in shown.output
+    missing = runner.invoke(cli, args + ["--init", "/no/model.pt", "--overwrite"])
+    assert missing.exit_code == 2 and missing.output.startswith("hashindex: error: --init /no/model.pt: no such checkpoint")
+    grey = runner.invoke(cli, args + ["--init", "nin-cifar10-48", "--channels", "1", "--overwrite"])
+    assert grey.exit_code == 2 and grey.output.count("\n") == 1
+    assert "--init nin-cifar10-48: a 3-channel model, but --channels 1" in grey.output
