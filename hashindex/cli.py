@@ -75,7 +75,7 @@ def _echo_json(obj) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--init", default=None, metavar="MODEL",
               help="Fine-tune from this checkpoint or shipped model: its trunk always, its hash layer if "
-                   "--bits match, its classifier if the classes match too (try --lr 0.01).")
+                   "--bits match, its classifier if the classes match too.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -93,9 +93,9 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 
     \b
     Fine-tuning the shipped model on 1,000 labelled images of another set:
-      hashindex train --init nin-cifar10-48 --data ../shared/data/fashion-mnist \
-          --val ../shared/data/fashion-mnist:test --limit 1000 --lr 0.01 \
-          --epochs 10 --out /tmp/ft.pt
+      hashindex train --init nin-cifar10-48 --data ../shared/data/fashion-mnist \\
+          --val ../shared/data/fashion-mnist:test --limit 1000 --epochs 10 \\
+          --out /tmp/ft.pt
     """
     from . import train as api_train
 
