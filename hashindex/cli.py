@@ -335,6 +335,38 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 
 
 @cli.command()
+@click.argument("index_dir")
+@click.option("--model", default=None, help="Checkpoint for image queries [default: the shipped model of the index].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.pass_context
+def serve(ctx, index_dir, model, host, port, device):
+    """Keep INDEX_DIR and its model in memory and answer searches over HTTP (JSON).
+
+    \b
+    Example:
+      hashindex serve index/photos --port 8000 &
+      curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
+      curl -s 'localhost:8000/search?id=42&radius=2'
+    """
+    from .serve import Searcher, make_server
+
+    searcher = Searcher(index_dir, model=model, device=device)
+    server = make_server(searcher, host, port, log=(lambda line: click.echo(line, err=True))
+                         if ctx.obj["progress"] else None)
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
+               f"at http://{bound_host}:{bound_port}/ ; Ctrl-C to stop", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json):

@@ -306,6 +306,12 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
     return hm.encode(np.stack(arrays))
 
 
+def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, features) of indexed items used as queries (zero features without a re-rank store)."""
+    codes, feats = index.items(index.positions_of(np.array(ids)))
+    return codes, feats if feats is not None else np.zeros((len(codes), 192), np.float32)  # model.FEATURE_DIM
+
+
 def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
           complete_ties: bool = True, device: str = "cpu", shard_actors: dict[str, Any] | None = None
@@ -327,11 +333,18 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
         feats.append(f)
         names += images
     if by_id:
-        c, f = index.items(index.positions_of(np.array(by_id)))
+        c, f = indexed_queries(index, by_id)
         codes.append(c)
-        feats.append(f if f is not None else np.zeros((len(c), 192), np.float32))
+        feats.append(f)
         names += [f"id:{i}" for i in by_id]
-    codes_arr, feats_arr = np.concatenate(codes), np.concatenate(feats).astype(np.float32)
+    return search_vectors(index, np.concatenate(codes), np.concatenate(feats).astype(np.float32), names,
+                          k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties)
+
+
+def search_vectors(index: Index, codes_arr: np.ndarray, feats_arr: np.ndarray, names: list[str], *,
+                   k: int = 10, candidates: int | None = None, radius: int | None = None,
+                   rerank: bool = True, complete_ties: bool = True) -> list[dict[str, Any]]:
+    """Result dicts for encoded queries: the top k, or every item within ``radius``."""
     if radius is None:
         return result_rows(index, index.search(codes_arr, feats_arr, k, candidates, rerank, complete_ties), names)
     hits = index.range_search(codes_arr, radius)

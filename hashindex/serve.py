@@ -1,0 +1,174 @@
+"""`hashindex serve`: an index and its model kept in memory, answering searches over HTTP.
+
+Loading a large index and the net costs seconds per `hashindex query`; a service
+pays it once. Plain JSON over the standard library's threading HTTP server:
+
+    GET  /                              what is served (items, bits, model, classes)
+    POST /search?k=10   body = image    search with an image file's bytes
+    GET  /search?id=42&k=10             search with an indexed item
+    options: k, candidates, radius, rerank=0|1, cut_ties=0|1 (as on `hashindex query`)
+
+Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
+with status 400 (bad request), 404 (no such id or path) or 413 (body too large).
+Searches run one at a time (a lock): the net and Faiss already use every core.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from .data import BadImage, decode_image, to_array
+from .errors import HashindexError
+from .search import Index, check_candidates, indexed_queries, search_vectors
+
+MAX_BODY = 32 << 20  # bytes of one uploaded image
+
+
+class RequestError(Exception):
+    """A bad request: HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Searcher:
+    """An opened index plus the model that encodes image queries for it."""
+
+    def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu"):
+        from .model import find_model_for, load_model
+
+        self.index = Index.load(index_dir)
+        self.model = load_model(model if model else find_model_for(self.index.model_id), device)
+        self.index.check_model(self.model.model_id)
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        return {"index": str(self.index.dir), "items": self.index.count, "bits": self.index.bits,
+                "model_id": self.index.model_id, "binary": self.index.meta["binary"]["kind"],
+                "rerank": self.index.meta["rerank"]["kind"], "class_names": self.index.class_names}
+
+    def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
+        """Search with the bytes of an image file."""
+        try:
+            img = decode_image(data)
+        except BadImage as e:
+            raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
+        array = to_array(img, self.model.input_size, self.model.channels)[None]
+        with self.lock:
+            codes, feats = self.model.encode(array)
+            return self._search(codes, feats, "upload", options)
+
+    def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
+        """Search with an indexed item's stored code and feature."""
+        with self.lock:
+            try:
+                codes, feats = indexed_queries(self.index, [item_id])
+            except HashindexError:
+                raise RequestError(404, f"id={item_id}: no item with this id in the index") from None
+            return self._search(codes, feats, f"id:{item_id}", options)
+
+    def _search(self, codes: np.ndarray, feats: np.ndarray, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        row = search_vectors(self.index, codes, feats.astype(np.float32), [name], **options)[0]
+        row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return row
+
+
+def _int_param(params: dict[str, list[str]], name: str, default: int | None, low: int) -> int | None:
+    if name not in params:
+        return default
+    raw = params[name][-1]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(400, f"{name}={raw}: expected an integer") from None
+    if value < low:
+        raise RequestError(400, f"{name}={value}: expected at least {low}")
+    return value
+
+
+def _flag_param(params: dict[str, list[str]], name: str, default: bool) -> bool:
+    if name not in params:
+        return default
+    raw = params[name][-1].lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise RequestError(400, f"{name}={raw}: expected 0 or 1")
+    return raw in ("1", "true")
+
+
+def search_options(params: dict[str, list[str]]) -> dict[str, Any]:
+    """k, candidates, radius, rerank, cut_ties from a query string, checked as the CLI checks them."""
+    k = _int_param(params, "k", 10, 1)
+    candidates = _int_param(params, "candidates", None, 1)
+    try:
+        check_candidates(candidates, k)
+    except HashindexError:
+        raise RequestError(400, f"candidates={candidates}: must be at least k={k}") from None
+    return {"k": k, "candidates": candidates, "radius": _int_param(params, "radius", None, 0),
+            "rerank": _flag_param(params, "rerank", True),
+            "complete_ties": not _flag_param(params, "cut_ties", False)}
+
+
+def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to one Searcher."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "hashindex"
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = (json.dumps(body) + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self, method: str) -> None:
+            url = urlparse(self.path)
+            params = parse_qs(url.query)
+            try:
+                if url.path == "/" and method == "GET":
+                    return self._reply(200, searcher.info())
+                if url.path != "/search":
+                    raise RequestError(404, f"{url.path}: no such endpoint (GET /, GET or POST /search)")
+                options = search_options(params)
+                if method == "GET":
+                    item = _int_param(params, "id", None, 0)
+                    if item is None:
+                        raise RequestError(400, "GET /search needs id=ID (or POST an image)")
+                    return self._reply(200, searcher.by_id(item, options))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY:
+                    raise RequestError(413, f"body of {length} bytes: at most {MAX_BODY} for one image")
+                return self._reply(200, searcher.by_image(self.rfile.read(length), options))
+            except RequestError as e:
+                return self._reply(e.status, {"error": str(e)})
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._handle("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle("POST")
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            if log:
+                log(f"{self.address_string()} {fmt % args}")
+
+    return Handler
+
+
+def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) HTTP server; port 0 picks a free port."""
+    try:
+        return ThreadingHTTPServer((host, port), make_handler(searcher, log))
+    except OSError as e:
+        raise HashindexError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror})") from None

@@ -1,0 +1,94 @@
+"""`hashindex serve`: HTTP answers equal `hashindex query`'s, bad requests get a status and one line."""
+
+import json
+import socket
+import tarfile
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from click.testing import CliRunner
+
+from hashindex.cli import cli
+from hashindex.search import query
+from hashindex.serve import Searcher, make_server
+from tests.conftest import CIFAR_TEST, need
+
+
+@pytest.fixture(scope="module")
+def server(flat_index, tiny_model):
+    srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(url, data=None):
+    """(status, parsed JSON body) of a GET, or of a POST when data is given."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_info(server):
+    status, body = call(server + "/")
+    assert status == 200 and body["items"] == 10000 and body["bits"] == 48 and len(body["class_names"]) == 10
+
+
+def test_image_and_id_searches_equal_the_cli_api(server, flat_index, tiny_model, tmp_path):
+    need(CIFAR_TEST)
+    with tarfile.open(CIFAR_TEST) as tf:
+        member = next(m for m in tf if m.isfile())
+        data = tf.extractfile(member).read()
+    path = tmp_path / "q.jpg"
+    path.write_bytes(data)
+    status, got = call(server + "/search?k=7", data)
+    want = query(flat_index, [str(path)], [], model=str(tiny_model), k=7)[0]
+    assert status == 200 and got["results"] == want["results"] and len(got["results"]) >= 7
+    assert got["query"] == "upload" and got["took_ms"] >= 0
+    for qs, opts in [("id=5&k=5", dict(k=5)), ("id=5&radius=1", dict(radius=1)),
+                     ("id=77&k=3&rerank=0&cut_ties=1", dict(k=3, rerank=False, complete_ties=False))]:
+        status, got = call(f"{server}/search?{qs}")
+        want = query(flat_index, [], [int(qs.split("&")[0][3:])], **opts)[0]
+        assert status == 200 and got["results"] == want["results"], qs
+
+
+def test_concurrent_requests_get_their_own_answers(server, flat_index):
+    ids = [3, 141, 592, 6535, 8979, 3238] * 2
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: call(f"{server}/search?id={i}&k=5"), ids))
+    for i, (status, got) in zip(ids, answers):
+        assert status == 200 and got["query"] == f"id:{i}"
+        assert got["results"] == query(flat_index, [], [i], k=5)[0]["results"]
+
+
+@pytest.mark.parametrize("path,data,status,message", [
+    ("/search?k=5", b"not an image at all", 400, "body: not a decodable image (not-an-image)"),
+    ("/search?id=99999999", None, 404, "id=99999999: no item with this id in the index"),
+    ("/search?id=5&k=0", None, 400, "k=0: expected at least 1"),
+    ("/search?id=5&k=ten", None, 400, "k=ten: expected an integer"),
+    ("/search?id=5&k=10&candidates=3", None, 400, "candidates=3: must be at least k=10"),
+    ("/search?id=5&rerank=maybe", None, 400, "rerank=maybe: expected 0 or 1"),
+    ("/search", None, 400, "GET /search needs id=ID (or POST an image)"),
+    ("/nope", None, 404, "/nope: no such endpoint (GET /, GET or POST /search)"),
+])
+def test_bad_requests(server, path, data, status, message):
+    assert call(server + path, data) == (status, {"error": message})
+
+
+def test_cli_serve_errors(flat_index, tiny_model, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["serve", str(tmp_path / "none")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "none" in res.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = runner.invoke(cli, ["serve", str(flat_index), "--model", str(tiny_model), "--port", str(port)])
+    assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: --port {port}: cannot listen")
