@@ -35,6 +35,40 @@ def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarr
     return np.bitwise_count(x).sum(axis=2, dtype=np.uint16)
 
 
+def code_statistics(codes: np.ndarray, bits: int) -> dict[str, Any]:
+    """How a set of packed codes uses the code space.
+
+    Supervised codes collapse each class onto a few codes: big buckets (items
+    sharing one code) mean long Hamming ties and few distinct IVF / multi-hash
+    lists, and the code entropy says how many of the K bits carry information.
+    """
+    n = len(codes)
+    if n == 0:
+        return {"items": 0}
+    rows = np.ascontiguousarray(codes).view(np.dtype((np.void, codes.shape[1]))).ravel()
+    counts = np.unique(rows, return_counts=True)[1]
+    p = counts / n
+    on = np.unpackbits(codes, axis=1, count=bits, bitorder="little").mean(axis=0, dtype=np.float64)
+    q = np.clip(on, 1e-12, 1 - 1e-12)
+    bit_entropy = np.where((on > 0) & (on < 1), -(q * np.log2(q) + (1 - q) * np.log2(1 - q)), 0.0)
+    return {"items": n, "distinct_codes": int(len(counts)), "largest_bucket": int(counts.max()),
+            "mean_bucket_of_an_item": float((counts.astype(np.float64) ** 2).sum() / n),
+            "code_entropy_bits": float(-(p * np.log2(p)).sum()),
+            "bit_on_fraction_min": float(on.min()), "bit_on_fraction_max": float(on.max()),
+            "constant_bits": int(((on == 0) | (on == 1)).sum()),
+            "bit_entropy_sum": float(bit_entropy.sum())}
+
+
+def format_code_statistics(c: dict[str, Any], bits: int) -> str:
+    """One line for people: buckets, entropy, bit balance."""
+    if not c.get("items"):
+        return "codes: none"
+    return (f"codes: {c['distinct_codes']:,} distinct for {c['items']:,} items (largest bucket "
+            f"{c['largest_bucket']:,}; an item shares its code with {c['mean_bucket_of_an_item']:,.0f} on average); "
+            f"entropy {c['code_entropy_bits']:.2f} of {bits} bits; bits on in "
+            f"{c['bit_on_fraction_min']:.2f}-{c['bit_on_fraction_max']:.2f} of items, {c['constant_bits']} constant")
+
+
 def average_precision(rel: np.ndarray, at: int | None = None) -> np.ndarray:
     """AP of each row of a (Q, N) relevance matrix in ranked order (optionally @at)."""
     if at is not None:
@@ -233,6 +267,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
                           progress=progress)
     for row in out["per_class"]:
         row["name"] = class_name(index.class_names, row["label"])
+    out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL
     out["index"] = str(index_dir)
@@ -261,6 +296,8 @@ def format_metrics(m: dict[str, Any]) -> str:
     rad = m[r]
     lines.append(f"within Hamming {r[6:]}: precision {rad['precision']:.4f}, recall {rad['recall']:.4f} "
                  f"({rad['queries_with_no_item']} queries had no item within it and count precision 0)")
+    if "database_codes" in m:
+        lines.append("database " + format_code_statistics(m["database_codes"], m["bits"]))
     per_class = sorted(m.get("per_class", []), key=lambda row: row["map"])
     if per_class:
         shown = per_class if len(per_class) <= 12 else per_class[:5] + per_class[-5:]

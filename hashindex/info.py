@@ -36,6 +36,18 @@ def _init_line(init: dict[str, Any] | None) -> str | None:
     return f"{init['model']} (model {init['model_id']}; copied {', '.join(init['copied'])})"
 
 
+def _index_code_statistics(directory: Path) -> dict[str, Any]:
+    """Bucket sizes, entropy and bit balance of an index's codes (read from its table)."""
+    import h5py
+
+    from .evaluate import code_statistics
+    from .index import TABLE_FILE, read_index_meta
+
+    with h5py.File(directory / TABLE_FILE, "r") as t:
+        codes = t["codes"][()]
+    return code_statistics(codes, read_index_meta(directory)["bits"])
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """Dispatch on what PATH is."""
     p = Path(path)
@@ -47,6 +59,6 @@ def describe(path: str | Path) -> dict[str, Any]:
         if (p / "index.json").exists():
             from .index import describe_index
 
-            return describe_index(p)
+            return describe_index(p) | {"codes": _index_code_statistics(p)}
         raise HashindexError(f"{p}: a folder, but neither a shard directory (manifest.json) nor an index (index.json)")
     return describe_checkpoint(path)

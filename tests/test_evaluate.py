@@ -41,6 +41,24 @@ def tied_rankings(seed: int):
         yield d, rel, orders
 
 
+def test_code_statistics_of_known_codes():
+    from hashindex.evaluate import code_statistics
+
+    # 10 items of 12 bits: codes A x5, B x3, C x2; bit 0 always on, bit 11 never, bit 1 on in A only
+    a, b, c = [0b000000000011, 0b000000000001, 0b000100000001]
+    ints = np.array([a] * 5 + [b] * 3 + [c] * 2, dtype="<u2")
+    codes = ints.view(np.uint8).reshape(10, 2)
+    s = code_statistics(codes, 12)
+    assert s["items"] == 10 and s["distinct_codes"] == 3 and s["largest_bucket"] == 5
+    assert s["mean_bucket_of_an_item"] == (25 + 9 + 4) / 10
+    p = np.array([0.5, 0.3, 0.2])
+    assert abs(s["code_entropy_bits"] + (p * np.log2(p)).sum()) < 1e-12
+    assert s["constant_bits"] == 10 and s["bit_on_fraction_min"] == 0 and s["bit_on_fraction_max"] == 1
+    h02 = -(0.2 * np.log2(0.2) + 0.8 * np.log2(0.8))
+    assert abs(s["bit_entropy_sum"] - (1 + h02)) < 1e-9  # bit 1 (on in 5 of 10) and bit 8 (2 of 10); 10 bits constant
+    assert code_statistics(codes[:0], 12) == {"items": 0}
+
+
 def test_tie_aware_ap_equals_mean_over_tie_orders():
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 8))])
     for d, rel, orders in tied_rankings(3):
@@ -102,6 +120,9 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     assert all(0 <= r["map_reranked"] <= 1 for r in m["per_class"])
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards)])
     assert "mAP per query class, worst first: " in table.output and "airplane" in table.output
+    assert m["database_codes"]["items"] == 10000 and "database codes: " in table.output
+    info = json.loads(runner.invoke(cli, ["info", str(flat_index), "--json"]).output)
+    assert info["codes"] == m["database_codes"]
     from hashindex.report import plot_comparison
 
     plot_comparison({"a": m, "b": direct}, tmp_path / "cmp.png", "two runs")
