@@ -41,7 +41,7 @@ class LinearHash:
         return np.concatenate(out) if out else np.zeros((0, (self.bits + 7) // 8), np.uint8)
 
 
-def _principal_directions(xc: np.ndarray, bits: int) -> np.ndarray:
+def principal_directions(xc: np.ndarray, bits: int) -> np.ndarray:
     """The `bits` leading eigenvectors of the covariance of centred vectors, (d, bits)."""
     if bits > xc.shape[1]:
         raise ValueError(f"{bits} bits from {xc.shape[1]}-d vectors: PCA gives at most {xc.shape[1]}")
@@ -62,8 +62,14 @@ def itq_rotation(v: np.ndarray, iters: int = 50, seed: int = 0) -> np.ndarray:
     return r.astype(np.float32)
 
 
-def fit(method: str, train: np.ndarray, bits: int, seed: int = 0, iters: int = 50) -> LinearHash:
-    """Fit one baseline on training vectors (N, d)."""
+def fit(method: str, train: np.ndarray, bits: int, seed: int = 0, iters: int = 50,
+        directions: np.ndarray | None = None) -> LinearHash:
+    """Fit one baseline on training vectors (N, d).
+
+    ``directions``: `principal_directions` of the same centred vectors for at least
+    ``bits`` components, computed once for several code lengths (PCA of 3,072-d
+    pixels takes a minute).
+    """
     if method not in METHODS:
         raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     x = train.astype(np.float32)
@@ -72,7 +78,8 @@ def fit(method: str, train: np.ndarray, bits: int, seed: int = 0, iters: int = 5
     if method == "lsh":
         proj = np.random.default_rng(seed).standard_normal((x.shape[1], bits)).astype(np.float32)
     else:
-        proj = _principal_directions(xc, bits)
+        proj = (directions[:, :bits] if directions is not None and directions.shape[1] >= bits
+                else principal_directions(xc, bits))
         if method == "itq":
             proj = proj @ itq_rotation(xc @ proj, iters, seed)
     return LinearHash(method, mean, proj)

@@ -66,3 +66,15 @@ def test_fit_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="expected one of lsh, pcah, itq"):
         fit("sh", x, 4)
     assert fit("lsh", x, 12).encode(x).shape == (100, 2)  # random projections may exceed the dimension
+
+
+def test_directions_computed_once_serve_every_code_length():
+    from hashindex.baselines import principal_directions
+
+    x, _ = clusters()
+    directions = principal_directions(x - x.mean(axis=0), 32)
+    for method in ("pcah", "itq"):
+        for bits in (8, 32):
+            a = fit(method, x, bits).encode(x)
+            b = fit(method, x, bits, directions=directions).encode(x)
+            assert np.array_equal(a, b), (method, bits)

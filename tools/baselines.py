@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.baselines import METHODS, fit
+from hashindex.baselines import METHODS, fit, principal_directions
 from hashindex.data import load_arrays, open_source
 from hashindex.evaluate import evaluate_arrays
 from hashindex.store import ShardSet
@@ -64,13 +64,16 @@ def run_input(name: str, queries: tuple, database: tuple, bits: list[int], metho
               seed: int) -> list[dict]:
     """Every (method, K) on one input; each row timed (fit + encode, and evaluation)."""
     (qx, ql), (dx, dl) = queries, database
+    fits = [k for k in bits if k <= dx.shape[1]]
+    directions = (principal_directions(dx - dx.mean(axis=0), max(fits))
+                  if fits and {"pcah", "itq"} & set(methods) else None)
     rows = []
     for method in methods:
         for k in bits:
             if method != "lsh" and k > dx.shape[1]:
                 continue
             t0 = time.time()
-            model = fit(method, dx, k, seed=seed)
+            model = fit(method, dx, k, seed=seed, directions=directions)
             qc, dc = model.encode(qx), model.encode(dx)
             t1 = time.time()
             m = evaluate_arrays(qc, ql, dc, dl, k, at=(1000, 5000), pk_max=1000)
