@@ -66,6 +66,8 @@ def _echo_json(obj) -> None:
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
 @click.option("--limit", default=None, type=click.IntRange(1), help="Train on this many images (spread evenly).")
 @click.option("--val-limit", default=None, type=click.IntRange(1), help="Validate on this many images.")
+@click.option("--val-every", default=None, type=click.IntRange(2),
+              help="No separate --val: hold every N-th image of --data out of training to validate on.")
 @click.option("--input-size", default=32, show_default=True, type=click.IntRange(8))
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Input channels [default: 1 for greyscale sets, else 3].")
 @click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
@@ -81,7 +83,7 @@ def _echo_json(obj) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
-          val_limit, input_size, channels, no_flip, device, no_bf16, workers, seed, init, resume,
+          val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init, resume,
           overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
@@ -102,7 +104,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
     summary = api_train(
         data, out, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"],
         val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit,
+        weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
     )

@@ -179,11 +179,12 @@ class ImageSource:
         pick = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
         return _Subset(self, pick, f"limit={n}")
 
-    def split_every(self, n: int) -> tuple["ImageSource", "ImageSource"]:
-        """(every n-th item, all the others): a held-out query set and its database."""
+    def split_every(self, n: int, names: tuple[str, str] = ("queries", "database")
+                    ) -> tuple["ImageSource", "ImageSource"]:
+        """(every n-th item, all the others): a held-out query set and its database (or val / train)."""
         every = np.arange(0, len(self), n)
         rest = np.setdiff1d(np.arange(len(self)), every)
-        return _Subset(self, every, f"every={n}:queries"), _Subset(self, rest, f"every={n}:database")
+        return _Subset(self, every, f"every={n}:{names[0]}"), _Subset(self, rest, f"every={n}:{names[1]}")
 
     def remap_labels(self, class_names: list[str]) -> None:
         """Re-express labels in another class vocabulary (e.g. a model's).

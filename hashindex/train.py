@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import SkipLog, load_arrays, open_source
+from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .evaluate import mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
@@ -58,6 +58,7 @@ class TrainConfig:
     dropout: float = 0.3
     limit: int | None = None
     val_limit: int | None = None
+    val_every: int | None = None  # hold out every n-th image of data for validation
     device: str = "cpu"
     bf16: bool = True
     workers: int = 2
@@ -119,7 +120,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
         raise HashindexError(f"--resume: {cfg.out} is a finished checkpoint ({ckpt['epochs']} epochs); "
                              "nothing to resume (use --overwrite to train again)")
     old = ckpt["train_state"]["config"]
-    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init"):
+    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every"):
         if old.get(key) != getattr(cfg, key):
             raise HashindexError(f"--resume: {cfg.out} was trained with {key}={old.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}")
@@ -153,6 +154,22 @@ def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str])
     return parts
 
 
+def _validation_source(cfg: TrainConfig, src: ImageSource) -> ImageSource | None:
+    """The validation images: --val, or every n-th image held out of --data, or none."""
+    if cfg.val and cfg.val_every:
+        raise HashindexError(f"--val-every {cfg.val_every}: give either --val or --val-every, not both")
+    if cfg.val_every is not None and not 2 <= cfg.val_every <= len(src):
+        raise HashindexError(f"--val-every {cfg.val_every}: expected 2 to {len(src)} (the images of --data)")
+    if cfg.val_every:
+        vsrc = src.split_every(cfg.val_every, ("val", "train"))[0]
+    elif cfg.val:
+        vsrc = open_source(cfg.val, "--val", split="test")
+        vsrc.remap_labels(src.class_names)
+    else:
+        return None
+    return vsrc.subset(cfg.val_limit) if cfg.val_limit else vsrc
+
+
 def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     out = Path(cfg.out)
     if out.is_dir():
@@ -175,6 +192,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     src = open_source(cfg.data, "--data")
     if cfg.limit:
         src = src.subset(cfg.limit)
+    vsrc = _validation_source(cfg, src)
+    if cfg.val_every:
+        src = src.split_every(cfg.val_every, ("val", "train"))[1]
     if not src.class_names or (src.labels < 0).any():
         raise HashindexError(f"--data {cfg.data}: training needs labelled images "
                              "(class subfolders, a labelled list, IDX or CIFAR batches)")
@@ -187,11 +207,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         channels = cfg.channels or (1 if src.greyscale else 3)
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
     val_x = val_y = None
-    if cfg.val:
-        vsrc = open_source(cfg.val, "--val", split="test")
-        vsrc.remap_labels(src.class_names)
-        if cfg.val_limit:
-            vsrc = vsrc.subset(cfg.val_limit)
+    if vsrc is not None:
         val_x, val_y, _ = load_arrays(vsrc, cfg.input_size, channels, cfg.workers, progress, skips)
     if len(train_x) == 0:
         raise HashindexError(f"--data {cfg.data}: no readable images ({skips.summary()})")

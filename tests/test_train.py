@@ -77,6 +77,17 @@ def test_cli_train_and_errors(tmp_path):
     cuda = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "c.pt"), "--device", "cuda"])
     if not torch.cuda.is_available():
         assert cuda.exit_code == 2 and "CUDA is not available" in cuda.output
+    held = runner.invoke(cli, ["-q", "train", "--data", str(tar), "--bits", "12", "--epochs", "1", "--workers", "0",
+                               "--val-every", "4", "--out", str(tmp_path / "held.pt")])
+    assert held.exit_code == 0, held.output
+    assert "train: 18 images, 2 classes, val: 6 images; 1 skipped" in held.output  # 24 readable + 1 broken
+    ckpt = read_checkpoint(tmp_path / "held.pt")
+    assert ckpt["accuracy"] is not None and ckpt["train_data"].endswith("(every=4:train)")
+    assert ckpt["map_protocol"].startswith("mAP@all, 6 val queries vs 18 training images")
+    for extra, message in [(["--val-every", "4", "--val", str(tar)], "--val-every 4: give either --val or --val-every, not both"),
+                           (["--val-every", "99"], "--val-every 99: expected 2 to 25 (the images of --data)")]:
+        res = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "x.pt")] + extra)
+        assert res.exit_code == 2 and res.output.strip() == f"hashindex: error: {message}"
     unlabelled = tmp_path / "flat"
     unlabelled.mkdir()
     (unlabelled / "x.png").write_bytes(image_bytes("PNG"))
