@@ -8,6 +8,7 @@ Fits each baseline on the database vectors and scores it with `hashindex.evaluat
 - ``--features QUERY_SHARDS DB_SHARDS``: the trained net's 192-d re-ranking features, so the learned
   hash layer is compared with ITQ on the very same feature.
 
+Rerun with the same inputs and --out, it measures only the rows not there yet (and rereads the learned rows).
 ``--learned RUNS`` adds the learned rows from RUNS/eval-PREFIX-K/metrics.json (tools/eval_protocol.sh).
 
     python tools/baselines.py --pixels ../shared/data/cifar10-jpeg/test.tar ../shared/data/cifar10-jpeg/train.tar \\
@@ -27,7 +28,13 @@ import numpy as np
 from hashindex.baselines import METHODS, fit, principal_directions
 from hashindex.data import load_arrays, open_source
 from hashindex.evaluate import evaluate_arrays
+from hashindex.files import atomic_path
 from hashindex.store import ShardSet
+
+
+COLORS = {"learned": "black", "lsh": "tab:orange", "pcah": "tab:green", "itq": "tab:blue"}
+INPUT_LABELS = {"images": "hash layer, its own net per K", "pixels": "on pixels",
+                "features": "on the 48-bit net's 192-d feature"}
 
 
 def pixel_vectors(spec: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +67,17 @@ def summary(metrics: dict) -> dict:
             "p_r2": metrics["radius2"]["precision"], "r_r2": metrics["radius2"]["recall"]}
 
 
-def run_input(name: str, queries: tuple, database: tuple, bits: list[int], methods: list[str],
-              seed: int) -> list[dict]:
-    """Every (method, K) on one input; each row timed (fit + encode, and evaluation)."""
-    (qx, ql), (dx, dl) = queries, database
+def run_input(name: str, load, bits: list[int], methods: list[str], seed: int,
+              done: dict[tuple, dict]) -> list[dict]:
+    """Every (method, K) on one input; each row timed (fit + encode, and evaluation).
+
+    ``load() -> (queries, database)`` is called only when a row is missing from ``done``
+    (rows of an earlier run of the same command), so a rerun only measures what is new.
+    """
+    todo = [(m, k) for m in methods for k in bits if (name, m, k) not in done]
+    if not todo:
+        return [done[(name, m, k)] for m in methods for k in bits if (name, m, k) in done]
+    (qx, ql), (dx, dl) = load()
     fits = [k for k in bits if k <= dx.shape[1]]
     directions = (principal_directions(dx - dx.mean(axis=0), max(fits))
                   if fits and {"pcah", "itq"} & set(methods) else None)
@@ -71,6 +85,9 @@ def run_input(name: str, queries: tuple, database: tuple, bits: list[int], metho
     for method in methods:
         for k in bits:
             if method != "lsh" and k > dx.shape[1]:
+                continue
+            if (name, method, k) in done:
+                rows.append(done[(name, method, k)])
                 continue
             t0 = time.time()
             model = fit(method, dx, k, seed=seed, directions=directions)
@@ -86,6 +103,17 @@ def run_input(name: str, queries: tuple, database: tuple, bits: list[int], metho
     return rows
 
 
+def previous_rows(path: Path, args: argparse.Namespace) -> dict[tuple, dict]:
+    """Baseline rows of an earlier run with the same inputs, limits and seed, by (input, method, K)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = ("pixels", "features", "query_limit", "db_limit", "seed")
+    if any(old["args"].get(k) != getattr(args, k) for k in same):
+        return {}
+    return {(r["input"], r["method"], r["K"]): r for r in old["rows"] if r["input"] != "images"}
+
+
 def learned_rows(runs: Path, prefix: str, bits: list[int]) -> list[dict]:
     """The learned codes' rows from the protocol runs that exist."""
     rows = []
@@ -93,7 +121,7 @@ def learned_rows(runs: Path, prefix: str, bits: list[int]) -> list[dict]:
         path = runs / f"eval-{prefix}-{k}" / "metrics.json"
         if path.exists():
             m = json.loads(path.read_text())
-            rows.append({"input": "images", "method": "learned (NIN)", "K": k, "queries": m["queries"],
+            rows.append({"input": "images", "method": "learned", "K": k, "queries": m["queries"],
                          "database": m["database"], **summary(m)})
     return rows
 
@@ -113,16 +141,15 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hashindex.files import atomic_path
-
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
-        series.setdefault(f"{r['method']} ({r['input']})", []).append((r["K"], r["map"]))
+        series.setdefault(f"{r['method']} {INPUT_LABELS[r['input']]}", []).append((r["K"], r["map"]))
     for label, pts in series.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                lw=2.5 if label.startswith("learned") else 1.2, label=label)
+                lw=2.5 if label.startswith("learned") else 1.2, color=COLORS[label.split()[0]],
+                ls="-" if "pixels" not in label else ":", label=label)
     ax.set_xlabel("code length K (bits)")
     ax.set_ylabel("mAP@all (Hamming ranking)")
     ax.set_ylim(0, 1)
@@ -152,20 +179,25 @@ def main() -> None:
     if not (args.pixels or args.features):
         ap.error("give --pixels and/or --features")
     methods = args.methods.split(",")
+    out = Path(args.out)
+    done = previous_rows(out / "results.json", args)
     rows: list[dict] = []
     if args.pixels:
-        q = pixel_vectors(args.pixels[0], args.query_limit)
-        d = pixel_vectors(args.pixels[1], args.db_limit)
-        rows += run_input("pixels", q, d, args.bits, methods, args.seed)
+        rows += run_input("pixels", lambda: (pixel_vectors(args.pixels[0], args.query_limit),
+                                             pixel_vectors(args.pixels[1], args.db_limit)),
+                          args.bits, methods, args.seed, done)
     if args.features:
-        qf, ql, _ = feature_vectors(args.features[0], args.query_limit)
-        df, dl, _ = feature_vectors(args.features[1], args.db_limit)
-        rows += run_input("features", (qf, ql), (df, dl), args.bits, methods, args.seed)
+        def load_features():
+            qf, ql, _ = feature_vectors(args.features[0], args.query_limit)
+            df, dl, _ = feature_vectors(args.features[1], args.db_limit)
+            return (qf, ql), (df, dl)
+
+        rows += run_input("features", load_features, args.bits, methods, args.seed, done)
     if args.learned:
         rows = learned_rows(Path(args.learned), args.prefix, args.bits) + rows
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    with atomic_path(out / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     table = markdown(rows)
     (out / "table.md").write_text(table + "\n")
     print(table)
