@@ -78,3 +78,24 @@ def test_directions_computed_once_serve_every_code_length():
             a = fit(method, x, bits).encode(x)
             b = fit(method, x, bits, directions=directions).encode(x)
             assert np.array_equal(a, b), (method, bits)
+
+
+def test_tool_scores_shard_features_and_reuses_its_rows(cifar_shards, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tools" / "baselines.py"), "--features", str(cifar_shards), str(cifar_shards),
+           "--bits", "8", "16", "--query-limit", "300", "--db-limit", "3000", "--out", str(tmp_path / "bl"),
+           "--plot", str(tmp_path / "bl.png")]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert first.returncode == 0, first.stderr
+    rows = json.loads((tmp_path / "bl" / "results.json").read_text())["rows"]
+    assert [(r["method"], r["K"]) for r in rows] == [(m, k) for m in ("lsh", "pcah", "itq") for k in (8, 16)]
+    assert all(r["queries"] == 300 and r["database"] == 3000 and 0.1 < r["map"] <= 1 for r in rows)
+    assert (tmp_path / "bl.png").stat().st_size > 10_000
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert again.returncode == 0 and "s eval)" not in again.stdout  # nothing measured twice
+    assert json.loads((tmp_path / "bl" / "results.json").read_text())["rows"] == rows
