@@ -154,20 +154,20 @@ def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str])
     return parts
 
 
-def _validation_source(cfg: TrainConfig, src: ImageSource) -> ImageSource | None:
-    """The validation images: --val, or every n-th image held out of --data, or none."""
+def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, ImageSource | None]:
+    """(training images, validation images): --val, or every n-th image held out of --data, or none."""
     if cfg.val and cfg.val_every:
         raise HashindexError(f"--val-every {cfg.val_every}: give either --val or --val-every, not both")
     if cfg.val_every is not None and not 2 <= cfg.val_every <= len(src):
         raise HashindexError(f"--val-every {cfg.val_every}: expected 2 to {len(src)} (the images of --data)")
     if cfg.val_every:
-        vsrc = src.split_every(cfg.val_every, ("val", "train"))[0]
+        vsrc, src = src.split_every(cfg.val_every, ("val", "train"))
     elif cfg.val:
         vsrc = open_source(cfg.val, "--val", split="test")
         vsrc.remap_labels(src.class_names)
     else:
-        return None
-    return vsrc.subset(cfg.val_limit) if cfg.val_limit else vsrc
+        return src, None
+    return src, vsrc.subset(cfg.val_limit) if cfg.val_limit else vsrc
 
 
 def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -192,9 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     src = open_source(cfg.data, "--data")
     if cfg.limit:
         src = src.subset(cfg.limit)
-    vsrc = _validation_source(cfg, src)
-    if cfg.val_every:
-        src = src.split_every(cfg.val_every, ("val", "train"))[1]
+    src, vsrc = _split_sources(cfg, src)
     if not src.class_names or (src.labels < 0).any():
         raise HashindexError(f"--data {cfg.data}: training needs labelled images "
                              "(class subfolders, a labelled list, IDX or CIFAR batches)")
