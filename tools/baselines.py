@@ -8,7 +8,8 @@ Fits each baseline on the database vectors and scores it with `hashindex.evaluat
 - ``--features QUERY_SHARDS DB_SHARDS``: the trained net's 192-d re-ranking features, so the learned
   hash layer is compared with ITQ on the very same feature.
 
-Rerun with the same inputs and --out, it measures only the rows not there yet (and rereads the learned rows).
+Each row is saved as soon as it is measured: rerun with the same inputs and --out (after an interruption, or
+with more --bits), it measures only the rows not there yet and rereads the learned rows.
 ``--learned RUNS`` adds the learned rows from RUNS/eval-PREFIX-K/metrics.json (tools/eval_protocol.sh).
 
     python tools/baselines.py --pixels ../shared/data/cifar10-jpeg/test.tar ../shared/data/cifar10-jpeg/train.tar \\
@@ -68,11 +69,12 @@ def summary(metrics: dict) -> dict:
 
 
 def run_input(name: str, load, bits: list[int], methods: list[str], seed: int,
-              done: dict[tuple, dict]) -> list[dict]:
+              done: dict[tuple, dict], save) -> list[dict]:
     """Every (method, K) on one input; each row timed (fit + encode, and evaluation).
 
     ``load() -> (queries, database)`` is called only when a row is missing from ``done``
-    (rows of an earlier run of the same command), so a rerun only measures what is new.
+    (rows of an earlier run of the same command), so a rerun only measures what is new;
+    ``save(row)`` records each new row as soon as it is measured.
     """
     todo = [(m, k) for m in methods for k in bits if (name, m, k) not in done]
     if not todo:
@@ -100,7 +102,13 @@ def run_input(name: str, load, bits: list[int], methods: list[str], seed: int,
                   f"P@500 {row['p@500']:.4f}  P(r<=2) {row['p_r2']:.4f}  ({row['fit_encode_s']} s fit, "
                   f"{row['eval_s']} s eval)", flush=True)
             rows.append(row)
+            save(row)
     return rows
+
+
+def write_json(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def previous_rows(path: Path, args: argparse.Namespace) -> dict[tuple, dict]:
@@ -180,24 +188,28 @@ def main() -> None:
         ap.error("give --pixels and/or --features")
     methods = args.methods.split(",")
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     done = previous_rows(out / "results.json", args)
+
+    def save(row: dict) -> None:
+        done[(row["input"], row["method"], row["K"])] = row
+        write_json(out / "results.json", {"args": vars(args), "rows": list(done.values()), "partial": True})
+
     rows: list[dict] = []
     if args.pixels:
         rows += run_input("pixels", lambda: (pixel_vectors(args.pixels[0], args.query_limit),
                                              pixel_vectors(args.pixels[1], args.db_limit)),
-                          args.bits, methods, args.seed, done)
+                          args.bits, methods, args.seed, done, save)
     if args.features:
         def load_features():
             qf, ql, _ = feature_vectors(args.features[0], args.query_limit)
             df, dl, _ = feature_vectors(args.features[1], args.db_limit)
             return (qf, ql), (df, dl)
 
-        rows += run_input("features", load_features, args.bits, methods, args.seed, done)
+        rows += run_input("features", load_features, args.bits, methods, args.seed, done, save)
     if args.learned:
         rows = learned_rows(Path(args.learned), args.prefix, args.bits) + rows
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.json") as tmp:
-        Path(tmp).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    write_json(out / "results.json", {"args": vars(args), "rows": rows})
     table = markdown(rows)
     (out / "table.md").write_text(table + "\n")
     print(table)
