@@ -78,13 +78,17 @@ def _echo_json(obj) -> None:
 @click.option("--init", default=None, metavar="MODEL",
               help="Fine-tune from this checkpoint or shipped model: its trunk always, its hash layer if "
                    "--bits match, its classifier if the classes match too.")
+@click.option("--binary-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="SSDH term: weight of pushing the latent sigmoids towards 0 or 1.")
+@click.option("--balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="SSDH term: weight of asking each code to have half its bits on.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
-          val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init, resume,
-          overwrite, as_json):
+          val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init,
+          binary_weight, balance_weight, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -107,6 +111,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
+        binary_weight=binary_weight, balance_weight=balance_weight,
     )
     if as_json:
         _echo_json(summary)

@@ -6,6 +6,12 @@ decay, random-crop + flip augmentation, per-epoch validation. The training
 set is decoded once into memory (32x32 inputs: 150 MB for CIFAR-10), which
 on a 2-core machine is far cheaper than decoding every epoch.
 
+``binary_weight`` and ``balance_weight`` add the code terms of SSDH (Yang, Lin
+& Chen, TPAMI 2018, the follow-up of DLBHC) to the classification loss: one
+pushes the sigmoid activations towards 0 or 1, so thresholding at 0.5 loses
+little; the other asks each code to have about half its bits on. Both are off
+by default (plain DLBHC training, as the shipped model was trained).
+
 ``init`` starts from a trained checkpoint instead of random weights (fine-tuning,
 as DLBHC fine-tunes a pretrained net): the trunk and its input normalisation always,
 the hash layer when the code length matches, the classifier when the classes match too.
@@ -64,6 +70,8 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     init: str | None = None  # checkpoint path or shipped name to fine-tune from
+    binary_weight: float = 0.0  # SSDH: reward latent activations far from 0.5
+    balance_weight: float = 0.0  # SSDH: half of each code's bits on
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -74,6 +82,18 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
         return cfg.lr * (0.1 ** (int(progress >= 0.5 * cfg.epochs) + int(progress >= 0.75 * cfg.epochs)))
     t = (progress - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def code_terms(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSDH's two code terms of a batch of sigmoid activations h in [0, 1]^K.
+
+    binary = -mean (h - 0.5)^2 (lowest, -0.25, when every h is 0 or 1);
+    balance = mean over images of (mean over bits of h - 0.5)^2.
+    Averaged over bits, not summed as in the paper, so one weight suits every K.
+    """
+    binary = -(latent - 0.5).pow(2).mean()
+    balance = (latent.mean(dim=1) - 0.5).pow(2).mean()
+    return binary, balance
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
@@ -120,8 +140,10 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
         raise HashindexError(f"--resume: {cfg.out} is a finished checkpoint ({ckpt['epochs']} epochs); "
                              "nothing to resume (use --overwrite to train again)")
     old = ckpt["train_state"]["config"]
-    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every"):
-        if old.get(key) != getattr(cfg, key):
+    defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
+    for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
+                "binary_weight", "balance_weight"):
+        if old.get(key, getattr(defaults, key)) != getattr(cfg, key):
             raise HashindexError(f"--resume: {cfg.out} was trained with {key}={old.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}")
     return ckpt
@@ -244,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
         net.train()
         perm = torch.randperm(len(x_all), generator=g)
-        t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        t0, seen, correct, loss_sum, margin_sum = time.time(), 0, 0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -253,19 +275,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, epoch + step / steps)
             with autocast_for(device, cfg.bf16):
-                logits, _, _ = net(x)
+                logits, latent, _ = net(x)
             loss = F.cross_entropy(logits.float(), y)
+            if cfg.binary_weight or cfg.balance_weight:
+                binary, balance = code_terms(latent.float())
+                loss = loss + cfg.binary_weight * binary + cfg.balance_weight * balance
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
+            margin_sum += float((latent.detach().float() - 0.5).abs().mean()) * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
         wall = time.time() - t0
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-               "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1)}
+               "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
+               "latent_margin": margin_sum / seen}
         if val_x is not None:
             preds, _ = predict(net, val_x, device, cfg.bf16)
             acc = float((preds == val_y).mean())
@@ -280,7 +307,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
         atomic_torch_save(meta, cfg.out)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
-            + (f" val_acc {acc:.4f}" if acc is not None else "") + f" ({row['img_per_s']:.0f} img/s)")
+            + (f" val_acc {acc:.4f}" if acc is not None else "")
+            + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s)")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
                "train_images": len(train_x)}

@@ -1,5 +1,6 @@
 """Training: a real short run, resume after interruption, user errors through the CLI."""
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -46,6 +47,8 @@ def test_resume_equals_uninterrupted(tmp_path):
         run(TrainConfig(out=str(part), **opts), progress=False, log=lambda s: None)
     with pytest.raises(HashindexError, match="bits=16"):
         run(TrainConfig(out=str(part), **{**opts, "bits": 32}), resume=True)
+    with pytest.raises(HashindexError, match="binary_weight=0.0"):
+        run(TrainConfig(out=str(part), **{**opts, "binary_weight": 1.0}), resume=True)
     run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
     a, b = read_checkpoint(full), read_checkpoint(part)
     assert b["epochs"] == 2 and "train_state" not in b
@@ -146,3 +149,34 @@ def test_cli_fine_tune_from_shipped_model(tiny_model, tmp_path):
     grey = runner.invoke(cli, args + ["--init", "nin-cifar10-48", "--channels", "1", "--overwrite"])
     assert grey.exit_code == 2 and grey.output.count("\n") == 1
     assert "--init nin-cifar10-48: a 3-channel model, but --channels 1" in grey.output
+
+
+def test_code_terms_values():
+    from hashindex.train import code_terms
+
+    half_on = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    assert [float(t) for t in code_terms(half_on)] == [-0.25, 0.0]
+    assert [float(t) for t in code_terms(torch.full((3, 4), 0.5))] == [0.0, 0.0]
+    assert [float(t) for t in code_terms(torch.ones(2, 4))] == [-0.25, 0.25]
+
+
+def test_ssdh_terms_change_the_codes(tmp_path):
+    """The binary term drives the latent activations away from the 0.5 threshold,
+    the balance term drives each code towards half its bits on."""
+    from hashindex.train import TrainConfig, train as run
+    from hashindex.data import load_arrays, open_source
+
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=256, epochs=2, batch_size=32, workers=0, bits=16, lr=0.05)
+    margins, balance = {}, {}
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN), "--data").subset(256), 32, 3, 0, False)
+    for name, weights in {"plain": {}, "binary": {"binary_weight": 4.0},
+                          "balance": {"balance_weight": 50.0}}.items():
+        out = tmp_path / f"{name}.pt"
+        run(TrainConfig(out=str(out), **opts, **weights), progress=False, log=lambda s: None)
+        margins[name] = read_checkpoint(out)["history"][-1]["latent_margin"]
+        model = load_model(out)
+        latent, _, _ = model.forward_numpy(images)
+        balance[name] = float(np.abs(latent.mean(axis=1) - 0.5).mean())
+    assert margins["binary"] > margins["plain"] + 0.05, margins
+    assert balance["balance"] < balance["plain"] / 2, balance
