@@ -99,15 +99,18 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
         out.mkdir(parents=True, exist_ok=True)
         return new_manifest(**expected)
     manifest = ShardSet(out, "--out", require_complete=False).manifest
-    for key in ("model_id", "bits", "source", "shard_size", "feature_dtype"):
+    for key in ("model_id", "bits", "source", "shard_size", "feature_dtype", "precision"):
         if key == "source":
             same = manifest["source"]["fingerprint"] == expected["source"]["fingerprint"]
+        elif key == "precision":  # manifests older than this key: any
+            same = manifest.get(key, expected[key]) == expected[key]
         else:
             same = manifest.get(key) == expected[key]
         if not same:
             what = {"model_id": "another model", "bits": "another code length",
                     "source": "another source", "shard_size": "another --shard-size",
-                    "feature_dtype": "another --features"}[key]
+                    "feature_dtype": "another --features",
+                    "precision": f"another precision ({manifest.get(key)}; --no-bf16 and --device decide it)"}[key]
             if key == "source" and manifest["source"].get("id_offset", 0) != expected["source"]["id_offset"]:
                 what = "another --id-offset"
             raise HashindexError(f"--out {out}: holds shards made with {what} "
@@ -186,7 +189,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
         "source": {"description": source.description, "items": len(source),
                    "fingerprint": source_fingerprint(source), "spec": source.spec,
                    "id_offset": id_offset},
-        "shard_size": shard_size, "shards_planned": n_shards,
+        "shard_size": shard_size, "shards_planned": n_shards, "precision": model.precision,
     }
     manifest = _open_or_start(out, expected, overwrite)
     remove_stale_temps(out)

@@ -118,9 +118,14 @@ def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.unpackbits(codes, axis=1, count=bits, bitorder="little")
 
 
+def uses_bf16(device: torch.device, bf16: bool) -> bool:
+    """Whether bf16 autocast is asked for and supported on ``device``."""
+    return bf16 and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()))
+
+
 def autocast_for(device: torch.device, bf16: bool):
     """bf16 autocast where asked for and supported; a no-op context otherwise."""
-    if bf16 and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+    if uses_bf16(device, bf16):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -170,6 +175,11 @@ class HashModel:
     @property
     def code_bytes(self) -> int:
         return (self.bits + 7) // 8
+
+    @property
+    def precision(self) -> str:
+        """How the trunk runs: "bfloat16" (autocast) or "float32"; the hash layer is float32 either way."""
+        return "bfloat16" if uses_bf16(self.device, self.bf16) else "float32"
 
     def to(self, device: str | torch.device, bf16: bool | None = None) -> "HashModel":
         self.device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -81,13 +81,13 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(_run_extract(tiny_model, clean), check=True)
     proc = subprocess.Popen(_run_extract(tiny_model, killed))
-    deadline = time.time() + 120
+    deadline, workers = time.time() + 120, []
     while time.time() < deadline:
         m = killed / "manifest.json"
-        if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2 and _children(proc.pid):
+        workers = _children(proc.pid)
+        if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2 and workers:
             break  # two shards done and decode workers running for the next
         time.sleep(0.05)
-    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # its decode workers die with it (PR_SET_PDEATHSIG), not up to 5 s later when torch's watchdog looks,
@@ -97,7 +97,7 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
         time.sleep(0.1)
     assert workers and not any(_alive(w) for w in workers), workers
     partial = json.loads((killed / "manifest.json").read_text())
-    assert not partial["complete"] and 2 <= len(partial["shards"]) < 6
+    assert not partial["complete"] and 2 <= len(partial["shards"]) < 6, partial["shards"]
     # an unfinished directory is refused by readers
     with pytest.raises(Exception, match="unfinished"):
         ShardSet(killed)
@@ -155,6 +155,11 @@ def test_user_errors(tiny_model, tmp_path):
     res = runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
                               "--out", str(out), "--workers", "0", "--overwrite"])
     assert res.exit_code == 0 and ShardSet(out).model_id == load_model(tiny_model).model_id
+    assert ShardSet(out).manifest["precision"] == "bfloat16"
+    # the same shards are not continued in another precision
+    res = runner.invoke(cli, ["extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
+                              "--out", str(out), "--workers", "0", "--no-bf16"])
+    assert res.exit_code == 2 and "another precision (bfloat16" in res.output and res.output.count("\n") == 1
     res = runner.invoke(cli, ["info", str(out), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["rows"] == 9
 

@@ -6,11 +6,12 @@
 #   tools/eval_protocol.sh nin-cifar10-48 ../shared/data/cifar10-jpeg/train.tar ../shared/data/cifar10-jpeg/test.tar runs/eval-cifar10-48
 #
 # Every step resumes: rerun the same command after an interruption.
+# env: EXTRACT_ARGS, extra options for both extractions (e.g. "--no-bf16"); HASHINDEX, PYTHON.
 set -euo pipefail
 model=$1 train=$2 test=$3 out=$4
 hx=${HASHINDEX:-hashindex}
-$hx -q extract --model "$model" --data "$train" --out "$out/shards/database"
-$hx -q extract --model "$model" --data "$test" --out "$out/shards/queries"
+$hx -q extract --model "$model" --data "$train" --out "$out/shards/database" ${EXTRACT_ARGS:-}
+$hx -q extract --model "$model" --data "$test" --out "$out/shards/queries" ${EXTRACT_ARGS:-}
 [ -f "$out/index/index.json" ] || $hx -q build "$out/shards/database" --out "$out/index"
 $hx -q eval "$out/index" --queries "$out/shards/queries" --at 1000 --at 5000 --plot "$out/plots" --json > "$out/metrics.json.tmp"
 mv "$out/metrics.json.tmp" "$out/metrics.json"
