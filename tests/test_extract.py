@@ -181,3 +181,28 @@ def test_split_folders_default_to_train_everywhere(tiny_model, tmp_path):
     extract(str(tiny_model), str(tmp_path), tmp_path / "train", **opts)
     extract(str(tiny_model), f"{tmp_path}:test", tmp_path / "test", **opts)
     assert ShardSet(tmp_path / "train").rows == 9 and ShardSet(tmp_path / "test").rows == 4
+
+
+def test_bf16_and_float32_extractions_compared(tiny_model, tmp_path):
+    """tools/compare_shards.py on a bf16 and a float32 extraction of the same 600 images: its counts equal
+    a direct numpy count, features agree to bf16 rounding, and other items are refused in one line."""
+    need(CIFAR_TEST)
+    opts = dict(limit=600, workers=0, progress=False, log=lambda s: None)
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "bf16", **opts)
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "fp32", bf16=False, **opts)
+    assert ShardSet(tmp_path / "fp32").manifest["precision"] == "float32"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "compare_shards.py"
+    res = subprocess.run([sys.executable, str(tool), str(tmp_path / "bf16"), str(tmp_path / "fp32"), "--json"],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(res.stdout)
+    a = ShardSet(tmp_path / "bf16").load(("codes", "features"))
+    b = ShardSet(tmp_path / "fp32").load(("codes", "features"))
+    flips = np.unpackbits(a["codes"] ^ b["codes"], axis=1).sum(axis=1)
+    assert r["items"] == 600 and r["bits_differing"] == pytest.approx(flips.sum() / (600 * 48))
+    assert r["items_with_a_different_code"] == pytest.approx((flips > 0).mean())
+    assert sum(r["hamming_between_encodings"].values()) == 600 and r["max_hamming"] == flips.max()
+    assert r["bits_differing"] < 0.05 and 0 < r["feature_relative_l2"]["mean"] < 0.05
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "other", **{**opts, "limit": 500})
+    res = subprocess.run([sys.executable, str(tool), str(tmp_path / "bf16"), str(tmp_path / "other")],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "other items" in res.stderr, res.stderr
