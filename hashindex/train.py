@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
         net.train()
         perm = torch.randperm(len(x_all), generator=g)
-        t0, seen, correct, loss_sum, margin_sum = time.time(), 0, 0, 0.0, 0.0
+        t0, seen, correct, loss_sum, class_sum, margin_sum = time.time(), 0, 0, 0.0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                 group["lr"] = lr_at(cfg, epoch + step / steps)
             with autocast_for(device, cfg.bf16):
                 logits, latent, _ = net(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = class_loss = F.cross_entropy(logits.float(), y)
             if cfg.binary_weight or cfg.balance_weight:
                 binary, balance = code_terms(latent.float())
                 loss = loss + cfg.binary_weight * binary + cfg.balance_weight * balance
@@ -286,13 +286,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
+            class_sum += float(class_loss.detach()) * len(y)
             margin_sum += float((latent.detach().float() - 0.5).abs().mean()) * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
         wall = time.time() - t0
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
-               "latent_margin": margin_sum / seen}
+               "class_loss": class_sum / seen, "latent_margin": margin_sum / seen}
         if val_x is not None:
             preds, _ = predict(net, val_x, device, cfg.bf16)
             acc = float((preds == val_y).mean())

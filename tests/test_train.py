@@ -174,7 +174,9 @@ def test_ssdh_terms_change_the_codes(tmp_path):
                           "balance": {"balance_weight": 50.0}}.items():
         out = tmp_path / f"{name}.pt"
         run(TrainConfig(out=str(out), **opts, **weights), progress=False, log=lambda s: None)
-        margins[name] = read_checkpoint(out)["history"][-1]["latent_margin"]
+        last = read_checkpoint(out)["history"][-1]
+        margins[name] = last["latent_margin"]
+        assert (last["loss"] == last["class_loss"]) == (name == "plain")
         model = load_model(out)
         latent, _, _ = model.forward_numpy(images)
         balance[name] = float(np.abs(latent.mean(axis=1) - 0.5).mean())
