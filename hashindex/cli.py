@@ -82,13 +82,15 @@ def _echo_json(obj) -> None:
               help="SSDH term: weight of pushing the latent sigmoids towards 0 or 1.")
 @click.option("--balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
               help="SSDH term: weight of asking each code to have half its bits on.")
+@click.option("--bit-balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of asking each bit to be on for half of a batch's images (no constant bits).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init,
-          binary_weight, balance_weight, resume, overwrite, as_json):
+          binary_weight, balance_weight, bit_balance_weight, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -112,6 +114,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
+        bit_balance_weight=bit_balance_weight,
     )
     if as_json:
         _echo_json(summary)

@@ -155,30 +155,37 @@ def test_code_terms_values():
     from hashindex.train import code_terms
 
     half_on = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
-    assert [float(t) for t in code_terms(half_on)] == [-0.25, 0.0]
-    assert [float(t) for t in code_terms(torch.full((3, 4), 0.5))] == [0.0, 0.0]
-    assert [float(t) for t in code_terms(torch.ones(2, 4))] == [-0.25, 0.25]
+    assert [float(t) for t in code_terms(half_on)] == [-0.25, 0.0, 0.125]  # bits 1, 2: constant
+    assert [float(t) for t in code_terms(torch.full((3, 4), 0.5))] == [0.0, 0.0, 0.0]
+    assert [float(t) for t in code_terms(torch.ones(2, 4))] == [-0.25, 0.25, 0.25]
+    per_bit = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    assert [float(t) for t in code_terms(per_bit)] == [-0.25, 0.0, 0.0]
 
 
 def test_ssdh_terms_change_the_codes(tmp_path):
-    """The binary term drives the latent activations away from the 0.5 threshold,
-    the balance term drives each code towards half its bits on."""
+    """The binary term drives the latent activations away from the 0.5 threshold, the balance term
+    drives each code towards half its bits on, the bit-balance term each bit towards half the images.
+    Measured with batch statistics, as the terms see them: two short epochs leave batch norm's running
+    statistics unsettled."""
     from hashindex.train import TrainConfig, train as run
     from hashindex.data import load_arrays, open_source
 
     need(CIFAR_TRAIN)
     opts = dict(data=str(CIFAR_TRAIN), limit=256, epochs=2, batch_size=32, workers=0, bits=16, lr=0.05)
-    margins, balance = {}, {}
+    margins, balance, bit_balance = {}, {}, {}
     images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN), "--data").subset(256), 32, 3, 0, False)
     for name, weights in {"plain": {}, "binary": {"binary_weight": 4.0},
-                          "balance": {"balance_weight": 50.0}}.items():
+                          "balance": {"balance_weight": 50.0}, "bit_balance": {"bit_balance_weight": 50.0}}.items():
         out = tmp_path / f"{name}.pt"
         run(TrainConfig(out=str(out), **opts, **weights), progress=False, log=lambda s: None)
         last = read_checkpoint(out)["history"][-1]
         margins[name] = last["latent_margin"]
         assert (last["loss"] == last["class_loss"]) == (name == "plain")
-        model = load_model(out)
-        latent, _, _ = model.forward_numpy(images)
+        net = load_model(out).net.train()
+        with torch.no_grad():
+            latent = net(torch.from_numpy(images[:128]))[1].float().numpy()
         balance[name] = float(np.abs(latent.mean(axis=1) - 0.5).mean())
+        bit_balance[name] = float(np.abs(latent.mean(axis=0) - 0.5).mean())
     assert margins["binary"] > margins["plain"] + 0.05, margins
     assert balance["balance"] < balance["plain"] / 2, balance
+    assert bit_balance["bit_balance"] < bit_balance["plain"] / 2, bit_balance
