@@ -189,3 +189,25 @@ def test_ssdh_terms_change_the_codes(tmp_path):
     assert margins["binary"] > margins["plain"] + 0.05, margins
     assert balance["balance"] < balance["plain"] / 2, balance
     assert bit_balance["bit_balance"] < bit_balance["plain"] / 2, bit_balance
+
+
+def test_latent_stats_tool(tiny_model):
+    """tools/latent_stats.py reports what a direct computation on the same images gives."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hashindex.data import load_arrays, open_source
+
+    need(CIFAR_TEST)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "latent_stats.py"
+    res = subprocess.run([sys.executable, str(tool), str(tiny_model), "--data", str(CIFAR_TEST), "--limit", "100",
+                          "--json"], capture_output=True, text=True, check=True)
+    r = json.loads(res.stdout)[str(tiny_model)]
+    images, _, _ = load_arrays(open_source(str(CIFAR_TEST), "--data").subset(100), 32, 3, 0, False)
+    latent, _, _ = load_model(tiny_model).forward_numpy(images)
+    on = latent > 0.5
+    assert r["items"] == 100 and r["margin"] == pytest.approx(float(np.abs(latent - 0.5).mean()), rel=1e-6)
+    assert r["constant_bits"] == sum(len(set(on[:, k])) == 1 for k in range(48))
+    assert r["bit_on_share_deviation"] == pytest.approx(float(np.abs(on.mean(0) - 0.5).mean()))
