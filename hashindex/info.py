@@ -22,11 +22,22 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "train_data": ckpt["train_data"],
         "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
         "fine_tuned_from": _init_line(ckpt.get("init")),
+        "loss": _loss_line(ckpt.get("train_args") or {}),
+        "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
         "finished": "train_state" not in ckpt,
         "accuracy": ckpt["accuracy"], "map": ckpt["map"], "map_protocol": ckpt.get("map_protocol", ""),
         "parameters": params, "torch_version": ckpt["torch_version"],
     }
     return out
+
+
+CODE_TERMS = (("binary_weight", "binary"), ("balance_weight", "balance"), ("bit_balance_weight", "bit balance"))
+
+
+def _loss_line(train_args: dict[str, Any]) -> str:
+    """The training loss: cross-entropy, plus the code terms that had a weight."""
+    terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
+    return "cross-entropy" + (" + " + ", ".join(terms) if terms else "")
 
 
 def _init_line(init: dict[str, Any] | None) -> str | None:

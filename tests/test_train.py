@@ -1,5 +1,7 @@
 """Training: a real short run, resume after interruption, user errors through the CLI."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,11 @@ def test_ssdh_terms_change_the_codes(tmp_path):
         last = read_checkpoint(out)["history"][-1]
         margins[name] = last["latent_margin"]
         assert (last["loss"] == last["class_loss"]) == (name == "plain")
+        info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
+        assert info["loss"] == {"plain": "cross-entropy", "binary": "cross-entropy + binary 4",
+                                "balance": "cross-entropy + balance 50",
+                                "bit_balance": "cross-entropy + bit balance 50"}[name]
+        assert info["latent_margin"] == last["latent_margin"]
         net = load_model(out).net.train()
         with torch.no_grad():
             latent = net(torch.from_numpy(images[:128]))[1].float().numpy()
@@ -193,7 +200,6 @@ def test_ssdh_terms_change_the_codes(tmp_path):
 
 def test_latent_stats_tool(tiny_model):
     """tools/latent_stats.py reports what a direct computation on the same images gives."""
-    import json
     import subprocess
     import sys
     from pathlib import Path
