@@ -26,6 +26,7 @@ shuffling, augmentation and dropout of epoch e are seeded by (seed, e).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -42,7 +43,7 @@ from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .evaluate import mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
-                    read_checkpoint, resolve_device)
+                    read_checkpoint, resolve_device, unpack_codes)
 
 
 @dataclass
@@ -307,8 +308,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             row["val_acc"] = acc
         history.append(row)
         done = epoch + 1 == cfg.epochs
-        score, protocol = (_final_map(net, train_x, train_y, val_x, val_y, device, cfg.bf16)
-                           if done else (None, ""))
+        score, protocol, constant = (_final_map(net, train_x, train_y, val_x, val_y, device, cfg.bf16)
+                                     if done else (None, "", None))
         meta = build_meta(net, **info, epochs=epoch + 1, accuracy=acc, map=score,
                           map_protocol=protocol, history=history)
         if not done:
@@ -319,19 +320,32 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s)")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
-               "train_images": len(train_x)}
+               "train_images": len(train_x), "constant_bits": constant}
     log(f"wrote {cfg.out}: model {meta['model_id']}, val_acc {acc}, mAP {meta['map']}")
+    if constant:
+        logging.getLogger("hashindex").warning(
+            f"{constant} of {cfg.bits} code bits are the same for every training image and carry nothing "
+            "(--bit-balance-weight asks each bit to be on for half the images)")
     return summary
 
 
-def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16) -> tuple[float | None, str]:
-    """mAP@all of val queries against the training set as database (DLBHC protocol)."""
+def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
+               ) -> tuple[float | None, str, int | None]:
+    """mAP@all of val queries against the training set as database (DLBHC protocol), and the number
+    of code bits that are constant over the training set."""
     if val_x is None:
-        return None, "no validation set"
+        return None, "no validation set", None
     _, db_codes = predict(net, train_x, device, bf16)
     _, q_codes = predict(net, val_x, device, bf16)
     m = mean_average_precision(q_codes, val_y, db_codes, train_y)
-    return m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, ties in database order"
+    return (m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, "
+            "ties in database order", constant_bits(db_codes, net.bits))
+
+
+def constant_bits(codes: np.ndarray, bits: int) -> int:
+    """How many of the K bits of packed ``codes`` have the same value in every row."""
+    on_share = unpack_codes(codes, bits).mean(axis=0)
+    return int(((on_share == 0) | (on_share == 1)).sum())
 
 
 def set_threads(n: int | None) -> None:

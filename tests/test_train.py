@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from hashindex import HashindexError, load_model
 from hashindex.cli import cli
-from hashindex.model import read_checkpoint
+from hashindex.model import NINHash, read_checkpoint
 from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_tar, need
 
 
@@ -217,3 +217,20 @@ def test_latent_stats_tool(tiny_model):
     assert r["items"] == 100 and r["margin"] == pytest.approx(float(np.abs(latent - 0.5).mean()), rel=1e-6)
     assert r["constant_bits"] == sum(len(set(on[:, k])) == 1 for k in range(48))
     assert r["bit_on_share_deviation"] == pytest.approx(float(np.abs(on.mean(0) - 0.5).mean()))
+
+
+def test_constant_bits_and_final_map():
+    """Bits the same for every training image are counted (train warns about them)."""
+    from hashindex.model import pack_codes
+    from hashindex.train import _final_map, constant_bits
+
+    rng = np.random.default_rng(0)
+    latent = rng.random((50, 16))
+    latent[:, 2], latent[:, 7], latent[:, 15] = 0.9, 0.1, 0.6
+    assert constant_bits(pack_codes(latent), 16) == 3
+    torch.manual_seed(0)
+    x = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(40) % 3
+    m, protocol, constant = _final_map(NINHash(16, 3), x, y, x[:10], y[:10], torch.device("cpu"), True)
+    assert 0 < m <= 1 and "10 val queries vs 40" in protocol and 0 <= constant <= 16
+    assert _final_map(NINHash(16, 3), x, y, None, None, torch.device("cpu"), True) == (None, "no validation set", None)
