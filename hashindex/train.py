@@ -41,9 +41,9 @@ from tqdm import tqdm
 
 from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
-from .evaluate import mean_average_precision
+from .evaluate import code_statistics, mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
-                    read_checkpoint, resolve_device, unpack_codes)
+                    read_checkpoint, resolve_device)
 
 
 @dataclass
@@ -150,8 +150,9 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight"):
-        if old.get(key, getattr(defaults, key)) != getattr(cfg, key):
-            raise HashindexError(f"--resume: {cfg.out} was trained with {key}={old.get(key)!r}, "
+        was = old.get(key, getattr(defaults, key))
+        if was != getattr(cfg, key):
+            raise HashindexError(f"--resume: {cfg.out} was trained with {key}={was!r}, "
                                  f"not {getattr(cfg, key)!r}")
     return ckpt
 
@@ -339,13 +340,7 @@ def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
     _, q_codes = predict(net, val_x, device, bf16)
     m = mean_average_precision(q_codes, val_y, db_codes, train_y)
     return (m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, "
-            "ties in database order", constant_bits(db_codes, net.bits))
-
-
-def constant_bits(codes: np.ndarray, bits: int) -> int:
-    """How many of the K bits of packed ``codes`` have the same value in every row."""
-    on_share = unpack_codes(codes, bits).mean(axis=0)
-    return int(((on_share == 0) | (on_share == 1)).sum())
+            "ties in database order", code_statistics(db_codes, net.bits)["constant_bits"])
 
 
 def set_threads(n: int | None) -> None:

@@ -221,13 +221,14 @@ def test_latent_stats_tool(tiny_model):
 
 def test_constant_bits_and_final_map():
     """Bits the same for every training image are counted (train warns about them)."""
+    from hashindex.evaluate import code_statistics
     from hashindex.model import pack_codes
-    from hashindex.train import _final_map, constant_bits
+    from hashindex.train import _final_map
 
     rng = np.random.default_rng(0)
     latent = rng.random((50, 16))
     latent[:, 2], latent[:, 7], latent[:, 15] = 0.9, 0.1, 0.6
-    assert constant_bits(pack_codes(latent), 16) == 3
+    assert code_statistics(pack_codes(latent), 16)["constant_bits"] == 3
     torch.manual_seed(0)
     x = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
     y = np.arange(40) % 3

@@ -19,7 +19,8 @@ import numpy as np
 
 from hashindex.data import load_arrays, open_source
 from hashindex.errors import HashindexError
-from hashindex.model import load_model
+from hashindex.evaluate import code_statistics
+from hashindex.model import load_model, pack_codes
 
 
 def latent_stats(latent: np.ndarray) -> dict:
@@ -30,7 +31,7 @@ def latent_stats(latent: np.ndarray) -> dict:
             "within_0.1_of_threshold": float((np.abs(latent - 0.5) < 0.1).mean()),
             "code_on_share_deviation": float(np.abs(on.mean(axis=1) - 0.5).mean()),
             "bit_on_share_deviation": float(np.abs(on.mean(axis=0) - 0.5).mean()),
-            "constant_bits": int((on.all(axis=0) | (~on).all(axis=0)).sum())}
+            "constant_bits": code_statistics(pack_codes(latent), latent.shape[1])["constant_bits"]}
 
 
 def main() -> None:
@@ -41,13 +42,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     try:
-        rows = {}
+        src = open_source(args.data, "--data")
+        src = src.subset(args.limit) if args.limit and args.limit < len(src) else src
+        rows, decoded = {}, {}  # images decoded once per (input size, channels)
         for name in args.models:
             model = load_model(name)
-            src = open_source(args.data, "--data")
-            src = src.subset(args.limit) if args.limit and args.limit < len(src) else src
-            images, _, _ = load_arrays(src, model.input_size, model.channels, progress=False)
-            latent, _, _ = model.forward_numpy(images)
+            shape = (model.input_size, model.channels)
+            if shape not in decoded:
+                decoded[shape] = load_arrays(src, *shape, progress=False)[0]
+            latent, _, _ = model.forward_numpy(decoded[shape])
             rows[name] = latent_stats(latent)
     except HashindexError as e:
         sys.exit(f"latent_stats.py: error: {e}")
