@@ -173,6 +173,14 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
               type=click.Choice(["flat", "ivf", "hnsw", "multihash"]), help="Coarse Hamming index.")
 @click.option("--rerank", default="flat", show_default=True,
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
+@click.option("--signal", default="auto", show_default=True,
+              type=click.Choice(["auto", "l2", "cosine", "latent", "posterior"]),
+              help="What the fine stage orders the pool by: pooled-feature L2 or cosine, the latent "
+                   "activations against the codes, or the class posterior. auto measures them on the "
+                   "collection's own labels (posterior wins in the net's classes, cosine on others; "
+                   "without labels: cosine).")
+@click.option("--model", default=None,
+              help="The shards' model, for its head (only for shard directories extracted before signals).")
 @click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
 @click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
@@ -183,7 +191,7 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
                    "the index keeps its kinds and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite, append, as_json):
+def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, shards, overwrite, append, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
@@ -195,14 +203,16 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite,
 
     log = lambda line: click.echo(line, err=as_json)  # noqa: E731
     if append:
-        fixed = [f"--{name}" for name in ("binary", "rerank", "nlist", "nprobe", "shards", "overwrite")
+        fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "shards",
+                                          "overwrite")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
                                  "keeps its kinds and parameters; rebuild without --append to change them)")
         meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
     else:
-        meta = api_build(shard_dir, out, binary=binary, rerank=rerank, nlist=nlist, nprobe=nprobe,
+        meta = api_build(shard_dir, out, binary=binary, rerank=rerank, signal=signal, model=model,
+                         nlist=nlist, nprobe=nprobe,
                          shards=shards, overwrite=overwrite, progress=ctx.obj["progress"], log=log)
     if as_json:
         _echo_json(meta)
@@ -213,7 +223,9 @@ def build(ctx, shard_dir, out, binary, rerank, nlist, nprobe, shards, overwrite,
 @click.argument("images", nargs=-1)
 @click.option("--model", default=None, help="Checkpoint or shipped name [default: the shipped model matching the index].")
 @click.option("--k", "k", default=10, show_default=True, type=int, help="Results per query.")
-@click.option("--candidates", default=None, type=int, help="Coarse pool re-ranked by features [default: 10 x k].")
+@click.option("--candidates", default=None, type=int,
+              help="Coarse pool re-ranked by the index's signal [default: 1000, whatever --k; past it, "
+                   "Hamming order].")
 @click.option("--radius", default=None, type=int, help="Return every item within this Hamming distance (inclusive).")
 @click.option("--no-rerank", is_flag=True, help="Hamming order only.")
 @click.option("--cut-ties", is_flag=True,
@@ -285,8 +297,9 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
 @click.option("--queries", required=True, help="Labelled query shard directory (hashindex extract).")
 @click.option("--at", "at", multiple=True, type=click.IntRange(1), default=(1000,), show_default=True,
               help="mAP@k cut-offs (repeatable).")
-@click.option("--candidates", default=1000, show_default=True, type=click.IntRange(1),
-              help="Top of the Hamming ranking re-ranked by features.")
+@click.option("--candidates", default=None,
+              help="Pool re-ranked by the index's signal: a number, or 'all' for the whole database "
+                   "[default: a query's default pool, 1000 widened to whole tie groups].")
 @click.option("--radius", default=2, show_default=True, type=click.IntRange(0), help="Hamming radius for precision/recall.")
 @click.option("--no-rerank", is_flag=True, help="Hamming ranking only.")
 @click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
@@ -304,6 +317,10 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
     """
     from .evaluate import evaluate, format_metrics
 
+    if candidates is not None and candidates != "all":
+        if not candidates.isdigit() or int(candidates) < 1:
+            raise HashindexError(f"--candidates {candidates}: expected a positive number or 'all'")
+        candidates = int(candidates)
     metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
                           rerank=not no_rerank, progress=ctx.obj["progress"])
     if plot_dir:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
 from .files import atomic_write_bytes, remove_stale_temps
-from .model import FEATURE_DIM, HashModel, load_model
-from .store import (MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest,
+from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
+from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, write_head,
                     shard_name, write_shard)
 
 FEATURE_DTYPES = ("float16", "float32", "none")
@@ -90,7 +90,7 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
     if out.exists() and not out.is_dir():
         raise HashindexError(f"--out {out}: exists and is not a directory")
     if overwrite and out.exists():
-        for p in list(out.glob("shard-*.h5")) + [mpath, out / SKIPPED]:
+        for p in list(out.glob("shard-*.h5")) + [mpath, out / SKIPPED, out / HEAD_FILE]:
             p.unlink(missing_ok=True)
     if not mpath.exists():
         if out.exists() and any(out.iterdir()):
@@ -204,6 +204,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
 def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Write skipped.txt and the summary line once every shard is done."""
     save_manifest(job.out, manifest)
+    write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict()}))
     skipped = ShardSet.from_manifest(job.out, manifest).skipped()
     atomic_write_bytes(job.out / SKIPPED, "".join(f"{i}\t{p}\t{r}\n" for i, p, r in skipped).encode())
     totals = manifest["totals"]

@@ -304,6 +304,15 @@ def read_checkpoint(path: str | Path, flag: str = "--model") -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
+    """The layers above the pooled feature (latent, classifier) as numpy arrays, for the fine stage."""
+    from .signals import Head
+
+    sd = ckpt["state_dict"]
+    return Head(*(sd[k].detach().float().cpu().numpy() for k in
+                  ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")))
+
+
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
     net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"])
     net.load_state_dict(ckpt["state_dict"])

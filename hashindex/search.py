@@ -1,12 +1,17 @@
 """Coarse-to-fine retrieval (`hashindex query`).
 
 Coarse: the binary Faiss index returns a pool of ``candidates`` positions by
-Hamming distance. Fine: the float re-rank store gives the L2 distance of the
-query's feature to each candidate, and the pool is re-ordered by it. This is
-the DLBHC retrieval scheme, with every distance computed by Faiss.
+Hamming distance (default `DEFAULT_CANDIDATES`, whatever k is, widened to the
+whole group of items tied at its farthest distance). Fine: the pool is
+re-ordered by the index's signal (`hashindex.signals`: pooled-feature L2 or
+cosine, latent activations against codes, class posterior), a squared L2
+distance that Faiss computes on the float store. Past the pool, results follow
+the Hamming ranking. This is the DLBHC retrieval scheme.
 
-Orders are deterministic: coarse results by (Hamming, position), re-ranked
-results by (L2, Hamming, position).
+Orders are deterministic: coarse results by (Hamming, position), the pool by
+(signal distance, Hamming, position). The pool does not depend on k, so the
+top 3 are the first 3 of the top 10 (tested), and the API, the CLI, the batch
+job and the service all rank through `Index.search` with the same defaults.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import h5py
 import numpy as np
 
 from .errors import HashindexError
-from .index import (RERANK_FILE, TABLE_FILE, BinaryShards, binary_files, pad_codes,
-                    read_index_meta)
+from .index import (DEFAULT_CANDIDATES, HEAD_FILE, RERANK_FILE, TABLE_FILE, TIE_CAP, BinaryShards,  # noqa: F401
+                    binary_files, pad_codes, read_index_meta, rerank_signal)
+from .signals import Head, query_from_database, query_vectors
 
 MISSING = -1
 
@@ -34,7 +40,7 @@ class SearchResult:
     ids: np.ndarray  # (Q, k) int64 stable ids
     positions: np.ndarray  # (Q, k) int64 rows of the index
     hamming: np.ndarray  # (Q, k) int32
-    distance: np.ndarray  # (Q, k) float32 L2^2 of features, nan without re-ranking
+    distance: np.ndarray  # (Q, k) float32 signal distance (squared L2 of its vectors), nan outside the pool
 
 
 def _read_binary(path: Path, mmap: bool) -> faiss.IndexBinary:
@@ -64,9 +70,10 @@ class Index:
     """A built INDEX_DIR, loaded for searching."""
 
     def __init__(self, meta: dict[str, Any], binary: faiss.IndexBinary, rerank: faiss.Index | None,
-                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None):
+                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None, head: Head | None = None):
         self.meta, self.binary, self.rerank, self.dir = meta, binary, rerank, directory
-        self.ids, self.labels = ids, labels
+        self.ids, self.labels, self.head = ids, labels, head
+        self.signal = rerank_signal(meta)
         if len(self.ids) != self.binary.ntotal:
             raise HashindexError(f"INDEX_DIR {self.dir}: table and binary index disagree "
                                  f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
@@ -94,16 +101,21 @@ class Index:
             parts = [_read_binary(d / name, mmap) for name in binary_files(meta)]
             binary = BinaryShards(parts, [s["start"] for s in shards]) if shards else parts[0]
         rerank = _read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
+        head = Head.load(d / HEAD_FILE) if (d / HEAD_FILE).exists() else None
         with h5py.File(d / TABLE_FILE, "r") as t:
             ids, labels = t["ids"][()], t["labels"][()]
-        return cls(meta, binary, rerank, ids, labels, d)
+        return cls(meta, binary, rerank, ids, labels, d, head)
 
     @classmethod
     def in_memory(cls, codes: np.ndarray, features: np.ndarray | None, bits: int, *,
                   binary: str = "flat", rerank: str = "flat", ids: np.ndarray | None = None,
-                  labels: np.ndarray | None = None) -> "Index":
-        """An index over arrays, built in memory (benchmarks, tests, notebooks)."""
-        from .index import default_params, make_binary_index, make_rerank_index, padded_bytes
+                  labels: np.ndarray | None = None, signal: str = "l2", head: Head | None = None) -> "Index":
+        """An index over arrays, built in memory with build's code (benchmarks, tests, notebooks).
+
+        ``signal`` orders the re-ranked pool (``l2`` here; `build` chooses per collection).
+        """
+        from .index import default_params, make_binary_index, new_float_store, padded_bytes
+        from .signals import check_signal, database_vectors
 
         n = len(codes)
         pbytes = padded_bytes(codes.shape[1])
@@ -115,17 +127,16 @@ class Index:
         bindex.add(padded)
         findex = None
         if features is not None and rerank != "none":
-            findex = make_rerank_index(rerank, features.shape[1])
-            feats = np.ascontiguousarray(features, dtype=np.float32)
-            if not findex.is_trained:
-                findex.train(feats[:: max(1, n // 100_000)])
-            findex.add(feats)
+            check_signal(signal, head)
+            vectors = database_vectors(signal, features, codes, head)
+            findex = new_float_store(rerank, vectors[:: max(1, n // 100_000)])
+            findex.add(vectors)
         meta = {"model_id": "", "bits": bits, "code_bytes": codes.shape[1], "count": n, "class_names": [],
                 "binary": {"kind": binary, "padded_bytes": pbytes, **params},
-                "rerank": {"kind": rerank if findex is not None else "none"}, "built": ""}
+                "rerank": {"kind": rerank if findex is not None else "none", "signal": signal}, "built": ""}
         ids = np.arange(n, dtype=np.int64) if ids is None else ids
         labels = np.full(n, -1, np.int32) if labels is None else labels
-        return cls(meta, bindex, findex, ids, labels)
+        return cls(meta, bindex, findex, ids, labels, head=head)
 
     @property
     def count(self) -> int:
@@ -169,6 +180,11 @@ class Index:
         feats = self.rerank.reconstruct_batch(positions) if self.rerank is not None else None
         return codes, feats
 
+    def table_codes(self) -> np.ndarray:
+        """Every item's unpadded code, in position order (from the table)."""
+        with h5py.File(self.dir / TABLE_FILE, "r") as t:
+            return t["codes"][()]
+
     def paths(self, positions: np.ndarray) -> list[str]:
         """Source paths of index rows (read lazily from the table)."""
         flat = np.asarray(positions, dtype=np.int64).ravel()
@@ -198,9 +214,17 @@ class Index:
         pos = np.take_along_axis(pos, order, 1)
         return np.where(pos < 0, MISSING, dist).astype(np.int32), pos
 
-    def float_distances(self, features: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Squared L2 between each query's feature and its candidates (inf where pos is -1)."""
-        x = np.ascontiguousarray(features, dtype=np.float32)
+    def query_vectors(self, features: np.ndarray) -> np.ndarray:
+        """The fine-stage vectors of queries given their pooled features."""
+        return query_vectors(self.signal, features, self.head)
+
+    def float_distances(self, features: np.ndarray, pos: np.ndarray, *, vectors: bool = False) -> np.ndarray:
+        """Signal distance between each query and its candidates (inf where pos is -1).
+
+        ``features`` are the queries' pooled features, or with ``vectors=True``
+        their fine-stage vectors already (`query_vectors`, `stored_queries`).
+        """
+        x = np.ascontiguousarray(features if vectors else self.query_vectors(features), dtype=np.float32)
         q, m = pos.shape
         safe = np.ascontiguousarray(np.where(pos < 0, 0, pos), dtype=np.int64)
         out = np.empty((q, m), np.float32)
@@ -241,30 +265,55 @@ class Index:
         return out_h, out_p
 
     def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
-               candidates: int | None = None, rerank: bool = True, complete_ties: bool = False,
-               ) -> SearchResult:
-        """Coarse Hamming search for a pool of candidates, re-ranked by feature distance.
+               candidates: int | None = None, rerank: bool = True, complete_ties: bool = True, *,
+               vectors: bool = False) -> SearchResult:
+        """The top k of the coarse-to-fine ranking.
 
-        ``complete_ties`` widens the pool to whole tie groups (see `complete_ties`).
+        The pool is the first ``candidates`` (default `DEFAULT_CANDIDATES`) items
+        of the Hamming ranking, widened to every item tied at its farthest
+        distance (``complete_ties``, up to `TIE_CAP`); it is re-ordered by the
+        index's signal, and the Hamming ranking continues after it. Neither
+        depends on k. Without features, a float store or with ``rerank=False``
+        the ranking is Hamming alone (ties by position, whole tie groups taken
+        into account the same way). ``vectors=True``: ``features`` are fine-stage
+        vectors already.
         """
         if k < 1:
-            raise HashindexError(f"--k {k}: expected a positive number of results")
+            raise HashindexError(f"k={k}: expected a positive number of results")
         if k > self.count:
-            raise HashindexError(f"--k {k}: the index holds only {self.count} items")
+            raise HashindexError(f"k={k}: the index holds only {self.count} items")
+        pool_size = min(candidates or DEFAULT_CANDIDATES, self.count)
         do_rerank = rerank and self.rerank is not None and features is not None
-        m = max(candidates or 10 * k, k) if do_rerank else k
-        ham, pos = self.coarse(codes, m)
-        if do_rerank and complete_ties:
-            ham, pos = self.complete_ties(codes, ham, pos, cap=max(20 * m, 10_000))
+        ham, pos = self.coarse(codes, max(pool_size, k))
+        if complete_ties:
+            ham, pos = self.complete_ties(codes, ham, pos, cap=max(TIE_CAP, pool_size, k))
+        dist = np.full(pos.shape, np.nan, np.float32)
         if do_rerank:
-            dist = self.float_distances(features, pos)
-            order = np.lexsort((np.where(pos < 0, self.count, pos), ham, dist), axis=-1)[:, :k]
-            ham, pos, dist = (np.take_along_axis(a, order, 1) for a in (ham, pos, dist))
-        else:
-            ham, pos = ham[:, :k], pos[:, :k]
-            dist = np.full(pos.shape, np.nan, np.float32)
+            in_pool = self._pool_mask(ham, pos, pool_size)
+            width = int(in_pool.sum(axis=1).max())
+            head_pos = pos[:, :width]
+            d = self.float_distances(features, np.where(in_pool[:, :width], head_pos, MISSING), vectors=vectors)
+            d[~in_pool[:, :width]] = np.inf  # outside the pool: stays in Hamming order after it
+            missing = head_pos < 0  # padding of shorter rows: last, whatever its -1 Hamming says
+            order = np.lexsort((np.where(missing, self.count, head_pos),
+                                np.where(missing, np.iinfo(np.int32).max, ham[:, :width]), d), axis=-1)
+            pos[:, :width], ham[:, :width] = (np.take_along_axis(a[:, :width], order, 1) for a in (pos, ham))
+            dist[:, :width] = np.take_along_axis(np.where(np.isinf(d), np.nan, d), order, 1)
+        ham, pos, dist = ham[:, :k], pos[:, :k], dist[:, :k]
         ids = np.where(pos < 0, MISSING, self.ids[np.maximum(pos, 0)])
         return SearchResult(ids=ids, positions=pos, hamming=ham, distance=dist)
+
+    @staticmethod
+    def _pool_mask(ham: np.ndarray, pos: np.ndarray, pool_size: int) -> np.ndarray:
+        """Which entries of a (Hamming, position)-ordered list are in the pool.
+
+        The pool is every item as close as the ``pool_size``-th one: a whole tie
+        group, in the list as `complete_ties` left it (so the same items whatever k).
+        """
+        bound = ham[:, min(pool_size, ham.shape[1]) - 1:min(pool_size, ham.shape[1])]
+        bound = np.where(bound < 0, np.iinfo(np.int32).max, bound)
+        capped = np.arange(ham.shape[1]) < max(TIE_CAP, pool_size)
+        return (pos >= 0) & (ham <= bound) & capped
 
     def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item within Hamming distance <= radius (inclusive), per query.
@@ -289,7 +338,7 @@ class Index:
 
 def _encode_images(index: Index, images: list[str], model: str | None, device: str
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and encode query image files with the index's model."""
+    """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
     from .data import BadImage, FilesSource
     from .model import find_model_for, load_model
 
@@ -303,13 +352,16 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
         except BadImage as e:
             what = "no such file" if e.reason == "missing" else f"cannot be decoded ({e.reason})"
             raise HashindexError(f"IMAGE {path}: {what}") from None
-    return hm.encode(np.stack(arrays))
+    codes, feats = hm.encode(np.stack(arrays))
+    return codes, index.query_vectors(feats)
 
 
 def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, features) of indexed items used as queries (zero features without a re-rank store)."""
-    codes, feats = index.items(index.positions_of(np.array(ids)))
-    return codes, feats if feats is not None else np.zeros((len(codes), 192), np.float32)  # model.FEATURE_DIM
+    """(codes, fine-stage vectors) of indexed items used as queries (zeros without a float store)."""
+    codes, stored = index.items(index.positions_of(np.array(ids)))
+    if stored is None:
+        return codes, np.zeros((len(codes), 1), np.float32)
+    return codes, query_from_database(index.signal, stored)
 
 
 def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
@@ -326,34 +378,37 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     check_candidates(candidates, k)
     if not isinstance(index, Index):
         index = Index.load(index, shard_actors=shard_actors)
-    codes, feats, names = [], [], []
+    codes, vecs, names = [], [], []
     if images:
-        c, f = _encode_images(index, images, model, device)
+        c, v = _encode_images(index, images, model, device)
         codes.append(c)
-        feats.append(f)
+        vecs.append(v)
         names += images
     if by_id:
-        c, f = indexed_queries(index, by_id)
+        c, v = indexed_queries(index, by_id)
         codes.append(c)
-        feats.append(f)
+        vecs.append(v)
         names += [f"id:{i}" for i in by_id]
-    return search_vectors(index, np.concatenate(codes), np.concatenate(feats).astype(np.float32), names,
+    width = max(v.shape[1] for v in vecs)
+    vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
+    return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
                           k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties)
 
 
-def search_vectors(index: Index, codes_arr: np.ndarray, feats_arr: np.ndarray, names: list[str], *,
+def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,
                    k: int = 10, candidates: int | None = None, radius: int | None = None,
                    rerank: bool = True, complete_ties: bool = True) -> list[dict[str, Any]]:
-    """Result dicts for encoded queries: the top k, or every item within ``radius``."""
+    """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``."""
     if radius is None:
-        return result_rows(index, index.search(codes_arr, feats_arr, k, candidates, rerank, complete_ties), names)
+        res = index.search(codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True)
+        return result_rows(index, res, names)
     hits = index.range_search(codes_arr, radius)
     width = max([len(p) for p, _ in hits] + [1])
     pos = np.full((len(hits), width), MISSING, np.int64)
     ham = np.full((len(hits), width), MISSING, np.int32)
     for q, (p, d) in enumerate(hits):
         pos[q, :len(p)], ham[q, :len(p)] = p, d
-    dist = (index.float_distances(feats_arr, pos) if rerank and index.rerank is not None
+    dist = (index.float_distances(vecs, pos, vectors=True) if rerank and index.rerank is not None
             else np.full(pos.shape, np.nan, np.float32))
     dist[pos < 0] = np.nan
     ids = np.where(pos < 0, MISSING, index.ids[np.maximum(pos, 0)])
@@ -374,6 +429,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def check_candidates(candidates: int | None, k: int) -> None:
+    """An explicit pool must hold the k results (the default pool is fixed; past it, Hamming order continues)."""
     if candidates is not None and candidates < k:
         raise HashindexError(f"--candidates {candidates}: must be at least --k {k}")
 

@@ -54,7 +54,8 @@ class Searcher:
     def info(self) -> dict[str, Any]:
         return {"index": str(self.index.dir), "items": self.index.count, "bits": self.index.bits,
                 "model_id": self.index.model_id, "binary": self.index.meta["binary"]["kind"],
-                "rerank": self.index.meta["rerank"]["kind"], "class_names": self.index.class_names}
+                "rerank": self.index.meta["rerank"]["kind"], "signal": self.index.signal,
+                "class_names": self.index.class_names}
 
     def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Search with the bytes of an image file."""
@@ -65,7 +66,7 @@ class Searcher:
         array = to_array(img, self.model.input_size, self.model.channels)[None]
         with self.lock:
             codes, feats = self.model.encode(array)
-            return self._search(codes, feats, "upload", options)
+            return self._search(codes, self.index.query_vectors(feats), "upload", options)
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""
@@ -76,9 +77,9 @@ class Searcher:
                 raise RequestError(404, f"id={item_id}: no item with this id in the index") from None
             return self._search(codes, feats, f"id:{item_id}", options)
 
-    def _search(self, codes: np.ndarray, feats: np.ndarray, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        row = search_vectors(self.index, codes, feats.astype(np.float32), [name], **options)[0]
+        row = search_vectors(self.index, codes, vecs.astype(np.float32), [name], **options)[0]
         row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return row
 

@@ -28,6 +28,7 @@ FORMAT = "hashindex-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.txt"
+HEAD_FILE = "head.npz"  # the model's layers above the pooled feature (hashindex.signals.Head)
 FIELDS = ("codes", "features", "ids", "labels", "paths")
 
 
@@ -172,6 +173,12 @@ class ShardSet:
                 bad.append(s["file"])
         return bad
 
+    def head(self):
+        """The model's head saved beside the shards (a signals.Head), or None for older shard directories."""
+        from .signals import Head
+
+        return Head.load(self.dir / HEAD_FILE) if (self.dir / HEAD_FILE).exists() else None
+
     def skipped(self) -> list[tuple[int, str, str]]:
         out = []
         for path in self.shard_paths():
@@ -181,6 +188,12 @@ class ShardSet:
                     out.append((int(i), p.decode() if isinstance(p, bytes) else p,
                                 r.decode() if isinstance(r, bytes) else r))
         return out
+
+
+def write_head(directory: Path, head) -> None:
+    """Save the model's head (a signals.Head) beside the shards, atomically."""
+    with atomic_path(Path(directory) / HEAD_FILE) as tmp:
+        head.save(tmp)
 
 
 def new_manifest(**fields: Any) -> dict[str, Any]:

@@ -117,5 +117,5 @@ def flat_index(cifar_shards, tmp_path_factory) -> Path:
     from hashindex.index import build
 
     out = tmp_path_factory.mktemp("index") / "flat"
-    build(cifar_shards, out, binary="flat", rerank="flat", progress=False, log=lambda s: None)
+    build(cifar_shards, out, binary="flat", rerank="flat", signal="l2", progress=False, log=lambda s: None)
     return out

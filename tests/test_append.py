@@ -52,7 +52,7 @@ def test_resume_with_another_id_offset_is_refused(tiny_model, new_shards):
 def test_appended_index_equals_one_over_both(shards, cifar_shards, new_shards, both, tmp_path):
     """Flat index over A, then A+B appended: the same results as one index over the concatenated rows."""
     out = tmp_path / "index"
-    build(cifar_shards, out, shards=shards, **QUIET)
+    build(cifar_shards, out, signal="l2", shards=shards, **QUIET)
     meta = append(new_shards, out, **QUIET)
     assert meta["count"] == 10600 and meta["appended"][0]["start"] == 10000
     if shards > 1:  # the new rows form one more shard; the old shard files are untouched
@@ -76,7 +76,7 @@ def test_appended_index_equals_one_over_both(shards, cifar_shards, new_shards, b
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "multihash"])
 def test_appended_items_are_found_by_their_own_code(kind, cifar_shards, new_shards, both, tmp_path):
     out = tmp_path / kind
-    build(cifar_shards, out, binary=kind, rerank="sq8", **QUIET)
+    build(cifar_shards, out, signal="l2", binary=kind, rerank="sq8", **QUIET)
     append(new_shards, out, **QUIET)
     grown = Index.load(out)
     assert grown.count == 10600 and grown.meta["binary"]["kind"] == kind
@@ -97,7 +97,7 @@ def test_appended_items_are_found_by_their_own_code(kind, cifar_shards, new_shar
 def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
     runner = CliRunner()
     out = tmp_path / "index"
-    build(cifar_shards, out, **QUIET)
+    build(cifar_shards, out, signal="l2", **QUIET)
     res = runner.invoke(cli, ["-q", "build", str(new_shards), "--out", str(out), "--append", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["count"] == 10600
@@ -144,7 +144,7 @@ def test_concurrent_append_is_refused(cifar_shards, new_shards, tmp_path):
     import fcntl
 
     out = tmp_path / "index"
-    build(cifar_shards, out, **QUIET)
+    build(cifar_shards, out, signal="l2", **QUIET)
     with open(tmp_path / ".index.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         res = CliRunner().invoke(cli, ["-q", "build", str(new_shards), "--out", str(out), "--append"])
@@ -156,7 +156,7 @@ def test_concurrent_append_is_refused(cifar_shards, new_shards, tmp_path):
 
 def test_failed_append_leaves_the_index_whole(cifar_shards, new_shards, tmp_path, monkeypatch):
     out = tmp_path / "index"
-    build(cifar_shards, out, shards=2, **QUIET)
+    build(cifar_shards, out, signal="l2", shards=2, **QUIET)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def crash(*args):

@@ -87,7 +87,7 @@ def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_p
     from hashindex.index import build
     from hashindex.search import Index, query
 
-    build(cifar_shards, tmp_path / "s4", shards=4, progress=False, log=lambda s: None)
+    build(cifar_shards, tmp_path / "s4", shards=4, signal="l2", progress=False, log=lambda s: None)
     opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
     batch_search(flat_index, cifar_shards, tmp_path / "local.h5", **opts)
     batch_search(tmp_path / "s4", cifar_shards, tmp_path / "actors.h5", backend="ray",

@@ -100,7 +100,7 @@ def test_radius_2_is_exact(kind, cifar_shards, db, tmp_path):
 
 @pytest.mark.parametrize("rerank", ["fp16", "sq8", "pq"])
 def test_quantized_rerank_stores(rerank, cifar_shards, flat_index, db, tmp_path):
-    build(cifar_shards, tmp_path / rerank, binary="flat", rerank=rerank, progress=False, log=lambda s: None)
+    build(cifar_shards, tmp_path / rerank, binary="flat", rerank=rerank, signal="l2", progress=False, log=lambda s: None)
     index, exact = Index.load(tmp_path / rerank), Index.load(flat_index)
     feats = db["features"].astype(np.float32)
     a = index.search(db["codes"][QUERIES], feats[QUERIES], k=10, candidates=200)
@@ -266,7 +266,7 @@ def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
 def test_sharded_index_equals_single(kind, cifar_shards, db, tmp_path):
     """S=4 binary shards (IVF: one shared trained quantizer) give the single index's results."""
     for s in (1, 4):
-        build(cifar_shards, tmp_path / f"{kind}{s}", binary=kind, rerank="flat", shards=s,
+        build(cifar_shards, tmp_path / f"{kind}{s}", binary=kind, rerank="flat", signal="l2", shards=s,
               progress=False, log=lambda m: None)
     one, four = Index.load(tmp_path / f"{kind}1"), Index.load(tmp_path / f"{kind}4")
     assert len(four.meta["binary"]["shards"]) == 4 and four.count == one.count == 10000

@@ -1,0 +1,249 @@
+"""Retrieval metrics on arrays (numpy in, numbers out; no index, no files).
+
+Used by `hashindex eval` (hashindex.evaluate), by training (final mAP), by
+`build`'s choice of re-ranking signal and by the tools. Conventions:
+  * relevance = same class label;
+  * Hamming ranking over the whole database, ties broken by database order
+    (index position; a stable sort): the headline mAP, deterministic and
+    reproducible from the codes and labels alone;
+  * the tie-aware mAP (McSherry & Najork 2008: the expectation over random
+    orders within each tie), computed exactly in O(K) per query from the
+    per-distance counts; so is the tie-aware precision@k;
+  * mAP@k divides by the relevant items within the top k (DLBHC / DSH / HashNet
+    evaluation code); a query with no relevant item scores AP 0;
+  * precision within Hamming radius r: a query with no item within r counts
+    precision 0 (the common protocol);
+  * re-ranked ranking: the ranking `Index.search` returns. The pool is the first
+    ``candidates`` items of the Hamming ranking widened to every item tied at
+    its farthest distance (at most ``tie_cap``), re-ordered by the signal
+    distance (then Hamming, then position); the Hamming ranking continues after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
+    """(Q, B) and (N, B) packed uint8 codes -> (Q, N) uint16 Hamming distances."""
+    x = np.bitwise_xor(query_codes[:, None, :], db_codes[None, :, :])
+    return np.bitwise_count(x).sum(axis=2, dtype=np.uint16)
+
+
+def code_statistics(codes: np.ndarray, bits: int) -> dict[str, Any]:
+    """How a set of packed codes uses the code space.
+
+    Supervised codes collapse each class onto a few codes: big buckets (items
+    sharing one code) mean long Hamming ties and few distinct IVF / multi-hash
+    lists, and the code entropy says how many of the K bits carry information.
+    """
+    n = len(codes)
+    if n == 0:
+        return {"items": 0}
+    rows = np.ascontiguousarray(codes).view(np.dtype((np.void, codes.shape[1]))).ravel()
+    counts = np.unique(rows, return_counts=True)[1]
+    p = counts / n
+    on = np.unpackbits(codes, axis=1, count=bits, bitorder="little").mean(axis=0, dtype=np.float64)
+    q = np.clip(on, 1e-12, 1 - 1e-12)
+    bit_entropy = np.where((on > 0) & (on < 1), -(q * np.log2(q) + (1 - q) * np.log2(1 - q)), 0.0)
+    return {"items": n, "distinct_codes": int(len(counts)), "largest_bucket": int(counts.max()),
+            "mean_bucket_of_an_item": float((counts.astype(np.float64) ** 2).sum() / n),
+            "code_entropy_bits": float(-(p * np.log2(p)).sum()),
+            "bit_on_fraction_min": float(on.min()), "bit_on_fraction_max": float(on.max()),
+            "constant_bits": int(((on == 0) | (on == 1)).sum()),
+            "bit_entropy_sum": float(bit_entropy.sum())}
+
+
+def format_code_statistics(c: dict[str, Any], bits: int) -> str:
+    """One line for people: buckets, entropy, bit balance."""
+    if not c.get("items"):
+        return "codes: none"
+    return (f"codes: {c['distinct_codes']:,} distinct for {c['items']:,} items (largest bucket "
+            f"{c['largest_bucket']:,}; an item shares its code with {c['mean_bucket_of_an_item']:,.0f} on average); "
+            f"entropy {c['code_entropy_bits']:.2f} of {bits} bits; bits on in "
+            f"{c['bit_on_fraction_min']:.2f}-{c['bit_on_fraction_max']:.2f} of items, {c['constant_bits']} constant")
+
+
+def average_precision(rel: np.ndarray, at: int | None = None) -> np.ndarray:
+    """AP of each row of a (Q, N) relevance matrix in ranked order (optionally @at)."""
+    if at is not None:
+        rel = rel[:, :at]
+    hits = np.cumsum(rel, axis=1, dtype=np.float64)
+    prec = hits / np.arange(1, rel.shape[1] + 1)
+    n_rel = rel.sum(axis=1)
+    return np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+
+
+def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,
+                           db_codes: np.ndarray, db_labels: np.ndarray,
+                           at: int | None = None, chunk: int = 128) -> float:
+    """mAP of Hamming ranking (mAP@all, or mAP@at), ties in database order."""
+    aps = []
+    for s in range(0, len(query_codes), chunk):
+        d = hamming_distances(query_codes[s:s + chunk], db_codes)
+        order = np.argsort(d, axis=1, kind="stable")
+        aps.append(average_precision(db_labels[order] == query_labels[s:s + chunk, None], at))
+    return float(np.concatenate(aps).mean()) if aps else 0.0
+
+
+def per_distance_counts(d: np.ndarray, rel: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, K+1) number of items and of relevant items at each Hamming distance."""
+    q = d.shape[0]
+    idx = (np.arange(q)[:, None] * (bits + 1) + d).ravel()
+    n = np.bincount(idx, minlength=q * (bits + 1)).reshape(q, bits + 1)
+    r = np.bincount(idx, weights=rel.ravel(), minlength=q * (bits + 1)).reshape(q, bits + 1)
+    return n, r
+
+
+def tie_aware_ap(n: np.ndarray, r: np.ndarray, harmonic: np.ndarray) -> np.ndarray:
+    """Expected AP over random orders within ties, from per-distance counts.
+
+    A relevant item in a tie group of n items starting after rank s, with R_b
+    relevant items ranked before the group and r relevant in it, has expected
+    precision (1/n) * sum_p (R_b + 1 + (p-1)(r-1)/(n-1)) / (s+p); summing over
+    p uses harmonic numbers H, so each query costs O(K).
+    """
+    s = np.cumsum(n, axis=1) - n
+    rb = np.cumsum(r, axis=1) - r
+    dh = harmonic[s + n] - harmonic[s]
+    alpha = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+    contrib = np.where(n > 0, r / np.maximum(n, 1) * ((rb + 1) * dh + alpha * (n - (s + 1) * dh)), 0.0)
+    total = r.sum(axis=1)
+    return np.where(total > 0, contrib.sum(axis=1) / np.maximum(total, 1), 0.0)
+
+
+def tie_aware_precision_at_k(n: np.ndarray, r: np.ndarray, k_max: int) -> np.ndarray:
+    """(Q, k_max) expected precision@k over random orders within ties, from per-distance counts.
+
+    The top k holds every item of the groups that end by rank k, plus k - (items
+    before it) of the group that straddles rank k, relevant in proportion r/n.
+    """
+    cn, cr = np.cumsum(n, axis=1), np.cumsum(r, axis=1)
+    k = np.arange(1, k_max + 1)
+    g = np.minimum((cn[:, :, None] < k).sum(axis=1), n.shape[1] - 1)  # the group holding rank k
+    n_before = np.take_along_axis(cn - n, g, 1)
+    r_before = np.take_along_axis(cr - r, g, 1)
+    share = np.take_along_axis(r, g, 1) / np.maximum(np.take_along_axis(n, g, 1), 1)
+    return (r_before + (k - n_before) * share) / k
+
+
+def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
+                    db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
+                    pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
+                    tie_cap: int | None = None, chunk: int = 64, progress: bool = False) -> dict[str, Any]:
+    """All metrics in one pass over the queries.
+
+    ``rerank(query_slice, positions) -> (q, m) float distances`` re-orders each
+    query's pool when given: its first ``candidates`` items widened to the whole
+    tie group at the last one's distance (at most ``tie_cap`` items, default
+    ``candidates``: no widening), as `Index.search` does.
+    """
+    from tqdm import tqdm
+
+    nq, ndb = len(q_codes), len(db_codes)
+    pk_max = min(pk_max, ndb)
+    candidates = min(candidates, ndb)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1))])
+    ap = {"all": [], **{str(k): [] for k in at}}
+    ap_rr = {"all": [], **{str(k): [] for k in at}}
+    ap_tie, pk_sum, pk_rr_sum, pk_tie_sum = [], np.zeros(pk_max), np.zeros(pk_max), np.zeros(pk_max)
+    n_le_all, r_le_all, total_rel = [], [], []
+    pool_sum = 0
+    for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
+        sl = slice(s, min(s + chunk, nq))
+        d = hamming_distances(q_codes[sl], db_codes)
+        order = np.argsort(d, axis=1, kind="stable")
+        rel = db_labels[order] == q_labels[sl, None]
+        ap["all"].append(average_precision(rel))
+        for k in at:
+            ap[str(k)].append(average_precision(rel, k))
+        pk_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
+        n, r = per_distance_counts(d, db_labels[None, :] == q_labels[sl, None], bits)
+        ap_tie.append(tie_aware_ap(n, r, harmonic))
+        pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
+        n_le_all.append(np.cumsum(n, axis=1))
+        r_le_all.append(np.cumsum(r, axis=1))
+        total_rel.append(r.sum(axis=1))
+        if rerank is not None:
+            order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
+                                        tie_cap or candidates)
+            pool_sum += int(sizes.sum())
+            rel = db_labels[order] == q_labels[sl, None]
+            ap_rr["all"].append(average_precision(rel))
+            for k in at:
+                ap_rr[str(k)].append(average_precision(rel, k))
+            pk_rr_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
+    n_le, r_le, tot = np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel)
+    prec_r = np.where(n_le > 0, r_le / np.maximum(n_le, 1), 0.0)
+    rec_r = np.where(tot[:, None] > 0, r_le / np.maximum(tot[:, None], 1), 0.0)
+    radius = min(radius, bits)
+    out: dict[str, Any] = {
+        "queries": nq, "database": ndb, "bits": bits,
+        "hamming": {"map": _mean(ap["all"]), "map_tie_aware": _mean(ap_tie),
+                    **{f"map@{k}": _mean(ap[str(k)]) for k in at}},
+        "precision_at_k": (pk_sum / nq).tolist(),
+        "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
+        f"radius{radius}": {
+            "precision": float(prec_r[:, radius].mean()), "recall": float(rec_r[:, radius].mean()),
+            "queries_with_no_item": int((n_le[:, radius] == 0).sum()),
+        },
+        "pr_curve": {"radius": list(range(bits + 1)), "precision": prec_r.mean(axis=0).tolist(),
+                     "recall": rec_r.mean(axis=0).tolist()},
+    }
+    if rerank is not None:
+        out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), "map": _mean(ap_rr["all"]),
+                           **{f"map@{k}": _mean(ap_rr[str(k)]) for k in at}}
+        out["precision_at_k_reranked"] = (pk_rr_sum / nq).tolist()
+    out["per_class"] = per_class_map(q_labels, np.concatenate(ap["all"]),
+                                     np.concatenate(ap_rr["all"]) if rerank is not None else None)
+    return out
+
+
+def pool_sizes(sorted_hamming: np.ndarray, candidates: int, tie_cap: int) -> np.ndarray:
+    """Per query, how many of its Hamming-ranked items form the re-ranked pool.
+
+    Every item as close as the ``candidates``-th one (a whole tie group), at most ``tie_cap``.
+    """
+    bound = sorted_hamming[:, candidates - 1:candidates]
+    return np.minimum((sorted_hamming <= bound).sum(axis=1), max(tie_cap, candidates))
+
+
+def rerank_order(order: np.ndarray, sorted_hamming: np.ndarray, distances, sl, candidates: int,
+                 tie_cap: int) -> np.ndarray:
+    """A Hamming ranking (positions, ordered) with each query's pool re-ordered by signal distance; and the pool sizes.
+
+    ``distances(sl, positions) -> (q, m)`` gives the signal distance of candidates.
+    Within the pool: (distance, Hamming, position); after it, the Hamming order.
+    """
+    sizes = pool_sizes(sorted_hamming, candidates, tie_cap)
+    width = int(sizes.max())
+    head = order[:, :width]
+    inside = np.arange(width) < sizes[:, None]
+    dist = np.where(inside, distances(sl, head), np.inf)
+    new = np.lexsort((head, sorted_hamming[:, :width], dist), axis=-1)
+    order = order.copy()
+    order[:, :width] = np.take_along_axis(head, new, 1)
+    return order, sizes
+
+
+def per_class_map(q_labels: np.ndarray, ap: np.ndarray, ap_reranked: np.ndarray | None = None
+                  ) -> list[dict[str, Any]]:
+    """mAP@all per query class (which classes the codes serve badly); query-weighted, they average to mAP."""
+    rows = []
+    for label in np.unique(q_labels):
+        mine = q_labels == label
+        row = {"label": int(label), "queries": int(mine.sum()), "map": float(ap[mine].mean())}
+        if ap_reranked is not None:
+            row["map_reranked"] = float(ap_reranked[mine].mean())
+        rows.append(row)
+    return rows
+
+
+def class_name(names: list[str], label: int) -> str:
+    """The class name of a label, or the label itself where the names do not cover it."""
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
+def _mean(parts: list[np.ndarray]) -> float:
+    return float(np.concatenate(parts).mean()) if parts else 0.0

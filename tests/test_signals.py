@@ -1,0 +1,183 @@
+"""Fine-stage signals and the ranking contract, on synthetic arrays (seconds) and on a real index.
+
+Each signal's distances are checked against a direct numpy computation; the ranking must not depend
+on k (the top 3 are the first 3 of the top 10); `Index.search`, `metrics.rerank_order` (what `eval`
+scores), the CLI and the service rank the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import HashindexError
+from hashindex.cli import cli
+from hashindex.index import build
+from hashindex.metrics import evaluate_arrays, hamming_distances, rerank_order
+from hashindex.model import pack_codes
+from hashindex.search import Index, query
+from hashindex.signals import SIGNALS, Head, choose, database_vectors, query_vectors
+
+BITS, DIM, CLASSES = 16, 24, 4
+
+
+def synthetic(n: int = 3000, seed: int = 0):
+    """Clustered features, a random head, codes from its latent layer, labels = clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (CLASSES, DIM)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, n)
+    feats = (centres[labels] + rng.normal(0, 1.5, (n, DIM))).astype(np.float32)
+    head = Head(rng.normal(0, 0.5, (BITS, DIM)).astype(np.float32), rng.normal(0, 0.1, BITS).astype(np.float32),
+                rng.normal(0, 1, (CLASSES, BITS)).astype(np.float32), np.zeros(CLASSES, np.float32))
+    codes = pack_codes(head.latent(feats))
+    return feats, codes, labels.astype(np.int32), head
+
+
+def direct_distance(signal: str, fq: np.ndarray, fx: np.ndarray, cx: np.ndarray, head: Head) -> np.ndarray:
+    """The signal's distance computed from its definition, not from its vectors."""
+    if signal == "l2":
+        return ((fq[:, None] - fx[None]) ** 2).sum(-1)
+    if signal == "cosine":
+        cos = (fq @ fx.T) / np.linalg.norm(fq, axis=1)[:, None] / np.linalg.norm(fx, axis=1)[None]
+        return 2 - 2 * cos
+    if signal == "latent":
+        bits = np.unpackbits(cx, axis=1, count=BITS, bitorder="little").astype(np.float32)
+        return ((head.latent(fq)[:, None] - bits[None]) ** 2).sum(-1)
+    pq, px = head.posterior(fq), head.posterior(fx)
+    return (pq ** 2).sum(1)[:, None] + 1 - 2 * pq @ px.T
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_signal_distances_equal_direct_numpy(signal):
+    feats, codes, labels, head = synthetic()
+    index = Index.in_memory(codes, feats, BITS, signal=signal, head=head)
+    q = slice(0, 3000, 150)
+    res = index.search(codes[q], feats[q], k=50, candidates=50)
+    expect = direct_distance(signal, feats[q], feats, codes, head)
+    got = np.take_along_axis(expect, res.positions, 1)
+    inside = ~np.isnan(res.distance)
+    assert inside[:, :10].all()
+    assert np.allclose(res.distance[inside], got[inside], rtol=1e-4, atol=1e-4)
+    # within the pool the order is by the signal's distance
+    for row_d, row_in in zip(res.distance, inside):
+        assert (np.diff(row_d[row_in]) >= -1e-5).all()
+
+
+def test_vectors_of_signals_reduce_to_squared_l2():
+    feats, codes, _, head = synthetic(200)
+    for signal in SIGNALS:
+        dv, qv = database_vectors(signal, feats, codes, head), query_vectors(signal, feats[:7], head)
+        via_vectors = ((qv[:, None] - dv[None]) ** 2).sum(-1)
+        assert np.allclose(via_vectors, direct_distance(signal, feats[:7], feats, codes, head), atol=1e-4), signal
+
+
+@pytest.mark.parametrize("signal", [None, *SIGNALS])
+def test_top_k_is_a_prefix_whatever_k(signal):
+    """8-bit codes: long ties everywhere; top 1/3/10/200/1500 are prefixes of top 2000."""
+    feats, codes, _, head = synthetic(2500, seed=1)
+    codes = codes[:, :1]  # 8 bits
+    index = Index.in_memory(codes, feats, 8, signal=signal or "l2", head=Head(head.latent_w[:8], head.latent_b[:8],
+                                                                                head.classifier_w[:, :8],
+                                                                                head.classifier_b))
+    q = slice(0, 2500, 125)
+    f = feats[q] if signal else None
+    full = index.search(codes[q], f, k=2000)
+    for k in (1, 3, 10, 200, 1500):
+        part = index.search(codes[q], f, k=k)
+        assert np.array_equal(part.ids, full.ids[:, :k]), k
+        assert np.array_equal(part.hamming, full.hamming[:, :k]), k
+
+
+def test_eval_ranking_is_the_search_ranking():
+    """metrics.rerank_order (what eval scores) orders each query as Index.search does."""
+    feats, codes, labels, head = synthetic(2500, seed=2)
+    codes = codes[:, :1]
+    small = Head(head.latent_w[:8], head.latent_b[:8], head.classifier_w[:, :8], head.classifier_b)
+    index = Index.in_memory(codes, feats, 8, signal="posterior", head=small)
+    q = np.arange(0, 2500, 100)
+    vecs = index.query_vectors(feats[q])
+    d = hamming_distances(codes[q], codes)
+    order = np.argsort(d, axis=1, kind="stable")
+    ranked, sizes = rerank_order(order, np.take_along_axis(d, order, 1),
+                                 lambda sl, pos: index.float_distances(vecs[sl], pos, vectors=True),
+                                 slice(None), 100, 20_000)
+    res = index.search(codes[q], feats[q], k=400, candidates=100)
+    assert np.array_equal(res.positions, ranked[:, :400])
+    assert (sizes >= 100).all()  # pools widened to whole tie groups
+
+
+def test_choose_prefers_the_best_and_defaults_without_labels():
+    assert choose({}, labelled=False) == ("cosine", {})
+    best, scores = choose({"hamming": lambda: 0.5, "l2": lambda: 0.4, "posterior": lambda: 0.7}, labelled=True)
+    assert best == "posterior" and scores["hamming"] == 0.5
+    assert choose({"hamming": lambda: 0.6, "cosine": lambda: 0.6}, labelled=True)[0] == "hamming"  # ties: earlier
+
+
+def test_head_file_round_trip_and_no_pickle(tmp_path):
+    _, _, _, head = synthetic(10)
+    head.save(tmp_path / "head.npz")
+    back = Head.load(tmp_path / "head.npz")
+    assert all(np.array_equal(getattr(head, k), getattr(back, k))
+               for k in ("latent_w", "latent_b", "classifier_w", "classifier_b"))
+    np.savez(tmp_path / "evil.npz", latent_w=np.array([object()], dtype=object))
+    with pytest.raises(HashindexError, match="not a readable head file"):
+        Head.load(tmp_path / "evil.npz")
+
+
+def test_auto_chooses_by_the_collections_labels(cifar_shards, tmp_path):
+    """auto records its measurement; it never picks a signal below Hamming on the held-out items."""
+    meta = build(cifar_shards, tmp_path / "auto", progress=False, log=lambda s: None)
+    choice = meta["rerank"]["signal_choice"]
+    assert meta["rerank"]["signal"] in (*SIGNALS, "hamming")
+    assert set(choice["scores"]) == {"hamming", *SIGNALS}
+    assert choice["scores"][meta["rerank"]["signal"]] == max(choice["scores"].values())
+    assert (tmp_path / "auto" / "head.npz").exists()
+
+
+def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
+    """The same by-id request through Index.search, `hashindex query --json` and the service."""
+    from hashindex.serve import Searcher, search_options
+
+    build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    ids = [3, 500, 7777]
+    from hashindex.search import indexed_queries
+    codes, vecs = indexed_queries(index, ids)
+    api = index.search(codes, vecs, k=12, vectors=True).ids
+    res = CliRunner().invoke(cli, ["query", str(tmp_path / "ix"), "--k", "12", "--json",
+                                   *[a for i in ids for a in ("--by-id", str(i))]])
+    assert res.exit_code == 0, res.output
+    cli_ids = [[h["id"] for h in row["results"]] for row in json.loads(res.output)]
+    searcher = Searcher(tmp_path / "ix", model=str(tiny_model))
+    served = [[h["id"] for h in searcher.by_id(i, search_options({"k": ["12"]}))["results"]] for i in ids]
+    lib = [[h["id"] for h in row["results"]] for row in query(index, [], ids, k=12)]
+    assert api.tolist() == cli_ids == served == lib
+
+
+def test_eval_candidates_all_and_signal_reported(cifar_shards, tmp_path):
+    build(cifar_shards, tmp_path / "ix", signal="cosine", progress=False, log=lambda s: None)
+    res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(cifar_shards),
+                                   "--candidates", "all", "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 10000
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "ix"), "--queries", str(cifar_shards),
+                                   "--candidates", "many"])
+    assert res.exit_code == 2 and "--candidates many: expected a positive number or 'all'" in res.output
+
+
+def test_evaluate_arrays_without_tie_cap_keeps_the_old_pool():
+    """tie_cap defaults to candidates: exactly the first candidates items are re-ranked."""
+    feats, codes, labels, head = synthetic(600, seed=3)
+    codes = codes[:, :1]
+    calls = []
+
+    def dist(sl, pos):
+        calls.append(pos.shape[1])
+        return np.zeros(pos.shape, np.float32)
+
+    evaluate_arrays(codes[:50], labels[:50], codes, labels, 8, at=(), pk_max=1, rerank=dist, candidates=37)
+    assert set(calls) == {37}
