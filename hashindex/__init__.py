@@ -1,53 +1,58 @@
 """hashindex: image retrieval with learned binary hash codes.
 
-Pipeline, one module per stage:
-data -> model -> train / extract -> store -> index -> search -> evaluate.
-The CLI (``hashindex ...``) is a thin layer over these functions.
+Pipeline, one module (or small package) per stage, imports running down it:
+data -> model -> training / store -> extraction -> index -> metrics -> evaluation -> query -> report -> cli / serve.
+The CLI (``hashindex ...``) and the service are thin layers over these functions.
 
-The stage modules ``train``, ``extract``, ``index`` and ``evaluate`` are
-imported here first, so that the functions of the same names defined below
-(the Python API) are what ``hashindex.train`` etc. refer to.
+This facade names the Python API; each name is imported on first use, so
+``import hashindex`` (and ``hashindex --help``) does not load torch. No name
+here is also a module of the package: ``hashindex.train`` is the function,
+the stage is ``hashindex.training``.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import evaluate as _evaluate_mod  # noqa: E402,F401
-from . import extract as _extract_mod  # noqa: E402
-from . import index as _index_mod  # noqa: E402
-from . import train as _train_mod  # noqa: E402
-from .errors import HashindexError  # noqa: E402
-from .model import HashModel, load_model  # noqa: E402
-from .search import Index, SearchResult  # noqa: E402
-from .store import ShardSet  # noqa: E402
-from .train import TrainConfig  # noqa: E402
+_LAZY = {  # public name -> (module, attribute)
+    "HashindexError": ("errors", "HashindexError"),
+    "HashModel": ("model", "HashModel"),
+    "load_model": ("model", "load_model"),
+    "TrainConfig": ("training", "TrainConfig"),
+    "ShardSet": ("store", "ShardSet"),
+    "extract": ("extraction", "extract"),
+    "Index": ("index", "Index"),
+    "SearchResult": ("index", "SearchResult"),
+    "build": ("index", "build"),
+    "append": ("index", "append"),
+    "evaluate": ("evaluation", "evaluate"),
+}
 
 
 def train(data: str, out: str, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, **options) -> dict:
+          progress: bool = True, **options: Any) -> dict:
     """Train the NIN hashing net; options are `TrainConfig` fields (bits, epochs, ...)."""
-    return _train_mod.train(TrainConfig(data=data, out=out, **options), resume=resume,
-                            overwrite=overwrite, progress=progress)
+    from .training import TrainConfig, train as run
+
+    return run(TrainConfig(data=data, out=out, **options), resume=resume, overwrite=overwrite, progress=progress)
 
 
-def extract(model, data, out, **options) -> dict:
-    """Encode a collection into HDF5 shards; see `hashindex.extract.extract`."""
-    return _extract_mod.extract(model, data, out, **options)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hashindex' has no attribute {name!r}")
 
 
-def build(shard_dir, out, **options) -> dict:
-    """Build the Faiss indexes of a shard directory; see `hashindex.index.build`."""
-    return _index_mod.build(shard_dir, out, **options)
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
-def append(shard_dir, index_dir, **options) -> dict:
-    """Add a shard directory's items to a built index; see `hashindex.index.append`."""
-    return _index_mod.append(shard_dir, index_dir, **options)
-
-
-def evaluate(index_dir, queries_dir, **options) -> dict:
-    """Retrieval metrics of an index with labelled queries; see `hashindex.evaluate.evaluate`."""
-    return _evaluate_mod.evaluate(index_dir, queries_dir, **options)
-
-
-__all__ = ["HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig",
-           "append", "build", "evaluate", "extract", "load_model", "train", "__version__"]
+__all__ = ["HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
+           "evaluate", "extract", "load_model", "train", "__version__"]

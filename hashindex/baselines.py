@@ -10,7 +10,7 @@ method is a linear projection of centred vectors followed by sign:
 
 Fitted on training vectors (the database, in the standard protocol) and applied
 to queries and database alike; codes are packed in Faiss bit order like the
-net's, so `hashindex.evaluate.evaluate_arrays` scores them the same way.
+net's, so `hashindex.metrics.evaluate_arrays` scores them the same way.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
     Example:
       hashindex extract --model m.pt --data ../shared/data/cifar10-jpeg/test.tar --out shards/test
     """
-    from .extract import extract as api_extract
+    from .extraction import extract as api_extract
 
     manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
                            workers=workers, features=features, device=device, bf16=not no_bf16,
@@ -260,7 +260,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train cat.jpg --grid cat-results.png
       hashindex query index/train --queries shards/test --out results.h5
     """
-    from . import search
+    from . import query as query_app
+    from .index import Index
 
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")
@@ -269,7 +270,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
             raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
-        job = search.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
+        job = query_app.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
                                   batch_size=batch_size, fmt=fmt, model=model, device=device,
                                   overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
                                   ray_options={"address": address, "num_workers": num_workers},
@@ -277,8 +278,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
         if as_json:
             _echo_json(job)
         return
-    index = search.Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
-    rows = search.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
+    index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
+    rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
                         radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, device=device)
     if grid:
         from .report import query_grid
@@ -287,7 +288,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     if as_json:
         _echo_json(rows)
     else:
-        click.echo(search.format_table(rows))
+        click.echo(query_app.format_table(rows))
         if grid:
             click.echo(f"grid: {grid}")
 
@@ -315,7 +316,7 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
     Example:
       hashindex eval index/train --queries shards/test --plot plots/ --json
     """
-    from .evaluate import evaluate, format_metrics
+    from .evaluation import evaluate, format_metrics
 
     if candidates is not None and candidates != "all":
         if not candidates.isdigit() or int(candidates) < 1:
@@ -324,9 +325,12 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
     metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
                           rerank=not no_rerank, progress=ctx.obj["progress"])
     if plot_dir:
+        from .index import Index
+        from .query import example_results
         from .report import write_plots
 
-        metrics["plots"] = write_plots(metrics, plot_dir, index_dir, queries,
+        index = Index.load(index_dir)
+        metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, queries),
                                        warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
     if as_json:
         _echo_json(metrics)

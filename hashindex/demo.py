@@ -15,10 +15,11 @@ from typing import Any
 
 from .data import open_source
 from .errors import HashindexError
-from .evaluate import evaluate, format_metrics
-from .extract import extract
-from .files import atomic_write_json, read_json, sha256_file
-from .index import INDEX_JSON, build
+from .evaluation import evaluate, format_metrics
+from .extraction import extract
+from .files import atomic_write_json, sha256_file
+from .index import Index, build, read_index_meta
+from .query import example_results
 from .model import load_model
 from .report import write_plots
 from .store import MANIFEST
@@ -29,9 +30,10 @@ DEFAULT_DATA = "torchvision:cifar10:test"
 
 def _index_is_current(index_dir: Path, shard_dir: Path) -> bool:
     """True if index_dir exists and was built from the current shard manifest."""
-    if not (index_dir / INDEX_JSON).exists():
+    try:
+        meta = read_index_meta(index_dir)
+    except HashindexError:
         return False
-    meta = read_json(index_dir / INDEX_JSON)
     return meta["source"]["manifest_sha256"] == sha256_file(shard_dir / MANIFEST)
 
 
@@ -59,10 +61,11 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
         build(out / "shards" / "database", index_dir, overwrite=True, progress=progress, log=log)
     log("[3/4] evaluate (mAP, precision@k, radius 2, PR curve)")
     metrics = evaluate(index_dir, out / "shards" / "queries", progress=progress)
+    index = Index.load(index_dir)
     atomic_write_json(out / "metrics.json", metrics)
     log("[4/4] plots and results grid")
     files = {"index": str(index_dir), "metrics": str(out / "metrics.json"),
-             **write_plots(metrics, out / "plots", index_dir, out / "shards" / "queries")}
+             **write_plots(metrics, out / "plots", index, example_results(index, out / "shards" / "queries"))}
     log(format_metrics(metrics))
     log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
     log(f"done in {time.time() - t0:.0f} s")

@@ -1,40 +1,35 @@
-"""Ray backend: extraction shards and batch-query parts as tasks on a Ray cluster.
+"""Ray backend: runs the units of work it is handed on a Ray cluster; it imports no pipeline stage.
 
 Everything Ray-specific lives in this module; without ``--backend ray``
 nothing here is imported and Ray need not be installed.
 
-The units of work are the ones the local path already has: an extraction
-shard (``extract.make_shard``) and a batch-query part (``search.search_part``).
-For an index larger than one machine's memory, each binary index shard can
-instead live in its own actor (``shard_actors``): searches fan out to every
-shard and merge exactly, as ``index.BinaryShards`` does in one process.
-Workers are Ray actors that receive the model (or open the index) once, in
-their constructor, then run one unit per call and write its file atomically;
-the driver alone writes the manifest. A unit whose worker fails is retried a
-bounded number of times on a fresh actor, then reported; files already
-written are kept, so rerunning the command resumes.
+Two shapes of work, as clip-retrieval's distributor runs whatever its workers
+are given: `run_units` (a pool of actors, each making its unit function once,
+e.g. loading the model or opening the index, then running one unit per call:
+an extraction shard, a batch-query part) and `holders` + `call_all` (one
+long-lived actor per object, e.g. one binary index part each for an index
+larger than one machine's memory, every call fanned out to all of them).
+A unit whose actor fails is retried a bounded number of times on a fresh
+actor, then reported; what the units wrote is kept, so rerunning resumes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter, deque
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
-from .index import BinaryShards
 
 
 def _ray():
     try:
         import ray
     except ImportError:
-        raise HashindexError("--backend ray: Ray is not installed (pip install 'hashindex[ray]')") from None
+        raise HashindexError("backend='ray': Ray is not installed (pip install 'hashindex[ray]')") from None
     return ray
 
 
@@ -49,7 +44,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
             else:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise HashindexError(f"--address {address}: cannot start or reach Ray ({e})") from None
+            raise HashindexError(f"address={address}: cannot start or reach Ray ({e})") from None
     return ray
 
 
@@ -59,31 +54,21 @@ def _last_line(e: Exception) -> str:
     return text.splitlines()[-1][:200] if text else type(e).__name__
 
 
-class _ExtractWorker:
-    """Holds one ShardJob (model weights and source, sent once) and makes shards."""
+class _Holder:
+    """A Ray actor holding one object made once in its constructor (a model, an opened index, an index part).
 
-    def __init__(self, job, shard_fn: Callable | None = None):
-        from .extract import make_shard
+    ``make(*shared)`` builds it; ``run`` calls it with a unit of work, ``call``
+    runs one of its methods. Which objects and which work: the caller's business.
+    """
 
-        self.job, self.shard_fn = job, shard_fn or make_shard
+    def __init__(self, make: Callable, *shared):
+        self.obj = make(*shared)
 
-    def run(self, j: int) -> dict[str, Any]:
-        return self.shard_fn(self.job, j)
+    def run(self, *args):
+        return self.obj(*args)
 
-
-class _QueryWorker:
-    """Opens the index once (memory-mapped) and searches query parts."""
-
-    def __init__(self, index_dir: str, data_ref, settings: dict[str, Any]):
-        from .search import Index
-
-        self.index, self.data, self.settings = Index.load(index_dir), data_ref, settings
-
-    def run(self, b: int, path: str) -> int:
-        from .search import search_part
-
-        search_part(self.index, self.data, b, path, **self.settings)
-        return b
+    def call(self, method: str, *args):
+        return getattr(self.obj, method)(*args)
 
 
 def _run_pool(make_actor: Callable, todo: list, call: Callable, on_done: Callable, num_workers: int,
@@ -124,91 +109,59 @@ def _run_pool(make_actor: Callable, todo: list, call: Callable, on_done: Callabl
     bar.close()
     if failed:
         first = next(iter(failed.items()))
-        raise HashindexError(f"--backend ray: {len(failed)} {what}(s) failed after {max_retries} retries "
+        raise HashindexError(f"backend='ray': {len(failed)} {what}(s) failed after {max_retries} retries "
                              f"(e.g. {what} {first[0]}: {first[1]}); the rest is saved, rerun to retry")
 
 
-def run_shards(job, manifest: dict[str, Any], todo: list[int], *, address: str | None = None,
-               num_workers: int = 2, gpus_per_worker: float = 0, max_retries: int = 2,
-               shard_fn: Callable | None = None, progress: bool = True, log=print) -> None:
-    """Make the shards ``todo`` of an extraction on Ray, recording each in the manifest."""
-    from .extract import record_shard
+def run_units(make: Callable, todo: list, on_done: Callable[[Any], None], *, shared: tuple = (),
+              address: str | None = None, num_workers: int = 2, gpus_per_worker: float = 0,
+              max_retries: int = 2, what: str = "unit", progress: bool = True) -> None:
+    """Run the units ``todo`` on a pool of actors; ``on_done(result)`` runs here as each finishes.
 
-    ray = init_ray(address, None if address else max(num_workers, 1))
-    # One core per actor: decode in the actor itself, no nested worker processes. Absolute paths: a
-    # worker on another node does not start in the driver's working directory.
-    job_ref = ray.put(dataclasses.replace(job, workers=0, out=Path(job.out).resolve()))
-    worker = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_ExtractWorker)
-    log(f"ray: {len(todo)} shard(s) on {min(num_workers, len(todo))} worker(s)")
-    _run_pool(lambda: worker.remote(job_ref, shard_fn), todo, lambda actor, j: actor.run.remote(j),
-              lambda entry: record_shard(job.out, manifest, entry), num_workers, max_retries,
-              "shard", progress)
-
-
-def run_parts(index_dir: str, data: dict[str, np.ndarray], todo: list[int], part_path: Callable[[int], str],
-              settings: dict[str, Any], *, address: str | None = None, num_workers: int = 2,
-              max_retries: int = 2, progress: bool = True) -> None:
-    """Search the query parts ``todo`` on Ray; each worker maps the index once."""
-    ray = init_ray(address, None if address else max(num_workers, 1))
-    data_ref = ray.put(data)
-    worker = ray.remote(num_cpus=1)(_QueryWorker)
-    index_dir = str(Path(index_dir).resolve())  # workers elsewhere do not share our working directory
-    _run_pool(lambda: worker.remote(index_dir, data_ref, settings), todo,
-              lambda actor, b: actor.run.remote(b, str(Path(part_path(b)).resolve())), lambda b: None, num_workers,
-              max_retries, "part", progress)
-
-
-class _ShardSearcher:
-    """Holds one binary index shard (memory-mapped) and answers for its rows."""
-
-    def __init__(self, path: str):
-        from .search import _read_binary
-
-        self.index = _read_binary(Path(path), True)
-
-    def search(self, x: np.ndarray, k: int):
-        return self.index.search(x, k)
-
-    def range_search(self, x: np.ndarray, radius: int):
-        return self.index.range_search(x, radius)
-
-
-class RayBinaryShards(BinaryShards):
-    """BinaryShards whose shards are Ray actors: each call runs on all shards at once, then merges."""
-
-    def _each(self, method: str, args: list[tuple]) -> list:
-        ray = _ray()
-        refs: dict[int, Any] = {}
-
-        def put(v):  # one object-store copy of the queries, shared by every shard
-            return refs.setdefault(id(v), ray.put(v)) if isinstance(v, np.ndarray) else v
-
-        calls = [getattr(actor, method).remote(*(put(v) for v in a)) for actor, a in zip(self.parts, args)]
-        try:
-            return ray.get(calls)
-        except ray.exceptions.RayError as e:
-            raise HashindexError(f"--shard-actors: a shard actor failed after retries ({_last_line(e)})") from None
-
-
-def shard_actors(directory, shards: list[dict[str, Any]], *, address: str | None = None,
-                 num_workers: int | None = None, cpus_per_shard: float | None = None,
-                 max_retries: int = 2) -> RayBinaryShards:
-    """One actor per binary index shard of ``directory`` (a path every node can read).
-
-    Each actor reserves the shard file's size as Ray ``memory``, so the
-    scheduler spreads shards over nodes with room for them, and
-    ``cpus_per_shard`` CPUs (default: one, or an equal share when the cluster
-    has fewer CPUs than shards). A failed actor is restarted and its
-    (read-only, idempotent) call retried ``max_retries`` times.
+    Each actor calls ``make(*shared)`` once (``shared`` objects go to Ray's object
+    store once, not once per actor) to get the function that does one unit:
+    ``fn(unit) -> result``. One core per actor. A unit whose actor fails is
+    retried ``max_retries`` times on a fresh actor, then reported.
     """
-    ray = init_ray(address, None if address else max(num_workers or len(shards), 1))
-    if cpus_per_shard is None:
-        cpus_per_shard = min(1.0, ray.cluster_resources().get("CPU", 1) / len(shards))
-    actor = ray.remote(_ShardSearcher)
-    parts = []
-    for s in shards:
-        path = Path(directory) / s["file"]
-        parts.append(actor.options(num_cpus=cpus_per_shard, memory=max(path.stat().st_size, 1 << 20),
-                                   max_restarts=max_retries, max_task_retries=max_retries)
-                     .remote(str(path.resolve())))
-    return RayBinaryShards(parts, [s["start"] for s in shards], [s["stop"] - s["start"] for s in shards])
+    ray = init_ray(address, None if address else max(num_workers, 1))
+    refs = [ray.put(obj) for obj in shared]
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_Holder)
+    _run_pool(lambda: actor.remote(make, *refs), todo, lambda a, unit: a.run.remote(unit), on_done,
+              num_workers, max_retries, what, progress)
+
+
+def call_all(actors: list, method: str, args: list[tuple]) -> list:
+    """``actor.method(*args[i])`` on every actor at once; the results in order.
+
+    A numpy argument shared by several calls goes to the object store once.
+    """
+    ray = _ray()
+    refs: dict[int, Any] = {}
+
+    def put(v):
+        return refs.setdefault(id(v), ray.put(v)) if isinstance(v, np.ndarray) else v
+
+    calls = [actor.call.remote(method, *(put(v) for v in a)) for actor, a in zip(actors, args)]
+    try:
+        return ray.get(calls)
+    except ray.exceptions.RayError as e:
+        raise HashindexError(f"shard_actors: an actor failed after retries ({_last_line(e)})") from None
+
+
+def holders(makes: list[Callable], memory: list[int], *, address: str | None = None,
+            num_workers: int | None = None, cpus_each: float | None = None, max_retries: int = 2) -> list:
+    """One long-lived actor per ``make`` (e.g. one per binary index part), each holding what it makes.
+
+    Each reserves ``memory[i]`` bytes as Ray ``memory``, so the scheduler
+    spreads them over nodes with room, and ``cpus_each`` CPUs (default: one,
+    or an equal share when the cluster has fewer CPUs than actors). A failed
+    actor is restarted and its (read-only, idempotent) call retried
+    ``max_retries`` times.
+    """
+    ray = init_ray(address, None if address else max(num_workers or len(makes), 1))
+    if cpus_each is None:
+        cpus_each = min(1.0, ray.cluster_resources().get("CPU", 1) / len(makes))
+    actor = ray.remote(_Holder)
+    return [actor.options(num_cpus=cpus_each, memory=max(mem, 1 << 20), max_restarts=max_retries,
+                          max_task_retries=max_retries).remote(make)
+            for make, mem in zip(makes, memory)]

@@ -49,25 +49,24 @@ def _init_line(init: dict[str, Any] | None) -> str | None:
 
 def _index_code_statistics(directory: Path) -> dict[str, Any]:
     """Bucket sizes, entropy and bit balance of an index's codes (read from its table)."""
-    import h5py
+    from .index.layout import read_index_meta, read_table
+    from .metrics import code_statistics
 
-    from .evaluate import code_statistics
-    from .index import TABLE_FILE, read_index_meta
-
-    with h5py.File(directory / TABLE_FILE, "r") as t:
-        codes = t["codes"][()]
-    return code_statistics(codes, read_index_meta(directory)["bits"])
+    return code_statistics(read_table(directory, ("codes",))["codes"], read_index_meta(directory)["bits"])
 
 
 def describe(path: str | Path) -> dict[str, Any]:
     """Dispatch on what PATH is."""
     p = Path(path)
     if p.is_dir():
-        if (p / "manifest.json").exists():
+        from .index import INDEX_JSON
+        from .store import MANIFEST
+
+        if (p / MANIFEST).exists():
             from .store import describe_shards
 
             return describe_shards(p)
-        if (p / "index.json").exists():
+        if (p / INDEX_JSON).exists():
             from .index import describe_index
 
             return describe_index(p) | {"codes": _index_code_statistics(p)}

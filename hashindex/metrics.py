@@ -1,6 +1,6 @@
 """Retrieval metrics on arrays (numpy in, numbers out; no index, no files).
 
-Used by `hashindex eval` (hashindex.evaluate), by training (final mAP), by
+Used by `hashindex eval` (hashindex.evaluation), by training (final mAP), by
 `build`'s choice of re-ranking signal and by the tools. Conventions:
   * relevance = same class label;
   * Hamming ranking over the whole database, ties broken by database order

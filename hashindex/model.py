@@ -21,7 +21,7 @@ import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from torch import nn
 
 from .errors import HashindexError
 from .files import atomic_path
+
+if TYPE_CHECKING:
+    from .signals import Head
 
 ARCH = "nin-hash"
 ARCH_VERSION = 1

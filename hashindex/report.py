@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import HashindexError
-from .evaluate import class_name
+from .metrics import class_name
 
 
 def _plt():
@@ -38,12 +38,14 @@ def _save(fig, ax, title: str, path: Path) -> Path:
     return path
 
 
-def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index_dir: str | Path,
-                queries_dir: str | Path, warn=None) -> dict[str, str]:
-    """PR curve, precision@k and results grid PNGs in plot_dir; returns their paths.
+def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index=None, examples: dict[str, Any] | None = None,
+                warn=None) -> dict[str, str]:
+    """PR curve, precision@k, mAP per class and (given example results) a results grid in plot_dir.
 
-    If the source images are no longer reachable the grid is skipped with
-    ``warn(message)`` when given, else the HashindexError propagates.
+    ``examples`` is `hashindex.query.example_results`' output for ``index``; this
+    module draws results, it does not search. If the source images are no
+    longer reachable the grid is skipped with ``warn(message)`` when given,
+    else the HashindexError propagates.
     """
     out = Path(plot_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,12 +53,13 @@ def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index_dir: str | 
              "precision_at_k": str(plot_precision_at_k(metrics, out / "precision_at_k.png"))}
     if metrics.get("per_class"):
         plots["per_class_map"] = str(plot_per_class(metrics, out / "per_class_map.png"))
-    try:
-        plots["results_grid"] = str(results_grid(index_dir, queries_dir, out / "results_grid.png"))
-    except HashindexError as e:
-        if warn is None:
-            raise
-        warn(str(e))
+    if examples is not None:
+        try:
+            plots["results_grid"] = str(results_grid(index, examples, out / "results_grid.png"))
+        except HashindexError as e:
+            if warn is None:
+                raise
+            warn(str(e))
     return plots
 
 
@@ -163,14 +166,13 @@ def _database_sources(index) -> list[tuple[int, int, Any, dict[str, int]]]:
     An index grown with ``build --append`` holds rows of several collections,
     each over its own position range.
     """
-    from .files import read_json
+    from .store import source_spec
 
     entries = [index.meta["source"], *index.meta.get("appended", [])]
     starts = [0] + [e["start"] for e in entries[1:]]
     out = []
     for entry, start, stop in zip(entries, starts, starts[1:] + [index.count]):
-        manifest = Path(entry["dir"]) / "manifest.json"
-        src = _reopen(read_json(manifest).get("source", {}).get("spec")) if manifest.exists() else None
+        src = _reopen(source_spec(entry["dir"]))
         out.append((start, stop, src, {p: i for i, p in enumerate(src.paths)} if src is not None else {}))
     return out
 
@@ -240,29 +242,18 @@ def _write_png(fig, path: Path, dpi: int) -> None:
     _plt().close(fig)
 
 
-def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_queries: int = 8,
-                 k: int = 10) -> Path:
-    """Query image + top-k results per row, green border = same label, red = not."""
-    from .search import Index
-    from .store import ShardSet
-
-    index = Index.load(index_dir)
-    qshards = ShardSet(queries_dir, "--queries")
-    q = qshards.load(("codes", "features", "labels", "paths"))
-    qsrc = _reopen(qshards.manifest["source"].get("spec"))
+def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
+    """Query image + top-k results per row (`query.example_results`), green border = same label, red = not."""
+    qsrc = _reopen(examples["source_spec"])
     if qsrc is None:
         raise HashindexError("results grid: the query images are no longer where they were extracted from")
     sources = _reachable_sources(index)
     qpos = {p: i for i, p in enumerate(qsrc.paths)}
-    labels = q["labels"]
-    pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
-    pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
-    feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
-    res = index.search(q["codes"][pick], feats, k=k, complete_ties=True)
+    res, k = examples["result"], examples["result"].positions.shape[1]
     paths = index.paths(res.positions)
     rows = []
-    for row, qi in enumerate(pick):
-        ql, item = int(labels[qi]), qpos.get(q["paths"][qi])
+    for row, (qpath, ql) in enumerate(zip(examples["paths"], examples["labels"])):
+        item = qpos.get(qpath)
         hits = []
         for col in range(k):
             pos = int(res.positions[row, col])
@@ -270,12 +261,12 @@ def results_grid(index_dir: str | Path, queries_dir: str | Path, path: Path, n_q
                 hits.append((_database_image(sources, pos, paths[row * k + col]),
                              "green" if index.labels[pos] == ql else "red", f"d={int(res.hamming[row, col])}"))
         rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
-                     f"query: {class_name(index.class_names, ql)}", hits))
+                     f"query: {class_name(index.class_names, int(ql))}", hits))
     return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}")
 
 
 def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
-    """Grid rows for `hashindex query` results (``search.query``'s dicts): the query image, then its hits.
+    """Grid rows for `hashindex query` results (``query.query``'s dicts): the query image, then its hits.
 
     A query by id has a label: borders green / red for same / other class; an
     image file has none, so its hits get grey borders and their class as caption.

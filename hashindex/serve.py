@@ -27,7 +27,8 @@ import numpy as np
 
 from .data import BadImage, decode_image, to_array
 from .errors import HashindexError
-from .search import Index, check_candidates, indexed_queries, search_vectors
+from .index import Index
+from .query import check_candidates, indexed_queries, search_vectors
 
 MAX_BODY = 32 << 20  # bytes of one uploaded image
 

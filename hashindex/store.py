@@ -160,6 +160,25 @@ class ShardSet:
                 out[name] = None
         return out
 
+    def iter_rows(self, fields: tuple[str, ...] = FIELDS) -> Iterator[dict[str, Any]]:
+        """Each shard's fields in turn (one shard in memory at a time), in position order."""
+        for path in self.shard_paths():
+            yield read_shard(path, fields)
+
+    def sample_rows(self, fields: tuple[str, ...], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The same up to n rows of several fields, drawn evenly from all shards, in position order."""
+        sizes = [s["rows"] for s in self.manifest["shards"]]
+        take = np.sort(rng.choice(sum(sizes), size=min(n, sum(sizes)), replace=False))
+        bounds = np.cumsum([0] + sizes)
+        out: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+        for j, path in enumerate(self.shard_paths()):
+            sel = take[(take >= bounds[j]) & (take < bounds[j + 1])] - bounds[j]
+            if len(sel):
+                with h5py.File(path, "r") as f:
+                    for name in fields:
+                        out[name].append(f[name][sel])
+        return {name: np.concatenate(parts) for name, parts in out.items()}
+
     def memmap(self, name: str) -> list[np.ndarray]:
         """Per-shard read-only memmaps of ``codes`` or ``features``."""
         return [memmap_dataset(p, name) for p in self.shard_paths()]
@@ -188,6 +207,17 @@ class ShardSet:
                     out.append((int(i), p.decode() if isinstance(p, bytes) else p,
                                 r.decode() if isinstance(r, bytes) else r))
         return out
+
+
+def source_spec(directory: str | Path) -> str | None:
+    """The image source spec a shard directory was extracted from (to reopen its images), or None."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return read_json(path).get("source", {}).get("spec")
+    except (OSError, ValueError):
+        return None
 
 
 def write_head(directory: Path, head) -> None:

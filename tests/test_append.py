@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from hashindex import HashindexError, ShardSet
 from hashindex.cli import cli
-from hashindex.extract import extract
+from hashindex.extraction import extract
 from hashindex.index import append, build
-from hashindex.search import Index
+from hashindex.index import Index
 from tests.conftest import CIFAR_TEST
 
 QUERIES = slice(0, 10000, 211)
@@ -103,11 +103,14 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
     assert json.loads(res.stdout)["count"] == 10600
     info = runner.invoke(cli, ["info", str(out), "--json"])
     assert json.loads(info.output)["appended"][0]["dir"] == str(new_shards.resolve())
+    from hashindex.query import example_results
     from hashindex.report import _database_sources, results_grid
 
-    sources = _database_sources(Index.load(out))  # the results grid reads each row from its own collection
+    grown = Index.load(out)
+    sources = _database_sources(grown)  # the results grid reads each row from its own collection
     assert [(a, b, len(src)) for a, b, src, _ in sources] == [(0, 10000, 10000), (10000, 10600, 600)]
-    assert results_grid(out, new_shards, tmp_path / "grid.png").stat().st_size > 10_000
+    grid = results_grid(grown, example_results(grown, new_shards), tmp_path / "grid.png")
+    assert grid.stat().st_size > 10_000
 
     clash = tmp_path / "clash"  # the same images numbered from 0 again: ids already in the index
     extract(str(tiny_model), str(CIFAR_TEST), clash, limit=300, shard_size=300, **QUIET)

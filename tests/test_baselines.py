@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hashindex.baselines import fit, itq_rotation
-from hashindex.evaluate import evaluate_arrays, hamming_distances
+from hashindex.metrics import evaluate_arrays, hamming_distances
 
 
 def clusters(n=3000, d=64, classes=10, seed=0):

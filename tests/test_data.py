@@ -135,6 +135,35 @@ def test_cifar_python_batches(tmp_path):
         open_source(tmp_path)  # train split absent
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted CIFAR batch named in a manifest could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_cannot_run_code(tmp_path, protocol):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": _RunsCode(tmp_path / "pwned"), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(HashindexError, match="not a CIFAR-10 python batch .*refusing to load posix.system"):
+        open_source(f"{tmp_path}:test")
+    assert not (tmp_path / "pwned").exists()
+    # the reader still takes real batches written with the old protocol (as the official files are)
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [1, 0], b"filenames": [b"a.png", b"b.png"]}, f, protocol=protocol)
+    assert np.array_equal(np.asarray(open_source(f"{tmp_path}:test").read(1)),
+                          data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
 def test_file_list(tmp_path):
     make_mixed_folder(tmp_path / "imgs")
     (tmp_path / "list.csv").write_text(

@@ -10,8 +10,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hashindex[ray]')")
 
 from hashindex import HashindexError, ShardSet, extract  # noqa: E402
-from hashindex.extract import make_shard  # noqa: E402
-from hashindex.search import batch_search  # noqa: E402
+from hashindex.extraction import make_shard  # noqa: E402
+from hashindex.query import batch_search  # noqa: E402
 from tests.conftest import CIFAR_TEST, assert_same_shards, need  # noqa: E402
 
 
@@ -85,7 +85,8 @@ def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_p
 def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_path):
     """S=4 shards held by 4 Ray actors: batch top-k and radius search equal the single local index."""
     from hashindex.index import build
-    from hashindex.search import Index, query
+    from hashindex.index import Index
+    from hashindex.query import query
 
     build(cifar_shards, tmp_path / "s4", shards=4, signal="l2", progress=False, log=lambda s: None)
     opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from hashindex import ShardSet
 from hashindex.cli import cli
-from hashindex.evaluate import (evaluate, evaluate_arrays, per_distance_counts, tie_aware_ap,
-                                tie_aware_precision_at_k)
+from hashindex.evaluation import evaluate
+from hashindex.metrics import evaluate_arrays, per_distance_counts, tie_aware_ap, tie_aware_precision_at_k
 
 
 def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
@@ -42,7 +42,7 @@ def tied_rankings(seed: int):
 
 
 def test_code_statistics_of_known_codes():
-    from hashindex.evaluate import code_statistics
+    from hashindex.metrics import code_statistics
 
     # 10 items of 12 bits: codes A x5, B x3, C x2; bit 0 always on, bit 11 never, bit 1 on in A only
     a, b, c = [0b000000000011, 0b000000000001, 0b000100000001]

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from hashindex import HashindexError, ShardSet
 from hashindex.cli import cli
-from hashindex.evaluate import hamming_distances
+from hashindex.metrics import hamming_distances
 from hashindex.index import build, pad_codes, padded_bytes
-from hashindex.search import Index, batch_search
+from hashindex.index import Index
+from hashindex.query import batch_search
 from tests.conftest import CIFAR_TEST, make_mixed_folder
 
 QUERIES = slice(0, 10000, 97)  # 104 queries spread over the classes
@@ -238,7 +239,7 @@ def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
     """`query --grid`: each cell reads the image of its own item (the query by id finds itself first)."""
     from hashindex.data import open_source
     from hashindex.report import query_grid_rows
-    from hashindex.search import query
+    from hashindex.query import query
 
     src = open_source(CIFAR_TEST)
     img = tmp_path / "q.jpg"

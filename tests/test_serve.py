@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex.cli import cli
-from hashindex.search import query
+from hashindex.query import query
 from hashindex.serve import Searcher, make_server
 from tests.conftest import CIFAR_TEST, need
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from hashindex import HashindexError
 from hashindex.cli import cli
-from hashindex.index import build
+from hashindex.index import Index, build
 from hashindex.metrics import evaluate_arrays, hamming_distances, rerank_order
 from hashindex.model import pack_codes
-from hashindex.search import Index, query
+from hashindex.query import indexed_queries, query
 from hashindex.signals import SIGNALS, Head, choose, database_vectors, query_vectors
 
 BITS, DIM, CLASSES = 16, 24, 4
@@ -144,7 +144,6 @@ def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
     index = Index.load(tmp_path / "ix")
     ids = [3, 500, 7777]
-    from hashindex.search import indexed_queries
     codes, vecs = indexed_queries(index, ids)
     api = index.search(codes, vecs, k=12, vectors=True).ids
     res = CliRunner().invoke(cli, ["query", str(tmp_path / "ix"), "--k", "12", "--json",

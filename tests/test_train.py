@@ -34,7 +34,7 @@ def _stop_after_epoch(n):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    from hashindex.train import TrainConfig, train as run
+    from hashindex.training import TrainConfig, train as run
 
     need(CIFAR_TRAIN)
     opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16)
@@ -112,7 +112,7 @@ def test_cli_info(tiny_model, tmp_path):
 
 def test_transfer_weights_copies_what_fits():
     from hashindex.model import NINHash, compute_model_id
-    from hashindex.train import transfer_weights
+    from hashindex.training import transfer_weights
 
     init = read_checkpoint("nin-cifar10-48")
     fresh = NINHash(48, 3)
@@ -154,7 +154,7 @@ def test_cli_fine_tune_from_shipped_model(tiny_model, tmp_path):
 
 
 def test_code_terms_values():
-    from hashindex.train import code_terms
+    from hashindex.training import code_terms
 
     half_on = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     assert [float(t) for t in code_terms(half_on)] == [-0.25, 0.0, 0.125]  # bits 1, 2: constant
@@ -169,7 +169,7 @@ def test_ssdh_terms_change_the_codes(tmp_path):
     drives each code towards half its bits on, the bit-balance term each bit towards half the images.
     Measured with batch statistics, as the terms see them: two short epochs leave batch norm's running
     statistics unsettled."""
-    from hashindex.train import TrainConfig, train as run
+    from hashindex.training import TrainConfig, train as run
     from hashindex.data import load_arrays, open_source
 
     need(CIFAR_TRAIN)
@@ -221,9 +221,9 @@ def test_latent_stats_tool(tiny_model):
 
 def test_constant_bits_and_final_map():
     """Bits the same for every training image are counted (train warns about them)."""
-    from hashindex.evaluate import code_statistics
+    from hashindex.metrics import code_statistics
     from hashindex.model import pack_codes
-    from hashindex.train import _final_map
+    from hashindex.training import _final_map
 
     rng = np.random.default_rng(0)
     latent = rng.random((50, 16))

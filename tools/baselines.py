@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Unsupervised hashing baselines (LSH, PCAH, ITQ) beside the learned codes, same protocol, same metric code.
 
-Fits each baseline on the database vectors and scores it with `hashindex.evaluate.evaluate_arrays`
+Fits each baseline on the database vectors and scores it with `hashindex.metrics.evaluate_arrays`
 (Hamming ranking, ties in database order, relevance = same label), on two inputs:
 
 - ``--pixels QUERY_SRC DB_SRC``: raw pixels (the classic setting of the published baseline tables);
@@ -28,7 +28,7 @@ import numpy as np
 
 from hashindex.baselines import METHODS, fit, principal_directions
 from hashindex.data import load_arrays, open_source
-from hashindex.evaluate import evaluate_arrays
+from hashindex.metrics import evaluate_arrays
 from hashindex.files import atomic_path
 from hashindex.store import ShardSet
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.index import append, build
-from hashindex.search import Index
+from hashindex.index import Index
 from hashindex.store import ShardData, new_manifest, save_manifest, shard_name, write_shard
 
 from bench_search import make_data, queries_like  # tools/ is on sys.path when run as a script

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from hashindex import extract
-from hashindex.index import BinaryShards, make_binary_index, pad_codes
+from hashindex.index import BinaryParts, make_binary_index, pad_codes
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg" / "test.tar"
 
@@ -38,7 +38,7 @@ def time_extract(model: str, data: str, limit: int, **kw) -> float:
 
 def search_shards(n: int, nq: int, k: int, shards: int) -> dict[str, float]:
     """Queries/s for one index, `shards` shards here and `shards` Ray actors, over the same n random codes."""
-    from hashindex.distributed import shard_actors
+    from hashindex.index.searcher import remote_parts
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
@@ -51,13 +51,13 @@ def search_shards(n: int, nq: int, k: int, shards: int) -> dict[str, float]:
         part = make_binary_index("flat", 64, {})
         part.add(pad_codes(codes[bounds[j]:bounds[j + 1]], 8))
         parts.append(part)
-    sharded = BinaryShards(parts, bounds[:-1].tolist())
+    sharded = BinaryParts(parts, bounds[:-1].tolist())
     tmp = tempfile.TemporaryDirectory()
     meta = []
     for j, part in enumerate(parts):
         faiss.write_index_binary(part, f"{tmp.name}/shard-{j}.bin")
         meta.append({"file": f"shard-{j}.bin", "start": int(bounds[j]), "stop": int(bounds[j + 1])})
-    actors = shard_actors(tmp.name, meta)
+    actors = remote_parts(Path(tmp.name), meta, {})
     actors.search(q[:1], k)  # actors started and their shards mapped before timing
     res = {}
     for name, index in (("one", one), ("sharded", sharded), ("actors", actors)):

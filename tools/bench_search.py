@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from hashindex.index import pad_codes, padded_bytes
-from hashindex.search import Index
+from hashindex.index import Index
 
 
 def make_data(n: int, dim: int, bits: int, seed: int, chunk: int = 1_000_000):

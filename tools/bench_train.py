@@ -53,7 +53,7 @@ def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmu
 
 def accuracy_check(epochs: int, limit: int) -> dict[str, float]:
     """Validation accuracy after a short run in each mode (same seed, same data)."""
-    from hashindex.train import TrainConfig, train
+    from hashindex.training import TrainConfig, train
 
     out = {}
     for bf16 in (False, True):

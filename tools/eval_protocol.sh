@@ -15,4 +15,4 @@ $hx -q extract --model "$model" --data "$test" --out "$out/shards/queries" ${EXT
 [ -f "$out/index/index.json" ] || $hx -q build "$out/shards/database" --out "$out/index"
 $hx -q eval "$out/index" --queries "$out/shards/queries" --at 1000 --at 5000 --plot "$out/plots" --json > "$out/metrics.json.tmp"
 mv "$out/metrics.json.tmp" "$out/metrics.json"
-${PYTHON:-python} -c 'import json, sys; from hashindex.evaluate import format_metrics; print(format_metrics(json.load(open(sys.argv[1]))))' "$out/metrics.json"
+${PYTHON:-python} -c 'import json, sys; from hashindex.evaluation import format_metrics; print(format_metrics(json.load(open(sys.argv[1]))))' "$out/metrics.json"

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hashindex.evaluate import evaluate
+from hashindex.evaluation import evaluate
 from hashindex.index import build
 from hashindex.signals import SIGNALS
 

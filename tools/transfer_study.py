@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from hashindex.model import read_checkpoint
-from hashindex.train import TrainConfig, set_threads, train
+from hashindex.training import TrainConfig, set_threads, train
 
 ARMS = {"scratch": (None, 0.1), "init-lr0.01": ("init", 0.01), "init-lr0.1": ("init", 0.1)}
 

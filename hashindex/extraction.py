@@ -10,9 +10,11 @@ renamed when complete; the manifest is rewritten atomically after each one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,6 +215,25 @@ def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callabl
     return manifest
 
 
+def _shard_unit(shard_fn: Callable, job: ShardJob) -> Callable[[int], dict[str, Any]]:
+    """What a Ray actor runs per unit: shard j of the job it received once."""
+    return partial(shard_fn, job)
+
+
+def _run_on_ray(job: ShardJob, manifest: dict[str, Any], todo: list[int], options: dict[str, Any],
+                progress: bool, log: Callable[[str], None]) -> None:
+    """Make the shards ``todo`` as Ray units, recording each in the manifest as it arrives."""
+    from .distributed import run_units
+
+    shard_fn = options.pop("shard_fn", None) or make_shard
+    # One core per actor: decode in the actor itself, no nested worker processes. Absolute paths: a
+    # worker on another node does not start in the driver's working directory.
+    ray_job = dataclasses.replace(job, workers=0, out=Path(job.out).resolve())
+    log(f"ray: {len(todo)} shard(s) on {min(options.get('num_workers', 2), len(todo))} worker(s)")
+    run_units(partial(_shard_unit, shard_fn), todo, lambda entry: record_shard(job.out, manifest, entry),
+              shared=(ray_job,), what="shard", progress=progress, **options)
+
+
 def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
             shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
             features: str = "float16", device: str = "cpu", bf16: bool = True,
@@ -225,7 +246,7 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
     hashindex.distributed); the files are the same as the local path's.
     """
     if backend not in ("local", "ray"):
-        raise HashindexError(f"--backend {backend}: expected local or ray")
+        raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
     job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
                                workers=workers, features=features, device=device, bf16=bf16,
                                overwrite=overwrite, limit=limit, id_offset=id_offset, log=log)
@@ -234,9 +255,7 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
         return manifest
     t0 = time.time()
     if backend == "ray":
-        from .distributed import run_shards
-
-        run_shards(job, manifest, todo, progress=progress, log=log, **(ray_options or {}))
+        _run_on_ray(job, manifest, todo, dict(ray_options or {}), progress, log)
         return finish(job, manifest, time.time() - t0, log)
     done_rows = sum(s["stop"] - s["start"] for s in manifest["shards"])
     bar = tqdm(total=len(job.source), unit="img", desc="extract", disable=not progress, initial=done_rows)

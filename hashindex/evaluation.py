@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays,  # noqa: F401
-                      format_code_statistics, hamming_distances, mean_average_precision,
-                      per_class_map, per_distance_counts, tie_aware_ap, tie_aware_precision_at_k)
+from .metrics import class_name, code_statistics, evaluate_arrays, format_code_statistics
 
 
 PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
@@ -31,7 +29,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
 
     ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole database).
     """
-    from .search import DEFAULT_CANDIDATES, TIE_CAP, Index
+    from .index import DEFAULT_CANDIDATES, TIE_CAP, Index
     from .store import ShardSet
 
     index = Index.load(index_dir)

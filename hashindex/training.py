@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
-from .evaluate import code_statistics, mean_average_precision
+from .metrics import code_statistics, mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
                     read_checkpoint, resolve_device)
 

@@ -1,0 +1,130 @@
+"""Collections stored as arrays: MNIST / Fashion-MNIST IDX files, CIFAR-10 python batches, torchvision sets.
+
+CIFAR-10 batches are pickles; they are read with a restricted unpickler that
+builds only numpy arrays, lists, numbers and bytes, so a crafted file (or a
+path taken from a manifest) cannot run code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HashindexError
+from .sources import ArraySource, ImageSource
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+DEFAULT_CACHE = Path(os.environ.get("HASHINDEX_CACHE", Path.home() / ".cache" / "hashindex"))
+
+
+def _open_maybe_gz(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
+    try:
+        with _open_maybe_gz(path) as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number (expected unsigned-byte IDX)")
+        dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(dims)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise HashindexError(f"{path}: not a valid IDX file ({e})") from None
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def idx_source(directory: Path, split: str) -> ArraySource:
+    """MNIST-layout IDX files in ``directory``; split 'train' or 'test' (t10k)."""
+    prefix = "train" if split == "train" else "t10k"
+    img_path = _find(directory, f"{prefix}-images-idx3-ubyte")
+    lab_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
+    if img_path is None or lab_path is None:
+        raise HashindexError(f"{directory}: no {prefix}-images/labels IDX files for split '{split}'")
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if len(images) != len(labels):
+        raise HashindexError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    fashion = "fashion" in str(directory.resolve()).lower()
+    names = FASHION_MNIST_CLASSES if fashion else [str(d) for d in range(10)]
+    kind = "fashion-mnist" if fashion else "mnist"
+    return ArraySource(f"{kind} idx {directory} ({split})", images, labels, names, img_path.name)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, lists, dicts, numbers and bytes, and refuses anything else.
+
+    Plain pickle.load runs whatever a file names (os.system included); a CIFAR
+    batch needs only numpy's array reconstruction.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only arrays, lists, numbers, bytes)")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="bytes").load()
+    except Exception as e:  # any unpickling failure is a bad file, not a bug
+        raise HashindexError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+
+
+def cifar_source(directory: Path, split: str) -> ArraySource:
+    """The official CIFAR-10 python batches (data_batch_1..5 / test_batch)."""
+    if (directory / "cifar-10-batches-py").is_dir():
+        directory = directory / "cifar-10-batches-py"
+    files = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    images, labels = [], []
+    for name in files:
+        if not (directory / name).exists():
+            raise HashindexError(f"{directory}: missing CIFAR-10 batch '{name}'")
+        batch = _unpickle(directory / name)
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int32))
+    meta = directory / "batches.meta"
+    names = [n.decode() for n in _unpickle(meta)[b"label_names"]] if meta.exists() else [str(i) for i in range(10)]
+    return ArraySource(f"cifar10 batches {directory} ({split})", np.concatenate(images),
+                       np.concatenate(labels), names, str(directory / files[0]))
+
+
+def _torchvision_source(name: str, split: str) -> ImageSource:
+    """Download a standard set with torchvision into the cache (needs internet)."""
+    import torchvision.datasets as tvd
+
+    root = DEFAULT_CACHE / "torchvision"
+    train = split == "train"
+    try:
+        if name == "cifar10":
+            tvd.CIFAR10(str(root), train=train, download=True)
+            return cifar_source(root / "cifar-10-batches-py", split)
+        cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
+        ds = cls(str(root), train=train, download=True)
+        return idx_source(Path(ds.raw_folder), split)
+    except KeyError:
+        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, mnist, fashion-mnist)") from None
+    except (OSError, RuntimeError) as e:
+        raise HashindexError(f"torchvision:{name}: download failed ({e}); pass a local path instead") from None

@@ -1,0 +1,94 @@
+"""Decoding a source in parallel into batches (DataLoader workers) or into one array in memory (torch)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .images import BadImage, SkipLog
+from .sources import ImageSource
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Map-style dataset over a source: (uint8 CHW array or None, position, reason)."""
+
+    def __init__(self, source: ImageSource, size: int, channels: int):
+        self.source, self.size, self.channels = source, size, channels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.source.read_array(i, self.size, self.channels), i, ""
+        except BadImage as e:
+            return None, i, e.reason
+
+
+def collate(batch):
+    """Stack the good items; keep the positions and reasons of the bad ones."""
+    good = [(a, i) for a, i, _ in batch if a is not None]
+    bad = [(i, r) for a, i, r in batch if a is None]
+    images = torch.from_numpy(np.stack([a for a, _ in good])) if good else None
+    positions = np.array([i for _, i in good], dtype=np.int64)
+    return images, positions, bad
+
+
+def _die_with_parent(_worker_id: int) -> None:
+    """Decode worker init: on Linux, get SIGKILL when the parent dies.
+
+    Without it, a worker of a job killed with SIGKILL can block forever writing a
+    batch nobody reads, and stay behind holding its memory.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int = 256,
+                 workers: int = 2, start: int = 0, stop: int | None = None,
+                 ) -> Iterator[tuple[torch.Tensor | None, np.ndarray, list[tuple[int, str]]]]:
+    """Decode items [start, stop) in order, in worker processes, batch by batch.
+
+    Yields (uint8 images NCHW or None, positions of those images, [(position,
+    reason)] for the items that failed).
+    """
+    stop = len(source) if stop is None else stop
+    subset = torch.utils.data.Subset(ImageDataset(source, size, channels), range(start, stop))
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate, persistent_workers=False, worker_init_fn=_die_with_parent,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,
+                progress: bool = True, skips: SkipLog | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode a whole source into memory: (uint8 N,C,H,W images, labels, ids).
+
+    Used for training, where 32x32 inputs make a 50,000-image set 150 MB and
+    decoding once beats decoding every epoch on a 2-core machine.
+    """
+    from tqdm import tqdm
+
+    skips = skips if skips is not None else SkipLog()
+    ids = source.ids()
+    out = np.empty((len(source), channels, size, size), dtype=np.uint8)
+    keep = np.zeros(len(source), dtype=bool)
+    bar = tqdm(total=len(source), desc=f"decode {source.description}", unit="img",
+               disable=not progress, leave=False)
+    for images, positions, bad in iter_batches(source, size, channels, workers=workers):
+        if images is not None:
+            out[positions] = images.numpy()
+            keep[positions] = True
+        for pos, reason in bad:
+            skips.add(int(ids[pos]), source.paths[pos], reason)
+        bar.update(len(positions) + len(bad))
+    bar.close()
+    return out[keep], source.labels[keep], ids[keep]

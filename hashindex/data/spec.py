@@ -1,0 +1,81 @@
+"""What a ``--data`` spec names: `open_source` picks the reader by what the path is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HashindexError
+from .formats import _find, _torchvision_source, cifar_source, idx_source
+from .sources import (IMAGE_EXTENSIONS, LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource,
+                      ImageSource, ListSource, TarSource)
+
+def open_source(spec: str | Path, flag: str = "--data", split: str | None = None) -> ImageSource:
+    """Open an image collection from a path or ``torchvision:NAME[:split]``.
+
+    ``DIR:train`` / ``DIR:test`` picks a split of IDX or CIFAR-batch folders
+    (default train). Raises HashindexError naming ``flag`` if the spec is not a
+    collection hashindex can read or holds no images.
+    """
+    spec = str(spec)
+    if spec.startswith("torchvision:"):
+        parts = spec.split(":")
+        source = _torchvision_source(parts[1], parts[2] if len(parts) > 2 else split or "train")
+        source.spec = spec
+        return _non_empty(source, flag, spec)
+    path = Path(spec)
+    if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
+        head, split = spec.rsplit(":", 1)
+        path = Path(head)
+    if not path.exists():
+        raise HashindexError(f"{flag} {spec}: no such file or directory")
+    try:
+        source = _open_path(path, split or "train")
+    except HashindexError as e:
+        raise HashindexError(f"{flag} {e}") from None
+    if source is None:
+        raise HashindexError(
+            f"{flag} {spec}: expected a folder, a .tar/.tar.gz, a .txt/.csv list, IDX or CIFAR-10 batches"
+        )
+    source.spec = str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
+    return _non_empty(source, flag, spec)
+
+
+def reopen_source(spec: str) -> ImageSource:
+    """Open a source from its recorded ``spec`` (with #limit= / #every= selections)."""
+    base, *selections = spec.split("#")
+    source = open_source(base, "source")
+    for sel in selections:
+        key, _, value = sel.partition("=")
+        if key == "limit":
+            source = source.subset(int(value))
+        elif key == "every":
+            n, _, part = value.partition(":")
+            queries, database = source.split_every(int(n))
+            source = queries if part == "queries" else database
+        else:
+            raise HashindexError(f"source spec {spec}: unknown selection '{sel}'")
+    return source
+
+
+def _open_path(path: Path, split: str) -> ImageSource | None:
+    """The source type a path is, or None if it is none of them."""
+    name = path.name.lower()
+    if path.is_dir():
+        if _find(path, "train-images-idx3-ubyte") or _find(path, "t10k-images-idx3-ubyte"):
+            return idx_source(path, split)
+        if (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir():
+            return cifar_source(path, split)
+        return FolderSource(path)
+    if name.endswith(TAR_EXTENSIONS):
+        return TarSource(path)
+    if name.endswith(LIST_EXTENSIONS):
+        return ListSource(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return FilesSource([str(path)], f"image {path}")
+    return None
+
+
+def _non_empty(source: ImageSource, flag: str, spec: str) -> ImageSource:
+    if len(source) == 0:
+        raise HashindexError(f"{flag} {spec}: holds no images")
+    return source

@@ -1,0 +1,323 @@
+"""`hashindex build`: Faiss indexes over a shard directory, and `append` for a collection that grows.
+
+Two Faiss indexes, both addressed by *position* (row order of the shards):
+  * a binary index for coarse Hamming search: IndexBinaryFlat, IndexBinaryIVF,
+    IndexBinaryHNSW or IndexBinaryMultiHash (`kinds`);
+  * a float store of the fine-stage vectors of the index's *signal*
+    (hashindex.signals), chosen per collection (`tuning`) and recorded in
+    index.json: IndexFlatL2, or IndexScalarQuantizer (fp16 / 8-bit) or
+    IndexPQ to save memory.
+A table (``table.h5``) maps positions to the stable ids, labels, paths and
+unpadded codes, so results come back as the shards' ids (`layout`).
+
+INDEX_DIR is built in a temp folder beside it and renamed into place, so a
+directory named INDEX_DIR is always complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import HashindexError
+from ..files import atomic_write_json, sha256_file
+from ..signals import Head, database_vectors
+from ..store import MANIFEST, ShardSet
+from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
+from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
+                     binary_files, copy_table, memory_figures, new_table, read_head, read_index_meta,
+                     read_table, rerank_signal)
+from .tuning import fine_stage, training_sample
+
+
+def _check_shards(shards: ShardSet, rerank: str) -> None:
+    if shards.rows == 0:
+        raise HashindexError(f"SHARD_DIR {shards.dir}: holds no rows")
+    if rerank != "none" and shards.manifest["feature_dtype"] == "none":
+        raise HashindexError(f"--rerank {rerank}: {shards.dir} was extracted with --features none; "
+                             "use --rerank none or extract features")
+
+
+def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
+          signal: str = "auto", model: str | None = None, nlist: int | None = None, nprobe: int | None = None,
+          shards: int = 1, seed: int = 0, overwrite: bool = False, progress: bool = True,
+          log=print) -> dict[str, Any]:
+    """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json.
+
+    ``shards`` > 1 splits the binary index into that many indexes over
+    consecutive position ranges (searched with an exact merge). ``signal`` is
+    the fine stage's ordering (hashindex.signals), or "auto" to measure which
+    serves this collection best (`choose_signal`); ``model`` gives the net's
+    head where the shard directory lacks it.
+    """
+    t0 = time.time()
+    store = ShardSet(shard_dir, "SHARD_DIR")
+    _check_shards(store, rerank)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it, "
+                             "or --append to add SHARD_DIR to it)")
+    n, bits = store.rows, store.bits
+    if not 1 <= shards <= n:
+        raise HashindexError(f"--shards {shards}: expected 1 to {n} (the number of items)")
+    code_bytes = store.manifest["code_bytes"]
+    pbytes = padded_bytes(code_bytes)
+    bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()
+    params = default_params(binary, n, bits)
+    if binary == "ivf":
+        params["nlist"] = nlist or params["nlist"]
+        params["nprobe"] = nprobe or min(params["nprobe"], params["nlist"])
+        if params["nlist"] > n:
+            raise HashindexError(f"--nlist {params['nlist']}: more lists than the {n} items to index")
+    rng = np.random.default_rng(seed)
+    sample = None
+    if binary == "ivf":
+        sample = pad_codes(training_sample(store, "codes", max(256 * params["nlist"], 100_000), rng), pbytes)
+    parts = make_binary_parts(binary, pbytes * 8, params, bounds, sample)
+    head, signal, choice = fine_stage(store, rerank, signal, model, rng, log)
+    findex = None
+    if signal not in ("none", "hamming"):
+        rows = store.sample_rows(("codes", "features"), 100_000, rng)
+        findex = new_float_store(rerank, database_vectors(signal, rows["features"], rows["codes"], head))
+
+    with _replacing(out) as tmp:
+        with new_table(tmp / TABLE_FILE, n, code_bytes) as table:
+            _fill(store, parts, bounds, findex, pbytes, table, 0, progress, signal, head)
+        binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
+                                       "padded_bytes": pbytes, **params}
+        if shards == 1:
+            faiss.write_index_binary(parts[0], str(tmp / BINARY_FILE))
+        else:
+            binary_meta["shards"] = []
+            for j, part in enumerate(parts):
+                name = f"binary-{j:03d}.faiss"
+                faiss.write_index_binary(part, str(tmp / name))
+                binary_meta["shards"].append({"file": name, "start": bounds[j], "stop": bounds[j + 1]})
+        if findex is not None:
+            faiss.write_index(findex, str(tmp / RERANK_FILE))
+        if head is not None:
+            head.save(tmp / HEAD_FILE)
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model_id": store.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
+            "class_names": store.class_names,
+            "binary": binary_meta,
+            "rerank": {"kind": rerank if findex is not None else "none",
+                       "faiss": type(findex).__name__ if findex is not None else None,
+                       "dim": findex.d if findex is not None else 0, "metric": "L2",
+                       "signal": signal, "signal_choice": choice},
+            "source": _source_entry(store),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_s": round(time.time() - t0, 3),
+            "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta})),
+        }
+        atomic_write_json(tmp / INDEX_JSON, meta)
+    log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}"
+        + (f", {shards} shards" if shards > 1 else "") + "), "
+        f"{meta['rerank']['kind']} re-rank store ({signal}), {meta['memory']['bytes_per_item']:.1f} bytes/item, "
+        f"{meta['build_s']:.1f} s")
+    return meta
+
+
+def _source_entry(store: ShardSet) -> dict[str, str]:
+    """Where an index's rows came from: the shard directory and its manifest's checksum."""
+    return {"dir": str(store.dir.resolve()), "manifest_sha256": sha256_file(store.dir / MANIFEST)}
+
+
+def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
+    """One-line errors for shards that cannot join an existing index."""
+    where = f"SHARD_DIR {store.dir}"
+    if store.model_id != meta["model_id"]:
+        raise HashindexError(f"{where}: extracted with model {store.model_id}, but {index_dir} holds codes of "
+                             f"model {meta['model_id']} (codes of different models cannot be compared)")
+    if store.class_names and store.class_names != meta["class_names"]:
+        raise HashindexError(f"{where}: classes {store.class_names[:5]} differ from the index's "
+                             f"{meta['class_names'][:5]}")
+    dim = meta["rerank"]["dim"]
+    if dim and store.manifest["feature_dim"] == 0:
+        raise HashindexError(f"{where}: extracted with --features none, but {index_dir} re-ranks with features")
+    if dim and rerank_signal(meta) in ("l2", "cosine") and store.manifest["feature_dim"] != dim:
+        raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
+    sha = _source_entry(store)["manifest_sha256"]
+    if sha in [s["manifest_sha256"] for s in [meta["source"], *meta.get("appended", [])]]:
+        raise HashindexError(f"{where}: already in {index_dir}")
+
+
+def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> None:
+    """New ids must be unique and absent from the index (results are reported by id)."""
+    new_ids = np.concatenate([np.asarray(part) for part in store.memmap("ids")])
+    uniq = np.unique(new_ids)
+    if len(uniq) < len(new_ids):
+        raise HashindexError(f"SHARD_DIR {store.dir}: holds duplicate ids")
+    clash = uniq[np.isin(uniq, old_ids, assume_unique=True)]
+    if len(clash):
+        raise HashindexError(
+            f"SHARD_DIR {store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
+            f"extract the new images with --id-offset {int(old_ids.max()) + 1} (or higher)")
+
+
+@contextlib.contextmanager
+def _exclusive(index_dir: Path) -> Iterator[None]:
+    """Hold a lock beside INDEX_DIR, so two appends cannot each add to the old index and lose the other's rows.
+
+    (flock: reliable between processes of one machine, not across NFS clients.)
+    """
+    lock = index_dir.parent / f".{index_dir.name}.lock"
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HashindexError(f"--out {index_dir}: another append to it is running (lock {lock})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link an unchanged file into the new index folder (a copy across file systems).
+
+    Safe because index files are only ever replaced, never modified in place.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = True, log=print) -> dict[str, Any]:
+    """Add a complete shard directory's items to an existing INDEX_DIR; returns the new index.json.
+
+    The appended rows take positions after the existing ones, so every result
+    the index gave before keeps its position and id. Index kinds and parameters
+    are the index's: a single binary index gets the codes added (IVF codes go
+    to the lists of the existing quantizer), a ``--shards S`` index gets one
+    more shard holding exactly the new rows; the float store and the table are
+    rewritten with the new rows at the end. The new index is built beside the
+    old one and swapped in, so INDEX_DIR is complete at every moment.
+    """
+    t0 = time.time()
+    index_dir = Path(index_dir)
+    store = ShardSet(shard_dir, "SHARD_DIR")
+    read_index_meta(index_dir, "--out")  # a clear error before any lock file is made
+    with _exclusive(index_dir):
+        meta = read_index_meta(index_dir, "--out")  # as it is now that no other append runs
+        _check_appendable(meta, store, index_dir)
+        _check_shards(store, meta["rerank"]["kind"])
+        return _append(store, meta, index_dir, t0, progress, log)
+
+
+def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, progress: bool, log
+            ) -> dict[str, Any]:
+    """The work of `append`, under the index's lock."""
+    _check_new_ids(read_table(index_dir, ("ids",))["ids"], store, index_dir)
+    n_old, m = meta["count"], store.rows
+    n = n_old + m
+    pbytes = meta["binary"]["padded_bytes"]
+    part, bounds, rewritten, binary_meta = _binary_to_grow(meta, index_dir, n)
+    parts = [part]
+    findex = faiss.read_index(str(index_dir / RERANK_FILE)) if meta["rerank"]["kind"] != "none" else None
+    head = read_head(index_dir)
+
+    with _replacing(index_dir) as tmp:
+        with new_table(tmp / TABLE_FILE, n, meta["code_bytes"]) as table:
+            copy_table(index_dir, table, n_old)
+            _fill(store, parts, bounds, findex, pbytes, table, n_old, progress, rerank_signal(meta), head)
+        faiss.write_index_binary(parts[0], str(tmp / rewritten))
+        for name in binary_files(meta):
+            if name != rewritten:
+                _link_or_copy(index_dir / name, tmp / name)
+        if findex is not None:
+            faiss.write_index(findex, str(tmp / RERANK_FILE))
+        if head is not None:
+            _link_or_copy(index_dir / HEAD_FILE, tmp / HEAD_FILE)
+        new_meta = {**meta, "count": n, "binary": binary_meta,
+                    "appended": meta.get("appended", []) + [{
+                        **_source_entry(store), "start": n_old, "stop": n,
+                        "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "append_s": round(time.time() - t0, 3)}],
+                    "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
+        atomic_write_json(tmp / INDEX_JSON, new_meta)
+    shards = binary_meta.get("shards")
+    log(f"appended {m} items to {index_dir}: {n} items now"
+        + (f", shard {len(shards) - 1} added" if shards else "") + f", {time.time() - t0:.1f} s")
+    return new_meta
+
+
+def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
+                    ) -> tuple[faiss.IndexBinary, list[int], str, dict[str, Any]]:
+    """(binary index the new rows go to, its position bounds, its file name, the new "binary" entry).
+
+    A single index is loaded whole and grows; a sharded one gets a new, empty
+    shard over [count, n) (IVF: a copy of the last shard, emptied, so it keeps
+    the shared quantizer).
+    """
+    binary_meta = dict(meta["binary"])
+    shards = [dict(s) for s in binary_meta.get("shards", [])]
+    if not shards:
+        return faiss.read_index_binary(str(index_dir / BINARY_FILE)), [0, n], BINARY_FILE, binary_meta
+    if binary_meta["kind"] == "ivf":
+        part = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
+        part.reset()
+    else:
+        part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
+    name = f"binary-{len(shards):03d}.faiss"
+    binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
+    return part, [meta["count"], n], name, binary_meta
+
+
+def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, table,
+          pos: int, progress: bool, signal: str = "l2", head: Head | None = None) -> None:
+    """Add every shard's codes and signal vectors to the indexes and its rows to the table from position ``pos``.
+
+    Rows go to binary index j when their position lies in [bounds[j], bounds[j+1]).
+    """
+    fields = ("codes", "ids", "labels", "paths") + (("features",) if findex is not None else ())
+    for rows in tqdm(store.iter_rows(fields), total=len(store.shard_paths()), desc="build", unit="shard",
+                     disable=not progress):
+        codes = rows["codes"]
+        m = len(codes)
+        padded = pad_codes(codes, pbytes)
+        for j, part in enumerate(parts):
+            lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
+            if lo < hi:
+                part.add(padded[lo - pos:hi - pos])
+        if findex is not None:
+            findex.add(database_vectors(signal, rows["features"], codes, head))
+        for name in ("ids", "labels", "codes", "paths"):
+            table[name][pos:pos + m] = rows[name]
+        pos += m
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` that replaces it when the block succeeds and is removed if it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to ``out``, replacing an old index if present."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""Faiss index kinds: binary (coarse) and float (fine) indexes, code padding, binary index parts.
+
+Codes are zero-padded to the nearest code size Faiss has a fast Hamming
+kernel for (4, 8, 16, 20, 32, 64 bytes): zero bits change no distance, and
+a 6-byte (48-bit) flat search is several times slower than an 8-byte one.
+
+A binary index may be split into *parts* over consecutive position ranges
+(`BinaryParts`; ``build --shards S``, ``binary.shards`` in index.json), each
+answering for its own rows and merged exactly. ("Shard" alone means an HDF5
+extraction file.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import faiss
+import numpy as np
+
+from ..errors import HashindexError
+
+FAST_CODE_BYTES = (4, 8, 16, 20, 32, 64)
+BINARY_KINDS = ("flat", "ivf", "hnsw", "multihash")
+RERANK_KINDS = ("flat", "fp16", "sq8", "pq", "none")
+
+
+def padded_bytes(code_bytes: int) -> int:
+    """Smallest Faiss fast-path code size holding ``code_bytes`` (multiples of 8 past 64)."""
+    for size in FAST_CODE_BYTES:
+        if size >= code_bytes:
+            return size
+    return -(-code_bytes // 8) * 8
+
+
+def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
+    """Append zero bytes to each code (no Hamming distance changes)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.shape[1] == nbytes:
+        return codes
+    out = np.zeros((len(codes), nbytes), np.uint8)
+    out[:, : codes.shape[1]] = codes
+    return out
+
+
+def default_params(kind: str, n: int, bits: int) -> dict[str, Any]:
+    """Default parameters per binary index kind, scaled with the database size."""
+    if kind == "ivf":
+        nlist = int(min(max(4 * math.sqrt(n), 1), max(n // 39, 1), 65536))
+        return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
+    if kind == "hnsw":
+        return {"M": 32, "efConstruction": 80, "efSearch": 128}
+    if kind == "multihash":
+        b = 16 if bits >= 32 else max(4, bits // 2)
+        return {"nhash": max(1, bits // b), "b": b, "nflip": 1}
+    return {}
+
+
+def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.IndexBinary:
+    """A new, empty binary index of ``dim`` (padded) bits."""
+    if kind == "flat":
+        return faiss.IndexBinaryFlat(dim)
+    if kind == "ivf":
+        quantizer = faiss.IndexBinaryFlat(dim)
+        index = faiss.IndexBinaryIVF(quantizer, dim, params["nlist"])
+        quantizer.this.disown()  # the IVF index owns and frees its quantizer
+        index.own_fields = True
+        index.nprobe = params["nprobe"]
+        return index
+    if kind == "hnsw":
+        index = faiss.IndexBinaryHNSW(dim, params["M"])
+        index.hnsw.efConstruction = params["efConstruction"]
+        index.hnsw.efSearch = params["efSearch"]
+        return index
+    if kind == "multihash":
+        index = faiss.IndexBinaryMultiHash(dim, params["nhash"], params["b"])
+        index.nflip = params["nflip"]
+        return index
+    raise HashindexError(f"--binary {kind}: expected one of {', '.join(BINARY_KINDS)}")
+
+
+class BinaryParts:
+    """Binary indexes over consecutive position ranges, searched as one.
+
+    Each shard answers for its own rows; results are shifted to global
+    positions and merged exactly (top-k by (distance, position)), so S shards
+    return what one index over all rows returns. The same fan-out works with
+    one shard per process or machine.
+    """
+
+    def __init__(self, parts: list, starts: list[int], sizes: list[int] | None = None,
+                 each: Callable[[str, list[tuple]], list] | None = None):
+        self.parts, self.starts = parts, [int(s) for s in starts]
+        self.sizes = [int(n) for n in sizes] if sizes is not None else [int(p.ntotal) for p in parts]
+        self.each = each
+
+    @property
+    def ntotal(self) -> int:
+        return sum(self.sizes)
+
+    def _each(self, method: str, args: list[tuple]) -> list:
+        """``part.method(*args[s])`` for every part s: here, or by ``each`` (e.g. on Ray actors, in parallel)."""
+        if self.each is not None:
+            return self.each(method, args)
+        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dists, poss = [], []
+        got = self._each("search", [(x, max(1, min(k, n))) for n in self.sizes])
+        for (d, i), start in zip(got, self.starts):
+            poss.append(np.where(i < 0, -1, i + start))
+            dists.append(d)
+        d, pos = np.concatenate(dists, 1).astype(np.int64), np.concatenate(poss, 1)
+        key = np.where(pos < 0, np.iinfo(np.int64).max, d * (self.ntotal + 1) + pos)
+        order = np.argsort(key, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, 1).astype(np.int32), np.take_along_axis(pos, order, 1)
+
+    def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(x))]
+        got = self._each("range_search", [(x, radius)] * len(self.parts))
+        for (lims, d, i), start in zip(got, self.starts):
+            for q in range(len(x)):
+                per_query[q].append((d[lims[q]:lims[q + 1]], i[lims[q]:lims[q + 1]] + start))
+        lims = np.zeros(len(x) + 1, np.int64)
+        ds, ps = [], []
+        for q, pieces in enumerate(per_query):
+            ds += [d for d, _ in pieces]
+            ps += [p for _, p in pieces]
+            lims[q + 1] = lims[q] + sum(len(d) for d, _ in pieces)
+        empty_d, empty_p = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return lims, np.concatenate(ds or [empty_d]), np.concatenate(ps or [empty_p])
+
+
+def make_binary_parts(kind: str, dim: int, params: dict[str, Any], bounds: list[int],
+                       train_codes: np.ndarray | None) -> list[faiss.IndexBinary]:
+    """One empty index per shard; IVF shards share one trained quantizer."""
+    template = make_binary_index(kind, dim, params)
+    if not template.is_trained:
+        template.train(train_codes)
+    if kind == "ivf":
+        return [faiss.clone_binary_index(template) for _ in range(len(bounds) - 1)]
+    return [template] + [make_binary_index(kind, dim, params) for _ in range(len(bounds) - 2)]
+
+
+def make_rerank_index(kind: str, dim: int) -> faiss.Index | None:
+    if kind == "none":
+        return None
+    if kind == "flat":
+        return faiss.IndexFlatL2(dim)
+    if kind == "fp16":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+    if kind == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit)
+    if kind == "pq":
+        m = next(m for m in (48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0)
+        return faiss.IndexPQ(dim, m, 8)
+    raise HashindexError(f"--rerank {kind}: expected one of {', '.join(RERANK_KINDS)}")
+
+
+def new_float_store(kind: str, sample: np.ndarray) -> faiss.Index:
+    """An empty float store of ``kind`` for vectors like ``sample``, trained on it where the kind needs it."""
+    n, dim = sample.shape
+    index = make_rerank_index(kind, dim)
+    if not index.is_trained:
+        if kind == "pq" and n < 256:
+            raise HashindexError(f"--rerank pq: needs at least 256 items to train its codebooks, not {n} "
+                                 "(use --rerank flat, fp16 or sq8)")
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index

@@ -1,0 +1,320 @@
+"""Coarse-to-fine retrieval over an opened INDEX_DIR (or arrays in memory): the `Index` class.
+
+Coarse: the binary Faiss index returns a pool of ``candidates`` positions by
+Hamming distance (default `DEFAULT_CANDIDATES`, whatever k is, widened to the
+whole group of items tied at its farthest distance). Fine: the pool is
+re-ordered by the index's signal (`hashindex.signals`: pooled-feature L2 or
+cosine, latent activations against codes, class posterior), a squared L2
+distance that Faiss computes on the float store. Past the pool, results follow
+the Hamming ranking. This is the DLBHC retrieval scheme.
+
+Orders are deterministic: coarse results by (Hamming, position), the pool by
+(signal distance, Hamming, position). The pool does not depend on k, so the
+top 3 are the first 3 of the top 10 (tested), and the API, the CLI, the batch
+job and the service all rank through `Index.search` with the same defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..errors import HashindexError
+from ..signals import Head, query_vectors
+from .kinds import BinaryParts, pad_codes
+from .layout import (RERANK_FILE, binary_files, read_binary, read_float, read_head, read_index_meta,
+                     read_table, rerank_signal)
+
+MISSING = -1
+DEFAULT_CANDIDATES = 1000  # the re-ranked pool of a query; a fixed size, so rankings do not change with k
+TIE_CAP = 20_000  # at most this many items in a pool widened to a whole tie group
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query; -1 ids / positions where the index had fewer results."""
+
+    ids: np.ndarray  # (Q, k) int64 stable ids
+    positions: np.ndarray  # (Q, k) int64 rows of the index
+    hamming: np.ndarray  # (Q, k) int32
+    distance: np.ndarray  # (Q, k) float32 signal distance (squared L2 of its vectors), nan outside the pool
+
+
+class Index:
+    """A built INDEX_DIR, loaded for searching."""
+
+    def __init__(self, meta: dict[str, Any], binary: faiss.IndexBinary, rerank: faiss.Index | None,
+                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None, head: Head | None = None):
+        self.meta, self.binary, self.rerank, self.dir = meta, binary, rerank, directory
+        self.ids, self.labels, self.head = ids, labels, head
+        self.signal = rerank_signal(meta)
+        if len(self.ids) != self.binary.ntotal:
+            raise HashindexError(f"INDEX_DIR {self.dir}: table and binary index disagree "
+                                 f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
+        self._id_order = np.argsort(self.ids, kind="stable")
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = True,
+             shard_actors: dict[str, Any] | None = None) -> "Index":
+        """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows).
+
+        ``shard_actors`` (Ray options, e.g. ``{"address": ...}``) puts each binary
+        shard of a ``--shards S`` index in its own Ray actor instead of this process.
+        """
+        d = Path(directory)
+        meta = read_index_meta(d)
+        shards = meta["binary"].get("shards")
+        if shard_actors is not None:
+            if not shards:
+                raise HashindexError(f"--shard-actors: INDEX_DIR {d} has one binary index, not shards "
+                                     "(build it with --shards S)")
+            binary = remote_parts(d, shards, shard_actors)
+        else:
+            parts = [read_binary(d / name, mmap) for name in binary_files(meta)]
+            binary = BinaryParts(parts, [s["start"] for s in shards]) if shards else parts[0]
+        rerank = read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
+        table = read_table(d, ("ids", "labels"))
+        return cls(meta, binary, rerank, table["ids"], table["labels"], d, read_head(d))
+
+    @classmethod
+    def in_memory(cls, codes: np.ndarray, features: np.ndarray | None, bits: int, *,
+                  binary: str = "flat", rerank: str = "flat", ids: np.ndarray | None = None,
+                  labels: np.ndarray | None = None, signal: str = "l2", head: Head | None = None) -> "Index":
+        """An index over arrays, built in memory with build's code (benchmarks, tests, notebooks).
+
+        ``signal`` orders the re-ranked pool (``l2`` here; `build` chooses per collection).
+        """
+        from ..signals import check_signal, database_vectors
+        from .kinds import default_params, make_binary_index, new_float_store, padded_bytes
+
+        n = len(codes)
+        pbytes = padded_bytes(codes.shape[1])
+        params = default_params(binary, n, bits)
+        bindex = make_binary_index(binary, pbytes * 8, params)
+        padded = pad_codes(codes, pbytes)
+        if not bindex.is_trained:
+            bindex.train(padded[:: max(1, n // max(256 * params.get("nlist", 1), 100_000))])
+        bindex.add(padded)
+        findex = None
+        if features is not None and rerank != "none":
+            check_signal(signal, head)
+            vectors = database_vectors(signal, features, codes, head)
+            findex = new_float_store(rerank, vectors[:: max(1, n // 100_000)])
+            findex.add(vectors)
+        meta = {"model_id": "", "bits": bits, "code_bytes": codes.shape[1], "count": n, "class_names": [],
+                "binary": {"kind": binary, "padded_bytes": pbytes, **params},
+                "rerank": {"kind": rerank if findex is not None else "none", "signal": signal}, "built": ""}
+        ids = np.arange(n, dtype=np.int64) if ids is None else ids
+        labels = np.full(n, -1, np.int32) if labels is None else labels
+        return cls(meta, bindex, findex, ids, labels, head=head)
+
+    @property
+    def count(self) -> int:
+        return int(self.binary.ntotal)
+
+    @property
+    def model_id(self) -> str:
+        return self.meta["model_id"]
+
+    @property
+    def bits(self) -> int:
+        return self.meta["bits"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.get("class_names", [])
+
+    def check_model(self, model_id: str, what: str = "--model") -> None:
+        if model_id != self.model_id:
+            raise HashindexError(f"{what}: model {model_id} differs from the index's model {self.model_id} "
+                                 "(codes of different models cannot be compared)")
+
+    # ------------------------------------------------------------------ lookups
+
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """Index rows of stable ids; one-line error for an id not in the index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids = self.ids[self._id_order]
+        at = np.searchsorted(sorted_ids, ids)
+        ok = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == ids)
+        if not ok.all():
+            raise HashindexError(f"--by-id {ids[~ok][0]}: no item with this id in {self.dir}")
+        return self._id_order[at]
+
+    def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (codes, features) of index rows; features None without a re-rank store."""
+        positions = np.asarray(positions, dtype=np.int64)
+        uniq, inv = np.unique(positions, return_inverse=True)
+        codes = read_table(self.dir, ("codes",), uniq)["codes"][inv.ravel()]
+        feats = self.rerank.reconstruct_batch(positions) if self.rerank is not None else None
+        return codes, feats
+
+    def table_codes(self) -> np.ndarray:
+        """Every item's unpadded code, in position order (from the table)."""
+        return read_table(self.dir, ("codes",))["codes"]
+
+    def paths(self, positions: np.ndarray) -> list[str]:
+        """Source paths of index rows (read lazily from the table)."""
+        flat = np.asarray(positions, dtype=np.int64).ravel()
+        valid = np.unique(flat[flat >= 0])
+        got = read_table(self.dir, ("paths",), valid)["paths"] if len(valid) else []
+        lut = {int(p): (s.decode() if isinstance(s, bytes) else s) for p, s in zip(valid, got)}
+        return [lut.get(int(p), "") for p in flat]
+
+    # ------------------------------------------------------------------ search
+
+    def _pad(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.uint8)
+        if codes.ndim != 2 or codes.shape[1] != self.meta["code_bytes"]:
+            raise HashindexError(f"query codes of shape {codes.shape}: expected (n, {self.meta['code_bytes']})")
+        return pad_codes(codes, self.meta["binary"]["padded_bytes"])
+
+    def coarse(self, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-m positions by Hamming distance, ordered by (distance, position)."""
+        m = min(m, self.count)
+        dist, pos = self.binary.search(self._pad(codes), m)
+        pos = pos.astype(np.int64)
+        dist = np.where(pos < 0, np.iinfo(np.int32).max, dist).astype(np.int64)
+        key = dist * (self.count + 1) + np.where(pos < 0, self.count, pos)
+        order = np.argsort(key, axis=1, kind="stable")
+        dist = np.take_along_axis(dist, order, 1)
+        pos = np.take_along_axis(pos, order, 1)
+        return np.where(pos < 0, MISSING, dist).astype(np.int32), pos
+
+    def query_vectors(self, features: np.ndarray) -> np.ndarray:
+        """The fine-stage vectors of queries given their pooled features."""
+        return query_vectors(self.signal, features, self.head)
+
+    def float_distances(self, features: np.ndarray, pos: np.ndarray, *, vectors: bool = False) -> np.ndarray:
+        """Signal distance between each query and its candidates (inf where pos is -1).
+
+        ``features`` are the queries' pooled features, or with ``vectors=True``
+        their fine-stage vectors already (`query_vectors`, `stored_queries`).
+        """
+        x = np.ascontiguousarray(features if vectors else self.query_vectors(features), dtype=np.float32)
+        q, m = pos.shape
+        safe = np.ascontiguousarray(np.where(pos < 0, 0, pos), dtype=np.int64)
+        out = np.empty((q, m), np.float32)
+        if isinstance(self.rerank, faiss.IndexFlat):
+            self.rerank.compute_distance_subset(q, faiss.swig_ptr(x), m, faiss.swig_ptr(out), faiss.swig_ptr(safe))
+        else:  # quantized store: decode the candidates, exact distance to the query
+            step = max(1, (1 << 20) // max(m, 1))  # bound the decoded vectors held at once
+            for s in range(0, q, step):
+                uniq, inv = np.unique(safe[s:s + step], return_inverse=True)
+                cand = self.rerank.reconstruct_batch(uniq)[inv.reshape(-1, m)]
+                out[s:s + step] = ((cand - x[s:s + step, None, :]) ** 2).sum(axis=2, dtype=np.float32)
+        out[pos < 0] = np.inf
+        return out
+
+    def complete_ties(self, codes: np.ndarray, ham: np.ndarray, pos: np.ndarray, cap: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Widen each pool to every item as close as its farthest member (up to ``cap``).
+
+        With well-trained codes thousands of items share a code, and a pool cut
+        at m items keeps an arbitrary slice of that tie group; re-ranking the
+        whole group is what lets the float features pick the best of it.
+        Costs one range search per distinct boundary distance.
+        """
+        if self.meta["binary"]["kind"] == "hnsw":
+            return ham, pos  # no range search; the pool stays as it is
+        bound = ham[:, -1]
+        pools = [(ham[i], pos[i]) for i in range(len(ham))]
+        for r in np.unique(bound[bound >= 0]):
+            qs = np.flatnonzero(bound == r)
+            for qi, (p, d) in zip(qs, self.range_search(codes[qs], int(r))):
+                if len(p) > len(pools[qi][1]):
+                    pools[qi] = (d[:cap], p[:cap])
+        width = max(len(p) for _, p in pools)
+        out_h = np.full((len(pools), width), MISSING, np.int32)
+        out_p = np.full((len(pools), width), MISSING, np.int64)
+        for i, (d, p) in enumerate(pools):
+            out_h[i, :len(p)], out_p[i, :len(p)] = d, p
+        return out_h, out_p
+
+    def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
+               candidates: int | None = None, rerank: bool = True, complete_ties: bool = True, *,
+               vectors: bool = False) -> SearchResult:
+        """The top k of the coarse-to-fine ranking.
+
+        The pool is the first ``candidates`` (default `DEFAULT_CANDIDATES`) items
+        of the Hamming ranking, widened to every item tied at its farthest
+        distance (``complete_ties``, up to `TIE_CAP`); it is re-ordered by the
+        index's signal, and the Hamming ranking continues after it. Neither
+        depends on k. Without features, a float store or with ``rerank=False``
+        the ranking is Hamming alone (ties by position, whole tie groups taken
+        into account the same way). ``vectors=True``: ``features`` are fine-stage
+        vectors already.
+        """
+        if k < 1:
+            raise HashindexError(f"k={k}: expected a positive number of results")
+        if k > self.count:
+            raise HashindexError(f"k={k}: the index holds only {self.count} items")
+        pool_size = min(candidates or DEFAULT_CANDIDATES, self.count)
+        do_rerank = rerank and self.rerank is not None and features is not None
+        ham, pos = self.coarse(codes, max(pool_size, k))
+        if complete_ties:
+            ham, pos = self.complete_ties(codes, ham, pos, cap=max(TIE_CAP, pool_size, k))
+        dist = np.full(pos.shape, np.nan, np.float32)
+        if do_rerank:
+            in_pool = self._pool_mask(ham, pos, pool_size)
+            width = int(in_pool.sum(axis=1).max())
+            head_pos = pos[:, :width]
+            d = self.float_distances(features, np.where(in_pool[:, :width], head_pos, MISSING), vectors=vectors)
+            d[~in_pool[:, :width]] = np.inf  # outside the pool: stays in Hamming order after it
+            missing = head_pos < 0  # padding of shorter rows: last, whatever its -1 Hamming says
+            order = np.lexsort((np.where(missing, self.count, head_pos),
+                                np.where(missing, np.iinfo(np.int32).max, ham[:, :width]), d), axis=-1)
+            pos[:, :width], ham[:, :width] = (np.take_along_axis(a[:, :width], order, 1) for a in (pos, ham))
+            dist[:, :width] = np.take_along_axis(np.where(np.isinf(d), np.nan, d), order, 1)
+        ham, pos, dist = ham[:, :k], pos[:, :k], dist[:, :k]
+        ids = np.where(pos < 0, MISSING, self.ids[np.maximum(pos, 0)])
+        return SearchResult(ids=ids, positions=pos, hamming=ham, distance=dist)
+
+    @staticmethod
+    def _pool_mask(ham: np.ndarray, pos: np.ndarray, pool_size: int) -> np.ndarray:
+        """Which entries of a (Hamming, position)-ordered list are in the pool.
+
+        The pool is every item as close as the ``pool_size``-th one: a whole tie
+        group, in the list as `complete_ties` left it (so the same items whatever k).
+        """
+        bound = ham[:, min(pool_size, ham.shape[1]) - 1:min(pool_size, ham.shape[1])]
+        bound = np.where(bound < 0, np.iinfo(np.int32).max, bound)
+        capped = np.arange(ham.shape[1]) < max(TIE_CAP, pool_size)
+        return (pos >= 0) & (ham <= bound) & capped
+
+    def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every item within Hamming distance <= radius (inclusive), per query.
+
+        Returns [(positions, distances)] ordered by (distance, position). Faiss's
+        binary range search keeps d < radius, so it is asked for radius + 1.
+        """
+        if radius < 0:
+            raise HashindexError(f"--radius {radius}: expected 0 or more")
+        try:
+            lims, dist, pos = self.binary.range_search(self._pad(codes), radius + 1)
+        except RuntimeError:
+            raise HashindexError(f"--radius: the {self.meta['binary']['kind']} index has no range search "
+                                 "(build with --binary flat, ivf or multihash)") from None
+        out = []
+        for i in range(len(lims) - 1):
+            d, p = dist[lims[i]:lims[i + 1]], pos[lims[i]:lims[i + 1]].astype(np.int64)
+            order = np.lexsort((p, d))
+            out.append((p[order], d[order].astype(np.int32)))
+        return out
+
+
+def remote_parts(directory: Path, parts: list[dict[str, Any]], options: dict[str, Any]) -> BinaryParts:
+    """The binary index parts of ``directory`` held by one Ray actor each (an index past one machine's RAM)."""
+    from functools import partial
+
+    from ..distributed import call_all, holders
+
+    paths = [(directory / p["file"]).resolve() for p in parts]  # workers elsewhere: absolute paths
+    actors = holders([partial(read_binary, path, True) for path in paths], [p.stat().st_size for p in paths],
+                     **options)
+    return BinaryParts(actors, [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts],
+                       each=partial(call_all, actors))

@@ -1,0 +1,114 @@
+"""Which fine-stage signal an index gets: measured on the collection itself (``signal="auto"``).
+
+Like autofaiss choosing index parameters from a target, `build` chooses the
+re-ranking signal from the collection: labelled items are held out, searched
+against the rest with the ranking a query gets, and the best signal wins
+("hamming", no fine stage, is a candidate too). Without labels, the default
+that never ranked below Hamming on any set measured (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import HashindexError
+from ..metrics import evaluate_arrays
+from ..signals import HEAD_SIGNALS, Head, check_signal, choose, database_vectors, query_vectors
+from ..store import ShardSet
+from .searcher import DEFAULT_CANDIDATES, TIE_CAP
+
+SIGNAL_QUERIES = 1000  # labelled items held out of the collection to choose its signal
+SIGNAL_SAMPLE = 100_000  # items of a large collection the choice is measured on
+
+
+def training_sample(shards: ShardSet, name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to n rows of one field, drawn evenly from all shards."""
+    return shards.sample_rows((name,), n, rng)[name]
+
+
+def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
+    """The net's layers above the pooled feature, for the model that made ``shards``.
+
+    From ``model`` (a checkpoint or shipped name) when given, else from the
+    shard directory (written by extract), else from the shipped model with
+    the shards' model id; None when none of them has it.
+    """
+    from ..model import checkpoint_head, find_model_for, read_checkpoint
+
+    if model is not None:
+        ckpt = read_checkpoint(model)
+        if ckpt["model_id"] != shards.model_id:
+            raise HashindexError(f"model {model}: its id {ckpt['model_id']} is not the model of "
+                                 f"{shards.dir} ({shards.model_id})")
+        return checkpoint_head(ckpt)
+    head = shards.head()
+    if head is not None:
+        return head
+    try:
+        return checkpoint_head(read_checkpoint(find_model_for(shards.model_id)))
+    except HashindexError:
+        return None
+
+
+def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
+                  pool: int = DEFAULT_CANDIDATES, queries: int = SIGNAL_QUERIES,
+                  sample: int = SIGNAL_SAMPLE) -> tuple[str, dict[str, Any]]:
+    """The fine-stage signal for a collection, measured on the collection itself.
+
+    With labels: ``queries`` labelled items are held out and searched against
+    the rest (at most ``sample`` items) with the ranking a query gets (pool of
+    ``pool``, whole tie groups); the signal with the highest mAP wins, and
+    "hamming" (no fine stage) is a candidate too, so the choice never ranks
+    these held-out items worse than Hamming alone. Without labels: the
+    unlabelled default. In-domain collections measured here choose the
+    posterior, collections of classes the net never saw choose cosine.
+    """
+    rows = shards.sample_rows(("codes", "features", "labels"), sample, rng)
+    labelled = np.flatnonzero(rows["labels"] >= 0)
+    if len(labelled) < 20 or len(np.unique(rows["labels"][labelled])) < 2:
+        signal, _ = choose({}, labelled=False)
+        return signal, {"by": "default for an unlabelled collection"}
+    held = rng.choice(labelled, size=min(queries, len(labelled) // 5), replace=False)
+    rest = np.setdiff1d(np.arange(len(rows["labels"])), held)
+    q = {name: a[held] for name, a in rows.items()}
+    db = {name: a[rest] for name, a in rows.items()}
+    q["features"], db["features"] = q["features"].astype(np.float32), db["features"].astype(np.float32)
+    pool = min(pool, len(rest))
+
+    def score(signal: str) -> float:
+        if signal == "hamming":
+            return evaluate_arrays(q["codes"], q["labels"], db["codes"], db["labels"], shards.bits,
+                                   at=(), pk_max=1)["hamming"]["map"]
+        qv = query_vectors(signal, q["features"], head)
+        dv = database_vectors(signal, db["features"], db["codes"], head)
+        dn = (dv * dv).sum(axis=1)
+
+        def distances(sl, pos):
+            full = dn[None, :] - 2 * qv[sl] @ dv.T
+            return np.take_along_axis(full, pos, 1)
+
+        return evaluate_arrays(q["codes"], q["labels"], db["codes"], db["labels"], shards.bits, at=(),
+                               pk_max=1, rerank=distances, candidates=pool,
+                               tie_cap=max(TIE_CAP, pool))["reranked"]["map"]
+
+    names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else [])
+    signal, scores = choose({name: (lambda n=name: score(n)) for name in names}, labelled=True)
+    return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
+                          f"(pool {pool})", "scores": {k: round(v, 4) for k, v in scores.items()}}
+
+
+def fine_stage(store: ShardSet, rerank: str, signal: str, model: str | None, rng: np.random.Generator,
+                log) -> tuple[Head | None, str, dict[str, Any]]:
+    """(head, signal, how it was chosen) of a new index; signal "none" without a float store."""
+    if rerank == "none":
+        return None, "none", {"by": "no float store (rerank none)"}
+    head = head_for(store, model)
+    if signal != "auto":
+        check_signal(signal, head)
+        return head, signal, {"by": "given"}
+    signal, choice = choose_signal(store, head, rng)
+    if "scores" in choice:
+        log(f"signal: {signal} ({', '.join(f'{k} {v:.4f}' for k, v in choice['scores'].items())}; {choice['by']})")
+    return head, signal, choice
