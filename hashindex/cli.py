@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import click
@@ -18,14 +19,36 @@ from .errors import HashindexError
 EXIT_USAGE = 2
 
 
+_ARG = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|None\b|(?=[\s,;)]|$))?")
+
+
+def as_flags(message: str, command: click.Command | None) -> str:
+    """A library message in Python terms, in the command line's words: ``k=5`` -> ``--k 5``, ``shard_dir=x`` ->
+    ``SHARD_DIR x``, ``overwrite=True`` (or a bare ``val=``) -> ``--overwrite``. The running command's parameters first, then any
+    command's options (flags mean the same everywhere); other names stay as they are."""
+    spelled = {p.name: p.opts[0] for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
+    if command is not None:  # the running command's own words first (its positional arguments too)
+        spelled |= {p.name: (p.opts[0] if isinstance(p, click.Option) else p.human_readable_name)
+                    for p in command.params}
+
+    def flag(m: re.Match) -> str:
+        name, bare = m.group(1), m.group(2)
+        if name not in spelled:
+            return m.group(0)
+        return spelled[name] if bare is not None else spelled[name] + " "
+
+    return _ARG.sub(flag, message)
+
+
 class _Group(click.Group):
-    """Click group that turns HashindexError into a one-line message."""
+    """Click group that turns HashindexError (worded in Python terms) into a one-line message in flags."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except HashindexError as e:
-            click.echo(f"hashindex: error: {e}", err=True)
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"hashindex: error: {as_flags(str(e), command)}", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("hashindex: interrupted; rerun the same command to resume", err=True)

@@ -44,11 +44,11 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     t0 = time.time()
     out = Path(out)
     hm = load_model(model, device)
-    source = open_source(data or DEFAULT_DATA, "--data", split="test")
+    source = open_source(data or DEFAULT_DATA, "data", split="test")
     if limit:
         source = source.subset(limit)
     if len(source) < 2 * every:
-        raise HashindexError(f"--data {data}: {len(source)} images are too few for a query/database split")
+        raise HashindexError(f"data={data}: {len(source)} images are too few for a query/database split")
     queries, database = source.split_every(every)
     log(f"[1/4] extract {len(database)} database + {len(queries)} query images with {model} ({hm.model_id})")
     for name, src in (("database", database), ("queries", queries)):

@@ -1,9 +1,12 @@
 """The one exception type for user mistakes.
 
 Anything a user can cause (a wrong path, a file that is not a checkpoint, a
-bad flag) raises `HashindexError` with a one-line message naming the file or
-flag and what was expected. The CLI prints it and exits non-zero; a traceback
-means a bug in hashindex, not in the user's input.
+bad argument) raises `HashindexError` with a one-line message naming the file
+or argument and what was expected, in Python terms: ``k=0: expected a
+positive number of results``, ``shard_dir=/x: no such directory``. The CLI
+rewrites the names into its flags (``--k 0``, ``SHARD_DIR /x``) and the
+service answers them as a status with that line; a traceback means a bug in
+hashindex, not in the user's input.
 """
 
 

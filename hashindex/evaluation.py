@@ -33,16 +33,16 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
     from .store import ShardSet
 
     index = Index.load(index_dir)
-    shards = ShardSet(queries_dir, "--queries")
-    index.check_model(shards.model_id, f"--queries {queries_dir}")
+    shards = ShardSet(queries_dir, "queries")
+    index.check_model(shards.model_id, f"queries={queries_dir}")
     q = shards.load(("codes", "features", "labels"))
     if (q["labels"] < 0).all():
-        raise HashindexError(f"--queries {queries_dir}: the query shards have no labels "
+        raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")
     if (index.labels < 0).all():
-        raise HashindexError(f"INDEX_DIR {index_dir}: the indexed items have no labels")
+        raise HashindexError(f"index_dir={index_dir}: the indexed items have no labels")
     if shards.class_names and index.class_names and shards.class_names != index.class_names:
-        raise HashindexError(f"--queries {queries_dir}: class names differ from the index's "
+        raise HashindexError(f"queries={queries_dir}: class names differ from the index's "
                              f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")
     db_codes = index.table_codes()
     keep = q["labels"] >= 0

@@ -41,7 +41,7 @@ def source_fingerprint(source: ImageSource) -> str:
 
 
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
-                   flag: str = "--data", id_offset: int = 0) -> ImageSource:
+                   arg: str = "data", id_offset: int = 0) -> ImageSource:
     """Open a source and express its labels in the model's classes where they fit.
 
     ``id_offset`` (for a source given by spec) numbers its items from that id, so
@@ -50,7 +50,7 @@ def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None 
     if isinstance(data, ImageSource):
         source = data
     else:
-        source = open_source(data, flag)
+        source = open_source(data, arg)
         source.id_offset = id_offset
     if limit:
         source = source.subset(limit)
@@ -90,17 +90,17 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
     """The manifest to continue, or a fresh one; refuses to mix models or sources."""
     mpath = out / MANIFEST
     if out.exists() and not out.is_dir():
-        raise HashindexError(f"--out {out}: exists and is not a directory")
+        raise HashindexError(f"out={out}: exists and is not a directory")
     if overwrite and out.exists():
         for p in list(out.glob("shard-*.h5")) + [mpath, out / SKIPPED, out / HEAD_FILE]:
             p.unlink(missing_ok=True)
     if not mpath.exists():
         if out.exists() and any(out.iterdir()):
-            raise HashindexError(f"--out {out}: folder is not empty and has no {MANIFEST} "
-                                 "(choose an empty folder, or --overwrite)")
+            raise HashindexError(f"out={out}: folder is not empty and has no {MANIFEST} "
+                                 "(choose an empty folder, or overwrite=True)")
         out.mkdir(parents=True, exist_ok=True)
         return new_manifest(**expected)
-    manifest = ShardSet(out, "--out", require_complete=False).manifest
+    manifest = ShardSet(out, "out", require_complete=False).manifest
     for key in ("model_id", "bits", "source", "shard_size", "feature_dtype", "precision"):
         if key == "source":
             same = manifest["source"]["fingerprint"] == expected["source"]["fingerprint"]
@@ -110,13 +110,13 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
             same = manifest.get(key) == expected[key]
         if not same:
             what = {"model_id": "another model", "bits": "another code length",
-                    "source": "another source", "shard_size": "another --shard-size",
-                    "feature_dtype": "another --features",
-                    "precision": f"another precision ({manifest.get(key)}; --no-bf16 and --device decide it)"}[key]
+                    "source": "another source", "shard_size": "another shard_size",
+                    "feature_dtype": "another features",
+                    "precision": f"another precision ({manifest.get(key)}; bf16 and device decide it)"}[key]
             if key == "source" and manifest["source"].get("id_offset", 0) != expected["source"]["id_offset"]:
-                what = "another --id-offset"
-            raise HashindexError(f"--out {out}: holds shards made with {what} "
-                                 f"({key} differs); use --overwrite to start over")
+                what = "another id_offset"
+            raise HashindexError(f"out={out}: holds shards made with {what} "
+                                 f"({key} differs); use overwrite=True to start over")
     return manifest
 
 
@@ -174,12 +174,12 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
          ) -> tuple[ShardJob, dict[str, Any], list[int]]:
     """Check the arguments, open or start SHARD_DIR; returns (job, manifest, shards still to do)."""
     if features not in FEATURE_DTYPES:
-        raise HashindexError(f"--features {features}: expected one of {', '.join(FEATURE_DTYPES)}")
+        raise HashindexError(f"features={features}: expected one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1:
-        raise HashindexError(f"--shard-size {shard_size}: expected a positive number of rows")
+        raise HashindexError(f"shard_size={shard_size}: expected a positive number of rows")
     model = load_model(model, device, bf16) if not isinstance(model, HashModel) else model
     if id_offset < 0:
-        raise HashindexError(f"--id-offset {id_offset}: expected 0 or more")
+        raise HashindexError(f"id_offset={id_offset}: expected 0 or more")
     source = prepare_source(data, model, limit, id_offset=id_offset)
     out = Path(out)
     n_shards = -(-len(source) // shard_size)

@@ -63,7 +63,7 @@ class NINHash(nn.Module):
                  dropout: float = 0.3):
         super().__init__()
         if bits < 4 or bits % 4:
-            raise HashindexError(f"--bits {bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
+            raise HashindexError(f"bits={bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
         self.bits, self.num_classes, self.channels = bits, num_classes, channels
         mean = mean or [0.5] * channels
         std = std or [0.25] * channels
@@ -140,9 +140,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise HashindexError(f"--device {device}: expected cpu, cuda, cuda:N or auto") from None
+        raise HashindexError(f"device={device}: expected cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HashindexError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        raise HashindexError(f"device={device}: CUDA is not available on this machine (use device=cpu)")
     return dev
 
 
@@ -265,7 +265,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def resolve_model_path(name_or_path: str | Path, flag: str = "--model") -> Path:
+def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:
     """A checkpoint path, or the name of a model shipped in hashindex/weights/."""
     p = Path(name_or_path)
     if p.exists():
@@ -275,7 +275,7 @@ def resolve_model_path(name_or_path: str | Path, flag: str = "--model") -> Path:
         return shipped
     names = sorted(f.stem for f in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []
     hint = f" (shipped models: {', '.join(names)})" if names else ""
-    raise HashindexError(f"{flag} {name_or_path}: no such checkpoint file{hint}")
+    raise HashindexError(f"{arg}={name_or_path}: no such checkpoint file{hint}")
 
 
 def find_model_for(model_id: str) -> Path:
@@ -283,12 +283,12 @@ def find_model_for(model_id: str) -> Path:
     for path in sorted(WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []:
         if read_checkpoint(path)["model_id"] == model_id:
             return path
-    raise HashindexError(f"--model: needed to encode images (no shipped model has id {model_id})")
+    raise HashindexError(f"model=None: needed to encode images (no shipped model has id {model_id})")
 
 
-def read_checkpoint(path: str | Path, flag: str = "--model") -> dict[str, Any]:
-    """Load and validate a checkpoint dict; one-line HashindexError (naming flag) if it is not one."""
-    path = resolve_model_path(path, flag)
+def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
+    """Load and validate a checkpoint dict; one-line HashindexError (naming arg) if it is not one."""
+    path = resolve_model_path(path, arg)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoint files

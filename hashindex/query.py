@@ -59,7 +59,7 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     open a sharded INDEX_DIR with one actor per shard.
     """
     if not images and not by_id:
-        raise HashindexError("nothing to query: give IMAGE paths or --by-id ID")
+        raise HashindexError("nothing to query: give images or by_id")
     check_candidates(candidates, k)
     if not isinstance(index, Index):
         index = Index.load(index, shard_actors=shard_actors)
@@ -104,7 +104,7 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
     """A few labelled queries (one per class first) searched as a query would be: what a results grid shows."""
     from .store import ShardSet
 
-    qshards = ShardSet(queries_dir, "--queries")
+    qshards = ShardSet(queries_dir, "queries")
     q = qshards.load(("codes", "features", "labels", "paths"))
     labels = q["labels"]
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
@@ -130,7 +130,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def check_candidates(candidates: int | None, k: int) -> None:
     """An explicit pool must hold the k results (the default pool is fixed; past it, Hamming order continues)."""
     if candidates is not None and candidates < k:
-        raise HashindexError(f"--candidates {candidates}: must be at least --k {k}")
+        raise HashindexError(f"candidates={candidates}: must be at least k={k}")
 
 
 def result_rows(index: Index, result: SearchResult, query_names: list[str]) -> list[dict[str, Any]]:
@@ -160,7 +160,7 @@ OUTPUT_FORMATS = ("h5", "jsonl", "csv")
 def output_format(out: Path, fmt: str | None) -> str:
     if fmt:
         if fmt not in OUTPUT_FORMATS:
-            raise HashindexError(f"--format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+            raise HashindexError(f"format={fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
         return fmt
     suffix = out.suffix.lower().lstrip(".")
     return {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv"}.get(suffix, "h5")
@@ -172,11 +172,11 @@ def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | N
     from .store import MANIFEST, ShardSet
 
     if (Path(queries) / MANIFEST).exists():
-        shards = ShardSet(queries, "--queries")
-        index.check_model(shards.model_id, f"--queries {queries}")
+        shards = ShardSet(queries, "queries")
+        index.check_model(shards.model_id, f"queries={queries}")
         return shards
     if model is None:
-        raise HashindexError(f"--queries {queries}: an image source needs --model to encode it "
+        raise HashindexError(f"queries={queries}: an image source needs model=MODEL to encode it "
                              "(or pass a shard directory made by hashindex extract)")
     from .extraction import extract
     from .model import load_model
@@ -184,7 +184,7 @@ def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | N
     hm = load_model(model, device)
     index.check_model(hm.model_id)
     extract(hm, str(queries), parts / "queries", progress=progress, log=log)
-    return ShardSet(parts / "queries", "--queries")
+    return ShardSet(parts / "queries", "queries")
 
 
 def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
@@ -213,7 +213,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     if backend not in ("local", "ray"):
         raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
     if shard_actors and backend != "ray":
-        raise HashindexError("--shard-actors: needs --backend ray")
+        raise HashindexError("shard_actors=True: needs backend=ray")
     if not isinstance(index, Index):
         actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
         index = Index.load(index, shard_actors=actor_options if shard_actors else None)
@@ -221,7 +221,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     out = Path(out)
     fmt = output_format(out, fmt)
     if out.exists() and not overwrite:
-        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
     parts = out.with_name(out.name + ".parts")
     if overwrite and parts.exists():
         shutil.rmtree(parts)
@@ -231,8 +231,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
            "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
            "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
     if (parts / "job.json").exists() and read_json(parts / "job.json") != job:
-        raise HashindexError(f"--out {out}: an unfinished job with other settings is in {parts} "
-                             "(rerun it with the same settings, or pass --overwrite)")
+        raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
+                             "(rerun it with the same settings, or pass overwrite=True)")
     atomic_write_json(parts / "job.json", job)
 
     data = shards.load(("codes", "features", "ids"))

@@ -113,8 +113,8 @@ def search_options(params: dict[str, list[str]]) -> dict[str, Any]:
     candidates = _int_param(params, "candidates", None, 1)
     try:
         check_candidates(candidates, k)
-    except HashindexError:
-        raise RequestError(400, f"candidates={candidates}: must be at least k={k}") from None
+    except HashindexError as e:  # the library speaks in argument names, as a query string does
+        raise RequestError(400, str(e)) from None
     return {"k": k, "candidates": candidates, "radius": _int_param(params, "radius", None, 0),
             "rerank": _flag_param(params, "rerank", True),
             "complete_ties": not _flag_param(params, "cut_ties", False)}
@@ -154,6 +154,10 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                 return self._reply(200, searcher.by_image(self.rfile.read(length), options))
             except RequestError as e:
                 return self._reply(e.status, {"error": str(e)})
+            except HashindexError as e:  # a request the index cannot answer (k beyond its size, ...)
+                return self._reply(400, {"error": str(e)})
+            except Exception as e:  # a bug: this request fails with a status, the server goes on
+                return self._reply(500, {"error": f"internal error: {type(e).__name__}: {str(e)[:200]}"})
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._handle("GET")
@@ -173,4 +177,4 @@ def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, l
     try:
         return ThreadingHTTPServer((host, port), make_handler(searcher, log))
     except OSError as e:
-        raise HashindexError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror})") from None
+        raise HashindexError(f"port={port}: cannot listen on {host}:{port} ({e.strerror})") from None

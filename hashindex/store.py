@@ -98,22 +98,22 @@ def memmap_dataset(path: Path, name: str) -> np.ndarray:
 class ShardSet:
     """A complete (or partly complete) shard directory, read through its manifest."""
 
-    def __init__(self, directory: str | Path, flag: str = "SHARD_DIR", require_complete: bool = True):
+    def __init__(self, directory: str | Path, arg: str = "shard_dir", require_complete: bool = True):
         self.dir = Path(directory)
         mpath = self.dir / MANIFEST
         if not self.dir.is_dir():
-            raise HashindexError(f"{flag} {self.dir}: no such directory")
+            raise HashindexError(f"{arg}={self.dir}: no such directory")
         if not mpath.exists():
-            raise HashindexError(f"{flag} {self.dir}: not a shard directory (no {MANIFEST}; run hashindex extract)")
+            raise HashindexError(f"{arg}={self.dir}: not a shard directory (no {MANIFEST}; run hashindex extract)")
         try:
             self.manifest = read_json(mpath)
         except (OSError, ValueError) as e:
-            raise HashindexError(f"{flag} {mpath}: unreadable manifest ({e})") from None
+            raise HashindexError(f"{arg}={mpath}: unreadable manifest ({e})") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
-            raise HashindexError(f"{flag} {mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+            raise HashindexError(f"{arg}={mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
         if require_complete and not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["shards_planned"]
-            raise HashindexError(f"{flag} {self.dir}: extraction unfinished ({done}/{total} shards); "
+            raise HashindexError(f"{arg}={self.dir}: extraction unfinished ({done}/{total} shards); "
                                  "rerun the same hashindex extract command to finish it")
 
     @classmethod

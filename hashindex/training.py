@@ -144,15 +144,15 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     """The unfinished checkpoint at cfg.out to continue from, after checking it matches."""
     ckpt = read_checkpoint(cfg.out)
     if "train_state" not in ckpt:
-        raise HashindexError(f"--resume: {cfg.out} is a finished checkpoint ({ckpt['epochs']} epochs); "
-                             "nothing to resume (use --overwrite to train again)")
+        raise HashindexError(f"resume=True: {cfg.out} is a finished checkpoint ({ckpt['epochs']} epochs); "
+                             "nothing to resume (use overwrite=True to train again)")
     old = ckpt["train_state"]["config"]
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
-            raise HashindexError(f"--resume: {cfg.out} was trained with {key}={was!r}, "
+            raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
                                  f"not {getattr(cfg, key)!r}")
     return ckpt
 
@@ -161,8 +161,8 @@ def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
     """Input channels of a fine-tuning run: the init model's, unless --channels says otherwise."""
     channels = cfg.channels or init["channels"]
     if channels != init["channels"]:
-        raise HashindexError(f"--init {cfg.init}: a {init['channels']}-channel model, but --channels "
-                             f"{channels}; leave --channels out to train with {init['channels']}")
+        raise HashindexError(f"init={cfg.init}: a {init['channels']}-channel model, but channels="
+                             f"{channels}; omit channels= to train with {init['channels']}")
     return channels
 
 
@@ -187,13 +187,13 @@ def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str])
 def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, ImageSource | None]:
     """(training images, validation images): --val, or every n-th image held out of --data, or none."""
     if cfg.val and cfg.val_every:
-        raise HashindexError(f"--val-every {cfg.val_every}: give either --val or --val-every, not both")
+        raise HashindexError(f"val_every={cfg.val_every}: give either val= or val_every=, not both")
     if cfg.val_every is not None and not 2 <= cfg.val_every <= len(src):
-        raise HashindexError(f"--val-every {cfg.val_every}: expected 2 to {len(src)} (the images of --data)")
+        raise HashindexError(f"val_every={cfg.val_every}: expected 2 to {len(src)} (the images of data=)")
     if cfg.val_every:
         vsrc, src = src.split_every(cfg.val_every, ("val", "train"))
     elif cfg.val:
-        vsrc = open_source(cfg.val, "--val", split="test")
+        vsrc = open_source(cfg.val, "val", split="test")
         vsrc.remap_labels(src.class_names)
     else:
         return src, None
@@ -203,11 +203,11 @@ def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, Ima
 def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     out = Path(cfg.out)
     if out.is_dir():
-        raise HashindexError(f"--out {out}: is a directory, expected a checkpoint file path")
+        raise HashindexError(f"out={out}: is a directory, expected a checkpoint file path")
     if out.exists() and not resume and not overwrite:
-        raise HashindexError(f"--out {out}: already exists (pass --resume to continue it or --overwrite)")
+        raise HashindexError(f"out={out}: already exists (pass resume=True to continue it or overwrite=True)")
     if resume and not out.exists():
-        raise HashindexError(f"--resume: {out} does not exist yet; start without --resume")
+        raise HashindexError(f"resume=True: {out} does not exist yet; start without resume=True")
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -219,14 +219,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(cfg.seed)
 
     skips = SkipLog()
-    src = open_source(cfg.data, "--data")
+    src = open_source(cfg.data, "data")
     if cfg.limit:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)
     if not src.class_names or (src.labels < 0).any():
-        raise HashindexError(f"--data {cfg.data}: training needs labelled images "
+        raise HashindexError(f"data={cfg.data}: training needs labelled images "
                              "(class subfolders, a labelled list, IDX or CIFAR batches)")
-    init = read_checkpoint(cfg.init, "--init") if cfg.init and ckpt is None else None
+    init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
     if ckpt is not None:
         channels = ckpt["channels"]
     elif init is not None:
@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if vsrc is not None:
         val_x, val_y, _ = load_arrays(vsrc, cfg.input_size, channels, cfg.workers, progress, skips)
     if len(train_x) == 0:
-        raise HashindexError(f"--data {cfg.data}: no readable images ({skips.summary()})")
+        raise HashindexError(f"data={cfg.data}: no readable images ({skips.summary()})")
     log(f"train: {len(train_x)} images, {len(src.class_names)} classes"
         + (f", val: {len(val_x)} images" if val_x is not None else "") + f"; {skips.summary()}")
 
@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             "init": init_info}
     steps = math.ceil(len(train_x) / cfg.batch_size)
     if start_epoch >= cfg.epochs:
-        raise HashindexError(f"--resume: {cfg.out} has {start_epoch} epochs already (--epochs {cfg.epochs})")
+        raise HashindexError(f"resume=True: {cfg.out} has {start_epoch} epochs already (epochs={cfg.epochs})")
     x_all, y_all = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.int64))
     acc = None
     for epoch in range(start_epoch, cfg.epochs):

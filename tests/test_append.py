@@ -44,7 +44,7 @@ def test_id_offset_numbers_the_collection(new_shards):
 
 
 def test_resume_with_another_id_offset_is_refused(tiny_model, new_shards):
-    with pytest.raises(HashindexError, match="another --id-offset"):
+    with pytest.raises(HashindexError, match="another id_offset"):
         extract(str(tiny_model), str(CIFAR_TEST), new_shards, limit=600, id_offset=20000, shard_size=250, **QUIET)
 
 

@@ -27,7 +27,7 @@ def test_greyscale_and_other_sizes():
 
 @pytest.mark.parametrize("bits", [3, 10, 0])
 def test_bits_must_be_multiple_of_4(bits):
-    with pytest.raises(HashindexError, match="--bits"):
+    with pytest.raises(HashindexError, match=f"bits={bits}: expected a multiple of 4"):
         NINHash(bits, 10)
 
 

@@ -9,11 +9,11 @@ from .formats import _find, _torchvision_source, cifar_source, idx_source
 from .sources import (IMAGE_EXTENSIONS, LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource,
                       ImageSource, ListSource, TarSource)
 
-def open_source(spec: str | Path, flag: str = "--data", split: str | None = None) -> ImageSource:
+def open_source(spec: str | Path, arg: str = "data", split: str | None = None) -> ImageSource:
     """Open an image collection from a path or ``torchvision:NAME[:split]``.
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX or CIFAR-batch folders
-    (default train). Raises HashindexError naming ``flag`` if the spec is not a
+    (default train). Raises HashindexError naming ``arg`` if the spec is not a
     collection hashindex can read or holds no images.
     """
     spec = str(spec)
@@ -21,23 +21,23 @@ def open_source(spec: str | Path, flag: str = "--data", split: str | None = None
         parts = spec.split(":")
         source = _torchvision_source(parts[1], parts[2] if len(parts) > 2 else split or "train")
         source.spec = spec
-        return _non_empty(source, flag, spec)
+        return _non_empty(source, arg, spec)
     path = Path(spec)
     if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
         head, split = spec.rsplit(":", 1)
         path = Path(head)
     if not path.exists():
-        raise HashindexError(f"{flag} {spec}: no such file or directory")
+        raise HashindexError(f"{arg}={spec}: no such file or directory")
     try:
         source = _open_path(path, split or "train")
     except HashindexError as e:
-        raise HashindexError(f"{flag} {e}") from None
+        raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(
-            f"{flag} {spec}: expected a folder, a .tar/.tar.gz, a .txt/.csv list, IDX or CIFAR-10 batches"
+            f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a .txt/.csv list, IDX or CIFAR-10 batches"
         )
     source.spec = str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
-    return _non_empty(source, flag, spec)
+    return _non_empty(source, arg, spec)
 
 
 def reopen_source(spec: str) -> ImageSource:
@@ -75,7 +75,7 @@ def _open_path(path: Path, split: str) -> ImageSource | None:
     return None
 
 
-def _non_empty(source: ImageSource, flag: str, spec: str) -> ImageSource:
+def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:
     if len(source) == 0:
-        raise HashindexError(f"{flag} {spec}: holds no images")
+        raise HashindexError(f"{arg}={spec}: holds no images")
     return source

@@ -42,10 +42,10 @@ from .tuning import fine_stage, training_sample
 
 def _check_shards(shards: ShardSet, rerank: str) -> None:
     if shards.rows == 0:
-        raise HashindexError(f"SHARD_DIR {shards.dir}: holds no rows")
+        raise HashindexError(f"shard_dir={shards.dir}: holds no rows")
     if rerank != "none" and shards.manifest["feature_dtype"] == "none":
-        raise HashindexError(f"--rerank {rerank}: {shards.dir} was extracted with --features none; "
-                             "use --rerank none or extract features")
+        raise HashindexError(f"rerank={rerank}: {shards.dir} was extracted with features=none; "
+                             "use rerank=none or extract features")
 
 
 def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
@@ -61,15 +61,15 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     head where the shard directory lacks it.
     """
     t0 = time.time()
-    store = ShardSet(shard_dir, "SHARD_DIR")
+    store = ShardSet(shard_dir, "shard_dir")
     _check_shards(store, rerank)
     out = Path(out)
     if out.exists() and not overwrite:
-        raise HashindexError(f"--out {out}: already exists (pass --overwrite to replace it, "
-                             "or --append to add SHARD_DIR to it)")
+        raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it, "
+                             "or append=True to add SHARD_DIR to it)")
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
-        raise HashindexError(f"--shards {shards}: expected 1 to {n} (the number of items)")
+        raise HashindexError(f"shards={shards}: expected 1 to {n} (the number of items)")
     code_bytes = store.manifest["code_bytes"]
     pbytes = padded_bytes(code_bytes)
     bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()
@@ -78,7 +78,7 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
         params["nlist"] = nlist or params["nlist"]
         params["nprobe"] = nprobe or min(params["nprobe"], params["nlist"])
         if params["nlist"] > n:
-            raise HashindexError(f"--nlist {params['nlist']}: more lists than the {n} items to index")
+            raise HashindexError(f"nlist={params['nlist']}: more lists than the {n} items to index")
     rng = np.random.default_rng(seed)
     sample = None
     if binary == "ivf":
@@ -136,7 +136,7 @@ def _source_entry(store: ShardSet) -> dict[str, str]:
 
 def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
     """One-line errors for shards that cannot join an existing index."""
-    where = f"SHARD_DIR {store.dir}"
+    where = f"shard_dir={store.dir}"
     if store.model_id != meta["model_id"]:
         raise HashindexError(f"{where}: extracted with model {store.model_id}, but {index_dir} holds codes of "
                              f"model {meta['model_id']} (codes of different models cannot be compared)")
@@ -145,7 +145,7 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
                              f"{meta['class_names'][:5]}")
     dim = meta["rerank"]["dim"]
     if dim and store.manifest["feature_dim"] == 0:
-        raise HashindexError(f"{where}: extracted with --features none, but {index_dir} re-ranks with features")
+        raise HashindexError(f"{where}: extracted with features=none, but {index_dir} re-ranks with features")
     if dim and rerank_signal(meta) in ("l2", "cosine") and store.manifest["feature_dim"] != dim:
         raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
     sha = _source_entry(store)["manifest_sha256"]
@@ -158,12 +158,12 @@ def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> Non
     new_ids = np.concatenate([np.asarray(part) for part in store.memmap("ids")])
     uniq = np.unique(new_ids)
     if len(uniq) < len(new_ids):
-        raise HashindexError(f"SHARD_DIR {store.dir}: holds duplicate ids")
+        raise HashindexError(f"shard_dir={store.dir}: holds duplicate ids")
     clash = uniq[np.isin(uniq, old_ids, assume_unique=True)]
     if len(clash):
         raise HashindexError(
-            f"SHARD_DIR {store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
-            f"extract the new images with --id-offset {int(old_ids.max()) + 1} (or higher)")
+            f"shard_dir={store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
+            f"extract the new images with id_offset={int(old_ids.max()) + 1} (or higher)")
 
 
 @contextlib.contextmanager
@@ -177,7 +177,7 @@ def _exclusive(index_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HashindexError(f"--out {index_dir}: another append to it is running (lock {lock})") from None
+            raise HashindexError(f"out={index_dir}: another append to it is running (lock {lock})") from None
         try:
             yield
         finally:
@@ -208,10 +208,10 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
     """
     t0 = time.time()
     index_dir = Path(index_dir)
-    store = ShardSet(shard_dir, "SHARD_DIR")
-    read_index_meta(index_dir, "--out")  # a clear error before any lock file is made
+    store = ShardSet(shard_dir, "shard_dir")
+    read_index_meta(index_dir, "out")  # a clear error before any lock file is made
     with _exclusive(index_dir):
-        meta = read_index_meta(index_dir, "--out")  # as it is now that no other append runs
+        meta = read_index_meta(index_dir, "out")  # as it is now that no other append runs
         _check_appendable(meta, store, index_dir)
         _check_shards(store, meta["rerank"]["kind"])
         return _append(store, meta, index_dir, t0, progress, log)

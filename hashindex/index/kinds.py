@@ -76,7 +76,7 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
         index = faiss.IndexBinaryMultiHash(dim, params["nhash"], params["b"])
         index.nflip = params["nflip"]
         return index
-    raise HashindexError(f"--binary {kind}: expected one of {', '.join(BINARY_KINDS)}")
+    raise HashindexError(f"binary={kind}: expected one of {', '.join(BINARY_KINDS)}")
 
 
 class BinaryParts:
@@ -154,7 +154,7 @@ def make_rerank_index(kind: str, dim: int) -> faiss.Index | None:
     if kind == "pq":
         m = next(m for m in (48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0)
         return faiss.IndexPQ(dim, m, 8)
-    raise HashindexError(f"--rerank {kind}: expected one of {', '.join(RERANK_KINDS)}")
+    raise HashindexError(f"rerank={kind}: expected one of {', '.join(RERANK_KINDS)}")
 
 
 def new_float_store(kind: str, sample: np.ndarray) -> faiss.Index:
@@ -163,7 +163,7 @@ def new_float_store(kind: str, sample: np.ndarray) -> faiss.Index:
     index = make_rerank_index(kind, dim)
     if not index.is_trained:
         if kind == "pq" and n < 256:
-            raise HashindexError(f"--rerank pq: needs at least 256 items to train its codebooks, not {n} "
-                                 "(use --rerank flat, fp16 or sq8)")
+            raise HashindexError(f"rerank=pq: needs at least 256 items to train its codebooks, not {n} "
+                                 "(use rerank=flat, fp16 or sq8)")
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index

@@ -41,23 +41,23 @@ def rerank_signal(meta: dict[str, Any]) -> str:
     return meta["rerank"].get("signal") or "l2"
 
 
-def read_index_meta(directory: str | Path, flag: str = "INDEX_DIR") -> dict[str, Any]:
+def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, Any]:
     """index.json of a complete index directory (one-line error otherwise)."""
     d = Path(directory)
     if not d.is_dir():
-        raise HashindexError(f"{flag} {d}: no such directory")
+        raise HashindexError(f"{arg}={d}: no such directory")
     if not (d / INDEX_JSON).exists():
-        raise HashindexError(f"{flag} {d}: not a complete hashindex index (no {INDEX_JSON}; run hashindex build)")
+        raise HashindexError(f"{arg}={d}: not a complete hashindex index (no {INDEX_JSON}; run hashindex build)")
     try:
         meta = read_json(d / INDEX_JSON)
     except (OSError, ValueError) as e:
-        raise HashindexError(f"{flag} {d / INDEX_JSON}: unreadable ({e})") from None
+        raise HashindexError(f"{arg}={d / INDEX_JSON}: unreadable ({e})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise HashindexError(f"{flag} {d}: not a {FORMAT} v{FORMAT_VERSION} index")
+        raise HashindexError(f"{arg}={d}: not a {FORMAT} v{FORMAT_VERSION} index")
     needed = binary_files(meta) + [TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
     missing = [f for f in needed if not (d / f).exists()]
     if missing:
-        raise HashindexError(f"{flag} {d}: incomplete index, missing {', '.join(missing)}")
+        raise HashindexError(f"{arg}={d}: incomplete index, missing {', '.join(missing)}")
     return meta
 
 

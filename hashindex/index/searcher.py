@@ -53,7 +53,7 @@ class Index:
         self.ids, self.labels, self.head = ids, labels, head
         self.signal = rerank_signal(meta)
         if len(self.ids) != self.binary.ntotal:
-            raise HashindexError(f"INDEX_DIR {self.dir}: table and binary index disagree "
+            raise HashindexError(f"index_dir={self.dir}: table and binary index disagree "
                                  f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
         self._id_order = np.argsort(self.ids, kind="stable")
 
@@ -70,8 +70,8 @@ class Index:
         shards = meta["binary"].get("shards")
         if shard_actors is not None:
             if not shards:
-                raise HashindexError(f"--shard-actors: INDEX_DIR {d} has one binary index, not shards "
-                                     "(build it with --shards S)")
+                raise HashindexError(f"shard_actors=True: {d} has one binary index, not parts "
+                                     "(build it with shards=S)")
             binary = remote_parts(d, shards, shard_actors)
         else:
             parts = [read_binary(d / name, mmap) for name in binary_files(meta)]
@@ -128,7 +128,7 @@ class Index:
     def class_names(self) -> list[str]:
         return self.meta.get("class_names", [])
 
-    def check_model(self, model_id: str, what: str = "--model") -> None:
+    def check_model(self, model_id: str, what: str = "model") -> None:
         if model_id != self.model_id:
             raise HashindexError(f"{what}: model {model_id} differs from the index's model {self.model_id} "
                                  "(codes of different models cannot be compared)")
@@ -142,7 +142,7 @@ class Index:
         at = np.searchsorted(sorted_ids, ids)
         ok = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == ids)
         if not ok.all():
-            raise HashindexError(f"--by-id {ids[~ok][0]}: no item with this id in {self.dir}")
+            raise HashindexError(f"by_id={ids[~ok][0]}: no item with this id in {self.dir}")
         return self._id_order[at]
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,12 +293,12 @@ class Index:
         binary range search keeps d < radius, so it is asked for radius + 1.
         """
         if radius < 0:
-            raise HashindexError(f"--radius {radius}: expected 0 or more")
+            raise HashindexError(f"radius={radius}: expected 0 or more")
         try:
             lims, dist, pos = self.binary.range_search(self._pad(codes), radius + 1)
         except RuntimeError:
-            raise HashindexError(f"--radius: the {self.meta['binary']['kind']} index has no range search "
-                                 "(build with --binary flat, ivf or multihash)") from None
+            raise HashindexError(f"radius={radius}: the {self.meta['binary']['kind']} index has no range search "
+                                 "(build with binary=flat, ivf or multihash)") from None
         out = []
         for i in range(len(lims) - 1):
             d, p = dist[lims[i]:lims[i + 1]], pos[lims[i]:lims[i + 1]].astype(np.int64)
