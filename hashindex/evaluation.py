@@ -29,7 +29,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
 
     ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole database).
     """
-    from .index import DEFAULT_CANDIDATES, TIE_CAP, Index
+    from .index import TIE_CAP, Index
     from .store import ShardSet
 
     index = Index.load(index_dir)
@@ -48,7 +48,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
     keep = q["labels"] >= 0
     use_rerank = rerank and index.rerank is not None and q["features"] is not None
     vecs = index.query_vectors(q["features"][keep].astype(np.float32)) if use_rerank else None
-    pool = index.count if candidates == "all" else (candidates or DEFAULT_CANDIDATES)
+    pool = min(index.count if candidates == "all" else (candidates or index.default_candidates), index.count)
 
     def rr(sl, pos):
         return index.float_distances(vecs[sl], pos, vectors=True)

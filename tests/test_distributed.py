@@ -84,8 +84,7 @@ def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_p
 
 def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_path):
     """S=4 shards held by 4 Ray actors: batch top-k and radius search equal the single local index."""
-    from hashindex.index import build
-    from hashindex.index import Index
+    from hashindex.index import Index, build
     from hashindex.query import query
 
     build(cifar_shards, tmp_path / "s4", shards=4, signal="l2", progress=False, log=lambda s: None)

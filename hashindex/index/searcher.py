@@ -30,8 +30,17 @@ from .layout import (RERANK_FILE, binary_files, read_binary, read_float, read_he
                      read_table, rerank_signal)
 
 MISSING = -1
-DEFAULT_CANDIDATES = 1000  # the re-ranked pool of a query; a fixed size, so rankings do not change with k
-TIE_CAP = 20_000  # at most this many items in a pool widened to a whole tie group
+DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
+# The fine stage reads at most this many floats per query by default: DLBHC's 1,000 candidates x 192-d
+# features. Narrower signals re-rank a larger pool at the same cost (posterior, 11-d: 17,454 candidates;
+# latent, 48-d: 4,000): their quality grows with the pool, where L2 / cosine on features drop (RESULTS.md).
+FINE_BUDGET = DEFAULT_CANDIDATES * 192
+TIE_CAP = 20_000  # at most this many items in a pool widened to a whole tie group (or the pool, if larger)
+
+
+def default_pool(dim: int | None) -> int:
+    """The default re-ranked pool for stored vectors of width ``dim``: `FINE_BUDGET` floats per query."""
+    return max(DEFAULT_CANDIDATES // 10, FINE_BUDGET // dim) if dim else DEFAULT_CANDIDATES
 
 
 @dataclass
@@ -52,6 +61,7 @@ class Index:
         self.meta, self.binary, self.rerank, self.dir = meta, binary, rerank, directory
         self.ids, self.labels, self.head = ids, labels, head
         self.signal = rerank_signal(meta)
+        self.default_candidates = default_pool(rerank.d if rerank is not None else None)
         if len(self.ids) != self.binary.ntotal:
             raise HashindexError(f"index_dir={self.dir}: table and binary index disagree "
                                  f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
@@ -70,7 +80,7 @@ class Index:
         shards = meta["binary"].get("shards")
         if shard_actors is not None:
             if not shards:
-                raise HashindexError(f"shard_actors=True: {d} has one binary index, not parts "
+                raise HashindexError(f"shard_actors=True: {d} has one binary index, not shards "
                                      "(build it with shards=S)")
             binary = remote_parts(d, shards, shard_actors)
         else:
@@ -240,7 +250,7 @@ class Index:
                vectors: bool = False) -> SearchResult:
         """The top k of the coarse-to-fine ranking.
 
-        The pool is the first ``candidates`` (default `DEFAULT_CANDIDATES`) items
+        The pool is the first ``candidates`` (default `default_pool`: a fixed read budget) items
         of the Hamming ranking, widened to every item tied at its farthest
         distance (``complete_ties``, up to `TIE_CAP`); it is re-ordered by the
         index's signal, and the Hamming ranking continues after it. Neither
@@ -253,7 +263,7 @@ class Index:
             raise HashindexError(f"k={k}: expected a positive number of results")
         if k > self.count:
             raise HashindexError(f"k={k}: the index holds only {self.count} items")
-        pool_size = min(candidates or DEFAULT_CANDIDATES, self.count)
+        pool_size = min(candidates or self.default_candidates, self.count)
         do_rerank = rerank and self.rerank is not None and features is not None
         ham, pos = self.coarse(codes, max(pool_size, k))
         if complete_ties:

@@ -17,7 +17,7 @@ from ..errors import HashindexError
 from ..metrics import evaluate_arrays
 from ..signals import HEAD_SIGNALS, Head, check_signal, choose, database_vectors, query_vectors
 from ..store import ShardSet
-from .searcher import DEFAULT_CANDIDATES, TIE_CAP
+from .searcher import TIE_CAP, default_pool
 
 SIGNAL_QUERIES = 1000  # labelled items held out of the collection to choose its signal
 SIGNAL_SAMPLE = 100_000  # items of a large collection the choice is measured on
@@ -53,13 +53,13 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
 
 
 def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
-                  pool: int = DEFAULT_CANDIDATES, queries: int = SIGNAL_QUERIES,
+                  pool: int | None = None, queries: int = SIGNAL_QUERIES,
                   sample: int = SIGNAL_SAMPLE) -> tuple[str, dict[str, Any]]:
     """The fine-stage signal for a collection, measured on the collection itself.
 
     With labels: ``queries`` labelled items are held out and searched against
-    the rest (at most ``sample`` items) with the ranking a query gets (pool of
-    ``pool``, whole tie groups); the signal with the highest mAP wins, and
+    the rest (at most ``sample`` items) with the ranking a query gets (each
+    signal's default pool, or ``pool``; whole tie groups); the signal with the highest mAP wins, and
     "hamming" (no fine stage) is a candidate too, so the choice never ranks
     these held-out items worse than Hamming alone. Without labels: the
     unlabelled default. In-domain collections measured here choose the
@@ -75,7 +75,6 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     q = {name: a[held] for name, a in rows.items()}
     db = {name: a[rest] for name, a in rows.items()}
     q["features"], db["features"] = q["features"].astype(np.float32), db["features"].astype(np.float32)
-    pool = min(pool, len(rest))
 
     def score(signal: str) -> float:
         if signal == "hamming":
@@ -84,19 +83,23 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
         qv = query_vectors(signal, q["features"], head)
         dv = database_vectors(signal, db["features"], db["codes"], head)
         dn = (dv * dv).sum(axis=1)
+        size = min(pool or default_pool(dv.shape[1]), len(rest))
+        pools[signal] = size
 
         def distances(sl, pos):
             full = dn[None, :] - 2 * qv[sl] @ dv.T
             return np.take_along_axis(full, pos, 1)
 
         return evaluate_arrays(q["codes"], q["labels"], db["codes"], db["labels"], shards.bits, at=(),
-                               pk_max=1, rerank=distances, candidates=pool,
-                               tie_cap=max(TIE_CAP, pool))["reranked"]["map"]
+                               pk_max=1, rerank=distances, candidates=size,
+                               tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 
+    pools: dict[str, int] = {}
     names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else [])
     signal, scores = choose({name: (lambda n=name: score(n)) for name in names}, labelled=True)
     return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
-                          f"(pool {pool})", "scores": {k: round(v, 4) for k, v in scores.items()}}
+                          "(each signal with its default pool)", "pools": pools,
+                    "scores": {k: round(v, 4) for k, v in scores.items()}}
 
 
 def fine_stage(store: ShardSet, rerank: str, signal: str, model: str | None, rng: np.random.Generator,
