@@ -180,3 +180,18 @@ def test_evaluate_arrays_without_tie_cap_keeps_the_old_pool():
 
     evaluate_arrays(codes[:50], labels[:50], codes, labels, 8, at=(), pk_max=1, rerank=dist, candidates=37)
     assert set(calls) == {37}
+
+
+def test_image_queries_without_a_float_store(cifar_shards, tiny_model, tmp_path):
+    """An index built with rerank none answers image and id queries in Hamming order (no signal to compute)."""
+    from PIL import Image
+
+    build(cifar_shards, tmp_path / "ix", rerank="none", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    assert index.rerank is None and index.signal == "none"
+    img = tmp_path / "q.png"
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(img)
+    rows = query(index, [str(img)], [7], model=str(tiny_model), k=5)
+    for row in rows:
+        assert len(row["results"]) == 5 and all(h["distance"] is None for h in row["results"])
+        assert [h["hamming"] for h in row["results"]] == sorted(h["hamming"] for h in row["results"])

@@ -196,7 +196,9 @@ class Index:
         return np.where(pos < 0, MISSING, dist).astype(np.int32), pos
 
     def query_vectors(self, features: np.ndarray) -> np.ndarray:
-        """The fine-stage vectors of queries given their pooled features."""
+        """The fine-stage vectors of queries given their pooled features (a placeholder column without a float store)."""
+        if self.rerank is None:  # no fine stage (rerank none, or auto found Hamming alone best)
+            return np.zeros((len(features), 1), np.float32)
         return query_vectors(self.signal, features, self.head)
 
     def float_distances(self, features: np.ndarray, pos: np.ndarray, *, vectors: bool = False) -> np.ndarray:
