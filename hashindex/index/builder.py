@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import HashindexError
-from ..files import atomic_write_json, sha256_file
+from ..files import atomic_write_json, read_json, sha256_file
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
@@ -64,9 +66,34 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     store = ShardSet(shard_dir, "shard_dir")
     _check_shards(store, rerank)
     out = Path(out)
-    if out.exists() and not overwrite:
+    with _exclusive(out):  # one writer: a build and an append of the same INDEX_DIR never interleave
+        _check_replaceable(out, store, overwrite)
+        return _build(store, out, t0, binary=binary, rerank=rerank, signal=signal, model=model, nlist=nlist,
+                      nprobe=nprobe, shards=shards, seed=seed, progress=progress, log=log)
+
+
+def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
+    """``out`` may be written: absent, or (with overwrite) an existing hashindex index that is not the input."""
+    if not out.exists():
+        return
+    if not overwrite:
         raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it, "
                              "or append=True to add SHARD_DIR to it)")
+    src, dst = store.dir.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise HashindexError(f"out={out}: is or holds the shard directory being indexed; refusing to replace it")
+    try:
+        is_index = out.is_dir() and read_json(out / INDEX_JSON).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_index = False
+    if not is_index:
+        raise HashindexError(f"out={out}: exists and is not a hashindex index; refusing to replace it "
+                             "(choose another out, or remove it yourself)")
+
+
+def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, signal: str, model: str | None,
+           nlist: int | None, nprobe: int | None, shards: int, seed: int, progress: bool, log) -> dict[str, Any]:
+    """The work of `build`, under the index's lock."""
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
         raise HashindexError(f"shards={shards}: expected 1 to {n} (the number of items)")
@@ -168,17 +195,28 @@ def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> Non
 
 @contextlib.contextmanager
 def _exclusive(index_dir: Path) -> Iterator[None]:
-    """Hold a lock beside INDEX_DIR, so two appends cannot each add to the old index and lose the other's rows.
+    """Hold the lock beside INDEX_DIR: one build or append of it at a time, so none loses another's rows.
 
-    (flock: reliable between processes of one machine, not across NFS clients.)
+    flock is released by the kernel when its holder dies, so a killed writer leaves no stale lock; the
+    file records the holder's pid and host for the message a second writer gets. (flock: reliable
+    between processes of one machine, not across NFS clients.)
     """
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = index_dir.parent / f".{index_dir.name}.lock"
-    with open(lock, "a") as f:
+    with open(lock, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HashindexError(f"out={index_dir}: another append to it is running (lock {lock})") from None
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise HashindexError(f"out={index_dir}: another append to it is running, or a build "
+                                 f"(lock {lock}, held by {holder})") from None
         try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -303,13 +341,23 @@ def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, 
 def _replacing(out: Path) -> Iterator[Path]:
     """A temp folder beside ``out`` that replaces it when the block succeeds and is removed if it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_leftovers(out: Path) -> int:
+    """Remove the temp and old folders of killed builds or appends of ``out`` (called under its lock)."""
+    mine = re.compile(rf"\.{re.escape(out.name)}\.(build-[a-z0-9_]+\.tmp|old-\d+)")
+    stale = [p for p in out.parent.iterdir() if p.is_dir() and mine.fullmatch(p.name)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -1,0 +1,67 @@
+"""Writes that touch only what is ours: build --overwrite replaces only a hashindex index, never its input or
+an unrelated folder; one writer at a time (real processes); leftovers of killed builds are cleaned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from hashindex import HashindexError
+from hashindex.cli import cli
+from hashindex.index import build
+
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+def test_overwrite_refuses_what_is_not_an_index(cifar_shards, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    res = CliRunner().invoke(cli, ["build", str(cifar_shards), "--out", str(folder), "--overwrite"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert f"--out {folder}: exists and is not a hashindex index; refusing to replace it" in res.output
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+    # the command's own input, or a folder holding it
+    for out in (cifar_shards, cifar_shards.parent):
+        with pytest.raises(HashindexError, match="is or holds the shard directory being indexed"):
+            build(cifar_shards, out, overwrite=True, **QUIET)
+        assert (cifar_shards / "manifest.json").exists()
+
+
+def test_overwrite_replaces_an_index_and_cleans_leftovers(cifar_shards, tmp_path):
+    out = tmp_path / "index"
+    build(cifar_shards, out, rerank="none", **QUIET)
+    # what a build or append killed mid-way leaves beside the index
+    (tmp_path / ".index.build-abc123.tmp").mkdir()
+    (tmp_path / ".index.old-1700000000000").mkdir()
+    (tmp_path / ".index.v2.build-xyz.tmp").mkdir()  # another index's temp folder: not ours
+    meta = build(cifar_shards, out, rerank="none", overwrite=True, **QUIET)
+    assert meta["count"] == 10000
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert left == [".index.lock", ".index.v2.build-xyz.tmp"]
+
+
+def test_one_writer_at_a_time(cifar_shards, tmp_path):
+    """A process holding the index's lock: a build of the same INDEX_DIR is refused in one line, naming the holder."""
+    out = tmp_path / "index"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from hashindex.index.builder import _exclusive\n"
+         "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = CliRunner().invoke(cli, ["build", str(cifar_shards), "--out", str(out), "--rerank", "none"])
+        assert res.exit_code == 2 and res.output.count("\n") == 1
+        assert "another append to it is running, or a build" in res.output and f"pid {holder.pid}" in res.output
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    build(cifar_shards, out, rerank="none", **QUIET)  # the holder died: its lock went with it
+    assert (out / "index.json").exists()
