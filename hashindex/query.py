@@ -82,12 +82,20 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
 
 def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,
                    k: int = 10, candidates: int | None = None, radius: int | None = None,
-                   rerank: bool = True, complete_ties: bool = True) -> list[dict[str, Any]]:
-    """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``."""
+                   rerank: bool = True, complete_ties: bool = True, max_results: int | None = None
+                   ) -> list[dict[str, Any]]:
+    """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``.
+
+    ``max_results`` refuses a radius search that finds more items for one query (a service's bound).
+    """
     if radius is None:
         res = index.search(codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True)
         return result_rows(index, res, names)
     hits = index.range_search(codes_arr, radius)
+    most = max([len(p) for p, _ in hits] + [0])
+    if max_results is not None and most > max_results:
+        raise HashindexError(f"radius={radius}: {most} items within it for one query, more than "
+                             f"max_results={max_results} (use a smaller radius, or k)")
     width = max([len(p) for p, _ in hits] + [1])
     pos = np.full((len(hits), width), MISSING, np.int64)
     ham = np.full((len(hits), width), MISSING, np.int32)

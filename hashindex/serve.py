@@ -9,7 +9,12 @@ pays it once. Plain JSON over the standard library's threading HTTP server:
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1 (as on `hashindex query`)
 
 Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
-with status 400 (bad request), 404 (no such id or path) or 413 (body too large).
+with status 400 (bad request), 404 (no such id or path), 411 (no usable
+Content-Length), 413 (body too large) or 500 (a bug; the server goes on).
+Resources are bounded: the body (MAX_BODY, whatever the headers claim), the
+pixels an image declares (MAX_PIXELS, checked before decoding; JPEGs decoded
+at reduced scale), k, candidates and radius results (a 400 naming the cap), a
+socket timeout and a listen backlog for 64+ clients.
 Searches run one at a time (a lock): the net and Faiss already use every core.
 """
 
@@ -31,6 +36,12 @@ from .index import Index
 from .query import check_candidates, indexed_queries, search_vectors
 
 MAX_BODY = 32 << 20  # bytes of one uploaded image
+MAX_PIXELS = 40_000_000  # pixels an uploaded image may declare (checked before decoding)
+MAX_K = 1000  # results of one search
+MAX_CANDIDATES = 100_000  # re-ranked pool of one search
+MAX_RESULTS = 10_000  # items one radius search may return
+SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading is dropped after this
+BACKLOG = 128  # connections waiting to be accepted (64+ concurrent clients)
 
 
 class RequestError(Exception):
@@ -61,7 +72,7 @@ class Searcher:
     def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Search with the bytes of an image file."""
         try:
-            img = decode_image(data)
+            img = decode_image(data, max_side=4 * self.model.input_size, max_pixels=MAX_PIXELS)
         except BadImage as e:
             raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
         array = to_array(img, self.model.input_size, self.model.channels)[None]
@@ -85,7 +96,8 @@ class Searcher:
         return row
 
 
-def _int_param(params: dict[str, list[str]], name: str, default: int | None, low: int) -> int | None:
+def _int_param(params: dict[str, list[str]], name: str, default: int | None, low: int,
+               high: int | None = None) -> int | None:
     if name not in params:
         return default
     raw = params[name][-1]
@@ -95,6 +107,8 @@ def _int_param(params: dict[str, list[str]], name: str, default: int | None, low
         raise RequestError(400, f"{name}={raw}: expected an integer") from None
     if value < low:
         raise RequestError(400, f"{name}={value}: expected at least {low}")
+    if high is not None and value > high:
+        raise RequestError(400, f"{name}={value}: at most {high} in one request")
     return value
 
 
@@ -109,13 +123,14 @@ def _flag_param(params: dict[str, list[str]], name: str, default: bool) -> bool:
 
 def search_options(params: dict[str, list[str]]) -> dict[str, Any]:
     """k, candidates, radius, rerank, cut_ties from a query string, checked as the CLI checks them."""
-    k = _int_param(params, "k", 10, 1)
-    candidates = _int_param(params, "candidates", None, 1)
+    k = _int_param(params, "k", 10, 1, MAX_K)
+    candidates = _int_param(params, "candidates", None, 1, MAX_CANDIDATES)
     try:
         check_candidates(candidates, k)
     except HashindexError as e:  # the library speaks in argument names, as a query string does
         raise RequestError(400, str(e)) from None
     return {"k": k, "candidates": candidates, "radius": _int_param(params, "radius", None, 0),
+            "max_results": MAX_RESULTS,
             "rerank": _flag_param(params, "rerank", True),
             "complete_ties": not _flag_param(params, "cut_ties", False)}
 
@@ -125,6 +140,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "hashindex"
+        timeout = SOCKET_TIMEOUT_S  # applied to each connection's socket
 
         def _reply(self, status: int, body: dict[str, Any]) -> None:
             data = (json.dumps(body) + "\n").encode()
@@ -148,16 +164,27 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                     if item is None:
                         raise RequestError(400, "GET /search needs id=ID (or POST an image)")
                     return self._reply(200, searcher.by_id(item, options))
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise RequestError(413, f"body of {length} bytes: at most {MAX_BODY} for one image")
-                return self._reply(200, searcher.by_image(self.rfile.read(length), options))
+                return self._reply(200, searcher.by_image(self._body(), options))
             except RequestError as e:
                 return self._reply(e.status, {"error": str(e)})
             except HashindexError as e:  # a request the index cannot answer (k beyond its size, ...)
                 return self._reply(400, {"error": str(e)})
             except Exception as e:  # a bug: this request fails with a status, the server goes on
                 return self._reply(500, {"error": f"internal error: {type(e).__name__}: {str(e)[:200]}"})
+
+        def _body(self) -> bytes:
+            """The request body, read only when its declared length is a number within MAX_BODY."""
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                raise RequestError(411, "chunked bodies are not accepted: send Content-Length")
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                raise RequestError(411, "POST /search needs a Content-Length (the image's size in bytes)")
+            if not raw.strip().isdigit():
+                raise RequestError(400, f"Content-Length: {raw[:40]}: expected a number of bytes")
+            length = int(raw)
+            if length > MAX_BODY:
+                raise RequestError(413, f"body of {length} bytes: at most {MAX_BODY} for one image")
+            return self.rfile.read(length)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             self._handle("GET")
@@ -174,7 +201,11 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
 
 def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None) -> ThreadingHTTPServer:
     """A bound (not yet serving) HTTP server; port 0 picks a free port."""
+    class Server(ThreadingHTTPServer):
+        request_queue_size = BACKLOG
+        daemon_threads = True
+
     try:
-        return ThreadingHTTPServer((host, port), make_handler(searcher, log))
+        return Server((host, port), make_handler(searcher, log))
     except OSError as e:
         raise HashindexError(f"port={port}: cannot listen on {host}:{port} ({e.strerror})") from None

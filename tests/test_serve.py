@@ -77,6 +77,8 @@ def test_concurrent_requests_get_their_own_answers(server, flat_index):
     ("/search?id=5&rerank=maybe", None, 400, "rerank=maybe: expected 0 or 1"),
     ("/search", None, 400, "GET /search needs id=ID (or POST an image)"),
     ("/nope", None, 404, "/nope: no such endpoint (GET /, GET or POST /search)"),
+    ("/search?id=5&k=100000", None, 400, "k=100000: at most 1000 in one request"),
+    ("/search?id=5&candidates=10000000", None, 400, "candidates=10000000: at most 100000 in one request"),
 ])
 def test_bad_requests(server, path, data, status, message):
     assert call(server + path, data) == (status, {"error": message})
@@ -92,3 +94,54 @@ def test_cli_serve_errors(flat_index, tiny_model, tmp_path):
         port = busy.getsockname()[1]
         res = runner.invoke(cli, ["serve", str(flat_index), "--model", str(tiny_model), "--port", str(port)])
     assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: --port {port}: cannot listen")
+
+
+def raw_request(server: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send raw bytes (headers we choose, however wrong) and parse the status and JSON answer."""
+    host, port = server.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head + b"\r\n" + body)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    return status, json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize("headers,status,message", [
+    (b"Content-Length: -1\r\n", 400, "Content-Length: -1: expected a number of bytes"),
+    (b"Content-Length: abc\r\n", 400, "Content-Length: abc: expected a number of bytes"),
+    (b"", 411, "POST /search needs a Content-Length (the image's size in bytes)"),
+    (b"Transfer-Encoding: chunked\r\n", 411, "chunked bodies are not accepted: send Content-Length"),
+    (b"Content-Length: 300000000\r\n", 413, "body of 300000000 bytes: at most 33554432 for one image"),
+])
+def test_body_cap_cannot_be_bypassed(server, headers, status, message):
+    """Every way of declaring a body gets a status and one line, and nothing past the cap is read."""
+    head = b"POST /search?k=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers
+    assert raw_request(server, head) == (status, {"error": message})
+
+
+def test_pixel_cap_is_checked_before_decoding(server):
+    """A small PNG declaring 12000 x 12000 pixels is refused from its header, and the server goes on."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (12000, 12000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 1_000_000
+    status, body = call(server + "/search?k=5", buf.getvalue())
+    assert status == 400 and body == {"error": "body: not a decodable image (too-large)"}
+    assert call(server + "/search?id=5&k=3")[0] == 200
+
+
+def test_radius_results_are_capped(server, monkeypatch):
+    """A radius search that would answer with the whole index (10,000 items here) is refused past the cap."""
+    import hashindex.serve
+
+    monkeypatch.setattr(hashindex.serve, "MAX_RESULTS", 5000)
+    assert call(server + "/search?id=5&radius=48") == (400, {"error": "radius=48: 10000 items within it for one "
+                                                               "query, more than max_results=5000 (use a smaller "
+                                                               "radius, or k)"})
+    status, body = call(server + "/search?id=5&radius=0")
+    assert status == 200 and 0 < len(body["results"]) <= 5000

@@ -24,11 +24,14 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def decode_image(data: bytes, max_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes fully; raise BadImage(reason) for anything unusable.
 
     ``max_side`` lets JPEG decoding use DCT scaling (``draft``) so a 4000x3000
     photo bound for a 32x32 net is decoded at a fraction of the cost.
+    ``max_pixels`` refuses (``too-large``) an image whose header declares more
+    pixels, before anything is decoded: a 12000x12000 PNG of a few kilobytes
+    would otherwise take 430 MB to decode.
     """
     if not data:
         raise BadImage("empty", "0 bytes")
@@ -38,6 +41,8 @@ def decode_image(data: bytes, max_side: int | None = None) -> Image.Image:
             # big photos between the two are decoded (JPEGs at reduced scale via draft).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            if max_pixels and img.width * img.height > max_pixels:
+                raise BadImage("too-large", f"{img.width}x{img.height} pixels, more than {max_pixels:,}")
             if max_side and img.format == "JPEG":
                 img.draft(None, (max_side, max_side))
             img.load()
