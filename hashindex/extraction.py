@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
-from .files import atomic_write_bytes, remove_stale_temps
+from .files import VERIFIED, atomic_write_bytes, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, write_head,
                     shard_name, write_shard)
@@ -92,7 +92,7 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
     if out.exists() and not out.is_dir():
         raise HashindexError(f"out={out}: exists and is not a directory")
     if overwrite and out.exists():
-        for p in list(out.glob("shard-*.h5")) + [mpath, out / SKIPPED, out / HEAD_FILE]:
+        for p in list(out.glob("shard-*.h5")) + [mpath, out / SKIPPED, out / HEAD_FILE, out / VERIFIED]:
             p.unlink(missing_ok=True)
     if not mpath.exists():
         if out.exists() and any(out.iterdir()):

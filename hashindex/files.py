@@ -65,6 +65,63 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+VERIFIED = ".verified.json"  # per folder: the file states whose checksums were last found right
+
+
+def file_checksums(folder: str | Path, names: list[str]) -> dict[str, str]:
+    """SHA-256 of each named file of a folder (recorded when the files are written)."""
+    return {name: sha256_file(Path(folder) / name) for name in names}
+
+
+def _state(path: Path, sha: str) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha]
+
+
+def remember_verified(folder: str | Path, checksums: dict[str, str]) -> None:
+    """Record files just written with these checksums as verified (their writer hashed them already)."""
+    folder = Path(folder)
+    atomic_write_json(folder / VERIFIED, {name: _state(folder / name, sha) for name, sha in checksums.items()})
+
+
+def verify_files(folder: str | Path, expected: dict[str, str], use_cache: bool = True) -> list[tuple[str, str]]:
+    """The files of ``folder`` whose bytes differ from the recorded SHA-256, as (name, what is wrong).
+
+    Hashing streams each file. With ``use_cache``, a file whose (size, mtime, ctime, inode) are those of
+    its last good check is not hashed again (``.verified.json`` beside it; ctime cannot be set back by a
+    user, so an edit is always rehashed), so opening a large index does not rehash it every time; pass
+    ``use_cache=False`` (``hashindex verify``) to hash everything.
+    """
+    folder = Path(folder)
+    cache: dict[str, list] = {}
+    if use_cache:
+        try:
+            cache = read_json(folder / VERIFIED)
+        except (OSError, ValueError):
+            cache = {}
+    bad, good = [], {}
+    for name, want in expected.items():
+        try:
+            state = _state(folder / name, want)
+        except OSError:
+            bad.append((name, "missing"))
+            continue
+        if isinstance(cache, dict) and cache.get(name) == state:
+            good[name] = state
+            continue
+        got = sha256_file(folder / name)
+        if got != want:
+            bad.append((name, f"SHA-256 {got[:12]}… where {want[:12]}… was recorded"))
+        else:
+            good[name] = state
+    if good != cache:
+        try:
+            atomic_write_json(folder / VERIFIED, good)
+        except OSError:  # a read-only folder: verified again next time
+            pass
+    return bad
+
+
 def remove_stale_temps(folder: str | Path) -> int:
     """Delete temp files an interrupted writer left in ``folder``; returns how many."""
     n = 0

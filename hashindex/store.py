@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, read_json, sha256_file
+from .files import atomic_path, atomic_write_json, read_json, sha256_file, verify_files
 
 FORMAT = "hashindex-shards"
 FORMAT_VERSION = 1
@@ -115,6 +115,8 @@ class ShardSet:
             done, total = len(self.manifest["shards"]), self.manifest["shards_planned"]
             raise HashindexError(f"{arg}={self.dir}: extraction unfinished ({done}/{total} shards); "
                                  "rerun the same hashindex extract command to finish it")
+        if require_complete:  # verified on read: what a later stage reads is what extraction wrote
+            self.check(arg)
 
     @classmethod
     def from_manifest(cls, directory: str | Path, manifest: dict[str, Any]) -> "ShardSet":
@@ -182,6 +184,18 @@ class ShardSet:
     def memmap(self, name: str) -> list[np.ndarray]:
         """Per-shard read-only memmaps of ``codes`` or ``features``."""
         return [memmap_dataset(p, name) for p in self.shard_paths()]
+
+    def checksums(self) -> dict[str, str]:
+        """The SHA-256 of every shard file, as the manifest records them."""
+        return {s["file"]: s["sha256"] for s in self.manifest["shards"]}
+
+    def check(self, arg: str = "shard_dir", use_cache: bool = True) -> None:
+        """A one-line error naming the first shard whose bytes are not those extraction wrote."""
+        bad = verify_files(self.dir, self.checksums(), use_cache)
+        if bad:
+            (name, what), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise HashindexError(f"{arg}={self.dir}: {name} is not the shard extraction wrote ({what}){more}; "
+                                 "rerun the same hashindex extract command to redo it")
 
     def verify(self) -> list[str]:
         """Names of shards whose SHA-256 differs from the manifest (or that are missing)."""

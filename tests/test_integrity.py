@@ -65,3 +65,60 @@ def test_one_writer_at_a_time(cifar_shards, tmp_path):
     time.sleep(0.1)
     build(cifar_shards, out, rerank="none", **QUIET)  # the holder died: its lock went with it
     assert (out / "index.json").exists()
+
+
+def flip_byte(path, at=None):
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if at is None else at
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def copy_tree(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_flipped_byte_in_a_shard_is_caught_on_read(cifar_shards, tmp_path):
+    shards = copy_tree(cifar_shards, tmp_path / "shards")
+    flip_byte(shards / "shard-00001.h5")
+    res = CliRunner().invoke(cli, ["build", str(shards), "--out", str(tmp_path / "ix")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"SHARD_DIR {shards}: shard-00001.h5 is not the shard extraction wrote (SHA-256" in res.output
+    assert not (tmp_path / "ix").exists()
+    res = CliRunner().invoke(cli, ["verify", str(shards)])
+    assert res.exit_code == 2 and "shard-00001.h5 is not the shard extraction wrote" in res.output
+
+
+@pytest.mark.parametrize("name", ["table.h5", "binary.faiss", "rerank.faiss", "head.npz"])
+def test_a_flipped_byte_in_an_index_is_caught_on_read(cifar_shards, tmp_path, name):
+    out = tmp_path / "ix"
+    build(cifar_shards, out, signal="cosine", **QUIET)
+    assert CliRunner().invoke(cli, ["verify", str(out)]).exit_code == 0
+    flip_byte(out / name)
+    res = CliRunner().invoke(cli, ["query", str(out), "--by-id", "3"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"INDEX_DIR {out}: {name} is not the file build wrote" in res.output
+    res = CliRunner().invoke(cli, ["verify", str(out), "--json"])
+    assert res.exit_code == 2 and f"PATH {out}: {name} is not the file build wrote" in res.output
+
+
+def test_an_unchanged_index_is_not_rehashed_on_every_open(cifar_shards, tmp_path, monkeypatch):
+    import hashindex.files
+    from hashindex.index import Index
+
+    out = tmp_path / "ix"
+    build(cifar_shards, out, rerank="none", **QUIET)
+    hashed = []
+    real = hashindex.files.sha256_file
+    monkeypatch.setattr(hashindex.files, "sha256_file", lambda p, *a: hashed.append(p) or real(p, *a))
+    Index.load(out)
+    Index.load(out)
+    assert hashed == []  # build hashed its files as it wrote them; unchanged files are trusted
+    (out / "table.h5").write_bytes((out / "table.h5").read_bytes())  # same bytes, a new write: rehashed
+    Index.load(out)
+    assert [p.name for p in hashed] == ["table.h5"]
+    Index.load(out)
+    assert len(hashed) == 1  # and trusted again once found right

@@ -37,7 +37,7 @@ from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
-                     binary_files, copy_table, memory_figures, new_table, read_head, read_index_meta,
+                     binary_files, check_index, copy_table, memory_figures, new_table, read_head, read_index_meta, record_checksums,
                      read_table, rerank_signal)
 from .tuning import fine_stage, training_sample
 
@@ -147,6 +147,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.time() - t0, 3),
             "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta})),
+            "files": record_checksums(tmp),
         }
         atomic_write_json(tmp / INDEX_JSON, meta)
     log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}"
@@ -250,6 +251,7 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
     read_index_meta(index_dir, "out")  # a clear error before any lock file is made
     with _exclusive(index_dir):
         meta = read_index_meta(index_dir, "out")  # as it is now that no other append runs
+        check_index(index_dir, meta, "out")
         _check_appendable(meta, store, index_dir)
         _check_shards(store, meta["rerank"]["kind"])
         return _append(store, meta, index_dir, t0, progress, log)
@@ -285,6 +287,9 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
                         "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "append_s": round(time.time() - t0, 3)}],
                     "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
+        linked = {name: sha for name, sha in (meta.get("files") or {}).items()
+                  if name in binary_files(meta) and name != rewritten}
+        new_meta["files"] = record_checksums(tmp, reuse=linked)
         atomic_write_json(tmp / INDEX_JSON, new_meta)
     shards = binary_meta.get("shards")
     log(f"appended {m} items to {index_dir}: {n} items now"

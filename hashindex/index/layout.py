@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import read_json
+from ..files import file_checksums, read_json, remember_verified, verify_files
 from ..signals import Head
 
 FORMAT = "hashindex-index"
@@ -59,6 +59,30 @@ def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, 
     if missing:
         raise HashindexError(f"{arg}={d}: incomplete index, missing {', '.join(missing)}")
     return meta
+
+
+def record_checksums(folder: Path, reuse: dict[str, str] | None = None) -> dict[str, str]:
+    """SHA-256 of every file of a finished index folder but index.json (files in ``reuse`` keep theirs:
+    an append hard-links unchanged files instead of rewriting them)."""
+    reuse = reuse or {}
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name != INDEX_JSON)
+    sums = {**file_checksums(folder, [n for n in names if n not in reuse]),
+            **{n: reuse[n] for n in names if n in reuse}}
+    remember_verified(folder, sums)  # the first open need not hash what was just hashed
+    return sums
+
+
+def check_index(directory: Path, meta: dict[str, Any], arg: str = "index_dir", use_cache: bool = True) -> None:
+    """A one-line error naming the first index file whose bytes are not those build wrote.
+
+    Indexes built before checksums were recorded (no ``files`` in index.json) are not checked.
+    """
+    bad = verify_files(directory, meta.get("files") or {}, use_cache)
+    if bad:
+        (name, what), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise HashindexError(f"{arg}={directory}: {name} is not the file build wrote ({what}){more}; "
+                             "rebuild the index")
 
 
 def describe_index(directory: str | Path) -> dict[str, Any]:

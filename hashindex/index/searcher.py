@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..signals import Head, query_vectors
 from .kinds import BinaryParts, pad_codes
-from .layout import (RERANK_FILE, binary_files, read_binary, read_float, read_head, read_index_meta,
+from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_head, read_index_meta,
                      read_table, rerank_signal)
 
 MISSING = -1
@@ -77,6 +77,7 @@ class Index:
         """
         d = Path(directory)
         meta = read_index_meta(d)
+        check_index(d, meta)  # verified on read (a cache spares an unchanged index the rehash)
         shards = meta["binary"].get("shards")
         if shard_actors is not None:
             if not shards:
