@@ -7,6 +7,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -53,6 +54,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("hashindex: interrupted; rerun the same command to resume", err=True)
             ctx.exit(130)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"hashindex: error: no space left on the device{where}; nothing already written is lost: "
+                       "free some space and rerun the same command to resume", err=True)
+            ctx.exit(EXIT_USAGE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -122,3 +122,42 @@ def test_an_unchanged_index_is_not_rehashed_on_every_open(cifar_shards, tmp_path
     assert [p.name for p in hashed] == ["table.h5"]
     Index.load(out)
     assert len(hashed) == 1  # and trusted again once found right
+
+
+def test_special_files_are_skipped_and_loops_walked_once(tiny_model, tmp_path):
+    """A FIFO named *.jpg, a *.jpg link to /dev/zero and a symlink loop: extract neither hangs nor reads
+    without end nor indexes an image twice; the two non-files are counted skips."""
+    import json
+    import os
+
+    from tests.conftest import image_bytes
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        (root / "cat" / f"{i}.jpg").write_bytes(image_bytes("JPEG", seed=i))
+    os.mkfifo(root / "cat" / "pipe.jpg")
+    os.symlink("/dev/zero", root / "cat" / "zero.jpg")
+    os.symlink("..", root / "cat" / "loop")  # cat/loop -> imgs: walking it would list cat/ again and again
+    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(root),
+                                   "--out", str(tmp_path / "s"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["totals"]["written"] == 3
+    assert manifest["totals"]["skipped_by_reason"] == {"not-a-file": 2}
+
+
+def test_disk_full_is_one_line_and_loses_nothing(cifar_shards, tmp_path, monkeypatch):
+    import errno
+
+    import faiss
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ix" / "binary.faiss"))
+
+    monkeypatch.setattr(faiss, "write_index_binary", full)
+    res = CliRunner().invoke(cli, ["-q", "build", str(cifar_shards), "--out", str(tmp_path / "ix"), "--rerank", "none"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith("hashindex: error: no space left on the device writing ")
+    assert "nothing already written is lost" in res.output
+    assert not (tmp_path / "ix").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

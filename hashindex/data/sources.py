@@ -12,6 +12,7 @@ import gzip
 import io
 import logging
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,13 @@ class FolderSource(ImageSource):
     def __init__(self, root: str | Path):
         self.root = Path(root)
         rel: list[str] = []
+        seen: set[tuple[int, int]] = set()  # directories walked, by (device, inode): a symlink loop is walked once
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames.sort()
             for name in sorted(filenames):
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -150,13 +157,31 @@ class FolderSource(ImageSource):
         return _read_file(self.root / self.paths[i])
 
 
+MAX_FILE_BYTES = 1 << 30  # an image file larger than this is skipped as too-large, not read
+
+
 def _read_file(path: Path) -> bytes:
+    """A regular file's bytes. FIFOs, devices and sockets (a ``*.jpg`` that is a pipe or a link to
+    /dev/zero) are skipped as ``not-a-file`` without blocking or reading: opened non-blocking, checked
+    with fstat before any read."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise BadImage("missing", str(path)) from None
     except OSError as e:
         raise BadImage("unreadable", str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage("not-a-file", f"{path}: not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise BadImage("too-large", f"{path}: {st.st_size} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadImage("unreadable", str(e)) from None
+    finally:
+        os.close(fd)
 
 
 class TarSource(ImageSource):
