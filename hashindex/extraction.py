@@ -203,12 +203,17 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
     return job, manifest, [j for j in range(n_shards) if j not in done]
 
 
+def _escape(name: str) -> str:
+    """A path on one skipped.txt field: backslash, tab, newline and carriage return escaped as \\, \\t, \\n, \\r."""
+    return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Write skipped.txt and the summary line once every shard is done."""
     save_manifest(job.out, manifest)
     write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict()}))
     skipped = ShardSet.from_manifest(job.out, manifest).skipped()
-    atomic_write_bytes(job.out / SKIPPED, "".join(f"{i}\t{p}\t{r}\n" for i, p, r in skipped).encode())
+    atomic_write_bytes(job.out / SKIPPED, "".join(f"{i}\t{_escape(p)}\t{r}\n" for i, p, r in skipped).encode())
     totals = manifest["totals"]
     log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "
         f"({totals['read'] / max(seconds, 1e-9):.0f} img/s); {skip_summary(totals['skipped_by_reason'])}")

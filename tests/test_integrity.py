@@ -161,3 +161,26 @@ def test_disk_full_is_one_line_and_loses_nothing(cifar_shards, tmp_path, monkeyp
     assert res.output.startswith("hashindex: error: no space left on the device writing ")
     assert "nothing already written is lost" in res.output
     assert not (tmp_path / "ix").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_out_of_range_label_is_one_line(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "list.csv").write_text("a.jpg,99999999999\n")
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "list.csv"), "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "label 99999999999 is out of range" in res.output
+
+
+def test_skipped_txt_escapes_names(tiny_model, tmp_path):
+    """A broken image whose name holds a tab and a newline stays one line of three fields in skipped.txt."""
+    root = tmp_path / "imgs" / "cat"
+    root.mkdir(parents=True)
+    from tests.conftest import image_bytes
+
+    (root / "ok.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "bad\tname\nx.jpg").write_bytes(b"not an image")
+    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
+                                   "--out", str(tmp_path / "s"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "s" / "skipped.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].split("\t")[1:] == ["cat/bad\\tname\\nx.jpg", "not-an-image"]

@@ -287,7 +287,12 @@ class ListSource(FilesSource):
     def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
         given = [r for r in raw if r]
         if given and all(r.lstrip("-").isdigit() for r in given):
-            return np.array([int(r) if r else -1 for r in raw], dtype=np.int32), []
+            values = [int(r) if r else -1 for r in raw]
+            bad = next((v for v in values if not -1 <= v < 2**31 - 1), None)
+            if bad is not None:
+                raise HashindexError(f"{self.path}: label {bad} is out of range (integer labels are 0 to "
+                                     f"{2**31 - 2}, or -1 for none)")
+            return np.array(values, dtype=np.int32), []
         return _labels_from_parents(raw)
 
 
