@@ -1,0 +1,174 @@
+"""`hashindex train`, `extract` and `build`: the commands that write models, shards and indexes."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import HashindexError
+from .group import _echo_json, cli
+
+
+@cli.command()
+@click.option("--data", required=True, help="Labelled training images: folder, tar, list, IDX or CIFAR dir.")
+@click.option("--val", default=None, help="Labelled validation images (accuracy per epoch, final mAP).")
+@click.option("--bits", default=48, show_default=True, type=int, help="Code length K (multiple of 4).")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--out", required=True, help="Checkpoint file to write (rewritten every epoch).")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=0.1, show_default=True, type=float)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
+@click.option("--limit", default=None, type=click.IntRange(1), help="Train on this many images (spread evenly).")
+@click.option("--val-limit", default=None, type=click.IntRange(1), help="Validate on this many images.")
+@click.option("--val-every", default=None, type=click.IntRange(2),
+              help="No separate --val: hold every N-th image of --data out of training to validate on.")
+@click.option("--input-size", default=32, show_default=True, type=click.IntRange(8))
+@click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Input channels [default: 1 for greyscale sets, else 3].")
+@click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bf16 autocast.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--init", default=None, metavar="MODEL",
+              help="Fine-tune from this checkpoint or shipped model: its trunk always, its hash layer if "
+                   "--bits match, its classifier if the classes match too.")
+@click.option("--binary-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="SSDH term: weight of pushing the latent sigmoids towards 0 or 1.")
+@click.option("--balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="SSDH term: weight of asking each code to have half its bits on.")
+@click.option("--bit-balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of asking each bit to be on for half of a batch's images (no constant bits).")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
+          val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init,
+          binary_weight, balance_weight, bit_balance_weight, resume, overwrite, as_json):
+    """Train the NIN hashing net on labelled images.
+
+    \b
+    Example (2,000 CIFAR-10 images, one epoch, a few minutes on 2 cores):
+      hashindex train --data ../shared/data/cifar10-jpeg/train.tar \\
+          --val ../shared/data/cifar10-jpeg/test.tar --bits 48 --epochs 1 \\
+          --limit 2000 --out /tmp/m.pt
+
+    \b
+    Fine-tuning the shipped model on 1,000 labelled images of another set:
+      hashindex train --init nin-cifar10-48 --data ../shared/data/fashion-mnist \\
+          --val ../shared/data/fashion-mnist:test --limit 1000 --epochs 10 \\
+          --out /tmp/ft.pt
+    """
+    from .. import train as api_train
+
+    summary = api_train(
+        data, out, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"],
+        val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
+        input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
+        device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
+        binary_weight=binary_weight, balance_weight=balance_weight,
+        bit_balance_weight=bit_balance_weight,
+    )
+    if as_json:
+        _echo_json(summary)
+
+
+@cli.command()
+@click.option("--model", required=True, help="Checkpoint file or shipped model name.")
+@click.option("--data", required=True, help="Images: folder, tar, list, IDX or CIFAR dir (see data/README.md).")
+@click.option("--out", required=True, help="Shard directory to write (resumed if it exists).")
+@click.option("--shard-size", default=100_000, show_default=True, type=int, help="Source items per shard.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--features", default="float16", show_default=True, type=click.Choice(["float16", "float32", "none"]),
+              help="Re-ranking features to store.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only this many images (spread evenly).")
+@click.option("--id-offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Number the images from this id (a collection that joins an index with build --append).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--no-bf16", is_flag=True, help="Run the net in float32.")
+@click.option("--overwrite", is_flag=True, help="Delete the shards in --out and start over.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray worker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.pass_context
+def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, device,
+            no_bf16, overwrite, backend, address, num_workers, gpus_per_worker, as_json):
+    """Encode an image collection into HDF5 shards (codes, features, ids, labels, paths).
+
+    Rerunning the same command after an interruption finishes the job: complete
+    shards are kept, the unfinished one is redone. With --backend ray each
+    shard is a task on a Ray cluster; the files are the same.
+
+    \b
+    Example:
+      hashindex extract --model m.pt --data ../shared/data/cifar10-jpeg/test.tar --out shards/test
+    """
+    from ..extraction import extract as api_extract
+
+    manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
+                           workers=workers, features=features, device=device, bf16=not no_bf16,
+                           overwrite=overwrite, limit=limit, id_offset=id_offset, progress=ctx.obj["progress"],
+                           backend=backend, ray_options={"address": address, "num_workers": num_workers,
+                                                         "gpus_per_worker": gpus_per_worker},
+                           log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(manifest)
+
+
+@cli.command()
+@click.argument("shard_dir")
+@click.option("--out", required=True, help="Index directory to create.")
+@click.option("--binary", default="flat", show_default=True,
+              type=click.Choice(["flat", "ivf", "hnsw", "multihash"]), help="Coarse Hamming index.")
+@click.option("--rerank", default="flat", show_default=True,
+              type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
+@click.option("--signal", default="auto", show_default=True,
+              type=click.Choice(["auto", "l2", "cosine", "latent", "posterior"]),
+              help="What the fine stage orders the pool by: pooled-feature L2 or cosine, the latent "
+                   "activations against the codes, or the class posterior. auto measures them on the "
+                   "collection's own labels (posterior wins in the net's classes, cosine on others; "
+                   "without labels: cosine).")
+@click.option("--model", default=None,
+              help="The shards' model, for its head (only for shard directories extracted before signals).")
+@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
+@click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
+              help="Split the binary index into this many indexes by position range (exact merged search).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--append", is_flag=True,
+              help="Add SHARD_DIR's items to the existing index --out (same model, new ids; "
+                   "the index keeps its kinds and parameters).")
+@click.option("--json", "as_json", is_flag=True, help="Print index.json.")
+@click.pass_context
+def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, shards, overwrite, append, as_json):
+    """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
+
+    \b
+    Examples:
+      hashindex build shards/train --out index/train --binary flat --rerank flat
+      hashindex build shards/new --out index/train --append     # a collection that grows
+    """
+    from ..index import append as api_append, build as api_build
+
+    log = lambda line: click.echo(line, err=as_json)  # noqa: E731
+    if append:
+        fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "shards",
+                                          "overwrite")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
+                                 "keeps its kinds and parameters; rebuild without --append to change them)")
+        meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
+    else:
+        meta = api_build(shard_dir, out, binary=binary, rerank=rerank, signal=signal, model=model,
+                         nlist=nlist, nprobe=nprobe,
+                         shards=shards, overwrite=overwrite, progress=ctx.obj["progress"], log=log)
+    if as_json:
+        _echo_json(meta)
+
+

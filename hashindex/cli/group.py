@@ -1,0 +1,88 @@
+"""The click group of the `hashindex` command line, and how library errors become its one-line messages.
+
+User mistakes raise HashindexError, worded in Python terms; `as_flags` rewrites
+them in the command line's words and the group prints one line
+("hashindex: error: ...") with exit status 2. Anything else is a bug and keeps
+its traceback (a full disk excepted: one line, since nothing is lost).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import re
+import sys
+
+import click
+
+from ..errors import HashindexError
+
+EXIT_USAGE = 2
+
+
+_ARG = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|None\b|(?=[\s,;)]|$))?")
+
+
+def as_flags(message: str, command: click.Command | None) -> str:
+    """A library message in Python terms, in the command line's words: ``k=5`` -> ``--k 5``, ``shard_dir=x`` ->
+    ``SHARD_DIR x``, ``overwrite=True`` (or a bare ``val=``) -> ``--overwrite``. The running command's parameters first, then any
+    command's options (flags mean the same everywhere); other names stay as they are."""
+    spelled = {p.name: p.opts[0] for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
+    if command is not None:  # the running command's own words first (its positional arguments too)
+        spelled |= {p.name: (p.opts[0] if isinstance(p, click.Option) else p.human_readable_name)
+                    for p in command.params}
+
+    def flag(m: re.Match) -> str:
+        name, bare = m.group(1), m.group(2)
+        if name not in spelled:
+            return m.group(0)
+        return spelled[name] if bare is not None else spelled[name] + " "
+
+    return _ARG.sub(flag, message)
+
+
+class _Group(click.Group):
+    """Click group that turns HashindexError (worded in Python terms) into a one-line message in flags."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HashindexError as e:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"hashindex: error: {as_flags(str(e), command)}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("hashindex: interrupted; rerun the same command to resume", err=True)
+            ctx.exit(130)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"hashindex: error: no space left on the device{where}; nothing already written is lost: "
+                       "free some space and rerun the same command to resume", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hashindex")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Image retrieval with learned binary hash codes (NIN + latent hash layer).
+
+    \b
+    Pipeline:  train -> extract -> build -> query / eval
+    Example:
+      hashindex train --data train.tar --val test.tar --bits 48 --out m.pt
+      hashindex info m.pt
+    """
+    ctx.obj = {"progress": not quiet}
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
+                        format="hashindex: warning: %(message)s", stream=sys.stderr)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+

@@ -1,0 +1,251 @@
+"""`hashindex query`, `verify`, `eval`, `demo`, `serve` and `info`: the commands that read what was written."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import HashindexError
+from .group import _echo_json, cli
+
+
+@cli.command()
+@click.argument("index_dir")
+@click.argument("images", nargs=-1)
+@click.option("--model", default=None, help="Checkpoint or shipped name [default: the shipped model matching the index].")
+@click.option("--k", "k", default=10, show_default=True, type=int, help="Results per query.")
+@click.option("--candidates", default=None, type=int,
+              help="Coarse pool re-ranked by the index's signal [default: 1000, whatever --k; past it, "
+                   "Hamming order].")
+@click.option("--radius", default=None, type=int, help="Return every item within this Hamming distance (inclusive).")
+@click.option("--no-rerank", is_flag=True, help="Hamming order only.")
+@click.option("--cut-ties", is_flag=True,
+              help="Keep the pool at --candidates even when more items tie at its farthest distance.")
+@click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
+@click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
+@click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
+              help="Batch results format [default: from --out's suffix].")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Batch job: replace --out.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
+@click.option("--shard-actors", is_flag=True,
+              help="With --backend ray and an index built with --shards S: hold each shard in its own Ray "
+                   "actor (an index larger than one machine's RAM); every query fans out to all shards.")
+@click.option("--grid", default=None, help="Also draw the results as a PNG: the query image, then its top "
+                                           "results (up to 20) with their class and Hamming distance.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
+          batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid, as_json):
+    """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
+
+    \b
+    Examples:
+      hashindex query index/train cat.jpg dog.png --model m.pt --k 10
+      hashindex query index/train --by-id 42 --radius 2 --json
+      hashindex query index/train cat.jpg --grid cat-results.png
+      hashindex query index/train --queries shards/test --out results.h5
+    """
+    from .. import query as query_app
+    from ..index import Index
+
+    if shard_actors and backend != "ray":
+        raise HashindexError("--shard-actors: needs --backend ray")
+    if queries or out:
+        if grid:
+            raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
+        if not (queries and out):
+            raise HashindexError("--queries and --out go together (a batch job needs both)")
+        job = query_app.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
+                                  batch_size=batch_size, fmt=fmt, model=model, device=device,
+                                  overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
+                                  ray_options={"address": address, "num_workers": num_workers},
+                                  shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
+        if as_json:
+            _echo_json(job)
+        return
+    index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
+    rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
+                        radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, device=device)
+    if grid:
+        from ..report import query_grid
+
+        query_grid(index, rows, grid)
+    if as_json:
+        _echo_json(rows)
+    else:
+        click.echo(query_app.format_table(rows))
+        if grid:
+            click.echo(f"grid: {grid}")
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(path, as_json):
+    """Check a shard directory or an index against the checksums recorded when it was written.
+
+    Every byte is hashed (commands that open shards or an index check them too, but skip files unchanged
+    since their last good check). A mismatch is one line naming the first bad file, and exit status 2.
+
+    \b
+    Example:
+      hashindex verify index/photos
+    """
+    from pathlib import Path
+
+    from ..index import INDEX_JSON
+    from ..store import MANIFEST
+
+    p = Path(path)
+    if (p / MANIFEST).exists():
+        from ..store import ShardSet
+
+        shards = ShardSet(p, "path", require_complete=False)
+        shards.check("path", use_cache=False)
+        count, kind = len(shards.checksums()), "shard directory"
+    elif (p / INDEX_JSON).exists():
+        from ..index.layout import check_index, read_index_meta
+
+        meta = read_index_meta(p, "path")
+        check_index(p, meta, "path", use_cache=False)
+        count, kind = len(meta.get("files") or {}), "index"
+    else:
+        raise HashindexError(f"path={p}: neither a shard directory (manifest.json) nor an index (index.json)")
+    result = {"path": str(p), "kind": kind, "files_verified": count, "ok": True}
+    if as_json:
+        _echo_json(result)
+    elif count == 0:
+        click.echo(f"{p}: an {kind} written before checksums were recorded; nothing to verify (rebuild it)")
+    else:
+        click.echo(f"{p}: {count} file(s) of the {kind} match their recorded SHA-256")
+
+
+@cli.command(name="eval")
+@click.argument("index_dir")
+@click.option("--queries", required=True, help="Labelled query shard directory (hashindex extract).")
+@click.option("--at", "at", multiple=True, type=click.IntRange(1), default=(1000,), show_default=True,
+              help="mAP@k cut-offs (repeatable).")
+@click.option("--candidates", default=None,
+              help="Pool re-ranked by the index's signal: a number, or 'all' for the whole database "
+                   "[default: a query's default pool, 1000 widened to whole tie groups].")
+@click.option("--radius", default=2, show_default=True, type=click.IntRange(0), help="Hamming radius for precision/recall.")
+@click.option("--no-rerank", is_flag=True, help="Hamming ranking only.")
+@click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
+@click.option("--json", "as_json", is_flag=True, help="Print all metrics as JSON.")
+@click.pass_context
+def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_dir, as_json):
+    """Retrieval metrics: mAP, precision@k, precision/recall within a Hamming radius.
+
+    Relevance is "same label"; ties in Hamming distance are broken by database
+    order (the headline mAP), and the tie-aware expectation is given beside it.
+
+    \b
+    Example:
+      hashindex eval index/train --queries shards/test --plot plots/ --json
+    """
+    from ..evaluation import evaluate, format_metrics
+
+    if candidates is not None and candidates != "all":
+        if not candidates.isdigit() or int(candidates) < 1:
+            raise HashindexError(f"--candidates {candidates}: expected a positive number or 'all'")
+        candidates = int(candidates)
+    metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
+                          rerank=not no_rerank, progress=ctx.obj["progress"])
+    if plot_dir:
+        from ..index import Index
+        from ..query import example_results
+        from ..report import write_plots
+
+        index = Index.load(index_dir)
+        metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, queries),
+                                       warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
+    if as_json:
+        _echo_json(metrics)
+    else:
+        click.echo(format_metrics(metrics))
+
+
+@cli.command()
+@click.option("--data", default=None, help="Collection to use [default: CIFAR-10 test set via torchvision, downloaded once].")
+@click.option("--out", default="hashindex-demo", show_default=True, help="Folder for shards, index, metrics, plots.")
+@click.option("--model", default="nin-cifar10-48", show_default=True, help="Checkpoint or shipped model name.")
+@click.option("--every", default=10, show_default=True, type=click.IntRange(2), help="Every n-th image is a query.")
+@click.option("--limit", default=None, type=click.IntRange(2), help="Use only this many images.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def demo(ctx, data, out, model, every, limit, workers, device, as_json):
+    """The whole pipeline in one command: extract, index, evaluate, plot.
+
+    Every 10th image is a query, the rest the database.
+
+    \b
+    Example:
+      hashindex demo --data ../shared/data/cifar10-jpeg/test.tar --out /tmp/demo
+    """
+    from ..demo import run_demo
+
+    summary = run_demo(out, data, model, every, limit, workers, device, progress=ctx.obj["progress"],
+                       log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(summary)
+
+
+@cli.command()
+@click.argument("index_dir")
+@click.option("--model", default=None, help="Checkpoint for image queries [default: the shipped model of the index].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.pass_context
+def serve(ctx, index_dir, model, host, port, device):
+    """Keep INDEX_DIR and its model in memory and answer searches over HTTP (JSON).
+
+    \b
+    Example:
+      hashindex serve index/photos --port 8000 &
+      curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
+      curl -s 'localhost:8000/search?id=42&radius=2'
+    """
+    from ..serve import Searcher, make_server
+
+    searcher = Searcher(index_dir, model=model, device=device)
+    server = make_server(searcher, host, port, log=(lambda line: click.echo(line, err=True))
+                         if ctx.obj["progress"] else None)
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
+               f"at http://{bound_host}:{bound_port}/ ; Ctrl-C to stop", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(path, as_json):
+    """Summarise a checkpoint, a shard directory or an index.
+
+    \b
+    Example:
+      hashindex info model.pt --json
+    """
+    from ..info import describe
+
+    summary = describe(path)
+    if as_json:
+        _echo_json(summary)
+    else:
+        for key, value in summary.items():
+            click.echo(f"{key:>16}: {value}")
+
+
