@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
-from .files import VERIFIED, atomic_write_bytes, remove_stale_temps
+from .files import VERIFIED, atomic_write_bytes, exclusive, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, write_head,
                     shard_name, write_shard)
@@ -250,21 +250,24 @@ def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
     ``backend="ray"`` runs the shards as tasks on a Ray cluster (see
     hashindex.distributed); the files are the same as the local path's.
     """
-    if backend not in ("local", "ray"):
-        raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
-    job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
-                               workers=workers, features=features, device=device, bf16=bf16,
-                               overwrite=overwrite, limit=limit, id_offset=id_offset, log=log)
-    if not todo and manifest.get("complete"):
-        log(f"{job.out}: already complete ({manifest['shards_planned']} shards); nothing to do")
-        return manifest
-    t0 = time.time()
-    if backend == "ray":
-        _run_on_ray(job, manifest, todo, dict(ray_options or {}), progress, log)
+    with exclusive(Path(out), f"out={out}: another extract into it is running"):  # one writer
+        if backend not in ("local", "ray"):
+            raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
+        job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
+                                   workers=workers, features=features, device=device, bf16=bf16,
+                                   overwrite=overwrite, limit=limit, id_offset=id_offset, log=log)
+        if not todo and manifest.get("complete"):
+            log(f"{job.out}: already complete ({manifest['shards_planned']} shards); nothing to do")
+            return manifest
+        t0 = time.time()
+        if backend == "ray":
+            _run_on_ray(job, manifest, todo, dict(ray_options or {}), progress, log)
+            return finish(job, manifest, time.time() - t0, log)
+        done_rows = sum(s["stop"] - s["start"] for s in manifest["shards"])
+        bar = tqdm(total=len(job.source), unit="img", desc="extract", disable=not progress, initial=done_rows)
+        for j in todo:
+            record_shard(job.out, manifest, make_shard(job, j, bar.update))
+        bar.close()
         return finish(job, manifest, time.time() - t0, log)
-    done_rows = sum(s["stop"] - s["start"] for s in manifest["shards"])
-    bar = tqdm(total=len(job.source), unit="img", desc="extract", disable=not progress, initial=done_rows)
-    for j in todo:
-        record_shard(job.out, manifest, make_shard(job, j, bar.update))
-    bar.close()
-    return finish(job, manifest, time.time() - t0, log)
+
+

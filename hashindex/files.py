@@ -7,9 +7,12 @@ either the old complete file or the new complete file, never a torn one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -63,6 +66,37 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def exclusive(target: str | Path, busy: str) -> Iterator[None]:
+    """Hold the lock of ``target`` (``.NAME.lock`` beside it): one writer of an output at a time.
+
+    A second writer gets a HashindexError ``busy`` plus who holds the lock (pid, host, since when). flock is
+    released by the kernel when its holder dies, so a killed writer leaves no stale lock to clear by hand.
+    (flock: reliable between processes of one machine, not across NFS clients.)
+    """
+    from .errors import HashindexError
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 VERIFIED = ".verified.json"  # per folder: the file states whose checksums were last found right

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from .errors import HashindexError
+from .files import exclusive
 from .index import MISSING, Index, SearchResult
 from .signals import query_from_database
 
@@ -211,59 +212,60 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     whole index; with ``shard_actors`` the batches run here instead and each
     fans out to one Ray actor per index shard (an index past one machine's RAM).
     """
-    import shutil
+    with exclusive(Path(out), f"out={out}: another batch job writing it is running"):  # one writer
+        import shutil
 
-    from tqdm import tqdm
+        from tqdm import tqdm
 
-    from .files import atomic_write_json, read_json, sha256_file
-    from .store import MANIFEST
+        from .files import atomic_write_json, read_json, sha256_file
+        from .store import MANIFEST
 
-    if backend not in ("local", "ray"):
-        raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
-    if shard_actors and backend != "ray":
-        raise HashindexError("shard_actors=True: needs backend=ray")
-    if not isinstance(index, Index):
-        actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
-        index = Index.load(index, shard_actors=actor_options if shard_actors else None)
-    check_candidates(candidates, k)
-    out = Path(out)
-    fmt = output_format(out, fmt)
-    if out.exists() and not overwrite:
-        raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
-    parts = out.with_name(out.name + ".parts")
-    if overwrite and parts.exists():
+        if backend not in ("local", "ray"):
+            raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
+        if shard_actors and backend != "ray":
+            raise HashindexError("shard_actors=True: needs backend=ray")
+        if not isinstance(index, Index):
+            actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
+            index = Index.load(index, shard_actors=actor_options if shard_actors else None)
+        check_candidates(candidates, k)
+        out = Path(out)
+        fmt = output_format(out, fmt)
+        if out.exists() and not overwrite:
+            raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
+        parts = out.with_name(out.name + ".parts")
+        if overwrite and parts.exists():
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        shards = _query_shards(index, queries, parts, model, device, progress, log)
+        job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
+               "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
+               "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
+        if (parts / "job.json").exists() and read_json(parts / "job.json") != job:
+            raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
+                                 "(rerun it with the same settings, or pass overwrite=True)")
+        atomic_write_json(parts / "job.json", job)
+
+        data = shards.load(("codes", "features", "ids"))
+        if not rerank:
+            data["features"] = None
+        n = len(data["ids"])
+        n_batches = -(-n // batch_size)
+        todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
+        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
+        if backend == "ray" and todo and not shard_actors:
+            from .distributed import run_units
+
+            run_units(partial(_part_unit, str(index.dir.resolve()), str(parts.resolve()), settings), todo,
+                      lambda b: None, shared=(data,), what="part", progress=progress, **(ray_options or {}))
+        else:
+            for b in tqdm(todo, desc="query", unit="batch", disable=not progress):
+                search_part(index, data, b, parts / f"part-{b:06d}.npz", **settings)
+        merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
+                  for name in ("ids", "hamming", "distance")}
+        _write_results(out, fmt, data["ids"], merged, job)
         shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    shards = _query_shards(index, queries, parts, model, device, progress, log)
-    job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
-           "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
-           "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
-    if (parts / "job.json").exists() and read_json(parts / "job.json") != job:
-        raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
-                             "(rerun it with the same settings, or pass overwrite=True)")
-    atomic_write_json(parts / "job.json", job)
-
-    data = shards.load(("codes", "features", "ids"))
-    if not rerank:
-        data["features"] = None
-    n = len(data["ids"])
-    n_batches = -(-n // batch_size)
-    todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
-    settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
-    if backend == "ray" and todo and not shard_actors:
-        from .distributed import run_units
-
-        run_units(partial(_part_unit, str(index.dir.resolve()), str(parts.resolve()), settings), todo,
-                  lambda b: None, shared=(data,), what="part", progress=progress, **(ray_options or {}))
-    else:
-        for b in tqdm(todo, desc="query", unit="batch", disable=not progress):
-            search_part(index, data, b, parts / f"part-{b:06d}.npz", **settings)
-    merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
-              for name in ("ids", "hamming", "distance")}
-    _write_results(out, fmt, data["ids"], merged, job)
-    shutil.rmtree(parts)
-    log(f"wrote {out}: {n} queries x top {k} ({fmt})")
-    return {**job, "out": str(out), "queries_count": n, "format": fmt}
+        log(f"wrote {out}: {n} queries x top {k} ({fmt})")
+        return {**job, "out": str(out), "queries_count": n, "format": fmt}
 
 
 def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: dict[str, Any]

@@ -184,3 +184,27 @@ def test_skipped_txt_escapes_names(tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "s" / "skipped.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[1:] == ["cat/bad\\tname\\nx.jpg", "not-an-image"]
+
+
+@pytest.mark.parametrize("command", ["extract", "batch"])
+def test_one_extract_or_batch_job_per_output(command, tiny_model, cifar_shards, flat_index, tmp_path):
+    """A second writer of the same shard directory or results file is refused in one line, naming the holder."""
+    out = tmp_path / ("shards" if command == "extract" else "results.h5")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hashindex.files import exclusive\n"
+         "with exclusive(sys.argv[1], 'busy'):\n    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = (["extract", "--model", str(tiny_model), "--data", str(cifar_shards.parent), "--out", str(out)]
+                if command == "extract" else ["query", str(flat_index), "--queries", str(cifar_shards),
+                                               "--out", str(out)])
+        res = CliRunner().invoke(cli, args)
+        what = "another extract into it is running" if command == "extract" else \
+            "another batch job writing it is running"
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        assert f"--out {out}: {what}" in res.output and f"pid {holder.pid}" in res.output
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()

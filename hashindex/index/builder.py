@@ -17,11 +17,9 @@ directory named INDEX_DIR is always complete.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import HashindexError
-from ..files import atomic_write_json, read_json, sha256_file
+from ..files import atomic_write_json, exclusive, read_json, sha256_file
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
@@ -194,33 +192,9 @@ def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> Non
             f"extract the new images with id_offset={int(old_ids.max()) + 1} (or higher)")
 
 
-@contextlib.contextmanager
-def _exclusive(index_dir: Path) -> Iterator[None]:
-    """Hold the lock beside INDEX_DIR: one build or append of it at a time, so none loses another's rows.
-
-    flock is released by the kernel when its holder dies, so a killed writer leaves no stale lock; the
-    file records the holder's pid and host for the message a second writer gets. (flock: reliable
-    between processes of one machine, not across NFS clients.)
-    """
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = index_dir.parent / f".{index_dir.name}.lock"
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise HashindexError(f"out={index_dir}: another append to it is running, or a build "
-                                 f"(lock {lock}, held by {holder})") from None
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _exclusive(index_dir: Path):
+    """The lock of INDEX_DIR: one build or append of it at a time, so none loses another's rows."""
+    return exclusive(index_dir, f"out={index_dir}: another append to it is running, or a build")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
