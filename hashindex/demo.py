@@ -60,8 +60,8 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     else:
         build(out / "shards" / "database", index_dir, overwrite=True, progress=progress, log=log)
     log("[3/4] evaluate (mAP, precision@k, radius 2, PR curve)")
-    metrics = evaluate(index_dir, out / "shards" / "queries", progress=progress)
-    index = Index.load(index_dir)
+    index = Index.load(index_dir)  # once, for the metrics and the plots
+    metrics = evaluate(index, out / "shards" / "queries", progress=progress)
     atomic_write_json(out / "metrics.json", metrics)
     log("[4/4] plots and results grid")
     files = {"index": str(index_dir), "metrics": str(out / "metrics.json"),

@@ -22,17 +22,18 @@ PROTOCOL = ("relevance = same label; Hamming ranking over the whole database wit
             "a query gets: the pool (whole tie groups) re-ordered by the index's signal, then Hamming order")
 
 
-def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
+def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
              candidates: int | str | None = None, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
              progress: bool = True) -> dict[str, Any]:
     """Evaluate an index with labelled query shards (relevance = same label).
 
+    ``index_dir``: an INDEX_DIR or an opened Index (a caller that also draws its results opens it once);
     ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole database).
     """
     from .index import TIE_CAP, Index
     from .store import ShardSet
 
-    index = Index.load(index_dir)
+    index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
     shards = ShardSet(queries_dir, "queries")
     index.check_model(shards.model_id, f"queries={queries_dir}")
     q = shards.load(("codes", "features", "labels"))
@@ -40,7 +41,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")
     if (index.labels < 0).all():
-        raise HashindexError(f"index_dir={index_dir}: the indexed items have no labels")
+        raise HashindexError(f"index_dir={index.dir}: the indexed items have no labels")
     if shards.class_names and index.class_names and shards.class_names != index.class_names:
         raise HashindexError(f"queries={queries_dir}: class names differ from the index's "
                              f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")
@@ -63,7 +64,7 @@ def evaluate(index_dir: str | Path, queries_dir: str | Path, *, at: tuple[int, .
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL
-    out["index"] = str(index_dir)
+    out["index"] = str(index.dir)
     out["queries_dir"] = str(queries_dir)
     out["model_id"] = index.model_id
     return out

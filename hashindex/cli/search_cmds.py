@@ -154,14 +154,15 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
         if not candidates.isdigit() or int(candidates) < 1:
             raise HashindexError(f"--candidates {candidates}: expected a positive number or 'all'")
         candidates = int(candidates)
-    metrics = evaluate(index_dir, queries, at=tuple(at), candidates=candidates, radius=radius,
+    from ..index import Index
+
+    index = Index.load(index_dir)  # once, for the metrics and the plots
+    metrics = evaluate(index, queries, at=tuple(at), candidates=candidates, radius=radius,
                           rerank=not no_rerank, progress=ctx.obj["progress"])
     if plot_dir:
-        from ..index import Index
         from ..query import example_results
         from ..report import write_plots
 
-        index = Index.load(index_dir)
         metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, queries),
                                        warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
     if as_json:
