@@ -22,6 +22,40 @@ from typing import Any, Iterator
 TMP_SUFFIX = ".tmp"
 
 
+def encode_name(name: str) -> str:
+    """A file name as valid UTF-8 text, losslessly: what HDF5 strings and JSON can hold.
+
+    Names are whatever bytes the file system allows (Python hands undecodable bytes over as
+    surrogates, which h5py refuses). A name that is valid UTF-8 without a backslash is kept as it
+    is; otherwise backslashes become ``\\\\`` and undecodable bytes ``\\xNN`` (`decode_name` reverses it).
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if b"\\" not in raw:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def decode_name(text: str) -> str:
+    """The name `encode_name` stored, as the str the os module takes (undecodable bytes as surrogates)."""
+    if "\\" not in text:
+        return text
+    out, i, raw = bytearray(), 0, text.encode("utf-8")
+    while i < len(raw):
+        if raw[i:i + 2] == b"\\\\":
+            out += b"\\"
+            i += 2
+        elif raw[i:i + 2] == b"\\x" and i + 4 <= len(raw):
+            out.append(int(raw[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out).decode("utf-8", "surrogateescape")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

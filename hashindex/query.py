@@ -196,6 +196,16 @@ def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | N
     return ShardSet(parts / "queries", "queries")
 
 
+def _read_job(path: Path) -> dict[str, Any] | None:
+    """A batch job's recorded settings (None when the file is damaged: the job is then not resumed)."""
+    from .files import read_json
+
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
                  candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
                  fmt: str | None = None, model: str | None = None, device: str = "cpu",
@@ -217,7 +227,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
 
         from tqdm import tqdm
 
-        from .files import atomic_write_json, read_json, sha256_file
+        from .files import atomic_write_json, sha256_file
         from .store import MANIFEST
 
         if backend not in ("local", "ray"):
@@ -240,7 +250,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
                "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
                "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
-        if (parts / "job.json").exists() and read_json(parts / "job.json") != job:
+        if (parts / "job.json").exists() and _read_job(parts / "job.json") != job:
             raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
                                  "(rerun it with the same settings, or pass overwrite=True)")
         atomic_write_json(parts / "job.json", job)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import HashindexError
+from .files import encode_name
 from .metrics import class_name
 
 
@@ -173,7 +174,7 @@ def _database_sources(index) -> list[tuple[int, int, Any, dict[str, int]]]:
     out = []
     for entry, start, stop in zip(entries, starts, starts[1:] + [index.count]):
         src = _reopen(source_spec(entry["dir"]))
-        out.append((start, stop, src, {p: i for i, p in enumerate(src.paths)} if src is not None else {}))
+        out.append((start, stop, src, {encode_name(p): i for i, p in enumerate(src.paths)} if src is not None else {}))
     return out
 
 
@@ -248,7 +249,7 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
     if qsrc is None:
         raise HashindexError("results grid: the query images are no longer where they were extracted from")
     sources = _reachable_sources(index)
-    qpos = {p: i for i, p in enumerate(qsrc.paths)}
+    qpos = {encode_name(p): i for i, p in enumerate(qsrc.paths)}
     res, k = examples["result"], examples["result"].positions.shape[1]
     paths = index.paths(res.positions)
     rows = []

@@ -22,7 +22,9 @@ import h5py
 import numpy as np
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, read_json, sha256_file, verify_files
+from .files import (atomic_path, atomic_write_bytes, atomic_write_json, decode_name, encode_name, read_json, sha256_file,
+                    verify_files)
+from .schema import Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 
 FORMAT = "hashindex-shards"
 FORMAT_VERSION = 1
@@ -34,6 +36,47 @@ FIELDS = ("codes", "features", "ids", "labels", "paths")
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
+
+
+# manifest.json as docs/FORMAT.md documents it (what every reader may rely on; other keys are allowed)
+_SHARD_ENTRY = {"index": nonneg, "file": plain_name, "rows": nonneg, "start": nonneg, "stop": nonneg,
+                "id_min?": Nullable(int), "id_max?": Nullable(int), "skipped_by_reason": Map(nonneg),
+                "sha256": hex_digest}
+MANIFEST_SCHEMA = {
+    "format": str, "format_version": int, "complete": bool, "shards": [_SHARD_ENTRY],
+    "model_id": str, "bits": positive, "code_bytes": positive, "feature_dim": nonneg, "feature_dtype": str,
+    "feature_kind?": str, "class_names": [str], "shard_size": positive, "shards_planned": nonneg,
+    "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg},
+    "source": {"description": str, "items": nonneg, "fingerprint": str, "spec?": Nullable(str),
+               "id_offset?": nonneg},
+}
+
+
+def manifest_problem(m: dict[str, Any]) -> str | None:
+    """The first way a manifest departs from docs/FORMAT.md (schema, then consistency), or None."""
+    try:
+        validate(m, MANIFEST_SCHEMA)
+    except SchemaError as e:
+        return str(e)
+    if m["code_bytes"] != (m["bits"] + 7) // 8:
+        return f"code_bytes: {m['code_bytes']} does not hold bits={m['bits']}"
+    if m["feature_dtype"] not in ("float16", "float32", "none"):
+        return f"feature_dtype: expected float16, float32 or none, got {m['feature_dtype']!r}"
+    size, items, seen = m["shard_size"], m["source"]["items"], set()
+    for i, s in enumerate(m["shards"]):
+        j = s["index"]
+        start, stop = j * size, min((j + 1) * size, items)
+        if s["file"] != shard_name(j) or j in seen:
+            return f"shards[{i}]: file {s['file']!r} / index {j} (expected {shard_name(j)}, each index once)"
+        if (s["start"], s["stop"]) != (start, stop) or s["rows"] > stop - start:
+            return (f"shards[{i}]: start/stop/rows {s['start']}/{s['stop']}/{s['rows']} do not fit shard {j} of "
+                    f"{items} items in shards of {size}")
+        seen.add(j)
+    if len(m["shards"]) > m["shards_planned"] or m["shards_planned"] != -(-items // size):
+        return f"shards_planned: {m['shards_planned']} (expected {-(-items // size)} for {items} items)"
+    if m["complete"] and len(m["shards"]) != m["shards_planned"]:
+        return f"complete: true with {len(m['shards'])} of {m['shards_planned']} shards"
+    return None
 
 
 @dataclass
@@ -60,10 +103,11 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
                 f.create_dataset("features", data=data.features)
             f.create_dataset("ids", data=data.ids.astype(np.int64))
             f.create_dataset("labels", data=data.labels.astype(np.int32))
-            f.create_dataset("paths", data=data.paths, dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("paths", data=[encode_name(p) for p in data.paths], dtype=h5py.string_dtype("utf-8"))
             sk = f.create_group("skipped")
             sk.create_dataset("ids", data=np.array([s[0] for s in data.skipped], np.int64))
-            sk.create_dataset("paths", data=[s[1] for s in data.skipped], dtype=h5py.string_dtype("utf-8"))
+            sk.create_dataset("paths", data=[encode_name(s[1]) for s in data.skipped],
+                              dtype=h5py.string_dtype("utf-8"))
             sk.create_dataset("reasons", data=[s[2] for s in data.skipped], dtype=h5py.string_dtype("utf-8"))
             for key, value in attrs.items():
                 f.attrs[key] = value
@@ -72,7 +116,8 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
 
 
 def read_shard(path: Path, fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
-    """Load the named fields of one shard into memory (paths as a list of str)."""
+    """Load the named fields of one shard into memory (paths as a list of str, as `files.encode_name` stored
+    them: the file's name unless it was not valid UTF-8 or held a backslash)."""
     out: dict[str, Any] = {}
     with h5py.File(path, "r") as f:
         for name in fields:
@@ -109,8 +154,13 @@ class ShardSet:
             self.manifest = read_json(mpath)
         except (OSError, ValueError) as e:
             raise HashindexError(f"{arg}={mpath}: unreadable manifest ({e})") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT \
+                or self.manifest.get("format_version") != FORMAT_VERSION:
             raise HashindexError(f"{arg}={mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+        problem = manifest_problem(self.manifest)
+        if problem:
+            raise HashindexError(f"{arg}={mpath}: {problem} (see docs/FORMAT.md; rerun extract with overwrite=True "
+                                 "to redo it)")
         if require_complete and not self.manifest.get("complete"):
             done, total = len(self.manifest["shards"]), self.manifest["shards_planned"]
             raise HashindexError(f"{arg}={self.dir}: extraction unfinished ({done}/{total} shards); "
@@ -196,6 +246,12 @@ class ShardSet:
             (name, what), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise HashindexError(f"{arg}={self.dir}: {name} is not the shard extraction wrote ({what}){more}; "
                                  "rerun the same hashindex extract command to redo it")
+        for s, path in zip(self.manifest["shards"], self.shard_paths()):  # a row count edited in the manifest
+            with h5py.File(path, "r") as f:
+                n = f["ids"].shape[0]
+            if n != s["rows"]:
+                raise HashindexError(f"{arg}={self.dir / MANIFEST}: says {s['file']} holds {s['rows']} rows, "
+                                     f"it holds {n}; rerun extract with overwrite=True to redo it")
 
     def verify(self) -> list[str]:
         """Names of shards whose SHA-256 differs from the manifest (or that are missing)."""
@@ -229,9 +285,24 @@ def source_spec(directory: str | Path) -> str | None:
     if not path.exists():
         return None
     try:
-        return read_json(path).get("source", {}).get("spec")
+        manifest = read_json(path)
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict) or manifest_problem(manifest):
+        return None
+    return manifest["source"].get("spec")
+
+
+def _escape(name: str) -> str:
+    """A path on one skipped.txt field: backslash, tab, newline and carriage return escaped as \\\\, \\t, \\n, \\r."""
+    return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_skipped(directory: Path, skipped: list[tuple[int, str, str]]) -> None:
+    """skipped.txt: ``id <TAB> path <TAB> reason`` per skipped item, the path as the file system's bytes
+    (undecodable names stay the bytes they are) with backslash, tab, newline and CR escaped."""
+    lines = (f"{i}\t{_escape(decode_name(p))}\t{r}\n" for i, p, r in skipped)
+    atomic_write_bytes(Path(directory) / SKIPPED, "".join(lines).encode("utf-8", "surrogateescape"))
 
 
 def write_head(directory: Path, head) -> None:

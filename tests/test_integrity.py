@@ -3,6 +3,7 @@ an unrelated folder; one writer at a time (real processes); leftovers of killed 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -126,7 +127,8 @@ def test_an_unchanged_index_is_not_rehashed_on_every_open(cifar_shards, tmp_path
 
 def test_special_files_are_skipped_and_loops_walked_once(tiny_model, tmp_path):
     """A FIFO named *.jpg, a *.jpg link to /dev/zero and a symlink loop: extract neither hangs nor reads
-    without end nor indexes an image twice; the two non-files are counted skips."""
+    without end nor indexes an image twice; the two non-files are counted skips (the link leaves the data
+    folder: outside-root; followed with --follow-links, it is a device: not-a-file)."""
     import json
     import os
 
@@ -139,12 +141,14 @@ def test_special_files_are_skipped_and_loops_walked_once(tiny_model, tmp_path):
     os.mkfifo(root / "cat" / "pipe.jpg")
     os.symlink("/dev/zero", root / "cat" / "zero.jpg")
     os.symlink("..", root / "cat" / "loop")  # cat/loop -> imgs: walking it would list cat/ again and again
-    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(root),
-                                   "--out", str(tmp_path / "s"), "--workers", "0"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["totals"]["written"] == 3
-    assert manifest["totals"]["skipped_by_reason"] == {"not-a-file": 2}
+    for flags, reasons in (([], {"not-a-file": 1, "outside-root": 1}), (["--follow-links"], {"not-a-file": 2})):
+        out = tmp_path / f"s{len(flags)}"
+        res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(root),
+                                       "--out", str(out), "--workers", "0"] + flags)
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["totals"]["written"] == 3
+        assert manifest["totals"]["skipped_by_reason"] == reasons
 
 
 def test_disk_full_is_one_line_and_loses_nothing(cifar_shards, tmp_path, monkeypatch):
@@ -208,3 +212,122 @@ def test_one_extract_or_batch_job_per_output(command, tiny_model, cifar_shards, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def _edit_json(path, change):
+    import json
+
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _set(*path):
+    """A change that sets doc[path[0]]...[path[-2]] to path[-1]."""
+    *keys, value = path
+
+    def change(doc):
+        for k in keys[:-1]:
+            doc = doc[k]
+        doc[keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_set("shards", 0, "rows", "abc"), 'shards[0].rows: expected an integer >= 0, got "abc"'),
+    (lambda m: m.pop("model_id"), "model_id: missing"),
+    (_set("shards", 1, "file", "../../etc/passwd"), "shards[1].file: expected a file name inside the directory"),
+    (_set("bits", True), "bits: expected an integer > 0, got True"),
+    (_set("shards", 0, "rows", 3999), "says shard-00000.h5 holds 3999 rows, it holds 4000"),
+    (_set("shards", 0, "rows", 4100), "start/stop/rows 0/4000/4100 do not fit shard 0"),
+    (_set("shards_planned", 2), "shards_planned: 2 (expected 3 for 10000 items)"),
+    (lambda m: m["shards"].pop(), "complete: true with 2 of 3 shards"),
+    (_set("source", "spec", ["x"]), "source.spec: expected a string, got ['x']"),
+])
+def test_a_hand_edited_manifest_is_one_line(cifar_shards, tmp_path, change, expected):
+    """Every inconsistency of manifest.json with docs/FORMAT.md is one line naming the key, never a traceback,
+    and nothing is built from it (a raised row count used to build phantom items)."""
+    shards = copy_tree(cifar_shards, tmp_path / "shards")
+    _edit_json(shards / "manifest.json", change)
+    res = CliRunner().invoke(cli, ["build", str(shards), "--out", str(tmp_path / "ix")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert expected in res.output and "manifest.json" in res.output
+    assert not (tmp_path / "ix").exists()
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: m.pop("rerank"), "rerank: missing"),
+    (_set("count", 9999), "item counts disagree (table.h5 10000, binary index 10000, index.json count 9999"),
+    (_set("binary", "kind", "bogus"), 'binary.kind: expected one of flat, ivf, hnsw, multihash, got "bogus"'),
+    (_set("binary", "shards", [{"file": "/tmp/binary-000.faiss", "start": 0, "stop": 10000}]),
+     "binary.shards[0].file: expected a binary-NNN.faiss file name inside the index directory"),
+    (_set("binary", "shards", [{"file": "../binary-000.faiss", "start": 0, "stop": 10000}]),
+     "binary.shards[0].file: expected a binary-NNN.faiss file name inside the index directory"),
+    (lambda m: m["files"].update({"../../outside": "0" * 64}), "files.../../outside: expected a file name inside"),
+    (_set("binary", "padded_bytes", 16), "says 128-bit codes, the binary index holds 64-bit ones"),
+    (_set("rerank", "dim", 7), "says rerank.dim 7, rerank.faiss holds 192-d vectors"),
+    (lambda m: m.clear(), "not a hashindex-index v1 index"),
+])
+def test_a_hand_edited_index_json_is_one_line(flat_index, tmp_path, change, expected):
+    """index.json is validated on open: a wrong key is one line, and it can name no file outside the index."""
+    ix = copy_tree(flat_index, tmp_path / "ix")
+    _edit_json(ix / "index.json", change)
+    for args in (["query", str(ix), "--by-id", "3"], ["info", str(ix)], ["verify", str(ix)]):
+        if args[0] == "info" and ("disagree" in expected or "holds" in expected):
+            continue  # info reads index.json alone; what the files hold is checked when they are opened
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and res.output.count("\n") == 1, (args, res.output)
+        assert expected in res.output, (args, res.output)
+
+
+def test_undecodable_names_are_stored_losslessly(tiny_model, tmp_path):
+    """A file name that is not valid UTF-8 (any bytes Linux allows) is extracted, indexed and named in results
+    as text that decodes back to the exact bytes; a broken one lands in skipped.txt as its own bytes."""
+    import os
+
+    from hashindex.files import decode_name
+    from hashindex.query import query
+    from tests.conftest import image_bytes
+
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    good = os.fsencode(root / "cat") + b"/caf\xe9 \\x41.jpg"  # Latin-1 e-acute and a literal backslash
+    bad = os.fsencode(root / "cat") + b"/\xff\xfe.jpg"
+    with open(good, "wb") as f:
+        f.write(image_bytes("JPEG", seed=3))
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    (root / "cat" / "plain.jpg").write_bytes(image_bytes("JPEG", seed=4))
+    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(root),
+                                   "--out", str(tmp_path / "s"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "skipped.txt").read_bytes().split(b"\t")[1] == b"cat/\xff\xfe.jpg"
+    build(tmp_path / "s", tmp_path / "ix", signal="l2", **QUIET)
+    names = {h["path"] for row in query(tmp_path / "ix", [], [0], k=2) for h in row["results"]}
+    assert names == {"cat/caf\\xe9 \\\\x41.jpg", "cat/plain.jpg"}
+    assert {os.fsencode(decode_name(n)) for n in names} == {b"cat/caf\xe9 \\x41.jpg", b"cat/plain.jpg"}
+
+
+def test_links_out_of_the_data_root_need_a_flag(tiny_model, tmp_path):
+    """Symlinks that leave the --data folder are counted skips (outside-root) unless --follow-links is given."""
+    import os
+
+    from tests.conftest import image_bytes
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(image_bytes("JPEG", seed=5))
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.jpg").write_bytes(image_bytes("JPEG", seed=6))
+    os.symlink(outside / "secret.jpg", root / "cat" / "b.jpg")
+    os.symlink(outside, root / "linked")
+    os.symlink(root / "cat" / "a.jpg", root / "cat" / "inside.jpg")  # stays inside: read
+    base = ["-q", "extract", "--model", str(tiny_model), "--data", str(root), "--workers", "0", "--json"]
+    res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["totals"] == {"read": 4, "written": 2, "skipped": 2, "skipped_by_reason": {"outside-root": 2}}
+    res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "s2"), "--follow-links"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["totals"]["written"] == 4

@@ -111,8 +111,11 @@ def verify(path, as_json):
     elif (p / INDEX_JSON).exists():
         from ..index.layout import check_index, read_index_meta
 
+        from ..index import Index
+
         meta = read_index_meta(p, "path")
         check_index(p, meta, "path", use_cache=False)
+        Index.load(p)  # and its parts agree with index.json and each other (counts, widths)
         count, kind = len(meta.get("files") or {}), "index"
     else:
         raise HashindexError(f"path={p}: neither a shard directory (manifest.json) nor an index (index.json)")

@@ -19,7 +19,9 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..files import file_checksums, read_json, remember_verified, verify_files
-from ..signals import Head
+from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
+from ..signals import SIGNALS, Head
+from .kinds import BINARY_KINDS, RERANK_KINDS
 
 FORMAT = "hashindex-index"
 FORMAT_VERSION = 1
@@ -28,6 +30,49 @@ BINARY_FILE = "binary.faiss"
 RERANK_FILE = "rerank.faiss"
 TABLE_FILE = "table.h5"
 HEAD_FILE = "head.npz"
+
+
+def _one_of(values: tuple[str, ...]) -> Check:
+    return Check(str, lambda v: v in values, "one of " + ", ".join(values))
+
+
+# index.json as docs/FORMAT.md documents it (what every reader may rely on; other keys are allowed). Every
+# file it names must be a plain name inside the index directory: never an absolute or ../ path.
+_PART = {"file": Check(str, lambda v: v.startswith("binary-") and v.endswith(".faiss") and "/" not in v,
+                       "a binary-NNN.faiss file name inside the index directory"), "start": nonneg, "stop": nonneg}
+INDEX_SCHEMA = {
+    "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
+    "count": nonneg, "class_names?": [str], "built?": str,
+    "binary": {"kind": _one_of(BINARY_KINDS), "padded_bytes": positive, "shards?": [_PART],
+               "nlist?": positive, "nprobe?": positive, "M?": positive, "efConstruction?": positive,
+               "efSearch?": positive, "nhash?": positive, "b?": positive, "nflip?": nonneg},
+    "rerank": {"kind": _one_of(RERANK_KINDS), "dim?": nonneg,
+               "signal?": Nullable(_one_of(SIGNALS + ("hamming", "none")))},
+    "source": {"dir": str, "manifest_sha256?": str},
+    "files?": Map(hex_digest),
+    "appended?": [{"dir": str, "start": nonneg, "stop": nonneg}],
+}
+
+
+def index_problem(meta: dict[str, Any]) -> str | None:
+    """The first way an index.json departs from docs/FORMAT.md (schema, then consistency), or None."""
+    try:
+        validate(meta, INDEX_SCHEMA)
+        for name in meta.get("files") or {}:
+            validate(name, plain_name, f"files.{name}")
+    except SchemaError as e:
+        return str(e)
+    b = meta["binary"]
+    if meta["code_bytes"] != (meta["bits"] + 7) // 8 or b["padded_bytes"] < meta["code_bytes"]:
+        return f"bits/code_bytes/binary.padded_bytes {meta['bits']}/{meta['code_bytes']}/{b['padded_bytes']} disagree"
+    parts = b.get("shards")
+    if parts is not None:
+        bounds = [p["start"] for p in parts] + [parts[-1]["stop"] if parts else 0]
+        if bounds[0] != 0 or bounds[-1] != meta["count"] or any(p["stop"] != q["start"] for p, q in zip(parts, parts[1:])):
+            return f"binary.shards: parts must cover positions 0..{meta['count']} in order"
+        if len({p["file"] for p in parts}) != len(parts):
+            return "binary.shards: a file is named twice"
+    return None
 
 
 def binary_files(meta: dict[str, Any]) -> list[str]:
@@ -52,8 +97,11 @@ def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, 
         meta = read_json(d / INDEX_JSON)
     except (OSError, ValueError) as e:
         raise HashindexError(f"{arg}={d / INDEX_JSON}: unreadable ({e})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise HashindexError(f"{arg}={d}: not a {FORMAT} v{FORMAT_VERSION} index")
+    problem = index_problem(meta)
+    if problem:
+        raise HashindexError(f"{arg}={d / INDEX_JSON}: {problem} (see docs/FORMAT.md; rebuild the index)")
     needed = binary_files(meta) + [TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
     missing = [f for f in needed if not (d / f).exists()]
     if missing:

@@ -62,9 +62,15 @@ class Index:
         self.ids, self.labels, self.head = ids, labels, head
         self.signal = rerank_signal(meta)
         self.default_candidates = default_pool(rerank.d if rerank is not None else None)
-        if len(self.ids) != self.binary.ntotal:
-            raise HashindexError(f"index_dir={self.dir}: table and binary index disagree "
-                                 f"({len(self.ids)} vs {self.binary.ntotal} items); rebuild it")
+        counts = {"table.h5": len(self.ids), "binary index": self.binary.ntotal, "index.json count": meta["count"]}
+        if rerank is not None:
+            counts["rerank.faiss"] = rerank.ntotal
+        if len(set(counts.values())) > 1:
+            raise HashindexError(f"index_dir={self.dir}: item counts disagree "
+                                 f"({', '.join(f'{k} {v}' for k, v in counts.items())}); rebuild it")
+        if rerank is not None and meta["rerank"].get("dim", rerank.d) != rerank.d:
+            raise HashindexError(f"index_dir={self.dir}: index.json says rerank.dim {meta['rerank']['dim']}, "
+                                 f"rerank.faiss holds {rerank.d}-d vectors; rebuild it")
         self._id_order = np.argsort(self.ids, kind="stable")
 
     @classmethod
@@ -86,6 +92,10 @@ class Index:
             binary = remote_parts(d, shards, shard_actors)
         else:
             parts = [read_binary(d / name, mmap) for name in binary_files(meta)]
+            width = meta["binary"]["padded_bytes"] * 8
+            if any(part.d != width for part in parts):
+                raise HashindexError(f"index_dir={d}: index.json says {width}-bit codes, the binary index holds "
+                                     f"{parts[0].d}-bit ones; rebuild it")
             binary = BinaryParts(parts, [s["start"] for s in shards]) if shards else parts[0]
         rerank = read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
         table = read_table(d, ("ids", "labels"))
