@@ -11,7 +11,6 @@ renamed when complete; the manifest is rewritten atomically after each one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -23,25 +22,16 @@ from tqdm import tqdm
 
 from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
-from .files import VERIFIED, atomic_write_bytes, exclusive, remove_stale_temps
+from .files import VERIFIED, exclusive, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
-from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, write_head,
-                    shard_name, write_shard)
+from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_name,
+                    write_head, write_shard, write_skipped)
 
 FEATURE_DTYPES = ("float16", "float32", "none")
 
 
-def source_fingerprint(source: ImageSource) -> str:
-    """Identity of a collection: its items' paths, labels and ids, in order."""
-    h = hashlib.sha256()
-    h.update("\n".join(source.paths).encode("utf-8", "surrogateescape"))
-    h.update(np.ascontiguousarray(source.labels, dtype=np.int32).tobytes())
-    h.update(np.ascontiguousarray(source.ids(), dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
 def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None = None,
-                   arg: str = "data", id_offset: int = 0) -> ImageSource:
+                   arg: str = "data", id_offset: int = 0, follow_links: bool = False) -> ImageSource:
     """Open a source and express its labels in the model's classes where they fit.
 
     ``id_offset`` (for a source given by spec) numbers its items from that id, so
@@ -50,7 +40,7 @@ def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None 
     if isinstance(data, ImageSource):
         source = data
     else:
-        source = open_source(data, arg)
+        source = open_source(data, arg, follow_links=follow_links)
         source.id_offset = id_offset
     if limit:
         source = source.subset(limit)
@@ -170,7 +160,7 @@ def record_shard(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> 
 
 def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, shard_size: int,
          batch_size: int, workers: int, features: str, device: str, bf16: bool, overwrite: bool,
-         limit: int | None, log: Callable[[str], None], id_offset: int = 0,
+         limit: int | None, log: Callable[[str], None], id_offset: int = 0, follow_links: bool = False,
          ) -> tuple[ShardJob, dict[str, Any], list[int]]:
     """Check the arguments, open or start SHARD_DIR; returns (job, manifest, shards still to do)."""
     if features not in FEATURE_DTYPES:
@@ -180,7 +170,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
     model = load_model(model, device, bf16) if not isinstance(model, HashModel) else model
     if id_offset < 0:
         raise HashindexError(f"id_offset={id_offset}: expected 0 or more")
-    source = prepare_source(data, model, limit, id_offset=id_offset)
+    source = prepare_source(data, model, limit, id_offset=id_offset, follow_links=follow_links)
     out = Path(out)
     n_shards = -(-len(source) // shard_size)
     expected = {
@@ -189,7 +179,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
         "feature_kind": "nin-gap-192" if features != "none" else "none",
         "class_names": source.class_names,
         "source": {"description": source.description, "items": len(source),
-                   "fingerprint": source_fingerprint(source), "spec": source.spec,
+                   "fingerprint": source.fingerprint(), "spec": source.spec,
                    "id_offset": id_offset},
         "shard_size": shard_size, "shards_planned": n_shards, "precision": model.precision,
     }
@@ -203,17 +193,11 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
     return job, manifest, [j for j in range(n_shards) if j not in done]
 
 
-def _escape(name: str) -> str:
-    """A path on one skipped.txt field: backslash, tab, newline and carriage return escaped as \\, \\t, \\n, \\r."""
-    return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Write skipped.txt and the summary line once every shard is done."""
     save_manifest(job.out, manifest)
     write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict()}))
-    skipped = ShardSet.from_manifest(job.out, manifest).skipped()
-    atomic_write_bytes(job.out / SKIPPED, "".join(f"{i}\t{_escape(p)}\t{r}\n" for i, p, r in skipped).encode())
+    write_skipped(job.out, ShardSet.from_manifest(job.out, manifest).skipped())
     totals = manifest["totals"]
     log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "
         f"({totals['read'] / max(seconds, 1e-9):.0f} img/s); {skip_summary(totals['skipped_by_reason'])}")
@@ -242,20 +226,23 @@ def _run_on_ray(job: ShardJob, manifest: dict[str, Any], todo: list[int], option
 def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
             shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
             features: str = "float16", device: str = "cpu", bf16: bool = True,
-            overwrite: bool = False, limit: int | None = None, id_offset: int = 0, progress: bool = True,
-            backend: str = "local", ray_options: dict[str, Any] | None = None,
+            overwrite: bool = False, limit: int | None = None, id_offset: int = 0, follow_links: bool = False,
+            progress: bool = True, backend: str = "local", ray_options: dict[str, Any] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Extract codes and features of a collection into SHARD_DIR ``out``; returns the manifest.
 
     ``backend="ray"`` runs the shards as tasks on a Ray cluster (see
     hashindex.distributed); the files are the same as the local path's.
+    ``follow_links`` reads symbolic links that lead out of a folder ``data``
+    (otherwise each is a counted ``outside-root`` skip).
     """
     with exclusive(Path(out), f"out={out}: another extract into it is running"):  # one writer
         if backend not in ("local", "ray"):
             raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
         job, manifest, todo = plan(model, data, out, shard_size=shard_size, batch_size=batch_size,
                                    workers=workers, features=features, device=device, bf16=bf16,
-                                   overwrite=overwrite, limit=limit, id_offset=id_offset, log=log)
+                                   overwrite=overwrite, limit=limit, id_offset=id_offset,
+                                   follow_links=follow_links, log=log)
         if not todo and manifest.get("complete"):
             log(f"{job.out}: already complete ({manifest['shards_planned']} shards); nothing to do")
             return manifest

@@ -69,6 +69,7 @@ class TrainConfig:
     limit: int | None = None
     val_limit: int | None = None
     val_every: int | None = None  # hold out every n-th image of data for validation
+    follow_links: bool = False  # read symlinks that lead out of a folder (counted skips otherwise)
     device: str = "cpu"
     bf16: bool = True
     workers: int = 2
@@ -193,7 +194,7 @@ def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, Ima
     if cfg.val_every:
         vsrc, src = src.split_every(cfg.val_every, ("val", "train"))
     elif cfg.val:
-        vsrc = open_source(cfg.val, "val", split="test")
+        vsrc = open_source(cfg.val, "val", split="test", follow_links=cfg.follow_links)
         vsrc.remap_labels(src.class_names)
     else:
         return src, None
@@ -219,7 +220,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(cfg.seed)
 
     skips = SkipLog()
-    src = open_source(cfg.data, "data")
+    src = open_source(cfg.data, "data", follow_links=cfg.follow_links)
     if cfg.limit:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)

@@ -55,11 +55,11 @@ def make_mixed_folder(root: Path) -> dict[str, str]:
         "cat/truncated.jpg": (good[: len(good) // 2], "truncated"),
         "cat/empty.jpg": (b"", "empty"),
         "dog/text.jpg": (b"this is not an image\n", "not-an-image"),
+        "dog/notes.txt": (b"not an image extension: counted, never read\n", "not-an-image"),
     }
     for rel, (data, _) in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    (root / "dog" / "notes.txt").write_text("not an image extension: ignored\n")
     return {rel: reason for rel, (_, reason) in files.items()}
 
 

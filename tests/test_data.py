@@ -31,7 +31,7 @@ def test_folder_tree_labels_and_bad_files(tmp_path):
     expected = make_mixed_folder(tmp_path)
     src = open_source(tmp_path)
     assert src.class_names == ["cat", "dog"]
-    assert sorted(src.paths) == src.paths == sorted(expected)  # notes.txt ignored, order sorted
+    assert sorted(src.paths) == src.paths == sorted(expected)  # notes.txt a counted skip, order sorted
     for path, label in zip(src.paths, src.labels):
         assert src.class_names[label] == path.split("/")[0]
     assert read_all(src) == expected
@@ -45,8 +45,8 @@ def test_load_arrays_counts_skips(tmp_path):
     skips = SkipLog()
     images, labels, ids = load_arrays(open_source(tmp_path), 32, 3, workers=0, progress=False, skips=skips)
     assert images.shape == (9, 3, 32, 32) and images.dtype == np.uint8
-    assert dict(skips.counts) == {"truncated": 1, "empty": 1, "not-an-image": 1}
-    assert skips.summary() == "3 skipped (1 empty, 1 not-an-image, 1 truncated)"
+    assert dict(skips.counts) == {"truncated": 1, "empty": 1, "not-an-image": 2}
+    assert skips.summary() == "4 skipped (1 empty, 2 not-an-image, 1 truncated)"
     assert len(ids) == 9 and len(set(ids.tolist())) == 9
 
 
@@ -63,10 +63,11 @@ def test_tar_sources(tmp_path, name):
     members["data/a/broken.jpg"] = b"\xff\xd8\xff garbage"
     members["README"] = b"not an image"
     src = open_source(make_tar(tmp_path / name, members))
-    assert len(src) == 9 and src.class_names == ["a", "b"]
+    assert len(src) == 10 and src.class_names == ["a", "b"]  # README: no extension, so decoding decides
     assert src.paths[0] == "data/b/0.jpg"  # archive order
     result = read_all(src)
     assert result.pop("data/a/broken.jpg") in ("corrupt", "not-an-image", "truncated")
+    assert result.pop("README") == "not-an-image"
     assert set(result.values()) == {""}
     # bytes read in place equal what was archived, in any order (gzip reopens backwards)
     for i in [3, 0, 7, 1]:

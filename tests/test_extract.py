@@ -112,11 +112,11 @@ def test_broken_images_are_counted(tiny_model, tmp_path):
                                    str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert "extracted 9 images" in res.output
-    assert "3 skipped (1 empty, 1 not-an-image, 1 truncated)" in res.output
+    assert "4 skipped (1 empty, 2 not-an-image, 1 truncated)" in res.output
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert m["totals"]["skipped_by_reason"] == {"empty": 1, "not-an-image": 1, "truncated": 1}
+    assert m["totals"]["skipped_by_reason"] == {"empty": 1, "not-an-image": 2, "truncated": 1}
     lines = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
-    assert sorted(line.split("\t")[2] for line in lines) == ["empty", "not-an-image", "truncated"]
+    assert sorted(line.split("\t")[2] for line in lines) == ["empty", "not-an-image", "not-an-image", "truncated"]
     assert ShardSet(tmp_path / "out").load(("codes",))["codes"].shape == (9, 6)
 
 

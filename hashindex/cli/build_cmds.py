@@ -25,6 +25,8 @@ from .group import _echo_json, cli
 @click.option("--input-size", default=32, show_default=True, type=click.IntRange(8))
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Input channels [default: 1 for greyscale sets, else 3].")
 @click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
+@click.option("--follow-links", is_flag=True,
+              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bf16 autocast.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
@@ -43,7 +45,7 @@ from .group import _echo_json, cli
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
-          val_limit, val_every, input_size, channels, no_flip, device, no_bf16, workers, seed, init,
+          val_limit, val_every, input_size, channels, no_flip, follow_links, device, no_bf16, workers, seed, init,
           binary_weight, balance_weight, bit_balance_weight, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
@@ -66,12 +68,45 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
+        follow_links=follow_links,
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
         bit_balance_weight=bit_balance_weight,
     )
     if as_json:
         _echo_json(summary)
+
+
+@cli.command()
+@click.option("--data", required=True, help="Images: folder, tar(s), list, IDX or CIFAR dir (see data/README.md).")
+@click.option("--out", required=True, help="Prepared directory to write (resumed if it exists).")
+@click.option("--size", default=32, show_default=True, type=click.IntRange(8, 1024),
+              help="Side in pixels: the --input-size you will train at.")
+@click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="[default: 1 for greyscale sources]")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--follow-links", is_flag=True,
+              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
+@click.option("--overwrite", is_flag=True, help="Replace a preparation already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print prepared.json.")
+@click.pass_context
+def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as_json):
+    """Decode a collection once into an HDF5 store of the net's inputs, for fast training.
+
+    Every `train --data OUT` (or `extract --data OUT`) then reads the images at disk speed instead of
+    decoding every photo again (see docs/RESULTS.md, "Prepared images"). Resumable like extract.
+
+    \b
+    Example:
+      hashindex prepare --data ../shared/data/flowers/train.tar --size 64 --out prepared/flowers-64
+    """
+    from ..data import open_source
+    from ..data.prepared import prepare as api_prepare
+
+    source = open_source(data, "data", follow_links=follow_links)
+    meta = api_prepare(source, out, size, int(channels) if channels else None, workers=workers,
+                       overwrite=overwrite, progress=ctx.obj["progress"], log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(meta)
 
 
 @cli.command()
@@ -86,6 +121,8 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only this many images (spread evenly).")
 @click.option("--id-offset", default=0, show_default=True, type=click.IntRange(0),
               help="Number the images from this id (a collection that joins an index with build --append).")
+@click.option("--follow-links", is_flag=True,
+              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--no-bf16", is_flag=True, help="Run the net in float32.")
 @click.option("--overwrite", is_flag=True, help="Delete the shards in --out and start over.")
@@ -96,7 +133,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 @click.option("--gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray worker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
-def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, device,
+def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, follow_links, device,
             no_bf16, overwrite, backend, address, num_workers, gpus_per_worker, as_json):
     """Encode an image collection into HDF5 shards (codes, features, ids, labels, paths).
 
@@ -112,7 +149,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 
     manifest = api_extract(model, data, out, shard_size=shard_size, batch_size=batch_size,
                            workers=workers, features=features, device=device, bf16=not no_bf16,
-                           overwrite=overwrite, limit=limit, id_offset=id_offset, progress=ctx.obj["progress"],
+                           overwrite=overwrite, limit=limit, id_offset=id_offset, follow_links=follow_links,
+                           progress=ctx.obj["progress"],
                            backend=backend, ray_options={"address": address, "num_workers": num_workers,
                                                          "gpus_per_worker": gpus_per_worker},
                            log=lambda line: click.echo(line, err=as_json))

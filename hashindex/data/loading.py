@@ -78,6 +78,9 @@ def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,
     from tqdm import tqdm
 
     skips = skips if skips is not None else SkipLog()
+    ready = source.preloaded(size, channels)
+    if ready is not None:  # a prepared store: decoded once already (its skips were counted then)
+        return ready, source.labels, source.ids()
     ids = source.ids()
     out = np.empty((len(source), channels, size, size), dtype=np.uint8)
     keep = np.zeros(len(source), dtype=bool)

@@ -22,14 +22,16 @@ from PIL import Image
 
 from ..errors import HashindexError
 from .images import BadImage, decode_image, to_array
+from .members import (TAR_EXTENSIONS, group_members, image_extensions, is_tar_name, labels_from_text, sample_key,
+                      sidecar_label)
+from .members import suffix as name_suffix
 
 log = logging.getLogger("hashindex")
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_EXTENSIONS = image_extensions()  # every format the installed Pillow opens
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
-TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+__all__ = ["IMAGE_EXTENSIONS", "LIST_EXTENSIONS", "TAR_EXTENSIONS", "ArraySource", "FilesSource", "FolderSource",
+           "ImageSource", "ListSource", "TarSource"]
 
 
 @dataclass(repr=False, eq=False)
@@ -43,6 +45,8 @@ class ImageSource:
     greyscale: bool = False  # hint for training's default channel count
     id_offset: int = 0
     spec: str | None = None  # how to reopen it (absolute path spec), set by open_source
+    # items listed but never read, by position: (reason, detail); each is a counted skip
+    unread: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,12 +54,31 @@ class ImageSource:
     def ids(self) -> np.ndarray:
         return np.arange(len(self), dtype=np.int64) + self.id_offset
 
+    def fingerprint(self) -> str:
+        """Identity of the collection: its items' paths, labels and ids, in order."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update("\n".join(self.paths).encode("utf-8", "surrogateescape"))
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int32).tobytes())
+        h.update(np.ascontiguousarray(self.ids(), dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def read(self, i: int) -> Image.Image:
         """Decode item i (raises BadImage)."""
         return decode_image(self.read_bytes(i))
 
     def read_bytes(self, i: int) -> bytes:
         raise NotImplementedError
+
+    def preloaded(self, size: int, channels: int) -> np.ndarray | None:
+        """Every item as the net's input, already decoded (a prepared store), or None: decode them."""
+        return None
+
+    def _refuse_unread(self, i: int) -> None:
+        """Raise the counted skip of an item that is listed but not read (not an image, a link, ...)."""
+        if i in self.unread:
+            raise BadImage(*self.unread[i])
 
     def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
         """Item i as the net's uint8 (C, size, size) input (raises BadImage)."""
@@ -117,6 +140,10 @@ class _Subset(ImageSource):
     def ids(self) -> np.ndarray:
         return self.parent.ids()[self.pick]
 
+    def preloaded(self, size: int, channels: int) -> np.ndarray | None:
+        whole = self.parent.preloaded(size, channels)
+        return whole[self.pick] if whole is not None else None
+
     def read_bytes(self, i: int) -> bytes:
         return self.parent.read_bytes(int(self.pick[i]))
 
@@ -132,12 +159,57 @@ def _labels_from_parents(parents: list[str]) -> tuple[np.ndarray, list[str]]:
     return labels, names
 
 
-class FolderSource(ImageSource):
-    """A folder tree of image files; label = the image's parent folder name."""
+def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Labels of image items: from their ``.cls`` / ``.json`` sidecar (WebDataset), else from their
+    parent folder. ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class
+    names even when they are digits (as they always were); with them, all-integer labels stay integers."""
+    parents = [os.path.basename(os.path.dirname(n)) for n in images]
+    if not sidecars:
+        return _labels_from_parents(parents)
+    raw = []
+    for n, parent in zip(images, parents):
+        side = sidecars.get(sample_key(n))
+        raw.append((sidecar_label(read(side), name_suffix(side)) or "") if side else parent)
+    values, names = labels_from_text(raw, where)
+    return np.array(values, dtype=np.int32), names
 
-    def __init__(self, root: str | Path):
+
+def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str
+           ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]]]:
+    """A collection's files (in order) as items: (paths, labels, class names, unread positions)."""
+    images, sidecars, unread = group_members([n for n in names if n not in extra_unread])
+    image_set = set(images)
+    reasons = {n: (r, f"{n}: extension {name_suffix(n)} is not an image format Pillow reads")
+               for n, r in unread.items()}
+    reasons.update(extra_unread)
+    paths = [n for n in names if n in image_set or n in reasons]
+    image_labels, class_names = _sample_labels(images, sidecars, read, where)
+    by_name = dict(zip(images, image_labels))
+    labels = np.array([by_name.get(n, -1) for n in paths], dtype=np.int32)
+    return paths, labels, class_names, {i: reasons[n] for i, n in enumerate(paths) if n in reasons}
+
+
+def _inside(path: str, root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class FolderSource(ImageSource):
+    """A folder tree of image files; label = the image's parent folder name (or its ``.cls`` / ``.json``).
+
+    Every file in the tree is an item or a counted skip (see hashindex.data.members); tar files in it are
+    not items but ``containers``, opened as shards by `open_source`. Symbolic links that lead out of the
+    folder are not followed unless ``follow_links=True`` (each is a counted ``outside-root`` skip), and a
+    symlink loop is walked once.
+    """
+
+    def __init__(self, root: str | Path, follow_links: bool = False):
         self.root = Path(root)
-        rel: list[str] = []
+        real_root = os.path.realpath(self.root)
+        names: list[str] = []
+        outside: dict[str, tuple[str, str]] = {}
+        self.containers: list[str] = []  # tar shards found in the tree (relative paths)
         seen: set[tuple[int, int]] = set()  # directories walked, by (device, inode): a symlink loop is walked once
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
             st = os.stat(dirpath)
@@ -145,16 +217,41 @@ class FolderSource(ImageSource):
                 dirnames[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
+            for d in sorted(dirnames):
+                full = os.path.join(dirpath, d)
+                if not follow_links and os.path.islink(full) and not _inside(full, real_root):
+                    dirnames.remove(d)
+                    rel = os.path.relpath(full, self.root)
+                    names.append(rel)
+                    outside[rel] = ("outside-root", f"{rel}: a link to a folder outside {self.root} "
+                                    "(follow_links=True to read it)")
             dirnames.sort()
             for name in sorted(filenames):
-                if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                    rel.append(os.path.relpath(os.path.join(dirpath, name), self.root))
-        parents = [os.path.basename(os.path.dirname(r)) for r in rel]
-        labels, names = _labels_from_parents(parents)
-        super().__init__(f"folder {self.root}", rel, labels, names)
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, self.root)
+                if not follow_links and os.path.islink(full) and not _inside(full, real_root):
+                    outside[rel] = ("outside-root", f"{rel}: a link to a file outside {self.root} "
+                                    "(follow_links=True to read it)")
+                elif is_tar_name(name):
+                    self.containers.append(rel)
+                    continue
+                names.append(rel)
+        paths, labels, class_names, unread = _items(names, outside, lambda n: _read_small(self.root / n),
+                                                    f"folder {self.root}")
+        super().__init__(f"folder {self.root}", paths, labels, class_names, unread=unread)
 
     def read_bytes(self, i: int) -> bytes:
+        self._refuse_unread(i)
         return _read_file(self.root / self.paths[i])
+
+
+def _read_small(path: Path, limit: int = 1 << 20) -> bytes:
+    """A label sidecar's bytes ('' for anything unreadable, a special file or over 1 MiB)."""
+    try:
+        data = _read_file(path)
+    except BadImage:
+        return b""
+    return data if len(data) <= limit else b""
 
 
 MAX_FILE_BYTES = 1 << 30  # an image file larger than this is skipped as too-large, not read
@@ -196,22 +293,30 @@ class TarSource(ImageSource):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.gzipped = self.path.name.endswith((".gz", ".tgz"))
-        names, offsets, sizes = [], [], []
+        names, where, odd, sidecar_bytes = [], {}, {}, {}
         try:
             with tarfile.open(self.path, "r:*") as tf:
                 for m in tf:
-                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
-                        names.append(m.name)
-                        offsets.append(m.offset_data)
-                        sizes.append(m.size)
+                    if m.isdir():
+                        continue
+                    names.append(m.name)
+                    if m.issym() or m.islnk():
+                        odd[m.name] = ("link-member", f"{m.name}: a {'symbolic' if m.issym() else 'hard'} "
+                                       f"link to {m.linkname} (links in tars are not followed)")
+                    elif not m.isfile():
+                        odd[m.name] = ("not-a-file", f"{m.name}: a tar member of type {m.type!r}")
+                    else:
+                        where[m.name] = (m.offset_data, m.size)
+                        if name_suffix(m.name) in (".cls", ".json") and m.size <= 1 << 20:
+                            sidecar_bytes[m.name] = tf.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as e:
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
-        self.offsets = np.array(offsets, dtype=np.int64)
-        self.sizes = np.array(sizes, dtype=np.int64)
-        parents = [os.path.basename(os.path.dirname(n)) for n in names]
-        labels, class_names = _labels_from_parents(parents)
-        super().__init__(f"tar {self.path}", names, labels, class_names)
+        paths, labels, class_names, unread = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+                                                    f"tar {self.path}")
+        self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
+        self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
+        super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread)
         self._fh = None
         self._pid = None
 
@@ -227,6 +332,7 @@ class TarSource(ImageSource):
         return self._fh
 
     def read_bytes(self, i: int) -> bytes:
+        self._refuse_unread(i)
         off, size = int(self.offsets[i]), int(self.sizes[i])
         try:
             fh = self._handle()
@@ -285,15 +391,8 @@ class ListSource(FilesSource):
         super().__init__(paths, f"list {self.path}", labels, names)
 
     def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
-        given = [r for r in raw if r]
-        if given and all(r.lstrip("-").isdigit() for r in given):
-            values = [int(r) if r else -1 for r in raw]
-            bad = next((v for v in values if not -1 <= v < 2**31 - 1), None)
-            if bad is not None:
-                raise HashindexError(f"{self.path}: label {bad} is out of range (integer labels are 0 to "
-                                     f"{2**31 - 2}, or -1 for none)")
-            return np.array(values, dtype=np.int32), []
-        return _labels_from_parents(raw)
+        values, names = labels_from_text(raw, str(self.path))
+        return np.array(values, dtype=np.int32), names
 
 
 class ArraySource(ImageSource):

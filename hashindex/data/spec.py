@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import HashindexError
 from .formats import _find, _torchvision_source, cifar_source, idx_source
-from .sources import (IMAGE_EXTENSIONS, LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource,
-                      ImageSource, ListSource, TarSource)
+from .members import is_image_name
+from .sources import (LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource,
+                      ListSource, TarSource)
+from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
-def open_source(spec: str | Path, arg: str = "data", split: str | None = None) -> ImageSource:
-    """Open an image collection from a path or ``torchvision:NAME[:split]``.
+FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
+
+
+def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
+                follow_links: bool = False) -> ImageSource:
+    """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX or CIFAR-batch folders
-    (default train). Raises HashindexError naming ``arg`` if the spec is not a
-    collection hashindex can read or holds no images.
+    (default train). ``follow_links`` follows symbolic links that lead out of a
+    folder (they are counted skips otherwise). Raises HashindexError naming ``arg``
+    if the spec is not a collection hashindex can read or holds no images.
     """
     spec = str(spec)
     if spec.startswith("torchvision:"):
@@ -22,6 +30,10 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None) -
         source = _torchvision_source(parts[1], parts[2] if len(parts) > 2 else split or "train")
         source.spec = spec
         return _non_empty(source, arg, spec)
+    pattern = open_pattern(spec, arg)
+    if pattern is not None:
+        pattern.spec = os.path.abspath(spec)  # braces and all: reopened by expanding it again
+        return _non_empty(pattern, arg, spec)
     path = Path(spec)
     if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
         head, split = spec.rsplit(":", 1)
@@ -29,22 +41,24 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None) -
     if not path.exists():
         raise HashindexError(f"{arg}={spec}: no such file or directory")
     try:
-        source = _open_path(path, split or "train")
+        source = _open_path(path, split or "train", follow_links)
     except HashindexError as e:
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
-        raise HashindexError(
-            f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a .txt/.csv list, IDX or CIFAR-10 batches"
-        )
-    source.spec = str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
+        raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a brace pattern of tars, "
+                             "a .txt/.csv list, IDX or CIFAR-10 batches, or an image file")
+    source.spec = (str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
+                   + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else ""))
     return _non_empty(source, arg, spec)
 
 
 def reopen_source(spec: str) -> ImageSource:
     """Open a source from its recorded ``spec`` (with #limit= / #every= selections)."""
     base, *selections = spec.split("#")
-    source = open_source(base, "source")
+    source = open_source(base, "source", follow_links=FOLLOW_LINKS in selections)
     for sel in selections:
+        if sel == FOLLOW_LINKS:
+            continue
         key, _, value = sel.partition("=")
         if key == "limit":
             source = source.subset(int(value))
@@ -57,20 +71,29 @@ def reopen_source(spec: str) -> ImageSource:
     return source
 
 
-def _open_path(path: Path, split: str) -> ImageSource | None:
+def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSource | None:
     """The source type a path is, or None if it is none of them."""
     name = path.name.lower()
     if path.is_dir():
+        if (path / "prepared.json").is_file():  # hashindex prepare's output (h5py: imported only then)
+            from .prepared import PreparedSource
+
+            return PreparedSource(path)
         if _find(path, "train-images-idx3-ubyte") or _find(path, "t10k-images-idx3-ubyte"):
             return idx_source(path, split)
         if (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir():
             return cifar_source(path, split)
-        return FolderSource(path)
+        folder = FolderSource(path, follow_links)
+        if not folder.containers:
+            return folder
+        parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path)
+        return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path)
     if name.endswith(LIST_EXTENSIONS):
-        return ListSource(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        shards = shard_list(path)
+        return open_shard_list(path, shards) if shards is not None else ListSource(path)
+    if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
     return None
 

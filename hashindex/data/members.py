@@ -1,0 +1,139 @@
+"""What each file of a collection is: an image, a label sidecar, a tar shard, or something not read (and why).
+
+The WebDataset convention groups a collection's files into samples by *key*: a file's directory plus its
+base name up to the first dot (``train/00042.jpg``, ``train/00042.cls`` and ``train/00042.json`` are one
+sample). hashindex follows it in folders and tars alike:
+
+- every file whose extension the installed Pillow opens is an image item (``.jfif``, ``.webp``, ``.avif``,
+  ...); a file without an extension is an item too (decoding decides, and counts it if it is not an image);
+- ``.cls`` / ``.json`` files that share an image's key give its label (they override the parent folder);
+- any other file that shares an image's key is a field of that sample (a caption, metadata) and goes with it;
+- every remaining file is an item skipped with a reason (``not-an-image``), so nothing in the tree is
+  dropped without being counted in the manifest and skipped.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from functools import lru_cache
+
+from PIL import Image
+
+from ..errors import HashindexError
+
+LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
+JSON_LABEL_KEYS = ("label", "cls", "class", "class_name", "category")  # tried in this order
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+# Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
+_NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format the installed Pillow can open."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_IMAGES)
+
+
+def sample_key(name: str) -> str:
+    """The WebDataset key of a file: its directory and its base name up to the first dot."""
+    head, base = posixpath.split(name)
+    stem = base.split(".", 1)[0] if not base.startswith(".") else base
+    return posixpath.join(head, stem)
+
+
+def suffix(name: str) -> str:
+    """The last extension of a name, lower case ('' for none; a dot file has none)."""
+    base = posixpath.basename(name)
+    return "." + base.rsplit(".", 1)[1].lower() if "." in base.lstrip(".") else ""
+
+
+def is_image_name(name: str) -> bool:
+    """True for names that may hold an image: Pillow's extensions, and names without one."""
+    ext = suffix(name)
+    return ext == "" or ext in image_extensions()
+
+
+def is_tar_name(name: str) -> bool:
+    return name.lower().endswith(TAR_EXTENSIONS)
+
+
+def sidecar_label(data: bytes, ext: str) -> str | None:
+    """The label a ``.cls`` or ``.json`` sidecar gives (as text), or None when it gives none."""
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if ext == ".cls":
+        return text or None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for key in JSON_LABEL_KEYS:
+        value = doc.get(key)
+        if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return None
+
+
+def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Sort a collection's file names (in order) into image items, label sidecars and the rest.
+
+    Returns (images, sidecars: key -> sidecar name, unread: name -> reason). Fields of a sample other
+    than its image and label (captions, metadata) appear in none of them: they travel with the sample.
+    """
+    images = [n for n in names if is_image_name(n)]
+    keys = {sample_key(n) for n in images}
+    sidecars: dict[str, str] = {}
+    unread: dict[str, str] = {}
+    for n in names:
+        if is_image_name(n):
+            continue
+        key = sample_key(n)
+        if key not in keys:
+            unread[n] = "not-an-image"
+        elif suffix(n) in LABEL_SIDECARS and (key not in sidecars or suffix(n) == ".cls"):
+            sidecars[key] = n  # .cls wins over .json when a sample has both
+    return images, sidecars, unread
+
+
+def labels_from_text(raw: list[str], where: str) -> tuple[list[int], list[str]]:
+    """Labels from text values ('' = none): integers stay integers (no class names), else class names."""
+    given = [r for r in raw if r]
+    if given and all(re.fullmatch(r"-?\d+", r) for r in given):
+        values = [int(r) if r else -1 for r in raw]
+        bad = next((v for v in values if not -1 <= v < 2**31 - 1), None)
+        if bad is not None:
+            raise HashindexError(f"{where}: label {bad} is out of range (integer labels are 0 to "
+                                 f"{2**31 - 2}, or -1 for none)")
+        return values, []
+    names = sorted(set(given))
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get(r, -1) for r in raw], names
+
+
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{00000..00099}`` ranges (zero padding kept) and ``{a,b,c}`` lists, left to right."""
+    m = _BRACES.search(pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end():]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if r:
+        lo, hi = int(r.group(1)), int(r.group(2))
+        if hi < lo or hi - lo > 10_000_000:
+            raise HashindexError(f"{pattern}: range {{{body}}} must count up (at most 10 million)")
+        width = len(r.group(1)) if r.group(1).startswith("0") else 0
+        items = [str(i).zfill(width) for i in range(lo, hi + 1)]
+    else:
+        items = body.split(",")
+    return [out for item in items for out in expand_braces(head + item + tail)]

@@ -1,0 +1,105 @@
+"""Shard sets, as WebDataset and img2dataset users hold their collections: many tars read as one.
+
+``--data`` may name a folder of ``.tar`` shards (with or without loose images beside them), a brace
+pattern (``shards/{00000..00099}.tar``) or a text list of shard paths; the result is one source whose
+items are every shard's items in order (folder's loose files first, then shards in sorted path order;
+patterns and lists in their own order). Item paths are ``SHARD/MEMBER``. Labels are brought into one
+vocabulary: class names are merged (sorted); integer labels stay integers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import HashindexError
+from .members import expand_braces, is_tar_name
+from .sources import LIST_EXTENSIONS, ImageSource, TarSource
+
+
+class ConcatSource(ImageSource):
+    """Several sources read as one, in order (item i of part j is item offset[j] + i)."""
+
+    def __init__(self, parts: list[tuple[str, ImageSource]], description: str):
+        self.parts = [source for _, source in parts]
+        self.starts = np.cumsum([0] + [len(s) for s in self.parts])
+        paths = [f"{prefix}/{p}" if prefix else p for prefix, source in parts for p in source.paths]
+        labels, names = _merge_labels(self.parts)
+        unread = {int(self.starts[j]) + i: why for j, s in enumerate(self.parts) for i, why in s.unread.items()}
+        super().__init__(description, paths, labels, names, unread=unread)
+
+    def _locate(self, i: int) -> tuple[ImageSource, int]:
+        j = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[j], i - int(self.starts[j])
+
+    def read_bytes(self, i: int) -> bytes:
+        part, k = self._locate(i)
+        return part.read_bytes(k)
+
+    def _decode_for(self, i: int, size: int) -> Image.Image:
+        part, k = self._locate(i)
+        return part._decode_for(k, size)
+
+
+def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str]]:
+    """All parts' labels in one vocabulary: the sorted union of class names (integer labels of a part
+    without names join it as their decimal text), or integers when no part has names."""
+    if not any(p.class_names for p in parts):
+        return (np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int32)), []
+    text = [list(p.class_names) if p.class_names else [str(v) for v in range(int(p.labels.max(initial=-1)) + 1)]
+            for p in parts]
+    names = sorted({n for t in text for n in t})
+    index = {n: i for i, n in enumerate(names)}
+    out = [np.array([index[t[v]] if v >= 0 else -1 for v in p.labels], np.int32) for p, t in zip(parts, text)]
+    return np.concatenate(out), names
+
+
+def shard_parts(paths: list[Path], base: Path | None = None) -> list[tuple[str, ImageSource]]:
+    """(prefix, TarSource) per shard; the prefix is the shard's path relative to ``base`` (or its name)."""
+    out = []
+    for p in paths:
+        prefix = str(p.relative_to(base)) if base is not None else p.name
+        out.append((prefix, TarSource(p)))
+    return out
+
+
+def open_pattern(spec: str, arg: str) -> ImageSource | None:
+    """A brace pattern of tar shards (``shards/{00000..00099}.tar``), or None when ``spec`` is not one."""
+    if "{" not in spec or Path(spec).exists():
+        return None
+    try:
+        names = expand_braces(spec)
+    except HashindexError as e:
+        raise HashindexError(f"{arg}={e}") from None
+    missing = [n for n in names if not Path(n).is_file()]
+    if missing:
+        raise HashindexError(f"{arg}={spec}: {missing[0]} does not exist ({len(missing)} of the pattern's "
+                             f"{len(names)} shards missing)")
+    if not all(is_tar_name(n) for n in names):
+        raise HashindexError(f"{arg}={spec}: a brace pattern must name .tar / .tar.gz shards")
+    return ConcatSource(shard_parts([Path(n) for n in names]), f"shards {spec} ({len(names)} tars)")
+
+
+def shard_list(path: Path) -> list[Path] | None:
+    """The shards a text list names, one per line (relative to the list), or None when it lists
+    something else (images: a ListSource)."""
+    if not path.name.lower().endswith(LIST_EXTENSIONS):
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not entries or not all(is_tar_name(e) for e in entries):
+        return None
+    return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
+
+
+def open_shard_list(path: Path, shards: list[Path]) -> ImageSource:
+    missing = [p for p in shards if not p.is_file()]
+    if missing:
+        raise HashindexError(f"{path}: lists {missing[0]}, which does not exist ({len(missing)} of "
+                             f"{len(shards)} shards missing)")
+    return ConcatSource(shard_parts(shards), f"shard list {path} ({len(shards)} tars)")

@@ -1,0 +1,76 @@
+"""Prepared images (hashindex prepare): decoded once, equal to decoding the source, resumable, verified on read."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from click.testing import CliRunner
+
+from hashindex.cli import cli
+from hashindex.data import load_arrays, open_source
+from hashindex.data.prepared import PROGRESS, prepare
+from tests.conftest import CIFAR_TEST, make_mixed_folder, need
+
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+def test_prepared_arrays_equal_decoding_the_source(tmp_path):
+    expected = make_mixed_folder(tmp_path / "imgs")
+    source = open_source(tmp_path / "imgs")
+    meta = prepare(source, tmp_path / "p", 48, workers=0, **QUIET)
+    bad = sorted(r for r in expected.values() if r)
+    assert meta["count"] == len(expected) - len(bad)
+    assert meta["skipped_by_reason"] == {r: bad.count(r) for r in set(bad)}
+    x, y, ids = load_arrays(source, 48, 3, workers=0, progress=False)
+    prepared = open_source(tmp_path / "p")
+    px, py, pids = load_arrays(prepared, 48, 3, workers=0, progress=False)
+    assert px.shape == x.shape and np.array_equal(px, x) and np.array_equal(py, y) and np.array_equal(pids, ids)
+    assert prepared.class_names == source.class_names
+    again = prepare(source, tmp_path / "p", 48, workers=0, **QUIET)  # complete: nothing to do
+    assert again["sha256"] == meta["sha256"]
+
+
+def test_train_from_a_prepared_store(tmp_path):
+    need(CIFAR_TEST)
+    res = CliRunner().invoke(cli, ["-q", "prepare", "--data", str(CIFAR_TEST), "--out", str(tmp_path / "p"),
+                                   "--size", "32", "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["count"] == 10000
+    res = CliRunner().invoke(cli, ["-q", "train", "--data", str(tmp_path / "p"), "--limit", "400", "--epochs", "1",
+                                   "--val-every", "5", "--out", str(tmp_path / "m.pt"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["-q", "train", "--data", str(tmp_path / "p"), "--input-size", "64",
+                                   "--out", str(tmp_path / "m64.pt")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "prepared at 32 px x 3 channel(s), not 64 px x 3; prepare it again at that size" in res.output
+
+
+def test_a_flipped_byte_is_caught_and_kill_9_resumes(tmp_path):
+    need(CIFAR_TEST)
+    cmd = [sys.executable, "-m", "hashindex", "-q", "prepare", "--data", str(CIFAR_TEST), "--size", "32",
+           "--workers", "0"]
+    subprocess.run(cmd + ["--out", str(tmp_path / "clean")], check=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not (killed / PROGRESS).exists():
+        time.sleep(0.01)
+    time.sleep(0.3)  # kill -9 partway (the whole job takes ~2-3 s here)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "prepared.json").exists()
+    assert 0 < json.loads((killed / PROGRESS).read_text())["done"] < 10000
+    subprocess.run(cmd + ["--out", str(killed)], check=True)
+    a, b = open_source(tmp_path / "clean"), open_source(killed)
+    assert np.array_equal(a.preloaded(32, 3), b.preloaded(32, 3)) and np.array_equal(a.labels, b.labels)
+    data = bytearray((killed / "images.h5").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (killed / "images.h5").write_bytes(bytes(data))
+    res = CliRunner().invoke(cli, ["train", "--data", str(killed), "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "images.h5 is not the file prepare wrote" in res.output
