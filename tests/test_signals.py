@@ -139,7 +139,8 @@ def test_auto_chooses_by_the_collections_labels(cifar_shards, tmp_path):
 
 def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     """The same by-id request through Index.search, `hashindex query --json` and the service."""
-    from hashindex.serve import Searcher, search_options
+    from hashindex.service.basic import Searcher
+    from hashindex.service.params import search_options
 
     build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
     index = Index.load(tmp_path / "ix")
@@ -151,7 +152,7 @@ def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     cli_ids = [[h["id"] for h in row["results"]] for row in json.loads(res.output)]
     searcher = Searcher(tmp_path / "ix", model=str(tiny_model))
-    served = [[h["id"] for h in searcher.by_id(i, search_options({"k": ["12"]}))["results"]] for i in ids]
+    served = [[h["id"] for h in searcher.by_id(i, search_options({"k": "12"}))["results"]] for i in ids]
     lib = [[h["id"] for h in row["results"]] for row in query(index, [], ids, k=12)]
     assert api.tolist() == cli_ids == served == lib
 

@@ -1,33 +1,32 @@
 #!/usr/bin/env python
-"""Latency of one image search: `hashindex serve` against a `hashindex query` process per search.
+"""The search service under load: the ASGI service against the basic (sequential) server, in one run.
 
-The baseline, measured in the same run, is what a script does without the service: start
-`hashindex query INDEX IMAGE --json` for each image (interpreter start, index and model loading,
-search). The service pays the loading once; each request is decode + encode + search + JSON.
+Both servers run as `hashindex serve` processes on the same index and model; a load generator in this
+process drives C concurrent clients (threads, keep-alive connections where the server allows them), each
+sending R requests: searches by indexed id (GET) and image uploads (POST, CIFAR-10 JPEGs), alternately.
+For C in 1, 8, 32, 64: requests/s, p50 and p99 latency, errors, and the ASGI / basic throughput ratio.
+Then the ASGI server's RSS before and after --long requests (memory must stay flat).
 
-    python tools/bench_serve.py runs/table/eval-cifar10-48/index ../shared/data/cifar10-jpeg/test.tar --n 50
+    python tools/bench_serve.py INDEX_DIR ../shared/data/cifar10-jpeg/test.tar [--requests 40] [--long 10000]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import re
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from hashindex.serve import Searcher, make_server
-
 
 def images_from_tar(tar: str, n: int) -> list[bytes]:
-    """The first n image files of a tar."""
     out = []
     with tarfile.open(tar) as tf:
         for m in tf:
@@ -38,63 +37,119 @@ def images_from_tar(tar: str, n: int) -> list[bytes]:
     return out
 
 
-def served(index: str, model: str | None, images: list[bytes], k: int) -> tuple[list[float], float, list]:
-    """Per-request seconds over HTTP, the start-up seconds, and the result ids."""
+def start(index: str, server: str, model: str | None) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "hashindex", "serve", index, "--port", "0", "--server", server]
+    proc = subprocess.Popen(cmd + (["--model", model] if model else []), stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        m = re.search(r"http://[\d.]+:(\d+)/", line)
+        if m:
+            port = int(m.group(1))
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain
+            for _ in range(100):
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    c.request("GET", "/")
+                    c.getresponse().read()
+                    return proc, port
+                except OSError:
+                    time.sleep(0.05)
+    raise SystemExit(f"{server} server did not start")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(port: int, clients: int, per_client: int, images: list[bytes], n_items: int) -> dict:
+    """C clients x R requests; returns throughput, latency percentiles and errors."""
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine, bad = [], 0
+        for r in range(per_client):
+            t0 = time.perf_counter()
+            try:
+                if (c + r) % 2:
+                    conn.request("POST", "/search?k=10", body=images[(c * per_client + r) % len(images)],
+                                 headers={"Content-Type": "image/jpeg"})
+                else:
+                    conn.request("GET", f"/search?id={(c * 7919 + r * 104729) % n_items}&k=10")
+                resp = conn.getresponse()
+                resp.read()
+                bad += resp.status != 200
+            except (OSError, http.client.HTTPException):
+                bad += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            mine.append(time.perf_counter() - t0)
+        conn.close()
+        with lock:
+            lat.extend(mine)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
-    srv = make_server(Searcher(index, model=model), port=0)
-    startup = time.perf_counter() - t0
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}/search?k={k}"
-    times, ids = [], []
-    try:
-        for data in images:
-            t = time.perf_counter()
-            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120) as r:
-                body = json.loads(r.read())
-            times.append(time.perf_counter() - t)
-            ids.append([h["id"] for h in body["results"]])
-    finally:
-        srv.shutdown()
-        srv.server_close()
-    return times, startup, ids
-
-
-def per_process(index: str, model: str | None, images: list[bytes], k: int) -> tuple[list[float], list]:
-    """Per-search seconds of one `hashindex query` process each, and the result ids."""
-    times, ids = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, data in enumerate(images):
-            path = Path(tmp) / f"{i}.jpg"
-            path.write_bytes(data)
-            cmd = [sys.executable, "-m", "hashindex.cli", "-q", "query", index, str(path), "--k", str(k), "--json"]
-            if model:
-                cmd += ["--model", model]
-            t = time.perf_counter()
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            times.append(time.perf_counter() - t)
-            ids.append([h["id"] for h in json.loads(out)[0]["results"]])
-    return times, ids
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000
+    return {"clients": clients, "requests": len(lat), "req_s": round(len(lat) / wall, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "errors": errors[0]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("index")
-    ap.add_argument("images", help="a tar of image files (the first --n are the queries)")
+    ap.add_argument("images_tar")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--n", type=int, default=50, help="searches through the service")
-    ap.add_argument("--n-process", type=int, default=5, help="searches as processes (each takes seconds)")
-    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--requests", type=int, default=40, help="per client")
+    ap.add_argument("--long", type=int, default=10000, help="requests of the memory run (0: skip)")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    images = images_from_tar(args.images, args.n)
-    s_times, startup, s_ids = served(args.index, args.model, images, args.k)
-    p_times, p_ids = per_process(args.index, args.model, images[:args.n_process], args.k)
-    assert s_ids[:args.n_process] == p_ids, "the service and the CLI disagree"
-    s_med, p_med = float(np.median(s_times)), float(np.median(p_times))
-    print(f"index {args.index}; {args.n} served searches, {args.n_process} processes, k={args.k}")
-    print(f"service start-up (index + model load): {startup:.2f} s")
-    print(f"served request:  median {s_med * 1000:.1f} ms, p90 {np.percentile(s_times, 90) * 1000:.1f} ms")
-    print(f"query process:   median {p_med * 1000:.0f} ms")
-    print(f"speed-up per search: {p_med / s_med:.0f}x (same result ids)")
+    images = images_from_tar(args.images_tar, 200)
+    n_items = json.loads((Path(args.index) / "index.json").read_text())["count"]
+    res: dict = {"rows": []}
+    procs = {kind: start(args.index, kind, args.model) for kind in ("basic", "asgi")}
+    try:
+        for c in args.clients:
+            row = {"clients": c}
+            for kind, (_, port) in procs.items():
+                load(port, min(c, 4), 2, images, n_items)  # warm up
+                row[kind] = load(port, c, args.requests, images, n_items)
+            row["throughput_ratio"] = round(row["asgi"]["req_s"] / row["basic"]["req_s"], 2)
+            res["rows"].append(row)
+            if not args.json:
+                b, a = row["basic"], row["asgi"]
+                print(f"{c:>3} clients  basic {b['req_s']:7.1f} req/s p50 {b['p50_ms']:7.1f} p99 {b['p99_ms']:7.1f} "
+                      f"err {b['errors']:3d} | asgi {a['req_s']:7.1f} req/s p50 {a['p50_ms']:7.1f} p99 "
+                      f"{a['p99_ms']:7.1f} err {a['errors']:3d} | x{row['throughput_ratio']}", flush=True)
+        procs["basic"][0].terminate()
+        if args.long:
+            proc, port = procs["asgi"]
+            before = rss_mb(proc.pid)
+            run = load(port, 32, args.long // 32, images, n_items)
+            after = rss_mb(proc.pid)
+            res["memory"] = {"requests": run["requests"], "rss_before_mb": round(before, 1),
+                             "rss_after_mb": round(after, 1), "errors": run["errors"], "req_s": run["req_s"]}
+            if not args.json:
+                print(f"asgi memory: RSS {before:.1f} MB before, {after:.1f} MB after {run['requests']} requests "
+                      f"({run['errors']} errors, {run['req_s']} req/s)", flush=True)
+    finally:
+        for proc, _ in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    if args.json:
+        print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -202,29 +202,70 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 
 
 @cli.command()
-@click.argument("index_dir")
-@click.option("--model", default=None, help="Checkpoint for image queries [default: the shipped model of the index].")
+@click.argument("index_dir", nargs=-1, required=True)
+@click.option("--model", default=None, help="Checkpoint for image queries [default: the shipped model of each index].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--server", "server_kind", default="auto", show_default=True, type=click.Choice(["auto", "asgi", "basic"]),
+              help="asgi: FastAPI on uvicorn, batched searches (pip install 'hashindex[serve]'); basic: the "
+                   "standard library's server, one search at a time; auto: asgi when installed.")
 @click.pass_context
-def serve(ctx, index_dir, model, host, port, device):
-    """Keep INDEX_DIR and its model in memory and answer searches over HTTP (JSON).
+def serve(ctx, index_dir, model, host, port, device, server_kind):
+    """Keep indexes and their models in memory and answer searches over HTTP (JSON).
+
+    Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
+    folder); the first also answers /search and /batch. API docs at /docs; /health; /metrics (Prometheus).
+    SIGTERM or Ctrl-C stops it after the searches in flight.
 
     \b
     Example:
       hashindex serve index/photos --port 8000 &
       curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
+      curl -s -F file=@cat.jpg -F file=@dog.jpg 'localhost:8000/batch?k=5'
       curl -s 'localhost:8000/search?id=42&radius=2'
     """
-    from ..serve import Searcher, make_server
+    from ..service import asgi_server, bind, open_engines, parse_indexes
+
+    indexes = parse_indexes(list(index_dir))
+    if server_kind == "auto":
+        server_kind = "asgi" if _has_asgi() else "basic"
+    elif server_kind == "asgi" and not _has_asgi():
+        raise HashindexError("server=asgi: needs the serve extra (pip install 'hashindex[serve]')")
+    log = (lambda line: click.echo(line, err=True)) if ctx.obj["progress"] else (lambda line: None)
+    if server_kind == "basic":
+        if len(indexes) > 1:
+            raise HashindexError("server=basic: serves one index (the asgi server serves several)")
+        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log)
+    engines = open_engines(indexes, model, device, log)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    click.echo(f"serving {len(indexes)} index(es) at http://{bound_host}:{bound_port}/ (docs: /docs); "
+               "Ctrl-C or SIGTERM to stop", err=True)
+    import signal
+
+    # uvicorn stops gracefully on SIGTERM / SIGINT (no new connections, searches in flight finish), then
+    # raises the signal again for the handler it found: this no-op one makes that a clean exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asgi_server(engines).run(sockets=[sock])
+
+
+def _has_asgi() -> bool:
+    """Whether the serve extra (FastAPI, uvicorn, python-multipart) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart"))
+
+
+def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log) -> None:
+    from ..service.basic import Searcher, make_server
 
     searcher = Searcher(index_dir, model=model, device=device)
-    server = make_server(searcher, host, port, log=(lambda line: click.echo(line, err=True))
-                         if ctx.obj["progress"] else None)
+    server = make_server(searcher, host, port, log=log)
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
-               f"at http://{bound_host}:{bound_port}/ ; Ctrl-C to stop", err=True)
+               f"at http://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
-"""`hashindex serve`: an index and its model kept in memory, answering searches over HTTP.
+"""`hashindex serve --server basic`: the standard library's threading HTTP server, one search at a time.
 
-Loading a large index and the net costs seconds per `hashindex query`; a service
-pays it once. Plain JSON over the standard library's threading HTTP server:
+The dependency-free server (no `serve` extra needed), and the baseline tools/bench_serve.py measures the
+ASGI service against. Plain JSON:
 
     GET  /                              what is served (items, bits, model, classes)
     POST /search?k=10   body = image    search with an image file's bytes
@@ -30,33 +30,17 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from .data import BadImage, decode_image, to_array
-from .errors import HashindexError
-from .index import Index
-from .query import check_candidates, indexed_queries, search_vectors
-
-MAX_BODY = 32 << 20  # bytes of one uploaded image
-MAX_PIXELS = 40_000_000  # pixels an uploaded image may declare (checked before decoding)
-MAX_K = 1000  # results of one search
-MAX_CANDIDATES = 100_000  # re-ranked pool of one search
-MAX_RESULTS = 10_000  # items one radius search may return
-SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading is dropped after this
-BACKLOG = 128  # connections waiting to be accepted (64+ concurrent clients)
-
-
-class RequestError(Exception):
-    """A bad request: HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
+from ..data import BadImage, decode_image, to_array
+from ..errors import HashindexError
+from ..index import Index
+from ..query import indexed_queries, search_vectors
+from .params import BACKLOG, MAX_BODY, MAX_PIXELS, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
 
 class Searcher:
     """An opened index plus the model that encodes image queries for it."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu"):
-        from .model import find_model_for, load_model
+        from ..model import find_model_for, load_model
 
         self.index = Index.load(index_dir)
         self.model = load_model(model if model else find_model_for(self.index.model_id), device)
@@ -96,45 +80,6 @@ class Searcher:
         return row
 
 
-def _int_param(params: dict[str, list[str]], name: str, default: int | None, low: int,
-               high: int | None = None) -> int | None:
-    if name not in params:
-        return default
-    raw = params[name][-1]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RequestError(400, f"{name}={raw}: expected an integer") from None
-    if value < low:
-        raise RequestError(400, f"{name}={value}: expected at least {low}")
-    if high is not None and value > high:
-        raise RequestError(400, f"{name}={value}: at most {high} in one request")
-    return value
-
-
-def _flag_param(params: dict[str, list[str]], name: str, default: bool) -> bool:
-    if name not in params:
-        return default
-    raw = params[name][-1].lower()
-    if raw not in ("0", "1", "true", "false"):
-        raise RequestError(400, f"{name}={raw}: expected 0 or 1")
-    return raw in ("1", "true")
-
-
-def search_options(params: dict[str, list[str]]) -> dict[str, Any]:
-    """k, candidates, radius, rerank, cut_ties from a query string, checked as the CLI checks them."""
-    k = _int_param(params, "k", 10, 1, MAX_K)
-    candidates = _int_param(params, "candidates", None, 1, MAX_CANDIDATES)
-    try:
-        check_candidates(candidates, k)
-    except HashindexError as e:  # the library speaks in argument names, as a query string does
-        raise RequestError(400, str(e)) from None
-    return {"k": k, "candidates": candidates, "radius": _int_param(params, "radius", None, 0),
-            "max_results": MAX_RESULTS,
-            "rerank": _flag_param(params, "rerank", True),
-            "complete_ties": not _flag_param(params, "cut_ties", False)}
-
-
 def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to one Searcher."""
 
@@ -152,7 +97,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self, method: str) -> None:
             url = urlparse(self.path)
-            params = parse_qs(url.query)
+            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
                 if url.path == "/" and method == "GET":
                     return self._reply(200, searcher.info())
@@ -160,7 +105,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, GET or POST /search)")
                 options = search_options(params)
                 if method == "GET":
-                    item = _int_param(params, "id", None, 0)
+                    item = int_param(params, "id", None, 0)
                     if item is None:
                         raise RequestError(400, "GET /search needs id=ID (or POST an image)")
                     return self._reply(200, searcher.by_id(item, options))
@@ -178,12 +123,12 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                 raise RequestError(411, "chunked bodies are not accepted: send Content-Length")
             raw = self.headers.get("Content-Length")
             if raw is None:
-                raise RequestError(411, "POST /search needs a Content-Length (the image's size in bytes)")
+                raise RequestError(411, "POST /search needs a Content-Length (the body's size in bytes)")
             if not raw.strip().isdigit():
                 raise RequestError(400, f"Content-Length: {raw[:40]}: expected a number of bytes")
             length = int(raw)
             if length > MAX_BODY:
-                raise RequestError(413, f"body of {length} bytes: at most {MAX_BODY} for one image")
+                raise RequestError(413, f"body of {length} bytes: at most {MAX_BODY} in one request")
             return self.rfile.read(length)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)

@@ -1,0 +1,87 @@
+"""The search service: `hashindex serve`.
+
+``app`` (FastAPI on uvicorn, the `serve` extra) is the service; ``engine`` holds one served index and
+batches concurrent searches; ``params`` the request parameters and caps both servers share; ``metrics``
+the Prometheus text; ``basic`` the dependency-free standard-library server (one search at a time), kept as
+the fallback without the extra and as the baseline of tools/bench_serve.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable
+
+from ..errors import HashindexError
+from .params import BACKLOG
+
+
+def parse_indexes(specs: list[str]) -> dict[str, str]:
+    """``DIR`` or ``NAME=DIR`` arguments -> {name: dir} (a bare DIR is named by its folder)."""
+    from pathlib import Path
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name, spec
+        if not name or name in out:
+            raise HashindexError(f"index_dir={spec}: each index needs its own name (NAME=DIR)")
+        out[name] = path
+    return out
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one), or a one-line error naming the port."""
+    try:
+        sock = socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise HashindexError(f"port={port}: cannot listen on {host}:{port} ({reason})") from None
+    return sock
+
+
+def asgi_server(engines: dict, log_level: str = "warning"):
+    """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
+    SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight."""
+    import h11
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from .app import create_app
+
+    class JsonErrors(H11Protocol):
+        """uvicorn answers a request it cannot parse (a bad Content-Length, broken headers) in plain text;
+        ours answers in the service's JSON."""
+
+        def connection_made(self, transport) -> None:
+            # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and a socket handed over
+            # (ours, or uvicorn's own) has proto 0: without this every answer (headers, then body) waited
+            # ~40 ms for the client's delayed ACK (Nagle) - measured 48 ms minimum per search, 4 ms with it.
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().connection_made(transport)
+
+        def send_400_response(self, msg: str) -> None:
+            body = b'{"error": "malformed HTTP request (check Content-Length and the headers)"}\n'
+            for event in (h11.Response(status_code=400, headers=[(b"content-type", b"application/json"),
+                                                                 (b"content-length", str(len(body)).encode()),
+                                                                 (b"connection", b"close")]),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    config = uvicorn.Config(create_app(engines), http=JsonErrors, lifespan="on", log_level=log_level,
+                            access_log=False, backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
+    return uvicorn.Server(config)
+
+
+def open_engines(indexes: dict[str, str], model: str | None, device: str, log: Callable[[str], None]) -> dict:
+    """Open every index (and its model) to serve: {name: Engine}; a one-line error for a bad one."""
+    from .engine import Engine
+
+    engines = {name: Engine(path, model, device, name=name) for name, path in indexes.items()}
+    for name, e in engines.items():
+        log(f"{name}: {e.index.dir} ({e.index.count:,} items, {e.index.bits} bits, re-rank {e.index.signal})")
+    return engines

@@ -1,0 +1,275 @@
+"""`hashindex serve`: an ASGI search service (FastAPI on uvicorn; the `serve` extra).
+
+    GET  /                                what is served (the default index, and the names of all)
+    GET  /health                          {"status": "ok"} once every index is loaded
+    GET  /metrics                         Prometheus text: requests, errors, latency, batch sizes, index size
+    GET  /docs, /openapi.json             API documentation
+    POST /search?k=10                     body = an image file's bytes, or multipart/form-data field "file"
+    GET  /search?id=42&k=10               search with an indexed item
+    POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
+    /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
+    options: k, candidates, radius, rerank=0|1, cut_ties=0|1 (as on `hashindex query`)
+
+Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
+400 (bad request), 404 (no such id, index or endpoint), 408 (the client stopped sending), 411 (no length),
+413 (body over the cap), 503 (a search outlasted the request timeout), 500 (a bug: that request fails, the
+process goes on). Why this stack: uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds
+hundreds of idle connections for the cost of one thread, FastAPI gives the OpenAPI docs and multipart
+parsing, and neither holds the GIL while the batcher thread runs the net and Faiss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import HashindexError
+from .engine import Engine, Query
+from .metrics import Metrics
+from .params import MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
+
+log = logging.getLogger("hashindex.service")
+REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
+SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d} for n, t, d in (
+    ("k", "integer", "results per query (1-1000, default 10)"),
+    ("candidates", "integer", "re-ranked pool (default: the index's read budget)"),
+    ("radius", "integer", "every item within this Hamming radius instead of the top k"),
+    ("rerank", "boolean", "order the pool by the fine-stage signal (default 1)"),
+    ("cut_ties", "boolean", "cut the last Hamming tie at k (default 0: complete it)"))]
+IMAGE_BODY = {"required": False, "content": {
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
+
+
+class BodyLimit:
+    """ASGI middleware: no request body past MAX_BODY is ever read, whatever the headers claim (a declared
+    length is checked before reading; a chunked one is counted as it arrives), and a client that stops
+    sending for SOCKET_TIMEOUT_S gets a 408."""
+
+    def __init__(self, app, max_body: int = MAX_BODY):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.max_body:  # h11 has checked it is a number
+            return await _send_json(send, 413, f"body of {int(length)} bytes: at most {self.max_body} in one request")
+        if scope["method"] == "POST" and length is None and b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await _send_json(send, 411, f"POST {scope['path']} needs a Content-Length (the body's size in bytes)")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), SOCKET_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"body: nothing received for {SOCKET_TIMEOUT_S} s") from None
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise RequestError(413, f"body of more than {self.max_body} bytes: at most {self.max_body} in one request")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class Timing:
+    """ASGI middleware: every answer's route, status and latency go to the metrics."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope["path"] if status[0] != 404 or scope["path"].endswith(("/search", "/batch")) else "unmatched"
+            self.metrics.record(scope["method"], route, status[0], time.perf_counter() - t0)
+
+
+async def _send_json(send, status: int, message: str) -> None:
+    body = (json.dumps({"error": message}) + "\n").encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAPI:
+    """The service over opened engines (name -> Engine); ``default`` answers /search and /batch."""
+    from .. import __version__
+
+    if not engines:
+        raise HashindexError("engines={}: serve at least one index")
+    default = default or next(iter(engines))
+    metrics = Metrics()
+
+    async def lifespan(app):
+        yield
+        for engine in engines.values():  # graceful: queued searches finish, then the batchers stop
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
+
+    app = FastAPI(title="hashindex", version=__version__, lifespan=lifespan,
+                  description="Image search over learned binary hash codes (see `hashindex serve --help`).")
+    _errors(app)
+
+    def engine_named(name: str) -> Engine:
+        if name not in engines:
+            raise RequestError(404, f"index={name}: no such index (served: {', '.join(engines)})")
+        return engines[name]
+
+    @app.get("/", summary="What is served")
+    async def info() -> dict[str, Any]:
+        return {**engines[default].info(), "indexes": list(engines)}
+
+    @app.get("/health", summary="Liveness and readiness")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "indexes": {name: e.index.count for name, e in engines.items()}}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(engines), media_type="text/plain; version=0.0.4")
+
+    by_id = SEARCH_PARAMS + [{"name": "id", "in": "query", "required": True, "schema": {"type": "integer"},
+                              "description": "the indexed item to search with"}]
+
+    @app.get("/search", summary="Search the default index with an indexed item", operation_id="search_by_id",
+             openapi_extra={"parameters": by_id})
+    @app.post("/search", summary="Search the default index with an image", operation_id="search_by_image",
+              openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
+    async def search_default(request: Request) -> dict[str, Any]:
+        return await _search(engines[default], request)
+
+    @app.get("/indexes/{name}/search", summary="Search a named index with an indexed item",
+             operation_id="search_named_by_id", openapi_extra={"parameters": by_id})
+    @app.post("/indexes/{name}/search", summary="Search a named index with an image",
+              operation_id="search_named_by_image", openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
+    async def search_named(name: str, request: Request) -> dict[str, Any]:
+        return await _search(engine_named(name), request)
+
+    @app.post("/batch", summary="Several searches of the default index in one request",
+              openapi_extra={"parameters": SEARCH_PARAMS})
+    async def batch_default(request: Request) -> dict[str, Any]:
+        return await _batch(engines[default], request)
+
+    @app.post("/indexes/{name}/batch", summary="Several searches of a named index in one request",
+              openapi_extra={"parameters": SEARCH_PARAMS})
+    async def batch_named(name: str, request: Request) -> dict[str, Any]:
+        return await _batch(engine_named(name), request)
+
+    return BodyLimit(Timing(app, metrics))
+
+
+def _errors(app: FastAPI) -> None:
+    """Every failure answered as JSON {"error": one line} with its status."""
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, e.status)
+
+    @app.exception_handler(HashindexError)
+    async def library_error(request: Request, e: HashindexError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, 400)  # a request the index cannot answer
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = (f"{request.url.path}: no such endpoint (GET /, /health, /metrics, /docs; GET or POST /search; "
+                   "POST /batch; /indexes/NAME/...)") if e.status_code == 404 else f"{request.url.path}: {e.detail}"
+        return JSONResponse({"error": message}, e.status_code)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(e).__name__}: {str(e)[:200]}"}, 500)
+
+
+async def _answer(engine: Engine, query: Query) -> dict[str, Any]:
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(engine.submit(query)), REQUEST_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise RequestError(503, f"search did not finish within {REQUEST_TIMEOUT_S:.0f} s; retry later") from None
+    except (RequestError, HashindexError):
+        raise
+    except Exception as e:  # a bug: this request gets a 500 (its traceback goes to the log), the service goes on
+        log.exception("search %s failed", query.name)
+        raise RequestError(500, f"internal error: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+async def _image(engine: Engine, data: bytes, options: dict[str, Any], name: str) -> dict[str, Any]:
+    if not data:
+        raise RequestError(400, "body: empty (send an image file's bytes)")
+    array = await asyncio.get_running_loop().run_in_executor(engine.decoder, engine.image_array, data)
+    return await _answer(engine, Query(name, options, array=array))
+
+
+async def _uploads(request: Request) -> list[tuple[str, bytes]] | None:
+    """(file name, bytes) of a multipart request's "file" fields, or None for a raw body."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return None
+    form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH)
+    files = [f for key, f in form.multi_items() if key == "file" and hasattr(f, "read")]
+    if not files:
+        raise RequestError(400, 'multipart body: no "file" field')
+    return [(f.filename or "upload", await f.read()) for f in files]
+
+
+async def _search(engine: Engine, request: Request) -> dict[str, Any]:
+    params = dict(request.query_params)
+    options = search_options(params)
+    if request.method == "GET":
+        item = int_param(params, "id", None, 0)
+        if item is None:
+            raise RequestError(400, f"GET {request.url.path} needs id=ID (or POST an image)")
+        return await _answer(engine, Query(f"id:{item}", options, item_id=item))
+    uploads = await _uploads(request)
+    if uploads is not None:
+        if len(uploads) > 1:
+            raise RequestError(400, f"{len(uploads)} files: /search takes one (POST several to /batch)")
+        return await _image(engine, uploads[0][1], options, "upload")
+    return await _image(engine, await request.body(), options, "upload")
+
+
+async def _batch(engine: Engine, request: Request) -> dict[str, Any]:
+    options = search_options(dict(request.query_params))
+    uploads = await _uploads(request)
+    if uploads is not None:
+        jobs = [_image(engine, data, options, f"file:{name}") for name, data in uploads]
+    else:
+        try:
+            doc = json.loads(await request.body() or b"null")
+            ids = doc["ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise RequestError(400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields') from None
+        if len(ids) > MAX_BATCH:
+            raise RequestError(400, f"ids: {len(ids)} queries, at most {MAX_BATCH} in one request")
+        jobs = [_answer(engine, Query(f"id:{i}", options, item_id=i)) for i in ids]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    rows = []
+    for r in results:
+        if isinstance(r, RequestError):
+            rows.append({"error": str(r), "status": r.status})
+        elif isinstance(r, HashindexError):
+            rows.append({"error": str(r), "status": 400})
+        elif isinstance(r, Exception):
+            raise r
+        else:
+            rows.append(r)
+    return {"results": rows}

@@ -1,0 +1,152 @@
+"""One served index: its model, a decode pool, and a batcher that gathers concurrent searches for Faiss.
+
+Concurrent requests are not searched one at a time under a lock: each is queued, and one batcher thread
+takes everything waiting (up to ``max_batch``), encodes the image queries in one forward pass, and searches
+each group of identical options with one Faiss call. A batch search costs far less per query than single
+searches (one scan of the codes serves every query, and the net runs one batched pass), so throughput
+rises with load while a lone request waits for nobody (the batcher never holds a request back to wait for
+company). Decoding uploads (the other CPU-heavy step) runs in a small thread pool beside it: Pillow
+releases the GIL while decoding and resizing.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import BadImage, decode_image, to_array
+from ..errors import HashindexError
+from ..index import Index
+from ..query import indexed_queries, search_vectors
+from .params import MAX_PIXELS, RequestError
+
+
+@dataclass(eq=False)
+class Query:
+    """One search waiting for the batcher: an image (the net's input array) or an indexed item's id."""
+
+    name: str
+    options: dict[str, Any]
+    array: np.ndarray | None = None
+    item_id: int | None = None
+    future: Future = field(default_factory=Future)
+    queued: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """An opened index and the model that encodes its image queries, with batched searching."""
+
+    def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu", *,
+                 name: str | None = None, max_batch: int = 64, decode_workers: int = 2):
+        from ..model import find_model_for, load_model
+
+        self.index = Index.load(index_dir)
+        self.model = load_model(model if model else find_model_for(self.index.model_id), device)
+        self.index.check_model(self.model.model_id)
+        self.name = name or Path(index_dir).name
+        self.max_batch = max_batch
+        self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix=f"decode-{self.name}")
+        self.batch_sizes: list[int] = []  # for /metrics (the server reads and clears it)
+        self._queue: queue.Queue[Query | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
+        self._thread.start()
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "index": str(self.index.dir), "items": self.index.count, "bits": self.index.bits,
+                "model_id": self.index.model_id, "binary": self.index.meta["binary"]["kind"],
+                "rerank": self.index.meta["rerank"]["kind"], "signal": self.index.signal,
+                "class_names": self.index.class_names}
+
+    def image_array(self, data: bytes) -> np.ndarray:
+        """An upload's bytes as the net's input (pixel cap checked from the header, JPEGs decoded at reduced
+        scale); runs in the decode pool."""
+        try:
+            img = decode_image(data, max_side=4 * self.model.input_size, max_pixels=MAX_PIXELS)
+            return to_array(img, self.model.input_size, self.model.channels)
+        except BadImage as e:
+            raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
+        except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
+            raise RequestError(400, f"body: not a usable image ({e})") from None
+
+    def submit(self, query: Query) -> Future:
+        """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError)."""
+        self._queue.put(query)
+        return query.future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the batcher (graceful shutdown)."""
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+        self.decoder.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ the batcher thread
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            while len(batch) < self.max_batch:  # everything already waiting, without waiting for more
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self.batch_sizes.append(len(batch))
+            self._process(batch)
+            if stop:
+                return
+
+    def _process(self, batch: list[Query]) -> None:
+        ready: list[tuple[Query, np.ndarray, np.ndarray]] = []
+        images = [q for q in batch if q.array is not None]
+        if images:
+            try:
+                codes, feats = self.model.encode(np.stack([q.array for q in images]))
+                vecs = self.index.query_vectors(feats).astype(np.float32)
+                ready += [(q, codes[i:i + 1], vecs[i:i + 1]) for i, q in enumerate(images)]
+            except Exception as e:  # noqa: BLE001 (a bug fails these requests, not the batcher)
+                for q in images:
+                    q.future.set_exception(e)
+        for q in batch:
+            if q.item_id is not None:
+                try:
+                    codes, vecs = indexed_queries(self.index, [q.item_id])
+                    ready.append((q, codes, vecs.astype(np.float32)))
+                except HashindexError:
+                    q.future.set_exception(RequestError(404, f"id={q.item_id}: no item with this id in the index"))
+        groups: dict[tuple, list[tuple[Query, np.ndarray, np.ndarray]]] = {}
+        for entry in ready:
+            groups.setdefault(tuple(sorted(entry[0].options.items())), []).append(entry)
+        for group in groups.values():
+            self._search(group)
+
+    def _search(self, group: list[tuple[Query, np.ndarray, np.ndarray]]) -> None:
+        t0 = time.perf_counter()
+        queries = [q for q, _, _ in group]
+        try:
+            rows = search_vectors(self.index, np.concatenate([c for _, c, _ in group]),
+                                  np.concatenate([v for _, _, v in group]), [q.name for q in queries],
+                                  **queries[0].options)
+        except Exception as e:  # noqa: BLE001
+            if len(group) == 1:
+                queries[0].future.set_exception(e)
+                return
+            for entry in group:  # one query's problem (a radius past the cap) must not fail the others
+                self._search([entry])
+            return
+        took = (time.perf_counter() - t0) * 1000
+        for q, row in zip(queries, rows):
+            row["took_ms"] = round(took, 2)
+            q.future.set_result(row)

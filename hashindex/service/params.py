@@ -1,0 +1,69 @@
+"""What a search request may ask, and the caps that bound it: shared by both servers.
+
+Parameters arrive as text (a query string); they are checked as the CLI checks its flags, and every
+failure is a `RequestError` with an HTTP status and one line naming the parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import HashindexError
+
+MAX_BODY = 32 << 20  # bytes of one request body (an image, or a batch of them)
+MAX_PIXELS = 40_000_000  # pixels an uploaded image may declare (checked before decoding)
+MAX_K = 1000  # results of one search
+MAX_CANDIDATES = 100_000  # re-ranked pool of one search
+MAX_RESULTS = 10_000  # items one radius search may return
+MAX_BATCH = 64  # queries in one batch request
+SOCKET_TIMEOUT_S = 30  # a client that stops sending or reading is dropped after this
+BACKLOG = 128  # connections waiting to be accepted (64+ concurrent clients)
+
+
+class RequestError(Exception):
+    """A bad request: HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def int_param(params: Mapping[str, str], name: str, default: int | None, low: int,
+              high: int | None = None) -> int | None:
+    if name not in params:
+        return default
+    raw = params[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(400, f"{name}={raw}: expected an integer") from None
+    if value < low:
+        raise RequestError(400, f"{name}={value}: expected at least {low}")
+    if high is not None and value > high:
+        raise RequestError(400, f"{name}={value}: at most {high} in one request")
+    return value
+
+
+def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
+    if name not in params:
+        return default
+    raw = params[name].lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise RequestError(400, f"{name}={raw}: expected 0 or 1")
+    return raw in ("1", "true")
+
+
+def search_options(params: Mapping[str, str], max_results: int | None = None) -> dict[str, Any]:
+    """k, candidates, radius, rerank, cut_ties from a query string, checked as the CLI checks them."""
+    from ..query import check_candidates
+
+    k = int_param(params, "k", 10, 1, MAX_K)
+    candidates = int_param(params, "candidates", None, 1, MAX_CANDIDATES)
+    try:
+        check_candidates(candidates, k)
+    except HashindexError as e:  # the library speaks in argument names, as a query string does
+        raise RequestError(400, str(e)) from None
+    return {"k": k, "candidates": candidates, "radius": int_param(params, "radius", None, 0),
+            "max_results": MAX_RESULTS if max_results is None else max_results,
+            "rerank": flag_param(params, "rerank", True),
+            "complete_ties": not flag_param(params, "cut_ties", False)}

@@ -1,0 +1,153 @@
+"""What only the ASGI service has: health, metrics, API docs, multipart uploads, batch requests, several indexes,
+batched concurrent searches, a bug that fails one request only, graceful SIGTERM (real uvicorn, real sockets)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from hashindex.index import build
+from hashindex.query import query
+from tests.conftest import CIFAR_TEST, need
+from tests.test_serve import start_asgi
+
+
+@pytest.fixture(scope="module")
+def cosine_index(cifar_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cos") / "cos"
+    build(cifar_shards, out, signal="cosine", progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(flat_index, cosine_index, tiny_model):
+    from hashindex.service.engine import Engine
+
+    engines = {"flat": Engine(flat_index, str(tiny_model), name="flat"),
+               "cos": Engine(cosine_index, str(tiny_model), name="cos")}
+    url, stop = start_asgi(engines)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        yield client, engines
+    stop()
+
+
+def jpeg_bytes(n=2):
+    need(CIFAR_TEST)
+    out = []
+    with tarfile.open(CIFAR_TEST) as tf:
+        for m in tf:
+            if m.isfile():
+                out.append((m.name, tf.extractfile(m).read()))
+            if len(out) == n:
+                return out
+
+
+def test_health_metrics_and_docs(service):
+    client, _ = service
+    assert client.get("/health").json() == {"status": "ok", "indexes": {"flat": 10000, "cos": 10000}}
+    assert client.get("/search", params={"id": 5}).status_code == 200
+    assert client.get("/search", params={"id": 5, "k": 0}).status_code == 400
+    text = client.get("/metrics").text
+    assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="200"\} [1-9]', text)
+    assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="400"\} [1-9]', text)
+    assert 'hashindex_index_items{index="flat"} 10000' in text
+    assert re.search(r'hashindex_request_seconds_bucket\{route="/search",le="\+Inf"\} [1-9]', text)
+    assert re.search(r"hashindex_errors_total [1-9]", text)
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/batch", "/indexes/{name}/search", "/health", "/metrics"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_model, tmp_path):
+    client, _ = service
+    (name_a, a), (name_b, b) = jpeg_bytes(2)
+    raw = client.post("/search", params={"k": 6}, content=a).json()
+    form = client.post("/search", params={"k": 6}, files={"file": ("a.jpg", a, "image/jpeg")}).json()
+    assert raw["results"] == form["results"]
+    path = tmp_path / "a.jpg"
+    path.write_bytes(a)
+    assert raw["results"] == query(flat_index, [str(path)], [], model=str(tiny_model), k=6)[0]["results"]
+    files = [("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.jpg", b, "image/jpeg")),
+             ("file", ("bad.jpg", b"not an image", "image/jpeg"))]
+    rows = client.post("/batch", params={"k": 6}, files=files).json()["results"]
+    assert rows[0]["results"] == raw["results"] and rows[0]["query"] == "file:a.jpg"
+    assert rows[2] == {"error": "body: not a decodable image (not-an-image)", "status": 400}
+    ids = [3, 141, 99999999, 592]
+    rows = client.post("/batch", params={"k": 4}, json={"ids": ids}).json()["results"]
+    for i, row in zip(ids, rows):
+        if i == 99999999:
+            assert row == {"error": "id=99999999: no item with this id in the index", "status": 404}
+        else:
+            assert row["results"] == query(flat_index, [], [i], k=4)[0]["results"]
+    assert client.post("/batch", json={"ids": list(range(65))}).json() == \
+        {"error": "ids: 65 queries, at most 64 in one request"}
+    assert client.post("/batch", content=b"{oops").status_code == 400
+
+
+def test_several_indexes_by_name(service, cosine_index):
+    client, _ = service
+    got = client.get("/indexes/cos/search", params={"id": 7, "k": 5}).json()
+    assert got["results"] == query(cosine_index, [], [7], k=5)[0]["results"]
+    assert client.get("/").json()["indexes"] == ["flat", "cos"]
+    res = client.get("/indexes/nope/search", params={"id": 7})
+    assert res.status_code == 404 and res.json() == {"error": "index=nope: no such index (served: flat, cos)"}
+
+
+def test_concurrent_searches_are_batched_and_each_gets_its_answer(service, flat_index):
+    client, engines = service
+    ids = list(range(0, 9600, 150))  # 64 different queries from 32 clients at once
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda i: client.get("/search", params={"id": i, "k": 5}).json(), ids))
+    want = query(flat_index, [], ids, k=5)
+    assert [a["results"] for a in answers] == [w["results"] for w in want]
+    text = client.get("/metrics").text
+    count = int(re.search(r'hashindex_search_batch_size_count\{index="flat"\} (\d+)', text).group(1))
+    total = float(re.search(r'hashindex_search_batch_size_sum\{index="flat"\} ([\d.]+)', text).group(1))
+    assert total >= len(ids) and count <= total  # every search went through the batcher
+
+
+def test_a_bug_fails_one_request_and_the_service_goes_on(service, monkeypatch):
+    client, engines = service
+    index = engines["flat"].index
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(index, "search", broken)
+    res = client.get("/search", params={"id": 5})
+    assert res.status_code == 500 and res.json() == {"error": "internal error: RuntimeError: simulated bug"}
+    monkeypatch.undo()
+    assert client.get("/search", params={"id": 5}).status_code == 200
+
+
+def test_sigterm_is_a_graceful_stop(flat_index, tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "hashindex", "serve", str(flat_index), "--model", str(tiny_model),
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "the service did not say where it listens"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for _ in range(50):  # uvicorn listens a moment after the line
+                try:
+                    assert client.get("/health").status_code == 200
+                    break
+                except httpx.ConnectError:
+                    import time
+                    time.sleep(0.1)
+            assert client.get("/search", params={"id": 3}).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
