@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 TMP_SUFFIX = ".tmp"
+# A writer killed with -9 dies at once, but the decode workers it forked share its lock's open file and die a
+# moment later (PR_SET_PDEATHSIG): a rerun waits up to this long for them instead of refusing (measured: a
+# rerun started right after the kill found the lock still held).
+DEAD_HOLDER_WAIT_S = 10.0
 
 
 def encode_name(name: str) -> str:
@@ -116,12 +120,17 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
     with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
+        deadline = time.monotonic() + DEAD_HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                if not _holder_dead(holder) or time.monotonic() > deadline:
+                    raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
+                time.sleep(0.05)  # its holder is dead; the decode workers it forked still hold the lock a moment
         try:
             f.seek(0)
             f.truncate()
@@ -131,6 +140,20 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _holder_dead(holder: str) -> bool:
+    """Whether the lock text names a process of this host that no longer exists."""
+    parts = holder.split()
+    if len(parts) < 4 or parts[0] != "pid" or parts[3] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 VERIFIED = ".verified.json"  # per folder: the file states whose checksums were last found right

@@ -241,6 +241,11 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         out = Path(out)
         fmt = output_format(out, fmt)
         if out.exists() and not overwrite:
+            recorded = _read_job(_job_record(out))
+            if recorded and recorded.pop("out_sha256", None) == sha256_file(out) and \
+                    _same_job(recorded, index, queries, k, candidates, rerank, batch_size):
+                log(f"{out}: already complete ({recorded['queries_count']} queries); nothing to do")
+                return recorded  # a rerun of a finished job (as after a kill just past its end) is a no-op
             raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
         parts = out.with_name(out.name + ".parts")
         if overwrite and parts.exists():
@@ -273,9 +278,30 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
                   for name in ("ids", "hamming", "distance")}
         _write_results(out, fmt, data["ids"], merged, job)
+        summary = {**job, "out": str(out), "queries_count": n, "format": fmt}
+        atomic_write_json(_job_record(out), {**summary, "out_sha256": sha256_file(out)})
         shutil.rmtree(parts)
         log(f"wrote {out}: {n} queries x top {k} ({fmt})")
-        return {**job, "out": str(out), "queries_count": n, "format": fmt}
+        return summary
+
+
+def _job_record(out: Path) -> Path:
+    """Beside a finished results file: the job that wrote it and the file's SHA-256 (a rerun is a no-op)."""
+    return out.with_name(f".{out.name}.job.json")
+
+
+def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, k: int, candidates: int | None,
+              rerank: bool, batch_size: int) -> bool:
+    """Whether a finished job answered this request (same index build, same query shards, same settings)."""
+    from .files import sha256_file
+    from .store import MANIFEST
+
+    q = Path(queries)
+    return (q / MANIFEST).is_file() and recorded.get("index") == str(index.dir.resolve()) \
+        and recorded.get("index_built") == index.meta["built"] and recorded.get("queries") == str(q.resolve()) \
+        and recorded.get("queries_manifest_sha256") == sha256_file(q / MANIFEST) \
+        and (recorded.get("k"), recorded.get("candidates"), recorded.get("rerank"), recorded.get("batch_size")) \
+        == (k, candidates, rerank, batch_size)
 
 
 def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: dict[str, Any]

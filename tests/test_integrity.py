@@ -331,3 +331,66 @@ def test_links_out_of_the_data_root_need_a_flag(tiny_model, tmp_path):
     res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "s2"), "--follow-links"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["totals"]["written"] == 4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_of_build_and_append_at_random_points(cifar_shards, tiny_model, tmp_path, seed):
+    """A build or an append killed at a random moment leaves the old index or the new one, never a mix; the
+    rerun equals an uninterrupted run (real processes, kill -9)."""
+    import random
+    import signal
+
+    import h5py
+
+    def table(ix):
+        with h5py.File(ix / "table.h5", "r") as t:
+            return t["ids"][()].tobytes() + t["codes"][()].tobytes()
+
+    rng = random.Random(seed)
+    cmd = [sys.executable, "-m", "hashindex", "-q", "build", str(cifar_shards), "--signal", "l2"]
+    ref = tmp_path / "ref"
+    subprocess.run(cmd + ["--out", str(ref)], check=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)])
+    time.sleep(rng.uniform(0.5, 3.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists() or table(killed) == table(ref)  # absent or complete
+    subprocess.run(cmd + ["--out", str(killed), "--overwrite"], check=True)
+    assert table(killed) == table(ref) and not list(tmp_path.glob(".killed.*.tmp"))
+    from hashindex import extract
+    from tests.conftest import CIFAR_TRAIN
+
+    more = tmp_path / "more"
+    extract(str(tiny_model), str(CIFAR_TRAIN), more, limit=800, id_offset=100_000, workers=0, progress=False,
+            log=lambda s: None)
+    grown_ref = tmp_path / "grown-ref"
+    import shutil
+
+    shutil.copytree(ref, grown_ref)
+    append = [sys.executable, "-m", "hashindex", "-q", "build", str(more), "--append"]
+    subprocess.run(append + ["--out", str(grown_ref)], check=True)
+    grown = tmp_path / "grown"
+    shutil.copytree(ref, grown)
+    proc = subprocess.Popen(append + ["--out", str(grown)])
+    time.sleep(rng.uniform(0.5, 2.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = table(grown)
+    assert state in (table(ref), table(grown_ref))
+    if state == table(ref):
+        subprocess.run(append + ["--out", str(grown)], check=True)
+    assert table(grown) == table(grown_ref)
+
+
+def test_a_finished_batch_job_rerun_is_a_no_op(flat_index, cifar_shards, tmp_path):
+    """A batch job killed just after it finished (or simply run twice) is not refused: same request, same file."""
+    out = tmp_path / "r.h5"
+    args = ["-q", "query", str(flat_index), "--queries", str(cifar_shards), "--out", str(out), "--k", "5"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = out.read_bytes()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "already complete (10000 queries); nothing to do" in res.output
+    assert out.read_bytes() == before
+    res = CliRunner().invoke(cli, args[:-1] + ["6"])
+    assert res.exit_code == 2 and "already exists" in res.output

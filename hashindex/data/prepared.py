@@ -162,20 +162,22 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
     return meta
 
 
-def read_meta(directory: Path, arg: str = "data") -> dict[str, Any]:
-    """prepared.json, validated; then images.h5 checked against its SHA-256 (cached when unchanged)."""
+def read_meta(directory: Path, arg: str | None = "data") -> dict[str, Any]:
+    """prepared.json, validated; then images.h5 checked against its SHA-256 (cached when unchanged).
+    Errors name ``arg=directory`` (just the directory when ``arg`` is None: open_source adds its own)."""
+    where = f"{arg}={directory}" if arg else str(directory)
     try:
         meta = read_json(directory / META)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise HashindexError(f"{arg}={directory / META}: not a {FORMAT} v{FORMAT_VERSION} file")
+            raise HashindexError(f"{where}: {META} is not a {FORMAT} v{FORMAT_VERSION} file")
         validate(meta, SCHEMA)
+    except SchemaError as e:  # (a ValueError: first)
+        raise HashindexError(f"{where}: {META}: {e} (see hashindex/data/prepared.py)") from None
     except (OSError, ValueError) as e:
-        raise HashindexError(f"{arg}={directory / META}: {e}") from None
-    except SchemaError as e:
-        raise HashindexError(f"{arg}={directory / META}: {e} (see hashindex/data/prepared.py)") from None
+        raise HashindexError(f"{where}: {META} unreadable ({e})") from None
     bad = verify_files(directory, {IMAGES: meta["sha256"]})
     if bad:
-        raise HashindexError(f"{arg}={directory}: {IMAGES} is not the file prepare wrote ({bad[0][1]}); "
+        raise HashindexError(f"{where}: {IMAGES} is not the file prepare wrote ({bad[0][1]}); "
                              "rerun hashindex prepare with --overwrite")
     return meta
 
@@ -184,7 +186,7 @@ class PreparedSource(ImageSource):
     """A prepared directory as a source: items are the stored arrays (skipped items are gone: counted once,
     at prepare). Ids, labels and paths are the original collection's."""
 
-    def __init__(self, directory: str | Path, arg: str = "data"):
+    def __init__(self, directory: str | Path, arg: str | None = None):
         self.dir = Path(directory)
         self.meta = read_meta(self.dir, arg)
         with h5py.File(self.dir / IMAGES, "r") as f:
