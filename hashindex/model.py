@@ -202,8 +202,18 @@ class HashModel:
             logits, latent, feature = self.net(x)
         return latent.float().cpu().numpy(), feature.float().cpu().numpy(), logits.float().cpu().numpy()
 
-    def encode(self, images: torch.Tensor | np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images (N,C,H,W) -> (packed codes N x ceil(K/8) uint8, features N x 192 float32)."""
+    def encode(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Images -> (packed codes N x ceil(K/8) uint8, features N x 192 float32).
+
+        ``images``: PIL image(s), an HW/HWC uint8 array, or a batch as NHWC / NCHW uint8 (numpy or torch); any
+        size: resized as extraction does (`hashindex.data.as_net_input`), so codes equal extraction's.
+
+        >>> model = load_model("nin-cifar10-48")
+        >>> codes, features = model.encode(Image.open("cat.jpg"))   # doctest: +SKIP
+        """
+        from .data.images import as_net_input
+
+        images = as_net_input(images, self.input_size, self.channels)
         codes, feats = [], []
         for start in range(0, len(images), batch_size):
             latent, feature, _ = self.forward_numpy(images[start:start + batch_size])
@@ -214,11 +224,8 @@ class HashModel:
         return np.concatenate(codes), np.concatenate(feats)
 
     def encode_images(self, images: list, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """PIL images -> (codes, features), applying the checkpoint's transform."""
-        from .data import to_array
-
-        arr = np.stack([to_array(im, self.input_size, self.channels) for im in images])
-        return self.encode(arr, batch_size)
+        """PIL images -> (codes, features) (`encode` takes them too)."""
+        return self.encode(list(images), batch_size)
 
 
 # --------------------------------------------------------------------------- checkpoint

@@ -121,3 +121,35 @@ def test_unknown_arch_version_and_tampering(tmp_path):
     torch.save(tampered, path)
     with pytest.raises(HashindexError, match="corrupt"):
         read_checkpoint(path)
+
+
+def test_encode_takes_images_as_users_hold_them(tiny_model, tmp_path):
+    """PIL images, HWC / HW arrays, NHWC / NCHW batches and torch tensors give the same codes, and an image of
+    another size is resized exactly as extraction does (codes equal the extracted ones)."""
+    from PIL import Image
+
+    from hashindex import extract
+    from hashindex.data import to_array
+    from hashindex.store import ShardSet
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]  # not 32 x 32
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / "imgs" / "a" / f"{i}.png")
+    extract(str(tiny_model), str(tmp_path / "imgs"), tmp_path / "s", workers=0, progress=False, log=lambda s: None)
+    stored = ShardSet(tmp_path / "s").load(("codes", "features"))
+    model = load_model(str(tiny_model))
+    pil = [Image.fromarray(p) for p in pixels]
+    codes, feats = model.encode(pil)
+    assert np.array_equal(codes, stored["codes"])
+    assert np.allclose(feats, stored["features"].astype(np.float32), atol=2e-2)
+    nchw = np.stack([to_array(im, 32, 3) for im in pil])
+    for form in (pixels, nchw, torch.from_numpy(nchw), nchw.transpose(0, 2, 3, 1)):
+        assert np.array_equal(model.encode(form)[0], codes), type(form)
+    assert np.array_equal(model.encode(pixels[1])[0], codes[1:2])  # one HWC image
+    assert np.array_equal(model.encode(pil[2])[0], codes[2:3])  # one PIL image
+    grey = rng.integers(0, 256, (40, 30), dtype=np.uint8)
+    assert np.array_equal(model.encode(grey)[0], model.encode(Image.fromarray(grey))[0])
+    with pytest.raises(ValueError, match="expected uint8"):
+        model.encode(nchw.astype(np.float32))

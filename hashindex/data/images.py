@@ -92,6 +92,47 @@ def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def as_net_input(images, size: int, channels: int) -> np.ndarray:
+    """Images as users hold them -> the net's uint8 (N, channels, size, size) batch.
+
+    Takes a PIL image or a list of them; one image as an HW or HWC uint8 array (or CHW); a batch as NHWC
+    or NCHW uint8 (numpy or a torch tensor). An image of another size or mode goes through `to_array`,
+    exactly as extraction prepares a decoded file (whole image squashed, bilinear; greyscale / RGB), so a
+    code computed here equals the one `extract` stores for the same pixels.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        return np.stack([_one(im, size, channels) for im in images]) if images else \
+            np.zeros((0, channels, size, size), np.uint8)
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images: expected uint8 pixels (0-255), got {arr.dtype}")
+    if arr.ndim in (2, 3):
+        return _one(arr, size, channels)[None]
+    if arr.ndim != 4:
+        raise ValueError(f"images: expected HW, HWC, CHW, NHWC or NCHW, got shape {arr.shape}")
+    if arr.shape[1:] == (channels, size, size):
+        return np.ascontiguousarray(arr)  # already the net's input
+    return np.stack([_one(a, size, channels) for a in arr])
+
+
+def _one(image, size: int, channels: int) -> np.ndarray:
+    """One image (PIL, HW, HWC or CHW uint8) -> (channels, size, size) uint8, as `to_array` makes it."""
+    if isinstance(image, Image.Image):
+        return to_array(image, size, channels)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"images: cannot read an image of shape {arr.shape} (expected HW, HWC or CHW)")
+    if arr.shape[:2] == (size, size) and (arr.ndim == 2) == (channels == 1) and (arr.ndim == 2 or arr.shape[-1] == 3):
+        return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return to_array(Image.fromarray(np.ascontiguousarray(arr)), size, channels)
+
+
 class SkipLog:
     """Counts skipped items by reason and remembers which they were."""
 
