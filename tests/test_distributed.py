@@ -85,7 +85,7 @@ def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_p
 def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_path):
     """S=4 shards held by 4 Ray actors: batch top-k and radius search equal the single local index."""
     from hashindex.index import Index, build
-    from hashindex.query import query
+    from hashindex.query import indexed_queries, query
 
     build(cifar_shards, tmp_path / "s4", shards=4, signal="l2", progress=False, log=lambda s: None)
     opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
@@ -101,7 +101,18 @@ def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_p
     remote = query(tmp_path / "s4", [], ids, radius=2, shard_actors={})
     assert [r["results"] for r in local] == [r["results"] for r in remote]
     assert sum(len(r["results"]) for r in local) > 0
-    assert isinstance(Index.load(tmp_path / "s4", shard_actors={}).binary.parts[0], ray.actor.ActorHandle)
+    held = Index.load(tmp_path / "s4", shard_actors={})
+    assert isinstance(held.binary.parts[0], ray.actor.ActorHandle)
+    # shard-side re-ranking: the float store lives in the actors, in parts; this process holds none of it
+    from hashindex.index.kinds import FloatParts
+
+    assert isinstance(held.rerank, FloatParts) and held.rerank.parts == held.binary.parts
+    assert [s["file"] for s in held.meta["rerank"]["shards"]] == [f"rerank-{j:03d}.faiss" for j in range(4)]
+    codes, vecs = indexed_queries(held, ids)
+    local_index = Index.load(flat_index)
+    want = local_index.search(*indexed_queries(local_index, ids), k=30, vectors=True)
+    got = held.search(codes, vecs, k=30, vectors=True)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distance, want.distance, equal_nan=True)
 
     with pytest.raises(HashindexError, match="not shards"):
         Index.load(flat_index, shard_actors={})

@@ -281,3 +281,37 @@ def test_sharded_index_equals_single(kind, cifar_shards, db, tmp_path):
     if kind == "flat":
         for (pa, da), (pb, dbb) in zip(one.range_search(q, 2), four.range_search(q, 2)):
             assert np.array_equal(pa, pb) and np.array_equal(da, dbb)
+
+
+@pytest.mark.parametrize("rerank", ["flat", "sq8"])
+def test_a_sharded_float_store_ranks_as_one(cifar_shards, tiny_model, tmp_path, rerank):
+    """build shards=3 splits the float store like the binary index (rerank-000.faiss ...); searches, stored
+    vectors and an append give what one store gives."""
+    from hashindex.index import Index, append, build
+    from hashindex.index.kinds import FloatParts
+    from hashindex.query import indexed_queries
+
+    q = {"progress": False, "log": lambda s: None}
+    build(cifar_shards, tmp_path / "one", rerank=rerank, signal="cosine", **q)
+    build(cifar_shards, tmp_path / "three", rerank=rerank, signal="cosine", shards=3, **q)
+    one, three = Index.load(tmp_path / "one"), Index.load(tmp_path / "three")
+    assert isinstance(three.rerank, FloatParts) and len(three.meta["rerank"]["shards"]) == 3
+    ids = one.ids[::97].tolist()
+    c1, v1 = indexed_queries(one, ids)
+    c3, v3 = indexed_queries(three, ids)
+    assert np.array_equal(v1, v3)
+    a, b = one.search(c1, v1, k=25, vectors=True), three.search(c3, v3, k=25, vectors=True)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.distance, b.distance, equal_nan=True)
+    assert three.meta["memory"]["rerank_bytes"] > 0
+    from hashindex import extract
+    from tests.conftest import CIFAR_TRAIN
+
+    extract(str(tiny_model), str(CIFAR_TRAIN), tmp_path / "more", limit=300, id_offset=10**6, workers=0, **q)
+    for d in ("one", "three"):
+        append(tmp_path / "more", tmp_path / d, **q)
+    one, three = Index.load(tmp_path / "one"), Index.load(tmp_path / "three")
+    assert [s["file"] for s in three.meta["rerank"]["shards"]][-1] == "rerank-003.faiss"
+    ids = one.ids[::151].tolist()
+    a = one.search(*indexed_queries(one, ids), k=25, vectors=True)
+    b = three.search(*indexed_queries(three, ids), k=25, vectors=True)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.distance, b.distance, equal_nan=True)

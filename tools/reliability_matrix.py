@@ -357,7 +357,7 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     same = rc == 0 and json.loads((prep / "prepared.json").read_text())["sha256"] == \
         json.loads((prep_clean / "prepared.json").read_text())["sha256"]
     row(cls, f"prepare killed after {delay:.1f} s, then rerun", "a store identical to an uninterrupted run",
-        f"rerun exit {rc}, same SHA-256: {same}", same)
+        f"rerun exit {rc}, same SHA-256: {same}" + ("" if same else f" ({line})"), same)
 
 
 def _table(ix: Path) -> str:

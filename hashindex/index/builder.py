@@ -35,8 +35,8 @@ from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
-                     binary_files, check_index, copy_table, memory_figures, new_table, read_head, read_index_meta, record_checksums,
-                     read_table, rerank_signal)
+                     binary_files, check_index, copy_table, memory_figures, new_table, read_head, read_index_meta,
+                     read_table, record_checksums, rerank_files, rerank_signal)
 from .tuning import fine_stage, training_sample
 
 
@@ -110,14 +110,17 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         sample = pad_codes(training_sample(store, "codes", max(256 * params["nlist"], 100_000), rng), pbytes)
     parts = make_binary_parts(binary, pbytes * 8, params, bounds, sample)
     head, signal, choice = fine_stage(store, rerank, signal, model, rng, log)
-    findex = None
+    fparts: list[faiss.Index] = []
     if signal not in ("none", "hamming"):
         rows = store.sample_rows(("codes", "features"), 100_000, rng)
         findex = new_float_store(rerank, database_vectors(signal, rows["features"], rows["codes"], head))
+        # with parts, the float store is split the same way (one trained store, cloned empty per part): a
+        # part's actor then re-ranks its own candidates (issue #18)
+        fparts = [findex] + [faiss.clone_index(findex) for _ in range(shards - 1)]
 
     with _replacing(out) as tmp:
         with new_table(tmp / TABLE_FILE, n, code_bytes) as table:
-            _fill(store, parts, bounds, findex, pbytes, table, 0, progress, signal, head)
+            _fill(store, parts, fparts, bounds, pbytes, table, 0, progress, signal, head)
         binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
                                        "padded_bytes": pbytes, **params}
         if shards == 1:
@@ -128,8 +131,17 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
                 name = f"binary-{j:03d}.faiss"
                 faiss.write_index_binary(part, str(tmp / name))
                 binary_meta["shards"].append({"file": name, "start": bounds[j], "stop": bounds[j + 1]})
-        if findex is not None:
-            faiss.write_index(findex, str(tmp / RERANK_FILE))
+        rerank_meta: dict[str, Any] = {"kind": rerank if fparts else "none",
+                                       "faiss": type(fparts[0]).__name__ if fparts else None,
+                                       "dim": fparts[0].d if fparts else 0, "metric": "L2",
+                                       "signal": signal, "signal_choice": choice}
+        if len(fparts) == 1:
+            faiss.write_index(fparts[0], str(tmp / RERANK_FILE))
+        elif fparts:
+            rerank_meta["shards"] = []
+            for j, fpart in enumerate(fparts):
+                faiss.write_index(fpart, str(tmp / f"rerank-{j:03d}.faiss"))
+                rerank_meta["shards"].append({"file": f"rerank-{j:03d}.faiss", "start": bounds[j], "stop": bounds[j + 1]})
         if head is not None:
             head.save(tmp / HEAD_FILE)
         meta = {
@@ -137,14 +149,12 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
             "model_id": store.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
             "class_names": store.class_names,
             "binary": binary_meta,
-            "rerank": {"kind": rerank if findex is not None else "none",
-                       "faiss": type(findex).__name__ if findex is not None else None,
-                       "dim": findex.d if findex is not None else 0, "metric": "L2",
-                       "signal": signal, "signal_choice": choice},
+            "rerank": rerank_meta,
             "source": _source_entry(store),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.time() - t0, 3),
-            "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta})),
+            "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}),
+                                     rerank_files({"rerank": rerank_meta})),
             "files": record_checksums(tmp),
         }
         atomic_write_json(tmp / INDEX_JSON, meta)
@@ -239,30 +249,30 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
     n = n_old + m
     pbytes = meta["binary"]["padded_bytes"]
     part, bounds, rewritten, binary_meta = _binary_to_grow(meta, index_dir, n)
-    parts = [part]
-    findex = faiss.read_index(str(index_dir / RERANK_FILE)) if meta["rerank"]["kind"] != "none" else None
+    fpart, frewritten, rerank_meta = _float_to_grow(meta, index_dir, n)
     head = read_head(index_dir)
 
     with _replacing(index_dir) as tmp:
         with new_table(tmp / TABLE_FILE, n, meta["code_bytes"]) as table:
             copy_table(index_dir, table, n_old)
-            _fill(store, parts, bounds, findex, pbytes, table, n_old, progress, rerank_signal(meta), head)
-        faiss.write_index_binary(parts[0], str(tmp / rewritten))
-        for name in binary_files(meta):
-            if name != rewritten:
-                _link_or_copy(index_dir / name, tmp / name)
-        if findex is not None:
-            faiss.write_index(findex, str(tmp / RERANK_FILE))
+            _fill(store, [part], [fpart] if fpart is not None else [], bounds, pbytes, table, n_old, progress,
+                  rerank_signal(meta), head)
+        faiss.write_index_binary(part, str(tmp / rewritten))
+        if fpart is not None:
+            faiss.write_index(fpart, str(tmp / frewritten))
+        kept = [name for name in binary_files(meta) + rerank_files(meta) if name not in (rewritten, frewritten)]
+        for name in kept:
+            _link_or_copy(index_dir / name, tmp / name)
         if head is not None:
             _link_or_copy(index_dir / HEAD_FILE, tmp / HEAD_FILE)
-        new_meta = {**meta, "count": n, "binary": binary_meta,
+        new_meta = {**meta, "count": n, "binary": binary_meta, "rerank": rerank_meta,
                     "appended": meta.get("appended", []) + [{
                         **_source_entry(store), "start": n_old, "stop": n,
                         "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "append_s": round(time.time() - t0, 3)}],
-                    "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}))}
-        linked = {name: sha for name, sha in (meta.get("files") or {}).items()
-                  if name in binary_files(meta) and name != rewritten}
+                    "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}),
+                                             rerank_files({"rerank": rerank_meta}))}
+        linked = {name: sha for name, sha in (meta.get("files") or {}).items() if name in kept}
         new_meta["files"] = record_checksums(tmp, reuse=linked)
         atomic_write_json(tmp / INDEX_JSON, new_meta)
     shards = binary_meta.get("shards")
@@ -293,24 +303,43 @@ def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
     return part, [meta["count"], n], name, binary_meta
 
 
-def _fill(store: ShardSet, parts: list, bounds: list[int], findex, pbytes: int, table,
+def _float_to_grow(meta: dict[str, Any], index_dir: Path, n: int
+                   ) -> tuple[faiss.Index | None, str | None, dict[str, Any]]:
+    """(float store the new rows go to, its file name, the new "rerank" entry): the single store, loaded
+    whole; or, for a store kept in parts, a new empty part over [count, n) (a trained copy of the last)."""
+    rerank_meta = dict(meta["rerank"])
+    if rerank_meta["kind"] == "none":
+        return None, None, rerank_meta
+    shards = [dict(s) for s in rerank_meta.get("shards", [])]
+    if not shards:
+        return faiss.read_index(str(index_dir / RERANK_FILE)), RERANK_FILE, rerank_meta
+    part = faiss.read_index(str(index_dir / shards[-1]["file"]))
+    part.reset()  # keeps what was trained (scalar ranges, PQ codebooks)
+    name = f"rerank-{len(shards):03d}.faiss"
+    rerank_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
+    return part, name, rerank_meta
+
+
+def _fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: int, table,
           pos: int, progress: bool, signal: str = "l2", head: Head | None = None) -> None:
     """Add every shard's codes and signal vectors to the indexes and its rows to the table from position ``pos``.
 
-    Rows go to binary index j when their position lies in [bounds[j], bounds[j+1]).
+    Rows go to binary index j (and float store j, when there are float parts) when their position lies in
+    [bounds[j], bounds[j+1]).
     """
-    fields = ("codes", "ids", "labels", "paths") + (("features",) if findex is not None else ())
+    fields = ("codes", "ids", "labels", "paths") + (("features",) if fparts else ())
     for rows in tqdm(store.iter_rows(fields), total=len(store.shard_paths()), desc="build", unit="shard",
                      disable=not progress):
         codes = rows["codes"]
         m = len(codes)
         padded = pad_codes(codes, pbytes)
+        vecs = database_vectors(signal, rows["features"], codes, head) if fparts else None
         for j, part in enumerate(parts):
             lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
             if lo < hi:
                 part.add(padded[lo - pos:hi - pos])
-        if findex is not None:
-            findex.add(database_vectors(signal, rows["features"], codes, head))
+                if fparts:
+                    fparts[j].add(vecs[lo - pos:hi - pos])
         for name in ("ids", "labels", "codes", "paths"):
             table[name][pos:pos + m] = rows[name]
         pos += m

@@ -131,6 +131,92 @@ class BinaryParts:
         return lims, np.concatenate(ds or [empty_d]), np.concatenate(ps or [empty_p])
 
 
+def subset_distances(store: faiss.Index, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Squared L2 between each query vector and the stored vectors at its positions (inf where pos < 0).
+
+    Flat stores compute it in Faiss on the candidates only; quantized stores decode the candidates and
+    compute the exact distance to the query.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    q, m = pos.shape
+    safe = np.ascontiguousarray(np.where(pos < 0, 0, pos), dtype=np.int64)
+    out = np.empty((q, m), np.float32)
+    if isinstance(store, faiss.IndexFlat):
+        store.compute_distance_subset(q, faiss.swig_ptr(x), m, faiss.swig_ptr(out), faiss.swig_ptr(safe))
+    else:
+        step = max(1, (1 << 20) // max(m, 1))  # bound the decoded vectors held at once
+        for s in range(0, q, step):
+            uniq, inv = np.unique(safe[s:s + step], return_inverse=True)
+            cand = store.reconstruct_batch(uniq)[inv.reshape(-1, m)]
+            out[s:s + step] = ((cand - x[s:s + step, None, :]) ** 2).sum(axis=2, dtype=np.float32)
+    out[pos < 0] = np.inf
+    return out
+
+
+class StorePart:
+    """What one part of a sharded index holds (here, or in a Ray actor): its binary index and its slice of
+    the float store, addressed by local positions. Shard-side re-ranking asks it for the distances of its
+    own candidates, so the float store never travels to the process that merges."""
+
+    def __init__(self, binary: faiss.IndexBinary | None, store: faiss.Index | None):
+        self.binary, self.store = binary, store
+
+    def search(self, x: np.ndarray, k: int):
+        return self.binary.search(x, k)
+
+    def range_search(self, x: np.ndarray, radius: int):
+        return self.binary.range_search(x, radius)
+
+    def distances(self, x: np.ndarray, local_pos: np.ndarray) -> np.ndarray:
+        return subset_distances(self.store, x, local_pos)
+
+    def reconstruct_batch(self, local_pos: np.ndarray) -> np.ndarray:
+        return self.store.reconstruct_batch(np.ascontiguousarray(local_pos, dtype=np.int64))
+
+
+class FloatParts:
+    """A float store split into consecutive position ranges (one per binary part), used as one store.
+
+    Each part computes the distances of the candidates in its range (``each``: on Ray actors, in parallel);
+    the results are placed back by position, so the distances equal those of one store over all rows.
+    """
+
+    def __init__(self, parts: list, starts: list[int], sizes: list[int], dim: int,
+                 each: Callable[[str, list[tuple]], list] | None = None):
+        self.parts, self.starts, self.sizes, self.d, self.each = parts, list(starts), list(sizes), dim, each
+
+    @property
+    def ntotal(self) -> int:
+        return sum(self.sizes)
+
+    def _each(self, method: str, args: list[tuple]) -> list:
+        if self.each is not None:
+            return self.each(method, args)
+        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
+
+    def _local(self, pos: np.ndarray) -> list[np.ndarray]:
+        return [np.where((pos >= s) & (pos < s + n), pos - s, -1) for s, n in zip(self.starts, self.sizes)]
+
+    def distances(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Every part gets the whole (queries x candidates) array with the others' entries set to -1 (it
+        skips them): one call per part, in parallel on actors; the position arrays are small next to
+        the vectors they spare moving."""
+        local = self._local(pos)
+        out = np.full(pos.shape, np.inf, np.float32)
+        for lp, d in zip(local, self._each("distances", [(x, lp) for lp in local])):
+            out[lp >= 0] = d[lp >= 0]
+        return out
+
+    def reconstruct_batch(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.zeros((len(positions), self.d), np.float32)
+        local = self._local(positions)
+        got = self._each("reconstruct_batch", [(np.maximum(lp, 0),) for lp in local])
+        for lp, vecs in zip(local, got):
+            out[lp >= 0] = vecs[lp >= 0]
+        return out
+
+
 def make_binary_parts(kind: str, dim: int, params: dict[str, Any], bounds: list[int],
                        train_codes: np.ndarray | None) -> list[faiss.IndexBinary]:
     """One empty index per shard; IVF shards share one trained quantizer."""

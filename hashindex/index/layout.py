@@ -21,7 +21,7 @@ from ..errors import HashindexError
 from ..files import file_checksums, read_json, remember_verified, verify_files
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
-from .kinds import BINARY_KINDS, RERANK_KINDS
+from .kinds import BINARY_KINDS, RERANK_KINDS, FloatParts, StorePart
 
 FORMAT = "hashindex-index"
 FORMAT_VERSION = 1
@@ -38,15 +38,19 @@ def _one_of(values: tuple[str, ...]) -> Check:
 
 # index.json as docs/FORMAT.md documents it (what every reader may rely on; other keys are allowed). Every
 # file it names must be a plain name inside the index directory: never an absolute or ../ path.
-_PART = {"file": Check(str, lambda v: v.startswith("binary-") and v.endswith(".faiss") and "/" not in v,
-                       "a binary-NNN.faiss file name inside the index directory"), "start": nonneg, "stop": nonneg}
+def _part(prefix: str) -> dict:
+    return {"file": Check(str, lambda v: v.startswith(prefix) and v.endswith(".faiss") and "/" not in v,
+                          f"a {prefix}NNN.faiss file name inside the index directory"), "start": nonneg, "stop": nonneg}
+
+
+_PART, _RPART = _part("binary-"), _part("rerank-")
 INDEX_SCHEMA = {
     "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
     "count": nonneg, "class_names?": [str], "built?": str,
     "binary": {"kind": _one_of(BINARY_KINDS), "padded_bytes": positive, "shards?": [_PART],
                "nlist?": positive, "nprobe?": positive, "M?": positive, "efConstruction?": positive,
                "efSearch?": positive, "nhash?": positive, "b?": positive, "nflip?": nonneg},
-    "rerank": {"kind": _one_of(RERANK_KINDS), "dim?": nonneg,
+    "rerank": {"kind": _one_of(RERANK_KINDS), "dim?": nonneg, "shards?": [_RPART],
                "signal?": Nullable(_one_of(SIGNALS + ("hamming", "none")))},
     "source": {"dir": str, "manifest_sha256?": str},
     "files?": Map(hex_digest),
@@ -65,13 +69,18 @@ def index_problem(meta: dict[str, Any]) -> str | None:
     b = meta["binary"]
     if meta["code_bytes"] != (meta["bits"] + 7) // 8 or b["padded_bytes"] < meta["code_bytes"]:
         return f"bits/code_bytes/binary.padded_bytes {meta['bits']}/{meta['code_bytes']}/{b['padded_bytes']} disagree"
-    parts = b.get("shards")
-    if parts is not None:
-        bounds = [p["start"] for p in parts] + [parts[-1]["stop"] if parts else 0]
-        if bounds[0] != 0 or bounds[-1] != meta["count"] or any(p["stop"] != q["start"] for p, q in zip(parts, parts[1:])):
-            return f"binary.shards: parts must cover positions 0..{meta['count']} in order"
-        if len({p["file"] for p in parts}) != len(parts):
-            return "binary.shards: a file is named twice"
+    for key in ("binary", "rerank"):
+        parts = meta[key].get("shards")
+        if parts is not None:
+            bounds = [p["start"] for p in parts] + [parts[-1]["stop"] if parts else 0]
+            if bounds[0] != 0 or bounds[-1] != meta["count"] or any(p["stop"] != q["start"] for p, q in zip(parts, parts[1:])):
+                return f"{key}.shards: parts must cover positions 0..{meta['count']} in order"
+            if len({p["file"] for p in parts}) != len(parts):
+                return f"{key}.shards: a file is named twice"
+    if meta["rerank"].get("shards") is not None and \
+            [(p["start"], p["stop"]) for p in meta["rerank"]["shards"]] != \
+            [(p["start"], p["stop"]) for p in b.get("shards") or []]:
+        return "rerank.shards: must cover the binary parts' position ranges"
     return None
 
 
@@ -79,6 +88,28 @@ def binary_files(meta: dict[str, Any]) -> list[str]:
     """The binary index file(s) an index directory holds."""
     shards = meta["binary"].get("shards")
     return [s["file"] for s in shards] if shards else [BINARY_FILE]
+
+
+def rerank_files(meta: dict[str, Any]) -> list[str]:
+    """The float store file(s) an index directory holds: one, one per binary part, or none."""
+    if meta["rerank"]["kind"] == "none":
+        return []
+    shards = meta["rerank"].get("shards")
+    return [s["file"] for s in shards] if shards else [RERANK_FILE]
+
+
+def read_float_parts(directory: Path, meta: dict[str, Any], mmap: bool) -> FloatParts:
+    """A float store kept in parts (``build shards=S``), opened here as one."""
+    shards = meta["rerank"]["shards"]
+    parts = [StorePart(None, read_float(directory / s["file"], mmap)) for s in shards]
+    return FloatParts(parts, [s["start"] for s in shards], [s["stop"] - s["start"] for s in shards],
+                      parts[0].store.d if parts else meta["rerank"].get("dim", 0))
+
+
+def read_part(binary_path: str | None, store_path: str | None) -> StorePart:
+    """One part of a sharded index (its binary index and float slice), as a Ray actor opens it."""
+    return StorePart(read_binary(binary_path, True) if binary_path else None,
+                     read_float(store_path, True) if store_path else None)
 
 
 def rerank_signal(meta: dict[str, Any]) -> str:
@@ -102,7 +133,7 @@ def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, 
     problem = index_problem(meta)
     if problem:
         raise HashindexError(f"{arg}={d / INDEX_JSON}: {problem} (see docs/FORMAT.md; rebuild the index)")
-    needed = binary_files(meta) + [TABLE_FILE] + ([RERANK_FILE] if meta["rerank"]["kind"] != "none" else [])
+    needed = binary_files(meta) + [TABLE_FILE] + rerank_files(meta)
     missing = [f for f in needed if not (d / f).exists()]
     if missing:
         raise HashindexError(f"{arg}={d}: incomplete index, missing {', '.join(missing)}")
@@ -175,11 +206,12 @@ def new_table(path: Path, n: int, code_bytes: int) -> h5py.File:
     return table
 
 
-def memory_figures(folder: Path, n: int, binary: list[str]) -> dict[str, Any]:
+def memory_figures(folder: Path, n: int, binary: list[str], rerank: list[str] | None = None) -> dict[str, Any]:
     def size(name: str) -> int:
         return (folder / name).stat().st_size if (folder / name).exists() else 0
 
-    sizes = {"binary_bytes": sum(size(f) for f in binary), "rerank_bytes": size(RERANK_FILE),
+    rerank = [RERANK_FILE] if rerank is None else rerank
+    sizes = {"binary_bytes": sum(size(f) for f in binary), "rerank_bytes": sum(size(f) for f in rerank),
              "table_bytes": size(TABLE_FILE)}
     sizes["bytes_per_item"] = sum(sizes.values()) / max(n, 1)
     return sizes

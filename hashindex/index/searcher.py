@@ -25,9 +25,9 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..signals import Head, query_vectors
-from .kinds import BinaryParts, pad_codes
-from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_head, read_index_meta,
-                     read_table, rerank_signal)
+from .kinds import BinaryParts, FloatParts, pad_codes, subset_distances
+from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_float_parts, read_head,
+                     read_index_meta, read_part, read_table, rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
@@ -85,11 +85,12 @@ class Index:
         meta = read_index_meta(d)
         check_index(d, meta)  # verified on read (a cache spares an unchanged index the rehash)
         shards = meta["binary"].get("shards")
+        rerank = None
         if shard_actors is not None:
             if not shards:
                 raise HashindexError(f"shard_actors=True: {d} has one binary index, not shards "
                                      "(build it with shards=S)")
-            binary = remote_parts(d, shards, shard_actors)
+            binary, rerank = remote_parts(d, meta, shard_actors)
         else:
             parts = [read_binary(d / name, mmap) for name in binary_files(meta)]
             width = meta["binary"]["padded_bytes"] * 8
@@ -97,7 +98,9 @@ class Index:
                 raise HashindexError(f"index_dir={d}: index.json says {width}-bit codes, the binary index holds "
                                      f"{parts[0].d}-bit ones; rebuild it")
             binary = BinaryParts(parts, [s["start"] for s in shards]) if shards else parts[0]
-        rerank = read_float(d / RERANK_FILE, mmap) if meta["rerank"]["kind"] != "none" else None
+        if rerank is None and meta["rerank"]["kind"] != "none":
+            rerank = read_float_parts(d, meta, mmap) if meta["rerank"].get("shards") else \
+                read_float(d / RERANK_FILE, mmap)
         table = read_table(d, ("ids", "labels"))
         return cls(meta, binary, rerank, table["ids"], table["labels"], d, read_head(d))
 
@@ -219,19 +222,9 @@ class Index:
         their fine-stage vectors already (`query_vectors`, `stored_queries`).
         """
         x = np.ascontiguousarray(features if vectors else self.query_vectors(features), dtype=np.float32)
-        q, m = pos.shape
-        safe = np.ascontiguousarray(np.where(pos < 0, 0, pos), dtype=np.int64)
-        out = np.empty((q, m), np.float32)
-        if isinstance(self.rerank, faiss.IndexFlat):
-            self.rerank.compute_distance_subset(q, faiss.swig_ptr(x), m, faiss.swig_ptr(out), faiss.swig_ptr(safe))
-        else:  # quantized store: decode the candidates, exact distance to the query
-            step = max(1, (1 << 20) // max(m, 1))  # bound the decoded vectors held at once
-            for s in range(0, q, step):
-                uniq, inv = np.unique(safe[s:s + step], return_inverse=True)
-                cand = self.rerank.reconstruct_batch(uniq)[inv.reshape(-1, m)]
-                out[s:s + step] = ((cand - x[s:s + step, None, :]) ** 2).sum(axis=2, dtype=np.float32)
-        out[pos < 0] = np.inf
-        return out
+        if isinstance(self.rerank, FloatParts):  # each part (here or in its actor) computes its own candidates'
+            return self.rerank.distances(x, pos)
+        return subset_distances(self.rerank, x, pos)
 
     def complete_ties(self, codes: np.ndarray, ham: np.ndarray, pos: np.ndarray, cap: int
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -330,14 +323,23 @@ class Index:
         return out
 
 
-def remote_parts(directory: Path, parts: list[dict[str, Any]], options: dict[str, Any]) -> BinaryParts:
-    """The binary index parts of ``directory`` held by one Ray actor each (an index past one machine's RAM)."""
+def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
+                 ) -> tuple[BinaryParts, FloatParts | None]:
+    """The parts of a sharded index held by one Ray actor each (an index past one machine's RAM): each actor
+    holds its binary part and, when the float store is kept in parts, its slice of it too, so candidates
+    are re-ranked where they live and the float store never comes to this process."""
     from functools import partial
 
     from ..distributed import call_all, holders
 
-    paths = [(directory / p["file"]).resolve() for p in parts]  # workers elsewhere: absolute paths
-    actors = holders([partial(read_binary, path, True) for path in paths], [p.stat().st_size for p in paths],
-                     **options)
-    return BinaryParts(actors, [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts],
-                       each=partial(call_all, actors))
+    parts = meta["binary"]["shards"]
+    floats = meta["rerank"].get("shards") or [None] * len(parts)
+    paths = [((directory / p["file"]).resolve(), (directory / f["file"]).resolve() if f else None)  # workers
+             for p, f in zip(parts, floats)]  # elsewhere: absolute paths
+    actors = holders([partial(read_part, str(b), str(f) if f else None) for b, f in paths],
+                     [b.stat().st_size + (f.stat().st_size if f else 0) for b, f in paths], **options)
+    starts, sizes = [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts]
+    binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors))
+    if not meta["rerank"].get("shards"):
+        return binary, None
+    return binary, FloatParts(actors, starts, sizes, meta["rerank"]["dim"], each=partial(call_all, actors))
