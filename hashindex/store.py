@@ -231,6 +231,20 @@ class ShardSet:
                         out[name].append(f[name][sel])
         return {name: np.concatenate(parts) for name, parts in out.items()}
 
+    def rows_between(self, lo: int, hi: int, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Fields of the rows at positions [lo, hi) (row order across shards), reading only the shards
+        that hold them (a worker building one part of an index)."""
+        out: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+        start = 0
+        for s, path in zip(self.manifest["shards"], self.shard_paths()):
+            a, b = max(lo, start), min(hi, start + s["rows"])
+            if a < b:
+                with h5py.File(path, "r") as f:
+                    for name in fields:
+                        out[name].append(f[name][a - start:b - start])
+            start += s["rows"]
+        return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}
+
     def memmap(self, name: str) -> list[np.ndarray]:
         """Per-shard read-only memmaps of ``codes`` or ``features``."""
         return [memmap_dataset(p, name) for p in self.shard_paths()]

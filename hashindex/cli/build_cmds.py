@@ -176,14 +176,20 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
 @click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
-              help="Split the binary index into this many indexes by position range (exact merged search).")
+              help="Split the binary index and the float store into this many parts by position range "
+                   "(exact merged search; each part can live in its own Ray actor: query --shard-actors).")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: build each of the --shards parts as a Ray task from the shard files (same files).")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--append", is_flag=True,
               help="Add SHARD_DIR's items to the existing index --out (same model, new ids; "
                    "the index keeps its kinds and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, shards, overwrite, append, as_json):
+def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, shards, backend, address, num_workers,
+          overwrite, append, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
@@ -196,7 +202,7 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, sha
     log = lambda line: click.echo(line, err=as_json)  # noqa: E731
     if append:
         fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "shards",
-                                          "overwrite")
+                                          "backend", "overwrite")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
@@ -204,8 +210,8 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, sha
         meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
     else:
         meta = api_build(shard_dir, out, binary=binary, rerank=rerank, signal=signal, model=model,
-                         nlist=nlist, nprobe=nprobe,
-                         shards=shards, overwrite=overwrite, progress=ctx.obj["progress"], log=log)
+                         nlist=nlist, nprobe=nprobe, shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
+                         backend=backend, ray_options={"address": address, "num_workers": num_workers}, log=log)
     if as_json:
         _echo_json(meta)
 

@@ -51,15 +51,19 @@ def _check_shards(shards: ShardSet, rerank: str) -> None:
 def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
           signal: str = "auto", model: str | None = None, nlist: int | None = None, nprobe: int | None = None,
           shards: int = 1, seed: int = 0, overwrite: bool = False, progress: bool = True,
-          log=print) -> dict[str, Any]:
+          backend: str = "local", ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json.
 
-    ``shards`` > 1 splits the binary index into that many indexes over
-    consecutive position ranges (searched with an exact merge). ``signal`` is
-    the fine stage's ordering (hashindex.signals), or "auto" to measure which
-    serves this collection best (`choose_signal`); ``model`` gives the net's
-    head where the shard directory lacks it.
+    ``shards`` > 1 splits the binary index (and the float store) into that many
+    parts over consecutive position ranges (searched with an exact merge).
+    ``signal`` is the fine stage's ordering (hashindex.signals), or "auto" to
+    measure which serves this collection best (`choose_signal`); ``model`` gives
+    the net's head where the shard directory lacks it. ``backend="ray"`` builds
+    each part as a Ray task from the shard files (hashindex/index/parts.py); the
+    files equal the local build's.
     """
+    if backend not in ("local", "ray"):
+        raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
     t0 = time.time()
     store = ShardSet(shard_dir, "shard_dir")
     _check_shards(store, rerank)
@@ -67,7 +71,8 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     with _exclusive(out):  # one writer: a build and an append of the same INDEX_DIR never interleave
         _check_replaceable(out, store, overwrite)
         return _build(store, out, t0, binary=binary, rerank=rerank, signal=signal, model=model, nlist=nlist,
-                      nprobe=nprobe, shards=shards, seed=seed, progress=progress, log=log)
+                      nprobe=nprobe, shards=shards, seed=seed, progress=progress, log=log,
+                      ray_options=dict(ray_options or {}) if backend == "ray" else None)
 
 
 def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
@@ -90,7 +95,8 @@ def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
 
 
 def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, signal: str, model: str | None,
-           nlist: int | None, nprobe: int | None, shards: int, seed: int, progress: bool, log) -> dict[str, Any]:
+           nlist: int | None, nprobe: int | None, shards: int, seed: int, progress: bool, log,
+           ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The work of `build`, under the index's lock."""
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
@@ -119,29 +125,31 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         fparts = [findex] + [faiss.clone_index(findex) for _ in range(shards - 1)]
 
     with _replacing(out) as tmp:
+        remote, as_parts = ray_options is not None, ray_options is not None or shards > 1
+        if remote:  # each part a Ray task reading its rows from the shard files (hashindex/index/parts.py)
+            from .parts import build_parts_on_ray, part_job
+
+            job = part_job(store.dir, tmp, bounds, pbytes, parts[0], fparts[0] if fparts else None, signal, head)
+            build_parts_on_ray(job, shards, ray_options, progress)
         with new_table(tmp / TABLE_FILE, n, code_bytes) as table:
-            _fill(store, parts, fparts, bounds, pbytes, table, 0, progress, signal, head)
+            _fill(store, [] if remote else parts, [] if remote else fparts, bounds, pbytes, table, 0, progress,
+                  signal, head)
         binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
                                        "padded_bytes": pbytes, **params}
-        if shards == 1:
-            faiss.write_index_binary(parts[0], str(tmp / BINARY_FILE))
-        else:
-            binary_meta["shards"] = []
-            for j, part in enumerate(parts):
-                name = f"binary-{j:03d}.faiss"
-                faiss.write_index_binary(part, str(tmp / name))
-                binary_meta["shards"].append({"file": name, "start": bounds[j], "stop": bounds[j + 1]})
         rerank_meta: dict[str, Any] = {"kind": rerank if fparts else "none",
                                        "faiss": type(fparts[0]).__name__ if fparts else None,
                                        "dim": fparts[0].d if fparts else 0, "metric": "L2",
                                        "signal": signal, "signal_choice": choice}
-        if len(fparts) == 1:
-            faiss.write_index(fparts[0], str(tmp / RERANK_FILE))
-        elif fparts:
-            rerank_meta["shards"] = []
-            for j, fpart in enumerate(fparts):
-                faiss.write_index(fpart, str(tmp / f"rerank-{j:03d}.faiss"))
-                rerank_meta["shards"].append({"file": f"rerank-{j:03d}.faiss", "start": bounds[j], "stop": bounds[j + 1]})
+        ranges = [{"start": bounds[j], "stop": bounds[j + 1]} for j in range(shards)]
+        if as_parts:
+            binary_meta["shards"] = [{"file": f"binary-{j:03d}.faiss", **r} for j, r in enumerate(ranges)]
+            if fparts:
+                rerank_meta["shards"] = [{"file": f"rerank-{j:03d}.faiss", **r} for j, r in enumerate(ranges)]
+        if not remote:
+            for part, name in zip(parts, binary_files({"binary": binary_meta})):
+                faiss.write_index_binary(part, str(tmp / name))
+            for fpart, name in zip(fparts, rerank_files({"rerank": rerank_meta})):
+                faiss.write_index(fpart, str(tmp / name))
         if head is not None:
             head.save(tmp / HEAD_FILE)
         meta = {

@@ -1,0 +1,73 @@
+"""Building the parts of a sharded index as separate units of work (Ray tasks), from the shard files.
+
+`build(shards=S, backend="ray")` trains what needs training once (the IVF quantizer, the float store's
+quantizer) where it runs, then hands each part to a worker: the worker reads the rows of its position
+range straight from the shard files, fills a copy of the trained binary index and float store, and writes
+``binary-NNN.faiss`` and ``rerank-NNN.faiss`` into the build's temporary folder (a file system every node
+sees). Nothing but the part's number travels per unit; the files equal the one-process build's, byte for
+byte (tested). The driver writes the table and index.json as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..signals import Head, database_vectors
+from .kinds import pad_codes
+
+
+@dataclass
+class PartJob:
+    """What every worker needs, sent once: where the rows are, the trained empty indexes, the bounds."""
+
+    shard_dir: str
+    out: str
+    bounds: list[int]
+    pbytes: int
+    binary: np.ndarray  # faiss.serialize_index_binary of a trained, empty part
+    store: np.ndarray | None  # faiss.serialize_index of a trained, empty float store (None: no fine stage)
+    signal: str
+    head: Head | None
+
+
+def part_job(shard_dir: Path, out: Path, bounds: list[int], pbytes: int, template: faiss.IndexBinary,
+             store: faiss.Index | None, signal: str, head: Head | None) -> PartJob:
+    return PartJob(str(Path(shard_dir).resolve()), str(Path(out).resolve()), list(bounds), pbytes,
+                   faiss.serialize_index_binary(template),
+                   faiss.serialize_index(store) if store is not None else None, signal, head)
+
+
+def build_part(job: PartJob, j: int) -> int:
+    """Fill part j (positions [bounds[j], bounds[j+1])) from the shard files and write its file(s)."""
+    from ..store import ShardSet
+
+    lo, hi = job.bounds[j], job.bounds[j + 1]
+    rows = ShardSet(job.shard_dir).rows_between(lo, hi, ("codes", "features") if job.store is not None
+                                               else ("codes",))
+    binary = faiss.deserialize_index_binary(job.binary)
+    binary.add(pad_codes(rows["codes"], job.pbytes))
+    faiss.write_index_binary(binary, str(Path(job.out) / f"binary-{j:03d}.faiss"))
+    if job.store is not None:
+        store = faiss.deserialize_index(job.store)
+        store.add(database_vectors(job.signal, rows["features"], rows["codes"], job.head))
+        faiss.write_index(store, str(Path(job.out) / f"rerank-{j:03d}.faiss"))
+    return j
+
+
+def _part_unit(job: PartJob):
+    """What a Ray actor runs: part numbers in, part numbers out (the files are its result)."""
+    return partial(build_part, job)
+
+
+def build_parts_on_ray(job: PartJob, n_parts: int, options: dict[str, Any], progress: bool) -> None:
+    """Every part of ``job`` as a Ray unit (retried, then reported, like extraction's shards)."""
+    from ..distributed import run_units
+
+    run_units(_part_unit, list(range(n_parts)), lambda j: None, shared=(job,), what="index part",
+              progress=progress, **options)
