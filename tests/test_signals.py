@@ -196,3 +196,18 @@ def test_image_queries_without_a_float_store(cifar_shards, tiny_model, tmp_path)
     for row in rows:
         assert len(row["results"]) == 5 and all(h["distance"] is None for h in row["results"])
         assert [h["hamming"] for h in row["results"]] == sorted(h["hamming"] for h in row["results"])
+
+
+def test_first_k_order_equals_a_full_sort_cut_at_k():
+    """The partial ordering of a re-ranked pool gives exactly the full lexsort's first k (ties, inf, any k)."""
+    from hashindex.index.searcher import first_k_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        q, w = int(rng.integers(1, 6)), int(rng.integers(1, 300))
+        d = rng.integers(0, 5, (q, w)).astype(np.float32)  # many ties
+        d[rng.random((q, w)) < 0.2] = np.inf
+        ham = rng.integers(0, 4, (q, w)).astype(np.int32)
+        pos = np.stack([rng.permutation(w) for _ in range(q)]).astype(np.int64)
+        k = int(rng.integers(1, w + 5))
+        assert np.array_equal(first_k_order(d, ham, pos, k), np.lexsort((pos, ham, d), axis=-1)[:, :k])

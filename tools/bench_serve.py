@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--requests", type=int, default=40, help="per client")
-    ap.add_argument("--long", type=int, default=10000, help="requests of the memory run (0: skip)")
+    ap.add_argument("--long", type=int, default=10000, help="requests per memory round (0: skip)")
+    ap.add_argument("--rounds", type=int, default=3, help="memory rounds")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     images = images_from_tar(args.images_tar, 200)
@@ -134,16 +135,17 @@ def main() -> None:
                       f"err {b['errors']:3d} | asgi {a['req_s']:7.1f} req/s p50 {a['p50_ms']:7.1f} p99 "
                       f"{a['p99_ms']:7.1f} err {a['errors']:3d} | x{row['throughput_ratio']}", flush=True)
         procs["basic"][0].terminate()
-        if args.long:
+        if args.long:  # RSS after each of --rounds runs of --long requests: flat means no growth per request
             proc, port = procs["asgi"]
-            before = rss_mb(proc.pid)
-            run = load(port, 32, args.long // 32, images, n_items)
-            after = rss_mb(proc.pid)
-            res["memory"] = {"requests": run["requests"], "rss_before_mb": round(before, 1),
-                             "rss_after_mb": round(after, 1), "errors": run["errors"], "req_s": run["req_s"]}
+            rss, errors, done = [round(rss_mb(proc.pid), 1)], 0, 0
+            for _ in range(args.rounds):
+                run = load(port, 32, args.long // 32, images, n_items)
+                rss.append(round(rss_mb(proc.pid), 1))
+                errors, done = errors + run["errors"], done + run["requests"]
+            res["memory"] = {"requests": done, "rss_mb": rss, "errors": errors}
             if not args.json:
-                print(f"asgi memory: RSS {before:.1f} MB before, {after:.1f} MB after {run['requests']} requests "
-                      f"({run['errors']} errors, {run['req_s']} req/s)", flush=True)
+                print(f"asgi memory: RSS {' -> '.join(f'{r} MB' for r in rss)} over {done} requests "
+                      f"({args.long // 32 * 32} per step; {errors} errors)", flush=True)
     finally:
         for proc, _ in procs.values():
             proc.terminate()

@@ -59,7 +59,9 @@ def default_params(kind: str, n: int, bits: int) -> dict[str, Any]:
 def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.IndexBinary:
     """A new, empty binary index of ``dim`` (padded) bits."""
     if kind == "flat":
-        return faiss.IndexBinaryFlat(dim)
+        index = faiss.IndexBinaryFlat(dim)
+        index.use_heap = False  # top k by counting, not a heap: same results, faster (layout.fast_topk)
+        return index
     if kind == "ivf":
         quantizer = faiss.IndexBinaryFlat(dim)
         index = faiss.IndexBinaryIVF(quantizer, dim, params["nlist"])

@@ -179,12 +179,23 @@ def read_binary(path: Path, mmap: bool) -> faiss.IndexBinary:
     (IO_FLAG_MMAP alone still reads an IndexBinaryFlat into memory: measured,
     160 MB resident for 20M codes against 0.4 MB with IO_FLAG_MMAP_IFC.)
     """
+    index = None
     if mmap:
         try:
-            return faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP_IFC)
+            index = faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError:
             pass  # index types without mmap support are read into memory
-    return faiss.read_index_binary(str(path))
+    return fast_topk(index if index is not None else faiss.read_index_binary(str(path)))
+
+
+def fast_topk(index: faiss.IndexBinary) -> faiss.IndexBinary:
+    """A flat binary index set to select its top k by counting Hamming distances, not with a heap: the
+    same results (same ids in the same order, checked), and faster the larger k is; the fine stage asks
+    for pools of 1,000-17,454 items. Measured on 50,000 CIFAR-10 codes, 32 queries: k=1,000 7.3 -> 3.9 ms,
+    k=17,454 49.6 -> 8.5 ms. (Faiss does not store the setting in the file.)"""
+    if isinstance(index, faiss.IndexBinaryFlat):
+        index.use_heap = False
+    return index
 
 
 def read_float(path: Path, mmap: bool) -> faiss.Index:

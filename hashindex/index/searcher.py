@@ -282,10 +282,11 @@ class Index:
             d = self.float_distances(features, np.where(in_pool[:, :width], head_pos, MISSING), vectors=vectors)
             d[~in_pool[:, :width]] = np.inf  # outside the pool: stays in Hamming order after it
             missing = head_pos < 0  # padding of shorter rows: last, whatever its -1 Hamming says
-            order = np.lexsort((np.where(missing, self.count, head_pos),
-                                np.where(missing, np.iinfo(np.int32).max, ham[:, :width]), d), axis=-1)
-            pos[:, :width], ham[:, :width] = (np.take_along_axis(a[:, :width], order, 1) for a in (pos, ham))
-            dist[:, :width] = np.take_along_axis(np.where(np.isinf(d), np.nan, d), order, 1)
+            order = first_k_order(d, np.where(missing, np.iinfo(np.int32).max, ham[:, :width]),
+                                  np.where(missing, self.count, head_pos), k)
+            kk = order.shape[1]
+            pos[:, :kk], ham[:, :kk] = (np.take_along_axis(a[:, :width], order, 1) for a in (pos, ham))
+            dist[:, :kk] = np.take_along_axis(np.where(np.isinf(d), np.nan, d), order, 1)
         ham, pos, dist = ham[:, :k], pos[:, :k], dist[:, :k]
         ids = np.where(pos < 0, MISSING, self.ids[np.maximum(pos, 0)])
         return SearchResult(ids=ids, positions=pos, hamming=ham, distance=dist)
@@ -321,6 +322,24 @@ class Index:
             order = np.lexsort((p, d))
             out.append((p[order], d[order].astype(np.int32)))
         return out
+
+
+def first_k_order(d: np.ndarray, ham: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column order of the first k entries by (d, ham, pos): what a full lexsort gives, cut at k.
+
+    Only the entries as close as the k-th smallest d (ties included) are sorted, found with a partition:
+    with the pools the fine stage re-ranks (1,000-17,454 candidates) and k = 10, sorting whole pools was most
+    of a search's time (measured: 56 ms of 155 ms for 32 queries over 50,000 CIFAR-10 codes).
+    """
+    width = d.shape[1]
+    if k >= width:
+        return np.lexsort((pos, ham, d), axis=-1)
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
+    keep = d <= kth  # at least k per row
+    m = int(keep.sum(axis=1).max())
+    sel = np.argsort(~keep, axis=1, kind="stable")[:, :m]  # the kept columns first (rows with fewer kept add
+    sd, sh, sp = (np.take_along_axis(a, sel, 1) for a in (d, ham, pos))  # farther ones, which sort after them)
+    return np.take_along_axis(sel, np.lexsort((sp, sh, sd), axis=-1)[:, :k], 1)
 
 
 def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]

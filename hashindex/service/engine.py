@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ class Engine:
         self.name = name or Path(index_dir).name
         self.max_batch = max_batch
         self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix=f"decode-{self.name}")
-        self.batch_sizes: list[int] = []  # for /metrics (the server reads and clears it)
+        self.batch_sizes: Counter[int] = Counter()  # batches answered, by size (for /metrics; at most max_batch keys)
         self._queue: queue.Queue[Query | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
@@ -103,7 +104,7 @@ class Engine:
                     stop = True
                     break
                 batch.append(item)
-            self.batch_sizes.append(len(batch))
+            self.batch_sizes[len(batch)] += 1
             self._process(batch)
             if stop:
                 return

@@ -26,13 +26,13 @@ class Histogram:
         self.counts: dict[tuple, list[int]] = defaultdict(lambda: [0] * (len(buckets) + 1))
         self.sums: dict[tuple, float] = defaultdict(float)
 
-    def observe(self, value: float, *labels: str) -> None:
+    def observe(self, value: float, *labels: str, times: int = 1) -> None:
         counts = self.counts[labels]
         for i, bound in enumerate(self.buckets):
             if value <= bound:
-                counts[i] += 1
-        counts[-1] += 1  # +Inf
-        self.sums[labels] += value
+                counts[i] += times
+        counts[-1] += times  # +Inf
+        self.sums[labels] += value * times
 
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
@@ -52,8 +52,7 @@ class Metrics:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (method, route, status)
         self.latency = Histogram("hashindex_request_seconds", "Request latency, from receipt to the answer.",
                                  LATENCY_BUCKETS, ("route",))
-        self.batches = Histogram("hashindex_search_batch_size", "Searches answered by one Faiss call.",
-                                 BATCH_BUCKETS, ("index",))
+
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -62,10 +61,11 @@ class Metrics:
 
     def render(self, engines: dict) -> str:
         with self.lock:
+            batches = Histogram("hashindex_search_batch_size", "Searches answered by one Faiss call.",
+                                BATCH_BUCKETS, ("index",))
             for name, engine in engines.items():
-                sizes, engine.batch_sizes[:] = list(engine.batch_sizes), []
-                for size in sizes:
-                    self.batches.observe(size, name)
+                for size, times in list(engine.batch_sizes.items()):  # cumulative counts kept by the engine
+                    batches.observe(size, name, times=times)
             lines = ["# HELP hashindex_requests_total Requests answered, by route and status.",
                      "# TYPE hashindex_requests_total counter"]
             lines += [f"hashindex_requests_total{_labels(('method', 'route', 'status'), key)} {n}"
@@ -73,7 +73,7 @@ class Metrics:
             errors = sum(n for (_, _, status), n in self.requests.items() if status >= "400")
             lines += ["# HELP hashindex_errors_total Requests answered with a 4xx or 5xx status.",
                       "# TYPE hashindex_errors_total counter", f"hashindex_errors_total {errors}"]
-            lines += self.latency.render() + self.batches.render()
+            lines += self.latency.render() + batches.render()
             lines += ["# HELP hashindex_index_items Items in each served index.", "# TYPE hashindex_index_items gauge"]
             lines += [f"hashindex_index_items{_labels(('index',), (name,))} {e.index.count}" for name, e in engines.items()]
             lines += ["# HELP hashindex_index_bits Code length of each served index.", "# TYPE hashindex_index_bits gauge"]
