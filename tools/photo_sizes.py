@@ -85,6 +85,18 @@ def row(out: Path, arm: str, size: int, epochs: int, init: str | None, base: str
     return res
 
 
+def print_table(rows_file: Path) -> None:
+    """The rows as docs/RESULTS.md shows them."""
+    print("| size | arm | epochs | val acc | Hamming mAP@all | default mAP@all (signal) | P@10 | train minutes | img/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(map(json.loads, rows_file.read_text().splitlines()), key=lambda r: (r["size"], r["arm"] != "zero-shot",
+                                                                                         r["arm"])):
+        acc = f"{r['val_acc']:.4f}" if r["val_acc"] is not None else "-"
+        print(f"| {r['size']} | {r['arm']} | {r['epochs']} | {acc} | {r['hamming_map']:.4f} | "
+              f"{r['default_map']:.4f} ({r['signal']}) | {r['p_at_10']:.4f} | {r['train_min']:.1f} | "
+              f"{r['img_s'] if r['img_s'] is not None else '-'} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -92,8 +104,12 @@ def main() -> None:
     ap.add_argument("--scratch", type=int, nargs="*", default=[64], help="sizes that also get a from-scratch row")
     ap.add_argument("--init", default="nin-cifar10-48")
     ap.add_argument("--arms", nargs="+", default=["zero-shot", "fine-tuned", "scratch"])
+    ap.add_argument("--table", action="store_true", help="print OUT/rows.jsonl as a markdown table and stop")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.table:
+        print_table(out / "rows.jsonl")
+        return
     out.mkdir(parents=True, exist_ok=True)
     done_file = out / "rows.jsonl"
     done = {(r["arm"], r["size"]) for r in map(json.loads, done_file.read_text().splitlines())} \
