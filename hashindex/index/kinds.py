@@ -81,7 +81,26 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
     raise HashindexError(f"binary={kind}: expected one of {', '.join(BINARY_KINDS)}")
 
 
-class BinaryParts:
+class _Parts:
+    """Parts over consecutive position ranges (``parts``, ``starts``, ``sizes``), each asked in turn or by
+    ``each`` (e.g. on Ray actors, in parallel)."""
+
+    parts: list
+    sizes: list[int]
+    each: Callable[[str, list[tuple]], list] | None
+
+    @property
+    def ntotal(self) -> int:
+        return sum(self.sizes)
+
+    def _each(self, method: str, args: list[tuple]) -> list:
+        """``part.method(*args[s])`` for every part s: here, or by ``each``."""
+        if self.each is not None:
+            return self.each(method, args)
+        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
+
+
+class BinaryParts(_Parts):
     """Binary indexes over consecutive position ranges, searched as one.
 
     Each shard answers for its own rows; results are shifted to global
@@ -95,16 +114,6 @@ class BinaryParts:
         self.parts, self.starts = parts, [int(s) for s in starts]
         self.sizes = [int(n) for n in sizes] if sizes is not None else [int(p.ntotal) for p in parts]
         self.each = each
-
-    @property
-    def ntotal(self) -> int:
-        return sum(self.sizes)
-
-    def _each(self, method: str, args: list[tuple]) -> list:
-        """``part.method(*args[s])`` for every part s: here, or by ``each`` (e.g. on Ray actors, in parallel)."""
-        if self.each is not None:
-            return self.each(method, args)
-        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
 
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dists, poss = [], []
@@ -176,7 +185,7 @@ class StorePart:
         return self.store.reconstruct_batch(np.ascontiguousarray(local_pos, dtype=np.int64))
 
 
-class FloatParts:
+class FloatParts(_Parts):
     """A float store split into consecutive position ranges (one per binary part), used as one store.
 
     Each part computes the distances of the candidates in its range (``each``: on Ray actors, in parallel);
@@ -186,15 +195,6 @@ class FloatParts:
     def __init__(self, parts: list, starts: list[int], sizes: list[int], dim: int,
                  each: Callable[[str, list[tuple]], list] | None = None):
         self.parts, self.starts, self.sizes, self.d, self.each = parts, list(starts), list(sizes), dim, each
-
-    @property
-    def ntotal(self) -> int:
-        return sum(self.sizes)
-
-    def _each(self, method: str, args: list[tuple]) -> list:
-        if self.each is not None:
-            return self.each(method, args)
-        return [getattr(part, method)(*a) for part, a in zip(self.parts, args)]
 
     def _local(self, pos: np.ndarray) -> list[np.ndarray]:
         return [np.where((pos >= s) & (pos < s + n), pos - s, -1) for s, n in zip(self.starts, self.sizes)]
