@@ -30,11 +30,11 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from ..data import BadImage, decode_image, to_array
 from ..errors import HashindexError
 from ..index import Index
 from ..query import indexed_queries, search_vectors
-from .params import BACKLOG, MAX_BODY, MAX_PIXELS, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options,
+                     upload_array)
 
 class Searcher:
     """An opened index plus the model that encodes image queries for it."""
@@ -55,11 +55,7 @@ class Searcher:
 
     def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Search with the bytes of an image file."""
-        try:
-            img = decode_image(data, max_side=4 * self.model.input_size, max_pixels=MAX_PIXELS)
-        except BadImage as e:
-            raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
-        array = to_array(img, self.model.input_size, self.model.channels)[None]
+        array = upload_array(data, self.model.input_size, self.model.channels)[None]
         with self.lock:
             codes, feats = self.model.encode(array)
             return self._search(codes, self.index.query_vectors(feats), "upload", options)

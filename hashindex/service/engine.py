@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import BadImage, decode_image, to_array
 from ..errors import HashindexError
 from ..index import Index
 from ..query import indexed_queries, search_vectors
-from .params import MAX_PIXELS, RequestError
+from .params import RequestError, upload_array
 
 
 @dataclass(eq=False)
@@ -66,15 +65,8 @@ class Engine:
                 "class_names": self.index.class_names}
 
     def image_array(self, data: bytes) -> np.ndarray:
-        """An upload's bytes as the net's input (pixel cap checked from the header, JPEGs decoded at reduced
-        scale); runs in the decode pool."""
-        try:
-            img = decode_image(data, max_side=4 * self.model.input_size, max_pixels=MAX_PIXELS)
-            return to_array(img, self.model.input_size, self.model.channels)
-        except BadImage as e:
-            raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
-        except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
-            raise RequestError(400, f"body: not a usable image ({e})") from None
+        """An upload's bytes as the net's input (`params.upload_array`); runs in the decode pool."""
+        return upload_array(data, self.model.input_size, self.model.channels)
 
     def submit(self, query: Query) -> Future:
         """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError)."""

@@ -67,3 +67,17 @@ def search_options(params: Mapping[str, str], max_results: int | None = None) ->
             "max_results": MAX_RESULTS if max_results is None else max_results,
             "rerank": flag_param(params, "rerank", True),
             "complete_ties": not flag_param(params, "cut_ties", False)}
+
+
+def upload_array(data: bytes, size: int, channels: int):
+    """An upload's bytes as the net's (channels, size, size) uint8 input, within the caps both servers keep:
+    the pixel count checked from the header before decoding, JPEGs decoded at reduced scale."""
+    from ..data import BadImage, decode_image, to_array
+
+    try:
+        img = decode_image(data, max_side=4 * size, max_pixels=MAX_PIXELS)
+        return to_array(img, size, channels)
+    except BadImage as e:
+        raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
+    except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
+        raise RequestError(400, f"body: not a usable image ({e})") from None
