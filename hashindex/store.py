@@ -219,9 +219,13 @@ class ShardSet:
 
     def sample_rows(self, fields: tuple[str, ...], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """The same up to n rows of several fields, drawn evenly from all shards, in position order."""
-        sizes = [s["rows"] for s in self.manifest["shards"]]
-        take = np.sort(rng.choice(sum(sizes), size=min(n, sum(sizes)), replace=False))
-        bounds = np.cumsum([0] + sizes)
+        take = rng.choice(self.rows, size=min(n, self.rows), replace=False)
+        return self.rows_at(take, fields)
+
+    def rows_at(self, positions: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Fields of the rows at ``positions`` (any order, no repeats), returned in position order."""
+        take = np.sort(np.asarray(positions, dtype=np.int64))
+        bounds = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])
         out: dict[str, list[np.ndarray]] = {name: [] for name in fields}
         for j, path in enumerate(self.shard_paths()):
             sel = take[(take >= bounds[j]) & (take < bounds[j + 1])] - bounds[j]
@@ -347,6 +351,49 @@ def save_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     manifest["complete"] = len(shards) == manifest["shards_planned"]
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_json(directory / MANIFEST, manifest)
+
+
+def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray | None = None, *,
+                 ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
+                 bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
+                 shard_rows: int = 100_000, description: str = "arrays") -> ShardSet:
+    """A complete shard directory from arrays (codes packed as ``np.packbits(bits, bitorder="little")``):
+    codes made by another program, synthetic collections for benchmarks and tests."""
+    directory = Path(directory)
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n = len(codes)
+    bits = bits or codes.shape[1] * 8
+    if codes.ndim != 2 or codes.shape[1] != (bits + 7) // 8:
+        raise HashindexError(f"codes: expected shape (n, {(bits + 7) // 8}) for {bits} bits, got {codes.shape}")
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, dtype=np.int32)
+    paths = [""] * n if paths is None else list(paths)
+    if features is not None:
+        features = np.asarray(features, dtype=np.float16)
+    for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features)):
+        if arr is not None and len(arr) != n:
+            raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
+    dim = 0 if features is None else features.shape[1]
+    directory.mkdir(parents=True, exist_ok=False)
+    attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id, "bits": bits,
+             "feature_dim": dim, "feature_kind": "arrays", "source": description}
+    manifest = new_manifest(model_id=model_id, bits=bits, code_bytes=codes.shape[1], feature_dim=dim,
+                            feature_dtype="none" if features is None else "float16", feature_kind="arrays",
+                            class_names=list(class_names or []),
+                            source={"description": description, "items": n, "spec": None,
+                                    "fingerprint": f"{description}-{n}", "id_offset": int(ids[0]) if n else 0},
+                            shard_size=shard_rows, shards_planned=-(-n // shard_rows))
+    for j, start in enumerate(range(0, n, shard_rows)):
+        stop = min(start + shard_rows, n)
+        data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
+                         ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[])
+        digest = write_shard(directory / shard_name(j), data, attrs)
+        manifest["shards"].append({"index": j, "file": shard_name(j), "rows": stop - start, "start": start,
+                                   "stop": stop, "id_min": int(ids[start:stop].min()),
+                                   "id_max": int(ids[start:stop].max()), "skipped_by_reason": {},
+                                   "sha256": digest})
+    save_manifest(directory, manifest)
+    return ShardSet(directory)
 
 
 def describe_shards(directory: str | Path) -> dict[str, Any]:

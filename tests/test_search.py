@@ -315,3 +315,36 @@ def test_a_sharded_float_store_ranks_as_one(cifar_shards, tiny_model, tmp_path, 
     a = one.search(*indexed_queries(one, ids), k=25, vectors=True)
     b = three.search(*indexed_queries(three, ids), k=25, vectors=True)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.distance, b.distance, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "sq8"])
+def test_float_parts_give_each_part_only_its_candidates(kind):
+    """FloatParts.distances over 3 parts equals one store's, and no part is asked for another's rows."""
+    from hashindex.index.kinds import FloatParts, StorePart, new_float_store, subset_distances
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((1000, 16)).astype(np.float32)
+    one = new_float_store(kind, vecs)
+    one.add(vecs)
+    bounds = [0, 300, 310, 1000]
+    asked = []
+
+    class Spy(StorePart):
+        def distances(self, x, local_pos):
+            asked.append(local_pos)
+            return super().distances(x, local_pos)
+
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        store = faiss.clone_index(one)
+        store.reset()
+        store.add(vecs[lo:hi])
+        parts.append(Spy(None, store))
+    fp = FloatParts(parts, bounds[:-1], [hi - lo for lo, hi in zip(bounds, bounds[1:])], 16)
+    pos = rng.integers(0, 1000, (7, 50))
+    pos[rng.random(pos.shape) < 0.2] = -1
+    pos[3] = rng.integers(0, 300, 50)  # a query whose candidates all lie in the first part
+    x = rng.standard_normal((7, 16)).astype(np.float32)
+    assert np.array_equal(fp.distances(x, pos), subset_distances(one, x, pos))
+    for (lo, hi), lp in zip(zip(bounds, bounds[1:]), asked):
+        assert lp.shape[1] == max(((pos >= lo) & (pos < hi)).sum(axis=1).max(), 1)  # packed, not the whole pool

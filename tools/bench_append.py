@@ -30,7 +30,7 @@ import numpy as np
 
 from hashindex.index import append, build
 from hashindex.index import Index
-from hashindex.store import ShardData, new_manifest, save_manifest, shard_name, write_shard
+from hashindex.store import save_manifest, shard_name, write_arrays
 
 from bench_search import make_data, queries_like  # tools/ is on sys.path when run as a script
 
@@ -40,25 +40,8 @@ BITS, DIM = 48, 192
 def write_collection(out: Path, codes: np.ndarray, feats: np.ndarray, first_id: int, shard_rows: int,
                      seed: int) -> None:
     """A complete shard directory of the given rows, with ids first_id, first_id + 1, ..."""
-    n = len(codes)
-    out.mkdir(parents=True)
-    attrs = {"format": "hashindex-shards", "format_version": 1, "model_id": "synthetic", "bits": BITS,
-             "feature_dim": DIM, "feature_kind": "synthetic", "source": "synthetic"}
-    manifest = new_manifest(model_id="synthetic", bits=BITS, code_bytes=BITS // 8, feature_dim=DIM,
-                            feature_dtype="float16", feature_kind="synthetic", class_names=[],
-                            source={"description": f"synthetic seed {seed}", "items": n, "spec": None,
-                                    "fingerprint": f"synthetic-{seed}", "id_offset": first_id},
-                            shard_size=shard_rows, shards_planned=-(-n // shard_rows))
-    for j, start in enumerate(range(0, n, shard_rows)):
-        m = min(shard_rows, n - start)
-        data = ShardData(codes=codes[start:start + m], features=feats[start:start + m],
-                         ids=np.arange(first_id + start, first_id + start + m), labels=np.full(m, -1, np.int32),
-                         paths=[""] * m, skipped=[])
-        digest = write_shard(out / shard_name(j), data, attrs)
-        manifest["shards"].append({"index": j, "file": shard_name(j), "rows": m, "start": start,
-                                   "stop": start + m, "id_min": first_id + start,
-                                   "id_max": first_id + start + m - 1, "skipped_by_reason": {}, "sha256": digest})
-    save_manifest(out, manifest)
+    write_arrays(out, codes, feats, ids=np.arange(first_id, first_id + len(codes)), model_id="synthetic",
+                 shard_rows=shard_rows, description=f"synthetic seed {seed}")
 
 
 def union(old: Path, new: Path, out: Path) -> None:

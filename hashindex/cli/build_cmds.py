@@ -172,8 +172,9 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @cli.command()
 @click.argument("shard_dir")
 @click.option("--out", required=True, help="Index directory to create.")
-@click.option("--binary", default="flat", show_default=True,
-              type=click.Choice(["flat", "ivf", "hnsw", "multihash"]), help="Coarse Hamming index.")
+@click.option("--binary", default="auto", show_default=True,
+              type=click.Choice(["auto", "flat", "ivf", "hnsw", "multihash"]),
+              help="Coarse Hamming index. auto: flat (exact) up to 2M items, else IVF tuned to --recall.")
 @click.option("--rerank", default="flat", show_default=True,
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
 @click.option("--signal", default="auto", show_default=True,
@@ -184,8 +185,13 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
                    "without labels: cosine).")
 @click.option("--model", default=None,
               help="The shards' model, for its head (only for shard directories extracted before signals).")
-@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists [default: ~4 sqrt(N)].")
+@click.option("--nlist", default=None, type=click.IntRange(1),
+              help="IVF lists [default: the power of 2 nearest 1.3 sqrt(N), at most 16384].")
 @click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query.")
+@click.option("--recall", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="Target recall@10 against exact Hamming search: the smallest nprobe / efSearch / nflip "
+                   "that reaches it on held-out items is chosen and recorded [default with --binary auto "
+                   "past 2M items: 0.95].")
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
               help="Split the binary index and the float store into this many parts by position range "
                    "(exact merged search; each part can live in its own Ray actor: query --shard-actors).")
@@ -199,8 +205,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
                    "the index keeps its kinds and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, shards, backend, address, num_workers,
-          overwrite, append, as_json):
+def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, recall, shards, backend, address,
+          num_workers, overwrite, append, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
@@ -212,8 +218,8 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, sha
 
     log = lambda line: click.echo(line, err=as_json)  # noqa: E731
     if append:
-        fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "shards",
-                                          "backend", "overwrite")
+        fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "recall",
+                                          "shards", "backend", "overwrite")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
@@ -221,7 +227,7 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, sha
         meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
     else:
         meta = api_build(shard_dir, out, binary=binary, rerank=rerank, signal=signal, model=model,
-                         nlist=nlist, nprobe=nprobe, shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
+                         nlist=nlist, nprobe=nprobe, recall=recall, shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
                          backend=backend, ray_options={"address": address, "num_workers": num_workers}, log=log)
     if as_json:
         _echo_json(meta)

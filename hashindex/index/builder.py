@@ -33,10 +33,12 @@ from ..errors import HashindexError
 from ..files import atomic_write_json, exclusive, read_json, sha256_file
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
-from .kinds import default_params, make_binary_index, make_binary_parts, new_float_store, pad_codes, padded_bytes
+from .kinds import (IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_index, make_binary_parts,
+                    new_float_store, pad_codes, padded_bytes)
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
                      binary_files, check_index, copy_table, memory_figures, new_table, read_head, read_index_meta,
                      read_table, record_checksums, rerank_files, rerank_signal)
+from .recall import AUTO_FLAT_MAX, SEARCH_PARAMS, tune
 from .tuning import fine_stage, training_sample
 
 
@@ -48,9 +50,9 @@ def _check_shards(shards: ShardSet, rerank: str) -> None:
                              "use rerank=none or extract features")
 
 
-def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", rerank: str = "flat",
+def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", rerank: str = "flat",
           signal: str = "auto", model: str | None = None, nlist: int | None = None, nprobe: int | None = None,
-          shards: int = 1, seed: int = 0, overwrite: bool = False, progress: bool = True,
+          recall: float | None = None, shards: int = 1, seed: int = 0, overwrite: bool = False, progress: bool = True,
           backend: str = "local", ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json.
 
@@ -61,6 +63,11 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     the net's head where the shard directory lacks it. ``backend="ray"`` builds
     each part as a Ray task from the shard files (hashindex/index/parts.py); the
     files equal the local build's.
+
+    ``binary="auto"`` picks flat (exact) up to `AUTO_FLAT_MAX` items, else IVF with `auto_nlist` lists
+    and ``recall`` (default 0.95); ``recall`` sets the coarse index's search parameter (IVF nprobe, HNSW
+    efSearch, MultiHash nflip) to the smallest value whose recall@10 against exact Hamming search,
+    measured on held-out items of the collection, reaches it (hashindex/index/recall.py).
     """
     if backend not in ("local", "ray"):
         raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
@@ -71,7 +78,7 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "flat", reran
     with _exclusive(out):  # one writer: a build and an append of the same INDEX_DIR never interleave
         _check_replaceable(out, store, overwrite)
         return _build(store, out, t0, binary=binary, rerank=rerank, signal=signal, model=model, nlist=nlist,
-                      nprobe=nprobe, shards=shards, seed=seed, progress=progress, log=log,
+                      nprobe=nprobe, recall=recall, shards=shards, seed=seed, progress=progress, log=log,
                       ray_options=dict(ray_options or {}) if backend == "ray" else None)
 
 
@@ -95,12 +102,23 @@ def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
 
 
 def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, signal: str, model: str | None,
-           nlist: int | None, nprobe: int | None, shards: int, seed: int, progress: bool, log,
-           ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
+           nlist: int | None, nprobe: int | None, recall: float | None, shards: int, seed: int, progress: bool,
+           log, ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The work of `build`, under the index's lock."""
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
         raise HashindexError(f"shards={shards}: expected 1 to {n} (the number of items)")
+    if recall is not None and not 0 < recall <= 1:
+        raise HashindexError(f"recall={recall}: expected a number in (0, 1]")
+    if recall is not None and nprobe is not None:
+        raise HashindexError(f"recall={recall}, nprobe={nprobe}: pass one (recall chooses nprobe)")
+    requested = binary
+    if binary == "auto":
+        binary = "flat" if n <= AUTO_FLAT_MAX else "ivf"
+        recall = None if binary == "flat" or nprobe else (recall or 0.95)
+    elif recall is not None and binary not in SEARCH_PARAMS:
+        raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
+                             "(use binary=ivf, hnsw, multihash or auto)")
     code_bytes = store.manifest["code_bytes"]
     pbytes = padded_bytes(code_bytes)
     bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()
@@ -113,7 +131,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
     rng = np.random.default_rng(seed)
     sample = None
     if binary == "ivf":
-        sample = pad_codes(training_sample(store, "codes", max(256 * params["nlist"], 100_000), rng), pbytes)
+        sample = pad_codes(training_sample(store, "codes", IVF_TRAIN_PER_LIST * params["nlist"], rng), pbytes)
     parts = make_binary_parts(binary, pbytes * 8, params, bounds, sample)
     head, signal, choice = fine_stage(store, rerank, signal, model, rng, log)
     fparts: list[faiss.Index] = []
@@ -134,8 +152,16 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         with new_table(tmp / TABLE_FILE, n, code_bytes) as table:
             _fill(store, [] if remote else parts, [] if remote else fparts, bounds, pbytes, table, 0, progress,
                   signal, head)
+        tuning = None
+        if recall is not None:
+            tuning = _tune(store, tmp, parts, binary, params, bounds, pbytes, recall, remote, rng, log)
+            params[tuning["param"]] = tuning["value"]
         binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
                                        "padded_bytes": pbytes, **params}
+        if requested == "auto":
+            binary_meta["requested"] = "auto"
+        if tuning is not None:
+            binary_meta["tuning"] = tuning
         rerank_meta: dict[str, Any] = {"kind": rerank if fparts else "none",
                                        "faiss": type(fparts[0]).__name__ if fparts else None,
                                        "dim": fparts[0].d if fparts else 0, "metric": "L2",
@@ -171,6 +197,22 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         f"{meta['rerank']['kind']} re-rank store ({signal}), {meta['memory']['bytes_per_item']:.1f} bytes/item, "
         f"{meta['build_s']:.1f} s")
     return meta
+
+
+def _tune(store: ShardSet, tmp: Path, parts: list, kind: str, params: dict[str, Any], bounds: list[int],
+          pbytes: int, target: float, remote: bool, rng: np.random.Generator, log) -> dict[str, Any]:
+    """Set the parts' search parameter from the recall target (`recall.tune`); parts built on Ray are read
+    back from their files, tuned and written again."""
+    names = [f"binary-{j:03d}.faiss" for j in range(len(bounds) - 1)]
+    if remote:
+        parts = [faiss.read_index_binary(str(tmp / name)) for name in names]
+    merged = BinaryParts(parts, bounds[:-1])
+    tuning = tune(merged.search, parts, kind, params, store, pbytes, target, rng, log)
+    if remote:
+        for part, name in zip(parts, names):
+            faiss.write_index_binary(part, str(tmp / name))
+    log(f"recall@{tuning['at']} {tuning['recall']} (target {target}) at {tuning['param']}={tuning['value']}")
+    return tuning
 
 
 def _source_entry(store: ShardSet) -> dict[str, str]:

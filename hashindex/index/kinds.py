@@ -43,10 +43,24 @@ def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
     return out
 
 
+IVF_TRAIN_PER_LIST = 64  # k-means points per IVF list (faiss warns under 39; its default cap is 256)
+
+
+def auto_nlist(n: int) -> int:
+    """IVF lists for n codes: the power of two nearest 1.3 sqrt(n), at most 16,384 and n / 39.
+
+    Measured (tools/bench_sublinear.py, docs/RESULTS.md "Sublinear coarse search"): 4,096 lists
+    at 10M codes and 16,384 at 100M answer fastest at recall@10 >= 0.95; more lists cost k-means
+    and assignment time at build for little search time.
+    """
+    nlist = 2 ** round(math.log2(1.3 * math.sqrt(max(n, 1))))
+    return int(max(1, min(nlist, 16384, n // 39)))
+
+
 def default_params(kind: str, n: int, bits: int) -> dict[str, Any]:
     """Default parameters per binary index kind, scaled with the database size."""
     if kind == "ivf":
-        nlist = int(min(max(4 * math.sqrt(n), 1), max(n // 39, 1), 65536))
+        nlist = auto_nlist(n)
         return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 80, "efSearch": 128}
@@ -68,6 +82,7 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
         quantizer.this.disown()  # the IVF index owns and frees its quantizer
         index.own_fields = True
         index.nprobe = params["nprobe"]
+        index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
         return index
     if kind == "hnsw":
         index = faiss.IndexBinaryHNSW(dim, params["M"])
@@ -185,6 +200,14 @@ class StorePart:
         return self.store.reconstruct_batch(np.ascontiguousarray(local_pos, dtype=np.int64))
 
 
+def _pack(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's entries >= 0 moved left, in order, padded with -1 to the widest row; where each came from)."""
+    mine = local >= 0
+    width = max(int(mine.sum(axis=1).max(initial=0)), 1)
+    order = np.argsort(~mine, axis=1, kind="stable")[:, :width]
+    return np.take_along_axis(local, order, axis=1), order
+
+
 class FloatParts(_Parts):
     """A float store split into consecutive position ranges (one per binary part), used as one store.
 
@@ -200,13 +223,14 @@ class FloatParts(_Parts):
         return [np.where((pos >= s) & (pos < s + n), pos - s, -1) for s, n in zip(self.starts, self.sizes)]
 
     def distances(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Every part gets the whole (queries x candidates) array with the others' entries set to -1 (it
-        skips them): one call per part, in parallel on actors; the position arrays are small next to
-        the vectors they spare moving."""
-        local = self._local(pos)
+        """Each part gets only its own candidates, packed to the left of a (queries x its widest count)
+        array padded with -1, so it computes no distance it does not hold: one call per part, in parallel
+        on actors; the results are scattered back to the candidates' places."""
         out = np.full(pos.shape, np.inf, np.float32)
-        for lp, d in zip(local, self._each("distances", [(x, lp) for lp in local])):
-            out[lp >= 0] = d[lp >= 0]
+        packed = [_pack(lp) for lp in self._local(pos)]
+        for (lp, order), d in zip(packed, self._each("distances", [(x, lp) for lp, _ in packed])):
+            rows, cols = np.nonzero(lp >= 0)
+            out[rows, order[rows, cols]] = d[rows, cols]
         return out
 
     def reconstruct_batch(self, positions: np.ndarray) -> np.ndarray:

@@ -44,12 +44,16 @@ def _part(prefix: str) -> dict:
 
 
 _PART, _RPART = _part("binary-"), _part("rerank-")
+_SHARE = Check(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_TUNING = {"target": _SHARE, "at": positive, "recall": _SHARE, "param": _one_of(("nprobe", "efSearch", "nflip")),
+           "value": nonneg, "queries": positive, "curve": [[float]]}
 INDEX_SCHEMA = {
     "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
     "count": nonneg, "class_names?": [str], "built?": str,
     "binary": {"kind": _one_of(BINARY_KINDS), "padded_bytes": positive, "shards?": [_PART],
                "nlist?": positive, "nprobe?": positive, "M?": positive, "efConstruction?": positive,
-               "efSearch?": positive, "nhash?": positive, "b?": positive, "nflip?": nonneg},
+               "efSearch?": positive, "nhash?": positive, "b?": positive, "nflip?": nonneg,
+               "requested?": str, "tuning?": _TUNING},
     "rerank": {"kind": _one_of(RERANK_KINDS), "dim?": nonneg, "shards?": [_RPART],
                "signal?": Nullable(_one_of(SIGNALS + ("hamming", "none")))},
     "source": {"dir": str, "manifest_sha256?": str},

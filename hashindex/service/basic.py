@@ -31,31 +31,21 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from ..errors import HashindexError
-from ..index import Index
 from ..query import indexed_queries, search_vectors
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options,
-                     upload_array)
+from .params import BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
+from .served import Served
 
-class Searcher:
-    """An opened index plus the model that encodes image queries for it."""
+
+class Searcher(Served):
+    """A served index searched one request at a time (a lock)."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu"):
-        from ..model import find_model_for, load_model
-
-        self.index = Index.load(index_dir)
-        self.model = load_model(model if model else find_model_for(self.index.model_id), device)
-        self.index.check_model(self.model.model_id)
+        super().__init__(index_dir, model, device)
         self.lock = threading.Lock()
-
-    def info(self) -> dict[str, Any]:
-        return {"index": str(self.index.dir), "items": self.index.count, "bits": self.index.bits,
-                "model_id": self.index.model_id, "binary": self.index.meta["binary"]["kind"],
-                "rerank": self.index.meta["rerank"]["kind"], "signal": self.index.signal,
-                "class_names": self.index.class_names}
 
     def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Search with the bytes of an image file."""
-        array = upload_array(data, self.model.input_size, self.model.channels)[None]
+        array = self.image_array(data)[None]
         with self.lock:
             codes, feats = self.model.encode(array)
             return self._search(codes, self.index.query_vectors(feats), "upload", options)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import HashindexError
-from ..index import Index
 from ..query import indexed_queries, search_vectors
-from .params import RequestError, upload_array
+from .params import RequestError
+from .served import Served
 
 
 @dataclass(eq=False)
@@ -40,33 +40,18 @@ class Query:
     queued: float = field(default_factory=time.perf_counter)
 
 
-class Engine:
-    """An opened index and the model that encodes its image queries, with batched searching."""
+class Engine(Served):
+    """A served index with batched searching."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu", *,
                  name: str | None = None, max_batch: int = 64, decode_workers: int = 2):
-        from ..model import find_model_for, load_model
-
-        self.index = Index.load(index_dir)
-        self.model = load_model(model if model else find_model_for(self.index.model_id), device)
-        self.index.check_model(self.model.model_id)
-        self.name = name or Path(index_dir).name
+        super().__init__(index_dir, model, device, name)
         self.max_batch = max_batch
         self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix=f"decode-{self.name}")
         self.batch_sizes: Counter[int] = Counter()  # batches answered, by size (for /metrics; at most max_batch keys)
         self._queue: queue.Queue[Query | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name, "index": str(self.index.dir), "items": self.index.count, "bits": self.index.bits,
-                "model_id": self.index.model_id, "binary": self.index.meta["binary"]["kind"],
-                "rerank": self.index.meta["rerank"]["kind"], "signal": self.index.signal,
-                "class_names": self.index.class_names}
-
-    def image_array(self, data: bytes) -> np.ndarray:
-        """An upload's bytes as the net's input (`params.upload_array`); runs in the decode pool."""
-        return upload_array(data, self.model.input_size, self.model.channels)
 
     def submit(self, query: Query) -> Future:
         """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError)."""

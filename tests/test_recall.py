@@ -1,0 +1,154 @@
+"""Coarse-index parameters from a recall target (`build --recall`, `--binary auto`)."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import HashindexError
+from hashindex.cli import cli
+from hashindex.index import Index, build
+from hashindex.index.recall import exact_distances, tie_recall
+from hashindex.metrics import hamming_distances
+from hashindex.store import write_arrays
+
+CENTRES = 1000  # clusters of ~20 codes: IVF needs nprobe 8 for recall@10 0.95 (a curve of 4 points)
+
+
+def clustered_codes(n: int, n_centres: int, seed: int, centres_seed: int = 0) -> np.ndarray:
+    """48-bit codes a few bits from random centres (bits flipped with probability 1/16)."""
+    centres = np.random.default_rng(centres_seed).integers(0, 256, (n_centres, 6), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    flips = rng.integers(0, 256, (n, 6), dtype=np.uint8)
+    for _ in range(3):
+        flips &= rng.integers(0, 256, (n, 6), dtype=np.uint8)
+    return centres[rng.integers(0, n_centres, n)] ^ flips
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recall")
+    store = write_arrays(root / "shards", clustered_codes(20_000, CENTRES, seed=1), shard_rows=7_000)
+    return root, store
+
+
+def test_write_arrays_round_trips(collection):
+    _, store = collection
+    data = store.load(("codes", "ids", "labels"))
+    assert np.array_equal(data["codes"], clustered_codes(20_000, CENTRES, seed=1))
+    assert np.array_equal(data["ids"], np.arange(20_000)) and (data["labels"] == -1).all()
+    assert store.rows == 20_000 and len(store.shard_paths()) == 3 and store.verify() == []
+
+
+def test_write_arrays_rejects_mismatched_rows(tmp_path):
+    with pytest.raises(HashindexError, match="labels: expected 5 rows"):
+        write_arrays(tmp_path / "s", np.zeros((5, 6), np.uint8), labels=np.zeros(4))
+
+
+def test_exact_distances_streamed_over_shards_equal_numpy(collection):
+    _, store = collection
+    codes = store.load(("codes",))["codes"]
+    queries = codes[[3, 7_500, 19_999]]
+    got = exact_distances(store, np.pad(queries, ((0, 0), (0, 2))), 8, k=10)
+    want = np.sort(hamming_distances(queries, codes), axis=1)[:, :11]
+    assert np.array_equal(got, want)
+
+
+def test_tie_recall_counts_ties_and_leaves_the_query_out():
+    exact = np.array([[0, 1, 2, 2]])  # the query's own 0, then its 3 nearest: k = 3, k-th distance 2
+    self_pos = np.array([5])
+    # itself, then two at distance <= 2 and one at 3: 2 of 3
+    assert tie_recall(exact, np.array([[0, 1, 2, 3]]), np.array([[5, 1, 9, 4]]), self_pos, 3) == pytest.approx(2 / 3)
+    # without itself among the results, the first 3 count: another item tied at 2 is as good
+    assert tie_recall(exact, np.array([[1, 2, 2, 2]]), np.array([[1, 8, 9, 4]]), self_pos, 3) == 1.0
+    # missing results (-1) never count
+    assert tie_recall(exact, np.array([[0, 1, 0, 0]]), np.array([[5, 1, -1, -1]]), self_pos, 3) == pytest.approx(1 / 3)
+
+
+def fresh_recall(index: Index, store, k: int = 10) -> float:
+    """recall@10 of the coarse index on queries that are not in the collection, against numpy."""
+    codes = store.load(("codes",))["codes"]
+    queries = clustered_codes(300, CENTRES, seed=99)
+    kth = np.sort(hamming_distances(queries, codes), axis=1)[:, k - 1:k]
+    ham, _ = index.binary.search(np.pad(queries, ((0, 0), (0, 2))), k)
+    return float((ham <= kth).mean())
+
+
+def test_ivf_tuned_to_a_recall_target(collection):
+    root, store = collection
+    meta = build(store.dir, root / "ivf", binary="ivf", rerank="none", recall=0.95, progress=False, log=lambda m: None)
+    t = meta["binary"]["tuning"]
+    values = [v for v, _ in t["curve"]]
+    assert t["param"] == "nprobe" and t["value"] == meta["binary"]["nprobe"] == values[-1]
+    assert t["recall"] >= 0.95 and all(r < 0.95 for _, r in t["curve"][:-1])  # the smallest value reaching it
+    assert values == [2 ** i for i in range(len(values))] and len(values) >= 3
+    assert t["queries"] == 500 and t["at"] == 10
+    index = Index.load(root / "ivf")
+    assert index.binary.nprobe == t["value"]  # the faiss file carries it
+    assert fresh_recall(index, store) >= 0.9  # and it holds on queries from outside the collection
+    # a lower target stops earlier, at a lower nprobe
+    low = build(store.dir, root / "ivf-low", binary="ivf", rerank="none", recall=0.5, progress=False,
+                log=lambda m: None)["binary"]["tuning"]
+    assert low["value"] <= t["value"] and low["recall"] >= 0.5
+
+
+def test_parts_tune_as_one_index(collection):
+    root, store = collection
+    one = build(store.dir, root / "one", binary="ivf", rerank="none", recall=0.9, progress=False, log=lambda m: None)
+    three = build(store.dir, root / "three", binary="ivf", rerank="none", recall=0.9, shards=3, progress=False,
+                  log=lambda m: None)
+    assert one["binary"]["tuning"] == three["binary"]["tuning"]
+
+
+@pytest.mark.parametrize("kind,param", [("hnsw", "efSearch"), ("multihash", "nflip")])
+def test_other_kinds_tuned(collection, kind, param):
+    root, store = collection
+    logs = []
+    meta = build(store.dir, root / kind, binary=kind, rerank="none", recall=0.9, progress=False, log=logs.append)
+    t = meta["binary"]["tuning"]
+    assert t["param"] == param and meta["binary"][param] == t["value"]
+    if t["recall"] < 0.9:  # MultiHash may not reach it with 3 flips: said, and the best value kept
+        assert any("not reached" in line for line in logs)
+        assert t["recall"] == max(r for _, r in t["curve"])
+    else:
+        assert fresh_recall(Index.load(root / kind), store) >= 0.8
+
+
+def test_auto_is_flat_for_small_collections_and_tuned_ivf_past_the_limit(collection, monkeypatch):
+    root, store = collection
+    meta = build(store.dir, root / "auto-flat", rerank="none", progress=False, log=lambda m: None)
+    assert meta["binary"]["kind"] == "flat" and meta["binary"]["requested"] == "auto"
+    assert "tuning" not in meta["binary"]
+    monkeypatch.setattr("hashindex.index.builder.AUTO_FLAT_MAX", 10_000)
+    meta = build(store.dir, root / "auto-ivf", rerank="none", progress=False, log=lambda m: None)
+    b = meta["binary"]
+    assert b["kind"] == "ivf" and b["nlist"] == 256 and b["tuning"]["target"] == 0.95
+    assert b["tuning"]["recall"] >= 0.95
+    assert isinstance(faiss.read_index_binary(str(root / "auto-ivf" / "binary.faiss")), faiss.IndexBinaryIVF)
+
+
+def test_recall_errors(collection, tmp_path):
+    _, store = collection
+    with pytest.raises(HashindexError, match="binary=flat is exact"):
+        build(store.dir, tmp_path / "a", binary="flat", rerank="none", recall=0.9, progress=False)
+    with pytest.raises(HashindexError, match="pass one"):
+        build(store.dir, tmp_path / "b", binary="ivf", rerank="none", recall=0.9, nprobe=4, progress=False)
+    with pytest.raises(HashindexError, match=r"recall=1.5: expected a number in \(0, 1\]"):
+        build(store.dir, tmp_path / "c", binary="ivf", rerank="none", recall=1.5, progress=False)
+    r = CliRunner().invoke(cli, ["build", str(store.dir), "--out", str(tmp_path / "d"), "--recall", "0"])
+    assert r.exit_code == 2 and "--recall" in r.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
+def test_cli_records_the_tuning(collection, tmp_path):
+    _, store = collection
+    r = CliRunner().invoke(cli, ["-q", "build", str(store.dir), "--out", str(tmp_path / "i"), "--binary", "ivf",
+                                 "--rerank", "none", "--recall", "0.9", "--json"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert meta["binary"]["tuning"]["recall"] >= 0.9
+    assert "recall@10" in r.output  # the log line, on stderr beside the JSON
