@@ -118,3 +118,21 @@ def test_extract_counts_every_unread_member(tiny_model, tmp_path):
     lines = (tmp_path / "s" / "skipped.txt").read_text().splitlines()
     assert sorted(line.split("\t")[1] for line in lines) == ["00000.tar/README.md", "00000.tar/alias.jpg",
                                                              "00001.tar/README.md", "00001.tar/alias.jpg"]
+
+
+@pytest.mark.parametrize("lists", ["images", "shards"])
+def test_a_text_list_is_read_once(tmp_path, monkeypatch, lists):
+    """A .txt --data is read once whether it lists shards or images (it used to be read twice)."""
+    from pathlib import Path
+
+    make_shards(tmp_path, n_shards=2)
+    (tmp_path / "a.jpg").write_bytes(image_bytes("JPEG", seed=1))
+    listing = tmp_path / "list.txt"
+    listing.write_text("00000.tar\n00001.tar\n" if lists == "shards" else "a.jpg,cat\n")
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k))
+    per_tar = len(open_source(str(tmp_path / "00000.tar")))
+    src = open_source(str(listing))
+    assert len(src) == (2 * per_tar if lists == "shards" else 1)
+    assert reads.count(listing) == 1

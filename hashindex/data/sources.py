@@ -361,6 +361,14 @@ class FilesSource(ImageSource):
         return _read_file(Path(self.paths[i]))
 
 
+def read_list(path: Path) -> str:
+    """A text list's contents (one-line error when unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HashindexError(f"{path}: cannot read file list ({e})") from None
+
+
 class ListSource(FilesSource):
     """A text/CSV file of ``path[,label]`` lines; relative paths are relative to the list.
 
@@ -368,13 +376,11 @@ class ListSource(FilesSource):
     with '#' are ignored; a first line ``path[,label]`` is a header.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, text: str | None = None):
+        """``text``: the list's contents when the caller has read them already (`read_list`)."""
         self.path = Path(path)
         base = self.path.parent
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise HashindexError(f"{self.path}: cannot read file list ({e})") from None
+        text = read_list(self.path) if text is None else text
         delim = "\t" if self.path.suffix == ".tsv" else ","
         paths, raw = [], []
         for lineno, row in enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1):

@@ -9,7 +9,7 @@ from ..errors import HashindexError
 from .formats import _find, _torchvision_source, cifar_source, idx_source
 from .members import is_image_name
 from .sources import (LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource,
-                      ListSource, TarSource)
+                      ListSource, TarSource, read_list)
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -91,8 +91,9 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path)
     if name.endswith(LIST_EXTENSIONS):
-        shards = shard_list(path)
-        return open_shard_list(path, shards) if shards is not None else ListSource(path)
+        text = read_list(path)  # read once: a list of shards or a list of images
+        shards = shard_list(path, text)
+        return open_shard_list(path, shards) if shards is not None else ListSource(path, text)
     if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
     return None

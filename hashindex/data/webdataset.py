@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import HashindexError
 from .members import expand_braces, is_tar_name
-from .sources import LIST_EXTENSIONS, ImageSource, TarSource
+from .sources import ImageSource, TarSource
 
 
 class ConcatSource(ImageSource):
@@ -82,16 +82,10 @@ def open_pattern(spec: str, arg: str) -> ImageSource | None:
     return ConcatSource(shard_parts([Path(n) for n in names]), f"shards {spec} ({len(names)} tars)")
 
 
-def shard_list(path: Path) -> list[Path] | None:
-    """The shards a text list names, one per line (relative to the list), or None when it lists
-    something else (images: a ListSource)."""
-    if not path.name.lower().endswith(LIST_EXTENSIONS):
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    entries = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+def shard_list(path: Path, text: str) -> list[Path] | None:
+    """The shards the text list ``path`` (contents ``text``) names, one per line (relative to the list),
+    or None when it lists something else (images: a ListSource)."""
+    entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not entries or not all(is_tar_name(e) for e in entries):
         return None
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
