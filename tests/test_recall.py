@@ -152,3 +152,17 @@ def test_cli_records_the_tuning(collection, tmp_path):
     meta = json.loads((tmp_path / "i" / "index.json").read_text())
     assert meta["binary"]["tuning"]["recall"] >= 0.9
     assert "recall@10" in r.output  # the log line, on stderr beside the JSON
+
+
+def test_loaded_ivf_counts_instead_of_a_heap_with_the_same_distances(collection):
+    """Index.load sets IVF to count (faster for the fine stage's large pools), working around faiss #5555
+    (the counting scanner read max_codes=0 as a zero budget and returned nothing)."""
+    root, store = collection
+    build(store.dir, root / "ivf-count", binary="ivf", rerank="none", nprobe=8, progress=False, log=lambda m: None)
+    index = Index.load(root / "ivf-count")
+    assert not index.binary.use_heap
+    queries = np.pad(clustered_codes(50, CENTRES, seed=7), ((0, 0), (0, 2)))
+    got_d, got_p = index.binary.search(queries, 500)
+    heap = faiss.read_index_binary(str(root / "ivf-count" / "binary.faiss"))
+    want_d, _ = heap.search(queries, 500)
+    assert (got_p >= 0).all() and np.array_equal(got_d, want_d)
