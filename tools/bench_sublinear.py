@@ -16,7 +16,7 @@ For each N and setting it records, one JSON line per (index, search parameter) i
 Built indexes are kept under --cache, finished rows are skipped: rerun the same command to resume.
 
     python tools/bench_sublinear.py --sizes 10000000 100000000
-    python tools/bench_sublinear.py --table            # the markdown table of docs/RESULTS.md
+    python tools/bench_sublinear.py --table [--at-recall 0.95]   # the tables of docs/RESULTS.md
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from hashindex.index.kinds import auto_nlist
 
 PAD_BYTES = 8  # 48-bit codes padded to 8 bytes, as hashindex stores them (4-5x faster flat scans)
 
@@ -101,7 +103,7 @@ def settings(n: int, kinds: list[str], hnsw_max: int) -> list[tuple[str, dict, s
     """(kind, build parameters, the search parameter swept, its values)."""
     out = []
     if "ivf" in kinds:
-        for nlist in (1024, 4096, 16384) if n < 50_000_000 else (4096, 16384):
+        for nlist in sorted({auto_nlist(n)} | ({1024, 4096, 16384} if n < 50_000_000 else {4096, 16384})):
             if nlist * 39 <= n:
                 out.append(("ivf", {"nlist": nlist}, "nprobe", [p for p in (1, 2, 4, 8, 16, 32, 64, 128)
                                                                 if p <= nlist]))
@@ -149,6 +151,13 @@ def done_keys(out: Path) -> set[str]:
     return {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
 
 
+def slower_than_flat(out: Path, name: str, base: str) -> bool:
+    """Whether a setting of ``base`` already searched slower than the flat scan of ``name``."""
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    flat = next((r["mean_ms"] for r in rows if r["key"] == f"{name}/flat"), None)
+    return flat is not None and any(r["key"].startswith(base + "/") and r["mean_ms"] > flat for r in rows)
+
+
 def run_collection(name: str, codes: np.ndarray, queries: np.ndarray, args, out: Path, cache: Path,
                    extra: dict) -> None:
     """Every setting on one database / query set; appends rows to ``out``."""
@@ -194,6 +203,8 @@ def run_collection(name: str, codes: np.ndarray, queries: np.ndarray, args, out:
             path.with_suffix(".json").write_text(json.dumps(build_s))
         mem = rss_bytes() - before
         for v in todo:
+            if slower_than_flat(out, name, base):
+                break  # a larger value only searches more: past the flat scan's time it is pointless
             set_param(index, pname, v)
             d, labels = index.search(queries, k)
             emit({"key": f"{base}/{pname}={v}", "kind": kind, "build": params, "search": {pname: v},
@@ -201,6 +212,27 @@ def run_collection(name: str, codes: np.ndarray, queries: np.ndarray, args, out:
                   "recall@10": recall(gt, d, labels, 10), "recall@100": recall(gt, d, labels, k),
                   **time_single(index, timed_q, k)})
         del index
+
+
+def pool_costs(args, out: Path, cache: Path) -> None:
+    """Single-query time of the auto-chosen IVF index (nlist = auto_nlist(N), the first nprobe reaching
+    recall@10 0.95) at the pool sizes the fine stage asks for, with Faiss's heap and with counting."""
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    for n in args.sizes:
+        tag = f"synthetic-c{args.cluster}-f{args.flip_and}-{n}"
+        base = f"{tag}/ivf/nlist={auto_nlist(n)}"
+        nprobe = next(r["search"]["nprobe"] for r in rows if r["key"].startswith(base + "/") and r["recall@10"] >= 0.95)
+        index = faiss.read_index_binary(str(cache / f"{base.replace('/', '_')}.faiss"))
+        index.nprobe, index.max_codes = nprobe, 1 << 62  # max_codes: faiss #5555 (see layout.fast_topk)
+        queries = make_codes(args.timed, args.bits, max(1, n // args.cluster), args.flip_and, args.seed + 1)
+        print(f"{base} nprobe={nprobe}: single-query ms, one thread (p50)")
+        print("| k | heap | counting | heap / counting |\n| --- | --- | --- | --- |")
+        for k in (10, 100, 1000, 17454):
+            t = {}
+            for heap in (True, False):
+                index.use_heap = heap
+                t[heap] = time_single(index, queries, k)["p50_ms"]
+            print(f"| {k:,} | {t[True]:.3f} | {t[False]:.3f} | {t[True] / t[False]:.1f}x |")
 
 
 def real_codes(shard_dir: str) -> np.ndarray:
@@ -222,15 +254,23 @@ def paused(pid: int | None):
             os.kill(pid, signal.SIGCONT)
 
 
-def table(out: Path) -> None:
+def table(out: Path, at_recall: float | None = None) -> None:
+    """The markdown table of every row, or with ``at_recall`` each index's first setting that reaches it."""
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    if at_recall is not None:
+        first: dict[str, dict] = {}
+        for r in rows:
+            build_key = r["key"].rsplit("/", 1)[0] if "search" in r else r["key"]
+            if r["recall@10"] >= at_recall and build_key not in first:
+                first[build_key] = r
+        rows = [r for r in rows if r in first.values()]
     flat = {(r["collection"], r["n"]): r for r in rows if r["kind"] == "flat"}
-    print("| collection | N | index | search | recall@10 | recall@100 | p50 ms | p99 ms | speed-up (mean) "
+    print("| collection | N | index | search | recall@10 | recall@100 | p50 ms | p99 ms | speed-up p50 / mean "
           "| build s | MB | bytes/item |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         f = flat.get((r["collection"], r["n"]))
-        speed = f"{f['mean_ms'] / r['mean_ms']:.1f}x" if f else ""
+        speed = f"{f['p50_ms'] / r['p50_ms']:.0f}x / {f['mean_ms'] / r['mean_ms']:.0f}x" if f else ""
         size = r.get("file_bytes", r.get("rss_bytes", 0))
         params = ",".join(f"{a}={b}" for a, b in r["build"].items())
         search = ",".join(f"{a}={b}" for a, b in r.get("search", {}).items())
@@ -241,7 +281,7 @@ def table(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000_000, 100_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000_000, 100_000_000])
     ap.add_argument("--bits", type=int, default=48)
     ap.add_argument("--cluster", type=int, default=1000, help="items per centre on average")
     ap.add_argument("--flip-and", type=int, default=4, help="bit flip probability 2^-this")
@@ -254,15 +294,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="runs/sublinear")
     ap.add_argument("--out", default="runs/sublinear/results.jsonl")
+    ap.add_argument("--pools", action="store_true", help="time the auto IVF index at the fine stage's pool sizes")
     ap.add_argument("--pause-pid", type=int, help="a process to stop while this runs (clean timings)")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--at-recall", type=float, help="with --table: each index's first setting reaching it")
     args = ap.parse_args()
     out, cache = Path(args.out), Path(args.cache)
     if args.table:
-        return table(out)
+        return table(out, args.at_recall)
     cache.mkdir(parents=True, exist_ok=True)
     with paused(args.pause_pid):
-        run_all(args, out, cache)
+        pool_costs(args, out, cache) if args.pools else run_all(args, out, cache)
 
 
 def run_all(args, out: Path, cache: Path) -> None:
