@@ -17,6 +17,7 @@ Built indexes are kept under --cache, finished rows are skipped: rerun the same 
 
     python tools/bench_sublinear.py --sizes 10000000 100000000
     python tools/bench_sublinear.py --table [--at-recall 0.95]   # the tables of docs/RESULTS.md
+    python tools/bench_sublinear.py --sizes 10000000 --write-shards DIR   # then: hashindex build DIR ...
 """
 
 from __future__ import annotations
@@ -235,6 +236,18 @@ def pool_costs(args, out: Path, cache: Path) -> None:
             print(f"| {k:,} | {t[True]:.3f} | {t[False]:.3f} | {t[True] / t[False]:.1f}x |")
 
 
+def write_shards(args, cache: Path, out: Path) -> None:
+    """The synthetic collection of the first size as a hashindex shard directory (codes only)."""
+    from hashindex.store import write_arrays
+
+    n = args.sizes[0]
+    tag = f"synthetic-c{args.cluster}-f{args.flip_and}"
+    codes = cached(cache / f"{tag}-{n}.npy",
+                   lambda: make_codes(n, args.bits, max(1, n // args.cluster), args.flip_and, args.seed))
+    write_arrays(out, np.ascontiguousarray(codes[:, :args.bits // 8]), bits=args.bits, shard_rows=1_000_000,
+                 description=f"{tag}-{n}")
+
+
 def real_codes(shard_dir: str) -> np.ndarray:
     from hashindex.index import pad_codes
     from hashindex.store import ShardSet
@@ -294,6 +307,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="runs/sublinear")
     ap.add_argument("--out", default="runs/sublinear/results.jsonl")
+    ap.add_argument("--write-shards", metavar="DIR",
+                    help="write the first --sizes collection as a shard directory (for hashindex build) and stop")
     ap.add_argument("--pools", action="store_true", help="time the auto IVF index at the fine stage's pool sizes")
     ap.add_argument("--pause-pid", type=int, help="a process to stop while this runs (clean timings)")
     ap.add_argument("--table", action="store_true")
@@ -303,6 +318,8 @@ def main() -> None:
     if args.table:
         return table(out, args.at_recall)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.write_shards:
+        return write_shards(args, cache, Path(args.write_shards))
     with paused(args.pause_pid):
         pool_costs(args, out, cache) if args.pools else run_all(args, out, cache)
 
