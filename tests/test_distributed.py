@@ -118,19 +118,21 @@ def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_p
         Index.load(flat_index, shard_actors={})
 
 
-@pytest.mark.parametrize("binary,rerank", [("flat", "flat"), ("ivf", "sq8")])
-def test_distributed_build_equals_local(local_ray, cifar_shards, tmp_path, binary, rerank):
+@pytest.mark.parametrize("binary,rerank,recall", [("flat", "flat", None), ("ivf", "sq8", 0.9)])
+def test_distributed_build_equals_local(local_ray, cifar_shards, tmp_path, binary, rerank, recall):
     """build shards=3 with each part a Ray task from the shard files: the same part files, byte for byte, and
-    the same table, as the one-process build."""
+    the same table, as the one-process build (IVF: with nprobe chosen from a recall target, the parts read
+    back, tuned and rewritten)."""
     from hashindex.index import build
 
-    q = {"progress": False, "log": lambda s: None}
+    q = {"progress": False, "log": lambda s: None, "recall": recall}
     local = build(cifar_shards, tmp_path / "local", binary=binary, rerank=rerank, signal="l2", shards=3, **q)
     remote = build(cifar_shards, tmp_path / "ray", binary=binary, rerank=rerank, signal="l2", shards=3,
                    backend="ray", ray_options={"num_workers": 2}, **q)
     names = [f"binary-{j:03d}.faiss" for j in range(3)] + [f"rerank-{j:03d}.faiss" for j in range(3)]
     assert {n: local["files"][n] for n in names} == {n: remote["files"][n] for n in names}
-    assert local["binary"]["shards"] == remote["binary"]["shards"] and local["rerank"] == remote["rerank"]
+    assert local["binary"] == remote["binary"] and local["rerank"] == remote["rerank"]
+    assert ("tuning" in local["binary"]) == (recall is not None)
     with h5py.File(tmp_path / "local" / "table.h5") as a, h5py.File(tmp_path / "ray" / "table.h5") as b:
         for name in ("ids", "labels", "codes", "paths"):
             assert np.array_equal(a[name][()], b[name][()]), name
