@@ -46,7 +46,7 @@ def _part(prefix: str) -> dict:
 _PART, _RPART = _part("binary-"), _part("rerank-")
 _SHARE = Check(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _TUNING = {"target": _SHARE, "at": positive, "recall": _SHARE, "param": _one_of(("nprobe", "efSearch", "nflip")),
-           "value": nonneg, "queries": positive, "curve": [[float]]}
+           "value": nonneg, "queries": positive, "items?": positive, "curve": [[float]]}
 INDEX_SCHEMA = {
     "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
     "count": nonneg, "class_names?": [str], "built?": str,

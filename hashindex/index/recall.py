@@ -109,4 +109,4 @@ def tune(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], par
         log(f"warning: recall target {target} not reached by binary={kind}: recall@{k} {reached} at "
             f"{name}={value} (the largest tried); binary=ivf reaches any target")
     return {"target": target, "at": k, "recall": reached, "param": name, "value": int(value),
-            "queries": len(queries), "curve": curve}
+            "queries": len(queries), "items": store.rows, "curve": curve}
