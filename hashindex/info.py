@@ -35,9 +35,11 @@ CODE_TERMS = (("binary_weight", "binary"), ("balance_weight", "balance"), ("bit_
 
 
 def _loss_line(train_args: dict[str, Any]) -> str:
-    """The training loss: cross-entropy, plus the code terms that had a weight."""
+    """The training loss: cross-entropy (label-smoothed, if it was), plus the code terms that had a weight."""
     terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
-    return "cross-entropy" + (" + " + ", ".join(terms) if terms else "")
+    smoothing = train_args.get("label_smoothing")
+    return (f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy") + \
+        (" + " + ", ".join(terms) if terms else "")
 
 
 def _init_line(init: dict[str, Any] | None) -> str | None:

@@ -78,6 +78,8 @@ class TrainConfig:
     binary_weight: float = 0.0  # SSDH: reward latent activations far from 0.5
     balance_weight: float = 0.0  # SSDH: half of each code's bits on
     bit_balance_weight: float = 0.0  # each bit on for half of a batch's images
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
+    cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -104,8 +106,9 @@ def code_terms(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return binary, balance, bit_balance
 
 
-def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, on a uint8 batch."""
+def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: int = 0) -> torch.Tensor:
+    """Random crop with zero padding, random horizontal flip and cutout (a zeroed square centred anywhere in
+    the image, clipped at its borders), on a uint8 batch."""
     b, c, h, w = x.shape
     if pad:
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -117,6 +120,12 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool) -> torch.
     if flip:
         m = torch.rand(b, generator=g) < 0.5
         x[m] = x[m].flip(3)
+    if cutout:
+        cy = torch.randint(0, h, (b, 1, 1), generator=g)
+        cx = torch.randint(0, w, (b, 1, 1), generator=g)
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        hole = ((ys - cy).abs() * 2 < cutout) & ((xs - cx).abs() * 2 < cutout)  # side `cutout` around (cy, cx)
+        x = x.masked_fill(hole[:, None], 0)
     return x
 
 
@@ -150,7 +159,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     old = ckpt["train_state"]["config"]
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
-                "binary_weight", "balance_weight", "bit_balance_weight"):
+                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -279,13 +288,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(x_all[idx], g, cfg.crop_pad, cfg.flip).to(device, non_blocking=True)
+            x = augment(x_all[idx], g, cfg.crop_pad, cfg.flip, cfg.cutout).to(device, non_blocking=True)
             y = y_all[idx].to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, epoch + step / steps)
             with autocast_for(device, cfg.bf16):
                 logits, latent, _ = net(x)
-            loss = class_loss = F.cross_entropy(logits.float(), y)
+            loss = class_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if cfg.binary_weight or cfg.balance_weight or cfg.bit_balance_weight:
                 binary, balance, bit_balance = code_terms(latent.float())
                 loss = (loss + cfg.binary_weight * binary + cfg.balance_weight * balance

@@ -235,3 +235,36 @@ def test_constant_bits_and_final_map():
     m, protocol, constant = _final_map(NINHash(16, 3), x, y, x[:10], y[:10], torch.device("cpu"), True)
     assert 0 < m <= 1 and "10 val queries vs 40" in protocol and 0 <= constant <= 16
     assert _final_map(NINHash(16, 3), x, y, None, None, torch.device("cpu"), True) == (None, "no validation set", None)
+
+
+def test_cutout_zeroes_one_square_per_image():
+    """augment(cutout=s): each image gets one zeroed square of side s (clipped at the border), nothing else."""
+    from hashindex.training import augment
+
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    out = augment(x.clone(), torch.Generator().manual_seed(0), pad=0, flip=False, cutout=8)
+    zero = (out == 0).all(dim=1)  # (N, H, W): all channels zeroed
+    assert ((out == 0) | (out == 200)).all() and (zero == (out == 0).any(dim=1)).all()
+    for mask in zero:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        assert 4 <= len(rows) <= 8 and 4 <= len(cols) <= 8  # side 8, at least half of it inside
+        assert mask.sum() == len(rows) * len(cols)  # one rectangle: the square, clipped
+        assert (rows.diff() == 1).all() and (cols.diff() == 1).all()
+    assert zero.sum(dim=(1, 2)).float().mean() > 40  # most squares lie wholly inside (64 pixels)
+    assert torch.equal(augment(x.clone(), torch.Generator().manual_seed(0), 0, False, 0), x)  # off: unchanged
+
+
+def test_label_smoothing_and_cutout_train_and_are_recorded(tmp_path):
+    from hashindex.training import TrainConfig, train as run
+
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=128, epochs=1, batch_size=32, workers=0, bits=16)
+    out = tmp_path / "ls.pt"
+    run(TrainConfig(out=str(out), label_smoothing=0.1, cutout=8, **opts), progress=False, log=lambda s: None)
+    ck = read_checkpoint(out)
+    assert ck["train_args"]["label_smoothing"] == 0.1 and ck["train_args"]["cutout"] == 8
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["loss"] == "cross-entropy (label smoothing 0.1)"
+    r = CliRunner().invoke(cli, ["train", "--data", str(CIFAR_TRAIN), "--out", str(tmp_path / "x.pt"),
+                                 "--label-smoothing", "1"])
+    assert r.exit_code == 2 and "--label-smoothing" in r.output

@@ -42,13 +42,17 @@ from .group import _echo_json, cli
               help="SSDH term: weight of asking each code to have half its bits on.")
 @click.option("--bit-balance-weight", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Weight of asking each bit to be on for half of a batch's images (no constant bits).")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Cross-entropy against (1 - e) one-hot + e uniform.")
+@click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
+              help="Zero a random square of this side (pixels) in each training image; 0: off.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, no_bf16, workers, seed, init,
-          binary_weight, balance_weight, bit_balance_weight, resume, overwrite, as_json):
+          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -82,7 +86,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         follow_links=follow_links,
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
-        bit_balance_weight=bit_balance_weight,
+        bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
     )
     if as_json:
         _echo_json(summary)
