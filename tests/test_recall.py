@@ -152,6 +152,10 @@ def test_cli_records_the_tuning(collection, tmp_path):
     meta = json.loads((tmp_path / "i" / "index.json").read_text())
     assert meta["binary"]["tuning"]["recall"] >= 0.9
     assert "recall@10" in r.output  # the log line, on stderr beside the JSON
+    info = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "i"), "--json"]).output)
+    t = meta["binary"]["tuning"]
+    assert info["coarse"] == (f"ivf, nlist {meta['binary']['nlist']}, nprobe {t['value']}: recall@10 {t['recall']} "
+                              "(target 0.9, measured on 500 held-out items)")
 
 
 def test_loaded_ivf_counts_instead_of_a_heap_with_the_same_distances(collection):

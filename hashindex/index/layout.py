@@ -168,11 +168,24 @@ def check_index(directory: Path, meta: dict[str, Any], arg: str = "index_dir", u
                              "rebuild the index")
 
 
+def coarse_line(binary: dict[str, Any]) -> str:
+    """'ivf, nlist 256, nprobe 2: recall@10 0.977 (target 0.95, measured on 500 held-out items)'."""
+    params = [f"{k} {binary[k]}" for k in ("nlist", "nprobe", "M", "efSearch", "nhash", "b", "nflip") if k in binary]
+    line = ", ".join([binary["kind"]] + params)
+    t = binary.get("tuning")
+    if t:
+        line += f": recall@{t['at']} {t['recall']} (target {t['target']}, measured on {t['queries']} held-out items)"
+    elif binary["kind"] == "flat":
+        line += ": exact"
+    return line
+
+
 def describe_index(directory: str | Path) -> dict[str, Any]:
     """Summary for `hashindex info INDEX_DIR`."""
     meta = read_index_meta(directory)
     return {"kind": "index", "path": str(directory), "count": meta["count"], "model_id": meta["model_id"],
-            "bits": meta["bits"], "binary": meta["binary"], "rerank": meta["rerank"],
+            "bits": meta["bits"], "coarse": coarse_line(meta["binary"]), "binary": meta["binary"],
+            "rerank": meta["rerank"],
             "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"],
             "appended": [{k: e[k] for k in ("dir", "start", "stop", "appended")} for e in meta.get("appended", [])]}
 
