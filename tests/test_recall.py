@@ -123,6 +123,8 @@ def test_auto_is_flat_for_small_collections_and_tuned_ivf_past_the_limit(collect
     meta = build(store.dir, root / "auto-flat", rerank="none", progress=False, log=lambda m: None)
     assert meta["binary"]["kind"] == "flat" and meta["binary"]["requested"] == "auto"
     assert "tuning" not in meta["binary"]
+    given = build(store.dir, root / "auto-nprobe", rerank="none", nprobe=3, progress=False, log=lambda m: None)
+    assert given["binary"]["kind"] == "ivf" and given["binary"]["nprobe"] == 3 and "tuning" not in given["binary"]
     monkeypatch.setattr("hashindex.index.builder.AUTO_FLAT_MAX", 10_000)
     meta = build(store.dir, root / "auto-ivf", rerank="none", progress=False, log=lambda m: None)
     b = meta["binary"]

@@ -178,7 +178,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @click.option("--out", required=True, help="Index directory to create.")
 @click.option("--binary", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "ivf", "hnsw", "multihash"]),
-              help="Coarse Hamming index. auto: flat (exact) up to 2M items, else IVF tuned to --recall.")
+              help="Coarse Hamming index. auto: flat (exact) up to 2M items, else (or with --nlist / "
+                   "--nprobe) IVF, its nprobe tuned to --recall.")
 @click.option("--rerank", default="flat", show_default=True,
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
 @click.option("--signal", default="auto", show_default=True,

@@ -64,8 +64,8 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", reran
     each part as a Ray task from the shard files (hashindex/index/parts.py); the
     files equal the local build's.
 
-    ``binary="auto"`` picks flat (exact) up to `AUTO_FLAT_MAX` items, else IVF with `auto_nlist` lists
-    and ``recall`` (default 0.95); ``recall`` sets the coarse index's search parameter (IVF nprobe, HNSW
+    ``binary="auto"`` picks flat (exact) up to `AUTO_FLAT_MAX` items, else (or when ``nlist`` or ``nprobe``
+    is given) IVF with `auto_nlist` lists and ``recall`` (default 0.95); ``recall`` sets the coarse index's search parameter (IVF nprobe, HNSW
     efSearch, MultiHash nflip) to the smallest value whose recall@10 against exact Hamming search,
     measured on held-out items of the collection, reaches it (hashindex/index/recall.py).
     """
@@ -113,8 +113,8 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
     if recall is not None and nprobe is not None:
         raise HashindexError(f"recall={recall}, nprobe={nprobe}: pass one (recall chooses nprobe)")
     requested = binary
-    if binary == "auto":
-        binary = "flat" if n <= AUTO_FLAT_MAX else "ivf"
+    if binary == "auto":  # IVF past AUTO_FLAT_MAX items, or when IVF parameters were given
+        binary = "ivf" if n > AUTO_FLAT_MAX or nlist or nprobe else "flat"
         recall = None if binary == "flat" or nprobe else (recall or 0.95)
     elif recall is not None and binary not in SEARCH_PARAMS:
         raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
