@@ -106,7 +106,7 @@ def tune(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], par
     value, reached = curve[-1] if curve[-1][1] >= target else max(curve, key=lambda c: (c[1], -c[0]))
     set_search_param(parts, kind, int(value))
     if reached < target:
-        log(f"warning: recall target {target} not reached by binary={kind}: recall@{k} {reached} at "
-            f"{name}={value} (the largest tried); binary=ivf reaches any target")
+        log(f"warning: recall target {target} not reached by binary={kind}: the best, recall@{k} {reached} at "
+            f"{name}={value}, is kept (tried {', '.join(str(v) for v, _ in curve)}); binary=ivf reaches any target")
     return {"target": target, "at": k, "recall": reached, "param": name, "value": int(value),
             "queries": len(queries), "items": store.rows, "curve": curve}
