@@ -172,3 +172,15 @@ def test_loaded_ivf_counts_instead_of_a_heap_with_the_same_distances(collection)
     heap = faiss.read_index_binary(str(root / "ivf-count" / "binary.faiss"))
     want_d, _ = heap.search(queries, 500)
     assert (got_p >= 0).all() and np.array_equal(got_d, want_d)
+
+
+def test_an_unreachable_target_keeps_the_best_value_and_says_so(collection):
+    from hashindex.index.recall import tune
+
+    _, store = collection
+    part = faiss.IndexBinaryMultiHash(64, 3, 16)
+    found_nothing = lambda q, k: (np.full((len(q), k), 2 ** 31 - 1, np.int32), np.full((len(q), k), -1))  # noqa: E731
+    logs = []
+    t = tune(found_nothing, [part], "multihash", {}, store, 8, 0.9, np.random.default_rng(0), logs.append)
+    assert [v for v, _ in t["curve"]] == [0, 1, 2, 3] and t["recall"] == 0 and t["value"] == 0
+    assert part.nflip == 0 and "not reached" in logs[0] and "tried 0, 1, 2, 3" in logs[0]
