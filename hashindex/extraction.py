@@ -24,8 +24,8 @@ from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
-from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_name,
-                    write_head, write_shard, write_skipped)
+from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_entry,
+                    shard_name, write_head, write_shard, write_skipped)
 
 FEATURE_DTYPES = ("float16", "float32", "none")
 
@@ -141,14 +141,7 @@ def make_shard(job: ShardJob, j: int, on_batch: Callable[[int], None] = lambda n
     start, stop = j * job.shard_size, min((j + 1) * job.shard_size, len(job.source))
     rows = encode_range(job.model, job.source, start, stop, job.features, job.batch_size, job.workers, on_batch)
     attrs = {**job.attrs, "shard": j, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    sha = write_shard(job.out / shard_name(j), rows, attrs)
-    reasons: dict[str, int] = {}
-    for _, _, r in rows.skipped:
-        reasons[r] = reasons.get(r, 0) + 1
-    return {"index": j, "file": shard_name(j), "rows": len(rows), "start": start, "stop": stop,
-            "id_min": int(rows.ids.min()) if len(rows) else None,
-            "id_max": int(rows.ids.max()) if len(rows) else None,
-            "skipped_by_reason": reasons, "sha256": sha}
+    return shard_entry(j, rows, start, stop, write_shard(job.out / shard_name(j), rows, attrs))
 
 
 def record_shard(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> None:

@@ -353,6 +353,17 @@ def save_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     atomic_write_json(directory / MANIFEST, manifest)
 
 
+def shard_entry(j: int, data: ShardData, start: int, stop: int, sha256: str) -> dict[str, Any]:
+    """Shard j's manifest entry: its rows, its range [start, stop) of the source, its ids, skips by reason."""
+    reasons: dict[str, int] = {}
+    for _, _, r in data.skipped:
+        reasons[r] = reasons.get(r, 0) + 1
+    return {"index": j, "file": shard_name(j), "rows": len(data), "start": start, "stop": stop,
+            "id_min": int(data.ids.min()) if len(data) else None,
+            "id_max": int(data.ids.max()) if len(data) else None,
+            "skipped_by_reason": reasons, "sha256": sha256}
+
+
 def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray | None = None, *,
                  ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
                  bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
@@ -388,10 +399,7 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
         data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
                          ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[])
         digest = write_shard(directory / shard_name(j), data, attrs)
-        manifest["shards"].append({"index": j, "file": shard_name(j), "rows": stop - start, "start": start,
-                                   "stop": stop, "id_min": int(ids[start:stop].min()),
-                                   "id_max": int(ids[start:stop].max()), "skipped_by_reason": {},
-                                   "sha256": digest})
+        manifest["shards"].append(shard_entry(j, data, start, stop, digest))
     save_manifest(directory, manifest)
     return ShardSet(directory)
 
