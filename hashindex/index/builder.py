@@ -36,8 +36,8 @@ from ..store import MANIFEST, ShardSet
 from .kinds import (IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_index, make_binary_parts,
                     new_float_store, pad_codes, padded_bytes)
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
-                     binary_files, check_index, copy_table, memory_figures, new_table, read_head, read_index_meta,
-                     read_table, record_checksums, rerank_files, rerank_signal)
+                     binary_files, check_index, copy_table, memory_figures, new_table, part_file, read_head,
+                     read_index_meta, read_table, record_checksums, rerank_files, rerank_signal)
 from .recall import AUTO_FLAT_MAX, SEARCH_PARAMS, tune
 from .tuning import fine_stage, training_sample
 
@@ -168,9 +168,9 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
                                        "signal": signal, "signal_choice": choice}
         ranges = [{"start": bounds[j], "stop": bounds[j + 1]} for j in range(shards)]
         if as_parts:
-            binary_meta["shards"] = [{"file": f"binary-{j:03d}.faiss", **r} for j, r in enumerate(ranges)]
+            binary_meta["shards"] = [{"file": part_file("binary", j), **r} for j, r in enumerate(ranges)]
             if fparts:
-                rerank_meta["shards"] = [{"file": f"rerank-{j:03d}.faiss", **r} for j, r in enumerate(ranges)]
+                rerank_meta["shards"] = [{"file": part_file("rerank", j), **r} for j, r in enumerate(ranges)]
         if not remote:
             for part, name in zip(parts, binary_files({"binary": binary_meta})):
                 faiss.write_index_binary(part, str(tmp / name))
@@ -203,7 +203,7 @@ def _tune(store: ShardSet, tmp: Path, parts: list, kind: str, params: dict[str, 
           pbytes: int, target: float, remote: bool, rng: np.random.Generator, log) -> dict[str, Any]:
     """Set the parts' search parameter from the recall target (`recall.tune`); parts built on Ray are read
     back from their files, tuned and written again."""
-    names = [f"binary-{j:03d}.faiss" for j in range(len(bounds) - 1)]
+    names = [part_file("binary", j) for j in range(len(bounds) - 1)]
     if remote:
         parts = [faiss.read_index_binary(str(tmp / name)) for name in names]
     merged = BinaryParts(parts, bounds[:-1])
@@ -348,7 +348,7 @@ def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
         part.reset()
     else:
         part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
-    name = f"binary-{len(shards):03d}.faiss"
+    name = part_file("binary", len(shards))
     binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
     return part, [meta["count"], n], name, binary_meta
 
@@ -365,7 +365,7 @@ def _float_to_grow(meta: dict[str, Any], index_dir: Path, n: int
         return faiss.read_index(str(index_dir / RERANK_FILE)), RERANK_FILE, rerank_meta
     part = faiss.read_index(str(index_dir / shards[-1]["file"]))
     part.reset()  # keeps what was trained (scalar ranges, PQ codebooks)
-    name = f"rerank-{len(shards):03d}.faiss"
+    name = part_file("rerank", len(shards))
     rerank_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
     return part, name, rerank_meta
 

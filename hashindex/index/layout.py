@@ -88,6 +88,11 @@ def index_problem(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def part_file(store: str, j: int) -> str:
+    """The file of part j of the "binary" or "rerank" store of an index built with shards (binary-000.faiss)."""
+    return f"{store}-{j:03d}.faiss"
+
+
 def binary_files(meta: dict[str, Any]) -> list[str]:
     """The binary index file(s) an index directory holds."""
     shards = meta["binary"].get("shards")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..signals import Head, database_vectors
 from .kinds import pad_codes
+from .layout import part_file
 
 
 @dataclass
@@ -52,11 +53,11 @@ def build_part(job: PartJob, j: int) -> int:
                                                else ("codes",))
     binary = faiss.deserialize_index_binary(job.binary)
     binary.add(pad_codes(rows["codes"], job.pbytes))
-    faiss.write_index_binary(binary, str(Path(job.out) / f"binary-{j:03d}.faiss"))
+    faiss.write_index_binary(binary, str(Path(job.out) / part_file("binary", j)))
     if job.store is not None:
         store = faiss.deserialize_index(job.store)
         store.add(database_vectors(job.signal, rows["features"], rows["codes"], job.head))
-        faiss.write_index(store, str(Path(job.out) / f"rerank-{j:03d}.faiss"))
+        faiss.write_index(store, str(Path(job.out) / part_file("rerank", j)))
     return j
 
 
