@@ -202,11 +202,16 @@ class StorePart:
         return self.store.reconstruct_batch(np.ascontiguousarray(local_pos, dtype=np.int64))
 
 
+def packed_order(mask: np.ndarray) -> np.ndarray:
+    """Per row, the columns where ``mask`` holds first (in their order), then the others, cut at the widest
+    row's count of true entries (at least 1)."""
+    width = max(int(mask.sum(axis=1).max(initial=0)), 1)
+    return np.argsort(~mask, axis=1, kind="stable")[:, :width]
+
+
 def _pack(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(each row's entries >= 0 moved left, in order, padded with -1 to the widest row; where each came from)."""
-    mine = local >= 0
-    width = max(int(mine.sum(axis=1).max(initial=0)), 1)
-    order = np.argsort(~mine, axis=1, kind="stable")[:, :width]
+    order = packed_order(local >= 0)
     return np.take_along_axis(local, order, axis=1), order
 
 

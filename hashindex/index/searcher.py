@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..signals import Head, query_vectors
-from .kinds import BinaryParts, FloatParts, pad_codes, subset_distances
+from .kinds import BinaryParts, FloatParts, packed_order, pad_codes, subset_distances
 from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_float_parts, read_head,
                      read_index_meta, read_part, read_table, rerank_signal)
 
@@ -335,10 +335,8 @@ def first_k_order(d: np.ndarray, ham: np.ndarray, pos: np.ndarray, k: int) -> np
     if k >= width:
         return np.lexsort((pos, ham, d), axis=-1)
     kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
-    keep = d <= kth  # at least k per row
-    m = int(keep.sum(axis=1).max())
-    sel = np.argsort(~keep, axis=1, kind="stable")[:, :m]  # the kept columns first (rows with fewer kept add
-    sd, sh, sp = (np.take_along_axis(a, sel, 1) for a in (d, ham, pos))  # farther ones, which sort after them)
+    sel = packed_order(d <= kth)  # the kept columns (at least k per row) first; rows with fewer kept add
+    sd, sh, sp = (np.take_along_axis(a, sel, 1) for a in (d, ham, pos))  # farther ones, which sort after them
     return np.take_along_axis(sel, np.lexsort((sp, sh, sd), axis=-1)[:, :k], 1)
 
 
