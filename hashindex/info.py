@@ -22,6 +22,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "train_data": ckpt["train_data"],
         "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
         "fine_tuned_from": _init_line(ckpt.get("init")),
+        "inference": "test-time flip (each image averaged with its mirror image)" if ckpt.get("test_flip")
+        else "single view",
+        "derived_from": _derived_line(ckpt.get("derived_from")),
         "loss": _loss_line(ckpt.get("train_args") or {}),
         "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
         "finished": "train_state" not in ckpt,
@@ -47,6 +50,15 @@ def _init_line(init: dict[str, Any] | None) -> str | None:
     if not init:
         return None
     return f"{init['model']} (model {init['model_id']}; copied {', '.join(init['copied'])})"
+
+
+def _derived_line(derived: dict[str, Any] | None) -> str | None:
+    """'nin-cifar10-48 (model 19cc...; accuracy 0.8734 without test flip)' for a derived checkpoint."""
+    if not derived:
+        return None
+    view = "with" if derived["test_flip"] else "without"
+    acc = f"; accuracy {derived['accuracy']:.4f} {view} test flip" if derived.get("accuracy") is not None else ""
+    return f"{derived['model']} (model {derived['model_id']}{acc})"
 
 
 def _index_code_statistics(directory: Path) -> dict[str, Any]:

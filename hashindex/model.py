@@ -5,6 +5,12 @@ every convolution, global average pooling to a 192-d feature, then the latent
 hash layer of DLBHC (Lin et al. 2015): Linear(192 -> K) + sigmoid, whose
 outputs thresholded at 0.5 are the K-bit code, then Linear(K -> classes).
 
+``test_flip`` (a property of a checkpoint, part of its model id): at inference
+the pooled feature is the mean of the image's and its mirror image's, the
+test-time augmentation of the flip the net was trained with. Measured on the
+shipped 48-bit model (CIFAR-10 test set): accuracy 0.8734 -> 0.8816, for twice
+the trunk's work per image (docs/RESULTS.md, "Test-time flip").
+
 Codes are packed with ``np.packbits(..., bitorder="little")``: bit j of byte i
 is latent unit 8*i + j, the order Faiss's ``real_to_binary`` and binary
 indexes use. The re-ranking feature is the 192-d pooled feature.
@@ -60,8 +66,9 @@ class NINHash(nn.Module):
 
     def __init__(self, bits: int, num_classes: int, channels: int = 3,
                  mean: list[float] | None = None, std: list[float] | None = None,
-                 dropout: float = 0.3):
+                 dropout: float = 0.3, test_flip: bool = False):
         super().__init__()
+        self.test_flip = test_flip
         if bits < 4 or bits % 4:
             raise HashindexError(f"bits={bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
         self.bits, self.num_classes, self.channels = bits, num_classes, channels
@@ -100,11 +107,18 @@ class NINHash(nn.Module):
         """uint8 images -> (class logits, latent sigmoid activations, 192-d feature).
 
         The latent and classifier layers run in float32 even under autocast, so
-        a code bit does not flip on bf16 rounding of the last layer.
+        a code bit does not flip on bf16 rounding of the last layer. With
+        ``test_flip``, outside training, the feature is the mean over the image
+        and its mirror image (one trunk pass over both).
         """
         x = self.normalize(images)
+        flip = self.test_flip and not self.training
+        if flip:
+            x = torch.cat([x, x.flip(3)])
         x = x.contiguous(memory_format=torch.channels_last)
         feature = self.trunk(x).float()
+        if flip:
+            feature = 0.5 * (feature[:len(images)] + feature[len(images):])
         with torch.autocast(feature.device.type, enabled=False):
             latent = torch.sigmoid(self.latent(feature))
             logits = self.classifier(latent)
@@ -176,6 +190,10 @@ class HashModel:
         return self.meta["class_names"]
 
     @property
+    def test_flip(self) -> bool:
+        return self.meta.get("test_flip", False)
+
+    @property
     def code_bytes(self) -> int:
         return (self.bits + 7) // 8
 
@@ -234,13 +252,14 @@ CHECKPOINT_KEYS = (
     "format", "format_version", "arch", "arch_version", "model_id", "bits", "num_classes",
     "class_names", "input_size", "channels", "mean", "std", "resize", "train_data",
     "epochs", "epochs_planned", "accuracy", "map", "torch_version", "hashindex_version",
-    "train_args", "history", "init", "state_dict",
+    "train_args", "history", "init", "test_flip", "derived_from", "state_dict",
 )
 
 
-def compute_model_id(state_dict: dict[str, torch.Tensor], bits: int) -> str:
-    """Content hash of architecture + weights: the same weights give the same id."""
-    h = hashlib.sha256(f"{ARCH}/{ARCH_VERSION}/{bits}".encode())
+def compute_model_id(state_dict: dict[str, torch.Tensor], bits: int, test_flip: bool = False) -> str:
+    """Content hash of architecture + weights (+ test-time flip, which changes every code): the same
+    weights and options give the same id. Without test_flip the id is what it was before the option."""
+    h = hashlib.sha256(f"{ARCH}/{ARCH_VERSION}/{bits}{'/test_flip' if test_flip else ''}".encode())
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -256,7 +275,8 @@ def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
              for k, v in net.state_dict().items()}
     meta = {
         "format": FORMAT, "format_version": 1, "arch": ARCH, "arch_version": ARCH_VERSION,
-        "model_id": compute_model_id(state, net.bits), "bits": net.bits,
+        "model_id": compute_model_id(state, net.bits, net.test_flip), "bits": net.bits,
+        "test_flip": net.test_flip,
         "num_classes": net.num_classes, "channels": net.channels,
         "mean": (net.mean.flatten() / 255).tolist(), "std": (net.std.flatten() / 255).tolist(),
         "resize": "squash", "torch_version": str(torch.__version__), "hashindex_version": __version__,
@@ -308,7 +328,9 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
             f"{path}: architecture {ckpt.get('arch')} v{ckpt.get('arch_version')} is not supported "
             f"(this hashindex reads {ARCH} v{ARCH_VERSION})"
         )
-    if compute_model_id(ckpt["state_dict"], ckpt["bits"]) != ckpt["model_id"]:
+    if not isinstance(ckpt.get("test_flip", False), bool):
+        raise HashindexError(f"{path}: test_flip is {ckpt['test_flip']!r}, expected true or false")
+    if compute_model_id(ckpt["state_dict"], ckpt["bits"], ckpt.get("test_flip", False)) != ckpt["model_id"]:
         raise HashindexError(f"{path}: weights do not match the recorded model id (corrupt checkpoint)")
     ckpt["path"] = str(path)
     return ckpt
@@ -324,7 +346,8 @@ def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
 
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
-    net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"])
+    net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"],
+                  test_flip=ckpt.get("test_flip", False))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()
 

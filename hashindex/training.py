@@ -42,8 +42,8 @@ from tqdm import tqdm
 from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
-from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes,
-                    read_checkpoint, resolve_device)
+from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, compute_model_id,
+                    net_from_checkpoint, pack_codes, read_checkpoint, resolve_device)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class TrainConfig:
     bit_balance_weight: float = 0.0  # each bit on for half of a batch's images
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
+    test_flip: bool = False  # the checkpoint averages each image with its mirror image at inference
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -159,7 +160,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     old = ckpt["train_state"]["config"]
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
-                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout"):
+                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "test_flip"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -253,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         + (f", val: {len(val_x)} images" if val_x is not None else "") + f"; {skips.summary()}")
 
     mean, std = _channel_stats(train_x)
-    net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout)
+    net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout, cfg.test_flip)
     init_info = ckpt.get("init") if ckpt is not None else None
     if init is not None:
         parts = transfer_weights(net, init, src.class_names)
@@ -351,6 +352,37 @@ def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
     m = mean_average_precision(q_codes, val_y, db_codes, train_y)
     return (m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, "
             "ties in database order", code_statistics(db_codes, net.bits)["constant_bits"])
+
+
+def derive(model: str, out: str, test_flip: bool, val: str | None = None, overwrite: bool = False,
+           device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Write a copy of a finished checkpoint with its inference option ``test_flip`` changed.
+
+    The weights are the same but every code changes, so the copy gets its own
+    model id and shards of the two never mix. Accuracy and mAP measured for the
+    original move to ``derived_from``; with ``val`` the copy's accuracy is measured.
+    """
+    ckpt = read_checkpoint(model)
+    if "train_state" in ckpt:
+        raise HashindexError(f"model={model}: an unfinished checkpoint ({ckpt['epochs']} of "
+                             f"{ckpt['epochs_planned']} epochs); finish it first")
+    _check_out(TrainConfig(data="", out=out), resume=False, overwrite=overwrite)
+    ckpt = {k: v for k, v in ckpt.items() if k != "path"}
+    ckpt["derived_from"] = {"model": model, "model_id": ckpt["model_id"], "test_flip": ckpt.get("test_flip", False),
+                            "accuracy": ckpt["accuracy"], "map": ckpt["map"]}
+    ckpt["test_flip"] = test_flip
+    ckpt["model_id"] = compute_model_id(ckpt["state_dict"], ckpt["bits"], test_flip)
+    ckpt["accuracy"], ckpt["map"], ckpt["map_protocol"] = None, None, ""
+    if val is not None:
+        vsrc = open_source(val, "val", split="test")
+        vsrc.remap_labels(ckpt["class_names"])
+        x, y, _ = load_arrays(vsrc, ckpt["input_size"], ckpt["channels"], progress=progress)
+        dev = resolve_device(device)
+        preds, _ = predict(net_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last), x, dev, True)
+        ckpt["accuracy"] = float((preds == y).mean())
+    atomic_torch_save(ckpt, out)
+    return {"out": out, "model_id": ckpt["model_id"], "test_flip": test_flip, "accuracy": ckpt["accuracy"],
+            "derived_from": ckpt["derived_from"]["model_id"]}
 
 
 def set_threads(n: int | None) -> None:

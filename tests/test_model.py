@@ -153,3 +153,45 @@ def test_encode_takes_images_as_users_hold_them(tiny_model, tmp_path):
     assert np.array_equal(model.encode(grey)[0], model.encode(Image.fromarray(grey))[0])
     with pytest.raises(ValueError, match="expected uint8"):
         model.encode(nchw.astype(np.float32))
+
+
+def test_test_flip_averages_the_mirror_image_and_changes_the_id():
+    """With test_flip the eval-mode feature is the mean of the trunk over the image and its mirror image
+    (computed directly here); training is unchanged, and the model id differs from the plain model's."""
+    from hashindex.model import compute_model_id
+
+    torch.manual_seed(0)
+    plain = NINHash(16, 3).eval()
+    flip = NINHash(16, 3, test_flip=True).eval()
+    flip.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expect = 0.5 * (plain(x)[2] + plain(x.flip(3))[2])
+        logits, latent, feature = flip(x)
+    assert torch.allclose(feature, expect, atol=1e-5)
+    assert torch.allclose(latent, torch.sigmoid(plain.latent(expect)), atol=1e-5)
+    assert not torch.allclose(feature, plain(x)[2], atol=1e-3)
+    # a symmetric image gives what the plain model gives
+    sym = torch.cat([x[..., :16], x[..., :16].flip(3)], dim=3)
+    with torch.no_grad():
+        assert torch.allclose(flip(sym)[2], plain(sym)[2], atol=1e-4)
+    flip.train(), plain.train()
+    torch.manual_seed(1)
+    a = flip(x)[2]
+    torch.manual_seed(1)
+    assert torch.equal(a, plain(x)[2])  # training sees one view
+    sd = plain.state_dict()
+    assert build_meta(plain)["model_id"] == compute_model_id(sd, 16)  # ids of plain models unchanged
+    assert build_meta(flip)["model_id"] == compute_model_id(sd, 16, True) != compute_model_id(sd, 16)
+    assert build_meta(flip)["test_flip"] is True
+
+
+def test_test_flip_is_checked_with_the_id(tmp_path):
+    meta = build_meta(NINHash(12, 2), class_names=["a", "b"], input_size=32)
+    path = tmp_path / "m.pt"
+    torch.save({**meta, "test_flip": True}, path)  # switched on without a new id
+    with pytest.raises(HashindexError, match="corrupt"):
+        read_checkpoint(path)
+    torch.save({**meta, "test_flip": "yes"}, path)
+    with pytest.raises(HashindexError, match="test_flip is 'yes', expected true or false"):
+        read_checkpoint(path)

@@ -270,3 +270,61 @@ def test_label_smoothing_and_cutout_train_and_are_recorded(tmp_path):
     r = CliRunner().invoke(cli, ["train", "--data", str(CIFAR_TRAIN), "--out", str(tmp_path / "x.pt"),
                                  "--label-smoothing", "1"])
     assert r.exit_code == 2 and "--label-smoothing" in r.output
+
+
+def test_derive_test_flip(tiny_model, tmp_path):
+    """`hashindex derive --test-flip`: same weights, new id, codes of the averaged views, its own accuracy;
+    an unfinished checkpoint or an existing --out is refused in one line."""
+    from hashindex.data import open_source
+
+    from PIL import Image
+
+    need(CIFAR_TEST)
+    src = open_source(CIFAR_TEST).subset(60)
+    images = np.stack([src.read_array(i, 32, 3) for i in range(60)])
+    val = tmp_path / "val"
+    for i, (img, label) in enumerate(zip(images, src.labels)):
+        (val / src.class_names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(val / src.class_names[label] / f"{i}.png")
+    runner = CliRunner()
+    out = tmp_path / "flip.pt"
+    res = runner.invoke(cli, ["-q", "derive", str(tiny_model), "--test-flip", "--out", str(out),
+                              "--val", str(val), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    plain, flip = load_model(tiny_model, bf16=False), load_model(out, bf16=False)
+    assert flip.test_flip and not plain.test_flip
+    assert summary["model_id"] == flip.model_id != plain.model_id == summary["derived_from"]
+    logits = load_model(out).forward_numpy(images)[2]  # bf16, as derive measures
+    assert summary["accuracy"] == pytest.approx(float((logits.argmax(1) == src.labels).mean()), abs=1 / 60)
+    latent, feature, _ = flip.forward_numpy(images)
+    _, f0, _ = plain.forward_numpy(images)
+    _, f1, _ = plain.forward_numpy(images[..., ::-1].copy())
+    assert np.allclose(feature, (f0 + f1) / 2, atol=1e-4)
+    info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["inference"].startswith("test-time flip") and str(tiny_model) in info["derived_from"]
+    back = tmp_path / "back.pt"
+    assert runner.invoke(cli, ["-q", "derive", str(out), "--no-test-flip", "--out", str(back)]).exit_code == 0
+    assert load_model(back).model_id == plain.model_id  # switching back gives the original id
+    res = runner.invoke(cli, ["derive", str(tiny_model), "--test-flip", "--out", str(out)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "already exists" in res.output
+    ckpt = read_checkpoint(tiny_model)
+    unfinished = tmp_path / "unfinished.pt"
+    torch.save({**{k: v for k, v in ckpt.items() if k != "path"}, "train_state": {}}, unfinished)
+    res = runner.invoke(cli, ["derive", str(unfinished), "--test-flip", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "unfinished checkpoint" in res.output
+
+
+def test_train_with_test_flip(tmp_path):
+    """`train --test-flip` writes a checkpoint that encodes with the averaged views."""
+    from hashindex.model import compute_model_id
+
+    need(CIFAR_TRAIN)
+    out = tmp_path / "f.pt"
+    args = ["-q", "train", "--data", str(CIFAR_TRAIN), "--limit", "64", "--batch-size", "32", "--bits", "16",
+            "--workers", "0", "--out", str(out)]
+    res = CliRunner().invoke(cli, args + ["--epochs", "1", "--test-flip"])
+    assert res.exit_code == 0, res.output
+    ckpt = read_checkpoint(out)
+    assert ckpt["test_flip"] is True and ckpt["model_id"] == compute_model_id(ckpt["state_dict"], 16, True)
+    assert load_model(out).net.test_flip

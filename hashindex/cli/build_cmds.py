@@ -46,13 +46,16 @@ from .group import _echo_json, cli
               help="Cross-entropy against (1 - e) one-hot + e uniform.")
 @click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
               help="Zero a random square of this side (pixels) in each training image; 0: off.")
+@click.option("--test-flip", is_flag=True,
+              help="The model averages each image with its mirror image when encoding: +0.8 accuracy "
+                   "on CIFAR-10, twice the extraction time (see also hashindex derive).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, no_bf16, workers, seed, init,
-          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, resume, overwrite, as_json):
+          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, test_flip, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -87,9 +90,40 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         device=device, bf16=not no_bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
         bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
+        test_flip=test_flip,
     )
     if as_json:
         _echo_json(summary)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--out", required=True, help="Checkpoint file to write.")
+@click.option("--test-flip/--no-test-flip", required=True,
+              help="Average each image with its mirror image when encoding (better codes, 2x extraction time).")
+@click.option("--val", default=None, help="Labelled images to measure the new checkpoint's accuracy on.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (for --val).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def derive(ctx, model, out, test_flip, val, device, overwrite, as_json):
+    """Copy a finished checkpoint with its inference options changed.
+
+    \b
+    The weights stay; the codes change, so the copy has its own model id and
+    never mixes with shards of the original. Example:
+      hashindex derive nin-cifar10-48 --test-flip --out /tmp/flip.pt \\
+          --val ../shared/data/cifar10-jpeg/test.tar
+    """
+    from ..training import derive as api_derive
+
+    summary = api_derive(model, out, test_flip, val=val, overwrite=overwrite, device=device,
+                         progress=ctx.obj["progress"])
+    if as_json:
+        _echo_json(summary)
+    else:
+        acc = f", accuracy {summary['accuracy']:.4f}" if summary["accuracy"] is not None else ""
+        click.echo(f"wrote {out}: model {summary['model_id']} (test flip {'on' if test_flip else 'off'}{acc})")
 
 
 @cli.command()
