@@ -24,8 +24,8 @@ from .data import ImageSource, iter_batches, open_source, skip_summary
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
-from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_entry,
-                    shard_name, write_head, write_shard, write_skipped)
+from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_attrs,
+                    shard_entry, shard_name, write_head, write_shard, write_skipped)
 
 FEATURE_DTYPES = ("float16", "float32", "none")
 
@@ -180,8 +180,8 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
     remove_stale_temps(out)
     _drop_bad_shards(out, manifest, log)
     done = {s["index"] for s in manifest["shards"]}
-    attrs = {k: expected[k] for k in ("model_id", "bits", "feature_dim", "feature_kind")}
-    attrs.update({"format": "hashindex-shards", "format_version": 1, "source": source.description})
+    attrs = shard_attrs(model.model_id, model.bits, expected["feature_dim"], expected["feature_kind"],
+                        source.description)
     job = ShardJob(model, source, out, shard_size, features, batch_size, workers, attrs)
     return job, manifest, [j for j in range(n_shards) if j not in done]
 

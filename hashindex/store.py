@@ -329,6 +329,12 @@ def write_head(directory: Path, head) -> None:
         head.save(tmp)
 
 
+def shard_attrs(model_id: str, bits: int, feature_dim: int, feature_kind: str, source: str) -> dict[str, Any]:
+    """The HDF5 attributes every shard file carries (docs/FORMAT.md), format name and version included."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id, "bits": bits,
+            "feature_dim": feature_dim, "feature_kind": feature_kind, "source": source}
+
+
 def new_manifest(**fields: Any) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now, "updated": now,
@@ -386,8 +392,7 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
             raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
     dim = 0 if features is None else features.shape[1]
     directory.mkdir(parents=True, exist_ok=False)
-    attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id, "bits": bits,
-             "feature_dim": dim, "feature_kind": "arrays", "source": description}
+    attrs = shard_attrs(model_id, bits, dim, "arrays", description)
     manifest = new_manifest(model_id=model_id, bits=bits, code_bytes=codes.shape[1], feature_dim=dim,
                             feature_dtype="none" if features is None else "float16", feature_kind="arrays",
                             class_names=list(class_names or []),
