@@ -52,12 +52,13 @@ def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarra
 
 def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
-          complete_ties: bool = True, device: str = "cpu", shard_actors: dict[str, Any] | None = None
-          ) -> list[dict[str, Any]]:
+          complete_ties: bool = True, nprobe: int | None = None, device: str = "cpu",
+          shard_actors: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts.
 
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
-    open a sharded INDEX_DIR with one actor per shard.
+    open a sharded INDEX_DIR with one actor per shard; ``nprobe``: lists an IVF
+    coarse index scans for these queries (default: the value build tuned).
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
@@ -78,21 +79,22 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     width = max(v.shape[1] for v in vecs)
     vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
     return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
-                          k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties)
+                          k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
+                          nprobe=nprobe)
 
 
 def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,
                    k: int = 10, candidates: int | None = None, radius: int | None = None,
-                   rerank: bool = True, complete_ties: bool = True, max_results: int | None = None
-                   ) -> list[dict[str, Any]]:
+                   rerank: bool = True, complete_ties: bool = True, max_results: int | None = None,
+                   nprobe: int | None = None) -> list[dict[str, Any]]:
     """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``.
 
     ``max_results`` refuses a radius search that finds more items for one query (a service's bound).
     """
     if radius is None:
-        res = index.search(codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True)
+        res = index.search(codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True, nprobe=nprobe)
         return result_rows(index, res, names)
-    hits = index.range_search(codes_arr, radius)
+    hits = index.range_search(codes_arr, radius, nprobe)
     most = max([len(p) for p, _ in hits] + [0])
     if max_results is not None and most > max_results:
         raise HashindexError(f"radius={radius}: {most} items within it for one query, more than "
@@ -208,7 +210,7 @@ def _read_job(path: Path) -> dict[str, Any] | None:
 
 def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
                  candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
-                 fmt: str | None = None, model: str | None = None, device: str = "cpu",
+                 nprobe: int | None = None, fmt: str | None = None, model: str | None = None, device: str = "cpu",
                  overwrite: bool = False, progress: bool = True, backend: str = "local",
                  ray_options: dict[str, Any] | None = None, shard_actors: bool = False,
                  log=print) -> dict[str, Any]:
@@ -238,12 +240,14 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
             actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
             index = Index.load(index, shard_actors=actor_options if shard_actors else None)
         check_candidates(candidates, k)
+        index.check_nprobe(nprobe)
+        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size, "nprobe": nprobe}
         out = Path(out)
         fmt = output_format(out, fmt)
         if out.exists() and not overwrite:
             recorded = _read_job(_job_record(out))
             if recorded and recorded.pop("out_sha256", None) == sha256_file(out) and \
-                    _same_job(recorded, index, queries, k, candidates, rerank, batch_size):
+                    _same_job(recorded, index, queries, settings):
                 log(f"{out}: already complete ({recorded['queries_count']} queries); nothing to do")
                 return recorded  # a rerun of a finished job (as after a kill just past its end) is a no-op
             raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
@@ -254,7 +258,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         shards = _query_shards(index, queries, parts, model, device, progress, log)
         job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
                "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
-               "k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
+               **settings}
         if (parts / "job.json").exists() and _read_job(parts / "job.json") != job:
             raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
                                  "(rerun it with the same settings, or pass overwrite=True)")
@@ -266,7 +270,6 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         n = len(data["ids"])
         n_batches = -(-n // batch_size)
         todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
-        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size}
         if backend == "ray" and todo and not shard_actors:
             from .distributed import run_units
 
@@ -290,8 +293,7 @@ def _job_record(out: Path) -> Path:
     return out.with_name(f".{out.name}.job.json")
 
 
-def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, k: int, candidates: int | None,
-              rerank: bool, batch_size: int) -> bool:
+def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, settings: dict[str, Any]) -> bool:
     """Whether a finished job answered this request (same index build, same query shards, same settings)."""
     from .files import sha256_file
     from .store import MANIFEST
@@ -300,8 +302,7 @@ def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, k: in
     return (q / MANIFEST).is_file() and recorded.get("index") == str(index.dir.resolve()) \
         and recorded.get("index_built") == index.meta["built"] and recorded.get("queries") == str(q.resolve()) \
         and recorded.get("queries_manifest_sha256") == sha256_file(q / MANIFEST) \
-        and (recorded.get("k"), recorded.get("candidates"), recorded.get("rerank"), recorded.get("batch_size")) \
-        == (k, candidates, rerank, batch_size)
+        and all(recorded.get(key) == value for key, value in settings.items())
 
 
 def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: dict[str, Any]
@@ -317,13 +318,13 @@ def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: di
 
 
 def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
-                candidates: int | None, rerank: bool, batch_size: int) -> None:
+                candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None) -> None:
     """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part."""
     from .files import atomic_path
 
     sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
     feats = data["features"][sl] if data["features"] is not None else None
-    res = index.search(data["codes"][sl], feats, k, candidates, rerank)
+    res = index.search(data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)

@@ -184,3 +184,64 @@ def test_an_unreachable_target_keeps_the_best_value_and_says_so(collection):
     t = tune(found_nothing, [part], "multihash", {}, store, 8, 0.9, np.random.default_rng(0), logs.append)
     assert [v for v, _ in t["curve"]] == [0, 1, 2, 3] and t["recall"] == 0 and t["value"] == 0
     assert part.nflip == 0 and "not reached" in logs[0] and "tried 0, 1, 2, 3" in logs[0]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_nprobe_per_call(collection, shards):
+    """search(nprobe=) scans that many lists for this call only: all lists give the exact (flat) ranking,
+    1 list fewer true neighbours; the index's own nprobe is untouched; non-IVF and out-of-range values are
+    refused in one line."""
+    root, store = collection
+    build(store.dir, root / f"np{shards}", binary="ivf", nlist=64, nprobe=1, rerank="none", shards=shards,
+          progress=False, log=lambda m: None)
+    build(store.dir, root / f"flat{shards}", binary="flat", rerank="none", shards=shards, progress=False,
+          log=lambda m: None)
+    ivf, flat = Index.load(root / f"np{shards}"), Index.load(root / f"flat{shards}")
+    queries = clustered_codes(40, CENTRES, seed=9)
+    exact = flat.search(queries, k=20, complete_ties=False)
+    full = ivf.search(queries, k=20, complete_ties=False, nprobe=64)
+    assert np.array_equal(full.positions, exact.positions) and np.array_equal(full.hamming, exact.hamming)
+    one = ivf.search(queries, k=20, complete_ties=False)
+    assert np.array_equal(ivf.search(queries, k=20, complete_ties=False, nprobe=1).positions, one.positions)
+    assert (one.hamming >= exact.hamming).all() and (one.hamming > exact.hamming).any()
+    parts = ivf.binary.parts if shards > 1 else [ivf.binary]
+    assert all((p.binary if hasattr(p, "binary") else p).nprobe == 1 for p in parts)
+    wide = ivf.range_search(queries[:5], 4, nprobe=64)
+    for (p, d), (fp, fd) in zip(wide, flat.range_search(queries[:5], 4)):
+        assert np.array_equal(p, fp) and np.array_equal(d, fd)
+    with pytest.raises(HashindexError, match=r"nprobe=65: expected 1 to 64 \(the index's lists\)"):
+        ivf.search(queries, k=5, nprobe=65)
+    with pytest.raises(HashindexError, match="nprobe=4: the flat coarse index has no nprobe"):
+        flat.search(queries, k=5, nprobe=4)
+
+
+def test_nprobe_through_the_cli_and_the_batch_job(collection, tmp_path):
+    """`query --nprobe` (interactive and batch) reaches the coarse index: all lists give the flat index's
+    results; the batch job records the value and a rerun with another value is not taken as done."""
+    from hashindex.query import batch_search
+
+    root, store = collection
+    ivf, flat = root / "np1", root / "flat1"
+    if not ivf.exists():
+        build(store.dir, ivf, binary="ivf", nlist=64, nprobe=1, rerank="none", progress=False, log=lambda m: None)
+        build(store.dir, flat, binary="flat", rerank="none", progress=False, log=lambda m: None)
+    runner = CliRunner()
+
+    def ids(index, *extra):
+        res = runner.invoke(cli, ["query", str(index), "--by-id", "3", "--by-id", "11", "--k", "20", "--cut-ties",
+                                  "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return [[h["id"] for h in row["results"]] for row in json.loads(res.output)]
+
+    assert ids(ivf, "--nprobe", "64") == ids(flat)
+    res = runner.invoke(cli, ["query", str(flat), "--by-id", "3", "--nprobe", "2"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "--nprobe 2: the flat coarse index" in res.output
+    qdir = write_arrays(tmp_path / "q", clustered_codes(30, CENTRES, seed=11)).dir
+    opts = dict(k=20, progress=False, log=lambda m: None)
+    job = batch_search(ivf, qdir, tmp_path / "r.jsonl", nprobe=64, **opts)
+    want = batch_search(flat, qdir, tmp_path / "f.jsonl", **opts)
+    assert job["nprobe"] == 64 and want["nprobe"] is None
+    got = [json.loads(line)["hamming"] for line in open(tmp_path / "r.jsonl")]
+    assert got == [json.loads(line)["hamming"] for line in open(tmp_path / "f.jsonl")]
+    with pytest.raises(HashindexError, match="already exists"):
+        batch_search(ivf, qdir, tmp_path / "r.jsonl", nprobe=8, **opts)

@@ -54,6 +54,9 @@ def test_health_metrics_and_docs(service):
     assert client.get("/health").json() == {"status": "ok", "indexes": {"flat": 10000, "cos": 10000}}
     assert client.get("/search", params={"id": 5}).status_code == 200
     assert client.get("/search", params={"id": 5, "k": 0}).status_code == 400
+    res = client.get("/search", params={"id": 5, "nprobe": 4})  # reaches the index, which has no lists
+    assert res.status_code == 400 and "nprobe=4: the flat coarse index has no nprobe" in res.json()["error"]
+    assert client.get("/search", params={"id": 5, "nprobe": 0}).json()["error"] == "nprobe=0: expected at least 1"
     text = client.get("/metrics").text
     assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="200"\} [1-9]', text)
     assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="400"\} [1-9]', text)

@@ -20,6 +20,9 @@ from .group import _echo_json, cli
 @click.option("--no-rerank", is_flag=True, help="Hamming order only.")
 @click.option("--cut-ties", is_flag=True,
               help="Keep the pool at --candidates even when more items tie at its farthest distance.")
+@click.option("--nprobe", default=None, type=click.IntRange(1),
+              help="IVF index: lists scanned per query (more: higher recall, slower) [default: the value "
+                   "build tuned to its --recall target; hashindex info shows it].")
 @click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
@@ -39,7 +42,7 @@ from .group import _echo_json, cli
                                            "results (up to 20) with their class and Hamming distance.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, by_id, queries, out, fmt,
+def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, queries, out, fmt,
           batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
@@ -61,7 +64,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
         job = query_app.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
-                                  batch_size=batch_size, fmt=fmt, model=model, device=device,
+                                  batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
                                   overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
                                   ray_options={"address": address, "num_workers": num_workers},
                                   shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
@@ -70,7 +73,8 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
         return
     index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
     rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
-                        radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, device=device)
+                        radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, nprobe=nprobe,
+                        device=device)
     if grid:
         from ..report import query_grid
 

@@ -13,6 +13,7 @@ extraction file.)
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable
 
 import faiss
@@ -128,13 +129,15 @@ class BinaryParts(_Parts):
 
     def __init__(self, parts: list, starts: list[int], sizes: list[int] | None = None,
                  each: Callable[[str, list[tuple]], list] | None = None):
+        # Faiss indexes held here answer through StorePart, as they do in an actor (per-call nprobe)
+        parts = parts if each is not None else [p if isinstance(p, StorePart) else StorePart(p, None) for p in parts]
         self.parts, self.starts = parts, [int(s) for s in starts]
-        self.sizes = [int(n) for n in sizes] if sizes is not None else [int(p.ntotal) for p in parts]
+        self.sizes = [int(n) for n in sizes] if sizes is not None else [int(p.binary.ntotal) for p in parts]
         self.each = each
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, x: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         dists, poss = [], []
-        got = self._each("search", [(x, max(1, min(k, n))) for n in self.sizes])
+        got = self._each("search", [(x, max(1, min(k, n)), nprobe) for n in self.sizes])
         for (d, i), start in zip(got, self.starts):
             poss.append(np.where(i < 0, -1, i + start))
             dists.append(d)
@@ -143,9 +146,10 @@ class BinaryParts(_Parts):
         order = np.argsort(key, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d, order, 1).astype(np.int32), np.take_along_axis(pos, order, 1)
 
-    def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(self, x: np.ndarray, radius: int, nprobe: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(x))]
-        got = self._each("range_search", [(x, radius)] * len(self.parts))
+        got = self._each("range_search", [(x, radius, nprobe)] * len(self.parts))
         for (lims, d, i), start in zip(got, self.starts):
             for q in range(len(x)):
                 per_query[q].append((d[lims[q]:lims[q + 1]], i[lims[q]:lims[q + 1]] + start))
@@ -189,17 +193,46 @@ class StorePart:
     def __init__(self, binary: faiss.IndexBinary | None, store: faiss.Index | None):
         self.binary, self.store = binary, store
 
-    def search(self, x: np.ndarray, k: int):
-        return self.binary.search(x, k)
+    def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
+        return binary_search(self.binary, x, k, nprobe)
 
-    def range_search(self, x: np.ndarray, radius: int):
-        return self.binary.range_search(x, radius)
+    def range_search(self, x: np.ndarray, radius: int, nprobe: int | None = None):
+        return binary_range_search(self.binary, x, radius, nprobe)
 
     def distances(self, x: np.ndarray, local_pos: np.ndarray) -> np.ndarray:
         return subset_distances(self.store, x, local_pos)
 
     def reconstruct_batch(self, local_pos: np.ndarray) -> np.ndarray:
         return self.store.reconstruct_batch(np.ascontiguousarray(local_pos, dtype=np.int64))
+
+
+_SET_NPROBE = threading.Lock()
+
+
+def binary_search(index: faiss.IndexBinary, x: np.ndarray, k: int, nprobe: int | None = None):
+    """``index.search``; an IVF index scans ``nprobe`` lists for this call (None: its own), given as per-call
+    parameters, so the index is never changed under a concurrent search. ``max_codes`` goes with them as
+    `layout.fast_topk` sets it on the index: a parameters object carries its own 0, which the counting scanner
+    reads as "scan nothing" (faiss issue #5555; measured: every result -1 without it)."""
+    if nprobe is None or not isinstance(index, faiss.IndexBinaryIVF):
+        return index.search(x, k)
+    params = faiss.SearchParametersIVF()
+    params.nprobe, params.max_codes = int(nprobe), 1 << 62
+    return index.search(x, k, params=params)
+
+
+def binary_range_search(index: faiss.IndexBinary, x: np.ndarray, radius: int, nprobe: int | None = None):
+    """``index.range_search`` with ``nprobe`` as in `binary_search`. Faiss's binary IVF range search takes no
+    per-call parameters ("search params not supported for this index", 1.15.1), so the value is set on the
+    index under a lock and put back; `binary_search` passes its own and never reads it."""
+    if nprobe is None or not isinstance(index, faiss.IndexBinaryIVF):
+        return index.range_search(x, radius)
+    with _SET_NPROBE:
+        old, index.nprobe = index.nprobe, int(nprobe)
+        try:
+            return index.range_search(x, radius)
+        finally:
+            index.nprobe = old
 
 
 def packed_order(mask: np.ndarray) -> np.ndarray:

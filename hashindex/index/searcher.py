@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..signals import Head, query_vectors
-from .kinds import BinaryParts, FloatParts, packed_order, pad_codes, subset_distances
+from .kinds import (BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, pad_codes,
+                    subset_distances)
 from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_float_parts, read_head,
                      read_index_meta, read_part, read_table, rerank_signal)
 
@@ -197,10 +198,32 @@ class Index:
             raise HashindexError(f"query codes of shape {codes.shape}: expected (n, {self.meta['code_bytes']})")
         return pad_codes(codes, self.meta["binary"]["padded_bytes"])
 
-    def coarse(self, codes: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def check_nprobe(self, nprobe: int | None) -> None:
+        """A per-call nprobe needs an IVF coarse index and 1 <= nprobe <= its lists (one-line error)."""
+        if nprobe is None:
+            return
+        binary = self.meta["binary"]
+        if binary["kind"] != "ivf":
+            raise HashindexError(f"nprobe={nprobe}: the {binary['kind']} coarse index has no nprobe "
+                                 "(only binary=ivf has)")
+        if not 1 <= nprobe <= binary["nlist"]:
+            raise HashindexError(f"nprobe={nprobe}: expected 1 to {binary['nlist']} (the index's lists)")
+
+    def _binary_call(self, method: str, codes: np.ndarray, arg: int, nprobe: int | None):
+        """The coarse index's search / range_search. An IVF index is always given its nprobe per call (the
+        caller's, else index.json's), so one thread's override never reaches another thread's search."""
+        self.check_nprobe(nprobe)
+        if self.meta["binary"]["kind"] == "ivf" and nprobe is None:
+            nprobe = self.meta["binary"]["nprobe"]
+        if isinstance(self.binary, BinaryParts):
+            return getattr(self.binary, method)(self._pad(codes), arg, nprobe)
+        call = binary_search if method == "search" else binary_range_search
+        return call(self.binary, self._pad(codes), arg, nprobe)
+
+    def coarse(self, codes: np.ndarray, m: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-m positions by Hamming distance, ordered by (distance, position)."""
         m = min(m, self.count)
-        dist, pos = self.binary.search(self._pad(codes), m)
+        dist, pos = self._binary_call("search", codes, m, nprobe)
         pos = pos.astype(np.int64)
         dist = np.where(pos < 0, np.iinfo(np.int32).max, dist).astype(np.int64)
         key = dist * (self.count + 1) + np.where(pos < 0, self.count, pos)
@@ -226,8 +249,8 @@ class Index:
             return self.rerank.distances(x, pos)
         return subset_distances(self.rerank, x, pos)
 
-    def complete_ties(self, codes: np.ndarray, ham: np.ndarray, pos: np.ndarray, cap: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+    def complete_ties(self, codes: np.ndarray, ham: np.ndarray, pos: np.ndarray, cap: int,
+                      nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Widen each pool to every item as close as its farthest member (up to ``cap``).
 
         With well-trained codes thousands of items share a code, and a pool cut
@@ -241,7 +264,7 @@ class Index:
         pools = [(ham[i], pos[i]) for i in range(len(ham))]
         for r in np.unique(bound[bound >= 0]):
             qs = np.flatnonzero(bound == r)
-            for qi, (p, d) in zip(qs, self.range_search(codes[qs], int(r))):
+            for qi, (p, d) in zip(qs, self.range_search(codes[qs], int(r), nprobe)):
                 if len(p) > len(pools[qi][1]):
                     pools[qi] = (d[:cap], p[:cap])
         width = max(len(p) for _, p in pools)
@@ -253,7 +276,7 @@ class Index:
 
     def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
                candidates: int | None = None, rerank: bool = True, complete_ties: bool = True, *,
-               vectors: bool = False) -> SearchResult:
+               vectors: bool = False, nprobe: int | None = None) -> SearchResult:
         """The top k of the coarse-to-fine ranking.
 
         The pool is the first ``candidates`` (default `default_pool`: a fixed read budget) items
@@ -263,7 +286,8 @@ class Index:
         depends on k. Without features, a float store or with ``rerank=False``
         the ranking is Hamming alone (ties by position, whole tie groups taken
         into account the same way). ``vectors=True``: ``features`` are fine-stage
-        vectors already.
+        vectors already. ``nprobe``: lists an IVF coarse index scans for this call
+        (default: the value `build` chose for its recall target, in index.json).
         """
         if k < 1:
             raise HashindexError(f"k={k}: expected a positive number of results")
@@ -271,9 +295,9 @@ class Index:
             raise HashindexError(f"k={k}: the index holds only {self.count} items")
         pool_size = min(candidates or self.default_candidates, self.count)
         do_rerank = rerank and self.rerank is not None and features is not None
-        ham, pos = self.coarse(codes, max(pool_size, k))
+        ham, pos = self.coarse(codes, max(pool_size, k), nprobe)
         if complete_ties:
-            ham, pos = self.complete_ties(codes, ham, pos, cap=max(TIE_CAP, pool_size, k))
+            ham, pos = self.complete_ties(codes, ham, pos, cap=max(TIE_CAP, pool_size, k), nprobe=nprobe)
         dist = np.full(pos.shape, np.nan, np.float32)
         if do_rerank:
             in_pool = self._pool_mask(ham, pos, pool_size)
@@ -303,7 +327,8 @@ class Index:
         capped = np.arange(ham.shape[1]) < max(TIE_CAP, pool_size)
         return (pos >= 0) & (ham <= bound) & capped
 
-    def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def range_search(self, codes: np.ndarray, radius: int, nprobe: int | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item within Hamming distance <= radius (inclusive), per query.
 
         Returns [(positions, distances)] ordered by (distance, position). Faiss's
@@ -312,7 +337,7 @@ class Index:
         if radius < 0:
             raise HashindexError(f"radius={radius}: expected 0 or more")
         try:
-            lims, dist, pos = self.binary.range_search(self._pad(codes), radius + 1)
+            lims, dist, pos = self._binary_call("range_search", codes, radius + 1, nprobe)
         except RuntimeError:
             raise HashindexError(f"radius={radius}: the {self.meta['binary']['kind']} index has no range search "
                                  "(build with binary=flat, ivf or multihash)") from None

@@ -8,7 +8,7 @@
     GET  /search?id=42&k=10               search with an indexed item
     POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
-    options: k, candidates, radius, rerank=0|1, cut_ties=0|1 (as on `hashindex query`)
+    options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
 400 (bad request), 404 (no such id, index or endpoint), 408 (the client stopped sending), 411 (no length),
@@ -42,7 +42,8 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("candidates", "integer", "re-ranked pool (default: the index's read budget)"),
     ("radius", "integer", "every item within this Hamming radius instead of the top k"),
     ("rerank", "boolean", "order the pool by the fine-stage signal (default 1)"),
-    ("cut_ties", "boolean", "cut the last Hamming tie at k (default 0: complete it)"))]
+    ("cut_ties", "boolean", "cut the last Hamming tie at k (default 0: complete it)"),
+    ("nprobe", "integer", "IVF index: lists scanned (default: the value build tuned to its recall target)"))]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}

@@ -6,7 +6,7 @@ ASGI service against. Plain JSON:
     GET  /                              what is served (items, bits, model, classes)
     POST /search?k=10   body = image    search with an image file's bytes
     GET  /search?id=42&k=10             search with an indexed item
-    options: k, candidates, radius, rerank=0|1, cut_ties=0|1 (as on `hashindex query`)
+    options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
 
 Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
 with status 400 (bad request), 404 (no such id or path), 411 (no usable

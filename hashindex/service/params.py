@@ -54,7 +54,8 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def search_options(params: Mapping[str, str], max_results: int | None = None) -> dict[str, Any]:
-    """k, candidates, radius, rerank, cut_ties from a query string, checked as the CLI checks them."""
+    """k, candidates, radius, rerank, cut_ties, nprobe from a query string, checked as the CLI checks them
+    (nprobe against the index when the search runs)."""
     from ..query import check_candidates
 
     k = int_param(params, "k", 10, 1, MAX_K)
@@ -66,7 +67,8 @@ def search_options(params: Mapping[str, str], max_results: int | None = None) ->
     return {"k": k, "candidates": candidates, "radius": int_param(params, "radius", None, 0),
             "max_results": MAX_RESULTS if max_results is None else max_results,
             "rerank": flag_param(params, "rerank", True),
-            "complete_ties": not flag_param(params, "cut_ties", False)}
+            "complete_ties": not flag_param(params, "cut_ties", False),
+            "nprobe": int_param(params, "nprobe", None, 1)}
 
 
 def upload_array(data: bytes, size: int, channels: int):
