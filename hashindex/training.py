@@ -80,7 +80,7 @@ class TrainConfig:
     bit_balance_weight: float = 0.0  # each bit on for half of a batch's images
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
-    test_flip: bool = False  # the checkpoint averages each image with its mirror image at inference
+    test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -160,12 +160,21 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     old = ckpt["train_state"]["config"]
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
-                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "test_flip"):
+                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
                                  f"not {getattr(cfg, key)!r}")
     return ckpt
+
+
+def _test_flip(cfg: TrainConfig, ckpt: dict[str, Any] | None, init: dict[str, Any] | None) -> bool:
+    """Whether the new model averages an image with its mirror image: as asked, else as the run being
+    resumed or the model fine-tuned from (a user fine-tuning a flip model keeps its better codes)."""
+    was = (ckpt or init or {}).get("test_flip", False)
+    if ckpt is not None and cfg.test_flip is not None and cfg.test_flip != was:
+        raise HashindexError(f"resume=True: {cfg.out} was trained with test_flip={was!r}, not {cfg.test_flip!r}")
+    return was if cfg.test_flip is None else cfg.test_flip
 
 
 def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
@@ -254,7 +263,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         + (f", val: {len(val_x)} images" if val_x is not None else "") + f"; {skips.summary()}")
 
     mean, std = _channel_stats(train_x)
-    net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout, cfg.test_flip)
+    net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init))
     init_info = ckpt.get("init") if ckpt is not None else None
     if init is not None:
         parts = transfer_weights(net, init, src.class_names)

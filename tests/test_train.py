@@ -316,7 +316,7 @@ def test_derive_test_flip(tiny_model, tmp_path):
 
 
 def test_train_with_test_flip(tmp_path):
-    """`train --test-flip` writes a checkpoint that encodes with the averaged views."""
+    """`train --test-flip` writes a checkpoint that encodes with the averaged views; `--init` passes it on."""
     from hashindex.model import compute_model_id
 
     need(CIFAR_TRAIN)
@@ -328,3 +328,9 @@ def test_train_with_test_flip(tmp_path):
     ckpt = read_checkpoint(out)
     assert ckpt["test_flip"] is True and ckpt["model_id"] == compute_model_id(ckpt["state_dict"], 16, True)
     assert load_model(out).net.test_flip
+    # fine-tuning keeps the option of the model it starts from, unless told otherwise
+    for extra, want in (([], True), (["--no-test-flip"], False)):
+        ft = tmp_path / f"ft{len(extra)}.pt"
+        res = CliRunner().invoke(cli, args[:-1] + [str(ft), "--epochs", "1", "--init", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        assert read_checkpoint(ft)["test_flip"] is want

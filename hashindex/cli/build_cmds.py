@@ -46,9 +46,9 @@ from .group import _echo_json, cli
               help="Cross-entropy against (1 - e) one-hot + e uniform.")
 @click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
               help="Zero a random square of this side (pixels) in each training image; 0: off.")
-@click.option("--test-flip", is_flag=True,
+@click.option("--test-flip/--no-test-flip", default=None,
               help="The model averages each image with its mirror image when encoding: +0.8 accuracy "
-                   "on CIFAR-10, twice the extraction time (see also hashindex derive).")
+                   "on CIFAR-10, twice the extraction time [default: as the --init model; else off].")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
