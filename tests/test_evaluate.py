@@ -138,10 +138,14 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     (runs / "eval-tiny" / "metrics.json").write_text(json.dumps(m))
     tool = Path(__file__).resolve().parent.parent / "tools" / "results_table.py"
     doc = runs / "RESULTS.md"
-    doc.write_text("intro\n<!-- results-table -->\nold table\n<!-- /results-table -->\noutro\n")
+    # a row measured in another work tree (no run here) is kept; the stale line of the measured row is replaced
+    doc.write_text("intro\n<!-- results-table -->\n| row | old columns |\n| --- | --- |\n| kept | 0.5 |\n"
+                   "| tiny | stale |\n<!-- /results-table -->\noutro\n")
     out = subprocess.run([sys.executable, str(tool), "--runs", str(runs), "--plot", str(runs / "t.png"),
                           "--update", str(doc)], capture_output=True, text=True, check=True).stdout
-    assert doc.read_text() == f"intro\n<!-- results-table -->\n{out}<!-- /results-table -->\noutro\n"
+    header, tiny = out.splitlines()[:2], out.splitlines()[2]
+    assert doc.read_text() == "intro\n<!-- results-table -->\n" + "\n".join(header + ["| kept | 0.5 |", tiny]) + \
+        "\n<!-- /results-table -->\noutro\n"
     assert f"| tiny | {m['queries']:,} vs {m['database']:,} | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
     assert (runs / "t.png").stat().st_size > 10_000
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])

@@ -3,9 +3,11 @@
 
 Prints images/s for each mode and their ratio. With --accuracy, also trains
 both modes for a few epochs on a CIFAR-10 subset and prints the validation
-accuracy of each, to check that bf16 does not cost accuracy.
+accuracy of each, to check that bf16 does not cost accuracy. With --compile,
+a third arm: channels_last + bf16 with the net under torch.compile (inductor;
+compile time excluded, reported apart).
 
-    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy]
+    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile]
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from hashindex.model import NINHash, autocast_for
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3) -> float:
+def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3,
+                    compile_net: bool = False, timings: dict | None = None) -> float:
     """Images/s of forward + backward + SGD step on random 32x32 uint8 batches."""
     torch.manual_seed(0)
     net = NINHash(48, 10).train()
     if bf16_channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if compile_net:
+        net = torch.compile(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (batch_size,))
@@ -43,8 +48,11 @@ def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmu
         loss.backward()
         opt.step()
 
+    t0 = time.perf_counter()
     for _ in range(warmup):
         one_step()
+    if timings is not None:
+        timings["warmup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         one_step()
@@ -71,6 +79,7 @@ def main() -> None:
     ap.add_argument("--accuracy", action="store_true", help="also compare short-run accuracy")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--limit", type=int, default=5000)
+    ap.add_argument("--compile", action="store_true", help="also time the net under torch.compile")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -78,6 +87,11 @@ def main() -> None:
     res["fp32_img_s"] = step_throughput(False, args.batch_size, args.steps)
     res["bf16_cl_img_s"] = step_throughput(True, args.batch_size, args.steps)
     res["ratio"] = res["bf16_cl_img_s"] / res["fp32_img_s"]
+    if args.compile:
+        timings: dict = {}
+        res["compiled_img_s"] = step_throughput(True, args.batch_size, args.steps, compile_net=True, timings=timings)
+        res["compile_warmup_s"] = timings["warmup_s"]
+        res["ratio_compiled"] = res["compiled_img_s"] / res["bf16_cl_img_s"]
     if args.accuracy:
         res["val_acc"] = accuracy_check(args.epochs, args.limit)
     if args.json:
@@ -87,6 +101,9 @@ def main() -> None:
     print(f"fp32 contiguous          : {res['fp32_img_s']:8.1f} img/s")
     print(f"channels_last + bf16     : {res['bf16_cl_img_s']:8.1f} img/s")
     print(f"ratio bf16/fp32          : {res['ratio']:8.2f}x")
+    if args.compile:
+        print(f"+ torch.compile          : {res['compiled_img_s']:8.1f} img/s "
+              f"({res['ratio_compiled']:.2f}x channels_last + bf16; warm-up with compiling {res['compile_warmup_s']:.0f} s)")
     if args.accuracy:
         print(f"val acc after {args.epochs} epochs on {args.limit} images: {res['val_acc']}")
 

@@ -7,7 +7,9 @@ has both, prints a markdown table, and with --plot FILE one figure of every row'
     python tools/results_table.py [--runs runs/table] [--plot docs/figures/table.png] [--json]
     python tools/results_table.py --plot docs/figures/results_table.png --update docs/RESULTS.md
 
---update rewrites the table between the results-table markers of that file (atomically).
+--update rewrites the table between the results-table markers of that file (atomically): rows measured in
+this run replace their old lines, rows whose runs are not here (another session's work tree) are kept as they
+are, so a partial runs folder never deletes a figure. --plot draws only the rows measured here.
 """
 
 from __future__ import annotations
@@ -58,14 +60,23 @@ BEGIN, END = "<!-- results-table", "<!-- /results-table -->"
 
 
 def update(doc: Path, table: str) -> None:
-    """Replace the lines between the results-table markers of ``doc`` with ``table``."""
+    """Rewrite the table between the results-table markers of ``doc``: the rows of ``table`` replace the lines of
+    the same row name, the other lines stay (in their place; new rows go last)."""
     text = doc.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"--update {doc}: no '{BEGIN} ... -->' / '{END}' markers in it")
     head = text[:text.index("\n", text.index(BEGIN)) + 1]
     tail = text[text.index(END):]
+    old = [line for line in text[len(head):text.index(END)].splitlines()[2:] if line.startswith("| ")]
+    header, new = table.splitlines()[:2], {_name(line): line for line in table.splitlines()[2:]}
+    lines = [new.pop(_name(line), line) for line in old] + list(new.values())
     with atomic_path(doc) as tmp:
-        Path(tmp).write_text(head + table + "\n" + tail)
+        Path(tmp).write_text(head + "\n".join(header + lines) + "\n" + tail)
+
+
+def _name(line: str) -> str:
+    """The row name of a markdown table line ('| cifar10-48 | ...' -> 'cifar10-48')."""
+    return line.split("|")[1].strip()
 
 
 def main() -> None:
