@@ -7,6 +7,9 @@ decoding in worker processes, the net, HDF5 writing). Prints both and the ratio,
 and the single-core decode rate (what each decode worker can feed a GPU).
 
     python tools/bench_extract.py --model runs/m.pt [--data ../shared/data/cifar10-jpeg/test.tar] [--device cuda]
+
+--baseline MODEL also times another model's bare forward on the same images in the same run, and prints
+--model's speed as a ratio of it (e.g. a test-flip checkpoint against its single-view original).
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ from hashindex.data import open_source
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg" / "test.tar"
 
 
+def bare_forward(model, images: np.ndarray, batch_size: int) -> float:
+    """Images/s of model.encode on decoded images: best of two runs after a warm-up batch."""
+    model.encode(images[:batch_size], batch_size=batch_size)
+    best = 0.0
+    for _ in range(2):  # best of two: the ceiling should not be low by accident
+        t0 = time.perf_counter()
+        model.encode(images, batch_size=batch_size)
+        best = max(best, len(images) / (time.perf_counter() - t0))
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -33,6 +47,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--baseline", default=None, help="another model whose bare forward is timed alongside")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -41,12 +56,8 @@ def main() -> None:
     t0 = time.perf_counter()
     images = np.stack([src.read_array(i, model.input_size, model.channels) for i in range(len(src))])
     decode = len(src) / (time.perf_counter() - t0)
-    model.encode(images[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    bare = 0.0
-    for _ in range(2):  # best of two: the ceiling should not be low by accident
-        t0 = time.perf_counter()
-        model.encode(images, batch_size=args.batch_size)
-        bare = max(bare, len(images) / (time.perf_counter() - t0))
+    bare = bare_forward(model, images, args.batch_size)
+    base = bare_forward(load_model(args.baseline, args.device), images, args.batch_size) if args.baseline else None
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -55,6 +66,8 @@ def main() -> None:
         e2e = len(src) / (time.perf_counter() - t0)
     res = {"images": len(src), "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
            "decode_1_core_img_s": decode, "bare_forward_img_s": bare, "extract_img_s": e2e, "ratio": e2e / bare}
+    if base is not None:
+        res.update(baseline=args.baseline, baseline_bare_forward_img_s=base, ratio_to_baseline=bare / base)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -63,6 +76,8 @@ def main() -> None:
         print(f"bare forward (decoded in memory): {bare:8.1f} img/s")
         print(f"hashindex extract end to end    : {e2e:8.1f} img/s")
         print(f"ratio extract/bare              : {e2e / bare:8.2f}x")
+        if base is not None:
+            print(f"bare forward of {args.baseline}: {base:8.1f} img/s; --model runs at {bare / base:.2f}x it")
 
 
 if __name__ == "__main__":
