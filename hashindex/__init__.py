@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+# The shipped model the demo and examples use: 100 epochs, test-time flip (docs/RESULTS.md, "Training
+# recipe"); "nin-cifar10-48", the 30-epoch model, stays loadable by its name.
+DEFAULT_MODEL = "nin-cifar10-48-v2"
 
 _LAZY = {  # public name -> (module, attribute)
     "HashindexError": ("errors", "HashindexError"),
@@ -54,5 +57,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
+__all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
            "evaluate", "extract", "load_model", "train", "__version__"]

@@ -17,6 +17,7 @@ from .data import open_source
 from .errors import HashindexError
 from .evaluation import evaluate, format_metrics
 from .extraction import extract
+from . import DEFAULT_MODEL
 from .files import atomic_write_json, sha256_file
 from .index import Index, build, read_index_meta
 from .query import example_results
@@ -24,7 +25,6 @@ from .model import load_model
 from .report import write_plots
 from .store import MANIFEST
 
-DEFAULT_MODEL = "nin-cifar10-48"
 DEFAULT_DATA = "torchvision:cifar10:test"
 
 

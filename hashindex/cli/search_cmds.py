@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import DEFAULT_MODEL
 from ..errors import HashindexError
 from .group import _echo_json, cli
 
@@ -181,7 +182,7 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
 @cli.command()
 @click.option("--data", default=None, help="Collection to use [default: CIFAR-10 test set via torchvision, downloaded once].")
 @click.option("--out", default="hashindex-demo", show_default=True, help="Folder for shards, index, metrics, plots.")
-@click.option("--model", default="nin-cifar10-48", show_default=True, help="Checkpoint or shipped model name.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Checkpoint or shipped model name.")
 @click.option("--every", default=10, show_default=True, type=click.IntRange(2), help="Every n-th image is a query.")
 @click.option("--limit", default=None, type=click.IntRange(2), help="Use only this many images.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
