@@ -375,7 +375,9 @@ def derive(model: str, out: str, test_flip: bool, val: str | None = None, overwr
     if "train_state" in ckpt:
         raise HashindexError(f"model={model}: an unfinished checkpoint ({ckpt['epochs']} of "
                              f"{ckpt['epochs_planned']} epochs); finish it first")
-    _check_out(TrainConfig(data="", out=out), resume=False, overwrite=overwrite)
+    if Path(out).is_dir() or (Path(out).exists() and not overwrite):
+        raise HashindexError(f"out={out}: " + ("is a directory, expected a checkpoint file path" if Path(out).is_dir()
+                                               else "already exists (pass overwrite=True to replace it)"))
     ckpt = {k: v for k, v in ckpt.items() if k != "path"}
     ckpt["derived_from"] = {"model": model, "model_id": ckpt["model_id"], "test_flip": ckpt.get("test_flip", False),
                             "accuracy": ckpt["accuracy"], "map": ckpt["map"]}

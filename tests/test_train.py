@@ -307,7 +307,7 @@ def test_derive_test_flip(tiny_model, tmp_path):
     assert runner.invoke(cli, ["-q", "derive", str(out), "--no-test-flip", "--out", str(back)]).exit_code == 0
     assert load_model(back).model_id == plain.model_id  # switching back gives the original id
     res = runner.invoke(cli, ["derive", str(tiny_model), "--test-flip", "--out", str(out)])
-    assert res.exit_code == 2 and res.output.count("\n") == 1 and "already exists" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "already exists (pass --overwrite" in res.output
     ckpt = read_checkpoint(tiny_model)
     unfinished = tmp_path / "unfinished.pt"
     torch.save({**{k: v for k, v in ckpt.items() if k != "path"}, "train_state": {}}, unfinished)
