@@ -74,3 +74,27 @@ def test_a_flipped_byte_is_caught_and_kill_9_resumes(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--data", str(killed), "--out", str(tmp_path / "m.pt")])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "images.h5 is not the file prepare wrote" in res.output
+
+
+def test_a_temp_file_left_by_a_kill_is_cleared_and_a_foreign_one_refused(tmp_path):
+    """kill -9 inside an atomic write leaves '.NAME.XXXX.tmp' of one of prepare's files: the rerun removes it
+    and goes on (CI once killed the job just there, and the rerun refused the folder); another program's
+    temp file is not ours: refused in one line, and left alone."""
+    from hashindex.errors import HashindexError
+
+    make_mixed_folder(tmp_path / "imgs")
+    source = open_source(tmp_path / "imgs")
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / f".{PROGRESS}.k3j9x2.tmp").write_text("{")
+    meta = prepare(source, out, 32, workers=0, **QUIET)
+    assert meta["count"] > 0 and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    other = tmp_path / "q"
+    other.mkdir()
+    (other / ".notes.txt.abc.tmp").write_text("mine")
+    try:
+        prepare(source, other, 32, workers=0, **QUIET)
+        raise AssertionError("a folder with another program's file was written into")
+    except HashindexError as e:
+        assert "folder holds other files" in str(e)
+    assert (other / ".notes.txt.abc.tmp").read_text() == "mine"

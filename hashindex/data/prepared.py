@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..files import (atomic_path, atomic_write_json, decode_name, encode_name, exclusive, read_json,
+from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, exclusive, read_json,
                      remember_verified, sha256_file, verify_files)
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
@@ -36,6 +36,12 @@ FORMAT, FORMAT_VERSION = "hashindex-prepared", 1
 META, IMAGES = "prepared.json", "images.h5"
 RAW, POSITIONS, PROGRESS = ".images.partial", ".positions.partial", ".progress.json"  # while unfinished
 OURS = (META, IMAGES, RAW, POSITIONS, PROGRESS, ".verified.json")
+
+
+def _our_temp(name: str) -> bool:
+    """A temp file of one of OURS (`files.atomic_path` writes '.NAME.XXXXXXXX.tmp' beside NAME); another
+    program's temp files in a folder are not ours to delete."""
+    return name.endswith(TMP_SUFFIX) and any(name.startswith(f".{ours}.") for ours in OURS)
 SCHEMA = {"format": str, "format_version": int, "size": positive, "channels": positive, "resize": str,
           "count": nonneg, "class_names": [str], "sha256": hex_digest, "skipped_by_reason": Map(nonneg),
           "source": {"description": str, "items": nonneg, "fingerprint": str}}
@@ -67,6 +73,10 @@ def prepare(data: ImageSource, out: str | Path, size: int, channels: int | None 
                                      f"{meta['size']} px); choose another out, or overwrite=True")
             log(f"{out}: already prepared ({meta['count']} images at {size} px); nothing to do")
             return meta
+        if out.exists():
+            for p in out.iterdir():  # what a kill -9 in the middle of an atomic write of ours left
+                if _our_temp(p.name):
+                    p.unlink(missing_ok=True)
         if out.exists() and any(p.name not in OURS for p in out.iterdir()):
             raise HashindexError(f"out={out}: folder holds other files; choose an empty or new folder")
         if overwrite:
