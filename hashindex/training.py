@@ -220,12 +220,17 @@ def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, Ima
     return src, vsrc.subset(cfg.val_limit) if cfg.val_limit else vsrc
 
 
-def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    out = Path(cfg.out)
+def _check_new_checkpoint(out: Path, overwrite: bool, hint: str = "overwrite=True to replace it") -> None:
+    """``out`` may be written: not a directory, and new unless ``overwrite`` (else the error gives ``hint``)."""
     if out.is_dir():
         raise HashindexError(f"out={out}: is a directory, expected a checkpoint file path")
-    if out.exists() and not resume and not overwrite:
-        raise HashindexError(f"out={out}: already exists (pass resume=True to continue it or overwrite=True)")
+    if out.exists() and not overwrite:
+        raise HashindexError(f"out={out}: already exists (pass {hint})")
+
+
+def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    out = Path(cfg.out)
+    _check_new_checkpoint(out, resume or overwrite, "resume=True to continue it or overwrite=True")
     if resume and not out.exists():
         raise HashindexError(f"resume=True: {out} does not exist yet; start without resume=True")
 
@@ -375,9 +380,7 @@ def derive(model: str, out: str, test_flip: bool, val: str | None = None, overwr
     if "train_state" in ckpt:
         raise HashindexError(f"model={model}: an unfinished checkpoint ({ckpt['epochs']} of "
                              f"{ckpt['epochs_planned']} epochs); finish it first")
-    if Path(out).is_dir() or (Path(out).exists() and not overwrite):
-        raise HashindexError(f"out={out}: " + ("is a directory, expected a checkpoint file path" if Path(out).is_dir()
-                                               else "already exists (pass overwrite=True to replace it)"))
+    _check_new_checkpoint(Path(out), overwrite)
     ckpt = {k: v for k, v in ckpt.items() if k != "path"}
     ckpt["derived_from"] = {"model": model, "model_id": ckpt["model_id"], "test_flip": ckpt.get("test_flip", False),
                             "accuracy": ckpt["accuracy"], "map": ckpt["map"]}

@@ -36,15 +36,15 @@ FORMAT, FORMAT_VERSION = "hashindex-prepared", 1
 META, IMAGES = "prepared.json", "images.h5"
 RAW, POSITIONS, PROGRESS = ".images.partial", ".positions.partial", ".progress.json"  # while unfinished
 OURS = (META, IMAGES, RAW, POSITIONS, PROGRESS, ".verified.json")
+SCHEMA = {"format": str, "format_version": int, "size": positive, "channels": positive, "resize": str,
+          "count": nonneg, "class_names": [str], "sha256": hex_digest, "skipped_by_reason": Map(nonneg),
+          "source": {"description": str, "items": nonneg, "fingerprint": str}}
 
 
 def _our_temp(name: str) -> bool:
     """A temp file of one of OURS (`files.atomic_path` writes '.NAME.XXXXXXXX.tmp' beside NAME); another
     program's temp files in a folder are not ours to delete."""
     return name.endswith(TMP_SUFFIX) and any(name.startswith(f".{ours}.") for ours in OURS)
-SCHEMA = {"format": str, "format_version": int, "size": positive, "channels": positive, "resize": str,
-          "count": nonneg, "class_names": [str], "sha256": hex_digest, "skipped_by_reason": Map(nonneg),
-          "source": {"description": str, "items": nonneg, "fingerprint": str}}
 
 
 def is_prepared(path: Path) -> bool:
