@@ -26,6 +26,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         else "single view",
         "derived_from": _derived_line(ckpt.get("derived_from")),
         "loss": _loss_line(ckpt.get("train_args") or {}),
+        "weights": _weights_line(ckpt.get("train_args") or {}),
         "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
         "finished": "train_state" not in ckpt,
         "accuracy": ckpt["accuracy"], "map": ckpt["map"], "map_protocol": ckpt.get("map_protocol", ""),
@@ -43,6 +44,12 @@ def _loss_line(train_args: dict[str, Any]) -> str:
     smoothing = train_args.get("label_smoothing")
     return (f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy") + \
         (" + " + ", ".join(terms) if terms else "")
+
+
+def _weights_line(train_args: dict[str, Any]) -> str:
+    """'last SGD step', or the averaging of the last epochs (train --swa-epochs)."""
+    n = train_args.get("swa_epochs")
+    return f"average of the last {n} epochs (SWA at lr {train_args['swa_lr']:g})" if n else "last SGD step"
 
 
 def _init_line(init: dict[str, Any] | None) -> str | None:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
@@ -81,15 +82,23 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
+    swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
+    swa_lr: float = 0.02
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
-    """Learning rate at a fractional epoch (stateless, so resume needs no scheduler state)."""
+    """Learning rate at a fractional epoch (stateless, so resume needs no scheduler state).
+
+    The schedule spans the epochs before the averaging phase; that phase runs at swa_lr.
+    """
+    main = cfg.epochs - cfg.swa_epochs
+    if progress >= main:
+        return cfg.swa_lr
     if progress < cfg.warmup_epochs:
         return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
     if cfg.schedule == "step":
-        return cfg.lr * (0.1 ** (int(progress >= 0.5 * cfg.epochs) + int(progress >= 0.75 * cfg.epochs)))
-    t = (progress - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+        return cfg.lr * (0.1 ** (int(progress >= 0.5 * main) + int(progress >= 0.75 * main)))
+    t = (progress - cfg.warmup_epochs) / max(main - cfg.warmup_epochs, 1e-9)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
@@ -160,7 +169,8 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     old = ckpt["train_state"]["config"]
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
-                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout"):
+                "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout",
+                "swa_epochs", "swa_lr"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -239,6 +249,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
           progress: bool = True, log=print) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint; returns its summary figures."""
     _check_out(cfg, resume, overwrite)
+    if not 0 <= cfg.swa_epochs <= cfg.epochs:
+        raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
+    if cfg.swa_epochs and not cfg.swa_lr > 0:
+        raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
     ckpt = _load_resume(cfg) if resume else None
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -285,6 +299,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         start_epoch = ckpt["epochs"]
         log(f"resuming {cfg.out} at epoch {start_epoch + 1}/{cfg.epochs}")
     net.to(device, memory_format=torch.channels_last)
+    avg = (WeightAverage(net, ckpt["train_state"].get("swa") if ckpt is not None else None)
+           if cfg.swa_epochs else None)
 
     info = {"class_names": src.class_names, "input_size": cfg.input_size,
             "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs,
@@ -328,21 +344,25 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
                "class_loss": class_sum / seen, "latent_margin": margin_sum / seen}
+        model = net  # the net this epoch would ship: the SGD weights, or their average
+        if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+            model = _average_epoch(avg, net, train_x, device, cfg.bf16, row, val_x, val_y)
         if val_x is not None:
-            preds, _ = predict(net, val_x, device, cfg.bf16)
-            acc = float((preds == val_y).mean())
-            row["val_acc"] = acc
+            acc = row["val_acc"] = _accuracy(model, val_x, val_y, device, cfg.bf16)
         history.append(row)
         done = epoch + 1 == cfg.epochs
-        score, protocol, constant = (_final_map(net, train_x, train_y, val_x, val_y, device, cfg.bf16)
+        score, protocol, constant = (_final_map(model, train_x, train_y, val_x, val_y, device, cfg.bf16)
                                      if done else (None, "", None))
-        meta = build_meta(net, **info, epochs=epoch + 1, accuracy=acc, map=score,
+        meta = build_meta(model if done else net, **info, epochs=epoch + 1, accuracy=acc, map=score,
                           map_protocol=protocol, history=history)
         if not done:
             meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
+            if avg is not None and avg.n:
+                meta["train_state"]["swa"] = avg.state()
         atomic_torch_save(meta, cfg.out)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
             + (f" val_acc {acc:.4f}" if acc is not None else "")
+            + (f" (average of {row['swa_n']}; last weights {row['sgd_val_acc']:.4f})" if "sgd_val_acc" in row else "")
             + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s)")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
@@ -353,6 +373,23 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             f"{constant} of {cfg.bits} code bits are the same for every training image and carry nothing "
             "(--bit-balance-weight asks each bit to be on for half the images)")
     return summary
+
+
+def _accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool) -> float:
+    preds, _ = predict(net, x, device, bf16)
+    return float((preds == y).mean())
+
+
+def _average_epoch(avg: WeightAverage, net: NINHash, train_x: np.ndarray, device: torch.device, bf16: bool,
+                   row: dict[str, float], val_x: np.ndarray | None, val_y: np.ndarray | None) -> NINHash:
+    """End of an averaging epoch: fold the weights into the average, measure its BatchNorm statistics
+    again (on 10,000 training images) and note in ``row`` how the last SGD weights do on their own."""
+    avg.update(net)
+    recompute_batchnorm(avg.net, bn_sample(train_x), device, bf16)
+    row["swa_n"] = avg.n
+    if val_x is not None:
+        row["sgd_val_acc"] = _accuracy(net, val_x, val_y, device, bf16)
+    return avg.net
 
 
 def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
