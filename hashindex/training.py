@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                "class_loss": class_sum / seen, "latent_margin": margin_sum / seen}
         model = net  # the net this epoch would ship: the SGD weights, or their average
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
-            model = _average_epoch(avg, net, train_x, device, cfg.bf16, row, val_x, val_y)
+            model = _average_epoch(avg, net, cfg, train_x, g, device, row, val_x, val_y)
         if val_x is not None:
             acc = row["val_acc"] = _accuracy(model, val_x, val_y, device, cfg.bf16)
         history.append(row)
@@ -380,15 +380,20 @@ def _accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, 
     return float((preds == y).mean())
 
 
-def _average_epoch(avg: WeightAverage, net: NINHash, train_x: np.ndarray, device: torch.device, bf16: bool,
-                   row: dict[str, float], val_x: np.ndarray | None, val_y: np.ndarray | None) -> NINHash:
+def _average_epoch(avg: WeightAverage, net: NINHash, cfg: TrainConfig, train_x: np.ndarray,
+                   g: torch.Generator, device: torch.device, row: dict[str, float],
+                   val_x: np.ndarray | None, val_y: np.ndarray | None) -> NINHash:
     """End of an averaging epoch: fold the weights into the average, measure its BatchNorm statistics
-    again (on 10,000 training images) and note in ``row`` how the last SGD weights do on their own."""
+    again (on 10,000 training images, augmented as in training) and note in ``row`` how the last SGD
+    weights do on their own."""
     avg.update(net)
-    recompute_batchnorm(avg.net, bn_sample(train_x), device, bf16)
+    sample = torch.from_numpy(bn_sample(train_x))
+    batches = (augment(sample[s:s + 500].clone(), g, cfg.crop_pad, cfg.flip, cfg.cutout)
+               for s in range(0, len(sample), 500))
+    recompute_batchnorm(avg.net, batches, device, cfg.bf16)
     row["swa_n"] = avg.n
     if val_x is not None:
-        row["sgd_val_acc"] = _accuracy(net, val_x, val_y, device, bf16)
+        row["sgd_val_acc"] = _accuracy(net, val_x, val_y, device, cfg.bf16)
     return avg.net
 
 

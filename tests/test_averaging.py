@@ -45,7 +45,8 @@ def test_recompute_batchnorm_measures_the_mean_over_the_images():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     net.eval()
     images = np.random.default_rng(0).normal(2.0, 3.0, (40, 3, 5, 5)).astype(np.float32)
-    recompute_batchnorm(net, images, torch.device("cpu"), bf16=False, batch_size=10)
+    batches = [torch.from_numpy(images[s:s + 10]) for s in range(0, 40, 10)]
+    recompute_batchnorm(net, batches, torch.device("cpu"), bf16=False)
     with torch.no_grad():
         act = net[0](torch.from_numpy(images))
     bn = net[1]

@@ -44,10 +44,10 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --label-smoothing 0.1 ;;
         cifar10-48-e100-cutout)  # ablation (issue #13): cifar10-48-e100 plus cutout (16 px, DeVries & Taylor)
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --cutout 16 ;;
-        cifar10-48-e100-swa)  # ablation (issue #13): cifar10-48-e100, then 20 epochs at lr 0.02 with their weights averaged
+        cifar10-48-e100-swa)  # ablation (issue #13): cifar10-48-e100, then 8 epochs at lr 0.002 with their weights averaged
             [ -f "$runs/cifar10-48-e100.pt" ] || { echo "cifar10-48-e100-swa starts from $runs/cifar10-48-e100.pt: run that row first" >&2; exit 2; }
-            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 20 \
-                --swa-epochs 20 --swa-lr 0.02 ;;
+            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 8 \
+                --swa-epochs 8 --swa-lr 0.002 ;;
         cifar10-48-ssdh)  # cifar10-48's recipe plus SSDH's code terms
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 30 --binary-weight 2 --balance-weight 1 ;;
         cifar10-48-ssdh-bb)  # ... plus the per-bit balance term (cifar10-48-ssdh left 21 bits constant)
