@@ -10,7 +10,7 @@ from .errors import HashindexError
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """Summary of a checkpoint: what it is, how it was trained, how good it is."""
-    from .model import read_checkpoint
+    from .model import read_checkpoint, views_description
 
     ckpt = read_checkpoint(path)
     params = sum(t.numel() for t in ckpt["state_dict"].values())
@@ -22,8 +22,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "train_data": ckpt["train_data"],
         "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
         "fine_tuned_from": _init_line(ckpt.get("init")),
-        "inference": "test-time flip (each image averaged with its mirror image)" if ckpt.get("test_flip")
-        else "single view",
+        "inference": views_description(ckpt.get("test_flip", False), ckpt.get("test_shift", 0)),
         "derived_from": _derived_line(ckpt.get("derived_from")),
         "loss": _loss_line(ckpt.get("train_args") or {}),
         "weights": _weights_line(ckpt.get("train_args") or {}),
@@ -63,8 +62,10 @@ def _derived_line(derived: dict[str, Any] | None) -> str | None:
     """'nin-cifar10-48 (model 19cc...; accuracy 0.8734 without test flip)' for a derived checkpoint."""
     if not derived:
         return None
-    view = "with" if derived["test_flip"] else "without"
-    acc = f"; accuracy {derived['accuracy']:.4f} {view} test flip" if derived.get("accuracy") is not None else ""
+    from .model import views_description
+
+    views = views_description(derived["test_flip"], derived.get("test_shift", 0))
+    acc = f"; accuracy {derived['accuracy']:.4f}, {views}" if derived.get("accuracy") is not None else ""
     return f"{derived['model']} (model {derived['model_id']}{acc})"
 
 

@@ -315,6 +315,42 @@ def test_derive_test_flip(tiny_model, tmp_path):
     assert res.exit_code == 2 and "unfinished checkpoint" in res.output
 
 
+def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
+    """`derive --test-shift 2` on a flip model: the feature is the mean over the image, its 4 diagonal
+    shifts by 2 px (zero fill) and their mirror images, computed here view by view; own id; bad values refused."""
+    import torch.nn.functional as F
+
+    from hashindex.model import compute_model_id
+
+    runner = CliRunner()
+    flip, ten = tmp_path / "flip.pt", tmp_path / "ten.pt"
+    assert runner.invoke(cli, ["-q", "derive", str(tiny_model), "--test-flip", "--out", str(flip)]).exit_code == 0
+    res = runner.invoke(cli, ["-q", "derive", str(flip), "--test-shift", "2", "--out", str(ten), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["test_flip"] is True and summary["test_shift"] == 2  # the flip was kept
+    plain, model = load_model(tiny_model, bf16=False), load_model(ten, bf16=False)
+    assert model.test_shift == 2 and model.model_id == summary["model_id"]
+    assert len({model.model_id, load_model(flip).model_id, plain.model_id}) == 3
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    padded = F.pad(x, (2, 2, 2, 2))
+    views = [padded[..., 2 + dy:34 + dy, 2 + dx:34 + dx] for dy, dx in [(0, 0), (2, 2), (-2, -2), (2, -2), (-2, 2)]]
+    views += [v.flip(3) for v in views]
+    expected = np.mean([plain.forward_numpy(v.contiguous())[1] for v in views], axis=0)
+    assert np.allclose(model.forward_numpy(x)[1], expected, atol=1e-4)
+    info = json.loads(runner.invoke(cli, ["info", str(ten), "--json"]).output)
+    assert info["inference"] == "10 views: the image and its 4 diagonal shifts by 2 px, each with its mirror image"
+    ckpt = read_checkpoint(ten)
+    assert compute_model_id(ckpt["state_dict"], ckpt["bits"], True, 2) == ckpt["model_id"]
+    torch.save({**{k: v for k, v in ckpt.items() if k != "path"}, "test_shift": 0}, tmp_path / "tampered.pt")
+    with pytest.raises(HashindexError, match="corrupt checkpoint"):  # the option changed without the id
+        read_checkpoint(tmp_path / "tampered.pt")
+    res = runner.invoke(cli, ["derive", str(flip), "--test-shift", "9", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "--test-shift 9: expected 0 to 8 pixels" in res.output
+    res = runner.invoke(cli, ["derive", str(flip), "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "nothing to change" in res.output
+
+
 def test_train_with_test_flip(tmp_path):
     """`train --test-flip` writes a checkpoint that encodes with the averaged views; `--init` passes it on."""
     from hashindex.model import compute_model_id
