@@ -136,14 +136,14 @@ class NINHash(nn.Module):
         shifts = [(0, 0)] + ([(s, s), (-s, -s), (s, -s), (-s, s)] if s else [])
         total = None
         for dy, dx in shifts:
-            view = _shift(images, dy, dx)
+            view = shift_images(images, dy, dx)
             f = self._pooled(torch.cat([view, view.flip(3)]) if self.test_flip else view)
             f = f[:n] + f[n:] if self.test_flip else f
             total = f if total is None else total + f
         return total / (len(shifts) * (2 if self.test_flip else 1))
 
 
-def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+def shift_images(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """uint8 images moved by (dy, dx) pixels, the uncovered border zero (black, as the training crops pad)."""
     if not (dy or dx):
         return images

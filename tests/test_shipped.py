@@ -29,6 +29,20 @@ def test_shipped_models_load_by_name_and_are_good(name, model_id, test_flip, acc
     assert (logits.argmax(1) == src.labels).mean() > accuracy - 0.05  # real weights classify real images
 
 
+def test_ten_view_model_derives_with_the_documented_id(tmp_path):
+    """README / RESULTS: `derive nin-cifar10-48-v2 --test-shift 2` is model b25501e9bcc7f29b, whose
+    protocol figures are recorded; deriving it again must give that model, and it must classify."""
+    out = tmp_path / "ten.pt"
+    res = CliRunner().invoke(cli, ["-q", "derive", "nin-cifar10-48-v2", "--test-shift", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    model = load_model(out)
+    assert model.model_id == "b25501e9bcc7f29b" and model.test_flip and model.test_shift == 2
+    need(CIFAR_TEST)
+    src = open_source(CIFAR_TEST).subset(200)
+    images = np.stack([src.read_array(i, 32, 3) for i in range(len(src))])
+    assert (model.forward_numpy(images)[2].argmax(1) == src.labels).mean() > 0.85
+
+
 def test_demo_end_to_end(tmp_path):
     need(CIFAR_TEST)
     out = tmp_path / "demo"
