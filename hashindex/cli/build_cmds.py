@@ -127,7 +127,7 @@ def derive(ctx, model, out, test_flip, test_shift, val, device, overwrite, as_js
       hashindex derive nin-cifar10-48-v2 --test-shift 2 --out /tmp/ten-views.pt
     """
     from ..model import views_description
-    from ..training import derive as api_derive
+    from ..derive import derive as api_derive
 
     if test_flip is None and test_shift is None:
         raise click.UsageError("give --test-flip/--no-test-flip and/or --test-shift: nothing to change")
