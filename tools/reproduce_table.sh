@@ -48,6 +48,9 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             [ -f "$runs/cifar10-48-e100.pt" ] || { echo "cifar10-48-e100-swa starts from $runs/cifar10-48-e100.pt: run that row first" >&2; exit 2; }
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 8 \
                 --swa-epochs 8 --swa-lr 0.002 ;;
+        cifar10-12-init-e100)  # issue #13, item 4 on CPU: a 12-bit hash layer on cifar10-48-e100's trunk, 10 epochs
+            [ -f "$runs/cifar10-48-e100.pt" ] || { echo "$name starts from $runs/cifar10-48-e100.pt: run that row first" >&2; exit 2; }
+            row "$name" "$cifar_train" "$cifar_test" --bits 12 --init "$runs/cifar10-48-e100.pt" --epochs 10 --lr 0.02 ;;
         cifar10-48-ssdh)  # cifar10-48's recipe plus SSDH's code terms
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 30 --binary-weight 2 --balance-weight 1 ;;
         cifar10-48-ssdh-bb)  # ... plus the per-bit balance term (cifar10-48-ssdh left 21 bits constant)
@@ -58,6 +61,6 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         mnist-48)
             row "$name" "$data/mnist-png/train.tar" "$data/mnist-png/test.tar" --bits 48 --epochs 10 \
                 --input-size 28 --no-flip ;;
-        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
+        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-12-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
     esac
 done
