@@ -123,7 +123,6 @@ class NINHash(nn.Module):
             logits = self.classifier(latent)
         return logits, latent, feature
 
-
     def _pooled(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images).contiguous(memory_format=torch.channels_last)
         return self.trunk(x).float()
