@@ -13,8 +13,9 @@ import torch
 
 from .data import load_arrays, open_source
 from .errors import HashindexError
-from .model import atomic_torch_save, compute_model_id, net_from_checkpoint, read_checkpoint, resolve_device
-from .training import check_new_checkpoint, predict
+from .model import (atomic_torch_save, compute_model_id, max_test_shift, net_from_checkpoint, read_checkpoint,
+                    resolve_device)
+from .training import check_new_checkpoint, val_accuracy
 
 
 def derive(model: str, out: str, test_flip: bool | None = None, val: str | None = None, overwrite: bool = False,
@@ -34,8 +35,9 @@ def derive(model: str, out: str, test_flip: bool | None = None, val: str | None 
                              f"{ckpt['epochs_planned']} epochs); finish it first")
     test_flip = ckpt.get("test_flip", False) if test_flip is None else test_flip
     test_shift = ckpt.get("test_shift", 0) if test_shift is None else test_shift
-    if type(test_shift) is not int or not 0 <= test_shift <= ckpt["input_size"] // 4:
-        raise HashindexError(f"test_shift={test_shift!r}: expected 0 to {ckpt['input_size'] // 4} pixels "
+    most = max_test_shift(ckpt["input_size"])
+    if type(test_shift) is not int or not 0 <= test_shift <= most:
+        raise HashindexError(f"test_shift={test_shift!r}: expected 0 to {most} pixels "
                              f"(a quarter of the model's {ckpt['input_size']}-px input)")
     check_new_checkpoint(Path(out), overwrite)
     ckpt = {k: v for k, v in ckpt.items() if k != "path"}
@@ -49,8 +51,8 @@ def derive(model: str, out: str, test_flip: bool | None = None, val: str | None 
         vsrc.remap_labels(ckpt["class_names"])
         x, y, _ = load_arrays(vsrc, ckpt["input_size"], ckpt["channels"], progress=progress)
         dev = resolve_device(device)
-        preds, _ = predict(net_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last), x, dev, True)
-        ckpt["accuracy"] = float((preds == y).mean())
+        net = net_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
+        ckpt["accuracy"] = val_accuracy(net, x, y, dev, True)
     atomic_torch_save(ckpt, out)
     return {"out": out, "model_id": ckpt["model_id"], "test_flip": test_flip, "test_shift": test_shift,
             "accuracy": ckpt["accuracy"], "derived_from": ckpt["derived_from"]["model_id"]}

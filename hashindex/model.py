@@ -151,6 +151,11 @@ def shift_images(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return F.pad(images, (p, p, p, p))[..., p + dy:p + dy + h, p + dx:p + dx + w]
 
 
+def max_test_shift(input_size: int) -> int:
+    """The largest test shift a model of this input size takes: a quarter of its side."""
+    return input_size // 4
+
+
 def views_description(test_flip: bool, test_shift: int) -> str:
     """How a model encodes an image, in words (info, derive)."""
     if test_shift:
@@ -370,9 +375,9 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
         )
     if not isinstance(ckpt.get("test_flip", False), bool):
         raise HashindexError(f"{path}: test_flip is {ckpt['test_flip']!r}, expected true or false")
-    shift = ckpt.get("test_shift", 0)
-    if type(shift) is not int or not 0 <= shift <= ckpt["input_size"] // 4:
-        raise HashindexError(f"{path}: test_shift is {shift!r}, expected 0 to {ckpt['input_size'] // 4} pixels")
+    shift, most = ckpt.get("test_shift", 0), max_test_shift(ckpt["input_size"])
+    if type(shift) is not int or not 0 <= shift <= most:
+        raise HashindexError(f"{path}: test_shift is {shift!r}, expected 0 to {most} pixels")
     if compute_model_id(ckpt["state_dict"], ckpt["bits"], ckpt.get("test_flip", False), shift) != ckpt["model_id"]:
         raise HashindexError(f"{path}: weights do not match the recorded model id (corrupt checkpoint)")
     ckpt["path"] = str(path)

@@ -347,7 +347,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             model = _average_epoch(avg, net, cfg, train_x, g, device, row, val_x, val_y)
         if val_x is not None:
-            acc = row["val_acc"] = _accuracy(model, val_x, val_y, device, cfg.bf16)
+            acc = row["val_acc"] = val_accuracy(model, val_x, val_y, device, cfg.bf16)
         history.append(row)
         done = epoch + 1 == cfg.epochs
         score, protocol, constant = (_final_map(model, train_x, train_y, val_x, val_y, device, cfg.bf16)
@@ -374,7 +374,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def _accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool) -> float:
+def val_accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool) -> float:
+    """Share of the labelled images ``x`` whose predicted class is ``y``."""
     preds, _ = predict(net, x, device, bf16)
     return float((preds == y).mean())
 
@@ -392,7 +393,7 @@ def _average_epoch(avg: WeightAverage, net: NINHash, cfg: TrainConfig, train_x: 
     recompute_batchnorm(avg.net, batches, device, cfg.bf16)
     row["swa_n"] = avg.n
     if val_x is not None:
-        row["sgd_val_acc"] = _accuracy(net, val_x, val_y, device, cfg.bf16)
+        row["sgd_val_acc"] = val_accuracy(net, val_x, val_y, device, cfg.bf16)
     return avg.net
 
 
