@@ -33,6 +33,14 @@ row() {
     echo "== $name done: $(date -u +%FT%TZ)"
 }
 
+# need_e100 NAME: rows that start from cifar10-48-e100's weights stop with a hint when they are missing.
+need_e100() {
+    [ -f "$runs/cifar10-48-e100.pt" ] && return
+    echo "$1 starts from $runs/cifar10-48-e100.pt: run that row first, or make the same weights from the shipped" \
+        "model: $hx derive nin-cifar10-48-v2 --no-test-flip --out $runs/cifar10-48-e100.pt" >&2
+    exit 2
+}
+
 cifar_train=$data/cifar10-jpeg/train.tar cifar_test=$data/cifar10-jpeg/test.tar
 for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 cifar10-48-ssdh cifar10-48-ssdh-bb}; do
     case $name in
@@ -45,12 +53,17 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         cifar10-48-e100-cutout)  # ablation (issue #13): cifar10-48-e100 plus cutout (16 px, DeVries & Taylor)
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --cutout 16 ;;
         cifar10-48-e100-swa)  # ablation (issue #13): cifar10-48-e100, then 8 epochs at lr 0.002 with their weights averaged
-            [ -f "$runs/cifar10-48-e100.pt" ] || { echo "cifar10-48-e100-swa starts from $runs/cifar10-48-e100.pt: run that row first" >&2; exit 2; }
+            need_e100 "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 8 \
                 --swa-epochs 8 --swa-lr 0.002 ;;
-        cifar10-12-init-e100)  # issue #13, item 4 on CPU: a 12-bit hash layer on cifar10-48-e100's trunk, 10 epochs
-            [ -f "$runs/cifar10-48-e100.pt" ] || { echo "$name starts from $runs/cifar10-48-e100.pt: run that row first" >&2; exit 2; }
-            row "$name" "$cifar_train" "$cifar_test" --bits 12 --init "$runs/cifar10-48-e100.pt" --epochs 10 --lr 0.02 ;;
+        cifar10-12-init-e100|cifar10-24-init-e100|cifar10-32-init-e100)  # issue #13, item 4 on CPU: a shorter hash layer on cifar10-48-e100's trunk, 10 epochs
+            need_e100 "$name"
+            bits=${name#cifar10-}
+            row "$name" "$cifar_train" "$cifar_test" --bits "${bits%-init-e100}" --init "$runs/cifar10-48-e100.pt" --epochs 10 --lr 0.02 ;;
+        cifar10-48-e100-cutout-restart)  # issue #13: cifar10-48-e100, then a second cosine cycle (30 epochs from lr 0.05) with cutout
+            need_e100 "$name"
+            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
+                --cutout 16 ;;
         cifar10-48-ssdh)  # cifar10-48's recipe plus SSDH's code terms
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 30 --binary-weight 2 --balance-weight 1 ;;
         cifar10-48-ssdh-bb)  # ... plus the per-bit balance term (cifar10-48-ssdh left 21 bits constant)
@@ -61,6 +74,6 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         mnist-48)
             row "$name" "$data/mnist-png/train.tar" "$data/mnist-png/test.tar" --bits 48 --epochs 10 \
                 --input-size 28 --no-flip ;;
-        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-12-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
+        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-e100-cutout-restart, cifar10-12/24/32-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
     esac
 done
