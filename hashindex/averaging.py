@@ -42,7 +42,7 @@ class WeightAverage:
 
 
 @torch.no_grad()
-def recompute_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, bf16: bool) -> None:
+def recompute_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, bf16: bool | None) -> None:
     """Measure every BatchNorm's running mean/variance again, as the mean over ``batches``.
 
     Averaged weights make the running statistics of any single SGD step wrong

@@ -52,7 +52,7 @@ def derive(model: str, out: str, test_flip: bool | None = None, val: str | None 
         x, y, _ = load_arrays(vsrc, ckpt["input_size"], ckpt["channels"], progress=progress)
         dev = resolve_device(device)
         net = net_from_checkpoint(ckpt).to(dev, memory_format=torch.channels_last)
-        ckpt["accuracy"] = val_accuracy(net, x, y, dev, True)
+        ckpt["accuracy"] = val_accuracy(net, x, y, dev, None)
     atomic_torch_save(ckpt, out)
     return {"out": out, "model_id": ckpt["model_id"], "test_flip": test_flip, "test_shift": test_shift,
             "accuracy": ckpt["accuracy"], "derived_from": ckpt["derived_from"]["model_id"]}

@@ -102,7 +102,8 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
             what = {"model_id": "another model", "bits": "another code length",
                     "source": "another source", "shard_size": "another shard_size",
                     "feature_dtype": "another features",
-                    "precision": f"another precision ({manifest.get(key)}; bf16 and device decide it)"}[key]
+                    "precision": f"another precision ({manifest.get(key)}, this run {expected[key]}; "
+                                 "bf16 and device decide it)"}[key]
             if key == "source" and manifest["source"].get("id_offset", 0) != expected["source"]["id_offset"]:
                 what = "another id_offset"
             raise HashindexError(f"out={out}: holds shards made with {what} "
@@ -152,7 +153,7 @@ def record_shard(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> 
 
 
 def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, shard_size: int,
-         batch_size: int, workers: int, features: str, device: str, bf16: bool, overwrite: bool,
+         batch_size: int, workers: int, features: str, device: str, bf16: bool | None, overwrite: bool,
          limit: int | None, log: Callable[[str], None], id_offset: int = 0, follow_links: bool = False,
          ) -> tuple[ShardJob, dict[str, Any], list[int]]:
     """Check the arguments, open or start SHARD_DIR; returns (job, manifest, shards still to do)."""
@@ -218,7 +219,7 @@ def _run_on_ray(job: ShardJob, manifest: dict[str, Any], todo: list[int], option
 
 def extract(model: str | HashModel, data: str | ImageSource, out: str | Path, *,
             shard_size: int = 100_000, batch_size: int = 256, workers: int = 2,
-            features: str = "float16", device: str = "cpu", bf16: bool = True,
+            features: str = "float16", device: str = "cpu", bf16: bool | None = None,
             overwrite: bool = False, limit: int | None = None, id_offset: int = 0, follow_links: bool = False,
             progress: bool = True, backend: str = "local", ray_options: dict[str, Any] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:

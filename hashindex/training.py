@@ -43,7 +43,8 @@ from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import ImageSource, SkipLog, load_arrays, open_source
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
-from .model import NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, read_checkpoint, resolve_device
+from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, read_checkpoint, resolve_device,
+                    uses_bf16)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class TrainConfig:
     val_every: int | None = None  # hold out every n-th image of data for validation
     follow_links: bool = False  # read symlinks that lead out of a folder (counted skips otherwise)
     device: str = "cpu"
-    bf16: bool = True
+    bf16: bool | None = None  # bf16 autocast: None where faster (model.uses_bf16), True/False force it
     workers: int = 2
     seed: int = 0
     init: str | None = None  # checkpoint path or shipped name to fine-tune from
@@ -139,7 +140,7 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: i
 
 
 @torch.inference_mode()
-def predict(net: NINHash, images: np.ndarray, device: torch.device, bf16: bool,
+def predict(net: NINHash, images: np.ndarray, device: torch.device, bf16: bool | None,
             batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """(predicted classes, packed codes) for uint8 images."""
     net.eval()
@@ -298,6 +299,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         start_epoch = ckpt["epochs"]
         log(f"resuming {cfg.out} at epoch {start_epoch + 1}/{cfg.epochs}")
     net.to(device, memory_format=torch.channels_last)
+    precision = "bfloat16" if uses_bf16(device, cfg.bf16) else "float32"
+    log(f"device: {device}, {precision}")
     avg = (WeightAverage(net, ckpt["train_state"].get("swa") if ckpt is not None else None)
            if cfg.swa_epochs else None)
 
@@ -342,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         wall = time.time() - t0
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
-               "class_loss": class_sum / seen, "latent_margin": margin_sum / seen}
+               "class_loss": class_sum / seen, "latent_margin": margin_sum / seen, "precision": precision}
         model = net  # the net this epoch would ship: the SGD weights, or their average
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             model = _average_epoch(avg, net, cfg, train_x, g, device, row, val_x, val_y)
@@ -374,7 +377,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def val_accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool) -> float:
+def val_accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool | None) -> float:
     """Share of the labelled images ``x`` whose predicted class is ``y``."""
     preds, _ = predict(net, x, device, bf16)
     return float((preds == y).mean())

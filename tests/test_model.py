@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hashindex import HashindexError, load_model
-from hashindex.model import (NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint,
-                             unpack_codes)
+from hashindex.model import (NINHash, atomic_torch_save, build_meta, cpu_bf16_is_fast, pack_codes,
+                             read_checkpoint, unpack_codes, uses_bf16)
 
 
 @pytest.mark.parametrize("bits", [12, 16, 24, 32, 48, 64])
@@ -69,7 +69,7 @@ def test_encode_real_model(tiny_model):
     assert len({c.tobytes() for c in codes}) > 10  # codes are not all alike
     # batch size does not change the codes
     codes_b, _ = model.encode(images, batch_size=7)
-    assert (codes_b != codes).sum() <= 2  # bf16 trunk: at most a stray bit near 0.5
+    assert (codes_b != codes).sum() <= 2  # a bf16 trunk (AVX-512 CPUs): at most a stray bit near 0.5
     codes_pil, _ = model.encode_images([src.read(i) for i in range(100)])
     assert (codes_pil != codes).sum() <= 2
 
@@ -195,3 +195,16 @@ def test_test_flip_is_checked_with_the_id(tmp_path):
     torch.save({**meta, "test_flip": "yes"}, path)
     with pytest.raises(HashindexError, match="test_flip is 'yes', expected true or false"):
         read_checkpoint(path)
+
+
+def test_bf16_by_default_only_where_it_is_faster(monkeypatch, tiny_model):
+    """bf16 autocast: forced on or off by bf16=True/False on any CPU; by default only on AVX-512 CPUs
+    (on AVX2 it measured 9x slower than float32), and the loaded model says which it runs."""
+    cpu = torch.device("cpu")
+    for capability, fast in (("AVX512", True), ("AVX2", False), ("DEFAULT", False), ("SVE256", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert cpu_bf16_is_fast() is fast and uses_bf16(cpu, None) is fast
+        assert uses_bf16(cpu, True) and not uses_bf16(cpu, False)
+        assert load_model(tiny_model).precision == ("bfloat16" if fast else "float32")
+        assert load_model(tiny_model, bf16=True).precision == "bfloat16"
+        assert load_model(tiny_model, bf16=False).precision == "float32"

@@ -49,6 +49,15 @@ def jpeg_bytes(n=2):
                 return out
 
 
+def same_ranking(got: list[dict], want: list[dict]) -> bool:
+    """The same items in the same order with the same codes; distances equal to float32 noise. An image
+    encoded in a batch of three and alone can differ in the last digits: oneDNN's float32 convolutions
+    block the work by batch size (seen on an AVX2 CPU: 7.9266e-08 vs 7.9247e-08 for an image's own item)."""
+    strip = [[{k: v for k, v in r.items() if k != "distance"} for r in rows] for rows in (got, want)]
+    return strip[0] == strip[1] and [r["distance"] for r in got] == pytest.approx(
+        [r["distance"] for r in want], rel=1e-3, abs=1e-6)
+
+
 def test_health_metrics_and_docs(service):
     client, _ = service
     assert client.get("/health").json() == {"status": "ok", "indexes": {"flat": 10000, "cos": 10000}}
@@ -80,7 +89,7 @@ def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_mod
     files = [("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.jpg", b, "image/jpeg")),
              ("file", ("bad.jpg", b"not an image", "image/jpeg"))]
     rows = client.post("/batch", params={"k": 6}, files=files).json()["results"]
-    assert rows[0]["results"] == raw["results"] and rows[0]["query"] == "file:a.jpg"
+    assert rows[0]["query"] == "file:a.jpg" and same_ranking(rows[0]["results"], raw["results"])
     assert rows[2] == {"error": "body: not a decodable image (not-an-image)", "status": 400}
     ids = [3, 141, 99999999, 592]
     rows = client.post("/batch", params={"k": 4}, json={"ids": ids}).json()["results"]

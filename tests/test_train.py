@@ -295,7 +295,7 @@ def test_derive_test_flip(tiny_model, tmp_path):
     plain, flip = load_model(tiny_model, bf16=False), load_model(out, bf16=False)
     assert flip.test_flip and not plain.test_flip
     assert summary["model_id"] == flip.model_id != plain.model_id == summary["derived_from"]
-    logits = load_model(out).forward_numpy(images)[2]  # bf16, as derive measures
+    logits = load_model(out).forward_numpy(images)[2]  # default precision, as derive measures
     assert summary["accuracy"] == pytest.approx(float((logits.argmax(1) == src.labels).mean()), abs=1 / 60)
     latent, feature, _ = flip.forward_numpy(images)
     _, f0, _ = plain.forward_numpy(images)

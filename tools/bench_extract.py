@@ -10,6 +10,10 @@ and the single-core decode rate (what each decode worker can feed a GPU).
 
 --baseline MODEL also times another model's bare forward on the same images in the same run, and prints
 --model's speed as a ratio of it (e.g. a test-flip checkpoint against its single-view original).
+--precisions also times --model's bare forward forced to bf16 autocast and to float32, and names the one
+the default (bf16=None) picks on this machine; e.g. on an AVX2-only CPU, where bf16 is the slow one:
+
+    python tools/bench_extract.py --model nin-cifar10-48-v2 --limit 1000 --precisions
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--baseline", default=None, help="another model whose bare forward is timed alongside")
+    ap.add_argument("--precisions", action="store_true", help="also time the bare forward in bf16 and in float32")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -58,6 +63,8 @@ def main() -> None:
     decode = len(src) / (time.perf_counter() - t0)
     bare = bare_forward(model, images, args.batch_size)
     base = bare_forward(load_model(args.baseline, args.device), images, args.batch_size) if args.baseline else None
+    forced = {p: bare_forward(load_model(args.model, args.device, bf16=p == "bfloat16"), images, args.batch_size)
+              for p in ("float32", "bfloat16")} if args.precisions else None
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -68,6 +75,9 @@ def main() -> None:
            "decode_1_core_img_s": decode, "bare_forward_img_s": bare, "extract_img_s": e2e, "ratio": e2e / bare}
     if base is not None:
         res.update(baseline=args.baseline, baseline_bare_forward_img_s=base, ratio_to_baseline=bare / base)
+    if forced is not None:
+        res.update(default_precision=model.precision, float32_img_s=forced["float32"],
+                   bfloat16_img_s=forced["bfloat16"], ratio_bfloat16_to_float32=forced["bfloat16"] / forced["float32"])
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -78,6 +88,9 @@ def main() -> None:
         print(f"ratio extract/bare              : {e2e / bare:8.2f}x")
         if base is not None:
             print(f"bare forward of {args.baseline}: {base:8.1f} img/s; --model runs at {bare / base:.2f}x it")
+        if forced is not None:
+            print(f"bare forward, float32 / bf16    : {forced['float32']:8.1f} / {forced['bfloat16']:.1f} img/s "
+                  f"(bf16 at {res['ratio_bfloat16_to_float32']:.2f}x float32; the default here: {model.precision})")
 
 
 if __name__ == "__main__":
