@@ -348,7 +348,8 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
     res = runner.invoke(cli, ["derive", str(flip), "--test-shift", "9", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "--test-shift 9: expected 0 to 8 pixels" in res.output
     res = runner.invoke(cli, ["derive", str(flip), "--out", str(tmp_path / "x.pt")])
-    assert res.exit_code == 2 and "nothing to change" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "derive: nothing to change (give --test-flip and/or --test-shift)" in res.output
 
 
 def test_train_with_test_flip(tmp_path):

@@ -130,8 +130,6 @@ def derive(ctx, model, out, test_flip, test_shift, val, device, overwrite, as_js
     from ..model import views_description
     from ..derive import derive as api_derive
 
-    if test_flip is None and test_shift is None:
-        raise click.UsageError("give --test-flip/--no-test-flip and/or --test-shift: nothing to change")
     summary = api_derive(model, out, test_flip, val=val, overwrite=overwrite, device=device,
                          progress=ctx.obj["progress"], test_shift=test_shift)
     if as_json:
