@@ -33,9 +33,10 @@ row() {
     echo "== $name done: $(date -u +%FT%TZ)"
 }
 
-# need_e100 NAME: rows that start from cifar10-48-e100's weights stop with a hint when they are missing.
+# need_e100 NAME: rows that start from cifar10-48-e100's weights stop with a hint when they are missing
+# (a row already begun resumes from its own checkpoint and needs them no more).
 need_e100() {
-    [ -f "$runs/cifar10-48-e100.pt" ] && return
+    [ -f "$runs/cifar10-48-e100.pt" ] || [ -f "$runs/$1.pt" ] && return
     echo "$1 starts from $runs/cifar10-48-e100.pt: run that row first, or make the same weights from the shipped" \
         "model: $hx derive nin-cifar10-48-v2 --no-test-flip --out $runs/cifar10-48-e100.pt" >&2
     exit 2
