@@ -38,11 +38,16 @@ CODE_TERMS = (("binary_weight", "binary"), ("balance_weight", "balance"), ("bit_
 
 
 def _loss_line(train_args: dict[str, Any]) -> str:
-    """The training loss: cross-entropy (label-smoothed, if it was), plus the code terms that had a weight."""
-    terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
+    """The training loss: cross-entropy (label-smoothed, if it was), its share against distillation from a
+    teacher (if there was one), plus the code terms that had a weight."""
     smoothing = train_args.get("label_smoothing")
-    return (f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy") + \
-        (" + " + ", ".join(terms) if terms else "")
+    line = f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy"
+    if train_args.get("teacher"):
+        w = train_args["distill_weight"]
+        line = (f"{1 - w:g} x {line} + {w:g} x distillation from {train_args['teacher']} "
+                f"(temperature {train_args['distill_temperature']:g})")
+    terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
+    return line + (" + " + ", ".join(terms) if terms else "")
 
 
 def _weights_line(train_args: dict[str, Any]) -> str:

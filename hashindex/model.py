@@ -417,9 +417,10 @@ def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
     return net.eval()
 
 
-def load_model(path: str | Path, device: str = "cpu", bf16: bool | None = None) -> HashModel:
-    """Load a checkpoint (path or shipped name) ready to encode images (bf16: see uses_bf16)."""
-    ckpt = read_checkpoint(path)
+def load_model(path: str | Path, device: str = "cpu", bf16: bool | None = None, arg: str = "model") -> HashModel:
+    """Load a checkpoint (path or shipped name) ready to encode images (bf16: see uses_bf16; arg: what
+    errors call it)."""
+    ckpt = read_checkpoint(path, arg)
     net = net_from_checkpoint(ckpt)
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
     return HashModel(net, meta, bf16=bf16).to(device)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import ImageSource, SkipLog, load_arrays, open_source
+from .distill import distill_loss, open_teacher, teacher_logits
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, read_checkpoint, resolve_device,
@@ -84,6 +85,9 @@ class TrainConfig:
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
     swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
     swa_lr: float = 0.02
+    teacher: str | None = None  # distil from this model's posteriors (Hinton et al. 2015; distill.py)
+    distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
+    distill_temperature: float = 4.0
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -170,7 +174,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout",
-                "swa_epochs", "swa_lr"):
+                "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -253,6 +257,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
         raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
+    if cfg.teacher and not (0 <= cfg.distill_weight <= 1 and cfg.distill_temperature > 0):
+        raise HashindexError(f"distill_weight={cfg.distill_weight}, distill_temperature={cfg.distill_temperature}: "
+                             "expected a weight from 0 to 1 and a temperature > 0")
     ckpt = _load_resume(cfg) if resume else None
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -272,6 +279,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         channels = _init_channels(cfg, init)
     else:
         channels = cfg.channels or (1 if src.greyscale else 3)
+    teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
+               if cfg.teacher and ckpt is None else None)
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
     val_x = val_y = None
     if vsrc is not None:
@@ -311,13 +320,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if start_epoch >= cfg.epochs:
         raise HashindexError(f"resume=True: {cfg.out} has {start_epoch} epochs already (epochs={cfg.epochs})")
     x_all, y_all = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.int64))
+    soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
+    if cfg.teacher:
+        soft = ckpt["train_state"]["teacher_logits"] if ckpt is not None else \
+            torch.from_numpy(teacher_logits(teacher, train_x, progress))
     acc = None
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
         net.train()
         perm = torch.randperm(len(x_all), generator=g)
-        t0, seen, correct, loss_sum, class_sum, margin_sum = time.time(), 0, 0, 0.0, 0.0, 0.0
+        t0, seen, correct, loss_sum, class_sum, margin_sum, distill_sum = time.time(), 0, 0, 0.0, 0.0, 0.0, 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -328,6 +341,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             with autocast_for(device, cfg.bf16):
                 logits, latent, _ = net(x)
             loss = class_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if soft is not None:
+                distill = distill_loss(logits.float(), soft[idx].to(device), cfg.distill_temperature)
+                loss = (1 - cfg.distill_weight) * class_loss + cfg.distill_weight * distill
+                distill_sum += float(distill.detach()) * len(y)
             if cfg.binary_weight or cfg.balance_weight or cfg.bit_balance_weight:
                 binary, balance, bit_balance = code_terms(latent.float())
                 loss = (loss + cfg.binary_weight * binary + cfg.balance_weight * balance
@@ -346,6 +363,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
                "class_loss": class_sum / seen, "latent_margin": margin_sum / seen, "precision": precision}
+        if soft is not None:
+            row["distill_loss"] = distill_sum / seen
         model = net  # the net this epoch would ship: the SGD weights, or their average
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             model = _average_epoch(avg, net, cfg, train_x, g, device, row, val_x, val_y)
@@ -359,6 +378,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                           map_protocol=protocol, history=history)
         if not done:
             meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
+            if soft is not None:
+                meta["train_state"]["teacher_logits"] = soft
             if avg is not None and avg.n:
                 meta["train_state"]["swa"] = avg.state()
         atomic_torch_save(meta, cfg.out)

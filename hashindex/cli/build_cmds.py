@@ -52,6 +52,13 @@ from .group import _echo_json, cli
                    "average of their weights (with --init, --epochs N --swa-epochs N averages a trained model).")
 @click.option("--swa-lr", default=0.02, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Constant learning rate of the averaging epochs.")
+@click.option("--teacher", default=None, metavar="MODEL",
+              help="Also learn this model's class posteriors (knowledge distillation; same classes and input "
+                   "size; its test views count, e.g. a 10-view model from derive --test-shift).")
+@click.option("--distill-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="With --teacher: loss = (1 - w) cross-entropy + w distillation.")
+@click.option("--distill-temperature", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="With --teacher: the temperature both posteriors are softened at.")
 @click.option("--test-flip/--no-test-flip", default=None,
               help="The model averages each image with its mirror image when encoding: +0.8 accuracy "
                    "on CIFAR-10, twice the extraction time [default: as the --init model; else off].")
@@ -61,8 +68,8 @@ from .group import _echo_json, cli
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, bf16, workers, seed, init,
-          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, swa_epochs, swa_lr, test_flip, resume, overwrite,
-          as_json):
+          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, swa_epochs, swa_lr, teacher,
+          distill_weight, distill_temperature, test_flip, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -97,7 +104,8 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         device=device, bf16=bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
         bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
-        swa_epochs=swa_epochs, swa_lr=swa_lr, test_flip=test_flip,
+        swa_epochs=swa_epochs, swa_lr=swa_lr, teacher=teacher, distill_weight=distill_weight,
+        distill_temperature=distill_temperature, test_flip=test_flip,
     )
     if as_json:
         _echo_json(summary)

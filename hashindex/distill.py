@@ -1,0 +1,47 @@
+"""Knowledge distillation (`train --teacher`): a trained model's class posteriors as soft targets.
+
+Hinton, Vinyals & Dean (2015): besides the labels, the student matches the teacher's posteriors
+softened at a temperature T, which say how alike the classes look to the teacher. The teacher is any
+checkpoint with the training data's classes and input size, encoding with its own test views, so a
+10-view teacher (`derive --test-shift 2`) teaches a one-view student what it sees in ten views. Its
+logits are computed once, on the un-augmented training images, and kept in the student's train_state:
+`--resume` neither recomputes them nor depends on the teacher file staying the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import HashindexError
+from .model import HashModel, load_model
+
+
+def open_teacher(teacher: str, class_names: list[str], channels: int, input_size: int, device: str,
+                 bf16: bool | None) -> HashModel:
+    """Load the teacher, checked against the student's classes and input before any image is decoded."""
+    model = load_model(teacher, device, bf16, arg="teacher")
+    if model.class_names != class_names:
+        raise HashindexError(f"teacher={teacher}: its classes {model.class_names} are not the training "
+                             f"data's {class_names}")
+    if (model.channels, model.input_size) != (channels, input_size):
+        raise HashindexError(f"teacher={teacher}: a {model.channels}x{model.input_size}px model, but the "
+                             f"student trains at {channels}x{input_size}px")
+    return model
+
+
+def teacher_logits(model: HashModel, images: np.ndarray, progress: bool = True, batch_size: int = 500) -> np.ndarray:
+    """The teacher's logits (N, classes) float32 for uint8 images (N, C, H, W), with its own test views."""
+    out = [model.forward_numpy(images[s:s + batch_size])[2]
+           for s in tqdm(range(0, len(images), batch_size), desc="teacher", disable=not progress, leave=False)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) between posteriors softened at ``temperature``, per image, times T^2 so
+    that its gradients keep their scale as T changes (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)

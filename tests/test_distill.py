@@ -1,0 +1,86 @@
+"""Knowledge distillation (`train --teacher`): the loss against a direct numpy computation; a run that
+records the teacher's logits, mixes the two losses as asked and resumes without the teacher file; one-line
+errors for a teacher that does not fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hashindex import HashindexError, load_model
+from hashindex.cli import cli
+from hashindex.data import load_arrays, open_source
+from hashindex.distill import distill_loss
+from hashindex.model import read_checkpoint
+from hashindex.training import TrainConfig, train as run
+from tests.conftest import CIFAR_TRAIN, image_bytes, make_tar, need
+from tests.test_train import Interrupt, _stop_after_epoch
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distill_loss_equals_a_direct_computation(temperature):
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(7, 10)) * 3, rng.normal(size=(7, 10)) * 3
+    p, q = _softmax(teacher / temperature), _softmax(student / temperature)
+    want = (p * (np.log(p) - np.log(q))).sum(axis=1).mean() * temperature ** 2
+    got = distill_loss(torch.tensor(student), torch.tensor(teacher), temperature)
+    assert float(got) == pytest.approx(want, rel=1e-9)
+    assert float(distill_loss(torch.tensor(teacher), torch.tensor(teacher), temperature)) == pytest.approx(0, abs=1e-12)
+
+
+def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16,
+                teacher=str(tiny_model), distill_weight=0.75, distill_temperature=2.0)
+    part = tmp_path / "part.pt"
+    with pytest.raises(Interrupt):
+        run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
+    # the teacher's logits of the (un-augmented) training images are kept for --resume
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(160), 32, 3, 0, False)
+    kept = read_checkpoint(part)["train_state"]["teacher_logits"]
+    assert kept.shape == (160, 10)
+    assert np.allclose(kept.numpy(), load_model(tiny_model).forward_numpy(images)[2], atol=1e-4)
+    with pytest.raises(HashindexError, match="distill_weight=0.75"):
+        run(TrainConfig(out=str(part), **{**opts, "distill_weight": 0.5}), resume=True)
+    moved = tmp_path / "moved.pt"  # the teacher file is not read again on resume
+    tiny_model.rename(moved)
+    try:
+        run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
+    finally:
+        moved.rename(tiny_model)
+    history = read_checkpoint(part)["history"]
+    for row in history:  # the loss is the mix asked for (both are means over the same images)
+        assert row["loss"] == pytest.approx(0.25 * row["class_loss"] + 0.75 * row["distill_loss"], rel=1e-6)
+        assert row["distill_loss"] > 0
+    info = json.loads(CliRunner().invoke(cli, ["info", str(part), "--json"]).output)
+    assert info["loss"] == f"0.25 x cross-entropy + 0.75 x distillation from {tiny_model} (temperature 2)"
+
+
+def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path):
+    need(CIFAR_TRAIN)
+    runner = CliRunner()
+    base = ["-q", "train", "--limit", "40", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "s.pt"),
+            "--data"]
+    res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--teacher", str(tiny_model), "--input-size", "28"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "--teacher " in res.output and "a 3x32px model, but the student trains at 3x28px" in res.output
+    two = make_tar(tmp_path / "two.tar", {f"{c}/{i}.jpg": image_bytes(seed=i) for i, c in enumerate(["cat", "dog"] * 3)})
+    res = runner.invoke(cli, [*base, str(two), "--teacher", str(tiny_model)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "are not the training data's ['cat', 'dog']" in res.output
+    res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--teacher", str(tmp_path / "none.pt")])
+    assert res.exit_code == 2 and "--teacher " in res.output and "no such checkpoint file" in res.output
+    res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--teacher", str(tiny_model), "--distill-weight", "1.5"])
+    assert res.exit_code == 2 and "--distill-weight" in res.output
+    with pytest.raises(HashindexError, match="distill_temperature=0"):
+        run(TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "t.pt"), teacher=str(tiny_model),
+                        distill_temperature=0), progress=False)
+    assert not (tmp_path / "s.pt").exists() and not (tmp_path / "t.pt").exists()
