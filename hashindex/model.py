@@ -178,9 +178,9 @@ def cpu_bf16_is_fast() -> bool:
     """Whether this CPU runs the net faster under bf16 autocast than in float32.
 
     oneDNN has bf16 convolution kernels from AVX-512 up; below that autocast falls back to slow
-    generic code. Measured with tools/bench_train.py (2 threads, batch 128): an AVX-512 Xeon trains
-    2.0x faster in bf16; an AVX2-only EPYC trains 9x slower (6 vs 55 img/s) and encodes 9x slower
-    (30 vs 272 img/s).
+    generic code. Measured (docs/RESULTS.md, 2 threads): an AVX-512 Xeon trains 2.0x faster in bf16
+    (tools/bench_train.py); an AVX2-only EPYC trains 9x slower (6.0 vs 55.3 img/s, the same tool) and
+    encodes the default model 6x slower (17.8 vs 102.4 img/s, tools/bench_extract.py --precisions).
     """
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
@@ -196,6 +196,11 @@ def uses_bf16(device: torch.device, bf16: bool | None) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and (bf16 is True or cpu_bf16_is_fast())
+
+
+def precision_of(device: torch.device, bf16: bool | None) -> str:
+    """How the trunk runs on ``device``: "bfloat16" (autocast) or "float32" (see uses_bf16)."""
+    return "bfloat16" if uses_bf16(device, bf16) else "float32"
 
 
 def autocast_for(device: torch.device, bf16: bool | None):
@@ -262,7 +267,7 @@ class HashModel:
     @property
     def precision(self) -> str:
         """How the trunk runs: "bfloat16" (autocast) or "float32"; the hash layer is float32 either way."""
-        return "bfloat16" if uses_bf16(self.device, self.bf16) else "float32"
+        return precision_of(self.device, self.bf16)
 
     def to(self, device: str | torch.device) -> "HashModel":
         self.device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -44,8 +44,8 @@ from .data import ImageSource, SkipLog, load_arrays, open_source
 from .distill import distill_loss, open_teacher, teacher_logits
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
-from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, read_checkpoint, resolve_device,
-                    uses_bf16)
+from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, precision_of, read_checkpoint,
+                    resolve_device)
 
 
 @dataclass
@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         start_epoch = ckpt["epochs"]
         log(f"resuming {cfg.out} at epoch {start_epoch + 1}/{cfg.epochs}")
     net.to(device, memory_format=torch.channels_last)
-    precision = "bfloat16" if uses_bf16(device, cfg.bf16) else "float32"
+    precision = precision_of(device, cfg.bf16)
     log(f"device: {device}, {precision}")
     avg = (WeightAverage(net, ckpt["train_state"].get("swa") if ckpt is not None else None)
            if cfg.swa_epochs else None)
