@@ -71,7 +71,7 @@ def test_swa_run_averages_the_epochs_and_resumes_exactly(tmp_path, monkeypatch):
     an interrupted run resumes to the same average."""
     need(CIFAR_TRAIN)
     opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=3, swa_epochs=2, batch_size=32, workers=0, bits=16,
-                val_every=4)
+                val_every=4, input_size=16)
     full = tmp_path / "full.pt"
     seen = []  # the weights handed to the average at the end of each averaging epoch
     update = WeightAverage.update

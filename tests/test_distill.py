@@ -39,13 +39,13 @@ def test_distill_loss_equals_a_direct_computation(temperature):
 
 def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
     need(CIFAR_TRAIN)
-    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16,
-                teacher=str(tiny_model), distill_weight=0.75, distill_temperature=2.0)
+    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16, input_size=16,
+                teacher=str(tiny_model), distill_weight=0.75, distill_temperature=2.0)  # the teacher's input size
     part = tmp_path / "part.pt"
     with pytest.raises(Interrupt):
         run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
     # the teacher's logits of the (un-augmented) training images are kept for --resume
-    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(160), 32, 3, 0, False)
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(160), 16, 3, 0, False)
     kept = read_checkpoint(part)["train_state"]["teacher_logits"]
     assert kept.shape == (160, 10)
     assert np.allclose(kept.numpy(), load_model(tiny_model).forward_numpy(images)[2], atol=1e-4)
@@ -68,11 +68,11 @@ def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
 def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path):
     need(CIFAR_TRAIN)
     runner = CliRunner()
-    base = ["-q", "train", "--limit", "40", "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "s.pt"),
-            "--data"]
+    base = ["-q", "train", "--limit", "40", "--epochs", "1", "--workers", "0", "--input-size", "16",
+            "--out", str(tmp_path / "s.pt"), "--data"]
     res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--teacher", str(tiny_model), "--input-size", "28"])
     assert res.exit_code == 2 and res.output.count("\n") == 1
-    assert "--teacher " in res.output and "a 3x32px model, but the student trains at 3x28px" in res.output
+    assert "--teacher " in res.output and "a 3x16px model, but the student trains at 3x28px" in res.output
     two = make_tar(tmp_path / "two.tar", {f"{c}/{i}.jpg": image_bytes(seed=i) for i, c in enumerate(["cat", "dog"] * 3)})
     res = runner.invoke(cli, [*base, str(two), "--teacher", str(tiny_model)])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "are not the training data's ['cat', 'dog']" in res.output
@@ -82,5 +82,5 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path
     assert res.exit_code == 2 and "--distill-weight" in res.output
     with pytest.raises(HashindexError, match="distill_temperature=0"):
         run(TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "t.pt"), teacher=str(tiny_model),
-                        distill_temperature=0), progress=False)
+                        input_size=16, distill_temperature=0), progress=False)
     assert not (tmp_path / "s.pt").exists() and not (tmp_path / "t.pt").exists()

@@ -35,7 +35,7 @@ def test_cifar_test_tar_exact(tiny_model, cifar_shards):
     assert data["codes"].shape == (10000, 6) and data["features"].dtype == np.float16
     # bit for bit what model.encode gives for the same images in the same batches
     model = load_model(tiny_model)
-    images = np.stack([src.read_array(i, 32, 3) for i in range(512)])
+    images = np.stack([src.read_array(i, model.input_size, 3) for i in range(512)])
     codes, feats = model.encode(images, batch_size=256)
     assert np.array_equal(codes, data["codes"][:512])
     assert np.allclose(feats.astype(np.float16), data["features"][:512])

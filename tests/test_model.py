@@ -60,7 +60,7 @@ def test_encode_real_model(tiny_model):
 
     model = load_model(tiny_model)
     src = open_source(CIFAR_TEST).subset(100)
-    images = np.stack([src.read_array(i, 32, 3) for i in range(100)])
+    images = np.stack([src.read_array(i, model.input_size, 3) for i in range(100)])
     codes, feats = model.encode(images)
     assert codes.shape == (100, 6) and codes.dtype == np.uint8
     assert feats.shape == (100, 192) and feats.dtype == np.float32

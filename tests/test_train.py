@@ -37,7 +37,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     from hashindex.training import TrainConfig, train as run
 
     need(CIFAR_TRAIN)
-    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16)
+    opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16, input_size=16)
     full = tmp_path / "full.pt"
     run(TrainConfig(out=str(full), **opts), progress=False, log=lambda s: None)
     part = tmp_path / "part.pt"
@@ -175,9 +175,10 @@ def test_ssdh_terms_change_the_codes(tmp_path):
     from hashindex.data import load_arrays, open_source
 
     need(CIFAR_TRAIN)
-    opts = dict(data=str(CIFAR_TRAIN), limit=256, epochs=2, batch_size=32, workers=0, bits=16, lr=0.05)
+    # at 16 px (a quarter of the 32-px net's work): the terms act on the latent layer whatever the input size
+    opts = dict(data=str(CIFAR_TRAIN), limit=256, epochs=2, batch_size=32, workers=0, bits=16, lr=0.05, input_size=16)
     margins, balance, bit_balance = {}, {}, {}
-    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN), "--data").subset(256), 32, 3, 0, False)
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN), "--data").subset(256), 16, 3, 0, False)
     for name, weights in {"plain": {}, "binary": {"binary_weight": 4.0},
                           "balance": {"balance_weight": 50.0}, "bit_balance": {"bit_balance_weight": 50.0}}.items():
         out = tmp_path / f"{name}.pt"
@@ -213,8 +214,9 @@ def test_latent_stats_tool(tiny_model):
     res = subprocess.run([sys.executable, str(tool), str(tiny_model), "--data", str(CIFAR_TEST), "--limit", "100",
                           "--json"], capture_output=True, text=True, check=True)
     r = json.loads(res.stdout)[str(tiny_model)]
-    images, _, _ = load_arrays(open_source(str(CIFAR_TEST), "--data").subset(100), 32, 3, 0, False)
-    latent, _, _ = load_model(tiny_model).forward_numpy(images)
+    model = load_model(tiny_model)
+    images, _, _ = load_arrays(open_source(str(CIFAR_TEST), "--data").subset(100), model.input_size, 3, 0, False)
+    latent, _, _ = model.forward_numpy(images)
     on = latent > 0.5
     assert r["items"] == 100 and r["margin"] == pytest.approx(float(np.abs(latent - 0.5).mean()), rel=1e-6)
     assert r["constant_bits"] == sum(len(set(on[:, k])) == 1 for k in range(48))
@@ -332,9 +334,10 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
     plain, model = load_model(tiny_model, bf16=False), load_model(ten, bf16=False)
     assert model.test_shift == 2 and model.model_id == summary["model_id"]
     assert len({model.model_id, load_model(flip).model_id, plain.model_id}) == 3
-    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    s = plain.input_size
+    x = torch.randint(0, 256, (6, 3, s, s), dtype=torch.uint8)
     padded = F.pad(x, (2, 2, 2, 2))
-    views = [padded[..., 2 + dy:34 + dy, 2 + dx:34 + dx] for dy, dx in [(0, 0), (2, 2), (-2, -2), (2, -2), (-2, 2)]]
+    views = [padded[..., 2 + dy:s + 2 + dy, 2 + dx:s + 2 + dx] for dy, dx in [(0, 0), (2, 2), (-2, -2), (2, -2), (-2, 2)]]
     views += [v.flip(3) for v in views]
     expected = np.mean([plain.forward_numpy(v.contiguous())[1] for v in views], axis=0)
     assert np.allclose(model.forward_numpy(x)[1], expected, atol=1e-4)
@@ -345,8 +348,8 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
     torch.save({**{k: v for k, v in ckpt.items() if k != "path"}, "test_shift": 0}, tmp_path / "tampered.pt")
     with pytest.raises(HashindexError, match="corrupt checkpoint"):  # the option changed without the id
         read_checkpoint(tmp_path / "tampered.pt")
-    res = runner.invoke(cli, ["derive", str(flip), "--test-shift", "9", "--out", str(tmp_path / "x.pt")])
-    assert res.exit_code == 2 and "--test-shift 9: expected 0 to 8 pixels" in res.output
+    res = runner.invoke(cli, ["derive", str(flip), "--test-shift", "5", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "--test-shift 5: expected 0 to 4 pixels (a quarter of the model's 16-px input)" in res.output
     res = runner.invoke(cli, ["derive", str(flip), "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and res.output.count("\n") == 1
     assert "derive: nothing to change (give --test-flip and/or --test-shift)" in res.output
