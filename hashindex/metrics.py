@@ -25,10 +25,26 @@ from typing import Any
 
 import numpy as np
 
+def _words(codes: np.ndarray, n: int) -> np.ndarray:
+    """Packed uint8 codes zero-padded to n 64-bit words each (zero bits change no distance)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.shape[1] != 8 * n:
+        codes = np.concatenate([codes, np.zeros((len(codes), 8 * n - codes.shape[1]), np.uint8)], axis=1)
+    return codes.view(np.uint64)
+
+
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
-    """(Q, B) and (N, B) packed uint8 codes -> (Q, N) uint16 Hamming distances."""
-    x = np.bitwise_xor(query_codes[:, None, :], db_codes[None, :, :])
-    return np.bitwise_count(x).sum(axis=2, dtype=np.uint16)
+    """(Q, B) and (N, B) packed uint8 codes -> (Q, N) uint16 Hamming distances.
+
+    XOR and popcount a 64-bit word at a time, added word by word: 12-22x faster than byte by byte with a
+    sum over the bytes (16 to 128 bits, 64 queries x 50,000 codes; a whole `eval` 1.8x; tools/bench_hamming.py,
+    docs/RESULTS.md "Evaluation")."""
+    n = max(1, -(-query_codes.shape[1] // 8))
+    q, db = _words(query_codes, n), _words(db_codes, n)
+    d = np.bitwise_count(q[:, None, 0] ^ db[None, :, 0]).astype(np.uint16)
+    for w in range(1, n):
+        d += np.bitwise_count(q[:, None, w] ^ db[None, :, w])
+    return d
 
 
 def code_statistics(codes: np.ndarray, bits: int) -> dict[str, Any]:

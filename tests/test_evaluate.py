@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hashindex import ShardSet
 from hashindex.cli import cli
 from hashindex.evaluation import evaluate
-from hashindex.metrics import evaluate_arrays, per_distance_counts, tie_aware_ap, tie_aware_precision_at_k
+from hashindex.metrics import evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap, tie_aware_precision_at_k
 
 
 def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
@@ -176,3 +177,14 @@ def test_eval_refuses_queries_of_another_model(flat_index, tmp_path):
     res = CliRunner().invoke(cli, ["eval", str(flat_index), "--queries", str(tmp_path / "q")])
     assert res.exit_code == 2 and "differs from the index's model" in res.output
     assert res.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("nbytes", [1, 2, 6, 8, 9, 16, 64])
+def test_hamming_distances_equal_a_bit_by_bit_count(nbytes):
+    """Word-at-a-time distances against unpacked bits, for code sizes inside, at and across 64-bit words."""
+    rng = np.random.default_rng(nbytes)
+    q, db = rng.integers(0, 256, (5, nbytes), dtype=np.uint8), rng.integers(0, 256, (300, nbytes), dtype=np.uint8)
+    want = (np.unpackbits(q, axis=1)[:, None, :] != np.unpackbits(db, axis=1)[None, :, :]).sum(axis=2)
+    got = hamming_distances(q, db)
+    assert got.dtype == np.uint16 and np.array_equal(got, want)
+    assert hamming_distances(q[:0], db).shape == (0, 300)
