@@ -5,7 +5,9 @@
 #   tools/reproduce_table.sh                       # all rows
 #   tools/reproduce_table.sh fmnist-48 cifar10-12  # some rows
 #
-# env: RUNS (default runs/table), HASHINDEX_DATA (default ../shared/data), HASHINDEX, PYTHON.
+# env: RUNS (default runs/table), HASHINDEX_DATA (default ../shared/data), HASHINDEX, PYTHON;
+#      TRAIN_ARGS, extra options for every training run (e.g. "--device cuda": tools/gpu_rows.sh), and
+#      EXTRACT_ARGS for the evaluation's extractions (tools/eval_protocol.sh).
 set -euo pipefail
 runs=${RUNS:-runs/table}
 data=${HASHINDEX_DATA:-../shared/data}
@@ -26,8 +28,8 @@ row() {
     local ckpt=$runs/$name.pt
     echo "== $name: $(date -u +%FT%TZ)"
     case $(state "$ckpt") in
-        none) $hx -q train --data "$train" --val "$test" --out "$ckpt" "$@" ;;
-        unfinished) $hx -q train --data "$train" --val "$test" --out "$ckpt" --resume "$@" ;;
+        none) $hx -q train --data "$train" --val "$test" --out "$ckpt" "$@" ${TRAIN_ARGS:-} ;;
+        unfinished) $hx -q train --data "$train" --val "$test" --out "$ckpt" --resume "$@" ${TRAIN_ARGS:-} ;;
     esac
     HASHINDEX=$hx PYTHON=$py "$(dirname "$0")/eval_protocol.sh" "$ckpt" "$train" "$test" "$runs/eval-$name"
     echo "== $name done: $(date -u +%FT%TZ)"
