@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+
 def _words(codes: np.ndarray, n: int) -> np.ndarray:
     """Packed uint8 codes zero-padded to n 64-bit words each (zero bits change no distance)."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)

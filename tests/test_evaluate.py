@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from hashindex import ShardSet
 from hashindex.cli import cli
 from hashindex.evaluation import evaluate
-from hashindex.metrics import evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap, tie_aware_precision_at_k
+from hashindex.metrics import (evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap,
+                               tie_aware_precision_at_k)
 
 
 def loop_ap(q_code, q_label, db_codes, db_labels, at=None):
