@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 
 
-def _words(codes: np.ndarray, n: int) -> np.ndarray:
-    """Packed uint8 codes zero-padded to n 64-bit words each (zero bits change no distance)."""
+def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
+    """Append zero bytes to each code (no Hamming distance changes)."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.shape[1] != 8 * n:
-        codes = np.concatenate([codes, np.zeros((len(codes), 8 * n - codes.shape[1]), np.uint8)], axis=1)
-    return codes.view(np.uint64)
+    if codes.shape[1] == nbytes:
+        return codes
+    out = np.zeros((len(codes), nbytes), np.uint8)
+    out[:, : codes.shape[1]] = codes
+    return out
 
 
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
@@ -41,7 +43,7 @@ def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarr
     sum over the bytes (16 to 128 bits, 64 queries x 50,000 codes; a whole `eval` 1.8x; tools/bench_hamming.py,
     docs/RESULTS.md "Evaluation")."""
     n = max(1, -(-query_codes.shape[1] // 8))
-    q, db = _words(query_codes, n), _words(db_codes, n)
+    q, db = pad_codes(query_codes, 8 * n).view(np.uint64), pad_codes(db_codes, 8 * n).view(np.uint64)
     d = np.bitwise_count(q[:, None, 0] ^ db[None, :, 0]).astype(np.uint16)
     for w in range(1, n):
         d += np.bitwise_count(q[:, None, w] ^ db[None, :, w])

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from hashindex import ShardSet
-from hashindex.index.kinds import pad_codes
+from hashindex.index import pad_codes, padded_bytes
 
 
 def tie_aware_recall(found: np.ndarray, kth: np.ndarray) -> float:
@@ -38,7 +38,7 @@ def bucket_topk(dist: np.ndarray, buckets: np.ndarray, sizes: np.ndarray, k: int
 def measure(codes: np.ndarray, n_queries: int, k: int, ef_values: list[int], m: int = 32,
             ef_construction: int = 80) -> dict:
     """Recall of both graphs (hashindex's default M and efConstruction) for queries spread over the set."""
-    padded = pad_codes(codes, 8 * ((codes.shape[1] + 7) // 8))
+    padded = pad_codes(codes, padded_bytes(codes.shape[1]))  # as the index pads them
     queries = padded[np.linspace(0, len(padded) - 1, min(n_queries, len(padded))).astype(int)]
     bits = padded.shape[1] * 8
     flat = faiss.IndexBinaryFlat(bits)

@@ -6,8 +6,9 @@ over arrays with the same code.
 """
 
 from .builder import append, build
+from ..metrics import pad_codes
 from .kinds import (BINARY_KINDS, RERANK_KINDS, BinaryParts, default_params, make_binary_index,
-                    make_rerank_index, new_float_store, pad_codes, padded_bytes)
+                    make_rerank_index, new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, binary_files, describe_index,
                      read_index_meta, rerank_signal)
 from .searcher import DEFAULT_CANDIDATES, FINE_BUDGET, MISSING, TIE_CAP, Index, SearchResult, default_pool

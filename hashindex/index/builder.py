@@ -31,10 +31,11 @@ from tqdm import tqdm
 
 from ..errors import HashindexError
 from ..files import atomic_write_json, exclusive, read_json, sha256_file
+from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .kinds import (IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_index, make_binary_parts,
-                    new_float_store, pad_codes, padded_bytes)
+                    new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
                      binary_files, check_index, copy_table, memory_figures, new_table, part_file, read_head,
                      read_index_meta, read_table, record_checksums, rerank_files, rerank_signal)

@@ -34,16 +34,6 @@ def padded_bytes(code_bytes: int) -> int:
     return -(-code_bytes // 8) * 8
 
 
-def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
-    """Append zero bytes to each code (no Hamming distance changes)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.shape[1] == nbytes:
-        return codes
-    out = np.zeros((len(codes), nbytes), np.uint8)
-    out[:, : codes.shape[1]] = codes
-    return out
-
-
 IVF_TRAIN_PER_LIST = 64  # k-means points per IVF list (faiss warns under 39; its default cap is 256)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..metrics import pad_codes
 from ..signals import Head, database_vectors
-from .kinds import pad_codes
 from .layout import part_file
 
 

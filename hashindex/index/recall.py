@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 
 from ..errors import HashindexError
+from ..metrics import pad_codes
 from ..store import ShardSet
-from .kinds import pad_codes
 
 TUNE_QUERIES = 500  # held-out items; recall@10 to about +-0.01 (binomial, 5,000 results)
 RECALL_AT = 10

@@ -24,9 +24,9 @@ import faiss
 import numpy as np
 
 from ..errors import HashindexError
+from ..metrics import pad_codes
 from ..signals import Head, query_vectors
-from .kinds import (BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, pad_codes,
-                    subset_distances)
+from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
 from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_float_parts, read_head,
                      read_index_meta, read_part, read_table, rerank_signal)
 
