@@ -236,7 +236,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @click.option("--binary", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "ivf", "hnsw", "multihash"]),
               help="Coarse Hamming index. auto: flat (exact) up to 2M items, else (or with --nlist / "
-                   "--nprobe) IVF, its nprobe tuned to --recall.")
+                   "--nprobe) IVF, its nprobe tuned to --recall. hnsw: a graph over the distinct codes, "
+                   "each answering with its items.")
 @click.option("--rerank", default="flat", show_default=True,
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
 @click.option("--signal", default="auto", show_default=True,

@@ -34,11 +34,13 @@ from ..files import atomic_write_json, exclusive, read_json, sha256_file
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
+from .buckets import BucketedBinary
 from .kinds import (IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_index, make_binary_parts,
                     new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
-                     binary_files, check_index, copy_table, memory_figures, new_table, part_file, read_head,
-                     read_index_meta, read_table, record_checksums, rerank_files, rerank_signal)
+                     binary_files, bucket_files, buckets_file, check_index, copy_table, memory_figures, new_table,
+                     part_file, read_binary, read_head, read_index_meta, read_table, record_checksums, rerank_files,
+                     rerank_signal, write_binary)
 from .recall import AUTO_FLAT_MAX, SEARCH_PARAMS, tune
 from .tuning import fine_stage, training_sample
 
@@ -157,8 +159,12 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         if recall is not None:
             tuning = _tune(store, tmp, parts, binary, params, bounds, pbytes, recall, remote, rng, log)
             params[tuning["param"]] = tuning["value"]
-        binary_meta: dict[str, Any] = {"kind": binary, "faiss": type(parts[0]).__name__,
+        bucketed = isinstance(parts[0], BucketedBinary)
+        binary_meta: dict[str, Any] = {"kind": binary,
+                                       "faiss": type(parts[0].graph if bucketed else parts[0]).__name__,
                                        "padded_bytes": pbytes, **params}
+        if bucketed:
+            binary_meta["buckets"] = True
         if requested == "auto":
             binary_meta["requested"] = "auto"
         if tuning is not None:
@@ -174,7 +180,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
                 rerank_meta["shards"] = [{"file": part_file("rerank", j), **r} for j, r in enumerate(ranges)]
         if not remote:
             for part, name in zip(parts, binary_files({"binary": binary_meta})):
-                faiss.write_index_binary(part, str(tmp / name))
+                write_binary(part, tmp / name)
             for fpart, name in zip(fparts, rerank_files({"rerank": rerank_meta})):
                 faiss.write_index(fpart, str(tmp / name))
         if head is not None:
@@ -188,8 +194,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
             "source": _source_entry(store),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.time() - t0, 3),
-            "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}),
-                                     rerank_files({"rerank": rerank_meta})),
+            "memory": memory_figures(tmp, n, _binary_names(binary_meta), rerank_files({"rerank": rerank_meta})),
             "files": record_checksums(tmp),
         }
         atomic_write_json(tmp / INDEX_JSON, meta)
@@ -200,18 +205,24 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
     return meta
 
 
+def _binary_names(binary_meta: dict[str, Any]) -> list[str]:
+    """Every file of the binary index: its graph(s) or index file(s), and their bucket tables."""
+    meta = {"binary": binary_meta}
+    return binary_files(meta) + bucket_files(meta)
+
+
 def _tune(store: ShardSet, tmp: Path, parts: list, kind: str, params: dict[str, Any], bounds: list[int],
           pbytes: int, target: float, remote: bool, rng: np.random.Generator, log) -> dict[str, Any]:
     """Set the parts' search parameter from the recall target (`recall.tune`); parts built on Ray are read
     back from their files, tuned and written again."""
     names = [part_file("binary", j) for j in range(len(bounds) - 1)]
     if remote:
-        parts = [faiss.read_index_binary(str(tmp / name)) for name in names]
+        parts = [read_binary(tmp / name, False, isinstance(parts[0], BucketedBinary)) for name in names]
     merged = BinaryParts(parts, bounds[:-1])
     tuning = tune(merged.search, parts, kind, params, store, pbytes, target, rng, log)
     if remote:
         for part, name in zip(parts, names):
-            faiss.write_index_binary(part, str(tmp / name))
+            write_binary(part, tmp / name)
     log(f"recall@{tuning['at']} {tuning['recall']} (target {target}) at {tuning['param']}={tuning['value']}")
     return tuning
 
@@ -308,10 +319,11 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
             copy_table(index_dir, table, n_old)
             _fill(store, [part], [fpart] if fpart is not None else [], bounds, pbytes, table, n_old, progress,
                   rerank_signal(meta), head)
-        faiss.write_index_binary(part, str(tmp / rewritten))
+        write_binary(part, tmp / rewritten)
         if fpart is not None:
             faiss.write_index(fpart, str(tmp / frewritten))
-        kept = [name for name in binary_files(meta) + rerank_files(meta) if name not in (rewritten, frewritten)]
+        kept = [name for name in _binary_names(meta["binary"]) + rerank_files(meta)
+                if name not in (rewritten, buckets_file(rewritten), frewritten)]
         for name in kept:
             _link_or_copy(index_dir / name, tmp / name)
         if head is not None:
@@ -321,7 +333,7 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
                         **_source_entry(store), "start": n_old, "stop": n,
                         "appended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "append_s": round(time.time() - t0, 3)}],
-                    "memory": memory_figures(tmp, n, binary_files({"binary": binary_meta}),
+                    "memory": memory_figures(tmp, n, _binary_names(binary_meta),
                                              rerank_files({"rerank": rerank_meta}))}
         linked = {name: sha for name, sha in (meta.get("files") or {}).items() if name in kept}
         new_meta["files"] = record_checksums(tmp, reuse=linked)
@@ -343,12 +355,15 @@ def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
     binary_meta = dict(meta["binary"])
     shards = [dict(s) for s in binary_meta.get("shards", [])]
     if not shards:
-        return faiss.read_index_binary(str(index_dir / BINARY_FILE)), [0, n], BINARY_FILE, binary_meta
+        part = read_binary(index_dir / BINARY_FILE, False, bool(binary_meta.get("buckets")))
+        return part, [0, n], BINARY_FILE, binary_meta
     if binary_meta["kind"] == "ivf":
         part = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
         part.reset()
     else:
         part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
+        if isinstance(part, BucketedBinary) and not binary_meta.get("buckets"):
+            part = part.graph  # an index built before graphs over distinct codes keeps its kind of part
     name = part_file("binary", len(shards))
     binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
     return part, [meta["count"], n], name, binary_meta

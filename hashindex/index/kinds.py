@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from ..errors import HashindexError
+from .buckets import BucketedBinary, graph_search
 
 FAST_CODE_BYTES = (4, 8, 16, 20, 32, 64)
 BINARY_KINDS = ("flat", "ivf", "hnsw", "multihash")
@@ -77,11 +78,11 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
         index.nprobe = params["nprobe"]
         index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
         return index
-    if kind == "hnsw":
-        index = faiss.IndexBinaryHNSW(dim, params["M"])
-        index.hnsw.efConstruction = params["efConstruction"]
-        index.hnsw.efSearch = params["efSearch"]
-        return index
+    if kind == "hnsw":  # a graph over the distinct codes, each standing for its bucket of items (buckets.py)
+        graph = faiss.IndexBinaryHNSW(dim, params["M"])
+        graph.hnsw.efConstruction = params["efConstruction"]
+        graph.hnsw.efSearch = params["efSearch"]
+        return BucketedBinary(graph)
     if kind == "multihash":
         index = faiss.IndexBinaryMultiHash(dim, params["nhash"], params["b"])
         index.nflip = params["nflip"]
@@ -205,7 +206,7 @@ def binary_search(index: faiss.IndexBinary, x: np.ndarray, k: int, nprobe: int |
     `layout.fast_topk` sets it on the index: a parameters object carries its own 0, which the counting scanner
     reads as "scan nothing" (faiss issue #5555; measured: every result -1 without it)."""
     if nprobe is None or not isinstance(index, faiss.IndexBinaryIVF):
-        return index.search(x, k)
+        return graph_search(index, x, k)
     params = faiss.SearchParametersIVF()
     params.nprobe, params.max_codes = int(nprobe), 1 << 62
     return index.search(x, k, params=params)

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
-from .layout import part_file
+from .buckets import BucketedBinary
+from .layout import part_file, write_binary
 
 
 @dataclass
@@ -31,17 +32,19 @@ class PartJob:
     out: str
     bounds: list[int]
     pbytes: int
-    binary: np.ndarray  # faiss.serialize_index_binary of a trained, empty part
+    binary: np.ndarray  # faiss.serialize_index_binary of a trained, empty part (its graph, when bucketed)
     store: np.ndarray | None  # faiss.serialize_index of a trained, empty float store (None: no fine stage)
     signal: str
     head: Head | None
+    buckets: bool = False  # the part is a graph over distinct codes with a bucket table (buckets.py)
 
 
-def part_job(shard_dir: Path, out: Path, bounds: list[int], pbytes: int, template: faiss.IndexBinary,
+def part_job(shard_dir: Path, out: Path, bounds: list[int], pbytes: int, template: faiss.IndexBinary | BucketedBinary,
              store: faiss.Index | None, signal: str, head: Head | None) -> PartJob:
+    bucketed = isinstance(template, BucketedBinary)
     return PartJob(str(Path(shard_dir).resolve()), str(Path(out).resolve()), list(bounds), pbytes,
-                   faiss.serialize_index_binary(template),
-                   faiss.serialize_index(store) if store is not None else None, signal, head)
+                   faiss.serialize_index_binary(template.graph if bucketed else template),
+                   faiss.serialize_index(store) if store is not None else None, signal, head, bucketed)
 
 
 def build_part(job: PartJob, j: int) -> int:
@@ -52,8 +55,10 @@ def build_part(job: PartJob, j: int) -> int:
     rows = ShardSet(job.shard_dir).rows_between(lo, hi, ("codes", "features") if job.store is not None
                                                else ("codes",))
     binary = faiss.deserialize_index_binary(job.binary)
+    if job.buckets:
+        binary = BucketedBinary(binary)
     binary.add(pad_codes(rows["codes"], job.pbytes))
-    faiss.write_index_binary(binary, str(Path(job.out) / part_file("binary", j)))
+    write_binary(binary, Path(job.out) / part_file("binary", j))
     if job.store is not None:
         store = faiss.deserialize_index(job.store)
         store.add(database_vectors(job.signal, rows["features"], rows["codes"], job.head))

@@ -27,7 +27,7 @@ from ..errors import HashindexError
 from ..metrics import pad_codes
 from ..signals import Head, query_vectors
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, check_index, read_binary, read_float, read_float_parts, read_head,
+from .layout import (RERANK_FILE, binary_files, buckets_file, check_index, read_binary, read_float, read_float_parts, read_head,
                      read_index_meta, read_part, read_table, rerank_signal)
 
 MISSING = -1
@@ -93,7 +93,7 @@ class Index:
                                      "(build it with shards=S)")
             binary, rerank = remote_parts(d, meta, shard_actors)
         else:
-            parts = [read_binary(d / name, mmap) for name in binary_files(meta)]
+            parts = [read_binary(d / name, mmap, bool(meta["binary"].get("buckets"))) for name in binary_files(meta)]
             width = meta["binary"]["padded_bytes"] * 8
             if any(part.d != width for part in parts):
                 raise HashindexError(f"index_dir={d}: index.json says {width}-bit codes, the binary index holds "
@@ -365,6 +365,11 @@ def first_k_order(d: np.ndarray, ham: np.ndarray, pos: np.ndarray, k: int) -> np
     return np.take_along_axis(sel, np.lexsort((sp, sh, sd), axis=-1)[:, :k], 1)
 
 
+def _held_bytes(binary: Path, bucketed: bool) -> int:
+    """Bytes of a binary part's files (its graph and bucket table), what its actor will hold."""
+    return binary.stat().st_size + (binary.with_name(buckets_file(binary.name)).stat().st_size if bucketed else 0)
+
+
 def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
                  ) -> tuple[BinaryParts, FloatParts | None]:
     """The parts of a sharded index held by one Ray actor each (an index past one machine's RAM): each actor
@@ -378,8 +383,9 @@ def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
     floats = meta["rerank"].get("shards") or [None] * len(parts)
     paths = [((directory / p["file"]).resolve(), (directory / f["file"]).resolve() if f else None)  # workers
              for p, f in zip(parts, floats)]  # elsewhere: absolute paths
-    actors = holders([partial(read_part, str(b), str(f) if f else None) for b, f in paths],
-                     [b.stat().st_size + (f.stat().st_size if f else 0) for b, f in paths], **options)
+    bucketed = bool(meta["binary"].get("buckets"))
+    actors = holders([partial(read_part, str(b), str(f) if f else None, bucketed) for b, f in paths],
+                     [_held_bytes(b, bucketed) + (f.stat().st_size if f else 0) for b, f in paths], **options)
     starts, sizes = [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts]
     binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors))
     if not meta["rerank"].get("shards"):
