@@ -1,8 +1,11 @@
 """`hashindex eval`: an index scored with labelled query shards (the metrics are hashindex.metrics).
 
-The re-ranked figures are those of the ranking `Index.search` returns, with the
-index's own fine-stage signal; ``candidates=None`` (the default) is the pool a
-query gets by default, and ``candidates="all"`` re-ranks the whole database.
+The headline figures rank the whole database by exact Hamming distance (codes from the index's table), and
+the re-ranked ones re-order each query's pool with the index's own fine-stage signal, as `Index.search` does
+over a flat coarse index; ``candidates=None`` (the default) is the pool a query gets by default, and
+``candidates="all"`` re-ranks the whole database. An approximate coarse index (IVF, HNSW, MultiHash) serves
+something else: its top k may miss neighbours. For those, ``served`` scores the ranking `Index.search` itself
+returns (what `query` and the service give), and the coarse stage's recall against exact search.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import class_name, code_statistics, evaluate_arrays, format_code_statistics
+from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays, format_code_statistics,
+                      hamming_distances)
 
 
 PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
             "order (headline mAP and precision@k) and the tie-aware expectations beside them; mAP@k divides by the relevant "
             "items in the top k; a query with no item within the radius counts precision 0; re-ranked = the ranking "
-            "a query gets: the pool (whole tie groups) re-ordered by the index's signal, then Hamming order")
+            "a query gets: the pool (whole tie groups) re-ordered by the index's signal, then Hamming order; "
+            "served (approximate coarse indexes) = the top k the index's search returns, -1s counted not relevant")
 
 
 def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
@@ -61,6 +66,10 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
         out["reranked"]["signal"] = index.signal
     for row in out["per_class"]:
         row["name"] = class_name(index.class_names, row["label"])
+    if index.meta["binary"]["kind"] != "flat":
+        out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
+                                       q["labels"][keep], db_codes, at, candidates=pool, rerank=use_rerank,
+                                       progress=progress)
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["protocol"] = PROTOCOL
@@ -68,6 +77,43 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     out["queries_dir"] = str(queries_dir)
     out["model_id"] = index.model_id
     return out
+
+
+SERVED_RECALL_AT = 10
+
+
+def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels: np.ndarray,
+                   db_codes: np.ndarray, at: tuple[int, ...], *, candidates: int | None = None,
+                   rerank: bool = True, chunk: int = 256,
+                   progress: bool = False) -> dict[str, Any]:
+    """mAP@k (k in ``at``, up to the index's size) and precision@10 of the ranking ``index.search`` serves (its
+    coarse index as built, default pool and signal), and the coarse stage's tie-aware recall@10: the share
+    of its Hamming top 10 at most as far as the exact 10th neighbour."""
+    from tqdm import tqdm
+
+    from .index import MISSING
+
+    k = min(max(at), index.count)
+    r = min(SERVED_RECALL_AT, index.count)
+    aps: dict[int, list[np.ndarray]] = {a: [] for a in at if a <= k}
+    p10, recall = [], []
+    for s in tqdm(range(0, len(codes), chunk), desc="served", unit="chunk", disable=not progress):
+        sl = slice(s, s + chunk)
+        res = index.search(codes[sl], features[sl] if features is not None else None, k=k,
+                           candidates=candidates, rerank=rerank)
+        rel = (res.positions != MISSING) & (index.labels[np.maximum(res.positions, 0)] == labels[sl, None])
+        for a in aps:
+            aps[a].append(average_precision(rel, a))
+        p10.append(rel[:, :10].mean(axis=1))
+        kth = np.partition(hamming_distances(codes[sl], db_codes), r - 1, axis=1)[:, r - 1:r]
+        coarse = index.search(codes[sl], None, k=r, rerank=False)
+        recall.append(((coarse.hamming <= kth) & (coarse.positions != MISSING)).mean(axis=1))
+    b = index.meta["binary"]
+    params = {name: b[name] for name in ("nlist", "nprobe", "M", "efSearch", "nhash", "b", "nflip") if name in b}
+    return {"coarse": b["kind"], "params": params, "reranked": bool(rerank and features is not None),
+            **{f"map@{a}": float(np.concatenate(v).mean()) for a, v in aps.items()},
+            "precision@10": float(np.concatenate(p10).mean()),
+            f"coarse_recall@{r}": float(np.concatenate(recall).mean())}
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -81,6 +127,16 @@ def format_metrics(m: dict[str, Any]) -> str:
         label = f"{m['reranked'].get('signal', 'l2')}, pool {m['reranked']['candidates']}"
         lines.append(f"{label:<22} {m['reranked']['map']:8.4f} "
                      + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith("map@")))
+    if "served" in m:
+        sv = m["served"]
+        at = ", ".join(f"{k} {v:.4f}" for k, v in sv.items() if k.startswith("map@"))
+        exact = m["reranked" if sv["reranked"] else "hamming"]
+        exact_at = ", ".join(f"{k} {v:.4f}" for k, v in exact.items() if k.startswith("map@"))
+        recall = next(k for k in sv if k.startswith("coarse_recall@"))
+        params = ", ".join(f"{k} {v}" for k, v in sv["params"].items())
+        lines.append(f"as served by the {sv['coarse']} coarse index ({params}): {at}, precision@10 "
+                     f"{sv['precision@10']:.4f} (exact coarse stage: {exact_at}); coarse "
+                     f"{recall.replace('coarse_', '')} {sv[recall]:.4f}")
     lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
     pk = m["precision_at_k"]
     pkt = m.get("precision_at_k_tie_aware")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hashindex import ShardSet
 from hashindex.cli import cli
-from hashindex.evaluation import evaluate
+from hashindex.evaluation import evaluate, format_metrics
 from hashindex.metrics import (evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap,
                                tie_aware_precision_at_k)
 
@@ -189,3 +189,33 @@ def test_hamming_distances_equal_a_bit_by_bit_count(nbytes):
     got = hamming_distances(q, db)
     assert got.dtype == np.uint16 and np.array_equal(got, want)
     assert hamming_distances(q[:0], db).shape == (0, 300)
+
+
+def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index, tmp_path):
+    """eval ranks by exact Hamming distance whatever the coarse index; an IVF index also gets the ranking its
+    search serves: exhaustive (nprobe = nlist) it equals the exact figures, at nprobe 1 its coarse stage
+    misses neighbours and says so."""
+    from hashindex.index import build
+    from hashindex.store import write_arrays
+
+    quiet = {"progress": False, "log": lambda s: None}
+    store = ShardSet(cifar_shards)
+    rows = store.rows_at(np.arange(0, store.rows, 10), ("codes", "features", "labels"))
+    queries = write_arrays(tmp_path / "q", rows["codes"], rows["features"], labels=rows["labels"], bits=store.bits,
+                           class_names=store.class_names, model_id=store.model_id).dir
+    build(cifar_shards, tmp_path / "ivf", binary="ivf", nlist=32, nprobe=32, signal="l2", **quiet)
+    whole = evaluate(tmp_path / "ivf", queries, at=(100,), progress=False)
+    sv = whole["served"]
+    assert sv["coarse"] == "ivf" and sv["params"] == {"nlist": 32, "nprobe": 32} and sv["reranked"]
+    assert sv["coarse_recall@10"] == 1.0
+    assert sv["map@100"] == pytest.approx(whole["reranked"]["map@100"], abs=1e-9)
+    plain = evaluate(tmp_path / "ivf", queries, at=(100,), rerank=False, progress=False)
+    assert plain["served"]["map@100"] == pytest.approx(plain["hamming"]["map@100"], abs=1e-9)
+    assert plain["served"]["precision@10"] == pytest.approx(plain["precision_at_k"][9], abs=1e-9)
+    build(cifar_shards, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
+    one = evaluate(tmp_path / "ivf1", queries, at=(100,), progress=False)
+    assert one["served"]["coarse_recall@10"] < 1.0 and not one["served"]["reranked"]
+    assert one["hamming"] == plain["hamming"]  # the exact figures do not depend on the coarse index
+    text = format_metrics(one)
+    assert "as served by the ivf coarse index (nlist 32, nprobe 1): map@100 " in text and "coarse recall@10 " in text
+    assert "served" not in evaluate(flat_index, queries, at=(100,), progress=False)  # flat: served = exact
