@@ -15,6 +15,7 @@ unchanged. The files are index/layout.py's (`write_binary`, `read_binary`).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import faiss
@@ -52,6 +53,7 @@ class BucketedBinary:
         self._pending: list[np.ndarray] = []  # node of each added item, not yet folded into the CSR arrays
         self._new: list[np.ndarray] = []  # codes of new nodes, not yet added to the graph
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (distinct keys sorted, their nodes)
+        self._fold = threading.Lock()  # the first searches after an add may come from several threads
 
     # what the searcher, parts and tuning read of a Faiss binary index
     @property
@@ -86,16 +88,19 @@ class BucketedBinary:
         depends on how its insertions are batched, and this way a part built from one shard file after
         another equals the same part built in one go (Ray builds, hashindex/index/parts.py; tested).
         """
-        if self._new:
-            self.graph.add(np.concatenate(self._new))
-            self._new = []
-        if self._pending:
-            node_of = np.concatenate([self._node_of_stored()] + self._pending)
-            self._pending = []
-            counts = np.bincount(node_of, minlength=self.nodes)
-            self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            self.members = np.argsort(node_of, kind="stable").astype(np.int64)  # ascending within a bucket
-        return self.offsets, self.members
+        if not (self._new or self._pending):
+            return self.offsets, self.members
+        with self._fold:
+            if self._new:
+                self.graph.add(np.concatenate(self._new))
+                self._new = []
+            if self._pending:
+                node_of = np.concatenate([self._node_of_stored()] + self._pending)
+                counts = np.bincount(node_of, minlength=self.nodes)
+                offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                self.members = np.argsort(node_of, kind="stable").astype(np.int64)  # ascending within a bucket
+                self.offsets, self._pending = offsets, []
+            return self.offsets, self.members
 
     def _node_of_stored(self) -> np.ndarray:
         """The node of every item already in the CSR arrays, by position."""
