@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashindexError
-from hashindex.index import Index, append, build
+from hashindex.index import Index, append, build, describe_index
 from hashindex.index.buckets import BucketedBinary, graph_search
 from hashindex.metrics import hamming_distances
 from hashindex.store import write_arrays
@@ -131,6 +131,7 @@ def test_build_append_load_round_trip(collection, shards):
     tables = sorted(p.name for p in out.glob("*.buckets.npy"))
     assert len(tables) == shards and all(t in meta["files"] for t in tables)
     assert meta["memory"]["binary_bytes"] == sum(p.stat().st_size for p in out.glob("binary*"))
+    assert describe_index(out)["coarse"].startswith("hnsw over the distinct codes, M 32, efSearch 128")
     queries = codes[5000:5100]
     index = Index.load(out)
     res = index.search(queries, None, k=20, rerank=False)

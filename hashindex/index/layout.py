@@ -187,7 +187,7 @@ def check_index(directory: Path, meta: dict[str, Any], arg: str = "index_dir", u
 def coarse_line(binary: dict[str, Any]) -> str:
     """'ivf, nlist 256, nprobe 2: recall@10 0.977 (target 0.95, measured on 500 held-out items)'."""
     params = [f"{k} {binary[k]}" for k in ("nlist", "nprobe", "M", "efSearch", "nhash", "b", "nflip") if k in binary]
-    line = ", ".join([binary["kind"]] + params)
+    line = ", ".join([binary["kind"] + (" over the distinct codes" if binary.get("buckets") else "")] + params)
     t = binary.get("tuning")
     if t:
         line += f": recall@{t['at']} {t['recall']} (target {t['target']}, measured on {t['queries']} held-out items)"
