@@ -183,3 +183,20 @@ def test_an_index_with_a_graph_over_every_item_still_loads(collection, tmp_path)
     assert isinstance(index.binary, faiss.IndexBinaryHNSW)
     res = index.search(codes[:10], None, k=5, rerank=False)
     assert (res.positions >= 0).all() and (res.hamming[:, 0] == 0).all()
+    with pytest.raises(HashindexError, match="radius=2: the hnsw index has no range search .*rebuild it"):
+        index.range_search(codes[:10], 2)
+
+
+def test_hnsw_range_search_grows_until_outside_the_radius():
+    """More codes lie within the radius than the first search asks for (64): it asks again for more."""
+    codes = bucketed_codes(20_000, 3000, seed=8)
+    index = BucketedBinary(faiss.IndexBinaryHNSW(64, 32))
+    index.add(codes)
+    lims, d, pos = index.range_search(codes[:20], 30)
+    brute = hamming_distances(codes[:20], codes)
+    nodes_inside = [len(np.unique(codes[brute[q] < 30], axis=0)) for q in range(20)]
+    assert max(nodes_inside) > 64
+    found = [set(pos[lims[q]:lims[q + 1]].tolist()) for q in range(20)]
+    recall = np.mean([len(f & set(np.flatnonzero(brute[q] < 30).tolist())) / (brute[q] < 30).sum()
+                      for q, f in enumerate(found)])
+    assert recall > 0.99 and all(f <= set(np.flatnonzero(brute[q] < 30).tolist()) for q, f in enumerate(found))

@@ -90,8 +90,10 @@ def test_approximate_indexes_recall(kind, cifar_shards, flat_index, db, tmp_path
     assert np.array_equal(np.take_along_axis(hamming_distances(q, db["codes"]), a.positions, 1), a.hamming)
 
 
-@pytest.mark.parametrize("kind", ["flat", "multihash"])
+@pytest.mark.parametrize("kind", ["flat", "multihash", "hnsw"])
 def test_radius_2_is_exact(kind, cifar_shards, db, tmp_path):
+    """(HNSW's range search grows its top-k search until the farthest code found is outside the radius:
+    approximate in general, exact here, where the codes within 2 bits are few.)"""
     build(cifar_shards, tmp_path / kind, binary=kind, rerank="none", progress=False, log=lambda s: None)
     index = Index.load(tmp_path / kind)
     q = db["codes"][QUERIES]

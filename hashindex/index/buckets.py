@@ -200,10 +200,31 @@ class BucketedBinary:
         return short
 
     def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every item closer than ``radius`` (Faiss's convention), when the graph has a range search."""
+        """Every item closer than ``radius`` (Faiss's convention: lims, distances, positions). An HNSW graph has
+        no range search in Faiss; it is asked for more and more nearest codes until the farthest found lies
+        at ``radius`` or beyond (approximate, as its top k is)."""
         offsets, members = self.buckets()
-        lims, nd, ni = self.graph.range_search(np.ascontiguousarray(x, dtype=np.uint8), radius)
+        x = np.ascontiguousarray(x, dtype=np.uint8)
+        if isinstance(self.graph, faiss.IndexBinaryHNSW):
+            lims, nd, ni = self._graph_range(x, radius)
+        else:
+            lims, nd, ni = self.graph.range_search(x, radius)
         sizes = offsets[ni + 1] - offsets[ni]
         starts = np.repeat(offsets[ni] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
         out_lims = np.concatenate([[0], np.cumsum(sizes)])[lims]
         return out_lims, np.repeat(nd, sizes), np.asarray(members)[starts + np.arange(int(sizes.sum()))]
+
+    def _graph_range(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The graph's codes closer than ``radius`` per query, from growing top-k searches (lims, d, nodes)."""
+        found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int32), np.zeros(0, np.int64))] * len(x)
+        todo, want = np.arange(len(x)), min(self.nodes, 64)
+        while len(todo) and want:
+            nd, ni = graph_search(self.graph, x[todo], want)
+            inside = (ni >= 0) & (nd < radius)
+            for row, q in enumerate(todo):
+                found[q] = (nd[row][inside[row]], ni[row][inside[row]])
+            if want >= self.nodes:
+                break
+            todo, want = todo[inside.all(axis=1)], min(self.nodes, want * 4)  # all inside: there may be more
+        lims = np.concatenate([[0], np.cumsum([len(d) for d, _ in found])]).astype(np.int64)
+        return lims, np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])

@@ -258,8 +258,8 @@ class Index:
         whole group is what lets the float features pick the best of it.
         Costs one range search per distinct boundary distance.
         """
-        if self.meta["binary"]["kind"] == "hnsw":
-            return ham, pos  # no range search; the pool stays as it is
+        if self.meta["binary"]["kind"] == "hnsw" and not self.meta["binary"].get("buckets"):
+            return ham, pos  # a graph over every item (built before buckets) has no range search
         bound = ham[:, -1]
         pools = [(ham[i], pos[i]) for i in range(len(ham))]
         for r in np.unique(bound[bound >= 0]):
@@ -340,7 +340,7 @@ class Index:
             lims, dist, pos = self._binary_call("range_search", codes, radius + 1, nprobe)
         except RuntimeError:
             raise HashindexError(f"radius={radius}: the {self.meta['binary']['kind']} index has no range search "
-                                 "(build with binary=flat, ivf or multihash)") from None
+                                 "(an HNSW index built before graphs over distinct codes: rebuild it)") from None
         out = []
         for i in range(len(lims) - 1):
             d, p = dist[lims[i]:lims[i + 1]], pos[lims[i]:lims[i + 1]].astype(np.int64)
