@@ -88,7 +88,8 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
                    progress: bool = False) -> dict[str, Any]:
     """mAP@k (k in ``at``, up to the index's size) and precision@10 of the ranking ``index.search`` serves (its
     coarse index as built, default pool and signal), and the coarse stage's tie-aware recall@10: the share
-    of its Hamming top 10 at most as far as the exact 10th neighbour."""
+    of its Hamming top 10 at most as far as the exact 10th neighbour. ``mean_results``: how many of the k asked
+    for came back (mAP@k divides by the relevant items found, so a short list must show)."""
     from tqdm import tqdm
 
     from .index import MISSING
@@ -96,7 +97,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     k = min(max(at), index.count)
     r = min(SERVED_RECALL_AT, index.count)
     aps: dict[int, list[np.ndarray]] = {a: [] for a in at if a <= k}
-    p10, recall = [], []
+    p10, recall, found = [], [], []
     for s in tqdm(range(0, len(codes), chunk), desc="served", unit="chunk", disable=not progress):
         sl = slice(s, s + chunk)
         res = index.search(codes[sl], features[sl] if features is not None else None, k=k,
@@ -105,6 +106,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
         for a in aps:
             aps[a].append(average_precision(rel, a))
         p10.append(rel[:, :10].mean(axis=1))
+        found.append((res.positions != MISSING).sum(axis=1))
         kth = np.partition(hamming_distances(codes[sl], db_codes), r - 1, axis=1)[:, r - 1:r]
         coarse = index.search(codes[sl], None, k=r, rerank=False)
         recall.append(((coarse.hamming <= kth) & (coarse.positions != MISSING)).mean(axis=1))
@@ -113,6 +115,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     return {"coarse": b["kind"], "params": params, "reranked": bool(rerank and features is not None),
             **{f"map@{a}": float(np.concatenate(v).mean()) for a, v in aps.items()},
             "precision@10": float(np.concatenate(p10).mean()),
+            "mean_results": float(np.concatenate(found).mean()), "k": k,
             f"coarse_recall@{r}": float(np.concatenate(recall).mean())}
 
 
@@ -136,7 +139,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         params = ", ".join(f"{k} {v}" for k, v in sv["params"].items())
         lines.append(f"as served by the {sv['coarse']} coarse index ({params}): {at}, precision@10 "
                      f"{sv['precision@10']:.4f} (exact coarse stage: {exact_at}); coarse "
-                     f"{recall.replace('coarse_', '')} {sv[recall]:.4f}")
+                     f"{recall.replace('coarse_', '')} {sv[recall]:.4f}; {sv['mean_results']:.0f} of {sv['k']} "
+                     "results returned on average")
     lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
     pk = m["precision_at_k"]
     pkt = m.get("precision_at_k_tie_aware")

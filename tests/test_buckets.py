@@ -187,8 +187,15 @@ def test_an_index_with_a_graph_over_every_item_still_loads(collection, tmp_path)
         index.range_search(codes[:10], 2)
 
 
-def test_hnsw_range_search_grows_until_outside_the_radius():
-    """More codes lie within the radius than the first search asks for (64): it asks again for more."""
+@pytest.mark.parametrize("flat_factor", [1, None])
+def test_hnsw_range_search_grows_until_outside_the_radius(flat_factor, monkeypatch):
+    """More codes lie within the radius than the first search asks for (64): the graph is asked again for
+    more (with the scan made dear, flat_factor 1), or the distinct codes are scanned (the default here:
+    exact)."""
+    from hashindex.index import buckets
+
+    if flat_factor:
+        monkeypatch.setattr(buckets, "FLAT_FACTOR", flat_factor)
     codes = bucketed_codes(20_000, 3000, seed=8)
     index = BucketedBinary(faiss.IndexBinaryHNSW(64, 32))
     index.add(codes)
@@ -196,7 +203,8 @@ def test_hnsw_range_search_grows_until_outside_the_radius():
     brute = hamming_distances(codes[:20], codes)
     nodes_inside = [len(np.unique(codes[brute[q] < 30], axis=0)) for q in range(20)]
     assert max(nodes_inside) > 64
+    want = [set(np.flatnonzero(brute[q] < 30).tolist()) for q in range(20)]
     found = [set(pos[lims[q]:lims[q + 1]].tolist()) for q in range(20)]
-    recall = np.mean([len(f & set(np.flatnonzero(brute[q] < 30).tolist())) / (brute[q] < 30).sum()
-                      for q, f in enumerate(found)])
-    assert recall > 0.99 and all(f <= set(np.flatnonzero(brute[q] < 30).tolist()) for q, f in enumerate(found))
+    recall = np.mean([len(f & w) / len(w) for f, w in zip(found, want)])
+    assert all(f <= w for f, w in zip(found, want)) and recall > (0.99 if flat_factor else 1 - 1e-12)
+    assert np.array_equal(d, brute[np.repeat(np.arange(20), np.diff(lims)), pos])

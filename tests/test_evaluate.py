@@ -215,6 +215,7 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index,
     build(cifar_shards, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
     one = evaluate(tmp_path / "ivf1", queries, at=(100,), progress=False)
     assert one["served"]["coarse_recall@10"] < 1.0 and not one["served"]["reranked"]
+    assert one["served"]["mean_results"] == one["served"]["k"] == 100  # lists of ~300 items: filled
     assert one["hamming"] == plain["hamming"]  # the exact figures do not depend on the coarse index
     text = format_metrics(one)
     assert "as served by the ivf coarse index (nlist 32, nprobe 1): map@100 " in text and "coarse recall@10 " in text

@@ -352,3 +352,19 @@ def test_float_parts_give_each_part_only_its_candidates(kind):
     assert np.array_equal(fp.distances(x, pos), subset_distances(one, x, pos))
     for (lo, hi), lp in zip(zip(bounds, bounds[1:]), asked):
         assert lp.shape[1] == max(((pos >= lo) & (pos < hi)).sum(axis=1).max(), 1)  # packed, not the whole pool
+
+
+def test_ivf_returns_k_results_when_its_lists_hold_fewer(cifar_shards, db, tmp_path):
+    """nprobe 1 of 64 lists (~150 items each) asked for 2,000: the query is searched again with more lists
+    until they hold 2,000 items; the index's own nprobe stays 1."""
+    build(cifar_shards, tmp_path / "ivf", binary="ivf", nlist=64, nprobe=1, rerank="none", progress=False,
+          log=lambda s: None)
+    index = Index.load(tmp_path / "ivf")
+    q = db["codes"][QUERIES]
+    res = index.search(q, None, k=2000, rerank=False)
+    brute = hamming_distances(q, db["codes"])
+    assert (res.positions >= 0).all() and index.binary.nprobe == 1
+    assert all(len(set(row)) == 2000 for row in res.positions.tolist())
+    assert np.array_equal(res.hamming, np.take_along_axis(brute, res.positions, 1))
+    kth = np.sort(brute, axis=1)[:, 1999:2000]
+    assert tie_aware_recall(res.hamming, np.sort(brute, axis=1), k=2000) >= 0.9 and (res.hamming[:, 0] <= kth[:, 0]).all()

@@ -22,6 +22,13 @@ import faiss
 import numpy as np
 
 
+# A graph search for k codes costs about what a flat scan of 128 k distinct codes does: measured on the 9,776
+# distinct codes of the shipped model's 50,000 CIFAR-10 training codes, 200 queries, per query: k 16: graph
+# 0.041 ms, scan 0.074; k 64: 0.047 / 0.034; k 256: 0.125 / 0.042; k 4,096: 6.6 / 0.36. Past that, the
+# graph's own storage of the codes is scanned instead (exact, and faster).
+FLAT_FACTOR = 128
+
+
 def _keys(codes: np.ndarray) -> np.ndarray:
     """One comparable value per code row (the row's bytes), for sorting and matching codes."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -156,12 +163,27 @@ class BucketedBinary:
         want = min(self.nodes, max(16, 2 * int(np.ceil(k / per_node))))
         todo = np.arange(q)
         while len(todo):
-            nd, ni = graph_search(self.graph, x[todo], want)
+            nd, ni = self._nearest(x[todo], want)
             short = self._expand(nd, ni, k, offsets, members, todo, dist, pos)
             if want >= self.nodes:
                 break
             todo, want = todo[short], min(self.nodes, want * 4)
         return dist, pos
+
+    def _codes_index(self) -> faiss.IndexBinary:
+        """An exact index of the distinct codes: an HNSW graph's own storage (a flat index, no copy), or the
+        graph itself when it is exact."""
+        if not isinstance(self.graph, faiss.IndexBinaryHNSW):
+            return self.graph
+        storage = faiss.downcast_IndexBinary(self.graph.storage)
+        storage.use_heap = False  # top k by counting (layout.fast_topk)
+        return storage
+
+    def _nearest(self, x: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``want`` nearest distinct codes: from the graph, or by a scan of them where that is cheaper."""
+        if want * FLAT_FACTOR >= self.nodes:
+            return self._codes_index().search(x, want)
+        return graph_search(self.graph, x, want)
 
     @staticmethod
     def _expand(nd: np.ndarray, ni: np.ndarray, k: int, offsets: np.ndarray, members: np.ndarray,
@@ -202,7 +224,7 @@ class BucketedBinary:
     def range_search(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every item closer than ``radius`` (Faiss's convention: lims, distances, positions). An HNSW graph has
         no range search in Faiss; it is asked for more and more nearest codes until the farthest found lies
-        at ``radius`` or beyond (approximate, as its top k is)."""
+        at ``radius`` or beyond (approximate, as its top k is), or until scanning the codes is cheaper."""
         offsets, members = self.buckets()
         x = np.ascontiguousarray(x, dtype=np.uint8)
         if isinstance(self.graph, faiss.IndexBinaryHNSW):
@@ -217,14 +239,17 @@ class BucketedBinary:
     def _graph_range(self, x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The graph's codes closer than ``radius`` per query, from growing top-k searches (lims, d, nodes)."""
         found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int32), np.zeros(0, np.int64))] * len(x)
-        todo, want = np.arange(len(x)), min(self.nodes, 64)
-        while len(todo) and want:
+        todo, want = np.arange(len(x)), 64
+        while len(todo):
+            if want * FLAT_FACTOR >= self.nodes:  # a scan of the distinct codes is cheaper now, and exact
+                lims, d, i = self._codes_index().range_search(x[todo], radius)
+                for row, q in enumerate(todo):
+                    found[q] = (d[lims[row]:lims[row + 1]], i[lims[row]:lims[row + 1]])
+                break
             nd, ni = graph_search(self.graph, x[todo], want)
             inside = (ni >= 0) & (nd < radius)
             for row, q in enumerate(todo):
                 found[q] = (nd[row][inside[row]], ni[row][inside[row]])
-            if want >= self.nodes:
-                break
-            todo, want = todo[inside.all(axis=1)], min(self.nodes, want * 4)  # all inside: there may be more
+            todo, want = todo[inside.all(axis=1)], want * 4  # all inside: there may be more
         lims = np.concatenate([[0], np.cumsum([len(d) for d, _ in found])]).astype(np.int64)
         return lims, np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
