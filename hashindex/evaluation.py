@@ -88,7 +88,8 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
                    progress: bool = False) -> dict[str, Any]:
     """mAP@k (k in ``at``, up to the index's size) and precision@10 of the ranking ``index.search`` serves (its
     coarse index as built, default pool and signal), and the coarse stage's tie-aware recall@10: the share
-    of its Hamming top 10 at most as far as the exact 10th neighbour. ``mean_results``: how many of the k asked
+    of the Hamming top 10 it serves (searched, as every search is, for the default pool) at most as far as
+    the exact 10th neighbour. ``mean_results``: how many of the k asked
     for came back (mAP@k divides by the relevant items found, so a short list must show)."""
     from tqdm import tqdm
 
