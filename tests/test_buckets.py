@@ -162,6 +162,9 @@ def test_a_bucket_table_not_matching_its_graph_is_refused(collection, tmp_path):
     np.save(out / "binary.buckets.npy", np.array([3, 2, 0, 1, 2, 2, 0, 1], np.int64))
     with pytest.raises(HashindexError, match=r"binary.buckets.npy is not the bucket table of the \d+ codes"):
         Index.load(out)
+    (out / "binary.buckets.npy").write_bytes(b"not an npy file")
+    with pytest.raises(HashindexError, match="binary.buckets.npy is unreadable"):
+        Index.load(out)
     (out / "binary.buckets.npy").unlink()
     with pytest.raises(HashindexError, match="incomplete index, missing binary.buckets.npy"):
         Index.load(out)

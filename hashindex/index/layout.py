@@ -227,7 +227,10 @@ def _read_buckets(path: Path, graph: faiss.IndexBinary, mmap: bool) -> BucketedB
     """A graph file and its bucket table: one int64 array [nodes, items, offsets (nodes + 1), members (items)],
     an .npy read without pickle (memory-mapped with ``mmap``)."""
     table = path.with_name(buckets_file(path.name))
-    arr = np.load(table, mmap_mode="r" if mmap else None, allow_pickle=False)
+    try:
+        arr = np.load(table, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise HashindexError(f"index_dir={path.parent}: {table.name} is unreadable ({e}); rebuild the index") from None
     nodes, items = (int(v) for v in arr[:2]) if arr.ndim == 1 and len(arr) >= 3 and arr.dtype == np.int64 else (-1, -1)
     if nodes != graph.ntotal or len(arr) != 3 + nodes + items or arr[2] != 0 or arr[2 + nodes] != items:
         raise HashindexError(f"index_dir={path.parent}: {table.name} is not the bucket table of the "
