@@ -214,7 +214,8 @@ class BucketedBinary:
         else:
             order = np.lexsort((item, d, qrow))
             qrow, d, item = qrow[order], d[order], item[order]
-        rank = np.arange(n) - np.searchsorted(qrow, qrow)  # place within the query's sorted items
+        first = np.concatenate([[0], np.cumsum(np.bincount(qrow, minlength=len(nd)))[:-1]])
+        rank = np.arange(n) - first[qrow]  # place within the query's sorted items
         keep = rank < k
         dist[rows], pos[rows] = np.iinfo(np.int32).max, -1  # a retried row is written afresh
         dist[rows[qrow[keep]], rank[keep]] = d[keep]
