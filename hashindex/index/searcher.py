@@ -27,8 +27,8 @@ from ..errors import HashindexError
 from ..metrics import pad_codes
 from ..signals import Head, query_vectors
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, buckets_file, check_index, read_binary, read_float, read_float_parts, read_head,
-                     read_index_meta, read_part, read_table, rerank_signal)
+from .layout import (RERANK_FILE, binary_files, buckets_file, check_index, read_binary, read_float, read_float_parts,
+                     read_head, read_index_meta, read_part, read_table, rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
