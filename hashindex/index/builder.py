@@ -38,9 +38,9 @@ from .buckets import BucketedBinary
 from .kinds import (IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_index, make_binary_parts,
                     new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE,
-                     binary_files, bucket_files, buckets_file, check_index, copy_table, memory_figures, new_table,
-                     part_file, read_binary, read_head, read_index_meta, read_table, record_checksums, rerank_files,
-                     rerank_signal, write_binary)
+                     binary_files, bucket_files, bucketed, buckets_file, check_index, copy_table, memory_figures,
+                     new_table, part_file, read_binary, read_head, read_index_meta, read_table, record_checksums,
+                     rerank_files, rerank_signal, write_binary)
 from .recall import AUTO_FLAT_MAX, SEARCH_PARAMS, tune
 from .tuning import fine_stage, training_sample
 
@@ -355,14 +355,14 @@ def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
     binary_meta = dict(meta["binary"])
     shards = [dict(s) for s in binary_meta.get("shards", [])]
     if not shards:
-        part = read_binary(index_dir / BINARY_FILE, False, bool(binary_meta.get("buckets")))
+        part = read_binary(index_dir / BINARY_FILE, False, bucketed(meta))
         return part, [0, n], BINARY_FILE, binary_meta
     if binary_meta["kind"] == "ivf":
         part = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
         part.reset()
     else:
         part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
-        if isinstance(part, BucketedBinary) and not binary_meta.get("buckets"):
+        if isinstance(part, BucketedBinary) and not bucketed(meta):
             part = part.graph  # an index built before graphs over distinct codes keeps its kind of part
     name = part_file("binary", len(shards))
     binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]

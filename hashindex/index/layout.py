@@ -105,9 +105,14 @@ def buckets_file(binary_file: str) -> str:
     return binary_file[:-len(".faiss")] + ".buckets.npy"
 
 
+def bucketed(meta: dict[str, Any]) -> bool:
+    """Whether the index's binary graph(s) hold its distinct codes, each with a bucket table (index/buckets.py)."""
+    return bool(meta["binary"].get("buckets"))
+
+
 def bucket_files(meta: dict[str, Any]) -> list[str]:
     """The bucket tables an index directory holds: one per binary file when its graph is over distinct codes."""
-    return [buckets_file(f) for f in binary_files(meta)] if meta["binary"].get("buckets") else []
+    return [buckets_file(f) for f in binary_files(meta)] if bucketed(meta) else []
 
 
 def rerank_files(meta: dict[str, Any]) -> list[str]:

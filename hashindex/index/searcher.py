@@ -27,8 +27,8 @@ from ..errors import HashindexError
 from ..metrics import pad_codes
 from ..signals import Head, query_vectors
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, buckets_file, check_index, read_binary, read_float, read_float_parts,
-                     read_head, read_index_meta, read_part, read_table, rerank_signal)
+from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, read_binary, read_float,
+                     read_float_parts, read_head, read_index_meta, read_part, read_table, rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
@@ -93,7 +93,7 @@ class Index:
                                      "(build it with shards=S)")
             binary, rerank = remote_parts(d, meta, shard_actors)
         else:
-            parts = [read_binary(d / name, mmap, bool(meta["binary"].get("buckets"))) for name in binary_files(meta)]
+            parts = [read_binary(d / name, mmap, bucketed(meta)) for name in binary_files(meta)]
             width = meta["binary"]["padded_bytes"] * 8
             if any(part.d != width for part in parts):
                 raise HashindexError(f"index_dir={d}: index.json says {width}-bit codes, the binary index holds "
@@ -258,7 +258,7 @@ class Index:
         whole group is what lets the float features pick the best of it.
         Costs one range search per distinct boundary distance.
         """
-        if self.meta["binary"]["kind"] == "hnsw" and not self.meta["binary"].get("buckets"):
+        if self.meta["binary"]["kind"] == "hnsw" and not bucketed(self.meta):
             return ham, pos  # a graph over every item (built before buckets) has no range search
         bound = ham[:, -1]
         pools = [(ham[i], pos[i]) for i in range(len(ham))]
@@ -383,9 +383,9 @@ def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
     floats = meta["rerank"].get("shards") or [None] * len(parts)
     paths = [((directory / p["file"]).resolve(), (directory / f["file"]).resolve() if f else None)  # workers
              for p, f in zip(parts, floats)]  # elsewhere: absolute paths
-    bucketed = bool(meta["binary"].get("buckets"))
-    actors = holders([partial(read_part, str(b), str(f) if f else None, bucketed) for b, f in paths],
-                     [_held_bytes(b, bucketed) + (f.stat().st_size if f else 0) for b, f in paths], **options)
+    graphs_of_codes = bucketed(meta)
+    actors = holders([partial(read_part, str(b), str(f) if f else None, graphs_of_codes) for b, f in paths],
+                     [_held_bytes(b, graphs_of_codes) + (f.stat().st_size if f else 0) for b, f in paths], **options)
     starts, sizes = [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts]
     binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors), nlist=meta["binary"].get("nlist"))
     if not meta["rerank"].get("shards"):
