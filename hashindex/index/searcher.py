@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..metrics import pad_codes
 from ..signals import Head, query_vectors
+from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
 from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, read_binary, read_float,
                      read_float_parts, read_head, read_index_meta, read_part, read_table, rerank_signal)
@@ -341,12 +342,10 @@ class Index:
         except RuntimeError:
             raise HashindexError(f"radius={radius}: the {self.meta['binary']['kind']} index has no range search "
                                  "(an HNSW index built before graphs over distinct codes: rebuild it)") from None
-        out = []
-        for i in range(len(lims) - 1):
-            d, p = dist[lims[i]:lims[i + 1]], pos[lims[i]:lims[i + 1]].astype(np.int64)
-            order = np.lexsort((p, d))
-            out.append((p[order], d[order].astype(np.int32)))
-        return out
+        lims = np.asarray(lims, np.int64)  # Faiss gives uint64
+        rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
+        d, p = sort_hits(rows, dist, pos)  # one sort for all queries (a lexsort per query took 2x as long)
+        return [(p[a:b], d[a:b].astype(np.int32)) for a, b in zip(lims[:-1], lims[1:])]
 
 
 def first_k_order(d: np.ndarray, ham: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
