@@ -368,3 +368,30 @@ def test_ivf_returns_k_results_when_its_lists_hold_fewer(cifar_shards, db, tmp_p
     assert np.array_equal(res.hamming, np.take_along_axis(brute, res.positions, 1))
     kth = np.sort(brute, axis=1)[:, 1999:2000]
     assert tie_aware_recall(res.hamming, np.sort(brute, axis=1), k=2000) >= 0.9 and (res.hamming[:, 0] <= kth[:, 0]).all()
+
+
+def test_multihash_returns_k_results_when_its_buckets_hold_fewer(cifar_shards, db, tmp_path):
+    """MultiHash finds only codes with a substring within nflip bits of the query's: asked for 9,800, a query
+    it finds fewer for is answered by an exact scan of the index's codes; the others keep its own answer.
+    Four parts fill as one index does (on the merged counts). (The session's tiny model: at nflip 1, a median
+    query finds 9,870 of the 10,000 items.)"""
+    import faiss
+
+    for s in (1, 4):
+        build(cifar_shards, tmp_path / f"mh{s}", binary="multihash", rerank="none", shards=s, progress=False,
+              log=lambda m: None)
+    index, four = Index.load(tmp_path / "mh1"), Index.load(tmp_path / "mh4")
+    q = db["codes"][QUERIES]
+    raw_d, raw_p = index.binary.search(pad_codes(q, index.meta["binary"]["padded_bytes"]), 9800)
+    short = raw_p[:, -1] < 0
+    assert short.any() and (~short).any(), short.mean()  # both kinds of query are checked
+    res = index.search(q, None, k=9800, rerank=False)
+    brute = hamming_distances(q, db["codes"])
+    assert (res.positions >= 0).all() and all(len(set(row)) == 9800 for row in res.positions.tolist())
+    assert np.array_equal(res.hamming, np.take_along_axis(brute, res.positions, 1))
+    exact = np.sort(brute, axis=1)[:, :9800]
+    assert np.array_equal(res.hamming[short], exact[short])  # filled: the exact top 9,800
+    assert np.array_equal(res.hamming[~short], np.sort(raw_d[~short], axis=1))  # not short: its own answer
+    assert isinstance(index.binary, faiss.IndexBinaryMultiHash) and index.binary.nflip == 1
+    parts = four.search(q, None, k=9800, rerank=False)
+    assert np.array_equal(parts.hamming, res.hamming)

@@ -119,7 +119,8 @@ class BinaryParts(_Parts):
     """
 
     def __init__(self, parts: list, starts: list[int], sizes: list[int] | None = None,
-                 each: Callable[[str, list[tuple]], list] | None = None, nlist: int | None = None):
+                 each: Callable[[str, list[tuple]], list] | None = None, nlist: int | None = None,
+                 multihash: bool | None = None):
         # Faiss indexes held here answer through StorePart, as they do in an actor (per-call nprobe)
         parts = parts if each is not None else [p if isinstance(p, StorePart) else StorePart(p, None) for p in parts]
         self.parts, self.starts = parts, [int(s) for s in starts]
@@ -127,18 +128,27 @@ class BinaryParts(_Parts):
         self.each = each
         local_ivf = each is None and isinstance(parts[0].binary, faiss.IndexBinaryIVF)
         self.nlist = nlist if nlist is not None else (parts[0].binary.nlist if local_ivf else None)  # IVF parts
+        self.multihash = bool(multihash if multihash is not None else  # parts that fill with an exact scan
+                              each is None and isinstance(parts[0].binary, faiss.IndexBinaryMultiHash))
 
-    def search(self, x: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top k over every part. IVF parts (sharing one quantizer, so probing the same lists) fill short
-        results as one index does (`fill_ivf`): on the merged counts, so S parts answer as one index."""
+    def search(self, x: np.ndarray, k: int, nprobe: int | None = None, fill: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k over every part. With ``fill``, short results are filled as one index fills them, on the merged
+        counts, so S parts answer as one index: IVF parts (sharing one quantizer, so probing the same lists)
+        with more lists (`fill_ivf`), MultiHash parts with an exact scan of their codes (`fill_exact`)."""
+        if not fill:
+            return self._merged(x, k, nprobe)
+        if self.multihash:
+            return fill_exact(lambda xs, exact: self._merged(xs, k, None, exact), x)
         if self.nlist is None:
             return self._merged(x, k, nprobe)
         nprobe = int(self.parts[0].binary.nprobe if nprobe is None else nprobe)
         return fill_ivf(lambda xs, p: self._merged(xs, k, p), x, k, nprobe, self.nlist)
 
-    def _merged(self, x: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _merged(self, x: np.ndarray, k: int, nprobe: int | None, exact: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
         dists, poss = [], []
-        got = self._each("search", [(x, max(1, min(k, n)), nprobe, False) for n in self.sizes])
+        got = self._each("search", [(x, max(1, min(k, n)), nprobe, False, exact) for n in self.sizes])
         for (d, i), start in zip(got, self.starts):
             poss.append(np.where(i < 0, -1, i + start))
             dists.append(d)
@@ -194,8 +204,8 @@ class StorePart:
     def __init__(self, binary: faiss.IndexBinary | None, store: faiss.Index | None):
         self.binary, self.store = binary, store
 
-    def search(self, x: np.ndarray, k: int, nprobe: int | None = None, fill: bool = True):
-        return binary_search(self.binary, x, k, nprobe, fill)
+    def search(self, x: np.ndarray, k: int, nprobe: int | None = None, fill: bool = True, exact: bool = False):
+        return binary_search(exact_codes(self.binary) if exact else self.binary, x, k, nprobe, fill)
 
     def range_search(self, x: np.ndarray, radius: int, nprobe: int | None = None):
         return binary_range_search(self.binary, x, radius, nprobe)
@@ -218,7 +228,10 @@ def binary_search(index: faiss.IndexBinary, x: np.ndarray, k: int, nprobe: int |
     items is searched again with more (`fill_ivf`). ``max_codes`` goes with the parameters as
     `layout.fast_topk` sets it on the index: a parameters object carries its own 0, which the counting scanner
     reads as "scan nothing" (faiss issue #5555; measured: every result -1 without it). An HNSW graph is
-    searched with efSearch at least k (`buckets.graph_search`)."""
+    searched with efSearch at least k (`buckets.graph_search`); a MultiHash index, with ``fill``, answers a
+    query it finds fewer than k items for with an exact scan of its codes (`fill_exact`)."""
+    if isinstance(index, faiss.IndexBinaryMultiHash) and fill:
+        return fill_exact(lambda xs, exact: (exact_codes(index) if exact else index).search(xs, k), x)
     if not isinstance(index, faiss.IndexBinaryIVF):
         return graph_search(index, x, k)
     nprobe = int(index.nprobe if nprobe is None else nprobe)
@@ -242,6 +255,32 @@ def fill_ivf(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
         dist[short], pos[short] = search(x[short], nprobe)
         short = pos[:, -1] < 0
     return dist, pos
+
+
+def fill_exact(search: Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray]], x: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``search(x, False)``, and ``search(x, True)`` (exact) for the queries that got fewer results than asked.
+
+    MultiHash finds only codes with a substring within ``nflip`` bits of the query's, so pools came back short
+    (shipped model, CIFAR-10 test queries against the training codes, nflip 0 as `--recall 0.95` chose it: 795
+    of 1,000 results on average; pools of 17,454 held 1,763 at nflip 0 and still 5,753 at nflip 3, docs/RESULTS.md
+    "as served"), so a short query is answered by the exact scan of the codes its index keeps anyway.
+    """
+    dist, pos = search(x, False)
+    short = pos[:, -1] < 0
+    if short.any():
+        dist[short], pos[short] = search(x[short], True)
+    return dist, pos
+
+
+def exact_codes(index: faiss.IndexBinary) -> faiss.IndexBinary:
+    """The flat index a MultiHash index keeps its codes in (searched exactly, by counting: layout.fast_topk);
+    any other index itself."""
+    if not isinstance(index, faiss.IndexBinaryMultiHash):
+        return index
+    storage = faiss.downcast_IndexBinary(index.storage)
+    storage.use_heap = False
+    return storage
 
 
 def _ivf_search(index: faiss.IndexBinaryIVF, x: np.ndarray, k: int, nprobe: int):
@@ -313,14 +352,30 @@ class FloatParts(_Parts):
 
 
 def make_binary_parts(kind: str, dim: int, params: dict[str, Any], bounds: list[int],
-                       train_codes: np.ndarray | None) -> list[faiss.IndexBinary]:
-    """One empty index per shard; IVF shards share one trained quantizer."""
+                       train_codes: np.ndarray | None) -> list[faiss.IndexBinary | BucketedBinary]:
+    """One empty index per shard, each a copy of one trained template (IVF shards share its quantizer)."""
     template = make_binary_index(kind, dim, params)
     if not template.is_trained:
         template.train(train_codes)
-    if kind == "ivf":
-        return [faiss.clone_binary_index(template) for _ in range(len(bounds) - 1)]
-    return [template] + [make_binary_index(kind, dim, params) for _ in range(len(bounds) - 2)]
+    data = template_bytes(template)
+    return [from_template(data) for _ in range(len(bounds) - 1)]
+
+
+def template_bytes(template: faiss.IndexBinary | BucketedBinary) -> np.ndarray:
+    """An empty, trained binary index as bytes (`from_template` makes a part of it)."""
+    if isinstance(template, BucketedBinary):
+        return np.concatenate([[1], faiss.serialize_index_binary(template.graph)]).astype(np.uint8)
+    return np.concatenate([[0], faiss.serialize_index_binary(template)]).astype(np.uint8)
+
+
+def from_template(data: np.ndarray) -> faiss.IndexBinary | BucketedBinary:
+    """A new empty part from `template_bytes`. Local and Ray builds both make their parts this way: a part
+    filled from a deserialized MultiHash template writes other bytes than one filled from a new index (its
+    hash maps are laid out differently; the same items), and the two builds must write the same files."""
+    index = faiss.deserialize_index_binary(np.ascontiguousarray(data[1:]))
+    if isinstance(index, faiss.IndexBinaryFlat):
+        index.use_heap = False  # as make_binary_index sets it (not stored in the bytes)
+    return BucketedBinary(index) if data[0] else index
 
 
 def make_rerank_index(kind: str, dim: int) -> faiss.Index | None:

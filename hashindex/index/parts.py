@@ -21,6 +21,7 @@ import numpy as np
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from .buckets import BucketedBinary
+from .kinds import from_template, template_bytes
 from .layout import part_file, write_binary
 
 
@@ -32,19 +33,17 @@ class PartJob:
     out: str
     bounds: list[int]
     pbytes: int
-    binary: np.ndarray  # faiss.serialize_index_binary of a trained, empty part (its graph, when bucketed)
+    binary: np.ndarray  # kinds.template_bytes of a trained, empty part
     store: np.ndarray | None  # faiss.serialize_index of a trained, empty float store (None: no fine stage)
     signal: str
     head: Head | None
-    buckets: bool = False  # the part is a graph over distinct codes with a bucket table (buckets.py)
 
 
 def part_job(shard_dir: Path, out: Path, bounds: list[int], pbytes: int, template: faiss.IndexBinary | BucketedBinary,
              store: faiss.Index | None, signal: str, head: Head | None) -> PartJob:
-    bucketed = isinstance(template, BucketedBinary)
     return PartJob(str(Path(shard_dir).resolve()), str(Path(out).resolve()), list(bounds), pbytes,
-                   faiss.serialize_index_binary(template.graph if bucketed else template),
-                   faiss.serialize_index(store) if store is not None else None, signal, head, bucketed)
+                   template_bytes(template), faiss.serialize_index(store) if store is not None else None, signal,
+                   head)
 
 
 def build_part(job: PartJob, j: int) -> int:
@@ -54,9 +53,7 @@ def build_part(job: PartJob, j: int) -> int:
     lo, hi = job.bounds[j], job.bounds[j + 1]
     rows = ShardSet(job.shard_dir).rows_between(lo, hi, ("codes", "features") if job.store is not None
                                                else ("codes",))
-    binary = faiss.deserialize_index_binary(job.binary)
-    if job.buckets:
-        binary = BucketedBinary(binary)
+    binary = from_template(job.binary)
     binary.add(pad_codes(rows["codes"], job.pbytes))
     write_binary(binary, Path(job.out) / part_file("binary", j))
     if job.store is not None:

@@ -386,7 +386,8 @@ def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
     actors = holders([partial(read_part, str(b), str(f) if f else None, graphs_of_codes) for b, f in paths],
                      [_held_bytes(b, graphs_of_codes) + (f.stat().st_size if f else 0) for b, f in paths], **options)
     starts, sizes = [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts]
-    binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors), nlist=meta["binary"].get("nlist"))
+    binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors), nlist=meta["binary"].get("nlist"),
+                          multihash=meta["binary"]["kind"] == "multihash")
     if not meta["rerank"].get("shards"):
         return binary, None
     return binary, FloatParts(actors, starts, sizes, meta["rerank"]["dim"], each=partial(call_all, actors))
