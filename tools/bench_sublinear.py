@@ -236,8 +236,9 @@ def pool_costs(args, out: Path, cache: Path) -> None:
             print(f"| {k:,} | {t[True]:.3f} | {t[False]:.3f} | {t[True] / t[False]:.1f}x |")
 
 
-def write_shards(args, cache: Path, out: Path) -> None:
-    """The synthetic collection of the first size as a hashindex shard directory (codes only)."""
+def write_shards(args, cache: Path, out: Path, query_out: Path | None) -> None:
+    """The synthetic collection of the first size as a hashindex shard directory (codes only), and its
+    --queries fresh queries as another (the ones every other mode draws) when ``query_out`` is given."""
     from hashindex.store import write_arrays
 
     n = args.sizes[0]
@@ -246,6 +247,10 @@ def write_shards(args, cache: Path, out: Path) -> None:
                    lambda: make_codes(n, args.bits, max(1, n // args.cluster), args.flip_and, args.seed))
     write_arrays(out, np.ascontiguousarray(codes[:, :args.bits // 8]), bits=args.bits, shard_rows=1_000_000,
                  description=f"{tag}-{n}")
+    if query_out is not None:
+        queries = make_codes(args.queries, args.bits, max(1, n // args.cluster), args.flip_and, args.seed + 1)
+        write_arrays(query_out, np.ascontiguousarray(queries[:, :args.bits // 8]), bits=args.bits,
+                     description=f"{tag}-{n} queries")
 
 
 def real_codes(shard_dir: str) -> np.ndarray:
@@ -307,8 +312,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="runs/sublinear")
     ap.add_argument("--out", default="runs/sublinear/results.jsonl")
-    ap.add_argument("--write-shards", metavar="DIR",
-                    help="write the first --sizes collection as a shard directory (for hashindex build) and stop")
+    ap.add_argument("--write-shards", nargs="+", metavar="DIR",
+                    help="write the first --sizes collection as a shard directory (for hashindex build), and with "
+                         "a second DIR its fresh queries, and stop")
     ap.add_argument("--pools", action="store_true", help="time the auto IVF index at the fine stage's pool sizes")
     ap.add_argument("--pause-pid", type=int, help="a process to stop while this runs (clean timings)")
     ap.add_argument("--table", action="store_true")
@@ -319,7 +325,8 @@ def main() -> None:
         return table(out, args.at_recall)
     cache.mkdir(parents=True, exist_ok=True)
     if args.write_shards:
-        return write_shards(args, cache, Path(args.write_shards))
+        dirs = [Path(d) for d in args.write_shards]
+        return write_shards(args, cache, dirs[0], dirs[1] if len(dirs) > 1 else None)
     with paused(args.pause_pid):
         pool_costs(args, out, cache) if args.pools else run_all(args, out, cache)
 
