@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -432,8 +431,3 @@ def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
     m = mean_average_precision(q_codes, val_y, db_codes, train_y)
     return (m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, "
             "ties in database order", code_statistics(db_codes, net.bits)["constant_bits"])
-
-
-def set_threads(n: int | None) -> None:
-    """Use n intra-op threads (default: all cores of this machine)."""
-    torch.set_num_threads(n or os.cpu_count() or 1)

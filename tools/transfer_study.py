@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from hashindex.model import read_checkpoint
-from hashindex.training import TrainConfig, set_threads, train
+from hashindex.training import TrainConfig, train
 
 ARMS = {"scratch": (None, 0.1), "init-lr0.01": ("init", 0.01), "init-lr0.1": ("init", 0.1)}
 
@@ -52,7 +52,6 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
     ap.add_argument("--out", required=True, help="folder for the arms' checkpoints and results.json")
     args = ap.parse_args()
-    set_threads(None)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = [run_arm(args, name) for name in args.arms.split(",")]
     base = next((r for r in rows if r["arm"] == "scratch"), None)

@@ -67,8 +67,11 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hashindex")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings.")
+@click.option("--threads", type=click.IntRange(min=1), envvar="HASHINDEX_THREADS", show_envvar=True,
+              help="CPU threads for torch and Faiss [default: one per core]. On cores another job keeps busy, "
+                   "fewer is faster (docs/RESULTS.md 'Threads on a shared machine').")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, threads: int | None) -> None:
     """Image retrieval with learned binary hash codes (NIN + latent hash layer).
 
     \b
@@ -78,6 +81,10 @@ def cli(ctx: click.Context, quiet: bool) -> None:
       hashindex info m.pt
     """
     ctx.obj = {"progress": not quiet}
+    if threads is not None:
+        from ..runtime import set_threads
+
+        set_threads(threads)
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="hashindex: warning: %(message)s", stream=sys.stderr)
 
