@@ -344,7 +344,7 @@ class Index:
                                  "(an HNSW index built before graphs over distinct codes: rebuild it)") from None
         lims = np.asarray(lims, np.int64)  # Faiss gives uint64
         rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
-        d, p = sort_hits(rows, dist, pos)  # one sort for all queries (a lexsort per query took 2x as long)
+        d, p = sort_hits(rows, dist, pos)  # one sort for all queries (as fast as a lexsort each, measured)
         return [(p[a:b], d[a:b].astype(np.int32)) for a, b in zip(lims[:-1], lims[1:])]
 
 
