@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import faiss
 import numpy as np
 import torch
 
+from bench_hamming import best_of  # tools/ is on sys.path when run as a script
+from bench_sublinear import paused
 from hashindex.model import load_model
 from hashindex.runtime import set_threads
 
@@ -61,22 +62,14 @@ def steps() -> dict:
             "net forward": forward}
 
 
-def best(step, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 @contextmanager
 def competitor(on: bool):
     """A training loop on every core in another process, for the duration (nothing when ``on`` is false)."""
     if not on:
         yield
         return
-    proc = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())})
+    proc = subprocess.Popen([sys.executable, "-c", COMPETITOR],
+                            env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())})
     time.sleep(5)  # past its start-up
     try:
         yield
@@ -94,9 +87,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     run = steps()
     rows = []
-    if args.pause_pid:
-        os.kill(args.pause_pid, signal.SIGSTOP)
-    try:
+    with paused(args.pause_pid):
         for shared in (False, True):
             with competitor(shared):
                 for name, step in run.items():
@@ -104,12 +95,9 @@ def main() -> None:
                     for n in (1, cores):
                         set_threads(n)
                         step()  # warm
-                        got[n] = best(step, args.reps)
+                        got[n] = best_of(step, args.reps)
                     rows.append({"cores": "shared" if shared else "idle", "step": name, "one_thread_s": got[1],
                                  "per_core_s": got[cores], "ratio": got[cores] / got[1]})
-    finally:
-        if args.pause_pid:
-            os.kill(args.pause_pid, signal.SIGCONT)
     if args.json:
         print(json.dumps({"cores": cores, "rows": rows}))
         return
