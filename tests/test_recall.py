@@ -19,12 +19,12 @@ from hashindex.store import write_arrays
 CENTRES = 1000  # clusters of ~20 codes: IVF needs nprobe 8 for recall@10 0.95 (a curve of 4 points)
 
 
-def clustered_codes(n: int, n_centres: int, seed: int, centres_seed: int = 0) -> np.ndarray:
-    """48-bit codes a few bits from random centres (bits flipped with probability 1/16)."""
+def clustered_codes(n: int, n_centres: int, seed: int, centres_seed: int = 0, ands: int = 3) -> np.ndarray:
+    """48-bit codes a few bits from random centres (bits flipped with probability 1/2**(ands + 1): 1/16)."""
     centres = np.random.default_rng(centres_seed).integers(0, 256, (n_centres, 6), dtype=np.uint8)
     rng = np.random.default_rng(seed)
     flips = rng.integers(0, 256, (n, 6), dtype=np.uint8)
-    for _ in range(3):
+    for _ in range(ands):
         flips &= rng.integers(0, 256, (n, 6), dtype=np.uint8)
     return centres[rng.integers(0, n_centres, n)] ^ flips
 
@@ -69,10 +69,10 @@ def test_tie_recall_counts_ties_and_leaves_the_query_out():
     assert tie_recall(exact, np.array([[0, 1, 0, 0]]), np.array([[5, 1, -1, -1]]), self_pos, 3) == pytest.approx(1 / 3)
 
 
-def fresh_recall(index: Index, store, k: int = 10) -> float:
+def fresh_recall(index: Index, store, k: int = 10, queries: np.ndarray | None = None) -> float:
     """recall@10 of the coarse index on queries that are not in the collection, against numpy."""
     codes = store.load(("codes",))["codes"]
-    queries = clustered_codes(300, CENTRES, seed=99)
+    queries = clustered_codes(300, CENTRES, seed=99) if queries is None else queries
     kth = np.sort(hamming_distances(queries, codes), axis=1)[:, k - 1:k]
     ham, _ = index.binary.search(np.pad(queries, ((0, 0), (0, 2))), k)
     return float((ham <= kth).mean())
@@ -167,6 +167,58 @@ def test_cli_records_the_tuning(collection, tmp_path):
     t = meta["binary"]["tuning"]
     assert info["coarse"] == (f"ivf, nlist {meta['binary']['nlist']}, nprobe {t['value']}: recall@10 {t['recall']} "
                               "(target 0.9, measured on 500 held-out items)")
+
+
+def test_tie_recall_of_fresh_queries_leaves_nothing_out():
+    exact = np.array([[1, 1, 2, 3]])  # a query from outside: its k = 3 nearest end at distance 2
+    assert tie_recall(exact, np.array([[1, 2, 2, 3]]), np.array([[5, 1, 9, 4]]), None, 3) == 1.0
+    assert tie_recall(exact, np.array([[1, 3, 3, 3]]), np.array([[5, 1, 9, 4]]), None, 3) == pytest.approx(1 / 3)
+    assert tie_recall(exact, np.array([[1, 2, 0, 0]]), np.array([[5, 1, -1, -1]]), None, 3) == pytest.approx(2 / 3)
+
+
+def test_tune_queries_measure_what_held_out_items_flatter(collection, tmp_path):
+    """Queries noisier than the collection's own items (as a net's codes of new images are, next to its
+    training images'): tuned on held-out items, IVF stops at an nprobe that misses the target on such
+    queries; tuned on a sample of them, it reaches it on others of the kind."""
+    root, store = collection
+    noisy = lambda n, seed: clustered_codes(n, CENTRES, seed=seed, ands=1)  # noqa: E731 (1/4 of bits flipped)
+    queries = write_arrays(tmp_path / "queries", noisy(2_000, 7), shard_rows=900)
+    held = build(store.dir, tmp_path / "held", binary="ivf", rerank="none", recall=0.9, progress=False,
+                 log=lambda m: None)["binary"]["tuning"]
+    meta = build(store.dir, tmp_path / "fresh", binary="ivf", rerank="none", recall=0.9, tune_queries=queries.dir,
+                 progress=False, log=lambda m: None)
+    fresh = meta["binary"]["tuning"]
+    assert fresh["queries_from"] == str(queries.dir.resolve()) and fresh["queries"] == 500
+    assert "queries_from" not in held
+    others = noisy(300, 8)
+    assert fresh["value"] > held["value"] and fresh["recall"] >= 0.9
+    assert fresh_recall(Index.load(tmp_path / "held"), store, queries=others) < 0.85  # held-out items flattered it
+    assert abs(fresh_recall(Index.load(tmp_path / "fresh"), store, queries=others) - fresh["recall"]) < 0.05
+    info = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "fresh"), "--json"]).output)
+    assert info["coarse"].endswith(f"measured on 500 queries from {queries.dir.resolve()})")
+
+
+def test_tune_queries_errors(collection, tmp_path):
+    root, store = collection
+    other = write_arrays(tmp_path / "other", clustered_codes(50, CENTRES, seed=3), model_id="another-net")
+    with pytest.raises(HashindexError, match=r"tune_queries=.*other: holds 48-bit codes of model another-net, but "
+                                             r"the collection's are 48-bit codes of model arrays"):
+        build(store.dir, tmp_path / "a", binary="ivf", rerank="none", recall=0.9, tune_queries=other.dir,
+              progress=False)
+    with pytest.raises(HashindexError, match="tune_queries=.*missing: no such directory"):
+        build(store.dir, tmp_path / "b", binary="ivf", rerank="none", recall=0.9, tune_queries=tmp_path / "missing")
+    with pytest.raises(HashindexError, match="nothing to tune without recall"):
+        build(store.dir, tmp_path / "c", binary="flat", rerank="none", tune_queries=store.dir, progress=False)
+    logs = []  # auto on a small collection is flat: the queries go unused, and it says so
+    meta = build(store.dir, tmp_path / "d", rerank="none", tune_queries=store.dir, progress=False, log=logs.append)
+    assert meta["binary"]["kind"] == "flat" and any("unused" in line for line in logs)
+    r = CliRunner().invoke(cli, ["build", str(store.dir), "--out", str(tmp_path / "e"), "--binary", "multihash",
+                                 "--rerank", "none", "--tune-queries", str(tmp_path / "missing")])
+    assert r.exit_code != 0 and r.output.startswith("hashindex: error: --tune-queries ")
+    r = CliRunner().invoke(cli, ["build", str(store.dir), "--out", str(tmp_path / "d"), "--append",
+                                 "--tune-queries", str(store.dir)])
+    assert r.exit_code != 0 and "--append: --tune-queries cannot be combined" in r.output
+    assert not any((tmp_path / name).exists() for name in "abce")
 
 
 def test_loaded_ivf_counts_instead_of_a_heap_with_the_same_distances(collection):

@@ -255,6 +255,10 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
               help="Target recall@10 against exact Hamming search: the smallest nprobe / efSearch / nflip "
                    "that reaches it on held-out items is chosen and recorded [default with --binary auto "
                    "past 2M items: 0.95].")
+@click.option("--tune-queries", default=None, metavar="SHARD_DIR",
+              help="Measure --recall on these extracted queries (same model; ones like those the index will "
+                   "serve) instead of held-out items: a net's codes of its own training images cluster "
+                   "tighter than new images', which flatters the held-out figure.")
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
               help="Split the binary index and the float store into this many parts by position range "
                    "(exact merged search; each part can live in its own Ray actor: query --shard-actors).")
@@ -268,8 +272,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
                    "the index keeps its kinds and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json.")
 @click.pass_context
-def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, recall, shards, backend, address,
-          num_workers, overwrite, append, as_json):
+def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, recall, tune_queries, shards, backend,
+          address, num_workers, overwrite, append, as_json):
     """Build Faiss indexes over a shard directory: binary (coarse) + float (re-rank).
 
     \b
@@ -281,8 +285,9 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
 
     log = lambda line: click.echo(line, err=as_json)  # noqa: E731
     if append:
-        fixed = [f"--{name}" for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "recall",
-                                          "shards", "backend", "overwrite")
+        fixed = [f"--{name.replace('_', '-')}"
+                 for name in ("binary", "rerank", "signal", "model", "nlist", "nprobe", "recall", "tune_queries",
+                              "shards", "backend", "overwrite")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise HashindexError(f"--append: {fixed[0]} cannot be combined with it (the index at --out "
@@ -290,7 +295,8 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
         meta = api_append(shard_dir, out, progress=ctx.obj["progress"], log=log)
     else:
         meta = api_build(shard_dir, out, binary=binary, rerank=rerank, signal=signal, model=model,
-                         nlist=nlist, nprobe=nprobe, recall=recall, shards=shards, overwrite=overwrite, progress=ctx.obj["progress"],
+                         nlist=nlist, nprobe=nprobe, recall=recall, tune_queries=tune_queries, shards=shards,
+                         overwrite=overwrite, progress=ctx.obj["progress"],
                          backend=backend, ray_options={"address": address, "num_workers": num_workers}, log=log)
     if as_json:
         _echo_json(meta)

@@ -56,8 +56,9 @@ def _check_shards(shards: ShardSet, rerank: str) -> None:
 
 def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", rerank: str = "flat",
           signal: str = "auto", model: str | None = None, nlist: int | None = None, nprobe: int | None = None,
-          recall: float | None = None, shards: int = 1, seed: int = 0, overwrite: bool = False, progress: bool = True,
-          backend: str = "local", ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+          recall: float | None = None, tune_queries: str | Path | None = None, shards: int = 1, seed: int = 0,
+          overwrite: bool = False, progress: bool = True, backend: str = "local",
+          ray_options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Build INDEX_DIR ``out`` from a complete shard directory; returns index.json.
 
     ``shards`` > 1 splits the binary index (and the float store) into that many
@@ -71,19 +72,22 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", reran
     ``binary="auto"`` picks flat (exact) up to `AUTO_FLAT_MAX` items, else (or when ``nlist`` or ``nprobe``
     is given) IVF with `auto_nlist` lists and ``recall`` (default 0.95); ``recall`` sets the coarse index's search parameter (IVF nprobe, HNSW
     efSearch, MultiHash nflip) to the smallest value whose recall@10 against exact Hamming search,
-    measured on held-out items of the collection, reaches it (hashindex/index/recall.py).
+    measured on held-out items of the collection, reaches it (hashindex/index/recall.py);
+    ``tune_queries``, a shard directory of queries like the ones the index will serve (same model), is
+    measured instead of held-out items.
     """
     if backend not in ("local", "ray"):
         raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
     t0 = time.time()
     store = ShardSet(shard_dir, "shard_dir")
     _check_shards(store, rerank)
+    queries = None if tune_queries is None else ShardSet(tune_queries, "tune_queries")
     out = Path(out)
     with _exclusive(out):  # one writer: a build and an append of the same INDEX_DIR never interleave
         _check_replaceable(out, store, overwrite)
         return _build(store, out, t0, binary=binary, rerank=rerank, signal=signal, model=model, nlist=nlist,
-                      nprobe=nprobe, recall=recall, shards=shards, seed=seed, progress=progress, log=log,
-                      ray_options=dict(ray_options or {}) if backend == "ray" else None)
+                      nprobe=nprobe, recall=recall, queries=queries, shards=shards, seed=seed, progress=progress,
+                      log=log, ray_options=dict(ray_options or {}) if backend == "ray" else None)
 
 
 def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
@@ -106,8 +110,8 @@ def _check_replaceable(out: Path, store: ShardSet, overwrite: bool) -> None:
 
 
 def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, signal: str, model: str | None,
-           nlist: int | None, nprobe: int | None, recall: float | None, shards: int, seed: int, progress: bool,
-           log, ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
+           nlist: int | None, nprobe: int | None, recall: float | None, queries: ShardSet | None, shards: int,
+           seed: int, progress: bool, log, ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The work of `build`, under the index's lock."""
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
@@ -123,6 +127,11 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
     elif recall is not None and binary not in SEARCH_PARAMS:
         raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
                              "(use binary=ivf, hnsw, multihash or auto)")
+    if queries is not None and recall is None:
+        if requested != "auto":
+            raise HashindexError(f"tune_queries={queries.dir}: nothing to tune without recall (binary={binary}"
+                                 f"{'' if nprobe is None else f', nprobe={nprobe}'}); pass recall")
+        log(f"tune_queries={queries.dir}: unused, binary=auto chose a flat (exact) index for {n} items")
     code_bytes = store.manifest["code_bytes"]
     pbytes = padded_bytes(code_bytes)
     bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()
@@ -158,7 +167,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
                   signal, head)
         tuning = None
         if recall is not None:
-            tuning = _tune(store, tmp, parts, binary, params, bounds, pbytes, recall, remote, rng, log)
+            tuning = _tune(store, tmp, parts, binary, params, bounds, pbytes, recall, remote, rng, log, queries)
             params[tuning["param"]] = tuning["value"]
         bucketed = isinstance(parts[0], BucketedBinary)
         binary_meta: dict[str, Any] = {"kind": binary,
@@ -213,7 +222,8 @@ def _binary_names(binary_meta: dict[str, Any]) -> list[str]:
 
 
 def _tune(store: ShardSet, tmp: Path, parts: list, kind: str, params: dict[str, Any], bounds: list[int],
-          pbytes: int, target: float, remote: bool, rng: np.random.Generator, log) -> dict[str, Any]:
+          pbytes: int, target: float, remote: bool, rng: np.random.Generator, log,
+          queries: ShardSet | None = None) -> dict[str, Any]:
     """Set the parts' search parameter from the recall target (`recall.tune`); parts built on Ray are read
     back from their files, tuned and written again."""
     names = [part_file("binary", j) for j in range(len(bounds) - 1)]
@@ -223,7 +233,7 @@ def _tune(store: ShardSet, tmp: Path, parts: list, kind: str, params: dict[str, 
     # the index's own recall: a short result's fill (more IVF lists, MultiHash's exact scan) would count the
     # fallback as recall. Tuned with it, MultiHash on test_recall.py's clustered codes chose an nflip whose own
     # recall@10 on fresh queries is 0.55, every short query paying a scan of the whole collection
-    tuning = tune(partial(merged.search, fill=False), parts, kind, params, store, pbytes, target, rng, log)
+    tuning = tune(partial(merged.search, fill=False), parts, kind, params, store, pbytes, target, rng, log, queries)
     if remote:
         for part, name in zip(parts, names):
             write_binary(part, tmp / name)

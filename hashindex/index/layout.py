@@ -47,7 +47,7 @@ def _part(prefix: str) -> dict:
 _PART, _RPART = _part("binary-"), _part("rerank-")
 _SHARE = Check(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _TUNING = {"target": _SHARE, "at": positive, "recall": _SHARE, "param": _one_of(("nprobe", "efSearch", "nflip")),
-           "value": nonneg, "queries": positive, "items?": positive, "curve": [[float]]}
+           "value": nonneg, "queries": positive, "items?": positive, "curve": [[float]], "queries_from?": str}
 INDEX_SCHEMA = {
     "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
     "count": nonneg, "class_names?": [str], "built?": str,
@@ -195,7 +195,8 @@ def coarse_line(binary: dict[str, Any]) -> str:
     line = ", ".join([binary["kind"] + (" over the distinct codes" if binary.get("buckets") else "")] + params)
     t = binary.get("tuning")
     if t:
-        line += f": recall@{t['at']} {t['recall']} (target {t['target']}, measured on {t['queries']} held-out items)"
+        on = f"queries from {t['queries_from']}" if "queries_from" in t else "held-out items"
+        line += f": recall@{t['at']} {t['recall']} (target {t['target']}, measured on {t['queries']} {on})"
     elif binary["kind"] == "flat":
         line += ": exact"
     return line
