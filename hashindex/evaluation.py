@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays, format_code_statistics,
-                      hamming_distances)
+                      pad_codes)
 
 
 PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
@@ -95,8 +95,15 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
 
     from .index import MISSING
 
+    import faiss
+
     k = min(max(at), index.count)
     r = min(SERVED_RECALL_AT, index.count)
+    # the exact 10th distance from a flat scan, not a (chunk x collection) distance matrix: 256 queries of a
+    # 10M-item collection would hold 2.5G distances
+    pbytes = index.meta["binary"]["padded_bytes"]
+    exact = faiss.IndexBinaryFlat(pbytes * 8)
+    exact.add(pad_codes(db_codes, pbytes))
     aps: dict[int, list[np.ndarray]] = {a: [] for a in at if a <= k}
     p10, recall, found = [], [], []
     for s in tqdm(range(0, len(codes), chunk), desc="served", unit="chunk", disable=not progress):
@@ -108,7 +115,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
             aps[a].append(average_precision(rel, a))
         p10.append(rel[:, :10].mean(axis=1))
         found.append((res.positions != MISSING).sum(axis=1))
-        kth = np.partition(hamming_distances(codes[sl], db_codes), r - 1, axis=1)[:, r - 1:r]
+        kth = exact.search(pad_codes(codes[sl], pbytes), r)[0][:, r - 1:r]
         coarse = index.search(codes[sl], None, k=r, rerank=False)
         recall.append(((coarse.hamming <= kth) & (coarse.positions != MISSING)).mean(axis=1))
     b = index.meta["binary"]

@@ -215,6 +215,14 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index,
     build(cifar_shards, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
     one = evaluate(tmp_path / "ivf1", queries, at=(100,), progress=False)
     assert one["served"]["coarse_recall@10"] < 1.0 and not one["served"]["reranked"]
+    # the coarse recall against numpy: served top 10 within the exact 10th distance (ties count)
+    from hashindex.index import Index
+    from hashindex.metrics import hamming_distances
+
+    ivf1 = Index.load(tmp_path / "ivf1")
+    kth = np.sort(hamming_distances(rows["codes"], ivf1.table_codes()), axis=1)[:, 9:10]
+    got = ivf1.search(rows["codes"], None, k=10, rerank=False)
+    assert one["served"]["coarse_recall@10"] == pytest.approx(((got.hamming <= kth) & (got.positions >= 0)).mean())
     assert one["served"]["mean_results"] == one["served"]["k"] == 100  # lists of ~300 items: filled
     assert one["hamming"] == plain["hamming"]  # the exact figures do not depend on the coarse index
     text = format_metrics(one)
