@@ -121,6 +121,17 @@ def test_broken_images_are_counted(tiny_model, tmp_path):
     assert ShardSet(tmp_path / "out").load(("codes",))["codes"].shape == (9, 6)
 
 
+def test_the_shipped_model_is_the_default(tmp_path):
+    from hashindex import DEFAULT_MODEL
+    from hashindex.model import load_model
+
+    make_mixed_folder(tmp_path / "imgs")
+    res = CliRunner().invoke(cli, ["-q", "extract", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
+                                   "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert ShardSet(tmp_path / "out").model_id == load_model(DEFAULT_MODEL).model_id
+
+
 def test_user_errors(tiny_model, tmp_path):
     runner = CliRunner()
     (tmp_path / "imgs").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import DEFAULT_MODEL
 from ..errors import HashindexError
 from .group import _echo_json, cli
 
@@ -181,7 +182,7 @@ def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as
 
 
 @cli.command()
-@click.option("--model", required=True, help="Checkpoint file or shipped model name.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Checkpoint file or shipped model name.")
 @click.option("--data", required=True, help="Images: folder, tar, list, IDX or CIFAR dir (see data/README.md).")
 @click.option("--out", required=True, help="Shard directory to write (resumed if it exists).")
 @click.option("--shard-size", default=100_000, show_default=True, type=int, help="Source items per shard.")
@@ -215,7 +216,8 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 
     \b
     Example:
-      hashindex extract --model m.pt --data ../shared/data/cifar10-jpeg/test.tar --out shards/test
+      hashindex extract --data ../shared/data/cifar10-jpeg/test.tar --out shards/test   # the shipped model
+      hashindex extract --model m.pt --data photos/ --out shards/photos              # your own
     """
     from ..extraction import extract as api_extract
 
