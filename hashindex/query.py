@@ -37,6 +37,9 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
             arrays.append(src.read_array(i, hm.input_size, hm.channels))
         except BadImage as e:
             what = "no such file" if e.reason == "missing" else f"cannot be decoded ({e.reason})"
+            if Path(path).is_dir():
+                what = ("is a folder: pass its image files (a shell glob such as DIR/*.jpg), or extract it and "
+                        "pass queries=SHARD_DIR")
             raise HashindexError(f"IMAGE {path}: {what}") from None
     codes, feats = hm.encode(np.stack(arrays))
     return codes, index.query_vectors(feats)

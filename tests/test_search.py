@@ -151,6 +151,7 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
         ([str(broken), "--by-id", "1"], "incomplete index, missing"),
         ([str(flat_index), str(img), "--model", str(other)], "differs from the index's model"),
         ([str(flat_index), str(tmp_path / "imgs/cat/truncated.jpg"), "--model", str(tiny_model)], "cannot be decoded (truncated)"),
+        ([str(flat_index), str(tmp_path / "imgs"), "--model", str(tiny_model)], "is a folder: pass its image files"),
         ([str(flat_index), "--by-id", "1", "--k", "10001"], "holds only 10000 items"),
         ([str(flat_index), "--by-id", "123456"], "no item with this id"),
         ([str(flat_index), "--by-id", "1", "--k", "10", "--candidates", "5"], "at least --k"),
