@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
-from .data import ImageSource, SkipLog, load_arrays, open_source
+from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
 from .distill import distill_loss, open_teacher, teacher_logits
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
@@ -190,6 +190,23 @@ def _test_flip(cfg: TrainConfig, ckpt: dict[str, Any] | None, init: dict[str, An
     return was if cfg.test_flip is None else cfg.test_flip
 
 
+def _check_labelled(src, data: str) -> None:
+    """Every image training will read has a label. An unlabelled item that does not decode (a README or a
+    .DS_Store beside the class folders) is a counted skip, not an error: it would otherwise block a photo
+    folder. Decoding only the unlabelled items keeps the check cheap: they are few, or the first is an image."""
+    what = f"data={data}: training needs labelled images (class subfolders, a labelled list, IDX or CIFAR batches)"
+    if not src.class_names:
+        raise HashindexError(what)
+    for i in np.flatnonzero(src.labels < 0):
+        if int(i) in src.unread:
+            continue
+        try:
+            src.read(int(i))
+        except BadImage:
+            continue
+        raise HashindexError(f"{what}; {src.paths[i]} is an image without a class (one in a folder's root has none)")
+
+
 def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
     """Input channels of a fine-tuning run: the init model's, unless --channels says otherwise."""
     channels = cfg.channels or init["channels"]
@@ -268,9 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if cfg.limit:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)
-    if not src.class_names or (src.labels < 0).any():
-        raise HashindexError(f"data={cfg.data}: training needs labelled images "
-                             "(class subfolders, a labelled list, IDX or CIFAR batches)")
+    _check_labelled(src, cfg.data)
     init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
     if ckpt is not None:
         channels = ckpt["channels"]
@@ -281,6 +296,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
                if cfg.teacher and ckpt is None else None)
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
+    if (np.asarray(train_y) < 0).any():  # what _check_labelled could not see (a prepared store's items)
+        raise HashindexError(f"data={cfg.data}: {int((np.asarray(train_y) < 0).sum())} of the images have no class")
     val_x = val_y = None
     if vsrc is not None:
         val_x, val_y, _ = load_arrays(vsrc, cfg.input_size, channels, cfg.workers, progress, skips)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hashindex import HashindexError, load_model
 from hashindex.cli import cli
 from hashindex.model import NINHash, read_checkpoint
-from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_tar, need
+from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_mixed_folder, make_tar, need
 
 
 def test_tiny_model_is_usable(tiny_model):
@@ -100,6 +100,23 @@ def test_cli_train_and_errors(tmp_path):
     (unlabelled / "x.png").write_bytes(image_bytes("PNG"))
     res = runner.invoke(cli, ["train", "--data", str(unlabelled), "--out", str(tmp_path / "u.pt")])
     assert res.exit_code == 2 and "needs labelled images" in res.output
+
+
+def test_a_stray_file_beside_the_class_folders_does_not_block_training(tmp_path):
+    """A README (or .DS_Store) in a photo folder's root is a counted skip, not an unlabelled image; an image
+    there is one, and the error names it."""
+    make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "README.txt").write_text("my photos\n")
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    args = ["-q", "train", "--data", str(tmp_path / "imgs"), "--bits", "12", "--epochs", "1", "--workers", "0",
+            "--input-size", "32", "--out", str(tmp_path / "m.pt")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "9 images, 2 classes; 6 skipped" in res.output
+    (tmp_path / "imgs" / "stray.png").write_bytes(image_bytes("PNG"))
+    res = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "m2.pt")])
+    assert res.exit_code == 2 and "; stray.png is an image without a class" in res.output
+    assert not (tmp_path / "m2.pt").exists()
 
 
 def test_cli_info(tiny_model, tmp_path):
