@@ -134,7 +134,7 @@ def test_auto_is_flat_for_small_collections_and_tuned_ivf_past_the_limit(collect
     assert "tuning" not in meta["binary"]
     given = build(store.dir, root / "auto-nprobe", rerank="none", nprobe=3, progress=False, log=lambda m: None)
     assert given["binary"]["kind"] == "ivf" and given["binary"]["nprobe"] == 3 and "tuning" not in given["binary"]
-    monkeypatch.setattr("hashindex.index.builder.AUTO_FLAT_MAX", 10_000)
+    monkeypatch.setattr("hashindex.index.recall.AUTO_FLAT_MAX", 10_000)
     meta = build(store.dir, root / "auto-ivf", rerank="none", progress=False, log=lambda m: None)
     b = meta["binary"]
     assert b["kind"] == "ivf" and b["nlist"] == 256 and b["tuning"]["target"] == 0.95
@@ -209,6 +209,8 @@ def test_tune_queries_errors(collection, tmp_path):
         build(store.dir, tmp_path / "b", binary="ivf", rerank="none", recall=0.9, tune_queries=tmp_path / "missing")
     with pytest.raises(HashindexError, match="nothing to tune without recall"):
         build(store.dir, tmp_path / "c", binary="flat", rerank="none", tune_queries=store.dir, progress=False)
+    with pytest.raises(HashindexError, match=r"nothing to tune without recall \(binary=auto, nprobe=4\)"):
+        build(store.dir, tmp_path / "c", rerank="none", nprobe=4, tune_queries=store.dir, progress=False)
     logs = []  # auto on a small collection is flat: the queries go unused, and it says so
     meta = build(store.dir, tmp_path / "d", rerank="none", tune_queries=store.dir, progress=False, log=logs.append)
     assert meta["binary"]["kind"] == "flat" and any("unused" in line for line in logs)

@@ -42,7 +42,7 @@ from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON,
                      binary_files, bucket_files, bucketed, buckets_file, check_index, copy_table, memory_figures,
                      new_table, part_file, read_binary, read_head, read_index_meta, read_table, record_checksums,
                      rerank_files, rerank_signal, write_binary)
-from .recall import AUTO_FLAT_MAX, SEARCH_PARAMS, tune
+from .recall import coarse_plan, tune
 from .tuning import fine_stage, training_sample
 
 
@@ -69,7 +69,7 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", reran
     each part as a Ray task from the shard files (hashindex/index/parts.py); the
     files equal the local build's.
 
-    ``binary="auto"`` picks flat (exact) up to `AUTO_FLAT_MAX` items, else (or when ``nlist`` or ``nprobe``
+    ``binary="auto"`` picks flat (exact) up to `recall.AUTO_FLAT_MAX` items, else (or when ``nlist`` or ``nprobe``
     is given) IVF with `auto_nlist` lists and ``recall`` (default 0.95); ``recall`` sets the coarse index's search parameter (IVF nprobe, HNSW
     efSearch, MultiHash nflip) to the smallest value whose recall@10 against exact Hamming search,
     measured on held-out items of the collection, reaches it (hashindex/index/recall.py);
@@ -116,22 +116,8 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
     n, bits = store.rows, store.bits
     if not 1 <= shards <= n:
         raise HashindexError(f"shards={shards}: expected 1 to {n} (the number of items)")
-    if recall is not None and not 0 < recall <= 1:
-        raise HashindexError(f"recall={recall}: expected a number in (0, 1]")
-    if recall is not None and nprobe is not None:
-        raise HashindexError(f"recall={recall}, nprobe={nprobe}: pass one (recall chooses nprobe)")
     requested = binary
-    if binary == "auto":  # IVF past AUTO_FLAT_MAX items, or when IVF parameters were given
-        binary = "ivf" if n > AUTO_FLAT_MAX or nlist or nprobe else "flat"
-        recall = None if binary == "flat" or nprobe else (recall or 0.95)
-    elif recall is not None and binary not in SEARCH_PARAMS:
-        raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
-                             "(use binary=ivf, hnsw, multihash or auto)")
-    if queries is not None and recall is None:
-        if requested != "auto":
-            raise HashindexError(f"tune_queries={queries.dir}: nothing to tune without recall (binary={binary}"
-                                 f"{'' if nprobe is None else f', nprobe={nprobe}'}); pass recall")
-        log(f"tune_queries={queries.dir}: unused, binary=auto chose a flat (exact) index for {n} items")
+    binary, recall = coarse_plan(binary, n, nlist, nprobe, recall, queries, log)
     code_bytes = store.manifest["code_bytes"]
     pbytes = padded_bytes(code_bytes)
     bounds = np.linspace(0, n, shards + 1).round().astype(int).tolist()

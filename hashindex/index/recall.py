@@ -45,6 +45,30 @@ SEARCH_PARAMS: dict[str, tuple[str, Callable[[dict[str, Any]], list[int]]]] = {
 }
 
 
+def coarse_plan(binary: str, n: int, nlist: int | None, nprobe: int | None, recall: float | None,
+                queries: ShardSet | None, log=print) -> tuple[str, float | None]:
+    """The coarse kind and recall target a build of n items asks for: ``auto`` is flat (exact) up to
+    `AUTO_FLAT_MAX` items, else (or when IVF parameters are given) IVF tuned to ``recall`` (default 0.95)
+    unless ``nprobe`` fixes it. ``queries`` (``tune_queries``) need a recall target to measure."""
+    if recall is not None and not 0 < recall <= 1:
+        raise HashindexError(f"recall={recall}: expected a number in (0, 1]")
+    if recall is not None and nprobe is not None:
+        raise HashindexError(f"recall={recall}, nprobe={nprobe}: pass one (recall chooses nprobe)")
+    requested = binary
+    if binary == "auto":
+        binary = "ivf" if n > AUTO_FLAT_MAX or nlist or nprobe else "flat"
+        recall = None if binary == "flat" or nprobe else (recall or 0.95)
+    elif recall is not None and binary not in SEARCH_PARAMS:
+        raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
+                             "(use binary=ivf, hnsw, multihash or auto)")
+    if queries is not None and recall is None:
+        if requested != "auto" or binary != "flat":
+            raise HashindexError(f"tune_queries={queries.dir}: nothing to tune without recall (binary={requested}"
+                                 f"{'' if nprobe is None else f', nprobe={nprobe}'}); pass recall")
+        log(f"tune_queries={queries.dir}: unused, binary=auto chose a flat (exact) index for {n} items")
+    return binary, recall
+
+
 def set_search_param(parts: list, kind: str, value: int) -> None:
     """Set the search-time parameter of every part (same value)."""
     name = SEARCH_PARAMS[kind][0]
