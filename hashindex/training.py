@@ -190,18 +190,16 @@ def _test_flip(cfg: TrainConfig, ckpt: dict[str, Any] | None, init: dict[str, An
     return was if cfg.test_flip is None else cfg.test_flip
 
 
-def _check_labelled(src, data: str) -> None:
+def _check_labelled(src: ImageSource, data: str) -> None:
     """Every image training will read has a label. An unlabelled item that does not decode (a README or a
-    .DS_Store beside the class folders) is a counted skip, not an error: it would otherwise block a photo
-    folder. Decoding only the unlabelled items keeps the check cheap: they are few, or the first is an image."""
+    .DS_Store beside the class folders) is a counted skip, not an error that blocks a photo folder; only
+    unlabelled items are decoded (few, or the first is an image)."""
     what = f"data={data}: training needs labelled images (class subfolders, a labelled list, IDX or CIFAR batches)"
     if not src.class_names:
         raise HashindexError(what)
-    for i in np.flatnonzero(src.labels < 0):
-        if int(i) in src.unread:
-            continue
+    for i in (int(i) for i in np.flatnonzero(src.labels < 0) if int(i) not in src.unread):
         try:
-            src.read(int(i))
+            src.read(i)
         except BadImage:
             continue
         raise HashindexError(f"{what}; {src.paths[i]} is an image without a class (one in a folder's root has none)")
@@ -296,8 +294,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
                if cfg.teacher and ckpt is None else None)
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
-    if (np.asarray(train_y) < 0).any():  # what _check_labelled could not see (a prepared store's items)
-        raise HashindexError(f"data={cfg.data}: {int((np.asarray(train_y) < 0).sum())} of the images have no class")
+    unlabelled = int((train_y < 0).sum())  # what _check_labelled could not see (a prepared store's items)
+    if unlabelled:
+        raise HashindexError(f"data={cfg.data}: {unlabelled} of the images have no class")
     val_x = val_y = None
     if vsrc is not None:
         val_x, val_y, _ = load_arrays(vsrc, cfg.input_size, channels, cfg.workers, progress, skips)

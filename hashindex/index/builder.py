@@ -42,7 +42,7 @@ from .layout import (BINARY_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON,
                      binary_files, bucket_files, bucketed, buckets_file, check_index, copy_table, memory_figures,
                      new_table, part_file, read_binary, read_head, read_index_meta, read_table, record_checksums,
                      rerank_files, rerank_signal, write_binary)
-from .recall import coarse_plan, tune
+from .recall import check_queries, coarse_plan, tune
 from .tuning import fine_stage, training_sample
 
 
@@ -82,6 +82,8 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", reran
     store = ShardSet(shard_dir, "shard_dir")
     _check_shards(store, rerank)
     queries = None if tune_queries is None else ShardSet(tune_queries, "tune_queries")
+    if queries is not None:
+        check_queries(queries, store)
     out = Path(out)
     with _exclusive(out):  # one writer: a build and an append of the same INDEX_DIR never interleave
         _check_replaceable(out, store, overwrite)

@@ -80,13 +80,13 @@ def set_search_param(parts: list, kind: str, value: int) -> None:
 
 
 def held_out(store: ShardSet, pbytes: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, padded codes) of up to n items of the collection, in position order."""
+    """(positions, padded codes) of up to n items of a shard directory, in position order."""
     pos = np.sort(rng.choice(store.rows, size=min(n, store.rows), replace=False))
     return pos, pad_codes(store.rows_at(pos, ("codes",))["codes"], pbytes)
 
 
-def fresh_queries(queries: ShardSet, store: ShardSet, pbytes: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Padded codes of up to n items of a query shard directory, which must hold the collection's codes."""
+def check_queries(queries: ShardSet, store: ShardSet) -> None:
+    """``tune_queries`` must hold codes of the collection's model (checked before the build does its work)."""
     where = f"tune_queries={queries.dir}"
     if queries.model_id != store.model_id or queries.bits != store.bits:
         raise HashindexError(f"{where}: holds {queries.bits}-bit codes of model {queries.model_id}, but the "
@@ -94,8 +94,6 @@ def fresh_queries(queries: ShardSet, store: ShardSet, pbytes: int, n: int, rng: 
                              "queries with the collection's model)")
     if queries.rows == 0:
         raise HashindexError(f"{where}: holds no rows")
-    pos = np.sort(rng.choice(queries.rows, size=min(n, queries.rows), replace=False))
-    return pad_codes(queries.rows_at(pos, ("codes",))["codes"], pbytes)
 
 
 def exact_distances(store: ShardSet, queries: np.ndarray, pbytes: int, k: int) -> np.ndarray:
@@ -145,7 +143,7 @@ def tune(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], par
     if queries is None:
         self_pos, codes = held_out(store, pbytes, TUNE_QUERIES, rng)
     else:
-        self_pos, codes = None, fresh_queries(queries, store, pbytes, TUNE_QUERIES, rng)
+        self_pos, codes = None, held_out(queries, pbytes, TUNE_QUERIES, rng)[1]  # sampled the same way
     exact = exact_distances(store, codes, pbytes, k)
     curve: list[list[float]] = []
     for value in values:
