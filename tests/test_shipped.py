@@ -38,7 +38,7 @@ def test_ten_view_model_derives_with_the_documented_id(tmp_path):
     model = load_model(out)
     assert model.model_id == "b25501e9bcc7f29b" and model.test_flip and model.test_shift == 2
     need(CIFAR_TEST)
-    src = open_source(CIFAR_TEST).subset(200)
+    src = open_source(CIFAR_TEST).subset(100)
     images = np.stack([src.read_array(i, 32, 3) for i in range(len(src))])
     assert (model.forward_numpy(images)[2].argmax(1) == src.labels).mean() > 0.85
 
@@ -47,12 +47,12 @@ def test_demo_end_to_end(tmp_path):
     need(CIFAR_TEST)
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["-q", "demo", "--data", str(CIFAR_TEST), "--out", str(out),
-                                   "--limit", "2000", "--workers", "0", "--json"])
+                                   "--limit", "1000", "--workers", "0", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     for key in ("index", "metrics", "pr_curve", "precision_at_k", "results_grid"):
         assert Path(summary["files"][key]).exists(), key
-    assert summary["map"] > 0.6  # 200 held-out queries vs 1,800 images, shipped 48-bit model
+    assert summary["map"] > 0.6  # 100 held-out queries vs 900 images, shipped 48-bit model
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["queries"] == 200 and metrics["database"] == 1800
+    assert metrics["queries"] == 100 and metrics["database"] == 900
     assert metrics["model_id"] == load_model(DEFAULT_MODEL).model_id  # the demo runs the default model
