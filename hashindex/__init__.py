@@ -12,7 +12,7 @@ the stage is ``hashindex.training``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 __version__ = "0.1.0"
 # The shipped model the demo and examples use: 100 epochs, test-time flip (docs/RESULTS.md, "Training
@@ -35,11 +35,13 @@ _LAZY = {  # public name -> (module, attribute)
 
 
 def train(data: str, out: str, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, **options: Any) -> dict:
-    """Train the NIN hashing net; options are `TrainConfig` fields (bits, epochs, ...)."""
+          progress: bool = True, log: Callable[[str], None] = print, **options: Any) -> dict:
+    """Train the NIN hashing net; options are `TrainConfig` fields (bits, epochs, ...); ``log`` gets the
+    progress lines (per epoch), as `extract`'s and `build`'s do."""
     from .training import TrainConfig, train as run
 
-    return run(TrainConfig(data=data, out=out, **options), resume=resume, overwrite=overwrite, progress=progress)
+    return run(TrainConfig(data=data, out=out, **options), resume=resume, overwrite=overwrite, progress=progress,
+               log=log)
 
 
 def __getattr__(name: str) -> Any:

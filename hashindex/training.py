@@ -2,9 +2,11 @@
 
 A plain loop in the style of torchvision's reference classification script:
 SGD + Nesterov momentum + weight decay, linear warm-up then cosine (or step)
-decay, random-crop + flip augmentation, per-epoch validation. The training
-set is decoded once into memory (32x32 inputs: 150 MB for CIFAR-10), which
-on a 2-core machine is far cheaper than decoding every epoch.
+decay, random-crop + flip augmentation, per-epoch validation. The recipe
+(`TrainConfig`, the schedule, augmentation, loss terms and one epoch of SGD)
+is `hashindex.recipe`; this module runs it: data, net, validation, checkpoints.
+The training set is decoded once into memory (32x32 inputs: 150 MB for
+CIFAR-10), which on a 2-core machine is far cheaper than decoding every epoch.
 
 ``binary_weight`` and ``balance_weight`` add the code terms of SSDH (Yang, Lin
 & Chen, TPAMI 2018, the follow-up of DLBHC) to the classification loss: one
@@ -27,119 +29,21 @@ shuffling, augmentation and dropout of epoch e are seeded by (seed, e).
 from __future__ import annotations
 
 import logging
-import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
-from .distill import distill_loss, open_teacher, teacher_logits
+from .distill import open_teacher, teacher_logits
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, precision_of, read_checkpoint,
                     resolve_device)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in the checkpoint)."""
-
-    data: str
-    out: str
-    val: str | None = None
-    bits: int = 48
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # or "step" (x0.1 at 50% and 75%)
-    warmup_epochs: float = 1.0
-    input_size: int = 32
-    channels: int | None = None  # None: 1 for greyscale sources, else 3
-    flip: bool = True
-    crop_pad: int = 4
-    dropout: float = 0.3
-    limit: int | None = None
-    val_limit: int | None = None
-    val_every: int | None = None  # hold out every n-th image of data for validation
-    follow_links: bool = False  # read symlinks that lead out of a folder (counted skips otherwise)
-    device: str = "cpu"
-    bf16: bool | None = None  # bf16 autocast: None where faster (model.uses_bf16), True/False force it
-    workers: int = 2
-    seed: int = 0
-    init: str | None = None  # checkpoint path or shipped name to fine-tune from
-    binary_weight: float = 0.0  # SSDH: reward latent activations far from 0.5
-    balance_weight: float = 0.0  # SSDH: half of each code's bits on
-    bit_balance_weight: float = 0.0  # each bit on for half of a batch's images
-    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
-    cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
-    test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
-    swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
-    swa_lr: float = 0.02
-    teacher: str | None = None  # distil from this model's posteriors (Hinton et al. 2015; distill.py)
-    distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
-    distill_temperature: float = 4.0
-
-
-def lr_at(cfg: TrainConfig, progress: float) -> float:
-    """Learning rate at a fractional epoch (stateless, so resume needs no scheduler state).
-
-    The schedule spans the epochs before the averaging phase; that phase runs at swa_lr.
-    """
-    main = cfg.epochs - cfg.swa_epochs
-    if progress >= main:
-        return cfg.swa_lr
-    if progress < cfg.warmup_epochs:
-        return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
-    if cfg.schedule == "step":
-        return cfg.lr * (0.1 ** (int(progress >= 0.5 * main) + int(progress >= 0.75 * main)))
-    t = (progress - cfg.warmup_epochs) / max(main - cfg.warmup_epochs, 1e-9)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def code_terms(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Code terms of a batch of sigmoid activations h in [0, 1]^K (N images x K bits).
-
-    binary = -mean (h - 0.5)^2 (lowest, -0.25, when every h is 0 or 1; SSDH);
-    balance = mean over images of (mean over bits of h - 0.5)^2 (SSDH);
-    bit_balance = mean over bits of (mean over images of h - 0.5)^2.
-    Averaged over bits, not summed as in the paper, so one weight suits every K.
-    """
-    binary = -(latent - 0.5).pow(2).mean()
-    balance = (latent.mean(dim=1) - 0.5).pow(2).mean()
-    bit_balance = (latent.mean(dim=0) - 0.5).pow(2).mean()
-    return binary, balance, bit_balance
-
-
-def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: int = 0) -> torch.Tensor:
-    """Random crop with zero padding, random horizontal flip and cutout (a zeroed square centred anywhere in
-    the image, clipped at its borders), on a uint8 batch."""
-    b, c, h, w = x.shape
-    if pad:
-        padded = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if flip:
-        m = torch.rand(b, generator=g) < 0.5
-        x[m] = x[m].flip(3)
-    if cutout:
-        cy = torch.randint(0, h, (b, 1, 1), generator=g)
-        cx = torch.randint(0, w, (b, 1, 1), generator=g)
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        hole = ((ys - cy).abs() * 2 < cutout) & ((xs - cx).abs() * 2 < cutout)  # side `cutout` around (cy, cx)
-        x = x.masked_fill(hole[:, None], 0)
-    return x
+from .recipe import TrainConfig, augment, check_config, run_epoch
 
 
 @torch.inference_mode()
@@ -263,36 +167,37 @@ def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         raise HashindexError(f"resume=True: {out} does not exist yet; start without resume=True")
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, log=print) -> dict[str, Any]:
-    """Train (or resume) and write the checkpoint; returns its summary figures."""
-    _check_out(cfg, resume, overwrite)
-    if not 0 <= cfg.swa_epochs <= cfg.epochs:
-        raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
-    if cfg.swa_epochs and not cfg.swa_lr > 0:
-        raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
-    if cfg.teacher and not (0 <= cfg.distill_weight <= 1 and cfg.distill_temperature > 0):
-        raise HashindexError(f"distill_weight={cfg.distill_weight}, distill_temperature={cfg.distill_temperature}: "
-                             "expected a weight from 0 to 1 and a temperature > 0")
-    ckpt = _load_resume(cfg) if resume else None
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+class _Arrays(NamedTuple):
+    """The decoded training (and validation) images, uint8 (N, C, H, W), and their labels."""
 
-    skips = SkipLog()
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+
+
+def _open_sources(cfg: TrainConfig) -> tuple[ImageSource, ImageSource | None]:
+    """(training, validation) sources, checked for labels before anything is decoded."""
     src = open_source(cfg.data, "data", follow_links=cfg.follow_links)
     if cfg.limit:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)
     _check_labelled(src, cfg.data)
-    init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
+    return src, vsrc
+
+
+def _channels(cfg: TrainConfig, src: ImageSource, ckpt: dict[str, Any] | None, init: dict[str, Any] | None) -> int:
+    """Input channels: the resumed run's, the init model's, --channels, or what the images are."""
     if ckpt is not None:
-        channels = ckpt["channels"]
-    elif init is not None:
-        channels = _init_channels(cfg, init)
-    else:
-        channels = cfg.channels or (1 if src.greyscale else 3)
-    teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
-               if cfg.teacher and ckpt is None else None)
+        return ckpt["channels"]
+    if init is not None:
+        return _init_channels(cfg, init)
+    return cfg.channels or (1 if src.greyscale else 3)
+
+
+def _load_data(cfg: TrainConfig, src: ImageSource, vsrc: ImageSource | None, channels: int, skips: SkipLog,
+               progress: bool, log) -> _Arrays:
+    """Decode the training and validation images into memory (once per run: far cheaper than per epoch)."""
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
     unlabelled = int((train_y < 0).sum())  # what _check_labelled could not see (a prepared store's items)
     if unlabelled:
@@ -304,24 +209,49 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         raise HashindexError(f"data={cfg.data}: no readable images ({skips.summary()})")
     log(f"train: {len(train_x)} images, {len(src.class_names)} classes"
         + (f", val: {len(val_x)} images" if val_x is not None else "") + f"; {skips.summary()}")
+    return _Arrays(train_x, train_y, val_x, val_y)
 
+
+def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: np.ndarray,
+              ckpt: dict[str, Any] | None, init: dict[str, Any] | None, log,
+              ) -> tuple[NINHash, torch.optim.Optimizer, list[dict[str, float]], dict[str, Any] | None]:
+    """(net, optimizer, history so far, init record): fresh, fine-tuned from ``init`` or resumed."""
     mean, std = _channel_stats(train_x)
-    net = NINHash(cfg.bits, len(src.class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init))
+    net = NINHash(cfg.bits, len(class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init))
     init_info = ckpt.get("init") if ckpt is not None else None
     if init is not None:
-        parts = transfer_weights(net, init, src.class_names)
+        parts = transfer_weights(net, init, class_names)
         init_info = {"model": cfg.init, "model_id": init["model_id"], "copied": parts}
         log(f"init: {', '.join(parts)} from {cfg.init} (model {init['model_id']})")
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
     history: list[dict[str, float]] = []
-    start_epoch = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["train_state"]["optimizer"])
         history = ckpt["history"]
-        start_epoch = ckpt["epochs"]
-        log(f"resuming {cfg.out} at epoch {start_epoch + 1}/{cfg.epochs}")
+        log(f"resuming {cfg.out} at epoch {ckpt['epochs'] + 1}/{cfg.epochs}")
+    return net, opt, history, init_info
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, log=print) -> dict[str, Any]:
+    """Train (or resume) and write the checkpoint; returns its summary figures."""
+    _check_out(cfg, resume, overwrite)
+    check_config(cfg)
+    ckpt = _load_resume(cfg) if resume else None
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    skips = SkipLog()
+    src, vsrc = _open_sources(cfg)
+    init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
+    channels = _channels(cfg, src, ckpt, init)
+    teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
+               if cfg.teacher and ckpt is None else None)
+    data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
+    net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log)
+    start_epoch = ckpt["epochs"] if ckpt is not None else 0
     net.to(device, memory_format=torch.channels_last)
     precision = precision_of(device, cfg.bf16)
     log(f"device: {device}, {precision}")
@@ -331,86 +261,58 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     info = {"class_names": src.class_names, "input_size": cfg.input_size,
             "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs,
             "init": init_info}
-    steps = math.ceil(len(train_x) / cfg.batch_size)
     if start_epoch >= cfg.epochs:
         raise HashindexError(f"resume=True: {cfg.out} has {start_epoch} epochs already (epochs={cfg.epochs})")
-    x_all, y_all = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.int64))
+    x_all, y_all = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y.astype(np.int64))
     soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
     if cfg.teacher:
         soft = ckpt["train_state"]["teacher_logits"] if ckpt is not None else \
-            torch.from_numpy(teacher_logits(teacher, train_x, progress))
-    acc = None
+            torch.from_numpy(teacher_logits(teacher, data.train_x, progress))
+    acc = constant = None
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
-        net.train()
-        perm = torch.randperm(len(x_all), generator=g)
-        t0, seen, correct, loss_sum, class_sum, margin_sum, distill_sum = time.time(), 0, 0, 0.0, 0.0, 0.0, 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step in bar:
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(x_all[idx], g, cfg.crop_pad, cfg.flip, cfg.cutout).to(device, non_blocking=True)
-            y = y_all[idx].to(device, non_blocking=True)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch + step / steps)
-            with autocast_for(device, cfg.bf16):
-                logits, latent, _ = net(x)
-            loss = class_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if soft is not None:
-                distill = distill_loss(logits.float(), soft[idx].to(device), cfg.distill_temperature)
-                loss = (1 - cfg.distill_weight) * class_loss + cfg.distill_weight * distill
-                distill_sum += float(distill.detach()) * len(y)
-            if cfg.binary_weight or cfg.balance_weight or cfg.bit_balance_weight:
-                binary, balance, bit_balance = code_terms(latent.float())
-                loss = (loss + cfg.binary_weight * binary + cfg.balance_weight * balance
-                        + cfg.bit_balance_weight * bit_balance)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
-            class_sum += float(class_loss.detach()) * len(y)
-            margin_sum += float((latent.detach().float() - 0.5).abs().mean()) * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-        wall = time.time() - t0
-        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-               "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
-               "class_loss": class_sum / seen, "latent_margin": margin_sum / seen, "precision": precision}
-        if soft is not None:
-            row["distill_loss"] = distill_sum / seen
+        row = run_epoch(net, opt, cfg, epoch, x_all, y_all, soft, g, device, precision, progress)
         model = net  # the net this epoch would ship: the SGD weights, or their average
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
-            model = _average_epoch(avg, net, cfg, train_x, g, device, row, val_x, val_y)
-        if val_x is not None:
-            acc = row["val_acc"] = val_accuracy(model, val_x, val_y, device, cfg.bf16)
+            model = _average_epoch(avg, net, cfg, data.train_x, g, device, row, data.val_x, data.val_y)
+        if data.val_x is not None:
+            acc = row["val_acc"] = val_accuracy(model, data.val_x, data.val_y, device, cfg.bf16)
         history.append(row)
-        done = epoch + 1 == cfg.epochs
-        score, protocol, constant = (_final_map(model, train_x, train_y, val_x, val_y, device, cfg.bf16)
-                                     if done else (None, "", None))
-        meta = build_meta(model if done else net, **info, epochs=epoch + 1, accuracy=acc, map=score,
-                          map_protocol=protocol, history=history)
-        if not done:
-            meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
-            if soft is not None:
-                meta["train_state"]["teacher_logits"] = soft
-            if avg is not None and avg.n:
-                meta["train_state"]["swa"] = avg.state()
-        atomic_torch_save(meta, cfg.out)
+        meta, constant = _save_epoch(cfg, epoch, net, model, opt, soft, avg, data, device,
+                                     {**info, "accuracy": acc, "history": history})
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
             + (f" val_acc {acc:.4f}" if acc is not None else "")
             + (f" (average of {row['swa_n']}; last weights {row['sgd_val_acc']:.4f})" if "sgd_val_acc" in row else "")
             + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s)")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
-               "train_images": len(train_x), "constant_bits": constant}
+               "train_images": len(data.train_x), "constant_bits": constant}
     log(f"wrote {cfg.out}: model {meta['model_id']}, val_acc {acc}, mAP {meta['map']}")
     if constant:
         logging.getLogger("hashindex").warning(
             f"{constant} of {cfg.bits} code bits are the same for every training image and carry nothing "
             "(--bit-balance-weight asks each bit to be on for half the images)")
     return summary
+
+
+def _save_epoch(cfg: TrainConfig, epoch: int, net: NINHash, model: NINHash, opt: torch.optim.Optimizer,
+                soft: torch.Tensor | None, avg: WeightAverage | None, data: _Arrays, device: torch.device,
+                info: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """Write the checkpoint of epoch ``epoch`` atomically: with the state to resume from while the run
+    goes on; the last epoch's holds ``model`` (the SGD weights or their average) and its final mAP.
+    Returns (its metadata, the number of constant code bits at the end, else None)."""
+    done = epoch + 1 == cfg.epochs
+    score, protocol, constant = (_final_map(model, *data, device, cfg.bf16) if done else (None, "", None))
+    meta = build_meta(model if done else net, **info, epochs=epoch + 1, map=score, map_protocol=protocol)
+    if not done:
+        meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
+        if soft is not None:
+            meta["train_state"]["teacher_logits"] = soft
+        if avg is not None and avg.n:
+            meta["train_state"]["swa"] = avg.state()
+    atomic_torch_save(meta, cfg.out)
+    return meta, constant
 
 
 def val_accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool | None) -> float:

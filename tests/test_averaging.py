@@ -12,7 +12,8 @@ from hashindex import HashindexError
 from hashindex.averaging import WeightAverage, recompute_batchnorm
 from hashindex.cli import cli
 from hashindex.model import read_checkpoint
-from hashindex.training import TrainConfig, lr_at, train as run
+from hashindex.recipe import lr_at
+from hashindex.training import TrainConfig, train as run
 from tests.conftest import CIFAR_TRAIN, need
 
 

@@ -173,7 +173,7 @@ def test_cli_fine_tune_from_shipped_model(tiny_model, tmp_path):
 
 
 def test_code_terms_values():
-    from hashindex.training import code_terms
+    from hashindex.recipe import code_terms
 
     half_on = torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     assert [float(t) for t in code_terms(half_on)] == [-0.25, 0.0, 0.125]  # bits 1, 2: constant
@@ -260,7 +260,7 @@ def test_constant_bits_and_final_map():
 
 def test_cutout_zeroes_one_square_per_image():
     """augment(cutout=s): each image gets one zeroed square of side s (clipped at the border), nothing else."""
-    from hashindex.training import augment
+    from hashindex.recipe import augment
 
     x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
     out = augment(x.clone(), torch.Generator().manual_seed(0), pad=0, flip=False, cutout=8)

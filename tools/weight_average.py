@@ -15,7 +15,8 @@ import torch
 from hashindex.averaging import recompute_batchnorm
 from hashindex.data import load_arrays, open_source
 from hashindex.model import load_model
-from hashindex.training import augment, val_accuracy
+from hashindex.recipe import augment
+from hashindex.training import val_accuracy
 
 
 def main() -> None:
