@@ -51,8 +51,8 @@ def test_one_writer_at_a_time(cifar_shards, tmp_path):
     out = tmp_path / "index"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from hashindex.index.builder import _exclusive\n"
-         "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(out)],
+         "from hashindex.index.writing import exclusive_index\n"
+         "with exclusive_index(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(out)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -5,7 +5,8 @@ write an INDEX_DIR; `Index.load` opens one and `Index.in_memory` builds one
 over arrays with the same code.
 """
 
-from .builder import append, build
+from .appending import append
+from .builder import build
 from ..metrics import pad_codes
 from .kinds import (BINARY_KINDS, RERANK_KINDS, BinaryParts, default_params, make_binary_index,
                     make_rerank_index, new_float_store, padded_bytes)

@@ -1,0 +1,110 @@
+"""What `build` and `append` share: the lock of an index directory, filling the binary index parts,
+float stores and table from a shard directory, and replacing the directory atomically.
+
+An INDEX_DIR is written in a temp folder beside it and renamed into place (`replacing`), so a
+directory named INDEX_DIR is always complete; a killed build or append leaves only temp folders,
+which the next one under the same lock removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from ..errors import HashindexError
+from ..files import exclusive, sha256_file
+from ..metrics import pad_codes
+from ..signals import Head, database_vectors
+from ..store import MANIFEST, ShardSet
+from .layout import binary_files, bucket_files
+
+
+def check_shards(shards: ShardSet, rerank: str) -> None:
+    """One-line errors for a shard directory that cannot be indexed with this float store."""
+    if shards.rows == 0:
+        raise HashindexError(f"shard_dir={shards.dir}: holds no rows")
+    if rerank != "none" and shards.manifest["feature_dtype"] == "none":
+        raise HashindexError(f"rerank={rerank}: {shards.dir} was extracted with features=none; "
+                             "use rerank=none or extract features")
+
+
+def source_entry(store: ShardSet) -> dict[str, str]:
+    """Where an index's rows came from: the shard directory and its manifest's checksum."""
+    return {"dir": str(store.dir.resolve()), "manifest_sha256": sha256_file(store.dir / MANIFEST)}
+
+
+def exclusive_index(index_dir: Path):
+    """The lock of INDEX_DIR: one build or append of it at a time, so none loses another's rows."""
+    return exclusive(index_dir, f"out={index_dir}: another append to it is running, or a build")
+
+
+def binary_names(binary_meta: dict[str, Any]) -> list[str]:
+    """Every file of the binary index: its graph(s) or index file(s), and their bucket tables."""
+    meta = {"binary": binary_meta}
+    return binary_files(meta) + bucket_files(meta)
+
+
+def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: int, table,
+          pos: int, progress: bool, signal: str = "l2", head: Head | None = None) -> None:
+    """Add every shard's codes and signal vectors to the indexes and its rows to the table from position ``pos``.
+
+    Rows go to binary index j (and float store j, when there are float parts) when their position lies in
+    [bounds[j], bounds[j+1]).
+    """
+    fields = ("codes", "ids", "labels", "paths") + (("features",) if fparts else ())
+    for rows in tqdm(store.iter_rows(fields), total=len(store.shard_paths()), desc="build", unit="shard",
+                     disable=not progress):
+        codes = rows["codes"]
+        m = len(codes)
+        padded = pad_codes(codes, pbytes)
+        vecs = database_vectors(signal, rows["features"], codes, head) if fparts else None
+        for j, part in enumerate(parts):
+            lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
+            if lo < hi:
+                part.add(padded[lo - pos:hi - pos])
+                if fparts:
+                    fparts[j].add(vecs[lo - pos:hi - pos])
+        for name in ("ids", "labels", "codes", "paths"):
+            table[name][pos:pos + m] = rows[name]
+        pos += m
+
+
+@contextlib.contextmanager
+def replacing(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out`` that replaces it when the block succeeds and is removed if it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_leftovers(out: Path) -> int:
+    """Remove the temp and old folders of killed builds or appends of ``out`` (called under its lock)."""
+    mine = re.compile(rf"\.{re.escape(out.name)}\.(build-[a-z0-9_]+\.tmp|old-\d+)")
+    stale = [p for p in out.parent.iterdir() if p.is_dir() and mine.fullmatch(p.name)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to ``out``, replacing an old index if present."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
