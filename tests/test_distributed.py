@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hash
 
 from hashindex import HashindexError, ShardSet, extract  # noqa: E402
 from hashindex.extraction import make_shard  # noqa: E402
-from hashindex.query import batch_search  # noqa: E402
+from hashindex.batch import batch_search  # noqa: E402
 from tests.conftest import CIFAR_TEST, assert_same_shards, need  # noqa: E402
 
 

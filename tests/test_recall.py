@@ -281,7 +281,7 @@ def test_nprobe_per_call(collection, shards):
 def test_nprobe_through_the_cli_and_the_batch_job(collection, tmp_path):
     """`query --nprobe` (interactive and batch) reaches the coarse index: all lists give the flat index's
     results; the batch job records the value and a rerun with another value is not taken as done."""
-    from hashindex.query import batch_search
+    from hashindex.batch import batch_search
 
     root, store = collection
     ivf, flat = root / "np1", root / "flat1"

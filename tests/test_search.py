@@ -13,7 +13,7 @@ from hashindex.cli import cli
 from hashindex.metrics import hamming_distances
 from hashindex.index import build, pad_codes, padded_bytes
 from hashindex.index import Index
-from hashindex.query import batch_search
+from hashindex.batch import batch_search
 from tests.conftest import CIFAR_TEST, make_mixed_folder
 
 QUERIES = slice(0, 10000, 97)  # 104 queries spread over the classes

@@ -55,6 +55,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train --queries shards/test --out results.h5
     """
     from .. import query as query_app
+    from ..batch import batch_search
     from ..index import Index
 
     if shard_actors and backend != "ray":
@@ -64,11 +65,11 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
             raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
-        job = query_app.batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
-                                  batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
-                                  overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
-                                  ray_options={"address": address, "num_workers": num_workers},
-                                  shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
+        job = batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
+                           batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
+                           overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
+                           ray_options={"address": address, "num_workers": num_workers},
+                           shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
         if as_json:
             _echo_json(job)
         return

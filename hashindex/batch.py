@@ -1,0 +1,219 @@
+"""Batch retrieval jobs (`hashindex query --queries SHARD_DIR --out FILE`): the results file's owner.
+
+Every query of a shard directory (or of an image source, extracted on the fly)
+is searched in batches; each batch's results are saved atomically in
+``OUT.parts/``, so an interrupted job resumes from the last completed batch and
+the final file equals an uninterrupted run's. The results go to one file (HDF5,
+JSON lines or CSV) with the job that wrote it recorded beside it, so rerunning
+a finished job is a no-op. Batches can run as Ray units (`distributed`), each
+worker opening the index once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .errors import HashindexError
+from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
+from .index import Index
+from .query import check_candidates
+from .store import MANIFEST, ShardSet
+
+OUTPUT_FORMATS = ("h5", "jsonl", "csv")
+
+
+def output_format(out: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in OUTPUT_FORMATS:
+            raise HashindexError(f"format={fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+    suffix = out.suffix.lower().lstrip(".")
+    return {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv"}.get(suffix, "h5")
+
+
+def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | None, device: str,
+                  progress: bool, log):
+    """The query shards: given directly, or extracted on the fly from an image source."""
+    if (Path(queries) / MANIFEST).exists():
+        shards = ShardSet(queries, "queries")
+        index.check_model(shards.model_id, f"queries={queries}")
+        return shards
+    if model is None:
+        raise HashindexError(f"queries={queries}: an image source needs model=MODEL to encode it "
+                             "(or pass a shard directory made by hashindex extract)")
+    from .extraction import extract
+    from .model import load_model
+
+    hm = load_model(model, device)
+    index.check_model(hm.model_id)
+    extract(hm, str(queries), parts / "queries", progress=progress, log=log)
+    return ShardSet(parts / "queries", "queries")
+
+
+def _read_job(path: Path) -> dict[str, Any] | None:
+    """A batch job's recorded settings (None when the file is damaged: the job is then not resumed)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
+                 candidates: int | None = None, rerank: bool = True, batch_size: int = 4096,
+                 nprobe: int | None = None, fmt: str | None = None, model: str | None = None, device: str = "cpu",
+                 overwrite: bool = False, progress: bool = True, backend: str = "local",
+                 ray_options: dict[str, Any] | None = None, shard_actors: bool = False,
+                 log=print) -> dict[str, Any]:
+    """Search every query of a shard directory (or image source); write one results file.
+
+    Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
+    interruption continues from the last completed batch, and the final file
+    equals an uninterrupted run's. Returns the job description.
+
+    ``backend="ray"`` runs batches as tasks on Ray workers that each map the
+    whole index; with ``shard_actors`` the batches run here instead and each
+    fans out to one Ray actor per index shard (an index past one machine's RAM).
+    """
+    with exclusive(Path(out), f"out={out}: another batch job writing it is running"):  # one writer
+        if backend not in ("local", "ray"):
+            raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
+        if shard_actors and backend != "ray":
+            raise HashindexError("shard_actors=True: needs backend=ray")
+        if not isinstance(index, Index):
+            actor_options = {k: v for k, v in (ray_options or {}).items() if k in ("address", "num_workers")}
+            index = Index.load(index, shard_actors=actor_options if shard_actors else None)
+        check_candidates(candidates, k)
+        index.check_nprobe(nprobe)
+        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size, "nprobe": nprobe}
+        out = Path(out)
+        fmt = output_format(out, fmt)
+        if out.exists() and not overwrite:
+            recorded = _read_job(_job_record(out))
+            if recorded and recorded.pop("out_sha256", None) == sha256_file(out) and \
+                    _same_job(recorded, index, queries, settings):
+                log(f"{out}: already complete ({recorded['queries_count']} queries); nothing to do")
+                return recorded  # a rerun of a finished job (as after a kill just past its end) is a no-op
+            raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
+        parts = out.with_name(out.name + ".parts")
+        if overwrite and parts.exists():
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        shards = _query_shards(index, queries, parts, model, device, progress, log)
+        job = _start_job(index, shards, parts, settings, out)
+        data = shards.load(("codes", "features", "ids"))
+        if not rerank:
+            data["features"] = None
+        n_batches = -(-len(data["ids"]) // batch_size)
+        _run_batches(index, data, parts, settings, n_batches, progress,
+                     dict(ray_options or {}) if backend == "ray" and not shard_actors else None)
+        return _finish_job(out, fmt, parts, data["ids"], n_batches, job, log)
+
+
+def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The job's record in ``parts``; an unfinished job there with other settings is refused, not mixed in."""
+    job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
+           "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
+           **settings}
+    if (parts / "job.json").exists() and _read_job(parts / "job.json") != job:
+        raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
+                             "(rerun it with the same settings, or pass overwrite=True)")
+    atomic_write_json(parts / "job.json", job)
+    return job
+
+
+def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict[str, Any], n_batches: int,
+                 progress: bool, ray_options: dict[str, Any] | None) -> None:
+    """Search the batches not yet saved in ``parts``: here, or as Ray units when ``ray_options`` is given."""
+    todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
+    if ray_options is not None and todo:
+        from .distributed import run_units
+
+        run_units(partial(_part_unit, str(index.dir.resolve()), str(parts.resolve()), settings), todo,
+                  lambda b: None, shared=(data,), what="part", progress=progress, **ray_options)
+        return
+    for b in tqdm(todo, desc="query", unit="batch", disable=not progress):
+        search_part(index, data, b, parts / f"part-{b:06d}.npz", **settings)
+
+
+def _finish_job(out: Path, fmt: str, parts: Path, query_ids: np.ndarray, n_batches: int, job: dict[str, Any],
+                log) -> dict[str, Any]:
+    """Merge the saved batches into the results file, record the job beside it and drop the parts."""
+    merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
+              for name in ("ids", "hamming", "distance")}
+    _write_results(out, fmt, query_ids, merged, job)
+    summary = {**job, "out": str(out), "queries_count": len(query_ids), "format": fmt}
+    atomic_write_json(_job_record(out), {**summary, "out_sha256": sha256_file(out)})
+    shutil.rmtree(parts)
+    log(f"wrote {out}: {len(query_ids)} queries x top {job['k']} ({fmt})")
+    return summary
+
+
+def _job_record(out: Path) -> Path:
+    """Beside a finished results file: the job that wrote it and the file's SHA-256 (a rerun is a no-op)."""
+    return out.with_name(f".{out.name}.job.json")
+
+
+def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, settings: dict[str, Any]) -> bool:
+    """Whether a finished job answered this request (same index build, same query shards, same settings)."""
+    q = Path(queries)
+    return (q / MANIFEST).is_file() and recorded.get("index") == str(index.dir.resolve()) \
+        and recorded.get("index_built") == index.meta["built"] and recorded.get("queries") == str(q.resolve()) \
+        and recorded.get("queries_manifest_sha256") == sha256_file(q / MANIFEST) \
+        and all(recorded.get(key) == value for key, value in settings.items())
+
+
+def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: dict[str, Any]
+               ) -> Callable[[int], int]:
+    """What a Ray actor runs per unit: it opens the index once, then searches query part b per call."""
+    index = Index.load(index_dir)
+
+    def run(b: int) -> int:
+        search_part(index, data, b, Path(part_dir) / f"part-{b:06d}.npz", **settings)
+        return b
+
+    return run
+
+
+def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
+                candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None) -> None:
+    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part."""
+    sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
+    feats = data["features"][sl] if data["features"] is not None else None
+    res = index.search(data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)
+
+
+def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np.ndarray],
+                   job: dict[str, Any]) -> None:
+    """Write the merged results atomically in the chosen format."""
+    with atomic_path(out) as tmp:
+        if fmt == "h5":
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("query_ids", data=query_ids.astype(np.int64))
+                for name, arr in res.items():
+                    f.create_dataset(name, data=arr)
+                for key, value in job.items():
+                    f.attrs[key] = "none" if value is None else value
+            return
+        with open(tmp, "w", encoding="utf-8") as f:
+            if fmt == "csv":
+                f.write("query_id,rank,id,hamming,distance\n")
+            for q, qid in enumerate(query_ids):
+                ok = res["ids"][q] >= 0
+                ids, ham, dist = res["ids"][q][ok], res["hamming"][q][ok], res["distance"][q][ok]
+                if fmt == "jsonl":
+                    f.write(json.dumps({"query_id": int(qid), "ids": ids.tolist(), "hamming": ham.tolist(),
+                                        "distance": [None if np.isnan(d) else float(d) for d in dist]}) + "\n")
+                else:
+                    for r, (i, h, d) in enumerate(zip(ids, ham, dist), 1):
+                        f.write(f"{qid},{r},{i},{h},{'' if np.isnan(d) else repr(float(d))}\n")
