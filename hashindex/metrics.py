@@ -147,6 +147,39 @@ def tie_aware_precision_at_k(n: np.ndarray, r: np.ndarray, k_max: int) -> np.nda
     return (r_before + (k - n_before) * share) / k
 
 
+class _RankingScores:
+    """AP per query (of the whole ranking and at each cut-off) and summed precision@k of one ranking,
+    accumulated chunk by chunk of queries."""
+
+    def __init__(self, at: tuple[int, ...], pk_max: int):
+        self.at, self.pk_max = at, pk_max
+        self.ap: dict[str, list[np.ndarray]] = {"all": [], **{str(k): [] for k in at}}
+        self.pk_sum = np.zeros(pk_max)
+
+    def add(self, rel: np.ndarray) -> None:
+        """One chunk: ``rel`` (q, n) bool, whether each ranked item is relevant to its query."""
+        self.ap["all"].append(average_precision(rel))
+        for k in self.at:
+            self.ap[str(k)].append(average_precision(rel, k))
+        self.pk_sum += (np.cumsum(rel[:, :self.pk_max], axis=1) / np.arange(1, self.pk_max + 1)).sum(axis=0)
+
+    def maps(self) -> dict[str, float]:
+        return {"map": _mean(self.ap["all"]), **{f"map@{k}": _mean(self.ap[str(k)]) for k in self.at}}
+
+
+def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radius: int, bits: int
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(precision and recall within ``radius``, the PR curve over every radius) from per-query counts of
+    items (``n_le``) and relevant items (``r_le``) within each distance, and each query's relevant total."""
+    prec_r = np.where(n_le > 0, r_le / np.maximum(n_le, 1), 0.0)
+    rec_r = np.where(total[:, None] > 0, r_le / np.maximum(total[:, None], 1), 0.0)
+    within = {"precision": float(prec_r[:, radius].mean()), "recall": float(rec_r[:, radius].mean()),
+              "queries_with_no_item": int((n_le[:, radius] == 0).sum())}
+    curve = {"radius": list(range(bits + 1)), "precision": prec_r.mean(axis=0).tolist(),
+             "recall": rec_r.mean(axis=0).tolist()}
+    return within, curve
+
+
 def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
@@ -164,20 +197,15 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     pk_max = min(pk_max, ndb)
     candidates = min(candidates, ndb)
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1))])
-    ap = {"all": [], **{str(k): [] for k in at}}
-    ap_rr = {"all": [], **{str(k): [] for k in at}}
-    ap_tie, pk_sum, pk_rr_sum, pk_tie_sum = [], np.zeros(pk_max), np.zeros(pk_max), np.zeros(pk_max)
+    hamming, reranked = _RankingScores(at, pk_max), _RankingScores(at, pk_max)
+    ap_tie, pk_tie_sum = [], np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
     pool_sum = 0
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
         order = np.argsort(d, axis=1, kind="stable")
-        rel = db_labels[order] == q_labels[sl, None]
-        ap["all"].append(average_precision(rel))
-        for k in at:
-            ap[str(k)].append(average_precision(rel, k))
-        pk_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
+        hamming.add(db_labels[order] == q_labels[sl, None])
         n, r = per_distance_counts(d, db_labels[None, :] == q_labels[sl, None], bits)
         ap_tie.append(tie_aware_ap(n, r, harmonic))
         pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
@@ -188,34 +216,24 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
             order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
                                         tie_cap or candidates)
             pool_sum += int(sizes.sum())
-            rel = db_labels[order] == q_labels[sl, None]
-            ap_rr["all"].append(average_precision(rel))
-            for k in at:
-                ap_rr[str(k)].append(average_precision(rel, k))
-            pk_rr_sum += (np.cumsum(rel[:, :pk_max], axis=1) / np.arange(1, pk_max + 1)).sum(axis=0)
-    n_le, r_le, tot = np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel)
-    prec_r = np.where(n_le > 0, r_le / np.maximum(n_le, 1), 0.0)
-    rec_r = np.where(tot[:, None] > 0, r_le / np.maximum(tot[:, None], 1), 0.0)
+            reranked.add(db_labels[order] == q_labels[sl, None])
     radius = min(radius, bits)
+    within, curve = _radius_figures(np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel),
+                                    radius, bits)
+    maps = hamming.maps()
     out: dict[str, Any] = {
         "queries": nq, "database": ndb, "bits": bits,
-        "hamming": {"map": _mean(ap["all"]), "map_tie_aware": _mean(ap_tie),
-                    **{f"map@{k}": _mean(ap[str(k)]) for k in at}},
-        "precision_at_k": (pk_sum / nq).tolist(),
+        "hamming": {"map": maps.pop("map"), "map_tie_aware": _mean(ap_tie), **maps},
+        "precision_at_k": (hamming.pk_sum / nq).tolist(),
         "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
-        f"radius{radius}": {
-            "precision": float(prec_r[:, radius].mean()), "recall": float(rec_r[:, radius].mean()),
-            "queries_with_no_item": int((n_le[:, radius] == 0).sum()),
-        },
-        "pr_curve": {"radius": list(range(bits + 1)), "precision": prec_r.mean(axis=0).tolist(),
-                     "recall": rec_r.mean(axis=0).tolist()},
+        f"radius{radius}": within,
+        "pr_curve": curve,
     }
     if rerank is not None:
-        out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), "map": _mean(ap_rr["all"]),
-                           **{f"map@{k}": _mean(ap_rr[str(k)]) for k in at}}
-        out["precision_at_k_reranked"] = (pk_rr_sum / nq).tolist()
-    out["per_class"] = per_class_map(q_labels, np.concatenate(ap["all"]),
-                                     np.concatenate(ap_rr["all"]) if rerank is not None else None)
+        out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), **reranked.maps()}
+        out["precision_at_k_reranked"] = (reranked.pk_sum / nq).tolist()
+    out["per_class"] = per_class_map(q_labels, np.concatenate(hamming.ap["all"]),
+                                     np.concatenate(reranked.ap["all"]) if rerank is not None else None)
     return out
 
 
