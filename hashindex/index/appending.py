@@ -108,7 +108,7 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
         with new_table(tmp / TABLE_FILE, n, meta["code_bytes"]) as table:
             copy_table(index_dir, table, n_old)
             fill(store, [part], [fpart] if fpart is not None else [], bounds, pbytes, table, n_old, progress,
-                  rerank_signal(meta), head)
+                 rerank_signal(meta), head)
         write_binary(part, tmp / rewritten)
         if fpart is not None:
             faiss.write_index(fpart, str(tmp / frewritten))

@@ -52,7 +52,7 @@ def binary_names(binary_meta: dict[str, Any]) -> list[str]:
 
 
 def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: int, table,
-          pos: int, progress: bool, signal: str = "l2", head: Head | None = None) -> None:
+         pos: int, progress: bool, signal: str = "l2", head: Head | None = None) -> None:
     """Add every shard's codes and signal vectors to the indexes and its rows to the table from position ``pos``.
 
     Rows go to binary index j (and float store j, when there are float parts) when their position lies in
