@@ -132,7 +132,7 @@ def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, 
 def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict[str, Any], n_batches: int,
                  progress: bool, ray_options: dict[str, Any] | None) -> None:
     """Search the batches not yet saved in ``parts``: here, or as Ray units when ``ray_options`` is given."""
-    todo = [b for b in range(n_batches) if not (parts / f"part-{b:06d}.npz").exists()]
+    todo = [b for b in range(n_batches) if not _part_path(parts, b).exists()]
     if ray_options is not None and todo:
         from .distributed import run_units
 
@@ -140,13 +140,13 @@ def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict
                   lambda b: None, shared=(data,), what="part", progress=progress, **ray_options)
         return
     for b in tqdm(todo, desc="query", unit="batch", disable=not progress):
-        search_part(index, data, b, parts / f"part-{b:06d}.npz", **settings)
+        search_part(index, data, b, _part_path(parts, b), **settings)
 
 
 def _finish_job(out: Path, fmt: str, parts: Path, query_ids: np.ndarray, n_batches: int, job: dict[str, Any],
                 log) -> dict[str, Any]:
     """Merge the saved batches into the results file, record the job beside it and drop the parts."""
-    merged = {name: np.concatenate([np.load(parts / f"part-{b:06d}.npz")[name] for b in range(n_batches)])
+    merged = {name: np.concatenate([np.load(_part_path(parts, b))[name] for b in range(n_batches)])
               for name in ("ids", "hamming", "distance")}
     _write_results(out, fmt, query_ids, merged, job)
     summary = {**job, "out": str(out), "queries_count": len(query_ids), "format": fmt}
@@ -154,6 +154,11 @@ def _finish_job(out: Path, fmt: str, parts: Path, query_ids: np.ndarray, n_batch
     shutil.rmtree(parts)
     log(f"wrote {out}: {len(query_ids)} queries x top {job['k']} ({fmt})")
     return summary
+
+
+def _part_path(parts: Path, b: int) -> Path:
+    """The saved results of query batch b in the job's parts folder."""
+    return parts / f"part-{b:06d}.npz"
 
 
 def _job_record(out: Path) -> Path:
@@ -176,7 +181,7 @@ def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: di
     index = Index.load(index_dir)
 
     def run(b: int) -> int:
-        search_part(index, data, b, Path(part_dir) / f"part-{b:06d}.npz", **settings)
+        search_part(index, data, b, _part_path(Path(part_dir), b), **settings)
         return b
 
     return run

@@ -240,6 +240,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     _check_out(cfg, resume, overwrite)
     check_config(cfg)
     ckpt = _load_resume(cfg) if resume else None
+    start_epoch = ckpt["epochs"] if ckpt is not None else 0
+    if start_epoch >= cfg.epochs:  # known from the checkpoint: said before any image is decoded
+        raise HashindexError(f"resume=True: {cfg.out} has {start_epoch} epochs already (epochs={cfg.epochs})")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -251,7 +254,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                if cfg.teacher and ckpt is None else None)
     data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
     net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log)
-    start_epoch = ckpt["epochs"] if ckpt is not None else 0
     net.to(device, memory_format=torch.channels_last)
     precision = precision_of(device, cfg.bf16)
     log(f"device: {device}, {precision}")
@@ -261,8 +263,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     info = {"class_names": src.class_names, "input_size": cfg.input_size,
             "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs,
             "init": init_info}
-    if start_epoch >= cfg.epochs:
-        raise HashindexError(f"resume=True: {cfg.out} has {start_epoch} epochs already (epochs={cfg.epochs})")
     x_all, y_all = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y.astype(np.int64))
     soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
     if cfg.teacher:
