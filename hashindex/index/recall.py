@@ -45,22 +45,30 @@ SEARCH_PARAMS: dict[str, tuple[str, Callable[[dict[str, Any]], list[int]]]] = {
 }
 
 
+def check_target(recall: float, kind: str | None = None) -> None:
+    """A recall target is a number in (0, 1], and ``kind`` (when given) has a search parameter to tune."""
+    if not 0 < recall <= 1:
+        raise HashindexError(f"recall={recall}: expected a number in (0, 1]")
+    if kind is not None and kind not in SEARCH_PARAMS:
+        raise HashindexError(f"recall={recall}: binary={kind} is exact and has nothing to tune "
+                             "(use binary=ivf, hnsw, multihash or auto)")
+
+
 def coarse_plan(binary: str, n: int, nlist: int | None, nprobe: int | None, recall: float | None,
                 queries: ShardSet | None, log=print) -> tuple[str, float | None]:
     """The coarse kind and recall target a build of n items asks for: ``auto`` is flat (exact) up to
     `AUTO_FLAT_MAX` items, else (or when IVF parameters are given) IVF tuned to ``recall`` (default 0.95)
     unless ``nprobe`` fixes it. ``queries`` (``tune_queries``) need a recall target to measure."""
-    if recall is not None and not 0 < recall <= 1:
-        raise HashindexError(f"recall={recall}: expected a number in (0, 1]")
+    if recall is not None:
+        check_target(recall)
     if recall is not None and nprobe is not None:
         raise HashindexError(f"recall={recall}, nprobe={nprobe}: pass one (recall chooses nprobe)")
     requested = binary
     if binary == "auto":
         binary = "ivf" if n > AUTO_FLAT_MAX or nlist or nprobe else "flat"
         recall = None if binary == "flat" or nprobe else (recall or 0.95)
-    elif recall is not None and binary not in SEARCH_PARAMS:
-        raise HashindexError(f"recall={recall}: binary={binary} is exact and has nothing to tune "
-                             "(use binary=ivf, hnsw, multihash or auto)")
+    elif recall is not None:
+        check_target(recall, binary)
     if queries is not None and recall is None:
         if requested != "auto" or binary != "flat":
             raise HashindexError(f"tune_queries={queries.dir}: nothing to tune without recall (binary={requested}"
@@ -131,11 +139,7 @@ def tune(search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], par
     """Raise the search parameter of ``parts`` (searched together by ``search``) until recall@10 on
     held-out items (or on ``queries``' codes) reaches ``target``; leaves it set and returns the record
     for index.json."""
-    if not 0 < target <= 1:
-        raise HashindexError(f"recall={target}: expected a number in (0, 1]")
-    if kind not in SEARCH_PARAMS:
-        raise HashindexError(f"recall={target}: binary={kind} is exact and has nothing to tune "
-                             "(use binary=ivf, hnsw, multihash or auto)")
+    check_target(target, kind)
     name, values = SEARCH_PARAMS[kind][0], SEARCH_PARAMS[kind][1](params)
     k = min(RECALL_AT, store.rows - 1)
     if k < 1:
