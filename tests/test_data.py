@@ -57,6 +57,26 @@ def test_flat_folder_is_unlabelled(tmp_path):
     assert src.class_names == [] and list(src.labels) == [-1, -1, -1]
 
 
+def test_hidden_entries_are_counted_not_read(tmp_path):
+    """Hidden files and folders (.DS_Store, macOS ._ forks, .ipynb_checkpoints) and __MACOSX are system
+    metadata: counted `hidden` skips, never items or classes (torchvision's ImageFolder makes a class of
+    .ipynb_checkpoints); a hidden folder is one skip, not walked. In a tar, each hidden member is one."""
+    for path in ["cat/0.jpg", "cat/._0.jpg", ".ipynb_checkpoints/1.jpg", ".ipynb_checkpoints/2.jpg",
+                 "__MACOSX/cat/._0.jpg", "dog/1.jpg", "dog/.thumbs/1.jpg", "dog/.hidden.tar"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(image_bytes(seed=len(path)))
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    src = open_source(tmp_path)
+    assert src.class_names == ["cat", "dog"]
+    assert read_all(src) == {"cat/0.jpg": "", "dog/1.jpg": "", **{p: "hidden" for p in [
+        ".ipynb_checkpoints", "__MACOSX", ".DS_Store", "cat/._0.jpg", "dog/.thumbs", "dog/.hidden.tar"]}}
+    members = {"./data/a/0.jpg": image_bytes(seed=1), "./data/a/._0.jpg": b"\0\5\26\7",
+               "./.git/x.jpg": image_bytes(seed=2)}
+    src = open_source(make_tar(tmp_path / "set.tar", members))
+    assert src.class_names == ["a"] and read_all(src) == {"./data/a/0.jpg": "", "./data/a/._0.jpg": "hidden",
+                                                          "./.git/x.jpg": "hidden"}
+
+
 @pytest.mark.parametrize("name", ["set.tar", "set.tar.gz"])
 def test_tar_sources(tmp_path, name):
     members = {f"data/{c}/{i}.jpg": image_bytes(seed=10 * k + i) for k, c in enumerate(["b", "a"]) for i in range(4)}

@@ -57,6 +57,17 @@ def is_image_name(name: str) -> bool:
     return ext == "" or ext in image_extensions()
 
 
+SYSTEM_FOLDERS = ("__MACOSX", "@eaDir")  # macOS archive resource forks; Synology thumbnails
+
+
+def is_hidden(name: str) -> bool:
+    """True when a path component is hidden (``.DS_Store``, ``._photo.jpg``, ``.ipynb_checkpoints/``,
+    ``.thumbnails/``) or a system metadata folder: such files are not the collection's images, and a
+    hidden folder of images would otherwise become a class of its own."""
+    return any(part.startswith(".") and part not in (".", "..") or part in SYSTEM_FOLDERS
+               for part in name.split("/"))
+
+
 def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from ..errors import HashindexError
 from .images import BadImage, decode_image, to_array
-from .members import (TAR_EXTENSIONS, group_members, image_extensions, is_tar_name, labels_from_text, sample_key,
-                      sidecar_label)
+from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name,
+                      labels_from_text, sample_key, sidecar_label)
 from .members import suffix as name_suffix
 
 log = logging.getLogger("hashindex")
@@ -178,6 +178,9 @@ def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
 def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str
            ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]]]:
     """A collection's files (in order) as items: (paths, labels, class names, unread positions)."""
+    extra_unread = {**{n: ("hidden", f"{n}: hidden, or system metadata (a name starting with '.', "
+                              f"{' or '.join(SYSTEM_FOLDERS)}): not read") for n in names if is_hidden(n)},
+                    **extra_unread}
     images, sidecars, unread = group_members([n for n in names if n not in extra_unread])
     image_set = set(images)
     reasons = {n: (r, f"{n}: extension {name_suffix(n)} is not an image format Pillow reads")
@@ -219,7 +222,10 @@ class FolderSource(ImageSource):
             seen.add((st.st_dev, st.st_ino))
             for d in sorted(dirnames):
                 full = os.path.join(dirpath, d)
-                if not follow_links and os.path.islink(full) and not _inside(full, real_root):
+                if is_hidden(d):  # one counted skip for the folder, not walked (a .git or .thumbnails tree)
+                    dirnames.remove(d)
+                    names.append(os.path.relpath(full, self.root))
+                elif not follow_links and os.path.islink(full) and not _inside(full, real_root):
                     dirnames.remove(d)
                     rel = os.path.relpath(full, self.root)
                     names.append(rel)
@@ -232,7 +238,7 @@ class FolderSource(ImageSource):
                 if not follow_links and os.path.islink(full) and not _inside(full, real_root):
                     outside[rel] = ("outside-root", f"{rel}: a link to a file outside {self.root} "
                                     "(follow_links=True to read it)")
-                elif is_tar_name(name):
+                elif is_tar_name(name) and not is_hidden(name):
                     self.containers.append(rel)
                     continue
                 names.append(rel)
