@@ -11,6 +11,8 @@ from PIL import Image
 from hashindex import HashindexError
 from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, to_array,
                             to_mode)
+from hashindex.data.images import as_net_input
+from hashindex.service.params import upload_array
 from tests.conftest import (CIFAR_TEST, FASHION, MNIST_TEST, image_bytes, make_mixed_folder,
                             make_tar, need)
 
@@ -222,6 +224,27 @@ def test_modes_are_converted():
     assert to_mode(grey, 3).getpixel((0, 0)) == (77, 77, 77)
     cmyk = Image.new("CMYK", (4, 4), (0, 0, 0, 0))
     assert to_mode(cmyk, 3).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone's portrait photo is stored sideways with an EXIF orientation tag: extraction, the Python API
+    and the service's decoder all see it upright, as viewers show it (so it codes as the upright file does)."""
+    upright = np.zeros((40, 24, 3), np.uint8)
+    upright[:20] = 255  # white top half: tall and top-heavy, so a wrong turn shows
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": the file holds the picture turned 90 degrees CCW
+    Image.fromarray(upright).rotate(90, expand=True).save(tmp_path / "tagged.png", exif=exif)
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    src = open_source(tmp_path)
+    tagged, plain = (src.read_array(src.paths.index(n), 32, 3) for n in ("tagged.png", "plain.png"))
+    assert src.read(src.paths.index("tagged.png")).size == (24, 40)
+    assert np.array_equal(tagged, plain) and tagged[:, :12].min() == 255 and tagged[:, 20:].max() == 0
+    assert np.array_equal(as_net_input(Image.open(tmp_path / "tagged.png"), 32, 3)[0], plain)
+    assert np.array_equal(upload_array((tmp_path / "tagged.png").read_bytes(), 32, 3), plain)
+    exif[0x0112] = 9  # not an orientation: left as stored
+    (tmp_path / "odd").mkdir()
+    Image.fromarray(upright).save(tmp_path / "odd" / "plain.png", exif=exif)
+    assert np.array_equal(open_source(tmp_path / "odd").read_array(0, 32, 3), plain)
 
 
 def test_decode_reasons():

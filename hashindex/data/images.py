@@ -12,9 +12,11 @@ import warnings
 from collections import Counter
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger("hashindex")
+ORIENTATION = 0x0112  # the EXIF orientation tag: 1 upright, 2-8 mirrored and/or rotated
+
 
 class BadImage(Exception):
     """An item that cannot be used as an image; ``reason`` is a short tag."""
@@ -55,6 +57,18 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
         raise BadImage(reason, str(e)) from None
     if img.width < 1 or img.height < 1:
         raise BadImage("corrupt", f"size {img.size}")
+    return upright(img)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied (a phone's portrait photo is stored
+    sideways with a tag saying so). Every decode goes through here, so a photo is encoded, and drawn in
+    a results grid, the same way up whichever way its file stores it; an unreadable EXIF block is ignored."""
+    try:
+        if img.getexif().get(ORIENTATION, 1) in range(2, 9):
+            return ImageOps.exif_transpose(img)
+    except Exception:  # Pillow raises many types on malformed EXIF; the pixels are still good
+        pass
     return img
 
 
@@ -120,7 +134,7 @@ def as_net_input(images, size: int, channels: int) -> np.ndarray:
 def _one(image, size: int, channels: int) -> np.ndarray:
     """One image (PIL, HW, HWC or CHW uint8) -> (channels, size, size) uint8, as `to_array` makes it."""
     if isinstance(image, Image.Image):
-        return to_array(image, size, channels)
+        return to_array(upright(image), size, channels)
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # CHW -> HWC
