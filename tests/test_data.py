@@ -158,6 +158,35 @@ def test_cifar_python_batches(tmp_path):
         open_source(tmp_path)  # train split absent
 
 
+def test_cifar100_python_files(tmp_path):
+    """The official CIFAR-100 layout (cifar-100-python/{train,test,meta}): the 100 fine labels and their names."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    data = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+    fine = [99, 0, 42, 7, 7, 3]
+    with open(d / "test", "wb") as f:
+        pickle.dump({b"data": data, b"fine_labels": fine, b"coarse_labels": [0] * 6,
+                     b"filenames": [b"x.png"] * 6}, f)
+    names = [f"class{i}".encode() for i in range(100)]
+    with open(d / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": names, b"coarse_label_names": [b"c"] * 20}, f)
+    for spec in (f"{tmp_path}:test", f"{d}:test"):
+        src = open_source(spec)
+        assert len(src) == 6 and list(src.labels) == fine and src.class_names[42] == "class42"
+        assert np.array_equal(np.asarray(src.read(4)), data[4].reshape(3, 32, 32).transpose(1, 2, 0))
+    with pytest.raises(HashindexError, match=r"cifar-100-python: missing CIFAR-100 file 'train'"):
+        open_source(tmp_path)
+    with open(d / "test", "wb") as f:
+        pickle.dump({b"data": data[:, :100], b"fine_labels": fine}, f)
+    with pytest.raises(HashindexError, match=r"test: not a CIFAR python batch \(expected 'data' rows of 3,072"):
+        open_source(f"{d}:test")
+    with open(d / "test", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(HashindexError, match=r"test: not a CIFAR python batch \(holds a list, not a dict\)"):
+        open_source(f"{d}:test")
+
+
 class _RunsCode:
     """Unpickling this calls os.system: what a crafted CIFAR batch named in a manifest could do."""
 
@@ -176,7 +205,7 @@ def test_cifar_batches_cannot_run_code(tmp_path, protocol):
     d.mkdir()
     with open(d / "test_batch", "wb") as f:
         pickle.dump({b"data": _RunsCode(tmp_path / "pwned"), b"labels": [0]}, f, protocol=protocol)
-    with pytest.raises(HashindexError, match="not a CIFAR-10 python batch .*refusing to load posix.system"):
+    with pytest.raises(HashindexError, match="not a CIFAR python batch .*refusing to load posix.system"):
         open_source(f"{tmp_path}:test")
     assert not (tmp_path / "pwned").exists()
     # the reader still takes real batches written with the old protocol (as the official files are)

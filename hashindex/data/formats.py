@@ -1,6 +1,7 @@
-"""Collections stored as arrays: MNIST / Fashion-MNIST IDX files, CIFAR-10 python batches, torchvision sets.
+"""Collections stored as arrays: MNIST / Fashion-MNIST IDX files, CIFAR-10 / CIFAR-100 python batches,
+torchvision sets.
 
-CIFAR-10 batches are pickles; they are read with a restricted unpickler that
+CIFAR batches are pickles; they are read with a restricted unpickler that
 builds only numpy arrays, lists, numbers and bytes, so a crafted file (or a
 path taken from a manifest) cannot run code.
 """
@@ -88,9 +89,37 @@ class _ArraysOnly(pickle.Unpickler):
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return _ArraysOnly(f, encoding="bytes").load()
+            doc = _ArraysOnly(f, encoding="bytes").load()
     except Exception as e:  # any unpickling failure is a bad file, not a bug
-        raise HashindexError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+        raise HashindexError(f"{path}: not a CIFAR python batch ({e})") from None
+    if not isinstance(doc, dict):
+        raise HashindexError(f"{path}: not a CIFAR python batch (holds a {type(doc).__name__}, not a dict)")
+    return doc
+
+
+def _batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR python batch's images (N, 32, 32, 3) uint8 and labels (N,) int32, checked."""
+    doc = _unpickle(path)
+    try:
+        data = np.asarray(doc[b"data"], dtype=np.uint8)
+        labels = np.asarray(doc[label_key], dtype=np.int32)
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    except (KeyError, ValueError, TypeError) as e:
+        raise HashindexError(f"{path}: not a CIFAR python batch (expected 'data' rows of 3,072 bytes and "
+                             f"'{label_key.decode()}'; {type(e).__name__}: {e})") from None
+    if len(images) != len(labels):
+        raise HashindexError(f"{path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def _names(meta: Path, key: bytes, count: int) -> list[str]:
+    """Class names from a CIFAR meta file (or the label numbers when it is absent)."""
+    if not meta.exists():
+        return [str(i) for i in range(count)]
+    names = _unpickle(meta).get(key)
+    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names):
+        raise HashindexError(f"{meta}: expected a list '{key.decode()}' of class names")
+    return [n.decode() for n in names]
 
 
 def cifar_source(directory: Path, split: str) -> ArraySource:
@@ -102,13 +131,30 @@ def cifar_source(directory: Path, split: str) -> ArraySource:
     for name in files:
         if not (directory / name).exists():
             raise HashindexError(f"{directory}: missing CIFAR-10 batch '{name}'")
-        batch = _unpickle(directory / name)
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int32))
-    meta = directory / "batches.meta"
-    names = [n.decode() for n in _unpickle(meta)[b"label_names"]] if meta.exists() else [str(i) for i in range(10)]
+        arrays = _batch(directory / name, b"labels")
+        images.append(arrays[0])
+        labels.append(arrays[1])
+    names = _names(directory / "batches.meta", b"label_names", 10)
     return ArraySource(f"cifar10 batches {directory} ({split})", np.concatenate(images),
                        np.concatenate(labels), names, str(directory / files[0]))
+
+
+def is_cifar100(directory: Path) -> bool:
+    """The official CIFAR-100 python layout: ``cifar-100-python/`` or its ``meta`` beside ``train``/``test``."""
+    return (directory / "cifar-100-python").is_dir() or (
+        (directory / "meta").is_file() and ((directory / "train").is_file() or (directory / "test").is_file()))
+
+
+def cifar100_source(directory: Path, split: str) -> ArraySource:
+    """The official CIFAR-100 python files (``train`` / ``test``, ``meta``), with the 100 fine labels."""
+    if (directory / "cifar-100-python").is_dir():
+        directory = directory / "cifar-100-python"
+    name = "test" if split == "test" else "train"
+    if not (directory / name).is_file():
+        raise HashindexError(f"{directory}: missing CIFAR-100 file '{name}'")
+    images, labels = _batch(directory / name, b"fine_labels")
+    names = _names(directory / "meta", b"fine_label_names", 100)
+    return ArraySource(f"cifar100 {directory} ({split})", images, labels, names, str(directory / name))
 
 
 def _torchvision_source(name: str, split: str) -> ImageSource:
@@ -121,10 +167,13 @@ def _torchvision_source(name: str, split: str) -> ImageSource:
         if name == "cifar10":
             tvd.CIFAR10(str(root), train=train, download=True)
             return cifar_source(root / "cifar-10-batches-py", split)
+        if name == "cifar100":
+            tvd.CIFAR100(str(root), train=train, download=True)
+            return cifar100_source(root / "cifar-100-python", split)
         cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
         ds = cls(str(root), train=train, download=True)
         return idx_source(Path(ds.raw_folder), split)
     except KeyError:
-        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, mnist, fashion-mnist)") from None
+        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, cifar100, mnist, fashion-mnist)") from None
     except (OSError, RuntimeError) as e:
         raise HashindexError(f"torchvision:{name}: download failed ({e}); pass a local path instead") from None

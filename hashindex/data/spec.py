@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import HashindexError
-from .formats import _find, _torchvision_source, cifar_source, idx_source
+from .formats import _find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100
 from .members import is_image_name
 from .sources import (LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource,
                       ListSource, TarSource, read_list)
@@ -83,6 +83,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
             return idx_source(path, split)
         if (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir():
             return cifar_source(path, split)
+        if is_cifar100(path):
+            return cifar100_source(path, split)
         folder = FolderSource(path, follow_links)
         if not folder.containers:
             return folder
