@@ -64,7 +64,7 @@ def is_hidden(name: str) -> bool:
     """True when a path component is hidden (``.DS_Store``, ``._photo.jpg``, ``.ipynb_checkpoints/``,
     ``.thumbnails/``) or a system metadata folder: such files are not the collection's images, and a
     hidden folder of images would otherwise become a class of its own."""
-    return any(part.startswith(".") and part not in (".", "..") or part in SYSTEM_FOLDERS
+    return any((part.startswith(".") and part not in (".", "..")) or part in SYSTEM_FOLDERS
                for part in name.split("/"))
 
 
