@@ -191,7 +191,7 @@ def test_hamming_distances_equal_a_bit_by_bit_count(nbytes):
     assert hamming_distances(q[:0], db).shape == (0, 300)
 
 
-def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index, tmp_path):
+def test_an_approximate_index_is_also_scored_as_served(cifar_shards, tmp_path):
     """eval ranks by exact Hamming distance whatever the coarse index; an IVF index also gets the ranking its
     search serves: exhaustive (nprobe = nlist) it equals the exact figures, at nprobe 1 its coarse stage
     misses neighbours and says so."""
@@ -212,9 +212,18 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index,
     plain = evaluate(tmp_path / "ivf", queries, at=(100,), rerank=False, progress=False)
     assert plain["served"]["map@100"] == pytest.approx(plain["hamming"]["map@100"], abs=1e-9)
     assert plain["served"]["precision@10"] == pytest.approx(plain["precision_at_k"][9], abs=1e-9)
-    build(cifar_shards, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
+    # nprobe 1 on codes whose neighbours spread over the lists (uniform random codes: the session's tiny
+    # model gives so few distinct codes that, trained in bf16 on an AVX-512 CPU, one list held them all)
+    codes = np.random.default_rng(7).integers(0, 256, (10_000, 6), dtype=np.uint8)
+    labels = np.random.default_rng(8).integers(0, 10, 10_000).astype(np.int32)
+    spread = write_arrays(tmp_path / "spread", codes, labels=labels, bits=48).dir
+    rows = {"codes": codes[::10]}
+    queries = write_arrays(tmp_path / "spread-q", codes[::10], labels=labels[::10], bits=48).dir
+    build(spread, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
+    build(spread, tmp_path / "flat1", binary="flat", rerank="none", **quiet)
     one = evaluate(tmp_path / "ivf1", queries, at=(100,), progress=False)
-    assert one["served"]["coarse_recall@10"] < 1.0 and not one["served"]["reranked"]
+    plain = evaluate(tmp_path / "flat1", queries, at=(100,), progress=False)
+    assert one["served"]["coarse_recall@10"] < 0.9 and not one["served"]["reranked"]
     # the coarse recall against numpy: served top 10 within the exact 10th distance (ties count)
     from hashindex.index import Index
     from hashindex.metrics import hamming_distances
@@ -227,4 +236,4 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, flat_index,
     assert one["hamming"] == plain["hamming"]  # the exact figures do not depend on the coarse index
     text = format_metrics(one)
     assert "as served by the ivf coarse index (nlist 32, nprobe 1): map@100 " in text and "coarse recall@10 " in text
-    assert "served" not in evaluate(flat_index, queries, at=(100,), progress=False)  # flat: served = exact
+    assert "served" not in plain  # flat: served = exact
