@@ -217,23 +217,23 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, tmp_path):
     codes = np.random.default_rng(7).integers(0, 256, (10_000, 6), dtype=np.uint8)
     labels = np.random.default_rng(8).integers(0, 10, 10_000).astype(np.int32)
     spread = write_arrays(tmp_path / "spread", codes, labels=labels, bits=48).dir
-    rows = {"codes": codes[::10]}
-    queries = write_arrays(tmp_path / "spread-q", codes[::10], labels=labels[::10], bits=48).dir
+    query_codes = codes[::10]
+    spread_queries = write_arrays(tmp_path / "spread-q", query_codes, labels=labels[::10], bits=48).dir
     build(spread, tmp_path / "ivf1", binary="ivf", nlist=32, nprobe=1, rerank="none", **quiet)
     build(spread, tmp_path / "flat1", binary="flat", rerank="none", **quiet)
-    one = evaluate(tmp_path / "ivf1", queries, at=(100,), progress=False)
-    plain = evaluate(tmp_path / "flat1", queries, at=(100,), progress=False)
+    one = evaluate(tmp_path / "ivf1", spread_queries, at=(100,), progress=False)
+    flat_one = evaluate(tmp_path / "flat1", spread_queries, at=(100,), progress=False)
     assert one["served"]["coarse_recall@10"] < 0.9 and not one["served"]["reranked"]
     # the coarse recall against numpy: served top 10 within the exact 10th distance (ties count)
     from hashindex.index import Index
     from hashindex.metrics import hamming_distances
 
     ivf1 = Index.load(tmp_path / "ivf1")
-    kth = np.sort(hamming_distances(rows["codes"], ivf1.table_codes()), axis=1)[:, 9:10]
-    got = ivf1.search(rows["codes"], None, k=10, rerank=False)
+    kth = np.sort(hamming_distances(query_codes, ivf1.table_codes()), axis=1)[:, 9:10]
+    got = ivf1.search(query_codes, None, k=10, rerank=False)
     assert one["served"]["coarse_recall@10"] == pytest.approx(((got.hamming <= kth) & (got.positions >= 0)).mean())
     assert one["served"]["mean_results"] == one["served"]["k"] == 100  # lists of ~300 items: filled
-    assert one["hamming"] == plain["hamming"]  # the exact figures do not depend on the coarse index
+    assert one["hamming"] == flat_one["hamming"]  # the exact figures do not depend on the coarse index
     text = format_metrics(one)
     assert "as served by the ivf coarse index (nlist 32, nprobe 1): map@100 " in text and "coarse recall@10 " in text
-    assert "served" not in plain  # flat: served = exact
+    assert "served" not in flat_one  # flat: served = exact

@@ -131,9 +131,9 @@ def cifar_source(directory: Path, split: str) -> ArraySource:
     for name in files:
         if not (directory / name).exists():
             raise HashindexError(f"{directory}: missing CIFAR-10 batch '{name}'")
-        arrays = _batch(directory / name, b"labels")
-        images.append(arrays[0])
-        labels.append(arrays[1])
+        batch_images, batch_labels = _batch(directory / name, b"labels")
+        images.append(batch_images)
+        labels.append(batch_labels)
     names = _names(directory / "batches.meta", b"label_names", 10)
     return ArraySource(f"cifar10 batches {directory} ({split})", np.concatenate(images),
                        np.concatenate(labels), names, str(directory / files[0]))
