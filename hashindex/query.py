@@ -131,7 +131,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{'rank':>5} {'id':>10} {'hamming':>7} {'distance':>10}  {'class':<12} path")
         for h in row["results"]:
             dist = "-" if h["distance"] is None else f"{h['distance']:.4f}"
-            cls = h["class"] if h["class"] is not None else str(h["label"])
+            # an unlabelled collection (label -1) shows '-', a label without a name its number
+            cls = h["class"] if h["class"] is not None else "-" if h["label"] < 0 else str(h["label"])
             lines.append(f"{h['rank']:>5} {h['id']:>10} {h['hamming']:>7} {dist:>10}  {cls:<12} {h['path']}")
     return "\n".join(lines)
 

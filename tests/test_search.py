@@ -131,8 +131,8 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
     assert res.exit_code == 0
     hits = json.loads(res.output)[0]["results"]
     assert hits and max(h["hamming"] for h in hits) <= 2
-    table = runner.invoke(cli, ["query", str(flat_index), "--by-id", "5", "--k", "3"])
-    assert table.exit_code == 0 and "test/" in table.output
+    table = runner.invoke(cli, ["query", str(flat_index), "--by-id", "5", "-k", "3"])
+    assert table.exit_code == 0 and "test/" in table.output and "query id:5: 3 results" in table.output
 
     half = tmp_path / "half"
     half.mkdir()
@@ -396,3 +396,14 @@ def test_multihash_returns_k_results_when_its_buckets_hold_fewer(cifar_shards, d
     assert isinstance(index.binary, faiss.IndexBinaryMultiHash) and index.binary.nflip == 1
     parts = four.search(q, None, k=9800, rerank=False)
     assert np.array_equal(parts.hamming, res.hamming)
+
+
+def test_the_result_table_names_classes_and_marks_unlabelled_items():
+    """A named class prints its name, a label without a name its number, an unlabelled item (-1) '-'."""
+    from hashindex.query import format_table
+
+    hits = [{"rank": r + 1, "id": r, "path": f"p{r}.jpg", "label": label, "class": name, "hamming": r,
+             "distance": None} for r, (label, name) in enumerate([(3, "cat"), (12, None), (-1, None)])]
+    rows = format_table([{"query": "q.jpg", "results": hits}]).splitlines()
+    assert rows[0] == "query q.jpg: 3 results"
+    assert [line.split()[4] for line in rows[2:]] == ["cat", "12", "-"]

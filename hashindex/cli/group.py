@@ -24,13 +24,18 @@ EXIT_USAGE = 2
 _ARG = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|None\b|(?=[\s,;)]|$))?")
 
 
+def _long(option: click.Option) -> str:
+    """An option's long spelling (``--k`` for ``-k/--k``): the one its error messages use."""
+    return max(option.opts, key=len)
+
+
 def as_flags(message: str, command: click.Command | None) -> str:
     """A library message in Python terms, in the command line's words: ``k=5`` -> ``--k 5``, ``shard_dir=x`` ->
     ``SHARD_DIR x``, ``overwrite=True`` (or a bare ``val=``) -> ``--overwrite``. The running command's parameters first, then any
     command's options (flags mean the same everywhere); other names stay as they are."""
-    spelled = {p.name: p.opts[0] for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
+    spelled = {p.name: _long(p) for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
     if command is not None:  # the running command's own words first (its positional arguments too)
-        spelled |= {p.name: (p.opts[0] if isinstance(p, click.Option) else p.human_readable_name)
+        spelled |= {p.name: (_long(p) if isinstance(p, click.Option) else p.human_readable_name)
                     for p in command.params}
 
     def flag(m: re.Match) -> str:

@@ -13,7 +13,7 @@ from .group import _echo_json, cli
 @click.argument("index_dir")
 @click.argument("images", nargs=-1)
 @click.option("--model", default=None, help="Checkpoint or shipped name [default: the shipped model matching the index].")
-@click.option("--k", "k", default=10, show_default=True, type=int, help="Results per query.")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=int, help="Results per query.")
 @click.option("--candidates", default=None, type=int,
               help="Coarse pool re-ranked by the index's signal [default: 1000, whatever --k; past it, "
                    "Hamming order].")
