@@ -229,6 +229,24 @@ def test_file_list(tmp_path):
     assert list(ints.labels) == [3, -1]
 
 
+def test_caffe_image_list(tmp_path):
+    """DLBHC's and SSDH's lists (Caffe ImageData: 'path label', space-separated) read as they are; a path may
+    hold spaces (the label is after the last one); a file with any comma, or an entry without a label, is CSV."""
+    make_mixed_folder(tmp_path / "my imgs")
+    (tmp_path / "train-file.txt").write_text(
+        "# DLBHC style\nmy imgs/cat/good.jpg 3\n\n" f"{tmp_path}/my imgs/dog/pic.bmp\t7\nmy imgs/cat/missing.jpg 3\n")
+    src = open_source(tmp_path / "train-file.txt")
+    assert src.paths == [f"{tmp_path}/my imgs/cat/good.jpg", f"{tmp_path}/my imgs/dog/pic.bmp",
+                         f"{tmp_path}/my imgs/cat/missing.jpg"]
+    assert list(src.labels) == [3, 7, 3] and src.class_names == []
+    assert list(read_all(src).values()) == ["", "", "missing"]
+    (tmp_path / "mixed.txt").write_text("my imgs/cat/good.jpg 3\nmy imgs/dog/pic.bmp,dog\n")
+    mixed = open_source(tmp_path / "mixed.txt")  # a comma: the CSV format, where the first entry is a path
+    assert mixed.paths[0] == f"{tmp_path}/my imgs/cat/good.jpg 3" and list(mixed.labels) == [-1, 0]
+    (tmp_path / "list.csv").write_text("my imgs/cat/good.jpg 3\n")  # .csv is always CSV
+    assert open_source(tmp_path / "list.csv").paths == [f"{tmp_path}/my imgs/cat/good.jpg 3"]
+
+
 @pytest.mark.parametrize("spec, message", [
     ("/no/such/path", "no such file or directory"),
     ("{tmp}/empty", "holds no images"),

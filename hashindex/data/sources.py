@@ -12,6 +12,7 @@ import gzip
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 from dataclasses import dataclass, field
@@ -375,8 +376,28 @@ def read_list(path: Path) -> str:
         raise HashindexError(f"{path}: cannot read file list ({e})") from None
 
 
+_CAFFE_LINE = re.compile(r"(\S.*?)\s+(-?\d+)\s*$")
+
+
+def _data_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of a list's entries: blank lines and '#' comments left out."""
+    return [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.lstrip().startswith("#")]
+
+
+def caffe_rows(text: str) -> list[tuple[int, list[str]]] | None:
+    """The entries of a Caffe image list (``path label`` per line, space-separated: what DLBHC's and SSDH's
+    ``ImageData`` layers read), or None when ``text`` is not one. Decided for the whole file, never per line:
+    every entry ends in whitespace and an integer and none holds a comma (a CSV list's separator)."""
+    lines = _data_lines(text)
+    matches = [_CAFFE_LINE.match(line) for _, line in lines]
+    if not lines or any(m is None or "," in line for m, (_, line) in zip(matches, lines)):
+        return None
+    return [(n, [m.group(1), m.group(2)]) for m, (n, _) in zip(matches, lines)]
+
+
 class ListSource(FilesSource):
-    """A text/CSV file of ``path[,label]`` lines; relative paths are relative to the list.
+    """A text/CSV file of ``path[,label]`` lines, or a Caffe list of ``path label`` lines (``.txt`` / ``.lst``);
+    relative paths are relative to the list.
 
     Labels may be class names or integers. Blank lines and lines starting
     with '#' are ignored; a first line ``path[,label]`` is a header.
@@ -387,11 +408,8 @@ class ListSource(FilesSource):
         self.path = Path(path)
         base = self.path.parent
         text = read_list(self.path) if text is None else text
-        delim = "\t" if self.path.suffix == ".tsv" else ","
         paths, raw = [], []
-        for lineno, row in enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                continue
+        for lineno, row in self._rows(text):
             if lineno == 1 and row[0].strip().lower() == "path":
                 continue
             if len(row) > 2:
@@ -401,6 +419,15 @@ class ListSource(FilesSource):
             raw.append(row[1].strip() if len(row) == 2 else "")
         labels, names = self._parse_labels(raw)
         super().__init__(paths, f"list {self.path}", labels, names)
+
+    def _rows(self, text: str) -> list[tuple[int, list[str]]]:
+        """(line number, fields) of each entry: a Caffe list's ``path label``, else CSV (tab-separated for .tsv)."""
+        caffe = caffe_rows(text) if self.path.suffix.lower() in (".txt", ".lst") else None
+        if caffe is not None:
+            return caffe
+        delim = "\t" if self.path.suffix == ".tsv" else ","
+        rows = enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1)
+        return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")]
 
     def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
         values, names = labels_from_text(raw, str(self.path))
