@@ -98,7 +98,8 @@ def _check_labelled(src: ImageSource, data: str) -> None:
     """Every image training will read has a label. An unlabelled item that does not decode (a README or a
     .DS_Store beside the class folders) is a counted skip, not an error that blocks a photo folder; only
     unlabelled items are decoded (few, or the first is an image)."""
-    what = f"data={data}: training needs labelled images (class subfolders, a labelled list, IDX or CIFAR batches)"
+    what = (f"data={data}: training needs labelled images (class subfolders, a labelled list, IDX, CIFAR or "
+            "STL-10 files)")
     if not src.class_names:
         raise HashindexError(what)
     for i in (int(i) for i in np.flatnonzero(src.labels < 0) if int(i) not in src.unread):

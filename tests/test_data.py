@@ -187,6 +187,31 @@ def test_cifar100_python_files(tmp_path):
         open_source(f"{d}:test")
 
 
+def test_stl10_binaries(tmp_path):
+    """The official STL-10 layout (stl10_binary/{train,test}_{X,y}.bin, class_names.txt): images stored channel
+    by channel in column-major order come out upright, labels 1-10 as 0-9; bad files are one-line errors."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "stl10_binary"
+    d.mkdir()
+    images = rng.integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)  # (N, H, W, C) as a viewer shows them
+    images[1, :10, :, :] = 255  # a white band along the top of image 1: rows, not columns
+    images.transpose(0, 3, 2, 1).tofile(d / "test_X.bin")  # the file's (N, C, W, H) order
+    np.array([10, 1, 4], np.uint8).tofile(d / "test_y.bin")
+    (d / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    for spec in (f"{tmp_path}:test", f"{d}:test"):
+        src = open_source(spec)
+        assert len(src) == 3 and list(src.labels) == [9, 0, 3] and src.class_names[9] == "c9"
+        assert np.array_equal(np.asarray(src.read(1)), images[1]) and np.asarray(src.read(1))[:10].min() == 255
+    with pytest.raises(HashindexError, match=r"stl10_binary: missing STL-10 file 'train_X.bin'"):
+        open_source(tmp_path)
+    np.array([11, 1, 4], np.uint8).tofile(d / "test_y.bin")
+    with pytest.raises(HashindexError, match=r"test_y.bin: expected 3 labels from 1 to 10"):
+        open_source(f"{d}:test")
+    (d / "test_X.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(HashindexError, match=r"test_X.bin: not STL-10 images"):
+        open_source(f"{d}:test")
+
+
 class _RunsCode:
     """Unpickling this calls os.system: what a crafted CIFAR batch named in a manifest could do."""
 

@@ -1,5 +1,5 @@
 """Collections stored as arrays: MNIST / Fashion-MNIST IDX files, CIFAR-10 / CIFAR-100 python batches,
-torchvision sets.
+STL-10 binaries, torchvision sets.
 
 CIFAR batches are pickles; they are read with a restricted unpickler that
 builds only numpy arrays, lists, numbers and bytes, so a crafted file (or a
@@ -157,6 +157,36 @@ def cifar100_source(directory: Path, split: str) -> ArraySource:
     return ArraySource(f"cifar100 {directory} ({split})", images, labels, names, str(directory / name))
 
 
+def is_stl10(directory: Path) -> bool:
+    """The official STL-10 binary layout: ``stl10_binary/`` or its ``train_X.bin`` / ``test_X.bin``."""
+    return (directory / "stl10_binary").is_dir() or any((directory / f"{s}_X.bin").is_file() for s in ("train", "test"))
+
+
+def stl10_source(directory: Path, split: str) -> ArraySource:
+    """The official STL-10 binaries (``train_X.bin`` / ``test_X.bin``: 96x96 colour images stored channel by
+    channel, column-major; ``*_y.bin`` labels 1-10; ``class_names.txt``). Memory-mapped: never read whole."""
+    if (directory / "stl10_binary").is_dir():
+        directory = directory / "stl10_binary"
+    name = "test" if split == "test" else "train"
+    images_path, labels_path = directory / f"{name}_X.bin", directory / f"{name}_y.bin"
+    for path in (images_path, labels_path):
+        if not path.is_file():
+            raise HashindexError(f"{directory}: missing STL-10 file '{path.name}'")
+    side = 96 * 96 * 3
+    if images_path.stat().st_size % side:
+        raise HashindexError(f"{images_path}: not STL-10 images (size not a multiple of {side} bytes)")
+    raw = np.memmap(images_path, dtype=np.uint8, mode="r").reshape(-1, 3, 96, 96)
+    labels = np.fromfile(labels_path, dtype=np.uint8).astype(np.int32) - 1
+    if len(labels) != len(raw) or (len(labels) and not 0 <= labels.min() <= labels.max() <= 9):
+        raise HashindexError(f"{labels_path}: expected {len(raw)} labels from 1 to 10")
+    names_path = directory / "class_names.txt"
+    names = names_path.read_text().split() if names_path.is_file() else [str(i) for i in range(10)]
+    if len(names) != 10:
+        raise HashindexError(f"{names_path}: expected 10 class names, one per line")
+    return ArraySource(f"stl10 {directory} ({split})", raw.transpose(0, 3, 2, 1), labels, names,
+                       str(images_path))
+
+
 def _torchvision_source(name: str, split: str) -> ImageSource:
     """Download a standard set with torchvision into the cache (needs internet)."""
     import torchvision.datasets as tvd
@@ -170,10 +200,13 @@ def _torchvision_source(name: str, split: str) -> ImageSource:
         if name == "cifar100":
             tvd.CIFAR100(str(root), train=train, download=True)
             return cifar100_source(root / "cifar-100-python", split)
+        if name == "stl10":
+            tvd.STL10(str(root), split=split, download=True)
+            return stl10_source(root / "stl10_binary", split)
         cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
         ds = cls(str(root), train=train, download=True)
         return idx_source(Path(ds.raw_folder), split)
     except KeyError:
-        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, cifar100, mnist, fashion-mnist)") from None
+        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, cifar100, stl10, mnist, fashion-mnist)") from None
     except (OSError, RuntimeError) as e:
         raise HashindexError(f"torchvision:{name}: download failed ({e}); pass a local path instead") from None

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import HashindexError
-from .formats import _find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100
+from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
+                      stl10_source)
 from .members import is_image_name
 from .sources import (LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource,
                       ListSource, TarSource, read_list)
@@ -19,7 +20,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                 follow_links: bool = False) -> ImageSource:
     """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
-    ``DIR:train`` / ``DIR:test`` picks a split of IDX or CIFAR-batch folders
+    ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR or STL-10 folders
     (default train). ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). Raises HashindexError naming ``arg``
     if the spec is not a collection hashindex can read or holds no images.
@@ -46,7 +47,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a brace pattern of tars, "
-                             "a .txt/.csv list, IDX or CIFAR-10 batches, or an image file")
+                             "a .txt/.csv list, IDX, CIFAR or STL-10 files, or an image file")
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else ""))
     return _non_empty(source, arg, spec)
@@ -85,6 +86,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
             return cifar_source(path, split)
         if is_cifar100(path):
             return cifar100_source(path, split)
+        if is_stl10(path):
+            return stl10_source(path, split)
         folder = FolderSource(path, follow_links)
         if not folder.containers:
             return folder
