@@ -1,4 +1,4 @@
-"""`hashindex info`: what a checkpoint, shard directory or index holds."""
+"""`hashindex info`: what a checkpoint, shard directory, index or image collection holds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """Summary of a checkpoint: what it is, how it was trained, how good it is."""
     from .model import read_checkpoint, views_description
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, arg="path")
     params = sum(t.numel() for t in ckpt["state_dict"].values())
     out = {
         "kind": "checkpoint", "path": ckpt["path"], "model_id": ckpt["model_id"],
@@ -82,8 +82,45 @@ def _index_code_statistics(directory: Path) -> dict[str, Any]:
     return code_statistics(read_table(directory, ("codes",))["codes"], read_index_meta(directory)["bits"])
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def describe_collection(spec: str) -> dict[str, Any]:
+    """What extraction or training would read from a ``--data`` spec, before any of it is decoded: the items,
+    the skips already known from their names (hidden files, non-image extensions, links), the labels."""
+    import numpy as np
+
+    from .data import open_source
+
+    source = open_source(spec, arg="path")
+    listed = len(source)
+    readable = np.setdiff1d(np.arange(listed), np.fromiter(source.unread, np.int64, len(source.unread)))
+    labels = source.labels[readable]
+    names = source.class_names
+    reasons: dict[str, int] = {}
+    for reason, _ in source.unread.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "kind": "images", "source": source.description, "spec": source.spec, "items": listed,
+        "images": len(readable), "skipped_by_name": dict(sorted(reasons.items())),
+        "labelled": int((labels >= 0).sum()), "classes": len(names) or len(np.unique(labels[labels >= 0])),
+        "labels": {(names[k] if 0 <= k < len(names) else str(k)): int(n)
+                   for k, n in zip(*np.unique(labels, return_counts=True))},
+        "decoding": "not tried here: extract and train count the files that fail to decode",
+    }
+
+
+def _names_a_collection(path: Path) -> bool:
+    """A file that is an image collection (a tar, a list, an image) rather than a checkpoint."""
+    from .data.members import TAR_EXTENSIONS, is_image_name
+    from .data.sources import LIST_EXTENSIONS
+
+    return path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS) or is_image_name(path.name)
+
+
 def describe(path: str | Path) -> dict[str, Any]:
-    """Dispatch on what PATH is."""
+    """Dispatch on what PATH is: a shard directory, an index, a checkpoint (file or shipped name), or else an
+    image collection as ``--data`` reads it (folder, tar, list, brace pattern, ``DIR:test``)."""
     p = Path(path)
     if p.is_dir():
         from .index import INDEX_JSON
@@ -97,5 +134,12 @@ def describe(path: str | Path) -> dict[str, Any]:
             from .index import describe_index
 
             return describe_index(p) | {"codes": _index_code_statistics(p)}
-        raise HashindexError(f"{p}: a folder, but neither a shard directory (manifest.json) nor an index (index.json)")
-    return describe_checkpoint(path)
+        return describe_collection(str(path))
+    from .model import WEIGHTS_DIR, shipped_hint
+
+    if p.suffix.lower() in CHECKPOINT_SUFFIXES or (WEIGHTS_DIR / f"{path}.pt").is_file() or (
+            p.is_file() and not _names_a_collection(p)):
+        return describe_checkpoint(path)
+    if not p.exists() and not p.suffix and "{" not in str(path) and ":" not in str(path):
+        raise HashindexError(f"path={path}: no such file or directory, nor a shipped model{shipped_hint()}")
+    return describe_collection(str(path))

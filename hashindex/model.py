@@ -367,9 +367,13 @@ def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:
     shipped = WEIGHTS_DIR / f"{name_or_path}.pt"
     if shipped.exists():
         return shipped
+    raise HashindexError(f"{arg}={name_or_path}: no such checkpoint file{shipped_hint()}")
+
+
+def shipped_hint() -> str:
+    """' (shipped models: a, b)' for an error message, or '' when none is installed."""
     names = sorted(f.stem for f in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []
-    hint = f" (shipped models: {', '.join(names)})" if names else ""
-    raise HashindexError(f"{arg}={name_or_path}: no such checkpoint file{hint}")
+    return f" (shipped models: {', '.join(names)})" if names else ""
 
 
 def find_model_for(model_id: str) -> Path:

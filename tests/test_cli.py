@@ -24,8 +24,38 @@ def test_command_help_has_example(name):
 def test_unknown_model_name_is_one_line():
     res = CliRunner().invoke(cli, ["info", "no-such-model"])
     assert res.exit_code == 2
-    assert res.output.startswith("hashindex: error: --model no-such-model: no such checkpoint file")
+    assert res.output.startswith("hashindex: error: PATH no-such-model: no such file or directory, nor a shipped "
+                                 "model (shipped models: nin-cifar10-48, nin-cifar10-48-v2")
     assert res.output.count("\n") == 1
+    res = CliRunner().invoke(cli, ["info", "missing.pt"])
+    assert res.exit_code == 2 and res.output.startswith("hashindex: error: PATH missing.pt: no such checkpoint file")
+
+
+def test_info_describes_a_collection_before_extracting_it(tmp_path):
+    """info on a --data spec: the items, the skips known from names alone (decoding is extract's), the labels;
+    the text form shortens a long label list, --json keeps it whole."""
+    import json
+    import tarfile
+
+    from tests.conftest import make_mixed_folder
+
+    make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"\0")
+    for i in range(14):
+        (tmp_path / "imgs" / f"k{i:02}").mkdir()
+        (tmp_path / "imgs" / f"k{i:02}" / "a.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())
+    res = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["kind"] == "images" and got["items"] == 13 + 1 + 14 and got["images"] == 13 - 1 + 14
+    assert got["skipped_by_name"] == {"hidden": 1, "not-an-image": 1}  # notes.txt; text.jpg is found by decoding
+    assert got["classes"] == 16 and got["labels"]["cat"] == 5 and got["labels"]["dog"] == 7 and got["labelled"] == 26
+    text = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs")]).output
+    assert "kind: images" in text and "... (4 more; --json for all)}" in text
+    with tarfile.open(tmp_path / "photos.tar", "w") as tar:
+        tar.add(tmp_path / "imgs" / "cat", arcname="cat")
+    got = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "photos.tar"), "--json"]).output)
+    assert (got["images"], got["labels"]) == (5, {"cat": 5})
 
 
 def test_batch_flags_go_together(tmp_path):

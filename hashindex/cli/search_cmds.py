@@ -284,11 +284,12 @@ def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log) 
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json):
-    """Summarise a checkpoint, a shard directory or an index.
+    """Summarise a checkpoint, a shard directory, an index, or an image collection (before extracting it).
 
     \b
-    Example:
+    Examples:
       hashindex info model.pt --json
+      hashindex info photos/        # what extract would read: items, skips by name, labels
     """
     from ..info import describe
 
@@ -297,6 +298,14 @@ def info(path, as_json):
         _echo_json(summary)
     else:
         for key, value in summary.items():
-            click.echo(f"{key:>16}: {value}")
+            click.echo(f"{key:>16}: {_shortened(value)}")
+
+
+def _shortened(value: object, most: int = 12) -> object:
+    """A long dict or list (a thousand classes) cut to its first ``most`` entries for the terminal."""
+    if isinstance(value, (dict, list)) and len(value) > most:
+        head = dict(list(value.items())[:most]) if isinstance(value, dict) else value[:most]
+        return f"{str(head)[:-1]}, ... ({len(value) - most:,} more; --json for all){str(head)[-1]}"
+    return value
 
 
