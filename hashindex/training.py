@@ -289,7 +289,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
                "train_images": len(data.train_x), "constant_bits": constant}
-    log(f"wrote {cfg.out}: model {meta['model_id']}, val_acc {acc}, mAP {meta['map']}")
+    scores = (f"val_acc {acc:.4f}" if acc is not None else "no validation set") + (
+        f", mAP {meta['map']:.4f}" if meta["map"] is not None else "")
+    log(f"wrote {cfg.out}: model {meta['model_id']}, {scores}")
     if constant:
         logging.getLogger("hashindex").warning(
             f"{constant} of {cfg.bits} code bits are the same for every training image and carry nothing "

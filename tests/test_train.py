@@ -281,7 +281,9 @@ def test_label_smoothing_and_cutout_train_and_are_recorded(tmp_path):
     need(CIFAR_TRAIN)
     opts = dict(data=str(CIFAR_TRAIN), limit=128, epochs=1, batch_size=32, workers=0, bits=16)
     out = tmp_path / "ls.pt"
-    run(TrainConfig(out=str(out), label_smoothing=0.1, cutout=8, **opts), progress=False, log=lambda s: None)
+    lines = []
+    run(TrainConfig(out=str(out), label_smoothing=0.1, cutout=8, **opts), progress=False, log=lines.append)
+    assert lines[-1] == f"wrote {out}: model {read_checkpoint(out)['model_id']}, no validation set"
     ck = read_checkpoint(out)
     assert ck["train_args"]["label_smoothing"] == 0.1 and ck["train_args"]["cutout"] == 8
     info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
