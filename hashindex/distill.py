@@ -6,6 +6,10 @@ checkpoint with the training data's classes and input size, encoding with its ow
 10-view teacher (`derive --test-shift 2`) teaches a one-view student what it sees in ten views. Its
 logits are computed once, on the un-augmented training images, and kept in the student's train_state:
 `--resume` neither recomputes them nor depends on the teacher file staying the same.
+
+Several teachers (``--teacher`` repeated) teach as one ensemble: their logits are averaged, which is the
+normalised geometric mean of their posteriors at every temperature (softmax(mean z / T) is proportional to
+the product of the softmax(z_i / T) to the 1/n), one of the two ensemble targets Hinton et al. use.
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ def open_teacher(teacher: str, class_names: list[str], channels: int, input_size
         raise HashindexError(f"teacher={teacher}: a {model.channels}x{model.input_size}px model, but the "
                              f"student trains at {channels}x{input_size}px")
     return model
+
+
+def teacher_names(teacher: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The teacher models of a config: none, one (a str) or an ensemble (a sequence)."""
+    if not teacher:
+        return ()
+    return (teacher,) if isinstance(teacher, str) else tuple(teacher)
+
+
+def ensemble_logits(models: list[HashModel], images: np.ndarray, progress: bool = True) -> np.ndarray:
+    """The teachers' logits averaged (N, classes) float32: the geometric-mean ensemble's (module docstring)."""
+    return np.mean([teacher_logits(m, images, progress) for m in models], axis=0).astype(np.float32)
 
 
 def teacher_logits(model: HashModel, images: np.ndarray, progress: bool = True, batch_size: int = 500) -> np.ndarray:

@@ -44,7 +44,11 @@ def _loss_line(train_args: dict[str, Any]) -> str:
     line = f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy"
     if train_args.get("teacher"):
         w = train_args["distill_weight"]
-        line = (f"{1 - w:g} x {line} + {w:g} x distillation from {train_args['teacher']} "
+        from .distill import teacher_names
+
+        names = teacher_names(train_args["teacher"])
+        source = names[0] if len(names) == 1 else f"the ensemble of {', '.join(names)} (logits averaged)"
+        line = (f"{1 - w:g} x {line} + {w:g} x distillation from {source} "
                 f"(temperature {train_args['distill_temperature']:g})")
     terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
     return line + (" + " + ", ".join(terms) if terms else "")

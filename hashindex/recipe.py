@@ -59,7 +59,8 @@ class TrainConfig:
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
     swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
     swa_lr: float = 0.02
-    teacher: str | None = None  # distil from this model's posteriors (Hinton et al. 2015; distill.py)
+    # distil from this model's posteriors, or from an ensemble's: a tuple of models (Hinton et al. 2015; distill.py)
+    teacher: str | tuple[str, ...] | None = None
     distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
     distill_temperature: float = 4.0
 

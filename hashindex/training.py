@@ -38,7 +38,7 @@ import torch
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
-from .distill import open_teacher, teacher_logits
+from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
 from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, precision_of, read_checkpoint,
@@ -251,8 +251,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     src, vsrc = _open_sources(cfg)
     init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
     channels = _channels(cfg, src, ckpt, init)
-    teacher = (open_teacher(cfg.teacher, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
-               if cfg.teacher and ckpt is None else None)
+    teachers = [open_teacher(t, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
+                for t in (teacher_names(cfg.teacher) if ckpt is None else ())]
     data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
     net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log)
     net.to(device, memory_format=torch.channels_last)
@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
     if cfg.teacher:
         soft = ckpt["train_state"]["teacher_logits"] if ckpt is not None else \
-            torch.from_numpy(teacher_logits(teacher, data.train_x, progress))
+            torch.from_numpy(ensemble_logits(teachers, data.train_x, progress))
     acc = constant = None
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)

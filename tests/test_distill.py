@@ -65,6 +65,41 @@ def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
     assert info["loss"] == f"0.25 x cross-entropy + 0.75 x distillation from {tiny_model} (temperature 2)"
 
 
+def test_an_ensemble_of_teachers_teaches_its_averaged_logits(tiny_model, tmp_path):
+    """--teacher repeated: the teachers' logits averaged (the geometric mean of their posteriors at any
+    temperature, against numpy), recorded as the ensemble, named by info; resume asks for the same ensemble."""
+    from hashindex.derive import derive
+
+    need(CIFAR_TRAIN)
+    mirror = tmp_path / "mirror.pt"  # the same weights with test flip: other logits
+    derive(str(tiny_model), str(mirror), test_flip=True, progress=False)
+    out = tmp_path / "ens.pt"
+    res = CliRunner().invoke(cli, ["-q", "train", "--data", str(CIFAR_TRAIN), "--limit", "96", "--epochs", "2",
+                                   "--batch-size", "32", "--workers", "0", "--bits", "16", "--input-size", "16",
+                                   "--teacher", str(tiny_model), "--teacher", str(mirror), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(96), 16, 3, 0, False)
+    one, two = load_model(tiny_model).forward_numpy(images)[2], load_model(mirror).forward_numpy(images)[2]
+    assert not np.allclose(one, two, atol=1e-3)
+    ckpt = read_checkpoint(out)
+    assert ckpt["train_args"]["teacher"] == (str(tiny_model), str(mirror))
+    for t in (1.0, 4.0):  # softmax of the mean logits = the normalised geometric mean of the posteriors
+        geo = np.sqrt(_softmax(one / t) * _softmax(two / t))
+        assert np.allclose(_softmax((one + two) / 2 / t), geo / geo.sum(axis=1, keepdims=True), atol=1e-6)
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["loss"] == (f"0.5 x cross-entropy + 0.5 x distillation from the ensemble of {tiny_model}, {mirror} "
+                            "(logits averaged) (temperature 4)")
+    part = tmp_path / "part.pt"
+    opts = dict(data=str(CIFAR_TRAIN), limit=96, epochs=2, batch_size=32, workers=0, bits=16, input_size=16,
+                teacher=(str(tiny_model), str(mirror)))
+    with pytest.raises(Interrupt):
+        run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
+    kept = read_checkpoint(part)["train_state"]["teacher_logits"].numpy()
+    assert np.allclose(kept, (one + two) / 2, atol=1e-4)
+    with pytest.raises(HashindexError, match="was trained with teacher="):
+        run(TrainConfig(out=str(part), **{**opts, "teacher": str(tiny_model)}), resume=True)
+
+
 def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path):
     need(CIFAR_TRAIN)
     runner = CliRunner()

@@ -53,9 +53,10 @@ from .group import _echo_json, cli
                    "average of their weights (with --init, --epochs N --swa-epochs N averages a trained model).")
 @click.option("--swa-lr", default=0.02, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Constant learning rate of the averaging epochs.")
-@click.option("--teacher", default=None, metavar="MODEL",
+@click.option("--teacher", multiple=True, metavar="MODEL",
               help="Also learn this model's class posteriors (knowledge distillation; same classes and input "
-                   "size; its test views count, e.g. a 10-view model from derive --test-shift).")
+                   "size; its test views count, e.g. a 10-view model from derive --test-shift). Repeated: "
+                   "an ensemble's (the teachers' logits averaged).")
 @click.option("--distill-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="With --teacher: loss = (1 - w) cross-entropy + w distillation.")
 @click.option("--distill-temperature", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True),
@@ -105,11 +106,16 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         device=device, bf16=bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
         bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
-        swa_epochs=swa_epochs, swa_lr=swa_lr, teacher=teacher, distill_weight=distill_weight,
+        swa_epochs=swa_epochs, swa_lr=swa_lr, teacher=_one_or_all(teacher), distill_weight=distill_weight,
         distill_temperature=distill_temperature, test_flip=test_flip,
     )
     if as_json:
         _echo_json(summary)
+
+
+def _one_or_all(models: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """A repeatable option's models as the config takes them: none, one (as checkpoints record it), an ensemble."""
+    return None if not models else models[0] if len(models) == 1 else models
 
 
 @cli.command()
