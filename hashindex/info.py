@@ -95,6 +95,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
     import numpy as np
 
     from .data import open_source
+    from .metrics import label_counts
 
     source = open_source(spec, arg="path")
     listed = len(source)
@@ -108,8 +109,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
         "kind": "images", "source": source.description, "spec": source.spec, "items": listed,
         "images": len(readable), "skipped_by_name": dict(sorted(reasons.items())),
         "labelled": int((labels >= 0).sum()), "classes": len(names) or len(np.unique(labels[labels >= 0])),
-        "labels": {(names[k] if 0 <= k < len(names) else str(k)): int(n)
-                   for k, n in zip(*np.unique(labels, return_counts=True))},
+        "labels": label_counts(labels, names),
         "decoding": "not tried here: extract and train count the files that fail to decode",
     }
 
@@ -117,7 +117,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
 def _names_a_collection(path: Path) -> bool:
     """A file that is an image collection (a tar, a list, an image) rather than a checkpoint."""
     from .data.members import TAR_EXTENSIONS, is_image_name
-    from .data.sources import LIST_EXTENSIONS
+    from .data.lists import LIST_EXTENSIONS
 
     return path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS) or is_image_name(path.name)
 

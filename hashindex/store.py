@@ -24,6 +24,7 @@ import numpy as np
 from .errors import HashindexError
 from .files import (atomic_path, atomic_write_bytes, atomic_write_json, decode_name, encode_name, read_json, sha256_file,
                     verify_files)
+from .metrics import label_counts
 from .schema import Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 
 FORMAT = "hashindex-shards"
@@ -414,9 +415,7 @@ def describe_shards(directory: str | Path) -> dict[str, Any]:
     shards = ShardSet(directory, require_complete=False)
     m = shards.manifest
     labels = np.concatenate([read_shard(p, ("labels",))["labels"] for p in shards.shard_paths()] or [np.zeros(0, np.int32)])
-    names = shards.class_names
-    hist = {(names[k] if 0 <= k < len(names) else str(k)): int(n)
-            for k, n in zip(*np.unique(labels, return_counts=True))}
+    hist = label_counts(labels, shards.class_names)
     return {
         "kind": "shards", "path": str(shards.dir), "complete": m["complete"],
         "shards": f"{len(m['shards'])}/{m['shards_planned']}", "rows": shards.rows,

@@ -13,18 +13,20 @@ Supported (``open_source(spec)`` picks by what the path is):
     directly in the root are unlabelled (-1);
   * a tar / tar.gz of images (WebDataset-style), read in place, label = parent
     folder name of the member;
-  * a text / CSV list of ``path[,label]`` lines;
+  * a text / CSV list of ``path[,label]`` lines, or a Caffe list of ``path label``
+    lines (DLBHC's and SSDH's ``train-file.txt``);
   * MNIST / Fashion-MNIST IDX files (``DIR`` or ``DIR:test``);
-  * the official CIFAR-10 python batches (``DIR`` or ``DIR:test``);
-  * ``torchvision:cifar10[:test]``, ``torchvision:fashion-mnist``,
-    ``torchvision:mnist``: downloaded through torchvision into the user's cache
+  * the official CIFAR-10 / CIFAR-100 python files and STL-10 binaries (``DIR`` or
+    ``DIR:test``);
+  * ``torchvision:cifar10[:test]``, ``torchvision:cifar100``, ``torchvision:stl10``,
+    ``torchvision:fashion-mnist``, ``torchvision:mnist``: downloaded through torchvision into the user's cache
     (for users on a connected machine; never used by the tests).
 """
 
 from .formats import cifar_source, idx_source, read_idx
 from .images import BadImage, SkipLog, decode_image, skip_summary, to_array, to_mode
-from .sources import (IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, ListSource,
-                      TarSource)
+from .lists import ListSource
+from .sources import IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
 from .spec import open_source, reopen_source
 
 

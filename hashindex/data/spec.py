@@ -9,8 +9,8 @@ from ..errors import HashindexError
 from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
                       stl10_source)
 from .members import is_image_name
-from .sources import (LIST_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource,
-                      ListSource, TarSource, read_list)
+from .lists import LIST_EXTENSIONS, ListSource, read_list
+from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True

@@ -1,0 +1,86 @@
+"""Image lists: a text/CSV file of ``path[,label]`` lines, or a Caffe list of ``path label`` lines (the
+``train-file.txt`` lists DLBHC's and SSDH's ``ImageData`` layers read)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HashindexError
+from .members import labels_from_text
+from .sources import FilesSource
+
+LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
+__all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "read_list"]
+
+
+def read_list(path: Path) -> str:
+    """A text list's contents (one-line error when unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HashindexError(f"{path}: cannot read file list ({e})") from None
+
+
+_CAFFE_LINE = re.compile(r"(\S.*?)\s+(-?\d+)\s*$")
+
+
+def _data_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of a list's entries: blank lines and '#' comments left out."""
+    return [(n, line) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def caffe_rows(text: str) -> list[tuple[int, list[str]]] | None:
+    """The entries of a Caffe image list (``path label`` per line, space-separated: what DLBHC's and SSDH's
+    ``ImageData`` layers read), or None when ``text`` is not one. Decided for the whole file, never per line:
+    every entry ends in whitespace and an integer and none holds a comma (a CSV list's separator)."""
+    lines = _data_lines(text)
+    matches = [_CAFFE_LINE.match(line) for _, line in lines]
+    if not lines or any(m is None or "," in line for m, (_, line) in zip(matches, lines)):
+        return None
+    return [(n, [m.group(1), m.group(2)]) for m, (n, _) in zip(matches, lines)]
+
+
+class ListSource(FilesSource):
+    """A text/CSV file of ``path[,label]`` lines, or a Caffe list of ``path label`` lines (``.txt`` / ``.lst``);
+    relative paths are relative to the list.
+
+    Labels may be class names or integers. Blank lines and lines starting
+    with '#' are ignored; a first line ``path[,label]`` is a header.
+    """
+
+    def __init__(self, path: str | Path, text: str | None = None):
+        """``text``: the list's contents when the caller has read them already (`read_list`)."""
+        self.path = Path(path)
+        base = self.path.parent
+        text = read_list(self.path) if text is None else text
+        paths, raw = [], []
+        for lineno, row in self._rows(text):
+            if lineno == 1 and row[0].strip().lower() == "path":
+                continue
+            if len(row) > 2:
+                raise HashindexError(f"{self.path}:{lineno}: expected 'path[,label]', got {len(row)} fields")
+            p = row[0].strip()
+            paths.append(p if os.path.isabs(p) else str(base / p))
+            raw.append(row[1].strip() if len(row) == 2 else "")
+        labels, names = self._parse_labels(raw)
+        super().__init__(paths, f"list {self.path}", labels, names)
+
+    def _rows(self, text: str) -> list[tuple[int, list[str]]]:
+        """(line number, fields) of each entry: a Caffe list's ``path label``, else CSV (tab-separated for .tsv)."""
+        caffe = caffe_rows(text) if self.path.suffix.lower() in (".txt", ".lst") else None
+        if caffe is not None:
+            return caffe
+        delim = "\t" if self.path.suffix == ".tsv" else ","
+        rows = enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1)
+        return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")]
+
+    def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
+        values, names = labels_from_text(raw, str(self.path))
+        return np.array(values, dtype=np.int32), names
