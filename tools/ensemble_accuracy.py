@@ -1,0 +1,58 @@
+"""Test accuracy of each model and of their ensemble as `train --teacher A --teacher B` teaches it (the models'
+logits averaged, hashindex.distill.ensemble_logits), each model with its own test views: is an ensemble a
+better teacher than its best member?
+
+    python tools/ensemble_accuracy.py runs/table/cifar10-48-e100-ten.pt runs/table/cifar10-48-e100-kd-restart-ten.pt \
+        --val ../shared/data/cifar10-jpeg/test.tar [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from hashindex.data import load_arrays, open_source
+from hashindex.distill import teacher_logits
+from hashindex.errors import HashindexError
+from hashindex.model import load_model
+
+
+def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None = None) -> dict[str, float]:
+    """{model: accuracy, ..., 'ensemble': accuracy of the averaged logits} on the labelled images ``val``."""
+    loaded = [load_model(m) for m in models]
+    first = loaded[0]
+    if any((m.input_size, m.channels, m.class_names) != (first.input_size, first.channels, first.class_names)
+           for m in loaded):
+        raise HashindexError("models: expected one input size, channel count and class list for all of them")
+    source = open_source(val, arg="val")
+    source = source.subset(limit) if limit else source
+    source.remap_labels(first.class_names)
+    x, y, _ = load_arrays(source, first.input_size, first.channels, workers, True)
+    logits = [teacher_logits(m, x) for m in loaded]
+    out = {name: float((z.argmax(1) == y).mean()) for name, z in zip(models, logits)}
+    out["ensemble"] = float((np.mean(logits, axis=0).argmax(1) == y).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="checkpoints or shipped names (same classes and input size)")
+    ap.add_argument("--val", required=True, help="labelled test images")
+    ap.add_argument("--limit", type=int, help="this many test images, spread evenly (a quick look)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    try:
+        acc = accuracies(args.models, args.val, limit=args.limit)
+    except HashindexError as e:
+        raise SystemExit(f"ensemble_accuracy: error: {e}")
+    if args.json:
+        print(json.dumps(acc, indent=1))
+    else:
+        for name, value in acc.items():
+            print(f"{value:.4f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
