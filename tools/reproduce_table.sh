@@ -69,18 +69,11 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             [ -f "$teacher" ] || [ -f "$runs/$name.pt" ] || $hx -q derive nin-cifar10-48-v2 --test-shift 2 --out "$teacher"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
                 --teacher "$teacher" ;;
-        cifar10-48-e100-kd2-restart)  # issue #13: a third cycle from the kd restart's weights, distilled from the
-            # ensemble of the two 10-view models before it (born-again networks, Furlanello et al. 2018)
-            [ -f "$runs/$name.pt" ] || [ -f "$runs/cifar10-48-e100-kd-restart.pt" ] || {
-                echo "$name starts from $runs/cifar10-48-e100-kd-restart.pt: run that row first" >&2; exit 2; }
-            ten=$runs/cifar10-48-e100-ten.pt kd_ten=$runs/cifar10-48-e100-kd-restart-ten.pt
-            if [ ! -f "$runs/$name.pt" ]; then
-                [ -f "$ten" ] || $hx -q derive nin-cifar10-48-v2 --test-shift 2 --out "$ten"
-                [ -f "$kd_ten" ] || $hx -q derive "$runs/cifar10-48-e100-kd-restart.pt" --test-flip --test-shift 2 \
-                    --out "$kd_ten"
-            fi
-            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100-kd-restart.pt" --epochs 30 \
-                --lr 0.05 --teacher "$ten" --teacher "$kd_ten" ;;
+        cifar10-48-e100-kd-scratch)  # issue #13: cifar10-48-e100's recipe from scratch, taught by its 10-view model
+            # (born-again networks, Furlanello et al. 2018: a student of the teacher's own architecture, from scratch)
+            teacher=$runs/cifar10-48-e100-ten.pt
+            [ -f "$teacher" ] || [ -f "$runs/$name.pt" ] || $hx -q derive nin-cifar10-48-v2 --test-shift 2 --out "$teacher"
+            row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --teacher "$teacher" ;;
         cifar10-48-e100-cutout-restart)  # issue #13: cifar10-48-e100, then a second cosine cycle (30 epochs from lr 0.05) with cutout
             need_e100 "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
@@ -95,6 +88,6 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         mnist-48)
             row "$name" "$data/mnist-png/train.tar" "$data/mnist-png/test.tar" --bits 48 --epochs 10 \
                 --input-size 28 --no-flip ;;
-        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-e100-cutout-restart, cifar10-48-e100-kd-restart, cifar10-48-e100-kd2-restart, cifar10-12/24/32-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
+        *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-e100-cutout-restart, cifar10-48-e100-kd-restart, cifar10-48-e100-kd-scratch, cifar10-12/24/32-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
     esac
 done
