@@ -8,6 +8,7 @@
 # Every step resumes: rerun the same command after an interruption.
 # env: EXTRACT_ARGS, extra options for both extractions (e.g. "--no-bf16"); HASHINDEX, PYTHON.
 set -euo pipefail
+{  # read whole before it runs (editing a running script changes what bash reads next)
 model=$1 train=$2 test=$3 out=$4
 hx=${HASHINDEX:-hashindex}
 $hx -q extract --model "$model" --data "$train" --out "$out/shards/database" ${EXTRACT_ARGS:-}
@@ -16,3 +17,5 @@ $hx -q extract --model "$model" --data "$test" --out "$out/shards/queries" ${EXT
 $hx -q eval "$out/index" --queries "$out/shards/queries" --at 1000 --at 5000 --plot "$out/plots" --json > "$out/metrics.json.tmp"
 mv "$out/metrics.json.tmp" "$out/metrics.json"
 ${PYTHON:-python} -c 'import json, sys; from hashindex.evaluation import format_metrics; print(format_metrics(json.load(open(sys.argv[1]))))' "$out/metrics.json"
+exit
+}

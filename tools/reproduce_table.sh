@@ -44,6 +44,8 @@ need_e100() {
     exit 2
 }
 
+{  # read whole before it runs: bash reads a script as it goes, so editing this file while a row trains
+   # would otherwise change what the running copy does next (seen: 'line 89: e: command not found')
 cifar_train=$data/cifar10-jpeg/train.tar cifar_test=$data/cifar10-jpeg/test.tar
 for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 cifar10-48-ssdh cifar10-48-ssdh-bb}; do
     case $name in
@@ -91,3 +93,5 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-e100-cutout-restart, cifar10-48-e100-kd-restart, cifar10-48-e100-kd-scratch, cifar10-12/24/32-init-e100, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
     esac
 done
+exit
+}
