@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
 from .index import Index
-from .query import check_candidates
+from .query import check_candidates, queries_as_shards
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv")
@@ -37,25 +37,6 @@ def output_format(out: Path, fmt: str | None) -> str:
         return fmt
     suffix = out.suffix.lower().lstrip(".")
     return {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv"}.get(suffix, "h5")
-
-
-def _query_shards(index: Index, queries: str | Path, parts: Path, model: str | None, device: str,
-                  progress: bool, log):
-    """The query shards: given directly, or extracted on the fly from an image source."""
-    if (Path(queries) / MANIFEST).exists():
-        shards = ShardSet(queries, "queries")
-        index.check_model(shards.model_id, f"queries={queries}")
-        return shards
-    if model is None:
-        raise HashindexError(f"queries={queries}: an image source needs model=MODEL to encode it "
-                             "(or pass a shard directory made by hashindex extract)")
-    from .extraction import extract
-    from .model import load_model
-
-    hm = load_model(model, device)
-    index.check_model(hm.model_id)
-    extract(hm, str(queries), parts / "queries", progress=progress, log=log)
-    return ShardSet(parts / "queries", "queries")
 
 
 def _read_job(path: Path) -> dict[str, Any] | None:
@@ -106,7 +87,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         if overwrite and parts.exists():
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
-        shards = _query_shards(index, queries, parts, model, device, progress, log)
+        shards = ShardSet(queries_as_shards(index, queries, parts, model, device, progress, log), "queries")
+        index.check_model(shards.model_id, f"queries={queries}")
         job = _start_job(index, shards, parts, settings, out)
         data = shards.load(("codes", "features", "ids"))
         if not rerank:

@@ -10,8 +10,10 @@ returns (what `query` and the service give), and the coarse stage's recall again
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -27,26 +29,46 @@ PROTOCOL = ("relevance = same label; Hamming ranking over the whole database wit
             "served (approximate coarse indexes) = the top k the index's search returns, -1s counted not relevant")
 
 
+@contextmanager
+def query_shard_dir(index, queries: str | Path, model: str | None = None, device: str = "cpu",
+                    progress: bool = True, log=lambda line: None) -> Iterator[Path]:
+    """The labelled queries as a shard directory while the block runs: ``queries`` itself when it is one, else
+    the image source (a folder, a tar, ``DIR:test``...) extracted into a temporary directory with ``model``
+    (default: the shipped model the index was built with), removed afterwards. Extract a query set once
+    (`hashindex extract`) to evaluate it more than once."""
+    from .query import queries_as_shards
+    from .store import MANIFEST
+
+    if (Path(queries) / MANIFEST).exists():
+        yield Path(queries)
+        return
+    with tempfile.TemporaryDirectory(prefix="hashindex-eval-") as tmp:
+        yield queries_as_shards(index, queries, Path(tmp), model, device, progress, log, labelled=True)
+
+
 def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
              candidates: int | str | None = None, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate an index with labelled query shards (relevance = same label).
+             progress: bool = True, model: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate an index with labelled queries (relevance = same label).
 
     ``index_dir``: an INDEX_DIR or an opened Index (a caller that also draws its results opens it once);
-    ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole database).
+    ``queries_dir``: a shard directory, or an image source encoded on the fly with ``model`` on ``device``
+    (`query_shard_dir`); ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole
+    database).
     """
     from .index import TIE_CAP, Index
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
-    shards = ShardSet(queries_dir, "queries")
-    index.check_model(shards.model_id, f"queries={queries_dir}")
-    q = shards.load(("codes", "features", "labels"))
+    if (index.labels < 0).all():
+        raise HashindexError(f"index_dir={index.dir}: the indexed items have no labels")
+    with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
+        shards = ShardSet(shard_dir, "queries")
+        index.check_model(shards.model_id, f"queries={queries_dir}")
+        q = shards.load(("codes", "features", "labels"))
     if (q["labels"] < 0).all():
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")
-    if (index.labels < 0).all():
-        raise HashindexError(f"index_dir={index.dir}: the indexed items have no labels")
     if shards.class_names and index.class_names and shards.class_names != index.class_names:
         raise HashindexError(f"queries={queries_dir}: class names differ from the index's "
                              f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")

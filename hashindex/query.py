@@ -123,6 +123,29 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
             "labels": labels[pick], "result": index.search(q["codes"][pick], feats, k=min(k, index.count))}
 
 
+def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str | None = None, device: str = "cpu",
+                      progress: bool = True, log=print, labelled: bool = False) -> Path:
+    """The queries as a shard directory: ``queries`` itself when it is one, else the image source (any ``--data``
+    spec) extracted into ``work/queries`` with ``model`` (default: the shipped model the index was built with).
+    ``labelled``: refuse a source without labels before anything is decoded (evaluation needs them)."""
+    from .store import MANIFEST
+
+    if (Path(queries) / MANIFEST).exists():
+        return Path(queries)
+    from .data import open_source
+    from .extraction import extract
+    from .model import find_model_for, load_model
+
+    source = open_source(queries, arg="queries")
+    if labelled and (source.labels < 0).all():
+        raise HashindexError(f"queries={queries}: no labelled images (evaluation needs labelled queries: class "
+                             "subfolders, a labelled list, ...)")
+    hm = load_model(model if model else find_model_for(index.model_id), device)
+    index.check_model(hm.model_id)
+    extract(hm, source, work / "queries", device=device, progress=progress, log=log)
+    return work / "queries"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Human-readable result table, one block per query."""
     lines = []

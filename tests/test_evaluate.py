@@ -166,6 +166,41 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
     assert res.exit_code == 2 and "have no labels" in res.output and res.output.count("\n") == 1
 
 
+def test_eval_encodes_image_queries_on_the_fly(flat_index, tiny_model, tmp_path):
+    """eval --queries IMAGES: encoded with --model into a temporary shard directory (removed afterwards), with
+    the figures of the same images extracted first; unlabelled images and a missing model are one-line errors."""
+    import tempfile
+
+    from hashindex import extract
+    from hashindex.data import open_source
+    from tests.conftest import CIFAR_TEST
+
+    src = open_source(CIFAR_TEST).subset(60)
+    for i, path in enumerate(src.paths):  # test/<class>/NNNN.jpg: a labelled folder of 60 photos
+        (tmp_path / "imgs" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / path).write_bytes(src.read_bytes(i))
+    images = tmp_path / "imgs" / "test"
+    temp_dirs = lambda: {p.name for p in Path(tempfile.gettempdir()).glob("hashindex-eval-*")}  # noqa: E731
+    before = temp_dirs()
+    on_the_fly = evaluate(flat_index, images, model=str(tiny_model), progress=False)
+    extract(str(tiny_model), str(images), tmp_path / "q", workers=0, progress=False, log=lambda s: None)
+    extracted = evaluate(flat_index, tmp_path / "q", progress=False)
+    assert on_the_fly["queries"] == 60 and on_the_fly["hamming"] == extracted["hamming"]
+    assert on_the_fly["reranked"] == extracted["reranked"] and on_the_fly["queries_dir"] == str(images)
+    res = CliRunner().invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(images), "--model", str(tiny_model),
+                                   "--json", "--plot", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)  # stdout is the JSON; the extraction's line went to stderr
+    assert m["hamming"] == extracted["hamming"] and m["queries_dir"] == str(images)
+    assert "extracted 60 images" in res.stderr
+    assert (tmp_path / "plots" / "results_grid.png").stat().st_size > 10_000
+    assert temp_dirs() == before  # the temporary shards are gone
+    for args, message in (([str(tmp_path / "imgs" / "test" / "cat")], "no labelled images"),  # one folder: no classes
+                          ([str(images)], "--model: needed to encode images (no shipped model has id")):
+        res = CliRunner().invoke(cli, ["eval", str(flat_index), "--queries", *args])
+        assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+
+
 def test_eval_refuses_queries_of_another_model(flat_index, tmp_path):
     from hashindex import extract
     from hashindex.model import NINHash, atomic_torch_save, build_meta

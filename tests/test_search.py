@@ -227,7 +227,7 @@ def test_batch_job_from_image_source(flat_index, tiny_model, tmp_path):
     assert not (tmp_path / "r.jsonl.parts").exists()
     res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(tmp_path / "imgs"),
                                    "--out", str(tmp_path / "x.h5")])
-    assert res.exit_code == 2 and "needs --model" in res.output
+    assert res.exit_code == 2 and "--model: needed to encode images (no shipped model has id" in res.output
 
 
 def test_flat_indexes_load_memory_mapped(flat_index):

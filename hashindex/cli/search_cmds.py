@@ -136,7 +136,12 @@ def verify(path, as_json):
 
 @cli.command(name="eval")
 @click.argument("index_dir")
-@click.option("--queries", required=True, help="Labelled query shard directory (hashindex extract).")
+@click.option("--queries", required=True,
+              help="Labelled queries: a shard directory (hashindex extract), or images (a folder, a tar, DIR:test, "
+                   "...) encoded on the fly with --model.")
+@click.option("--model", default=None,
+              help="Checkpoint that encodes image --queries [default: the shipped model matching the index].")
+@click.option("--device", default="cpu", show_default=True, help="With image --queries: cpu, cuda, cuda:N or auto.")
 @click.option("--at", "at", multiple=True, type=click.IntRange(1), default=(1000,), show_default=True,
               help="mAP@k cut-offs (repeatable).")
 @click.option("--candidates", default=None,
@@ -147,17 +152,18 @@ def verify(path, as_json):
 @click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print all metrics as JSON.")
 @click.pass_context
-def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_dir, as_json):
+def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_rerank, plot_dir, as_json):
     """Retrieval metrics: mAP, precision@k, precision/recall within a Hamming radius.
 
     Relevance is "same label"; ties in Hamming distance are broken by database
     order (the headline mAP), and the tie-aware expectation is given beside it.
 
     \b
-    Example:
+    Examples:
       hashindex eval index/train --queries shards/test --plot plots/ --json
+      hashindex eval index/train --queries ../shared/data/cifar10-jpeg/test.tar   # images: encoded first
     """
-    from ..evaluation import evaluate, format_metrics
+    from ..evaluation import evaluate, format_metrics, query_shard_dir
 
     if candidates is not None and candidates != "all":
         if not candidates.isdigit() or int(candidates) < 1:
@@ -166,14 +172,17 @@ def eval_cmd(ctx, index_dir, queries, at, candidates, radius, no_rerank, plot_di
     from ..index import Index
 
     index = Index.load(index_dir)  # once, for the metrics and the plots
-    metrics = evaluate(index, queries, at=tuple(at), candidates=candidates, radius=radius,
-                          rerank=not no_rerank, progress=ctx.obj["progress"])
-    if plot_dir:
-        from ..query import example_results
-        from ..report import write_plots
+    progress = ctx.obj["progress"]
+    with query_shard_dir(index, queries, model, device, progress, log=lambda line: click.echo(line, err=True)) \
+            as shard_dir:  # image queries are extracted once, for the metrics and the plots
+        metrics = evaluate(index, shard_dir, at=tuple(at), candidates=candidates, radius=radius,
+                           rerank=not no_rerank, progress=progress) | {"queries_dir": queries}
+        if plot_dir:
+            from ..query import example_results
+            from ..report import write_plots
 
-        metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, queries),
-                                       warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
+            metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, shard_dir),
+                                           warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
     if as_json:
         _echo_json(metrics)
     else:
