@@ -283,8 +283,10 @@ def class_name(names: list[str], label: int) -> str:
 
 
 def label_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
-    """Items per label, keyed by class name (the label itself where the names do not cover it: -1, unlabelled)."""
-    return {class_name(names, int(k)): int(n) for k, n in zip(*np.unique(labels, return_counts=True))}
+    """Items per label, keyed by class name (the label itself where the names do not cover it; 'unlabelled'
+    for -1)."""
+    return {("unlabelled" if k < 0 else class_name(names, int(k))): int(n)
+            for k, n in zip(*np.unique(labels, return_counts=True))}
 
 
 def _mean(parts: list[np.ndarray]) -> float:

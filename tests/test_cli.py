@@ -41,17 +41,19 @@ def test_info_describes_a_collection_before_extracting_it(tmp_path):
 
     make_mixed_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "imgs" / "root.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())  # no class
     for i in range(14):
         (tmp_path / "imgs" / f"k{i:02}").mkdir()
         (tmp_path / "imgs" / f"k{i:02}" / "a.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())
     res = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs"), "--json"])
     assert res.exit_code == 0, res.output
     got = json.loads(res.output)
-    assert got["kind"] == "images" and got["items"] == 13 + 1 + 14 and got["images"] == 13 - 1 + 14
+    assert got["kind"] == "images" and got["items"] == 13 + 2 + 14 and got["images"] == 13 - 1 + 1 + 14
     assert got["skipped_by_name"] == {"hidden": 1, "not-an-image": 1}  # notes.txt; text.jpg is found by decoding
     assert got["classes"] == 16 and got["labels"]["cat"] == 5 and got["labels"]["dog"] == 7 and got["labelled"] == 26
+    assert got["labels"]["unlabelled"] == 1
     text = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs")]).output
-    assert "kind: images" in text and "... (4 more; --json for all)}" in text
+    assert "kind: images" in text and "... (5 more; --json for all)}" in text
     with tarfile.open(tmp_path / "photos.tar", "w") as tar:
         tar.add(tmp_path / "imgs" / "cat", arcname="cat")
     got = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "photos.tar"), "--json"]).output)
