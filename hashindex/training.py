@@ -177,9 +177,17 @@ class _Arrays(NamedTuple):
     val_y: np.ndarray | None
 
 
+def _name_integer_classes(src: ImageSource) -> None:
+    """Integer labels without names (a Caffe list's ``path 3``, a list or ``.cls`` sidecars with numbers) train
+    as the classes '0' to the largest label, as a Caffe net's num_output does: the model needs a class list."""
+    if not src.class_names and (src.labels >= 0).any():
+        src.class_names = [str(i) for i in range(int(src.labels.max()) + 1)]
+
+
 def _open_sources(cfg: TrainConfig) -> tuple[ImageSource, ImageSource | None]:
     """(training, validation) sources, checked for labels before anything is decoded."""
     src = open_source(cfg.data, "data", follow_links=cfg.follow_links)
+    _name_integer_classes(src)
     if cfg.limit:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)

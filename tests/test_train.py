@@ -102,6 +102,27 @@ def test_cli_train_and_errors(tmp_path):
     assert res.exit_code == 2 and "needs labelled images" in res.output
 
 
+def test_integer_labels_train_as_numbered_classes(tmp_path):
+    """A Caffe list ('path label', DLBHC's train-file.txt) has integer labels and no names: it trains, with the
+    classes '0' to the largest label, and the model's predictions are those labels."""
+    from hashindex.data import open_source
+
+    need(CIFAR_TEST)
+    src = open_source(CIFAR_TEST).subset(40)
+    lines = []
+    for i in range(len(src)):
+        (tmp_path / f"{i}.jpg").write_bytes(src.read_bytes(i))
+        lines.append(f"{i}.jpg {int(src.labels[i]) % 3}")  # three classes, numbered
+    (tmp_path / "train-file.txt").write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(cli, ["-q", "train", "--data", str(tmp_path / "train-file.txt"), "--val-every", "4",
+                                   "--epochs", "1", "--bits", "16", "--input-size", "16", "--workers", "0",
+                                   "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 0, res.output
+    ckpt = read_checkpoint(tmp_path / "m.pt")
+    assert ckpt["class_names"] == ["0", "1", "2"] and ckpt["accuracy"] is not None
+    assert ckpt["state_dict"]["classifier.weight"].shape[0] == 3
+
+
 def test_a_stray_file_beside_the_class_folders_does_not_block_training(tmp_path):
     """A README (or .DS_Store) in a photo folder's root is a counted skip, not an unlabelled image; an image
     there is one, and the error names it."""
