@@ -37,12 +37,8 @@ def query_shard_dir(index, queries: str | Path, model: str | None = None, device
     (default: the shipped model the index was built with), removed afterwards. Extract a query set once
     (`hashindex extract`) to evaluate it more than once."""
     from .query import queries_as_shards
-    from .store import MANIFEST
 
-    if (Path(queries) / MANIFEST).exists():
-        yield Path(queries)
-        return
-    with tempfile.TemporaryDirectory(prefix="hashindex-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hashindex-eval-") as tmp:  # stays empty for a shard directory
         yield queries_as_shards(index, queries, Path(tmp), model, device, progress, log, labelled=True)
 
 

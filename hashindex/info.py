@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
     readable = np.setdiff1d(np.arange(listed), np.fromiter(source.unread, np.int64, len(source.unread)))
     labels = source.labels[readable]
     names = source.class_names
-    reasons: dict[str, int] = {}
-    for reason, _ in source.unread.values():
-        reasons[reason] = reasons.get(reason, 0) + 1
+    reasons = Counter(reason for reason, _ in source.unread.values())
     return {
         "kind": "images", "source": source.description, "spec": source.spec, "items": listed,
         "images": len(readable), "skipped_by_name": dict(sorted(reasons.items())),
@@ -139,9 +138,9 @@ def describe(path: str | Path) -> dict[str, Any]:
 
             return describe_index(p) | {"codes": _index_code_statistics(p)}
         return describe_collection(str(path))
-    from .model import WEIGHTS_DIR, shipped_hint
+    from .model import shipped_hint, shipped_path
 
-    if p.suffix.lower() in CHECKPOINT_SUFFIXES or (WEIGHTS_DIR / f"{path}.pt").is_file() or (
+    if p.suffix.lower() in CHECKPOINT_SUFFIXES or shipped_path(str(path)) is not None or (
             p.is_file() and not _names_a_collection(p)):
         return describe_checkpoint(path)
     if not p.exists() and not p.suffix and "{" not in str(path) and ":" not in str(path):

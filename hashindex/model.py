@@ -364,10 +364,16 @@ def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:
     p = Path(name_or_path)
     if p.exists():
         return p
-    shipped = WEIGHTS_DIR / f"{name_or_path}.pt"
-    if shipped.exists():
+    shipped = shipped_path(str(name_or_path))
+    if shipped is not None:
         return shipped
     raise HashindexError(f"{arg}={name_or_path}: no such checkpoint file{shipped_hint()}")
+
+
+def shipped_path(name: str) -> Path | None:
+    """The checkpoint of the model shipped as ``name`` in hashindex/weights/, or None."""
+    shipped = WEIGHTS_DIR / f"{name}.pt"
+    return shipped if shipped.is_file() else None
 
 
 def shipped_hint() -> str:
