@@ -272,6 +272,26 @@ def test_caffe_image_list(tmp_path):
     assert open_source(tmp_path / "list.csv").paths == [f"{tmp_path}/my imgs/cat/good.jpg 3"]
 
 
+def test_one_hot_image_list(tmp_path):
+    """HashNet's and DeepHash-pytorch's lists ('path 0 0 1 0', one column per class) read as class indices; a
+    row of zeros is unlabelled; a multi-label row is a one-line error naming the line; a Caffe list stays one."""
+    make_mixed_folder(tmp_path / "imgs")
+    (tmp_path / "train.txt").write_text("imgs/cat/good.jpg 0 0 1 0\nimgs/dog/pic.bmp  1 0 0 0 \n"
+                                        "imgs/cat/missing.jpg 0 0 0 0\n")
+    src = open_source(tmp_path / "train.txt")
+    assert src.paths == [f"{tmp_path}/imgs/cat/good.jpg", f"{tmp_path}/imgs/dog/pic.bmp",
+                         f"{tmp_path}/imgs/cat/missing.jpg"]
+    assert list(src.labels) == [2, 0, -1] and src.class_names == []
+    (tmp_path / "multi.txt").write_text("imgs/cat/good.jpg 0 1 1 0\nimgs/dog/pic.bmp 1 0 0 0\n")
+    with pytest.raises(HashindexError, match=r"multi.txt:1: 2 of 4 classes set: a multi-label list"):
+        open_source(tmp_path / "multi.txt")
+    (tmp_path / "caffe.txt").write_text("imgs/cat/good.jpg 1\nimgs/dog/pic.bmp 0\n")  # one column: Caffe's label
+    assert list(open_source(tmp_path / "caffe.txt").labels) == [1, 0]
+    (tmp_path / "ragged.txt").write_text("imgs/cat/good.jpg 0 1\nimgs/dog/pic.bmp 1 0 0\n")  # widths differ
+    ragged = open_source(tmp_path / "ragged.txt")  # so a Caffe list: the label is the last integer
+    assert list(ragged.labels) == [1, 0] and ragged.paths[0] == f"{tmp_path}/imgs/cat/good.jpg 0"
+
+
 @pytest.mark.parametrize("spec, message", [
     ("/no/such/path", "no such file or directory"),
     ("{tmp}/empty", "holds no images"),

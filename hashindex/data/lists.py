@@ -1,5 +1,6 @@
-"""Image lists: a text/CSV file of ``path[,label]`` lines, or a Caffe list of ``path label`` lines (the
-``train-file.txt`` lists DLBHC's and SSDH's ``ImageData`` layers read)."""
+"""Image lists: a text/CSV file of ``path[,label]`` lines, a Caffe list of ``path label`` lines (the
+``train-file.txt`` lists DLBHC's and SSDH's ``ImageData`` layers read), or a one-hot list of ``path 0 0 1 0``
+lines (HashNet's and DeepHash-pytorch's ``train.txt``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .members import labels_from_text
 from .sources import FilesSource
 
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
-__all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "read_list"]
+__all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "one_hot_rows", "read_list"]
 
 
 def read_list(path: Path) -> str:
@@ -47,9 +48,35 @@ def caffe_rows(text: str) -> list[tuple[int, list[str]]] | None:
     return [(n, [m.group(1), m.group(2)]) for m, (n, _) in zip(matches, lines)]
 
 
+_ONE_HOT_LINE = re.compile(r"(\S.*?)((?:\s+[01]){2,})\s*$")
+
+
+def one_hot_rows(text: str, where: str) -> list[tuple[int, list[str]]] | None:
+    """The entries of a one-hot list (``path`` then one 0/1 column per class, space-separated: the lists of
+    HashNet and DeepHash-pytorch), as ``[path, class index]`` ('' for a row of zeros: unlabelled), or None
+    when ``text`` is not one. Decided for the whole file: every entry ends in at least two 0/1 columns, the
+    same number on every line, and none holds a comma. A row with several 1s (NUS-WIDE, COCO) is refused:
+    training and evaluation here take one class per image."""
+    lines = _data_lines(text)
+    matches = [_ONE_HOT_LINE.match(line) for _, line in lines]
+    if not lines or any(m is None or "," in line for m, (_, line) in zip(matches, lines)):
+        return None
+    columns = [m.group(2).split() for m in matches]
+    if len({len(c) for c in columns}) != 1:
+        return None
+    rows = []
+    for m, (n, _), cols in zip(matches, lines, columns):
+        ones = [i for i, c in enumerate(cols) if c == "1"]
+        if len(ones) > 1:
+            raise HashindexError(f"{where}:{n}: {len(ones)} of {len(cols)} classes set: a multi-label list "
+                                 "(expected one 1 per line; hashindex trains and evaluates one class per image)")
+        rows.append((n, [m.group(1), str(ones[0]) if ones else ""]))
+    return rows
+
+
 class ListSource(FilesSource):
-    """A text/CSV file of ``path[,label]`` lines, or a Caffe list of ``path label`` lines (``.txt`` / ``.lst``);
-    relative paths are relative to the list.
+    """A text/CSV file of ``path[,label]`` lines, a Caffe list of ``path label`` lines or a one-hot list of
+    ``path 0 0 1 0`` lines (``.txt`` / ``.lst``); relative paths are relative to the list.
 
     Labels may be class names or integers. Blank lines and lines starting
     with '#' are ignored; a first line ``path[,label]`` is a header.
@@ -73,10 +100,13 @@ class ListSource(FilesSource):
         super().__init__(paths, f"list {self.path}", labels, names)
 
     def _rows(self, text: str) -> list[tuple[int, list[str]]]:
-        """(line number, fields) of each entry: a Caffe list's ``path label``, else CSV (tab-separated for .tsv)."""
-        caffe = caffe_rows(text) if self.path.suffix.lower() in (".txt", ".lst") else None
-        if caffe is not None:
-            return caffe
+        """(line number, fields) of each entry: a one-hot list's ``path`` and class index, a Caffe list's
+        ``path label``, else CSV (tab-separated for .tsv)."""
+        if self.path.suffix.lower() in (".txt", ".lst"):
+            spaced = one_hot_rows(text, str(self.path))
+            spaced = caffe_rows(text) if spaced is None else spaced
+            if spaced is not None:
+                return spaced
         delim = "\t" if self.path.suffix == ".tsv" else ","
         rows = enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1)
         return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")]
