@@ -21,6 +21,13 @@ def test_command_help_has_example(name):
     assert res.exit_code == 0 and "Example" in res.output and "hashindex " in res.output
 
 
+def test_error_keeps_the_users_value_as_typed(tmp_path):
+    """Python names in a message become flags (data= -> --data), but not inside the value the user typed."""
+    res = CliRunner().invoke(cli, ["info", f"{tmp_path}/x.tar:limit=5"])
+    assert res.exit_code == 2
+    assert res.output.startswith(f"hashindex: error: PATH {tmp_path}/x.tar:limit=5: no such file or directory")
+
+
 def test_unknown_model_name_is_one_line():
     res = CliRunner().invoke(cli, ["info", "no-such-model"])
     assert res.exit_code == 2

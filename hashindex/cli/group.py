@@ -21,7 +21,9 @@ from ..errors import HashindexError
 EXIT_USAGE = 2
 
 
-_ARG = re.compile(r"(?<![\w./=-])([a-z][a-z0-9_]*)=(True\b|None\b|(?=[\s,;)]|$))?")
+# A Python name and '=' at the start of a word; not after ':' or '#', where it is part of a user's own value
+# (``--data x.tar:limit=5`` stays as typed in the error about it).
+_ARG = re.compile(r"(?<![\w./=:#-])([a-z][a-z0-9_]*)=(True\b|None\b|(?=[\s,;)]|$))?")
 
 
 def _long(option: click.Option) -> str:
