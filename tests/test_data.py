@@ -3,13 +3,14 @@
 import gzip
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hashindex import HashindexError
-from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, to_array,
+from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, reopen_source, to_array,
                             to_mode)
 from hashindex.data.images import as_net_input
 from hashindex.service.params import upload_array
@@ -210,6 +211,42 @@ def test_stl10_binaries(tmp_path):
     (d / "test_X.bin").write_bytes(b"\0" * 100)
     with pytest.raises(HashindexError, match=r"test_X.bin: not STL-10 images"):
         open_source(f"{d}:test")
+
+
+SVHN = Path(__file__).parent / "data" / "svhn"
+
+
+def test_svhn_mat_files(tmp_path):
+    """SVHN's format 2 (X: 32x32x3xN, y: 1-10 with 10 the digit 0), read without SciPy. The files in
+    tests/data/svhn were written by SciPy 1.17 (``scipy.io.savemat``: train compressed, test not), an
+    independent writer: train labels 10, 1, 7, test 3, 10; image i has a red band of value 200 + i along its
+    top rows and a blue band of 100 + i down its left columns."""
+    for spec, labels in ((SVHN, [0, 1, 7]), (f"{SVHN}:test", [3, 0]), (SVHN / "test_32x32.mat", [3, 0])):
+        src = open_source(spec)
+        assert list(src.labels) == labels and src.class_names == [str(d) for d in range(10)]
+        for i in range(len(labels)):
+            image = np.asarray(src.read(i))
+            assert image.shape == (32, 32, 3) and (image[:4, :, 0] == 200 + i).all() and image[4:, 4:].max() == 0
+            assert (image[:, :4, 2] == 100 + i).all()
+        assert reopen_source(src.spec).paths == src.paths
+    import h5py  # a -v7.3 file is HDF5 after a 512-byte header, each variable stored transposed
+    with h5py.File(tmp_path / "v73.mat", "w", userblock_size=512) as f:
+        f["X"], f["y"] = np.asarray(src.images).transpose(0, 3, 2, 1), np.array([[3, 10]], np.float64)
+    with open(tmp_path / "v73.mat", "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64")
+    v73 = open_source(tmp_path / "v73.mat")
+    assert list(v73.labels) == [3, 0] and np.array_equal(np.asarray(v73.read(1)), np.asarray(src.read(1)))
+    (tmp_path / "notes.mat").write_bytes(b"MATLAB 4 data" + b"\0" * 200)
+    with pytest.raises(HashindexError, match=r"notes.mat: not a MATLAB 5\+ .mat file"):
+        open_source(tmp_path / "notes.mat", "--data")
+    damaged = (SVHN / "train_32x32.mat").read_bytes()
+    (tmp_path / "cut.mat").write_bytes(damaged[:200])
+    with pytest.raises(HashindexError, match=r"cut.mat: a damaged .mat file"):
+        open_source(tmp_path / "cut.mat")
+    with pytest.raises(HashindexError, match=r"missing SVHN file 'train_32x32.mat'"):
+        (tmp_path / "svhn").mkdir()
+        (tmp_path / "svhn" / "test_32x32.mat").write_bytes((SVHN / "test_32x32.mat").read_bytes())
+        open_source(tmp_path / "svhn")
 
 
 class _RunsCode:

@@ -99,7 +99,7 @@ def test_model_id_depends_on_weights(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(HashindexError, match="not a hashindex checkpoint"):
+    with pytest.raises(HashindexError, match=r"notes.pt: not a hashindex checkpoint \(not a file torch.save writes\)$"):
         read_checkpoint(text)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)

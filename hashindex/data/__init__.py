@@ -13,13 +13,13 @@ Supported (``open_source(spec)`` picks by what the path is):
     directly in the root are unlabelled (-1);
   * a tar / tar.gz of images (WebDataset-style), read in place, label = parent
     folder name of the member;
-  * a text / CSV list of ``path[,label]`` lines, or a Caffe list of ``path label``
-    lines (DLBHC's and SSDH's ``train-file.txt``);
+  * a text / CSV list of ``path[,label]`` lines, a Caffe list of ``path label``
+    lines (DLBHC's and SSDH's ``train-file.txt``) or a one-hot list (HashNet's);
   * MNIST / Fashion-MNIST IDX files (``DIR`` or ``DIR:test``);
-  * the official CIFAR-10 / CIFAR-100 python files and STL-10 binaries (``DIR`` or
-    ``DIR:test``);
+  * the official CIFAR-10 / CIFAR-100 python files, STL-10 binaries and SVHN .mat
+    files (``DIR`` or ``DIR:test``; a .mat file alone);
   * ``torchvision:cifar10[:test]``, ``torchvision:cifar100``, ``torchvision:stl10``,
-    ``torchvision:fashion-mnist``, ``torchvision:mnist``: downloaded through torchvision into the user's cache
+    ``torchvision:svhn``, ``torchvision:fashion-mnist``, ``torchvision:mnist``: downloaded through torchvision into the user's cache
     (for users on a connected machine; never used by the tests).
 """
 

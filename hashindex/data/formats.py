@@ -1,5 +1,5 @@
 """Collections stored as arrays: MNIST / Fashion-MNIST IDX files, CIFAR-10 / CIFAR-100 python batches,
-STL-10 binaries, torchvision sets.
+STL-10 binaries, SVHN's .mat files, torchvision sets.
 
 CIFAR batches are pickles; they are read with a restricted unpickler that
 builds only numpy arrays, lists, numbers and bytes, so a crafted file (or a
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HashindexError
+from .matlab import read_mat
 from .sources import ArraySource, ImageSource
 
 FASHION_MNIST_CLASSES = [
@@ -187,6 +188,33 @@ def stl10_source(directory: Path, split: str) -> ArraySource:
                        str(images_path))
 
 
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
+
+
+def is_svhn(path: Path) -> bool:
+    """SVHN's cropped-digit files: a ``.mat`` file, or a folder holding ``train_32x32.mat`` / ``test_32x32.mat``."""
+    if path.is_file():
+        return path.suffix.lower() == ".mat"
+    return any((path / SVHN_FILES[s]).is_file() for s in ("train", "test"))
+
+
+def svhn_source(path: Path, split: str) -> ArraySource:
+    """SVHN's format 2 (``X``: 32x32x3xN uint8, ``y``: labels 1-10, where 10 is the digit 0), from a folder
+    (``DIR`` / ``DIR:test``) or one ``.mat`` file (``extra_32x32.mat``). Read without SciPy (`read_mat`)."""
+    mat = path if path.is_file() else path / SVHN_FILES["test" if split == "test" else "train"]
+    if not mat.is_file():
+        raise HashindexError(f"{path}: missing SVHN file '{mat.name}'")
+    arrays = read_mat(mat, ("X", "y"))
+    images, labels = arrays["X"], arrays["y"].reshape(-1)
+    if images.ndim != 4 or images.shape[2] != 3 or images.dtype != np.uint8:
+        raise HashindexError(f"{mat}: expected X of HxWx3xN uint8 images (SVHN's format 2), got "
+                             f"{images.dtype} {images.shape}")
+    if len(labels) != images.shape[3] or (len(labels) and not 1 <= labels.min() <= labels.max() <= 10):
+        raise HashindexError(f"{mat}: expected {images.shape[3]} labels y from 1 to 10")
+    labels = labels.astype(np.int32) % 10  # SVHN labels the digit 0 as 10
+    return ArraySource(f"svhn {mat}", images.transpose(3, 0, 1, 2), labels, [str(d) for d in range(10)], str(mat))
+
+
 def _torchvision_source(name: str, split: str) -> ImageSource:
     """Download a standard set with torchvision into the cache (needs internet)."""
     import torchvision.datasets as tvd
@@ -203,10 +231,14 @@ def _torchvision_source(name: str, split: str) -> ImageSource:
         if name == "stl10":
             tvd.STL10(str(root), split=split, download=True)
             return stl10_source(root / "stl10_binary", split)
+        if name == "svhn":  # the file only: torchvision's SVHN class would load it with SciPy
+            url, filename, md5 = tvd.SVHN.split_list["test" if split == "test" else "train"]
+            tvd.utils.download_url(url, str(root / "svhn"), filename, md5)
+            return svhn_source(root / "svhn" / filename, split)
         cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
         ds = cls(str(root), train=train, download=True)
         return idx_source(Path(ds.raw_folder), split)
     except KeyError:
-        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, cifar100, stl10, mnist, fashion-mnist)") from None
+        raise HashindexError(f"torchvision:{name}: unknown set (cifar10, cifar100, stl10, svhn, mnist, fashion-mnist)") from None
     except (OSError, RuntimeError) as e:
         raise HashindexError(f"torchvision:{name}: download failed ({e}); pass a local path instead") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import HashindexError
 from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
-                      stl10_source)
+                      is_svhn, stl10_source, svhn_source)
 from .members import is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
@@ -20,7 +20,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                 follow_links: bool = False) -> ImageSource:
     """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
-    ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR or STL-10 folders
+    ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders
     (default train). ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). Raises HashindexError naming ``arg``
     if the spec is not a collection hashindex can read or holds no images.
@@ -47,7 +47,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a brace pattern of tars, "
-                             "a .txt/.csv list, IDX, CIFAR or STL-10 files, or an image file")
+                             "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else ""))
     return _non_empty(source, arg, spec)
@@ -88,6 +88,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
             return cifar100_source(path, split)
         if is_stl10(path):
             return stl10_source(path, split)
+        if is_svhn(path):
+            return svhn_source(path, split)
         folder = FolderSource(path, follow_links)
         if not folder.containers:
             return folder
@@ -95,6 +97,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path)
+    if path.is_file() and is_svhn(path):
+        return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
         text = read_list(path)  # read once: a list of shards or a list of images
         shards = shard_list(path, text)
