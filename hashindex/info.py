@@ -114,11 +114,11 @@ def describe_collection(spec: str) -> dict[str, Any]:
 
 
 def _names_a_collection(path: Path) -> bool:
-    """A file that is an image collection (a tar, a list, an image, SVHN's .mat) rather than a checkpoint."""
-    from .data.members import TAR_EXTENSIONS, is_image_name
-    from .data.lists import LIST_EXTENSIONS
+    """A file that is an image collection (a tar, a list, SVHN's .mat, one image) rather than a checkpoint."""
+    from .data.members import is_image_name
+    from .data.spec import names_a_collection
 
-    return path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS + (".mat",)) or is_image_name(path.name)
+    return names_a_collection(path) or is_image_name(path.name)
 
 
 def describe(path: str | Path) -> dict[str, Any]:

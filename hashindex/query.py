@@ -21,6 +21,7 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
     from .data import BadImage, FilesSource
+    from .data.spec import names_a_collection
     from .model import find_model_for, load_model
 
     hm = load_model(model if model else find_model_for(index.model_id), device)
@@ -32,9 +33,9 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
             arrays.append(src.read_array(i, hm.input_size, hm.channels))
         except BadImage as e:
             what = "no such file" if e.reason == "missing" else f"cannot be decoded ({e.reason})"
-            if Path(path).is_dir():
-                what = ("is a folder: pass its image files (a shell glob such as DIR/*.jpg), or extract it and "
-                        "pass queries=SHARD_DIR")
+            if names_a_collection(Path(path)):
+                what = (f"a collection of images, not one: search it as a batch job (queries={path} out=RESULTS) "
+                        "or pass its image files (a shell glob such as DIR/*.jpg)")
             raise HashindexError(f"IMAGE {path}: {what}") from None
     codes, feats = hm.encode(np.stack(arrays))
     return codes, index.query_vectors(feats)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("HASHINDEX_DATA", ROOT.parent / "shared" / "data"))
 CIFAR_TRAIN = DATA / "cifar10-jpeg" / "train.tar"
 CIFAR_TEST = DATA / "cifar10-jpeg" / "test.tar"
+SVHN = ROOT / "tests" / "data" / "svhn"  # two small SVHN .mat files written by SciPy (tests/test_data.py)
 MNIST_TEST = DATA / "mnist-png" / "test.tar"
 FASHION = DATA / "fashion-mnist"
 

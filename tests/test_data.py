@@ -3,7 +3,6 @@
 import gzip
 import pickle
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_s
                             to_mode)
 from hashindex.data.images import as_net_input
 from hashindex.service.params import upload_array
-from tests.conftest import (CIFAR_TEST, FASHION, MNIST_TEST, image_bytes, make_mixed_folder,
+from tests.conftest import (CIFAR_TEST, FASHION, MNIST_TEST, SVHN, image_bytes, make_mixed_folder,
                             make_tar, need)
 
 
@@ -211,9 +210,6 @@ def test_stl10_binaries(tmp_path):
     (d / "test_X.bin").write_bytes(b"\0" * 100)
     with pytest.raises(HashindexError, match=r"test_X.bin: not STL-10 images"):
         open_source(f"{d}:test")
-
-
-SVHN = Path(__file__).parent / "data" / "svhn"
 
 
 def test_svhn_mat_files(tmp_path):

@@ -14,7 +14,7 @@ from hashindex.metrics import hamming_distances
 from hashindex.index import build, pad_codes, padded_bytes
 from hashindex.index import Index
 from hashindex.batch import batch_search
-from tests.conftest import CIFAR_TEST, make_mixed_folder
+from tests.conftest import CIFAR_TEST, SVHN, make_mixed_folder
 
 QUERIES = slice(0, 10000, 97)  # 104 queries spread over the classes
 
@@ -151,7 +151,9 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
         ([str(broken), "--by-id", "1"], "incomplete index, missing"),
         ([str(flat_index), str(img), "--model", str(other)], "differs from the index's model"),
         ([str(flat_index), str(tmp_path / "imgs/cat/truncated.jpg"), "--model", str(tiny_model)], "cannot be decoded (truncated)"),
-        ([str(flat_index), str(tmp_path / "imgs"), "--model", str(tiny_model)], "is a folder: pass its image files"),
+        ([str(flat_index), str(tmp_path / "imgs"), "--model", str(tiny_model)],
+         f"imgs: a collection of images, not one: search it as a batch job (--queries {tmp_path / 'imgs'} --out RESULTS)"),
+        ([str(flat_index), str(SVHN / "test_32x32.mat"), "--model", str(tiny_model)], "a collection of images, not one"),
         ([str(flat_index), "--by-id", "1", "--k", "10001"], "holds only 10000 items"),
         ([str(flat_index), "--by-id", "123456"], "no item with this id"),
         ([str(flat_index), "--by-id", "1", "--k", "10", "--candidates", "5"], "at least --k"),

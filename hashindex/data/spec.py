@@ -108,6 +108,11 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
     return None
 
 
+def names_a_collection(path: Path) -> bool:
+    """``path`` is read as a collection of images (a folder, a tar, a list, SVHN's .mat), not as one image."""
+    return path.is_dir() or path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS + (".mat",))
+
+
 def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:
     if len(source) == 0:
         raise HashindexError(f"{arg}={spec}: holds no images")
