@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import autocast_for
+from .devices import autocast_for
 
 
 class WeightAverage:

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from .data import load_arrays, open_source
+from .devices import resolve_device
 from .errors import HashindexError
-from .model import (atomic_torch_save, compute_model_id, max_test_shift, net_from_checkpoint, read_checkpoint,
-                    resolve_device)
+from .model import atomic_torch_save, compute_model_id, max_test_shift, net_from_checkpoint, read_checkpoint
 from .training import check_new_checkpoint, val_accuracy
 
 

@@ -27,7 +27,6 @@ different models are never mixed.
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import autocast_for, precision_of, resolve_device
 from .errors import HashindexError
 from .files import atomic_path
 
@@ -172,55 +172,6 @@ def pack_codes(latent: np.ndarray) -> np.ndarray:
 def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of pack_codes: (N, bytes) uint8 -> (N, bits) uint8 of 0/1."""
     return np.unpackbits(codes, axis=1, count=bits, bitorder="little")
-
-
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU runs the net faster under bf16 autocast than in float32.
-
-    oneDNN has bf16 convolution kernels from AVX-512 up; below that autocast falls back to slow
-    generic code. Measured (docs/RESULTS.md, 2 threads): an AVX-512 Xeon trains 2.0x faster in bf16
-    (tools/bench_train.py); an AVX2-only EPYC trains 9x slower (6.0 vs 55.3 img/s, the same tool) and
-    encodes the default model 6x slower (17.8 vs 102.4 img/s, tools/bench_extract.py --precisions).
-    """
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def uses_bf16(device: torch.device, bf16: bool | None) -> bool:
-    """Whether the trunk runs under bf16 autocast on ``device``.
-
-    bf16=False: never; True: wherever autocast supports it (CPU, CUDA with bf16); None (the
-    default everywhere): where it is also the faster choice (CUDA with bf16, AVX-512 CPUs).
-    """
-    if bf16 is False:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (bf16 is True or cpu_bf16_is_fast())
-
-
-def precision_of(device: torch.device, bf16: bool | None) -> str:
-    """How the trunk runs on ``device``: "bfloat16" (autocast) or "float32" (see uses_bf16)."""
-    return "bfloat16" if uses_bf16(device, bf16) else "float32"
-
-
-def autocast_for(device: torch.device, bf16: bool | None):
-    """bf16 autocast where asked for and supported; a no-op context otherwise."""
-    if uses_bf16(device, bf16):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def resolve_device(device: str) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto'; a one-line error if CUDA is asked for but absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise HashindexError(f"device={device}: expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HashindexError(f"device={device}: CUDA is not available on this machine (use device=cpu)")
-    return dev
 
 
 @dataclass

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from .distill import distill_loss
 from .errors import HashindexError
-from .model import NINHash, autocast_for
+from .devices import autocast_for
+from .model import NINHash
 
 
 @dataclass
@@ -47,7 +48,7 @@ class TrainConfig:
     val_every: int | None = None  # hold out every n-th image of data for validation
     follow_links: bool = False  # read symlinks that lead out of a folder (counted skips otherwise)
     device: str = "cpu"
-    bf16: bool | None = None  # bf16 autocast: None where faster (model.uses_bf16), True/False force it
+    bf16: bool | None = None  # bf16 autocast: None where faster (devices.uses_bf16), True/False force it
     workers: int = 2
     seed: int = 0
     init: str | None = None  # checkpoint path or shipped name to fine-tune from

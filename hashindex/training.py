@@ -41,8 +41,8 @@ from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
-from .model import (NINHash, atomic_torch_save, autocast_for, build_meta, pack_codes, precision_of, read_checkpoint,
-                    resolve_device)
+from .devices import autocast_for, precision_of, resolve_device
+from .model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint
 from .recipe import TrainConfig, augment, check_config, run_epoch
 
 

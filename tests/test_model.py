@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hashindex import HashindexError, load_model
-from hashindex.model import (NINHash, atomic_torch_save, build_meta, cpu_bf16_is_fast, pack_codes,
-                             read_checkpoint, unpack_codes, uses_bf16)
+from hashindex.devices import cpu_bf16_is_fast, uses_bf16
+from hashindex.model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [12, 16, 24, 32, 48, 64])

@@ -28,7 +28,8 @@ from PIL import Image
 
 from hashindex.data import load_arrays, open_source
 from hashindex.data.prepared import prepare
-from hashindex.model import NINHash, autocast_for
+from hashindex.devices import autocast_for
+from hashindex.model import NINHash
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

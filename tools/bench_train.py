@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hashindex.model import NINHash, autocast_for
+from hashindex.devices import autocast_for
+from hashindex.model import NINHash
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg"
 

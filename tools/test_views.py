@@ -15,7 +15,8 @@ import json
 import torch
 
 from hashindex.data import load_arrays, open_source
-from hashindex.model import autocast_for, net_from_checkpoint, read_checkpoint, shift_images
+from hashindex.devices import autocast_for
+from hashindex.model import net_from_checkpoint, read_checkpoint, shift_images
 
 
 def _diag(s: int) -> list[tuple[int, int]]:
