@@ -232,6 +232,10 @@ def test_svhn_mat_files(tmp_path):
         f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64")
     v73 = open_source(tmp_path / "v73.mat")
     assert list(v73.labels) == [3, 0] and np.array_equal(np.asarray(v73.read(1)), np.asarray(src.read(1)))
+    with h5py.File(tmp_path / "no-y.mat", "w", userblock_size=512) as f:
+        f["X"] = np.asarray(src.images).transpose(0, 3, 2, 1)
+    with pytest.raises(HashindexError, match=r"no-y.mat: no numeric variable 'y' \(expected X, y\)"):
+        open_source(tmp_path / "no-y.mat")
     (tmp_path / "notes.mat").write_bytes(b"MATLAB 4 data" + b"\0" * 200)
     with pytest.raises(HashindexError, match=r"notes.mat: not a MATLAB 5\+ .mat file"):
         open_source(tmp_path / "notes.mat", "--data")

@@ -45,7 +45,7 @@ def read_mat(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise HashindexError(f"{path}: a damaged .mat file ({e})") from None
     missing = [n for n in names if n not in found]
     if missing:
-        raise HashindexError(f"{path}: no numeric variable '{missing[0]}' (found: {', '.join(sorted(found)) or 'none'})")
+        raise HashindexError(f"{path}: no numeric variable '{missing[0]}' (expected {', '.join(names)})")
     return found
 
 
