@@ -3,6 +3,7 @@
 import gzip
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +248,27 @@ def test_svhn_mat_files(tmp_path):
         (tmp_path / "svhn").mkdir()
         (tmp_path / "svhn" / "test_32x32.mat").write_bytes((SVHN / "test_32x32.mat").read_bytes())
         open_source(tmp_path / "svhn")
+
+
+def test_torchvision_svhn_reads_the_downloaded_file(tmp_path, monkeypatch):
+    """torchvision:svhn[:test] fetches SVHN's file with torchvision's downloader (here a copy of the test file:
+    no network) into the cache and reads it without SciPy, which torchvision's SVHN class would need."""
+    import shutil
+
+    import torchvision.datasets.utils as tvu
+
+    fetched = []
+
+    def download(url, root, filename, md5):
+        fetched.append((url, filename))
+        Path(root).mkdir(parents=True, exist_ok=True)
+        shutil.copy(SVHN / filename, Path(root) / filename)
+
+    monkeypatch.setattr("hashindex.data.formats.DEFAULT_CACHE", tmp_path)
+    monkeypatch.setattr(tvu, "download_url", download)
+    src = open_source("torchvision:svhn:test")
+    assert list(src.labels) == [3, 0] and fetched == [(fetched[0][0], "test_32x32.mat")]
+    assert fetched[0][0].startswith("http") and (tmp_path / "torchvision" / "svhn" / "test_32x32.mat").is_file()
 
 
 class _RunsCode:
