@@ -48,29 +48,40 @@ def caffe_rows(text: str) -> list[tuple[int, list[str]]] | None:
     return [(n, [m.group(1), m.group(2)]) for m, (n, _) in zip(matches, lines)]
 
 
-_ONE_HOT_LINE = re.compile(r"(\S.*?)((?:\s+[01]){2,})\s*$")
+_BITS = ("0", "1")
+_BIT_SET = frozenset(_BITS)
+
+
+def _trailing_bits(line: str) -> int:
+    """How many 0/1 columns end ``line``."""
+    tokens = line.split()
+    n = 0
+    while n < len(tokens) - 1 and tokens[-1 - n] in _BITS:
+        n += 1
+    return n
 
 
 def one_hot_rows(text: str, where: str) -> list[tuple[int, list[str]]] | None:
     """The entries of a one-hot list (``path`` then one 0/1 column per class, space-separated: the lists of
     HashNet and DeepHash-pytorch), as ``[path, class index]`` ('' for a row of zeros: unlabelled), or None
-    when ``text`` is not one. Decided for the whole file: every entry ends in at least two 0/1 columns, the
-    same number on every line, and none holds a comma. A row with several 1s (NUS-WIDE, COCO) is refused:
-    training and evaluation here take one class per image."""
+    when ``text`` is not one. Decided for the whole file: every entry ends in the same number (at least two) of
+    0/1 columns and none holds a comma. A row with several 1s (NUS-WIDE, COCO) is refused: training and
+    evaluation here take one class per image."""
     lines = _data_lines(text)
-    matches = [_ONE_HOT_LINE.match(line) for _, line in lines]
-    if not lines or any(m is None or "," in line for m, (_, line) in zip(matches, lines)):
-        return None
-    columns = [m.group(2).split() for m in matches]
-    if len({len(c) for c in columns}) != 1:
+    width = _trailing_bits(lines[0][1]) if lines else 0
+    if width < 2:
         return None
     rows = []
-    for m, (n, _), cols in zip(matches, lines, columns):
-        ones = [i for i, c in enumerate(cols) if c == "1"]
-        if len(ones) > 1:
-            raise HashindexError(f"{where}:{n}: {len(ones)} of {len(cols)} classes set: a multi-label list "
+    for n, line in lines:
+        # split from the right: 1.0 s for ImageNet-100's 130,000 lines of 100 columns, 2.9 s with a regex
+        head, *cols = line.rsplit(None, width)
+        if "," in line or len(cols) != width or not _BIT_SET.issuperset(cols) or head.split()[-1] in _BITS:
+            return None
+        ones = cols.count("1")
+        if ones > 1:
+            raise HashindexError(f"{where}:{n}: {ones} of {width} classes set: a multi-label list "
                                  "(expected one 1 per line; hashindex trains and evaluates one class per image)")
-        rows.append((n, [m.group(1), str(ones[0]) if ones else ""]))
+        rows.append((n, [head.strip(), str(cols.index("1")) if ones else ""]))
     return rows
 
 
