@@ -61,6 +61,9 @@ def test_info_describes_a_collection_before_extracting_it(tmp_path):
     assert got["labels"]["unlabelled"] == 1
     text = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs")]).output
     assert "kind: images" in text and "... (5 more; --json for all)}" in text
+    from hashindex.cli.search_cmds import _shortened
+
+    assert _shortened(0.3375632811832428) == 0.3376 and _shortened(12) == 12  # floats to 4 decimals in text
     with tarfile.open(tmp_path / "photos.tar", "w") as tar:
         tar.add(tmp_path / "imgs" / "cat", arcname="cat")
     got = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "photos.tar"), "--json"]).output)

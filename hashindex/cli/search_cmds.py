@@ -311,7 +311,10 @@ def info(path, as_json):
 
 
 def _shortened(value: object, most: int = 12) -> object:
-    """A long dict or list (a thousand classes) cut to its first ``most`` entries for the terminal."""
+    """A long dict or list (a thousand classes) cut to its first ``most`` entries for the terminal; a float
+    to 4 decimals (--json keeps every digit)."""
+    if isinstance(value, float):
+        return round(value, 4)
     if isinstance(value, (dict, list)) and len(value) > most:
         head = dict(list(value.items())[:most]) if isinstance(value, dict) else value[:most]
         return f"{str(head)[:-1]}, ... ({len(value) - most:,} more; --json for all){str(head)[-1]}"
