@@ -188,14 +188,14 @@ def stl10_source(directory: Path, split: str) -> ArraySource:
                        str(images_path))
 
 
-SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}  # extra_32x32.mat: name the file
 
 
 def is_svhn(path: Path) -> bool:
     """SVHN's cropped-digit files: a ``.mat`` file, or a folder holding ``train_32x32.mat`` / ``test_32x32.mat``."""
     if path.is_file():
         return path.suffix.lower() == ".mat"
-    return any((path / SVHN_FILES[s]).is_file() for s in ("train", "test"))
+    return any((path / name).is_file() for name in SVHN_FILES.values())
 
 
 def svhn_source(path: Path, split: str) -> ArraySource:

@@ -110,7 +110,7 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
 
 def names_a_collection(path: Path) -> bool:
     """``path`` is read as a collection of images (a folder, a tar, a list, SVHN's .mat), not as one image."""
-    return path.is_dir() or path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS + (".mat",))
+    return path.is_dir() or path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS) or is_svhn(path)
 
 
 def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:
