@@ -225,7 +225,7 @@ def test_svhn_mat_files(tmp_path):
             image = np.asarray(src.read(i))
             assert image.shape == (32, 32, 3) and (image[:4, :, 0] == 200 + i).all() and image[4:, 4:].max() == 0
             assert (image[:, :4, 2] == 100 + i).all()
-        assert reopen_source(src.spec).paths == src.paths
+        assert reopen_source(src.spec).paths == src.paths and src.spec.endswith(("svhn:train", "svhn:test", ".mat"))
     import h5py  # a -v7.3 file is HDF5 after a 512-byte header, each variable stored transposed
     with h5py.File(tmp_path / "v73.mat", "w", userblock_size=512) as f:
         f["X"], f["y"] = np.asarray(src.images).transpose(0, 3, 2, 1), np.array([[3, 10]], np.float64)

@@ -48,7 +48,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a brace pattern of tars, "
                              "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
-    source.spec = (str(path.resolve()) + (f":{split or 'train'}" if isinstance(source, ArraySource) else "")
+    split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)
+    source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else ""))
     return _non_empty(source, arg, spec)
 
