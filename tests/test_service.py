@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from hashindex import ShardSet
 from hashindex.index import build
 from hashindex.query import query
 from tests.conftest import CIFAR_TEST, need
@@ -138,28 +139,87 @@ def test_a_bug_fails_one_request_and_the_service_goes_on(service, monkeypatch):
     assert client.get("/search", params={"id": 5}).status_code == 200
 
 
-def test_sigterm_is_a_graceful_stop(flat_index, tiny_model):
-    proc = subprocess.Popen([sys.executable, "-m", "hashindex", "serve", str(flat_index), "--model", str(tiny_model),
+def _serve(index, model) -> tuple[subprocess.Popen, str]:
+    """`hashindex serve INDEX` in its own process, on a free port: (process, base URL) once it answers."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "hashindex", "serve", str(index), "--model", str(model),
                              "--port", "0"], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if m:
+            url = f"http://127.0.0.1:{m.group(1)}"
+            break
+    else:
+        proc.kill()
+        raise AssertionError("the service did not say where it listens")
+    for _ in range(50):  # uvicorn listens a moment after the line
+        try:
+            httpx.get(url + "/health", timeout=5)
+            break
+        except httpx.ConnectError:
+            time.sleep(0.1)
+    return proc, url
+
+
+def test_sigterm_is_a_graceful_stop(flat_index, tiny_model):
+    proc, url = _serve(flat_index, tiny_model)
     try:
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, "the service did not say where it listens"
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            for _ in range(50):  # uvicorn listens a moment after the line
-                try:
-                    assert client.get("/health").status_code == 200
-                    break
-                except httpx.ConnectError:
-                    import time
-                    time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/health").status_code == 200
             assert client.get("/search", params={"id": 3}).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sighup_serves_what_build_append_grew(flat_index, tiny_model, tmp_path):
+    """SIGHUP reopens the index from disk: items appended while serving are found afterwards, searches go on
+    throughout; a reload that fails (a broken index on disk) keeps serving what was open and counts it."""
+    import shutil
+    import time
+
+    from hashindex.extraction import extract
+    from hashindex.index import append
+
+    index = tmp_path / "index"
+    shutil.copytree(flat_index, index)
+    quiet = {"progress": False, "log": lambda m: None}
+    extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "new", limit=40, id_offset=10000, **quiet)
+    new_id = int(ShardSet(tmp_path / "new").load(("ids",))["ids"][5])
+    proc, url = _serve(index, tiny_model)
+
+    def items(client) -> int:
+        return client.get("/health").json()["indexes"]["index"]
+
+    def after_sighup(client, until) -> None:
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(300):
+            if until():
+                return
+            assert client.get("/search", params={"id": 3}).status_code == 200  # served during the reload
+            time.sleep(0.1)
+        raise AssertionError("no reload within 30 s")
+
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert items(client) == 10000 and client.get("/search", params={"id": new_id}).status_code == 404
+            append(tmp_path / "new", index, **quiet)
+            assert items(client) == 10000  # still the index it opened
+            after_sighup(client, lambda: items(client) == 10040)
+            found = client.get("/search", params={"id": new_id, "k": 3}).json()
+            assert new_id in [r["id"] for r in found["results"]]  # (beside the indexed image it copies)
+            assert 'hashindex_reloads_total{result="ok"} 1' in client.get("/metrics").text
+            (index / "index.json").write_text("{")  # a broken index on disk
+            after_sighup(client, lambda: 'hashindex_reloads_total{result="failed"} 1' in client.get("/metrics").text)
+            assert items(client) == 10040 and client.get("/search", params={"id": new_id}).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read()
+        assert "reloaded: index (10,040 items)" in err and "reload failed, still serving" in err
+        assert "Traceback" not in err and "destroyed" not in err, err
     finally:
         proc.kill()
         proc.wait()

@@ -231,7 +231,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind):
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
     folder); the first also answers /search and /batch. API docs at /docs; /health; /metrics (Prometheus).
-    SIGTERM or Ctrl-C stops it after the searches in flight.
+    SIGTERM or Ctrl-C stops it after the searches in flight; SIGHUP reopens the indexes from disk (after
+    build --append) without dropping a request (the asgi server).
 
     \b
     Example:
@@ -256,7 +257,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind):
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     click.echo(f"serving {len(indexes)} index(es) at http://{bound_host}:{bound_port}/ (docs: /docs); "
-               "Ctrl-C or SIGTERM to stop", err=True)
+               "Ctrl-C or SIGTERM to stop, SIGHUP to reload the indexes", err=True)
     import signal
 
     # uvicorn stops gracefully on SIGTERM / SIGINT (no new connections, searches in flight finish), then

@@ -10,6 +10,10 @@
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
 
+SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
+what `build --append` grew is served from then on; searches already handed to the old engines finish there. A
+reload that fails (a broken index on disk) keeps serving what was open and says why on stderr.
+
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
 400 (bad request), 404 (no such id, index or endpoint), 408 (the client stopped sending), 411 (no length),
 413 (body over the cap), 503 (a search outlasted the request timeout), 500 (a bug: that request fails, the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from typing import Any
 
@@ -37,6 +42,7 @@ from .params import MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_par
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
+RETIRE_AFTER_S = REQUEST_TIMEOUT_S + 5  # an engine replaced by a reload serves what it was handed this long
 SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d} for n, t, d in (
     ("k", "integer", "results per query (1-1000, default 10)"),
     ("candidates", "integer", "re-ranked pool (default: the index's read budget)"),
@@ -121,15 +127,24 @@ def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAP
         raise HashindexError("engines={}: serve at least one index")
     default = default or next(iter(engines))
     metrics = Metrics()
+    reload, retire_now = _reloader(engines, metrics)
 
     async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+            pass  # no SIGHUP here (Windows), or not the main thread (a server a test runs in a thread)
         yield
-        for engine in engines.values():  # graceful: queued searches finish, then the batchers stop
-            await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        if hasattr(signal, "SIGHUP"):
+            loop.remove_signal_handler(signal.SIGHUP)
+        for engine in [*engines.values(), *retire_now()]:  # graceful: queued searches finish, then the batchers stop
+            await loop.run_in_executor(None, engine.close)
 
     app = FastAPI(title="hashindex", version=__version__, lifespan=lifespan,
                   description="Image search over learned binary hash codes (see `hashindex serve --help`).")
     _errors(app)
+    app.state.reload = reload
 
     def engine_named(name: str) -> Engine:
         if name not in engines:
@@ -176,6 +191,48 @@ def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAP
         return await _batch(engine_named(name), request)
 
     return BodyLimit(Timing(app, metrics))
+
+
+def _reloader(engines: dict[str, Engine], metrics: Metrics):
+    """(``reload()``, ``retire_now()``). ``reload`` reopens every engine from disk, then swaps the new ones into
+    ``engines`` (all or none) and returns whether it did; the old ones answer what they were handed and are
+    closed RETIRE_AFTER_S later. ``retire_now`` (at shutdown) stops those waits and gives the engines to close."""
+    lock = asyncio.Lock()
+    retiring: dict[asyncio.Task, list[Engine]] = {}
+
+    async def retire(old: list[Engine]) -> None:
+        await asyncio.sleep(RETIRE_AFTER_S)  # a request may hold an old engine until its timeout
+        for engine in old:
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
+
+    def retire_now() -> list[Engine]:
+        for task in retiring:
+            task.cancel()
+        return [engine for old in retiring.values() for engine in old]
+
+    async def reload() -> bool:
+        loop = asyncio.get_running_loop()
+        async with lock:
+            fresh: dict[str, Engine] = {}
+            try:
+                for name, engine in engines.items():
+                    fresh[name] = await loop.run_in_executor(None, engine.reopen)
+            except Exception as e:  # a broken index on disk: go on serving what is open
+                for engine in fresh.values():
+                    await loop.run_in_executor(None, engine.close)
+                metrics.reloads["failed"] += 1
+                log.error("reload failed, still serving the indexes opened before: %s", str(e).splitlines()[0])
+                return False
+            old = list(engines.values())
+            engines.update(fresh)
+            metrics.reloads["ok"] += 1
+            log.warning("reloaded: %s", ", ".join(f"{n} ({e.index.count:,} items)" for n, e in fresh.items()))
+            task = asyncio.ensure_future(retire(old))
+            retiring[task] = old
+            task.add_done_callback(lambda t: retiring.pop(t, None))
+            return True
+
+    return reload, retire_now
 
 
 def _errors(app: FastAPI) -> None:

@@ -46,7 +46,7 @@ class Engine(Served):
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu", *,
                  name: str | None = None, max_batch: int = 64, decode_workers: int = 2):
         super().__init__(index_dir, model, device, name)
-        self.max_batch = max_batch
+        self.max_batch, self.decode_workers = max_batch, decode_workers
         self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix=f"decode-{self.name}")
         self.batch_sizes: Counter[int] = Counter()  # batches answered, by size (for /metrics; at most max_batch keys)
         self._queue: queue.Queue[Query | None] = queue.Queue()
@@ -57,6 +57,15 @@ class Engine(Served):
         """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError)."""
         self._queue.put(query)
         return query.future
+
+    def reopen(self) -> "Engine":
+        """A new engine over the same index directory, model and options, as they are on disk now (after
+        `build --append` swapped a grown index in, say); its batch counts for /metrics go on from this one's."""
+        index_dir, model, device = self.opened_with
+        fresh = Engine(index_dir, model, device, name=self.name, max_batch=self.max_batch,
+                       decode_workers=self.decode_workers)
+        fresh.batch_sizes = self.batch_sizes
+        return fresh
 
     def close(self) -> None:
         """Finish what is queued, then stop the batcher (graceful shutdown)."""

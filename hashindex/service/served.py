@@ -18,6 +18,7 @@ class Served:
                  name: str | None = None):
         from ..model import find_model_for, load_model
 
+        self.opened_with = (str(index_dir), model, device)  # what a reload opens again
         self.index = Index.load(index_dir)
         self.model = load_model(model if model else find_model_for(self.index.model_id), device)
         self.index.check_model(self.model.model_id)
