@@ -398,6 +398,29 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.array_equal(open_source(tmp_path / "odd").read_array(0, 32, 3), plain)
 
 
+def test_heic_photos_are_read(tmp_path, monkeypatch):
+    """HEIC, the format phones store photos in, is read through pillow-heif (the heif extra; the tests install
+    it) in folders, uploads and the Python API; without pillow-heif a .heic file is skipped with a reason that
+    says what to install, never silently."""
+    from hashindex.data import members
+
+    picture = np.zeros((40, 24, 3), np.uint8)
+    picture[:20] = 255  # white top half
+    (tmp_path / "flowers").mkdir()
+    Image.fromarray(picture).save(tmp_path / "flowers" / "IMG_0001.HEIC", format="HEIF", quality=95)
+    Image.fromarray(picture).save(tmp_path / "flowers" / "plain.png")
+    src = open_source(tmp_path)
+    heic, plain = (src.read_array(src.paths.index(f"flowers/{n}"), 32, 3) for n in ("IMG_0001.HEIC", "plain.png"))
+    assert src.read(src.paths.index("flowers/IMG_0001.HEIC")).size == (24, 40) and src.class_names == ["flowers"]
+    assert np.abs(heic.astype(int) - plain).mean() < 8 and heic[:, :12].min() > 200 and heic[:, 20:].max() < 60
+    assert np.array_equal(upload_array((tmp_path / "flowers" / "IMG_0001.HEIC").read_bytes(), 32, 3), heic)
+    assert np.array_equal(as_net_input(Image.open(tmp_path / "flowers" / "IMG_0001.HEIC"), 32, 3)[0], heic)
+    without = members.image_extensions() - set(members.HEIF_EXTENSIONS)
+    monkeypatch.setattr(members, "image_extensions", lambda: without)  # as if pillow-heif were not installed
+    images, _, unread = members.group_members(["a/IMG_0002.heic", "a/b.jpg", "a/notes.txt"])
+    assert images == ["a/b.jpg"] and unread == {"a/IMG_0002.heic": "needs-pillow-heif", "a/notes.txt": "not-an-image"}
+
+
 def test_decode_reasons():
     with pytest.raises(BadImage) as e:
         decode_image(b"")

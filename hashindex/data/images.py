@@ -10,12 +10,30 @@ import io
 import logging
 import warnings
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger("hashindex")
 ORIENTATION = 0x0112  # the EXIF orientation tag: 1 upright, 2-8 mirrored and/or rotated
+
+
+@lru_cache(maxsize=1)
+def register_optional_formats() -> bool:
+    """Teach Pillow the formats optional packages decode: HEIC / HEIF, the format phones store photos in,
+    through pillow-heif (``pip install 'hashindex[heif]'``; it applies the rotation a phone stores in the file
+    and clears the EXIF tag, so `upright` does not turn it twice). Runs when this module is imported, in every
+    process that decodes; True when HEIF files can be read."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+register_optional_formats()
 
 
 class BadImage(Exception):

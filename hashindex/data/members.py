@@ -22,17 +22,21 @@ from functools import lru_cache
 from PIL import Image
 
 from ..errors import HashindexError
+from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
 JSON_LABEL_KEYS = ("label", "cls", "class", "class_name", "category")  # tried in this order
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 # Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
 _NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
+HEIF_EXTENSIONS = (".heic", ".heif", ".hif")  # phones' photos: read with pillow-heif, else skipped saying so
 
 
 @lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
-    """Extensions (lower case, with the dot) of every format the installed Pillow can open."""
+    """Extensions (lower case, with the dot) of every format the installed Pillow can open (with the optional
+    decoders registered: HEIC through pillow-heif)."""
+    register_optional_formats()
     Image.init()
     return frozenset(ext for ext, fmt in Image.registered_extensions().items()
                      if fmt in Image.OPEN and fmt not in _NOT_IMAGES)
@@ -108,7 +112,7 @@ def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str
             continue
         key = sample_key(n)
         if key not in keys:
-            unread[n] = "not-an-image"
+            unread[n] = "needs-pillow-heif" if suffix(n) in HEIF_EXTENSIONS else "not-an-image"
         elif suffix(n) in LABEL_SIDECARS and (key not in sidecars or suffix(n) == ".cls"):
             sidecars[key] = n  # .cls wins over .json when a sample has both
     return images, sidecars, unread
