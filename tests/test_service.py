@@ -139,12 +139,12 @@ def test_a_bug_fails_one_request_and_the_service_goes_on(service, monkeypatch):
     assert client.get("/search", params={"id": 5}).status_code == 200
 
 
-def _serve(index, model) -> tuple[subprocess.Popen, str]:
+def _serve(index, model, *more: str) -> tuple[subprocess.Popen, str]:
     """`hashindex serve INDEX` in its own process, on a free port: (process, base URL) once it answers."""
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "hashindex", "serve", str(index), "--model", str(model),
-                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+                             "--port", "0", *more], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         if m:
@@ -220,6 +220,20 @@ def test_sighup_serves_what_build_append_grew(flat_index, tiny_model, tmp_path):
         err = proc.stderr.read()
         assert "reloaded: index (10,040 items)" in err and "reload failed, still serving" in err
         assert "Traceback" not in err and "destroyed" not in err, err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sighup_does_not_kill_the_basic_server(flat_index, tiny_model):
+    """The basic server has no reload; SIGHUP (whose default action is to end a process) says so, and it goes on."""
+    proc, url = _serve(flat_index, tiny_model, "--server", "basic")
+    try:
+        proc.send_signal(signal.SIGHUP)
+        assert any("the basic server does not reload" in proc.stderr.readline() for _ in range(5))  # after access logs
+        assert httpx.get(url + "/search", params={"id": 3}, timeout=60).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         proc.wait()

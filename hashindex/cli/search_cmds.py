@@ -282,6 +282,11 @@ def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log) 
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
                f"at http://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop", err=True)
+    import signal
+
+    if hasattr(signal, "SIGHUP"):  # the asgi server's reload signal must not kill this one (its default action)
+        signal.signal(signal.SIGHUP, lambda *_: click.echo("SIGHUP: the basic server does not reload its index; "
+                                                           "restart it (or serve with --server asgi)", err=True))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
