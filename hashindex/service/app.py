@@ -129,10 +129,17 @@ def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAP
     metrics = Metrics()
     reload, retire_now = _reloader(engines, metrics)
 
+    reloading: set[asyncio.Task] = set()  # asyncio holds tasks weakly: keep each reload until it is done
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
     async def lifespan(app):
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         except (AttributeError, NotImplementedError, RuntimeError, ValueError):
             pass  # no SIGHUP here (Windows), or not the main thread (a server a test runs in a thread)
         yield
@@ -144,7 +151,6 @@ def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAP
     app = FastAPI(title="hashindex", version=__version__, lifespan=lifespan,
                   description="Image search over learned binary hash codes (see `hashindex serve --help`).")
     _errors(app)
-    app.state.reload = reload
 
     def engine_named(name: str) -> Engine:
         if name not in engines:
