@@ -20,7 +20,7 @@ Supported (``open_source(spec)`` picks by what the path is):
     files (``DIR`` or ``DIR:test``; a .mat file alone);
   * ``torchvision:cifar10[:test]``, ``torchvision:cifar100``, ``torchvision:stl10``,
     ``torchvision:svhn``, ``torchvision:fashion-mnist``, ``torchvision:mnist``: downloaded through torchvision into the user's cache
-    (for users on a connected machine; never used by the tests).
+    (for users on a connected machine; the tests never download).
 """
 
 from .formats import cifar_source, idx_source, read_idx
