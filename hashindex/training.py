@@ -38,10 +38,10 @@ import torch
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
+from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .metrics import code_statistics, mean_average_precision
-from .devices import autocast_for, precision_of, resolve_device
 from .model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint
 from .recipe import TrainConfig, augment, check_config, run_epoch
 

@@ -98,7 +98,7 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path)
-    if path.is_file() and is_svhn(path):
+    if is_svhn(path):  # a .mat file (folders were decided above)
         return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
         text = read_list(path)  # read once: a list of shards or a list of images
