@@ -2,7 +2,8 @@
 
 Used by `hashindex eval` (hashindex.evaluation), by training (final mAP), by
 `build`'s choice of re-ranking signal and by the tools. Conventions:
-  * relevance = same class label;
+  * relevance = same class label; with label sets ((N, C) bool, one column per class: multi-label sets such
+    as NUS-WIDE and MS-COCO), a shared label (the HashNet / DeepHash-pytorch protocol);
   * Hamming ranking over the whole database, ties broken by database order
     (index position; a stable sort): the headline mAP, deterministic and
     reproducible from the codes and labels alone;
@@ -94,15 +95,37 @@ def average_precision(rel: np.ndarray, at: int | None = None) -> np.ndarray:
     return np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
 
 
+class Relevance:
+    """Which database items are relevant to which queries: the same class (labels (N,) int, -1 unlabelled,
+    never relevant) or a shared label (label sets (N, C) bool; a row of zeros is unlabelled)."""
+
+    def __init__(self, q_labels: np.ndarray, db_labels: np.ndarray):
+        if q_labels.ndim != db_labels.ndim or (q_labels.ndim == 2 and q_labels.shape[1] != db_labels.shape[1]):
+            raise ValueError(f"query labels {q_labels.shape} and database labels {db_labels.shape} differ in kind")
+        self.sets = q_labels.ndim == 2
+        # sets: one float32 product per chunk ((64, C) @ (C, N)) beats a bool broadcast of (64, N, C)
+        self.q = q_labels.astype(np.float32) if self.sets else q_labels
+        self.db = np.ascontiguousarray(db_labels.T, dtype=np.float32) if self.sets else db_labels
+
+    def __call__(self, sl: slice, order: np.ndarray | None = None) -> np.ndarray:
+        """(q, n) bool: relevance of the database (in ``order``, per query, when given) to queries ``sl``."""
+        if self.sets:
+            rel = (self.q[sl] @ self.db) > 0
+            return rel if order is None else np.take_along_axis(rel, order, 1)
+        ranked = self.db[None, :] if order is None else self.db[order]
+        return ranked == self.q[sl, None]
+
+
 def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,
                            db_codes: np.ndarray, db_labels: np.ndarray,
                            at: int | None = None, chunk: int = 128) -> float:
-    """mAP of Hamming ranking (mAP@all, or mAP@at), ties in database order."""
+    """mAP of Hamming ranking (mAP@all, or mAP@at), ties in database order; labels or label sets."""
+    relevant = Relevance(query_labels, db_labels)
     aps = []
     for s in range(0, len(query_codes), chunk):
         d = hamming_distances(query_codes[s:s + chunk], db_codes)
         order = np.argsort(d, axis=1, kind="stable")
-        aps.append(average_precision(db_labels[order] == query_labels[s:s + chunk, None], at))
+        aps.append(average_precision(relevant(slice(s, s + chunk), order), at))
     return float(np.concatenate(aps).mean()) if aps else 0.0
 
 
@@ -184,7 +207,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
                     tie_cap: int | None = None, chunk: int = 64, progress: bool = False) -> dict[str, Any]:
-    """All metrics in one pass over the queries.
+    """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`).
 
     ``rerank(query_slice, positions) -> (q, m) float distances`` re-orders each
     query's pool when given: its first ``candidates`` items widened to the whole
@@ -201,12 +224,14 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     ap_tie, pk_tie_sum = [], np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
     pool_sum = 0
+    relevant = Relevance(q_labels, db_labels)
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
         order = np.argsort(d, axis=1, kind="stable")
-        hamming.add(db_labels[order] == q_labels[sl, None])
-        n, r = per_distance_counts(d, db_labels[None, :] == q_labels[sl, None], bits)
+        rel = relevant(sl)
+        hamming.add(np.take_along_axis(rel, order, 1))
+        n, r = per_distance_counts(d, rel, bits)
         ap_tie.append(tie_aware_ap(n, r, harmonic))
         pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
         n_le_all.append(np.cumsum(n, axis=1))
@@ -216,7 +241,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
             order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
                                         tie_cap or candidates)
             pool_sum += int(sizes.sum())
-            reranked.add(db_labels[order] == q_labels[sl, None])
+            reranked.add(np.take_along_axis(rel, order, 1))
     radius = min(radius, bits)
     within, curve = _radius_figures(np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel),
                                     radius, bits)
@@ -266,10 +291,12 @@ def rerank_order(order: np.ndarray, sorted_hamming: np.ndarray, distances, sl, c
 
 def per_class_map(q_labels: np.ndarray, ap: np.ndarray, ap_reranked: np.ndarray | None = None
                   ) -> list[dict[str, Any]]:
-    """mAP@all per query class (which classes the codes serve badly); query-weighted, they average to mAP."""
+    """mAP@all per query class (which classes the codes serve badly); query-weighted, they average to mAP.
+    With label sets a query counts in each class it has (the rows no longer average to mAP)."""
     rows = []
-    for label in np.unique(q_labels):
-        mine = q_labels == label
+    classes = np.flatnonzero(q_labels.any(axis=0)) if q_labels.ndim == 2 else np.unique(q_labels)
+    for label in classes:
+        mine = q_labels[:, label].astype(bool) if q_labels.ndim == 2 else q_labels == label
         row = {"label": int(label), "queries": int(mine.sum()), "map": float(ap[mine].mean())}
         if ap_reranked is not None:
             row["map_reranked"] = float(ap_reranked[mine].mean())

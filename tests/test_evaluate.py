@@ -107,6 +107,43 @@ def test_metrics_match_independent_numpy(cifar_shards):
     assert abs(sum(r["map"] * r["queries"] for r in per.values()) / len(ql) - m["hamming"]["map"]) < 1e-9
 
 
+def test_label_sets_score_a_shared_label_as_relevant():
+    """Multi-label sets (NUS-WIDE, COCO): relevant = at least one shared label; checked against a plain loop,
+    and a set of one label each scores exactly as the class labels do."""
+    rng = np.random.default_rng(7)
+    db_codes = rng.integers(0, 256, (300, 2), dtype=np.uint8)
+    q_codes = rng.integers(0, 256, (25, 2), dtype=np.uint8)
+    db_sets, q_sets = rng.random((300, 6)) < 0.25, rng.random((25, 6)) < 0.25
+    db_sets[:10] = False  # unlabelled items: never relevant
+    m = evaluate_arrays(q_codes, q_sets, db_codes, db_sets, 16, at=(50,), pk_max=20)
+    ref, ref50 = [], []
+    for qc, qs in zip(q_codes, q_sets):
+        d = np.unpackbits(qc[None] ^ db_codes, axis=1).sum(1)
+        order = np.argsort(d, kind="stable")
+        rel = np.array([bool((db_sets[i] & qs).any()) for i in order])
+        ref.append(_plain_ap(rel))
+        ref50.append(_plain_ap(rel[:50]))
+    assert abs(m["hamming"]["map"] - np.mean(ref)) < 1e-9 and abs(m["hamming"]["map@50"] - np.mean(ref50)) < 1e-9
+    per = {row["label"]: row for row in m["per_class"]}  # a query counts in each of its classes
+    assert sorted(per) == np.flatnonzero(q_sets.any(0)).tolist()
+    for c, row in per.items():
+        assert row["queries"] == int(q_sets[:, c].sum())
+        assert abs(row["map"] - np.mean([a for a, qs in zip(ref, q_sets) if qs[c]])) < 1e-9
+    labels, q_labels = rng.integers(0, 6, 300), rng.integers(0, 6, 25)
+    single = evaluate_arrays(q_codes, q_labels, db_codes, labels, 16, pk_max=20)
+    as_sets = evaluate_arrays(q_codes, np.eye(6, dtype=bool)[q_labels], db_codes, np.eye(6, dtype=bool)[labels], 16,
+                              pk_max=20)
+    for key in ("hamming", "precision_at_k", "precision_at_k_tie_aware", "radius2"):
+        assert single[key] == as_sets[key]
+    with pytest.raises(ValueError, match="differ in kind"):
+        evaluate_arrays(q_codes, q_labels, db_codes, db_sets, 16)
+
+
+def _plain_ap(rel: np.ndarray) -> float:
+    hits = np.cumsum(rel)
+    return float((hits / np.arange(1, len(rel) + 1))[rel].mean()) if rel.any() else 0.0
+
+
 def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny_model):
     runner = CliRunner()
     res = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--json",
