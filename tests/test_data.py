@@ -333,17 +333,26 @@ def test_caffe_image_list(tmp_path):
 
 def test_one_hot_image_list(tmp_path):
     """HashNet's and DeepHash-pytorch's lists ('path 0 0 1 0', one column per class) read as class indices; a
-    row of zeros is unlabelled; a multi-label row is a one-line error naming the line; a Caffe list stays one."""
+    row of zeros is unlabelled; a list with several 1s on a line is a multi-label set; a Caffe list stays one."""
     make_mixed_folder(tmp_path / "imgs")
     (tmp_path / "train.txt").write_text("imgs/cat/good.jpg 0 0 1 0\nimgs/dog/pic.bmp  1 0 0 0 \n"
                                         "imgs/cat/missing.jpg 0 0 0 0\n")
     src = open_source(tmp_path / "train.txt")
     assert src.paths == [f"{tmp_path}/imgs/cat/good.jpg", f"{tmp_path}/imgs/dog/pic.bmp",
                          f"{tmp_path}/imgs/cat/missing.jpg"]
-    assert list(src.labels) == [2, 0, -1] and src.class_names == []
-    (tmp_path / "multi.txt").write_text("imgs/cat/good.jpg 0 1 1 0\nimgs/dog/pic.bmp 1 0 0 0\n")
-    with pytest.raises(HashindexError, match=r"multi.txt:1: 2 of 4 classes set: a multi-label list"):
-        open_source(tmp_path / "multi.txt")
+    assert list(src.labels) == [2, 0, -1] and src.class_names == [] and not src.multi_label
+    (tmp_path / "multi.txt").write_text("imgs/cat/good.jpg 0 1 1 0\nimgs/dog/pic.bmp 1 0 0 0\n"
+                                        "imgs/cat/missing.jpg 0 0 0 0\n")
+    multi = open_source(tmp_path / "multi.txt")  # NUS-WIDE's and COCO's lists: label sets, one column per class
+    assert multi.multi_label and multi.class_names == ["0", "1", "2", "3"]
+    assert multi.label_sets.tolist() == [[False, True, True, False], [True, False, False, False], [False] * 4]
+    assert list(multi.labels) == [1, 0, -1]  # each item's first class: what reads one class per item
+    assert multi.targets() is multi.label_sets
+    sub = multi.subset(2)
+    assert sub.label_sets.tolist() == [multi.label_sets[0].tolist(), multi.label_sets[2].tolist()]
+    assert multi.fingerprint() != open_source(tmp_path / "train.txt").fingerprint()
+    multi.remap_labels(["3", "2", "1", "0", "4"])  # another vocabulary: the columns follow their names
+    assert multi.label_sets.tolist()[0] == [False, True, True, False, False] and list(multi.labels) == [2, 3, -1]
     (tmp_path / "caffe.txt").write_text("imgs/cat/good.jpg 1\nimgs/dog/pic.bmp 0\n")  # one column: Caffe's label
     assert list(open_source(tmp_path / "caffe.txt").labels) == [1, 0]
     (tmp_path / "ragged.txt").write_text("imgs/cat/good.jpg 0 1\nimgs/dog/pic.bmp 1 0 0\n")  # widths differ

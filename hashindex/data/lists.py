@@ -1,6 +1,7 @@
 """Image lists: a text/CSV file of ``path[,label]`` lines, a Caffe list of ``path label`` lines (the
 ``train-file.txt`` lists DLBHC's and SSDH's ``ImageData`` layers read), or a one-hot list of ``path 0 0 1 0``
-lines (HashNet's and DeepHash-pytorch's ``train.txt``)."""
+lines (HashNet's and DeepHash-pytorch's ``train.txt``; with several 1s on a line, the label sets of a
+multi-label set such as NUS-WIDE or MS-COCO)."""
 
 from __future__ import annotations
 
@@ -61,29 +62,27 @@ def _trailing_bits(line: str) -> int:
     return n
 
 
-def one_hot_rows(text: str, where: str) -> list[tuple[int, list[str]]] | None:
+def one_hot_rows(text: str, where: str) -> tuple[list[tuple[int, list[str]]], np.ndarray] | None:
     """The entries of a one-hot list (``path`` then one 0/1 column per class, space-separated: the lists of
-    HashNet and DeepHash-pytorch), as ``[path, class index]`` ('' for a row of zeros: unlabelled), or None
-    when ``text`` is not one. Decided for the whole file: every entry ends in the same number (at least two) of
-    0/1 columns and none holds a comma. A row with several 1s (NUS-WIDE, COCO) is refused: training and
-    evaluation here take one class per image."""
+    HashNet and DeepHash-pytorch), as ``[path, first class set]`` rows ('' for a row of zeros: unlabelled) and
+    the (N, classes) bool matrix of the columns; None when ``text`` is not one. Decided for the whole file:
+    every entry ends in the same number (at least two) of 0/1 columns and none holds a comma. Rows with several
+    1s are the label sets of a multi-label set (NUS-WIDE, MS-COCO)."""
     lines = _data_lines(text)
     width = _trailing_bits(lines[0][1]) if lines else 0
     if width < 2:
         return None
-    rows = []
+    rows, bits = [], []
     for n, line in lines:
         # split from the right: 1.4x a regex's speed on ImageNet-100's 130,000 lines of 100 columns
         # (tools/bench_lists.py, 2 cores idle: 0.72-0.77 s against 1.00-1.09 s)
         head, *cols = line.rsplit(None, width)
         if "," in line or len(cols) != width or not _BIT_SET.issuperset(cols) or head.split()[-1] in _BITS:
             return None
-        ones = cols.count("1")
-        if ones > 1:
-            raise HashindexError(f"{where}:{n}: {ones} of {width} classes set: a multi-label list "
-                                 "(expected one 1 per line; hashindex trains and evaluates one class per image)")
-        rows.append((n, [head.strip(), str(cols.index("1")) if ones else ""]))
-    return rows
+        rows.append((n, [head.strip(), str(cols.index("1")) if "1" in cols else ""]))
+        bits.append("".join(cols))
+    sets = np.frombuffer("".join(bits).encode("ascii"), np.uint8).reshape(len(rows), width) == ord("1")
+    return rows, sets
 
 
 class ListSource(FilesSource):
@@ -100,6 +99,7 @@ class ListSource(FilesSource):
         base = self.path.parent
         text = read_list(self.path) if text is None else text
         paths, raw = [], []
+        self._sets: np.ndarray | None = None
         for lineno, row in self._rows(text):
             if lineno == 1 and row[0].strip().lower() == "path":
                 continue
@@ -109,14 +109,24 @@ class ListSource(FilesSource):
             paths.append(p if os.path.isabs(p) else str(base / p))
             raw.append(row[1].strip() if len(row) == 2 else "")
         labels, names = self._parse_labels(raw)
-        super().__init__(paths, f"list {self.path}", labels, names)
+        sets = self._sets
+        if sets is not None and (sets.sum(axis=1) > 1).any():  # a multi-label list: classes are its columns
+            names = [str(c) for c in range(sets.shape[1])]
+            if len(sets) != len(paths):  # a header line was dropped
+                sets = sets[len(sets) - len(paths):]
+        else:
+            sets = None
+        super().__init__(paths, f"list {self.path}", labels, names, label_sets=sets)
 
     def _rows(self, text: str) -> list[tuple[int, list[str]]]:
         """(line number, fields) of each entry: a one-hot list's ``path`` and class index, a Caffe list's
         ``path label``, else CSV (tab-separated for .tsv)."""
         if self.path.suffix.lower() in (".txt", ".lst"):
-            spaced = one_hot_rows(text, str(self.path))
-            spaced = caffe_rows(text) if spaced is None else spaced
+            one_hot = one_hot_rows(text, str(self.path))
+            if one_hot is not None:
+                rows, self._sets = one_hot
+                return rows
+            spaced = caffe_rows(text)
             if spaced is not None:
                 return spaced
         delim = "\t" if self.path.suffix == ".tsv" else ","

@@ -77,7 +77,8 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
 def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,
                 progress: bool = True, skips: SkipLog | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode a whole source into memory: (uint8 N,C,H,W images, labels, ids).
+    """Decode a whole source into memory: (uint8 N,C,H,W images, targets (labels, or a multi-label source's
+    label sets), ids).
 
     Used for training, where 32x32 inputs make a 50,000-image set 150 MB and
     decoding once beats decoding every epoch on a 2-core machine.
@@ -87,7 +88,7 @@ def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,
     skips = skips if skips is not None else SkipLog()
     ready = source.preloaded(size, channels)
     if ready is not None:  # a prepared store: decoded once already (its skips were counted then)
-        return ready, source.labels, source.ids()
+        return ready, source.targets(), source.ids()
     ids = source.ids()
     out = np.empty((len(source), channels, size, size), dtype=np.uint8)
     keep = np.zeros(len(source), dtype=bool)
@@ -101,4 +102,4 @@ def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,
             skips.add(int(ids[pos]), source.paths[pos], reason)
         bar.update(len(positions) + len(bad))
     bar.close()
-    return out[keep], source.labels[keep], ids[keep]
+    return out[keep], source.targets()[keep], ids[keep]

@@ -6,14 +6,13 @@ image here). ``hashindex prepare`` pays it once: every later ``train`` / ``extra
 reads the arrays at disk speed. The arrays are exactly what `to_array` gives the net (whole image squashed
 to SIZE x SIZE, RGB or greyscale, bilinear), so training from the store equals training from the source.
 
-``PREP_DIR/``: ``images.h5`` (``images`` (n, C, S, S) uint8 contiguous, ``labels`` int32, ``ids`` int64,
-``paths`` UTF-8, ``skipped/{ids,paths,reasons}``) and ``prepared.json`` (what, from which source, counts,
-SHA-256 of images.h5). While it runs, rows are appended to raw files (``.images.partial``,
-``.positions.partial``) and ``.progress.json`` is rewritten atomically after every batch: a rerun after
-kill -9 cuts the raw files back to what the progress file vouches for and goes on. (An HDF5 file written in
-place is not resumable: a writer killed with it open leaves it flagged "already open for write", measured.)
-images.h5 is written from the raw rows in one pass, atomically, and checksummed (verified on read).
-"""
+``PREP_DIR/``: ``images.h5`` (``images`` (n, C, S, S) uint8 contiguous, ``labels`` int32 (and ``label_sets`` (n,
+classes) uint8 for a multi-label collection), ``ids`` int64, ``paths`` UTF-8, ``skipped/{ids,paths,reasons}``) and
+``prepared.json`` (what, from which source, counts, SHA-256 of images.h5). While it runs, rows are appended to raw
+files (``.images.partial``, ``.positions.partial``) and ``.progress.json`` is rewritten atomically after every
+batch: a rerun after kill -9 cuts the raw files back to what the progress file vouches for and goes on. (An HDF5
+file written in place is not resumable: a writer killed with it open leaves it flagged "already open for write",
+measured.) images.h5 is written from the raw rows in one pass, atomically, and checksummed (verified on read). """
 
 from __future__ import annotations
 
@@ -143,6 +142,8 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
         with h5py.File(tmp, "w", libver="latest") as f:
             f.create_dataset("images", data=raw)  # contiguous: memory-mappable, fast reads
             f.create_dataset("labels", data=data.labels[positions].astype(np.int32))
+            if data.label_sets is not None:  # a multi-label collection's label sets (n, classes)
+                f.create_dataset("label_sets", data=data.label_sets[positions].astype(np.uint8))
             f.create_dataset("ids", data=data.ids()[positions].astype(np.int64))
             f.create_dataset("paths", data=[encode_name(data.paths[p]) for p in positions],
                              dtype=h5py.string_dtype("utf-8"))
@@ -201,12 +202,13 @@ class PreparedSource(ImageSource):
         self.meta = read_meta(self.dir, arg)
         with h5py.File(self.dir / IMAGES, "r") as f:
             labels, self._ids = f["labels"][()], f["ids"][()]
+            sets = f["label_sets"][()].astype(bool) if "label_sets" in f else None
             paths = [decode_name(p.decode() if isinstance(p, bytes) else p) for p in f["paths"][()]]
         self.size, self.channels = self.meta["size"], self.meta["channels"]
         self._images: np.ndarray | None = None
         super().__init__(f"prepared {self.dir} ({self.meta['source']['description']} at {self.size} px)", paths,
                          labels.astype(np.int32), list(self.meta["class_names"]),
-                         greyscale=bool(self.meta.get("greyscale", self.channels == 1)))
+                         greyscale=bool(self.meta.get("greyscale", self.channels == 1)), label_sets=sets)
 
     def ids(self) -> np.ndarray:
         return self._ids + self.id_offset

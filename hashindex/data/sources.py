@@ -46,6 +46,18 @@ class ImageSource:
     spec: str | None = None  # how to reopen it (absolute path spec), set by open_source
     # items listed but never read, by position: (reason, detail); each is a counted skip
     unread: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # a multi-label source's label sets, (N, len(class_names)) bool; ``labels`` then holds each item's first
+    # class (-1 for none), so what reads one class per item still reads something true
+    label_sets: np.ndarray | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_sets is not None
+
+    def targets(self) -> np.ndarray:
+        """What training learns and relevance is judged on: the label sets of a multi-label source, else the
+        labels."""
+        return self.label_sets if self.label_sets is not None else self.labels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,6 +73,8 @@ class ImageSource:
         h.update("\n".join(self.paths).encode("utf-8", "surrogateescape"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int32).tobytes())
         h.update(np.ascontiguousarray(self.ids(), dtype=np.int64).tobytes())
+        if self.label_sets is not None:
+            h.update(np.packbits(self.label_sets, axis=1).tobytes())
         return h.hexdigest()[:16]
 
     def read(self, i: int) -> Image.Image:
@@ -119,6 +133,10 @@ class ImageSource:
             )
         lut = np.array([class_names.index(c) for c in self.class_names] + [-1], dtype=np.int32)
         self.labels = lut[self.labels]  # -1 indexes the trailing -1
+        if self.label_sets is not None:
+            sets = np.zeros((len(self.label_sets), len(class_names)), dtype=bool)
+            sets[:, lut[:-1]] = self.label_sets
+            self.label_sets = sets
         self.class_names = list(class_names)
 
 
@@ -133,6 +151,7 @@ class _Subset(ImageSource):
             class_names=parent.class_names,
             greyscale=parent.greyscale,
             spec=f"{parent.spec}#{how}" if parent.spec else None,
+            label_sets=parent.label_sets[pick] if parent.label_sets is not None else None,
         )
         self.parent, self.pick = parent, pick
 
@@ -357,10 +376,11 @@ class FilesSource(ImageSource):
     """Image files named one by one (e.g. the images given to ``hashindex query``)."""
 
     def __init__(self, paths: list[str], description: str | None = None,
-                 labels: np.ndarray | None = None, class_names: list[str] | None = None):
+                 labels: np.ndarray | None = None, class_names: list[str] | None = None,
+                 label_sets: np.ndarray | None = None):
         labels = np.full(len(paths), -1, np.int32) if labels is None else labels
         super().__init__(description or f"{len(paths)} image files", list(paths), labels,
-                         class_names or [])
+                         class_names or [], label_sets=label_sets)
 
     def read_bytes(self, i: int) -> bytes:
         return _read_file(Path(self.paths[i]))
