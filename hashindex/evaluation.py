@@ -18,12 +18,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays, format_code_statistics,
-                      pad_codes)
+from .metrics import (average_precision, class_name, code_statistics, common_kind, evaluate_arrays,
+                      format_code_statistics, one_hot_sets, pad_codes, relevant_items)
 
 
-PROTOCOL = ("relevance = same label; Hamming ranking over the whole database with ties in database "
-            "order (headline mAP and precision@k) and the tie-aware expectations beside them; mAP@k divides by the relevant "
+PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "
+            "database with ties in database order (headline mAP and precision@k) and the tie-aware expectations beside them; mAP@k divides by the relevant "
             "items in the top k; a query with no item within the radius counts precision 0; re-ranked = the ranking "
             "a query gets: the pool (whole tie groups) re-ordered by the index's signal, then Hamming order; "
             "served (approximate coarse indexes) = the top k the index's search returns, -1s counted not relevant")
@@ -45,7 +45,8 @@ def query_shard_dir(index, queries: str | Path, model: str | None = None, device
 def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
              candidates: int | str | None = None, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
              progress: bool = True, model: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Evaluate an index with labelled queries (relevance = same label).
+    """Evaluate an index with labelled queries (relevance = same label; a shared label where the queries or
+    the index carry label sets).
 
     ``index_dir``: an INDEX_DIR or an opened Index (a caller that also draws its results opens it once);
     ``queries_dir``: a shard directory, or an image source encoded on the fly with ``model`` on ``device``
@@ -61,7 +62,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
         shards = ShardSet(shard_dir, "queries")
         index.check_model(shards.model_id, f"queries={queries_dir}")
-        q = shards.load(("codes", "features", "labels"))
+        q = shards.load(("codes", "features") + shards.label_fields)
     if (q["labels"] < 0).all():
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")
@@ -70,6 +71,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
                              f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")
     db_codes = index.table_codes()
     keep = q["labels"] >= 0
+    q_targets, db_targets = common_targets(q, index)
     use_rerank = rerank and index.rerank is not None and q["features"] is not None
     vecs = index.query_vectors(q["features"][keep].astype(np.float32)) if use_rerank else None
     pool = min(index.count if candidates == "all" else (candidates or index.default_candidates), index.count)
@@ -77,7 +79,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     def rr(sl, pos):
         return index.float_distances(vecs[sl], pos, vectors=True)
 
-    out = evaluate_arrays(q["codes"][keep], q["labels"][keep], db_codes, index.labels, index.bits,
+    out = evaluate_arrays(q["codes"][keep], q_targets[keep], db_codes, db_targets, index.bits,
                           at=at, pk_max=pk_max, radius=radius, rerank=rr if use_rerank else None,
                           candidates=pool, tie_cap=max(TIE_CAP, pool), progress=progress)
     if use_rerank:
@@ -86,15 +88,27 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
         row["name"] = class_name(index.class_names, row["label"])
     if index.meta["binary"]["kind"] != "flat":
         out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
-                                       q["labels"][keep], db_codes, at, candidates=pool, rerank=use_rerank,
+                                       q_targets[keep], db_codes, at, candidates=pool, rerank=use_rerank,
                                        progress=progress)
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
+    if q_targets.ndim == 2:
+        out["relevance"] = "a shared label (label sets)"
     out["protocol"] = PROTOCOL
     out["index"] = str(index.dir)
     out["queries_dir"] = str(queries_dir)
     out["model_id"] = index.model_id
     return out
+
+
+def common_targets(q: dict[str, Any], index) -> tuple[np.ndarray, np.ndarray]:
+    """(query targets, database targets) of one kind: labels, or label sets when either side is multi-label
+    (the other side's labels become sets of one class: a single-label query of a multi-label collection is
+    relevant to the items that carry its class)."""
+    from .store import targets
+
+    classes = max(len(index.class_names), int(max(q["labels"].max(initial=-1), index.labels.max(initial=-1))) + 1)
+    return common_kind(targets(q), index.targets(), classes)
 
 
 SERVED_RECALL_AT = 10
@@ -120,6 +134,8 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     # the exact 10th distance from a flat scan, not a (chunk x collection) distance matrix: 256 queries of a
     # 10M-item collection would hold 2.5G distances
     pbytes = index.meta["binary"]["padded_bytes"]
+    db_targets = index.targets() if labels.ndim == index.targets().ndim else \
+        one_hot_sets(index.labels, labels.shape[1])
     exact = faiss.IndexBinaryFlat(pbytes * 8)
     exact.add(pad_codes(db_codes, pbytes))
     aps: dict[int, list[np.ndarray]] = {a: [] for a in at if a <= k}
@@ -128,7 +144,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
         sl = slice(s, s + chunk)
         res = index.search(codes[sl], features[sl] if features is not None else None, k=k,
                            candidates=candidates, rerank=rerank)
-        rel = (res.positions != MISSING) & (index.labels[np.maximum(res.positions, 0)] == labels[sl, None])
+        rel = (res.positions != MISSING) & relevant_items(labels[sl], db_targets, np.maximum(res.positions, 0))
         for a in aps:
             aps[a].append(average_precision(rel, a))
         p10.append(rel[:, :10].mean(axis=1))

@@ -73,6 +73,7 @@ def encode_range(model: HashModel, source: ImageSource, start: int, stop: int, f
         codes=np.concatenate(codes) if codes else np.zeros((0, model.code_bytes), np.uint8),
         features=feature_arr, ids=ids_all[pos], labels=source.labels[pos],
         paths=[source.paths[p] for p in pos], skipped=sorted(skipped),
+        label_sets=source.label_sets[pos] if source.label_sets is not None else None,
     )
 
 
@@ -176,6 +177,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
                    "fingerprint": source.fingerprint(), "spec": source.spec,
                    "id_offset": id_offset},
         "shard_size": shard_size, "shards_planned": n_shards, "precision": model.precision,
+        "multi_label": source.multi_label,
     }
     manifest = _open_or_start(out, expected, overwrite)
     remove_stale_temps(out)
@@ -190,7 +192,8 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
 def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Write skipped.txt and the summary line once every shard is done."""
     save_manifest(job.out, manifest)
-    write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict()}))
+    write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict(),
+                                         "multi_label": job.model.meta.get("multi_label", False)}))
     write_skipped(job.out, ShardSet.from_manifest(job.out, manifest).skipped())
     totals = manifest["totals"]
     log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "

@@ -116,6 +116,32 @@ class Relevance:
         return ranked == self.q[sl, None]
 
 
+def relevant_items(q_targets: np.ndarray, db_targets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(q, k) bool: whether the database items at ``positions`` (q, k) (valid positions) are relevant to each
+    query; labels or label sets, as `Relevance`."""
+    ranked = db_targets[positions]
+    if q_targets.ndim == 2:
+        return (ranked & q_targets[:, None, :].astype(bool)).any(axis=2)
+    return ranked == q_targets[:, None]
+
+
+def one_hot_sets(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Class labels (-1: none) as label sets (N, classes) bool: one class per item meets a multi-label one."""
+    sets = np.zeros((len(labels), classes), dtype=bool)
+    has = (labels >= 0) & (labels < classes)
+    sets[np.flatnonzero(has), labels[has]] = True
+    return sets
+
+
+def common_kind(q_targets: np.ndarray, db_targets: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query and database targets of one kind: as given when both are labels or both label sets, else both
+    label sets (a single-label query of a multi-label collection is relevant to the items holding its class)."""
+    if q_targets.ndim == db_targets.ndim:
+        return q_targets, db_targets
+    return (one_hot_sets(q_targets, classes) if q_targets.ndim == 1 else q_targets,
+            one_hot_sets(db_targets, classes) if db_targets.ndim == 1 else db_targets)
+
+
 def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,
                            db_codes: np.ndarray, db_labels: np.ndarray,
                            at: int | None = None, chunk: int = 128) -> float:
@@ -314,6 +340,13 @@ def label_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
     for -1)."""
     return {("unlabelled" if k < 0 else class_name(names, int(k))): int(n)
             for k, n in zip(*np.unique(labels, return_counts=True))}
+
+
+def set_counts(sets: np.ndarray, names: list[str]) -> dict[str, int]:
+    """Items per class of label sets (N, C), an item counted in each of its classes ('unlabelled': none)."""
+    out = {class_name(names, int(c)): int(n) for c, n in enumerate(sets.sum(axis=0)) if n}
+    none = int((~sets.any(axis=1)).sum())
+    return {**out, "unlabelled": none} if none else out
 
 
 def _mean(parts: list[np.ndarray]) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HashindexError
+from .metrics import class_name, common_kind
 from .index import MISSING, Index, SearchResult
 from .signals import query_from_database
 
@@ -112,16 +113,19 @@ def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names:
 
 def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
     """A few labelled queries (one per class first) searched as a query would be: what a results grid shows."""
-    from .store import ShardSet
+    from .store import ShardSet, targets
 
     qshards = ShardSet(queries_dir, "queries")
-    q = qshards.load(("codes", "features", "labels", "paths"))
+    q = qshards.load(("codes", "features", "paths") + qshards.label_fields)
     labels = q["labels"]
+    classes = max(len(index.class_names), int(max(labels.max(initial=-1), index.labels.max(initial=-1))) + 1)
+    q_targets, db_targets = common_kind(targets(q), index.targets(), classes)
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
     feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],
-            "labels": labels[pick], "result": index.search(q["codes"][pick], feats, k=min(k, index.count))}
+            "labels": labels[pick], "targets": q_targets[pick], "db_targets": db_targets,
+            "result": index.search(q["codes"][pick], feats, k=min(k, index.count))}
 
 
 def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str | None = None, device: str = "cpu",
@@ -157,6 +161,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             dist = "-" if h["distance"] is None else f"{h['distance']:.4f}"
             # an unlabelled collection (label -1) shows '-', a label without a name its number
             cls = h["class"] if h["class"] is not None else "-" if h["label"] < 0 else str(h["label"])
+            cls = "+".join(h["classes"]) or "-" if "classes" in h else cls  # a multi-label item: all its classes
             lines.append(f"{h['rank']:>5} {h['id']:>10} {h['hamming']:>7} {dist:>10}  {cls:<12} {h['path']}")
     return "\n".join(lines)
 
@@ -180,9 +185,12 @@ def result_rows(index: Index, result: SearchResult, query_names: list[str]) -> l
             if pos < 0:
                 continue
             label = int(index.labels[pos])
-            hits.append({"rank": r + 1, "id": int(result.ids[q, r]), "path": paths[q * k + r],
-                         "label": label, "class": names[label] if 0 <= label < len(names) else None,
-                         "hamming": int(result.hamming[q, r]),
-                         "distance": None if np.isnan(result.distance[q, r]) else float(result.distance[q, r])})
+            hit = {"rank": r + 1, "id": int(result.ids[q, r]), "path": paths[q * k + r],
+                   "label": label, "class": names[label] if 0 <= label < len(names) else None,
+                   "hamming": int(result.hamming[q, r]),
+                   "distance": None if np.isnan(result.distance[q, r]) else float(result.distance[q, r])}
+            if index.label_sets is not None:  # a multi-label item: every class it carries
+                hit["classes"] = [class_name(names, int(c)) for c in np.flatnonzero(index.label_sets[pos])]
+            hits.append(hit)
         rows.append({"query": qname, "results": hits})
     return rows

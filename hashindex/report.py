@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import encode_name
-from .metrics import class_name
+from .metrics import class_name, relevant_items
 
 
 def _plt():
@@ -253,6 +253,7 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
     res, k = examples["result"], examples["result"].positions.shape[1]
     paths = index.paths(res.positions)
     rows = []
+    relevant = relevant_items(examples["targets"], examples["db_targets"], np.maximum(res.positions, 0))
     for row, (qpath, ql) in enumerate(zip(examples["paths"], examples["labels"])):
         item = qpos.get(qpath)
         hits = []
@@ -260,7 +261,7 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
             pos = int(res.positions[row, col])
             if pos >= 0:
                 hits.append((_database_image(sources, pos, paths[row * k + col]),
-                             "green" if index.labels[pos] == ql else "red", f"d={int(res.hamming[row, col])}"))
+                             "green" if relevant[row, col] else "red", f"d={int(res.hamming[row, col])}"))
         rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
                      f"query: {class_name(index.class_names, int(ql))}", hits))
     return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}")
@@ -277,16 +278,18 @@ def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
     for row in rows:
         name, hits = row["query"], row["results"][:most]
         qlabel = None
+        positions = index.positions_of(np.array([h["id"] for h in hits], np.int64)) if hits else []
         if name.startswith("id:"):
             qpos = int(index.positions_of(np.array([int(name[3:])]))[0])
             read, qlabel = _database_image(sources, qpos, index.paths([qpos])[0]), int(index.labels[qpos])
             caption = f"{name} ({class_name(index.class_names, qlabel)})"
+            db = index.targets()
+            same = relevant_items(db[qpos:qpos + 1], db, np.asarray(positions, np.int64)[None])[0]
         else:
             read, caption = _file_image(name), Path(name).name
-        positions = index.positions_of(np.array([h["id"] for h in hits], np.int64)) if hits else []
         cells = []
-        for h, pos in zip(hits, positions):
-            colour = "grey" if qlabel is None else ("green" if h["label"] == qlabel else "red")
+        for j, (h, pos) in enumerate(zip(hits, positions)):
+            colour = "grey" if qlabel is None else ("green" if same[j] else "red")
             cls = h["class"] if h["class"] is not None else str(h["label"])
             cells.append((_database_image(sources, int(pos), h["path"]), colour, f"{cls} d={h['hamming']}"))
         out.append((read, caption, cells))

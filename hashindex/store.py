@@ -24,7 +24,7 @@ import numpy as np
 from .errors import HashindexError
 from .files import (atomic_path, atomic_write_bytes, atomic_write_json, decode_name, encode_name, read_json, sha256_file,
                     verify_files)
-from .metrics import label_counts
+from .metrics import label_counts, set_counts
 from .schema import Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 
 FORMAT = "hashindex-shards"
@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.txt"
 HEAD_FILE = "head.npz"  # the model's layers above the pooled feature (hashindex.signals.Head)
-FIELDS = ("codes", "features", "ids", "labels", "paths")
+FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets")
 
 
 def shard_name(index: int) -> str:
@@ -47,7 +47,7 @@ MANIFEST_SCHEMA = {
     "format": str, "format_version": int, "complete": bool, "shards": [_SHARD_ENTRY],
     "model_id": str, "bits": positive, "code_bytes": positive, "feature_dim": nonneg, "feature_dtype": str,
     "feature_kind?": str, "class_names": [str], "shard_size": positive, "shards_planned": nonneg,
-    "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg},
+    "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg}, "multi_label?": bool,
     "source": {"description": str, "items": nonneg, "fingerprint": str, "spec?": Nullable(str),
                "id_offset?": nonneg},
 }
@@ -90,6 +90,7 @@ class ShardData:
     labels: np.ndarray  # (n,) int32
     paths: list[str]
     skipped: list[tuple[int, str, str]]  # (id, path, reason)
+    label_sets: np.ndarray | None = None  # (n, classes) bool: a multi-label collection's label sets
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,6 +105,8 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
                 f.create_dataset("features", data=data.features)
             f.create_dataset("ids", data=data.ids.astype(np.int64))
             f.create_dataset("labels", data=data.labels.astype(np.int32))
+            if data.label_sets is not None:
+                f.create_dataset("label_sets", data=data.label_sets.astype(np.uint8))
             f.create_dataset("paths", data=[encode_name(p) for p in data.paths], dtype=h5py.string_dtype("utf-8"))
             sk = f.create_group("skipped")
             sk.create_dataset("ids", data=np.array([s[0] for s in data.skipped], np.int64))
@@ -127,8 +130,15 @@ def read_shard(path: Path, fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
             elif name == "paths":
                 out[name] = [p.decode("utf-8") if isinstance(p, bytes) else p for p in f[name][()]]
             else:
-                out[name] = f[name][()]
+                out[name] = f[name][()].astype(bool) if name == "label_sets" else f[name][()]
     return out
+
+
+def targets(rows: dict[str, Any]) -> np.ndarray:
+    """What relevance is judged on in rows read from shards or an index table: their label sets (N, C) bool
+    when the collection is multi-label, else their labels."""
+    sets = rows.get("label_sets")
+    return sets.astype(bool) if sets is not None else rows["labels"]
 
 
 def memmap_dataset(path: Path, name: str) -> np.ndarray:
@@ -187,6 +197,16 @@ class ShardSet:
     @property
     def class_names(self) -> list[str]:
         return self.manifest.get("class_names", [])
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the shards hold label sets (a multi-label collection: NUS-WIDE, MS-COCO)."""
+        return bool(self.manifest.get("multi_label", False))
+
+    @property
+    def label_fields(self) -> tuple[str, ...]:
+        """The fields relevance is judged on (`targets`)."""
+        return ("labels", "label_sets") if self.multi_label else ("labels",)
 
     @property
     def rows(self) -> int:
@@ -374,9 +394,11 @@ def shard_entry(j: int, data: ShardData, start: int, stop: int, sha256: str) -> 
 def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray | None = None, *,
                  ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
                  bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
-                 shard_rows: int = 100_000, description: str = "arrays") -> ShardSet:
+                 shard_rows: int = 100_000, description: str = "arrays",
+                 label_sets: np.ndarray | None = None) -> ShardSet:
     """A complete shard directory from arrays (codes packed as ``np.packbits(bits, bitorder="little")``):
-    codes made by another program, synthetic collections for benchmarks and tests."""
+    codes made by another program, synthetic collections for benchmarks and tests. ``label_sets`` (n, C)
+    bool make it a multi-label collection (``labels`` default to each item's first class)."""
     directory = Path(directory)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     n = len(codes)
@@ -384,11 +406,20 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
     if codes.ndim != 2 or codes.shape[1] != (bits + 7) // 8:
         raise HashindexError(f"codes: expected shape (n, {(bits + 7) // 8}) for {bits} bits, got {codes.shape}")
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if label_sets is not None:
+        label_sets = np.asarray(label_sets, dtype=bool)
+        if label_sets.ndim != 2 or (class_names and label_sets.shape[1] != len(class_names)):
+            raise HashindexError(f"label_sets: expected shape (n, {len(class_names or []) or 'classes'}), "
+                                 f"got {label_sets.shape}")
+        class_names = class_names or [str(c) for c in range(label_sets.shape[1])]
+        if labels is None:
+            labels = np.where(label_sets.any(axis=1), label_sets.argmax(axis=1), -1)
     labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, dtype=np.int32)
     paths = [""] * n if paths is None else list(paths)
     if features is not None:
         features = np.asarray(features, dtype=np.float16)
-    for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features)):
+    for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features),
+                      ("label_sets", label_sets)):
         if arr is not None and len(arr) != n:
             raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
     dim = 0 if features is None else features.shape[1]
@@ -399,11 +430,13 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
                             class_names=list(class_names or []),
                             source={"description": description, "items": n, "spec": None,
                                     "fingerprint": f"{description}-{n}", "id_offset": int(ids[0]) if n else 0},
-                            shard_size=shard_rows, shards_planned=-(-n // shard_rows))
+                            shard_size=shard_rows, shards_planned=-(-n // shard_rows),
+                            multi_label=label_sets is not None)
     for j, start in enumerate(range(0, n, shard_rows)):
         stop = min(start + shard_rows, n)
         data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
-                         ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[])
+                         ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[],
+                         label_sets=None if label_sets is None else label_sets[start:stop])
         digest = write_shard(directory / shard_name(j), data, attrs)
         manifest["shards"].append(shard_entry(j, data, start, stop, digest))
     save_manifest(directory, manifest)
@@ -414,8 +447,13 @@ def describe_shards(directory: str | Path) -> dict[str, Any]:
     """Summary for `hashindex info SHARD_DIR`."""
     shards = ShardSet(directory, require_complete=False)
     m = shards.manifest
-    labels = np.concatenate([read_shard(p, ("labels",))["labels"] for p in shards.shard_paths()] or [np.zeros(0, np.int32)])
-    hist = label_counts(labels, shards.class_names)
+    if shards.multi_label:  # items per class, an item counted in each of its classes
+        sets = shards.load(("label_sets",))["label_sets"]
+        hist = set_counts(np.zeros((0, len(shards.class_names)), bool) if sets is None else sets, shards.class_names)
+    else:
+        labels = np.concatenate([read_shard(p, ("labels",))["labels"] for p in shards.shard_paths()]
+                                or [np.zeros(0, np.int32)])
+        hist = label_counts(labels, shards.class_names)
     return {
         "kind": "shards", "path": str(shards.dir), "complete": m["complete"],
         "shards": f"{len(m['shards'])}/{m['shards_planned']}", "rows": shards.rows,
@@ -423,4 +461,5 @@ def describe_shards(directory: str | Path) -> dict[str, Any]:
         "features": f"{m['feature_dim']} x {m['feature_dtype']}" if m["feature_dtype"] != "none" else "none",
         "source": m["source"]["description"], "skipped": m["totals"]["skipped"],
         "skipped_by_reason": m["totals"]["skipped_by_reason"], "labels": hist,
+        **({"multi_label": True} if shards.multi_label else {}),
     }

@@ -119,7 +119,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
 
             job = part_job(store.dir, tmp, bounds, pbytes, parts[0], fparts[0] if fparts else None, signal, head)
             build_parts_on_ray(job, shards, ray_options, progress)
-        with new_table(tmp / TABLE_FILE, n, code_bytes) as table:
+        with new_table(tmp / TABLE_FILE, n, code_bytes, len(store.class_names) if store.multi_label else 0) as table:
             fill(store, [] if remote else parts, [] if remote else fparts, bounds, pbytes, table, 0, progress,
                  signal, head)
         tuning = None

@@ -281,14 +281,28 @@ def read_float(path: Path, mmap: bool) -> faiss.Index:
     return faiss.read_index(str(path))
 
 
-def new_table(path: Path, n: int, code_bytes: int) -> h5py.File:
-    """An open, empty position table for n items."""
+def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> h5py.File:
+    """An open, empty position table for n items (with a ``label_sets`` column of ``label_classes`` classes
+    for a multi-label collection)."""
     table = h5py.File(path, "w")
     table.create_dataset("ids", (n,), np.int64)
     table.create_dataset("labels", (n,), np.int32)
     table.create_dataset("codes", (n, code_bytes), np.uint8)
     table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
+    if label_classes:
+        table.create_dataset("label_sets", (n, label_classes), np.uint8)
     return table
+
+
+def table_columns(table: h5py.File) -> tuple[str, ...]:
+    """The per-item columns an open table holds."""
+    return tuple(name for name in ("ids", "labels", "codes", "paths", "label_sets") if name in table)
+
+
+def read_label_sets(directory: Path) -> np.ndarray | None:
+    """The label sets (N, C) bool of a multi-label collection's index, or None."""
+    with h5py.File(directory / TABLE_FILE, "r") as t:
+        return t["label_sets"][()].astype(bool) if "label_sets" in t else None
 
 
 def memory_figures(folder: Path, n: int, binary: list[str], rerank: list[str] | None = None) -> dict[str, Any]:
@@ -317,7 +331,7 @@ def read_table(directory: Path, names: tuple[str, ...], positions: np.ndarray | 
 def copy_table(directory: Path, table: h5py.File, n: int, step: int = 1 << 20) -> None:
     """Copy the first n rows of an index's table into an open new table (append)."""
     with h5py.File(directory / TABLE_FILE, "r") as old:
-        for name in ("ids", "labels", "codes", "paths"):
+        for name in table_columns(table):
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
                 table[name][lo:hi] = old[name][lo:hi]

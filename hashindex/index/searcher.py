@@ -29,7 +29,8 @@ from ..signals import Head, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
 from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, read_binary, read_float,
-                     read_float_parts, read_head, read_index_meta, read_part, read_table, rerank_signal)
+                     read_float_parts, read_head, read_index_meta, read_label_sets, read_part, read_table,
+                     rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
@@ -59,9 +60,11 @@ class Index:
     """A built INDEX_DIR, loaded for searching."""
 
     def __init__(self, meta: dict[str, Any], binary: faiss.IndexBinary, rerank: faiss.Index | None,
-                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None, head: Head | None = None):
+                 ids: np.ndarray, labels: np.ndarray, directory: Path | None = None, head: Head | None = None,
+                 label_sets: np.ndarray | None = None):
         self.meta, self.binary, self.rerank, self.dir = meta, binary, rerank, directory
         self.ids, self.labels, self.head = ids, labels, head
+        self.label_sets = label_sets  # (N, C) bool for a multi-label collection
         self.signal = rerank_signal(meta)
         self.default_candidates = default_pool(rerank.d if rerank is not None else None)
         counts = {"table.h5": len(self.ids), "binary index": self.binary.ntotal, "index.json count": meta["count"]}
@@ -104,7 +107,7 @@ class Index:
             rerank = read_float_parts(d, meta, mmap) if meta["rerank"].get("shards") else \
                 read_float(d / RERANK_FILE, mmap)
         table = read_table(d, ("ids", "labels"))
-        return cls(meta, binary, rerank, table["ids"], table["labels"], d, read_head(d))
+        return cls(meta, binary, rerank, table["ids"], table["labels"], d, read_head(d), read_label_sets(d))
 
     @classmethod
     def in_memory(cls, codes: np.ndarray, features: np.ndarray | None, bits: int, *,
@@ -153,6 +156,10 @@ class Index:
     @property
     def class_names(self) -> list[str]:
         return self.meta.get("class_names", [])
+
+    def targets(self) -> np.ndarray:
+        """What relevance is judged on: the items' label sets (N, C) in a multi-label index, else labels."""
+        return self.label_sets if self.label_sets is not None else self.labels
 
     def check_model(self, model_id: str, what: str = "model") -> None:
         if model_id != self.model_id:

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..metrics import evaluate_arrays
 from ..signals import HEAD_SIGNALS, Head, check_signal, choose, database_vectors, query_vectors
-from ..store import ShardSet
+from ..store import ShardSet, targets
 from .searcher import TIE_CAP, default_pool
 
 SIGNAL_QUERIES = 1000  # labelled items held out of the collection to choose its signal
@@ -65,7 +65,8 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     unlabelled default. In-domain collections measured here choose the
     posterior, collections of classes the net never saw choose cosine.
     """
-    rows = shards.sample_rows(("codes", "features", "labels"), sample, rng)
+    rows = shards.sample_rows(("codes", "features") + shards.label_fields, sample, rng)
+    rows["targets"] = targets(rows)  # label sets of a multi-label collection: relevant = a shared label
     labelled = np.flatnonzero(rows["labels"] >= 0)
     if len(labelled) < 20 or len(np.unique(rows["labels"][labelled])) < 2:
         signal, _ = choose({}, labelled=False)
@@ -78,7 +79,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
 
     def score(signal: str) -> float:
         if signal == "hamming":
-            return evaluate_arrays(q["codes"], q["labels"], db["codes"], db["labels"], shards.bits,
+            return evaluate_arrays(q["codes"], q["targets"], db["codes"], db["targets"], shards.bits,
                                    at=(), pk_max=1)["hamming"]["map"]
         qv = query_vectors(signal, q["features"], head)
         dv = database_vectors(signal, db["features"], db["codes"], head)
@@ -90,7 +91,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
             full = dn[None, :] - 2 * qv[sl] @ dv.T
             return np.take_along_axis(full, pos, 1)
 
-        return evaluate_arrays(q["codes"], q["labels"], db["codes"], db["labels"], shards.bits, at=(),
+        return evaluate_arrays(q["codes"], q["targets"], db["codes"], db["targets"], shards.bits, at=(),
                                pk_max=1, rerank=distances, candidates=size,
                                tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 

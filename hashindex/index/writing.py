@@ -23,7 +23,7 @@ from ..files import exclusive, sha256_file
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
-from .layout import binary_files, bucket_files
+from .layout import binary_files, bucket_files, table_columns
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
@@ -58,7 +58,8 @@ def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: 
     Rows go to binary index j (and float store j, when there are float parts) when their position lies in
     [bounds[j], bounds[j+1]).
     """
-    fields = ("codes", "ids", "labels", "paths") + (("features",) if fparts else ())
+    columns = table_columns(table)
+    fields = columns + (("features",) if fparts else ())
     for rows in tqdm(store.iter_rows(fields), total=len(store.shard_paths()), desc="build", unit="shard",
                      disable=not progress):
         codes = rows["codes"]
@@ -71,7 +72,7 @@ def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: 
                 part.add(padded[lo - pos:hi - pos])
                 if fparts:
                     fparts[j].add(vecs[lo - pos:hi - pos])
-        for name in ("ids", "labels", "codes", "paths"):
+        for name in columns:
             table[name][pos:pos + m] = rows[name]
         pos += m
 
