@@ -26,6 +26,8 @@ from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
 JSON_LABEL_KEYS = ("label", "cls", "class", "class_name", "category")  # tried in this order
+# a list under one of these (or the keys above) is a label set: a multi-label collection (COCO's categories)
+JSON_LABEL_LIST_KEYS = ("labels", "tags", "categories", "classes")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 # Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
 _NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
@@ -76,8 +78,9 @@ def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
 
 
-def sidecar_label(data: bytes, ext: str) -> str | None:
-    """The label a ``.cls`` or ``.json`` sidecar gives (as text), or None when it gives none."""
+def sidecar_label(data: bytes, ext: str) -> str | list[str] | None:
+    """The label a ``.cls`` or ``.json`` sidecar gives (as text), the labels of a JSON list (a label set:
+    ``{"labels": ["dog", "person"]}``), or None when it gives none."""
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -90,11 +93,18 @@ def sidecar_label(data: bytes, ext: str) -> str | None:
         return None
     if not isinstance(doc, dict):
         return None
-    for key in JSON_LABEL_KEYS:
+    for key in JSON_LABEL_KEYS + JSON_LABEL_LIST_KEYS:
         value = doc.get(key)
-        if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
+        if _scalar(value) and key in JSON_LABEL_KEYS:
             return str(value).strip()
+        if isinstance(value, list) and value and all(_scalar(v) for v in value):
+            return sorted({str(v).strip() for v in value})
     return None
+
+
+def _scalar(value) -> bool:
+    """A label value: a non-empty string or an integer (not a bool)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool) and bool(str(value).strip())
 
 
 def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:

@@ -178,24 +178,42 @@ def _labels_from_parents(parents: list[str]) -> tuple[np.ndarray, list[str]]:
 
 
 def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
-                   ) -> tuple[np.ndarray, list[str]]:
+                   ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Labels of image items: from their ``.cls`` / ``.json`` sidecar (WebDataset), else from their
-    parent folder. ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class
-    names even when they are digits (as they always were); with them, all-integer labels stay integers."""
+    parent folder; and their label sets when a JSON sidecar lists several labels (None otherwise).
+    ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class names even when they
+    are digits (as they always were); with them, all-integer labels stay integers."""
     parents = [os.path.basename(os.path.dirname(n)) for n in images]
     if not sidecars:
-        return _labels_from_parents(parents)
-    raw = []
+        return (*_labels_from_parents(parents), None)
+    raw: list[list[str]] = []
     for n, parent in zip(images, parents):
         side = sidecars.get(sample_key(n))
-        raw.append((sidecar_label(read(side), name_suffix(side)) or "") if side else parent)
-    values, names = labels_from_text(raw, where)
-    return np.array(values, dtype=np.int32), names
+        got = sidecar_label(read(side), name_suffix(side)) if side else parent
+        raw.append([] if not got else [got] if isinstance(got, str) else got)
+    if all(len(r) <= 1 for r in raw):
+        values, names = labels_from_text([r[0] if r else "" for r in raw], where)
+        return np.array(values, dtype=np.int32), names, None
+    return _label_sets(raw, where)
+
+
+def _label_sets(raw: list[list[str]], where: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(first class, class names, label sets) of items that each list their labels (integers name the
+    classes '0' to the largest)."""
+    flat = [t for r in raw for t in r]
+    values, names = labels_from_text(flat, where)
+    names = names or [str(v) for v in range(max(values) + 1)]
+    sets = np.zeros((len(raw), len(names)), dtype=bool)
+    rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
+    sets[rows, values] = True
+    labels = np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
+    return labels, names, sets
 
 
 def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str
-           ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]]]:
-    """A collection's files (in order) as items: (paths, labels, class names, unread positions)."""
+           ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]], np.ndarray | None]:
+    """A collection's files (in order) as items: (paths, labels, class names, unread positions, label sets or
+    None)."""
     extra_unread = {**{n: ("hidden", f"{n}: hidden, or system metadata (a name starting with '.', "
                               f"{' or '.join(SYSTEM_FOLDERS)}): not read") for n in names if is_hidden(n)},
                     **extra_unread}
@@ -205,10 +223,17 @@ def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, whe
                for n, r in unread.items()}
     reasons.update(extra_unread)
     paths = [n for n in names if n in image_set or n in reasons]
-    image_labels, class_names = _sample_labels(images, sidecars, read, where)
+    image_labels, class_names, image_sets = _sample_labels(images, sidecars, read, where)
     by_name = dict(zip(images, image_labels))
     labels = np.array([by_name.get(n, -1) for n in paths], dtype=np.int32)
-    return paths, labels, class_names, {i: reasons[n] for i, n in enumerate(paths) if n in reasons}
+    sets = None
+    if image_sets is not None:  # rows of the items never read stay empty
+        row = {n: i for i, n in enumerate(images)}
+        sets = np.zeros((len(paths), len(class_names)), dtype=bool)
+        at = [(j, row[n]) for j, n in enumerate(paths) if n in row]
+        if at:
+            sets[[j for j, _ in at]] = image_sets[[i for _, i in at]]
+    return paths, labels, class_names, {i: reasons[n] for i, n in enumerate(paths) if n in reasons}, sets
 
 
 def _inside(path: str, root: str) -> bool:
@@ -260,9 +285,9 @@ class FolderSource(ImageSource):
                     self.containers.append(rel)
                     continue
                 names.append(rel)
-        paths, labels, class_names, unread = _items(names, outside, lambda n: _read_small(self.root / n),
-                                                    f"folder {self.root}")
-        super().__init__(f"folder {self.root}", paths, labels, class_names, unread=unread)
+        paths, labels, class_names, unread, sets = _items(names, outside, lambda n: _read_small(self.root / n),
+                                                          f"folder {self.root}")
+        super().__init__(f"folder {self.root}", paths, labels, class_names, unread=unread, label_sets=sets)
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
@@ -336,11 +361,11 @@ class TarSource(ImageSource):
         except (tarfile.TarError, OSError, EOFError) as e:
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
-        paths, labels, class_names, unread = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                    f"tar {self.path}")
+        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+                                                          f"tar {self.path}")
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
-        super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread)
+        super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
         self._fh = None
         self._pid = None
 

@@ -4,7 +4,8 @@
 pattern (``shards/{00000..00099}.tar``) or a text list of shard paths; the result is one source whose
 items are every shard's items in order (folder's loose files first, then shards in sorted path order;
 patterns and lists in their own order). Item paths are ``SHARD/MEMBER``. Labels are brought into one
-vocabulary: class names are merged (sorted); integer labels stay integers.
+vocabulary: class names are merged (sorted); integer labels stay integers. When any part holds label sets
+(JSON sidecars listing several labels), every item gets one in the merged vocabulary.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ class ConcatSource(ImageSource):
         self.parts = [source for _, source in parts]
         self.starts = np.cumsum([0] + [len(s) for s in self.parts])
         paths = [f"{prefix}/{p}" if prefix else p for prefix, source in parts for p in source.paths]
-        labels, names = _merge_labels(self.parts)
+        labels, names, sets = _merge_labels(self.parts)
         unread = {int(self.starts[j]) + i: why for j, s in enumerate(self.parts) for i, why in s.unread.items()}
-        super().__init__(description, paths, labels, names, unread=unread)
+        super().__init__(description, paths, labels, names, unread=unread, label_sets=sets)
 
     def _locate(self, i: int) -> tuple[ImageSource, int]:
         j = int(np.searchsorted(self.starts, i, side="right")) - 1
@@ -43,17 +44,29 @@ class ConcatSource(ImageSource):
         return part._decode_for(k, size)
 
 
-def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str]]:
+def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """All parts' labels in one vocabulary: the sorted union of class names (integer labels of a part
-    without names join it as their decimal text), or integers when no part has names."""
+    without names join it as their decimal text), or integers when no part has names; and the label sets
+    in that vocabulary when any part has them (a single-label part's items: sets of one)."""
     if not any(p.class_names for p in parts):
-        return (np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int32)), []
+        return (np.concatenate([p.labels for p in parts]) if parts else np.zeros(0, np.int32)), [], None
     text = [list(p.class_names) if p.class_names else [str(v) for v in range(int(p.labels.max(initial=-1)) + 1)]
             for p in parts]
     names = sorted({n for t in text for n in t})
     index = {n: i for i, n in enumerate(names)}
     out = [np.array([index[t[v]] if v >= 0 else -1 for v in p.labels], np.int32) for p, t in zip(parts, text)]
-    return np.concatenate(out), names
+    if not any(p.multi_label for p in parts):
+        return np.concatenate(out), names, None
+    sets = []
+    for p, t, labels in zip(parts, text, out):
+        part = np.zeros((len(p), len(names)), dtype=bool)
+        if p.label_sets is not None:
+            part[:, [index[n] for n in t]] = p.label_sets
+        else:
+            part[np.flatnonzero(labels >= 0), labels[labels >= 0]] = True
+        sets.append(part)
+    merged = np.concatenate(sets)
+    return np.where(merged.any(axis=1), merged.argmax(axis=1), -1).astype(np.int32), names, merged
 
 
 def shard_parts(paths: list[Path], base: Path | None = None) -> list[tuple[str, ImageSource]]:
