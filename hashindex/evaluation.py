@@ -164,7 +164,8 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
 def format_metrics(m: dict[str, Any]) -> str:
     """The metrics as a short human-readable table."""
     r = next(k for k in m if k.startswith("radius"))
-    lines = [f"{m['queries']} queries vs {m['database']} items, {m['bits']} bits, model {m.get('model_id', '')}",
+    lines = [f"{m['queries']} queries vs {m['database']} items, {m['bits']} bits, model {m.get('model_id', '')}"
+             + (f"; relevant = {m['relevance']}" if "relevance" in m else ""),
              f"{'ranking':<22} {'mAP':>8} " + " ".join(f"{k:>9}" for k in m["hamming"] if k.startswith("map@")),
              f"{'Hamming':<22} {m['hamming']['map']:8.4f} "
              + " ".join(f"{v:9.4f}" for k, v in m["hamming"].items() if k.startswith("map@"))]

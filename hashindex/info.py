@@ -25,7 +25,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "fine_tuned_from": _init_line(ckpt.get("init")),
         "inference": views_description(ckpt.get("test_flip", False), ckpt.get("test_shift", 0)),
         "derived_from": _derived_line(ckpt.get("derived_from")),
-        "loss": _loss_line(ckpt.get("train_args") or {}),
+        "loss": _loss_line(ckpt.get("train_args") or {}, ckpt.get("multi_label", False)),
         "weights": _weights_line(ckpt.get("train_args") or {}),
         "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
         "finished": "train_state" not in ckpt,
@@ -38,11 +38,12 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
 CODE_TERMS = (("binary_weight", "binary"), ("balance_weight", "balance"), ("bit_balance_weight", "bit balance"))
 
 
-def _loss_line(train_args: dict[str, Any]) -> str:
-    """The training loss: cross-entropy (label-smoothed, if it was), its share against distillation from a
-    teacher (if there was one), plus the code terms that had a weight."""
+def _loss_line(train_args: dict[str, Any], multi_label: bool = False) -> str:
+    """The training loss: cross-entropy (label-smoothed, if it was; per class, binary, for label sets), its
+    share against distillation from a teacher (if there was one), plus the code terms that had a weight."""
     smoothing = train_args.get("label_smoothing")
-    line = f"cross-entropy (label smoothing {smoothing:g})" if smoothing else "cross-entropy"
+    line = "binary cross-entropy per class (label sets)" if multi_label else "cross-entropy"
+    line = f"{line} (label smoothing {smoothing:g})" if smoothing else line
     if train_args.get("teacher"):
         w = train_args["distill_weight"]
         from .distill import teacher_names
@@ -96,7 +97,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
     import numpy as np
 
     from .data import open_source
-    from .metrics import label_counts
+    from .metrics import label_counts, set_counts
 
     source = open_source(spec, arg="path")
     listed = len(source)
@@ -108,7 +109,9 @@ def describe_collection(spec: str) -> dict[str, Any]:
         "kind": "images", "source": source.description, "spec": source.spec, "items": listed,
         "images": len(readable), "skipped_by_name": dict(sorted(reasons.items())),
         "labelled": int((labels >= 0).sum()), "classes": len(names) or len(np.unique(labels[labels >= 0])),
-        "labels": label_counts(labels, names),
+        "labels": (set_counts(source.label_sets[readable], names) if source.multi_label
+                   else label_counts(labels, names)),
+        **({"multi_label": True} if source.multi_label else {}),
         "decoding": "not tried here: extract and train count the files that fail to decode",
     }
 

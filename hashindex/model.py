@@ -385,7 +385,8 @@ def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
 
     sd = ckpt["state_dict"]
     return Head(*(sd[k].detach().float().cpu().numpy() for k in
-                  ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")))
+                  ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")),
+                multi_label=bool(ckpt.get("multi_label", False)))
 
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:

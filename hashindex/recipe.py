@@ -130,16 +130,31 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: i
     return x
 
 
+def class_term(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The classification loss: softmax cross-entropy for class indices, per-class binary cross-entropy for
+    label sets (B, C) (each label independent: an image holds any number of them)."""
+    if y.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits, y * (1 - smoothing) + smoothing / 2)
+    return F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+def top1_hits(logits: torch.Tensor, y: torch.Tensor) -> int:
+    """How many images' top class is their class (with label sets: is one of their labels)."""
+    top = logits.argmax(1)
+    return int((y.gather(1, top[:, None]) > 0).sum() if y.ndim == 2 else (top == y).sum())
+
+
 def batch_loss(net: NINHash, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(loss, class loss, distillation loss or None, logits, latent) of one augmented batch.
 
     Cross-entropy (label smoothing as configured), mixed with the teacher's soft targets ``soft`` when
-    distilling, plus SSDH's code terms when their weights are set.
+    distilling, plus SSDH's code terms when their weights are set. Label sets (``y`` (B, C) float): binary
+    cross-entropy per class, the targets smoothed toward 1/2 by the same amount.
     """
     with autocast_for(device, cfg.bf16):
         logits, latent, _ = net(x)
-    loss = class_loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    loss = class_loss = class_term(logits.float(), y, cfg.label_smoothing)
     distill = None
     if soft is not None:
         distill = distill_loss(logits.float(), soft.to(device), cfg.distill_temperature)
@@ -172,7 +187,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         loss.backward()
         opt.step()
         seen += len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        correct += top1_hits(logits, y)
         loss_sum += float(loss.detach()) * len(y)
         class_sum += float(class_loss.detach()) * len(y)
         margin_sum += float((latent.detach().float() - 0.5).abs().mean()) * len(y)

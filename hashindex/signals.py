@@ -9,7 +9,8 @@ Every signal is something the net already computes for an image from its
   * ``latent``    the query's sigmoid activations against the database's *bits*
                   (an asymmetric distance: a soft Hamming distance, exact on
                   the database side where only the code is kept);
-  * ``posterior`` the inner product of the class posteriors softmax(V h + c).
+  * ``posterior`` the inner product of the class posteriors softmax(V h + c) (for a net trained on label
+                  sets, the per-class sigmoid(V h + c) / sqrt(C): independent labels, scaled so |p| <= 1).
 
 Each is turned into plain vectors whose squared L2 distance orders the pool
 as the signal does, so one Faiss float store (flat, fp16, sq8 or pq) serves
@@ -47,6 +48,7 @@ class Head:
     latent_b: np.ndarray
     classifier_w: np.ndarray
     classifier_b: np.ndarray
+    multi_label: bool = False  # trained on label sets: the classifier's outputs are independent sigmoids
 
     @property
     def bits(self) -> int:
@@ -62,8 +64,11 @@ class Head:
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def posterior(self, features: np.ndarray) -> np.ndarray:
-        """Class posteriors (N, C), softmax of the classifier's logits."""
+        """Class posteriors (N, C), softmax of the classifier's logits; a multi-label net's per-class sigmoids
+        over sqrt(C) (a uniform scale: the inner products order alike and |p| <= 1, as the signal needs)."""
         logits = self.latent(features) @ self.classifier_w.T + self.classifier_b
+        if self.multi_label:
+            return (1.0 / (1.0 + np.exp(-logits)) / np.sqrt(self.classes)).astype(np.float32)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -72,7 +77,8 @@ class Head:
         """Write as a plain .npz (no pickle: numpy arrays only)."""
         with open(path, "wb") as f:
             np.savez(f, latent_w=self.latent_w, latent_b=self.latent_b,
-                     classifier_w=self.classifier_w, classifier_b=self.classifier_b)
+                     classifier_w=self.classifier_w, classifier_b=self.classifier_b,
+                     multi_label=np.array(self.multi_label))
 
     @classmethod
     def load(cls, path: str | Path) -> "Head":
@@ -80,7 +86,8 @@ class Head:
         try:
             with np.load(path, allow_pickle=False) as z:
                 head = cls(*(np.asarray(z[k], np.float32) for k in
-                             ("latent_w", "latent_b", "classifier_w", "classifier_b")))
+                             ("latent_w", "latent_b", "classifier_w", "classifier_b")),
+                           multi_label=bool(z["multi_label"]) if "multi_label" in z.files else False)
         except (OSError, ValueError, KeyError) as e:
             raise HashindexError(f"{path}: not a readable head file ({e})") from None
         k, c = head.latent_w.shape[0], head.classifier_w.shape[0]

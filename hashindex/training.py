@@ -41,7 +41,7 @@ from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
 from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
-from .metrics import code_statistics, mean_average_precision
+from .metrics import code_statistics, mean_average_precision, one_hot_sets
 from .model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint
 from .recipe import TrainConfig, augment, check_config, run_epoch
 
@@ -192,6 +192,9 @@ def _open_sources(cfg: TrainConfig) -> tuple[ImageSource, ImageSource | None]:
         src = src.subset(cfg.limit)
     src, vsrc = _split_sources(cfg, src)
     _check_labelled(src, cfg.data)
+    if src.multi_label and cfg.teacher:
+        raise HashindexError(f"teacher={cfg.teacher}: distillation matches softmax posteriors, and data={cfg.data} "
+                             "holds label sets (train a multi-label net without a teacher)")
     return src, vsrc
 
 
@@ -208,7 +211,8 @@ def _load_data(cfg: TrainConfig, src: ImageSource, vsrc: ImageSource | None, cha
                progress: bool, log) -> _Arrays:
     """Decode the training and validation images into memory (once per run: far cheaper than per epoch)."""
     train_x, train_y, _ = load_arrays(src, cfg.input_size, channels, cfg.workers, progress, skips)
-    unlabelled = int((train_y < 0).sum())  # what _check_labelled could not see (a prepared store's items)
+    # what _check_labelled could not see (a prepared store's items)
+    unlabelled = int((~train_y.any(axis=1)).sum() if train_y.ndim == 2 else (train_y < 0).sum())
     if unlabelled:
         raise HashindexError(f"data={cfg.data}: {unlabelled} of the images have no class")
     val_x = val_y = None
@@ -216,7 +220,12 @@ def _load_data(cfg: TrainConfig, src: ImageSource, vsrc: ImageSource | None, cha
         val_x, val_y, _ = load_arrays(vsrc, cfg.input_size, channels, cfg.workers, progress, skips)
     if len(train_x) == 0:
         raise HashindexError(f"data={cfg.data}: no readable images ({skips.summary()})")
-    log(f"train: {len(train_x)} images, {len(src.class_names)} classes"
+    if val_y is not None and val_y.ndim != train_y.ndim:
+        if val_y.ndim == 2:
+            raise HashindexError(f"val={cfg.val}: holds label sets, data={cfg.data} one class per image "
+                                 "(validate a single-label net on single-label images)")
+        val_y = one_hot_sets(val_y, train_y.shape[1])  # one class per val image: a set of one
+    log(f"train: {len(train_x)} images, {len(src.class_names)} classes" + (" (label sets)" if src.multi_label else "")
         + (f", val: {len(val_x)} images" if val_x is not None else "") + f"; {skips.summary()}")
     return _Arrays(train_x, train_y, val_x, val_y)
 
@@ -271,8 +280,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 
     info = {"class_names": src.class_names, "input_size": cfg.input_size,
             "train_data": src.description, "train_args": asdict(cfg), "epochs_planned": cfg.epochs,
-            "init": init_info}
-    x_all, y_all = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y.astype(np.int64))
+            "init": init_info, "multi_label": src.multi_label}
+    # label sets train per-class sigmoids (binary cross-entropy, as HashNet and DeepHash-pytorch do on NUS-WIDE
+    # and COCO); one class per image, a softmax
+    x_all = torch.from_numpy(data.train_x)
+    y_all = torch.from_numpy(data.train_y.astype(np.float32 if src.multi_label else np.int64))
     soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
     if cfg.teacher:
         soft = ckpt["train_state"]["teacher_logits"] if ckpt is not None else \
@@ -327,8 +339,11 @@ def _save_epoch(cfg: TrainConfig, epoch: int, net: NINHash, model: NINHash, opt:
 
 
 def val_accuracy(net: NINHash, x: np.ndarray, y: np.ndarray, device: torch.device, bf16: bool | None) -> float:
-    """Share of the labelled images ``x`` whose predicted class is ``y``."""
+    """Share of the labelled images ``x`` whose predicted class is ``y`` (with label sets (N, C): is in the
+    image's set, the top-1 precision of multi-label classification)."""
     preds, _ = predict(net, x, device, bf16)
+    if y.ndim == 2:
+        return float(y[np.arange(len(y)), preds].mean())
     return float((preds == y).mean())
 
 
