@@ -4,7 +4,7 @@ Their readers used to index into them directly, so a hand-edited or damaged file
 TypeError or AssertionError deep in a stage. Every reader now validates the whole document first
 against the schema documented in docs/FORMAT.md and reports the first problem as one line naming
 the key (``shards[1].rows: expected an integer >= 0, got "abc"``). Stdlib only: the owners of the
-formats (store.py, index/layout.py) hold the schemas; this module only knows how to walk them.
+formats (store/manifest.py, index/layout.py) hold the schemas; this module only knows how to walk them.
 
 Spec grammar: a type or tuple of types (``int`` never accepts ``bool``); a dict of keys to specs
 (a key ending in ``?`` may be absent; keys not named are allowed, for forward compatibility);

@@ -1,19 +1,8 @@
-"""The shard store: HDF5 shards of codes, features, ids, labels and paths.
-
-This is the contract between extraction and everything after it; the layout
-is documented in docs/FORMAT.md. A shard directory holds ``shard-NNNNN.h5``
-files and a ``manifest.json`` that lists only complete shards (with their
-SHA-256), so a reader never sees a shard still being written.
-
-Codes and features are stored contiguous and uncompressed: they do not
-compress (codes are near-random bits) and a contiguous dataset can be
-memory-mapped with numpy at its file offset, which is how large stores are
-read without loading them.
-"""
+"""Shard files (``shard-NNNNN.h5``: codes, features, ids, labels, label sets, paths, skips) and the
+directory that lists them (`ShardSet`, read through its manifest)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,63 +10,11 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from .errors import HashindexError
-from .files import (atomic_path, atomic_write_bytes, atomic_write_json, decode_name, encode_name, read_json, sha256_file,
-                    verify_files)
-from .metrics import label_counts, set_counts
-from .schema import Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
+from ..errors import HashindexError
+from ..files import atomic_path, encode_name, read_json, sha256_file, verify_files
+from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
-FORMAT = "hashindex-shards"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SKIPPED = "skipped.txt"
-HEAD_FILE = "head.npz"  # the model's layers above the pooled feature (hashindex.signals.Head)
 FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets")
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.h5"
-
-
-# manifest.json as docs/FORMAT.md documents it (what every reader may rely on; other keys are allowed)
-_SHARD_ENTRY = {"index": nonneg, "file": plain_name, "rows": nonneg, "start": nonneg, "stop": nonneg,
-                "id_min?": Nullable(int), "id_max?": Nullable(int), "skipped_by_reason": Map(nonneg),
-                "sha256": hex_digest}
-MANIFEST_SCHEMA = {
-    "format": str, "format_version": int, "complete": bool, "shards": [_SHARD_ENTRY],
-    "model_id": str, "bits": positive, "code_bytes": positive, "feature_dim": nonneg, "feature_dtype": str,
-    "feature_kind?": str, "class_names": [str], "shard_size": positive, "shards_planned": nonneg,
-    "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg}, "multi_label?": bool,
-    "source": {"description": str, "items": nonneg, "fingerprint": str, "spec?": Nullable(str),
-               "id_offset?": nonneg},
-}
-
-
-def manifest_problem(m: dict[str, Any]) -> str | None:
-    """The first way a manifest departs from docs/FORMAT.md (schema, then consistency), or None."""
-    try:
-        validate(m, MANIFEST_SCHEMA)
-    except SchemaError as e:
-        return str(e)
-    if m["code_bytes"] != (m["bits"] + 7) // 8:
-        return f"code_bytes: {m['code_bytes']} does not hold bits={m['bits']}"
-    if m["feature_dtype"] not in ("float16", "float32", "none"):
-        return f"feature_dtype: expected float16, float32 or none, got {m['feature_dtype']!r}"
-    size, items, seen = m["shard_size"], m["source"]["items"], set()
-    for i, s in enumerate(m["shards"]):
-        j = s["index"]
-        start, stop = j * size, min((j + 1) * size, items)
-        if s["file"] != shard_name(j) or j in seen:
-            return f"shards[{i}]: file {s['file']!r} / index {j} (expected {shard_name(j)}, each index once)"
-        if (s["start"], s["stop"]) != (start, stop) or s["rows"] > stop - start:
-            return (f"shards[{i}]: start/stop/rows {s['start']}/{s['stop']}/{s['rows']} do not fit shard {j} of "
-                    f"{items} items in shards of {size}")
-        seen.add(j)
-    if len(m["shards"]) > m["shards_planned"] or m["shards_planned"] != -(-items // size):
-        return f"shards_planned: {m['shards_planned']} (expected {-(-items // size)} for {items} items)"
-    if m["complete"] and len(m["shards"]) != m["shards_planned"]:
-        return f"complete: true with {len(m['shards'])} of {m['shards_planned']} shards"
-    return None
 
 
 @dataclass
@@ -303,7 +240,7 @@ class ShardSet:
 
     def head(self):
         """The model's head saved beside the shards (a signals.Head), or None for older shard directories."""
-        from .signals import Head
+        from ..signals import Head
 
         return Head.load(self.dir / HEAD_FILE) if (self.dir / HEAD_FILE).exists() else None
 
@@ -318,66 +255,10 @@ class ShardSet:
         return out
 
 
-def source_spec(directory: str | Path) -> str | None:
-    """The image source spec a shard directory was extracted from (to reopen its images), or None."""
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest_problem(manifest):
-        return None
-    return manifest["source"].get("spec")
-
-
-def _escape(name: str) -> str:
-    """A path on one skipped.txt field: backslash, tab, newline and carriage return escaped as \\\\, \\t, \\n, \\r."""
-    return name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def write_skipped(directory: Path, skipped: list[tuple[int, str, str]]) -> None:
-    """skipped.txt: ``id <TAB> path <TAB> reason`` per skipped item, the path as the file system's bytes
-    (undecodable names stay the bytes they are) with backslash, tab, newline and CR escaped."""
-    lines = (f"{i}\t{_escape(decode_name(p))}\t{r}\n" for i, p, r in skipped)
-    atomic_write_bytes(Path(directory) / SKIPPED, "".join(lines).encode("utf-8", "surrogateescape"))
-
-
 def write_head(directory: Path, head) -> None:
     """Save the model's head (a signals.Head) beside the shards, atomically."""
     with atomic_path(Path(directory) / HEAD_FILE) as tmp:
         head.save(tmp)
-
-
-def shard_attrs(model_id: str, bits: int, feature_dim: int, feature_kind: str, source: str) -> dict[str, Any]:
-    """The HDF5 attributes every shard file carries (docs/FORMAT.md), format name and version included."""
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id, "bits": bits,
-            "feature_dim": feature_dim, "feature_kind": feature_kind, "source": source}
-
-
-def new_manifest(**fields: Any) -> dict[str, Any]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now, "updated": now,
-            "complete": False, "shards": [], **fields}
-
-
-def save_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Recompute totals from the shard entries and write the manifest atomically."""
-    shards = manifest["shards"]
-    reasons: dict[str, int] = {}
-    for s in shards:
-        for r, n in s["skipped_by_reason"].items():
-            reasons[r] = reasons.get(r, 0) + n
-    manifest["totals"] = {
-        "read": sum(s["stop"] - s["start"] for s in shards),
-        "written": sum(s["rows"] for s in shards),
-        "skipped": sum(reasons.values()),
-        "skipped_by_reason": dict(sorted(reasons.items())),
-    }
-    manifest["complete"] = len(shards) == manifest["shards_planned"]
-    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    atomic_write_json(directory / MANIFEST, manifest)
 
 
 def shard_entry(j: int, data: ShardData, start: int, stop: int, sha256: str) -> dict[str, Any]:
@@ -389,77 +270,3 @@ def shard_entry(j: int, data: ShardData, start: int, stop: int, sha256: str) -> 
             "id_min": int(data.ids.min()) if len(data) else None,
             "id_max": int(data.ids.max()) if len(data) else None,
             "skipped_by_reason": reasons, "sha256": sha256}
-
-
-def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray | None = None, *,
-                 ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
-                 bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
-                 shard_rows: int = 100_000, description: str = "arrays",
-                 label_sets: np.ndarray | None = None) -> ShardSet:
-    """A complete shard directory from arrays (codes packed as ``np.packbits(bits, bitorder="little")``):
-    codes made by another program, synthetic collections for benchmarks and tests. ``label_sets`` (n, C)
-    bool make it a multi-label collection (``labels`` default to each item's first class)."""
-    directory = Path(directory)
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    n = len(codes)
-    bits = bits or codes.shape[1] * 8
-    if codes.ndim != 2 or codes.shape[1] != (bits + 7) // 8:
-        raise HashindexError(f"codes: expected shape (n, {(bits + 7) // 8}) for {bits} bits, got {codes.shape}")
-    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    if label_sets is not None:
-        label_sets = np.asarray(label_sets, dtype=bool)
-        if label_sets.ndim != 2 or (class_names and label_sets.shape[1] != len(class_names)):
-            raise HashindexError(f"label_sets: expected shape (n, {len(class_names or []) or 'classes'}), "
-                                 f"got {label_sets.shape}")
-        class_names = class_names or [str(c) for c in range(label_sets.shape[1])]
-        if labels is None:
-            labels = np.where(label_sets.any(axis=1), label_sets.argmax(axis=1), -1)
-    labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, dtype=np.int32)
-    paths = [""] * n if paths is None else list(paths)
-    if features is not None:
-        features = np.asarray(features, dtype=np.float16)
-    for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features),
-                      ("label_sets", label_sets)):
-        if arr is not None and len(arr) != n:
-            raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
-    dim = 0 if features is None else features.shape[1]
-    directory.mkdir(parents=True, exist_ok=False)
-    attrs = shard_attrs(model_id, bits, dim, "arrays", description)
-    manifest = new_manifest(model_id=model_id, bits=bits, code_bytes=codes.shape[1], feature_dim=dim,
-                            feature_dtype="none" if features is None else "float16", feature_kind="arrays",
-                            class_names=list(class_names or []),
-                            source={"description": description, "items": n, "spec": None,
-                                    "fingerprint": f"{description}-{n}", "id_offset": int(ids[0]) if n else 0},
-                            shard_size=shard_rows, shards_planned=-(-n // shard_rows),
-                            multi_label=label_sets is not None)
-    for j, start in enumerate(range(0, n, shard_rows)):
-        stop = min(start + shard_rows, n)
-        data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
-                         ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[],
-                         label_sets=None if label_sets is None else label_sets[start:stop])
-        digest = write_shard(directory / shard_name(j), data, attrs)
-        manifest["shards"].append(shard_entry(j, data, start, stop, digest))
-    save_manifest(directory, manifest)
-    return ShardSet(directory)
-
-
-def describe_shards(directory: str | Path) -> dict[str, Any]:
-    """Summary for `hashindex info SHARD_DIR`."""
-    shards = ShardSet(directory, require_complete=False)
-    m = shards.manifest
-    if shards.multi_label:  # items per class, an item counted in each of its classes
-        sets = shards.load(("label_sets",))["label_sets"]
-        hist = set_counts(np.zeros((0, len(shards.class_names)), bool) if sets is None else sets, shards.class_names)
-    else:
-        labels = np.concatenate([read_shard(p, ("labels",))["labels"] for p in shards.shard_paths()]
-                                or [np.zeros(0, np.int32)])
-        hist = label_counts(labels, shards.class_names)
-    return {
-        "kind": "shards", "path": str(shards.dir), "complete": m["complete"],
-        "shards": f"{len(m['shards'])}/{m['shards_planned']}", "rows": shards.rows,
-        "model_id": m["model_id"], "bits": m["bits"],
-        "features": f"{m['feature_dim']} x {m['feature_dtype']}" if m["feature_dtype"] != "none" else "none",
-        "source": m["source"]["description"], "skipped": m["totals"]["skipped"],
-        "skipped_by_reason": m["totals"]["skipped_by_reason"], "labels": hist,
-        **({"multi_label": True} if shards.multi_label else {}),
-    }
