@@ -161,18 +161,21 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
             f"coarse_recall@{r}": float(np.concatenate(recall).mean())}
 
 
+_AT = ("map@", "ndcg@", "acg@")  # the cut-off columns of the table (NDCG and ACG: label sets only)
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     """The metrics as a short human-readable table."""
     r = next(k for k in m if k.startswith("radius"))
     lines = [f"{m['queries']} queries vs {m['database']} items, {m['bits']} bits, model {m.get('model_id', '')}"
              + (f"; relevant = {m['relevance']}" if "relevance" in m else ""),
-             f"{'ranking':<22} {'mAP':>8} " + " ".join(f"{k:>9}" for k in m["hamming"] if k.startswith("map@")),
+             f"{'ranking':<22} {'mAP':>8} " + " ".join(f"{k:>9}" for k in m["hamming"] if k.startswith(_AT)),
              f"{'Hamming':<22} {m['hamming']['map']:8.4f} "
-             + " ".join(f"{v:9.4f}" for k, v in m["hamming"].items() if k.startswith("map@"))]
+             + " ".join(f"{v:9.4f}" for k, v in m["hamming"].items() if k.startswith(_AT))]
     if "reranked" in m:
         label = f"{m['reranked'].get('signal', 'l2')}, pool {m['reranked']['candidates']}"
         lines.append(f"{label:<22} {m['reranked']['map']:8.4f} "
-                     + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith("map@")))
+                     + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith(_AT)))
     if "served" in m:
         sv = m["served"]
         at = ", ".join(f"{k} {v:.4f}" for k, v in sv.items() if k.startswith("map@"))

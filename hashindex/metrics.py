@@ -110,10 +110,46 @@ class Relevance:
     def __call__(self, sl: slice, order: np.ndarray | None = None) -> np.ndarray:
         """(q, n) bool: relevance of the database (in ``order``, per query, when given) to queries ``sl``."""
         if self.sets:
-            rel = (self.q[sl] @ self.db) > 0
+            rel = self.shared(sl) > 0
             return rel if order is None else np.take_along_axis(rel, order, 1)
         ranked = self.db[None, :] if order is None else self.db[order]
         return ranked == self.q[sl, None]
+
+    def shared(self, sl: slice) -> np.ndarray:
+        """(q, n) float32: how many labels each database item shares with each query ``sl`` (label sets)."""
+        return self.q[sl] @ self.db
+
+
+class _GradedScores:
+    """NDCG@k and ACG@k of one ranking, where an item's gain is the number of labels it shares with the query
+    (label sets; DSRH, Zhao et al. CVPR 2015): NDCG = sum (2^r - 1) / log2(1 + rank) over the top k, over the
+    same sum for the best order of the whole database (0 for a query sharing nothing); ACG = mean r of the top k."""
+
+    def __init__(self, at: tuple[int, ...]):
+        self.at = at
+        self.sums = {f"{m}@{k}": 0.0 for k in at for m in ("ndcg", "acg")}
+        self.n = 0
+
+    def add(self, ranked_gains: np.ndarray, ideal: np.ndarray) -> None:
+        """``ranked_gains`` (q, n) in ranked order; ``ideal`` (q, max k) the largest gains, descending."""
+        self.n += len(ranked_gains)
+        ranked_gains, ideal = ranked_gains.astype(np.float64), ideal.astype(np.float64)  # sums in float64
+        for k in self.at:
+            discount = 1.0 / np.log2(np.arange(2, k + 2))
+            dcg = ((2.0 ** ranked_gains[:, :k] - 1) * discount[:ranked_gains[:, :k].shape[1]]).sum(axis=1)
+            best = ((2.0 ** ideal[:, :k] - 1) * discount[:ideal[:, :k].shape[1]]).sum(axis=1)
+            self.sums[f"ndcg@{k}"] += float(np.where(best > 0, dcg / np.maximum(best, 1e-12), 0.0).sum())
+            self.sums[f"acg@{k}"] += float(ranked_gains[:, :k].mean(axis=1).sum())
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.n, 1) for name, total in self.sums.items()}
+
+
+def ideal_gains(gains: np.ndarray, k: int) -> np.ndarray:
+    """(q, k) each row's k largest gains, descending."""
+    k = min(k, gains.shape[1])
+    top = -np.partition(-gains, k - 1, axis=1)[:, :k]
+    return -np.sort(-top, axis=1)
 
 
 def relevant_items(q_targets: np.ndarray, db_targets: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -232,8 +268,10 @@ def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radiu
 def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
-                    tie_cap: int | None = None, chunk: int = 64, progress: bool = False) -> dict[str, Any]:
-    """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`).
+                    tie_cap: int | None = None, chunk: int = 64, progress: bool = False,
+                    graded_at: tuple[int, ...] = (100,)) -> dict[str, Any]:
+    """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`; with label
+    sets also NDCG@k and ACG@k for k in ``graded_at``, the gain of an item being the labels it shares).
 
     ``rerank(query_slice, positions) -> (q, m) float distances`` re-orders each
     query's pool when given: its first ``candidates`` items widened to the whole
@@ -251,12 +289,18 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     n_le_all, r_le_all, total_rel = [], [], []
     pool_sum = 0
     relevant = Relevance(q_labels, db_labels)
+    graded_at = tuple(min(k, ndb) for k in graded_at) if relevant.sets else ()
+    graded, graded_rr = _GradedScores(graded_at), _GradedScores(graded_at)
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
         order = np.argsort(d, axis=1, kind="stable")
-        rel = relevant(sl)
+        gains = relevant.shared(sl) if graded_at else None
+        rel = gains > 0 if gains is not None else relevant(sl)
         hamming.add(np.take_along_axis(rel, order, 1))
+        if graded_at:
+            ideal = ideal_gains(gains, max(graded_at))
+            graded.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
         n, r = per_distance_counts(d, rel, bits)
         ap_tie.append(tie_aware_ap(n, r, harmonic))
         pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
@@ -268,6 +312,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                                         tie_cap or candidates)
             pool_sum += int(sizes.sum())
             reranked.add(np.take_along_axis(rel, order, 1))
+            if graded_at:
+                graded_rr.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
     radius = min(radius, bits)
     within, curve = _radius_figures(np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel),
                                     radius, bits)
@@ -280,8 +326,11 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         f"radius{radius}": within,
         "pr_curve": curve,
     }
+    if graded_at:
+        out["hamming"].update(graded.means())
     if rerank is not None:
-        out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), **reranked.maps()}
+        out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), **reranked.maps(),
+                           **(graded_rr.means() if graded_at else {})}
         out["precision_at_k_reranked"] = (reranked.pk_sum / nq).tolist()
     out["per_class"] = per_class_map(q_labels, np.concatenate(hamming.ap["all"]),
                                      np.concatenate(reranked.ap["all"]) if rerank is not None else None)

@@ -133,10 +133,52 @@ def test_label_sets_score_a_shared_label_as_relevant():
     single = evaluate_arrays(q_codes, q_labels, db_codes, labels, 16, pk_max=20)
     as_sets = evaluate_arrays(q_codes, np.eye(6, dtype=bool)[q_labels], db_codes, np.eye(6, dtype=bool)[labels], 16,
                               pk_max=20)
-    for key in ("hamming", "precision_at_k", "precision_at_k_tie_aware", "radius2"):
+    for key in ("precision_at_k", "precision_at_k_tie_aware", "radius2"):
         assert single[key] == as_sets[key]
+    assert as_sets["hamming"] == {**single["hamming"], "ndcg@100": as_sets["hamming"]["ndcg@100"],
+                                  "acg@100": as_sets["hamming"]["acg@100"]}  # sets add graded figures
     with pytest.raises(ValueError, match="differ in kind"):
         evaluate_arrays(q_codes, q_labels, db_codes, db_sets, 16)
+
+
+def test_ndcg_and_acg_of_label_sets_equal_a_plain_loop():
+    """Graded relevance for label sets: an item's gain is the labels it shares with the query (DSRH's NDCG@k
+    and ACG@k), for the Hamming ranking and the re-ranked one, against a loop written from the definition."""
+    rng = np.random.default_rng(11)
+    db_codes, q_codes = rng.integers(0, 256, (200, 1), dtype=np.uint8), rng.integers(0, 256, (12, 1), dtype=np.uint8)
+    db_sets, q_sets = rng.random((200, 5)) < 0.4, rng.random((12, 5)) < 0.4
+    q_sets[0] = False  # shares nothing: NDCG 0
+    noise = rng.random((12, 200))
+    m = evaluate_arrays(q_codes, q_sets, db_codes, db_sets, 8, graded_at=(10, 50), pk_max=5,
+                        rerank=lambda sl, pos: np.take_along_axis(noise[sl], pos, 1), candidates=30)
+
+    def plain(order_of):
+        ndcg, acg = {10: [], 50: []}, {10: [], 50: []}
+        for i, (qc, qs) in enumerate(zip(q_codes, q_sets)):
+            gains = np.array([int((s & qs).sum()) for s in db_sets])
+            order = order_of(i, qc)
+            best = sorted(gains, reverse=True)
+            for k in (10, 50):
+                dcg = sum((2 ** gains[j] - 1) / np.log2(r + 2) for r, j in enumerate(order[:k]))
+                idcg = sum((2 ** g - 1) / np.log2(r + 2) for r, g in enumerate(best[:k]))
+                ndcg[k].append(dcg / idcg if idcg else 0.0)
+                acg[k].append(gains[order[:k]].mean())
+        return {**{f"ndcg@{k}": np.mean(v) for k, v in ndcg.items()}, **{f"acg@{k}": np.mean(v) for k, v in acg.items()}}
+
+    def hamming_order(i, qc):
+        return np.argsort(np.unpackbits(qc[None] ^ db_codes, axis=1).sum(1), kind="stable")
+
+    def reranked_order(i, qc):
+        d = np.unpackbits(qc[None] ^ db_codes, axis=1).sum(1)
+        order = np.argsort(d, kind="stable")
+        pool = order[:30]  # the 30 candidates (ties beyond them not widened: tie_cap = candidates)
+        pool = pool[np.lexsort((pool, d[pool], noise[i, pool]))]
+        return np.concatenate([pool, order[30:]])
+
+    for ranking, order_of in (("hamming", hamming_order), ("reranked", reranked_order)):
+        for key, value in plain(order_of).items():
+            assert abs(m[ranking][key] - value) < 1e-9, (ranking, key)
+    assert "ndcg@100" not in evaluate_arrays(q_codes, np.zeros(12, int), db_codes, np.zeros(200, int), 8)["hamming"]
 
 
 def _plain_ap(rel: np.ndarray) -> float:

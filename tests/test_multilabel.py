@@ -64,6 +64,7 @@ def test_label_sets_travel_from_shards_to_index_to_eval(tmp_path):
     assert abs(m["hamming"]["map"] - brute_map(q_codes[labelled], q_sets[labelled], db_codes, db_sets)) < 1e-9
     assert m["relevance"] == "a shared label (label sets)" and m["unlabelled_queries_skipped"] == int((~labelled).sum())
     assert m["hamming"]["map"] > 0.6  # the codes carry the sets: chance (a shared label by luck) is about 0.45
+    assert 0 < m["hamming"]["ndcg@100"] <= 1 and 0 < m["hamming"]["acg@100"]
     text = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "index"), "--queries", str(tmp_path / "q")]).output
     assert "relevant = a shared label (label sets)" in text.splitlines()[0]
     info = CliRunner().invoke(cli, ["-q", "info", str(tmp_path / "db"), "--json"])

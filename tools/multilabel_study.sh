@@ -29,7 +29,7 @@ p = sys.argv[1]; print("none" if not os.path.exists(p) else "unfinished" if "tra
     hashindex -q eval "$out/$kind-index" --queries "$out/$kind-q" --at 100 --at 1000 --json > "$out/eval-$kind.json"
     python -c 'import json, sys; m = json.load(open(sys.argv[1]))
 r = m.get("reranked", {})
-print(sys.argv[2], "Hamming mAP@all %.4f mAP@1000 %.4f P@10 %.4f" % (m["hamming"]["map"], m["hamming"]["map@1000"], m["precision_at_k"][9]),
+print(sys.argv[2], "Hamming mAP@all %.4f mAP@1000 %.4f P@10 %.4f NDCG@100 %.4f" % (m["hamming"]["map"], m["hamming"]["map@1000"], m["precision_at_k"][9], m["hamming"]["ndcg@100"]),
       "| re-ranked (%s) mAP@all %.4f" % (r.get("signal"), r.get("map", float("nan"))))' "$out/eval-$kind.json" "$kind"
 done
 exit

@@ -80,7 +80,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     def score(signal: str) -> float:
         if signal == "hamming":
             return evaluate_arrays(q["codes"], q["targets"], db["codes"], db["targets"], shards.bits,
-                                   at=(), pk_max=1)["hamming"]["map"]
+                                   at=(), pk_max=1, graded_at=())["hamming"]["map"]
         qv = query_vectors(signal, q["features"], head)
         dv = database_vectors(signal, db["features"], db["codes"], head)
         dn = (dv * dv).sum(axis=1)
@@ -92,7 +92,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
             return np.take_along_axis(full, pos, 1)
 
         return evaluate_arrays(q["codes"], q["targets"], db["codes"], db["targets"], shards.bits, at=(),
-                               pk_max=1, rerank=distances, candidates=size,
+                               pk_max=1, graded_at=(), rerank=distances, candidates=size,
                                tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 
     pools: dict[str, int] = {}
