@@ -2,8 +2,9 @@
 # The multi-label study of docs/RESULTS.md ("Multi-label collections"): CIFAR-10 pairs (tools/make_pairs.py:
 # two images side by side, labelled with both classes), a 48-bit net trained on the label sets (binary
 # cross-entropy per class) against the same net trained on one class per image (the left half's, softmax),
-# both extracted, indexed and scored the same way: queries = 2,000 test pairs, database = 8,000 training
-# pairs, relevance = a shared label. Resumable: run it again after an interruption.
+# and the shipped single-image model (nin-cifar10-48-v2, 32 px) as it is, each extracted, indexed and scored
+# the same way: queries = 2,000 test pairs, database = 8,000 training pairs, relevance = a shared label.
+# Resumable: run it again after an interruption.
 #
 #   PATH=$PWD/.venv/bin:$PATH tools/multilabel_study.sh        (EPOCHS=12, OUT=runs/pairs)
 set -euo pipefail
@@ -13,11 +14,13 @@ epochs=${EPOCHS:-12}
 data=${HASHINDEX_DATA:-../shared/data}
 [ -f "$out/train/list.txt" ] || python tools/make_pairs.py --data "$data/cifar10-jpeg/train.tar" --out "$out/train" --n 8000 --seed 0
 [ -f "$out/test/list.txt" ] || python tools/make_pairs.py --data "$data/cifar10-jpeg/test.tar" --out "$out/test" --n 2000 --seed 1
-for kind in list single; do
+for kind in list single shipped; do
     ckpt=$out/$kind.pt
+    [ $kind = shipped ] && ckpt=nin-cifar10-48-v2  # the shipped model, trained on single CIFAR-10 images: no training
     echo "== $kind: $(date -u +%FT%TZ)"
     state=$(python -c 'import sys, os; from hashindex.model import read_checkpoint
 p = sys.argv[1]; print("none" if not os.path.exists(p) else "unfinished" if "train_state" in read_checkpoint(p) else "finished")' "$ckpt")
+    [ $kind = shipped ] && state=finished
     case $state in
         none) hashindex -q train --data "$out/train/$kind.txt" --val "$out/test/$kind.txt" --bits 48 --epochs "$epochs" --out "$ckpt" ;;
         unfinished) hashindex -q train --data "$out/train/$kind.txt" --val "$out/test/$kind.txt" --bits 48 --epochs "$epochs" --out "$ckpt" --resume ;;

@@ -202,10 +202,11 @@ def _label_sets(raw: list[list[str]], where: str) -> tuple[np.ndarray, list[str]
     classes '0' to the largest)."""
     flat = [t for r in raw for t in r]
     values, names = labels_from_text(flat, where)
-    names = names or [str(v) for v in range(max(values) + 1)]
+    values = np.array(values, dtype=np.int64)
+    names = names or [str(v) for v in range(int(values.max(initial=-1)) + 1)]
     sets = np.zeros((len(raw), len(names)), dtype=bool)
     rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
-    sets[rows, values] = True
+    sets[rows[values >= 0], values[values >= 0]] = True  # an integer label -1 says "none"
     labels = np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
     return labels, names, sets
 
