@@ -374,4 +374,5 @@ def _final_map(net: NINHash, train_x, train_y, val_x, val_y, device, bf16,
     _, q_codes = predict(net, val_x, device, bf16)
     m = mean_average_precision(q_codes, val_y, db_codes, train_y)
     return (m, f"mAP@all, {len(val_x)} val queries vs {len(train_x)} training images, Hamming ranking, "
-            "ties in database order", code_statistics(db_codes, net.bits)["constant_bits"])
+            "ties in database order" + (", relevant = a shared label" if val_y.ndim == 2 else ""),
+            code_statistics(db_codes, net.bits)["constant_bits"])

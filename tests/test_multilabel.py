@@ -187,6 +187,9 @@ def test_a_net_trains_on_label_sets_and_its_posterior_reranks(tmp_path):
     assert ckpt["multi_label"] and ckpt["class_names"] == [str(c) for c in range(10)]
     assert checkpoint_head(ckpt).multi_label
     assert 0.0 < summary["accuracy"] <= 1.0 and 0.0 < summary["map"] <= 1.0
+    assert ckpt["map_protocol"].endswith("relevant = a shared label")
+    loss = CliRunner().invoke(cli, ["-q", "info", str(out), "--json"])
+    assert json.loads(loss.output)["loss"] == "binary cross-entropy per class (label sets)"
     prepare(open_source(str(listed)), tmp_path / "prep", size=16, workers=0, progress=False, log=lambda s: None)
     stored = open_source(str(tmp_path / "prep"))
     assert stored.multi_label and stored.label_sets.tolist() == open_source(str(listed)).label_sets.tolist()
