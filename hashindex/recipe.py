@@ -134,7 +134,10 @@ def class_term(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch
     """The classification loss: softmax cross-entropy for class indices, per-class binary cross-entropy for
     label sets (B, C) (each label independent: an image holds any number of them)."""
     if y.ndim == 2:
-        return F.binary_cross_entropy_with_logits(logits, y * (1 - smoothing) + smoothing / 2)
+        # summed over the classes and averaged over the images: per image, the scale of a softmax
+        # cross-entropy (averaged over the classes too, the classifier would learn C times slower)
+        per_class = F.binary_cross_entropy_with_logits(logits, y * (1 - smoothing) + smoothing / 2, reduction="none")
+        return per_class.sum(axis=1).mean()
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
