@@ -258,3 +258,15 @@ def test_json_sidecars_that_list_labels_make_a_multi_label_shard_set(tmp_path):
     assert info.exit_code == 0, info.output
     described = json.loads(info.output)  # an item counts in each of its classes
     assert described["multi_label"] and described["labels"] == {"dog": 1, "person": 1, "sky": 1, "unlabelled": 1}
+
+
+def test_a_csv_list_with_several_labels_in_a_field_is_multi_label(tmp_path):
+    from hashindex.data import open_source
+
+    (tmp_path / "tags.csv").write_text("path,label\na.jpg,beach|sunset\nb.jpg, beach \nc.jpg,\nd.jpg,sunset|dog|\n")
+    src = open_source(tmp_path / "tags.csv")
+    assert src.multi_label and src.class_names == ["beach", "dog", "sunset"]
+    assert src.label_sets.tolist() == [[True, False, True], [True, False, False], [False] * 3, [False, True, True]]
+    assert list(src.labels) == [0, 0, -1, 1] and src.paths[0] == f"{tmp_path}/a.jpg"
+    (tmp_path / "one.csv").write_text("a.jpg,beach\nb.jpg,dog\n")  # no separator: one class per image, as before
+    assert not open_source(tmp_path / "one.csv").multi_label

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HashindexError
-from .members import labels_from_text
+from .members import label_sets_from_text, labels_from_text
 from .sources import FilesSource
 
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
+LABEL_SEPARATOR = "|"  # several labels in a CSV list's label field: an item's label set
 __all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "one_hot_rows", "read_list"]
 
 
@@ -90,8 +91,9 @@ class ListSource(FilesSource):
     """A text/CSV file of ``path[,label]`` lines, a Caffe list of ``path label`` lines or a one-hot list of
     ``path 0 0 1 0`` lines (``.txt`` / ``.lst``); relative paths are relative to the list.
 
-    Labels may be class names or integers. Blank lines and lines starting
-    with '#' are ignored; a first line ``path[,label]`` is a header.
+    Labels may be class names or integers; several in one field, separated by ``|`` (``beach|sunset``), make
+    the list a multi-label collection. Blank lines and lines starting with '#' are ignored; a first line
+    ``path[,label]`` is a header.
     """
 
     def __init__(self, path: str | Path, text: str | None = None):
@@ -109,13 +111,17 @@ class ListSource(FilesSource):
             p = row[0].strip()
             paths.append(p if os.path.isabs(p) else str(base / p))
             raw.append(row[1].strip() if len(row) == 2 else "")
-        labels, names = self._parse_labels(raw)
         sets = self._sets
-        if sets is not None and (sets.sum(axis=1) > 1).any():  # a multi-label list: classes are its columns
+        if sets is None and any(LABEL_SEPARATOR in r for r in raw):  # 'photo.jpg,beach|sunset': label sets
+            labels, names, sets = label_sets_from_text(
+                [[t.strip() for t in r.split(LABEL_SEPARATOR) if t.strip()] for r in raw], str(self.path))
+        elif sets is not None and (sets.sum(axis=1) > 1).any():  # a multi-label one-hot list: columns are classes
+            labels, _ = self._parse_labels(raw)
             names = [str(c) for c in range(sets.shape[1])]
             if len(sets) != len(paths):  # a header line was dropped
                 sets = sets[len(sets) - len(paths):]
         else:
+            labels, names = self._parse_labels(raw)
             sets = None
         super().__init__(paths, f"list {self.path}", labels, names, label_sets=sets)
 

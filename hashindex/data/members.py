@@ -19,6 +19,7 @@ import posixpath
 import re
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
@@ -141,6 +142,20 @@ def labels_from_text(raw: list[str], where: str) -> tuple[list[int], list[str]]:
     names = sorted(set(given))
     index = {n: i for i, n in enumerate(names)}
     return [index.get(r, -1) for r in raw], names
+
+
+def label_sets_from_text(raw: list[list[str]], where: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(first class, class names, label sets (N, C) bool) of items that each list their labels (text, as
+    `labels_from_text` reads one; integers name the classes '0' to the largest, -1 none)."""
+    flat = [t for r in raw for t in r]
+    values, names = labels_from_text(flat, where)
+    values = np.array(values, dtype=np.int64)
+    names = names or [str(v) for v in range(int(values.max(initial=-1)) + 1)]
+    sets = np.zeros((len(raw), len(names)), dtype=bool)
+    rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
+    sets[rows[values >= 0], values[values >= 0]] = True  # an integer label -1 says "none"
+    labels = np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
+    return labels, names, sets
 
 
 _BRACES = re.compile(r"\{([^{}]*)\}")

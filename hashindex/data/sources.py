@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import HashindexError
 from .images import BadImage, decode_image, to_array
 from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name,
-                      labels_from_text, sample_key, sidecar_label)
+                      label_sets_from_text, labels_from_text, sample_key, sidecar_label)
 from .members import suffix as name_suffix
 
 log = logging.getLogger("hashindex")
@@ -194,21 +194,7 @@ def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
     if all(len(r) <= 1 for r in raw):
         values, names = labels_from_text([r[0] if r else "" for r in raw], where)
         return np.array(values, dtype=np.int32), names, None
-    return _label_sets(raw, where)
-
-
-def _label_sets(raw: list[list[str]], where: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(first class, class names, label sets) of items that each list their labels (integers name the
-    classes '0' to the largest)."""
-    flat = [t for r in raw for t in r]
-    values, names = labels_from_text(flat, where)
-    values = np.array(values, dtype=np.int64)
-    names = names or [str(v) for v in range(int(values.max(initial=-1)) + 1)]
-    sets = np.zeros((len(raw), len(names)), dtype=bool)
-    rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
-    sets[rows[values >= 0], values[values >= 0]] = True  # an integer label -1 says "none"
-    labels = np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
-    return labels, names, sets
+    return label_sets_from_text(raw, where)
 
 
 def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str
