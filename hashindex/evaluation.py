@@ -18,15 +18,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import (average_precision, class_name, code_statistics, common_kind, evaluate_arrays,
-                      format_code_statistics, one_hot_sets, pad_codes, relevant_items)
+from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays, format_code_statistics,
+                      pad_codes, relevant_items)
 
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "
-            "database with ties in database order (headline mAP and precision@k) and the tie-aware expectations beside them; mAP@k divides by the relevant "
-            "items in the top k; a query with no item within the radius counts precision 0; re-ranked = the ranking "
-            "a query gets: the pool (whole tie groups) re-ordered by the index's signal, then Hamming order; "
-            "served (approximate coarse indexes) = the top k the index's search returns, -1s counted not relevant")
+            "database with ties in database order (headline mAP and precision@k) and the tie-aware expectations "
+            "beside them; mAP@k divides by the relevant items in the top k; a query with no item within the radius "
+            "counts precision 0; re-ranked = the ranking a query gets: the pool (whole tie groups) re-ordered by "
+            "the index's signal, then Hamming order; served (approximate coarse indexes) = the top k the index's "
+            "search returns, -1s counted not relevant")
 
 
 @contextmanager
@@ -54,6 +55,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     database).
     """
     from .index import TIE_CAP, Index
+    from .query import common_targets
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
@@ -71,7 +73,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
                              f"({shards.class_names[:3]}... vs {index.class_names[:3]}...)")
     db_codes = index.table_codes()
     keep = q["labels"] >= 0
-    q_targets, db_targets = common_targets(q, index)
+    q_targets, db_targets = common_targets(q, index)  # labels, or label sets on both sides
     use_rerank = rerank and index.rerank is not None and q["features"] is not None
     vecs = index.query_vectors(q["features"][keep].astype(np.float32)) if use_rerank else None
     pool = min(index.count if candidates == "all" else (candidates or index.default_candidates), index.count)
@@ -89,7 +91,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     if index.meta["binary"]["kind"] != "flat":
         out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
                                        q_targets[keep], db_codes, at, candidates=pool, rerank=use_rerank,
-                                       progress=progress)
+                                       progress=progress, db_targets=db_targets)
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     if q_targets.ndim == 2:
@@ -101,23 +103,13 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     return out
 
 
-def common_targets(q: dict[str, Any], index) -> tuple[np.ndarray, np.ndarray]:
-    """(query targets, database targets) of one kind: labels, or label sets when either side is multi-label
-    (the other side's labels become sets of one class: a single-label query of a multi-label collection is
-    relevant to the items that carry its class)."""
-    from .store import targets
-
-    classes = max(len(index.class_names), int(max(q["labels"].max(initial=-1), index.labels.max(initial=-1))) + 1)
-    return common_kind(targets(q), index.targets(), classes)
-
-
 SERVED_RECALL_AT = 10
 
 
 def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels: np.ndarray,
                    db_codes: np.ndarray, at: tuple[int, ...], *, candidates: int | None = None,
-                   rerank: bool = True, chunk: int = 256,
-                   progress: bool = False) -> dict[str, Any]:
+                   rerank: bool = True, chunk: int = 256, progress: bool = False,
+                   db_targets: np.ndarray | None = None) -> dict[str, Any]:
     """mAP@k (k in ``at``, up to the index's size) and precision@10 of the ranking ``index.search`` serves (its
     coarse index as built, default pool and signal), and the coarse stage's tie-aware recall@10: the share
     of the Hamming top 10 it serves (searched, as every search is, for the default pool) at most as far as
@@ -134,8 +126,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     # the exact 10th distance from a flat scan, not a (chunk x collection) distance matrix: 256 queries of a
     # 10M-item collection would hold 2.5G distances
     pbytes = index.meta["binary"]["padded_bytes"]
-    db_targets = index.targets() if labels.ndim == index.targets().ndim else \
-        one_hot_sets(index.labels, labels.shape[1])
+    db_targets = index.targets() if db_targets is None else db_targets  # of the queries' kind (`common_targets`)
     exact = faiss.IndexBinaryFlat(pbytes * 8)
     exact.add(pad_codes(db_codes, pbytes))
     aps: dict[int, list[np.ndarray]] = {a: [] for a in at if a <= k}

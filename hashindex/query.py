@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import class_name, common_kind
 from .index import MISSING, Index, SearchResult
+from .metrics import class_name, common_kind
 from .signals import query_from_database
 
 
@@ -111,15 +111,24 @@ def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names:
     return result_rows(index, SearchResult(ids, pos, ham, dist), names)
 
 
+def common_targets(rows: dict[str, Any], index: Index) -> tuple[np.ndarray, np.ndarray]:
+    """(query targets, database targets) of one kind for query ``rows`` read from shards: labels, or label sets
+    when either side is multi-label (the other side's labels become sets of one class: a single-label query
+    of a multi-label collection is relevant to the items that carry its class)."""
+    from .store import targets
+
+    biggest = int(max(rows["labels"].max(initial=-1), index.labels.max(initial=-1)))
+    return common_kind(targets(rows), index.targets(), max(len(index.class_names), biggest + 1))
+
+
 def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
     """A few labelled queries (one per class first) searched as a query would be: what a results grid shows."""
-    from .store import ShardSet, targets
+    from .store import ShardSet
 
     qshards = ShardSet(queries_dir, "queries")
     q = qshards.load(("codes", "features", "paths") + qshards.label_fields)
     labels = q["labels"]
-    classes = max(len(index.class_names), int(max(labels.max(initial=-1), index.labels.max(initial=-1))) + 1)
-    q_targets, db_targets = common_kind(targets(q), index.targets(), classes)
+    q_targets, db_targets = common_targets(q, index)
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
     feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
