@@ -264,7 +264,8 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
                              "green" if relevant[row, col] else "red", f"d={int(res.hamming[row, col])}"))
         rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
                      f"query: {class_name(index.class_names, int(ql))}", hits))
-    return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class, red = other; model {index.model_id}")
+    return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class (a shared label for label sets), "
+                                  f"red = other; model {index.model_id}")
 
 
 def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
@@ -299,5 +300,5 @@ def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:
 def query_grid(index, rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the results of `hashindex query` as a PNG grid (query image, then its results)."""
     return _draw_grid(query_grid_rows(index, rows), Path(path),
-                      f"hashindex query: {index.count} items, model {index.model_id} (border: green same class, "
-                      "red other, grey unknown)")
+                      f"hashindex query: {index.count} items, model {index.model_id} (border: green same class or a "
+                      "shared label, red other, grey unknown)")
