@@ -134,10 +134,10 @@ class _GradedScores:
         """``ranked_gains`` (q, n) in ranked order; ``ideal`` (q, max k) the largest gains, descending."""
         self.n += len(ranked_gains)
         ranked_gains, ideal = ranked_gains.astype(np.float64), ideal.astype(np.float64)  # sums in float64
-        for k in self.at:
+        for k in self.at:  # both hold at least max(at) columns (evaluate_arrays caps at at the database size)
             discount = 1.0 / np.log2(np.arange(2, k + 2))
-            dcg = ((2.0 ** ranked_gains[:, :k] - 1) * discount[:ranked_gains[:, :k].shape[1]]).sum(axis=1)
-            best = ((2.0 ** ideal[:, :k] - 1) * discount[:ideal[:, :k].shape[1]]).sum(axis=1)
+            dcg = ((2.0 ** ranked_gains[:, :k] - 1) * discount).sum(axis=1)
+            best = ((2.0 ** ideal[:, :k] - 1) * discount).sum(axis=1)
             self.sums[f"ndcg@{k}"] += float(np.where(best > 0, dcg / np.maximum(best, 1e-12), 0.0).sum())
             self.sums[f"acg@{k}"] += float(ranked_gains[:, :k].mean(axis=1).sum())
 
@@ -167,6 +167,12 @@ def one_hot_sets(labels: np.ndarray, classes: int) -> np.ndarray:
     has = (labels >= 0) & (labels < classes)
     sets[np.flatnonzero(has), labels[has]] = True
     return sets
+
+
+def first_labels(sets: np.ndarray) -> np.ndarray:
+    """Each item's first class in label sets (N, C) (-1 for none): the one class per item that code reading
+    a single label sees (the inverse of `one_hot_sets` for sets of one)."""
+    return np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
 
 
 def common_kind(q_targets: np.ndarray, db_targets: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:

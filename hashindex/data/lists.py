@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HashindexError
+from ..metrics import first_labels
 from .members import label_sets_from_text, labels_from_text
 from .sources import FilesSource
 
@@ -102,8 +103,8 @@ class ListSource(FilesSource):
         base = self.path.parent
         text = read_list(self.path) if text is None else text
         paths, raw = [], []
-        self._sets: np.ndarray | None = None
-        for lineno, row in self._rows(text):
+        rows, sets = self._rows(text)
+        for lineno, row in rows:
             if lineno == 1 and row[0].strip().lower() == "path":
                 continue
             if len(row) > 2:
@@ -111,34 +112,30 @@ class ListSource(FilesSource):
             p = row[0].strip()
             paths.append(p if os.path.isabs(p) else str(base / p))
             raw.append(row[1].strip() if len(row) == 2 else "")
-        sets = self._sets
         if sets is None and any(LABEL_SEPARATOR in r for r in raw):  # 'photo.jpg,beach|sunset': label sets
             labels, names, sets = label_sets_from_text(
                 [[t.strip() for t in r.split(LABEL_SEPARATOR) if t.strip()] for r in raw], str(self.path))
         elif sets is not None and (sets.sum(axis=1) > 1).any():  # a multi-label one-hot list: columns are classes
-            labels, _ = self._parse_labels(raw)
-            names = [str(c) for c in range(sets.shape[1])]
-            if len(sets) != len(paths):  # a header line was dropped
-                sets = sets[len(sets) - len(paths):]
+            sets = sets[len(sets) - len(paths):]  # without a dropped header line
+            labels, names = first_labels(sets), [str(c) for c in range(sets.shape[1])]
         else:
             labels, names = self._parse_labels(raw)
             sets = None
         super().__init__(paths, f"list {self.path}", labels, names, label_sets=sets)
 
-    def _rows(self, text: str) -> list[tuple[int, list[str]]]:
+    def _rows(self, text: str) -> tuple[list[tuple[int, list[str]]], np.ndarray | None]:
         """(line number, fields) of each entry: a one-hot list's ``path`` and class index, a Caffe list's
-        ``path label``, else CSV (tab-separated for .tsv)."""
+        ``path label``, else CSV (tab-separated for .tsv); and a one-hot list's columns (else None)."""
         if self.path.suffix.lower() in (".txt", ".lst"):
             one_hot = one_hot_rows(text)
             if one_hot is not None:
-                rows, self._sets = one_hot
-                return rows
+                return one_hot
             spaced = caffe_rows(text)
             if spaced is not None:
-                return spaced
+                return spaced, None
         delim = "\t" if self.path.suffix == ".tsv" else ","
         rows = enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1)
-        return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")]
+        return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")], None
 
     def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
         values, names = labels_from_text(raw, str(self.path))

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
+from ..metrics import first_labels
 from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
@@ -154,8 +155,7 @@ def label_sets_from_text(raw: list[list[str]], where: str) -> tuple[np.ndarray, 
     sets = np.zeros((len(raw), len(names)), dtype=bool)
     rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
     sets[rows[values >= 0], values[values >= 0]] = True  # an integer label -1 says "none"
-    labels = np.where(sets.any(axis=1), sets.argmax(axis=1), -1).astype(np.int32)
-    return labels, names, sets
+    return first_labels(sets), names, sets
 
 
 _BRACES = re.compile(r"\{([^{}]*)\}")

@@ -216,10 +216,9 @@ def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, whe
     sets = None
     if image_sets is not None:  # rows of the items never read stay empty
         row = {n: i for i, n in enumerate(images)}
+        at = np.array([row.get(n, -1) for n in paths], dtype=np.int64)
         sets = np.zeros((len(paths), len(class_names)), dtype=bool)
-        at = [(j, row[n]) for j, n in enumerate(paths) if n in row]
-        if at:
-            sets[[j for j, _ in at]] = image_sets[[i for _, i in at]]
+        sets[at >= 0] = image_sets[at[at >= 0]]
     return paths, labels, class_names, {i: reasons[n] for i, n in enumerate(paths) if n in reasons}, sets
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
+from ..metrics import first_labels, one_hot_sets
 from .members import expand_braces, is_tar_name
 from .sources import ImageSource, TarSource
 
@@ -59,14 +60,14 @@ def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str], np.n
         return np.concatenate(out), names, None
     sets = []
     for p, t, labels in zip(parts, text, out):
+        if p.label_sets is None:
+            sets.append(one_hot_sets(labels, len(names)))
+            continue
         part = np.zeros((len(p), len(names)), dtype=bool)
-        if p.label_sets is not None:
-            part[:, [index[n] for n in t]] = p.label_sets
-        else:
-            part[np.flatnonzero(labels >= 0), labels[labels >= 0]] = True
+        part[:, [index[n] for n in t]] = p.label_sets
         sets.append(part)
     merged = np.concatenate(sets)
-    return np.where(merged.any(axis=1), merged.argmax(axis=1), -1).astype(np.int32), names, merged
+    return first_labels(merged), names, merged
 
 
 def shard_parts(paths: list[Path], base: Path | None = None) -> list[tuple[str, ImageSource]]:

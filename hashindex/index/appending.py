@@ -22,8 +22,8 @@ from ..store import ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, buckets_file, check_index,
-                     copy_table, memory_figures, new_table, part_file, read_binary, read_head, read_index_meta,
-                     read_label_sets, read_table, record_checksums, rerank_files, rerank_signal, write_binary)
+                     copy_table, label_set_classes, memory_figures, new_table, part_file, read_binary, read_head,
+                     read_index_meta, read_table, record_checksums, rerank_files, rerank_signal, write_binary)
 from .writing import binary_names, check_shards, exclusive_index, fill, replacing, source_entry
 
 
@@ -36,7 +36,7 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
     if store.class_names and store.class_names != meta["class_names"]:
         raise HashindexError(f"{where}: classes {store.class_names[:5]} differ from the index's "
                              f"{meta['class_names'][:5]}")
-    if store.multi_label != (read_label_sets(index_dir) is not None):
+    if store.multi_label != (label_set_classes(index_dir) > 0):  # the column's shape, not its (N, C) values
         kinds = ("label sets", "one class per item")
         raise HashindexError(f"{where}: holds {kinds[not store.multi_label]}, {index_dir} holds "
                              f"{kinds[store.multi_label]} (a multi-label collection joins a multi-label index)")
@@ -109,8 +109,7 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
     head = read_head(index_dir)
 
     with replacing(index_dir) as tmp:
-        sets = read_label_sets(index_dir)
-        with new_table(tmp / TABLE_FILE, n, meta["code_bytes"], 0 if sets is None else sets.shape[1]) as table:
+        with new_table(tmp / TABLE_FILE, n, meta["code_bytes"], label_set_classes(index_dir)) as table:
             copy_table(index_dir, table, n_old)
             fill(store, [part], [fpart] if fpart is not None else [], bounds, pbytes, table, n_old, progress,
                  rerank_signal(meta), head)

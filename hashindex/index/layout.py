@@ -299,6 +299,12 @@ def table_columns(table: h5py.File) -> tuple[str, ...]:
     return tuple(name for name in ("ids", "labels", "codes", "paths", "label_sets") if name in table)
 
 
+def label_set_classes(directory: Path) -> int:
+    """How many classes the index's label sets have (0: one class per item), read from the column's shape."""
+    with h5py.File(directory / TABLE_FILE, "r") as t:
+        return int(t["label_sets"].shape[1]) if "label_sets" in t else 0
+
+
 def read_label_sets(directory: Path) -> np.ndarray | None:
     """The label sets (N, C) bool of a multi-label collection's index, or None."""
     with h5py.File(directory / TABLE_FILE, "r") as t:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import label_counts, set_counts
+from ..metrics import first_labels, label_counts, set_counts
 from .manifest import new_manifest, save_manifest, shard_attrs, shard_name
 from .shards import ShardData, ShardSet, read_shard, shard_entry, write_shard
 
@@ -36,7 +36,7 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
                                  f"got {label_sets.shape}")
         class_names = class_names or [str(c) for c in range(label_sets.shape[1])]
         if labels is None:
-            labels = np.where(label_sets.any(axis=1), label_sets.argmax(axis=1), -1)
+            labels = first_labels(label_sets)
     labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, dtype=np.int32)
     paths = [""] * n if paths is None else list(paths)
     if features is not None:
