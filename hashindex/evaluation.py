@@ -24,7 +24,7 @@ from .metrics import (average_precision, class_name, code_statistics, evaluate_a
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "
             "database with ties in database order (headline mAP and precision@k) and the tie-aware expectations "
-            "beside them; mAP@k divides by the relevant items in the top k; a query with no item within the radius "
+            "beside them; a query that is an indexed item is left out of its own ranking; mAP@k divides by the relevant items in the top k; a query with no item within the radius "
             "counts precision 0; re-ranked = the ranking a query gets: the pool (whole tie groups) re-ordered by "
             "the index's signal, then Hamming order; served (approximate coarse indexes) = the top k the index's "
             "search returns, -1s counted not relevant")
@@ -45,17 +45,19 @@ def query_shard_dir(index, queries: str | Path, model: str | None = None, device
 
 def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
              candidates: int | str | None = None, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
-             progress: bool = True, model: str | None = None, device: str = "cpu") -> dict[str, Any]:
+             progress: bool = True, model: str | None = None, device: str = "cpu",
+             exclude_self: bool = True) -> dict[str, Any]:
     """Evaluate an index with labelled queries (relevance = same label; a shared label where the queries or
     the index carry label sets).
 
     ``index_dir``: an INDEX_DIR or an opened Index (a caller that also draws its results opens it once);
     ``queries_dir``: a shard directory, or an image source encoded on the fly with ``model`` on ``device``
     (`query_shard_dir`); ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole
-    database).
+    database). ``exclude_self``: queries that are items of the index (`own_positions`) are scored against
+    the other items (leave-one-out), not rewarded for finding themselves.
     """
     from .index import TIE_CAP, Index
-    from .query import common_targets
+    from .query import common_targets, own_positions
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
@@ -64,7 +66,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
         shards = ShardSet(shard_dir, "queries")
         index.check_model(shards.model_id, f"queries={queries_dir}")
-        q = shards.load(("codes", "features") + shards.label_fields)
+        q = shards.load(("codes", "features", "ids") + shards.label_fields)
+        own = own_positions(index, shards, q["ids"]) if exclude_self else None
     if (q["labels"] < 0).all():
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")
@@ -81,9 +84,15 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     def rr(sl, pos):
         return index.float_distances(vecs[sl], pos, vectors=True)
 
+    own = own[keep] if own is not None and (own[keep] >= 0).any() else None
+    if own is not None:
+        if index.count < 2:
+            raise HashindexError(f"queries={queries_dir}: the index holds only the queries' own item, nothing "
+                                 "else to rank them against")
+        pool = min(pool, index.count - 1)
     out = evaluate_arrays(q["codes"][keep], q_targets[keep], db_codes, db_targets, index.bits,
                           at=at, pk_max=pk_max, radius=radius, rerank=rr if use_rerank else None,
-                          candidates=pool, tie_cap=max(TIE_CAP, pool), progress=progress)
+                          candidates=pool, tie_cap=max(TIE_CAP, pool), progress=progress, own=own)
     if use_rerank:
         out["reranked"]["signal"] = index.signal
     for row in out["per_class"]:
@@ -91,9 +100,10 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     if index.meta["binary"]["kind"] != "flat":
         out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
                                        q_targets[keep], db_codes, at, candidates=pool, rerank=use_rerank,
-                                       progress=progress, db_targets=db_targets)
+                                       progress=progress, db_targets=db_targets, own=own)
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
+    out["self_excluded"] = 0 if own is None else int((own >= 0).sum())  # queries that are indexed items
     if q_targets.ndim == 2:
         out["relevance"] = "a shared label (label sets)"
     out["protocol"] = PROTOCOL
@@ -109,19 +119,21 @@ SERVED_RECALL_AT = 10
 def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels: np.ndarray,
                    db_codes: np.ndarray, at: tuple[int, ...], *, candidates: int | None = None,
                    rerank: bool = True, chunk: int = 256, progress: bool = False,
-                   db_targets: np.ndarray | None = None) -> dict[str, Any]:
+                   db_targets: np.ndarray | None = None, own: np.ndarray | None = None) -> dict[str, Any]:
     """mAP@k (k in ``at``, up to the index's size) and precision@10 of the ranking ``index.search`` serves (its
     coarse index as built, default pool and signal), and the coarse stage's tie-aware recall@10: the share
     of the Hamming top 10 it serves (searched, as every search is, for the default pool) at most as far as
     the exact 10th neighbour. ``mean_results``: how many of the k asked
-    for came back (mAP@k divides by the relevant items found, so a short list must show)."""
+    for came back (mAP@k divides by the relevant items found, so a short list must show). ``own``: each
+    query's own database position (-1: none), taken out of its results (`evaluate_arrays`)."""
     from tqdm import tqdm
 
     from .index import MISSING
+    from .query import without_own
 
     import faiss
 
-    k = min(max(at), index.count)
+    k = min(max(at), index.count - (own is not None))
     r = min(SERVED_RECALL_AT, index.count)
     # the exact 10th distance from a flat scan, not a (chunk x collection) distance matrix: 256 queries of a
     # 10M-item collection would hold 2.5G distances
@@ -133,13 +145,14 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     p10, recall, found = [], [], []
     for s in tqdm(range(0, len(codes), chunk), desc="served", unit="chunk", disable=not progress):
         sl = slice(s, s + chunk)
-        res = index.search(codes[sl], features[sl] if features is not None else None, k=k,
+        res = index.search(codes[sl], features[sl] if features is not None else None, k=k + (own is not None),
                            candidates=candidates, rerank=rerank)
-        rel = (res.positions != MISSING) & relevant_items(labels[sl], db_targets, np.maximum(res.positions, 0))
+        served = (res if own is None else without_own(res, own[sl], k)).positions
+        rel = (served != MISSING) & relevant_items(labels[sl], db_targets, np.maximum(served, 0))
         for a in aps:
             aps[a].append(average_precision(rel, a))
         p10.append(rel[:, :10].mean(axis=1))
-        found.append((res.positions != MISSING).sum(axis=1))
+        found.append((served != MISSING).sum(axis=1))
         kth = exact.search(pad_codes(codes[sl], pbytes), r)[0][:, r - 1:r]
         coarse = index.search(codes[sl], None, k=r, rerank=False)
         recall.append(((coarse.hamming <= kth) & (coarse.positions != MISSING)).mean(axis=1))
@@ -178,6 +191,9 @@ def format_metrics(m: dict[str, Any]) -> str:
                      f"{sv['precision@10']:.4f} (exact coarse stage: {exact_at}); coarse "
                      f"{recall.replace('coarse_', '')} {sv[recall]:.4f}; {sv['mean_results']:.0f} of {sv['k']} "
                      "results returned on average")
+    if m.get("self_excluded"):
+        lines.append(f"{m['self_excluded']} queries are indexed items: each is left out of its own ranking "
+                     "(leave-one-out; --include-self keeps them)")
     lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
     pk = m["precision_at_k"]
     pkt = m.get("precision_at_k_tie_aware")

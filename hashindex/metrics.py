@@ -275,7 +275,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
                     tie_cap: int | None = None, chunk: int = 64, progress: bool = False,
-                    graded_at: tuple[int, ...] = (100,)) -> dict[str, Any]:
+                    graded_at: tuple[int, ...] = (100,), own: np.ndarray | None = None) -> dict[str, Any]:
     """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`; with label
     sets also NDCG@k and ACG@k for k in ``graded_at``, the gain of an item being the labels it shares).
 
@@ -283,13 +283,16 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     query's pool when given: its first ``candidates`` items widened to the whole
     tie group at the last one's distance (at most ``tie_cap`` items, default
     ``candidates``: no widening), as `Index.search` does.
+    ``own`` (Q,): the database position of each query's own item (-1: none), left out of its ranking
+    (leave-one-out: a query drawn from the database would otherwise find itself first).
     """
     from tqdm import tqdm
 
     nq, ndb = len(q_codes), len(db_codes)
+    ndb -= int(own is not None and bool((own >= 0).any()))  # cut-offs within the items a query is ranked against
     pk_max = min(pk_max, ndb)
     candidates = min(candidates, ndb)
-    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1))])
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(db_codes) + 1))])
     hamming, reranked = _RankingScores(at, pk_max), _RankingScores(at, pk_max)
     ap_tie, pk_tie_sum = [], np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
@@ -300,14 +303,19 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
-        order = np.argsort(d, axis=1, kind="stable")
         gains = relevant.shared(sl) if graded_at else None
         rel = gains > 0 if gains is not None else relevant(sl)
+        mine = _own_cells(own, sl)
+        for a in (rel, gains) if gains is not None else (rel,):
+            a[mine] = 0  # never relevant...
+        n, r = per_distance_counts(d, rel, bits)
+        np.subtract.at(n, (mine[0], d[mine]), 1)  # ...nor counted at its distance...
+        d[mine] = bits + 1  # ...and ranked after every other item
+        order = np.argsort(d, axis=1, kind="stable")
         hamming.add(np.take_along_axis(rel, order, 1))
         if graded_at:
             ideal = ideal_gains(gains, max(graded_at))
             graded.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
-        n, r = per_distance_counts(d, rel, bits)
         ap_tie.append(tie_aware_ap(n, r, harmonic))
         pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
         n_le_all.append(np.cumsum(n, axis=1))
@@ -325,7 +333,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                                     radius, bits)
     maps = hamming.maps()
     out: dict[str, Any] = {
-        "queries": nq, "database": ndb, "bits": bits,
+        "queries": nq, "database": len(db_codes), "bits": bits,
         "hamming": {"map": maps.pop("map"), "map_tie_aware": _mean(ap_tie), **maps},
         "precision_at_k": (hamming.pk_sum / nq).tolist(),
         "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
@@ -341,6 +349,14 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     out["per_class"] = per_class_map(q_labels, np.concatenate(hamming.ap["all"]),
                                      np.concatenate(reranked.ap["all"]) if rerank is not None else None)
     return out
+
+
+def _own_cells(own: np.ndarray | None, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, positions) of the queries ``sl`` that have an own item in the database, and of those items."""
+    if own is None:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    rows = np.flatnonzero(own[sl] >= 0)
+    return rows, own[sl][rows].astype(np.intp)
 
 
 def pool_sizes(sorted_hamming: np.ndarray, candidates: int, tie_cap: int) -> np.ndarray:

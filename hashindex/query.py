@@ -121,20 +121,52 @@ def common_targets(rows: dict[str, Any], index: Index) -> tuple[np.ndarray, np.n
     return common_kind(targets(rows), index.targets(), max(len(index.class_names), biggest + 1))
 
 
-def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k: int = 10) -> dict[str, Any]:
-    """A few labelled queries (one per class first) searched as a query would be: what a results grid shows."""
+def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k: int = 10,
+                    exclude_self: bool = True) -> dict[str, Any]:
+    """A few labelled queries (one per class first) searched as a query would be: what a results grid shows
+    (``exclude_self``: a query that is an indexed item without itself, as `hashindex eval` scores it)."""
     from .store import ShardSet
 
     qshards = ShardSet(queries_dir, "queries")
-    q = qshards.load(("codes", "features", "paths") + qshards.label_fields)
+    q = qshards.load(("codes", "features", "paths", "ids") + qshards.label_fields)
     labels = q["labels"]
     q_targets, db_targets = common_targets(q, index)
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
     feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
+    own = own_positions(index, qshards, q["ids"][pick]) if exclude_self else None
+    k = min(k, index.count - (own is not None))
+    result = index.search(q["codes"][pick], feats, k=k + (own is not None))
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],
             "labels": labels[pick], "targets": q_targets[pick], "db_targets": db_targets,
-            "result": index.search(q["codes"][pick], feats, k=min(k, index.count))}
+            "result": result if own is None else without_own(result, own, k)}
+
+
+def own_positions(index, shards, ids: np.ndarray) -> np.ndarray | None:
+    """Per query, the database position of the query's own item (-1: none) when the queries are a collection
+    the index holds: the shard directory it was built or appended from (same manifest checksum), or the same
+    collection extracted again (same source fingerprint and spec); None when they are not."""
+    from .files import sha256_file
+    from .index.layout import collections
+    from .store import MANIFEST
+
+    src = shards.manifest["source"]
+    sha = sha256_file(shards.dir / MANIFEST)
+    for entry in collections(index.meta):
+        if entry.get("manifest_sha256") == sha or (
+                entry.get("fingerprint") == src["fingerprint"] and entry.get("spec") == src.get("spec")):
+            pos = index.positions_of(ids, missing=-1)
+            return np.where((pos >= entry["start"]) & (pos < entry["stop"]), pos, -1)
+    return None
+
+
+def without_own(result: SearchResult, own: np.ndarray, k: int) -> SearchResult:
+    """The top k of each query's results once its own item (database position ``own``, -1: none) is taken
+    out (searched for k + 1, so k remain)."""
+    mine = (result.positions == own[:, None]) & (own[:, None] >= 0)
+    keep = np.argsort(mine, axis=1, kind="stable")[:, :k]
+    return SearchResult(*(np.take_along_axis(a, keep, 1)
+                          for a in (result.ids, result.positions, result.hamming, result.distance)))
 
 
 def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str | None = None, device: str = "cpu",

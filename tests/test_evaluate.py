@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hashindex import ShardSet
 from hashindex.cli import cli
 from hashindex.evaluation import evaluate, format_metrics
-from hashindex.metrics import (evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap,
+from hashindex.metrics import (average_precision, evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap,
                                tie_aware_precision_at_k)
 
 
@@ -351,3 +351,91 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, tmp_path):
     text = format_metrics(one)
     assert "as served by the ivf coarse index (nlist 32, nprobe 1): map@100 " in text and "coarse recall@10 " in text
     assert "served" not in flat_one  # flat: served = exact
+
+
+def test_a_query_that_is_a_database_item_is_left_out_of_its_own_ranking():
+    """``own`` (leave-one-out): every figure equals the query scored against a database without its own item,
+    one query at a time; Hamming (ties included), tie-aware, radius, re-ranked pools and graded label sets."""
+    rng = np.random.default_rng(11)
+    n = 120
+    db_codes = rng.integers(0, 256, (n, 1), dtype=np.uint8)  # 8 bits: large tie groups
+    vecs = rng.normal(size=(n, 4)).astype(np.float32)
+    own = np.array([5, 17, -1, 40, 99, -1, 0, 119])
+    qi = np.where(own >= 0, own, [3, 3, 60, 3, 3, 77, 3, 3])  # two queries that are not items (their codes differ)
+    q_codes = db_codes[qi].copy()
+    q_codes[own < 0] ^= 0b101
+    q_vecs = vecs[qi] + 0.01
+    args = {"at": (10,), "pk_max": 50, "candidates": 20, "tie_cap": 40, "graded_at": (10,), "radius": 2}
+    for targets in (rng.integers(0, 3, n), rng.random((n, 4)) < 0.3):
+        got = evaluate_arrays(q_codes, targets[qi], db_codes, targets, 8, own=own, **args,
+                              rerank=lambda sl, pos: ((q_vecs[sl][:, None] - vecs[pos]) ** 2).sum(-1))
+        one = []
+        for i, o in enumerate(own):
+            rest = np.arange(n) != o
+            rr = lambda sl, pos, v=vecs[rest], i=i: ((q_vecs[i:i + 1][:, None] - v[pos]) ** 2).sum(-1)  # noqa: E731
+            one.append(evaluate_arrays(q_codes[i:i + 1], targets[qi][i:i + 1], db_codes[rest], targets[rest], 8,
+                                       rerank=rr, **args))
+        assert got["database"] == n and any(m["database"] == n - 1 for m in one)
+        for part in ("hamming", "reranked"):
+            for key, value in got[part].items():
+                if key != "candidates":
+                    assert value == pytest.approx(np.mean([m[part][key] for m in one]), abs=1e-12), (part, key)
+        for key in ("precision_at_k", "precision_at_k_tie_aware", "precision_at_k_reranked"):
+            assert np.allclose(got[key], np.mean([m[key] for m in one], axis=0), atol=1e-12), key
+        for key in ("precision", "recall"):
+            assert got["radius2"][key] == pytest.approx(np.mean([m["radius2"][key] for m in one]), abs=1e-12)
+        assert got["radius2"]["queries_with_no_item"] == sum(m["radius2"]["queries_with_no_item"] for m in one)
+    with_self = evaluate_arrays(q_codes, targets[qi], db_codes, targets, 8, pk_max=5)
+    assert with_self["precision_at_k"][0] > got["precision_at_k"][0]  # finding itself had counted as a hit
+
+
+def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
+    """eval of an index with its own collection (its shard directory, the same arrays written again, or its
+    images encoded again) scores each query against the other items; a different collection of the same size
+    is not taken for it; --include-self keeps the self-matches; an approximate index serves them left out."""
+    from hashindex import extract
+    from hashindex.data import open_source
+    from hashindex.index import Index, build
+    from hashindex.store import write_arrays
+    from tests.conftest import CIFAR_TEST
+
+    quiet = {"progress": False, "log": lambda s: None}
+    src = open_source(CIFAR_TEST).subset(80)
+    for i, path in enumerate(src.paths):
+        (tmp_path / "imgs" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / path).write_bytes(src.read_bytes(i))
+    images = tmp_path / "imgs" / "test"
+    extract(str(tiny_model), str(images), tmp_path / "s", workers=0, **quiet)
+    build(tmp_path / "s", tmp_path / "ix", binary="flat", signal="l2", **quiet)
+    index = Index.load(tmp_path / "ix")
+    rows = ShardSet(tmp_path / "s").load(("codes", "features", "labels", "ids"))
+    want = evaluate_arrays(rows["codes"], rows["labels"], index.table_codes(), index.labels, 48, at=(1000,),
+                           own=index.positions_of(rows["ids"]))
+    m = evaluate(tmp_path / "ix", tmp_path / "s", progress=False)
+    assert m["self_excluded"] == 80 and m["hamming"] == want["hamming"]
+    assert "80 queries are indexed items" in format_metrics(m)
+    again = evaluate(tmp_path / "ix", images, model=str(tiny_model), progress=False)  # the same photos, encoded again
+    assert again["self_excluded"] == 80 and again["hamming"] == m["hamming"]
+    kept = evaluate(tmp_path / "ix", tmp_path / "s", exclude_self=False, progress=False)
+    assert kept["self_excluded"] == 0 and kept["precision_at_k"][0] > m["precision_at_k"][0]
+    res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(tmp_path / "s"), "--json",
+                                   "--include-self"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["hamming"] == kept["hamming"], res.output
+    # arrays: the same content written again is the same collection; other codes of the same size are not
+    arr = write_arrays(tmp_path / "a", rows["codes"], rows["features"], labels=rows["labels"], ids=rows["ids"],
+                       bits=48, model_id=index.model_id, class_names=index.class_names).dir
+    build(arr, tmp_path / "hnsw", binary="hnsw", signal="l2", **quiet)
+    copy = write_arrays(tmp_path / "a2", rows["codes"], rows["features"], labels=rows["labels"], ids=rows["ids"],
+                        bits=48, model_id=index.model_id, class_names=index.class_names).dir
+    other = write_arrays(tmp_path / "a3", rows["codes"][::-1], rows["features"][::-1], labels=rows["labels"][::-1],
+                         ids=rows["ids"], bits=48, model_id=index.model_id, class_names=index.class_names).dir
+    served = evaluate(tmp_path / "hnsw", copy, at=(50,), progress=False)
+    assert served["self_excluded"] == 80 and evaluate(tmp_path / "hnsw", other, progress=False)["self_excluded"] == 0
+    hnsw = Index.load(tmp_path / "hnsw")
+    res = hnsw.search(rows["codes"], rows["features"].astype(np.float32), k=51, candidates=79)
+    mine = res.positions == hnsw.positions_of(rows["ids"])[:, None]
+    assert mine.any(axis=1).all()  # searched with itself, every item finds itself...
+    others = np.array([row[~m][:50] for row, m in zip(res.positions, mine)])
+    rel = hnsw.labels[others] == rows["labels"][:, None]  # ...and is served the others, in their order
+    assert served["served"]["k"] == served["served"]["mean_results"] == 50
+    assert served["served"]["map@50"] == pytest.approx(average_precision(rel, 50).mean(), abs=1e-12)

@@ -163,7 +163,8 @@ def test_eval_candidates_all_and_signal_reported(cifar_shards, tmp_path):
                                    "--candidates", "all", "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
-    assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 10000
+    # the queries are the indexed items: each is ranked against the 9,999 others, all of them re-ranked
+    assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 9999 and m["self_excluded"] == 10000
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "ix"), "--queries", str(cifar_shards),
                                    "--candidates", "many"])
     assert res.exit_code == 2 and "--candidates many: expected a positive number or 'all'" in res.output

@@ -149,10 +149,14 @@ def verify(path, as_json):
                    "[default: a query's default pool, 1000 widened to whole tie groups].")
 @click.option("--radius", default=2, show_default=True, type=click.IntRange(0), help="Hamming radius for precision/recall.")
 @click.option("--no-rerank", is_flag=True, help="Hamming ranking only.")
+@click.option("--include-self", is_flag=True,
+              help="Queries that are indexed items (the index's own shards or images) may find themselves "
+                   "[default: each is left out of its own ranking].")
 @click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print all metrics as JSON.")
 @click.pass_context
-def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_rerank, plot_dir, as_json):
+def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_rerank, include_self, plot_dir,
+             as_json):
     """Retrieval metrics: mAP, precision@k, precision/recall within a Hamming radius.
 
     Relevance is "same label"; ties in Hamming distance are broken by database
@@ -176,12 +180,13 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
     with query_shard_dir(index, queries, model, device, progress, log=lambda line: click.echo(line, err=True)) \
             as shard_dir:  # image queries are extracted once, for the metrics and the plots
         metrics = evaluate(index, shard_dir, at=tuple(at), candidates=candidates, radius=radius,
-                           rerank=not no_rerank, progress=progress) | {"queries_dir": queries}
+                           rerank=not no_rerank, progress=progress, exclude_self=not include_self) \
+            | {"queries_dir": queries}
         if plot_dir:
             from ..query import example_results
             from ..report import write_plots
 
-            metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, shard_dir),
+            metrics["plots"] = write_plots(metrics, plot_dir, index, example_results(index, shard_dir, exclude_self=not include_self),
                                            warn=lambda msg: click.echo(f"hashindex: warning: {msg}", err=True))
     if as_json:
         _echo_json(metrics)

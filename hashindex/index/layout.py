@@ -57,9 +57,10 @@ INDEX_SCHEMA = {
                "requested?": str, "tuning?": _TUNING, "buckets?": bool},
     "rerank": {"kind": _one_of(RERANK_KINDS), "dim?": nonneg, "shards?": [_RPART],
                "signal?": Nullable(_one_of(SIGNALS + ("hamming", "none")))},
-    "source": {"dir": str, "manifest_sha256?": str},
+    "source": {"dir": str, "manifest_sha256?": str, "fingerprint?": str, "spec?": Nullable(str)},
     "files?": Map(hex_digest),
-    "appended?": [{"dir": str, "start": nonneg, "stop": nonneg}],
+    "appended?": [{"dir": str, "start": nonneg, "stop": nonneg, "manifest_sha256?": str, "fingerprint?": str,
+                   "spec?": Nullable(str)}],
 }
 
 
@@ -87,6 +88,14 @@ def index_problem(meta: dict[str, Any]) -> str | None:
             [(p["start"], p["stop"]) for p in b.get("shards") or []]:
         return "rerank.shards: must cover the binary parts' position ranges"
     return None
+
+
+def collections(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shard directories an index holds (built from, then appended), each with the positions
+    ``[start, stop)`` of its rows."""
+    appended = meta.get("appended", [])
+    first = {**meta["source"], "start": 0, "stop": appended[0]["start"] if appended else meta["count"]}
+    return [first, *appended]
 
 
 def part_file(store: str, j: int) -> str:

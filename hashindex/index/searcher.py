@@ -168,12 +168,14 @@ class Index:
 
     # ------------------------------------------------------------------ lookups
 
-    def positions_of(self, ids: np.ndarray) -> np.ndarray:
-        """Index rows of stable ids; one-line error for an id not in the index."""
+    def positions_of(self, ids: np.ndarray, missing: int | None = None) -> np.ndarray:
+        """Index rows of stable ids; one-line error for an id not in the index (``missing``: its row instead)."""
         ids = np.asarray(ids, dtype=np.int64)
         sorted_ids = self.ids[self._id_order]
-        at = np.searchsorted(sorted_ids, ids)
-        ok = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == ids)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        ok = (sorted_ids[at] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        if missing is not None:
+            return np.where(ok, self._id_order[at], missing)
         if not ok.all():
             raise HashindexError(f"by_id={ids[~ok][0]}: no item with this id in {self.dir}")
         return self._id_order[at]

@@ -35,9 +35,12 @@ def check_shards(shards: ShardSet, rerank: str) -> None:
                              "use rerank=none or extract features")
 
 
-def source_entry(store: ShardSet) -> dict[str, str]:
-    """Where an index's rows came from: the shard directory and its manifest's checksum."""
-    return {"dir": str(store.dir.resolve()), "manifest_sha256": sha256_file(store.dir / MANIFEST)}
+def source_entry(store: ShardSet) -> dict[str, Any]:
+    """Where an index's rows came from: the shard directory, its manifest's checksum, and the collection it
+    was extracted from (fingerprint and spec: how `eval` knows queries that are indexed items)."""
+    src = store.manifest["source"]
+    return {"dir": str(store.dir.resolve()), "manifest_sha256": sha256_file(store.dir / MANIFEST),
+            "fingerprint": src["fingerprint"], "spec": src.get("spec")}
 
 
 def exclusive_index(index_dir: Path):

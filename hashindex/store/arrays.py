@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
                             feature_dtype="none" if features is None else "float16", feature_kind="arrays",
                             class_names=list(class_names or []),
                             source={"description": description, "items": n, "spec": None,
-                                    "fingerprint": f"{description}-{n}", "id_offset": int(ids[0]) if n else 0},
+                                    "fingerprint": _content_fingerprint(codes, ids, labels, label_sets),
+                                    "id_offset": int(ids[0]) if n else 0},
                             shard_size=shard_rows, shards_planned=-(-n // shard_rows),
                             multi_label=label_sets is not None)
     for j, start in enumerate(range(0, n, shard_rows)):
@@ -64,6 +66,16 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
         manifest["shards"].append(shard_entry(j, data, start, stop, digest))
     save_manifest(directory, manifest)
     return ShardSet(directory)
+
+
+def _content_fingerprint(*arrays: np.ndarray | None) -> str:
+    """Identity of an array collection: its codes, ids and labels hashed (two collections of one description and
+    size are not the same items)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def describe_shards(directory: str | Path) -> dict[str, Any]:
