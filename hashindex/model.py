@@ -239,15 +239,20 @@ class HashModel:
     def encode(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Images -> (packed codes N x ceil(K/8) uint8, features N x 192 float32).
 
-        ``images``: PIL image(s), an HW/HWC uint8 array, or a batch as NHWC / NCHW uint8 (numpy or torch); any
-        size: resized as extraction does (`hashindex.data.as_net_input`), so codes equal extraction's.
+        ``images``: image files (paths or bytes) or PIL image(s), an HW/HWC uint8 array, or a batch as NHWC /
+        NCHW uint8 (numpy or torch); any size: read and resized as extraction does (`hashindex.data.as_net_input`),
+        so a file's code equals the one extraction stores. A file that cannot be read or decoded raises
+        HashindexError naming it.
 
         >>> model = load_model("nin-cifar10-48")
-        >>> codes, features = model.encode(Image.open("cat.jpg"))   # doctest: +SKIP
+        >>> codes, features = model.encode(["cat.jpg", "dog.png"])   # doctest: +SKIP
         """
-        from .data.images import as_net_input
+        from .data.images import BadImage, as_net_input
 
-        images = as_net_input(images, self.input_size, self.channels)
+        try:
+            images = as_net_input(images, self.input_size, self.channels)
+        except BadImage as e:
+            raise HashindexError(f"images: an image cannot be used ({e})") from None
         codes, feats = [], []
         for start in range(0, len(images), batch_size):
             latent, feature, _ = self.forward_numpy(images[start:start + batch_size])

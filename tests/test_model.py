@@ -208,3 +208,43 @@ def test_bf16_by_default_only_where_it_is_faster(monkeypatch, tiny_model):
         assert load_model(tiny_model).precision == ("bfloat16" if fast else "float32")
         assert load_model(tiny_model, bf16=True).precision == "bfloat16"
         assert load_model(tiny_model, bf16=False).precision == "float32"
+
+
+def test_a_jpeg_file_gives_one_code_on_every_path(tiny_model, tmp_path):
+    """A photo-sized JPEG is decoded at reduced scale (DCT scaling), which changes its pixels: extraction,
+    `encode` of its path or bytes and the service's upload decoder read it the same way, so they give one code
+    (the service once decoded at twice extraction's scale, and a re-uploaded photo missed its own code)."""
+    from PIL import Image
+
+    from hashindex import extract
+    from hashindex.data import open_source
+    from hashindex.data.images import net_array, to_array
+    from hashindex.errors import HashindexError
+    from hashindex.service.params import upload_array
+    from hashindex.store import ShardSet
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i in range(3):  # smooth colour fields with noise: photo-like JPEGs, 640 x 480
+        base = np.kron(rng.integers(0, 256, (6, 8, 3)), np.ones((80, 80, 1)))
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "imgs" / "a" / f"{i}.jpg", quality=90)
+    extract(str(tiny_model), str(tmp_path / "imgs"), tmp_path / "s", workers=0, progress=False, log=lambda s: None)
+    stored = ShardSet(tmp_path / "s").load(("codes", "paths"))
+    files = [tmp_path / "imgs" / p for p in stored["paths"]]
+    model = load_model(str(tiny_model))
+    size, ch = model.input_size, model.channels
+    src = open_source(str(tmp_path / "imgs"))
+    for i, f in enumerate(files):
+        data = f.read_bytes()
+        assert np.array_equal(upload_array(data, size, ch), src.read_array(src.paths.index(stored["paths"][i]), size, ch))
+        assert np.array_equal(net_array(data, size, ch), upload_array(data, size, ch))
+        assert not np.array_equal(to_array(Image.open(f), size, ch), net_array(data, size, ch))  # full scale differs
+    assert np.array_equal(model.encode(files)[0], stored["codes"])
+    assert np.array_equal(model.encode([str(f) for f in files])[0], stored["codes"])
+    assert np.array_equal(model.encode([f.read_bytes() for f in files])[0], stored["codes"])
+    assert np.array_equal(model.encode(str(files[1]))[0], stored["codes"][1:2])
+    with pytest.raises(HashindexError, match=r"missing: .*nope\.jpg"):
+        model.encode([files[0], tmp_path / "nope.jpg"])
+    with pytest.raises(HashindexError, match="not-an-image"):
+        model.encode(b"not an image")

@@ -102,6 +102,9 @@ def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_mod
     assert client.post("/batch", json={"ids": list(range(65))}).json() == \
         {"error": "ids: 65 queries, at most 64 in one request"}
     assert client.post("/batch", content=b"{oops").status_code == 400
+    assert client.post("/batch", params={"k": 4, "id": 3}, json={"ids": [1]}).json()["error"].startswith("id=3: ")
+    assert client.post("/batch", params={"kk": 4}, json={"ids": [1]}).json() == \
+        {"error": "kk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, nprobe)"}
 
 
 def test_several_indexes_by_name(service, cosine_index):

@@ -24,7 +24,7 @@ Supported (``open_source(spec)`` picks by what the path is):
 """
 
 from .formats import cifar_source, idx_source, read_idx
-from .images import BadImage, SkipLog, decode_image, skip_summary, to_array, to_mode
+from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, to_array, to_mode
 from .lists import ListSource
 from .sources import IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
 from .spec import open_source, reopen_source
@@ -42,4 +42,4 @@ def __getattr__(name: str):
 __all__ = ["IMAGE_EXTENSIONS", "ArraySource", "BadImage", "FilesSource", "FolderSource", "ImageDataset",
            "ImageSource", "ListSource", "SkipLog", "TarSource", "cifar_source", "decode_image", "idx_source",
            "iter_batches", "load_arrays", "open_source", "read_idx", "reopen_source", "skip_summary",
-           "to_array", "to_mode"]
+           "net_array", "to_array", "to_mode"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,6 +80,24 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
     return upright(img)
 
 
+DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side, never less
+
+
+def net_array(data: bytes, size: int, channels: int, max_pixels: int | None = None) -> np.ndarray:
+    """Image file bytes as the net's (channels, size, size) uint8 input, the one way every path reads a file:
+    extraction, training, `query IMAGE`, the service's uploads and ``encode`` of paths or bytes (JPEG decoding
+    at reduced scale changes the pixels, so two scales would give one file two codes). Raises BadImage."""
+    return array_of(decode_image(data, max_side=DRAFT_FACTOR * size, max_pixels=max_pixels), size, channels)
+
+
+def array_of(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """`to_array` of a decoded image, a colour mode Pillow cannot convert raised as BadImage("unsupported")."""
+    try:
+        return to_array(img, size, channels)
+    except (ValueError, OSError) as e:
+        raise BadImage("unsupported", f"mode {img.mode}: {e}") from None
+
+
 def upright(img: Image.Image) -> Image.Image:
     """The image as viewers show it: its EXIF orientation applied (a phone's portrait photo is stored
     sideways with a tag saying so). Every decode goes through here, so a photo is encoded, and drawn in
@@ -127,12 +147,14 @@ def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
 def as_net_input(images, size: int, channels: int) -> np.ndarray:
     """Images as users hold them -> the net's uint8 (N, channels, size, size) batch.
 
-    Takes a PIL image or a list of them; one image as an HW or HWC uint8 array (or CHW); a batch as NHWC
-    or NCHW uint8 (numpy or a torch tensor). An image of another size or mode goes through `to_array`,
-    exactly as extraction prepares a decoded file (whole image squashed, bilinear; greyscale / RGB), so a
-    code computed here equals the one `extract` stores for the same pixels.
+    Takes image files (a path or the file's bytes) or PIL images, one or a list; one image as an HW or HWC
+    uint8 array (or CHW); a batch as NHWC or NCHW uint8 (numpy or a torch tensor). A file is read as
+    extraction reads it (`net_array`), so its code equals the one `extract` stores for it. Pixels of another
+    size or mode go through `to_array`, as extraction prepares a decoded file (whole image squashed,
+    bilinear; greyscale / RGB): the same pixels, the same code. (A large JPEG that you decode yourself holds
+    more pixels than extraction decodes, so pass its path for the stored code.)
     """
-    if isinstance(images, Image.Image):
+    if isinstance(images, (Image.Image, str, bytes, os.PathLike)):
         images = [images]
     if isinstance(images, (list, tuple)):
         return np.stack([_one(im, size, channels) for im in images]) if images else \
@@ -150,7 +172,16 @@ def as_net_input(images, size: int, channels: int) -> np.ndarray:
 
 
 def _one(image, size: int, channels: int) -> np.ndarray:
-    """One image (PIL, HW, HWC or CHW uint8) -> (channels, size, size) uint8, as `to_array` makes it."""
+    """One image (a file's path or bytes, PIL, HW, HWC or CHW uint8) -> (channels, size, size) uint8."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return net_array(Path(image).read_bytes(), size, channels)
+        except OSError as e:
+            raise BadImage("missing", f"{image}: {e.strerror}") from None
+        except BadImage as e:
+            raise BadImage(e.reason, str(image)) from None
+    if isinstance(image, bytes):
+        return net_array(image, size, channels)
     if isinstance(image, Image.Image):
         return to_array(upright(image), size, channels)
     arr = np.asarray(image)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from .images import BadImage, decode_image, to_array
+from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
 from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name,
                       label_sets_from_text, labels_from_text, sample_key, sidecar_label)
 from .members import suffix as name_suffix
@@ -95,14 +95,10 @@ class ImageSource:
 
     def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
         """Item i as the net's uint8 (C, size, size) input (raises BadImage)."""
-        img = self._decode_for(i, size)
-        try:
-            return to_array(img, size, channels)
-        except (ValueError, OSError) as e:  # e.g. a colour mode Pillow cannot convert
-            raise BadImage("unsupported", f"mode {img.mode}: {e}") from None
+        return array_of(self._decode_for(i, size), size, channels)
 
     def _decode_for(self, i: int, size: int) -> Image.Image:
-        return decode_image(self.read_bytes(i), max_side=2 * size)
+        return decode_image(self.read_bytes(i), max_side=DRAFT_FACTOR * size)  # as `net_array` reads a file
 
     def subset(self, n: int) -> "ImageSource":
         """n items spread evenly over the collection (ids stay the collection's)."""

@@ -295,7 +295,7 @@ async def _uploads(request: Request) -> list[tuple[str, bytes]] | None:
 
 async def _search(engine: Engine, request: Request) -> dict[str, Any]:
     params = dict(request.query_params)
-    options = search_options(params)
+    options = search_options(params, by_id=request.method == "GET")
     if request.method == "GET":
         item = int_param(params, "id", None, 0)
         if item is None:

@@ -89,7 +89,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                     return self._reply(200, searcher.info())
                 if url.path != "/search":
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, GET or POST /search)")
-                options = search_options(params)
+                options = search_options(params, by_id=method == "GET")
                 if method == "GET":
                     item = int_param(params, "id", None, 0)
                     if item is None:

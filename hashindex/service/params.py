@@ -53,11 +53,23 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in ("1", "true")
 
 
-def search_options(params: Mapping[str, str], max_results: int | None = None) -> dict[str, Any]:
+OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe")  # what a search may set
+
+
+def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
+                   ) -> dict[str, Any]:
     """k, candidates, radius, rerank, cut_ties, nprobe from a query string, checked as the CLI checks them
-    (nprobe against the index when the search runs)."""
+    (nprobe against the index when the search runs). Any other parameter is refused, not ignored: a
+    misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
     from ..query import check_candidates
 
+    if "id" in params and not by_id:
+        raise RequestError(400, f"id={params['id']}: this request searches with its uploaded image; "
+                                "search with an indexed item by GET /search?id=ID")
+    allowed = OPTIONS + (("id",) if by_id else ())
+    for name in params:
+        if name not in allowed:
+            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
     k = int_param(params, "k", 10, 1, MAX_K)
     candidates = int_param(params, "candidates", None, 1, MAX_CANDIDATES)
     try:
@@ -74,12 +86,10 @@ def search_options(params: Mapping[str, str], max_results: int | None = None) ->
 def upload_array(data: bytes, size: int, channels: int):
     """An upload's bytes as the net's (channels, size, size) uint8 input, within the caps both servers keep:
     the pixel count checked from the header before decoding, JPEGs decoded at reduced scale."""
-    from ..data import BadImage, decode_image, to_array
+    from ..data.images import BadImage, net_array
 
     try:
-        img = decode_image(data, max_side=4 * size, max_pixels=MAX_PIXELS)
-        return to_array(img, size, channels)
+        return net_array(data, size, channels, max_pixels=MAX_PIXELS)  # as extraction read the indexed files
     except BadImage as e:
-        raise RequestError(400, f"body: not a decodable image ({e.reason})") from None
-    except (ValueError, OSError) as e:  # a colour mode Pillow cannot convert
-        raise RequestError(400, f"body: not a usable image ({e})") from None
+        what = "usable" if e.reason == "unsupported" else "decodable"  # a colour mode Pillow cannot convert
+        raise RequestError(400, f"body: not a {what} image ({e.reason})") from None
