@@ -24,7 +24,8 @@ from .metrics import (average_precision, class_name, code_statistics, evaluate_a
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "
             "database with ties in database order (headline mAP and precision@k) and the tie-aware expectations "
-            "beside them; a query that is an indexed item is left out of its own ranking; mAP@k divides by the relevant items in the top k; a query with no item within the radius "
+            "beside them; a query that is an indexed item is left out of its own ranking; mAP@k divides by the "
+            "relevant items in the top k; a query with no item within the radius "
             "counts precision 0; re-ranked = the ranking a query gets: the pool (whole tie groups) re-ordered by "
             "the index's signal, then Hamming order; served (approximate coarse indexes) = the top k the index's "
             "search returns, -1s counted not relevant")

@@ -97,6 +97,75 @@ def test_tar_sources(tmp_path, name):
         assert src.read_bytes(i) == members[src.paths[i]]
 
 
+def _patch_zip_flags(path, flags) -> None:
+    """Rewrite the general-purpose flags of a zip's members in place, as other tools write them: ``flags(name,
+    old) -> new`` for each local and central header (zipfile itself always flags non-ASCII names UTF-8 and
+    writes no encrypted member)."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    for sig, flag_at, len_at, name_at in ((b"PK\x03\x04", 6, 26, 30), (b"PK\x01\x02", 8, 28, 46)):
+        i = raw.find(sig)
+        while i >= 0:
+            (n,) = struct.unpack_from("<H", raw, i + len_at)
+            name = bytes(raw[i + name_at:i + name_at + n]).decode("utf-8")
+            (old,) = struct.unpack_from("<H", raw, i + flag_at)
+            struct.pack_into("<H", raw, i + flag_at, flags(name, old))
+            i = raw.find(sig, i + name_at + n)
+    path.write_bytes(bytes(raw))
+
+
+def test_zip_sources(tmp_path, tiny_model):
+    """A zip reads as the same folder does: items in archive order, labels from folders and sidecars, every
+    odd member a counted skip (hidden, a link, encrypted, broken); UTF-8 names without the flag read right;
+    extraction from the zip gives the folder's codes."""
+    import stat
+    import zipfile
+
+    expected = make_mixed_folder(tmp_path / "f")
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        for rel in sorted(expected):
+            zf.write(tmp_path / "f" / rel, rel)
+        zf.writestr("__MACOSX/cat/._good.jpg", b"\0\5\26\7")
+        link = zipfile.ZipInfo("dog/link.jpg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "../cat/good.jpg")
+        zf.writestr("dog/locked.jpg", image_bytes(seed=3))
+        zf.writestr("dog/7.jpg", image_bytes(seed=11))
+        zf.writestr("dog/7.cls", "cat")  # the sidecar wins over the folder
+    _patch_zip_flags(tmp_path / "set.zip", lambda name, old: old | (name == "dog/locked.jpg"))  # encrypted
+    src = open_source(tmp_path / "set.zip")
+    assert src.description == f"zip {tmp_path / 'set.zip'}" and src.class_names == ["cat", "dog"]
+    assert read_all(src) == {**expected, "__MACOSX/cat/._good.jpg": "hidden", "dog/link.jpg": "link-member",
+                             "dog/locked.jpg": "encrypted", "dog/7.jpg": ""}
+    assert src.class_names[src.labels[src.paths.index("dog/7.jpg")]] == "cat"
+    folder = open_source(tmp_path / "f")
+    for i, p in enumerate(folder.paths):
+        if not expected[p]:
+            assert src.read_bytes(src.paths.index(p)) == folder.read_bytes(i)
+    from hashindex import ShardSet, extract
+
+    for name in ("f", "set.zip"):  # worker processes each open the archive
+        extract(str(tiny_model), str(tmp_path / name), tmp_path / f"s-{name}", workers=2, progress=False,
+                log=lambda s: None)
+    a, b = (ShardSet(tmp_path / f"s-{name}").load(("codes", "paths")) for name in ("f", "set.zip"))
+    by_path = dict(zip(a["paths"], a["codes"].tolist()))
+    assert {p: c for p, c in zip(b["paths"], b["codes"].tolist()) if p in by_path} == by_path
+    assert sorted(set(b["paths"]) - set(by_path)) == ["dog/7.jpg"]
+    names = {"dög café/ïmage 1.jpg": image_bytes(seed=1), "cat/0.jpg": image_bytes(seed=2)}
+    with zipfile.ZipFile(tmp_path / "names.zip", "w") as zf:
+        for name, data in names.items():
+            zf.writestr(name, data)
+    _patch_zip_flags(tmp_path / "names.zip", lambda name, old: old & ~0x800)  # UTF-8 names, not flagged so
+    assert zipfile.ZipFile(tmp_path / "names.zip").namelist()[0] != "dög café/ïmage 1.jpg"  # Python's cp437 reading
+    named = open_source(tmp_path / "names.zip")
+    assert named.paths == list(names) and named.class_names == ["cat", "dög café"]
+    assert named.read_bytes(0) == names["dög café/ïmage 1.jpg"]
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(HashindexError, match=r"data=.*bad\.zip: not a readable zip archive"):
+        open_source(tmp_path / "bad.zip")
+
+
 def test_real_cifar_tar():
     src = open_source(need(CIFAR_TEST))
     assert len(src) == 10000

@@ -237,7 +237,8 @@ def test_a_jpeg_file_gives_one_code_on_every_path(tiny_model, tmp_path):
     src = open_source(str(tmp_path / "imgs"))
     for i, f in enumerate(files):
         data = f.read_bytes()
-        assert np.array_equal(upload_array(data, size, ch), src.read_array(src.paths.index(stored["paths"][i]), size, ch))
+        extracted = src.read_array(src.paths.index(stored["paths"][i]), size, ch)
+        assert np.array_equal(upload_array(data, size, ch), extracted)
         assert np.array_equal(net_array(data, size, ch), upload_array(data, size, ch))
         assert not np.array_equal(to_array(Image.open(f), size, ch), net_array(data, size, ch))  # full scale differs
     assert np.array_equal(model.encode(files)[0], stored["codes"])

@@ -137,8 +137,8 @@ def verify(path, as_json):
 @cli.command(name="eval")
 @click.argument("index_dir")
 @click.option("--queries", required=True,
-              help="Labelled queries: a shard directory (hashindex extract), or images (a folder, a tar, DIR:test, "
-                   "...) encoded on the fly with --model.")
+              help="Labelled queries: a shard directory (hashindex extract), or images (a folder, a tar or zip, "
+                   "DIR:test, ...) encoded on the fly with --model.")
 @click.option("--model", default=None,
               help="Checkpoint that encodes image --queries [default: the shipped model matching the index].")
 @click.option("--device", default="cpu", show_default=True, help="With image --queries: cpu, cuda, cuda:N or auto.")

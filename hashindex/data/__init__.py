@@ -26,7 +26,8 @@ Supported (``open_source(spec)`` picks by what the path is):
 from .formats import cifar_source, idx_source, read_idx
 from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, to_array, to_mode
 from .lists import ListSource
-from .sources import IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
+from .archives import TarSource, ZipSource
+from .sources import IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
 from .spec import open_source, reopen_source
 
 
@@ -40,6 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["IMAGE_EXTENSIONS", "ArraySource", "BadImage", "FilesSource", "FolderSource", "ImageDataset",
-           "ImageSource", "ListSource", "SkipLog", "TarSource", "cifar_source", "decode_image", "idx_source",
+           "ImageSource", "ListSource", "SkipLog", "TarSource", "ZipSource", "cifar_source", "decode_image",
+           "idx_source",
            "iter_batches", "load_arrays", "open_source", "read_idx", "reopen_source", "skip_summary",
            "net_array", "to_array", "to_mode"]

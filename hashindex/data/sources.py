@@ -1,5 +1,5 @@
-"""Image sources over files: a folder tree, a tar (read in place), files named one by one, arrays in memory
-(lists of files: `lists`).
+"""Image sources over files: a folder tree, files named one by one, arrays in memory (archives read in place:
+`archives`; lists of files: `lists`).
 
 A source is an ordered list of items; item ``i`` has the stable id
 ``id_offset + i``. ``source.read(i)`` returns a decoded PIL image or raises
@@ -8,12 +8,10 @@ A source is an ordered list of items; item ``i`` has the stable id
 
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 import os
 import stat
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +27,7 @@ from .members import suffix as name_suffix
 log = logging.getLogger("hashindex")
 
 IMAGE_EXTENSIONS = image_extensions()  # every format the installed Pillow opens
-__all__ = ["IMAGE_EXTENSIONS", "TAR_EXTENSIONS", "ArraySource", "FilesSource", "FolderSource",
-           "ImageSource", "TarSource"]
+__all__ = ["IMAGE_EXTENSIONS", "TAR_EXTENSIONS", "ArraySource", "FilesSource", "FolderSource", "ImageSource"]
 
 
 @dataclass(repr=False, eq=False)
@@ -310,73 +307,6 @@ def _read_file(path: Path) -> bytes:
         raise BadImage("unreadable", str(e)) from None
     finally:
         os.close(fd)
-
-
-class TarSource(ImageSource):
-    """Image members of a tar or tar.gz, read in place by offset.
-
-    Plain tars are read with pread at the member's offset, so any worker can
-    read any item. Gzipped tars are read through a per-process gzip stream
-    that only moves forward; reading in order (as extraction does) costs one
-    decompression pass per worker.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.gzipped = self.path.name.endswith((".gz", ".tgz"))
-        names, where, odd, sidecar_bytes = [], {}, {}, {}
-        try:
-            with tarfile.open(self.path, "r:*") as tf:
-                for m in tf:
-                    if m.isdir():
-                        continue
-                    names.append(m.name)
-                    if m.issym() or m.islnk():
-                        odd[m.name] = ("link-member", f"{m.name}: a {'symbolic' if m.issym() else 'hard'} "
-                                       f"link to {m.linkname} (links in tars are not followed)")
-                    elif not m.isfile():
-                        odd[m.name] = ("not-a-file", f"{m.name}: a tar member of type {m.type!r}")
-                    else:
-                        where[m.name] = (m.offset_data, m.size)
-                        if name_suffix(m.name) in (".cls", ".json") and m.size <= 1 << 20:
-                            sidecar_bytes[m.name] = tf.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
-            raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
-        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                          f"tar {self.path}")
-        self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
-        self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
-        super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
-        self._fh = None
-        self._pid = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_fh"], state["_pid"] = None, None  # file handles do not cross processes
-        return state
-
-    def _handle(self):
-        if self._fh is None or self._pid != os.getpid():
-            self._fh = gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
-            self._pid = os.getpid()
-        return self._fh
-
-    def read_bytes(self, i: int) -> bytes:
-        self._refuse_unread(i)
-        off, size = int(self.offsets[i]), int(self.sizes[i])
-        try:
-            fh = self._handle()
-            if self.gzipped:
-                if fh.tell() > off:  # gzip seeks backwards by restarting: reopen instead
-                    fh.close()
-                    self._fh = None
-                    fh = self._handle()
-                fh.seek(off)
-                return fh.read(size)
-            return os.pread(fh.fileno(), size, off)
-        except (OSError, EOFError) as e:
-            raise BadImage("unreadable", str(e)) from None
 
 
 class FilesSource(ImageSource):

@@ -10,7 +10,8 @@ from .formats import (_find, _torchvision_source, cifar100_source, cifar_source,
                       is_svhn, stl10_source, svhn_source)
 from .members import is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
-from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, TarSource
+from .archives import ZIP_EXTENSIONS, TarSource, ZipSource
+from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -46,7 +47,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     except HashindexError as e:
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
-        raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz, a brace pattern of tars, "
+        raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz or .zip, a brace pattern of tars, "
                              "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
     split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
@@ -98,6 +99,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path)
+    if name.endswith(ZIP_EXTENSIONS):
+        return ZipSource(path)
     if is_svhn(path):  # a .mat file (folders were decided above)
         return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
@@ -111,7 +114,8 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
 
 def names_a_collection(path: Path) -> bool:
     """``path`` is read as a collection of images (a folder, a tar, a list, SVHN's .mat), not as one image."""
-    return path.is_dir() or path.name.lower().endswith(TAR_EXTENSIONS + LIST_EXTENSIONS) or is_svhn(path)
+    archive_or_list = path.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS + LIST_EXTENSIONS)
+    return path.is_dir() or archive_or_list or is_svhn(path)
 
 
 def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:

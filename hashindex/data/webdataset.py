@@ -18,7 +18,8 @@ from PIL import Image
 from ..errors import HashindexError
 from ..metrics import first_labels, one_hot_sets
 from .members import expand_braces, is_tar_name
-from .sources import ImageSource, TarSource
+from .archives import TarSource
+from .sources import ImageSource
 
 
 class ConcatSource(ImageSource):

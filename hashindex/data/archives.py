@@ -1,0 +1,179 @@
+"""Image collections inside one archive file, read in place: a tar (or tar.gz) and a zip.
+
+Both list their members once, make items of them as a folder's files are made (`sources._items`: WebDataset
+samples, label sidecars, counted skips), and read a member's bytes on demand, from any worker process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HashindexError
+from .images import BadImage
+from .members import suffix as name_suffix
+from .sources import MAX_FILE_BYTES, ImageSource, _items
+
+ZIP_EXTENSIONS = (".zip",)
+SIDECAR_BYTES = 1 << 20  # a label sidecar larger than this is not read
+
+
+class TarSource(ImageSource):
+    """Image members of a tar or tar.gz, read in place by offset.
+
+    Plain tars are read with pread at the member's offset, so any worker can
+    read any item. Gzipped tars are read through a per-process gzip stream
+    that only moves forward; reading in order (as extraction does) costs one
+    decompression pass per worker.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.gzipped = self.path.name.endswith((".gz", ".tgz"))
+        names, where, odd, sidecar_bytes = [], {}, {}, {}
+        try:
+            with tarfile.open(self.path, "r:*") as tf:
+                for m in tf:
+                    if m.isdir():
+                        continue
+                    names.append(m.name)
+                    if m.issym() or m.islnk():
+                        odd[m.name] = ("link-member", f"{m.name}: a {'symbolic' if m.issym() else 'hard'} "
+                                       f"link to {m.linkname} (links in tars are not followed)")
+                    elif not m.isfile():
+                        odd[m.name] = ("not-a-file", f"{m.name}: a tar member of type {m.type!r}")
+                    else:
+                        where[m.name] = (m.offset_data, m.size)
+                        if name_suffix(m.name) in (".cls", ".json") and m.size <= SIDECAR_BYTES:
+                            sidecar_bytes[m.name] = tf.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+            raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
+        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+                                                          f"tar {self.path}")
+        self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
+        self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
+        super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
+        self._fh = None
+        self._pid = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fh"], state["_pid"] = None, None  # file handles do not cross processes
+        return state
+
+    def _handle(self):
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
+            self._pid = os.getpid()
+        return self._fh
+
+    def read_bytes(self, i: int) -> bytes:
+        self._refuse_unread(i)
+        off, size = int(self.offsets[i]), int(self.sizes[i])
+        try:
+            fh = self._handle()
+            if self.gzipped:
+                if fh.tell() > off:  # gzip seeks backwards by restarting: reopen instead
+                    fh.close()
+                    self._fh = None
+                    fh = self._handle()
+                fh.seek(off)
+                return fh.read(size)
+            return os.pread(fh.fileno(), size, off)
+        except (OSError, EOFError) as e:
+            raise BadImage("unreadable", str(e)) from None
+
+
+class ZipSource(ImageSource):
+    """Image members of a zip archive (a dataset or a photo export as it was downloaded), read in place.
+
+    Each worker process opens the archive once and reads members by name. Symbolic links, encrypted members
+    and members over MAX_FILE_BYTES are counted skips, as in a folder or a tar.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        names, odd, sidecar_bytes = [], {}, {}
+        self.encoding = _name_encoding(self.path)
+        try:
+            with _open_zip(self.path, self.encoding) as zf:
+                for info in zf.infolist():
+                    if info.is_dir():
+                        continue
+                    names.append(info.filename)
+                    odd_reason = _odd_member(info)
+                    if odd_reason is not None:
+                        odd[info.filename] = odd_reason
+                    elif name_suffix(info.filename) in (".cls", ".json") and info.file_size <= SIDECAR_BYTES:
+                        try:
+                            sidecar_bytes[info.filename] = _read_member(zf, info.filename)
+                        except BadImage:  # a damaged sidecar gives no label, as an unreadable file in a folder
+                            pass
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise HashindexError(f"{self.path}: not a readable zip archive ({e})") from None
+        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+                                                          f"zip {self.path}")
+        super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
+        self._zf = None
+        self._pid = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_zf"], state["_pid"] = None, None  # an open archive does not cross processes
+        return state
+
+    def read_bytes(self, i: int) -> bytes:
+        self._refuse_unread(i)
+        if self._zf is None or self._pid != os.getpid():
+            self._zf = _open_zip(self.path, self.encoding)
+            self._pid = os.getpid()
+        return _read_member(self._zf, self.paths[i])
+
+
+def _name_encoding(path: Path) -> str | None:
+    """How the archive's names are read where a member does not flag them UTF-8: as UTF-8 when they all are
+    (Info-ZIP and many Windows tools write UTF-8 names without the flag, which Python would read as cp437:
+    'dög' as 'd├╢g'), else zipfile's cp437 (None)."""
+    if sys.version_info < (3, 11):  # no metadata_encoding before 3.11
+        return None
+    try:
+        with _open_zip(path, "utf-8"):
+            return "utf-8"
+    except UnicodeDecodeError:
+        return None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None  # the caller opens it again and says what is wrong
+
+
+def _open_zip(path: Path, encoding: str | None) -> zipfile.ZipFile:
+    return zipfile.ZipFile(path, **({"metadata_encoding": encoding} if encoding else {}))
+
+
+def _odd_member(info: zipfile.ZipInfo) -> tuple[str, str] | None:
+    """(reason, detail) for a zip member that is not read as an image file, else None."""
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "link-member", f"{info.filename}: a symbolic link (links in archives are not followed)"
+    if info.flag_bits & 0x1:
+        return "encrypted", f"{info.filename}: encrypted (hashindex reads no passwords)"
+    if info.file_size > MAX_FILE_BYTES:
+        return "too-large", f"{info.filename}: {info.file_size} bytes"
+    return None
+
+
+def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A member's bytes; a damaged or unsupported member raises BadImage."""
+    try:
+        return zf.read(name)
+    except zipfile.BadZipFile as e:
+        raise BadImage("corrupt", f"{name}: {e}") from None
+    except (NotImplementedError, RuntimeError, OSError, EOFError, KeyError) as e:
+        raise BadImage("unreadable", f"{name}: {e}") from None
