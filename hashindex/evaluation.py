@@ -67,8 +67,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
         shards = ShardSet(shard_dir, "queries")
         index.check_model(shards.model_id, f"queries={queries_dir}")
-        q = shards.load(("codes", "features", "ids") + shards.label_fields)
-        own = own_positions(index, shards, q["ids"]) if exclude_self else None
+        q = shards.load(("codes", "features", "ids", "paths") + shards.label_fields)
+        own = own_positions(index, shards, q["ids"], q["paths"]) if exclude_self else None
     if (q["labels"] < 0).all():
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "
                              "(evaluation needs labelled queries)")

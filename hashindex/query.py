@@ -134,7 +134,7 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
     feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
-    own = own_positions(index, qshards, q["ids"][pick]) if exclude_self else None
+    own = own_positions(index, qshards, q["ids"][pick], [q["paths"][i] for i in pick]) if exclude_self else None
     k = min(k, index.count - (own is not None))
     result = index.search(q["codes"][pick], feats, k=k + (own is not None))
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],
@@ -142,22 +142,36 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
             "result": result if own is None else without_own(result, own, k)}
 
 
-def own_positions(index, shards, ids: np.ndarray) -> np.ndarray | None:
-    """Per query, the database position of the query's own item (-1: none) when the queries are a collection
-    the index holds: the shard directory it was built or appended from (same manifest checksum), or the same
-    collection extracted again (same source fingerprint and spec); None when they are not."""
+def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarray | None:
+    """Per query, the database position of the query's own item (-1: none), or None when no query is an
+    indexed item. A query is one when its shards are a collection the index holds (the shard directory it was
+    built or appended from, by manifest checksum; the same collection extracted again, by source fingerprint
+    and spec), or come from the same collection as one (its spec without ``#limit=`` / ``#every=``
+    selections) and an item there has the query's id and path (a subset of what was indexed, or more)."""
     from .files import sha256_file
     from .index.layout import collections
     from .store import MANIFEST
 
     src = shards.manifest["source"]
     sha = sha256_file(shards.dir / MANIFEST)
+    base = _base_spec(src.get("spec"))
+    pos = index.positions_of(ids, missing=-1)
+    own = np.full(len(ids), -1, np.int64)
     for entry in collections(index.meta):
+        inside = (pos >= entry["start"]) & (pos < entry["stop"])
         if entry.get("manifest_sha256") == sha or (
                 entry.get("fingerprint") == src["fingerprint"] and entry.get("spec") == src.get("spec")):
-            pos = index.positions_of(ids, missing=-1)
-            return np.where((pos >= entry["start"]) & (pos < entry["stop"]), pos, -1)
-    return None
+            own = np.where(inside, pos, own)
+        elif base is not None and _base_spec(entry.get("spec")) == base and inside.any():
+            at = np.flatnonzero(inside)
+            same = np.array(index.paths(pos[at])) == np.array([paths[i] for i in at])
+            own[at[same]] = pos[at[same]]
+    return own if (own >= 0).any() else None
+
+
+def _base_spec(spec: str | None) -> str | None:
+    """A source spec without its selections (``#limit=N``, ``#every=N:part``, ``#follow-links``)."""
+    return spec.split("#", 1)[0] if spec else None
 
 
 def without_own(result: SearchResult, own: np.ndarray, k: int) -> SearchResult:

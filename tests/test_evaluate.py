@@ -390,9 +390,10 @@ def test_a_query_that_is_a_database_item_is_left_out_of_its_own_ranking():
 
 
 def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
-    """eval of an index with its own collection (its shard directory, the same arrays written again, or its
-    images encoded again) scores each query against the other items; a different collection of the same size
-    is not taken for it; --include-self keeps the self-matches; an approximate index serves them left out."""
+    """eval of an index with its own collection (its shard directory, the same arrays written again, its images
+    encoded again, a subset of it or more) scores each query against the other items; a different collection
+    of the same size is not taken for it; --include-self keeps the self-matches; an approximate index serves
+    them left out."""
     from hashindex import extract
     from hashindex.data import open_source
     from hashindex.index import Index, build
@@ -416,6 +417,11 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     assert "80 queries are indexed items" in format_metrics(m)
     again = evaluate(tmp_path / "ix", images, model=str(tiny_model), progress=False)  # the same photos, encoded again
     assert again["self_excluded"] == 80 and again["hamming"] == m["hamming"]
+    # a subset of the collection (extract --limit) against the whole, either way: its items are found by id and path
+    extract(str(tiny_model), str(images), tmp_path / "s30", limit=30, workers=0, **quiet)
+    build(tmp_path / "s30", tmp_path / "ix30", binary="flat", signal="l2", **quiet)
+    assert evaluate(tmp_path / "ix", tmp_path / "s30", progress=False)["self_excluded"] == 30
+    assert evaluate(tmp_path / "ix30", tmp_path / "s", progress=False)["self_excluded"] == 30
     kept = evaluate(tmp_path / "ix", tmp_path / "s", exclude_self=False, progress=False)
     assert kept["self_excluded"] == 0 and kept["precision_at_k"][0] > m["precision_at_k"][0]
     res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(tmp_path / "s"), "--json",
