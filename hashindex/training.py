@@ -102,6 +102,12 @@ def _check_labelled(src: ImageSource, data: str) -> None:
             "STL-10 files)")
     if not src.class_names:
         raise HashindexError(what)
+    present = (np.flatnonzero(src.label_sets.any(axis=0)) if src.multi_label
+               else np.unique(src.labels[src.labels >= 0]))
+    if len(present) < 2:  # cross-entropy of one class is 0 from the start: the codes would learn nothing
+        only = f" ({src.class_names[present[0]]})" if len(present) and present[0] < len(src.class_names) else ""
+        raise HashindexError(f"data={data}: its images hold one class{only}; the codes are learned from class "
+                             "labels, so training needs images of at least 2 classes")
     for i in (int(i) for i in np.flatnonzero(src.labels < 0) if int(i) not in src.unread):
         try:
             src.read(i)

@@ -100,6 +100,15 @@ def test_cli_train_and_errors(tmp_path):
     (unlabelled / "x.png").write_bytes(image_bytes("PNG"))
     res = runner.invoke(cli, ["train", "--data", str(unlabelled), "--out", str(tmp_path / "u.pt")])
     assert res.exit_code == 2 and "needs labelled images" in res.output
+    single = tmp_path / "single" / "cats"  # one class: its cross-entropy is 0 from the start, nothing to learn
+    single.mkdir(parents=True)
+    for i in range(4):
+        (single / f"{i}.png").write_bytes(image_bytes("PNG", seed=i))
+    res = runner.invoke(cli, ["train", "--data", str(single.parent), "--out", str(tmp_path / "s.pt")])
+    assert res.exit_code == 2 and res.output.strip() == (
+        f"hashindex: error: --data {single.parent}: its images hold one class (cats); the codes are learned from "
+        "class labels, so training needs images of at least 2 classes")
+    assert not (tmp_path / "s.pt").exists()
 
 
 def test_integer_labels_train_as_numbered_classes(tmp_path):
