@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
 from .index import Index
-from .query import check_candidates, queries_as_shards
+from .query import check_candidates, own_positions, queries_as_shards, search_without_own
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv")
@@ -52,7 +52,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
                  nprobe: int | None = None, fmt: str | None = None, model: str | None = None, device: str = "cpu",
                  overwrite: bool = False, progress: bool = True, backend: str = "local",
                  ray_options: dict[str, Any] | None = None, shard_actors: bool = False,
-                 log=print) -> dict[str, Any]:
+                 exclude_self: bool = False, log=print) -> dict[str, Any]:
     """Search every query of a shard directory (or image source); write one results file.
 
     Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
@@ -62,6 +62,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     ``backend="ray"`` runs batches as tasks on Ray workers that each map the
     whole index; with ``shard_actors`` the batches run here instead and each
     fans out to one Ray actor per index shard (an index past one machine's RAM).
+    ``exclude_self``: a query that is an indexed item (`query.own_positions`: the collection against itself, for
+    near-duplicates) is not among its own results.
     """
     with exclusive(Path(out), f"out={out}: another batch job writing it is running"):  # one writer
         if backend not in ("local", "ray"):
@@ -73,7 +75,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
             index = Index.load(index, shard_actors=actor_options if shard_actors else None)
         check_candidates(candidates, k)
         index.check_nprobe(nprobe)
-        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size, "nprobe": nprobe}
+        settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size, "nprobe": nprobe,
+                    **({"exclude_self": True} if exclude_self else {})}  # absent when False: older records match
         out = Path(out)
         fmt = output_format(out, fmt)
         if out.exists() and not overwrite:
@@ -90,7 +93,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         shards = ShardSet(queries_as_shards(index, queries, parts, model, device, progress, log), "queries")
         index.check_model(shards.model_id, f"queries={queries}")
         job = _start_job(index, shards, parts, settings, out)
-        data = shards.load(("codes", "features", "ids"))
+        data = shards.load(("codes", "features", "ids", "paths"))
+        data["own"] = own_positions(index, shards, data["ids"], data.pop("paths")) if exclude_self else None
         if not rerank:
             data["features"] = None
         n_batches = -(-len(data["ids"]) // batch_size)
@@ -170,11 +174,14 @@ def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: di
 
 
 def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
-                candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None) -> None:
-    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part."""
+                candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None,
+                exclude_self: bool = False) -> None:
+    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part (without
+    each query's own item when ``exclude_self``: ``data["own"]``, its position)."""
     sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
     feats = data["features"][sl] if data["features"] is not None else None
-    res = index.search(data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
+    own = data.get("own")[sl] if exclude_self and data.get("own") is not None else None
+    res = search_without_own(index, own, data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)

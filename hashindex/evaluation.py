@@ -130,7 +130,7 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     from tqdm import tqdm
 
     from .index import MISSING
-    from .query import without_own
+    from .query import search_without_own
 
     import faiss
 
@@ -146,9 +146,9 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
     p10, recall, found = [], [], []
     for s in tqdm(range(0, len(codes), chunk), desc="served", unit="chunk", disable=not progress):
         sl = slice(s, s + chunk)
-        res = index.search(codes[sl], features[sl] if features is not None else None, k=k + (own is not None),
-                           candidates=candidates, rerank=rerank)
-        served = (res if own is None else without_own(res, own[sl], k)).positions
+        served = search_without_own(index, None if own is None else own[sl], codes[sl],
+                                    features[sl] if features is not None else None, k, candidates=candidates,
+                                    rerank=rerank).positions
         rel = (served != MISSING) & relevant_items(labels[sl], db_targets, np.maximum(served, 0))
         for a in aps:
             aps[a].append(average_precision(rel, a))

@@ -53,15 +53,19 @@ def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarra
 def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
           complete_ties: bool = True, nprobe: int | None = None, device: str = "cpu",
-          shard_actors: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+          shard_actors: dict[str, Any] | None = None, exclude_self: bool = False) -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts.
 
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
     open a sharded INDEX_DIR with one actor per shard; ``nprobe``: lists an IVF
-    coarse index scans for these queries (default: the value build tuned).
+    coarse index scans for these queries (default: the value build tuned);
+    ``exclude_self``: an indexed item is not among its own results (its nearest other items).
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
+    if exclude_self and not by_id:
+        raise HashindexError("exclude_self=True: leaves an indexed item (by_id) out of its own results; image "
+                             "files are not indexed items")
     check_candidates(candidates, k)
     if not isinstance(index, Index):
         index = Index.load(index, shard_actors=shard_actors)
@@ -78,23 +82,31 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
         names += [f"id:{i}" for i in by_id]
     width = max(v.shape[1] for v in vecs)
     vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
+    own = (np.concatenate([np.full(len(images), -1, np.int64), index.positions_of(np.array(by_id))])
+           if exclude_self and by_id else None)
     return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
                           k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
-                          nprobe=nprobe)
+                          nprobe=nprobe, own=own)
 
 
 def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,
                    k: int = 10, candidates: int | None = None, radius: int | None = None,
                    rerank: bool = True, complete_ties: bool = True, max_results: int | None = None,
-                   nprobe: int | None = None) -> list[dict[str, Any]]:
+                   nprobe: int | None = None, own: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``.
 
-    ``max_results`` refuses a radius search that finds more items for one query (a service's bound).
+    ``max_results`` refuses a radius search that finds more items for one query (a service's bound);
+    ``own``: per query, the position of its own indexed item, left out of its results (-1: none).
     """
+    if own is not None and not (own >= 0).any():
+        own = None
     if radius is None:
-        res = index.search(codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True, nprobe=nprobe)
+        res = search_without_own(index, own, codes_arr, vecs, k, candidates, rerank, complete_ties, vectors=True,
+                                 nprobe=nprobe)
         return result_rows(index, res, names)
     hits = index.range_search(codes_arr, radius, nprobe)
+    if own is not None:
+        hits = [(p[p != o], d[p != o]) for (p, d), o in zip(hits, own)]
     most = max([len(p) for p, _ in hits] + [0])
     if max_results is not None and most > max_results:
         raise HashindexError(f"radius={radius}: {most} items within it for one query, more than "
@@ -135,11 +147,9 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
     feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
     own = own_positions(index, qshards, q["ids"][pick], [q["paths"][i] for i in pick]) if exclude_self else None
-    k = min(k, index.count - (own is not None))
-    result = index.search(q["codes"][pick], feats, k=k + (own is not None))
+    result = search_without_own(index, own, q["codes"][pick], feats, min(k, index.count - (own is not None)))
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],
-            "labels": labels[pick], "targets": q_targets[pick], "db_targets": db_targets,
-            "result": result if own is None else without_own(result, own, k)}
+            "labels": labels[pick], "targets": q_targets[pick], "db_targets": db_targets, "result": result}
 
 
 def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarray | None:
@@ -174,13 +184,26 @@ def _base_spec(spec: str | None) -> str | None:
     return spec.split("#", 1)[0] if spec else None
 
 
+def search_without_own(index: Index, own: np.ndarray | None, codes: np.ndarray, features: np.ndarray | None,
+                       k: int, *args, **kwargs) -> SearchResult:
+    """`Index.search`'s top k with each query's own item left out (``own``: its database position, -1 for a
+    query that has none; None: no query has one): the index is asked for one more."""
+    if own is None:
+        return index.search(codes, features, k, *args, **kwargs)
+    res = index.search(codes, features, k + 1 if k < index.count else k, *args, **kwargs)
+    return without_own(res, own, k)
+
+
 def without_own(result: SearchResult, own: np.ndarray, k: int) -> SearchResult:
     """The top k of each query's results once its own item (database position ``own``, -1: none) is taken
-    out (searched for k + 1, so k remain)."""
+    out (searched for k + 1, so k remain; where the index holds fewer, the last is missing)."""
     mine = (result.positions == own[:, None]) & (own[:, None] >= 0)
     keep = np.argsort(mine, axis=1, kind="stable")[:, :k]
-    return SearchResult(*(np.take_along_axis(a, keep, 1)
-                          for a in (result.ids, result.positions, result.hamming, result.distance)))
+    gone = np.take_along_axis(mine, keep, 1)
+    ids, pos, ham, dist = (np.take_along_axis(a, keep, 1)
+                           for a in (result.ids, result.positions, result.hamming, result.distance))
+    return SearchResult(np.where(gone, MISSING, ids), np.where(gone, MISSING, pos), np.where(gone, MISSING, ham),
+                        np.where(gone, np.nan, dist))
 
 
 def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str | None = None, device: str = "cpu",

@@ -409,3 +409,42 @@ def test_the_result_table_names_classes_and_marks_unlabelled_items():
     rows = format_table([{"query": "q.jpg", "results": hits}]).splitlines()
     assert rows[0] == "query q.jpg: 3 results"
     assert [line.split()[4] for line in rows[2:]] == ["cat", "12", "-"]
+
+
+def test_exclude_self_leaves_an_indexed_item_out_of_its_own_results(flat_index, cifar_shards, tmp_path, db):
+    """--exclude-self: the results of an indexed item are its results without itself, in the same order (the
+    top k+1 less the item, for top k and radius alike); a batch job over the indexed collection gives each
+    query the same rows as the API; image files and batch radius searches are refused in one line."""
+    from hashindex.query import query
+
+    index = Index.load(flat_index)
+    ids = [int(i) for i in db["ids"][[0, 17, 4242, 9999]]]
+    plain = query(index, [], ids, k=6)
+    left = query(index, [], ids, k=5, exclude_self=True)
+    for i, p, e in zip(ids, plain, left):
+        others = [r for r in p["results"] if r["id"] != i]
+        assert [r["id"] for r in e["results"]] == [r["id"] for r in others][:5]
+        assert all(r["id"] != i for r in e["results"])
+        assert [r["hamming"] for r in e["results"]] == [r["hamming"] for r in others][:5]
+    wide = query(index, [], ids, radius=1)
+    narrow = query(index, [], ids, radius=1, exclude_self=True)
+    for i, w, n in zip(ids, wide, narrow):
+        assert [r["id"] for r in n["results"]] == [r["id"] for r in w["results"] if r["id"] != i]
+    everything = query(index, [], ids[:1], k=index.count, exclude_self=True)[0]["results"]
+    assert len(everything) == index.count - 1 and ids[0] not in {r["id"] for r in everything}
+    out = tmp_path / "near.jsonl"
+    batch_search(flat_index, cifar_shards, out, k=5, batch_size=3000, exclude_self=True, progress=False,
+                 log=lambda s: None)
+    rows = {r["query_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(rows) == 10000 and all(q not in r["ids"] and len(r["ids"]) == 5 for q, r in rows.items())
+    for i, e in zip(ids, left):
+        assert rows[i]["ids"] == [r["id"] for r in e["results"]]
+    with pytest.raises(HashindexError, match="image files are not indexed items"):
+        query(index, ["cat.jpg"], [], exclude_self=True)
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(cifar_shards), "--out",
+                                   str(tmp_path / "r.h5"), "--radius", "1"])
+    assert res.exit_code == 2 and res.output == ("hashindex: error: --radius: not for a batch job (--queries --out: "
+                                                 "the top --k of every query)\n")
+    res = CliRunner().invoke(cli, ["-q", "query", str(flat_index), "--by-id", str(ids[1]), "--k", "5",
+                                   "--exclude-self", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output) == left[1:2], res.output

@@ -87,7 +87,9 @@ def test_image_and_id_searches_equal_the_cli_api(server, flat_index, tiny_model,
     assert status == 200 and got["results"] == want["results"] and len(got["results"]) >= 7
     assert got["query"] == "upload" and got["took_ms"] >= 0
     for qs, opts in [("id=5&k=5", dict(k=5)), ("id=5&radius=1", dict(radius=1)),
-                     ("id=77&k=3&rerank=0&cut_ties=1", dict(k=3, rerank=False, complete_ties=False))]:
+                     ("id=77&k=3&rerank=0&cut_ties=1", dict(k=3, rerank=False, complete_ties=False)),
+                     ("id=5&k=4&exclude_self=1", dict(k=4, exclude_self=True)),
+                     ("id=5&radius=2&exclude_self=1", dict(radius=2, exclude_self=True))]:
         status, got = call(f"{server}/search?{qs}")
         want = query(flat_index, [], [int(qs.split("&")[0][3:])], **opts)[0]
         assert status == 200 and got["results"] == want["results"], qs
@@ -115,11 +117,13 @@ def test_concurrent_requests_get_their_own_answers(server, flat_index):
     ("/search?id=5&candidates=10000000", None, 400, "candidates=10000000: at most 100000 in one request"),
     # a misspelt option is refused, not ignored; an id beside an uploaded image is ambiguous
     ("/search?id=5&kk=3", None, 400, "kk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, "
-                                     "nprobe, id)"),
+                                     "nprobe, exclude_self, id)"),
     ("/search?k=3&id=5", b"not an image at all", 400, "id=5: this request searches with its uploaded image; "
                                                       "search with an indexed item by GET /search?id=ID"),
+    ("/search?k=3&exclude_self=1", b"not an image at all", 400,
+     "exclude_self=1: an uploaded image is not an indexed item (exclude_self is for searches with an id)"),
     ("/search?k=3&topk=4", b"not an image at all", 400, "topk: unknown parameter (expected k, candidates, radius, "
-                                                        "rerank, cut_ties, nprobe)"),
+                                                        "rerank, cut_ties, nprobe, exclude_self)"),
 ])
 def test_bad_requests(server, path, data, status, message):
     got_status, body = call(server + path, data)

@@ -25,6 +25,9 @@ from .group import _echo_json, cli
               help="IVF index: lists scanned per query (more: higher recall, slower) [default: the value "
                    "build tuned to its --recall target; hashindex info shows it].")
 @click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
+@click.option("--exclude-self", is_flag=True,
+              help="An indexed item (--by-id, or a --queries item the index holds) is not among its own results: "
+                   "its nearest other items (near-duplicates).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
@@ -43,8 +46,9 @@ from .group import _echo_json, cli
                                            "results (up to 20) with their class and Hamming distance.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, queries, out, fmt,
-          batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid, as_json):
+def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
+          queries, out, fmt, batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid,
+          as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
     \b
@@ -53,6 +57,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train --by-id 42 --radius 2 --json
       hashindex query index/train cat.jpg --grid cat-results.png
       hashindex query index/train --queries shards/test --out results.h5
+      hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out near-dups.csv
     """
     from .. import query as query_app
     from ..batch import batch_search
@@ -65,18 +70,22 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
             raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
+        if radius is not None or cut_ties or by_id or images:
+            what = "--radius" if radius is not None else "--cut-ties" if cut_ties else "--by-id" if by_id else "IMAGES"
+            raise HashindexError(f"{what}: not for a batch job (--queries --out: the top --k of every query)")
         job = batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
                            batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
                            overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
                            ray_options={"address": address, "num_workers": num_workers},
-                           shard_actors=shard_actors, log=lambda line: click.echo(line, err=as_json))
+                           shard_actors=shard_actors, exclude_self=exclude_self,
+                           log=lambda line: click.echo(line, err=as_json))
         if as_json:
             _echo_json(job)
         return
     index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
     rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
                         radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, nprobe=nprobe,
-                        device=device)
+                        device=device, exclude_self=exclude_self)
     if grid:
         from ..report import query_grid
 

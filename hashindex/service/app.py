@@ -38,7 +38,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HashindexError
 from .engine import Engine, Query
 from .metrics import Metrics
-from .params import MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
+from .params import (MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
+                     search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -49,7 +50,8 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("radius", "integer", "every item within this Hamming radius instead of the top k"),
     ("rerank", "boolean", "order the pool by the fine-stage signal (default 1)"),
     ("cut_ties", "boolean", "cut the last Hamming tie at k (default 0: complete it)"),
-    ("nprobe", "integer", "IVF index: lists scanned (default: the value build tuned to its recall target)"))]
+    ("nprobe", "integer", "IVF index: lists scanned (default: the value build tuned to its recall target)"),
+    ("exclude_self", "boolean", "searches with an id: the item is not among its own results (default 0)"))]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
@@ -301,6 +303,7 @@ async def _search(engine: Engine, request: Request) -> dict[str, Any]:
         if item is None:
             raise RequestError(400, f"GET {request.url.path} needs id=ID (or POST an image)")
         return await _answer(engine, Query(f"id:{item}", options, item_id=item))
+    check_upload_options(options)
     uploads = await _uploads(request)
     if uploads is not None:
         if len(uploads) > 1:
@@ -313,6 +316,7 @@ async def _batch(engine: Engine, request: Request) -> dict[str, Any]:
     options = search_options(dict(request.query_params))
     uploads = await _uploads(request)
     if uploads is not None:
+        check_upload_options(options)
         jobs = [_image(engine, data, options, f"file:{name}") for name, data in uploads]
     else:
         try:

@@ -32,7 +32,8 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
-from .params import BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, int_param, search_options
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param, own_of,
+                     search_options)
 from .served import Served
 
 
@@ -45,6 +46,7 @@ class Searcher(Served):
 
     def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
         """Search with the bytes of an image file."""
+        check_upload_options(options)
         array = self.image_array(data)[None]
         with self.lock:
             codes, feats = self.model.encode(array)
@@ -57,11 +59,14 @@ class Searcher(Served):
                 codes, feats = indexed_queries(self.index, [item_id])
             except HashindexError:
                 raise RequestError(404, f"id={item_id}: no item with this id in the index") from None
-            return self._search(codes, feats, f"id:{item_id}", options)
+            return self._search(codes, feats, f"id:{item_id}", options, item_id)
 
-    def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any],
+                item_id: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        row = search_vectors(self.index, codes, vecs.astype(np.float32), [name], **options)[0]
+        own = own_of(self.index, [item_id], options)
+        options = {k: v for k, v in options.items() if k != "exclude_self"}
+        row = search_vectors(self.index, codes, vecs.astype(np.float32), [name], own=own, **options)[0]
         row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return row
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
-from .params import RequestError
+from .params import RequestError, own_of
 from .served import Served
 
 
@@ -122,10 +122,13 @@ class Engine(Served):
     def _search(self, group: list[tuple[Query, np.ndarray, np.ndarray]]) -> None:
         t0 = time.perf_counter()
         queries = [q for q, _, _ in group]
+        options = dict(queries[0].options)  # one group, one set of options
+        own = own_of(self.index, [q.item_id for q in queries], options)
+        options.pop("exclude_self", None)
         try:
             rows = search_vectors(self.index, np.concatenate([c for _, c, _ in group]),
                                   np.concatenate([v for _, _, v in group]), [q.name for q in queries],
-                                  **queries[0].options)
+                                  own=own, **options)
         except Exception as e:  # noqa: BLE001
             if len(group) == 1:
                 queries[0].future.set_exception(e)

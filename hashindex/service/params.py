@@ -53,7 +53,7 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in ("1", "true")
 
 
-OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe")  # what a search may set
+OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude_self")  # what a search may set
 
 
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
@@ -80,7 +80,25 @@ def search_options(params: Mapping[str, str], max_results: int | None = None, by
             "max_results": MAX_RESULTS if max_results is None else max_results,
             "rerank": flag_param(params, "rerank", True),
             "complete_ties": not flag_param(params, "cut_ties", False),
-            "nprobe": int_param(params, "nprobe", None, 1)}
+            "nprobe": int_param(params, "nprobe", None, 1),
+            "exclude_self": flag_param(params, "exclude_self", False)}
+
+
+def check_upload_options(options: dict[str, Any]) -> None:
+    """Options that an uploaded image cannot take: it is not an indexed item, so it has no self to leave out."""
+    if options.get("exclude_self"):
+        raise RequestError(400, "exclude_self=1: an uploaded image is not an indexed item (exclude_self is for "
+                                "searches with an id)")
+
+
+def own_of(index, item_ids: list[int | None], options: dict[str, Any]) -> Any:
+    """``search_vectors``' ``own`` for queries by id (None: an upload) under ``options``: each item's position
+    when ``exclude_self``, else None."""
+    import numpy as np
+
+    if not options.get("exclude_self"):
+        return None
+    return np.array([-1 if i is None else int(index.positions_of([i])[0]) for i in item_ids], np.int64)
 
 
 def upload_array(data: bytes, size: int, channels: int):
