@@ -11,6 +11,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from hashindex import ShardSet
@@ -243,3 +244,52 @@ def test_sighup_does_not_kill_the_basic_server(flat_index, tiny_model):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_writable_service_adds_images_to_the_index(flat_index, tiny_model, tmp_path):
+    """serve --writable: POST /items appends uploads to INDEX_DIR (on disk before the answer) and serves them at
+    once: new ids after the largest, the labels given, each upload found by its own image at Hamming 0;
+    concurrent adds get distinct ids; a bad file, label or parameter adds nothing; read-only by default."""
+    import shutil
+
+    from hashindex.index import Index
+    from hashindex.service.engine import Engine
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(flat_index, index_dir)
+    (a_name, a), (b_name, b), (c_name, c) = jpeg_bytes(3)
+    url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            files = [("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.jpg", b, "image/jpeg"))]
+            got = client.post("/items", params={"label": "cat"}, files=files)
+            assert got.status_code == 200 and got.json() == {"added": 2, "ids": [10000, 10001], "items": 10002,
+                                                             "index": "photos"}, got.text
+            found = client.post("/search", params={"k": 20}, content=a).json()["results"]
+            mine = next(r for r in found if r["id"] == 10000)
+            assert mine == {**mine, "path": "a.jpg", "class": "cat", "hamming": 0}
+            with ThreadPoolExecutor(2) as pool:  # two adds at once: one after the other, distinct ids
+                answers = list(pool.map(lambda n: client.post("/indexes/photos/items", content=c,
+                                                              params={"path": n, "label": "3"}).json(), ["x", "y"]))
+            assert sorted(i for r in answers for i in r["ids"]) == [10002, 10003]
+            assert client.get("/health").json()["indexes"]["photos"] == 10004
+            for params, files, message in [
+                    ({"label": "unicorn"}, None, "label=unicorn: not a class of this index (airplane, "),
+                    ({"labels": "cat"}, None, "labels: unknown parameter (expected label, path)"),
+                    ({}, [("file", ("ok.jpg", a, "image/jpeg")), ("file", ("bad.jpg", b"oops", "image/jpeg"))],
+                     "body: not a decodable image (not-an-image)")]:
+                bad = client.post("/items", params=params, **({"files": files} if files else {"content": a}))
+                assert bad.status_code == 400 and bad.json()["error"].startswith(message), bad.text
+            assert client.get("/health").json()["indexes"]["photos"] == 10004  # nothing added by them
+    finally:
+        stop()
+    on_disk = Index.load(index_dir)
+    assert on_disk.count == 10004 and on_disk.ids[-4:].tolist() == [10000, 10001, 10002, 10003]
+    assert on_disk.paths(np.arange(10000, 10004)) in (["a.jpg", "b.jpg", "x", "y"], ["a.jpg", "b.jpg", "y", "x"])
+    assert [on_disk.class_names[i] for i in on_disk.labels[-4:]] == ["cat", "cat", "cat", "cat"]
+
+
+def test_a_read_only_service_takes_no_items(service):
+    client, _ = service
+    got = client.post("/items", content=b"x")
+    assert got.status_code in (404, 405) and "error" in got.json()

@@ -239,8 +239,11 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 @click.option("--server", "server_kind", default="auto", show_default=True, type=click.Choice(["auto", "asgi", "basic"]),
               help="asgi: FastAPI on uvicorn, batched searches (pip install 'hashindex[serve]'); basic: the "
                    "standard library's server, one search at a time; auto: asgi when installed.")
+@click.option("--writable", is_flag=True,
+              help="Also take POST /items (and /indexes/NAME/items): images added to the index on disk and "
+                   "served at once (asgi server). Off by default: anyone who reaches the port could add.")
 @click.pass_context
-def serve(ctx, index_dir, model, host, port, device, server_kind):
+def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -254,6 +257,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind):
       curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
       curl -s -F file=@cat.jpg -F file=@dog.jpg 'localhost:8000/batch?k=5'
       curl -s 'localhost:8000/search?id=42&radius=2'
+      hashindex serve index/photos --writable &    # then add photos:
+      curl -s -F file=@new1.jpg -F file=@new2.jpg 'localhost:8000/items?label=cat'
     """
     from ..service import asgi_server, bind, open_engines, parse_indexes
 
@@ -264,6 +269,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind):
         raise HashindexError("server=asgi: needs the serve extra (pip install 'hashindex[serve]')")
     log = (lambda line: click.echo(line, err=True)) if ctx.obj["progress"] else (lambda line: None)
     if server_kind == "basic":
+        if writable:
+            raise HashindexError("--writable: the basic server only searches (the asgi server adds items)")
         if len(indexes) > 1:
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
         return _serve_basic(next(iter(indexes.values())), model, host, port, device, log)
@@ -278,7 +285,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind):
     # raises the signal again for the handler it found: this no-op one makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asgi_server(engines).run(sockets=[sock])
+    asgi_server(engines, writable=writable).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:

@@ -41,9 +41,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def asgi_server(engines: dict, log_level: str = "warning"):
+def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
-    SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight."""
+    SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST /items)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,7 +72,7 @@ def asgi_server(engines: dict, log_level: str = "warning"):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    config = uvicorn.Config(create_app(engines), http=JsonErrors, lifespan="on", log_level=log_level,
+    config = uvicorn.Config(create_app(engines, writable=writable), http=JsonErrors, lifespan="on", log_level=log_level,
                             access_log=False, backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
     return uvicorn.Server(config)
 

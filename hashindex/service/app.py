@@ -8,7 +8,8 @@
     GET  /search?id=42&k=10               search with an indexed item
     POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
-    options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
+    options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
+    POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
 
 SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
 what `build --append` grew is served from then on; searches already handed to the old engines finish there. A
@@ -121,8 +122,9 @@ async def _send_json(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAPI:
-    """The service over opened engines (name -> Engine); ``default`` answers /search and /batch."""
+def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False) -> FastAPI:
+    """The service over opened engines (name -> Engine); ``default`` answers /search and /batch; ``writable``
+    adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`)."""
     from .. import __version__
 
     if not engines:
@@ -187,6 +189,19 @@ def create_app(engines: dict[str, Engine], default: str | None = None) -> FastAP
               operation_id="search_named_by_image", openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
     async def search_named(name: str, request: Request) -> dict[str, Any]:
         return await _search(engine_named(name), request)
+
+    if writable:
+        adding = asyncio.Lock()  # one add at a time: each is an append of INDEX_DIR, then a reload
+
+        @app.post("/items", summary="Add images to the default index", openapi_extra={"requestBody": IMAGE_BODY})
+        async def add_default(request: Request) -> dict[str, Any]:
+            return await _add(lambda: engines[default], request, adding, reload)
+
+        @app.post("/indexes/{name}/items", summary="Add images to a named index",
+                  openapi_extra={"requestBody": IMAGE_BODY})
+        async def add_named(name: str, request: Request) -> dict[str, Any]:
+            engine_named(name)  # a 404 before the body is read
+            return await _add(lambda: engines[name], request, adding, reload)
 
     @app.post("/batch", summary="Several searches of the default index in one request",
               openapi_extra={"parameters": SEARCH_PARAMS})
@@ -310,6 +325,35 @@ async def _search(engine: Engine, request: Request) -> dict[str, Any]:
             raise RequestError(400, f"{len(uploads)} files: /search takes one (POST several to /batch)")
         return await _image(engine, uploads[0][1], options, "upload")
     return await _image(engine, await request.body(), options, "upload")
+
+
+async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[str, Any]:
+    """POST /items: the uploads (a raw body, or multipart "file" fields named by their file names) appended
+    to the index of the engine ``current()`` serves with ``label`` (and ``path`` for a raw body); all decoded
+    before anything is written, so a bad file fails the request and adds nothing. Adds hold ``lock``, and
+    each takes the engine as the previous add's reload left it (the ids it gives follow the last add's)."""
+    from .writes import ADD_PARAMS, add_items
+
+    params = dict(request.query_params)
+    for name in params:
+        if name not in ADD_PARAMS:
+            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(ADD_PARAMS)})")
+    uploads = await _uploads(request)
+    if uploads is None:
+        uploads = [(params.get("path") or "upload", await request.body())]
+    elif "path" in params:
+        raise RequestError(400, "path: names a raw body's image; multipart files are named by their file names")
+    loop = asyncio.get_running_loop()
+    engine = current()
+    arrays = [await loop.run_in_executor(engine.decoder, engine.image_array, data) for _, data in uploads]
+    async with lock:
+        engine = current()
+        result = await loop.run_in_executor(None, add_items, engine, arrays, [n for n, _ in uploads],
+                                            params.get("label"))
+        if not await reload():
+            raise RequestError(500, f"added {result['added']} items to {engine.index.dir}, but reopening it failed: "
+                                    "the service still serves the index before the add (see its log)")
+    return {**result, "index": engine.name}
 
 
 async def _batch(engine: Engine, request: Request) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Adding images to a served index (`hashindex serve --writable`: POST /items).
+
+An upload is decoded as extraction reads a file (`params.upload_array`), encoded by the index's model, written
+as a shard directory (`store.write_arrays`) and appended to INDEX_DIR by `build --append`'s code; the service
+then reopens the index, as SIGHUP does. So an add is on disk before it is answered, and a crash leaves the
+index as it was before the add or after it, never half (append swaps a complete new INDEX_DIR in). Each add is
+one append, which rewrites the float store and the table: add photos in batches (multipart, up to 64 files per
+request) rather than one request each, and a sharded index (`build --shards`) gains one part per add.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .params import RequestError
+
+ADD_PARAMS = ("label", "path")  # what POST /items may set
+
+
+def item_labels(raw: str | None, class_names: list[str], multi_label: bool
+                ) -> tuple[int, np.ndarray | None]:
+    """(label, label set or None) of added items from the ``label`` parameter: a class name of the index (or
+    its number); ``a|b`` for a multi-label index; none: unlabelled."""
+    sets = np.zeros(len(class_names), bool) if multi_label else None
+    if raw is None or raw == "":
+        return -1, sets
+    names = raw.split("|") if multi_label else [raw]
+    if len(names) > 1 and not multi_label:
+        raise RequestError(400, f"label={raw}: one class per item in this index")
+    labels = []
+    for name in names:
+        if name in class_names:
+            labels.append(class_names.index(name))
+        elif name.isdigit() and int(name) < len(class_names):
+            labels.append(int(name))
+        else:
+            shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+            raise RequestError(400, f"label={name}: not a class of this index ({shown or 'it has no classes'})")
+    if sets is not None:
+        sets[labels] = True
+    return labels[0], sets
+
+
+def add_items(engine, arrays: list[np.ndarray], paths: list[str], label: str | None) -> dict[str, Any]:
+    """Encode the net inputs ``arrays`` with the engine's model and append them to its INDEX_DIR with new ids
+    (after the largest); returns the ids given. The engine goes on serving the index it opened: reopen it."""
+    from ..index import append
+    from ..store import write_arrays
+
+    index = engine.index
+    first, row = item_labels(label, index.class_names, index.label_sets is not None)
+    codes, features = engine.model.encode(np.stack(arrays))
+    start = int(index.ids.max()) + 1 if index.count else 0
+    ids = np.arange(start, start + len(arrays), dtype=np.int64)
+    with tempfile.TemporaryDirectory(prefix=".hashindex-add-", dir=Path(index.dir).parent) as tmp:
+        shards = write_arrays(Path(tmp) / "items", codes, features, ids=ids, labels=np.full(len(ids), first),
+                              paths=paths, bits=index.bits, class_names=index.class_names,
+                              model_id=index.model_id, description="service upload",
+                              label_sets=None if row is None else np.repeat(row[None], len(ids), 0))
+        meta = append(shards.dir, index.dir, progress=False, log=lambda line: None)
+    return {"added": len(ids), "ids": ids.tolist(), "items": meta["count"]}
