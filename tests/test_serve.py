@@ -143,6 +143,9 @@ def test_cli_serve_errors(flat_index, tiny_model, tmp_path):
     last = res.output.splitlines()[-1]
     assert res.exit_code == 2 and last == f"hashindex: error: --port {port}: cannot listen on 127.0.0.1:{port} " \
                                          "(Address already in use)"
+    res = runner.invoke(cli, ["serve", str(flat_index), "--server", "basic", "--writable"])
+    assert res.exit_code == 2 and res.output == ("hashindex: error: --writable: the basic server only searches (the "
+                                                 "asgi server adds items)\n")
 
 
 def raw_request(server: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
