@@ -123,9 +123,9 @@ class Engine(Served):
         t0 = time.perf_counter()
         queries = [q for q, _, _ in group]
         options = dict(queries[0].options)  # one group, one set of options
-        own = own_of(self.index, [q.item_id for q in queries], options)
-        options.pop("exclude_self", None)
         try:
+            own = own_of(self.index, [q.item_id for q in queries], options)
+            options.pop("exclude_self", None)
             rows = search_vectors(self.index, np.concatenate([c for _, c, _ in group]),
                                   np.concatenate([v for _, _, v in group]), [q.name for q in queries],
                                   own=own, **options)

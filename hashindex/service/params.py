@@ -58,9 +58,9 @@ OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude
 
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
                    ) -> dict[str, Any]:
-    """k, candidates, radius, rerank, cut_ties, nprobe from a query string, checked as the CLI checks them
-    (nprobe against the index when the search runs). Any other parameter is refused, not ignored: a
-    misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
+    """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self from a query string, checked as the CLI
+    checks them (nprobe against the index when the search runs). Any other parameter is refused, not ignored:
+    a misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
     from ..query import check_candidates
 
     if "id" in params and not by_id:
