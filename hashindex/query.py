@@ -185,12 +185,14 @@ def _base_spec(spec: str | None) -> str | None:
 
 
 def search_without_own(index: Index, own: np.ndarray | None, codes: np.ndarray, features: np.ndarray | None,
-                       k: int, *args, **kwargs) -> SearchResult:
+                       k: int, candidates: int | None = None, *args, **kwargs) -> SearchResult:
     """`Index.search`'s top k with each query's own item left out (``own``: its database position, -1 for a
-    query that has none; None: no query has one): the index is asked for one more."""
+    query that has none; None: no query has one). The index is asked for one more result from a pool one
+    larger, so the ranking is that of the index without the item: what `eval` scores (leave-one-out)."""
     if own is None:
-        return index.search(codes, features, k, *args, **kwargs)
-    res = index.search(codes, features, k + 1 if k < index.count else k, *args, **kwargs)
+        return index.search(codes, features, k, candidates, *args, **kwargs)
+    pool = min((candidates or index.default_candidates) + 1, index.count)
+    res = index.search(codes, features, k + 1 if k < index.count else k, pool, *args, **kwargs)
     return without_own(res, own, k)
 
 

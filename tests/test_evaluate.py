@@ -438,10 +438,16 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     served = evaluate(tmp_path / "hnsw", copy, at=(50,), progress=False)
     assert served["self_excluded"] == 80 and evaluate(tmp_path / "hnsw", other, progress=False)["self_excluded"] == 0
     hnsw = Index.load(tmp_path / "hnsw")
-    res = hnsw.search(rows["codes"], rows["features"].astype(np.float32), k=51, candidates=79)
+    res = hnsw.search(rows["codes"], rows["features"].astype(np.float32), k=51, candidates=80)  # 79 others
     mine = res.positions == hnsw.positions_of(rows["ids"])[:, None]
     assert mine.any(axis=1).all()  # searched with itself, every item finds itself...
     others = np.array([row[~m][:50] for row, m in zip(res.positions, mine)])
     rel = hnsw.labels[others] == rows["labels"][:, None]  # ...and is served the others, in their order
     assert served["served"]["k"] == served["served"]["mean_results"] == 50
     assert served["served"]["map@50"] == pytest.approx(average_precision(rel, 50).mean(), abs=1e-12)
+    # searched exhaustively, the served leave-one-out ranking is the exact one eval scores (pools included)
+    build(arr, tmp_path / "ivf", binary="ivf", nlist=2, nprobe=2, signal="l2", **quiet)
+    for pool in (None, 10):  # the default pool (all 80 here), and one that cuts the ranking
+        whole = evaluate(tmp_path / "ivf", copy, at=(50,), candidates=pool, progress=False)
+        assert whole["self_excluded"] == 80 and whole["served"]["coarse_recall@10"] == 1.0
+        assert whole["served"]["map@50"] == pytest.approx(whole["reranked"]["map@50"], abs=1e-12), pool
