@@ -293,3 +293,21 @@ def test_a_read_only_service_takes_no_items(service):
     client, _ = service
     got = client.post("/items", content=b"x")
     assert got.status_code in (404, 405) and "error" in got.json()
+
+
+def test_added_items_labels():
+    """POST /items' label: a class name or number of the index; a|b sets of a multi-label index; none."""
+    from hashindex.service.params import RequestError
+    from hashindex.service.writes import item_labels
+
+    names = ["beach", "sunset", "city"]
+    assert item_labels("sunset", names, False) == (1, None) and item_labels("2", names, False) == (2, None)
+    assert item_labels(None, names, False) == (-1, None)
+    label, row = item_labels("city|beach", names, True)
+    assert label == 2 and row.tolist() == [True, False, True]
+    assert item_labels("", names, True)[1].tolist() == [False, False, False]
+    for raw, multi, message in [("forest", False, "label=forest: not a class of this index (beach, sunset, city)"),
+                                ("beach|city", False, "label=beach|city: one class per item in this index"),
+                                ("beach|9", True, "label=9: not a class of this index")]:
+        with pytest.raises(RequestError, match=re.escape(message)):
+            item_labels(raw, names, multi)

@@ -28,7 +28,7 @@ def item_labels(raw: str | None, class_names: list[str], multi_label: bool
     sets = np.zeros(len(class_names), bool) if multi_label else None
     if raw is None or raw == "":
         return -1, sets
-    names = raw.split("|") if multi_label else [raw]
+    names = raw.split("|") if multi_label or ("|" in raw and raw not in class_names) else [raw]
     if len(names) > 1 and not multi_label:
         raise RequestError(400, f"label={raw}: one class per item in this index")
     labels = []
