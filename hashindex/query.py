@@ -59,13 +59,11 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
     open a sharded INDEX_DIR with one actor per shard; ``nprobe``: lists an IVF
     coarse index scans for these queries (default: the value build tuned);
-    ``exclude_self``: an indexed item is not among its own results (its nearest other items).
+    ``exclude_self``: an indexed item is not among its own results (its nearest other items): an item by id,
+    or an image file that an index built from a folder holds (`image_positions`).
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
-    if exclude_self and not by_id:
-        raise HashindexError("exclude_self=True: leaves an indexed item (by_id) out of its own results; image "
-                             "files are not indexed items")
     check_candidates(candidates, k)
     if not isinstance(index, Index):
         index = Index.load(index, shard_actors=shard_actors)
@@ -82,8 +80,8 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
         names += [f"id:{i}" for i in by_id]
     width = max(v.shape[1] for v in vecs)
     vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
-    own = (np.concatenate([np.full(len(images), -1, np.int64), index.positions_of(np.array(by_id))])
-           if exclude_self and by_id else None)
+    own = (np.concatenate([image_positions(index, images), index.positions_of(np.array(by_id, np.int64))])
+           if exclude_self else None)
     return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
                           k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
                           nprobe=nprobe, own=own)
@@ -177,6 +175,32 @@ def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarra
             same = np.array(index.paths(pos[at])) == np.array([paths[i] for i in at])
             own[at[same]] = pos[at[same]]
     return own if (own >= 0).any() else None
+
+
+def image_positions(index: Index, images: list[str]) -> np.ndarray:
+    """Per image file, the position of the indexed item read from that very file (-1: none): a collection
+    the index holds that was a folder keeps its files' paths relative to the folder. Reads the table's paths of
+    such a collection (only when some image lies inside its folder)."""
+    from .files import read_json
+    from .index.layout import collections
+    from .store import MANIFEST
+
+    own = np.full(len(images), -1, np.int64)
+    files = [Path(p).resolve() for p in images]
+    for entry in collections(index.meta):
+        spec = entry.get("spec")
+        if spec is None and (Path(entry["dir"]) / MANIFEST).is_file():  # an index built before specs were kept
+            spec = read_json(Path(entry["dir"]) / MANIFEST)["source"].get("spec")
+        root = Path(_base_spec(spec) or "").resolve() if spec else None
+        if root is None or not root.is_dir():
+            continue
+        wanted = {f.relative_to(root).as_posix(): q for q, f in enumerate(files)
+                  if own[q] < 0 and f.is_relative_to(root)}
+        if wanted:
+            for p, path in enumerate(index.paths(np.arange(entry["start"], entry["stop"]))):
+                if path in wanted:
+                    own[wanted[path]] = entry["start"] + p
+    return own
 
 
 def _base_spec(spec: str | None) -> str | None:

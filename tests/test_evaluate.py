@@ -389,6 +389,12 @@ def test_a_query_that_is_a_database_item_is_left_out_of_its_own_ranking():
     assert with_self["precision_at_k"][0] > got["precision_at_k"][0]  # finding itself had counted as a hit
 
 
+def rows_path(rows, i: int) -> str:
+    """Row i's path in the shards, as text."""
+    p = rows["paths"][i]
+    return p.decode() if isinstance(p, bytes) else p
+
+
 def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     """eval of an index with its own collection (its shard directory, the same arrays written again, its images
     encoded again, a subset of it or more) scores each query against the other items; a different collection
@@ -409,7 +415,7 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     extract(str(tiny_model), str(images), tmp_path / "s", workers=0, **quiet)
     build(tmp_path / "s", tmp_path / "ix", binary="flat", signal="l2", **quiet)
     index = Index.load(tmp_path / "ix")
-    rows = ShardSet(tmp_path / "s").load(("codes", "features", "labels", "ids"))
+    rows = ShardSet(tmp_path / "s").load(("codes", "features", "labels", "ids", "paths"))
     want = evaluate_arrays(rows["codes"], rows["labels"], index.table_codes(), index.labels, 48, at=(1000,),
                            own=index.positions_of(rows["ids"]))
     m = evaluate(tmp_path / "ix", tmp_path / "s", progress=False)
@@ -422,6 +428,17 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     build(tmp_path / "s30", tmp_path / "ix30", binary="flat", signal="l2", **quiet)
     assert evaluate(tmp_path / "ix", tmp_path / "s30", progress=False)["self_excluded"] == 30
     assert evaluate(tmp_path / "ix30", tmp_path / "s", progress=False)["self_excluded"] == 30
+    # query with one of the folder's files: it is the indexed item read from it, left out with exclude_self
+    from hashindex.query import query
+
+    photo = images / rows_path(rows, 7)
+    first = query(index, [str(photo)], [], k=3, model=str(tiny_model))[0]["results"]
+    alone = query(index, [str(photo)], [], k=3, exclude_self=True, model=str(tiny_model))[0]["results"]
+    assert first[0]["id"] == int(rows["ids"][7]) and first[0]["hamming"] == 0
+    assert int(rows["ids"][7]) not in [r["id"] for r in alone] and len(alone) == 3
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(photo.read_bytes())  # the same pixels outside the folder: not an indexed item
+    assert query(index, [str(outside)], [], k=3, exclude_self=True, model=str(tiny_model))[0]["results"] == first
     kept = evaluate(tmp_path / "ix", tmp_path / "s", exclude_self=False, progress=False)
     assert kept["self_excluded"] == 0 and kept["precision_at_k"][0] > m["precision_at_k"][0]
     res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(tmp_path / "s"), "--json",

@@ -26,8 +26,8 @@ from .group import _echo_json, cli
                    "build tuned to its --recall target; hashindex info shows it].")
 @click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
 @click.option("--exclude-self", is_flag=True,
-              help="An indexed item (--by-id, or a --queries item the index holds) is not among its own results: "
-                   "its nearest other items (near-duplicates).")
+              help="An indexed item (--by-id, an IMAGE file of the folder the index was built from, or a --queries "
+                   "item the index holds) is not among its own results: its nearest other items (near-duplicates).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
