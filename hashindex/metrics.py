@@ -306,8 +306,9 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         gains = relevant.shared(sl) if graded_at else None
         rel = gains > 0 if gains is not None else relevant(sl)
         mine = _own_cells(own, sl)
-        for a in (rel, gains) if gains is not None else (rel,):
-            a[mine] = 0  # never relevant...
+        rel[mine] = False  # never relevant...
+        if gains is not None:
+            gains[mine] = 0
         n, r = per_distance_counts(d, rel, bits)
         np.subtract.at(n, (mine[0], d[mine]), 1)  # ...nor counted at its distance...
         d[mine] = bits + 1  # ...and ranked after every other item

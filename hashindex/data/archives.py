@@ -25,7 +25,32 @@ ZIP_EXTENSIONS = (".zip",)
 SIDECAR_BYTES = 1 << 20  # a label sidecar larger than this is not read
 
 
-class TarSource(ImageSource):
+class _InPlace(ImageSource):
+    """An archive read from any process: each process opens its own handle (``_open``) at its first read."""
+
+    _open_handle = None
+    _pid = None
+
+    def _open(self):
+        raise NotImplementedError
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_open_handle"], state["_pid"] = None, None  # open files do not cross processes
+        return state
+
+    def _handle(self):
+        if self._open_handle is None or self._pid != os.getpid():
+            self._open_handle, self._pid = self._open(), os.getpid()
+        return self._open_handle
+
+    def _reopen(self):
+        self._open_handle.close()
+        self._open_handle = None
+        return self._handle()
+
+
+class TarSource(_InPlace):
     """Image members of a tar or tar.gz, read in place by offset.
 
     Plain tars are read with pread at the member's offset, so any worker can
@@ -61,19 +86,9 @@ class TarSource(ImageSource):
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
         super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
-        self._fh = None
-        self._pid = None
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_fh"], state["_pid"] = None, None  # file handles do not cross processes
-        return state
-
-    def _handle(self):
-        if self._fh is None or self._pid != os.getpid():
-            self._fh = gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
-            self._pid = os.getpid()
-        return self._fh
+    def _open(self):
+        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
@@ -82,9 +97,7 @@ class TarSource(ImageSource):
             fh = self._handle()
             if self.gzipped:
                 if fh.tell() > off:  # gzip seeks backwards by restarting: reopen instead
-                    fh.close()
-                    self._fh = None
-                    fh = self._handle()
+                    fh = self._reopen()
                 fh.seek(off)
                 return fh.read(size)
             return os.pread(fh.fileno(), size, off)
@@ -92,7 +105,7 @@ class TarSource(ImageSource):
             raise BadImage("unreadable", str(e)) from None
 
 
-class ZipSource(ImageSource):
+class ZipSource(_InPlace):
     """Image members of a zip archive (a dataset or a photo export as it was downloaded), read in place.
 
     Each worker process opens the archive once and reads members by name. Symbolic links, encrypted members
@@ -102,9 +115,9 @@ class ZipSource(ImageSource):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         names, odd, sidecar_bytes = [], {}, {}
-        self.encoding = _name_encoding(self.path)
         try:
-            with _open_zip(self.path, self.encoding) as zf:
+            zf, self.encoding = _open_names(self.path)
+            with zf:
                 for info in zf.infolist():
                     if info.is_dir():
                         continue
@@ -122,35 +135,25 @@ class ZipSource(ImageSource):
         paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
                                                           f"zip {self.path}")
         super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
-        self._zf = None
-        self._pid = None
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_zf"], state["_pid"] = None, None  # an open archive does not cross processes
-        return state
+    def _open(self):
+        return _open_zip(self.path, self.encoding)
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
-        if self._zf is None or self._pid != os.getpid():
-            self._zf = _open_zip(self.path, self.encoding)
-            self._pid = os.getpid()
-        return _read_member(self._zf, self.paths[i])
+        return _read_member(self._handle(), self.paths[i])
 
 
-def _name_encoding(path: Path) -> str | None:
-    """How the archive's names are read where a member does not flag them UTF-8: as UTF-8 when they all are
-    (Info-ZIP and many Windows tools write UTF-8 names without the flag, which Python would read as cp437:
-    'dög' as 'd├╢g'), else zipfile's cp437 (None)."""
-    if sys.version_info < (3, 11):  # no metadata_encoding before 3.11
-        return None
-    try:
-        with _open_zip(path, "utf-8"):
-            return "utf-8"
-    except UnicodeDecodeError:
-        return None
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return None  # the caller opens it again and says what is wrong
+def _open_names(path: Path) -> tuple[zipfile.ZipFile, str | None]:
+    """The archive opened once, and how its names are read where a member does not flag them UTF-8: as
+    UTF-8 when they all are (Info-ZIP and many Windows tools write UTF-8 names without the flag, which Python
+    would read as cp437: 'dög' as 'd├╢g'), else zipfile's cp437 (None)."""
+    if sys.version_info >= (3, 11):  # no metadata_encoding before 3.11
+        try:
+            return _open_zip(path, "utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+    return _open_zip(path, None), None
 
 
 def _open_zip(path: Path, encoding: str | None) -> zipfile.ZipFile:

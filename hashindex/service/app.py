@@ -39,8 +39,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HashindexError
 from .engine import Engine, Query
 from .metrics import Metrics
-from .params import (MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
-                     search_options)
+from .params import (MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_names, check_upload_options,
+                     int_param, search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -335,9 +335,7 @@ async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[st
     from .writes import ADD_PARAMS, add_items
 
     params = dict(request.query_params)
-    for name in params:
-        if name not in ADD_PARAMS:
-            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(ADD_PARAMS)})")
+    check_names(params, ADD_PARAMS)
     uploads = await _uploads(request)
     if uploads is None:
         uploads = [(params.get("path") or "upload", await request.body())]

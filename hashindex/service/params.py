@@ -56,6 +56,13 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
 OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude_self")  # what a search may set
 
 
+def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    """A parameter the endpoint does not take is a 400 naming it, not ignored."""
+    for name in params:
+        if name not in allowed:
+            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
+
+
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
                    ) -> dict[str, Any]:
     """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self from a query string, checked as the CLI
@@ -66,10 +73,7 @@ def search_options(params: Mapping[str, str], max_results: int | None = None, by
     if "id" in params and not by_id:
         raise RequestError(400, f"id={params['id']}: this request searches with its uploaded image; "
                                 "search with an indexed item by GET /search?id=ID")
-    allowed = OPTIONS + (("id",) if by_id else ())
-    for name in params:
-        if name not in allowed:
-            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
+    check_names(params, OPTIONS + (("id",) if by_id else ()))
     k = int_param(params, "k", 10, 1, MAX_K)
     candidates = int_param(params, "candidates", None, 1, MAX_CANDIDATES)
     try:
@@ -98,7 +102,8 @@ def own_of(index, item_ids: list[int | None], options: dict[str, Any]) -> Any:
 
     if not options.get("exclude_self"):
         return None
-    return np.array([-1 if i is None else int(index.positions_of([i])[0]) for i in item_ids], np.int64)
+    ids = np.array([-1 if i is None else i for i in item_ids], np.int64)  # ids are never negative
+    return np.where(ids >= 0, index.positions_of(ids, missing=-1), -1)
 
 
 def upload_array(data: bytes, size: int, channels: int):
