@@ -11,6 +11,7 @@ worker opening the index once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from functools import partial
@@ -105,7 +106,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
 
 def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, Any], out: Path) -> dict[str, Any]:
     """The job's record in ``parts``; an unfinished job there with other settings is refused, not mixed in."""
-    job = {"index": str(index.dir.resolve()), "index_built": index.meta["built"], "model_id": index.model_id,
+    job = {"index": str(index.dir.resolve()), "index_state": index_state(index), "model_id": index.model_id,
            "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
            **settings}
     if (parts / "job.json").exists() and _read_job(parts / "job.json") != job:
@@ -152,11 +153,18 @@ def _job_record(out: Path) -> Path:
     return out.with_name(f".{out.name}.job.json")
 
 
+def index_state(index: Index) -> str:
+    """What the index holds, as a digest of its index.json (file checksums, appended collections, count): a build,
+    an append or a removal changes it, where the build time alone stays the same through appends (a rerun after an
+    append was then taken for a finished job, and a resumed one mixed batches searched before and after it)."""
+    return hashlib.sha256(json.dumps(index.meta, sort_keys=True).encode()).hexdigest()
+
+
 def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, settings: dict[str, Any]) -> bool:
     """Whether a finished job answered this request (same index build, same query shards, same settings)."""
     q = Path(queries)
     return (q / MANIFEST).is_file() and recorded.get("index") == str(index.dir.resolve()) \
-        and recorded.get("index_built") == index.meta["built"] and recorded.get("queries") == str(q.resolve()) \
+        and recorded.get("index_state") == index_state(index) and recorded.get("queries") == str(q.resolve()) \
         and recorded.get("queries_manifest_sha256") == sha256_file(q / MANIFEST) \
         and all(recorded.get(key) == value for key, value in settings.items())
 

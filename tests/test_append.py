@@ -173,3 +173,41 @@ def test_failed_append_leaves_the_index_whole(cifar_shards, new_shards, tmp_path
     monkeypatch.undo()
     append(new_shards, out, **QUIET)
     assert Index.load(out).count == 10600
+
+
+def test_a_batch_job_is_not_taken_as_done_or_resumed_across_an_append(cifar_shards, new_shards, tmp_path,
+                                                                      monkeypatch):
+    """The index's build time stays the same through an append: a rerun was taken for the finished job (stale
+    results, without the new items) and an interrupted job resumed batches searched before the append."""
+    import hashindex.batch as batch
+
+    out, res = tmp_path / "index", tmp_path / "r.h5"
+    build(cifar_shards, out, signal="l2", **QUIET)
+    batch.batch_search(out, new_shards, res, k=3, batch_size=200, **QUIET)
+    append(new_shards, out, **QUIET)
+    with pytest.raises(HashindexError, match="already exists"):  # another index now: not "already complete"
+        batch.batch_search(out, new_shards, res, k=3, batch_size=200, **QUIET)
+    batch.batch_search(out, new_shards, res, k=3, batch_size=200, overwrite=True, **QUIET)
+    import h5py
+
+    with h5py.File(res) as f:  # each query now finds its own item, appended, at Hamming 0
+        assert (f["hamming"][:, 0] == 0).all() and set(f["ids"][()].ravel()) & set(range(10000, 10600))
+
+    calls = []
+    real = batch.search_part
+
+    def dies_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    res2 = tmp_path / "r2.h5"
+    build(cifar_shards, out, signal="l2", overwrite=True, **QUIET)
+    monkeypatch.setattr(batch, "search_part", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        batch.batch_search(out, new_shards, res2, k=3, batch_size=200, **QUIET)
+    monkeypatch.undo()
+    append(new_shards, out, **QUIET)
+    with pytest.raises(HashindexError, match="an unfinished job with other settings"):
+        batch.batch_search(out, new_shards, res2, k=3, batch_size=200, **QUIET)
