@@ -30,6 +30,7 @@ _LAZY = {  # public name -> (module, attribute)
     "SearchResult": ("index", "SearchResult"),
     "build": ("index", "build"),
     "append": ("index", "append"),
+    "remove": ("index", "remove"),
     "evaluate": ("evaluation", "evaluate"),
 }
 
@@ -60,4 +61,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
-           "evaluate", "extract", "load_model", "train", "__version__"]
+           "evaluate", "extract", "load_model", "remove", "train", "__version__"]

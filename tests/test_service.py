@@ -289,10 +289,41 @@ def test_a_writable_service_adds_images_to_the_index(flat_index, tiny_model, tmp
     assert [on_disk.class_names[i] for i in on_disk.labels[-4:]] == ["cat", "cat", "cat", "cat"]
 
 
+def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
+    """DELETE /items?ids=...: the items leave INDEX_DIR and the served index at once; a removed id is not
+    given to a later upload; unknown ids, bad values and parameters are 400s that change nothing."""
+    import shutil
+
+    from hashindex.index import Index
+    from hashindex.service.engine import Engine
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(flat_index, index_dir)
+    [(_, a)] = jpeg_bytes(1)
+    url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            assert client.post("/items", content=a).json()["ids"] == [10000]
+            got = client.delete("/indexes/photos/items", params={"ids": "10000,5"})
+            assert got.status_code == 200 and got.json() == {"removed": 2, "items": 9999, "index": "photos"}, got.text
+            assert client.get("/search", params={"id": 5}).status_code == 404
+            found = client.post("/search", params={"k": 50}, content=a).json()["results"]
+            assert 10000 not in [r["id"] for r in found]
+            assert client.post("/items", content=a).json()["ids"] == [10001]  # 10000 is not given again
+            for params, message in [({"ids": "5"}, "ids: 1 not in"), ({"ids": "x"}, "ids=x: expected integers"),
+                                    ({}, "ids: name the items"), ({"id": "7"}, "id: unknown parameter")]:
+                bad = client.delete("/items", params=params)
+                assert bad.status_code == 400 and bad.json()["error"].startswith(message), bad.text
+            assert client.get("/health").json()["indexes"]["photos"] == 10000
+    finally:
+        stop()
+    assert Index.load(index_dir).count == 10000 and 5 not in Index.load(index_dir).ids
+
+
 def test_a_read_only_service_takes_no_items(service):
     client, _ = service
-    got = client.post("/items", content=b"x")
-    assert got.status_code in (404, 405) and "error" in got.json()
+    for got in (client.post("/items", content=b"x"), client.delete("/items", params={"ids": "5"})):
+        assert got.status_code in (404, 405) and "error" in got.json()
 
 
 def test_added_items_labels():

@@ -313,3 +313,54 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
         _echo_json(meta)
 
 
+
+
+@cli.command()
+@click.argument("index_dir")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--ids-file", default=None, help="A file of ids to remove, one per line ('-': standard input).")
+@click.option("--path", "paths", multiple=True,
+              help="Remove the item recorded with this path (as `query` and `info` show it); repeatable.")
+@click.option("--paths-file", default=None, help="A file of recorded paths to remove, one per line ('-': stdin).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new index.json.")
+@click.pass_context
+def remove(ctx, index_dir, ids, ids_file, paths, paths_file, as_json):
+    """Take items out of an index (deleted photos, a takedown): by id, or by the path recorded for them.
+
+    The other items keep their ids, and the index its kinds and parameters; the shard directories it was
+    built from are not touched. INDEX_DIR is replaced whole, as by build --append.
+
+    \b
+    Examples:
+      hashindex remove index/photos 17 42
+      hashindex remove index/photos --path holiday/IMG_0042.jpg
+      hashindex query index/photos --queries shards/photos --exclude-self --out near.csv   # then, say:
+      hashindex remove index/photos --ids-file duplicates.txt
+    """
+    from ..index import remove as api_remove
+
+    ids = list(ids) + [_as_id(line, ids_file) for line in _lines(ids_file, "--ids-file")]
+    paths = list(paths) + _lines(paths_file, "--paths-file")
+    if not ids and not paths:
+        raise HashindexError("remove: name the items to remove (IDS, --ids-file, --path or --paths-file)")
+    meta = api_remove(index_dir, ids, paths, log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(meta)
+
+
+def _lines(path: str | None, flag: str) -> list[str]:
+    """The non-empty lines of a file given to ``flag`` ('-': standard input), or none."""
+    if path is None:
+        return []
+    try:
+        text = click.get_text_stream("stdin").read() if path == "-" else open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise HashindexError(f"{flag} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _as_id(line: str, path: str) -> int:
+    try:
+        return int(line)
+    except ValueError:
+        raise HashindexError(f"--ids-file {path}: {line!r} is not an id (one integer per line)") from None

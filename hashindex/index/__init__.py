@@ -1,12 +1,13 @@
-"""The index directory, end to end: its layout, index kinds, build and append, and the searcher.
+"""The index directory, end to end: its layout, index kinds, build, append and remove, and the searcher.
 
-Only this package opens an index's files (`layout`). `build` / `append`
-write an INDEX_DIR; `Index.load` opens one and `Index.in_memory` builds one
+Only this package opens an index's files (`layout`). `build` / `append` /
+`remove` write an INDEX_DIR; `Index.load` opens one and `Index.in_memory` builds one
 over arrays with the same code.
 """
 
 from .appending import append
 from .builder import build
+from .removing import remove
 from ..metrics import pad_codes
 from .kinds import (BINARY_KINDS, RERANK_KINDS, BinaryParts, default_params, make_binary_index,
                     make_rerank_index, new_float_store, padded_bytes)
@@ -19,4 +20,4 @@ __all__ = ["BINARY_FILE", "BINARY_KINDS", "DEFAULT_CANDIDATES", "FINE_BUDGET", "
            "RERANK_FILE", "RERANK_KINDS", "TABLE_FILE", "TIE_CAP", "BinaryParts", "Index", "SearchResult",
            "append", "binary_files", "build", "choose_signal", "default_params", "describe_index", "head_for",
            "make_binary_index", "make_rerank_index", "new_float_store", "pad_codes", "padded_bytes",
-           "read_index_meta", "rerank_signal"]
+           "read_index_meta", "remove", "rerank_signal"]

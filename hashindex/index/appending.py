@@ -7,8 +7,6 @@ replaces the old one as a build's does (`writing.replacing`).
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,12 @@ import numpy as np
 from ..errors import HashindexError
 from ..files import atomic_write_json
 from ..store import ShardSet
-from .buckets import BucketedBinary
-from .kinds import make_binary_index
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, buckets_file, check_index,
-                     copy_table, label_set_classes, memory_figures, new_table, part_file, read_binary, read_head,
-                     read_index_meta, read_table, record_checksums, rerank_files, rerank_signal, write_binary)
-from .writing import binary_names, check_shards, exclusive_index, fill, replacing, source_entry
+                     copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_binary,
+                     read_head, read_index_meta, read_table, record_checksums, rerank_files, rerank_signal,
+                     write_binary)
+from .writing import (binary_names, check_shards, empty_part, exclusive_index, fill, link_or_copy, replacing,
+                      source_entry)
 
 
 def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
@@ -50,7 +48,7 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
         raise HashindexError(f"{where}: already in {index_dir}")
 
 
-def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> None:
+def _check_new_ids(meta: dict[str, Any], old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> None:
     """New ids must be unique and absent from the index (results are reported by id)."""
     new_ids = np.concatenate([np.asarray(part) for part in store.memmap("ids")])
     uniq = np.unique(new_ids)
@@ -60,18 +58,7 @@ def _check_new_ids(old_ids: np.ndarray, store: ShardSet, index_dir: Path) -> Non
     if len(clash):
         raise HashindexError(
             f"shard_dir={store.dir}: {len(clash)} of its ids are already in {index_dir} (e.g. id {clash[0]}); "
-            f"extract the new images with id_offset={int(old_ids.max()) + 1} (or higher)")
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link an unchanged file into the new index folder (a copy across file systems).
-
-    Safe because index files are only ever replaced, never modified in place.
-    """
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+            f"extract the new images with id_offset={next_id(meta, old_ids)} (or higher)")
 
 
 def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = True, log=print) -> dict[str, Any]:
@@ -100,7 +87,7 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
 def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, progress: bool, log
             ) -> dict[str, Any]:
     """The work of `append`, under the index's lock."""
-    _check_new_ids(read_table(index_dir, ("ids",))["ids"], store, index_dir)
+    _check_new_ids(meta, read_table(index_dir, ("ids",))["ids"], store, index_dir)
     n_old, m = meta["count"], store.rows
     n = n_old + m
     pbytes = meta["binary"]["padded_bytes"]
@@ -119,9 +106,9 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
         kept = [name for name in binary_names(meta["binary"]) + rerank_files(meta)
                 if name not in (rewritten, buckets_file(rewritten), frewritten)]
         for name in kept:
-            _link_or_copy(index_dir / name, tmp / name)
+            link_or_copy(index_dir / name, tmp / name)
         if head is not None:
-            _link_or_copy(index_dir / HEAD_FILE, tmp / HEAD_FILE)
+            link_or_copy(index_dir / HEAD_FILE, tmp / HEAD_FILE)
         new_meta = {**meta, "count": n, "binary": binary_meta, "rerank": rerank_meta,
                     "appended": meta.get("appended", []) + [{
                         **source_entry(store), "start": n_old, "stop": n,
@@ -151,13 +138,7 @@ def _binary_to_grow(meta: dict[str, Any], index_dir: Path, n: int
     if not shards:
         part = read_binary(index_dir / BINARY_FILE, False, bucketed(meta))
         return part, [0, n], BINARY_FILE, binary_meta
-    if binary_meta["kind"] == "ivf":
-        part = faiss.read_index_binary(str(index_dir / shards[-1]["file"]))
-        part.reset()
-    else:
-        part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
-        if isinstance(part, BucketedBinary) and not bucketed(meta):
-            part = part.graph  # an index built before graphs over distinct codes keeps its kind of part
+    part = empty_part(meta, index_dir, shards[-1]["file"])
     name = part_file("binary", len(shards))
     binary_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]
     return part, [meta["count"], n], name, binary_meta

@@ -61,6 +61,7 @@ INDEX_SCHEMA = {
     "files?": Map(hex_digest),
     "appended?": [{"dir": str, "start": nonneg, "stop": nonneg, "manifest_sha256?": str, "fingerprint?": str,
                    "spec?": Nullable(str)}],
+    "removed?": [{"count": positive, "max_id": int}],
 }
 
 
@@ -96,6 +97,12 @@ def collections(meta: dict[str, Any]) -> list[dict[str, Any]]:
     appended = meta.get("appended", [])
     first = {**meta["source"], "start": 0, "stop": appended[0]["start"] if appended else meta["count"]}
     return [first, *appended]
+
+
+def next_id(meta: dict[str, Any], ids: np.ndarray) -> int:
+    """The first id after every id the index holds or held: a removed item's id is never given to another."""
+    held = int(ids.max()) if len(ids) else -1
+    return max([held] + [r["max_id"] for r in meta.get("removed", [])]) + 1
 
 
 def part_file(store: str, j: int) -> str:
@@ -218,7 +225,8 @@ def describe_index(directory: str | Path) -> dict[str, Any]:
             "bits": meta["bits"], "coarse": coarse_line(meta["binary"]), "binary": meta["binary"],
             "rerank": meta["rerank"],
             "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"],
-            "appended": [{k: e[k] for k in ("dir", "start", "stop", "appended")} for e in meta.get("appended", [])]}
+            "appended": [{k: e[k] for k in ("dir", "start", "stop", "appended")} for e in meta.get("appended", [])],
+            "removed": sum(r["count"] for r in meta.get("removed", []))}
 
 
 def read_binary(path: str | Path, mmap: bool, buckets: bool = False) -> faiss.IndexBinary | BucketedBinary:

@@ -1,4 +1,4 @@
-"""What `build` and `append` share: the lock of an index directory, filling the binary index parts,
+"""What `build`, `append` and `remove` share: the lock of an index directory, filling the binary index parts,
 float stores and table from a shard directory, and replacing the directory atomically.
 
 An INDEX_DIR is written in a temp folder beside it and renamed into place (`replacing`), so a
@@ -9,6 +9,7 @@ which the next one under the same lock removes.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import faiss
 from tqdm import tqdm
 
 from ..errors import HashindexError
@@ -23,7 +25,9 @@ from ..files import exclusive, sha256_file
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
-from .layout import binary_files, bucket_files, table_columns
+from .buckets import BucketedBinary
+from .kinds import make_binary_index
+from .layout import binary_files, bucket_files, bucketed, table_columns
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
@@ -43,15 +47,40 @@ def source_entry(store: ShardSet) -> dict[str, Any]:
             "fingerprint": src["fingerprint"], "spec": src.get("spec")}
 
 
-def exclusive_index(index_dir: Path):
-    """The lock of INDEX_DIR: one build or append of it at a time, so none loses another's rows."""
-    return exclusive(index_dir, f"out={index_dir}: another append to it is running, or a build")
+def exclusive_index(index_dir: Path, arg: str = "out"):
+    """The lock of INDEX_DIR: one build, append or removal of it at a time, so none loses another's rows."""
+    return exclusive(index_dir, f"{arg}={index_dir}: another append to it is running, or a build or a removal")
 
 
 def binary_names(binary_meta: dict[str, Any]) -> list[str]:
     """Every file of the binary index: its graph(s) or index file(s), and their bucket tables."""
     meta = {"binary": binary_meta}
     return binary_files(meta) + bucket_files(meta)
+
+
+def empty_part(meta: dict[str, Any], index_dir: Path, name: str) -> faiss.IndexBinary | BucketedBinary:
+    """An empty binary index of the index's kind and parameters for new rows of part ``name``: IVF keeps the
+    part's trained quantizer (every part shares it); other kinds are made anew from index.json."""
+    binary_meta = meta["binary"]
+    if binary_meta["kind"] == "ivf":
+        part = faiss.read_index_binary(str(index_dir / name))
+        part.reset()
+        return part
+    part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
+    if isinstance(part, BucketedBinary) and not bucketed(meta):
+        part = part.graph  # an index built before graphs over distinct codes keeps its kind of part
+    return part
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link an unchanged file into the new index folder (a copy across file systems).
+
+    Safe because index files are only ever replaced, never modified in place.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: int, table,

@@ -10,10 +10,12 @@
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
     POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
+    DELETE /items?ids=3,17                `serve --writable` only: items taken out of the index
 
 SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
-what `build --append` grew is served from then on; searches already handed to the old engines finish there. A
-reload that fails (a broken index on disk) keeps serving what was open and says why on stderr.
+what `build --append` grew or `hashindex remove` took out is served from then on; searches already handed to
+the old engines finish there. A reload that fails (a broken index on disk) keeps serving what was open and
+says why on stderr.
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
 400 (bad request), 404 (no such id, index or endpoint), 408 (the client stopped sending), 411 (no length),
@@ -203,6 +205,15 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
             engine_named(name)  # a 404 before the body is read
             return await _add(lambda: engines[name], request, adding, reload)
 
+        @app.delete("/items", summary="Take items out of the default index (ids=3,17)")
+        async def remove_default(request: Request) -> dict[str, Any]:
+            return await _remove(lambda: engines[default], request, adding, reload)
+
+        @app.delete("/indexes/{name}/items", summary="Take items out of a named index (ids=3,17)")
+        async def remove_named(name: str, request: Request) -> dict[str, Any]:
+            engine_named(name)
+            return await _remove(lambda: engines[name], request, adding, reload)
+
     @app.post("/batch", summary="Several searches of the default index in one request",
               openapi_extra={"parameters": SEARCH_PARAMS})
     async def batch_default(request: Request) -> dict[str, Any]:
@@ -351,6 +362,23 @@ async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[st
         if not await reload():
             raise RequestError(500, f"added {result['added']} items to {engine.index.dir}, but reopening it failed: "
                                     "the service still serves the index before the add (see its log)")
+    return {**result, "index": engine.name}
+
+
+async def _remove(current, request: Request, lock: asyncio.Lock, reload) -> dict[str, Any]:
+    """DELETE /items?ids=3,17: the items taken out of the index of the engine ``current()`` serves, under the
+    lock adds hold (a removal and an add each rewrite INDEX_DIR), then the index reopened."""
+    from .writes import item_ids, remove_items
+
+    params = dict(request.query_params)
+    check_names(params, ("ids",))
+    ids = item_ids(params.get("ids"))
+    async with lock:
+        engine = current()
+        result = await asyncio.get_running_loop().run_in_executor(None, remove_items, engine, ids)
+        if not await reload():
+            raise RequestError(500, f"removed {result['removed']} items from {engine.index.dir}, but reopening it "
+                                    "failed: the service still serves the index before the removal (see its log)")
     return {**result, "index": engine.name}
 
 

@@ -1,4 +1,4 @@
-"""Adding images to a served index (`hashindex serve --writable`: POST /items).
+"""Adding images to a served index and taking items out (`hashindex serve --writable`: POST and DELETE /items).
 
 An upload is decoded as extraction reads a file (`params.upload_array`), encoded by the index's model, written
 as a shard directory (`store.write_arrays`) and appended to INDEX_DIR by `build --append`'s code; the service
@@ -6,6 +6,7 @@ then reopens the index, as SIGHUP does. So an add is on disk before it is answer
 index as it was before the add or after it, never half (append swaps a complete new INDEX_DIR in). Each add is
 one append, which rewrites the float store and the table: add photos in batches (multipart, up to 64 files per
 request) rather than one request each, and a sharded index (`build --shards`) gains one part per add.
+A removal is `hashindex remove`'s (`index.remove`), then the same reopening.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def add_items(engine, arrays: list[np.ndarray], paths: list[str], label: str | N
     """Encode the net inputs ``arrays`` with the engine's model and append them to its INDEX_DIR with new ids
     (after the largest); returns the ids given. The engine goes on serving the index it opened: reopen it."""
     from ..index import append
+    from ..index.layout import next_id
     from ..store import write_arrays
 
     index = engine.index
     first, row = item_labels(label, index.class_names, index.label_sets is not None)
     codes, features = engine.model.encode(np.stack(arrays))
-    start = int(index.ids.max()) + 1 if index.count else 0
+    start = next_id(index.meta, index.ids)  # after every id it holds or held: a removed id is not given again
     ids = np.arange(start, start + len(arrays), dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix=".hashindex-add-", dir=Path(index.dir).parent) as tmp:
         shards = write_arrays(Path(tmp) / "items", codes, features, ids=ids, labels=np.full(len(ids), first),
@@ -63,3 +65,22 @@ def add_items(engine, arrays: list[np.ndarray], paths: list[str], label: str | N
                               label_sets=None if row is None else np.repeat(row[None], len(ids), 0))
         meta = append(shards.dir, index.dir, progress=False, log=lambda line: None)
     return {"added": len(ids), "ids": ids.tolist(), "items": meta["count"]}
+
+
+def item_ids(raw: str | None) -> list[int]:
+    """The ids of DELETE /items (``ids=3,17``)."""
+    try:
+        ids = [int(v) for v in (raw or "").split(",") if v.strip()]
+    except ValueError:
+        raise RequestError(400, f"ids={raw}: expected integers separated by commas") from None
+    if not ids:
+        raise RequestError(400, "ids: name the items to remove (ids=3,17)")
+    return ids
+
+
+def remove_items(engine, ids: list[int]) -> dict[str, Any]:
+    """Take the items ``ids`` out of the engine's INDEX_DIR (`index.remove`); reopen the index afterwards."""
+    from ..index import remove
+
+    meta = remove(engine.index.dir, ids, progress=False, log=lambda line: None)
+    return {"removed": meta["removed"][-1]["count"], "items": meta["count"]}

@@ -1,0 +1,179 @@
+"""A collection that shrinks: `hashindex remove` takes items out of an index, which then answers as one built
+without them."""
+
+import json
+
+import faiss
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import HashindexError, ShardSet
+from hashindex.cli import cli
+from hashindex.extraction import extract
+from hashindex.index import Index, append, build, remove
+from hashindex.index.layout import collections, next_id
+from tests.conftest import CIFAR_TEST
+
+QUIET = {"progress": False, "log": lambda m: None}
+RNG = np.random.default_rng(7)
+SCATTERED = np.sort(RNG.choice(10000, 400, replace=False))
+
+
+@pytest.fixture(scope="module")
+def rows(cifar_shards):
+    return ShardSet(cifar_shards).load(("codes", "features", "ids", "labels"))
+
+
+def _contents(folder):
+    """The index's files (not the cache of files found right, which an open after a copy rewrites)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def _kept(rows, gone_positions):
+    keep = np.ones(len(rows["ids"]), bool)
+    keep[gone_positions] = False
+    return {k: v[keep] for k, v in rows.items()}, keep
+
+
+@pytest.mark.parametrize("shards,rerank", [(1, "flat"), (3, "flat"), (3, "sq8")])
+def test_an_index_after_removal_equals_one_built_without_the_items(shards, rerank, cifar_shards, rows, tmp_path):
+    """Scattered items and a whole part (the middle one of three) removed: the same results, ids,
+    labels and stored vectors as an index over the remaining rows; the untouched part is the same file."""
+    out = tmp_path / "index"
+    build(cifar_shards, out, signal="l2", shards=shards, rerank=rerank, **QUIET)
+    parts = json.loads((out / "index.json").read_text())["binary"].get("shards")
+    middle = np.arange(parts[1]["start"], parts[1]["stop"]) if shards == 3 else np.zeros(0, int)
+    gone = np.union1d(SCATTERED, middle)
+    sq8_before = faiss.read_index(str(out / "rerank-002.faiss")) if rerank == "sq8" else None
+    meta = remove(out, ids=rows["ids"][gone], **QUIET)
+    kept, keep = _kept(rows, gone)
+    assert meta["count"] == len(kept["ids"]) == 10000 - len(gone)
+    if shards == 3:  # the emptied middle part is dropped, the others renumbered over the new positions
+        first = int(keep[:parts[0]["stop"]].sum())
+        assert [(s["file"], s["start"], s["stop"]) for s in meta["binary"]["shards"]] == [
+            ("binary-000.faiss", 0, first), ("binary-001.faiss", first, meta["count"])]
+    index = Index.load(out)
+    assert np.array_equal(index.ids, kept["ids"]) and np.array_equal(index.labels, kept["labels"])
+    whole = Index.in_memory(kept["codes"], kept["features"].astype(np.float32), 48, ids=kept["ids"],
+                            labels=kept["labels"])
+    q, f = rows["codes"][::97], rows["features"][::97].astype(np.float32)
+    a, b = index.search(q, None, k=30, rerank=False), whole.search(q, None, k=30, rerank=False)
+    assert np.array_equal(a.hamming, b.hamming) and np.array_equal(a.ids, b.ids)
+    assert not np.isin(a.ids, rows["ids"][gone]).any()
+    if rerank == "flat":
+        ra, rb = index.search(q, f, k=10, candidates=10000), whole.search(q, f, k=10, candidates=10000)
+        assert np.array_equal(ra.ids, rb.ids) and np.allclose(ra.distance, rb.distance)
+    else:  # a quantized store keeps each remaining row's bytes: the last part's codes, minus the removed rows
+        after = faiss.read_index(str(out / "rerank-001.faiss"))
+        old = faiss.vector_to_array(sq8_before.codes).reshape(sq8_before.ntotal, -1)
+        new = faiss.vector_to_array(after.codes).reshape(after.ntotal, -1)
+        assert np.array_equal(new, old[keep[parts[2]["start"]:]])
+    assert meta["removed"][-1]["count"] == len(gone) and meta["removed"][-1]["max_id"] == rows["ids"][gone].max()
+    res = CliRunner().invoke(cli, ["verify", str(out)])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "multihash"])
+def test_approximate_kinds_keep_finding_what_remains(kind, cifar_shards, rows, tmp_path):
+    out = tmp_path / kind
+    build(cifar_shards, out, signal="l2", binary=kind, rerank="sq8", **QUIET)
+    before = json.loads((out / "index.json").read_text())["binary"]
+    remove(out, ids=rows["ids"][SCATTERED], **QUIET)
+    kept, _ = _kept(rows, SCATTERED)
+    index = Index.load(out)
+    assert json.loads((out / "index.json").read_text())["binary"] == before  # kinds and parameters kept
+    res = index.search(kept["codes"][::50], None, k=5, rerank=False)
+    assert (res.hamming[:, 0] == 0).all()  # each remaining item is found by its own code
+    res = index.search(rows["codes"][SCATTERED], None, k=20, rerank=False)
+    assert not np.isin(res.ids, rows["ids"][SCATTERED]).any()
+
+
+@pytest.fixture(scope="module")
+def grown(tiny_model, cifar_shards, tmp_path_factory):
+    """An index of the 10,000 test images with 300 of them appended again (ids from 10,000)."""
+    base = tmp_path_factory.mktemp("grown")
+    extract(str(tiny_model), str(CIFAR_TEST), base / "new", limit=300, id_offset=10000, **QUIET)
+    build(cifar_shards, base / "index", signal="l2", **QUIET)
+    append(base / "new", base / "index", **QUIET)
+    return base
+
+
+def test_removal_from_an_appended_index_keeps_each_collections_range(grown, tmp_path, rows):
+    import shutil
+
+    from hashindex.evaluation import evaluate
+
+    out = tmp_path / "index"
+    shutil.copytree(grown / "index", out)
+    new_ids = ShardSet(grown / "new").load(("ids",))["ids"]
+    gone_ids = np.concatenate([rows["ids"][SCATTERED], new_ids[[0, 1, -1]]])
+    meta = remove(out, ids=gone_ids, **QUIET)
+    assert [(c["start"], c["stop"]) for c in collections(meta)] == [(0, 9600), (9600, 9897)]
+    index = Index.load(out)
+    assert index.ids[9600] == new_ids[2] and not np.isin(gone_ids, index.ids).any()
+    # the appended collection as queries: each found item is still recognised as the query's own (left out)
+    result = evaluate(out, grown / "new", progress=False)
+    assert result["self_excluded"] == 297
+    assert next_id(meta, index.ids) == new_ids[-1] + 1  # the largest id was removed: it is not given again
+
+
+def test_remove_by_recorded_path_and_errors(flat_index, rows, tmp_path):
+    import shutil
+
+    out = tmp_path / "index"
+    shutil.copytree(flat_index, out)
+    index = Index.load(out)
+    path, item = index.paths(np.array([5]))[0], int(index.ids[5])
+    res = CliRunner().invoke(cli, ["-q", "remove", str(out), "--path", path, "7", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["count"] == 9998
+    assert not np.isin([item, 7], Index.load(out).ids).any()
+    (tmp_path / "ids.txt").write_text("8\n\n9\n")
+    assert CliRunner().invoke(cli, ["-q", "remove", str(out), "--ids-file", str(tmp_path / "ids.txt")]).exit_code == 0
+    assert Index.load(out).count == 9996
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).stdout)
+    assert info["count"] == 9996 and info["removed"] == 4
+    before = _contents(out)
+    for args, message in [
+        (["7"], "ids: 1 not in"),
+        (["--path", "no/such.jpg"], "'no/such.jpg' is recorded for no item"),
+        (["--ids-file", str(tmp_path / "none.txt")], "--ids-file"),
+        ([], "name the items to remove"),
+    ]:
+        res = CliRunner().invoke(cli, ["-q", "remove", str(out)] + args)
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+    (tmp_path / "bad.txt").write_text("12\nx13\n")
+    res = CliRunner().invoke(cli, ["-q", "remove", str(out), "--ids-file", str(tmp_path / "bad.txt")])
+    assert res.exit_code == 2 and "'x13' is not an id" in res.output
+    with pytest.raises(HashindexError, match="would remove all 9996 items"):
+        remove(out, ids=Index.load(out).ids, **QUIET)
+    assert _contents(out) == before  # nothing changed by a refused removal
+
+
+def test_a_path_recorded_for_several_items_is_refused(grown, tmp_path):
+    """The appended 300 images are the first 300 of the same tar: each of their paths names two items."""
+    index = Index.load(grown / "index")
+    path = index.paths(np.array([10000]))[0]
+    with pytest.raises(HashindexError, match="recorded for 2 items .*: remove them by id"):
+        remove(grown / "index", paths=[path], **QUIET)
+
+
+def test_a_failed_removal_leaves_the_index_whole(flat_index, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "index"
+    shutil.copytree(flat_index, out)
+    before = _contents(out)
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        remove(out, ids=[3, 4], **QUIET)
+    assert _contents(out) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with h5py.File(out / "table.h5") as t:
+        assert len(t["ids"]) == 10000
