@@ -75,19 +75,31 @@ def test_an_index_after_removal_equals_one_built_without_the_items(shards, reran
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw", "multihash"])
-def test_approximate_kinds_keep_finding_what_remains(kind, cifar_shards, rows, tmp_path):
+@pytest.mark.parametrize("kind,shards", [("ivf", 1), ("hnsw", 1), ("multihash", 1), ("hnsw", 3)])
+def test_approximate_kinds_keep_finding_what_remains(kind, shards, cifar_shards, rows, tmp_path):
+    """Three HNSW parts: items of the first removed, the middle one emptied, the last untouched (its graph and
+    bucket table hard-linked under the part's new name)."""
     out = tmp_path / kind
-    build(cifar_shards, out, signal="l2", binary=kind, rerank="sq8", **QUIET)
+    build(cifar_shards, out, signal="l2", binary=kind, rerank="sq8", shards=shards, **QUIET)
     before = json.loads((out / "index.json").read_text())["binary"]
-    remove(out, ids=rows["ids"][SCATTERED], **QUIET)
-    kept, _ = _kept(rows, SCATTERED)
+    gone = SCATTERED
+    if shards == 3:
+        parts = before["shards"]
+        gone = np.union1d(SCATTERED[SCATTERED < parts[0]["stop"]], np.arange(parts[1]["start"], parts[1]["stop"]))
+    last = {name: (out / name).stat().st_ino for name in ("binary-002.faiss", "binary-002.buckets.npy")
+            } if shards == 3 else {}
+    remove(out, ids=rows["ids"][gone], **QUIET)
+    kept, _ = _kept(rows, gone)
     index = Index.load(out)
-    assert json.loads((out / "index.json").read_text())["binary"] == before  # kinds and parameters kept
+    after = json.loads((out / "index.json").read_text())["binary"]
+    assert {**after, "shards": None} == {**before, "shards": None}  # kinds and parameters kept
+    if last:
+        assert [(out / n.replace("002", "001")).stat().st_ino for n in last] == list(last.values())
     res = index.search(kept["codes"][::50], None, k=5, rerank=False)
     assert (res.hamming[:, 0] == 0).all()  # each remaining item is found by its own code
-    res = index.search(rows["codes"][SCATTERED], None, k=20, rerank=False)
-    assert not np.isin(res.ids, rows["ids"][SCATTERED]).any()
+    assert np.array_equal(index.items(res.positions[:, 0])[0], kept["codes"][::50])  # positions map to the rows
+    res = index.search(rows["codes"][gone], None, k=20, rerank=False)
+    assert not np.isin(res.ids, rows["ids"][gone]).any()
 
 
 @pytest.fixture(scope="module")
