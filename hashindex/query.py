@@ -177,30 +177,52 @@ def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarra
     return own if (own >= 0).any() else None
 
 
-def image_positions(index: Index, images: list[str]) -> np.ndarray:
-    """Per image file, the position of the indexed item read from that very file (-1: none): a collection
-    the index holds that was a folder keeps its files' paths relative to the folder. Reads the table's paths of
-    such a collection (only when some image lies inside its folder)."""
+def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
+    """(entry, folder) for each collection the index holds that was read from a folder that exists now (its
+    items' paths are relative to it); a collection whose folder is gone (a drive unmounted) is not listed."""
     from .files import read_json
     from .index.layout import collections
     from .store import MANIFEST
 
-    own = np.full(len(images), -1, np.int64)
-    files = [Path(p).resolve() for p in images]
+    out = []
     for entry in collections(index.meta):
         spec = entry.get("spec")
         if spec is None and (Path(entry["dir"]) / MANIFEST).is_file():  # an index built before specs were kept
             spec = read_json(Path(entry["dir"]) / MANIFEST)["source"].get("spec")
         root = Path(_base_spec(spec) or "").resolve() if spec else None
-        if root is None or not root.is_dir():
-            continue
-        wanted = {f.relative_to(root).as_posix(): q for q, f in enumerate(files)
+        if root is not None and root.is_dir():
+            out.append((entry, root))
+    return out
+
+
+def image_positions(index: Index, images: list[str]) -> np.ndarray:
+    """Per image file, the position of the indexed item read from that very file (-1: none), found through
+    the folder collections the index holds (`folder_collections`; the file need not exist any more). Reads the
+    table's paths of such a collection only when some image lies inside its folder."""
+    from .files import encode_name
+
+    own = np.full(len(images), -1, np.int64)
+    files = [Path(p).resolve() for p in images]
+    for entry, root in folder_collections(index):
+        wanted = {encode_name(f.relative_to(root).as_posix()): q for q, f in enumerate(files)
                   if own[q] < 0 and f.is_relative_to(root)}
         if wanted:
             for p, path in enumerate(index.paths(np.arange(entry["start"], entry["stop"]))):
                 if path in wanted:
                     own[wanted[path]] = entry["start"] + p
     return own
+
+
+def missing_files(index: Index) -> np.ndarray:
+    """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
+    moved away): what `hashindex remove --missing` takes out. Collections whose folder is gone are skipped."""
+    from .files import decode_name
+
+    gone: list[int] = []
+    for entry, root in folder_collections(index):
+        paths = index.paths(np.arange(entry["start"], entry["stop"]))
+        gone += [entry["start"] + p for p, path in enumerate(paths) if not (root / decode_name(path)).exists()]
+    return np.array(gone, np.int64)
 
 
 def _base_spec(spec: str | None) -> str | None:

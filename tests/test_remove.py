@@ -189,3 +189,39 @@ def test_a_failed_removal_leaves_the_index_whole(flat_index, tmp_path, monkeypat
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     with h5py.File(out / "table.h5") as t:
         assert len(t["ids"]) == 10000
+
+
+def test_photos_deleted_from_an_indexed_folder(tiny_model, tmp_path):
+    """`remove --missing` takes out the items whose files left their folder, `--path FILE` the item of a file
+    (deleted already or not); --dry-run lists them and changes nothing; a folder that is gone is left alone."""
+    import shutil
+    import tarfile
+
+    photos = tmp_path / "photos"
+    with tarfile.open(CIFAR_TEST) as tf:
+        members = [m for m in tf if m.isfile()][:60:3]
+        for m in members:
+            (photos / m.name).parent.mkdir(parents=True, exist_ok=True)
+            (photos / m.name).write_bytes(tf.extractfile(m).read())
+    extract(str(tiny_model), str(photos), tmp_path / "shards", **QUIET)
+    out = tmp_path / "index"
+    build(tmp_path / "shards", out, signal="l2", **QUIET)
+    index = Index.load(out)
+    files = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg"))
+    gone, kept_file = files[3], files[7]
+    (photos / gone).unlink()
+    (photos / files[5]).rename(tmp_path / "moved.jpg")
+    run = lambda *args: CliRunner().invoke(cli, ["-q", "remove", str(out), *args])  # noqa: E731
+    res = run("--missing", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    assert sorted(r["path"] for r in json.loads(res.stdout)) == sorted([gone, files[5]])
+    assert Index.load(out).count == 20
+    res = run("--missing")
+    assert res.exit_code == 0 and Index.load(out).count == 18, res.output
+    assert "nothing to remove" in run("--missing").output
+    res = run("--path", str(photos / kept_file))  # a file of the folder, still there
+    assert res.exit_code == 0 and Index.load(out).count == 17, res.output
+    assert kept_file not in Index.load(out).paths(np.arange(17))
+    shutil.rmtree(photos)  # the whole folder gone (say, a drive unmounted): not taken for deleted photos
+    assert "nothing to remove" in run("--missing").output and Index.load(out).count == 17
+    assert index.count == 20

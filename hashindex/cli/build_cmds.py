@@ -1,4 +1,4 @@
-"""`hashindex train`, `extract` and `build`: the commands that write models, shards and indexes."""
+"""`hashindex train`, `extract`, `build` and `remove`: the commands that write models, shards and indexes."""
 
 from __future__ import annotations
 
@@ -320,12 +320,16 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--ids-file", default=None, help="A file of ids to remove, one per line ('-': standard input).")
 @click.option("--path", "paths", multiple=True,
-              help="Remove the item recorded with this path (as `query` and `info` show it); repeatable.")
-@click.option("--paths-file", default=None, help="A file of recorded paths to remove, one per line ('-': stdin).")
-@click.option("--json", "as_json", is_flag=True, help="Print the new index.json.")
+              help="Remove the item of this image file of an indexed folder (it may be deleted already), or the "
+                   "item recorded with this path (as `query` shows it); repeatable.")
+@click.option("--paths-file", default=None, help="A file of such paths, one per line ('-': standard input).")
+@click.option("--missing", is_flag=True,
+              help="Remove every item whose image file is gone from its indexed folder (deleted or moved).")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new index.json (with --dry-run: the items).")
 @click.pass_context
-def remove(ctx, index_dir, ids, ids_file, paths, paths_file, as_json):
-    """Take items out of an index (deleted photos, a takedown): by id, or by the path recorded for them.
+def remove(ctx, index_dir, ids, ids_file, paths, paths_file, missing, dry_run, as_json):
+    """Take items out of an index (deleted photos, a takedown): by id, by image file, or all whose file is gone.
 
     The other items keep their ids, and the index its kinds and parameters; the shard directories it was
     built from are not touched. INDEX_DIR is replaced whole, as by build --append.
@@ -333,19 +337,52 @@ def remove(ctx, index_dir, ids, ids_file, paths, paths_file, as_json):
     \b
     Examples:
       hashindex remove index/photos 17 42
-      hashindex remove index/photos --path holiday/IMG_0042.jpg
+      hashindex remove index/photos --path ~/photos/holiday/IMG_0042.jpg
+      hashindex remove index/photos --missing --dry-run      # photos deleted from the folder since
       hashindex query index/photos --queries shards/photos --exclude-self --out near.csv   # then, say:
       hashindex remove index/photos --ids-file duplicates.txt
     """
-    from ..index import remove as api_remove
+    import numpy as np
+
+    from ..index import Index, remove as api_remove
+    from ..query import image_positions, missing_files
 
     ids = list(ids) + [_as_id(line, ids_file) for line in _lines(ids_file, "--ids-file")]
     paths = list(paths) + _lines(paths_file, "--paths-file")
-    if not ids and not paths:
-        raise HashindexError("remove: name the items to remove (IDS, --ids-file, --path or --paths-file)")
+    if not ids and not paths and not missing:
+        raise HashindexError("remove: name the items to remove (IDS, --ids-file, --path, --paths-file or --missing)")
+    index = Index.load(index_dir)
+    found = image_positions(index, paths) if paths else np.zeros(0, np.int64)
+    ids += index.ids[found[found >= 0]].tolist()
+    paths = [p for p, pos in zip(paths, found) if pos < 0]  # not a file of an indexed folder: a recorded path
+    if missing:
+        ids += index.ids[missing_files(index)].tolist()
+        if not ids and not paths:
+            click.echo(f"{index_dir}: every item's file is in its folder; nothing to remove", err=as_json)
+            return
+    if dry_run:
+        _dry_run(index, index_dir, ids, paths, as_json)
+        return
     meta = api_remove(index_dir, ids, paths, log=lambda line: click.echo(line, err=as_json))
     if as_json:
         _echo_json(meta)
+
+
+def _dry_run(index, index_dir: str, ids: list[int], paths: list[str], as_json: bool) -> None:
+    """What `remove --dry-run` prints: the items that would go (their ids and paths), checked as a removal is."""
+    import numpy as np
+
+    from ..index.removing import removed_positions
+
+    positions = removed_positions(index.dir, np.asarray(ids, np.int64), paths)
+    rows = [{"id": int(i), "path": p} for i, p in zip(index.ids[positions], index.paths(positions))]
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows[:20]:
+        click.echo(f"{row['id']}\t{row['path']}")
+    click.echo(f"would remove {len(rows)} of {index.count} items from {index_dir}" +
+               (" (the first 20 shown)" if len(rows) > 20 else ""))
 
 
 def _lines(path: str | None, flag: str) -> list[str]:
