@@ -225,3 +225,19 @@ def test_photos_deleted_from_an_indexed_folder(tiny_model, tmp_path):
     shutil.rmtree(photos)  # the whole folder gone (say, a drive unmounted): not taken for deleted photos
     assert "nothing to remove" in run("--missing").output and Index.load(out).count == 17
     assert index.count == 20
+
+
+def test_an_index_opened_before_a_removal_answers_from_what_it_opened(flat_index, tmp_path):
+    """A served index reads paths and codes lazily; after a removal swapped a new INDEX_DIR in (before SIGHUP, or
+    while the service reloads), those reads must come from the table it opened, not the new one's shifted rows."""
+    import shutil
+
+    out = tmp_path / "index"
+    shutil.copytree(flat_index, out)
+    opened = Index.load(out)
+    at = np.array([0, 1, 2, 5000, 9999])
+    paths, (codes, _) = opened.paths(at), opened.items(at)
+    remove(out, ids=[0, 1, 4999], **QUIET)
+    assert opened.paths(at) == paths
+    assert np.array_equal(opened.items(at)[0], codes) and np.array_equal(opened.table_codes()[at], codes)
+    assert Index.load(out).paths(np.array([0]))[0] == paths[2]  # the new index: shifted rows

@@ -322,12 +322,6 @@ def label_set_classes(directory: Path) -> int:
         return int(t["label_sets"].shape[1]) if "label_sets" in t else 0
 
 
-def read_label_sets(directory: Path) -> np.ndarray | None:
-    """The label sets (N, C) bool of a multi-label collection's index, or None."""
-    with h5py.File(directory / TABLE_FILE, "r") as t:
-        return t["label_sets"][()].astype(bool) if "label_sets" in t else None
-
-
 def memory_figures(folder: Path, n: int, binary: list[str], rerank: list[str] | None = None) -> dict[str, Any]:
     def size(name: str) -> int:
         return (folder / name).stat().st_size if (folder / name).exists() else 0
@@ -342,6 +336,11 @@ def memory_figures(folder: Path, n: int, binary: list[str], rerank: list[str] | 
 def read_head(directory: Path) -> Head | None:
     """The index's head file, or None (indexes built before signals)."""
     return Head.load(directory / HEAD_FILE) if (directory / HEAD_FILE).exists() else None
+
+
+def open_table(directory: Path) -> h5py.File:
+    """table.h5 of an index, open for reading (an open file keeps the version it opened, whatever replaces it)."""
+    return h5py.File(directory / TABLE_FILE, "r")
 
 
 def read_table(directory: Path, names: tuple[str, ...], positions: np.ndarray | None = None

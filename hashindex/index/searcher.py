@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import h5py
 import numpy as np
 
 from ..errors import HashindexError
@@ -28,9 +29,8 @@ from ..metrics import pad_codes
 from ..signals import Head, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, read_binary, read_float,
-                     read_float_parts, read_head, read_index_meta, read_label_sets, read_part, read_table,
-                     rerank_signal)
+from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, open_table, read_binary,
+                     read_float, read_float_parts, read_head, read_index_meta, read_part, rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
@@ -77,6 +77,7 @@ class Index:
             raise HashindexError(f"index_dir={self.dir}: index.json says rerank.dim {meta['rerank']['dim']}, "
                                  f"rerank.faiss holds {rerank.d}-d vectors; rebuild it")
         self._id_order = np.argsort(self.ids, kind="stable")
+        self._table: h5py.File | None = None  # the table.h5 it was loaded with (`load`)
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True,
@@ -106,8 +107,11 @@ class Index:
         if rerank is None and meta["rerank"]["kind"] != "none":
             rerank = read_float_parts(d, meta, mmap) if meta["rerank"].get("shards") else \
                 read_float(d / RERANK_FILE, mmap)
-        table = read_table(d, ("ids", "labels"))
-        return cls(meta, binary, rerank, table["ids"], table["labels"], d, read_head(d), read_label_sets(d))
+        table = open_table(d)  # held open: lazy reads come from this version even once INDEX_DIR is replaced
+        label_sets = table["label_sets"][()].astype(bool) if "label_sets" in table else None
+        index = cls(meta, binary, rerank, table["ids"][()], table["labels"][()], d, read_head(d), label_sets)
+        index._table = table
+        return index
 
     @classmethod
     def in_memory(cls, codes: np.ndarray, features: np.ndarray | None, bits: int, *,
@@ -184,21 +188,31 @@ class Index:
         """Stored (codes, features) of index rows; features None without a re-rank store."""
         positions = np.asarray(positions, dtype=np.int64)
         uniq, inv = np.unique(positions, return_inverse=True)
-        codes = read_table(self.dir, ("codes",), uniq)["codes"][inv.ravel()]
+        codes = self._column("codes", uniq)[inv.ravel()]
         feats = self.rerank.reconstruct_batch(positions) if self.rerank is not None else None
         return codes, feats
 
     def table_codes(self) -> np.ndarray:
         """Every item's unpadded code, in position order (from the table)."""
-        return read_table(self.dir, ("codes",))["codes"]
+        return self._column("codes")
 
     def paths(self, positions: np.ndarray) -> list[str]:
         """Source paths of index rows (read lazily from the table)."""
         flat = np.asarray(positions, dtype=np.int64).ravel()
         valid = np.unique(flat[flat >= 0])
-        got = read_table(self.dir, ("paths",), valid)["paths"] if len(valid) else []
+        got = self._column("paths", valid) if len(valid) else []
         lut = {int(p): (s.decode() if isinstance(s, bytes) else s) for p, s in zip(valid, got)}
         return [lut.get(int(p), "") for p in flat]
+
+    def _column(self, name: str, positions: np.ndarray | None = None) -> np.ndarray:
+        """A table column, whole or at sorted unique ``positions``, from the table.h5 the index was loaded with.
+
+        The file stays open: a removal or a rebuild replaces INDEX_DIR while a service still answers from this
+        index (until SIGHUP), and rows read from the new table would be other items' (positions move)."""
+        if self._table is None:
+            raise HashindexError("this index was built in memory: it has no table of paths")
+        column = self._table[name]
+        return column[()] if positions is None else column[positions]
 
     # ------------------------------------------------------------------ search
 
