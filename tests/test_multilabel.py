@@ -80,6 +80,13 @@ def test_label_sets_travel_from_shards_to_index_to_eval(tmp_path):
                          class_names=names)
     append(grown.dir, tmp_path / "index", progress=False, log=lambda s: None)
     assert Index.load(tmp_path / "index").label_sets.tolist() == db_sets.tolist() + q_sets.tolist()
+    # and a removal keeps the other items' label sets
+    from hashindex.index import remove
+
+    remove(tmp_path / "index", ids=np.concatenate([np.arange(400), np.arange(1000, 1040)])[::3], progress=False,
+           log=lambda s: None)
+    keep = np.arange(440) % 3 != 0
+    assert Index.load(tmp_path / "index").label_sets.tolist() == np.concatenate([db_sets, q_sets])[keep].tolist()
 
 
 def test_single_label_queries_meet_a_multi_label_index(tmp_path):
