@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -50,8 +51,9 @@ def union(old: Path, new: Path, out: Path) -> None:
 
     out.mkdir()
     a, b = read_json(old / "manifest.json"), read_json(new / "manifest.json")
-    manifest = {**a, "shards": [], "source": {**a["source"], "fingerprint": "union"}}
     n_old = sum(s["rows"] for s in a["shards"])
+    items = n_old + sum(s["rows"] for s in b["shards"])
+    manifest = {**a, "shards": [], "source": {**a["source"], "fingerprint": "union", "items": items}}
     for src, entries, shift in ((old, a["shards"], 0), (new, b["shards"], n_old)):
         for s in entries:
             j = len(manifest["shards"])
@@ -71,6 +73,49 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(x, y)) / 10 for x, y in zip(a, b)]))
 
 
+CONFIGS = [{"binary": "flat", "rerank": "flat", "shards": 1}, {"binary": "flat", "rerank": "none", "shards": 1},
+           {"binary": "flat", "rerank": "flat", "shards": 4}, {"binary": "ivf", "rerank": "fp16", "shards": 1}]
+QUIET = {"progress": False, "log": lambda s: None}
+
+
+def against_rebuild(t: Path, queries: tuple[np.ndarray, np.ndarray], rebuild_from: Path, start_from: Path,
+                    change, verb: str, repeat: int) -> list[dict]:
+    """Per index configuration (`CONFIGS`): the best of ``repeat`` timings of a build over ``rebuild_from`` (the
+    baseline) and of ``change(index_dir)`` on an index built over ``start_from`` (not timed), and each result's
+    top-10 agreement with an exact flat index over ``rebuild_from``. Row keys: rebuild_s, {verb}_s, speedup,
+    agree_rebuilt, agree_changed."""
+    build(rebuild_from, t / "exact", binary="flat", rerank="flat", **QUIET)
+    exact = {rr: top10(Index.load(t / "exact"), queries, rr) for rr in (True, False)}
+    rows = []
+    for c in CONFIGS:
+        name = f"{c['binary']}/{c['rerank']}" + (f", {c['shards']} shards" if c["shards"] > 1 else "")
+        ref = exact[c["rerank"] != "none"]  # the flat index, re-ranked or (rerank none) Hamming only
+        rebuild_s = change_s = float("inf")
+        for _ in range(repeat):  # best of: the page cache and other jobs make single runs noisy
+            t0 = time.perf_counter()
+            build(rebuild_from, t / "rebuilt", overwrite=True, **c, **QUIET)
+            rebuild_s = min(rebuild_s, time.perf_counter() - t0)
+            build(start_from, t / "changed", overwrite=True, **c, **QUIET)
+            t0 = time.perf_counter()
+            change(t / "changed")
+            change_s = min(change_s, time.perf_counter() - t0)
+        rows.append({"index": name, "rebuild_s": round(rebuild_s, 3), f"{verb}_s": round(change_s, 3),
+                     "speedup": round(rebuild_s / change_s, 2),
+                     "agree_rebuilt": overlap(top10(Index.load(t / "rebuilt"), queries), ref),
+                     "agree_changed": overlap(top10(Index.load(t / "changed"), queries), ref)})
+    return rows
+
+
+def print_rows(rows: list[dict], verb: str, columns: tuple[str, str, str]) -> None:
+    """The rows as docs/RESULTS.md's table; ``columns``: the baseline's, the change's and the agreement's."""
+    print(f"| index (binary/rerank) | {columns[0]} | {columns[1]} | speed-up | top-10 agreement with exact: "
+          f"{columns[2]} |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['index']} | {r['rebuild_s']:.2f} s | {r[verb + '_s']:.2f} s | **{r['speedup']:.1f}x** "
+              f"| {r['agree_rebuilt']:.3f} / {r['agree_changed']:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="items already indexed")
@@ -78,46 +123,22 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="best of this many runs per configuration")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    quiet = {"progress": False, "log": lambda s: None}
-    configs = [{"binary": "flat", "rerank": "flat", "shards": 1}, {"binary": "flat", "rerank": "none", "shards": 1},
-               {"binary": "flat", "rerank": "flat", "shards": 4}, {"binary": "ivf", "rerank": "fp16", "shards": 1}]
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_append.") as tmp:
         t = Path(tmp)
         codes, feats, centres, proj = make_data(args.n + args.m, DIM, BITS, seed=0)
         queries = queries_like(centres, proj, 200, seed=7)
-        write_collection(t / "old", codes[:args.n], feats[:args.n], 0, 250_000, seed=0)
-        write_collection(t / "new", codes[args.n:], feats[args.n:], args.n, 250_000, seed=1)
+        rows = math.gcd(args.n, 250_000)  # the union's shards must lie on the old collection's shard grid
+        write_collection(t / "old", codes[:args.n], feats[:args.n], 0, rows, seed=0)
+        write_collection(t / "new", codes[args.n:], feats[args.n:], args.n, rows, seed=1)
         del codes, feats
         union(t / "old", t / "new", t / "both")
-        build(t / "both", t / "exact", binary="flat", rerank="flat", **quiet)
-        exact = {rr: top10(Index.load(t / "exact"), queries, rr) for rr in (True, False)}
-        for c in configs:
-            name = f"{c['binary']}/{c['rerank']}" + (f", {c['shards']} shards" if c["shards"] > 1 else "")
-            ref = exact[c["rerank"] != "none"]  # the flat index, re-ranked or (rerank none) Hamming only
-            rebuild_s = append_s = float("inf")
-            for _ in range(args.repeat):  # best of: the page cache and other jobs make single runs noisy
-                t0 = time.perf_counter()
-                build(t / "both", t / "rebuilt", overwrite=True, **c, **quiet)
-                rebuild_s = min(rebuild_s, time.perf_counter() - t0)
-                build(t / "old", t / "grown", overwrite=True, **c, **quiet)
-                t0 = time.perf_counter()
-                append(t / "new", t / "grown", **quiet)
-                append_s = min(append_s, time.perf_counter() - t0)
-            rows.append({"index": name, "rebuild_s": round(rebuild_s, 3), "append_s": round(append_s, 3),
-                         "speedup": round(rebuild_s / append_s, 2),
-                         "agree_rebuilt": overlap(top10(Index.load(t / "rebuilt"), queries), ref),
-                         "agree_appended": overlap(top10(Index.load(t / "grown"), queries), ref)})
+        rows = against_rebuild(t, queries, t / "both", t / "old", lambda out: append(t / "new", out, **QUIET),
+                               "append", args.repeat)
     if args.json:
         print(json.dumps({"n": args.n, "m": args.m, "rows": rows}, indent=2))
         return
     print(f"N = {args.n:,} indexed, M = {args.m:,} appended, K = {BITS}, D = {DIM}")
-    print("| index (binary/rerank) | rebuild over N+M | append M | speed-up | top-10 agreement with exact: "
-          "rebuilt / appended |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['index']} | {r['rebuild_s']:.2f} s | {r['append_s']:.2f} s | **{r['speedup']:.1f}x** "
-              f"| {r['agree_rebuilt']:.3f} / {r['agree_appended']:.3f} |")
+    print_rows(rows, "append", ("rebuild over N+M", "append M", "rebuilt / appended"))
 
 
 if __name__ == "__main__":
