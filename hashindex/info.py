@@ -146,6 +146,6 @@ def describe(path: str | Path) -> dict[str, Any]:
     if p.suffix.lower() in CHECKPOINT_SUFFIXES or shipped_path(str(path)) is not None or (
             p.is_file() and not _names_a_collection(p)):
         return describe_checkpoint(path)
-    if not p.exists() and not p.suffix and "{" not in str(path) and ":" not in str(path):
+    if not p.exists() and not p.suffix and not any(c in str(path) for c in "{:#"):
         raise HashindexError(f"path={path}: no such file or directory, nor a shipped model{shipped_hint()}")
     return describe_collection(str(path))

@@ -277,3 +277,46 @@ def test_a_csv_list_with_several_labels_in_a_field_is_multi_label(tmp_path):
     assert list(src.labels) == [0, 0, -1, 1] and src.paths[0] == f"{tmp_path}/a.jpg"
     (tmp_path / "one.csv").write_text("a.jpg,beach\nb.jpg,dog\n")  # no separator: one class per image, as before
     assert not open_source(tmp_path / "one.csv").multi_label
+
+
+def test_label_sets_from_a_folder_tree_of_copies(tiny_model, tmp_path):
+    """``DIR#label-sets``: a photo copied into each folder it belongs to (an album export) is one item labelled
+    with every one of them; same names with other bytes stay apart; skips stay skips; the plain folder is
+    unchanged; the spec reopens to the same collection, and the pipeline scores label sets."""
+    from hashindex.data import open_source
+    from hashindex.data.spec import reopen_source
+    from tests.conftest import image_bytes
+
+    root = tmp_path / "albums"
+    files = {"beach/a.jpg": 1, "sunset/a.jpg": 1, "city/renamed.jpg": 1, "beach/b.jpg": 2, "city/b.jpg": 3,
+             "sunset/c.jpg": 4, "city/d.jpg": 5, "beach/e.jpg": 6}
+    for name, seed in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(image_bytes(seed=seed, size=(40, 30)))
+    (root / "beach" / "notes.txt").write_text("not an image")
+    plain = open_source(root)
+    assert len(plain) == 9 and not plain.multi_label
+    src = open_source(f"{root}#label-sets")
+    assert src.multi_label and src.copies == 2 and src.spec == f"{root.resolve()}#label-sets"
+    sets = {p: {src.class_names[c] for c in np.flatnonzero(row)} for p, row in zip(src.paths, src.label_sets)}
+    assert sets == {"beach/a.jpg": {"beach", "sunset", "city"}, "beach/b.jpg": {"beach"}, "beach/e.jpg": {"beach"},
+                    "beach/notes.txt": set(), "city/b.jpg": {"city"}, "city/d.jpg": {"city"},
+                    "sunset/c.jpg": {"sunset"}}
+    assert [src.paths[i] for i in src.unread] == ["beach/notes.txt"]  # still a counted skip
+    again = reopen_source(src.spec)
+    assert again.fingerprint() == src.fingerprint() and again.paths == src.paths
+    for spec, message in [(f"{tmp_path / 'none'}#label-sets", "no such directory"),
+                          (f"{CIFAR_TEST}#label-sets", "label sets are read from a folder tree")]:
+        with pytest.raises(HashindexError, match=message):
+            open_source(spec)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", f"{root}#label-sets",
+                              "--out", str(tmp_path / "shards")])
+    assert res.exit_code == 0, res.output
+    shards = ShardSet(tmp_path / "shards")
+    assert shards.multi_label and shards.rows == 6  # notes.txt: a counted skip
+    assert runner.invoke(cli, ["-q", "build", str(tmp_path / "shards"), "--out", str(tmp_path / "index"),
+                               "--rerank", "none"]).exit_code == 0
+    res = runner.invoke(cli, ["-q", "eval", str(tmp_path / "index"), "--queries", str(tmp_path / "shards"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["relevance"] == "a shared label (label sets)"

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
+from ..metrics import first_labels
 from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
 from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name,
                       label_sets_from_text, labels_from_text, sample_key, sidecar_label)
@@ -229,7 +230,7 @@ class FolderSource(ImageSource):
     symlink loop is walked once.
     """
 
-    def __init__(self, root: str | Path, follow_links: bool = False):
+    def __init__(self, root: str | Path, follow_links: bool = False, label_sets: bool = False):
         self.root = Path(root)
         real_root = os.path.realpath(self.root)
         names: list[str] = []
@@ -266,11 +267,58 @@ class FolderSource(ImageSource):
                 names.append(rel)
         paths, labels, class_names, unread, sets = _items(names, outside, lambda n: _read_small(self.root / n),
                                                           f"folder {self.root}")
-        super().__init__(f"folder {self.root}", paths, labels, class_names, unread=unread, label_sets=sets)
+        description = f"folder {self.root}"
+        self.copies = 0  # files merged into another item with the same bytes (label_sets=True)
+        if label_sets:
+            if self.containers:
+                raise HashindexError(f"{self.root}#label-sets: holds tar files ({self.containers[0]}); label sets "
+                                     "are read from a folder of image files")
+            paths, sets, unread, self.copies = _merge_copies(self.root, paths, labels, sets, unread,
+                                                             len(class_names))
+            labels = first_labels(sets)
+            description += f" (label sets from folders; {self.copies} copies merged)"
+        super().__init__(description, paths, labels, class_names, unread=unread, label_sets=sets)
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
         return _read_file(self.root / self.paths[i])
+
+
+def _merge_copies(root: Path, paths: list[str], labels: np.ndarray, sets: np.ndarray | None,
+                  unread: dict[int, tuple[str, str]], classes: int
+                  ) -> tuple[list[str], np.ndarray, dict[int, tuple[str, str]], int]:
+    """A folder tree read as label sets: files with the same bytes (a photo copied into each album or class
+    folder it belongs to) become one item, at its first path, whose label set is every copy's labels.
+    Returns (paths, label sets, unread by new position, copies merged). Only files of equal size are hashed."""
+    import hashlib
+
+    if sets is None:  # one class per file so far: its folder's
+        sets = np.zeros((len(paths), classes), bool)
+        sets[np.flatnonzero(labels >= 0), labels[labels >= 0]] = True
+    else:
+        sets = sets.copy()
+    by_size: dict[int, list[int]] = {}
+    for i, path in enumerate(paths):
+        if i not in unread:
+            try:
+                by_size.setdefault((root / path).stat().st_size, []).append(i)
+            except OSError:
+                continue  # unreadable now: extraction counts it as a skip
+    first_of = np.arange(len(paths))
+    for group in (g for g in by_size.values() if len(g) > 1):
+        seen: dict[bytes, int] = {}
+        for i in group:
+            try:
+                digest = hashlib.sha256(_read_file(root / paths[i])).digest()
+            except BadImage:
+                continue
+            first_of[i] = seen.setdefault(digest, i)
+    copies = first_of != np.arange(len(paths))
+    np.logical_or.at(sets, first_of[copies], sets[copies])
+    keep = np.flatnonzero(~copies)
+    new_at = {int(old): new for new, old in enumerate(keep)}
+    return ([paths[i] for i in keep], sets[keep], {new_at[i]: r for i, r in unread.items() if i in new_at},
+            int(copies.sum()))
 
 
 def _read_small(path: Path, limit: int = 1 << 20) -> bytes:

@@ -15,6 +15,7 @@ from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, Ima
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
+LABEL_SETS = "label-sets"  # the spec suffix that reads a folder tree's copies as one item with a label set each
 
 
 def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
@@ -23,7 +24,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders
     (default train). ``follow_links`` follows symbolic links that lead out of a
-    folder (they are counted skips otherwise). Raises HashindexError naming ``arg``
+    folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
+    whose photos are copied into every class (or album) folder they belong to: one
+    item per distinct file, labelled with all of those folders (`FolderSource`). Raises HashindexError naming ``arg``
     if the spec is not a collection hashindex can read or holds no images.
     """
     spec = str(spec)
@@ -37,13 +40,21 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         pattern.spec = os.path.abspath(spec)  # braces and all: reopened by expanding it again
         return _non_empty(pattern, arg, spec)
     path = Path(spec)
+    label_sets = not path.exists() and spec.endswith(f"#{LABEL_SETS}")
+    if label_sets:
+        spec = spec[:-len(LABEL_SETS) - 1]
+        path = Path(spec)
+        if not path.is_dir():
+            raise HashindexError(f"{arg}={spec}#{LABEL_SETS}: " + ("label sets are read from a folder tree"
+                                 if path.exists() else "no such directory"))
     if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
         head, split = spec.rsplit(":", 1)
         path = Path(head)
     if not path.exists():
         raise HashindexError(f"{arg}={spec}: no such file or directory")
     try:
-        source = _open_path(path, split or "train", follow_links)
+        source = FolderSource(path, follow_links, label_sets=True) if label_sets else \
+            _open_path(path, split or "train", follow_links)
     except HashindexError as e:
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
@@ -51,16 +62,18 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                              "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
     split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
-                   + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else ""))
+                   + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
+                   + (f"#{LABEL_SETS}" if label_sets else ""))
     return _non_empty(source, arg, spec)
 
 
 def reopen_source(spec: str) -> ImageSource:
     """Open a source from its recorded ``spec`` (with #limit= / #every= selections)."""
     base, *selections = spec.split("#")
-    source = open_source(base, "source", follow_links=FOLLOW_LINKS in selections)
+    source = open_source(base + (f"#{LABEL_SETS}" if LABEL_SETS in selections else ""), "source",
+                         follow_links=FOLLOW_LINKS in selections)
     for sel in selections:
-        if sel == FOLLOW_LINKS:
+        if sel in (FOLLOW_LINKS, LABEL_SETS):
             continue
         key, _, value = sel.partition("=")
         if key == "limit":
