@@ -101,3 +101,17 @@ def test_threads_option_sets_torch_faiss_and_child_processes():
         assert out.splitlines()[-1] == "1 1 1", out
     res = CliRunner().invoke(cli, ["--threads", "0", "info", "nin-cifar10-48-v2"])
     assert res.exit_code == 2 and "--threads" in res.output
+
+
+def test_the_demo_says_how_to_fine_tune_for_classes_of_your_own():
+    from pathlib import Path
+
+    from hashindex.demo import fine_tune_hint
+
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert fine_tune_hint(["cat", "dog"], cifar, "nin-cifar10-48-v2", "pets/", 10, Path("/tmp/d")) is None
+    hint = fine_tune_hint(["daisy", "rose"], cifar, "nin-cifar10-48-v2", "my photos/", 5, Path("/tmp/d"))
+    assert "classes (daisy, rose) are not the model's" in hint
+    assert "hashindex train --init nin-cifar10-48-v2 --data 'my photos/' --val-every 5 --epochs 6 --out " \
+           "/tmp/d-model.pt" in hint
+    assert "hashindex demo --model /tmp/d-model.pt --data 'my photos/' --every 5 --out /tmp/d-tuned" in hint

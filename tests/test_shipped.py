@@ -53,6 +53,7 @@ def test_demo_end_to_end(tmp_path):
     for key in ("index", "metrics", "pr_curve", "precision_at_k", "results_grid"):
         assert Path(summary["files"][key]).exists(), key
     assert summary["map"] > 0.6  # 100 held-out queries vs 900 images, shipped 48-bit model
+    assert summary["hint"] is None  # CIFAR-10's classes are the model's: no fine-tuning note
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["queries"] == 100 and metrics["database"] == 900
     assert metrics["model_id"] == load_model(DEFAULT_MODEL).model_id  # the demo runs the default model
