@@ -161,28 +161,9 @@ def _reopen(spec: str | None):
         return None
 
 
-def _database_sources(index) -> list[tuple[int, int, Any, dict[str, int]]]:
-    """(start, stop, reopened source or None, path -> item) per shard directory in the index.
-
-    An index grown with ``build --append`` holds rows of several collections,
-    each over its own position range.
-    """
-    from .store import source_spec
-
-    entries = [index.meta["source"], *index.meta.get("appended", [])]
-    starts = [0] + [e["start"] for e in entries[1:]]
-    out = []
-    for entry, start, stop in zip(entries, starts, starts[1:] + [index.count]):
-        src = _reopen(source_spec(entry["dir"]))
-        out.append((start, stop, src, {encode_name(p): i for i, p in enumerate(src.paths)} if src is not None else {}))
-    return out
-
-
-def _database_image(sources: list, position: int, path: str) -> Callable[[], Any]:
-    """A reader of the image at an index position (from the collection that holds that position)."""
-    _, _, src, lut = next(s for s in sources if s[0] <= position < s[1])
-    item = lut.get(path)
-    return lambda: src.read(item) if item is not None else None
+def _database_image(originals, position: int, path: str) -> Callable[[], Any]:
+    """A reader of the image at an index position (None where its collection cannot be read)."""
+    return lambda: originals.read(position, path)
 
 
 def _file_image(path: str) -> Callable[[], Any]:
@@ -191,11 +172,14 @@ def _file_image(path: str) -> Callable[[], Any]:
     return lambda: decode_image(Path(path).read_bytes())
 
 
-def _reachable_sources(index) -> list:
-    sources = _database_sources(index)
-    if any(src is None for _, _, src, _ in sources):
+def _reachable_sources(index):
+    """The index's `Originals`; an error when none of its collections can be read (a grid of "?" only)."""
+    from .originals import Originals
+
+    originals = Originals(index)
+    if not originals.reachable():
         raise HashindexError("results grid: the indexed images are no longer where they were extracted from")
-    return sources
+    return originals
 
 
 def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]], path: Path, title: str) -> Path:

@@ -270,6 +270,29 @@ def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
     assert res.exit_code == 2 and "--grid: draws interactive queries" in res.output
 
 
+def test_a_grid_shows_what_it_can_when_a_collection_is_unreadable(flat_index, tmp_path):
+    """Items whose images were not kept (added as arrays, or through the service) are '?' cells; the grid of
+    the rest is still drawn (it was refused outright)."""
+    import shutil
+
+    from hashindex.index import append
+    from hashindex.report import query_grid_rows
+    from hashindex.store import write_arrays
+
+    out = tmp_path / "index"
+    shutil.copytree(flat_index, out)
+    index = Index.load(out)
+    codes, feats = index.items(np.arange(3))
+    write_arrays(tmp_path / "added", codes, feats, ids=np.arange(20000, 20003), bits=48, model_id=index.model_id,
+                 class_names=index.class_names)
+    append(tmp_path / "added", out, progress=False, log=lambda s: None)
+    grown = Index.load(out)
+    [(read, _, hits)] = query_grid_rows(grown, [{"query": "id:0", "results": [
+        {"id": 20000, "path": "", "class": None, "label": -1, "hamming": 0},
+        {"id": 1, "path": grown.paths(np.array([1]))[0], "class": "x", "label": 0, "hamming": 3}]}])
+    assert read() is not None and hits[0][0]() is None and hits[1][0]() is not None
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_sharded_index_equals_single(kind, cifar_shards, db, tmp_path):
     """S=4 binary shards (IVF: one shared trained quantizer) give the single index's results."""

@@ -310,6 +310,8 @@ def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
             found = client.post("/search", params={"k": 50}, content=a).json()["results"]
             assert 10000 not in [r["id"] for r in found]
             assert client.post("/items", content=a).json()["ids"] == [10001]  # 10000 is not given again
+            kept = client.get("/items/10001/image")  # an upload's bytes are not kept
+            assert kept.status_code == 404 and "images were not kept" in kept.json()["error"]
             for params, message in [({"ids": "5"}, "ids: 1 not in"), ({"ids": "x"}, "ids=x: expected integers"),
                                     ({}, "ids: name the items"), ({"id": "7"}, "id: unknown parameter")]:
                 bad = client.delete("/items", params=params)
@@ -318,6 +320,21 @@ def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
     finally:
         stop()
     assert Index.load(index_dir).count == 10000 and 5 not in Index.load(index_dir).ids
+
+
+def test_an_items_image_file_is_served(service):
+    """GET /items/ID/image: the bytes of the item's file in its collection (a member of the CIFAR-10 tar here),
+    with its media type; 404s for an unknown id."""
+    from hashindex.data import open_source
+
+    client, _ = service
+    src = open_source(CIFAR_TEST)
+    for url in ("/items/5/image", "/indexes/cos/items/5/image"):
+        got = client.get(url)
+        assert got.status_code == 200 and got.content == src.read_bytes(5), url
+        assert got.headers["content-type"] == "image/jpeg"
+    got = client.get("/items/123456/image")
+    assert got.status_code == 404 and got.json()["error"] == "id=123456: no such item in flat"
 
 
 def test_a_read_only_service_takes_no_items(service):

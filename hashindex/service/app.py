@@ -6,6 +6,7 @@
     GET  /docs, /openapi.json             API documentation
     POST /search?k=10                     body = an image file's bytes, or multipart/form-data field "file"
     GET  /search?id=42&k=10               search with an indexed item
+    GET  /items/42/image                  the item's image file (for a front end to show results)
     POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
@@ -35,7 +36,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import HashindexError
@@ -191,6 +192,14 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
               operation_id="search_named_by_image", openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
     async def search_named(name: str, request: Request) -> dict[str, Any]:
         return await _search(engine_named(name), request)
+
+    @app.get("/items/{item_id}/image", summary="The image file of an item of the default index")
+    async def image_default(item_id: int) -> Response:
+        return await _item_image(engines[default], item_id)
+
+    @app.get("/indexes/{name}/items/{item_id}/image", summary="The image file of an item of a named index")
+    async def image_named(name: str, item_id: int) -> Response:
+        return await _item_image(engine_named(name), item_id)
 
     if writable:
         adding = asyncio.Lock()  # one add at a time: each is an append of INDEX_DIR, then a reload
@@ -363,6 +372,13 @@ async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[st
             raise RequestError(500, f"added {result['added']} items to {engine.index.dir}, but reopening it failed: "
                                     "the service still serves the index before the add (see its log)")
     return {**result, "index": engine.name}
+
+
+async def _item_image(engine: Engine, item_id: int) -> Response:
+    """GET /items/ID/image: the item's image file from its collection (a folder, tar, zip or list), for a front
+    end to show results; read in a thread (a file, or a member of an archive)."""
+    data, media = await asyncio.get_running_loop().run_in_executor(None, engine.item_image, item_id)
+    return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
 
 
 async def _remove(current, request: Request, lock: asyncio.Lock, reload) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..index import Index
-from .params import upload_array
+from .params import RequestError, upload_array
 
 
 class Served:
@@ -23,6 +23,7 @@ class Served:
         self.model = load_model(model if model else find_model_for(self.index.model_id), device)
         self.index.check_model(self.model.model_id)
         self.name = name or Path(index_dir).name
+        self._originals = None  # the items' image files (`item_image`), reopened on first use
 
     def info(self) -> dict[str, Any]:
         """What is served: GET / and /indexes/NAME."""
@@ -37,3 +38,26 @@ class Served:
     def image_array(self, data: bytes) -> np.ndarray:
         """An upload's bytes as the net's input (`params.upload_array`: pixel cap, one-line 400s)."""
         return upload_array(data, self.model.input_size, self.model.channels)
+
+    def item_image(self, item_id: int) -> tuple[bytes, str]:
+        """(bytes, media type) of an indexed item's image file, as its collection holds it now (GET
+        /items/ID/image); a 404 naming why when the item or its file is not there."""
+        import mimetypes
+
+        from ..data import BadImage
+        from ..originals import Originals
+
+        position = int(self.index.positions_of(np.array([item_id]), missing=-1)[0])
+        if position < 0:
+            raise RequestError(404, f"id={item_id}: no such item in {self.name}")
+        if self._originals is None:
+            self._originals = Originals(self.index)
+        try:
+            data = self._originals.read_bytes(position)
+        except BadImage as e:
+            raise RequestError(404, f"id={item_id}: its image file cannot be read now ({e.reason})") from None
+        if data is None:
+            raise RequestError(404, f"id={item_id}: its collection is no longer where it was read from, or its "
+                                    "images were not kept (added through the service)")
+        path = self.index.paths(np.array([position]))[0]
+        return data, mimetypes.guess_type(path)[0] or "application/octet-stream"
