@@ -219,6 +219,8 @@ def test_photos_deleted_from_an_indexed_folder(tiny_model, tmp_path):
     res = run("--missing")
     assert res.exit_code == 0 and Index.load(out).count == 18, res.output
     assert "nothing to remove" in run("--missing").output
+    assert json.loads(run("--missing", "--dry-run", "--json").stdout) == []
+    assert json.loads(run("--missing", "--json").stdout)["count"] == 18
     res = run("--path", str(photos / kept_file))  # a file of the folder, still there
     assert res.exit_code == 0 and Index.load(out).count == 17, res.output
     assert kept_file not in Index.load(out).paths(np.arange(17))

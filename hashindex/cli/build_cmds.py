@@ -359,6 +359,8 @@ def remove(ctx, index_dir, ids, ids_file, paths, paths_file, missing, dry_run, a
         ids += index.ids[missing_files(index)].tolist()
         if not ids and not paths:
             click.echo(f"{index_dir}: every item's file is in its folder; nothing to remove", err=as_json)
+            if as_json:  # what a script reads: no items (--dry-run), or the index.json, unchanged
+                _echo_json([] if dry_run else index.meta)
             return
     if dry_run:
         _dry_run(index, index_dir, ids, paths, as_json)
