@@ -104,11 +104,12 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
     info = runner.invoke(cli, ["info", str(out), "--json"])
     assert json.loads(info.output)["appended"][0]["dir"] == str(new_shards.resolve())
     from hashindex.query import example_results
-    from hashindex.report import _database_sources, results_grid
+    from hashindex.originals import Originals
+    from hashindex.report import results_grid
 
     grown = Index.load(out)
-    sources = _database_sources(grown)  # the results grid reads each row from its own collection
-    assert [(a, b, len(src)) for a, b, src, _ in sources] == [(0, 10000, 10000), (10000, 10600, 600)]
+    originals = Originals(grown)  # the results grid reads each row from its own collection
+    assert [len(originals.locate(p)[0]) for p in (0, 9999, 10000, 10599)] == [10000, 10000, 600, 600]
     grid = results_grid(grown, example_results(grown, new_shards), tmp_path / "grid.png")
     assert grid.stat().st_size > 10_000
 
