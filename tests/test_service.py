@@ -337,6 +337,15 @@ def test_an_items_image_file_is_served(service):
     assert got.status_code == 404 and got.json()["error"] == "id=123456: no such item in flat"
 
 
+def test_an_items_media_type_comes_from_its_bytes():
+    from hashindex.service.served import media_type
+    from tests.conftest import image_bytes
+
+    for fmt, kind in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp"), ("GIF", "image/gif")):
+        assert media_type(image_bytes(fmt), "t10k-images-idx3-ubyte.gz#5") == kind
+    assert media_type(b"????", "photo.heic") == "image/heic" and media_type(b"", "x#1") == "application/octet-stream"
+
+
 def test_a_read_only_service_takes_no_items(service):
     client, _ = service
     for got in (client.post("/items", content=b"x"), client.delete("/items", params={"ids": "5"})):

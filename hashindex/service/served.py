@@ -42,8 +42,6 @@ class Served:
     def item_image(self, item_id: int) -> tuple[bytes, str]:
         """(bytes, media type) of an indexed item's image file, as its collection holds it now (GET
         /items/ID/image); a 404 naming why when the item or its file is not there."""
-        import mimetypes
-
         from ..data import BadImage
         from ..originals import Originals
 
@@ -59,5 +57,19 @@ class Served:
         if data is None:
             raise RequestError(404, f"id={item_id}: its collection is no longer where it was read from, or its "
                                     "images were not kept (added through the service)")
-        path = self.index.paths(np.array([position]))[0]
-        return data, mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return data, media_type(data, self.index.paths(np.array([position]))[0])
+
+
+MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
+         (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+
+
+def media_type(data: bytes, path: str) -> str:
+    """An image file's media type from its first bytes (an IDX or CIFAR item is served as the PNG it is
+    written as, whatever its "path" says), else from its name."""
+    import mimetypes
+
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    found = next((kind for magic, kind in MAGIC if data.startswith(magic)), None)
+    return found or mimetypes.guess_type(path)[0] or "application/octet-stream"
