@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from hashindex.cli import cli
 
-COMMANDS = ["train", "extract", "build", "query", "eval", "info", "demo"]
+COMMANDS = ["train", "extract", "build", "remove", "query", "eval", "info", "demo", "serve", "verify", "derive", "prepare"]
 
 
 def test_top_level_help_lists_commands():
