@@ -241,7 +241,8 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
                    "standard library's server, one search at a time; auto: asgi when installed.")
 @click.option("--writable", is_flag=True,
               help="Also take POST /items (and /indexes/NAME/items): images added to the index on disk and "
-                   "served at once (asgi server). Off by default: anyone who reaches the port could add.")
+                   "served at once, and DELETE /items?ids=3,17: items taken out (asgi server). Off by default: "
+                   "anyone who reaches the port could change the index.")
 @click.pass_context
 def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
@@ -257,8 +258,10 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
       curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
       curl -s -F file=@cat.jpg -F file=@dog.jpg 'localhost:8000/batch?k=5'
       curl -s 'localhost:8000/search?id=42&radius=2'
+      curl -s -o 42.jpg 'localhost:8000/items/42/image'    # a result's image file (asgi server)
       hashindex serve index/photos --writable &    # then add photos:
       curl -s -F file=@new1.jpg -F file=@new2.jpg 'localhost:8000/items?label=cat'
+      curl -s -X DELETE 'localhost:8000/items?ids=17,42'
     """
     from ..service import asgi_server, bind, open_engines, parse_indexes
 
