@@ -292,7 +292,8 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = (f"{request.url.path}: no such endpoint (GET /, /health, /metrics, /docs; GET or POST /search; "
-                   "POST /batch; /indexes/NAME/...)") if e.status_code == 404 else f"{request.url.path}: {e.detail}"
+                   "POST /batch; GET /items/ID/image; POST and DELETE /items with serve --writable; "
+                   "/indexes/NAME/...)") if e.status_code == 404 else f"{request.url.path}: {e.detail}"
         return JSONResponse({"error": message}, e.status_code)
 
     @app.exception_handler(Exception)
