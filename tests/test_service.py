@@ -337,6 +337,24 @@ def test_an_items_image_file_is_served(service):
     assert got.status_code == 404 and got.json()["error"] == "id=123456: no such item in flat"
 
 
+def test_the_page_uses_the_api_it_is_served_with(service):
+    """GET /ui: a page over the service's own endpoints; each one it calls answers (an image search, an id
+    search, an item's image, GET /)."""
+    import re
+
+    client, _ = service
+    page = client.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    calls = set(re.findall(r"\$\{base\(.*?\)\}(/[^`]+)`", page.text))
+    assert calls == {"/items/${hit.id}/image", "/items/${id}/image", "/search?id=${id}&${options()}",
+                     "/search?${options()}"}, calls
+    [(_, jpeg)] = jpeg_bytes(1)
+    found = client.post("/indexes/flat/search?k=3&rerank=1", content=jpeg).json()["results"]
+    assert client.get(f"/indexes/flat/search?id={found[0]['id']}&k=3&rerank=0").status_code == 200
+    assert client.get(f"/indexes/flat/items/{found[0]['id']}/image").status_code == 200
+    assert set(client.get("/").json()) >= {"indexes", "items", "name"}
+
+
 def test_an_items_media_type_comes_from_its_bytes():
     from hashindex.service.served import media_type
     from tests.conftest import image_bytes

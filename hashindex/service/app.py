@@ -7,6 +7,7 @@
     POST /search?k=10                     body = an image file's bytes, or multipart/form-data field "file"
     GET  /search?id=42&k=10               search with an indexed item
     GET  /items/42/image                  the item's image file (for a front end to show results)
+    GET  /ui                              a page over this API: search with a photo, see the results
     POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
@@ -33,10 +34,11 @@ import json
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import HashindexError
@@ -167,6 +169,10 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     @app.get("/", summary="What is served")
     async def info() -> dict[str, Any]:
         return {**engines[default].info(), "indexes": list(engines)}
+
+    @app.get("/ui", summary="A page to search with a photo and see the results", response_class=HTMLResponse)
+    async def ui() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "ui.html").read_text(encoding="utf-8"))
 
     @app.get("/health", summary="Liveness and readiness")
     async def health() -> dict[str, Any]:
