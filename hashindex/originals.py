@@ -65,9 +65,9 @@ class Originals:
 def _reopen(entry: dict[str, Any]) -> tuple[Any, dict[str, int]] | None:
     from .data import reopen_source
     from .files import encode_name
-    from .store import source_spec
+    from .query import collection_spec
 
-    spec = entry.get("spec") or source_spec(entry["dir"])
+    spec = collection_spec(entry)
     if not spec:
         return None
     try:

@@ -177,18 +177,22 @@ def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarra
     return own if (own >= 0).any() else None
 
 
+def collection_spec(entry: dict[str, Any]) -> str | None:
+    """The source spec of a collection an index holds (index.json's; for indexes built before specs were
+    recorded there, its shard directory's manifest's, while that directory exists), or None."""
+    from .store import source_spec
+
+    return entry.get("spec") or source_spec(entry["dir"])
+
+
 def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
     """(entry, folder) for each collection the index holds that was read from a folder that exists now (its
     items' paths are relative to it); a collection whose folder is gone (a drive unmounted) is not listed."""
-    from .files import read_json
     from .index.layout import collections
-    from .store import MANIFEST
 
     out = []
     for entry in collections(index.meta):
-        spec = entry.get("spec")
-        if spec is None and (Path(entry["dir"]) / MANIFEST).is_file():  # an index built before specs were kept
-            spec = read_json(Path(entry["dir"]) / MANIFEST)["source"].get("spec")
+        spec = collection_spec(entry)
         root = Path(_base_spec(spec) or "").resolve() if spec else None
         if root is not None and root.is_dir():
             out.append((entry, root))
@@ -215,13 +219,27 @@ def image_positions(index: Index, images: list[str]) -> np.ndarray:
 
 def missing_files(index: Index) -> np.ndarray:
     """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
-    moved away): what `hashindex remove --missing` takes out. Collections whose folder is gone are skipped."""
-    from .files import decode_name
+    moved away): what `hashindex remove --missing` takes out. Each folder is listed again as extraction read it
+    (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
+    folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
+    a collection whose folder is gone is skipped."""
+    from .data import FolderSource, open_source
+    from .data.spec import FOLLOW_LINKS, LABEL_SETS
+    from .files import encode_name
 
     gone: list[int] = []
     for entry, root in folder_collections(index):
+        options = collection_spec(entry).split("#")[1:]
+        try:
+            src = open_source(f"{root}#{LABEL_SETS}" if LABEL_SETS in options else root, "source",
+                              follow_links=FOLLOW_LINKS in options)
+        except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
+            continue
+        if type(src) is not FolderSource:
+            continue
+        listed = {encode_name(p) for p in src.paths}
         paths = index.paths(np.arange(entry["start"], entry["stop"]))
-        gone += [entry["start"] + p for p, path in enumerate(paths) if not (root / decode_name(path)).exists()]
+        gone += [entry["start"] + p for p, path in enumerate(paths) if path not in listed]
     return np.array(gone, np.int64)
 
 

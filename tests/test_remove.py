@@ -243,3 +243,24 @@ def test_an_index_opened_before_a_removal_answers_from_what_it_opened(flat_index
     assert opened.paths(at) == paths
     assert np.array_equal(opened.items(at)[0], codes) and np.array_equal(opened.table_codes()[at], codes)
     assert Index.load(out).paths(np.array([0]))[0] == paths[2]  # the new index: shifted rows
+
+
+def test_missing_never_takes_items_that_are_not_files_of_the_folder(tiny_model, tmp_path):
+    """A folder holding tar shards is read as their members (paths inside the tars), a prepared store as its
+    source's paths: none of them is a file in the folder, and --missing must not take them for deleted."""
+    from tests.conftest import image_bytes, make_tar
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    make_tar(root / "part.tar", {f"cat/{i}.jpg": image_bytes(seed=i) for i in range(6)})
+    extract(str(tiny_model), str(root), tmp_path / "shards", **QUIET)
+    prepared = tmp_path / "prep"
+    assert CliRunner().invoke(cli, ["-q", "prepare", "--data", str(root), "--size", "16", "--out",
+                                    str(prepared)]).exit_code == 0
+    extract(str(tiny_model), str(prepared), tmp_path / "shards2", id_offset=100, **QUIET)
+    out = tmp_path / "index"
+    build(tmp_path / "shards", out, signal="l2", rerank="none", **QUIET)
+    append(tmp_path / "shards2", out, **QUIET)
+    res = CliRunner().invoke(cli, ["-q", "remove", str(out), "--missing"])
+    assert res.exit_code == 0 and "nothing to remove" in res.output, res.output
+    assert Index.load(out).count == 12
