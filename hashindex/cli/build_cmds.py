@@ -313,8 +313,6 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
         _echo_json(meta)
 
 
-
-
 @cli.command()
 @click.argument("index_dir")
 @click.argument("ids", nargs=-1, type=int)

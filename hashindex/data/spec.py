@@ -26,8 +26,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     (default train). ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
-    item per distinct file, labelled with all of those folders (`FolderSource`). Raises HashindexError naming ``arg``
-    if the spec is not a collection hashindex can read or holds no images.
+    item per distinct file, labelled with all of those folders (`FolderSource`).
+    Raises HashindexError naming ``arg`` if the spec is not a collection hashindex
+    can read or holds no images.
     """
     spec = str(spec)
     if spec.startswith("torchvision:"):
