@@ -62,16 +62,21 @@ class Originals:
         return None if found is None else found[0].read(found[1])
 
 
-def _reopen(entry: dict[str, Any]) -> tuple[Any, dict[str, int]] | None:
+def reopen_or_none(spec: str | None):
+    """The image source a recorded ``spec`` names, reopened, or None (no spec, or not readable there now)."""
     from .data import reopen_source
-    from .files import encode_name
-    from .query import collection_spec
 
-    spec = collection_spec(entry)
     if not spec:
         return None
     try:
-        src = reopen_source(spec)
+        return reopen_source(spec)
     except HashindexError:
         return None
-    return src, {encode_name(p): i for i, p in enumerate(src.paths)}
+
+
+def _reopen(entry: dict[str, Any]) -> tuple[Any, dict[str, int]] | None:
+    from .files import encode_name
+    from .query import collection_spec
+
+    src = reopen_or_none(collection_spec(entry))
+    return None if src is None else (src, {encode_name(p): i for i, p in enumerate(src.paths)})

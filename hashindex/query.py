@@ -223,16 +223,15 @@ def missing_files(index: Index) -> np.ndarray:
     (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
     folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
     a collection whose folder is gone is skipped."""
-    from .data import FolderSource, open_source
+    from .data import FolderSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
     from .files import encode_name
 
     gone: list[int] = []
     for entry, root in folder_collections(index):
-        options = collection_spec(entry).split("#")[1:]
+        options = [o for o in collection_spec(entry).split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS)]
         try:
-            src = open_source(f"{root}#{LABEL_SETS}" if LABEL_SETS in options else root, "source",
-                              follow_links=FOLLOW_LINKS in options)
+            src = reopen_source("#".join([str(root), *options]))
         except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
             continue
         if type(src) is not FolderSource:

@@ -149,18 +149,6 @@ def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = ""
     return _save(fig, left, left.get_title(), path)
 
 
-def _reopen(spec: str | None):
-    """Reopen the image source a shard directory was made from, or None."""
-    from .data import reopen_source
-
-    if not spec:
-        return None
-    try:
-        return reopen_source(spec)
-    except HashindexError:
-        return None
-
-
 def _database_image(originals, position: int, path: str) -> Callable[[], Any]:
     """A reader of the image at an index position (None where its collection cannot be read)."""
     return lambda: originals.read(position, path)
@@ -229,7 +217,9 @@ def _write_png(fig, path: Path, dpi: int) -> None:
 
 def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
     """Query image + top-k results per row (`query.example_results`), green border = same label, red = not."""
-    qsrc = _reopen(examples["source_spec"])
+    from .originals import reopen_or_none
+
+    qsrc = reopen_or_none(examples["source_spec"])
     if qsrc is None:
         raise HashindexError("results grid: the query images are no longer where they were extracted from")
     sources = _reachable_sources(index)

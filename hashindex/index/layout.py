@@ -105,6 +105,15 @@ def next_id(meta: dict[str, Any], ids: np.ndarray) -> int:
     return max([held] + [r["max_id"] for r in meta.get("removed", [])]) + 1
 
 
+def find_ids(ids: np.ndarray, order: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each ``wanted`` id among an index's ``ids`` (by position; ``order``: their stable
+    argsort). Where not found, the position is meaningless."""
+    sorted_ids = ids[order]
+    at = np.minimum(np.searchsorted(sorted_ids, wanted), max(len(sorted_ids) - 1, 0))
+    found = (sorted_ids[at] == wanted) if len(sorted_ids) else np.zeros(len(wanted), bool)
+    return (order[at] if len(order) else np.zeros(len(wanted), np.int64)), found
+
+
 def part_file(store: str, j: int) -> str:
     """The file of part j of the "binary" or "rerank" store of an index built with shards (binary-000.faiss)."""
     return f"{store}-{j:03d}.faiss"

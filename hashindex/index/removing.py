@@ -11,6 +11,7 @@ id to a new item). The shard directories the index was built from are not touche
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,8 +25,8 @@ from ..errors import HashindexError
 from ..files import atomic_write_json
 from ..metrics import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
-                     check_index, label_set_classes, memory_figures, new_table, part_file, read_float, read_index_meta,
-                     read_table, record_checksums, rerank_files, table_columns, write_binary)
+                     check_index, find_ids, label_set_classes, memory_figures, new_table, part_file, read_float,
+                     read_index_meta, read_table, record_checksums, rerank_files, table_columns, write_binary)
 from .writing import binary_names, empty_part, exclusive_index, link_or_copy, replacing
 
 
@@ -54,13 +55,11 @@ def removed_positions(index_dir: Path, ids: np.ndarray, paths: list[str]) -> np.
     """The sorted, distinct positions of the items named by id or by recorded path (one-line errors for names
     that match no item, and for a path that matches several)."""
     table = read_table(index_dir, ("ids", "paths") if paths else ("ids",))
-    order = np.argsort(table["ids"], kind="stable")
-    at = np.minimum(np.searchsorted(table["ids"], ids, sorter=order), len(order) - 1)
-    found = table["ids"][order[at]] == ids
+    at, found = find_ids(table["ids"], np.argsort(table["ids"], kind="stable"), ids)
     if not found.all():
         missing = ids[~found]
         raise HashindexError(f"ids: {len(missing)} not in {index_dir} (e.g. id {missing[0]}; already removed?)")
-    positions = [order[at]]
+    positions = [at]
     if paths:
         recorded = np.array([p.decode() if isinstance(p, bytes) else p
                              for p in table["paths"]], dtype=object)
@@ -116,55 +115,56 @@ def _ranges(entry: dict[str, Any], single: str, n: int) -> list[tuple[str, int, 
 def _rewrite_parts(meta: dict[str, Any], index_dir: Path, tmp: Path, keep: np.ndarray, before: np.ndarray,
                    reuse: dict[str, str | None], progress: bool) -> dict[str, Any]:
     """Write the binary parts without the removed rows into ``tmp``; returns the new "binary" entry."""
-    binary_meta, sums = dict(meta["binary"]), meta.get("files") or {}
-    sharded, pbytes, entries = "shards" in binary_meta, binary_meta["padded_bytes"], []
-    codes = None
-    parts = _ranges(binary_meta, BINARY_FILE, meta["count"])
-    for name, start, stop in tqdm(parts, desc="remove", unit="part", disable=not progress or len(parts) < 2):
-        kept = keep[start:stop]
-        if not kept.any():
-            continue  # a part left empty is dropped
-        new = part_file("binary", len(entries)) if sharded else BINARY_FILE
-        names = [(name, new)] + ([(buckets_file(name), buckets_file(new))] if bucketed(meta) else [])
-        if kept.all():
-            for old, to in names:
-                link_or_copy(index_dir / old, tmp / to)
-                reuse[to] = sums.get(old)
-        else:
-            if codes is None:
-                codes = read_table(index_dir, ("codes",))["codes"]
-            part = empty_part(meta, index_dir, name)
-            part.add(pad_codes(codes[start:stop][kept], pbytes))
-            write_binary(part, tmp / new)
-        entries.append({"file": new, "start": int(before[start]), "stop": int(before[stop])})
-    if sharded:
-        binary_meta["shards"] = entries
-    return binary_meta
+    codes = functools.cache(lambda: read_table(index_dir, ("codes",))["codes"])  # read once, if a part is rebuilt
+
+    def rebuild(name: str, start: int, stop: int, kept: np.ndarray, path: Path) -> None:
+        part = empty_part(meta, index_dir, name)
+        part.add(pad_codes(codes()[start:stop][kept], meta["binary"]["padded_bytes"]))
+        write_binary(part, path)
+
+    return _rewrite(meta, "binary", BINARY_FILE, index_dir, tmp, keep, before, reuse, rebuild,
+                    buckets_file if bucketed(meta) else None, progress)
 
 
 def _rewrite_float(meta: dict[str, Any], index_dir: Path, tmp: Path, keep: np.ndarray, before: np.ndarray,
                    reuse: dict[str, str | None]) -> dict[str, Any]:
     """Write the float store's parts without the removed rows into ``tmp``; returns the new "rerank" entry."""
-    rerank_meta, sums, entries = dict(meta["rerank"]), meta.get("files") or {}, []
-    if rerank_meta["kind"] == "none":
-        return rerank_meta
-    sharded = "shards" in rerank_meta
-    for name, start, stop in _ranges(rerank_meta, RERANK_FILE, meta["count"]):
+    if meta["rerank"]["kind"] == "none":
+        return dict(meta["rerank"])
+
+    def compact(name: str, start: int, stop: int, kept: np.ndarray, path: Path) -> None:
+        store = read_float(index_dir / name, mmap=False)
+        store.remove_ids(np.flatnonzero(~kept).astype(np.int64))  # order-preserving compaction
+        faiss.write_index(store, str(path))
+
+    return _rewrite(meta, "rerank", RERANK_FILE, index_dir, tmp, keep, before, reuse, compact)
+
+
+def _rewrite(meta: dict[str, Any], key: str, single: str, index_dir: Path, tmp: Path, keep: np.ndarray,
+             before: np.ndarray, reuse: dict[str, str | None], rewrite, companion=None, progress: bool = False
+             ) -> dict[str, Any]:
+    """The parts of index.json's ``key`` store ("binary" or "rerank") without the removed rows, in ``tmp``: a
+    part left empty is dropped, one untouched is hard-linked (with its ``companion(file)``, a bucket table),
+    any other is written by ``rewrite(file, start, stop, kept rows, new path)``; parts are renumbered in
+    order. Returns the store's new entry."""
+    entry, sums, entries = dict(meta[key]), meta.get("files") or {}, []
+    sharded = "shards" in entry
+    parts = _ranges(entry, single, meta["count"])
+    for name, start, stop in tqdm(parts, desc="remove", unit="part", disable=not progress or len(parts) < 2):
         kept = keep[start:stop]
         if not kept.any():
-            continue
-        new = part_file("rerank", len(entries)) if sharded else RERANK_FILE
+            continue  # a part left empty is dropped
+        new = part_file(key, len(entries)) if sharded else single
         if kept.all():
-            link_or_copy(index_dir / name, tmp / new)
-            reuse[new] = sums.get(name)
+            for old, to in [(name, new)] + ([(companion(name), companion(new))] if companion else []):
+                link_or_copy(index_dir / old, tmp / to)
+                reuse[to] = sums.get(old)
         else:
-            store = read_float(index_dir / name, mmap=False)
-            store.remove_ids(np.flatnonzero(~kept).astype(np.int64))  # order-preserving compaction
-            faiss.write_index(store, str(tmp / new))
+            rewrite(name, start, stop, kept, tmp / new)
         entries.append({"file": new, "start": int(before[start]), "stop": int(before[stop])})
     if sharded:
-        rerank_meta["shards"] = entries
-    return rerank_meta
+        entry["shards"] = entries
+    return entry
 
 
 def _copy_kept_rows(index_dir: Path, path: Path, keep: np.ndarray, code_bytes: int, step: int = 1 << 20) -> None:

@@ -29,8 +29,8 @@ from ..metrics import pad_codes
 from ..signals import Head, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, open_table, read_binary,
-                     read_float, read_float_parts, read_head, read_index_meta, read_part, rerank_signal)
+from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, find_ids, open_table,
+                     read_binary, read_float, read_float_parts, read_head, read_index_meta, read_part, rerank_signal)
 
 MISSING = -1
 DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
@@ -175,14 +175,12 @@ class Index:
     def positions_of(self, ids: np.ndarray, missing: int | None = None) -> np.ndarray:
         """Index rows of stable ids; one-line error for an id not in the index (``missing``: its row instead)."""
         ids = np.asarray(ids, dtype=np.int64)
-        sorted_ids = self.ids[self._id_order]
-        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
-        ok = (sorted_ids[at] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
+        positions, ok = find_ids(self.ids, self._id_order, ids)
         if missing is not None:
-            return np.where(ok, self._id_order[at], missing)
+            return np.where(ok, positions, missing)
         if not ok.all():
             raise HashindexError(f"by_id={ids[~ok][0]}: no item with this id in {self.dir}")
-        return self._id_order[at]
+        return positions
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (codes, features) of index rows; features None without a re-rank store."""

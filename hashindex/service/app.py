@@ -368,16 +368,23 @@ async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[st
         uploads = [(params.get("path") or "upload", await request.body())]
     elif "path" in params:
         raise RequestError(400, "path: names a raw body's image; multipart files are named by their file names")
-    loop = asyncio.get_running_loop()
     engine = current()
-    arrays = [await loop.run_in_executor(engine.decoder, engine.image_array, data) for _, data in uploads]
+    arrays = [await asyncio.get_running_loop().run_in_executor(engine.decoder, engine.image_array, data)
+              for _, data in uploads]
+    return await _write(current, lock, reload, "add",
+                        lambda engine: add_items(engine, arrays, [n for n, _ in uploads], params.get("label")))
+
+
+async def _write(current, lock: asyncio.Lock, reload, what: str, work) -> dict[str, Any]:
+    """``work(engine)``, an add or a removal (each rewrites INDEX_DIR), under ``lock`` on the engine as the last
+    write's reload left it; then the index reopened, so the answer comes once the change is on disk and served."""
     async with lock:
         engine = current()
-        result = await loop.run_in_executor(None, add_items, engine, arrays, [n for n, _ in uploads],
-                                            params.get("label"))
+        result = await asyncio.get_running_loop().run_in_executor(None, work, engine)
         if not await reload():
-            raise RequestError(500, f"added {result['added']} items to {engine.index.dir}, but reopening it failed: "
-                                    "the service still serves the index before the add (see its log)")
+            done = f"added {result['added']} items to" if what == "add" else f"removed {result['removed']} items from"
+            raise RequestError(500, f"{done} {engine.index.dir}, but reopening it failed: the service still serves "
+                                    f"the index before the {what} (see its log)")
     return {**result, "index": engine.name}
 
 
@@ -396,13 +403,7 @@ async def _remove(current, request: Request, lock: asyncio.Lock, reload) -> dict
     params = dict(request.query_params)
     check_names(params, ("ids",))
     ids = item_ids(params.get("ids"))
-    async with lock:
-        engine = current()
-        result = await asyncio.get_running_loop().run_in_executor(None, remove_items, engine, ids)
-        if not await reload():
-            raise RequestError(500, f"removed {result['removed']} items from {engine.index.dir}, but reopening it "
-                                    "failed: the service still serves the index before the removal (see its log)")
-    return {**result, "index": engine.name}
+    return await _write(current, lock, reload, "removal", lambda engine: remove_items(engine, ids))
 
 
 async def _batch(engine: Engine, request: Request) -> dict[str, Any]:
