@@ -32,6 +32,7 @@ _LAZY = {  # public name -> (module, attribute)
     "append": ("index", "append"),
     "remove": ("index", "remove"),
     "evaluate": ("evaluation", "evaluate"),
+    "find_duplicates": ("duplicates", "find_duplicates"),
 }
 
 
@@ -61,4 +62,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
-           "evaluate", "extract", "load_model", "remove", "train", "__version__"]
+           "evaluate", "extract", "find_duplicates", "load_model", "remove", "train", "__version__"]

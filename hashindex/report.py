@@ -170,12 +170,14 @@ def _reachable_sources(index):
     return originals
 
 
-def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]], path: Path, title: str) -> Path:
-    """One row per query: (read query image, caption, [(read result image, border colour, caption)])."""
+def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]], path: Path, title: str,
+               columns: int = 1) -> Path:
+    """One row per query: (read query image, caption, [(read result image, border colour, caption)]); at least
+    ``columns`` result columns (a figure wide enough for its title)."""
     from .data import BadImage
 
     plt = _plt()
-    k = max([len(hits) for _, _, hits in rows] + [1])
+    k = max([len(hits) for _, _, hits in rows] + [columns])
     fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.2 * (k + 1), 1.45 * len(rows) + 0.4), squeeze=False)
 
     def show(ax, read, colour, text):
@@ -200,8 +202,9 @@ def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]]
                 show(axes[r, c + 1], *hits[c])
             else:
                 axes[r, c + 1].axis("off")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    height = fig.get_figheight()  # the title in the top 0.45 in, clear of row one at any number of rows
+    fig.suptitle(title, fontsize=8, y=1 - 0.05 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
     _write_png(fig, path, dpi=110)
     return path
 
@@ -276,3 +279,25 @@ def query_grid(index, rows: list[dict[str, Any]], path: str | Path) -> Path:
     return _draw_grid(query_grid_rows(index, rows), Path(path),
                       f"hashindex query: {index.count} items, model {index.model_id} (border: green same class or a "
                       "shared label, red other, grey unknown)")
+
+
+def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any], path: str | Path,
+                    most: int = 30) -> Path:
+    """Write groups of copies (`duplicates.find_duplicates`) as a PNG grid: a row per group, its first image,
+    then each copy with its Hamming distance; ``sources`` maps each collection name to its `ImageSource`."""
+    positions = {name: {p: i for i, p in enumerate(src.paths)} for name, src in sources.items()}
+
+    def reader(row: dict[str, Any]) -> Callable[[], Any]:
+        src, pos = sources[row["collection"]], positions[row["collection"]].get(row["path"])
+        return lambda: src.read(pos) if pos is not None else None
+
+    def caption(row: dict[str, Any]) -> str:
+        where = f"{Path(row['collection']).name}: " if len(sources) > 1 else ""
+        return f"{where}{Path(row['path']).name}"[-22:]
+
+    rows = [(reader(g[0]), caption(g[0]), [(reader(r), "grey", f"d={r['distance']} {caption(r)[-16:]}")
+                                           for r in g[1:12]]) for g in groups[:most]]
+    if not rows:
+        raise HashindexError("duplicates grid: no groups of copies to draw")
+    return _draw_grid(rows, Path(path), f"hashindex duplicates: {min(len(groups), most)} of {len(groups)} groups\n"
+                                        "(first image, then its copies and their Hamming distance to it)", columns=4)

@@ -1,14 +1,14 @@
 """The `hashindex` command line: a thin click layer over the Python API.
 
 `group` holds the click group and turns library errors into one-line messages
-in flags; the commands live in `build_cmds` (train, extract, build) and
-`search_cmds` (query, verify, eval, demo, serve, info). Importing this package
-registers them all; no stage is imported until a command runs.
+in flags; the commands live in `build_cmds` (train, extract, build), `search_cmds`
+(query, verify, eval, demo, serve, info) and `collection_cmds` (duplicates). Importing
+this package registers them all; no stage is imported until a command runs.
 """
 
 from __future__ import annotations
 
-from . import build_cmds, search_cmds  # noqa: F401  (registers the commands on the group)
+from . import build_cmds, collection_cmds, search_cmds  # noqa: F401  (registers the commands on the group)
 from .group import EXIT_USAGE, as_flags, cli
 
 __all__ = ["EXIT_USAGE", "as_flags", "cli", "main"]

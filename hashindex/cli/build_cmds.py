@@ -337,8 +337,8 @@ def remove(ctx, index_dir, ids, ids_file, paths, paths_file, missing, dry_run, a
       hashindex remove index/photos 17 42
       hashindex remove index/photos --path ~/photos/holiday/IMG_0042.jpg
       hashindex remove index/photos --missing --dry-run      # photos deleted from the folder since
-      hashindex query index/photos --queries shards/photos --exclude-self --out near.csv   # then, say:
-      hashindex remove index/photos --ids-file duplicates.txt
+      hashindex duplicates ~/photos --redundant copies.txt     # copies of a photo, then keep one of each:
+      hashindex remove index/photos --paths-file copies.txt
     """
     import numpy as np
 

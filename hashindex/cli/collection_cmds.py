@@ -1,0 +1,81 @@
+"""`hashindex duplicates`: what a collection holds more than once (no model, no index needed)."""
+
+from __future__ import annotations
+
+import click
+
+from .group import _echo_json, cli
+
+
+@cli.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("--radius", default=None, type=click.IntRange(0, 63),
+              help="Largest Hamming distance between the 64-bit perceptual hashes of two copies [default: 8; "
+                   "12 also finds most 5 % crops, with more false pairs: docs/RESULTS.md 'Duplicates'].")
+@click.option("--across", is_flag=True,
+              help="Only groups with images from more than one DATA (a test set's photos that are also in the "
+                   "training set).")
+@click.option("--out", default=None, help="Write the groups as CSV (group, collection, id, path, file, distance).")
+@click.option("--redundant", default=None,
+              help="Write every image but the first of each group, one per line: its file for a folder of images, "
+                   "else its recorded path (for `hashindex remove --paths-file`).")
+@click.option("--grid", default=None,
+              help="Also draw the groups as a PNG (up to 30 rows: first image, then its copies).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--follow-links", is_flag=True,
+              help="Read symbolic links that lead out of a DATA folder (otherwise each is a counted skip).")
+@click.option("--show", default=10, show_default=True, type=click.IntRange(0), help="Groups to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups and counts as JSON.")
+@click.pass_context
+def duplicates(ctx, data, radius, across, out, redundant, grid, workers, follow_links, show, as_json):
+    """Copies of the same photo (re-encoded, resized, re-exposed) in one or more collections.
+
+    Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit pHash); images within --radius bits
+    of one another are grouped. Each group is listed from its first image (in DATA order), with each copy's
+    distance to it. The learned codes are not used: they are made to match different photos of one class.
+
+    \b
+    Examples:
+      hashindex duplicates ~/photos --out copies.csv --redundant copies.txt --grid copies.png
+      hashindex remove index/photos --paths-file copies.txt       # then keep one of each in the index
+      hashindex duplicates train.tar test.tar --across            # test photos that are also training photos
+    """
+    from pathlib import Path
+
+    from ..data import open_source
+    from ..duplicates import DEFAULT_RADIUS, find_duplicates, redundant_paths, write_groups_csv
+    from ..errors import HashindexError
+
+    for flag, path in (("--out", out), ("--redundant", redundant), ("--grid", grid)):
+        if path and Path(path).is_dir():
+            raise HashindexError(f"{flag} {path}: is a directory; expected a file to write")
+    sources = [open_source(d, "data", follow_links=follow_links) for d in data]
+    result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
+                             across=across, workers=workers, progress=ctx.obj["progress"],
+                             log=lambda line: click.echo(line, err=as_json))
+    if out:
+        write_groups_csv(out, result["groups"])
+    if redundant:
+        _write_lines(redundant, redundant_paths(result["groups"]))
+    if grid and result["groups"]:
+        from ..report import duplicates_grid
+
+        duplicates_grid(result["groups"], dict(zip(data, sources)), grid)
+    elif grid:
+        click.echo(f"--grid {grid}: no groups of copies to draw; not written", err=True)
+    if as_json:
+        _echo_json(result)
+        return
+    for g, rows in enumerate(result["groups"][:show], 1):
+        click.echo(f"group {g} ({len(rows)} images):")
+        for r in rows:
+            where = f"{r['collection']}: " if len(data) > 1 else ""
+            click.echo(f"  {r['distance']:>2}  {where}{r['path']}  (id {r['id']})")
+    if len(result["groups"]) > show:
+        click.echo(f"... {len(result['groups']) - show} more group(s)" + ("" if out else " (--out FILE lists all)"))
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    from ..files import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))

@@ -1,0 +1,228 @@
+"""Copies of the same photograph in one or more collections: re-encoded, resized or re-exposed copies.
+
+Each image gets a 64-bit perceptual hash (the signs of the 8x8 lowest frequencies of the DCT of its
+32x32 grey thumbnail, against their median: the classic pHash); Faiss finds every pair of images
+within a Hamming radius of each other, and the pairs join into groups (connected components).
+
+This is not `query --exclude-self`, which finds an item's nearest items by the learned codes: images of
+the same class that look alike. The learned features are made to ignore what makes a photo that photo,
+and the 48-bit codes put many different photos of a class at distance 0. Measured on the flowers test
+photos with four edited copies of every fourth (docs/RESULTS.md, "Duplicates"): at radius 8, every
+re-encoded (JPEG quality 40), resized (60 %) and brightened (+15 %) copy is found, with precision 0.999;
+the pooled net features reach 0.95 precision at 0.90 recall. A crop of 5 % per side moves the hash by
+10 bits (median), so crops are found only in part.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import HashindexError
+from .files import atomic_path
+
+THUMB = 32  # side of the grey thumbnail the hash is taken from
+BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits
+BITS = BLOCK * BLOCK
+# Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
+# pair of distinct photos was within 8 (two shots of the same sunflower); radius 12 finds 90 % of all edited
+# pairs, crops included, but with 15 false pairs among 1,472 photos (docs/RESULTS.md, "Duplicates").
+DEFAULT_RADIUS = 8
+QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
+
+
+def _dct_matrix(n: int = THUMB) -> np.ndarray:
+    """The orthonormal DCT-II matrix (rows: frequencies)."""
+    k = np.arange(n)[:, None]
+    m = np.arange(n)[None, :]
+    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * m + 1) * k / (2 * n))
+    c[0] /= np.sqrt(2.0)
+    return c
+
+
+_LOW = _dct_matrix()[:BLOCK]
+
+
+def perceptual_hashes(grey: np.ndarray) -> np.ndarray:
+    """(n, 32, 32) grey thumbnails -> (n, 8) uint8 packed 64-bit hashes.
+
+    Bit (u, v) is set where the DCT coefficient of frequency (u, v) is above the median of the 64 lowest; the
+    constant (u = v = 0) is one of them, as in the common pHash, so a flat image's bits are all but one clear.
+    """
+    if grey.ndim != 3 or grey.shape[1:] != (THUMB, THUMB):
+        raise HashindexError(f"grey: expected (n, {THUMB}, {THUMB}) thumbnails, got shape {grey.shape}")
+    low = _LOW @ grey.astype(np.float64) @ _LOW.T  # (n, 8, 8)
+    flat = low.reshape(len(grey), BITS)
+    return np.packbits(flat > np.median(flat, axis=1, keepdims=True), axis=1)
+
+
+def near_pairs(hashes: np.ndarray, radius: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) of packed hashes within ``radius`` bits: (i, j, distance), sorted by (i, j).
+
+    Exact (a Faiss flat range search, block by block of queries): O(n^2) popcounts. Measured on one core
+    that a training run shared: 200,000 hashes in 24 s (8e8 pairs a second, 124x numpy's XOR and table
+    popcount); a Faiss MultiHash index (4 x 16 bits, 2 flips: exact at radius 8) took 139 s for the same
+    pairs, enumerating its flips (docs/RESULTS.md, "Duplicates").
+    """
+    import faiss
+    from tqdm import tqdm
+
+    if radius < 0:
+        raise HashindexError(f"radius={radius}: expected a distance of 0 bits or more")
+    n = len(hashes)
+    index = faiss.IndexBinaryFlat(hashes.shape[1] * 8)
+    index.add(np.ascontiguousarray(hashes, dtype=np.uint8))
+    found_i, found_j, found_d = [], [], []
+    for start in tqdm(range(0, n, QUERY_BLOCK), desc="pairs", unit="block", disable=not progress or n <= QUERY_BLOCK):
+        block = np.ascontiguousarray(hashes[start:start + QUERY_BLOCK], dtype=np.uint8)
+        lims, dist, labels = index.range_search(block, radius + 1)  # Faiss keeps distances below the radius
+        rows = np.repeat(np.arange(start, start + len(block)), np.diff(lims).astype(np.int64))
+        keep = labels > rows
+        found_i.append(rows[keep])
+        found_j.append(labels[keep].astype(np.int64))
+        found_d.append(dist[keep].astype(np.int32))
+    i, j, d = (np.concatenate(a) if a else np.zeros(0, t) for a, t in
+               ((found_i, np.int64), (found_j, np.int64), (found_d, np.int32)))
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
+
+
+def connected_groups(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """The groups of items that pairs (i, j) connect, each sorted, in order of their first item (singletons left
+    out)."""
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(i.tolist(), j.tolist()):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smallest item roots its group
+    roots = np.array([root(x) for x in range(n)]) if n else np.zeros(0, np.int64)
+    members = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, np.int64)
+    order = np.argsort(roots[members], kind="stable")
+    split = np.flatnonzero(np.diff(roots[members][order])) + 1
+    return [g for g in np.split(members[order], split) if len(g) > 1]
+
+
+@dataclass
+class Hashed:
+    """The perceptual hashes of the readable images of some collections, with what identifies each image."""
+
+    hashes: np.ndarray  # (n, 8) uint8
+    collection: np.ndarray  # (n,) index into `names`
+    ids: np.ndarray  # (n,) the collection's item ids
+    paths: list[str]
+    names: list[str]  # each collection as the caller named it
+    roots: list[Path | None]  # each collection's folder, where it is a plain folder of image files
+    skipped: list[tuple[str, str, str]]  # (collection, path, reason)
+
+
+def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
+                 progress: bool = True) -> Hashed:
+    """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it."""
+    from tqdm import tqdm
+
+    from .data import FolderSource
+    from .data.loading import iter_batches
+
+    hashes, coll, ids, paths, skipped = [], [], [], [], []
+    for c, (source, name) in enumerate(zip(sources, names)):
+        source_ids = source.ids()
+        with tqdm(total=len(source), unit="img", desc=f"hash {Path(name).name or name}", disable=not progress) as bar:
+            for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=512, workers=workers):
+                if images is not None:
+                    hashes.append(perceptual_hashes(images.numpy()[:, 0]))
+                    coll.append(np.full(len(positions), c, np.int32))
+                    ids.append(source_ids[positions])
+                    paths += [source.paths[p] for p in positions]
+                skipped += [(name, source.paths[p], reason) for p, reason in bad]
+                bar.update(len(positions) + len(bad))
+    join = (lambda parts, dtype, width=None: np.concatenate(parts) if parts else
+            np.zeros((0, width) if width else 0, dtype))
+    roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
+    return Hashed(join(hashes, np.uint8, BITS // 8), join(coll, np.int32), join(ids, np.int64), paths, list(names),
+                  roots, skipped)
+
+
+def group_rows(hashed: Hashed, groups: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+    """Each group as rows: collection, id, path (as extraction records it), file (the image file, for a folder
+    of image files; else ""), and Hamming distance to the group's first image."""
+    bits = np.unpackbits(hashed.hashes, axis=1) if len(hashed.hashes) else np.zeros((0, BITS), np.uint8)
+    out = []
+    for g in groups:
+        dist = (bits[g] != bits[g[0]]).sum(axis=1)
+        out.append([_row(hashed, p, d) for p, d in zip(g.tolist(), dist.tolist())])
+    return out
+
+
+def _row(hashed: Hashed, p: int, distance: int) -> dict[str, Any]:
+    root = hashed.roots[hashed.collection[p]]
+    return {"collection": hashed.names[hashed.collection[p]], "id": int(hashed.ids[p]), "path": hashed.paths[p],
+            "file": str(root / hashed.paths[p]) if root is not None else "", "distance": int(distance)}
+
+
+def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
+                    across: bool = False, workers: int = 2, progress: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
+    `hashindex.data.open_source` reads them), found within ``radius`` bits of a 64-bit perceptual hash.
+
+    ``across``: only groups with images from more than one source (a test set's photos that are also in the
+    training set). Returns {"groups": [[{collection, id, path, distance}, ...]], "images", "pairs",
+    "skipped", "radius", "seconds"}; each group starts with its first image in the order given.
+    """
+    from .data import open_source
+
+    if radius < 0 or radius >= BITS:
+        raise HashindexError(f"radius={radius}: expected a distance from 0 to {BITS - 1} bits")
+    if not sources:
+        raise HashindexError("sources: expected at least one collection of images")
+    opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]
+    names = list(names) if names is not None else [str(s) if isinstance(s, (str, Path)) else
+                                                    (getattr(s, "spec", None) or f"source {k}")
+                                                    for k, s in enumerate(sources)]
+    if across and len(opened) < 2:
+        raise HashindexError("across=True: expected two collections or more (duplicates between them)")
+    t0 = time.perf_counter()
+    hashed = hash_sources(opened, names, workers, progress)
+    i, j, _ = near_pairs(hashed.hashes, radius, progress)
+    if across:
+        keep = hashed.collection[i] != hashed.collection[j]
+        i, j = i[keep], j[keep]
+    groups = group_rows(hashed, connected_groups(len(hashed.hashes), i, j))
+    seconds = time.perf_counter() - t0
+    copies = sum(len(g) - 1 for g in groups)
+    log(f"{len(groups)} group(s) of copies among {len(hashed.hashes)} images ({copies} beyond the first of each "
+        f"group; {len(i)} pair(s) within {radius} bits; {len(hashed.skipped)} unreadable) in {seconds:.1f} s")
+    return {"groups": groups, "images": int(len(hashed.hashes)), "pairs": int(len(i)),
+            "skipped": [list(s) for s in hashed.skipped], "radius": radius, "seconds": round(seconds, 2)}
+
+
+CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance")
+
+
+def write_groups_csv(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:
+    """The groups as CSV rows (group number from 1, then each image's fields), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_FIELDS)
+            for g, rows in enumerate(groups, 1):
+                for r in rows:
+                    w.writerow([g] + [r[k] for k in CSV_FIELDS[1:]])
+
+
+def redundant_paths(groups: list[list[dict[str, Any]]]) -> list[str]:
+    """Every image of every group but its first: the copies one could delete, or take out of an index with
+    `hashindex remove --paths-file` (its file where it has one, else its recorded path)."""
+    return [r["file"] or r["path"] for rows in groups for r in rows[1:]]

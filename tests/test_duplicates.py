@@ -1,0 +1,156 @@
+"""`hashindex duplicates`: copies of a photo (re-encoded, resized, brightened) found by perceptual hash, on
+real photographs; the hash and the pair search against direct numpy computations."""
+
+import csv
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageEnhance
+
+from hashindex import HashindexError
+from hashindex.cli import cli
+from hashindex.duplicates import connected_groups, find_duplicates, near_pairs, perceptual_hashes
+from tests.conftest import DATA, need
+
+FLOWERS_TEST = DATA / "flowers" / "test.tar"
+QUIET = {"progress": False, "log": lambda m: None}
+
+
+def _photos(n: int) -> list[Image.Image]:
+    """n real photos, spread over the flowers test set (different photos of five species)."""
+    with tarfile.open(need(FLOWERS_TEST)) as tf:
+        members = sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name)
+        pick = [members[k] for k in np.linspace(0, len(members) - 1, n).astype(int)]
+        return [Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB") for m in pick]
+
+
+def _copies(img: Image.Image) -> dict[str, tuple[Image.Image, int]]:
+    w, h = img.size
+    return {"q40": (img, 40), "small": (img.resize((w * 3 // 5, h * 3 // 5), Image.BILINEAR), 88),
+            "bright": (ImageEnhance.Brightness(img).enhance(1.15), 88)}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of 16 distinct photos, 4 of them also as three edited copies each; returns (folder, groups)."""
+    root = tmp_path_factory.mktemp("photos") / "album"
+    root.mkdir()
+    expected = []
+    for k, img in enumerate(_photos(16)):
+        img.save(root / f"p{k:02d}.jpg", quality=88)
+        if k % 4 == 1:
+            for kind, (copy, quality) in _copies(img).items():
+                copy.save(root / f"p{k:02d}_{kind}.jpg", quality=quality)
+            expected.append(sorted([f"p{k:02d}.jpg"] + [f"p{k:02d}_{kind}.jpg" for kind in _copies(img)]))
+    return root, expected
+
+
+def _dct_direct(a: np.ndarray, u: int, v: int) -> float:
+    """One orthonormal 2-D DCT-II coefficient by its defining sum."""
+    n = a.shape[0]
+    x = np.arange(n)
+    cu = np.sqrt((1 if u == 0 else 2) / n)
+    cv = np.sqrt((1 if v == 0 else 2) / n)
+    return cu * cv * float((a * np.outer(np.cos(np.pi * (2 * x + 1) * u / (2 * n)),
+                                         np.cos(np.pi * (2 * x + 1) * v / (2 * n)))).sum())
+
+
+def test_perceptual_hash_against_the_dct_sum():
+    grey = np.random.default_rng(0).integers(0, 256, (3, 32, 32)).astype(np.uint8)
+    hashes = perceptual_hashes(grey)
+    assert hashes.shape == (3, 8) and hashes.dtype == np.uint8
+    for img, h in zip(grey.astype(np.float64), hashes):
+        low = np.array([[_dct_direct(img, u, v) for v in range(8)] for u in range(8)]).ravel()
+        assert np.array_equal(np.unpackbits(h).astype(bool), low > np.median(low))
+    with pytest.raises(HashindexError, match="expected \\(n, 32, 32\\)"):
+        perceptual_hashes(np.zeros((2, 16, 16), np.uint8))
+
+
+def test_near_pairs_equal_a_brute_force_count():
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
+    for k in range(0, 3000, 7):  # near copies: 0 to 10 bits flipped
+        flips = rng.choice(64, rng.integers(0, 11), replace=False)
+        bits = np.unpackbits(h[k])
+        bits[flips] ^= 1
+        h[(k + 1) % 3000] = np.packbits(bits)
+    bits = np.unpackbits(h, axis=1).astype(np.int32)
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    for radius in (0, 3, 8):
+        i, j, d = near_pairs(h, radius)
+        want = np.argwhere(np.triu(dist <= radius, 1))
+        assert np.array_equal(np.stack([i, j], 1), want)
+        assert np.array_equal(d, dist[i, j])
+        assert radius == 0 or len(i) > 100  # the planted copies are found, not just an empty answer
+
+
+def test_connected_groups_join_chains_and_leave_singletons_out():
+    groups = connected_groups(8, np.array([0, 5, 2, 3]), np.array([2, 6, 7, 6]))
+    assert [g.tolist() for g in groups] == [[0, 2, 7], [3, 5, 6]]
+    assert connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+
+
+def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(photos):
+    root, expected = photos
+    result = find_duplicates([str(root)], radius=8, **QUIET)
+    found = sorted(sorted(r["path"] for r in g) for g in result["groups"])
+    assert found == sorted(expected)
+    assert result["images"] == 16 + 3 * 4 and result["skipped"] == []
+    for g in result["groups"]:
+        assert g[0]["distance"] == 0 and g[0]["path"].endswith(("p01.jpg", "p05.jpg", "p09.jpg", "p13.jpg"))
+        assert all(r["file"] == str(root.resolve() / r["path"]) for r in g)
+    assert find_duplicates([str(root)], radius=0, **QUIET)["pairs"] < result["pairs"]
+
+
+def test_across_reports_only_groups_that_span_collections(photos, tmp_path):
+    root, _ = photos
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(root / "p05.jpg").save(other / "again.jpg", quality=70)  # one photo also in the second set
+    Image.open(root / "p02.jpg").save(other / "broken.jpg")
+    (other / "broken.jpg").write_bytes((other / "broken.jpg").read_bytes()[:200])  # unreadable: skipped
+    result = find_duplicates([str(root), str(other)], ["album", "other"], across=True, **QUIET)
+    assert len(result["groups"]) == 1
+    group = result["groups"][0]
+    assert {r["collection"] for r in group} == {"album", "other"}
+    paths = {r["path"] for r in group}
+    assert {"p05.jpg", "again.jpg"} <= paths and all(p.startswith("p05") for p in paths - {"again.jpg"})
+    assert [s[:2] for s in result["skipped"]] == [["other", "broken.jpg"]]
+    with pytest.raises(HashindexError, match="across=True: expected two collections"):
+        find_duplicates([str(root)], across=True, **QUIET)
+    with pytest.raises(HashindexError, match="radius=64"):
+        find_duplicates([str(root)], radius=64, **QUIET)
+
+
+def test_cli_writes_groups_and_the_copies_that_remove_takes_out_of_an_index(photos, tiny_model, tmp_path):
+    """duplicates --out / --redundant, then remove --paths-file: the index keeps one image of each group."""
+    root, expected = photos
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "duplicates", str(root), "--out", str(tmp_path / "g.csv"),
+                              "--redundant", str(tmp_path / "copies.txt"), "--grid", str(tmp_path / "g.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "g.png").size[1] > 4 * 100  # a row per group
+    groups = json.loads(res.stdout)["groups"]
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert [(int(r["group"]), r["path"]) for r in rows] == [(g, r["path"]) for g, rs in enumerate(groups, 1)
+                                                             for r in rs]
+    copies = (tmp_path / "copies.txt").read_text().splitlines()
+    assert len(copies) == 3 * len(expected) and all(c.startswith(str(root.resolve())) for c in copies)
+
+    assert runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(root),
+                               "--out", str(tmp_path / "shards")]).exit_code == 0
+    res = runner.invoke(cli, ["-q", "build", str(tmp_path / "shards"), "--out", str(tmp_path / "index")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["-q", "remove", str(tmp_path / "index"), "--paths-file", str(tmp_path / "copies.txt"),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["count"] == 16
+
+    res = runner.invoke(cli, ["duplicates", str(root), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--out" in res.output and "is a directory" in res.output
+    res = runner.invoke(cli, ["duplicates", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such file or directory" in res.output

@@ -1,0 +1,195 @@
+"""How well `hashindex duplicates` finds copies of a photo, and how fast it pairs hashes.
+
+Quality: every photo of a collection (default: the flowers test photos) is written to a temporary folder,
+and every fourth also as four edited copies: JPEG quality 40, resized to 60 %, brightened by 15 %, cropped
+by 5 % per side. For each radius it prints the share of (original, copy) pairs found per kind of edit and
+the precision of all pairs found (a pair of distinct photos is a false one). With ``--model`` the same table
+for the net's pooled features (cosine thresholds set to reach the same recall), the alternative a user has
+in `query --exclude-self`.
+
+Speed: `near_pairs` (a Faiss flat range search) against a numpy baseline measured in the same run (XOR and a
+byte popcount table over the same pairs; past 20,000 hashes timed on the first 20,000 rows and scaled to n),
+on random 64-bit hashes; with ``--multihash``, a Faiss MultiHash index too.
+
+    python tools/bench_duplicates.py                                  # flowers test photos, speed at n=20,000
+    python tools/bench_duplicates.py --model nin-cifar10-48-v2 --json
+    python tools/bench_duplicates.py --data ../shared/data/flowers/train.tar --speed-n 100000 --multihash
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from hashindex.data import open_source
+from hashindex.duplicates import hash_sources, near_pairs
+
+EDITS = ("q40", "small", "bright", "crop")
+RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16)
+
+
+def edited(img: Image.Image, kind: str) -> tuple[Image.Image, int]:
+    """One edited copy of ``img`` and the JPEG quality to save it at."""
+    w, h = img.size
+    if kind == "q40":
+        return img, 40
+    if kind == "small":
+        return img.resize((max(1, w * 3 // 5), max(1, h * 3 // 5)), Image.BILINEAR), 88
+    if kind == "bright":
+        return ImageEnhance.Brightness(img).enhance(1.15), 88
+    return img.crop((w // 20, h // 20, w - w // 20, h - h // 20)), 88
+
+
+def write_edited_set(data: str, out: Path, every: int = 4) -> None:
+    """The photos of ``data`` into ``out/<class>/``, and edited copies (``NAME__KIND.jpg``) of every ``every``-th."""
+    source = open_source(data)
+    for i in range(len(source)):
+        img = Image.open(io.BytesIO(source.read_bytes(i))).convert("RGB")
+        folder = out / (source.class_names[source.labels[i]] if source.class_names else "all")
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{i:06d}"
+        img.save(folder / f"{stem}.jpg", quality=88)
+        if i % every == 0:
+            for kind in EDITS:
+                copy, quality = edited(img, kind)
+                copy.save(folder / f"{stem}__{kind}.jpg", quality=quality)
+
+
+def pair_truth(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(same photo matrix, edit kind of each path, photo number of each path)."""
+    photo = np.array([Path(p).stem.split("__")[0] for p in paths])
+    kind = np.array([Path(p).stem.split("__")[1] if "__" in p else "orig" for p in paths])
+    same = photo[:, None] == photo[None, :]
+    np.fill_diagonal(same, False)
+    return same, kind, photo
+
+
+def quality_rows(score: np.ndarray, same: np.ndarray, kind: np.ndarray, cuts, larger_is_nearer: bool
+                 ) -> list[dict]:
+    """Per cut: recall per edit kind (against its original), recall over all same-photo pairs, precision."""
+    upper = np.triu(np.ones_like(same), 1)
+    rows = []
+    for cut in cuts:
+        found = (score >= cut) if larger_is_nearer else (score <= cut)
+        found &= upper
+        row = {"cut": float(cut)}
+        for k in EDITS:
+            pairs = same & ((kind[:, None] == k) & (kind[None, :] == "orig") |
+                            (kind[:, None] == "orig") & (kind[None, :] == k)) & upper
+            row[k] = float((found & pairs).sum() / max(1, pairs.sum()))
+        tp, fp = int((found & same).sum()), int((found & ~same).sum())
+        row.update(recall=tp / max(1, int((same & upper).sum())), precision=tp / max(1, tp + fp), false_pairs=fp)
+        rows.append(row)
+    return rows
+
+
+def hamming_matrix(hashes: np.ndarray) -> np.ndarray:
+    bits = np.unpackbits(hashes, axis=1).astype(np.int16)
+    return bits.shape[1] - ((2 * bits - 1) @ (2 * bits - 1).T + bits.shape[1]) // 2
+
+
+def pooled_cosine(folder: Path, model: str, paths: list[str], work: Path) -> np.ndarray:
+    """Cosine similarity of the model's pooled features of the images (extracted into ``work``)."""
+    from hashindex.extraction import extract
+    from hashindex.store import ShardSet
+
+    extract(model, str(folder), work, progress=False, log=lambda line: None)
+    rows = ShardSet(work).load(fields=("features", "paths"))
+    x = rows["features"].astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = {p: k for k, p in enumerate(rows["paths"])}
+    x = x[[order[p] for p in paths]]
+    return x @ x.T
+
+
+def popcount_baseline(hashes: np.ndarray, radius: int, rows: int, block: int = 512) -> int:
+    """Pairs (i < j, i < ``rows``) within ``radius`` by numpy (XOR and a byte popcount table): the speed
+    baseline, over the first ``rows`` hashes against all (its time grows with ``rows``, as the search's with n)."""
+    table = np.array([bin(b).count("1") for b in range(256)], np.uint8)
+    found = 0
+    for s in range(0, rows, block):
+        d = table[hashes[s:min(s + block, rows), None, :] ^ hashes[None, :, :]].sum(axis=2, dtype=np.int32)
+        found += int(np.triu(d <= radius, s + 1).sum())
+    return found
+
+
+def multihash_pairs(hashes: np.ndarray, radius: int) -> int:
+    """Pairs within ``radius`` by a Faiss MultiHash index: 4 tables of 16 bits, each probed with up to
+    radius // 4 flipped bits (exact by the pigeonhole principle)."""
+    import faiss
+
+    index = faiss.IndexBinaryMultiHash(64, 4, 16)
+    index.nflip = radius // 4
+    index.add(hashes)
+    lims, _, _ = index.range_search(hashes, radius + 1)
+    return int((lims[-1] - len(hashes)) // 2)
+
+
+def speed(n: int, radius: int, multihash: bool = False) -> dict:
+    hashes = np.random.default_rng(0).integers(0, 256, (n, 8), dtype=np.uint8)
+    hashes[1::50] = hashes[::50][:len(hashes[1::50])]  # some exact copies, so pairs exist
+    t0 = time.perf_counter()
+    i, _, _ = near_pairs(hashes, radius)
+    faiss_s = time.perf_counter() - t0
+    rows = min(n, 20_000)  # numpy over all n would take hours at 200,000: timed on these rows, scaled to n
+    t0 = time.perf_counter()
+    base = popcount_baseline(hashes, radius, rows)
+    base_s = (time.perf_counter() - t0) * n / rows
+    assert base == int((i < rows).sum()), (base, int((i < rows).sum()))
+    out = {"n": n, "radius": radius, "pairs": len(i), "faiss_s": round(faiss_s, 3), "numpy_s": round(base_s, 3),
+           "speedup": round(base_s / faiss_s, 1), "pairs_per_s": round(n * (n - 1) / 2 / faiss_s)}
+    if multihash:
+        t0 = time.perf_counter()
+        assert multihash_pairs(hashes, radius) == len(i)
+        out["multihash_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/flowers/test.tar", help="photos to copy and edit")
+    ap.add_argument("--model", default=None, help="also measure this model's pooled features (cosine)")
+    ap.add_argument("--speed-n", type=int, default=20_000, help="random hashes for the speed comparison")
+    ap.add_argument("--multihash", action="store_true", help="also time a Faiss MultiHash index (exact, slower)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_duplicates.") as tmp:
+        folder = Path(tmp) / "photos"
+        write_edited_set(args.data, folder)
+        hashed = hash_sources([open_source(str(folder))], [str(folder)], progress=False)
+        same, kind, _ = pair_truth(hashed.paths)
+        out["images"] = len(hashed.paths)
+        out["phash"] = quality_rows(hamming_matrix(hashed.hashes), same, kind, RADII, larger_is_nearer=False)
+        if args.model:
+            cos = pooled_cosine(folder, args.model, hashed.paths, Path(tmp) / "shards")
+            upper = np.triu(same, 1)
+            cuts = [float(np.quantile(cos[upper], 1 - r["recall"])) for r in out["phash"] if 0 < r["recall"] < 1]
+            out["pooled"] = quality_rows(cos, same, kind, cuts, larger_is_nearer=True)
+    out["speed"] = speed(args.speed_n, 8, args.multihash)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['images']} images; recall per edit (against its original), recall over all copy pairs, precision")
+    for name, unit in (("phash", "radius"), ("pooled", "cosine >=")):
+        if name not in out:
+            continue
+        print(f"\n{name} ({unit})\t" + "\t".join(EDITS) + "\trecall\tprecision\tfalse pairs")
+        for r in out[name]:
+            print(f"{r['cut']:.4g}\t" + "\t".join(f"{r[k]:.3f}" for k in EDITS) +
+                  f"\t{r['recall']:.3f}\t{r['precision']:.3f}\t{r['false_pairs']}")
+    s = out["speed"]
+    print(f"\npairs within {s['radius']} bits among {s['n']:,} hashes: Faiss {s['faiss_s']} s, numpy {s['numpy_s']} s "
+          f"({s['speedup']}x; {s['pairs_per_s']:,} pairs/s)" +
+          (f"; a MultiHash index {s['multihash_s']} s" if "multihash_s" in s else ""))
+
+
+if __name__ == "__main__":
+    main()
