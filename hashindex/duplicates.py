@@ -1,16 +1,18 @@
 """Copies of the same photograph in one or more collections: re-encoded, resized or re-exposed copies.
 
 Each image gets a 64-bit perceptual hash (the signs of the 8x8 lowest frequencies of the DCT of its
-32x32 grey thumbnail, against their median: the classic pHash); Faiss finds every pair of images
-within a Hamming radius of each other, and the pairs join into groups (connected components).
+32x32 grey thumbnail, against their median: the classic pHash) and a 256-bit one (16x16 frequencies);
+Faiss finds every pair of images within a Hamming radius of each other by the short hash, the long one
+checks each pair (``fine_radius``), and each image not yet in a group gathers the ones paired with it.
 
 This is not `query --exclude-self`, which finds an item's nearest items by the learned codes: images of
 the same class that look alike. The learned features are made to ignore what makes a photo that photo,
 and the 48-bit codes put many different photos of a class at distance 0. Measured on the flowers test
-photos with four edited copies of every fourth (docs/RESULTS.md, "Duplicates"): at radius 8, every
-re-encoded (JPEG quality 40), resized (60 %) and brightened (+15 %) copy is found, with precision 0.999;
-the pooled net features reach 0.95 precision at 0.90 recall. A crop of 5 % per side moves the hash by
-10 bits (median), so crops are found only in part.
+photos with four edited copies of every fourth (docs/RESULTS.md, "Duplicates"): at the defaults, every
+re-encoded (JPEG quality 40), resized (60 %) and brightened (+15 %) copy is found, with 1 false pair among
+1,472 images; the pooled net features make 3-6x the false pairs at the same recall. A crop of 5 % per
+side moves the short hash by 10 bits (median), so crops are found only in part. Where every image is one
+object on a plain background (Fashion-MNIST) the hashes cannot tell copies from look-alikes.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ from .errors import HashindexError
 from .files import atomic_path
 
 THUMB = 32  # side of the grey thumbnail the hash is taken from
-BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits
+BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
 BITS = BLOCK * BLOCK
+FINE_BLOCK = 16  # 256 bits, which check each pair found
+FINE_BITS = FINE_BLOCK * FINE_BLOCK
 # Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
 # pair of distinct photos was within 8 (two shots of the same sunflower); radius 12 finds 90 % of all edited
 # pairs, crops included, but with 15 false pairs among 1,472 photos (docs/RESULTS.md, "Duplicates").
 DEFAULT_RADIUS = 8
+# 64 of 256 bits: those copies were within 22 of their originals; the pairs within 8 short bits that were
+# different photos, judged by eye, were 72 or more apart on CIFAR-10 (13 of 13) and 84 or more on the flowers
+# photos (3 of 3), while 25 of 27 right pairs on flowers and 21 of 35 on CIFAR-10 were within 64.
+DEFAULT_FINE_RADIUS = 64
 QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
 
 
@@ -45,20 +53,29 @@ def _dct_matrix(n: int = THUMB) -> np.ndarray:
     return c
 
 
-_LOW = _dct_matrix()[:BLOCK]
+_DCT = _dct_matrix()
 
 
-def perceptual_hashes(grey: np.ndarray) -> np.ndarray:
-    """(n, 32, 32) grey thumbnails -> (n, 8) uint8 packed 64-bit hashes.
+def perceptual_hashes(grey: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """(n, 32, 32) grey thumbnails -> (n, block * block / 8) uint8 packed hashes (64 bits by default).
 
-    Bit (u, v) is set where the DCT coefficient of frequency (u, v) is above the median of the 64 lowest; the
-    constant (u = v = 0) is one of them, as in the common pHash, so a flat image's bits are all but one clear.
+    Bit (u, v) is set where the DCT coefficient of frequency (u, v) is above the median of the block x block
+    lowest; the constant (u = v = 0) is one of them, as in the common pHash, so a flat image's bits are all
+    but one clear.
     """
     if grey.ndim != 3 or grey.shape[1:] != (THUMB, THUMB):
         raise HashindexError(f"grey: expected (n, {THUMB}, {THUMB}) thumbnails, got shape {grey.shape}")
-    low = _LOW @ grey.astype(np.float64) @ _LOW.T  # (n, 8, 8)
-    flat = low.reshape(len(grey), BITS)
+    low = _DCT[:block] @ grey.astype(np.float64) @ _DCT[:block].T  # (n, block, block)
+    flat = low.reshape(len(grey), block * block)
     return np.packbits(flat > np.median(flat, axis=1, keepdims=True), axis=1)
+
+
+def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Hamming distances between packed hashes i[k] and j[k]."""
+    out = np.empty(len(i), np.int32)
+    for s in range(0, len(i), chunk):
+        out[s:s + chunk] = np.unpackbits(hashes[i[s:s + chunk]] ^ hashes[j[s:s + chunk]], axis=1).sum(axis=1)
+    return out
 
 
 def near_pairs(hashes: np.ndarray, radius: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,33 +109,38 @@ def near_pairs(hashes: np.ndarray, radius: int, progress: bool = False) -> tuple
     return i[order], j[order], d[order]
 
 
-def connected_groups(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
-    """The groups of items that pairs (i, j) connect, each sorted, in order of their first item (singletons left
-    out)."""
-    parent = np.arange(n)
+def star_groups(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """Groups of items from pairs (i, j) within the radius: each item in order that is not yet in a group
+    starts one with every item paired with it that is not in one either (groups of one are left out).
 
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    Not connected components: in a collection of look-alikes (clothes on black, products on white) the pairs
+    chain, and the components of Fashion-MNIST at radius 4 put 516 images in one group, most far more than 4
+    bits from its first. Here every image of a group is within the radius of the group's first, and the first
+    images together with the images in no group are pairwise farther apart than the radius: keeping them and
+    dropping the rest (`redundant_paths`) leaves no two images within it (tested)."""
+    neighbours: list[list[int]] = [[] for _ in range(n)]
     for a, b in zip(i.tolist(), j.tolist()):
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)  # the smallest item roots its group
-    roots = np.array([root(x) for x in range(n)]) if n else np.zeros(0, np.int64)
-    members = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, np.int64)
-    order = np.argsort(roots[members], kind="stable")
-    split = np.flatnonzero(np.diff(roots[members][order])) + 1
-    return [g for g in np.split(members[order], split) if len(g) > 1]
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    taken = np.zeros(n, bool)
+    groups = []
+    for first in range(n):
+        if taken[first] or not neighbours[first]:
+            continue
+        members = [m for m in neighbours[first] if not taken[m]]
+        if members:
+            taken[first] = True
+            taken[members] = True
+            groups.append(np.array([first] + sorted(members), np.int64))
+    return groups
 
 
 @dataclass
 class Hashed:
     """The perceptual hashes of the readable images of some collections, with what identifies each image."""
 
-    hashes: np.ndarray  # (n, 8) uint8
+    hashes: np.ndarray  # (n, 8) uint8: 64 bits, searched
+    fine: np.ndarray  # (n, 32) uint8: 256 bits, checking
     collection: np.ndarray  # (n,) index into `names`
     ids: np.ndarray  # (n,) the collection's item ids
     paths: list[str]
@@ -135,13 +157,15 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
     from .data import FolderSource
     from .data.loading import iter_batches
 
-    hashes, coll, ids, paths, skipped = [], [], [], [], []
+    hashes, fine, coll, ids, paths, skipped = [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
         source_ids = source.ids()
         with tqdm(total=len(source), unit="img", desc=f"hash {Path(name).name or name}", disable=not progress) as bar:
             for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=512, workers=workers):
                 if images is not None:
-                    hashes.append(perceptual_hashes(images.numpy()[:, 0]))
+                    grey = images.numpy()[:, 0]
+                    hashes.append(perceptual_hashes(grey))
+                    fine.append(perceptual_hashes(grey, FINE_BLOCK))
                     coll.append(np.full(len(positions), c, np.int32))
                     ids.append(source_ids[positions])
                     paths += [source.paths[p] for p in positions]
@@ -150,41 +174,47 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
     join = (lambda parts, dtype, width=None: np.concatenate(parts) if parts else
             np.zeros((0, width) if width else 0, dtype))
     roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
-    return Hashed(join(hashes, np.uint8, BITS // 8), join(coll, np.int32), join(ids, np.int64), paths, list(names),
-                  roots, skipped)
+    return Hashed(join(hashes, np.uint8, BITS // 8), join(fine, np.uint8, FINE_BITS // 8), join(coll, np.int32),
+                  join(ids, np.int64), paths, list(names), roots, skipped)
 
 
 def group_rows(hashed: Hashed, groups: list[np.ndarray]) -> list[list[dict[str, Any]]]:
     """Each group as rows: collection, id, path (as extraction records it), file (the image file, for a folder
-    of image files; else ""), and Hamming distance to the group's first image."""
-    bits = np.unpackbits(hashed.hashes, axis=1) if len(hashed.hashes) else np.zeros((0, BITS), np.uint8)
+    of image files; else ""), and the Hamming distances of its 64-bit and 256-bit hashes to the group's first
+    image's (``distance``, ``fine_distance``)."""
     out = []
     for g in groups:
-        dist = (bits[g] != bits[g[0]]).sum(axis=1)
-        out.append([_row(hashed, p, d) for p, d in zip(g.tolist(), dist.tolist())])
+        first = np.full(len(g), g[0])
+        dist, fine = pair_distances(hashed.hashes, first, g), pair_distances(hashed.fine, first, g)
+        out.append([_row(hashed, p, d, f) for p, d, f in zip(g.tolist(), dist.tolist(), fine.tolist())])
     return out
 
 
-def _row(hashed: Hashed, p: int, distance: int) -> dict[str, Any]:
+def _row(hashed: Hashed, p: int, distance: int, fine: int) -> dict[str, Any]:
     root = hashed.roots[hashed.collection[p]]
     return {"collection": hashed.names[hashed.collection[p]], "id": int(hashed.ids[p]), "path": hashed.paths[p],
-            "file": str(root / hashed.paths[p]) if root is not None else "", "distance": int(distance)}
+            "file": str(root / hashed.paths[p]) if root is not None else "", "distance": int(distance),
+            "fine_distance": int(fine)}
 
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
-                    across: bool = False, workers: int = 2, progress: bool = True,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    fine_radius: int = DEFAULT_FINE_RADIUS, across: bool = False, workers: int = 2,
+                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
-    `hashindex.data.open_source` reads them), found within ``radius`` bits of a 64-bit perceptual hash.
+    `hashindex.data.open_source` reads them): pairs within ``radius`` bits of a 64-bit perceptual hash and
+    within ``fine_radius`` of a 256-bit one (256: no second check).
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
-    training set). Returns {"groups": [[{collection, id, path, distance}, ...]], "images", "pairs",
-    "skipped", "radius", "seconds"}; each group starts with its first image in the order given.
+    training set). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]], "images",
+    "pairs", "skipped", "radius", "fine_radius", "seconds"}; each group starts with its first image in the
+    order given, and every other image of it is paired with that one.
     """
     from .data import open_source
 
     if radius < 0 or radius >= BITS:
         raise HashindexError(f"radius={radius}: expected a distance from 0 to {BITS - 1} bits")
+    if fine_radius < 0 or fine_radius > FINE_BITS:
+        raise HashindexError(f"fine_radius={fine_radius}: expected a distance from 0 to {FINE_BITS} bits")
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")
     opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]
@@ -196,19 +226,23 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     t0 = time.perf_counter()
     hashed = hash_sources(opened, names, workers, progress)
     i, j, _ = near_pairs(hashed.hashes, radius, progress)
+    found = len(i)
+    keep = pair_distances(hashed.fine, i, j) <= fine_radius
     if across:
-        keep = hashed.collection[i] != hashed.collection[j]
-        i, j = i[keep], j[keep]
-    groups = group_rows(hashed, connected_groups(len(hashed.hashes), i, j))
+        keep &= hashed.collection[i] != hashed.collection[j]
+    i, j = i[keep], j[keep]
+    groups = group_rows(hashed, star_groups(len(hashed.hashes), i, j))
     seconds = time.perf_counter() - t0
     copies = sum(len(g) - 1 for g in groups)
     log(f"{len(groups)} group(s) of copies among {len(hashed.hashes)} images ({copies} beyond the first of each "
-        f"group; {len(i)} pair(s) within {radius} bits; {len(hashed.skipped)} unreadable) in {seconds:.1f} s")
-    return {"groups": groups, "images": int(len(hashed.hashes)), "pairs": int(len(i)),
-            "skipped": [list(s) for s in hashed.skipped], "radius": radius, "seconds": round(seconds, 2)}
+        f"group; {found} pair(s) within {radius} bits, {len(i)} of them also within {fine_radius} of 256"
+        f"{' and across collections' if across else ''}; {len(hashed.skipped)} unreadable) in {seconds:.1f} s")
+    return {"groups": groups, "images": int(len(hashed.hashes)), "pairs": int(len(i)), "candidate_pairs": found,
+            "skipped": [list(s) for s in hashed.skipped], "radius": radius, "fine_radius": fine_radius,
+            "seconds": round(seconds, 2)}
 
 
-CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance")
+CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance", "fine_distance")
 
 
 def write_groups_csv(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:

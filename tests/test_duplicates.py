@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance
 
 from hashindex import HashindexError
 from hashindex.cli import cli
-from hashindex.duplicates import connected_groups, find_duplicates, near_pairs, perceptual_hashes
+from hashindex.duplicates import find_duplicates, near_pairs, pair_distances, perceptual_hashes, star_groups
 from tests.conftest import DATA, need
 
 FLOWERS_TEST = DATA / "flowers" / "test.tar"
@@ -59,12 +59,13 @@ def _dct_direct(a: np.ndarray, u: int, v: int) -> float:
                                          np.cos(np.pi * (2 * x + 1) * v / (2 * n)))).sum())
 
 
-def test_perceptual_hash_against_the_dct_sum():
+@pytest.mark.parametrize("block", [8, 16])
+def test_perceptual_hash_against_the_dct_sum(block):
     grey = np.random.default_rng(0).integers(0, 256, (3, 32, 32)).astype(np.uint8)
-    hashes = perceptual_hashes(grey)
-    assert hashes.shape == (3, 8) and hashes.dtype == np.uint8
+    hashes = perceptual_hashes(grey, block)
+    assert hashes.shape == (3, block * block // 8) and hashes.dtype == np.uint8
     for img, h in zip(grey.astype(np.float64), hashes):
-        low = np.array([[_dct_direct(img, u, v) for v in range(8)] for u in range(8)]).ravel()
+        low = np.array([[_dct_direct(img, u, v) for v in range(block)] for u in range(block)]).ravel()
         assert np.array_equal(np.unpackbits(h).astype(bool), low > np.median(low))
     with pytest.raises(HashindexError, match="expected \\(n, 32, 32\\)"):
         perceptual_hashes(np.zeros((2, 16, 16), np.uint8))
@@ -84,14 +85,33 @@ def test_near_pairs_equal_a_brute_force_count():
         i, j, d = near_pairs(h, radius)
         want = np.argwhere(np.triu(dist <= radius, 1))
         assert np.array_equal(np.stack([i, j], 1), want)
-        assert np.array_equal(d, dist[i, j])
+        assert np.array_equal(d, dist[i, j]) and np.array_equal(pair_distances(h, i, j), d)
         assert radius == 0 or len(i) > 100  # the planted copies are found, not just an empty answer
 
 
-def test_connected_groups_join_chains_and_leave_singletons_out():
-    groups = connected_groups(8, np.array([0, 5, 2, 3]), np.array([2, 6, 7, 6]))
-    assert [g.tolist() for g in groups] == [[0, 2, 7], [3, 5, 6]]
-    assert connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+def test_star_groups_do_not_chain():
+    """A chain 0-2-7 is not one group: 7 is no copy of 0. 5 is paired only with 6, whom 3 took first."""
+    groups = star_groups(8, np.array([0, 2, 3, 5]), np.array([2, 7, 6, 6]))
+    assert [g.tolist() for g in groups] == [[0, 2], [3, 6]]
+    assert star_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+
+
+def test_keeping_the_first_of_each_group_leaves_no_two_images_within_the_radius():
+    rng = np.random.default_rng(2)
+    h = rng.integers(0, 256, (400, 8), dtype=np.uint8)
+    for k in rng.choice(400, 300):  # many near copies of copies: chains and overlapping stars
+        bits = np.unpackbits(h[k])
+        bits[rng.choice(64, 3, replace=False)] ^= 1
+        h[rng.integers(400)] = np.packbits(bits)
+    i, j, _ = near_pairs(h, 4)
+    groups = star_groups(len(h), i, j)
+    assert len(groups) > 20
+    first = np.full(len(h), -1)
+    for g in groups:
+        first[g] = g[0]
+        assert np.all(pair_distances(h, first[g], g) <= 4)  # every member within the radius of its first
+    kept = np.flatnonzero((first == -1) | (first == np.arange(len(h))))
+    assert len(near_pairs(h[kept], 4)[0]) == 0
 
 
 def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(photos):
@@ -103,7 +123,11 @@ def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(ph
     for g in result["groups"]:
         assert g[0]["distance"] == 0 and g[0]["path"].endswith(("p01.jpg", "p05.jpg", "p09.jpg", "p13.jpg"))
         assert all(r["file"] == str(root.resolve() / r["path"]) for r in g)
+        assert all(r["distance"] <= 8 and r["fine_distance"] <= 64 for r in g)
     assert find_duplicates([str(root)], radius=0, **QUIET)["pairs"] < result["pairs"]
+    strict = find_duplicates([str(root)], radius=8, fine_radius=4, **QUIET)  # the 256-bit check drops pairs
+    assert strict["candidate_pairs"] == result["candidate_pairs"] and strict["pairs"] < result["pairs"]
+    assert all(r["fine_distance"] <= 4 for g in strict["groups"] for r in g)
 
 
 def test_across_reports_only_groups_that_span_collections(photos, tmp_path):

@@ -2,8 +2,8 @@
 
 Quality: every photo of a collection (default: the flowers test photos) is written to a temporary folder,
 and every fourth also as four edited copies: JPEG quality 40, resized to 60 %, brightened by 15 %, cropped
-by 5 % per side. For each radius it prints the share of (original, copy) pairs found per kind of edit and
-the precision of all pairs found (a pair of distinct photos is a false one). With ``--model`` the same table
+by 5 % per side. For each radius (without, then with the 256-bit check) it prints the share of (original,
+copy) pairs found per kind of edit and the precision of all pairs found (a pair of distinct photos is a false one). With ``--model`` the same table
 for the net's pooled features (cosine thresholds set to reach the same recall), the alternative a user has
 in `query --exclude-self`.
 
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from hashindex.data import open_source
-from hashindex.duplicates import hash_sources, near_pairs
+from hashindex.duplicates import DEFAULT_FINE_RADIUS, hash_sources, near_pairs
 
 EDITS = ("q40", "small", "bright", "crop")
 RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16)
@@ -167,7 +167,10 @@ def main() -> None:
         hashed = hash_sources([open_source(str(folder))], [str(folder)], progress=False)
         same, kind, _ = pair_truth(hashed.paths)
         out["images"] = len(hashed.paths)
-        out["phash"] = quality_rows(hamming_matrix(hashed.hashes), same, kind, RADII, larger_is_nearer=False)
+        short = hamming_matrix(hashed.hashes)
+        out["phash"] = quality_rows(short, same, kind, RADII, larger_is_nearer=False)
+        checked = np.where(hamming_matrix(hashed.fine) <= DEFAULT_FINE_RADIUS, short, 999)  # as find_duplicates
+        out["phash_checked"] = quality_rows(checked, same, kind, RADII, larger_is_nearer=False)
         if args.model:
             cos = pooled_cosine(folder, args.model, hashed.paths, Path(tmp) / "shards")
             upper = np.triu(same, 1)
@@ -178,7 +181,8 @@ def main() -> None:
         print(json.dumps(out, indent=1))
         return
     print(f"{out['images']} images; recall per edit (against its original), recall over all copy pairs, precision")
-    for name, unit in (("phash", "radius"), ("pooled", "cosine >=")):
+    for name, unit in (("phash", "radius"), ("phash_checked", f"radius, 256-bit <= {DEFAULT_FINE_RADIUS}"),
+                       ("pooled", "cosine >=")):
         if name not in out:
             continue
         print(f"\n{name} ({unit})\t" + "\t".join(EDITS) + "\trecall\tprecision\tfalse pairs")
