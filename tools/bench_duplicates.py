@@ -3,9 +3,9 @@
 Quality: every photo of a collection (default: the flowers test photos) is written to a temporary folder,
 and every fourth also as four edited copies: JPEG quality 40, resized to 60 %, brightened by 15 %, cropped
 by 5 % per side. For each radius (without, then with the 256-bit check) it prints the share of (original,
-copy) pairs found per kind of edit and the precision of all pairs found (a pair of distinct photos is a false one). With ``--model`` the same table
-for the net's pooled features (cosine thresholds set to reach the same recall), the alternative a user has
-in `query --exclude-self`.
+copy) pairs found per kind of edit and the precision of all pairs found (a pair of distinct photos is a
+false one). With ``--model`` the same table for the net's pooled features (cosine thresholds set to reach
+the same recall), the alternative a user has in `query --exclude-self`.
 
 Speed: `near_pairs` (a Faiss flat range search) against a numpy baseline measured in the same run (XOR and a
 byte popcount table over the same pairs; past 20,000 hashes timed on the first 20,000 rows and scaled to n),
