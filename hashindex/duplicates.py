@@ -221,6 +221,10 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     names = list(names) if names is not None else [str(s) if isinstance(s, (str, Path)) else
                                                     (getattr(s, "spec", None) or f"source {k}")
                                                     for k, s in enumerate(sources)]
+    specs = [getattr(src, "spec", None) for src in opened]
+    twice = next((names[k] for k, sp in enumerate(specs) if sp is not None and sp in specs[:k]), None)
+    if twice is not None:  # every image would be its own copy
+        raise HashindexError(f"data={twice}: the same collection as one before it; give each once")
     if across and len(opened) < 2:
         raise HashindexError("across=True: expected two collections or more (duplicates between them)")
     t0 = time.perf_counter()

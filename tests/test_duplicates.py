@@ -146,6 +146,8 @@ def test_across_reports_only_groups_that_span_collections(photos, tmp_path):
     assert [s[:2] for s in result["skipped"]] == [["other", "broken.jpg"]]
     with pytest.raises(HashindexError, match="across=True: expected two collections"):
         find_duplicates([str(root)], across=True, **QUIET)
+    with pytest.raises(HashindexError, match="same collection as one before it"):
+        find_duplicates([str(root), str(root) + "/"], **QUIET)
     with pytest.raises(HashindexError, match="radius=64"):
         find_duplicates([str(root)], radius=64, **QUIET)
 
