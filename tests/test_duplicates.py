@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance
 
 from hashindex import HashindexError
 from hashindex.cli import cli
-from hashindex.duplicates import find_duplicates, near_pairs, pair_distances, perceptual_hashes, star_groups
+from hashindex.duplicates import find_duplicates, pair_distances, perceptual_hashes, star_groups
 from tests.conftest import DATA, need
 
 FLOWERS_TEST = DATA / "flowers" / "test.tar"
@@ -71,47 +71,76 @@ def test_perceptual_hash_against_the_dct_sum(block):
         perceptual_hashes(np.zeros((2, 16, 16), np.uint8))
 
 
-def test_near_pairs_equal_a_brute_force_count():
-    rng = np.random.default_rng(1)
-    h = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
-    for k in range(0, 3000, 7):  # near copies: 0 to 10 bits flipped
-        flips = rng.choice(64, rng.integers(0, 11), replace=False)
+def _planted(n: int, seed: int) -> np.ndarray:
+    """Random 64-bit hashes with near copies (0 to 10 bits flipped) of copies, and exact repeats."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    for k in rng.choice(n, n // 2):
         bits = np.unpackbits(h[k])
-        bits[flips] ^= 1
-        h[(k + 1) % 3000] = np.packbits(bits)
+        bits[rng.choice(64, rng.integers(0, 11), replace=False)] ^= 1
+        h[rng.integers(n)] = np.packbits(bits)
+    h[rng.choice(n, n // 10)] = h[0]  # one picture many times
+    return h
+
+
+def _reference_stars(h: np.ndarray, radius: int, accept) -> list[list[int]]:
+    """The grouping by its definition, over the full distance matrix."""
     bits = np.unpackbits(h, axis=1).astype(np.int32)
     dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
-    for radius in (0, 3, 8):
-        i, j, d = near_pairs(h, radius)
-        want = np.argwhere(np.triu(dist <= radius, 1))
-        assert np.array_equal(np.stack([i, j], 1), want)
-        assert np.array_equal(d, dist[i, j]) and np.array_equal(pair_distances(h, i, j), d)
-        assert radius == 0 or len(i) > 100  # the planted copies are found, not just an empty answer
+    taken = np.zeros(len(h), bool)
+    groups = []
+    for i in range(len(h)):
+        if taken[i]:
+            continue
+        others = [j for j in range(len(h)) if j != i and not taken[j] and dist[i, j] <= radius and accept(i, j)]
+        if others:
+            taken[[i] + others] = True
+            groups.append([i] + others)
+    return groups
+
+
+@pytest.mark.parametrize("radius", [0, 3, 8])
+def test_star_groups_equal_the_definition(radius):
+    h = _planted(1500, radius)
+    assert [g.tolist() for g in star_groups(h, radius)] == _reference_stars(h, radius, lambda i, j: True)
+    odd = lambda a, b: (a + b) % 3 != 0  # a pair test, as the 256-bit check and --across are
+    want = _reference_stars(h, radius, lambda i, j: (i + j) % 3 != 0)
+    got = star_groups(h, radius, odd)
+    assert [g.tolist() for g in got] == want and len(want) > 20
+    assert np.array_equal(pair_distances(h, np.zeros(5, np.int64), np.arange(5)),
+                          np.unpackbits(h[:5] ^ h[0], axis=1).sum(1))
 
 
 def test_star_groups_do_not_chain():
-    """A chain 0-2-7 is not one group: 7 is no copy of 0. 5 is paired only with 6, whom 3 took first."""
-    groups = star_groups(8, np.array([0, 2, 3, 5]), np.array([2, 7, 6, 6]))
-    assert [g.tolist() for g in groups] == [[0, 2], [3, 6]]
-    assert star_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+    """Hashes 0 -2 bits- 1 -2 bits- 2 (4 bits from 0), radius 2: 2 is no copy of 0, and 1 is 0's."""
+    h = np.zeros((3, 8), np.uint8)
+    h[1, 0], h[2, 0] = 0b11, 0b1111
+    assert [g.tolist() for g in star_groups(h, 2)] == [[0, 1]]
+    assert star_groups(np.zeros((0, 8), np.uint8), 2) == []
 
 
 def test_keeping_the_first_of_each_group_leaves_no_two_images_within_the_radius():
-    rng = np.random.default_rng(2)
-    h = rng.integers(0, 256, (400, 8), dtype=np.uint8)
-    for k in rng.choice(400, 300):  # many near copies of copies: chains and overlapping stars
-        bits = np.unpackbits(h[k])
-        bits[rng.choice(64, 3, replace=False)] ^= 1
-        h[rng.integers(400)] = np.packbits(bits)
-    i, j, _ = near_pairs(h, 4)
-    groups = star_groups(len(h), i, j)
-    assert len(groups) > 20
+    h = _planted(3000, 1)
+    groups = star_groups(h, 4)
+    assert len(groups) > 100
     first = np.full(len(h), -1)
     for g in groups:
         first[g] = g[0]
         assert np.all(pair_distances(h, first[g], g) <= 4)  # every member within the radius of its first
     kept = np.flatnonzero((first == -1) | (first == np.arange(len(h))))
-    assert len(near_pairs(h[kept], 4)[0]) == 0
+    assert star_groups(h[kept], 4) == []
+
+
+def test_one_picture_a_hundred_thousand_times_is_one_group_without_the_pairs():
+    """10^10 pairs would not fit in memory: the search runs over distinct hashes."""
+    h = np.random.default_rng(3).integers(0, 256, (120_000, 8), dtype=np.uint8)
+    h[::6] = h[1]  # 20,000 copies of one picture
+    h[1::6] = h[1]
+    h[2::6] = h[1]
+    h[3::6] = h[1]
+    h[4::6] = h[1]
+    groups = star_groups(h, 4)
+    assert len(groups[0]) == 100_000 and groups[0][0] == 0
 
 
 def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(photos):
@@ -124,9 +153,9 @@ def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(ph
         assert g[0]["distance"] == 0 and g[0]["path"].endswith(("p01.jpg", "p05.jpg", "p09.jpg", "p13.jpg"))
         assert all(r["file"] == str(root.resolve() / r["path"]) for r in g)
         assert all(r["distance"] <= 8 and r["fine_distance"] <= 64 for r in g)
-    assert find_duplicates([str(root)], radius=0, **QUIET)["pairs"] < result["pairs"]
+    assert result["copies"] == 3 * 4 and find_duplicates([str(root)], radius=0, **QUIET)["copies"] < 12
     strict = find_duplicates([str(root)], radius=8, fine_radius=4, **QUIET)  # the 256-bit check drops pairs
-    assert strict["candidate_pairs"] == result["candidate_pairs"] and strict["pairs"] < result["pairs"]
+    assert strict["copies"] < result["copies"]
     assert all(r["fine_distance"] <= 4 for g in strict["groups"] for r in g)
 
 
