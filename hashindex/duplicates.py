@@ -116,7 +116,7 @@ def star_groups(hashes: np.ndarray, radius: int, accept: Callable[[np.ndarray, n
     images together with the images in no group are pairwise farther apart than the radius (for the pairs
     ``accept`` passes): keeping them and dropping the rest (`redundant_paths`) leaves no two images within it
     (tested). The search runs over the distinct hashes, so a collection holding one picture 100,000 times
-    (a placeholder, blank frames) costs memory for its distinct hashes, not 10^10 pairs (tested).
+    (a placeholder, blank frames) costs memory for its distinct hashes, not 5 x 10^9 pairs (tested).
     """
     n = len(hashes)
     if n == 0:
@@ -216,8 +216,8 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]], "images",
-    "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each group starts with its first image in the
-    order given, and every other image of it is paired with that one.
+    "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each
+    group starts with its first image in the order given, and every other image of it is paired with that one.
     """
     from .data import open_source
 

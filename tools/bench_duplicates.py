@@ -7,9 +7,10 @@ copy) pairs found per kind of edit and the precision of all pairs found (a pair 
 false one). With ``--model`` the same table for the net's pooled features (cosine thresholds set to reach
 the same recall), the alternative a user has in `query --exclude-self`.
 
-Speed: `unique_neighbours` (a Faiss flat range search; `star_groups` is it plus the grouping) against a numpy baseline measured in the same run (XOR and a
-byte popcount table over the same pairs; past 20,000 hashes timed on the first 20,000 rows and scaled to n),
-on random 64-bit hashes; with ``--multihash``, a Faiss MultiHash index too.
+Speed: `unique_neighbours` (a Faiss flat range search; `star_groups` is it plus the grouping) against a
+numpy baseline measured in the same run (XOR and a byte popcount table over the same pairs; past 20,000
+hashes timed on the first 20,000 rows and scaled to n), on random 64-bit hashes with near copies; with
+``--multihash``, a Faiss MultiHash index too.
 
     python tools/bench_duplicates.py                                  # flowers test photos, speed at n=20,000
     python tools/bench_duplicates.py --model nin-cifar10-48-v2 --json
