@@ -21,7 +21,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -159,21 +159,43 @@ class Hashed:
     skipped: list[tuple[str, str, str]]  # (collection, path, reason)
 
 
+def _thumbnails(source: Any, workers: int, batch: int = 512) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+    """(grey (n, 32, 32) uint8 thumbnails, their positions, [(position, reason)] of unreadable items), batch by
+    batch. A prepared store holds the net's inputs at its own size: those are shrunk (a photo and its prepared
+    copy then hash within a few bits); anything else is decoded by `iter_batches`' workers."""
+    import torch
+
+    from .data.loading import iter_batches
+    from .data.prepared import PreparedSource
+
+    if not isinstance(source, PreparedSource):
+        for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=batch, workers=workers):
+            grey = images.numpy()[:, 0] if images is not None else np.zeros((0, THUMB, THUMB), np.uint8)
+            yield grey, positions, bad
+        return
+    luma = torch.tensor([0.299, 0.587, 0.114] if source.channels == 3 else [1.0]).view(1, -1, 1, 1)
+    for start in range(0, len(source), batch):
+        positions = np.arange(start, min(start + batch, len(source)))
+        arrays = torch.from_numpy(np.stack([source.read_array(int(i), source.size, source.channels)
+                                            for i in positions]).astype(np.float32))
+        grey = torch.nn.functional.interpolate((arrays * luma).sum(1, keepdim=True), size=(THUMB, THUMB),
+                                               mode="bilinear", antialias=True, align_corners=False)
+        yield grey[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), positions, []
+
+
 def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
                  progress: bool = True) -> Hashed:
     """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it."""
     from tqdm import tqdm
 
     from .data import FolderSource
-    from .data.loading import iter_batches
 
     hashes, fine, coll, ids, paths, skipped = [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
         source_ids = source.ids()
         with tqdm(total=len(source), unit="img", desc=f"hash {Path(name).name or name}", disable=not progress) as bar:
-            for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=512, workers=workers):
-                if images is not None:
-                    grey = images.numpy()[:, 0]
+            for grey, positions, bad in _thumbnails(source, workers):
+                if len(grey):
                     hashes.append(perceptual_hashes(grey))
                     fine.append(perceptual_hashes(grey, FINE_BLOCK))
                     coll.append(np.full(len(positions), c, np.int32))

@@ -42,6 +42,7 @@ def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None 
     else:
         source = open_source(data, arg, follow_links=follow_links)
         source.id_offset = id_offset
+    source.check_size(model.input_size, model.channels)
     if limit:
         source = source.subset(limit)
     if source.class_names and model.class_names and set(source.class_names) <= set(model.class_names):

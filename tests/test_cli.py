@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from hashindex.cli import cli
 
-COMMANDS = ["train", "extract", "build", "remove", "query", "eval", "info", "demo", "serve", "verify", "derive", "prepare"]
+COMMANDS = ["train", "extract", "build", "remove", "query", "eval", "info", "demo", "serve", "verify", "derive",
+            "prepare", "duplicates"]
 
 
 def test_top_level_help_lists_commands():
@@ -115,3 +116,29 @@ def test_the_demo_says_how_to_fine_tune_for_classes_of_your_own():
     assert "hashindex train --init nin-cifar10-48-v2 --data 'my photos/' --val-every 5 --epochs 6 --out " \
            "/tmp/d-model.pt" in hint
     assert "hashindex demo --model /tmp/d-model.pt --data 'my photos/' --every 5 --out /tmp/d-tuned" in hint
+
+
+class _Refusing:
+    """A source whose every read raises a user error (as a prepared store read at the wrong size would)."""
+
+    paths = ["a.jpg", "b.jpg"]
+
+    def __len__(self):
+        return 2
+
+    def read_array(self, i, size, channels):
+        from hashindex import HashindexError
+
+        raise HashindexError("data=/x: prepared at 64 px x 3 channel(s), not 32 px x 3")
+
+
+def test_a_user_error_raised_in_a_decode_worker_stays_one_line():
+    from hashindex import HashindexError
+    from hashindex.cli.group import one_line
+    from hashindex.data.loading import iter_batches
+
+    with pytest.raises(HashindexError) as caught:
+        next(iter_batches(_Refusing(), 32, 3, batch_size=2, workers=1))
+    assert "Original Traceback" in str(caught.value)  # torch's wrapping, which the CLI printed whole
+    assert one_line(str(caught.value)) == "data=/x: prepared at 64 px x 3 channel(s), not 32 px x 3"
+    assert one_line("data=/x: no such file") == "data=/x: no such file"

@@ -209,3 +209,19 @@ def test_cli_writes_groups_and_the_copies_that_remove_takes_out_of_an_index(phot
     assert res.exit_code == 2 and "--out" in res.output and "is a directory" in res.output
     res = runner.invoke(cli, ["duplicates", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such file or directory" in res.output
+
+
+def test_a_prepared_store_is_hashed_from_its_arrays(photos, tmp_path):
+    """A prepared store holds the net's inputs at its own size, not images: each is shrunk to the thumbnail,
+    so a collection and its prepared copy are copies of each other."""
+    from hashindex.data import open_source
+    from hashindex.data.prepared import prepare
+
+    root, expected = photos
+    prepare(open_source(root), tmp_path / "p64", 64, workers=0, **QUIET)
+    result = find_duplicates([str(root), str(tmp_path / "p64")], ["album", "prepared"], across=True, **QUIET)
+    pairs = {(g[0]["path"], r["path"]) for g in result["groups"] for r in g[1:]}
+    # every prepared image joins a photo of the album, and the same photo (an edited copy of it at most)
+    assert result["copies"] == 28 and all(a[:3] == b[:3] for a, b in pairs)
+    alone = find_duplicates([str(tmp_path / "p64")], **QUIET)
+    assert sorted(sorted(r["path"] for r in g) for g in alone["groups"]) == sorted(expected)

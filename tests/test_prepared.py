@@ -98,3 +98,30 @@ def test_a_temp_file_left_by_a_kill_is_cleared_and_a_foreign_one_refused(tmp_pat
     except HashindexError as e:
         assert "folder holds other files" in str(e)
     assert (other / ".notes.txt.abc.tmp").read_text() == "mine"
+
+
+def test_extract_from_a_prepared_store_equals_extracting_its_images(tmp_path, tiny_model):
+    """`extract --limit` of a prepared store read every item as unreadable (a subset decoded what is not an
+    image); a store of another size than the model's is a one-line error before any work."""
+    from hashindex import ShardSet
+
+    make_mixed_folder(tmp_path / "imgs")
+    runner = CliRunner()
+    for args in (["--size", "16"], ["--size", "24"]):
+        assert runner.invoke(cli, ["-q", "prepare", "--data", str(tmp_path / "imgs"), "--workers", "0",
+                                   "--out", str(tmp_path / f"p{args[1]}")] + args).exit_code == 0
+    rows = {}
+    for name, data, extra in (("images", tmp_path / "imgs", []), ("prepared", tmp_path / "p16", []),
+                              ("limited", tmp_path / "p16", ["--limit", "4"])):
+        res = runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(data), "--workers", "0",
+                                  "--out", str(tmp_path / name)] + extra)
+        assert res.exit_code == 0, res.output
+        rows[name] = ShardSet(tmp_path / name).load(("codes", "features", "ids"))
+    assert len(rows["limited"]["ids"]) == 4
+    assert np.array_equal(rows["prepared"]["codes"], rows["images"]["codes"])
+    at = np.searchsorted(rows["prepared"]["ids"], rows["limited"]["ids"])
+    assert np.array_equal(rows["limited"]["codes"], rows["prepared"]["codes"][at])
+    res = runner.invoke(cli, ["-q", "extract", "--model", str(tiny_model), "--data", str(tmp_path / "p24"),
+                              "--out", str(tmp_path / "wrong")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "prepared at 24 px x 3 channel(s), not 16 px x 3" in res.output

@@ -215,16 +215,16 @@ class PreparedSource(ImageSource):
 
     def preloaded(self, size: int, channels: int) -> np.ndarray:
         """All images as one (n, C, S, S) uint8 array, read at disk speed (no decoding)."""
-        self._check(size, channels)
+        self.check_size(size, channels)
         return np.array(self._mapped())
 
-    def _check(self, size: int, channels: int) -> None:
+    def check_size(self, size: int, channels: int) -> None:
         if (size, channels) != (self.size, self.channels):
             raise HashindexError(f"data={self.dir}: prepared at {self.size} px x {self.channels} channel(s), "
                                  f"not {size} px x {channels}; prepare it again at that size")
 
     def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
-        self._check(size, channels)
+        self.check_size(size, channels)
         return np.array(self._mapped()[i])
 
     def _mapped(self) -> np.ndarray:

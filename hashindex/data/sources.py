@@ -91,6 +91,10 @@ class ImageSource:
         if i in self.unread:
             raise BadImage(*self.unread[i])
 
+    def check_size(self, size: int, channels: int) -> None:
+        """Raise HashindexError if the items cannot be read as (channels, size, size) inputs; any size can be
+        decoded from an image, but a prepared store holds one (checked before work starts, not in a worker)."""
+
     def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
         """Item i as the net's uint8 (C, size, size) input (raises BadImage)."""
         return array_of(self._decode_for(i, size), size, channels)
@@ -158,6 +162,14 @@ class _Subset(ImageSource):
 
     def read_bytes(self, i: int) -> bytes:
         return self.parent.read_bytes(int(self.pick[i]))
+
+    def check_size(self, size: int, channels: int) -> None:
+        self.parent.check_size(size, channels)
+
+    def read_array(self, i: int, size: int, channels: int) -> np.ndarray:
+        # the parent's own reading: a prepared store's items are arrays, not images to decode (through
+        # _decode_for, `extract --limit` of a prepared store skipped every item as unreadable)
+        return self.parent.read_array(int(self.pick[i]), size, channels)
 
     def _decode_for(self, i: int, size: int) -> Image.Image:
         return self.parent._decode_for(int(self.pick[i]), size)
