@@ -263,8 +263,10 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     hashed = hash_sources(opened, names, workers, progress)
 
     def accept(firsts: np.ndarray, others: np.ndarray) -> np.ndarray:
-        ok = pair_distances(hashed.fine, firsts, others) <= fine_radius
-        return ok & (hashed.collection[firsts] != hashed.collection[others]) if across else ok
+        """The 256-bit check, for the pairs across collections when ``across`` (the cheap test first)."""
+        ok = hashed.collection[firsts] != hashed.collection[others] if across else np.ones(len(others), bool)
+        ok[ok] = pair_distances(hashed.fine, firsts[ok], others[ok]) <= fine_radius
+        return ok
 
     groups = group_rows(hashed, star_groups(hashed.hashes, radius, accept, progress))
     seconds = time.perf_counter() - t0
