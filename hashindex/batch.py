@@ -64,7 +64,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     whole index; with ``shard_actors`` the batches run here instead and each
     fans out to one Ray actor per index shard (an index past one machine's RAM).
     ``exclude_self``: a query that is an indexed item (`query.own_positions`: the collection against itself, for
-    near-duplicates) is not among its own results.
+    each item's nearest others) is not among its own results.
     """
     with exclusive(Path(out), f"out={out}: another batch job writing it is running"):  # one writer
         if backend not in ("local", "ray"):

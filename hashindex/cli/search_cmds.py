@@ -27,7 +27,8 @@ from .group import _echo_json, cli
 @click.option("--by-id", "by_id", multiple=True, type=int, help="Query with an indexed item (repeatable).")
 @click.option("--exclude-self", is_flag=True,
               help="An indexed item (--by-id, an IMAGE file of the folder the index was built from, or a --queries "
-                   "item the index holds) is not among its own results: its nearest other items (near-duplicates).")
+                   "item the index holds) is not among its own results: its nearest other items (look-alikes; copies "
+                   "of a photo: hashindex duplicates).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
@@ -57,7 +58,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train --by-id 42 --radius 2 --json
       hashindex query index/train cat.jpg --grid cat-results.png
       hashindex query index/train --queries shards/test --out results.h5
-      hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out near-dups.csv
+      hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out nearest.csv
     """
     from .. import query as query_app
     from ..batch import batch_search
