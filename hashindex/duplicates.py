@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import HashindexError
-from .files import atomic_path
+from .files import atomic_path, atomic_write_bytes
 
 THUMB = 32  # side of the grey thumbnail the hash is taken from
 BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
@@ -297,3 +297,8 @@ def redundant_paths(groups: list[list[dict[str, Any]]]) -> list[str]:
     """Every image of every group but its first: the copies one could delete, or take out of an index with
     `hashindex remove --paths-file` (its file where it has one, else its recorded path)."""
     return [r["file"] or r["path"] for rows in groups for r in rows[1:]]
+
+
+def write_redundant(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:
+    """`redundant_paths` one per line, written atomically (the list `hashindex remove --paths-file` reads)."""
+    atomic_write_bytes(path, "".join(p + "\n" for p in redundant_paths(groups)).encode("utf-8"))

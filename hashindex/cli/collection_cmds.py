@@ -11,7 +11,8 @@ from .group import _echo_json, cli
 @click.argument("data", nargs=-1, required=True)
 @click.option("--radius", default=None, type=click.IntRange(0, 63),
               help="Largest Hamming distance between the 64-bit perceptual hashes of two copies [default: 8; "
-                   "12 also finds most 5 % crops, with more false pairs: docs/RESULTS.md 'Duplicates'].")
+                   "12 with --fine-radius 256 also finds most 5 % crops, with more false pairs: docs/RESULTS.md "
+                   "'Duplicates'].")
 @click.option("--fine-radius", default=None, type=click.IntRange(0, 256),
               help="Largest distance between the 256-bit hashes of a pair found within --radius: a second check "
                    "that turns away different photos alike in outline [default: 64; 256: no check].")
@@ -48,7 +49,7 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
     from pathlib import Path
 
     from ..data import open_source
-    from ..duplicates import DEFAULT_FINE_RADIUS, DEFAULT_RADIUS, find_duplicates, redundant_paths, write_groups_csv
+    from ..duplicates import DEFAULT_FINE_RADIUS, DEFAULT_RADIUS, find_duplicates, write_groups_csv, write_redundant
     from ..errors import HashindexError
 
     for flag, path in (("--out", out), ("--redundant", redundant), ("--grid", grid)):
@@ -62,7 +63,7 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
     if out:
         write_groups_csv(out, result["groups"])
     if redundant:
-        _write_lines(redundant, redundant_paths(result["groups"]))
+        write_redundant(redundant, result["groups"])
     if grid and result["groups"]:
         from ..report import duplicates_grid
 
@@ -79,9 +80,3 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
             click.echo(f"  {r['distance']:>2}  {where}{r['path']}  (id {r['id']})")
     if len(result["groups"]) > show:
         click.echo(f"... {len(result['groups']) - show} more group(s)" + ("" if out else " (--out FILE lists all)"))
-
-
-def _write_lines(path: str, lines: list[str]) -> None:
-    from ..files import atomic_write_bytes
-
-    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
