@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
+from .metrics import pad_codes
 
 THUMB = 32  # side of the grey thumbnail the hash is taken from
 BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
@@ -70,12 +71,11 @@ def perceptual_hashes(grey: np.ndarray, block: int = BLOCK) -> np.ndarray:
     return np.packbits(flat > np.median(flat, axis=1, keepdims=True), axis=1)
 
 
-def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """Hamming distances between packed hashes i[k] and j[k]."""
-    out = np.empty(len(i), np.int32)
-    for s in range(0, len(i), chunk):
-        out[s:s + chunk] = np.unpackbits(hashes[i[s:s + chunk]] ^ hashes[j[s:s + chunk]], axis=1).sum(axis=1)
-    return out
+def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Hamming distances between packed hashes i[k] and j[k], a 64-bit word at a time (as
+    `metrics.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
+    words = pad_codes(hashes, 8 * -(-hashes.shape[1] // 8)).view(np.uint64)
+    return np.bitwise_count(words[i] ^ words[j]).sum(axis=1, dtype=np.int32)
 
 
 def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -51,9 +51,9 @@ class Originals:
         item = opened[1].get(path)
         return None if item is None else (opened[0], item)
 
-    def read_bytes(self, position: int) -> bytes | None:
+    def read_bytes(self, position: int, path: str | None = None) -> bytes | None:
         """The image file's bytes (None: not reachable; `BadImage` when the file is there but unreadable)."""
-        found = self.locate(position)
+        found = self.locate(position, path)
         return None if found is None else found[0].read_bytes(found[1])
 
     def read(self, position: int, path: str | None = None):

@@ -49,16 +49,6 @@ def as_flags(message: str, command: click.Command | None) -> str:
     return _ARG.sub(flag, message)
 
 
-def one_line(message: str) -> str:
-    """A HashindexError raised in a DataLoader worker reaches the command as torch re-raises it: "Caught
-    HashindexError in DataLoader worker process 0." and the worker's traceback, whose last line holds the
-    message. That line, without the exception's name: a user's mistake stays one line wherever it is found."""
-    if "\nOriginal Traceback" not in message:
-        return message
-    last = message.rstrip().splitlines()[-1]
-    return last.split(": ", 1)[1] if last.startswith("hashindex.errors.HashindexError: ") else last
-
-
 class _Group(click.Group):
     """Click group that turns HashindexError (worded in Python terms) into a one-line message in flags."""
 
@@ -67,7 +57,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except HashindexError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-            click.echo(f"hashindex: error: {as_flags(one_line(str(e)), command)}", err=True)
+            click.echo(f"hashindex: error: {as_flags(str(e), command)}", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("hashindex: interrupted; rerun the same command to resume", err=True)

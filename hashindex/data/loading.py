@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..errors import HashindexError
 from .images import BadImage, SkipLog
 from .sources import ImageSource
 
@@ -71,7 +72,20 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
         collate_fn=collate, persistent_workers=False, worker_init_fn=partial(_die_with_parent, parent=os.getpid()),
         prefetch_factor=4 if workers else None,
     )
-    yield from loader
+    try:
+        yield from loader
+    except HashindexError as e:  # a user's mistake found in a worker (one line, for the CLI and the API alike)
+        raise HashindexError(worker_message(str(e))) from None
+
+
+def worker_message(message: str) -> str:
+    """A HashindexError raised in a DataLoader worker comes back as torch re-raises it: "Caught HashindexError
+    in DataLoader worker process 0." and the worker's traceback, whose last line holds the message. That line,
+    without the exception's name (a message that is not so wrapped is returned as it is)."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith("hashindex.errors.HashindexError: ") else last
 
 
 def load_arrays(source: ImageSource, size: int, channels: int, workers: int = 2,

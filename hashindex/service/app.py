@@ -30,6 +30,7 @@ parsing, and neither holds the GIL while the batcher thread runs the net and Fai
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -172,7 +173,7 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
 
     @app.get("/ui", summary="A page to search with a photo and see the results", response_class=HTMLResponse)
     async def ui() -> HTMLResponse:
-        return HTMLResponse((Path(__file__).parent / "ui.html").read_text(encoding="utf-8"))
+        return HTMLResponse(_ui_page())
 
     @app.get("/health", summary="Liveness and readiness")
     async def health() -> dict[str, Any]:
@@ -386,6 +387,12 @@ async def _write(current, lock: asyncio.Lock, reload, what: str, work) -> dict[s
             raise RequestError(500, f"{done} {engine.index.dir}, but reopening it failed: the service still serves "
                                     f"the index before the {what} (see its log)")
     return {**result, "index": engine.name}
+
+
+@functools.cache
+def _ui_page() -> str:
+    """The page GET /ui serves, read from the package once."""
+    return (Path(__file__).parent / "ui.html").read_text(encoding="utf-8")
 
 
 async def _item_image(engine: Engine, item_id: int) -> Response:

@@ -50,14 +50,15 @@ class Served:
             raise RequestError(404, f"id={item_id}: no such item in {self.name}")
         if self._originals is None:
             self._originals = Originals(self.index)
+        path = self.index.paths(np.array([position]))[0]
         try:
-            data = self._originals.read_bytes(position)
+            data = self._originals.read_bytes(position, path)
         except BadImage as e:
             raise RequestError(404, f"id={item_id}: its image file cannot be read now ({e.reason})") from None
         if data is None:
             raise RequestError(404, f"id={item_id}: its collection is no longer where it was read from, or its "
                                     "images were not kept (added through the service)")
-        return data, media_type(data, self.index.paths(np.array([position]))[0])
+        return data, media_type(data, path)
 
 
 MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
