@@ -34,7 +34,6 @@ import functools
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HashindexError
 from .engine import Engine, Query
 from .metrics import Metrics
-from .params import (MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_names, check_upload_options,
-                     int_param, search_options)
+from .middleware import BodyLimit, Timing
+from .params import MAX_BATCH, RequestError, check_names, check_upload_options, int_param, search_options
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -62,70 +61,6 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
-
-
-class BodyLimit:
-    """ASGI middleware: no request body past MAX_BODY is ever read, whatever the headers claim (a declared
-    length is checked before reading; a chunked one is counted as it arrives), and a client that stops
-    sending for SOCKET_TIMEOUT_S gets a 408."""
-
-    def __init__(self, app, max_body: int = MAX_BODY):
-        self.app, self.max_body = app, max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and int(length) > self.max_body:  # h11 has checked it is a number
-            return await _send_json(send, 413, f"body of {int(length)} bytes: at most {self.max_body} in one request")
-        if scope["method"] == "POST" and length is None and b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return await _send_json(send, 411, f"POST {scope['path']} needs a Content-Length (the body's size in bytes)")
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            try:
-                message = await asyncio.wait_for(receive(), SOCKET_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise RequestError(408, f"body: nothing received for {SOCKET_TIMEOUT_S} s") from None
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise RequestError(413, f"body of more than {self.max_body} bytes: at most {self.max_body} in one request")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class Timing:
-    """ASGI middleware: every answer's route, status and latency go to the metrics."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
-
-        async def watch(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            route = scope["path"] if status[0] != 404 or scope["path"].endswith(("/search", "/batch")) else "unmatched"
-            self.metrics.record(scope["method"], route, status[0], time.perf_counter() - t0)
-
-
-async def _send_json(send, status: int, message: str) -> None:
-    body = (json.dumps({"error": message}) + "\n").encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False) -> FastAPI:

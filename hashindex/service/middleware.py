@@ -1,0 +1,75 @@
+"""ASGI middleware of the search service: a cap on request bodies (and a clock on slow senders), and the
+timing of every answer for the metrics. Kept apart from the routes (app.py) so either can grow alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from .metrics import Metrics
+from .params import MAX_BODY, SOCKET_TIMEOUT_S, RequestError
+
+
+class BodyLimit:
+    """ASGI middleware: no request body past MAX_BODY is ever read, whatever the headers claim (a declared
+    length is checked before reading; a chunked one is counted as it arrives), and a client that stops
+    sending for SOCKET_TIMEOUT_S gets a 408."""
+
+    def __init__(self, app, max_body: int = MAX_BODY):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.max_body:  # h11 has checked it is a number
+            return await _send_json(send, 413, f"body of {int(length)} bytes: at most {self.max_body} in one request")
+        if scope["method"] == "POST" and length is None and b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await _send_json(send, 411, f"POST {scope['path']} needs a Content-Length (the body's size in bytes)")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), SOCKET_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"body: nothing received for {SOCKET_TIMEOUT_S} s") from None
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise RequestError(413, f"body of more than {self.max_body} bytes: at most {self.max_body} in one request")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class Timing:
+    """ASGI middleware: every answer's route, status and latency go to the metrics."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope["path"] if status[0] != 404 or scope["path"].endswith(("/search", "/batch")) else "unmatched"
+            self.metrics.record(scope["method"], route, status[0], time.perf_counter() - t0)
+
+
+async def _send_json(send, status: int, message: str) -> None:
+    body = (json.dumps({"error": message}) + "\n").encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
