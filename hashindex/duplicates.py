@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
-from .metrics import pad_codes
+from .metrics import code_words
 
 THUMB = 32  # side of the grey thumbnail the hash is taken from
 BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
@@ -74,7 +74,7 @@ def perceptual_hashes(grey: np.ndarray, block: int = BLOCK) -> np.ndarray:
 def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Hamming distances between packed hashes i[k] and j[k], a 64-bit word at a time (as
     `metrics.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
-    words = pad_codes(hashes, 8 * -(-hashes.shape[1] // 8)).view(np.uint64)
+    words = code_words(hashes)
     return np.bitwise_count(words[i] ^ words[j]).sum(axis=1, dtype=np.int32)
 
 

@@ -37,16 +37,22 @@ def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:
     return out
 
 
+def code_words(codes: np.ndarray) -> np.ndarray:
+    """Packed uint8 codes (N, B) as (N, ceil(B / 8)) uint64 words, zero-padded: what the distances here XOR
+    and popcount a word at a time."""
+    return pad_codes(codes, 8 * max(1, -(-codes.shape[1] // 8))).view(np.uint64)
+
+
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """(Q, B) and (N, B) packed uint8 codes -> (Q, N) uint16 Hamming distances.
 
     XOR and popcount a 64-bit word at a time, added word by word: 12-22x faster than byte by byte with a
     sum over the bytes (16 to 128 bits, 64 queries x 50,000 codes; a whole `eval` 1.8x; tools/bench_hamming.py,
     docs/RESULTS.md "Evaluation")."""
-    n = max(1, -(-query_codes.shape[1] // 8))
-    q, db = pad_codes(query_codes, 8 * n).view(np.uint64), pad_codes(db_codes, 8 * n).view(np.uint64)
+    q = code_words(query_codes)
+    db = pad_codes(db_codes, 8 * q.shape[1]).view(np.uint64)  # the queries' width
     d = np.bitwise_count(q[:, None, 0] ^ db[None, :, 0]).astype(np.uint16)
-    for w in range(1, n):
+    for w in range(1, q.shape[1]):
         d += np.bitwise_count(q[:, None, w] ^ db[None, :, w])
     return d
 
