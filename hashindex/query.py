@@ -167,10 +167,11 @@ def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarra
     own = np.full(len(ids), -1, np.int64)
     for entry in collections(index.meta):
         inside = (pos >= entry["start"]) & (pos < entry["stop"])
+        spec = collection_spec(entry) if entry.get("manifest_sha256") != sha else None
         if entry.get("manifest_sha256") == sha or (
-                entry.get("fingerprint") == src["fingerprint"] and entry.get("spec") == src.get("spec")):
+                entry.get("fingerprint") == src["fingerprint"] and spec == src.get("spec")):
             own = np.where(inside, pos, own)
-        elif base is not None and _base_spec(entry.get("spec")) == base and inside.any():
+        elif base is not None and _base_spec(spec) == base and inside.any():
             at = np.flatnonzero(inside)
             same = np.array(index.paths(pos[at])) == np.array([paths[i] for i in at])
             own[at[same]] = pos[at[same]]

@@ -423,6 +423,15 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     assert "80 queries are indexed items" in format_metrics(m)
     again = evaluate(tmp_path / "ix", images, model=str(tiny_model), progress=False)  # the same photos, encoded again
     assert again["self_excluded"] == 80 and again["hamming"] == m["hamming"]
+    # an index whose index.json does not record its collection's spec (built before it did): the spec is read
+    # from the collection's shard directory, as for every other use of it
+    meta_file = tmp_path / "ix" / "index.json"
+    kept_meta = meta_file.read_text()
+    meta = json.loads(kept_meta)
+    del meta["source"]["spec"]
+    meta_file.write_text(json.dumps(meta))
+    assert evaluate(tmp_path / "ix", images, model=str(tiny_model), progress=False)["self_excluded"] == 80
+    meta_file.write_text(kept_meta)
     # a subset of the collection (extract --limit) against the whole, either way: its items are found by id and path
     extract(str(tiny_model), str(images), tmp_path / "s30", limit=30, workers=0, **quiet)
     build(tmp_path / "s30", tmp_path / "ix30", binary="flat", signal="l2", **quiet)
