@@ -13,6 +13,9 @@ re-encoded (JPEG quality 40), resized (60 %) and brightened (+15 %) copy is foun
 1,472 images; the pooled net features make 3-6x the false pairs at the same recall. A crop of 5 % per
 side moves the short hash by 10 bits (median), so crops are found only in part. Where every image is one
 object on a plain background (Fashion-MNIST) the hashes cannot tell copies from look-alikes.
+
+Decoding the images is most of a run; ``hashes_dir`` keeps their hashes (`dup_hashes`), so an interrupted run
+resumes and a rerun with other settings decodes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .dup_hashes import PART, HashStore, Part
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
 from .metrics import code_words
@@ -159,22 +163,24 @@ class Hashed:
     skipped: list[tuple[str, str, str]]  # (collection, path, reason)
 
 
-def _thumbnails(source: Any, workers: int, batch: int = 512) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+def _thumbnails(source: Any, workers: int, start: int = 0, batch: int = 512
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
     """(grey (n, 32, 32) uint8 thumbnails, their positions, [(position, reason)] of unreadable items), batch by
-    batch. A prepared store holds the net's inputs at its own size: those are shrunk (a photo and its prepared
-    copy then hash within a few bits); anything else is decoded by `iter_batches`' workers."""
+    batch from item ``start`` on. A prepared store holds the net's inputs at its own size: those are shrunk (a
+    photo and its prepared copy then hash within a few bits); anything else is decoded by `iter_batches`'
+    workers."""
     import torch
 
     from .data.loading import iter_batches
     from .data.prepared import PreparedSource
 
     if not isinstance(source, PreparedSource):
-        for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=batch, workers=workers):
+        for images, positions, bad in iter_batches(source, THUMB, 1, batch_size=batch, workers=workers, start=start):
             grey = images.numpy()[:, 0] if images is not None else np.zeros((0, THUMB, THUMB), np.uint8)
             yield grey, positions, bad
         return
     luma = torch.tensor([0.299, 0.587, 0.114] if source.channels == 3 else [1.0]).view(1, -1, 1, 1)
-    for start in range(0, len(source), batch):
+    for start in range(start, len(source), batch):
         positions = np.arange(start, min(start + batch, len(source)))
         arrays = torch.from_numpy(np.stack([source.read_array(int(i), source.size, source.channels)
                                             for i in positions]).astype(np.float32))
@@ -183,26 +189,57 @@ def _thumbnails(source: Any, workers: int, batch: int = 512) -> Iterator[tuple[n
         yield grey[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), positions, []
 
 
-def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
-                 progress: bool = True) -> Hashed:
-    """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it."""
+def _source_parts(source: Any, name: str, workers: int, store: Any, progress: bool) -> Iterator[Part]:
+    """The hashes of every item of one source, part by part: those ``store`` (a `dup_hashes.HashStore`, or
+    None) kept, then the rest decoded, each part kept as it is done."""
     from tqdm import tqdm
 
+    kept = store.load() if store is not None else []
+    yield from kept
+    start = kept[-1].stop if kept else 0
+    if start == len(source):
+        return
+    todo: list[tuple[np.ndarray, np.ndarray, list]] = []
+    with tqdm(total=len(source), initial=start, unit="img", desc=f"hash {Path(name).name or name}",
+              disable=not progress) as bar:
+        for grey, positions, bad in _thumbnails(source, workers, start):
+            todo.append((grey, positions, bad))
+            bar.update(len(positions) + len(bad))
+            stop = max([*positions.tolist(), *(p for p, _ in bad)]) + 1 if len(positions) or bad else start
+            if stop - start >= PART or stop == len(source):
+                part = _part(start, stop, todo)
+                if store is not None:
+                    store.write(part)
+                yield part
+                start, todo = stop, []
+
+
+def _part(start: int, stop: int, batches: list[tuple[np.ndarray, np.ndarray, list]]) -> Part:
+    """Items [start, stop) hashed from their thumbnails, batch by batch."""
+    grey = np.concatenate([g for g, _, _ in batches]) if batches else np.zeros((0, THUMB, THUMB), np.uint8)
+    positions = np.concatenate([p for _, p, _ in batches]).astype(np.int64) if batches else np.zeros(0, np.int64)
+    return Part(start, stop, positions, perceptual_hashes(grey), perceptual_hashes(grey, FINE_BLOCK),
+                [b for _, _, bad in batches for b in bad])
+
+
+def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
+                 progress: bool = True, hashes_dir: str | Path | None = None) -> Hashed:
+    """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it. ``hashes_dir``:
+    keep the hashes there and read back those kept by an earlier run (`dup_hashes`: a run resumes, a rerun
+    with other settings decodes nothing)."""
     from .data import FolderSource
 
     hashes, fine, coll, ids, paths, skipped = [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
         source_ids = source.ids()
-        with tqdm(total=len(source), unit="img", desc=f"hash {Path(name).name or name}", disable=not progress) as bar:
-            for grey, positions, bad in _thumbnails(source, workers):
-                if len(grey):
-                    hashes.append(perceptual_hashes(grey))
-                    fine.append(perceptual_hashes(grey, FINE_BLOCK))
-                    coll.append(np.full(len(positions), c, np.int32))
-                    ids.append(source_ids[positions])
-                    paths += [source.paths[p] for p in positions]
-                skipped += [(name, source.paths[p], reason) for p, reason in bad]
-                bar.update(len(positions) + len(bad))
+        store = HashStore(hashes_dir, source) if hashes_dir is not None else None
+        for part in _source_parts(source, name, workers, store, progress):
+            hashes.append(part.hashes)
+            fine.append(part.fine)
+            coll.append(np.full(len(part.positions), c, np.int32))
+            ids.append(source_ids[part.positions])
+            paths += [source.paths[p] for p in part.positions]
+            skipped += [(name, source.paths[p], reason) for p, reason in part.bad]
     join = (lambda parts, dtype, width=None: np.concatenate(parts) if parts else
             np.zeros((0, width) if width else 0, dtype))
     roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
@@ -231,13 +268,15 @@ def _row(hashed: Hashed, p: int, distance: int, fine: int) -> dict[str, Any]:
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
                     fine_radius: int = DEFAULT_FINE_RADIUS, across: bool = False, workers: int = 2,
-                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                    hashes_dir: str | Path | None = None, progress: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
     `hashindex.data.open_source` reads them): pairs within ``radius`` bits of a 64-bit perceptual hash and
     within ``fine_radius`` of a 256-bit one (256: no second check).
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
-    training set). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]], "images",
+    training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
+    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]], "images",
     "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each
     group starts with its first image in the order given, and every other image of it is paired with that one.
     """
@@ -260,7 +299,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     if across and len(opened) < 2:
         raise HashindexError("across=True: expected two collections or more (duplicates between them)")
     t0 = time.perf_counter()
-    hashed = hash_sources(opened, names, workers, progress)
+    hashed = hash_sources(opened, names, workers, progress, hashes_dir)
 
     def accept(firsts: np.ndarray, others: np.ndarray) -> np.ndarray:
         """The 256-bit check, for the pairs across collections when ``across`` (the cheap test first)."""

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import tarfile
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -225,3 +226,52 @@ def test_a_prepared_store_is_hashed_from_its_arrays(photos, tmp_path):
     assert result["copies"] == 28 and all(a[:3] == b[:3] for a, b in pairs)
     alone = find_duplicates([str(tmp_path / "p64")], **QUIET)
     assert sorted(sorted(r["path"] for r in g) for g in alone["groups"]) == sorted(expected)
+
+
+def test_kept_hashes_resume_an_interrupted_run_and_spare_a_rerun_any_decoding(photos, tmp_path, monkeypatch):
+    """--hashes DIR: a run stopped part-way keeps the parts it finished and the rerun decodes only the rest;
+    a rerun with another radius or another collection beside decodes nothing already kept; the groups and
+    skips are those of a run without it; a damaged part or a file for DIR is a one-line error."""
+    from functools import partial
+
+    import hashindex.duplicates as dup
+
+    root, _ = photos
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(root / "p05.jpg").save(other / "again.jpg", quality=70)
+    (other / "broken.jpg").write_bytes(b"not a jpeg")
+    plain = find_duplicates([str(root), str(other)], **QUIET)
+    monkeypatch.setattr(dup, "PART", 5)  # parts of 8 items: two batches of 4
+    thumbnails, starts = partial(dup._thumbnails, batch=4), []
+
+    def stopped(source, workers, start=0, *, after=5):
+        starts.append((len(source), start))
+        for n, batch in enumerate(thumbnails(source, workers, start)):
+            if n == after:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(dup, "_thumbnails", stopped)
+    kept = tmp_path / "hashes"
+    with pytest.raises(KeyboardInterrupt):
+        find_duplicates([str(root), str(other)], hashes_dir=kept, **QUIET)
+    (album,) = [d for d in kept.iterdir()]
+    assert sorted(p.name for p in album.glob("part-*")) == ["part-000000000000.npz", "part-000000000008.npz"]
+    monkeypatch.setattr(dup, "_thumbnails", partial(stopped, after=99))
+    starts.clear()
+    assert find_duplicates([str(root), str(other)], hashes_dir=kept, **QUIET) == {**plain, "seconds": ANY}
+    assert starts == [(28, 16), (2, 0)]  # the album from its first unfinished part, the other folder whole
+    starts.clear()
+    again = find_duplicates([str(other), str(root)], radius=4, hashes_dir=kept, **QUIET)
+    assert starts == [] and again == {**find_duplicates([str(other), str(root)], radius=4, **QUIET), "seconds": ANY}
+    assert len(list(kept.iterdir())) == 2  # one folder per collection
+
+    (album / "part-000000000008.npz").write_bytes(b"damaged")
+    res = CliRunner().invoke(cli, ["duplicates", str(root), "--hashes", str(kept)])
+    assert res.exit_code == 2 and res.output == (f"hashindex: error: --hashes {album}/part-000000000008.npz: not a "
+                                                 "readable part of kept hashes (") + res.output.split(" (", 1)[1]
+    assert res.output.endswith("; move it away and rerun\n")
+    res = CliRunner().invoke(cli, ["duplicates", str(root), "--hashes", str(other / "again.jpg")])
+    assert res.exit_code == 2 and res.output == (f"hashindex: error: --hashes {other / 'again.jpg'}: not a directory "
+                                                 "(expected a folder to keep the hashes in)\n")

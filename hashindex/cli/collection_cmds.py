@@ -27,12 +27,16 @@ from .group import _echo_json, cli
 @click.option("--grid", default=None,
               help="Also draw the groups as a PNG (up to 30 rows: first image, then its copies).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--hashes", "hashes_dir", default=None, metavar="DIR",
+              help="Keep the images' hashes in DIR: rerun the same command to resume after an interruption, or "
+                   "with another --radius or other DATA beside, and no image is decoded again.")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a DATA folder (otherwise each is a counted skip).")
 @click.option("--show", default=10, show_default=True, type=click.IntRange(0), help="Groups to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups and counts as JSON.")
 @click.pass_context
-def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, workers, follow_links, show, as_json):
+def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, workers, hashes_dir, follow_links, show,
+               as_json):
     """Copies of the same photo (re-encoded, resized, re-exposed) in one or more collections.
 
     Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit and 256-bit pHash); pairs within
@@ -45,6 +49,7 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
       hashindex duplicates ~/photos --out copies.csv --redundant copies.txt --grid copies.png
       hashindex remove index/photos --paths-file copies.txt       # then keep one of each in the index
       hashindex duplicates train.tar test.tar --across            # test photos that are also training photos
+      hashindex duplicates ~/photos --hashes ~/.cache/phash       # a million photos: resumes, reruns decode nothing
     """
     from pathlib import Path
 
@@ -58,7 +63,7 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
     sources = [open_source(d, "data", follow_links=follow_links) for d in data]
     result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
                              fine_radius=DEFAULT_FINE_RADIUS if fine_radius is None else fine_radius,
-                             across=across, workers=workers, progress=ctx.obj["progress"],
+                             across=across, workers=workers, hashes_dir=hashes_dir, progress=ctx.obj["progress"],
                              log=lambda line: click.echo(line, err=as_json))
     if out:
         write_groups_csv(out, result["groups"])
