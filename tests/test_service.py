@@ -240,7 +240,9 @@ def test_sighup_does_not_kill_the_basic_server(flat_index, tiny_model):
         assert any("the basic server does not reload" in proc.stderr.readline() for _ in range(5))  # after access logs
         assert httpx.get(url + "/search", params={"id": 3}, timeout=60).status_code == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        # it exits in about 3 s here; twice, with a training run and a 10-view extraction on the same 2 cores
+        # beside the suite, it took over 30 s (never reproduced alone): the bound is for a hang, not a timing
+        assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
         proc.wait()
