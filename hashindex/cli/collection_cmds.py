@@ -28,8 +28,8 @@ from .group import _echo_json, cli
               help="Also draw the groups as a PNG (up to 30 rows: first image, then its copies).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--hashes", "hashes_dir", default=None, metavar="DIR",
-              help="Keep the images' hashes in DIR: rerun the same command to resume after an interruption, or "
-                   "with another --radius or other DATA beside, and no image is decoded again.")
+              help="Keep the images' hashes in DIR: a rerun (the same command after an interruption, another "
+                   "--radius, the collection beside others) decodes no image hashed before.")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a DATA folder (otherwise each is a counted skip).")
 @click.option("--show", default=10, show_default=True, type=click.IntRange(0), help="Groups to print.")
