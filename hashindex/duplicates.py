@@ -276,8 +276,8 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
-    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]], "images",
-    "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each
+    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]],
+    "images", "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each
     group starts with its first image in the order given, and every other image of it is paired with that one.
     """
     from .data import open_source
