@@ -45,8 +45,8 @@ class HashStore:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise HashindexError(f"hashes_dir={root}: not a directory (expected a folder to keep the hashes in)")
-        self.source = source
-        key = "\n".join([FORMAT, source.fingerprint(), str(getattr(source, "spec", None)), type(source).__name__])
+        self.source, self.fingerprint = source, source.fingerprint()  # hashes every path: once
+        key = "\n".join([FORMAT, self.fingerprint, str(getattr(source, "spec", None)), type(source).__name__])
         self.dir = self.root / hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
     def load(self) -> list[Part]:
@@ -66,7 +66,7 @@ class HashStore:
         """Keep one part (atomically: a crash leaves it whole or absent)."""
         if not (self.dir / INFO).exists():
             atomic_write_json(self.dir / INFO, {"format": FORMAT, "spec": getattr(self.source, "spec", None),
-                                                "fingerprint": self.source.fingerprint(),
+                                                "fingerprint": self.fingerprint,
                                                 "items": len(self.source)})
         bad_pos = np.array([p for p, _ in part.bad], np.int64)
         reasons = np.array([r for _, r in part.bad], dtype=str) if part.bad else np.zeros(0, "<U1")

@@ -200,12 +200,13 @@ def _source_parts(source: Any, name: str, workers: int, store: Any, progress: bo
     if start == len(source):
         return
     todo: list[tuple[np.ndarray, np.ndarray, list]] = []
+    stop = start  # batches come in order, each item either decoded or unreadable
     with tqdm(total=len(source), initial=start, unit="img", desc=f"hash {Path(name).name or name}",
               disable=not progress) as bar:
         for grey, positions, bad in _thumbnails(source, workers, start):
             todo.append((grey, positions, bad))
             bar.update(len(positions) + len(bad))
-            stop = max([*positions.tolist(), *(p for p, _ in bad)]) + 1 if len(positions) or bad else start
+            stop += len(positions) + len(bad)
             if stop - start >= PART or stop == len(source):
                 part = _part(start, stop, todo)
                 if store is not None:

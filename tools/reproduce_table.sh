@@ -35,6 +35,12 @@ row() {
     echo "== $name done: $(date -u +%FT%TZ)"
 }
 
+# ten_view SRC OUT NAME: OUT, SRC's weights with 10 test views (a teacher), unless OUT exists or row NAME has
+# begun (a row resumes from its own checkpoint, which keeps its teachers' logits)
+ten_view() {
+    [ -f "$2" ] || [ -f "$runs/$3.pt" ] || $hx -q derive "$1" --test-flip --test-shift 2 --out "$2"
+}
+
 # need_e100 NAME: rows that start from cifar10-48-e100's weights stop with a hint when they are missing
 # (a row already begun resumes from its own checkpoint and needs them no more).
 need_e100() {
@@ -68,27 +74,22 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
         cifar10-48-e100-kd-restart)  # issue #13: the same second cycle, distilled from the 10-view model (no cutout)
             need_e100 "$name"
             teacher=$runs/cifar10-48-e100-ten.pt  # the shipped v2 weights with 10 test views (accuracy 0.9004)
-            [ -f "$teacher" ] || [ -f "$runs/$name.pt" ] || $hx -q derive nin-cifar10-48-v2 --test-shift 2 --out "$teacher"
+            ten_view nin-cifar10-48-v2 "$teacher" "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
                 --teacher "$teacher" ;;
         cifar10-48-e100-kd-scratch)  # issue #13: cifar10-48-e100's recipe from scratch, taught by its 10-view model
             # (born-again networks, Furlanello et al. 2018: a student of the teacher's own architecture, from scratch)
             teacher=$runs/cifar10-48-e100-ten.pt
-            [ -f "$teacher" ] || [ -f "$runs/$name.pt" ] || $hx -q derive nin-cifar10-48-v2 --test-shift 2 --out "$teacher"
+            ten_view nin-cifar10-48-v2 "$teacher" "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --teacher "$teacher" ;;
         cifar10-48-e100-kd2)  # issue #13: a second generation from scratch, taught by the ensemble of the first
             # generation's 10-view model and its teacher's (an ensemble of two nets that err on different images)
-            teachers=()
-            for t in cifar10-48-e100 cifar10-48-e100-kd-scratch; do
-                teachers+=(--teacher "$runs/$t-ten.pt")
-                [ -f "$runs/$t-ten.pt" ] || [ -f "$runs/$name.pt" ] && continue
-                case $t in  # the shipped v2 holds cifar10-48-e100's weights; the student's are committed
-                    cifar10-48-e100) src=nin-cifar10-48-v2 ;;
-                    *) src=$runs/$t.pt; [ -f "$src" ] || src=checkpoints/$t.pt ;;
-                esac
-                $hx -q derive "$src" --test-flip --test-shift 2 --out "$runs/$t-ten.pt"
-            done
-            row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 "${teachers[@]}" ;;
+            student=$runs/cifar10-48-e100-kd-scratch.pt
+            [ -f "$student" ] || student=checkpoints/cifar10-48-e100-kd-scratch.pt  # committed when it finished
+            ten_view nin-cifar10-48-v2 "$runs/cifar10-48-e100-ten.pt" "$name"  # v2 holds cifar10-48-e100's weights
+            ten_view "$student" "$runs/cifar10-48-e100-kd-scratch-ten.pt" "$name"
+            row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --teacher "$runs/cifar10-48-e100-ten.pt" \
+                --teacher "$runs/cifar10-48-e100-kd-scratch-ten.pt" ;;
         cifar10-48-e100-cutout-restart)  # issue #13: cifar10-48-e100, then a second cosine cycle (30 epochs from lr 0.05) with cutout
             need_e100 "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
