@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from .data import ImageSource, iter_batches, open_source, skip_summary
+from .data import ImageSource, iter_batches, open_source, skip_summary, warn_shared_folder_names
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
 from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
@@ -41,6 +41,7 @@ def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None 
         source = data
     else:
         source = open_source(data, arg, follow_links=follow_links)
+        warn_shared_folder_names(source, arg)
         source.id_offset = id_offset
     source.check_size(model.input_size, model.channels)
     if limit:

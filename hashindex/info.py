@@ -96,7 +96,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
     the skips already known from their names (hidden files, non-image extensions, links), the labels."""
     import numpy as np
 
-    from .data import open_source
+    from .data import open_source, shared_folder_names
     from .metrics import label_counts, set_counts
 
     source = open_source(spec, arg="path")
@@ -112,6 +112,8 @@ def describe_collection(spec: str) -> dict[str, Any]:
         "labels": (set_counts(source.label_sets[readable], names) if source.multi_label
                    else label_counts(labels, names)),
         **({"multi_label": True} if source.multi_label else {}),
+        # classes several folders share ('sub' of cats/sub and dogs/sub): `DIR#labels=top|path` names them apart
+        **({"shared_folder_names": shared} if (shared := shared_folder_names(source)) else {}),
         "decoding": "not tried here: extract and train count the files that fail to decode",
     }
 

@@ -6,6 +6,7 @@ run's settings in the title, for people who would rather look than read.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -202,9 +203,14 @@ def _draw_grid(rows: list[tuple[Callable, str, list[tuple[Callable, str, str]]]]
                 show(axes[r, c + 1], *hits[c])
             else:
                 axes[r, c + 1].axis("off")
-    height = fig.get_figheight()  # the title in the top 0.45 in, clear of row one at any number of rows
-    fig.suptitle(title, fontsize=8, y=1 - 0.05 / height, va="top")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    # the title wrapped to the figure's width (~14 characters an inch at 8 pt: the grid of 4 results of a query cut
+    # its one-line title at both sides), in a top band of 0.15 in a line (two at least) plus 0.15, clear of row one
+    lines = textwrap.wrap(title, width=max(24, int(fig.get_figwidth() * 14)))
+    band = 0.15 + 0.15 * max(2, len(lines))
+    fig.set_figheight(fig.get_figheight() + band - 0.45)
+    height = fig.get_figheight()
+    fig.suptitle("\n".join(lines), fontsize=8, y=1 - 0.05 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - band / height))
     _write_png(fig, path, dpi=110)
     return path
 

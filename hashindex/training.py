@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
-from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source
+from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source, warn_shared_folder_names
 from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
@@ -153,6 +153,7 @@ def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, Ima
         vsrc, src = src.split_every(cfg.val_every, ("val", "train"))
     elif cfg.val:
         vsrc = open_source(cfg.val, "val", split="test", follow_links=cfg.follow_links)
+        warn_shared_folder_names(vsrc, "val")
         vsrc.remap_labels(src.class_names)
     else:
         return src, None
@@ -193,6 +194,7 @@ def _name_integer_classes(src: ImageSource) -> None:
 def _open_sources(cfg: TrainConfig) -> tuple[ImageSource, ImageSource | None]:
     """(training, validation) sources, checked for labels before anything is decoded."""
     src = open_source(cfg.data, "data", follow_links=cfg.follow_links)
+    warn_shared_folder_names(src, "data")
     _name_integer_classes(src)
     if cfg.limit:
         src = src.subset(cfg.limit)

@@ -1,6 +1,7 @@
 """Image sources on real shared data and on tiny (partly broken) files made here."""
 
 import gzip
+import logging
 import pickle
 import struct
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 
 from hashindex import HashindexError
-from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, reopen_source, to_array,
-                            to_mode)
+from hashindex.data import (BadImage, SkipLog, decode_image, load_arrays, open_source, reopen_source,
+                            shared_folder_names, to_array, to_mode, warn_shared_folder_names)
 from hashindex.data.images import as_net_input
 from hashindex.service.params import upload_array
 from tests.conftest import (CIFAR_TEST, FASHION, MNIST_TEST, SVHN, image_bytes, make_mixed_folder,
@@ -41,6 +42,46 @@ def test_folder_tree_labels_and_bad_files(tmp_path):
     assert list(src.ids()) == list(range(len(expected)))
     again = open_source(tmp_path)
     assert again.paths == src.paths and list(again.ids()) == list(src.ids())
+
+
+def test_folder_labels_parent_top_or_path(tmp_path, caplog):
+    """Classes from folders: the parent (default), the first folder under the root (``#labels=top``) or the whole
+    folder path (``#labels=path``), kept in the spec so a reopened collection has the same labels. A parent name
+    several folders share (2019 of cats/2019 and dogs/2019) is found and warned about; the shards of a set each
+    holding the class folders are not such a case."""
+    tree = tmp_path / "tree"
+    for i, path in enumerate(["4.jpg", "cats/2019/0.jpg", "cats/2020/1.jpg", "dogs/2019/2.jpg", "dogs/3.jpg"]):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(image_bytes(seed=i))
+    parent = open_source(tree)
+    assert parent.class_names == ["2019", "2020", "dogs"] and list(parent.labels) == [-1, 0, 1, 2, 0]  # files before subfolders
+    assert shared_folder_names(parent) == {"2019": ["cats/2019", "dogs/2019"]}
+    with caplog.at_level(logging.WARNING, logger="hashindex"):
+        warn_shared_folder_names(parent, "data")
+    assert "class '2019' gathers the images of 2 folders (cats/2019, dogs/2019)" in caplog.text
+    assert "'#labels=top'" in caplog.text and "\n" not in caplog.text.strip()
+    top = open_source(f"{tree}#labels=top")
+    assert top.class_names == ["cats", "dogs"] and list(top.labels) == [-1, 0, 0, 1, 1]
+    assert shared_folder_names(top) == {} and top.spec == f"{tree.resolve()}#labels=top"
+    again = reopen_source(top.spec + "#limit=4")
+    by_path = dict(zip(top.paths, top.labels))
+    assert again.class_names == top.class_names and all(by_path[p] == c for p, c in zip(again.paths, again.labels))
+    path = open_source(f"{tree}#labels=path")
+    assert path.class_names == ["cats/2019", "cats/2020", "dogs", "dogs/2019"]
+    # a tar made with `tar cf set.tar .`: ./x.jpg lies at the root (unlabelled, not a class '.')
+    members = {f"./{p}": image_bytes(seed=i) for i, p in enumerate(["x.jpg", "cats/2019/0.jpg", "dogs/2019/1.jpg"])}
+    tar = make_tar(tmp_path / "set.tar", members)
+    assert open_source(tar).class_names == ["2019"] and list(open_source(tar).labels) == [-1, 0, 0]
+    assert open_source(f"{tar}#labels=top").class_names == ["cats", "dogs"]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for j in range(2):  # each shard holds both class folders: one class each, nothing shared
+        make_tar(shards / f"{j}.tar", {f"{c}/{j}.jpg": image_bytes(seed=j) for c in ["cat", "dog"]})
+    assert open_source(shards).class_names == ["cat", "dog"] and shared_folder_names(open_source(shards)) == {}
+    with pytest.raises(HashindexError, match=r"#labels=leaf: expected #labels=parent, top or path"):
+        open_source(f"{tree}#labels=leaf")
+    with pytest.raises(HashindexError, match="has labels of its own"):
+        open_source(f"{need(FASHION)}#labels=top")
 
 
 def test_load_arrays_counts_skips(tmp_path):

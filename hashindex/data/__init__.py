@@ -27,7 +27,8 @@ from .formats import cifar_source, idx_source, read_idx
 from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, to_array, to_mode
 from .lists import ListSource
 from .archives import TarSource, ZipSource
-from .sources import IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
+from .sources import (IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, shared_folder_names,
+                      warn_shared_folder_names)
 from .spec import open_source, reopen_source
 
 
@@ -44,4 +45,4 @@ __all__ = ["IMAGE_EXTENSIONS", "ArraySource", "BadImage", "FilesSource", "Folder
            "ImageSource", "ListSource", "SkipLog", "TarSource", "ZipSource", "cifar_source", "decode_image",
            "idx_source",
            "iter_batches", "load_arrays", "open_source", "read_idx", "reopen_source", "skip_summary",
-           "net_array", "to_array", "to_mode"]
+           "net_array", "shared_folder_names", "to_array", "to_mode", "warn_shared_folder_names"]

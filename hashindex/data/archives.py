@@ -30,6 +30,7 @@ class _InPlace(ImageSource):
 
     _open_handle = None
     _pid = None
+    folder_labels = True  # classes named by the members' folders
 
     def _open(self):
         raise NotImplementedError
@@ -59,7 +60,7 @@ class TarSource(_InPlace):
     decompression pass per worker.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, folders: str = "parent"):
         self.path = Path(path)
         self.gzipped = self.path.name.endswith((".gz", ".tgz"))
         names, where, odd, sidecar_bytes = [], {}, {}, {}
@@ -82,7 +83,7 @@ class TarSource(_InPlace):
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
         paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                          f"tar {self.path}")
+                                                          f"tar {self.path}", folders)
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
         super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
@@ -112,7 +113,7 @@ class ZipSource(_InPlace):
     and members over MAX_FILE_BYTES are counted skips, as in a folder or a tar.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, folders: str = "parent"):
         self.path = Path(path)
         names, odd, sidecar_bytes = [], {}, {}
         try:
@@ -133,7 +134,7 @@ class ZipSource(_InPlace):
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise HashindexError(f"{self.path}: not a readable zip archive ({e})") from None
         paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                          f"zip {self.path}")
+                                                          f"zip {self.path}", folders)
         super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
 
     def _open(self):

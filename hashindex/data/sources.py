@@ -47,6 +47,7 @@ class ImageSource:
     # a multi-label source's label sets, (N, len(class_names)) bool; ``labels`` then holds each item's first
     # class (-1 for none), so what reads one class per item still reads something true
     label_sets: np.ndarray | None = None
+    folder_labels = False  # classes named by folders (a folder tree, a tar, a zip): `shared_folder_names` looks
 
     @property
     def multi_label(self) -> bool:
@@ -183,13 +184,53 @@ def _labels_from_parents(parents: list[str]) -> tuple[np.ndarray, list[str]]:
     return labels, names
 
 
-def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
+FOLDER_LABELS = ("parent", "top", "path")  # which folder of an item's path names its class
+
+
+def folder_label(name: str, folders: str = "parent") -> str:
+    """The class a member or file ``name`` (relative to its collection's root) gets from its folders: the
+    parent folder's name (``parent``), the first folder under the root (``top``: ``cats/2019/x.jpg`` is a cat)
+    or the whole folder path (``path``: Places365's ``a/apartment_building/outdoor``); '' at the root (a tar's
+    ``./x.jpg`` too, as made by ``tar cf x.tar .``)."""
+    parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".")]
+    if not parts:
+        return ""
+    return parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1]
+
+
+def shared_folder_names(source: ImageSource) -> dict[str, list[str]]:
+    """Classes named after a parent folder whose name several folders share (``cats/sub`` and ``dogs/sub``
+    make one class ``sub``): class name -> those folders. Empty when every class is one folder, as in a tree
+    of class folders. Why a user should look: the images are one class for training and evaluation;
+    ``DIR#labels=top`` or ``#labels=path`` names classes otherwise."""
+    folders: dict[str, set[str]] = {}
+    for part in getattr(source, "parts", [source]):  # the shards of a set each hold the class folders
+        for path, label in zip(part.paths, part.labels) if part.folder_labels and part.class_names else ():
+            if label >= 0 and folder_label(path) == part.class_names[label]:
+                folders.setdefault(part.class_names[label], set()).add(folder_label(path, "path"))
+    return {name: sorted(f) for name, f in sorted(folders.items()) if len(f) > 1}
+
+
+def warn_shared_folder_names(source: ImageSource, arg: str) -> None:
+    """Log a warning naming the classes several folders share (`shared_folder_names`): training would learn
+    ``cats/sub`` and ``dogs/sub`` as one class without a word otherwise."""
+    shared = shared_folder_names(source)
+    if not shared:
+        return
+    what = "; ".join(f"class '{name}' gathers the images of {len(folders)} folders ({', '.join(folders[:2])}"
+                     f"{', ...' if len(folders) > 2 else ''})" for name, folders in list(shared.items())[:2])
+    more = f" (and {len(shared) - 2} more classes)" if len(shared) > 2 else ""
+    log.warning("%s=%s: %s%s; to name classes by the first folder under the path, add '#labels=top' to it, or "
+                "'#labels=path' for the whole folder path", arg, source.spec or source.description, what, more)
+
+
+def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str, folders: str = "parent"
                    ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Labels of image items: from their ``.cls`` / ``.json`` sidecar (WebDataset), else from their
-    parent folder; and their label sets when a JSON sidecar lists several labels (None otherwise).
+    folders (`folder_label`); and their label sets when a JSON sidecar lists several labels (None otherwise).
     ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class names even when they
     are digits (as they always were); with them, all-integer labels stay integers."""
-    parents = [os.path.basename(os.path.dirname(n)) for n in images]
+    parents = [folder_label(n, folders) for n in images]
     if not sidecars:
         return (*_labels_from_parents(parents), None)
     raw: list[list[str]] = []
@@ -203,10 +244,10 @@ def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str
     return label_sets_from_text(raw, where)
 
 
-def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str
+def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str, folders: str = "parent"
            ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]], np.ndarray | None]:
     """A collection's files (in order) as items: (paths, labels, class names, unread positions, label sets or
-    None)."""
+    None); ``folders``: which folder names an item's class (`folder_label`)."""
     extra_unread = {**{n: ("hidden", f"{n}: hidden, or system metadata (a name starting with '.', "
                               f"{' or '.join(SYSTEM_FOLDERS)}): not read") for n in names if is_hidden(n)},
                     **extra_unread}
@@ -216,7 +257,7 @@ def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, whe
                for n, r in unread.items()}
     reasons.update(extra_unread)
     paths = [n for n in names if n in image_set or n in reasons]
-    image_labels, class_names, image_sets = _sample_labels(images, sidecars, read, where)
+    image_labels, class_names, image_sets = _sample_labels(images, sidecars, read, where, folders)
     by_name = dict(zip(images, image_labels))
     labels = np.array([by_name.get(n, -1) for n in paths], dtype=np.int32)
     sets = None
@@ -234,15 +275,18 @@ def _inside(path: str, root: str) -> bool:
 
 
 class FolderSource(ImageSource):
-    """A folder tree of image files; label = the image's parent folder name (or its ``.cls`` / ``.json``).
+    """A folder tree of image files; label = the image's parent folder name (or the first folder under the root,
+    or the folder path: ``folders``, `folder_label`), or its ``.cls`` / ``.json`` sidecar's.
 
     Every file in the tree is an item or a counted skip (see hashindex.data.members); tar files in it are
     not items but ``containers``, opened as shards by `open_source`. Symbolic links that lead out of the
     folder are not followed unless ``follow_links=True`` (each is a counted ``outside-root`` skip), and a
     symlink loop is walked once.
     """
+    folder_labels = True
 
-    def __init__(self, root: str | Path, follow_links: bool = False, label_sets: bool = False):
+    def __init__(self, root: str | Path, follow_links: bool = False, label_sets: bool = False,
+                 folders: str = "parent"):
         self.root = Path(root)
         real_root = os.path.realpath(self.root)
         names: list[str] = []
@@ -278,7 +322,7 @@ class FolderSource(ImageSource):
                     continue
                 names.append(rel)
         paths, labels, class_names, unread, sets = _items(names, outside, lambda n: _read_small(self.root / n),
-                                                          f"folder {self.root}")
+                                                          f"folder {self.root}", folders)
         description = f"folder {self.root}"
         self.copies = 0  # files merged into another item with the same bytes (label_sets=True)
         if label_sets:

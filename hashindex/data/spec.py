@@ -11,11 +11,12 @@ from .formats import (_find, _torchvision_source, cifar100_source, cifar_source,
 from .members import is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import ZIP_EXTENSIONS, TarSource, ZipSource
-from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
+from .sources import FOLDER_LABELS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
 LABEL_SETS = "label-sets"  # the spec suffix that reads a folder tree's copies as one item with a label set each
+LABELS = "labels"  # the spec suffix ``#labels=top|path``: which folder names an item's class (default: its parent)
 
 
 def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
@@ -27,6 +28,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
     item per distinct file, labelled with all of those folders (`FolderSource`).
+    ``SPEC#labels=top`` names a folder tree's, tar's or zip's classes by the first
+    folder under its root (``cats/2019/x.jpg``: cats), ``#labels=path`` by the whole
+    folder path; the default is the parent folder (`sources.folder_label`).
     Raises HashindexError naming ``arg`` if the spec is not a collection hashindex
     can read or holds no images.
     """
@@ -36,15 +40,14 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         source = _torchvision_source(parts[1], parts[2] if len(parts) > 2 else split or "train")
         source.spec = spec
         return _non_empty(source, arg, spec)
-    pattern = open_pattern(spec, arg)
+    spec, label_sets, folders = _options(spec, arg)
+    labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
+    pattern = open_pattern(spec, arg, folders)
     if pattern is not None:
-        pattern.spec = os.path.abspath(spec)  # braces and all: reopened by expanding it again
+        pattern.spec = os.path.abspath(spec) + labelled_by  # braces and all: reopened by expanding it again
         return _non_empty(pattern, arg, spec)
     path = Path(spec)
-    label_sets = not path.exists() and spec.endswith(f"#{LABEL_SETS}")
     if label_sets:
-        spec = spec[:-len(LABEL_SETS) - 1]
-        path = Path(spec)
         if not path.is_dir():
             raise HashindexError(f"{arg}={spec}#{LABEL_SETS}: " + ("label sets are read from a folder tree"
                                  if path.exists() else "no such directory"))
@@ -54,27 +57,30 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     if not path.exists():
         raise HashindexError(f"{arg}={spec}: no such file or directory")
     try:
-        source = FolderSource(path, follow_links, label_sets=True) if label_sets else \
-            _open_path(path, split or "train", follow_links)
+        source = FolderSource(path, follow_links, label_sets=True, folders=folders) if label_sets else \
+            _open_path(path, split or "train", follow_links, folders)
     except HashindexError as e:
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar/.tar.gz or .zip, a brace pattern of tars, "
                              "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
+    if labelled_by and not isinstance(source, (FolderSource, TarSource, ZipSource, ConcatSource)):
+        raise HashindexError(f"{arg}={spec}{labelled_by}: classes are named by folders in a folder tree, a tar or "
+                             f"zip, or tar shards; {source.description} has labels of its own")
     split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
-                   + (f"#{LABEL_SETS}" if label_sets else ""))
+                   + (f"#{LABEL_SETS}" if label_sets else "") + labelled_by)
     return _non_empty(source, arg, spec)
 
 
 def reopen_source(spec: str) -> ImageSource:
     """Open a source from its recorded ``spec`` (with #limit= / #every= selections)."""
     base, *selections = spec.split("#")
-    source = open_source(base + (f"#{LABEL_SETS}" if LABEL_SETS in selections else ""), "source",
-                         follow_links=FOLLOW_LINKS in selections)
+    options = [sel for sel in selections if sel == LABEL_SETS or sel.startswith(f"{LABELS}=")]
+    source = open_source("#".join([base, *options]), "source", follow_links=FOLLOW_LINKS in selections)
     for sel in selections:
-        if sel in (FOLLOW_LINKS, LABEL_SETS):
+        if sel == FOLLOW_LINKS or sel in options:
             continue
         key, _, value = sel.partition("=")
         if key == "limit":
@@ -88,8 +94,26 @@ def reopen_source(spec: str) -> ImageSource:
     return source
 
 
-def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSource | None:
-    """The source type a path is, or None if it is none of them."""
+def _options(spec: str, arg: str) -> tuple[str, bool, str]:
+    """(spec, label sets?, folder labels): the options ``#label-sets`` and ``#labels=parent|top|path`` split off
+    the end of a spec; a path that exists as written is never split (a folder may be named ``x#y``)."""
+    label_sets, folders = False, "parent"
+    while "#" in spec and not Path(spec).exists():
+        head, _, option = spec.rpartition("#")
+        if option == LABEL_SETS:
+            label_sets = True
+        elif option.startswith(f"{LABELS}="):
+            folders = option.partition("=")[2]
+            if folders not in FOLDER_LABELS:
+                raise HashindexError(f"{arg}={spec}: #{option}: expected #{LABELS}=parent, top or path")
+        else:
+            break
+        spec = head
+    return spec, label_sets, folders
+
+
+def _open_path(path: Path, split: str, follow_links: bool = False, folders: str = "parent") -> ImageSource | None:
+    """The source type a path is, or None if it is none of them; ``folders``: which folder names a class."""
     name = path.name.lower()
     if path.is_dir():
         if (path / "prepared.json").is_file():  # hashindex prepare's output (h5py: imported only then)
@@ -106,21 +130,22 @@ def _open_path(path: Path, split: str, follow_links: bool = False) -> ImageSourc
             return stl10_source(path, split)
         if is_svhn(path):
             return svhn_source(path, split)
-        folder = FolderSource(path, follow_links)
+        folder = FolderSource(path, follow_links, folders=folders)
         if not folder.containers:
             return folder
-        parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path)
+        parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path,
+                                                                      folders)
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
     if name.endswith(TAR_EXTENSIONS):
-        return TarSource(path)
+        return TarSource(path, folders)
     if name.endswith(ZIP_EXTENSIONS):
-        return ZipSource(path)
+        return ZipSource(path, folders)
     if is_svhn(path):  # a .mat file (folders were decided above)
         return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
         text = read_list(path)  # read once: a list of shards or a list of images
         shards = shard_list(path, text)
-        return open_shard_list(path, shards) if shards is not None else ListSource(path, text)
+        return open_shard_list(path, shards, folders) if shards is not None else ListSource(path, text)
     if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
     return None

@@ -71,16 +71,18 @@ def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str], np.n
     return first_labels(merged), names, merged
 
 
-def shard_parts(paths: list[Path], base: Path | None = None) -> list[tuple[str, ImageSource]]:
-    """(prefix, TarSource) per shard; the prefix is the shard's path relative to ``base`` (or its name)."""
+def shard_parts(paths: list[Path], base: Path | None = None, folders: str = "parent"
+                ) -> list[tuple[str, ImageSource]]:
+    """(prefix, TarSource) per shard; the prefix is the shard's path relative to ``base`` (or its name);
+    ``folders``: which folder of a member names its class (`sources.folder_label`)."""
     out = []
     for p in paths:
         prefix = str(p.relative_to(base)) if base is not None else p.name
-        out.append((prefix, TarSource(p)))
+        out.append((prefix, TarSource(p, folders)))
     return out
 
 
-def open_pattern(spec: str, arg: str) -> ImageSource | None:
+def open_pattern(spec: str, arg: str, folders: str = "parent") -> ImageSource | None:
     """A brace pattern of tar shards (``shards/{00000..00099}.tar``), or None when ``spec`` is not one."""
     if "{" not in spec or Path(spec).exists():
         return None
@@ -94,7 +96,7 @@ def open_pattern(spec: str, arg: str) -> ImageSource | None:
                              f"{len(names)} shards missing)")
     if not all(is_tar_name(n) for n in names):
         raise HashindexError(f"{arg}={spec}: a brace pattern must name .tar / .tar.gz shards")
-    return ConcatSource(shard_parts([Path(n) for n in names]), f"shards {spec} ({len(names)} tars)")
+    return ConcatSource(shard_parts([Path(n) for n in names], folders=folders), f"shards {spec} ({len(names)} tars)")
 
 
 def shard_list(path: Path, text: str) -> list[Path] | None:
@@ -106,9 +108,9 @@ def shard_list(path: Path, text: str) -> list[Path] | None:
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
 
 
-def open_shard_list(path: Path, shards: list[Path]) -> ImageSource:
+def open_shard_list(path: Path, shards: list[Path], folders: str = "parent") -> ImageSource:
     missing = [p for p in shards if not p.is_file()]
     if missing:
         raise HashindexError(f"{path}: lists {missing[0]}, which does not exist ({len(missing)} of "
                              f"{len(shards)} shards missing)")
-    return ConcatSource(shard_parts(shards), f"shard list {path} ({len(shards)} tars)")
+    return ConcatSource(shard_parts(shards, folders=folders), f"shard list {path} ({len(shards)} tars)")
