@@ -95,6 +95,26 @@ def test_image_and_id_searches_equal_the_cli_api(server, flat_index, tiny_model,
         assert status == 200 and got["results"] == want["results"], qs
 
 
+def test_pages_health_and_item_images(server):
+    """Both servers: GET /health, the search page and the /indexes/NAME paths it calls, an item's image file (a
+    member of the CIFAR-10 tar, byte for byte, with its media type); 404s naming an unknown id or index."""
+    from hashindex.data import open_source
+
+    src = open_source(need(CIFAR_TEST))
+    status, info = call(server + "/")
+    assert status == 200 and info["indexes"] == [info["name"]] == ["flat"]
+    assert call(server + "/health") == (200, {"status": "ok", "indexes": {"flat": 10000}})
+    with urllib.request.urlopen(server + "/ui", timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/html") and b"/items/${hit.id}/image" in r.read()
+    for path in ("/items/5/image", "/indexes/flat/items/5/image"):
+        with urllib.request.urlopen(server + path, timeout=60) as r:
+            assert r.read() == src.read_bytes(5) and r.headers["Content-Type"] == "image/jpeg", path
+    named, plain = call(server + "/indexes/flat/search?id=5&k=3"), call(server + "/search?id=5&k=3")
+    assert named[0] == 200 and named[1]["results"] == plain[1]["results"]
+    assert call(server + "/items/123456/image") == (404, {"error": "id=123456: no such item in flat"})
+    assert call(server + "/indexes/other/search?id=5") == (404, {"error": "index=other: no such index (served: flat)"})
+
+
 def test_concurrent_requests_get_their_own_answers(server, flat_index):
     ids = [3, 141, 592, 6535, 8979, 3238] * 2
     with ThreadPoolExecutor(6) as pool:

@@ -259,7 +259,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
       curl -s --data-binary @cat.jpg 'localhost:8000/search?k=10'
       curl -s -F file=@cat.jpg -F file=@dog.jpg 'localhost:8000/batch?k=5'
       curl -s 'localhost:8000/search?id=42&radius=2'
-      curl -s -o 42.jpg 'localhost:8000/items/42/image'    # a result's image file (asgi server)
+      curl -s -o 42.jpg 'localhost:8000/items/42/image'    # a result's image file
       open http://localhost:8000/ui                          # a page: search with a photo, see results
       hashindex serve index/photos --writable &    # then add photos:
       curl -s -F file=@new1.jpg -F file=@new2.jpg 'localhost:8000/items?label=cat'

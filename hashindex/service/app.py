@@ -30,11 +30,9 @@ parsing, and neither holds the GIL while the batcher thread runs the net and Fai
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,6 +44,7 @@ from .engine import Engine, Query
 from .metrics import Metrics
 from .middleware import BodyLimit, Timing
 from .params import MAX_BATCH, RequestError, check_names, check_upload_options, int_param, search_options
+from .served import ui_page
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -108,7 +107,7 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
 
     @app.get("/ui", summary="A page to search with a photo and see the results", response_class=HTMLResponse)
     async def ui() -> HTMLResponse:
-        return HTMLResponse(_ui_page())
+        return HTMLResponse(ui_page())
 
     @app.get("/health", summary="Liveness and readiness")
     async def health() -> dict[str, Any]:
@@ -322,12 +321,6 @@ async def _write(current, lock: asyncio.Lock, reload, what: str, work) -> dict[s
             raise RequestError(500, f"{done} {engine.index.dir}, but reopening it failed: the service still serves "
                                     f"the index before the {what} (see its log)")
     return {**result, "index": engine.name}
-
-
-@functools.cache
-def _ui_page() -> str:
-    """The page GET /ui serves, read from the package once."""
-    return (Path(__file__).parent / "ui.html").read_text(encoding="utf-8")
 
 
 async def _item_image(engine: Engine, item_id: int) -> Response:

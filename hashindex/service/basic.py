@@ -6,7 +6,11 @@ ASGI service against. Plain JSON:
     GET  /                              what is served (items, bits, model, classes)
     POST /search?k=10   body = image    search with an image file's bytes
     GET  /search?id=42&k=10             search with an indexed item
+    GET  /items/42/image                an item's image file, from its collection
+    GET  /health, GET /ui               liveness; the search page the ASGI service serves
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
+
+As on the ASGI service, ``/indexes/NAME/...`` names the one index served (the page's own paths).
 
 Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
 with status 400 (bad request), 404 (no such id or path), 411 (no usable
@@ -21,12 +25,13 @@ Searches run one at a time (a lock): the net and Faiss already use every core.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
@@ -34,7 +39,7 @@ from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param, own_of,
                      search_options)
-from .served import Served
+from .served import Served, ui_page
 
 
 class Searcher(Served):
@@ -79,9 +84,11 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
         timeout = SOCKET_TIMEOUT_S  # applied to each connection's socket
 
         def _reply(self, status: int, body: dict[str, Any]) -> None:
-            data = (json.dumps(body) + "\n").encode()
+            self._send(status, (json.dumps(body) + "\n").encode(), "application/json")
+
+        def _send(self, status: int, data: bytes, media: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", media)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -90,10 +97,15 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
-                if url.path == "/" and method == "GET":
-                    return self._reply(200, searcher.info())
-                if url.path != "/search":
-                    raise RequestError(404, f"{url.path}: no such endpoint (GET /, GET or POST /search)")
+                path = _unnamed(url.path, searcher.name)
+                if method == "GET" and path in ("/", "/health", "/ui"):
+                    return self._get_page(path)
+                image = ITEM_IMAGE.fullmatch(path)
+                if method == "GET" and image:
+                    return self._send(200, *searcher.item_image(int(image[1])))
+                if path != "/search":
+                    raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID/image; "
+                                            "GET or POST /search)")
                 options = search_options(params, by_id=method == "GET")
                 if method == "GET":
                     item = int_param(params, "id", None, 0)
@@ -107,6 +119,13 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                 return self._reply(400, {"error": str(e)})
             except Exception as e:  # a bug: this request fails with a status, the server goes on
                 return self._reply(500, {"error": f"internal error: {type(e).__name__}: {str(e)[:200]}"})
+
+        def _get_page(self, path: str) -> None:
+            if path == "/ui":
+                return self._send(200, ui_page().encode(), "text/html; charset=utf-8")
+            if path == "/health":
+                return self._reply(200, {"status": "ok", "indexes": {searcher.name: searcher.index.count}})
+            return self._reply(200, {**searcher.info(), "indexes": [searcher.name]})
 
         def _body(self) -> bytes:
             """The request body, read only when its declared length is a number within MAX_BODY."""
@@ -133,6 +152,20 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                 log(f"{self.address_string()} {fmt % args}")
 
     return Handler
+
+
+ITEM_IMAGE = re.compile(r"/items/(\d{1,18})/image")
+
+
+def _unnamed(path: str, name: str) -> str:
+    """A path under ``/indexes/NAME`` as the same path without it (the one index served); a 404 naming the
+    served index for another name."""
+    if not path.startswith("/indexes/"):
+        return path
+    asked, _, rest = path[len("/indexes/"):].partition("/")
+    if unquote(asked) != name:
+        raise RequestError(404, f"index={unquote(asked)}: no such index (served: {name})")
+    return "/" + rest
 
 
 def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None) -> ThreadingHTTPServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ class Served:
             raise RequestError(404, f"id={item_id}: its collection is no longer where it was read from, or its "
                                     "images were not kept (added through the service)")
         return data, media_type(data, path)
+
+
+@functools.cache
+def ui_page() -> str:
+    """The page GET /ui serves (both servers), read from the package once."""
+    return (Path(__file__).parent / "ui.html").read_text(encoding="utf-8")
 
 
 MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
