@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..metrics import first_labels
-from .members import label_sets_from_text, labels_from_text
+from .labels import label_sets_from_text, labels_from_text
 from .sources import FilesSource
 
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")

@@ -14,22 +14,16 @@ sample). hashindex follows it in folders and tars alike:
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from functools import lru_cache
 
-import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..metrics import first_labels
 from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
-JSON_LABEL_KEYS = ("label", "cls", "class", "class_name", "category")  # tried in this order
-# a list under one of these (or the keys above) is a label set: a multi-label collection (COCO's categories)
-JSON_LABEL_LIST_KEYS = ("labels", "tags", "categories", "classes")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 # Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
 _NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
@@ -80,35 +74,6 @@ def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
 
 
-def sidecar_label(data: bytes, ext: str) -> str | list[str] | None:
-    """The label a ``.cls`` or ``.json`` sidecar gives (as text), the labels of a JSON list (a label set:
-    ``{"labels": ["dog", "person"]}``), or None when it gives none."""
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return None
-    if ext == ".cls":
-        return text or None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    for key in JSON_LABEL_KEYS + JSON_LABEL_LIST_KEYS:
-        value = doc.get(key)
-        if _scalar(value) and key in JSON_LABEL_KEYS:
-            return str(value).strip()
-        if isinstance(value, list) and value and all(_scalar(v) for v in value):
-            return sorted({str(v).strip() for v in value})
-    return None
-
-
-def _scalar(value) -> bool:
-    """A label value: a non-empty string or an integer (not a bool)."""
-    return isinstance(value, (int, str)) and not isinstance(value, bool) and bool(str(value).strip())
-
-
 def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Sort a collection's file names (in order) into image items, label sidecars and the rest.
 
@@ -128,34 +93,6 @@ def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str
         elif suffix(n) in LABEL_SIDECARS and (key not in sidecars or suffix(n) == ".cls"):
             sidecars[key] = n  # .cls wins over .json when a sample has both
     return images, sidecars, unread
-
-
-def labels_from_text(raw: list[str], where: str) -> tuple[list[int], list[str]]:
-    """Labels from text values ('' = none): integers stay integers (no class names), else class names."""
-    given = [r for r in raw if r]
-    if given and all(re.fullmatch(r"-?\d+", r) for r in given):
-        values = [int(r) if r else -1 for r in raw]
-        bad = next((v for v in values if not -1 <= v < 2**31 - 1), None)
-        if bad is not None:
-            raise HashindexError(f"{where}: label {bad} is out of range (integer labels are 0 to "
-                                 f"{2**31 - 2}, or -1 for none)")
-        return values, []
-    names = sorted(set(given))
-    index = {n: i for i, n in enumerate(names)}
-    return [index.get(r, -1) for r in raw], names
-
-
-def label_sets_from_text(raw: list[list[str]], where: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(first class, class names, label sets (N, C) bool) of items that each list their labels (text, as
-    `labels_from_text` reads one; integers name the classes '0' to the largest, -1 none)."""
-    flat = [t for r in raw for t in r]
-    values, names = labels_from_text(flat, where)
-    values = np.array(values, dtype=np.int64)
-    names = names or [str(v) for v in range(int(values.max(initial=-1)) + 1)]
-    sets = np.zeros((len(raw), len(names)), dtype=bool)
-    rows = np.repeat(np.arange(len(raw)), [len(r) for r in raw])
-    sets[rows[values >= 0], values[values >= 0]] = True  # an integer label -1 says "none"
-    return first_labels(sets), names, sets
 
 
 _BRACES = re.compile(r"\{([^{}]*)\}")

@@ -21,8 +21,8 @@ from PIL import Image
 from ..errors import HashindexError
 from ..metrics import first_labels
 from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
-from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name,
-                      label_sets_from_text, labels_from_text, sample_key, sidecar_label)
+from .labels import folder_label, sample_labels
+from .members import SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name
 from .members import suffix as name_suffix
 
 log = logging.getLogger("hashindex")
@@ -176,28 +176,6 @@ class _Subset(ImageSource):
         return self.parent._decode_for(int(self.pick[i]), size)
 
 
-def _labels_from_parents(parents: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Label = index of the parent folder name; '' (top level) is -1."""
-    names = sorted({p for p in parents if p})
-    index = {n: i for i, n in enumerate(names)}
-    labels = np.array([index.get(p, -1) for p in parents], dtype=np.int32)
-    return labels, names
-
-
-FOLDER_LABELS = ("parent", "top", "path")  # which folder of an item's path names its class
-
-
-def folder_label(name: str, folders: str = "parent") -> str:
-    """The class a member or file ``name`` (relative to its collection's root) gets from its folders: the
-    parent folder's name (``parent``), the first folder under the root (``top``: ``cats/2019/x.jpg`` is a cat)
-    or the whole folder path (``path``: Places365's ``a/apartment_building/outdoor``); '' at the root (a tar's
-    ``./x.jpg`` too, as made by ``tar cf x.tar .``)."""
-    parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".")]
-    if not parts:
-        return ""
-    return parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1]
-
-
 def shared_folder_names(source: ImageSource) -> dict[str, list[str]]:
     """Classes named after a parent folder whose name several folders share (``cats/sub`` and ``dogs/sub``
     make one class ``sub``): class name -> those folders. Empty when every class is one folder, as in a tree
@@ -224,26 +202,6 @@ def warn_shared_folder_names(source: ImageSource, arg: str) -> None:
                 "'#labels=path' for the whole folder path", arg, source.spec or source.description, what, more)
 
 
-def _sample_labels(images: list[str], sidecars: dict[str, str], read, where: str, folders: str = "parent"
-                   ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """Labels of image items: from their ``.cls`` / ``.json`` sidecar (WebDataset), else from their
-    folders (`folder_label`); and their label sets when a JSON sidecar lists several labels (None otherwise).
-    ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class names even when they
-    are digits (as they always were); with them, all-integer labels stay integers."""
-    parents = [folder_label(n, folders) for n in images]
-    if not sidecars:
-        return (*_labels_from_parents(parents), None)
-    raw: list[list[str]] = []
-    for n, parent in zip(images, parents):
-        side = sidecars.get(sample_key(n))
-        got = sidecar_label(read(side), name_suffix(side)) if side else parent
-        raw.append([] if not got else [got] if isinstance(got, str) else got)
-    if all(len(r) <= 1 for r in raw):
-        values, names = labels_from_text([r[0] if r else "" for r in raw], where)
-        return np.array(values, dtype=np.int32), names, None
-    return label_sets_from_text(raw, where)
-
-
 def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, where: str, folders: str = "parent"
            ) -> tuple[list[str], np.ndarray, list[str], dict[int, tuple[str, str]], np.ndarray | None]:
     """A collection's files (in order) as items: (paths, labels, class names, unread positions, label sets or
@@ -257,7 +215,7 @@ def _items(names: list[str], extra_unread: dict[str, tuple[str, str]], read, whe
                for n, r in unread.items()}
     reasons.update(extra_unread)
     paths = [n for n in names if n in image_set or n in reasons]
-    image_labels, class_names, image_sets = _sample_labels(images, sidecars, read, where, folders)
+    image_labels, class_names, image_sets = sample_labels(images, sidecars, read, where, folders)
     by_name = dict(zip(images, image_labels))
     labels = np.array([by_name.get(n, -1) for n in paths], dtype=np.int32)
     sets = None

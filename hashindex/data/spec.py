@@ -11,7 +11,8 @@ from .formats import (_find, _torchvision_source, cifar100_source, cifar_source,
 from .members import is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import ZIP_EXTENSIONS, TarSource, ZipSource
-from .sources import FOLDER_LABELS, TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
+from .labels import FOLDER_LABELS
+from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -30,7 +31,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     item per distinct file, labelled with all of those folders (`FolderSource`).
     ``SPEC#labels=top`` names a folder tree's, tar's or zip's classes by the first
     folder under its root (``cats/2019/x.jpg``: cats), ``#labels=path`` by the whole
-    folder path; the default is the parent folder (`sources.folder_label`).
+    folder path; the default is the parent folder (`labels.folder_label`).
     Raises HashindexError naming ``arg`` if the spec is not a collection hashindex
     can read or holds no images.
     """

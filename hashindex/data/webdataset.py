@@ -74,7 +74,7 @@ def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str], np.n
 def shard_parts(paths: list[Path], base: Path | None = None, folders: str = "parent"
                 ) -> list[tuple[str, ImageSource]]:
     """(prefix, TarSource) per shard; the prefix is the shard's path relative to ``base`` (or its name);
-    ``folders``: which folder of a member names its class (`sources.folder_label`)."""
+    ``folders``: which folder of a member names its class (`labels.folder_label`)."""
     out = []
     for p in paths:
         prefix = str(p.relative_to(base)) if base is not None else p.name
