@@ -25,17 +25,19 @@ class Originals:
 
         self.index = index
         self._entries = collections(index.meta)
-        self._opened: dict[int, tuple[Any, dict[str, int]] | None] = {}
+        self._opened: dict[int, Any] = {}
         self._lock = threading.Lock()  # the service asks from several threads
 
-    def _collection(self, position: int) -> tuple[Any, dict[str, int]] | None:
-        """(reopened source, path -> item) of the collection holding ``position``, or None."""
+    def _collection(self, position: int):
+        """The reopened source of the collection holding ``position``, or None."""
+        from .query import collection_spec
+
         j = next((j for j, e in enumerate(self._entries) if e["start"] <= position < e["stop"]), None)
         if j is None:
             return None
         with self._lock:
             if j not in self._opened:
-                self._opened[j] = _reopen(self._entries[j])
+                self._opened[j] = reopen_or_none(collection_spec(self._entries[j]))
             return self._opened[j]
 
     def reachable(self) -> bool:
@@ -48,8 +50,8 @@ class Originals:
         if opened is None:
             return None
         path = self.index.paths(np.array([position]))[0] if path is None else path
-        item = opened[1].get(path)
-        return None if item is None else (opened[0], item)
+        item = opened.item_of(path)
+        return None if item is None else (opened, item)
 
     def read_bytes(self, position: int, path: str | None = None) -> bytes | None:
         """The image file's bytes (None: not reachable; `BadImage` when the file is there but unreadable)."""
@@ -72,11 +74,3 @@ def reopen_or_none(spec: str | None):
         return reopen_source(spec)
     except HashindexError:
         return None
-
-
-def _reopen(entry: dict[str, Any]) -> tuple[Any, dict[str, int]] | None:
-    from .files import encode_name
-    from .query import collection_spec
-
-    src = reopen_or_none(collection_spec(entry))
-    return None if src is None else (src, {encode_name(p): i for i, p in enumerate(src.paths)})

@@ -232,13 +232,12 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
     if qsrc is None:
         raise HashindexError("results grid: the query images are no longer where they were extracted from")
     sources = _reachable_sources(index)
-    qpos = {encode_name(p): i for i, p in enumerate(qsrc.paths)}
     res, k = examples["result"], examples["result"].positions.shape[1]
     paths = index.paths(res.positions)
     rows = []
     relevant = relevant_items(examples["targets"], examples["db_targets"], np.maximum(res.positions, 0))
     for row, (qpath, ql) in enumerate(zip(examples["paths"], examples["labels"])):
-        item = qpos.get(qpath)
+        item = qsrc.item_of(qpath)
         hits = []
         for col in range(k):
             pos = int(res.positions[row, col])
@@ -291,10 +290,9 @@ def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any],
                     most: int = 30) -> Path:
     """Write groups of copies (`duplicates.find_duplicates`) as a PNG grid: a row per group, its first image,
     then each copy with its Hamming distance; ``sources`` maps each collection name to its `ImageSource`."""
-    positions = {name: {p: i for i, p in enumerate(src.paths)} for name, src in sources.items()}
-
     def reader(row: dict[str, Any]) -> Callable[[], Any]:
-        src, pos = sources[row["collection"]], positions[row["collection"]].get(row["path"])
+        src = sources[row["collection"]]
+        pos = src.item_of(encode_name(row["path"]))
         return lambda: src.read(pos) if pos is not None else None
 
     def caption(row: dict[str, Any]) -> str:

@@ -64,6 +64,16 @@ class ImageSource:
     def ids(self) -> np.ndarray:
         return np.arange(len(self), dtype=np.int64) + self.id_offset
 
+    def item_of(self, recorded: str) -> int | None:
+        """The position of the item whose path shards and indexes record as ``recorded`` (`files.encode_name` of
+        its path), or None when the collection no longer holds it; the map is built once, at the first call."""
+        by_path = self.__dict__.get("_by_path")
+        if by_path is None:
+            from ..files import encode_name
+
+            by_path = self.__dict__["_by_path"] = {encode_name(p): i for i, p in enumerate(self.paths)}
+        return by_path.get(recorded)
+
     def fingerprint(self) -> str:
         """Identity of the collection: its items' paths, labels and ids, in order."""
         import hashlib
