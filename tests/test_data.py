@@ -418,6 +418,13 @@ def test_file_list(tmp_path):
     src = open_source(tmp_path / "list.csv")
     assert src.class_names == ["cat", "dog"] and list(src.labels) == [0, 1, 0]
     assert list(read_all(src).values()) == ["", "", "missing"]
+    # a header naming its columns otherwise (Kaggle's "filename,class"; a .TSV, tab-separated) is no item either
+    (tmp_path / "kaggle.TSV").write_text("Filename\tclass\nimgs/cat/good.jpg\tcat\nimgs/dog/pic.bmp\tdog\n")
+    kaggle = open_source(tmp_path / "kaggle.TSV")
+    assert kaggle.class_names == ["cat", "dog"] and list(kaggle.labels) == [0, 1] and len(kaggle) == 2
+    (tmp_path / "id").write_bytes(image_bytes())  # a first field naming a file that is there is an item
+    (tmp_path / "ids.csv").write_text("id,x\n")
+    assert open_source(tmp_path / "ids.csv").paths == [str(tmp_path / "id")]
     (tmp_path / "ints.txt").write_text(f"{tmp_path}/imgs/cat/good.jpg,3\nimgs/dog/pic.bmp\n")
     ints = open_source(tmp_path / "ints.txt")
     assert list(ints.labels) == [3, -1]

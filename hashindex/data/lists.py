@@ -20,6 +20,10 @@ from .sources import FilesSource
 
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
 LABEL_SEPARATOR = "|"  # several labels in a CSV list's label field: an item's label set
+# a first line whose first field is one of these (and no file of that name) is a header: "filename,class" as
+# Kaggle's and most exported lists have one; read as an item, it became a missing file and a class "class"
+HEADER_NAMES = frozenset({"path", "paths", "file", "files", "filename", "file_name", "filepath", "file_path",
+                          "image", "images", "img", "image_path", "image_name", "image_id", "name", "id"})
 __all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "one_hot_rows", "read_list"]
 
 
@@ -94,7 +98,7 @@ class ListSource(FilesSource):
 
     Labels may be class names or integers; several in one field, separated by ``|`` (``beach|sunset``), make
     the list a multi-label collection. Blank lines and lines starting with '#' are ignored; a first line
-    ``path[,label]`` is a header.
+    naming its columns (``path,label``, ``filename,class``: `HEADER_NAMES`) is a header.
     """
 
     def __init__(self, path: str | Path, text: str | None = None):
@@ -105,7 +109,7 @@ class ListSource(FilesSource):
         paths, raw = [], []
         rows, sets = self._rows(text)
         for lineno, row in rows:
-            if lineno == 1 and row[0].strip().lower() == "path":
+            if lineno == 1 and _is_header(row[0], base):
                 continue
             if len(row) > 2:
                 raise HashindexError(f"{self.path}:{lineno}: expected 'path[,label]', got {len(row)} fields")
@@ -133,10 +137,16 @@ class ListSource(FilesSource):
             spaced = caffe_rows(text)
             if spaced is not None:
                 return spaced, None
-        delim = "\t" if self.path.suffix == ".tsv" else ","
+        delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
         rows = enumerate(csv.reader(io.StringIO(text), delimiter=delim), 1)
         return [(n, row) for n, row in rows if row and row[0].strip() and not row[0].lstrip().startswith("#")], None
 
     def _parse_labels(self, raw: list[str]) -> tuple[np.ndarray, list[str]]:
         values, names = labels_from_text(raw, str(self.path))
         return np.array(values, dtype=np.int32), names
+
+
+def _is_header(first: str, base: Path) -> bool:
+    """Whether a list's first field on its first line names the path column rather than a file."""
+    first = first.strip()
+    return first.lower() in HEADER_NAMES and not (base / first).exists()
