@@ -28,7 +28,7 @@ class Originals:
         self._opened: dict[int, Any] = {}
         self._lock = threading.Lock()  # the service asks from several threads
 
-    def _collection(self, position: int):
+    def _collection(self, position: int) -> Any:
         """The reopened source of the collection holding ``position``, or None."""
         from .query import collection_spec
 
