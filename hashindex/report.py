@@ -242,12 +242,14 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
         for col in range(k):
             pos = int(res.positions[row, col])
             if pos >= 0:
-                hits.append((_database_image(sources, pos, paths[row * k + col]),
-                             "green" if relevant[row, col] else "red", f"d={int(res.hamming[row, col])}"))
+                colour = "grey" if ql < 0 else "green" if relevant[row, col] else "red"  # grey: no label to judge
+                hits.append((_database_image(sources, pos, paths[row * k + col]), colour,
+                             f"d={int(res.hamming[row, col])}"))
         rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
-                     f"query: {class_name(index.class_names, int(ql))}", hits))
-    return _draw_grid(rows, path, f"top {k} (re-ranked): green = same class (a shared label for label sets), "
-                                  f"red = other; model {index.model_id}")
+                     f"query: {class_name(index.class_names, int(ql)) if ql >= 0 else Path(qpath).name[-20:]}", hits))
+    borders = ("green = same class (a shared label for label sets), red = other"
+               + ("; grey = an unlabelled query" if (examples["labels"] < 0).any() else ""))
+    return _draw_grid(rows, path, f"top {k} (re-ranked): {borders}; model {index.model_id}")
 
 
 def query_grid_rows(index, rows: list[dict[str, Any]], most: int = 20) -> list:

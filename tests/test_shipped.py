@@ -61,3 +61,23 @@ def test_demo_end_to_end(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["queries"] == 100 and metrics["database"] == 900
     assert metrics["model_id"] == load_model(DEFAULT_MODEL).model_id  # the demo runs the default model
+
+
+def test_demo_on_photos_without_labels(tmp_path):
+    """A flat folder of photos (no class folders): no mAP to measure, so the demo ends with its index and a
+    results grid instead of failing at the evaluation."""
+    need(CIFAR_TEST)
+    src = open_source(CIFAR_TEST).subset(40)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(len(src)):
+        (photos / f"{i:03d}.jpg").write_bytes(src.read_bytes(i))
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["-q", "demo", "--data", str(photos), "--out", str(out), "--workers", "0",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["map"] is None and summary["summary"] is None and not (out / "metrics.json").exists()
+    assert sorted(summary["files"]) == ["index", "results_grid"] and Path(summary["files"]["results_grid"]).stat().st_size
+    assert "evaluate: skipped, folder" in res.stderr and "has no labels" in res.stderr
+
