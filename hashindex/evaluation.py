@@ -63,7 +63,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
     if (index.labels < 0).all():
-        raise HashindexError(f"index_dir={index.dir}: the indexed items have no labels")
+        raise HashindexError(f"index_dir={index.dir}: the indexed items have no labels (mAP needs labelled items: "
+                             "class subfolders, a labelled list, ...; hashindex query searches it without them)")
     with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
         shards = ShardSet(shard_dir, "queries")
         index.check_model(shards.model_id, f"queries={queries_dir}")
