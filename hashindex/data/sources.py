@@ -193,9 +193,17 @@ def shared_folder_names(source: ImageSource) -> dict[str, list[str]]:
     ``DIR#labels=top`` or ``#labels=path`` names classes otherwise."""
     folders: dict[str, set[str]] = {}
     for part in getattr(source, "parts", [source]):  # the shards of a set each hold the class folders
-        for path, label in zip(part.paths, part.labels) if part.folder_labels and part.class_names else ():
-            if label >= 0 and folder_label(path) == part.class_names[label]:
-                folders.setdefault(part.class_names[label], set()).add(folder_label(path, "path"))
+        if not (part.folder_labels and part.class_names):
+            continue
+        # each folder's first labelled item's class, then the check once per folder: on CIFAR-10's 50,000 images
+        # 0.03-0.07 s, where checking each item took 0.85 s (cores shared with a training run both times)
+        first: dict[str, int] = {}
+        for path, label in zip(part.paths, part.labels.tolist()):
+            if label >= 0:
+                first.setdefault(path.rpartition("/")[0], label)
+        for folder, label in first.items():
+            if folder_label(folder + "/_") == part.class_names[label]:
+                folders.setdefault(part.class_names[label], set()).add(folder_label(folder + "/_", "path"))
     return {name: sorted(f) for name, f in sorted(folders.items()) if len(f) > 1}
 
 
