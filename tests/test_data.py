@@ -202,6 +202,13 @@ def test_zip_sources(tmp_path, tiny_model):
     named = open_source(tmp_path / "names.zip")
     assert named.paths == list(names) and named.class_names == ["cat", "dög café"]
     assert named.read_bytes(0) == names["dög café/ïmage 1.jpg"]
+    with zipfile.ZipFile(tmp_path / "powershell.zip", "w") as zf:  # Compress-Archive's '\' between folders
+        zf.writestr("cat\\", b"")
+        for name, data in names.items():
+            zf.writestr(name.replace("/", "\\"), data)
+    windows = open_source(tmp_path / "powershell.zip")
+    assert windows.paths == list(names) and windows.class_names == ["cat", "dög café"] and not windows.unread
+    assert windows.read_bytes(1) == names["cat/0.jpg"]
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(HashindexError, match=r"data=.*bad\.zip: not a readable zip archive"):
         open_source(tmp_path / "bad.zip")

@@ -110,7 +110,9 @@ class ZipSource(_InPlace):
     """Image members of a zip archive (a dataset or a photo export as it was downloaded), read in place.
 
     Each worker process opens the archive once and reads members by name. Symbolic links, encrypted members
-    and members over MAX_FILE_BYTES are counted skips, as in a folder or a tar.
+    and members over MAX_FILE_BYTES are counted skips, as in a folder or a tar. An archive whose names all
+    separate folders with '\\' (Windows PowerShell 5.1's Compress-Archive writes them so; the zip format says
+    '/') is read with '/' in its item paths, so its folders name classes as any other's do.
     """
 
     def __init__(self, path: str | Path, folders: str = "parent"):
@@ -120,7 +122,7 @@ class ZipSource(_InPlace):
             zf, self.encoding = _open_names(self.path)
             with zf:
                 for info in zf.infolist():
-                    if info.is_dir():
+                    if info.is_dir() or (info.filename.endswith("\\") and not info.file_size):
                         continue
                     names.append(info.filename)
                     odd_reason = _odd_member(info)
@@ -133,6 +135,12 @@ class ZipSource(_InPlace):
                             pass
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise HashindexError(f"{self.path}: not a readable zip archive ({e})") from None
+        self.members: dict[str, str] = {}  # item path -> member name, where they differ ('\\' separators)
+        if any("\\" in n for n in names) and not any("/" in n for n in names):
+            self.members = {n.replace("\\", "/"): n for n in names}
+            names = list(self.members)
+            odd = {k.replace("\\", "/"): v for k, v in odd.items()}
+            sidecar_bytes = {k.replace("\\", "/"): v for k, v in sidecar_bytes.items()}
         paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
                                                           f"zip {self.path}", folders)
         super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
@@ -142,7 +150,7 @@ class ZipSource(_InPlace):
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
-        return _read_member(self._handle(), self.paths[i])
+        return _read_member(self._handle(), self.members.get(self.paths[i], self.paths[i]))
 
 
 def _open_names(path: Path) -> tuple[zipfile.ZipFile, str | None]:
