@@ -429,6 +429,9 @@ def test_file_list(tmp_path):
     (tmp_path / "kaggle.TSV").write_text("Filename\tclass\nimgs/cat/good.jpg\tcat\nimgs/dog/pic.bmp\tdog\n")
     kaggle = open_source(tmp_path / "kaggle.TSV")
     assert kaggle.class_names == ["cat", "dog"] and list(kaggle.labels) == [0, 1] and len(kaggle) == 2
+    # Excel's "CSV UTF-8": a byte-order mark first, CRLF line ends
+    (tmp_path / "excel.csv").write_bytes("path,label\r\nimgs/cat/good.jpg,cat\r\n".encode("utf-8-sig"))
+    assert open_source(tmp_path / "excel.csv").paths == [str(tmp_path / "imgs/cat/good.jpg")]
     (tmp_path / "id").write_bytes(image_bytes())  # a first field naming a file that is there is an item
     (tmp_path / "ids.csv").write_text("id,x\n")
     assert open_source(tmp_path / "ids.csv").paths == [str(tmp_path / "id")]

@@ -142,7 +142,7 @@ def test_remove_by_recorded_path_and_errors(flat_index, rows, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["count"] == 9998
     assert not np.isin([item, 7], Index.load(out).ids).any()
-    (tmp_path / "ids.txt").write_text("8\n\n9\n")
+    (tmp_path / "ids.txt").write_bytes("8\r\n\r\n9\r\n".encode("utf-8-sig"))  # saved by Notepad: a BOM, CRLF
     assert CliRunner().invoke(cli, ["-q", "remove", str(out), "--ids-file", str(tmp_path / "ids.txt")]).exit_code == 0
     assert Index.load(out).count == 9996
     info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).stdout)

@@ -100,10 +100,15 @@ def test_sidecar_labels_in_a_folder_and_every_pillow_format(tmp_path):
     (tmp_path / "tulips" / "d.png").write_bytes(image_bytes("PNG", seed=4))
     (tmp_path / "tulips" / "d.json").write_text(json.dumps({"label": "roses"}))
     (tmp_path / "tulips" / "e.jpg").write_bytes(image_bytes("JPEG", seed=5))
+    (tmp_path / "tulips" / "f.jpg").write_bytes(image_bytes("JPEG", seed=6))  # sidecars saved by Notepad: a BOM
+    (tmp_path / "tulips" / "f.cls").write_bytes("roses\r\n".encode("utf-8-sig"))
+    (tmp_path / "tulips" / "g.jpg").write_bytes(image_bytes("JPEG", seed=7))
+    (tmp_path / "tulips" / "g.json").write_bytes(json.dumps({"label": "roses"}).encode("utf-8-sig"))
     (tmp_path / "tulips" / "notes.txt").write_text("hello")
     src = open_source(tmp_path)
-    assert src.paths == ["roses/a.jfif", "roses/b", "roses/c.webp", "tulips/d.png", "tulips/e.jpg", "tulips/notes.txt"]
-    assert src.class_names == ["roses", "tulips"] and src.labels.tolist() == [0, 0, 0, 0, 1, -1]
+    assert src.paths == ["roses/a.jfif", "roses/b", "roses/c.webp", "tulips/d.png", "tulips/e.jpg", "tulips/f.jpg",
+                         "tulips/g.jpg", "tulips/notes.txt"]
+    assert src.class_names == ["roses", "tulips"] and src.labels.tolist() == [0, 0, 0, 0, 1, 0, 0, -1]
     assert reasons(src) == {"tulips/notes.txt": "not-an-image"}
 
 

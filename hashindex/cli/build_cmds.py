@@ -390,7 +390,7 @@ def _lines(path: str | None, flag: str) -> list[str]:
     if path is None:
         return []
     try:
-        text = click.get_text_stream("stdin").read() if path == "-" else open(path, encoding="utf-8").read()
+        text = click.get_text_stream("stdin").read() if path == "-" else open(path, encoding="utf-8-sig").read()
     except (OSError, UnicodeDecodeError) as e:
         raise HashindexError(f"{flag} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     return [line for line in text.splitlines() if line.strip()]

@@ -66,7 +66,7 @@ def sidecar_label(data: bytes, ext: str) -> str | list[str] | None:
     """The label a ``.cls`` or ``.json`` sidecar gives (as text), the labels of a JSON list (a label set:
     ``{"labels": ["dog", "person"]}``), or None when it gives none."""
     try:
-        text = data.decode("utf-8").strip()
+        text = data.decode("utf-8-sig").strip()  # a BOM (Windows Notepad) is no part of the label
     except UnicodeDecodeError:
         return None
     if ext == ".cls":

@@ -28,9 +28,10 @@ __all__ = ["LIST_EXTENSIONS", "ListSource", "caffe_rows", "one_hot_rows", "read_
 
 
 def read_list(path: Path) -> str:
-    """A text list's contents (one-line error when unreadable)."""
+    """A text list's contents (one-line error when unreadable); a UTF-8 byte-order mark, which Excel's "CSV UTF-8"
+    puts first, is no part of the first path (or header)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise HashindexError(f"{path}: cannot read file list ({e})") from None
 
