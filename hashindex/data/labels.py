@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 
 import numpy as np
 
@@ -35,11 +36,17 @@ def folder_label(name: str, folders: str = "parent") -> str:
     """The class a member or file ``name`` (relative to its collection's root) gets from its folders: the
     parent folder's name (``parent``), the first folder under the root (``top``: ``cats/2019/x.jpg`` is a cat)
     or the whole folder path (``path``: Places365's ``a/apartment_building/outdoor``); '' at the root (a tar's
-    ``./x.jpg`` too, as made by ``tar cf x.tar .``)."""
+    ``./x.jpg`` too, as made by ``tar cf x.tar .``). Class names are NFC Unicode (`class_text`)."""
     parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".")]
     if not parts:
         return ""
-    return parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1]
+    return class_text(parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1])
+
+
+def class_text(name: str) -> str:
+    """A class name in one Unicode form (NFC): macOS writes 'é' in file names as 'e' + a combining accent
+    (NFD), so a folder copied from a Mac and the same class named elsewhere were two classes that print alike."""
+    return name if unicodedata.is_normalized("NFC", name) else unicodedata.normalize("NFC", name)
 
 
 def sample_labels(images: list[str], sidecars: dict[str, str], read, where: str, folders: str = "parent"
@@ -92,7 +99,9 @@ def _scalar(value) -> bool:
 
 
 def labels_from_text(raw: list[str], where: str) -> tuple[list[int], list[str]]:
-    """Labels from text values ('' = none): integers stay integers (no class names), else class names."""
+    """Labels from text values ('' = none): integers stay integers (no class names), else class names
+    (`class_text`: one Unicode form)."""
+    raw = [class_text(r) for r in raw]
     given = [r for r in raw if r]
     if given and all(re.fullmatch(r"-?\d+", r) for r in given):
         values = [int(r) if r else -1 for r in raw]
