@@ -41,6 +41,18 @@ ten_view() {
     [ -f "$2" ] || [ -f "$runs/$3.pt" ] || $hx -q derive "$1" --test-flip --test-shift 2 --out "$2"
 }
 
+# views NAME: NAME's flip (2 views) and 10-view models, their accuracies printed (derive --val), then the full
+# protocol of each into $runs/NAME-eval-flip and -ten (how a born-again row is compared with the shipped model)
+views() {
+    local src=$runs/$1.pt
+    [ -f "$runs/$1-flip.pt" ] || $hx derive "$src" --test-flip --out "$runs/$1-flip.pt" --val "$cifar_test"
+    [ -f "$runs/$1-ten.pt" ] || $hx derive "$src" --test-flip --test-shift 2 --out "$runs/$1-ten.pt" --val "$cifar_test"
+    for v in flip ten; do
+        HASHINDEX=$hx PYTHON=$py "$(dirname "$0")/eval_protocol.sh" "$runs/$1-$v.pt" "$cifar_train" "$cifar_test" \
+            "$runs/$1-eval-$v"
+    done
+}
+
 # need_e100 NAME: rows that start from cifar10-48-e100's weights stop with a hint when they are missing
 # (a row already begun resumes from its own checkpoint and needs them no more).
 need_e100() {
@@ -89,7 +101,8 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             ten_view nin-cifar10-48-v2 "$runs/cifar10-48-e100-ten.pt" "$name"  # v2 holds cifar10-48-e100's weights
             ten_view "$student" "$runs/cifar10-48-e100-kd-scratch-ten.pt" "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 100 --teacher "$runs/cifar10-48-e100-ten.pt" \
-                --teacher "$runs/cifar10-48-e100-kd-scratch-ten.pt" ;;
+                --teacher "$runs/cifar10-48-e100-kd-scratch-ten.pt"
+            views "$name" ;;
         cifar10-48-e100-cutout-restart)  # issue #13: cifar10-48-e100, then a second cosine cycle (30 epochs from lr 0.05) with cutout
             need_e100 "$name"
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init "$runs/cifar10-48-e100.pt" --epochs 30 --lr 0.05 \
