@@ -78,6 +78,9 @@ def test_folder_labels_parent_top_or_path(tmp_path, caplog):
     for j in range(2):  # each shard holds both class folders: one class each, nothing shared
         make_tar(shards / f"{j}.tar", {f"{c}/{j}.jpg": image_bytes(seed=j) for c in ["cat", "dog"]})
     assert open_source(shards).class_names == ["cat", "dog"] and shared_folder_names(open_source(shards)) == {}
+    from hashindex.data.labels import folder_label
+
+    assert [folder_label(n) for n in ("../x.jpg", "./x.jpg", "/abs/cat/x.jpg", "a/../b/x.jpg")] == ["", "", "cat", "b"]
     # a folder copied from a Mac names 'élan' as 'e' + a combining accent (NFD); a list, as most tools, in NFC
     (tmp_path / "mac" / "e\u0301lan").mkdir(parents=True)
     (tmp_path / "mac" / "e\u0301lan" / "0.jpg").write_bytes(image_bytes(seed=1))

@@ -36,8 +36,8 @@ def folder_label(name: str, folders: str = "parent") -> str:
     """The class a member or file ``name`` (relative to its collection's root) gets from its folders: the
     parent folder's name (``parent``), the first folder under the root (``top``: ``cats/2019/x.jpg`` is a cat)
     or the whole folder path (``path``: Places365's ``a/apartment_building/outdoor``); '' at the root (a tar's
-    ``./x.jpg`` too, as made by ``tar cf x.tar .``). Class names are NFC Unicode (`class_text`)."""
-    parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".")]
+    ``./x.jpg`` too, as made by ``tar cf x.tar .``; no ``..`` is a class). Class names are NFC (`class_text`)."""
+    parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".", "..")]
     if not parts:
         return ""
     return class_text(parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1])
