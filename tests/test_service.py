@@ -380,6 +380,7 @@ def test_added_items_labels():
     names = ["beach", "sunset", "city"]
     assert item_labels("sunset", names, False) == (1, None) and item_labels("2", names, False) == (2, None)
     assert item_labels(None, names, False) == (-1, None)
+    assert item_labels("e\u0301lan", ["\u00e9lan"], False) == (0, None)  # NFD from a Mac: the same class
     label, row = item_labels("city|beach", names, True)
     assert label == 2 and row.tolist() == [True, False, True]
     assert item_labels("", names, True)[1].tolist() == [False, False, False]

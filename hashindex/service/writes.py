@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.labels import class_text
 from .params import RequestError
 
 ADD_PARAMS = ("label", "path")  # what POST /items may set
@@ -25,10 +26,12 @@ ADD_PARAMS = ("label", "path")  # what POST /items may set
 def item_labels(raw: str | None, class_names: list[str], multi_label: bool
                 ) -> tuple[int, np.ndarray | None]:
     """(label, label set or None) of added items from the ``label`` parameter: a class name of the index (or
-    its number); ``a|b`` for a multi-label index; none: unlabelled."""
+    its number); ``a|b`` for a multi-label index; none: unlabelled. Compared in NFC, as collections' class
+    names are (`data.labels.class_text`: a Mac's client may send 'é' as 'e' + an accent)."""
     sets = np.zeros(len(class_names), bool) if multi_label else None
     if raw is None or raw == "":
         return -1, sets
+    raw = class_text(raw)
     names = raw.split("|") if multi_label or ("|" in raw and raw not in class_names) else [raw]
     if len(names) > 1 and not multi_label:
         raise RequestError(400, f"label={raw}: one class per item in this index")
