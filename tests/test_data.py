@@ -217,6 +217,18 @@ def test_zip_sources(tmp_path, tiny_model):
     windows = open_source(tmp_path / "powershell.zip")
     assert windows.paths == list(names) and windows.class_names == ["cat", "dög café"] and not windows.unread
     assert windows.read_bytes(1) == names["cat/0.jpg"]
+    # a folder of a set downloaded in parts: its zips and tars are read as shards, loose images first
+    parts, members = tmp_path / "parts", {"cat/0.jpg": image_bytes(seed=4), "dog/1.jpg": image_bytes(seed=5)}
+    parts.mkdir()
+    with zipfile.ZipFile(parts / "a.zip", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    make_tar(parts / "b.tar", {"cat/2.jpg": image_bytes(seed=6)})
+    (parts / "loose.jpg").write_bytes(image_bytes(seed=7))
+    shards = open_source(parts)
+    assert shards.paths == ["loose.jpg", "a.zip/cat/0.jpg", "a.zip/dog/1.jpg", "b.tar/cat/2.jpg"]
+    assert shards.class_names == ["cat", "dog"] and list(shards.labels) == [-1, 0, 1, 0] and not shards.unread
+    assert shards.read_bytes(2) == members["dog/1.jpg"] and reopen_source(shards.spec).paths == shards.paths
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(HashindexError, match=r"data=.*bad\.zip: not a readable zip archive"):
         open_source(tmp_path / "bad.zip")

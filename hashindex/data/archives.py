@@ -21,7 +21,6 @@ from .images import BadImage
 from .members import suffix as name_suffix
 from .sources import MAX_FILE_BYTES, ImageSource, _items
 
-ZIP_EXTENSIONS = (".zip",)
 SIDECAR_BYTES = 1 << 20  # a label sidecar larger than this is not read
 
 

@@ -25,6 +25,7 @@ from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+ZIP_EXTENSIONS = (".zip",)
 # Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
 _NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
 HEIF_EXTENSIONS = (".heic", ".heif", ".hif")  # phones' photos: read with pillow-heif, else skipped saying so
@@ -72,6 +73,11 @@ def is_hidden(name: str) -> bool:
 
 def is_tar_name(name: str) -> bool:
     return name.lower().endswith(TAR_EXTENSIONS)
+
+
+def is_archive_name(name: str) -> bool:
+    """A tar or a zip: in a folder, a container whose members are read (as a downloaded set in parts)."""
+    return name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS)
 
 
 def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:

@@ -22,7 +22,7 @@ from ..errors import HashindexError
 from ..metrics import first_labels
 from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
 from .labels import folder_label, sample_labels
-from .members import SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden, is_tar_name
+from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_archive_name, is_hidden)
 from .members import suffix as name_suffix
 
 log = logging.getLogger("hashindex")
@@ -255,7 +255,7 @@ class FolderSource(ImageSource):
     or the folder path: ``folders``, `folder_label`), or its ``.cls`` / ``.json`` sidecar's.
 
     Every file in the tree is an item or a counted skip (see hashindex.data.members); tar files in it are
-    not items but ``containers``, opened as shards by `open_source`. Symbolic links that lead out of the
+    not items but ``containers`` (so are zips), opened as shards by `open_source`. Symbolic links that lead out of the
     folder are not followed unless ``follow_links=True`` (each is a counted ``outside-root`` skip), and a
     symlink loop is walked once.
     """
@@ -267,7 +267,7 @@ class FolderSource(ImageSource):
         real_root = os.path.realpath(self.root)
         names: list[str] = []
         outside: dict[str, tuple[str, str]] = {}
-        self.containers: list[str] = []  # tar shards found in the tree (relative paths)
+        self.containers: list[str] = []  # tars and zips found in the tree (relative paths)
         seen: set[tuple[int, int]] = set()  # directories walked, by (device, inode): a symlink loop is walked once
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
             st = os.stat(dirpath)
@@ -293,7 +293,7 @@ class FolderSource(ImageSource):
                 if not follow_links and os.path.islink(full) and not _inside(full, real_root):
                     outside[rel] = ("outside-root", f"{rel}: a link to a file outside {self.root} "
                                     "(follow_links=True to read it)")
-                elif is_tar_name(name) and not is_hidden(name):
+                elif is_archive_name(name) and not is_hidden(name):
                     self.containers.append(rel)
                     continue
                 names.append(rel)
@@ -303,7 +303,7 @@ class FolderSource(ImageSource):
         self.copies = 0  # files merged into another item with the same bytes (label_sets=True)
         if label_sets:
             if self.containers:
-                raise HashindexError(f"{self.root}#label-sets: holds tar files ({self.containers[0]}); label sets "
+                raise HashindexError(f"{self.root}#label-sets: holds archives ({self.containers[0]}); label sets "
                                      "are read from a folder of image files")
             paths, sets, unread, self.copies = _merge_copies(self.root, paths, labels, sets, unread,
                                                              len(class_names))

@@ -8,9 +8,9 @@ from pathlib import Path
 from ..errors import HashindexError
 from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
                       is_svhn, stl10_source, svhn_source)
-from .members import is_image_name
+from .members import ZIP_EXTENSIONS, is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
-from .archives import ZIP_EXTENSIONS, TarSource, ZipSource
+from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
 from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
@@ -136,7 +136,7 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
             return folder
         parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path,
                                                                       folders)
-        return ConcatSource(parts, f"folder {path} ({len(folder.containers)} tars)")
+        return ConcatSource(parts, f"folder {path} ({len(folder.containers)} archives)")
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path, folders)
     if name.endswith(ZIP_EXTENSIONS):

@@ -1,6 +1,6 @@
 """Shard sets, as WebDataset and img2dataset users hold their collections: many tars read as one.
 
-``--data`` may name a folder of ``.tar`` shards (with or without loose images beside them), a brace
+``--data`` may name a folder of ``.tar`` shards or ``.zip`` parts (with or without loose images beside them), a brace
 pattern (``shards/{00000..00099}.tar``) or a text list of shard paths; the result is one source whose
 items are every shard's items in order (folder's loose files first, then shards in sorted path order;
 patterns and lists in their own order). Item paths are ``SHARD/MEMBER``. Labels are brought into one
@@ -17,8 +17,8 @@ from PIL import Image
 
 from ..errors import HashindexError
 from ..metrics import first_labels, one_hot_sets
-from .members import expand_braces, is_tar_name
-from .archives import TarSource
+from .members import ZIP_EXTENSIONS, expand_braces, is_tar_name
+from .archives import TarSource, ZipSource
 from .sources import ImageSource
 
 
@@ -73,12 +73,13 @@ def _merge_labels(parts: list[ImageSource]) -> tuple[np.ndarray, list[str], np.n
 
 def shard_parts(paths: list[Path], base: Path | None = None, folders: str = "parent"
                 ) -> list[tuple[str, ImageSource]]:
-    """(prefix, TarSource) per shard; the prefix is the shard's path relative to ``base`` (or its name);
-    ``folders``: which folder of a member names its class (`labels.folder_label`)."""
+    """(prefix, TarSource or ZipSource) per shard; the prefix is the shard's path relative to ``base`` (or its
+    name); ``folders``: which folder of a member names its class (`labels.folder_label`)."""
     out = []
     for p in paths:
         prefix = str(p.relative_to(base)) if base is not None else p.name
-        out.append((prefix, TarSource(p, folders)))
+        kind = ZipSource if p.name.lower().endswith(ZIP_EXTENSIONS) else TarSource
+        out.append((prefix, kind(p, folders)))
     return out
 
 
