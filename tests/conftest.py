@@ -81,7 +81,7 @@ def assert_same_shards(a_dir: Path, b_dir: Path) -> None:
 
 
 def make_tar(path: Path, members: dict[str, bytes]) -> Path:
-    mode = "w:gz" if path.name.endswith(".gz") else "w"
+    mode = {".gz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(path.suffix, "w")
     with tarfile.open(path, mode) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)

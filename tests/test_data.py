@@ -129,7 +129,7 @@ def test_hidden_entries_are_counted_not_read(tmp_path):
                                                           "./.git/x.jpg": "hidden"}
 
 
-@pytest.mark.parametrize("name", ["set.tar", "set.tar.gz"])
+@pytest.mark.parametrize("name", ["set.tar", "set.tar.gz", "set.tar.bz2", "set.tar.xz"])
 def test_tar_sources(tmp_path, name):
     members = {f"data/{c}/{i}.jpg": image_bytes(seed=10 * k + i) for k, c in enumerate(["b", "a"]) for i in range(4)}
     members["data/a/broken.jpg"] = b"\xff\xd8\xff garbage"

@@ -6,7 +6,9 @@ samples, label sidecars, counted skips), and read a member's bytes on demand, fr
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import os
 import stat
 import sys
@@ -50,18 +52,22 @@ class _InPlace(ImageSource):
         return self._handle()
 
 
+COMPRESSED_TARS = {"gz": (".gz", ".tgz"), "bz2": (".bz2", ".tbz2", ".tbz"), "xz": (".xz", ".txz")}
+
+
 class TarSource(_InPlace):
-    """Image members of a tar or tar.gz, read in place by offset.
+    """Image members of a tar, tar.gz, tar.bz2 or tar.xz, read in place by offset.
 
     Plain tars are read with pread at the member's offset, so any worker can
-    read any item. Gzipped tars are read through a per-process gzip stream
+    read any item. Compressed tars are read through a per-process stream
     that only moves forward; reading in order (as extraction does) costs one
     decompression pass per worker.
     """
 
     def __init__(self, path: str | Path, folders: str = "parent"):
         self.path = Path(path)
-        self.gzipped = self.path.name.endswith((".gz", ".tgz"))
+        name = self.path.name.lower()
+        self.compression = next((kind for kind, ends in COMPRESSED_TARS.items() if name.endswith(ends)), None)
         names, where, odd, sidecar_bytes = [], {}, {}, {}
         try:
             with tarfile.open(self.path, "r:*") as tf:
@@ -88,15 +94,17 @@ class TarSource(_InPlace):
         super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
 
     def _open(self):
-        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
+        if self.compression is None:
+            return open(self.path, "rb")
+        return {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}[self.compression](self.path, "rb")
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)
         off, size = int(self.offsets[i]), int(self.sizes[i])
         try:
             fh = self._handle()
-            if self.gzipped:
-                if fh.tell() > off:  # gzip seeks backwards by restarting: reopen instead
+            if self.compression:
+                if fh.tell() > off:  # a compressed stream seeks backwards by restarting: reopen instead
                     fh = self._reopen()
                 fh.seek(off)
                 return fh.read(size)

@@ -24,7 +24,7 @@ from ..errors import HashindexError
 from .images import register_optional_formats
 
 LABEL_SIDECARS = (".cls", ".json")  # label files that share an image's key
-TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 ZIP_EXTENSIONS = (".zip",)
 # Pillow plugins that only identify a format (stubs needing an external handler) or read no pixels
 _NOT_IMAGES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
