@@ -63,8 +63,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     except HashindexError as e:
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
-        raise HashindexError(f"{arg}={spec}: expected a folder, a .tar (.gz, .bz2, .xz) or .zip, a brace pattern of tars, "
-                             "a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
+        raise HashindexError(f"{arg}={spec}: expected a folder, a .tar (.gz, .bz2, .xz) or .zip, a brace pattern of "
+                             "tars, a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
     if labelled_by and not isinstance(source, (FolderSource, TarSource, ZipSource, ConcatSource)):
         raise HashindexError(f"{arg}={spec}{labelled_by}: classes are named by folders in a folder tree, a tar or "
                              f"zip, or tar shards; {source.description} has labels of its own")
