@@ -54,7 +54,8 @@ def test_folder_labels_parent_top_or_path(tmp_path, caplog):
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).write_bytes(image_bytes(seed=i))
     parent = open_source(tree)
-    assert parent.class_names == ["2019", "2020", "dogs"] and list(parent.labels) == [-1, 0, 1, 2, 0]  # files before subfolders
+    # in walk order: a folder's files before its subfolders
+    assert parent.class_names == ["2019", "2020", "dogs"] and list(parent.labels) == [-1, 0, 1, 2, 0]
     assert shared_folder_names(parent) == {"2019": ["cats/2019", "dogs/2019"]}
     with caplog.at_level(logging.WARNING, logger="hashindex"):
         warn_shared_folder_names(parent, "data")
