@@ -80,36 +80,28 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
         build(out / "shards" / "database", index_dir, overwrite=True, progress=progress, log=log)
     index = Index.load(index_dir)  # once, for the metrics and the plots
     examples = example_results(index, out / "shards" / "queries")
-    if not (index.labels >= 0).any() or not (examples["labels"] >= 0).any():
-        return _unlabelled(index, examples, out, source, model, hm.model_id, t0, log)
-    log("[3/4] evaluate (mAP, precision@k, radius 2, PR curve)")
-    metrics = evaluate(index, out / "shards" / "queries", progress=progress)
-    atomic_write_json(out / "metrics.json", metrics)
-    log("[4/4] plots and results grid")
-    files = {"index": str(index_dir), "metrics": str(out / "metrics.json"),
-             **write_plots(metrics, out / "plots", index, examples)}
-    log(format_metrics(metrics))
+    if (index.labels >= 0).any() and (examples["labels"] >= 0).any():
+        log("[3/4] evaluate (mAP, precision@k, radius 2, PR curve)")
+        metrics = evaluate(index, out / "shards" / "queries", progress=progress)
+        atomic_write_json(out / "metrics.json", metrics)
+        log("[4/4] plots and results grid")
+        files = {"index": str(index_dir), "metrics": str(out / "metrics.json"),
+                 **write_plots(metrics, out / "plots", index, examples)}
+        log(format_metrics(metrics))
+    else:  # photos without labels (a flat folder): no mAP to measure; the grid shows what the codes find
+        metrics = None
+        log(f"[3/4] evaluate: skipped, {source.description} has no labels (a folder of class folders has them)")
+        log("[4/4] results grid")
+        files = {"index": str(index_dir), "results_grid": str(results_grid(index, examples,
+                                                                           out / "plots" / "results_grid.png"))}
     log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
+    if metrics is None:
+        log(f"search it: hashindex query {shlex.quote(str(index_dir))} PHOTO.jpg --model {shlex.quote(model)} "
+            "--grid results.png")
     hint = fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out)
     if hint:
         log(hint)
     log(f"done in {time.time() - t0:.0f} s")
-    return {"files": files, "map": metrics["hamming"]["map"], "hint": hint,
-            "map_reranked": metrics.get("reranked", {}).get("map"), "model_id": hm.model_id,
-            "seconds": time.time() - t0, "summary": dict(metrics["hamming"])}
-
-
-def _unlabelled(index: Index, examples: dict[str, Any], out: Path, source, model: str, model_id: str, t0: float,
-                log) -> dict[str, Any]:
-    """The end of a demo on photos without labels (a flat folder): no mAP to measure, so no metrics or curves;
-    the results grid shows what the codes find (grey borders: no label says right or wrong)."""
-    log(f"[3/4] evaluate: skipped, {source.description} has no labels (a folder of class folders has them)")
-    log("[4/4] results grid")
-    files = {"index": str(out / "index"), "results_grid": str(results_grid(index, examples,
-                                                                           out / "plots" / "results_grid.png"))}
-    log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
-    log(f"search it: hashindex query {shlex.quote(files['index'])} PHOTO.jpg --model {shlex.quote(model)} "
-        f"--grid results.png")
-    log(f"done in {time.time() - t0:.0f} s")
-    return {"files": files, "map": None, "hint": None, "map_reranked": None, "model_id": model_id,
-            "seconds": time.time() - t0, "summary": None}
+    return {"files": files, "map": metrics["hamming"]["map"] if metrics else None, "hint": hint,
+            "map_reranked": metrics.get("reranked", {}).get("map") if metrics else None, "model_id": hm.model_id,
+            "seconds": time.time() - t0, "summary": dict(metrics["hamming"]) if metrics else None}

@@ -52,7 +52,9 @@ class _InPlace(ImageSource):
         return self._handle()
 
 
-COMPRESSED_TARS = {"gz": (".gz", ".tgz"), "bz2": (".bz2", ".tbz2", ".tbz"), "xz": (".xz", ".txz")}
+# kind -> (the names' endings, the stream that reads it)
+COMPRESSED_TARS = {"gz": ((".gz", ".tgz"), gzip.open), "bz2": ((".bz2", ".tbz2", ".tbz"), bz2.open),
+                   "xz": ((".xz", ".txz"), lzma.open)}
 
 
 class TarSource(_InPlace):
@@ -67,7 +69,7 @@ class TarSource(_InPlace):
     def __init__(self, path: str | Path, folders: str = "parent"):
         self.path = Path(path)
         name = self.path.name.lower()
-        self.compression = next((kind for kind, ends in COMPRESSED_TARS.items() if name.endswith(ends)), None)
+        self.compression = next((kind for kind, (ends, _) in COMPRESSED_TARS.items() if name.endswith(ends)), None)
         names, where, odd, sidecar_bytes = [], {}, {}, {}
         try:
             with tarfile.open(self.path, "r:*") as tf:
@@ -96,7 +98,7 @@ class TarSource(_InPlace):
     def _open(self):
         if self.compression is None:
             return open(self.path, "rb")
-        return {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}[self.compression](self.path, "rb")
+        return COMPRESSED_TARS[self.compression][1](self.path, "rb")
 
     def read_bytes(self, i: int) -> bytes:
         self._refuse_unread(i)

@@ -37,7 +37,12 @@ def folder_label(name: str, folders: str = "parent") -> str:
     parent folder's name (``parent``), the first folder under the root (``top``: ``cats/2019/x.jpg`` is a cat)
     or the whole folder path (``path``: Places365's ``a/apartment_building/outdoor``); '' at the root (a tar's
     ``./x.jpg`` too, as made by ``tar cf x.tar .``; no ``..`` is a class). Class names are NFC (`class_text`)."""
-    parts = [p for p in os.path.dirname(name).split("/") if p not in ("", ".", "..")]
+    return folder_class(os.path.dirname(name), folders)
+
+
+def folder_class(folder: str, folders: str = "parent") -> str:
+    """`folder_label` of the items of ``folder`` (a path relative to the collection's root)."""
+    parts = [p for p in folder.split("/") if p not in ("", ".", "..")]
     if not parts:
         return ""
     return class_text(parts[0] if folders == "top" else "/".join(parts) if folders == "path" else parts[-1])

@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import HashindexError
 from ..metrics import first_labels
 from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
-from .labels import folder_label, sample_labels
+from .labels import folder_class, sample_labels
 from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_archive_name, is_hidden)
 from .members import suffix as name_suffix
 
@@ -186,13 +186,24 @@ class _Subset(ImageSource):
         return self.parent._decode_for(int(self.pick[i]), size)
 
 
+def source_parts(source: ImageSource) -> list[ImageSource]:
+    """The parts of a shard set (`webdataset.ConcatSource`: a folder's loose files, its tars and zips), or the
+    source itself."""
+    return getattr(source, "parts", [source])
+
+
+def labelled_by_folders(source: ImageSource) -> bool:
+    """Whether every part of ``source`` names its classes by folders (what ``#labels=top|path`` changes)."""
+    return all(part.folder_labels for part in source_parts(source))
+
+
 def shared_folder_names(source: ImageSource) -> dict[str, list[str]]:
     """Classes named after a parent folder whose name several folders share (``cats/sub`` and ``dogs/sub``
     make one class ``sub``): class name -> those folders. Empty when every class is one folder, as in a tree
     of class folders. Why a user should look: the images are one class for training and evaluation;
     ``DIR#labels=top`` or ``#labels=path`` names classes otherwise."""
     folders: dict[str, set[str]] = {}
-    for part in getattr(source, "parts", [source]):  # the shards of a set each hold the class folders
+    for part in source_parts(source):  # the shards of a set each hold the class folders
         if not (part.folder_labels and part.class_names):
             continue
         # each folder's first labelled item's class, then the check once per folder: on CIFAR-10's 50,000 images
@@ -202,8 +213,8 @@ def shared_folder_names(source: ImageSource) -> dict[str, list[str]]:
             if label >= 0:
                 first.setdefault(path.rpartition("/")[0], label)
         for folder, label in first.items():
-            if folder_label(folder + "/_") == part.class_names[label]:
-                folders.setdefault(part.class_names[label], set()).add(folder_label(folder + "/_", "path"))
+            if folder_class(folder) == part.class_names[label]:
+                folders.setdefault(part.class_names[label], set()).add(folder_class(folder, "path"))
     return {name: sorted(f) for name, f in sorted(folders.items()) if len(f) > 1}
 
 

@@ -12,7 +12,7 @@ from .members import ZIP_EXTENSIONS, is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
-from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource
+from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, labelled_by_folders
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -65,7 +65,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar (.gz, .bz2, .xz) or .zip, a brace pattern of "
                              "tars, a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
-    if labelled_by and not isinstance(source, (FolderSource, TarSource, ZipSource, ConcatSource)):
+    if labelled_by and not labelled_by_folders(source):
         raise HashindexError(f"{arg}={spec}{labelled_by}: classes are named by folders in a folder tree, a tar or "
                              f"zip, or tar shards; {source.description} has labels of its own")
     split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)

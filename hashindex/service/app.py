@@ -43,7 +43,8 @@ from ..errors import HashindexError
 from .engine import Engine, Query
 from .metrics import Metrics
 from .middleware import BodyLimit, Timing
-from .params import MAX_BATCH, RequestError, check_names, check_upload_options, int_param, search_options
+from .params import (MAX_BATCH, RequestError, check_names, check_upload_options, int_param, no_such_index,
+                     search_options)
 from .served import ui_page
 
 log = logging.getLogger("hashindex.service")
@@ -98,7 +99,7 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
 
     def engine_named(name: str) -> Engine:
         if name not in engines:
-            raise RequestError(404, f"index={name}: no such index (served: {', '.join(engines)})")
+            raise no_such_index(name, list(engines))
         return engines[name]
 
     @app.get("/", summary="What is served")

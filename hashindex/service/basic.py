@@ -37,8 +37,8 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param, own_of,
-                     search_options)
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
+                     no_such_index, own_of, search_options)
 from .served import Served, ui_page
 
 
@@ -164,7 +164,7 @@ def _unnamed(path: str, name: str) -> str:
         return path
     asked, _, rest = path[len("/indexes/"):].partition("/")
     if unquote(asked) != name:
-        raise RequestError(404, f"index={unquote(asked)}: no such index (served: {name})")
+        raise no_such_index(unquote(asked), [name])
     return "/" + rest
 
 

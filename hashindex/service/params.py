@@ -28,6 +28,11 @@ class RequestError(Exception):
         self.status = status
 
 
+def no_such_index(name: str, served: list[str]) -> RequestError:
+    """The 404 of a path under /indexes/NAME for an index not served (both servers answer it alike)."""
+    return RequestError(404, f"index={name}: no such index (served: {', '.join(served)})")
+
+
 def int_param(params: Mapping[str, str], name: str, default: int | None, low: int,
               high: int | None = None) -> int | None:
     if name not in params:
