@@ -118,6 +118,17 @@ def cifar_shards(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar_queries(tiny_model, tmp_path_factory) -> Path:
+    """1,000 of `cifar_shards`' images (spread over the collection, ids and paths the same): queries for tests
+    that check what an evaluation or a batch job reports, not its figures at scale (a tenth of the work)."""
+    from hashindex import extract
+
+    out = tmp_path_factory.mktemp("queries") / "test-1000"
+    extract(str(tiny_model), str(CIFAR_TEST), out, limit=1000, workers=0, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def flat_index(cifar_shards, tmp_path_factory) -> Path:
     from hashindex.index import build
 

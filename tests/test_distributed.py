@@ -44,10 +44,10 @@ def always_fail_shard_2(job, j):
 
 
 def test_ray_extraction_equals_local_with_failures_retried_or_reported(local_ray, tiny_model, tmp_path):
-    """1,000 CIFAR-10 test images in 4 shards on Ray give the local path's shards, array for array, when a
+    """400 CIFAR-10 test images in 4 shards on Ray give the local path's shards, array for array, when a
     shard fails once (retried) and when one keeps failing (reported; a rerun completes the job)."""
     need(CIFAR_TEST)
-    opts = dict(shard_size=250, limit=1000, progress=False, log=lambda s: None)
+    opts = dict(shard_size=100, limit=400, progress=False, log=lambda s: None)
     extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "local", workers=0, **opts)
     # a failure on the first try is retried and nothing is lost or doubled
     extract(str(tiny_model), str(CIFAR_TEST), tmp_path / "retried", backend="ray",
@@ -66,25 +66,25 @@ def test_ray_extraction_equals_local_with_failures_retried_or_reported(local_ray
     assert_same_shards(tmp_path / "local", tmp_path / "broken")
 
 
-def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_shards, tmp_path):
-    opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
-    batch_search(flat_index, cifar_shards, tmp_path / "local.h5", **opts)
-    batch_search(flat_index, cifar_shards, tmp_path / "ray.h5", backend="ray",
+def test_ray_batch_query_equals_local(local_ray, flat_index, cifar_queries, tmp_path):
+    opts = dict(k=10, batch_size=250, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_queries, tmp_path / "local.h5", **opts)
+    batch_search(flat_index, cifar_queries, tmp_path / "ray.h5", backend="ray",
                  ray_options={"num_workers": 2}, **opts)
     with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         for name in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(a[name][()], b[name][()]), name
 
 
-def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, tmp_path):
+def test_shard_actors_equal_one_index(local_ray, flat_index, cifar_shards, cifar_queries, tmp_path):
     """S=4 shards held by 4 Ray actors: batch top-k and radius search equal the single local index."""
     from hashindex.index import Index, build
     from hashindex.query import indexed_queries, query
 
     build(cifar_shards, tmp_path / "s4", shards=4, signal="l2", progress=False, log=lambda s: None)
-    opts = dict(k=10, batch_size=2500, progress=False, log=lambda s: None)
-    batch_search(flat_index, cifar_shards, tmp_path / "local.h5", **opts)
-    batch_search(tmp_path / "s4", cifar_shards, tmp_path / "actors.h5", backend="ray",
+    opts = dict(k=10, batch_size=250, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_queries, tmp_path / "local.h5", **opts)
+    batch_search(tmp_path / "s4", cifar_queries, tmp_path / "actors.h5", backend="ray",
                  shard_actors=True, **opts)
     with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "actors.h5") as b:
         for name in ("query_ids", "ids", "hamming", "distance"):

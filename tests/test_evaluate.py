@@ -186,20 +186,20 @@ def _plain_ap(rel: np.ndarray) -> float:
     return float((hits / np.arange(1, len(rel) + 1))[rel].mean()) if rel.any() else 0.0
 
 
-def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny_model):
+def test_cli_eval_json_plots_and_errors(flat_index, cifar_queries, tmp_path, tiny_model):
     runner = CliRunner()
-    res = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--json",
+    res = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_queries), "--json",
                               "--plot", str(tmp_path / "plots"), "--candidates", "200"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
-    direct = evaluate(flat_index, cifar_shards, candidates=200, progress=False)
+    direct = evaluate(flat_index, cifar_queries, candidates=200, progress=False)
     assert abs(m["hamming"]["map"] - direct["hamming"]["map"]) < 1e-12
     assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
     for name in ("pr_curve.png", "precision_at_k.png", "per_class_map.png", "results_grid.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
     assert [r["name"] for r in sorted(m["per_class"], key=lambda r: r["label"])][:2] == ["airplane", "automobile"]
     assert all(0 <= r["map_reranked"] <= 1 for r in m["per_class"])
-    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards)])
+    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_queries)])
     assert "mAP per query class, worst first: " in table.output and "airplane" in table.output
     assert m["database_codes"]["items"] == 10000 and "database codes: " in table.output
     info = json.loads(runner.invoke(cli, ["info", str(flat_index), "--json"]).output)
@@ -229,7 +229,7 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_shards, tmp_path, tiny
         "\n<!-- /results-table -->\noutro\n"
     assert f"| tiny | {m['queries']:,} vs {m['database']:,} | 48 | 1 |" in out and f"**{m['hamming']['map']:.4f}**" in out
     assert (runs / "t.png").stat().st_size > 10_000
-    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_shards), "--no-rerank"])
+    table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_queries), "--no-rerank"])
     assert table.exit_code == 0 and "count precision 0" in table.output
 
     from hashindex import extract

@@ -167,13 +167,14 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
 
 
-def test_batch_job_resumes_to_identical_file(flat_index, cifar_shards, tmp_path, monkeypatch, db):
+def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path, monkeypatch):
     clean = tmp_path / "clean.h5"
-    batch_search(flat_index, cifar_shards, clean, k=20, batch_size=1500, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_queries, clean, k=20, batch_size=150, progress=False, log=lambda s: None)
     with h5py.File(clean) as f:
         ids, ham, qids = f["ids"][()], f["hamming"][()], f["query_ids"][()]
-    assert ids.shape == (10000, 20) and np.array_equal(qids, db["ids"])
-    direct = Index.load(flat_index).search(db["codes"][:50], db["features"][:50].astype(np.float32), k=20)
+    q = ShardSet(cifar_queries).load(("codes", "features", "ids"))
+    assert ids.shape == (1000, 20) and np.array_equal(qids, q["ids"])
+    direct = Index.load(flat_index).search(q["codes"][:50], q["features"][:50].astype(np.float32), k=20)
     assert np.array_equal(direct.ids, ids[:50]) and np.array_equal(direct.hamming, ham[:50])
 
     calls = {"n": 0}
@@ -188,20 +189,20 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_shards, tmp_path,
     monkeypatch.setattr(Index, "search", flaky)
     out = tmp_path / "resumed.h5"
     with pytest.raises(KeyboardInterrupt):
-        batch_search(flat_index, cifar_shards, out, k=20, batch_size=1500, progress=False, log=lambda s: None)
+        batch_search(flat_index, cifar_queries, out, k=20, batch_size=150, progress=False, log=lambda s: None)
     assert not out.exists() and len(list((tmp_path / "resumed.h5.parts").glob("part-*.npz"))) == 3
-    batch_search(flat_index, cifar_shards, out, k=20, batch_size=1500, progress=False, log=lambda s: None)
-    assert calls["n"] == 4 + 4  # only the 4 missing batches were searched again
+    batch_search(flat_index, cifar_queries, out, k=20, batch_size=150, progress=False, log=lambda s: None)
+    assert calls["n"] == 4 + 4  # only the 4 missing batches (of 7) were searched again
     with h5py.File(clean) as a, h5py.File(out) as b:
         for name in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(a[name][()], b[name][()]), name
     with pytest.raises(HashindexError, match="already exists"):
-        batch_search(flat_index, cifar_shards, out, k=20)
+        batch_search(flat_index, cifar_queries, out, k=20)
     monkeypatch.setattr(Index, "search", real)
     csv = tmp_path / "r.csv"
-    batch_search(flat_index, cifar_shards, csv, k=3, progress=False, log=lambda s: None)
+    batch_search(flat_index, cifar_queries, csv, k=3, progress=False, log=lambda s: None)
     lines = csv.read_text().splitlines()
-    assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 10000
+    assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 1000
 
 
 def test_complete_ties_reranks_whole_tie_group(flat_index, db):

@@ -157,15 +157,15 @@ def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     assert api.tolist() == cli_ids == served == lib
 
 
-def test_eval_candidates_all_and_signal_reported(cifar_shards, tmp_path):
+def test_eval_candidates_all_and_signal_reported(cifar_shards, cifar_queries, tmp_path):
     build(cifar_shards, tmp_path / "ix", signal="cosine", progress=False, log=lambda s: None)
-    res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(cifar_shards),
+    res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(cifar_queries),
                                    "--candidates", "all", "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
-    # the queries are the indexed items: each is ranked against the 9,999 others, all of them re-ranked
-    assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 9999 and m["self_excluded"] == 10000
-    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "ix"), "--queries", str(cifar_shards),
+    # the queries are indexed items: each is ranked against the 9,999 others, all of them re-ranked
+    assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 9999 and m["self_excluded"] == 1000
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "ix"), "--queries", str(cifar_queries),
                                    "--candidates", "many"])
     assert res.exit_code == 2 and "--candidates many: expected a positive number or 'all'" in res.output
 
