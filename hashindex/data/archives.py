@@ -20,8 +20,9 @@ import numpy as np
 
 from ..errors import HashindexError
 from .images import BadImage
-from .members import suffix as name_suffix
+from .members import LABEL_SIDECARS, suffix as name_suffix
 from .sources import MAX_FILE_BYTES, ImageSource, _items
+from .tar_headers import BLOCK, plain_tar_members
 
 SIDECAR_BYTES = 1 << 20  # a label sidecar larger than this is not read
 
@@ -57,6 +58,22 @@ COMPRESSED_TARS = {"gz": ((".gz", ".tgz"), gzip.open), "bz2": ((".bz2", ".tbz2",
                    "xz": ((".xz", ".txz"), lzma.open)}
 
 
+def _is_sidecar(m) -> bool:
+    """A tar member that may give an image's label (`members.LABEL_SIDECARS`), small enough to read."""
+    return m.isfile() and name_suffix(m.name) in LABEL_SIDECARS and m.size <= SIDECAR_BYTES
+
+
+def _check_ended(path: Path, offset: int) -> None:
+    """Raise where tarfile stopped listing at a damaged header (it stops without a word, and the members
+    after it would be silently missing) rather than at the end-of-archive block or the end of the file."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(BLOCK)
+    if block and block.count(0) != len(block):
+        raise HashindexError(f"{path}: not a readable tar archive (a damaged header at byte {offset:,}: the "
+                             "members from there on cannot be listed)")
+
+
 class TarSource(_InPlace):
     """Image members of a tar, tar.gz, tar.bz2 or tar.xz, read in place by offset.
 
@@ -70,22 +87,20 @@ class TarSource(_InPlace):
         self.path = Path(path)
         name = self.path.name.lower()
         self.compression = next((kind for kind, (ends, _) in COMPRESSED_TARS.items() if name.endswith(ends)), None)
-        names, where, odd, sidecar_bytes = [], {}, {}, {}
+        names, where, odd = [], {}, {}
         try:
-            with tarfile.open(self.path, "r:*") as tf:
-                for m in tf:
-                    if m.isdir():
-                        continue
-                    names.append(m.name)
-                    if m.issym() or m.islnk():
-                        odd[m.name] = ("link-member", f"{m.name}: a {'symbolic' if m.issym() else 'hard'} "
-                                       f"link to {m.linkname} (links in tars are not followed)")
-                    elif not m.isfile():
-                        odd[m.name] = ("not-a-file", f"{m.name}: a tar member of type {m.type!r}")
-                    else:
-                        where[m.name] = (m.offset_data, m.size)
-                        if name_suffix(m.name) in (".cls", ".json") and m.size <= SIDECAR_BYTES:
-                            sidecar_bytes[m.name] = tf.extractfile(m).read()
+            members, sidecar_bytes = self._listing()
+            for m in members:
+                if m.isdir():
+                    continue
+                names.append(m.name)
+                if m.issym() or m.islnk():
+                    odd[m.name] = ("link-member", f"{m.name}: a {'symbolic' if m.issym() else 'hard'} "
+                                   f"link to {m.linkname} (links in tars are not followed)")
+                elif not m.isfile():
+                    odd[m.name] = ("not-a-file", f"{m.name}: a tar member of type {m.type!r}")
+                else:
+                    where[m.name] = (m.offset_data, m.size)
         except (tarfile.TarError, OSError, EOFError) as e:
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
@@ -94,6 +109,26 @@ class TarSource(_InPlace):
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
         super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
+
+    def _listing(self) -> tuple[list, dict[str, bytes]]:
+        """The archive's members in order, and the bytes of its label sidecars: a plain tar's members read
+        straight from its headers (`plain_tar_members`), others through tarfile (compressed, or with headers
+        only tarfile reads), the sidecars read as the stream passes them."""
+        if self.compression is None:
+            members = plain_tar_members(self.path)
+            if members is not None:
+                with open(self.path, "rb") as fh:
+                    return members, {m.name: os.pread(fh.fileno(), m.size, m.offset_data)
+                                     for m in members if _is_sidecar(m)}
+        members, sidecars = [], {}
+        with tarfile.open(self.path, "r:*") as tf:
+            for m in tf:
+                members.append(m)
+                if _is_sidecar(m):
+                    sidecars[m.name] = tf.extractfile(m).read()
+            if self.compression is None:
+                _check_ended(self.path, tf.offset)
+        return members, sidecars
 
     def _open(self):
         if self.compression is None:

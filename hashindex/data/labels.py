@@ -40,6 +40,19 @@ def folder_label(name: str, folders: str = "parent") -> str:
     return folder_class(os.path.dirname(name), folders)
 
 
+def folder_labels(names: list[str], folders: str = "parent") -> list[str]:
+    """`folder_label` of each name, worked out once per folder (a folder of photos shares it)."""
+    by_folder: dict[str, str] = {}
+    out = []
+    for name in names:
+        folder = name[:name.rfind("/") + 1]
+        label = by_folder.get(folder)
+        if label is None:
+            label = by_folder[folder] = folder_label(name, folders)
+        out.append(label)
+    return out
+
+
 def folder_class(folder: str, folders: str = "parent") -> str:
     """`folder_label` of the items of ``folder`` (a path relative to the collection's root)."""
     parts = [p for p in folder.split("/") if p not in ("", ".", "..")]
@@ -60,7 +73,7 @@ def sample_labels(images: list[str], sidecars: dict[str, str], read, where: str,
     folders (`folder_label`); and their label sets when a JSON sidecar lists several labels (None otherwise).
     ``read(name)`` gives a sidecar's bytes. Without sidecars folder names are class names even when they
     are digits (as they always were); with them, all-integer labels stay integers."""
-    parents = [folder_label(n, folders) for n in images]
+    parents = folder_labels(images, folders)
     if not sidecars:
         return (*labels_from_folders(parents), None)
     raw: list[list[str]] = []

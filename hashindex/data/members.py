@@ -14,7 +14,6 @@ sample). hashindex follows it in folders and tars alike:
 
 from __future__ import annotations
 
-import posixpath
 import re
 from functools import lru_cache
 
@@ -43,15 +42,16 @@ def image_extensions() -> frozenset[str]:
 
 def sample_key(name: str) -> str:
     """The WebDataset key of a file: its directory and its base name up to the first dot."""
-    head, base = posixpath.split(name)
-    stem = base.split(".", 1)[0] if not base.startswith(".") else base
-    return posixpath.join(head, stem)
+    cut = name.rfind("/") + 1
+    base = name[cut:]
+    return name if base.startswith(".") else name[:cut] + base.split(".", 1)[0]
 
 
 def suffix(name: str) -> str:
     """The last extension of a name, lower case ('' for none; a dot file has none)."""
-    base = posixpath.basename(name)
-    return "." + base.rsplit(".", 1)[1].lower() if "." in base.lstrip(".") else ""
+    base = name[name.rfind("/") + 1:]  # string methods, not posixpath: called for every member of a collection
+    dot = base.rfind(".")
+    return "" if dot < 0 or not base[:dot].strip(".") else base[dot:].lower()
 
 
 def is_image_name(name: str) -> bool:
@@ -67,6 +67,8 @@ def is_hidden(name: str) -> bool:
     """True when a path component is hidden (``.DS_Store``, ``._photo.jpg``, ``.ipynb_checkpoints/``,
     ``.thumbnails/``) or a system metadata folder: such files are not the collection's images, and a
     hidden folder of images would otherwise become a class of its own."""
+    if not (name.startswith(".") or "/." in name or any(f in name for f in SYSTEM_FOLDERS)):
+        return False  # most names: no component can be hidden, and splitting them is most of the cost
     return any((part.startswith(".") and part not in (".", "..")) or part in SYSTEM_FOLDERS
                for part in name.split("/"))
 
@@ -86,13 +88,13 @@ def group_members(names: list[str]) -> tuple[list[str], dict[str, str], dict[str
     Returns (images, sidecars: key -> sidecar name, unread: name -> reason). Fields of a sample other
     than its image and label (captions, metadata) appear in none of them: they travel with the sample.
     """
-    images = [n for n in names if is_image_name(n)]
-    keys = {sample_key(n) for n in images}
+    is_image = [is_image_name(n) for n in names]
+    images = [n for n, image in zip(names, is_image) if image]
+    others = [n for n, image in zip(names, is_image) if not image]
+    keys = {sample_key(n) for n in images} if others else set()  # keys matter only to the other files
     sidecars: dict[str, str] = {}
     unread: dict[str, str] = {}
-    for n in names:
-        if is_image_name(n):
-            continue
+    for n in others:
         key = sample_key(n)
         if key not in keys:
             unread[n] = "needs-pillow-heif" if suffix(n) in HEIF_EXTENSIONS else "not-an-image"
