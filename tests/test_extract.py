@@ -80,7 +80,8 @@ def _alive(pid: int) -> bool:
 def test_kill_and_resume_equals_uninterrupted(tiny_model, tmp_path):
     need(CIFAR_TEST)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    subprocess.run(_run_extract(tiny_model, clean), check=True)
+    extract(str(tiny_model), str(CIFAR_TEST), clean, shard_size=200, limit=1200, workers=1, progress=False,
+            log=lambda s: None)  # in this process: the reference the killed command's rerun must equal
     proc = subprocess.Popen(_run_extract(tiny_model, killed))
     deadline, workers = time.time() + 120, []
     while time.time() < deadline:

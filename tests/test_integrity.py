@@ -333,8 +333,26 @@ def test_links_out_of_the_data_root_need_a_flag(tiny_model, tmp_path):
     assert json.loads(res.stdout)["totals"]["written"] == 4
 
 
+@pytest.fixture(scope="module")
+def reference_builds(cifar_shards, tiny_model, tmp_path_factory):
+    """An index over `cifar_shards`, 800 more images (ids from 100,000) and that index with them appended:
+    what the killed runs below must leave, made once, in this process (the API is what the CLI runs)."""
+    import shutil
+
+    from hashindex import extract
+    from hashindex.index import append
+    from tests.conftest import CIFAR_TRAIN
+
+    root = tmp_path_factory.mktemp("kill9")
+    build(cifar_shards, root / "ref", signal="l2", **QUIET)
+    extract(str(tiny_model), str(CIFAR_TRAIN), root / "more", limit=800, id_offset=100_000, workers=0, **QUIET)
+    shutil.copytree(root / "ref", root / "grown-ref")
+    append(root / "more", root / "grown-ref", **QUIET)
+    return root / "ref", root / "more", root / "grown-ref"
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_of_build_and_append_at_random_points(cifar_shards, tiny_model, tmp_path, seed):
+def test_kill_9_of_build_and_append_at_random_points(cifar_shards, reference_builds, tmp_path, seed):
     """A build or an append killed at a random moment leaves the old index or the new one, never a mix; the
     rerun equals an uninterrupted run (real processes, kill -9)."""
     import random
@@ -348,8 +366,7 @@ def test_kill_9_of_build_and_append_at_random_points(cifar_shards, tiny_model, t
 
     rng = random.Random(seed)
     cmd = [sys.executable, "-m", "hashindex", "-q", "build", str(cifar_shards), "--signal", "l2"]
-    ref = tmp_path / "ref"
-    subprocess.run(cmd + ["--out", str(ref)], check=True)
+    ref, more, grown_ref = reference_builds
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd + ["--out", str(killed)])
     time.sleep(rng.uniform(0.5, 3.0))
@@ -358,18 +375,9 @@ def test_kill_9_of_build_and_append_at_random_points(cifar_shards, tiny_model, t
     assert not killed.exists() or table(killed) == table(ref)  # absent or complete
     subprocess.run(cmd + ["--out", str(killed), "--overwrite"], check=True)
     assert table(killed) == table(ref) and not list(tmp_path.glob(".killed.*.tmp"))
-    from hashindex import extract
-    from tests.conftest import CIFAR_TRAIN
-
-    more = tmp_path / "more"
-    extract(str(tiny_model), str(CIFAR_TRAIN), more, limit=800, id_offset=100_000, workers=0, progress=False,
-            log=lambda s: None)
-    grown_ref = tmp_path / "grown-ref"
     import shutil
 
-    shutil.copytree(ref, grown_ref)
     append = [sys.executable, "-m", "hashindex", "-q", "build", str(more), "--append"]
-    subprocess.run(append + ["--out", str(grown_ref)], check=True)
     grown = tmp_path / "grown"
     shutil.copytree(ref, grown)
     proc = subprocess.Popen(append + ["--out", str(grown)])

@@ -24,7 +24,7 @@ def test_shipped_models_load_by_name_and_are_good(name, model_id, test_flip, acc
     assert model.bits == 48 and model.code_bytes == 6 and len(model.class_names) == 10
     assert model.meta["epochs"] == model.meta["epochs_planned"] and model.meta["accuracy"] > accuracy
     need(CIFAR_TEST)
-    src = open_source(CIFAR_TEST).subset(500)
+    src = open_source(CIFAR_TEST).subset(300)
     images = np.stack([src.read_array(i, 32, 3) for i in range(len(src))])
     _, _, logits = model.forward_numpy(images)
     assert (logits.argmax(1) == src.labels).mean() > accuracy - 0.05  # real weights classify real images
@@ -51,15 +51,15 @@ def test_demo_end_to_end(tmp_path):
     need(CIFAR_TEST)
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["-q", "demo", "--data", str(CIFAR_TEST), "--out", str(out),
-                                   "--limit", "1000", "--workers", "0", "--json"])
+                                   "--limit", "500", "--workers", "0", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     for key in ("index", "metrics", "pr_curve", "precision_at_k", "results_grid"):
         assert Path(summary["files"][key]).exists(), key
-    assert summary["map"] > 0.6  # 100 held-out queries vs 900 images, shipped 48-bit model
+    assert summary["map"] > 0.6  # 50 held-out queries vs 450 images, shipped 48-bit model
     assert summary["hint"] is None  # CIFAR-10's classes are the model's: no fine-tuning note
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["queries"] == 100 and metrics["database"] == 900
+    assert metrics["queries"] == 50 and metrics["database"] == 450
     assert metrics["model_id"] == load_model(DEFAULT_MODEL).model_id  # the demo runs the default model
 
 
