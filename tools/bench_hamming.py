@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
 from hashindex import metrics
+from timing import best_of
 
 
 def bytewise(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """The baseline: byte by byte, then a sum over the bytes."""
     x = np.bitwise_xor(query_codes[:, None, :], db_codes[None, :, :])
     return np.bitwise_count(x).sum(axis=2, dtype=np.uint16)
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

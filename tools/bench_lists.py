@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 
 import numpy as np
 
 from hashindex.data.lists import one_hot_rows
+from timing import best_of
 
 _LINE = re.compile(r"(\S.*?)((?:\s+[01]){2,})\s*$")  # the baseline: path, then the 0/1 columns
 
@@ -27,15 +27,6 @@ def regex_rows(text: str) -> list[tuple[int, list[str]]]:
         cols = m.group(2).split()
         rows.append((n, [m.group(1), str(cols.index("1")) if "1" in cols else ""]))
     return rows
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

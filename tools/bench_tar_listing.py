@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import tarfile
-import time
 from pathlib import Path
 
 from hashindex.data import open_source
 from hashindex.data.tar_headers import plain_tar_members
+from timing import best_of
 
 DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg" / "train.tar"
 
@@ -22,15 +22,6 @@ DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "c
 def tarfile_members(path: Path) -> list[tuple[str, int, int]]:
     with tarfile.open(path, "r:") as tf:
         return [(m.name, m.offset_data, m.size) for m in tf]
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -41,7 +32,8 @@ def main() -> None:
     path = Path(args.tar)
     ours = plain_tar_members(path)
     if ours is None:
-        raise SystemExit(f"{path}: has headers only tarfile reads (PAX, GNU long names, ...): nothing to compare")
+        raise SystemExit(f"{path}: has headers only tarfile reads (sparse, base-256 sizes, damaged, ...): "
+                         "nothing to compare")
     assert [(m.name, m.offset_data, m.size) for m in ours] == tarfile_members(path)  # the same listing
     fast = best_of(lambda: plain_tar_members(path), args.repeat)
     base = best_of(lambda: tarfile_members(path), args.repeat)

@@ -48,7 +48,7 @@ def folder_labels(names: list[str], folders: str = "parent") -> list[str]:
         folder = name[:name.rfind("/") + 1]
         label = by_folder.get(folder)
         if label is None:
-            label = by_folder[folder] = folder_label(name, folders)
+            label = by_folder[folder] = folder_class(folder, folders)
         out.append(label)
     return out
 

@@ -4,12 +4,13 @@
 2 AVX2 cores (2026-12-02, and 2.9-3.2 s to open it as a collection), paid by every train, extract and demo
 that opens it. What `TarSource` needs of a member is its name, type, link target, data offset and size;
 reading just those from the headers lists the same tar in 0.37 s (4.7x; `tools/bench_tar_listing.py`,
-docs/RESULTS.md "Opening a tar"). It reads the headers that
-the tars people make hold: POSIX ustar and GNU files, folders and links; PAX headers ('x', as Python and
-bsdtar write for long or non-ASCII names, and global 'g' ones, as ``git archive`` writes); GNU long names and
-link targets ('L', 'K', as GNU tar writes). Anything else (sparse files, base-256 sizes, a bad checksum, a
-truncated archive, a global header that renames) answers None, and the caller lists the tar with `tarfile`,
-which also gives its errors.
+docs/RESULTS.md "Opening a tar").
+
+It reads the headers that the tars people make hold: POSIX ustar and GNU files, folders and links; PAX
+headers ('x', as Python and bsdtar write for long or non-ASCII names, and global 'g' ones, as ``git archive``
+writes); GNU long names and link targets ('L', 'K', as GNU tar writes). Anything else (sparse files, base-256
+sizes, a bad checksum, a truncated archive, a global header that renames) answers None, and the caller lists
+the tar with `tarfile`, which also gives its errors.
 """
 
 from __future__ import annotations
@@ -103,10 +104,6 @@ def _checksums_hold(headers: list[bytes]) -> bool:
     return all(_octal(h[148:156]) == int(s) for h, s in zip(headers, sums))
 
 
-def _checksum_holds(header: bytes) -> bool:
-    return _octal(header[148:156]) == sum(header) - sum(header[148:156]) + 8 * 32
-
-
 def _member(header: bytes, kind: bytes, size: int, offset: int, long: dict[str, str]) -> Member:
     """A file, folder or link header as tarfile reads it, with what the headers before it said (``long``:
     'name' and 'linkname' from GNU headers, 'path', 'linkpath' and 'size' from a PAX one)."""
@@ -168,7 +165,7 @@ def plain_tar_members(path: str | Path) -> list[Member] | None:
                     headers.clear()
                 offset += BLOCK + (0 if member.type in NO_DATA else -(-member.size // BLOCK) * BLOCK)
                 continue
-            if kind not in PAX and kind not in GNU_LONG or size > MAX_EXTRA or not _checksum_holds(header):
+            if kind not in PAX and kind not in GNU_LONG or size > MAX_EXTRA or not _checksums_hold([header]):
                 return None
             said = _extra(kind, blocks.read(offset + BLOCK, size))
             if said is None or said.keys() & long.keys():
