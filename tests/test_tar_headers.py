@@ -121,6 +121,33 @@ def test_what_it_does_not_read_is_left_to_tarfile(tmp_path, monkeypatch):
     assert listing(tmp_path / "sparse.tar") is None
 
 
+def with_field(data, header_at, start, value):
+    """``data`` with one field of the header at byte ``header_at`` replaced, its checksum made right again."""
+    h = bytearray(data[header_at:header_at + 512])
+    h[start:start + len(value)] = value
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return data[:header_at] + bytes(h) + data[header_at + 512:]
+
+
+def test_numeric_fields_are_read_as_tarfile_reads_them(tmp_path):
+    """A header whose checksum holds but whose mode, uid or mtime tarfile cannot parse is one tarfile stops
+    at: left to tarfile (and its error) here too; base-256 and space-padded fields, which it parses, are
+    listed."""
+    data = every_kind(tmp_path / "good.tar", tarfile.GNU_FORMAT).read_bytes()
+    fields = [("mode", 100, b"07x7\0", False), ("mtime", 136, b"9" * 11, False), ("devminor", 337, b"-x", False),
+              ("uid", 108, b"\x80" + bytes(6) + b"\x07", True), ("gid", 116, b"  17 \0", True),
+              ("mtime", 136, b"17777777777\0", True)]
+    for name, start, value, readable in fields:
+        path = tmp_path / f"{name}-{readable}.tar"
+        path.write_bytes(with_field(data, 1024, start, value))
+        expected = tarfile_listing(path) if readable else None
+        assert listing(path) == expected, (name, value)
+        if not readable:
+            with pytest.raises(HashindexError, match="a damaged header at byte 1,024"):
+                TarSource(path)
+
+
 def test_a_tar_source_is_the_same_read_either_way(tmp_path, monkeypatch):
     """Items, labels, sidecars, counted skips and offsets of a tar are the same read from its headers or
     through tarfile."""
