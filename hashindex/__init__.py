@@ -34,6 +34,7 @@ _LAZY = {  # public name -> (module, attribute)
     "remove": ("index", "remove"),
     "evaluate": ("evaluation", "evaluate"),
     "find_duplicates": ("duplicates", "find_duplicates"),
+    "verify": ("verification", "verify"),
 }
 
 

@@ -148,6 +148,26 @@ def _part_path(parts: Path, b: int) -> Path:
     return parts / f"part-{b:06d}.npz"
 
 
+def check_results(out: str | Path, arg: str = "out") -> dict[str, Any]:
+    """The job record of a finished results file whose bytes are the ones the job wrote (its SHA-256 as
+    recorded beside it); one-line HashindexError (naming ``arg``) otherwise."""
+    out = Path(out)
+    record = _read_job(_job_record(out))
+    if not out.is_file() or record is None or "out_sha256" not in record:
+        raise HashindexError(f"{arg}={out}: not a finished batch results file (no readable job record "
+                             f"{_job_record(out).name} beside it)")
+    digest = sha256_file(out)
+    if digest != record["out_sha256"]:
+        raise HashindexError(f"{arg}={out}: not the file the batch job wrote (SHA-256 {digest[:12]}… where "
+                             f"{record['out_sha256'][:12]}… was recorded); rerun the job with overwrite")
+    return record
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file a batch job finished (its job record lies beside it)."""
+    return Path(path).is_file() and _job_record(Path(path)).is_file()
+
+
 def _job_record(out: Path) -> Path:
     """Beside a finished results file: the job that wrote it and the file's SHA-256 (a rerun is a no-op)."""
     return out.with_name(f".{out.name}.job.json")

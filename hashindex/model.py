@@ -346,7 +346,7 @@ def find_model_for(model_id: str) -> Path:
     raise HashindexError(f"model=None: needed to encode images (no shipped model has id {model_id})")
 
 
-def _saved_by_torch(path: Path) -> bool:
+def saved_by_torch(path: Path) -> bool:
     """The file starts as torch.save's files do: a zip archive, or a legacy pickle (protocol 2+)."""
     try:
         with open(path, "rb") as f:
@@ -359,7 +359,7 @@ def _saved_by_torch(path: Path) -> bool:
 def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
     """Load and validate a checkpoint dict; one-line HashindexError (naming arg) if it is not one."""
     path = resolve_model_path(path, arg)
-    if not _saved_by_torch(path):
+    if not saved_by_torch(path):
         raise HashindexError(f"{path}: not a hashindex checkpoint (not a file torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -402,3 +402,42 @@ def test_a_finished_batch_job_rerun_is_a_no_op(flat_index, cifar_shards, tmp_pat
     assert out.read_bytes() == before
     res = CliRunner().invoke(cli, args[:-1] + ["6"])
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_verify_checks_every_kind_of_file_hashindex_writes(tiny_model, cifar_queries, flat_index, tmp_path):
+    """`hashindex verify` on a prepared store, a checkpoint (or a shipped model's name) and a batch results
+    file: each passes as written, and a flipped byte (a changed weight) is one line naming it, exit 2."""
+    import torch
+
+    import hashindex
+    from hashindex.batch import batch_search
+    from hashindex.data import open_source
+    from hashindex.data.prepared import prepare
+    from tests.conftest import make_mixed_folder
+
+    make_mixed_folder(tmp_path / "imgs")
+    prepare(open_source(tmp_path / "imgs"), tmp_path / "prep", 16, workers=0, **QUIET)
+    results = tmp_path / "results.h5"
+    batch_search(flat_index, cifar_queries, results, k=3, **QUIET)
+    model = tmp_path / "m.pt"
+    model.write_bytes(tiny_model.read_bytes())
+    runner = CliRunner()
+    for path, kind in [(tmp_path / "prep", "prepared store"), (results, "batch results file"),
+                       (model, "checkpoint"), ("nin-cifar10-48-v3", "checkpoint")]:
+        res = runner.invoke(cli, ["verify", str(path), "--json"])
+        assert res.exit_code == 0 and json.loads(res.output)["kind"] == kind, res.output
+    assert hashindex.verify(results)["queries_count"] == 1000
+    assert "match its model id 102dde7517ddd8ab" in runner.invoke(cli, ["verify", "nin-cifar10-48-v3"]).output
+
+    flip_byte(tmp_path / "prep" / "images.h5")
+    flip_byte(results)
+    ckpt = torch.load(model, weights_only=True)
+    ckpt["state_dict"]["latent.bias"][0] += 1
+    torch.save(ckpt, model)
+    for path, message in [(tmp_path / "prep", "images.h5 is not the file prepare wrote"),
+                          (results, "results.h5: not the file the batch job wrote (SHA-256"),
+                          (model, "m.pt: weights do not match the recorded model id"),
+                          (tmp_path / "imgs", "not a shard directory, an index, a prepared store, a checkpoint"),
+                          (tmp_path / "nothing", "no such file or folder")]:
+        res = runner.invoke(cli, ["verify", str(path)])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output

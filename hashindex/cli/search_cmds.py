@@ -103,45 +103,30 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(path, as_json):
-    """Check a shard directory or an index against the checksums recorded when it was written.
+    """Check anything hashindex wrote against what was recorded when it was written.
 
-    Every byte is hashed (commands that open shards or an index check them too, but skip files unchanged
-    since their last good check). A mismatch is one line naming the first bad file, and exit status 2.
+    A shard directory, an index or a prepared store: every file hashed against its recorded SHA-256 (commands
+    that open them check them too, but skip files unchanged since their last good check). A checkpoint (or a
+    shipped model's name): its weights against its model id. A batch results file: against the SHA-256 its job
+    recorded. A mismatch is one line naming the first bad file, and exit status 2.
 
     \b
-    Example:
+    Examples:
       hashindex verify index/photos
+      hashindex verify model.pt
     """
-    from pathlib import Path
+    from ..verification import verify as run
 
-    from ..index import INDEX_JSON
-    from ..store import MANIFEST
-
-    p = Path(path)
-    if (p / MANIFEST).exists():
-        from ..store import ShardSet
-
-        shards = ShardSet(p, "path", require_complete=False)
-        shards.check("path", use_cache=False)
-        count, kind = len(shards.checksums()), "shard directory"
-    elif (p / INDEX_JSON).exists():
-        from ..index.layout import check_index, read_index_meta
-
-        from ..index import Index
-
-        meta = read_index_meta(p, "path")
-        check_index(p, meta, "path", use_cache=False)
-        Index.load(p)  # and its parts agree with index.json and each other (counts, widths)
-        count, kind = len(meta.get("files") or {}), "index"
-    else:
-        raise HashindexError(f"path={p}: neither a shard directory (manifest.json) nor an index (index.json)")
-    result = {"path": str(p), "kind": kind, "files_verified": count, "ok": True}
+    result = run(path)
     if as_json:
         _echo_json(result)
-    elif count == 0:
-        click.echo(f"{p}: an {kind} written before checksums were recorded; nothing to verify (rebuild it)")
+    elif result["files_verified"] == 0:
+        click.echo(f"{path}: {'an' if result['kind'] == 'index' else 'a'} {result['kind']} written before "
+                   "checksums were recorded; nothing to verify (rebuild it)")
+    elif result["kind"] == "checkpoint":
+        click.echo(f"{path}: the checkpoint's weights match its model id {result['model_id']}")
     else:
-        click.echo(f"{p}: {count} file(s) of the {kind} match their recorded SHA-256")
+        click.echo(f"{path}: {result['files_verified']} file(s) of the {result['kind']} match their recorded SHA-256")
 
 
 @cli.command(name="eval")

@@ -173,9 +173,10 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
     return meta
 
 
-def read_meta(directory: Path, arg: str | None = "data") -> dict[str, Any]:
-    """prepared.json, validated; then images.h5 checked against its SHA-256 (cached when unchanged).
-    Errors name ``arg=directory`` (just the directory when ``arg`` is None: open_source adds its own)."""
+def read_meta(directory: Path, arg: str | None = "data", use_cache: bool = True) -> dict[str, Any]:
+    """prepared.json, validated; then images.h5 checked against its SHA-256 (cached when unchanged, unless
+    not ``use_cache``: `hashindex verify`). Errors name ``arg=directory`` (just the directory when ``arg`` is
+    None: open_source adds its own)."""
     where = f"{arg}={directory}" if arg else str(directory)
     try:
         meta = read_json(directory / META)
@@ -186,7 +187,7 @@ def read_meta(directory: Path, arg: str | None = "data") -> dict[str, Any]:
         raise HashindexError(f"{where}: {META}: {e} (see hashindex/data/prepared.py)") from None
     except (OSError, ValueError) as e:
         raise HashindexError(f"{where}: {META} unreadable ({e})") from None
-    bad = verify_files(directory, {IMAGES: meta["sha256"]})
+    bad = verify_files(directory, {IMAGES: meta["sha256"]}, use_cache)
     if bad:
         raise HashindexError(f"{where}: {IMAGES} is not the file prepare wrote ({bad[0][1]}); "
                              "rerun hashindex prepare with --overwrite")

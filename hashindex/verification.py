@@ -1,0 +1,68 @@
+"""`hashindex verify`: anything hashindex writes, checked against what its writer recorded.
+
+Each format's owner does the checking (the shard store, the index, the prepared store, the checkpoint, the
+batch results file); this module only tells which one ``path`` is. Commands that open these check them too
+(the shard and index checks skip files unchanged since their last good check); verifying hashes every byte.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import HashindexError
+
+KINDS = "a shard directory, an index, a prepared store, a checkpoint or a batch results file"
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Hash every file of ``path`` against its recorded SHA-256 (a checkpoint: its weights against its model
+    id) and check the parts agree; the summary, or a one-line HashindexError naming the first bad file."""
+    from .batch import check_results, is_results_file
+    from .data.prepared import is_prepared, read_meta
+    from .index import INDEX_JSON
+    from .model import saved_by_torch, read_checkpoint, shipped_path
+    from .store import MANIFEST
+
+    p = Path(path)
+    extra: dict[str, Any] = {}
+    if (p / MANIFEST).is_file():
+        count, kind = _verify_shards(p), "shard directory"
+    elif (p / INDEX_JSON).is_file():
+        count, kind = _verify_index(p), "index"
+    elif is_prepared(p):
+        meta = read_meta(p, "path", use_cache=False)
+        count, kind, extra = 1, "prepared store", {"count": meta["count"], "size": meta["size"]}
+    elif is_results_file(p):
+        record = check_results(p, "path")
+        count, kind, extra = 1, "batch results file", {"queries_count": record["queries_count"]}
+    elif (p.is_file() and saved_by_torch(p)) or (not p.exists() and shipped_path(str(path))):
+        ckpt = read_checkpoint(path, "path")
+        count, kind, extra = 1, "checkpoint", {"model_id": ckpt["model_id"], "path": ckpt["path"]}
+    elif not p.exists():
+        raise HashindexError(f"path={p}: no such file or folder (expected {KINDS})")
+    else:
+        raise HashindexError(f"path={p}: not {KINDS} (none of manifest.json, index.json, prepared.json, "
+                             "a job record or a torch file)")
+    return {"path": str(p), "kind": kind, "files_verified": count, "ok": True, **extra}
+
+
+def _verify_shards(p: Path) -> int:
+    """Every shard of a shard directory hashed; the number of files with a recorded checksum."""
+    from .store import ShardSet
+
+    shards = ShardSet(p, "path", require_complete=False)
+    shards.check("path", use_cache=False)
+    return len(shards.checksums())
+
+
+def _verify_index(p: Path) -> int:
+    """Every file of an index hashed, and its parts loaded to check they agree with index.json and each other
+    (counts, widths); the number of files with a recorded checksum."""
+    from .index import Index
+    from .index.layout import check_index, read_index_meta
+
+    meta = read_index_meta(p, "path")
+    check_index(p, meta, "path", use_cache=False)
+    Index.load(p)
+    return len(meta.get("files") or {})
