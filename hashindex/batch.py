@@ -173,11 +173,33 @@ def _job_record(out: Path) -> Path:
     return out.with_name(f".{out.name}.job.json")
 
 
+def describe_results(out: str | Path) -> dict[str, Any]:
+    """What a finished results file holds (`hashindex info`): its job's settings, the file checked against its
+    recorded SHA-256, and whether the index it searched still holds what it held then (``index_now``: 'same',
+    'changed' by a build, append or removal since, or 'gone')."""
+    from .index.layout import read_index_meta
+
+    record = check_results(out, "path")
+    try:
+        now = "same" if _meta_state(read_index_meta(record["index"], "index")) == record["index_state"] else "changed"
+    except HashindexError:
+        now = "gone"
+    keep = ("format", "queries_count", "k", "candidates", "rerank", "nprobe", "exclude_self", "index", "model_id",
+            "queries")
+    return {"kind": "batch results", "path": str(out), **{key: record[key] for key in keep if key in record},
+            "index_now": now}
+
+
 def index_state(index: Index) -> str:
     """What the index holds, as a digest of its index.json (file checksums, appended collections, count): a build,
     an append or a removal changes it, where the build time alone stays the same through appends (a rerun after an
     append was then taken for a finished job, and a resumed one mixed batches searched before and after it)."""
-    return hashlib.sha256(json.dumps(index.meta, sort_keys=True).encode()).hexdigest()
+    return _meta_state(index.meta)
+
+
+def _meta_state(meta: dict[str, Any]) -> str:
+    """`index_state` of an index.json as read."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, settings: dict[str, Any]) -> bool:

@@ -1,4 +1,4 @@
-"""`hashindex info`: what a checkpoint, shard directory, index or image collection holds."""
+"""`hashindex info`: what a checkpoint, shard directory, index, batch results file or image collection holds."""
 
 from __future__ import annotations
 
@@ -127,9 +127,13 @@ def _names_a_collection(path: Path) -> bool:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """Dispatch on what PATH is: a shard directory, an index, a checkpoint (file or shipped name), or else an
-    image collection as ``--data`` reads it (folder, tar, list, brace pattern, ``DIR:test``)."""
+    """Dispatch on what PATH is: a shard directory, an index, a batch results file, a checkpoint (file or shipped
+    name), or else an image collection as ``--data`` reads it (folder, tar, list, brace pattern, ``DIR:test``)."""
+    from .batch import describe_results, is_results_file
+
     p = Path(path)
+    if is_results_file(p):
+        return describe_results(p)
     if p.is_dir():
         from .index import INDEX_JSON
         from .store import MANIFEST

@@ -415,10 +415,22 @@ def test_verify_checks_every_kind_of_file_hashindex_writes(tiny_model, cifar_que
     from hashindex.data.prepared import prepare
     from tests.conftest import make_mixed_folder
 
+    import shutil
+
+    from hashindex.index import remove
+
     make_mixed_folder(tmp_path / "imgs")
     prepare(open_source(tmp_path / "imgs"), tmp_path / "prep", 16, workers=0, **QUIET)
-    results = tmp_path / "results.h5"
-    batch_search(flat_index, cifar_queries, results, k=3, **QUIET)
+    results, index = tmp_path / "results.h5", shutil.copytree(flat_index, tmp_path / "ix")
+    batch_search(index, cifar_queries, results, k=3, **QUIET)
+    for now in ("same", "changed", "gone"):  # `info` on a results file: its job, and the index it searched
+        if now == "changed":
+            remove(index, ids=[5], **QUIET)
+        if now == "gone":
+            shutil.rmtree(index)
+        info = json.loads(CliRunner().invoke(cli, ["info", str(results), "--json"]).output)
+        assert info["kind"] == "batch results" and info["queries_count"] == 1000 and info["k"] == 3, info
+        assert info["index"] == str(index.resolve()) and info["index_now"] == now
     model = tmp_path / "m.pt"
     model.write_bytes(tiny_model.read_bytes())
     runner = CliRunner()
