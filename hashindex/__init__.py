@@ -35,6 +35,8 @@ _LAZY = {  # public name -> (module, attribute)
     "evaluate": ("evaluation", "evaluate"),
     "find_duplicates": ("duplicates", "find_duplicates"),
     "verify": ("verification", "verify"),
+    "batch_search": ("batch", "batch_search"),
+    "read_results": ("batch", "read_results"),
 }
 
 

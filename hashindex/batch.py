@@ -11,6 +11,7 @@ worker opening the index once.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
-from .index import Index
+from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, search_without_own
 from .store import MANIFEST, ShardSet
 
@@ -161,6 +162,35 @@ def check_results(out: str | Path, arg: str = "out") -> dict[str, Any]:
         raise HashindexError(f"{arg}={out}: not the file the batch job wrote (SHA-256 {digest[:12]}… where "
                              f"{record['out_sha256'][:12]}… was recorded); rerun the job with overwrite")
     return record
+
+
+def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
+    """A finished results file read back, in any of its formats, once checked against its recorded SHA-256:
+    ``query_ids`` (Q,) and ``ids``, ``hamming``, ``distance`` (Q, k) as the job searched them (-1, -1 and NaN
+    past a query's results). A CSV file has no row for a query without results: such a query is absent."""
+    record = check_results(out, arg)
+    if record["format"] == "h5":
+        with h5py.File(out, "r") as f:
+            return {name: f[name][()] for name in ("query_ids", "ids", "hamming", "distance")}
+    rows: dict[int, tuple[list, list, list]] = {}
+    with open(out, encoding="utf-8", newline="") as f:
+        if record["format"] == "jsonl":
+            for line in f:
+                row = json.loads(line)
+                rows[row["query_id"]] = (row["ids"], row["hamming"], [np.nan if d is None else d
+                                                                      for d in row["distance"]])
+        else:
+            for qid, _, i, h, d in list(csv.reader(f))[1:]:
+                for values, value in zip(rows.setdefault(int(qid), ([], [], [])),
+                                         (int(i), int(h), float(d) if d else np.nan)):
+                    values.append(value)
+    k = record["k"]
+    res = {"query_ids": np.fromiter(rows, np.int64, len(rows)), "ids": np.full((len(rows), k), MISSING, np.int64),
+           "hamming": np.full((len(rows), k), MISSING, np.int32),
+           "distance": np.full((len(rows), k), np.nan, np.float32)}
+    for q, (ids, ham, dist) in enumerate(rows.values()):
+        res["ids"][q, :len(ids)], res["hamming"][q, :len(ids)], res["distance"][q, :len(ids)] = ids, ham, dist
+    return res
 
 
 def is_results_file(path: str | Path) -> bool:

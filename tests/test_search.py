@@ -13,7 +13,7 @@ from hashindex.cli import cli
 from hashindex.metrics import hamming_distances
 from hashindex.index import build, pad_codes, padded_bytes
 from hashindex.index import Index
-from hashindex.batch import batch_search
+from hashindex.batch import batch_search, read_results
 from tests.conftest import CIFAR_TEST, SVHN, make_mixed_folder
 
 QUERIES = slice(0, 10000, 97)  # 104 queries spread over the classes
@@ -203,6 +203,16 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
     batch_search(flat_index, cifar_queries, csv, k=3, progress=False, log=lambda s: None)
     lines = csv.read_text().splitlines()
     assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 1000
+    # read back (hashindex.read_results): every format gives the arrays the HDF5 file holds, and the first 3
+    # of the top 20 (the pool does not depend on k)
+    for name in ("r.jsonl", "r3.h5"):
+        batch_search(flat_index, cifar_queries, tmp_path / name, k=3, progress=False, log=lambda s: None)
+    h5, top20 = read_results(tmp_path / "r3.h5"), read_results(clean)
+    for name in ("r.csv", "r.jsonl"):
+        back = read_results(tmp_path / name)
+        for key in ("query_ids", "ids", "hamming", "distance"):
+            assert np.array_equal(back[key], h5[key], equal_nan=True) and back[key].dtype == h5[key].dtype, key
+    assert np.array_equal(h5["ids"], top20["ids"][:, :3]) and np.array_equal(h5["query_ids"], top20["query_ids"])
 
 
 def test_complete_ties_reranks_whole_tie_group(flat_index, db):
