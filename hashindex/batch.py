@@ -180,7 +180,9 @@ def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
                 rows[row["query_id"]] = (row["ids"], row["hamming"], [np.nan if d is None else d
                                                                       for d in row["distance"]])
         else:
-            for qid, _, i, h, d in list(csv.reader(f))[1:]:
+            reader = csv.reader(f)
+            next(reader)  # the header
+            for qid, _, i, h, d in reader:
                 for values, value in zip(rows.setdefault(int(qid), ([], [], [])),
                                          (int(i), int(h), float(d) if d else np.nan)):
                     values.append(value)
