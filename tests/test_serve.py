@@ -20,14 +20,14 @@ from hashindex.service.basic import Searcher, make_server
 from tests.conftest import CIFAR_TEST, need
 
 
-def start_asgi(engines, writable: bool = False):
+def start_asgi(engines, writable: bool = False, write_token=None):
     """A real uvicorn server over engines, on a free port, in a thread: (url, stop)."""
     import time
 
     from hashindex.service import asgi_server, bind
 
     sock = bind("127.0.0.1", 0)
-    server = asgi_server(engines, writable=writable)
+    server = asgi_server(engines, writable=writable, write_token=write_token)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -324,6 +324,49 @@ def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
     assert Index.load(index_dir).count == 10000 and 5 not in Index.load(index_dir).ids
 
 
+def test_writes_need_the_write_token_when_there_is_one(flat_index, tiny_model, tmp_path):
+    """serve --writable with a write token: POST and DELETE /items without it, or with another, are 401s that
+    change nothing (searches need none); with it they go on. --writable on an address others reach needs a
+    token: one line, exit 2, before any index is opened."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hashindex import HashindexError
+    from hashindex.cli import cli
+    from hashindex.service.app import create_app
+    from hashindex.service.engine import Engine
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(flat_index, index_dir)
+    [(_, a)] = jpeg_bytes(1)
+    url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True,
+                           write_token="s3cret-token")
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for headers in ({}, {"Authorization": "Bearer guess"}, {"Authorization": "Basic s3cret-token"}):
+                for method, path, kw in [("POST", "/items", {"content": a}), ("POST", "/indexes/photos/items",
+                                         {"content": a}), ("DELETE", "/items", {"params": {"ids": "5"}})]:
+                    got = client.request(method, path, headers=headers, **kw)
+                    assert got.status_code == 401 and got.headers["www-authenticate"] == "Bearer", got.text
+                    assert got.json()["error"] == f"{method} {path}: needs the write token (header " \
+                                                  "'Authorization: Bearer TOKEN')"
+            assert client.get("/health").json()["indexes"]["photos"] == 10000  # nothing written
+            assert client.get("/search", params={"id": 5}).status_code == 200  # reads need no token
+            token = {"Authorization": "Bearer s3cret-token"}
+            assert client.post("/items", content=a, headers=token).json()["ids"] == [10000]
+            assert client.delete("/items", params={"ids": "5"}, headers=token).json()["removed"] == 1
+    finally:
+        stop()
+    with pytest.raises(HashindexError, match="write_token: needs writable=True"):
+        create_app({"photos": Engine(index_dir, str(tiny_model), name="photos")}, write_token="x")
+    for args, message in [(["--writable", "--host", "0.0.0.0"], "--writable on --host 0.0.0.0: others can reach it"),
+                          (["--write-token", "x"], "--write-token: only with --writable"),
+                          (["--writable", "--write-token", " "], "--write-token: blank")]:
+        res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
+
+
 def test_an_items_image_file_is_served(service):
     """GET /items/ID/image: the bytes of the item's file in its collection (a member of the CIFAR-10 tar here),
     with its media type; 404s for an unknown id."""

@@ -229,8 +229,11 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
               help="Also take POST /items (and /indexes/NAME/items): images added to the index on disk and "
                    "served at once, and DELETE /items?ids=3,17: items taken out (asgi server). Off by default: "
                    "anyone who reaches the port could change the index.")
+@click.option("--write-token", envvar="HASHINDEX_WRITE_TOKEN", show_envvar=True, default=None,
+              help="With --writable: writes need the header 'Authorization: Bearer TOKEN' (required on a --host "
+                   "other than loopback). Prefer the environment variable: a command line is visible to ps.")
 @click.pass_context
-def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
+def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -249,10 +252,13 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
       hashindex serve index/photos --writable &    # then add photos:
       curl -s -F file=@new1.jpg -F file=@new2.jpg 'localhost:8000/items?label=cat'
       curl -s -X DELETE 'localhost:8000/items?ids=17,42'
+      HASHINDEX_WRITE_TOKEN=s3cret hashindex serve index/photos --writable --host 0.0.0.0 &
+      curl -s -H 'Authorization: Bearer s3cret' -F file=@new.jpg 'host:8000/items'
     """
-    from ..service import asgi_server, bind, open_engines, parse_indexes
+    from ..service import asgi_server, bind, check_write_access, open_engines, parse_indexes
 
     indexes = parse_indexes(list(index_dir))
+    check_write_access(host, writable, write_token)
     if server_kind == "auto":
         server_kind = "asgi" if _has_asgi() else "basic"
     elif server_kind == "asgi" and not _has_asgi():
@@ -275,7 +281,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable):
     # raises the signal again for the handler it found: this no-op one makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asgi_server(engines, writable=writable).run(sockets=[sock])
+    asgi_server(engines, writable=writable, write_token=write_token).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:

@@ -31,6 +31,29 @@ def parse_indexes(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_write_access(host: str, writable: bool, write_token: str | None) -> None:
+    """A service that others can reach changes its index only for those holding its write token: `--writable`
+    on an address other than loopback needs one (anyone who reached the port could otherwise add or delete)."""
+    if write_token is not None and not writable:
+        raise HashindexError("--write-token: only with --writable (a read-only service takes no writes)")
+    if write_token is not None and not write_token.strip():
+        raise HashindexError("--write-token: blank (expected a secret, e.g. from: python -c "
+                             "'import secrets; print(secrets.token_urlsafe())')")
+    if writable and write_token is None and not is_loopback(host):
+        raise HashindexError(f"--writable on --host {host}: others can reach it, so writes need a token: set "
+                             "HASHINDEX_WRITE_TOKEN (then send 'Authorization: Bearer TOKEN'), or serve on 127.0.0.1")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: any free one), or a one-line error naming the port."""
     try:
@@ -41,9 +64,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False):
+def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
-    SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST /items)."""
+    SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST and DELETE
+    /items; ``write_token``: only with it as a bearer token)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,8 +96,9 @@ def asgi_server(engines: dict, log_level: str = "warning", writable: bool = Fals
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    config = uvicorn.Config(create_app(engines, writable=writable), http=JsonErrors, lifespan="on", log_level=log_level,
-                            access_log=False, backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
+    app = create_app(engines, writable=writable, write_token=write_token)
+    config = uvicorn.Config(app, http=JsonErrors, lifespan="on", log_level=log_level, access_log=False,
+                            backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
     return uvicorn.Server(config)
 
 

@@ -13,6 +13,7 @@
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
     POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
     DELETE /items?ids=3,17                `serve --writable` only: items taken out of the index
+    (with a write token, POST and DELETE /items need the header "Authorization: Bearer TOKEN": 401 otherwise)
 
 SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
 what `build --append` grew or `hashindex remove` took out is served from then on; searches already handed to
@@ -20,16 +21,18 @@ the old engines finish there. A reload that fails (a broken index on disk) keeps
 says why on stderr.
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
-400 (bad request), 404 (no such id, index or endpoint), 408 (the client stopped sending), 411 (no length),
-413 (body over the cap), 503 (a search outlasted the request timeout), 500 (a bug: that request fails, the
-process goes on). Why this stack: uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds
-hundreds of idle connections for the cost of one thread, FastAPI gives the OpenAPI docs and multipart
-parsing, and neither holds the GIL while the batcher thread runs the net and Faiss.
+400 (bad request), 401 (a write without the write token), 404 (no such id, index or endpoint), 408 (the
+client stopped sending), 411 (no length), 413 (body over the cap), 503 (a search outlasted the request
+timeout), 500 (a bug: that request fails, the process goes on). Why this stack: uvicorn speaks HTTP/1.1
+with keep-alive and an event loop that holds hundreds of idle connections for the cost of one thread,
+FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the batcher thread
+runs the net and Faiss.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import signal
@@ -63,13 +66,17 @@ IMAGE_BODY = {"required": False, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
 
 
-def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False) -> FastAPI:
+def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
+               write_token: str | None = None) -> FastAPI:
     """The service over opened engines (name -> Engine); ``default`` answers /search and /batch; ``writable``
-    adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`)."""
+    adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`), and DELETE /items;
+    with ``write_token`` those need the header "Authorization: Bearer TOKEN" (checked before a body is read)."""
     from .. import __version__
 
     if not engines:
         raise HashindexError("engines={}: serve at least one index")
+    if write_token is not None and (not writable or not write_token.strip()):
+        raise HashindexError("write_token: needs writable=True and a token that is not blank")
     default = default or next(iter(engines))
     metrics = Metrics()
     reload, retire_now = _reloader(engines, metrics)
@@ -148,20 +155,24 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
 
         @app.post("/items", summary="Add images to the default index", openapi_extra={"requestBody": IMAGE_BODY})
         async def add_default(request: Request) -> dict[str, Any]:
+            _authorize(request, write_token)
             return await _add(lambda: engines[default], request, adding, reload)
 
         @app.post("/indexes/{name}/items", summary="Add images to a named index",
                   openapi_extra={"requestBody": IMAGE_BODY})
         async def add_named(name: str, request: Request) -> dict[str, Any]:
+            _authorize(request, write_token)
             engine_named(name)  # a 404 before the body is read
             return await _add(lambda: engines[name], request, adding, reload)
 
         @app.delete("/items", summary="Take items out of the default index (ids=3,17)")
         async def remove_default(request: Request) -> dict[str, Any]:
+            _authorize(request, write_token)
             return await _remove(lambda: engines[default], request, adding, reload)
 
         @app.delete("/indexes/{name}/items", summary="Take items out of a named index (ids=3,17)")
         async def remove_named(name: str, request: Request) -> dict[str, Any]:
+            _authorize(request, write_token)
             engine_named(name)
             return await _remove(lambda: engines[name], request, adding, reload)
 
@@ -176,6 +187,17 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
         return await _batch(engine_named(name), request)
 
     return BodyLimit(Timing(app, metrics))
+
+
+def _authorize(request: Request, token: str | None) -> None:
+    """A write goes on only with the service's write token (when it has one) as a bearer token: 401 otherwise.
+    Compared in constant time, so the answer's timing does not tell how much of a guess was right."""
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise RequestError(401, f"{request.method} {request.url.path}: needs the write token "
+                                "(header 'Authorization: Bearer TOKEN')")
 
 
 def _reloader(engines: dict[str, Engine], metrics: Metrics):
@@ -225,7 +247,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, e.status)
+        return JSONResponse({"error": str(e)}, e.status, headers={"WWW-Authenticate": "Bearer"} if e.status == 401
+                            else None)
 
     @app.exception_handler(HashindexError)
     async def library_error(request: Request, e: HashindexError) -> JSONResponse:
