@@ -112,34 +112,66 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
 
     A second writer gets a HashindexError ``busy`` plus who holds the lock (pid, host, since when). flock is
     released by the kernel when its holder dies, so a killed writer leaves no stale lock to clear by hand.
-    (flock: reliable between processes of one machine, not across NFS clients.)
+    The holder removes the file as it finishes (a killed one leaves it, for the next writer to lock and then
+    remove), so outputs are not left with a lock file beside them; a writer that locked a file just removed
+    this way locks the path's new file instead. (flock: reliable between processes of one machine, not
+    across NFS clients.)
     """
-    from .errors import HashindexError
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
-    with open(lock, "a+") as f:
-        deadline = time.monotonic() + DEAD_HOLDER_WAIT_S
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                if not _holder_dead(holder) or time.monotonic() > deadline:
-                    raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
-                time.sleep(0.05)  # its holder is dead; the decode workers it forked still hold the lock a moment
+    while True:
+        f = open(lock, "a+")
         try:
+            _flock(f, lock, busy)
+        except BaseException:
+            f.close()
+            raise
+        if _is_file_at(f, lock):
+            break
+        f.close()  # the holder before us removed it as it finished: lock the file now at the path
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        f.flush()
+        yield
+    finally:
+        try:
+            lock.unlink()  # still locked: no other writer holds this file, and the next one makes a new one
+        except OSError:
+            pass
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _flock(f, lock: Path, busy: str) -> None:
+    """flock ``f`` exclusively, or a HashindexError ``busy`` naming the holder (a dead holder's forked children
+    are waited for a moment)."""
+    from .errors import HashindexError
+
+    deadline = time.monotonic() + DEAD_HOLDER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
             f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            holder = f.read().strip() or "unknown"
+            if not _holder_dead(holder) or time.monotonic() > deadline:
+                raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
+            time.sleep(0.05)  # its holder is dead; the decode workers it forked still hold the lock a moment
+
+
+def _is_file_at(f, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not removed, nor replaced)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _holder_dead(holder: str) -> bool:

@@ -4,6 +4,7 @@ an unrelated folder; one writer at a time (real processes); leftovers of killed 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ def test_overwrite_replaces_an_index_and_cleans_leftovers(cifar_shards, tmp_path
     meta = build(cifar_shards, out, rerank="none", overwrite=True, **QUIET)
     assert meta["count"] == 10000
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
-    assert left == [".index.lock", ".index.v2.build-xyz.tmp"]
+    assert left == [".index.v2.build-xyz.tmp"]  # and no lock file: the build removed it as it finished
 
 
 def test_one_writer_at_a_time(cifar_shards, tmp_path):
@@ -212,6 +213,40 @@ def test_one_extract_or_batch_job_per_output(command, tiny_model, cifar_shards, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_file_goes_with_its_holder(tmp_path, monkeypatch):
+    """The holder removes its lock file as it finishes; a killed holder's is locked and removed by the next
+    writer; a writer that locked a file its holder removed meanwhile locks the path's new file instead."""
+    from hashindex import files
+    from hashindex.files import exclusive
+
+    out, lock = tmp_path / "results.h5", tmp_path / ".results.h5.lock"
+    with exclusive(out, "busy"):
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+    assert not lock.exists()
+    killed = subprocess.Popen([sys.executable, "-c", "import sys, time; from hashindex.files import exclusive\n"
+                               "with exclusive(sys.argv[1], 'busy'):\n    print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "held"
+    killed.kill()
+    killed.wait()
+    assert lock.exists()  # kill -9: left behind, and released by the kernel
+    with exclusive(out, "busy"):
+        pass
+    assert not lock.exists()
+    real, seen = files._flock, []
+
+    def removed_meanwhile(f, path, busy):  # the previous holder removes the file just after we opened it
+        real(f, path, busy)
+        if not seen:
+            path.unlink()
+        seen.append(os.fstat(f.fileno()).st_ino)
+
+    monkeypatch.setattr(files, "_flock", removed_meanwhile)
+    with exclusive(out, "busy"):
+        assert len(seen) == 2 and lock.exists() and lock.stat().st_ino == seen[1]
+    assert not lock.exists()
 
 
 def _edit_json(path, change):
