@@ -139,7 +139,8 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
         yield
     finally:
         try:
-            lock.unlink()  # still locked: no other writer holds this file, and the next one makes a new one
+            if _is_file_at(f, lock):  # (not a file another writer made after ours was deleted by hand)
+                lock.unlink()  # still locked: no other writer holds this file, and the next one makes a new one
         except OSError:
             pass
         fcntl.flock(f, fcntl.LOCK_UN)

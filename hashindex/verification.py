@@ -21,7 +21,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     from .batch import check_results, is_results_file
     from .data.prepared import is_prepared, read_meta
     from .index import INDEX_JSON
-    from .model import saved_by_torch, read_checkpoint, shipped_path
+    from .model import read_checkpoint, saved_by_torch, shipped_path
     from .store import MANIFEST
 
     p = Path(path)
