@@ -22,6 +22,7 @@ DEFAULT_MODEL = "nin-cifar10-48-v3"
 
 _LAZY = {  # public name -> (module, attribute)
     "HashindexError": ("errors", "HashindexError"),
+    "BusyError": ("errors", "BusyError"),
     "HashModel": ("model", "HashModel"),
     "load_model": ("model", "load_model"),
     "TrainConfig": ("training", "TrainConfig"),

@@ -12,3 +12,9 @@ hashindex, not in the user's input.
 
 class HashindexError(Exception):
     """A user-facing error: bad input, not a bug."""
+
+
+class BusyError(HashindexError):
+    """Another writer holds the output's lock (a build, append, removal, extraction or batch job of the same
+    output is running): nothing is wrong with the request, and it can be retried once that writer is done
+    (the service answers 409)."""

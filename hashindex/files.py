@@ -110,8 +110,9 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
 def exclusive(target: str | Path, busy: str) -> Iterator[None]:
     """Hold the lock of ``target`` (``.NAME.lock`` beside it): one writer of an output at a time.
 
-    A second writer gets a HashindexError ``busy`` plus who holds the lock (pid, host, since when). flock is
-    released by the kernel when its holder dies, so a killed writer leaves no stale lock to clear by hand.
+    A second writer gets a BusyError (a HashindexError) ``busy`` plus who holds the lock (pid, host, since
+    when). flock is released by the kernel when its holder dies, so a killed writer leaves no stale lock to
+    clear by hand.
     The holder removes the file as it finishes (a killed one leaves it, for the next writer to lock and then
     remove), so outputs are not left with a lock file beside them; a writer that locked a file just removed
     this way locks the path's new file instead. (flock: reliable between processes of one machine, not
@@ -148,9 +149,9 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
 
 
 def _flock(f, lock: Path, busy: str) -> None:
-    """flock ``f`` exclusively, or a HashindexError ``busy`` naming the holder (a dead holder's forked children
+    """flock ``f`` exclusively, or a BusyError ``busy`` naming the holder (a dead holder's forked children
     are waited for a moment)."""
-    from .errors import HashindexError
+    from .errors import BusyError
 
     deadline = time.monotonic() + DEAD_HOLDER_WAIT_S
     while True:
@@ -161,7 +162,7 @@ def _flock(f, lock: Path, busy: str) -> None:
             f.seek(0)
             holder = f.read().strip() or "unknown"
             if not _holder_dead(holder) or time.monotonic() > deadline:
-                raise HashindexError(f"{busy} (lock {lock}, held by {holder})") from None
+                raise BusyError(f"{busy} (lock {lock}, held by {holder})") from None
             time.sleep(0.05)  # its holder is dead; the decode workers it forked still hold the lock a moment
 
 

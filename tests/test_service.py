@@ -326,7 +326,7 @@ def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
 
 def test_writes_need_the_write_token_when_there_is_one(flat_index, tiny_model, tmp_path):
     """serve --writable with a write token: POST and DELETE /items without it, or with another, are 401s that
-    change nothing (searches need none); with it they go on. --writable on an address others reach needs a
+    change nothing (searches need none); with it they go on, or are 409s while another process writes the index. --writable on an address others reach needs a
     token: one line, exit 2, before any index is opened."""
     import shutil
 
@@ -334,6 +334,7 @@ def test_writes_need_the_write_token_when_there_is_one(flat_index, tiny_model, t
 
     from hashindex import HashindexError
     from hashindex.cli import cli
+    from hashindex.index.writing import exclusive_index
     from hashindex.service.app import create_app
     from hashindex.service.engine import Engine
 
@@ -354,6 +355,11 @@ def test_writes_need_the_write_token_when_there_is_one(flat_index, tiny_model, t
             assert client.get("/health").json()["indexes"]["photos"] == 10000  # nothing written
             assert client.get("/search", params={"id": 5}).status_code == 200  # reads need no token
             token = {"Authorization": "Bearer s3cret-token"}
+            with exclusive_index(index_dir):  # another process building, appending or removing: 409, retry
+                for busy in (client.post("/items", content=a, headers=token),
+                             client.delete("/items", params={"ids": "5"}, headers=token)):
+                    assert busy.status_code == 409 and busy.headers["retry-after"] == "5", busy.text
+                    assert "another append to it is running" in busy.json()["error"]
             assert client.post("/items", content=a, headers=token).json()["ids"] == [10000]
             assert client.delete("/items", params={"ids": "5"}, headers=token).json()["removed"] == 1
     finally:

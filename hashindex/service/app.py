@@ -22,11 +22,11 @@ says why on stderr.
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
 400 (bad request), 401 (a write without the write token), 404 (no such id, index or endpoint), 408 (the
-client stopped sending), 411 (no length), 413 (body over the cap), 503 (a search outlasted the request
-timeout), 500 (a bug: that request fails, the process goes on). Why this stack: uvicorn speaks HTTP/1.1
-with keep-alive and an event loop that holds hundreds of idle connections for the cost of one thread,
-FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the batcher thread
-runs the net and Faiss.
+client stopped sending), 409 (a write while another process writes the index: retry), 411 (no length), 413
+(body over the cap), 503 (a search outlasted the request timeout), 500 (a bug: that request fails, the
+process goes on). Why this stack: uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds
+hundreds of idle connections for the cost of one thread, FastAPI gives the OpenAPI docs and multipart
+parsing, and neither holds the GIL while the batcher thread runs the net and Faiss.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import HashindexError
+from ..errors import BusyError, HashindexError
 from .engine import Engine, Query
 from .metrics import Metrics
 from .middleware import BodyLimit, Timing
@@ -252,6 +252,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(HashindexError)
     async def library_error(request: Request, e: HashindexError) -> JSONResponse:
+        if isinstance(e, BusyError):  # a build, append or removal of the index by another process: retry later
+            return JSONResponse({"error": str(e)}, 409, headers={"Retry-After": "5"})
         return JSONResponse({"error": str(e)}, 400)  # a request the index cannot answer
 
     @app.exception_handler(StarletteHTTPException)
