@@ -326,8 +326,8 @@ def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
 
 def test_writes_need_the_write_token_when_there_is_one(flat_index, tiny_model, tmp_path):
     """serve --writable with a write token: POST and DELETE /items without it, or with another, are 401s that
-    change nothing (searches need none); with it they go on, or are 409s while another process writes the index. --writable on an address others reach needs a
-    token: one line, exit 2, before any index is opened."""
+    change nothing (searches need none); with it they go on, or are 409s while another process writes the
+    index. --writable on an address others reach needs a token: one line, exit 2, before any index is opened."""
     import shutil
 
     from click.testing import CliRunner
