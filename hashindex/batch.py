@@ -208,12 +208,13 @@ def _job_record(out: Path) -> Path:
 def describe_results(out: str | Path) -> dict[str, Any]:
     """What a finished results file holds (`hashindex info`): its job's settings, the file checked against its
     recorded SHA-256, and whether the index it searched still holds what it held then (``index_now``: 'same',
-    'changed' by a build, append or removal since, or 'gone')."""
+    'changed' by a build, append or removal since, 'gone', or 'unknown' for a job recorded before that was)."""
     from .index.layout import read_index_meta
 
     record = check_results(out, "path")
     try:
-        now = "same" if _meta_state(read_index_meta(record["index"], "index")) == record["index_state"] else "changed"
+        state = _meta_state(read_index_meta(record["index"], "index"))
+        now = "unknown" if "index_state" not in record else "same" if state == record["index_state"] else "changed"
     except HashindexError:
         now = "gone"
     keep = ("format", "queries_count", "k", "candidates", "rerank", "nprobe", "exclude_self", "index", "model_id",
