@@ -82,9 +82,9 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         out = Path(out)
         fmt = output_format(out, fmt)
         if out.exists() and not overwrite:
-            recorded = _read_job(_job_record(out))
-            if recorded and recorded.pop("out_sha256", None) == sha256_file(out) and \
-                    _same_job(recorded, index, queries, settings):
+            recorded = _finished_job(out)
+            if recorded and _same_job(recorded, index, queries, settings):
+                recorded.pop("out_sha256")
                 log(f"{out}: already complete ({recorded['queries_count']} queries); nothing to do")
                 return recorded  # a rerun of a finished job (as after a kill just past its end) is a no-op
             raise HashindexError(f"out={out}: already exists (pass overwrite=True to replace it)")
@@ -162,6 +162,14 @@ def check_results(out: str | Path, arg: str = "out") -> dict[str, Any]:
         raise HashindexError(f"{arg}={out}: not the file the batch job wrote (SHA-256 {digest[:12]}… where "
                              f"{record['out_sha256'][:12]}… was recorded); rerun the job with overwrite")
     return record
+
+
+def _finished_job(out: Path) -> dict[str, Any] | None:
+    """`check_results`'s job record, or None where ``out`` is not a finished job's file as it wrote it."""
+    try:
+        return check_results(out)
+    except HashindexError:
+        return None
 
 
 def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:

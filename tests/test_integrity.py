@@ -442,17 +442,16 @@ def test_a_finished_batch_job_rerun_is_a_no_op(flat_index, cifar_shards, tmp_pat
 def test_verify_checks_every_kind_of_file_hashindex_writes(tiny_model, cifar_queries, flat_index, tmp_path):
     """`hashindex verify` on a prepared store, a checkpoint (or a shipped model's name) and a batch results
     file: each passes as written, and a flipped byte (a changed weight) is one line naming it, exit 2."""
+    import shutil
+
     import torch
 
     import hashindex
     from hashindex.batch import batch_search
     from hashindex.data import open_source
     from hashindex.data.prepared import prepare
-    from tests.conftest import make_mixed_folder
-
-    import shutil
-
     from hashindex.index import remove
+    from tests.conftest import make_mixed_folder
 
     make_mixed_folder(tmp_path / "imgs")
     prepare(open_source(tmp_path / "imgs"), tmp_path / "prep", 16, workers=0, **QUIET)

@@ -33,7 +33,8 @@ READ = 1 << 20  # headers are read through a buffer of this many bytes, not one 
 _RECORD = re.compile(rb"(\d+) ([^=]+)=")  # a PAX record: "LENGTH KEYWORD=VALUE\n"
 # the numeric fields tarfile parses besides size and checksum (mode, uid, gid; mtime; devmajor, devminor): a
 # header where one does not parse is one tarfile stops at, so it is left to tarfile here too
-_NUMBERS = np.r_[100:124, 136:148, 329:345]
+_NUMERIC = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))  # (start, end) of each
+_NUMBERS = np.concatenate([np.arange(start, end) for start, end in _NUMERIC])  # their bytes, for numpy
 _PLAIN = np.zeros(256, bool)
 _PLAIN[list(b"01234567 \0")] = True  # the bytes of a plain octal field (others: checked as tarfile does)
 
@@ -116,7 +117,7 @@ def _headers_hold(headers: list[bytes]) -> bool:
 def _numbers_parse(header: bytes) -> bool:
     """Whether tarfile parses every numeric field of ``header`` besides size and checksum."""
     try:
-        for start, end in ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345)):
+        for start, end in _NUMERIC:
             tarfile.nti(header[start:end])
     except tarfile.HeaderError:
         return False
