@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import shutil
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -18,6 +21,34 @@ CIFAR_TEST = DATA / "cifar10-jpeg" / "test.tar"
 SVHN = ROOT / "tests" / "data" / "svhn"  # two small SVHN .mat files written by SciPy (tests/test_data.py)
 MNIST_TEST = DATA / "mnist-png" / "test.tar"
 FASHION = DATA / "fashion-mnist"
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each worker gets its share of the cores: torch's and Faiss's OpenMP threads that
+    outnumber the cores spin at their barriers (hashindex.runtime.set_threads), in the worker and in the
+    processes it starts."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        from hashindex.runtime import set_threads
+
+        set_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], Path]) -> Path:
+    """What `make(directory)` returns, made once per test run: under pytest-xdist the first worker to ask makes
+    it in a directory all workers share (under a lock; the others wait for it), so a session fixture costs
+    its time once, not once per worker."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / name
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / ".made"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            done.write_text(str(make(root).relative_to(root)))
+        return root / done.read_text()
 
 
 def need(path: Path) -> Path:
@@ -100,10 +131,13 @@ def tiny_model(tmp_path_factory) -> Path:
     from hashindex import train
 
     need(CIFAR_TRAIN)
-    out = tmp_path_factory.mktemp("model") / "tiny.pt"
-    train(str(CIFAR_TRAIN), str(out), val=str(CIFAR_TEST), val_limit=200, limit=300,
-          epochs=1, bits=48, input_size=16, workers=0, progress=False)
-    return out
+
+    def make(directory: Path) -> Path:
+        train(str(CIFAR_TRAIN), str(directory / "tiny.pt"), val=str(CIFAR_TEST), val_limit=200, limit=300,
+              epochs=1, bits=48, input_size=16, workers=0, progress=False)
+        return directory / "tiny.pt"
+
+    return made_once(tmp_path_factory, "model", make)
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +146,13 @@ def cifar_shards(tiny_model, tmp_path_factory) -> Path:
     from hashindex import extract
 
     need(CIFAR_TEST)
-    out = tmp_path_factory.mktemp("shards") / "test"
-    extract(str(tiny_model), str(CIFAR_TEST), out, shard_size=4000, progress=False, log=lambda s: None)
-    return out
+
+    def make(directory: Path) -> Path:
+        extract(str(tiny_model), str(CIFAR_TEST), directory / "test", shard_size=4000, progress=False,
+                log=lambda s: None)
+        return directory / "test"
+
+    return made_once(tmp_path_factory, "shards", make)
 
 
 @pytest.fixture(scope="session")
@@ -123,15 +161,21 @@ def cifar_queries(tiny_model, tmp_path_factory) -> Path:
     that check what an evaluation or a batch job reports, not its figures at scale (a tenth of the work)."""
     from hashindex import extract
 
-    out = tmp_path_factory.mktemp("queries") / "test-1000"
-    extract(str(tiny_model), str(CIFAR_TEST), out, limit=1000, workers=0, progress=False, log=lambda s: None)
-    return out
+    def make(directory: Path) -> Path:
+        extract(str(tiny_model), str(CIFAR_TEST), directory / "test-1000", limit=1000, workers=0, progress=False,
+                log=lambda s: None)
+        return directory / "test-1000"
+
+    return made_once(tmp_path_factory, "queries", make)
 
 
 @pytest.fixture(scope="session")
 def flat_index(cifar_shards, tmp_path_factory) -> Path:
     from hashindex.index import build
 
-    out = tmp_path_factory.mktemp("index") / "flat"
-    build(cifar_shards, out, binary="flat", rerank="flat", signal="l2", progress=False, log=lambda s: None)
-    return out
+    def make(directory: Path) -> Path:
+        build(cifar_shards, directory / "flat", binary="flat", rerank="flat", signal="l2", progress=False,
+              log=lambda s: None)
+        return directory / "flat"
+
+    return made_once(tmp_path_factory, "index", make)
