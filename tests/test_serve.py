@@ -151,6 +151,21 @@ def test_bad_requests(server, path, data, status, message):
     assert body["error"] == message or message.endswith("(") and body["error"].startswith(message)
 
 
+def test_a_server_that_does_not_write_says_so(server):
+    """POST or DELETE /items on a service started without --writable, and on the basic server (which never
+    writes): a 403 naming the flag, not a 404 that reads as a wrong address; nothing is added or removed."""
+    for method, data in (("POST", b"not read"), ("DELETE", None)):
+        for path in ("/items?ids=5", "/indexes/flat/items?ids=5"):
+            req = urllib.request.Request(server + path, data=data, method=method)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=60)
+            assert e.value.code == 403, (method, path)
+            assert json.loads(e.value.read()) == {"error": f"{method} {path.split('?')[0]}: this service is "
+                                                  "read-only (start it with `hashindex serve --writable` to add and "
+                                                  "remove items; the basic server never writes)"}
+    assert call(server + "/")[1]["items"] == 10000
+
+
 def test_cli_serve_errors(flat_index, tiny_model, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["serve", str(tmp_path / "none")])

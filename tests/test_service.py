@@ -415,12 +415,6 @@ def test_an_items_media_type_comes_from_its_bytes():
     assert media_type(b"????", "photo.heic") == "image/heic" and media_type(b"", "x#1") == "application/octet-stream"
 
 
-def test_a_read_only_service_takes_no_items(service):
-    client, _ = service
-    for got in (client.post("/items", content=b"x"), client.delete("/items", params={"ids": "5"})):
-        assert got.status_code in (404, 405) and "error" in got.json()
-
-
 def test_added_items_labels():
     """POST /items' label: a class name or number of the index; a|b sets of a multi-label index; none."""
     from hashindex.service.params import RequestError

@@ -21,8 +21,8 @@ the old engines finish there. A reload that fails (a broken index on disk) keeps
 says why on stderr.
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
-400 (bad request), 401 (a write without the write token), 404 (no such id, index or endpoint), 408 (the
-client stopped sending), 409 (a write while another process writes the index: retry), 411 (no length), 413
+400 (bad request), 401 (a write without the write token), 403 (a write to a service started without
+--writable), 404 (no such id, index or endpoint), 408 (the client stopped sending), 409 (a write while another process writes the index: retry), 411 (no length), 413
 (body over the cap), 503 (a search outlasted the request timeout), 500 (a bug: that request fails, the
 process goes on). Why this stack: uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds
 hundreds of idle connections for the cost of one thread, FastAPI gives the OpenAPI docs and multipart
@@ -47,7 +47,7 @@ from .engine import Engine, Query
 from .metrics import Metrics
 from .middleware import BodyLimit, Timing
 from .params import (MAX_BATCH, RequestError, check_names, check_upload_options, int_param, no_such_index,
-                     search_options)
+                     read_only, search_options)
 from .served import ui_page
 
 log = logging.getLogger("hashindex.service")
@@ -175,6 +175,12 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
             _authorize(request, write_token)
             engine_named(name)
             return await _remove(lambda: engines[name], request, adding, reload)
+
+    else:
+        @app.api_route("/items", methods=["POST", "DELETE"], include_in_schema=False)
+        @app.api_route("/indexes/{name}/items", methods=["POST", "DELETE"], include_in_schema=False)
+        async def not_writable(request: Request) -> None:
+            raise read_only(request.method, request.url.path)
 
     @app.post("/batch", summary="Several searches of the default index in one request",
               openapi_extra={"parameters": SEARCH_PARAMS})

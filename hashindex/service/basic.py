@@ -13,7 +13,8 @@ ASGI service against. Plain JSON:
 As on the ASGI service, ``/indexes/NAME/...`` names the one index served (the page's own paths).
 
 Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
-with status 400 (bad request), 404 (no such id or path), 411 (no usable
+with status 400 (bad request), 403 (POST or DELETE /items: this server never
+writes), 404 (no such id or path), 411 (no usable
 Content-Length), 413 (body too large) or 500 (a bug; the server goes on).
 Resources are bounded: the body (MAX_BODY, whatever the headers claim), the
 pixels an image declares (MAX_PIXELS, checked before decoding; JPEGs decoded
@@ -38,7 +39,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
-                     no_such_index, own_of, search_options)
+                     no_such_index, own_of, read_only, search_options)
 from .served import Served, ui_page
 
 
@@ -103,6 +104,8 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                 image = ITEM_IMAGE.fullmatch(path)
                 if method == "GET" and image:
                     return self._send(200, *searcher.item_image(int(image[1])))
+                if method in ("POST", "DELETE") and path == "/items":
+                    raise read_only(method, url.path)
                 if path != "/search":
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID/image; "
                                             "GET or POST /search)")
@@ -146,6 +149,9 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             self._handle("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802 (only to say that this server does not write)
+            self._handle("DELETE")
 
         def log_message(self, fmt: str, *args: Any) -> None:
             if log:

@@ -28,6 +28,13 @@ class RequestError(Exception):
         self.status = status
 
 
+def read_only(method: str, path: str) -> RequestError:
+    """A write (POST or DELETE /items) to a service that does not write: a 403 that says how to get one (a 404
+    would read as a wrong address)."""
+    return RequestError(403, f"{method} {path}: this service is read-only (start it with `hashindex serve "
+                             "--writable` to add and remove items; the basic server never writes)")
+
+
 def no_such_index(name: str, served: list[str]) -> RequestError:
     """The 404 of a path under /indexes/NAME for an index not served (both servers answer it alike)."""
     return RequestError(404, f"index={name}: no such index (served: {', '.join(served)})")
