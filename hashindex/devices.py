@@ -56,7 +56,12 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise HashindexError(f"device={device}: expected cpu, cuda, cuda:N or auto") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # torch knows mps, xpu, meta...: never run here
+        raise HashindexError(f"device={device}: expected cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HashindexError(f"device={device}: CUDA is not available on this machine (use device=cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HashindexError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev

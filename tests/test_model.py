@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hashindex import HashindexError, load_model
-from hashindex.devices import cpu_bf16_is_fast, uses_bf16
+from hashindex.devices import cpu_bf16_is_fast, resolve_device, uses_bf16
 from hashindex.model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint, unpack_codes
 
 
@@ -195,6 +195,20 @@ def test_test_flip_is_checked_with_the_id(tmp_path):
     torch.save({**meta, "test_flip": "yes"}, path)
     with pytest.raises(HashindexError, match="test_flip is 'yes', expected true or false"):
         read_checkpoint(path)
+
+
+def test_device_names(monkeypatch):
+    """--device: cpu, cuda, cuda:N (N among this machine's devices) or auto; other torch device types (mps, meta)
+    and devices past the last are one-line errors, not a traceback when the net first moves there."""
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("mps", "meta", "gpu", "cuda:x", ""):
+        with pytest.raises(HashindexError, match=f"^device={name}: expected cpu, cuda, cuda:N or auto$"):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs, as torch sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(HashindexError, match=r"^device=cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
+        resolve_device("cuda:2")
 
 
 def test_bf16_by_default_only_where_it_is_faster(monkeypatch, tiny_model):
