@@ -61,10 +61,14 @@ def test_info_describes_a_collection_before_extracting_it(tmp_path):
     assert got["classes"] == 16 and got["labels"]["cat"] == 5 and got["labels"]["dog"] == 7 and got["labelled"] == 26
     assert got["labels"]["unlabelled"] == 1
     text = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs")]).output
-    assert "kind: images" in text and "... (5 more; --json for all)}" in text
-    from hashindex.cli.search_cmds import _shortened
+    assert "kind: images" in text and "cat=5, dog=7, " in text and ", ... (5 more; --json for all)\n" in text
+    from hashindex.cli.search_cmds import _shown
 
-    assert _shortened(0.3375632811832428) == 0.3376 and _shortened(12) == 12  # floats to 4 decimals in text
+    assert _shown(0.3375632811832428) == "0.3376" and _shown(12) == "12" and _shown(None) == "none"  # in text
+    assert _shown({"kind": "flat", "tuning": {"nprobe": 4, "curve": [0.5, 0.96]}, "parts": []}) == \
+        "kind=flat, tuning={nprobe=4, curve=[0.5, 0.96]}, parts=[]"
+    assert _shown(["a", "b"]) == "a, b" and _shown({}) == "none" and _shown(list(range(14)), most=3) == \
+        "0, 1, 2, ... (11 more; --json for all)"
     with tarfile.open(tmp_path / "photos.tar", "w") as tar:
         tar.add(tmp_path / "imgs" / "cat", arcname="cat")
     got = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "photos.tar"), "--json"]).output)

@@ -329,18 +329,29 @@ def info(path, as_json):
     if as_json:
         _echo_json(summary)
     else:
+        width = max(16, *(len(key) for key in summary))
         for key, value in summary.items():
-            click.echo(f"{key:>16}: {_shortened(value)}")
+            click.echo(f"{key:>{width}}: {_shown(value)}")
 
 
-def _shortened(value: object, most: int = 12) -> object:
-    """A long dict or list (a thousand classes) cut to its first ``most`` entries for the terminal; a float
-    to 4 decimals (--json keeps every digit)."""
+def _shown(value: object, most: int = 12, nested: bool = False) -> str:
+    """A value as the terminal shows it (--json keeps it whole): a dict as key=value pairs, a list comma-separated
+    (nested ones in braces and brackets), a long one cut to its first ``most`` entries (a thousand classes),
+    a float to 4 decimals, None as none."""
     if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, (dict, list)) and len(value) > most:
-        head = dict(list(value.items())[:most]) if isinstance(value, dict) else value[:most]
-        return f"{str(head)[:-1]}, ... ({len(value) - most:,} more; --json for all){str(head)[-1]}"
-    return value
+        return str(round(value, 4))
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        items = [f"{k}={_shown(v, most, True)}" for k, v in list(value.items())[:most]]
+    elif isinstance(value, (list, tuple)):
+        items = [_shown(v, most, True) for v in value[:most]]
+    else:
+        return str(value)
+    if len(value) > most:
+        items.append(f"... ({len(value) - most:,} more; --json for all)")
+    if not nested:
+        return ", ".join(items) or "none"
+    return ("{%s}" if isinstance(value, dict) else "[%s]") % ", ".join(items)
 
 
