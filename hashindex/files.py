@@ -7,6 +7,8 @@ either the old complete file or the new complete file, never a torn one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -82,6 +84,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths (folders) in one step: Linux's renameat2 with RENAME_EXCHANGE, so a reader finds
+    one or the other at each path at every moment, never nothing. False where the C library, kernel or file
+    system has no such call (the caller renames twice instead); another failure is an OSError."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if call(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

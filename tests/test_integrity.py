@@ -47,6 +47,43 @@ def test_overwrite_replaces_an_index_and_cleans_leftovers(cifar_shards, tmp_path
     assert left == [".index.v2.build-xyz.tmp"]  # and no lock file: the build removed it as it finished
 
 
+def test_an_index_is_swapped_in_one_step_and_a_kill_mid_swap_loses_nothing(cifar_shards, tmp_path, monkeypatch):
+    """A rebuild, append or removal swaps the new folder in with one rename (Linux's RENAME_EXCHANGE): INDEX_DIR
+    is never missing. Where the system cannot (the fallback: two renames), a kill between them leaves the
+    old index moved aside: readers say where it waits, and the next write of it puts it back and goes on."""
+    import hashindex.index.writing as writing
+    from hashindex import Index, remove
+    from hashindex.files import exchange
+
+    out = tmp_path / "index"
+    build(cifar_shards, out, rerank="none", **QUIET)
+    swaps = []
+    monkeypatch.setattr(writing, "exchange", lambda a, b: swaps.append((a.name, b.name)) or exchange(a, b))
+    before = out.stat().st_ino
+    build(cifar_shards, out, rerank="none", overwrite=True, **QUIET)
+    assert len(swaps) == 1 and swaps[0][1] == "index" and swaps[0][0].startswith(".index.build-")
+    assert out.stat().st_ino != before and Index.load(out).count == 10000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # the old index, swapped out, is removed
+
+    monkeypatch.setattr(writing, "exchange", lambda a, b: False)  # the fallback, whole
+    remove(out, ids=[5], **QUIET)
+    assert Index.load(out).count == 9999 and sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    # the fallback killed between its renames: the old index moved aside, the new one still a temp folder
+    out.rename(tmp_path / ".index.old-1700000000000")
+    (tmp_path / ".index.build-abc123.tmp").mkdir()
+    res = CliRunner().invoke(cli, ["query", str(out), "--by-id", "3"])
+    assert res.exit_code == 2 and res.output == (
+        f"hashindex: error: INDEX_DIR {out}: no such directory (a write of it was killed while swapping it: its "
+        "index waits at .index.old-1700000000000, and the next build, append or removal of it puts it back)\n")
+    with pytest.raises(HashindexError, match="already exists"):  # put back: a build still needs overwrite
+        build(cifar_shards, out, rerank="none", **QUIET)
+    out.rename(tmp_path / ".index.old-1700000000000")
+    remove(out, ids=[6], **QUIET)  # put back, then the removal goes on
+    index = Index.load(out)
+    assert index.count == 9998 and 6 not in index.ids and 5 not in index.ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
 def test_one_writer_at_a_time(cifar_shards, tmp_path):
     """A process holding the index's lock: a build of the same INDEX_DIR is refused in one line, naming the holder."""
     out = tmp_path / "index"

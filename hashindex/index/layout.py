@@ -10,6 +10,7 @@ each. Faiss files are memory-mapped where Faiss allows.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,33 @@ def rerank_signal(meta: dict[str, Any]) -> str:
     return meta["rerank"].get("signal") or "l2"
 
 
+def leftovers(index_dir: Path, kind: str = r"build-[a-z0-9_]+\.tmp|old-\d+") -> list[Path]:
+    """The folders writes of INDEX_DIR leave beside it when killed: temp ones (``.NAME.build-*.tmp``) and the
+    index being replaced, moved aside (``.NAME.old-T``, T in ms: by name, oldest first)."""
+    if not index_dir.parent.is_dir():
+        return []
+    mine = re.compile(rf"\.{re.escape(index_dir.name)}\.({kind})")
+    return sorted((p for p in index_dir.parent.iterdir() if p.is_dir() and mine.fullmatch(p.name)),
+                  key=lambda p: p.name)
+
+
+def moved_aside(index_dir: Path) -> Path | None:
+    """Where INDEX_DIR's index waits when a write was killed between moving it aside and moving the new one in
+    (only where folders cannot be swapped in one step); None when INDEX_DIR is there or nothing waits."""
+    if index_dir.exists():
+        return None
+    olds = leftovers(index_dir, r"old-\d+")
+    return olds[-1] if olds else None
+
+
 def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, Any]:
     """index.json of a complete index directory (one-line error otherwise)."""
     d = Path(directory)
     if not d.is_dir():
-        raise HashindexError(f"{arg}={d}: no such directory")
+        aside = moved_aside(d)
+        raise HashindexError(f"{arg}={d}: no such directory" + (
+            f" (a write of it was killed while swapping it: its index waits at {aside.name}, and the next build, "
+            "append or removal of it puts it back)" if aside else ""))
     if not (d / INDEX_JSON).exists():
         raise HashindexError(f"{arg}={d}: not a complete hashindex index (no {INDEX_JSON}; run hashindex build)")
     try:

@@ -1,16 +1,16 @@
 """What `build`, `append` and `remove` share: the lock of an index directory, filling the binary index parts,
 float stores and table from a shard directory, and replacing the directory atomically.
 
-An INDEX_DIR is written in a temp folder beside it and renamed into place (`replacing`), so a
-directory named INDEX_DIR is always complete; a killed build or append leaves only temp folders,
-which the next one under the same lock removes.
+An INDEX_DIR is written in a temp folder beside it and swapped into place in one step (`replacing`), so a
+directory named INDEX_DIR is always there and complete; a killed build or append leaves only temp folders,
+which the next one under the same lock removes (where folders cannot be swapped in one step, a kill between
+the two renames that replace them leaves the old index moved aside, and the next one puts it back).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -21,13 +21,13 @@ import faiss
 from tqdm import tqdm
 
 from ..errors import HashindexError
-from ..files import exclusive, sha256_file
+from ..files import exchange, exclusive, sha256_file
 from ..metrics import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
-from .layout import binary_files, bucket_files, bucketed, table_columns
+from .layout import binary_files, bucket_files, bucketed, leftovers, moved_aside, table_columns
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
@@ -47,9 +47,13 @@ def source_entry(store: ShardSet) -> dict[str, Any]:
             "fingerprint": src["fingerprint"], "spec": src.get("spec")}
 
 
-def exclusive_index(index_dir: Path, arg: str = "out"):
-    """The lock of INDEX_DIR: one build, append or removal of it at a time, so none loses another's rows."""
-    return exclusive(index_dir, f"{arg}={index_dir}: another append to it is running, or a build or a removal")
+@contextlib.contextmanager
+def exclusive_index(index_dir: Path, arg: str = "out") -> Iterator[None]:
+    """The lock of INDEX_DIR: one build, append or removal of it at a time, so none loses another's rows. Taken,
+    it first puts back an index a write killed in the middle of its swap had moved aside (`_put_back`)."""
+    with exclusive(index_dir, f"{arg}={index_dir}: another append to it is running, or a build or a removal"):
+        _put_back(Path(index_dir))
+        yield
 
 
 def binary_names(binary_meta: dict[str, Any]) -> list[str]:
@@ -123,21 +127,33 @@ def replacing(out: Path) -> Iterator[Path]:
         raise
 
 
+def _put_back(out: Path) -> None:
+    """A write killed between its two renames (where folders cannot be swapped in one step) left no ``out`` and
+    the complete index it was replacing moved aside: put that back (called under the lock)."""
+    aside = moved_aside(out)
+    if aside is not None:
+        aside.rename(out)
+
+
 def _remove_leftovers(out: Path) -> int:
     """Remove the temp and old folders of killed builds or appends of ``out`` (called under its lock)."""
-    mine = re.compile(rf"\.{re.escape(out.name)}\.(build-[a-z0-9_]+\.tmp|old-\d+)")
-    stale = [p for p in out.parent.iterdir() if p.is_dir() and mine.fullmatch(p.name)]
+    stale = leftovers(out)
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return len(stale)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp folder to ``out``, replacing an old index if present."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
-        out.rename(old)
+    """Put the finished temp folder at ``out``, replacing an old index if present: swapped in one step where the
+    system can (`files.exchange`), else renamed aside and replaced (a kill between the two renames is mended by
+    `exclusive_index`)."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    if exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the old index, now at the temp name
+        return
+    old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
+    out.rename(old)
     tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
