@@ -153,5 +153,9 @@ def describe(path: str | Path) -> dict[str, Any]:
             p.is_file() and not _names_a_collection(p)):
         return describe_checkpoint(path)
     if not p.exists() and not p.suffix and not any(c in str(path) for c in "{:#"):
+        from .index import moved_aside, read_index_meta
+
+        if moved_aside(p) is not None:
+            read_index_meta(p, "path")  # an error saying where the index a killed write moved aside waits
         raise HashindexError(f"path={path}: no such file or directory, nor a shipped model{shipped_hint()}")
     return describe_collection(str(path))

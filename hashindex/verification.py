@@ -20,7 +20,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     id) and check the parts agree; the summary, or a one-line HashindexError naming the first bad file."""
     from .batch import check_results, is_results_file
     from .data.prepared import is_prepared, read_meta
-    from .index import INDEX_JSON
+    from .index import INDEX_JSON, moved_aside
     from .model import read_checkpoint, saved_by_torch, shipped_path
     from .store import MANIFEST
 
@@ -28,7 +28,7 @@ def verify(path: str | Path) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if (p / MANIFEST).is_file():
         count, kind = _verify_shards(p), "shard directory"
-    elif (p / INDEX_JSON).is_file():
+    elif (p / INDEX_JSON).is_file() or moved_aside(p) is not None:  # (the latter: an error saying where it waits)
         count, kind = _verify_index(p), "index"
     elif is_prepared(p):
         meta = read_meta(p, "path", use_cache=False)

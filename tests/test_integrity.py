@@ -71,10 +71,12 @@ def test_an_index_is_swapped_in_one_step_and_a_kill_mid_swap_loses_nothing(cifar
     # the fallback killed between its renames: the old index moved aside, the new one still a temp folder
     out.rename(tmp_path / ".index.old-1700000000000")
     (tmp_path / ".index.build-abc123.tmp").mkdir()
-    res = CliRunner().invoke(cli, ["query", str(out), "--by-id", "3"])
-    assert res.exit_code == 2 and res.output == (
-        f"hashindex: error: INDEX_DIR {out}: no such directory (a write of it was killed while swapping it: its "
-        "index waits at .index.old-1700000000000, and the next build, append or removal of it puts it back)\n")
+    for args, arg in ((["query", str(out), "--by-id", "3"], "INDEX_DIR"), (["info", str(out)], "PATH"),
+                      (["verify", str(out)], "PATH")):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and res.output == (
+            f"hashindex: error: {arg} {out}: no such directory (a write of it was killed while swapping it: its "
+            "index waits at .index.old-1700000000000, and the next build, append or removal of it puts it back)\n")
     with pytest.raises(HashindexError, match="already exists"):  # put back: a build still needs overwrite
         build(cifar_shards, out, rerank="none", **QUIET)
     out.rename(tmp_path / ".index.old-1700000000000")
