@@ -164,6 +164,9 @@ def test_a_server_that_does_not_write_says_so(server):
                                                   "read-only (start it with `hashindex serve --writable` to add and "
                                                   "remove items; the basic server never writes)"}
     assert call(server + "/")[1]["items"] == 10000
+    with pytest.raises(urllib.error.HTTPError) as e:  # and DELETE is no way to search
+        urllib.request.urlopen(urllib.request.Request(server + "/search?k=3", data=b"x", method="DELETE"), timeout=60)
+    assert e.value.code in (404, 405) and list(json.loads(e.value.read())) == ["error"]
 
 
 def test_cli_serve_errors(flat_index, tiny_model, tmp_path):

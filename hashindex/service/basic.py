@@ -106,7 +106,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                     return self._send(200, *searcher.item_image(int(image[1])))
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
-                if path != "/search":
+                if path != "/search" or method == "DELETE":
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID/image; "
                                             "GET or POST /search)")
                 options = search_options(params, by_id=method == "GET")
