@@ -11,6 +11,8 @@ each. Faiss files are memory-mapped where Faiss allows.
 from __future__ import annotations
 
 import re
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,16 @@ def read_part(binary_path: str | None, store_path: str | None, buckets: bool = F
 def rerank_signal(meta: dict[str, Any]) -> str:
     """The fine-stage signal an index was built with (indexes older than signals re-rank by l2)."""
     return meta["rerank"].get("signal") or "l2"
+
+
+def new_temp_folder(index_dir: Path) -> Path:
+    """A fresh ``.NAME.build-*.tmp`` folder beside INDEX_DIR: where a build, append or removal makes the new index."""
+    return Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.build-", suffix=".tmp", dir=index_dir.parent))
+
+
+def aside_path(index_dir: Path) -> Path:
+    """``.NAME.old-T`` (T: now, in ms): where a swap in two renames moves the index it replaces."""
+    return index_dir.with_name(f".{index_dir.name}.old-{int(time.time() * 1000)}")
 
 
 def leftovers(index_dir: Path, kind: str = r"build-[a-z0-9_]+\.tmp|old-\d+") -> list[Path]:

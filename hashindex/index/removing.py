@@ -25,10 +25,10 @@ from ..errors import HashindexError
 from ..files import atomic_write_json
 from ..metrics import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
-                     check_index, find_ids, label_set_classes, memory_figures, moved_aside, new_table, part_file,
+                     check_index, find_ids, label_set_classes, memory_figures, new_table, part_file,
                      read_float, read_index_meta, read_table, record_checksums, rerank_files, table_columns,
                      write_binary)
-from .writing import binary_names, empty_part, exclusive_index, link_or_copy, replacing
+from .writing import binary_names, check_before_lock, empty_part, exclusive_index, link_or_copy, replacing
 
 
 def remove(index_dir: str | Path, ids: Iterable[int] = (), paths: Iterable[str] = (), *, progress: bool = True,
@@ -41,8 +41,7 @@ def remove(index_dir: str | Path, ids: Iterable[int] = (), paths: Iterable[str] 
     ids, paths = np.asarray(list(ids), dtype=np.int64), [str(p) for p in paths]
     if not len(ids) and not paths:
         raise HashindexError("ids, paths: name at least one item to remove")
-    if moved_aside(index_dir) is None:  # (else put back under the lock)
-        read_index_meta(index_dir)  # a clear error before any lock file is made
+    check_before_lock(index_dir, "index_dir")
     with exclusive_index(index_dir, "index_dir"):
         meta = read_index_meta(index_dir)
         check_index(index_dir, meta)

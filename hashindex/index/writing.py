@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,7 +25,8 @@ from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
-from .layout import binary_files, bucket_files, bucketed, leftovers, moved_aside, table_columns
+from .layout import (aside_path, binary_files, bucket_files, bucketed, leftovers, moved_aside, new_temp_folder,
+                     read_index_meta, table_columns)
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
@@ -54,6 +53,13 @@ def exclusive_index(index_dir: Path, arg: str = "out") -> Iterator[None]:
     with exclusive(index_dir, f"{arg}={index_dir}: another append to it is running, or a build or a removal"):
         _put_back(Path(index_dir))
         yield
+
+
+def check_before_lock(index_dir: Path, arg: str) -> None:
+    """A clear error for an INDEX_DIR that is not an index, before any lock file is made beside it; none where a
+    killed swap left its index moved aside (`exclusive_index` puts it back)."""
+    if moved_aside(index_dir) is None:
+        read_index_meta(index_dir, arg)
 
 
 def binary_names(binary_meta: dict[str, Any]) -> list[str]:
@@ -118,7 +124,7 @@ def replacing(out: Path) -> Iterator[Path]:
     """A temp folder beside ``out`` that replaces it when the block succeeds and is removed if it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", suffix=".tmp", dir=out.parent))
+    tmp = new_temp_folder(out)
     try:
         yield tmp
         _swap_into_place(tmp, out)
@@ -153,7 +159,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     if exchange(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # the old index, now at the temp name
         return
-    old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
+    old = aside_path(out)
     out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
