@@ -116,6 +116,16 @@ def test_choose_prefers_the_best_and_defaults_without_labels():
     assert choose({"hamming": lambda: 0.6, "cosine": lambda: 0.6}, labelled=True)[0] == "hamming"  # ties: earlier
 
 
+def test_auto_says_why_labels_could_not_choose():
+    """The recorded reason names what is missing: labels, enough of them, or a second class."""
+    from hashindex.index.tuning import _unmeasurable
+
+    assert _unmeasurable(np.array([], dtype=np.int64)) == "an unlabelled collection"
+    assert "15 labelled items, fewer than the 20" in _unmeasurable(np.arange(15) % 3)
+    assert _unmeasurable(np.zeros(40, dtype=np.int64)).startswith("one class")
+    assert _unmeasurable(np.arange(40) % 2) is None
+
+
 def test_head_file_round_trip_and_no_pickle(tmp_path):
     _, _, _, head = synthetic(10)
     head.save(tmp_path / "head.npz")

@@ -21,6 +21,7 @@ from .searcher import TIE_CAP, default_pool
 
 SIGNAL_QUERIES = 1000  # labelled items held out of the collection to choose its signal
 SIGNAL_SAMPLE = 100_000  # items of a large collection the choice is measured on
+MIN_LABELLED = 20  # fewer labelled items: too few held-out queries to tell the signals apart
 
 
 def training_sample(shards: ShardSet, name: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,9 +69,10 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     rows = shards.sample_rows(("codes", "features") + shards.label_fields, sample, rng)
     rows["targets"] = targets(rows)  # label sets of a multi-label collection: relevant = a shared label
     labelled = np.flatnonzero(rows["labels"] >= 0)
-    if len(labelled) < 20 or len(np.unique(rows["labels"][labelled])) < 2:
+    why = _unmeasurable(rows["labels"][labelled])
+    if why:
         signal, _ = choose({}, labelled=False)
-        return signal, {"by": "default for an unlabelled collection"}
+        return signal, {"by": f"default: {why}"}
     held = rng.choice(labelled, size=min(queries, len(labelled) // 5), replace=False)
     rest = np.setdiff1d(np.arange(len(rows["labels"])), held)
     q = {name: a[held] for name, a in rows.items()}
@@ -101,6 +103,17 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
                           "(each signal with its default pool)", "pools": pools,
                     "scores": {k: round(v, 4) for k, v in scores.items()}}
+
+
+def _unmeasurable(labels: np.ndarray) -> str | None:
+    """Why the labels of a collection cannot choose its signal (None: they can)."""
+    if not len(labels):
+        return "an unlabelled collection"
+    if len(labels) < MIN_LABELLED:
+        return f"{len(labels)} labelled items, fewer than the {MIN_LABELLED} a choice is measured on"
+    if len(np.unique(labels)) < 2:
+        return "one class (every item relevant to every query)"
+    return None
 
 
 def fine_stage(store: ShardSet, rerank: str, signal: str, model: str | None, rng: np.random.Generator,
