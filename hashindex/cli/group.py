@@ -87,11 +87,13 @@ def cli(ctx: click.Context, quiet: bool, threads: int | None) -> None:
       hashindex train --data train.tar --val test.tar --bits 48 --out m.pt
       hashindex info m.pt
     """
+    from ..runtime import keep_freed_memory, set_threads
+
     ctx.obj = {"progress": not quiet}
     if threads is not None:
-        from ..runtime import set_threads
-
         set_threads(threads)
+    if ctx.invoked_subcommand != "serve":  # a batch job: its peak heap is kept for reuse until it exits
+        keep_freed_memory()
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="hashindex: warning: %(message)s", stream=sys.stderr)
 
