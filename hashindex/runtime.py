@@ -31,10 +31,10 @@ def set_threads(n: int) -> None:
         sys.modules["faiss"].omp_set_num_threads(n)
 
 
-
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 TRIM_THRESHOLD = 2**31 - 1  # bytes free at the heap's top before it is given back (mallopt takes an int)
 KEEP_ENV = "HASHINDEX_KEEP_FREED_MEMORY"  # "0": leave malloc as it is
+_kept = False  # applied in this process already (its variables are then ours, not the user's)
 
 
 def keep_freed_memory() -> bool:
@@ -42,7 +42,7 @@ def keep_freed_memory() -> bool:
 
     glibc gives a block over 32 MB (its largest mmap threshold) a mapping of its own and unmaps it when freed,
     so every batch of the net maps and page-faults its activations (~100 MB at batch 128) in again. Measured on
-    2 AVX2 cores (`tools/bench_malloc.py`, docs/RESULTS.md "Training throughput"): the kernel's share of the
+    2 AVX2 cores (`tools/bench_malloc.py`, docs/RESULTS.md "Freed memory kept"): the kernel's share of the
     time fell from 24-33% to 1% in training steps and from 51% to 5-6% in encoding; training ran 1.1-1.6x
     and encoding 1.3-1.6x faster (two runs).
     The cost: the process keeps its peak heap until it exits, which suits commands that run the net over a
@@ -52,6 +52,9 @@ def keep_freed_memory() -> bool:
     """
     import ctypes
 
+    global _kept
+    if _kept:
+        return True
     if os.environ.get(KEEP_ENV) == "0" or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
         return False  # asked not to, or malloc tuned by hand: theirs wins
     try:
@@ -62,6 +65,7 @@ def keep_freed_memory() -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     if applied:
+        _kept = True
         os.environ.setdefault("MALLOC_MMAP_MAX_", "0")
         os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(TRIM_THRESHOLD))
     return applied
