@@ -44,8 +44,8 @@ def expanded(signal: str, q: np.ndarray, neighbours: np.ndarray, alpha: float) -
 
 
 def measure(signal: str, q: dict, db: dict, head: Head | None, bits: int, n: int, alpha: float,
-            own: np.ndarray | None) -> float:
-    """Re-ranked mAP@all with n neighbours expanded into each query (n = 0: no expansion)."""
+            own: np.ndarray | None) -> tuple[float, float]:
+    """(re-ranked mAP@all with n neighbours expanded into each query (n = 0: no expansion), Hamming mAP@all)."""
     qv = query_vectors(signal, q["features"], head)
     dv = database_vectors(signal, db["features"], db["codes"], head)
     as_queries = query_from_database(signal, dv)
