@@ -4,8 +4,9 @@
 Each arm runs in a fresh process (the setting is per process), alternating, ``--rounds`` times: N training
 steps of the net (batch 128, augmentation and loss as `train` runs them) and the shipped model's encoding of
 random images (as `extract` runs it), with the process's system CPU time. Prints the medians and the ratios.
+``--in-thread`` runs both in a thread other than the main one, as the service's batcher runs the net.
 
-    python tools/bench_malloc.py [--steps 10] [--rounds 2] [--json]
+    python tools/bench_malloc.py [--steps 10] [--rounds 2] [--in-thread] [--json]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import sys
 
 WORKER = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 import torch
 from hashindex.runtime import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "kept" else False
@@ -40,19 +41,25 @@ def timed(fn):
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
     fn()
     return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_stime - r0
-step(0); step(1)
-train_s, train_sys = timed(lambda: [step(2 + i) for i in range(steps)])
-model = load_model("nin-cifar10-48-v3", bf16=False)
-images = x[:128 * steps].permute(0, 2, 3, 1).numpy()
-model.encode(images[:256], batch_size=256)
-enc_s, enc_sys = timed(lambda: model.encode(images, batch_size=256))
-print(json.dumps({"kept": kept, "train_img_s": 128 * steps / train_s, "train_sys_frac": train_sys / train_s,
-                  "encode_img_s": len(images) / enc_s, "encode_sys_frac": enc_sys / enc_s}))
+def measure():
+    step(0); step(1)
+    train_s, train_sys = timed(lambda: [step(2 + i) for i in range(steps)])
+    model = load_model("nin-cifar10-48-v3", bf16=False)
+    images = x[:128 * steps].permute(0, 2, 3, 1).numpy()
+    model.encode(images[:256], batch_size=256)
+    enc_s, enc_sys = timed(lambda: model.encode(images, batch_size=256))
+    print(json.dumps({"kept": kept, "train_img_s": 128 * steps / train_s, "train_sys_frac": train_sys / train_s,
+                      "encode_img_s": len(images) / enc_s, "encode_sys_frac": enc_sys / enc_s}))
+if sys.argv[3] == "thread":  # as the service's batcher runs the net: not in the main thread
+    t = threading.Thread(target=measure); t.start(); t.join()
+else:
+    measure()
 """
 
 
-def run_arm(arm: str, steps: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", WORKER, arm, str(steps)], capture_output=True, text=True, check=True)
+def run_arm(arm: str, steps: int, in_thread: bool) -> dict:
+    out = subprocess.run([sys.executable, "-c", WORKER, arm, str(steps), "thread" if in_thread else "main"],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -60,12 +67,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="training steps per arm (encoding: 128 x steps images)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--in-thread", action="store_true",
+                    help="run the net in a thread other than the main one (as the service's batcher does)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     runs: dict[str, list[dict]] = {"default": [], "kept": []}
     for _ in range(args.rounds):
         for arm in runs:
-            runs[arm].append(run_arm(arm, args.steps))
+            runs[arm].append(run_arm(arm, args.steps, args.in_thread))
     res = {arm: {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "kept"}
            for arm, rows in runs.items()}
     res["applied"] = all(r["kept"] for r in runs["kept"])

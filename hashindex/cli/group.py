@@ -92,7 +92,8 @@ def cli(ctx: click.Context, quiet: bool, threads: int | None) -> None:
     ctx.obj = {"progress": not quiet}
     if threads is not None:
         set_threads(threads)
-    if ctx.invoked_subcommand != "serve":  # a batch job: its peak heap is kept for reuse until it exits
+    # a batch job: its peak heap is kept for reuse until it exits (serve's batcher thread would not gain)
+    if ctx.invoked_subcommand != "serve":
         keep_freed_memory()
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="hashindex: warning: %(message)s", stream=sys.stderr)
