@@ -45,11 +45,13 @@ def keep_freed_memory() -> bool:
     2 AVX2 cores (`tools/bench_malloc.py`, docs/RESULTS.md "Freed memory kept"): the kernel's share of the
     time fell from 24-33% to 1% in training steps and from 51% to 5-6% in encoding; training ran 1.1-1.6x
     and encoding 1.3-1.6x faster (two runs).
+
     The cost: the process keeps its peak heap until it exits, which suits commands that run the net over a
-    collection (the CLI calls this for every command but `serve`, whose batcher runs the net in a thread of its
-    own: other threads allocate from arenas of their own, and there it gained nothing). Also set for the processes started from here
-    (decoding workers, local Ray workers), through glibc's variables. Returns whether it applied: glibc only,
-    and not where HASHINDEX_KEEP_FREED_MEMORY=0 or glibc's own MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ is set.
+    collection (the CLI calls this for every command but `serve`, whose batcher runs the net in a thread of
+    its own: other threads allocate from arenas of their own, and there it gained nothing). Also set for the
+    processes started from here (decoding workers, local Ray workers), through glibc's variables. Returns
+    whether it applied: glibc only, and not where HASHINDEX_KEEP_FREED_MEMORY=0 or glibc's own
+    MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ is set.
     """
     import ctypes
 
