@@ -39,9 +39,13 @@ print(json.dumps({"applied": applied, "mapped": held.hblkhd, "heap": held.arena,
 """
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without malloc settings (a CLI test in this worker may have set glibc's variables)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != KEEP_ENV}
+
+
 def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != KEEP_ENV}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean_env(), **env}, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout)
 
@@ -68,10 +72,8 @@ def test_the_cli_keeps_freed_memory_for_its_workers_but_not_for_serve(tmp_path):
     show = ("import os, sys; from hashindex.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "sys.stderr.write('MMAP_MAX=%s\\n' % os.environ.get('MALLOC_MMAP_MAX_'))")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != KEEP_ENV}
-
     def env_after(*args: str) -> str:
-        res = subprocess.run([sys.executable, "-c", show, *args], env=clean, capture_output=True, text=True)
+        res = subprocess.run([sys.executable, "-c", show, *args], env=clean_env(), capture_output=True, text=True)
         return res.stderr.strip().splitlines()[-1]
 
     assert env_after("info", str(tmp_path / "missing")) == "MMAP_MAX=0"

@@ -43,13 +43,18 @@ def expanded(signal: str, q: np.ndarray, neighbours: np.ndarray, alpha: float) -
     return v / (1 + sim.sum(1, keepdims=True))  # a mean: a posterior stays a probability vector
 
 
-def measure(signal: str, q: dict, db: dict, head: Head | None, bits: int, n: int, alpha: float,
+def signal_vectors(signal: str, q: dict, db: dict, head: Head | None) -> dict[str, np.ndarray]:
+    """A signal's query vectors, database vectors, the database items as queries and their squared norms:
+    computed once per signal, shared by every n measured."""
+    dv = database_vectors(signal, db["features"], db["codes"], head)
+    return {"qv": query_vectors(signal, q["features"], head), "dv": dv,
+            "as_queries": query_from_database(signal, dv), "dn": (dv * dv).sum(1)}
+
+
+def measure(signal: str, vecs: dict[str, np.ndarray], q: dict, db: dict, bits: int, n: int, alpha: float,
             own: np.ndarray | None) -> tuple[float, float]:
     """(re-ranked mAP@all with n neighbours expanded into each query (n = 0: no expansion), Hamming mAP@all)."""
-    qv = query_vectors(signal, q["features"], head)
-    dv = database_vectors(signal, db["features"], db["codes"], head)
-    as_queries = query_from_database(signal, dv)
-    dn = (dv * dv).sum(1)
+    qv, dv, as_queries, dn = vecs["qv"], vecs["dv"], vecs["as_queries"], vecs["dn"]
     pool = default_pool(dv.shape[1])
 
     def distances(sl: slice, pos: np.ndarray) -> np.ndarray:
@@ -79,9 +84,11 @@ def main() -> None:
     db_shards, db = rows_of(args.database) if args.database else (shards, q)
     own = np.arange(len(q["codes"])) if args.leave_one_out else None
     out = []
+    head = db_shards.head()
     for signal in args.signals.split(","):
+        vecs = signal_vectors(signal, q, db, head)
         for n in (int(x) for x in args.neighbours.split(",")):
-            fine, ham = measure(signal, q, db, db_shards.head(), db_shards.bits, n, args.alpha, own)
+            fine, ham = measure(signal, vecs, q, db, db_shards.bits, n, args.alpha, own)
             out.append({"signal": signal, "n": n, "alpha": args.alpha, "map": round(fine, 4),
                         "hamming_map": round(ham, 4)})
             if not args.json:
