@@ -83,7 +83,7 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
     The schedule spans the epochs before the averaging phase; that phase runs at swa_lr.
     """
     main = cfg.epochs - cfg.swa_epochs
-    if progress >= main:
+    if cfg.swa_epochs and progress >= main:  # (without averaging, the end of training is the cosine's 0)
         return cfg.swa_lr
     if progress < cfg.warmup_epochs:
         return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
@@ -201,7 +201,8 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
     bar.close()
     wall = time.time() - t0
     row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-           "img_per_s": seen / wall, "wall_s": wall, "lr": lr_at(cfg, epoch + 1),
+           "img_per_s": seen / wall, "wall_s": wall,
+           "lr": lr_at(cfg, epoch + (steps - 1) / steps),  # its last step's: the end of the epoch is the next one's
            "class_loss": class_sum / seen, "latent_margin": margin_sum / seen, "precision": precision}
     if soft is not None:
         row["distill_loss"] = distill_sum / seen

@@ -150,6 +150,55 @@ def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = ""
     return _save(fig, left, left.get_title(), path)
 
 
+def plot_training(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+    """Learning curves of training runs (checkpoints' per-epoch histories, by run name): accuracy by epoch
+    (validation solid, training dashed; the best validation epoch marked) beside the training loss and the
+    learning rate, to see where a schedule stops paying and to set recipes side by side."""
+    empty = [name for name, rows in histories.items() if not rows]
+    if not histories or empty:
+        raise HashindexError(f"training curves: no epochs recorded in {', '.join(empty) or 'any run'}")
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    rate = right.twinx()
+    for name, rows in histories.items():
+        epoch = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
+        val = [(e, r["val_acc"]) for e, r in zip(epoch, rows) if r.get("val_acc") is not None]
+        label = name
+        if val:
+            best = max(val, key=lambda p: p[1])
+            line, = left.plot(*zip(*val), label=f"{name} (best val {best[1]:.4f} at epoch {best[0]})")
+            left.plot(*best, marker="o", color=line.get_color())
+            left.plot(epoch, [r["train_acc"] for r in rows], linestyle="--", linewidth=1, color=line.get_color())
+        else:
+            line, = left.plot(epoch, [r["train_acc"] for r in rows], linestyle="--",
+                              label=f"{name} (no validation set)")
+        right.plot(epoch, [r["loss"] for r in rows], color=line.get_color(), label=label)
+        if all("lr" in r for r in rows):
+            rate.plot(epoch, [r["lr"] for r in rows], color=line.get_color(), linestyle=":", linewidth=1)
+    left.set(xlabel="epoch", ylabel="accuracy", title="Accuracy: validation (solid), training (dashed)")
+    right.set(xlabel="epoch", ylabel="training loss", title="Training loss (solid), learning rate (dotted, right)")
+    rate.set_ylabel("learning rate")
+    rate.set_ylim(bottom=0)
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+        ax.title.set_fontsize(9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, left, left.get_title(), Path(path))
+
+
+def training_curves(checkpoints: list[str | Path], path: str | Path) -> Path:
+    """`plot_training` of checkpoints (files or shipped model names), each run named by its file's stem."""
+    from .model import read_checkpoint
+
+    runs = {}
+    for c in checkpoints:
+        ckpt = read_checkpoint(c, arg="checkpoint")
+        name = Path(ckpt["path"]).stem
+        runs[name if name not in runs else f"{name} ({len(runs) + 1})"] = ckpt.get("history") or []
+    title = "learning curves of " + ", ".join(runs) if len(runs) > 1 else f"learning curves of {next(iter(runs))}"
+    return plot_training(runs, path, title)
+
+
 def _database_image(originals, position: int, path: str) -> Callable[[], Any]:
     """A reader of the image at an index position (None where its collection cannot be read)."""
     return lambda: originals.read(position, path)

@@ -65,6 +65,7 @@ def test_lr_schedule_ends_in_the_constant_averaging_phase():
     assert lr_at(cont, 0.0) == 0.01  # a pure averaging run has no warm-up
     plain = TrainConfig(data="", out="", epochs=10)
     assert lr_at(plain, 9.99) < 1e-4  # without averaging, the schedule is unchanged
+    assert lr_at(plain, 10.0) < 1e-9  # and ends at the cosine's 0 (was swa_lr: a finished run's last row said 0.02)
 
 
 def test_swa_run_averages_the_epochs_and_resumes_exactly(tmp_path, monkeypatch):

@@ -423,3 +423,24 @@ def test_train_with_test_flip(tmp_path):
         res = CliRunner().invoke(cli, args[:-1] + [str(ft), "--epochs", "1", "--init", str(out), *extra])
         assert res.exit_code == 0, res.output
         assert read_checkpoint(ft)["test_flip"] is want
+
+
+def test_history_records_each_epochs_last_learning_rate_and_plots(tmp_path):
+    """A history row's lr is the one its epoch's last step ran at (a finished cosine run ends near 0; the end of
+    the last epoch used to read as the averaging phase's swa_lr, 0.02); `info --plot` draws the history."""
+    from hashindex.recipe import lr_at
+    from hashindex.training import TrainConfig, train as run
+
+    need(CIFAR_TRAIN)
+    cfg = TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "m.pt"), limit=64, epochs=2, batch_size=32,
+                      workers=0, bits=16, lr=0.05, input_size=16)
+    run(cfg, progress=False, log=lambda s: None)
+    history = read_checkpoint(cfg.out)["history"]
+    assert [row["lr"] for row in history] == [lr_at(cfg, 0.5), lr_at(cfg, 1.5)]  # 2 steps an epoch
+    result = CliRunner().invoke(cli, ["info", cfg.out, "--plot", str(tmp_path / "curves.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["plot"] == str(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(cli, ["info", str(tmp_path), "--plot", str(tmp_path / "x.png")])
+    assert bad.exit_code == 2 and "--plot" in bad.output and "not from an image collection" in bad.output
+    assert not (tmp_path / "x.png").exists()

@@ -315,23 +315,37 @@ def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log) 
 @cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info(path, as_json):
+@click.option("--plot", "plot", default=None, metavar="PNG",
+              help="A checkpoint's learning curves (accuracy, loss, learning rate by epoch) in this PNG file.")
+def info(path, as_json, plot):
     """Summarise a checkpoint, a shard directory, an index, or an image collection (before extracting it).
 
     \b
     Examples:
       hashindex info model.pt --json
+      hashindex info model.pt --plot curves.png   # accuracy and loss by epoch
       hashindex info photos/        # what extract would read: items, skips by name, labels
     """
     from ..info import describe
 
     summary = describe(path)
+    if plot:
+        if summary.get("kind") != "checkpoint":
+            raise HashindexError(f"plot={plot}: learning curves come from a checkpoint (model.pt), "
+                                 f"not from {_KINDS.get(summary.get('kind'), 'this')} ({path})")
+        from ..report import training_curves
+
+        summary["plot"] = str(training_curves([path], plot))
     if as_json:
         _echo_json(summary)
     else:
         width = max(16, *(len(key) for key in summary))
         for key, value in summary.items():
             click.echo(f"{key:>{width}}: {_shown(value)}")
+
+
+_KINDS = {"index": "an index", "shards": "a shard directory", "images": "an image collection",
+          "batch results": "a batch results file"}
 
 
 def _shown(value: object, most: int = 12, nested: bool = False) -> str:
