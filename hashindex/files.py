@@ -70,10 +70,14 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it over ``path`` if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it over ``path`` if the block succeeds. An OSError making the
+    temp file names ``path``, not the temp name the user never gave."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -141,7 +145,10 @@ def exclusive(target: str | Path, busy: str) -> Iterator[None]:
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
     while True:
-        f = open(lock, "a+")
+        try:
+            f = open(lock, "a+")
+        except OSError as e:  # a folder this user may not write: say which output, not our lock file
+            raise OSError(e.errno, e.strerror, str(target)) from None
         try:
             _flock(f, lock, busy)
         except BaseException:

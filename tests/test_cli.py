@@ -146,3 +146,31 @@ def test_a_user_error_raised_in_a_decode_worker_stays_one_line():
         next(iter_batches(_Refusing(), 32, 3, batch_size=2, workers=1))
     assert str(caught.value) == "data=/x: prepared at 64 px x 3 channel(s), not 32 px x 3"
     assert worker_message("data=/x: no such file") == "data=/x: no such file"
+
+
+def test_an_output_the_file_system_refuses_is_one_line(tmp_path, monkeypatch):
+    """A file where an output folder is to be made, or a folder this user may not write: one line naming the
+    path the user gave (not a lock or temp file of ours), exit status 2, nothing written (was a traceback)."""
+    import errno
+    import tempfile
+
+    from hashindex.files import atomic_write_bytes
+
+    (tmp_path / "afile").write_text("x")
+    for args in (["info", "nin-cifar10-48-v3", "--plot", f"{tmp_path}/afile/curves.png"],
+                 ["derive", "nin-cifar10-48-v3", "--out", f"{tmp_path}/afile/m.pt", "--test-flip"],
+                 ["extract", "--data", f"{tmp_path}/none.tar", "--out", f"{tmp_path}/afile/shards"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output == f"hashindex: error: {tmp_path}/afile: a file stands where a folder is needed\n"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{tmp_path}/.m.pt.x1y2.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # as a folder this user may not write (the tests run as root)
+    with pytest.raises(PermissionError) as caught:
+        atomic_write_bytes(tmp_path / "m.pt", b"")
+    assert caught.value.filename == str(tmp_path / "m.pt")
+    res = CliRunner().invoke(cli, ["derive", "nin-cifar10-48-v3", "--out", f"{tmp_path}/m.pt", "--test-flip"])
+    assert res.exit_code == 2 and res.output == f"hashindex: error: {tmp_path}/m.pt: permission denied\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -3,7 +3,8 @@
 User mistakes raise HashindexError, worded in Python terms; `as_flags` rewrites
 them in the command line's words and the group prints one line
 ("hashindex: error: ...") with exit status 2. Anything else is a bug and keeps
-its traceback (a full disk excepted: one line, since nothing is lost).
+its traceback, except what the file system says of a path (a full disk, a folder that cannot be made or
+written): one line naming the path, since nothing already written is lost.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import re
 import sys
 
@@ -19,6 +21,13 @@ import click
 from ..errors import HashindexError
 
 EXIT_USAGE = 2
+# what the file system says of a path, in words (the system's own are terse: "File exists" for a file that
+# stands where an output folder is to be made)
+PATH_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "read-only file system", errno.ENOENT: "no such file or folder",
+               errno.ENOTDIR: "a file stands where a folder is needed",
+               errno.EEXIST: "a file stands where a folder is needed",
+               errno.EISDIR: "is a folder, where a file is needed", errno.ENAMETOOLONG: "name too long"}
 
 
 # A Python name and '=' at the start of a word; not after ':' or '#', where it is part of a user's own value
@@ -63,11 +72,17 @@ class _Group(click.Group):
             click.echo("hashindex: interrupted; rerun the same command to resume", err=True)
             ctx.exit(130)
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = f" writing {e.filename}" if e.filename else ""
+                click.echo(f"hashindex: error: no space left on the device{where}; nothing already written is "
+                           "lost: free some space and rerun the same command to resume", err=True)
+            elif e.errno in PATH_ERRORS and e.filename:
+                said = "already exists" if e.errno == errno.EEXIST and os.path.isdir(e.filename) else \
+                    PATH_ERRORS[e.errno]
+                what = f"moving {e.filename} to {e.filename2}" if e.filename2 else e.filename
+                click.echo(f"hashindex: error: {what}: {said}", err=True)
+            else:
                 raise
-            where = f" writing {e.filename}" if e.filename else ""
-            click.echo(f"hashindex: error: no space left on the device{where}; nothing already written is lost: "
-                       "free some space and rerun the same command to resume", err=True)
             ctx.exit(EXIT_USAGE)
 
 
