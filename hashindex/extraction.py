@@ -200,6 +200,12 @@ def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callabl
     totals = manifest["totals"]
     log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "
         f"({totals['read'] / max(seconds, 1e-9):.0f} img/s); {skip_summary(totals['skipped_by_reason'])}")
+    if not totals["written"]:  # a complete record of nothing: say so before build refuses it
+        import logging
+
+        logging.getLogger("hashindex").warning(
+            f"nothing could be read from {job.source.description}: {job.out} holds no rows "
+            f"(why each was skipped: {job.out / SKIPPED})")
     return manifest
 
 

@@ -122,6 +122,21 @@ def test_broken_images_are_counted(tiny_model, tmp_path):
     assert ShardSet(tmp_path / "out").load(("codes",))["codes"].shape == (9, 6)
 
 
+def test_a_collection_with_nothing_readable_says_so(tiny_model, tmp_path, caplog):
+    """Every file skipped: a complete shard directory of no rows, and a warning that says where the reasons are
+    (before `build` refuses it)."""
+    import logging
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_text("not a jpeg")
+    (tmp_path / "imgs" / "b.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="hashindex"):
+        manifest = extract(str(tiny_model), str(tmp_path / "imgs"), tmp_path / "out", workers=0, progress=False,
+                           log=lambda s: None)
+    assert manifest["complete"] and manifest["totals"]["written"] == 0
+    assert f"holds no rows (why each was skipped: {tmp_path / 'out' / 'skipped.txt'})" in caplog.text
+
+
 def test_the_shipped_model_is_the_default(tmp_path):
     from hashindex import DEFAULT_MODEL
     from hashindex.model import load_model
