@@ -5,7 +5,8 @@ Both servers run as `hashindex serve` processes on the same index and model; a l
 process drives C concurrent clients (threads, keep-alive connections where the server allows them), each
 sending R requests: searches by indexed id (GET) and image uploads (POST, CIFAR-10 JPEGs), alternately.
 For C in 1, 8, 32, 64: requests/s, p50 and p99 latency, errors, and the ASGI / basic throughput ratio.
-Then the ASGI server's RSS before and after --long requests (memory must stay flat).
+Then the ASGI server's RSS before and after --long requests (memory must stay flat). --servers loads one of
+them; --server-env sets variables for the servers alone (e.g. glibc's malloc settings).
 
     python tools/bench_serve.py INDEX_DIR ../shared/data/cifar10-jpeg/test.tar [--requests 40] [--long 10000]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -37,9 +39,11 @@ def images_from_tar(tar: str, n: int) -> list[bytes]:
     return out
 
 
-def start(index: str, server: str, model: str | None) -> tuple[subprocess.Popen, int]:
+def start(index: str, server: str, model: str | None, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "hashindex", "serve", index, "--port", "0", "--server", server]
-    proc = subprocess.Popen(cmd + (["--model", model] if model else []), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + (["--model", model] if model else []), stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     for line in proc.stderr:
         m = re.search(r"http://[\d.]+:(\d+)/", line)
         if m:
@@ -115,27 +119,38 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=40, help="per client")
     ap.add_argument("--long", type=int, default=10000, help="requests per memory round (0: skip)")
     ap.add_argument("--rounds", type=int, default=3, help="memory rounds")
+    ap.add_argument("--servers", nargs="+", choices=["basic", "asgi"], default=["basic", "asgi"],
+                    help="servers to load (the ratio needs both)")
+    ap.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="environment of the servers only (e.g. glibc's MALLOC_ARENA_MAX=1), not the load generator's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     images = images_from_tar(args.images_tar, 200)
     n_items = json.loads((Path(args.index) / "index.json").read_text())["count"]
     res: dict = {"rows": []}
-    procs = {kind: start(args.index, kind, args.model) for kind in ("basic", "asgi")}
+    env = dict(item.split("=", 1) for item in args.server_env)
+    procs = {kind: start(args.index, kind, args.model, env) for kind in args.servers}
     try:
         for c in args.clients:
             row = {"clients": c}
             for kind, (_, port) in procs.items():
                 load(port, min(c, 4), 2, images, n_items)  # warm up
                 row[kind] = load(port, c, args.requests, images, n_items)
-            row["throughput_ratio"] = round(row["asgi"]["req_s"] / row["basic"]["req_s"], 2)
+            if len(procs) == 2:
+                row["throughput_ratio"] = round(row["asgi"]["req_s"] / row["basic"]["req_s"], 2)
             res["rows"].append(row)
-            if not args.json:
+            if not args.json and len(procs) == 1:
+                (kind, r), = ((k, row[k]) for k in procs)
+                print(f"{c:>3} clients  {kind} {r['req_s']:7.1f} req/s p50 {r['p50_ms']:7.1f} p99 {r['p99_ms']:7.1f} "
+                      f"err {r['errors']:3d}", flush=True)
+            elif not args.json:
                 b, a = row["basic"], row["asgi"]
                 print(f"{c:>3} clients  basic {b['req_s']:7.1f} req/s p50 {b['p50_ms']:7.1f} p99 {b['p99_ms']:7.1f} "
                       f"err {b['errors']:3d} | asgi {a['req_s']:7.1f} req/s p50 {a['p50_ms']:7.1f} p99 "
                       f"{a['p99_ms']:7.1f} err {a['errors']:3d} | x{row['throughput_ratio']}", flush=True)
-        procs["basic"][0].terminate()
-        if args.long:  # RSS after each of --rounds runs of --long requests: flat means no growth per request
+        if "basic" in procs:
+            procs["basic"][0].terminate()
+        if args.long and "asgi" in procs:  # RSS after each of --rounds runs of --long requests: flat means no growth per request
             proc, port = procs["asgi"]
             rss, errors, done = [round(rss_mb(proc.pid), 1)], 0, 0
             for _ in range(args.rounds):
