@@ -20,14 +20,14 @@ from hashindex.service.basic import Searcher, make_server
 from tests.conftest import CIFAR_TEST, need
 
 
-def start_asgi(engines, writable: bool = False, write_token=None):
+def start_asgi(engines, writable: bool = False, write_token=None, read_token=None):
     """A real uvicorn server over engines, on a free port, in a thread: (url, stop)."""
     import time
 
     from hashindex.service import asgi_server, bind
 
     sock = bind("127.0.0.1", 0)
-    server = asgi_server(engines, writable=writable, write_token=write_token)
+    server = asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -258,3 +258,71 @@ def test_radius_results_are_capped(server, monkeypatch):
                                                                "radius, or k)"})
     status, body = call(server + "/search?id=5&radius=0")
     assert status == 200 and 0 < len(body["results"]) <= 5000
+
+
+@pytest.mark.parametrize("kind_", ["asgi", "basic"])
+def test_a_read_token_guards_every_request_but_the_open_pages(kind_, flat_index, tiny_model):
+    """serve --read-token: a request without it (or with another token, or another scheme) is a 401 saying what
+    is missing, and nothing is searched; /health and /ui (and the asgi docs) stay open; the token goes in the
+    Authorization header or in the cookie the /ui page sets (an <img> request carries no header)."""
+    import httpx
+
+    need(CIFAR_TEST)
+    with tarfile.open(CIFAR_TEST) as tf:
+        jpeg = tf.extractfile(next(m for m in tf if m.isfile())).read()
+    if kind_ == "asgi":
+        from hashindex.service.engine import Engine
+
+        url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")}, read_token="r34d-token")
+    else:
+        srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0, read_token="r34d-token")
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        stop = lambda: (srv.shutdown(), srv.server_close())  # noqa: E731
+    guarded = [("GET", "/", {}), ("GET", "/search", {"params": {"id": 5}}), ("GET", "/items/5/image", {}),
+               ("GET", "/indexes/flat/search", {"params": {"id": 5}}), ("POST", "/search", {"content": jpeg})]
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for auth in ({}, {"Authorization": "Bearer guess"}, {"Authorization": "Basic r34d-token"},
+                         {"Cookie": "hashindex_token=guess"}):
+                for method, path, kw in guarded:
+                    got = client.request(method, path, headers=auth, **kw)
+                    assert got.status_code == 401 and got.headers["www-authenticate"] == "Bearer", (path, got.text)
+                    assert got.json()["error"] == f"{method} {path}: needs the read token (header " \
+                                                  "'Authorization: Bearer TOKEN')"
+            for path in ["/health", "/ui"] + (["/docs", "/openapi.json"] if kind_ == "asgi" else ["/indexes/flat/ui"]):
+                assert client.get(path).status_code == 200, path
+            for auth in ({"Authorization": "Bearer r34d-token"}, {"Cookie": "hashindex_token=r34d-token"}):
+                for method, path, kw in guarded:
+                    assert client.request(method, path, headers=auth, **kw).status_code == 200, (auth, path)
+    finally:
+        stop()
+
+
+def test_read_and_write_tokens_together(flat_index, tiny_model, tmp_path):
+    """With both tokens the write token reads too; the read token never writes, nor does a cookie (a browser
+    sends it whatever page asks); blank or equal tokens are refused in one line before any index is opened."""
+    import shutil
+
+    import httpx
+
+    from hashindex.service.engine import Engine
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(flat_index, index_dir)
+    url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True,
+                           write_token="wr1te", read_token="r34d")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/search", params={"id": 5}, headers={"Authorization": "Bearer wr1te"}).status_code == 200
+            for auth in ({"Authorization": "Bearer r34d"}, {"Cookie": "hashindex_token=wr1te"}):
+                got = client.delete("/items", params={"ids": "5"}, headers=auth)
+                assert got.status_code == 401 and "needs the write token" in got.json()["error"], (auth, got.text)
+            assert client.get("/health").json()["indexes"]["photos"] == 10000  # nothing taken out
+    finally:
+        stop()
+    for args, message in [(["--read-token", " "], "--read-token: blank"),
+                          (["--writable", "--write-token", "same", "--read-token", "same"],
+                           "--write-token: the same as --read-token")]:
+        res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output

@@ -232,8 +232,11 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 @click.option("--write-token", envvar="HASHINDEX_WRITE_TOKEN", show_envvar=True, default=None,
               help="With --writable: writes need the header 'Authorization: Bearer TOKEN' (required on a --host "
                    "other than loopback). Prefer the environment variable: a command line is visible to ps.")
+@click.option("--read-token", envvar="HASHINDEX_READ_TOKEN", show_envvar=True, default=None,
+              help="Every request but /health, /ui and the docs needs 'Authorization: Bearer TOKEN' (this or the "
+                   "write token; the /ui page asks for it once). Plain HTTP: put TLS in front on open networks.")
 @click.pass_context
-def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token):
+def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -254,11 +257,13 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
       curl -s -X DELETE 'localhost:8000/items?ids=17,42'
       HASHINDEX_WRITE_TOKEN=s3cret hashindex serve index/photos --writable --host 0.0.0.0 &
       curl -s -H 'Authorization: Bearer s3cret' -F file=@new.jpg 'host:8000/items'
+      HASHINDEX_READ_TOKEN=r34d hashindex serve index/photos --host 0.0.0.0 &   # searches need a token too
+      curl -s -H 'Authorization: Bearer r34d' 'host:8000/search?id=42'
     """
     from ..service import asgi_server, bind, check_write_access, open_engines, parse_indexes
 
     indexes = parse_indexes(list(index_dir))
-    check_write_access(host, writable, write_token)
+    check_write_access(host, writable, write_token, read_token)
     if server_kind == "auto":
         server_kind = "asgi" if _has_asgi() else "basic"
     elif server_kind == "asgi" and not _has_asgi():
@@ -269,7 +274,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
             raise HashindexError("--writable: the basic server only searches (the asgi server adds items)")
         if len(indexes) > 1:
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
-        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log)
+        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log, read_token)
     engines = open_engines(indexes, model, device, log)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -281,7 +286,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
     # raises the signal again for the handler it found: this no-op one makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asgi_server(engines, writable=writable, write_token=write_token).run(sockets=[sock])
+    asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:
@@ -291,11 +296,12 @@ def _has_asgi() -> bool:
     return all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart"))
 
 
-def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log) -> None:
+def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log, read_token: str | None = None
+                 ) -> None:
     from ..service.basic import Searcher, make_server
 
     searcher = Searcher(index_dir, model=model, device=device)
-    server = make_server(searcher, host, port, log=log)
+    server = make_server(searcher, host, port, log=log, read_token=read_token)
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
                f"at http://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop", err=True)

@@ -41,14 +41,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_write_access(host: str, writable: bool, write_token: str | None) -> None:
+def check_write_access(host: str, writable: bool, write_token: str | None, read_token: str | None = None) -> None:
     """A service that others can reach changes its index only for those holding its write token: `--writable`
-    on an address other than loopback needs one (anyone who reached the port could otherwise add or delete)."""
+    on an address other than loopback needs one (anyone who reached the port could otherwise add or delete).
+    A read token (every request needs a token) must not be blank, nor the write token."""
+    if read_token is not None and not read_token.strip():
+        raise HashindexError("--read-token: blank (expected a secret, e.g. from: python -c "
+                             "'import secrets; print(secrets.token_urlsafe())')")
     if write_token is not None and not writable:
         raise HashindexError("--write-token: only with --writable (a read-only service takes no writes)")
     if write_token is not None and not write_token.strip():
         raise HashindexError("--write-token: blank (expected a secret, e.g. from: python -c "
                              "'import secrets; print(secrets.token_urlsafe())')")
+    if write_token is not None and write_token == read_token:
+        raise HashindexError("--write-token: the same as --read-token (then every reader could write)")
     if writable and write_token is None and not is_loopback(host):
         raise HashindexError(f"--writable on --host {host}: others can reach it, so writes need a token: set "
                              "HASHINDEX_WRITE_TOKEN (then send 'Authorization: Bearer TOKEN'), or serve on 127.0.0.1")
@@ -64,10 +70,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None):
+def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None,
+                read_token: str | None = None):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
     SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST and DELETE
-    /items; ``write_token``: only with it as a bearer token)."""
+    /items; ``write_token``: only with it as a bearer token; ``read_token``: every request needs a token)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -96,7 +103,7 @@ def asgi_server(engines: dict, log_level: str = "warning", writable: bool = Fals
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    app = create_app(engines, writable=writable, write_token=write_token)
+    app = create_app(engines, writable=writable, write_token=write_token, read_token=read_token)
     config = uvicorn.Config(app, http=JsonErrors, lifespan="on", log_level=log_level, access_log=False,
                             backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
     return uvicorn.Server(config)

@@ -13,7 +13,8 @@
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
     POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
     DELETE /items?ids=3,17                `serve --writable` only: items taken out of the index
-    (with a write token, POST and DELETE /items need the header "Authorization: Bearer TOKEN": 401 otherwise)
+    (with a write token, POST and DELETE /items need the header "Authorization: Bearer TOKEN": 401 otherwise;
+    with a read token, so does every request but /health, /ui and the docs: `access`)
 
 SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
 what `build --append` grew or `hashindex remove` took out is served from then on; searches already handed to
@@ -21,7 +22,7 @@ the old engines finish there. A reload that fails (a broken index on disk) keeps
 says why on stderr.
 
 Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
-400 (bad request), 401 (a write without the write token), 403 (a write to a service started without
+400 (bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a service started without
 --writable), 404 (no such id, index or endpoint), 408 (the client stopped sending), 409 (a write while another
 process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a search outlasted the
 request timeout), 500 (a bug: that request fails, the process goes on). Why this stack: uvicorn speaks
@@ -33,7 +34,6 @@ the net and Faiss.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import signal
@@ -44,9 +44,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BusyError, HashindexError
+from .access import check_write
 from .engine import Engine, Query
 from .metrics import Metrics
-from .middleware import BodyLimit, Timing
+from .middleware import BodyLimit, ReadGate, Timing
 from .params import (MAX_BATCH, RequestError, check_names, check_upload_options, int_param, no_such_index,
                      read_only, search_options)
 from .served import ui_page
@@ -68,16 +69,19 @@ IMAGE_BODY = {"required": False, "content": {
 
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
-               write_token: str | None = None) -> FastAPI:
+               write_token: str | None = None, read_token: str | None = None) -> FastAPI:
     """The service over opened engines (name -> Engine); ``default`` answers /search and /batch; ``writable``
     adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`), and DELETE /items;
-    with ``write_token`` those need the header "Authorization: Bearer TOKEN" (checked before a body is read)."""
+    with ``write_token`` those need the header "Authorization: Bearer TOKEN" (checked before a body is read);
+    with ``read_token`` every request but the open pages needs it or the write token (`access`)."""
     from .. import __version__
 
     if not engines:
         raise HashindexError("engines={}: serve at least one index")
     if write_token is not None and (not writable or not write_token.strip()):
         raise HashindexError("write_token: needs writable=True and a token that is not blank")
+    if read_token is not None and not read_token.strip():
+        raise HashindexError("read_token: blank (expected a secret)")
     default = default or next(iter(engines))
     metrics = Metrics()
     reload, retire_now = _reloader(engines, metrics)
@@ -193,18 +197,13 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     async def batch_named(name: str, request: Request) -> dict[str, Any]:
         return await _batch(engine_named(name), request)
 
-    return BodyLimit(Timing(app, metrics))
+    tokens = tuple(t for t in (read_token, write_token) if t is not None) if read_token is not None else ()
+    return BodyLimit(Timing(ReadGate(app, tokens), metrics))
 
 
 def _authorize(request: Request, token: str | None) -> None:
-    """A write goes on only with the service's write token (when it has one) as a bearer token: 401 otherwise.
-    Compared in constant time, so the answer's timing does not tell how much of a guess was right."""
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise RequestError(401, f"{request.method} {request.url.path}: needs the write token "
-                                "(header 'Authorization: Bearer TOKEN')")
+    """A write goes on only with the service's write token (when it has one): `access.check_write`."""
+    check_write(request.method, request.url.path, request.headers.get("authorization", ""), token)
 
 
 def _reloader(engines: dict[str, Engine], metrics: Metrics):

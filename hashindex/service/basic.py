@@ -13,8 +13,8 @@ ASGI service against. Plain JSON:
 As on the ASGI service, ``/indexes/NAME/...`` names the one index served (the page's own paths).
 
 Answers are `hashindex query --json` rows; an error is ``{"error": "one line"}``
-with status 400 (bad request), 403 (POST or DELETE /items: this server never
-writes), 404 (no such id or path), 411 (no usable
+with status 400 (bad request), 401 (without the read token, `serve --read-token`), 403 (POST or DELETE
+/items: this server never writes), 404 (no such id or path), 411 (no usable
 Content-Length), 413 (body too large) or 500 (a bug; the server goes on).
 Resources are bounded: the body (MAX_BODY, whatever the headers claim), the
 pixels an image declares (MAX_PIXELS, checked before decoding; JPEGs decoded
@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
+from .access import check_read
 from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
                      no_such_index, own_of, read_only, search_options)
 from .served import Served, ui_page
@@ -77,18 +78,22 @@ class Searcher(Served):
         return row
 
 
-def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to one Searcher."""
+def make_handler(searcher: Searcher, log=None, read_token: str | None = None) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to one Searcher (with ``read_token``: every request but the open pages
+    presents it, `access.check_read`)."""
+    tokens = (read_token,) if read_token is not None else ()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "hashindex"
         timeout = SOCKET_TIMEOUT_S  # applied to each connection's socket
 
-        def _reply(self, status: int, body: dict[str, Any]) -> None:
-            self._send(status, (json.dumps(body) + "\n").encode(), "application/json")
+        def _reply(self, status: int, body: dict[str, Any], challenge: bool = False) -> None:
+            self._send(status, (json.dumps(body) + "\n").encode(), "application/json", challenge)
 
-        def _send(self, status: int, data: bytes, media: str) -> None:
+        def _send(self, status: int, data: bytes, media: str, challenge: bool = False) -> None:
             self.send_response(status)
+            if challenge:  # a 401: the scheme the token goes in
+                self.send_header("WWW-Authenticate", "Bearer")
             self.send_header("Content-Type", media)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -98,6 +103,8 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
+                check_read(method, url.path, self.headers.get("Authorization", ""), self.headers.get("Cookie", ""),
+                           tokens)
                 path = _unnamed(url.path, searcher.name)
                 if method == "GET" and path in ("/", "/health", "/ui"):
                     return self._get_page(path)
@@ -117,7 +124,7 @@ def make_handler(searcher: Searcher, log=None) -> type[BaseHTTPRequestHandler]:
                     return self._reply(200, searcher.by_id(item, options))
                 return self._reply(200, searcher.by_image(self._body(), options))
             except RequestError as e:
-                return self._reply(e.status, {"error": str(e)})
+                return self._reply(e.status, {"error": str(e)}, e.status == 401)
             except HashindexError as e:  # a request the index cannot answer (k beyond its size, ...)
                 return self._reply(400, {"error": str(e)})
             except Exception as e:  # a bug: this request fails with a status, the server goes on
@@ -174,13 +181,14 @@ def _unnamed(path: str, name: str) -> str:
     return "/" + rest
 
 
-def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None) -> ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server; port 0 picks a free port."""
+def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None,
+                read_token: str | None = None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) HTTP server; port 0 picks a free port; ``read_token``: every request needs it."""
     class Server(ThreadingHTTPServer):
         request_queue_size = BACKLOG
         daemon_threads = True
 
     try:
-        return Server((host, port), make_handler(searcher, log))
+        return Server((host, port), make_handler(searcher, log, read_token))
     except OSError as e:
         raise HashindexError(f"port={port}: cannot listen on {host}:{port} ({e.strerror})") from None

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+from .access import check_read
 from .metrics import Metrics
 from .params import MAX_BODY, SOCKET_TIMEOUT_S, RequestError
 
@@ -44,6 +45,24 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class ReadGate:
+    """ASGI middleware: with a read token, a request that does not present it (or the write token) is answered
+    401 before anything of it is read (`access.check_read`)."""
+
+    def __init__(self, app, tokens: tuple[str, ...]):
+        self.app, self.tokens = app, tokens
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.tokens:
+            headers = dict(scope["headers"])
+            try:
+                check_read(scope["method"], scope["path"], headers.get(b"authorization", b"").decode("latin-1"),
+                           headers.get(b"cookie", b"").decode("latin-1"), self.tokens)
+            except RequestError as e:
+                return await _send_json(send, e.status, str(e), [(b"www-authenticate", b"Bearer")])
+        await self.app(scope, receive, send)
+
+
 class Timing:
     """ASGI middleware: every answer's route, status and latency go to the metrics."""
 
@@ -67,9 +86,9 @@ class Timing:
             self.metrics.record(scope["method"], route, status[0], time.perf_counter() - t0)
 
 
-async def _send_json(send, status: int, message: str) -> None:
+async def _send_json(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = (json.dumps({"error": message}) + "\n").encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
