@@ -20,14 +20,15 @@ from hashindex.service.basic import Searcher, make_server
 from tests.conftest import CIFAR_TEST, need
 
 
-def start_asgi(engines, writable: bool = False, write_token=None, read_token=None):
+def start_asgi(engines, writable: bool = False, write_token=None, read_token=None, tls_cert=None, tls_key=None):
     """A real uvicorn server over engines, on a free port, in a thread: (url, stop)."""
     import time
 
     from hashindex.service import asgi_server, bind
 
     sock = bind("127.0.0.1", 0)
-    server = asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token)
+    server = asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token,
+                         tls_cert=tls_cert, tls_key=tls_key)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -37,7 +38,7 @@ def start_asgi(engines, writable: bool = False, write_token=None, read_token=Non
     def stop():
         server.should_exit = True
         thread.join(timeout=30)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+    return f"{'https' if tls_cert else 'http'}://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
 @pytest.fixture(scope="module", params=["asgi", "basic"])
@@ -326,3 +327,61 @@ def test_read_and_write_tokens_together(flat_index, tiny_model, tmp_path):
                            "--write-token: the same as --read-token")]:
         res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
         assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
+
+
+def self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (openssl), as PEM files."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("kind_", ["asgi", "basic"])
+def test_https_with_a_certificate(kind_, flat_index, tiny_model, tmp_path):
+    """serve --tls-cert/--tls-key: answers over HTTPS to a client that trusts the certificate, the same search
+    as over HTTP; a plain-HTTP client gets no answer; bad files are one line before anything is opened."""
+    import ssl
+
+    import httpx
+
+    from hashindex import HashindexError
+    from hashindex.service import tls_context
+
+    cert, key = self_signed(tmp_path)
+    if kind_ == "asgi":
+        from hashindex.service.engine import Engine
+
+        url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")}, tls_cert=cert,
+                               tls_key=key)
+    else:
+        srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0, tls=tls_context(cert, key))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"https://127.0.0.1:{srv.server_address[1]}"
+        stop = lambda: (srv.shutdown(), srv.server_close())  # noqa: E731
+    try:
+        assert url.startswith("https://")
+        with httpx.Client(base_url=url, timeout=60, verify=ssl.create_default_context(cafile=cert)) as client:
+            assert client.get("/health").json()["status"] == "ok"
+            row = client.get("/search", params={"id": 5, "k": 5}).json()
+        want = query(flat_index, [], [5], k=5)[0]
+        assert [r["id"] for r in row["results"]] == [r["id"] for r in want["results"]]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/health", timeout=10)
+    finally:
+        stop()
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed(tmp_path / "other")
+    for args, message in [((cert, other_key), "not a PEM certificate and its private key"),
+                          ((str(tmp_path / "none.pem"), None), f"tls_cert={tmp_path / 'none.pem'}: no such file"),
+                          ((None, key), "needs tls_cert= too")]:
+        with pytest.raises(HashindexError, match=message):
+            tls_context(*args)
+    res = CliRunner().invoke(cli, ["serve", str(flat_index), "--tls-cert", key, "--tls-key", other_key])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "--tls-cert" in res.output, res.output

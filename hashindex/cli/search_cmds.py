@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import DEFAULT_MODEL
@@ -234,9 +236,12 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
                    "other than loopback). Prefer the environment variable: a command line is visible to ps.")
 @click.option("--read-token", envvar="HASHINDEX_READ_TOKEN", show_envvar=True, default=None,
               help="Every request but /health, /ui and the docs needs 'Authorization: Bearer TOKEN' (this or the "
-                   "write token; the /ui page asks for it once). Plain HTTP: put TLS in front on open networks.")
+                   "write token; the /ui page asks for it once). On an open network, with --tls-cert (HTTPS).")
+@click.option("--tls-cert", default=None, metavar="PEM", help="Serve HTTPS with this certificate (chain, PEM).")
+@click.option("--tls-key", default=None, metavar="PEM", help="Its private key (PEM) [default: in --tls-cert's file].")
 @click.pass_context
-def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token):
+def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token, tls_cert,
+          tls_key):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -259,11 +264,18 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
       curl -s -H 'Authorization: Bearer s3cret' -F file=@new.jpg 'host:8000/items'
       HASHINDEX_READ_TOKEN=r34d hashindex serve index/photos --host 0.0.0.0 &   # searches need a token too
       curl -s -H 'Authorization: Bearer r34d' 'host:8000/search?id=42'
+      hashindex serve index/photos --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem   # HTTPS
     """
-    from ..service import asgi_server, bind, check_write_access, open_engines, parse_indexes
+    from ..service import (asgi_server, bind, check_write_access, is_loopback, open_engines, parse_indexes,
+                           tls_context)
 
     indexes = parse_indexes(list(index_dir))
     check_write_access(host, writable, write_token, read_token)
+    tls = tls_context(tls_cert, tls_key)
+    scheme = "https" if tls else "http"
+    if (read_token or write_token) and not tls and not is_loopback(host):
+        logging.getLogger("hashindex").warning(f"--host {host} over plain HTTP: the tokens cross the network in the "
+                                               "clear (--tls-cert, or a TLS front end)")
     if server_kind == "auto":
         server_kind = "asgi" if _has_asgi() else "basic"
     elif server_kind == "asgi" and not _has_asgi():
@@ -274,11 +286,11 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
             raise HashindexError("--writable: the basic server only searches (the asgi server adds items)")
         if len(indexes) > 1:
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
-        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log, read_token)
+        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log, read_token, tls)
     engines = open_engines(indexes, model, device, log)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    click.echo(f"serving {len(indexes)} index(es) at http://{bound_host}:{bound_port}/ (docs: /docs); "
+    click.echo(f"serving {len(indexes)} index(es) at {scheme}://{bound_host}:{bound_port}/ (docs: /docs); "
                "Ctrl-C or SIGTERM to stop, SIGHUP to reload the indexes", err=True)
     import signal
 
@@ -286,7 +298,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
     # raises the signal again for the handler it found: this no-op one makes that a clean exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token).run(sockets=[sock])
+    asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token, tls_cert=tls_cert,
+                tls_key=tls_key).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:
@@ -296,15 +309,16 @@ def _has_asgi() -> bool:
     return all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart"))
 
 
-def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log, read_token: str | None = None
-                 ) -> None:
+def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log, read_token: str | None = None,
+                 tls=None) -> None:
     from ..service.basic import Searcher, make_server
 
     searcher = Searcher(index_dir, model=model, device=device)
-    server = make_server(searcher, host, port, log=log, read_token=read_token)
+    server = make_server(searcher, host, port, log=log, read_token=read_token, tls=tls)
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
-               f"at http://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop", err=True)
+               f"at {'https' if tls else 'http'}://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop",
+               err=True)
     import signal
 
     if hasattr(signal, "SIGHUP"):  # the asgi server's reload signal must not kill this one (its default action)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from typing import Callable
 
 from ..errors import HashindexError
@@ -60,6 +61,27 @@ def check_write_access(host: str, writable: bool, write_token: str | None, read_
                              "HASHINDEX_WRITE_TOKEN (then send 'Authorization: Bearer TOKEN'), or serve on 127.0.0.1")
 
 
+def tls_context(cert: str | None, key: str | None = None) -> ssl.SSLContext | None:
+    """The server's TLS context from PEM files (`serve --tls-cert/--tls-key`; the key may sit in the certificate
+    file), None for plain HTTP; a one-line error for a file that is missing or not a matching pair."""
+    if cert is None:
+        if key is not None:
+            raise HashindexError(f"tls_key={key}: needs tls_cert= too (the certificate chain, PEM)")
+        return None
+    for arg, path in (("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise HashindexError(f"{arg}={path}: no such file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS 1.2 or later, the library's ciphers
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        what = f"tls_cert={cert}" + (f", tls_key={key}" if key else "")
+        reason = getattr(e, "reason", None)  # KEY_VALUES_MISMATCH, ...; None where OpenSSL says only "PEM lib"
+        raise HashindexError(f"{what}: not a PEM certificate and its private key"
+                             + (f" ({reason.lower().replace('_', ' ')})" if reason else "")) from None
+    return context
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: any free one), or a one-line error naming the port."""
     try:
@@ -71,10 +93,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None,
-                read_token: str | None = None):
+                read_token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
     SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST and DELETE
-    /items; ``write_token``: only with it as a bearer token; ``read_token``: every request needs a token)."""
+    /items; ``write_token``: only with it as a bearer token; ``read_token``: every request needs a token;
+    ``tls_cert`` / ``tls_key``: HTTPS, checked first by `tls_context`)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -104,8 +127,10 @@ def asgi_server(engines: dict, log_level: str = "warning", writable: bool = Fals
             self.transport.close()
 
     app = create_app(engines, writable=writable, write_token=write_token, read_token=read_token)
+    tls_context(tls_cert, tls_key)  # a one-line error for bad files (uvicorn's would be a traceback)
     config = uvicorn.Config(app, http=JsonErrors, lifespan="on", log_level=log_level, access_log=False,
-                            backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30)
+                            backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30,
+                            ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     return uvicorn.Server(config)
 
 

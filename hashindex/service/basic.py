@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,11 +183,25 @@ def _unnamed(path: str, name: str) -> str:
 
 
 def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000, log=None,
-                read_token: str | None = None) -> ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server; port 0 picks a free port; ``read_token``: every request needs it."""
+                read_token: str | None = None, tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) HTTP server; port 0 picks a free port; ``read_token``: every request needs it;
+    ``tls`` (`service.tls_context`): HTTPS."""
     class Server(ThreadingHTTPServer):
         request_queue_size = BACKLOG
         daemon_threads = True
+
+        def finish_request(self, request, client_address) -> None:
+            if tls is None:
+                return super().finish_request(request, client_address)
+            request.settimeout(SOCKET_TIMEOUT_S)
+            try:  # the handshake in this connection's own thread: a slow client holds up no other
+                secured = tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):  # plain HTTP, a client that left, or one that trusts no one
+                return
+            try:
+                super().finish_request(secured, client_address)
+            finally:
+                secured.close()
 
     try:
         return Server((host, port), make_handler(searcher, log, read_token))
