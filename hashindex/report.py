@@ -163,7 +163,6 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], path: str | Path, 
     for name, rows in histories.items():
         epoch = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
         val = [(e, r["val_acc"]) for e, r in zip(epoch, rows) if r.get("val_acc") is not None]
-        label = name
         if val:
             best = max(val, key=lambda p: p[1])
             line, = left.plot(*zip(*val), label=f"{name} (best val {best[1]:.4f} at epoch {best[0]})")
@@ -172,7 +171,7 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], path: str | Path, 
         else:
             line, = left.plot(epoch, [r["train_acc"] for r in rows], linestyle="--",
                               label=f"{name} (no validation set)")
-        right.plot(epoch, [r["loss"] for r in rows], color=line.get_color(), label=label)
+        right.plot(epoch, [r["loss"] for r in rows], color=line.get_color(), label=name)
         if all("lr" in r for r in rows):
             rate.plot(epoch, [r["lr"] for r in rows], color=line.get_color(), linestyle=":", linewidth=1)
     left.set(xlabel="epoch", ylabel="accuracy", title="Accuracy: validation (solid), training (dashed)")
