@@ -432,3 +432,40 @@ def test_added_items_labels():
                                 ("beach|9", True, "label=9: not a class of this index")]:
         with pytest.raises(RequestError, match=re.escape(message)):
             item_labels(raw, names, multi)
+
+
+def test_pages_of_the_origins_given_may_call_it_from_a_browser(service, flat_index, tiny_model, tmp_path):
+    """serve --cors-origin: a browser's preflight from that origin is allowed (the Authorization header too, with
+    no token: a preflight carries none), answers (a 401 included, so the page can read why) carry the origin;
+    another origin gets no grant, and a service without --cors-origin grants none. A bad origin is one line."""
+    from click.testing import CliRunner
+
+    from hashindex.cli import cli
+    from hashindex.service.engine import Engine
+
+    site, other = "https://photos.example.com", "https://elsewhere.example.com"
+    client, _ = service
+    plain = client.get("/search", params={"id": 5}, headers={"Origin": site})
+    assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+    url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")}, read_token="r34d",
+                           cors_origins=(site,))
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as web:
+            got = web.options("/search", headers={"Origin": site, **preflight})
+            assert got.status_code == 200 and got.headers["access-control-allow-origin"] == site
+            assert "authorization" in got.headers["access-control-allow-headers"].lower()
+            ok = web.get("/search", params={"id": 5}, headers={"Origin": site, "Authorization": "Bearer r34d"})
+            assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == site
+            denied = web.get("/search", params={"id": 5}, headers={"Origin": site})
+            assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == site
+            assert web.options("/search", headers={"Origin": other, **preflight}).status_code == 400
+            assert "access-control-allow-origin" not in web.get(
+                "/search", params={"id": 5}, headers={"Origin": other, "Authorization": "Bearer r34d"}).headers
+    finally:
+        stop()
+    for args, message in [(["--cors-origin", site + "/"], "--cors-origin https://photos.example.com/: expected"),
+                          (["--cors-origin", "photos.example.com"], "expected scheme://host[:port]"),
+                          (["--server", "basic", "--cors-origin", "*"], "--cors-origin: the asgi server's")]:
+        res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output

@@ -239,9 +239,12 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
                    "write token; the /ui page asks for it once). On an open network, with --tls-cert (HTTPS).")
 @click.option("--tls-cert", default=None, metavar="PEM", help="Serve HTTPS with this certificate (chain, PEM).")
 @click.option("--tls-key", default=None, metavar="PEM", help="Its private key (PEM) [default: in --tls-cert's file].")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages of this origin (https://photos.example.com; * for any) call the API from a "
+                   "browser (CORS; asgi server). Repeat for several.")
 @click.pass_context
 def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token, tls_cert,
-          tls_key):
+          tls_key, cors_origins):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -266,11 +269,12 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
       curl -s -H 'Authorization: Bearer r34d' 'host:8000/search?id=42'
       hashindex serve index/photos --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem   # HTTPS
     """
-    from ..service import (asgi_server, bind, check_write_access, is_loopback, open_engines, parse_indexes,
-                           tls_context)
+    from ..service import (asgi_server, bind, check_origins, check_write_access, is_loopback, open_engines,
+                           parse_indexes, tls_context)
 
     indexes = parse_indexes(list(index_dir))
     check_write_access(host, writable, write_token, read_token)
+    check_origins(cors_origins)
     tls = tls_context(tls_cert, tls_key)
     scheme = "https" if tls else "http"
     if (read_token or write_token) and not tls and not is_loopback(host):
@@ -286,6 +290,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
             raise HashindexError("--writable: the basic server only searches (the asgi server adds items)")
         if len(indexes) > 1:
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
+        if cors_origins:
+            raise HashindexError("--cors-origin: the asgi server's (the basic server answers its own pages only)")
         return _serve_basic(next(iter(indexes.values())), model, host, port, device, log, read_token, tls)
     engines = open_engines(indexes, model, device, log)
     sock = bind(host, port)
@@ -299,7 +305,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token, tls_cert=tls_cert,
-                tls_key=tls_key).run(sockets=[sock])
+                tls_key=tls_key, cors_origins=cors_origins).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:

@@ -82,6 +82,20 @@ def tls_context(cert: str | None, key: str | None = None) -> ssl.SSLContext | No
     return context
 
 
+def check_origins(origins: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Web origins whose pages may call the service from a browser (CORS): "*" (any), or each as a browser
+    sends it, scheme://host[:port] with no path (a trailing slash would never match)."""
+    from urllib.parse import urlsplit
+
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc
+                              or origin != f"{parts.scheme}://{parts.netloc}"):
+            raise HashindexError(f"cors_origins={origin}: expected scheme://host[:port] with no path "
+                                 "(https://photos.example.com), or *")
+    return tuple(origins)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: any free one), or a one-line error naming the port."""
     try:
@@ -93,11 +107,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None,
-                read_token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None):
+                read_token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                cors_origins: tuple[str, ...] = ()):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
     SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST and DELETE
     /items; ``write_token``: only with it as a bearer token; ``read_token``: every request needs a token;
-    ``tls_cert`` / ``tls_key``: HTTPS, checked first by `tls_context`)."""
+    ``tls_cert`` / ``tls_key``: HTTPS, checked first by `tls_context`; ``cors_origins``: `check_origins`)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -126,7 +141,8 @@ def asgi_server(engines: dict, log_level: str = "warning", writable: bool = Fals
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    app = create_app(engines, writable=writable, write_token=write_token, read_token=read_token)
+    app = create_app(engines, writable=writable, write_token=write_token, read_token=read_token,
+                     cors_origins=check_origins(cors_origins))
     tls_context(tls_cert, tls_key)  # a one-line error for bad files (uvicorn's would be a traceback)
     config = uvicorn.Config(app, http=JsonErrors, lifespan="on", log_level=log_level, access_log=False,
                             backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30,

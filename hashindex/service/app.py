@@ -14,7 +14,8 @@
     POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
     DELETE /items?ids=3,17                `serve --writable` only: items taken out of the index
     (with a write token, POST and DELETE /items need the header "Authorization: Bearer TOKEN": 401 otherwise;
-    with a read token, so does every request but /health, /ui and the docs: `access`)
+    with a read token, so does every request but /health, /ui and the docs: `access`; `serve --cors-origin`
+    lets web pages of other origins call it from a browser)
 
 SIGHUP reopens every served index (and its model) from disk and swaps it in without dropping a request:
 what `build --append` grew or `hashindex remove` took out is served from then on; searches already handed to
@@ -69,11 +70,13 @@ IMAGE_BODY = {"required": False, "content": {
 
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
-               write_token: str | None = None, read_token: str | None = None) -> FastAPI:
+               write_token: str | None = None, read_token: str | None = None,
+               cors_origins: tuple[str, ...] = ()) -> FastAPI:
     """The service over opened engines (name -> Engine); ``default`` answers /search and /batch; ``writable``
     adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`), and DELETE /items;
     with ``write_token`` those need the header "Authorization: Bearer TOKEN" (checked before a body is read);
-    with ``read_token`` every request but the open pages needs it or the write token (`access`)."""
+    with ``read_token`` every request but the open pages needs it or the write token (`access`);
+    ``cors_origins``: web pages of these origins (or "*", any) may call the API from a browser (CORS)."""
     from .. import __version__
 
     if not engines:
@@ -198,7 +201,14 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
         return await _batch(engine_named(name), request)
 
     tokens = tuple(t for t in (read_token, write_token) if t is not None) if read_token is not None else ()
-    return BodyLimit(Timing(ReadGate(app, tokens), metrics))
+    gated = ReadGate(app, tokens)
+    if cors_origins:  # outside the gate: a browser's preflight carries no token, and a 401 must be readable
+        from starlette.middleware.cors import CORSMiddleware
+
+        gated = CORSMiddleware(gated, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                               allow_headers=["Authorization", "Content-Type"], max_age=600)
+        # (no credentials: another origin's page sends the token as a header; the /ui cookie stays same-site)
+    return BodyLimit(Timing(gated, metrics))
 
 
 def _authorize(request: Request, token: str | None) -> None:
