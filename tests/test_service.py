@@ -68,7 +68,16 @@ def test_health_metrics_and_docs(service):
     res = client.get("/search", params={"id": 5, "nprobe": 4})  # reaches the index, which has no lists
     assert res.status_code == 400 and "nprobe=4: the flat coarse index has no nprobe" in res.json()["error"]
     assert client.get("/search", params={"id": 5, "nprobe": 0}).json()["error"] == "nprobe=0: expected at least 1"
+    for path in ("/items/5/image", "/items/6/image", "/indexes/cos/items/7/image", "/no/such/path-1234",
+                 "/indexes/no-such-index/search"):
+        client.get(path)
     text = client.get("/metrics").text
+    # labelled by route template: one series per route, not one per item, made-up path or index name
+    assert re.search(r'hashindex_requests_total\{method="GET",route="/items/\{item_id\}/image",status="200"\} '
+                     r'[2-9]', text)
+    assert 'route="/indexes/{name}/items/{item_id}/image",status="200"' in text
+    assert 'route="/indexes/{name}/search",status="404"' in text and 'route="unmatched",status="404"' in text
+    assert not re.search(r"/items/\d|path-1234|no-such-index", text)
     assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="200"\} [1-9]', text)
     assert re.search(r'hashindex_requests_total\{method="GET",route="/search",status="400"\} [1-9]', text)
     assert 'hashindex_index_items{index="flat"} 10000' in text

@@ -82,7 +82,10 @@ class Timing:
         try:
             await self.app(scope, receive, watch)
         finally:
-            route = scope["path"] if status[0] != 404 or scope["path"].endswith(("/search", "/batch")) else "unmatched"
+            # the route's template (/items/{item_id}/image), never the path: a label per item fetched or per
+            # path a client makes up would grow the metrics without bound; "unmatched" for what no route took
+            # (an unknown path, a request the read-token gate turned away)
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.record(scope["method"], route, status[0], time.perf_counter() - t0)
 
 
