@@ -155,12 +155,12 @@ def test_a_bug_fails_one_request_and_the_service_goes_on(service, monkeypatch):
     assert client.get("/search", params={"id": 5}).status_code == 200
 
 
-def _serve(index, model, *more: str) -> tuple[subprocess.Popen, str]:
+def _serve(index, model, *more: str, stdout=None) -> tuple[subprocess.Popen, str]:
     """`hashindex serve INDEX` in its own process, on a free port: (process, base URL) once it answers."""
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "hashindex", "serve", str(index), "--model", str(model),
-                             "--port", "0", *more], stderr=subprocess.PIPE, text=True)
+                             "--port", "0", *more], stderr=subprocess.PIPE, stdout=stdout, text=True)
     for line in proc.stderr:
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         if m:
@@ -241,12 +241,34 @@ def test_sighup_serves_what_build_append_grew(flat_index, tiny_model, tmp_path):
         proc.wait()
 
 
+@pytest.mark.parametrize("server", ["asgi", "basic"])
+def test_an_access_log_has_a_line_per_request(server, flat_index, tiny_model):
+    """serve --access-log: each request's line (its path and status), on stdout (asgi, uvicorn's format) or
+    stderr (basic); without the flag, none."""
+    for flag in ([], ["--access-log"]):
+        proc, url = _serve(flat_index, tiny_model, "--server", server, *flag, stdout=subprocess.PIPE)
+        try:
+            assert httpx.get(url + "/search", params={"id": 3, "k": 2}, timeout=60).status_code == 200
+            assert httpx.get(url + "/search", params={"id": 3, "k": 0}, timeout=60).status_code == 400
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        said = out if server == "asgi" else err
+        lines = [line for line in said.splitlines() if "GET /search?id=3" in line]
+        if not flag:
+            assert lines == [], said
+        else:
+            assert len(lines) == 2 and " 200" in lines[0] and " 400" in lines[1], said
+
+
 def test_sighup_does_not_kill_the_basic_server(flat_index, tiny_model):
     """The basic server has no reload; SIGHUP (whose default action is to end a process) says so, and it goes on."""
     proc, url = _serve(flat_index, tiny_model, "--server", "basic")
     try:
         proc.send_signal(signal.SIGHUP)
-        assert any("the basic server does not reload" in proc.stderr.readline() for _ in range(5))  # after access logs
+        assert any("the basic server does not reload" in proc.stderr.readline() for _ in range(5))
         assert httpx.get(url + "/search", params={"id": 3}, timeout=60).status_code == 200
         proc.send_signal(signal.SIGINT)
         # it exits in about 3 s here; twice, with a training run and a 10-view extraction on the same 2 cores

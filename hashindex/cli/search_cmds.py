@@ -242,9 +242,11 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Let web pages of this origin (https://photos.example.com; * for any) call the API from a "
                    "browser (CORS; asgi server). Repeat for several.")
+@click.option("--access-log", is_flag=True, help="A line per request: client, request line, status (asgi: on "
+                                                  "stdout, uvicorn's format; basic: on stderr).")
 @click.pass_context
 def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token, tls_cert,
-          tls_key, cors_origins):
+          tls_key, cors_origins, access_log):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
@@ -292,7 +294,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
         if cors_origins:
             raise HashindexError("--cors-origin: the asgi server's (the basic server answers its own pages only)")
-        return _serve_basic(next(iter(indexes.values())), model, host, port, device, log, read_token, tls)
+        return _serve_basic(next(iter(indexes.values())), model, host, port, device, read_token, tls, access_log)
     engines = open_engines(indexes, model, device, log)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -305,7 +307,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token, tls_cert=tls_cert,
-                tls_key=tls_key, cors_origins=cors_origins).run(sockets=[sock])
+                tls_key=tls_key, cors_origins=cors_origins, access_log=access_log).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:
@@ -315,12 +317,13 @@ def _has_asgi() -> bool:
     return all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "multipart"))
 
 
-def _serve_basic(index_dir: str, model, host: str, port: int, device: str, log, read_token: str | None = None,
-                 tls=None) -> None:
+def _serve_basic(index_dir: str, model, host: str, port: int, device: str, read_token: str | None = None,
+                 tls=None, access_log: bool = False) -> None:
     from ..service.basic import Searcher, make_server
 
     searcher = Searcher(index_dir, model=model, device=device)
-    server = make_server(searcher, host, port, log=log, read_token=read_token, tls=tls)
+    server = make_server(searcher, host, port, log=(lambda line: click.echo(line, err=True)) if access_log else None,
+                         read_token=read_token, tls=tls)
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving {index_dir} ({searcher.index.count:,} items, {searcher.index.bits} bits) "
                f"at {'https' if tls else 'http'}://{bound_host}:{bound_port}/ (basic server); Ctrl-C to stop",
