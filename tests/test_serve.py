@@ -42,21 +42,30 @@ def start_asgi(engines, writable: bool = False, write_token=None, read_token=Non
     return f"{'https' if tls_cert else 'http'}://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
-@pytest.fixture(scope="module", params=["asgi", "basic"])
-def server(request, flat_index, tiny_model):
-    if request.param == "asgi":
+def start_server(kind: str, index, model, read_token=None, tls_cert=None, tls_key=None):
+    """Either server over ``index`` (as the one index "flat"), on a free port, in a thread: (url, stop)."""
+    if kind == "asgi":
         from hashindex.service.engine import Engine
 
-        url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")})
-        yield url
-        stop()
-        return
-    srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+        return start_asgi({"flat": Engine(index, str(model), name="flat")}, read_token=read_token,
+                          tls_cert=tls_cert, tls_key=tls_key)
+    from hashindex.service import tls_context
+
+    srv = make_server(Searcher(index, model=str(model)), port=0, read_token=read_token,
+                      tls=tls_context(tls_cert, tls_key))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def stop():
+        srv.shutdown()
+        srv.server_close()
+    return f"{'https' if tls_cert else 'http'}://127.0.0.1:{srv.server_address[1]}", stop
+
+
+@pytest.fixture(scope="module", params=["asgi", "basic"])
+def server(request, flat_index, tiny_model):
+    url, stop = start_server(request.param, flat_index, tiny_model)
+    yield url
+    stop()
 
 
 def kind(request) -> str:
@@ -272,15 +281,7 @@ def test_a_read_token_guards_every_request_but_the_open_pages(kind_, flat_index,
     need(CIFAR_TEST)
     with tarfile.open(CIFAR_TEST) as tf:
         jpeg = tf.extractfile(next(m for m in tf if m.isfile())).read()
-    if kind_ == "asgi":
-        from hashindex.service.engine import Engine
-
-        url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")}, read_token="r34d-token")
-    else:
-        srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0, read_token="r34d-token")
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{srv.server_address[1]}"
-        stop = lambda: (srv.shutdown(), srv.server_close())  # noqa: E731
+    url, stop = start_server(kind_, flat_index, tiny_model, read_token="r34d-token")
     guarded = [("GET", "/", {}), ("GET", "/search", {"params": {"id": 5}}), ("GET", "/items/5/image", {}),
                ("GET", "/indexes/flat/search", {"params": {"id": 5}}), ("POST", "/search", {"content": jpeg})]
     try:
@@ -356,16 +357,7 @@ def test_https_with_a_certificate(kind_, flat_index, tiny_model, tmp_path):
     from hashindex.service import tls_context
 
     cert, key = self_signed(tmp_path)
-    if kind_ == "asgi":
-        from hashindex.service.engine import Engine
-
-        url, stop = start_asgi({"flat": Engine(flat_index, str(tiny_model), name="flat")}, tls_cert=cert,
-                               tls_key=key)
-    else:
-        srv = make_server(Searcher(flat_index, model=str(tiny_model)), port=0, tls=tls_context(cert, key))
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        url = f"https://127.0.0.1:{srv.server_address[1]}"
-        stop = lambda: (srv.shutdown(), srv.server_close())  # noqa: E731
+    url, stop = start_server(kind_, flat_index, tiny_model, tls_cert=cert, tls_key=key)
     try:
         assert url.startswith("https://")
         with httpx.Client(base_url=url, timeout=60, verify=ssl.create_default_context(cafile=cert)) as client:

@@ -22,14 +22,14 @@ what `build --append` grew or `hashindex remove` took out is served from then on
 the old engines finish there. A reload that fails (a broken index on disk) keeps serving what was open and
 says why on stderr.
 
-Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status:
-400 (bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a service started without
---writable), 404 (no such id, index or endpoint), 408 (the client stopped sending), 409 (a write while another
-process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a search outlasted the
-request timeout), 500 (a bug: that request fails, the process goes on). Why this stack: uvicorn speaks
-HTTP/1.1 with keep-alive and an event loop that holds hundreds of idle connections for the cost of one thread,
-FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the batcher thread runs
-the net and Faiss.
+Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "one line"}`` with a status: 400
+(bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a
+service started without --writable), 404 (no such id, index or endpoint), 408 (the client stopped sending),
+409 (a write while another process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a
+search outlasted the request timeout), 500 (a bug: that request fails, the process goes on). Why this stack:
+uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds hundreds of idle connections for the cost
+of one thread, FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the
+batcher thread runs the net and Faiss.
 """
 
 from __future__ import annotations
