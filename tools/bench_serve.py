@@ -60,6 +60,14 @@ def start(index: str, server: str, model: str | None, env: dict[str, str] | None
     raise SystemExit(f"{server} server did not start")
 
 
+def env_item(text: str) -> tuple[str, str]:
+    """NAME=VALUE, for --server-env (argparse turns the error into one line)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    return name, value
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -121,14 +129,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="memory rounds")
     ap.add_argument("--servers", nargs="+", choices=["basic", "asgi"], default=["basic", "asgi"],
                     help="servers to load (the ratio needs both)")
-    ap.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE",
+    ap.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE", type=env_item,
                     help="environment of the servers only (e.g. glibc's MALLOC_ARENA_MAX=1), not the load generator's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     images = images_from_tar(args.images_tar, 200)
     n_items = json.loads((Path(args.index) / "index.json").read_text())["count"]
     res: dict = {"rows": []}
-    env = dict(item.split("=", 1) for item in args.server_env)
+    env = dict(args.server_env)
     procs = {kind: start(args.index, kind, args.model, env) for kind in args.servers}
     try:
         for c in args.clients:
