@@ -206,6 +206,11 @@ def format_metrics(m: dict[str, Any]) -> str:
     rad = m[r]
     lines.append(f"within Hamming {r[6:]}: precision {rad['precision']:.4f}, recall {rad['recall']:.4f} "
                  f"({rad['queries_with_no_item']} queries had no item within it and count precision 0)")
+    pairs = m.get("pair_distances")
+    if pairs and pairs["auc"] is not None:
+        lines.append(f"Hamming distance of query-item pairs: relevant mean {pairs['mean_relevant']:.2f}, others "
+                     f"{pairs['mean_other']:.2f}; a relevant pair is the nearer with probability {pairs['auc']:.4f} "
+                     "(ties half)")
     if "database_codes" in m:
         lines.append("database " + format_code_statistics(m["database_codes"], m["bits"]))
     per_class = sorted(m.get("per_class", []), key=lambda row: row["map"])

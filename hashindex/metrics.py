@@ -277,6 +277,25 @@ def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radiu
     return within, curve
 
 
+def pair_distances(relevant: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """How far apart the codes of query-item pairs are, relevant pairs against the others, from the number of
+    pairs of each kind at each Hamming distance 0..K: the counts, each kind's mean distance, and ``auc``, the
+    chance that a relevant pair is nearer than another pair (ties count half; 1.0: one radius separates them,
+    0.5: codes that ignore the labels). How well codes separate the classes, before any ranking."""
+    relevant, other = np.asarray(relevant, np.int64), np.asarray(other, np.int64)
+    d = np.arange(len(relevant))
+    out: dict[str, Any] = {"relevant": relevant.tolist(), "other": other.tolist()}
+    for name, counts in (("relevant", relevant), ("other", other)):
+        out[f"mean_{name}"] = float((d * counts).sum() / counts.sum()) if counts.sum() else None
+    if relevant.sum() and other.sum():
+        p, q = relevant / relevant.sum(), other / other.sum()
+        farther = q[::-1].cumsum()[::-1] - q  # share of other pairs beyond each distance
+        out["auc"] = float((p * (farther + 0.5 * q)).sum())
+    else:
+        out["auc"] = None
+    return out
+
+
 def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndarray,
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
@@ -302,6 +321,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     hamming, reranked = _RankingScores(at, pk_max), _RankingScores(at, pk_max)
     ap_tie, pk_tie_sum = [], np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
+    pairs_n, pairs_r = np.zeros(bits + 1, np.int64), np.zeros(bits + 1, np.int64)
     pool_sum = 0
     relevant = Relevance(q_labels, db_labels)
     graded_at = tuple(min(k, ndb) for k in graded_at) if relevant.sets else ()
@@ -328,6 +348,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         n_le_all.append(np.cumsum(n, axis=1))
         r_le_all.append(np.cumsum(r, axis=1))
         total_rel.append(r.sum(axis=1))
+        pairs_n += n.sum(axis=0)
+        pairs_r += np.rint(r.sum(axis=0)).astype(np.int64)
         if rerank is not None:
             order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
                                         tie_cap or candidates)
@@ -346,6 +368,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
         f"radius{radius}": within,
         "pr_curve": curve,
+        "pair_distances": pair_distances(pairs_r, pairs_n - pairs_r),
     }
     if graded_at:
         out["hamming"].update(graded.means())

@@ -1,4 +1,4 @@
-"""Pictures of an evaluation: PR curve, precision@k, mAP per class, and a results grid.
+"""Pictures of an evaluation: PR curve, precision@k, pair distances, mAP per class, and a results grid.
 
 Everything is written with matplotlib's Agg backend to PNG files, with the
 run's settings in the title, for people who would rather look than read.
@@ -42,7 +42,8 @@ def _save(fig, ax, title: str, path: Path) -> Path:
 
 def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index=None, examples: dict[str, Any] | None = None,
                 warn=None) -> dict[str, str]:
-    """PR curve, precision@k, mAP per class and (given example results) a results grid in plot_dir.
+    """PR curve, precision@k, Hamming distances of pairs, mAP per class and (given example results) a results
+    grid in plot_dir.
 
     ``examples`` is `hashindex.query.example_results`' output for ``index``; this
     module draws results, it does not search. If the source images are no
@@ -53,6 +54,8 @@ def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index=None, examp
     out.mkdir(parents=True, exist_ok=True)
     plots = {"pr_curve": str(plot_pr_curve(metrics, out / "pr_curve.png")),
              "precision_at_k": str(plot_precision_at_k(metrics, out / "precision_at_k.png"))}
+    if metrics.get("pair_distances", {}).get("auc") is not None:
+        plots["hamming_distances"] = str(plot_pair_distances(metrics, out / "hamming_distances.png"))
     if metrics.get("per_class"):
         plots["per_class_map"] = str(plot_per_class(metrics, out / "per_class_map.png"))
     if examples is not None:
@@ -100,6 +103,25 @@ def plot_precision_at_k(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     return _save(fig, ax, f"Precision@k\n{_title(metrics)}", path)
+
+
+def plot_pair_distances(metrics: dict[str, Any], path: Path) -> Path:
+    """How far apart relevant and other query-item pairs are: the share of each kind at each Hamming distance
+    (each kind sums to 1), the classic picture of whether one radius separates the classes."""
+    plt = _plt()
+    pairs = metrics["pair_distances"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    same = "a shared label" if "relevance" in metrics else "same label"
+    for name, label in (("relevant", f"relevant pairs ({same})"), ("other", "other pairs")):
+        counts = np.asarray(pairs[name], np.float64)
+        ax.step(np.arange(len(counts)), counts / max(counts.sum(), 1), where="mid",
+                label=f"{label}: {int(counts.sum()):,}, mean distance {pairs[f'mean_{name}']:.2f}")
+    ax.set_xlabel("Hamming distance between a query's code and an item's")
+    ax.set_ylabel("share of the pairs of its kind")
+    ax.set_xlim(-0.5, len(pairs["relevant"]) - 0.5)
+    ax.legend(fontsize=8)
+    return _save(fig, ax, f"Hamming distances of query-item pairs (a relevant pair nearer: {pairs['auc']:.4f})\n"
+                 f"{_title(metrics)}", path)
 
 
 def plot_per_class(metrics: dict[str, Any], path: Path, most: int = 60) -> Path:

@@ -107,6 +107,38 @@ def test_metrics_match_independent_numpy(cifar_shards):
     assert abs(sum(r["map"] * r["queries"] for r in per.values()) / len(ql) - m["hamming"]["map"]) < 1e-9
 
 
+def test_pair_distances_equal_a_count_over_every_pair():
+    """The Hamming distances of query-item pairs, relevant against others: counts at each distance, means and
+    the chance a relevant pair is nearer than another pair, against a loop over every pair (a query's own
+    item left out); codes that place each class alone score 1.0, codes blind to the labels about 0.5."""
+    rng = np.random.default_rng(3)
+    db_codes = rng.integers(0, 256, (200, 2), dtype=np.uint8)
+    db_labels = rng.integers(0, 4, 200)
+    db_codes[db_labels == 0] &= 0x0F  # class 0 a little nearer to itself
+    own = np.full(30, -1)
+    own[:5] = np.arange(5)  # five queries are database items
+    q_codes, q_labels = db_codes[:30].copy(), db_labels[:30].copy()
+    q_codes[5:] = rng.integers(0, 256, (25, 2), dtype=np.uint8)
+    m = evaluate_arrays(q_codes, q_labels, db_codes, db_labels, 16, pk_max=10, own=own)["pair_distances"]
+    rel_d, other_d = [], []
+    for qi, (qc, ql) in enumerate(zip(q_codes, q_labels)):
+        for i in range(200):
+            if i != own[qi]:
+                dist = int(np.unpackbits(qc ^ db_codes[i]).sum())
+                (rel_d if db_labels[i] == ql else other_d).append(dist)
+    assert m["relevant"] == np.bincount(rel_d, minlength=17).tolist()
+    assert m["other"] == np.bincount(other_d, minlength=17).tolist()
+    assert abs(m["mean_relevant"] - np.mean(rel_d)) < 1e-9 and abs(m["mean_other"] - np.mean(other_d)) < 1e-9
+    a, b = np.array(rel_d)[:, None], np.array(other_d)[None, :]
+    assert abs(m["auc"] - ((a < b).mean() + 0.5 * (a == b).mean())) < 1e-9
+    codes = np.repeat(np.array([[0, 0], [255, 0], [0, 255], [255, 255]], np.uint8), 10, axis=0)
+    labels = np.repeat(np.arange(4), 10)
+    assert evaluate_arrays(codes, labels, codes, labels, 16, pk_max=5)["pair_distances"]["auc"] == 1.0
+    blind = rng.integers(0, 256, (400, 2), dtype=np.uint8)
+    assert abs(evaluate_arrays(blind[:100], labels.repeat(10)[:100] % 4, blind, np.arange(400) % 4, 16,
+                               pk_max=5)["pair_distances"]["auc"] - 0.5) < 0.03
+
+
 def test_label_sets_score_a_shared_label_as_relevant():
     """Multi-label sets (NUS-WIDE, COCO): relevant = at least one shared label; checked against a plain loop,
     and a set of one label each scores exactly as the class labels do."""
@@ -195,12 +227,14 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_queries, tmp_path, tin
     direct = evaluate(flat_index, cifar_queries, candidates=200, progress=False)
     assert abs(m["hamming"]["map"] - direct["hamming"]["map"]) < 1e-12
     assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
-    for name in ("pr_curve.png", "precision_at_k.png", "per_class_map.png", "results_grid.png"):
+    for name in ("pr_curve.png", "precision_at_k.png", "hamming_distances.png", "per_class_map.png",
+                 "results_grid.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
     assert [r["name"] for r in sorted(m["per_class"], key=lambda r: r["label"])][:2] == ["airplane", "automobile"]
     assert all(0 <= r["map_reranked"] <= 1 for r in m["per_class"])
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_queries)])
     assert "mAP per query class, worst first: " in table.output and "airplane" in table.output
+    assert f"a relevant pair is the nearer with probability {m['pair_distances']['auc']:.4f}" in table.output
     assert m["database_codes"]["items"] == 10000 and "database codes: " in table.output
     info = json.loads(runner.invoke(cli, ["info", str(flat_index), "--json"]).output)
     assert info["codes"] == m["database_codes"]
