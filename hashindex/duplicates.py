@@ -31,7 +31,7 @@ import numpy as np
 from .dup_hashes import PART, HashStore, Part
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
-from .metrics import code_words
+from .codes import code_words
 
 THUMB = 32  # side of the grey thumbnail the hash is taken from
 BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
@@ -77,7 +77,7 @@ def perceptual_hashes(grey: np.ndarray, block: int = BLOCK) -> np.ndarray:
 
 def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Hamming distances between packed hashes i[k] and j[k], a 64-bit word at a time (as
-    `metrics.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
+    `codes.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
     words = code_words(hashes)
     return np.bitwise_count(words[i] ^ words[j]).sum(axis=1, dtype=np.int32)
 

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import HashindexError
-from .metrics import (average_precision, class_name, code_statistics, evaluate_arrays, format_code_statistics,
-                      pad_codes, relevant_items)
+from .codes import code_statistics, format_code_statistics, pad_codes
+from .metrics import average_precision, class_name, evaluate_arrays, relevant_items
 
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "

@@ -83,7 +83,7 @@ def _derived_line(derived: dict[str, Any] | None) -> str | None:
 def _index_code_statistics(directory: Path) -> dict[str, Any]:
     """Bucket sizes, entropy and bit balance of an index's codes (read from its table)."""
     from .index.layout import read_index_meta, read_table
-    from .metrics import code_statistics
+    from .codes import code_statistics
 
     return code_statistics(read_table(directory, ("codes",))["codes"], read_index_meta(directory)["bits"])
 

@@ -41,7 +41,8 @@ from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source, warn
 from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
-from .metrics import code_statistics, mean_average_precision, one_hot_sets
+from .codes import code_statistics
+from .metrics import mean_average_precision, one_hot_sets
 from .model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint
 from .recipe import TrainConfig, augment, check_config, run_epoch
 

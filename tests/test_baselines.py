@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from hashindex.baselines import fit, itq_rotation
-from hashindex.metrics import evaluate_arrays, hamming_distances
+from hashindex.codes import hamming_distances
+from hashindex.metrics import evaluate_arrays
 
 
 def clusters(n=3000, d=64, classes=10, seed=0):

@@ -12,7 +12,7 @@ import pytest
 from hashindex import HashindexError
 from hashindex.index import Index, append, build, describe_index
 from hashindex.index.buckets import BucketedBinary, graph_search
-from hashindex.metrics import hamming_distances
+from hashindex.codes import hamming_distances
 from hashindex.store import write_arrays
 
 

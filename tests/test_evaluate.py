@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from hashindex import ShardSet
 from hashindex.cli import cli
 from hashindex.evaluation import evaluate, format_metrics
-from hashindex.metrics import (average_precision, evaluate_arrays, hamming_distances, per_distance_counts, tie_aware_ap,
+from hashindex.codes import hamming_distances
+from hashindex.metrics import (average_precision, evaluate_arrays, per_distance_counts, tie_aware_ap,
                                tie_aware_precision_at_k)
 
 
@@ -44,7 +45,7 @@ def tied_rankings(seed: int):
 
 
 def test_code_statistics_of_known_codes():
-    from hashindex.metrics import code_statistics
+    from hashindex.codes import code_statistics
 
     # 10 items of 12 bits: codes A x5, B x3, C x2; bit 0 always on, bit 11 never, bit 1 on in A only
     a, b, c = [0b000000000011, 0b000000000001, 0b000100000001]
@@ -374,7 +375,7 @@ def test_an_approximate_index_is_also_scored_as_served(cifar_shards, tmp_path):
     assert one["served"]["coarse_recall@10"] < 0.9 and not one["served"]["reranked"]
     # the coarse recall against numpy: served top 10 within the exact 10th distance (ties count)
     from hashindex.index import Index
-    from hashindex.metrics import hamming_distances
+    from hashindex.codes import hamming_distances
 
     ivf1 = Index.load(tmp_path / "ivf1")
     kth = np.sort(hamming_distances(query_codes, ivf1.table_codes()), axis=1)[:, 9:10]

@@ -13,7 +13,7 @@ from hashindex import HashindexError
 from hashindex.cli import cli
 from hashindex.index import Index, build
 from hashindex.index.recall import exact_distances, tie_recall
-from hashindex.metrics import hamming_distances
+from hashindex.codes import hamming_distances
 from hashindex.store import write_arrays
 
 CENTRES = 1000  # clusters of ~20 codes: IVF needs nprobe 8 for recall@10 0.95 (a curve of 4 points)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hashindex import HashindexError, ShardSet
 from hashindex.cli import cli
-from hashindex.metrics import hamming_distances
+from hashindex.codes import hamming_distances
 from hashindex.index import build, pad_codes, padded_bytes
 from hashindex.index import Index
 from hashindex.batch import batch_search, read_results

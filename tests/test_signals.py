@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from hashindex import HashindexError
 from hashindex.cli import cli
 from hashindex.index import Index, build
-from hashindex.metrics import evaluate_arrays, hamming_distances, rerank_order
+from hashindex.codes import hamming_distances
+from hashindex.metrics import evaluate_arrays, rerank_order
 from hashindex.model import pack_codes
 from hashindex.query import indexed_queries, query
 from hashindex.signals import SIGNALS, Head, choose, database_vectors, query_vectors

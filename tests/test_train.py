@@ -272,7 +272,7 @@ def test_latent_stats_tool(tiny_model):
 
 def test_constant_bits_and_final_map():
     """Bits the same for every training image are counted (train warns about them)."""
-    from hashindex.metrics import code_statistics
+    from hashindex.codes import code_statistics
     from hashindex.model import pack_codes
     from hashindex.training import _final_map
 

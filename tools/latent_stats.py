@@ -19,7 +19,7 @@ import numpy as np
 
 from hashindex.data import load_arrays, open_source
 from hashindex.errors import HashindexError
-from hashindex.metrics import code_statistics
+from hashindex.codes import code_statistics
 from hashindex.model import load_model, pack_codes
 
 

@@ -8,7 +8,7 @@ over arrays with the same code.
 from .appending import append
 from .builder import build
 from .removing import remove
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from .kinds import (BINARY_KINDS, RERANK_KINDS, BinaryParts, default_params, make_binary_index,
                     make_rerank_index, new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, binary_files, describe_index,

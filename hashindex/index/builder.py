@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..files import atomic_write_json, read_json
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from ..signals import Head, database_vectors
 from ..store import ShardSet
 from .buckets import BucketedBinary

@@ -18,7 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from ..signals import Head, database_vectors
 from .buckets import BucketedBinary
 from .kinds import from_template, template_bytes

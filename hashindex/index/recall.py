@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from ..store import ShardSet
 
 TUNE_QUERIES = 500  # held-out items; recall@10 to about +-0.01 (binomial, 5,000 results)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..errors import HashindexError
 from ..files import atomic_write_json
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
                      check_index, find_ids, label_set_classes, memory_figures, new_table, part_file,
                      read_float, read_index_meta, read_table, record_checksums, rerank_files, table_columns,

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from ..signals import Head, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import HashindexError
 from ..files import exchange, exclusive, sha256_file
-from ..metrics import pad_codes
+from ..codes import pad_codes
 from ..signals import Head, database_vectors
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
