@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
-from .metrics import average_precision, class_name, evaluate_arrays, relevant_items
+from .metrics import average_precision, class_name, confusion_shares, evaluate_arrays, relevant_items
 
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "
@@ -99,6 +99,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
         out["reranked"]["signal"] = index.signal
     for row in out["per_class"]:
         row["name"] = class_name(index.class_names, row["label"])
+    if "confusion" in out:
+        out["confusion"]["classes"] = [class_name(index.class_names, c) for c in range(len(out["confusion"]["counts"]))]
     if index.meta["binary"]["kind"] != "flat":
         out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
                                        q_targets[keep], db_codes, at, candidates=pool, rerank=use_rerank,
@@ -167,6 +169,18 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
             f"coarse_recall@{r}": float(np.concatenate(recall).mean())}
 
 
+def format_confusion(confusion: dict[str, Any], most: int = 5) -> str:
+    """One line: the class pairs most often mixed up in the top k (share of the query class's results)."""
+    shares = confusion_shares(confusion)
+    np.fill_diagonal(shares, 0)
+    names = confusion.get("classes") or [str(c) for c in range(len(shares))]
+    pairs = [divmod(int(i), len(shares)) for i in np.argsort(-shares, axis=None, kind="stable")[:most]]
+    shown = [f"{names[a]} -> {names[b]} {shares[a, b]:.3f}" for a, b in pairs if shares[a, b] > 0]
+    where = "re-ranked" if confusion["ranking"] == "reranked" else "Hamming"
+    return (f"results of another class in the top {confusion['k']} ({where}), most often: "
+            + (", ".join(shown) if shown else "none"))
+
+
 _AT = ("map@", "ndcg@", "acg@")  # the cut-off columns of the table (NDCG and ACG: label sets only)
 
 
@@ -211,6 +225,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(f"Hamming distance of query-item pairs: relevant mean {pairs['mean_relevant']:.2f}, others "
                      f"{pairs['mean_other']:.2f}; a relevant pair is the nearer with probability {pairs['auc']:.4f} "
                      "(ties half)")
+    if m.get("confusion"):
+        lines.append(format_confusion(m["confusion"]))
     if "database_codes" in m:
         lines.append("database " + format_code_statistics(m["database_codes"], m["bits"]))
     per_class = sorted(m.get("per_class", []), key=lambda row: row["map"])

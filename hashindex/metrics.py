@@ -215,6 +215,37 @@ def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radiu
     return within, curve
 
 
+CONFUSION_CLASSES = 300  # a dense (C, C) table of counts up to here (720 KB); more classes: no table
+
+
+class _Confusion:
+    """Which classes the top ``k`` results of a query come from, by the query's class: (C, C) counts, row =
+    query class, column = result class (unlabelled results not counted). Where the codes mix two classes up."""
+
+    def __init__(self, q_labels: np.ndarray, db_labels: np.ndarray, k: int):
+        self.db, self.k = db_labels, k
+        classes = int(max(q_labels.max(initial=-1), db_labels.max(initial=-1))) + 1
+        self.classes = classes if classes <= CONFUSION_CLASSES else 0
+        self.counts = np.zeros((self.classes, self.classes), np.int64)
+
+    def add(self, q_labels: np.ndarray, order: np.ndarray) -> None:
+        """One chunk: its queries' labels and their rankings (database positions, best first)."""
+        if not self.classes:
+            return
+        top = self.db[order[:, :self.k]]
+        query = np.broadcast_to(q_labels[:, None], top.shape)
+        ok = (top >= 0) & (query >= 0)
+        self.counts += np.bincount(query[ok] * self.classes + top[ok],
+                                   minlength=self.classes ** 2).reshape(self.classes, self.classes)
+
+
+def confusion_shares(confusion: dict[str, Any]) -> np.ndarray:
+    """`evaluate_arrays`' confusion counts as shares of each query class's results (rows sum to 1; 0 without
+    results)."""
+    counts = np.asarray(confusion["counts"], np.float64)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+
+
 def pair_distances(relevant: np.ndarray, other: np.ndarray) -> dict[str, Any]:
     """How far apart the codes of query-item pairs are, relevant pairs against the others, from the number of
     pairs of each kind at each Hamming distance 0..K: the counts, each kind's mean distance, and ``auc``, the
@@ -238,7 +269,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                     db_labels: np.ndarray, bits: int, *, at: tuple[int, ...] = (1000,),
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
                     tie_cap: int | None = None, chunk: int = 64, progress: bool = False,
-                    graded_at: tuple[int, ...] = (100,), own: np.ndarray | None = None) -> dict[str, Any]:
+                    graded_at: tuple[int, ...] = (100,), own: np.ndarray | None = None,
+                    confusion_at: int = 100) -> dict[str, Any]:
     """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`; with label
     sets also NDCG@k and ACG@k for k in ``graded_at``, the gain of an item being the labels it shares).
 
@@ -246,6 +278,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     query's pool when given: its first ``candidates`` items widened to the whole
     tie group at the last one's distance (at most ``tie_cap`` items, default
     ``candidates``: no widening), as `Index.search` does.
+    ``confusion_at``: with class labels (up to `CONFUSION_CLASSES`), count the classes of each query's top
+    ``confusion_at`` results (re-ranked when ``rerank`` is given) by query class (`_Confusion`).
     ``own`` (Q,): the database position of each query's own item (-1: none), left out of its ranking
     (leave-one-out: a query drawn from the database would otherwise find itself first).
     """
@@ -264,6 +298,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     relevant = Relevance(q_labels, db_labels)
     graded_at = tuple(min(k, ndb) for k in graded_at) if relevant.sets else ()
     graded, graded_rr = _GradedScores(graded_at), _GradedScores(graded_at)
+    confusion = None if relevant.sets else _Confusion(q_labels, db_labels, min(confusion_at, ndb))
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
@@ -295,6 +330,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
             reranked.add(np.take_along_axis(rel, order, 1))
             if graded_at:
                 graded_rr.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
+        if confusion is not None:
+            confusion.add(q_labels[sl], order)
     radius = min(radius, bits)
     within, curve = _radius_figures(np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel),
                                     radius, bits)
@@ -314,6 +351,9 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         out["reranked"] = {"candidates": candidates, "mean_pool": pool_sum / max(nq, 1), **reranked.maps(),
                            **(graded_rr.means() if graded_at else {})}
         out["precision_at_k_reranked"] = (reranked.pk_sum / nq).tolist()
+    if confusion is not None and confusion.classes:
+        out["confusion"] = {"k": confusion.k, "ranking": "reranked" if rerank is not None else "hamming",
+                            "counts": confusion.counts.tolist()}
     out["per_class"] = per_class_map(q_labels, np.concatenate(hamming.ap["all"]),
                                      np.concatenate(reranked.ap["all"]) if rerank is not None else None)
     return out

@@ -1,4 +1,4 @@
-"""Pictures of an evaluation: PR curve, precision@k, pair distances, mAP per class, and a results grid.
+"""Pictures of an evaluation: PR curve, precision@k, pair distances, confusions, mAP per class, a results grid.
 
 Everything is written with matplotlib's Agg backend to PNG files, with the
 run's settings in the title, for people who would rather look than read.
@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import encode_name
-from .metrics import class_name, relevant_items
+from .metrics import class_name, confusion_shares, relevant_items
 
 
 def _plt():
@@ -42,8 +42,8 @@ def _save(fig, ax, title: str, path: Path) -> Path:
 
 def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index=None, examples: dict[str, Any] | None = None,
                 warn=None) -> dict[str, str]:
-    """PR curve, precision@k, Hamming distances of pairs, mAP per class and (given example results) a results
-    grid in plot_dir.
+    """PR curve, precision@k, Hamming distances of pairs, the classes of the results by query class, mAP per
+    class and (given example results) a results grid in plot_dir.
 
     ``examples`` is `hashindex.query.example_results`' output for ``index``; this
     module draws results, it does not search. If the source images are no
@@ -56,6 +56,8 @@ def write_plots(metrics: dict[str, Any], plot_dir: str | Path, index=None, examp
              "precision_at_k": str(plot_precision_at_k(metrics, out / "precision_at_k.png"))}
     if metrics.get("pair_distances", {}).get("auc") is not None:
         plots["hamming_distances"] = str(plot_pair_distances(metrics, out / "hamming_distances.png"))
+    if len(metrics.get("confusion", {}).get("counts", [])) >= 2:
+        plots["confusion"] = str(plot_confusion(metrics, out / "confusion.png"))
     if metrics.get("per_class"):
         plots["per_class_map"] = str(plot_per_class(metrics, out / "per_class_map.png"))
     if examples is not None:
@@ -122,6 +124,33 @@ def plot_pair_distances(metrics: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     return _save(fig, ax, f"Hamming distances of query-item pairs (a relevant pair nearer: {pairs['auc']:.4f})\n"
                  f"{_title(metrics)}", path)
+
+
+def plot_confusion(metrics: dict[str, Any], path: Path) -> Path:
+    """Which classes each query class's top-k results come from, as shares of its results (a heat map; class
+    names on the axes up to 40 classes, the shares written in the cells up to 12)."""
+    plt = _plt()
+    conf = metrics["confusion"]
+    shares = confusion_shares(conf)
+    c = len(shares)
+    names = conf.get("classes") or [str(i) for i in range(c)]
+    side = min(12.0, 3.0 + 0.35 * c)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(shares, cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the query class's results")
+    if c <= 40:
+        ax.set_xticks(range(c), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(c), names, fontsize=7)
+    if c <= 12:
+        for (i, j), v in np.ndenumerate(shares):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
+    ranking = "re-ranked" if conf["ranking"] == "reranked" else "Hamming"
+    ax.set_xlabel(f"class of a result (top {conf['k']}, {ranking})")
+    ax.set_ylabel("query class")
+    ax.set_title(f"Classes of the results by query class\n{_title(metrics)}", fontsize=9)
+    fig.tight_layout()
+    _write_png(fig, path, dpi=120)
+    return path
 
 
 def plot_per_class(metrics: dict[str, Any], path: Path, most: int = 60) -> Path:

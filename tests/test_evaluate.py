@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hashindex import ShardSet
 from hashindex.cli import cli
-from hashindex.evaluation import evaluate, format_metrics
+from hashindex.evaluation import evaluate, format_confusion, format_metrics
 from hashindex.codes import hamming_distances
 from hashindex.metrics import (average_precision, evaluate_arrays, per_distance_counts, tie_aware_ap,
                                tie_aware_precision_at_k)
@@ -140,6 +140,32 @@ def test_pair_distances_equal_a_count_over_every_pair():
                                pk_max=5)["pair_distances"]["auc"] - 0.5) < 0.03
 
 
+def test_confusion_counts_the_classes_of_each_query_class_top_k():
+    """The classes of a query's top k results (ties in database order), by query class, against a loop; a
+    query's own item and unlabelled items are not counted; the line names the most frequent mix-ups."""
+    rng = np.random.default_rng(5)
+    db_codes = rng.integers(0, 256, (120, 2), dtype=np.uint8)
+    db_labels = rng.integers(-1, 3, 120)  # some unlabelled
+    q_codes, q_labels = db_codes[:20].copy(), np.abs(db_labels[:20])
+    own = np.where(db_labels[:20] >= 0, np.arange(20), -1)
+    conf = evaluate_arrays(q_codes, q_labels, db_codes, db_labels, 16, pk_max=5, own=own, confusion_at=7)["confusion"]
+    expected = np.zeros((3, 3), int)
+    for qi in range(20):
+        d = np.unpackbits(q_codes[qi] ^ db_codes, axis=1).sum(1)
+        order = [i for i in np.argsort(d, kind="stable") if i != own[qi]][:7]
+        for i in order:
+            if db_labels[i] >= 0:
+                expected[q_labels[qi], db_labels[i]] += 1
+    assert conf["k"] == 7 and conf["ranking"] == "hamming" and np.array_equal(conf["counts"], expected)
+    shares = expected / expected.sum(1, keepdims=True)
+    np.fill_diagonal(shares, 0)
+    top = sorted(((shares[i, j], "xyz"[i], "xyz"[j]) for i in range(3) for j in range(3) if i != j), reverse=True)
+    assert format_confusion({**conf, "classes": ["x", "y", "z"]}).endswith(
+        "most often: " + ", ".join(f"{x} -> {y} {v:.3f}" for v, x, y in top[:5]))
+    sets = rng.random((20, 3)) < 0.5
+    assert "confusion" not in evaluate_arrays(q_codes, sets, db_codes, rng.random((120, 3)) < 0.5, 16, pk_max=5)
+
+
 def test_label_sets_score_a_shared_label_as_relevant():
     """Multi-label sets (NUS-WIDE, COCO): relevant = at least one shared label; checked against a plain loop,
     and a set of one label each scores exactly as the class labels do."""
@@ -228,7 +254,7 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_queries, tmp_path, tin
     direct = evaluate(flat_index, cifar_queries, candidates=200, progress=False)
     assert abs(m["hamming"]["map"] - direct["hamming"]["map"]) < 1e-12
     assert 0 < m["reranked"]["map"] <= 1 and m["reranked"]["candidates"] == 200
-    for name in ("pr_curve.png", "precision_at_k.png", "hamming_distances.png", "per_class_map.png",
+    for name in ("pr_curve.png", "precision_at_k.png", "hamming_distances.png", "confusion.png", "per_class_map.png",
                  "results_grid.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
     assert [r["name"] for r in sorted(m["per_class"], key=lambda r: r["label"])][:2] == ["airplane", "automobile"]
@@ -236,6 +262,8 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_queries, tmp_path, tin
     table = runner.invoke(cli, ["-q", "eval", str(flat_index), "--queries", str(cifar_queries)])
     assert "mAP per query class, worst first: " in table.output and "airplane" in table.output
     assert f"a relevant pair is the nearer with probability {m['pair_distances']['auc']:.4f}" in table.output
+    assert m["confusion"]["classes"][:2] == ["airplane", "automobile"] and m["confusion"]["ranking"] == "reranked"
+    assert "results of another class in the top 100 (re-ranked), most often: " in table.output  # (its pool: 1000)
     assert m["database_codes"]["items"] == 10000 and "database codes: " in table.output
     info = json.loads(runner.invoke(cli, ["info", str(flat_index), "--json"]).output)
     assert info["codes"] == m["database_codes"]
