@@ -540,3 +540,42 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
         whole = evaluate(tmp_path / "ivf", copy, at=(50,), candidates=pool, progress=False)
         assert whole["self_excluded"] == 80 and whole["served"]["coarse_recall@10"] == 1.0
         assert whole["served"]["map@50"] == pytest.approx(whole["reranked"]["map@50"], abs=1e-12), pool
+
+
+def test_layer_features_tool_ranks_as_a_plain_loop(tiny_model, tmp_path):
+    """tools/layer_features.py: the trunk's output row is the model's own feature, and every row's
+    leave-one-out mAP is what ranking the other images by cosine in a plain loop gives."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from hashindex.data import load_arrays, open_source
+    from hashindex.model import load_model
+
+    rng = np.random.default_rng(2)
+    for c in range(3):
+        (tmp_path / "photos" / f"class{c}").mkdir(parents=True)
+        for i in range(8):
+            base = rng.integers(0, 256, 3) * (c + 1) // 3
+            pixels = np.clip(base + rng.integers(-40, 40, (20, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / f"class{c}" / f"{i}.png")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "layer_features.py"
+    res = subprocess.run([sys.executable, str(tool), "--model", str(tiny_model), "--data", str(tmp_path / "photos"),
+                          "--size", "16", "--json"], capture_output=True, text=True, check=True)
+    rows = {r["feature"]: r for r in json.loads(res.stdout)}
+    model = load_model(tiny_model, bf16=False)  # the tool runs the trunk in float32
+    images, labels, _ = load_arrays(open_source(str(tmp_path / "photos")), 16, 3, 0, False)
+    _, feature, _ = model.forward_numpy(images)
+
+    def loop_map(f):
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        aps = []
+        for q in range(len(f)):
+            others = [i for i in np.argsort(-(f @ f[q]), kind="stable") if i != q]
+            aps.append(_plain_ap(np.array([labels[i] == labels[q] for i in others])))
+        return np.mean(aps)
+
+    assert rows["output"]["images"] == 24 and rows["output"]["dim"] == 192
+    assert rows["output"]["map"] == pytest.approx(loop_map(feature), abs=1e-9)
+    assert 0 < rows["colour histogram 4x4x4"]["map"] <= 1 and len([r for r in rows if r.startswith("layer")]) == 9
