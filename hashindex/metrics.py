@@ -293,7 +293,6 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     hamming, reranked = _RankingScores(at, pk_max), _RankingScores(at, pk_max)
     ap_tie, pk_tie_sum = [], np.zeros(pk_max)
     n_le_all, r_le_all, total_rel = [], [], []
-    pairs_n, pairs_r = np.zeros(bits + 1, np.int64), np.zeros(bits + 1, np.int64)
     pool_sum = 0
     relevant = Relevance(q_labels, db_labels)
     graded_at = tuple(min(k, ndb) for k in graded_at) if relevant.sets else ()
@@ -321,8 +320,6 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         n_le_all.append(np.cumsum(n, axis=1))
         r_le_all.append(np.cumsum(r, axis=1))
         total_rel.append(r.sum(axis=1))
-        pairs_n += n.sum(axis=0)
-        pairs_r += np.rint(r.sum(axis=0)).astype(np.int64)
         if rerank is not None:
             order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
                                         tie_cap or candidates)
@@ -333,8 +330,10 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         if confusion is not None:
             confusion.add(q_labels[sl], order)
     radius = min(radius, bits)
-    within, curve = _radius_figures(np.concatenate(n_le_all), np.concatenate(r_le_all), np.concatenate(total_rel),
-                                    radius, bits)
+    n_le, r_le = np.concatenate(n_le_all), np.concatenate(r_le_all)
+    within, curve = _radius_figures(n_le, r_le, np.concatenate(total_rel), radius, bits)
+    pairs_n = np.diff(n_le.sum(axis=0), prepend=0)  # pairs at each distance, from the counts within each
+    pairs_r = np.rint(np.diff(r_le.sum(axis=0), prepend=0)).astype(np.int64)
     maps = hamming.maps()
     out: dict[str, Any] = {
         "queries": nq, "database": len(db_codes), "bits": bits,

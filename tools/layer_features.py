@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hashindex.data import load_arrays, open_source
+from hashindex.metrics import average_precision
 from hashindex.model import load_model
 
 
@@ -44,22 +45,20 @@ def colour_histogram(images: np.ndarray, bins: int = 4) -> np.ndarray:
     return np.stack([np.bincount(c.ravel(), minlength=bins ** 3) for c in cells]).astype(np.float32)
 
 
+def l2_normalised(f: np.ndarray) -> np.ndarray:
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
 def leave_one_out_map(features: np.ndarray, labels: np.ndarray, chunk: int = 512) -> float:
     """mAP@all of each item querying all the others by cosine similarity (ties in collection order)."""
-    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    f = l2_normalised(features)
     aps = []
     for s in range(0, len(f), chunk):
         sim = f[s:s + chunk] @ f.T
         sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf  # itself: ranked last, then dropped
         order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]
-        rel = labels[order] == labels[s:s + chunk, None]
-        precision = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
-        aps.append(np.where(rel.any(1), (precision * rel).sum(1) / np.maximum(rel.sum(1), 1), 0.0))
+        aps.append(average_precision(labels[order] == labels[s:s + chunk, None]))
     return float(np.concatenate(aps).mean())
-
-
-def l2_normalised(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
 def main() -> None:
