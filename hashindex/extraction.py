@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .data import ImageSource, iter_batches, open_source, skip_summary, warn_shared_folder_names
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
-from .model import FEATURE_DIM, HashModel, checkpoint_head, load_model
+from .model import FEATURE_DIM, MID_DIM, HashModel, checkpoint_head, load_model
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_attrs,
                     shard_entry, shard_name, write_head, write_shard, write_skipped)
 
@@ -53,29 +53,34 @@ def prepare_source(data: str | ImageSource, model: HashModel, limit: int | None 
 
 def encode_range(model: HashModel, source: ImageSource, start: int, stop: int, features: str,
                  batch_size: int, workers: int, on_batch: Callable[[int], None] = lambda n: None,
-                 ) -> ShardData:
-    """Encode source positions [start, stop) into one shard's rows (bad items skipped)."""
+                 mid: bool = False) -> ShardData:
+    """Encode source positions [start, stop) into one shard's rows (bad items skipped); ``mid``: with mid
+    features, stored as ``features`` (their dtype) are."""
     ids_all = source.ids()
-    codes, feats, positions = [], [], []
+    fields: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": []}
+    positions: list[np.ndarray] = []
     skipped: list[tuple[int, str, str]] = []
     for images, pos, bad in iter_batches(source, model.input_size, model.channels, batch_size,
                                          workers, start, stop):
         if images is not None:
-            c, f = model.encode(images, batch_size=len(images))
-            codes.append(c)
-            feats.append(f)
+            for name, arr in model.encode_fields(images, batch_size=len(images), mid=mid).items():
+                fields[name].append(arr)
             positions.append(pos)
         skipped += [(int(ids_all[p]), source.paths[p], reason) for p, reason in bad]
         on_batch(len(pos) + len(bad))
     pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    feature_arr = None
-    if features != "none":
-        feature_arr = (np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM))).astype(features)
+
+    def stored(name: str, dim: int) -> np.ndarray | None:
+        if features == "none" or (name == "mid_features" and not mid):
+            return None
+        return (np.concatenate(fields[name]) if fields[name] else np.zeros((0, dim))).astype(features)
+
     return ShardData(
-        codes=np.concatenate(codes) if codes else np.zeros((0, model.code_bytes), np.uint8),
-        features=feature_arr, ids=ids_all[pos], labels=source.labels[pos],
+        codes=np.concatenate(fields["codes"]) if positions else np.zeros((0, model.code_bytes), np.uint8),
+        features=stored("features", FEATURE_DIM), ids=ids_all[pos], labels=source.labels[pos],
         paths=[source.paths[p] for p in pos], skipped=sorted(skipped),
         label_sets=source.label_sets[pos] if source.label_sets is not None else None,
+        mid_features=stored("mid_features", MID_DIM),
     )
 
 
@@ -134,6 +139,7 @@ class ShardJob:
     batch_size: int
     workers: int
     attrs: dict[str, Any]
+    mid: bool = False  # mid features too (unless the extraction being resumed began without them)
 
 
 def make_shard(job: ShardJob, j: int, on_batch: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
@@ -143,7 +149,8 @@ def make_shard(job: ShardJob, j: int, on_batch: Callable[[int], None] = lambda n
     produce the same files.
     """
     start, stop = j * job.shard_size, min((j + 1) * job.shard_size, len(job.source))
-    rows = encode_range(job.model, job.source, start, stop, job.features, job.batch_size, job.workers, on_batch)
+    rows = encode_range(job.model, job.source, start, stop, job.features, job.batch_size, job.workers, on_batch,
+                        job.mid)
     attrs = {**job.attrs, "shard": j, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return shard_entry(j, rows, start, stop, write_shard(job.out / shard_name(j), rows, attrs))
 
@@ -174,6 +181,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
         "model_id": model.model_id, "bits": model.bits, "code_bytes": model.code_bytes,
         "feature_dim": FEATURE_DIM if features != "none" else 0, "feature_dtype": features,
         "feature_kind": "nin-gap-192" if features != "none" else "none",
+        "mid_feature_dim": MID_DIM if features != "none" else 0,
         "class_names": source.class_names,
         "source": {"description": source.description, "items": len(source),
                    "fingerprint": source.fingerprint(), "spec": source.spec,
@@ -187,7 +195,9 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
     done = {s["index"] for s in manifest["shards"]}
     attrs = shard_attrs(model.model_id, model.bits, expected["feature_dim"], expected["feature_kind"],
                         source.description)
-    job = ShardJob(model, source, out, shard_size, features, batch_size, workers, attrs)
+    # an extraction begun by a version without mid features goes on without them: its shards stay alike
+    job = ShardJob(model, source, out, shard_size, features, batch_size, workers, attrs,
+                   mid=manifest.get("mid_feature_dim", 0) > 0)
     return job, manifest, [j for j in range(n_shards) if j not in done]
 
 

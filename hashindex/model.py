@@ -16,7 +16,10 @@ accuracy over the flip alone for 5x its work ("Ten views").
 
 Codes are packed with ``np.packbits(..., bitorder="little")``: bit j of byte i
 is latent unit 8*i + j, the order Faiss's ``real_to_binary`` and binary
-indexes use. The re-ranking feature is the 192-d pooled feature.
+indexes use. The re-ranking feature is the 192-d pooled feature; beside it, `encode_fields` gives the
+*mid feature*: the output of the second mlpconv block averaged over the image (192-d), which carries to
+classes the net never saw better than the last layer (zero-shot P@10 on flowers 0.39 -> 0.55 as the
+fine stage, docs/RESULTS.md "Zero-shot: which layer"; the ``mid`` signal of hashindex/signals.py).
 
 A checkpoint is one ``torch.save`` file holding the weights and everything
 needed to use them (see `CHECKPOINT_KEYS`); its ``model_id`` is a hash of the
@@ -47,6 +50,7 @@ ARCH = "nin-hash"
 ARCH_VERSION = 1
 FORMAT = "hashindex-checkpoint"
 FEATURE_DIM = 192
+MID_DIM = 192  # channels of block 2's output: the mid feature
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -88,6 +92,8 @@ class NINHash(nn.Module):
             *_mlpconv(192, (192, 192), 3),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
+        # block 2 ends where its pooling begins: the mid feature is the trunk's output up to there, averaged
+        self.mid_end = next(i for i, m in enumerate(self.trunk) if isinstance(m, nn.AvgPool2d))
         self.latent = nn.Linear(FEATURE_DIM, bits)
         self.classifier = nn.Linear(bits, num_classes)
         self._init_weights()
@@ -114,32 +120,44 @@ class NINHash(nn.Module):
         a code bit does not flip on bf16 rounding of the last layer. With
         ``test_flip`` or ``test_shift``, outside training, the feature is the mean over the test views.
         """
-        if self.training or not (self.test_flip or self.test_shift):
-            feature = self._pooled(images)
-        else:
-            feature = self._mean_over_views(images)
-        with torch.autocast(feature.device.type, enabled=False):
-            latent = torch.sigmoid(self.latent(feature))
-            logits = self.classifier(latent)
+        feature, _ = self.embed(images)
+        logits, latent = self.hash_layers(feature)
         return logits, latent, feature
 
-    def _pooled(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images).contiguous(memory_format=torch.channels_last)
-        return self.trunk(x).float()
+    def embed(self, images: torch.Tensor, mid: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 images -> (192-d pooled feature, mid feature or None); each the mean over the test views
+        outside training."""
+        if self.training or not (self.test_flip or self.test_shift):
+            return self._pooled(images, mid)
+        return self._mean_over_views(images, mid)
 
-    def _mean_over_views(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean pooled feature over the image, its four diagonal shifts by ``test_shift`` pixels (if set)
-        and each one's mirror image (if ``test_flip``): one trunk pass per shift, mirrors in the same batch,
-        so memory grows by 2x at most, not by the number of views."""
+    def hash_layers(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled feature -> (class logits, latent sigmoid activations), in float32."""
+        with torch.autocast(feature.device.type, enabled=False):
+            latent = torch.sigmoid(self.latent(feature.float()))
+            return self.classifier(latent), latent
+
+    def _pooled(self, images: torch.Tensor, mid: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.normalize(images).contiguous(memory_format=torch.channels_last)
+        if not mid:
+            return self.trunk(x).float(), None
+        x = self.trunk[:self.mid_end](x)
+        return self.trunk[self.mid_end:](x).float(), x.mean((2, 3)).float()
+
+    def _mean_over_views(self, images: torch.Tensor, mid: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean pooled feature (and mid feature) over the image, its four diagonal shifts by ``test_shift``
+        pixels (if set) and each one's mirror image (if ``test_flip``): one trunk pass per shift, mirrors in
+        the same batch, so memory grows by 2x at most, not by the number of views."""
         s, n = self.test_shift, len(images)
         shifts = [(0, 0)] + ([(s, s), (-s, -s), (s, -s), (-s, s)] if s else [])
-        total = None
+        total: list[torch.Tensor] | None = None
         for dy, dx in shifts:
             view = shift_images(images, dy, dx)
-            f = self._pooled(torch.cat([view, view.flip(3)]) if self.test_flip else view)
-            f = f[:n] + f[n:] if self.test_flip else f
-            total = f if total is None else total + f
-        return total / (len(shifts) * (2 if self.test_flip else 1))
+            out = self._pooled(torch.cat([view, view.flip(3)]) if self.test_flip else view, mid)
+            out = [f[:n] + f[n:] if self.test_flip else f for f in out if f is not None]
+            total = out if total is None else [t + f for t, f in zip(total, out)]
+        means = [t / (len(shifts) * (2 if self.test_flip else 1)) for t in total]
+        return means[0], means[1] if mid else None
 
 
 def shift_images(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -230,11 +248,19 @@ class HashModel:
     @torch.inference_mode()
     def forward_numpy(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (N,C,H,W) -> (latent float32 N,K, feature float32 N,192, logits N,classes)."""
+        latent, feature, logits, _ = self._forward_arrays(images, False)
+        return latent, feature, logits
+
+    @torch.inference_mode()
+    def _forward_arrays(self, images, mid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """`forward_numpy`'s arrays, and the mid feature (N, 192) when ``mid``."""
         self.net.eval()
         x = torch.as_tensor(images).to(self.device, non_blocking=True)
         with autocast_for(self.device, self.bf16):
-            logits, latent, feature = self.net(x)
-        return latent.float().cpu().numpy(), feature.float().cpu().numpy(), logits.float().cpu().numpy()
+            feature, middle = self.net.embed(x, mid)
+            logits, latent = self.net.hash_layers(feature)
+        arrays = (latent, feature, logits, middle)
+        return tuple(a.float().cpu().numpy() if a is not None else None for a in arrays)  # type: ignore[return-value]
 
     def encode(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """Images -> (packed codes N x ceil(K/8) uint8, features N x 192 float32).
@@ -247,20 +273,29 @@ class HashModel:
         >>> model = load_model("nin-cifar10-48")
         >>> codes, features = model.encode(["cat.jpg", "dog.png"])   # doctest: +SKIP
         """
+        fields = self.encode_fields(images, batch_size, mid=False)
+        return fields["codes"], fields["features"]
+
+    def encode_fields(self, images, batch_size: int = 512, mid: bool = True) -> dict[str, np.ndarray]:
+        """Images (as `encode` takes them) -> the arrays a shard stores for them, by field name: "codes",
+        "features" and, with ``mid``, "mid_features" (N x 192 float32, block 2's output averaged)."""
         from .data.images import BadImage, as_net_input
 
         try:
             images = as_net_input(images, self.input_size, self.channels)
         except BadImage as e:
             raise HashindexError(f"images: an image cannot be used ({e})") from None
-        codes, feats = [], []
+        parts: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": []}
         for start in range(0, len(images), batch_size):
-            latent, feature, _ = self.forward_numpy(images[start:start + batch_size])
-            codes.append(pack_codes(latent))
-            feats.append(feature)
-        if not codes:
-            return np.zeros((0, self.code_bytes), np.uint8), np.zeros((0, FEATURE_DIM), np.float32)
-        return np.concatenate(codes), np.concatenate(feats)
+            latent, feature, _, middle = self._forward_arrays(images[start:start + batch_size], mid)
+            parts["codes"].append(pack_codes(latent))
+            parts["features"].append(feature)
+            if mid:
+                parts["mid_features"].append(middle)
+        empty = {"codes": np.zeros((0, self.code_bytes), np.uint8),
+                 "features": np.zeros((0, FEATURE_DIM), np.float32), "mid_features": np.zeros((0, MID_DIM), np.float32)}
+        return {name: np.concatenate(arrays) if arrays else empty[name] for name, arrays in parts.items()
+                if mid or name != "mid_features"}
 
     def encode_images(self, images: list, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """PIL images -> (codes, features) (`encode` takes them too)."""

@@ -10,7 +10,9 @@ Every signal is something the net already computes for an image from its
                   (an asymmetric distance: a soft Hamming distance, exact on
                   the database side where only the code is kept);
   * ``posterior`` the inner product of the class posteriors softmax(V h + c) (for a net trained on label
-                  sets, the per-class sigmoid(V h + c) / sqrt(C): independent labels, scaled so |p| <= 1).
+                  sets, the per-class sigmoid(V h + c) / sqrt(C): independent labels, scaled so |p| <= 1);
+  * ``mid``       1 - cosine of the *mid features* (block 2's output averaged over the image, the shard
+                  field "mid_features"): the one signal that reads another stored feature (`feature_field`).
 
 Each is turned into plain vectors whose squared L2 distance orders the pool
 as the signal does, so one Faiss float store (flat, fp16, sq8 or pq) serves
@@ -21,8 +23,9 @@ of maximum inner product to nearest neighbour search.
 
 Measured (docs/RESULTS.md, "Re-ranking signals"): in the net's own classes the
 posterior adds most; on classes the net was not trained on it ranks worse than
-Hamming alone and cosine adds instead. ``auto`` (the default of `build`)
-therefore chooses per collection: see `choose`.
+Hamming alone, and the middle of the trunk carries best (``mid``; cosine on the
+last layer adds less). ``auto`` (the default of `build`) therefore chooses per
+collection: see `choose`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,15 @@ import numpy as np
 
 from .errors import HashindexError
 
-SIGNALS = ("l2", "cosine", "latent", "posterior")
+SIGNALS = ("l2", "cosine", "latent", "posterior", "mid")
 HEAD_SIGNALS = ("latent", "posterior")  # need the head's weights
+MID_FIELD = "mid_features"  # the shard field the mid signal reads
+
+
+def feature_field(signal: str) -> str:
+    """The stored field whose rows a signal's vectors are made from: "mid_features" for ``mid``, else
+    "features" (the 192-d pooled feature, which the head's signals read too)."""
+    return MID_FIELD if signal == "mid" else "features"
 UNLABELLED_DEFAULT = "cosine"  # never below Hamming alone on any set measured (RESULTS.md)
 
 
@@ -96,13 +106,17 @@ class Head:
         return head
 
 
-def check_signal(signal: str, head: Head | None) -> None:
-    """A clear error for an unknown signal, or one that needs the head where there is none."""
+def check_signal(signal: str, head: Head | None, has_mid: bool = True) -> None:
+    """A clear error for an unknown signal, one that needs the head where there is none, or ``mid`` where
+    the shards hold no mid features (``has_mid`` False)."""
     if signal not in SIGNALS:
         raise HashindexError(f"signal {signal!r}: expected one of {', '.join(SIGNALS)} (or 'auto')")
     if signal in HEAD_SIGNALS and head is None:
         raise HashindexError(f"signal {signal!r}: needs the model's head weights, which these shards lack "
                              "(extract them again, or give the model)")
+    if signal == "mid" and not has_mid:
+        raise HashindexError("signal 'mid': needs mid features, which these shards lack (extracted before "
+                             "hashindex stored them, or with features none: extract them again)")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -111,10 +125,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def database_vectors(signal: str, features: np.ndarray, codes: np.ndarray, head: Head | None) -> np.ndarray:
-    """Vectors stored in the float store for database items (squared L2 between them orders the pool)."""
+    """Vectors stored in the float store for database items (squared L2 between them orders the pool).
+
+    ``features``: the items' rows of the signal's `feature_field`.
+    """
     if signal == "l2":
         return np.ascontiguousarray(features, np.float32)
-    if signal == "cosine":
+    if signal in ("cosine", "mid"):
         return _unit(features)
     if signal == "latent":
         return np.unpackbits(codes, axis=1, count=head.bits, bitorder="little").astype(np.float32)
@@ -125,8 +142,9 @@ def database_vectors(signal: str, features: np.ndarray, codes: np.ndarray, head:
 
 
 def query_vectors(signal: str, features: np.ndarray, head: Head | None) -> np.ndarray:
-    """Vectors for queries given their pooled features (the counterpart of `database_vectors`)."""
-    if signal in ("l2", "cosine"):
+    """Vectors for queries given their features of the signal's `feature_field` (the counterpart of
+    `database_vectors`)."""
+    if signal in ("l2", "cosine", "mid"):
         return database_vectors(signal, features, None, head)
     if signal == "latent":
         return head.latent(features)
@@ -146,13 +164,6 @@ def query_from_database(signal: str, vectors: np.ndarray) -> np.ndarray:
     if signal == "posterior":
         q[:, -1] = 0.0
     return q
-
-
-def dimension(signal: str, feature_dim: int, head: Head | None) -> int:
-    """Width of the stored vectors of a signal."""
-    return {"l2": feature_dim, "cosine": feature_dim,
-            "latent": head.bits if head is not None else 0,
-            "posterior": head.classes + 1 if head is not None else 0}[signal]
 
 
 def choose(candidates: dict[str, Callable[[], float]], labelled: bool) -> tuple[str, dict[str, float]]:

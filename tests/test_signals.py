@@ -41,7 +41,7 @@ def direct_distance(signal: str, fq: np.ndarray, fx: np.ndarray, cx: np.ndarray,
     """The signal's distance computed from its definition, not from its vectors."""
     if signal == "l2":
         return ((fq[:, None] - fx[None]) ** 2).sum(-1)
-    if signal == "cosine":
+    if signal in ("cosine", "mid"):  # mid: cosine of the rows given, which are the mid features there
         cos = (fq @ fx.T) / np.linalg.norm(fq, axis=1)[:, None] / np.linalg.norm(fx, axis=1)[None]
         return 2 - 2 * cos
     if signal == "latent":

@@ -252,10 +252,11 @@ def extract(ctx, model, data, out, shard_size, batch_size, workers, features, li
 @click.option("--rerank", default="flat", show_default=True,
               type=click.Choice(["flat", "fp16", "sq8", "pq", "none"]), help="Float re-rank store.")
 @click.option("--signal", default="auto", show_default=True,
-              type=click.Choice(["auto", "l2", "cosine", "latent", "posterior"]),
+              type=click.Choice(["auto", "l2", "cosine", "latent", "posterior", "mid"]),
               help="What the fine stage orders the pool by: pooled-feature L2 or cosine, the latent "
-                   "activations against the codes, or the class posterior. auto measures them on the "
-                   "collection's own labels (posterior wins in the net's classes, cosine on others; "
+                   "activations against the codes, the class posterior, or cosine on the mid feature (the "
+                   "middle of the trunk: it carries best to classes the net never saw). auto measures them on "
+                   "the collection's own labels (posterior wins in the net's classes, mid on others; "
                    "without labels: cosine).")
 @click.option("--model", default=None,
               help="The shards' model, for its head (only for shard directories extracted before signals).")

@@ -43,6 +43,9 @@ def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) ->
         raise HashindexError(f"{where}: extracted with features=none, but {index_dir} re-ranks with features")
     if dim and rerank_signal(meta) in ("l2", "cosine") and store.manifest["feature_dim"] != dim:
         raise HashindexError(f"{where}: {store.manifest['feature_dim']}-d features, the index re-ranks {dim}-d")
+    if dim and rerank_signal(meta) == "mid" and store.manifest.get("mid_feature_dim", 0) != dim:
+        raise HashindexError(f"{where}: no {dim}-d mid features (extracted before hashindex stored them: extract "
+                             f"again), but {index_dir} re-ranks with them")
     sha = source_entry(store)["manifest_sha256"]
     if sha in [s["manifest_sha256"] for s in [meta["source"], *meta.get("appended", [])]]:
         raise HashindexError(f"{where}: already in {index_dir}")

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..files import atomic_write_json, read_json
 from ..codes import pad_codes
-from ..signals import Head, database_vectors
+from ..signals import Head, database_vectors, feature_field
 from ..store import ShardSet
 from .buckets import BucketedBinary
 from .kinds import IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_parts, new_float_store, padded_bytes
@@ -177,8 +177,9 @@ def _float_parts(store: ShardSet, rerank: str, signal: str, head: Head | None, s
     a sample: a part's actor then re-ranks its own candidates, and quantized parts decode as one store."""
     if signal in ("none", "hamming"):
         return []
-    rows = store.sample_rows(("codes", "features"), 100_000, rng)
-    findex = new_float_store(rerank, database_vectors(signal, rows["features"], rows["codes"], head))
+    field = feature_field(signal)
+    rows = store.sample_rows(("codes", field), 100_000, rng)
+    findex = new_float_store(rerank, database_vectors(signal, rows[field], rows["codes"], head))
     return [findex] + [faiss.clone_index(findex) for _ in range(shards - 1)]
 
 

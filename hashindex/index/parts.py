@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from ..codes import pad_codes
-from ..signals import Head, database_vectors
+from ..signals import Head, database_vectors, feature_field
 from .buckets import BucketedBinary
 from .kinds import from_template, template_bytes
 from .layout import part_file, write_binary
@@ -51,14 +51,14 @@ def build_part(job: PartJob, j: int) -> int:
     from ..store import ShardSet
 
     lo, hi = job.bounds[j], job.bounds[j + 1]
-    rows = ShardSet(job.shard_dir).rows_between(lo, hi, ("codes", "features") if job.store is not None
-                                               else ("codes",))
+    field = feature_field(job.signal)
+    rows = ShardSet(job.shard_dir).rows_between(lo, hi, ("codes", field) if job.store is not None else ("codes",))
     binary = from_template(job.binary)
     binary.add(pad_codes(rows["codes"], job.pbytes))
     write_binary(binary, Path(job.out) / part_file("binary", j))
     if job.store is not None:
         store = faiss.deserialize_index(job.store)
-        store.add(database_vectors(job.signal, rows["features"], rows["codes"], job.head))
+        store.add(database_vectors(job.signal, rows[field], rows["codes"], job.head))
         faiss.write_index(store, str(Path(job.out) / part_file("rerank", j)))
     return j
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..codes import pad_codes
-from ..signals import Head, query_vectors
+from ..signals import Head, feature_field, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
 from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, find_ids, open_table,
@@ -254,8 +254,15 @@ class Index:
         pos = np.take_along_axis(pos, order, 1)
         return np.where(pos < 0, MISSING, dist).astype(np.int32), pos
 
+    @property
+    def feature_field(self) -> str:
+        """The stored field (and `HashModel.encode_fields` key) a query's fine-stage vectors are made from:
+        "features", or "mid_features" for the ``mid`` signal."""
+        return feature_field(self.signal)
+
     def query_vectors(self, features: np.ndarray) -> np.ndarray:
-        """The fine-stage vectors of queries given their pooled features (a placeholder column without a float store)."""
+        """The fine-stage vectors of queries given their rows of `feature_field` (a placeholder column without
+        a float store)."""
         if self.rerank is None:  # no fine stage (rerank none, or auto found Hamming alone best)
             return np.zeros((len(features), 1), np.float32)
         return query_vectors(self.signal, features, self.head)
@@ -263,7 +270,7 @@ class Index:
     def float_distances(self, features: np.ndarray, pos: np.ndarray, *, vectors: bool = False) -> np.ndarray:
         """Signal distance between each query and its candidates (inf where pos is -1).
 
-        ``features`` are the queries' pooled features, or with ``vectors=True``
+        ``features`` are the queries' rows of `feature_field`, or with ``vectors=True``
         their fine-stage vectors already (`query_vectors`, `stored_queries`).
         """
         x = np.ascontiguousarray(features if vectors else self.query_vectors(features), dtype=np.float32)
@@ -307,7 +314,8 @@ class Index:
         index's signal, and the Hamming ranking continues after it. Neither
         depends on k. Without features, a float store or with ``rerank=False``
         the ranking is Hamming alone (ties by position, whole tie groups taken
-        into account the same way). ``vectors=True``: ``features`` are fine-stage
+        into account the same way). ``features``: the queries' rows of `feature_field` (the pooled feature,
+        or the mid feature for the ``mid`` signal); ``vectors=True``: they are fine-stage
         vectors already. ``nprobe``: lists an IVF coarse index scans for this call
         (default: the value `build` chose for its recall target, in index.json).
         """

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..metrics import evaluate_arrays
-from ..signals import HEAD_SIGNALS, Head, check_signal, choose, database_vectors, query_vectors
+from ..signals import (HEAD_SIGNALS, MID_FIELD, Head, check_signal, choose, database_vectors, feature_field,
+                       query_vectors)
 from ..store import ShardSet, targets
 from .searcher import TIE_CAP, default_pool
 
@@ -64,9 +65,10 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     "hamming" (no fine stage) is a candidate too, so the choice never ranks
     these held-out items worse than Hamming alone. Without labels: the
     unlabelled default. In-domain collections measured here choose the
-    posterior, collections of classes the net never saw choose cosine.
+    posterior, collections of classes the net never saw choose the mid feature (cosine, in shards without it).
     """
-    rows = shards.sample_rows(("codes", "features") + shards.label_fields, sample, rng)
+    floats = ("features",) + ((MID_FIELD,) if shards.has_mid else ())
+    rows = shards.sample_rows(("codes",) + floats + shards.label_fields, sample, rng)
     rows["targets"] = targets(rows)  # label sets of a multi-label collection: relevant = a shared label
     labelled = np.flatnonzero(rows["labels"] >= 0)
     why = _unmeasurable(rows["labels"][labelled])
@@ -77,14 +79,15 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     rest = np.setdiff1d(np.arange(len(rows["labels"])), held)
     q = {name: a[held] for name, a in rows.items()}
     db = {name: a[rest] for name, a in rows.items()}
-    q["features"], db["features"] = q["features"].astype(np.float32), db["features"].astype(np.float32)
+    for name in floats:
+        q[name], db[name] = q[name].astype(np.float32), db[name].astype(np.float32)
 
     def score(signal: str) -> float:
         if signal == "hamming":
             return evaluate_arrays(q["codes"], q["targets"], db["codes"], db["targets"], shards.bits,
                                    at=(), pk_max=1, graded_at=())["hamming"]["map"]
-        qv = query_vectors(signal, q["features"], head)
-        dv = database_vectors(signal, db["features"], db["codes"], head)
+        qv = query_vectors(signal, q[feature_field(signal)], head)
+        dv = database_vectors(signal, db[feature_field(signal)], db["codes"], head)
         dn = (dv * dv).sum(axis=1)
         size = min(pool or default_pool(dv.shape[1]), len(rest))
         pools[signal] = size
@@ -98,7 +101,8 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
                                tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 
     pools: dict[str, int] = {}
-    names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else [])
+    names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else []) + \
+        (["mid"] if shards.has_mid else [])
     signal, scores = choose({name: (lambda n=name: score(n)) for name in names}, labelled=True)
     return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
                           "(each signal with its default pool)", "pools": pools,
@@ -123,7 +127,7 @@ def fine_stage(store: ShardSet, rerank: str, signal: str, model: str | None, rng
         return None, "none", {"by": "no float store (rerank none)"}
     head = head_for(store, model)
     if signal != "auto":
-        check_signal(signal, head)
+        check_signal(signal, head, store.has_mid)
         return head, signal, {"by": "given"}
     signal, choice = choose_signal(store, head, rng)
     if "scores" in choice:

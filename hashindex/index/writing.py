@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..errors import HashindexError
 from ..files import exchange, exclusive, sha256_file
 from ..codes import pad_codes
-from ..signals import Head, database_vectors
+from ..signals import Head, database_vectors, feature_field
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
@@ -101,13 +101,14 @@ def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: 
     [bounds[j], bounds[j+1]).
     """
     columns = table_columns(table)
-    fields = columns + (("features",) if fparts else ())
+    field = feature_field(signal)
+    fields = columns + ((field,) if fparts else ())
     for rows in tqdm(store.iter_rows(fields), total=len(store.shard_paths()), desc="build", unit="shard",
                      disable=not progress):
         codes = rows["codes"]
         m = len(codes)
         padded = pad_codes(codes, pbytes)
-        vecs = database_vectors(signal, rows["features"], codes, head) if fparts else None
+        vecs = database_vectors(signal, rows[field], codes, head) if fparts else None
         for j, part in enumerate(parts):
             lo, hi = max(bounds[j], pos), min(bounds[j + 1], pos + m)
             if lo < hi:

@@ -58,14 +58,15 @@ def add_items(engine, arrays: list[np.ndarray], paths: list[str], label: str | N
 
     index = engine.index
     first, row = item_labels(label, index.class_names, index.label_sets is not None)
-    codes, features = engine.model.encode(np.stack(arrays))
+    fields = engine.model.encode_fields(np.stack(arrays))
     start = next_id(index.meta, index.ids)  # after every id it holds or held: a removed id is not given again
     ids = np.arange(start, start + len(arrays), dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix=".hashindex-add-", dir=Path(index.dir).parent) as tmp:
-        shards = write_arrays(Path(tmp) / "items", codes, features, ids=ids, labels=np.full(len(ids), first),
-                              paths=paths, bits=index.bits, class_names=index.class_names,
-                              model_id=index.model_id, description="service upload",
-                              label_sets=None if row is None else np.repeat(row[None], len(ids), 0))
+        shards = write_arrays(Path(tmp) / "items", fields["codes"], fields["features"], ids=ids,
+                              labels=np.full(len(ids), first), paths=paths, bits=index.bits,
+                              class_names=index.class_names, model_id=index.model_id, description="service upload",
+                              label_sets=None if row is None else np.repeat(row[None], len(ids), 0),
+                              mid_features=fields["mid_features"])
         meta = append(shards.dir, index.dir, progress=False, log=lambda line: None)
     return {"added": len(ids), "ids": ids.tolist(), "items": meta["count"]}
 

@@ -19,10 +19,11 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
                  ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
                  bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
                  shard_rows: int = 100_000, description: str = "arrays",
-                 label_sets: np.ndarray | None = None) -> ShardSet:
+                 label_sets: np.ndarray | None = None, mid_features: np.ndarray | None = None) -> ShardSet:
     """A complete shard directory from arrays (codes packed as ``np.packbits(bits, bitorder="little")``):
     codes made by another program, synthetic collections for benchmarks and tests. ``label_sets`` (n, C)
-    bool make it a multi-label collection (``labels`` default to each item's first class)."""
+    bool make it a multi-label collection (``labels`` default to each item's first class);
+    ``mid_features`` (n, d), beside ``features``, are what the ``mid`` signal reads."""
     directory = Path(directory)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     n = len(codes)
@@ -40,10 +41,11 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
             labels = first_labels(label_sets)
     labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, dtype=np.int32)
     paths = [""] * n if paths is None else list(paths)
-    if features is not None:
-        features = np.asarray(features, dtype=np.float16)
+    if mid_features is not None and features is None:
+        raise HashindexError("mid_features: given without features (a shard holds them beside its features)")
+    features, mid_features = (None if a is None else np.asarray(a, dtype=np.float16) for a in (features, mid_features))
     for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features),
-                      ("label_sets", label_sets)):
+                      ("label_sets", label_sets), ("mid_features", mid_features)):
         if arr is not None and len(arr) != n:
             raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
     dim = 0 if features is None else features.shape[1]
@@ -51,6 +53,7 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
     attrs = shard_attrs(model_id, bits, dim, "arrays", description)
     manifest = new_manifest(model_id=model_id, bits=bits, code_bytes=codes.shape[1], feature_dim=dim,
                             feature_dtype="none" if features is None else "float16", feature_kind="arrays",
+                            mid_feature_dim=0 if mid_features is None else mid_features.shape[1],
                             class_names=list(class_names or []),
                             source={"description": description, "items": n, "spec": None,
                                     "fingerprint": _content_fingerprint(codes, ids, labels, label_sets),
@@ -61,7 +64,8 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
         stop = min(start + shard_rows, n)
         data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
                          ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[],
-                         label_sets=None if label_sets is None else label_sets[start:stop])
+                         label_sets=None if label_sets is None else label_sets[start:stop],
+                         mid_features=None if mid_features is None else mid_features[start:stop])
         digest = write_shard(directory / shard_name(j), data, attrs)
         manifest["shards"].append(shard_entry(j, data, start, stop, digest))
     save_manifest(directory, manifest)
@@ -94,6 +98,7 @@ def describe_shards(directory: str | Path) -> dict[str, Any]:
         "shards": f"{len(m['shards'])}/{m['shards_planned']}", "rows": shards.rows,
         "model_id": m["model_id"], "bits": m["bits"],
         "features": f"{m['feature_dim']} x {m['feature_dtype']}" if m["feature_dtype"] != "none" else "none",
+        "mid_features": f"{m['mid_feature_dim']} x {m['feature_dtype']}" if shards.has_mid else "none",
         "source": m["source"]["description"], "skipped": m["totals"]["skipped"],
         "skipped_by_reason": m["totals"]["skipped_by_reason"], "labels": hist,
         **({"multi_label": True} if shards.multi_label else {}),

@@ -28,7 +28,8 @@ _SHARD_ENTRY = {"index": nonneg, "file": plain_name, "rows": nonneg, "start": no
 MANIFEST_SCHEMA = {
     "format": str, "format_version": int, "complete": bool, "shards": [_SHARD_ENTRY],
     "model_id": str, "bits": positive, "code_bytes": positive, "feature_dim": nonneg, "feature_dtype": str,
-    "feature_kind?": str, "class_names": [str], "shard_size": positive, "shards_planned": nonneg,
+    "feature_kind?": str, "mid_feature_dim?": nonneg, "class_names": [str], "shard_size": positive,
+    "shards_planned": nonneg,
     "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg}, "multi_label?": bool,
     "source": {"description": str, "items": nonneg, "fingerprint": str, "spec?": Nullable(str),
                "id_offset?": nonneg},

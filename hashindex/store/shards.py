@@ -1,4 +1,4 @@
-"""Shard files (``shard-NNNNN.h5``: codes, features, ids, labels, label sets, paths, skips) and the
+"""Shard files (``shard-NNNNN.h5``: codes, features, mid features, ids, labels, label sets, paths, skips) and the
 directory that lists them (`ShardSet`, read through its manifest)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..errors import HashindexError
 from ..files import atomic_path, encode_name, read_json, sha256_file, verify_files
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
-FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets")
+FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ShardData:
     paths: list[str]
     skipped: list[tuple[int, str, str]]  # (id, path, reason)
     label_sets: np.ndarray | None = None  # (n, classes) bool: a multi-label collection's label sets
+    mid_features: np.ndarray | None = None  # (n, 192) as features: block 2's output averaged (signal "mid")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,6 +41,8 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
             f.create_dataset("codes", data=data.codes)
             if data.features is not None:
                 f.create_dataset("features", data=data.features)
+            if data.mid_features is not None:
+                f.create_dataset("mid_features", data=data.mid_features)
             f.create_dataset("ids", data=data.ids.astype(np.int64))
             f.create_dataset("labels", data=data.labels.astype(np.int32))
             if data.label_sets is not None:
@@ -139,6 +142,11 @@ class ShardSet:
     def multi_label(self) -> bool:
         """Whether the shards hold label sets (a multi-label collection: NUS-WIDE, MS-COCO)."""
         return bool(self.manifest.get("multi_label", False))
+
+    @property
+    def has_mid(self) -> bool:
+        """Whether every shard holds mid features (extracted with features, by a version that stores them)."""
+        return self.manifest.get("mid_feature_dim", 0) > 0
 
     @property
     def label_fields(self) -> tuple[str, ...]:
