@@ -119,7 +119,8 @@ class Index:
                   labels: np.ndarray | None = None, signal: str = "l2", head: Head | None = None) -> "Index":
         """An index over arrays, built in memory with build's code (benchmarks, tests, notebooks).
 
-        ``signal`` orders the re-ranked pool (``l2`` here; `build` chooses per collection).
+        ``signal`` orders the re-ranked pool (``l2`` here; `build` chooses per collection); ``features`` are
+        the rows it reads (`signals.feature_field`: the mid features for ``mid``).
         """
         from ..signals import check_signal, database_vectors
         from .kinds import default_params, make_binary_index, new_float_store, padded_bytes
