@@ -121,6 +121,11 @@ def test_mid_index_ranks_by_cosine_of_mid_features(mid_index, cifar_shards, tiny
     ids = [r["id"] for r in rows]
     assert [h["id"] for h in json.loads(res.output)[0]["results"]] == ids
     assert [h["id"] for h in served["results"]] == ids
+    fields = load_model(tiny_model).encode_fields([str(img)])  # the API given every field picks the mid ones
+    assert index.search(fields, k=20).ids[0].tolist() == ids
+    assert index.search(fields["codes"], fields["mid_features"], k=20).ids[0].tolist() == ids
+    with pytest.raises(HashindexError, match="codes: no 'mid_features' among the fields given"):
+        index.search({"codes": fields["codes"], "features": fields["features"]}, k=20)
 
 
 def test_auto_measures_mid_only_where_shards_hold_it(cifar_shards, tmp_path):

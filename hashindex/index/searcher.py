@@ -16,6 +16,7 @@ job and the service all rank through `Index.search` with the same defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,10 +305,14 @@ class Index:
             out_h[i, :len(p)], out_p[i, :len(p)] = d, p
         return out_h, out_p
 
-    def search(self, codes: np.ndarray, features: np.ndarray | None = None, k: int = 10,
+    def search(self, codes: np.ndarray | Mapping[str, np.ndarray], features: np.ndarray | None = None, k: int = 10,
                candidates: int | None = None, rerank: bool = True, complete_ties: bool = True, *,
                vectors: bool = False, nprobe: int | None = None) -> SearchResult:
         """The top k of the coarse-to-fine ranking.
+
+        ``codes``: the queries' packed codes, or everything the model gives for them by field name
+        (`HashModel.encode_fields`, or rows read from query shards), from which the index takes the codes and
+        the feature its signal reads (``features`` then unused): ``index.search(model.encode_fields(images))``.
 
         The pool is the first ``candidates`` (default `default_pool`: a fixed read budget) items
         of the Hamming ranking, widened to every item tied at its farthest
@@ -320,6 +325,11 @@ class Index:
         vectors already. ``nprobe``: lists an IVF coarse index scans for this call
         (default: the value `build` chose for its recall target, in index.json).
         """
+        if isinstance(codes, Mapping):
+            if self.rerank is not None and rerank and codes.get(self.feature_field) is None:
+                raise HashindexError(f"codes: no {self.feature_field!r} among the fields given, which the index's "
+                                     f"signal {self.signal!r} reads")
+            codes, features = codes["codes"], codes.get(self.feature_field)
         if k < 1:
             raise HashindexError(f"k={k}: expected a positive number of results")
         if k > self.count:
