@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)
     index = Index.load(args.index)
-    q = ShardSet(args.queries).load(("codes", "features"))
-    codes, feats = q["codes"][:args.n], q["features"][:args.n].astype(np.float32)
+    q = ShardSet(args.queries).load(("codes", index.feature_field))  # the feature the index's signal reads
+    codes, feats = q["codes"][:args.n], q[index.feature_field][:args.n].astype(np.float32)
     best: dict[bool, float] = {}
     for rerank in (False, True, False, True):  # twice each, best of the two medians
         t = []

@@ -40,17 +40,18 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    q = ShardSet(args.queries).load(("codes", "features"))
-    codes = q["codes"][:args.count]
-    feats = None if q["features"] is None else q["features"][:args.count].astype(np.float32)  # None: codes only
     indexes = {path: Index.load(path) for path in args.indexes}
-    for index in indexes.values():
+    q = ShardSet(args.queries).load(("codes",) + tuple({ix.feature_field for ix in indexes.values()}))
+    codes = q["codes"][:args.count]
+    feats = {path: None if q[ix.feature_field] is None else q[ix.feature_field][:args.count].astype(np.float32)
+             for path, ix in indexes.items()}  # each index's signal reads its own field; None: codes only
+    for path, index in indexes.items():
         # first-search work (bucket folding, page-in) off the clock
-        index.search(codes[:8], None if feats is None else feats[:8], k=args.k)
+        index.search(codes[:8], None if feats[path] is None else feats[path][:8], k=args.k)
     best = {path: np.inf for path in indexes}
     for _ in range(args.reps):
         for path, index in indexes.items():
-            best[path] = min(best[path], time_search(index, codes, feats, args.batch, args.k))
+            best[path] = min(best[path], time_search(index, codes, feats[path], args.batch, args.k))
     base = best[args.indexes[0]]
     rows = [{"index": path, "coarse": indexes[path].meta["binary"]["kind"], "seconds": round(s, 3),
              "ratio": round(s / base, 3)} for path, s in best.items()]
