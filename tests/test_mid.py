@@ -18,7 +18,7 @@ from hashindex.cli import cli
 from hashindex.index import Index, append, build
 from hashindex.model import load_model
 from hashindex.query import query
-from hashindex.store import read_shard, write_arrays
+from hashindex.store import describe_shards, read_shard, write_arrays
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,8 @@ def test_extract_stores_mid_features_beside_features(tiny_model, tmp_path):
             log=lambda s: None)
     bare = ShardSet(tmp_path / "none")
     assert not bare.has_mid and bare.load(("mid_features",))["mid_features"] is None
+    assert describe_shards(tmp_path / "s")["mid_features"] == "192 x float16"  # what `hashindex info` shows
+    assert describe_shards(tmp_path / "none")["mid_features"] == "none"
 
 
 def test_an_extraction_begun_without_mid_features_goes_on_without_them(tiny_model, tmp_path):
