@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
 from .index import MISSING, Index
-from .query import check_candidates, own_positions, queries_as_shards, query_feature_field, search_without_own
+from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv")
@@ -95,9 +95,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         shards = ShardSet(queries_as_shards(index, queries, parts, model, device, progress, log), "queries")
         index.check_model(shards.model_id, f"queries={queries}")
         job = _start_job(index, shards, parts, settings, out)
-        field = query_feature_field(index, shards)
-        data = shards.load(("codes", "ids", "paths", field))
-        data["features"] = data.pop(field)  # the rows the fine stage reads, whichever field holds them
+        data = query_rows(index, shards, ("codes", "ids", "paths"))
         data["own"] = own_positions(index, shards, data["ids"], data.pop("paths")) if exclude_self else None
         if not rerank:
             data["features"] = None

@@ -58,7 +58,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     the other items (leave-one-out), not rewarded for finding themselves.
     """
     from .index import TIE_CAP, Index
-    from .query import common_targets, own_positions, query_feature_field
+    from .query import common_targets, own_positions, query_rows
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
@@ -68,9 +68,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     with query_shard_dir(index, queries_dir, model, device, progress) as shard_dir:
         shards = ShardSet(shard_dir, "queries")
         index.check_model(shards.model_id, f"queries={queries_dir}")
-        field = query_feature_field(index, shards)
-        q = shards.load(("codes", "ids", "paths", field) + shards.label_fields)
-        q["features"] = q.pop(field)  # the rows the fine stage reads, whichever field holds them
+        q = query_rows(index, shards, ("codes", "ids", "paths") + shards.label_fields)
         own = own_positions(index, shards, q["ids"], q["paths"]) if exclude_self else None
     if (q["labels"] < 0).all():
         raise HashindexError(f"queries={queries_dir}: the query shards have no labels "

@@ -38,19 +38,21 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
                 what = (f"a collection of images, not one: search it as a batch job (queries={path} out=RESULTS) "
                         "or pass its image files (a shell glob such as DIR/*.jpg)")
             raise HashindexError(f"IMAGE {path}: {what}") from None
-    fields = hm.encode_fields(np.stack(arrays))
-    return fields["codes"], index.query_vectors(fields[index.feature_field])
+    codes, feats = index.search_inputs(hm.encode_fields(np.stack(arrays)))
+    return codes, index.query_vectors(feats)
 
 
-def query_feature_field(index: Index, shards, what: str = "queries") -> str:
-    """The float field of query shards the index's fine stage reads; a one-line error when the index re-ranks
-    by mid features and the shards lack them (shards without features at all are ranked by Hamming alone, as
-    an index without a float store ranks them)."""
+def query_rows(index: Index, shards, fields: tuple[str, ...], what: str = "queries") -> dict[str, Any]:
+    """Query shards' ``fields``, and under "features" the rows the index's fine stage reads (its
+    `Index.feature_field`); a one-line error when the index re-ranks by mid features and the shards lack them
+    (shards without features at all are ranked by Hamming alone, as an index without a float store ranks them)."""
     field = index.feature_field
     if index.rerank is not None and field != "features" and shards.manifest["feature_dim"] and not shards.has_mid:
         raise HashindexError(f"{what}={shards.dir}: no mid features, which {index.dir}'s signal 'mid' reads "
                              "(extracted before hashindex stored them: extract the queries again)")
-    return field
+    rows = shards.load(fields + (field,))
+    rows["features"] = rows.pop(field)
+    return rows
 
 
 def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +151,12 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
     from .store import ShardSet
 
     qshards = ShardSet(queries_dir, "queries")
-    field = query_feature_field(index, qshards)
-    q = qshards.load(("codes", "paths", "ids", field) + qshards.label_fields)
+    q = query_rows(index, qshards, ("codes", "paths", "ids") + qshards.label_fields)
     labels = q["labels"]
     q_targets, db_targets = common_targets(q, index)
     pick = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels[labels >= 0])][:n_queries]
     pick += [i for i in range(len(labels)) if i not in pick][: max(0, n_queries - len(pick))]
-    feats = q[field][pick].astype(np.float32) if q[field] is not None else None
+    feats = q["features"][pick].astype(np.float32) if q["features"] is not None else None
     own = own_positions(index, qshards, q["ids"][pick], [q["paths"][i] for i in pick]) if exclude_self else None
     result = search_without_own(index, own, q["codes"][pick], feats, min(k, index.count - (own is not None)))
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],

@@ -262,6 +262,16 @@ class Index:
         "features", or "mid_features" for the ``mid`` signal."""
         return feature_field(self.signal)
 
+    def search_inputs(self, fields: Mapping[str, np.ndarray], rerank: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(codes, rows of `feature_field`) from everything given for some queries by field name
+        (`HashModel.encode_fields`, query shard rows); a one-line error when the fine stage needs a field
+        that is not among them."""
+        if self.rerank is not None and rerank and fields.get(self.feature_field) is None:
+            raise HashindexError(f"codes: no {self.feature_field!r} among the fields given, which the index's "
+                                 f"signal {self.signal!r} reads")
+        return fields["codes"], fields.get(self.feature_field)
+
     def query_vectors(self, features: np.ndarray) -> np.ndarray:
         """The fine-stage vectors of queries given their rows of `feature_field` (a placeholder column without
         a float store)."""
@@ -326,10 +336,7 @@ class Index:
         (default: the value `build` chose for its recall target, in index.json).
         """
         if isinstance(codes, Mapping):
-            if self.rerank is not None and rerank and codes.get(self.feature_field) is None:
-                raise HashindexError(f"codes: no {self.feature_field!r} among the fields given, which the index's "
-                                     f"signal {self.signal!r} reads")
-            codes, features = codes["codes"], codes.get(self.feature_field)
+            codes, features = self.search_inputs(codes, rerank)
         if k < 1:
             raise HashindexError(f"k={k}: expected a positive number of results")
         if k > self.count:

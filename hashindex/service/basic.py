@@ -57,9 +57,8 @@ class Searcher(Served):
         check_upload_options(options)
         array = self.image_array(data)[None]
         with self.lock:
-            fields = self.model.encode_fields(array)
-            return self._search(fields["codes"], self.index.query_vectors(fields[self.index.feature_field]), "upload",
-                                options)
+            codes, feats = self.index.search_inputs(self.model.encode_fields(array))
+            return self._search(codes, self.index.query_vectors(feats), "upload", options)
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""

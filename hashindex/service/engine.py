@@ -100,9 +100,8 @@ class Engine(Served):
         images = [q for q in batch if q.array is not None]
         if images:
             try:
-                fields = self.model.encode_fields(np.stack([q.array for q in images]))
-                codes = fields["codes"]
-                vecs = self.index.query_vectors(fields[self.index.feature_field]).astype(np.float32)
+                codes, feats = self.index.search_inputs(self.model.encode_fields(np.stack([q.array for q in images])))
+                vecs = self.index.query_vectors(feats).astype(np.float32)
                 ready += [(q, codes[i:i + 1], vecs[i:i + 1]) for i, q in enumerate(images)]
             except Exception as e:  # noqa: BLE001 (a bug fails these requests, not the batcher)
                 for q in images:
