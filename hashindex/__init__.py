@@ -1,7 +1,7 @@
 """hashindex: image retrieval with learned binary hash codes.
 
 Pipeline, one module (or small package) per stage, imports running down it:
-data -> model -> training / store -> extraction -> index -> metrics -> evaluation -> query / batch -> report -> cli / serve.
+data -> model -> checkpoint -> training / store -> extraction -> index -> metrics -> evaluation -> query / batch -> report -> cli / serve.
 The CLI (``hashindex ...``) and the service are thin layers over these functions.
 
 This facade names the Python API; each name is imported on first use, so
@@ -24,7 +24,7 @@ _LAZY = {  # public name -> (module, attribute)
     "HashindexError": ("errors", "HashindexError"),
     "BusyError": ("errors", "BusyError"),
     "HashModel": ("model", "HashModel"),
-    "load_model": ("model", "load_model"),
+    "load_model": ("checkpoint", "load_model"),
     "TrainConfig": ("training", "TrainConfig"),
     "ShardSet": ("store", "ShardSet"),
     "extract": ("extraction", "extract"),

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import DEFAULT_MODEL
+from .checkpoint import load_model
 from .data import open_source
 from .errors import HashindexError
 from .evaluation import evaluate, format_metrics
 from .extraction import extract
-from . import DEFAULT_MODEL
 from .files import atomic_write_json, sha256_file
 from .index import Index, build, read_index_meta
 from .query import example_results
-from .model import load_model
 from .report import results_grid, write_plots
 from .store import MANIFEST
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from .checkpoint import atomic_torch_save, compute_model_id, net_from_checkpoint, read_checkpoint
 from .data import load_arrays, open_source
 from .devices import resolve_device
 from .errors import HashindexError
-from .model import atomic_torch_save, compute_model_id, max_test_shift, net_from_checkpoint, read_checkpoint
+from .model import max_test_shift
 from .training import check_new_checkpoint, val_accuracy
 
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import load_model
 from .errors import HashindexError
-from .model import HashModel, load_model
+from .model import HashModel
 
 
 def open_teacher(teacher: str, class_names: list[str], channels: int, input_size: int, device: str,

@@ -20,10 +20,11 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from .checkpoint import checkpoint_head, load_model
 from .data import ImageSource, iter_batches, open_source, skip_summary, warn_shared_folder_names
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
-from .model import FEATURE_DIM, MID_DIM, HashModel, checkpoint_head, load_model
+from .model import FEATURE_DIM, MID_DIM, HashModel
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_attrs,
                     shard_entry, shard_name, write_head, write_shard, write_skipped)
 

@@ -11,7 +11,8 @@ from .errors import HashindexError
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """Summary of a checkpoint: what it is, how it was trained, how good it is."""
-    from .model import read_checkpoint, views_description
+    from .checkpoint import read_checkpoint
+    from .model import views_description
 
     ckpt = read_checkpoint(path, arg="path")
     params = sum(t.numel() for t in ckpt["state_dict"].values())
@@ -147,7 +148,7 @@ def describe(path: str | Path) -> dict[str, Any]:
 
             return describe_index(p) | {"codes": _index_code_statistics(p)}
         return describe_collection(str(path))
-    from .model import shipped_hint, shipped_path
+    from .checkpoint import shipped_hint, shipped_path
 
     if p.suffix.lower() in CHECKPOINT_SUFFIXES or shipped_path(str(path)) is not None or (
             p.is_file() and not _names_a_collection(p)):

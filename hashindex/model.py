@@ -1,4 +1,4 @@
-"""The hashing network and its checkpoint.
+"""The hashing network, and the model that encodes images with it (the checkpoint file: checkpoint.py).
 
 Network In Network (Lin et al. 2014, the CIFAR-10 net) with batch norm after
 every convolution, global average pooling to a 192-d feature, then the latent
@@ -21,18 +21,13 @@ indexes use. The re-ranking feature is the 192-d pooled feature; beside it, `enc
 classes the net never saw better than the last layer (zero-shot P@10 on flowers 0.39 -> 0.55 as the
 fine stage, docs/RESULTS.md "Zero-shot: which layer"; the ``mid`` signal of hashindex/signals.py).
 
-A checkpoint is one ``torch.save`` file holding the weights and everything
-needed to use them (see `CHECKPOINT_KEYS`); its ``model_id`` is a hash of the
-architecture and weights, which shards and indexes record so that codes from
-different models are never mixed.
+Weights are saved, read and identified (``model_id``) by hashindex/checkpoint.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,17 +36,11 @@ from torch import nn
 
 from .devices import autocast_for, precision_of, resolve_device
 from .errors import HashindexError
-from .files import atomic_path
-
-if TYPE_CHECKING:
-    from .signals import Head
 
 ARCH = "nin-hash"
 ARCH_VERSION = 1
-FORMAT = "hashindex-checkpoint"
 FEATURE_DIM = 192
 MID_DIM = 192  # channels of block 2's output: the mid feature
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Module]:
@@ -300,146 +289,3 @@ class HashModel:
     def encode_images(self, images: list, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """PIL images -> (codes, features) (`encode` takes them too)."""
         return self.encode(list(images), batch_size)
-
-
-# --------------------------------------------------------------------------- checkpoint
-
-CHECKPOINT_KEYS = (
-    "format", "format_version", "arch", "arch_version", "model_id", "bits", "num_classes",
-    "class_names", "input_size", "channels", "mean", "std", "resize", "train_data",
-    "epochs", "epochs_planned", "accuracy", "map", "torch_version", "hashindex_version",
-    "train_args", "history", "init", "test_flip", "test_shift", "derived_from", "state_dict",
-)
-
-
-def compute_model_id(state_dict: dict[str, torch.Tensor], bits: int, test_flip: bool = False,
-                     test_shift: int = 0) -> str:
-    """Content hash of architecture + weights (+ the test views, which change every code): the same
-    weights and options give the same id. Without test views the id is what it was before the options."""
-    views = ("/test_flip" if test_flip else "") + (f"/test_shift{test_shift}" if test_shift else "")
-    h = hashlib.sha256(f"{ARCH}/{ARCH_VERSION}/{bits}{views}".encode())
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
-    """Checkpoint dict for a network (weights moved to CPU, model id computed)."""
-    from . import __version__
-
-    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-             for k, v in net.state_dict().items()}
-    meta = {
-        "format": FORMAT, "format_version": 1, "arch": ARCH, "arch_version": ARCH_VERSION,
-        "model_id": compute_model_id(state, net.bits, net.test_flip, net.test_shift), "bits": net.bits,
-        "test_flip": net.test_flip, "test_shift": net.test_shift,
-        "num_classes": net.num_classes, "channels": net.channels,
-        "mean": (net.mean.flatten() / 255).tolist(), "std": (net.std.flatten() / 255).tolist(),
-        "resize": "squash", "torch_version": str(torch.__version__), "hashindex_version": __version__,
-        "state_dict": state,
-    }
-    meta.update(info)
-    return meta
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file beside path, then rename it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:
-    """A checkpoint path, or the name of a model shipped in hashindex/weights/."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    shipped = shipped_path(str(name_or_path))
-    if shipped is not None:
-        return shipped
-    raise HashindexError(f"{arg}={name_or_path}: no such checkpoint file{shipped_hint()}")
-
-
-def shipped_path(name: str) -> Path | None:
-    """The checkpoint of the model shipped as ``name`` in hashindex/weights/, or None."""
-    shipped = WEIGHTS_DIR / f"{name}.pt"
-    return shipped if shipped.is_file() else None
-
-
-def shipped_hint() -> str:
-    """' (shipped models: a, b)' for an error message, or '' when none is installed."""
-    names = sorted(f.stem for f in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []
-    return f" (shipped models: {', '.join(names)})" if names else ""
-
-
-def find_model_for(model_id: str) -> Path:
-    """The shipped checkpoint whose model id is ``model_id`` (for queries without --model)."""
-    for path in sorted(WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []:
-        if read_checkpoint(path)["model_id"] == model_id:
-            return path
-    raise HashindexError(f"model=None: needed to encode images (no shipped model has id {model_id})")
-
-
-def saved_by_torch(path: Path) -> bool:
-    """The file starts as torch.save's files do: a zip archive, or a legacy pickle (protocol 2+)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        raise HashindexError(f"{path}: cannot read ({e.strerror})") from None
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
-
-
-def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
-    """Load and validate a checkpoint dict; one-line HashindexError (naming arg) if it is not one."""
-    path = resolve_model_path(path, arg)
-    if not saved_by_torch(path):
-        raise HashindexError(f"{path}: not a hashindex checkpoint (not a file torch.save writes)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for non-checkpoint files
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise HashindexError(f"{path}: not a hashindex checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise HashindexError(f"{path}: not a hashindex checkpoint (no '{FORMAT}' header)")
-    if ckpt.get("arch") != ARCH or ckpt.get("arch_version") != ARCH_VERSION:
-        raise HashindexError(
-            f"{path}: architecture {ckpt.get('arch')} v{ckpt.get('arch_version')} is not supported "
-            f"(this hashindex reads {ARCH} v{ARCH_VERSION})"
-        )
-    if not isinstance(ckpt.get("test_flip", False), bool):
-        raise HashindexError(f"{path}: test_flip is {ckpt['test_flip']!r}, expected true or false")
-    shift, most = ckpt.get("test_shift", 0), max_test_shift(ckpt["input_size"])
-    if type(shift) is not int or not 0 <= shift <= most:
-        raise HashindexError(f"{path}: test_shift is {shift!r}, expected 0 to {most} pixels")
-    if compute_model_id(ckpt["state_dict"], ckpt["bits"], ckpt.get("test_flip", False), shift) != ckpt["model_id"]:
-        raise HashindexError(f"{path}: weights do not match the recorded model id (corrupt checkpoint)")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
-def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
-    """The layers above the pooled feature (latent, classifier) as numpy arrays, for the fine stage."""
-    from .signals import Head
-
-    sd = ckpt["state_dict"]
-    return Head(*(sd[k].detach().float().cpu().numpy() for k in
-                  ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")),
-                multi_label=bool(ckpt.get("multi_label", False)))
-
-
-def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
-    net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"],
-                  test_flip=ckpt.get("test_flip", False), test_shift=ckpt.get("test_shift", 0))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval()
-
-
-def load_model(path: str | Path, device: str = "cpu", bf16: bool | None = None, arg: str = "model") -> HashModel:
-    """Load a checkpoint (path or shipped name) ready to encode images (bf16: see uses_bf16; arg: what
-    errors call it)."""
-    ckpt = read_checkpoint(path, arg)
-    net = net_from_checkpoint(ckpt)
-    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
-    return HashModel(net, meta, bf16=bf16).to(device)

@@ -21,9 +21,9 @@ from .signals import query_from_database
 def _encode_images(index: Index, images: list[str], model: str | None, device: str
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
+    from .checkpoint import find_model_for, load_model
     from .data import BadImage, FilesSource
     from .data.spec import names_a_collection
-    from .model import find_model_for, load_model
 
     hm = load_model(model if model else find_model_for(index.model_id), device)
     index.check_model(hm.model_id)
@@ -294,9 +294,9 @@ def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str 
 
     if (Path(queries) / MANIFEST).exists():
         return Path(queries)
+    from .checkpoint import find_model_for, load_model
     from .data import open_source
     from .extraction import extract
-    from .model import find_model_for, load_model
 
     source = open_source(queries, arg="queries")
     if labelled and (source.labels < 0).all():

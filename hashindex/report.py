@@ -238,7 +238,7 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], path: str | Path, 
 
 def training_curves(checkpoints: list[str | Path], path: str | Path) -> Path:
     """`plot_training` of checkpoints (files or shipped model names), each run named by its file's stem."""
-    from .model import read_checkpoint
+    from .checkpoint import read_checkpoint
 
     runs = {}
     for c in checkpoints:

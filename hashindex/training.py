@@ -37,13 +37,14 @@ import numpy as np
 import torch
 
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
+from .checkpoint import atomic_torch_save, build_meta, read_checkpoint
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source, warn_shared_folder_names
 from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .codes import code_statistics
 from .metrics import mean_average_precision, one_hot_sets
-from .model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint
+from .model import NINHash, pack_codes
 from .recipe import TrainConfig, augment, check_config, run_epoch
 
 

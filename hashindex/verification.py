@@ -19,9 +19,9 @@ def verify(path: str | Path) -> dict[str, Any]:
     """Hash every file of ``path`` against its recorded SHA-256 (a checkpoint: its weights against its model
     id) and check the parts agree; the summary, or a one-line HashindexError naming the first bad file."""
     from .batch import check_results, is_results_file
+    from .checkpoint import read_checkpoint, saved_by_torch, shipped_path
     from .data.prepared import is_prepared, read_meta
     from .index import INDEX_JSON, moved_aside
-    from .model import read_checkpoint, saved_by_torch, shipped_path
     from .store import MANIFEST
 
     p = Path(path)

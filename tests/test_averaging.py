@@ -10,8 +10,8 @@ from torch import nn
 
 from hashindex import HashindexError
 from hashindex.averaging import WeightAverage, recompute_batchnorm
+from hashindex.checkpoint import read_checkpoint
 from hashindex.cli import cli
-from hashindex.model import read_checkpoint
 from hashindex.recipe import lr_at
 from hashindex.training import TrainConfig, train as run
 from tests.conftest import CIFAR_TRAIN, need

@@ -15,7 +15,7 @@ from hashindex import HashindexError, load_model
 from hashindex.cli import cli
 from hashindex.data import load_arrays, open_source
 from hashindex.distill import distill_loss
-from hashindex.model import read_checkpoint
+from hashindex.checkpoint import read_checkpoint
 from hashindex.training import TrainConfig, train as run
 from tests.conftest import CIFAR_TRAIN, image_bytes, make_tar, need
 from tests.test_train import Interrupt, _stop_after_epoch

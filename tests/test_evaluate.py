@@ -345,7 +345,8 @@ def test_eval_encodes_image_queries_on_the_fly(flat_index, tiny_model, tmp_path)
 
 def test_eval_refuses_queries_of_another_model(flat_index, tmp_path):
     from hashindex import extract
-    from hashindex.model import NINHash, atomic_torch_save, build_meta
+    from hashindex.checkpoint import atomic_torch_save, build_meta
+    from hashindex.model import NINHash
     from tests.conftest import CIFAR_TEST
 
     other = tmp_path / "other.pt"
@@ -551,7 +552,7 @@ def test_layer_features_tool_ranks_as_a_plain_loop(tiny_model, tmp_path):
     from PIL import Image
 
     from hashindex.data import load_arrays, open_source
-    from hashindex.model import load_model
+    from hashindex.checkpoint import load_model
 
     rng = np.random.default_rng(2)
     for c in range(3):

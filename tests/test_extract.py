@@ -139,7 +139,7 @@ def test_a_collection_with_nothing_readable_says_so(tiny_model, tmp_path, caplog
 
 def test_the_shipped_model_is_the_default(tmp_path):
     from hashindex import DEFAULT_MODEL
-    from hashindex.model import load_model
+    from hashindex.checkpoint import load_model
 
     make_mixed_folder(tmp_path / "imgs")
     res = CliRunner().invoke(cli, ["-q", "extract", "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
@@ -166,7 +166,8 @@ def test_user_errors(tiny_model, tmp_path):
         assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
         assert not (out / "manifest.json").exists()
     # a shard dir of another model is refused, and left as it was
-    from hashindex.model import NINHash, atomic_torch_save, build_meta
+    from hashindex.checkpoint import atomic_torch_save, build_meta
+    from hashindex.model import NINHash
 
     other = tmp_path / "other.pt"
     atomic_torch_save(build_meta(NINHash(48, 10), class_names=load_model(tiny_model).class_names,

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashindex import HashindexError, ShardSet, extract
+from hashindex.checkpoint import load_model
 from hashindex.cli import cli
 from hashindex.index import Index, append, build
-from hashindex.model import load_model
 from hashindex.query import query
 from hashindex.store import describe_shards, read_shard, write_arrays
 

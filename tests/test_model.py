@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hashindex import HashindexError, load_model
+from hashindex.checkpoint import atomic_torch_save, build_meta, read_checkpoint
 from hashindex.devices import cpu_bf16_is_fast, resolve_device, uses_bf16
-from hashindex.model import NINHash, atomic_torch_save, build_meta, pack_codes, read_checkpoint, unpack_codes
+from hashindex.model import NINHash, pack_codes, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [12, 16, 24, 32, 48, 64])
@@ -158,7 +159,7 @@ def test_encode_takes_images_as_users_hold_them(tiny_model, tmp_path):
 def test_test_flip_averages_the_mirror_image_and_changes_the_id():
     """With test_flip the eval-mode feature is the mean of the trunk over the image and its mirror image
     (computed directly here); training is unchanged, and the model id differs from the plain model's."""
-    from hashindex.model import compute_model_id
+    from hashindex.checkpoint import compute_model_id
 
     torch.manual_seed(0)
     plain = NINHash(16, 3).eval()

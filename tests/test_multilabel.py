@@ -182,9 +182,9 @@ def test_a_net_trains_on_label_sets_and_its_posterior_reranks(tmp_path):
     """Training on a multi-label list: per-class sigmoids, a checkpoint and head that say so, validation as
     top-1 precision, the final mAP over shared labels; the same collection through prepare trains alike."""
     from hashindex import train
+    from hashindex.checkpoint import checkpoint_head, read_checkpoint
     from hashindex.data import open_source
     from hashindex.data.prepared import prepare
-    from hashindex.model import checkpoint_head, read_checkpoint
 
     listed = pair_mosaics(tmp_path / "pairs", 160, 1)
     out = tmp_path / "multi.pt"

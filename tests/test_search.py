@@ -141,7 +141,8 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
     broken.mkdir()
     (broken / "index.json").write_text((flat_index / "index.json").read_text())
     make_mixed_folder(tmp_path / "imgs")
-    from hashindex.model import NINHash, atomic_torch_save, build_meta
+    from hashindex.checkpoint import atomic_torch_save, build_meta
+    from hashindex.model import NINHash
 
     other = tmp_path / "other.pt"
     atomic_torch_save(build_meta(NINHash(48, 10), class_names=[str(i) for i in range(10)], input_size=32), other)

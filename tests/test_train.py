@@ -8,8 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from hashindex import HashindexError, load_model
+from hashindex.checkpoint import read_checkpoint
 from hashindex.cli import cli
-from hashindex.model import NINHash, read_checkpoint
+from hashindex.model import NINHash
 from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_mixed_folder, make_tar, need
 
 
@@ -160,7 +161,8 @@ def test_cli_info(tiny_model, tmp_path):
 
 
 def test_transfer_weights_copies_what_fits():
-    from hashindex.model import NINHash, compute_model_id
+    from hashindex.checkpoint import compute_model_id
+    from hashindex.model import NINHash
     from hashindex.training import transfer_weights
 
     init = read_checkpoint("nin-cifar10-48")
@@ -371,7 +373,7 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
     shifts by 2 px (zero fill) and their mirror images, computed here view by view; own id; bad values refused."""
     import torch.nn.functional as F
 
-    from hashindex.model import compute_model_id
+    from hashindex.checkpoint import compute_model_id
 
     runner = CliRunner()
     flip, ten = tmp_path / "flip.pt", tmp_path / "ten.pt"
@@ -406,7 +408,7 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
 
 def test_train_with_test_flip(tmp_path):
     """`train --test-flip` writes a checkpoint that encodes with the averaged views; `--init` passes it on."""
-    from hashindex.model import compute_model_id
+    from hashindex.checkpoint import compute_model_id
 
     need(CIFAR_TRAIN)
     out = tmp_path / "f.pt"

@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 
 from hashindex import DEFAULT_MODEL
+from hashindex.checkpoint import load_model
 from hashindex.index import build
-from hashindex.model import load_model
 from hashindex.store import write_arrays
 
 from bench_search import make_data  # tools/ is on sys.path when run as a script

@@ -27,7 +27,7 @@ import torch
 
 from bench_hamming import best_of  # tools/ is on sys.path when run as a script
 from bench_sublinear import paused
-from hashindex.model import load_model
+from hashindex.checkpoint import load_model
 from hashindex.runtime import set_threads
 
 COMPETITOR = """

@@ -13,10 +13,10 @@ import json
 
 import numpy as np
 
+from hashindex.checkpoint import load_model
 from hashindex.data import load_arrays, open_source
 from hashindex.distill import teacher_logits
 from hashindex.errors import HashindexError
-from hashindex.model import load_model
 
 
 def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None = None) -> dict[str, float]:

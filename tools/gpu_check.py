@@ -43,8 +43,8 @@ import faiss
 import numpy as np
 
 import hashindex
+from hashindex.checkpoint import read_checkpoint
 from hashindex.index import Index, pad_codes
-from hashindex.model import read_checkpoint
 from hashindex.store import ShardSet
 
 

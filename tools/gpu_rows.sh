@@ -63,7 +63,7 @@ for d in runs/table/eval-*; do
     [ -f "$d/metrics.json" ] && mkdir -p "$out/table/$(basename "$d")" && cp "$d/metrics.json" "$out/table/$(basename "$d")/"
 done
 for c in runs/table/*.pt; do
-    $py -c 'import sys; from hashindex.model import read_checkpoint
+    $py -c 'import sys; from hashindex.checkpoint import read_checkpoint
 c = read_checkpoint(sys.argv[1]); h = c["history"]
 print(sys.argv[1], c["epochs"], "epochs,", "unfinished" if "train_state" in c else "finished", "val_acc", h[-1].get("val_acc") if h else None)' "$c"
 done

@@ -17,10 +17,11 @@ import sys
 
 import numpy as np
 
+from hashindex.checkpoint import load_model
 from hashindex.data import load_arrays, open_source
 from hashindex.errors import HashindexError
 from hashindex.codes import code_statistics
-from hashindex.model import load_model, pack_codes
+from hashindex.model import pack_codes
 
 
 def latent_stats(latent: np.ndarray) -> dict:

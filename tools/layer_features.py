@@ -18,9 +18,9 @@ import json
 import numpy as np
 import torch
 
+from hashindex.checkpoint import load_model
 from hashindex.data import load_arrays, open_source
 from hashindex.metrics import average_precision
-from hashindex.model import load_model
 
 
 def layer_features(net: torch.nn.Module, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ for kind in list single shipped; do
     ckpt=$out/$kind.pt
     [ $kind = shipped ] && ckpt=nin-cifar10-48-v2  # the shipped model, trained on single CIFAR-10 images: no training
     echo "== $kind: $(date -u +%FT%TZ)"
-    state=$(python -c 'import sys, os; from hashindex.model import read_checkpoint
+    state=$(python -c 'import sys, os; from hashindex.checkpoint import read_checkpoint
 p = sys.argv[1]; print("none" if not os.path.exists(p) else "unfinished" if "train_state" in read_checkpoint(p) else "finished")' "$ckpt")
     [ $kind = shipped ] && state=finished
     case $state in

@@ -20,12 +20,12 @@ import json
 import time
 from pathlib import Path
 
+from hashindex.checkpoint import atomic_torch_save, read_checkpoint
 from hashindex.data import open_source
 from hashindex.data.prepared import prepare
 from hashindex.evaluation import evaluate
 from hashindex.extraction import extract
 from hashindex.index import build
-from hashindex.model import atomic_torch_save, read_checkpoint
 from hashindex.training import TrainConfig, train
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "flowers"

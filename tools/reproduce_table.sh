@@ -18,7 +18,7 @@ mkdir -p "$runs"
 # none | unfinished | finished
 state() {
     [ -f "$1" ] || { echo none; return; }
-    $py -c 'import sys; from hashindex.model import read_checkpoint
+    $py -c 'import sys; from hashindex.checkpoint import read_checkpoint
 print("unfinished" if "train_state" in read_checkpoint(sys.argv[1]) else "finished")' "$1"
 }
 

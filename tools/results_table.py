@@ -18,8 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from hashindex.checkpoint import read_checkpoint
 from hashindex.files import atomic_path
-from hashindex.model import read_checkpoint
 from hashindex.report import plot_comparison
 
 COLUMNS = ["row", "queries vs database", "K", "epochs", "train wall (s)", "val acc", "mAP@all Hamming", "tie-aware", "re-ranked",

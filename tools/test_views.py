@@ -14,9 +14,10 @@ import json
 
 import torch
 
+from hashindex.checkpoint import net_from_checkpoint, read_checkpoint
 from hashindex.data import load_arrays, open_source
 from hashindex.devices import autocast_for
-from hashindex.model import net_from_checkpoint, read_checkpoint, shift_images
+from hashindex.model import shift_images
 
 
 def _diag(s: int) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hashindex.model import read_checkpoint
+from hashindex.checkpoint import read_checkpoint
 from hashindex.training import TrainConfig, train
 
 ARMS = {"scratch": (None, 0.1), "init-lr0.01": ("init", 0.01), "init-lr0.1": ("init", 0.1)}

@@ -13,8 +13,8 @@ import copy
 import torch
 
 from hashindex.averaging import recompute_batchnorm
+from hashindex.checkpoint import load_model
 from hashindex.data import load_arrays, open_source
-from hashindex.model import load_model
 from hashindex.recipe import augment
 from hashindex.training import val_accuracy
 

@@ -37,7 +37,7 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
     shard directory (written by extract), else from the shipped model with
     the shards' model id; None when none of them has it.
     """
-    from ..model import checkpoint_head, find_model_for, read_checkpoint
+    from ..checkpoint import checkpoint_head, find_model_for, read_checkpoint
 
     if model is not None:
         ckpt = read_checkpoint(model)

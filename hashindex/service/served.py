@@ -17,7 +17,7 @@ class Served:
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu",
                  name: str | None = None):
-        from ..model import find_model_for, load_model
+        from ..checkpoint import find_model_for, load_model
 
         self.opened_with = (str(index_dir), model, device)  # what a reload opens again
         self.index = Index.load(index_dir)
