@@ -5,6 +5,7 @@ errors for a teacher that does not fit."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from hashindex import HashindexError, load_model
+from hashindex.checkpoint import read_checkpoint
 from hashindex.cli import cli
 from hashindex.data import load_arrays, open_source
 from hashindex.distill import distill_loss
-from hashindex.checkpoint import read_checkpoint
 from hashindex.training import TrainConfig, train as run
 from tests.conftest import CIFAR_TRAIN, image_bytes, make_tar, need
 from tests.test_train import Interrupt, _stop_after_epoch
@@ -39,8 +40,10 @@ def test_distill_loss_equals_a_direct_computation(temperature):
 
 def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
     need(CIFAR_TRAIN)
+    teacher = tmp_path / "teacher.pt"  # a copy: it is moved below, and other workers read the shared model
+    shutil.copyfile(tiny_model, teacher)
     opts = dict(data=str(CIFAR_TRAIN), limit=160, epochs=2, batch_size=32, workers=0, bits=16, input_size=16,
-                teacher=str(tiny_model), distill_weight=0.75, distill_temperature=2.0)  # the teacher's input size
+                teacher=str(teacher), distill_weight=0.75, distill_temperature=2.0)  # the teacher's input size
     part = tmp_path / "part.pt"
     with pytest.raises(Interrupt):
         run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
@@ -52,17 +55,14 @@ def test_train_with_a_teacher_records_mixes_and_resumes(tiny_model, tmp_path):
     with pytest.raises(HashindexError, match="distill_weight=0.75"):
         run(TrainConfig(out=str(part), **{**opts, "distill_weight": 0.5}), resume=True)
     moved = tmp_path / "moved.pt"  # the teacher file is not read again on resume
-    tiny_model.rename(moved)
-    try:
-        run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
-    finally:
-        moved.rename(tiny_model)
+    teacher.rename(moved)
+    run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
     history = read_checkpoint(part)["history"]
     for row in history:  # the loss is the mix asked for (both are means over the same images)
         assert row["loss"] == pytest.approx(0.25 * row["class_loss"] + 0.75 * row["distill_loss"], rel=1e-6)
         assert row["distill_loss"] > 0
     info = json.loads(CliRunner().invoke(cli, ["info", str(part), "--json"]).output)
-    assert info["loss"] == f"0.25 x cross-entropy + 0.75 x distillation from {tiny_model} (temperature 2)"
+    assert info["loss"] == f"0.25 x cross-entropy + 0.75 x distillation from {teacher} (temperature 2)"
 
 
 def test_an_ensemble_of_teachers_teaches_its_averaged_logits(tiny_model, tmp_path):

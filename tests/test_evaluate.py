@@ -308,7 +308,7 @@ def test_cli_eval_json_plots_and_errors(flat_index, cifar_queries, tmp_path, tin
     assert res.exit_code == 2 and "have no labels" in res.output and res.output.count("\n") == 1
 
 
-def test_eval_encodes_image_queries_on_the_fly(flat_index, tiny_model, tmp_path):
+def test_eval_encodes_image_queries_on_the_fly(flat_index, tiny_model, tmp_path, monkeypatch):
     """eval --queries IMAGES: encoded with --model into a temporary shard directory (removed afterwards), with
     the figures of the same images extracted first; unlabelled images and a missing model are one-line errors."""
     import tempfile
@@ -322,6 +322,8 @@ def test_eval_encodes_image_queries_on_the_fly(flat_index, tiny_model, tmp_path)
         (tmp_path / "imgs" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "imgs" / path).write_bytes(src.read_bytes(i))
     images = tmp_path / "imgs" / "test"
+    (tmp_path / "tmp").mkdir()  # this test's own temp folder: another worker's eval must not count here
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     temp_dirs = lambda: {p.name for p in Path(tempfile.gettempdir()).glob("hashindex-eval-*")}  # noqa: E731
     before = temp_dirs()
     on_the_fly = evaluate(flat_index, images, model=str(tiny_model), progress=False)
@@ -551,8 +553,8 @@ def test_layer_features_tool_ranks_as_a_plain_loop(tiny_model, tmp_path):
 
     from PIL import Image
 
-    from hashindex.data import load_arrays, open_source
     from hashindex.checkpoint import load_model
+    from hashindex.data import load_arrays, open_source
 
     rng = np.random.default_rng(2)
     for c in range(3):
