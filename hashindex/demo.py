@@ -94,7 +94,8 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
         log("[4/4] results grid")
         files = {"index": str(index_dir), "results_grid": str(results_grid(index, examples,
                                                                            out / "plots" / "results_grid.png"))}
-    log("\n".join(f"{k:>15}: {v}" for k, v in files.items()))
+    width = max(map(len, files))
+    log("\n".join(f"{k:>{width}}: {v}" for k, v in files.items()))
     if metrics is None:
         log(f"search it: hashindex query {shlex.quote(str(index_dir))} PHOTO.jpg --model {shlex.quote(model)} "
             "--grid results.png")
