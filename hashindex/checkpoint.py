@@ -146,7 +146,16 @@ def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
     sd = ckpt["state_dict"]
     return Head(*(sd[k].detach().float().cpu().numpy() for k in
                   ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")),
-                multi_label=bool(ckpt.get("multi_label", False)))
+                multi_label=bool(ckpt.get("multi_label", False)), accuracy=validation_accuracy(ckpt))
+
+
+def validation_accuracy(ckpt: dict[str, Any]) -> float | None:
+    """The model's validation accuracy: its own, or (a `derive` copy not measured again) its original's,
+    which differs by the test views' few tenths of a point; None when never measured."""
+    for value in (ckpt.get("accuracy"), (ckpt.get("derived_from") or {}).get("accuracy")):
+        if isinstance(value, (int, float)) and 0 < value <= 1:
+            return float(value)
+    return None
 
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:

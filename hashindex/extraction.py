@@ -205,8 +205,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
 def finish(job: ShardJob, manifest: dict[str, Any], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Write skipped.txt and the summary line once every shard is done."""
     save_manifest(job.out, manifest)
-    write_head(job.out, checkpoint_head({"state_dict": job.model.net.state_dict(),
-                                         "multi_label": job.model.meta.get("multi_label", False)}))
+    write_head(job.out, checkpoint_head({**job.model.meta, "state_dict": job.model.net.state_dict()}))
     write_skipped(job.out, ShardSet.from_manifest(job.out, manifest).skipped())
     totals = manifest["totals"]
     log(f"extracted {totals['written']} images into {manifest['shards_planned']} shard(s) in {job.out} "

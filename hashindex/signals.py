@@ -49,8 +49,9 @@ def feature_field(signal: str) -> str:
     return MID_FIELD if signal == "mid" else "features"
 
 
-# Without labels nothing can be measured, and no signal beat Hamming alone on every set (RESULTS.md, "The mid
-# feature"): with the default model cosine's mAP@all was under it by 0.0005 on CIFAR-10 and by 0.019 on flowers
+# Without labels the signals cannot be scored. The label-free test (`unlabelled_choice`) tells the net's own
+# classes from others where it can; where it cannot: no signal beat Hamming alone on every set (RESULTS.md, "The
+# mid feature"): with the default model cosine's mAP@all was under it by 0.0005 on CIFAR-10 and by 0.019 on flowers
 # fine-tuned, mid's by 0.129 there (the last layer is what fine-tuning taught), while cosine's P@10 was above it
 # on all four sets. So cosine: the smallest loss where it loses, a gain at the top of every ranking.
 UNLABELLED_DEFAULT = "cosine"
@@ -65,6 +66,8 @@ class Head:
     classifier_w: np.ndarray
     classifier_b: np.ndarray
     multi_label: bool = False  # trained on label sets: the classifier's outputs are independent sigmoids
+    accuracy: float | None = None  # the model's validation accuracy (with its test views), if measured: the
+    #                                reference of the label-free in-domain test (`unlabelled_choice`)
 
     @property
     def bits(self) -> int:
@@ -94,7 +97,8 @@ class Head:
         with open(path, "wb") as f:
             np.savez(f, latent_w=self.latent_w, latent_b=self.latent_b,
                      classifier_w=self.classifier_w, classifier_b=self.classifier_b,
-                     multi_label=np.array(self.multi_label))
+                     multi_label=np.array(self.multi_label),
+                     accuracy=np.array(np.nan if self.accuracy is None else self.accuracy, np.float64))
 
     @classmethod
     def load(cls, path: str | Path) -> "Head":
@@ -103,13 +107,20 @@ class Head:
             with np.load(path, allow_pickle=False) as z:
                 head = cls(*(np.asarray(z[k], np.float32) for k in
                              ("latent_w", "latent_b", "classifier_w", "classifier_b")),
-                           multi_label=bool(z["multi_label"]) if "multi_label" in z.files else False)
+                           multi_label=bool(z["multi_label"]) if "multi_label" in z.files else False,
+                           accuracy=_accuracy(z["accuracy"]) if "accuracy" in z.files else None)
         except (OSError, ValueError, KeyError) as e:
             raise HashindexError(f"{path}: not a readable head file ({e})") from None
         k, c = head.latent_w.shape[0], head.classifier_w.shape[0]
         if head.latent_b.shape != (k,) or head.classifier_w.shape[1:] != (k,) or head.classifier_b.shape != (c,):
             raise HashindexError(f"{path}: head arrays of inconsistent shapes")
         return head
+
+
+def _accuracy(value: np.ndarray) -> float | None:
+    """A head file's accuracy scalar: None for nan (not measured) or anything outside (0, 1]."""
+    a = float(value)
+    return a if 0 < a <= 1 else None
 
 
 def check_signal(signal: str, head: Head | None, has_mid: bool = True) -> None:
@@ -172,15 +183,45 @@ def query_from_database(signal: str, vectors: np.ndarray) -> np.ndarray:
     return q
 
 
-def choose(candidates: dict[str, Callable[[], float]], labelled: bool) -> tuple[str, dict[str, float]]:
-    """The signal for ``auto``: the best score among the candidates when the collection is labelled.
+def choose(candidates: dict[str, Callable[[], float]]) -> tuple[str, dict[str, float]]:
+    """The signal for ``auto`` on a labelled collection: the best score among the candidates.
 
     ``candidates`` maps each signal (and "hamming", no fine stage) to a function
-    scoring it on the collection itself; without labels nothing can be scored and
-    `UNLABELLED_DEFAULT` is used. Ties go to the earlier entry.
+    scoring it on the collection itself. Ties go to the earlier entry.
     """
-    if not labelled:
-        return UNLABELLED_DEFAULT, {}
     scores = {name: float(fn()) for name, fn in candidates.items()}
     best = max(scores, key=lambda s: scores[s])
     return best, scores
+
+
+# The label-free test: the mean top posterior of a collection's items over the model's validation accuracy (the
+# maximum-softmax-probability baseline of Hendrycks & Gimpel 2017, scaled by what the model scores on its own
+# classes). Measured (RESULTS.md, "Collections without labels"): 1.01-1.09 on the net's own classes, 0.72-0.86 on
+# classes it was not trained on; between the two bounds the test abstains.
+OWN_CLASSES_RATIO = 0.97  # at or above: the net's own classes -> posterior (+0.0125 to +0.07 mAP@all measured)
+FOREIGN_RATIO = 0.92  # at or below: classes the net was not trained on -> mid (+0.017 to +0.040)
+
+
+def unlabelled_choice(head: Head | None, features: np.ndarray, has_mid: bool) -> tuple[str, dict]:
+    """The signal for a collection whose labels cannot score the signals, from its items' pooled ``features``
+    (a sample will do) and the model's head: ``posterior`` where they look like the net's own classes, ``mid``
+    (where the shards hold it) where they look foreign, `UNLABELLED_DEFAULT` where the test cannot tell or
+    cannot run (no head, a multi-label net, a model whose validation accuracy was never measured or is under
+    twice chance: a posterior that tells nothing)."""
+    why = ("no head" if head is None else "a multi-label net" if head.multi_label else
+           "the model's validation accuracy is not recorded" if head.accuracy is None else
+           f"the model's validation accuracy {head.accuracy:.3f} is near chance" if head.accuracy < 2 / head.classes
+           else "no items" if not len(features) else None)
+    if why:
+        return UNLABELLED_DEFAULT, {"by": f"default ({why})"}
+    confidence = float(head.posterior(features).max(axis=1).mean())
+    ratio = confidence / head.accuracy
+    facts = {"confidence": round(confidence, 4), "accuracy": round(head.accuracy, 4), "ratio": round(ratio, 4)}
+    said = (f"mean top posterior {confidence:.3f} = {ratio:.2f} x the model's validation accuracy "
+            f"{head.accuracy:.3f}")
+    if ratio >= OWN_CLASSES_RATIO:
+        return "posterior", {"by": f"{said}: the net's own classes", **facts}
+    if ratio <= FOREIGN_RATIO and has_mid:
+        return "mid", {"by": f"{said}: classes the net was not trained on", **facts}
+    verdict = "cannot tell" if ratio > FOREIGN_RATIO else "foreign classes, but the shards hold no mid features"
+    return UNLABELLED_DEFAULT, {"by": f"default ({said}: {verdict})", **facts}

@@ -140,13 +140,51 @@ def test_auto_measures_mid_only_where_shards_hold_it(cifar_shards, tmp_path):
         build(old.dir, tmp_path / "ix2", signal="mid", progress=False, log=lambda s: None)
     res = CliRunner().invoke(cli, ["build", str(old.dir), "--out", str(tmp_path / "ix3"), "--signal", "mid"])
     assert res.exit_code != 0 and "signal 'mid': needs mid features" in res.output and "Traceback" not in res.output
-    # without labels nothing is measured: cosine, with mid features or without (mid lost 13 points of mAP to
-    # Hamming on flowers after fine-tuning)
+    # without labels and without the model's head nothing can be measured: cosine, with mid features or without
     mids = ShardSet(cifar_shards).load(("mid_features",))["mid_features"]
     for name, mid, want in (("u-mid", mids, "cosine"), ("u-old", None, "cosine")):
         unlabelled = write_arrays(tmp_path / name, rows["codes"], rows["features"], bits=48, mid_features=mid)
         meta = build(unlabelled.dir, tmp_path / f"ix-{name}", progress=False, log=lambda s: None)
-        assert meta["rerank"]["signal"] == want and "default" in meta["rerank"]["signal_choice"]["by"]
+        assert meta["rerank"]["signal"] == want
+        assert meta["rerank"]["signal_choice"] == {"by": "default (no head)", "labels": "an unlabelled collection"}
+
+
+def test_without_labels_the_model_tells_its_own_classes(cifar_shards, tiny_model, tmp_path):
+    """extract records the model's validation accuracy in head.npz, and unlabelled shards are judged by their
+    mean top posterior against it: the shipped model's own classes (CIFAR-10 test images) get the posterior,
+    digits (MNIST) the mid feature, the figures as the head computes them again; a model at chance abstains."""
+    from hashindex import DEFAULT_MODEL
+    from hashindex.checkpoint import read_checkpoint
+    from hashindex.store import write_head
+    from tests.conftest import CIFAR_TEST, MNIST_TEST, need
+
+    def unlabelled(shard_dir, name):
+        """The shards' codes and features without their labels (the head beside them, as extract leaves it)."""
+        shards = ShardSet(shard_dir)
+        rows = shards.load(("codes", "features", "mid_features"))
+        copy = write_arrays(tmp_path / name, rows["codes"], rows["features"], bits=48,
+                            mid_features=rows["mid_features"], model_id=shards.model_id)
+        write_head(copy.dir, shards.head())
+        return copy, rows
+
+    head = ShardSet(cifar_shards).head()
+    assert head.accuracy == read_checkpoint(tiny_model)["accuracy"]
+    copy, _ = unlabelled(cifar_shards, "tiny")
+    meta = build(copy.dir, tmp_path / "ix-tiny", progress=False, log=lambda s: None)
+    assert meta["rerank"]["signal"] == "cosine" and "near chance" in meta["rerank"]["signal_choice"]["by"]
+    need(MNIST_TEST)
+    accuracy = read_checkpoint(DEFAULT_MODEL)["accuracy"]
+    for name, data, want in (("cifar", CIFAR_TEST, "posterior"), ("digits", MNIST_TEST, "mid")):
+        extract(DEFAULT_MODEL, str(data), tmp_path / f"{name}-shards", limit=300, progress=False, log=lambda s: None)
+        copy, rows = unlabelled(tmp_path / f"{name}-shards", name)
+        assert copy.head().accuracy == accuracy
+        meta = build(copy.dir, tmp_path / f"ix-{name}", progress=False, log=lambda s: None)
+        choice = meta["rerank"]["signal_choice"]
+        confidence = float(copy.head().posterior(rows["features"].astype(np.float32)).max(axis=1).mean())
+        assert meta["rerank"]["signal"] == want, choice
+        assert choice["confidence"] == pytest.approx(confidence, abs=1e-4)
+        assert choice["ratio"] == pytest.approx(confidence / accuracy, abs=1e-4) and choice["accuracy"] == accuracy
+        assert choice["labels"] == "an unlabelled collection"
 
 
 def test_shards_without_mid_features_cannot_feed_a_mid_index(mid_index, cifar_shards, tmp_path):

@@ -8,6 +8,7 @@ scores), the CLI and the service rank the same way.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from hashindex.codes import hamming_distances
 from hashindex.metrics import evaluate_arrays, rerank_order
 from hashindex.model import pack_codes
 from hashindex.query import indexed_queries, query
-from hashindex.signals import SIGNALS, Head, choose, database_vectors, query_vectors
+from hashindex.signals import (FOREIGN_RATIO, OWN_CLASSES_RATIO, SIGNALS, Head, choose, database_vectors,
+                               query_vectors, unlabelled_choice)
 
 BITS, DIM, CLASSES = 16, 24, 4
 
@@ -110,11 +112,37 @@ def test_eval_ranking_is_the_search_ranking():
     assert (sizes >= 100).all()  # pools widened to whole tie groups
 
 
-def test_choose_prefers_the_best_and_defaults_without_labels():
-    assert choose({}, labelled=False) == ("cosine", {})
-    best, scores = choose({"hamming": lambda: 0.5, "l2": lambda: 0.4, "posterior": lambda: 0.7}, labelled=True)
+def test_choose_prefers_the_best():
+    best, scores = choose({"hamming": lambda: 0.5, "l2": lambda: 0.4, "posterior": lambda: 0.7})
     assert best == "posterior" and scores["hamming"] == 0.5
-    assert choose({"hamming": lambda: 0.6, "cosine": lambda: 0.6}, labelled=True)[0] == "hamming"  # ties: earlier
+    assert choose({"hamming": lambda: 0.6, "cosine": lambda: 0.6})[0] == "hamming"  # ties: earlier
+
+
+def test_the_label_free_test_compares_confidence_with_the_models_accuracy():
+    """Mean top posterior / validation accuracy: >= OWN_CLASSES_RATIO posterior, <= FOREIGN_RATIO mid (cosine
+    without mid features), between them, or without what the test needs, cosine; the figures against numpy."""
+    feats, _, _, head = synthetic(500)
+    confidence = float(head.posterior(feats).max(axis=1).mean())
+    manual = np.exp(feats @ head.latent_w.T + head.latent_b)  # sigmoid, softmax and mean by hand
+    logits = (manual / (1 + manual)) @ head.classifier_w.T + head.classifier_b
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    assert confidence == pytest.approx(float((probs / probs.sum(1, keepdims=True)).max(1).mean()), rel=1e-5)
+
+    def pick(accuracy, has_mid=True, **kw):
+        return unlabelled_choice(replace(head, accuracy=accuracy, **kw), feats, has_mid)
+
+    own = confidence / OWN_CLASSES_RATIO  # the accuracy at which this confidence is exactly the bound
+    signal, facts = pick(own * 0.999)
+    assert signal == "posterior" and "the net's own classes" in facts["by"]
+    assert facts["confidence"] == round(confidence, 4) and facts["ratio"] == round(confidence / (own * 0.999), 4)
+    assert pick(own * 1.01)[0] == "cosine" and "cannot tell" in pick(own * 1.01)[1]["by"]
+    foreign = confidence / FOREIGN_RATIO
+    assert pick(foreign * 1.001)[0] == "mid" and "not trained on" in pick(foreign * 1.001)[1]["by"]
+    assert pick(foreign * 1.001, has_mid=False)[0] == "cosine"
+    assert pick(None) == ("cosine", {"by": "default (the model's validation accuracy is not recorded)"})
+    assert pick(0.5, multi_label=True) == ("cosine", {"by": "default (a multi-label net)"})
+    assert pick(0.49)[1]["by"] == "default (the model's validation accuracy 0.490 is near chance)"  # < 2 / 4 classes
+    assert unlabelled_choice(None, feats, True) == ("cosine", {"by": "default (no head)"})
 
 
 def test_auto_says_why_labels_could_not_choose():
@@ -133,6 +161,12 @@ def test_head_file_round_trip_and_no_pickle(tmp_path):
     back = Head.load(tmp_path / "head.npz")
     assert all(np.array_equal(getattr(head, k), getattr(back, k))
                for k in ("latent_w", "latent_b", "classifier_w", "classifier_b"))
+    assert back.accuracy is None  # not measured: stays unknown
+    replace(head, accuracy=0.8125).save(tmp_path / "measured.npz")
+    assert Head.load(tmp_path / "measured.npz").accuracy == 0.8125
+    with np.load(tmp_path / "measured.npz") as z:  # a head file written before the accuracy: read as unknown
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "accuracy"})
+    assert Head.load(tmp_path / "old.npz").accuracy is None
     np.savez(tmp_path / "evil.npz", latent_w=np.array([object()], dtype=object))
     with pytest.raises(HashindexError, match="not a readable head file"):
         Head.load(tmp_path / "evil.npz")
@@ -223,3 +257,20 @@ def test_first_k_order_equals_a_full_sort_cut_at_k():
         pos = np.stack([rng.permutation(w) for _ in range(q)]).astype(np.int64)
         k = int(rng.integers(1, w + 5))
         assert np.array_equal(first_k_order(d, ham, pos, k), np.lexsort((pos, ham, d), axis=-1)[:, :k])
+
+
+def test_a_head_file_without_the_accuracy_borrows_the_shipped_models(tmp_path):
+    """Shards of a shipped model extracted before heads recorded the accuracy: the label-free test reads the
+    shipped checkpoint's; shards of an unknown model keep their head (and the test abstains)."""
+    from hashindex import DEFAULT_MODEL
+    from hashindex.checkpoint import read_checkpoint
+    from hashindex.index.tuning import head_for
+    from hashindex.store import write_arrays, write_head
+
+    ckpt = read_checkpoint(DEFAULT_MODEL)
+    feats, codes, _, head = synthetic(50)
+    for name, model_id, want in (("shipped", ckpt["model_id"], ckpt["accuracy"]),
+                                 ("unknown", "0123456789abcdef", None)):
+        shards = write_arrays(tmp_path / name, codes, feats, bits=BITS, model_id=model_id)
+        write_head(shards.dir, replace(head, accuracy=None))
+        assert head_for(shards).accuracy == want

@@ -3,8 +3,8 @@
 Like autofaiss choosing index parameters from a target, `build` chooses the
 re-ranking signal from the collection: labelled items are held out, searched
 against the rest with the ranking a query gets, and the best signal wins
-("hamming", no fine stage, is a candidate too). Without labels, the default
-that never ranked below Hamming on any set measured (docs/RESULTS.md).
+("hamming", no fine stage, is a candidate too). Without labels, a label-free
+test of whether the items are of the net's own classes chooses (`signals.unlabelled_choice`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..metrics import evaluate_arrays
 from ..signals import (HEAD_SIGNALS, MID_FIELD, Head, check_signal, choose, database_vectors, feature_field,
-                       query_vectors)
+                       query_vectors, unlabelled_choice)
 from ..store import ShardSet, targets
 from .searcher import TIE_CAP, default_pool
 
@@ -34,8 +34,8 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
     """The net's layers above the pooled feature, for the model that made ``shards``.
 
     From ``model`` (a checkpoint or shipped name) when given, else from the
-    shard directory (written by extract), else from the shipped model with
-    the shards' model id; None when none of them has it.
+    shard directory (written by extract; the shipped model's where that file predates the recorded
+    validation accuracy), else from the shipped model with the shards' model id; None when none has it.
     """
     from ..checkpoint import checkpoint_head, find_model_for, read_checkpoint
 
@@ -46,12 +46,12 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
                                  f"{shards.dir} ({shards.model_id})")
         return checkpoint_head(ckpt)
     head = shards.head()
-    if head is not None:
+    if head is not None and head.accuracy is not None:
         return head
-    try:
+    try:  # none, or one written before heads recorded the model's accuracy: the shipped model's, if it is one
         return checkpoint_head(read_checkpoint(find_model_for(shards.model_id)))
     except HashindexError:
-        return None
+        return head
 
 
 def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
@@ -63,18 +63,18 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     the rest (at most ``sample`` items) with the ranking a query gets (each
     signal's default pool, or ``pool``; whole tie groups); the signal with the highest mAP wins, and
     "hamming" (no fine stage) is a candidate too, so the choice never ranks
-    these held-out items worse than Hamming alone. Without labels: the
-    unlabelled default. In-domain collections measured here choose the
-    posterior, collections of classes the net never saw choose the mid feature (cosine, in shards without it).
+    these held-out items worse than Hamming alone. Without labels (or too few): the label-free test of
+    `unlabelled_choice`. In-domain collections measured here choose the posterior, collections of classes
+    the net never saw choose the mid feature (cosine, in shards without it), with labels or without.
     """
     floats = ("features",) + ((MID_FIELD,) if shards.has_mid else ())
     rows = shards.sample_rows(("codes",) + floats + shards.label_fields, sample, rng)
     rows["targets"] = targets(rows)  # label sets of a multi-label collection: relevant = a shared label
     labelled = np.flatnonzero(rows["labels"] >= 0)
     why = _unmeasurable(rows["labels"][labelled])
-    if why:
-        signal, _ = choose({}, labelled=False)
-        return signal, {"by": f"default: {why}"}
+    if why:  # the label-free test, on the sampled items
+        signal, choice = unlabelled_choice(head, rows["features"].astype(np.float32), shards.has_mid)
+        return signal, {**choice, "labels": why}
     held = rng.choice(labelled, size=min(queries, len(labelled) // 5), replace=False)
     rest = np.setdiff1d(np.arange(len(rows["labels"])), held)
     q = {name: a[held] for name, a in rows.items()}
@@ -103,7 +103,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     pools: dict[str, int] = {}
     names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else []) + \
         (["mid"] if shards.has_mid else [])
-    signal, scores = choose({name: (lambda n=name: score(n)) for name in names}, labelled=True)
+    signal, scores = choose({name: (lambda n=name: score(n)) for name in names})
     return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
                           "(each signal with its default pool)", "pools": pools,
                     "scores": {k: round(v, 4) for k, v in scores.items()}}
@@ -132,4 +132,6 @@ def fine_stage(store: ShardSet, rerank: str, signal: str, model: str | None, rng
     signal, choice = choose_signal(store, head, rng)
     if "scores" in choice:
         log(f"signal: {signal} ({', '.join(f'{k} {v:.4f}' for k, v in choice['scores'].items())}; {choice['by']})")
+    else:
+        log(f"signal: {signal} ({choice['labels']}: {choice['by']})")
     return head, signal, choice
