@@ -167,6 +167,10 @@ def test_head_file_round_trip_and_no_pickle(tmp_path):
     with np.load(tmp_path / "measured.npz") as z:  # a head file written before the accuracy: read as unknown
         np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "accuracy"})
     assert Head.load(tmp_path / "old.npz").accuracy is None
+    with np.load(tmp_path / "measured.npz") as z:  # an accuracy that is no scalar: one line, not a traceback
+        np.savez(tmp_path / "bad.npz", **{**{k: z[k] for k in z.files}, "accuracy": np.array([0.5, 0.6])})
+    with pytest.raises(HashindexError, match="bad.npz: not a readable head file"):
+        Head.load(tmp_path / "bad.npz")
     np.savez(tmp_path / "evil.npz", latent_w=np.array([object()], dtype=object))
     with pytest.raises(HashindexError, match="not a readable head file"):
         Head.load(tmp_path / "evil.npz")
