@@ -203,15 +203,21 @@ FOREIGN_RATIO = 0.92  # at or below: others -> mid (+0.012 to +0.072); further f
 #                        own classes cost up to 0.129 mAP@all, the posterior on others up to 0.040
 
 
+def _informative(head: Head) -> float:
+    """The least validation accuracy the test trusts: twice chance, or halfway from chance to 1 for a net of
+    two or three classes (where twice chance is out of reach)."""
+    return min(2 / head.classes, (1 + 1 / head.classes) / 2)
+
+
 def unlabelled_choice(head: Head | None, features: np.ndarray, has_mid: bool) -> tuple[str, dict]:
     """The signal for a collection whose labels cannot score the signals, from its items' pooled ``features``
     (a sample will do) and the model's head: ``posterior`` where they look like the net's own classes, ``mid``
     (where the shards hold it) where they look foreign, `UNLABELLED_DEFAULT` where the test cannot tell or
-    cannot run (no head, a multi-label net, a model whose validation accuracy was never measured or is under
-    twice chance: a posterior that tells nothing)."""
+    cannot run (no head, a multi-label net, a model whose validation accuracy was never measured or is near
+    chance, `_informative`: a posterior that tells nothing)."""
     why = ("no head" if head is None else "a multi-label net" if head.multi_label else
            "the model's validation accuracy is not recorded" if head.accuracy is None else
-           f"the model's validation accuracy {head.accuracy:.3f} is near chance" if head.accuracy < 2 / head.classes
+           f"the model's validation accuracy {head.accuracy:.3f} is near chance" if head.accuracy < _informative(head)
            else "no items" if not len(features) else None)
     if why:
         return UNLABELLED_DEFAULT, {"by": f"default ({why})"}

@@ -142,6 +142,9 @@ def test_the_label_free_test_compares_confidence_with_the_models_accuracy():
     assert pick(None) == ("cosine", {"by": "default (the model's validation accuracy is not recorded)"})
     assert pick(0.5, multi_label=True) == ("cosine", {"by": "default (a multi-label net)"})
     assert pick(0.49)[1]["by"] == "default (the model's validation accuracy 0.490 is near chance)"  # < 2 / 4 classes
+    two = Head(head.latent_w, head.latent_b, head.classifier_w[:2], head.classifier_b[:2], accuracy=0.8)
+    assert "ratio" in unlabelled_choice(two, feats, True)[1]  # 2 classes: 0.8 is above 0.75, halfway from chance
+    assert "near chance" in unlabelled_choice(replace(two, accuracy=0.7), feats, True)[1]["by"]
     assert unlabelled_choice(None, feats, True) == ("cosine", {"by": "default (no head)"})
 
 
