@@ -24,6 +24,7 @@ from .files import atomic_write_json, sha256_file
 from .index import Index, build, read_index_meta
 from .query import example_results
 from .report import results_grid, write_plots
+from .signals import FOREIGN_RATIO
 from .store import MANIFEST
 
 DEFAULT_DATA = "torchvision:cifar10:test"
@@ -54,6 +55,20 @@ def fine_tune_hint(classes: list[str], model_classes: list[str], model: str, dat
             f"--epochs 6 --out {tuned}\n"
             f"  hashindex demo --model {tuned} --data {shlex.quote(data)} --every {every} "
             f"--out {shlex.quote(str(out))}-tuned")
+
+
+def foreign_photos_hint(choice: dict[str, Any], signal: str, model: str) -> str | None:
+    """For photos without labels that the label-free test (`signals.unlabelled_choice`) found foreign to the
+    model: that the codes are zero-shot, and how labels would let the model be fine-tuned on them."""
+    if "ratio" not in choice or choice["ratio"] > FOREIGN_RATIO:
+        return None
+    return (f"note: these photos look like classes {model} was not trained on (mean top posterior "
+            f"{choice['confidence']:.2f} = {choice['ratio']:.2f} x its validation accuracy), so the codes are "
+            f"zero-shot and the index re-ranks by {signal!r}; sorting some photos into a folder per class and "
+            "fine-tuning on them is the big step (flowers: mAP@all 0.27 -> 0.66 with 77 s of training; "
+            "docs/RESULTS.md, 'The demo on classes of your own'):\n"
+            f"  hashindex train --init {shlex.quote(model)} --data FOLDER_OF_CLASS_FOLDERS/ --val-every 10 "
+            "--epochs 6 --out mine.pt")
 
 
 def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODEL, every: int = 10,
@@ -99,7 +114,8 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     if metrics is None:
         log(f"search it: hashindex query {shlex.quote(str(index_dir))} PHOTO.jpg --model {shlex.quote(model)} "
             "--grid results.png")
-    hint = fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out)
+    hint = fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out) or \
+        foreign_photos_hint(index.meta["rerank"].get("signal_choice", {}), index.signal, model)
     if hint:
         log(hint)
     log(f"done in {time.time() - t0:.0f} s")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hashindex import DEFAULT_MODEL, load_model
 from hashindex.cli import cli
 from hashindex.data import open_source
-from tests.conftest import CIFAR_TEST, need
+from tests.conftest import CIFAR_TEST, MNIST_TEST, need
 
 
 @pytest.mark.parametrize("name, model_id, test_flip, accuracy", [
@@ -81,4 +81,16 @@ def test_demo_on_photos_without_labels(tmp_path):
     assert sorted(summary["files"]) == ["index", "results_grid"]
     assert Path(summary["files"]["results_grid"]).stat().st_size > 0
     assert "evaluate: skipped, folder" in res.stderr and "has no labels" in res.stderr
+    assert summary["hint"] is None  # CIFAR-10 photos: the model's own classes (the label-free test: posterior)
+    need(MNIST_TEST)  # digits: foreign to the model, so the demo says how labels would help
+    digits = open_source(MNIST_TEST).subset(40)
+    (tmp_path / "digits").mkdir()
+    for i in range(len(digits)):
+        (tmp_path / "digits" / f"{i:03d}.png").write_bytes(digits.read_bytes(i))
+    res = CliRunner().invoke(cli, ["demo", "--data", str(tmp_path / "digits"), "--out", str(tmp_path / "d2"),
+                                   "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    hint = json.loads(res.stdout)["hint"]
+    assert "look like classes nin-cifar10-48-v3 was not trained on" in hint and "re-ranks by 'mid'" in hint
+    assert "hashindex train --init nin-cifar10-48-v3 --data FOLDER_OF_CLASS_FOLDERS/" in hint and hint in res.stderr
 
