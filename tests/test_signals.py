@@ -186,6 +186,9 @@ def test_auto_chooses_by_the_collections_labels(cifar_shards, tmp_path):
     assert meta["rerank"]["signal"] in (*SIGNALS, "hamming")
     assert set(choice["scores"]) == {"hamming", *SIGNALS}
     assert choice["scores"][meta["rerank"]["signal"]] == max(choice["scores"].values())
+    # beside the measurement, what the label-free test would choose: the tests' tiny model is at chance, so cosine
+    assert choice["label_free"] == {"signal": "cosine", "by": choice["label_free"]["by"]}
+    assert "near chance" in choice["label_free"]["by"]
     assert (tmp_path / "auto" / "head.npz").exists()
 
 

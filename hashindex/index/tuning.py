@@ -72,9 +72,9 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     rows["targets"] = targets(rows)  # label sets of a multi-label collection: relevant = a shared label
     labelled = np.flatnonzero(rows["labels"] >= 0)
     why = _unmeasurable(rows["labels"][labelled])
+    free, free_choice = unlabelled_choice(head, rows["features"].astype(np.float32), shards.has_mid)
     if why:  # the label-free test, on the sampled items
-        signal, choice = unlabelled_choice(head, rows["features"].astype(np.float32), shards.has_mid)
-        return signal, {**choice, "labels": why}
+        return free, {**free_choice, "labels": why}
     held = rng.choice(labelled, size=min(queries, len(labelled) // 5), replace=False)
     rest = np.setdiff1d(np.arange(len(rows["labels"])), held)
     q = {name: a[held] for name, a in rows.items()}
@@ -106,7 +106,8 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
     signal, scores = choose({name: (lambda n=name: score(n)) for name in names})
     return signal, {"by": f"mAP@all of {len(held)} labelled items held out against {len(rest)} others "
                           "(each signal with its default pool)", "pools": pools,
-                    "scores": {k: round(v, 4) for k, v in scores.items()}}
+                    "scores": {k: round(v, 4) for k, v in scores.items()},
+                    "label_free": {"signal": free, **free_choice}}  # what it would choose without the labels
 
 
 def _unmeasurable(labels: np.ndarray) -> str | None:
