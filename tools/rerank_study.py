@@ -74,12 +74,14 @@ def study(name: str, database: str, queries: str, out: Path, signals: list[str],
 
 
 def table(path: Path) -> str:
-    """Markdown: one row per collection, mAP@all / mAP@1000 / P@10 per signal (default pool), auto's choice."""
+    """Markdown: one row per collection, mAP@all / mAP@1000 / P@10 per signal (default pool), auto's choice, and
+    what the label-free test would choose without the labels (rows measured since index.json records it)."""
     rows = load_rows(path)
     names = list(dict.fromkeys(r["name"] for r in rows))
     cols = ["hamming"] + [s for s in SIGNALS if any(r["signal"] == s for r in rows)]
-    head = "| collection | metric | " + " | ".join(cols) + " | auto chooses | auto | whole database re-ranked (best) |"
-    lines = [head, "|" + " --- |" * (len(cols) + 5)]
+    head = "| collection | metric | " + " | ".join(cols) + (" | auto chooses | auto | without labels it would choose | "
+                                                          "whole database re-ranked (best) |")
+    lines = [head, "|" + " --- |" * (len(cols) + 6)]
     for name in names:
         mine = {(r["signal"], r["pool"]): r for r in rows if r["name"] == name}
         auto = mine.get(("auto", "default"))
@@ -92,6 +94,9 @@ def table(path: Path) -> str:
             alls = {s: mine[(s, "all")][metric] for s in cols[1:] if (s, "all") in mine}
             best = max(alls, key=alls.get) if alls else None
             chosen = f"{auto['chosen']} | {auto[metric]:.4f}" if auto else "- | -"
+            free = ((auto or {}).get("choice") or {}).get("label_free", {}).get("signal", "-")  # older rows: none
+            free_score = mine.get((free, "default"), {}).get(metric)
+            chosen += f" | {free} ({free_score:.4f})" if free_score is not None else f" | {free}"
             whole = f"{alls[best]:.4f} ({best})" if best else "-"
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {chosen} | {whole} |")
     return "\n".join(lines)
