@@ -201,8 +201,8 @@ def choose(candidates: dict[str, Callable[[], float]]) -> tuple[str, dict[str, f
 # blurred to 12 px, where every signal but the posterior ranks within 0.006 of Hamming); between the bounds the
 # test abstains.
 OWN_CLASSES_RATIO = 0.97  # at or above: the net's own classes -> posterior (+0.012 to +0.070 mAP@all over Hamming)
-FOREIGN_RATIO = 0.92  # at or below: others -> mid (+0.012 to +0.072); further from the pairs seen, as mid on
-#                        own classes cost up to 0.129 mAP@all, the posterior on others up to 0.040
+FOREIGN_RATIO = 0.92  # at or below: others -> mid (+0.012 to +0.072). Between the bounds it abstains rather than
+#                        guess: mid on own classes cost up to 0.129 mAP@all, the posterior on others up to 0.040
 
 
 def _informative(head: Head) -> float:
