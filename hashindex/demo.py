@@ -24,7 +24,6 @@ from .files import atomic_write_json, sha256_file
 from .index import Index, build, read_index_meta
 from .query import example_results
 from .report import results_grid, write_plots
-from .signals import FOREIGN_RATIO
 from .store import MANIFEST
 
 DEFAULT_DATA = "torchvision:cifar10:test"
@@ -60,7 +59,7 @@ def fine_tune_hint(classes: list[str], model_classes: list[str], model: str, dat
 def foreign_photos_hint(choice: dict[str, Any], signal: str, model: str) -> str | None:
     """For photos without labels that the label-free test (`signals.unlabelled_choice`) found foreign to the
     model: that the codes are zero-shot, and how labels would let the model be fine-tuned on them."""
-    if "ratio" not in choice or choice["ratio"] > FOREIGN_RATIO:
+    if choice.get("classes") != "other":  # the test's verdict, as index.json records it
         return None
     return (f"note: these photos look like classes {model} was not trained on (mean top posterior "
             f"{choice['confidence']:.2f} = {choice['ratio']:.2f} x its validation accuracy), so the codes are "

@@ -229,8 +229,10 @@ def unlabelled_choice(head: Head | None, features: np.ndarray, has_mid: bool) ->
     said = (f"mean top posterior {confidence:.3f} = {ratio:.2f} x the model's validation accuracy "
             f"{head.accuracy:.3f}")
     if ratio >= OWN_CLASSES_RATIO:
-        return "posterior", {"by": f"{said}: the net's own classes", **facts}
-    if ratio <= FOREIGN_RATIO and has_mid:
-        return "mid", {"by": f"{said}: classes the net was not trained on", **facts}
-    verdict = "cannot tell" if ratio > FOREIGN_RATIO else "foreign classes, but the shards hold no mid features"
-    return UNLABELLED_DEFAULT, {"by": f"default ({said}: {verdict})", **facts}
+        return "posterior", {"by": f"{said}: the net's own classes", "classes": "own", **facts}
+    if ratio > FOREIGN_RATIO:
+        return UNLABELLED_DEFAULT, {"by": f"default ({said}: cannot tell)", "classes": "unclear", **facts}
+    if has_mid:
+        return "mid", {"by": f"{said}: classes the net was not trained on", "classes": "other", **facts}
+    return UNLABELLED_DEFAULT, {"by": f"default ({said}: foreign classes, but the shards hold no mid features)",
+                                "classes": "other", **facts}

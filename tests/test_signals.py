@@ -139,6 +139,10 @@ def test_the_label_free_test_compares_confidence_with_the_models_accuracy():
     foreign = confidence / FOREIGN_RATIO
     assert pick(foreign * 1.001)[0] == "mid" and "not trained on" in pick(foreign * 1.001)[1]["by"]
     assert pick(foreign * 1.001, has_mid=False)[0] == "cosine"
+    # the verdict index.json records, which the demo's note reads instead of comparing the ratio again
+    assert [pick(a, **kw)[1]["classes"] for a, kw in ((own * 0.999, {}), (own * 1.01, {}), (foreign * 0.999, {}),
+            (foreign * 1.001, {}), (foreign * 1.001, {"has_mid": False}))] == ["own", "unclear", "unclear", "other",
+                                                                             "other"]
     assert pick(None) == ("cosine", {"by": "default (the model's validation accuracy is not recorded)"})
     assert pick(0.5, multi_label=True) == ("cosine", {"by": "default (a multi-label net)"})
     assert pick(0.49)[1]["by"] == "default (the model's validation accuracy 0.490 is near chance)"  # < 2 / 4 classes
