@@ -260,7 +260,7 @@ def test_image_queries_without_a_float_store(cifar_shards, tiny_model, tmp_path)
 
 def test_first_k_order_equals_a_full_sort_cut_at_k():
     """The partial ordering of a re-ranked pool gives exactly the full lexsort's first k (ties, inf, any k)."""
-    from hashindex.index.searcher import first_k_order
+    from hashindex.index.pool import first_k_order
 
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -38,7 +38,7 @@ def time_extract(model: str, data: str, limit: int, **kw) -> float:
 
 def search_shards(n: int, nq: int, k: int, shards: int) -> dict[str, float]:
     """Queries/s for one index, `shards` shards here and `shards` Ray actors, over the same n random codes."""
-    from hashindex.index.searcher import remote_parts
+    from hashindex.index.remote import remote_parts
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)

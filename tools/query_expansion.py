@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from hashindex.index.searcher import TIE_CAP, default_pool
+from hashindex.index.pool import TIE_CAP, default_pool
 from hashindex.metrics import evaluate_arrays
 from hashindex.signals import Head, database_vectors, query_from_database, query_vectors
 from hashindex.store.shards import ShardSet, targets

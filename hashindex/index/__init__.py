@@ -13,7 +13,8 @@ from .kinds import (BINARY_KINDS, RERANK_KINDS, BinaryParts, default_params, mak
                     make_rerank_index, new_float_store, padded_bytes)
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, binary_files, describe_index,
                      moved_aside, read_index_meta, rerank_signal)
-from .searcher import DEFAULT_CANDIDATES, FINE_BUDGET, MISSING, TIE_CAP, Index, SearchResult, default_pool
+from .pool import DEFAULT_CANDIDATES, FINE_BUDGET, MISSING, TIE_CAP, default_pool
+from .searcher import Index, SearchResult
 from .tuning import choose_signal, head_for
 
 __all__ = ["BINARY_FILE", "BINARY_KINDS", "DEFAULT_CANDIDATES", "FINE_BUDGET", "default_pool", "HEAD_FILE", "INDEX_JSON", "MISSING",

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from .buckets import BucketedBinary, graph_search
+from .pool import packed_order
 
 FAST_CODE_BYTES = (4, 8, 16, 20, 32, 64)
 BINARY_KINDS = ("flat", "ivf", "hnsw", "multihash")
@@ -301,13 +302,6 @@ def binary_range_search(index: faiss.IndexBinary, x: np.ndarray, radius: int, np
             return index.range_search(x, radius)
         finally:
             index.nprobe = old
-
-
-def packed_order(mask: np.ndarray) -> np.ndarray:
-    """Per row, the columns where ``mask`` holds first (in their order), then the others, cut at the widest
-    row's count of true entries (at least 1)."""
-    width = max(int(mask.sum(axis=1).max(initial=0)), 1)
-    return np.argsort(~mask, axis=1, kind="stable")[:, :width]
 
 
 def _pack(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

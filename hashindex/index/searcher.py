@@ -29,23 +29,11 @@ from ..errors import HashindexError
 from ..codes import pad_codes
 from ..signals import Head, feature_field, query_vectors
 from .buckets import sort_hits
-from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, packed_order, subset_distances
-from .layout import (RERANK_FILE, binary_files, bucketed, buckets_file, check_index, find_ids, open_table,
-                     read_binary, read_float, read_float_parts, read_head, read_index_meta, read_part, rerank_signal)
-
-MISSING = -1
-DEFAULT_CANDIDATES = 1000  # the pool of 192-d features, and of an index without a float store
-# The fine stage reads at most this many floats per query by default: DLBHC's 1,000 candidates x 192-d
-# features. Narrower signals re-rank a larger pool at the same cost (posterior, 11-d: 17,454 candidates;
-# latent, 48-d: 4,000): their quality grows with the pool, where L2 / cosine on features drop (RESULTS.md).
-FINE_BUDGET = DEFAULT_CANDIDATES * 192
-TIE_CAP = 20_000  # at most this many items in a pool widened to a whole tie group (or the pool, if larger)
-
-
-def default_pool(dim: int | None) -> int:
-    """The default re-ranked pool for stored vectors of width ``dim``: `FINE_BUDGET` floats per query."""
-    return max(DEFAULT_CANDIDATES // 10, FINE_BUDGET // dim) if dim else DEFAULT_CANDIDATES
-
+from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, subset_distances
+from .layout import (RERANK_FILE, binary_files, bucketed, check_index, find_ids, open_table, read_binary,
+                     read_float, read_float_parts, read_head, read_index_meta, rerank_signal)
+from .pool import MISSING, TIE_CAP, default_pool, first_k_order, pool_mask
+from .remote import remote_parts
 
 @dataclass
 class SearchResult:
@@ -348,7 +336,7 @@ class Index:
             ham, pos = self.complete_ties(codes, ham, pos, cap=max(TIE_CAP, pool_size, k), nprobe=nprobe)
         dist = np.full(pos.shape, np.nan, np.float32)
         if do_rerank:
-            in_pool = self._pool_mask(ham, pos, pool_size)
+            in_pool = pool_mask(ham, pos, pool_size)
             width = int(in_pool.sum(axis=1).max())
             head_pos = pos[:, :width]
             d = self.float_distances(features, np.where(in_pool[:, :width], head_pos, MISSING), vectors=vectors)
@@ -362,18 +350,6 @@ class Index:
         ham, pos, dist = ham[:, :k], pos[:, :k], dist[:, :k]
         ids = np.where(pos < 0, MISSING, self.ids[np.maximum(pos, 0)])
         return SearchResult(ids=ids, positions=pos, hamming=ham, distance=dist)
-
-    @staticmethod
-    def _pool_mask(ham: np.ndarray, pos: np.ndarray, pool_size: int) -> np.ndarray:
-        """Which entries of a (Hamming, position)-ordered list are in the pool.
-
-        The pool is every item as close as the ``pool_size``-th one: a whole tie
-        group, in the list as `complete_ties` left it (so the same items whatever k).
-        """
-        bound = ham[:, min(pool_size, ham.shape[1]) - 1:min(pool_size, ham.shape[1])]
-        bound = np.where(bound < 0, np.iinfo(np.int32).max, bound)
-        capped = np.arange(ham.shape[1]) < max(TIE_CAP, pool_size)
-        return (pos >= 0) & (ham <= bound) & capped
 
     def range_search(self, codes: np.ndarray, radius: int, nprobe: int | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -393,48 +369,3 @@ class Index:
         rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
         d, p = sort_hits(rows, dist, pos)  # one sort for all queries (as fast as a lexsort each, measured)
         return [(p[a:b], d[a:b].astype(np.int32)) for a, b in zip(lims[:-1], lims[1:])]
-
-
-def first_k_order(d: np.ndarray, ham: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the column order of the first k entries by (d, ham, pos): what a full lexsort gives, cut at k.
-
-    Only the entries as close as the k-th smallest d (ties included) are sorted, found with a partition:
-    with the pools the fine stage re-ranks (1,000-17,454 candidates) and k = 10, sorting whole pools was most
-    of a search's time (measured: 56 ms of 155 ms for 32 queries over 50,000 CIFAR-10 codes).
-    """
-    width = d.shape[1]
-    if k >= width:
-        return np.lexsort((pos, ham, d), axis=-1)
-    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
-    sel = packed_order(d <= kth)  # the kept columns (at least k per row) first; rows with fewer kept add
-    sd, sh, sp = (np.take_along_axis(a, sel, 1) for a in (d, ham, pos))  # farther ones, which sort after them
-    return np.take_along_axis(sel, np.lexsort((sp, sh, sd), axis=-1)[:, :k], 1)
-
-
-def _held_bytes(binary: Path, bucketed: bool) -> int:
-    """Bytes of a binary part's files (its graph and bucket table), what its actor will hold."""
-    return binary.stat().st_size + (binary.with_name(buckets_file(binary.name)).stat().st_size if bucketed else 0)
-
-
-def remote_parts(directory: Path, meta: dict[str, Any], options: dict[str, Any]
-                 ) -> tuple[BinaryParts, FloatParts | None]:
-    """The parts of a sharded index held by one Ray actor each (an index past one machine's RAM): each actor
-    holds its binary part and, when the float store is kept in parts, its slice of it too, so candidates
-    are re-ranked where they live and the float store never comes to this process."""
-    from functools import partial
-
-    from ..distributed import call_all, holders
-
-    parts = meta["binary"]["shards"]
-    floats = meta["rerank"].get("shards") or [None] * len(parts)
-    paths = [((directory / p["file"]).resolve(), (directory / f["file"]).resolve() if f else None)  # workers
-             for p, f in zip(parts, floats)]  # elsewhere: absolute paths
-    graphs_of_codes = bucketed(meta)
-    actors = holders([partial(read_part, str(b), str(f) if f else None, graphs_of_codes) for b, f in paths],
-                     [_held_bytes(b, graphs_of_codes) + (f.stat().st_size if f else 0) for b, f in paths], **options)
-    starts, sizes = [p["start"] for p in parts], [p["stop"] - p["start"] for p in parts]
-    binary = BinaryParts(actors, starts, sizes, each=partial(call_all, actors), nlist=meta["binary"].get("nlist"),
-                          multihash=meta["binary"]["kind"] == "multihash")
-    if not meta["rerank"].get("shards"):
-        return binary, None
-    return binary, FloatParts(actors, starts, sizes, meta["rerank"]["dim"], each=partial(call_all, actors))

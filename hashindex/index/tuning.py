@@ -18,7 +18,7 @@ from ..metrics import evaluate_arrays
 from ..signals import (HEAD_SIGNALS, MID_FIELD, Head, check_signal, choose, database_vectors, feature_field,
                        query_vectors, unlabelled_choice)
 from ..store import ShardSet, targets
-from .searcher import TIE_CAP, default_pool
+from .pool import TIE_CAP, default_pool
 
 SIGNAL_QUERIES = 1000  # labelled items held out of the collection to choose its signal
 SIGNAL_SAMPLE = 100_000  # items of a large collection the choice is measured on
