@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
-from .metrics import average_precision, class_name, confusion_shares, evaluate_arrays, relevant_items
+from .metrics import average_precision, confusion_shares, evaluate_arrays
+from .targets import class_name, relevant_items
 
 
 PROTOCOL = ("relevance = same label (a shared label for multi-label sets); Hamming ranking over the whole "

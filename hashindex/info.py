@@ -98,7 +98,7 @@ def describe_collection(spec: str) -> dict[str, Any]:
     import numpy as np
 
     from .data import open_source, shared_folder_names
-    from .metrics import label_counts, set_counts
+    from .targets import label_counts, set_counts
 
     source = open_source(spec, arg="path")
     listed = len(source)

@@ -14,8 +14,8 @@ import numpy as np
 
 from .errors import HashindexError
 from .index import MISSING, Index, SearchResult
-from .metrics import class_name, common_kind
 from .signals import query_from_database
+from .targets import class_name, common_kind
 
 
 def _encode_images(index: Index, images: list[str], model: str | None, device: str

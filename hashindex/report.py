@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import encode_name
-from .metrics import class_name, confusion_shares, relevant_items
+from .metrics import confusion_shares
+from .targets import class_name, relevant_items
 
 
 def _plt():

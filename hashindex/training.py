@@ -43,9 +43,10 @@ from .devices import autocast_for, precision_of, resolve_device
 from .distill import ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .codes import code_statistics
-from .metrics import mean_average_precision, one_hot_sets
+from .metrics import mean_average_precision
 from .model import NINHash, pack_codes
 from .recipe import TrainConfig, augment, check_config, run_epoch
+from .targets import one_hot_sets
 
 
 @torch.inference_mode()

@@ -151,7 +151,7 @@ def test_a_multi_label_list_of_photos_extracts_builds_and_evaluates(tiny_model, 
     q = ShardSet(tmp_path / "q").load(("codes", "label_sets"))
     assert abs(m["hamming"]["map"] - brute_map(q["codes"], q["label_sets"], rows["codes"], rows["label_sets"])) < 1e-9
     assert {"results_grid", "per_class_map"} <= set(m["plots"])  # the grid's borders: a shared label is green
-    from hashindex.metrics import relevant_items
+    from hashindex.targets import relevant_items
     from hashindex.query import example_results
 
     ex = example_results(Index.load(tmp_path / "index"), tmp_path / "q")

@@ -12,7 +12,7 @@ import unicodedata
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import first_labels
+from ..targets import first_labels
 from .members import sample_key
 from .members import suffix as name_suffix
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import first_labels
+from ..targets import first_labels
 from .labels import label_sets_from_text, labels_from_text
 from .sources import FilesSource
 

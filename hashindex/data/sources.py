@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..metrics import first_labels
+from ..targets import first_labels
 from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
 from .labels import folder_class, sample_labels
 from .members import (SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_archive_name, is_hidden)

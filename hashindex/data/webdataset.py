@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..metrics import first_labels, one_hot_sets
+from ..targets import first_labels, one_hot_sets
 from .members import ZIP_EXTENSIONS, expand_braces, is_tar_name
 from .archives import TarSource, ZipSource
 from .sources import ImageSource

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HashindexError
-from ..metrics import first_labels, label_counts, set_counts
+from ..targets import first_labels, label_counts, set_counts
 from .manifest import new_manifest, save_manifest, shard_attrs, shard_name
 from .shards import ShardData, ShardSet, read_shard, shard_entry, write_shard
 
