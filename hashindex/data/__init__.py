@@ -27,7 +27,8 @@ from .formats import cifar_source, idx_source, read_idx
 from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, to_array, to_mode
 from .lists import ListSource
 from .archives import TarSource, ZipSource
-from .sources import (IMAGE_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, shared_folder_names,
+from .folders import FolderSource
+from .sources import (IMAGE_EXTENSIONS, ArraySource, FilesSource, ImageSource, shared_folder_names,
                       warn_shared_folder_names)
 from .spec import open_source, reopen_source
 

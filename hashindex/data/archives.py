@@ -1,6 +1,6 @@
 """Image collections inside one archive file, read in place: a tar (or tar.gz) and a zip.
 
-Both list their members once, make items of them as a folder's files are made (`sources._items`: WebDataset
+Both list their members once, make items of them as a folder's files are made (`sources.items_of`: WebDataset
 samples, label sidecars, counted skips), and read a member's bytes on demand, from any worker process.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import HashindexError
 from .images import BadImage
 from .members import LABEL_SIDECARS, suffix as name_suffix
-from .sources import MAX_FILE_BYTES, ImageSource, _items
+from .sources import MAX_FILE_BYTES, ImageSource, items_of
 from .tar_headers import BLOCK, plain_tar_members
 
 SIDECAR_BYTES = 1 << 20  # a label sidecar larger than this is not read
@@ -104,7 +104,7 @@ class TarSource(_InPlace):
         except (tarfile.TarError, OSError, EOFError) as e:
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
-        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+        paths, labels, class_names, unread, sets = items_of(names, odd, lambda n: sidecar_bytes.get(n, b""),
                                                           f"tar {self.path}", folders)
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
@@ -185,7 +185,7 @@ class ZipSource(_InPlace):
             names = list(self.members)
             odd = {k.replace("\\", "/"): v for k, v in odd.items()}
             sidecar_bytes = {k.replace("\\", "/"): v for k, v in sidecar_bytes.items()}
-        paths, labels, class_names, unread, sets = _items(names, odd, lambda n: sidecar_bytes.get(n, b""),
+        paths, labels, class_names, unread, sets = items_of(names, odd, lambda n: sidecar_bytes.get(n, b""),
                                                           f"zip {self.path}", folders)
         super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
 

@@ -12,7 +12,8 @@ from .members import ZIP_EXTENSIONS, is_image_name
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
-from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, FolderSource, ImageSource, labelled_by_folders
+from .folders import FolderSource
+from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
