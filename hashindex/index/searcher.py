@@ -35,6 +35,7 @@ from .layout import (RERANK_FILE, binary_files, bucketed, check_index, find_ids,
 from .pool import MISSING, TIE_CAP, default_pool, first_k_order, pool_mask
 from .remote import remote_parts
 
+
 @dataclass
 class SearchResult:
     """Top-k per query; -1 ids / positions where the index had fewer results."""
