@@ -13,10 +13,11 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
-import time
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,18 +92,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def exchange(a: str | Path, b: str | Path) -> bool:
-    """Swap two existing paths (folders) in one step: Linux's renameat2 with RENAME_EXCHANGE, so a reader finds
-    one or the other at each path at every moment, never nothing. False where the C library, kernel or file
-    system has no such call (the caller renames twice instead); another failure is an OSError."""
+    """Swap two existing paths (folders) in one step, so a reader finds one or the other at each path at every
+    moment, never nothing: Linux's renameat2 with RENAME_EXCHANGE, macOS's renamex_np with RENAME_SWAP. False
+    where the C library, kernel or file system has no such call (the caller renames twice instead); another
+    failure is an OSError."""
     try:
-        call = ctypes.CDLL(None, use_errno=True).renameat2
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform == "darwin":  # macOS 10.12 and later
+            call, args = libc.renamex_np, (os.fsencode(a), os.fsencode(b), 0x2)  # RENAME_SWAP
+        else:
+            at_fdcwd, rename_exchange = -100, 2
+            call, args = libc.renameat2, (at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     except (AttributeError, OSError):
         return False
-    at_fdcwd, rename_exchange = -100, 2
-    if call(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    if call(*args) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 

@@ -48,7 +48,7 @@ def test_overwrite_replaces_an_index_and_cleans_leftovers(cifar_shards, tmp_path
 
 
 def test_an_index_is_swapped_in_one_step_and_a_kill_mid_swap_loses_nothing(cifar_shards, tmp_path, monkeypatch):
-    """A rebuild, append or removal swaps the new folder in with one rename (Linux's RENAME_EXCHANGE): INDEX_DIR
+    """A rebuild, append or removal swaps the new folder in with one rename (RENAME_EXCHANGE here): INDEX_DIR
     is never missing. Where the system cannot (the fallback: two renames), a kill between them leaves the
     old index moved aside: readers say where it waits, and the next write of it puts it back and goes on."""
     import hashindex.index.writing as writing
@@ -84,6 +84,38 @@ def test_an_index_is_swapped_in_one_step_and_a_kill_mid_swap_loses_nothing(cifar
     index = Index.load(out)
     assert index.count == 9998 and 6 not in index.ids and 5 not in index.ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_exchange_swaps_in_one_call_on_linux_and_macos(tmp_path, monkeypatch):
+    """`files.exchange`: a real swap here (Linux); on macOS the same through renamex_np(RENAME_SWAP) (a fake
+    C library records the call); False where the system has no such call, so the caller renames twice."""
+    import errno
+    from hashindex import files
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("from a"), (b / "y").write_text("from b")
+    if sys.platform == "linux":
+        assert files.exchange(a, b) and (a / "y").read_text() == "from b" and (b / "x").read_text() == "from a"
+
+    class Libc:
+        def __init__(self, result, code=0):
+            self.calls, self.result, self.code = [], result, code
+
+        def renamex_np(self, *args):
+            self.calls.append(args)
+            files.ctypes.set_errno(self.code)
+            return self.result
+
+    libc = Libc(0)
+    monkeypatch.setattr(files.sys, "platform", "darwin")
+    monkeypatch.setattr(files.ctypes, "CDLL", lambda name, use_errno: libc)
+    assert files.exchange(a, b) is True and libc.calls == [(os.fsencode(a), os.fsencode(b), 2)]
+    libc = Libc(-1, errno.ENOTSUP)  # a file system without the swap: the two-rename fallback
+    assert files.exchange(a, b) is False
+    libc = Libc(-1, errno.EACCES)
+    with pytest.raises(PermissionError):
+        files.exchange(a, b)
 
 
 def test_one_writer_at_a_time(cifar_shards, tmp_path):
