@@ -105,7 +105,7 @@ class TarSource(_InPlace):
             first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
             raise HashindexError(f"{self.path}: not a readable tar archive ({first})") from None
         paths, labels, class_names, unread, sets = items_of(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                          f"tar {self.path}", folders)
+                                                            f"tar {self.path}", folders)
         self.offsets = np.array([where.get(n, (-1, 0))[0] for n in paths], dtype=np.int64)
         self.sizes = np.array([where.get(n, (-1, 0))[1] for n in paths], dtype=np.int64)
         super().__init__(f"tar {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
@@ -186,7 +186,7 @@ class ZipSource(_InPlace):
             odd = {k.replace("\\", "/"): v for k, v in odd.items()}
             sidecar_bytes = {k.replace("\\", "/"): v for k, v in sidecar_bytes.items()}
         paths, labels, class_names, unread, sets = items_of(names, odd, lambda n: sidecar_bytes.get(n, b""),
-                                                          f"zip {self.path}", folders)
+                                                            f"zip {self.path}", folders)
         super().__init__(f"zip {self.path}", paths, labels, class_names, unread=unread, label_sets=sets)
 
     def _open(self):

@@ -69,7 +69,7 @@ class FolderSource(ImageSource):
                     continue
                 names.append(rel)
         paths, labels, class_names, unread, sets = items_of(names, outside, lambda n: _read_small(self.root / n),
-                                                          f"folder {self.root}", folders)
+                                                            f"folder {self.root}", folders)
         description = f"folder {self.root}"
         self.copies = 0  # files merged into another item with the same bytes (label_sets=True)
         if label_sets:
