@@ -72,6 +72,27 @@ def ideal_gains(gains: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-top, axis=1)
 
 
+def random_order_ap(relevant: np.ndarray, n: int) -> np.ndarray:
+    """The expected AP of a query with ``relevant`` (counts, per query) of ``n`` items relevant, in a uniformly
+    random order: what labels unrelated to the images score (0 where none is relevant, as `average_precision`).
+
+    A relevant item at rank r (uniform over 1..n) has (r - 1)(R - 1) / (n - 1) other relevant items above it
+    on average, so E[AP] = H_n / n + (R - 1) / (n - 1) * (1 - H_n / n), H_n the n-th harmonic number."""
+    r = np.asarray(relevant, np.float64)
+    if n <= 1:
+        return (r > 0).astype(np.float64)
+    h = float(np.sum(1.0 / np.arange(1, n + 1))) / n
+    return np.where(r > 0, h + (r - 1) / (n - 1) * (1 - h), 0.0)
+
+
+def chance_map(q_targets: np.ndarray, db_targets: np.ndarray, chunk: int = 256) -> float:
+    """The mAP@all a uniformly random order of the database would score for these queries (labels or label
+    sets, as `Relevance`): the floor a ranking that knows nothing of the images sits on."""
+    rel = Relevance(q_targets, db_targets)
+    counts = np.concatenate([rel(slice(s, s + chunk)).sum(axis=1) for s in range(0, len(q_targets), chunk)])
+    return float(random_order_ap(counts, len(db_targets)).mean()) if len(counts) else 0.0
+
+
 def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,
                            db_codes: np.ndarray, db_labels: np.ndarray,
                            at: int | None = None, chunk: int = 128) -> float:

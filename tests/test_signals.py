@@ -196,6 +196,43 @@ def test_auto_chooses_by_the_collections_labels(cifar_shards, tmp_path):
     assert (tmp_path / "auto" / "head.npz").exists()
 
 
+def test_a_random_orders_map_matches_simulation():
+    """`random_order_ap` (closed form) against the mean AP of many random orders; `chance_map` per query."""
+    from hashindex.metrics import average_precision, chance_map, random_order_ap
+
+    rng = np.random.default_rng(0)
+    for relevant, n in ((1, 5), (3, 20), (7, 50), (20, 20)):
+        rel = np.zeros((20000, n), bool)
+        rel[np.arange(20000)[:, None], np.argsort(rng.random((20000, n)), axis=1)[:, :relevant]] = True
+        assert random_order_ap(np.array([relevant]), n)[0] == pytest.approx(average_precision(rel).mean(), abs=0.004)
+    assert random_order_ap(np.array([0, 1]), 1).tolist() == [0.0, 1.0]
+    db = np.array([0, 0, 1, 2, 2, 2, -1])  # an unlabelled item is never relevant, but counts in the order
+    assert chance_map(np.array([0, 2, 5]), db) == pytest.approx(random_order_ap(np.array([2, 3, 0]), 7).mean())
+    sets = np.eye(3, dtype=bool)[[0, 0, 1, 2, 2, 2]]
+    assert chance_map(np.array([[1, 1, 0]], bool), sets) == pytest.approx(random_order_ap(np.array([3]), 6)[0])
+
+
+def test_labels_that_say_nothing_of_the_images_leave_the_choice_to_the_label_free_test(cifar_shards, tmp_path):
+    """The same shards with their labels shuffled (folders by date): every signal scores at chance, so auto
+    does not take the noisiest winner but the label-free test's choice, and says why; as given, it measures."""
+    from hashindex.index.tuning import labels_tell
+    from hashindex.store import ShardSet, write_arrays
+
+    assert labels_tell(0.12, 0.10) and not labels_tell(0.105, 0.10) and not labels_tell(0.0045, 0.0)
+    shards = ShardSet(cifar_shards)
+    rows = shards.load(("codes", "features", "ids", "labels", "mid_features"))
+    write_arrays(tmp_path / "shuffled", rows["codes"], rows["features"], ids=rows["ids"], bits=shards.bits,
+                 labels=np.random.default_rng(0).permutation(rows["labels"]), class_names=shards.class_names,
+                 model_id=shards.model_id, mid_features=rows["mid_features"])
+    quiet = dict(progress=False, log=lambda s: None)
+    choice = build(tmp_path / "shuffled", tmp_path / "ix", **quiet)["rerank"]["signal_choice"]
+    assert "scores" not in choice and choice["labels"].startswith("labels that tell nothing of the images")
+    assert max(choice["label_scores"].values()) - choice["chance"] < 0.005  # all at chance (0.10 here)
+    assert choice["by"].startswith("default (no head)")  # the copy has no head file: the test cannot run
+    given = build(cifar_shards, tmp_path / "given", **quiet)["rerank"]["signal_choice"]
+    assert given["scores"] and given["chance"] == pytest.approx(choice["chance"], abs=0.002)  # same labels, reordered
+
+
 def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     """The same by-id request through Index.search, `hashindex query --json` and the service."""
     from hashindex.service.basic import Searcher
