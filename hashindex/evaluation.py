@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
-from .metrics import average_precision, confusion_shares, evaluate_arrays
+from .metrics import average_precision, chance_map, confusion_shares, evaluate_arrays
 from .targets import class_name, relevant_items
 
 
@@ -106,6 +106,7 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
         out["served"] = served_metrics(index, q["codes"][keep], q["features"][keep] if use_rerank else None,
                                        q_targets[keep], db_codes, at, candidates=pool, rerank=use_rerank,
                                        progress=progress, db_targets=db_targets, own=own)
+    out["chance_map"] = chance_map(q_targets[keep], db_targets, own)  # what a random order would score
     out["database_codes"] = code_statistics(db_codes, index.bits)
     out["unlabelled_queries_skipped"] = int((~keep).sum())
     out["self_excluded"] = 0 if own is None else int((own >= 0).sum())  # queries that are indexed items
@@ -197,6 +198,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         label = f"{m['reranked'].get('signal', 'l2')}, pool {m['reranked']['candidates']}"
         lines.append(f"{label:<22} {m['reranked']['map']:8.4f} "
                      + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith(_AT)))
+    if "chance_map" in m:  # the floor: labels unrelated to the images, or codes that know nothing of them
+        lines.append(f"{'random order':<22} {m['chance_map']:8.4f}")
     if "served" in m:
         sv = m["served"]
         at = ", ".join(f"{k} {v:.4f}" for k, v in sv.items() if k.startswith("map@"))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .codes import hamming_distances
-from .targets import Relevance
+from .targets import Relevance, relevant_items
 
 
 def average_precision(rel: np.ndarray, at: int | None = None) -> np.ndarray:
@@ -72,25 +72,49 @@ def ideal_gains(gains: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-top, axis=1)
 
 
-def random_order_ap(relevant: np.ndarray, n: int) -> np.ndarray:
+def _harmonic(n: np.ndarray) -> np.ndarray:
+    """The n-th harmonic numbers: summed up to 64, past it ln n + Euler's gamma + 1/2n - 1/12n^2 (within 1e-9
+    there), so a database of 100M items costs nothing."""
+    n = np.asarray(n, np.float64)
+    small = np.cumsum(1.0 / np.arange(1, 65))
+    big = np.log(np.maximum(n, 1)) + 0.5772156649015329 + 1 / (2 * n) - 1 / (12 * n * n)
+    return np.where(n <= 64, small[np.clip(n.astype(np.int64), 1, 64) - 1], big)
+
+
+def random_order_ap(relevant: np.ndarray, n: int | np.ndarray) -> np.ndarray:
     """The expected AP of a query with ``relevant`` (counts, per query) of ``n`` items relevant, in a uniformly
     random order: what labels unrelated to the images score (0 where none is relevant, as `average_precision`).
 
     A relevant item at rank r (uniform over 1..n) has (r - 1)(R - 1) / (n - 1) other relevant items above it
     on average, so E[AP] = H_n / n + (R - 1) / (n - 1) * (1 - H_n / n), H_n the n-th harmonic number."""
     r = np.asarray(relevant, np.float64)
-    if n <= 1:
-        return (r > 0).astype(np.float64)
-    h = float(np.sum(1.0 / np.arange(1, n + 1))) / n
-    return np.where(r > 0, h + (r - 1) / (n - 1) * (1 - h), 0.0)
+    n = np.broadcast_to(np.asarray(n, np.float64), r.shape)
+    h = _harmonic(n) / np.maximum(n, 1)
+    ap = h + (r - 1) / np.maximum(n - 1, 1) * (1 - h)
+    return np.where(r > 0, np.where(n > 1, ap, 1.0), 0.0)
 
 
-def chance_map(q_targets: np.ndarray, db_targets: np.ndarray, chunk: int = 256) -> float:
+def chance_map(q_targets: np.ndarray, db_targets: np.ndarray, own: np.ndarray | None = None,
+               chunk: int = 256) -> float:
     """The mAP@all a uniformly random order of the database would score for these queries (labels or label
-    sets, as `Relevance`): the floor a ranking that knows nothing of the images sits on."""
+    sets, as `Relevance`): the floor a ranking that knows nothing of the images sits on. ``own``: each query's
+    own database position (-1: none), left out of its ranking as `evaluate_arrays` leaves it."""
     rel = Relevance(q_targets, db_targets)
     counts = np.concatenate([rel(slice(s, s + chunk)).sum(axis=1) for s in range(0, len(q_targets), chunk)])
-    return float(random_order_ap(counts, len(db_targets)).mean()) if len(counts) else 0.0
+    if not len(counts):
+        return 0.0
+    n = np.full(len(counts), len(db_targets))
+    if own is not None:  # its own item is relevant to it (unless unlabelled) and not in its ranking
+        inside = own >= 0
+        counts[inside] -= _own_relevant(q_targets, db_targets, own)[inside]
+        n[inside] -= 1
+    return float(random_order_ap(counts, n).mean())
+
+
+def _own_relevant(q_targets: np.ndarray, db_targets: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Whether each query's own database item (at ``own``; -1 read as position 0, masked by the caller) is
+    relevant to it (0/1)."""
+    return relevant_items(q_targets, db_targets, np.maximum(own, 0)[:, None])[:, 0].astype(np.int64)
 
 
 def mean_average_precision(query_codes: np.ndarray, query_labels: np.ndarray,

@@ -210,6 +210,12 @@ def test_a_random_orders_map_matches_simulation():
     assert chance_map(np.array([0, 2, 5]), db) == pytest.approx(random_order_ap(np.array([2, 3, 0]), 7).mean())
     sets = np.eye(3, dtype=bool)[[0, 0, 1, 2, 2, 2]]
     assert chance_map(np.array([[1, 1, 0]], bool), sets) == pytest.approx(random_order_ap(np.array([3]), 6)[0])
+    # a query that is item 0 of the database: left out of its own ranking (1 relevant of 6 left), as eval does
+    assert chance_map(np.array([0, 2]), db, own=np.array([0, -1])) == pytest.approx(
+        random_order_ap(np.array([1, 3]), np.array([6, 7])).mean())
+    for n in (64, 65, 1000, 123_457):  # harmonic numbers summed or, past 64, from their expansion
+        h = float(np.sum(1.0 / np.arange(1, n + 1)))
+        assert random_order_ap(np.array([1]), n)[0] == pytest.approx(h / n, rel=1e-9)
 
 
 def test_labels_that_say_nothing_of_the_images_leave_the_choice_to_the_label_free_test(cifar_shards, tmp_path):
@@ -261,6 +267,11 @@ def test_eval_candidates_all_and_signal_reported(cifar_shards, cifar_queries, tm
     m = json.loads(res.output)
     # the queries are indexed items: each is ranked against the 9,999 others, all of them re-ranked
     assert m["reranked"]["signal"] == "cosine" and m["reranked"]["candidates"] == 9999 and m["self_excluded"] == 1000
+    # beside the figures, what a random order scores: each query's 999 others of its class among 9,999 items
+    from hashindex.metrics import random_order_ap
+    assert m["chance_map"] == pytest.approx(random_order_ap(np.array([999]), 9999)[0], rel=1e-9)
+    res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(cifar_queries)])
+    assert res.exit_code == 0 and f"random order             {m['chance_map']:.4f}" in res.output, res.output
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "ix"), "--queries", str(cifar_queries),
                                    "--candidates", "many"])
     assert res.exit_code == 2 and "--candidates many: expected a positive number or 'all'" in res.output
