@@ -95,14 +95,18 @@ def random_order_ap(relevant: np.ndarray, n: int | np.ndarray) -> np.ndarray:
 
 
 def chance_map(q_targets: np.ndarray, db_targets: np.ndarray, own: np.ndarray | None = None,
-               chunk: int = 256) -> float:
+               chunk: int = 64) -> float:
     """The mAP@all a uniformly random order of the database would score for these queries (labels or label
     sets, as `Relevance`): the floor a ranking that knows nothing of the images sits on. ``own``: each query's
     own database position (-1: none), left out of its ranking as `evaluate_arrays` leaves it."""
-    rel = Relevance(q_targets, db_targets)
-    counts = np.concatenate([rel(slice(s, s + chunk)).sum(axis=1) for s in range(0, len(q_targets), chunk)])
-    if not len(counts):
+    if not len(q_targets):
         return 0.0
+    if q_targets.ndim == 1:  # labels: a count per class, O(database) whatever the queries
+        per_class = np.bincount(db_targets[db_targets >= 0], minlength=max(int(q_targets.max()) + 1, 1))
+        counts = np.where(q_targets >= 0, per_class[np.maximum(q_targets, 0)], 0).astype(np.int64)
+    else:
+        rel = Relevance(q_targets, db_targets)
+        counts = np.concatenate([rel(slice(s, s + chunk)).sum(axis=1) for s in range(0, len(q_targets), chunk)])
     n = np.full(len(counts), len(db_targets))
     if own is not None:  # its own item is relevant to it (unless unlabelled) and not in its ranking
         inside = own >= 0
