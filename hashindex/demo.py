@@ -70,6 +70,21 @@ def foreign_photos_hint(choice: dict[str, Any], signal: str, model: str) -> str 
             "--epochs 6 --out mine.pt")
 
 
+def meaningless_folders_hint(choice: dict[str, Any], classes: list[str], signal: str, model: str) -> str | None:
+    """For a collection whose folders say nothing of its photos (`index.tuning.labels_tell`: folders by date):
+    that its metrics measure nothing and fine-tuning on those folders would teach nothing; the index's signal
+    was chosen without them (and, for photos foreign to the model, how class folders would help)."""
+    if "label_scores" not in choice:
+        return None
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    note = (f"note: this collection's folders ({shown}) say nothing of what its photos show: every ranking "
+            f"scores what a random order does (mAP@all {max(choice['label_scores'].values()):.3f} against "
+            f"{choice['chance']:.3f}), so the metrics above measure nothing and fine-tuning on these folders "
+            f"would teach nothing; the index re-ranks by {signal!r}, chosen without them")
+    foreign = foreign_photos_hint(choice, signal, model)
+    return note + (f"\n{foreign}" if foreign else "")
+
+
 def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODEL, every: int = 10,
              limit: int | None = None, workers: int = 2, device: str = "cpu", progress: bool = True,
              log=print) -> dict[str, Any]:
@@ -113,8 +128,10 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     if metrics is None:
         log(f"search it: hashindex query {shlex.quote(str(index_dir))} PHOTO.jpg --model {shlex.quote(model)} "
             "--grid results.png")
-    hint = fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out) or \
-        foreign_photos_hint(index.meta["rerank"].get("signal_choice", {}), index.signal, model)
+    choice = index.meta["rerank"].get("signal_choice", {})
+    hint = meaningless_folders_hint(choice, source.class_names, index.signal, model) or \
+        fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out) or \
+        foreign_photos_hint(choice, index.signal, model)
     if hint:
         log(hint)
     log(f"done in {time.time() - t0:.0f} s")

@@ -122,6 +122,18 @@ def test_the_demo_says_how_to_fine_tune_for_classes_of_your_own():
     assert "hashindex demo --model /tmp/d-model.pt --data 'my photos/' --every 5 --out /tmp/d-tuned" in hint
 
 
+def test_the_demo_says_when_folders_say_nothing_of_the_photos():
+    from hashindex.demo import meaningless_folders_hint
+
+    assert meaningless_folders_hint({"by": "mAP@all ...", "scores": {"hamming": 0.9}}, ["a"], "mid", "m") is None
+    choice = {"by": "...", "classes": "other", "confidence": 0.6, "ratio": 0.7, "chance": 0.2507,
+              "label_scores": {"hamming": 0.2511, "mid": 0.2519}, "labels": "labels that tell nothing ..."}
+    hint = meaningless_folders_hint(choice, ["2019", "2020", "2021", "2022"], "mid", "nin-cifar10-48-v3")
+    assert hint.startswith("note: this collection's folders (2019, 2020, 2021, ...) say nothing of what its photos "
+                           "show: every ranking scores what a random order does (mAP@all 0.252 against 0.251)")
+    assert "re-ranks by 'mid', chosen without them\nnote: these photos look like classes nin-cifar10-48-v3" in hint
+
+
 class _Refusing:
     """A source whose every read raises a user error (as a prepared store read at the wrong size would)."""
 

@@ -94,3 +94,24 @@ def test_demo_on_photos_without_labels(tmp_path):
     assert "look like classes nin-cifar10-48-v3 was not trained on" in hint and "re-ranks by 'mid'" in hint
     assert "hashindex train --init nin-cifar10-48-v3 --data FOLDER_OF_CLASS_FOLDERS/" in hint and hint in res.stderr
 
+
+
+def test_demo_on_folders_by_date(tmp_path):
+    """Photos in folders by year (labels unrelated to what they show): build sets the labels aside, and the demo
+    says its metrics measure nothing instead of advising to fine-tune on the years."""
+    need(CIFAR_TEST)
+    src = open_source(CIFAR_TEST).subset(600)
+    years = np.random.default_rng(0).integers(2019, 2023, len(src))
+    for i, year in enumerate(years):
+        (tmp_path / "photos" / str(year)).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / str(year) / f"{i:03d}.jpg").write_bytes(src.read_bytes(i))
+    res = CliRunner().invoke(cli, ["demo", "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "demo"),
+                                   "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    choice = json.loads((tmp_path / "demo" / "index" / "index.json").read_text())["rerank"]["signal_choice"]
+    assert choice["labels"].startswith("labels that tell nothing") and choice["classes"] == "own"  # CIFAR photos
+    assert abs(summary["map"] - choice["chance"]) < 0.03  # the metrics: a random order's, as the note says
+    hint = summary["hint"]
+    assert "this collection's folders (2019, 2020, 2021, ...) say nothing of what its photos show" in hint
+    assert "re-ranks by 'posterior', chosen without them" in hint and "hashindex train" not in hint
