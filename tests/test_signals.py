@@ -225,6 +225,7 @@ def test_labels_that_say_nothing_of_the_images_leave_the_choice_to_the_label_fre
     from hashindex.store import ShardSet, write_arrays
 
     assert labels_tell(0.12, 0.10) and not labels_tell(0.105, 0.10) and not labels_tell(0.0045, 0.0)
+    assert labels_tell(0.85, 0.82) and not labels_tell(0.83, 0.82)  # one big class: 10% of what chance leaves
     shards = ShardSet(cifar_shards)
     rows = shards.load(("codes", "features", "ids", "labels", "mid_features"))
     write_arrays(tmp_path / "shuffled", rows["codes"], rows["features"], ids=rows["ids"], bits=shards.bits,
