@@ -27,7 +27,7 @@ class Relevance:
             rel = self.shared(sl) > 0
             return rel if order is None else np.take_along_axis(rel, order, 1)
         ranked = self.db[None, :] if order is None else self.db[order]
-        return ranked == self.q[sl, None]
+        return (ranked == self.q[sl, None]) & (self.q[sl, None] >= 0)  # an unlabelled query: nothing relevant
 
     def shared(self, sl: slice) -> np.ndarray:
         """(q, n) float32: how many labels each database item shares with each query ``sl`` (label sets)."""
@@ -40,7 +40,7 @@ def relevant_items(q_targets: np.ndarray, db_targets: np.ndarray, positions: np.
     ranked = db_targets[positions]
     if q_targets.ndim == 2:
         return (ranked & q_targets[:, None, :].astype(bool)).any(axis=2)
-    return ranked == q_targets[:, None]
+    return (ranked == q_targets[:, None]) & (q_targets[:, None] >= 0)
 
 
 def one_hot_sets(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -582,3 +582,12 @@ def test_layer_features_tool_ranks_as_a_plain_loop(tiny_model, tmp_path):
     assert rows["output"]["images"] == 24 and rows["output"]["dim"] == 192
     assert rows["output"]["map"] == pytest.approx(loop_map(feature), abs=1e-9)
     assert 0 < rows["colour histogram 4x4x4"]["map"] <= 1 and len([r for r in rows if r.startswith("layer")]) == 9
+
+
+def test_an_unlabelled_query_finds_nothing_relevant():
+    """-1 is no class: an unlabelled query is not relevant to unlabelled items (nor to any other)."""
+    from hashindex.targets import Relevance, relevant_items
+
+    q, db = np.array([-1, 1]), np.array([-1, 1, 1])
+    assert Relevance(q, db)(slice(0, 2)).tolist() == [[False, False, False], [False, True, True]]
+    assert relevant_items(q, db, np.array([[0, 1], [0, 1]])).tolist() == [[False, False], [False, True]]
