@@ -75,10 +75,10 @@ def ideal_gains(gains: np.ndarray, k: int) -> np.ndarray:
 def _harmonic(n: np.ndarray) -> np.ndarray:
     """The n-th harmonic numbers: summed up to 64, past it ln n + Euler's gamma + 1/2n - 1/12n^2 (within 1e-9
     there), so a database of 100M items costs nothing."""
-    n = np.asarray(n, np.float64)
+    n = np.maximum(np.asarray(n, np.float64), 1)  # H_0 is never asked for (an empty database scores 0)
     small = np.cumsum(1.0 / np.arange(1, 65))
-    big = np.log(np.maximum(n, 1)) + 0.5772156649015329 + 1 / (2 * n) - 1 / (12 * n * n)
-    return np.where(n <= 64, small[np.clip(n.astype(np.int64), 1, 64) - 1], big)
+    big = np.log(n) + 0.5772156649015329 + 1 / (2 * n) - 1 / (12 * n * n)
+    return np.where(n <= 64, small[np.minimum(n.astype(np.int64), 64) - 1], big)
 
 
 def random_order_ap(relevant: np.ndarray, n: int | np.ndarray) -> np.ndarray:
