@@ -2,8 +2,10 @@
 
 import gzip
 import logging
+import os
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -598,3 +600,32 @@ def test_odd_modes_never_crash(tmp_path):
     images, _, _ = load_arrays(open_source(tmp_path), 32, 3, workers=0, progress=False, skips=skips)
     assert len(images) + skips.total == 3 and len(images) >= 2
     assert set(skips.counts) <= {"unsupported", "corrupt", "not-an-image"}
+
+
+class _SlowInWorkers:
+    """An array source whose item 9 takes 3 s to read in a decode worker, and no time in the main process."""
+
+    def __new__(cls, parent: int):
+        from hashindex.data import ArraySource
+
+        class Slow(ArraySource):
+            def read_array(self, i, size, channels):
+                if i == 9 and os.getpid() != parent:
+                    time.sleep(3)
+                return super().read_array(i, size, channels)
+
+        images = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 3), dtype=np.uint8)
+        return Slow("16 arrays", images, np.arange(16) % 2, ["a", "b"], "mem")
+
+
+def test_stuck_decode_workers_are_given_up_and_the_rest_decoded_here(monkeypatch, caplog):
+    """Workers that deliver no batch for STALL_S seconds (seen once: a pytest worker that had run a local Ray
+    runtime) are given up: the batches not yet yielded are decoded in this process, each item once, in order."""
+    from hashindex.data import loading
+
+    monkeypatch.setattr(loading, "STALL_S", 1.0)
+    source = _SlowInWorkers(os.getpid())
+    with caplog.at_level(logging.WARNING, logger="hashindex"):
+        batches = list(loading.iter_batches(source, 8, 3, batch_size=4, workers=2))
+    assert np.concatenate([pos for _, pos, _ in batches]).tolist() == list(range(16))
+    assert "decode workers delivered nothing for 1 s: decoding items 8-15 in this process" in caplog.text

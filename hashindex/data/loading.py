@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,9 @@ import torch
 from ..errors import HashindexError
 from .images import BadImage, SkipLog
 from .sources import ImageSource
+
+log = logging.getLogger("hashindex")
+
 
 class ImageDataset(torch.utils.data.Dataset):
     """Map-style dataset over a source: (uint8 CHW array or None, position, reason)."""
@@ -57,25 +61,41 @@ def _die_with_parent(_worker_id: int, parent: int | None = None) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+# No batch from the decode workers for this long: they are taken as stuck, and the rest is decoded in this
+# process. A batch of 256 photos takes seconds; once (CI, 2026-12-03) a test's two workers and its process all
+# waited on each other for good, in a pytest worker that had run and shut down a local Ray runtime earlier.
+STALL_S = 120.0
+
+
 def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int = 256,
                  workers: int = 2, start: int = 0, stop: int | None = None,
                  ) -> Iterator[tuple[torch.Tensor | None, np.ndarray, list[tuple[int, str]]]]:
     """Decode items [start, stop) in order, in worker processes, batch by batch.
 
     Yields (uint8 images NCHW or None, positions of those images, [(position,
-    reason)] for the items that failed).
+    reason)] for the items that failed). Workers that deliver nothing for `STALL_S`
+    seconds are given up for this process, from the first batch not yet yielded.
     """
     stop = len(source) if stop is None else stop
     subset = torch.utils.data.Subset(ImageDataset(source, size, channels), range(start, stop))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate, persistent_workers=False, worker_init_fn=partial(_die_with_parent, parent=os.getpid()),
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=4 if workers else None, timeout=STALL_S if workers else 0,
     )
+    done = start  # items yielded so far end here (batches are consecutive ranges of batch_size)
     try:
-        yield from loader
+        for batch in loader:
+            yield batch
+            done = min(done + batch_size, stop)
     except HashindexError as e:  # a user's mistake found in a worker (one line, for the CLI and the API alike)
         raise HashindexError(worker_message(str(e))) from None
+    except RuntimeError as e:
+        if not workers or "timed out" not in str(e):
+            raise
+        log.warning("decode workers delivered nothing for %.0f s: decoding items %d-%d in this process",
+                    STALL_S, done, stop - 1)
+        yield from iter_batches(source, size, channels, batch_size, 0, done, stop)
 
 
 def worker_message(message: str) -> str:
