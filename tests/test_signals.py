@@ -190,6 +190,7 @@ def test_auto_chooses_by_the_collections_labels(cifar_shards, tmp_path):
     assert meta["rerank"]["signal"] in (*SIGNALS, "hamming")
     assert set(choice["scores"]) == {"hamming", *SIGNALS}
     assert choice["scores"][meta["rerank"]["signal"]] == max(choice["scores"].values())
+    assert 0.09 < choice["chance"] < 0.11 and max(choice["scores"].values()) > choice["chance"] + 0.01  # labels tell
     # beside the measurement, what the label-free test would choose: the tests' tiny model is at chance, so cosine
     assert choice["label_free"] == {"signal": "cosine", "by": choice["label_free"]["by"]}
     assert "near chance" in choice["label_free"]["by"]
@@ -227,17 +228,16 @@ def test_labels_that_say_nothing_of_the_images_leave_the_choice_to_the_label_fre
     assert labels_tell(0.12, 0.10) and not labels_tell(0.105, 0.10) and not labels_tell(0.0045, 0.0)
     assert labels_tell(0.85, 0.82) and not labels_tell(0.83, 0.82)  # one big class: 10% of what chance leaves
     shards = ShardSet(cifar_shards)
-    rows = shards.load(("codes", "features", "ids", "labels", "mid_features"))
+    rows = {k: v[:4000] for k, v in shards.load(("codes", "features", "ids", "labels", "mid_features")).items()}
     write_arrays(tmp_path / "shuffled", rows["codes"], rows["features"], ids=rows["ids"], bits=shards.bits,
                  labels=np.random.default_rng(0).permutation(rows["labels"]), class_names=shards.class_names,
                  model_id=shards.model_id, mid_features=rows["mid_features"])
-    quiet = dict(progress=False, log=lambda s: None)
-    choice = build(tmp_path / "shuffled", tmp_path / "ix", **quiet)["rerank"]["signal_choice"]
+    choice = build(tmp_path / "shuffled", tmp_path / "ix", progress=False, log=lambda s: None)
+    choice = choice["rerank"]["signal_choice"]
     assert "scores" not in choice and choice["labels"].startswith("labels that tell nothing of the images")
-    assert max(choice["label_scores"].values()) - choice["chance"] < 0.005  # all at chance (0.10 here)
+    assert max(choice["label_scores"].values()) - choice["chance"] < 0.01  # all at chance (0.10 here)
     assert choice["by"].startswith("default (no head)")  # the copy has no head file: the test cannot run
-    given = build(cifar_shards, tmp_path / "given", **quiet)["rerank"]["signal_choice"]
-    assert given["scores"] and given["chance"] == pytest.approx(choice["chance"], abs=0.002)  # same labels, reordered
+    # the labels as given clear it: test_auto_chooses_by_the_collections_labels
 
 
 def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
