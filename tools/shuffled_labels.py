@@ -73,7 +73,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print("| shards | labels | random order's mAP@all | best signal's | chooses | by |\n| --- | --- | --- | --- | --- | --- |")
+    print("| shards | labels | random order's mAP@all | best signal's | chooses | by |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['shards']} | {r['labels']} | {r['chance']} | {r['best']} | {r['chooses']} | {r['by']} |")
 
