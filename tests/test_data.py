@@ -619,8 +619,8 @@ class _SlowInWorkers:
 
 
 def test_stuck_decode_workers_are_given_up_and_the_rest_decoded_here(monkeypatch, caplog):
-    """Workers that deliver no batch for STALL_S seconds (seen once: a pytest worker that had run a local Ray
-    runtime) are given up: the batches not yet yielded are decoded in this process, each item once, in order."""
+    """Workers that deliver no batch for STALL_S seconds (seen in the full suite: loading.STALL_S) are given up:
+    the batches not yet yielded are decoded in this process, each item once, in order."""
     from hashindex.data import loading
 
     monkeypatch.setattr(loading, "STALL_S", 1.0)

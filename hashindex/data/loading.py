@@ -62,8 +62,8 @@ def _die_with_parent(_worker_id: int, parent: int | None = None) -> None:
 
 
 # No batch from the decode workers for this long: they are taken as stuck, and the rest is decoded in this
-# process. A batch of 256 photos takes seconds; once (CI, 2026-12-03) a test's two workers and its process all
-# waited on each other for good, in a pytest worker that had run and shut down a local Ray runtime earlier.
+# process. A batch of 256 photos takes seconds; in the full test suite (2026-12-03) one test's two workers and its
+# process wait on each other for good after some earlier test in the same pytest worker (cause not yet found).
 STALL_S = 120.0
 
 
