@@ -618,9 +618,33 @@ class _SlowInWorkers:
         return Slow("16 arrays", images, np.arange(16) % 2, ["a", "b"], "mem")
 
 
+def test_decode_workers_deliver_under_a_temp_folder_too_deep_for_a_socket(tmp_path, monkeypatch, caplog):
+    """A temp folder whose path leaves no room for a Unix socket's name (107 bytes at most) cost every batch
+    handed over as a shared-memory tensor: the worker's queue thread dropped it and the parent waited (the test
+    suite's stall, under a pytest worker's deep tmp_path). The batches come back whole and at once."""
+    import tempfile
+
+    import torch
+
+    from hashindex.data import ArraySource, loading
+
+    deep = tmp_path / ("d" * (110 - len(str(tmp_path))))
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))  # the workers, forked, inherit it
+    monkeypatch.setattr(loading, "STALL_S", 10.0)
+    images = np.random.default_rng(1).integers(0, 255, (16, 8, 8, 3), dtype=np.uint8)
+    source = ArraySource("16 arrays", images, np.arange(16) % 2, ["a", "b"], "mem")
+    with caplog.at_level(logging.WARNING, logger="hashindex"):
+        batches = list(loading.iter_batches(source, 8, 3, batch_size=4, workers=2))
+    assert "decode workers delivered nothing" not in caplog.text
+    assert np.concatenate([pos for _, pos, _ in batches]).tolist() == list(range(16))
+    assert all(isinstance(b, torch.Tensor) and b.dtype == torch.uint8 for b, _, _ in batches)
+    assert torch.equal(torch.cat([b for b, _, _ in batches]), torch.from_numpy(images.transpose(0, 3, 1, 2)))
+
+
 def test_stuck_decode_workers_are_given_up_and_the_rest_decoded_here(monkeypatch, caplog):
-    """Workers that deliver no batch for STALL_S seconds (seen in the full suite: loading.STALL_S) are given up:
-    the batches not yet yielded are decoded in this process, each item once, in order."""
+    """Workers that deliver no batch for STALL_S seconds (a batch lost on its way, as the too-deep temp folder
+    lost them) are given up: the batches not yet yielded are decoded in this process, each item once, in order."""
     from hashindex.data import loading
 
     monkeypatch.setattr(loading, "STALL_S", 1.0)

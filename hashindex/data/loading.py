@@ -36,10 +36,19 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate(batch):
-    """Stack the good items; keep the positions and reasons of the bad ones."""
+    """Stack the good items; keep the positions and reasons of the bad ones.
+
+    The images stay a numpy array: a worker's batch then travels to the parent pickled through the result
+    pipe. A torch tensor would travel as a shared-memory file descriptor, handed over through a Unix socket
+    that multiprocessing binds in the temp folder, and where that path is over the 107 bytes a socket path may
+    have (TMPDIR deep in a job's scratch tree; a pytest worker's tmp_path), the worker's queue thread drops the
+    batch with a printed traceback and the parent waits for good (measured 2026-12-03: TMPDIR of 85 characters
+    stalled a 60-image range; the test suite's stall). Pickling costs one copy of the batch, lost in decoding's
+    time: numpy/tensor time 1.02, 0.97, 0.89 at 32, 96, 224 px (tools/bench_batches.py, 2 workers, 2026-12-03).
+    """
     good = [(a, i) for a, i, _ in batch if a is not None]
     bad = [(i, r) for a, i, r in batch if a is None]
-    images = torch.from_numpy(np.stack([a for a, _ in good])) if good else None
+    images = np.stack([a for a, _ in good]) if good else None
     positions = np.array([i for _, i in good], dtype=np.int64)
     return images, positions, bad
 
@@ -62,8 +71,9 @@ def _die_with_parent(_worker_id: int, parent: int | None = None) -> None:
 
 
 # No batch from the decode workers for this long: they are taken as stuck, and the rest is decoded in this
-# process. A batch of 256 photos takes seconds; in the full test suite (2026-12-03) one test's two workers and its
-# process wait on each other for good after some earlier test in the same pytest worker (cause not yet found).
+# process. A batch of 256 photos takes seconds. A worker whose batch is lost leaves its parent waiting for good:
+# torch notices a worker that died, not one whose queue thread dropped a batch (as it did for a socket path over
+# the limit, see `collate`), so the wait is bounded here whatever the next such cause is.
 STALL_S = 120.0
 
 
@@ -85,8 +95,8 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
     )
     done = start  # items yielded so far end here (batches are consecutive ranges of batch_size)
     try:
-        for batch in loader:
-            yield batch
+        for images, positions, bad in loader:
+            yield (None if images is None else torch.from_numpy(images)), positions, bad
             done = min(done + batch_size, stop)
     except HashindexError as e:  # a user's mistake found in a worker (one line, for the CLI and the API alike)
         raise HashindexError(worker_message(str(e))) from None
