@@ -16,6 +16,8 @@ actor, then reported; what the units wrote is kept, so rerunning resumes.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import Counter, deque
 from typing import Any, Callable
 
@@ -43,8 +45,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
                 ray.init(address=address, **quiet)
             else:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise HashindexError(f"address={address}: cannot start or reach Ray ({e})") from None
+        except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+            where = f"address={address}: cannot reach Ray" if address else "cannot start a local Ray runtime"
+            if "AF_UNIX path" in str(e):  # a local runtime binds its sockets in the temp folder: a deep TMPDIR
+                tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+                raise HashindexError(f"{where}: its socket paths under {tmp} would pass the 107 bytes a socket "
+                                     "path may have; set RAY_TMPDIR to a shorter folder") from None
+            raise HashindexError(f"{where}: {_last_line(e)}") from None
     return ray
 
 

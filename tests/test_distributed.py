@@ -144,3 +144,21 @@ def test_distributed_build_equals_local(local_ray, cifar_shards, tmp_path, binar
             build(cifar_shards, tmp_path / "one", binary=binary, rerank=rerank, signal="l2", **q)
             alone = Index.load(tmp_path / "one").search(codes, None, k=2000, rerank=False)
             assert np.array_equal(alone.hamming, want.hamming)
+
+
+def test_a_temp_folder_too_deep_for_ray_sockets_is_one_line(tmp_path):
+    """A local Ray runtime binds its sockets in the temp folder; under a deep TMPDIR their paths pass 107 bytes.
+    The CLI says so in one line and names the way out (RAY_TMPDIR), with no traceback and no shard written."""
+    import os
+    import subprocess
+
+    deep = tmp_path / ("t" * (100 - len(str(tmp_path))))
+    deep.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"} | {"TMPDIR": str(deep)}
+    cmd = [sys.executable, "-m", "hashindex", "extract", "--data", str(CIFAR_TEST), "--out", str(tmp_path / "shards"),
+           "--limit", "20", "--backend", "ray"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert "cannot start a local Ray runtime" in res.stderr and "set RAY_TMPDIR to a shorter folder" in res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+    assert not list((tmp_path / "shards").glob("*.h5"))
