@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
+from .files import atomic_path, atomic_write_json, ensure_room, exclusive, read_json, sha256_file
 from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet
@@ -281,6 +281,8 @@ def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *,
 def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np.ndarray],
                    job: dict[str, Any]) -> None:
     """Write the merged results atomically in the chosen format."""
+    if fmt == "h5":
+        ensure_room(out, query_ids.nbytes + sum(a.nbytes for a in res.values()))
     with atomic_path(out) as tmp:
         if fmt == "h5":
             with h5py.File(tmp, "w") as f:

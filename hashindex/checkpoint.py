@@ -65,9 +65,14 @@ def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file beside path, then rename it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temp file beside path, then rename it into place.
+
+    Through a Python file object: given a path, torch's own writer reports a full disk as RuntimeError
+    ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", measured writing to /dev/full);
+    through Python it is OSError(ENOSPC), which the CLI says in one line (and a training run keeps its last
+    checkpoint)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:

@@ -223,20 +223,88 @@ def test_special_files_are_skipped_and_loops_walked_once(tiny_model, tmp_path):
         assert manifest["totals"]["skipped_by_reason"] == reasons
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_disk_full_is_one_line_and_loses_nothing(cifar_shards, tmp_path, monkeypatch):
-    import errno
+    from hashindex.index import layout
 
-    import faiss
+    def full_disk(path, mode="r", *args, **kwargs):  # binary.faiss lands on a device with no room left
+        return open("/dev/full", mode) if str(path).endswith("binary.faiss") else open(path, mode, *args, **kwargs)
 
-    def full(*args):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ix" / "binary.faiss"))
-
-    monkeypatch.setattr(faiss, "write_index_binary", full)
+    monkeypatch.setattr(layout, "open", full_disk, raising=False)
     res = CliRunner().invoke(cli, ["-q", "build", str(cifar_shards), "--out", str(tmp_path / "ix"), "--rerank", "none"])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert res.output.startswith("hashindex: error: no space left on the device writing ")
     assert "nothing already written is lost" in res.output
     assert not (tmp_path / "ix").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_faiss_and_torch_write_failures_are_os_errors_naming_the_file(tmp_path, monkeypatch):
+    """Given a path, Faiss ignores a failed close (a small index onto a full disk: "close error" printed, no
+    exception, a short file) and torch reports a full disk as RuntimeError; written through Python's file
+    objects, each failure is OSError(ENOSPC) naming the file, small or large."""
+    import errno
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    import faiss
+    import numpy as np
+
+    from hashindex import checkpoint
+    from hashindex.files import naming
+    from hashindex.index.layout import write_binary, write_float
+
+    for n in (100, 100_000):
+        floats, codes = faiss.IndexFlatL2(8), faiss.IndexBinaryFlat(48)
+        floats.add(np.ones((n, 8), np.float32))
+        codes.add(np.ones((n, 6), np.uint8))
+        for write, index in ((write_float, floats), (write_binary, codes)):
+            with pytest.raises(OSError) as e:
+                write(index, Path("/dev/full"))
+            assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
+
+    @contextmanager
+    def onto_a_full_disk(path):  # atomic_path's naming, with its temp file on a device with no room left
+        with naming(path):
+            yield Path("/dev/full")
+
+    monkeypatch.setattr(checkpoint, "atomic_path", onto_a_full_disk)
+    with pytest.raises(OSError) as e:
+        checkpoint.atomic_torch_save({"w": np.zeros(10)}, tmp_path / "m.pt")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "m.pt")
+
+
+def test_hdf5_writers_ask_for_room_before_writing(cifar_shards, tmp_path, monkeypatch):
+    """HDF5 2.0 crashes the process (SIGSEGV) when a write fails for want of space (measured on a full tmpfs:
+    docs/RELIABILITY.md, 'disk full'), so table.h5 and shards are refused before h5py opens them for writing:
+    one line saying how much was needed and is free, nothing left behind."""
+    import errno
+
+    import h5py
+    import numpy as np
+
+    from hashindex.store.shards import ShardData, write_shard
+
+    real_statvfs, real_file = os.statvfs, h5py.File
+    st = real_statvfs(tmp_path)
+    small = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 16, 16, st.f_files, st.f_ffree, st.f_favail,
+                               st.f_flag, st.f_namemax))  # 64 KB free under tmp_path
+    monkeypatch.setattr(os, "statvfs", lambda p: small if str(p).startswith(str(tmp_path)) else real_statvfs(p))
+    opened = []
+    monkeypatch.setattr(h5py, "File", lambda name, mode="r", *a, **k: opened.append((str(name), mode)) or
+                        real_file(name, mode, *a, **k))
+    res = CliRunner().invoke(cli, ["-q", "build", str(cifar_shards), "--out", str(tmp_path / "ix"), "--rerank", "none"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith("hashindex: error: no space left on the device writing ")
+    assert "table.h5 (about " in res.output and "MB needed, 0.1 MB free)" in res.output, res.output
+    assert not (tmp_path / "ix").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    n = 2000
+    data = ShardData(codes=np.zeros((n, 6), np.uint8), features=np.zeros((n, 192), np.float32),
+                     ids=np.arange(n), labels=np.zeros(n, np.int32), paths=[f"{i}.jpg" for i in range(n)], skipped=[])
+    with pytest.raises(OSError) as e:
+        write_shard(tmp_path / "shard-00000.h5", data, {})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "shard-00000.h5")
+    assert not list(tmp_path.glob("*.h5*")) and not [o for o in opened if o[1] != "r"]
 
 
 def test_out_of_range_label_is_one_line(tmp_path):

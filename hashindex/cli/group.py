@@ -74,6 +74,8 @@ class _Group(click.Group):
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = f" writing {e.filename}" if e.filename else ""
+                if e.strerror and e.strerror != os.strerror(e.errno):  # what was needed, where a writer knows it
+                    where += f" ({e.strerror})"
                 click.echo(f"hashindex: error: no space left on the device{where}; nothing already written is "
                            "lost: free some space and rerun the same command to resume", err=True)
             elif e.errno in PATH_ERRORS and e.filename:

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, exclusive, read_json,
-                     remember_verified, sha256_file, verify_files)
+from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, ensure_room, exclusive,
+                     read_json, remember_verified, sha256_file, verify_files)
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
 from .sources import ImageSource
@@ -138,6 +138,7 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
     raw = np.memmap(out / RAW, np.uint8, "r", shape=(rows, channels, size, size)) if rows else \
         np.zeros((0, channels, size, size), np.uint8)
     positions = np.fromfile(out / POSITIONS, np.int64, count=rows)
+    ensure_room(out / IMAGES, raw.nbytes + rows * (4 + 8 + 16) + sum(len(data.paths[p]) for p in positions))
     with atomic_path(out / IMAGES) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             f.create_dataset("images", data=raw)  # contiguous: memory-mappable, fast reads

@@ -20,7 +20,7 @@ from ..store import ShardSet
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, buckets_file, check_index,
                      copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_binary,
                      read_head, read_index_meta, read_table, record_checksums, rerank_files, rerank_signal,
-                     write_binary)
+                     write_binary, write_float)
 from .writing import (binary_names, check_before_lock, check_shards, empty_part, exclusive_index, fill, link_or_copy,
                       replacing, source_entry)
 
@@ -105,7 +105,7 @@ def _append(store: ShardSet, meta: dict[str, Any], index_dir: Path, t0: float, p
                  rerank_signal(meta), head)
         write_binary(part, tmp / rewritten)
         if fpart is not None:
-            faiss.write_index(fpart, str(tmp / frewritten))
+            write_float(fpart, tmp / frewritten)
         kept = [name for name in binary_names(meta["binary"]) + rerank_files(meta)
                 if name not in (rewritten, buckets_file(rewritten), frewritten)]
         for name in kept:

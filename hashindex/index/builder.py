@@ -32,7 +32,8 @@ from ..store import ShardSet
 from .buckets import BucketedBinary
 from .kinds import IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_parts, new_float_store, padded_bytes
 from .layout import (FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, TABLE_FILE, binary_files, memory_figures,
-                     new_table, part_file, read_binary, record_checksums, rerank_files, write_binary)
+                     new_table, part_file, read_binary, record_checksums, rerank_files, write_binary,
+                     write_float)
 from .recall import check_queries, coarse_plan, tune
 from .tuning import fine_stage, training_sample
 from .writing import binary_names, check_shards, exclusive_index, fill, replacing, source_entry
@@ -132,7 +133,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
             for part, name in zip(parts, binary_files({"binary": binary_meta})):
                 write_binary(part, tmp / name)
             for fpart, name in zip(fparts, rerank_files({"rerank": rerank_meta})):
-                faiss.write_index(fpart, str(tmp / name))
+                write_float(fpart, tmp / name)
         if head is not None:
             head.save(tmp / HEAD_FILE)
         meta = {

@@ -14,14 +14,14 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import faiss
 import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import file_checksums, read_json, remember_verified, verify_files
+from ..files import ensure_room, file_checksums, naming, read_json, remember_verified, verify_files
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
 from .buckets import BucketedBinary
@@ -33,6 +33,7 @@ INDEX_JSON = "index.json"
 BINARY_FILE = "binary.faiss"
 RERANK_FILE = "rerank.faiss"
 TABLE_FILE = "table.h5"
+TABLE_PATH_BYTES = 64  # room asked for per path in table.h5 (measured: CIFAR-10 tar 19 bytes on average, flowers 50)
 HEAD_FILE = "head.npz"
 
 
@@ -305,15 +306,26 @@ def _read_buckets(path: Path, graph: faiss.IndexBinary, mmap: bool) -> BucketedB
     return BucketedBinary(graph, arr[2:3 + nodes], arr[3 + nodes:])
 
 
+def _write_faiss(write: Callable, index: Any, path: Path) -> None:
+    """Faiss writes the file through a Python file object, not its own: Faiss's writer ignores a failed close
+    (a full disk's last buffer: "close error" printed, the file left short, no exception; measured writing
+    to /dev/full) and reports other failed writes as RuntimeError. Through Python every failure is an OSError
+    naming the file. Same bytes, same speed (150 MB: 0.052 s direct, 0.056 s through Python)."""
+    with naming(path), open(path, "wb") as f:
+        write(index, faiss.PyCallbackIOWriter(f.write))
+
+
 def write_binary(index: faiss.IndexBinary | BucketedBinary, path: Path) -> None:
     """Write a binary index file (and, for a graph over distinct codes, its bucket table beside it)."""
     if not isinstance(index, BucketedBinary):
-        faiss.write_index_binary(index, str(path))
+        _write_faiss(faiss.write_index_binary, index, path)
         return
     offsets, members = index.buckets()  # (first: it adds new codes to the graph)
-    faiss.write_index_binary(index.graph, str(path))
-    np.save(path.with_name(buckets_file(path.name)),
-            np.concatenate([[index.nodes, len(members)], offsets, members]).astype(np.int64), allow_pickle=False)
+    _write_faiss(faiss.write_index_binary, index.graph, path)
+    table = path.with_name(buckets_file(path.name))
+    with naming(table):
+        np.save(table, np.concatenate([[index.nodes, len(members)], offsets, members]).astype(np.int64),
+                allow_pickle=False)
 
 
 def fast_topk(index: faiss.IndexBinary) -> faiss.IndexBinary:
@@ -333,6 +345,11 @@ def fast_topk(index: faiss.IndexBinary) -> faiss.IndexBinary:
     return index
 
 
+def write_float(index: faiss.Index, path: Path) -> None:
+    """Write a float (re-rank) index file (a failed write: OSError naming it)."""
+    _write_faiss(faiss.write_index, index, path)
+
+
 def read_float(path: Path, mmap: bool) -> faiss.Index:
     if mmap:
         try:
@@ -344,7 +361,9 @@ def read_float(path: Path, mmap: bool) -> faiss.Index:
 
 def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> h5py.File:
     """An open, empty position table for n items (with a ``label_sets`` column of ``label_classes`` classes
-    for a multi-label collection)."""
+    for a multi-label collection). Refused (OSError) where the disk has not room for it, paths counted at
+    TABLE_PATH_BYTES each."""
+    ensure_room(path, n * (8 + 4 + code_bytes + label_classes + TABLE_PATH_BYTES))
     table = h5py.File(path, "w")
     table.create_dataset("ids", (n,), np.int64)
     table.create_dataset("labels", (n,), np.int32)

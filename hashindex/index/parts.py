@@ -22,7 +22,7 @@ from ..codes import pad_codes
 from ..signals import Head, database_vectors, feature_field
 from .buckets import BucketedBinary
 from .kinds import from_template, template_bytes
-from .layout import part_file, write_binary
+from .layout import part_file, write_binary, write_float
 
 
 @dataclass
@@ -59,7 +59,7 @@ def build_part(job: PartJob, j: int) -> int:
     if job.store is not None:
         store = faiss.deserialize_index(job.store)
         store.add(database_vectors(job.signal, rows[field], rows["codes"], job.head))
-        faiss.write_index(store, str(Path(job.out) / part_file("rerank", j)))
+        write_float(store, Path(job.out) / part_file("rerank", j))
     return j
 
 

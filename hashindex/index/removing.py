@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import faiss
 import h5py
 import numpy as np
 from tqdm import tqdm
@@ -27,7 +26,7 @@ from ..codes import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
                      check_index, find_ids, label_set_classes, memory_figures, new_table, part_file,
                      read_float, read_index_meta, read_table, record_checksums, rerank_files, table_columns,
-                     write_binary)
+                     write_binary, write_float)
 from .writing import binary_names, check_before_lock, empty_part, exclusive_index, link_or_copy, replacing
 
 
@@ -136,7 +135,7 @@ def _rewrite_float(meta: dict[str, Any], index_dir: Path, tmp: Path, keep: np.nd
     def compact(name: str, start: int, stop: int, kept: np.ndarray, path: Path) -> None:
         store = read_float(index_dir / name, mmap=False)
         store.remove_ids(np.flatnonzero(~kept).astype(np.int64))  # order-preserving compaction
-        faiss.write_index(store, str(path))
+        write_float(store, path)
 
     return _rewrite(meta, "rerank", RERANK_FILE, index_dir, tmp, keep, before, reuse, compact)
 

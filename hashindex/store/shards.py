@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import atomic_path, encode_name, read_json, sha256_file, verify_files
+from ..files import atomic_path, encode_name, ensure_room, read_json, sha256_file, verify_files
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
 FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
@@ -36,6 +36,8 @@ class ShardData:
 
 def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
     """Write one shard atomically; returns its SHA-256."""
+    arrays = (data.codes, data.features, data.mid_features, data.ids, data.labels, data.label_sets)
+    ensure_room(path, sum(a.nbytes for a in arrays if a is not None) + sum(len(p) + 16 for p in data.paths))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             f.create_dataset("codes", data=data.codes)
