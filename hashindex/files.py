@@ -108,7 +108,7 @@ def ensure_room(path: str | Path, nbytes: int) -> None:
     path = Path(path)
     st = os.statvfs(path.parent)
     free, need = st.f_bavail * st.f_frsize, int(nbytes * ROOM_MARGIN) + ROOM_SLACK
-    if free < need:
+    if st.f_blocks and free < need:  # a filesystem reporting no size at all (some FUSE mounts) is not judged
         raise OSError(errno.ENOSPC, f"about {need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free", str(path))
 
 

@@ -305,6 +305,10 @@ def test_hdf5_writers_ask_for_room_before_writing(cifar_shards, tmp_path, monkey
         write_shard(tmp_path / "shard-00000.h5", data, {})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "shard-00000.h5")
     assert not list(tmp_path.glob("*.h5*")) and not [o for o in opened if o[1] != "r"]
+    sizeless = os.statvfs_result((st.f_bsize, 4096, 0, 0, 0, 0, 0, 0, st.f_flag, st.f_namemax))
+    monkeypatch.setattr(os, "statvfs", lambda p: sizeless)  # a mount that reports no size (some FUSE ones)
+    write_shard(tmp_path / "shard-00000.h5", data, {})  # is not judged: written
+    assert (tmp_path / "shard-00000.h5").stat().st_size > data.features.nbytes
 
 
 def test_out_of_range_label_is_one_line(tmp_path):
