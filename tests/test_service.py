@@ -322,6 +322,37 @@ def test_a_writable_service_adds_images_to_the_index(flat_index, tiny_model, tmp
     assert [on_disk.class_names[i] for i in on_disk.labels[-4:]] == ["cat", "cat", "cat", "cat"]
 
 
+def test_an_add_the_disk_has_no_room_for_is_a_507_that_changes_nothing(flat_index, tiny_model, tmp_path,
+                                                                        monkeypatch):
+    """POST /items onto a full disk (its filesystem reporting 64 KB free): 507 in one line, the index on disk
+    and the one served as they were; once there is room the same add goes through."""
+    import os
+    import shutil
+
+    from hashindex.index import Index
+    from hashindex.service.engine import Engine
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(flat_index, index_dir)
+    real_statvfs, st = os.statvfs, os.statvfs(tmp_path)
+    full = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 16, 16, st.f_files, st.f_ffree, st.f_favail,
+                              st.f_flag, st.f_namemax))
+    monkeypatch.setattr(os, "statvfs", lambda p: full if str(p).startswith(str(tmp_path)) else real_statvfs(p))
+    (_, a), = jpeg_bytes(1)
+    url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            got = client.post("/items", params={"label": "cat"}, content=a)
+            assert got.status_code == 507 and got.json()["error"].startswith(
+                "add: no space left on the server's disk; nothing was changed"), got.text
+            assert client.get("/health").json()["indexes"]["photos"] == 10000
+            assert Index.load(index_dir).count == 10000 and not list(tmp_path.glob(".index.*"))
+            monkeypatch.setattr(os, "statvfs", real_statvfs)
+            assert client.post("/items", params={"label": "cat"}, content=a).json()["ids"] == [10000]
+    finally:
+        stop()
+
+
 def test_a_writable_service_takes_items_out(flat_index, tiny_model, tmp_path):
     """DELETE /items?ids=...: the items leave INDEX_DIR and the served index at once; a removed id is not
     given to a later upload; unknown ids, bad values and parameters are 400s that change nothing."""

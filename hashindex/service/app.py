@@ -26,7 +26,8 @@ Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "on
 (bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a
 service started without --writable), 404 (no such id, index or endpoint), 408 (the client stopped sending),
 409 (a write while another process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a
-search outlasted the request timeout), 500 (a bug: that request fails, the process goes on). Why this stack:
+search outlasted the request timeout), 507 (a write the disk has no room for: nothing changed), 500 (a bug:
+that request fails, the process goes on). Why this stack:
 uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds hundreds of idle connections for the cost
 of one thread, FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the
 batcher thread runs the net and Faiss.
@@ -35,6 +36,7 @@ batcher thread runs the net and Faiss.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -357,7 +359,13 @@ async def _write(current, lock: asyncio.Lock, reload, what: str, work) -> dict[s
     write's reload left it; then the index reopened, so the answer comes once the change is on disk and served."""
     async with lock:
         engine = current()
-        result = await asyncio.get_running_loop().run_in_executor(None, work, engine)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, work, engine)
+        except OSError as e:  # a write replaces INDEX_DIR whole or not at all: a full disk changed nothing
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise RequestError(507, f"{what}: no space left on the server's disk; nothing was changed (the index "
+                                    "is as it was); retry once space is freed") from None
         if not await reload():
             done = f"added {result['added']} items to" if what == "add" else f"removed {result['removed']} items from"
             raise RequestError(500, f"{done} {engine.index.dir}, but reopening it failed: the service still serves "
