@@ -178,6 +178,25 @@ def test_a_flipped_byte_in_an_index_is_caught_on_read(cifar_shards, tmp_path, na
     assert res.exit_code == 2 and f"PATH {out}: {name} is not the file build wrote" in res.output
 
 
+@pytest.mark.parametrize("name", ["binary.faiss", "rerank.faiss"])
+def test_a_short_index_file_whose_checksum_matches_is_one_line(cifar_shards, tmp_path, name):
+    """A Faiss file cut short where its recorded checksum is the short file's (a write whose failure went
+    unnoticed, as Faiss's own writer let a failed close pass): one line naming it, not Faiss's RuntimeError."""
+    import hashlib
+
+    out = tmp_path / "ix"
+    build(cifar_shards, out, signal="cosine", **QUIET)
+    data = (out / name).read_bytes()
+    (out / name).write_bytes(data[: len(data) // 2])
+    meta = json.loads((out / "index.json").read_text())
+    meta["files"][name] = hashlib.sha256(data[: len(data) // 2]).hexdigest()
+    (out / "index.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(cli, ["query", str(out), "--by-id", "3"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output == f"hashindex: error: INDEX_DIR {out}: {name} is not an index Faiss can read (it ends " \
+                         "early); rebuild the index\n"
+
+
 def test_an_unchanged_index_is_not_rehashed_on_every_open(cifar_shards, tmp_path, monkeypatch):
     import hashindex.files
     from hashindex.index import Index

@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import faiss
 import h5py
@@ -287,8 +288,24 @@ def read_binary(path: str | Path, mmap: bool, buckets: bool = False) -> faiss.In
             index = faiss.read_index_binary(str(path), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError:
             pass  # index types without mmap support are read into memory
-    index = fast_topk(index if index is not None else faiss.read_index_binary(str(path)))
+    if index is None:
+        with faiss_reads(path):
+            index = faiss.read_index_binary(str(path))
+    index = fast_topk(index)
     return _read_buckets(Path(path), index, mmap) if buckets else index
+
+
+@contextmanager
+def faiss_reads(path: str | Path) -> Iterator[None]:
+    """A file Faiss cannot read (one left short by a write that failed unnoticed: its checksum, recorded after
+    the write, matches) is a one-line HashindexError naming it, not Faiss's RuntimeError."""
+    try:
+        yield
+    except RuntimeError as e:
+        path = Path(path)
+        why = "it ends early" if "read error" in str(e) else str(e).strip().splitlines()[-1][-160:]
+        raise HashindexError(f"INDEX_DIR {path.parent}: {path.name} is not an index Faiss can read ({why}); "
+                             "rebuild the index") from None
 
 
 def _read_buckets(path: Path, graph: faiss.IndexBinary, mmap: bool) -> BucketedBinary:
@@ -356,7 +373,8 @@ def read_float(path: Path, mmap: bool) -> faiss.Index:
             return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
         except RuntimeError:
             pass
-    return faiss.read_index(str(path))
+    with faiss_reads(path):
+        return faiss.read_index(str(path))
 
 
 def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> h5py.File:
