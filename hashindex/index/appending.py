@@ -19,7 +19,7 @@ from ..files import atomic_write_json
 from ..store import ShardSet
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, buckets_file, check_index,
                      copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_binary,
-                     read_head, read_index_meta, read_table, record_checksums, rerank_files, rerank_signal,
+                     read_float, read_head, read_index_meta, read_table, record_checksums, rerank_files, rerank_signal,
                      write_binary, write_float)
 from .writing import (binary_names, check_before_lock, check_shards, empty_part, exclusive_index, fill, link_or_copy,
                       replacing, source_entry)
@@ -156,8 +156,8 @@ def _float_to_grow(meta: dict[str, Any], index_dir: Path, n: int
         return None, None, rerank_meta
     shards = [dict(s) for s in rerank_meta.get("shards", [])]
     if not shards:
-        return faiss.read_index(str(index_dir / RERANK_FILE)), RERANK_FILE, rerank_meta
-    part = faiss.read_index(str(index_dir / shards[-1]["file"]))
+        return read_float(index_dir / RERANK_FILE, mmap=False), RERANK_FILE, rerank_meta
+    part = read_float(index_dir / shards[-1]["file"], mmap=False)
     part.reset()  # keeps what was trained (scalar ranges, PQ codebooks)
     name = part_file("rerank", len(shards))
     rerank_meta["shards"] = shards + [{"file": name, "start": meta["count"], "stop": n}]

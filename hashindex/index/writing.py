@@ -25,8 +25,8 @@ from ..signals import Head, database_vectors, feature_field
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
-from .layout import (aside_path, binary_files, bucket_files, bucketed, leftovers, moved_aside, new_temp_folder,
-                     read_index_meta, table_columns)
+from .layout import (aside_path, binary_files, bucket_files, bucketed, faiss_reads, leftovers, moved_aside,
+                     new_temp_folder, read_index_meta, table_columns)
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
@@ -73,7 +73,8 @@ def empty_part(meta: dict[str, Any], index_dir: Path, name: str) -> faiss.IndexB
     part's trained quantizer (every part shares it); other kinds are made anew from index.json."""
     binary_meta = meta["binary"]
     if binary_meta["kind"] == "ivf":
-        part = faiss.read_index_binary(str(index_dir / name))
+        with faiss_reads(index_dir / name):
+            part = faiss.read_index_binary(str(index_dir / name))
         part.reset()
         return part
     part = make_binary_index(binary_meta["kind"], binary_meta["padded_bytes"] * 8, binary_meta)
