@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import HashindexError
+
 TMP_SUFFIX = ".tmp"
 # A writer killed with -9 dies at once, but the decode workers it forked share its lock's open file and die a
 # moment later (PR_SET_PDEATHSIG): a rerun waits up to this long for them instead of refusing (measured: a
@@ -124,6 +126,24 @@ def naming(path: str | Path) -> Iterator[None]:
         if e.filename is not None or not e.errno:
             raise
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def open_h5(path: str | Path, arg: str, fix: str):
+    """``h5py.File(path, "r")``. A file whose bytes are not a whole HDF5 file (cut short where its recorded
+    checksum is the short file's, or never checked) is one HashindexError naming it under ``arg`` and saying
+    ``fix``, not h5py's errno-less OSError; errors with an errno (missing, denied) pass for the CLI to word."""
+    import h5py
+
+    path = Path(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        if e.errno:
+            raise
+        text = str(e)
+        why = text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
+        raise HashindexError(f"{arg}={path.parent}: {path.name} is not an HDF5 file h5py can read ({why}); "
+                             f"{fix}") from None
 
 
 def exchange(a: str | Path, b: str | Path) -> bool:

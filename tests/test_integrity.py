@@ -178,23 +178,42 @@ def test_a_flipped_byte_in_an_index_is_caught_on_read(cifar_shards, tmp_path, na
     assert res.exit_code == 2 and f"PATH {out}: {name} is not the file build wrote" in res.output
 
 
-@pytest.mark.parametrize("name", ["binary.faiss", "rerank.faiss"])
-def test_a_short_index_file_whose_checksum_matches_is_one_line(cifar_shards, tmp_path, name):
-    """A Faiss file cut short where its recorded checksum is the short file's (a write whose failure went
-    unnoticed, as Faiss's own writer let a failed close pass): one line naming it, not Faiss's RuntimeError."""
+@pytest.mark.parametrize("name, says", [
+    ("binary.faiss", "binary.faiss is not an index Faiss can read (it ends early); rebuild the index"),
+    ("rerank.faiss", "rerank.faiss is not an index Faiss can read (it ends early); rebuild the index"),
+    ("table.h5", "table.h5 is not an HDF5 file h5py can read (truncated file: eof = "),
+    ("head.npz", "head.npz: not a readable head file (File is not a zip file)")])
+def test_a_short_index_file_whose_checksum_matches_is_one_line(cifar_shards, tmp_path, name, says):
+    """A file cut short where its recorded checksum is the short file's (a write whose failure went unnoticed,
+    as Faiss's own writer let a failed close pass): one line naming it, not the reading library's error."""
     import hashlib
 
     out = tmp_path / "ix"
     build(cifar_shards, out, signal="cosine", **QUIET)
-    data = (out / name).read_bytes()
-    (out / name).write_bytes(data[: len(data) // 2])
+    data = (out / name).read_bytes()[:(out / name).stat().st_size // 2]
+    (out / name).write_bytes(data)
     meta = json.loads((out / "index.json").read_text())
-    meta["files"][name] = hashlib.sha256(data[: len(data) // 2]).hexdigest()
+    meta["files"][name] = hashlib.sha256(data).hexdigest()
     (out / "index.json").write_text(json.dumps(meta))
     res = CliRunner().invoke(cli, ["query", str(out), "--by-id", "3"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and says in res.output, res.output
+
+
+def test_a_short_shard_whose_checksum_matches_is_one_line(cifar_shards, tmp_path):
+    import hashlib
+    import shutil
+
+    shards = tmp_path / "s"
+    shutil.copytree(cifar_shards, shards)
+    data = (shards / "shard-00001.h5").read_bytes()[:1000]
+    (shards / "shard-00001.h5").write_bytes(data)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = hashlib.sha256(data).hexdigest()
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(cli, ["build", str(shards), "--out", str(tmp_path / "ix")])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-    assert res.output == f"hashindex: error: INDEX_DIR {out}: {name} is not an index Faiss can read (it ends " \
-                         "early); rebuild the index\n"
+    assert f"SHARD_DIR {shards}: shard-00001.h5 is not an HDF5 file h5py can read (" in res.output
+    assert res.output.endswith("; rerun extract with --overwrite to redo it\n") and not (tmp_path / "ix").exists()
 
 
 def test_an_unchanged_index_is_not_rehashed_on_every_open(cifar_shards, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import ensure_room, file_checksums, naming, read_json, remember_verified, verify_files
+from ..files import ensure_room, file_checksums, naming, open_h5, read_json, remember_verified, verify_files
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
 from .buckets import BucketedBinary
@@ -304,7 +304,7 @@ def faiss_reads(path: str | Path) -> Iterator[None]:
     except RuntimeError as e:
         path = Path(path)
         why = "it ends early" if "read error" in str(e) else str(e).strip().splitlines()[-1][-160:]
-        raise HashindexError(f"INDEX_DIR {path.parent}: {path.name} is not an index Faiss can read ({why}); "
+        raise HashindexError(f"index_dir={path.parent}: {path.name} is not an index Faiss can read ({why}); "
                              "rebuild the index") from None
 
 
@@ -399,7 +399,7 @@ def table_columns(table: h5py.File) -> tuple[str, ...]:
 
 def label_set_classes(directory: Path) -> int:
     """How many classes the index's label sets have (0: one class per item), read from the column's shape."""
-    with h5py.File(directory / TABLE_FILE, "r") as t:
+    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as t:
         return int(t["label_sets"].shape[1]) if "label_sets" in t else 0
 
 
@@ -421,19 +421,19 @@ def read_head(directory: Path) -> Head | None:
 
 def open_table(directory: Path) -> h5py.File:
     """table.h5 of an index, open for reading (an open file keeps the version it opened, whatever replaces it)."""
-    return h5py.File(directory / TABLE_FILE, "r")
+    return open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index")
 
 
 def read_table(directory: Path, names: tuple[str, ...], positions: np.ndarray | None = None
                ) -> dict[str, np.ndarray]:
     """Columns of table.h5: whole, or the rows at ``positions`` (sorted, unique)."""
-    with h5py.File(directory / TABLE_FILE, "r") as t:
+    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as t:
         return {name: t[name][()] if positions is None else t[name][positions] for name in names}
 
 
 def copy_table(directory: Path, table: h5py.File, n: int, step: int = 1 << 20) -> None:
     """Copy the first n rows of an index's table into an open new table (append)."""
-    with h5py.File(directory / TABLE_FILE, "r") as old:
+    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as old:
         for name in table_columns(table):
             for lo in range(0, n, step):
                 hi = min(lo + step, n)

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import HashindexError
-from ..files import atomic_write_json
+from ..files import atomic_write_json, open_h5
 from ..codes import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
                      check_index, find_ids, label_set_classes, memory_figures, new_table, part_file,
@@ -169,7 +168,7 @@ def _rewrite(meta: dict[str, Any], key: str, single: str, index_dir: Path, tmp: 
 
 def _copy_kept_rows(index_dir: Path, path: Path, keep: np.ndarray, code_bytes: int, step: int = 1 << 20) -> None:
     """The table without the removed rows, copied a block of rows at a time."""
-    with h5py.File(index_dir / TABLE_FILE, "r") as old, \
+    with open_h5(index_dir / TABLE_FILE, "index_dir", "rebuild the index") as old, \
             new_table(path, int(keep.sum()), code_bytes, label_set_classes(index_dir)) as table:
         for name in table_columns(table):
             pos = 0
