@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, ensure_room, exclusive, read_json, sha256_file
+from .files import atomic_path, atomic_write_json, ensure_room, exclusive, open_h5, read_json, sha256_file
 from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet
@@ -178,7 +178,7 @@ def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
     past a query's results). A CSV file has no row for a query without results: such a query is absent."""
     record = check_results(out, arg)
     if record["format"] == "h5":
-        with h5py.File(out, "r") as f:
+        with open_h5(out, arg, "rerun the job with overwrite") as f:
             return {name: f[name][()] for name in ("query_ids", "ids", "hamming", "distance")}
     rows: dict[int, tuple[list, list, list]] = {}
     with open(out, encoding="utf-8", newline="") as f:

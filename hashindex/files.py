@@ -128,7 +128,7 @@ def naming(path: str | Path) -> Iterator[None]:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def open_h5(path: str | Path, arg: str, fix: str):
+def open_h5(path: str | Path, arg: str | None, fix: str):
     """``h5py.File(path, "r")``. A file whose bytes are not a whole HDF5 file (cut short where its recorded
     checksum is the short file's, or never checked) is one HashindexError naming it under ``arg`` and saying
     ``fix``, not h5py's errno-less OSError; errors with an errno (missing, denied) pass for the CLI to word."""
@@ -142,8 +142,8 @@ def open_h5(path: str | Path, arg: str, fix: str):
             raise
         text = str(e)
         why = text[text.find("(") + 1:text.rfind(")")] if "(" in text else text
-        raise HashindexError(f"{arg}={path.parent}: {path.name} is not an HDF5 file h5py can read ({why}); "
-                             f"{fix}") from None
+        where = f"{arg}={path.parent}" if arg else str(path.parent)
+        raise HashindexError(f"{where}: {path.name} is not an HDF5 file h5py can read ({why}); {fix}") from None
 
 
 def exchange(a: str | Path, b: str | Path) -> bool:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import HashindexError
 from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, ensure_room, exclusive,
-                     read_json, remember_verified, sha256_file, verify_files)
+                     open_h5, read_json, remember_verified, sha256_file, verify_files)
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
 from .sources import ImageSource
@@ -202,7 +202,7 @@ class PreparedSource(ImageSource):
     def __init__(self, directory: str | Path, arg: str | None = None):
         self.dir = Path(directory)
         self.meta = read_meta(self.dir, arg)
-        with h5py.File(self.dir / IMAGES, "r") as f:
+        with open_h5(self.dir / IMAGES, arg, "rerun prepare with overwrite=True") as f:
             labels, self._ids = f["labels"][()], f["ids"][()]
             sets = f["label_sets"][()].astype(bool) if "label_sets" in f else None
             paths = [decode_name(p.decode() if isinstance(p, bytes) else p) for p in f["paths"][()]]
