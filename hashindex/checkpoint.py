@@ -124,7 +124,9 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoint files
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].split(". ")[0][:120] if str(e).strip() else type(e).__name__
+        if "central directory" in first:  # a zip whose end is missing: torch.save's file, cut short
+            first = "the file ends early: a copy cut short?"
         raise HashindexError(f"{path}: not a hashindex checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise HashindexError(f"{path}: not a hashindex checkpoint (no '{FORMAT}' header)")

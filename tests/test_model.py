@@ -108,6 +108,12 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(other)
     with pytest.raises(HashindexError, match="no such checkpoint"):
         read_checkpoint(tmp_path / "missing.pt")
+    short = tmp_path / "short.pt"  # a real checkpoint, copied only in part
+    atomic_torch_save(build_meta(NINHash(12, 10)), tmp_path / "whole.pt")
+    short.write_bytes((tmp_path / "whole.pt").read_bytes()[:100_000])
+    with pytest.raises(HashindexError, match=r"short.pt: not a hashindex checkpoint \(the file ends early: a copy "
+                                             r"cut short\?\)$"):
+        read_checkpoint(short)
 
 
 def test_unknown_arch_version_and_tampering(tmp_path):
