@@ -29,6 +29,23 @@ def test_error_keeps_the_users_value_as_typed(tmp_path):
     assert res.output.startswith(f"hashindex: error: PATH {tmp_path}/x.tar:limit=5: no such file or directory")
 
 
+def test_library_names_become_the_running_commands_words(tmp_path):
+    """shard_dir= is SHARD_DIR on build, but PATH on info and verify, whose one argument the user gave it as;
+    options keep their flags everywhere."""
+    from hashindex.cli.group import as_flags
+
+    message = "shard_dir=/x: unreadable manifest; rerun extract with overwrite=True"
+    assert as_flags(message, cli.commands["build"]) == \
+        "SHARD_DIR /x: unreadable manifest; rerun extract with --overwrite"
+    for name in ("info", "verify"):
+        assert as_flags(message, cli.commands[name]).startswith("PATH /x: unreadable manifest; rerun extract with --ov")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "manifest.json").write_text('{"format": "hashindex-sh')  # a manifest cut short
+    for name in ("info", "verify"):
+        res = CliRunner().invoke(cli, [name, str(tmp_path / "s")])
+        assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: PATH {tmp_path / 's'}"), res.output
+
+
 def test_unknown_model_name_is_one_line():
     res = CliRunner().invoke(cli, ["info", "no-such-model"])
     assert res.exit_code == 2

@@ -45,6 +45,10 @@ def as_flags(message: str, command: click.Command | None) -> str:
     ``SHARD_DIR x``, ``overwrite=True`` (or a bare ``val=``) -> ``--overwrite``. The running command's parameters first, then any
     command's options (flags mean the same everywhere); other names stay as they are."""
     spelled = {p.name: _long(p) for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
+    own = [p for p in command.params if isinstance(p, click.Argument)] if command is not None else []
+    if [p.name for p in own] == ["path"]:  # info / verify PATH: what other commands call SHARD_DIR or INDEX_DIR
+        spelled |= {p.name: own[0].human_readable_name for c in cli.commands.values() for p in c.params
+                    if isinstance(p, click.Argument)}
     if command is not None:  # the running command's own words first (its positional arguments too)
         spelled |= {p.name: (_long(p) if isinstance(p, click.Option) else p.human_readable_name)
                     for p in command.params}
