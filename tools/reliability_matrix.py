@@ -30,6 +30,7 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CIFAR = DATA / "cifar10-jpeg" / "test.tar"
 MODEL = "nin-cifar10-48"
+MODEL_FILE = Path(__file__).resolve().parent.parent / "hashindex" / "weights" / f"{MODEL}.pt"
 ROWS: list[dict] = []
 
 
@@ -189,6 +190,38 @@ def verify_on_read(w: Path, shards: Path, index: Path) -> None:
     rc, line = hx("train", "--data", str(prep), "--out", str(w / "m.pt"), "--epochs", "1")
     row(cls, "a byte flipped inside a prepared images.h5", "one line naming the file", f"exit {rc}: {line}",
         one_line_error(rc, line, "images.h5 is not the file prepare wrote"))
+
+
+def cut_short(w: Path, shards: Path, index: Path) -> None:
+    """Files cut short whose recorded checksums are the short files' (a write that failed unnoticed, a copy
+    made after one): the checksum passes, the reading library meets the end of the file."""
+    cls = "cut short"
+
+    def shorten(path: Path) -> str:
+        data = path.read_bytes()[:path.stat().st_size // 2]
+        path.write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    for name in ("binary.faiss", "rerank.faiss", "table.h5", "head.npz"):
+        ix = copy(index, w / f"ix-short-{name}")
+        m = json.loads((ix / "index.json").read_text())
+        m["files"][name] = shorten(ix / name)
+        (ix / "index.json").write_text(json.dumps(m))
+        rc, line = hx("query", str(ix), "--by-id", "3")
+        row(cls, f"{name} cut to half, its checksum re-recorded", "one line naming the file", f"exit {rc}: {line}",
+            one_line_error(rc, line, name))
+    s = copy(shards, w / "s-short")
+    m = json.loads((s / "manifest.json").read_text())
+    m["shards"][1]["sha256"] = shorten(s / m["shards"][1]["file"])
+    (s / "manifest.json").write_text(json.dumps(m))
+    rc, line = hx("build", str(s), "--out", str(w / "ix-short"))
+    row(cls, "a shard cut to half, its checksum re-recorded", "one line naming the shard; nothing built",
+        f"exit {rc}: {line}", one_line_error(rc, line, m["shards"][1]["file"]) and not (w / "ix-short").exists())
+    model = w / "short.pt"
+    model.write_bytes(MODEL_FILE.read_bytes()[:MODEL_FILE.stat().st_size // 2])
+    rc, line = hx("extract", "--model", str(model), "--data", str(CIFAR), "--limit", "10", "--out", str(w / "s-m"))
+    row(cls, "a checkpoint cut to half", "one line naming it", f"exit {rc}: {line}",
+        one_line_error(rc, line, "short.pt", "ends early"))
 
 
 def metadata_code(w: Path, shards: Path) -> None:
@@ -437,7 +470,8 @@ def main() -> None:
         hx("extract", "--model", MODEL, "--data", str(CIFAR), "--limit", "600", "--shard-size", "200", "--out", str(shards))
         hx("build", str(shards), "--out", str(index), "--signal", "cosine")
         for probe in (lambda: data_loss(w, shards, index), lambda: verify_on_read(w, shards, index),
-                      lambda: metadata_code(w, shards), lambda: special_files(w), lambda: disk_full(w, shards),
+                      lambda: cut_short(w, shards, index), lambda: metadata_code(w, shards),
+                      lambda: special_files(w), lambda: disk_full(w, shards),
                       lambda: names_and_labels(w, shards), lambda: environment(w), lambda: kills(w, shards, rng)):
             probe()
     write(Path(args.out), time.time() - t0, args.seed)
