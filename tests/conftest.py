@@ -111,6 +111,15 @@ def assert_same_shards(a_dir: Path, b_dir: Path) -> None:
     assert a[0]["paths"] == b[0]["paths"] and a[1] == b[1] and a[2] == b[2]
 
 
+def fill_disk(monkeypatch, under: Path, free_blocks: int = 16) -> None:
+    """Make the filesystem under ``under`` report ``free_blocks`` blocks of 4 KB free (64 KB by default), as
+    os.statvfs tells `files.ensure_room`; other paths report what they have."""
+    real, st = os.statvfs, os.statvfs(under)
+    full = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, free_blocks, free_blocks, st.f_files, st.f_ffree,
+                              st.f_favail, st.f_flag, st.f_namemax))
+    monkeypatch.setattr(os, "statvfs", lambda p: full if str(p).startswith(str(under)) else real(p))
+
+
 def make_tar(path: Path, members: dict[str, bytes]) -> Path:
     mode = {".gz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(path.suffix, "w")
     with tarfile.open(path, mode) as tf:

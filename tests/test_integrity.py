@@ -322,12 +322,10 @@ def test_hdf5_writers_ask_for_room_before_writing(cifar_shards, tmp_path, monkey
     import numpy as np
 
     from hashindex.store.shards import ShardData, write_shard
+    from tests.conftest import fill_disk
 
-    real_statvfs, real_file = os.statvfs, h5py.File
-    st = real_statvfs(tmp_path)
-    small = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 16, 16, st.f_files, st.f_ffree, st.f_favail,
-                               st.f_flag, st.f_namemax))  # 64 KB free under tmp_path
-    monkeypatch.setattr(os, "statvfs", lambda p: small if str(p).startswith(str(tmp_path)) else real_statvfs(p))
+    real_file, st = h5py.File, os.statvfs(tmp_path)
+    fill_disk(monkeypatch, tmp_path)  # 64 KB free under tmp_path
     opened = []
     monkeypatch.setattr(h5py, "File", lambda name, mode="r", *a, **k: opened.append((str(name), mode)) or
                         real_file(name, mode, *a, **k))

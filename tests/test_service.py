@@ -17,7 +17,7 @@ import pytest
 from hashindex import ShardSet
 from hashindex.index import build
 from hashindex.query import query
-from tests.conftest import CIFAR_TEST, need
+from tests.conftest import CIFAR_TEST, fill_disk, need
 from tests.test_serve import start_asgi
 
 
@@ -334,10 +334,8 @@ def test_an_add_the_disk_has_no_room_for_is_a_507_that_changes_nothing(flat_inde
 
     index_dir = tmp_path / "index"
     shutil.copytree(flat_index, index_dir)
-    real_statvfs, st = os.statvfs, os.statvfs(tmp_path)
-    full = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 16, 16, st.f_files, st.f_ffree, st.f_favail,
-                              st.f_flag, st.f_namemax))
-    monkeypatch.setattr(os, "statvfs", lambda p: full if str(p).startswith(str(tmp_path)) else real_statvfs(p))
+    real_statvfs = os.statvfs
+    fill_disk(monkeypatch, tmp_path)
     (_, a), = jpeg_bytes(1)
     url, stop = start_asgi({"photos": Engine(index_dir, str(tiny_model), name="photos")}, writable=True)
     try:

@@ -399,7 +399,7 @@ def table_columns(table: h5py.File) -> tuple[str, ...]:
 
 def label_set_classes(directory: Path) -> int:
     """How many classes the index's label sets have (0: one class per item), read from the column's shape."""
-    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as t:
+    with open_table(directory) as t:
         return int(t["label_sets"].shape[1]) if "label_sets" in t else 0
 
 
@@ -420,20 +420,21 @@ def read_head(directory: Path) -> Head | None:
 
 
 def open_table(directory: Path) -> h5py.File:
-    """table.h5 of an index, open for reading (an open file keeps the version it opened, whatever replaces it)."""
+    """table.h5 of an index, open for reading (an open file keeps the version it opened, whatever replaces it);
+    a table h5py cannot read (cut short) is one line naming it."""
     return open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index")
 
 
 def read_table(directory: Path, names: tuple[str, ...], positions: np.ndarray | None = None
                ) -> dict[str, np.ndarray]:
     """Columns of table.h5: whole, or the rows at ``positions`` (sorted, unique)."""
-    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as t:
+    with open_table(directory) as t:
         return {name: t[name][()] if positions is None else t[name][positions] for name in names}
 
 
 def copy_table(directory: Path, table: h5py.File, n: int, step: int = 1 << 20) -> None:
     """Copy the first n rows of an index's table into an open new table (append)."""
-    with open_h5(directory / TABLE_FILE, "index_dir", "rebuild the index") as old:
+    with open_table(directory) as old:
         for name in table_columns(table):
             for lo in range(0, n, step):
                 hi = min(lo + step, n)

@@ -20,10 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import HashindexError
-from ..files import atomic_write_json, open_h5
+from ..files import atomic_write_json
 from ..codes import pad_codes
 from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
-                     check_index, find_ids, label_set_classes, memory_figures, new_table, part_file,
+                     check_index, find_ids, label_set_classes, memory_figures, new_table, open_table, part_file,
                      read_float, read_index_meta, read_table, record_checksums, rerank_files, table_columns,
                      write_binary, write_float)
 from .writing import binary_names, check_before_lock, empty_part, exclusive_index, link_or_copy, replacing
@@ -168,7 +168,7 @@ def _rewrite(meta: dict[str, Any], key: str, single: str, index_dir: Path, tmp: 
 
 def _copy_kept_rows(index_dir: Path, path: Path, keep: np.ndarray, code_bytes: int, step: int = 1 << 20) -> None:
     """The table without the removed rows, copied a block of rows at a time."""
-    with open_h5(index_dir / TABLE_FILE, "index_dir", "rebuild the index") as old, \
+    with open_table(index_dir) as old, \
             new_table(path, int(keep.sum()), code_bytes, label_set_classes(index_dir)) as table:
         for name in table_columns(table):
             pos = 0

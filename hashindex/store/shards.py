@@ -15,7 +15,6 @@ from ..files import atomic_path, encode_name, ensure_room, open_h5, read_json, s
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
 FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
-SHARD_FIX = "rerun extract with overwrite=True to redo it"  # a shard h5py cannot read
 
 
 @dataclass
@@ -62,11 +61,16 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
     return digest
 
 
+def open_shard(path: Path) -> h5py.File:
+    """One shard, open for reading; a file h5py cannot read (cut short) is one line naming it."""
+    return open_h5(path, "shard_dir", "rerun extract with overwrite=True to redo it")
+
+
 def read_shard(path: Path, fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
     """Load the named fields of one shard into memory (paths as a list of str, as `files.encode_name` stored
     them: the file's name unless it was not valid UTF-8 or held a backslash)."""
     out: dict[str, Any] = {}
-    with open_h5(path, "shard_dir", SHARD_FIX) as f:
+    with open_shard(path) as f:
         for name in fields:
             if name not in f:
                 out[name] = None
@@ -86,7 +90,7 @@ def targets(rows: dict[str, Any]) -> np.ndarray:
 
 def memmap_dataset(path: Path, name: str) -> np.ndarray:
     """A read-only numpy memmap of a contiguous, uncompressed dataset in a shard."""
-    with open_h5(path, "shard_dir", SHARD_FIX) as f:
+    with open_shard(path) as f:
         ds = f[name]
         offset, shape, dtype = ds.id.get_offset(), ds.shape, ds.dtype
     if offset is None:  # empty or not contiguous: fall back to reading it
@@ -199,7 +203,7 @@ class ShardSet:
         for j, path in enumerate(self.shard_paths()):
             sel = take[(take >= bounds[j]) & (take < bounds[j + 1])] - bounds[j]
             if len(sel):
-                with open_h5(path, "shard_dir", SHARD_FIX) as f:
+                with open_shard(path) as f:
                     for name in fields:
                         out[name].append(f[name][sel])
         return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -212,7 +216,7 @@ class ShardSet:
         for s, path in zip(self.manifest["shards"], self.shard_paths()):
             a, b = max(lo, start), min(hi, start + s["rows"])
             if a < b:
-                with open_h5(path, "shard_dir", SHARD_FIX) as f:
+                with open_shard(path) as f:
                     for name in fields:
                         out[name].append(f[name][a - start:b - start])
             start += s["rows"]
@@ -234,7 +238,7 @@ class ShardSet:
             raise HashindexError(f"{arg}={self.dir}: {name} is not the shard extraction wrote ({what}){more}; "
                                  "rerun the same hashindex extract command to redo it")
         for s, path in zip(self.manifest["shards"], self.shard_paths()):  # a row count edited in the manifest
-            with open_h5(path, "shard_dir", SHARD_FIX) as f:
+            with open_shard(path) as f:
                 n = f["ids"].shape[0]
             if n != s["rows"]:
                 raise HashindexError(f"{arg}={self.dir / MANIFEST}: says {s['file']} holds {s['rows']} rows, "
@@ -258,7 +262,7 @@ class ShardSet:
     def skipped(self) -> list[tuple[int, str, str]]:
         out = []
         for path in self.shard_paths():
-            with open_h5(path, "shard_dir", SHARD_FIX) as f:
+            with open_shard(path) as f:
                 g = f["skipped"]
                 for i, p, r in zip(g["ids"][()], g["paths"][()], g["reasons"][()]):
                     out.append((int(i), p.decode() if isinstance(p, bytes) else p,
