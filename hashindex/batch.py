@@ -19,12 +19,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, ensure_room, exclusive, open_h5, read_json, sha256_file
+from .files import atomic_path, atomic_write_json, create_h5, ensure_room, exclusive, open_h5, read_json, sha256_file
 from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet
@@ -285,7 +284,7 @@ def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np
         ensure_room(out, query_ids.nbytes + sum(a.nbytes for a in res.values()))
     with atomic_path(out) as tmp:
         if fmt == "h5":
-            with h5py.File(tmp, "w") as f:
+            with create_h5(tmp) as f:
                 f.create_dataset("query_ids", data=query_ids.astype(np.int64))
                 for name, arr in res.items():
                     f.create_dataset(name, data=arr)

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, ensure_room, exclusive,
-                     open_h5, read_json, remember_verified, sha256_file, verify_files)
+from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, create_h5, decode_name, encode_name, ensure_room,
+                     exclusive, open_h5, read_json, remember_verified, sha256_file, verify_files)
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
 from .sources import ImageSource
@@ -140,7 +140,7 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
     positions = np.fromfile(out / POSITIONS, np.int64, count=rows)
     ensure_room(out / IMAGES, raw.nbytes + rows * (4 + 8 + 16) + sum(len(data.paths[p]) for p in positions))
     with atomic_path(out / IMAGES) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with create_h5(tmp, libver="latest") as f:
             f.create_dataset("images", data=raw)  # contiguous: memory-mappable, fast reads
             f.create_dataset("labels", data=data.labels[positions].astype(np.int32))
             if data.label_sets is not None:  # a multi-label collection's label sets (n, classes)

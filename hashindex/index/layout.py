@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import ensure_room, file_checksums, naming, open_h5, read_json, remember_verified, verify_files
+from ..files import create_h5, ensure_room, file_checksums, naming, open_h5, read_json, remember_verified, verify_files
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
 from .buckets import BucketedBinary
@@ -377,19 +377,20 @@ def read_float(path: Path, mmap: bool) -> faiss.Index:
         return faiss.read_index(str(path))
 
 
-def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> h5py.File:
+@contextmanager
+def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> Iterator[h5py.File]:
     """An open, empty position table for n items (with a ``label_sets`` column of ``label_classes`` classes
-    for a multi-label collection). Refused (OSError) where the disk has not room for it, paths counted at
-    TABLE_PATH_BYTES each."""
+    for a multi-label collection), closed on leaving the block. Refused (OSError) where the disk has not room
+    for it, paths counted at TABLE_PATH_BYTES each; a disk filling up meanwhile is an OSError on closing."""
     ensure_room(path, n * (8 + 4 + code_bytes + label_classes + TABLE_PATH_BYTES))
-    table = h5py.File(path, "w")
-    table.create_dataset("ids", (n,), np.int64)
-    table.create_dataset("labels", (n,), np.int32)
-    table.create_dataset("codes", (n, code_bytes), np.uint8)
-    table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
-    if label_classes:
-        table.create_dataset("label_sets", (n, label_classes), np.uint8)
-    return table
+    with naming(path), create_h5(path) as table:
+        table.create_dataset("ids", (n,), np.int64)
+        table.create_dataset("labels", (n,), np.int32)
+        table.create_dataset("codes", (n, code_bytes), np.uint8)
+        table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
+        if label_classes:
+            table.create_dataset("label_sets", (n, label_classes), np.uint8)
+        yield table
 
 
 def table_columns(table: h5py.File) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import atomic_path, encode_name, ensure_room, open_h5, read_json, sha256_file, verify_files
+from ..files import (atomic_path, create_h5, encode_name, ensure_room, open_h5, read_json, sha256_file,
+                     verify_files)
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
 FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
@@ -39,7 +40,7 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
     arrays = (data.codes, data.features, data.mid_features, data.ids, data.labels, data.label_sets)
     ensure_room(path, sum(a.nbytes for a in arrays if a is not None) + sum(len(p) + 16 for p in data.paths))
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with create_h5(tmp, libver="latest") as f:
             f.create_dataset("codes", data=data.codes)
             if data.features is not None:
                 f.create_dataset("features", data=data.features)
