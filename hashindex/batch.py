@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, create_h5, ensure_room, exclusive, open_h5, read_json, sha256_file
+from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
+from .hdf5 import create_h5, ensure_room, open_h5
 from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet

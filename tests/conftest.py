@@ -113,7 +113,7 @@ def assert_same_shards(a_dir: Path, b_dir: Path) -> None:
 
 def fill_disk(monkeypatch, under: Path, free_blocks: int = 16) -> None:
     """Make the filesystem under ``under`` report ``free_blocks`` blocks of 4 KB free (64 KB by default), as
-    os.statvfs tells `files.ensure_room`; other paths report what they have."""
+    os.statvfs tells `hdf5.ensure_room`; other paths report what they have."""
     real, st = os.statvfs, os.statvfs(under)
     full = os.statvfs_result((st.f_bsize, 4096, st.f_blocks, free_blocks, free_blocks, st.f_files, st.f_ffree,
                               st.f_favail, st.f_flag, st.f_namemax))

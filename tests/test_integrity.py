@@ -364,17 +364,17 @@ class _FillsUp(io.FileIO):
 
 def test_a_disk_filling_up_during_an_hdf5_write_is_one_line_not_a_crash(cifar_shards, tmp_path, monkeypatch):
     """ensure_room passed, then another writer filled the disk: HDF5 2.0 would crash the process on closing
-    the file (SIGSEGV, measured on a tmpfs); written through files.create_h5 the failure is OSError(ENOSPC)
+    the file (SIGSEGV, measured on a tmpfs); written through hdf5.create_h5 the failure is OSError(ENOSPC)
     naming the file once it is closed, and nothing is left behind. A file that fits reads back whole."""
     import numpy as np
 
-    from hashindex import files
+    from hashindex import hdf5
     from hashindex.store.shards import ShardData, read_shard, write_shard
 
     n = 2000
     data = ShardData(codes=np.ones((n, 6), np.uint8), features=np.random.rand(n, 192).astype(np.float32),
                      ids=np.arange(n), labels=np.zeros(n, np.int32), paths=[f"{i}.jpg" for i in range(n)], skipped=[])
-    monkeypatch.setattr(files, "_raw_file", lambda path: _FillsUp(path, "w+"))
+    monkeypatch.setattr(hdf5, "_raw_file", lambda path: _FillsUp(path, "w+"))
     for path in (tmp_path / "shard-00000.h5", tmp_path / "x" / "shard-00000.h5"):
         with pytest.raises(OSError) as e:
             write_shard(path, data, {})

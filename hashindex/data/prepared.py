@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, create_h5, decode_name, encode_name, ensure_room,
-                     exclusive, open_h5, read_json, remember_verified, sha256_file, verify_files)
+from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, exclusive, read_json,
+                     remember_verified, sha256_file, verify_files)
+from ..hdf5 import create_h5, ensure_room, open_h5
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
 from .sources import ImageSource

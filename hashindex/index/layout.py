@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import create_h5, ensure_room, file_checksums, naming, open_h5, read_json, remember_verified, verify_files
+from ..files import file_checksums, naming, read_json, remember_verified, verify_files
+from ..hdf5 import create_h5, ensure_room, open_h5
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
 from .buckets import BucketedBinary

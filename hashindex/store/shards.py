@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 
 from ..errors import HashindexError
-from ..files import (atomic_path, create_h5, encode_name, ensure_room, open_h5, read_json, sha256_file,
-                     verify_files)
+from ..files import atomic_path, encode_name, read_json, sha256_file, verify_files
+from ..hdf5 import create_h5, ensure_room, open_h5
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
 FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
