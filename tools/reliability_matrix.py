@@ -315,11 +315,11 @@ def disk_full(w: Path, shards: Path) -> None:
                 "from hashindex.cli import cli; cli(sys.argv[1:])")
         r = subprocess.run([sys.executable, "-c", race, "-q", "build", str(shards), "--out", str(mnt / "ix")],
                            capture_output=True, text=True, timeout=300)
-        out = (r.stdout + r.stderr).strip().splitlines()
+        err = r.stderr.strip().splitlines()  # (stdout has the fine-stage signal build chose before the write)
         left = [p.name for p in mnt.iterdir() if p.name.endswith(".tmp")]
         row(cls, "build into the full tmpfs, the free-space check bypassed (the disk filled after it)",
-            "one line; no temp folder left", f"exit {r.returncode}: {out[-1] if out else ''} ({len(out)} line(s)); "
-            f"left: {left}", len(out) == 1 and one_line_error(r.returncode, out[0], "no space left") and not left)
+            "one line; no temp folder left", f"exit {r.returncode}: {err[-1] if err else ''} ({len(err)} line(s) on "
+            f"stderr); left: {left}", len(err) == 1 and one_line_error(r.returncode, err[0], "no space left") and not left)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
