@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-
 TMP_SUFFIX = ".tmp"
 # A writer killed with -9 dies at once, but the decode workers it forked share its lock's open file and die a
 # moment later (PR_SET_PDEATHSIG): a rerun waits up to this long for them instead of refusing (measured: a

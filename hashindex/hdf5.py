@@ -24,11 +24,10 @@ ROOM_MARGIN, ROOM_SLACK = 1.05, 1 << 18
 def ensure_room(path: str | Path, nbytes: int) -> None:
     """Raise OSError(ENOSPC) naming ``path`` when its folder's filesystem has not room for ``nbytes`` more.
 
-    For HDF5 writers, which must ask before writing: HDF5 2.0 (h5py 3.16) does not raise when a write fails
-    for want of space; it prints "Exception ignored" for each dataset and then crashes the process (SIGSEGV)
-    when the file is flushed or closed (measured 2026-12-03: a 600-item table.h5 into a tmpfs with 16 KB free).
-    It refuses before the work is done; a disk that fills up during the write (another writer) is caught by
-    ``create_h5``, which every HDF5 writer opens its file with.
+    For HDF5 writers, which ask before writing: a write the disk refuses surfaces only when ``create_h5``
+    closes the file (HDF5 itself would crash, see ``_WriteGuard``), after all the work; asking first refuses
+    a disk already nearly full at once. A disk that fills up during the write (another writer) is left to
+    ``create_h5``.
     """
     folder = Path(path).absolute().parent
     while not folder.exists() and folder != folder.parent:  # a folder the writer is yet to make
@@ -44,7 +43,8 @@ class _WriteGuard(io.RawIOBase):
 
     HDF5 2.0 (h5py 3.16) crashes the process (SIGSEGV in ``File.close``) once a write has failed, whether it
     writes to a path or through a Python file object (measured 2026-12-03: a chunked dataset grown into a
-    tmpfs until it filled). So the first OSError is kept and from then on the guard is a sink: writes are
+    tmpfs until it filled; build's table.h5 onto a tmpfs with 16 or 64 KB free, exit -11), or prints HDF5's
+    error stack in its message. So the first OSError is kept and from then on the guard is a sink: writes are
     dropped, reads of what was never written are zeros; HDF5 finishes and closes cleanly and ``create_h5``
     raises the kept error. Writes loop until every byte is written: h5py ignores ``write``'s return value.
     """
