@@ -310,7 +310,8 @@ def disk_full(w: Path, shards: Path) -> None:
         row(cls, "build into the full tmpfs (16 KB free)", "one line; no temp folder left",
             f"exit {rc}: {line}; left: {left}", one_line_error(rc, line, "no space left") and not left)
         # the free-space check passed and then another writer filled the disk: HDF5 2.0 alone would crash
-        # (SIGSEGV, measured with this probe before hdf5.create_h5) or print its error stack
+        # (SIGSEGV: build with the same bypass onto a tmpfs with 16 or 64 KB free, measured before hdf5.create_h5)
+        # or print its error stack
         race = ("import sys; from hashindex.index import layout; layout.ensure_room = lambda *a: None; "
                 "from hashindex.cli import cli; cli(sys.argv[1:])")
         r = subprocess.run([sys.executable, "-c", race, "-q", "build", str(shards), "--out", str(mnt / "ix")],
