@@ -62,9 +62,6 @@ class _WriteGuard(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def _failed(self, e: OSError) -> None:
-        self.error = self.error or e
-
     def readinto(self, buffer) -> int:
         if self.error is None:
             try:
@@ -72,7 +69,7 @@ class _WriteGuard(io.RawIOBase):
                 self.pos += n or 0
                 return n
             except OSError as e:
-                self._failed(e)
+                self.error = e
         view = memoryview(buffer).cast("B")
         view[:] = bytes(len(view))
         self.pos += len(view)
@@ -85,7 +82,7 @@ class _WriteGuard(io.RawIOBase):
             try:
                 done += self.raw.write(view[done:]) or 0
             except OSError as e:
-                self._failed(e)
+                self.error = e
         self.pos += len(view)
         self.end = max(self.end, self.pos)
         return len(view)
@@ -96,7 +93,7 @@ class _WriteGuard(io.RawIOBase):
                 self.pos = self.raw.seek(offset, whence)
                 return self.pos
             except OSError as e:
-                self._failed(e)
+                self.error = e
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.end}[whence]
         self.pos = base + offset
         return self.pos
@@ -110,7 +107,7 @@ class _WriteGuard(io.RawIOBase):
             try:
                 self.raw.truncate(size)
             except OSError as e:
-                self._failed(e)
+                self.error = e
         self.end = size
         return size
 

@@ -91,7 +91,6 @@ def test_an_index_is_swapped_in_one_step_and_a_kill_mid_swap_loses_nothing(cifar
 def test_exchange_swaps_in_one_call_on_linux_and_macos(tmp_path, monkeypatch):
     """`files.exchange`: a real swap here (Linux); on macOS the same through renamex_np(RENAME_SWAP) (a fake
     C library records the call); False where the system has no such call, so the caller renames twice."""
-    import errno
     from hashindex import files
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -283,7 +282,6 @@ def test_faiss_and_torch_write_failures_are_os_errors_naming_the_file(tmp_path, 
     """Given a path, Faiss ignores a failed close (a small index onto a full disk: "close error" printed, no
     exception, a short file) and torch reports a full disk as RuntimeError; written through Python's file
     objects, each failure is OSError(ENOSPC) naming the file, small or large."""
-    import errno
     from contextlib import contextmanager
     from pathlib import Path
 
@@ -314,16 +312,23 @@ def test_faiss_and_torch_write_failures_are_os_errors_naming_the_file(tmp_path, 
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "m.pt")
 
 
+def _shard_data(n: int):
+    """A shard's worth of rows (1.5 MB at n=2000): random features, so a round trip is a real check."""
+    import numpy as np
+
+    from hashindex.store.shards import ShardData
+
+    return ShardData(codes=np.ones((n, 6), np.uint8), features=np.random.rand(n, 192).astype(np.float32),
+                     ids=np.arange(n), labels=np.zeros(n, np.int32), paths=[f"{i}.jpg" for i in range(n)], skipped=[])
+
+
 def test_hdf5_writers_ask_for_room_before_writing(cifar_shards, tmp_path, monkeypatch):
     """HDF5 2.0 crashes the process (SIGSEGV) when a write fails for want of space (measured on a full tmpfs:
     docs/RELIABILITY.md, 'disk full'), so table.h5 and shards are refused before h5py opens them for writing:
     one line saying how much was needed and is free, nothing left behind."""
-    import errno
-
     import h5py
-    import numpy as np
 
-    from hashindex.store.shards import ShardData, write_shard
+    from hashindex.store.shards import write_shard
     from tests.conftest import fill_disk
 
     real_file, st = h5py.File, os.statvfs(tmp_path)
@@ -336,9 +341,7 @@ def test_hdf5_writers_ask_for_room_before_writing(cifar_shards, tmp_path, monkey
     assert res.output.startswith("hashindex: error: no space left on the device writing ")
     assert "table.h5 (about " in res.output and "MB needed, 0.1 MB free)" in res.output, res.output
     assert not (tmp_path / "ix").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    n = 2000
-    data = ShardData(codes=np.zeros((n, 6), np.uint8), features=np.zeros((n, 192), np.float32),
-                     ids=np.arange(n), labels=np.zeros(n, np.int32), paths=[f"{i}.jpg" for i in range(n)], skipped=[])
+    data = _shard_data(2000)
     with pytest.raises(OSError) as e:
         write_shard(tmp_path / "shard-00000.h5", data, {})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "shard-00000.h5")
@@ -369,11 +372,9 @@ def test_a_disk_filling_up_during_an_hdf5_write_is_one_line_not_a_crash(cifar_sh
     import numpy as np
 
     from hashindex import hdf5
-    from hashindex.store.shards import ShardData, read_shard, write_shard
+    from hashindex.store.shards import read_shard, write_shard
 
-    n = 2000
-    data = ShardData(codes=np.ones((n, 6), np.uint8), features=np.random.rand(n, 192).astype(np.float32),
-                     ids=np.arange(n), labels=np.zeros(n, np.int32), paths=[f"{i}.jpg" for i in range(n)], skipped=[])
+    data = _shard_data(2000)
     monkeypatch.setattr(hdf5, "_raw_file", lambda path: _FillsUp(path, "w+"))
     for path in (tmp_path / "shard-00000.h5", tmp_path / "x" / "shard-00000.h5"):
         with pytest.raises(OSError) as e:
