@@ -1,9 +1,11 @@
-"""Copies of the same photograph in one or more collections: re-encoded, resized or re-exposed copies.
+"""Copies of the same photograph in one or more collections: re-encoded, resized, re-exposed or cropped copies.
 
 Each image gets a 64-bit perceptual hash (the signs of the 8x8 lowest frequencies of the DCT of its
-32x32 grey thumbnail, against their median: the classic pHash) and a 256-bit one (16x16 frequencies);
-Faiss finds every pair of images within a Hamming radius of each other by the short hash, the long one
-checks each pair (``fine_radius``), and each image not yet in a group gathers the ones paired with it.
+32x32 grey thumbnail, against their median: the classic pHash, `phash`) and a 256-bit one (16x16
+frequencies), of the whole image and of the image cut to each crop box of a preset (``crops``); Faiss
+finds every pair of images within a Hamming radius of each other by the short hash, whole against whole or
+whole against cut, the long one checks each pair in the same view (``fine_radius``), and each image not
+yet in a group gathers the ones paired with it.
 
 This is not `query --exclude-self`, which finds an item's nearest items by the learned codes: images of
 the same class that look alike. The learned features are made to ignore what makes a photo that photo,
@@ -11,8 +13,10 @@ and the 48-bit codes put many different photos of a class at distance 0. Measure
 photos with four edited copies of every fourth (docs/RESULTS.md, "Duplicates"): at the defaults, every
 re-encoded (JPEG quality 40), resized (60 %) and brightened (+15 %) copy is found, with 1 false pair among
 1,472 images; the pooled net features make 3-6x the false pairs at the same recall. A crop of 5 % per
-side moves the short hash by 10 bits (median), so crops are found only in part. Where every image is one
-object on a plain background (Fashion-MNIST) the hashes cannot tell copies from look-alikes.
+side moves the whole hash by 10 bits (median): without crop boxes 16 % of random centred crops (2-15 % a
+side) are found, with the default "centre" boxes 98 %, at the same false pairs and 4x the search
+("Duplicates: crops"). Where every image is one object on a plain background (Fashion-MNIST) the hashes
+cannot tell copies from look-alikes.
 
 Decoding the images is most of a run; ``hashes_dir`` keeps their hashes (`dup_hashes`), so an interrupted run
 resumes and a rerun with other settings decodes nothing.
@@ -28,16 +32,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .codes import code_words
 from .dup_hashes import PART, HashStore, Part
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
-from .codes import code_words
+from .phash import BITS, FINE_BITS, FINE_BLOCK, THUMB, box_name, crop_boxes, crop_hashes, perceptual_hashes
 
-THUMB = 32  # side of the grey thumbnail the hash is taken from
-BLOCK = 8  # the BLOCK x BLOCK lowest DCT frequencies: 64 bits, searched
-BITS = BLOCK * BLOCK
-FINE_BLOCK = 16  # 256 bits, which check each pair found
-FINE_BITS = FINE_BLOCK * FINE_BLOCK
 # Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
 # pair of distinct photos was within 8 (two shots of the same sunflower); radius 12 finds 90 % of all edited
 # pairs, crops included, but with 15 false pairs among 1,472 photos (docs/RESULTS.md, "Duplicates").
@@ -46,50 +46,30 @@ DEFAULT_RADIUS = 8
 # different photos, judged by eye, were 72 or more apart on CIFAR-10 (13 of 13) and 84 or more on the flowers
 # photos (3 of 3), while 25 of 27 right pairs on flowers and 21 of 35 on CIFAR-10 were within 64.
 DEFAULT_FINE_RADIUS = 64
+# Crop boxes: "centre" finds centred crops of 2-15 % a side (97 % of them, against 16 % without) at no more
+# false pairs, for a search about 4x as long (docs/RESULTS.md, "Duplicates: crops").
+DEFAULT_CROPS = "centre"
 QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
 
 
-def _dct_matrix(n: int = THUMB) -> np.ndarray:
-    """The orthonormal DCT-II matrix (rows: frequencies)."""
-    k = np.arange(n)[:, None]
-    m = np.arange(n)[None, :]
-    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * m + 1) * k / (2 * n))
-    c[0] /= np.sqrt(2.0)
-    return c
+def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
+    """Hamming distances between packed hashes i[k] and j[k] (j's in ``other``, where given), a 64-bit word at a
+    time (as `codes.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
+    a, b = np.ascontiguousarray(hashes[i]), np.ascontiguousarray((hashes if other is None else other)[j])
+    return np.bitwise_count(code_words(a) ^ code_words(b)).sum(axis=1, dtype=np.int32)  # O(pairs): no whole copy
 
 
-_DCT = _dct_matrix()
-
-
-def perceptual_hashes(grey: np.ndarray, block: int = BLOCK) -> np.ndarray:
-    """(n, 32, 32) grey thumbnails -> (n, block * block / 8) uint8 packed hashes (64 bits by default).
-
-    Bit (u, v) is set where the DCT coefficient of frequency (u, v) is above the median of the block x block
-    lowest; the constant (u = v = 0) is one of them, as in the common pHash, so a flat image's bits are all
-    but one clear.
-    """
-    if grey.ndim != 3 or grey.shape[1:] != (THUMB, THUMB):
-        raise HashindexError(f"grey: expected (n, {THUMB}, {THUMB}) thumbnails, got shape {grey.shape}")
-    low = _DCT[:block] @ grey.astype(np.float64) @ _DCT[:block].T  # (n, block, block)
-    flat = low.reshape(len(grey), block * block)
-    return np.packbits(flat > np.median(flat, axis=1, keepdims=True), axis=1)
-
-
-def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Hamming distances between packed hashes i[k] and j[k], a 64-bit word at a time (as
-    `codes.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
-    words = code_words(hashes)
-    return np.bitwise_count(words[i] ^ words[j]).sum(axis=1, dtype=np.int32)
-
-
-def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, crops: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """For distinct packed hashes, every other one within ``radius`` bits, itself included: (lims, labels), as
-    Faiss gives them (row r's are labels[lims[r]:lims[r + 1]]).
+    Faiss gives them (row r's are labels[lims[r]:lims[r + 1]]). With ``crops`` ((n, K, bytes): each item's
+    crop-box hashes, `phash.crop_hashes`), r and s are neighbours too when the whole hash of one is within the
+    radius of a crop hash of the other (either way round: a copy cut to a box hashes like that box).
 
-    Exact (a Faiss flat range search, block by block of queries): O(n^2) popcounts. Measured on one core
-    that a training run shared: 200,000 hashes in 24 s (8e8 pairs a second; numpy's XOR and table popcount,
-    timed in the same runs, 124-207x slower); a Faiss MultiHash index (4 x 16 bits, 2 flips: exact at radius
-    8) took 139 s for the same pairs, enumerating its flips (docs/RESULTS.md, "Duplicates").
+    Exact (a Faiss flat range search, block by block of queries): O(n^2) popcounts, O(n^2 (K + 1)) with crops.
+    Measured on one core that a training run shared: 200,000 hashes in 24 s (8e8 pairs a second; numpy's XOR and
+    table popcount, timed in the same runs, 124-207x slower); a Faiss MultiHash index (4 x 16 bits, 2 flips:
+    exact at radius 8) took 139 s for the same pairs, enumerating its flips (docs/RESULTS.md, "Duplicates").
     """
     import faiss
     from tqdm import tqdm
@@ -97,19 +77,30 @@ def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False) -
     if radius < 0:
         raise HashindexError(f"radius={radius}: expected a distance of 0 bits or more")
     hashes = np.ascontiguousarray(hashes, dtype=np.uint8)
-    index = faiss.IndexBinaryFlat(hashes.shape[1] * 8)
+    n, width = hashes.shape
+    boxes = 0 if crops is None else crops.shape[1]
+    index = faiss.IndexBinaryFlat(width * 8)
     index.add(hashes)
+    if boxes:
+        index.add(np.ascontiguousarray(crops, dtype=np.uint8).reshape(n * boxes, width))
     counts, labels = [np.zeros(1, np.int64)], []
-    for start in tqdm(range(0, len(hashes), QUERY_BLOCK), desc="pairs", unit="block",
-                      disable=not progress or len(hashes) <= QUERY_BLOCK):
+    for start in tqdm(range(0, n, QUERY_BLOCK), desc="pairs", unit="block",
+                      disable=not progress or n * (boxes + 1) <= QUERY_BLOCK):
         lims, _, found = index.range_search(hashes[start:start + QUERY_BLOCK], radius + 1)  # Faiss: below radius
         counts.append(np.diff(lims).astype(np.int64))
-        labels.append(found.astype(np.int64))
-    return np.cumsum(np.concatenate(counts)), (np.concatenate(labels) if labels else np.zeros(0, np.int64))
+        found = found.astype(np.int64)
+        labels.append(np.where(found < n, found, (found - n) // max(boxes, 1)))  # a crop hash -> its item
+    lims = np.cumsum(np.concatenate(counts))
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if not boxes:
+        return lims, labels
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims))
+    pairs = np.unique(np.concatenate([rows * n + labels, labels * n + rows]))  # both ways round, once each
+    return np.searchsorted(pairs // n, np.arange(n + 1)), pairs % n
 
 
 def star_groups(hashes: np.ndarray, radius: int, accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                progress: bool = False) -> list[np.ndarray]:
+                progress: bool = False, crops: np.ndarray | None = None) -> list[np.ndarray]:
     """Groups of copies among packed hashes: each item in order that is in no group yet gathers every item in
     no group that is within ``radius`` bits of it (and that ``accept(firsts, others)`` passes, a boolean mask
     per pair); groups of one are left out.
@@ -121,14 +112,20 @@ def star_groups(hashes: np.ndarray, radius: int, accept: Callable[[np.ndarray, n
     ``accept`` passes): keeping them and dropping the rest (`redundant_paths`) leaves no two images within it
     (tested). The search runs over the distinct hashes, so a collection holding one picture 100,000 times
     (a placeholder, blank frames) costs memory for its distinct hashes, not 5 x 10^9 pairs (tested).
+
+    ``crops``: each item's crop-box hashes (n, K, bytes); "within the radius" is then by `unique_neighbours`'
+    rule (the whole hash of one against the whole or a crop hash of the other).
     """
     n = len(hashes)
     if n == 0:
         return []
-    keys = np.ascontiguousarray(hashes, dtype=np.uint8).view(np.dtype((np.void, hashes.shape[1]))).ravel()
+    rows = np.ascontiguousarray(hashes if crops is None else np.concatenate([hashes, crops.reshape(n, -1)], axis=1),
+                                dtype=np.uint8)
+    keys = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()  # items alike in every hash share a key
     _, first_of_key, key = np.unique(keys, return_index=True, return_inverse=True)
     key = key.ravel()
-    lims, labels = unique_neighbours(hashes[first_of_key], radius, progress)
+    lims, labels = unique_neighbours(hashes[first_of_key], radius, progress,
+                                     None if crops is None else crops[first_of_key])
     by_key = np.argsort(key, kind="stable")  # items of key k: by_key[starts[k]:starts[k + 1]], in order
     starts = np.searchsorted(key[by_key], np.arange(len(first_of_key) + 1))
     alone = (np.diff(lims) == 1) & (np.diff(starts) == 1)  # a hash no other item is near
@@ -155,6 +152,9 @@ class Hashed:
 
     hashes: np.ndarray  # (n, 8) uint8: 64 bits, searched
     fine: np.ndarray  # (n, 32) uint8: 256 bits, checking
+    crops: str  # the preset of crop boxes (`phash.CROP_BOXES`) that the crop hashes are of
+    crop_hashes: np.ndarray  # (n, K, 8) uint8: the 64-bit hash of each image cut to each box
+    crop_fine: np.ndarray  # (n, K, 32) uint8: the same in 256 bits
     collection: np.ndarray  # (n,) index into `names`
     ids: np.ndarray  # (n,) the collection's item ids
     paths: list[str]
@@ -189,7 +189,7 @@ def _thumbnails(source: Any, workers: int, start: int = 0, batch: int = 512
         yield grey[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), positions, []
 
 
-def _source_parts(source: Any, name: str, workers: int, store: Any, progress: bool) -> Iterator[Part]:
+def _source_parts(source: Any, name: str, workers: int, store: Any, progress: bool, crops: str) -> Iterator[Part]:
     """The hashes of every item of one source, part by part: those ``store`` (a `dup_hashes.HashStore`, or
     None) kept, then the rest decoded, each part kept as it is done."""
     from tqdm import tqdm
@@ -208,77 +208,114 @@ def _source_parts(source: Any, name: str, workers: int, store: Any, progress: bo
             bar.update(len(positions) + len(bad))
             stop += len(positions) + len(bad)
             if stop - start >= PART or stop == len(source):
-                part = _part(start, stop, todo)
+                part = _part(start, stop, todo, crops)
                 if store is not None:
                     store.write(part)
                 yield part
                 start, todo = stop, []
 
 
-def _part(start: int, stop: int, batches: list[tuple[np.ndarray, np.ndarray, list]]) -> Part:
-    """Items [start, stop) hashed from their thumbnails, batch by batch."""
+def _part(start: int, stop: int, batches: list[tuple[np.ndarray, np.ndarray, list]], crops: str) -> Part:
+    """Items [start, stop) hashed from their thumbnails, whole and cut to the boxes of ``crops``."""
     grey = np.concatenate([g for g, _, _ in batches]) if batches else np.zeros((0, THUMB, THUMB), np.uint8)
     positions = np.concatenate([p for _, p, _ in batches]).astype(np.int64) if batches else np.zeros(0, np.int64)
     return Part(start, stop, positions, perceptual_hashes(grey), perceptual_hashes(grey, FINE_BLOCK),
-                [b for _, _, bad in batches for b in bad])
+                [b for _, _, bad in batches for b in bad], crop_hashes(grey, crops), crop_hashes(grey, crops, FINE_BLOCK))
 
 
 def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
-                 progress: bool = True, hashes_dir: str | Path | None = None) -> Hashed:
-    """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it. ``hashes_dir``:
-    keep the hashes there and read back those kept by an earlier run (`dup_hashes`: a run resumes, a rerun
-    with other settings decodes nothing)."""
+                 progress: bool = True, hashes_dir: str | Path | None = None, crops: str = "none") -> Hashed:
+    """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it, whole and cut to
+    the boxes of the preset ``crops`` (`phash.CROP_BOXES`). ``hashes_dir``: keep the hashes there and read back
+    those kept by an earlier run (`dup_hashes`: a run resumes, a rerun with other radii decodes nothing)."""
     from .data import FolderSource
 
-    hashes, fine, coll, ids, paths, skipped = [], [], [], [], [], []
+    boxes = len(crop_boxes(crops))
+    hashes, fine, crop_h, crop_f, coll, ids, paths, skipped = [], [], [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
         source_ids = source.ids()
-        store = HashStore(hashes_dir, source) if hashes_dir is not None else None
-        for part in _source_parts(source, name, workers, store, progress):
+        store = HashStore(hashes_dir, source, crops) if hashes_dir is not None else None
+        for part in _source_parts(source, name, workers, store, progress, crops):
             hashes.append(part.hashes)
             fine.append(part.fine)
+            crop_h.append(part.crop_hashes)
+            crop_f.append(part.crop_fine)
             coll.append(np.full(len(part.positions), c, np.int32))
             ids.append(source_ids[part.positions])
             paths += [source.paths[p] for p in part.positions]
             skipped += [(name, source.paths[p], reason) for p, reason in part.bad]
-    join = (lambda parts, dtype, width=None: np.concatenate(parts) if parts else
-            np.zeros((0, width) if width else 0, dtype))
+    join = (lambda parts, dtype, shape=(): np.concatenate(parts) if parts else np.zeros((0, *shape), dtype))
     roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
-    return Hashed(join(hashes, np.uint8, BITS // 8), join(fine, np.uint8, FINE_BITS // 8), join(coll, np.int32),
-                  join(ids, np.int64), paths, list(names), roots, skipped)
+    return Hashed(join(hashes, np.uint8, (BITS // 8,)), join(fine, np.uint8, (FINE_BITS // 8,)), crops,
+                  join(crop_h, np.uint8, (boxes, BITS // 8)), join(crop_f, np.uint8, (boxes, FINE_BITS // 8)),
+                  join(coll, np.int32), join(ids, np.int64), paths, list(names), roots, skipped)
 
 
-def group_rows(hashed: Hashed, groups: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+def view_distances(hashed: Hashed, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distances of pairs (i[k], j[k]) in every view, (m, V) each for the 64-bit and the 256-bit hashes,
+    V = 1 + 2K for K crop boxes: whole against whole, then the whole of j against i cut to each box (j is a
+    crop of i), then the whole of i against j cut to each box (`view_names`)."""
+    coarse, fine = [pair_distances(hashed.hashes, i, j)], [pair_distances(hashed.fine, i, j)]
+    for whole, cut in ((j, i), (i, j)):
+        for k in range(hashed.crop_hashes.shape[1]):
+            coarse.append(pair_distances(hashed.crop_hashes[:, k], cut, whole, hashed.hashes))
+            fine.append(pair_distances(hashed.crop_fine[:, k], cut, whole, hashed.fine))
+    return np.stack(coarse, axis=1), np.stack(fine, axis=1)
+
+
+def view_names(crops: str) -> list[str]:
+    """What each column of `view_distances` compares, as a group's rows say it (``match``)."""
+    cuts = [box_name(b) for b in crop_boxes(crops)]
+    return ["whole"] + [f"first cut {c}" for c in cuts] + [f"this cut {c}" for c in cuts]
+
+
+def matching_view(coarse: np.ndarray, fine: np.ndarray, radius: int, fine_radius: int) -> np.ndarray:
+    """Per pair, the view in which both hashes are within their radii, the nearest by the 256-bit hash (the
+    whole image first among equals); -1 where there is none."""
+    ok = (coarse <= radius) & (fine <= fine_radius)
+    best = np.where(ok, fine, np.iinfo(np.int32).max).argmin(axis=1)
+    return np.where(ok.any(axis=1), best, -1)
+
+
+def group_rows(hashed: Hashed, groups: list[np.ndarray], radius: int = BITS, fine_radius: int = FINE_BITS
+               ) -> list[list[dict[str, Any]]]:
     """Each group as rows: collection, id, path (as extraction records it), file (the image file, for a folder
-    of image files; else ""), and the Hamming distances of its 64-bit and 256-bit hashes to the group's first
-    image's (``distance``, ``fine_distance``)."""
+    of image files; else ""), the Hamming distances of its 64-bit and 256-bit hashes to the group's first
+    image's (``distance``, ``fine_distance``), and the view they are of (``match``: "whole", or which of the
+    two was cut to which crop box; the view within both radii nearest by the 256-bit hash)."""
+    names = view_names(hashed.crops)
     out = []
     for g in groups:
-        first = np.full(len(g), g[0])
-        dist, fine = pair_distances(hashed.hashes, first, g), pair_distances(hashed.fine, first, g)
-        out.append([_row(hashed, p, d, f) for p, d, f in zip(g.tolist(), dist.tolist(), fine.tolist())])
+        coarse, fine = view_distances(hashed, np.full(len(g), g[0]), g)
+        view = np.maximum(matching_view(coarse, fine, radius, fine_radius), 0)
+        rows = np.arange(len(g))
+        out.append([_row(hashed, p, d, f, names[v]) for p, d, f, v in
+                    zip(g.tolist(), coarse[rows, view].tolist(), fine[rows, view].tolist(), view.tolist())])
     return out
 
 
-def _row(hashed: Hashed, p: int, distance: int, fine: int) -> dict[str, Any]:
+def _row(hashed: Hashed, p: int, distance: int, fine: int, match: str) -> dict[str, Any]:
     root = hashed.roots[hashed.collection[p]]
     return {"collection": hashed.names[hashed.collection[p]], "id": int(hashed.ids[p]), "path": hashed.paths[p],
             "file": str(root / hashed.paths[p]) if root is not None else "", "distance": int(distance),
-            "fine_distance": int(fine)}
+            "fine_distance": int(fine), "match": match}
 
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
-                    fine_radius: int = DEFAULT_FINE_RADIUS, across: bool = False, workers: int = 2,
-                    hashes_dir: str | Path | None = None, progress: bool = True,
+                    fine_radius: int = DEFAULT_FINE_RADIUS, crops: str = DEFAULT_CROPS, across: bool = False,
+                    workers: int = 2, hashes_dir: str | Path | None = None, progress: bool = True,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
     `hashindex.data.open_source` reads them): pairs within ``radius`` bits of a 64-bit perceptual hash and
-    within ``fine_radius`` of a 256-bit one (256: no second check).
+    within ``fine_radius`` of a 256-bit one (256: no second check), both in one view of the pair: the whole
+    images, or one whole and the other cut to a crop box of the preset ``crops`` (`phash.CROP_BOXES`: "none",
+    "centre" (the default: crops of 2-15 % a side, centred), "sides" (also a strip off one edge)).
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
-    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance}, ...]],
-    "images", "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "seconds"}; each
+    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance, match},
+    ...]], "images", "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "crops",
+    "seconds"}; each
     group starts with its first image in the order given, and every other image of it is paired with that one.
     """
     from .data import open_source
@@ -287,6 +324,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
         raise HashindexError(f"radius={radius}: expected a distance from 0 to {BITS - 1} bits")
     if fine_radius < 0 or fine_radius > FINE_BITS:
         raise HashindexError(f"fine_radius={fine_radius}: expected a distance from 0 to {FINE_BITS} bits")
+    crop_boxes(crops)  # a HashindexError naming the presets, before any image is decoded
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")
     opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]
@@ -300,26 +338,29 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     if across and len(opened) < 2:
         raise HashindexError("across=True: expected two collections or more (duplicates between them)")
     t0 = time.perf_counter()
-    hashed = hash_sources(opened, names, workers, progress, hashes_dir)
+    hashed = hash_sources(opened, names, workers, progress, hashes_dir, crops)
 
     def accept(firsts: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """The 256-bit check, for the pairs across collections when ``across`` (the cheap test first)."""
+        """Both hashes within their radii in one view (the 256-bit check), for the pairs across collections when
+        ``across`` (the cheap test first)."""
         ok = hashed.collection[firsts] != hashed.collection[others] if across else np.ones(len(others), bool)
-        ok[ok] = pair_distances(hashed.fine, firsts[ok], others[ok]) <= fine_radius
+        ok[ok] = matching_view(*view_distances(hashed, firsts[ok], others[ok]), radius, fine_radius) >= 0
         return ok
 
-    groups = group_rows(hashed, star_groups(hashed.hashes, radius, accept, progress))
+    crop_search = hashed.crop_hashes if hashed.crop_hashes.shape[1] else None
+    groups = group_rows(hashed, star_groups(hashed.hashes, radius, accept, progress, crop_search), radius, fine_radius)
     seconds = time.perf_counter() - t0
     copies = sum(len(g) - 1 for g in groups)
     log(f"{len(groups)} group(s) of copies among {len(hashed.hashes)} images ({copies} beyond the first of each "
-        f"group; within {radius} bits of 64 and {fine_radius} of 256{' across collections' if across else ''}; "
+        f"group; within {radius} bits of 64 and {fine_radius} of 256, crops {crops}"
+        f"{', across collections' if across else ''}; "
         f"{len(hashed.skipped)} unreadable) in {seconds:.1f} s")
     return {"groups": groups, "images": int(len(hashed.hashes)), "copies": copies,
             "skipped": [list(s) for s in hashed.skipped], "radius": radius, "fine_radius": fine_radius,
-            "seconds": round(seconds, 2)}
+            "crops": crops, "seconds": round(seconds, 2)}
 
 
-CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance", "fine_distance")
+CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance", "fine_distance", "match")
 
 
 def write_groups_csv(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:

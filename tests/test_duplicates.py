@@ -14,7 +14,8 @@ from PIL import Image, ImageEnhance
 
 from hashindex import HashindexError
 from hashindex.cli import cli
-from hashindex.duplicates import find_duplicates, pair_distances, perceptual_hashes, star_groups
+from hashindex.duplicates import find_duplicates, pair_distances, star_groups
+from hashindex.phash import _DCT, CROP_BOXES, box_name, crop_hashes, perceptual_hashes
 from tests.conftest import DATA, need
 
 FLOWERS_TEST = DATA / "flowers" / "test.tar"
@@ -72,6 +73,41 @@ def test_perceptual_hash_against_the_dct_sum(block):
         perceptual_hashes(np.zeros((2, 16, 16), np.uint8))
 
 
+def _bilinear_crop(img: np.ndarray, box) -> np.ndarray:
+    """img's region (cut left, top, right, bottom) resampled to its size pixel by pixel: each output pixel
+    centre mapped into the region, its value weighed from the four nearest input pixels (edges clamped)."""
+    n = img.shape[0]
+    out = np.zeros((n, n))
+    left, top, right, bottom = box
+    for r in range(n):
+        for c in range(n):
+            y = np.clip((top + (r + 0.5) / n * (1 - top - bottom)) * n - 0.5, 0, n - 1)
+            x = np.clip((left + (c + 0.5) / n * (1 - left - right)) * n - 0.5, 0, n - 1)
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, n - 1), min(x0 + 1, n - 1)
+            wy, wx = y - y0, x - x0
+            out[r, c] = ((1 - wy) * ((1 - wx) * img[y0, x0] + wx * img[y0, x1])
+                         + wy * ((1 - wx) * img[y1, x0] + wx * img[y1, x1]))
+    return out
+
+
+def test_a_crop_box_hash_is_the_hash_of_the_thumbnail_cut_and_resampled():
+    """The crop folded into the DCT's matrices (`phash`) equals cutting the region out and hashing it."""
+    grey = np.random.default_rng(1).integers(0, 256, (3, 32, 32)).astype(np.uint8)
+    assert [box_name(b) for b in CROP_BOXES["sides"][2:5]] == ["centre 12%", "left 8%", "left 16%"]
+    for box in ((0.08, 0.08, 0.08, 0.08), (0.0, 0.0, 0.0, 0.16), (0.1, 0.05, 0.0, 0.2)):
+        for block in (8, 16):
+            direct = []
+            for img in grey.astype(np.float64):
+                low = _DCT[:block] @ _bilinear_crop(img, box) @ _DCT[:block].T
+                direct.append(np.packbits(low.ravel() > np.median(low)))
+            assert np.array_equal(perceptual_hashes(grey, block, box), np.array(direct))
+    assert crop_hashes(grey, "centre").shape == (3, 3, 8) and crop_hashes(grey, "none").shape == (3, 0, 8)
+    assert np.array_equal(crop_hashes(grey, "sides", 16)[:, 4], perceptual_hashes(grey, 16, (0.16, 0, 0, 0)))
+    with pytest.raises(HashindexError, match="crops='square': expected one of none, centre, sides"):
+        crop_hashes(grey, "square")
+
+
 def _planted(n: int, seed: int) -> np.ndarray:
     """Random 64-bit hashes with near copies (0 to 10 bits flipped) of copies, and exact repeats."""
     rng = np.random.default_rng(seed)
@@ -84,10 +120,18 @@ def _planted(n: int, seed: int) -> np.ndarray:
     return h
 
 
-def _reference_stars(h: np.ndarray, radius: int, accept) -> list[list[int]]:
-    """The grouping by its definition, over the full distance matrix."""
-    bits = np.unpackbits(h, axis=1).astype(np.int32)
-    dist = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+def _bit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Every Hamming distance between packed rows of a and of b, bit by bit."""
+    return (np.unpackbits(a, axis=1)[:, None, :] != np.unpackbits(b, axis=1)[None, :, :]).sum(-1)
+
+
+def _reference_stars(h: np.ndarray, radius: int, accept, crops: np.ndarray | None = None) -> list[list[int]]:
+    """The grouping by its definition, over the full distance matrix (with ``crops``, the least over the views:
+    whole against whole, and the whole of one against each crop hash of the other)."""
+    dist = _bit_distances(h, h)
+    for k in range(0 if crops is None else crops.shape[1]):
+        cut = _bit_distances(h, crops[:, k])  # cut[i, j]: the whole of i against j cut to box k
+        dist = np.minimum(dist, np.minimum(cut, cut.T))
     taken = np.zeros(len(h), bool)
     groups = []
     for i in range(len(h)):
@@ -110,6 +154,29 @@ def test_star_groups_equal_the_definition(radius):
     assert [g.tolist() for g in got] == want and len(want) > 20
     assert np.array_equal(pair_distances(h, np.zeros(5, np.int64), np.arange(5)),
                           np.unpackbits(h[:5] ^ h[0], axis=1).sum(1))
+
+
+@pytest.mark.parametrize("radius", [0, 4])
+def test_star_groups_with_crop_hashes_equal_the_definition(radius):
+    """Each item's crop hashes are searched too: j joins i when j's whole hash is near one of i's crop hashes
+    or the other way round, found from either side, and the test ``accept`` still has the last word."""
+    rng = np.random.default_rng(radius)
+    h = _planted(600, radius + 7)
+    crops = rng.integers(0, 256, (600, 3, 8), dtype=np.uint8)
+    for i in rng.choice(600, 150, replace=False):  # j is a crop of i: j's whole hash near i's box k
+        j, k = rng.integers(600), rng.integers(3)
+        bits = np.unpackbits(crops[i, k])
+        bits[rng.choice(64, rng.integers(0, 6), replace=False)] ^= 1
+        h[j] = np.packbits(bits)
+    crops[rng.choice(600, 60)] = crops[5]  # items alike in their whole hash but not their crops, and the reverse
+    want = _reference_stars(h, radius, lambda i, j: True, crops)
+    assert [g.tolist() for g in star_groups(h, radius, crops=crops)] == want
+    assert len(want) > len(_reference_stars(h, radius, lambda i, j: True)) + 15  # 28 against 8 at radius 0
+    odd = lambda a, b: (a + b) % 3 != 0
+    assert [g.tolist() for g in star_groups(h, radius, odd, crops=crops)] == \
+        _reference_stars(h, radius, lambda i, j: (i + j) % 3 != 0, crops)
+    assert [g.tolist() for g in star_groups(h, radius, crops=crops[:, :0])] == \
+        [g.tolist() for g in star_groups(h, radius)]  # no boxes: the whole hashes alone
 
 
 def test_star_groups_do_not_chain():
@@ -160,6 +227,51 @@ def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(ph
     assert all(r["fine_distance"] <= 4 for g in strict["groups"] for r in g)
 
 
+CUTS = {"c8": (0.08, 0.08, 0.08, 0.08), "c12": (0.12, 0.12, 0.12, 0.12), "b14": (0, 0, 0, 0.14)}
+
+
+@pytest.fixture(scope="module")
+def cropped(tmp_path_factory):
+    """16 distinct photos, 4 of them also cut by 8 % and 12 % a side and by a 14 % strip off the bottom."""
+    root = tmp_path_factory.mktemp("cropped")
+    for k, img in enumerate(_photos(16)):
+        img.save(root / f"p{k:02d}.jpg", quality=88)
+        if k % 4 == 2:
+            w, h = img.size
+            for name, (left, top, right, bottom) in CUTS.items():
+                box = (round(w * left), round(h * top), w - round(w * right), h - round(h * bottom))
+                img.crop(box).save(root / f"p{k:02d}_{name}.jpg", quality=88)
+    return root
+
+
+def _found_cuts(result) -> dict[str, str]:
+    """Each crop copy grouped with its own photo -> the view that matched it; a group mixing photos fails."""
+    found = {}
+    for g in result["groups"]:
+        assert len({r["path"][:3] for r in g}) == 1, g  # one photo per group
+        found.update({r["path"]: r["match"] for r in g if "_" in r["path"]})
+    return found
+
+
+def test_crop_boxes_find_cropped_copies_that_the_whole_hash_misses(cropped):
+    """--crops: a copy cut to about a box hashes like the original cut to it. Without boxes, crops of 8 % or more
+    a side are out of reach; "centre" finds the centred ones, "sides" the strip off one edge too; distinct
+    photos stay apart, and each row says in which view it matched."""
+    none = _found_cuts(find_duplicates([str(cropped)], crops="none", **QUIET))
+    centre = _found_cuts(find_duplicates([str(cropped)], crops="centre", **QUIET))
+    sides = find_duplicates([str(cropped)], crops="sides", **QUIET)
+    assert len(none) <= 4  # 2 of 12 here (two cuts of one photo, grouped with each other)
+    assert sorted(centre) == sorted(f"p{k:02d}_{c}.jpg" for k in (2, 6, 10, 14) for c in ("c8", "c12"))
+    assert sorted(_found_cuts(sides)) == sorted(f"p{k:02d}_{c}.jpg" for k in (2, 6, 10, 14) for c in CUTS)
+    assert {centre[f"p02_{c}.jpg"] for c in ("c8", "c12")} <= {f"first cut centre {p}%" for p in (4, 8, 12)}
+    assert _found_cuts(sides)["p02_b14.jpg"] == "first cut bottom 16%" and sides["crops"] == "sides"
+    for g in sides["groups"]:
+        assert g[0]["match"] == "whole" and g[0]["distance"] == g[0]["fine_distance"] == 0
+        assert all(r["distance"] <= 8 and r["fine_distance"] <= 64 for r in g)
+    with pytest.raises(HashindexError, match="crops='all': expected one of none, centre, sides"):
+        find_duplicates([str(cropped)], crops="all", **QUIET)
+
+
 def test_across_reports_only_groups_that_span_collections(photos, tmp_path):
     root, _ = photos
     other = tmp_path / "other"
@@ -192,8 +304,9 @@ def test_cli_writes_groups_and_the_copies_that_remove_takes_out_of_an_index(phot
     assert Image.open(tmp_path / "g.png").size[1] > 4 * 100  # a row per group
     groups = json.loads(res.stdout)["groups"]
     rows = list(csv.DictReader(open(tmp_path / "g.csv")))
-    assert [(int(r["group"]), r["path"]) for r in rows] == [(g, r["path"]) for g, rs in enumerate(groups, 1)
-                                                             for r in rs]
+    assert [(int(r["group"]), r["path"], r["match"]) for r in rows] == \
+        [(g, r["path"], r["match"]) for g, rs in enumerate(groups, 1) for r in rs]
+    assert {r["match"] for r in rows} == {"whole"}  # re-encoded, resized, brightened: no crop box needed
     copies = (tmp_path / "copies.txt").read_text().splitlines()
     assert len(copies) == 3 * len(expected) and all(c.startswith(str(root.resolve())) for c in copies)
 
@@ -275,3 +388,25 @@ def test_kept_hashes_resume_an_interrupted_run_and_spare_a_rerun_any_decoding(ph
     res = CliRunner().invoke(cli, ["duplicates", str(root), "--hashes", str(other / "again.jpg")])
     assert res.exit_code == 2 and res.output == (f"hashindex: error: --hashes {other / 'again.jpg'}: not a directory "
                                                  "(expected a folder to keep the hashes in)\n")
+
+
+def test_kept_hashes_are_kept_per_crop_preset_and_read_back_checked(cropped, tmp_path):
+    """Each --crops preset keeps its own folder (its crop hashes differ); a part kept before crop boxes existed
+    (no crop arrays) still serves --crops none; a part whose arrays have the wrong shape is a one-line error."""
+    kept = tmp_path / "hashes"
+    runs = {c: find_duplicates([str(cropped)], crops=c, hashes_dir=kept, **QUIET) for c in ("none", "centre")}
+    assert len(list(kept.iterdir())) == 2
+    for crops, result in runs.items():
+        assert find_duplicates([str(cropped)], crops=crops, **QUIET) == {**result, "seconds": ANY}
+    (plain,) = [d for d in kept.iterdir() if json.loads((d / "collection.json").read_text())["crops"] == "none"]
+    (part,) = plain.glob("part-*.npz")
+    with np.load(part) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(part, **{k: v for k, v in arrays.items() if not k.startswith("crop_")})  # as kept before crop boxes
+    assert find_duplicates([str(cropped)], crops="none", hashes_dir=kept, **QUIET) == {**runs["none"], "seconds": ANY}
+    np.savez(part, **{**arrays, "crop_hashes": np.zeros((len(arrays["positions"]), 3, 8), np.uint8)})
+    res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "none", "--hashes", str(kept)])
+    assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: --hashes {part}: holds hashes of shapes ")
+    assert res.output.endswith("with 0 crop boxes each; move it away and rerun\n") and res.output.count("\n") == 1
+    res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "square"])
+    assert res.exit_code == 2 and "'square' is not one of 'none', 'centre', 'sides'" in res.output

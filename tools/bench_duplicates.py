@@ -7,6 +7,13 @@ copy) pairs found per kind of edit and the precision of all pairs found (a pair 
 false one). With ``--model`` the same table for the net's pooled features (cosine thresholds set to reach
 the same recall), the alternative a user has in `query --exclude-self`.
 
+Crops (``--crops``): every fourth photo also as three random crops (seeded by the photo): centred, 2-15 % a
+side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently. For each crop preset of
+`hashindex duplicates` (none, centre, sides) a real `find_duplicates` run at the defaults: the share of crops
+grouped with their original per kind, the images grouped with another photo, and the seconds of the search
+(a second run, its hashes read back from ``--hashes``: no decoding); and the search alone on random hashes
+with 0, 3 and 11 crop hashes each, as a ratio to none in the same run.
+
 Speed: `unique_neighbours` (a Faiss flat range search; `star_groups` is it plus the grouping) against a
 numpy baseline measured in the same run (XOR and a byte popcount table over the same pairs; past 20,000
 hashes timed on the first 20,000 rows and scaled to n), on random 64-bit hashes with near copies; with
@@ -15,6 +22,7 @@ hashes timed on the first 20,000 rows and scaled to n), on random 64-bit hashes 
     python tools/bench_duplicates.py                                  # flowers test photos, speed at n=20,000
     python tools/bench_duplicates.py --model nin-cifar10-48-v2 --json
     python tools/bench_duplicates.py --data ../shared/data/flowers/train.tar --speed-n 100000 --multihash
+    python tools/bench_duplicates.py --crops --speed-n 50000
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from hashindex.data import open_source
-from hashindex.duplicates import DEFAULT_FINE_RADIUS, hash_sources, star_groups, unique_neighbours
+from hashindex.duplicates import DEFAULT_FINE_RADIUS, find_duplicates, hash_sources, star_groups, unique_neighbours
+from hashindex.phash import CROP_BOXES
 
 EDITS = ("q40", "small", "bright", "crop")
 RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16)
@@ -61,6 +70,73 @@ def write_edited_set(data: str, out: Path, every: int = 4) -> None:
             for kind in EDITS:
                 copy, quality = edited(img, kind)
                 copy.save(folder / f"{stem}__{kind}.jpg", quality=quality)
+
+
+CROP_KINDS = ("centred", "one edge", "each side")
+
+
+def random_crops(img: Image.Image, seed: int) -> dict[str, Image.Image]:
+    """The three random crops of ``img`` (module docstring), the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    w, h = img.size
+    centred = rng.uniform(0.02, 0.15)
+    edge = [0.0] * 4
+    edge[rng.integers(4)] = rng.uniform(0.03, 0.20)
+    cuts = {"centred": [centred] * 4, "one edge": edge, "each side": list(rng.uniform(0, 0.10, 4))}
+    return {k: img.crop((round(w * c[0]), round(h * c[1]), w - round(w * c[2]), h - round(h * c[3])))
+            for k, c in cuts.items()}
+
+
+def write_cropped_set(data: str, out: Path, every: int = 4) -> None:
+    """The photos of ``data`` into ``out``, and the random crops (``NAME__k.jpg``, k indexing CROP_KINDS) of
+    every ``every``-th."""
+    source = open_source(data)
+    out.mkdir(parents=True)
+    for i in range(len(source)):
+        img = Image.open(io.BytesIO(source.read_bytes(i))).convert("RGB")
+        img.save(out / f"{i:06d}.jpg", quality=88)
+        if i % every == 0:
+            for k, copy in enumerate(random_crops(img, i).values()):
+                copy.save(out / f"{i:06d}__{k}.jpg", quality=88)
+
+
+def crop_study(data: str, tmp: Path) -> list[dict]:
+    """Per crop preset: the share of each kind of crop grouped with its original, the images grouped with
+    another photo, the groups, and the seconds of the search alone (module docstring)."""
+    folder = tmp / "crops"
+    write_cropped_set(data, folder)
+    rows = []
+    for crops in CROP_BOXES:
+        quiet = {"crops": crops, "hashes_dir": tmp / "kept", "progress": False, "log": lambda line: None}
+        find_duplicates([str(folder)], **quiet)  # hashes the photos once
+        result = find_duplicates([str(folder)], **quiet)  # the search alone (and group rows)
+        group_of = {r["path"]: g for g, rows_ in enumerate(result["groups"]) for r in rows_}
+        row: dict = {"crops": crops, "boxes": len(CROP_BOXES[crops]), "groups": len(result["groups"]),
+                     "search_s": result["seconds"]}
+        for k, kind in enumerate(CROP_KINDS):
+            copies = [p for p in group_of if p.endswith(f"__{k}.jpg")]
+            total = sum(1 for p in folder.iterdir() if p.name.endswith(f"__{k}.jpg"))
+            row[kind] = sum(group_of.get(p.split("__")[0] + ".jpg") == group_of[p] for p in copies) / total
+        row["wrongly_grouped"] = sum(len(g) - int(np.unique([r["path"][:6] for r in g], return_counts=True)[1].max())
+                                     for g in result["groups"])
+        rows.append(row)
+    return rows
+
+
+def crop_speed(n: int, radius: int) -> list[dict]:
+    """The search alone (`unique_neighbours`) on n random hashes with each preset's number of crop hashes
+    (random too), as a ratio to the whole hashes alone, in the same run."""
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    out = []
+    for crops, boxes in CROP_BOXES.items():
+        cut = rng.integers(0, 256, (n, len(boxes), 8), dtype=np.uint8) if boxes else None
+        t0 = time.perf_counter()
+        unique_neighbours(hashes, radius, crops=cut)
+        out.append({"crops": crops, "boxes": len(boxes), "seconds": round(time.perf_counter() - t0, 3)})
+    for row in out:
+        row["ratio"] = round(row["seconds"] / out[0]["seconds"], 2)
+    return out
 
 
 def pair_truth(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,6 +243,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="also measure this model's pooled features (cosine)")
     ap.add_argument("--speed-n", type=int, default=20_000, help="random hashes for the speed comparison")
     ap.add_argument("--multihash", action="store_true", help="also time a Faiss MultiHash index (exact, slower)")
+    ap.add_argument("--crops", action="store_true", help="also measure the crop presets (module docstring)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out: dict = {}
@@ -185,6 +262,9 @@ def main() -> None:
             upper = np.triu(same, 1)
             cuts = [float(np.quantile(cos[upper], 1 - r["recall"])) for r in out["phash"] if 0 < r["recall"] < 1]
             out["pooled"] = quality_rows(cos, same, kind, cuts, larger_is_nearer=True)
+        if args.crops:
+            out["crops"] = crop_study(args.data, Path(tmp))
+            out["crop_speed"] = crop_speed(args.speed_n, 8)
     out["speed"] = speed(args.speed_n, 8, args.multihash)
     if args.json:
         print(json.dumps(out, indent=1))
@@ -198,6 +278,13 @@ def main() -> None:
         for r in out[name]:
             print(f"{r['cut']:.4g}\t" + "\t".join(f"{r[k]:.3f}" for k in EDITS) +
                   f"\t{r['recall']:.3f}\t{r['precision']:.3f}\t{r['false_pairs']}")
+    if "crops" in out:
+        print("\ncrops\tboxes\t" + "\t".join(CROP_KINDS) + "\twrongly grouped\tgroups\tsearch s")
+        for r in out["crops"]:
+            print(f"{r['crops']}\t{r['boxes']}\t" + "\t".join(f"{r[k]:.3f}" for k in CROP_KINDS) +
+                  f"\t{r['wrongly_grouped']}\t{r['groups']}\t{r['search_s']}")
+        print(f"search alone, {args.speed_n:,} random hashes: " + ", ".join(
+            f"{r['crops']} {r['seconds']} s ({r['ratio']}x)" for r in out["crop_speed"]))
     s = out["speed"]
     print(f"\npairs within {s['radius']} bits among {s['n']:,} hashes: Faiss {s['faiss_s']} s "
           f"(star_groups, grouping included: {s['star_groups_s']} s), numpy {s['numpy_s']} s "

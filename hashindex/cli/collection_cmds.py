@@ -10,17 +10,19 @@ from .group import _echo_json, cli
 @cli.command()
 @click.argument("data", nargs=-1, required=True)
 @click.option("--radius", default=None, type=click.IntRange(0, 63),
-              help="Largest Hamming distance between the 64-bit perceptual hashes of two copies [default: 8; "
-                   "12 with --fine-radius 256 also finds most 5 % crops, with more false pairs: docs/RESULTS.md "
-                   "'Duplicates'].")
+              help="Largest Hamming distance between the 64-bit perceptual hashes of two copies [default: 8].")
 @click.option("--fine-radius", default=None, type=click.IntRange(0, 256),
               help="Largest distance between the 256-bit hashes of a pair found within --radius: a second check "
                    "that turns away different photos alike in outline [default: 64; 256: no check].")
+@click.option("--crops", default="centre", show_default=True, type=click.Choice(["none", "centre", "sides"]),
+              help="Also match an image against copies cut to crop boxes: centre (crops of 2-15 % a side, centred), "
+                   "sides (also a strip of 3-20 % off one edge: 12x the search of none), none (whole images only, "
+                   "the fastest search) [docs/RESULTS.md 'Duplicates: crops'].")
 @click.option("--across", is_flag=True,
               help="Only groups with images from more than one DATA (a test set's photos that are also in the "
                    "training set).")
 @click.option("--out", default=None,
-              help="Write the groups as CSV (group, collection, id, path, file, distance, fine_distance).")
+              help="Write the groups as CSV (group, collection, id, path, file, distance, fine_distance, match).")
 @click.option("--redundant", default=None,
               help="Write every image but the first of each group, one per line: its file for a folder of images, "
                    "else its recorded path (for `hashindex remove --paths-file`).")
@@ -35,14 +37,14 @@ from .group import _echo_json, cli
 @click.option("--show", default=10, show_default=True, type=click.IntRange(0), help="Groups to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups and counts as JSON.")
 @click.pass_context
-def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, workers, hashes_dir, follow_links, show,
-               as_json):
-    """Copies of the same photo (re-encoded, resized, re-exposed) in one or more collections.
+def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, grid, workers, hashes_dir, follow_links,
+               show, as_json):
+    """Copies of the same photo (re-encoded, resized, re-exposed, cropped) in one or more collections.
 
-    Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit and 256-bit pHash); pairs within
-    --radius bits of the short hash and --fine-radius of the long one are copies. Each image not yet in a
-    group gathers its copies: a group is listed from that first image (in DATA order), with each copy's
-    distances to it. The learned codes are not used: they are made to match different photos of one class.
+    Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit and 256-bit pHash), whole and cut to
+    the crop boxes of --crops; pairs within --radius bits of the short hash and --fine-radius of the long one,
+    whole or one of them cut to a box, are copies. Each image not yet in a group gathers its copies: a group
+    is listed from that first image (in DATA order), with each copy's distances to it. The learned codes are not used: they are made to match different photos of one class.
 
     \b
     Examples:
@@ -63,7 +65,7 @@ def duplicates(ctx, data, radius, fine_radius, across, out, redundant, grid, wor
     sources = [open_source(d, "data", follow_links=follow_links) for d in data]
     result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
                              fine_radius=DEFAULT_FINE_RADIUS if fine_radius is None else fine_radius,
-                             across=across, workers=workers, hashes_dir=hashes_dir, progress=ctx.obj["progress"],
+                             crops=crops, across=across, workers=workers, hashes_dir=hashes_dir, progress=ctx.obj["progress"],
                              log=lambda line: click.echo(line, err=as_json))
     if out:
         write_groups_csv(out, result["groups"])
