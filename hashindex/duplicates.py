@@ -46,7 +46,7 @@ DEFAULT_RADIUS = 8
 # different photos, judged by eye, were 72 or more apart on CIFAR-10 (13 of 13) and 84 or more on the flowers
 # photos (3 of 3), while 25 of 27 right pairs on flowers and 21 of 35 on CIFAR-10 were within 64.
 DEFAULT_FINE_RADIUS = 64
-# Crop boxes: "centre" finds centred crops of 2-15 % a side (97 % of them, against 16 % without) at no more
+# Crop boxes: "centre" finds centred crops of 2-15 % a side (98 % of them, against 16 % without) at no more
 # false pairs, for a search about 4x as long (docs/RESULTS.md, "Duplicates: crops").
 DEFAULT_CROPS = "centre"
 QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
