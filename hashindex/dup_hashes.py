@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_json
-from .phash import crop_boxes
+from .phash import crop_boxes, crop_spec
 
 FORMAT = "hashindex-phash64+256 v1"  # the hashes of `phash.perceptual_hashes`; another version, another key
 PART = 8192  # items per part: about 7 s of decoding here, the most an interruption loses
@@ -37,13 +37,13 @@ class Part:
     hashes: np.ndarray  # (n, 8) uint8
     fine: np.ndarray  # (n, 32) uint8
     bad: list[tuple[int, str]]  # (position, reason) of the unreadable items
-    crop_hashes: np.ndarray  # (n, K, 8) uint8: each item cut to the K boxes of the store's crops preset
+    crop_hashes: np.ndarray  # (n, K, 8) uint8: each item cut to the K boxes of the store's crop spec
     crop_fine: np.ndarray  # (n, K, 32) uint8
 
 
 class HashStore:
     """The kept hashes of one collection (an `ImageSource`) under ``root``, with those of its images cut to the
-    crop boxes of the preset ``crops`` (`phash.CROP_BOXES`): another preset, another folder (a run with
+    crop boxes of the crop spec ``crops`` (`phash.crop_families`): other boxes, another folder (a run with
     "none" reads what a run before crop boxes kept)."""
 
     def __init__(self, root: str | Path, source: Any, crops: str = "none") -> None:
@@ -51,7 +51,7 @@ class HashStore:
         if self.root.exists() and not self.root.is_dir():
             raise HashindexError(f"hashes_dir={root}: not a directory (expected a folder to keep the hashes in)")
         self.source, self.fingerprint = source, source.fingerprint()  # hashes every path: once
-        self.crops, self.boxes = crops, len(crop_boxes(crops))
+        self.crops, self.boxes = crop_spec(crops), len(crop_boxes(crops))
         key = "\n".join([FORMAT, self.fingerprint, str(getattr(source, "spec", None)), type(source).__name__]
                         + ([f"crops {crop_boxes(crops)}"] if self.boxes else []))
         self.dir = self.root / hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -2,7 +2,7 @@
 
 Each image gets a 64-bit perceptual hash (the signs of the 8x8 lowest frequencies of the DCT of its
 32x32 grey thumbnail, against their median: the classic pHash, `phash`) and a 256-bit one (16x16
-frequencies), of the whole image and of the image cut to each crop box of a preset (``crops``); Faiss
+frequencies), of the whole image and of the image cut to each crop box of ``crops``; Faiss
 finds every pair of images within a Hamming radius of each other by the short hash, whole against whole or
 whole against cut, the long one checks each pair in the same view (``fine_radius``), and each image not
 yet in a group gathers the ones paired with it.
@@ -36,7 +36,7 @@ from .codes import code_words
 from .dup_hashes import PART, HashStore, Part
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
-from .phash import BITS, FINE_BITS, FINE_BLOCK, THUMB, box_name, crop_boxes, crop_hashes, perceptual_hashes
+from .phash import BITS, FINE_BITS, FINE_BLOCK, THUMB, box_name, crop_boxes, crop_hashes, crop_spec, perceptual_hashes
 
 # Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
 # pair of distinct photos was within 8 (two shots of the same sunflower); radius 12 finds 90 % of all edited
@@ -152,7 +152,7 @@ class Hashed:
 
     hashes: np.ndarray  # (n, 8) uint8: 64 bits, searched
     fine: np.ndarray  # (n, 32) uint8: 256 bits, checking
-    crops: str  # the preset of crop boxes (`phash.CROP_BOXES`) that the crop hashes are of
+    crops: str  # the crop spec (`phash.crop_families`) whose boxes the crop hashes are of, canonical
     crop_hashes: np.ndarray  # (n, K, 8) uint8: the 64-bit hash of each image cut to each box
     crop_fine: np.ndarray  # (n, K, 32) uint8: the same in 256 bits
     collection: np.ndarray  # (n,) index into `names`
@@ -226,10 +226,12 @@ def _part(start: int, stop: int, batches: list[tuple[np.ndarray, np.ndarray, lis
 def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
                  progress: bool = True, hashes_dir: str | Path | None = None, crops: str = "none") -> Hashed:
     """Decode every image of the sources (`ImageSource`s) into its grey thumbnail and hash it, whole and cut to
-    the boxes of the preset ``crops`` (`phash.CROP_BOXES`). ``hashes_dir``: keep the hashes there and read back
-    those kept by an earlier run (`dup_hashes`: a run resumes, a rerun with other radii decodes nothing)."""
+    the boxes of the crop spec ``crops`` (`phash.crop_families`: "none", or families as "centre,square").
+    ``hashes_dir``: keep the hashes there and read back those kept by an earlier run (`dup_hashes`: a run
+    resumes, a rerun with other radii decodes nothing)."""
     from .data import FolderSource
 
+    crops = crop_spec(crops)
     boxes = len(crop_boxes(crops))
     hashes, fine, crop_h, crop_f, coll, ids, paths, skipped = [], [], [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
@@ -308,8 +310,9 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
     `hashindex.data.open_source` reads them): pairs within ``radius`` bits of a 64-bit perceptual hash and
     within ``fine_radius`` of a 256-bit one (256: no second check), both in one view of the pair: the whole
-    images, or one whole and the other cut to a crop box of the preset ``crops`` (`phash.CROP_BOXES`: "none",
-    "centre" (the default: crops of 2-15 % a side, centred), "sides" (also a strip off one edge)).
+    images, or one whole and the other cut to a crop box of ``crops``: "none", or families of boxes joined by
+    commas (`phash`): "centre" (the default: crops of 2-15 % a side, centred), "sides" (a strip off one edge),
+    "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square".
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
@@ -324,7 +327,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
         raise HashindexError(f"radius={radius}: expected a distance from 0 to {BITS - 1} bits")
     if fine_radius < 0 or fine_radius > FINE_BITS:
         raise HashindexError(f"fine_radius={fine_radius}: expected a distance from 0 to {FINE_BITS} bits")
-    crop_boxes(crops)  # a HashindexError naming the presets, before any image is decoded
+    crops = crop_spec(crops)  # a HashindexError naming the families, before any image is decoded
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")
     opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]

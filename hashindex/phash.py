@@ -7,9 +7,12 @@ be hashed as if cropped: a crop box resamples the thumbnail's region bilinearly 
 to about that box hashes like it (a 5 %-per-side crop against the box of the same cut: 0 bits, median).
 
 A box covers cuts within about 3 % of its own per side (measured on the flowers photos, `tools/bench_duplicates.py`
-and docs/RESULTS.md "Duplicates: crops"), so the presets are spaced so: ``centre`` (three centred cuts, 4, 8
-and 12 % a side) finds centred crops of 2-15 % a side; ``sides`` adds one side cut by 8 or 16 %, for a strip
-taken off one edge (a caption, a watermark, a border) of 3-20 %. Each box is one more hash to search against.
+and docs/RESULTS.md "Duplicates: crops"), so the families of boxes are spaced so: ``centre`` (three centred
+cuts, 4, 8 and 12 % a side) finds centred crops of 2-15 % a side; ``sides`` (one side cut by 8 or 16 %) a
+strip taken off one edge (a caption, a watermark, a border) of 3-20 %; ``square`` (left and right, or top and
+bottom, cut by 1/8, 1/6 or 1/5 each) the centre square of a 4:3, 3:2 or 5:3 photo, landscape or portrait (the
+thumbnail is squashed, so the photo's own aspect is not known: all six are hashed). A crop spec names families,
+``"centre,square"``, or ``"none"``. Each box is one more hash to search against.
 """
 
 from __future__ import annotations
@@ -25,10 +28,19 @@ FINE_BLOCK = 16  # 256 bits, which check each pair found
 FINE_BITS = FINE_BLOCK * FINE_BLOCK
 
 Box = tuple[float, float, float, float]  # the share of the image cut from its left, top, right and bottom
-_CENTRE: tuple[Box, ...] = ((0.04,) * 4, (0.08,) * 4, (0.12,) * 4)
-_SIDES: tuple[Box, ...] = tuple(tuple(cut if k == side else 0.0 for k in range(4))  # type: ignore[misc]
-                                for side in range(4) for cut in (0.08, 0.16))
-CROP_BOXES: dict[str, tuple[Box, ...]] = {"none": (), "centre": _CENTRE, "sides": _CENTRE + _SIDES}
+
+
+def _one_side(side: int, cut: float) -> Box:
+    """The box that cuts ``cut`` off one side (0 left, 1 top, 2 right, 3 bottom)."""
+    return tuple(cut if k == side else 0.0 for k in range(4))  # type: ignore[return-value]
+
+
+CROP_FAMILIES: dict[str, tuple[Box, ...]] = {  # in the order their boxes are hashed, whatever a spec's order
+    "centre": ((0.04,) * 4, (0.08,) * 4, (0.12,) * 4),
+    "sides": tuple(_one_side(side, cut) for side in range(4) for cut in (0.08, 0.16)),
+    "square": tuple((cut, 0.0, cut, 0.0) for cut in (1 / 8, 1 / 6, 1 / 5))
+    + tuple((0.0, cut, 0.0, cut) for cut in (1 / 8, 1 / 6, 1 / 5)),
+}
 
 
 def _dct_matrix(n: int = THUMB) -> np.ndarray:
@@ -80,23 +92,44 @@ def perceptual_hashes(grey: np.ndarray, block: int = BLOCK, box: Box | None = No
 
 
 def crop_hashes(grey: np.ndarray, crops: str, block: int = BLOCK) -> np.ndarray:
-    """(n, K, block * block / 8) uint8: the hashes of the K boxes of preset ``crops`` (K = 0 for "none")."""
+    """(n, K, block * block / 8) uint8: the hashes of the K boxes of crop spec ``crops`` (K = 0 for "none")."""
     boxes = crop_boxes(crops)
     if not boxes:
         return np.zeros((len(grey), 0, block * block // 8), np.uint8)
     return np.stack([perceptual_hashes(grey, block, b) for b in boxes], axis=1)
 
 
+def crop_families(crops: str) -> list[str]:
+    """The families a crop spec names ("centre,square" -> ["centre", "square"], "none" -> []), in their
+    canonical order; a HashindexError naming the families for anything else."""
+    names = [n.strip() for n in str(crops).split(",")]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in CROP_FAMILIES]
+    if unknown or not names:
+        raise HashindexError(f"crops={crops!r}: expected 'none' or families of crop boxes joined by commas, of "
+                             f"{', '.join(CROP_FAMILIES)} (e.g. 'centre,square')")
+    return [n for n in CROP_FAMILIES if n in names]
+
+
 def crop_boxes(crops: str) -> tuple[Box, ...]:
-    """The boxes of a preset, or a HashindexError naming the presets."""
-    if crops not in CROP_BOXES:
-        raise HashindexError(f"crops={crops!r}: expected one of {', '.join(CROP_BOXES)}")
-    return CROP_BOXES[crops]
+    """The boxes of a crop spec, in their canonical order (`crop_families`)."""
+    return tuple(box for name in crop_families(crops) for box in CROP_FAMILIES[name])
+
+
+def crop_spec(crops: str) -> str:
+    """A crop spec in its canonical form ("square,centre" -> "centre,square"; "none")."""
+    return ",".join(crop_families(crops)) or "none"
 
 
 def box_name(box: Box) -> str:
-    """A box as a CSV reader would like to see it: 'centre 8%', 'left 16%'."""
-    cuts = [c for c in box if c]
-    if len(cuts) == 4 and len(set(box)) == 1:
-        return f"centre {round(box[0] * 100)}%"
-    return " ".join(f"{side} {round(c * 100)}%" for side, c in zip(("left", "top", "right", "bottom"), box) if c)
+    """A box as a CSV reader would like to see it: 'centre 8%', 'left 16%', 'left and right 12.5%'."""
+    pct = lambda c: f"{round(c * 100, 1):g}%"  # noqa: E731
+    left, top, right, bottom = box
+    if left == top == right == bottom:
+        return f"centre {pct(left)}"
+    if left == right and not top and not bottom:
+        return f"left and right {pct(left)}"
+    if top == bottom and not left and not right:
+        return f"top and bottom {pct(top)}"
+    return " ".join(f"{side} {pct(c)}" for side, c in zip(("left", "top", "right", "bottom"), box) if c)

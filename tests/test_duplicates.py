@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 from hashindex import HashindexError
 from hashindex.cli import cli
 from hashindex.duplicates import find_duplicates, pair_distances, star_groups
-from hashindex.phash import _DCT, CROP_BOXES, box_name, crop_hashes, perceptual_hashes
+from hashindex.phash import _DCT, box_name, crop_boxes, crop_hashes, crop_spec, perceptual_hashes
 from tests.conftest import DATA, need
 
 FLOWERS_TEST = DATA / "flowers" / "test.tar"
@@ -94,7 +94,9 @@ def _bilinear_crop(img: np.ndarray, box) -> np.ndarray:
 def test_a_crop_box_hash_is_the_hash_of_the_thumbnail_cut_and_resampled():
     """The crop folded into the DCT's matrices (`phash`) equals cutting the region out and hashing it."""
     grey = np.random.default_rng(1).integers(0, 256, (3, 32, 32)).astype(np.uint8)
-    assert [box_name(b) for b in CROP_BOXES["sides"][2:5]] == ["centre 12%", "left 8%", "left 16%"]
+    assert [box_name(b) for b in crop_boxes("sides,centre")[2:5]] == ["centre 12%", "left 8%", "left 16%"]
+    assert [box_name(b) for b in crop_boxes("square")[::3]] == ["left and right 12.5%", "top and bottom 12.5%"]
+    assert crop_spec("square, centre") == "centre,square" and crop_boxes("none") == () and len(crop_boxes("sides")) == 8
     for box in ((0.08, 0.08, 0.08, 0.08), (0.0, 0.0, 0.0, 0.16), (0.1, 0.05, 0.0, 0.2)):
         for block in (8, 16):
             direct = []
@@ -103,9 +105,11 @@ def test_a_crop_box_hash_is_the_hash_of_the_thumbnail_cut_and_resampled():
                 direct.append(np.packbits(low.ravel() > np.median(low)))
             assert np.array_equal(perceptual_hashes(grey, block, box), np.array(direct))
     assert crop_hashes(grey, "centre").shape == (3, 3, 8) and crop_hashes(grey, "none").shape == (3, 0, 8)
-    assert np.array_equal(crop_hashes(grey, "sides", 16)[:, 4], perceptual_hashes(grey, 16, (0.16, 0, 0, 0)))
-    with pytest.raises(HashindexError, match="crops='square': expected one of none, centre, sides"):
-        crop_hashes(grey, "square")
+    assert np.array_equal(crop_hashes(grey, "centre,sides", 16)[:, 4], perceptual_hashes(grey, 16, (0.16, 0, 0, 0)))
+    for bad in ("all", "", "none,centre", "centre,,sides"):
+        with pytest.raises(HashindexError, match=f"crops='{bad}': expected 'none' or families of crop boxes joined "
+                                                 "by commas, of centre, sides, square"):
+            crop_hashes(grey, bad)
 
 
 def _planted(n: int, seed: int) -> np.ndarray:
@@ -227,18 +231,21 @@ def test_edited_copies_of_real_photos_are_grouped_and_distinct_photos_are_not(ph
     assert all(r["fine_distance"] <= 4 for g in strict["groups"] for r in g)
 
 
-CUTS = {"c8": (0.08, 0.08, 0.08, 0.08), "c12": (0.12, 0.12, 0.12, 0.12), "b14": (0, 0, 0, 0.14)}
+CUTS = {"c8": (0.08, 0.08, 0.08, 0.08), "c12": (0.12, 0.12, 0.12, 0.12), "b14": (0, 0, 0, 0.14), "sq": None}
 
 
 @pytest.fixture(scope="module")
 def cropped(tmp_path_factory):
-    """16 distinct photos, 4 of them also cut by 8 % and 12 % a side and by a 14 % strip off the bottom."""
+    """16 distinct photos, 4 of them also cut by 8 % and 12 % a side, by a 14 % strip off the bottom, and to
+    their centre square."""
     root = tmp_path_factory.mktemp("cropped")
     for k, img in enumerate(_photos(16)):
         img.save(root / f"p{k:02d}.jpg", quality=88)
         if k % 4 == 2:
             w, h = img.size
-            for name, (left, top, right, bottom) in CUTS.items():
+            side = min(w, h)
+            for name, cut in CUTS.items():
+                left, top, right, bottom = cut or ((w - side) / 2 / w, (h - side) / 2 / h) * 2
                 box = (round(w * left), round(h * top), w - round(w * right), h - round(h * bottom))
                 img.crop(box).save(root / f"p{k:02d}_{name}.jpg", quality=88)
     return root
@@ -255,20 +262,26 @@ def _found_cuts(result) -> dict[str, str]:
 
 def test_crop_boxes_find_cropped_copies_that_the_whole_hash_misses(cropped):
     """--crops: a copy cut to about a box hashes like the original cut to it. Without boxes, crops of 8 % or more
-    a side are out of reach; "centre" finds the centred ones, "sides" the strip off one edge too; distinct
-    photos stay apart, and each row says in which view it matched."""
-    none = _found_cuts(find_duplicates([str(cropped)], crops="none", **QUIET))
-    centre = _found_cuts(find_duplicates([str(cropped)], crops="centre", **QUIET))
-    sides = find_duplicates([str(cropped)], crops="sides", **QUIET)
-    assert len(none) <= 4  # 2 of 12 here (two cuts of one photo, grouped with each other)
-    assert sorted(centre) == sorted(f"p{k:02d}_{c}.jpg" for k in (2, 6, 10, 14) for c in ("c8", "c12"))
-    assert sorted(_found_cuts(sides)) == sorted(f"p{k:02d}_{c}.jpg" for k in (2, 6, 10, 14) for c in CUTS)
+    a side are out of reach; "centre" finds the centred ones, "sides" the strip off one edge, "square" the
+    centre square; distinct photos stay apart, and each row says in which view it matched."""
+    found = lambda crops: _found_cuts(find_duplicates([str(cropped)], crops=crops, **QUIET))  # noqa: E731
+    cut = lambda *kinds: {f"p{k:02d}_{c}.jpg" for k in (2, 6, 10, 14) for c in kinds}  # noqa: E731
+    none, centre = found("none"), found("centre")
+    assert len(none) <= 4  # 2 of 16 here (two cuts of one photo, grouped with each other)
+    assert cut("c8", "c12") <= set(centre) and len(centre) <= 10  # (a photo nearly square: its square cut too)
     assert {centre[f"p02_{c}.jpg"] for c in ("c8", "c12")} <= {f"first cut centre {p}%" for p in (4, 8, 12)}
-    assert _found_cuts(sides)["p02_b14.jpg"] == "first cut bottom 16%" and sides["crops"] == "sides"
-    for g in sides["groups"]:
+    assert cut("c8", "c12", "b14") <= set(found("centre,sides"))
+    assert found("sides")["p02_b14.jpg"] == "first cut bottom 16%"
+    square = found("square")
+    assert cut("sq") <= set(square)  # a portrait 4:3 photo's square, a landscape 3:2 one's:
+    assert (square["p02_sq.jpg"], square["p06_sq.jpg"]) == ("first cut top and bottom 12.5%",
+                                                             "first cut left and right 16.7%")
+    every = find_duplicates([str(cropped)], crops="square,sides,centre", **QUIET)
+    assert set(_found_cuts(every)) == cut(*CUTS) and every["crops"] == "centre,sides,square"
+    for g in every["groups"]:
         assert g[0]["match"] == "whole" and g[0]["distance"] == g[0]["fine_distance"] == 0
         assert all(r["distance"] <= 8 and r["fine_distance"] <= 64 for r in g)
-    with pytest.raises(HashindexError, match="crops='all': expected one of none, centre, sides"):
+    with pytest.raises(HashindexError, match="crops='all': expected 'none' or families"):
         find_duplicates([str(cropped)], crops="all", **QUIET)
 
 
@@ -390,8 +403,8 @@ def test_kept_hashes_resume_an_interrupted_run_and_spare_a_rerun_any_decoding(ph
                                                  "(expected a folder to keep the hashes in)\n")
 
 
-def test_kept_hashes_are_kept_per_crop_preset_and_read_back_checked(cropped, tmp_path):
-    """Each --crops preset keeps its own folder (its crop hashes differ); a part kept before crop boxes existed
+def test_kept_hashes_are_kept_per_crop_spec_and_read_back_checked(cropped, tmp_path):
+    """Each --crops spec keeps its own folder (its crop hashes differ); a part kept before crop boxes existed
     (no crop arrays) still serves --crops none; a part whose arrays have the wrong shape is a one-line error."""
     kept = tmp_path / "hashes"
     runs = {c: find_duplicates([str(cropped)], crops=c, hashes_dir=kept, **QUIET) for c in ("none", "centre")}
@@ -408,5 +421,7 @@ def test_kept_hashes_are_kept_per_crop_preset_and_read_back_checked(cropped, tmp
     res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "none", "--hashes", str(kept)])
     assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: --hashes {part}: holds hashes of shapes ")
     assert res.output.endswith("with 0 crop boxes each; move it away and rerun\n") and res.output.count("\n") == 1
-    res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "square"])
-    assert res.exit_code == 2 and "'square' is not one of 'none', 'centre', 'sides'" in res.output
+    res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "squares"])
+    assert res.exit_code == 2 and res.output == ("hashindex: error: --crops 'squares': expected 'none' or families of "
+                                                 "crop boxes joined by commas, of centre, sides, square (e.g. "
+                                                 "'centre,square')\n")

@@ -8,11 +8,11 @@ false one). With ``--model`` the same table for the net's pooled features (cosin
 the same recall), the alternative a user has in `query --exclude-self`.
 
 Crops (``--crops``): every fourth photo also as three random crops (seeded by the photo): centred, 2-15 % a
-side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently. For each crop preset of
-`hashindex duplicates` (none, centre, sides) a real `find_duplicates` run at the defaults: the share of crops
-grouped with their original per kind, the images grouped with another photo, and the seconds of the search
-(a second run, its hashes read back from ``--hashes``: no decoding); and the search alone on random hashes
-with 0, 3 and 11 crop hashes each, as a ratio to none in the same run.
+side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently; and its centre square.
+For each crop spec of `hashindex duplicates` in CROP_SPECS a real `find_duplicates` run at the defaults: the
+share of crops grouped with their original per kind, the images grouped with another photo, and the seconds
+of the search (a second run, its hashes read back from ``--hashes``: no decoding); and the search alone on
+random hashes with each spec's number of crop hashes, as a ratio to none in the same run.
 
 Speed: `unique_neighbours` (a Faiss flat range search; `star_groups` is it plus the grouping) against a
 numpy baseline measured in the same run (XOR and a byte popcount table over the same pairs; past 20,000
@@ -39,7 +39,7 @@ from PIL import Image, ImageEnhance
 
 from hashindex.data import open_source
 from hashindex.duplicates import DEFAULT_FINE_RADIUS, find_duplicates, hash_sources, star_groups, unique_neighbours
-from hashindex.phash import CROP_BOXES
+from hashindex.phash import crop_boxes
 
 EDITS = ("q40", "small", "bright", "crop")
 RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16)
@@ -72,7 +72,8 @@ def write_edited_set(data: str, out: Path, every: int = 4) -> None:
                 copy.save(folder / f"{stem}__{kind}.jpg", quality=quality)
 
 
-CROP_KINDS = ("centred", "one edge", "each side")
+CROP_KINDS = ("centred", "one edge", "each side", "square")
+CROP_SPECS = ("none", "centre", "centre,sides", "centre,square", "centre,sides,square")
 
 
 def random_crops(img: Image.Image, seed: int) -> dict[str, Image.Image]:
@@ -82,14 +83,16 @@ def random_crops(img: Image.Image, seed: int) -> dict[str, Image.Image]:
     centred = rng.uniform(0.02, 0.15)
     edge = [0.0] * 4
     edge[rng.integers(4)] = rng.uniform(0.03, 0.20)
-    cuts = {"centred": [centred] * 4, "one edge": edge, "each side": list(rng.uniform(0, 0.10, 4))}
+    side = min(w, h)
+    cuts = {"centred": [centred] * 4, "one edge": edge, "each side": list(rng.uniform(0, 0.10, 4)),
+            "square": [(w - side) / 2 / w, (h - side) / 2 / h] * 2}
     return {k: img.crop((round(w * c[0]), round(h * c[1]), w - round(w * c[2]), h - round(h * c[3])))
             for k, c in cuts.items()}
 
 
 def write_cropped_set(data: str, out: Path, every: int = 4) -> None:
-    """The photos of ``data`` into ``out``, and the random crops (``NAME__k.jpg``, k indexing CROP_KINDS) of
-    every ``every``-th."""
+    """The photos of ``data`` into ``out``, and the crops (``NAME__k.jpg``, k indexing CROP_KINDS) of every
+    ``every``-th (a square photo's square crop is the photo: written all the same)."""
     source = open_source(data)
     out.mkdir(parents=True)
     for i in range(len(source)):
@@ -101,17 +104,17 @@ def write_cropped_set(data: str, out: Path, every: int = 4) -> None:
 
 
 def crop_study(data: str, tmp: Path) -> list[dict]:
-    """Per crop preset: the share of each kind of crop grouped with its original, the images grouped with
+    """Per crop spec: the share of each kind of crop grouped with its original, the images grouped with
     another photo, the groups, and the seconds of the search alone (module docstring)."""
     folder = tmp / "crops"
     write_cropped_set(data, folder)
     rows = []
-    for crops in CROP_BOXES:
+    for crops in CROP_SPECS:
         quiet = {"crops": crops, "hashes_dir": tmp / "kept", "progress": False, "log": lambda line: None}
         find_duplicates([str(folder)], **quiet)  # hashes the photos once
         result = find_duplicates([str(folder)], **quiet)  # the search alone (and group rows)
         group_of = {r["path"]: g for g, rows_ in enumerate(result["groups"]) for r in rows_}
-        row: dict = {"crops": crops, "boxes": len(CROP_BOXES[crops]), "groups": len(result["groups"]),
+        row: dict = {"crops": crops, "boxes": len(crop_boxes(crops)), "groups": len(result["groups"]),
                      "search_s": result["seconds"]}
         for k, kind in enumerate(CROP_KINDS):
             copies = [p for p in group_of if p.endswith(f"__{k}.jpg")]
@@ -124,12 +127,13 @@ def crop_study(data: str, tmp: Path) -> list[dict]:
 
 
 def crop_speed(n: int, radius: int) -> list[dict]:
-    """The search alone (`unique_neighbours`) on n random hashes with each preset's number of crop hashes
+    """The search alone (`unique_neighbours`) on n random hashes with each spec's number of crop hashes
     (random too), as a ratio to the whole hashes alone, in the same run."""
     rng = np.random.default_rng(1)
     hashes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
     out = []
-    for crops, boxes in CROP_BOXES.items():
+    for crops in CROP_SPECS:
+        boxes = crop_boxes(crops)
         cut = rng.integers(0, 256, (n, len(boxes), 8), dtype=np.uint8) if boxes else None
         t0 = time.perf_counter()
         unique_neighbours(hashes, radius, crops=cut)
@@ -243,7 +247,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="also measure this model's pooled features (cosine)")
     ap.add_argument("--speed-n", type=int, default=20_000, help="random hashes for the speed comparison")
     ap.add_argument("--multihash", action="store_true", help="also time a Faiss MultiHash index (exact, slower)")
-    ap.add_argument("--crops", action="store_true", help="also measure the crop presets (module docstring)")
+    ap.add_argument("--crops", action="store_true", help="also measure the crop specs (module docstring)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out: dict = {}

@@ -14,10 +14,11 @@ from .group import _echo_json, cli
 @click.option("--fine-radius", default=None, type=click.IntRange(0, 256),
               help="Largest distance between the 256-bit hashes of a pair found within --radius: a second check "
                    "that turns away different photos alike in outline [default: 64; 256: no check].")
-@click.option("--crops", default="centre", show_default=True, type=click.Choice(["none", "centre", "sides"]),
-              help="Also match an image against copies cut to crop boxes: centre (crops of 2-15 % a side, centred), "
-                   "sides (also a strip of 3-20 % off one edge: 12x the search of none), none (whole images only, "
-                   "the fastest search) [docs/RESULTS.md 'Duplicates: crops'].")
+@click.option("--crops", default="centre", show_default=True, metavar="FAMILIES",
+              help="Also match an image against copies cut to crop boxes, families joined by commas: centre (crops "
+                   "of 2-15 % a side, centred; 4x the search of none), sides (a strip of 3-20 % off one edge), "
+                   "square (the centre square of a 4:3, 3:2 or 5:3 photo); none: whole images only, the fastest "
+                   "[docs/RESULTS.md 'Duplicates: crops'].")
 @click.option("--across", is_flag=True,
               help="Only groups with images from more than one DATA (a test set's photos that are also in the "
                    "training set).")
