@@ -22,14 +22,15 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from .errors import HashindexError
-from .files import atomic_path, atomic_write_json, exclusive, read_json, sha256_file
+from .errors import NPZ_ERRORS, HashindexError
+from .files import atomic_path, atomic_write_json, exclusive, read_json, read_npz, sha256_file
 from .hdf5 import create_h5, ensure_room, open_h5
 from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv")
+PART_ARRAYS = ("ids", "hamming", "distance")  # what a saved batch holds, (rows of the batch, k) each
 
 
 def output_format(out: Path, fmt: str | None) -> str:
@@ -99,10 +100,10 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         data["own"] = own_positions(index, shards, data["ids"], data.pop("paths")) if exclude_self else None
         if not rerank:
             data["features"] = None
-        n_batches = -(-len(data["ids"]) // batch_size)
-        _run_batches(index, data, parts, settings, n_batches, progress,
+        todo = _batches_to_do(parts, len(data["ids"]), settings, log)
+        _run_batches(index, data, parts, settings, todo, progress,
                      dict(ray_options or {}) if backend == "ray" and not shard_actors else None)
-        return _finish_job(out, fmt, parts, data["ids"], n_batches, job, log)
+        return _finish_job(out, fmt, parts, data["ids"], settings, job, log)
 
 
 def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -117,10 +118,34 @@ def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, 
     return job
 
 
-def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict[str, Any], n_batches: int,
+def _batches_to_do(parts: Path, n_queries: int, settings: dict[str, Any], log) -> list[int]:
+    """The batches not saved whole in ``parts``: not there, or a part that does not read back as its batch's
+    results (a damaged disk block, a flipped byte: searched again, said once each, never merged)."""
+    todo = []
+    for b in range(-(-n_queries // settings["batch_size"])):
+        path = _part_path(parts, b)
+        if path.exists() and _read_part(path, b, n_queries, settings) is None:
+            log(f"warning: {path}: not a readable part of this job's results; searching its batch again")
+            path.unlink()
+        if not path.exists():
+            todo.append(b)
+    return todo
+
+
+def _read_part(path: Path, b: int, n_queries: int, settings: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Batch b's saved results (ids, hamming, distance; one row per query of the batch, k columns), or None
+    where the file is damaged or holds other shapes."""
+    rows = min(settings["batch_size"], n_queries - b * settings["batch_size"])
+    try:
+        arrays = read_npz(path, PART_ARRAYS)
+    except NPZ_ERRORS:
+        return None
+    return arrays if all(a.shape == (rows, settings["k"]) for a in arrays.values()) else None
+
+
+def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict[str, Any], todo: list[int],
                  progress: bool, ray_options: dict[str, Any] | None) -> None:
-    """Search the batches not yet saved in ``parts``: here, or as Ray units when ``ray_options`` is given."""
-    todo = [b for b in range(n_batches) if not _part_path(parts, b).exists()]
+    """Search the batches ``todo``: here, or as Ray units when ``ray_options`` is given."""
     if ray_options is not None and todo:
         from .distributed import run_units
 
@@ -131,11 +156,16 @@ def _run_batches(index: Index, data: dict[str, Any], parts: Path, settings: dict
         search_part(index, data, b, _part_path(parts, b), **settings)
 
 
-def _finish_job(out: Path, fmt: str, parts: Path, query_ids: np.ndarray, n_batches: int, job: dict[str, Any],
-                log) -> dict[str, Any]:
+def _finish_job(out: Path, fmt: str, parts: Path, query_ids: np.ndarray, settings: dict[str, Any],
+                job: dict[str, Any], log) -> dict[str, Any]:
     """Merge the saved batches into the results file, record the job beside it and drop the parts."""
-    merged = {name: np.concatenate([np.load(_part_path(parts, b))[name] for b in range(n_batches)])
-              for name in ("ids", "hamming", "distance")}
+    saved = []
+    for b in range(-(-len(query_ids) // settings["batch_size"])):
+        part = _read_part(_part_path(parts, b), b, len(query_ids), settings)
+        if part is None:  # damaged since it was written and checked: left for the rerun to search again
+            raise HashindexError(f"out={out}: {_part_path(parts, b)} was damaged during the job; rerun it")
+        saved.append(part)
+    merged = {name: np.concatenate([part[name] for part in saved]) for name in PART_ARRAYS}
     _write_results(out, fmt, query_ids, merged, job)
     summary = {**job, "out": str(out), "queries_count": len(query_ids), "format": fmt}
     atomic_write_json(_job_record(out), {**summary, "out_sha256": sha256_file(out)})

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HashindexError
-from .files import atomic_path, atomic_write_json
+from .errors import NPZ_ERRORS, HashindexError
+from .files import atomic_path, atomic_write_json, read_npz
 from .phash import crop_boxes, crop_spec
 
 FORMAT = "hashindex-phash64+256 v1"  # the hashes of `phash.perceptual_hashes`; another version, another key
@@ -88,14 +88,15 @@ class HashStore:
 
     def _read(self, path: Path) -> Part:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                start, stop = (int(v) for v in z["range"])
-                n, k = len(z["positions"]), self.boxes
-                no_crops = (np.zeros((n, 0, 8), np.uint8), np.zeros((n, 0, 32), np.uint8))  # kept before crops
-                crop_h, crop_f = (z["crop_hashes"], z["crop_fine"]) if "crop_hashes" in z else no_crops
-                part = Part(start, stop, z["positions"].astype(np.int64), z["hashes"], z["fine"],
-                            list(zip(z["bad_positions"].tolist(), z["bad_reasons"].tolist())), crop_h, crop_f)
-        except (OSError, ValueError, KeyError) as e:
+            z = read_npz(path, ("range", "positions", "hashes", "fine", "bad_positions", "bad_reasons"),
+                         optional=("crop_hashes", "crop_fine"))
+            start, stop = (int(v) for v in z["range"])
+            n, k = len(z["positions"]), self.boxes
+            no_crops = (np.zeros((n, 0, 8), np.uint8), np.zeros((n, 0, 32), np.uint8))  # kept before crop boxes
+            crop_h, crop_f = (z["crop_hashes"], z["crop_fine"]) if "crop_hashes" in z else no_crops
+            part = Part(start, stop, z["positions"].astype(np.int64), z["hashes"], z["fine"],
+                        list(zip(z["bad_positions"].tolist(), z["bad_reasons"].tolist())), crop_h, crop_f)
+        except NPZ_ERRORS as e:
             raise HashindexError(f"hashes_dir={path}: not a readable part of kept hashes ({e}); "
                                  "move it away and rerun") from None
         shapes = (part.hashes.shape, part.fine.shape, part.crop_hashes.shape, part.crop_fine.shape)

@@ -9,6 +9,13 @@ service answers them as a status with that line; a traceback means a bug in
 hashindex, not in the user's input.
 """
 
+import zipfile
+
+# What reading a damaged .npz raises: BadZipFile (a flipped byte, by the member's CRC; measured: not a
+# ValueError, so a reader catching only those printed a traceback), EOFError (cut short), ValueError (a mangled
+# .npy header), KeyError (an array missing), TypeError (a scalar where an array was), OSError.
+NPZ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
 
 class HashindexError(Exception):
     """A user-facing error: bad input, not a bug."""

@@ -30,14 +30,13 @@ collection: see `choose`.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import HashindexError
+from .errors import NPZ_ERRORS, HashindexError
 
 SIGNALS = ("l2", "cosine", "latent", "posterior", "mid")
 HEAD_SIGNALS = ("latent", "posterior")  # need the head's weights
@@ -110,8 +109,7 @@ class Head:
                              ("latent_w", "latent_b", "classifier_w", "classifier_b")),
                            multi_label=bool(z["multi_label"]) if "multi_label" in z.files else False,
                            accuracy=_accuracy(z["accuracy"]) if "accuracy" in z.files else None)
-        # TypeError: a scalar stored as an array; BadZipFile, EOFError: a file cut short
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        except NPZ_ERRORS as e:
             raise HashindexError(f"{path}: not a readable head file ({e})") from None
         k, c = head.latent_w.shape[0], head.classifier_w.shape[0]
         if head.latent_b.shape != (k,) or head.classifier_w.shape[1:] != (k,) or head.classifier_b.shape != (c,):

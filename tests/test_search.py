@@ -191,9 +191,16 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
     out = tmp_path / "resumed.h5"
     with pytest.raises(KeyboardInterrupt):
         batch_search(flat_index, cifar_queries, out, k=20, batch_size=150, progress=False, log=lambda s: None)
-    assert not out.exists() and len(list((tmp_path / "resumed.h5.parts").glob("part-*.npz"))) == 3
-    batch_search(flat_index, cifar_queries, out, k=20, batch_size=150, progress=False, log=lambda s: None)
-    assert calls["n"] == 4 + 4  # only the 4 missing batches (of 7) were searched again
+    saved = sorted((tmp_path / "resumed.h5.parts").glob("part-*.npz"))
+    assert not out.exists() and len(saved) == 3
+    damaged = bytearray(saved[1].read_bytes())  # a flipped byte (the zip member's CRC) and a part cut short
+    damaged[len(damaged) // 2] ^= 0xFF
+    saved[1].write_bytes(bytes(damaged))
+    saved[2].write_bytes(saved[2].read_bytes()[:300])
+    said = []
+    batch_search(flat_index, cifar_queries, out, k=20, batch_size=150, progress=False, log=said.append)
+    assert calls["n"] == 4 + 6  # the 4 missing batches (of 7) and the 2 damaged ones were searched again
+    assert [line.split(": ")[1] for line in said if line.startswith("warning")] == [str(p) for p in saved[1:]]
     with h5py.File(clean) as a, h5py.File(out) as b:
         for name in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(a[name][()], b[name][()]), name
