@@ -99,6 +99,19 @@ def kill_at_random(args: list[str], rng: random.Random, low: float, high: float)
     return delay
 
 
+def kill_when(args: list[str], ready, timeout: float = 120) -> float:
+    """Start `hashindex ARGS` and kill -9 it as soon as ``ready()`` holds (polled every 50 ms; at ``timeout``
+    at the latest, or when it ends by itself); returns the seconds it ran."""
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "hashindex", "-q", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return time.time() - t0
+
+
 def jpeg(seed: int) -> bytes:
     import io
 
@@ -138,6 +151,27 @@ def data_loss(w: Path, shards: Path, index: Path) -> None:
         holder.wait()
         row(cls, f"{what} while another writer holds the index", "refused, naming the holder's pid",
             f"exit {rc}: {line}", rc == 2 and f"pid {holder.pid}" in line)
+
+
+def dup_kill(w: Path, rng: random.Random) -> None:
+    """`duplicates --hashes` killed while hashing, then rerun: the groups of an uninterrupted run; then a byte
+    flipped in a kept part: one line naming it."""
+    train = str(DATA / "cifar10-jpeg" / "train.tar")
+    clean, kept = w / "d-clean.csv", w / "d-kept"
+    hx("duplicates", train, "--out", str(clean), "--workers", "1")
+    delay = kill_at_random(["duplicates", train, "--hashes", str(kept), "--out", str(w / "d-x.csv"), "--workers", "1"],
+                           rng, 8.0, 30.0)
+    kept_parts = len(list(kept.rglob("part-*.npz")))
+    rc, line = hx("duplicates", train, "--hashes", str(kept), "--out", str(w / "d.csv"), "--workers", "1")
+    same = rc == 0 and (w / "d.csv").read_bytes() == clean.read_bytes()
+    row("kill -9", f"duplicates --hashes killed after {delay:.1f} s, then rerun",
+        "the groups of an uninterrupted run, byte for byte", f"{kept_parts} parts kept; rerun exit {rc}, equal: {same}",
+        same)
+    parts = sorted(kept.rglob("part-*.npz"))
+    flip(parts[0])
+    rc, line = hx("duplicates", train, "--hashes", str(kept))
+    row("verify on read", "a byte flipped inside a kept part of duplicates' hashes", "one line naming the part",
+        f"exit {rc}: {line}", one_line_error(rc, line, parts[0].name, "not a readable part of kept hashes"))
 
 
 def verify_on_read(w: Path, shards: Path, index: Path) -> None:
@@ -423,6 +457,18 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     same = rc == 0 and _results(res_killed) == _results(res_clean)
     row(cls, f"batch query job killed after {delay:.1f} s, then rerun", "results identical to an uninterrupted job",
         f"after kill: {state}; rerun exit {rc}, equal: {same}", same)
+    res_flip = w / "k-res-flip.h5"
+    flip_parts = res_flip.with_name(res_flip.name + ".parts")
+    kill_when([*job, "--out", str(res_flip)], lambda: len(list(flip_parts.glob("part-*.npz"))) >= 2)
+    saved = sorted(flip_parts.glob("part-*.npz"))
+    if saved:
+        flip(saved[0])
+    rc, line = hx(*job, "--out", str(res_flip))
+    same = rc == 0 and _results(res_flip) == _results(res_clean)
+    row("verify on read", "a byte flipped inside a saved part of a killed batch job, then rerun",
+        "the part searched again; results identical to an uninterrupted job",
+        f"{len(saved)} parts saved, the first flipped; rerun exit {rc}, equal: {same}", saved and same)
+    dup_kill(w, rng)
     prep_clean, prep = w / "k-prep-clean", w / "k-prep"
     hx("prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep_clean), "--size", "32")
     delay = kill_at_random(["prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep),
