@@ -77,6 +77,25 @@ def test_a_flipped_byte_is_caught_and_kill_9_resumes(tmp_path):
     assert "images.h5 is not the file prepare wrote" in res.output
 
 
+def test_an_edited_progress_file_is_a_fresh_start_not_a_traceback(tmp_path):
+    """The progress file of an interrupted run vouches for the rows kept; one that is not the dict prepare
+    writes (a list, a negative count, text) vouches for nothing: the run starts over and ends as a clean one."""
+    from hashindex.data.prepared import POSITIONS, RAW
+
+    make_mixed_folder(tmp_path / "imgs")
+    source = open_source(tmp_path / "imgs")
+    clean = prepare(source, tmp_path / "clean", 32, workers=0, **QUIET)
+    want = {"size": 32, "channels": 3}
+    for k, text in enumerate(["[1, 2]", json.dumps({**want, "rows": -5, "done": 3, "skipped": []}), '"x"',
+                              json.dumps({**want, "rows": "9", "done": 3, "skipped": []})]):
+        out = tmp_path / f"p{k}"
+        out.mkdir()
+        (out / PROGRESS).write_text(text)
+        (out / RAW).write_bytes(b"\0" * 100)
+        (out / POSITIONS).write_bytes(b"")
+        assert prepare(source, out, 32, workers=0, **QUIET)["sha256"] == clean["sha256"], text
+
+
 def test_a_temp_file_left_by_a_kill_is_cleared_and_a_foreign_one_refused(tmp_path):
     """kill -9 inside an atomic write leaves '.NAME.XXXX.tmp' of one of prepare's files: the rerun removes it
     and goes on (CI once killed the job just there, and the rerun refused the folder); another program's

@@ -95,9 +95,11 @@ def _resume(out: Path, want: dict[str, Any]) -> dict[str, Any]:
     item = want["channels"] * want["size"] ** 2
     try:
         state = read_json(out / PROGRESS)
-        ok = {k: state.get(k) for k in want} == want and (out / RAW).stat().st_size >= state["rows"] * item \
+        counts = [state["rows"], state["done"]] if isinstance(state, dict) else [None]
+        ok = all(type(c) is int and c >= 0 for c in counts) and {k: state.get(k) for k in want} == want \
+            and (out / RAW).stat().st_size >= state["rows"] * item \
             and (out / POSITIONS).stat().st_size >= state["rows"] * 8
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable or edited: a fresh start
         ok = False
     if not ok:
         state = {**want, "done": 0, "rows": 0, "skipped": []}
