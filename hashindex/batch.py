@@ -43,11 +43,13 @@ def output_format(out: Path, fmt: str | None) -> str:
 
 
 def _read_job(path: Path) -> dict[str, Any] | None:
-    """A batch job's recorded settings (None when the file is damaged: the job is then not resumed)."""
+    """A batch job's recorded settings (None when the file is damaged or edited into anything but the dict a
+    job writes: the job is then not resumed, its results not trusted)."""
     try:
-        return read_json(path)
+        record = read_json(path)
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path, *, k: int = 10,
@@ -184,7 +186,7 @@ def check_results(out: str | Path, arg: str = "out") -> dict[str, Any]:
     recorded beside it); one-line HashindexError (naming ``arg``) otherwise."""
     out = Path(out)
     record = _read_job(_job_record(out))
-    if not out.is_file() or record is None or "out_sha256" not in record:
+    if not out.is_file() or record is None or not isinstance(record.get("out_sha256"), str):
         raise HashindexError(f"{arg}={out}: not a finished batch results file (no readable job record "
                              f"{_job_record(out).name} beside it)")
     digest = sha256_file(out)

@@ -221,6 +221,11 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
         for key in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(back[key], h5[key], equal_nan=True) and back[key].dtype == h5[key].dtype, key
     assert np.array_equal(h5["ids"], top20["ids"][:, :3]) and np.array_equal(h5["query_ids"], top20["query_ids"])
+    record = tmp_path / ".r3.h5.job.json"  # the job's record beside its results, edited: not trusted, one line
+    for text in ("5", "[1]", '{"out_sha256": 7}'):
+        record.write_text(text)
+        with pytest.raises(HashindexError, match="r3.h5: not a finished batch results file"):
+            read_results(tmp_path / "r3.h5")
 
 
 def test_complete_ties_reranks_whole_tie_group(flat_index, db):
