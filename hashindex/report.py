@@ -391,7 +391,8 @@ def query_grid(index, rows: list[dict[str, Any]], path: str | Path) -> Path:
 def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any], path: str | Path,
                     most: int = 30) -> Path:
     """Write groups of copies (`duplicates.find_duplicates`) as a PNG grid: a row per group, its first image,
-    then each copy with its Hamming distance; ``sources`` maps each collection name to its `ImageSource`."""
+    then each copy with its Hamming distance ("d=6", "d=6 cut" where a crop box matched: one of the two cut to
+    it); ``sources`` maps each collection name to its `ImageSource`."""
     def reader(row: dict[str, Any]) -> Callable[[], Any]:
         src = sources[row["collection"]]
         pos = src.item_of(encode_name(row["path"]))
@@ -401,9 +402,12 @@ def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any],
         where = f"{Path(row['collection']).name}: " if len(sources) > 1 else ""
         return f"{where}{Path(row['path']).name}"[-22:]
 
-    rows = [(reader(g[0]), caption(g[0]), [(reader(r), "grey", f"d={r['distance']} {caption(r)[-16:]}")
+    def distance(row: dict[str, Any]) -> str:
+        return f"d={row['distance']}" + ("" if row.get("match", "whole") == "whole" else " cut")
+
+    rows = [(reader(g[0]), caption(g[0]), [(reader(r), "grey", f"{distance(r)} {caption(r)[-16:]}")
                                            for r in g[1:12]]) for g in groups[:most]]
     if not rows:
         raise HashindexError("duplicates grid: no groups of copies to draw")
     return _draw_grid(rows, Path(path), f"hashindex duplicates: {min(len(groups), most)} of {len(groups)} groups\n"
-                                        "(first image, then its copies and their Hamming distance to it)", columns=4)
+                                        "(first image, then its copies and their Hamming distance to it; cut: in a crop box)", columns=4)
