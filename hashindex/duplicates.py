@@ -220,7 +220,8 @@ def _part(start: int, stop: int, batches: list[tuple[np.ndarray, np.ndarray, lis
     grey = np.concatenate([g for g, _, _ in batches]) if batches else np.zeros((0, THUMB, THUMB), np.uint8)
     positions = np.concatenate([p for _, p, _ in batches]).astype(np.int64) if batches else np.zeros(0, np.int64)
     return Part(start, stop, positions, perceptual_hashes(grey), perceptual_hashes(grey, FINE_BLOCK),
-                [b for _, _, bad in batches for b in bad], crop_hashes(grey, crops), crop_hashes(grey, crops, FINE_BLOCK))
+                [b for _, _, bad in batches for b in bad], crop_hashes(grey, crops),
+                crop_hashes(grey, crops, FINE_BLOCK))
 
 
 def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,

@@ -409,5 +409,6 @@ def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any],
                                            for r in g[1:12]]) for g in groups[:most]]
     if not rows:
         raise HashindexError("duplicates grid: no groups of copies to draw")
-    return _draw_grid(rows, Path(path), f"hashindex duplicates: {min(len(groups), most)} of {len(groups)} groups\n"
-                                        "(first image, then its copies and their Hamming distance to it; cut: in a crop box)", columns=4)
+    title = (f"hashindex duplicates: {min(len(groups), most)} of {len(groups)} groups\n(first image, then its "
+             "copies and their Hamming distance to it; cut: in a crop box)")
+    return _draw_grid(rows, Path(path), title, columns=4)

@@ -426,8 +426,8 @@ def test_kept_hashes_are_kept_per_crop_spec_and_read_back_checked(cropped, tmp_p
     flipped[len(flipped) // 2] ^= 0xFF  # inside an array: the zip member's CRC fails (zipfile's error, no ValueError)
     part.write_bytes(bytes(flipped))
     res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "none", "--hashes", str(kept)])
-    assert res.exit_code == 2 and res.output.startswith(f"hashindex: error: --hashes {part}: not a readable part of "
-                                                        "kept hashes (Bad CRC-32 for file ") and res.output.count("\n") == 1
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert res.output.startswith(f"hashindex: error: --hashes {part}: not a readable part of kept hashes (Bad CRC-32 ")
     res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "squares"])
     assert res.exit_code == 2 and res.output == ("hashindex: error: --crops 'squares': expected 'none' or families of "
                                                  "crop boxes joined by commas, of centre, sides, square (e.g. "

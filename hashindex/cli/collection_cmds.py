@@ -45,7 +45,8 @@ def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, gr
     Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit and 256-bit pHash), whole and cut to
     the crop boxes of --crops; pairs within --radius bits of the short hash and --fine-radius of the long one,
     whole or one of them cut to a box, are copies. Each image not yet in a group gathers its copies: a group
-    is listed from that first image (in DATA order), with each copy's distances to it. The learned codes are not used: they are made to match different photos of one class.
+    is listed from that first image (in DATA order), with each copy's distances to it. The learned codes are
+    not used: they are made to match different photos of one class.
 
     \b
     Examples:
@@ -66,8 +67,8 @@ def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, gr
     sources = [open_source(d, "data", follow_links=follow_links) for d in data]
     result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
                              fine_radius=DEFAULT_FINE_RADIUS if fine_radius is None else fine_radius,
-                             crops=crops, across=across, workers=workers, hashes_dir=hashes_dir, progress=ctx.obj["progress"],
-                             log=lambda line: click.echo(line, err=as_json))
+                             crops=crops, across=across, workers=workers, hashes_dir=hashes_dir,
+                             progress=ctx.obj["progress"], log=lambda line: click.echo(line, err=as_json))
     if out:
         write_groups_csv(out, result["groups"])
     if redundant:
