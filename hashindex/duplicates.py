@@ -25,6 +25,7 @@ resumes and a rerun with other settings decodes nothing.
 from __future__ import annotations
 
 import csv
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .codes import code_words
 from .dup_hashes import PART, HashStore, Part
 from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
+from .hash_groups import pair_distances, star_groups
 from .phash import BITS, FINE_BITS, FINE_BLOCK, THUMB, box_name, crop_boxes, crop_hashes, crop_spec, perceptual_hashes
 
 # Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
@@ -49,103 +50,10 @@ DEFAULT_FINE_RADIUS = 64
 # Crop boxes: "centre" finds centred crops of 2-15 % a side (98 % of them, against 16 % without) at no more
 # false pairs, for a search about 4x as long (docs/RESULTS.md, "Duplicates: crops").
 DEFAULT_CROPS = "centre"
-QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
-
-
-def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
-    """Hamming distances between packed hashes i[k] and j[k] (j's in ``other``, where given), a 64-bit word at a
-    time (as `codes.hamming_distances` counts, measured there 12-22x faster than byte by byte)."""
-    a, b = np.ascontiguousarray(hashes[i]), np.ascontiguousarray((hashes if other is None else other)[j])
-    return np.bitwise_count(code_words(a) ^ code_words(b)).sum(axis=1, dtype=np.int32)  # O(pairs): no whole copy
-
-
-def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, crops: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """For distinct packed hashes, every other one within ``radius`` bits, itself included: (lims, labels), as
-    Faiss gives them (row r's are labels[lims[r]:lims[r + 1]]). With ``crops`` ((n, K, bytes): each item's
-    crop-box hashes, `phash.crop_hashes`), r and s are neighbours too when the whole hash of one is within the
-    radius of a crop hash of the other (either way round: a copy cut to a box hashes like that box).
-
-    Exact (a Faiss flat range search, block by block of queries): O(n^2) popcounts, O(n^2 (K + 1)) with crops.
-    Measured on one core that a training run shared: 200,000 hashes in 24 s (8e8 pairs a second; numpy's XOR and
-    table popcount, timed in the same runs, 124-207x slower); a Faiss MultiHash index (4 x 16 bits, 2 flips:
-    exact at radius 8) took 139 s for the same pairs, enumerating its flips (docs/RESULTS.md, "Duplicates").
-    """
-    import faiss
-    from tqdm import tqdm
-
-    if radius < 0:
-        raise HashindexError(f"radius={radius}: expected a distance of 0 bits or more")
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint8)
-    n, width = hashes.shape
-    boxes = 0 if crops is None else crops.shape[1]
-    index = faiss.IndexBinaryFlat(width * 8)
-    index.add(hashes)
-    if boxes:
-        index.add(np.ascontiguousarray(crops, dtype=np.uint8).reshape(n * boxes, width))
-    counts, labels = [np.zeros(1, np.int64)], []
-    for start in tqdm(range(0, n, QUERY_BLOCK), desc="pairs", unit="block",
-                      disable=not progress or n * (boxes + 1) <= QUERY_BLOCK):
-        lims, _, found = index.range_search(hashes[start:start + QUERY_BLOCK], radius + 1)  # Faiss: below radius
-        counts.append(np.diff(lims).astype(np.int64))
-        found = found.astype(np.int64)
-        labels.append(np.where(found < n, found, (found - n) // max(boxes, 1)))  # a crop hash -> its item
-    lims = np.cumsum(np.concatenate(counts))
-    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    if not boxes:
-        return lims, labels
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims))
-    pairs = np.unique(np.concatenate([rows * n + labels, labels * n + rows]))  # both ways round, once each
-    return np.searchsorted(pairs // n, np.arange(n + 1)), pairs % n
-
-
-def star_groups(hashes: np.ndarray, radius: int, accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                progress: bool = False, crops: np.ndarray | None = None) -> list[np.ndarray]:
-    """Groups of copies among packed hashes: each item in order that is in no group yet gathers every item in
-    no group that is within ``radius`` bits of it (and that ``accept(firsts, others)`` passes, a boolean mask
-    per pair); groups of one are left out.
-
-    Not connected components: in a collection of look-alikes (clothes on black, products on white) the pairs
-    chain, and the components of Fashion-MNIST at radius 4 put 516 images in one group, most far more than 4
-    bits from its first. Here every image of a group is within the radius of the group's first, and the first
-    images together with the images in no group are pairwise farther apart than the radius (for the pairs
-    ``accept`` passes): keeping them and dropping the rest (`redundant_paths`) leaves no two images within it
-    (tested). The search runs over the distinct hashes, so a collection holding one picture 100,000 times
-    (a placeholder, blank frames) costs memory for its distinct hashes, not 5 x 10^9 pairs (tested).
-
-    ``crops``: each item's crop-box hashes (n, K, bytes); "within the radius" is then by `unique_neighbours`'
-    rule (the whole hash of one against the whole or a crop hash of the other).
-    """
-    n = len(hashes)
-    if n == 0:
-        return []
-    rows = np.ascontiguousarray(hashes if crops is None else np.concatenate([hashes, crops.reshape(n, -1)], axis=1),
-                                dtype=np.uint8)
-    keys = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()  # items alike in every hash share a key
-    _, first_of_key, key = np.unique(keys, return_index=True, return_inverse=True)
-    key = key.ravel()
-    lims, labels = unique_neighbours(hashes[first_of_key], radius, progress,
-                                     None if crops is None else crops[first_of_key])
-    by_key = np.argsort(key, kind="stable")  # items of key k: by_key[starts[k]:starts[k + 1]], in order
-    starts = np.searchsorted(key[by_key], np.arange(len(first_of_key) + 1))
-    alone = (np.diff(lims) == 1) & (np.diff(starts) == 1)  # a hash no other item is near
-    taken = np.zeros(n, bool)
-    groups = []
-    for first in np.flatnonzero(~alone[key]).tolist():
-        if taken[first]:
-            continue
-        near = labels[lims[key[first]]:lims[key[first] + 1]]
-        others = np.concatenate([by_key[starts[k]:starts[k + 1]] for k in near.tolist()])
-        others = others[~taken[others] & (others != first)]
-        if len(others) and accept is not None:
-            others = others[accept(np.full(len(others), first), others)]
-        if len(others):
-            taken[first] = True
-            taken[others] = True
-            groups.append(np.concatenate([[first], np.sort(others)]))
-    return groups
-
-
+# Which copy of a group is kept (`--redundant` lists the others): the widest view, then the most pixels, then
+# bytes (`kept_members`), so a crop, a resized or a re-encoded copy is not kept over the original it came from.
+KEEP = ("largest", "first")
+DEFAULT_KEEP = "largest"
 @dataclass
 class Hashed:
     """The perceptual hashes of the readable images of some collections, with what identifies each image."""
@@ -156,6 +64,7 @@ class Hashed:
     crop_hashes: np.ndarray  # (n, K, 8) uint8: the 64-bit hash of each image cut to each box
     crop_fine: np.ndarray  # (n, K, 32) uint8: the same in 256 bits
     collection: np.ndarray  # (n,) index into `names`
+    positions: np.ndarray  # (n,) the item's position in its collection
     ids: np.ndarray  # (n,) the collection's item ids
     paths: list[str]
     names: list[str]  # each collection as the caller named it
@@ -234,7 +143,7 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
 
     crops = crop_spec(crops)
     boxes = len(crop_boxes(crops))
-    hashes, fine, crop_h, crop_f, coll, ids, paths, skipped = [], [], [], [], [], [], [], []
+    hashes, fine, crop_h, crop_f, coll, pos, ids, paths, skipped = [], [], [], [], [], [], [], [], []
     for c, (source, name) in enumerate(zip(sources, names)):
         source_ids = source.ids()
         store = HashStore(hashes_dir, source, crops) if hashes_dir is not None else None
@@ -244,6 +153,7 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
             crop_h.append(part.crop_hashes)
             crop_f.append(part.crop_fine)
             coll.append(np.full(len(part.positions), c, np.int32))
+            pos.append(part.positions)
             ids.append(source_ids[part.positions])
             paths += [source.paths[p] for p in part.positions]
             skipped += [(name, source.paths[p], reason) for p, reason in part.bad]
@@ -251,7 +161,7 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
     roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
     return Hashed(join(hashes, np.uint8, (BITS // 8,)), join(fine, np.uint8, (FINE_BITS // 8,)), crops,
                   join(crop_h, np.uint8, (boxes, BITS // 8)), join(crop_f, np.uint8, (boxes, FINE_BITS // 8)),
-                  join(coll, np.int32), join(ids, np.int64), paths, list(names), roots, skipped)
+                  join(coll, np.int32), join(pos, np.int64), join(ids, np.int64), paths, list(names), roots, skipped)
 
 
 def view_distances(hashed: Hashed, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,47 +190,98 @@ def matching_view(coarse: np.ndarray, fine: np.ndarray, radius: int, fine_radius
     return np.where(ok.any(axis=1), best, -1)
 
 
-def group_rows(hashed: Hashed, groups: list[np.ndarray], radius: int = BITS, fine_radius: int = FINE_BITS
-               ) -> list[list[dict[str, Any]]]:
+def group_rows(hashed: Hashed, groups: list[np.ndarray], radius: int = BITS, fine_radius: int = FINE_BITS,
+               kept: list[int] | None = None) -> list[list[dict[str, Any]]]:
     """Each group as rows: collection, id, path (as extraction records it), file (the image file, for a folder
     of image files; else ""), the Hamming distances of its 64-bit and 256-bit hashes to the group's first
-    image's (``distance``, ``fine_distance``), and the view they are of (``match``: "whole", or which of the
-    two was cut to which crop box; the view within both radii nearest by the 256-bit hash)."""
+    image's (``distance``, ``fine_distance``), the view they are of (``match``: "whole", or which of the
+    two was cut to which crop box; the view within both radii nearest by the 256-bit hash), and ``keep``: the
+    one image of the group to keep (``kept``, a member index per group; the first by default)."""
     names = view_names(hashed.crops)
     out = []
-    for g in groups:
-        coarse, fine = view_distances(hashed, np.full(len(g), g[0]), g)
-        view = np.maximum(matching_view(coarse, fine, radius, fine_radius), 0)
+    for n, g in enumerate(groups):
+        coarse, fine, view = _group_views(hashed, g, radius, fine_radius)
         rows = np.arange(len(g))
-        out.append([_row(hashed, p, d, f, names[v]) for p, d, f, v in
-                    zip(g.tolist(), coarse[rows, view].tolist(), fine[rows, view].tolist(), view.tolist())])
+        keep = kept[n] if kept is not None else 0
+        out.append([_row(hashed, p, d, f, names[v], k == keep) for k, (p, d, f, v) in
+                    enumerate(zip(g.tolist(), coarse[rows, view].tolist(), fine[rows, view].tolist(), view.tolist()))])
     return out
 
 
-def _row(hashed: Hashed, p: int, distance: int, fine: int, match: str) -> dict[str, Any]:
+def _group_views(hashed: Hashed, g: np.ndarray, radius: int, fine_radius: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A group's `view_distances` to its first image and the view each member matched in (`matching_view`;
+    0, the whole images, for the first itself)."""
+    coarse, fine = view_distances(hashed, np.full(len(g), g[0]), g)
+    return coarse, fine, np.maximum(matching_view(coarse, fine, radius, fine_radius), 0)
+
+
+def _row(hashed: Hashed, p: int, distance: int, fine: int, match: str, keep: bool) -> dict[str, Any]:
     root = hashed.roots[hashed.collection[p]]
     return {"collection": hashed.names[hashed.collection[p]], "id": int(hashed.ids[p]), "path": hashed.paths[p],
             "file": str(root / hashed.paths[p]) if root is not None else "", "distance": int(distance),
-            "fine_distance": int(fine), "match": match}
+            "fine_distance": int(fine), "match": match, "keep": keep}
+
+
+def image_size(source: Any, position: int) -> tuple[int, int]:
+    """(pixels, bytes) of an item's file, from its header (the image is not decoded); (0, 0) where it has no file
+    or no readable header (a prepared store's arrays, an item gone since it was hashed)."""
+    from PIL import Image
+
+    try:
+        data = source.read_bytes(position)
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size[0] * im.size[1], len(data)
+    except Exception:  # noqa: BLE001 - any unreadable item is simply not preferred (BadImage, OSError, PIL's)
+        return 0, 0
+
+
+def check_keep(keep: str) -> None:
+    """A HashindexError naming the choices, for a ``keep`` that is not one of KEEP."""
+    if keep not in KEEP:
+        raise HashindexError(f"keep={keep!r}: expected one of {', '.join(KEEP)}")
+
+
+def kept_members(hashed: Hashed, groups: list[np.ndarray], sources: Sequence[Any], keep: str, radius: int = BITS,
+                 fine_radius: int = FINE_BITS) -> list[int]:
+    """Per group (items of ``hashed``), which member to keep of the copies: "first", the group's first image;
+    "largest", the widest view of the scene (an image the first is a crop of, over the first and its whole
+    copies, over the first's crops: by the view each matched in), then the most pixels, then the most bytes
+    (the least compressed), then the earliest: the original over its crops, resized and re-encoded copies,
+    whatever their order. Pixels alone would not do: in a collection shrunk to one size (the flowers photos,
+    320 px a side) a crop has as many pixels as its original or more. Reads the headers of group members only."""
+    check_keep(keep)
+    if keep == "first":
+        return [0] * len(groups)
+    boxes = hashed.crop_hashes.shape[1]
+    out = []
+    for g in groups:
+        view = _group_views(hashed, g, radius, fine_radius)[2]
+        extent = np.where(view == 0, 1, np.where(view <= boxes, 0, 2))  # whole; a crop of the first; holds it
+        sizes = [image_size(sources[hashed.collection[p]], int(hashed.positions[p])) for p in g.tolist()]
+        out.append(max(range(len(g)), key=lambda k: (int(extent[k]), sizes[k], -k)))
+    return out
 
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
-                    fine_radius: int = DEFAULT_FINE_RADIUS, crops: str = DEFAULT_CROPS, across: bool = False,
-                    workers: int = 2, hashes_dir: str | Path | None = None, progress: bool = True,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    fine_radius: int = DEFAULT_FINE_RADIUS, crops: str = DEFAULT_CROPS, keep: str = DEFAULT_KEEP,
+                    across: bool = False, workers: int = 2, hashes_dir: str | Path | None = None,
+                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
     `hashindex.data.open_source` reads them): pairs within ``radius`` bits of a 64-bit perceptual hash and
     within ``fine_radius`` of a 256-bit one (256: no second check), both in one view of the pair: the whole
     images, or one whole and the other cut to a crop box of ``crops``: "none", or families of boxes joined by
     commas (`phash`): "centre" (the default: crops of 2-15 % a side, centred), "sides" (a strip off one edge),
-    "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square".
+    "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square". ``keep``: which image of a
+    group to keep, "largest" (the most pixels, then bytes: the original over its crops and smaller copies) or
+    "first" (`kept_members`); the others are `redundant_paths`.
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
-    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance, match},
-    ...]], "images", "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius", "crops",
-    "seconds"}; each
-    group starts with its first image in the order given, and every other image of it is paired with that one.
+    folder; `hash_sources`). Returns {"groups": [[{collection, id, path, file, distance, fine_distance, match,
+    keep}, ...]], "images", "copies" (images beyond the first of each group), "skipped", "radius", "fine_radius",
+    "crops", "keep", "seconds"}; each group starts with its first image in the order given, and every other image
+    of it is paired with that one.
     """
     from .data import open_source
 
@@ -329,6 +290,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     if fine_radius < 0 or fine_radius > FINE_BITS:
         raise HashindexError(f"fine_radius={fine_radius}: expected a distance from 0 to {FINE_BITS} bits")
     crops = crop_spec(crops)  # a HashindexError naming the families, before any image is decoded
+    check_keep(keep)
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")
     opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]
@@ -352,7 +314,9 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
         return ok
 
     crop_search = hashed.crop_hashes if hashed.crop_hashes.shape[1] else None
-    groups = group_rows(hashed, star_groups(hashed.hashes, radius, accept, progress, crop_search), radius, fine_radius)
+    members = star_groups(hashed.hashes, radius, accept, progress, crop_search)
+    kept = kept_members(hashed, members, opened, keep, radius, fine_radius)
+    groups = group_rows(hashed, members, radius, fine_radius, kept)
     seconds = time.perf_counter() - t0
     copies = sum(len(g) - 1 for g in groups)
     log(f"{len(groups)} group(s) of copies among {len(hashed.hashes)} images ({copies} beyond the first of each "
@@ -361,10 +325,10 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
         f"{len(hashed.skipped)} unreadable) in {seconds:.1f} s")
     return {"groups": groups, "images": int(len(hashed.hashes)), "copies": copies,
             "skipped": [list(s) for s in hashed.skipped], "radius": radius, "fine_radius": fine_radius,
-            "crops": crops, "seconds": round(seconds, 2)}
+            "crops": crops, "keep": keep, "seconds": round(seconds, 2)}
 
 
-CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance", "fine_distance", "match")
+CSV_FIELDS = ("group", "collection", "id", "path", "file", "distance", "fine_distance", "match", "keep")
 
 
 def write_groups_csv(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:
@@ -375,13 +339,14 @@ def write_groups_csv(path: str | Path, groups: list[list[dict[str, Any]]]) -> No
             w.writerow(CSV_FIELDS)
             for g, rows in enumerate(groups, 1):
                 for r in rows:
-                    w.writerow([g] + [r[k] for k in CSV_FIELDS[1:]])
+                    w.writerow([g] + [int(r[k]) if k == "keep" else r[k] for k in CSV_FIELDS[1:]])
 
 
 def redundant_paths(groups: list[list[dict[str, Any]]]) -> list[str]:
-    """Every image of every group but its first: the copies one could delete, or take out of an index with
-    `hashindex remove --paths-file` (its file where it has one, else its recorded path)."""
-    return [r["file"] or r["path"] for rows in groups for r in rows[1:]]
+    """Every image of every group but the one it keeps (``keep``; the first, for rows without it): the copies
+    one could delete, or take out of an index with `hashindex remove --paths-file` (its file where it has one,
+    else its recorded path)."""
+    return [r["file"] or r["path"] for rows in groups for k, r in enumerate(rows) if not r.get("keep", k == 0)]
 
 
 def write_redundant(path: str | Path, groups: list[list[dict[str, Any]]]) -> None:

@@ -14,7 +14,8 @@ from PIL import Image, ImageEnhance
 
 from hashindex import HashindexError
 from hashindex.cli import cli
-from hashindex.duplicates import find_duplicates, pair_distances, star_groups
+from hashindex.duplicates import find_duplicates, redundant_paths
+from hashindex.hash_groups import pair_distances, star_groups
 from hashindex.phash import _DCT, box_name, crop_boxes, crop_hashes, crop_spec, perceptual_hashes
 from tests.conftest import DATA, need
 
@@ -432,3 +433,32 @@ def test_kept_hashes_are_kept_per_crop_spec_and_read_back_checked(cropped, tmp_p
     assert res.exit_code == 2 and res.output == ("hashindex: error: --crops 'squares': expected 'none' or families of "
                                                  "crop boxes joined by commas, of centre, sides, square (e.g. "
                                                  "'centre,square')\n")
+
+
+def test_the_widest_largest_copy_is_kept_whatever_the_order(tmp_path):
+    """--keep largest (the default): of a photo, its crop, the same crop enlarged (more pixels than the photo)
+    and a half-size copy, listed crops first, the photo is kept: it is the one the crops are cut from (by the
+    view each matched in), then the one with the most pixels; --keep first keeps the crop, as listed."""
+    photo = _photos(3)[1]
+    w, h = photo.size
+    crop = photo.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    crop.save(tmp_path / "a_crop.jpg", quality=88)
+    crop.resize((w * 2, h * 2), Image.BICUBIC).save(tmp_path / "b_crop_big.jpg", quality=88)
+    photo.save(tmp_path / "c_photo.jpg", quality=88)
+    photo.resize((w // 2, h // 2), Image.BILINEAR).save(tmp_path / "d_half.jpg", quality=88)
+    largest = find_duplicates([str(tmp_path)], **QUIET)
+    (group,) = largest["groups"]
+    assert [(r["path"], r["keep"]) for r in group] == [("a_crop.jpg", False), ("b_crop_big.jpg", False),
+                                                       ("c_photo.jpg", True), ("d_half.jpg", False)]
+    assert [r["match"].split(" cut ")[0] for r in group] == ["whole", "whole", "this", "this"]
+    assert redundant_paths(largest["groups"]) == [str(tmp_path / n) for n in ("a_crop.jpg", "b_crop_big.jpg",
+                                                                               "d_half.jpg")]
+    first = find_duplicates([str(tmp_path)], keep="first", **QUIET)
+    assert redundant_paths(first["groups"]) == [str(tmp_path / n) for n in ("b_crop_big.jpg", "c_photo.jpg",
+                                                                             "d_half.jpg")]
+    res = CliRunner().invoke(cli, ["-q", "duplicates", str(tmp_path), "--out", str(tmp_path / "g.csv")])
+    assert res.exit_code == 0 and "c_photo.jpg  (id 2, kept)" in res.output
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert [r["keep"] for r in rows] == ["0", "0", "1", "0"]
+    with pytest.raises(HashindexError, match="keep='biggest': expected one of largest, first"):
+        find_duplicates([str(tmp_path)], keep="biggest", **QUIET)

@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from hashindex.data import open_source
-from hashindex.duplicates import DEFAULT_FINE_RADIUS, find_duplicates, hash_sources, star_groups, unique_neighbours
+from hashindex.duplicates import DEFAULT_FINE_RADIUS, find_duplicates, hash_sources
+from hashindex.hash_groups import star_groups, unique_neighbours
 from hashindex.phash import crop_boxes
 
 EDITS = ("q40", "small", "bright", "crop")

@@ -19,14 +19,19 @@ from .group import _echo_json, cli
                    "of 2-15 % a side, centred; 4x the search of none), sides (a strip of 3-20 % off one edge), "
                    "square (the centre square of a 4:3, 3:2 or 5:3 photo); none: whole images only, the fastest "
                    "[docs/RESULTS.md 'Duplicates: crops'].")
+@click.option("--keep", default="largest", show_default=True, type=click.Choice(["largest", "first"]),
+              help="Which image of a group is kept (--redundant lists the others): the largest (the widest view, "
+                   "the one the others are cropped from, then the most pixels, then bytes: the original over its "
+                   "crops, resized and re-encoded copies) or the first in DATA order.")
 @click.option("--across", is_flag=True,
               help="Only groups with images from more than one DATA (a test set's photos that are also in the "
                    "training set).")
 @click.option("--out", default=None,
-              help="Write the groups as CSV (group, collection, id, path, file, distance, fine_distance, match).")
+              help="Write the groups as CSV (group, collection, id, path, file, distance, fine_distance, match, "
+                   "keep).")
 @click.option("--redundant", default=None,
-              help="Write every image but the first of each group, one per line: its file for a folder of images, "
-                   "else its recorded path (for `hashindex remove --paths-file`).")
+              help="Write every image but the kept one of each group (--keep), one per line: its file for a folder "
+                   "of images, else its recorded path (for `hashindex remove --paths-file`).")
 @click.option("--grid", default=None,
               help="Also draw the groups as a PNG (up to 30 rows: first image, then its copies).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
@@ -38,8 +43,8 @@ from .group import _echo_json, cli
 @click.option("--show", default=10, show_default=True, type=click.IntRange(0), help="Groups to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups and counts as JSON.")
 @click.pass_context
-def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, grid, workers, hashes_dir, follow_links,
-               show, as_json):
+def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redundant, grid, workers, hashes_dir,
+               follow_links, show, as_json):
     """Copies of the same photo (re-encoded, resized, re-exposed, cropped) in one or more collections.
 
     Every image is decoded to a 32x32 grey thumbnail and hashed (64-bit and 256-bit pHash), whole and cut to
@@ -67,7 +72,7 @@ def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, gr
     sources = [open_source(d, "data", follow_links=follow_links) for d in data]
     result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
                              fine_radius=DEFAULT_FINE_RADIUS if fine_radius is None else fine_radius,
-                             crops=crops, across=across, workers=workers, hashes_dir=hashes_dir,
+                             crops=crops, keep=keep, across=across, workers=workers, hashes_dir=hashes_dir,
                              progress=ctx.obj["progress"], log=lambda line: click.echo(line, err=as_json))
     if out:
         write_groups_csv(out, result["groups"])
@@ -86,6 +91,6 @@ def duplicates(ctx, data, radius, fine_radius, crops, across, out, redundant, gr
         click.echo(f"group {g} ({len(rows)} images):")
         for r in rows:
             where = f"{r['collection']}: " if len(data) > 1 else ""
-            click.echo(f"  {r['distance']:>2}  {where}{r['path']}  (id {r['id']})")
+            click.echo(f"  {r['distance']:>2}  {where}{r['path']}  (id {r['id']}{', kept' if r['keep'] else ''})")
     if len(result["groups"]) > show:
         click.echo(f"... {len(result['groups']) - show} more group(s)" + ("" if out else " (--out FILE lists all)"))
