@@ -228,11 +228,13 @@ def image_size(source: Any, position: int) -> tuple[int, int]:
     or no readable header (a prepared store's arrays, an item gone since it was hashed)."""
     from PIL import Image
 
+    from .data.images import BadImage
+
     try:
         data = source.read_bytes(position)
         with Image.open(io.BytesIO(data)) as im:
             return im.size[0] * im.size[1], len(data)
-    except Exception:  # noqa: BLE001 - any unreadable item is simply not preferred (BadImage, OSError, PIL's)
+    except (BadImage, OSError, ValueError, NotImplementedError, Image.DecompressionBombError):  # PIL's own: OSError
         return 0, 0
 
 
