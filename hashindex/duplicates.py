@@ -266,7 +266,7 @@ def kept_members(hashed: Hashed, groups: list[np.ndarray], sources: Sequence[Any
 
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
-                    fine_radius: int = DEFAULT_FINE_RADIUS, crops: str = DEFAULT_CROPS, keep: str = DEFAULT_KEEP,
+                    fine_radius: int = DEFAULT_FINE_RADIUS, crops: str = DEFAULT_CROPS, keep: str | None = None,
                     across: bool = False, workers: int = 2, hashes_dir: str | Path | None = None,
                     progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Groups of copies of the same photo among the images of ``sources`` (image sources, or specs as
@@ -275,8 +275,9 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     images, or one whole and the other cut to a crop box of ``crops``: "none", or families of boxes joined by
     commas (`phash`): "centre" (the default: crops of 2-15 % a side, centred), "sides" (a strip off one edge),
     "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square". ``keep``: which image of a
-    group to keep, "largest" (the most pixels, then bytes: the original over its crops and smaller copies) or
-    "first" (`kept_members`); the others are `redundant_paths`.
+    group to keep, "largest" (the widest view, then the most pixels, then bytes: the original over its crops
+    and smaller copies) or "first" (`kept_members`); the others are `redundant_paths`. By default "largest",
+    and "first" with ``across``: the copies then listed are those of the later collections (a test set's).
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
     training set). ``hashes_dir``: keep the images' hashes there, and read those an earlier run kept (a
@@ -292,6 +293,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     if fine_radius < 0 or fine_radius > FINE_BITS:
         raise HashindexError(f"fine_radius={fine_radius}: expected a distance from 0 to {FINE_BITS} bits")
     crops = crop_spec(crops)  # a HashindexError naming the families, before any image is decoded
+    keep = keep or ("first" if across else DEFAULT_KEEP)
     check_keep(keep)
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")

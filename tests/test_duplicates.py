@@ -300,6 +300,7 @@ def test_across_reports_only_groups_that_span_collections(photos, tmp_path):
     paths = {r["path"] for r in group}
     assert {"p05.jpg", "again.jpg"} <= paths and all(p.startswith("p05") for p in paths - {"again.jpg"})
     assert [s[:2] for s in result["skipped"]] == [["other", "broken.jpg"]]
+    assert result["keep"] == "first" and redundant_paths(result["groups"]) == [str(other.resolve() / "again.jpg")]
     with pytest.raises(HashindexError, match="across=True: expected two collections"):
         find_duplicates([str(root)], across=True, **QUIET)
     with pytest.raises(HashindexError, match="same collection as one before it"):

@@ -19,10 +19,11 @@ from .group import _echo_json, cli
                    "of 2-15 % a side, centred; 4x the search of none), sides (a strip of 3-20 % off one edge), "
                    "square (the centre square of a 4:3, 3:2 or 5:3 photo); none: whole images only, the fastest "
                    "[docs/RESULTS.md 'Duplicates: crops'].")
-@click.option("--keep", default="largest", show_default=True, type=click.Choice(["largest", "first"]),
+@click.option("--keep", default=None, type=click.Choice(["largest", "first"]),
               help="Which image of a group is kept (--redundant lists the others): the largest (the widest view, "
                    "the one the others are cropped from, then the most pixels, then bytes: the original over its "
-                   "crops, resized and re-encoded copies) or the first in DATA order.")
+                   "crops, resized and re-encoded copies) or the first in DATA order [default: largest; first "
+                   "with --across, so the copies listed are the later DATA's].")
 @click.option("--across", is_flag=True,
               help="Only groups with images from more than one DATA (a test set's photos that are also in the "
                    "training set).")
