@@ -4,7 +4,7 @@
 # checkpoint (finished or not) and every finished evaluation to $OUT. Rows resume per epoch, so a later
 # call (or this machine's CPU) goes on where this one stopped.
 #
-#   tools/gpu_rows.sh ROW [ROW...]        e.g. cifar10-48-e100-kd-scratch cifar10-48-e100-cutout
+#   tools/gpu_rows.sh ROW [ROW...]        e.g. cifar10-48-e200-kd (resumes from checkpoints/in-progress/)
 #
 # That machine's python3 has torch, h5py, click, tqdm and Pillow but no Faiss, it has no ../shared/data, and a
 # call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers
