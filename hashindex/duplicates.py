@@ -51,7 +51,7 @@ DEFAULT_FINE_RADIUS = 64
 # false pairs, for a search about 4x as long (docs/RESULTS.md, "Duplicates: crops").
 DEFAULT_CROPS = "centre"
 # Which copy of a group is kept (`--redundant` lists the others): the widest view, then the most pixels, then
-# bytes (`kept_members`), so a crop, a resized or a re-encoded copy is not kept over the original it came from.
+# bytes (`kept_member`), so a crop, a resized or a re-encoded copy is not kept over the original it came from.
 KEEP = ("largest", "first")
 DEFAULT_KEEP = "largest"
 @dataclass
@@ -191,29 +191,23 @@ def matching_view(coarse: np.ndarray, fine: np.ndarray, radius: int, fine_radius
 
 
 def group_rows(hashed: Hashed, groups: list[np.ndarray], radius: int = BITS, fine_radius: int = FINE_BITS,
-               kept: list[int] | None = None) -> list[list[dict[str, Any]]]:
+               choose: Callable[[np.ndarray, np.ndarray], int] | None = None) -> list[list[dict[str, Any]]]:
     """Each group as rows: collection, id, path (as extraction records it), file (the image file, for a folder
     of image files; else ""), the Hamming distances of its 64-bit and 256-bit hashes to the group's first
     image's (``distance``, ``fine_distance``), the view they are of (``match``: "whole", or which of the
     two was cut to which crop box; the view within both radii nearest by the 256-bit hash), and ``keep``: the
-    one image of the group to keep (``kept``, a member index per group; the first by default)."""
+    one image of the group to keep (``choose(group, views)``, a member index, e.g. `kept_member`; the first
+    by default)."""
     names = view_names(hashed.crops)
     out = []
-    for n, g in enumerate(groups):
-        coarse, fine, view = _group_views(hashed, g, radius, fine_radius)
+    for g in groups:
+        coarse, fine = view_distances(hashed, np.full(len(g), g[0]), g)
+        view = np.maximum(matching_view(coarse, fine, radius, fine_radius), 0)  # 0, whole, for the first itself
         rows = np.arange(len(g))
-        keep = kept[n] if kept is not None else 0
+        keep = choose(g, view) if choose is not None else 0
         out.append([_row(hashed, p, d, f, names[v], k == keep) for k, (p, d, f, v) in
                     enumerate(zip(g.tolist(), coarse[rows, view].tolist(), fine[rows, view].tolist(), view.tolist()))])
     return out
-
-
-def _group_views(hashed: Hashed, g: np.ndarray, radius: int, fine_radius: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A group's `view_distances` to its first image and the view each member matched in (`matching_view`;
-    0, the whole images, for the first itself)."""
-    coarse, fine = view_distances(hashed, np.full(len(g), g[0]), g)
-    return coarse, fine, np.maximum(matching_view(coarse, fine, radius, fine_radius), 0)
 
 
 def _row(hashed: Hashed, p: int, distance: int, fine: int, match: str, keep: bool) -> dict[str, Any]:
@@ -244,9 +238,9 @@ def check_keep(keep: str) -> None:
         raise HashindexError(f"keep={keep!r}: expected one of {', '.join(KEEP)}")
 
 
-def kept_members(hashed: Hashed, groups: list[np.ndarray], sources: Sequence[Any], keep: str, radius: int = BITS,
-                 fine_radius: int = FINE_BITS) -> list[int]:
-    """Per group (items of ``hashed``), which member to keep of the copies: "first", the group's first image;
+def kept_member(hashed: Hashed, g: np.ndarray, view: np.ndarray, sources: Sequence[Any], keep: str) -> int:
+    """Which member of group ``g`` (items of ``hashed``; ``view``, the view each matched its first in, as
+    `group_rows` finds it) to keep of the copies: "first", the group's first image;
     "largest", the widest view of the scene (an image the first is a crop of, over the first and its whole
     copies, over the first's crops: by the view each matched in), then the most pixels, then the most bytes
     (the least compressed), then the earliest: the original over its crops, resized and re-encoded copies,
@@ -254,15 +248,11 @@ def kept_members(hashed: Hashed, groups: list[np.ndarray], sources: Sequence[Any
     320 px a side) a crop has as many pixels as its original or more. Reads the headers of group members only."""
     check_keep(keep)
     if keep == "first":
-        return [0] * len(groups)
+        return 0
     boxes = hashed.crop_hashes.shape[1]
-    out = []
-    for g in groups:
-        view = _group_views(hashed, g, radius, fine_radius)[2]
-        extent = np.where(view == 0, 1, np.where(view <= boxes, 0, 2))  # whole; a crop of the first; holds it
-        sizes = [image_size(sources[hashed.collection[p]], int(hashed.positions[p])) for p in g.tolist()]
-        out.append(max(range(len(g)), key=lambda k: (int(extent[k]), sizes[k], -k)))
-    return out
+    extent = np.where(view == 0, 1, np.where(view <= boxes, 0, 2))  # whole; a crop of the first; holds it
+    sizes = [image_size(sources[hashed.collection[p]], int(hashed.positions[p])) for p in g.tolist()]
+    return max(range(len(g)), key=lambda k: (int(extent[k]), sizes[k], -k))
 
 
 def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, *, radius: int = DEFAULT_RADIUS,
@@ -276,7 +266,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     commas (`phash`): "centre" (the default: crops of 2-15 % a side, centred), "sides" (a strip off one edge),
     "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square". ``keep``: which image of a
     group to keep, "largest" (the widest view, then the most pixels, then bytes: the original over its crops
-    and smaller copies) or "first" (`kept_members`); the others are `redundant_paths`. By default "largest",
+    and smaller copies) or "first" (`kept_member`); the others are `redundant_paths`. By default "largest",
     and "first" with ``across``: the copies then listed are those of the later collections (a test set's).
 
     ``across``: only groups with images from more than one source (a test set's photos that are also in the
@@ -319,8 +309,8 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
 
     crop_search = hashed.crop_hashes if hashed.crop_hashes.shape[1] else None
     members = star_groups(hashed.hashes, radius, accept, progress, crop_search)
-    kept = kept_members(hashed, members, opened, keep, radius, fine_radius)
-    groups = group_rows(hashed, members, radius, fine_radius, kept)
+    groups = group_rows(hashed, members, radius, fine_radius,
+                        lambda g, view: kept_member(hashed, g, view, opened, keep))
     seconds = time.perf_counter() - t0
     copies = sum(len(g) - 1 for g in groups)
     log(f"{len(groups)} group(s) of copies among {len(hashed.hashes)} images ({copies} beyond the first of each "
