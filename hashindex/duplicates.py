@@ -264,7 +264,8 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     within ``fine_radius`` of a 256-bit one (256: no second check), both in one view of the pair: the whole
     images, or one whole and the other cut to a crop box of ``crops``: "none", or families of boxes joined by
     commas (`phash`): "centre" (the default: crops of 2-15 % a side, centred), "sides" (a strip off one edge),
-    "square" (the centre square of a 4:3, 3:2 or 5:3 photo), e.g. "centre,square". ``keep``: which image of a
+    "square" (the centre square of a 4:3, 3:2 or 5:3 photo), "uneven" (0-10 % off each side, by a different
+    amount on each), "corners" (3-20 % off two adjacent sides), e.g. "centre,square". ``keep``: which image of a
     group to keep, "largest" (the widest view, then the most pixels, then bytes: the original over its crops
     and smaller copies) or "first" (`kept_member`); the others are `redundant_paths`. By default "largest",
     and "first" with ``across``: the copies then listed are those of the later collections (a test set's).

@@ -98,6 +98,11 @@ def test_a_crop_box_hash_is_the_hash_of_the_thumbnail_cut_and_resampled():
     assert [box_name(b) for b in crop_boxes("sides,centre")[2:5]] == ["centre 12%", "left 8%", "left 16%"]
     assert [box_name(b) for b in crop_boxes("square")[::3]] == ["left and right 12.5%", "top and bottom 12.5%"]
     assert crop_spec("square, centre") == "centre,square" and crop_boxes("none") == () and len(crop_boxes("sides")) == 8
+    assert crop_spec("corners,uneven,centre") == "centre,uneven,corners"
+    assert [box_name(b) for b in crop_boxes("uneven")[1::14]] == ["left 2.5% top 2.5% right 2.5% bottom 7.5%",
+                                                                  "centre 7.5%"]
+    assert [box_name(b) for b in crop_boxes("corners")[3::4]] == ["left 15% top 15%", "top 15% right 15%",
+                                                                   "right 15% bottom 15%", "left 15% bottom 15%"]
     for box in ((0.08, 0.08, 0.08, 0.08), (0.0, 0.0, 0.0, 0.16), (0.1, 0.05, 0.0, 0.2)):
         for block in (8, 16):
             direct = []
@@ -109,7 +114,7 @@ def test_a_crop_box_hash_is_the_hash_of_the_thumbnail_cut_and_resampled():
     assert np.array_equal(crop_hashes(grey, "centre,sides", 16)[:, 4], perceptual_hashes(grey, 16, (0.16, 0, 0, 0)))
     for bad in ("all", "", "none,centre", "centre,,sides"):
         with pytest.raises(HashindexError, match=f"crops='{bad}': expected 'none' or families of crop boxes joined "
-                                                 "by commas, of centre, sides, square"):
+                                                 "by commas, of centre, sides, square, uneven, corners"):
             crop_hashes(grey, bad)
 
 
@@ -286,6 +291,32 @@ def test_crop_boxes_find_cropped_copies_that_the_whole_hash_misses(cropped):
         find_duplicates([str(cropped)], crops="all", **QUIET)
 
 
+UNEVEN_CUTS = {"u": (0.03, 0.08, 0.07, 0.02), "k": (0.14, 0.08, 0, 0), "k2": (0, 0, 0.07, 0.16)}
+
+
+def test_uneven_and_corner_boxes_find_crops_the_other_families_miss(tmp_path):
+    """"uneven" (each side cut by 2.5 or 7.5 %) finds a crop cut by a different amount on each side, "corners"
+    (two adjacent sides cut by 7.5 or 15 % each) a crop that keeps one corner; the centred, one-side and
+    square boxes find neither, and distinct photos stay apart."""
+    for k, img in enumerate(_photos(16)):
+        img.save(tmp_path / f"p{k:02d}.jpg", quality=88)
+        if k % 4 == 3:
+            w, h = img.size
+            for name, (left, top, right, bottom) in UNEVEN_CUTS.items():
+                box = (round(w * left), round(h * top), w - round(w * right), h - round(h * bottom))
+                img.crop(box).save(tmp_path / f"p{k:02d}_{name}.jpg", quality=88)
+    found = lambda crops: _found_cuts(find_duplicates([str(tmp_path)], crops=crops, **QUIET))  # noqa: E731
+    cut = lambda *kinds: {f"p{k:02d}_{c}.jpg" for k in (3, 7, 11, 15) for c in kinds}  # noqa: E731
+    assert not found("centre,sides,square")
+    uneven = found("uneven")
+    assert set(uneven) == cut("u") and uneven["p03_u.jpg"] == "first cut left 2.5% top 7.5% right 7.5% bottom 2.5%"
+    corners = found("corners")
+    assert cut("k", "k2") <= set(corners) <= cut("k", "k2", "u")
+    assert (corners["p07_k.jpg"], corners["p07_k2.jpg"]) == ("first cut left 15% top 7.5%",
+                                                              "first cut right 7.5% bottom 15%")
+    assert set(found("centre,uneven,corners")) == cut(*UNEVEN_CUTS)
+
+
 def test_across_reports_only_groups_that_span_collections(photos, tmp_path):
     root, _ = photos
     other = tmp_path / "other"
@@ -432,8 +463,8 @@ def test_kept_hashes_are_kept_per_crop_spec_and_read_back_checked(cropped, tmp_p
     assert res.output.startswith(f"hashindex: error: --hashes {part}: not a readable part of kept hashes (Bad CRC-32 ")
     res = CliRunner().invoke(cli, ["duplicates", str(cropped), "--crops", "squares"])
     assert res.exit_code == 2 and res.output == ("hashindex: error: --crops 'squares': expected 'none' or families of "
-                                                 "crop boxes joined by commas, of centre, sides, square (e.g. "
-                                                 "'centre,square')\n")
+                                                 "crop boxes joined by commas, of centre, sides, square, uneven, "
+                                                 "corners (e.g. 'centre,square')\n")
 
 
 def test_the_widest_largest_copy_is_kept_whatever_the_order(tmp_path):

@@ -17,7 +17,9 @@ from .group import _echo_json, cli
 @click.option("--crops", default="centre", show_default=True, metavar="FAMILIES",
               help="Also match an image against copies cut to crop boxes, families joined by commas: centre (crops "
                    "of 2-15 % a side, centred; 4x the search of none), sides (a strip of 3-20 % off one edge), "
-                   "square (the centre square of a 4:3, 3:2 or 5:3 photo); none: whole images only, the fastest "
+                   "square (the centre square of a 4:3, 3:2 or 5:3 photo), uneven (0-10 % off each side, by a "
+                   "different amount on each), corners (3-20 % off two adjacent sides); none: whole images only, "
+                   "the fastest "
                    "[docs/RESULTS.md 'Duplicates: crops'].")
 @click.option("--keep", default=None, type=click.Choice(["largest", "first"]),
               help="Which image of a group is kept (--redundant lists the others): the largest (the widest view, "
