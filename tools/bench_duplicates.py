@@ -7,9 +7,10 @@ copy) pairs found per kind of edit and the precision of all pairs found (a pair 
 false one). With ``--model`` the same table for the net's pooled features (cosine thresholds set to reach
 the same recall), the alternative a user has in `query --exclude-self`.
 
-Crops (``--crops``): every fourth photo also as three random crops (seeded by the photo): centred, 2-15 % a
-side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently; and its centre square.
-For each crop spec of `hashindex duplicates` in CROP_SPECS a real `find_duplicates` run at the defaults: the
+Crops (``--crops``): every fourth photo also as four random crops (seeded by the photo): centred, 2-15 % a
+side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently; a corner, 3-20 % off each
+of two adjacent sides; and its centre square. For each crop spec of `hashindex duplicates` in CROP_SPECS (or
+those ``--crop-specs`` names, separated by spaces) a real `find_duplicates` run at the defaults: the
 share of crops grouped with their original per kind, the images grouped with another photo, and the seconds
 of the search (a second run, its hashes read back from ``--hashes``: no decoding); and the search alone on
 random hashes with each spec's number of crop hashes, as a ratio to none in the same run.
@@ -73,12 +74,14 @@ def write_edited_set(data: str, out: Path, every: int = 4) -> None:
                 copy.save(folder / f"{stem}__{kind}.jpg", quality=quality)
 
 
-CROP_KINDS = ("centred", "one edge", "each side", "square")
-CROP_SPECS = ("none", "centre", "centre,sides", "centre,square", "centre,sides,square")
+CROP_KINDS = ("centred", "one edge", "each side", "square", "corner")
+CROP_SPECS = ("none", "centre", "centre,sides", "centre,square", "centre,uneven", "centre,corners",
+              "centre,sides,square")
 
 
 def random_crops(img: Image.Image, seed: int) -> dict[str, Image.Image]:
-    """The three random crops of ``img`` (module docstring), the same for the same seed."""
+    """The random crops of ``img`` (module docstring), the same for the same seed (the corner is drawn
+    last, so the other kinds are the crops earlier runs measured)."""
     rng = np.random.default_rng(seed)
     w, h = img.size
     centred = rng.uniform(0.02, 0.15)
@@ -87,6 +90,9 @@ def random_crops(img: Image.Image, seed: int) -> dict[str, Image.Image]:
     side = min(w, h)
     cuts = {"centred": [centred] * 4, "one edge": edge, "each side": list(rng.uniform(0, 0.10, 4)),
             "square": [(w - side) / 2 / w, (h - side) / 2 / h] * 2}
+    first = rng.integers(4)
+    cuts["corner"] = [0.0] * 4
+    cuts["corner"][first], cuts["corner"][(first + 1) % 4] = rng.uniform(0.03, 0.20, 2)
     return {k: img.crop((round(w * c[0]), round(h * c[1]), w - round(w * c[2]), h - round(h * c[3])))
             for k, c in cuts.items()}
 
@@ -104,13 +110,13 @@ def write_cropped_set(data: str, out: Path, every: int = 4) -> None:
                 copy.save(out / f"{i:06d}__{k}.jpg", quality=88)
 
 
-def crop_study(data: str, tmp: Path) -> list[dict]:
+def crop_study(data: str, tmp: Path, specs: tuple[str, ...] = CROP_SPECS) -> list[dict]:
     """Per crop spec: the share of each kind of crop grouped with its original, the images grouped with
     another photo, the groups, and the seconds of the search alone (module docstring)."""
     folder = tmp / "crops"
     write_cropped_set(data, folder)
     rows = []
-    for crops in CROP_SPECS:
+    for crops in specs:
         quiet = {"crops": crops, "hashes_dir": tmp / "kept", "progress": False, "log": lambda line: None}
         find_duplicates([str(folder)], **quiet)  # hashes the photos once
         result = find_duplicates([str(folder)], **quiet)  # the search alone (and group rows)
@@ -127,13 +133,13 @@ def crop_study(data: str, tmp: Path) -> list[dict]:
     return rows
 
 
-def crop_speed(n: int, radius: int) -> list[dict]:
+def crop_speed(n: int, radius: int, specs: tuple[str, ...] = CROP_SPECS) -> list[dict]:
     """The search alone (`unique_neighbours`) on n random hashes with each spec's number of crop hashes
     (random too), as a ratio to the whole hashes alone, in the same run."""
     rng = np.random.default_rng(1)
     hashes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
     out = []
-    for crops in CROP_SPECS:
+    for crops in specs:
         boxes = crop_boxes(crops)
         cut = rng.integers(0, 256, (n, len(boxes), 8), dtype=np.uint8) if boxes else None
         t0 = time.perf_counter()
@@ -249,6 +255,8 @@ def main() -> None:
     ap.add_argument("--speed-n", type=int, default=20_000, help="random hashes for the speed comparison")
     ap.add_argument("--multihash", action="store_true", help="also time a Faiss MultiHash index (exact, slower)")
     ap.add_argument("--crops", action="store_true", help="also measure the crop specs (module docstring)")
+    ap.add_argument("--crop-specs", nargs="+", default=CROP_SPECS, metavar="SPEC",
+                    help="with --crops: these specs only ('none' is always measured first, the baseline)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out: dict = {}
@@ -268,8 +276,9 @@ def main() -> None:
             cuts = [float(np.quantile(cos[upper], 1 - r["recall"])) for r in out["phash"] if 0 < r["recall"] < 1]
             out["pooled"] = quality_rows(cos, same, kind, cuts, larger_is_nearer=True)
         if args.crops:
-            out["crops"] = crop_study(args.data, Path(tmp))
-            out["crop_speed"] = crop_speed(args.speed_n, 8)
+            specs = ("none", *(c for c in args.crop_specs if c != "none"))
+            out["crops"] = crop_study(args.data, Path(tmp), specs)
+            out["crop_speed"] = crop_speed(args.speed_n, 8, specs)
     out["speed"] = speed(args.speed_n, 8, args.multihash)
     if args.json:
         print(json.dumps(out, indent=1))
