@@ -153,7 +153,8 @@ def checkpoint_head(ckpt: dict[str, Any]) -> "Head":
     sd = ckpt["state_dict"]
     return Head(*(sd[k].detach().float().cpu().numpy() for k in
                   ("latent.weight", "latent.bias", "classifier.weight", "classifier.bias")),
-                multi_label=bool(ckpt.get("multi_label", False)), accuracy=validation_accuracy(ckpt))
+                multi_label=bool(ckpt.get("multi_label", False)), accuracy=validation_accuracy(ckpt),
+                adapted_codes="code_proj" in sd)
 
 
 def validation_accuracy(ckpt: dict[str, Any]) -> float | None:
@@ -167,7 +168,8 @@ def validation_accuracy(ckpt: dict[str, Any]) -> float | None:
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
     net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"],
-                  test_flip=ckpt.get("test_flip", False), test_shift=ckpt.get("test_shift", 0))
+                  test_flip=ckpt.get("test_flip", False), test_shift=ckpt.get("test_shift", 0),
+                  adapted_codes="code_proj" in ckpt["state_dict"])
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()
 

@@ -26,6 +26,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "fine_tuned_from": _init_line(ckpt.get("init")),
         "inference": views_description(ckpt.get("test_flip", False), ckpt.get("test_shift", 0)),
         "derived_from": _derived_line(ckpt.get("derived_from")),
+        "codes": _codes_line(ckpt.get("adapted_codes")),
         "loss": _loss_line(ckpt.get("train_args") or {}, ckpt.get("multi_label", False)),
         "weights": _weights_line(ckpt.get("train_args") or {}),
         "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
@@ -34,6 +35,14 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "parameters": params, "torch_version": ckpt["torch_version"],
     }
     return out
+
+
+def _codes_line(adapted: dict[str, Any] | None) -> str:
+    """Where the codes come from: the latent layer, or a code head adapted to a collection (derive)."""
+    if not adapted:
+        return "the latent layer"
+    return (f"a code head adapted to {adapted['data']}: {adapted['method'].upper()} on the {adapted['feature']} "
+            f"feature of {adapted['images']} images")
 
 
 CODE_TERMS = (("binary_weight", "binary"), ("balance_weight", "balance"), ("bit_balance_weight", "bit balance"))

@@ -68,6 +68,7 @@ class Head:
     multi_label: bool = False  # trained on label sets: the classifier's outputs are independent sigmoids
     accuracy: float | None = None  # the model's validation accuracy (with its test views), if measured: the
     #                                reference of the label-free in-domain test (`unlabelled_choice`)
+    adapted_codes: bool = False  # the codes come from a code head fitted to a collection, not from `latent`
 
     @property
     def bits(self) -> int:
@@ -98,7 +99,8 @@ class Head:
             np.savez(f, latent_w=self.latent_w, latent_b=self.latent_b,
                      classifier_w=self.classifier_w, classifier_b=self.classifier_b,
                      multi_label=np.array(self.multi_label),
-                     accuracy=np.array(np.nan if self.accuracy is None else self.accuracy, np.float64))
+                     accuracy=np.array(np.nan if self.accuracy is None else self.accuracy, np.float64),
+                     adapted_codes=np.array(self.adapted_codes))
 
     @classmethod
     def load(cls, path: str | Path) -> "Head":
@@ -108,7 +110,8 @@ class Head:
                 head = cls(*(np.asarray(z[k], np.float32) for k in
                              ("latent_w", "latent_b", "classifier_w", "classifier_b")),
                            multi_label=bool(z["multi_label"]) if "multi_label" in z.files else False,
-                           accuracy=_accuracy(z["accuracy"]) if "accuracy" in z.files else None)
+                           accuracy=_accuracy(z["accuracy"]) if "accuracy" in z.files else None,
+                           adapted_codes=bool(z["adapted_codes"]) if "adapted_codes" in z.files else False)
         except NPZ_ERRORS as e:
             raise HashindexError(f"{path}: not a readable head file ({e})") from None
         k, c = head.latent_w.shape[0], head.classifier_w.shape[0]
@@ -131,6 +134,9 @@ def check_signal(signal: str, head: Head | None, has_mid: bool = True) -> None:
     if signal in HEAD_SIGNALS and head is None:
         raise HashindexError(f"signal {signal!r}: needs the model's head weights, which these shards lack "
                              "(extract them again, or give the model)")
+    if signal == "latent" and head.adapted_codes:
+        raise HashindexError("signal 'latent': this model's codes come from a code head adapted to a collection "
+                             "(derive --adapt-codes), not from its latent layer; choose another signal")
     if signal == "mid" and not has_mid:
         raise HashindexError("signal 'mid': needs mid features, which these shards lack (extracted before "
                              "hashindex stored them, or with features none: extract them again)")

@@ -403,7 +403,7 @@ def test_derive_test_shift_averages_ten_views(tiny_model, tmp_path):
     assert res.exit_code == 2 and "--test-shift 5: expected 0 to 4 pixels (a quarter of the model's 16-px input)" in res.output
     res = runner.invoke(cli, ["derive", str(flip), "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and res.output.count("\n") == 1
-    assert "derive: nothing to change (give --test-flip and/or --test-shift)" in res.output
+    assert "derive: nothing to change (give --test-flip, --test-shift and/or --adapt-codes)" in res.output
 
 
 def test_train_with_test_flip(tmp_path):

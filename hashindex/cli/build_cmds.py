@@ -128,32 +128,43 @@ def _one_or_all(models: tuple[str, ...]) -> str | tuple[str, ...] | None:
 @click.option("--test-shift", default=None, type=click.IntRange(0), metavar="PX",
               help="Also average the 4 diagonal shifts of each view by PX pixels (with --test-flip: 10 views, "
                    "+0.3 accuracy on CIFAR-10 for 5x the flip's extraction time); 0: off [default: as MODEL].")
+@click.option("--adapt-codes", default=None, metavar="DATA",
+              help="Take the codes from a code head fitted to this collection's images (ITQ on the mid feature; "
+                   "no labels needed): for classes the net was not trained on, where its own codes are near "
+                   "chance [docs/RESULTS.md 'Codes adapted to a collection'].")
+@click.option("--adapt-sample", default=20_000, show_default=True, type=click.IntRange(2), metavar="N",
+              help="Images of --adapt-codes the code head is fitted on, spread over the collection.")
 @click.option("--val", default=None, help="Labelled images to measure the new checkpoint's accuracy on.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (for --val).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (for --val and "
+              "--adapt-codes).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def derive(ctx, model, out, test_flip, test_shift, val, device, overwrite, as_json):
-    """Copy a finished checkpoint with its inference options changed.
+def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, val, device, overwrite, as_json):
+    """Copy a finished checkpoint with its inference options changed, or its codes adapted to a collection.
 
     \b
-    The weights stay; the codes change, so the copy has its own model id and
-    never mixes with shards of the original. Example:
+    The trunk's weights stay; the codes change, so the copy has its own model id
+    and never mixes with shards of the original. Example:
       hashindex derive nin-cifar10-48 --test-flip --out /tmp/flip.pt \\
           --val ../shared/data/cifar10-jpeg/test.tar
       hashindex derive nin-cifar10-48-v2 --test-shift 2 --out /tmp/ten-views.pt
+      hashindex derive nin-cifar10-48-v3 --adapt-codes ~/photos --out /tmp/photos.pt
     """
     from ..model import views_description
     from ..derive import derive as api_derive
 
     summary = api_derive(model, out, test_flip, val=val, overwrite=overwrite, device=device,
-                         progress=ctx.obj["progress"], test_shift=test_shift)
+                         progress=ctx.obj["progress"], test_shift=test_shift, adapt_codes=adapt_codes,
+                         adapt_sample=adapt_sample)
     if as_json:
         _echo_json(summary)
     else:
         acc = f", accuracy {summary['accuracy']:.4f}" if summary["accuracy"] is not None else ""
         views = views_description(summary["test_flip"], summary["test_shift"])
-        click.echo(f"wrote {out}: model {summary['model_id']} ({views}{acc})")
+        adapted = summary.get("adapted_codes")
+        codes = f"; codes adapted to {adapted['data']} ({adapted['images']} images)" if adapted else ""
+        click.echo(f"wrote {out}: model {summary['model_id']} ({views}{acc}{codes})")
 
 
 @cli.command()

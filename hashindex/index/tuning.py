@@ -108,8 +108,8 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
                                tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 
     pools: dict[str, int] = {}
-    names = ["hamming", "l2", "cosine"] + (list(HEAD_SIGNALS) if head is not None else []) + \
-        (["mid"] if shards.has_mid else [])
+    head_signals = [n for n in HEAD_SIGNALS if head is not None and not (n == "latent" and head.adapted_codes)]
+    names = ["hamming", "l2", "cosine"] + head_signals + (["mid"] if shards.has_mid else [])
     signal, scores = choose({name: (lambda n=name: score(n)) for name in names})
     chance = chance_map(q["targets"], db["targets"])
     scores = {k: round(v, 4) for k, v in scores.items()}
