@@ -88,28 +88,23 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def kill_at_random(args: list[str], rng: random.Random, low: float, high: float) -> float:
-    """Start `hashindex ARGS`, kill -9 it after a random delay in [low, high) s; returns the delay."""
-    delay = rng.uniform(low, high)
-    proc = subprocess.Popen([sys.executable, "-m", "hashindex", "-q", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return delay
+def kill_at_random(args: list[str], rng: random.Random, low: float, high: float) -> str:
+    """Start `hashindex ARGS`, kill -9 it after a random delay in [low, high) s; says how it ended (`kill_when`)."""
+    return kill_when(args, lambda: False, timeout=rng.uniform(low, high))
 
 
-def kill_when(args: list[str], ready, timeout: float = 120) -> float:
+def kill_when(args: list[str], ready, timeout: float = 120) -> str:
     """Start `hashindex ARGS` and kill -9 it as soon as ``ready()`` holds (polled every 50 ms; at ``timeout``
-    at the latest, or when it ends by itself); returns the seconds it ran."""
+    at the latest); says how it ended: "killed after S s", or that it ran to its end before the kill."""
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "hashindex", "-q", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not ready() and proc.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.05)
+    ended = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return time.time() - t0
+    return f"{'ran to its end in' if ended else 'killed after'} {time.time() - t0:.1f} s"
 
 
 def jpeg(seed: int) -> bytes:
@@ -153,18 +148,18 @@ def data_loss(w: Path, shards: Path, index: Path) -> None:
             f"exit {rc}: {line}", rc == 2 and f"pid {holder.pid}" in line)
 
 
-def dup_kill(w: Path, rng: random.Random) -> None:
+def dup_kill(w: Path) -> None:
     """`duplicates --hashes` killed while hashing, then rerun: the groups of an uninterrupted run; then a byte
     flipped in a kept part: one line naming it."""
     train = str(DATA / "cifar10-jpeg" / "train.tar")
     clean, kept = w / "d-clean.csv", w / "d-kept"
     hx("duplicates", train, "--out", str(clean), "--workers", "1")
-    delay = kill_at_random(["duplicates", train, "--hashes", str(kept), "--out", str(w / "d-x.csv"), "--workers", "1"],
-                           rng, 8.0, 30.0)
+    how = kill_when(["duplicates", train, "--hashes", str(kept), "--out", str(w / "d-x.csv"), "--workers", "1"],
+                    lambda: len(list(kept.rglob("part-*.npz"))) >= 3) + " (due once 3 of 7 parts were kept)"
     kept_parts = len(list(kept.rglob("part-*.npz")))
     rc, line = hx("duplicates", train, "--hashes", str(kept), "--out", str(w / "d.csv"), "--workers", "1")
     same = rc == 0 and (w / "d.csv").read_bytes() == clean.read_bytes()
-    row("kill -9", f"duplicates --hashes killed after {delay:.1f} s, then rerun",
+    row("kill -9", f"duplicates --hashes {how}, then rerun",
         "the groups of an uninterrupted run, byte for byte", f"{kept_parts} parts kept; rerun exit {rc}, equal: {same}",
         same)
     parts = sorted(kept.rglob("part-*.npz"))
@@ -419,18 +414,19 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     clean = w / "k-clean"
     hx("extract", *base, "--out", str(clean))
     killed = w / "k-extract"
-    delay = kill_at_random(["extract", *base, "--out", str(killed)], rng, 3, 12)
+    how = kill_when(["extract", *base, "--out", str(killed)], lambda: len(list(killed.glob("shard-*.h5"))) >= 2) \
+        + " (due once 2 of 6 shards were written)"
     rc, line = hx("extract", *base, "--out", str(killed))
-    row(cls, f"extract killed after {delay:.1f} s, then rerun", "identical shards to an uninterrupted run",
+    row(cls, f"extract {how}, then rerun", "identical shards to an uninterrupted run",
         f"rerun exit {rc}", rc == 0 and shard_rows(killed) == shard_rows(clean))
     ref = w / "k-ref-ix"
     hx("build", str(clean), "--out", str(ref), "--signal", "l2")
     ix = w / "k-build"
-    delay = kill_at_random(["build", str(clean), "--out", str(ix), "--signal", "l2"], rng, 1.0, 4.0)
+    how = kill_at_random(["build", str(clean), "--out", str(ix), "--signal", "l2"], rng, 0.8, 2.0)
     state = "complete" if (ix / "index.json").exists() else "absent"
     rc, line = hx("build", str(clean), "--out", str(ix), "--signal", "l2", "--overwrite")
     same = rc == 0 and _table(ix) == _table(ref)
-    row(cls, f"build killed after {delay:.1f} s, then rerun", "no half index (absent or complete); rerun equals a "
+    row(cls, f"build {how}, then rerun", "no half index (absent or complete); rerun equals a "
         "clean build", f"after kill: {state}; rerun exit {rc}, table equal: {same}", same)
     more = w / "k-more"
     hx("extract", "--model", MODEL, "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--limit", "1000",
@@ -439,23 +435,24 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     hx("build", str(more), "--out", str(grown_ref), "--append")
     grown = copy(ref, w / "k-grown")
     before = _table(grown)
-    delay = kill_at_random(["build", str(more), "--out", str(grown), "--append"], rng, 1.0, 3.0)
+    how = kill_at_random(["build", str(more), "--out", str(grown), "--append"], rng, 0.2, 0.6)
     after_kill = _table(grown)
     rc, line = hx("build", str(more), "--out", str(grown), "--append") if after_kill == before else (0, "")
     same = _table(grown) == _table(grown_ref)
-    row(cls, f"append killed after {delay:.1f} s, then rerun", "the index is the old one or the grown one, never "
+    row(cls, f"append {how}, then rerun", "the index is the old one or the grown one, never "
         "between; the rerun equals an uninterrupted append", f"after kill: {'old' if after_kill == before else 'grown'}; "
         f"rerun exit {rc}, equal: {same}", after_kill in (before, _table(grown_ref)) and same)
     res_clean, res_killed = w / "k-res-clean.h5", w / "k-res.h5"
-    job = ["query", str(ref), "--queries", str(clean), "--k", "20", "--batch-size", "64"]
+    job = ["query", str(ref), "--queries", str(clean), "--k", "20", "--batch-size", "16"]
     hx(*job, "--out", str(res_clean))
-    delay = kill_at_random([*job, "--out", str(res_killed)], rng, 1.5, 3.5)
     parts = res_killed.with_name(res_killed.name + ".parts")
+    how = kill_when([*job, "--out", str(res_killed)], lambda: len(list(parts.glob("part-*.npz"))) >= 4)
     state = f"unfinished, {len(list(parts.glob('part-*.npz')))} parts saved" if parts.exists() else \
         ("finished" if res_killed.exists() else "not started")
     rc, line = hx(*job, "--out", str(res_killed))
     same = rc == 0 and _results(res_killed) == _results(res_clean)
-    row(cls, f"batch query job killed after {delay:.1f} s, then rerun", "results identical to an uninterrupted job",
+    row(cls, f"batch query job {how} (due once 4 batches were saved), then rerun",
+        "results identical to an uninterrupted job",
         f"after kill: {state}; rerun exit {rc}, equal: {same}", same)
     res_flip = w / "k-res-flip.h5"
     flip_parts = res_flip.with_name(res_flip.name + ".parts")
@@ -468,15 +465,15 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     row("verify on read", "a byte flipped inside a saved part of a killed batch job, then rerun",
         "the part searched again; results identical to an uninterrupted job",
         f"{len(saved)} parts saved, the first flipped; rerun exit {rc}, equal: {same}", saved and same)
-    dup_kill(w, rng)
+    dup_kill(w)
     prep_clean, prep = w / "k-prep-clean", w / "k-prep"
     hx("prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep_clean), "--size", "32")
-    delay = kill_at_random(["prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep),
+    how = kill_at_random(["prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep),
                             "--size", "32"], rng, 2.0, 8.0)
     rc, line = hx("prepare", "--data", str(DATA / "cifar10-jpeg" / "train.tar"), "--out", str(prep), "--size", "32")
     same = rc == 0 and json.loads((prep / "prepared.json").read_text())["sha256"] == \
         json.loads((prep_clean / "prepared.json").read_text())["sha256"]
-    row(cls, f"prepare killed after {delay:.1f} s, then rerun", "a store identical to an uninterrupted run",
+    row(cls, f"prepare {how}, then rerun", "a store identical to an uninterrupted run",
         f"rerun exit {rc}, same SHA-256: {same}" + ("" if same else f" ({line})"), same)
 
 
