@@ -93,6 +93,7 @@ def test_demo_on_photos_without_labels(tmp_path):
     hint = json.loads(res.stdout)["hint"]
     assert "look like classes nin-cifar10-48-v3 was not trained on" in hint and "re-ranks by 'mid'" in hint
     assert "hashindex train --init nin-cifar10-48-v3 --data FOLDER_OF_CLASS_FOLDERS/" in hint and hint in res.stderr
+    assert f"hashindex derive nin-cifar10-48-v3 --adapt-codes {tmp_path / 'digits'} --out adapted.pt" in hint
 
 
 
