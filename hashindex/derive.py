@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .baselines import fit
