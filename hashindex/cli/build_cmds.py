@@ -131,7 +131,8 @@ def _one_or_all(models: tuple[str, ...]) -> str | tuple[str, ...] | None:
 @click.option("--adapt-codes", default=None, metavar="DATA",
               help="Take the codes from a code head fitted to this collection's images (ITQ on the mid feature; "
                    "no labels needed): for classes the net was not trained on, where its own codes are near "
-                   "chance [docs/RESULTS.md 'Codes adapted to a collection'].")
+                   "chance; never for its own (CIFAR-10: Hamming mAP 0.85 -> 0.35) [docs/RESULTS.md 'Codes "
+                   "adapted to a collection'].")
 @click.option("--adapt-sample", default=20_000, show_default=True, type=click.IntRange(2), metavar="N",
               help="Images of --adapt-codes the code head is fitted on, spread over the collection.")
 @click.option("--val", default=None, help="Labelled images to measure the new checkpoint's accuracy on.")
