@@ -19,7 +19,7 @@ from .checkpoint import atomic_torch_save, compute_model_id, net_from_checkpoint
 from .data import iter_batches, load_arrays, open_source
 from .devices import resolve_device
 from .errors import HashindexError
-from .model import HashModel, max_test_shift
+from .model import MID_DIM, HashModel, max_test_shift
 from .training import check_new_checkpoint, val_accuracy
 
 ADAPT_SAMPLE = 20_000  # images the code head is fitted on: ITQ on 192-d features settles long before that
@@ -77,6 +77,9 @@ def derive(model: str, out: str, test_flip: bool | None = None, val: str | None 
 def _adapt(ckpt: dict[str, Any], data: str, sample: int, device: str, progress: bool) -> dict[str, Any]:
     """Fit the code head to the collection ``data`` (its mid features, with the model's test views, ITQ) into
     ``ckpt``'s weights; returns what the checkpoint records of it."""
+    if ckpt["bits"] > MID_DIM:  # ITQ's bits are principal directions of the mid feature: at most its dimensions
+        raise HashindexError(f"adapt_codes={data}: a {ckpt['bits']}-bit model; a code head on the mid feature gives "
+                             f"at most {MID_DIM} bits")
     source = open_source(data, "adapt_codes")
     picked = source.subset(sample)
     ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("code_")}

@@ -95,3 +95,17 @@ def test_adapted_codes_beat_the_shipped_codes_on_photos_of_other_classes(tmp_pat
         q, d = model.encode(queries)[0], model.encode(db)[0]
         scores[name] = evaluate_arrays(q, q_labels, d, db_labels, 48)["hamming"]["map"]
     assert scores[str(out)] > scores["nin-cifar10-48-v3"] + 0.03, scores
+
+
+def test_a_model_with_more_bits_than_the_mid_feature_is_refused(tmp_path):
+    """ITQ's bits are principal directions of the 192-d mid feature: a 196-bit model cannot be adapted."""
+    from hashindex import train
+    from tests.conftest import CIFAR_TRAIN
+
+    need(CIFAR_TRAIN)
+    wide = tmp_path / "wide.pt"
+    train(str(CIFAR_TRAIN), str(wide), limit=40, epochs=1, bits=196, input_size=16, workers=0, progress=False,
+          log=lambda m: None)
+    with pytest.raises(HashindexError, match="a 196-bit model; a code head on the mid feature gives at most 192 bits"):
+        derive(str(wide), str(tmp_path / "x.pt"), adapt_codes=str(CIFAR_TRAIN), progress=False)
+    assert not (tmp_path / "x.pt").exists()
