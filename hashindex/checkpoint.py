@@ -103,7 +103,8 @@ def find_model_for(model_id: str) -> Path:
     for path in sorted(WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []:
         if read_checkpoint(path)["model_id"] == model_id:
             return path
-    raise HashindexError(f"model=None: needed to encode images (no shipped model has id {model_id})")
+    raise HashindexError(f"model=None: needed to encode images (no shipped model has id {model_id}; give the "
+                         "checkpoint the index's shards were extracted with)")
 
 
 def saved_by_torch(path: Path) -> bool:
