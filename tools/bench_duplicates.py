@@ -7,7 +7,7 @@ copy) pairs found per kind of edit and the precision of all pairs found (a pair 
 false one). With ``--model`` the same table for the net's pooled features (cosine thresholds set to reach
 the same recall), the alternative a user has in `query --exclude-self`.
 
-Crops (``--crops``): every fourth photo also as four random crops (seeded by the photo): centred, 2-15 % a
+Crops (``--crops``): every fourth photo also as five crops, four at random (seeded by the photo): centred, 2-15 % a
 side; one edge, 3-20 % off one side; each side, 0-10 % off each side independently; a corner, 3-20 % off each
 of two adjacent sides; and its centre square. For each crop spec of `hashindex duplicates` in CROP_SPECS (or
 those ``--crop-specs`` names, separated by spaces) a real `find_duplicates` run at the defaults: the
