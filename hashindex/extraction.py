@@ -189,6 +189,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
                    "id_offset": id_offset},
         "shard_size": shard_size, "shards_planned": n_shards, "precision": model.precision,
         "multi_label": source.multi_label,
+        **({"model": str(Path(model.meta["path"]).resolve())} if model.meta.get("path") else {}),
     }
     manifest = _open_or_start(out, expected, overwrite)
     remove_stale_temps(out)

@@ -25,7 +25,7 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
     from .data import BadImage, FilesSource
     from .data.spec import names_a_collection
 
-    hm = load_model(model if model else find_model_for(index.model_id), device)
+    hm = load_model(model if model else find_model_for(index.model_id, index.meta.get("model")), device)
     index.check_model(hm.model_id)
     src = FilesSource(images)
     arrays = []
@@ -302,7 +302,7 @@ def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str 
     if labelled and (source.labels < 0).all():
         raise HashindexError(f"queries={queries}: no labelled images (evaluation needs labelled queries: class "
                              "subfolders, a labelled list, ...)")
-    hm = load_model(model if model else find_model_for(index.model_id), device)
+    hm = load_model(model if model else find_model_for(index.model_id, index.meta.get("model")), device)
     index.check_model(hm.model_id)
     extract(hm, source, work / "queries", device=device, progress=progress, log=log)
     return work / "queries"

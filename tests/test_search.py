@@ -251,9 +251,34 @@ def test_batch_job_from_image_source(flat_index, tiny_model, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 9 and all(len(r["ids"]) == 5 for r in rows)  # 9 readable images, 3 skipped
     assert not (tmp_path / "r.jsonl.parts").exists()
-    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(tmp_path / "imgs"),
-                                   "--out", str(tmp_path / "x.h5")])
-    assert res.exit_code == 2 and "--model: needed to encode images (no shipped model has id" in res.output
+    res = CliRunner().invoke(cli, ["-q", "query", str(flat_index), "--queries", str(tmp_path / "imgs"),
+                                   "--out", str(tmp_path / "x.jsonl"), "--k", "5"])
+    assert res.exit_code == 0, res.output  # without --model: the checkpoint the shards recorded
+    assert (tmp_path / "x.jsonl").read_text() == out.read_text()
+
+
+def test_queries_without_model_need_the_recorded_checkpoint(tiny_model, tmp_path):
+    """An index remembers the checkpoint its shards were extracted with (by path, checked by id): image queries
+    need no --model while it is there; once it is gone, one line says what to give."""
+    import shutil
+
+    from hashindex import extract
+
+    model = tmp_path / "mine.pt"
+    shutil.copy(tiny_model, model)
+    make_mixed_folder(tmp_path / "imgs")
+    extract(str(model), str(tmp_path / "imgs"), tmp_path / "shards", workers=0, progress=False, log=lambda s: None)
+    assert ShardSet(tmp_path / "shards").manifest["model"] == str(model.resolve())
+    index = build(tmp_path / "shards", tmp_path / "index", signal="l2", progress=False, log=lambda s: None)
+    assert index["model"] == str(model.resolve())
+    photo = str(tmp_path / "imgs" / "cat" / "good.jpg")
+    res = CliRunner().invoke(cli, ["query", str(tmp_path / "index"), photo, "--k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    model.unlink()
+    res = CliRunner().invoke(cli, ["query", str(tmp_path / "index"), photo, "--k", "3"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "--model: needed to encode images (no shipped model has id" in res.output
+    assert "give the checkpoint the index's shards were extracted with" in res.output
 
 
 def test_flat_indexes_load_memory_mapped(flat_index):

@@ -14,7 +14,8 @@ from .group import _echo_json, cli
 @cli.command()
 @click.argument("index_dir")
 @click.argument("images", nargs=-1)
-@click.option("--model", default=None, help="Checkpoint or shipped name [default: the shipped model matching the index].")
+@click.option("--model", default=None, help="Checkpoint or shipped name [default: the checkpoint the index's shards "
+              "were extracted with, if still there, else the shipped model matching the index].")
 @click.option("-k", "--k", "k", default=10, show_default=True, type=int, help="Results per query.")
 @click.option("--candidates", default=None, type=int,
               help="Coarse pool re-ranked by the index's signal [default: 1000, whatever --k; past it, "
@@ -137,7 +138,8 @@ def verify(path, as_json):
               help="Labelled queries: a shard directory (hashindex extract), or images (a folder, a tar or zip, "
                    "DIR:test, ...) encoded on the fly with --model.")
 @click.option("--model", default=None,
-              help="Checkpoint that encodes image --queries [default: the shipped model matching the index].")
+              help="Checkpoint that encodes image --queries [default: the checkpoint the index's shards were "
+                   "extracted with, if still there, else the shipped model matching the index].")
 @click.option("--device", default="cpu", show_default=True, help="With image --queries: cpu, cuda, cuda:N or auto.")
 @click.option("--at", "at", multiple=True, type=click.IntRange(1), default=(1000,), show_default=True,
               help="mAP@k cut-offs (repeatable).")
@@ -220,7 +222,8 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 
 @cli.command()
 @click.argument("index_dir", nargs=-1, required=True)
-@click.option("--model", default=None, help="Checkpoint for image queries [default: the shipped model of each index].")
+@click.option("--model", default=None, help="Checkpoint for image queries [default: the checkpoint each index's "
+              "shards were extracted with, if still there, else the shipped model of each index].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")

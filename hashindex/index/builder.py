@@ -140,6 +140,7 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_id": store.model_id, "bits": bits, "code_bytes": code_bytes, "count": n,
             "class_names": store.class_names,
+            **({"model": store.manifest["model"]} if "model" in store.manifest else {}),
             "binary": binary_meta,
             "rerank": rerank_meta,
             "source": source_entry(store),

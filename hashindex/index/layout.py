@@ -56,7 +56,7 @@ _TUNING = {"target": _SHARE, "at": positive, "recall": _SHARE, "param": _one_of(
            "value": nonneg, "queries": positive, "items?": positive, "curve": [[float]], "queries_from?": str}
 INDEX_SCHEMA = {
     "format": str, "format_version": int, "model_id": str, "bits": positive, "code_bytes": positive,
-    "count": nonneg, "class_names?": [str], "built?": str,
+    "count": nonneg, "class_names?": [str], "built?": str, "model?": str,
     "binary": {"kind": _one_of(BINARY_KINDS), "padded_bytes": positive, "shards?": [_PART],
                "nlist?": positive, "nprobe?": positive, "M?": positive, "efConstruction?": positive,
                "efSearch?": positive, "nhash?": positive, "b?": positive, "nflip?": nonneg,

@@ -42,7 +42,8 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
 
     From ``model`` (a checkpoint or shipped name) when given, else from the
     shard directory (written by extract; the shipped model's where that file predates the recorded
-    validation accuracy), else from the shipped model with the shards' model id; None when none has it.
+    validation accuracy), else from the checkpoint the shards record or the shipped model with their model id;
+    None when none has it.
     """
     from ..checkpoint import checkpoint_head, find_model_for, read_checkpoint
 
@@ -56,7 +57,7 @@ def head_for(shards: ShardSet, model: str | None = None) -> Head | None:
     if head is not None and head.accuracy is not None:
         return head
     try:  # none, or one written before heads recorded the model's accuracy: the shipped model's, if it is one
-        return checkpoint_head(read_checkpoint(find_model_for(shards.model_id)))
+        return checkpoint_head(read_checkpoint(find_model_for(shards.model_id, shards.manifest.get("model"))))
     except HashindexError:
         return head
 

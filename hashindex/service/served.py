@@ -21,7 +21,8 @@ class Served:
 
         self.opened_with = (str(index_dir), model, device)  # what a reload opens again
         self.index = Index.load(index_dir)
-        self.model = load_model(model if model else find_model_for(self.index.model_id), device)
+        self.model = load_model(model if model else find_model_for(self.index.model_id, self.index.meta.get("model")),
+                                device)
         self.index.check_model(self.model.model_id)
         self.name = name or Path(index_dir).name
         self._originals = None  # the items' image files (`item_image`), reopened on first use

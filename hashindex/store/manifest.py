@@ -31,6 +31,7 @@ MANIFEST_SCHEMA = {
     "feature_kind?": str, "mid_feature_dim?": nonneg, "class_names": [str], "shard_size": positive,
     "shards_planned": nonneg,
     "precision?": str, "totals?": {"read": nonneg, "written": nonneg, "skipped": nonneg}, "multi_label?": bool,
+    "model?": str,
     "source": {"description": str, "items": nonneg, "fingerprint": str, "spec?": Nullable(str),
                "id_offset?": nonneg},
 }
