@@ -102,12 +102,11 @@ def find_model_for(model_id: str, recorded: str | None = None) -> Path:
     """The checkpoint whose model id is ``model_id``, for queries without --model: the file the shards were
     extracted with where ``recorded`` (their manifest's or the index's `model`) still holds it, else a shipped
     one. A recorded file moved, replaced or damaged since is passed over (loading reads weights only)."""
-    if recorded and Path(recorded).is_file():
-        try:
-            if read_checkpoint(recorded)["model_id"] == model_id:
-                return Path(recorded)
-        except HashindexError:
-            pass
+    try:
+        if recorded and Path(recorded).is_file() and read_checkpoint(recorded)["model_id"] == model_id:
+            return Path(recorded)
+    except (HashindexError, OSError, ValueError):  # (ValueError: a path with a NUL byte, as an edited file may hold)
+        pass
     for path in sorted(WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.exists() else []:
         if read_checkpoint(path)["model_id"] == model_id:
             return path

@@ -518,3 +518,15 @@ def test_exclude_self_leaves_an_indexed_item_out_of_its_own_results(flat_index, 
     res = CliRunner().invoke(cli, ["-q", "query", str(flat_index), "--by-id", str(ids[1]), "--k", "5",
                                    "--exclude-self", "--json"])
     assert res.exit_code == 0 and json.loads(res.output) == left[1:2], res.output
+
+
+def test_a_recorded_model_path_that_is_no_checkpoint_is_passed_over(tiny_model):
+    """An edited index.json may record anything as its model: a missing file, a file that is no checkpoint, a path
+    with a NUL byte, another model's checkpoint; each is passed over for the shipped models (here: none)."""
+    from hashindex.checkpoint import find_model_for, read_checkpoint
+
+    own = read_checkpoint(tiny_model)["model_id"]
+    assert find_model_for(own, str(tiny_model)) == tiny_model
+    for recorded in ("/nonexistent.pt", "/etc/hostname", "a\x00b.pt", str(tiny_model)):
+        with pytest.raises(HashindexError, match="no shipped model has id 0123456789abcdef; give the checkpoint"):
+            find_model_for("0123456789abcdef", recorded)
