@@ -18,15 +18,24 @@ from .signals import query_from_database
 from .targets import class_name, common_kind
 
 
-def _encode_images(index: Index, images: list[str], model: str | None, device: str
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
+def index_model(index: Index, model: str | None, device: str = "cpu"):
+    """The model that encodes images for ``index``: ``model`` if given, else the checkpoint its shards were
+    extracted with (recorded in index.json, while it is there) or the shipped one with its id; checked against
+    the index (a `HashModel`)."""
     from .checkpoint import find_model_for, load_model
-    from .data import BadImage, FilesSource
-    from .data.spec import names_a_collection
 
     hm = load_model(model if model else find_model_for(index.model_id, index.meta.get("model")), device)
     index.check_model(hm.model_id)
+    return hm
+
+
+def _encode_images(index: Index, images: list[str], model: str | None, device: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
+    from .data import BadImage, FilesSource
+    from .data.spec import names_a_collection
+
+    hm = index_model(index, model, device)
     src = FilesSource(images)
     arrays = []
     for i, path in enumerate(images):
@@ -294,7 +303,6 @@ def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str 
 
     if (Path(queries) / MANIFEST).exists():
         return Path(queries)
-    from .checkpoint import find_model_for, load_model
     from .data import open_source
     from .extraction import extract
 
@@ -302,8 +310,7 @@ def queries_as_shards(index: Index, queries: str | Path, work: Path, model: str 
     if labelled and (source.labels < 0).all():
         raise HashindexError(f"queries={queries}: no labelled images (evaluation needs labelled queries: class "
                              "subfolders, a labelled list, ...)")
-    hm = load_model(model if model else find_model_for(index.model_id, index.meta.get("model")), device)
-    index.check_model(hm.model_id)
+    hm = index_model(index, model, device)
     extract(hm, source, work / "queries", device=device, progress=progress, log=log)
     return work / "queries"
 

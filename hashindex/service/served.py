@@ -17,13 +17,11 @@ class Served:
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu",
                  name: str | None = None):
-        from ..checkpoint import find_model_for, load_model
+        from ..query import index_model
 
         self.opened_with = (str(index_dir), model, device)  # what a reload opens again
         self.index = Index.load(index_dir)
-        self.model = load_model(model if model else find_model_for(self.index.model_id, self.index.meta.get("model")),
-                                device)
-        self.index.check_model(self.model.model_id)
+        self.model = index_model(self.index, model, device)
         self.name = name or Path(index_dir).name
         self._originals = None  # the items' image files (`item_image`), reopened on first use
 
