@@ -126,6 +126,12 @@ def _accuracy(value: np.ndarray) -> float | None:
     return a if 0 < a <= 1 else None
 
 
+def head_signals(head: Head | None) -> list[str]:
+    """The head's signals this model can serve: none without a head; not ``latent`` where the codes come from a
+    code head adapted to a collection (the latent activations are then not what the codes were cut from)."""
+    return [] if head is None else [s for s in HEAD_SIGNALS if not (s == "latent" and head.adapted_codes)]
+
+
 def check_signal(signal: str, head: Head | None, has_mid: bool = True) -> None:
     """A clear error for an unknown signal, one that needs the head where there is none, or ``mid`` where
     the shards hold no mid features (``has_mid`` False)."""
@@ -134,7 +140,7 @@ def check_signal(signal: str, head: Head | None, has_mid: bool = True) -> None:
     if signal in HEAD_SIGNALS and head is None:
         raise HashindexError(f"signal {signal!r}: needs the model's head weights, which these shards lack "
                              "(extract them again, or give the model)")
-    if signal == "latent" and head.adapted_codes:
+    if signal in HEAD_SIGNALS and signal not in head_signals(head):  # latent, where the codes are adapted
         raise HashindexError("signal 'latent': this model's codes come from a code head adapted to a collection "
                              "(derive --adapt-codes), not from its latent layer; choose another signal")
     if signal == "mid" and not has_mid:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..metrics import chance_map, evaluate_arrays
-from ..signals import (HEAD_SIGNALS, MID_FIELD, Head, check_signal, choose, database_vectors, feature_field,
+from ..signals import (MID_FIELD, Head, check_signal, choose, database_vectors, feature_field, head_signals,
                        query_vectors, unlabelled_choice)
 from ..store import ShardSet, targets
 from .pool import TIE_CAP, default_pool
@@ -109,8 +109,7 @@ def choose_signal(shards: ShardSet, head: Head | None, rng: np.random.Generator,
                                tie_cap=max(TIE_CAP, size))["reranked"]["map"]
 
     pools: dict[str, int] = {}
-    head_signals = [n for n in HEAD_SIGNALS if head is not None and not (n == "latent" and head.adapted_codes)]
-    names = ["hamming", "l2", "cosine"] + head_signals + (["mid"] if shards.has_mid else [])
+    names = ["hamming", "l2", "cosine"] + head_signals(head) + (["mid"] if shards.has_mid else [])
     signal, scores = choose({name: (lambda n=name: score(n)) for name in names})
     chance = chance_map(q["targets"], db["targets"])
     scores = {k: round(v, 4) for k, v in scores.items()}
