@@ -28,10 +28,10 @@ from PIL import Image
 
 from hashindex.data import open_source
 from hashindex.duplicates import DEFAULT_FINE_RADIUS, DEFAULT_RADIUS, _thumbnails
+from hashindex.hash_groups import pair_distances
 from hashindex.phash import CROP_FAMILIES, FINE_BLOCK, Box, perceptual_hashes
 
 KINDS = ("each", "corner", "free")
-POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
 
 
 def random_cuts(rng: np.random.Generator) -> dict[str, list[float]]:
@@ -58,11 +58,6 @@ def write_crops(data: str, out: Path, every: int) -> None:
                 img.crop(box).save(out / f"{i:06d}__{kind}-{seed}.jpg", quality=88)
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Hamming distances of two packed arrays of the same shape."""
-    return POPCOUNT[a ^ b].sum(-1)
-
-
 class Crops:
     """The crops of a folder written by `write_crops`, with their photos' thumbnails, to test boxes on."""
 
@@ -83,10 +78,10 @@ class Crops:
 
     def found(self, box: Box | None) -> np.ndarray:
         """Which crops the photo's hash cut to ``box`` (None: its whole hash) finds."""
-        coarse = perceptual_hashes(self.photos, box=box)[self.of]
-        fine = perceptual_hashes(self.photos, FINE_BLOCK, box=box)[self.of]
-        return ((hamming(coarse, self.whole) <= DEFAULT_RADIUS)
-                & (hamming(fine, self.whole_fine) <= DEFAULT_FINE_RADIUS))
+        crops = np.arange(len(self.of))
+        coarse = pair_distances(perceptual_hashes(self.photos, box=box), self.of, crops, self.whole)
+        fine = pair_distances(perceptual_hashes(self.photos, FINE_BLOCK, box=box), self.of, crops, self.whole_fine)
+        return (coarse <= DEFAULT_RADIUS) & (fine <= DEFAULT_FINE_RADIUS)
 
     def found_by(self, boxes: list[Box]) -> np.ndarray:
         hit = self.by_whole.copy()
