@@ -96,7 +96,8 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
     t0 = time.time()
     out = Path(out)
     hm = load_model(model, device)
-    source = open_source(data or DEFAULT_DATA, "data", split="test")
+    collection = data or DEFAULT_DATA
+    source = open_source(collection, "data", split="test")
     if limit:
         source = source.subset(limit)
     if len(source) < 2 * every:
@@ -133,9 +134,9 @@ def run_demo(out: str | Path, data: str | None = None, model: str = DEFAULT_MODE
         log(f"search it: hashindex query {shlex.quote(str(index_dir))} PHOTO.jpg --model {shlex.quote(model)} "
             "--grid results.png")
     choice = index.meta["rerank"].get("signal_choice", {})
-    hint = meaningless_folders_hint(choice, source.class_names, index.signal, model, data or DEFAULT_DATA) or \
-        fine_tune_hint(source.class_names, hm.class_names, model, data or DEFAULT_DATA, every, out) or \
-        foreign_photos_hint(choice, index.signal, model, data or DEFAULT_DATA)
+    hint = meaningless_folders_hint(choice, source.class_names, index.signal, model, collection) or \
+        fine_tune_hint(source.class_names, hm.class_names, model, collection, every, out) or \
+        foreign_photos_hint(choice, index.signal, model, collection)
     if hint:
         log(hint)
     log(f"done in {time.time() - t0:.0f} s")
