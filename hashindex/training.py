@@ -101,8 +101,8 @@ def _check_labelled(src: ImageSource, data: str) -> None:
     """Every image training will read has a label. An unlabelled item that does not decode (a README or a
     .DS_Store beside the class folders) is a counted skip, not an error that blocks a photo folder; only
     unlabelled items are decoded (few, or the first is an image)."""
-    what = (f"data={data}: training needs labelled images (class subfolders, a labelled list, IDX, CIFAR or "
-            "STL-10 files)")
+    what = (f"data={data}: training needs labelled images (class subfolders, a labelled list, Parquet rows with a "
+            "label column, IDX, CIFAR or STL-10 files)")
     if not src.class_names:
         raise HashindexError(what)
     present = (np.flatnonzero(src.label_sets.any(axis=0)) if src.multi_label

@@ -11,7 +11,7 @@ from .group import _echo_json, cli
 
 @cli.command()
 @click.option("--data", required=True,
-              help="Labelled training images: folder, tar, zip, list, IDX, CIFAR or STL-10 dir.")
+              help="Labelled training images: folder, tar, zip, list, Parquet, IDX, CIFAR or STL-10 dir.")
 @click.option("--val", default=None, help="Labelled validation images (accuracy per epoch, final mAP).")
 @click.option("--bits", default=48, show_default=True, type=int, help="Code length K (multiple of 4).")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
@@ -170,7 +170,7 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
 
 @cli.command()
 @click.option("--data", required=True,
-              help="Images: folder, tar(s), zip, list, IDX, CIFAR or STL-10 dir (see data/README.md).")
+              help="Images: folder, tar(s), zip, list, Parquet, IDX, CIFAR or STL-10 dir (see data/README.md).")
 @click.option("--out", required=True, help="Prepared directory to write (resumed if it exists).")
 @click.option("--size", default=32, show_default=True, type=click.IntRange(8, 1024),
               help="Side in pixels: the --input-size you will train at.")
@@ -204,7 +204,7 @@ def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as
 @cli.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Checkpoint file or shipped model name.")
 @click.option("--data", required=True,
-              help="Images: folder, tar, zip, list, IDX, CIFAR or STL-10 dir (see data/README.md).")
+              help="Images: folder, tar, zip, list, Parquet, IDX, CIFAR or STL-10 dir (see data/README.md).")
 @click.option("--out", required=True, help="Shard directory to write (resumed if it exists).")
 @click.option("--shard-size", default=100_000, show_default=True, type=int, help="Source items per shard.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))

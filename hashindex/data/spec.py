@@ -8,12 +8,13 @@ from pathlib import Path
 from ..errors import HashindexError
 from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
                       is_svhn, stl10_source, svhn_source)
-from .members import ZIP_EXTENSIONS, is_image_name
+from .members import ZIP_EXTENSIONS, is_image_name, suffix as name_suffix
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
 from .folders import FolderSource
-from .sources import TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
+from .parquet import PARQUET_EXTENSIONS, ParquetSource, is_parquet_name, open_parquet
+from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -25,8 +26,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                 follow_links: bool = False) -> ImageSource:
     """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
-    ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders
-    (default train). ``follow_links`` follows symbolic links that lead out of a
+    ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders,
+    or of a dataset's Parquet files (default train; `parquet.split_files`); ``#labels=COLUMN``
+    picks a Parquet file's label column. ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
     item per distinct file, labelled with all of those folders (`FolderSource`).
@@ -44,6 +46,10 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         return _non_empty(source, arg, spec)
     spec, label_sets, folders = _options(spec, arg)
     labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
+    bare = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in ("train", "test") else spec  # DIR:test
+    if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_parquet_name(bare))):
+        raise HashindexError(f"{arg}={spec}{labelled_by}: expected #{LABELS}=parent, top or path (a label column "
+                             "is chosen so in Parquet files only)")
     pattern = open_pattern(spec, arg, folders)
     if pattern is not None:
         pattern.spec = os.path.abspath(spec) + labelled_by  # braces and all: reopened by expanding it again
@@ -65,11 +71,13 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar (.gz, .bz2, .xz) or .zip, a brace pattern of "
-                             "tars, a .txt/.csv list, IDX, CIFAR, STL-10 or SVHN files, or an image file")
-    if labelled_by and not labelled_by_folders(source):
+                             "tars, a .txt/.csv list, Parquet files, IDX, CIFAR, STL-10 or SVHN files, or an image "
+                             "file")
+    if labelled_by and not labelled_by_folders(source) and not _by_column(source, folders):
         raise HashindexError(f"{arg}={spec}{labelled_by}: classes are named by folders in a folder tree, a tar or "
                              f"zip, or tar shards; {source.description} has labels of its own")
-    split_named = isinstance(source, ArraySource) and path.is_dir()  # a folder of splits (a .mat file is one)
+    # a folder of splits (a .mat file is one)
+    split_named = isinstance(source, (ArraySource, ParquetSource)) and path.is_dir()
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
                    + (f"#{LABEL_SETS}" if label_sets else "") + labelled_by)
@@ -97,17 +105,19 @@ def reopen_source(spec: str) -> ImageSource:
 
 
 def _options(spec: str, arg: str) -> tuple[str, bool, str]:
-    """(spec, label sets?, folder labels): the options ``#label-sets`` and ``#labels=parent|top|path`` split off
-    the end of a spec; a path that exists as written is never split (a folder may be named ``x#y``)."""
+    """(spec, label sets?, folder labels): the options ``#label-sets`` and ``#labels=parent|top|path`` (or, for
+    Parquet files, ``#labels=COLUMN``) split off the end of a spec; a path that exists as written is never split
+    (a folder may be named ``x#y``)."""
     label_sets, folders = False, "parent"
     while "#" in spec and not Path(spec).exists():
         head, _, option = spec.rpartition("#")
         if option == LABEL_SETS:
             label_sets = True
         elif option.startswith(f"{LABELS}="):
-            folders = option.partition("=")[2]
-            if folders not in FOLDER_LABELS:
-                raise HashindexError(f"{arg}={spec}: #{option}: expected #{LABELS}=parent, top or path")
+            folders = option.partition("=")[2]  # a folder choice, or a Parquet file's label column
+            if not folders:
+                raise HashindexError(f"{arg}={spec}: #{option}: expected #{LABELS}=parent, top or path, or a "
+                                     "Parquet file's label column")
         else:
             break
         spec = head
@@ -132,12 +142,20 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
             return stl10_source(path, split)
         if is_svhn(path):
             return svhn_source(path, split)
-        folder = FolderSource(path, follow_links, folders=folders)
+        folder = FolderSource(path, follow_links, folders=folders if folders in FOLDER_LABELS else "parent")
+        parquet = [p for p in folder.paths if is_parquet_name(p)]
+        if parquet and not folder.containers and not any(name_suffix(p) in IMAGE_EXTENSIONS for p in folder.paths):
+            return open_parquet(path, split, _column(folders, path), parquet)  # a dataset's files (and its card)
+        if folders not in FOLDER_LABELS:
+            raise HashindexError(f"{path}#{LABELS}={folders}: expected #{LABELS}=parent, top or path (a label "
+                                 "column is chosen so in Parquet files only)")
         if not folder.containers:
             return folder
         parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path,
                                                                       folders)
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} archives)")
+    if is_parquet_name(name):
+        return open_parquet(path, split, _column(folders, path))
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path, folders)
     if name.endswith(ZIP_EXTENSIONS):
@@ -153,9 +171,24 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
     return None
 
 
+def _column(folders: str, path: Path) -> str | None:
+    """The label column a ``#labels=`` option names in a Parquet spec (None: the default choice)."""
+    if folders in ("top", "path"):
+        raise HashindexError(f"{path}#{LABELS}={folders}: classes of Parquet rows come from a column, not folders "
+                             f"(#{LABELS}=COLUMN)")
+    return None if folders == "parent" else folders
+
+
+def _by_column(source: ImageSource, folders: str) -> bool:
+    """Whether ``#labels=`` named the label column of a Parquet source (recorded in its spec like a folder
+    choice)."""
+    return isinstance(source, ParquetSource) and folders == source.label_column
+
+
 def names_a_collection(path: Path) -> bool:
     """``path`` is read as a collection of images (a folder, a tar, a list, SVHN's .mat), not as one image."""
-    archive_or_list = path.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS + LIST_EXTENSIONS)
+    archive_or_list = path.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS + LIST_EXTENSIONS
+                                                 + PARQUET_EXTENSIONS)
     return path.is_dir() or archive_or_list or is_svhn(path)
 
 

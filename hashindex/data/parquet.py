@@ -1,0 +1,287 @@
+"""Image collections in Parquet files, as Hugging Face datasets hold them (and pandas, Spark or DuckDB write them).
+
+A Hugging Face dataset keeps each split as Parquet files (``data/train-00000-of-00004.parquet``, ...) with an
+``Image`` column (a struct of the encoded file's ``bytes`` and its ``path``) and a ``ClassLabel`` column (integers;
+the class names in the schema's ``huggingface`` metadata). hashindex reads them in place: the label column whole
+when the collection is opened (a few bytes a row), the images a row group at a time, on demand, in any worker.
+
+Item ``i`` is row ``r`` of file ``f``, recorded as ``f#r`` (``f`` relative to the folder given). pyarrow is
+needed only here, and imported only when a Parquet file is read (``pip install 'hashindex[parquet]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import HashindexError
+from ..targets import first_labels
+from .images import BadImage
+from .sources import MAX_FILE_BYTES, ImageSource, read_file
+
+log = logging.getLogger("hashindex")
+
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+IMAGE_COLUMN_NAMES = ("image", "img", "picture", "photo", "jpg", "jpeg", "png", "webp")
+LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
+SPLITS = ("train", "test", "validation", "valid", "val", "dev")
+CACHED_GROUPS = 2  # row groups of images held per process: a worker reads its batches in order
+
+
+def is_parquet_name(name: str) -> bool:
+    return name.lower().endswith(PARQUET_EXTENSIONS)
+
+
+def _pyarrow():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise HashindexError("reading Parquet files needs pyarrow: pip install 'hashindex[parquet]'") from None
+    return pq
+
+
+def split_files(root: Path, names: list[str], split: str) -> list[str]:
+    """The Parquet files of one split among a dataset folder's (relative, sorted): those whose name starts with
+    the split (``train-00000-of-00004.parquet``, ``test.parquet``) or that lie in a folder named after it
+    (``default/train/0000.parquet``); every file when none is named after any split."""
+    def split_of(name: str) -> str | None:
+        parts = name.lower().split("/")
+        for s in SPLITS:
+            if s in parts[:-1] or re.match(rf"{s}([-_.]|$)", parts[-1]):
+                return s
+        return None
+
+    named = {n: split_of(n) for n in names}
+    if not any(named.values()):
+        return names
+    picked = [n for n in names if named[n] == split]
+    if not picked:
+        present = sorted({s for s in named.values() if s})
+        raise HashindexError(f"{root}: no '{split}' split among its Parquet files (splits: {', '.join(present)}); "
+                             f"name one as {root}:test, or give a .parquet file")
+    return picked
+
+
+class ParquetSource(ImageSource):
+    """Rows of Parquet files as images: the image column's encoded bytes, labels from a ClassLabel column (names
+    from the Hugging Face metadata), an integer or string label column, or a list column (label sets).
+
+    ``names``: the files, relative to the folder ``root``; ``label_column``: which column labels the rows (None:
+    the ClassLabel column, else one named ``label`` or alike, else none). Every file must have the columns of the
+    first.
+    """
+
+    folder_labels = False
+
+    def __init__(self, root: Path, names: list[str], label_column: str | None, description: str):
+        pq = _pyarrow()
+        self.root, self.names = root, names
+        self._handles: dict[int, Any] = {}
+        self._pid: int | None = None
+        self._groups: dict[tuple[int, int], list] = {}
+        files = [self._file(j, pq) for j in range(len(names))]
+        schema = files[0].schema_arrow
+        features = _hf_features(schema)
+        self.image_column = _image_column(schema, features, self._where(0))
+        label_col = _label_column(schema, features, label_column, self._where(0))
+        rows, self.group_starts = [], []
+        for j, f in enumerate(files):
+            if f.schema_arrow.names != schema.names:
+                raise HashindexError(f"{self._where(j)}: columns {f.schema_arrow.names} differ from "
+                                     f"{self._where(0)}'s {schema.names}")
+            counts = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+            self.group_starts.append(np.cumsum([0] + counts))
+            rows.append(int(sum(counts)))
+        self.starts = np.cumsum([0] + rows)
+        paths = [f"{name}#{r}" for name, n in zip(names, rows) for r in range(n)]
+        labels, class_names, sets = _read_labels(files, label_col, features.get(label_col or ""),
+                                                 [self._where(j) for j in range(len(files))])
+        what = f"labels from column '{label_col}'" if label_col else "no labels"
+        super().__init__(f"{description}; {what}", paths, labels, class_names, label_sets=sets)
+        self.label_column = label_col
+        self.greyscale = self._first_is_greyscale()
+
+    def _where(self, j: int) -> str:
+        return str(self.root / self.names[j])
+
+    def _file(self, j: int, pq=None):
+        """File j's reader, opened once per process (readers do not cross into workers)."""
+        if self._pid != os.getpid():
+            self._handles, self._groups, self._pid = {}, {}, os.getpid()
+        if j not in self._handles:
+            path = self._where(j)
+            try:
+                self._handles[j] = (pq or _pyarrow()).ParquetFile(path)
+            except OSError as e:
+                raise HashindexError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        return self._handles[j]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"], state["_groups"], state["_pid"] = {}, {}, None
+        return state
+
+    def _group(self, j: int, g: int) -> list:
+        """The image column of row group g of file j, as Python values (the last few kept)."""
+        key = (j, g)
+        if key not in self._groups:
+            try:
+                table = self._file(j).read_row_group(g, columns=[self.image_column])
+            except OSError as e:
+                raise BadImage("unreadable", f"{self._where(j)}: row group {g}: {str(e).splitlines()[0]}") from None
+            while len(self._groups) >= CACHED_GROUPS:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[key] = table.column(0).to_pylist()
+        return self._groups[key]
+
+    def read_bytes(self, i: int) -> bytes:
+        j = int(np.searchsorted(self.starts, i, side="right")) - 1
+        row = i - int(self.starts[j])
+        g = int(np.searchsorted(self.group_starts[j], row, side="right")) - 1
+        value = self._group(j, g)[row - int(self.group_starts[j][g])]
+        return self._image_bytes(value, j, row)
+
+    def _image_bytes(self, value, j: int, row: int) -> bytes:
+        """The encoded image of a cell: the bytes, or (a Hugging Face Image stored by path) the file it names,
+        absolute or beside the Parquet file."""
+        where = f"{self._where(j)}#{row}"
+        if isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            if data is None and path:
+                full = Path(path) if os.path.isabs(path) else Path(self._where(j)).parent / path
+                return read_file(full)
+            value = data
+        if value is None:
+            raise BadImage("missing", f"{where}: no image in column '{self.image_column}'")
+        if len(value) > MAX_FILE_BYTES:
+            raise BadImage("too-large", f"{where}: {len(value)} bytes")
+        return bytes(value)
+
+    def _first_is_greyscale(self) -> bool:
+        """Whether the first readable image is greyscale (training's default channel count; MNIST-like sets)."""
+        from .images import decode_image
+
+        for i in range(min(len(self), 8)):
+            try:
+                return decode_image(self.read_bytes(i)).mode in ("1", "L", "I", "I;16", "F")
+            except BadImage:
+                continue
+        return False
+
+
+def open_parquet(path: Path, split: str, label_column: str | None, names: list[str] | None = None
+                 ) -> ParquetSource:
+    """A .parquet file, or the Parquet files (``names``, relative) of a dataset folder's ``split``."""
+    if names is None:
+        return ParquetSource(path.parent, [path.name], label_column, f"parquet {path}")
+    picked = split_files(path, sorted(names), split)
+    return ParquetSource(path, picked, label_column, f"parquet {path} ({split}: {len(picked)} file{'s' if len(picked) > 1 else ''})")
+
+
+def _hf_features(schema) -> dict[str, Any]:
+    """The Hugging Face ``features`` recorded in a Parquet schema's metadata ({} where there are none)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw:
+        return {}
+    try:
+        features = json.loads(raw)["info"]["features"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return features if isinstance(features, dict) else {}
+
+
+def _feature_type(feature: Any) -> str:
+    return feature.get("_type", "") if isinstance(feature, dict) else ""
+
+
+def _class_names(feature: Any) -> list[str] | None:
+    """A ClassLabel feature's names, or a list feature's of ClassLabel (Sequence / List, or an old ``[f]``)."""
+    if isinstance(feature, list) and len(feature) == 1:
+        feature = {"_type": "List", "feature": feature[0]}
+    if _feature_type(feature) in ("Sequence", "List", "LargeList"):
+        feature = feature.get("feature")
+    if _feature_type(feature) == "ClassLabel" and isinstance(feature.get("names"), list):
+        return [str(n) for n in feature["names"]]
+    return None
+
+
+def _image_column(schema, features: dict[str, Any], where: str) -> str:
+    """The column of encoded images: a Hugging Face Image feature, a struct with a binary ``bytes`` field, or a
+    binary column (one named like ``image`` first)."""
+    import pyarrow as pa
+
+    def encoded(t) -> bool:
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+    hf = [n for n in schema.names if _feature_type(features.get(n)) == "Image"]
+    structs = [f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0
+               and encoded(f.type.field("bytes").type)]
+    binary = [f.name for f in schema if encoded(f.type)]
+    for found in (hf, structs, binary):
+        if found:
+            named = [n for n in found if n.lower() in IMAGE_COLUMN_NAMES]
+            return (named or found)[0]
+    raise HashindexError(f"{where}: no image column (expected a Hugging Face Image column or a binary column of "
+                         f"encoded images); columns: {', '.join(schema.names)}")
+
+
+def _label_column(schema, features: dict[str, Any], asked: str | None, where: str) -> str | None:
+    """The column that labels rows: ``asked``, else the ClassLabel one (the first, said when there are several),
+    else one named like ``label``; None for none."""
+    if asked is not None:
+        if asked not in schema.names:
+            raise HashindexError(f"{where}#labels={asked}: no such column; columns: {', '.join(schema.names)}")
+        return asked
+    classes = [n for n in schema.names if _class_names(features.get(n)) is not None]
+    if len(classes) > 1:
+        log.warning("%s: labels from column '%s' (%s label rows too: pick one with #labels=COLUMN)",
+                    where, classes[0], ", ".join(classes[1:]))
+    if classes:
+        return classes[0]
+    named = [n for n in schema.names if n.lower() in LABEL_COLUMN_NAMES]
+    return named[0] if named else None
+
+
+def _read_labels(files: list, column: str | None, feature: Any, wheres: list[str]
+                 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(labels, class names, label sets or None) of every row of ``files``: ClassLabel integers named by the
+    feature; other integers or strings named by their sorted distinct values; lists as label sets."""
+    import pyarrow as pa
+
+    n = sum(f.metadata.num_rows for f in files)
+    if column is None:
+        return np.full(n, -1, np.int32), [], None
+    values = [f.read(columns=[column]).column(0) for f in files]
+    kind = values[0].type
+    is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    item_type = kind.value_type if is_list else kind
+    if not (pa.types.is_integer(item_type) or pa.types.is_string(item_type) or pa.types.is_large_string(item_type)):
+        raise HashindexError(f"{wheres[0]}: label column '{column}' holds {kind}; expected integers, strings or "
+                             "lists of them")
+    rows = [v for col in values for v in col.to_pylist()]
+    names = _class_names(feature)
+    if names is None:  # named by the distinct values, in their order (integers as their decimal text)
+        distinct = sorted({x for v in rows if v is not None for x in (v if is_list else [v]) if x is not None})
+        names = [str(x) for x in distinct]
+        code = {x: i for i, x in enumerate(distinct)}
+    else:
+        code = {i: i for i in range(len(names))}
+    bad = next((x for v in rows if v is not None for x in (v if is_list else [v])
+                if x is not None and x not in code and x != -1), None)
+    if bad is not None:
+        raise HashindexError(f"{wheres[0]}: label {bad!r} in column '{column}' is not one of its "
+                             f"{len(names)} class names")
+    if not is_list:
+        return np.array([code.get(v, -1) if v is not None else -1 for v in rows], np.int32), names, None
+    sets = np.zeros((n, len(names)), bool)
+    for r, v in enumerate(rows):
+        for x in v or []:
+            if x in code:
+                sets[r, code[x]] = True
+    return first_labels(sets), names, sets

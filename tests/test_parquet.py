@@ -1,0 +1,164 @@
+"""Parquet files as --data (hashindex.data.parquet): a Hugging Face dataset folder (Image and ClassLabel columns,
+split files), plain Parquet written by other tools (a binary column, string or list labels), and bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import ShardSet, extract
+from hashindex.cli import cli
+from hashindex.data import BadImage, iter_batches, open_source, reopen_source
+from hashindex.errors import HashindexError
+from tests.conftest import CIFAR_TEST, image_bytes, make_tar, need
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def cifar_members(n: int) -> list[tuple[str, bytes]]:
+    """n CIFAR-10 test JPEGs spread over the classes (every 10,000 / n-th member): (name, bytes)."""
+    step = 10_000 // n
+    out = []
+    with tarfile.open(need(CIFAR_TEST)) as tf:
+        for i, m in enumerate(m for m in tf if m.isfile()):
+            if i % step == 0:
+                out.append((m.name, tf.extractfile(m).read()))
+    return out[:n]
+
+
+def hf_table(members: list[tuple[str, bytes]], column: str = "img"):
+    """A table as Hugging Face datasets writes one: an Image struct column and a ClassLabel column."""
+    features = {column: {"_type": "Image"}, "label": {"names": CLASSES, "_type": "ClassLabel"}}
+    table = pa.table({column: pa.array([{"bytes": data, "path": None} for _, data in members], IMAGE_TYPE),
+                      "label": pa.array([CLASSES.index(name.split("/")[1]) for name, _ in members], pa.int64())})
+    return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def write_hf_dataset(root, members, test_members):
+    """A dataset folder as the Hub holds one: data/{split}-0000N-of-00002.parquet and a card."""
+    (root / "data").mkdir(parents=True)
+    half = len(members) // 2
+    for k, part in enumerate((members[:half], members[half:])):
+        pq.write_table(hf_table(part), root / "data" / f"train-{k:05d}-of-00002.parquet", row_group_size=16)
+    pq.write_table(hf_table(test_members), root / "data" / "test-00000-of-00001.parquet", row_group_size=16)
+    (root / "README.md").write_text("---\nlicense: mit\n---\n")
+    return root
+
+
+def test_hugging_face_dataset_folder_reads_its_splits(tmp_path):
+    members = cifar_members(60)
+    root = write_hf_dataset(tmp_path / "cifar", members[:40], members[40:])
+    train = open_source(root)
+    assert len(train) == 40 and train.class_names == CLASSES and train.spec == f"{root.resolve()}:train"
+    assert train.paths[0] == "data/train-00000-of-00002.parquet#0"
+    assert train.paths[25] == "data/train-00001-of-00002.parquet#5"
+    assert [train.read_bytes(i) for i in range(40)] == [data for _, data in members[:40]]  # row groups of 16
+    assert [CLASSES[v] for v in train.labels] == [name.split("/")[1] for name, _ in members[:40]]
+    test = open_source(f"{root}:test")
+    assert len(test) == 20 and test.read_bytes(19) == members[59][1]
+    again = reopen_source(test.spec)
+    assert again.paths == test.paths and again.fingerprint() == test.fingerprint()
+    one = open_source(root / "data" / "test-00000-of-00001.parquet")  # a file on its own
+    assert one.paths[3] == "test-00000-of-00001.parquet#3" and one.read_bytes(3) == members[43][1]
+
+
+def test_workers_read_their_own_row_groups(tmp_path):
+    members = cifar_members(50)
+    root = write_hf_dataset(tmp_path / "cifar", members[:40], members[40:])
+    source = open_source(root)
+    clone = pickle.loads(pickle.dumps(source))  # as a DataLoader worker gets it: no open reader travels
+    assert clone.read_bytes(39) == members[39][1]
+    here = np.concatenate([b.numpy() for b, _, _ in iter_batches(source, 32, 3, batch_size=8, workers=0)])
+    there = np.concatenate([b.numpy() for b, _, _ in iter_batches(source, 32, 3, batch_size=8, workers=2)])
+    assert here.shape == (40, 3, 32, 32) and np.array_equal(here, there)
+
+
+def test_extract_from_parquet_equals_extract_from_the_tar(tiny_model, tmp_path):
+    members = cifar_members(100)
+    tar = make_tar(tmp_path / "same.tar", dict(members))
+    pq.write_table(hf_table(members), tmp_path / "same.parquet", row_group_size=32)
+    a = extract(str(tiny_model), str(tar), tmp_path / "from-tar", workers=0, progress=False, log=lambda s: None)
+    b = extract(str(tiny_model), str(tmp_path / "same.parquet"), tmp_path / "from-parquet", workers=0,
+                progress=False, log=lambda s: None)
+    assert a["totals"] == b["totals"]
+    x, y = (ShardSet(tmp_path / d).load(("codes", "features", "labels")) for d in ("from-tar", "from-parquet"))
+    for key in ("codes", "features", "labels"):
+        assert np.array_equal(x[key], y[key]), key
+
+
+def test_plain_parquet_string_and_list_labels(tmp_path):
+    images = [image_bytes("PNG", seed=s) for s in range(6)]
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"id": list(range(6)), "image": pa.array(images, pa.binary()),
+                             "class": ["dog", "cat", "dog", None, "emu", "cat"],
+                             "tags": [["a"], ["b", "a"], [], None, ["c"], ["a"]]}), path)
+    source = open_source(path)
+    assert source.class_names == ["cat", "dog", "emu"] and source.labels.tolist() == [1, 0, 1, -1, 2, 0]
+    assert source.read_bytes(4) == images[4]
+    tags = open_source(f"{path}#labels=tags")
+    assert tags.multi_label and tags.class_names == ["a", "b", "c"]
+    assert tags.label_sets.astype(int).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1],
+                                                    [1, 0, 0]]
+    assert reopen_source(tags.spec).multi_label  # the column choice is in the spec
+    ints = open_source(f"{path}#labels=id")
+    assert ints.class_names == [str(i) for i in range(6)] and ints.labels.tolist() == list(range(6))
+
+
+def test_greyscale_rows_and_missing_images(tmp_path):
+    path = tmp_path / "digits.parquet"
+    cells = [{"bytes": image_bytes("PNG", mode="L", seed=s), "path": None} for s in range(3)]
+    cells[1] = {"bytes": None, "path": None}
+    pq.write_table(pa.table({"image": pa.array(cells, IMAGE_TYPE), "label": [0, 1, 2]}), path)
+    source = open_source(path)
+    assert source.greyscale  # training's default: one channel
+    with pytest.raises(BadImage) as e:
+        source.read_bytes(1)
+    assert e.value.reason == "missing"
+
+
+@pytest.mark.parametrize("spec_suffix,table,expected", [
+    ("#labels=nope", {"image": [b"x"], "label": [0]}, "#labels=nope: no such column; columns: image, label"),
+    ("", {"name": ["a.jpg"], "label": [0]}, "no image column"),
+    ("#labels=top", {"image": [b"x"], "label": [0]}, "classes of Parquet rows come from a column"),
+    ("#labels=weight", {"image": [b"x"], "weight": [0.5]}, "label column 'weight' holds double"),
+])
+def test_bad_parquet_input_is_one_line(tmp_path, spec_suffix, table, expected):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table(table), path)
+    with pytest.raises(HashindexError, match=expected.replace("(", r"\(")):
+        open_source(f"{path}{spec_suffix}")
+    result = CliRunner().invoke(cli, ["info", f"{path}{spec_suffix}"])
+    assert result.exit_code == 2 and expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_split_not_there_and_class_label_out_of_range(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    table = hf_table([("test/cat/0.jpg", image_bytes())])
+    pq.write_table(table, root / "validation-00000-of-00001.parquet")
+    with pytest.raises(HashindexError, match="no 'train' split among its Parquet files \\(splits: validation\\)"):
+        open_source(root)
+    bad = table.set_column(1, "label", pa.array([12], pa.int64()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(HashindexError, match="label 12 in column 'label' is not one of its 10 class names"):
+        open_source(tmp_path / "bad.parquet")
+
+
+def test_label_column_option_is_refused_where_folders_name_classes(tmp_path):
+    tar = make_tar(tmp_path / "x.tar", {"cat/1.jpg": image_bytes()})
+    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet files only"):
+        open_source(f"{tar}#labels=label")
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "1.jpg").write_bytes(image_bytes())
+    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet files only"):
+        open_source(f"{tmp_path / 'photos'}#labels=label")
