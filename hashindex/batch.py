@@ -26,7 +26,7 @@ from .errors import NPZ_ERRORS, HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, read_npz, sha256_file
 from .hdf5 import create_h5, ensure_room, open_h5
 from .index import MISSING, Index
-from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_without_own
+from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv")
@@ -99,7 +99,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         index.check_model(shards.model_id, f"queries={queries}")
         job = _start_job(index, shards, parts, settings, out)
         data = query_rows(index, shards, ("codes", "ids", "paths"))
-        data["own"] = own_positions(index, shards, data["ids"], data.pop("paths")) if exclude_self else None
+        data["own"] = own_positions(index, shards, data["ids"], data.pop("paths"))  # first, or left out
         if not rerank:
             data["features"] = None
         todo = _batches_to_do(parts, len(data["ids"]), settings, log)
@@ -299,12 +299,12 @@ def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: di
 def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
                 candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None,
                 exclude_self: bool = False) -> None:
-    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part (without
-    each query's own item when ``exclude_self``: ``data["own"]``, its position)."""
+    """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part (a query that
+    is an indexed item, ``data["own"]``: its position, finds itself first, or not at all with ``exclude_self``)."""
     sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
     feats = data["features"][sl] if data["features"] is not None else None
-    own = data.get("own")[sl] if exclude_self and data.get("own") is not None else None
-    res = search_without_own(index, own, data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
+    own = data["own"][sl] if data.get("own") is not None else None
+    res = search_known(index, own, exclude_self, data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, ids=res.ids, hamming=res.hamming, distance=res.distance)

@@ -520,6 +520,30 @@ def test_exclude_self_leaves_an_indexed_item_out_of_its_own_results(flat_index, 
     assert res.exit_code == 0 and json.loads(res.output) == left[1:2], res.output
 
 
+def test_an_indexed_item_comes_first_whatever_the_signal(cifar_shards, cifar_queries, tmp_path):
+    """Under the posterior signal an item's nearest is a more confident image of its class, not itself; a query
+    that is an indexed item (by id, a batch job over the indexed collection, radius) finds itself first all the
+    same, at Hamming 0 and its own signal distance, and the others follow as with --exclude-self."""
+    from hashindex.query import indexed_queries, query
+
+    build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    out, left = tmp_path / "self.h5", tmp_path / "left.h5"
+    for path, exclude in ((out, False), (left, True)):
+        batch_search(index, cifar_queries, path, k=4, exclude_self=exclude, progress=False, log=lambda s: None)
+    got, others = read_results(out), read_results(left)
+    assert np.array_equal(got["ids"][:, 0], got["query_ids"]) and (got["hamming"][:, 0] == 0).all()
+    assert np.array_equal(got["ids"][:, 1:], others["ids"][:, :3])
+    codes, vecs = indexed_queries(index, got["query_ids"][:50].tolist())
+    raw = index.search(codes, vecs, k=1, vectors=True).ids[:, 0]
+    assert (raw != got["query_ids"][:50]).sum() >= 10  # what the signal alone puts first
+    d = index.float_distances(vecs[:1], index.positions_of(got["query_ids"][:1])[:, None], vectors=True)[0, 0]
+    one = query(index, [], [int(got["query_ids"][0])], k=4)[0]["results"]
+    assert [r["id"] for r in one] == got["ids"][0].tolist() and one[0]["distance"] == pytest.approx(float(d))
+    near = query(index, [], [int(got["query_ids"][0])], radius=2)[0]["results"]
+    assert near[0]["id"] == got["query_ids"][0] and near[0]["hamming"] == 0
+
+
 def test_a_recorded_model_path_that_is_no_checkpoint_is_passed_over(tiny_model):
     """An edited index.json may record anything as its model: a missing file, a file that is no checkpoint, a path
     with a NUL byte, another model's checkpoint; each is passed over for the shipped models (here: none)."""

@@ -241,7 +241,8 @@ def test_labels_that_say_nothing_of_the_images_leave_the_choice_to_the_label_fre
 
 
 def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
-    """The same by-id request through Index.search, `hashindex query --json` and the service."""
+    """The same by-id request through the library (`query`), `hashindex query --json` and the service: each item
+    first, then the others as Index.search ranks them without it."""
     from hashindex.service.basic import Searcher
     from hashindex.service.params import search_options
 
@@ -249,7 +250,8 @@ def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     index = Index.load(tmp_path / "ix")
     ids = [3, 500, 7777]
     codes, vecs = indexed_queries(index, ids)
-    api = index.search(codes, vecs, k=12, vectors=True).ids
+    raw = index.search(codes, vecs, k=13, vectors=True).ids  # the index's own order, knowing no identity
+    api = [[i] + [x for x in row if x != i][:11] for i, row in zip(ids, raw.tolist())]
     res = CliRunner().invoke(cli, ["query", str(tmp_path / "ix"), "--k", "12", "--json",
                                    *[a for i in ids for a in ("--by-id", str(i))]])
     assert res.exit_code == 0, res.output
@@ -257,7 +259,8 @@ def test_api_cli_and_service_rank_alike(cifar_shards, tiny_model, tmp_path):
     searcher = Searcher(tmp_path / "ix", model=str(tiny_model))
     served = [[h["id"] for h in searcher.by_id(i, search_options({"k": "12"}))["results"]] for i in ids]
     lib = [[h["id"] for h in row["results"]] for row in query(index, [], ids, k=12)]
-    assert api.tolist() == cli_ids == served == lib
+    assert api == cli_ids == served == lib
+    assert any(row[0] != i for i, row in zip(ids, raw.tolist()))  # the posterior would not have put each first
 
 
 def test_eval_candidates_all_and_signal_reported(cifar_shards, cifar_queries, tmp_path):

@@ -72,8 +72,7 @@ class Searcher(Served):
     def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any],
                 item_id: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        own = own_of(self.index, [item_id], options)
-        options = {k: v for k, v in options.items() if k != "exclude_self"}
+        own = own_of(self.index, [item_id])
         row = search_vectors(self.index, codes, vecs.astype(np.float32), [name], own=own, **options)[0]
         row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return row

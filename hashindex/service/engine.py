@@ -124,8 +124,7 @@ class Engine(Served):
         queries = [q for q, _, _ in group]
         options = dict(queries[0].options)  # one group, one set of options
         try:
-            own = own_of(self.index, [q.item_id for q in queries], options)
-            options.pop("exclude_self", None)
+            own = own_of(self.index, [q.item_id for q in queries])
             rows = search_vectors(self.index, np.concatenate([c for _, c, _ in group]),
                                   np.concatenate([v for _, _, v in group]), [q.name for q in queries],
                                   own=own, **options)

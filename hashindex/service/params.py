@@ -107,13 +107,11 @@ def check_upload_options(options: dict[str, Any]) -> None:
                                 "searches with an id)")
 
 
-def own_of(index, item_ids: list[int | None], options: dict[str, Any]) -> Any:
-    """``search_vectors``' ``own`` for queries by id (None: an upload) under ``options``: each item's position
-    when ``exclude_self``, else None."""
+def own_of(index, item_ids: list[int | None]) -> Any:
+    """``search_vectors``' ``own`` for queries by id (None: an upload): each item's position, first in its
+    results (or left out of them with ``exclude_self``)."""
     import numpy as np
 
-    if not options.get("exclude_self"):
-        return None
     ids = np.array([-1 if i is None else i for i in item_ids], np.int64)  # ids are never negative
     return np.where(ids >= 0, index.positions_of(ids, missing=-1), -1)
 
