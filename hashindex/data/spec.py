@@ -13,7 +13,7 @@ from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
 from .folders import FolderSource
-from .parquet import PARQUET_EXTENSIONS, ParquetSource, is_parquet_name, open_parquet
+from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, open_columnar
 from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
@@ -27,8 +27,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders,
-    or of a dataset's Parquet files (default train; `parquet.split_files`); ``#labels=COLUMN``
-    picks a Parquet file's label column. ``follow_links`` follows symbolic links that lead out of a
+    or of a dataset's Parquet or Arrow files (default train; `columnar.split_files`); ``#labels=COLUMN``
+    picks their label column. ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
     item per distinct file, labelled with all of those folders (`FolderSource`).
@@ -47,9 +47,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     spec, label_sets, folders = _options(spec, arg)
     labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
     bare = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in ("train", "test") else spec  # DIR:test
-    if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_parquet_name(bare))):
+    if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_columnar_name(bare))):
         raise HashindexError(f"{arg}={spec}{labelled_by}: expected #{LABELS}=parent, top or path (a label column "
-                             "is chosen so in Parquet files only)")
+                             "is chosen so in Parquet and Arrow files only)")
     pattern = open_pattern(spec, arg, folders)
     if pattern is not None:
         pattern.spec = os.path.abspath(spec) + labelled_by  # braces and all: reopened by expanding it again
@@ -71,13 +71,13 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         raise HashindexError(f"{arg}={e}") from None
     if source is None:
         raise HashindexError(f"{arg}={spec}: expected a folder, a .tar (.gz, .bz2, .xz) or .zip, a brace pattern of "
-                             "tars, a .txt/.csv list, Parquet files, IDX, CIFAR, STL-10 or SVHN files, or an image "
-                             "file")
+                             "tars, a .txt/.csv list, Parquet or Arrow files, IDX, CIFAR, STL-10 or SVHN files, or an "
+                             "image file")
     if labelled_by and not labelled_by_folders(source) and not _by_column(source, folders):
         raise HashindexError(f"{arg}={spec}{labelled_by}: classes are named by folders in a folder tree, a tar or "
                              f"zip, or tar shards; {source.description} has labels of its own")
     # a folder of splits (a .mat file is one)
-    split_named = isinstance(source, (ArraySource, ParquetSource)) and path.is_dir()
+    split_named = isinstance(source, (ArraySource, ColumnarSource)) and path.is_dir()
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
                    + (f"#{LABEL_SETS}" if label_sets else "") + labelled_by)
@@ -106,18 +106,18 @@ def reopen_source(spec: str) -> ImageSource:
 
 def _options(spec: str, arg: str) -> tuple[str, bool, str]:
     """(spec, label sets?, folder labels): the options ``#label-sets`` and ``#labels=parent|top|path`` (or, for
-    Parquet files, ``#labels=COLUMN``) split off the end of a spec; a path that exists as written is never split
-    (a folder may be named ``x#y``)."""
+    Parquet and Arrow files, ``#labels=COLUMN``) split off the end of a spec; a path that exists as written is
+    never split (a folder may be named ``x#y``)."""
     label_sets, folders = False, "parent"
     while "#" in spec and not Path(spec).exists():
         head, _, option = spec.rpartition("#")
         if option == LABEL_SETS:
             label_sets = True
         elif option.startswith(f"{LABELS}="):
-            folders = option.partition("=")[2]  # a folder choice, or a Parquet file's label column
+            folders = option.partition("=")[2]  # a folder choice, or a column of a table file
             if not folders:
                 raise HashindexError(f"{arg}={spec}: #{option}: expected #{LABELS}=parent, top or path, or a "
-                                     "Parquet file's label column")
+                                     "Parquet or Arrow file's label column")
         else:
             break
         spec = head
@@ -143,19 +143,19 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
         if is_svhn(path):
             return svhn_source(path, split)
         folder = FolderSource(path, follow_links, folders=folders if folders in FOLDER_LABELS else "parent")
-        parquet = [p for p in folder.paths if is_parquet_name(p)]
-        if parquet and not folder.containers and not any(name_suffix(p) in IMAGE_EXTENSIONS for p in folder.paths):
-            return open_parquet(path, split, _column(folders, path), parquet)  # a dataset's files (and its card)
+        tables = [p for p in folder.paths if is_columnar_name(p)]
+        if tables and not folder.containers and not any(name_suffix(p) in IMAGE_EXTENSIONS for p in folder.paths):
+            return open_columnar(path, split, _column(folders, path), tables)  # a dataset's files (and its card)
         if folders not in FOLDER_LABELS:
             raise HashindexError(f"{path}#{LABELS}={folders}: expected #{LABELS}=parent, top or path (a label "
-                                 "column is chosen so in Parquet files only)")
+                                 "column is chosen so in Parquet and Arrow files only)")
         if not folder.containers:
             return folder
         parts = ([("", folder)] if len(folder) else []) + shard_parts([path / c for c in folder.containers], path,
                                                                       folders)
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} archives)")
-    if is_parquet_name(name):
-        return open_parquet(path, split, _column(folders, path))
+    if is_columnar_name(name):
+        return open_columnar(path, split, _column(folders, path))
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path, folders)
     if name.endswith(ZIP_EXTENSIONS):
@@ -172,23 +172,23 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
 
 
 def _column(folders: str, path: Path) -> str | None:
-    """The label column a ``#labels=`` option names in a Parquet spec (None: the default choice)."""
+    """The label column a ``#labels=`` option names in a Parquet or Arrow spec (None: the default choice)."""
     if folders in ("top", "path"):
-        raise HashindexError(f"{path}#{LABELS}={folders}: classes of Parquet rows come from a column, not folders "
-                             f"(#{LABELS}=COLUMN)")
+        raise HashindexError(f"{path}#{LABELS}={folders}: classes of Parquet or Arrow rows come from a column, not "
+                             f"folders (#{LABELS}=COLUMN)")
     return None if folders == "parent" else folders
 
 
 def _by_column(source: ImageSource, folders: str) -> bool:
-    """Whether ``#labels=`` named the label column of a Parquet source (recorded in its spec like a folder
+    """Whether ``#labels=`` named the label column of a Parquet or Arrow source (recorded in its spec like a folder
     choice)."""
-    return isinstance(source, ParquetSource) and folders == source.label_column
+    return isinstance(source, ColumnarSource) and folders == source.label_column
 
 
 def names_a_collection(path: Path) -> bool:
     """``path`` is read as a collection of images (a folder, a tar, a list, SVHN's .mat), not as one image."""
     archive_or_list = path.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS + LIST_EXTENSIONS
-                                                 + PARQUET_EXTENSIONS)
+                                                 + COLUMNAR_EXTENSIONS)
     return path.is_dir() or archive_or_list or is_svhn(path)
 
 

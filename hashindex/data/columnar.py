@@ -1,12 +1,14 @@
-"""Image collections in Parquet files, as Hugging Face datasets hold them (and pandas, Spark or DuckDB write them).
+"""Image collections in column files: Parquet, as the Hugging Face Hub holds datasets (and pandas, Spark or DuckDB
+write them), and Arrow files, as `datasets` saves them (``save_to_disk``) and caches them.
 
-A Hugging Face dataset keeps each split as Parquet files (``data/train-00000-of-00004.parquet``, ...) with an
-``Image`` column (a struct of the encoded file's ``bytes`` and its ``path``) and a ``ClassLabel`` column (integers;
-the class names in the schema's ``huggingface`` metadata). hashindex reads them in place: the label column whole
-when the collection is opened (a few bytes a row), the images a row group at a time, on demand, in any worker.
+A Hugging Face dataset keeps each split as files (``data/train-00000-of-00004.parquet``, ``train/data-00000-of-
+00001.arrow``, ``cifar10-test.arrow``) with an ``Image`` column (a struct of the encoded file's ``bytes`` and its
+``path``) and a ``ClassLabel`` column (integers; the class names in the schema's ``huggingface`` metadata).
+hashindex reads them in place: the label column whole when the collection is opened (a few bytes a row), the
+images a row group (an Arrow file: a record batch, memory-mapped) at a time, on demand, in any worker.
 
 Item ``i`` is row ``r`` of file ``f``, recorded as ``f#r`` (``f`` relative to the folder given). pyarrow is
-needed only here, and imported only when a Parquet file is read (``pip install 'hashindex[parquet]'``).
+needed only here, and imported only when such a file is read (``pip install 'hashindex[parquet]'``).
 """
 
 from __future__ import annotations
@@ -28,32 +30,38 @@ from .sources import MAX_FILE_BYTES, ImageSource, read_file
 log = logging.getLogger("hashindex")
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
+ARROW_EXTENSIONS = (".arrow",)
+COLUMNAR_EXTENSIONS = PARQUET_EXTENSIONS + ARROW_EXTENSIONS
 IMAGE_COLUMN_NAMES = ("image", "img", "picture", "photo", "jpg", "jpeg", "png", "webp")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
 SPLITS = ("train", "test", "validation", "valid", "val", "dev")
 CACHED_GROUPS = 2  # row groups of images held per process: a worker reads its batches in order
 
 
-def is_parquet_name(name: str) -> bool:
-    return name.lower().endswith(PARQUET_EXTENSIONS)
+def is_columnar_name(name: str) -> bool:
+    """A Parquet or Arrow file, by its name."""
+    return name.lower().endswith(COLUMNAR_EXTENSIONS)
 
 
 def _pyarrow():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise HashindexError("reading Parquet files needs pyarrow: pip install 'hashindex[parquet]'") from None
+        raise HashindexError("reading Parquet or Arrow files needs pyarrow: pip install 'hashindex[parquet]'") \
+            from None
     return pq
 
 
 def split_files(root: Path, names: list[str], split: str) -> list[str]:
-    """The Parquet files of one split among a dataset folder's (relative, sorted): those whose name starts with
-    the split (``train-00000-of-00004.parquet``, ``test.parquet``) or that lie in a folder named after it
-    (``default/train/0000.parquet``); every file when none is named after any split."""
+    """The files of one split among a dataset folder's (relative, sorted): those named after the split
+    (``train-00000-of-00004.parquet``, ``test.parquet``, ``cifar10-test.arrow``) or lying in a folder named after
+    it (``default/train/0000.parquet``, ``train/data-00000-of-00001.arrow``); every file when none is named after
+    any split."""
     def split_of(name: str) -> str | None:
-        parts = name.lower().split("/")
+        *folders, base = name.lower().split("/")
+        stem = base.rsplit(".", 1)[0]
         for s in SPLITS:
-            if s in parts[:-1] or re.match(rf"{s}([-_.]|$)", parts[-1]):
+            if s in folders or re.search(rf"(^|[-_.]){s}([-_.]|$)", stem):
                 return s
         return None
 
@@ -63,14 +71,52 @@ def split_files(root: Path, names: list[str], split: str) -> list[str]:
     picked = [n for n in names if named[n] == split]
     if not picked:
         present = sorted({s for s in named.values() if s})
-        raise HashindexError(f"{root}: no '{split}' split among its Parquet files (splits: {', '.join(present)}); "
-                             f"name one as {root}:test, or give a .parquet file")
+        raise HashindexError(f"{root}: no '{split}' split among its Parquet or Arrow files (splits: "
+                             f"{', '.join(present)}); name one as {root}:test, or give one file")
     return picked
 
 
-class ParquetSource(ImageSource):
-    """Rows of Parquet files as images: the image column's encoded bytes, labels from a ClassLabel column (names
-    from the Hugging Face metadata), an integer or string label column, or a list column (label sets).
+class _Parquet:
+    """A Parquet file: its row groups are the units images are read in."""
+
+    def __init__(self, path: str):
+        self.file = _pyarrow().ParquetFile(path)
+        self.schema = self.file.schema_arrow
+        self.group_rows = [self.file.metadata.row_group(g).num_rows for g in range(self.file.metadata.num_row_groups)]
+
+    def column(self, name: str):
+        return self.file.read(columns=[name]).column(0)
+
+    def group(self, g: int, name: str) -> list:
+        return self.file.read_row_group(g, columns=[name]).column(0).to_pylist()
+
+
+class _Arrow:
+    """An Arrow IPC file (stream or file format), as `datasets` saves one (``save_to_disk``, its cache),
+    memory-mapped: its record batches are the units images are read in, no copy of the rest is made."""
+
+    def __init__(self, path: str):
+        _pyarrow()
+        import pyarrow as pa
+
+        source = pa.memory_map(path)
+        try:
+            self.table = pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            self.table = pa.ipc.open_file(source).read_all()
+        self.schema = self.table.schema
+        self.group_rows = [b.num_rows for b in self.table.to_batches()]
+
+    def column(self, name: str):
+        return self.table.column(name)
+
+    def group(self, g: int, name: str) -> list:
+        return self.table.column(name).chunk(g).to_pylist()
+
+
+class ColumnarSource(ImageSource):
+    """Rows of Parquet or Arrow files as images: the image column's encoded bytes, labels from a ClassLabel column
+    (names from the Hugging Face metadata), an integer or string label column, or a list column (label sets).
 
     ``names``: the files, relative to the folder ``root``; ``label_column``: which column labels the rows (None:
     the ClassLabel column, else one named ``label`` or alike, else none). Every file must have the columns of the
@@ -80,28 +126,27 @@ class ParquetSource(ImageSource):
     folder_labels = False
 
     def __init__(self, root: Path, names: list[str], label_column: str | None, description: str):
-        pq = _pyarrow()
         self.root, self.names = root, names
         self._handles: dict[int, Any] = {}
         self._pid: int | None = None
         self._groups: dict[tuple[int, int], list] = {}
-        files = [self._file(j, pq) for j in range(len(names))]
-        schema = files[0].schema_arrow
+        files = [self._file(j) for j in range(len(names))]
+        schema = files[0].schema
         features = _hf_features(schema)
         self.image_column = _image_column(schema, features, self._where(0))
         label_col = _label_column(schema, features, label_column, self._where(0))
         rows, self.group_starts = [], []
         for j, f in enumerate(files):
-            if f.schema_arrow.names != schema.names:
-                raise HashindexError(f"{self._where(j)}: columns {f.schema_arrow.names} differ from "
+            if f.schema.names != schema.names:
+                raise HashindexError(f"{self._where(j)}: columns {f.schema.names} differ from "
                                      f"{self._where(0)}'s {schema.names}")
-            counts = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
-            self.group_starts.append(np.cumsum([0] + counts))
-            rows.append(int(sum(counts)))
+            self.group_starts.append(np.cumsum([0] + f.group_rows))
+            rows.append(int(sum(f.group_rows)))
         self.starts = np.cumsum([0] + rows)
         paths = [f"{name}#{r}" for name, n in zip(names, rows) for r in range(n)]
-        labels, class_names, sets = _read_labels(files, label_col, features.get(label_col or ""),
-                                                 [self._where(j) for j in range(len(files))])
+        columns = [f.column(label_col) for f in files] if label_col else None
+        labels, class_names, sets = _read_labels(columns, sum(rows), label_col, features.get(label_col or ""),
+                                                 self._where(0))
         what = f"labels from column '{label_col}'" if label_col else "no labels"
         super().__init__(f"{description}; {what}", paths, labels, class_names, label_sets=sets)
         self.label_column = label_col
@@ -110,16 +155,17 @@ class ParquetSource(ImageSource):
     def _where(self, j: int) -> str:
         return str(self.root / self.names[j])
 
-    def _file(self, j: int, pq=None):
+    def _file(self, j: int):
         """File j's reader, opened once per process (readers do not cross into workers)."""
         if self._pid != os.getpid():
             self._handles, self._groups, self._pid = {}, {}, os.getpid()
         if j not in self._handles:
             path = self._where(j)
+            kind, what = (_Arrow, "an Arrow") if path.lower().endswith(ARROW_EXTENSIONS) else (_Parquet, "a Parquet")
             try:
-                self._handles[j] = (pq or _pyarrow()).ParquetFile(path)
-            except OSError as e:
-                raise HashindexError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+                self._handles[j] = kind(path)
+            except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+                raise HashindexError(f"{path}: not {what} file pyarrow reads ({str(e).splitlines()[0]})") from None
         return self._handles[j]
 
     def __getstate__(self):
@@ -128,16 +174,16 @@ class ParquetSource(ImageSource):
         return state
 
     def _group(self, j: int, g: int) -> list:
-        """The image column of row group g of file j, as Python values (the last few kept)."""
+        """The image column of row group (record batch) g of file j, as Python values (the last few kept)."""
         key = (j, g)
         if key not in self._groups:
             try:
-                table = self._file(j).read_row_group(g, columns=[self.image_column])
+                values = self._file(j).group(g, self.image_column)
             except OSError as e:
                 raise BadImage("unreadable", f"{self._where(j)}: row group {g}: {str(e).splitlines()[0]}") from None
             while len(self._groups) >= CACHED_GROUPS:
                 self._groups.pop(next(iter(self._groups)))
-            self._groups[key] = table.column(0).to_pylist()
+            self._groups[key] = values
         return self._groups[key]
 
     def read_bytes(self, i: int) -> bytes:
@@ -175,13 +221,19 @@ class ParquetSource(ImageSource):
         return False
 
 
-def open_parquet(path: Path, split: str, label_column: str | None, names: list[str] | None = None
-                 ) -> ParquetSource:
-    """A .parquet file, or the Parquet files (``names``, relative) of a dataset folder's ``split``."""
+def open_columnar(path: Path, split: str, label_column: str | None, names: list[str] | None = None
+                  ) -> ColumnarSource:
+    """A Parquet or Arrow file, or the ones (``names``, relative) of a dataset folder's ``split``."""
     if names is None:
-        return ParquetSource(path.parent, [path.name], label_column, f"parquet {path}")
+        return ColumnarSource(path.parent, [path.name], label_column, f"{_kind(path.name)} {path}")
     picked = split_files(path, sorted(names), split)
-    return ParquetSource(path, picked, label_column, f"parquet {path} ({split}: {len(picked)} file{'s' if len(picked) > 1 else ''})")
+    kinds = sorted({_kind(n) for n in picked})
+    return ColumnarSource(path, picked, label_column, f"{' and '.join(kinds)} {path} ({split}: {len(picked)} "
+                          f"file{'s' if len(picked) > 1 else ''})")
+
+
+def _kind(name: str) -> str:
+    return "arrow" if name.lower().endswith(ARROW_EXTENSIONS) else "parquet"
 
 
 def _hf_features(schema) -> dict[str, Any]:
@@ -248,21 +300,20 @@ def _label_column(schema, features: dict[str, Any], asked: str | None, where: st
     return named[0] if named else None
 
 
-def _read_labels(files: list, column: str | None, feature: Any, wheres: list[str]
+def _read_labels(values: list | None, n: int, column: str | None, feature: Any, where: str
                  ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(labels, class names, label sets or None) of every row of ``files``: ClassLabel integers named by the
-    feature; other integers or strings named by their sorted distinct values; lists as label sets."""
+    """(labels, class names, label sets or None) of ``n`` rows from the label column's arrays (one per file):
+    ClassLabel integers named by the feature; other integers or strings named by their sorted distinct values;
+    lists as label sets."""
     import pyarrow as pa
 
-    n = sum(f.metadata.num_rows for f in files)
-    if column is None:
+    if values is None:
         return np.full(n, -1, np.int32), [], None
-    values = [f.read(columns=[column]).column(0) for f in files]
     kind = values[0].type
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
     item_type = kind.value_type if is_list else kind
     if not (pa.types.is_integer(item_type) or pa.types.is_string(item_type) or pa.types.is_large_string(item_type)):
-        raise HashindexError(f"{wheres[0]}: label column '{column}' holds {kind}; expected integers, strings or "
+        raise HashindexError(f"{where}: label column '{column}' holds {kind}; expected integers, strings or "
                              "lists of them")
     rows = [v for col in values for v in col.to_pylist()]
     names = _class_names(feature)
@@ -275,7 +326,7 @@ def _read_labels(files: list, column: str | None, feature: Any, wheres: list[str
     bad = next((x for v in rows if v is not None for x in (v if is_list else [v])
                 if x is not None and x not in code and x != -1), None)
     if bad is not None:
-        raise HashindexError(f"{wheres[0]}: label {bad!r} in column '{column}' is not one of its "
+        raise HashindexError(f"{where}: label {bad!r} in column '{column}' is not one of its "
                              f"{len(names)} class names")
     if not is_list:
         return np.array([code.get(v, -1) if v is not None else -1 for v in rows], np.int32), names, None

@@ -1,5 +1,6 @@
-"""Parquet files as --data (hashindex.data.parquet): a Hugging Face dataset folder (Image and ClassLabel columns,
-split files), plain Parquet written by other tools (a binary column, string or list labels), and bad input."""
+"""Parquet and Arrow files as --data (hashindex.data.columnar): a Hugging Face dataset folder (Image and ClassLabel
+columns, split files), `datasets`' save_to_disk and cache layouts (Arrow), plain Parquet written by other tools (a
+binary column, string or list labels), and bad input."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def test_greyscale_rows_and_missing_images(tmp_path):
 @pytest.mark.parametrize("spec_suffix,table,expected", [
     ("#labels=nope", {"image": [b"x"], "label": [0]}, "#labels=nope: no such column; columns: image, label"),
     ("", {"name": ["a.jpg"], "label": [0]}, "no image column"),
-    ("#labels=top", {"image": [b"x"], "label": [0]}, "classes of Parquet rows come from a column"),
+    ("#labels=top", {"image": [b"x"], "label": [0]}, "classes of Parquet or Arrow rows come from a column"),
     ("#labels=weight", {"image": [b"x"], "weight": [0.5]}, "label column 'weight' holds double"),
 ])
 def test_bad_parquet_input_is_one_line(tmp_path, spec_suffix, table, expected):
@@ -145,7 +146,7 @@ def test_split_not_there_and_class_label_out_of_range(tmp_path):
     root.mkdir()
     table = hf_table([("test/cat/0.jpg", image_bytes())])
     pq.write_table(table, root / "validation-00000-of-00001.parquet")
-    with pytest.raises(HashindexError, match="no 'train' split among its Parquet files \\(splits: validation\\)"):
+    with pytest.raises(HashindexError, match="no 'train' split among its Parquet or Arrow files \\(splits: validation\\)"):
         open_source(root)
     bad = table.set_column(1, "label", pa.array([12], pa.int64()))
     pq.write_table(bad, tmp_path / "bad.parquet")
@@ -155,10 +156,43 @@ def test_split_not_there_and_class_label_out_of_range(tmp_path):
 
 def test_label_column_option_is_refused_where_folders_name_classes(tmp_path):
     tar = make_tar(tmp_path / "x.tar", {"cat/1.jpg": image_bytes()})
-    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet files only"):
+    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet and Arrow files only"):
         open_source(f"{tar}#labels=label")
     folder = tmp_path / "photos" / "cat"
     folder.mkdir(parents=True)
     (folder / "1.jpg").write_bytes(image_bytes())
-    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet files only"):
+    with pytest.raises(HashindexError, match="a label column is chosen so in Parquet and Arrow files only"):
         open_source(f"{tmp_path / 'photos'}#labels=label")
+
+
+def write_arrow(path, table, stream: bool = True, batch: int = 16):
+    """An Arrow IPC file as `datasets` writes one (a stream of record batches), or in the IPC file format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = (pa.ipc.new_stream if stream else pa.ipc.new_file)(sink, table.schema)
+        for b in table.to_batches(max_chunksize=batch):
+            writer.write_batch(b)
+        writer.close()
+
+
+def test_save_to_disk_and_cache_layouts_read_as_arrow(tmp_path):
+    members = cifar_members(50)
+    saved = tmp_path / "saved"  # DatasetDict.save_to_disk: a folder per split, dataset_dict.json beside them
+    write_arrow(saved / "train" / "data-00000-of-00001.arrow", hf_table(members[:30]))
+    write_arrow(saved / "test" / "data-00000-of-00001.arrow", hf_table(members[30:]))
+    for name in ("train/state.json", "train/dataset_info.json", "test/state.json", "dataset_dict.json"):
+        (saved / name).write_text("{}")
+    train, test = open_source(saved), open_source(f"{saved}:test")
+    assert (len(train), len(test)) == (30, 20) and train.class_names == CLASSES
+    assert train.paths[17] == "train/data-00000-of-00001.arrow#17" and train.read_bytes(17) == members[17][1]
+    assert [test.read_bytes(i) for i in range(20)] == [d for _, d in members[30:]]
+    assert pickle.loads(pickle.dumps(test)).read_bytes(19) == members[49][1]
+    cache = tmp_path / "cache"  # the datasets cache: cifar10-train.arrow, cifar10-test.arrow
+    write_arrow(cache / "cifar10-train.arrow", hf_table(members[:30]), stream=False)
+    write_arrow(cache / "cifar10-test.arrow", hf_table(members[30:]))
+    assert [open_source(f"{cache}:test").read_bytes(i) for i in (0, 19)] == [members[30][1], members[49][1]]
+    assert open_source(cache).labels.tolist() == train.labels.tolist()
+    assert reopen_source(open_source(f"{cache}:test").spec).paths[0] == "cifar10-test.arrow#0"
+    (tmp_path / "junk.arrow").write_bytes(b"not arrow at all")
+    with pytest.raises(HashindexError, match="junk.arrow: not an Arrow file pyarrow reads"):
+        open_source(tmp_path / "junk.arrow")
