@@ -80,7 +80,7 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
 
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
     open a sharded INDEX_DIR with one actor per shard; ``nprobe``: lists an IVF
-    coarse index scans for these queries (default: the value build tuned);
+    coarse index scans for these queries (default: the value build tuned).
     A query that is an indexed item (an item by id, or an image file that an index built from a folder holds:
     `image_positions`) finds itself first (`search_known`); with ``exclude_self`` it is not among its own results
     (its nearest other items).
