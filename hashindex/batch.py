@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import shutil
 from functools import partial
@@ -29,17 +30,21 @@ from .index import MISSING, Index
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known
 from .store import MANIFEST, ShardSet
 
-OUTPUT_FORMATS = ("h5", "jsonl", "csv")
+OUTPUT_FORMATS = ("h5", "jsonl", "csv", "parquet")
 PART_ARRAYS = ("ids", "hamming", "distance")  # what a saved batch holds, (rows of the batch, k) each
 
 
 def output_format(out: Path, fmt: str | None) -> str:
-    if fmt:
-        if fmt not in OUTPUT_FORMATS:
-            raise HashindexError(f"format={fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
-        return fmt
+    """The results format: ``fmt``, else the one ``out``'s suffix names (default h5); checked before any search
+    runs (Parquet needs pyarrow)."""
+    if fmt and fmt not in OUTPUT_FORMATS:
+        raise HashindexError(f"format={fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
     suffix = out.suffix.lower().lstrip(".")
-    return {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv"}.get(suffix, "h5")
+    fmt = fmt or {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet",
+                  "pq": "parquet"}.get(suffix, "h5")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise HashindexError(f"out={out}: writing Parquet needs pyarrow: pip install 'hashindex[parquet]'")
+    return fmt
 
 
 def _read_job(path: Path) -> dict[str, Any] | None:
@@ -213,6 +218,14 @@ def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
         with open_h5(out, arg, "rerun the job with overwrite") as f:
             return {name: f[name][()] for name in ("query_ids", "ids", "hamming", "distance")}
     rows: dict[int, tuple[list, list, list]] = {}
+    if record["format"] == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out).to_pydict()
+        for qid, i, h, d in zip(table["query_id"], table["id"], table["hamming"], table["distance"]):
+            for values, value in zip(rows.setdefault(qid, ([], [], [])), (i, h, np.nan if d is None else d)):
+                values.append(value)
+        return _padded(rows, record["k"])
     with open(out, encoding="utf-8", newline="") as f:
         if record["format"] == "jsonl":
             for line in f:
@@ -226,7 +239,11 @@ def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
                 for values, value in zip(rows.setdefault(int(qid), ([], [], [])),
                                          (int(i), int(h), float(d) if d else np.nan)):
                     values.append(value)
-    k = record["k"]
+    return _padded(rows, record["k"])
+
+
+def _padded(rows: dict[int, tuple[list, list, list]], k: int) -> dict[str, np.ndarray]:
+    """Results read row by row (query id -> ids, hamming, distances) as arrays padded to k with -1 and NaN."""
     res = {"query_ids": np.fromiter(rows, np.int64, len(rows)), "ids": np.full((len(rows), k), MISSING, np.int64),
            "hamming": np.full((len(rows), k), MISSING, np.int32),
            "distance": np.full((len(rows), k), np.nan, np.float32)}
@@ -316,6 +333,9 @@ def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np
     if fmt == "h5":
         ensure_room(out, query_ids.nbytes + sum(a.nbytes for a in res.values()))
     with atomic_path(out) as tmp:
+        if fmt == "parquet":
+            _write_parquet(tmp, query_ids, res, job)
+            return
         if fmt == "h5":
             with create_h5(tmp) as f:
                 f.create_dataset("query_ids", data=query_ids.astype(np.int64))
@@ -336,3 +356,18 @@ def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np
                 else:
                     for r, (i, h, d) in enumerate(zip(ids, ham, dist), 1):
                         f.write(f"{qid},{r},{i},{h},{'' if np.isnan(d) else repr(float(d))}\n")
+
+
+def _write_parquet(path: Path, query_ids: np.ndarray, res: dict[str, np.ndarray], job: dict[str, Any]) -> None:
+    """One row per result, as the CSV has them (query_id, rank, id, hamming, distance: null past the re-ranked
+    pool), the job's settings in the schema metadata (key ``hashindex``): what pandas, DuckDB or Spark read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ok = res["ids"] >= 0
+    q, r = np.nonzero(ok)
+    dist = res["distance"][ok]
+    table = pa.table({"query_id": query_ids.astype(np.int64)[q], "rank": (r + 1).astype(np.int32),
+                      "id": res["ids"][ok], "hamming": res["hamming"][ok].astype(np.int32),
+                      "distance": pa.array(dist, pa.float32(), mask=np.isnan(dist))})
+    pq.write_table(table.replace_schema_metadata({"hashindex": json.dumps(job)}), path)

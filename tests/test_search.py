@@ -213,10 +213,13 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
     assert lines[0] == "query_id,rank,id,hamming,distance" and len(lines) == 1 + 3 * 1000
     # read back (hashindex.read_results): every format gives the arrays the HDF5 file holds, and the first 3
     # of the top 20 (the pool does not depend on k)
-    for name in ("r.jsonl", "r3.h5"):
+    for name in ("r.jsonl", "r3.h5", "r.parquet"):
         batch_search(flat_index, cifar_queries, tmp_path / name, k=3, progress=False, log=lambda s: None)
     h5, top20 = read_results(tmp_path / "r3.h5"), read_results(clean)
-    for name in ("r.csv", "r.jsonl"):
+    table = pytest.importorskip("pyarrow.parquet").read_table(tmp_path / "r.parquet")  # one row per result
+    assert table.column_names == lines[0].split(",") and table.num_rows == 3 * 1000
+    assert json.loads(table.schema.metadata[b"hashindex"])["k"] == 3
+    for name in ("r.csv", "r.jsonl", "r.parquet"):
         back = read_results(tmp_path / name)
         for key in ("query_ids", "ids", "hamming", "distance"):
             assert np.array_equal(back[key], h5[key], equal_nan=True) and back[key].dtype == h5[key].dtype, key
@@ -226,6 +229,19 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
         record.write_text(text)
         with pytest.raises(HashindexError, match="r3.h5: not a finished batch results file"):
             read_results(tmp_path / "r3.h5")
+
+
+def test_parquet_results_need_pyarrow_before_any_search(flat_index, cifar_queries, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    monkeypatch.setattr(Index, "search", lambda *a, **k: pytest.fail("searched before the format was checked"))
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(cifar_queries), "--out",
+                                   str(tmp_path / "r.pq")])
+    assert res.exit_code == 2 and res.output == (f"hashindex: error: --out {tmp_path / 'r.pq'}: writing Parquet needs "
+                                                 "pyarrow: pip install 'hashindex[parquet]'\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_complete_ties_reranks_whole_tie_group(flat_index, db):

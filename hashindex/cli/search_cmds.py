@@ -33,8 +33,8 @@ from .group import _echo_json, cli
                    "item the index holds) is not among its own results: its nearest other items (look-alikes; copies "
                    "of a photo: hashindex duplicates).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
-@click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl or .csv).")
-@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv"]),
+@click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl, .csv or .parquet).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv", "parquet"]),
               help="Batch results format [default: from --out's suffix].")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True)
