@@ -196,3 +196,28 @@ def test_save_to_disk_and_cache_layouts_read_as_arrow(tmp_path):
     (tmp_path / "junk.arrow").write_bytes(b"not arrow at all")
     with pytest.raises(HashindexError, match="junk.arrow: not an Arrow file pyarrow reads"):
         open_source(tmp_path / "junk.arrow")
+
+
+def test_a_damaged_row_group_is_a_counted_skip_of_its_rows(tmp_path):
+    images = [image_bytes("PNG", seed=s) for s in range(8)]
+    path = tmp_path / "two-groups.parquet"
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": [0, 1] * 4}), path, row_group_size=4)
+    data = bytearray(path.read_bytes())
+    data[4:40] = b"\x07" * 36  # the first row group's first page header
+    path.write_bytes(bytes(data))
+    source = open_source(path)
+    with pytest.raises(BadImage) as e:
+        source.read_bytes(1)
+    assert e.value.reason == "unreadable" and "row group 0" in str(e.value)
+    assert [source.read_bytes(i) for i in range(4, 8)] == images[4:]
+
+
+def test_a_damaged_label_column_is_one_line(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"label": [0, 1] * 4, "image": pa.array([image_bytes()] * 8, pa.binary())}), path)
+    data = bytearray(path.read_bytes())
+    data[4:40] = b"\x07" * 36  # the label column's first page header
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["info", str(path)])
+    assert result.exit_code == 2 and "label column 'label' cannot be read" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -144,13 +144,21 @@ class ColumnarSource(ImageSource):
             rows.append(int(sum(f.group_rows)))
         self.starts = np.cumsum([0] + rows)
         paths = [f"{name}#{r}" for name, n in zip(names, rows) for r in range(n)]
-        columns = [f.column(label_col) for f in files] if label_col else None
+        columns = [self._labels_of(j, f, label_col) for j, f in enumerate(files)] if label_col else None
         labels, class_names, sets = _read_labels(columns, sum(rows), label_col, features.get(label_col or ""),
                                                  self._where(0))
         what = f"labels from column '{label_col}'" if label_col else "no labels"
         super().__init__(f"{description}; {what}", paths, labels, class_names, label_sets=sets)
         self.label_column = label_col
         self.greyscale = self._first_is_greyscale()
+
+    def _labels_of(self, j: int, reader, column: str):
+        """File j's label column (read whole: a few bytes a row)."""
+        try:
+            return reader.column(column)
+        except (OSError, ValueError) as e:  # a damaged page: pyarrow's IOError or ArrowInvalid
+            raise HashindexError(f"{self._where(j)}: label column '{column}' cannot be read "
+                                 f"({str(e).splitlines()[0]})") from None
 
     def _where(self, j: int) -> str:
         return str(self.root / self.names[j])
@@ -179,7 +187,7 @@ class ColumnarSource(ImageSource):
         if key not in self._groups:
             try:
                 values = self._file(j).group(g, self.image_column)
-            except OSError as e:
+            except (OSError, ValueError) as e:  # a damaged page: pyarrow's IOError or ArrowInvalid
                 raise BadImage("unreadable", f"{self._where(j)}: row group {g}: {str(e).splitlines()[0]}") from None
             while len(self._groups) >= CACHED_GROUPS:
                 self._groups.pop(next(iter(self._groups)))
