@@ -514,6 +514,15 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     outside = tmp_path / "elsewhere.jpg"
     outside.write_bytes(photo.read_bytes())  # the same pixels outside the folder: not an indexed item
     assert query(index, [str(outside)], [], k=3, exclude_self=True, model=str(tiny_model))[0]["results"] == first
+    # under the posterior signal too (which ranks confident images of a class above an unsure image's own copy)
+    from hashindex.index import Index as Opened
+
+    build(tmp_path / "s", tmp_path / "ixp", binary="flat", signal="posterior", **quiet)
+    by_post = Opened.load(tmp_path / "ixp")
+    mine = query(by_post, [str(photo)], [], k=3, model=str(tiny_model))[0]["results"]
+    others = query(by_post, [str(photo)], [], k=2, exclude_self=True, model=str(tiny_model))[0]["results"]
+    assert mine[0]["id"] == int(rows["ids"][7]) and mine[0]["hamming"] == 0
+    assert [{**r, "rank": r["rank"] - 1} for r in mine[1:]] == others
     kept = evaluate(tmp_path / "ix", tmp_path / "s", exclude_self=False, progress=False)
     assert kept["self_excluded"] == 0 and kept["precision_at_k"][0] > m["precision_at_k"][0]
     res = CliRunner().invoke(cli, ["-q", "eval", str(tmp_path / "ix"), "--queries", str(tmp_path / "s"), "--json",
