@@ -221,3 +221,19 @@ def test_a_damaged_label_column_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["info", str(path)])
     assert result.exit_code == 2 and "label column 'label' cannot be read" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_set_of_many_files_keeps_few_open(tmp_path, monkeypatch):
+    import hashindex.data.columnar as columnar
+
+    monkeypatch.setattr(columnar, "OPEN_FILES", 2)
+    images = [image_bytes("PNG", seed=s) for s in range(10)]
+    (tmp_path / "ds").mkdir()
+    for k in range(5):
+        write = (lambda t, p: pq.write_table(t, p)) if k % 2 else (lambda t, p: write_arrow(p, t))
+        table = pa.table({"image": pa.array(images[2 * k:2 * k + 2], pa.binary()), "label": ["a", "b"]})
+        write(table, tmp_path / "ds" / f"part-{k}.{'parquet' if k % 2 else 'arrow'}")
+    source = open_source(tmp_path / "ds")
+    assert len(source) == 10 and len(source._handles) <= 2 and source.labels.tolist() == [0, 1] * 5
+    assert [source.read_bytes(i) for i in (9, 0, 5, 2)] == [images[i] for i in (9, 0, 5, 2)]
+    assert len(source._handles) <= 2

@@ -36,6 +36,7 @@ IMAGE_COLUMN_NAMES = ("image", "img", "picture", "photo", "jpg", "jpeg", "png", 
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
 SPLITS = ("train", "test", "validation", "valid", "val", "dev")
 CACHED_GROUPS = 2  # row groups of images held per process: a worker reads its batches in order
+OPEN_FILES = 16  # readers held open per process (file descriptors, memory maps)
 
 
 def is_columnar_name(name: str) -> bool:
@@ -130,32 +131,35 @@ class ColumnarSource(ImageSource):
         self._handles: dict[int, Any] = {}
         self._pid: int | None = None
         self._groups: dict[tuple[int, int], list] = {}
-        files = [self._file(j) for j in range(len(names))]
-        schema = files[0].schema
+        first = self._file(0)
+        schema = first.schema
         features = _hf_features(schema)
         self.image_column = _image_column(schema, features, self._where(0))
         label_col = _label_column(schema, features, label_column, self._where(0))
-        rows, self.group_starts = [], []
-        for j, f in enumerate(files):
+        is_list = _label_kind(schema, label_col, self._where(0)) if label_col else False
+        rows, self.group_starts, values = [], [], []
+        for j in range(len(names)):  # one file open at a time beyond `OPEN_FILES`: a set may have thousands
+            f = self._file(j)
             if f.schema.names != schema.names:
                 raise HashindexError(f"{self._where(j)}: columns {f.schema.names} differ from "
                                      f"{self._where(0)}'s {schema.names}")
             self.group_starts.append(np.cumsum([0] + f.group_rows))
             rows.append(int(sum(f.group_rows)))
+            values += self._labels_of(j, f, label_col) if label_col else [None] * rows[-1]
         self.starts = np.cumsum([0] + rows)
         paths = [f"{name}#{r}" for name, n in zip(names, rows) for r in range(n)]
-        columns = [self._labels_of(j, f, label_col) for j, f in enumerate(files)] if label_col else None
-        labels, class_names, sets = _read_labels(columns, sum(rows), label_col, features.get(label_col or ""),
+        labels, class_names, sets = _read_labels(values, is_list, label_col, features.get(label_col or ""),
                                                  self._where(0))
         what = f"labels from column '{label_col}'" if label_col else "no labels"
         super().__init__(f"{description}; {what}", paths, labels, class_names, label_sets=sets)
         self.label_column = label_col
         self.greyscale = self._first_is_greyscale()
 
-    def _labels_of(self, j: int, reader, column: str):
-        """File j's label column (read whole: a few bytes a row)."""
+    def _labels_of(self, j: int, reader, column: str) -> list:
+        """File j's label column as Python values (read whole: a few bytes a row; no Arrow buffer kept, so no
+        memory map stays open for it)."""
         try:
-            return reader.column(column)
+            return reader.column(column).to_pylist()
         except (OSError, ValueError) as e:  # a damaged page: pyarrow's IOError or ArrowInvalid
             raise HashindexError(f"{self._where(j)}: label column '{column}' cannot be read "
                                  f"({str(e).splitlines()[0]})") from None
@@ -171,9 +175,12 @@ class ColumnarSource(ImageSource):
             path = self._where(j)
             kind, what = (_Arrow, "an Arrow") if path.lower().endswith(ARROW_EXTENSIONS) else (_Parquet, "a Parquet")
             try:
-                self._handles[j] = kind(path)
+                reader = kind(path)
             except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
                 raise HashindexError(f"{path}: not {what} file pyarrow reads ({str(e).splitlines()[0]})") from None
+            while len(self._handles) >= OPEN_FILES:  # the least recently opened is closed (its reader dropped)
+                self._handles.pop(next(iter(self._handles)))
+            self._handles[j] = reader
         return self._handles[j]
 
     def __getstate__(self):
@@ -308,22 +315,28 @@ def _label_column(schema, features: dict[str, Any], asked: str | None, where: st
     return named[0] if named else None
 
 
-def _read_labels(values: list | None, n: int, column: str | None, feature: Any, where: str
-                 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """(labels, class names, label sets or None) of ``n`` rows from the label column's arrays (one per file):
-    ClassLabel integers named by the feature; other integers or strings named by their sorted distinct values;
-    lists as label sets."""
+def _label_kind(schema, column: str, where: str) -> bool:
+    """Whether the label column holds lists (label sets); a one-line error unless it holds integers, strings or
+    lists of them."""
     import pyarrow as pa
 
-    if values is None:
-        return np.full(n, -1, np.int32), [], None
-    kind = values[0].type
+    kind = schema.field(column).type
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
     item_type = kind.value_type if is_list else kind
     if not (pa.types.is_integer(item_type) or pa.types.is_string(item_type) or pa.types.is_large_string(item_type)):
         raise HashindexError(f"{where}: label column '{column}' holds {kind}; expected integers, strings or "
                              "lists of them")
-    rows = [v for col in values for v in col.to_pylist()]
+    return is_list
+
+
+def _read_labels(rows: list | None, is_list: bool, column: str | None, feature: Any, where: str
+                 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(labels, class names, label sets or None) from the label column's values, every row's (None: no label
+    column): ClassLabel integers named by the feature; other integers or strings named by their sorted distinct
+    values; lists as label sets."""
+    n = len(rows or [])
+    if column is None:
+        return np.full(n, -1, np.int32), [], None
     names = _class_names(feature)
     if names is None:  # named by the distinct values, in their order (integers as their decimal text)
         distinct = sorted({x for v in rows if v is not None for x in (v if is_list else [v]) if x is not None})
