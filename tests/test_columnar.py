@@ -146,7 +146,8 @@ def test_split_not_there_and_class_label_out_of_range(tmp_path):
     root.mkdir()
     table = hf_table([("test/cat/0.jpg", image_bytes())])
     pq.write_table(table, root / "validation-00000-of-00001.parquet")
-    with pytest.raises(HashindexError, match="no 'train' split among its Parquet or Arrow files \\(splits: validation\\)"):
+    with pytest.raises(HashindexError, match="no 'train' split among its Parquet or Arrow files "
+                                             "\\(splits: validation\\)"):
         open_source(root)
     bad = table.set_column(1, "label", pa.array([12], pa.int64()))
     pq.write_table(bad, tmp_path / "bad.parquet")
