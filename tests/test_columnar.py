@@ -238,3 +238,18 @@ def test_a_set_of_many_files_keeps_few_open(tmp_path, monkeypatch):
     assert len(source) == 10 and len(source._handles) <= 2 and source.labels.tolist() == [0, 1] * 5
     assert [source.read_bytes(i) for i in (9, 0, 5, 2)] == [images[i] for i in (9, 0, 5, 2)]
     assert len(source._handles) <= 2
+
+
+def test_validation_split_and_splits_of_what_has_none(tmp_path):
+    members = cifar_members(30)
+    root = write_hf_dataset(tmp_path / "ds", members[:10], members[10:20])
+    pq.write_table(hf_table(members[20:]), root / "data" / "validation-00000-of-00001.parquet")
+    val = open_source(f"{root}:validation")
+    assert len(val) == 10 and val.read_bytes(9) == members[29][1] and val.spec.endswith(":validation")
+    assert len(reopen_source(val.spec)) == 10
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "1.jpg").write_bytes(image_bytes())
+    for spec in (f"{tmp_path / 'photos'}:test", f"{need(CIFAR_TEST)}:train"):
+        with pytest.raises(HashindexError, match="has no '(test|train)' split"):
+            open_source(spec)

@@ -17,6 +17,7 @@ from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, ope
 from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
 from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
 
+NAMED_SPLITS = ("train", "test", "validation")  # what ``DIR:SPLIT`` may name
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
 LABEL_SETS = "label-sets"  # the spec suffix that reads a folder tree's copies as one item with a label set each
 LABELS = "labels"  # the spec suffix ``#labels=top|path``: which folder names an item's class (default: its parent)
@@ -27,7 +28,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders,
-    or of a dataset's Parquet or Arrow files (default train; `columnar.split_files`); ``#labels=COLUMN``
+    or of a dataset's Parquet or Arrow files (``DIR:validation`` too; default train;
+    `columnar.split_files`); naming a split of anything else is an error. ``#labels=COLUMN``
     picks their label column. ``follow_links`` follows symbolic links that lead out of a
     folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
@@ -46,7 +48,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         return _non_empty(source, arg, spec)
     spec, label_sets, folders = _options(spec, arg)
     labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
-    bare = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in ("train", "test") else spec  # DIR:test
+    bare = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in NAMED_SPLITS else spec  # DIR:test
     if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_columnar_name(bare))):
         raise HashindexError(f"{arg}={spec}{labelled_by}: expected #{LABELS}=parent, top or path (a label column "
                              "is chosen so in Parquet and Arrow files only)")
@@ -59,7 +61,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         if not path.is_dir():
             raise HashindexError(f"{arg}={spec}#{LABEL_SETS}: " + ("label sets are read from a folder tree"
                                  if path.exists() else "no such directory"))
-    if not path.exists() and spec.rsplit(":", 1)[-1] in ("train", "test"):
+    named = not path.exists() and spec.rsplit(":", 1)[-1] in NAMED_SPLITS  # DIR:test, DIR:validation
+    if named:
         head, split = spec.rsplit(":", 1)
         path = Path(head)
     if not path.exists():
@@ -78,6 +81,10 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                              f"zip, or tar shards; {source.description} has labels of its own")
     # a folder of splits (a .mat file is one)
     split_named = isinstance(source, (ArraySource, ColumnarSource)) and path.is_dir()
+    if named and (not split_named or (split == "validation" and not isinstance(source, ColumnarSource))):
+        raise HashindexError(f"{arg}={spec}: {source.description} has no '{split}' split (a split names part of a "
+                             "dataset folder: train or test of IDX, CIFAR, STL-10 or SVHN files; train, test or "
+                             "validation of Parquet or Arrow files)")
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
                    + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
                    + (f"#{LABEL_SETS}" if label_sets else "") + labelled_by)
