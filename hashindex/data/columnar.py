@@ -151,7 +151,7 @@ class ColumnarSource(ImageSource):
         labels, class_names, sets = _read_labels(values, is_list, label_col, features.get(label_col or ""),
                                                  self._where(0))
         what = f"labels from column '{label_col}'" if label_col else "no labels"
-        super().__init__(f"{description}; {what}", paths, labels, class_names, label_sets=sets)
+        super().__init__(f"{description}; images from column '{self.image_column}', {what}", paths, labels, class_names, label_sets=sets)
         self.label_column = label_col
         self.greyscale = self._first_is_greyscale()
 
