@@ -253,3 +253,23 @@ def test_validation_split_and_splits_of_what_has_none(tmp_path):
     for spec in (f"{tmp_path / 'photos'}:test", f"{need(CIFAR_TEST)}:train"):
         with pytest.raises(HashindexError, match="has no '(test|train)' split"):
             open_source(spec)
+
+
+def test_images_stored_by_path_are_read_inside_the_folder_only(tmp_path):
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    inside, outside = image_bytes(seed=1), image_bytes(seed=2)
+    (tmp_path / "ds" / "images" / "a.jpg").write_bytes(inside)
+    (tmp_path / "private.jpg").write_bytes(outside)
+    cells = [{"bytes": None, "path": "images/a.jpg"}, {"bytes": None, "path": str(tmp_path / "private.jpg")},
+             {"bytes": None, "path": "../private.jpg"}]
+    path = tmp_path / "ds" / "t.parquet"
+    pq.write_table(pa.table({"image": pa.array(cells, IMAGE_TYPE), "label": [0, 1, 1]}), path)
+    source = open_source(path)
+    assert source.read_bytes(0) == inside
+    for i in (1, 2):
+        with pytest.raises(BadImage) as e:
+            source.read_bytes(i)
+        assert e.value.reason == "outside-root"
+    trusted = open_source(path, follow_links=True)
+    assert trusted.read_bytes(1) == trusted.read_bytes(2) == outside
+    assert reopen_source(trusted.spec).read_bytes(1) == outside  # the choice is in the spec

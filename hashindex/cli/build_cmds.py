@@ -30,7 +30,8 @@ from .group import _echo_json, cli
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Input channels [default: 1 for greyscale sets, else 3].")
 @click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
 @click.option("--follow-links", is_flag=True,
-              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
+              help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
+                   "names outside its folder (otherwise each is a counted skip).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--bf16/--no-bf16", default=None,
               help="Train under bf16 autocast, or in float32 [default: bf16 where faster: CUDA, AVX-512 CPUs].")
@@ -177,7 +178,8 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="[default: 1 for greyscale sources]")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--follow-links", is_flag=True,
-              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
+              help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
+                   "names outside its folder (otherwise each is a counted skip).")
 @click.option("--overwrite", is_flag=True, help="Replace a preparation already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print prepared.json.")
 @click.pass_context
@@ -215,7 +217,8 @@ def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as
 @click.option("--id-offset", default=0, show_default=True, type=click.IntRange(0),
               help="Number the images from this id (a collection that joins an index with build --append).")
 @click.option("--follow-links", is_flag=True,
-              help="Read symbolic links that lead out of a --data folder (otherwise each is a counted skip).")
+              help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
+                   "names outside its folder (otherwise each is a counted skip).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--bf16/--no-bf16", default=None,
               help="Run the net under bf16 autocast, or in float32 [default: bf16 where faster: CUDA, AVX-512 CPUs].")

@@ -121,13 +121,16 @@ class ColumnarSource(ImageSource):
 
     ``names``: the files, relative to the folder ``root``; ``label_column``: which column labels the rows (None:
     the ClassLabel column, else one named ``label`` or alike, else none). Every file must have the columns of the
-    first.
+    first. An image stored by path is read only inside the folder of the file naming it, unless ``follow_links``
+    (a downloaded dataset must not make the service hand out other files of the machine: an ``outside-root``
+    skip, as a folder's links out of it are).
     """
 
     folder_labels = False
 
-    def __init__(self, root: Path, names: list[str], label_column: str | None, description: str):
-        self.root, self.names = root, names
+    def __init__(self, root: Path, names: list[str], label_column: str | None, description: str,
+                 follow_links: bool = False):
+        self.root, self.names, self.follow_links = root, names, follow_links
         self._handles: dict[int, Any] = {}
         self._pid: int | None = None
         self._groups: dict[tuple[int, int], list] = {}
@@ -151,7 +154,8 @@ class ColumnarSource(ImageSource):
         labels, class_names, sets = _read_labels(values, is_list, label_col, features.get(label_col or ""),
                                                  self._where(0))
         what = f"labels from column '{label_col}'" if label_col else "no labels"
-        super().__init__(f"{description}; images from column '{self.image_column}', {what}", paths, labels, class_names, label_sets=sets)
+        super().__init__(f"{description}; images from column '{self.image_column}', {what}", paths, labels,
+                         class_names, label_sets=sets)
         self.label_column = label_col
         self.greyscale = self._first_is_greyscale()
 
@@ -215,7 +219,11 @@ class ColumnarSource(ImageSource):
         if isinstance(value, dict):
             data, path = value.get("bytes"), value.get("path")
             if data is None and path:
-                full = Path(path) if os.path.isabs(path) else Path(self._where(j)).parent / path
+                folder = Path(self._where(j)).parent
+                full = Path(path) if os.path.isabs(path) else folder / path
+                if not self.follow_links and not _inside(full, folder):
+                    raise BadImage("outside-root", f"{where}: names {path}, outside {folder} (follow_links=True "
+                                   "to read it)")
                 return read_file(full)
             value = data
         if value is None:
@@ -236,15 +244,20 @@ class ColumnarSource(ImageSource):
         return False
 
 
-def open_columnar(path: Path, split: str, label_column: str | None, names: list[str] | None = None
-                  ) -> ColumnarSource:
+def open_columnar(path: Path, split: str, label_column: str | None, names: list[str] | None = None,
+                  follow_links: bool = False) -> ColumnarSource:
     """A Parquet or Arrow file, or the ones (``names``, relative) of a dataset folder's ``split``."""
     if names is None:
-        return ColumnarSource(path.parent, [path.name], label_column, f"{_kind(path.name)} {path}")
+        return ColumnarSource(path.parent, [path.name], label_column, f"{_kind(path.name)} {path}", follow_links)
     picked = split_files(path, sorted(names), split)
     kinds = sorted({_kind(n) for n in picked})
     return ColumnarSource(path, picked, label_column, f"{' and '.join(kinds)} {path} ({split}: {len(picked)} "
-                          f"file{'s' if len(picked) > 1 else ''})")
+                          f"file{'s' if len(picked) > 1 else ''})", follow_links)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links resolved, lies in ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def _kind(name: str) -> str:

@@ -31,7 +31,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     or of a dataset's Parquet or Arrow files (``DIR:validation`` too; default train;
     `columnar.split_files`); naming a split of anything else is an error. ``#labels=COLUMN``
     picks their label column. ``follow_links`` follows symbolic links that lead out of a
-    folder (they are counted skips otherwise). ``DIR#label-sets`` reads a folder tree
+    folder, and reads the image files a Parquet or Arrow file names outside its folder (they are counted skips
+    otherwise). ``DIR#label-sets`` reads a folder tree
     whose photos are copied into every class (or album) folder they belong to: one
     item per distinct file, labelled with all of those folders (`FolderSource`).
     ``SPEC#labels=top`` names a folder tree's, tar's or zip's classes by the first
@@ -86,7 +87,8 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                              "dataset folder: train or test of IDX, CIFAR, STL-10 or SVHN files; train, test or "
                              "validation of Parquet or Arrow files)")
     source.spec = (str(path.resolve()) + (f":{split or 'train'}" if split_named else "")
-                   + (f"#{FOLLOW_LINKS}" if follow_links and path.is_dir() else "")
+                   + (f"#{FOLLOW_LINKS}" if follow_links and (path.is_dir() or isinstance(source, ColumnarSource))
+                      else "")
                    + (f"#{LABEL_SETS}" if label_sets else "") + labelled_by)
     return _non_empty(source, arg, spec)
 
@@ -152,7 +154,7 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
         folder = FolderSource(path, follow_links, folders=folders if folders in FOLDER_LABELS else "parent")
         tables = [p for p in folder.paths if is_columnar_name(p)]
         if tables and not folder.containers and not any(name_suffix(p) in IMAGE_EXTENSIONS for p in folder.paths):
-            return open_columnar(path, split, _column(folders, path), tables)  # a dataset's files (and its card)
+            return open_columnar(path, split, _column(folders, path), tables, follow_links)  # (and its card)
         if folders not in FOLDER_LABELS:
             raise HashindexError(f"{path}#{LABELS}={folders}: expected #{LABELS}=parent, top or path (a label "
                                  "column is chosen so in Parquet and Arrow files only)")
@@ -162,7 +164,7 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
                                                                       folders)
         return ConcatSource(parts, f"folder {path} ({len(folder.containers)} archives)")
     if is_columnar_name(name):
-        return open_columnar(path, split, _column(folders, path))
+        return open_columnar(path, split, _column(folders, path), follow_links=follow_links)
     if name.endswith(TAR_EXTENSIONS):
         return TarSource(path, folders)
     if name.endswith(ZIP_EXTENSIONS):
