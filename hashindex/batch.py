@@ -42,9 +42,15 @@ def output_format(out: Path, fmt: str | None) -> str:
     suffix = out.suffix.lower().lstrip(".")
     fmt = fmt or {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet",
                   "pq": "parquet"}.get(suffix, "h5")
-    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise HashindexError(f"out={out}: writing Parquet needs pyarrow: pip install 'hashindex[parquet]'")
+    if fmt == "parquet":
+        _need_pyarrow(out, "out", "writing")
     return fmt
+
+
+def _need_pyarrow(path: Path, arg: str, doing: str) -> None:
+    """A one-line error where pyarrow, which Parquet results need, is not installed."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise HashindexError(f"{arg}={path}: {doing} Parquet needs pyarrow: pip install 'hashindex[parquet]'")
 
 
 def _read_job(path: Path) -> dict[str, Any] | None:
@@ -219,6 +225,7 @@ def read_results(out: str | Path, arg: str = "path") -> dict[str, np.ndarray]:
             return {name: f[name][()] for name in ("query_ids", "ids", "hamming", "distance")}
     rows: dict[int, tuple[list, list, list]] = {}
     if record["format"] == "parquet":
+        _need_pyarrow(Path(out), arg, "reading")
         import pyarrow.parquet as pq
 
         table = pq.read_table(out).to_pydict()
