@@ -265,7 +265,7 @@ def _kind(name: str) -> str:
 
 
 def _hf_features(schema) -> dict[str, Any]:
-    """The Hugging Face ``features`` recorded in a Parquet schema's metadata ({} where there are none)."""
+    """The Hugging Face ``features`` recorded in a Parquet or Arrow schema's metadata ({} where there are none)."""
     raw = (schema.metadata or {}).get(b"huggingface")
     if not raw:
         return {}
