@@ -28,6 +28,11 @@ def code_words(codes: np.ndarray) -> np.ndarray:
     return pad_codes(codes, 8 * max(1, -(-codes.shape[1] // 8))).view(np.uint64)
 
 
+def row_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between packed codes a[k] and b[k], row by row (equal shapes): (N,) int32."""
+    return np.bitwise_count(code_words(a) ^ code_words(b)).sum(axis=1, dtype=np.int32)
+
+
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """(Q, B) and (N, B) packed uint8 codes -> (Q, N) uint16 Hamming distances.
 

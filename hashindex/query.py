@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .codes import row_distances
 from .errors import HashindexError
 from .index import MISSING, Index, SearchResult
 from .signals import query_from_database
@@ -313,7 +314,7 @@ def own_first(index: Index, rest: SearchResult, own: np.ndarray, codes: np.ndarr
     mine = own[q]
     stored, _ = index.items(mine)
     width = min(stored.shape[1], codes.shape[1])  # the index's codes may be padded, the table's are not
-    ham = np.unpackbits(codes[q, :width] ^ stored[:, :width], axis=1).sum(axis=1, dtype=np.int32)
+    ham = row_distances(codes[q, :width], stored[:, :width])
     dist = np.full(len(q), np.nan, np.float32)
     if features is not None and index.rerank is not None:
         dist = index.float_distances(features[q], mine[:, None], vectors=vectors)[:, 0]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hashindex import ShardSet
 from hashindex.cli import cli
 from hashindex.evaluation import evaluate, format_confusion, format_metrics
-from hashindex.codes import hamming_distances
+from hashindex.codes import hamming_distances, row_distances
 from hashindex.metrics import (average_precision, evaluate_arrays, per_distance_counts, tie_aware_ap,
                                tie_aware_precision_at_k)
 
@@ -369,6 +369,7 @@ def test_hamming_distances_equal_a_bit_by_bit_count(nbytes):
     got = hamming_distances(q, db)
     assert got.dtype == np.uint16 and np.array_equal(got, want)
     assert hamming_distances(q[:0], db).shape == (0, 300)
+    assert np.array_equal(row_distances(q, db[:5]), np.diagonal(want))  # query i against item i
 
 
 def test_an_approximate_index_is_also_scored_as_served(cifar_shards, tmp_path):
