@@ -120,7 +120,12 @@ def test_greyscale_rows_and_missing_images(tmp_path):
     cells[1] = {"bytes": None, "path": None}
     pq.write_table(pa.table({"image": pa.array(cells, IMAGE_TYPE), "label": [0, 1, 2]}), path)
     source = open_source(path)
-    assert source.greyscale  # training's default: one channel
+    assert "_greyscale" not in source.__dict__  # opening decodes no image: only training asks
+    assert source.greyscale and source.subset(2).greyscale  # training's default: one channel
+    rgb = tmp_path / "rgb.parquet"
+    pq.write_table(pa.table({"image": pa.array([{"bytes": image_bytes("PNG", seed=0), "path": None}], IMAGE_TYPE),
+                             "label": [0]}), rgb)
+    assert not open_source(rgb).greyscale
     with pytest.raises(BadImage) as e:
         source.read_bytes(1)
     assert e.value.reason == "missing"

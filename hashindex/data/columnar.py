@@ -157,7 +157,18 @@ class ColumnarSource(ImageSource):
         super().__init__(f"{description}; images from column '{self.image_column}', {what}", paths, labels,
                          class_names, label_sets=sets)
         self.label_column = label_col
-        self.greyscale = self._first_is_greyscale()
+
+    @property
+    def greyscale(self) -> bool:  # type: ignore[override]
+        """Whether the first readable image is greyscale: decoded when first asked (training's default channel
+        count), not at every open (`info`, grids and the service reopen sources and never ask)."""
+        if "_greyscale" not in self.__dict__:
+            self.__dict__["_greyscale"] = self._first_is_greyscale()
+        return self.__dict__["_greyscale"]
+
+    @greyscale.setter
+    def greyscale(self, value: bool) -> None:
+        """The base class's default, set by its __init__: ignored (the images say)."""
 
     def _labels_of(self, j: int, reader, column: str) -> list:
         """File j's label column as Python values (read whole: a few bytes a row; no Arrow buffer kept, so no
@@ -233,7 +244,7 @@ class ColumnarSource(ImageSource):
         return bytes(value)
 
     def _first_is_greyscale(self) -> bool:
-        """Whether the first readable image is greyscale (training's default channel count; MNIST-like sets)."""
+        """Whether the first of the first 8 images that decode is greyscale (MNIST-like sets)."""
         from .images import decode_image
 
         for i in range(min(len(self), 8)):

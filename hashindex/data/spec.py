@@ -49,7 +49,7 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         return _non_empty(source, arg, spec)
     spec, label_sets, folders = _options(spec, arg)
     labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
-    bare = spec.rsplit(":", 1)[0] if spec.rsplit(":", 1)[-1] in NAMED_SPLITS else spec  # DIR:test
+    bare, named_split = _named_split(spec)
     if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_columnar_name(bare))):
         raise HashindexError(f"{arg}={spec}{labelled_by}: expected #{LABELS}=parent, top or path (a label column "
                              "is chosen so in Parquet and Arrow files only)")
@@ -62,10 +62,9 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
         if not path.is_dir():
             raise HashindexError(f"{arg}={spec}#{LABEL_SETS}: " + ("label sets are read from a folder tree"
                                  if path.exists() else "no such directory"))
-    named = not path.exists() and spec.rsplit(":", 1)[-1] in NAMED_SPLITS  # DIR:test, DIR:validation
+    named = named_split is not None
     if named:
-        head, split = spec.rsplit(":", 1)
-        path = Path(head)
+        path, split = Path(bare), named_split
     if not path.exists():
         raise HashindexError(f"{arg}={spec}: no such file or directory")
     try:
@@ -111,6 +110,15 @@ def reopen_source(spec: str) -> ImageSource:
         else:
             raise HashindexError(f"source spec {spec}: unknown selection '{sel}'")
     return source
+
+
+def _named_split(spec: str) -> tuple[str, str | None]:
+    """``DIR:test`` -> (``DIR``, ``test``) for a split in `NAMED_SPLITS`; any other spec, or one that is itself
+    an existing path (a file may be named ``x:test``), -> (spec, None)."""
+    head, _, tail = spec.rpartition(":")
+    if head and tail in NAMED_SPLITS and not Path(spec).exists():
+        return head, tail
+    return spec, None
 
 
 def _options(spec: str, arg: str) -> tuple[str, bool, str]:
