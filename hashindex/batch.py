@@ -32,6 +32,10 @@ from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv", "parquet")
 PART_ARRAYS = ("ids", "hamming", "distance")  # what a saved batch holds, (rows of the batch, k) each
+# How results are ranked, recorded with every job: a job recorded without it or with another ranks otherwise, so
+# its parts are not mixed with this version's and its finished file is not passed off as this request's answer.
+# 2: a query that is an indexed item finds itself first (`query.search_known`), 2026-12-04; before: the signal's.
+RANKING = 2
 
 
 def output_format(out: Path, fmt: str | None) -> str:
@@ -123,8 +127,12 @@ def _start_job(index: Index, shards: ShardSet, parts: Path, settings: dict[str, 
     """The job's record in ``parts``; an unfinished job there with other settings is refused, not mixed in."""
     job = {"index": str(index.dir.resolve()), "index_state": index_state(index), "model_id": index.model_id,
            "queries": str(shards.dir.resolve()), "queries_manifest_sha256": sha256_file(shards.dir / MANIFEST),
-           **settings}
-    if (parts / "job.json").exists() and _read_job(parts / "job.json") != job:
+           "ranking": RANKING, **settings}
+    recorded = _read_job(parts / "job.json") if (parts / "job.json").exists() else job
+    if recorded is not None and recorded.get("ranking") != RANKING:
+        raise HashindexError(f"out={out}: the unfinished job in {parts} was ranked by an older hashindex (an "
+                             "indexed item not put first); pass overwrite=True to run it again")
+    if recorded != job:
         raise HashindexError(f"out={out}: an unfinished job with other settings is in {parts} "
                              "(rerun it with the same settings, or pass overwrite=True)")
     atomic_write_json(parts / "job.json", job)
@@ -305,7 +313,7 @@ def _same_job(recorded: dict[str, Any], index: Index, queries: str | Path, setti
     return (q / MANIFEST).is_file() and recorded.get("index") == str(index.dir.resolve()) \
         and recorded.get("index_state") == index_state(index) and recorded.get("queries") == str(q.resolve()) \
         and recorded.get("queries_manifest_sha256") == sha256_file(q / MANIFEST) \
-        and all(recorded.get(key) == value for key, value in settings.items())
+        and recorded.get("ranking") == RANKING and all(recorded.get(key) == value for key, value in settings.items())
 
 
 def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: dict[str, Any]

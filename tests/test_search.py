@@ -231,6 +231,33 @@ def test_batch_job_resumes_to_identical_file(flat_index, cifar_queries, tmp_path
             read_results(tmp_path / "r3.h5")
 
 
+def test_a_job_ranked_by_an_older_version_is_not_mixed_in(flat_index, cifar_queries, tmp_path, monkeypatch):
+    """Parts and finished files recorded without this version's ranking (`batch.RANKING`: an indexed item
+    first) are neither resumed into a new file nor taken as the answer; overwrite runs the job again."""
+    from hashindex import batch
+
+    quiet = dict(progress=False, log=lambda s: None)
+    out, parts = tmp_path / "old.h5", tmp_path / "old.h5.parts"
+    real = Index.search
+    monkeypatch.setattr(Index, "search", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        batch_search(flat_index, cifar_queries, out, k=5, batch_size=400, **quiet)
+    monkeypatch.setattr(Index, "search", real)
+    job = json.loads((parts / "job.json").read_text())
+    assert job["ranking"] == batch.RANKING
+    del job["ranking"]  # as the version before it wrote it
+    (parts / "job.json").write_text(json.dumps(job))
+    with pytest.raises(HashindexError, match=r"old.h5: the unfinished job in .* was ranked by an older hashindex"):
+        batch_search(flat_index, cifar_queries, out, k=5, batch_size=400, **quiet)
+    batch_search(flat_index, cifar_queries, out, k=5, batch_size=400, overwrite=True, **quiet)
+    record = tmp_path / ".old.h5.job.json"
+    finished = json.loads(record.read_text())
+    assert batch_search(flat_index, cifar_queries, out, k=5, batch_size=400, **quiet)["ranking"] == batch.RANKING
+    record.write_text(json.dumps({key: v for key, v in finished.items() if key != "ranking"}))
+    with pytest.raises(HashindexError, match="already exists"):  # not a no-op: it answered another ranking
+        batch_search(flat_index, cifar_queries, out, k=5, batch_size=400, **quiet)
+
+
 def test_parquet_results_need_pyarrow_before_any_search(flat_index, cifar_queries, tmp_path, monkeypatch):
     import importlib.util
 
