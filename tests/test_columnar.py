@@ -72,6 +72,35 @@ def test_hugging_face_dataset_folder_reads_its_splits(tmp_path):
     assert one.paths[3] == "test-00000-of-00001.parquet#3" and one.read_bytes(3) == members[43][1]
 
 
+def test_a_brace_pattern_or_a_list_of_parquet_files(tmp_path):
+    """Parquet files named by a brace pattern or a .txt list read as one source, every file in the order named
+    (whatever split their names say), reopened from the recorded spec; a missing one is one line."""
+    members = cifar_members(60)
+    data = write_hf_dataset(tmp_path / "cifar", members[:40], members[40:]) / "data"
+    pattern = f"{data}/{{train-00001-of-00002,test-00000-of-00001}}.parquet"
+    source = open_source(pattern)
+    assert len(source) == 40 and source.paths[0] == "train-00001-of-00002.parquet#0"
+    assert [source.read_bytes(i) for i in (0, 19, 20, 39)] == [members[i][1] for i in (20, 39, 40, 59)]
+    assert source.class_names == CLASSES and source.spec == pattern
+    assert reopen_source(source.spec + "#limit=5").paths == source.subset(5).paths
+    listed = tmp_path / "tables.txt"
+    listed.write_text("# one per line, relative to the list\ncifar/data/test-00000-of-00001.parquet\n"
+                      f"{data}/train-00000-of-00002.parquet\n")
+    from_list = open_source(listed)
+    assert len(from_list) == 40 and from_list.read_bytes(20) == members[0][1]
+    assert reopen_source(from_list.spec).fingerprint() == from_list.fingerprint()
+    by_index = open_source(f"{listed}#labels=label")
+    assert by_index.labels.tolist() == from_list.labels.tolist()
+    for spec, said in ((f"{data}/train-0000{{0..2}}-of-00002.parquet", "train-00002-of-00002.parquet does not "
+                        "exist (1 of the pattern's 3 files missing)"),
+                       (f"{data}/{{train-00000-of-00002.parquet,../README.md}}", "a brace pattern must name")):
+        res = CliRunner().invoke(cli, ["info", spec])
+        assert res.exit_code == 2 and said in res.output and res.output.count("\n") == 1, res.output
+    listed.write_text("cifar/data/gone.parquet\n")
+    res = CliRunner().invoke(cli, ["info", str(listed)])
+    assert res.exit_code == 2 and "lists" in res.output and "gone.parquet, which does not exist" in res.output
+
+
 def test_workers_read_their_own_row_groups(tmp_path):
     members = cifar_members(50)
     root = write_hf_dataset(tmp_path / "cifar", members[:40], members[40:])

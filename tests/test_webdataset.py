@@ -86,7 +86,7 @@ def test_missing_shard_of_a_pattern_is_one_line(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "shards" / "{00000..00003}.tar"),
                                    "--out", str(tmp_path / "m.pt")])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-    assert "00002.tar does not exist (2 of the pattern's 4 shards missing)" in res.output
+    assert "00002.tar does not exist (2 of the pattern's 4 files missing)" in res.output
 
 
 def test_sidecar_labels_in_a_folder_and_every_pillow_format(tmp_path):

@@ -266,6 +266,17 @@ def open_columnar(path: Path, split: str, label_column: str | None, names: list[
                           f"file{'s' if len(picked) > 1 else ''})", follow_links)
 
 
+def open_columnar_files(files: list[Path], label_column: str | None, follow_links: bool, what: str
+                        ) -> ColumnarSource:
+    """The Parquet or Arrow ``files`` a brace pattern or a list names, all of them in order, as one source (its
+    folder for images stored by path: the files' common folder)."""
+    root = Path(os.path.commonpath([os.path.abspath(f.parent) for f in files]))
+    names = [os.path.relpath(os.path.abspath(f), root) for f in files]
+    kinds = sorted({_kind(n) for n in names})
+    return ColumnarSource(root, names, label_column, f"{' and '.join(kinds)} {what} ({len(names)} "
+                          f"file{'s' if len(names) > 1 else ''})", follow_links)
+
+
 def _inside(path: Path, folder: Path) -> bool:
     """Whether ``path``, links resolved, lies in ``folder``."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))

@@ -13,9 +13,9 @@ from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
 from .folders import FolderSource
-from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, open_columnar
+from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, open_columnar, open_columnar_files
 from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
-from .webdataset import ConcatSource, open_pattern, open_shard_list, shard_list, shard_parts
+from .webdataset import ConcatSource, open_pattern, open_shard_list, pattern_files, shard_list, shard_parts
 
 NAMED_SPLITS = ("train", "test", "validation")  # what ``DIR:SPLIT`` may name
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -25,7 +25,8 @@ LABELS = "labels"  # the spec suffix ``#labels=top|path``: which folder names an
 
 def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
                 follow_links: bool = False) -> ImageSource:
-    """Open an image collection from a path, a brace pattern of tar shards or ``torchvision:NAME[:split]``.
+    """Open an image collection from a path, a brace pattern of tar shards or of Parquet or Arrow files, or
+    ``torchvision:NAME[:split]``.
 
     ``DIR:train`` / ``DIR:test`` picks a split of IDX, CIFAR, STL-10 or SVHN folders,
     or of a dataset's Parquet or Arrow files (``DIR:validation`` too; default train;
@@ -50,12 +51,18 @@ def open_source(spec: str | Path, arg: str = "data", split: str | None = None,
     spec, label_sets, folders = _options(spec, arg)
     labelled_by = f"#{LABELS}={folders}" if folders != "parent" else ""
     bare, named_split = _named_split(spec)
-    if folders not in FOLDER_LABELS and (label_sets or not (Path(bare).is_dir() or is_columnar_name(bare))):
+    may_be_tables = Path(bare).is_dir() or is_columnar_name(bare) or bare.lower().endswith(LIST_EXTENSIONS)
+    if folders not in FOLDER_LABELS and (label_sets or not may_be_tables):
         raise HashindexError(f"{arg}={spec}{labelled_by}: expected #{LABELS}=parent, top or path (a label column "
                              "is chosen so in Parquet and Arrow files only)")
-    pattern = open_pattern(spec, arg, folders)
-    if pattern is not None:
-        pattern.spec = os.path.abspath(spec) + labelled_by  # braces and all: reopened by expanding it again
+    files = pattern_files(spec, arg)
+    if files is not None:
+        if all(is_columnar_name(f.name) for f in files):
+            pattern = open_columnar_files(files, _column(folders, Path(spec)), follow_links, f"files {spec}")
+            follow = f"#{FOLLOW_LINKS}" if follow_links else ""
+        else:
+            pattern, follow = open_pattern(spec, files, arg, folders), ""
+        pattern.spec = os.path.abspath(spec) + follow + labelled_by  # braces and all: reopened by expanding again
         return _non_empty(pattern, arg, spec)
     path = Path(spec)
     if label_sets:
@@ -180,12 +187,26 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
     if is_svhn(path):  # a .mat file (folders were decided above)
         return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
-        text = read_list(path)  # read once: a list of shards or a list of images
+        text = read_list(path)  # read once: a list of shards, of Parquet or Arrow files, or of images
         shards = shard_list(path, text)
-        return open_shard_list(path, shards, folders) if shards is not None else ListSource(path, text)
+        if shards is not None:
+            return open_shard_list(path, shards, folders)
+        tables = shard_list(path, text, is_columnar_name)
+        if tables is not None:
+            return open_columnar_files(_existing(tables, path), _column(folders, path), follow_links, f"list {path}")
+        return ListSource(path, text)
     if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
     return None
+
+
+def _existing(files: list[Path], listed_by: Path) -> list[Path]:
+    """``files``, when every one exists; one line naming the first missing otherwise."""
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise HashindexError(f"{listed_by}: lists {missing[0]}, which does not exist ({len(missing)} of "
+                             f"{len(files)} files missing)")
+    return files
 
 
 def _column(folders: str, path: Path) -> str | None:

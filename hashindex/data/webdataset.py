@@ -11,6 +11,7 @@ vocabulary: class names are merged (sorted); integer labels stay integers. When 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -83,8 +84,9 @@ def shard_parts(paths: list[Path], base: Path | None = None, folders: str = "par
     return out
 
 
-def open_pattern(spec: str, arg: str, folders: str = "parent") -> ImageSource | None:
-    """A brace pattern of tar shards (``shards/{00000..00099}.tar``), or None when ``spec`` is not one."""
+def pattern_files(spec: str, arg: str) -> list[Path] | None:
+    """The files a brace pattern (``shards/{00000..00099}.tar``) names, all existing, or None when ``spec`` is not
+    one."""
     if "{" not in spec or Path(spec).exists():
         return None
     try:
@@ -94,17 +96,23 @@ def open_pattern(spec: str, arg: str, folders: str = "parent") -> ImageSource | 
     missing = [n for n in names if not Path(n).is_file()]
     if missing:
         raise HashindexError(f"{arg}={spec}: {missing[0]} does not exist ({len(missing)} of the pattern's "
-                             f"{len(names)} shards missing)")
-    if not all(is_tar_name(n) for n in names):
-        raise HashindexError(f"{arg}={spec}: a brace pattern must name .tar / .tar.gz shards")
-    return ConcatSource(shard_parts([Path(n) for n in names], folders=folders), f"shards {spec} ({len(names)} tars)")
+                             f"{len(names)} files missing)")
+    return [Path(n) for n in names]
 
 
-def shard_list(path: Path, text: str) -> list[Path] | None:
-    """The shards the text list ``path`` (contents ``text``) names, one per line (relative to the list),
-    or None when it lists something else (images: a ListSource)."""
+def open_pattern(spec: str, files: list[Path], arg: str, folders: str = "parent") -> ImageSource:
+    """The tar shards of a brace pattern (`pattern_files`) as one source."""
+    if not all(is_tar_name(f.name) for f in files):
+        raise HashindexError(f"{arg}={spec}: a brace pattern must name .tar / .tar.gz shards, or Parquet or Arrow "
+                             "files")
+    return ConcatSource(shard_parts(files, folders=folders), f"shards {spec} ({len(files)} tars)")
+
+
+def shard_list(path: Path, text: str, kind: Callable[[str], bool] = is_tar_name) -> list[Path] | None:
+    """The shards (files whose name is of ``kind``) the text list ``path`` (contents ``text``) names, one per
+    line (relative to the list), or None when it lists something else (images: a ListSource)."""
     entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not entries or not all(is_tar_name(e) for e in entries):
+    if not entries or not all(kind(e) for e in entries):
         return None
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
 
