@@ -261,9 +261,7 @@ def open_columnar(path: Path, split: str, label_column: str | None, names: list[
     if names is None:
         return ColumnarSource(path.parent, [path.name], label_column, f"{_kind(path.name)} {path}", follow_links)
     picked = split_files(path, sorted(names), split)
-    kinds = sorted({_kind(n) for n in picked})
-    return ColumnarSource(path, picked, label_column, f"{' and '.join(kinds)} {path} ({split}: {len(picked)} "
-                          f"file{'s' if len(picked) > 1 else ''})", follow_links)
+    return ColumnarSource(path, picked, label_column, _described(picked, f"{path} ({split}: "), follow_links)
 
 
 def open_columnar_files(files: list[Path], label_column: str | None, follow_links: bool, what: str
@@ -272,9 +270,13 @@ def open_columnar_files(files: list[Path], label_column: str | None, follow_link
     folder for images stored by path: the files' common folder)."""
     root = Path(os.path.commonpath([os.path.abspath(f.parent) for f in files]))
     names = [os.path.relpath(os.path.abspath(f), root) for f in files]
-    kinds = sorted({_kind(n) for n in names})
-    return ColumnarSource(root, names, label_column, f"{' and '.join(kinds)} {what} ({len(names)} "
-                          f"file{'s' if len(names) > 1 else ''})", follow_links)
+    return ColumnarSource(root, names, label_column, _described(names, f"{what} ("), follow_links)
+
+
+def _described(names: list[str], what: str) -> str:
+    """``parquet WHAT(N files)``: a set of table files described by their kinds and count."""
+    kinds = " and ".join(sorted({_kind(n) for n in names}))
+    return f"{kinds} {what}{len(names)} file{'s' if len(names) > 1 else ''})"
 
 
 def _inside(path: Path, folder: Path) -> bool:

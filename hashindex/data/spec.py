@@ -15,7 +15,8 @@ from .labels import FOLDER_LABELS
 from .folders import FolderSource
 from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, open_columnar, open_columnar_files
 from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
-from .webdataset import ConcatSource, open_pattern, open_shard_list, pattern_files, shard_list, shard_parts
+from .webdataset import (ConcatSource, listed_files, open_pattern, open_shard_list, pattern_files, shard_list,
+                         shard_parts)
 
 NAMED_SPLITS = ("train", "test", "validation")  # what ``DIR:SPLIT`` may name
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -193,20 +194,11 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
             return open_shard_list(path, shards, folders)
         tables = shard_list(path, text, is_columnar_name)
         if tables is not None:
-            return open_columnar_files(_existing(tables, path), _column(folders, path), follow_links, f"list {path}")
+            return open_columnar_files(listed_files(path, tables, "files"), _column(folders, path), follow_links, f"list {path}")
         return ListSource(path, text)
     if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
     return None
-
-
-def _existing(files: list[Path], listed_by: Path) -> list[Path]:
-    """``files``, when every one exists; one line naming the first missing otherwise."""
-    missing = [p for p in files if not p.is_file()]
-    if missing:
-        raise HashindexError(f"{listed_by}: lists {missing[0]}, which does not exist ({len(missing)} of "
-                             f"{len(files)} files missing)")
-    return files
 
 
 def _column(folders: str, path: Path) -> str | None:

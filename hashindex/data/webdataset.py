@@ -117,9 +117,15 @@ def shard_list(path: Path, text: str, kind: Callable[[str], bool] = is_tar_name)
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
 
 
-def open_shard_list(path: Path, shards: list[Path], folders: str = "parent") -> ImageSource:
-    missing = [p for p in shards if not p.is_file()]
+def listed_files(path: Path, files: list[Path], noun: str = "shards") -> list[Path]:
+    """``files`` (what the list ``path`` names), when every one exists; one line naming the first missing."""
+    missing = [p for p in files if not p.is_file()]
     if missing:
         raise HashindexError(f"{path}: lists {missing[0]}, which does not exist ({len(missing)} of "
-                             f"{len(shards)} shards missing)")
+                             f"{len(files)} {noun} missing)")
+    return files
+
+
+def open_shard_list(path: Path, shards: list[Path], folders: str = "parent") -> ImageSource:
+    listed_files(path, shards)
     return ConcatSource(shard_parts(shards, folders=folders), f"shard list {path} ({len(shards)} tars)")
