@@ -28,6 +28,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "derived_from": _derived_line(ckpt.get("derived_from")),
         "codes": _codes_line(ckpt.get("adapted_codes")),
         "loss": _loss_line(ckpt.get("train_args") or {}, ckpt.get("multi_label", False)),
+        "augmentation": _augmentation_line(ckpt.get("train_args") or {}),
         "weights": _weights_line(ckpt.get("train_args") or {}),
         "latent_margin": (ckpt.get("history") or [{}])[-1].get("latent_margin"),
         "finished": "train_state" not in ckpt,
@@ -64,6 +65,16 @@ def _loss_line(train_args: dict[str, Any], multi_label: bool = False) -> str:
                 f"(temperature {train_args['distill_temperature']:g})")
     terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
     return line + (" + " + ", ".join(terms) if terms else "")
+
+
+def _augmentation_line(train_args: dict[str, Any]) -> str:
+    """What each training image went through: 'crop (4 px padding) + flip + TrivialAugment + cutout 16'."""
+    if not train_args:
+        return ""
+    parts = [f"crop ({train_args['crop_pad']} px padding)" if train_args.get("crop_pad") else "",
+             "flip" if train_args.get("flip") else "", "TrivialAugment" if train_args.get("trivial_augment") else "",
+             f"cutout {train_args['cutout']}" if train_args.get("cutout") else ""]
+    return " + ".join(p for p in parts if p) or "none"
 
 
 def _weights_line(train_args: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .distill import distill_loss
 from .errors import HashindexError
 from .devices import autocast_for
 from .model import NINHash
+from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     bit_balance_weight: float = 0.0  # each bit on for half of a batch's images
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
+    trivial_augment: bool = False  # one random operation per image at a random strength (trivial_augment.py)
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
     swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
     swa_lr: float = 0.02
@@ -107,27 +109,54 @@ def code_terms(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return binary, balance, bit_balance
 
 
-def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: int = 0) -> torch.Tensor:
-    """Random crop with zero padding, random horizontal flip and cutout (a zeroed square centred anywhere in
-    the image, clipped at its borders), on a uint8 batch."""
+def draw_augment(n: int, side: int, g: torch.Generator, pad: int, flip: bool, cutout: int = 0,
+                 trivial: bool = False) -> dict[str, torch.Tensor]:
+    """The random choices of augmenting ``n`` images of ``side`` px (one row per image), drawn from the CPU
+    generator ``g``: crop offsets, flips, TrivialAugment's operation and strength, cutout centres."""
+    p = {}
+    if pad:
+        p["oy"] = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        p["ox"] = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    if flip:
+        p["flip"] = torch.rand(n, generator=g) < 0.5
+    if trivial:
+        op, m, sign = draw_trivial(n, g)
+        p["op"], p["strength"] = op, strengths(op, m, sign, side)
+    if cutout:
+        p["cy"] = torch.randint(0, side, (n,), generator=g)
+        p["cx"] = torch.randint(0, side, (n,), generator=g)
+    return p
+
+
+def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor], pad: int, cutout: int) -> torch.Tensor:
+    """A uint8 batch augmented as ``p`` says (`draw_augment`'s rows for these images, on x's device): random
+    crop with zero padding, horizontal flip, TrivialAugment, cutout (a zeroed square centred anywhere in the
+    image, clipped at its borders). Nothing here reads a value back from the device."""
     b, c, h, w = x.shape
+    dev = x.device
     if pad:
         padded = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if flip:
-        m = torch.rand(b, generator=g) < 0.5
-        x[m] = x[m].flip(3)
+        rows = (p["oy"][:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (p["ox"][:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                   rows, cols]
+    if "flip" in p:
+        x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(3), x)
+    if "op" in p:
+        x = apply_trivial(x, p["op"], p["strength"])
     if cutout:
-        cy = torch.randint(0, h, (b, 1, 1), generator=g)
-        cx = torch.randint(0, w, (b, 1, 1), generator=g)
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        ys, xs = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
+        cy, cx = p["cy"].view(-1, 1, 1), p["cx"].view(-1, 1, 1)
         hole = ((ys - cy).abs() * 2 < cutout) & ((xs - cx).abs() * 2 < cutout)  # side `cutout` around (cy, cx)
         x = x.masked_fill(hole[:, None], 0)
     return x
+
+
+def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: int = 0,
+            trivial: bool = False) -> torch.Tensor:
+    """One uint8 batch augmented with choices drawn now from ``g`` (`draw_augment`, then `apply_augment`)."""
+    p = draw_augment(len(x), x.shape[-1], g, pad, flip, cutout, trivial)
+    return apply_augment(x, {k: v.to(x.device) for k, v in p.items()}, pad, cutout)
 
 
 def class_term(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -142,10 +171,11 @@ def class_term(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
-def top1_hits(logits: torch.Tensor, y: torch.Tensor) -> int:
-    """How many images' top class is their class (with label sets: is one of their labels)."""
+def top1_hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many images' top class is their class (with label sets: is one of their labels), a 0-d tensor on
+    the logits' device (read once per epoch, not per step: each read waits for the GPU)."""
     top = logits.argmax(1)
-    return int((y.gather(1, top[:, None]) > 0).sum() if y.ndim == 2 else (top == y).sum())
+    return (y.gather(1, top[:, None]) > 0).sum() if y.ndim == 2 else (top == y).sum()
 
 
 def batch_loss(net: NINHash, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None,
@@ -173,15 +203,30 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
               y_all: torch.Tensor, soft: torch.Tensor | None, g: torch.Generator, device: torch.device,
               precision: str, progress: bool = True) -> dict[str, float]:
     """One epoch of SGD: order and augmentation drawn from ``g``, the learning rate set per step by
-    `lr_at`; returns the epoch's history row (mean loss terms, training accuracy, speed)."""
+    `lr_at`; returns the epoch's history row (mean loss terms, training accuracy, speed). The images may
+    live on ``device`` already (`training.resident`): then a batch is gathered and augmented there.
+
+    The running sums stay on the device and are read every 50 steps for the progress bar: each read waits
+    for the GPU to finish all the steps queued so far."""
     net.train()
     steps = math.ceil(len(x_all) / cfg.batch_size)
     perm = torch.randperm(len(x_all), generator=g)
-    t0, seen, correct, loss_sum, class_sum, margin_sum, distill_sum = time.time(), 0, 0, 0.0, 0.0, 0.0, 0.0
+    # the epoch's augmentation, drawn at once in the order the images come and moved to where they live in
+    # one copy: each copy from (unpinned) CPU memory to a GPU makes the host wait until the GPU has caught up,
+    # so copies per step would leave the GPU idle while the host prepares the next step
+    place = x_all.device
+    choices = {k: v.to(place) for k, v in draw_augment(len(x_all), x_all.shape[-1], g, cfg.crop_pad, cfg.flip,
+                                                       cfg.cutout, cfg.trivial_augment).items()}
+    order = perm.to(place)
+    t0, seen = time.time(), 0
+    # loss, class loss, hits, latent margin and distillation loss, each summed over the images
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
     for step in bar:
-        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x = augment(x_all[idx], g, cfg.crop_pad, cfg.flip, cfg.cutout).to(device, non_blocking=True)
+        at = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        idx = order[at]
+        x = apply_augment(x_all[idx], {k: v[at] for k, v in choices.items()}, cfg.crop_pad, cfg.cutout)
+        x = x.to(device, non_blocking=True)
         y = y_all[idx].to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch + step / steps)
@@ -190,15 +235,17 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        seen += len(y)
-        correct += top1_hits(logits, y)
-        loss_sum += float(loss.detach()) * len(y)
-        class_sum += float(class_loss.detach()) * len(y)
-        margin_sum += float((latent.detach().float() - 0.5).abs().mean()) * len(y)
-        if distill is not None:
-            distill_sum += float(distill.detach()) * len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        n = len(y)
+        seen += n
+        with torch.no_grad():
+            sums += torch.stack([loss.detach() * n, class_loss.detach() * n, top1_hits(logits, y).float(),
+                                 (latent.detach().float() - 0.5).abs().mean() * n,
+                                 distill.detach() * n if distill is not None else torch.zeros((), device=device)])
+        if progress and (step % 50 == 0 or step == steps - 1):
+            s = sums.tolist()
+            bar.set_postfix(loss=f"{s[0] / seen:.3f}", acc=f"{s[2] / seen:.3f}")
     bar.close()
+    loss_sum, class_sum, correct, margin_sum, distill_sum = sums.tolist()
     wall = time.time() - t0
     row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
            "img_per_s": seen / wall, "wall_s": wall,

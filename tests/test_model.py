@@ -151,7 +151,7 @@ def test_encode_takes_images_as_users_hold_them(tiny_model, tmp_path):
     codes, feats = model.encode(pil)
     assert np.array_equal(codes, stored["codes"])
     assert np.allclose(feats, stored["features"].astype(np.float32), atol=2e-2)
-    nchw = np.stack([to_array(im, 32, 3) for im in pil])
+    nchw = np.stack([to_array(im, model.input_size, 3) for im in pil])  # the net's input (16 px for tiny_model)
     for form in (pixels, nchw, torch.from_numpy(nchw), nchw.transpose(0, 2, 3, 1)):
         assert np.array_equal(model.encode(form)[0], codes), type(form)
     assert np.array_equal(model.encode(pixels[1])[0], codes[1:2])  # one HWC image

@@ -54,6 +54,8 @@ def test_resume_equals_uninterrupted(tmp_path):
         run(TrainConfig(out=str(part), **{**opts, "binary_weight": 1.0}), resume=True)
     with pytest.raises(HashindexError, match="label_smoothing=0.0"):
         run(TrainConfig(out=str(part), **{**opts, "label_smoothing": 0.1}), resume=True)
+    with pytest.raises(HashindexError, match="trivial_augment=False"):
+        run(TrainConfig(out=str(part), **{**opts, "trivial_augment": True}), resume=True)
     run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
     a, b = read_checkpoint(full), read_checkpoint(part)
     assert b["epochs"] == 2 and "train_state" not in b
