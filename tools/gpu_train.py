@@ -12,8 +12,9 @@ A lease is ~15 minutes of device time in all, one call of at most 10 minutes. In
      `hashindex train --resume`) and copies the checkpoints, one log and one JSON summary into --out.
 
 Measured on the H200 (2026-12-04, docs/RESULTS.md "The GPU path"): one row alone trains at ~20,000 images/s
-(2.5 s an epoch of CIFAR-10; TrivialAugment: ~10,500), and four at once at 4,500-11,000 each, about the same
-in all: so rows at once buy no throughput, and a 200-epoch row needs ~9 minutes of a call by itself.
+(2.5 s an epoch of CIFAR-10; TrivialAugment: ~16,500 since commit 15ea9a2), and four at once at 4,500-11,000
+each, about the same in all: so rows at once buy no throughput, and a 200-epoch row needs 8.5-10 minutes of
+calls by itself (`tools/gpu_rows.sh ROW` trains one row of tools/reproduce_table.sh and resumes it).
 Everything a row is trained with is in ROWS below and in its checkpoint (`hashindex info`); the accuracy and mAP
 figures are measured afterwards on the CPU with tools/reproduce_table.sh's protocol (docs/RESULTS.md).
 
@@ -22,9 +23,8 @@ Prepared here (a call carries at most 64 MiB: the tracked tree is 42 MB):
     printf '/.gpudata/\\n' >> .git/info/exclude; mkdir -p .gpudata
     python tools/gpu_train.py --pack .gpudata        # train.tar.gz (16 MB), val.tar.gz (the 10,000 test images)
 
-then, with the device tool, one 200-epoch row (about 9 minutes): run(carry=[".gpudata"], timeout_s=600, command=
-    "PYTHONUNBUFFERED=1 python3 tools/gpu_train.py --data .gpudata --out $OUT --skip-check --no-finetunes
-     --rows gpu-kd-ta --epochs 200 --deadline-s 570")
+then, with the device tool (the lease of 2026-12-04): run(carry=[".gpudata"], timeout_s=540, command=
+    "PYTHONUNBUFFERED=1 python3 tools/gpu_train.py --data .gpudata --out $OUT --deadline-s 480")
 """
 
 from __future__ import annotations
