@@ -99,6 +99,10 @@ def test_a_brace_pattern_or_a_list_of_parquet_files(tmp_path):
     listed.write_text("cifar/data/gone.parquet\n")
     res = CliRunner().invoke(cli, ["info", str(listed)])
     assert res.exit_code == 2 and "lists" in res.output and "gone.parquet, which does not exist" in res.output
+    listed.write_text("cifar/data/test-00000-of-00001.parquet\nshard-000.tar\n")  # two kinds: not an image list
+    res = CliRunner().invoke(cli, ["info", str(listed)])
+    assert res.exit_code == 2 and "lists both tars and Parquet/Arrow files" in res.output, res.output
+    assert res.output.count("\n") == 1
 
 
 def test_workers_read_their_own_row_groups(tmp_path):

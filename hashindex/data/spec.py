@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import HashindexError
 from .formats import (_find, _torchvision_source, cifar100_source, cifar_source, idx_source, is_cifar100, is_stl10,
                       is_svhn, stl10_source, svhn_source)
-from .members import ZIP_EXTENSIONS, is_image_name, suffix as name_suffix
+from .members import ZIP_EXTENSIONS, is_image_name, is_tar_name, suffix as name_suffix
 from .lists import LIST_EXTENSIONS, ListSource, read_list
 from .archives import TarSource, ZipSource
 from .labels import FOLDER_LABELS
@@ -194,7 +194,11 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
             return open_shard_list(path, shards, folders)
         tables = shard_list(path, text, is_columnar_name)
         if tables is not None:
-            return open_columnar_files(listed_files(path, tables, "files"), _column(folders, path), follow_links, f"list {path}")
+            return open_columnar_files(listed_files(path, tables, "files"), _column(folders, path), follow_links,
+                                       f"list {path}")
+        if shard_list(path, text, lambda e: is_tar_name(e) or is_columnar_name(e)) is not None:
+            raise HashindexError(f"{path}: lists both tars and Parquet/Arrow files; a list names one kind "
+                                 "(tars, tables or images): make one list of each")
         return ListSource(path, text)
     if path.is_file() and is_image_name(name):
         return FilesSource([str(path)], f"image {path}")
