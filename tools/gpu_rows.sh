@@ -8,8 +8,8 @@
 #
 # That machine's python3 has torch, h5py, click, tqdm and Pillow but no Faiss, it has no ../shared/data, and a
 # call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers
-# and padding are most of them). The tracked tree is 42 MB since checkpoints/ grew (2026-12-04), so the
-# Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train and are evaluated here
+# and padding are most of them). The tracked tree is 34 MB (2026-12-04; an in-progress checkpoint adds
+# ~8 MB), so the Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train and are evaluated here
 # afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an
 # epoch of CIFAR-10), and rows run at once share that, so one call trains one long row. Here, once:
 #
@@ -36,7 +36,7 @@ if ! $py -c "import faiss" 2>/dev/null; then
     if ls .whl/*.whl >/dev/null 2>&1; then
         $py -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 2
         export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-    else  # the tracked tree (42 MB) and the data (20 MB) leave no room for the wheel in 64 MiB
+    else  # the tracked tree (34 MB and more) and the data (20 MB) leave no room for the wheel in 64 MiB
         echo "no Faiss here and no .whl/ carried: the rows train; evaluate them at home (rerun the rows there)"
         export NO_EVAL=1
     fi

@@ -18,7 +18,7 @@ calls by itself (`tools/gpu_rows.sh ROW` trains one row of tools/reproduce_table
 Everything a row is trained with is in ROWS below and in its checkpoint (`hashindex info`); the accuracy and mAP
 figures are measured afterwards on the CPU with tools/reproduce_table.sh's protocol (docs/RESULTS.md).
 
-Prepared here (a call carries at most 64 MiB: the tracked tree is 42 MB):
+Prepared here (a call carries at most 64 MiB: the tracked tree was 42 MB then, 34 MB since):
 
     printf '/.gpudata/\\n' >> .git/info/exclude; mkdir -p .gpudata
     python tools/gpu_train.py --pack .gpudata        # train.tar.gz (16 MB), val.tar.gz (the 10,000 test images)
