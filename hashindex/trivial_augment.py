@@ -2,9 +2,11 @@
 
 Each image gets one operation drawn uniformly from 14 and a magnitude drawn uniformly from 31 bins (signed
 operations flip their sign with probability 1/2), as torchvision's ``TrivialAugmentWide`` does per image. Here
-the draws come from the run's CPU generator (so a resumed epoch draws the same) and the operations are applied
-to the batch tensor wherever it lives, one group per operation: torchvision's per-image transform would cost a
-call per image (128 per step), which a GPU spends on launch overhead and a 2-core CPU on Python.
+the draws come from the run's CPU generator (so a resumed epoch draws the same) and every operation is computed
+for the whole batch tensor wherever it lives, each image keeping its own: torchvision's per-image transform
+would cost a call per image (128 per step), which a GPU spends on launch overhead and a 2-core CPU on Python.
+Each operation matches PIL's (the original implementation's): shears about the top-left corner, rotations
+about the centre, nearest neighbour, zeros coming in (tests/test_trivial_augment.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ def _magnitude(op: str, m: torch.Tensor, side: int) -> torch.Tensor:
     if op in ("shear_x", "shear_y"):
         return 0.99 * m
     if op in ("translate_x", "translate_y"):
-        return 32.0 * m * side / 32  # 32 px at 32 px; scaled with the image
+        return m * side  # up to the whole side (TrivialAugmentWide: 32 px, for its 32-px images)
     if op == "rotate":
         return 135.0 * m
     if op == "posterize":
-        return 8 - (6 * m).floor()  # bits kept, 8 to 2
+        return 8 - (6 * m).round()  # bits kept, 8 to 2
     if op == "solarize":
         return 255.0 * (1 - m)  # threshold
     return 0.99 * m  # brightness, color, contrast, sharpness: factor 1 + strength
@@ -83,15 +85,19 @@ def _autocontrast(x: torch.Tensor) -> torch.Tensor:
 
 def _geometric(x: torch.Tensor, op: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Every image through its own affine map (the identity unless its operation moves pixels): one
-    affine_grid and one nearest-neighbour grid_sample for the batch, zeros coming in (torchvision's default)."""
+    affine_grid and one nearest-neighbour grid_sample for the batch, zeros coming in. In affine_grid's
+    coordinates (the centre at 0, the sides at -1 and 1) PIL's shear about the corner, x -> x + s y in pixels,
+    is x -> x + s y + s."""
     n, side = len(x), x.shape[-1]
     theta = torch.eye(2, 3, device=x.device).repeat(n, 1, 1)
     r = torch.where(op == OPS.index("rotate"), s, 0.0) * (math.pi / 180)
     theta[:, 0, 0] = theta[:, 1, 1] = r.cos()
     theta[:, 0, 1] = torch.where(op == OPS.index("shear_x"), s, -r.sin())
     theta[:, 1, 0] = torch.where(op == OPS.index("shear_y"), s, r.sin())
-    theta[:, 0, 2] = torch.where(op == OPS.index("translate_x"), 2 * s / side, 0.0)
-    theta[:, 1, 2] = torch.where(op == OPS.index("translate_y"), 2 * s / side, 0.0)
+    theta[:, 0, 2] = torch.where(op == OPS.index("translate_x"), 2 * s / side,
+                                 torch.where(op == OPS.index("shear_x"), s, 0.0))
+    theta[:, 1, 2] = torch.where(op == OPS.index("translate_y"), 2 * s / side,
+                                 torch.where(op == OPS.index("shear_y"), s, 0.0))
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode="nearest", align_corners=False).to(torch.uint8)
 

@@ -56,9 +56,10 @@ def test_geometric_operations_move_pixels_exactly():
     assert np.array_equal(_ours(img, "rotate", 90), np.rot90(img, 1))
     assert np.array_equal(_ours(img, "rotate", -90), np.rot90(img, -1))
     assert np.array_equal(_ours(img, "shear_x", 0), img)
-    sheared = _ours(img, "shear_x", 0.5)
-    assert np.array_equal(sheared[16], img[16])  # the middle row stays, the others slide
-    assert not np.array_equal(sheared[0], img[0])
+    pil = Image.fromarray(img)
+    for s in (0.5, -0.99):  # about the top-left corner, as PIL's (the original implementation's)
+        for op, coeffs in (("shear_x", (1, s, 0, 0, 1, 0)), ("shear_y", (1, 0, 0, s, 1, 0))):
+            assert np.array_equal(_ours(img, op, s), np.asarray(pil.transform((32, 32), Image.AFFINE, coeffs))), op
 
 
 def test_batch_draws_come_from_the_generator():
