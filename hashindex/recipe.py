@@ -221,6 +221,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
     t0, seen = time.time(), 0
     # loss, class loss, hits, latent margin and distillation loss, each summed over the images
     sums = torch.zeros(5, dtype=torch.float64, device=device)
+    no_distill = torch.zeros((), device=device)
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
     for step in bar:
         at = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
@@ -240,7 +241,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         with torch.no_grad():
             sums += torch.stack([loss.detach() * n, class_loss.detach() * n, top1_hits(logits, y).float(),
                                  (latent.detach().float() - 0.5).abs().mean() * n,
-                                 distill.detach() * n if distill is not None else torch.zeros((), device=device)])
+                                 distill.detach() * n if distill is not None else no_distill])
         if progress and (step % 50 == 0 or step == steps - 1):
             s = sums.tolist()
             bar.set_postfix(loss=f"{s[0] / seen:.3f}", acc=f"{s[2] / seen:.3f}")
