@@ -13,7 +13,7 @@ A lease is ~15 minutes of device time in all, one call of at most 10 minutes. In
 
 Measured on the H200 (2026-12-04, docs/RESULTS.md "The GPU path"): one row alone trains at ~20,000 images/s
 (2.5 s an epoch of CIFAR-10; TrivialAugment: ~16,500 since commit 15ea9a2), and four at once at 4,500-11,000
-each, about the same in all: so rows at once buy no throughput, and a 200-epoch row needs 8.5-10 minutes of
+each, ~25,000 together: so rows at once buy little throughput, and a 200-epoch row needs 8.5-10 minutes of
 calls by itself (`tools/gpu_rows.sh ROW` trains one row of tools/reproduce_table.sh and resumes it).
 Everything a row is trained with is in ROWS below and in its checkpoint (`hashindex info`); the accuracy and mAP
 figures are measured afterwards on the CPU with tools/reproduce_table.sh's protocol (docs/RESULTS.md).
