@@ -122,9 +122,10 @@ def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, i
 
 
 def history(path: Path) -> list[dict]:
-    import torch
+    """A row's per-epoch history so far (none before its first epoch), read by the checkpoint format's owner."""
+    from hashindex.checkpoint import read_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=False)["history"] if path.exists() else []
+    return read_checkpoint(str(path))["history"] if path.exists() else []
 
 
 def main() -> None:
