@@ -13,22 +13,17 @@ tested here; every step is timed in the same run as its CPU baseline.
 
     python tools/gpu_check.py --device cuda --out $OUT/gpu_check.json
 
-On the lent H200 machine (the `device` tool): its python3 has torch, h5py, click, tqdm and Pillow but no Faiss,
-and a call carries at most 64 MiB. Here, once: carry the faiss-cpu wheel (18.8 MB) and the CIFAR-10 test tar
-(15 MB; it serves as training and query set there):
+On the lent H200 machine (the `device` tool; its python3 has torch, h5py, click, tqdm and Pillow, no Faiss),
+as run on 2026-12-04 (docs/RESULTS.md "The GPU path"), with the data `tools/gpu_train.py --pack .gpudata`
+writes (gzipped CIFAR-10 tars; a call carries at most 64 MiB):
 
-    printf '/.whl/\n/.gpudata/\n' >> .git/info/exclude
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1
-    mkdir -p .gpudata && cp ../shared/data/cifar10-jpeg/test.tar .gpudata/
+    run(carry=[".gpudata"], command="PYTHONPATH=. python3 tools/gpu_check.py --device cuda
+        --train .gpudata/train.tar.gz --test .gpudata/val.tar.gz --limit 10000 --queries 10000
+        --out $OUT/gpu_check.json")
 
-then run(carry=[".whl", ".gpudata"], command=
-    "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:.
-     python3 tools/gpu_check.py --device cuda --train .gpudata/test.tar --test .gpudata/test.tar
-     --limit 10000 --out $OUT/gpu_check.json")
-
-Faiss's GPU binary index cannot be checked there: faiss-gpu-cu12 (48 MB) needs the cuBLAS 12 wheel (581 MB
-measured), over the 64 MiB a call may carry; the script then reports faiss_gpus 0 and searches on the CPU.
+Without Faiss the search step is reported skipped. Faiss's GPU index cannot be checked there: faiss-gpu-cu12
+(48 MB) needs the cuBLAS 12 wheel (581 MB measured), and even faiss-cpu's wheel (18.8 MB) no longer fits
+beside the tracked tree and the data.
 """
 
 from __future__ import annotations

@@ -7,18 +7,18 @@
 #   tools/gpu_rows.sh ROW [ROW...]        e.g. cifar10-48-e200-kd (resumes from checkpoints/in-progress/)
 #
 # That machine's python3 has torch, h5py, click, tqdm and Pillow but no Faiss, it has no ../shared/data, and a
-# call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers
-# and padding are most of them). The tracked tree is 34 MB (2026-12-04; an in-progress checkpoint adds
-# ~10 MB: 44 MB + 19 MB of data fit), so the Faiss wheel (18.8 MB) no longer fits beside them: without
-# it the rows train and are evaluated here afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an
-# epoch of CIFAR-10), and rows run at once share that, so one call trains one long row. Here, once:
+# call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers and
+# padding are most of them). The tracked tree is 34 MB (2026-12-04) and an in-progress checkpoint adds ~10 MB,
+# so the Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
+# afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an epoch
+# of CIFAR-10) and rows run at once share that, so one call trains one long row. Here, once:
 #
-#   printf '/.whl/\n/.gpudata/\n' >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1
 #   mkdir -p .gpudata && for f in train test; do gzip -c ../shared/data/cifar10-jpeg/$f.tar > .gpudata/$f.tar.gz; done
 #
-# then run(carry=[".whl", ".gpudata"], timeout_s=590, command="BUDGET=540 tools/gpu_rows.sh ROW...").
+# then run(carry=[".gpudata"], timeout_s=590, command="BUDGET=540 tools/gpu_rows.sh ROW..."). (Should the
+# tree shrink, a Faiss wheel in .whl/ is installed and used: `python3 -m pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 -d .whl
+# faiss-cpu==1.15.1`, and carry .whl too.)
 # Unfinished checkpoints travel in git (checkpoints/in-progress/, copied to runs/table/ unless a newer one
 # is there); the tars are unpacked to ../shared/data/cifar10-jpeg/, the path the checkpoints were begun
 # with (resume checks it). Bring the results home: cp $FILES_AT/table/*.pt runs/table/ (and the eval-*
