@@ -150,6 +150,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.pack:
         return pack(Path(args.pack), args.train_tar, args.test_tar, args.val_images)
+    unknown = set(args.rows.split(",")) - set(ROWS)
+    if unknown:  # said before a minute of lease is spent on the set-up
+        raise SystemExit(f"--rows: unknown {', '.join(sorted(unknown))} (expected some of {', '.join(ROWS)})")
 
     t0 = time.time()
     deadline = t0 + args.deadline_s
@@ -185,9 +188,6 @@ def main() -> None:
                             "--out", str(work / TEACHER_E200)), 60)
     print(f"set up in {time.time() - t0:.0f} s", flush=True)
     paths = {TEACHER: str(work / TEACHER), TEACHER_E200: str(work / TEACHER_E200)}
-    unknown = set(args.rows.split(",")) - set(ROWS)
-    if unknown:
-        raise SystemExit(f"--rows: unknown {', '.join(sorted(unknown))} (expected some of {', '.join(ROWS)})")
     rows = {name: resolved(ROWS[name], paths) for name in args.rows.split(",")}
     fine = {} if args.no_finetunes else {name: {**o, "epochs": args.finetune_epochs or o["epochs"]}
                                          for name, o in FINETUNES.items()}
