@@ -15,8 +15,8 @@ from .labels import FOLDER_LABELS
 from .folders import FolderSource
 from .columnar import COLUMNAR_EXTENSIONS, ColumnarSource, is_columnar_name, open_columnar, open_columnar_files
 from .sources import IMAGE_EXTENSIONS, TAR_EXTENSIONS, ArraySource, FilesSource, ImageSource, labelled_by_folders
-from .webdataset import (ConcatSource, listed_files, open_pattern, open_shard_list, pattern_files, shard_list,
-                         shard_parts)
+from .webdataset import (ConcatSource, list_entries, listed_files, open_pattern, open_shard_list, pattern_files,
+                         shard_list, shard_parts)
 
 NAMED_SPLITS = ("train", "test", "validation")  # what ``DIR:SPLIT`` may name
 FOLLOW_LINKS = "follow-links"  # the spec selection that reopens a folder with follow_links=True
@@ -189,14 +189,15 @@ def _open_path(path: Path, split: str, follow_links: bool = False, folders: str 
         return svhn_source(path, split)
     if name.endswith(LIST_EXTENSIONS):
         text = read_list(path)  # read once: a list of shards, of Parquet or Arrow files, or of images
-        shards = shard_list(path, text)
+        entries = list_entries(text)
+        shards = shard_list(path, entries)
         if shards is not None:
             return open_shard_list(path, shards, folders)
-        tables = shard_list(path, text, is_columnar_name)
+        tables = shard_list(path, entries, is_columnar_name)
         if tables is not None:
             return open_columnar_files(listed_files(path, tables, "files"), _column(folders, path), follow_links,
                                        f"list {path}")
-        if shard_list(path, text, lambda e: is_tar_name(e) or is_columnar_name(e)) is not None:
+        if shard_list(path, entries, lambda e: is_tar_name(e) or is_columnar_name(e)) is not None:
             raise HashindexError(f"{path}: lists both tars and Parquet/Arrow files; a list names one kind "
                                  "(tars, tables or images): make one list of each")
         return ListSource(path, text)

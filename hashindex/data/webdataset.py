@@ -108,10 +108,15 @@ def open_pattern(spec: str, files: list[Path], arg: str, folders: str = "parent"
     return ConcatSource(shard_parts(files, folders=folders), f"shards {spec} ({len(files)} tars)")
 
 
-def shard_list(path: Path, text: str, kind: Callable[[str], bool] = is_tar_name) -> list[Path] | None:
-    """The shards (files whose name is of ``kind``) the text list ``path`` (contents ``text``) names, one per
-    line (relative to the list), or None when it lists something else (images: a ListSource)."""
-    entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+def list_entries(text: str) -> list[str]:
+    """The entries of a text list: its non-blank lines that are not ``#`` comments, stripped."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def shard_list(path: Path, entries: list[str], kind: Callable[[str], bool] = is_tar_name) -> list[Path] | None:
+    """The shards (files whose name is of ``kind``) the text list ``path`` names (its `list_entries`), relative
+    to the list, or None when it lists something else (images: a ListSource). Parsed once by the caller and
+    asked of each kind in turn: a list of images fails each at its first line, not after a pass over all."""
     if not entries or not all(kind(e) for e in entries):
         return None
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
