@@ -6,7 +6,8 @@ the draws come from the run's CPU generator (so a resumed epoch draws the same) 
 for the whole batch tensor wherever it lives, each image keeping its own: torchvision's per-image transform
 would cost a call per image (128 per step), which a GPU spends on launch overhead and a 2-core CPU on Python.
 Each operation matches PIL's (the original implementation's): shears about the top-left corner, rotations
-about the centre, nearest neighbour, zeros coming in (tests/test_trivial_augment.py).
+about the centre, nearest neighbour, zeros coming in (tests/test_trivial_augment.py). Training draws with
+`draw` and `strengths` (recipe.draw_augment, a whole epoch at once) and applies with `apply_trivial`.
 """
 
 from __future__ import annotations
@@ -149,8 +150,3 @@ def strengths(op: torch.Tensor, m: torch.Tensor, sign: torch.Tensor, side: int) 
         s = torch.where(op == k, _magnitude(name, m, side) * (sign if name in SIGNED else 1), s)
     return s
 
-
-def trivial_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A uint8 batch (B, C, H, W), each image with one random operation at a random strength."""
-    op, m, sign = draw(len(x), g)
-    return apply_trivial(x, op.to(x.device), strengths(op, m, sign, x.shape[-1]).to(x.device))

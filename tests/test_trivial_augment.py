@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from hashindex.trivial_augment import OPS, apply_trivial, trivial_augment
+from hashindex.recipe import augment
+from hashindex.trivial_augment import OPS, apply_trivial
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -66,6 +67,10 @@ def test_batch_draws_come_from_the_generator():
     """The same generator state gives the same batch (resume and every device draw alike); each image gets one
     operation, so about 13 in 14 change; shapes, dtype and a one-channel batch are kept."""
     x = torch.from_numpy(np.stack([_image(i) for i in range(256)])).permute(0, 3, 1, 2).contiguous()
+
+    def trivial_augment(images, g):  # TrivialAugment alone, as training draws and applies it
+        return augment(images, g, pad=0, flip=False, trivial=True)
+
     a = trivial_augment(x, torch.Generator().manual_seed(5))
     b = trivial_augment(x, torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == x.shape
