@@ -18,8 +18,7 @@ import time
 
 import torch
 
-from hashindex.devices import autocast_for
-from hashindex.model import NINHash
+from bench_train import step_throughput  # tools/ is on sys.path when run as a script
 from hashindex.recipe import augment
 
 ARMS = {"crop + flip": {}, "+ cutout 16": {"cutout": 16}, "+ TrivialAugment": {"trivial": True}}
@@ -45,27 +44,6 @@ def time_arms(x: torch.Tensor, rounds: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def step_ms(x: torch.Tensor, rounds: int) -> float:
-    """Median ms of one SGD step of the 48-bit net on the batch (bf16 where the device is faster with it)."""
-    net = NINHash(48, 10).to(x.device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    y = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    times = []
-    for r in range(min(rounds, 10) + 2):
-        _sync(x.device)
-        t = time.perf_counter()
-        with autocast_for(x.device, None):
-            logits, _, _ = net(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        _sync(x.device)
-        if r >= 2:
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", action="append", help="cpu, cuda (repeatable) [default: cpu, and cuda if there]")
@@ -82,7 +60,8 @@ def main() -> None:
         ms = time_arms(x, args.rounds)
         base = ms["crop + flip"]
         out[name] = {"augment_ms": ms, "ratio": {k: v / base for k, v in ms.items()},
-                     "train_step_ms": step_ms(x, args.rounds)}
+                     "train_step_ms": 1000 * args.batch_size / step_throughput(True, args.batch_size, 10,
+                                                                               device=name)}
     if args.json:
         print(json.dumps(out, indent=1))
         return

@@ -28,18 +28,20 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifa
 
 
 def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3,
-                    compile_net: bool = False, timings: dict | None = None) -> float:
-    """Images/s of forward + backward + SGD step on random 32x32 uint8 batches."""
+                    compile_net: bool = False, timings: dict | None = None, device: str = "cpu") -> float:
+    """Images/s of forward + backward + SGD step on random 32x32 uint8 batches (on ``device``; a GPU is
+    waited for before the clock is read)."""
     torch.manual_seed(0)
-    net = NINHash(48, 10).train()
+    device = torch.device(device)
+    net = NINHash(48, 10).train().to(device)
     if bf16_channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile_net:
         net = torch.compile(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch_size,))
-    device = torch.device("cpu")
+    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8).to(device)
+    y = torch.randint(0, 10, (batch_size,)).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def one_step():
         with autocast_for(device, bf16_channels_last):
@@ -52,11 +54,13 @@ def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmu
     t0 = time.perf_counter()
     for _ in range(warmup):
         one_step()
+    sync()
     if timings is not None:
         timings["warmup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         one_step()
+    sync()
     return steps * batch_size / (time.perf_counter() - t0)
 
 
