@@ -1,5 +1,5 @@
 """TrivialAugment on a batch (hashindex.trivial_augment): each operation against PIL's, the draws from the run's
-generator, and the training option recorded and kept on resume."""
+generator, and the training option recorded (its resume check is in tests/test_train.py)."""
 
 from __future__ import annotations
 
