@@ -18,7 +18,7 @@ as run on 2026-12-04 (docs/RESULTS.md "The GPU path"), with the data `tools/gpu_
 writes (gzipped CIFAR-10 tars; a call carries at most 64 MiB):
 
     run(carry=[".gpudata"], command="PYTHONPATH=. python3 tools/gpu_check.py --device cuda
-        --train .gpudata/train.tar.gz --test .gpudata/val.tar.gz --limit 10000 --queries 10000
+        --train .gpudata/train.tar.gz --test .gpudata/test.tar.gz --limit 10000 --queries 10000
         --out $OUT/gpu_check.json")
 
 Without Faiss the search step is reported skipped. Faiss's GPU index cannot be checked there: faiss-gpu-cu12

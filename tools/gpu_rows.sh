@@ -13,7 +13,7 @@
 # afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an epoch
 # of CIFAR-10) and rows run at once share that, so one call trains one long row. Here, once:
 #
-#   mkdir -p .gpudata && for f in train test; do gzip -c ../shared/data/cifar10-jpeg/$f.tar > .gpudata/$f.tar.gz; done
+#   python tools/gpu_train.py --pack .gpudata     # train.tar.gz and test.tar.gz (.gitignore keeps them out)
 #
 # then run(carry=[".gpudata"], timeout_s=590, command="BUDGET=540 tools/gpu_rows.sh ROW..."). (Should the
 # tree shrink, a Faiss wheel in .whl/ is installed and used: `python3 -m pip download --no-deps
