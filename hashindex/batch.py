@@ -27,7 +27,7 @@ from .errors import NPZ_ERRORS, HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, read_npz, sha256_file
 from .hdf5 import create_h5, ensure_room, open_h5
 from .index import MISSING, Index
-from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known
+from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known, with_copies
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv", "parquet")
@@ -35,7 +35,8 @@ PART_ARRAYS = ("ids", "hamming", "distance")  # what a saved batch holds, (rows 
 # How results are ranked, recorded with every job: a job recorded without it or with another ranks otherwise, so
 # its parts are not mixed with this version's and its finished file is not passed off as this request's answer.
 # 2: a query that is an indexed item finds itself first (`query.search_known`), 2026-12-04; before: the signal's.
-RANKING = 2
+# 3: so does a query whose pixels are an indexed item's (a copy under another name: `query.with_copies`), 2026-12-04.
+RANKING = 3
 
 
 def output_format(out: Path, fmt: str | None) -> str:
@@ -113,8 +114,9 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
         shards = ShardSet(queries_as_shards(index, queries, parts, model, device, progress, log), "queries")
         index.check_model(shards.model_id, f"queries={queries}")
         job = _start_job(index, shards, parts, settings, out)
-        data = query_rows(index, shards, ("codes", "ids", "paths"))
-        data["own"] = own_positions(index, shards, data["ids"], data.pop("paths"))  # first, or left out
+        data = query_rows(index, shards, ("codes", "ids", "paths", "input_digests"))
+        own = own_positions(index, shards, data["ids"], data.pop("paths"))
+        data["own"] = with_copies(index, own, data.pop("input_digests"))  # first, or left out
         if not rerank:
             data["features"] = None
         todo = _batches_to_do(parts, len(data["ids"]), settings, log)

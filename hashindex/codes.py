@@ -7,9 +7,23 @@ the shards and Faiss's binary indexes hold them.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
+
+
+def input_digests(images: np.ndarray) -> np.ndarray:
+    """(N,) uint64: a 64-bit BLAKE2b digest of each image's net input (its uint8 pixels as the net reads them),
+    never 0 (0 is "not known" in a table). Two items with one digest are the same pixels to the net: a copy of
+    a file under another name, or saved again without a pixel changing at the net's size. Measured here
+    (2026-12-04, 2 cores beside a training run): 6 us an image at 32 px, 0.11 ms at 224 px, against the net's
+    ~2.5 ms an image at 32 px."""
+    rows = np.ascontiguousarray(images).reshape(len(images), -1)
+    out = np.frombuffer(b"".join(hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows),
+                        dtype="<u8").astype(np.uint64)
+    out[out == 0] = 1
+    return out
 
 
 def pad_codes(codes: np.ndarray, nbytes: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def encode_range(model: HashModel, source: ImageSource, start: int, stop: int, f
     """Encode source positions [start, stop) into one shard's rows (bad items skipped); ``mid``: with mid
     features, stored as ``features`` (their dtype) are."""
     ids_all = source.ids()
-    fields: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": []}
+    fields: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": [], "input_digests": []}
     positions: list[np.ndarray] = []
     skipped: list[tuple[int, str, str]] = []
     for images, pos, bad in iter_batches(source, model.input_size, model.channels, batch_size,
@@ -82,6 +82,7 @@ def encode_range(model: HashModel, source: ImageSource, start: int, stop: int, f
         paths=[source.paths[p] for p in pos], skipped=sorted(skipped),
         label_sets=source.label_sets[pos] if source.label_sets is not None else None,
         mid_features=stored("mid_features", MID_DIM),
+        input_digests=np.concatenate(fields["input_digests"]) if positions else np.zeros(0, np.uint64),
     )
 
 

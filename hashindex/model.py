@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .codes import input_digests
 from .devices import autocast_for, precision_of, resolve_device
 from .errors import HashindexError
 
@@ -288,7 +289,8 @@ class HashModel:
 
     def encode_fields(self, images, batch_size: int = 512, mid: bool = True) -> dict[str, np.ndarray]:
         """Images (as `encode` takes them) -> the arrays a shard stores for them, by field name: "codes",
-        "features" and, with ``mid``, "mid_features" (N x 192 float32, block 2's output averaged)."""
+        "features", "input_digests" (`codes.input_digests` of the net inputs: which items are the same pixels)
+        and, with ``mid``, "mid_features" (N x 192 float32, block 2's output averaged)."""
         from .data.images import BadImage, as_net_input
 
         try:
@@ -304,8 +306,9 @@ class HashModel:
                 parts["mid_features"].append(middle)
         empty = {"codes": np.zeros((0, self.code_bytes), np.uint8),
                  "features": np.zeros((0, FEATURE_DIM), np.float32), "mid_features": np.zeros((0, MID_DIM), np.float32)}
-        return {name: np.concatenate(arrays) if arrays else empty[name] for name, arrays in parts.items()
-                if mid or name != "mid_features"}
+        out = {name: np.concatenate(arrays) if arrays else empty[name] for name, arrays in parts.items()
+               if mid or name != "mid_features"}
+        return {**out, "input_digests": input_digests(images)}
 
     def encode_images(self, images: list, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """PIL images -> (codes, features) (`encode` takes them too)."""

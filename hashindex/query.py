@@ -31,8 +31,9 @@ def index_model(index: Index, model: str | None, device: str = "cpu"):
 
 
 def _encode_images(index: Index, images: list[str], model: str | None, device: str
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and encode query image files with the index's model: (codes, fine-stage vectors)."""
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode and encode query image files with the index's model: (codes, fine-stage vectors, input
+    digests)."""
     from .data import BadImage, FilesSource
     from .data.spec import names_a_collection
 
@@ -48,8 +49,9 @@ def _encode_images(index: Index, images: list[str], model: str | None, device: s
                 what = (f"a collection of images, not one: search it as a batch job (queries={path} out=RESULTS) "
                         "or pass its image files (a shell glob such as DIR/*.jpg)")
             raise HashindexError(f"IMAGE {path}: {what}") from None
-    codes, feats = index.search_inputs(hm.encode_fields(np.stack(arrays)))
-    return codes, index.query_vectors(feats)
+    fields = hm.encode_fields(np.stack(arrays))
+    codes, feats = index.search_inputs(fields)
+    return codes, index.query_vectors(feats), fields["input_digests"]
 
 
 def query_rows(index: Index, shards, fields: tuple[str, ...], what: str = "queries") -> dict[str, Any]:
@@ -84,7 +86,8 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     coarse index scans for these queries (default: the value build tuned).
     A query that is an indexed item (an item by id, or an image file that an index built from a folder holds:
     `image_positions`) finds itself first (`search_known`); with ``exclude_self`` it is not among its own results
-    (its nearest other items).
+    (its nearest other items). So does an image file whose pixels, at the net's input, are an indexed item's
+    (a copy under another name: `Index.positions_of_inputs`).
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
@@ -92,11 +95,14 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     if not isinstance(index, Index):
         index = Index.load(index, shard_actors=shard_actors)
     codes, vecs, names = [], [], []
+    own_images = np.zeros(0, np.int64)
     if images:
-        c, v = _encode_images(index, images, model, device)
+        c, v, digests = _encode_images(index, images, model, device)
         codes.append(c)
         vecs.append(v)
         names += images
+        own_images = with_copies(index, image_positions(index, images), digests)
+        own_images = np.full(len(images), -1, np.int64) if own_images is None else own_images
     if by_id:
         c, v = indexed_queries(index, by_id)
         codes.append(c)
@@ -104,7 +110,7 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
         names += [f"id:{i}" for i in by_id]
     width = max(v.shape[1] for v in vecs)
     vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
-    own = np.concatenate([image_positions(index, images), index.positions_of(np.array(by_id, np.int64))])
+    own = np.concatenate([own_images, index.positions_of(np.array(by_id, np.int64))])
     return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
                           k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
                           nprobe=nprobe, own=own, exclude_self=exclude_self)
@@ -145,6 +151,15 @@ def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names:
     dist[pos < 0] = np.nan
     ids = np.where(pos < 0, MISSING, index.ids[np.maximum(pos, 0)])
     return result_rows(index, SearchResult(ids, pos, ham, dist), names)
+
+
+def with_copies(index: Index, own: np.ndarray | None, digests: np.ndarray | None) -> np.ndarray | None:
+    """``own`` (each query's own item, -1: none; None: no query has one) completed by the items whose net input
+    was each query's pixels (`Index.positions_of_inputs`: a copy under another name), None if still none."""
+    if digests is not None:
+        same = index.positions_of_inputs(digests)
+        own = same if own is None else np.where(own >= 0, own, same)
+    return own if own is not None and (own >= 0).any() else None
 
 
 def common_targets(rows: dict[str, Any], index: Index) -> tuple[np.ndarray, np.ndarray]:

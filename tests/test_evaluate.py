@@ -513,8 +513,9 @@ def test_eval_leaves_out_queries_that_are_indexed_items(tiny_model, tmp_path):
     assert first[0]["id"] == int(rows["ids"][7]) and first[0]["hamming"] == 0
     assert int(rows["ids"][7]) not in [r["id"] for r in alone] and len(alone) == 3
     outside = tmp_path / "elsewhere.jpg"
-    outside.write_bytes(photo.read_bytes())  # the same pixels outside the folder: not an indexed item
-    assert query(index, [str(outside)], [], k=3, exclude_self=True, model=str(tiny_model))[0]["results"] == first
+    outside.write_bytes(photo.read_bytes())  # the same pixels outside the folder: a copy of the item, as it
+    assert query(index, [str(outside)], [], k=3, exclude_self=True, model=str(tiny_model))[0]["results"] == alone
+    assert query(index, [str(outside)], [], k=3, model=str(tiny_model))[0]["results"] == first
     # under the posterior signal too (which ranks confident images of a class above an unsure image's own copy)
     from hashindex.index import Index as Opened
 

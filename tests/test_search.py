@@ -1,6 +1,7 @@
 """Build and query on CIFAR-10 shards, checked against numpy brute force."""
 
 import json
+from pathlib import Path
 
 import faiss
 import h5py
@@ -585,6 +586,69 @@ def test_an_indexed_item_comes_first_whatever_the_signal(cifar_shards, cifar_que
     assert [r["id"] for r in one] == got["ids"][0].tolist() and one[0]["distance"] == pytest.approx(float(d))
     near = query(index, [], [int(got["query_ids"][0])], radius=2)[0]["results"]
     assert near[0]["id"] == got["query_ids"][0] and near[0]["hamming"] == 0
+
+
+def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards, tiny_model, tmp_path):
+    """An image file whose pixels at the net's input are an indexed item's (a copy out of the tar the index
+    was built from, under another name) is that item's query: first under the posterior signal, which alone
+    puts a more confident image of its class there, or left out with exclude_self; the CLI and the service
+    (both servers) and a batch job over a folder of the copies answer the same; an image not in the index has
+    no such item."""
+    import tarfile
+
+    from hashindex.codes import input_digests
+    from hashindex.query import indexed_queries, query
+    from hashindex.service.basic import Searcher
+    from hashindex.service.params import own_of
+
+    build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    ids = index.ids[:200]
+    codes, vecs = indexed_queries(index, ids.tolist())
+    moved = ids[index.search(codes, vecs, k=1, vectors=True).ids[:, 0] != ids][:3]  # the signal's first is another
+    assert len(moved) == 3
+    wanted = dict(zip(index.paths(index.positions_of(moved)), moved.tolist()))
+    copies = {}
+    with tarfile.open(CIFAR_TEST) as tf:
+        for m in tf:
+            if m.name in wanted:
+                copies[wanted[m.name]] = tmp_path / "copies" / f"copy-{len(copies)}.jpg"
+                copies[wanted[m.name]].parent.mkdir(exist_ok=True)
+                copies[wanted[m.name]].write_bytes(tf.extractfile(m).read())
+    files = [str(copies[i]) for i in moved.tolist()]
+    got = query(index, files, [], model=str(tiny_model), k=4)
+    assert [r["results"][0]["id"] for r in got] == moved.tolist()
+    assert all(r["results"][0]["hamming"] == 0 for r in got)
+    left = query(index, files, [], model=str(tiny_model), k=4, exclude_self=True)
+    assert all(i not in [x["id"] for x in r["results"]] and len(r["results"]) == 4 for i, r in zip(moved, left))
+    res = CliRunner().invoke(cli, ["-q", "query", str(tmp_path / "ix"), files[0], "--model", str(tiny_model),
+                                   "--k", "4", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output) == got[:1], res.output
+    batch_search(index, tmp_path / "copies", tmp_path / "b.h5", k=4, model=str(tiny_model), progress=False,
+                 log=lambda s: None)  # the folder's ids: its files in name order
+    item_of = dict(zip((Path(f).name for f in files), moved.tolist()))
+    assert read_results(tmp_path / "b.h5")["ids"][:, 0].tolist() == [item_of[n] for n in sorted(item_of)]
+    server = Searcher(tmp_path / "ix", str(tiny_model))
+    assert server.by_image(copies[int(moved[0])].read_bytes(), {"k": 4})["results"][0]["id"] == moved[0]
+    stranger = np.zeros((1, 3, 16, 16), np.uint8)
+    assert own_of(index, [None, int(moved[1])], [int(input_digests(stranger)[0]), None]).tolist() == \
+        [-1, int(index.positions_of(moved[1:2])[0])]
+    assert Index.in_memory(codes, None, 48).positions_of_inputs(input_digests(stranger)).tolist() == [-1]
+
+
+def test_input_digests_tell_the_same_pixels():
+    """One digest per image, equal for equal pixels whatever the batch, another for one pixel changed, never 0
+    (0 is "not known" in an index table)."""
+    from hashindex.codes import input_digests
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    d = input_digests(images)
+    assert d.dtype == np.uint64 and d.shape == (5,) and len(set(d.tolist())) == 5 and (d != 0).all()
+    assert input_digests(images[3:4])[0] == d[3]
+    changed = images.copy()
+    changed[2, 1, 4, 4] ^= 1
+    assert (input_digests(changed) == d).tolist() == [True, True, False, True, True]
 
 
 def test_a_recorded_model_path_that_is_no_checkpoint_is_passed_over(tiny_model):

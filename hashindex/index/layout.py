@@ -382,13 +382,15 @@ def read_float(path: Path, mmap: bool) -> faiss.Index:
 def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> Iterator[h5py.File]:
     """An open, empty position table for n items (with a ``label_sets`` column of ``label_classes`` classes
     for a multi-label collection), closed on leaving the block. Refused (OSError) where the disk has not room
-    for it, paths counted at TABLE_PATH_BYTES each; a disk filling up meanwhile is an OSError on closing."""
-    ensure_room(path, n * (8 + 4 + code_bytes + label_classes + TABLE_PATH_BYTES))
+    for it, paths counted at TABLE_PATH_BYTES each; a disk filling up meanwhile is an OSError on closing.
+    ``input_digests`` stay 0 ("not known") for rows from shards extracted before they were stored."""
+    ensure_room(path, n * (8 + 4 + 8 + code_bytes + label_classes + TABLE_PATH_BYTES))
     with naming(path), create_h5(path) as table:
         table.create_dataset("ids", (n,), np.int64)
         table.create_dataset("labels", (n,), np.int32)
         table.create_dataset("codes", (n, code_bytes), np.uint8)
         table.create_dataset("paths", (n,), h5py.string_dtype("utf-8"))
+        table.create_dataset("input_digests", (n,), np.uint64)
         if label_classes:
             table.create_dataset("label_sets", (n, label_classes), np.uint8)
         yield table
@@ -396,7 +398,7 @@ def new_table(path: Path, n: int, code_bytes: int, label_classes: int = 0) -> It
 
 def table_columns(table: h5py.File) -> tuple[str, ...]:
     """The per-item columns an open table holds."""
-    return tuple(name for name in ("ids", "labels", "codes", "paths", "label_sets") if name in table)
+    return tuple(name for name in ("ids", "labels", "codes", "paths", "label_sets", "input_digests") if name in table)
 
 
 def label_set_classes(directory: Path) -> int:
@@ -435,9 +437,10 @@ def read_table(directory: Path, names: tuple[str, ...], positions: np.ndarray | 
 
 
 def copy_table(directory: Path, table: h5py.File, n: int, step: int = 1 << 20) -> None:
-    """Copy the first n rows of an index's table into an open new table (append)."""
+    """Copy the first n rows of an index's table into an open new table (append); a column the old table has
+    not (input digests, in a table built before them) stays 0 ("not known")."""
     with open_table(directory) as old:
-        for name in table_columns(table):
+        for name in table_columns(old):
             for lo in range(0, n, step):
                 hi = min(lo + step, n)
                 table[name][lo:hi] = old[name][lo:hi]

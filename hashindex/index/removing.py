@@ -170,7 +170,7 @@ def _copy_kept_rows(index_dir: Path, path: Path, keep: np.ndarray, code_bytes: i
     """The table without the removed rows, copied a block of rows at a time."""
     with open_table(index_dir) as old, \
             new_table(path, int(keep.sum()), code_bytes, label_set_classes(index_dir)) as table:
-        for name in table_columns(table):
+        for name in table_columns(old):
             pos = 0
             for lo in range(0, len(keep), step):
                 rows = old[name][lo:lo + step][keep[lo:lo + step]]

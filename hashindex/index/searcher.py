@@ -68,6 +68,7 @@ class Index:
                                  f"rerank.faiss holds {rerank.d}-d vectors; rebuild it")
         self._id_order = np.argsort(self.ids, kind="stable")
         self._table: h5py.File | None = None  # the table.h5 it was loaded with (`load`)
+        self._digests: tuple[np.ndarray, np.ndarray] | None = None  # input digests sorted, their positions
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True,
@@ -172,6 +173,26 @@ class Index:
         if not ok.all():
             raise HashindexError(f"by_id={ids[~ok][0]}: no item with this id in {self.dir}")
         return positions
+
+    def positions_of_inputs(self, digests: np.ndarray) -> np.ndarray:
+        """Per query, the position of an indexed item whose net input was the very same pixels (``digests``:
+        `codes.input_digests` of the queries; the first such item where several are), -1 for none. All -1 for
+        an index built in memory or from shards extracted before digests were stored (0: "not known").
+
+        The first call sorts the column and keeps it (16 bytes an item: 1M items, 0.09 s to sort here)."""
+        digests = np.asarray(digests, dtype=np.uint64)
+        out = np.full(len(digests), -1, np.int64)
+        if self._table is None or "input_digests" not in self._table or not len(digests) or not len(self.ids):
+            return out
+        if self._digests is None:
+            column = self._table["input_digests"][()]
+            order = np.argsort(column, kind="stable")  # equal digests keep position order: the first one wins
+            self._digests = column[order], order
+        stored, order = self._digests
+        at = np.minimum(np.searchsorted(stored, digests), len(stored) - 1)
+        hit = (stored[at] == digests) & (digests != 0)
+        out[hit] = order[at[hit]]
+        return out
 
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (codes, features) of index rows; features None without a re-rank store."""

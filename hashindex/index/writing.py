@@ -117,7 +117,8 @@ def fill(store: ShardSet, parts: list, fparts: list, bounds: list[int], pbytes: 
                 if fparts:
                     fparts[j].add(vecs[lo - pos:hi - pos])
         for name in columns:
-            table[name][pos:pos + m] = rows[name]
+            if rows[name] is not None:  # (input digests of shards extracted before them: left 0, "not known")
+                table[name][pos:pos + m] = rows[name]
         pos += m
 
 

@@ -57,8 +57,10 @@ class Searcher(Served):
         check_upload_options(options)
         array = self.image_array(data)[None]
         with self.lock:
-            codes, feats = self.index.search_inputs(self.model.encode_fields(array))
-            return self._search(codes, self.index.query_vectors(feats), "upload", options)
+            fields = self.model.encode_fields(array)
+            codes, feats = self.index.search_inputs(fields)
+            return self._search(codes, self.index.query_vectors(feats), "upload", options,
+                                digest=int(fields["input_digests"][0]))
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""
@@ -70,9 +72,9 @@ class Searcher(Served):
             return self._search(codes, feats, f"id:{item_id}", options, item_id)
 
     def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any],
-                item_id: int | None = None) -> dict[str, Any]:
+                item_id: int | None = None, digest: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        own = own_of(self.index, [item_id])
+        own = own_of(self.index, [item_id], [digest])
         row = search_vectors(self.index, codes, vecs.astype(np.float32), [name], own=own, **options)[0]
         row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return row

@@ -36,6 +36,7 @@ class Query:
     options: dict[str, Any]
     array: np.ndarray | None = None
     item_id: int | None = None
+    digest: int | None = None  # an image's `codes.input_digests`, set when it is encoded
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
 
@@ -100,8 +101,11 @@ class Engine(Served):
         images = [q for q in batch if q.array is not None]
         if images:
             try:
-                codes, feats = self.index.search_inputs(self.model.encode_fields(np.stack([q.array for q in images])))
+                fields = self.model.encode_fields(np.stack([q.array for q in images]))
+                codes, feats = self.index.search_inputs(fields)
                 vecs = self.index.query_vectors(feats).astype(np.float32)
+                for q, digest in zip(images, fields["input_digests"].tolist()):
+                    q.digest = digest
                 ready += [(q, codes[i:i + 1], vecs[i:i + 1]) for i, q in enumerate(images)]
             except Exception as e:  # noqa: BLE001 (a bug fails these requests, not the batcher)
                 for q in images:
@@ -124,7 +128,7 @@ class Engine(Served):
         queries = [q for q, _, _ in group]
         options = dict(queries[0].options)  # one group, one set of options
         try:
-            own = own_of(self.index, [q.item_id for q in queries])
+            own = own_of(self.index, [q.item_id for q in queries], [q.digest for q in queries])
             rows = search_vectors(self.index, np.concatenate([c for _, c, _ in group]),
                                   np.concatenate([v for _, _, v in group]), [q.name for q in queries],
                                   own=own, **options)

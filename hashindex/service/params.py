@@ -107,13 +107,18 @@ def check_upload_options(options: dict[str, Any]) -> None:
                                 "searches with an id)")
 
 
-def own_of(index, item_ids: list[int | None]) -> Any:
-    """``search_vectors``' ``own`` for queries by id (None: an upload): each item's position, first in its
-    results (or left out of them with ``exclude_self``)."""
+def own_of(index, item_ids: list[int | None], digests: list[int | None] | None = None) -> Any:
+    """``search_vectors``' ``own`` for queries by id (None: an upload) or by upload (``digests``: its
+    `codes.input_digests`, None for a query by id): each item's position, or that of the indexed item with
+    the upload's pixels (`Index.positions_of_inputs`), first in its results (or left out with ``exclude_self``)."""
     import numpy as np
 
     ids = np.array([-1 if i is None else i for i in item_ids], np.int64)  # ids are never negative
-    return np.where(ids >= 0, index.positions_of(ids, missing=-1), -1)
+    own = np.where(ids >= 0, index.positions_of(ids, missing=-1), -1)
+    if digests is not None:
+        same = index.positions_of_inputs(np.array([0 if d is None else d for d in digests], np.uint64))
+        own = np.where(ids >= 0, own, same)
+    return own
 
 
 def upload_array(data: bytes, size: int, channels: int):

@@ -66,7 +66,7 @@ def add_items(engine, arrays: list[np.ndarray], paths: list[str], label: str | N
                               labels=np.full(len(ids), first), paths=paths, bits=index.bits,
                               class_names=index.class_names, model_id=index.model_id, description="service upload",
                               label_sets=None if row is None else np.repeat(row[None], len(ids), 0),
-                              mid_features=fields["mid_features"])
+                              mid_features=fields["mid_features"], input_digests=fields["input_digests"])
         meta = append(shards.dir, index.dir, progress=False, log=lambda line: None)
     return {"added": len(ids), "ids": ids.tolist(), "items": meta["count"]}
 

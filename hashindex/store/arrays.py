@@ -19,11 +19,13 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
                  ids: np.ndarray | None = None, labels: np.ndarray | None = None, paths: list[str] | None = None,
                  bits: int | None = None, class_names: list[str] | None = None, model_id: str = "arrays",
                  shard_rows: int = 100_000, description: str = "arrays",
-                 label_sets: np.ndarray | None = None, mid_features: np.ndarray | None = None) -> ShardSet:
+                 label_sets: np.ndarray | None = None, mid_features: np.ndarray | None = None,
+                 input_digests: np.ndarray | None = None) -> ShardSet:
     """A complete shard directory from arrays (codes packed as ``np.packbits(bits, bitorder="little")``):
     codes made by another program, synthetic collections for benchmarks and tests. ``label_sets`` (n, C)
     bool make it a multi-label collection (``labels`` default to each item's first class);
-    ``mid_features`` (n, d), beside ``features``, are what the ``mid`` signal reads."""
+    ``mid_features`` (n, d), beside ``features``, are what the ``mid`` signal reads; ``input_digests`` (n,)
+    uint64 say which items are the same pixels (`codes.input_digests`, given by `HashModel.encode_fields`)."""
     directory = Path(directory)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     n = len(codes)
@@ -45,7 +47,7 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
         raise HashindexError("mid_features: given without features (a shard holds them beside its features)")
     features, mid_features = (None if a is None else np.asarray(a, dtype=np.float16) for a in (features, mid_features))
     for name, arr in (("ids", ids), ("labels", labels), ("paths", paths), ("features", features),
-                      ("label_sets", label_sets), ("mid_features", mid_features)):
+                      ("label_sets", label_sets), ("mid_features", mid_features), ("input_digests", input_digests)):
         if arr is not None and len(arr) != n:
             raise HashindexError(f"{name}: expected {n} rows (one per code), got {len(arr)}")
     dim = 0 if features is None else features.shape[1]
@@ -65,7 +67,9 @@ def write_arrays(directory: str | Path, codes: np.ndarray, features: np.ndarray 
         data = ShardData(codes=codes[start:stop], features=None if features is None else features[start:stop],
                          ids=ids[start:stop], labels=labels[start:stop], paths=paths[start:stop], skipped=[],
                          label_sets=None if label_sets is None else label_sets[start:stop],
-                         mid_features=None if mid_features is None else mid_features[start:stop])
+                         mid_features=None if mid_features is None else mid_features[start:stop],
+                         input_digests=None if input_digests is None else
+                         np.asarray(input_digests, np.uint64)[start:stop])
         digest = write_shard(directory / shard_name(j), data, attrs)
         manifest["shards"].append(shard_entry(j, data, start, stop, digest))
     save_manifest(directory, manifest)

@@ -1,5 +1,5 @@
-"""Shard files (``shard-NNNNN.h5``: codes, features, mid features, ids, labels, label sets, paths, skips) and the
-directory that lists them (`ShardSet`, read through its manifest)."""
+"""Shard files (``shard-NNNNN.h5``: codes, features, mid features, ids, labels, label sets, input digests, paths,
+skips) and the directory that lists them (`ShardSet`, read through its manifest)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..files import atomic_path, encode_name, read_json, sha256_file, verify_fil
 from ..hdf5 import create_h5, ensure_room, open_h5
 from .manifest import FORMAT, FORMAT_VERSION, HEAD_FILE, MANIFEST, manifest_problem, shard_name
 
-FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features")
+FIELDS = ("codes", "features", "ids", "labels", "paths", "label_sets", "mid_features", "input_digests")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ShardData:
     skipped: list[tuple[int, str, str]]  # (id, path, reason)
     label_sets: np.ndarray | None = None  # (n, classes) bool: a multi-label collection's label sets
     mid_features: np.ndarray | None = None  # (n, 192) as features: block 2's output averaged (signal "mid")
+    input_digests: np.ndarray | None = None  # (n,) uint64 `codes.input_digests`: which items are the same pixels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -37,7 +38,8 @@ class ShardData:
 
 def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
     """Write one shard atomically; returns its SHA-256."""
-    arrays = (data.codes, data.features, data.mid_features, data.ids, data.labels, data.label_sets)
+    arrays = (data.codes, data.features, data.mid_features, data.ids, data.labels, data.label_sets,
+              data.input_digests)
     ensure_room(path, sum(a.nbytes for a in arrays if a is not None) + sum(len(p) + 16 for p in data.paths))
     with atomic_path(path) as tmp:
         with create_h5(tmp, libver="latest") as f:
@@ -50,6 +52,8 @@ def write_shard(path: Path, data: ShardData, attrs: dict[str, Any]) -> str:
             f.create_dataset("labels", data=data.labels.astype(np.int32))
             if data.label_sets is not None:
                 f.create_dataset("label_sets", data=data.label_sets.astype(np.uint8))
+            if data.input_digests is not None:
+                f.create_dataset("input_digests", data=data.input_digests.astype(np.uint64))
             f.create_dataset("paths", data=[encode_name(p) for p in data.paths], dtype=h5py.string_dtype("utf-8"))
             sk = f.create_group("skipped")
             sk.create_dataset("ids", data=np.array([s[0] for s in data.skipped], np.int64))
@@ -173,10 +177,15 @@ class ShardSet:
             yield read_shard(path)
 
     def load(self, fields: tuple[str, ...] = ("codes", "features", "ids", "labels")) -> dict[str, Any]:
-        """All shards' fields concatenated in id order (paths as one list)."""
+        """All shards' fields concatenated in id order (paths as one list). Input digests of shards extracted
+        before they were stored are 0 ("not known"), also beside shards that hold them (an extraction resumed
+        by a later version)."""
         parts = [read_shard(p, fields) for p in self.shard_paths()]
         out: dict[str, Any] = {}
         for name in fields:
+            if name == "input_digests" and any(p[name] is not None for p in parts):
+                for p, s in zip(parts, self.manifest["shards"]):
+                    p[name] = np.zeros(s["rows"], np.uint64) if p[name] is None else p[name]
             values = [p[name] for p in parts if p[name] is not None]
             if name == "paths":
                 out[name] = [x for v in values for x in v]
