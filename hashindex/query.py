@@ -101,8 +101,8 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
         codes.append(c)
         vecs.append(v)
         names += images
-        own_images = with_copies(index, image_positions(index, images), digests)
-        own_images = np.full(len(images), -1, np.int64) if own_images is None else own_images
+        own_images = image_positions(index, images)  # a file of an indexed folder, else a copy of an item
+        own_images = np.where(own_images >= 0, own_images, index.positions_of_inputs(digests))
     if by_id:
         c, v = indexed_queries(index, by_id)
         codes.append(c)
