@@ -634,6 +634,9 @@ def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards,
     assert own_of(index, [None, int(moved[1])], [int(input_digests(stranger)[0]), None]).tolist() == \
         [-1, int(index.positions_of(moved[1:2])[0])]
     assert Index.in_memory(codes, None, 48).positions_of_inputs(input_digests(stranger)).tolist() == [-1]
+    from hashindex.info import describe
+
+    assert describe(tmp_path / "ix")["input_digests"].startswith("10000 of 10000 items")
 
 
 def test_input_digests_tell_the_same_pixels():

@@ -268,12 +268,16 @@ def coarse_line(binary: dict[str, Any]) -> str:
 def describe_index(directory: str | Path) -> dict[str, Any]:
     """Summary for `hashindex info INDEX_DIR`."""
     meta = read_index_meta(directory)
+    with open_table(Path(directory)) as t:  # items whose copies a query finds as them (0: extracted before digests)
+        known = int(np.count_nonzero(t["input_digests"][()])) if "input_digests" in t else 0
     return {"kind": "index", "path": str(directory), "count": meta["count"], "model_id": meta["model_id"],
             "bits": meta["bits"], "coarse": coarse_line(meta["binary"]), "binary": meta["binary"],
             "rerank": meta["rerank"],
             "memory": meta["memory"], "built": meta["built"], "source": meta["source"]["dir"],
             "appended": [{k: e[k] for k in ("dir", "start", "stop", "appended")} for e in meta.get("appended", [])],
-            "removed": sum(r["count"] for r in meta.get("removed", []))}
+            "removed": sum(r["count"] for r in meta.get("removed", [])),
+            "input_digests": f"{known} of {meta['count']} items (a copy of one of them under another name is "
+                             "found as it)"}
 
 
 def read_binary(path: str | Path, mmap: bool, buckets: bool = False) -> faiss.IndexBinary | BucketedBinary:
