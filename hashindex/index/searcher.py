@@ -179,7 +179,8 @@ class Index:
         `codes.input_digests` of the queries; the first such item where several are), -1 for none. All -1 for
         an index built in memory or from shards extracted before digests were stored (0: "not known").
 
-        The first call sorts the column and keeps it (16 bytes an item: 1M items, 0.09 s to sort here)."""
+        The first call sorts the column and keeps it (16 bytes an item; sorting 1M took 0.09 s here, 10M 2.3 s; the
+        servers do it when they open the index)."""
         digests = np.asarray(digests, dtype=np.uint64)
         out = np.full(len(digests), -1, np.int64)
         if self._table is None or "input_digests" not in self._table or not len(digests) or not len(self.ids):
