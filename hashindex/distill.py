@@ -7,6 +7,12 @@ checkpoint with the training data's classes and input size, encoding with its ow
 logits are computed once, on the un-augmented training images, and kept in the student's train_state:
 `--resume` neither recomputes them nor depends on the teacher file staying the same.
 
+With ``--consistent-teacher`` the teachers see the student's augmented batches instead ("consistent"
+teaching, the function matching of Beyer et al., CVPR 2022: the target of a cropped, flipped or distorted
+image is what the teacher says of that image, not of the whole original): each teacher's logits of the very
+view given, one forward pass a step per teacher (`ConsistentTeacher`); nothing is kept in the checkpoint
+but the teachers' model ids, which a resume checks.
+
 Several teachers (``--teacher`` repeated) teach as one ensemble: their logits are averaged, which is the
 normalised geometric mean of their posteriors at every temperature (softmax(mean z / T) is proportional to
 the product of the softmax(z_i / T) to the 1/n), one of the two ensemble targets Hinton et al. use.
@@ -20,8 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_model
+from .devices import autocast_for
 from .errors import HashindexError
-from .model import HashModel
+from .model import HashModel, NINHash
 
 
 def open_teacher(teacher: str, class_names: list[str], channels: int, input_size: int, device: str,
@@ -62,3 +69,27 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float
     t = temperature
     return F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
+
+
+class ConsistentTeacher:
+    """The teachers as a function of the student's augmented batch: their one-view logits (`NINHash.view_logits`),
+    averaged, in float32 on the batch's device, without gradients; the nets kept in eval mode (no dropout, the
+    BatchNorm statistics they were trained with)."""
+
+    def __init__(self, nets: list[NINHash], device: torch.device, bf16: bool | None):
+        self.nets = [net.to(device).eval() for net in nets]
+        self.device, self.bf16 = device, bf16
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast_for(self.device, self.bf16):
+            return torch.stack([net.view_logits(x).float() for net in self.nets]).mean(0)
+
+
+def check_teacher_ids(models: list[HashModel], recorded: list[str], out: str) -> None:
+    """A consistent run resumed with teachers other than those it began with is refused in one line (their
+    logits are computed anew each step, so a changed file would change the targets mid-run)."""
+    ids = [m.model_id for m in models]
+    if ids != recorded:
+        raise HashindexError(f"resume=True: {out} was taught by models {', '.join(recorded)}, the teacher files "
+                             f"now hold {', '.join(ids)} (give the same teachers, or train anew)")

@@ -61,8 +61,9 @@ def _loss_line(train_args: dict[str, Any], multi_label: bool = False) -> str:
 
         names = teacher_names(train_args["teacher"])
         source = names[0] if len(names) == 1 else f"the ensemble of {', '.join(names)} (logits averaged)"
+        seen = ", seeing each augmented batch" if train_args.get("consistent_teacher") else ""
         line = (f"{1 - w:g} x {line} + {w:g} x distillation from {source} "
-                f"(temperature {train_args['distill_temperature']:g})")
+                f"(temperature {train_args['distill_temperature']:g}{seen})")
     terms = [f"{name} {train_args[key]:g}" for key, name in CODE_TERMS if train_args.get(key)]
     return line + (" + " + ", ".join(terms) if terms else "")
 

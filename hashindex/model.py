@@ -145,6 +145,11 @@ class NINHash(nn.Module):
         with torch.autocast(middle.device.type, enabled=False):
             return torch.sigmoid((middle.float() - self.code_mean) @ self.code_proj)
 
+    def view_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (float32) of the uint8 images exactly as given, one view whatever the model's test
+        views: what a teacher says of the augmented image a student sees (`distill.ConsistentTeacher`)."""
+        return self.hash_layers(self._pooled(images)[0])[0]
+
     def _pooled(self, images: torch.Tensor, mid: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.normalize(images).contiguous(memory_format=torch.channels_last)
         if not mid:

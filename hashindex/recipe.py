@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,9 @@ class TrainConfig:
     # distil from this model's posteriors, or from an ensemble's: a tuple of models (Hinton et al. 2015; distill.py)
     teacher: str | tuple[str, ...] | None = None
     distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
+    # the teachers see each augmented batch (their logits of that very view), not the un-augmented images once:
+    # "consistent" teaching (Beyer et al., CVPR 2022); costs a teacher's forward pass a step per teacher
+    consistent_teacher: bool = False
     distill_temperature: float = 4.0
 
 
@@ -74,6 +78,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
         raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
+    if cfg.consistent_teacher and not cfg.teacher:
+        raise HashindexError("consistent_teacher=True: give the teacher (teacher=MODEL) it applies to")
     if cfg.teacher and not (0 <= cfg.distill_weight <= 1 and cfg.distill_temperature > 0):
         raise HashindexError(f"distill_weight={cfg.distill_weight}, distill_temperature={cfg.distill_temperature}: "
                              "expected a weight from 0 to 1 and a temperature > 0")
@@ -201,10 +207,13 @@ def batch_loss(net: NINHash, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
 
 def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, x_all: torch.Tensor,
               y_all: torch.Tensor, soft: torch.Tensor | None, g: torch.Generator, device: torch.device,
-              precision: str, progress: bool = True) -> dict[str, float]:
+              precision: str, progress: bool = True,
+              teach: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One epoch of SGD: order and augmentation drawn from ``g``, the learning rate set per step by
     `lr_at`; returns the epoch's history row (mean loss terms, training accuracy, speed). The images may
-    live on ``device`` already (`training.resident`): then a batch is gathered and augmented there.
+    live on ``device`` already (`training.resident`): then a batch is gathered and augmented there. The
+    soft targets are the teachers' logits of each image (``soft``, computed once) or of each augmented batch
+    (``teach``: `distill.ConsistentTeacher`).
 
     The running sums stay on the device and are read every 50 steps for the progress bar: each read waits
     for the GPU to finish all the steps queued so far."""
@@ -231,8 +240,8 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         y = y_all[idx].to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch + step / steps)
-        loss, class_loss, distill, logits, latent = batch_loss(net, cfg, x, y, None if soft is None else soft[idx],
-                                                               device)
+        target = teach(x) if teach is not None else None if soft is None else soft[idx]
+        loss, class_loss, distill, logits, latent = batch_loss(net, cfg, x, y, target, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -252,6 +261,6 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
            "img_per_s": seen / wall, "wall_s": wall,
            "lr": lr_at(cfg, epoch + (steps - 1) / steps),  # its last step's: the end of the epoch is the next one's
            "class_loss": class_sum / seen, "latent_margin": margin_sum / seen, "precision": precision}
-    if soft is not None:
+    if soft is not None or teach is not None:
         row["distill_loss"] = distill_sum / seen
     return row

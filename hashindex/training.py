@@ -40,7 +40,7 @@ from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .checkpoint import atomic_torch_save, build_meta, read_checkpoint
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source, warn_shared_folder_names
 from .devices import autocast_for, precision_of, resolve_device
-from .distill import ensemble_logits, open_teacher, teacher_names
+from .distill import ConsistentTeacher, check_teacher_ids, ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .codes import code_statistics
 from .metrics import mean_average_precision
@@ -80,7 +80,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "trivial_augment",
-                "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature"):
+                "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature", "consistent_teacher"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -281,7 +281,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     init = read_checkpoint(cfg.init, "init") if cfg.init and ckpt is None else None
     channels = _channels(cfg, src, ckpt, init)
     teachers = [open_teacher(t, src.class_names, channels, cfg.input_size, cfg.device, cfg.bf16)
-                for t in (teacher_names(cfg.teacher) if ckpt is None else ())]
+                for t in (teacher_names(cfg.teacher) if ckpt is None or cfg.consistent_teacher else ())]
+    if ckpt is not None and cfg.consistent_teacher:
+        check_teacher_ids(teachers, ckpt["train_state"]["teacher_ids"], cfg.out)
     data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
     net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log)
     net.to(device, memory_format=torch.channels_last)
@@ -297,23 +299,28 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     # and COCO); one class per image, a softmax
     x_all = torch.from_numpy(data.train_x)
     y_all = torch.from_numpy(data.train_y.astype(np.float32 if src.multi_label else np.int64))
-    soft = None  # the teacher's logits for each training image (kept in the checkpoint for resume)
-    if cfg.teacher:
+    soft = teach = None  # the teachers' logits of each training image (kept for resume), or of each batch
+    state: dict[str, Any] = {}  # what a resume needs of them
+    if cfg.consistent_teacher:
+        teach = ConsistentTeacher([m.net for m in teachers], device, cfg.bf16)
+        state["teacher_ids"] = [m.model_id for m in teachers]
+    elif cfg.teacher:
         soft = ckpt["train_state"]["teacher_logits"] if ckpt is not None else \
             torch.from_numpy(ensemble_logits(teachers, data.train_x, progress))
+        state["teacher_logits"] = soft
     x_all, y_all, soft_dev = resident(device, x_all, y_all, soft)
     acc = constant = None
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
-        row = run_epoch(net, opt, cfg, epoch, x_all, y_all, soft_dev, g, device, precision, progress)
+        row = run_epoch(net, opt, cfg, epoch, x_all, y_all, soft_dev, g, device, precision, progress, teach)
         model = net  # the net this epoch would ship: the SGD weights, or their average
         if avg is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             model = _average_epoch(avg, net, cfg, data.train_x, g, device, row, data.val_x, data.val_y)
         if data.val_x is not None:
             acc = row["val_acc"] = val_accuracy(model, data.val_x, data.val_y, device, cfg.bf16)
         history.append(row)
-        meta, constant = _save_epoch(cfg, epoch, net, model, opt, soft, avg, data, device,
+        meta, constant = _save_epoch(cfg, epoch, net, model, opt, state, avg, data, device,
                                      {**info, "accuracy": acc, "history": history})
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
             + (f" val_acc {acc:.4f}" if acc is not None else "")
@@ -343,18 +350,17 @@ def resident(device: torch.device, *tensors: torch.Tensor | None) -> tuple[torch
 
 
 def _save_epoch(cfg: TrainConfig, epoch: int, net: NINHash, model: NINHash, opt: torch.optim.Optimizer,
-                soft: torch.Tensor | None, avg: WeightAverage | None, data: _Arrays, device: torch.device,
+                state: dict[str, Any], avg: WeightAverage | None, data: _Arrays, device: torch.device,
                 info: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     """Write the checkpoint of epoch ``epoch`` atomically: with the state to resume from while the run
-    goes on; the last epoch's holds ``model`` (the SGD weights or their average) and its final mAP.
+    goes on (``state``: the teachers' logits or ids, beside the optimizer's state and the config); the last
+    epoch's holds ``model`` (the SGD weights or their average) and its final mAP.
     Returns (its metadata, the number of constant code bits at the end, else None)."""
     done = epoch + 1 == cfg.epochs
     score, protocol, constant = (_final_map(model, *data, device, cfg.bf16) if done else (None, "", None))
     meta = build_meta(model if done else net, **info, epochs=epoch + 1, map=score, map_protocol=protocol)
     if not done:
-        meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg)}
-        if soft is not None:
-            meta["train_state"]["teacher_logits"] = soft
+        meta["train_state"] = {"optimizer": opt.state_dict(), "config": asdict(cfg), **state}
         if avg is not None and avg.n:
             meta["train_state"]["swa"] = avg.state()
     atomic_torch_save(meta, cfg.out)

@@ -100,6 +100,54 @@ def test_an_ensemble_of_teachers_teaches_its_averaged_logits(tiny_model, tmp_pat
         run(TrainConfig(out=str(part), **{**opts, "teacher": str(tiny_model)}), resume=True)
 
 
+def test_a_consistent_teacher_sees_each_augmented_batch(tiny_model, tmp_path):
+    """--consistent-teacher: the targets are the teachers' one-view logits of the very batch the student sees
+    (a teacher's test views do not count), nothing but their ids is kept, a resume equals the uninterrupted
+    run and is refused in one line when a teacher file now holds another model; info says how it was taught."""
+    from hashindex.derive import derive
+    from hashindex.distill import ConsistentTeacher
+
+    need(CIFAR_TRAIN)
+    mirror = tmp_path / "mirror.pt"  # the same weights with test flip: one view of an image, the same logits
+    derive(str(tiny_model), str(mirror), test_flip=True, progress=False)
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(64), 16, 3, 0, False)
+    x = torch.from_numpy(images)
+    tiny, flip = load_model(tiny_model), load_model(mirror)
+    got = ConsistentTeacher([tiny.net], torch.device("cpu"), None)(x.flip(3))  # a flipped batch, as augmentation does
+    assert torch.allclose(got, torch.from_numpy(tiny.forward_numpy(images[..., ::-1].copy())[2]), atol=1e-4)
+    assert torch.allclose(ConsistentTeacher([flip.net], torch.device("cpu"), None)(x.flip(3)), got, atol=1e-5)
+    assert not np.allclose(got.numpy(), flip.forward_numpy(images)[2], atol=1e-3)  # its two views: other logits
+
+    teacher = tmp_path / "teacher.pt"
+    shutil.copyfile(tiny_model, teacher)
+    opts = dict(data=str(CIFAR_TRAIN), limit=96, epochs=2, batch_size=32, workers=0, bits=16, input_size=16,
+                teacher=str(teacher), consistent_teacher=True)
+    full, part = tmp_path / "full.pt", tmp_path / "part.pt"
+    run(TrainConfig(out=str(full), **opts), progress=False, log=lambda s: None)
+    with pytest.raises(Interrupt):
+        run(TrainConfig(out=str(part), **opts), progress=False, log=_stop_after_epoch(1))
+    state = read_checkpoint(part)["train_state"]
+    assert state["teacher_ids"] == [tiny.model_id] and "teacher_logits" not in state
+    with pytest.raises(HashindexError, match="consistent_teacher=True"):
+        run(TrainConfig(out=str(part), **{**opts, "consistent_teacher": False}), resume=True)
+    shutil.copyfile(mirror, teacher)  # the file now holds another model
+    with pytest.raises(HashindexError, match=f"was taught by models {tiny.model_id}, the teacher files now hold "):
+        run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
+    shutil.copyfile(tiny_model, teacher)
+    run(TrainConfig(out=str(part), **opts), resume=True, progress=False, log=lambda s: None)
+    a, b = read_checkpoint(full), read_checkpoint(part)
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-5), k
+    for row in b["history"]:
+        assert row["distill_loss"] > 0
+        assert row["loss"] == pytest.approx(0.5 * row["class_loss"] + 0.5 * row["distill_loss"])
+    info = json.loads(CliRunner().invoke(cli, ["info", str(part), "--json"]).output)
+    assert info["loss"] == (f"0.5 x cross-entropy + 0.5 x distillation from {teacher} "
+                            "(temperature 4, seeing each augmented batch)")
+    with pytest.raises(HashindexError, match="consistent_teacher=True: give the teacher"):
+        run(TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "no.pt"), consistent_teacher=True), progress=False)
+
+
 def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path):
     need(CIFAR_TRAIN)
     runner = CliRunner()

@@ -5,9 +5,10 @@ Prints images/s for each mode and their ratio. With --accuracy, also trains
 both modes for a few epochs on a CIFAR-10 subset and prints the validation
 accuracy of each, to check that bf16 does not cost accuracy. With --compile,
 a third arm: channels_last + bf16 with the net under torch.compile (inductor;
-compile time excluded, reported apart).
+compile time excluded, reported apart). With --teachers N..., channels_last + bf16 steps taught by N
+consistent teachers each (`train --consistent-teacher`), as ratios to the untaught step.
 
-    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile]
+    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile] [--teachers 1 5]
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ import torch
 import torch.nn.functional as F
 
 from hashindex.devices import autocast_for
+from hashindex.distill import ConsistentTeacher, distill_loss
 from hashindex.model import NINHash
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3,
-                    compile_net: bool = False, timings: dict | None = None, device: str = "cpu") -> float:
+                    compile_net: bool = False, timings: dict | None = None, device: str = "cpu",
+                    teachers: int = 0) -> float:
     """Images/s of forward + backward + SGD step on random 32x32 uint8 batches (on ``device``; a GPU is
-    waited for before the clock is read)."""
+    waited for before the clock is read); with ``teachers``, as many nets teach each batch as
+    `train --consistent-teacher` has them (`distill.ConsistentTeacher`, the distillation loss added)."""
     torch.manual_seed(0)
     device = torch.device(device)
     net = NINHash(48, 10).train().to(device)
@@ -42,11 +46,15 @@ def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmu
     x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8).to(device)
     y = torch.randint(0, 10, (batch_size,)).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    teach = ConsistentTeacher([NINHash(48, 10).to(memory_format=torch.channels_last) for _ in range(teachers)],
+                              device, bf16_channels_last) if teachers else None
 
     def one_step():
         with autocast_for(device, bf16_channels_last):
             logits, _, _ = net(x)
         loss = F.cross_entropy(logits.float(), y)
+        if teach is not None:
+            loss = loss + distill_loss(logits.float(), teach(x), 4.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -85,6 +93,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--limit", type=int, default=5000)
     ap.add_argument("--compile", action="store_true", help="also time the net under torch.compile")
+    ap.add_argument("--teachers", type=int, nargs="*", default=[],
+                    help="also time channels_last + bf16 steps taught by this many consistent teachers (e.g. 1 5)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -97,6 +107,9 @@ def main() -> None:
         res["compiled_img_s"] = step_throughput(True, args.batch_size, args.steps, compile_net=True, timings=timings)
         res["compile_warmup_s"] = timings["warmup_s"]
         res["ratio_compiled"] = res["compiled_img_s"] / res["bf16_cl_img_s"]
+    for n in args.teachers:
+        res[f"teachers_{n}_img_s"] = step_throughput(True, args.batch_size, args.steps, teachers=n)
+        res[f"ratio_teachers_{n}"] = res[f"teachers_{n}_img_s"] / res["bf16_cl_img_s"]
     if args.accuracy:
         res["val_acc"] = accuracy_check(args.epochs, args.limit)
     if args.json:
@@ -109,6 +122,9 @@ def main() -> None:
     if args.compile:
         print(f"+ torch.compile          : {res['compiled_img_s']:8.1f} img/s "
               f"({res['ratio_compiled']:.2f}x channels_last + bf16; warm-up with compiling {res['compile_warmup_s']:.0f} s)")
+    for n in args.teachers:
+        print(f"+ {n} consistent teacher(s) : {res[f'teachers_{n}_img_s']:8.1f} img/s "
+              f"({res[f'ratio_teachers_{n}']:.2f}x channels_last + bf16)")
     if args.accuracy:
         print(f"val acc after {args.epochs} epochs on {args.limit} images: {res['val_acc']}")
 

@@ -66,6 +66,9 @@ from .group import _echo_json, cli
               help="With --teacher: loss = (1 - w) cross-entropy + w distillation.")
 @click.option("--distill-temperature", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="With --teacher: the temperature both posteriors are softened at.")
+@click.option("--consistent-teacher", is_flag=True,
+              help="With --teacher: the teachers see each augmented batch (their logits of that very view, one "
+                   "pass a step per teacher), not the un-augmented images once (Beyer et al. 2022).")
 @click.option("--test-flip/--no-test-flip", default=None,
               help="The model averages each image with its mirror image when encoding: +0.8 accuracy "
                    "on CIFAR-10, twice the extraction time [default: as the --init model; else off].")
@@ -76,7 +79,8 @@ from .group import _echo_json, cli
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, bf16, workers, seed, init,
           binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, trivial_augment, swa_epochs,
-          swa_lr, teacher, distill_weight, distill_temperature, test_flip, resume, overwrite, as_json):
+          swa_lr, teacher, distill_weight, distill_temperature, consistent_teacher, test_flip, resume, overwrite,
+          as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -113,7 +117,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
         trivial_augment=trivial_augment,
         swa_epochs=swa_epochs, swa_lr=swa_lr, teacher=_one_or_all(teacher), distill_weight=distill_weight,
-        distill_temperature=distill_temperature, test_flip=test_flip,
+        distill_temperature=distill_temperature, consistent_teacher=consistent_teacher, test_flip=test_flip,
     )
     if as_json:
         _echo_json(summary)
