@@ -66,10 +66,10 @@ class TrainConfig:
     # distil from this model's posteriors, or from an ensemble's: a tuple of models (Hinton et al. 2015; distill.py)
     teacher: str | tuple[str, ...] | None = None
     distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
+    distill_temperature: float = 4.0
     # the teachers see each augmented batch (their logits of that very view), not the un-augmented images once:
     # "consistent" teaching (Beyer et al., CVPR 2022); costs a teacher's forward pass a step per teacher
     consistent_teacher: bool = False
-    distill_temperature: float = 4.0
 
 
 def check_config(cfg: TrainConfig) -> None:
