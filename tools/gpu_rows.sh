@@ -8,8 +8,9 @@
 #
 # That machine's python3 has torch, h5py, click, tqdm and Pillow but no Faiss, it has no ../shared/data, and a
 # call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers and
-# padding are most of them). The tracked tree is 34 MB (2026-12-04) and an in-progress checkpoint adds ~10 MB,
-# so the Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
+# padding are most of them). The tracked tree is 44 MB (2026-12-04, with one in-progress checkpoint of ~10 MB;
+# a second one would not fit: move the in-progress checkpoints of rows this call does not train out of the work
+# tree before it, and back after), so the Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
 # afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an epoch
 # of CIFAR-10) and rows run at once share that, so one call trains one long row. Here, once:
 #
