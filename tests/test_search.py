@@ -639,6 +639,31 @@ def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards,
     assert describe(tmp_path / "ix")["input_digests"].startswith("10000 of 10000 items")
 
 
+def test_shards_without_input_digests_read_as_not_known(tmp_path):
+    """A shard set of which one shard lacks input digests (an extraction begun by an older version and
+    resumed) loads them as 0 for that shard's rows, and an index built from it keeps 0 ("not known") there:
+    no query image is taken for those items, the others are found."""
+    from hashindex.files import sha256_file
+    from hashindex.store import MANIFEST, ShardSet, write_arrays
+    from hashindex.store.manifest import save_manifest
+
+    rng = np.random.default_rng(0)
+    digests = rng.integers(1, 2**63, 10, dtype=np.int64).astype(np.uint64)
+    shards = write_arrays(tmp_path / "s", rng.integers(0, 256, (10, 2), dtype=np.uint8),
+                          rng.normal(size=(10, 8)).astype(np.float32), shard_rows=5, input_digests=digests)
+    second = shards.shard_paths()[1]
+    with h5py.File(second, "a") as f:
+        del f["input_digests"]
+    manifest = json.loads((shards.dir / MANIFEST).read_text())
+    manifest["shards"][1]["sha256"] = sha256_file(second)
+    save_manifest(shards.dir, manifest)
+    loaded = ShardSet(shards.dir).load(("ids", "input_digests"))["input_digests"]
+    assert loaded.tolist() == digests[:5].tolist() + [0] * 5
+    build(shards.dir, tmp_path / "ix", rerank="flat", signal="l2", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    assert index.positions_of_inputs(digests).tolist() == [0, 1, 2, 3, 4, -1, -1, -1, -1, -1]
+
+
 def test_input_digests_tell_the_same_pixels():
     """One digest per image, equal for equal pixels whatever the batch, another for one pixel changed, never 0
     (0 is "not known" in an index table)."""
