@@ -599,6 +599,7 @@ def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards,
     from hashindex.codes import input_digests
     from hashindex.query import indexed_queries, query
     from hashindex.service.basic import Searcher
+    from hashindex.service.engine import Engine, Query
     from hashindex.service.params import own_of
 
     build(cifar_shards, tmp_path / "ix", signal="posterior", progress=False, log=lambda s: None)
@@ -629,7 +630,15 @@ def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards,
     item_of = dict(zip((Path(f).name for f in files), moved.tolist()))
     assert read_results(tmp_path / "b.h5")["ids"][:, 0].tolist() == [item_of[n] for n in sorted(item_of)]
     server = Searcher(tmp_path / "ix", str(tiny_model))
-    assert server.by_image(copies[int(moved[0])].read_bytes(), {"k": 4})["results"][0]["id"] == moved[0]
+    copy = copies[int(moved[0])].read_bytes()
+    assert server.by_image(copy, {"k": 4})["results"][0]["id"] == moved[0]
+    engine = Engine(tmp_path / "ix", str(tiny_model))  # the ASGI service's batcher
+    try:
+        rows = [engine.submit(Query("upload", {"k": 4, **extra}, array=engine.image_array(copy))).result(timeout=60)
+                for extra in ({}, {"exclude_self": True})]
+    finally:
+        engine.close()
+    assert rows[0]["results"][0]["id"] == moved[0] and moved[0] not in [r["id"] for r in rows[1]["results"]]
     stranger = np.zeros((1, 3, 16, 16), np.uint8)
     assert own_of(index, [None, int(moved[1])], [int(input_digests(stranger)[0]), None]).tolist() == \
         [-1, int(index.positions_of(moved[1:2])[0])]
