@@ -163,6 +163,9 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path
     assert res.exit_code == 2 and "--teacher " in res.output and "no such checkpoint file" in res.output
     res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--teacher", str(tiny_model), "--distill-weight", "1.5"])
     assert res.exit_code == 2 and "--distill-weight" in res.output
+    res = runner.invoke(cli, [*base, str(CIFAR_TRAIN), "--consistent-teacher"])
+    assert res.exit_code == 2 and res.output == ("hashindex: error: --consistent-teacher: give the teacher "
+                                                 "(--teacher MODEL) it applies to\n"), res.output
     with pytest.raises(HashindexError, match="distill_temperature=0"):
         run(TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "t.pt"), teacher=str(tiny_model),
                         input_size=16, distill_temperature=0), progress=False)
