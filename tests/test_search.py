@@ -673,6 +673,29 @@ def test_shards_without_input_digests_read_as_not_known(tmp_path):
     assert index.positions_of_inputs(digests).tolist() == [0, 1, 2, 3, 4, -1, -1, -1, -1, -1]
 
 
+def test_a_field_some_shards_lack_is_refused(tmp_path):
+    """Any other field held by one shard and not another (here the mid features) is refused in one line
+    naming the shard, rather than concatenated short against the ids."""
+    from hashindex.errors import HashindexError
+    from hashindex.files import sha256_file
+    from hashindex.store import MANIFEST, ShardSet, write_arrays
+    from hashindex.store.manifest import save_manifest
+
+    rng = np.random.default_rng(0)
+    shards = write_arrays(tmp_path / "s", rng.integers(0, 256, (10, 2), dtype=np.uint8),
+                          rng.normal(size=(10, 8)).astype(np.float32), shard_rows=5,
+                          mid_features=rng.normal(size=(10, 4)).astype(np.float32))
+    second = shards.shard_paths()[1]
+    with h5py.File(second, "a") as f:
+        del f["mid_features"]
+    manifest = json.loads((shards.dir / MANIFEST).read_text())
+    manifest["shards"][1]["sha256"] = sha256_file(second)
+    save_manifest(shards.dir, manifest)
+    assert ShardSet(shards.dir).load(("ids", "codes"))["ids"].tolist() == list(range(10))
+    with pytest.raises(HashindexError, match=f"shard_dir={second}: no 'mid_features'.*overwrite=True"):
+        ShardSet(shards.dir).load(("ids", "mid_features"))
+
+
 def test_input_digests_tell_the_same_pixels():
     """One digest per image, equal for equal pixels whatever the batch, another for one pixel changed, never 0
     (0 is "not known" in an index table)."""

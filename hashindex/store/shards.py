@@ -179,13 +179,19 @@ class ShardSet:
     def load(self, fields: tuple[str, ...] = ("codes", "features", "ids", "labels")) -> dict[str, Any]:
         """All shards' fields concatenated in id order (paths as one list). Input digests of shards extracted
         before they were stored are 0 ("not known"), also beside shards that hold them (an extraction resumed
-        by a later version)."""
-        parts = [read_shard(p, fields) for p in self.shard_paths()]
+        by a later version); any other field held by some shards and not others is refused in one line, since
+        concatenating what there is would shift its rows against the ids."""
+        paths = self.shard_paths()
+        parts = [read_shard(p, fields) for p in paths]
         out: dict[str, Any] = {}
         for name in fields:
             if name == "input_digests" and any(p[name] is not None for p in parts):
                 for p, s in zip(parts, self.manifest["shards"]):
                     p[name] = np.zeros(s["rows"], np.uint64) if p[name] is None else p[name]
+            held = [p[name] is not None for p in parts]
+            if any(held) and not all(held):
+                raise HashindexError(f"shard_dir={paths[held.index(False)]}: no {name!r}, which other shards "
+                                     "of this directory hold; rerun extract with overwrite=True to redo it")
             values = [p[name] for p in parts if p[name] is not None]
             if name == "paths":
                 out[name] = [x for v in values for x in v]
