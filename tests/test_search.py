@@ -648,24 +648,33 @@ def test_a_copy_of_an_indexed_image_under_another_name_comes_first(cifar_shards,
     assert describe(tmp_path / "ix")["input_digests"].startswith("10000 of 10000 items")
 
 
+def _drop_from_second_shard(shards, name: str) -> Path:
+    """Delete field ``name`` from the second shard (as a shard written by an older version lacks it), with the
+    manifest's checksum made to match, so that only the missing field differs; returns that shard's path."""
+    from hashindex.files import sha256_file
+    from hashindex.store import MANIFEST
+    from hashindex.store.manifest import save_manifest
+
+    second = shards.shard_paths()[1]
+    with h5py.File(second, "a") as f:
+        del f[name]
+    manifest = json.loads((shards.dir / MANIFEST).read_text())
+    manifest["shards"][1]["sha256"] = sha256_file(second)
+    save_manifest(shards.dir, manifest)
+    return second
+
+
 def test_shards_without_input_digests_read_as_not_known(tmp_path):
     """A shard set of which one shard lacks input digests (an extraction begun by an older version and
     resumed) loads them as 0 for that shard's rows, and an index built from it keeps 0 ("not known") there:
     no query image is taken for those items, the others are found."""
-    from hashindex.files import sha256_file
-    from hashindex.store import MANIFEST, ShardSet, write_arrays
-    from hashindex.store.manifest import save_manifest
+    from hashindex.store import ShardSet, write_arrays
 
     rng = np.random.default_rng(0)
     digests = rng.integers(1, 2**63, 10, dtype=np.int64).astype(np.uint64)
     shards = write_arrays(tmp_path / "s", rng.integers(0, 256, (10, 2), dtype=np.uint8),
                           rng.normal(size=(10, 8)).astype(np.float32), shard_rows=5, input_digests=digests)
-    second = shards.shard_paths()[1]
-    with h5py.File(second, "a") as f:
-        del f["input_digests"]
-    manifest = json.loads((shards.dir / MANIFEST).read_text())
-    manifest["shards"][1]["sha256"] = sha256_file(second)
-    save_manifest(shards.dir, manifest)
+    _drop_from_second_shard(shards, "input_digests")
     loaded = ShardSet(shards.dir).load(("ids", "input_digests"))["input_digests"]
     assert loaded.tolist() == digests[:5].tolist() + [0] * 5
     build(shards.dir, tmp_path / "ix", rerank="flat", signal="l2", progress=False, log=lambda s: None)
@@ -677,20 +686,13 @@ def test_a_field_some_shards_lack_is_refused(tmp_path):
     """Any other field held by one shard and not another (here the mid features) is refused in one line
     naming the shard, rather than concatenated short against the ids."""
     from hashindex.errors import HashindexError
-    from hashindex.files import sha256_file
-    from hashindex.store import MANIFEST, ShardSet, write_arrays
-    from hashindex.store.manifest import save_manifest
+    from hashindex.store import ShardSet, write_arrays
 
     rng = np.random.default_rng(0)
     shards = write_arrays(tmp_path / "s", rng.integers(0, 256, (10, 2), dtype=np.uint8),
                           rng.normal(size=(10, 8)).astype(np.float32), shard_rows=5,
                           mid_features=rng.normal(size=(10, 4)).astype(np.float32))
-    second = shards.shard_paths()[1]
-    with h5py.File(second, "a") as f:
-        del f["mid_features"]
-    manifest = json.loads((shards.dir / MANIFEST).read_text())
-    manifest["shards"][1]["sha256"] = sha256_file(second)
-    save_manifest(shards.dir, manifest)
+    second = _drop_from_second_shard(shards, "mid_features")
     assert ShardSet(shards.dir).load(("ids", "codes"))["ids"].tolist() == list(range(10))
     with pytest.raises(HashindexError, match=f"shard_dir={second}: no 'mid_features'.*overwrite=True"):
         ShardSet(shards.dir).load(("ids", "mid_features"))
