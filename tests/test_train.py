@@ -274,6 +274,32 @@ def test_latent_stats_tool(tiny_model):
     assert r["bit_on_share_deviation"] == pytest.approx(float(np.abs(on.mean(0) - 0.5).mean()))
 
 
+def test_ensemble_accuracy_tool(tiny_model):
+    """tools/ensemble_accuracy.py: members, subsets and the ensemble with mirror images are what a direct
+    computation of the logits on the same images gives."""
+    import importlib.util
+    from pathlib import Path
+
+    from hashindex.data import load_arrays, open_source
+
+    need(CIFAR_TEST)
+    path = Path(__file__).resolve().parents[1] / "tools" / "ensemble_accuracy.py"
+    spec = importlib.util.spec_from_file_location("ensemble_accuracy", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    m = str(tiny_model)
+    r = tool.accuracies([m, m], str(CIFAR_TEST), workers=0, limit=100, subsets=(1,), mirror=True)
+    model = load_model(tiny_model)
+    source = open_source(str(CIFAR_TEST), "val").subset(100)
+    source.remap_labels(model.class_names)
+    x, y, _ = load_arrays(source, model.input_size, 3, 0, False)
+    z = model.forward_numpy(x)[2]
+    zm = model.forward_numpy(np.ascontiguousarray(x[..., ::-1]))[2]
+    direct = float((z.argmax(1) == y).mean())
+    assert r[m] == r["ensemble"] == r["ensemble of 0"] == r["ensemble of 1"] == pytest.approx(direct)
+    assert r["ensemble with mirrors"] == pytest.approx(float(((z + zm).argmax(1) == y).mean()))
+
+
 def test_constant_bits_and_final_map():
     """Bits the same for every training image are counted (train warns about them)."""
     from hashindex.codes import code_statistics

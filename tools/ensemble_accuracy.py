@@ -4,11 +4,16 @@ better teacher than its best member?
 
     python tools/ensemble_accuracy.py runs/table/cifar10-48-e100-ten.pt runs/table/cifar10-48-e100-kd-restart-ten.pt \
         --val ../shared/data/cifar10-jpeg/test.tar [--json]
+
+``--subsets R`` adds the ensemble of every R of the models (which teacher set is strongest); ``--mirror`` adds
+the ensemble with each model also given the mirror images (what a consistent teacher that looked at each
+augmented view and its mirror would be worth).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 import numpy as np
@@ -19,8 +24,11 @@ from hashindex.distill import teacher_logits
 from hashindex.errors import HashindexError
 
 
-def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None = None) -> dict[str, float]:
-    """{model: accuracy, ..., 'ensemble': accuracy of the averaged logits} on the labelled images ``val``."""
+def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None = None,
+               subsets: tuple[int, ...] = (), mirror: bool = False) -> dict[str, float]:
+    """{model: accuracy, ..., 'ensemble': accuracy of the averaged logits, 'ensemble of i,j,...': the same
+    for each subset of the sizes in ``subsets`` (0-based positions in ``models``), 'ensemble with mirrors'}
+    on the labelled images ``val``."""
     loaded = [load_model(m) for m in models]
     first = loaded[0]
     if any((m.input_size, m.channels, m.class_names) != (first.input_size, first.channels, first.class_names)
@@ -30,9 +38,19 @@ def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None 
     source = source.subset(limit) if limit else source
     source.remap_labels(first.class_names)
     x, y, _ = load_arrays(source, first.input_size, first.channels, workers, True)
-    logits = [teacher_logits(m, x) for m in loaded]
-    out = {name: float((z.argmax(1) == y).mean()) for name, z in zip(models, logits)}
-    out["ensemble"] = float((np.mean(logits, axis=0).argmax(1) == y).mean())
+    logits = np.stack([teacher_logits(m, x) for m in loaded])
+
+    def acc(z: np.ndarray) -> float:
+        return float((z.argmax(1) == y).mean())
+
+    out = {name: acc(z) for name, z in zip(models, logits)}
+    out["ensemble"] = acc(logits.mean(0))
+    for r in subsets:
+        for pick in itertools.combinations(range(len(models)), r):
+            out[f"ensemble of {','.join(map(str, pick))}"] = acc(logits[list(pick)].mean(0))
+    if mirror:
+        mirrored = np.stack([teacher_logits(m, np.ascontiguousarray(x[..., ::-1])) for m in loaded])
+        out["ensemble with mirrors"] = acc(np.concatenate([logits, mirrored]).mean(0))
     return out
 
 
@@ -41,10 +59,15 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="checkpoints or shipped names (same classes and input size)")
     ap.add_argument("--val", required=True, help="labelled test images")
     ap.add_argument("--limit", type=int, help="this many test images, spread evenly (a quick look)")
+    ap.add_argument("--subsets", type=int, action="append", default=[], metavar="R",
+                    help="also the ensemble of every R of the models (repeatable)")
+    ap.add_argument("--mirror", action="store_true", help="also the ensemble given each image and its mirror")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if any(not 1 <= r <= len(args.models) for r in args.subsets):
+        raise SystemExit(f"ensemble_accuracy: error: --subsets: expected 1 to {len(args.models)} (the models given)")
     try:
-        acc = accuracies(args.models, args.val, limit=args.limit)
+        acc = accuracies(args.models, args.val, limit=args.limit, subsets=tuple(args.subsets), mirror=args.mirror)
     except HashindexError as e:
         raise SystemExit(f"ensemble_accuracy: error: {e}")
     if args.json:
