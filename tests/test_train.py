@@ -300,6 +300,33 @@ def test_ensemble_accuracy_tool(tiny_model):
     assert r["ensemble with mirrors"] == pytest.approx(float(((z + zm).argmax(1) == y).mean()))
 
 
+def test_gpu_carry_report(tmp_path, monkeypatch):
+    """tools/gpu_train.py --pack says whether the tree and the packed data fit one device call, and when not,
+    names the largest finished checkpoints (not in-progress ones, not the shipped weights) to move aside."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "gpu_train.py"
+    spec = importlib.util.spec_from_file_location("gpu_train", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    repo = tmp_path / "repo"
+    for name, size in (("checkpoints/a.pt", 3_000_000), ("checkpoints/b.pt", 2_000_000),
+                       ("checkpoints/in-progress/c.pt", 5_000_000), ("code.py", 500_000),
+                       (".gpudata/train.tar.gz", 4_000_000)):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"x" * size)
+    (repo / ".gitignore").write_text(".gpudata/\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    line = tool.carry_report(repo / ".gpudata", repo)
+    assert "tree 10.5 MB + " in line and " 4.0 MB = 14.5 MB, within" in line
+    monkeypatch.setattr(tool, "CARRY_LIMIT", 12_000_000)
+    line = tool.carry_report(repo / ".gpudata", repo)
+    assert "over one call's 12.0 MB by 2.50 MB" in line
+    assert line.endswith("e.g. checkpoints/a.pt (3.0 MB), checkpoints/b.pt (2.0 MB)")
+
+
 def test_constant_bits_and_final_map():
     """Bits the same for every training image are counted (train warns about them)."""
     from hashindex.codes import code_statistics

@@ -8,9 +8,10 @@
 #
 # That machine's python3 has torch, h5py, click, tqdm and Pillow but no Faiss, it has no ../shared/data, and a
 # call carries at most 64 MiB. The CIFAR-10 tars gzip to 20 MB (train 16.4 MB, test 3.3 MB: tar headers and
-# padding are most of them). The tracked tree is 44 MB (2026-12-04, with one in-progress checkpoint of ~10 MB;
-# a second one would not fit: move the in-progress checkpoints of rows this call does not train out of the work
-# tree before it, and back after), so the Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
+# padding are most of them). The tracked tree is 48 MB (2026-12-04, session 44: six finished checkpoints of
+# ~4 MB and one in-progress of ~10 MB), 60 KB too many beside the data: `gpu_train.py --pack` says by how much
+# and which checkpoints to move out of the work tree for the call (those of rows it does not train or read;
+# back after). The Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
 # afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an epoch
 # of CIFAR-10) and rows run at once share that, so one call trains one long row. Here, once:
 #

@@ -22,6 +22,7 @@ Prepared here (a call carries at most 64 MiB: the tracked tree was 42 MB then, 3
 
     mkdir -p .gpudata                                # .gitignore keeps it out of git
     python tools/gpu_train.py --pack .gpudata        # train.tar.gz (16 MB), test.tar.gz (3.3 MB): both tars gzipped
+                                                     # (and whether the tree and they fit one call: carry_report)
 
 then, with the device tool (the lease of 2026-12-04): run(carry=[".gpudata"], timeout_s=540, command=
     "PYTHONUNBUFFERED=1 python3 tools/gpu_train.py --data .gpudata --out $OUT --deadline-s 480")
@@ -62,6 +63,7 @@ def pack(folder: Path, train: str, test: str) -> None:
     this script and tools/gpu_rows.sh read (77 -> 16 MB and 15 -> 3.3 MB: a tar of 32-px JPEGs is mostly
     headers and padding, which compress away)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "val.tar.gz").unlink(missing_ok=True)  # the test tar's name before 2026-12-04: carried for nothing
     for name, tar in (("train", train), ("test", test)):
         part = folder / f"{name}.tar.gz.tmp"
         with open(tar, "rb") as src, gzip.open(part, "wb", compresslevel=9) as dst:
@@ -69,6 +71,32 @@ def pack(folder: Path, train: str, test: str) -> None:
         part.replace(folder / f"{name}.tar.gz")  # a stopped packing leaves no half file under the read name
     for f in sorted(folder.glob("*.tar.gz")):
         print(f"{f}: {f.stat().st_size / 1e6:.1f} MB")
+    print(carry_report(folder))
+
+
+CARRY_LIMIT = 64 * 2**20  # what one call of the device tool carries: the work tree and the carried paths
+
+
+def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1]) -> str:
+    """One line: whether the work tree (what git tracks or would track, as present on disk) and ``folder``
+    fit in one call's 64 MiB, and if not, the largest finished checkpoints (checkpoints/*.pt) to move out of
+    the tree for that call
+    (2026-12-04: 47.9 MB of tree with six finished checkpoints and an in-progress one, plus 19.3 MB of data:
+    67.2 MB, 60 KB over)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    files = [repo / os.fsdecode(name) for name in listed if name]
+    sizes = {f: f.stat().st_size for f in files if f.is_file()}
+    data = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    total = sum(sizes.values()) + data
+    head = f"carried: tree {sum(sizes.values()) / 1e6:.1f} MB + {folder} {data / 1e6:.1f} MB = {total / 1e6:.1f} MB"
+    if total <= CARRY_LIMIT:
+        return f"{head}, within one call's {CARRY_LIMIT / 1e6:.1f} MB"
+    finished = [f for f in sizes if f.parent == repo / "checkpoints" and f.suffix == ".pt"]  # rows' results
+    big = sorted(finished, key=sizes.get, reverse=True)[:4]
+    return (f"{head}: over one call's {CARRY_LIMIT / 1e6:.1f} MB by {(total - CARRY_LIMIT) / 1e6:.2f} MB; move "
+            f"checkpoints the call does not read out of the tree for it, e.g. "
+            + ", ".join(f"{f.relative_to(repo)} ({sizes[f] / 1e6:.1f} MB)" for f in big))
 
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
