@@ -80,9 +80,8 @@ CARRY_LIMIT = 64 * 2**20  # what one call of the device tool carries: the work t
 def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1]) -> str:
     """One line: whether the work tree (what git tracks or would track, as present on disk) and ``folder``
     fit in one call's 64 MiB, and if not, the largest finished checkpoints (checkpoints/*.pt) to move out of
-    the tree for that call
-    (2026-12-04: 47.9 MB of tree with six finished checkpoints and an in-progress one, plus 19.3 MB of data:
-    67.2 MB, 60 KB over)."""
+    the tree for that call (2026-12-04: 47.9 MB of tree with six finished checkpoints and an in-progress one,
+    plus 19.3 MB of data: 67.2 MB, 60 KB over)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
                             capture_output=True, check=True).stdout.split(b"\0")
     files = [repo / os.fsdecode(name) for name in listed if name]
