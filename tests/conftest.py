@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import io
 import os
 import shutil
 import tarfile
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
@@ -49,6 +51,15 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], Path]) -> Path
             root.mkdir()
             done.write_text(str(make(root).relative_to(root)))
         return root / done.read_text()
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script tools/NAME.py imported as a module (the tools are scripts, not a package), so that a test
+    calls its functions rather than parsing its printout."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def need(path: Path) -> Path:

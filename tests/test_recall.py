@@ -15,6 +15,7 @@ from hashindex.index import Index, build
 from hashindex.index.recall import exact_distances, tie_recall
 from hashindex.codes import hamming_distances
 from hashindex.store import write_arrays
+from tests.conftest import load_tool
 
 CENTRES = 1000  # clusters of ~20 codes: IVF needs nprobe 8 for recall@10 0.95 (a curve of 4 points)
 
@@ -312,13 +313,7 @@ def test_nprobe_through_the_cli_and_the_batch_job(collection, tmp_path):
 
 def test_hnsw_duplicates_tool_on_bucketed_codes():
     """tools/hnsw_duplicates.py measures build's distinct-code graph against a graph over every item."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "hnsw_duplicates.py"
-    spec = importlib.util.spec_from_file_location("hnsw_duplicates", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("hnsw_duplicates")
     rng = np.random.default_rng(3)
     distinct = np.unique(clustered_codes(300, 30, seed=1), axis=0)
     codes = distinct[np.minimum(rng.geometric(0.01, 4000), len(distinct)) - 1]  # buckets of up to hundreds

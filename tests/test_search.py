@@ -685,8 +685,7 @@ def test_shards_without_input_digests_read_as_not_known(tmp_path):
 def test_a_field_some_shards_lack_is_refused(tmp_path):
     """Any other field held by one shard and not another (here the mid features) is refused in one line
     naming the shard, rather than concatenated short against the ids."""
-    from hashindex.errors import HashindexError
-    from hashindex.store import ShardSet, write_arrays
+    from hashindex.store import write_arrays
 
     rng = np.random.default_rng(0)
     shards = write_arrays(tmp_path / "s", rng.integers(0, 256, (10, 2), dtype=np.uint8),

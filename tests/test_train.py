@@ -11,7 +11,7 @@ from hashindex import HashindexError, load_model
 from hashindex.checkpoint import read_checkpoint
 from hashindex.cli import cli
 from hashindex.model import NINHash
-from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, make_mixed_folder, make_tar, need
+from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, load_tool, make_mixed_folder, make_tar, need
 
 
 def test_tiny_model_is_usable(tiny_model):
@@ -277,16 +277,10 @@ def test_latent_stats_tool(tiny_model):
 def test_ensemble_accuracy_tool(tiny_model):
     """tools/ensemble_accuracy.py: members, subsets and the ensemble with mirror images are what a direct
     computation of the logits on the same images gives."""
-    import importlib.util
-    from pathlib import Path
-
     from hashindex.data import load_arrays, open_source
 
     need(CIFAR_TEST)
-    path = Path(__file__).resolve().parents[1] / "tools" / "ensemble_accuracy.py"
-    spec = importlib.util.spec_from_file_location("ensemble_accuracy", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("ensemble_accuracy")
     m = str(tiny_model)
     r = tool.accuracies([m, m], str(CIFAR_TEST), workers=0, limit=100, subsets=(1,), mirror=True)
     model = load_model(tiny_model)
@@ -303,14 +297,9 @@ def test_ensemble_accuracy_tool(tiny_model):
 def test_gpu_carry_report(tmp_path, monkeypatch):
     """tools/gpu_train.py --pack says whether the tree and the packed data fit one device call, and when not,
     names the largest finished checkpoints (not in-progress ones, not the shipped weights) to move aside."""
-    import importlib.util
     import subprocess
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "gpu_train.py"
-    spec = importlib.util.spec_from_file_location("gpu_train", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("gpu_train")
     repo = tmp_path / "repo"
     for name, size in (("checkpoints/a.pt", 3_000_000), ("checkpoints/b.pt", 2_000_000),
                        ("checkpoints/in-progress/c.pt", 5_000_000), ("code.py", 500_000),

@@ -86,9 +86,9 @@ def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1])
                             capture_output=True, check=True).stdout.split(b"\0")
     files = [repo / os.fsdecode(name) for name in listed if name]
     sizes = {f: f.stat().st_size for f in files if f.is_file()}
-    data = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    total = sum(sizes.values()) + data
-    head = f"carried: tree {sum(sizes.values()) / 1e6:.1f} MB + {folder} {data / 1e6:.1f} MB = {total / 1e6:.1f} MB"
+    tree, data = sum(sizes.values()), sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    total = tree + data
+    head = f"carried: tree {tree / 1e6:.1f} MB + {folder} {data / 1e6:.1f} MB = {total / 1e6:.1f} MB"
     if total <= CARRY_LIMIT:
         return f"{head}, within one call's {CARRY_LIMIT / 1e6:.1f} MB"
     finished = [f for f in sizes if f.parent == repo / "checkpoints" and f.suffix == ".pt"]  # rows' results
