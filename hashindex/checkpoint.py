@@ -29,6 +29,7 @@ CHECKPOINT_KEYS = (
     "class_names", "input_size", "channels", "mean", "std", "resize", "train_data",
     "epochs", "epochs_planned", "accuracy", "map", "torch_version", "hashindex_version",
     "train_args", "history", "init", "test_flip", "test_shift", "derived_from", "state_dict",
+    "width",
 )
 
 
@@ -55,6 +56,7 @@ def build_meta(net: NINHash, **info: Any) -> dict[str, Any]:
         "format": FORMAT, "format_version": 1, "arch": ARCH, "arch_version": ARCH_VERSION,
         "model_id": compute_model_id(state, net.bits, net.test_flip, net.test_shift), "bits": net.bits,
         "test_flip": net.test_flip, "test_shift": net.test_shift,
+        **({"width": net.width} if net.width != 1 else {}),  # absent: 1, as every checkpoint before widths
         "num_classes": net.num_classes, "channels": net.channels,
         "mean": (net.mean.flatten() / 255).tolist(), "std": (net.std.flatten() / 255).tolist(),
         "resize": "squash", "torch_version": str(torch.__version__), "hashindex_version": __version__,
@@ -177,7 +179,7 @@ def validation_accuracy(ckpt: dict[str, Any]) -> float | None:
 def net_from_checkpoint(ckpt: dict[str, Any]) -> NINHash:
     net = NINHash(ckpt["bits"], ckpt["num_classes"], ckpt["channels"], ckpt["mean"], ckpt["std"],
                   test_flip=ckpt.get("test_flip", False), test_shift=ckpt.get("test_shift", 0),
-                  adapted_codes="code_proj" in ckpt["state_dict"])
+                  adapted_codes="code_proj" in ckpt["state_dict"], width=ckpt.get("width", 1))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()
 

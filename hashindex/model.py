@@ -51,6 +51,9 @@ ARCH = "nin-hash"
 ARCH_VERSION = 1
 FEATURE_DIM = 192
 MID_DIM = 192  # channels of block 2's output: the mid feature
+# channel multipliers of the hidden layers (`width`): 1 is the NIN of the paper, the codes' net; a wider net is a
+# teacher (train --width 2, then --teacher): its features keep 192 dimensions, so it extracts and indexes alike
+WIDTHS = (1, 2, 3, 4)
 
 
 def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Module]:
@@ -73,22 +76,27 @@ class NINHash(nn.Module):
 
     def __init__(self, bits: int, num_classes: int, channels: int = 3,
                  mean: list[float] | None = None, std: list[float] | None = None,
-                 dropout: float = 0.3, test_flip: bool = False, test_shift: int = 0, adapted_codes: bool = False):
+                 dropout: float = 0.3, test_flip: bool = False, test_shift: int = 0, adapted_codes: bool = False,
+                 width: int = 1):
         super().__init__()
         self.test_flip, self.test_shift, self.adapted_codes = test_flip, test_shift, adapted_codes
         if bits < 4 or bits % 4:
             raise HashindexError(f"bits={bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
+        if width not in WIDTHS:
+            raise HashindexError(f"width={width}: expected one of {', '.join(map(str, WIDTHS))}")
+        self.width = width
         self.bits, self.num_classes, self.channels = bits, num_classes, channels
         mean = mean or [0.5] * channels
         std = std or [0.25] * channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        w = width  # the hidden channels; block 2's and block 3's outputs (mid and pooled feature) stay 192-d
         self.trunk = nn.Sequential(
-            *_mlpconv(channels, (192, 160, 96), 5),
+            *_mlpconv(channels, (192 * w, 160 * w, 96 * w), 5),
             nn.MaxPool2d(3, stride=2, padding=1), nn.Dropout(dropout),
-            *_mlpconv(96, (192, 192, 192), 5),
+            *_mlpconv(96 * w, (192 * w, 192 * w, MID_DIM), 5),
             nn.AvgPool2d(3, stride=2, padding=1), nn.Dropout(dropout),
-            *_mlpconv(192, (192, 192), 3),
+            *_mlpconv(MID_DIM, (192 * w, FEATURE_DIM), 3),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         # block 2 ends where its pooling begins: the mid feature is the trunk's output up to there, averaged

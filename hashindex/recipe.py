@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .distill import distill_loss
 from .errors import HashindexError
 from .devices import autocast_for
-from .model import NINHash
+from .model import WIDTHS, NINHash
 from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
 
 
@@ -45,6 +45,7 @@ class TrainConfig:
     flip: bool = True
     crop_pad: int = 4
     dropout: float = 0.3
+    width: int = 1  # hidden channels x width (model.WIDTHS): 2 and more train a teacher, 1 the codes' NIN
     limit: int | None = None
     val_limit: int | None = None
     val_every: int | None = None  # hold out every n-th image of data for validation
@@ -74,6 +75,8 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """The settings that only make sense together (averaging phase, distillation) are consistent."""
+    if cfg.width not in WIDTHS:
+        raise HashindexError(f"width={cfg.width}: expected one of {', '.join(map(str, WIDTHS))}")
     if not 0 <= cfg.swa_epochs <= cfg.epochs:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:

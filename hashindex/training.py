@@ -80,7 +80,8 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     defaults = TrainConfig(data="", out="")  # keys older checkpoints lack had these values
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "trivial_augment",
-                "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature", "consistent_teacher"):
+                "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature", "consistent_teacher",
+                "width"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -131,9 +132,12 @@ def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
 def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str]) -> list[str]:
     """Copy what fits from a checkpoint into a fresh net; returns the parts copied.
 
-    The trunk (with its input normalisation) always fits; the hash layer when the
+    The trunk (with its input normalisation) fits a net of the same width; the hash layer when the
     code length is the same; the classifier when the classes are the same too.
     """
+    if init.get("width", 1) != net.width:
+        raise HashindexError(f"init={init.get('model_id')}: a width-{init.get('width', 1)} net, the net to train has "
+                             f"width {net.width} (give width={init.get('width', 1)}, or train from scratch)")
     parts = ["trunk"]
     if init["bits"] == net.bits:
         parts.append("latent")
@@ -246,7 +250,8 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
               ) -> tuple[NINHash, torch.optim.Optimizer, list[dict[str, float]], dict[str, Any] | None]:
     """(net, optimizer, history so far, init record): fresh, fine-tuned from ``init`` or resumed."""
     mean, std = _channel_stats(train_x)
-    net = NINHash(cfg.bits, len(class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init))
+    net = NINHash(cfg.bits, len(class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init),
+                  width=cfg.width)
     init_info = ckpt.get("init") if ckpt is not None else None
     if init is not None:
         parts = transfer_weights(net, init, class_names)

@@ -170,3 +170,37 @@ def test_a_teacher_that_does_not_fit_is_refused_in_one_line(tiny_model, tmp_path
         run(TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "t.pt"), teacher=str(tiny_model),
                         input_size=16, distill_temperature=0), progress=False)
     assert not (tmp_path / "s.pt").exists() and not (tmp_path / "t.pt").exists()
+
+
+def test_a_wider_net_trains_loads_and_teaches(tiny_model, tmp_path):
+    """--width 2: twice the hidden channels (about 4x the multiply-adds of block 2), the pooled and mid features
+    192-d as the codes' net's, so it extracts alike; recorded in the checkpoint (absent at width 1: ids of older
+    checkpoints unchanged), refused on resume or as --init for another width, and a teacher for a width-1 student."""
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=96, epochs=1, batch_size=32, workers=0, bits=16, input_size=16)
+    wide = tmp_path / "wide.pt"
+    res = CliRunner().invoke(cli, ["-q", "train", "--data", str(CIFAR_TRAIN), "--limit", "96", "--epochs", "1",
+                                   "--batch-size", "32", "--workers", "0", "--bits", "16", "--input-size", "16",
+                                   "--width", "2", "--out", str(wide)])
+    assert res.exit_code == 0, res.output
+    ckpt = read_checkpoint(wide)
+    assert ckpt["width"] == 2 and "width" not in read_checkpoint(tiny_model)
+    assert ckpt["state_dict"]["trunk.0.weight"].shape[0] == 384  # 192 x 2 filters in the first conv
+    model = load_model(wide)
+    images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(8), 16, 3, 0, False)
+    fields = model.encode_fields(images)
+    assert fields["features"].shape == (8, 192) and fields["mid_features"].shape == (8, 192)
+    assert fields["codes"].shape == (8, 2)
+    student = tmp_path / "student.pt"
+    run(TrainConfig(out=str(student), teacher=str(wide), consistent_teacher=True, **opts), progress=False,
+        log=lambda s: None)
+    assert "width" not in read_checkpoint(student)
+    with pytest.raises(HashindexError, match="width-2 net"):
+        run(TrainConfig(out=str(tmp_path / "x.pt"), init=str(wide), **opts), progress=False, log=lambda s: None)
+    with pytest.raises(HashindexError, match="width=5: expected one of 1, 2, 3, 4"):
+        run(TrainConfig(out=str(tmp_path / "y.pt"), width=5, **opts), progress=False)
+    part = tmp_path / "part.pt"
+    with pytest.raises(Interrupt):
+        run(TrainConfig(out=str(part), width=2, **{**opts, "epochs": 2}), progress=False, log=_stop_after_epoch(1))
+    with pytest.raises(HashindexError, match="was trained with width=2"):
+        run(TrainConfig(out=str(part), **{**opts, "epochs": 2}), resume=True)

@@ -66,12 +66,12 @@ HASHINDEX="$hx" PYTHON=$py TRAIN_ARGS="--device $device" EXTRACT_ARGS="--device 
 rc=$?
 echo "rows ended with rc $rc after $(( $(date +%s) - start )) s (124: the budget ran out; the rows resume)"
 
-mkdir -p "$out/table"
-cp runs/table/*.pt "$out/table/"
+mkdir -p "$out/table"  # the rows' checkpoints only: at most 8 files come back, 16 MiB each
+for row in "$@"; do [ -f "runs/table/$row.pt" ] && cp "runs/table/$row.pt" "$out/table/"; done
 for d in runs/table/eval-*; do
     [ -f "$d/metrics.json" ] && mkdir -p "$out/table/$(basename "$d")" && cp "$d/metrics.json" "$out/table/$(basename "$d")/"
 done
-for c in runs/table/*.pt; do
+for c in "$out"/table/*.pt; do
     $py -c 'import sys; from hashindex.checkpoint import read_checkpoint
 c = read_checkpoint(sys.argv[1]); h = c["history"]
 print(sys.argv[1], c["epochs"], "epochs,", "unfinished" if "train_state" in c else "finished", "val_acc", h[-1].get("val_acc") if h else None)' "$c"
