@@ -246,9 +246,9 @@ def _load_data(cfg: TrainConfig, src: ImageSource, vsrc: ImageSource | None, cha
 
 
 def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: np.ndarray,
-              ckpt: dict[str, Any] | None, init: dict[str, Any] | None, log,
+              ckpt: dict[str, Any] | None, init: dict[str, Any] | None, log, device: torch.device,
               ) -> tuple[NINHash, torch.optim.Optimizer, list[dict[str, float]], dict[str, Any] | None]:
-    """(net, optimizer, history so far, init record): fresh, fine-tuned from ``init`` or resumed."""
+    """(net, optimizer, history so far, init record): fresh, fine-tuned from ``init`` or resumed, on ``device``."""
     mean, std = _channel_stats(train_x)
     net = NINHash(cfg.bits, len(class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init),
                   width=cfg.width)
@@ -262,6 +262,10 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
     history: list[dict[str, float]] = []
     if ckpt is not None:
         net.load_state_dict(ckpt["state_dict"])
+    # on the device before the optimizer's state is loaded, which then follows each parameter there: a run begun
+    # on the CPU and resumed on CUDA kept its momentum on the CPU and failed at the first step (H200, 2026-12-04)
+    net.to(device, memory_format=torch.channels_last)
+    if ckpt is not None:
         opt.load_state_dict(ckpt["train_state"]["optimizer"])
         history = ckpt["history"]
         log(f"resuming {cfg.out} at epoch {ckpt['epochs'] + 1}/{cfg.epochs}")
@@ -290,8 +294,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if ckpt is not None and cfg.consistent_teacher:
         check_teacher_ids(teachers, ckpt["train_state"]["teacher_ids"], cfg.out)
     data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
-    net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log)
-    net.to(device, memory_format=torch.channels_last)
+    net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log, device)
     precision = precision_of(device, cfg.bf16)
     log(f"device: {device}, {precision}")
     avg = (WeightAverage(net, ckpt["train_state"].get("swa") if ckpt is not None else None)
