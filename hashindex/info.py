@@ -18,7 +18,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     params = sum(t.numel() for t in ckpt["state_dict"].values())
     out = {
         "kind": "checkpoint", "path": ckpt["path"], "model_id": ckpt["model_id"],
-        "arch": f"{ckpt['arch']} v{ckpt['arch_version']}", "bits": ckpt["bits"],
+        "arch": f"{ckpt['arch']} v{ckpt['arch_version']}" + (f", width {ckpt['width']}" if "width" in ckpt else ""),
+        "bits": ckpt["bits"],
         "classes": len(ckpt["class_names"]), "class_names": ckpt["class_names"],
         "input": f"{ckpt['channels']}x{ckpt['input_size']}x{ckpt['input_size']} ({ckpt['resize']})",
         "train_data": ckpt["train_data"],

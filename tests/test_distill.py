@@ -191,6 +191,9 @@ def test_a_wider_net_trains_loads_and_teaches(tiny_model, tmp_path):
     fields = model.encode_fields(images)
     assert fields["features"].shape == (8, 192) and fields["mid_features"].shape == (8, 192)
     assert fields["codes"].shape == (8, 2)
+    info = json.loads(CliRunner().invoke(cli, ["info", str(wide), "--json"]).output)
+    assert info["arch"] == "nin-hash v1, width 2" and info["parameters"] > 2.5 * sum(
+        t.numel() for t in read_checkpoint(tiny_model)["state_dict"].values())
     student = tmp_path / "student.pt"
     run(TrainConfig(out=str(student), teacher=str(wide), consistent_teacher=True, **opts), progress=False,
         log=lambda s: None)
