@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .distill import distill_loss
 from .errors import HashindexError
 from .devices import autocast_for
-from .model import WIDTHS, NINHash
+from .model import NINHash, check_width
 from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
 
 
@@ -75,8 +75,7 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """The settings that only make sense together (averaging phase, distillation) are consistent."""
-    if cfg.width not in WIDTHS:
-        raise HashindexError(f"width={cfg.width}: expected one of {', '.join(map(str, WIDTHS))}")
+    check_width(cfg.width)  # before any image is decoded
     if not 0 <= cfg.swa_epochs <= cfg.epochs:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
