@@ -13,7 +13,10 @@
 # and which checkpoints to move out of the work tree for the call (those of rows it does not train or read;
 # back after). The Faiss wheel (18.8 MB) no longer fits beside them: without it the rows train, and are evaluated here
 # afterwards (rerun the same rows here). One row alone trains at ~20,000 images/s on the H200 (2.5 s an epoch
-# of CIFAR-10) and rows run at once share that, so one call trains one long row. Here, once:
+# of CIFAR-10; a --width 2 row ~18,000, with TrivialAugment ~16,500) and rows run at once share that, so one
+# call trains one long row; a row longer than a call (200 epochs with TrivialAugment, ~11 minutes) resumes in
+# a second call while the machine is warm (it keeps runs/ for 30 s after a call; a cold one starts bare, and
+# the parts that came back must then travel as checkpoints/in-progress/ROW.pt). Here, once:
 #
 #   python tools/gpu_train.py --pack .gpudata     # train.tar.gz and test.tar.gz (.gitignore keeps them out)
 #
