@@ -95,7 +95,8 @@ def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1])
     big = sorted(finished, key=sizes.get, reverse=True)[:4]
     return (f"{head}: over one call's {CARRY_LIMIT / 1e6:.1f} MB by {(total - CARRY_LIMIT) / 1e6:.2f} MB; move "
             f"checkpoints the call does not read out of the tree for it, e.g. "
-            + ", ".join(f"{f.relative_to(repo)} ({sizes[f] / 1e6:.1f} MB)" for f in big))
+            + ", ".join(f"{f.relative_to(repo)} ({sizes[f] / 1e6:.1f} MB)" for f in big)
+            + " (git status shows them deleted until they are back: commit nothing meanwhile)")
 
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
