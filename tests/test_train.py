@@ -313,7 +313,7 @@ def test_gpu_carry_report(tmp_path, monkeypatch):
     monkeypatch.setattr(tool, "CARRY_LIMIT", 12_000_000)
     line = tool.carry_report(repo / ".gpudata", repo)
     assert "over one call's 12.0 MB by 2.50 MB" in line
-    assert line.endswith("e.g. checkpoints/a.pt (3.0 MB), checkpoints/b.pt (2.0 MB)")
+    assert "e.g. checkpoints/a.pt (3.0 MB), checkpoints/b.pt (2.0 MB) (git status shows them deleted" in line
 
 
 def test_constant_bits_and_final_map():
