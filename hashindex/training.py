@@ -29,6 +29,7 @@ shuffling, augmentation and dropout of epoch e are seeded by (seed, e).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +63,16 @@ def predict(net: NINHash, images: np.ndarray, device: torch.device, bf16: bool |
         preds.append(logits.argmax(1).cpu().numpy())
         codes.append(pack_codes(latent.float().cpu().numpy()))
     return np.concatenate(preds), np.concatenate(codes)
+
+
+def time_left(epochs: int, seconds_each: float) -> str:
+    """", ~2 h 05 min left" for a run's remaining epochs at this session's mean time an epoch (validation and
+    checkpoint included); "" when none is left. A 200-epoch CPU row runs for days of sessions: how long is
+    the first thing its log is read for."""
+    if epochs <= 0:
+        return ""
+    minutes = round(epochs * seconds_each / 60)
+    return f", ~{minutes // 60} h {minutes % 60:02d} min left" if minutes >= 60 else f", ~{max(minutes, 1)} min left"
 
 
 def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -318,6 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         state["teacher_logits"] = soft
     x_all, y_all, soft_dev = resident(device, x_all, y_all, soft)
     acc = constant = None
+    began = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
@@ -333,7 +345,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
             + (f" val_acc {acc:.4f}" if acc is not None else "")
             + (f" (average of {row['swa_n']}; last weights {row['sgd_val_acc']:.4f})" if "sgd_val_acc" in row else "")
-            + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s)")
+            + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s"
+            + time_left(cfg.epochs - epoch - 1, (time.time() - began) / (epoch + 1 - start_epoch)) + ")")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
                "train_images": len(data.train_x), "constant_bits": constant}

@@ -471,6 +471,15 @@ def test_train_with_test_flip(tmp_path):
         assert read_checkpoint(ft)["test_flip"] is want
 
 
+def test_time_left_reads_in_minutes_then_hours():
+    from hashindex.training import time_left
+
+    assert time_left(0, 100.0) == ""
+    assert time_left(1, 5.0) == ", ~1 min left"  # never "0 min" while an epoch is left
+    assert time_left(10, 150.0) == ", ~25 min left"
+    assert time_left(128, 130.0) == ", ~4 h 37 min left" and time_left(3, 1200.0) == ", ~1 h 00 min left"
+
+
 def test_history_records_each_epochs_last_learning_rate_and_plots(tmp_path):
     """A history row's lr is the one its epoch's last step ran at (a finished cosine run ends near 0; the end of
     the last epoch used to read as the averaging phase's swa_lr, 0.02); `info --plot` draws the history."""
@@ -480,9 +489,12 @@ def test_history_records_each_epochs_last_learning_rate_and_plots(tmp_path):
     need(CIFAR_TRAIN)
     cfg = TrainConfig(data=str(CIFAR_TRAIN), out=str(tmp_path / "m.pt"), limit=64, epochs=2, batch_size=32,
                       workers=0, bits=16, lr=0.05, input_size=16)
-    run(cfg, progress=False, log=lambda s: None)
+    lines = []
+    run(cfg, progress=False, log=lines.append)
     history = read_checkpoint(cfg.out)["history"]
     assert [row["lr"] for row in history] == [lr_at(cfg, 0.5), lr_at(cfg, 1.5)]  # 2 steps an epoch
+    epochs = [line for line in lines if line.startswith("epoch ")]  # the time left, until the last epoch
+    assert epochs[0].endswith(" min left)") and epochs[1].endswith(" img/s)")
     result = CliRunner().invoke(cli, ["info", cfg.out, "--plot", str(tmp_path / "curves.png"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["plot"] == str(tmp_path / "curves.png")
