@@ -147,8 +147,9 @@ def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str])
     code length is the same; the classifier when the classes are the same too.
     """
     if init.get("width", 1) != net.width:
-        raise HashindexError(f"init={init.get('model_id')}: a width-{init.get('width', 1)} net, the net to train has "
-                             f"width {net.width} (give width={init.get('width', 1)}, or train from scratch)")
+        was = init.get("width", 1)
+        raise HashindexError(f"init={init.get('path', init['model_id'])}: a width-{was} net, the net to train has "
+                             f"width {net.width} (give width={was}, or train from scratch)")
     parts = ["trunk"]
     if init["bits"] == net.bits:
         parts.append("latent")

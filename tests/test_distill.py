@@ -198,7 +198,7 @@ def test_a_wider_net_trains_loads_and_teaches(tiny_model, tmp_path):
     run(TrainConfig(out=str(student), teacher=str(wide), consistent_teacher=True, **opts), progress=False,
         log=lambda s: None)
     assert "width" not in read_checkpoint(student)
-    with pytest.raises(HashindexError, match="width-2 net"):
+    with pytest.raises(HashindexError, match=f"init={wide}: a width-2 net"):
         run(TrainConfig(out=str(tmp_path / "x.pt"), init=str(wide), **opts), progress=False, log=lambda s: None)
     with pytest.raises(HashindexError, match="width=5: expected one of 1, 2, 3, 4"):
         run(TrainConfig(out=str(tmp_path / "y.pt"), width=5, **opts), progress=False)
