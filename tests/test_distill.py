@@ -183,8 +183,8 @@ def test_a_wider_net_trains_loads_and_teaches(tiny_model, tmp_path):
                                    "--batch-size", "32", "--workers", "0", "--bits", "16", "--input-size", "16",
                                    "--width", "2", "--out", str(wide)])
     assert res.exit_code == 0, res.output
-    ckpt = read_checkpoint(wide)
-    assert ckpt["width"] == 2 and "width" not in read_checkpoint(tiny_model)
+    ckpt, narrow = read_checkpoint(wide), read_checkpoint(tiny_model)
+    assert ckpt["width"] == 2 and "width" not in narrow
     assert ckpt["state_dict"]["trunk.0.weight"].shape[0] == 384  # 192 x 2 filters in the first conv
     model = load_model(wide)
     images, _, _ = load_arrays(open_source(str(CIFAR_TRAIN)).subset(8), 16, 3, 0, False)
@@ -193,7 +193,7 @@ def test_a_wider_net_trains_loads_and_teaches(tiny_model, tmp_path):
     assert fields["codes"].shape == (8, 2)
     info = json.loads(CliRunner().invoke(cli, ["info", str(wide), "--json"]).output)
     assert info["arch"] == "nin-hash v1, width 2" and info["parameters"] > 2.5 * sum(
-        t.numel() for t in read_checkpoint(tiny_model)["state_dict"].values())
+        t.numel() for t in narrow["state_dict"].values())
     student = tmp_path / "student.pt"
     run(TrainConfig(out=str(student), teacher=str(wide), consistent_teacher=True, **opts), progress=False,
         log=lambda s: None)

@@ -69,7 +69,11 @@ HASHINDEX="$hx" PYTHON=$py TRAIN_ARGS="--device $device" EXTRACT_ARGS="--device 
 rc=$?
 echo "rows ended with rc $rc after $(( $(date +%s) - start )) s (124: the budget ran out; the rows resume)"
 
-mkdir -p "$out/table"  # the rows' checkpoints only: at most 8 files come back, 16 MiB each, so a larger one (an
+mkdir -p "$out/table"
+for d in runs/table/eval-*; do
+    [ -f "$d/metrics.json" ] && mkdir -p "$out/table/$(basename "$d")" && cp "$d/metrics.json" "$out/table/$(basename "$d")/"
+done
+# the rows' checkpoints only, each with its state: at most 8 files come back, 16 MiB each, so a larger one (an
 # unfinished --width 2 row: weights, momentum and teacher logits, ~26 MB) comes back in parts of 15 MiB:
 # at home, cat $FILES_AT/table/ROW.pt.part-* > runs/table/ROW.pt
 for row in "$@"; do
@@ -77,13 +81,6 @@ for row in "$@"; do
     [ -f "$c" ] || continue
     if [ "$(stat -c %s "$c")" -le $((15 * 1024 * 1024)) ]; then cp "$c" "$out/table/"
     else split -b 15M -d "$c" "$out/table/$row.pt.part-"; fi
-done
-for d in runs/table/eval-*; do
-    [ -f "$d/metrics.json" ] && mkdir -p "$out/table/$(basename "$d")" && cp "$d/metrics.json" "$out/table/$(basename "$d")/"
-done
-for row in "$@"; do
-    c=runs/table/$row.pt
-    [ -f "$c" ] || continue
     $py -c 'import sys; from hashindex.checkpoint import read_checkpoint
 c = read_checkpoint(sys.argv[1]); h = c["history"]
 print(sys.argv[1], c["epochs"], "epochs,", "unfinished" if "train_state" in c else "finished", "val_acc", h[-1].get("val_acc") if h else None)' "$c"
