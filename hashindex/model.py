@@ -31,7 +31,7 @@ collection"). The latent layer and classifier stay
 (the posterior signal, accuracy); the code head is in the weights, so in the model id.
 
 ``width`` (`train --width`) multiplies the hidden channels of every block, leaving block 2's and block 3's
-outputs at 192: a wider net is a teacher for the codes' net (3.0M parameters at width 2 against 1.0M; 2.8x a
+outputs at 192: a wider net is a teacher for the codes' net (3.0M parameters at width 2 against 1.0M; 3.1x a
 training step on 2 CPU cores, about the same speed on an H200, whose NIN step is bound by launches), and it
 extracts, indexes and teaches as any model (docs/RESULTS.md, "The GPU path").
 

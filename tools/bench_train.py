@@ -6,9 +6,10 @@ both modes for a few epochs on a CIFAR-10 subset and prints the validation
 accuracy of each, to check that bf16 does not cost accuracy. With --compile,
 a third arm: channels_last + bf16 with the net under torch.compile (inductor;
 compile time excluded, reported apart). With --teachers N..., channels_last + bf16 steps taught by N
-consistent teachers each (`train --consistent-teacher`), as ratios to the untaught step.
+consistent teachers each (`train --consistent-teacher`), as ratios to the untaught step. With --widths W...,
+channels_last + bf16 steps of the net at W times its hidden channels (`train --width`), as ratios likewise.
 
-    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile] [--teachers 1 5]
+    python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile] [--teachers 1 5] [--widths 2]
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifa
 
 def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3,
                     compile_net: bool = False, timings: dict | None = None, device: str = "cpu",
-                    teachers: int = 0) -> float:
+                    teachers: int = 0, width: int = 1) -> float:
     """Images/s of forward + backward + SGD step on random 32x32 uint8 batches (on ``device``; a GPU is
     waited for before the clock is read); with ``teachers``, as many nets teach each batch as
-    `train --consistent-teacher` has them (`distill.ConsistentTeacher`, the distillation loss added)."""
+    `train --consistent-teacher` has them (`distill.ConsistentTeacher`, the distillation loss added); ``width``:
+    the net's (`train --width`)."""
     torch.manual_seed(0)
     device = torch.device(device)
-    net = NINHash(48, 10).train().to(device)
+    net = NINHash(48, 10, width=width).train().to(device)
     if bf16_channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile_net:
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the net under torch.compile")
     ap.add_argument("--teachers", type=int, nargs="*", default=[],
                     help="also time channels_last + bf16 steps taught by this many consistent teachers (e.g. 1 5)")
+    ap.add_argument("--widths", type=int, nargs="*", default=[],
+                    help="also time channels_last + bf16 steps of the net at these widths (e.g. 2 3)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -110,6 +114,9 @@ def main() -> None:
     for n in args.teachers:
         res[f"teachers_{n}_img_s"] = step_throughput(True, args.batch_size, args.steps, teachers=n)
         res[f"ratio_teachers_{n}"] = res[f"teachers_{n}_img_s"] / res["bf16_cl_img_s"]
+    for w in args.widths:
+        res[f"width_{w}_img_s"] = step_throughput(True, args.batch_size, args.steps, width=w)
+        res[f"ratio_width_{w}"] = res[f"width_{w}_img_s"] / res["bf16_cl_img_s"]
     if args.accuracy:
         res["val_acc"] = accuracy_check(args.epochs, args.limit)
     if args.json:
@@ -125,6 +132,9 @@ def main() -> None:
     for n in args.teachers:
         print(f"+ {n} consistent teacher(s) : {res[f'teachers_{n}_img_s']:8.1f} img/s "
               f"({res[f'ratio_teachers_{n}']:.2f}x channels_last + bf16)")
+    for w in args.widths:
+        print(f"+ width {w}                : {res[f'width_{w}_img_s']:8.1f} img/s "
+              f"({res[f'ratio_width_{w}']:.2f}x channels_last + bf16)")
     if args.accuracy:
         print(f"val acc after {args.epochs} epochs on {args.limit} images: {res['val_acc']}")
 

@@ -140,7 +140,7 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
                 --teacher $ckpts/cifar10-48-e200-kd.pt
             views "$name" ;;
         cifar10-48-w2)  # issue #13: a stronger teacher than the five (0.9096 together): NIN at twice the hidden
-            # channels (--width 2: 3.0M parameters against 1.0M, 2.8x a step on this CPU), labels only, 80 epochs
+            # channels (--width 2: 3.0M parameters against 1.0M, 3.1x a step on this CPU), labels only, 80 epochs
             # (a GPU row: tools/gpu_rows.sh; ~4.5 hours a 30-epoch try here would take)
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --epochs 80 --width 2
             views "$name" ;;

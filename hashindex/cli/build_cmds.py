@@ -59,7 +59,7 @@ from .group import _echo_json, cli
 @click.option("--swa-lr", default=0.02, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Constant learning rate of the averaging epochs.")
 @click.option("--width", default=1, show_default=True, type=click.Choice(["1", "2", "3", "4"]),
-              help="Hidden channels x this: 1 is the NIN the codes come from; a wider net (2.8x a step on 2 CPU "
+              help="Hidden channels x this: 1 is the NIN the codes come from; a wider net (3.1x a step on 2 CPU "
                    "cores at 2) is a teacher for it (--teacher), its features 192-d alike.")
 @click.option("--teacher", multiple=True, metavar="MODEL",
               help="Also learn this model's class posteriors (knowledge distillation; same classes and input "
