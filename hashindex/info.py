@@ -70,12 +70,13 @@ def _loss_line(train_args: dict[str, Any], multi_label: bool = False) -> str:
 
 
 def _augmentation_line(train_args: dict[str, Any]) -> str:
-    """What each training image went through: 'crop (4 px padding) + flip + TrivialAugment + cutout 16'."""
+    """What each training image went through: 'crop (4 px padding) + flip + TrivialAugment + cutout 16 + mixup 0.2'."""
     if not train_args:
         return ""
     parts = [f"crop ({train_args['crop_pad']} px padding)" if train_args.get("crop_pad") else "",
              "flip" if train_args.get("flip") else "", "TrivialAugment" if train_args.get("trivial_augment") else "",
-             f"cutout {train_args['cutout']}" if train_args.get("cutout") else ""]
+             f"cutout {train_args['cutout']}" if train_args.get("cutout") else "",
+             f"mixup {train_args['mixup']:g}" if train_args.get("mixup") else ""]
     return " + ".join(p for p in parts if p) or "none"
 
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -61,6 +62,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016)
     cutout: int = 0  # zero a random square of this side in each training image (DeVries & Taylor 2017)
     trivial_augment: bool = False  # one random operation per image at a random strength (trivial_augment.py)
+    mixup: float = 0.0  # each batch blended with itself reversed, weight ~ Beta(a, a) (Zhang et al. 2018); 0: off
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
     swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
     swa_lr: float = 0.02
@@ -80,6 +82,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
         raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
+    if not cfg.mixup >= 0:
+        raise HashindexError(f"mixup={cfg.mixup}: expected 0 (off) or a Beta parameter > 0, e.g. 0.2 or 1")
     if cfg.consistent_teacher and not cfg.teacher:
         raise HashindexError("consistent_teacher=True: give the teacher (teacher=MODEL) it applies to")
     if cfg.teacher and not (0 <= cfg.distill_weight <= 1 and cfg.distill_temperature > 0):
@@ -186,20 +190,49 @@ def top1_hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y.gather(1, top[:, None]) > 0).sum() if y.ndim == 2 else (top == y).sum()
 
 
+def mixup_weights(steps: int, alpha: float, g: torch.Generator) -> list[float]:
+    """One mixup weight per step, drawn from Beta(alpha, alpha) (1.0 each when alpha is 0: no mixing), from a
+    seed drawn from ``g`` so that a resumed run draws the same. Kept at >= 0.5: the image a blend is mostly
+    made of is its own (the pairing is symmetric, so this changes nothing but which label is the main one)."""
+    if not alpha:
+        return [1.0] * steps
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    lam = np.random.default_rng(seed).beta(alpha, alpha, steps)
+    return np.maximum(lam, 1 - lam).tolist()
+
+
+def mix(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Mixup's input: each image blended with the batch's image at the mirrored position (batches are in
+    random order, so the partner is random), lam of its own. uint8 in, float32 out (the net normalises both)."""
+    return x if lam == 1 else torch.lerp(x.flip(0).float(), x.float(), lam)
+
+
+def paired(term: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, lam: float) -> torch.Tensor:
+    """A loss term of a mixed batch: lam of it against each image's target plus 1 - lam against its partner's
+    (`mix`). Cross-entropy is linear in its target, so this is the loss of the blended targets; the
+    distillation term (a KL divergence) differs from that by the teachers' entropy alone, which does not
+    depend on the net: the same gradient."""
+    return term(target) if lam == 1 else lam * term(target) + (1 - lam) * term(target.flip(0))
+
+
 def batch_loss(net: NINHash, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+               device: torch.device, lam: float = 1.0, soft_lam: float = 1.0,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(loss, class loss, distillation loss or None, logits, latent) of one augmented batch.
 
     Cross-entropy (label smoothing as configured), mixed with the teacher's soft targets ``soft`` when
     distilling, plus SSDH's code terms when their weights are set. Label sets (``y`` (B, C) float): binary
-    cross-entropy per class, the targets smoothed toward 1/2 by the same amount.
+    cross-entropy per class, the targets smoothed toward 1/2 by the same amount. A mixup batch (``x`` blended
+    by `mix` at ``lam``) is scored against both images' labels (`paired`), and against both soft targets at
+    ``soft_lam`` (1 when the teachers saw the blend itself: their logits are of that image).
     """
     with autocast_for(device, cfg.bf16):
         logits, latent, _ = net(x)
-    loss = class_loss = class_term(logits.float(), y, cfg.label_smoothing)
+    loss = class_loss = paired(lambda t: class_term(logits.float(), t, cfg.label_smoothing), y, lam)
     distill = None
     if soft is not None:
-        distill = distill_loss(logits.float(), soft.to(device), cfg.distill_temperature)
+        distill = paired(lambda t: distill_loss(logits.float(), t, cfg.distill_temperature), soft.to(device),
+                         soft_lam)
         loss = (1 - cfg.distill_weight) * class_loss + cfg.distill_weight * distill
     if cfg.binary_weight or cfg.balance_weight or cfg.bit_balance_weight:
         binary, balance, bit_balance = code_terms(latent.float())
@@ -215,7 +248,8 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
     `lr_at`; returns the epoch's history row (mean loss terms, training accuracy, speed). The images may
     live on ``device`` already (`training.resident`): then a batch is gathered and augmented there. The
     soft targets are the teachers' logits of each image (``soft``, computed once) or of each augmented batch
-    (``teach``: `distill.ConsistentTeacher`).
+    (``teach``: `distill.ConsistentTeacher`). With mixup each batch is blended at its step's weight
+    (`mixup_weights`) before the teachers see it; its training accuracy counts the main image's label.
 
     The running sums stay on the device and are read every 50 steps for the progress bar: each read waits
     for the GPU to finish all the steps queued so far."""
@@ -229,6 +263,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
     choices = {k: v.to(place) for k, v in draw_augment(len(x_all), x_all.shape[-1], g, cfg.crop_pad, cfg.flip,
                                                        cfg.cutout, cfg.trivial_augment).items()}
     order = perm.to(place)
+    lams = mixup_weights(steps, cfg.mixup, g)
     t0, seen = time.time(), 0
     # loss, class loss, hits, latent margin and distillation loss, each summed over the images
     sums = torch.zeros(5, dtype=torch.float64, device=device)
@@ -238,12 +273,13 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         at = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
         idx = order[at]
         x = apply_augment(x_all[idx], {k: v[at] for k, v in choices.items()}, cfg.crop_pad, cfg.cutout)
-        x = x.to(device, non_blocking=True)
+        x = mix(x.to(device, non_blocking=True), lams[step])
         y = y_all[idx].to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch + step / steps)
         target = teach(x) if teach is not None else None if soft is None else soft[idx]
-        loss, class_loss, distill, logits, latent = batch_loss(net, cfg, x, y, target, device)
+        loss, class_loss, distill, logits, latent = batch_loss(net, cfg, x, y, target, device, lams[step],
+                                                               1.0 if teach is not None else lams[step])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

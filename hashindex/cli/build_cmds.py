@@ -53,6 +53,10 @@ from .group import _echo_json, cli
 @click.option("--trivial-augment", is_flag=True,
               help="Also give each training image one random operation (shear, rotate, colour, equalise, ...) "
                    "at a random strength: TrivialAugment, Mueller & Hutter 2021.")
+@click.option("--mixup", default=0.0, show_default=True, type=click.FloatRange(0), metavar="ALPHA",
+              help="Blend each training image with another, weight ~ Beta(ALPHA, ALPHA), the loss against both "
+                   "labels (mixup, Zhang et al. 2018; with --consistent-teacher the teachers judge the blend: "
+                   "function matching); 0: off, 0.2-1 usual.")
 @click.option("--swa-epochs", default=0, show_default=True, type=click.IntRange(0), metavar="N",
               help="Stochastic weight averaging: the last N of --epochs run at --swa-lr and the model is the "
                    "average of their weights (with --init, --epochs N --swa-epochs N averages a trained model).")
@@ -81,9 +85,9 @@ from .group import _echo_json, cli
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, bf16, workers, seed, init,
-          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, trivial_augment, swa_epochs,
-          swa_lr, width, teacher, distill_weight, distill_temperature, consistent_teacher, test_flip, resume,
-          overwrite, as_json):
+          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, trivial_augment, mixup,
+          swa_epochs, swa_lr, width, teacher, distill_weight, distill_temperature, consistent_teacher, test_flip,
+          resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -118,7 +122,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
         device=device, bf16=bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
         bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
-        trivial_augment=trivial_augment,
+        trivial_augment=trivial_augment, mixup=mixup,
         swa_epochs=swa_epochs, swa_lr=swa_lr, width=int(width), teacher=_one_or_all(teacher),
         distill_weight=distill_weight, distill_temperature=distill_temperature, consistent_teacher=consistent_teacher,
         test_flip=test_flip,
