@@ -66,13 +66,21 @@ def predict(net: NINHash, images: np.ndarray, device: torch.device, bf16: bool |
 
 
 def time_left(epochs: int, seconds_each: float) -> str:
-    """", ~2 h 05 min left" for a run's remaining epochs at this session's mean time an epoch (validation and
-    checkpoint included); "" when none is left. A 200-epoch CPU row runs for days of sessions: how long is
-    the first thing its log is read for."""
+    """", ~2 h 05 min left" for a run's remaining epochs at ``seconds_each`` (`recent_pace`); "" when none is
+    left. A 200-epoch CPU row runs for days of sessions: how long is the first thing its log is read for."""
     if epochs <= 0:
         return ""
     minutes = round(epochs * seconds_each / 60)
     return f", ~{minutes // 60} h {minutes % 60:02d} min left" if minutes >= 60 else f", ~{max(minutes, 1)} min left"
+
+
+def recent_pace(ends: list[float], window: int = 3) -> float:
+    """Seconds an epoch over the last ``window`` epochs (validation and checkpoint included), from the times
+    the run (re)started and each epoch ended. Not the mean since the start: a shared machine's speed changes
+    within a session (session 46: 30-38 img/s while another run shared the cores, then 95 alone), and the
+    estimate of what is left should follow the pace the run has now."""
+    last = ends[-window - 1:]
+    return (last[-1] - last[0]) / (len(last) - 1)
 
 
 def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -330,7 +338,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         state["teacher_logits"] = soft
     x_all, y_all, soft_dev = resident(device, x_all, y_all, soft)
     acc = constant = None
-    began = time.time()
+    ends = [time.time()]  # when the run (re)started, then when each epoch ended: the pace of the last few
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
@@ -343,11 +351,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         history.append(row)
         meta, constant = _save_epoch(cfg, epoch, net, model, opt, state, avg, data, device,
                                      {**info, "accuracy": acc, "history": history})
+        ends.append(time.time())
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
             + (f" val_acc {acc:.4f}" if acc is not None else "")
             + (f" (average of {row['swa_n']}; last weights {row['sgd_val_acc']:.4f})" if "sgd_val_acc" in row else "")
             + f" latent_margin {row['latent_margin']:.3f} ({row['img_per_s']:.0f} img/s"
-            + time_left(cfg.epochs - epoch - 1, (time.time() - began) / (epoch + 1 - start_epoch)) + ")")
+            + time_left(cfg.epochs - epoch - 1, recent_pace(ends)) + ")")
     summary = {"out": str(cfg.out), "model_id": meta["model_id"], "epochs": cfg.epochs,
                "accuracy": acc, "map": meta["map"], "skipped": dict(skips.counts),
                "train_images": len(data.train_x), "constant_bits": constant}

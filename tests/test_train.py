@@ -480,6 +480,16 @@ def test_time_left_reads_in_minutes_then_hours():
     assert time_left(128, 130.0) == ", ~4 h 37 min left" and time_left(3, 1200.0) == ", ~1 h 00 min left"
 
 
+def test_the_pace_left_follows_the_last_epochs():
+    """After slow epochs (the cores shared) the estimate follows the last three epochs, not the run's mean."""
+    from hashindex.training import recent_pace
+
+    assert recent_pace([0.0, 100.0]) == 100.0  # one epoch so far: its time
+    ends = [0.0, 1500.0, 3000.0, 4500.0, 5000.0, 5500.0, 6000.0]  # three epochs of 1,500 s, then three of 500 s
+    assert recent_pace(ends) == 500.0 and recent_pace(ends, window=6) == 1000.0
+    assert recent_pace(ends[:5]) == (5000.0 - 1500.0) / 3
+
+
 def test_history_records_each_epochs_last_learning_rate_and_plots(tmp_path):
     """A history row's lr is the one its epoch's last step ran at (a finished cosine run ends near 0; the end of
     the last epoch used to read as the averaging phase's swa_lr, 0.02); `info --plot` draws the history."""
