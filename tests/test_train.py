@@ -314,6 +314,16 @@ def test_gpu_carry_report(tmp_path, monkeypatch):
     line = tool.carry_report(repo / ".gpudata", repo)
     assert "over one call's 12.0 MB by 2.50 MB" in line
     assert "e.g. checkpoints/a.pt (3.0 MB), checkpoints/b.pt (2.0 MB) (git status shows them deleted" in line
+    line = tool.carry_report(repo / ".gpudata", repo, reads={"a.pt"})  # rows that read a.pt: the others go
+    assert "checkpoints these rows do not read out of the tree for it, e.g. checkpoints/in-progress/c.pt (5.0 MB), " \
+           "checkpoints/b.pt (2.0 MB) (git" in line
+
+    reads = tool.row_reads(["cifar10-48-e200-fm5", "cifar10-24-init-kd"])  # the real rows' blocks
+    assert {"cifar10-48-e100-kd2.pt", "cifar10-48-e100-kd-cutout.pt", "cifar10-48-e200-kd.pt",
+            "cifar10-48-e200-fm5.pt", "cifar10-24-init-kd.pt", "cifar10-48-e100-kd-scratch.pt"} <= reads
+    assert "cifar10-48-e200-ckd5.pt" not in reads and "cifar10-12-init-kd.pt" not in reads
+    with pytest.raises(SystemExit, match="--for-rows: no row cifar10-48-e300"):
+        tool.row_reads(["cifar10-48-e300"])
 
 
 def test_constant_bits_and_final_map():

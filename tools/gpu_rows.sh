@@ -18,7 +18,8 @@
 # a second call while the machine is warm (it keeps runs/ for 30 s after a call; a cold one starts bare, and
 # the parts that came back must then travel as checkpoints/in-progress/ROW.pt). Here, once:
 #
-#   python tools/gpu_train.py --pack .gpudata     # train.tar.gz and test.tar.gz (.gitignore keeps them out)
+#   python tools/gpu_train.py --pack .gpudata --for-rows ROW,ROW   # train.tar.gz and test.tar.gz (.gitignore keeps
+#       them out); --for-rows: the checkpoints to move aside are those these rows do not read
 #
 # then run(carry=[".gpudata"], timeout_s=590, command="BUDGET=540 tools/gpu_rows.sh ROW..."). (Should the
 # tree shrink, a Faiss wheel in .whl/ is installed and used: `python3 -m pip download --no-deps

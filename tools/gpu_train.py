@@ -34,6 +34,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ INIT = "checkpoints/cifar10-48-e100-kd-scratch.pt"
 FINETUNES = {f"cifar10-{b}-init-kd": {"bits": b, "init": INIT, "epochs": 10, "lr": 0.02} for b in (24, 32)}
 
 
-def pack(folder: Path, train: str, test: str) -> None:
+def pack(folder: Path, train: str, test: str, reads: set[str] | None = None) -> None:
     """The training and test tars gzipped into ``folder`` as train.tar.gz and test.tar.gz, the one packing
     this script and tools/gpu_rows.sh read (77 -> 16 MB and 15 -> 3.3 MB: a tar of 32-px JPEGs is mostly
     headers and padding, which compress away)."""
@@ -71,17 +72,35 @@ def pack(folder: Path, train: str, test: str) -> None:
         part.replace(folder / f"{name}.tar.gz")  # a stopped packing leaves no half file under the read name
     for f in sorted(folder.glob("*.tar.gz")):
         print(f"{f}: {f.stat().st_size / 1e6:.1f} MB")
-    print(carry_report(folder))
+    print(carry_report(folder, reads=reads))
 
 
 CARRY_LIMIT = 64 * 2**20  # what one call of the device tool carries: the work tree and the carried paths
 
 
-def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1]) -> str:
+ROWS_SCRIPT = Path(__file__).with_name("reproduce_table.sh")
+
+
+def row_reads(rows: list[str], script: Path = ROWS_SCRIPT) -> set[str]:
+    """The checkpoint file names the named rows of tools/reproduce_table.sh read (every `*.pt` in a row's
+    block: its --init, its teachers) or resume (ROW.pt): what a call training them must carry."""
+    text = script.read_text()
+    names = set()
+    for row in rows:
+        m = re.search(rf"^\s+(?:[\w|-]+\|)?{re.escape(row)}(?:\|[\w|-]+)?\)(.*?);;", text, re.M | re.S)
+        if not m:
+            raise SystemExit(f"--for-rows: no row {row} in {script}")
+        names |= set(re.findall(r"[\w.-]+\.pt", m.group(1))) | {f"{row}.pt"}
+    return names
+
+
+def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1], reads: set[str] | None = None
+                 ) -> str:
     """One line: whether the work tree (what git tracks or would track, as present on disk) and ``folder``
     fit in one call's 64 MiB, and if not, the largest finished checkpoints (checkpoints/*.pt) to move out of
     the tree for that call (2026-12-04: 47.9 MB of tree with six finished checkpoints and an in-progress one,
-    plus 19.3 MB of data: 67.2 MB, 60 KB over)."""
+    plus 19.3 MB of data: 67.2 MB, 60 KB over). Given the file names the call's rows read (`row_reads`), the
+    others, in-progress ones included, and never those."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
                             capture_output=True, check=True).stdout.split(b"\0")
     files = [repo / os.fsdecode(name) for name in listed if name]
@@ -91,10 +110,12 @@ def carry_report(folder: Path, repo: Path = Path(__file__).resolve().parents[1])
     head = f"carried: tree {tree / 1e6:.1f} MB + {folder} {data / 1e6:.1f} MB = {total / 1e6:.1f} MB"
     if total <= CARRY_LIMIT:
         return f"{head}, within one call's {CARRY_LIMIT / 1e6:.1f} MB"
-    finished = [f for f in sizes if f.parent == repo / "checkpoints" and f.suffix == ".pt"]  # rows' results
-    big = sorted(finished, key=sizes.get, reverse=True)[:4]
+    folders = [repo / "checkpoints"] + ([repo / "checkpoints" / "in-progress"] if reads is not None else [])
+    movable = [f for f in sizes if f.parent in folders and f.suffix == ".pt" and f.name not in (reads or ())]
+    big = sorted(movable, key=sizes.get, reverse=True)[:4]
+    which = "the call does not read" if reads is None else "these rows do not read"
     return (f"{head}: over one call's {CARRY_LIMIT / 1e6:.1f} MB by {(total - CARRY_LIMIT) / 1e6:.2f} MB; move "
-            f"checkpoints the call does not read out of the tree for it, e.g. "
+            f"checkpoints {which} out of the tree for it, e.g. "
             + ", ".join(f"{f.relative_to(repo)} ({sizes[f] / 1e6:.1f} MB)" for f in big)
             + " (git status shows them deleted until they are back: commit nothing meanwhile)")
 
@@ -153,6 +174,8 @@ def history(path: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pack", metavar="FOLDER", help="Only write the carried data into FOLDER, then stop.")
+    ap.add_argument("--for-rows", metavar="ROW,ROW", help="With --pack: the rows of tools/reproduce_table.sh the "
+                    "call will train (tools/gpu_rows.sh): checkpoints they do not read are the ones to move aside.")
     ap.add_argument("--train-tar", default="../shared/data/cifar10-jpeg/train.tar")
     ap.add_argument("--test-tar", default="../shared/data/cifar10-jpeg/test.tar")
     ap.add_argument("--data", default=".gpudata", help="The folder --pack wrote.")
@@ -170,7 +193,8 @@ def main() -> None:
     ap.add_argument("--no-finetunes", action="store_true", help="Leave out the fixed-epoch fine-tuning rows.")
     args = ap.parse_args()
     if args.pack:
-        return pack(Path(args.pack), args.train_tar, args.test_tar)
+        reads = row_reads(args.for_rows.split(",")) if args.for_rows else None
+        return pack(Path(args.pack), args.train_tar, args.test_tar, reads)
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:  # said before a minute of lease is spent on the set-up
         raise SystemExit(f"--rows: unknown {', '.join(sorted(unknown))} (expected some of {', '.join(ROWS)})")
