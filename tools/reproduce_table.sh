@@ -143,8 +143,8 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             # each blended image ("function matching", Beyer et al. 2022: consistent teaching on blends of two
             # images, which ask the teachers about the space between the training images, not only at them)
             ckpts=checkpoints
-            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init $ckpts/cifar10-48-e200-kd.pt --epochs 30 --lr 0.02 \
-                --consistent-teacher --teacher nin-cifar10-48-v2 --teacher nin-cifar10-48-v3 \
+            row "$name" "$cifar_train" "$cifar_test" --bits 48 --init $ckpts/cifar10-48-e200-kd.pt --epochs 30 \
+                --lr 0.02 --consistent-teacher --teacher nin-cifar10-48-v2 --teacher nin-cifar10-48-v3 \
                 --teacher $ckpts/cifar10-48-e100-kd2.pt --teacher $ckpts/cifar10-48-e100-kd-cutout.pt \
                 --teacher $ckpts/cifar10-48-e200-kd.pt --mixup 1
             views "$name" ;;
