@@ -17,6 +17,7 @@ from hashindex.cli import cli
 from hashindex.recipe import class_term, mix, mixup_weights, paired
 from hashindex.training import TrainConfig, train as run
 from tests.conftest import CIFAR_TRAIN, need
+from tests.test_distill import _softmax
 from tests.test_train import Interrupt, _stop_after_epoch
 
 
@@ -29,11 +30,6 @@ def test_mixup_weights_are_beta_draws_kept_over_one_half():
     def draw(seed):
         return mixup_weights(9, 1.0, torch.Generator().manual_seed(seed))
     assert draw(3) == draw(3) and draw(3) != draw(4)
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -49,7 +45,7 @@ def test_a_blended_batch_and_its_loss_equal_a_direct_computation(smoothing):
     logits, y, c = rng.normal(size=(6, 5)) * 2, rng.integers(0, 5, 6), 5
     one_hot = np.eye(c)[y] * (1 - smoothing) + smoothing / c
     target = lam * one_hot + (1 - lam) * one_hot[::-1]  # each image's label and its partner's, blended
-    want = -(target * _log_softmax(logits)).sum(axis=1).mean()
+    want = -(target * np.log(_softmax(logits))).sum(axis=1).mean()
     t_logits = torch.tensor(logits)
     got = paired(lambda t: class_term(t_logits, t, smoothing), torch.tensor(y), lam)
     assert float(got) == pytest.approx(want, rel=1e-9)
