@@ -12,9 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .codes import row_distances
-from .errors import HashindexError
-
-QUERY_BLOCK = 16_384  # hashes searched at once: bounds the memory of one range search
+from .hamming_range import QUERY_BLOCK, range_pairs
 
 
 def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
@@ -24,44 +22,36 @@ def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray, other: np.n
     return row_distances(a, b)  # O(pairs): no whole copy
 
 
-def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, crops: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, crops: np.ndarray | None = None,
+                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """For distinct packed hashes, every other one within ``radius`` bits, itself included: (lims, labels), as
-    Faiss gives them (row r's are labels[lims[r]:lims[r + 1]]). With ``crops`` ((n, K, bytes): each item's
-    crop-box hashes, `phash.crop_hashes`), r and s are neighbours too when the whole hash of one is within the
-    radius of a crop hash of the other (either way round: a copy cut to a box hashes like that box).
+    Faiss gives them (row r's are labels[lims[r]:lims[r + 1]], in order). With ``crops`` ((n, K, bytes): each
+    item's crop-box hashes, `phash.crop_hashes`), r and s are neighbours too when the whole hash of one is
+    within the radius of a crop hash of the other (either way round: a copy cut to a box hashes like that box).
 
-    Exact (a Faiss flat range search, block by block of queries): O(n^2) popcounts, O(n^2 (K + 1)) with crops.
-    Measured on one core that a training run shared: 200,000 hashes in 24 s (8e8 pairs a second; numpy's XOR and
-    table popcount, timed in the same runs, 124-207x slower); a Faiss MultiHash index (4 x 16 bits, 2 flips:
-    exact at radius 8) took 139 s for the same pairs, enumerating its flips (docs/RESULTS.md, "Duplicates").
+    Exact (`hamming_range.range_pairs`; ``method`` is its plan): a Faiss flat range search is O(n^2)
+    popcounts, O(n^2 (K + 1)) with crops, measured on one core that a training run shared at 200,000 hashes in
+    24 s (8e8 pairs a second; numpy's XOR and table popcount, timed in the same runs, 124-207x slower; a Faiss
+    MultiHash index, 4 x 16 bits and 2 flips, 139 s). Past a billion pairs the pigeonhole's chunks compare
+    about 7 % of them instead: 13.5x faster at a million hashes with 3 crop hashes each (docs/RESULTS.md,
+    "Duplicates").
     """
-    import faiss
     from tqdm import tqdm
 
-    if radius < 0:
-        raise HashindexError(f"radius={radius}: expected a distance of 0 bits or more")
     hashes = np.ascontiguousarray(hashes, dtype=np.uint8)
     n, width = hashes.shape
     boxes = 0 if crops is None else crops.shape[1]
-    index = faiss.IndexBinaryFlat(width * 8)
-    index.add(hashes)
+    items = hashes if not boxes else np.concatenate([hashes, np.ascontiguousarray(crops, np.uint8).reshape(-1, width)])
+    with tqdm(desc="pairs", unit="step", disable=not progress or n * (boxes + 1) <= QUERY_BLOCK) as bar:
+        def step(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        rows, found = range_pairs(hashes, items, radius, method, step)
+    labels = np.where(found < n, found, (found - n) // max(boxes, 1))  # a crop hash -> its item
     if boxes:
-        index.add(np.ascontiguousarray(crops, dtype=np.uint8).reshape(n * boxes, width))
-    counts, labels = [np.zeros(1, np.int64)], []
-    for start in tqdm(range(0, n, QUERY_BLOCK), desc="pairs", unit="block",
-                      disable=not progress or n * (boxes + 1) <= QUERY_BLOCK):
-        lims, _, found = index.range_search(hashes[start:start + QUERY_BLOCK], radius + 1)  # Faiss: below radius
-        counts.append(np.diff(lims).astype(np.int64))
-        found = found.astype(np.int64)
-        labels.append(np.where(found < n, found, (found - n) // max(boxes, 1)))  # a crop hash -> its item
-    lims = np.cumsum(np.concatenate(counts))
-    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    if not boxes:
-        return lims, labels
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims))
-    pairs = np.unique(np.concatenate([rows * n + labels, labels * n + rows]))  # both ways round, once each
-    return np.searchsorted(pairs // n, np.arange(n + 1)), pairs % n
+        pairs = np.unique(np.concatenate([rows * n + labels, labels * n + rows]))  # both ways round, once each
+        rows, labels = pairs // n, pairs % n
+    return np.searchsorted(rows, np.arange(n + 1)), labels
 
 
 def star_groups(hashes: np.ndarray, radius: int, accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,

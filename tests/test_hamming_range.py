@@ -1,0 +1,112 @@
+"""hamming_range.range_pairs: both plans give exactly the pairs a direct numpy computation gives."""
+
+import numpy as np
+import pytest
+
+from hashindex import hamming_range
+from hashindex.errors import HashindexError
+from hashindex.hamming_range import chunk_keys, range_pairs
+from hashindex.hash_groups import unique_neighbours
+
+
+def _reference(queries: np.ndarray, items: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    d = np.unpackbits(queries[:, None, :] ^ items[None, :, :], axis=2).sum(axis=2)
+    q, i = np.nonzero(d <= radius)
+    return q.astype(np.int64), i.astype(np.int64)
+
+
+def _hashes(n: int, width: int, seed: int, near: int = 8) -> np.ndarray:
+    """Random hashes, every third a copy of an earlier one with 0 to ``near`` bits flipped."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 256, (n, width), dtype=np.uint8)
+    bits = np.unpackbits(h, axis=1)
+    for k in range(2, n, 3):
+        bits[k] = bits[rng.integers(k)]
+        bits[k, rng.choice(8 * width, rng.integers(0, near + 1), replace=False)] ^= 1
+    return np.packbits(bits, axis=1)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 8, 12])
+@pytest.mark.parametrize("method", ["flat", "chunks"])
+def test_range_pairs_equal_the_definition(radius, method):
+    queries, items = _hashes(700, 8, radius), _hashes(900, 8, radius + 100)
+    items[:300] = queries[:300]  # queries among the items, as `duplicates` searches
+    want = _reference(queries, items, radius)
+    got = range_pairs(queries, items, radius, method)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want)) and len(want[0]) > 300
+    assert got[0].dtype == got[1].dtype == np.int64
+
+
+def test_large_buckets_go_to_faiss_and_small_ones_in_batches(monkeypatch):
+    """Hashes that vary in 12 bits only fill few, large buckets (a Faiss call each); tiny limits send the rest
+    through several numpy batches: the pairs stay the same."""
+    rng = np.random.default_rng(3)
+    bits = np.zeros((1500, 64), np.uint8)
+    bits[:, rng.choice(64, 12, replace=False)] = rng.integers(0, 2, (1500, 12))
+    h = np.packbits(bits, axis=1)
+    h[::2] = _hashes(750, 8, 4)
+    want = _reference(h, h, 5)
+    calls = []
+    flat = hamming_range._flat
+    monkeypatch.setattr(hamming_range, "_flat", lambda *a: (calls.append(len(a[0])), flat(*a))[1])
+    monkeypatch.setattr(hamming_range, "BATCH_PAIRS", 64)
+    got = range_pairs(h, h, 5, "chunks")
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert calls and max(calls) > 100  # a large bucket searched by Faiss
+
+
+def test_wider_hashes_and_empty_inputs():
+    queries, items = _hashes(300, 16, 7, near=20), _hashes(400, 16, 8, near=20)
+    items[:100] = queries[:100]
+    for method in ("flat", "chunks"):
+        got, want = range_pairs(queries, items, 20, method), _reference(queries, items, 20)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        for q, i in ((queries[:0], items), (queries, items[:0])):
+            assert [len(a) for a in range_pairs(q, i, 3, method)] == [0, 0]
+
+
+def test_auto_takes_the_chunks_past_the_flat_limit(monkeypatch):
+    h = _hashes(800, 8, 9)
+    taken = []
+    chunked = hamming_range._chunked
+    monkeypatch.setattr(hamming_range, "_chunked", lambda *a: (taken.append(1), chunked(*a))[1])
+    want = _reference(h, h, 8)
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and not taken  # 640,000 pairs
+    monkeypatch.setattr(hamming_range, "FLAT_PAIRS", 1000)
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and taken
+    taken.clear()
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 40), _reference(h, h, 40)))
+    assert not taken  # 41 chunks of 1-2 bits compare more than half the pairs: flat
+
+
+def test_chunk_keys_interleave_the_bits():
+    h = np.packbits(np.eye(64, dtype=np.uint8), axis=1)  # hash b has bit b alone
+    keys = chunk_keys(h, 9)
+    for b in range(64):
+        assert [int(k[b]) for k in keys] == [1 << (b // 9) if c == b % 9 else 0 for c in range(9)]
+
+
+def test_bad_arguments_say_what_was_expected():
+    h = _hashes(10, 8, 0)
+    with pytest.raises(HashindexError, match="method='fast': expected one of auto, flat, chunks"):
+        range_pairs(h, h, 3, "fast")
+    with pytest.raises(HashindexError, match="radius=-1"):
+        range_pairs(h, h, -1)
+    with pytest.raises(HashindexError, match=r"queries \(10, 8\) and items \(10, 16\)"):
+        range_pairs(h, np.concatenate([h, h], axis=1), 3)
+    with pytest.raises(HashindexError, match="radius=64 on 64-bit hashes"):
+        range_pairs(h, h, 64, "chunks")
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 64), _reference(h, h, 64)))  # auto: flat
+
+
+@pytest.mark.parametrize("radius", [0, 6])
+def test_unique_neighbours_are_the_same_by_either_plan(radius):
+    """`duplicates`' search (whole hashes against whole and crop hashes, both ways round) by chunks as by the
+    flat search."""
+    h, crops = _hashes(500, 8, 11), _hashes(1500, 8, 12).reshape(500, 3, 8)
+    crops[::4, 1] = h[1::4]  # item 4k's second box is item 4k + 1's whole hash
+    flat = unique_neighbours(h, radius, crops=crops, method="flat")
+    chunks = unique_neighbours(h, radius, crops=crops, method="chunks")
+    assert all(np.array_equal(a, b) for a, b in zip(flat, chunks))
+    lims, labels = flat
+    assert {4, 5} <= set(labels[lims[4]:lims[5]].tolist()) and 4 in labels[lims[5]:lims[6]]
