@@ -110,3 +110,10 @@ def test_unique_neighbours_are_the_same_by_either_plan(radius):
     assert all(np.array_equal(a, b) for a, b in zip(flat, chunks))
     lims, labels = flat
     assert {4, 5} <= set(labels[lims[4]:lims[5]].tolist()) and 4 in labels[lims[5]:lims[6]]
+
+
+def test_chunk_keys_are_the_same_block_by_block(monkeypatch):
+    h = _hashes(1000, 8, 13)
+    whole = chunk_keys(h, 9)
+    monkeypatch.setattr(hamming_range, "KEY_BLOCK", 64)
+    assert all(np.array_equal(a, b) for a, b in zip(chunk_keys(h, 9), whole))
