@@ -5,9 +5,9 @@ O(queries x items) popcounts at Faiss's speed. ``chunks`` (multi-index hashing's
 2012, without its flips): cut the bits into radius + 1 chunks; two hashes within the radius agree exactly on
 at least one chunk, so each chunk's value splits queries and items into buckets and only a bucket's queries
 and items are compared. On 64-bit perceptual hashes at radius 8 (9 chunks of 7 bits) that compares about
-7 % of all pairs (7.3 % on CIFAR-10's 60,000 hashes, 6.6 % on random ones): 12-14x faster than the flat
-search at a million hashes, 4-5x on CIFAR-10's, slower below a few 1e8 pairs, where the buckets' overhead
-outweighs them (docs/RESULTS.md, "Duplicates"); ``auto`` picks the chunks past a billion pairs.
+7 % of all pairs (7.3 % on CIFAR-10's 60,000 hashes, 6.6 % on random ones): 13x faster than the flat
+search at a million hashes, 5-7x on CIFAR-10's, 1.15x at 16,000 (docs/RESULTS.md, "Duplicates"); ``auto``
+takes the chunks past 2e8 pairs.
 """
 
 from __future__ import annotations
@@ -16,18 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from .codes import row_distances
 from .errors import HashindexError
 
 QUERY_BLOCK = 16_384  # queries of one flat range search: bounds its memory
-# fewer query-item pairs than this: one flat search. Measured alone on 2 cores: the chunks ran at 0.75x the
-# flat's speed at 2.6e8 pairs (16,000 hashes), 2.2x at 1e9, 12-14x at 1e12 (a million; tools/bench_hamming_range.py)
-FLAT_PAIRS = 10**9
-# a bucket with fewer pairs than this is checked in numpy with the other small ones, not by a Faiss call of its
-# own: alone on 2 cores a call costs ~30 us and then compares 3-4e9 pairs/s, numpy 4e7 (even at ~1,000 pairs;
-# tools/bench_hamming_range.py, "Duplicates" in docs/RESULTS.md)
-NUMPY_PAIRS = 1_024
-BATCH_PAIRS = 1 << 22  # pairs of small buckets checked at once: bounds memory
+# fewer query-item pairs than this: one flat search. Measured alone on 2 cores, the chunks against it: 1.15x at
+# 2.6e8 pairs (16,000 hashes), 3.0x at 1e9, 12.7x at 1e12 (a million; tools/bench_hamming_range.py)
+FLAT_PAIRS = 2 * 10**8
 KEY_BLOCK = 1 << 18  # hashes whose bits are unpacked at once for their chunk keys: bounds memory
 METHODS = ("auto", "flat", "chunks")
 
@@ -123,44 +117,19 @@ def _chunked(queries: np.ndarray, items: np.ndarray, radius: int, qkeys: list[np
 
 def _chunk_pairs(queries: np.ndarray, items: np.ndarray, radius: int, qkey: np.ndarray, ikey: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs within the radius among those sharing a bucket of one chunk: small buckets together in
-    numpy (a Faiss call costs more than it compares), large ones each by a Faiss flat search."""
-    qorder, iorder = np.argsort(qkey, kind="stable"), np.argsort(ikey, kind="stable")
-    qsorted, isorted = qkey[qorder], ikey[iorder]
-    values, qstart, qcount = np.unique(qsorted, return_index=True, return_counts=True)
-    istart = np.searchsorted(isorted, values, "left")
-    icount = np.searchsorted(isorted, values, "right") - istart
-    pairs = qcount.astype(np.int64) * icount
-    out_q, out_i = [], []
-    small = np.flatnonzero((pairs > 0) & (pairs < NUMPY_PAIRS))
-    for batch in _batches(small, pairs, BATCH_PAIRS):
-        q, i = _all_pairs(qstart[batch], qcount[batch], istart[batch], icount[batch])
-        q, i = qorder[q], iorder[i]
-        near = row_distances(queries[q], items[i]) <= radius
-        out_q.append(q[near])
-        out_i.append(i[near])
-    for b in np.flatnonzero(pairs >= NUMPY_PAIRS).tolist():
-        q = qorder[qstart[b]:qstart[b] + qcount[b]]
-        i = iorder[istart[b]:istart[b] + icount[b]]
-        fq, fi = _flat(queries[q], items[i], radius, None)
-        out_q.append(q[fq])
-        out_i.append(i[fi])
-    if not out_q:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_q).astype(np.int64), np.concatenate(out_i).astype(np.int64)
+    """The pairs within the radius among those sharing a bucket of one chunk, by one Faiss call: an inverted
+    file whose lists are the chunk's values, each item added to its value's list and each query searched in
+    its own. One call, not one per bucket (commit a71e919): on cores another job keeps busy, each of ~1,000
+    calls a chunk waited for busy threads; alone, one call is as fast from 200,000 hashes and 1.5x at 16,000
+    (docs/RESULTS.md, "Duplicates")."""
+    import faiss
 
-
-def _batches(buckets: np.ndarray, pairs: np.ndarray, most: int) -> list[np.ndarray]:
-    """``buckets`` split into runs of at most ``most`` pairs each (a bucket alone may be more)."""
-    ends = np.cumsum(pairs[buckets])
-    cuts = np.searchsorted(ends, np.arange(most, int(ends[-1]) if len(ends) else 0, most), "right")
-    return [b for b in np.split(buckets, np.unique(cuts)) if len(b)]
-
-
-def _all_pairs(qstart: np.ndarray, qcount: np.ndarray, istart: np.ndarray, icount: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (query, item) position pair of each bucket (positions in the sorted orders), all buckets at once."""
-    per = qcount.astype(np.int64) * icount
-    offset = np.arange(int(per.sum()), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
-    width = np.repeat(icount.astype(np.int64), per)
-    return np.repeat(qstart, per) + offset // width, np.repeat(istart, per) + offset % width
+    values = np.unique(np.concatenate([qkey, ikey]))  # the lists: values present, numbered densely
+    bits = 8 * queries.shape[1]
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, len(values))
+    ivf.is_trained, ivf.nprobe = True, 1  # no centroids: the lists are assigned here
+    lists = np.searchsorted(values, ikey).astype(np.int64)
+    ivf.add_core(len(items), faiss.swig_ptr(items), None, faiss.swig_ptr(lists))
+    probe = np.searchsorted(values, qkey).astype(np.int64)[:, None]
+    lims, _, found = ivf.range_search_preassigned(queries, radius + 1, probe, None)  # Faiss: below radius + 1
+    return np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims).astype(np.int64)), found.astype(np.int64)

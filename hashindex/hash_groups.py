@@ -32,8 +32,8 @@ def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, c
     Exact (`hamming_range.range_pairs`; ``method`` is its plan): a Faiss flat range search is O(n^2)
     popcounts, O(n^2 (K + 1)) with crops, measured on one core that a training run shared at 200,000 hashes in
     24 s (8e8 pairs a second; numpy's XOR and table popcount, timed in the same runs, 124-207x slower; a Faiss
-    MultiHash index, 4 x 16 bits and 2 flips, 139 s). Past a billion pairs the pigeonhole's chunks compare
-    about 7 % of them instead: 13.5x faster at a million hashes with 3 crop hashes each (docs/RESULTS.md,
+    MultiHash index, 4 x 16 bits and 2 flips, 139 s). Past 2e8 pairs the pigeonhole's chunks compare
+    about 7 % of them instead: 13.3x faster at a million hashes with 3 crop hashes each (docs/RESULTS.md,
     "Duplicates").
     """
     from tqdm import tqdm
