@@ -15,7 +15,8 @@ share of crops grouped with their original per kind, the images grouped with ano
 of the search (a second run, its hashes read back from ``--hashes``: no decoding); and the search alone on
 random hashes with each spec's number of crop hashes, as a ratio to none in the same run.
 
-Speed: `unique_neighbours` (a Faiss flat range search; `star_groups` is it plus the grouping) against a
+Speed: `unique_neighbours` (its `auto` plan: the pigeonhole's chunks past 2e8 pairs, else a Faiss flat range
+search, tools/bench_hamming_range.py; `star_groups` is it plus the grouping) against a
 numpy baseline measured in the same run (XOR and a byte popcount table over the same pairs; past 20,000
 hashes timed on the first 20,000 rows and scaled to n), on random 64-bit hashes with near copies; with
 ``--multihash``, a Faiss MultiHash index too.
