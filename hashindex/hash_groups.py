@@ -33,7 +33,7 @@ def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, c
     popcounts, O(n^2 (K + 1)) with crops, measured on one core that a training run shared at 200,000 hashes in
     24 s (8e8 pairs a second; numpy's XOR and table popcount, timed in the same runs, 124-207x slower; a Faiss
     MultiHash index, 4 x 16 bits and 2 flips, 139 s). Past 2e8 pairs the pigeonhole's chunks compare
-    about 7 % of them instead: 13.3x faster at a million hashes with 3 crop hashes each (docs/RESULTS.md,
+    about 1-7 % of them instead: 35x faster at a million hashes with 3 crop hashes each (docs/RESULTS.md,
     "Duplicates").
     """
     from tqdm import tqdm
@@ -46,7 +46,7 @@ def unique_neighbours(hashes: np.ndarray, radius: int, progress: bool = False, c
         def step(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
-        rows, found = range_pairs(hashes, items, radius, method, step)
+        rows, found = range_pairs(hashes, items, radius, method, progress=step)
     labels = np.where(found < n, found, (found - n) // max(boxes, 1))  # a crop hash -> its item
     if boxes:
         pairs = np.unique(np.concatenate([rows * n + labels, labels * n + rows]))  # both ways round, once each

@@ -61,17 +61,29 @@ def test_wider_hashes_and_empty_inputs():
 
 
 def test_auto_takes_the_chunks_past_the_flat_limit(monkeypatch):
-    h = _hashes(800, 8, 9)
+    h = _hashes(8000, 8, 9)
     taken = []
     chunked = hamming_range._chunked
-    monkeypatch.setattr(hamming_range, "_chunked", lambda *a: (taken.append(1), chunked(*a))[1])
-    want = _reference(h, h, 8)
-    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and not taken  # 640,000 pairs
+    monkeypatch.setattr(hamming_range, "_chunked", lambda *a: (taken.append(len(a[3])), chunked(*a))[1])
+    want = range_pairs(h, h, 8, "flat")
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and not taken  # 6.4e7 pairs
     monkeypatch.setattr(hamming_range, "FLAT_PAIRS", 1000)
-    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and taken
-    taken.clear()
-    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 40), _reference(h, h, 40)))
-    assert not taken  # 41 chunks of 1-2 bits compare more than half the pairs: flat
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 8), want)) and taken == [9]
+    taken.clear()  # here 9 chunks without flips cost least: at 8,000 queries 5 chunks' 14 probes each cost more
+    assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 20), range_pairs(h, h, 20, "flat")))
+    assert not taken  # within 20 bits every plan costs more than the flat search (21 chunks of 3 bits: 2.6x)
+
+
+@pytest.mark.parametrize("chunks, flips", [(9, 0), (5, 1), (3, 2), (2, 4)])
+def test_every_plan_gives_the_pairs(chunks, flips):
+    """Any number of chunks, each probed within the flips the pigeonhole then needs."""
+    queries, items = _hashes(400, 8, 20), _hashes(600, 8, 21)
+    items[:200] = queries[:200]
+    assert (chunks, flips) in hamming_range.chunk_plans(64, 8, every=True)
+    got, want = range_pairs(queries, items, 8, "chunks", chunks=chunks), _reference(queries, items, 8)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert hamming_range.chunk_plans(64, 8) == [(3, 2), (4, 2), (5, 1), (6, 1), (7, 1), (8, 1), (9, 0)]
+    assert (1, 8) not in hamming_range.chunk_plans(64, 8, every=True)  # 64 bits within 8: 5e9 values to probe
 
 
 def test_chunk_keys_interleave_the_bits():
@@ -89,8 +101,10 @@ def test_bad_arguments_say_what_was_expected():
         range_pairs(h, h, -1)
     with pytest.raises(HashindexError, match=r"queries \(10, 8\) and items \(10, 16\)"):
         range_pairs(h, np.concatenate([h, h], axis=1), 3)
-    with pytest.raises(HashindexError, match="radius=64 on 64-bit hashes"):
-        range_pairs(h, h, 64, "chunks")
+    with pytest.raises(HashindexError, match="radius=200 on 64-bit hashes: no chunks of at most 64 bits probed"):
+        range_pairs(h, h, 200, "chunks")
+    with pytest.raises(HashindexError, match="with chunks=10: expected 1 to 9 chunks"):
+        range_pairs(h, h, 8, "chunks", chunks=10)
     assert all(np.array_equal(g, w) for g, w in zip(range_pairs(h, h, 64), _reference(h, h, 64)))  # auto: flat
 
 

@@ -6,9 +6,11 @@ each also with K random crop hashes (`duplicates --crops centre` has 3), all pai
 whole hash among the whole and crop hashes, as `unique_neighbours` runs it; with ``--data``, the same on the
 real perceptual hashes of those collections (whole, and with their `centre` boxes). Both plans must give the
 same pairs (checked). Past ``--flat-rows`` queries the flat search is timed on that many and scaled to n (its
-time is linear in the queries); the chunks always run whole.
+time is linear in the queries); the chunks always run whole, in the plan (chunks, flips) the cost model finds
+cheapest (``--chunks``: that many), and the model's estimates are printed beside the times measured.
 
     python tools/bench_hamming_range.py --n 200000 1000000 --boxes 0 3 --json
+    python tools/bench_hamming_range.py --n 1000000 --boxes 3 --chunks 9     # 9 chunks, no flips
     python tools/bench_hamming_range.py --n 200000 --data ../shared/data/cifar10-jpeg/train.tar \
         ../shared/data/cifar10-jpeg/test.tar
 """
@@ -21,7 +23,7 @@ import time
 
 import numpy as np
 
-from hashindex.hamming_range import _bucket_pairs, chunk_keys, range_pairs
+from hashindex.hamming_range import PAIR_S, chunk_plans, plan_costs, range_pairs
 
 
 def random_hashes(n: int, boxes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -32,14 +34,17 @@ def random_hashes(n: int, boxes: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return hashes, rng.integers(0, 256, (n * boxes, 8), dtype=np.uint8)
 
 
-def compare(name: str, hashes: np.ndarray, crops: np.ndarray, radius: int, flat_rows: int) -> dict:
-    """Seconds of each plan over the same queries and items, their ratio, and the share of pairs compared."""
+def compare(name: str, hashes: np.ndarray, crops: np.ndarray, radius: int, flat_rows: int,
+            chunks: int | None) -> dict:
+    """Seconds of each plan over the same queries and items, their ratio, and the chunks' plan (the cheapest
+    by the cost model, or ``chunks`` of them) with the model's estimates of it and of the flat search."""
     items = np.concatenate([hashes, crops])
     n, total = len(hashes), len(hashes) * len(items)
-    keys = [chunk_keys(hashes, radius + 1), chunk_keys(items, radius + 1)]
-    compared = sum(map(_bucket_pairs, *keys)) / total
+    plans = [p for p in chunk_plans(64, radius, every=chunks is not None) if chunks in (None, p[0])]
+    costs = plan_costs(hashes, items, plans)
+    plan = min(costs, key=costs.get)
     t0 = time.perf_counter()
-    cq, ci = range_pairs(hashes, items, radius, "chunks")
+    cq, ci = range_pairs(hashes, items, radius, "chunks", chunks=plan[0])
     chunks_s = time.perf_counter() - t0
     rows = min(n, flat_rows)
     t0 = time.perf_counter()
@@ -48,7 +53,8 @@ def compare(name: str, hashes: np.ndarray, crops: np.ndarray, radius: int, flat_
     head = np.searchsorted(cq, rows)
     assert np.array_equal(fq, cq[:head]) and np.array_equal(fi, ci[:head]), "the plans differ"
     return {"hashes": name, "n": n, "items": len(items), "radius": radius, "pairs_found": len(cq),
-            "compared": round(compared, 4), "flat_s": round(flat_s, 2), "flat_rows": rows,
+            "plan": {"chunks": plan[0], "flips": plan[1]}, "estimated_s": round(costs[plan], 2),
+            "flat_estimated_s": round(total * PAIR_S, 2), "flat_s": round(flat_s, 2), "flat_rows": rows,
             "chunks_s": round(chunks_s, 2), "speedup": round(flat_s / chunks_s, 2)}
 
 
@@ -68,25 +74,28 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, nargs="+", default=[0, 3], help="crop hashes per random hash")
     ap.add_argument("--radius", type=int, default=8)
     ap.add_argument("--flat-rows", type=int, default=50_000, help="queries the flat search is timed on")
+    ap.add_argument("--chunks", type=int, default=None, help="this many chunks (the fewest flips they need) "
+                    "instead of the cost model's cheapest plan")
     ap.add_argument("--data", nargs="*", default=[], help="also these collections' real hashes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     range_pairs(*random_hashes(1000, 0), args.radius, "chunks")  # imports Faiss, starts its threads: not timed
-    rows = [compare("random", *random_hashes(n, k), args.radius, args.flat_rows) | {"boxes": k}
+    rows = [compare("random", *random_hashes(n, k), args.radius, args.flat_rows, args.chunks) | {"boxes": k}
             for n in args.n for k in args.boxes]
     if args.data:
         hashes, crops = real_hashes(args.data)
-        rows += [compare(" + ".join(args.data), hashes, c, args.radius, args.flat_rows) | {"boxes": k}
+        rows += [compare(" + ".join(args.data), hashes, c, args.radius, args.flat_rows, args.chunks) | {"boxes": k}
                  for c, k in ((crops[:0], 0), (crops, 3))]
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print("hashes\tn\tboxes\tpairs found\tcompared\tflat s\tchunks s\tspeed-up")
+    print("hashes\tn\tboxes\tpairs found\tplan (chunks x flips)\tflat s (model)\tchunks s (model)\tspeed-up")
     for r in rows:
-        print(f"{r['hashes']}\t{r['n']:,}\t{r['boxes']}\t{r['pairs_found']:,}\t{r['compared']:.2%}\t{r['flat_s']}"
-              f"{'*' if r['flat_rows'] < r['n'] else ''}\t{r['chunks_s']}\t{r['speedup']}x")
+        star = "*" if r["flat_rows"] < r["n"] else ""
+        print(f"{r['hashes']}\t{r['n']:,}\t{r['boxes']}\t{r['pairs_found']:,}\t{r['plan']['chunks']} x "
+              f"{r['plan']['flips']}\t{r['flat_s']}{star} ({r['flat_estimated_s']})\t{r['chunks_s']} "
+              f"({r['estimated_s']})\t{r['speedup']}x")
     print(f"(* flat timed on the first {args.flat_rows:,} queries, scaled to n)")
-
 
 if __name__ == "__main__":
     main()
