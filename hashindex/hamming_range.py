@@ -35,7 +35,8 @@ MAX_PROBES = 1 << 16  # values a query's chunk is probed at, at most, in any pla
 # hashes with 3 crop hashes each: 2.8e11 pairs in 74 s; the flat search's pairs cost the same) and with flips
 # (5 chunks within 1 bit: 4e10 pairs in 28 s, the lists ~500 items, scattered in memory); a value probed for a
 # query: 1.3e-7 s where nearly every probe is empty (3 chunks within 2 bits, 200,000 hashes with 3 crop hashes:
-# 1.5e8 probes in 19 s), under 3e-8 beside 1e10 pairs (5 chunks within 1 bit, a million: 9.2 s); 7e-8 between
+# 1.5e8 probes in 19 s), under 3e-8 beside 1e10 pairs (5 chunks within 1 bit, a million: 9.2 s); the model
+# takes 7e-8, between
 PAIR_S = 2.6e-10
 FLIP_PAIR_S = 8e-10
 PROBE_S = 7e-8
@@ -93,9 +94,9 @@ def chunk_plans(bits: int, radius: int, every: bool = False) -> list[tuple[int, 
 
 def plan_costs(queries: np.ndarray, items: np.ndarray, plans: list[tuple[int, int]], sample: int = COST_SAMPLE
                ) -> dict[tuple[int, int], float]:
-    """Estimated seconds of each plan (chunks, flips) by the cost model (PAIR_S or FLIP_PAIR_S, PROBE_S): per chunk, the
-    pairs sharing a value (counted on about ``sample`` queries and items spread over them, scaled) times the
-    values probed per query, and the probes."""
+    """Estimated seconds of each plan (chunks, flips) by the cost model (PAIR_S or FLIP_PAIR_S, PROBE_S): per
+    chunk, the pairs sharing a value (counted on about ``sample`` queries and items spread over them, scaled)
+    times the values probed per query, and the probes."""
     qs, its = queries[::max(1, len(queries) // sample)], items[::max(1, len(items) // sample)]
     scale = len(queries) * len(items) / (len(qs) * len(its))
     costs = {}
