@@ -126,3 +126,12 @@ def test_chunk_keys_are_the_same_block_by_block(monkeypatch):
     whole = chunk_keys(h, 9)
     monkeypatch.setattr(hamming_range, "KEY_BLOCK", 64)
     assert all(np.array_equal(a, b) for a, b in zip(chunk_keys(h, 9), whole))
+
+
+@pytest.mark.parametrize("method", ["flat", "chunks"])
+def test_progress_reaches_its_total(method):
+    h = _hashes(40_000, 8, 14)
+    seen = []
+    range_pairs(h[:20_000], h, 8, method, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] and len(seen) > 1  # flat: 2 blocks of queries; chunks: one a chunk
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
