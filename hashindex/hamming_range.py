@@ -14,10 +14,9 @@ chunks past 2e8 pairs where the model finds them at least twice as fast.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from itertools import combinations
 from math import comb
+from typing import Callable
 
 import numpy as np
 
@@ -86,8 +85,7 @@ def chunk_plans(bits: int, radius: int, every: bool = False) -> list[tuple[int, 
     plans = []
     for c in range(1, min(bits, radius + 1) + 1):
         flips, width = -(-(radius + 1) // c) - 1, -(-bits // c)
-        probes = sum(comb(width, j) for j in range(flips + 1))
-        if width <= 64 and (every or flips <= MAX_FLIPS) and probes <= MAX_PROBES:
+        if width <= 64 and (every or flips <= MAX_FLIPS) and _probes(width, flips) <= MAX_PROBES:
             plans.append((c, flips))
     return plans
 
@@ -104,11 +102,16 @@ def plan_costs(queries: np.ndarray, items: np.ndarray, plans: list[tuple[int, in
         cost = 0.0
         keys = zip(chunk_keys(qs, chunks), chunk_keys(its, chunks), _chunk_bits(8 * queries.shape[1], chunks))
         for qkey, ikey, width in keys:
-            probes = sum(comb(width, j) for j in range(flips + 1))
+            probes = _probes(width, flips)
             pair_s = PAIR_S if flips == 0 else FLIP_PAIR_S
             cost += _bucket_pairs(qkey, ikey) * scale * probes * pair_s + len(queries) * probes * PROBE_S
         costs[chunks, flips] = cost
     return costs
+
+
+def _probes(width: int, flips: int) -> int:
+    """Values a query's chunk of ``width`` bits is probed at: itself and those up to ``flips`` bits away."""
+    return sum(comb(width, j) for j in range(flips + 1))
 
 
 def _chunk_bits(bits: int, chunks: int) -> list[int]:
@@ -148,11 +151,18 @@ def _flat(queries: np.ndarray, items: np.ndarray, radius: int, progress: Callabl
     qs, its = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, len(queries), QUERY_BLOCK):
         lims, _, found = index.range_search(queries[start:start + QUERY_BLOCK], radius + 1)  # Faiss: below
-        qs.append(start + np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64)))
-        its.append(found.astype(np.int64))
+        q, i = _hits(start, lims, found)
+        qs.append(q)
+        its.append(i)
         if progress is not None:
             progress(min(start + QUERY_BLOCK, len(queries)), len(queries))
     return np.concatenate(qs), np.concatenate(its)
+
+
+def _hits(start: int, lims: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A Faiss range search's result (queries from ``start`` on) as (query, item) int64 pairs."""
+    rows = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+    return start + rows, found.astype(np.int64)
 
 
 def _chunked(queries: np.ndarray, items: np.ndarray, radius: int, qkeys: list[np.ndarray], ikeys: list[np.ndarray],
@@ -207,6 +217,7 @@ def _chunk_pairs(queries: np.ndarray, items: np.ndarray, radius: int, qkey: np.n
         if width < len(masks):  # the lists present first: a query probes at most every list once
             probe = -np.sort(-probe, axis=1)[:, :width]
         lims, _, found = ivf.range_search_preassigned(queries[start:start + block], radius + 1, probe, None)
-        qs.append(start + np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64)))
-        its.append(found.astype(np.int64))
+        q, i = _hits(start, lims, found)
+        qs.append(q)
+        its.append(i)
     return np.concatenate(qs), np.concatenate(its)

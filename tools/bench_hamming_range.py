@@ -97,5 +97,6 @@ def main() -> None:
               f"({r['estimated_s']})\t{r['speedup']}x")
     print(f"(* flat timed on the first {args.flat_rows:,} queries, scaled to n)")
 
+
 if __name__ == "__main__":
     main()
