@@ -20,6 +20,7 @@ import numpy as np
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
 from .metrics import average_precision, chance_map, confusion_shares, evaluate_arrays
+from .significance import Z95, aligned, paired_difference
 from .targets import class_name, relevant_items
 
 
@@ -48,7 +49,7 @@ def query_shard_dir(index, queries: str | Path, model: str | None = None, device
 def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,),
              candidates: int | str | None = None, pk_max: int = 1000, radius: int = 2, rerank: bool = True,
              progress: bool = True, model: str | None = None, device: str = "cpu",
-             exclude_self: bool = True) -> dict[str, Any]:
+             exclude_self: bool = True, per_query: bool = False) -> dict[str, Any]:
     """Evaluate an index with labelled queries (relevance = same label; a shared label where the queries or
     the index carry label sets).
 
@@ -56,7 +57,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     ``queries_dir``: a shard directory, or an image source encoded on the fly with ``model`` on ``device``
     (`query_shard_dir`); ``candidates``: the re-ranked pool (None: the default of a query; "all": the whole
     database). ``exclude_self``: queries that are items of the index (`own_positions`) are scored against
-    the other items (leave-one-out), not rewarded for finding themselves.
+    the other items (leave-one-out), not rewarded for finding themselves. ``per_query``: also each query's
+    AP@all and id under "per_query" (numpy arrays; `compare_evaluations` pairs two evaluations by them).
     """
     from .index import TIE_CAP, Index
     from .query import common_targets, own_positions, query_rows
@@ -95,7 +97,10 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
         pool = min(pool, index.count - 1)
     out = evaluate_arrays(q["codes"][keep], q_targets[keep], db_codes, db_targets, index.bits,
                           at=at, pk_max=pk_max, radius=radius, rerank=rr if use_rerank else None,
-                          candidates=pool, tie_cap=max(TIE_CAP, pool), progress=progress, own=own)
+                          candidates=pool, tie_cap=max(TIE_CAP, pool), progress=progress, own=own,
+                          per_query=per_query)
+    if per_query:
+        out["per_query"]["ids"] = q["ids"][keep]
     if use_rerank:
         out["reranked"]["signal"] = index.signal
     for row in out["per_class"]:
@@ -171,6 +176,48 @@ def served_metrics(index, codes: np.ndarray, features: np.ndarray | None, labels
             f"coarse_recall@{r}": float(np.concatenate(recall).mean())}
 
 
+COMPARISON_NOTE = ("the interval is over the queries: how far B - A would move with another draw of queries from "
+                   "the same collection; two trainings of one recipe differ too, which it does not show")
+
+
+def compare_evaluations(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two evaluations of the same queries (`evaluate(..., per_query=True)`: two models, signals or indexes)
+    compared query by query: B - A for the Hamming mAP@all and for each side's default ranking (its re-ranked
+    one where it has a fine stage, else Hamming), with a 95% interval over the queries (`significance`)."""
+    pa, pb = a["per_query"], b["per_query"]
+    ia, ib = aligned(pa["ids"], pb["ids"])
+    out: dict[str, Any] = {"queries": len(ia), "note": COMPARISON_NOTE}
+    out["hamming"] = paired_difference(pa["hamming"][ia], pb["hamming"][ib])
+    ranking_a, ranking_b = ("reranked" if "reranked" in p else "hamming" for p in (pa, pb))
+    out["ranking"] = paired_difference(pa[ranking_a][ia], pb[ranking_b][ib])
+    out["ranking"]["signals"] = [m["reranked"]["signal"] if r == "reranked" else "hamming"
+                                 for m, r in ((a, ranking_a), (b, ranking_b))]
+    for side, m in (("a", a), ("b", b)):
+        out[side] = {"index": m.get("index"), "queries_dir": m.get("queries_dir"), "model_id": m.get("model_id")}
+    return out
+
+
+def format_comparison(c: dict[str, Any]) -> str:
+    """A paired comparison (`compare_evaluations`) as a short table."""
+    lines = [f"paired comparison over {c['queries']:,} queries (the same query ids on both sides)",
+             f"{'mAP@all':<28} {'A':>8} {'B':>8} {'B - A':>8}  {'95% interval':<19} {'B / A better on':>16}"]
+    for key, label in (("hamming", "Hamming"), ("ranking", "default ranking")):
+        d = c[key]
+        if key == "ranking":
+            signals = d["signals"]
+            label += f" ({signals[0]})" if signals[0] == signals[1] else f" ({signals[0]} / {signals[1]})"
+        verdict = "B better" if d["significant"] and d["diff"] > 0 else "A better" if d["significant"] else \
+            "no difference shown"
+        lines.append(f"{label:<28} {d['a']:8.4f} {d['b']:8.4f} {d['diff']:+8.4f}  "
+                     f"[{d['low']:+.4f}, {d['high']:+.4f}]  {d['b_better']:>7,} / {d['a_better']:<7,} {verdict}"
+                     + ("  (few queries: rough)" if d["rough"] else ""))
+    for side in ("a", "b"):
+        lines.append(f"{side.upper()} = {c[side]['index']} (model {c[side]['model_id']}), "
+                     f"queries {c[side]['queries_dir']}")
+    lines.append(c["note"])
+    return "\n".join(lines)
+
+
 def format_confusion(confusion: dict[str, Any], most: int = 5) -> str:
     """One line: the class pairs most often mixed up in the top k (share of the query class's results)."""
     shares = confusion_shares(confusion)
@@ -198,6 +245,11 @@ def format_metrics(m: dict[str, Any]) -> str:
         label = f"{m['reranked'].get('signal', 'l2')}, pool {m['reranked']['candidates']}"
         lines.append(f"{label:<22} {m['reranked']['map']:8.4f} "
                      + " ".join(f"{v:9.4f}" for k, v in m["reranked"].items() if k.startswith(_AT)))
+    names = (("hamming", "Hamming"), ("reranked", m.get("reranked", {}).get("signal", "re-ranked")))
+    spread = [(name, m[key]["map_se"]) for key, name in names if m.get(key, {}).get("map_se") is not None]
+    if spread:  # how far another draw of queries would move the figures (significance)
+        lines.append("mAP 95% interval over the queries: "
+                     + ", ".join(f"{name} +-{Z95 * se:.4f}" for name, se in spread))
     if "chance_map" in m:  # the floor: labels unrelated to the images, or codes that know nothing of them
         lines.append(f"{'random order':<22} {m['chance_map']:8.4f}")
     if "served" in m:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .codes import hamming_distances
+from .significance import mean_interval
 from .targets import Relevance, relevant_items
 
 
@@ -192,7 +193,15 @@ class _RankingScores:
         self.pk_sum += (np.cumsum(rel[:, :self.pk_max], axis=1) / np.arange(1, self.pk_max + 1)).sum(axis=0)
 
     def maps(self) -> dict[str, float]:
-        return {"map": _mean(self.ap["all"]), **{f"map@{k}": _mean(self.ap[str(k)]) for k in self.at}}
+        """mAP@all with its standard error over the queries (`significance`), and mAP at each cut-off."""
+        ap = self.per_query()
+        se = mean_interval(ap)["se"] if len(ap) > 1 else None
+        return {"map": float(ap.mean()) if len(ap) else 0.0, "map_se": se,
+                **{f"map@{k}": _mean(self.ap[str(k)]) for k in self.at}}
+
+    def per_query(self) -> np.ndarray:
+        """AP@all of each query, in query order."""
+        return np.concatenate(self.ap["all"]) if self.ap["all"] else np.zeros(0)
 
 
 def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radius: int, bits: int
@@ -263,7 +272,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                     pk_max: int = 1000, radius: int = 2, rerank=None, candidates: int = 1000,
                     tie_cap: int | None = None, chunk: int = 64, progress: bool = False,
                     graded_at: tuple[int, ...] = (100,), own: np.ndarray | None = None,
-                    confusion_at: int = 100) -> dict[str, Any]:
+                    confusion_at: int = 100, per_query: bool = False) -> dict[str, Any]:
     """All metrics in one pass over the queries; labels (N,) or label sets (N, C) (`Relevance`; with label
     sets also NDCG@k and ACG@k for k in ``graded_at``, the gain of an item being the labels it shares).
 
@@ -275,6 +284,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     ``confusion_at`` results (re-ranked when ``rerank`` is given) by query class (`_Confusion`).
     ``own`` (Q,): the database position of each query's own item (-1: none), left out of its ranking
     (leave-one-out: a query drawn from the database would otherwise find itself first).
+    ``per_query``: also return each query's AP@all (numpy arrays under "per_query": "hamming", and "reranked"
+    with ``rerank``), what a paired comparison of two models on the same queries needs (`significance`).
     """
     from tqdm import tqdm
 
@@ -346,8 +357,10 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     if confusion is not None and confusion.classes:
         out["confusion"] = {"k": confusion.k, "ranking": "reranked" if rerank is not None else "hamming",
                             "counts": confusion.counts.tolist()}
-    out["per_class"] = per_class_map(q_labels, np.concatenate(hamming.ap["all"]),
-                                     np.concatenate(reranked.ap["all"]) if rerank is not None else None)
+    ap, ap_rr = hamming.per_query(), reranked.per_query() if rerank is not None else None
+    out["per_class"] = per_class_map(q_labels, ap, ap_rr)
+    if per_query:
+        out["per_query"] = {"hamming": ap, **({"reranked": ap_rr} if ap_rr is not None else {})}
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -152,10 +153,17 @@ def verify(path, as_json):
               help="Queries that are indexed items (the index's own shards or images) may find themselves "
                    "[default: each is left out of its own ranking].")
 @click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
+@click.option("--compare", "compare_dir", default=None, metavar="INDEX_DIR",
+              help="Also score this index on the same queries and compare the two query by query: B - A with a "
+                   "95%% interval (another model, signal or index kind; is the difference more than the queries' "
+                   "noise?).")
+@click.option("--compare-queries", default=None,
+              help="With --compare and a shard directory as --queries: the same queries extracted with the other "
+                   "index's model [default: --queries].")
 @click.option("--json", "as_json", is_flag=True, help="Print all metrics as JSON.")
 @click.pass_context
 def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_rerank, include_self, plot_dir,
-             as_json):
+             compare_dir, compare_queries, as_json):
     """Retrieval metrics: mAP, precision@k, precision/recall within a Hamming radius.
 
     Relevance is "same label"; ties in Hamming distance are broken by database
@@ -165,22 +173,42 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
     Examples:
       hashindex eval index/train --queries shards/test --plot plots/ --json
       hashindex eval index/train --queries ../shared/data/cifar10-jpeg/test.tar   # images: encoded first
+      hashindex eval index/v3 --queries test.tar --compare index/v4   # B - A, query by query
     """
-    from ..evaluation import evaluate, format_metrics, query_shard_dir
+    from ..evaluation import compare_evaluations, evaluate, format_comparison, format_metrics, query_shard_dir
 
     if candidates is not None and candidates != "all":
         if not candidates.isdigit() or int(candidates) < 1:
             raise HashindexError(f"--candidates {candidates}: expected a positive number or 'all'")
         candidates = int(candidates)
+    if compare_dir is None and compare_queries is not None:
+        raise HashindexError("--compare-queries: needs --compare (the index those queries were extracted for)")
+    if compare_dir is not None and plot_dir:
+        raise HashindexError("--plot: draws one index's results; leave it out with --compare")
     from ..index import Index
 
     index = Index.load(index_dir)  # once, for the metrics and the plots
     progress = ctx.obj["progress"]
-    with query_shard_dir(index, queries, model, device, progress, log=lambda line: click.echo(line, err=True)) \
-            as shard_dir:  # image queries are extracted once, for the metrics and the plots
-        metrics = evaluate(index, shard_dir, at=tuple(at), candidates=candidates, radius=radius,
-                           rerank=not no_rerank, progress=progress, exclude_self=not include_self) \
-            | {"queries_dir": queries}
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    options = dict(at=tuple(at), candidates=candidates, radius=radius, rerank=not no_rerank, progress=progress,
+                   exclude_self=not include_self, per_query=compare_dir is not None)
+    if compare_dir is not None:
+        other = Index.load(compare_dir)
+        _check_compare_queries(other, compare_dir, compare_queries or queries, compare_queries is not None)
+        with query_shard_dir(index, queries, model, device, progress, log) as shard_dir:
+            first = evaluate(index, shard_dir, **options) | {"queries_dir": queries}
+        with query_shard_dir(other, compare_queries or queries, None, device, progress, log) as shard_dir:
+            second = evaluate(other, shard_dir, **options) | {"queries_dir": compare_queries or queries}
+        comparison = compare_evaluations(first, second)
+        if as_json:
+            _echo_json(comparison | {"metrics": {side: {k: v for k, v in m.items() if k != "per_query"}
+                                                 for side, m in (("a", first), ("b", second))}})
+        else:
+            click.echo(format_comparison(comparison))
+        return
+    with query_shard_dir(index, queries, model, device, progress, log) as shard_dir:
+        # image queries are extracted once, for the metrics and the plots
+        metrics = evaluate(index, shard_dir, **options) | {"queries_dir": queries}
         if plot_dir:
             from ..query import example_results
             from ..report import write_plots
@@ -191,6 +219,21 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
         _echo_json(metrics)
     else:
         click.echo(format_metrics(metrics))
+
+
+def _check_compare_queries(other, compare_dir: str, queries: str, given: bool) -> None:
+    """A shard directory of queries holds one model's codes: refuse it for an index of another model, naming the
+    flag that takes the same queries extracted with that model."""
+    from ..store import MANIFEST, ShardSet
+
+    if not (Path(queries) / MANIFEST).exists():
+        return  # images: encoded with the other index's model
+    model_id = ShardSet(queries, "queries").model_id
+    if model_id != other.model_id:
+        flag = "--compare-queries" if given else "--queries"
+        raise HashindexError(f"{flag} {queries}: holds codes of model {model_id}, and --compare {compare_dir} "
+                             f"uses model {other.model_id}: give the query images as --queries, or the same "
+                             "queries extracted with that model as --compare-queries")
 
 
 @cli.command()
