@@ -292,6 +292,10 @@ def test_ensemble_accuracy_tool(tiny_model):
     direct = float((z.argmax(1) == y).mean())
     assert r[m] == r["ensemble"] == r["ensemble of 0"] == r["ensemble of 1"] == pytest.approx(direct)
     assert r["ensemble with mirrors"] == pytest.approx(float(((z + zm).argmax(1) == y).mean()))
+    right = tool.correctness([m, m], str(CIFAR_TEST), workers=0, limit=100)
+    assert (right[m] == (z.argmax(1) == y)).all()
+    paired = tool.paired_with_first(right)  # the model against itself: right and wrong on the same images
+    assert list(paired) == ["ensemble"] and paired["ensemble"]["diff"] == 0 and not paired["ensemble"]["significant"]
 
 
 def test_gpu_carry_report(tmp_path, monkeypatch):

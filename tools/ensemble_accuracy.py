@@ -7,7 +7,9 @@ better teacher than its best member?
 
 ``--subsets R`` adds the ensemble of every R of the models (which teacher set is strongest); ``--mirror`` adds
 the ensemble with each model also given the mirror images (what a consistent teacher that looked at each
-augmented view and its mirror would be worth).
+augmented view and its mirror would be worth); ``--paired`` compares each with the first model image by image
+(the difference of accuracies with a 95% interval over the test images, hashindex.significance: is it more
+than the test set's noise?).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hashindex.checkpoint import load_model
 from hashindex.data import load_arrays, open_source
 from hashindex.distill import teacher_logits
 from hashindex.errors import HashindexError
+from hashindex.significance import paired_difference
 
 
 def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None = None,
@@ -29,6 +32,19 @@ def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None 
     """{model: accuracy, ..., 'ensemble': accuracy of the averaged logits, 'ensemble of i,j,...': the same
     for each subset of the sizes in ``subsets`` (0-based positions in ``models``), 'ensemble with mirrors'}
     on the labelled images ``val``."""
+    return {name: float(right.mean()) for name, right in
+            correctness(models, val, workers, limit, subsets, mirror).items()}
+
+
+def paired_with_first(correct: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Each entry after the first against the first, image by image (`paired_difference` of right/wrong)."""
+    (_, base), *rest = correct.items()
+    return {name: paired_difference(base, right) for name, right in rest}
+
+
+def correctness(models: list[str], val: str, workers: int = 2, limit: int | None = None,
+                subsets: tuple[int, ...] = (), mirror: bool = False) -> dict[str, np.ndarray]:
+    """`accuracies`' entries, each as whether it classifies each test image right (bool, in source order)."""
     loaded = [load_model(m) for m in models]
     first = loaded[0]
     if any((m.input_size, m.channels, m.class_names) != (first.input_size, first.channels, first.class_names)
@@ -40,8 +56,8 @@ def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None 
     x, y, _ = load_arrays(source, first.input_size, first.channels, workers, True)
     logits = np.stack([teacher_logits(m, x) for m in loaded])
 
-    def acc(z: np.ndarray) -> float:
-        return float((z.argmax(1) == y).mean())
+    def acc(z: np.ndarray) -> np.ndarray:
+        return z.argmax(1) == y
 
     out = {name: acc(z) for name, z in zip(models, logits)}
     out["ensemble"] = acc(logits.mean(0))
@@ -62,19 +78,27 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, action="append", default=[], metavar="R",
                     help="also the ensemble of every R of the models (repeatable)")
     ap.add_argument("--mirror", action="store_true", help="also the ensemble given each image and its mirror")
+    ap.add_argument("--paired", action="store_true",
+                    help="each against the first model, image by image: the difference with a 95%% interval")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if any(not 1 <= r <= len(args.models) for r in args.subsets):
         raise SystemExit(f"ensemble_accuracy: error: --subsets: expected 1 to {len(args.models)} (the models given)")
     try:
-        acc = accuracies(args.models, args.val, limit=args.limit, subsets=tuple(args.subsets), mirror=args.mirror)
+        correct = correctness(args.models, args.val, limit=args.limit, subsets=tuple(args.subsets),
+                              mirror=args.mirror)
     except HashindexError as e:
         raise SystemExit(f"ensemble_accuracy: error: {e}")
+    acc = {name: float(right.mean()) for name, right in correct.items()}
+    paired = paired_with_first(correct) if args.paired else {}
     if args.json:
-        print(json.dumps(acc, indent=1))
-    else:
-        for name, value in acc.items():
-            print(f"{value:.4f}  {name}")
+        print(json.dumps(acc | ({"paired_with_first": paired} if paired else {}), indent=1))
+        return
+    for name, value in acc.items():
+        d = paired.get(name)
+        print(f"{value:.4f}  {name}" + (f"  ({d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] vs the first; "
+                                        f"right where it was wrong {d['b_better']}, the reverse {d['a_better']})"
+                                        if d else ""))
 
 
 if __name__ == "__main__":
