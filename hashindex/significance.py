@@ -60,6 +60,6 @@ def aligned(ids_a: np.ndarray, ids_b: np.ndarray, what: str = "queries") -> tupl
             raise HashindexError(f"{what}: query ids repeat on side {name}; cannot pair the queries")
     if len(ids_a) != len(ids_b) or not np.array_equal(np.sort(ids_a), np.sort(ids_b)):
         only = np.setdiff1d(ids_a, ids_b).size + np.setdiff1d(ids_b, ids_a).size
-        raise HashindexError(f"{what}: the two evaluations scored different queries ({len(ids_a)} and "
-                             f"{len(ids_b)}, {only} on one side only); compare them on the same query set")
+        raise HashindexError(f"{what}: the two sides hold different queries ({len(ids_a)} and {len(ids_b)}, "
+                             f"{only} on one side only); compare them on the same query set")
     return np.argsort(ids_a, kind="stable"), np.argsort(ids_b, kind="stable")

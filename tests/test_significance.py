@@ -49,7 +49,7 @@ def test_aligned_pairs_queries_by_id_and_refuses_different_query_sets():
     ids_a, ids_b = np.array([5, 3, 9, 1]), np.array([9, 1, 5, 3])
     ia, ib = aligned(ids_a, ids_b)
     assert (ids_a[ia] == ids_b[ib]).all()
-    with pytest.raises(HashindexError, match="scored different queries"):
+    with pytest.raises(HashindexError, match="hold different queries"):
         aligned(ids_a, np.array([9, 1, 5, 4]))
     with pytest.raises(HashindexError, match="repeat"):
         aligned(np.array([1, 1, 2]), np.array([1, 2, 3]))
@@ -127,5 +127,5 @@ def test_eval_compare_errors_are_one_line(flat_index, hamming_index, cifar_queri
     assert res.exit_code == 2 and "--queries" in res.output and "--compare-queries" in res.output
     assert res.output.count("\n") == 1, res.output
     res = runner.invoke(cli, base + ["--compare", str(tmp_path / "ix"), "--compare-queries", str(tmp_path / "s")])
-    assert res.exit_code == 2 and "scored different queries (1000 and 300" in res.output, res.output
+    assert res.exit_code == 2 and "hold different queries (1000 and 300" in res.output, res.output
     assert res.output.count("\n") == 1

@@ -175,7 +175,7 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
       hashindex eval index/train --queries ../shared/data/cifar10-jpeg/test.tar   # images: encoded first
       hashindex eval index/v3 --queries test.tar --compare index/v4   # B - A, query by query
     """
-    from ..evaluation import compare_evaluations, evaluate, format_comparison, format_metrics, query_shard_dir
+    from ..evaluation import evaluate, format_comparison, format_metrics, query_shard_dir
 
     if candidates is not None and candidates != "all":
         if not candidates.isdigit() or int(candidates) < 1:
@@ -195,11 +195,8 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
     if compare_dir is not None:
         other = Index.load(compare_dir)
         _check_compare_queries(other, compare_dir, compare_queries or queries, compare_queries is not None)
-        with query_shard_dir(index, queries, model, device, progress, log) as shard_dir:
-            first = evaluate(index, shard_dir, **options) | {"queries_dir": queries}
-        with query_shard_dir(other, compare_queries or queries, None, device, progress, log) as shard_dir:
-            second = evaluate(other, shard_dir, **options) | {"queries_dir": compare_queries or queries}
-        comparison = compare_evaluations(first, second)
+        comparison, first, second = _compare(index, other, queries, compare_queries or queries, model, device,
+                                             progress, log, options)
         if as_json:
             _echo_json(comparison | {"metrics": {side: {k: v for k, v in m.items() if k != "per_query"}
                                                  for side, m in (("a", first), ("b", second))}})
@@ -219,6 +216,22 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
         _echo_json(metrics)
     else:
         click.echo(format_metrics(metrics))
+
+
+def _compare(index, other, queries: str, other_queries: str, model, device: str, progress: bool, log,
+             options: dict) -> tuple[dict, dict, dict]:
+    """(the paired comparison, A's metrics, B's metrics): both indexes scored on the same queries, each encoded
+    with its own index's model when they are images; different query sets are refused before either is scored."""
+    from ..evaluation import compare_evaluations, evaluate, query_shard_dir
+    from ..significance import aligned
+    from ..store import ShardSet
+
+    with query_shard_dir(index, queries, model, device, progress, log) as dir_a, \
+            query_shard_dir(other, other_queries, None, device, progress, log) as dir_b:
+        aligned(*(ShardSet(d, "queries").load(("ids",))["ids"] for d in (dir_a, dir_b)), what="queries")
+        first = evaluate(index, dir_a, **options) | {"queries_dir": queries}
+        second = evaluate(other, dir_b, **options) | {"queries_dir": other_queries}
+    return compare_evaluations(first, second), first, second
 
 
 def _check_compare_queries(other, compare_dir: str, queries: str, given: bool) -> None:
