@@ -180,6 +180,43 @@ COMPARISON_NOTE = ("the interval is over the queries: how far B - A would move w
                    "the same collection; two trainings of one recipe differ too, which it does not show")
 
 
+def compare(index_dir, compare_dir, queries: str | Path, *, compare_queries: str | Path | None = None,
+            model: str | None = None, device: str = "cpu", progress: bool = True, log=lambda line: None,
+            **options) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(`compare_evaluations` of the two, A's metrics, B's metrics): ``index_dir`` (A) and ``compare_dir`` (B)
+    scored on the same ``queries`` (`evaluate` ``options``). Images are encoded for each index with its own
+    model (``model``: A's); a shard directory holds one model's codes, so B then reads ``compare_queries``, the
+    same queries extracted with B's model. Different query sets are refused before either index is scored."""
+    from .index import Index
+    from .store import ShardSet
+
+    index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
+    other = compare_dir if isinstance(compare_dir, Index) else Index.load(compare_dir)
+    other_queries = compare_queries or queries
+    _check_shard_model(other, compare_dir, other_queries, "compare_queries" if compare_queries else "queries")
+    with query_shard_dir(index, queries, model, device, progress, log) as dir_a, \
+            query_shard_dir(other, other_queries, None, device, progress, log) as dir_b:
+        aligned(*(ShardSet(d, "queries").load(("ids",))["ids"] for d in (dir_a, dir_b)), what="queries")
+        first = evaluate(index, dir_a, progress=progress, per_query=True, **options) | {"queries_dir": str(queries)}
+        second = evaluate(other, dir_b, progress=progress, per_query=True, **options) \
+            | {"queries_dir": str(other_queries)}
+    return compare_evaluations(first, second), first, second
+
+
+def _check_shard_model(other, compare_dir, queries: str | Path, name: str) -> None:
+    """A shard directory of queries holds one model's codes: refuse it for an index of another model in one
+    line, naming the argument that takes the same queries extracted with that model."""
+    from .store import MANIFEST, ShardSet
+
+    if not (Path(queries) / MANIFEST).exists():
+        return  # images: encoded with the other index's model
+    model_id = ShardSet(queries, "queries").model_id
+    if model_id != other.model_id:
+        raise HashindexError(f"{name}={queries}: holds codes of model {model_id}, and compare_dir={compare_dir} "
+                             f"uses model {other.model_id}: give the query images as queries=, or the same "
+                             "queries extracted with that model as compare_queries=")
+
+
 def compare_evaluations(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Two evaluations of the same queries (`evaluate(..., per_query=True)`: two models, signals or indexes)
     compared query by query: B - A for the Hamming mAP@all and for each side's default ranking (its re-ranked

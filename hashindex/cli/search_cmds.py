@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
@@ -175,7 +174,7 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
       hashindex eval index/train --queries ../shared/data/cifar10-jpeg/test.tar   # images: encoded first
       hashindex eval index/v3 --queries test.tar --compare index/v4   # B - A, query by query
     """
-    from ..evaluation import evaluate, format_comparison, format_metrics, query_shard_dir
+    from ..evaluation import compare, evaluate, format_comparison, format_metrics, query_shard_dir
 
     if candidates is not None and candidates != "all":
         if not candidates.isdigit() or int(candidates) < 1:
@@ -191,12 +190,10 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
     progress = ctx.obj["progress"]
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     options = dict(at=tuple(at), candidates=candidates, radius=radius, rerank=not no_rerank, progress=progress,
-                   exclude_self=not include_self, per_query=compare_dir is not None)
+                   exclude_self=not include_self)
     if compare_dir is not None:
-        other = Index.load(compare_dir)
-        _check_compare_queries(other, compare_dir, compare_queries or queries, compare_queries is not None)
-        comparison, first, second = _compare(index, other, queries, compare_queries or queries, model, device,
-                                             progress, log, options)
+        comparison, first, second = compare(index, compare_dir, queries, compare_queries=compare_queries,
+                                            model=model, device=device, log=log, **options)
         if as_json:
             _echo_json(comparison | {"metrics": {side: {k: v for k, v in m.items() if k != "per_query"}
                                                  for side, m in (("a", first), ("b", second))}})
@@ -216,37 +213,6 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
         _echo_json(metrics)
     else:
         click.echo(format_metrics(metrics))
-
-
-def _compare(index, other, queries: str, other_queries: str, model, device: str, progress: bool, log,
-             options: dict) -> tuple[dict, dict, dict]:
-    """(the paired comparison, A's metrics, B's metrics): both indexes scored on the same queries, each encoded
-    with its own index's model when they are images; different query sets are refused before either is scored."""
-    from ..evaluation import compare_evaluations, evaluate, query_shard_dir
-    from ..significance import aligned
-    from ..store import ShardSet
-
-    with query_shard_dir(index, queries, model, device, progress, log) as dir_a, \
-            query_shard_dir(other, other_queries, None, device, progress, log) as dir_b:
-        aligned(*(ShardSet(d, "queries").load(("ids",))["ids"] for d in (dir_a, dir_b)), what="queries")
-        first = evaluate(index, dir_a, **options) | {"queries_dir": queries}
-        second = evaluate(other, dir_b, **options) | {"queries_dir": other_queries}
-    return compare_evaluations(first, second), first, second
-
-
-def _check_compare_queries(other, compare_dir: str, queries: str, given: bool) -> None:
-    """A shard directory of queries holds one model's codes: refuse it for an index of another model, naming the
-    flag that takes the same queries extracted with that model."""
-    from ..store import MANIFEST, ShardSet
-
-    if not (Path(queries) / MANIFEST).exists():
-        return  # images: encoded with the other index's model
-    model_id = ShardSet(queries, "queries").model_id
-    if model_id != other.model_id:
-        flag = "--compare-queries" if given else "--queries"
-        raise HashindexError(f"{flag} {queries}: holds codes of model {model_id}, and --compare {compare_dir} "
-                             f"uses model {other.model_id}: give the query images as --queries, or the same "
-                             "queries extracted with that model as --compare-queries")
 
 
 @cli.command()
