@@ -15,6 +15,7 @@ import numpy as np
 from .errors import HashindexError
 from .files import encode_name
 from .metrics import confusion_shares
+from .significance import aligned
 from .targets import class_name, relevant_items
 
 
@@ -200,6 +201,37 @@ def plot_comparison(runs: dict[str, dict[str, Any]], path: Path, title: str = ""
         ax.title.set_fontsize(9)
     fig.suptitle(title, fontsize=10)
     return _save(fig, left, left.get_title(), path)
+
+
+def plot_comparisons(a: dict[str, Any], b: dict[str, Any], plot_dir: str | Path) -> dict[str, str]:
+    """Two evaluations of the same queries (``per_query``) drawn in plot_dir: both PR curves and precision@k
+    (comparison.png), and the per-query differences (paired_differences.png)."""
+    out = Path(plot_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"A: {a.get('index', '')}, B: {b.get('index', '')}"
+    return {"comparison": str(plot_comparison({"A": a, "B": b}, out / "comparison.png", title)),
+            "paired_differences": str(plot_paired(a, b, out / "paired_differences.png"))}
+
+
+def plot_paired(a: dict[str, Any], b: dict[str, Any], path: Path) -> Path:
+    """Per-query AP differences B - A (two evaluations with ``per_query``, paired by query id) as histograms,
+    Hamming and each side's default ranking, their means marked: is a gain spread over the queries or a few?"""
+    ia, ib = aligned(a["per_query"]["ids"], b["per_query"]["ids"])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for key, label in (("hamming", "Hamming"), ("ranking", "default ranking")):
+        side = [m["per_query"].get("reranked" if key == "ranking" else "hamming", m["per_query"]["hamming"])
+                for m in (a, b)]
+        diff = side[1][ib] - side[0][ia]
+        line = ax.hist(diff, bins=np.linspace(-1, 1, 81), histtype="step", linewidth=1.4,
+                       label=f"{label}: mean {diff.mean():+.4f}")[2][0]
+        ax.axvline(diff.mean(), color=line.get_edgecolor(), linestyle=":", linewidth=1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("AP of B - AP of A, per query (right: B better)")
+    ax.set_ylabel("queries (log scale)")
+    ax.legend(fontsize=8)
+    models = f"A: model {a.get('model_id', '')}, B: model {b.get('model_id', '')}"
+    return _save(fig, ax, f"{len(ia):,} queries, {models}", path)
 
 
 def plot_training(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:

@@ -151,7 +151,9 @@ def verify(path, as_json):
 @click.option("--include-self", is_flag=True,
               help="Queries that are indexed items (the index's own shards or images) may find themselves "
                    "[default: each is left out of its own ranking].")
-@click.option("--plot", "plot_dir", default=None, help="Write PR-curve, precision@k and results-grid PNGs here.")
+@click.option("--plot", "plot_dir", default=None,
+              help="Write PR-curve, precision@k and results-grid PNGs here (with --compare: both PR curves and "
+                   "the per-query differences).")
 @click.option("--compare", "compare_dir", default=None, metavar="INDEX_DIR",
               help="Also score this index on the same queries and compare the two query by query: B - A with a "
                    "95%% interval (another model, signal or index kind; is the difference more than the queries' "
@@ -182,8 +184,6 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
         candidates = int(candidates)
     if compare_dir is None and compare_queries is not None:
         raise HashindexError("--compare-queries: needs --compare (the index those queries were extracted for)")
-    if compare_dir is not None and plot_dir:
-        raise HashindexError("--plot: draws one index's results; leave it out with --compare")
     from ..index import Index
 
     index = Index.load(index_dir)  # once, for the metrics and the plots
@@ -194,6 +194,10 @@ def eval_cmd(ctx, index_dir, queries, model, device, at, candidates, radius, no_
     if compare_dir is not None:
         comparison, first, second = compare(index, compare_dir, queries, compare_queries=compare_queries,
                                             model=model, device=device, log=log, **options)
+        if plot_dir:
+            from ..report import plot_comparisons
+
+            comparison["plots"] = plot_comparisons(first, second, plot_dir)
         if as_json:
             _echo_json(comparison | {"metrics": {side: {k: v for k, v in m.items() if k != "per_query"}
                                                  for side, m in (("a", first), ("b", second))}})
