@@ -4,8 +4,9 @@ A mAP is a mean of per-query APs, so another draw of queries from the same colle
 figure; its standard error says by how much. Two models scored on the same queries are compared query by
 query (a paired difference): the spread of the per-query differences, not of each model's APs, decides
 whether one is better, and it is much narrower, because a hard query is hard for both. This is the error of
-the query sample only: two trainings of one recipe differ too (a few tenths of a point of CIFAR-10 accuracy
-here, docs/RESULTS.md), and no interval over queries shows that.
+the query sample only: two trainings of one recipe differ too (two fine-tunes on the flowers photos that
+differ only in their seed: ~2.4 points of mAP, docs/RESULTS.md "Is a difference real?"), and no interval over
+queries shows that.
 
 The intervals are the normal approximation (mean +- 1.96 standard errors), which holds for the hundreds to
 thousands of queries of an evaluation; below `FEW_QUERIES` they are marked rough. A leaf: it imports nothing
