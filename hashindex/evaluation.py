@@ -287,6 +287,11 @@ def format_metrics(m: dict[str, Any]) -> str:
     if spread:  # how far another draw of queries would move the figures (significance)
         lines.append("mAP 95% interval over the queries: "
                      + ", ".join(f"{name} +-{Z95 * se:.4f}" for name, se in spread))
+    gain = m.get("reranked", {}).get("over_hamming")
+    if gain:
+        lines.append(f"re-ranked - Hamming, query by query: {gain['diff']:+.4f} [{gain['low']:+.4f}, "
+                     f"{gain['high']:+.4f}] (95%; better on {gain['queries_better']:,} queries, worse on "
+                     f"{gain['queries_worse']:,})")
     if "chance_map" in m:  # the floor: labels unrelated to the images, or codes that know nothing of them
         lines.append(f"{'random order':<22} {m['chance_map']:8.4f}")
     if "served" in m:

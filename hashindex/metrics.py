@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .codes import hamming_distances
-from .significance import mean_interval
+from .significance import mean_interval, paired_difference
 from .targets import Relevance, relevant_items
 
 
@@ -359,6 +359,10 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                             "counts": confusion.counts.tolist()}
     ap, ap_rr = hamming.per_query(), reranked.per_query() if rerank is not None else None
     out["per_class"] = per_class_map(q_labels, ap, ap_rr)
+    if ap_rr is not None and nq > 1:  # what the fine stage adds, query by query (a paired interval)
+        gain = paired_difference(ap, ap_rr)
+        out["reranked"]["over_hamming"] = {k: gain[k] for k in ("diff", "low", "high", "significant")} | \
+            {"queries_better": gain["b_better"], "queries_worse": gain["a_better"]}
     if per_query:
         out["per_query"] = {"hamming": ap, **({"reranked": ap_rr} if ap_rr is not None else {})}
     return out

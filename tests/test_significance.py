@@ -66,6 +66,9 @@ def test_per_query_aps_average_to_the_map_and_give_its_standard_error():
         ap = m["per_query"][key]
         assert ap.shape == (50,) and m[key]["map"] == pytest.approx(ap.mean())
         assert m[key]["map_se"] == pytest.approx(ap.std(ddof=1) / np.sqrt(50))
+    gain = paired_difference(m["per_query"]["hamming"], m["per_query"]["reranked"])
+    assert m["reranked"]["over_hamming"]["diff"] == pytest.approx(m["reranked"]["map"] - m["hamming"]["map"])
+    assert (m["reranked"]["over_hamming"]["low"], m["reranked"]["over_hamming"]["high"]) == (gain["low"], gain["high"])
     assert "per_query" not in evaluate_arrays(q, q_labels, db, db_labels, 48)
 
 
