@@ -126,6 +126,8 @@ def test_eval_compare_errors_are_one_line(flat_index, hamming_index, cifar_queri
     for missing, expected in ((tmp_path / "none", "no such directory"), (cifar_queries, "not a complete hashindex")):
         res = runner.invoke(cli, base + ["--compare", str(missing)])
         assert res.exit_code == 2 and f"--compare {missing}: {expected}" in res.output, res.output
+    usage = " ".join(runner.invoke(cli, ["eval", "--help"]).output.split())
+    assert "B - A with a 95% interval" in usage and "%%" not in usage
     res = runner.invoke(cli, base + ["--compare-queries", str(cifar_queries)])
     assert res.exit_code == 2 and "--compare-queries: needs --compare" in res.output, res.output
     assert res.output.count("\n") == 1

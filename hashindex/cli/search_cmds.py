@@ -156,7 +156,7 @@ def verify(path, as_json):
                    "the per-query differences).")
 @click.option("--compare", "compare_dir", default=None, metavar="INDEX_DIR",
               help="Also score this index on the same queries and compare the two query by query: B - A with a "
-                   "95%% interval (another model, signal or index kind; is the difference more than the queries' "
+                   "95% interval (another model, signal or index kind; is the difference more than the queries' "
                    "noise?).")
 @click.option("--compare-queries", default=None,
               help="With --compare and a shard directory as --queries: the same queries extracted with the other "
