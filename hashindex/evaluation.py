@@ -196,7 +196,7 @@ def compare(index_dir, compare_dir, queries: str | Path, *, compare_queries: str
         read_index_meta(compare_dir, "compare_dir")  # a missing or unbuilt B named as such, not as index_dir
     other = compare_dir if isinstance(compare_dir, Index) else Index.load(compare_dir)
     other_queries = compare_queries or queries
-    _check_shard_model(other, compare_dir, other_queries, "compare_queries" if compare_queries else "queries")
+    _check_shard_model(other, other_queries, "compare_queries" if compare_queries else "queries")
     with query_shard_dir(index, queries, model, device, progress, log) as dir_a, \
             query_shard_dir(other, other_queries, None, device, progress, log) as dir_b:
         aligned(*(ShardSet(d, "queries").load(("ids",))["ids"] for d in (dir_a, dir_b)), what="queries")
@@ -206,7 +206,7 @@ def compare(index_dir, compare_dir, queries: str | Path, *, compare_queries: str
     return compare_evaluations(first, second), first, second
 
 
-def _check_shard_model(other, compare_dir, queries: str | Path, name: str) -> None:
+def _check_shard_model(other, queries: str | Path, name: str) -> None:
     """A shard directory of queries holds one model's codes: refuse it for an index of another model in one
     line, naming the argument that takes the same queries extracted with that model."""
     from .store import MANIFEST, ShardSet
@@ -215,7 +215,7 @@ def _check_shard_model(other, compare_dir, queries: str | Path, name: str) -> No
         return  # images: encoded with the other index's model
     model_id = ShardSet(queries, "queries").model_id
     if model_id != other.model_id:
-        raise HashindexError(f"{name}={queries}: holds codes of model {model_id}, and compare_dir={compare_dir} "
+        raise HashindexError(f"{name}={queries}: holds codes of model {model_id}, and compare_dir={other.dir} "
                              f"uses model {other.model_id}: give the query images as queries=, or the same "
                              "queries extracted with that model as compare_queries=")
 
