@@ -188,13 +188,10 @@ def compare(index_dir, compare_dir, queries: str | Path, *, compare_queries: str
     model (``model``: A's); a shard directory holds one model's codes, so B then reads ``compare_queries``, the
     same queries extracted with B's model. Different query sets are refused before either index is scored."""
     from .index import Index
-    from .index.layout import read_index_meta
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
-    if not isinstance(compare_dir, Index):
-        read_index_meta(compare_dir, "compare_dir")  # a missing or unbuilt B named as such, not as index_dir
-    other = compare_dir if isinstance(compare_dir, Index) else Index.load(compare_dir)
+    other = compare_dir if isinstance(compare_dir, Index) else Index.load(compare_dir, arg="compare_dir")
     other_queries = compare_queries or queries
     _check_shard_model(other, other_queries, "compare_queries" if compare_queries else "queries")
     with query_shard_dir(index, queries, model, device, progress, log) as dir_a, \

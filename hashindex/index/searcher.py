@@ -72,14 +72,15 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = True,
-             shard_actors: dict[str, Any] | None = None) -> "Index":
+             shard_actors: dict[str, Any] | None = None, arg: str = "index_dir") -> "Index":
         """Open a built INDEX_DIR (Faiss files memory-mapped where Faiss allows).
 
         ``shard_actors`` (Ray options, e.g. ``{"address": ...}``) puts each binary
         shard of a ``--shards S`` index in its own Ray actor instead of this process.
+        ``arg``: the argument a missing or unbuilt directory is named by in the error.
         """
         d = Path(directory)
-        meta = read_index_meta(d)
+        meta = read_index_meta(d, arg)
         check_index(d, meta)  # verified on read (a cache spares an unchanged index the rehash)
         shards = meta["binary"].get("shards")
         rerank = None
