@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
-from .metrics import average_precision, chance_map, confusion_shares, evaluate_arrays
+from .metrics import average_precision, chance_map, confusion_shares, default_ranking, evaluate_arrays
 from .significance import Z95, aligned, paired_difference
 from .targets import class_name, relevant_items
 
@@ -225,7 +225,7 @@ def compare_evaluations(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     ia, ib = aligned(pa["ids"], pb["ids"])
     out: dict[str, Any] = {"queries": len(ia), "note": COMPARISON_NOTE}
     out["hamming"] = paired_difference(pa["hamming"][ia], pb["hamming"][ib])
-    ranking_a, ranking_b = ("reranked" if "reranked" in p else "hamming" for p in (pa, pb))
+    ranking_a, ranking_b = default_ranking(pa), default_ranking(pb)
     out["ranking"] = paired_difference(pa[ranking_a][ia], pb[ranking_b][ib])
     out["ranking"]["signals"] = [m["reranked"]["signal"] if r == "reranked" else "hamming"
                                  for m, r in ((a, ranking_a), (b, ranking_b))]

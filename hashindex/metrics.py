@@ -368,6 +368,12 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     return out
 
 
+def default_ranking(per_query: dict[str, np.ndarray]) -> str:
+    """Which of `evaluate_arrays`' per-query APs are the ranking a query gets: "reranked" where there is a fine
+    stage, else "hamming"."""
+    return "reranked" if "reranked" in per_query else "hamming"
+
+
 def _own_cells(own: np.ndarray | None, sl: slice) -> tuple[np.ndarray, np.ndarray]:
     """(rows, positions) of the queries ``sl`` that have an own item in the database, and of those items."""
     if own is None:

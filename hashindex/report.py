@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import HashindexError
 from .files import encode_name
-from .metrics import confusion_shares
+from .metrics import confusion_shares, default_ranking
 from .significance import aligned
 from .targets import class_name, relevant_items
 
@@ -220,8 +220,7 @@ def plot_paired(a: dict[str, Any], b: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for key, label in (("hamming", "Hamming"), ("ranking", "default ranking")):
-        side = [m["per_query"].get("reranked" if key == "ranking" else "hamming", m["per_query"]["hamming"])
-                for m in (a, b)]
+        side = [m["per_query"][default_ranking(m["per_query"]) if key == "ranking" else "hamming"] for m in (a, b)]
         diff = side[1][ib] - side[0][ia]
         line = ax.hist(diff, bins=np.linspace(-1, 1, 81), histtype="step", linewidth=1.4,
                        label=f"{label}: mean {diff.mean():+.4f}")[2][0]
