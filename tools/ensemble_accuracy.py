@@ -32,8 +32,12 @@ def accuracies(models: list[str], val: str, workers: int = 2, limit: int | None 
     """{model: accuracy, ..., 'ensemble': accuracy of the averaged logits, 'ensemble of i,j,...': the same
     for each subset of the sizes in ``subsets`` (0-based positions in ``models``), 'ensemble with mirrors'}
     on the labelled images ``val``."""
-    return {name: float(right.mean()) for name, right in
-            correctness(models, val, workers, limit, subsets, mirror).items()}
+    return rates(correctness(models, val, workers, limit, subsets, mirror))
+
+
+def rates(correct: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each entry's accuracy: the share of images it classifies right."""
+    return {name: float(right.mean()) for name, right in correct.items()}
 
 
 def paired_with_first(correct: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -89,7 +93,7 @@ def main() -> None:
                               mirror=args.mirror)
     except HashindexError as e:
         raise SystemExit(f"ensemble_accuracy: error: {e}")
-    acc = {name: float(right.mean()) for name, right in correct.items()}
+    acc = rates(correct)
     paired = paired_with_first(correct) if args.paired else {}
     if args.json:
         print(json.dumps(acc | ({"paired_with_first": paired} if paired else {}), indent=1))
