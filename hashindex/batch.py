@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .errors import NPZ_ERRORS, HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, read_npz, sha256_file
 from .hdf5 import create_h5, ensure_room, open_h5
-from .index import MISSING, Index
+from .index import MISSING, Index, Only, restrict
 from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known, with_copies
 from .store import MANIFEST, ShardSet
 
@@ -73,7 +73,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
                  nprobe: int | None = None, fmt: str | None = None, model: str | None = None, device: str = "cpu",
                  overwrite: bool = False, progress: bool = True, backend: str = "local",
                  ray_options: dict[str, Any] | None = None, shard_actors: bool = False,
-                 exclude_self: bool = False, log=print) -> dict[str, Any]:
+                 exclude_self: bool = False, only: Only | None = None, log=print) -> dict[str, Any]:
     """Search every query of a shard directory (or image source); write one results file.
 
     Work is saved per batch in ``OUT.parts/`` (atomic files); a rerun after an
@@ -84,7 +84,8 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     whole index; with ``shard_actors`` the batches run here instead and each
     fans out to one Ray actor per index shard (an index past one machine's RAM).
     ``exclude_self``: a query that is an indexed item (`query.own_positions`: the collection against itself, for
-    each item's nearest others) is not among its own results.
+    each item's nearest others) is not among its own results. ``only``: results among these items alone
+    (`hashindex.index.subset`), recorded with the job.
     """
     with exclusive(Path(out), f"out={out}: another batch job writing it is running"):  # one writer
         if backend not in ("local", "ray"):
@@ -96,8 +97,10 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
             index = Index.load(index, shard_actors=actor_options if shard_actors else None)
         check_candidates(candidates, k)
         index.check_nprobe(nprobe)
+        restrict(index, only)  # a filter nothing passes fails before the queries are encoded
         settings = {"k": k, "candidates": candidates, "rerank": rerank, "batch_size": batch_size, "nprobe": nprobe,
-                    **({"exclude_self": True} if exclude_self else {})}  # absent when False: older records match
+                    **({"exclude_self": True} if exclude_self else {}),  # absent when off: older records match
+                    **({"only": only.record()} if only else {})}
         out = Path(out)
         fmt = output_format(out, fmt)
         if out.exists() and not overwrite:
@@ -332,12 +335,16 @@ def _part_unit(index_dir: str, part_dir: str, settings: dict[str, Any], data: di
 
 def search_part(index: Index, data: dict[str, Any], b: int, path: str | Path, *, k: int,
                 candidates: int | None, rerank: bool, batch_size: int, nprobe: int | None = None,
-                exclude_self: bool = False) -> None:
+                exclude_self: bool = False, only: dict[str, list] | None = None) -> None:
     """Search query rows [b * batch_size, (b+1) * batch_size) and save them atomically as one part (a query that
-    is an indexed item, ``data["own"]``: its position, finds itself first, or not at all with ``exclude_self``)."""
+    is an indexed item, ``data["own"]``: its position, finds itself first, or not at all with ``exclude_self``;
+    ``only``: the job's recorded filter)."""
     sl = slice(b * batch_size, min((b + 1) * batch_size, len(data["ids"])))
     feats = data["features"][sl] if data["features"] is not None else None
     own = data["own"][sl] if data.get("own") is not None else None
+    if only:
+        index = restrict(index, Only.from_record(only))
+        own = index.local(own) if own is not None else None
     res = search_known(index, own, exclude_self, data["codes"][sl], feats, k, candidates, rerank, nprobe=nprobe)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

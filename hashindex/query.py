@@ -15,6 +15,7 @@ import numpy as np
 from .codes import row_distances
 from .errors import HashindexError
 from .index import MISSING, Index, SearchResult
+from .index.subset import Only, restrict
 from .signals import query_from_database
 from .targets import class_name, common_kind
 
@@ -78,7 +79,8 @@ def indexed_queries(index: Index, ids: list[int]) -> tuple[np.ndarray, np.ndarra
 def query(index: str | Path | Index, images: list[str], by_id: list[int], *, model: str | None = None,
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
           complete_ties: bool = True, nprobe: int | None = None, device: str = "cpu",
-          shard_actors: dict[str, Any] | None = None, exclude_self: bool = False) -> list[dict[str, Any]]:
+          shard_actors: dict[str, Any] | None = None, exclude_self: bool = False,
+          only: Only | None = None) -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts.
 
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
@@ -87,7 +89,9 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     A query that is an indexed item (an item by id, or an image file that an index built from a folder holds:
     `image_positions`) finds itself first (`search_known`); with ``exclude_self`` it is not among its own results
     (its nearest other items). So does an image file whose pixels, at the net's input, are an indexed item's
-    (a copy under another name: `Index.positions_of_inputs`).
+    (a copy under another name: `Index.positions_of_inputs`). ``only`` (`hashindex.index.subset.Only`): results
+    among these items alone (some classes, folders or ids), ranked as an index of them alone would rank them; the
+    queries may be any items.
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
@@ -113,20 +117,23 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     own = np.concatenate([own_images, index.positions_of(np.array(by_id, np.int64))])
     return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
                           k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
-                          nprobe=nprobe, own=own, exclude_self=exclude_self)
+                          nprobe=nprobe, own=own, exclude_self=exclude_self, only=only)
 
 
 def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,
                    k: int = 10, candidates: int | None = None, radius: int | None = None,
                    rerank: bool = True, complete_ties: bool = True, max_results: int | None = None,
-                   nprobe: int | None = None, own: np.ndarray | None = None, exclude_self: bool = False
-                   ) -> list[dict[str, Any]]:
+                   nprobe: int | None = None, own: np.ndarray | None = None, exclude_self: bool = False,
+                   only: Only | None = None) -> list[dict[str, Any]]:
     """Result dicts for encoded queries (codes and fine-stage vectors): the top k, or every item within ``radius``.
 
     ``max_results`` refuses a radius search that finds more items for one query (a service's bound);
     ``own``: per query, the position of its own indexed item (-1: none), first in its results, or left out of
-    them with ``exclude_self`` (`search_known`).
+    them with ``exclude_self`` (`search_known`); ``only``: results among these items alone (`index.subset`).
     """
+    if only:
+        index = restrict(index, only)
+        own = index.local(own) if own is not None else None
     if own is not None and not (own >= 0).any():
         own = None
     if radius is None:

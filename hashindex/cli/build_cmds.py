@@ -6,7 +6,7 @@ import click
 
 from .. import DEFAULT_MODEL
 from ..errors import HashindexError
-from .group import _echo_json, cli
+from .group import _echo_json, cli, file_ids, file_lines
 
 
 @cli.command()
@@ -377,8 +377,8 @@ def remove(ctx, index_dir, ids, ids_file, paths, paths_file, missing, dry_run, a
     from ..index import Index, remove as api_remove
     from ..query import image_positions, missing_files
 
-    ids = list(ids) + [_as_id(line, ids_file) for line in _lines(ids_file, "--ids-file")]
-    paths = list(paths) + _lines(paths_file, "--paths-file")
+    ids = list(ids) + file_ids(ids_file, "--ids-file")
+    paths = list(paths) + file_lines(paths_file, "--paths-file")
     if not ids and not paths and not missing:
         raise HashindexError("remove: name the items to remove (IDS, --ids-file, --path, --paths-file or --missing)")
     index = Index.load(index_dir)
@@ -415,21 +415,3 @@ def _dry_run(index, index_dir: str, ids: list[int], paths: list[str], as_json: b
         click.echo(f"{row['id']}\t{row['path']}")
     click.echo(f"would remove {len(rows)} of {index.count} items from {index_dir}" +
                (" (the first 20 shown)" if len(rows) > 20 else ""))
-
-
-def _lines(path: str | None, flag: str) -> list[str]:
-    """The non-empty lines of a file given to ``flag`` ('-': standard input), or none."""
-    if path is None:
-        return []
-    try:
-        text = click.get_text_stream("stdin").read() if path == "-" else open(path, encoding="utf-8-sig").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise HashindexError(f"{flag} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _as_id(line: str, path: str) -> int:
-    try:
-        return int(line)
-    except ValueError:
-        raise HashindexError(f"--ids-file {path}: {line!r} is not an id (one integer per line)") from None

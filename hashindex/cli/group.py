@@ -124,3 +124,23 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def file_lines(path: str | None, flag: str) -> list[str]:
+    """The non-empty lines of a file given to ``flag`` ('-': standard input), or none."""
+    if path is None:
+        return []
+    try:
+        text = click.get_text_stream("stdin").read() if path == "-" else open(path, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise HashindexError(f"{flag} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def file_ids(path: str | None, flag: str) -> list[int]:
+    """The ids of a file given to ``flag``, one integer per line ('-': standard input), or none."""
+    ids = []
+    for line in file_lines(path, flag):
+        try:
+            ids.append(int(line))
+        except ValueError:
+            raise HashindexError(f"{flag} {path}: {line!r} is not an id (one integer per line)") from None
+    return ids

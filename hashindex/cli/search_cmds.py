@@ -8,7 +8,7 @@ import click
 
 from .. import DEFAULT_MODEL
 from ..errors import HashindexError
-from .group import _echo_json, cli
+from .group import _echo_json, cli, file_ids
 
 
 @cli.command()
@@ -32,6 +32,12 @@ from .group import _echo_json, cli
               help="An indexed item (--by-id, an IMAGE file of the folder the index was built from, or a --queries "
                    "item the index holds) is not among its own results: its nearest other items (look-alikes; copies "
                    "of a photo: hashindex duplicates).")
+@click.option("--only-class", "only_class", multiple=True,
+              help="Results of this class only (repeatable: any of them; a multi-label item carrying one).")
+@click.option("--only-folder", "only_folder", multiple=True,
+              help="Results whose path (as results show it) is under this folder only (repeatable: any of them).")
+@click.option("--only-ids", "only_ids", default=None,
+              help="Results among the ids in this file only (one per line; '-': standard input).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl, .csv or .parquet).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv", "parquet"]),
@@ -51,8 +57,8 @@ from .group import _echo_json, cli
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
-          queries, out, fmt, batch_size, device, overwrite, backend, address, num_workers, shard_actors, grid,
-          as_json):
+          only_class, only_folder, only_ids, queries, out, fmt, batch_size, device, overwrite, backend, address,
+          num_workers, shard_actors, grid, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
     \b
@@ -62,10 +68,14 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train cat.jpg --grid cat-results.png
       hashindex query index/train --queries shards/test --out results.h5
       hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out nearest.csv
+      hashindex query index/photos holiday.jpg --only-class roses --only-folder 2024
     """
     from .. import query as query_app
     from ..batch import batch_search
     from ..index import Index
+    from ..index.subset import only
+
+    where = only(only_class, only_folder, file_ids(only_ids, "--only-ids"))
 
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")
@@ -81,7 +91,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
                            batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
                            overwrite=overwrite, progress=ctx.obj["progress"], backend=backend,
                            ray_options={"address": address, "num_workers": num_workers},
-                           shard_actors=shard_actors, exclude_self=exclude_self,
+                           shard_actors=shard_actors, exclude_self=exclude_self, only=where,
                            log=lambda line: click.echo(line, err=as_json))
         if as_json:
             _echo_json(job)
@@ -89,7 +99,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
     rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
                         radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, nprobe=nprobe,
-                        device=device, exclude_self=exclude_self)
+                        device=device, exclude_self=exclude_self, only=where)
     if grid:
         from ..report import query_grid
 

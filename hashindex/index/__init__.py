@@ -15,10 +15,12 @@ from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE
                      moved_aside, read_index_meta, rerank_signal)
 from .pool import DEFAULT_CANDIDATES, FINE_BUDGET, MISSING, TIE_CAP, default_pool
 from .searcher import Index, SearchResult
+from .subset import Only, SubsetIndex, restrict
 from .tuning import choose_signal, head_for
 
 __all__ = ["BINARY_FILE", "BINARY_KINDS", "DEFAULT_CANDIDATES", "FINE_BUDGET", "default_pool", "HEAD_FILE", "INDEX_JSON", "MISSING",
-           "RERANK_FILE", "RERANK_KINDS", "TABLE_FILE", "TIE_CAP", "BinaryParts", "Index", "SearchResult",
+           "RERANK_FILE", "RERANK_KINDS", "TABLE_FILE", "TIE_CAP", "BinaryParts", "Index", "Only", "SearchResult",
+           "SubsetIndex", "restrict",
            "append", "binary_files", "build", "choose_signal", "default_params", "describe_index", "head_for",
            "make_binary_index", "make_rerank_index", "moved_aside", "new_float_store", "pad_codes", "padded_bytes",
            "read_index_meta", "remove", "rerank_signal"]

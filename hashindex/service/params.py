@@ -65,7 +65,28 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in ("1", "true")
 
 
-OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude_self")  # what a search may set
+OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude_self",  # what a search may set
+           "only_class", "only_folder", "only_ids")
+MAX_ONLY_IDS = 100_000  # ids one filter may list (a longer list belongs in a batch job's --only-ids file)
+
+
+def list_param(params: Mapping[str, str], name: str) -> list[str]:
+    """A comma-separated list (``only_class=roses,tulips``), empty items dropped."""
+    return [v for v in (x.strip() for x in params.get(name, "").split(",")) if v]
+
+
+def only_param(params: Mapping[str, str]) -> Any:
+    """The search's filter (`hashindex.index.subset.Only`) from only_class, only_folder and only_ids; None
+    without one. Whether the index has such classes, folders and ids is checked when the search runs (a 400)."""
+    from ..index.subset import only
+
+    ids = list_param(params, "only_ids")
+    if len(ids) > MAX_ONLY_IDS:
+        raise RequestError(400, f"only_ids: {len(ids)} ids, at most {MAX_ONLY_IDS} in one request")
+    bad = next((i for i in ids if not i.lstrip("-").isdigit()), None)
+    if bad is not None:
+        raise RequestError(400, f"only_ids={bad}: expected integer ids separated by commas")
+    return only(list_param(params, "only_class"), list_param(params, "only_folder"), [int(i) for i in ids])
 
 
 def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
@@ -77,7 +98,8 @@ def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
 
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
                    ) -> dict[str, Any]:
-    """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self from a query string, checked as the CLI
+    """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self and the filter (only_class, only_folder,
+    only_ids: `only_param`) from a query string, checked as the CLI
     checks them (nprobe against the index when the search runs). Any other parameter is refused, not ignored:
     a misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
     from ..query import check_candidates
@@ -97,7 +119,7 @@ def search_options(params: Mapping[str, str], max_results: int | None = None, by
             "rerank": flag_param(params, "rerank", True),
             "complete_ties": not flag_param(params, "cut_ties", False),
             "nprobe": int_param(params, "nprobe", None, 1),
-            "exclude_self": flag_param(params, "exclude_self", False)}
+            "exclude_self": flag_param(params, "exclude_self", False), "only": only_param(params)}
 
 
 def check_upload_options(options: dict[str, Any]) -> None:
