@@ -33,6 +33,8 @@ _LAZY = {  # public name -> (module, attribute)
     "build": ("index", "build"),
     "append": ("index", "append"),
     "remove": ("index", "remove"),
+    "Only": ("index", "Only"),
+    "restrict": ("index", "restrict"),
     "evaluate": ("evaluation", "evaluate"),
     "find_duplicates": ("duplicates", "find_duplicates"),
     "verify": ("verification", "verify"),
@@ -66,5 +68,6 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "SearchResult", "ShardSet", "TrainConfig", "append", "build",
-           "evaluate", "extract", "find_duplicates", "load_model", "remove", "train", "__version__"]
+__all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "Only", "SearchResult", "ShardSet", "TrainConfig",
+           "append", "build", "evaluate", "extract", "find_duplicates", "load_model", "remove", "restrict", "train",
+           "__version__"]

@@ -294,8 +294,8 @@ def describe_results(out: str | Path) -> dict[str, Any]:
         now = "unknown" if "index_state" not in record else "same" if state == record["index_state"] else "changed"
     except HashindexError:
         now = "gone"
-    keep = ("format", "queries_count", "k", "candidates", "rerank", "nprobe", "exclude_self", "index", "model_id",
-            "queries")
+    keep = ("format", "queries_count", "k", "candidates", "rerank", "nprobe", "exclude_self", "only", "index",
+            "model_id", "queries")
     return {"kind": "batch results", "path": str(out), **{key: record[key] for key in keep if key in record},
             "index_now": now}
 
@@ -365,8 +365,8 @@ def _write_results(out: Path, fmt: str, query_ids: np.ndarray, res: dict[str, np
                 f.create_dataset("query_ids", data=query_ids.astype(np.int64))
                 for name, arr in res.items():
                     f.create_dataset(name, data=arr)
-                for key, value in job.items():
-                    f.attrs[key] = "none" if value is None else value
+                for key, value in job.items():  # a filter (a dict of lists) as its JSON text
+                    f.attrs[key] = "none" if value is None else json.dumps(value) if isinstance(value, dict) else value
             return
         with open(tmp, "w", encoding="utf-8") as f:
             if fmt == "csv":

@@ -54,6 +54,27 @@ def test_a_filtered_search_ranks_as_an_index_of_the_subset_alone(binary):
     assert restrict(full, None) is full
 
 
+def test_a_small_subset_is_re_ranked_whole_by_default():
+    """Where the subset's vectors fit in `WHOLE` read budgets the default pool is all of it (the fine stage's
+    exact top k among the allowed items); a larger subset keeps the index's default pool."""
+    from hashindex.index.pool import FINE_BUDGET
+    from hashindex.index.subset import WHOLE
+
+    rng = np.random.default_rng(4)
+    n, dim = 30_000, 192
+    codes = rng.integers(0, 256, (n, 6), dtype=np.uint8)
+    feats = rng.normal(size=(n, dim)).astype(np.float32)
+    labels = (np.arange(n) % 5).astype(np.int32)
+    full = in_memory(codes, feats, labels, np.arange(n))
+    small, large = restrict(full, Only(classes=("a",))), restrict(full, Only(classes=("a", "b")))
+    assert small.count * dim <= WHOLE * FINE_BUDGET < large.count * dim
+    assert small.default_candidates == small.count and large.default_candidates == full.default_candidates == 1000
+    q, qf = codes[:5] ^ 0x5A, rng.normal(size=(5, dim)).astype(np.float32)
+    sub = np.flatnonzero(labels == 0)
+    nearest = np.argsort(((feats[sub][None] - qf[:, None]) ** 2).sum(-1), axis=1)[:, :10]
+    assert (small.search(q, qf, 10).ids == sub[nearest]).all()
+
+
 def test_a_k_past_the_subset_returns_it_all():
     codes, feats, labels, ids = synthetic(400)
     full = in_memory(codes, feats, labels, ids)
@@ -133,6 +154,8 @@ def test_a_batch_job_records_its_filter(flat_index, cifar_queries, tmp_path):
     """A batch job's results are the filtered searches query gives, and its record says which filter."""
     from hashindex.batch import batch_search
 
+    from hashindex import read_results
+
     out = tmp_path / "r.jsonl"
     job = batch_search(flat_index, cifar_queries, out, k=5, only=Only(classes=("ship",)), exclude_self=True,
                        progress=False, log=lambda s: None)
@@ -142,6 +165,11 @@ def test_a_batch_job_records_its_filter(flat_index, cifar_queries, tmp_path):
     want = query(Index.load(flat_index), [], ids, k=5, exclude_self=True, only=Only(classes=("ship",)))
     for i, row in zip(ids, want):
         assert rows[i]["ids"] == [h["id"] for h in row["results"]]
+    h5 = batch_search(flat_index, cifar_queries, tmp_path / "r.h5", k=5, only=Only(classes=("ship",)),
+                      exclude_self=True, progress=False, log=lambda s: None)  # the filter as an HDF5 attribute
+    back = read_results(tmp_path / "r.h5")
+    assert h5["only"] == job["only"] and [list(back["ids"][list(back["query_ids"]).index(i)]) for i in ids] == \
+        [rows[i]["ids"] for i in ids]
 
 
 def test_cli_filter_errors_are_one_line(flat_index, tmp_path):

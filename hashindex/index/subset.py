@@ -2,13 +2,15 @@
 
 `Only` names the items (classes OR'ed, folders OR'ed, ids; the three kinds AND'ed); `restrict` gives an `Index`
 over exactly them, so everything that searches an index (`query.search_vectors`, the services, the batch job)
-searches the subset unchanged. The ranking is the one an index built from those items alone would give: the
-same pool size, ties in position order, the fine stage on the same stored vectors (tested against an index built
-from the subset). The coarse stage scans the subset's codes exactly, whatever the parent's kind: an IVF or HNSW
-index would drop allowed items its probes miss, and narrow filters would leave its top k mostly empty. A scan
-of 1M codes takes ~0.6 ms a query here (docs/RESULTS.md, "Search"), so a subset costs at most a flat search of
-its own size, once built; building reads the subset's codes from the table (the paths too for ``folders``) and
-is kept for the next search with the same filter (`KEEP` filters per index).
+searches the subset unchanged. The ranking is the one an index built from those items alone would give (ties in
+position order, the fine stage on the same stored vectors; tested against an index built from the subset), with
+one difference: a small subset (`WHOLE`) is re-ranked whole by default, since the items allowed nearest a query
+are often far from it in Hamming distance (a photo of a tulip, results among roses), where a pool of the first
+1,000 by Hamming finds a third of them. The coarse stage scans the subset's codes exactly, whatever the parent's
+kind: an IVF or HNSW index would drop allowed items its probes miss, and narrow filters would leave its top k
+mostly empty. A scan of 1M codes takes ~0.6 ms a query here (docs/RESULTS.md, "Search"), so a subset costs at
+most a flat search of its own size, once built; building reads the subset's codes from the table (the paths too
+for ``folders``) and is kept for the next search with the same filter (`KEEP` filters per index).
 
 Results report the parent's ids, paths and labels; `SubsetIndex.local` maps the parent's positions in.
 """
@@ -23,9 +25,15 @@ import numpy as np
 
 from ..codes import pad_codes
 from ..errors import HashindexError
+from .pool import FINE_BUDGET
 from .searcher import Index, SearchResult
 
 KEEP = 8  # filters whose subset an index keeps built (a service answers the same few filters again and again)
+# A subset whose stored vectors fit in this many read budgets (`FINE_BUDGET`: 10,000 items of 192-d features) is
+# re-ranked whole by default. Measured at 1M items filtered to one class of 100 (9,877 items, queries from every
+# class): the default pool of 1,000 found 0.34 of the 10 allowed items nearest by the signal, the whole subset
+# all of them, 3.6 ms a query against the unfiltered search's 2.2 (tools/bench_filter.py, docs/RESULTS.md).
+WHOLE = 10
 _READ_ALL = 64  # read the whole codes column when the subset is more than 1/64 of it (h5py's point reads are slow)
 
 
@@ -134,7 +142,8 @@ class SubsetIndex(Index):
         label_sets = parent.label_sets[base] if parent.label_sets is not None else None
         super().__init__(meta, binary, rows, parent.ids[base], parent.labels[base], parent.dir, parent.head,
                          label_sets)
-        self.default_candidates = parent.default_candidates
+        whole = rows is not None and len(base) * rows.d <= WHOLE * FINE_BUDGET
+        self.default_candidates = len(base) if whole else parent.default_candidates
 
     def local(self, positions: np.ndarray) -> np.ndarray:
         """The subset's positions of parent positions (-1 where the item is not in the subset, or was -1)."""
