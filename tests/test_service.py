@@ -463,7 +463,11 @@ def test_the_page_uses_the_api_it_is_served_with(service):
     found = client.post("/indexes/flat/search?k=3&rerank=1", content=jpeg).json()["results"]
     assert client.get(f"/indexes/flat/search?id={found[0]['id']}&k=3&rerank=0").status_code == 200
     assert client.get(f"/indexes/flat/items/{found[0]['id']}/image").status_code == 200
-    assert set(client.get("/").json()) >= {"indexes", "items", "name"}
+    info = client.get("/").json()
+    assert set(info) >= {"indexes", "items", "name", "classes"} and set(info["classes"]) == set(info["indexes"])
+    assert "only_class=${encodeURIComponent(" in page.text  # the page's "results of" filter: only_class
+    cat = client.get(f"/indexes/flat/search?id={found[0]['id']}&k=3&only_class=cat").json()["results"]
+    assert info["classes"]["flat"] == client.get("/").json()["class_names"] and {h["class"] for h in cat} == {"cat"}
 
 
 def test_an_items_media_type_comes_from_its_bytes():

@@ -121,7 +121,8 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
 
     @app.get("/", summary="What is served")
     async def info() -> dict[str, Any]:
-        return {**engines[default].info(), "indexes": list(engines)}
+        return {**engines[default].info(), "indexes": list(engines),
+                "classes": {name: e.index.class_names for name, e in engines.items()}}  # the page's filter
 
     @app.get("/ui", summary="A page to search with a photo and see the results", response_class=HTMLResponse)
     async def ui() -> HTMLResponse:

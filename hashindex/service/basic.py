@@ -137,7 +137,8 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                 return self._send(200, ui_page().encode(), "text/html; charset=utf-8")
             if path == "/health":
                 return self._reply(200, {"status": "ok", "indexes": {searcher.name: searcher.index.count}})
-            return self._reply(200, {**searcher.info(), "indexes": [searcher.name]})
+            return self._reply(200, {**searcher.info(), "indexes": [searcher.name],
+                                     "classes": {searcher.name: searcher.index.class_names}})
 
         def _body(self) -> bytes:
             """The request body, read only when its declared length is a number within MAX_BODY."""
