@@ -112,6 +112,22 @@ def _index_code_statistics(directory: Path) -> dict[str, Any]:
     return code_statistics(read_table(directory, ("codes",))["codes"], read_index_meta(directory)["bits"])
 
 
+def _index_classes(directory: Path) -> dict[str, int] | str:
+    """Items per class name (what `query --only-class` takes); a multi-label item counts in each of its classes."""
+    import numpy as np
+
+    from .index.layout import label_set_classes, read_index_meta, read_table
+
+    names = read_index_meta(directory).get("class_names", [])
+    if label_set_classes(directory):
+        counts = read_table(directory, ("label_sets",))["label_sets"].astype(bool).sum(axis=0)
+    else:
+        labels = read_table(directory, ("labels",))["labels"]
+        counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    found = {str(names[c]) if c < len(names) else str(c): int(n) for c, n in enumerate(counts) if n}
+    return found or "none (unlabelled)"
+
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -169,7 +185,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         if (p / INDEX_JSON).exists():
             from .index import describe_index
 
-            return describe_index(p) | {"codes": _index_code_statistics(p)}
+            summary = describe_index(p)
+            return {**summary, "classes": _index_classes(p), "codes": _index_code_statistics(p)}
         return describe_collection(str(path))
     from .checkpoint import shipped_hint, shipped_path
 

@@ -182,3 +182,32 @@ def test_cli_filter_errors_are_one_line(flat_index, tmp_path):
                           (["--only-class", "cat", "--only-folder", "test/dog"], "no item of the index passes")]:
         res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "3", *args])
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_info_lists_the_classes_a_filter_takes(flat_index):
+    """`hashindex info INDEX_DIR` names each class with its items: what --only-class takes."""
+    res = CliRunner().invoke(cli, ["info", str(flat_index), "--json"])
+    assert res.exit_code == 0, res.output
+    classes = json.loads(res.output)["classes"]
+    assert len(classes) == 10 and set(classes.values()) == {1000} and "cat" in classes
+
+
+def test_a_multi_label_item_passes_a_class_it_carries(tmp_path):
+    """In a multi-label index a class filter keeps every item carrying the class (not only those whose first class
+    it is), and info counts each item in each of its classes."""
+    from hashindex.index import build
+    from hashindex.store import write_arrays
+    from tests.test_multilabel import synthetic as tagged
+
+    codes, sets = tagged(400, 6, 0)
+    names = [f"tag{c}" for c in range(6)]
+    write_arrays(tmp_path / "db", codes, np.random.default_rng(2).random((400, 8)), label_sets=sets,
+                 class_names=names)
+    build(tmp_path / "db", tmp_path / "ix", signal="l2", progress=False, log=lambda s: None)
+    index = Index.load(tmp_path / "ix")
+    view = restrict(index, Only(classes=("tag2",)))
+    assert view.count == int(sets[:, 2].sum()) > int((index.labels == 2).sum())
+    rows = query(index, [], [0], k=20, only=Only(classes=("tag2",)))
+    assert all("tag2" in h["classes"] for h in rows[0]["results"]) and len(rows[0]["results"]) == 20
+    res = CliRunner().invoke(cli, ["info", str(tmp_path / "ix"), "--json"])
+    assert json.loads(res.output)["classes"] == {n: int(c) for n, c in zip(names, sets.sum(0)) if c}
