@@ -1,4 +1,5 @@
-"""`hashindex duplicates`: what a collection holds more than once (no model, no index needed)."""
+"""`hashindex duplicates` (what a collection holds more than once; no model, no index needed) and `hashindex
+sync` (an index kept in step with the folders it was built from)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,43 @@ def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redunda
             click.echo(f"  {r['distance']:>2}  {where}{r['path']}  (id {r['id']}{', kept' if r['keep'] else ''})")
     if len(result["groups"]) > show:
         click.echo(f"... {len(result['groups']) - show} more group(s)" + ("" if out else " (--out FILE lists all)"))
+
+
+@cli.command()
+@click.argument("index_dir")
+@click.option("--shards", default=None, help="Where the new files' shards go [default: INDEX_DIR.sync/ beside "
+                                             "the index; kept, as every appended collection's are].")
+@click.option("--model", default=None, help="Checkpoint to encode the new files with [default: the one the "
+                                            "index's shards were extracted with].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Say what would be added and removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def sync(ctx, index_dir, shards, model, device, dry_run, as_json):
+    """Keep an index in step with the folders it was built from: add their new image files, remove the items
+    whose file is gone.
+
+    \b
+    The new files are extracted with the index's model and appended (ids after every id the index holds or
+    held); the others keep their ids. Each step is atomic: after a kill, run it again.
+    Examples:
+      hashindex sync index/photos --dry-run
+      hashindex sync index/photos && kill -HUP SERVE_PID     # a running serve then answers from it
+    """
+    from ..sync import sync as run
+
+    summary = run(index_dir, shards=shards, model=model, device=device, dry_run=dry_run,
+                  progress=ctx.obj["progress"], log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        _echo_json(summary)
+        return
+    for folder in summary["folders"]:
+        why = f" (left alone: {folder['skipped']})" if "skipped" in folder else ""
+        click.echo(f"{folder['folder']}: {folder['new']} new file(s){why}")
+        for path in folder["new_paths"][:5] if dry_run else []:
+            click.echo(f"  + {path}")
+    for path in summary["removed_paths"][:5] if dry_run else []:
+        click.echo(f"  - {path}")
+    verb = ("would add", "would remove") if dry_run else ("added", "removed")
+    unread = f" ({summary['unreadable']} could not be read)" if summary.get("unreadable") else ""
+    click.echo(f"{index_dir}: {verb[0]} {summary['added']}{unread}, {verb[1]} {summary['removed']} item(s)")

@@ -120,6 +120,14 @@ class ImageSource:
         pick = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
         return _Subset(self, pick, f"limit={n}")
 
+    def select(self, positions: np.ndarray, how: str) -> "ImageSource":
+        """The items at ``positions`` as a collection of their own, numbered from its own ``id_offset`` (a
+        folder's new files, appended to an index built from the folder: `hashindex sync`). Its spec stays this
+        source's: reopened from it, its items are found there by path (`item_of`)."""
+        part = _Subset(self, np.asarray(positions, np.int64), how, renumber=True)
+        part.spec = self.spec
+        return part
+
     def split_every(self, n: int, names: tuple[str, str] = ("queries", "database")
                     ) -> tuple["ImageSource", "ImageSource"]:
         """(every n-th item, all the others): a held-out query set and its database (or val / train)."""
@@ -152,7 +160,7 @@ class ImageSource:
 class _Subset(ImageSource):
     """Items of a parent source at given positions; ids stay the parent's."""
 
-    def __init__(self, parent: ImageSource, pick: np.ndarray, how: str):
+    def __init__(self, parent: ImageSource, pick: np.ndarray, how: str, renumber: bool = False):
         super().__init__(
             description=f"{parent.description} ({how})",
             paths=[parent.paths[i] for i in pick],
@@ -162,10 +170,10 @@ class _Subset(ImageSource):
             spec=f"{parent.spec}#{how}" if parent.spec else None,
             label_sets=parent.label_sets[pick] if parent.label_sets is not None else None,
         )
-        self.parent, self.pick = parent, pick
+        self.parent, self.pick, self.renumber = parent, pick, renumber
 
     def ids(self) -> np.ndarray:
-        return self.parent.ids()[self.pick]
+        return super().ids() if self.renumber else self.parent.ids()[self.pick]
 
     def preloaded(self, size: int, channels: int) -> np.ndarray | None:
         whole = self.parent.preloaded(size, channels)

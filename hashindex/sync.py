@@ -1,0 +1,129 @@
+"""Keeping an index in step with the folders it was built from (`hashindex sync`): image files added to a folder
+since are extracted and appended, items whose file is gone are removed.
+
+It composes what exists: `query.folder_collections` (the folders an index holds that are there now), each folder
+listed again as extraction lists it, `extract` of the new files alone (`ImageSource.select`: numbered after every
+id the index holds or held, recorded with the folder's spec, so their images, ``--exclude-self`` and the next
+sync find them by path as they find the others), `index.append`, and `index.remove` of `query.missing_files`.
+Each step is atomic and resumable on its own (the new files' shard directory is named by what they are, so a
+rerun after a kill resumes their extraction), and a rerun of sync after any step does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import FolderSource, ImageSource, reopen_source
+from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
+from .errors import HashindexError
+from .extraction import extract
+from .files import encode_name
+from .index import Index, append, remove
+from .index.layout import next_id, read_index_meta, read_table
+from .query import collection_spec, folder_collections, index_model, missing_files
+
+SELECTIONS = ("limit", "every")  # a collection read from part of a folder: its other files are not "new"
+SHOWN = 20  # paths listed per kind in a summary
+
+
+@dataclass
+class FolderChanges:
+    """One folder an index was built from: its files not in the index (``new``, a source of them alone; None
+    for none), or why its new files are left alone (``skipped``)."""
+
+    folder: Path
+    new: ImageSource | None = None
+    skipped: str | None = None
+
+    def count(self) -> int:
+        return len(self.new) if self.new is not None else 0
+
+
+def folder_changes(index: Index) -> list[FolderChanges]:
+    """Per folder the index holds (one entry however many collections were appended from it), its new files."""
+    by_root: dict[Path, list[dict[str, Any]]] = {}
+    for entry, root in folder_collections(index):
+        by_root.setdefault(root, []).append(entry)
+    changes = []
+    for root, entries in by_root.items():
+        specs = [collection_spec(e) or "" for e in entries]
+        chosen = [s for spec in specs for s in spec.split("#")[1:] if s.partition("=")[0] in SELECTIONS]
+        if chosen:
+            changes.append(FolderChanges(root, skipped=f"built from part of it (#{chosen[0]}): its other files "
+                                                       "are not new"))
+            continue
+        options = [o for o in specs[0].split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS) or
+                   o.startswith(f"{LABELS}=")]
+        try:
+            source = reopen_source("#".join([str(root), *options]))
+        except HashindexError:  # nothing readable left in it: nothing new either
+            continue
+        if type(source) is not FolderSource:  # a folder of tars or a prepared store: its items are not files
+            changes.append(FolderChanges(root, skipped="its items are not image files in it (tars, a prepared "
+                                                       "store): extract and build --append those"))
+            continue
+        known: set[str] = set()
+        for e in entries:
+            known.update(index.paths(np.arange(e["start"], e["stop"])))
+        new = [i for i, p in enumerate(source.paths) if i not in source.unread and encode_name(p) not in known]
+        changes.append(FolderChanges(root, new=source.select(np.array(new), "new files") if new else None))
+    return changes
+
+
+def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str | None = None,
+         device: str = "cpu", dry_run: bool = False, progress: bool = True,
+         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Bring INDEX_DIR in step with its folders: append their new image files (extracted with the index's model
+    into ``shards``, default ``INDEX_DIR.sync/``, kept as every appended collection's shards are) and remove the
+    items whose file is gone. ``dry_run``: say what would change, change nothing. Returns a summary."""
+    index_dir = Path(index_dir)
+    index = Index.load(index_dir)
+    changes = folder_changes(index)
+    if not changes:
+        raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder that is there now "
+                             "(sync keeps folder collections in step; extract others and build --append them)")
+    gone = missing_files(index)
+    summary: dict[str, Any] = {
+        "index": str(index_dir), "dry_run": dry_run, "removed": len(gone),
+        "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],
+        "folders": [{"folder": str(c.folder), "new": c.count(), **({"skipped": c.skipped} if c.skipped else {}),
+                     "new_paths": c.new.paths[:SHOWN] if c.new is not None else []} for c in changes]}
+    if dry_run:
+        return {**summary, "added": sum(c.count() for c in changes)}
+    gone_ids = index.ids[gone]
+    shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
+    added, unread, written = 0, 0, []
+    for change in changes:
+        if change.new is None:
+            continue
+        rows, out = _append_new(change, index, index_dir, shards, model, device, progress, log)
+        added, unread = added + rows, unread + change.count() - rows
+        written.append(str(out))
+    if len(gone_ids):
+        remove(index_dir, ids=gone_ids, progress=progress, log=log)
+    return {**summary, "added": added, "unreadable": unread, "shards": written}
+
+
+def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Path, model: str | None,
+                device: str, progress: bool, log: Callable[[str], None]) -> tuple[int, Path]:
+    """Extract one folder's new files into a shard directory named by what they are and append them; (rows
+    appended, the directory). Files that cannot be decoded are extraction's counted skips."""
+    source = change.new
+    try:
+        source.remap_labels(index.class_names)
+    except HashindexError:
+        extra = [c for c in source.class_names if c not in index.class_names]
+        raise HashindexError(f"index_dir={index_dir}: {change.folder} has new class folders ({', '.join(extra[:5])})"
+                             " the index does not know: build the index again to take them") from None
+    meta = read_index_meta(index_dir)  # as it is now: another folder's new files may have been appended
+    source.id_offset = next_id(meta, read_table(index_dir, ("ids",))["ids"])
+    out = shards / f"new-{source.fingerprint()}"
+    manifest = extract(index_model(index, model, device), source, out, device=device, progress=progress, log=log)
+    rows = sum(s["rows"] for s in manifest["shards"])
+    if rows:
+        append(out, index_dir, progress=progress, log=log)
+    return rows, out

@@ -1,0 +1,130 @@
+"""`hashindex sync`: an index kept in step with the folder it was built from (new files appended, gone ones
+removed), equal to an index built from the folder as it is now."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashindex import extract
+from hashindex.cli import cli
+from hashindex.errors import HashindexError
+from hashindex.index import Index, build
+from hashindex.originals import Originals
+from hashindex.query import query
+from hashindex.sync import sync
+from tests.conftest import CIFAR_TEST, need
+
+CLASSES = ("cat", "dog", "ship")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    """20 CIFAR-10 test images of each of three classes, as files (the first 12 of each go in the folder)."""
+    need(CIFAR_TEST)
+    out = tmp_path_factory.mktemp("pictures")
+    counts = dict.fromkeys(CLASSES, 0)
+    with tarfile.open(CIFAR_TEST) as tf:
+        for m in tf:
+            cls = m.name.split("/")[-2] if m.isfile() else None
+            if cls in counts and counts[cls] < 20:
+                (out / cls).mkdir(exist_ok=True)
+                (out / cls / Path(m.name).name).write_bytes(tf.extractfile(m).read())
+                counts[cls] += 1
+    return out
+
+
+def folder_of(pictures: Path, root: Path, per_class: int = 12) -> Path:
+    for cls in CLASSES:
+        (root / cls).mkdir(parents=True)
+        for f in sorted((pictures / cls).iterdir())[:per_class]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+def items(index_dir: Path) -> dict[str, tuple[bytes, str]]:
+    """path -> (code, class) of every item: what an index built from the same files must hold."""
+    index = Index.load(index_dir)
+    codes = index.table_codes()
+    return {p: (codes[i].tobytes(), index.class_names[index.labels[i]])
+            for i, p in enumerate(index.paths(np.arange(index.count)))}
+
+
+def test_sync_adds_new_files_and_removes_gone_ones(pictures, tiny_model, tmp_path):
+    photos = folder_of(pictures, tmp_path / "photos")
+    extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
+    build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
+    before = Index.load(tmp_path / "index")
+    added = []
+    for cls in ("cat", "ship"):
+        for f in sorted((pictures / cls).iterdir())[12:15]:
+            shutil.copy(f, photos / cls / f.name)
+            added.append(f"{cls}/{f.name}")
+    gone = [sorted((photos / "dog").iterdir())[0], sorted((photos / "cat").iterdir())[1]]
+    gone_ids = [int(before.ids[before.paths(np.arange(before.count)).index(f"{p.parent.name}/{p.name}")])
+                for p in gone]
+    for p in gone:
+        p.unlink()
+    (photos / "dog" / "notes.txt").write_text("not an image")  # a counted skip, never 'new'
+
+    plan = sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)
+    assert plan["added"] == 6 and plan["removed"] == 2 and sorted(plan["folders"][0]["new_paths"]) == sorted(added)
+    assert Index.load(tmp_path / "index").count == before.count  # a dry run changes nothing
+
+    done = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert done["added"] == 6 and done["removed"] == 2 and done["unreadable"] == 0
+    after = Index.load(tmp_path / "index")
+    assert after.count == before.count + 4
+    assert not set(gone_ids) & set(after.ids.tolist())
+    kept = np.isin(before.ids, after.ids)
+    assert (after.ids[:kept.sum()] == before.ids[kept]).all()  # the others keep their ids and order
+    assert after.ids[kept.sum():].min() > before.ids.max()  # new ids after every id held
+    # what it holds equals an index built from the folder as it is now (same files, codes, classes)
+    extract(str(tiny_model), str(photos), tmp_path / "fresh-shards", progress=False, log=lambda s: None)
+    build(tmp_path / "fresh-shards", tmp_path / "fresh", progress=False, log=lambda s: None)
+    assert items(tmp_path / "index") == items(tmp_path / "fresh")
+    # a new file is an indexed item as any other: it finds itself first, and its image is served
+    new_file = photos / added[0]
+    rows = query(after, [str(new_file)], [], k=3)
+    position = after.paths(np.arange(after.count)).index(added[0])
+    assert rows[0]["results"][0]["path"] == added[0]
+    assert Originals(after).read_bytes(position) == new_file.read_bytes()
+    again = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert again["added"] == 0 and again["removed"] == 0
+
+
+def test_sync_refuses_what_it_cannot_keep_in_step(pictures, tiny_model, tmp_path):
+    photos = folder_of(pictures, tmp_path / "photos", per_class=5)
+    extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
+    build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
+    (photos / "zebra").mkdir()
+    shutil.copy(sorted((pictures / "dog").iterdir())[-1], photos / "zebra" / "z.jpg")
+    with pytest.raises(HashindexError, match=r"has new class folders \(zebra\) the index does not know"):
+        sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert Index.load(tmp_path / "index").count == 15  # nothing changed
+    res = CliRunner().invoke(cli, ["sync", str(tmp_path / "index")])
+    assert res.exit_code == 2 and "has new class folders (zebra)" in res.output and len(res.output.splitlines()) == 1
+
+    extract(str(tiny_model), f"{CIFAR_TEST}", tmp_path / "tar-shards", limit=50, progress=False, log=lambda s: None)
+    build(tmp_path / "tar-shards", tmp_path / "tar-index", progress=False, log=lambda s: None)
+    res = CliRunner().invoke(cli, ["sync", str(tmp_path / "tar-index")])
+    assert res.exit_code == 2 and "holds no collection read from a folder" in res.output, res.output
+
+
+def test_sync_cli_dry_run_and_json(pictures, tiny_model, tmp_path):
+    photos = folder_of(pictures, tmp_path / "photos", per_class=4)
+    extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
+    build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
+    new = sorted((pictures / "ship").iterdir())[10]
+    shutil.copy(new, photos / "ship" / new.name)
+    res = CliRunner().invoke(cli, ["-q", "sync", str(tmp_path / "index"), "--dry-run"])
+    assert res.exit_code == 0 and f"+ ship/{new.name}" in res.output and "would add 1, would remove 0" in res.output
+    res = CliRunner().invoke(cli, ["-q", "sync", str(tmp_path / "index"), "--json"])
+    summary = json.loads(res.stdout)  # the extraction and append lines go to stderr
+    assert res.exit_code == 0 and summary["added"] == 1 and Path(summary["shards"][0]).parent.name == "index.sync"
