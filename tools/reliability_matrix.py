@@ -475,6 +475,44 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
         json.loads((prep_clean / "prepared.json").read_text())["sha256"]
     row(cls, f"prepare {how}, then rerun", "a store identical to an uninterrupted run",
         f"rerun exit {rc}, same SHA-256: {same}" + ("" if same else f" ({line})"), same)
+    sync_kill(w, rng)
+
+
+def sync_kill(w: Path, rng: random.Random) -> None:
+    """`sync` killed at a random moment (extracting a folder's new files, appending them or removing the gone ones),
+    then rerun: the index an uninterrupted sync makes."""
+    photos = w / "s-photos"
+    with tarfile.open(CIFAR) as tf:
+        members = [m for m in tf.getmembers() if m.isfile()][::25][:400]  # 40 of each class
+        files = [(photos / Path(m.name).parent.name / Path(m.name).name, tf.extractfile(m).read()) for m in members]
+    for path, data in files[:300]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    hx("extract", "--model", MODEL, "--data", str(photos), "--out", str(w / "s-shards"), "--workers", "0")
+    hx("build", str(w / "s-shards"), "--out", str(w / "s-index"), "--signal", "l2")
+    for path, data in files[300:]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for path, _ in files[:300:30]:
+        path.unlink()
+    ref = copy(w / "s-index", w / "s-ref")
+    hx("sync", str(ref))
+    moments = {"while extracting the new files": lambda ix: ix.with_name(ix.name + ".sync").exists(),
+               "once they are extracted": lambda ix: any('"complete": true' in m.read_text() for m in
+                                                          ix.with_name(ix.name + ".sync").glob("new-*/manifest.json")),
+               "at a random moment": None}
+    for j, (when, ready) in enumerate(moments.items()):
+        killed = copy(w / "s-index", w / f"s-killed{j}")
+        how = kill_when(["sync", str(killed)], lambda: ready(killed)) if ready else \
+            kill_at_random(["sync", str(killed)], rng, 1.0, 3.0)
+        after_kill = _table(killed)
+        rc, line = hx("sync", str(killed))
+        same = rc == 0 and _table(killed) == _table(ref)
+        state = "old" if after_kill == _table(w / "s-index") else "synced" if after_kill == _table(ref) else \
+            "new files appended, gone ones not yet removed"
+        row("kill -9", f"sync (100 new files, 10 gone) {how} ({when}), then rerun",
+            "the rerun equals an uninterrupted sync",
+            f"after kill: {state}; rerun exit {rc}, equal: {same}" + ("" if same else f" ({line})"), same)
 
 
 def _table(ix: Path) -> str:
