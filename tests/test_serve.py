@@ -21,7 +21,7 @@ from tests.conftest import CIFAR_TEST, need
 
 
 def start_asgi(engines, writable: bool = False, write_token=None, read_token=None, tls_cert=None, tls_key=None,
-               cors_origins=()):
+               cors_origins=(), watch=None):
     """A real uvicorn server over engines, on a free port, in a thread: (url, stop)."""
     import time
 
@@ -29,7 +29,7 @@ def start_asgi(engines, writable: bool = False, write_token=None, read_token=Non
 
     sock = bind("127.0.0.1", 0)
     server = asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token,
-                         tls_cert=tls_cert, tls_key=tls_key, cors_origins=cors_origins)
+                         tls_cert=tls_cert, tls_key=tls_key, cors_origins=cors_origins, watch=watch)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -242,6 +242,44 @@ def test_sighup_serves_what_build_append_grew(flat_index, tiny_model, tmp_path):
         proc.wait()
 
 
+def test_watch_reloads_what_another_process_changed(flat_index, tiny_model, tmp_path):
+    """serve --watch: an index changed on disk by another process (here a removal) is served without SIGHUP; a
+    broken one on disk is tried once (counted), not every look, and the open one served on."""
+    import shutil
+    import time
+
+    from hashindex.index import remove
+    from hashindex.service.engine import Engine
+
+    index = tmp_path / "index"
+    shutil.copytree(flat_index, index)
+    url, stop = start_asgi({"index": Engine(index, str(tiny_model), name="index")}, watch=0.2)
+
+    def until(client, done) -> None:
+        for _ in range(300):
+            if done():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"not within 30 s: {client.get('/metrics').text[-300:]}")
+
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            time.sleep(0.5)
+            assert client.get("/health").json()["indexes"]["index"] == 10000  # nothing changed: no reload
+            assert 'hashindex_reloads_total{result="ok"} 0' in client.get("/metrics").text
+            remove(index, ids=[1, 2, 3], progress=False, log=lambda m: None)
+            until(client, lambda: client.get("/health").json()["indexes"]["index"] == 9997)
+            assert client.get("/search", params={"id": 2}).status_code == 404
+            (index / "index.json").write_text("{")  # a broken index on disk
+            until(client, lambda: 'hashindex_reloads_total{result="failed"} 1' in client.get("/metrics").text)
+            time.sleep(1.0)  # five more looks: the same broken version is not tried again
+            metrics = client.get("/metrics").text
+            assert 'result="failed"} 1' in metrics and 'result="ok"} 1' in metrics
+            assert client.get("/search", params={"id": 5}).status_code == 200
+    finally:
+        stop()
+
+
 @pytest.mark.parametrize("server", ["asgi", "basic"])
 def test_an_access_log_has_a_line_per_request(server, flat_index, tiny_model):
     """serve --access-log: each request's line (its path and status), on stdout (asgi, uvicorn's format) or
@@ -531,6 +569,7 @@ def test_pages_of_the_origins_given_may_call_it_from_a_browser(service, flat_ind
         stop()
     for args, message in [(["--cors-origin", site + "/"], "--cors-origin https://photos.example.com/: expected"),
                           (["--cors-origin", "photos.example.com"], "expected scheme://host[:port]"),
-                          (["--server", "basic", "--cors-origin", "*"], "--cors-origin: the asgi server's")]:
+                          (["--server", "basic", "--cors-origin", "*"], "--cors-origin: the asgi server's"),
+                          (["--server", "basic", "--watch", "5"], "--watch: the asgi server's")]:
         res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
         assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output

@@ -283,15 +283,19 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
                    "browser (CORS; asgi server). Repeat for several.")
 @click.option("--access-log", is_flag=True, help="A line per request: client, request line, status (asgi: on "
                                                   "stdout, uvicorn's format; basic: on stderr).")
+@click.option("--watch", default=None, type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Every SECONDS, reload an index that another process changed on disk (build --append, "
+                   "remove, sync), as SIGHUP does (asgi server).")
 @click.pass_context
 def serve(ctx, index_dir, model, host, port, device, server_kind, writable, write_token, read_token, tls_cert,
-          tls_key, cors_origins, access_log):
+          tls_key, cors_origins, access_log, watch):
     """Keep indexes and their models in memory and answer searches over HTTP (JSON).
 
     Each INDEX_DIR is served as /indexes/NAME/... (NAME=DIR to choose the name; a bare DIR is named by its
     folder); the first also answers /search and /batch. API docs at /docs; /health; /metrics (Prometheus).
     SIGTERM or Ctrl-C stops it after the searches in flight; SIGHUP reopens the indexes from disk (after
-    build --append) without dropping a request (the asgi server).
+    build --append, remove or sync) without dropping a request (the asgi server; --watch S: by itself when
+    another process changed them, looked at every S seconds).
 
     \b
     Example:
@@ -333,6 +337,8 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
             raise HashindexError("server=basic: serves one index (the asgi server serves several)")
         if cors_origins:
             raise HashindexError("--cors-origin: the asgi server's (the basic server answers its own pages only)")
+        if watch:
+            raise HashindexError("--watch: the asgi server's (send the basic server SIGHUP)")
         return _serve_basic(next(iter(indexes.values())), model, host, port, device, read_token, tls, access_log)
     engines = open_engines(indexes, model, device, log)
     sock = bind(host, port)
@@ -346,7 +352,7 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token, tls_cert=tls_cert,
-                tls_key=tls_key, cors_origins=cors_origins, access_log=access_log).run(sockets=[sock])
+                tls_key=tls_key, cors_origins=cors_origins, access_log=access_log, watch=watch).run(sockets=[sock])
 
 
 def _has_asgi() -> bool:

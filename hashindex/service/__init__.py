@@ -108,12 +108,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 def asgi_server(engines: dict, log_level: str = "warning", writable: bool = False, write_token: str | None = None,
                 read_token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                cors_origins: tuple[str, ...] = (), access_log: bool = False):
+                cors_origins: tuple[str, ...] = (), access_log: bool = False, watch: float | None = None):
     """A uvicorn server (not yet running) over opened engines: ``.run(sockets=[bind(...)])`` serves until
     SIGINT / SIGTERM (or ``should_exit``), then finishes the searches in flight (``writable``: POST and DELETE
     /items; ``write_token``: only with it as a bearer token; ``read_token``: every request needs a token;
     ``tls_cert`` / ``tls_key``: HTTPS, checked first by `tls_context`; ``cors_origins``: `check_origins`;
-    ``access_log``: a line per request on stdout, uvicorn's format)."""
+    ``access_log``: a line per request on stdout, uvicorn's format; ``watch``: seconds between looks at the
+    indexes on disk, reloaded when another process changed them)."""
     import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -143,7 +144,7 @@ def asgi_server(engines: dict, log_level: str = "warning", writable: bool = Fals
             self.transport.close()
 
     app = create_app(engines, writable=writable, write_token=write_token, read_token=read_token,
-                     cors_origins=check_origins(cors_origins))
+                     cors_origins=check_origins(cors_origins), watch=watch)
     tls_context(tls_cert, tls_key)  # a one-line error for bad files (uvicorn's would be a traceback)
     config = uvicorn.Config(app, http=JsonErrors, lifespan="on", log_level=log_level,
                             backlog=BACKLOG, timeout_keep_alive=5, timeout_graceful_shutdown=30,

@@ -53,7 +53,7 @@ from .metrics import Metrics
 from .middleware import BodyLimit, ReadGate, Timing
 from .params import (MAX_BATCH, RequestError, check_names, check_upload_options, int_param, no_such_index,
                      read_only, search_options)
-from .served import ui_page
+from .served import disk_stamp, ui_page
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -65,7 +65,10 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("rerank", "boolean", "order the pool by the fine-stage signal (default 1)"),
     ("cut_ties", "boolean", "cut the last Hamming tie at k (default 0: complete it)"),
     ("nprobe", "integer", "IVF index: lists scanned (default: the value build tuned to its recall target)"),
-    ("exclude_self", "boolean", "searches with an id: the item is not among its own results (default 0)"))]
+    ("exclude_self", "boolean", "searches with an id: the item is not among its own results (default 0)"),
+    ("only_class", "string", "results of these classes only (comma-separated)"),
+    ("only_folder", "string", "results whose path is under one of these folders only (comma-separated)"),
+    ("only_ids", "string", "results among these ids only (comma-separated)"))]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
@@ -73,12 +76,13 @@ IMAGE_BODY = {"required": False, "content": {
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
                write_token: str | None = None, read_token: str | None = None,
-               cors_origins: tuple[str, ...] = ()) -> FastAPI:
+               cors_origins: tuple[str, ...] = (), watch: float | None = None) -> FastAPI:
     """The service over opened engines (name -> Engine); ``default`` answers /search and /batch; ``writable``
     adds POST /items (and /indexes/NAME/items): images appended to the index (`writes`), and DELETE /items;
     with ``write_token`` those need the header "Authorization: Bearer TOKEN" (checked before a body is read);
     with ``read_token`` every request but the open pages needs it or the write token (`access`);
-    ``cors_origins``: web pages of these origins (or "*", any) may call the API from a browser (CORS)."""
+    ``cors_origins``: web pages of these origins (or "*", any) may call the API from a browser (CORS);
+    ``watch``: every so many seconds, reload when an index on disk is not the one served (`_watch`)."""
     from .. import __version__
 
     if not engines:
@@ -104,7 +108,10 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         except (AttributeError, NotImplementedError, RuntimeError, ValueError):
             pass  # no SIGHUP here (Windows), or not the main thread (a server a test runs in a thread)
+        watcher = asyncio.ensure_future(_watch(engines, reload, watch)) if watch else None
         yield
+        if watcher is not None:
+            watcher.cancel()
         if hasattr(signal, "SIGHUP"):
             loop.remove_signal_handler(signal.SIGHUP)
         for engine in [*engines.values(), *retire_now()]:  # graceful: queued searches finish, then the batchers stop
@@ -259,6 +266,17 @@ def _reloader(engines: dict[str, Engine], metrics: Metrics):
             return True
 
     return reload, retire_now
+
+
+async def _watch(engines: dict[str, Engine], reload, every: float) -> None:
+    """Reload when an index on disk is not the version served (a build, append, removal or sync by another
+    process replaced its index.json); a version whose reload failed is not tried again until it changes."""
+    failed = None
+    while True:
+        await asyncio.sleep(every)
+        now = {name: disk_stamp(e.opened_with[0]) for name, e in engines.items()}
+        if None not in now.values() and now != failed and any(now[n] != e.stamp for n, e in engines.items()):
+            failed = None if await reload() else now
 
 
 def _errors(app: FastAPI) -> None:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..index import Index
+from ..index import INDEX_JSON, Index
 from .params import RequestError, upload_array
+
+
+def disk_stamp(index_dir: str | Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of INDEX_DIR's index.json, which every build, append, removal or sync replaces; None
+    while there is none (between the two renames of a swap)."""
+    try:
+        st = os.stat(Path(index_dir) / INDEX_JSON)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 class Served:
@@ -20,6 +31,7 @@ class Served:
         from ..query import index_model
 
         self.opened_with = (str(index_dir), model, device)  # what a reload opens again
+        self.stamp = disk_stamp(index_dir)  # which version of INDEX_DIR this is (`serve --watch`)
         self.index = Index.load(index_dir)
         self.model = index_model(self.index, model, device)
         # the input digests sorted now (10M items: 2.3 s here beside a training run), not in the first upload's time
