@@ -148,14 +148,15 @@ def test_concurrent_requests_get_their_own_answers(server, flat_index):
     ("/search?id=5&candidates=10000000", None, 400, "candidates=10000000: at most 100000 in one request"),
     # a misspelt option is refused, not ignored; an id beside an uploaded image is ambiguous
     ("/search?id=5&kk=3", None, 400, "kk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, "
-                                     "nprobe, exclude_self, only_class, only_folder, only_ids, id)"),
+                                     "nprobe, exclude_self, only_class, only_folder, only_ids, not_class, "
+                                     "not_folder, id)"),
     ("/search?k=3&id=5", b"not an image at all", 400, "id=5: this request searches with its uploaded image; "
                                                       "search with an indexed item by GET /search?id=ID"),
     ("/search?k=3&exclude_self=1", b"not an image at all", 400,
      "exclude_self=1: an uploaded image is not an indexed item (exclude_self is for searches with an id)"),
     ("/search?k=3&topk=4", b"not an image at all", 400,
      "topk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, nprobe, exclude_self, only_class, "
-     "only_folder, only_ids)"),
+     "only_folder, only_ids, not_class, not_folder)"),
 ])
 def test_bad_requests(server, path, data, status, message):
     got_status, body = call(server + path, data)

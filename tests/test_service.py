@@ -115,7 +115,7 @@ def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_mod
     assert client.post("/batch", params={"k": 4, "id": 3}, json={"ids": [1]}).json()["error"].startswith("id=3: ")
     assert client.post("/batch", params={"kk": 4}, json={"ids": [1]}).json() == \
         {"error": "kk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, nprobe, exclude_self, "
-                  "only_class, only_folder, only_ids)"}
+                  "only_class, only_folder, only_ids, not_class, not_folder)"}
     left = client.post("/batch", params={"k": 4, "exclude_self": 1}, json={"ids": ids}).json()["results"]
     assert left[2]["status"] == 404 and [row["results"] for row in left[:2] + left[3:]] == [
         query(flat_index, [], [i], k=4, exclude_self=True)[0]["results"] for i in ids[:2] + ids[3:]]

@@ -75,6 +75,19 @@ def test_a_small_subset_is_re_ranked_whole_by_default():
     assert (small.search(q, qf, 10).ids == sub[nearest]).all()
 
 
+def test_exclusions_take_items_out():
+    """not_classes / not_folders: every item but those; with the inclusions, both apply."""
+    codes, feats, labels, ids = synthetic(400)
+    full = in_memory(codes, feats, labels, ids)
+    assert set(restrict(full, Only(not_classes=("a", "c"))).ids) == set(ids[~np.isin(labels, [0, 2])])
+    both = restrict(full, Only(classes=("a", "b"), not_classes=("b",)))
+    assert set(both.ids) == set(ids[labels == 0])
+    with pytest.raises(HashindexError, match="not_class='z': no such class in the index"):
+        restrict(full, Only(not_classes=("z",)))
+    with pytest.raises(HashindexError, match="no item of the index passes all of these"):
+        restrict(full, Only(classes=("a",), not_classes=("a",)))
+
+
 def test_a_k_past_the_subset_returns_it_all():
     codes, feats, labels, ids = synthetic(400)
     full = in_memory(codes, feats, labels, ids)
@@ -141,6 +154,8 @@ def test_the_service_filters_by_class_folder_and_ids(flat_index, tiny_model):
             assert {h["class"] for h in got["results"]} <= {"cat", "dog"} and len(got["results"]) == 5
             got = client.get("/search", params={"id": 3, "k": 5, "only_ids": "10,20,30"}).json()
             assert sorted(h["id"] for h in got["results"]) == [10, 20, 30]
+            got = client.get("/search", params={"id": 3, "k": 50, "not_folder": "test/cat,test/dog"}).json()
+            assert len(got["results"]) == 50 and not {h["class"] for h in got["results"]} & {"cat", "dog"}
             for params, message in [({"only_class": "kat"}, "only_class='kat': no such class"),
                                     ({"only_folder": "train"}, "only_folder='train': no indexed item's path"),
                                     ({"only_ids": "1,x"}, "only_ids=x: expected integer ids")]:
@@ -159,7 +174,7 @@ def test_a_batch_job_records_its_filter(flat_index, cifar_queries, tmp_path):
     out = tmp_path / "r.jsonl"
     job = batch_search(flat_index, cifar_queries, out, k=5, only=Only(classes=("ship",)), exclude_self=True,
                        progress=False, log=lambda s: None)
-    assert job["only"] == {"classes": ["ship"], "folders": [], "ids": []}
+    assert job["only"] == {"classes": ["ship"]}
     rows = {r["query_id"]: r for r in map(json.loads, out.read_text().splitlines())}
     ids = sorted(rows)[:3]
     want = query(Index.load(flat_index), [], ids, k=5, exclude_self=True, only=Only(classes=("ship",)))
@@ -179,7 +194,9 @@ def test_cli_filter_errors_are_one_line(flat_index, tmp_path):
                           (["--only-folder", "nowhere"], "--only-folder 'nowhere': no indexed item's path is under"),
                           (["--only-ids", str(bad)], f"--only-ids {bad}: 'seven' is not an id"),
                           (["--only-ids", str(tmp_path / "none.txt")], "--only-ids"),
-                          (["--only-class", "cat", "--only-folder", "test/dog"], "no item of the index passes")]:
+                          (["--only-class", "cat", "--only-folder", "test/dog"], "no item of the index passes"),
+                          (["--not-folder", "test/kat"], "--not-folder 'test/kat': no indexed item's path is under"),
+                          (["--not-class", "kat"], "--not-class 'kat': no such class")]:
         res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "3", *args])
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
 

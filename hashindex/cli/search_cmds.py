@@ -38,6 +38,9 @@ from .group import _echo_json, cli, file_ids
               help="Results whose path (as results show it) is under this folder only (repeatable: any of them).")
 @click.option("--only-ids", "only_ids", default=None,
               help="Results among the ids in this file only (one per line; '-': standard input).")
+@click.option("--not-class", "not_class", multiple=True, help="No results of this class (repeatable).")
+@click.option("--not-folder", "not_folder", multiple=True,
+              help="No results under this folder (repeatable; e.g. the query's own album).")
 @click.option("--queries", default=None, help="Batch job: a shard directory or image source of queries.")
 @click.option("--out", default=None, help="Batch job: results file (.h5, .jsonl, .csv or .parquet).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "jsonl", "csv", "parquet"]),
@@ -57,7 +60,7 @@ from .group import _echo_json, cli, file_ids
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
-          only_class, only_folder, only_ids, queries, out, fmt, batch_size, device, overwrite, backend, address,
+          only_class, only_folder, only_ids, not_class, not_folder, queries, out, fmt, batch_size, device, overwrite, backend, address,
           num_workers, shard_actors, grid, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
@@ -69,13 +72,14 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/train --queries shards/test --out results.h5
       hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out nearest.csv
       hashindex query index/photos holiday.jpg --only-class roses --only-folder 2024
+      hashindex query index/photos --by-id 42 --not-folder 2024/june       # not from its own album
     """
     from .. import query as query_app
     from ..batch import batch_search
     from ..index import Index
     from ..index.subset import only
 
-    where = only(only_class, only_folder, file_ids(only_ids, "--only-ids"))
+    where = only(only_class, only_folder, file_ids(only_ids, "--only-ids"), not_class, not_folder)
 
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")

@@ -37,36 +37,43 @@ WHOLE = 10
 _READ_ALL = 64  # read the whole codes column when the subset is more than 1/64 of it (h5py's point reads are slow)
 
 
+FIELDS = ("classes", "folders", "ids", "not_classes", "not_folders")
+ARGS = ("only_class", "only_folder", "only_ids", "not_class", "not_folder")  # their names on the CLI and service
+
+
 @dataclass(frozen=True)
 class Only:
     """Which items a search may return: of any of ``classes`` (class names; a multi-label item carrying any),
-    under any of ``folders`` (its path as `query` shows it starts with the folder), and among ``ids``. Empty
-    fields do not restrict; an empty `Only` is no filter."""
+    under any of ``folders`` (its path as `query` shows it starts with the folder), among ``ids``, of none of
+    ``not_classes`` and under none of ``not_folders`` (other photos than the query's album, say). Empty fields
+    do not restrict; an empty `Only` is no filter."""
 
     classes: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()
     ids: tuple[int, ...] = ()
+    not_classes: tuple[str, ...] = ()
+    not_folders: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.classes or self.folders or self.ids)
+        return any(getattr(self, f) for f in FIELDS)
 
     def record(self) -> dict[str, list]:
         """As JSON (a batch job records its filter, so a resume with another one is refused)."""
-        return {"classes": list(self.classes), "folders": list(self.folders), "ids": list(self.ids)}
+        return {f: list(getattr(self, f)) for f in FIELDS if getattr(self, f)}
 
     @classmethod
     def from_record(cls, record: dict[str, list]) -> "Only":
-        return cls(*(tuple(record.get(name, ())) for name in ("classes", "folders", "ids")))
+        return cls(*(tuple(record.get(f, ())) for f in FIELDS))
 
     def describe(self) -> str:
-        parts = [f"{name}={list(v)!r}" for name, v in (("only_class", self.classes), ("only_folder", self.folders),
-                                                       ("only_ids", self.ids[:5])) if v]
+        parts = [f"{arg}={list(getattr(self, f))[:5]!r}" for f, arg in zip(FIELDS, ARGS) if getattr(self, f)]
         return ", ".join(parts) + (" ..." if len(self.ids) > 5 else "")
 
 
-def only(classes=(), folders=(), ids=()) -> Only | None:
+def only(classes=(), folders=(), ids=(), not_classes=(), not_folders=()) -> Only | None:
     """An `Only` from any iterables (the CLI's repeated flags, a service's comma lists), None when all are empty."""
-    o = Only(tuple(str(c) for c in classes), tuple(str(f) for f in folders), tuple(int(i) for i in ids))
+    o = Only(tuple(str(c) for c in classes), tuple(str(f) for f in folders), tuple(int(i) for i in ids),
+             tuple(str(c) for c in not_classes), tuple(str(f) for f in not_folders))
     return o if o else None
 
 
@@ -78,6 +85,10 @@ def matching(index: Index, where: Only) -> np.ndarray:
         mask &= _of_classes(index, where.classes)
     if where.folders:
         mask &= _under(index, where.folders)
+    if where.not_classes:
+        mask &= ~_of_classes(index, where.not_classes, "not_class")
+    if where.not_folders:
+        mask &= ~_under(index, where.not_folders, "not_folder")
     if where.ids:
         found = index.positions_of(np.asarray(where.ids, np.int64), missing=-1)
         if (found < 0).any():
@@ -92,28 +103,28 @@ def matching(index: Index, where: Only) -> np.ndarray:
     return positions
 
 
-def _of_classes(index: Index, classes: tuple[str, ...]) -> np.ndarray:
+def _of_classes(index: Index, classes: tuple[str, ...], arg: str = "only_class") -> np.ndarray:
     names = list(index.class_names)
     for c in classes:
         if c not in names:
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise HashindexError(f"only_class={c!r}: no such class in the index (its classes: {shown or 'none'})")
+            raise HashindexError(f"{arg}={c!r}: no such class in the index (its classes: {shown or 'none'})")
     wanted = [names.index(c) for c in classes]
     targets = index.targets()
     return targets[:, wanted].any(axis=1) if targets.ndim == 2 else np.isin(targets, wanted)
 
 
-def _under(index: Index, folders: tuple[str, ...]) -> np.ndarray:
+def _under(index: Index, folders: tuple[str, ...], arg: str = "only_folder") -> np.ndarray:
     paths = index.paths(np.arange(index.count))
     mask = np.zeros(index.count, bool)
     for folder in folders:
         prefix = folder.strip("/")
         if not prefix:
-            raise HashindexError(f"only_folder={folder!r}: expected a folder of the collection (e.g. 'cats' or "
+            raise HashindexError(f"{arg}={folder!r}: expected a folder of the collection (e.g. 'cats' or "
                                  "'2024/june'), as paths show it")
         hits = np.fromiter((p == prefix or p.startswith(prefix + "/") for p in paths), bool, len(paths))
         if not hits.any():
-            raise HashindexError(f"only_folder={folder!r}: no indexed item's path is under it "
+            raise HashindexError(f"{arg}={folder!r}: no indexed item's path is under it "
                                  f"(paths look like {paths[0]!r})")
         mask |= hits
     return mask

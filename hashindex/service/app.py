@@ -68,7 +68,9 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("exclude_self", "boolean", "searches with an id: the item is not among its own results (default 0)"),
     ("only_class", "string", "results of these classes only (comma-separated)"),
     ("only_folder", "string", "results whose path is under one of these folders only (comma-separated)"),
-    ("only_ids", "string", "results among these ids only (comma-separated)"))]
+    ("only_ids", "string", "results among these ids only (comma-separated)"),
+    ("not_class", "string", "no results of these classes (comma-separated)"),
+    ("not_folder", "string", "no results under these folders (comma-separated)"))]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}

@@ -66,7 +66,7 @@ def flag_param(params: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 OPTIONS = ("k", "candidates", "radius", "rerank", "cut_ties", "nprobe", "exclude_self",  # what a search may set
-           "only_class", "only_folder", "only_ids")
+           "only_class", "only_folder", "only_ids", "not_class", "not_folder")
 MAX_ONLY_IDS = 100_000  # ids one filter may list (a longer list belongs in a batch job's --only-ids file)
 
 
@@ -76,8 +76,9 @@ def list_param(params: Mapping[str, str], name: str) -> list[str]:
 
 
 def only_param(params: Mapping[str, str]) -> Any:
-    """The search's filter (`hashindex.index.subset.Only`) from only_class, only_folder and only_ids; None
-    without one. Whether the index has such classes, folders and ids is checked when the search runs (a 400)."""
+    """The search's filter (`hashindex.index.subset.Only`) from only_class, only_folder, only_ids, not_class and
+    not_folder; None without one. Whether the index has such classes, folders and ids is checked when the search
+    runs (a 400)."""
     from ..index.subset import only
 
     ids = list_param(params, "only_ids")
@@ -86,7 +87,8 @@ def only_param(params: Mapping[str, str]) -> Any:
     bad = next((i for i in ids if not i.lstrip("-").isdigit()), None)
     if bad is not None:
         raise RequestError(400, f"only_ids={bad}: expected integer ids separated by commas")
-    return only(list_param(params, "only_class"), list_param(params, "only_folder"), [int(i) for i in ids])
+    return only(list_param(params, "only_class"), list_param(params, "only_folder"), [int(i) for i in ids],
+                list_param(params, "not_class"), list_param(params, "not_folder"))
 
 
 def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
@@ -98,8 +100,8 @@ def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
 
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
                    ) -> dict[str, Any]:
-    """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self and the filter (only_class, only_folder,
-    only_ids: `only_param`) from a query string, checked as the CLI
+    """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self and the filter (only_* and not_*:
+    `only_param`) from a query string, checked as the CLI
     checks them (nprobe against the index when the search runs). Any other parameter is refused, not ignored:
     a misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
     from ..query import check_candidates
