@@ -14,8 +14,7 @@ import numpy as np
 
 from .codes import row_distances
 from .errors import HashindexError
-from .index import MISSING, Index, SearchResult
-from .index.subset import Only, restrict
+from .index import MISSING, Index, Only, SearchResult, restrict
 from .signals import query_from_database
 from .targets import class_name, common_kind
 
@@ -90,8 +89,8 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     `image_positions`) finds itself first (`search_known`); with ``exclude_self`` it is not among its own results
     (its nearest other items). So does an image file whose pixels, at the net's input, are an indexed item's
     (a copy under another name: `Index.positions_of_inputs`). ``only`` (`hashindex.index.subset.Only`): results
-    among these items alone (some classes, folders or ids), ranked as an index of them alone would rank them; the
-    queries may be any items.
+    among these items alone (of some classes, folders or ids, or of all but some), ranked as an index of them
+    alone would rank them; the queries may be any items.
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
 from .query import collection_spec, folder_collections, index_model, missing_files
+
+if TYPE_CHECKING:
+    from .model import HashModel
 
 SELECTIONS = ("limit", "every")  # a collection read from part of a folder: its other files are not "new"
 SHOWN = 20  # paths listed per kind in a summary
@@ -98,10 +101,11 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     gone_ids = index.ids[gone]
     shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
     added, unread, written = 0, 0, []
+    encoder = index_model(index, model, device) if any(c.new is not None for c in changes) else None
     for change in changes:
         if change.new is None:
             continue
-        rows, out = _append_new(change, index, index_dir, shards, model, device, progress, log)
+        rows, out = _append_new(change, index, index_dir, shards, encoder, device, progress, log)
         added, unread = added + rows, unread + change.count() - rows
         written.append(str(out))
     if len(gone_ids):
@@ -109,7 +113,7 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     return {**summary, "added": added, "unreadable": unread, "shards": written}
 
 
-def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Path, model: str | None,
+def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Path, model: HashModel,
                 device: str, progress: bool, log: Callable[[str], None]) -> tuple[int, Path]:
     """Extract one folder's new files into a shard directory named by what they are and append them; (rows
     appended, the directory). Files that cannot be decoded are extraction's counted skips."""
@@ -123,7 +127,7 @@ def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Pa
     meta = read_index_meta(index_dir)  # as it is now: another folder's new files may have been appended
     source.id_offset = next_id(meta, read_table(index_dir, ("ids",))["ids"])
     out = shards / f"new-{source.fingerprint()}"
-    manifest = extract(index_model(index, model, device), source, out, device=device, progress=progress, log=log)
+    manifest = extract(model, source, out, device=device, progress=progress, log=log)
     rows = sum(s["rows"] for s in manifest["shards"])
     if rows:
         append(out, index_dir, progress=progress, log=log)

@@ -158,7 +158,8 @@ class ImageSource:
 
 
 class _Subset(ImageSource):
-    """Items of a parent source at given positions; ids stay the parent's."""
+    """Items of a parent source at given positions; ids stay the parent's (``renumber``: numbered from its own
+    ``id_offset`` instead)."""
 
     def __init__(self, parent: ImageSource, pick: np.ndarray, how: str, renumber: bool = False):
         super().__init__(
