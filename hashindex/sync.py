@@ -26,6 +26,7 @@ from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
 from .query import collection_spec, folder_collections, index_model, missing_files
+from .store import ShardSet
 
 if TYPE_CHECKING:
     from .model import HashModel
@@ -47,11 +48,18 @@ class FolderChanges:
         return len(self.new) if self.new is not None else 0
 
 
-def folder_changes(index: Index) -> list[FolderChanges]:
-    """Per folder the index holds (one entry however many collections were appended from it), its new files."""
+def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
+    """Per folder the index holds (one entry however many collections were appended from it), its new files;
+    ``tried``: shard directories of earlier syncs, whose skipped files (nothing readable: never appended) are not
+    new again."""
     by_root: dict[Path, list[dict[str, Any]]] = {}
     for entry, root in folder_collections(index):
         by_root.setdefault(root, []).append(entry)
+    skipped_before: dict[Path, set[str]] = {}
+    for directory in tried:
+        spec = _spec_of(directory)
+        if spec:
+            skipped_before.setdefault(Path(spec.split("#", 1)[0]).resolve(), set()).update(_skipped(directory))
     changes = []
     for root, entries in by_root.items():
         specs = [collection_spec(e) or "" for e in entries]
@@ -70,12 +78,30 @@ def folder_changes(index: Index) -> list[FolderChanges]:
             changes.append(FolderChanges(root, skipped="its items are not image files in it (tars, a prepared "
                                                        "store): extract and build --append those"))
             continue
-        known: set[str] = set()
+        known = set(skipped_before.get(root, ()))
         for e in entries:
             known.update(index.paths(np.arange(e["start"], e["stop"])))
+            known.update(_skipped(e["dir"]))
         new = [i for i, p in enumerate(source.paths) if i not in source.unread and encode_name(p) not in known]
         changes.append(FolderChanges(root, new=source.select(np.array(new), "new files") if new else None))
     return changes
+
+
+def _spec_of(directory: Path) -> str | None:
+    """The source spec a shard directory was extracted from (None: not a readable one)."""
+    try:
+        return ShardSet(directory).manifest["source"].get("spec")
+    except (HashindexError, OSError):
+        return None
+
+
+def _skipped(directory: str | Path) -> set[str]:
+    """The paths an extraction skipped (an empty or broken file), as its shard directory records them: not new
+    files at the next sync (while that directory is there; else they are tried, and skipped, again)."""
+    try:
+        return {encode_name(p) for _, p, _ in ShardSet(directory).skipped()}
+    except (HashindexError, OSError):
+        return set()
 
 
 def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str | None = None,
@@ -86,7 +112,8 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     items whose file is gone. ``dry_run``: say what would change, change nothing. Returns a summary."""
     index_dir = Path(index_dir)
     index = Index.load(index_dir)
-    changes = folder_changes(index)
+    shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
+    changes = folder_changes(index, sorted(shards.glob("new-*")) if shards.is_dir() else [])
     if not changes:
         raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder that is there now "
                              "(sync keeps folder collections in step; extract others and build --append them)")
@@ -99,7 +126,6 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     if dry_run:
         return {**summary, "added": sum(c.count() for c in changes)}
     gone_ids = index.ids[gone]
-    shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
     added, unread, written = 0, 0, []
     encoder = index_model(index, model, device) if any(c.new is not None for c in changes) else None
     for change in changes:

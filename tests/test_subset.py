@@ -188,12 +188,14 @@ def test_a_batch_job_records_its_filter(flat_index, cifar_queries, tmp_path):
 
 
 def test_cli_filter_errors_are_one_line(flat_index, tmp_path):
-    bad = tmp_path / "ids.txt"
+    bad, empty = tmp_path / "ids.txt", tmp_path / "empty.txt"
     bad.write_text("3\nseven\n")
+    empty.write_text("\n")
     for args, message in [(["--only-class", "kat"], "--only-class 'kat': no such class in the index"),
                           (["--only-folder", "nowhere"], "--only-folder 'nowhere': no indexed item's path is under"),
                           (["--only-ids", str(bad)], f"--only-ids {bad}: 'seven' is not an id"),
                           (["--only-ids", str(tmp_path / "none.txt")], "--only-ids"),
+                          (["--only-ids", str(empty)], f"--only-ids {empty}: no ids in it"),
                           (["--only-class", "cat", "--only-folder", "test/dog"], "no item of the index passes"),
                           (["--not-folder", "test/kat"], "--not-folder 'test/kat': no indexed item's path is under"),
                           (["--not-class", "kat"], "--not-class 'kat': no such class")]:

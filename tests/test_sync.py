@@ -58,6 +58,7 @@ def items(index_dir: Path) -> dict[str, tuple[bytes, str]]:
 
 def test_sync_adds_new_files_and_removes_gone_ones(pictures, tiny_model, tmp_path):
     photos = folder_of(pictures, tmp_path / "photos")
+    (photos / "cat" / "empty.jpg").write_bytes(b"")  # skipped by the extraction: never 'new' to a sync
     extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
     build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
     before = Index.load(tmp_path / "index")
@@ -97,6 +98,10 @@ def test_sync_adds_new_files_and_removes_gone_ones(pictures, tiny_model, tmp_pat
     assert Originals(after).read_bytes(position) == new_file.read_bytes()
     again = sync(tmp_path / "index", progress=False, log=lambda s: None)
     assert again["added"] == 0 and again["removed"] == 0
+    (photos / "ship" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # new, but cannot be read
+    broken = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert broken["added"] == 0 and broken["unreadable"] == 1
+    assert sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)["added"] == 0  # not again
 
 
 def test_sync_refuses_what_it_cannot_keep_in_step(pictures, tiny_model, tmp_path):

@@ -79,7 +79,10 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     from ..index import Index
     from ..index.subset import only
 
-    where = only(only_class, only_folder, file_ids(only_ids, "--only-ids"), not_class, not_folder)
+    listed = file_ids(only_ids, "--only-ids")
+    if only_ids and not listed:
+        raise HashindexError(f"--only-ids {only_ids}: no ids in it (expected one per line)")
+    where = only(only_class, only_folder, listed, not_class, not_folder)
 
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")
