@@ -12,13 +12,15 @@ rerun after a kill resumes their extraction), and a rerun of sync after any step
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
-from .data import FolderSource, ImageSource, reopen_source
+from .codes import input_digests
+from .data import BadImage, FolderSource, ImageSource, reopen_source
 from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
 from .errors import HashindexError
 from .extraction import extract
@@ -37,15 +39,25 @@ SHOWN = 20  # paths listed per kind in a summary
 
 @dataclass
 class FolderChanges:
-    """One folder an index was built from: its files not in the index (``new``, a source of them alone; None
-    for none), or why its new files are left alone (``skipped``)."""
+    """One folder an index was built from: the folder as listed now (``source``), its files not in the index
+    (``fresh``: their positions in it), where the index holds the others (``held``: path -> index position), or
+    why its new files are left alone (``skipped``)."""
 
     folder: Path
-    new: ImageSource | None = None
+    source: ImageSource | None = None
+    fresh: list[int] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None
+    edited: list[tuple[int, int]] = field(default_factory=list)  # (index position, source position): `find_edited`
+
+    @property
+    def new(self) -> ImageSource | None:
+        """The files to extract and append (the fresh ones, then those edited since), a source of them alone."""
+        picks = self.fresh + [i for _, i in self.edited]
+        return self.source.select(np.array(picks), "new files") if picks else None
 
     def count(self) -> int:
-        return len(self.new) if self.new is not None else 0
+        return len(self.fresh) + len(self.edited)
 
 
 def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
@@ -78,13 +90,37 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             changes.append(FolderChanges(root, skipped="its items are not image files in it (tars, a prepared "
                                                        "store): extract and build --append those"))
             continue
+        held: dict[str, int] = {}
         known = set(skipped_before.get(root, ()))
         for e in entries:
-            known.update(index.paths(np.arange(e["start"], e["stop"])))
+            held.update(zip(index.paths(np.arange(e["start"], e["stop"])), range(e["start"], e["stop"])))
             known.update(_skipped(e["dir"]))
-        new = [i for i, p in enumerate(source.paths) if i not in source.unread and encode_name(p) not in known]
-        changes.append(FolderChanges(root, new=source.select(np.array(new), "new files") if new else None))
+        fresh = [i for i, p in enumerate(source.paths) if i not in source.unread and encode_name(p) not in held
+                 and encode_name(p) not in known]
+        changes.append(FolderChanges(root, source, fresh, held))
     return changes
+
+
+def find_edited(change: FolderChanges, index: Index, size: int, channels: int, progress: bool = True) -> None:
+    """Fill ``change.edited``: the files the index holds whose pixels at the net's input (``size``, ``channels``)
+    are no longer those it indexed (`codes.input_digests` against the table's), decoded one by one (the cost of
+    an extraction without the net). Items indexed before digests were stored (0) are not checked."""
+    if change.source is None or not change.held:
+        return
+    stored = read_table(index.dir, ("input_digests",))["input_digests"] if index.dir else None
+    if stored is None:
+        return
+    pairs = [(change.held[encode_name(p)], i) for i, p in enumerate(change.source.paths)
+             if encode_name(p) in change.held and i not in change.source.unread]
+    for position, i in tqdm(pairs, desc="check", unit="img", disable=not progress):
+        if not stored[position]:
+            continue
+        try:
+            now = input_digests(change.source.read_array(i, size, channels)[None])[0]
+        except BadImage:  # unreadable now: edited into something that is not an image; extraction will say so
+            now = 0
+        if now != stored[position]:
+            change.edited.append((position, i))
 
 
 def _spec_of(directory: Path) -> str | None:
@@ -105,11 +141,13 @@ def _skipped(directory: str | Path) -> set[str]:
 
 
 def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str | None = None,
-         device: str = "cpu", dry_run: bool = False, progress: bool = True,
+         device: str = "cpu", dry_run: bool = False, check_contents: bool = False, progress: bool = True,
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Bring INDEX_DIR in step with its folders: append their new image files (extracted with the index's model
     into ``shards``, default ``INDEX_DIR.sync/``, kept as every appended collection's shards are) and remove the
-    items whose file is gone. ``dry_run``: say what would change, change nothing. Returns a summary."""
+    items whose file is gone. ``check_contents``: also decode every file the index holds, and take a file edited
+    since (other pixels at the net's input) as gone and new. ``dry_run``: say what would change, change nothing.
+    Returns a summary."""
     index_dir = Path(index_dir)
     index = Index.load(index_dir)
     shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
@@ -117,19 +155,24 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     if not changes:
         raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder that is there now "
                              "(sync keeps folder collections in step; extract others and build --append them)")
-    gone = missing_files(index)
+    encoder = index_model(index, model, device) if check_contents else None
+    for change in changes if check_contents else ():
+        find_edited(change, index, encoder.input_size, encoder.channels, progress)
+    edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
+    gone = np.union1d(missing_files(index), edited)
     summary: dict[str, Any] = {
-        "index": str(index_dir), "dry_run": dry_run, "removed": len(gone),
+        "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
         "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],
         "folders": [{"folder": str(c.folder), "new": c.count(), **({"skipped": c.skipped} if c.skipped else {}),
-                     "new_paths": c.new.paths[:SHOWN] if c.new is not None else []} for c in changes]}
+                     "new_paths": c.new.paths[:SHOWN] if c.count() else []} for c in changes]}
     if dry_run:
         return {**summary, "added": sum(c.count() for c in changes)}
     gone_ids = index.ids[gone]
     added, unread, written = 0, 0, []
-    encoder = index_model(index, model, device) if any(c.new is not None for c in changes) else None
+    if encoder is None and any(c.count() for c in changes):
+        encoder = index_model(index, model, device)
     for change in changes:
-        if change.new is None:
+        if not change.count():
             continue
         rows, out = _append_new(change, index, index_dir, shards, encoder, device, progress, log)
         added, unread = added + rows, unread + change.count() - rows
@@ -143,7 +186,7 @@ def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Pa
                 device: str, progress: bool, log: Callable[[str], None]) -> tuple[int, Path]:
     """Extract one folder's new files into a shard directory named by what they are and append them; (rows
     appended, the directory). Files that cannot be decoded are extraction's counted skips."""
-    source = change.new
+    source = change.new  # a fresh selection: its labels are remapped and its ids set here
     try:
         source.remap_labels(index.class_names)
     except HashindexError:

@@ -133,3 +133,24 @@ def test_sync_cli_dry_run_and_json(pictures, tiny_model, tmp_path):
     res = CliRunner().invoke(cli, ["-q", "sync", str(tmp_path / "index"), "--json"])
     summary = json.loads(res.stdout)  # the extraction and append lines go to stderr
     assert res.exit_code == 0 and summary["added"] == 1 and Path(summary["shards"][0]).parent.name == "index.sync"
+
+
+def test_check_contents_finds_files_edited_in_place(pictures, tiny_model, tmp_path):
+    """A file the index holds, overwritten with another picture: by path nothing changed; with check_contents
+    its item is removed and the file added again with its new code, as an index built now holds it."""
+    photos = folder_of(pictures, tmp_path / "photos", per_class=5)
+    extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
+    build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
+    target = sorted((photos / "dog").iterdir())[2]
+    target.write_bytes(sorted((pictures / "ship").iterdir())[-1].read_bytes())  # edited in place
+    quiet = {"progress": False, "log": lambda s: None}
+    assert sync(tmp_path / "index", dry_run=True, **quiet)["added"] == 0  # by path: nothing new
+    plan = sync(tmp_path / "index", dry_run=True, check_contents=True, **quiet)
+    assert plan["edited"] == 1 and plan["added"] == 1 and plan["removed_paths"] == [f"dog/{target.name}"]
+    done = sync(tmp_path / "index", check_contents=True, **quiet)
+    assert done["edited"] == 1 and done["added"] == 1 and done["removed"] == 1
+    extract(str(tiny_model), str(photos), tmp_path / "fresh-shards", **quiet)
+    build(tmp_path / "fresh-shards", tmp_path / "fresh", **quiet)
+    assert items(tmp_path / "index") == items(tmp_path / "fresh")
+    assert sync(tmp_path / "index", dry_run=True, check_contents=True, **quiet)["edited"] == 0
+

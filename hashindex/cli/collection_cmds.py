@@ -107,10 +107,13 @@ def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redunda
 @click.option("--model", default=None, help="Checkpoint to encode the new files with [default: the one the "
                                             "index's shards were extracted with].")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--check-contents", is_flag=True,
+              help="Also decode every indexed file and take one edited since (other pixels at the net's input) "
+                   "as removed and added again [default: files are known by path].")
 @click.option("--dry-run", is_flag=True, help="Say what would be added and removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def sync(ctx, index_dir, shards, model, device, dry_run, as_json):
+def sync(ctx, index_dir, shards, model, device, check_contents, dry_run, as_json):
     """Keep an index in step with the folders it was built from: add their new image files, remove the items
     whose file is gone.
 
@@ -124,7 +127,8 @@ def sync(ctx, index_dir, shards, model, device, dry_run, as_json):
     from ..sync import sync as run
 
     summary = run(index_dir, shards=shards, model=model, device=device, dry_run=dry_run,
-                  progress=ctx.obj["progress"], log=lambda line: click.echo(line, err=as_json))
+                  check_contents=check_contents, progress=ctx.obj["progress"],
+                  log=lambda line: click.echo(line, err=as_json))
     if as_json:
         _echo_json(summary)
         return
@@ -137,4 +141,5 @@ def sync(ctx, index_dir, shards, model, device, dry_run, as_json):
         click.echo(f"  - {path}")
     verb = ("would add", "would remove") if dry_run else ("added", "removed")
     unread = f" ({summary['unreadable']} could not be read)" if summary.get("unreadable") else ""
-    click.echo(f"{index_dir}: {verb[0]} {summary['added']}{unread}, {verb[1]} {summary['removed']} item(s)")
+    edited = f" ({summary['edited']} of them files edited since: added again)" if summary["edited"] else ""
+    click.echo(f"{index_dir}: {verb[0]} {summary['added']}{unread}, {verb[1]} {summary['removed']} item(s){edited}")
