@@ -5,7 +5,8 @@ It composes what exists: `query.folder_collections` (the folders an index holds 
 listed again as extraction lists it, `extract` of the new files alone (`ImageSource.select`: numbered after every
 id the index holds or held, recorded with the folder's spec, so their images, ``--exclude-self`` and the next
 sync find them by path as they find the others), `index.append`, and `index.remove` of `query.missing_files`.
-Files are known by path (a photo edited in place keeps its code; a moved one is removed and added again).
+Files are known by path (a moved photo is removed and added again; one edited in place keeps its code unless
+``check_contents`` decodes every file and compares its net input's digest with the one the index stored).
 Each step is atomic and resumable on its own (the new files' shard directory is named by what they are, so a
 rerun after a kill resumes their extraction), and a rerun of sync after any step does the rest.
 """
