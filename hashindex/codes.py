@@ -93,3 +93,12 @@ def format_code_statistics(c: dict[str, Any], bits: int) -> str:
             f"{c['largest_bucket']:,}; an item shares its code with {c['mean_bucket_of_an_item']:,.0f} on average); "
             f"entropy {c['code_entropy_bits']:.2f} of {bits} bits; bits on in "
             f"{c['bit_on_fraction_min']:.2f}-{c['bit_on_fraction_max']:.2f} of items, {c['constant_bits']} constant")
+
+
+def majority(codes: np.ndarray) -> np.ndarray:
+    """(1, B) packed: each bit on where at least half of ``codes`` (N, B, packed as `np.packbits` little) have it
+    on: the code nearest all of them in summed Hamming distance (each bit chosen alone), the coarse query of
+    several images searched together."""
+    bits = np.unpackbits(np.asarray(codes, np.uint8), axis=1, bitorder="little").mean(axis=0) >= 0.5
+    return np.packbits(bits[None], axis=1, bitorder="little")
+

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .codes import row_distances
+from .codes import majority, row_distances
 from .errors import HashindexError
 from .index import MISSING, Index, Only, SearchResult, restrict
 from .signals import query_from_database
@@ -79,7 +79,7 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
           k: int = 10, candidates: int | None = None, radius: int | None = None, rerank: bool = True,
           complete_ties: bool = True, nprobe: int | None = None, device: str = "cpu",
           shard_actors: dict[str, Any] | None = None, exclude_self: bool = False,
-          only: Only | None = None) -> list[dict[str, Any]]:
+          only: Only | None = None, together: bool = False) -> list[dict[str, Any]]:
     """Search with image files and/or indexed items; per-query result dicts.
 
     ``index``: an INDEX_DIR or a loaded Index; ``shard_actors``: Ray options to
@@ -90,7 +90,8 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     (its nearest other items). So does an image file whose pixels, at the net's input, are an indexed item's
     (a copy under another name: `Index.positions_of_inputs`). ``only`` (`hashindex.index.subset.Only`): results
     among these items alone (of some classes, folders or ids, or of all but some), ranked as an index of them
-    alone would rank them; the queries may be any items.
+    alone would rank them; the queries may be any items. ``together``: all of them one query ("more like
+    these", `search_together`).
     """
     if not images and not by_id:
         raise HashindexError("nothing to query: give images or by_id")
@@ -114,9 +115,27 @@ def query(index: str | Path | Index, images: list[str], by_id: list[int], *, mod
     width = max(v.shape[1] for v in vecs)
     vecs = [v if v.shape[1] == width else np.zeros((len(v), width), np.float32) for v in vecs]
     own = np.concatenate([own_images, index.positions_of(np.array(by_id, np.int64))])
-    return search_vectors(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
-                          k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
-                          nprobe=nprobe, own=own, exclude_self=exclude_self, only=only)
+    search = search_together if together else search_vectors
+    return search(index, np.concatenate(codes), np.concatenate(vecs).astype(np.float32), names,
+                  k=k, candidates=candidates, radius=radius, rerank=rerank, complete_ties=complete_ties,
+                  nprobe=nprobe, own=own, exclude_self=exclude_self, only=only)
+
+
+def search_together(index: Index, codes: np.ndarray, vecs: np.ndarray, names: list[str], *, k: int = 10,
+                    candidates: int | None = None, own: np.ndarray | None = None, exclude_self: bool = False,
+                    **options: Any) -> list[dict[str, Any]]:
+    """Several queries as one ("more like these"): the code each bit of which most of theirs have
+    (`codes.majority`) and the mean of their fine-stage vectors (every signal's distance is linear in the query
+    vector up to a term the same for every item, or L2 to their centroid), one row of results. With
+    ``exclude_self`` none of the query items (``own``) is among them, ranked as the index would without them."""
+    members = set(index.ids[own[own >= 0]].tolist()) if exclude_self and own is not None else set()
+    extra = len(members)
+    pool = (candidates or index.default_candidates) + extra if extra else candidates
+    rows = search_vectors(index, majority(codes), vecs.mean(axis=0, keepdims=True), [" + ".join(names)],
+                          k=min(k + extra, index.count), candidates=pool, **options)
+    hits = [hit for hit in rows[0]["results"] if hit["id"] not in members][:k]
+    rows[0]["results"] = [{**hit, "rank": r + 1} for r, hit in enumerate(hits)]
+    return rows
 
 
 def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names: list[str], *,

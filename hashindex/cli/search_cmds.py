@@ -38,6 +38,8 @@ from .group import _echo_json, cli, file_ids
               help="Results whose path (as results show it) is under this folder only (repeatable: any of them).")
 @click.option("--only-ids", "only_ids", default=None,
               help="Results among the ids in this file only (one per line; '-': standard input).")
+@click.option("--together", is_flag=True,
+              help="All IMAGES and --by-id items as one query (more like these): one row of results.")
 @click.option("--not-class", "not_class", multiple=True, help="No results of this class (repeatable).")
 @click.option("--not-folder", "not_folder", multiple=True,
               help="No results under this folder (repeatable; e.g. the query's own album).")
@@ -60,7 +62,7 @@ from .group import _echo_json, cli, file_ids
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
-          only_class, only_folder, only_ids, not_class, not_folder, queries, out, fmt, batch_size, device, overwrite, backend, address,
+          only_class, only_folder, only_ids, together, not_class, not_folder, queries, out, fmt, batch_size, device, overwrite, backend, address,
           num_workers, shard_actors, grid, as_json):
     """Coarse-to-fine search: Hamming pool from the binary index, re-ranked by features.
 
@@ -73,6 +75,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
       hashindex query index/photos --queries shards/photos --k 5 --exclude-self --out nearest.csv
       hashindex query index/photos holiday.jpg --only-class roses --only-folder 2024
       hashindex query index/photos --by-id 42 --not-folder 2024/june       # not from its own album
+      hashindex query index/photos a.jpg b.jpg c.jpg --together --exclude-self   # more like these
     """
     from .. import query as query_app
     from ..batch import batch_search
@@ -91,8 +94,9 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
             raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
         if not (queries and out):
             raise HashindexError("--queries and --out go together (a batch job needs both)")
-        if radius is not None or cut_ties or by_id or images:
-            what = "--radius" if radius is not None else "--cut-ties" if cut_ties else "--by-id" if by_id else "IMAGES"
+        if radius is not None or cut_ties or by_id or images or together:
+            what = "--radius" if radius is not None else "--cut-ties" if cut_ties else "--by-id" if by_id else \
+                "--together" if together else "IMAGES"
             raise HashindexError(f"{what}: not for a batch job (--queries --out: the top --k of every query)")
         job = batch_search(index_dir, queries, out, k=k, candidates=candidates, rerank=not no_rerank,
                            batch_size=batch_size, nprobe=nprobe, fmt=fmt, model=model, device=device,
@@ -106,7 +110,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
     index = Index.load(index_dir, shard_actors={"address": address} if shard_actors else None)
     rows = query_app.query(index, list(images), list(by_id), model=model, k=k, candidates=candidates,
                         radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, nprobe=nprobe,
-                        device=device, exclude_self=exclude_self, only=where)
+                        device=device, exclude_self=exclude_self, only=where, together=together)
     if grid:
         from ..report import query_grid
 
