@@ -81,9 +81,11 @@ def _augmentation_line(train_args: dict[str, Any]) -> str:
 
 
 def _weights_line(train_args: dict[str, Any]) -> str:
-    """'last SGD step', or the averaging of the last epochs (train --swa-epochs)."""
-    n = train_args.get("swa_epochs")
-    return f"average of the last {n} epochs (SWA at lr {train_args['swa_lr']:g})" if n else "last SGD step"
+    """'last SGD step', or the averaging of the last epochs (train --swa-epochs); ', SAM rho 0.05' where each step
+    was sharpness-aware (train --sam)."""
+    n, rho = train_args.get("swa_epochs"), train_args.get("sam")
+    line = f"average of the last {n} epochs (SWA at lr {train_args['swa_lr']:g})" if n else "last SGD step"
+    return line + (f", SAM rho {rho:g}" if rho else "")
 
 
 def _init_line(init: dict[str, Any] | None) -> str | None:

@@ -66,6 +66,9 @@ class TrainConfig:
     test_flip: bool | None = None  # average each image with its mirror image at inference; None: as init (else off)
     swa_epochs: int = 0  # the last n epochs run at swa_lr and their weights are averaged (Izmailov et al. 2018)
     swa_lr: float = 0.02
+    # sharpness-aware minimization: each step descends on the worst loss within this radius of the weights, one
+    # more forward and backward pass a step (Foret et al. 2021; `sharpness_aware`); 0: off
+    sam: float = 0.0
     # distil from this model's posteriors, or from an ensemble's: a tuple of models (Hinton et al. 2015; distill.py)
     teacher: str | tuple[str, ...] | None = None
     distill_weight: float = 0.5  # loss = (1 - w) cross-entropy + w distillation
@@ -82,6 +85,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
         raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
+    if not cfg.sam >= 0:
+        raise HashindexError(f"sam={cfg.sam}: expected 0 (off) or a radius > 0, e.g. 0.05")
     if not cfg.mixup >= 0:
         raise HashindexError(f"mixup={cfg.mixup}: expected 0 (off) or a Beta parameter > 0, e.g. 0.2 or 1")
     if cfg.consistent_teacher and not cfg.teacher:
@@ -240,6 +245,32 @@ def batch_loss(net: NINHash, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
     return loss, class_loss, distill, logits, latent
 
 
+def sharpness_aware(net: torch.nn.Module, rho: float, loss_again: Callable[[], torch.Tensor]) -> None:
+    """SAM's gradient (Foret et al. 2021), the batch's gradient already in each ``.grad``: move the weights by
+    ``rho`` along the normalised gradient (towards the worst loss nearby), take the gradient of ``loss_again()``
+    there into ``.grad``, and move back, so the optimizer's step descends on the neighbourhood's worst loss. The
+    second pass leaves batch norm's running statistics as the first left them (momentum 0 for it)."""
+    params = [p for p in net.parameters() if p.grad is not None]
+    norm = torch.norm(torch.stack([p.grad.detach().float().norm(2) for p in params]), 2)
+    saved = [p.detach().clone() for p in params]  # put back exactly (adding and taking e away rounds)
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad * (rho / (norm + 1e-12)))
+            p.grad = None
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        loss_again().backward()
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        with torch.no_grad():
+            for p, w in zip(params, saved):
+                p.copy_(w)
+
+
 def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, x_all: torch.Tensor,
               y_all: torch.Tensor, soft: torch.Tensor | None, g: torch.Generator, device: torch.device,
               precision: str, progress: bool = True,
@@ -282,6 +313,9 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
                                                                1.0 if teach is not None else lams[step])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.sam:
+            sharpness_aware(net, cfg.sam, lambda: batch_loss(net, cfg, x, y, target, device, lams[step],
+                                                             1.0 if teach is not None else lams[step])[0])
         opt.step()
         n = len(y)
         seen += n

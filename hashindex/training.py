@@ -100,7 +100,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "trivial_augment",
                 "mixup", "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature",
-                "consistent_teacher", "width"):
+                "consistent_teacher", "width", "sam"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
