@@ -7,9 +7,12 @@ accuracy of each, to check that bf16 does not cost accuracy. With --compile,
 a third arm: channels_last + bf16 with the net under torch.compile (inductor;
 compile time excluded, reported apart). With --teachers N..., channels_last + bf16 steps taught by N
 consistent teachers each (`train --consistent-teacher`), as ratios to the untaught step. With --widths W...,
-channels_last + bf16 steps of the net at W times its hidden channels (`train --width`), as ratios likewise.
+channels_last + bf16 steps of the net at W times its hidden channels (`train --width`), as ratios likewise. With
+--sam, sharpness-aware steps (`train --sam`: a second forward and backward pass), alone and with each --teachers N,
+as ratios to the same step without it.
 
     python tools/bench_train.py [--batch-size 128] [--steps 20] [--accuracy] [--compile] [--teachers 1 5] [--widths 2]
+    python tools/bench_train.py --teachers 5 --sam --steps 10        # the cost of row cifar10-48-e200-ckd5-sam
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ import torch.nn.functional as F
 from hashindex.devices import autocast_for
 from hashindex.distill import ConsistentTeacher, distill_loss
 from hashindex.model import NINHash
+from hashindex.recipe import sharpness_aware
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmup: int = 3,
                     compile_net: bool = False, timings: dict | None = None, device: str = "cpu",
-                    teachers: int = 0, width: int = 1) -> float:
+                    teachers: int = 0, width: int = 1, sam: float = 0.0) -> float:
     """Images/s of forward + backward + SGD step on random 32x32 uint8 batches (on ``device``; a GPU is
     waited for before the clock is read); with ``teachers``, as many nets teach each batch as
     `train --consistent-teacher` has them (`distill.ConsistentTeacher`, the distillation loss added); ``width``:
-    the net's (`train --width`)."""
+    the net's (`train --width`); ``sam``: sharpness-aware steps at that radius (`recipe.sharpness_aware`)."""
     torch.manual_seed(0)
     device = torch.device(device)
     net = NINHash(48, 10, width=width).train().to(device)
@@ -52,13 +56,18 @@ def step_throughput(bf16_channels_last: bool, batch_size: int, steps: int, warmu
                               device, bf16_channels_last) if teachers else None
 
     def one_step():
-        with autocast_for(device, bf16_channels_last):
-            logits, _, _ = net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        if teach is not None:
-            loss = loss + distill_loss(logits.float(), teach(x), 4.0)
+        soft = teach(x) if teach is not None else None
+
+        def step_loss():
+            with autocast_for(device, bf16_channels_last):
+                logits, _, _ = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            return loss + distill_loss(logits.float(), soft, 4.0) if soft is not None else loss
+
         opt.zero_grad()
-        loss.backward()
+        step_loss().backward()
+        if sam:
+            sharpness_aware(net, sam, step_loss)
         opt.step()
 
     t0 = time.perf_counter()
@@ -99,6 +108,8 @@ def main() -> None:
                     help="also time channels_last + bf16 steps taught by this many consistent teachers (e.g. 1 5)")
     ap.add_argument("--widths", type=int, nargs="*", default=[],
                     help="also time channels_last + bf16 steps of the net at these widths (e.g. 2 3)")
+    ap.add_argument("--sam", action="store_true", help="also time sharpness-aware steps (rho 0.05), alone and with "
+                                                       "each --teachers N")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = {"threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -117,6 +128,11 @@ def main() -> None:
     for w in args.widths:
         res[f"width_{w}_img_s"] = step_throughput(True, args.batch_size, args.steps, width=w)
         res[f"ratio_width_{w}"] = res[f"width_{w}_img_s"] / res["bf16_cl_img_s"]
+    if args.sam:
+        for n in [0, *args.teachers]:
+            key = f"teachers_{n}_img_s" if n else "bf16_cl_img_s"
+            res[f"sam_teachers_{n}_img_s"] = step_throughput(True, args.batch_size, args.steps, teachers=n, sam=0.05)
+            res[f"ratio_sam_teachers_{n}"] = res[f"sam_teachers_{n}_img_s"] / res[key]
     if args.accuracy:
         res["val_acc"] = accuracy_check(args.epochs, args.limit)
     if args.json:
@@ -135,6 +151,9 @@ def main() -> None:
     for w in args.widths:
         print(f"+ width {w}                : {res[f'width_{w}_img_s']:8.1f} img/s "
               f"({res[f'ratio_width_{w}']:.2f}x channels_last + bf16)")
+    for n in [0, *args.teachers] if args.sam else []:
+        print(f"+ SAM, {n} teacher(s)      : {res[f'sam_teachers_{n}_img_s']:8.1f} img/s "
+              f"({res[f'ratio_sam_teachers_{n}']:.2f}x the same step without SAM)")
     if args.accuracy:
         print(f"val acc after {args.epochs} epochs on {args.limit} images: {res['val_acc']}")
 
