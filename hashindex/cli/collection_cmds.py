@@ -117,9 +117,10 @@ def sync(ctx, index_dir, shards, model, device, check_contents, dry_run, as_json
     """Keep an index in step with the folders it was built from: add their new image files, remove the items
     whose file is gone.
 
-    \b
     The new files are extracted with the index's model and appended (ids after every id the index holds or
     held); the others keep their ids. Each step is atomic: after a kill, run it again.
+
+    \b
     Examples:
       hashindex sync index/photos --dry-run
       hashindex sync index/photos && kill -HUP SERVE_PID     # a running serve then answers from it
