@@ -75,8 +75,8 @@ class Metrics:
             lines += ["# HELP hashindex_errors_total Requests answered with a 4xx or 5xx status.",
                       "# TYPE hashindex_errors_total counter", f"hashindex_errors_total {errors}"]
             lines += self.latency.render() + batches.render()
-            lines += ["# HELP hashindex_reloads_total Reloads of the served indexes from disk (SIGHUP), by result.",
-                      "# TYPE hashindex_reloads_total counter"]
+            lines += ["# HELP hashindex_reloads_total Reloads of the served indexes from disk (SIGHUP, --watch, "
+                      "the service's own writes), by result.", "# TYPE hashindex_reloads_total counter"]
             lines += [f"hashindex_reloads_total{_labels(('result',), (r,))} {n}" for r, n in self.reloads.items()]
             lines += ["# HELP hashindex_index_items Items in each served index.", "# TYPE hashindex_index_items gauge"]
             lines += [f"hashindex_index_items{_labels(('index',), (name,))} {e.index.count}" for name, e in engines.items()]
