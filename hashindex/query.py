@@ -284,26 +284,29 @@ def image_positions(index: Index, images: list[str]) -> np.ndarray:
     return own
 
 
-def missing_files(index: Index) -> np.ndarray:
+def missing_files(index: Index, listings: dict[Path, set[str]] | None = None) -> np.ndarray:
     """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
     moved away): what `hashindex remove --missing` takes out. Each folder is listed again as extraction read it
     (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
     folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
-    a collection whose folder is gone is skipped."""
+    a collection whose folder is gone is skipped. ``listings``: folders a caller has just listed (resolved
+    folder -> its files' encoded paths), used as they are instead of being listed again (`sync`)."""
     from .data import FolderSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
     from .files import encode_name
 
     gone: list[int] = []
     for entry, root in folder_collections(index):
-        options = [o for o in collection_spec(entry).split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS)]
-        try:
-            src = reopen_source("#".join([str(root), *options]))
-        except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
-            continue
-        if type(src) is not FolderSource:
-            continue
-        listed = {encode_name(p) for p in src.paths}
+        listed = (listings or {}).get(root)
+        if listed is None:
+            options = [o for o in collection_spec(entry).split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS)]
+            try:
+                src = reopen_source("#".join([str(root), *options]))
+            except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
+                continue
+            if type(src) is not FolderSource:
+                continue
+            listed = {encode_name(p) for p in src.paths}
         paths = index.paths(np.arange(entry["start"], entry["stop"]))
         gone += [entry["start"] + p for p, path in enumerate(paths) if path not in listed]
     return np.array(gone, np.int64)

@@ -160,7 +160,8 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
-    gone = np.union1d(missing_files(index), edited)
+    listed = {c.folder: {encode_name(p) for p in c.source.paths} for c in changes if c.source is not None}
+    gone = np.union1d(missing_files(index, listed), edited)  # folders listed once: by `folder_changes`
     summary: dict[str, Any] = {
         "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
         "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],
