@@ -133,7 +133,8 @@ def search_together(index: Index, codes: np.ndarray, vecs: np.ndarray, names: li
     pool = (candidates or index.default_candidates) + extra if extra else candidates
     rows = search_vectors(index, majority(codes), vecs.mean(axis=0, keepdims=True), [" + ".join(names)],
                           k=min(k + extra, index.count), candidates=pool, **options)
-    hits = [hit for hit in rows[0]["results"] if hit["id"] not in members][:k]
+    hits = [hit for hit in rows[0]["results"] if hit["id"] not in members]
+    hits = hits if options.get("radius") is not None else hits[:k]  # a radius search keeps all within it
     rows[0]["results"] = [{**hit, "rank": r + 1} for r, hit in enumerate(hits)]
     return rows
 

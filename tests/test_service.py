@@ -115,10 +115,38 @@ def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_mod
     assert client.post("/batch", params={"k": 4, "id": 3}, json={"ids": [1]}).json()["error"].startswith("id=3: ")
     assert client.post("/batch", params={"kk": 4}, json={"ids": [1]}).json() == \
         {"error": "kk: unknown parameter (expected k, candidates, radius, rerank, cut_ties, nprobe, exclude_self, "
-                  "only_class, only_folder, only_ids, not_class, not_folder)"}
+                  "only_class, only_folder, only_ids, not_class, not_folder, together)"}
     left = client.post("/batch", params={"k": 4, "exclude_self": 1}, json={"ids": ids}).json()["results"]
     assert left[2]["status"] == 404 and [row["results"] for row in left[:2] + left[3:]] == [
         query(flat_index, [], [i], k=4, exclude_self=True)[0]["results"] for i in ids[:2] + ids[3:]]
+
+
+def test_batch_together_is_query_together(service, flat_index, tiny_model, tmp_path):
+    """POST /batch?together=1: the batch's queries as one, the row `hashindex query --together` gives."""
+    client, _ = service
+    got = client.post("/batch", params={"k": 5, "together": 1, "exclude_self": 1}, json={"ids": [3, 40]}).json()
+    want = query(flat_index, [], [3, 40], k=5, together=True, exclude_self=True)
+    assert len(got["results"]) == 1 and got["results"][0]["results"] == want[0]["results"]
+    assert got["results"][0]["query"] == "id:3 + id:40" and len(want[0]["results"]) == 5
+    wide = client.post("/batch", params={"radius": 8, "together": 1}, json={"ids": [3, 40, 77]}).json()
+    assert wide["results"][0]["results"] == query(flat_index, [], [3, 40, 77], radius=8, together=True)[0][
+        "results"] and len(wide["results"][0]["results"]) > 10  # a radius search is not cut at k
+    (_, a), (_, b) = jpeg_bytes(2)
+    for name, data in (("a.jpg", a), ("b.jpg", b)):
+        (tmp_path / name).write_bytes(data)
+    files = [("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.jpg", b, "image/jpeg"))]
+    row = client.post("/batch", params={"k": 6, "together": 1}, files=files).json()["results"][0]
+    want = query(flat_index, [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")], [], model=str(tiny_model), k=6,
+                 together=True)
+    assert row["query"] == "file:a.jpg + file:b.jpg" and same_ranking(row["results"], want[0]["results"])
+    res = client.post("/batch", params={"together": 1}, json={"ids": [3, 99999999]})
+    assert res.status_code == 404 and res.json() == {"error": "id=99999999: no item with this id in the index"}
+    res = client.post("/batch", params={"together": 1}, files=files + [("file", ("c.jpg", b"junk", "image/jpeg"))])
+    assert res.status_code == 400 and res.json() == {"error": "body: not a decodable image (not-an-image)"}
+    assert client.post("/batch", params={"together": 2}, json={"ids": [3]}).json() == \
+        {"error": "together=2: expected 0 or 1"}
+    res = client.get("/search", params={"id": 3, "together": 1})
+    assert res.status_code == 400 and res.json()["error"].startswith("together: unknown parameter")
 
 
 def test_several_indexes_by_name(service, cosine_index):

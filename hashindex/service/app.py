@@ -9,6 +9,7 @@
     GET  /items/42/image                  the item's image file (for a front end to show results)
     GET  /ui                              a page over this API: search with a photo, see the results
     POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
+    POST /batch?together=1                the same queries searched as one ("more like these"): one row
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
     POST /items?label=cat                 `serve --writable` only: images added to the index (`writes`)
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import signal
 from typing import Any
@@ -48,15 +48,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BusyError, HashindexError
 from .access import check_write
-from .engine import Engine, Query
+from .engine import Engine
 from .metrics import Metrics
 from .middleware import BodyLimit, ReadGate, Timing
-from .params import (MAX_BATCH, RequestError, check_names, check_upload_options, int_param, no_such_index,
-                     read_only, search_options)
+from .params import RequestError, check_names, no_such_index, read_only
+from .requests import REQUEST_TIMEOUT_S, batch, item_image, request_uploads, search
 from .served import disk_stamp, ui_page
 
 log = logging.getLogger("hashindex.service")
-REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
 RETIRE_AFTER_S = REQUEST_TIMEOUT_S + 5  # an engine replaced by a reload serves what it was handed this long
 SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d} for n, t, d in (
     ("k", "integer", "results per query (1-1000, default 10)"),
@@ -153,22 +152,22 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     @app.post("/search", summary="Search the default index with an image", operation_id="search_by_image",
               openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
     async def search_default(request: Request) -> dict[str, Any]:
-        return await _search(engines[default], request)
+        return await search(engines[default], request)
 
     @app.get("/indexes/{name}/search", summary="Search a named index with an indexed item",
              operation_id="search_named_by_id", openapi_extra={"parameters": by_id})
     @app.post("/indexes/{name}/search", summary="Search a named index with an image",
               operation_id="search_named_by_image", openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
     async def search_named(name: str, request: Request) -> dict[str, Any]:
-        return await _search(engine_named(name), request)
+        return await search(engine_named(name), request)
 
     @app.get("/items/{item_id}/image", summary="The image file of an item of the default index")
     async def image_default(item_id: int) -> Response:
-        return await _item_image(engines[default], item_id)
+        return await item_image(engines[default], item_id)
 
     @app.get("/indexes/{name}/items/{item_id}/image", summary="The image file of an item of a named index")
     async def image_named(name: str, item_id: int) -> Response:
-        return await _item_image(engine_named(name), item_id)
+        return await item_image(engine_named(name), item_id)
 
     if writable:
         adding = asyncio.Lock()  # one add at a time: each is an append of INDEX_DIR, then a reload
@@ -205,12 +204,12 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     @app.post("/batch", summary="Several searches of the default index in one request",
               openapi_extra={"parameters": SEARCH_PARAMS})
     async def batch_default(request: Request) -> dict[str, Any]:
-        return await _batch(engines[default], request)
+        return await batch(engines[default], request)
 
     @app.post("/indexes/{name}/batch", summary="Several searches of a named index in one request",
               openapi_extra={"parameters": SEARCH_PARAMS})
     async def batch_named(name: str, request: Request) -> dict[str, Any]:
-        return await _batch(engine_named(name), request)
+        return await batch(engine_named(name), request)
 
     tokens = tuple(t for t in (read_token, write_token) if t is not None) if read_token is not None else ()
     gated = ReadGate(app, tokens)
@@ -307,53 +306,6 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal error: {type(e).__name__}: {str(e)[:200]}"}, 500)
 
 
-async def _answer(engine: Engine, query: Query) -> dict[str, Any]:
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(engine.submit(query)), REQUEST_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise RequestError(503, f"search did not finish within {REQUEST_TIMEOUT_S:.0f} s; retry later") from None
-    except (RequestError, HashindexError):
-        raise
-    except Exception as e:  # a bug: this request gets a 500 (its traceback goes to the log), the service goes on
-        log.exception("search %s failed", query.name)
-        raise RequestError(500, f"internal error: {type(e).__name__}: {str(e)[:200]}") from None
-
-
-async def _image(engine: Engine, data: bytes, options: dict[str, Any], name: str) -> dict[str, Any]:
-    if not data:
-        raise RequestError(400, "body: empty (send an image file's bytes)")
-    array = await asyncio.get_running_loop().run_in_executor(engine.decoder, engine.image_array, data)
-    return await _answer(engine, Query(name, options, array=array))
-
-
-async def _uploads(request: Request) -> list[tuple[str, bytes]] | None:
-    """(file name, bytes) of a multipart request's "file" fields, or None for a raw body."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return None
-    form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH)
-    files = [f for key, f in form.multi_items() if key == "file" and hasattr(f, "read")]
-    if not files:
-        raise RequestError(400, 'multipart body: no "file" field')
-    return [(f.filename or "upload", await f.read()) for f in files]
-
-
-async def _search(engine: Engine, request: Request) -> dict[str, Any]:
-    params = dict(request.query_params)
-    options = search_options(params, by_id=request.method == "GET")
-    if request.method == "GET":
-        item = int_param(params, "id", None, 0)
-        if item is None:
-            raise RequestError(400, f"GET {request.url.path} needs id=ID (or POST an image)")
-        return await _answer(engine, Query(f"id:{item}", options, item_id=item))
-    check_upload_options(options)
-    uploads = await _uploads(request)
-    if uploads is not None:
-        if len(uploads) > 1:
-            raise RequestError(400, f"{len(uploads)} files: /search takes one (POST several to /batch)")
-        return await _image(engine, uploads[0][1], options, "upload")
-    return await _image(engine, await request.body(), options, "upload")
-
-
 async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[str, Any]:
     """POST /items: the uploads (a raw body, or multipart "file" fields named by their file names) appended
     to the index of the engine ``current()`` serves with ``label`` (and ``path`` for a raw body); all decoded
@@ -363,7 +315,7 @@ async def _add(current, request: Request, lock: asyncio.Lock, reload) -> dict[st
 
     params = dict(request.query_params)
     check_names(params, ADD_PARAMS)
-    uploads = await _uploads(request)
+    uploads = await request_uploads(request)
     if uploads is None:
         uploads = [(params.get("path") or "upload", await request.body())]
     elif "path" in params:
@@ -394,13 +346,6 @@ async def _write(current, lock: asyncio.Lock, reload, what: str, work) -> dict[s
     return {**result, "index": engine.name}
 
 
-async def _item_image(engine: Engine, item_id: int) -> Response:
-    """GET /items/ID/image: the item's image file from its collection (a folder, tar, zip or list), for a front
-    end to show results; read in a thread (a file, or a member of an archive)."""
-    data, media = await asyncio.get_running_loop().run_in_executor(None, engine.item_image, item_id)
-    return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
-
-
 async def _remove(current, request: Request, lock: asyncio.Lock, reload) -> dict[str, Any]:
     """DELETE /items?ids=3,17: the items taken out of the index of the engine ``current()`` serves, under the
     lock adds hold (a removal and an add each rewrite INDEX_DIR), then the index reopened."""
@@ -412,32 +357,3 @@ async def _remove(current, request: Request, lock: asyncio.Lock, reload) -> dict
     return await _write(current, lock, reload, "removal", lambda engine: remove_items(engine, ids))
 
 
-async def _batch(engine: Engine, request: Request) -> dict[str, Any]:
-    options = search_options(dict(request.query_params))
-    uploads = await _uploads(request)
-    if uploads is not None:
-        check_upload_options(options)
-        jobs = [_image(engine, data, options, f"file:{name}") for name, data in uploads]
-    else:
-        try:
-            doc = json.loads(await request.body() or b"null")
-            ids = doc["ids"]
-            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise RequestError(400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields') from None
-        if len(ids) > MAX_BATCH:
-            raise RequestError(400, f"ids: {len(ids)} queries, at most {MAX_BATCH} in one request")
-        jobs = [_answer(engine, Query(f"id:{i}", options, item_id=i)) for i in ids]
-    results = await asyncio.gather(*jobs, return_exceptions=True)
-    rows = []
-    for r in results:
-        if isinstance(r, RequestError):
-            rows.append({"error": str(r), "status": r.status})
-        elif isinstance(r, HashindexError):
-            rows.append({"error": str(r), "status": 400})
-        elif isinstance(r, Exception):
-            raise r
-        else:
-            rows.append(r)
-    return {"results": rows}

@@ -23,20 +23,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import HashindexError
-from ..query import indexed_queries, search_vectors
+from ..query import indexed_queries, search_together, search_vectors
 from .params import RequestError, own_of
 from .served import Served
 
 
 @dataclass(eq=False)
 class Query:
-    """One search waiting for the batcher: an image (the net's input array) or an indexed item's id."""
+    """One search waiting for the batcher: an image (the net's input array), an indexed item's id, or several of
+    those searched as one (``members``)."""
 
     name: str
     options: dict[str, Any]
     array: np.ndarray | None = None
     item_id: int | None = None
     digest: int | None = None  # an image's `codes.input_digests`, set when it is encoded
+    members: list["Query"] | None = None  # several queries searched as one (`query.search_together`)
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
 
@@ -97,6 +99,10 @@ class Engine(Served):
                 return
 
     def _process(self, batch: list[Query]) -> None:
+        for q in batch:
+            if q.members is not None:
+                self._together(q)
+        batch = [q for q in batch if q.members is None]
         ready: list[tuple[Query, np.ndarray, np.ndarray]] = []
         images = [q for q in batch if q.array is not None]
         if images:
@@ -143,3 +149,35 @@ class Engine(Served):
         for q, row in zip(queries, rows):
             row["took_ms"] = round(took, 2)
             q.future.set_result(row)
+
+    def _together(self, query: Query) -> None:
+        """Its members as one query (`query.search_together`): the images among them encoded in one forward pass,
+        the ids read from the index; one row, or the request's one error (an unknown id: a 404)."""
+        t0 = time.perf_counter()
+        try:
+            images = [m for m in query.members if m.array is not None]
+            known = [m for m in query.members if m.item_id is not None]
+            parts = []
+            if images:
+                fields = self.model.encode_fields(np.stack([m.array for m in images]))
+                codes, feats = self.index.search_inputs(fields)
+                parts.append((codes, self.index.query_vectors(feats).astype(np.float32)))
+                for m, digest in zip(images, fields["input_digests"].tolist()):
+                    m.digest = digest
+            if known:
+                ids = np.array([m.item_id for m in known], np.int64)
+                missing = ids[self.index.positions_of(ids, missing=-1) < 0]
+                if len(missing):
+                    raise RequestError(404, f"id={missing[0]}: no item with this id in the index")
+                codes, vecs = indexed_queries(self.index, ids.tolist())
+                parts.append((codes, vecs.astype(np.float32)))
+            members = images + known
+            own = own_of(self.index, [m.item_id for m in members], [m.digest for m in members])
+            rows = search_together(self.index, np.concatenate([c for c, _ in parts]),
+                                   np.concatenate([v for _, v in parts]), [m.name for m in members], own=own,
+                                   **query.options)
+        except Exception as e:  # noqa: BLE001 (this request fails, not the batcher)
+            query.future.set_exception(e)
+            return
+        rows[0]["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        query.future.set_result(rows[0])

@@ -98,18 +98,19 @@ def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
             raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
 
 
-def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False
-                   ) -> dict[str, Any]:
+def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False,
+                   extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self and the filter (only_* and not_*:
     `only_param`) from a query string, checked as the CLI
     checks them (nprobe against the index when the search runs). Any other parameter is refused, not ignored:
-    a misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET)."""
+    a misspelt ``kk=5`` would otherwise answer with the default k. ``by_id``: ``id`` names the query (GET);
+    ``extra``: other parameters the endpoint reads itself (``together`` on /batch)."""
     from ..query import check_candidates
 
     if "id" in params and not by_id:
         raise RequestError(400, f"id={params['id']}: this request searches with its uploaded image; "
                                 "search with an indexed item by GET /search?id=ID")
-    check_names(params, OPTIONS + (("id",) if by_id else ()))
+    check_names(params, OPTIONS + extra + (("id",) if by_id else ()))
     k = int_param(params, "k", 10, 1, MAX_K)
     candidates = int_param(params, "candidates", None, 1, MAX_CANDIDATES)
     try:
