@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -309,13 +310,13 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch + step / steps)
         target = teach(x) if teach is not None else None if soft is None else soft[idx]
-        loss, class_loss, distill, logits, latent = batch_loss(net, cfg, x, y, target, device, lams[step],
-                                                               1.0 if teach is not None else lams[step])
+        losses = partial(batch_loss, net, cfg, x, y, target, device, lams[step],
+                         1.0 if teach is not None else lams[step])  # SAM computes them again, elsewhere
+        loss, class_loss, distill, logits, latent = losses()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.sam:
-            sharpness_aware(net, cfg.sam, lambda: batch_loss(net, cfg, x, y, target, device, lams[step],
-                                                             1.0 if teach is not None else lams[step])[0])
+            sharpness_aware(net, cfg.sam, lambda: losses()[0])
         opt.step()
         n = len(y)
         seen += n
