@@ -27,7 +27,8 @@ from .errors import NPZ_ERRORS, HashindexError
 from .files import atomic_path, atomic_write_json, exclusive, read_json, read_npz, sha256_file
 from .hdf5 import create_h5, ensure_room, open_h5
 from .index import MISSING, Index, Only, restrict
-from .query import check_candidates, own_positions, queries_as_shards, query_rows, search_known, with_copies
+from .provenance import own_positions
+from .query import check_candidates, queries_as_shards, query_rows, search_known, with_copies
 from .store import MANIFEST, ShardSet
 
 OUTPUT_FORMATS = ("h5", "jsonl", "csv", "parquet")
@@ -83,7 +84,7 @@ def batch_search(index: str | Path | Index, queries: str | Path, out: str | Path
     ``backend="ray"`` runs batches as tasks on Ray workers that each map the
     whole index; with ``shard_actors`` the batches run here instead and each
     fans out to one Ray actor per index shard (an index past one machine's RAM).
-    ``exclude_self``: a query that is an indexed item (`query.own_positions`: the collection against itself, for
+    ``exclude_self``: a query that is an indexed item (`provenance.own_positions`: the collection against itself, for
     each item's nearest others) is not among its own results. ``only``: results among these items alone
     (`hashindex.index.subset`), recorded with the job.
     """

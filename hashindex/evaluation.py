@@ -61,7 +61,8 @@ def evaluate(index_dir, queries_dir: str | Path, *, at: tuple[int, ...] = (1000,
     AP@all and id under "per_query" (numpy arrays; `compare_evaluations` pairs two evaluations by them).
     """
     from .index import TIE_CAP, Index
-    from .query import common_targets, own_positions, query_rows
+    from .provenance import own_positions
+    from .query import common_targets, query_rows
     from .store import ShardSet
 
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)

@@ -30,7 +30,7 @@ class Originals:
 
     def _collection(self, position: int) -> Any:
         """The reopened source of the collection holding ``position``, or None."""
-        from .query import collection_spec
+        from .provenance import collection_spec
 
         j = next((j for j, e in enumerate(self._entries) if e["start"] <= position < e["stop"]), None)
         if j is None:

@@ -15,6 +15,7 @@ import numpy as np
 from .codes import majority, row_distances
 from .errors import HashindexError
 from .index import MISSING, Index, Only, SearchResult, restrict
+from .provenance import image_positions, own_positions
 from .signals import query_from_database
 from .targets import class_name, common_kind
 
@@ -215,107 +216,6 @@ def example_results(index: Index, queries_dir: str | Path, n_queries: int = 8, k
     result = search_without_own(index, own, q["codes"][pick], feats, min(k, index.count - (own is not None)))
     return {"source_spec": qshards.manifest["source"].get("spec"), "paths": [q["paths"][i] for i in pick],
             "labels": labels[pick], "targets": q_targets[pick], "db_targets": db_targets, "result": result}
-
-
-def own_positions(index, shards, ids: np.ndarray, paths: list[str]) -> np.ndarray | None:
-    """Per query, the database position of the query's own item (-1: none), or None when no query is an
-    indexed item. A query is one when its shards are a collection the index holds (the shard directory it was
-    built or appended from, by manifest checksum; the same collection extracted again, by source fingerprint
-    and spec), or come from the same collection as one (its spec without ``#limit=`` / ``#every=``
-    selections) and an item there has the query's id and path (a subset of what was indexed, or more)."""
-    from .files import sha256_file
-    from .index.layout import collections
-    from .store import MANIFEST
-
-    src = shards.manifest["source"]
-    sha = sha256_file(shards.dir / MANIFEST)
-    base = _base_spec(src.get("spec"))
-    pos = index.positions_of(ids, missing=-1)
-    own = np.full(len(ids), -1, np.int64)
-    for entry in collections(index.meta):
-        inside = (pos >= entry["start"]) & (pos < entry["stop"])
-        spec = collection_spec(entry) if entry.get("manifest_sha256") != sha else None
-        if entry.get("manifest_sha256") == sha or (
-                entry.get("fingerprint") == src["fingerprint"] and spec == src.get("spec")):
-            own = np.where(inside, pos, own)
-        elif base is not None and _base_spec(spec) == base and inside.any():
-            at = np.flatnonzero(inside)
-            same = np.array(index.paths(pos[at])) == np.array([paths[i] for i in at])
-            own[at[same]] = pos[at[same]]
-    return own if (own >= 0).any() else None
-
-
-def collection_spec(entry: dict[str, Any]) -> str | None:
-    """The source spec of a collection an index holds (index.json's; for indexes built before specs were
-    recorded there, its shard directory's manifest's, while that directory exists), or None."""
-    from .store import source_spec
-
-    return entry.get("spec") or source_spec(entry["dir"])
-
-
-def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
-    """(entry, folder) for each collection the index holds that was read from a folder that exists now (its
-    items' paths are relative to it); a collection whose folder is gone (a drive unmounted) is not listed."""
-    from .index.layout import collections
-
-    out = []
-    for entry in collections(index.meta):
-        spec = collection_spec(entry)
-        root = Path(_base_spec(spec) or "").resolve() if spec else None
-        if root is not None and root.is_dir():
-            out.append((entry, root))
-    return out
-
-
-def image_positions(index: Index, images: list[str]) -> np.ndarray:
-    """Per image file, the position of the indexed item read from that very file (-1: none), found through
-    the folder collections the index holds (`folder_collections`; the file need not exist any more). Reads the
-    table's paths of such a collection only when some image lies inside its folder."""
-    from .files import encode_name
-
-    own = np.full(len(images), -1, np.int64)
-    files = [Path(p).resolve() for p in images]
-    for entry, root in folder_collections(index):
-        wanted = {encode_name(f.relative_to(root).as_posix()): q for q, f in enumerate(files)
-                  if own[q] < 0 and f.is_relative_to(root)}
-        if wanted:
-            for p, path in enumerate(index.paths(np.arange(entry["start"], entry["stop"]))):
-                if path in wanted:
-                    own[wanted[path]] = entry["start"] + p
-    return own
-
-
-def missing_files(index: Index, listings: dict[Path, set[str]] | None = None) -> np.ndarray:
-    """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
-    moved away): what `hashindex remove --missing` takes out. Each folder is listed again as extraction read it
-    (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
-    folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
-    a collection whose folder is gone is skipped. ``listings``: folders a caller has just listed (resolved
-    folder -> its files' encoded paths), used as they are instead of being listed again (`sync`)."""
-    from .data import FolderSource, reopen_source
-    from .data.spec import FOLLOW_LINKS, LABEL_SETS
-    from .files import encode_name
-
-    gone: list[int] = []
-    for entry, root in folder_collections(index):
-        listed = (listings or {}).get(root)
-        if listed is None:
-            options = [o for o in collection_spec(entry).split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS)]
-            try:
-                src = reopen_source("#".join([str(root), *options]))
-            except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
-                continue
-            if type(src) is not FolderSource:
-                continue
-            listed = {encode_name(p) for p in src.paths}
-        paths = index.paths(np.arange(entry["start"], entry["stop"]))
-        gone += [entry["start"] + p for p, path in enumerate(paths) if path not in listed]
-    return np.array(gone, np.int64)
-
-
-def _base_spec(spec: str | None) -> str | None:
-    """A source spec without its selections (``#limit=N``, ``#every=N:part``, ``#follow-links``)."""
-    return spec.split("#", 1)[0] if spec else None
 
 
 def search_without_own(index: Index, own: np.ndarray | None, codes: np.ndarray, features: np.ndarray | None,

@@ -1,10 +1,10 @@
 """Keeping an index in step with the folders it was built from (`hashindex sync`): image files added to a folder
 since are extracted and appended, items whose file is gone are removed.
 
-It composes what exists: `query.folder_collections` (the folders an index holds that are there now), each folder
+It composes what exists: `provenance.folder_collections` (the folders an index holds that are there now), each folder
 listed again as extraction lists it, `extract` of the new files alone (`ImageSource.select`: numbered after every
 id the index holds or held, recorded with the folder's spec, so their images, ``--exclude-self`` and the next
-sync find them by path as they find the others), `index.append`, and `index.remove` of `query.missing_files`.
+sync find them by path as they find the others), `index.append`, and `index.remove` of `provenance.missing_files`.
 Files are known by path (a moved photo is removed and added again; one edited in place keeps its code unless
 ``check_contents`` decodes every file and compares its net input's digest with the one the index stored).
 Each step is atomic and resumable on its own (the new files' shard directory is named by what they are, so a
@@ -28,7 +28,8 @@ from .extraction import extract
 from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
-from .query import collection_spec, folder_collections, index_model, missing_files
+from .provenance import collection_spec, folder_collections, missing_files
+from .query import index_model
 from .store import ShardSet
 
 if TYPE_CHECKING:

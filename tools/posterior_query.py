@@ -19,7 +19,8 @@ import numpy as np
 
 from hashindex.index import TIE_CAP, Index
 from hashindex.metrics import evaluate_arrays
-from hashindex.query import common_targets, own_positions, query_rows
+from hashindex.provenance import own_positions
+from hashindex.query import common_targets, query_rows
 from hashindex.store import ShardSet
 
 

@@ -378,7 +378,7 @@ def remove(ctx, index_dir, ids, ids_file, paths, paths_file, missing, dry_run, a
     import numpy as np
 
     from ..index import Index, remove as api_remove
-    from ..query import image_positions, missing_files
+    from ..provenance import image_positions, missing_files
 
     ids = list(ids) + file_ids(ids_file, "--ids-file")
     paths = list(paths) + file_lines(paths_file, "--paths-file")
