@@ -264,12 +264,12 @@ def test_special_files_are_skipped_and_loops_walked_once(tiny_model, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_disk_full_is_one_line_and_loses_nothing(cifar_shards, tmp_path, monkeypatch):
-    from hashindex.index import layout
+    from hashindex.index import faiss_files
 
     def full_disk(path, mode="r", *args, **kwargs):  # binary.faiss lands on a device with no room left
         return open("/dev/full", mode) if str(path).endswith("binary.faiss") else open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(layout, "open", full_disk, raising=False)
+    monkeypatch.setattr(faiss_files, "open", full_disk, raising=False)
     res = CliRunner().invoke(cli, ["-q", "build", str(cifar_shards), "--out", str(tmp_path / "ix"), "--rerank", "none"])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert res.output.startswith("hashindex: error: no space left on the device writing ")
@@ -290,7 +290,7 @@ def test_faiss_and_torch_write_failures_are_os_errors_naming_the_file(tmp_path, 
 
     from hashindex import checkpoint
     from hashindex.files import naming
-    from hashindex.index.layout import write_binary, write_float
+    from hashindex.index.faiss_files import write_binary, write_float
 
     for n in (100, 100_000):
         floats, codes = faiss.IndexFlatL2(8), faiss.IndexBinaryFlat(48)

@@ -224,7 +224,7 @@ def pool_costs(args, out: Path, cache: Path) -> None:
         base = f"{tag}/ivf/nlist={auto_nlist(n)}"
         nprobe = next(r["search"]["nprobe"] for r in rows if r["key"].startswith(base + "/") and r["recall@10"] >= 0.95)
         index = faiss.read_index_binary(str(cache / f"{base.replace('/', '_')}.faiss"))
-        index.nprobe, index.max_codes = nprobe, 1 << 62  # max_codes: faiss #5555 (see layout.fast_topk)
+        index.nprobe, index.max_codes = nprobe, 1 << 62  # max_codes: faiss #5555 (see faiss_files.fast_topk)
         queries = make_codes(args.timed, args.bits, max(1, n // args.cluster), args.flip_and, args.seed + 1)
         print(f"{base} nprobe={nprobe}: single-query ms, one thread (p50)")
         print("| k | heap | counting | heap / counting |\n| --- | --- | --- | --- |")

@@ -17,10 +17,10 @@ import numpy as np
 from ..errors import HashindexError
 from ..files import atomic_write_json
 from ..store import ShardSet
-from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, buckets_file, check_index,
-                     copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_binary,
-                     read_float, read_head, read_index_meta, read_table, record_checksums, rerank_files, rerank_signal,
-                     write_binary, write_float)
+from .faiss_files import buckets_file, read_binary, read_float, write_binary, write_float
+from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, check_index,
+                     copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_head,
+                     read_index_meta, read_table, record_checksums, rerank_files, rerank_signal)
 from .writing import (binary_names, check_before_lock, check_shards, empty_part, exclusive_index, fill, link_or_copy,
                       replacing, source_entry)
 

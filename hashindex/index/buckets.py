@@ -10,7 +10,7 @@ a Faiss binary index over the distinct codes (``graph``; node u = the u-th disti
 buckets in CSR form (``offsets``, ``members``: the local positions of node u's items, ascending, are
 ``members[offsets[u]:offsets[u + 1]]``). It answers like a Faiss binary index addressed by item position
 (``search``, ``add``, ``ntotal``, ``d``), so the searcher, the parts, the recall tuning and append use it
-unchanged. The files are index/layout.py's (`write_binary`, `read_binary`).
+unchanged. The files are index/faiss_files.py's (`write_binary`, `read_binary`).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class BucketedBinary:
         if not isinstance(self.graph, faiss.IndexBinaryHNSW):
             return self.graph
         storage = faiss.downcast_IndexBinary(self.graph.storage)
-        storage.use_heap = False  # top k by counting (layout.fast_topk)
+        storage.use_heap = False  # top k by counting (faiss_files.fast_topk)
         return storage
 
     def _nearest(self, x: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:

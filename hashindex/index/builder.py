@@ -31,9 +31,9 @@ from ..signals import Head, database_vectors, feature_field
 from ..store import ShardSet
 from .buckets import BucketedBinary
 from .kinds import IVF_TRAIN_PER_LIST, BinaryParts, default_params, make_binary_parts, new_float_store, padded_bytes
-from .layout import (FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, TABLE_FILE, binary_files, memory_figures,
-                     new_table, part_file, read_binary, record_checksums, rerank_files, write_binary,
-                     write_float)
+from .faiss_files import read_binary, write_binary, write_float
+from .layout import (FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, TABLE_FILE, binary_files, memory_figures, new_table,
+                     part_file, record_checksums, rerank_files)
 from .recall import check_queries, coarse_plan, tune
 from .tuning import fine_stage, training_sample
 from .writing import binary_names, check_shards, exclusive_index, fill, replacing, source_entry

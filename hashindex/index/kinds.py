@@ -69,7 +69,7 @@ def make_binary_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.Inde
     """A new, empty binary index of ``dim`` (padded) bits."""
     if kind == "flat":
         index = faiss.IndexBinaryFlat(dim)
-        index.use_heap = False  # top k by counting, not a heap: same results, faster (layout.fast_topk)
+        index.use_heap = False  # top k by counting, not a heap: same results, faster (faiss_files.fast_topk)
         return index
     if kind == "ivf":
         quantizer = faiss.IndexBinaryFlat(dim)
@@ -227,7 +227,7 @@ def binary_search(index: faiss.IndexBinary, x: np.ndarray, k: int, nprobe: int |
     An IVF index scans ``nprobe`` lists for this call (None: its own), given as per-call parameters, so the
     index is never changed under a concurrent search; with ``fill``, a query whose lists hold fewer than k
     items is searched again with more (`fill_ivf`). ``max_codes`` goes with the parameters as
-    `layout.fast_topk` sets it on the index: a parameters object carries its own 0, which the counting scanner
+    `faiss_files.fast_topk` sets it on the index: a parameters object carries its own 0, which the counting scanner
     reads as "scan nothing" (faiss issue #5555; measured: every result -1 without it). An HNSW graph is
     searched with efSearch at least k (`buckets.graph_search`); a MultiHash index, with ``fill``, answers a
     query it finds fewer than k items for with an exact scan of its codes (`fill_exact`)."""
@@ -275,7 +275,7 @@ def fill_exact(search: Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray
 
 
 def exact_codes(index: faiss.IndexBinary) -> faiss.IndexBinary:
-    """The flat index a MultiHash index keeps its codes in (searched exactly, by counting: layout.fast_topk);
+    """The flat index a MultiHash index keeps its codes in (searched exactly, by counting: faiss_files.fast_topk);
     any other index itself."""
     if not isinstance(index, faiss.IndexBinaryMultiHash):
         return index

@@ -22,7 +22,8 @@ from ..codes import pad_codes
 from ..signals import Head, database_vectors, feature_field
 from .buckets import BucketedBinary
 from .kinds import from_template, template_bytes
-from .layout import part_file, write_binary, write_float
+from .faiss_files import write_binary, write_float
+from .layout import part_file
 
 
 @dataclass

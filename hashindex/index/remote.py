@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .faiss_files import buckets_file
 from .kinds import BinaryParts, FloatParts
-from .layout import bucketed, buckets_file, read_part
+from .layout import bucketed, read_part
 
 
 def _held_bytes(binary: Path, bucketed: bool) -> int:

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from ..errors import HashindexError
 from ..files import atomic_write_json
 from ..codes import pad_codes
-from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, buckets_file, bucketed,
-                     check_index, find_ids, label_set_classes, memory_figures, new_table, open_table, part_file,
-                     read_float, read_index_meta, read_table, record_checksums, rerank_files, table_columns,
-                     write_binary, write_float)
+from .faiss_files import buckets_file, read_float, write_binary, write_float
+from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE, bucketed, check_index,
+                     find_ids, label_set_classes, memory_figures, new_table, open_table, part_file, read_index_meta,
+                     read_table, record_checksums, rerank_files, table_columns)
 from .writing import binary_names, check_before_lock, empty_part, exclusive_index, link_or_copy, replacing
 
 

@@ -30,8 +30,9 @@ from ..codes import pad_codes
 from ..signals import Head, feature_field, query_vectors
 from .buckets import sort_hits
 from .kinds import BinaryParts, FloatParts, binary_range_search, binary_search, subset_distances
-from .layout import (RERANK_FILE, binary_files, bucketed, check_index, find_ids, open_table, read_binary,
-                     read_float, read_float_parts, read_head, read_index_meta, rerank_signal)
+from .faiss_files import read_binary, read_float
+from .layout import (RERANK_FILE, binary_files, bucketed, check_index, find_ids, open_table, read_float_parts,
+                     read_head, read_index_meta, rerank_signal)
 from .pool import MISSING, TIE_CAP, default_pool, first_k_order, pool_mask
 from .remote import remote_parts
 

@@ -25,8 +25,9 @@ from ..signals import Head, database_vectors, feature_field
 from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
-from .layout import (aside_path, binary_files, bucket_files, bucketed, faiss_reads, leftovers, moved_aside,
-                     new_temp_folder, read_index_meta, table_columns)
+from .faiss_files import faiss_reads
+from .layout import (aside_path, binary_files, bucket_files, bucketed, leftovers, moved_aside, new_temp_folder,
+                     read_index_meta, table_columns)
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:
