@@ -164,6 +164,17 @@ def test_bad_requests(server, path, data, status, message):
     assert body["error"] == message or message.endswith("(") and body["error"].startswith(message)
 
 
+def test_batch_on_the_basic_server_names_the_asgi_service(request, server):
+    """The /ui page posts several photos to /batch?together=1: the basic server, which has no /batch, says where
+    it is (a 404 naming the ASGI service), not just "no such endpoint"."""
+    status, body = call(server + "/batch?together=1", b'{"ids": [3, 40]}')
+    if kind(request) == "asgi":
+        assert status == 200 and [row["query"] for row in body["results"]] == ["id:3 + id:40"]
+    else:
+        assert status == 404 and body["error"].startswith("/batch: batches (and several photos searched as one) "
+                                                          "are the ASGI service's: pip install 'hashindex[serve]'")
+
+
 def test_a_server_that_does_not_write_says_so(server):
     """POST or DELETE /items on a service started without --writable, and on the basic server (which never
     writes): a 403 naming the flag, not a 404 that reads as a wrong address; nothing is added or removed."""
