@@ -143,6 +143,8 @@ def test_batch_together_is_query_together(service, flat_index, tiny_model, tmp_p
     assert res.status_code == 404 and res.json() == {"error": "id=99999999: no item with this id in the index"}
     res = client.post("/batch", params={"together": 1}, files=files + [("file", ("c.jpg", b"junk", "image/jpeg"))])
     assert res.status_code == 400 and res.json() == {"error": "body: not a decodable image (not-an-image)"}
+    res = client.post("/batch", params={"together": 1}, json={"ids": []})
+    assert res.status_code == 400 and res.json()["error"].startswith("ids: empty (together=1 searches")
     assert client.post("/batch", params={"together": 2}, json={"ids": [3]}).json() == \
         {"error": "together=2: expected 0 or 1"}
     res = client.get("/search", params={"id": 3, "together": 1})

@@ -116,8 +116,9 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
                 if path == "/batch":  # (the /ui page posts several photos there, to search them as one)
-                    raise RequestError(404, f"{url.path}: batches (and several photos searched as one) are the ASGI "
-                                            "service's: pip install 'hashindex[serve]' and serve without --server basic")
+                    raise RequestError(404, f"{url.path}: batches (and several photos searched as one) are the "
+                                            "ASGI service's: pip install 'hashindex[serve]' and serve without "
+                                            "--server basic")
                 if path != "/search" or method == "DELETE":
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID/image; "
                                             "GET or POST /search)")

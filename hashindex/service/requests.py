@@ -81,10 +81,10 @@ async def search(engine: Engine, request: Request) -> dict[str, Any]:
     uploads = await request_uploads(request)
     if uploads is not None:
         if len(uploads) > 1:
-            raise RequestError(400, f"{len(uploads)} files: /search takes one (POST several to /batch, or to /batch?together=1 to search them as one)")
+            raise RequestError(400, f"{len(uploads)} files: /search takes one (POST several to /batch, or to "
+                                    "/batch?together=1 to search them as one)")
         return await image_search(engine, uploads[0][1], options, "upload")
     return await image_search(engine, await request.body(), options, "upload")
-
 
 
 async def batch(engine: Engine, request: Request) -> dict[str, Any]:
@@ -96,12 +96,15 @@ async def batch(engine: Engine, request: Request) -> dict[str, Any]:
     uploads = await request_uploads(request)
     if uploads is not None:
         check_upload_options(options)
-        if together:
-            members = [Query(f"file:{name}", {}, array=await decoded(engine, data)) for name, data in uploads]
+        if together:  # decoded side by side in the engine's pool; one that is not an image fails the request
+            arrays = await asyncio.gather(*(decoded(engine, data) for _, data in uploads))
+            members = [Query(f"file:{name}", {}, array=a) for (name, _), a in zip(uploads, arrays)]
             return {"results": [await answer(engine, Query("together", options, members=members))]}
         jobs = [image_search(engine, data, options, f"file:{name}") for name, data in uploads]
     else:
         ids = body_ids(await request.body())
+        if together and not ids:
+            raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
         if together:
             members = [Query(f"id:{i}", {}, item_id=i) for i in ids]
             return {"results": [await answer(engine, Query("together", options, members=members))]}
@@ -125,5 +128,3 @@ async def item_image(engine: Engine, item_id: int) -> Response:
     end to show results; read in a thread (a file, or a member of an archive)."""
     data, media = await asyncio.get_running_loop().run_in_executor(None, engine.item_image, item_id)
     return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
-
-
