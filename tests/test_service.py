@@ -527,11 +527,16 @@ def test_the_page_uses_the_api_it_is_served_with(service):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     calls = set(re.findall(r"\$\{(?:base\(.*?\)|url)\}(/[^`]+)`", page.text))
     assert calls == {"/items/${hit.id}/image", "/items/${id}/image", "/search?id=${id}&${options()}",
-                     "/search?${options()}", "/batch?together=1&${options()}"}, calls
+                     "/search?${options()}", "/batch?together=1&${options()}",
+                     "/batch?together=1&exclude_self=1&${options()}", "/items/${id}/image"}, calls
     [(_, jpeg), (_, other)] = jpeg_bytes(2)
     files = [("file", ("a.jpg", jpeg, "image/jpeg")), ("file", ("b.jpg", other, "image/jpeg"))]
     rows = client.post("/indexes/flat/batch?together=1&k=3&rerank=1", files=files).json()["results"]
     assert len(rows) == 1 and rows[0]["query"] == "file:a.jpg + file:b.jpg" and len(rows[0]["results"]) >= 3
+    chosen = [hit["id"] for hit in rows[0]["results"][:2]]  # "more like the chosen": without them
+    more = client.post("/indexes/flat/batch?together=1&exclude_self=1&k=3", json={"ids": chosen}).json()
+    found = {h["id"] for h in more["results"][0]["results"]}
+    assert len(found) >= 3 and not set(chosen) & found
     found = client.post("/indexes/flat/search?k=3&rerank=1", content=jpeg).json()["results"]
     assert client.get(f"/indexes/flat/search?id={found[0]['id']}&k=3&rerank=0").status_code == 200
     assert client.get(f"/indexes/flat/items/{found[0]['id']}/image").status_code == 200
