@@ -25,6 +25,7 @@ import numpy as np
 
 from ..codes import pad_codes
 from ..errors import HashindexError
+from .faiss_files import fast_topk
 from .pool import FINE_BUDGET
 from .searcher import Index, SearchResult
 
@@ -146,7 +147,7 @@ class SubsetIndex(Index):
     def __init__(self, parent: Index, base: np.ndarray):
         self.parent, self.base = parent, base
         pbytes = parent.meta["binary"]["padded_bytes"]
-        binary = faiss.IndexBinaryFlat(pbytes * 8)
+        binary = fast_topk(faiss.IndexBinaryFlat(pbytes * 8))  # as a built flat index is read (faiss_files)
         binary.add(pad_codes(_codes(parent, base), pbytes))
         meta = dict(parent.meta, count=len(base), binary={"kind": "flat", "padded_bytes": pbytes})
         rows = _Rows(parent.rerank, base) if parent.rerank is not None else None
