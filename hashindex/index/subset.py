@@ -33,7 +33,7 @@ KEEP = 8  # filters whose subset an index keeps built (a service answers the sam
 # A subset whose stored vectors fit in this many read budgets (`FINE_BUDGET`: 10,000 items of 192-d features) is
 # re-ranked whole by default. Measured at 1M items filtered to one class of 100 (9,877 items, queries from every
 # class): the default pool of 1,000 found 0.34 of the 10 allowed items nearest by the signal, the whole subset
-# all of them, 4.3 ms a query against the unfiltered search's 2.1 (tools/bench_filter.py, docs/RESULTS.md).
+# all of them, 1.6 ms a query against the unfiltered search's 2.05 (tools/bench_filter.py, docs/RESULTS.md).
 WHOLE = 10
 _READ_ALL = 64  # read the whole codes column when the subset is more than 1/64 of it (h5py's point reads are slow)
 
