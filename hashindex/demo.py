@@ -23,7 +23,8 @@ from .extraction import extract
 from .files import atomic_write_json, sha256_file
 from .index import Index, build, read_index_meta
 from .query import example_results
-from .report import results_grid, write_plots
+from .grids import results_grid
+from .report import write_plots
 from .store import MANIFEST
 
 DEFAULT_DATA = "torchvision:cifar10:test"

@@ -105,7 +105,7 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
     assert json.loads(info.output)["appended"][0]["dir"] == str(new_shards.resolve())
     from hashindex.query import example_results
     from hashindex.originals import Originals
-    from hashindex.report import results_grid
+    from hashindex.grids import results_grid
 
     grown = Index.load(out)
     originals = Originals(grown)  # the results grid reads each row from its own collection

@@ -338,7 +338,7 @@ def test_flat_indexes_load_memory_mapped(flat_index):
 def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
     """`query --grid`: each cell reads the image of its own item (the query by id finds itself first)."""
     from hashindex.data import open_source
-    from hashindex.report import query_grid_rows
+    from hashindex.grids import query_grid_rows
     from hashindex.query import query
 
     src = open_source(CIFAR_TEST)
@@ -369,7 +369,7 @@ def test_a_grid_shows_what_it_can_when_a_collection_is_unreadable(flat_index, tm
     import shutil
 
     from hashindex.index import append
-    from hashindex.report import query_grid_rows
+    from hashindex.grids import query_grid_rows
     from hashindex.store import write_arrays
 
     out = tmp_path / "index"

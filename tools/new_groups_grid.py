@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.data import open_source
-from hashindex.report import duplicates_grid
+from hashindex.grids import duplicates_grid
 
 
 def new_groups(base: dict, other: dict) -> list[list[dict]]:

@@ -83,7 +83,7 @@ def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redunda
     if redundant:
         write_redundant(redundant, result["groups"])
     if grid and result["groups"]:
-        from ..report import duplicates_grid
+        from ..grids import duplicates_grid
 
         duplicates_grid(result["groups"], dict(zip(data, sources)), grid)
     elif grid:

@@ -111,7 +111,7 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
                         radius=radius, rerank=not no_rerank, complete_ties=not cut_ties, nprobe=nprobe,
                         device=device, exclude_self=exclude_self, only=where, together=together)
     if grid:
-        from ..report import query_grid
+        from ..grids import query_grid
 
         query_grid(index, rows, grid)
     if as_json:
