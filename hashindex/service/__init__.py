@@ -1,6 +1,7 @@
 """The search service: `hashindex serve`.
 
-``app`` (FastAPI on uvicorn, the `serve` extra) is the service; ``engine`` holds one served index and
+``app`` (FastAPI on uvicorn, the `serve` extra) is the service, ``requests`` its search requests (GET and POST
+/search, POST /batch, an item's image); ``engine`` holds one served index and
 batches concurrent searches; ``params`` the request parameters and caps both servers share; ``metrics``
 the Prometheus text; ``basic`` the dependency-free standard-library server (one search at a time), kept as
 the fallback without the extra and as the baseline of tools/bench_serve.py.
