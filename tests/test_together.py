@@ -39,6 +39,15 @@ def test_together_of_one_is_the_query_and_members_can_be_left_out(flat_index):
     assert left[0]["query"] == "a + b + c"
 
 
+def test_together_within_a_radius_keeps_every_item_in_it(flat_index):
+    """A radius search together returns every item within the radius of the majority code, not the first k."""
+    index = Index.load(flat_index)
+    codes, vecs = indexed_queries(index, [3, 40, 77])
+    got = search_together(index, codes, vecs, ["a", "b", "c"], radius=8)[0]["results"]
+    within = index.range_search(majority(codes), 8)[0][0]
+    assert len(got) == len(within) > 10 and {h["id"] for h in got} == set(index.ids[within].tolist())
+
+
 def test_cli_together(flat_index, tmp_path):
     res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "3", "--by-id", "40", "--together",
                                    "--exclude-self", "--k", "5", "--json"])
