@@ -1,7 +1,8 @@
 """hashindex: image retrieval with learned binary hash codes.
 
 Pipeline, one module (or small package) per stage, imports running down it:
-data -> model -> checkpoint -> training / store -> extraction -> index -> metrics -> evaluation -> query / batch -> report -> cli / serve.
+data -> model -> checkpoint -> training / store -> extraction -> index -> provenance -> metrics -> evaluation ->
+query / batch -> report / grids -> cli / serve.
 The CLI (``hashindex ...``) and the service are thin layers over these functions.
 
 This facade names the Python API; each name is imported on first use, so
