@@ -85,6 +85,10 @@ def test_health_metrics_and_docs(service):
     assert re.search(r"hashindex_errors_total [1-9]", text)
     spec = client.get("/openapi.json").json()
     assert {"/search", "/batch", "/indexes/{name}/search", "/health", "/metrics"} <= set(spec["paths"])
+    documented = {p["name"] for p in spec["paths"]["/batch"]["post"]["parameters"]}
+    from hashindex.service.params import OPTIONS
+
+    assert documented == set(OPTIONS) | {"together"}  # every parameter /batch reads is in its docs, and no other
     assert client.get("/docs").status_code == 200
 
 

@@ -70,6 +70,9 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("only_ids", "string", "results among these ids only (comma-separated)"),
     ("not_class", "string", "no results of these classes (comma-separated)"),
     ("not_folder", "string", "no results under these folders (comma-separated)"))]
+BATCH_PARAMS = SEARCH_PARAMS + [{"name": "together", "in": "query", "required": False, "schema": {"type": "boolean"},
+                                 "description": "search the batch's ids or photos as one query, one row of results "
+                                                "(\"more like these\", as `hashindex query --together`; default 0)"}]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
@@ -202,12 +205,12 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
             raise read_only(request.method, request.url.path)
 
     @app.post("/batch", summary="Several searches of the default index in one request",
-              openapi_extra={"parameters": SEARCH_PARAMS})
+              openapi_extra={"parameters": BATCH_PARAMS})
     async def batch_default(request: Request) -> dict[str, Any]:
         return await batch(engines[default], request)
 
     @app.post("/indexes/{name}/batch", summary="Several searches of a named index in one request",
-              openapi_extra={"parameters": SEARCH_PARAMS})
+              openapi_extra={"parameters": BATCH_PARAMS})
     async def batch_named(name: str, request: Request) -> dict[str, Any]:
         return await batch(engine_named(name), request)
 
