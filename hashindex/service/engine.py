@@ -107,11 +107,7 @@ class Engine(Served):
         images = [q for q in batch if q.array is not None]
         if images:
             try:
-                fields = self.model.encode_fields(np.stack([q.array for q in images]))
-                codes, feats = self.index.search_inputs(fields)
-                vecs = self.index.query_vectors(feats).astype(np.float32)
-                for q, digest in zip(images, fields["input_digests"].tolist()):
-                    q.digest = digest
+                codes, vecs = self._encode(images)
                 ready += [(q, codes[i:i + 1], vecs[i:i + 1]) for i, q in enumerate(images)]
             except Exception as e:  # noqa: BLE001 (a bug fails these requests, not the batcher)
                 for q in images:
@@ -122,7 +118,7 @@ class Engine(Served):
                     codes, vecs = indexed_queries(self.index, [q.item_id])
                     ready.append((q, codes, vecs.astype(np.float32)))
                 except HashindexError:
-                    q.future.set_exception(RequestError(404, f"id={q.item_id}: no item with this id in the index"))
+                    q.future.set_exception(_no_item(q.item_id))
         groups: dict[tuple, list[tuple[Query, np.ndarray, np.ndarray]]] = {}
         for entry in ready:
             groups.setdefault(tuple(sorted(entry[0].options.items())), []).append(entry)
@@ -150,6 +146,15 @@ class Engine(Served):
             row["took_ms"] = round(took, 2)
             q.future.set_result(row)
 
+    def _encode(self, images: list[Query]) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, fine-stage query vectors) of image queries, in one forward pass; each one's digest set (the
+        indexed item with the same pixels is found by it)."""
+        fields = self.model.encode_fields(np.stack([q.array for q in images]))
+        codes, feats = self.index.search_inputs(fields)
+        for q, digest in zip(images, fields["input_digests"].tolist()):
+            q.digest = digest
+        return codes, self.index.query_vectors(feats).astype(np.float32)
+
     def _together(self, query: Query) -> None:
         """Its members as one query (`query.search_together`): the images among them encoded in one forward pass,
         the ids read from the index; one row, or the request's one error (an unknown id: a 404)."""
@@ -157,18 +162,12 @@ class Engine(Served):
         try:
             images = [m for m in query.members if m.array is not None]
             known = [m for m in query.members if m.item_id is not None]
-            parts = []
-            if images:
-                fields = self.model.encode_fields(np.stack([m.array for m in images]))
-                codes, feats = self.index.search_inputs(fields)
-                parts.append((codes, self.index.query_vectors(feats).astype(np.float32)))
-                for m, digest in zip(images, fields["input_digests"].tolist()):
-                    m.digest = digest
+            parts = [self._encode(images)] if images else []
             if known:
                 ids = np.array([m.item_id for m in known], np.int64)
                 missing = ids[self.index.positions_of(ids, missing=-1) < 0]
                 if len(missing):
-                    raise RequestError(404, f"id={missing[0]}: no item with this id in the index")
+                    raise _no_item(int(missing[0]))
                 codes, vecs = indexed_queries(self.index, ids.tolist())
                 parts.append((codes, vecs.astype(np.float32)))
             members = images + known
@@ -181,3 +180,7 @@ class Engine(Served):
             return
         rows[0]["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         query.future.set_result(rows[0])
+
+
+def _no_item(item_id: int) -> RequestError:
+    return RequestError(404, f"id={item_id}: no item with this id in the index")
