@@ -51,6 +51,7 @@ class FolderChanges:
     held: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None
     edited: list[tuple[int, int]] = field(default_factory=list)  # (index position, source position): `find_edited`
+    listed: set[str] = field(default_factory=set)  # the folder's files as the table spells paths (`encode_name`)
 
     @property
     def new(self) -> ImageSource | None:
@@ -97,9 +98,9 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
         for e in entries:
             held.update(zip(index.paths(np.arange(e["start"], e["stop"])), range(e["start"], e["stop"])))
             known.update(_skipped(e["dir"]))
-        fresh = [i for i, p in enumerate(source.paths) if i not in source.unread and encode_name(p) not in held
-                 and encode_name(p) not in known]
-        changes.append(FolderChanges(root, source, fresh, held))
+        names = [encode_name(p) for p in source.paths]
+        fresh = [i for i, p in enumerate(names) if i not in source.unread and p not in held and p not in known]
+        changes.append(FolderChanges(root, source, fresh, held, listed=set(names)))
     return changes
 
 
@@ -161,7 +162,7 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
-    listed = {c.folder: {encode_name(p) for p in c.source.paths} for c in changes if c.source is not None}
+    listed = {c.folder: c.listed for c in changes if c.source is not None}
     gone = np.union1d(missing_files(index, listed), edited)  # folders listed once: by `folder_changes`
     summary: dict[str, Any] = {
         "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
