@@ -24,6 +24,7 @@ import json
 
 import numpy as np
 
+from hashindex import metrics
 from hashindex.codes import majority
 from hashindex.index import Index
 from hashindex.query import indexed_queries
@@ -31,9 +32,8 @@ from hashindex.store import ShardSet
 
 
 def average_precision(relevant: np.ndarray) -> float:
-    """AP of one ranking given as booleans in rank order."""
-    hits = np.flatnonzero(relevant)
-    return float(np.mean((np.arange(len(hits)) + 1) / (hits + 1))) if len(hits) else 0.0
+    """AP of one ranking given as booleans in rank order (`metrics.average_precision` of one row)."""
+    return float(metrics.average_precision(np.asarray(relevant, bool)[None])[0])
 
 
 def ranking(index: Index, codes: np.ndarray, vecs: np.ndarray) -> np.ndarray:
