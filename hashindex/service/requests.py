@@ -96,19 +96,13 @@ async def batch(engine: Engine, request: Request) -> dict[str, Any]:
     uploads = await request_uploads(request)
     if uploads is not None:
         check_upload_options(options)
-        if together:  # decoded side by side in the engine's pool; one that is not an image fails the request
-            arrays = await asyncio.gather(*(decoded(engine, data) for _, data in uploads))
-            members = [Query(f"file:{name}", {}, array=a) for (name, _), a in zip(uploads, arrays)]
-            return {"results": [await answer(engine, Query("together", options, members=members))]}
+    if together:
+        members = await _members(engine, request, uploads)
+        return {"results": [await answer(engine, Query("together", options, members=members))]}
+    if uploads is not None:
         jobs = [image_search(engine, data, options, f"file:{name}") for name, data in uploads]
     else:
-        ids = body_ids(await request.body())
-        if together and not ids:
-            raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
-        if together:
-            members = [Query(f"id:{i}", {}, item_id=i) for i in ids]
-            return {"results": [await answer(engine, Query("together", options, members=members))]}
-        jobs = [answer(engine, Query(f"id:{i}", options, item_id=i)) for i in ids]
+        jobs = [answer(engine, Query(f"id:{i}", options, item_id=i)) for i in body_ids(await request.body())]
     results = await asyncio.gather(*jobs, return_exceptions=True)
     rows = []
     for r in results:
@@ -121,6 +115,18 @@ async def batch(engine: Engine, request: Request) -> dict[str, Any]:
         else:
             rows.append(r)
     return {"results": rows}
+
+
+async def _members(engine: Engine, request: Request, uploads: list[tuple[str, bytes]] | None) -> list[Query]:
+    """The queries of a together batch: its photos, decoded side by side in the engine's pool (one that is not an
+    image fails the request), or its ids (at least one)."""
+    if uploads is not None:
+        arrays = await asyncio.gather(*(decoded(engine, data) for _, data in uploads))
+        return [Query(f"file:{name}", {}, array=a) for (name, _), a in zip(uploads, arrays)]
+    ids = body_ids(await request.body())
+    if not ids:
+        raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
+    return [Query(f"id:{i}", {}, item_id=i) for i in ids]
 
 
 async def item_image(engine: Engine, item_id: int) -> Response:
