@@ -106,21 +106,20 @@ def _derived_line(derived: dict[str, Any] | None) -> str | None:
     return f"{derived['model']} (model {derived['model_id']}{acc})"
 
 
-def _index_code_statistics(directory: Path) -> dict[str, Any]:
+def _index_code_statistics(directory: Path, bits: int) -> dict[str, Any]:
     """Bucket sizes, entropy and bit balance of an index's codes (read from its table)."""
-    from .index.layout import read_index_meta, read_table
+    from .index.layout import read_table
     from .codes import code_statistics
 
-    return code_statistics(read_table(directory, ("codes",))["codes"], read_index_meta(directory)["bits"])
+    return code_statistics(read_table(directory, ("codes",))["codes"], bits)
 
 
-def _index_classes(directory: Path) -> dict[str, int] | str:
+def _index_classes(directory: Path, names: list[str]) -> dict[str, int] | str:
     """Items per class name (what `query --only-class` takes); a multi-label item counts in each of its classes."""
     import numpy as np
 
-    from .index.layout import label_set_classes, read_index_meta, read_table
+    from .index.layout import label_set_classes, read_table
 
-    names = read_index_meta(directory).get("class_names", [])
     if label_set_classes(directory):
         counts = read_table(directory, ("label_sets",))["label_sets"].astype(bool).sum(axis=0)
     else:
@@ -185,10 +184,11 @@ def describe(path: str | Path) -> dict[str, Any]:
 
             return describe_shards(p)
         if (p / INDEX_JSON).exists():
-            from .index import describe_index
+            from .index import describe_index, read_index_meta
 
-            summary = describe_index(p)
-            return {**summary, "classes": _index_classes(p), "codes": _index_code_statistics(p)}
+            meta = read_index_meta(p)  # once, for the three summaries
+            return {**describe_index(p, meta), "classes": _index_classes(p, meta.get("class_names", [])),
+                    "codes": _index_code_statistics(p, meta["bits"])}
         return describe_collection(str(path))
     from .checkpoint import shipped_hint, shipped_path
 

@@ -259,9 +259,9 @@ def coarse_line(binary: dict[str, Any]) -> str:
     return line
 
 
-def describe_index(directory: str | Path) -> dict[str, Any]:
-    """Summary for `hashindex info INDEX_DIR`."""
-    meta = read_index_meta(directory)
+def describe_index(directory: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summary for `hashindex info INDEX_DIR` (``meta``: its index.json, when the caller has read it already)."""
+    meta = read_index_meta(directory) if meta is None else meta
     with open_table(Path(directory)) as t:  # items whose copies a query finds as them (0: extracted before digests)
         known = int(np.count_nonzero(t["input_digests"][()])) if "input_digests" in t else 0
     return {"kind": "index", "path": str(directory), "count": meta["count"], "model_id": meta["model_id"],
