@@ -152,7 +152,9 @@ def _build(store: ShardSet, out: Path, t0: float, *, binary: str, rerank: str, s
         atomic_write_json(tmp / INDEX_JSON, meta)
     log(f"built {out}: {n} items, {binary} binary index ({pbytes * 8} bits padded from {bits}"
         + (f", {shards} shards" if shards > 1 else "") + "), "
-        f"{meta['rerank']['kind']} re-rank store ({signal}), {meta['memory']['bytes_per_item']:.1f} bytes/item, "
+        + (f"{meta['rerank']['kind']} re-rank store ({signal})" if meta['rerank']['kind'] != "none"
+           else f"no re-rank store (signal {signal})")
+        + f", {meta['memory']['bytes_per_item']:.1f} bytes/item, "
         f"{meta['build_s']:.1f} s")
     return meta
 
