@@ -51,7 +51,7 @@ class FolderChanges:
     held: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None
     edited: list[tuple[int, int]] = field(default_factory=list)  # (index position, source position): `find_edited`
-    listed: set[str] = field(default_factory=set)  # the folder's files as the table spells paths (`encode_name`)
+    names: list[str] = field(default_factory=list)  # source.paths as the table spells paths (`encode_name`)
 
     @property
     def new(self) -> ImageSource | None:
@@ -61,6 +61,11 @@ class FolderChanges:
 
     def count(self) -> int:
         return len(self.fresh) + len(self.edited)
+
+    @property
+    def listed(self) -> set[str]:
+        """The folder's files as the table spells paths."""
+        return set(self.names)
 
 
 def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
@@ -100,7 +105,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             known.update(_skipped(e["dir"]))
         names = [encode_name(p) for p in source.paths]
         fresh = [i for i, p in enumerate(names) if i not in source.unread and p not in held and p not in known]
-        changes.append(FolderChanges(root, source, fresh, held, listed=set(names)))
+        changes.append(FolderChanges(root, source, fresh, held, names=names))
     return changes
 
 
@@ -113,8 +118,8 @@ def find_edited(change: FolderChanges, index: Index, size: int, channels: int, p
     stored = read_table(index.dir, ("input_digests",))["input_digests"] if index.dir else None
     if stored is None:
         return
-    pairs = [(change.held[encode_name(p)], i) for i, p in enumerate(change.source.paths)
-             if encode_name(p) in change.held and i not in change.source.unread]
+    pairs = [(change.held[p], i) for i, p in enumerate(change.names)
+             if p in change.held and i not in change.source.unread]
     for position, i in tqdm(pairs, desc="check", unit="img", disable=not progress):
         if not stored[position]:
             continue
