@@ -24,21 +24,11 @@ import json
 
 import numpy as np
 
-from hashindex import metrics
 from hashindex.codes import majority
 from hashindex.index import Index
 from hashindex.query import indexed_queries
 from hashindex.store import ShardSet
-
-
-def average_precision(relevant: np.ndarray) -> float:
-    """AP of one ranking given as booleans in rank order (`metrics.average_precision` of one row)."""
-    return float(metrics.average_precision(np.asarray(relevant, bool)[None])[0])
-
-
-def ranking(index: Index, codes: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """Positions of the whole index in the order a search with one (combined) query gives them."""
-    return index.search(codes, vecs, k=index.count, vectors=True).positions[0]
+from together_study import average_precision, ranking  # tools/ is on sys.path when run as a script
 
 
 def without(order: np.ndarray, chosen: np.ndarray) -> np.ndarray:

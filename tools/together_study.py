@@ -27,10 +27,14 @@ def average_precision(relevant: np.ndarray) -> float:
     return float(metrics.average_precision(np.asarray(relevant, bool)[None])[0])
 
 
+def ranking(index: Index, codes: np.ndarray, vecs: np.ndarray, candidates: int | None = None) -> np.ndarray:
+    """Positions of the whole index in the order a search with one (combined) query gives them."""
+    return index.search(codes, vecs, k=index.count, candidates=candidates, vectors=True).positions[0]
+
+
 def ranking_ap(index: Index, codes: np.ndarray, vecs: np.ndarray, label: int, candidates: int | None = None
                ) -> float:
-    res = index.search(codes, vecs, k=index.count, candidates=candidates, vectors=True)
-    return average_precision(index.labels[res.positions[0]] == label)
+    return average_precision(index.labels[ranking(index, codes, vecs, candidates)] == label)
 
 
 def main() -> None:
