@@ -270,3 +270,50 @@ def test_a_jpeg_file_gives_one_code_on_every_path(tiny_model, tmp_path):
         model.encode([files[0], tmp_path / "nope.jpg"])
     with pytest.raises(HashindexError, match="not-an-image"):
         model.encode(b"not an image")
+
+
+def _trained_looking(net: NINHash) -> NINHash:
+    """Batch norms with statistics and affines of a trained net (a fresh one's are 0/1: folding them is trivial)."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return net
+
+
+def test_folded_batch_norm_gives_the_trunk_s_outputs_and_follows_its_weights():
+    """Inference runs the trunk with batch norm folded into the convs (`fold_batch_norm`): the same outputs as
+    the trunk computed layer by layer (float32), folded anew after the weights change, never saved; training
+    and gradients run the trunk itself."""
+    from hashindex.model import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = _trained_looking(NINHash(16, 3)).eval()
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    inputs = net.normalize(x)
+    with torch.no_grad():
+        expect = net.trunk(inputs)  # the trunk as trained, BatchNorm layers and all
+        folded = net.running_trunk()
+        assert folded is not net.trunk and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded)
+        assert len(folded) == len(net.trunk)  # positions kept: mid_end still splits it after block 2
+        feature, mid = net.embed(x, mid=True)
+        assert torch.allclose(feature, expect, atol=1e-4)
+        assert torch.allclose(mid, net.trunk[:net.mid_end](inputs).mean((2, 3)), atol=1e-4)
+        assert net.running_trunk() is folded  # kept while the weights stay
+        net.trunk[1].running_var.mul_(4)  # a changed statistic (as load_state_dict or an update would)
+        assert net.running_trunk() is not folded
+        assert torch.allclose(net.embed(x)[0], net.trunk(inputs), atol=1e-4)
+        assert not torch.allclose(net.embed(x)[0], expect, atol=1e-3)
+    assert net.running_trunk() is net.trunk  # gradients wanted: the trunk itself
+    with torch.no_grad():
+        assert net.train().running_trunk() is net.trunk  # training: batch statistics, the trunk itself
+    assert not any("fold" in k for k in net.state_dict())
+    assert all(not p.requires_grad for p in fold_batch_norm(net.eval().trunk).parameters())
+    with torch.inference_mode():  # a net made under inference_mode has no version counters: folded each pass
+        made = _trained_looking(NINHash(16, 3)).eval()
+        assert torch.allclose(made.embed(x)[0], made.trunk(made.normalize(x)), atol=1e-4)
