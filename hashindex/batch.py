@@ -41,13 +41,17 @@ RANKING = 3
 
 
 def output_format(out: Path, fmt: str | None) -> str:
-    """The results format: ``fmt``, else the one ``out``'s suffix names (default h5); checked before any search
-    runs (Parquet needs pyarrow)."""
+    """The results format: ``fmt``, else the one ``out``'s suffix names (none: h5; one that names no format is
+    an error); checked before any search runs (Parquet needs pyarrow)."""
     if fmt and fmt not in OUTPUT_FORMATS:
         raise HashindexError(f"format={fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
     suffix = out.suffix.lower().lstrip(".")
-    fmt = fmt or {"hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet",
-                  "pq": "parquet"}.get(suffix, "h5")
+    named = {"": "h5", "hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "pq": "parquet"}
+    if not fmt and suffix not in named:  # HDF5 under a .json or .txt name would pass for what it is not
+        hint = " (JSON lines: .jsonl)" if suffix == "json" else ""
+        raise HashindexError(f"out={out}: expected a name ending in .h5, .jsonl, .csv or .parquet{hint}, or set fmt= to "
+                             "one of h5, jsonl, csv, parquet")
+    fmt = fmt or named[suffix]
     if fmt == "parquet":
         _need_pyarrow(out, "out", "writing")
     return fmt

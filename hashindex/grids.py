@@ -1,6 +1,6 @@
 """Image grids of search results: a query and its results per row (an evaluation's examples, `query --grid`), and
 groups of copies of a photo (`duplicates --grid`); and the two figure helpers `report` shares (matplotlib on
-Agg, PNGs written atomically).
+Agg, figures written atomically: PNG, or JPEG, PDF or SVG by the file's name).
 """
 
 from __future__ import annotations
@@ -26,12 +26,26 @@ def pyplot():
     return plt
 
 
+FIGURE_FORMATS = {"": "png", "png": "png", "jpg": "jpeg", "jpeg": "jpeg", "pdf": "pdf", "svg": "svg"}
+
+
+def figure_format(path: str | Path, arg: str = "grid") -> str:
+    """The image format a figure's file name asks for (no suffix: PNG); an other suffix is a one-line error, said
+    before any work (a grid is drawn last: a PNG under a .txt or .json name would pass for something else)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise HashindexError(f"{arg}={path}: expected a .png, .jpg, .pdf or .svg file name")
+    return FIGURE_FORMATS[suffix]
+
+
 def write_png(fig, path: Path, dpi: int) -> None:
-    """Save a figure atomically (never a half-written PNG under the final name) and free it."""
+    """Save a figure atomically (never a half-written file under the final name) and free it: a PNG, or the
+    format its name asks for (`figure_format`)."""
     from .files import atomic_path
 
+    fmt = figure_format(path, "path")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format=fmt, dpi=dpi)
     pyplot().close(fig)
 
 

@@ -367,6 +367,8 @@ def test_cli_writes_groups_and_the_copies_that_remove_takes_out_of_an_index(phot
 
     res = runner.invoke(cli, ["duplicates", str(root), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--out" in res.output and "is a directory" in res.output
+    res = runner.invoke(cli, ["duplicates", str(root), "--grid", str(tmp_path / "copies.json")])
+    assert res.exit_code == 2 and "--grid" in res.output and "expected a .png, .jpg, .pdf or .svg" in res.output
     res = runner.invoke(cli, ["duplicates", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such file or directory" in res.output
 

@@ -361,6 +361,27 @@ def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 5_000, res.output
     res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", "x", "--out", "y", "--grid", "g.png"])
     assert res.exit_code == 2 and "--grid: draws interactive queries" in res.output
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "5", "--grid", str(tmp_path / "g.svg")])
+    assert res.exit_code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml"), res.output
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "5", "--grid", str(tmp_path / "g.txt")])
+    assert res.exit_code == 2 and not (tmp_path / "g.txt").exists()
+    assert res.output == f"hashindex: error: --grid {tmp_path / 'g.txt'}: expected a .png, .jpg, .pdf or .svg file name\n"
+
+
+def test_a_results_name_that_names_no_format_is_refused(flat_index, cifar_queries, tmp_path):
+    """A batch job's --out names its format (.h5 .jsonl .csv .parquet; none: HDF5); any other suffix is refused
+    before a search runs (HDF5 under a .json name would pass for JSON), unless --format says which."""
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["query", str(flat_index), "--queries", str(cifar_queries), "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert res.output == (f"hashindex: error: --out {out}: expected a name ending in .h5, .jsonl, .csv or .parquet "
+                          "(JSON lines: .jsonl), or set --format to one of h5, jsonl, csv, parquet\n")
+    res = CliRunner().invoke(cli, ["-q", "query", str(flat_index), "--queries", str(cifar_queries), "--out", str(out),
+                                   "--format", "jsonl", "--k", "3"])
+    assert res.exit_code == 0 and len(out.read_text().splitlines()) == 1000
+    plain = tmp_path / "r"
+    batch_search(flat_index, cifar_queries, plain, k=3, progress=False, log=lambda s: None)
+    assert h5py.is_hdf5(plain)
 
 
 def test_a_grid_shows_what_it_can_when_a_collection_is_unreadable(flat_index, tmp_path):

@@ -37,7 +37,8 @@ from .group import _echo_json, cli
               help="Write every image but the kept one of each group (--keep), one per line: its file for a folder "
                    "of images, else its recorded path (for `hashindex remove --paths-file`).")
 @click.option("--grid", default=None,
-              help="Also draw the groups as a PNG (up to 30 rows: first image, then its copies).")
+              help="Also draw the groups as an image (.png, .jpg, .pdf or .svg by the name; up to 30 "
+                   "rows: first image, then its copies).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--hashes", "hashes_dir", default=None, metavar="DIR",
               help="Keep the images' hashes in DIR: a rerun (the same command after an interruption, another "
@@ -73,6 +74,10 @@ def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redunda
     for flag, path in (("--out", out), ("--redundant", redundant), ("--grid", grid)):
         if path and Path(path).is_dir():
             raise HashindexError(f"{flag} {path}: is a directory; expected a file to write")
+    if grid:
+        from ..grids import figure_format
+
+        figure_format(grid, "grid")
     sources = [open_source(d, "data", follow_links=follow_links) for d in data]
     result = find_duplicates(sources, list(data), radius=DEFAULT_RADIUS if radius is None else radius,
                              fine_radius=DEFAULT_FINE_RADIUS if fine_radius is None else fine_radius,

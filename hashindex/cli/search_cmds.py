@@ -56,8 +56,9 @@ from .group import _echo_json, cli, file_ids
 @click.option("--shard-actors", is_flag=True,
               help="With --backend ray and an index built with --shards S: hold each shard in its own Ray "
                    "actor (an index larger than one machine's RAM); every query fans out to all shards.")
-@click.option("--grid", default=None, help="Also draw the results as a PNG: the query image, then its top "
-                                           "results (up to 20) with their class and Hamming distance.")
+@click.option("--grid", default=None, help="Also draw the results as an image (.png, .jpg, .pdf or .svg by "
+                                           "the name): the query image, then its top results (up to 20) with their class "
+                                           "and Hamming distance.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
@@ -88,6 +89,10 @@ def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_t
 
     if shard_actors and backend != "ray":
         raise HashindexError("--shard-actors: needs --backend ray")
+    if grid:
+        from ..grids import figure_format
+
+        figure_format(grid, "grid")
     if queries or out:
         if grid:
             raise HashindexError("--grid: draws interactive queries (IMAGES / --by-id), not a batch job")
