@@ -1,5 +1,6 @@
 """Image sources on real shared data and on tiny (partly broken) files made here."""
 
+import io
 import gzip
 import logging
 import os
@@ -578,6 +579,36 @@ def test_heic_photos_are_read(tmp_path, monkeypatch):
     monkeypatch.setattr(members, "image_extensions", lambda: without)  # as if pillow-heif were not installed
     images, _, unread = members.group_members(["a/IMG_0002.heic", "a/b.jpg", "a/notes.txt"])
     assert images == ["a/b.jpg"] and unread == {"a/IMG_0002.heic": "needs-pillow-heif", "a/notes.txt": "not-an-image"}
+
+
+def test_a_thumbnail_is_a_jpeg_every_browser_draws(tmp_path):
+    """`thumbnail_jpeg` (GET /items/ID/image?size=N): any file pillow reads (a TIFF, a 16-bit PNG, a HEIC, a
+    sideways phone photo with its EXIF tag, a transparent PNG) becomes an upright JPEG at most N px a side,
+    its aspect kept, never enlarged; what is not an image raises BadImage."""
+    from hashindex.data import thumbnail_jpeg
+
+    picture = np.zeros((400, 240, 3), np.uint8)
+    picture[:200] = 255  # white top half: tall and top-heavy, so a wrong turn shows
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {}
+    for name, img, kw in (("a.tif", Image.fromarray(picture), {}), ("a.heic", Image.fromarray(picture), {}),
+                          ("sideways.jpg", Image.fromarray(picture).rotate(90, expand=True), {"exif": exif}),
+                          ("deep.png", Image.fromarray((picture[..., 0].astype(np.uint16) * 257)), {})):
+        img.save(tmp_path / name, **kw)
+        files[name] = (tmp_path / name).read_bytes()
+    for name, data in files.items():
+        small = Image.open(io.BytesIO(thumbnail_jpeg(data, 100)))
+        grey = np.asarray(small.convert("L"), float)
+        assert small.format == "JPEG" and small.size == (60, 100), name
+        assert grey[:45].min() > 200 and grey[55:].max() < 60, name  # upright, levels kept (16-bit scaled)
+    clear = Image.new("RGBA", (50, 20), (255, 0, 0, 0))  # wholly transparent: drawn on white, not black
+    out = io.BytesIO()
+    clear.save(out, "PNG")
+    small = Image.open(io.BytesIO(thumbnail_jpeg(out.getvalue(), 100)))
+    assert small.size == (50, 20) and np.asarray(small).min() > 240  # never enlarged
+    with pytest.raises(BadImage, match="not-an-image"):
+        thumbnail_jpeg(b"not an image at all", 100)
 
 
 def test_decode_reasons():

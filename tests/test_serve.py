@@ -116,10 +116,13 @@ def test_pages_health_and_item_images(server):
     assert status == 200 and info["indexes"] == [info["name"]] == ["flat"]
     assert call(server + "/health") == (200, {"status": "ok", "indexes": {"flat": 10000}})
     with urllib.request.urlopen(server + "/ui", timeout=60) as r:
-        assert r.headers["Content-Type"].startswith("text/html") and b"/items/${hit.id}/image" in r.read()
+        assert r.headers["Content-Type"].startswith("text/html") and b"/items/${id}/image?size=" in r.read()
     for path in ("/items/5/image", "/indexes/flat/items/5/image"):
         with urllib.request.urlopen(server + path, timeout=60) as r:
             assert r.read() == src.read_bytes(5) and r.headers["Content-Type"] == "image/jpeg", path
+    with urllib.request.urlopen(server + "/items/5/image?size=16", timeout=60) as r:  # a thumbnail (the page's)
+        assert r.headers["Content-Type"] == "image/jpeg" and r.read() != src.read_bytes(5)
+    assert call(server + "/items/5/image?size=9999") == (400, {"error": "size=9999: expected at most 2048 (pixels a side)"})
     named, plain = call(server + "/indexes/flat/search?id=5&k=3"), call(server + "/search?id=5&k=3")
     assert named[0] == 200 and named[1]["results"] == plain[1]["results"]
     assert call(server + "/items/123456/image") == (404, {"error": "id=123456: no such item in flat"})

@@ -3,6 +3,7 @@ batched concurrent searches, a bug that fails one request only, graceful SIGTERM
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from hashindex import ShardSet
 from hashindex.index import build
@@ -519,6 +521,14 @@ def test_an_items_image_file_is_served(service):
         assert got.headers["content-type"] == "image/jpeg"
     got = client.get("/items/123456/image")
     assert got.status_code == 404 and got.json()["error"] == "id=123456: no such item in flat"
+    small = client.get("/indexes/cos/items/5/image?size=16")  # a thumbnail: JPEG, at most 16 px a side
+    assert small.status_code == 200 and small.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(small.content)).size == (16, 16)  # (the CIFAR image is 32 x 32)
+    assert client.get("/items/5/image?size=64").content[:3] == b"\xff\xd8\xff"  # never larger than the image
+    for query, error in (("size=8", "size=8: expected at least 16"), ("size=x", "size=x: expected an integer"),
+                         ("sise=64", "sise: unknown parameter (expected size)")):
+        got = client.get(f"/items/5/image?{query}")
+        assert got.status_code == 400 and got.json()["error"] == error, query
 
 
 def test_the_page_uses_the_api_it_is_served_with(service):
@@ -530,9 +540,11 @@ def test_the_page_uses_the_api_it_is_served_with(service):
     page = client.get("/ui")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     calls = set(re.findall(r"\$\{(?:base\(.*?\)|url)\}(/[^`]+)`", page.text))
-    assert calls == {"/items/${hit.id}/image", "/items/${id}/image", "/search?id=${id}&${options()}",
+    assert calls == {"/items/${id}/image?size=${2 * side}", "/search?id=${id}&${options()}",
                      "/search?${options()}", "/batch?together=1&${options()}",
-                     "/batch?together=1&exclude_self=1&${options()}", "/items/${id}/image"}, calls
+                     "/batch?together=1&exclude_self=1&${options()}"}, calls
+    assert re.findall(r"itemPicture\(.*?, (\d+)\)", page.text) == ["150", "160", "160"]  # results, queries
+    assert client.get("/indexes/flat/items/5/image?size=300").headers["content-type"] == "image/jpeg"
     [(_, jpeg), (_, other)] = jpeg_bytes(2)
     files = [("file", ("a.jpg", jpeg, "image/jpeg")), ("file", ("b.jpg", other, "image/jpeg"))]
     rows = client.post("/indexes/flat/batch?together=1&k=3&rerank=1", files=files).json()["results"]

@@ -24,7 +24,7 @@ Supported (``open_source(spec)`` picks by what the path is):
 """
 
 from .formats import cifar_source, idx_source, read_idx
-from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, to_array, to_mode
+from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, thumbnail_jpeg, to_array, to_mode
 from .lists import ListSource
 from .archives import TarSource, ZipSource
 from .folders import FolderSource
@@ -45,5 +45,5 @@ def __getattr__(name: str):
 __all__ = ["IMAGE_EXTENSIONS", "ArraySource", "BadImage", "FilesSource", "FolderSource", "ImageDataset",
            "ImageSource", "ListSource", "SkipLog", "TarSource", "ZipSource", "cifar_source", "decode_image",
            "idx_source",
-           "iter_batches", "load_arrays", "open_source", "read_idx", "reopen_source", "skip_summary",
+           "iter_batches", "load_arrays", "open_source", "read_idx", "reopen_source", "skip_summary", "thumbnail_jpeg",
            "net_array", "shared_folder_names", "to_array", "to_mode", "warn_shared_folder_names"]

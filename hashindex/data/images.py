@@ -131,6 +131,18 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
+def thumbnail_jpeg(data: bytes, side: int, max_pixels: int | None = None, quality: int = 85) -> bytes:
+    """Image file bytes as a JPEG at most ``side`` pixels a side, upright, transparency on white: what a page of
+    results shows (a 12 MP photo's file is megabytes, its 300-px JPEG tens of kilobytes, and a TIFF or a 16-bit
+    PNG becomes a picture every browser draws). JPEGs decode at reduced scale. Raises BadImage."""
+    img = decode_image(data, max_side=side, max_pixels=max_pixels)
+    img = to_mode(img, 1 if img.mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "1") else 3)
+    img.thumbnail((side, side), Image.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
 def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """The net's input: a (channels, size, size) uint8 array, whole image squashed."""
     img = to_mode(img, channels)

@@ -51,7 +51,7 @@ from .access import check_write
 from .engine import Engine
 from .metrics import Metrics
 from .middleware import BodyLimit, ReadGate, Timing
-from .params import RequestError, check_names, no_such_index, read_only
+from .params import THUMBNAIL_SIDES, RequestError, check_names, no_such_index, read_only
 from .requests import REQUEST_TIMEOUT_S, batch, item_image, request_uploads, search
 from .served import disk_stamp, ui_page
 
@@ -73,6 +73,10 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
 BATCH_PARAMS = SEARCH_PARAMS + [{"name": "together", "in": "query", "required": False, "schema": {"type": "boolean"},
                                  "description": "search the batch's ids or photos as one query, one row of results "
                                                 "(\"more like these\", as `hashindex query --together`; default 0)"}]
+IMAGE_PARAMS = [{"name": "size", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": THUMBNAIL_SIDES[0], "maximum": THUMBNAIL_SIDES[1]},
+                 "description": "a JPEG of the image at most this many pixels a side, upright (default: the file as "
+                                "its collection holds it)"}]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
@@ -164,13 +168,15 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     async def search_named(name: str, request: Request) -> dict[str, Any]:
         return await search(engine_named(name), request)
 
-    @app.get("/items/{item_id}/image", summary="The image file of an item of the default index")
-    async def image_default(item_id: int) -> Response:
-        return await item_image(engines[default], item_id)
+    @app.get("/items/{item_id}/image", summary="The image file of an item of the default index",
+             openapi_extra={"parameters": IMAGE_PARAMS})
+    async def image_default(item_id: int, request: Request) -> Response:
+        return await item_image(engines[default], item_id, request)
 
-    @app.get("/indexes/{name}/items/{item_id}/image", summary="The image file of an item of a named index")
-    async def image_named(name: str, item_id: int) -> Response:
-        return await item_image(engine_named(name), item_id)
+    @app.get("/indexes/{name}/items/{item_id}/image", summary="The image file of an item of a named index",
+             openapi_extra={"parameters": IMAGE_PARAMS})
+    async def image_named(name: str, item_id: int, request: Request) -> Response:
+        return await item_image(engine_named(name), item_id, request)
 
     if writable:
         adding = asyncio.Lock()  # one add at a time: each is an append of INDEX_DIR, then a reload

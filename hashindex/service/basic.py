@@ -40,8 +40,8 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, int_param,
-                     no_such_index, own_of, read_only, search_options)
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, image_size,
+                     int_param, no_such_index, own_of, read_only, search_options)
 from .served import Served, ui_page
 
 
@@ -112,7 +112,7 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                     return self._get_page(path)
                 image = ITEM_IMAGE.fullmatch(path)
                 if method == "GET" and image:
-                    return self._send(200, *searcher.item_image(int(image[1])))
+                    return self._send(200, *searcher.item_image(int(image[1]), image_size(params)))
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
                 if path == "/batch":  # (the /ui page posts several photos there, to search them as one)

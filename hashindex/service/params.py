@@ -98,6 +98,18 @@ def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
             raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
 
 
+THUMBNAIL_SIDES = (16, 2048)  # ?size= of GET /items/ID/image: at least, at most
+
+
+def image_size(params: Mapping[str, str]) -> int | None:
+    """GET /items/ID/image's one parameter: ``size``, the longest side of a JPEG thumbnail (None: the file)."""
+    check_names(params, ("size",))
+    size = int_param(params, "size", None, THUMBNAIL_SIDES[0])
+    if size is not None and size > THUMBNAIL_SIDES[1]:
+        raise RequestError(400, f"size={size}: expected at most {THUMBNAIL_SIDES[1]} (pixels a side)")
+    return size
+
+
 def search_options(params: Mapping[str, str], max_results: int | None = None, by_id: bool = False,
                    extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """k, candidates, radius, rerank, cut_ties, nprobe, exclude_self and the filter (only_* and not_*:

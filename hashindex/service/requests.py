@@ -16,7 +16,8 @@ from fastapi.responses import Response
 
 from ..errors import HashindexError
 from .engine import Engine, Query
-from .params import MAX_BATCH, RequestError, check_upload_options, flag_param, int_param, search_options
+from .params import (MAX_BATCH, RequestError, check_upload_options, flag_param, image_size, int_param,
+                     search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -129,8 +130,9 @@ async def _members(engine: Engine, request: Request, uploads: list[tuple[str, by
     return [Query(f"id:{i}", {}, item_id=i) for i in ids]
 
 
-async def item_image(engine: Engine, item_id: int) -> Response:
-    """GET /items/ID/image: the item's image file from its collection (a folder, tar, zip or list), for a front
-    end to show results; read in a thread (a file, or a member of an archive)."""
-    data, media = await asyncio.get_running_loop().run_in_executor(None, engine.item_image, item_id)
+async def item_image(engine: Engine, item_id: int, request: Request) -> Response:
+    """GET /items/ID/image: the item's image file from its collection (a folder, tar, zip or list), or with
+    ``?size=N`` a JPEG thumbnail of it, for a front end to show results; read (and shrunk) in a thread."""
+    size = image_size(request.query_params)
+    data, media = await asyncio.get_running_loop().run_in_executor(None, engine.item_image, item_id, size)
     return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})

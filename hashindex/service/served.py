@@ -53,10 +53,11 @@ class Served:
         """An upload's bytes as the net's input (`params.upload_array`: pixel cap, one-line 400s)."""
         return upload_array(data, self.model.input_size, self.model.channels)
 
-    def item_image(self, item_id: int) -> tuple[bytes, str]:
+    def item_image(self, item_id: int, size: int | None = None) -> tuple[bytes, str]:
         """(bytes, media type) of an indexed item's image file, as its collection holds it now (GET
-        /items/ID/image); a 404 naming why when the item or its file is not there."""
-        from ..data import BadImage
+        /items/ID/image), or with ``size`` a JPEG of it at most that many pixels a side (`?size=`: what a page
+        of results shows); a 404 naming why when the item or its file is not there."""
+        from ..data import BadImage, thumbnail_jpeg
         from ..originals import Originals
 
         position = int(self.index.positions_of(np.array([item_id]), missing=-1)[0])
@@ -67,6 +68,8 @@ class Served:
         path = self.index.paths(np.array([position]))[0]
         try:
             data = self._originals.read_bytes(position, path)
+            if data is not None and size is not None:
+                return thumbnail_jpeg(data, size), "image/jpeg"
         except BadImage as e:
             raise RequestError(404, f"id={item_id}: its image file cannot be read now ({e.reason})") from None
         if data is None:
