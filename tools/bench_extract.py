@@ -18,6 +18,9 @@ the default (bf16=None) picks on this machine; e.g. on an AVX2-only CPU, where b
 
 --mid-cost also times the bare forward without the mid feature (`encode`, codes and pooled features only)
 and prints the cost of the mid feature as a ratio.
+
+--fold-gain also times the end-to-end extraction with batch norm left unfolded (`hashindex.model.
+FOLD_BATCH_NORM = False`, the trunk as trained: how extraction ran before folding) and prints the ratio.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+import hashindex.model as hm
 from hashindex import extract, load_model
 from hashindex.data import open_source
 
@@ -47,6 +51,15 @@ def bare_forward(model, images: np.ndarray, batch_size: int, mid: bool = True) -
     return best
 
 
+def end_to_end(model, src, args) -> float:
+    """Images/s of `hashindex.extract` over ``src`` into a temporary folder."""
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        extract(model, src, Path(d) / "shards", batch_size=args.batch_size, workers=args.workers,
+                device=args.device, progress=False, log=lambda s: None)
+        return len(src) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -58,6 +71,7 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="another model whose bare forward is timed alongside")
     ap.add_argument("--precisions", action="store_true", help="also time the bare forward in bf16 and in float32")
     ap.add_argument("--mid-cost", action="store_true", help="also time the bare forward without mid features")
+    ap.add_argument("--fold-gain", action="store_true", help="also time extraction with batch norm unfolded")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -72,15 +86,18 @@ def main() -> None:
     forced = {p: bare_forward(load_model(args.model, args.device, bf16=p == "bfloat16"), images, args.batch_size)
               for p in ("float32", "bfloat16")} if args.precisions else None
 
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        extract(model, src, Path(d) / "shards", batch_size=args.batch_size, workers=args.workers,
-                device=args.device, progress=False, log=lambda s: None)
-        e2e = len(src) / (time.perf_counter() - t0)
+    e2e = end_to_end(model, src, args)
+    unfolded = None
+    if args.fold_gain:
+        hm.FOLD_BATCH_NORM = False
+        unfolded = end_to_end(model, src, args)
+        hm.FOLD_BATCH_NORM = True
     res = {"images": len(src), "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
            "decode_1_core_img_s": decode, "bare_forward_img_s": bare, "extract_img_s": e2e, "ratio": e2e / bare}
     if base is not None:
         res.update(baseline=args.baseline, baseline_bare_forward_img_s=base, ratio_to_baseline=bare / base)
+    if unfolded is not None:
+        res.update(extract_unfolded_img_s=unfolded, ratio_folded_to_unfolded=e2e / unfolded)
     if no_mid is not None:
         res.update(bare_forward_without_mid_img_s=no_mid, ratio_mid_to_without=bare / no_mid)
     if forced is not None:
@@ -96,6 +113,8 @@ def main() -> None:
         print(f"ratio extract/bare              : {e2e / bare:8.2f}x")
         if base is not None:
             print(f"bare forward of {args.baseline}: {base:8.1f} img/s; --model runs at {bare / base:.2f}x it")
+        if unfolded is not None:
+            print(f"extract, batch norm unfolded   : {unfolded:8.1f} img/s; folded runs at {e2e / unfolded:.2f}x it")
         if no_mid is not None:
             print(f"bare forward without mid features: {no_mid:8.1f} img/s; with them at {bare / no_mid:.3f}x")
         if forced is not None:
