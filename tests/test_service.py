@@ -91,6 +91,9 @@ def test_health_metrics_and_docs(service):
     from hashindex.service.params import OPTIONS
 
     assert documented == set(OPTIONS) | {"together"}  # every parameter /batch reads is in its docs, and no other
+    for path in ("/items/{item_id}/image", "/indexes/{name}/items/{item_id}/image"):
+        documented = {p["name"] for p in spec["paths"][path]["get"]["parameters"] if p["in"] == "query"}
+        assert documented == {"size"}, path  # what `params.image_size` reads
     assert client.get("/docs").status_code == 200
 
 
