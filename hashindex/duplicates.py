@@ -68,7 +68,7 @@ class Hashed:
     ids: np.ndarray  # (n,) the collection's item ids
     paths: list[str]
     names: list[str]  # each collection as the caller named it
-    roots: list[Path | None]  # each collection's folder, where it is a plain folder of image files
+    roots: list[Path | None]  # where each collection's paths start: a folder of image files, or a list's folder
     skipped: list[tuple[str, str, str]]  # (collection, path, reason)
 
 
@@ -139,7 +139,7 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
     the boxes of the crop spec ``crops`` (`phash.crop_families`: "none", or families as "centre,square").
     ``hashes_dir``: keep the hashes there and read back those kept by an earlier run (`dup_hashes`: a run
     resumes, a rerun with other radii decodes nothing)."""
-    from .data import FolderSource
+    from .data import FolderSource, ListSource
 
     crops = crop_spec(crops)
     boxes = len(crop_boxes(crops))
@@ -158,7 +158,8 @@ def hash_sources(sources: Sequence[Any], names: Sequence[str], workers: int = 2,
             paths += [source.paths[p] for p in part.positions]
             skipped += [(name, source.paths[p], reason) for p, reason in part.bad]
     join = (lambda parts, dtype, shape=(): np.concatenate(parts) if parts else np.zeros((0, *shape), dtype))
-    roots = [s.root.resolve() if type(s) is FolderSource else None for s in sources]
+    roots = [s.root.resolve() if type(s) is FolderSource else s.base.resolve() if type(s) is ListSource else None
+             for s in sources]
     return Hashed(join(hashes, np.uint8, (BITS // 8,)), join(fine, np.uint8, (FINE_BITS // 8,)), crops,
                   join(crop_h, np.uint8, (boxes, BITS // 8)), join(crop_f, np.uint8, (boxes, FINE_BITS // 8)),
                   join(coll, np.int32), join(pos, np.int64), join(ids, np.int64), paths, list(names), roots, skipped)

@@ -455,10 +455,11 @@ def test_file_list(tmp_path):
     assert kaggle.class_names == ["cat", "dog"] and list(kaggle.labels) == [0, 1] and len(kaggle) == 2
     # Excel's "CSV UTF-8": a byte-order mark first, CRLF line ends
     (tmp_path / "excel.csv").write_bytes("path,label\r\nimgs/cat/good.jpg,cat\r\n".encode("utf-8-sig"))
-    assert open_source(tmp_path / "excel.csv").paths == [str(tmp_path / "imgs/cat/good.jpg")]
+    excel = open_source(tmp_path / "excel.csv")  # items named as the list names them, files beside the list
+    assert excel.paths == ["imgs/cat/good.jpg"] and excel.file(0) == tmp_path / "imgs/cat/good.jpg"
     (tmp_path / "id").write_bytes(image_bytes())  # a first field naming a file that is there is an item
     (tmp_path / "ids.csv").write_text("id,x\n")
-    assert open_source(tmp_path / "ids.csv").paths == [str(tmp_path / "id")]
+    assert open_source(tmp_path / "ids.csv").paths == ["id"]
     (tmp_path / "ints.txt").write_text(f"{tmp_path}/imgs/cat/good.jpg,3\nimgs/dog/pic.bmp\n")
     ints = open_source(tmp_path / "ints.txt")
     assert list(ints.labels) == [3, -1]
@@ -471,15 +472,15 @@ def test_caffe_image_list(tmp_path):
     (tmp_path / "train-file.txt").write_text(
         "# DLBHC style\nmy imgs/cat/good.jpg 3\n\n" f"{tmp_path}/my imgs/dog/pic.bmp\t7\nmy imgs/cat/missing.jpg 3\n")
     src = open_source(tmp_path / "train-file.txt")
-    assert src.paths == [f"{tmp_path}/my imgs/cat/good.jpg", f"{tmp_path}/my imgs/dog/pic.bmp",
-                         f"{tmp_path}/my imgs/cat/missing.jpg"]
+    assert src.paths == ["my imgs/cat/good.jpg", f"{tmp_path}/my imgs/dog/pic.bmp", "my imgs/cat/missing.jpg"]
+    assert src.file(0) == tmp_path / "my imgs/cat/good.jpg" and src.file(1) == tmp_path / "my imgs/dog/pic.bmp"
     assert list(src.labels) == [3, 7, 3] and src.class_names == []
     assert list(read_all(src).values()) == ["", "", "missing"]
     (tmp_path / "mixed.txt").write_text("my imgs/cat/good.jpg 3\nmy imgs/dog/pic.bmp,dog\n")
     mixed = open_source(tmp_path / "mixed.txt")  # a comma: the CSV format, where the first entry is a path
-    assert mixed.paths[0] == f"{tmp_path}/my imgs/cat/good.jpg 3" and list(mixed.labels) == [-1, 0]
+    assert mixed.paths[0] == "my imgs/cat/good.jpg 3" and list(mixed.labels) == [-1, 0]
     (tmp_path / "list.csv").write_text("my imgs/cat/good.jpg 3\n")  # .csv is always CSV
-    assert open_source(tmp_path / "list.csv").paths == [f"{tmp_path}/my imgs/cat/good.jpg 3"]
+    assert open_source(tmp_path / "list.csv").paths == ["my imgs/cat/good.jpg 3"]
 
 
 def test_one_hot_image_list(tmp_path):
@@ -489,8 +490,7 @@ def test_one_hot_image_list(tmp_path):
     (tmp_path / "train.txt").write_text("imgs/cat/good.jpg 0 0 1 0\nimgs/dog/pic.bmp  1 0 0 0 \n"
                                         "imgs/cat/missing.jpg 0 0 0 0\n")
     src = open_source(tmp_path / "train.txt")
-    assert src.paths == [f"{tmp_path}/imgs/cat/good.jpg", f"{tmp_path}/imgs/dog/pic.bmp",
-                         f"{tmp_path}/imgs/cat/missing.jpg"]
+    assert src.paths == ["imgs/cat/good.jpg", "imgs/dog/pic.bmp", "imgs/cat/missing.jpg"]
     assert list(src.labels) == [2, 0, -1] and src.class_names == [] and not src.multi_label
     (tmp_path / "multi.txt").write_text("imgs/cat/good.jpg 0 1 1 0\nimgs/dog/pic.bmp 1 0 0 0\n"
                                         "imgs/cat/missing.jpg 0 0 0 0\n")
@@ -508,7 +508,7 @@ def test_one_hot_image_list(tmp_path):
     assert list(open_source(tmp_path / "caffe.txt").labels) == [1, 0]
     (tmp_path / "ragged.txt").write_text("imgs/cat/good.jpg 0 1\nimgs/dog/pic.bmp 1 0 0\n")  # widths differ
     ragged = open_source(tmp_path / "ragged.txt")  # so a Caffe list: the label is the last integer
-    assert list(ragged.labels) == [1, 0] and ragged.paths[0] == f"{tmp_path}/imgs/cat/good.jpg 0"
+    assert list(ragged.labels) == [1, 0] and ragged.paths[0] == "imgs/cat/good.jpg 0"
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..targets import first_labels
 from .labels import label_sets_from_text, labels_from_text
-from .sources import FilesSource
+from .sources import FilesSource, read_file
 
 LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".tsv")
 LABEL_SEPARATOR = "|"  # several labels in a CSV list's label field: an item's label set
@@ -95,7 +94,9 @@ def one_hot_rows(text: str) -> tuple[list[tuple[int, list[str]]], np.ndarray] | 
 
 class ListSource(FilesSource):
     """A text/CSV file of ``path[,label]`` lines, a Caffe list of ``path label`` lines or a one-hot list of
-    ``path 0 0 1 0`` lines (``.txt`` / ``.lst``); relative paths are relative to the list.
+    ``path 0 0 1 0`` lines (``.txt`` / ``.lst``); relative paths are relative to the list, and an item's path is
+    the one its line gives (as a folder's items are named relative to the folder), so shards, indexes and a
+    reopened list name an item alike from any working directory.
 
     Labels may be class names or integers; several in one field, separated by ``|`` (``beach|sunset``), make
     the list a multi-label collection. Blank lines and lines starting with '#' are ignored; a first line
@@ -105,7 +106,7 @@ class ListSource(FilesSource):
     def __init__(self, path: str | Path, text: str | None = None):
         """``text``: the list's contents when the caller has read them already (`read_list`)."""
         self.path = Path(path)
-        base = self.path.parent
+        self.base = base = self.path.parent
         text = read_list(self.path) if text is None else text
         paths, raw = [], []
         rows, sets = self._rows(text)
@@ -114,8 +115,7 @@ class ListSource(FilesSource):
                 continue
             if len(row) > 2:
                 raise HashindexError(f"{self.path}:{lineno}: expected 'path[,label]', got {len(row)} fields")
-            p = row[0].strip()
-            paths.append(p if os.path.isabs(p) else str(base / p))
+            paths.append(row[0].strip())
             raw.append(row[1].strip() if len(row) == 2 else "")
         if sets is None and any(LABEL_SEPARATOR in r for r in raw):  # 'photo.jpg,beach|sunset': label sets
             labels, names, sets = label_sets_from_text(
@@ -127,6 +127,13 @@ class ListSource(FilesSource):
             labels, names = self._parse_labels(raw)
             sets = None
         super().__init__(paths, f"list {self.path}", labels, names, label_sets=sets)
+
+    def read_bytes(self, i: int) -> bytes:
+        return read_file(self.base / self.paths[i])  # (an absolute path in the list stays itself)
+
+    def file(self, i: int) -> Path:
+        """Where item i's file is."""
+        return self.base / self.paths[i]
 
     def _rows(self, text: str) -> tuple[list[tuple[int, list[str]]], np.ndarray | None]:
         """(line number, fields) of each entry: a one-hot list's ``path`` and class index, a Caffe list's
