@@ -1,7 +1,8 @@
-"""Where an index's items came from: the collections it holds (`collection_spec`, `folder_collections`), which
-item a query or an image file is (`own_positions` for query shards, `image_positions` for files), and which
-items' files are gone from their folder (`missing_files`). Queries use it to put a query's own item first (or
-leave it out), `remove --missing` and `sync` to find what was deleted, the service to serve an item's image.
+"""Where an index's items came from: the collections it holds (`collection_spec`, `folder_collections`,
+`list_collections`), which item a query or an image file is (`own_positions` for query shards, `image_positions`
+for files), and which items' files are gone from their folder (`missing_files`). Queries use it to put a
+query's own item first (or leave it out), `remove --missing` and `sync` to find what was deleted, the service to
+serve an item's image.
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
         spec = collection_spec(entry)
         root = Path(base_spec(spec) or "").resolve() if spec else None
         if root is not None and root.is_dir():
+            out.append((entry, root))
+    return out
+
+
+def list_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
+    """(entry, list file) for each collection the index holds that was read from an image list (a ``.txt``,
+    ``.csv``, ``.lst`` or ``.tsv`` of paths) that exists now: `sync` keeps those in step as it keeps folders."""
+    from .data.lists import LIST_EXTENSIONS
+    from .index.layout import collections
+
+    out = []
+    for entry in collections(index.meta):
+        spec = collection_spec(entry)
+        root = Path(base_spec(spec) or "").resolve() if spec else None
+        if root is not None and root.name.lower().endswith(LIST_EXTENSIONS) and root.is_file():
             out.append((entry, root))
     return out
 

@@ -1,5 +1,6 @@
-"""Keeping an index in step with the folders it was built from (`hashindex sync`): image files added to a folder
-since are extracted and appended, items whose file is gone are removed.
+"""Keeping an index in step with the folders (and image lists) it was built from (`hashindex sync`): image files
+added to a folder since, or lines added to a list, are extracted and appended; items whose file is gone (or whose
+line a list no longer has) are removed.
 
 It composes what exists: `provenance.folder_collections` (the folders an index holds that are there now), each folder
 listed again as extraction lists it, `extract` of the new files alone (`ImageSource.select`: numbered after every
@@ -21,14 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .codes import input_digests
-from .data import BadImage, FolderSource, ImageSource, reopen_source
+from .data import BadImage, FolderSource, ImageSource, ListSource, reopen_source
 from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
 from .errors import HashindexError
 from .extraction import extract
 from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
-from .provenance import collection_spec, folder_collections, missing_files
+from .provenance import collection_spec, folder_collections, list_collections, missing_files
 from .query import index_model
 from .store import ShardSet
 
@@ -73,7 +74,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
     ``tried``: shard directories of earlier syncs, whose skipped files (nothing readable: never appended) are not
     new again."""
     by_root: dict[Path, list[dict[str, Any]]] = {}
-    for entry, root in folder_collections(index):
+    for entry, root in folder_collections(index) + list_collections(index):
         by_root.setdefault(root, []).append(entry)
     skipped_before: dict[Path, set[str]] = {}
     for directory in tried:
@@ -94,7 +95,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             source = reopen_source("#".join([str(root), *options]))
         except HashindexError:  # nothing readable left in it: nothing new either
             continue
-        if type(source) is not FolderSource:  # a folder of tars or a prepared store: its items are not files
+        if type(source) not in (FolderSource, ListSource):  # a folder of tars, a prepared store: items not files
             changes.append(FolderChanges(root, skipped="its items are not image files in it (tars, a prepared "
                                                        "store): extract and build --append those"))
             continue
@@ -104,9 +105,23 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             held.update(zip(index.paths(np.arange(e["start"], e["stop"])), range(e["start"], e["stop"])))
             known.update(_skipped(e["dir"]))
         names = [encode_name(p) for p in source.paths]
+        if type(source) is ListSource and held and not held.keys() & set(names):
+            changes.append(FolderChanges(root, skipped="none of its lines names a path the index holds (items "
+                                                       "recorded by an older hashindex, relative to the directory "
+                                                       "it ran in): extract the list again and build anew"))
+            continue
         fresh = [i for i, p in enumerate(names) if i not in source.unread and p not in held and p not in known]
         changes.append(FolderChanges(root, source, fresh, held, names=names))
     return changes
+
+
+def list_gone(change: FolderChanges) -> list[int]:
+    """Positions of an image list's items to remove: held by the index, but no line names them now, or the file
+    a line names is gone (a folder's are `provenance.missing_files`)."""
+    if type(change.source) is not ListSource:
+        return []
+    line = {name: i for i, name in enumerate(change.names)}
+    return [pos for name, pos in change.held.items() if name not in line or not change.source.file(line[name]).exists()]
 
 
 def find_edited(change: FolderChanges, index: Index, size: int, channels: int, progress: bool = True) -> None:
@@ -161,14 +176,15 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
     changes = folder_changes(index, sorted(shards.glob("new-*")) if shards.is_dir() else [])
     if not changes:
-        raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder that is there now "
-                             "(sync keeps folder collections in step; extract others and build --append them)")
+        raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder or an image list that "
+                             "is there now (sync keeps those in step; extract others and build --append them)")
     encoder = index_model(index, model, device) if check_contents else None
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
     listed = {c.folder: c.listed for c in changes if c.source is not None}
     gone = np.union1d(missing_files(index, listed), edited)  # folders listed once: by `folder_changes`
+    gone = np.union1d(gone, np.array([p for c in changes for p in list_gone(c)], np.int64))
     summary: dict[str, Any] = {
         "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
         "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],
@@ -200,8 +216,9 @@ def _append_new(change: FolderChanges, index: Index, index_dir: Path, shards: Pa
         source.remap_labels(index.class_names)
     except HashindexError:
         extra = [c for c in source.class_names if c not in index.class_names]
-        raise HashindexError(f"index_dir={index_dir}: {change.folder} has new class folders ({', '.join(extra[:5])})"
-                             " the index does not know: build the index again to take them") from None
+        what = "class folders" if type(change.source) is FolderSource else "classes"
+        raise HashindexError(f"index_dir={index_dir}: {change.folder} has new {what} ({', '.join(extra[:5])}) the "
+                             "index does not know: build the index again to take them") from None
     meta = read_index_meta(index_dir)  # as it is now: another folder's new files may have been appended
     source.id_offset = next_id(meta, read_table(index_dir, ("ids",))["ids"])
     out = shards / f"new-{source.fingerprint()}"

@@ -154,3 +154,40 @@ def test_check_contents_finds_files_edited_in_place(pictures, tiny_model, tmp_pa
     assert items(tmp_path / "index") == items(tmp_path / "fresh")
     assert sync(tmp_path / "index", dry_run=True, check_contents=True, **quiet)["edited"] == 0
 
+
+
+def test_an_image_list_is_kept_in_step_and_its_items_found_from_any_directory(pictures, tiny_model, tmp_path,
+                                                                              monkeypatch):
+    """A collection read from an image list (a CSV of path,label lines) names its items as its lines do, so the
+    index finds their files from any working directory (`Originals`: grids, GET /items/ID/image); `sync` adds
+    the lines added since, removes the items whose line is gone or whose file was deleted, and equals an index
+    built from the list as it is now."""
+    photos = folder_of(pictures, tmp_path / "photos", per_class=6)
+    files = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
+    listing = photos / "list.csv"
+    listing.write_text("path,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in files))
+    monkeypatch.chdir(tmp_path)  # the list named relative to the directory extraction runs in
+    extract(str(tiny_model), "photos/list.csv", "shards", progress=False, log=lambda s: None)
+    build("shards", "index", progress=False, log=lambda s: None)
+    monkeypatch.chdir(photos / "cat")  # and read from another
+    index = Index.load(tmp_path / "index")
+    assert index.paths(np.arange(2)) == files[:2]
+    assert Originals(index).read_bytes(0) == (photos / files[0]).read_bytes()  # (was None: paths from the cwd)
+    assert sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)["added"] == 0
+
+    extra = sorted((pictures / "ship").iterdir())[10:12]
+    for f in extra:
+        shutil.copy(f, photos / "ship" / f.name)
+    dropped, deleted = files[0], files[7]
+    kept = [f for f in files if f != dropped] + [f"ship/{f.name}" for f in extra]
+    listing.write_text("path,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in kept))
+    (photos / deleted).unlink()
+    done = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert done["added"] == 2 and done["removed"] == 2 and done["folders"][0]["folder"] == str(listing)
+    after = Index.load(tmp_path / "index")
+    assert sorted(after.paths(np.arange(after.count))) == sorted(set(kept) - {deleted})
+    extract(str(tiny_model), str(listing), tmp_path / "fresh-shards", progress=False, log=lambda s: None)
+    build(tmp_path / "fresh-shards", tmp_path / "fresh", progress=False, log=lambda s: None)
+    assert items(tmp_path / "index") == items(tmp_path / "fresh")
+    again = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert again["added"] == 0 and again["removed"] == 0
