@@ -115,15 +115,6 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
     return changes
 
 
-def list_gone(change: FolderChanges) -> list[int]:
-    """Positions of an image list's items to remove: held by the index, but no line names them now, or the file
-    a line names is gone (a folder's are `provenance.missing_files`)."""
-    if type(change.source) is not ListSource:
-        return []
-    line = {name: i for i, name in enumerate(change.names)}
-    return [pos for name, pos in change.held.items() if name not in line or not change.source.file(line[name]).exists()]
-
-
 def find_edited(change: FolderChanges, index: Index, size: int, channels: int, progress: bool = True) -> None:
     """Fill ``change.edited``: the files the index holds whose pixels at the net's input (``size``, ``channels``)
     are no longer those it indexed (`codes.input_digests` against the table's), decoded one by one (the cost of
@@ -182,9 +173,8 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
-    listed = {c.folder: c.listed for c in changes if c.source is not None}
+    listed = {c.folder: c.listed for c in changes if type(c.source) is FolderSource}
     gone = np.union1d(missing_files(index, listed), edited)  # folders listed once: by `folder_changes`
-    gone = np.union1d(gone, np.array([p for c in changes for p in list_gone(c)], np.int64))
     summary: dict[str, Any] = {
         "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
         "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],

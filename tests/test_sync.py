@@ -182,6 +182,9 @@ def test_an_image_list_is_kept_in_step_and_its_items_found_from_any_directory(pi
     kept = [f for f in files if f != dropped] + [f"ship/{f.name}" for f in extra]
     listing.write_text("path,label\n" + "".join(f"{f},{f.split('/')[0]}\n" for f in kept))
     (photos / deleted).unlink()
+    res = CliRunner().invoke(cli, ["remove", str(tmp_path / "index"), "--missing", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output  # --missing: the item whose line and the one whose file is gone
+    assert sorted(row["path"] for row in json.loads(res.stdout)) == sorted([dropped, deleted])
     done = sync(tmp_path / "index", progress=False, log=lambda s: None)
     assert done["added"] == 2 and done["removed"] == 2 and done["folders"][0]["folder"] == str(listing)
     after = Index.load(tmp_path / "index")
