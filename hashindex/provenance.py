@@ -145,6 +145,8 @@ def _gone_from_list(index: Index, entry: dict[str, Any], listing: Path) -> list[
         return []
     line = {encode_name(p): i for i, p in enumerate(src.paths)}
     paths = index.paths(np.arange(entry["start"], entry["stop"]))
+    if paths and not line.keys() & set(paths):  # recorded relative to another directory (before c8ace9b): not
+        return []                                # "every item gone", left alone as a folder that is gone
     return [entry["start"] + p for p, path in enumerate(paths)
             if path not in line or not src.file(line[path]).exists()]
 

@@ -194,3 +194,10 @@ def test_an_image_list_is_kept_in_step_and_its_items_found_from_any_directory(pi
     assert items(tmp_path / "index") == items(tmp_path / "fresh")
     again = sync(tmp_path / "index", progress=False, log=lambda s: None)
     assert again["added"] == 0 and again["removed"] == 0
+    # a list that names none of the index's paths (an index of a list made before items were named by their
+    # lines: paths relative to the working directory) is left alone, not taken as every item gone
+    listing.write_text("path,label\nphotos/ship/other.png,ship\n")
+    res = CliRunner().invoke(cli, ["remove", str(tmp_path / "index"), "--missing", "--dry-run", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == [], res.output
+    plan = sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)
+    assert plan["removed"] == 0 and "none of its lines names a path the index holds" in plan["folders"][0]["skipped"]
