@@ -2,10 +2,11 @@
 added to a folder since, or lines added to a list, are extracted and appended; items whose file is gone (or whose
 line a list no longer has) are removed.
 
-It composes what exists: `provenance.folder_collections` (the folders an index holds that are there now), each folder
-listed again as extraction lists it, `extract` of the new files alone (`ImageSource.select`: numbered after every
-id the index holds or held, recorded with the folder's spec, so their images, ``--exclude-self`` and the next
-sync find them by path as they find the others), `index.append`, and `index.remove` of `provenance.missing_files`.
+It composes what exists: `provenance.folder_collections` and `list_collections` (the folders and image lists an
+index holds that are there now), each listed again as extraction lists it, `extract` of the new files alone
+(`ImageSource.select`: numbered after every id the index holds or held, recorded with the folder's spec, so their
+images, ``--exclude-self`` and the next sync find them by path as they find the others), `index.append`, and
+`index.remove` of `provenance.missing_files`.
 Files are known by path (a moved photo is removed and added again; one edited in place keeps its code unless
 ``check_contents`` decodes every file and compares its net input's digest with the one the index stored).
 Each step is atomic and resumable on its own (the new files' shard directory is named by what they are, so a

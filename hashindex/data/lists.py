@@ -129,10 +129,10 @@ class ListSource(FilesSource):
         super().__init__(paths, f"list {self.path}", labels, names, label_sets=sets)
 
     def read_bytes(self, i: int) -> bytes:
-        return read_file(self.base / self.paths[i])  # (an absolute path in the list stays itself)
+        return read_file(self.file(i))
 
     def file(self, i: int) -> Path:
-        """Where item i's file is."""
+        """Where item i's file is: its line's path, from the list's folder (an absolute one stays itself)."""
         return self.base / self.paths[i]
 
     def _rows(self, text: str) -> tuple[list[tuple[int, list[str]]], np.ndarray | None]:
