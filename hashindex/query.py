@@ -335,13 +335,20 @@ def result_rows(index: Index, result: SearchResult, query_names: list[str]) -> l
             pos = int(result.positions[q, r])
             if pos < 0:
                 continue
-            label = int(index.labels[pos])
-            hit = {"rank": r + 1, "id": int(result.ids[q, r]), "path": paths[q * k + r],
-                   "label": label, "class": names[label] if 0 <= label < len(names) else None,
-                   "hamming": int(result.hamming[q, r]),
-                   "distance": None if np.isnan(result.distance[q, r]) else float(result.distance[q, r])}
-            if index.label_sets is not None:  # a multi-label item: every class it carries
-                hit["classes"] = [class_name(names, int(c)) for c in np.flatnonzero(index.label_sets[pos])]
-            hits.append(hit)
+            hits.append({"rank": r + 1, **item_fields(index, pos, paths[q * k + r], names),
+                         "hamming": int(result.hamming[q, r]),
+                         "distance": None if np.isnan(result.distance[q, r]) else float(result.distance[q, r])})
         rows.append({"query": qname, "results": hits})
     return rows
+
+
+def item_fields(index: Index, position: int, path: str, names: list[str] | None = None) -> dict[str, Any]:
+    """What a result (and GET /items/ID) says of an indexed item: its id, path, label and class name (None
+    where the names do not cover it), and for a multi-label item every class it carries."""
+    names = index.class_names if names is None else names
+    label = int(index.labels[position])
+    fields = {"id": int(index.ids[position]), "path": path, "label": label,
+              "class": names[label] if 0 <= label < len(names) else None}
+    if index.label_sets is not None:
+        fields["classes"] = [class_name(names, int(c)) for c in np.flatnonzero(index.label_sets[position])]
+    return fields

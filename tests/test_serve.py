@@ -11,10 +11,12 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from hashindex.cli import cli
+from hashindex.index import Index
 from hashindex.query import query
 from hashindex.service.basic import Searcher, make_server
 from tests.conftest import CIFAR_TEST, need
@@ -106,7 +108,7 @@ def test_image_and_id_searches_equal_the_cli_api(server, flat_index, tiny_model,
         assert status == 200 and got["results"] == want["results"], qs
 
 
-def test_pages_health_and_item_images(server):
+def test_pages_health_and_item_images(server, flat_index):
     """Both servers: GET /health, the search page and the /indexes/NAME paths it calls, an item's image file (a
     member of the CIFAR-10 tar, byte for byte, with its media type); 404s naming an unknown id or index."""
     from hashindex.data import open_source
@@ -123,6 +125,18 @@ def test_pages_health_and_item_images(server):
     with urllib.request.urlopen(server + "/items/5/image?size=16", timeout=60) as r:  # a thumbnail (the page's)
         assert r.headers["Content-Type"] == "image/jpeg" and r.read() != src.read_bytes(5)
     assert call(server + "/items/5/image?size=9999") == (400, {"error": "size=9999: expected at most 2048 (pixels a side)"})
+    index = Index.load(flat_index)  # GET /items/ID: the item as a result names it, and its code
+    position = int(index.positions_of(np.array([5]))[0])
+    status, item = call(server + "/indexes/flat/items/5")
+    assert status == 200 and item == {**call(server + "/items/5")[1], "id": 5}
+    assert item == {"id": 5, "path": index.paths(np.array([position]))[0], "label": int(index.labels[position]),
+                    "class": index.class_names[int(index.labels[position])], "bits": index.bits,
+                    "code": index.items(np.array([position]))[0][0].tobytes().hex()}
+    hit = call(server + "/search?id=5&k=1")[1]["results"][0]
+    fields = ("id", "path", "label", "class")
+    assert {k: hit[k] for k in fields} == {k: item[k] for k in fields}
+    assert call(server + "/items/123456") == (404, {"error": "id=123456: no such item in flat"})
+    assert call(server + "/items/5?k=3") == (400, {"error": "k: unknown parameter (this endpoint takes none)"})
     named, plain = call(server + "/indexes/flat/search?id=5&k=3"), call(server + "/search?id=5&k=3")
     assert named[0] == 200 and named[1]["results"] == plain[1]["results"]
     assert call(server + "/items/123456/image") == (404, {"error": "id=123456: no such item in flat"})

@@ -168,6 +168,16 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     async def search_named(name: str, request: Request) -> dict[str, Any]:
         return await search(engine_named(name), request)
 
+    @app.get("/items/{item_id}", summary="An item of the default index: its id, path, class and code")
+    async def item_default(item_id: int, request: Request) -> dict[str, Any]:
+        check_names(request.query_params, ())
+        return engines[default].item(item_id)
+
+    @app.get("/indexes/{name}/items/{item_id}", summary="An item of a named index: its id, path, class and code")
+    async def item_named(name: str, item_id: int, request: Request) -> dict[str, Any]:
+        check_names(request.query_params, ())
+        return engine_named(name).item(item_id)
+
     @app.get("/items/{item_id}/image", summary="The image file of an item of the default index",
              openapi_extra={"parameters": IMAGE_PARAMS})
     async def image_default(item_id: int, request: Request) -> Response:
@@ -306,7 +316,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = (f"{request.url.path}: no such endpoint (GET /, /health, /metrics, /docs; GET or POST /search; "
-                   "POST /batch; GET /items/ID/image; POST and DELETE /items with serve --writable; "
+                   "POST /batch; GET /items/ID, /items/ID/image; POST and DELETE /items with serve --writable; "
                    "/indexes/NAME/...)") if e.status_code == 404 else f"{request.url.path}: {e.detail}"
         return JSONResponse({"error": message}, e.status_code)
 

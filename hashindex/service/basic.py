@@ -40,8 +40,8 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_upload_options, image_size,
-                     int_param, no_such_index, own_of, read_only, search_options)
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_names, check_upload_options,
+                     image_size, int_param, no_such_index, own_of, read_only, search_options)
 from .served import Served, ui_page
 
 
@@ -113,6 +113,10 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                 image = ITEM_IMAGE.fullmatch(path)
                 if method == "GET" and image:
                     return self._send(200, *searcher.item_image(int(image[1]), image_size(params)))
+                item = ITEM.fullmatch(path)
+                if method == "GET" and item:
+                    check_names(params, ())
+                    return self._reply(200, searcher.item(int(item[1])))
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
                 if path == "/batch":  # (the /ui page posts several photos there, to search them as one)
@@ -120,8 +124,8 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                                             "ASGI service's: pip install 'hashindex[serve]' and serve without "
                                             "--server basic")
                 if path != "/search" or method == "DELETE":
-                    raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID/image; "
-                                            "GET or POST /search)")
+                    raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID, "
+                                            "/items/ID/image; GET or POST /search)")
                 options = search_options(params, by_id=method == "GET")
                 if method == "GET":
                     item = int_param(params, "id", None, 0)
@@ -175,6 +179,7 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
 
 
 ITEM_IMAGE = re.compile(r"/items/(\d{1,18})/image")
+ITEM = re.compile(r"/items/(\d{1,18})")
 
 
 def _unnamed(path: str, name: str) -> str:

@@ -95,7 +95,8 @@ def check_names(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     """A parameter the endpoint does not take is a 400 naming it, not ignored."""
     for name in params:
         if name not in allowed:
-            raise RequestError(400, f"{name}: unknown parameter (expected {', '.join(allowed)})")
+            expected = f"expected {', '.join(allowed)}" if allowed else "this endpoint takes none"
+            raise RequestError(400, f"{name}: unknown parameter ({expected})")
 
 
 THUMBNAIL_SIDES = (16, 2048)  # ?size= of GET /items/ID/image: at least, at most

@@ -53,6 +53,23 @@ class Served:
         """An upload's bytes as the net's input (`params.upload_array`: pixel cap, one-line 400s)."""
         return upload_array(data, self.model.input_size, self.model.channels)
 
+    def _position(self, item_id: int) -> int:
+        """The index position of an item id; a 404 naming it where the index has no such item."""
+        position = int(self.index.positions_of(np.array([item_id]), missing=-1)[0])
+        if position < 0:
+            raise RequestError(404, f"id={item_id}: no such item in {self.name}")
+        return position
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        """GET /items/ID: what the index holds of an item, as a search result names it (id, path, label, class),
+        and its code: the bytes Hamming distances are counted on, in hex, packed as the index stores them."""
+        from ..query import item_fields
+
+        position = self._position(item_id)
+        codes, _ = self.index.items(np.array([position]))
+        return {**item_fields(self.index, position, self.index.paths(np.array([position]))[0]),
+                "code": codes[0].tobytes().hex(), "bits": self.index.bits}
+
     def item_image(self, item_id: int, size: int | None = None) -> tuple[bytes, str]:
         """(bytes, media type) of an indexed item's image file, as its collection holds it now (GET
         /items/ID/image), or with ``size`` a JPEG of it at most that many pixels a side (`?size=`: what a page
@@ -60,9 +77,7 @@ class Served:
         from ..data import BadImage, thumbnail_jpeg
         from ..originals import Originals
 
-        position = int(self.index.positions_of(np.array([item_id]), missing=-1)[0])
-        if position < 0:
-            raise RequestError(404, f"id={item_id}: no such item in {self.name}")
+        position = self._position(item_id)
         if self._originals is None:
             self._originals = Originals(self.index)
         path = self.index.paths(np.array([position]))[0]
