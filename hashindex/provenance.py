@@ -83,15 +83,20 @@ def list_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
 
 def image_positions(index: Index, images: list[str]) -> np.ndarray:
     """Per image file, the position of the indexed item read from that very file (-1: none), found through
-    the folder collections the index holds (`folder_collections`; the file need not exist any more). Reads the
-    table's paths of such a collection only when some image lies inside its folder."""
+    the folder and image-list collections the index holds (`folder_collections`, `list_collections`: a list's
+    items are named relative to its folder, or by the absolute path a line gives; the file need not exist any
+    more). Reads the table's paths of such a collection only when some image may be one of its items."""
     from .files import encode_name
 
     own = np.full(len(images), -1, np.int64)
     files = [Path(p).resolve() for p in images]
-    for entry, root in folder_collections(index):
+    roots = [(entry, root, False) for entry, root in folder_collections(index)]
+    roots += [(entry, listing.parent, True) for entry, listing in list_collections(index)]
+    for entry, root, is_list in roots:
         wanted = {encode_name(f.relative_to(root).as_posix()): q for q, f in enumerate(files)
                   if own[q] < 0 and f.is_relative_to(root)}
+        if is_list:  # (a line may name its file by an absolute path)
+            wanted |= {encode_name(f.as_posix()): q for q, f in enumerate(files) if own[q] < 0}
         if wanted:
             for p, path in enumerate(index.paths(np.arange(entry["start"], entry["stop"]))):
                 if path in wanted:

@@ -174,6 +174,9 @@ def test_an_image_list_is_kept_in_step_and_its_items_found_from_any_directory(pi
     assert index.paths(np.arange(2)) == files[:2]
     assert Originals(index).read_bytes(0) == (photos / files[0]).read_bytes()  # (was None: paths from the cwd)
     assert sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)["added"] == 0
+    for named in (str(photos / files[3]), f"../{files[3]}"):  # a list item's file, as `duplicates --redundant`
+        res = CliRunner().invoke(cli, ["remove", str(tmp_path / "index"), "--path", named, "--dry-run", "--json"])
+        assert res.exit_code == 0 and [r["path"] for r in json.loads(res.stdout)] == [files[3]], res.output
 
     extra = sorted((pictures / "ship").iterdir())[10:12]
     for f in extra:

@@ -353,8 +353,8 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--ids-file", default=None, help="A file of ids to remove, one per line ('-': standard input).")
 @click.option("--path", "paths", multiple=True,
-              help="Remove the item of this image file of an indexed folder (it may be deleted already), or the "
-                   "item recorded with this path (as `query` shows it); repeatable.")
+              help="Remove the item of this image file of an indexed folder or list (it may be deleted already), "
+                   "or the item recorded with this path (as `query` shows it); repeatable.")
 @click.option("--paths-file", default=None, help="A file of such paths, one per line ('-': standard input).")
 @click.option("--missing", is_flag=True,
               help="Remove every item whose image file is gone from its indexed folder (deleted or moved), or "
