@@ -49,8 +49,8 @@ def output_format(out: Path, fmt: str | None) -> str:
     named = {"": "h5", "hdf5": "h5", "h5": "h5", "jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "pq": "parquet"}
     if not fmt and suffix not in named:  # HDF5 under a .json or .txt name would pass for what it is not
         hint = " (JSON lines: .jsonl)" if suffix == "json" else ""
-        raise HashindexError(f"out={out}: expected a name ending in .h5, .jsonl, .csv or .parquet{hint}, or set fmt= to "
-                             "one of h5, jsonl, csv, parquet")
+        raise HashindexError(f"out={out}: expected a name ending in .h5, .jsonl, .csv or .parquet{hint}, or set "
+                             "fmt= to one of h5, jsonl, csv, parquet")
     fmt = fmt or named[suffix]
     if fmt == "parquet":
         _need_pyarrow(out, "out", "writing")

@@ -365,7 +365,8 @@ def test_query_grid_shows_the_right_images(flat_index, tiny_model, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml"), res.output
     res = CliRunner().invoke(cli, ["query", str(flat_index), "--by-id", "5", "--grid", str(tmp_path / "g.txt")])
     assert res.exit_code == 2 and not (tmp_path / "g.txt").exists()
-    assert res.output == f"hashindex: error: --grid {tmp_path / 'g.txt'}: expected a .png, .jpg, .pdf or .svg file name\n"
+    expected = f"hashindex: error: --grid {tmp_path / 'g.txt'}: expected a .png, .jpg, .pdf or .svg file name\n"
+    assert res.output == expected
 
 
 def test_a_results_name_that_names_no_format_is_refused(flat_index, cifar_queries, tmp_path):

@@ -57,8 +57,8 @@ from .group import _echo_json, cli, file_ids
               help="With --backend ray and an index built with --shards S: hold each shard in its own Ray "
                    "actor (an index larger than one machine's RAM); every query fans out to all shards.")
 @click.option("--grid", default=None, help="Also draw the results as an image (.png, .jpg, .pdf or .svg by "
-                                           "the name): the query image, then its top results (up to 20) with their class "
-                                           "and Hamming distance.")
+                                           "the name): the query image, then its top results (up to 20) with their "
+                                           "class and Hamming distance.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
 def query(ctx, index_dir, images, model, k, candidates, radius, no_rerank, cut_ties, nprobe, by_id, exclude_self,
