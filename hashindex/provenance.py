@@ -8,7 +8,7 @@ serve an item's image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterable
 
 import numpy as np
 
@@ -150,10 +150,19 @@ def _gone_from_list(index: Index, entry: dict[str, Any], listing: Path) -> list[
         return []
     line = {encode_name(p): i for i, p in enumerate(src.paths)}
     paths = index.paths(np.arange(entry["start"], entry["stop"]))
-    if paths and not line.keys() & set(paths):  # recorded relative to another directory (before c8ace9b): not
-        return []                                # "every item gone", left alone as a folder that is gone
+    if not lines_name_items(paths, line):  # not "every item gone": left alone, as a folder that is gone
+        return []
     return [entry["start"] + p for p, path in enumerate(paths)
             if path not in line or not src.file(line[path]).exists()]
+
+
+def lines_name_items(recorded: Iterable[str], names: Collection[str]) -> bool:
+    """Whether an image list's lines (``names``, encoded) name the items an index recorded from it: False when it
+    holds some and the list names none of them, their paths recorded relative to the working directory of an
+    extraction made before lists named items by their lines (c8ace9b). `sync` and `remove --missing` leave such
+    a list alone rather than take every item as gone and every line as new."""
+    recorded = set(recorded)
+    return not recorded or not recorded.isdisjoint(names)
 
 
 def base_spec(spec: str | None) -> str | None:

@@ -30,7 +30,7 @@ from .extraction import extract
 from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
-from .provenance import collection_spec, folder_collections, list_collections, missing_files
+from .provenance import collection_spec, folder_collections, lines_name_items, list_collections, missing_files
 from .query import index_model
 from .store import ShardSet
 
@@ -106,7 +106,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             held.update(zip(index.paths(np.arange(e["start"], e["stop"])), range(e["start"], e["stop"])))
             known.update(_skipped(e["dir"]))
         names = [encode_name(p) for p in source.paths]
-        if type(source) is ListSource and held and not held.keys() & set(names):
+        if type(source) is ListSource and not lines_name_items(held, names):
             changes.append(FolderChanges(root, skipped="none of its lines names a path the index holds (items "
                                                        "recorded by an older hashindex, relative to the directory "
                                                        "it ran in): extract the list again and build anew"))
