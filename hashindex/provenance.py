@@ -104,14 +104,16 @@ def image_positions(index: Index, images: list[str]) -> np.ndarray:
     return own
 
 
-def missing_files(index: Index, listings: dict[Path, set[str]] | None = None) -> np.ndarray:
+def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
+                  lists: dict[Path, Any] | None = None) -> np.ndarray:
     """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
     moved away), and of image-list collections whose line the list no longer has or whose file is gone: what
     `hashindex remove --missing` takes out. Each folder is listed again as extraction read it
     (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
     folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
     a collection whose folder is gone is skipped. ``listings``: folders a caller has just listed (resolved
-    folder -> its files' encoded paths), used as they are instead of being listed again (`sync`)."""
+    folder -> its files' encoded paths), used as they are instead of being listed again (`sync`); ``lists``: image
+    lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
     from .data import FolderSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
     from .files import encode_name
@@ -131,21 +133,23 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None) ->
         paths = index.paths(np.arange(entry["start"], entry["stop"]))
         gone += [entry["start"] + p for p, path in enumerate(paths) if path not in listed]
     for entry, listing in list_collections(index):
-        gone += _gone_from_list(index, entry, listing)
+        gone += _gone_from_list(index, entry, listing, (lists or {}).get(listing))
     return np.array(gone, np.int64)
 
 
-def _gone_from_list(index: Index, entry: dict[str, Any], listing: Path) -> list[int]:
-    """Positions of an image list's items that no line of the list names now, or whose file is gone."""
+def _gone_from_list(index: Index, entry: dict[str, Any], listing: Path, src=None) -> list[int]:
+    """Positions of an image list's items that no line of the list names now, or whose file is gone; ``src``: the
+    list as a caller has just read it (else it is read here)."""
     from .data import ListSource, reopen_source
     from .data.spec import LABEL_SETS
     from .files import encode_name
 
-    options = [o for o in collection_spec(entry).split("#")[1:] if o == LABEL_SETS]
-    try:
-        src = reopen_source("#".join([str(listing), *options]))
-    except HashindexError:  # a list that names nothing now (or no longer reads): left alone, as a folder gone
-        return []
+    if src is None:
+        options = [o for o in collection_spec(entry).split("#")[1:] if o == LABEL_SETS]
+        try:
+            src = reopen_source("#".join([str(listing), *options]))
+        except HashindexError:  # a list that names nothing now (or no longer reads): left alone, as a folder gone
+            return []
     if type(src) is not ListSource:
         return []
     line = {encode_name(p): i for i, p in enumerate(src.paths)}

@@ -175,7 +175,8 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
     listed = {c.folder: c.listed for c in changes if type(c.source) is FolderSource}
-    gone = np.union1d(missing_files(index, listed), edited)  # folders listed once: by `folder_changes`
+    lists = {c.folder: c.source for c in changes if type(c.source) is ListSource}
+    gone = np.union1d(missing_files(index, listed, lists), edited)  # folders and lists read once: `folder_changes`
     summary: dict[str, Any] = {
         "index": str(index_dir), "dry_run": dry_run, "removed": len(gone), "edited": len(edited),
         "removed_paths": index.paths(gone[:SHOWN]) if len(gone) else [],

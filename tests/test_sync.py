@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from hashindex import extract
 from hashindex.cli import cli
+from hashindex.data import reopen_source
 from hashindex.errors import HashindexError
 from hashindex.index import Index, build
 from hashindex.originals import Originals
@@ -188,8 +189,18 @@ def test_an_image_list_is_kept_in_step_and_its_items_found_from_any_directory(pi
     res = CliRunner().invoke(cli, ["remove", str(tmp_path / "index"), "--missing", "--dry-run", "--json"])
     assert res.exit_code == 0, res.output  # --missing: the item whose line and the one whose file is gone
     assert sorted(row["path"] for row in json.loads(res.stdout)) == sorted([dropped, deleted])
+    opened = []
+
+    def counted(spec, *args, **kwargs):
+        opened.append(spec)
+        return reopen_source(spec, *args, **kwargs)
+    monkeypatch.setattr("hashindex.sync.reopen_source", counted)
+    monkeypatch.setattr("hashindex.data.reopen_source", counted)
     done = sync(tmp_path / "index", progress=False, log=lambda s: None)
     assert done["added"] == 2 and done["removed"] == 2 and done["folders"][0]["folder"] == str(listing)
+    assert len(opened) == 1, opened  # the list read once: for its new lines and its gone items
+    monkeypatch.setattr("hashindex.sync.reopen_source", reopen_source)
+    monkeypatch.setattr("hashindex.data.reopen_source", reopen_source)
     after = Index.load(tmp_path / "index")
     assert sorted(after.paths(np.arange(after.count))) == sorted(set(kept) - {deleted})
     extract(str(tiny_model), str(listing), tmp_path / "fresh-shards", progress=False, log=lambda s: None)
