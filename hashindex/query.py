@@ -256,7 +256,7 @@ def own_first(index: Index, rest: SearchResult, own: np.ndarray, codes: np.ndarr
     if not len(q):
         return rest
     mine = own[q]
-    stored, _ = index.items(mine)
+    stored = index.codes(mine)
     width = min(stored.shape[1], codes.shape[1])  # the index's codes may be padded, the table's are not
     ham = row_distances(codes[q, :width], stored[:, :width])
     dist = np.full(len(q), np.nan, np.float32)

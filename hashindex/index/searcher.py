@@ -200,10 +200,14 @@ class Index:
     def items(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored (codes, features) of index rows; features None without a re-rank store."""
         positions = np.asarray(positions, dtype=np.int64)
-        uniq, inv = np.unique(positions, return_inverse=True)
-        codes = self._column("codes", uniq)[inv.ravel()]
         feats = self.rerank.reconstruct_batch(positions) if self.rerank is not None else None
-        return codes, feats
+        return self.codes(positions), feats
+
+    def codes(self, positions: np.ndarray) -> np.ndarray:
+        """Stored codes of index rows (unpadded, from the table), without rebuilding their features."""
+        positions = np.asarray(positions, dtype=np.int64)
+        uniq, inv = np.unique(positions, return_inverse=True)
+        return self._column("codes", uniq)[inv.ravel()]
 
     def table_codes(self) -> np.ndarray:
         """Every item's unpadded code, in position order (from the table)."""

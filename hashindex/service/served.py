@@ -66,7 +66,7 @@ class Served:
         from ..query import item_fields
 
         position = self._position(item_id)
-        codes, _ = self.index.items(np.array([position]))
+        codes = self.index.codes(np.array([position]))
         return {**item_fields(self.index, position, self.index.paths(np.array([position]))[0]),
                 "code": codes[0].tobytes().hex(), "bits": self.index.bits}
 
