@@ -69,6 +69,27 @@ def need(path: Path) -> Path:
     return path
 
 
+def jpeg_bytes(n=2) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the first ``n`` CIFAR-10 test JPEGs (a query a client uploads)."""
+    need(CIFAR_TEST)
+    out = []
+    with tarfile.open(CIFAR_TEST) as tf:
+        for m in tf:
+            if m.isfile():
+                out.append((m.name, tf.extractfile(m).read()))
+            if len(out) == n:
+                return out
+
+
+def same_ranking(got: list[dict], want: list[dict]) -> bool:
+    """The same items in the same order with the same codes; distances equal to float32 noise. An image
+    encoded in a batch of three and alone can differ in the last digits: oneDNN's float32 convolutions
+    block the work by batch size (seen on an AVX2 CPU: 7.9266e-08 vs 7.9247e-08 for an image's own item)."""
+    strip = [[{k: v for k, v in r.items() if k != "distance"} for r in rows] for rows in (got, want)]
+    return strip[0] == strip[1] and [r["distance"] for r in got] == pytest.approx(
+        [r["distance"] for r in want], rel=1e-3, abs=1e-6)
+
+
 def image_bytes(fmt: str = "JPEG", size=(40, 30), mode: str = "RGB", seed: int = 0) -> bytes:
     """A small random image encoded in `fmt`."""
     rng = np.random.default_rng(seed)

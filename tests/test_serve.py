@@ -19,7 +19,7 @@ from hashindex.cli import cli
 from hashindex.index import Index
 from hashindex.query import query
 from hashindex.service.basic import Searcher, make_server
-from tests.conftest import CIFAR_TEST, need
+from tests.conftest import CIFAR_TEST, jpeg_bytes, need, same_ranking
 
 
 def start_asgi(engines, writable: bool = False, write_token=None, read_token=None, tls_cert=None, tls_key=None,
@@ -182,15 +182,66 @@ def test_bad_requests(server, path, data, status, message):
     assert body["error"] == message or message.endswith("(") and body["error"].startswith(message)
 
 
-def test_batch_on_the_basic_server_names_the_asgi_service(request, server):
-    """The /ui page posts several photos to /batch?together=1: the basic server, which has no /batch, says where
-    it is (a 404 naming the ASGI service), not just "no such endpoint"."""
-    status, body = call(server + "/batch?together=1", b'{"ids": [3, 40]}')
-    if kind(request) == "asgi":
-        assert status == 200 and [row["query"] for row in body["results"]] == ["id:3 + id:40"]
-    else:
-        assert status == 404 and body["error"].startswith("/batch: batches (and several photos searched as one) "
-                                                          "are the ASGI service's: pip install 'hashindex[serve]'")
+def multipart(files: list[tuple[str, bytes]], boundary: str = "hashindex-test-boundary") -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/form-data request with these "file" fields, as a browser sends it."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, data: bytes, media: str = "application/json") -> tuple[int, dict]:
+    try:
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": media})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
+    """POST /batch (the /ui page posts several photos there, ?together=1 to search them as one): JSON ids or
+    multipart photos, one row each with a query's own error in its row, or one row searched as one; the same
+    rows from both servers and from `hashindex query`."""
+    ids = [3, 141, 99999999, 592]
+    status, body = post(server + "/batch?k=4", json.dumps({"ids": ids}).encode())
+    assert status == 200 and len(body["results"]) == 4
+    for i, row in zip(ids, body["results"]):
+        if i == 99999999:
+            assert row == {"error": "id=99999999: no item with this id in the index", "status": 404}
+        else:
+            assert row["query"] == f"id:{i}" and row["results"] == query(flat_index, [], [i], k=4)[0]["results"]
+    status, body = post(server + "/batch?k=5&together=1&exclude_self=1", b'{"ids": [3, 40]}')
+    want = query(flat_index, [], [3, 40], k=5, together=True, exclude_self=True)[0]["results"]
+    assert status == 200 and [row["query"] for row in body["results"]] == ["id:3 + id:40"]
+    assert body["results"][0]["results"] == want and len(want) == 5
+
+    (_, a), (_, b) = jpeg_bytes(2)
+    for name, data in (("a.jpg", a), ("b.jpg", b)):
+        (tmp_path / name).write_bytes(data)
+    status, body = post(server + "/batch?k=6", *multipart([("a.jpg", a), ("b.jpg", b), ("bad.jpg", b"junk")]))
+    alone = query(flat_index, [str(tmp_path / "a.jpg")], [], model=str(tiny_model), k=6)[0]["results"]
+    assert status == 200 and [row.get("query") for row in body["results"]] == ["file:a.jpg", "file:b.jpg", None]
+    assert same_ranking(body["results"][0]["results"], alone)
+    assert body["results"][2] == {"error": "body: not a decodable image (not-an-image)", "status": 400}
+    status, body = post(server + "/batch?k=6&together=1", *multipart([("a.jpg", a), ("b.jpg", b)]))
+    want = query(flat_index, [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")], [], model=str(tiny_model), k=6,
+                 together=True)[0]["results"]
+    assert status == 200 and body["results"][0]["query"] == "file:a.jpg + file:b.jpg"
+    assert same_ranking(body["results"][0]["results"], want)
+
+    for url, data, status, error in [
+            ("/batch?together=1", b'{"ids": [3, 99999999]}', 404, "id=99999999: no item with this id in the index"),
+            ("/batch?together=1", b'{"ids": []}', 400, "ids: empty (together=1 searches the queries given as one: "
+                                                       "give at least one)"),
+            ("/batch", json.dumps({"ids": list(range(65))}).encode(), 400, "ids: 65 queries, at most 64 in one "
+                                                                            "request"),
+            ("/batch", b"{oops", 400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields'),
+            ("/batch?together=2", b'{"ids": [3]}', 400, "together=2: expected 0 or 1"),
+            ("/batch?exclude_self=1", multipart([("a.jpg", a)]), 400, "exclude_self=1: an uploaded image is not "
+                                                                     "an indexed item (exclude_self is for searches "
+                                                                     "with an id)")]:
+        got = post(server + url, *data) if isinstance(data, tuple) else post(server + url, data)
+        assert got == (status, {"error": error}), url
 
 
 def test_a_server_that_does_not_write_says_so(server):

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,7 +18,7 @@ from PIL import Image
 from hashindex import ShardSet
 from hashindex.index import build
 from hashindex.query import query
-from tests.conftest import CIFAR_TEST, fill_disk, need
+from tests.conftest import CIFAR_TEST, fill_disk, jpeg_bytes, same_ranking
 from tests.test_serve import start_asgi
 
 
@@ -40,26 +39,6 @@ def service(flat_index, cosine_index, tiny_model):
     with httpx.Client(base_url=url, timeout=60) as client:
         yield client, engines
     stop()
-
-
-def jpeg_bytes(n=2):
-    need(CIFAR_TEST)
-    out = []
-    with tarfile.open(CIFAR_TEST) as tf:
-        for m in tf:
-            if m.isfile():
-                out.append((m.name, tf.extractfile(m).read()))
-            if len(out) == n:
-                return out
-
-
-def same_ranking(got: list[dict], want: list[dict]) -> bool:
-    """The same items in the same order with the same codes; distances equal to float32 noise. An image
-    encoded in a batch of three and alone can differ in the last digits: oneDNN's float32 convolutions
-    block the work by batch size (seen on an AVX2 CPU: 7.9266e-08 vs 7.9247e-08 for an image's own item)."""
-    strip = [[{k: v for k, v in r.items() if k != "distance"} for r in rows] for rows in (got, want)]
-    return strip[0] == strip[1] and [r["distance"] for r in got] == pytest.approx(
-        [r["distance"] for r in want], rel=1e-3, abs=1e-6)
 
 
 def test_health_metrics_and_docs(service):

@@ -7,6 +7,8 @@ ASGI service against. Plain JSON:
     POST /search?k=10   body = image    search with an image file's bytes
     GET  /search?id=42&k=10             search with an indexed item
     GET  /items/42/image                an item's image file, from its collection
+    POST /batch?k=10   body = {"ids": [3, 17]} or multipart "file" fields: one row each
+    POST /batch?together=1              the same, searched as one ("more like these")
     GET  /health, GET /ui               liveness; the search page the ASGI service serves
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
 
@@ -25,11 +27,14 @@ Searches run one at a time (a lock): the net and Faiss already use every core.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import ssl
 import threading
 import time
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,9 +45,10 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, check_names, check_upload_options,
-                     image_size, int_param, no_such_index, own_of, read_only, search_options)
-from .served import Served, ui_page
+from .params import (BACKLOG, MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, body_ids, check_names,
+                     check_upload_options, flag_param, image_size, int_param, no_such_index, own_of, read_only,
+                     search_options)
+from .served import Served, no_item, ui_page
 
 
 class Searcher(Served):
@@ -52,15 +58,13 @@ class Searcher(Served):
         super().__init__(index_dir, model, device)
         self.lock = threading.Lock()
 
-    def by_image(self, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
+    def by_image(self, data: bytes, options: dict[str, Any], name: str = "upload") -> dict[str, Any]:
         """Search with the bytes of an image file."""
         check_upload_options(options)
         array = self.image_array(data)[None]
         with self.lock:
-            fields = self.model.encode_fields(array)
-            codes, feats = self.index.search_inputs(fields)
-            return self._search(codes, self.index.query_vectors(feats), "upload", options,
-                                digest=int(fields["input_digests"][0]))
+            codes, vecs, digests = self.encode(array)
+            return self._search(codes, vecs, name, options, digest=digests[0])
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""
@@ -68,8 +72,36 @@ class Searcher(Served):
             try:
                 codes, feats = indexed_queries(self.index, [item_id])
             except HashindexError:
-                raise RequestError(404, f"id={item_id}: no item with this id in the index") from None
+                raise no_item(item_id) from None
             return self._search(codes, feats, f"id:{item_id}", options, item_id)
+
+    def batch(self, body: bytes, uploads: list[tuple[str, bytes]] | None, options: dict[str, Any],
+              together: bool = False) -> dict[str, Any]:
+        """POST /batch, as the ASGI service answers it: the ids of a JSON body or the photos of a multipart one
+        (``uploads``: (file name, bytes)), one row each (a query's own error in its row, as the ASGI service
+        gives it); with ``together``, all of them searched as one (`Served.together`), one row."""
+        if uploads is not None:
+            check_upload_options(options)
+        if together:
+            if uploads is None:
+                ids, images = body_ids(body, together=True), []
+            else:
+                ids, images = [], [(f"file:{name}", self.image_array(data)) for name, data in uploads]
+            with self.lock:
+                return {"results": [self.together(images, ids, options)]}
+        if uploads is not None:
+            searches = [functools.partial(self.by_image, data, options, f"file:{name}") for name, data in uploads]
+        else:
+            searches = [functools.partial(self.by_id, i, options) for i in body_ids(body)]
+        rows = []
+        for search in searches:
+            try:
+                rows.append(search())
+            except RequestError as e:
+                rows.append({"error": str(e), "status": e.status})
+            except HashindexError as e:
+                rows.append({"error": str(e), "status": 400})
+        return {"results": rows}
 
     def _search(self, codes: np.ndarray, vecs: np.ndarray, name: str, options: dict[str, Any],
                 item_id: int | None = None, digest: int | None = None) -> dict[str, Any]:
@@ -119,13 +151,15 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                     return self._reply(200, searcher.item(int(item[1])))
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
-                if path == "/batch":  # (the /ui page posts several photos there, to search them as one)
-                    raise RequestError(404, f"{url.path}: batches (and several photos searched as one) are the "
-                                            "ASGI service's: pip install 'hashindex[serve]' and serve without "
-                                            "--server basic")
+                if method == "POST" and path == "/batch":  # (the /ui page posts several photos there)
+                    options = search_options(params, extra=("together",))
+                    together = flag_param(params, "together", False)
+                    body = self._body()
+                    return self._reply(200, searcher.batch(body, multipart_files(self.headers, body), options,
+                                                           together))
                 if path != "/search" or method == "DELETE":
                     raise RequestError(404, f"{url.path}: no such endpoint (GET /, /health, /ui, /items/ID, "
-                                            "/items/ID/image; GET or POST /search)")
+                                            "/items/ID/image; GET or POST /search; POST /batch)")
                 options = search_options(params, by_id=method == "GET")
                 if method == "GET":
                     item = int_param(params, "id", None, 0)
@@ -154,7 +188,8 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                 raise RequestError(411, "chunked bodies are not accepted: send Content-Length")
             raw = self.headers.get("Content-Length")
             if raw is None:
-                raise RequestError(411, "POST /search needs a Content-Length (the body's size in bytes)")
+                raise RequestError(411, f"POST {urlparse(self.path).path} needs a Content-Length (the body's size "
+                                        "in bytes)")
             if not raw.strip().isdigit():
                 raise RequestError(400, f"Content-Length: {raw[:40]}: expected a number of bytes")
             length = int(raw)
@@ -176,6 +211,25 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                 log(f"{self.address_string()} {fmt % args}")
 
     return Handler
+
+
+def multipart_files(headers, body: bytes) -> list[tuple[str, bytes]] | None:
+    """(file name, bytes) of a multipart/form-data body's "file" fields (at most MAX_BATCH), or None for another
+    body; parsed by the standard library's MIME parser, as the ASGI service's form parser reads the same body."""
+    kind = headers.get("Content-Type", "")
+    if not kind.startswith("multipart/form-data"):
+        return None
+    if "boundary=" not in kind:
+        raise RequestError(400, "Content-Type: multipart/form-data without a boundary")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + kind.encode("latin-1") + b"\r\n\r\n" + body)
+    files = [(part.get_filename() or "upload", part.get_payload(decode=True) or b"")
+             for part in (message.iter_parts() if message.is_multipart() else ())
+             if part.get_param("name", header="content-disposition") == "file"]
+    if not files:
+        raise RequestError(400, 'multipart body: no "file" field')
+    if len(files) > MAX_BATCH:
+        raise RequestError(400, f"{len(files)} files: at most {MAX_BATCH} in one request")
+    return files
 
 
 ITEM_IMAGE = re.compile(r"/items/(\d{1,18})/image")

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import HashindexError
-from ..query import indexed_queries, search_together, search_vectors
-from .params import RequestError, own_of
-from .served import Served
+from ..query import indexed_queries, search_vectors
+from .params import own_of
+from .served import Served, no_item
 
 
 @dataclass(eq=False)
@@ -118,7 +118,7 @@ class Engine(Served):
                     codes, vecs = indexed_queries(self.index, [q.item_id])
                     ready.append((q, codes, vecs.astype(np.float32)))
                 except HashindexError:
-                    q.future.set_exception(_no_item(q.item_id))
+                    q.future.set_exception(no_item(q.item_id))
         groups: dict[tuple, list[tuple[Query, np.ndarray, np.ndarray]]] = {}
         for entry in ready:
             groups.setdefault(tuple(sorted(entry[0].options.items())), []).append(entry)
@@ -149,38 +149,19 @@ class Engine(Served):
     def _encode(self, images: list[Query]) -> tuple[np.ndarray, np.ndarray]:
         """(codes, fine-stage query vectors) of image queries, in one forward pass; each one's digest set (the
         indexed item with the same pixels is found by it)."""
-        fields = self.model.encode_fields(np.stack([q.array for q in images]))
-        codes, feats = self.index.search_inputs(fields)
-        for q, digest in zip(images, fields["input_digests"].tolist()):
+        codes, vecs, digests = self.encode(np.stack([q.array for q in images]))
+        for q, digest in zip(images, digests):
             q.digest = digest
-        return codes, self.index.query_vectors(feats).astype(np.float32)
+        return codes, vecs
 
     def _together(self, query: Query) -> None:
-        """Its members as one query (`query.search_together`): the images among them encoded in one forward pass,
-        the ids read from the index; one row, or the request's one error (an unknown id: a 404)."""
-        t0 = time.perf_counter()
+        """Its members as one query (`Served.together`); one row, or the request's one error (an unknown id: a
+        404)."""
         try:
-            images = [m for m in query.members if m.array is not None]
-            known = [m for m in query.members if m.item_id is not None]
-            parts = [self._encode(images)] if images else []
-            if known:
-                ids = np.array([m.item_id for m in known], np.int64)
-                missing = ids[self.index.positions_of(ids, missing=-1) < 0]
-                if len(missing):
-                    raise _no_item(int(missing[0]))
-                codes, vecs = indexed_queries(self.index, ids.tolist())
-                parts.append((codes, vecs.astype(np.float32)))
-            members = images + known
-            own = own_of(self.index, [m.item_id for m in members], [m.digest for m in members])
-            rows = search_together(self.index, np.concatenate([c for c, _ in parts]),
-                                   np.concatenate([v for _, v in parts]), [m.name for m in members], own=own,
-                                   **query.options)
+            images = [(m.name, m.array) for m in query.members if m.array is not None]
+            ids = [m.item_id for m in query.members if m.item_id is not None]
+            row = self.together(images, ids, query.options)
         except Exception as e:  # noqa: BLE001 (this request fails, not the batcher)
             query.future.set_exception(e)
             return
-        rows[0]["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-        query.future.set_result(rows[0])
-
-
-def _no_item(item_id: int) -> RequestError:
-    return RequestError(404, f"id={item_id}: no item with this id in the index")
+        query.future.set_result(row)

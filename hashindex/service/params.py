@@ -6,6 +6,7 @@ failure is a `RequestError` with an HTTP status and one line naming the paramete
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from ..errors import HashindexError
@@ -136,6 +137,21 @@ def search_options(params: Mapping[str, str], max_results: int | None = None, by
             "complete_ties": not flag_param(params, "cut_ties", False),
             "nprobe": int_param(params, "nprobe", None, 1),
             "exclude_self": flag_param(params, "exclude_self", False), "only": only_param(params)}
+
+
+def body_ids(body: bytes, together: bool = False) -> list[int]:
+    """The ids of a POST /batch JSON body {"ids": [integers]} (at most MAX_BATCH; ``together``: at least one)."""
+    try:
+        ids = json.loads(body or b"null")["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise RequestError(400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields') from None
+    if len(ids) > MAX_BATCH:
+        raise RequestError(400, f"ids: {len(ids)} queries, at most {MAX_BATCH} in one request")
+    if together and not ids:
+        raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
+    return ids
 
 
 def check_upload_options(options: dict[str, Any]) -> None:

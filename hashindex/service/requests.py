@@ -7,7 +7,6 @@ rows. ``together=1`` on /batch searches all of a batch's queries as one ("more l
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -16,7 +15,7 @@ from fastapi.responses import Response
 
 from ..errors import HashindexError
 from .engine import Engine, Query
-from .params import (MAX_BATCH, RequestError, check_upload_options, flag_param, image_size, int_param,
+from .params import (MAX_BATCH, RequestError, body_ids, check_upload_options, flag_param, image_size, int_param,
                      search_options)
 
 log = logging.getLogger("hashindex.service")
@@ -44,19 +43,6 @@ async def decoded(engine: Engine, data: bytes) -> Any:
 
 async def image_search(engine: Engine, data: bytes, options: dict[str, Any], name: str) -> dict[str, Any]:
     return await answer(engine, Query(name, options, array=await decoded(engine, data)))
-
-
-def body_ids(body: bytes) -> list[int]:
-    """The ids of a JSON body {"ids": [integers]} (at most MAX_BATCH)."""
-    try:
-        ids = json.loads(body or b"null")["ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise RequestError(400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields') from None
-    if len(ids) > MAX_BATCH:
-        raise RequestError(400, f"ids: {len(ids)} queries, at most {MAX_BATCH} in one request")
-    return ids
 
 
 async def request_uploads(request: Request) -> list[tuple[str, bytes]] | None:
@@ -124,9 +110,7 @@ async def _members(engine: Engine, request: Request, uploads: list[tuple[str, by
     if uploads is not None:
         arrays = await asyncio.gather(*(decoded(engine, data) for _, data in uploads))
         return [Query(f"file:{name}", {}, array=a) for (name, _), a in zip(uploads, arrays)]
-    ids = body_ids(await request.body())
-    if not ids:
-        raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
+    ids = body_ids(await request.body(), together=True)
     return [Query(f"id:{i}", {}, item_id=i) for i in ids]
 
 

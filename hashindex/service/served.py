@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..index import INDEX_JSON, Index
-from .params import RequestError, upload_array
+from .params import RequestError, own_of, upload_array
 
 
 def disk_stamp(index_dir: str | Path) -> tuple[int, int] | None:
@@ -53,6 +54,37 @@ class Served:
         """An upload's bytes as the net's input (`params.upload_array`: pixel cap, one-line 400s)."""
         return upload_array(data, self.model.input_size, self.model.channels)
 
+    def encode(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(codes, fine-stage query vectors, `codes.input_digests`) of image queries (the net's input arrays), in
+        one forward pass; the digest finds the indexed item with the same pixels (`params.own_of`)."""
+        fields = self.model.encode_fields(arrays)
+        codes, feats = self.index.search_inputs(fields)
+        return codes, self.index.query_vectors(feats).astype(np.float32), fields["input_digests"].tolist()
+
+    def together(self, images: list[tuple[str, np.ndarray]], ids: list[int], options: dict[str, Any]) -> dict:
+        """Images (name, the net's input array) and indexed items (``ids``) searched as one
+        (`query.search_together`, POST /batch?together=1): one result row; an id the index lacks is a 404."""
+        from ..query import indexed_queries, search_together
+
+        t0 = time.perf_counter()
+        parts, digests = [], []
+        if images:
+            codes, vecs, digests = self.encode(np.stack([a for _, a in images]))
+            parts.append((codes, vecs))
+        if ids:
+            wanted = np.array(ids, np.int64)
+            missing = wanted[self.index.positions_of(wanted, missing=-1) < 0]
+            if len(missing):
+                raise no_item(int(missing[0]))
+            codes, vecs = indexed_queries(self.index, list(ids))
+            parts.append((codes, vecs.astype(np.float32)))
+        own = own_of(self.index, [None] * len(images) + list(ids), digests + [None] * len(ids))
+        row = search_together(self.index, np.concatenate([c for c, _ in parts]),
+                              np.concatenate([v for _, v in parts]),
+                              [n for n, _ in images] + [f"id:{i}" for i in ids], own=own, **options)[0]
+        row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return row
+
     def _position(self, item_id: int) -> int:
         """The index position of an item id; a 404 naming it where the index has no such item."""
         position = int(self.index.positions_of(np.array([item_id]), missing=-1)[0])
@@ -91,6 +123,11 @@ class Served:
             raise RequestError(404, f"id={item_id}: its collection is no longer where it was read from, or its "
                                     "images were not kept (added through the service)")
         return data, media_type(data, path)
+
+
+def no_item(item_id: int) -> RequestError:
+    """The 404 of a search with an id the index does not hold (both servers, every endpoint)."""
+    return RequestError(404, f"id={item_id}: no item with this id in the index")
 
 
 @functools.cache
