@@ -63,6 +63,13 @@ MID_DIM = 192  # channels of block 2's output: the mid feature
 WIDTHS = (1, 2, 3, 4)
 
 
+def check_bits(bits: int) -> None:
+    """A code length the hash layer is built with (a multiple of 4: codes are packed and shown in hex), else a
+    one-line HashindexError."""
+    if bits < 4 or bits % 4:
+        raise HashindexError(f"bits={bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
+
+
 def check_width(width: int) -> None:
     """A width the net is built at (`WIDTHS`), else a one-line HashindexError."""
     if width not in WIDTHS:
@@ -111,8 +118,7 @@ class NINHash(nn.Module):
                  width: int = 1):
         super().__init__()
         self.test_flip, self.test_shift, self.adapted_codes = test_flip, test_shift, adapted_codes
-        if bits < 4 or bits % 4:
-            raise HashindexError(f"bits={bits}: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")
+        check_bits(bits)
         check_width(width)
         self.width = width
         self.bits, self.num_classes, self.channels = bits, num_classes, channels

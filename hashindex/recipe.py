@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .distill import distill_loss
 from .errors import HashindexError
 from .devices import autocast_for
-from .model import NINHash, check_width
+from .model import NINHash, check_bits, check_width
 from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
 
 
@@ -81,7 +81,8 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """The settings that only make sense together (averaging phase, distillation) are consistent."""
-    check_width(cfg.width)  # before any image is decoded
+    check_bits(cfg.bits)  # before any image is decoded
+    check_width(cfg.width)
     if not 0 <= cfg.swa_epochs <= cfg.epochs:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:

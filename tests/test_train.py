@@ -95,9 +95,10 @@ def test_cli_train_and_errors(tmp_path):
     assert ckpt["accuracy"] is not None and ckpt["train_data"].endswith("(every=4:train)")
     assert ckpt["map_protocol"].startswith("mAP@all, 6 val queries vs 18 training images")
     for extra, message in [(["--val-every", "4", "--val", str(tar)], "--val-every 4: give either --val or --val-every, not both"),
-                           (["--val-every", "99"], "--val-every 99: expected 2 to 25 (the images of --data)")]:
+                           (["--val-every", "99"], "--val-every 99: expected 2 to 25 (the images of --data)"),
+                           (["--bits", "10"], "--bits 10: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")]:
         res = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "x.pt")] + extra)
-        assert res.exit_code == 2 and res.output.strip() == f"hashindex: error: {message}"
+        assert res.exit_code == 2 and res.output.strip() == f"hashindex: error: {message}"  # before decoding
     unlabelled = tmp_path / "flat"
     unlabelled.mkdir()
     (unlabelled / "x.png").write_bytes(image_bytes("PNG"))
