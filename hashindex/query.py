@@ -157,6 +157,7 @@ def search_vectors(index: Index, codes_arr: np.ndarray, vecs: np.ndarray, names:
     if own is not None and not (own >= 0).any():
         own = None
     if radius is None:
+        check_candidates(candidates, k)
         res = search_known(index, own, exclude_self, codes_arr, vecs, k, candidates, rerank, complete_ties,
                            vectors=True, nprobe=nprobe)
         return result_rows(index, res, names)
@@ -318,7 +319,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def check_candidates(candidates: int | None, k: int) -> None:
-    """An explicit pool must hold the k results (the default pool is fixed; past it, Hamming order continues)."""
+    """k is a number of results (checked before a query's own item adds one to it), and an explicit pool must
+    hold them (the default pool is fixed; past it, Hamming order continues)."""
+    if k < 1:
+        raise HashindexError(f"k={k}: expected a positive number of results")
     if candidates is not None and candidates < k:
         raise HashindexError(f"candidates={candidates}: must be at least k={k}")
 

@@ -83,6 +83,9 @@ def check_config(cfg: TrainConfig) -> None:
     """The settings that only make sense together (averaging phase, distillation) are consistent."""
     check_bits(cfg.bits)  # before any image is decoded
     check_width(cfg.width)
+    if not cfg.lr > 0 or not cfg.weight_decay >= 0:  # (torch's optimiser would say so only after decoding)
+        raise HashindexError(f"lr={cfg.lr}, weight_decay={cfg.weight_decay}: expected a learning rate > 0 and a "
+                             "weight decay >= 0")
     if not 0 <= cfg.swa_epochs <= cfg.epochs:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:

@@ -159,6 +159,8 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
         ([str(flat_index), "--by-id", "1", "--k", "10001"], "holds only 10000 items"),
         ([str(flat_index), "--by-id", "123456"], "no item with this id"),
         ([str(flat_index), "--by-id", "1", "--k", "10", "--candidates", "5"], "at least --k"),
+        ([str(flat_index), "--by-id", "1", "-k", "0"], "--k 0: expected a positive number of results"),  # (was
+        ([str(flat_index), "--by-id", "1", "-k", "-3"], "--k -3: expected a positive"),  # an IndexError; "--k -2")
         ([str(flat_index)], "nothing to query"),
     ]
     for args, message in cases:

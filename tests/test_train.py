@@ -11,6 +11,7 @@ from hashindex import HashindexError, load_model
 from hashindex.checkpoint import read_checkpoint
 from hashindex.cli import cli
 from hashindex.model import NINHash
+from hashindex.training import TrainConfig, train as train_run
 from tests.conftest import CIFAR_TEST, CIFAR_TRAIN, image_bytes, load_tool, make_mixed_folder, make_tar, need
 
 
@@ -99,6 +100,11 @@ def test_cli_train_and_errors(tmp_path):
                            (["--bits", "10"], "--bits 10: expected a multiple of 4 (e.g. 12, 24, 32, 48, 64)")]:
         res = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "x.pt")] + extra)
         assert res.exit_code == 2 and res.output.strip() == f"hashindex: error: {message}"  # before decoding
+    for extra in (["--lr", "-1"], ["--weight-decay", "-0.1"]):  # (--lr -1 was a ValueError's traceback)
+        res = runner.invoke(cli, ["train", "--data", str(tar), "--out", str(tmp_path / "x.pt")] + extra)
+        assert res.exit_code == 2 and f"Invalid value for '{extra[0]}'" in res.output
+    with pytest.raises(HashindexError, match=r"lr=0\.0, weight_decay=0\.0005: expected a learning rate > 0"):
+        train_run(TrainConfig(data=str(tar), out=str(tmp_path / "x.pt"), lr=0.0), progress=False)
     unlabelled = tmp_path / "flat"
     unlabelled.mkdir()
     (unlabelled / "x.png").write_bytes(image_bytes("PNG"))

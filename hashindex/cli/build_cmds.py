@@ -17,8 +17,8 @@ from .group import _echo_json, cli, file_ids, file_lines
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--out", required=True, help="Checkpoint file to write (rewritten every epoch).")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.1, show_default=True, type=float)
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0))
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
 @click.option("--limit", default=None, type=click.IntRange(1), help="Train on this many images (spread evenly).")
 @click.option("--val-limit", default=None, type=click.IntRange(1), help="Validate on this many images.")
@@ -246,7 +246,7 @@ def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as
               help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
 @click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
 @click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
-@click.option("--gpus-per-worker", default=0.0, show_default=True, type=float, help="GPUs per Ray worker.")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0), help="GPUs per Ray worker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
 def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, follow_links, device,
