@@ -167,6 +167,17 @@ def _names_a_collection(path: Path) -> bool:
     return names_a_collection(path) or is_image_name(path.name)
 
 
+def _refuse_a_part(p: Path) -> None:
+    """A file of a shard directory or an index (a shard, binary.faiss, the table) is described with the whole:
+    a one-line error naming the directory to give instead (rather than "not a checkpoint")."""
+    from .index import INDEX_JSON
+    from .store import MANIFEST
+
+    for marker, what in ((MANIFEST, "shard directory"), (INDEX_JSON, "index")):
+        if p.is_file() and (p.parent / marker).is_file():
+            raise HashindexError(f"PATH {p}: a file of the {what} {p.parent}: run hashindex info {p.parent}")
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """Dispatch on what PATH is: a shard directory, an index, a batch results file, a checkpoint (file or shipped
     name), or else an image collection as ``--data`` reads it (folder, tar, list, brace pattern, ``DIR:test``)."""
@@ -190,6 +201,8 @@ def describe(path: str | Path) -> dict[str, Any]:
             return {**describe_index(p, meta), "classes": _index_classes(p, meta.get("class_names", [])),
                     "codes": _index_code_statistics(p, meta["bits"])}
         return describe_collection(str(path))
+    if p.suffix.lower() not in CHECKPOINT_SUFFIXES:  # (a model.pt kept beside an index is still described)
+        _refuse_a_part(p)
     from .checkpoint import shipped_hint, shipped_path
 
     if p.suffix.lower() in CHECKPOINT_SUFFIXES or shipped_path(str(path)) is not None or (

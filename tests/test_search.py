@@ -1,6 +1,7 @@
 """Build and query on CIFAR-10 shards, checked against numpy brute force."""
 
 import json
+import shutil
 from pathlib import Path
 
 import faiss
@@ -746,3 +747,20 @@ def test_a_recorded_model_path_that_is_no_checkpoint_is_passed_over(tiny_model):
     for recorded in ("/nonexistent.pt", "/etc/hostname", "a\x00b.pt", str(tiny_model)):
         with pytest.raises(HashindexError, match="no shipped model has id 0123456789abcdef; give the checkpoint"):
             find_model_for("0123456789abcdef", recorded)
+
+
+def test_info_of_a_file_inside_an_index_or_shard_directory_names_the_directory(flat_index, cifar_shards, tiny_model,
+                                                                               tmp_path):
+    """`info` of one shard, binary.faiss or the manifest says which directory to describe (it said "not a
+    hashindex checkpoint"); a checkpoint kept inside an index directory is still described."""
+    for part, whole, what in [(cifar_shards / "shard-00000.h5", cifar_shards, "shard directory"),
+                              (cifar_shards / "manifest.json", cifar_shards, "shard directory"),
+                              (flat_index / "binary.faiss", flat_index, "index")]:
+        res = CliRunner().invoke(cli, ["info", str(part)])
+        assert res.exit_code == 2 and res.output == (f"hashindex: error: PATH {part}: a file of the {what} {whole}: "
+                                                     f"run hashindex info {whole}\n")
+    inside = tmp_path / "index-with-model"
+    shutil.copytree(flat_index, inside)
+    shutil.copy(tiny_model, inside / "model.pt")
+    res = CliRunner().invoke(cli, ["info", str(inside / "model.pt"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["bits"] == 48
