@@ -622,6 +622,31 @@ def test_decode_reasons():
     assert max(big.size) <= 4000 // 8 * 2  # JPEG draft decodes at reduced scale
 
 
+def test_a_jpeg_over_pillows_bomb_limit_is_decoded_at_reduced_scale(monkeypatch):
+    """A JPEG bound for the net is decoded at reduced scale, so the pixel limits apply to what is decoded: a photo
+    over Pillow's decompression-bomb limit (179 MP; a 200 MP phone photo) is read, not skipped as too-large, with
+    the pixels it would have had under the limit; a PNG of that size, or a JPEG decoded whole, is still refused,
+    and so is a JPEG still over the limit at 1/8 scale. Pillow's limit is lowered here to keep the images small."""
+    jpeg = image_bytes(size=(400, 300))
+    png = image_bytes("PNG", size=(400, 300))
+    under = upload_array(jpeg, 32, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400 x 300 is 12x it; at 1/4 scale 100 x 75, under
+    assert np.array_equal(upload_array(jpeg, 32, 3), under)  # (was BadImage("too-large"))
+    assert decode_image(jpeg, max_side=64).size == (100, 75)
+    for data, side in ((png, 64), (jpeg, None)):
+        with pytest.raises(BadImage) as e:
+            decode_image(data, max_side=side)
+        assert e.value.reason == "too-large"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(BadImage) as e:  # 7,500 pixels at 1/4 scale, over twice 500
+        decode_image(jpeg, max_side=64)
+    assert e.value.reason == "too-large"
+    monkeypatch.undo()
+    assert decode_image(jpeg, max_side=64, max_pixels=10_000).size == (100, 75)  # a cap counts what is decoded
+    with pytest.raises(BadImage, match="too-large: 400x300 pixels, more than 10,000"):
+        decode_image(png, max_side=64, max_pixels=10_000)
+
+
 def test_odd_modes_never_crash(tmp_path):
     """Colour modes Pillow may not convert give an array or a counted skip, never another error."""
     Image.new("LAB", (8, 8)).save(tmp_path / "lab.tif")

@@ -62,11 +62,11 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
             # Pillow warns above 89 MP and refuses above 179 MP (DecompressionBombError);
             # big photos between the two are decoded (JPEGs at reduced scale via draft).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = _open(data, max_side)
+            if max_side and img.format == "JPEG":
+                img.draft(None, (max_side, max_side))  # (the size is now the reduced one, what is decoded)
             if max_pixels and img.width * img.height > max_pixels:
                 raise BadImage("too-large", f"{img.width}x{img.height} pixels, more than {max_pixels:,}")
-            if max_side and img.format == "JPEG":
-                img.draft(None, (max_side, max_side))
             img.load()
     except UnidentifiedImageError as e:
         raise BadImage("not-an-image", str(e)) from None
@@ -78,6 +78,25 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
     if img.width < 1 or img.height < 1:
         raise BadImage("corrupt", f"size {img.size}")
     return upright(img)
+
+
+def _open(data: bytes, max_side: int | None) -> Image.Image:
+    """`Image.open` of the bytes, except a JPEG that Pillow refuses as a decompression bomb (over 179 MP: a 200 MP
+    phone photo) while it will be decoded at reduced scale (``max_side``): opened as a JPEG all the same, since
+    its scaled decode is down to 1/64 of the pixels, and checked against the same limit at the scale it is decoded
+    at (a 65535-pixel-square header still decodes to 8192 x 8192 at 1/8, under it)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        if not (max_side and data.startswith(b"\xff\xd8\xff")):
+            raise
+    from PIL import JpegImagePlugin
+
+    img = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # (Image.open's bomb check is on the declared size)
+    img.draft(None, (max_side, max_side))
+    if Image.MAX_IMAGE_PIXELS and img.width * img.height > 2 * Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels at reduced scale")
+    return img
 
 
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side, never less

@@ -19,8 +19,8 @@ with status 400 (bad request), 401 (without the read token, `serve --read-token`
 /items: this server never writes), 404 (no such id or path), 411 (no usable
 Content-Length), 413 (body too large) or 500 (a bug; the server goes on).
 Resources are bounded: the body (MAX_BODY, whatever the headers claim), the
-pixels an image declares (MAX_PIXELS, checked before decoding; JPEGs decoded
-at reduced scale), k, candidates and radius results (a 400 naming the cap), a
+pixels an image decodes to (MAX_PIXELS, checked before decoding; a JPEG's at
+the reduced scale it is decoded at), k, candidates and radius results (a 400 naming the cap), a
 socket timeout and a listen backlog for 64+ clients.
 Searches run one at a time (a lock): the net and Faiss already use every core.
 """

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ..errors import HashindexError
 
 MAX_BODY = 32 << 20  # bytes of one request body (an image, or a batch of them)
-MAX_PIXELS = 40_000_000  # pixels an uploaded image may declare (checked before decoding)
+MAX_PIXELS = 40_000_000  # pixels an upload may decode to (checked before decoding; a JPEG's at its reduced scale)
 MAX_K = 1000  # results of one search
 MAX_CANDIDATES = 100_000  # re-ranked pool of one search
 MAX_RESULTS = 10_000  # items one radius search may return
