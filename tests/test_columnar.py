@@ -4,6 +4,7 @@ binary column, string or list labels), and bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import tarfile
@@ -11,6 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from hashindex import ShardSet, extract
 from hashindex.cli import cli
@@ -159,6 +161,13 @@ def test_greyscale_rows_and_missing_images(tmp_path):
     pq.write_table(pa.table({"image": pa.array([{"bytes": image_bytes("PNG", seed=0), "path": None}], IMAGE_TYPE),
                              "label": [0]}), rgb)
     assert not open_source(rgb).greyscale
+    for mode in ("LA", "I;16B"):  # grey with alpha, 16-bit big-endian grey: one channel too (were read as RGB)
+        buf = io.BytesIO()
+        Image.new(mode, (8, 8)).save(buf, format="PNG" if mode == "LA" else "TIFF")
+        grey = tmp_path / f"grey-{len(mode)}.parquet"
+        pq.write_table(pa.table({"image": pa.array([{"bytes": buf.getvalue(), "path": None}], IMAGE_TYPE),
+                                 "label": [0]}), grey)
+        assert open_source(grey).greyscale, mode
     with pytest.raises(BadImage) as e:
         source.read_bytes(1)
     assert e.value.reason == "missing"

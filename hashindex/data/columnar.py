@@ -245,11 +245,11 @@ class ColumnarSource(ImageSource):
 
     def _first_is_greyscale(self) -> bool:
         """Whether the first of the first 8 images that decode is greyscale (MNIST-like sets)."""
-        from .images import decode_image
+        from .images import GREY_MODES, decode_image
 
         for i in range(min(len(self), 8)):
             try:
-                return decode_image(self.read_bytes(i)).mode in ("1", "L", "I", "I;16", "F")
+                return decode_image(self.read_bytes(i)).mode in GREY_MODES
             except BadImage:
                 continue
         return False

@@ -99,6 +99,7 @@ def _open(data: bytes, max_side: int | None) -> Image.Image:
     return img
 
 
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side, never less
 
 
@@ -155,7 +156,7 @@ def thumbnail_jpeg(data: bytes, side: int, max_pixels: int | None = None, qualit
     results shows (a 12 MP photo's file is megabytes, its 300-px JPEG tens of kilobytes, and a TIFF or a 16-bit
     PNG becomes a picture every browser draws). JPEGs decode at reduced scale. Raises BadImage."""
     img = decode_image(data, max_side=side, max_pixels=max_pixels)
-    img = to_mode(img, 1 if img.mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "1") else 3)
+    img = to_mode(img, 1 if img.mode in GREY_MODES else 3)
     img.thumbnail((side, side), Image.LANCZOS)
     out = io.BytesIO()
     img.save(out, "JPEG", quality=quality)
