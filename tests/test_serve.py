@@ -242,6 +242,7 @@ def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
                                                                      "with an id)")]:
         got = post(server + url, *data) if isinstance(data, tuple) else post(server + url, data)
         assert got == (status, {"error": error}), url
+    assert call(server + "/batch") == (405, {"error": "/batch: Method Not Allowed"})  # GET: POST it
 
 
 def test_a_server_that_does_not_write_says_so(server):

@@ -151,6 +151,8 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                     return self._reply(200, searcher.item(int(item[1])))
                 if method in ("POST", "DELETE") and path == "/items":
                     raise read_only(method, url.path)
+                if path == "/batch" and method != "POST":  # (as the ASGI service answers it)
+                    raise RequestError(405, f"{url.path}: Method Not Allowed")
                 if method == "POST" and path == "/batch":  # (the /ui page posts several photos there)
                     options = search_options(params, extra=("together",))
                     together = flag_param(params, "together", False)
