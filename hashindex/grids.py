@@ -49,15 +49,21 @@ def write_png(fig, path: Path, dpi: int) -> None:
     pyplot().close(fig)
 
 
+# A tile is ~1.2 in at 110 dpi (~130 px): a JPEG is decoded at reduced scale down to twice that, not whole (a camera
+# photo's full decode is several times a scaled one's: tools/bench_thumbnail.py, docs/RESULTS.md "Thumbnails for a page
+# of results").
+TILE_SIDE = 264
+
+
 def _database_image(originals, position: int, path: str) -> Callable[[], Any]:
     """A reader of the image at an index position (None where its collection cannot be read)."""
-    return lambda: originals.read(position, path)
+    return lambda: originals.read(position, path, TILE_SIDE)
 
 
 def _file_image(path: str) -> Callable[[], Any]:
     from .data import decode_image
 
-    return lambda: decode_image(Path(path).read_bytes())
+    return lambda: decode_image(Path(path).read_bytes(), max_side=TILE_SIDE)
 
 
 def _reachable_sources(index):
@@ -135,7 +141,7 @@ def results_grid(index, examples: dict[str, Any], path: Path) -> Path:
                 colour = "grey" if ql < 0 else "green" if relevant[row, col] else "red"  # grey: no label to judge
                 hits.append((_database_image(sources, pos, paths[row * k + col]), colour,
                              f"d={int(res.hamming[row, col])}"))
-        rows.append(((lambda item=item: qsrc.read(item) if item is not None else None),
+        rows.append(((lambda item=item: qsrc.read(item, TILE_SIDE) if item is not None else None),
                      f"query: {class_name(index.class_names, int(ql)) if ql >= 0 else Path(qpath).name[-20:]}", hits))
     borders = ("green = same class (a shared label for label sets), red = other"
                + ("; grey = an unlabelled query" if (examples["labels"] < 0).any() else ""))
@@ -186,7 +192,7 @@ def duplicates_grid(groups: list[list[dict[str, Any]]], sources: dict[str, Any],
     def reader(row: dict[str, Any]) -> Callable[[], Any]:
         src = sources[row["collection"]]
         pos = src.item_of(encode_name(row["path"]))
-        return lambda: src.read(pos) if pos is not None else None
+        return lambda: src.read(pos, TILE_SIDE) if pos is not None else None
 
     def caption(row: dict[str, Any]) -> str:
         where = f"{Path(row['collection']).name}: " if len(sources) > 1 else ""

@@ -58,10 +58,10 @@ class Originals:
         found = self.locate(position, path)
         return None if found is None else found[0].read_bytes(found[1])
 
-    def read(self, position: int, path: str | None = None):
-        """The decoded image (a PIL image) or None."""
+    def read(self, position: int, path: str | None = None, max_side: int | None = None):
+        """The decoded image (a PIL image) or None; ``max_side`` as `ImageSource.read`'s."""
         found = self.locate(position, path)
-        return None if found is None else found[0].read(found[1])
+        return None if found is None else found[0].read(found[1], max_side)
 
 
 def reopen_or_none(spec: str | None):

@@ -647,6 +647,18 @@ def test_a_jpeg_over_pillows_bomb_limit_is_decoded_at_reduced_scale(monkeypatch)
         decode_image(png, max_side=64, max_pixels=10_000)
 
 
+def test_a_source_reads_a_picture_to_draw_at_reduced_scale(tmp_path):
+    """`ImageSource.read(i, max_side)` (a results grid's tiles): a camera-size JPEG decoded at reduced scale, not
+    whole; other formats and array-backed sources as they are."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "big.jpg").write_bytes(image_bytes(size=(2000, 1500)))
+    (tmp_path / "a" / "big.png").write_bytes(image_bytes("PNG", size=(600, 400)))
+    src = open_source(tmp_path)
+    whole, small = src.read(0), src.read(0, max_side=264)
+    assert whole.size == (2000, 1500) and small.size == (500, 375)  # 1/4 scale: the largest still >= 264
+    assert src.read(1, max_side=264).size == (600, 400)
+
+
 def test_odd_modes_never_crash(tmp_path):
     """Colour modes Pillow may not convert give an array or a counted skip, never another error."""
     Image.new("LAB", (8, 8)).save(tmp_path / "lab.tif")

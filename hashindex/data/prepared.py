@@ -248,7 +248,7 @@ class PreparedSource(ImageSource):
         state["_images"] = None  # worker processes map the file themselves
         return state
 
-    def read(self, i: int) -> Image.Image:
+    def read(self, i: int, max_side: int | None = None) -> Image.Image:
         arr = self.read_array(i, self.size, self.channels)
         return Image.fromarray(arr[0] if self.channels == 1 else arr.transpose(1, 2, 0))
 

@@ -86,9 +86,10 @@ class ImageSource:
             h.update(np.packbits(self.label_sets, axis=1).tobytes())
         return h.hexdigest()[:16]
 
-    def read(self, i: int) -> Image.Image:
-        """Decode item i (raises BadImage)."""
-        return decode_image(self.read_bytes(i))
+    def read(self, i: int, max_side: int | None = None) -> Image.Image:
+        """Decode item i (raises BadImage); ``max_side``: a JPEG may be decoded at reduced scale down to this side
+        (`decode_image`: what a picture of it drawn small needs)."""
+        return decode_image(self.read_bytes(i), max_side=max_side)
 
     def read_bytes(self, i: int) -> bytes:
         raise NotImplementedError
@@ -319,7 +320,7 @@ class ArraySource(ImageSource):
     def _decode_for(self, i: int, size: int) -> Image.Image:
         return Image.fromarray(self.images[i])
 
-    def read(self, i: int) -> Image.Image:
+    def read(self, i: int, max_side: int | None = None) -> Image.Image:
         return Image.fromarray(self.images[i])
 
     def read_bytes(self, i: int) -> bytes:
