@@ -27,7 +27,8 @@ from .group import _echo_json, cli, file_ids, file_lines
 @click.option("--input-size", default=32, show_default=True, type=click.IntRange(8),
               help="Side the images are squashed to. For photographs, fine-tune from a shipped model (--init) "
                    "at 32 for speed or 64 for quality; see 'Which input size' below.")
-@click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Input channels [default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey "
+@click.option("--channels", default=None, type=click.Choice(["1", "3"]),
+              help="Input channels [default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey "
                    "images), else 3: a folder of grey PNGs trains as RGB, the grey repeated; give 1 for it].")
 @click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
 @click.option("--follow-links", is_flag=True,
@@ -195,7 +196,8 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
 @click.option("--out", required=True, help="Prepared directory to write (resumed if it exists).")
 @click.option("--size", default=32, show_default=True, type=click.IntRange(8, 1024),
               help="Side in pixels: the --input-size you will train at.")
-@click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="[default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey images), else 3]")
+@click.option("--channels", default=None, type=click.Choice(["1", "3"]),
+              help="[default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey images), else 3]")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
