@@ -197,7 +197,8 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
 @click.option("--size", default=32, show_default=True, type=click.IntRange(8, 1024),
               help="Side in pixels: the --input-size you will train at.")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]),
-              help="[default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey images), else 3]")
+              help="[default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey images), "
+                   "else 3]")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
