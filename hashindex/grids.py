@@ -49,9 +49,9 @@ def write_png(fig, path: Path, dpi: int) -> None:
     pyplot().close(fig)
 
 
-# A tile is ~1.2 in at 110 dpi (~130 px): a JPEG is decoded at reduced scale down to twice that, not whole (a camera
-# photo's full decode is several times a scaled one's: tools/bench_thumbnail.py, docs/RESULTS.md "Thumbnails for a page
-# of results").
+# A tile is ~1.2 in at 110 dpi (~130 px): a JPEG is decoded at reduced scale down to twice that, not whole (a grid
+# of 28 photos at 4000 px drew in 0.028x the time: tools/bench_grid.py, docs/RESULTS.md "Results grids of
+# camera-size photos").
 TILE_SIDE = 264
 
 
