@@ -250,7 +250,8 @@ def prepare(ctx, data, out, size, channels, workers, follow_links, overwrite, as
               help="Run on this machine, or as tasks on a Ray cluster (pip install 'hashindex[ray]').")
 @click.option("--address", default=None, help="Ray cluster address [default: start a local Ray runtime].")
 @click.option("--num-workers", default=2, show_default=True, type=click.IntRange(1), help="Ray workers (actors).")
-@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0), help="GPUs per Ray worker.")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="GPUs per Ray worker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_context
 def extract(ctx, model, data, out, shard_size, batch_size, workers, features, limit, id_offset, follow_links, device,
