@@ -1,5 +1,6 @@
-"""What only the ASGI service has: health, metrics, API docs, multipart uploads, batch requests, several indexes,
-batched concurrent searches, a bug that fails one request only, graceful SIGTERM (real uvicorn, real sockets)."""
+"""What only the ASGI service has: metrics, API docs, multipart uploads to /search, several indexes, batched
+concurrent searches, a bug that fails one request only, graceful SIGTERM (real uvicorn, real sockets); and its
+/batch in more detail than tests/test_serve.py's test of /batch on both servers."""
 
 from __future__ import annotations
 
