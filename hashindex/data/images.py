@@ -65,6 +65,8 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
             img = _open(data, max_side)
             if max_side and img.format == "JPEG":
                 img.draft(None, (max_side, max_side))  # (the size is now the reduced one, what is decoded)
+            if Image.MAX_IMAGE_PIXELS and img.width * img.height > 2 * Image.MAX_IMAGE_PIXELS:  # Pillow's bound on
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")  # what is decoded (`_open`)
             if max_pixels and img.width * img.height > max_pixels:
                 raise BadImage("too-large", f"{img.width}x{img.height} pixels, more than {max_pixels:,}")
             img.load()
@@ -83,7 +85,7 @@ def decode_image(data: bytes, max_side: int | None = None, max_pixels: int | Non
 def _open(data: bytes, max_side: int | None) -> Image.Image:
     """`Image.open` of the bytes, except a JPEG that Pillow refuses as a decompression bomb (over 179 MP: a 200 MP
     phone photo) while it will be decoded at reduced scale (``max_side``): opened as a JPEG all the same, since
-    its scaled decode is down to 1/64 of the pixels, and checked against the same limit at the scale it is decoded
+    its scaled decode is down to 1/64 of the pixels; `decode_image` applies the same limit to the size it decodes
     at (a 65535-pixel-square header still decodes to 8192 x 8192 at 1/8, under it)."""
     try:
         return Image.open(io.BytesIO(data))
@@ -92,11 +94,7 @@ def _open(data: bytes, max_side: int | None) -> Image.Image:
             raise
     from PIL import JpegImagePlugin
 
-    img = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # (Image.open's bomb check is on the declared size)
-    img.draft(None, (max_side, max_side))
-    if Image.MAX_IMAGE_PIXELS and img.width * img.height > 2 * Image.MAX_IMAGE_PIXELS:
-        raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels at reduced scale")
-    return img
+    return JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # (Image.open's bomb check is on the declared size)
 
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel
