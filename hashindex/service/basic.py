@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
-from .params import (BACKLOG, MAX_BATCH, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, body_ids, check_names,
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, body_ids, check_files, check_names,
                      check_upload_options, flag_param, image_size, int_param, no_such_index, own_of, read_only,
                      search_options)
 from .served import Served, no_item, ui_page
@@ -224,14 +224,9 @@ def multipart_files(headers, body: bytes) -> list[tuple[str, bytes]] | None:
     if "boundary=" not in kind:
         raise RequestError(400, "Content-Type: multipart/form-data without a boundary")
     message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + kind.encode("latin-1") + b"\r\n\r\n" + body)
-    files = [(part.get_filename() or "upload", part.get_payload(decode=True) or b"")
-             for part in (message.iter_parts() if message.is_multipart() else ())
-             if part.get_param("name", header="content-disposition") == "file"]
-    if not files:
-        raise RequestError(400, 'multipart body: no "file" field')
-    if len(files) > MAX_BATCH:
-        raise RequestError(400, f"{len(files)} files: at most {MAX_BATCH} in one request")
-    return files
+    return check_files([(part.get_filename() or "upload", part.get_payload(decode=True) or b"")
+                        for part in (message.iter_parts() if message.is_multipart() else ())
+                        if part.get_param("name", header="content-disposition") == "file"])
 
 
 ITEM_IMAGE = re.compile(r"/items/(\d{1,18})/image")

@@ -154,6 +154,15 @@ def body_ids(body: bytes, together: bool = False) -> list[int]:
     return ids
 
 
+def check_files(files: list) -> list:
+    """A multipart body's "file" fields (either server's parse of them): at least one, at most MAX_BATCH."""
+    if not files:
+        raise RequestError(400, 'multipart body: no "file" field')
+    if len(files) > MAX_BATCH:
+        raise RequestError(400, f"{len(files)} files: at most {MAX_BATCH} in one request")
+    return files
+
+
 def check_upload_options(options: dict[str, Any]) -> None:
     """Options that an uploaded image cannot take: it is not an indexed item, so it has no self to leave out."""
     if options.get("exclude_self"):

@@ -15,8 +15,8 @@ from fastapi.responses import Response
 
 from ..errors import HashindexError
 from .engine import Engine, Query
-from .params import (MAX_BATCH, RequestError, body_ids, check_upload_options, flag_param, image_size, int_param,
-                     search_options)
+from .params import (MAX_BATCH, RequestError, body_ids, check_files, check_upload_options, flag_param, image_size,
+                     int_param, search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -50,9 +50,7 @@ async def request_uploads(request: Request) -> list[tuple[str, bytes]] | None:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return None
     form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH)
-    files = [f for key, f in form.multi_items() if key == "file" and hasattr(f, "read")]
-    if not files:
-        raise RequestError(400, 'multipart body: no "file" field')
+    files = check_files([f for key, f in form.multi_items() if key == "file" and hasattr(f, "read")])
     return [(f.filename or "upload", await f.read()) for f in files]
 
 
