@@ -239,7 +239,7 @@ def _channels(cfg: TrainConfig, src: ImageSource, ckpt: dict[str, Any] | None, i
         return ckpt["channels"]
     if init is not None:
         return _init_channels(cfg, init)
-    return cfg.channels or (1 if src.greyscale else 3)
+    return cfg.channels or (1 if src.is_greyscale() else 3)
 
 
 def _load_data(cfg: TrainConfig, src: ImageSource, vsrc: ImageSource | None, channels: int, skips: SkipLog,

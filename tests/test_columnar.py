@@ -155,19 +155,19 @@ def test_greyscale_rows_and_missing_images(tmp_path):
     cells[1] = {"bytes": None, "path": None}
     pq.write_table(pa.table({"image": pa.array(cells, IMAGE_TYPE), "label": [0, 1, 2]}), path)
     source = open_source(path)
-    assert "_greyscale" not in source.__dict__  # opening decodes no image: only training asks
-    assert source.greyscale and source.subset(2).greyscale  # training's default: one channel
+    assert source.greyscale is None  # opening reads no image: only training asks
+    assert source.is_greyscale() and source.subset(2).is_greyscale()  # training's default: one channel
     rgb = tmp_path / "rgb.parquet"
     pq.write_table(pa.table({"image": pa.array([{"bytes": image_bytes("PNG", seed=0), "path": None}], IMAGE_TYPE),
                              "label": [0]}), rgb)
-    assert not open_source(rgb).greyscale
+    assert not open_source(rgb).is_greyscale()
     for mode in ("LA", "I;16B"):  # grey with alpha, 16-bit big-endian grey: one channel too (were read as RGB)
         buf = io.BytesIO()
         Image.new(mode, (8, 8)).save(buf, format="PNG" if mode == "LA" else "TIFF")
         grey = tmp_path / f"grey-{len(mode)}.parquet"
         pq.write_table(pa.table({"image": pa.array([{"bytes": buf.getvalue(), "path": None}], IMAGE_TYPE),
                                  "label": [0]}), grey)
-        assert open_source(grey).greyscale, mode
+        assert open_source(grey).is_greyscale(), mode
     with pytest.raises(BadImage) as e:
         source.read_bytes(1)
     assert e.value.reason == "missing"

@@ -253,6 +253,20 @@ def test_real_mnist_png_tar_is_greyscale():
     assert len(src) == 10000 and src.class_names == [str(d) for d in range(10)]
     assert src.read(5).mode == "L"
     assert to_array(src.read(5), 32, 3).shape == (3, 32, 32)
+    assert src.greyscale is None and src.is_greyscale()  # training's default: a 1-channel net
+
+
+def test_a_folder_of_grey_images_is_greyscale_and_one_colour_image_makes_it_colour(tmp_path):
+    (tmp_path / "grey" / "a").mkdir(parents=True)
+    # 8-bit, 16-bit and grey-with-alpha PNGs, a grey JPEG, a bilevel BMP
+    for i, (mode, fmt) in enumerate([("L", "PNG"), ("I;16", "PNG"), ("LA", "PNG"), ("L", "JPEG"), ("1", "BMP")]):
+        Image.new(mode, (9, 7)).save(tmp_path / "grey" / "a" / f"{i}.{fmt.lower()}", format=fmt)
+    (tmp_path / "grey" / "a" / "notes.png").write_bytes(b"not an image")  # unreadable: not counted either way
+    assert open_source(tmp_path / "grey").is_greyscale()
+    (tmp_path / "grey" / "a" / "z.png").write_bytes(image_bytes("PNG", mode="P", seed=9))
+    assert not open_source(tmp_path / "grey").is_greyscale()  # a palette image: colour, whatever its palette
+    assert not open_source(tmp_path / "grey" / "a" / "notes.png").is_greyscale()  # nothing readable: colour
+    assert not open_source(need(CIFAR_TEST)).subset(100).is_greyscale()
 
 
 def test_real_fashion_mnist_idx():
@@ -260,7 +274,7 @@ def test_real_fashion_mnist_idx():
     train = open_source(FASHION)
     test = open_source(f"{FASHION}:test")
     assert len(train) == 60000 and len(test) == 10000
-    assert train.class_names[0] == "T-shirt/top" and train.greyscale
+    assert train.class_names[0] == "T-shirt/top" and train.greyscale and train.is_greyscale()
     assert np.bincount(test.labels).tolist() == [1000] * 10
     assert test.read(0).size == (28, 28)
 

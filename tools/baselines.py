@@ -43,7 +43,7 @@ def pixel_vectors(spec: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]
     src = open_source(spec, "--pixels")
     if limit:
         src = src.subset(limit)
-    images, labels, _ = load_arrays(src, 32, 1 if src.greyscale else 3, progress=False)
+    images, labels, _ = load_arrays(src, 32, 1 if src.is_greyscale() else 3, progress=False)
     return images.reshape(len(images), -1).astype(np.float32) / 255, labels
 
 

@@ -212,7 +212,7 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             row "$name" "$data/fashion-mnist" "$data/fashion-mnist:test" --bits 48 --epochs 15 --input-size 28 ;;
         mnist-48)
             row "$name" "$data/mnist-png/train.tar" "$data/mnist-png/test.tar" --bits 48 --epochs 10 \
-                --input-size 28 --no-flip ;;
+                --input-size 28 --no-flip --channels 3 ;;  # (as recorded: grey PNGs trained as RGB before 2026-12)
         *) echo "unknown row '$name' (expected cifar10-12/24/32/48, cifar10-48-e100, cifar10-48-e100-ls, cifar10-48-e100-cutout, cifar10-48-e100-swa, cifar10-48-e100-cutout-restart, cifar10-48-e100-kd-restart, cifar10-48-e100-kd-scratch, cifar10-48-e100-kd2, cifar10-48-e100-kd-cutout, cifar10-48-e200-kd, cifar10-48-e200-kd-ta, cifar10-48-e200-ckd5, cifar10-48-e200-ckd5-sam, cifar10-48-ta-ckd6, cifar10-48-ckd6-sam, cifar10-48-e200-fm5, cifar10-48-w2, cifar10-48-w2-kd-ta, cifar10-48-ckd-w2, cifar10-12/24/32-init-e100, cifar10-12/24/32-init-kd, cifar10-48-ssdh, cifar10-48-ssdh-bb, fmnist-48, mnist-48)" >&2; exit 2 ;;
     esac
 done

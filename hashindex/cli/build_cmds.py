@@ -28,8 +28,8 @@ from .group import _echo_json, cli, file_ids, file_lines
               help="Side the images are squashed to. For photographs, fine-tune from a shipped model (--init) "
                    "at 32 for speed or 64 for quality; see 'Which input size' below.")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]),
-              help="Input channels [default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey "
-                   "images), else 3: a folder of grey PNGs trains as RGB, the grey repeated; give 1 for it].")
+              help="Input channels [default: 1 for a greyscale set (IDX files; else every one of 16 images spread "
+                   "over --data is grey: a folder of grey PNGs), else 3].")
 @click.option("--no-flip", is_flag=True, help="No horizontal-flip augmentation (digits, text).")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "
@@ -197,8 +197,8 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
 @click.option("--size", default=32, show_default=True, type=click.IntRange(8, 1024),
               help="Side in pixels: the --input-size you will train at.")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]),
-              help="[default: 1 for sets that say they are greyscale (IDX files, a Parquet set of grey images), "
-                   "else 3]")
+              help="[default: 1 for a greyscale set (IDX files; else every one of 16 images spread over --data is "
+                   "grey), else 3]")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--follow-links", is_flag=True,
               help="Read symbolic links that lead out of a --data folder, and image files a Parquet or Arrow file "

@@ -158,18 +158,6 @@ class ColumnarSource(ImageSource):
                          class_names, label_sets=sets)
         self.label_column = label_col
 
-    @property
-    def greyscale(self) -> bool:  # type: ignore[override]
-        """Whether the first readable image is greyscale: decoded when first asked (training's default channel
-        count), not at every open (`info`, grids and the service reopen sources and never ask)."""
-        if "_greyscale" not in self.__dict__:
-            self.__dict__["_greyscale"] = self._first_is_greyscale()
-        return self.__dict__["_greyscale"]
-
-    @greyscale.setter
-    def greyscale(self, value: bool) -> None:
-        """The base class's default, set by its __init__: ignored (the images say)."""
-
     def _labels_of(self, j: int, reader, column: str) -> list:
         """File j's label column as Python values (read whole: a few bytes a row; no Arrow buffer kept, so no
         memory map stays open for it)."""
@@ -242,17 +230,6 @@ class ColumnarSource(ImageSource):
         if len(value) > MAX_FILE_BYTES:
             raise BadImage("too-large", f"{where}: {len(value)} bytes")
         return bytes(value)
-
-    def _first_is_greyscale(self) -> bool:
-        """Whether the first of the first 8 images that decode is greyscale (MNIST-like sets)."""
-        from .images import GREY_MODES, decode_image
-
-        for i in range(min(len(self), 8)):
-            try:
-                return decode_image(self.read_bytes(i)).mode in GREY_MODES
-            except BadImage:
-                continue
-        return False
 
 
 def open_columnar(path: Path, split: str, label_column: str | None, names: list[str] | None = None,

@@ -98,6 +98,17 @@ def _open(data: bytes, max_side: int | None) -> Image.Image:
 
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel
+
+
+def image_mode(data: bytes) -> str | None:
+    """The Pillow mode an image file's header declares (nothing is decoded), or None for bytes that are not an
+    image Pillow opens."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data)).mode
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return None  # (UnidentifiedImageError is an OSError)
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side, never less
 
 

@@ -58,7 +58,7 @@ def prepare(data: ImageSource, out: str | Path, size: int, channels: int | None 
     out = Path(out)
     if size < 8 or size > 1024:
         raise HashindexError(f"size={size}: expected 8 to 1024 pixels")
-    channels = channels or (1 if data.greyscale else 3)
+    channels = channels or (1 if data.is_greyscale() else 3)
     if channels not in (1, 3):
         raise HashindexError(f"channels={channels}: expected 1 or 3")
     want = {"size": size, "channels": channels, "fingerprint": data.fingerprint()}
@@ -167,7 +167,7 @@ def _finish(out: Path, data: ImageSource, state: dict[str, Any], seconds: float,
             "skipped_by_reason": dict(sorted(reasons.items())),
             "source": {"description": data.description, "items": len(data), "fingerprint": data.fingerprint(),
                        "spec": data.spec}, "prepared": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "prepare_s": round(seconds, 1), "greyscale": bool(data.greyscale)}
+            "prepare_s": round(seconds, 1), "greyscale": data.is_greyscale()}
     remember_verified(out, {IMAGES: digest})
     atomic_write_json(out / META, meta)
     for name in (RAW, POSITIONS, PROGRESS):

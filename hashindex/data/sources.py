@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from .images import DRAFT_FACTOR, BadImage, array_of, decode_image
+from .images import DRAFT_FACTOR, GREY_MODES, BadImage, array_of, decode_image, image_mode
 from .labels import folder_class, sample_labels
 from .members import SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden
 from .members import suffix as name_suffix
@@ -28,6 +28,7 @@ from .members import suffix as name_suffix
 log = logging.getLogger("hashindex")
 
 IMAGE_EXTENSIONS = image_extensions()  # every format the installed Pillow opens
+GREY_SAMPLE = 16  # items `ImageSource.is_greyscale` looks at, spread over the collection
 __all__ = ["IMAGE_EXTENSIONS", "TAR_EXTENSIONS", "ArraySource", "FilesSource", "ImageSource"]
 
 
@@ -39,7 +40,7 @@ class ImageSource:
     paths: list[str]
     labels: np.ndarray  # int32, -1 = unknown
     class_names: list[str] = field(default_factory=list)
-    greyscale: bool = False  # hint for training's default channel count
+    greyscale: bool | None = None  # training's default channel count; None: the images say (`is_greyscale`)
     id_offset: int = 0
     spec: str | None = None  # how to reopen it (absolute path spec), set by open_source
     # items listed but never read, by position: (reason, detail); each is a counted skip
@@ -52,6 +53,25 @@ class ImageSource:
     @property
     def multi_label(self) -> bool:
         return self.label_sets is not None
+
+    def is_greyscale(self) -> bool:
+        """Whether the images are of one channel (training's default: a 1-channel net): what the source says (IDX
+        files), else whether every image among up to GREY_SAMPLE items spread over it is, by the mode its header
+        declares (nothing decoded; asked by training and prepare only, never at an open). One colour image
+        among them makes it colour: a photo collection with a few grey scans stays RGB."""
+        if self.greyscale is None:
+            modes = [image_mode(self._sample_bytes(int(i)))
+                     for i in np.unique(np.linspace(0, len(self) - 1, min(len(self), GREY_SAMPLE)).astype(int))]
+            modes = [m for m in modes if m is not None]
+            self.greyscale = bool(modes) and all(m in GREY_MODES for m in modes)
+        return self.greyscale
+
+    def _sample_bytes(self, i: int) -> bytes:
+        """Item i's bytes for `is_greyscale`, or b"" when it cannot be read (a counted skip when trained on)."""
+        try:
+            return self.read_bytes(i)
+        except (BadImage, OSError):
+            return b""
 
     def targets(self) -> np.ndarray:
         """What training learns and relevance is judged on: the label sets of a multi-label source, else the
