@@ -5,9 +5,12 @@
 #
 #   tools/ship_check_flowers.sh CANDIDATE OUT [SHIPPED]      # SHIPPED defaults to nin-cifar10-48-v3
 #   tools/ship_check_flowers.sh runs/table/cifar10-48-ta-ckd6-flip.pt runs/v4ckd6
+#   SEEDS="0 1 2" tools/ship_check_flowers.sh runs/table/cifar10-48-ta-ckd6-flip.pt runs/v4ckd6  # 3 fine-tunes each
 #
 # Writes OUT/fl-NAME/{zero,tuned}/metrics.json and OUT/fl-NAME/ft.pt (NAME: candidate, shipped); every step
-# resumes. env: HASHINDEX, PYTHON, DATA (default ../shared/data).
+# resumes. env: HASHINDEX, PYTHON, DATA (default ../shared/data), SEEDS (default "0": the fine-tune's --seed
+# values; seed S > 0 writes ft-sS.pt and tuned-sS/, and the table gives each model's mean over the seeds, since
+# two fine-tunes of one model from different seeds differ by about as much as two models do).
 set -euo pipefail
 {  # read whole before it runs
 candidate=$1 out=$2 shipped=${3:-nin-cifar10-48-v3}
@@ -18,18 +21,31 @@ for pair in "candidate:$candidate" "shipped:$shipped"; do
     name=${pair%%:*} model=${pair#*:} o=$out/fl-${pair%%:*}
     echo "== $name ($model): $(date -u +%FT%TZ)"
     HASHINDEX=$hx "$here/eval_protocol.sh" "$model" "$train" "$test" "$o/zero"
-    [ -f "$o/ft.pt" ] || $hx -q train --init "$model" --data "$train" --val "$test" --epochs 6 --out "$o/ft.pt"
-    HASHINDEX=$hx "$here/eval_protocol.sh" "$o/ft.pt" "$train" "$test" "$o/tuned"
+    for seed in ${SEEDS:-0}; do
+        tag=$([ "$seed" = 0 ] || echo "-s$seed")
+        [ -f "$o/ft$tag.pt" ] || $hx -q train --init "$model" --data "$train" --val "$test" --epochs 6 \
+            --seed "$seed" --out "$o/ft$tag.pt"
+        HASHINDEX=$hx "$here/eval_protocol.sh" "$o/ft$tag.pt" "$train" "$test" "$o/tuned$tag"
+    done
 done
-${PYTHON:-python} - "$out" <<'PY'
-import json, sys
-print("| model | Hamming mAP@all | mAP@1000 | default mAP@all (signal) | P@10 default |")
+${PYTHON:-python} - "$out" ${SEEDS:-0} <<'PY'
+import json, statistics, sys
+out, seeds = sys.argv[1], sys.argv[2:]
+FIGURES = ("Hamming mAP@all", "mAP@1000", "default mAP@all", "P@10 default")
+def figures(path):
+    m = json.load(open(f"{out}/{path}/metrics.json"))
+    return [m["hamming"]["map"], m["hamming"]["map@1000"], m["reranked"]["map"], m["precision_at_k_reranked"][9]]
+print("| model | " + " | ".join(FIGURES) + " |")
+print("| --- |" + " --- |" * len(FIGURES))
 for name in ("shipped", "candidate"):
-    for stage in ("zero", "tuned"):
-        m = json.load(open(f"{sys.argv[1]}/fl-{name}/{stage}/metrics.json"))
-        h, r = m["hamming"], m["reranked"]
-        print(f"| {name}, {stage} | {h['map']:.4f} | {h['map@1000']:.4f} | {r['map']:.4f} ({r['signal']}) | "
-              f"{m['precision_at_k_reranked'][9]:.4f} |")
+    print(f"| {name}, zero-shot | " + " | ".join(f"{v:.4f}" for v in figures(f"fl-{name}/zero")) + " |")
+    runs = [figures(f"fl-{name}/tuned" + ("" if s == "0" else f"-s{s}")) for s in seeds]
+    for s, r in zip(seeds, runs):
+        print(f"| {name}, fine-tuned, seed {s} | " + " | ".join(f"{v:.4f}" for v in r) + " |")
+    if len(runs) > 1:  # mean, and the spread (sample standard deviation) over the seeds
+        cols = list(zip(*runs))
+        print(f"| {name}, fine-tuned, mean of {len(runs)} | "
+              + " | ".join(f"{statistics.mean(c):.4f} (sd {statistics.stdev(c):.4f})" for c in cols) + " |")
 PY
 exit
 }
