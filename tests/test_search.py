@@ -151,6 +151,7 @@ def test_cli_query_and_errors(flat_index, cifar_shards, tiny_model, tmp_path):
     cases = [
         ([str(tmp_path / "nope"), "--by-id", "1"], "no such directory"),
         ([str(half), "--by-id", "1"], "not a complete hashindex index"),
+        ([str(other), "--by-id", "1"], "a file; expected an index directory"),
         ([str(broken), "--by-id", "1"], "incomplete index, missing"),
         ([str(flat_index), str(img), "--model", str(other)], "differs from the index's model"),
         ([str(flat_index), str(tmp_path / "imgs/cat/truncated.jpg"), "--model", str(tiny_model)], "cannot be decoded (truncated)"),

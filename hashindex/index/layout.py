@@ -25,6 +25,7 @@ from ..files import file_checksums, naming, read_json, remember_verified, verify
 from ..hdf5 import create_h5, ensure_room, open_h5
 from ..schema import Check, Map, Nullable, SchemaError, hex_digest, nonneg, plain_name, positive, validate
 from ..signals import SIGNALS, Head
+from ..store import MANIFEST
 from .faiss_files import buckets_file, read_binary, read_float
 from .kinds import BINARY_KINDS, RERANK_KINDS, FloatParts, StorePart
 
@@ -199,12 +200,17 @@ def moved_aside(index_dir: Path) -> Path | None:
 def read_index_meta(directory: str | Path, arg: str = "index_dir") -> dict[str, Any]:
     """index.json of a complete index directory (one-line error otherwise)."""
     d = Path(directory)
+    if d.is_file():
+        raise HashindexError(f"{arg}={d}: a file; expected an index directory (one hashindex build wrote)")
     if not d.is_dir():
         aside = moved_aside(d)
         raise HashindexError(f"{arg}={d}: no such directory" + (
             f" (a write of it was killed while swapping it: its index waits at {aside.name}, and the next build, "
             "append or removal of it puts it back)" if aside else ""))
     if not (d / INDEX_JSON).exists():
+        if (d / MANIFEST).exists():
+            raise HashindexError(f"{arg}={d}: a shard directory, not an index; index it first: hashindex build {d} "
+                                 "--out INDEX_DIR")
         raise HashindexError(f"{arg}={d}: not a complete hashindex index (no {INDEX_JSON}; run hashindex build)")
     try:
         meta = read_json(d / INDEX_JSON)
