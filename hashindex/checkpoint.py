@@ -80,6 +80,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def resolve_model_path(name_or_path: str | Path, arg: str = "model") -> Path:
     """A checkpoint path, or the name of a model shipped in hashindex/weights/."""
     p = Path(name_or_path)
+    if p.is_dir():
+        raise HashindexError(f"{arg}={name_or_path}: a directory; expected a checkpoint file (hashindex train writes "
+                             f"one) or a shipped model's name{shipped_hint()}")
     if p.exists():
         return p
     shipped = shipped_path(str(name_or_path))

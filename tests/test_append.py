@@ -135,6 +135,8 @@ def test_append_errors_and_cli(cifar_shards, new_shards, tiny_model, tmp_path):
         ([str(new_shards), "--out", str(out), "--append", "--binary", "ivf"], "--append: --binary cannot"),
         ([str(new_shards), "--out", str(tmp_path / "none"), "--append"], "no such directory"),
         ([str(new_shards), "--out", str(out)], "or --append"),
+        ([str(out), "--out", str(out), "--append"], "an index directory; expected a shard directory"),
+        ([str(out / "index.json"), "--out", str(out), "--append"], "a file; expected a shard directory"),
     ]
     for args, message in cases:
         res = runner.invoke(cli, ["-q", "build", *args])

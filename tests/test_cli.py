@@ -56,6 +56,14 @@ def test_unknown_model_name_is_one_line():
     assert res.exit_code == 2 and res.output.startswith("hashindex: error: PATH missing.pt: no such checkpoint file")
 
 
+def test_a_directory_given_as_the_model_is_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["-q", "extract", "--model", str(tmp_path), "--data", str(tmp_path), "--out",
+                                   str(tmp_path / "s")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"--model {tmp_path}: a directory; expected a checkpoint file (hashindex train writes one) or a " \
+           "shipped model's name (shipped models: nin-cifar10-48" in res.output
+
+
 def test_info_describes_a_collection_before_extracting_it(tmp_path):
     """info on a --data spec: the items, the skips known from names alone (decoding is extract's), the labels;
     the text form shortens a long label list, --json keeps it whole."""

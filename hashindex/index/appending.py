@@ -22,7 +22,7 @@ from .layout import (BINARY_FILE, HEAD_FILE, INDEX_JSON, RERANK_FILE, TABLE_FILE
                      copy_table, label_set_classes, memory_figures, new_table, next_id, part_file, read_head,
                      read_index_meta, read_table, record_checksums, rerank_files, rerank_signal)
 from .writing import (binary_names, check_before_lock, check_shards, empty_part, exclusive_index, fill, link_or_copy,
-                      replacing, source_entry)
+                      open_shards, replacing, source_entry)
 
 
 def _check_appendable(meta: dict[str, Any], store: ShardSet, index_dir: Path) -> None:
@@ -77,7 +77,7 @@ def append(shard_dir: str | Path, index_dir: str | Path, *, progress: bool = Tru
     """
     t0 = time.time()
     index_dir = Path(index_dir)
-    store = ShardSet(shard_dir, "shard_dir")
+    store = open_shards(shard_dir, "shard_dir")
     check_before_lock(index_dir, "out")
     with exclusive_index(index_dir):
         meta = read_index_meta(index_dir, "out")  # as it is now that no other append runs

@@ -36,7 +36,7 @@ from .layout import (FORMAT, FORMAT_VERSION, HEAD_FILE, INDEX_JSON, TABLE_FILE, 
                      part_file, record_checksums, rerank_files)
 from .recall import check_queries, coarse_plan, tune
 from .tuning import fine_stage, training_sample
-from .writing import binary_names, check_shards, exclusive_index, fill, replacing, source_entry
+from .writing import binary_names, check_shards, exclusive_index, fill, open_shards, replacing, source_entry
 
 
 def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", rerank: str = "flat",
@@ -64,9 +64,9 @@ def build(shard_dir: str | Path, out: str | Path, *, binary: str = "auto", reran
     if backend not in ("local", "ray"):
         raise HashindexError(f"backend={backend!r}: expected 'local' or 'ray'")
     t0 = time.time()
-    store = ShardSet(shard_dir, "shard_dir")
+    store = open_shards(shard_dir, "shard_dir")
     check_shards(store, rerank)
-    queries = None if tune_queries is None else ShardSet(tune_queries, "tune_queries")
+    queries = None if tune_queries is None else open_shards(tune_queries, "tune_queries")
     if queries is not None:
         check_queries(queries, store)
     out = Path(out)

@@ -26,8 +26,17 @@ from ..store import MANIFEST, ShardSet
 from .buckets import BucketedBinary
 from .kinds import make_binary_index
 from .faiss_files import faiss_reads
-from .layout import (aside_path, binary_files, bucket_files, bucketed, leftovers, moved_aside, new_temp_folder,
-                     read_index_meta, table_columns)
+from .layout import (INDEX_JSON, aside_path, binary_files, bucket_files, bucketed, leftovers, moved_aside,
+                     new_temp_folder, read_index_meta, table_columns)
+
+
+def open_shards(directory: str | Path, arg: str) -> ShardSet:
+    """The shard directory a build or an append reads; an index directory given in its place is named as one
+    (the store cannot tell: it knows no index)."""
+    if (Path(directory) / INDEX_JSON).exists():
+        raise HashindexError(f"{arg}={directory}: an index directory; expected a shard directory (the one "
+                             "hashindex extract wrote)")
+    return ShardSet(directory, arg)
 
 
 def check_shards(shards: ShardSet, rerank: str) -> None:

@@ -109,6 +109,8 @@ class ShardSet:
     def __init__(self, directory: str | Path, arg: str = "shard_dir", require_complete: bool = True):
         self.dir = Path(directory)
         mpath = self.dir / MANIFEST
+        if self.dir.is_file():
+            raise HashindexError(f"{arg}={self.dir}: a file; expected a shard directory (hashindex extract writes one)")
         if not self.dir.is_dir():
             raise HashindexError(f"{arg}={self.dir}: no such directory")
         if not mpath.exists():
