@@ -155,10 +155,15 @@ def test_user_errors(tiny_model, tmp_path):
     notckpt = tmp_path / "notes.txt"
     notckpt.write_text("hello")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "no-images").mkdir()  # other files only: a shard directory given as --data, say
+    for name in ("manifest.json", "shard-00000.h5", ".hidden.jpg"):
+        (tmp_path / "no-images" / name).write_bytes(b"{}")
     cases = [
         (["--model", str(tmp_path / "none.pt"), "--data", str(tmp_path / "imgs")], "no such checkpoint"),
         (["--model", str(notckpt), "--data", str(tmp_path / "imgs")], "not a hashindex checkpoint"),
         (["--model", str(tiny_model), "--data", str(tmp_path / "empty")], "holds no images"),
+        (["--model", str(tiny_model), "--data", str(tmp_path / "no-images")],
+         "no-images: holds no images (3 entries, none of them one: 2 not-an-image, 1 hidden)"),
     ]
     for args, message in cases:
         out = tmp_path / "o"

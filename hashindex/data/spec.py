@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from ..errors import HashindexError
@@ -228,6 +229,13 @@ def names_a_collection(path: Path) -> bool:
 
 
 def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:
+    """The source, unless it lists nothing to read: no items, or only items skipped by their names (a folder of
+    other files: a shard directory given as --data would be extracted into an empty one)."""
     if len(source) == 0:
         raise HashindexError(f"{arg}={spec}: holds no images")
+    if len(source.unread) == len(source):
+        reasons = Counter(reason for reason, _ in source.unread.values())
+        entries = f"{len(source)} entries" if len(source) > 1 else "1 entry"
+        raise HashindexError(f"{arg}={spec}: holds no images ({entries}, none of them one: "
+                             + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) + ")")
     return source
