@@ -109,6 +109,8 @@ def image_mode(data: bytes) -> str | None:
             return Image.open(io.BytesIO(data)).mode
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None  # (UnidentifiedImageError is an OSError)
+
+
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side, never less
 
 
