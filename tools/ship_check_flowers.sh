@@ -10,7 +10,8 @@
 # Writes OUT/fl-NAME/{zero,tuned}/metrics.json and OUT/fl-NAME/ft.pt (NAME: candidate, shipped); every step
 # resumes. env: HASHINDEX, PYTHON, DATA (default ../shared/data), SEEDS (default "0": the fine-tune's --seed
 # values; seed S > 0 writes ft-sS.pt and tuned-sS/, and the table gives each model's mean over the seeds, since
-# two fine-tunes of one model from different seeds differ by about as much as two models do).
+# two fine-tunes of one model from different seeds differ by about as much as two models do); it ends with the
+# zero-shot comparison query by query (`eval --compare`: B - A with a 95% interval).
 set -euo pipefail
 {  # read whole before it runs
 candidate=$1 out=$2 shipped=${3:-nin-cifar10-48-v3}
@@ -47,5 +48,10 @@ for name in ("shipped", "candidate"):
         print(f"| {name}, fine-tuned, mean of {len(runs)} | "
               + " | ".join(f"{statistics.mean(c):.4f} (sd {statistics.stdev(c):.4f})" for c in cols) + " |")
 PY
+# zero-shot, query by query (a fine-tune's seed noise is in the table's spread, not in this interval)
+z=$out/fl-shipped/zero c=$out/fl-candidate/zero
+$hx -q eval "$z/index" --queries "$z/shards/queries" --compare "$c/index" --compare-queries "$c/shards/queries" \
+    | sed -n '/^paired comparison/,$p'
+
 exit
 }
