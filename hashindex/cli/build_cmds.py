@@ -172,7 +172,7 @@ def derive(ctx, model, out, test_flip, test_shift, adapt_codes, adapt_sample, va
       hashindex derive nin-cifar10-48 --test-flip --out /tmp/flip.pt \\
           --val ../shared/data/cifar10-jpeg/test.tar
       hashindex derive nin-cifar10-48-v2 --test-shift 2 --out /tmp/ten-views.pt
-      hashindex derive nin-cifar10-48-v3 --adapt-codes ~/photos --out /tmp/photos.pt
+      hashindex derive nin-cifar10-48-v4 --adapt-codes ~/photos --out /tmp/photos.pt
     """
     from ..model import views_description
     from ..derive import derive as api_derive
