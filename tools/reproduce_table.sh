@@ -170,6 +170,7 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             views "$name" ;;
         cifar10-48-ckd6-sam2)  # issue #13: cifar10-48-ckd6-sam's recipe once more, from its weights (the same six
             # teaching, lr 0.02, 20 epochs, --sam 0.05): that round gave +0.3-0.6 points over ckd6 at the same epochs
+            # (each row writes its teachers out: tools/gpu_train.py's row_reads finds what a row reads in its block)
             ckpts=checkpoints
             row "$name" "$cifar_train" "$cifar_test" --bits 48 --init $ckpts/cifar10-48-ckd6-sam.pt --epochs 20 \
                 --lr 0.02 --consistent-teacher --teacher nin-cifar10-48-v2 --teacher nin-cifar10-48-v3 \
