@@ -163,7 +163,7 @@ def test_user_errors(tiny_model, tmp_path):
         (["--model", str(notckpt), "--data", str(tmp_path / "imgs")], "not a hashindex checkpoint"),
         (["--model", str(tiny_model), "--data", str(tmp_path / "empty")], "holds no images"),
         (["--model", str(tiny_model), "--data", str(tmp_path / "no-images")],
-         "no-images: holds no images (3 entries, none of them one: 2 not-an-image, 1 hidden)"),
+         "no-images: holds no images it can read (3 entries, each skipped: 2 not-an-image, 1 hidden)"),
     ]
     for args, message in cases:
         out = tmp_path / "o"

@@ -236,6 +236,6 @@ def _non_empty(source: ImageSource, arg: str, spec: str) -> ImageSource:
     if len(source.unread) == len(source):
         reasons = Counter(reason for reason, _ in source.unread.values())
         entries = f"{len(source)} entries" if len(source) > 1 else "1 entry"
-        raise HashindexError(f"{arg}={spec}: holds no images ({entries}, none of them one: "
+        raise HashindexError(f"{arg}={spec}: holds no images it can read ({entries}, each skipped: "
                              + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) + ")")
     return source
