@@ -3,18 +3,20 @@
 # 2,934 training photos; classes CIFAR-10 does not have), zero-shot and after a 6-epoch fine-tune, both in one run
 # (docs/RESULTS.md "The demo on classes of your own": a candidate ships only if no photo row drops).
 #
-#   tools/ship_check_flowers.sh CANDIDATE OUT [SHIPPED]      # SHIPPED defaults to nin-cifar10-48-v3
-#   tools/ship_check_flowers.sh runs/table/cifar10-48-ta-ckd6-flip.pt runs/v4ckd6
-#   SEEDS="0 1 2" tools/ship_check_flowers.sh runs/table/cifar10-48-ta-ckd6-flip.pt runs/v4ckd6  # 3 fine-tunes each
+#   tools/ship_check_flowers.sh CANDIDATE OUT [SHIPPED]      # SHIPPED defaults to hashindex.DEFAULT_MODEL
+#   tools/ship_check_flowers.sh runs/table/cifar10-48-ta-ckd6-flip.pt runs/v4ckd6 nin-cifar10-48-v3
+#   SEEDS="0 1 2" tools/ship_check_flowers.sh CANDIDATE OUT       # 3 fine-tunes each
 #
 # Writes OUT/fl-NAME/{zero,tuned}/metrics.json and OUT/fl-NAME/ft.pt (NAME: candidate, shipped); every step
 # resumes. env: HASHINDEX, PYTHON, DATA (default ../shared/data), SEEDS (default "0": the fine-tune's --seed
 # values; seed S > 0 writes ft-sS.pt and tuned-sS/, and the table gives each model's mean over the seeds, since
-# two fine-tunes of one model from different seeds differ by about as much as two models do); it ends with the
-# zero-shot comparison query by query (`eval --compare`: B - A with a 95% interval).
+# two fine-tunes of one model from different seeds differ by about as much as two models do; then the difference
+# of the means in standard errors, past -2 marked a drop); it ends with the zero-shot comparison query by query
+# (`eval --compare`: B - A with a 95% interval).
 set -euo pipefail
 {  # read whole before it runs
-candidate=$1 out=$2 shipped=${3:-nin-cifar10-48-v3}
+candidate=$1 out=$2
+shipped=${3:-$(${PYTHON:-python} -c 'import hashindex; print(hashindex.DEFAULT_MODEL)')}
 hx=${HASHINDEX:-hashindex} data=${DATA:-../shared/data}
 train=$data/flowers/train.tar test=$data/flowers/test.tar
 here=$(dirname "$0")
@@ -38,15 +40,23 @@ def figures(path):
     return [m["hamming"]["map"], m["hamming"]["map@1000"], m["reranked"]["map"], m["precision_at_k_reranked"][9]]
 print("| model | " + " | ".join(FIGURES) + " |")
 print("| --- |" + " --- |" * len(FIGURES))
+tuned = {}
 for name in ("shipped", "candidate"):
     print(f"| {name}, zero-shot | " + " | ".join(f"{v:.4f}" for v in figures(f"fl-{name}/zero")) + " |")
-    runs = [figures(f"fl-{name}/tuned" + ("" if s == "0" else f"-s{s}")) for s in seeds]
+    runs = tuned[name] = [figures(f"fl-{name}/tuned" + ("" if s == "0" else f"-s{s}")) for s in seeds]
     for s, r in zip(seeds, runs):
         print(f"| {name}, fine-tuned, seed {s} | " + " | ".join(f"{v:.4f}" for v in r) + " |")
     if len(runs) > 1:  # mean, and the spread (sample standard deviation) over the seeds
         cols = list(zip(*runs))
         print(f"| {name}, fine-tuned, mean of {len(runs)} | "
               + " | ".join(f"{statistics.mean(c):.4f} (sd {statistics.stdev(c):.4f})" for c in cols) + " |")
+if len(seeds) > 1:  # candidate - shipped over the seeds, in standard errors of that difference: past -2, a drop
+    cells = []
+    for a, b in zip(zip(*tuned["shipped"]), zip(*tuned["candidate"])):
+        diff = statistics.mean(b) - statistics.mean(a)
+        se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+        cells.append(f"{diff:+.4f} ({diff / se:+.1f} SE{', a drop' if diff < -2 * se else ''})" if se else f"{diff:+.4f}")
+    print("| candidate - shipped, fine-tuned means | " + " | ".join(cells) + " |")
 PY
 # zero-shot, query by query (a fine-tune's seed noise is in the table's spread, not in this interval)
 z=$out/fl-shipped/zero c=$out/fl-candidate/zero
