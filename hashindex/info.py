@@ -134,7 +134,8 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 def describe_collection(spec: str) -> dict[str, Any]:
     """What extraction or training would read from a ``--data`` spec, before any of it is decoded: the items,
-    the skips already known from their names (hidden files, non-image extensions, links), the labels."""
+    the skips already known from their names (hidden files, non-image extensions, links), the labels, and the
+    input channels training would default to (from up to 16 image headers)."""
     import numpy as np
 
     from .data import open_source, shared_folder_names
@@ -155,6 +156,8 @@ def describe_collection(spec: str) -> dict[str, Any]:
         **({"multi_label": True} if source.multi_label else {}),
         # classes several folders share ('sub' of cats/sub and dogs/sub): `DIR#labels=top|path` names them apart
         **({"shared_folder_names": shared} if (shared := shared_folder_names(source)) else {}),
+        # training's default input channels: 1 where the images are grey (their headers, up to 16 of them)
+        "channels": 1 if source.is_greyscale() else 3,
         "decoding": "not tried here: extract and train count the files that fail to decode",
     }
 

@@ -85,6 +85,7 @@ def test_info_describes_a_collection_before_extracting_it(tmp_path):
     assert got["skipped_by_name"] == {"hidden": 1, "not-an-image": 1}  # notes.txt; text.jpg is found by decoding
     assert got["classes"] == 16 and got["labels"]["cat"] == 5 and got["labels"]["dog"] == 7 and got["labelled"] == 26
     assert got["labels"]["unlabelled"] == 1
+    assert got["channels"] == 3  # colour images among them: training's default is RGB
     text = CliRunner().invoke(cli, ["info", str(tmp_path / "imgs")]).output
     assert "kind: images" in text and "cat=5, dog=7, " in text and ", ... (5 more; --json for all)\n" in text
     from hashindex.cli.search_cmds import _shown

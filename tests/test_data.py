@@ -263,6 +263,8 @@ def test_a_folder_of_grey_images_is_greyscale_and_one_colour_image_makes_it_colo
         Image.new(mode, (9, 7)).save(tmp_path / "grey" / "a" / f"{i}.{fmt.lower()}", format=fmt)
     (tmp_path / "grey" / "a" / "notes.png").write_bytes(b"not an image")  # unreadable: not counted either way
     assert open_source(tmp_path / "grey").is_greyscale()
+    from hashindex.info import describe_collection
+    assert describe_collection(str(tmp_path / "grey"))["channels"] == 1  # `hashindex info` says what training takes
     (tmp_path / "grey" / "a" / "z.png").write_bytes(image_bytes("PNG", mode="P", seed=9))
     assert not open_source(tmp_path / "grey").is_greyscale()  # a palette image: colour, whatever its palette
     assert not open_source(tmp_path / "grey" / "a" / "notes.png").is_greyscale()  # nothing readable: colour
