@@ -50,7 +50,8 @@ def test_unknown_model_name_is_one_line():
     res = CliRunner().invoke(cli, ["info", "no-such-model"])
     assert res.exit_code == 2
     assert res.output.startswith("hashindex: error: PATH no-such-model: no such file or directory, nor a shipped "
-                                 "model (shipped models: nin-cifar10-48, nin-cifar10-48-v2, nin-cifar10-48-v3, nin-cifar10-48-v4)")
+                                 "model (shipped models: nin-cifar10-48, nin-cifar10-48-v2, nin-cifar10-48-v3, "
+                                 "nin-cifar10-48-v4)")
     assert res.output.count("\n") == 1
     res = CliRunner().invoke(cli, ["info", "missing.pt"])
     assert res.exit_code == 2 and res.output.startswith("hashindex: error: PATH missing.pt: no such checkpoint file")

@@ -36,8 +36,8 @@ def test_shipped_models_load_by_name_and_are_good(name, model_id, test_flip, acc
                                             ("nin-cifar10-48-v2", "b25501e9bcc7f29b")])
 def test_ten_view_model_derives_with_the_documented_id(tmp_path, name, model_id):
     """README / RESULTS: `derive NAME --test-shift 2` is the model whose protocol figures are recorded
-    (v3's and v4's were derived from the students' single-view checkpoints); deriving it again from the shipped file must
-    give that model, and it must classify."""
+    (v3's and v4's were derived from the students' single-view checkpoints); deriving it again from the shipped file
+    must give that model, and it must classify."""
     out = tmp_path / "ten.pt"
     res = CliRunner().invoke(cli, ["-q", "derive", name, "--test-shift", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output

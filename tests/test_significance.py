@@ -123,7 +123,8 @@ def test_eval_compare_errors_are_one_line(flat_index, hamming_index, cifar_queri
 
     runner = CliRunner()
     base = ["-q", "eval", str(flat_index), "--queries", str(cifar_queries)]
-    for missing, expected in ((tmp_path / "none", "no such directory"), (cifar_queries, "a shard directory, not an index; index it first: hashindex build")):
+    for missing, expected in ((tmp_path / "none", "no such directory"),
+                              (cifar_queries, "a shard directory, not an index; index it first: hashindex build")):
         res = runner.invoke(cli, base + ["--compare", str(missing)])
         assert res.exit_code == 2 and f"--compare {missing}: {expected}" in res.output, res.output
     usage = " ".join(runner.invoke(cli, ["eval", "--help"]).output.split())

@@ -55,7 +55,8 @@ if len(seeds) > 1:  # candidate - shipped over the seeds, in standard errors of 
     for a, b in zip(zip(*tuned["shipped"]), zip(*tuned["candidate"])):
         diff = statistics.mean(b) - statistics.mean(a)
         se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-        cells.append(f"{diff:+.4f} ({diff / se:+.1f} SE{', a drop' if diff < -2 * se else ''})" if se else f"{diff:+.4f}")
+        drop = ", a drop" if diff < -2 * se else ""
+        cells.append(f"{diff:+.4f} ({diff / se:+.1f} SE{drop})" if se else f"{diff:+.4f}")
     print("| candidate - shipped, fine-tuned means | " + " | ".join(cells) + " |")
 PY
 # zero-shot, query by query (a fine-tune's seed noise is in the table's spread, not in this interval)
