@@ -25,7 +25,6 @@ resumes and a rerun with other settings decodes nothing.
 from __future__ import annotations
 
 import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,16 +220,14 @@ def _row(hashed: Hashed, p: int, distance: int, fine: int, match: str, keep: boo
 def image_size(source: Any, position: int) -> tuple[int, int]:
     """(pixels, bytes) of an item's file, from its header (the image is not decoded); (0, 0) where it has no file
     or no readable header (a prepared store's arrays, an item gone since it was hashed)."""
-    from PIL import Image
-
-    from .data.images import BadImage
+    from .data.images import BadImage, image_header
 
     try:
         data = source.read_bytes(position)
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size[0] * im.size[1], len(data)
-    except (BadImage, OSError, ValueError, NotImplementedError, Image.DecompressionBombError):  # PIL's own: OSError
+    except (BadImage, OSError, ValueError, NotImplementedError):
         return 0, 0
+    head = image_header(data)
+    return (head[1] * head[2], len(data)) if head else (0, 0)
 
 
 def check_keep(keep: str) -> None:

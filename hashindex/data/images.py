@@ -100,13 +100,14 @@ def _open(data: bytes, max_side: int | None) -> Image.Image:
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel
 
 
-def image_mode(data: bytes) -> str | None:
-    """The Pillow mode an image file's header declares (nothing is decoded), or None for bytes that are not an
-    image Pillow opens."""
+def image_header(data: bytes) -> tuple[str, int, int] | None:
+    """(mode, width, height) as an image file's header declares them (nothing is decoded), or None for bytes that
+    are not an image Pillow opens."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data)).mode
+            with Image.open(io.BytesIO(data)) as img:
+                return img.mode, img.width, img.height
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None  # (UnidentifiedImageError is an OSError)
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HashindexError
-from .images import DRAFT_FACTOR, GREY_MODES, BadImage, array_of, decode_image, image_mode
+from .images import DRAFT_FACTOR, GREY_MODES, BadImage, array_of, decode_image, image_header
 from .labels import folder_class, sample_labels
 from .members import SYSTEM_FOLDERS, TAR_EXTENSIONS, group_members, image_extensions, is_hidden
 from .members import suffix as name_suffix
@@ -60,18 +60,18 @@ class ImageSource:
         declares (nothing decoded; asked by training and prepare only, never at an open). One colour image
         among them makes it colour: a photo collection with a few grey scans stays RGB."""
         if self.greyscale is None:
-            modes = [image_mode(self._sample_bytes(int(i)))
-                     for i in np.unique(np.linspace(0, len(self) - 1, min(len(self), GREY_SAMPLE)).astype(int))]
-            modes = [m for m in modes if m is not None]
-            self.greyscale = bool(modes) and all(m in GREY_MODES for m in modes)
+            sample = self.subset(GREY_SAMPLE)
+            heads = [h for i in range(len(sample)) if (h := sample.header(i)) is not None]
+            self.greyscale = bool(heads) and all(mode in GREY_MODES for mode, _, _ in heads)
         return self.greyscale
 
-    def _sample_bytes(self, i: int) -> bytes:
-        """Item i's bytes for `is_greyscale`, or b"" when it cannot be read (a counted skip when trained on)."""
+    def header(self, i: int) -> tuple[str, int, int] | None:
+        """Item i's (mode, width, height) from its file's header (`image_header`: nothing decoded), or None where
+        it has no file or no readable header (a counted skip when it is decoded)."""
         try:
-            return self.read_bytes(i)
-        except (BadImage, OSError):
-            return b""
+            return image_header(self.read_bytes(i))
+        except (BadImage, OSError, NotImplementedError):  # (NotImplementedError: a prepared store's arrays)
+            return None
 
     def targets(self) -> np.ndarray:
         """What training learns and relevance is judged on: the label sets of a multi-label source, else the
