@@ -271,6 +271,19 @@ def format_confusion(confusion: dict[str, Any], most: int = 5) -> str:
 _AT = ("map@", "ndcg@", "acg@")  # the cut-off columns of the table (NDCG and ACG: label sets only)
 
 
+def _without_relevant(m: dict[str, Any], names) -> list[str]:
+    """A line for the queries that no ranking can score (AP 0): how many, and the mAP of the others."""
+    n, nq = m.get("queries_without_relevant", 0), m["queries"]
+    if not n:
+        return []
+    if n == nq:
+        return [f"none of the {nq:,} queries has a relevant item in the database: every AP is 0"]
+    rest = ", ".join(f"{name} {m[key]['map'] * nq / (nq - n):.4f}" for key, name in names if key in m)
+    return [f"queries with no relevant item in the database: {n:,} of {nq:,} (a class with one photo, left out of "
+            f"its own ranking, or a class the database lacks), AP 0 whatever the ranking; mAP of the other "
+            f"{nq - n:,}: {rest}"]
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     """The metrics as a short human-readable table."""
     r = next(k for k in m if k.startswith("radius"))
@@ -309,6 +322,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("self_excluded"):
         lines.append(f"{m['self_excluded']} queries are indexed items: each is left out of its own ranking "
                      "(leave-one-out; --include-self keeps them)")
+    lines.extend(_without_relevant(m, names))
     lines.append(f"tie-aware Hamming mAP (expectation over tie orders): {m['hamming']['map_tie_aware']:.4f}")
     pk = m["precision_at_k"]
     pkt = m.get("precision_at_k_tie_aware")

@@ -11,7 +11,7 @@ Used by `hashindex eval` (hashindex.evaluation), by training (final mAP), by
     orders within each tie), computed exactly in O(K) per query from the
     per-distance counts; so is the tie-aware precision@k;
   * mAP@k divides by the relevant items within the top k (DLBHC / DSH / HashNet
-    evaluation code); a query with no relevant item scores AP 0;
+    evaluation code); a query with no relevant item scores AP 0 (counted in ``queries_without_relevant``);
   * precision within Hamming radius r: a query with no item within r counts
     precision 0 (the common protocol);
   * re-ranked ranking: the ranking `Index.search` returns. The pool is the first
@@ -335,7 +335,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
             confusion.add(q_labels[sl], order)
     radius = min(radius, bits)
     n_le, r_le = np.concatenate(n_le_all), np.concatenate(r_le_all)
-    within, curve = _radius_figures(n_le, r_le, np.concatenate(total_rel), radius, bits)
+    total = np.concatenate(total_rel)
+    within, curve = _radius_figures(n_le, r_le, total, radius, bits)
     pairs_n = np.diff(n_le.sum(axis=0), prepend=0)  # pairs at each distance, from the counts within each
     pairs_r = np.rint(np.diff(r_le.sum(axis=0), prepend=0)).astype(np.int64)
     maps = hamming.maps()
@@ -347,6 +348,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         f"radius{radius}": within,
         "pr_curve": curve,
         "pair_distances": pair_distances(pairs_r, pairs_n - pairs_r),
+        # a one-photo class under leave-one-out, a query class the database lacks: AP 0 whatever the ranking
+        "queries_without_relevant": int((total == 0).sum()),
     }
     if graded_at:
         out["hamming"].update(graded.means())

@@ -456,6 +456,29 @@ def test_a_query_that_is_a_database_item_is_left_out_of_its_own_ranking():
     assert with_self["precision_at_k"][0] > got["precision_at_k"][0]  # finding itself had counted as a hit
 
 
+def test_queries_with_no_relevant_item_are_counted_and_named():
+    """A one-photo class under leave-one-out and a class the database lacks: AP 0 whatever the ranking, counted
+    in ``queries_without_relevant``; the text gives the mAP of the other queries (the mean over them alone)."""
+    rng = np.random.default_rng(5)
+    db_codes = rng.integers(0, 256, (40, 2), dtype=np.uint8)
+    db_labels = np.r_[np.zeros(20, int), np.ones(19, int), [2]]  # class 2: one item, item 39
+    q_codes = np.r_[db_codes[[0, 25, 39]], rng.integers(0, 256, (2, 2), dtype=np.uint8)]
+    q_labels = np.array([0, 1, 2, 3, 0])  # class 3: not in the database
+    own = np.array([0, 25, 39, -1, -1])
+    m = evaluate_arrays(q_codes, q_labels, db_codes, db_labels, 16, own=own, per_query=True)
+    ap = m["per_query"]["hamming"]
+    assert m["queries_without_relevant"] == 2 and ap[2] == ap[3] == 0
+    expected = np.mean([loop_ap(q_codes[i], q_labels[i], np.delete(db_codes, own[i], 0) if own[i] >= 0 else db_codes,
+                                np.delete(db_labels, own[i]) if own[i] >= 0 else db_labels) for i in (0, 1, 4)])
+    m["model_id"] = ""
+    text = format_metrics(m)
+    assert "no relevant item in the database: 2 of 5 (" in text and f"Hamming {expected:.4f}" in text
+    assert evaluate_arrays(q_codes[[0, 1, 4]], q_labels[[0, 1, 4]], db_codes, db_labels, 16,
+                           own=own[[0, 1, 4]])["queries_without_relevant"] == 0
+    alone = evaluate_arrays(q_codes[3:4], q_labels[3:4], db_codes, db_labels, 16) | {"model_id": ""}
+    assert "none of the 1 queries has a relevant item" in format_metrics(alone)
+
+
 def rows_path(rows, i: int) -> str:
     """Row i's path in the shards, as text."""
     p = rows["paths"][i]
