@@ -182,9 +182,11 @@ def test_bad_requests(server, path, data, status, message):
     assert body["error"] == message or message.endswith("(") and body["error"].startswith(message)
 
 
-def multipart(files: list[tuple[str, bytes]], boundary: str = "hashindex-test-boundary") -> tuple[bytes, str]:
-    """(body, Content-Type) of a multipart/form-data request with these "file" fields, as a browser sends it."""
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+def multipart(files: list[tuple[str, bytes]], boundary: str = "hashindex-test-boundary",
+              field: str = "file") -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/form-data request with these files in ``field`` fields, as a browser
+    sends it."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
              f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
@@ -223,6 +225,9 @@ def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
     assert status == 200 and [row.get("query") for row in body["results"]] == ["file:a.jpg", "file:b.jpg", None]
     assert same_ranking(body["results"][0]["results"], alone)
     assert body["results"][2] == {"error": "body: not a decodable image (not-an-image)", "status": 400}
+    status, body = post(server + "/batch?k=6", *multipart([("a.jpg", a)], field="image"))  # any name of field
+    assert status == 200 and body["results"][0]["query"] == "file:a.jpg"
+    assert same_ranking(body["results"][0]["results"], alone)
     status, body = post(server + "/batch?k=6&together=1", *multipart([("a.jpg", a), ("b.jpg", b)]))
     want = query(flat_index, [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")], [], model=str(tiny_model), k=6,
                  together=True)[0]["results"]
@@ -237,6 +242,9 @@ def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
                                                                             "request"),
             ("/batch", b"{oops", 400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields'),
             ("/batch?together=2", b'{"ids": [3]}', 400, "together=2: expected 0 or 1"),
+            ("/batch", (b'--B\r\nContent-Disposition: form-data; name="k"\r\n\r\n6\r\n--B--\r\n',
+                        "multipart/form-data; boundary=B"), 400, 'multipart body: no file in it (send the image as '
+                                                                  'a "file" field: curl -F file=@photo.jpg)'),
             ("/batch?exclude_self=1", multipart([("a.jpg", a)]), 400, "exclude_self=1: an uploaded image is not "
                                                                      "an indexed item (exclude_self is for searches "
                                                                      "with an id)")]:

@@ -4,7 +4,8 @@
     GET  /health                          {"status": "ok"} once every index is loaded
     GET  /metrics                         Prometheus text: requests, errors, latency, batch sizes, index size
     GET  /docs, /openapi.json             API documentation
-    POST /search?k=10                     body = an image file's bytes, or multipart/form-data field "file"
+    POST /search?k=10                     body = an image file's bytes, or a multipart/form-data file (field "file"
+                                          or any other name: a form's "image")
     GET  /search?id=42&k=10               search with an indexed item
     GET  /items/42/image                  the item's image file (for a front end to show results)
     GET  /ui                              a page over this API: search with a photo, see the results

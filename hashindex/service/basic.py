@@ -216,7 +216,7 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
 
 
 def multipart_files(headers, body: bytes) -> list[tuple[str, bytes]] | None:
-    """(file name, bytes) of a multipart/form-data body's "file" fields (at most MAX_BATCH), or None for another
+    """(file name, bytes) of a multipart/form-data body's uploads (`check_files`), or None for another
     body; parsed by the standard library's MIME parser, as the ASGI service's form parser reads the same body."""
     kind = headers.get("Content-Type", "")
     if not kind.startswith("multipart/form-data"):
@@ -224,9 +224,11 @@ def multipart_files(headers, body: bytes) -> list[tuple[str, bytes]] | None:
     if "boundary=" not in kind:
         raise RequestError(400, "Content-Type: multipart/form-data without a boundary")
     message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + kind.encode("latin-1") + b"\r\n\r\n" + body)
-    return check_files([(part.get_filename() or "upload", part.get_payload(decode=True) or b"")
-                        for part in (message.iter_parts() if message.is_multipart() else ())
-                        if part.get_param("name", header="content-disposition") == "file"])
+    parts = message.iter_parts() if message.is_multipart() else ()
+    fields = [(part.get_param("name", header="content-disposition"), part) for part in parts]
+    return [(part.get_filename() or "upload", part.get_payload(decode=True) or b"")
+            for part in check_files([(name, part) for name, part in fields
+                                     if name == "file" or part.get_filename() is not None])]
 
 
 ITEM_IMAGE = re.compile(r"/items/(\d{1,18})/image")

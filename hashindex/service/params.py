@@ -154,10 +154,14 @@ def body_ids(body: bytes, together: bool = False) -> list[int]:
     return ids
 
 
-def check_files(files: list) -> list:
-    """A multipart body's "file" fields (either server's parse of them): at least one, at most MAX_BATCH."""
+def check_files(fields: list[tuple[str, Any]]) -> list:
+    """A multipart body's uploads (either server's parse of them, as (field name, file) pairs): the "file" fields,
+    else every uploaded file whatever its field is called (a form's "image", curl -F photo=@x.jpg); at least one,
+    at most MAX_BATCH."""
+    files = [f for name, f in fields if name == "file"] or [f for _, f in fields]
     if not files:
-        raise RequestError(400, 'multipart body: no "file" field')
+        raise RequestError(400, 'multipart body: no file in it (send the image as a "file" field: '
+                                'curl -F file=@photo.jpg)')
     if len(files) > MAX_BATCH:
         raise RequestError(400, f"{len(files)} files: at most {MAX_BATCH} in one request")
     return files

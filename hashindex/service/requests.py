@@ -46,11 +46,11 @@ async def image_search(engine: Engine, data: bytes, options: dict[str, Any], nam
 
 
 async def request_uploads(request: Request) -> list[tuple[str, bytes]] | None:
-    """(file name, bytes) of a multipart request's "file" fields, or None for a raw body."""
+    """(file name, bytes) of a multipart request's uploads (`check_files`), or None for a raw body."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return None
     form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH)
-    files = check_files([f for key, f in form.multi_items() if key == "file" and hasattr(f, "read")])
+    files = check_files([(key, f) for key, f in form.multi_items() if hasattr(f, "read")])  # files, not fields
     return [(f.filename or "upload", await f.read()) for f in files]
 
 
