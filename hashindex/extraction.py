@@ -116,9 +116,20 @@ def _open_or_start(out: Path, expected: dict[str, Any], overwrite: bool) -> dict
                                  "bf16 and device decide it)"}[key]
             if key == "source" and manifest["source"].get("id_offset", 0) != expected["source"]["id_offset"]:
                 what = "another id_offset"
+            elif key == "source" and expected["source"].get("spec") and \
+                    manifest["source"].get("spec") == expected["source"]["spec"]:
+                raise HashindexError(_changed_source(out, manifest["source"], expected["source"]))
             raise HashindexError(f"out={out}: holds shards made with {what} "
                                  f"({key} differs); use overwrite=True to start over")
     return manifest
+
+
+def _changed_source(out: Path, then: dict[str, Any], now: dict[str, Any]) -> str:
+    """The error for shards of the same source whose files changed since (photos added, removed or renamed): an
+    index of them catches up with `sync`; the shards are only ever extracted whole again."""
+    return (f"out={out}: holds shards of {then['spec']} as it was ({then['items']:,} items then, {now['items']:,} "
+            "now: its files changed since); an index built from them catches up with hashindex sync INDEX_DIR, "
+            "or use overwrite=True to extract it again")
 
 
 def _drop_bad_shards(out: Path, manifest: dict[str, Any], log: Callable[[str], None]) -> None:

@@ -197,6 +197,19 @@ def test_user_errors(tiny_model, tmp_path):
     assert res.output.count("\n") == 1
     res = runner.invoke(cli, ["info", str(out), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["rows"] == 9
+    # the same folder with a photo added since: named as changed, with the way to catch an index up
+    then = ShardSet(out).manifest["source"]["items"]
+    (tmp_path / "imgs" / "cat" / "new.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())
+    res = runner.invoke(cli, ["extract", "--model", str(tiny_model), "--data", str(tmp_path / "imgs"),
+                              "--out", str(out), "--workers", "0", "--bf16"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"holds shards of {tmp_path / 'imgs'} as it was ({then} items then, {then + 1} now" in res.output
+    assert "hashindex sync INDEX_DIR" in res.output and "--overwrite" in res.output
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())
+    res = runner.invoke(cli, ["extract", "--model", str(tiny_model), "--data", str(tmp_path / "elsewhere"),
+                              "--out", str(out), "--workers", "0", "--bf16"])  # another folder: as before
+    assert res.exit_code == 2 and "holds shards made with another source (source differs)" in res.output
 
 
 def test_split_folders_default_to_train_everywhere(tiny_model, tmp_path):
