@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hashindex.cli import cli
 from hashindex.data import load_arrays, open_source
 from hashindex.data.prepared import PROGRESS, prepare
+from hashindex.errors import HashindexError
 from tests.conftest import CIFAR_TEST, make_mixed_folder, make_tar, need
 
 QUIET = {"progress": False, "log": lambda m: None}
@@ -33,6 +36,14 @@ def test_prepared_arrays_equal_decoding_the_source(tmp_path):
     assert prepared.class_names == source.class_names
     again = prepare(source, tmp_path / "p", 48, workers=0, **QUIET)  # complete: nothing to do
     assert again["sha256"] == meta["sha256"]
+    (tmp_path / "imgs" / "cat" / "new.jpg").write_bytes((tmp_path / "imgs" / "cat" / "good.jpg").read_bytes())
+    grown = open_source(tmp_path / "imgs")  # a photo added since: named as such, the store left as it was
+    with pytest.raises(HashindexError, match=rf"holds {re.escape(grown.description)} as it was "
+                                             rf"\({len(source)} items then, {len(grown)} now: its files changed"):
+        prepare(grown, tmp_path / "p", 48, workers=0, **QUIET)
+    with pytest.raises(HashindexError, match="holds another preparation"):  # another size: as before
+        prepare(grown, tmp_path / "p", 32, workers=0, **QUIET)
+    assert prepare(source, tmp_path / "p", 48, workers=0, **QUIET)["sha256"] == meta["sha256"]
 
 
 def test_train_from_a_prepared_store(tmp_path):

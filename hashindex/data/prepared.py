@@ -69,6 +69,11 @@ def prepare(data: ImageSource, out: str | Path, size: int, channels: int | None 
             meta = read_meta(out, "out")
             if {"size": meta["size"], "channels": meta["channels"], "fingerprint": meta["source"]["fingerprint"]} \
                     != want:
+                if (meta["source"]["description"], meta["size"], meta["channels"]) == (data.description, size,
+                                                                                      channels):
+                    raise HashindexError(f"out={out}: holds {data.description} as it was ({meta['source']['items']:,} "
+                                         f"items then, {len(data):,} now: its files changed since); overwrite=True "
+                                         "prepares it again")
                 raise HashindexError(f"out={out}: holds another preparation ({meta['source']['description']} at "
                                      f"{meta['size']} px); choose another out, or overwrite=True")
             log(f"{out}: already prepared ({meta['count']} images at {size} px); nothing to do")
