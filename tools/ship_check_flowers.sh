@@ -51,10 +51,11 @@ for name in ("shipped", "candidate"):
         print(f"| {name}, fine-tuned, mean of {len(runs)} | "
               + " | ".join(f"{statistics.mean(c):.4f} (sd {statistics.stdev(c):.4f})" for c in cols) + " |")
 if len(seeds) > 1:  # candidate - shipped over the seeds, in standard errors of that difference: past -2, a drop
+    from hashindex.significance import mean_interval
     cells = []
     for a, b in zip(zip(*tuned["shipped"]), zip(*tuned["candidate"])):
-        diff = statistics.mean(b) - statistics.mean(a)
-        se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+        ma, mb = mean_interval(a), mean_interval(b)  # each mean's standard error, the project's one computation
+        diff, se = mb["mean"] - ma["mean"], (ma["se"] ** 2 + mb["se"] ** 2) ** 0.5
         drop = ", a drop" if diff < -2 * se else ""
         cells.append(f"{diff:+.4f} ({diff / se:+.1f} SE{drop})" if se else f"{diff:+.4f}")
     print("| candidate - shipped, fine-tuned means | " + " | ".join(cells) + " |")
