@@ -37,3 +37,11 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     labels = shards.load(("ids", "labels"))  # the training photo's class is among what it finds
     found = {shards.class_names[labels["labels"][list(labels["ids"]).index(i)]] for i in ids}
     assert member.split("/")[-2] in found, (member, found)
+
+
+def test_tools_readme_lists_every_script_and_only_scripts_that_exist():
+    text = (ROOT / "tools" / "README.md").read_text()
+    listed = set(re.findall(r"`([\w-]+\.(?:py|sh))`", text))
+    scripts = {p.name for p in (ROOT / "tools").iterdir() if p.suffix in (".py", ".sh")}
+    assert scripts - listed == set(), "scripts missing from tools/README.md"
+    assert listed - scripts == set(), "tools/README.md names scripts that do not exist"
