@@ -120,3 +120,26 @@ def test_swa_errors(tmp_path):
         run(TrainConfig(data="x", out=str(tmp_path / "m.pt"), epochs=3, swa_epochs=1, swa_lr=0))
     r = CliRunner().invoke(cli, ["train", "--data", "x", "--out", str(tmp_path / "m.pt"), "--swa-lr", "0"])
     assert r.exit_code == 2 and "--swa-lr" in r.output
+
+
+def test_weight_average_tool_writes_the_mean_as_a_checkpoint_of_its_own(tiny_model, tmp_path):
+    from hashindex.checkpoint import load_model
+    from tests.conftest import load_tool
+
+    tool = load_tool("weight_average")
+    a = load_model(tiny_model, bf16=False)
+    b = load_model(tiny_model, bf16=False)
+    with torch.no_grad():
+        for p in b.net.parameters():
+            p.add_(1.0)
+    c = load_model(tiny_model, bf16=False)
+    net = tool.averaged([a.net, b.net, c.net], [1 / 3] * 3)
+    for pa, pn in zip(a.net.parameters(), net.parameters()):
+        assert torch.allclose(pn, pa + 1 / 3, atol=1e-5)  # (x + (x + 1) + x) / 3
+    out = tmp_path / "soup.pt"
+    model_id = tool.write_average(net, str(tiny_model), ["a.pt", "b.pt", "c.pt"], [1 / 3] * 3, 0.5, str(out))
+    soup = read_checkpoint(out)  # the model id checked against the weights on read
+    original = read_checkpoint(tiny_model)
+    assert soup["model_id"] == model_id != original["model_id"]
+    assert soup["accuracy"] == 0.5 and soup["derived_from"]["model_id"] == original["model_id"]
+    assert "b.pt" in soup["derived_from"]["model"] and soup["class_names"] == original["class_names"]
