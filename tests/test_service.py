@@ -611,3 +611,32 @@ def test_pages_of_the_origins_given_may_call_it_from_a_browser(service, flat_ind
                           (["--server", "basic", "--watch", "5"], "--watch: the asgi server's")]:
         res = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-index"), *args])
         assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
+
+
+def test_the_page_searches_dropped_and_pasted_photos_and_again_when_k_changes(tmp_path):
+    """The /ui page's script run by node on a minimal DOM (tests/data/ui_harness.js): a photo dropped on the page
+    is searched, a new k searches it again, a dropped text file is refused in the status line, two pasted photos
+    are searched as one, and after another index is chosen nothing is searched again."""
+    import json
+    import shutil
+    import subprocess
+    from importlib.resources import files
+
+    from tests.conftest import ROOT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the page's script runs in it)")
+    page = files("hashindex.service").joinpath("ui.html").read_text()
+    script = tmp_path / "ui.js"
+    script.write_text(page.split("<script>", 1)[1].split("</script>", 1)[0])
+    out = subprocess.run([node, str(ROOT / "tests" / "data" / "ui_harness.js"), str(script)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    steps = {s["step"]: s for s in map(json.loads, out.splitlines())}
+    urls = {name: [(c["method"], c["url"]) for c in s["calls"]] for name, s in steps.items()}
+    assert urls["load"] == [("GET", "/")]
+    assert urls["drop"] == [("POST", "/indexes/flat/search?k=20&rerank=1")]
+    assert urls["k"] == [("POST", "/indexes/flat/search?k=5&rerank=1")]
+    assert urls["drop-text"] == [] and steps["drop-text"]["status"].startswith("not an image")
+    assert urls["paste-two"] == [("POST", "/indexes/flat/batch?together=1&k=5&rerank=1")]
+    assert urls["paste-text"] == [] and urls["index-then-rerank"] == []
