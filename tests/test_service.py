@@ -509,10 +509,10 @@ def test_an_items_image_file_is_served(service):
     assert Image.open(io.BytesIO(small.content)).size == (16, 16)  # (the CIFAR image is 32 x 32)
     bigger = client.get("/items/5/image?size=64")  # a thumbnail never enlarges: the 32 x 32 image, re-encoded
     assert Image.open(io.BytesIO(bigger.content)).size == (32, 32) and bigger.headers["content-type"] == "image/jpeg"
-    for query, error in (("size=8", "size=8: expected at least 16"), ("size=x", "size=x: expected an integer"),
-                         ("sise=64", "sise: unknown parameter (expected size)")):
-        got = client.get(f"/items/5/image?{query}")
-        assert got.status_code == 400 and got.json()["error"] == error, query
+    for params, error in (("size=8", "size=8: expected at least 16"), ("size=x", "size=x: expected an integer"),
+                          ("sise=64", "sise: unknown parameter (expected size)")):
+        got = client.get(f"/items/5/image?{params}")
+        assert got.status_code == 400 and got.json()["error"] == error, params
 
 
 def test_the_page_uses_the_api_it_is_served_with(service):
