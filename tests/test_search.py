@@ -105,6 +105,16 @@ def test_radius_2_is_exact(kind, cifar_shards, db, tmp_path):
         assert np.array_equal(dist, row[pos])
 
 
+def test_a_radius_past_the_code_width_returns_every_item(flat_index, db):
+    """(Faiss takes the radius as a C int: 10**11 raised a TypeError from the query, the CLI and the service.)"""
+    index = Index.load(flat_index)
+    q = db["codes"][QUERIES][:3]
+    brute = hamming_distances(q, db["codes"])
+    for radius in (index.bits, 10**11):
+        for row, (pos, dist) in zip(brute, index.range_search(q, radius)):
+            assert len(pos) == index.count and np.array_equal(dist, row[pos]) and (np.diff(dist) >= 0).all()
+
+
 @pytest.mark.parametrize("rerank", ["fp16", "sq8", "pq"])
 def test_quantized_rerank_stores(rerank, cifar_shards, flat_index, db, tmp_path):
     build(cifar_shards, tmp_path / rerank, binary="flat", rerank=rerank, signal="l2", progress=False, log=lambda s: None)

@@ -389,8 +389,10 @@ class Index:
         """
         if radius < 0:
             raise HashindexError(f"radius={radius}: expected 0 or more")
+        # A radius past the code's width holds every item; Faiss takes a C int (radius 1e11 was a TypeError)
+        width = self.meta["binary"]["padded_bytes"] * 8
         try:
-            lims, dist, pos = self._binary_call("range_search", codes, radius + 1, nprobe)
+            lims, dist, pos = self._binary_call("range_search", codes, min(radius, width) + 1, nprobe)
         except RuntimeError:
             raise HashindexError(f"radius={radius}: the {self.meta['binary']['kind']} index has no range search "
                                  "(an HNSW index built before graphs over distinct codes: rebuild it)") from None
