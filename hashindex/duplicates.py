@@ -37,6 +37,7 @@ from .errors import HashindexError
 from .files import atomic_path, atomic_write_bytes
 from .hash_groups import pair_distances, star_groups
 from .phash import BITS, FINE_BITS, FINE_BLOCK, THUMB, box_name, crop_boxes, crop_hashes, crop_spec, perceptual_hashes
+from .runtime import check_workers
 
 # Radius 8 of 64 bits: every re-encoded, resized and brightened copy was within 6 bits of its original, and one
 # pair of distinct photos was within 8 (two shots of the same sunflower); radius 12 finds 90 % of all edited
@@ -284,6 +285,7 @@ def find_duplicates(sources: Sequence[Any], names: Sequence[str] | None = None, 
     crops = crop_spec(crops)  # a HashindexError naming the families, before any image is decoded
     keep = keep or ("first" if across else DEFAULT_KEEP)
     check_keep(keep)
+    check_workers(workers)
     if not sources:
         raise HashindexError("sources: expected at least one collection of images")
     opened = [open_source(s, "data") if isinstance(s, (str, Path)) else s for s in sources]

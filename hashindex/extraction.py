@@ -24,6 +24,7 @@ from .checkpoint import checkpoint_head, load_model
 from .data import ImageSource, iter_batches, open_source, skip_summary, warn_shared_folder_names
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
+from .runtime import check_workers
 from .model import FEATURE_DIM, MID_DIM, HashModel
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_attrs,
                     shard_entry, shard_name, write_head, write_shard, write_skipped)
@@ -184,6 +185,7 @@ def plan(model: str | HashModel, data: str | ImageSource, out: str | Path, *, sh
         raise HashindexError(f"features={features}: expected one of {', '.join(FEATURE_DTYPES)}")
     if shard_size < 1:
         raise HashindexError(f"shard_size={shard_size}: expected a positive number of rows")
+    check_workers(workers)
     model = load_model(model, device, bf16) if not isinstance(model, HashModel) else model
     if id_offset < 0:
         raise HashindexError(f"id_offset={id_offset}: expected 0 or more")

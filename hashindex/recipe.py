@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .distill import distill_loss
 from .errors import HashindexError
+from .runtime import check_workers
 from .devices import autocast_for
 from .model import NINHash, check_bits, check_width
 from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
@@ -83,6 +84,7 @@ def check_config(cfg: TrainConfig) -> None:
     """The settings that only make sense together (averaging phase, distillation) are consistent."""
     check_bits(cfg.bits)  # before any image is decoded
     check_width(cfg.width)
+    check_workers(cfg.workers)
     if not cfg.lr > 0 or not cfg.weight_decay >= 0:  # (torch's optimiser would say so only after decoding)
         raise HashindexError(f"lr={cfg.lr}, weight_decay={cfg.weight_decay}: expected a learning rate > 0 and a "
                              "weight decay >= 0")

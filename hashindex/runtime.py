@@ -9,6 +9,27 @@ import sys
 from .errors import HashindexError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+PER_CORE = 4  # threads or decode processes a core may be given: past that they only wait and take memory
+
+
+def most_parallel() -> int:
+    """How many threads, or decode processes, this machine is given at most: `PER_CORE` per core, at least 8.
+
+    A typo's count is refused rather than started: `--workers 2147483648` forked until the kernel's OOM killer
+    ended the largest process on the machine (another job's training run), `--threads 100000` crashed in
+    OpenMP."""
+    return max(8, PER_CORE * (os.cpu_count() or 1))
+
+
+def _limit_note() -> str:
+    return f"{PER_CORE} per core of this machine's {os.cpu_count() or 1}"
+
+
+def check_workers(workers: int) -> None:
+    """A count of decode processes: 0 (decode in this process) to `most_parallel`."""
+    if type(workers) is not int or not 0 <= workers <= most_parallel():
+        raise HashindexError(f"workers={workers}: expected 0 to {most_parallel()} decode processes "
+                             f"({_limit_note()}; more only take memory)")
 
 
 def set_threads(n: int) -> None:
@@ -21,8 +42,9 @@ def set_threads(n: int) -> None:
     assignment is 2.0x slower with 2 threads than with 1 and a flat search 1.6x. On a machine shared with
     other work, give hashindex the cores it may use.
     """
-    if n < 1:
-        raise HashindexError(f"threads={n}: expected 1 or more")
+    if type(n) is not int or not 1 <= n <= most_parallel():
+        raise HashindexError(f"threads={n}: expected 1 to {most_parallel()} ({_limit_note()}: threads past the "
+                             "cores only wait for each other)")
     for name in THREAD_VARIABLES:  # read when the libraries load (here, or in a process started from here)
         os.environ[name] = str(n)
     if "torch" in sys.modules:  # already loaded: set through their own calls

@@ -78,3 +78,30 @@ def test_the_cli_keeps_freed_memory_for_its_workers_but_not_for_serve(tmp_path):
 
     assert env_after("info", str(tmp_path / "missing")) == "MMAP_MAX=0"
     assert env_after("serve", "--help") == "MMAP_MAX=None"
+
+
+def test_counts_of_threads_and_decode_processes_past_the_machine_are_refused(monkeypatch, tmp_path):
+    """A typo's count is one line and exit 2, before anything is started or written: `--workers 2147483648`
+    forked until the OOM killer ended the largest process on the machine, `--threads 100000` crashed in OpenMP."""
+    from click.testing import CliRunner
+
+    from hashindex import HashindexError
+    from hashindex.cli import cli
+    from hashindex.runtime import check_workers, most_parallel, set_threads
+    from tests.conftest import CIFAR_TEST
+
+    monkeypatch.setattr("hashindex.runtime.os.cpu_count", lambda: 3)
+    assert most_parallel() == 12
+    check_workers(0)
+    check_workers(12)
+    for bad in (13, -1, 2**31):
+        with pytest.raises(HashindexError, match=rf"^workers={bad}: expected 0 to 12 decode processes \(4 per core "):
+            check_workers(bad)
+    with pytest.raises(HashindexError, match=r"^threads=13: expected 1 to 12 "):
+        set_threads(13)
+    out = tmp_path / "shards"
+    got = CliRunner().invoke(cli, ["extract", "--data", str(CIFAR_TEST), "--out", str(out), "--workers", "2147483648"])
+    assert got.exit_code == 2 and got.output.startswith("hashindex: error: --workers 2147483648: expected 0 to 12 ")
+    assert not out.exists()
+    got = CliRunner().invoke(cli, ["--threads", "100000", "info", str(tmp_path)])
+    assert got.exit_code == 2 and got.output.startswith("hashindex: error: --threads 100000: expected 1 to 12 ")

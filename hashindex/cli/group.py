@@ -44,7 +44,7 @@ def as_flags(message: str, command: click.Command | None) -> str:
     """A library message in Python terms, in the command line's words: ``k=5`` -> ``--k 5``, ``shard_dir=x`` ->
     ``SHARD_DIR x``, ``overwrite=True`` (or a bare ``val=``) -> ``--overwrite``. The running command's parameters first, then any
     command's options (flags mean the same everywhere); other names stay as they are."""
-    spelled = {p.name: _long(p) for c in cli.commands.values() for p in c.params if isinstance(p, click.Option)}
+    spelled = {p.name: _long(p) for c in (cli, *cli.commands.values()) for p in c.params if isinstance(p, click.Option)}
     own = [p for p in command.params if isinstance(p, click.Argument)] if command is not None else []
     if [p.name for p in own] == ["path"]:  # info / verify PATH: what other commands call SHARD_DIR or INDEX_DIR
         spelled |= {p.name: own[0].human_readable_name for c in cli.commands.values() for p in c.params

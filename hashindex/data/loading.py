@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from functools import partial
 from typing import Iterator
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import HashindexError
+from ..runtime import check_workers
 from .images import BadImage, SkipLog
 from .sources import ImageSource
 
@@ -86,6 +88,8 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
     reason)] for the items that failed). Workers that deliver nothing for `STALL_S`
     seconds are given up for this process, from the first batch not yet yielded.
     """
+    check_workers(workers)  # (so torch's own warning past the cores, which -q did not silence, says nothing new)
+    warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
     stop = len(source) if stop is None else stop
     subset = torch.utils.data.Subset(ImageDataset(source, size, channels), range(start, stop))
     loader = torch.utils.data.DataLoader(

@@ -28,6 +28,7 @@ from ..errors import HashindexError
 from ..files import (TMP_SUFFIX, atomic_path, atomic_write_json, decode_name, encode_name, exclusive, read_json,
                      remember_verified, sha256_file, verify_files)
 from ..hdf5 import create_h5, ensure_room, open_h5
+from ..runtime import check_workers
 from ..schema import Map, SchemaError, hex_digest, nonneg, positive, validate
 from .images import BadImage, skip_summary
 from .sources import ImageSource
@@ -61,6 +62,7 @@ def prepare(data: ImageSource, out: str | Path, size: int, channels: int | None 
     channels = channels or (1 if data.is_greyscale() else 3)
     if channels not in (1, 3):
         raise HashindexError(f"channels={channels}: expected 1 or 3")
+    check_workers(workers)
     want = {"size": size, "channels": channels, "fingerprint": data.fingerprint()}
     with exclusive(out, f"out={out}: another prepare into it is running"):
         if out.exists() and not out.is_dir():
