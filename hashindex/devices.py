@@ -49,6 +49,26 @@ def autocast_for(device: torch.device, bf16: bool | None):
     return nullcontext()
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes the net may still take on ``device``: CUDA's free memory, or on the CPU what Linux counts as
+    available (MemAvailable, less if a cgroup's limit leaves less); None where this cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    try:  # a container's own limit (cgroup v2)
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit != "max":
+                free = min(free, int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    return max(free, 0)
+
+
 def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda', 'cuda:N' or 'auto'; a one-line error if CUDA is asked for but absent."""
     if device == "auto":

@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .codes import input_digests
-from .devices import autocast_for, precision_of, resolve_device
+from .devices import autocast_for, free_memory, precision_of, resolve_device
 from .errors import HashindexError
 
 ARCH = "nin-hash"
@@ -85,6 +85,31 @@ def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Mod
                    nn.ReLU(inplace=True)]
         cin = cout
     return layers
+
+
+# Memory of one image in a pass of the width-1 net, in bytes per input pixel (it grows with the pixels): the
+# slope of peak RSS over the batch size, on the CPU (2026-12-06, 2 AVX-512 cores). `extract`, 224 px: 740 B
+# under bf16 (a bare forward pass: 700 at 224, 750-800 at 32-128; float32 1.9x that). `train`, bf16: 4,150 B at
+# 64 px, 4,820 at 224 (a bare forward and backward: 3,050-3,200; float32 1.85x). So at 224 px a batch of 256
+# encodes in ~10 GB and a training batch of 128 takes ~31 GB: past this machine's 24 GB, where the OOM killer ended
+# the run (or the largest other process).
+ACTIVATION_BYTES_PER_PIXEL = {(False, True): 800, (False, False): 1500, (True, True): 5000, (True, False): 9500}
+MEMORY_SHARE = 0.5  # of the free memory, what an inference pass's batch may take (the rest: everything else)
+
+
+def activation_bytes(input_size: int, *, training: bool, bf16: bool, width: int = 1) -> int:
+    """About how many bytes one image's pass takes at ``input_size`` px (`ACTIVATION_BYTES_PER_PIXEL`)."""
+    return ACTIVATION_BYTES_PER_PIXEL[(training, bf16)] * input_size * input_size * width
+
+
+def fitting_batch(batch_size: int, per_image: int, device: torch.device) -> int:
+    """``batch_size``, or fewer images where that many would take more than `MEMORY_SHARE` of the memory free on
+    ``device`` (an inference pass in smaller batches gives the same outputs; one the machine cannot hold ends
+    with the kernel's OOM killer, which may end another process instead)."""
+    free = free_memory(device)
+    if free is None:
+        return batch_size
+    return max(1, min(batch_size, int(free * MEMORY_SHARE) // max(per_image, 1)))
 
 
 FOLD_BATCH_NORM = True  # False: inference runs the trunk as trained (the baseline of tools/bench_fold.py)
@@ -364,6 +389,9 @@ class HashModel:
         except BadImage as e:
             raise HashindexError(f"images: an image cannot be used ({e})") from None
         parts: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": []}
+        per_image = activation_bytes(self.input_size, training=False, bf16=self.precision == "bfloat16",
+                                     width=self.net.width) * (2 if self.net.test_flip else 1)  # (mirrors: one batch)
+        batch_size = fitting_batch(batch_size, per_image, self.device)
         for start in range(0, len(images), batch_size):
             latent, feature, _, middle = self._forward_arrays(images[start:start + batch_size], mid)
             parts["codes"].append(pack_codes(latent))

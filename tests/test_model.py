@@ -317,3 +317,34 @@ def test_folded_batch_norm_gives_the_trunk_s_outputs_and_follows_its_weights():
     with torch.inference_mode():  # a net made under inference_mode has no version counters: folded each pass
         made = _trained_looking(NINHash(16, 3)).eval()
         assert torch.allclose(made.embed(x)[0], made.trunk(made.normalize(x)), atol=1e-4)
+
+
+def test_encoding_takes_smaller_batches_where_memory_is_short_with_the_same_outputs(tiny_model, monkeypatch):
+    """A batch of large images that would take more than half the free memory is encoded in smaller ones (the
+    OOM killer ends a process that asks for more, or another process on the machine); the outputs are the same."""
+    from hashindex import model as model_module
+    from hashindex.model import activation_bytes, fitting_batch
+
+    cpu = torch.device("cpu")
+    per_image = activation_bytes(224, training=False, bf16=True)
+    assert per_image == 800 * 224 * 224 and activation_bytes(224, training=True, bf16=False, width=2) == 9500 * 224**2 * 2
+    monkeypatch.setattr(model_module, "free_memory", lambda device: 10 * per_image)
+    assert fitting_batch(256, per_image, cpu) == 5 and fitting_batch(3, per_image, cpu) == 3
+    monkeypatch.setattr(model_module, "free_memory", lambda device: 0)
+    assert fitting_batch(256, per_image, cpu) == 1
+    monkeypatch.setattr(model_module, "free_memory", lambda device: None)  # unknown: as asked
+    assert fitting_batch(256, per_image, cpu) == 256
+
+    model = load_model(tiny_model, bf16=False)
+    images = np.random.default_rng(0).integers(0, 256, (40, 3, model.input_size, model.input_size), np.uint8)
+    whole = model.encode_fields(images)
+    sizes = []
+    real = model_module.HashModel._forward_arrays
+    monkeypatch.setattr(model_module.HashModel, "_forward_arrays",
+                        lambda self, x, mid: sizes.append(len(x)) or real(self, x, mid))
+    per = activation_bytes(model.input_size, training=False, bf16=False)
+    monkeypatch.setattr(model_module, "free_memory", lambda device: 2 * 7 * per)  # half of it: 7 images
+    parts = model.encode_fields(images)
+    assert sizes == [7, 7, 7, 7, 7, 5]
+    for name in ("codes", "features", "mid_features", "input_digests"):
+        assert np.allclose(parts[name], whole[name], atol=1e-5), name
