@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .distill import distill_loss
+from .devices import autocast_for, free_memory, uses_bf16
 from .errors import HashindexError
+from .model import NINHash, activation_bytes, check_bits, check_width
 from .runtime import check_workers
-from .devices import autocast_for
-from .model import NINHash, check_bits, check_width
 from .trivial_augment import apply_trivial, draw as draw_trivial, strengths
 
 
@@ -101,6 +101,29 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.teacher and not (0 <= cfg.distill_weight <= 1 and cfg.distill_temperature > 0):
         raise HashindexError(f"distill_weight={cfg.distill_weight}, distill_temperature={cfg.distill_temperature}: "
                              "expected a weight from 0 to 1 and a temperature > 0")
+
+
+def check_memory(cfg: TrainConfig, train: int, val: int, channels: int, device: torch.device) -> None:
+    """Refuse, before anything is decoded, a run the machine cannot hold: the decoded images stay in memory
+    (uint8) and a training step's activations grow with batch_size x input_size^2 (`model.activation_bytes`);
+    past the free memory the kernel's OOM killer ends the run, or another process on the machine."""
+    per_image = activation_bytes(cfg.input_size, training=True, bf16=uses_bf16(device, cfg.bf16), width=cfg.width)
+    step = min(cfg.batch_size, max(train, 1)) * per_image
+    images = train + val
+    data = images * channels * cfg.input_size ** 2
+    cpu = free_memory(torch.device("cpu"))
+    if cpu is not None and data > 0.9 * cpu:
+        raise HashindexError(f"input_size={cfg.input_size}: the {images:,} images decoded at that size take "
+                             f"{data / 2**30:.1f} GiB in memory, and this machine has {cpu / 2**30:.1f} GiB free "
+                             f"(an input_size= under {cfg.input_size}, or limit=)")
+    free = free_memory(device) if device.type == "cuda" else None if cpu is None else cpu - data
+    if free is not None and step > 0.9 * free:
+        fits = int(0.9 * free) // per_image
+        raise HashindexError(f"batch_size={cfg.batch_size}: a training step at input_size={cfg.input_size} takes about "
+                             f"{step / 2**30:.1f} GiB, and the {device} has {free / 2**30:.1f} GiB free"
+                             f"{' beside the decoded images' if device.type == 'cpu' else ''} ("
+                             + (f"batch_size={fits} fits, or an input_size= under {cfg.input_size})" if fits else
+                                f"an input_size= under {cfg.input_size})"))
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:

@@ -40,13 +40,13 @@ import torch
 from .averaging import WeightAverage, bn_sample, recompute_batchnorm
 from .checkpoint import atomic_torch_save, build_meta, read_checkpoint
 from .data import BadImage, ImageSource, SkipLog, load_arrays, open_source, warn_shared_folder_names
-from .devices import autocast_for, free_memory, precision_of, resolve_device, uses_bf16
+from .devices import autocast_for, precision_of, resolve_device, uses_bf16
 from .distill import ConsistentTeacher, check_teacher_ids, ensemble_logits, open_teacher, teacher_names
 from .errors import HashindexError
 from .codes import code_statistics
 from .metrics import mean_average_precision
 from .model import NINHash, activation_bytes, fitting_batch, pack_codes
-from .recipe import TrainConfig, augment, check_config, run_epoch
+from .recipe import TrainConfig, augment, check_config, check_memory, run_epoch
 from .targets import one_hot_sets
 
 
@@ -204,29 +204,6 @@ def _check_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         raise HashindexError(f"resume=True: {out} does not exist yet; start without resume=True")
 
 
-def _check_memory(cfg: TrainConfig, train: int, val: int, channels: int, device: torch.device) -> None:
-    """Refuse, before anything is decoded, a run the machine cannot hold: the decoded images stay in memory
-    (uint8) and a training step's activations grow with batch_size x input_size^2 (`model.activation_bytes`);
-    past the free memory the kernel's OOM killer ends the run, or another process on the machine."""
-    per_image = activation_bytes(cfg.input_size, training=True, bf16=uses_bf16(device, cfg.bf16), width=cfg.width)
-    step = min(cfg.batch_size, max(train, 1)) * per_image
-    images = train + val
-    data = images * channels * cfg.input_size ** 2
-    cpu = free_memory(torch.device("cpu"))
-    if cpu is not None and data > 0.9 * cpu:
-        raise HashindexError(f"input_size={cfg.input_size}: the {images:,} images decoded at that size take "
-                             f"{data / 2**30:.1f} GiB in memory, and this machine has {cpu / 2**30:.1f} GiB free "
-                             f"(an input_size= under {cfg.input_size}, or limit=)")
-    free = free_memory(device) if device.type == "cuda" else None if cpu is None else cpu - data
-    if free is not None and step > 0.9 * free:
-        fits = int(0.9 * free) // per_image
-        raise HashindexError(f"batch_size={cfg.batch_size}: a training step at input_size={cfg.input_size} takes about "
-                             f"{step / 2**30:.1f} GiB, and the {device} has {free / 2**30:.1f} GiB free"
-                             f"{' beside the decoded images' if device.type == 'cpu' else ''} ("
-                             + (f"batch_size={fits} fits, or an input_size= under {cfg.input_size})" if fits else
-                                f"an input_size= under {cfg.input_size})"))
-
-
 class _Arrays(NamedTuple):
     """The decoded training (and validation) images, uint8 (N, C, H, W), and their labels."""
 
@@ -338,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                 for t in (teacher_names(cfg.teacher) if ckpt is None or cfg.consistent_teacher else ())]
     if ckpt is not None and cfg.consistent_teacher:
         check_teacher_ids(teachers, ckpt["train_state"]["teacher_ids"], cfg.out)
-    _check_memory(cfg, len(src), len(vsrc) if vsrc is not None else 0, channels, device)
+    check_memory(cfg, len(src), len(vsrc) if vsrc is not None else 0, channels, device)
     data = _load_data(cfg, src, vsrc, channels, skips, progress, log)
     net, opt, history, init_info = _make_net(cfg, src.class_names, channels, data.train_x, ckpt, init, log, device)
     precision = precision_of(device, cfg.bf16)

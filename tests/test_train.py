@@ -539,10 +539,10 @@ def test_a_run_the_memory_cannot_hold_is_refused_before_decoding(tmp_path, monke
     """Past the free memory the kernel's OOM killer ends the run, or another process on the machine (a
     224-px run of 100 images here took 23 GB before it was killed): refused in one line, with what fits."""
     need(CIFAR_TEST)
-    from hashindex import training
+    from hashindex import recipe, training
 
     monkeypatch.setattr(training, "_load_data", lambda *a: pytest.fail("decoded before the check"))
-    monkeypatch.setattr(training, "free_memory", lambda device: 2**30)  # 1 GiB free
+    monkeypatch.setattr(recipe, "free_memory", lambda device: 2**30)  # 1 GiB free
     args = ["train", "--data", str(CIFAR_TEST), "--limit", "200", "--epochs", "1", "--out", str(tmp_path / "m.pt"),
             "--no-bf16"]  # (float32 on every CPU: 9,500 bytes a pixel in a training step)
     got = CliRunner().invoke(cli, args + ["--input-size", "64", "--batch-size", "128"])
@@ -552,7 +552,7 @@ def test_a_run_the_memory_cannot_hold_is_refused_before_decoding(tmp_path, monke
     got = CliRunner().invoke(cli, args + ["--input-size", "1024"])  # the images fit (0.6 GiB); no step does
     assert got.exit_code == 2 and got.output.strip().endswith(
         "takes about 1187.5 GiB, and the cpu has 0.4 GiB free beside the decoded images (an --input-size under 1024)")
-    monkeypatch.setattr(training, "free_memory", lambda device: 2**29)
+    monkeypatch.setattr(recipe, "free_memory", lambda device: 2**29)
     got = CliRunner().invoke(cli, args + ["--input-size", "1024"])
     assert got.exit_code == 2 and got.output.strip() == (
         "hashindex: error: --input-size 1024: the 200 images decoded at that size take 0.6 GiB in memory, and this "
