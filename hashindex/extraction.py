@@ -24,8 +24,8 @@ from .checkpoint import checkpoint_head, load_model
 from .data import ImageSource, iter_batches, open_source, skip_summary, warn_shared_folder_names
 from .errors import HashindexError
 from .files import VERIFIED, exclusive, remove_stale_temps
-from .runtime import check_workers
 from .model import FEATURE_DIM, MID_DIM, HashModel
+from .runtime import check_workers
 from .store import (HEAD_FILE, MANIFEST, SKIPPED, ShardData, ShardSet, new_manifest, save_manifest, shard_attrs,
                     shard_entry, shard_name, write_head, write_shard, write_skipped)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .distill import distill_loss
 from .devices import autocast_for, free_memory, uses_bf16
+from .distill import distill_loss
 from .errors import HashindexError
 from .model import NINHash, activation_bytes, check_bits, check_width
 from .runtime import check_workers

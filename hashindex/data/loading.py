@@ -77,6 +77,9 @@ def _die_with_parent(_worker_id: int, parent: int | None = None) -> None:
 # torch notices a worker that died, not one whose queue thread dropped a batch (as it did for a socket path over
 # the limit, see `collate`), so the wait is bounded here whatever the next such cause is.
 STALL_S = 120.0
+# torch's warning when there are more decode workers than cores: `check_workers` bounds the count, and -q did not
+# silence this one (it printed two lines of torch's source)
+warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 
 def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int = 256,
@@ -88,8 +91,7 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int 
     reason)] for the items that failed). Workers that deliver nothing for `STALL_S`
     seconds are given up for this process, from the first batch not yet yielded.
     """
-    check_workers(workers)  # (so torch's own warning past the cores, which -q did not silence, says nothing new)
-    warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+    check_workers(workers)
     stop = len(source) if stop is None else stop
     subset = torch.utils.data.Subset(ImageDataset(source, size, channels), range(start, stop))
     loader = torch.utils.data.DataLoader(
