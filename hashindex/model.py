@@ -88,11 +88,10 @@ def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Mod
 
 
 # Memory of one image in a pass of the width-1 net, in bytes per input pixel (it grows with the pixels): the
-# slope of peak RSS over the batch size, on the CPU (2026-12-06, 2 AVX-512 cores). `extract`, 224 px: 740 B
-# under bf16 (a bare forward pass: 700 at 224, 750-800 at 32-128; float32 1.9x that). `train`, bf16: 4,150 B at
-# 64 px, 4,820 at 224 (a bare forward and backward: 3,050-3,200; float32 1.85x). So at 224 px a batch of 256
-# encodes in ~10 GB and a training batch of 128 takes ~31 GB: past this machine's 24 GB, where the OOM killer ended
-# the run (or the largest other process).
+# slope of `train`'s and `extract`'s peak RSS between two batch sizes on the CPU (tools/memory_per_image.py;
+# docs/RESULTS.md "Memory per image"): `extract` at 224 px 740 B under bf16, `train` 4,150 B at 64 px and 4,820
+# at 224; float32 about twice. So at 224 px a batch of 256 encodes in ~10 GB and a training batch of 128 takes
+# ~31 GB: past this machine's 24 GB, where the OOM killer ended the run (or the largest other process).
 ACTIVATION_BYTES_PER_PIXEL = {(False, True): 800, (False, False): 1500, (True, True): 5000, (True, False): 9500}
 MEMORY_SHARE = 0.5  # of the free memory, what an inference pass's batch may take (the rest: everything else)
 

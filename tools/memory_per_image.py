@@ -38,9 +38,11 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA), help="labelled images (CIFAR-10's test tar)")
     ap.add_argument("--sizes", default="64,224", help="input sizes, comma-separated [64,224]")
     ap.add_argument("--batches", default="8,24", help="the two batch sizes B1,B2 [8,24]")
+    ap.add_argument("--float32", action="store_true", help="--no-bf16 (float32 on every CPU)")
     args = ap.parse_args()
     b1, b2 = (int(b) for b in args.batches.split(","))
-    bf16 = cpu_bf16_is_fast()
+    bf16 = cpu_bf16_is_fast() and not args.float32
+    precision = ["--no-bf16"] if args.float32 else []
     print(f"precision: {'bfloat16' if bf16 else 'float32'}; batches {b1} and {b2}")
     print("| pass | input px | measured bytes a pixel an image | estimate | measured / estimate |")
     print("| --- | --- | --- | --- | --- |")
@@ -50,10 +52,10 @@ def main() -> None:
             rss = []
             for b in (b1, b2):
                 rss.append(peak_rss(["train", "--data", args.data, "--limit", str(b), "--batch-size", str(b),
-                                     "--input-size", str(size), "--epochs", "1", "--out", model, "--overwrite"]))
+                                     "--input-size", str(size), "--epochs", "1", "--out", model, "--overwrite", *precision]))
             slopes = {"train": (rss[1] - rss[0]) / (b2 - b1) / size**2}
             rss = [peak_rss(["extract", "--model", model, "--data", args.data, "--limit", str(b), "--batch-size",
-                             str(b), "--workers", "0", "--out", f"{tmp}/x{size}-{b}"]) for b in (b1, b2)]
+                             str(b), "--workers", "0", "--out", f"{tmp}/x{size}-{b}", *precision]) for b in (b1, b2)]
             slopes["extract"] = (rss[1] - rss[0]) / (b2 - b1) / size**2
             for name, slope in slopes.items():
                 estimate = activation_bytes(size, training=name == "train", bf16=bf16) / size**2
