@@ -544,14 +544,14 @@ def test_a_run_the_memory_cannot_hold_is_refused_before_decoding(tmp_path, monke
     monkeypatch.setattr(training, "_load_data", lambda *a: pytest.fail("decoded before the check"))
     monkeypatch.setattr(recipe, "free_memory", lambda device: 2**30)  # 1 GiB free
     args = ["train", "--data", str(CIFAR_TEST), "--limit", "200", "--epochs", "1", "--out", str(tmp_path / "m.pt"),
-            "--no-bf16"]  # (float32 on every CPU: 9,500 bytes a pixel in a training step)
+            "--no-bf16"]  # (float32 on every CPU: 7,000 bytes a pixel in a training step)
     got = CliRunner().invoke(cli, args + ["--input-size", "64", "--batch-size", "128"])
     assert got.exit_code == 2 and got.output.strip() == (
-        "hashindex: error: --batch-size 128: a training step at --input-size 64 takes about 4.6 GiB, and the cpu "
-        "has 1.0 GiB free beside the decoded images (--batch-size 24 fits, or an --input-size under 64)")
+        "hashindex: error: --batch-size 128: a training step at --input-size 64 takes about 3.4 GiB, and the cpu "
+        "has 1.0 GiB free beside the decoded images (--batch-size 33 fits, or an --input-size under 64)")
     got = CliRunner().invoke(cli, args + ["--input-size", "1024"])  # the images fit (0.6 GiB); no step does
     assert got.exit_code == 2 and got.output.strip().endswith(
-        "takes about 1187.5 GiB, and the cpu has 0.4 GiB free beside the decoded images (an --input-size under 1024)")
+        "takes about 875.0 GiB, and the cpu has 0.4 GiB free beside the decoded images (an --input-size under 1024)")
     monkeypatch.setattr(recipe, "free_memory", lambda device: 2**29)
     got = CliRunner().invoke(cli, args + ["--input-size", "1024"])
     assert got.exit_code == 2 and got.output.strip() == (
