@@ -327,7 +327,8 @@ def test_encoding_takes_smaller_batches_where_memory_is_short_with_the_same_outp
 
     cpu = torch.device("cpu")
     per_image = activation_bytes(224, training=False, bf16=True)
-    assert per_image == 800 * 224 * 224 and activation_bytes(224, training=True, bf16=False, width=2) == 7000 * 224**2 * 2
+    assert per_image == 800 * 224 * 224
+    assert activation_bytes(224, training=True, bf16=False, width=2) == 7000 * 224**2 * 2
     monkeypatch.setattr(model_module, "free_memory", lambda device: 10 * per_image)
     assert fitting_batch(256, per_image, cpu) == 5 and fitting_batch(3, per_image, cpu) == 3
     monkeypatch.setattr(model_module, "free_memory", lambda device: 0)

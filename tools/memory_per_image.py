@@ -52,7 +52,8 @@ def main() -> None:
             rss = []
             for b in (b1, b2):
                 rss.append(peak_rss(["train", "--data", args.data, "--limit", str(b), "--batch-size", str(b),
-                                     "--input-size", str(size), "--epochs", "1", "--out", model, "--overwrite", *precision]))
+                                     "--input-size", str(size), "--epochs", "1", "--out", model, "--overwrite",
+                                     *precision]))
             slopes = {"train": (rss[1] - rss[0]) / (b2 - b1) / size**2}
             rss = [peak_rss(["extract", "--model", model, "--data", args.data, "--limit", str(b), "--batch-size",
                              str(b), "--workers", "0", "--out", f"{tmp}/x{size}-{b}", *precision]) for b in (b1, b2)]

@@ -96,8 +96,8 @@ for name in ${*:-fmnist-48 mnist-48 cifar10-12 cifar10-24 cifar10-32 cifar10-48 
             # trunk (cifar10-48-ckd6-sam, single-view accuracy 0.9064 against the born-again student's 0.8972), then
             # its flip and 10-view protocols, as the 48-bit rows
             bits=${name#cifar10-}
-            row "$name" "$cifar_train" "$cifar_test" --bits "${bits%-init-v4}" --init checkpoints/cifar10-48-ckd6-sam.pt \
-                --epochs 10 --lr 0.02
+            row "$name" "$cifar_train" "$cifar_test" --bits "${bits%-init-v4}" \
+                --init checkpoints/cifar10-48-ckd6-sam.pt --epochs 10 --lr 0.02
             views "$name" ;;
         cifar10-48-e100-kd-restart)  # issue #13: the same second cycle, distilled from the 10-view model (no cutout)
             need_e100 "$name"

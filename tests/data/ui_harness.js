@@ -5,10 +5,12 @@ const calls = [];
 const handlers = {};
 function element(id) {
   return { id, value: "", checked: false, files: [], textContent: "", disabled: false, children: [],
-           classList: { toggle() {} }, replaceChildren(...c) { this.children = c; }, append(...c) { this.children.push(...c); } };
+           classList: { toggle() {} }, replaceChildren(...c) { this.children = c; },
+           append(...c) { this.children.push(...c); } };
 }
 const els = {};
-for (const id of ["form", "index", "file", "k", "rerank", "only", "more", "status", "query", "results"]) els[id] = element(id);
+const ids = ["form", "index", "file", "k", "rerank", "only", "more", "status", "query", "results"];
+for (const id of ids) els[id] = element(id);
 els.k.value = "20"; els.rerank.checked = true; els.index.value = "flat";
 global.document = {
   getElementById: (id) => els[id],
@@ -42,7 +44,8 @@ const tick = () => new Promise((r) => setTimeout(r, 0));
   log("k");
   handlers.drop({ preventDefault() {}, dataTransfer: { files: [text] } }); await tick();
   log("drop-text");
-  handlers.paste({ clipboardData: { files: [image, { name: "b.png", type: "image/png" }] } }); await tick(); await tick();
+  handlers.paste({ clipboardData: { files: [image, { name: "b.png", type: "image/png" }] } });
+  await tick(); await tick();
   log("paste-two");
   handlers.paste({ clipboardData: { files: [] } }); await tick();
   log("paste-text");
