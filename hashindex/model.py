@@ -214,6 +214,11 @@ class NINHash(nn.Module):
         with torch.autocast(middle.device.type, enabled=False):
             return torch.sigmoid((middle.float() - self.code_mean) @ self.code_proj)
 
+    def inference_bytes(self, input_size: int, bf16: bool) -> int:
+        """About how many bytes one image's inference pass takes (`activation_bytes`); a test flip runs each
+        image's mirror in the same batch, twice the images."""
+        return activation_bytes(input_size, training=False, bf16=bf16, width=self.width) * (2 if self.test_flip else 1)
+
     def view_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (float32) of the uint8 images exactly as given, one view whatever the model's test
         views: what a teacher says of the augmented image a student sees (`distill.ConsistentTeacher`)."""
@@ -389,8 +394,7 @@ class HashModel:
         except BadImage as e:
             raise HashindexError(f"images: an image cannot be used ({e})") from None
         parts: dict[str, list[np.ndarray]] = {"codes": [], "features": [], "mid_features": []}
-        per_image = activation_bytes(self.input_size, training=False, bf16=self.precision == "bfloat16",
-                                     width=self.net.width) * (2 if self.net.test_flip else 1)  # (mirrors: one batch)
+        per_image = self.net.inference_bytes(self.input_size, self.precision == "bfloat16")
         batch_size = fitting_batch(batch_size, per_image, self.device)
         for start in range(0, len(images), batch_size):
             latent, feature, _, middle = self._forward_arrays(images[start:start + batch_size], mid)

@@ -45,7 +45,7 @@ from .distill import ConsistentTeacher, check_teacher_ids, ensemble_logits, open
 from .errors import HashindexError
 from .codes import code_statistics
 from .metrics import mean_average_precision
-from .model import NINHash, activation_bytes, fitting_batch, pack_codes
+from .model import NINHash, fitting_batch, pack_codes
 from .recipe import TrainConfig, augment, check_config, check_memory, run_epoch
 from .targets import one_hot_sets
 
@@ -56,8 +56,7 @@ def predict(net: NINHash, images: np.ndarray, device: torch.device, bf16: bool |
     """(predicted classes, packed codes) for uint8 images."""
     net.eval()
     preds, codes = [], []
-    per_image = activation_bytes(images.shape[-1], training=False, bf16=uses_bf16(device, bf16), width=net.width)
-    batch_size = fitting_batch(batch_size, per_image * (2 if net.test_flip else 1), device)
+    batch_size = fitting_batch(batch_size, net.inference_bytes(images.shape[-1], uses_bf16(device, bf16)), device)
     for s in range(0, len(images), batch_size):
         x = torch.from_numpy(images[s:s + batch_size]).to(device)
         with autocast_for(device, bf16):
