@@ -91,7 +91,7 @@ def _mlpconv(cin: int, widths: tuple[int, int, int], kernel: int) -> list[nn.Mod
 # slope of `train`'s and `extract`'s peak RSS between two batch sizes on the CPU (tools/memory_per_image.py;
 # docs/RESULTS.md "Memory per image"): `extract` 750-760 B under bf16 and 1,430-1,470 in float32, `train` 4,570-
 # 5,170 and 6,610-6,920, at 64 and 224 px. So at 224 px a batch of 256 encodes in ~10 GB and a training batch of
-# 128 takes ~31 GB under bf16: past this machine's 24 GB, where the OOM killer ended the run (or the largest
+# 128 takes ~32 GB under bf16: past this machine's 24 GB, where the OOM killer ended the run (or the largest
 # other process).
 ACTIVATION_BYTES_PER_PIXEL = {(False, True): 800, (False, False): 1500, (True, True): 5000, (True, False): 7000}
 MEMORY_SHARE = 0.5  # of the free memory, what an inference pass's batch may take (the rest: everything else)
