@@ -7,7 +7,7 @@ import torch
 
 from hashindex import HashindexError, load_model
 from hashindex.checkpoint import atomic_torch_save, build_meta, read_checkpoint
-from hashindex.devices import cpu_bf16_is_fast, resolve_device, uses_bf16
+from hashindex.devices import cgroup_headroom, cpu_bf16_is_fast, resolve_device, uses_bf16
 from hashindex.model import NINHash, pack_codes, unpack_codes
 
 
@@ -216,6 +216,29 @@ def test_device_names(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(HashindexError, match=r"^device=cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
         resolve_device("cuda:2")
+
+
+def test_cgroup_headroom_v1_and_v2(tmp_path):
+    """A container's memory limit, cgroup v2 or v1, less its usage, the inactive page cache counted as free (a
+    v1 usage holds the cache); no limit ("max", v1's 2^63 - 4096) or no cgroup files: None (MemAvailable rules)."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("8000000000\n")
+    (v2 / "memory.current").write_text("5000000000\n")
+    (v2 / "memory.stat").write_text("anon 3000000000\ninactive_file 1000000000\nactive_file 500\n")
+    assert cgroup_headroom(v2) == 8_000_000_000 - 5_000_000_000 + 1_000_000_000
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_headroom(v2) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("3500000000\n")
+    assert cgroup_headroom(v1.parent) == 500_000_000  # no memory.stat: nothing counted as cache
+    (v1 / "memory.stat").write_text("cache 900\ninactive_file 7\ntotal_inactive_file 2000000000\n")
+    assert cgroup_headroom(v1.parent) == 2_500_000_000
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_headroom(v1.parent) is None
+    assert cgroup_headroom(tmp_path / "none") is None
 
 
 def test_bf16_by_default_only_where_it_is_faster(monkeypatch, tiny_model):
