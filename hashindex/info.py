@@ -204,6 +204,10 @@ def describe(path: str | Path) -> dict[str, Any]:
             return {**describe_index(p, meta), "classes": _index_classes(p, meta.get("class_names", [])),
                     "codes": _index_code_statistics(p, meta["bits"])}
         return describe_collection(str(path))
+    if p.suffix.lower() == ".onnx":
+        from .export import describe_onnx
+
+        return describe_onnx(p)
     if p.suffix.lower() not in CHECKPOINT_SUFFIXES:  # (a model.pt kept beside an index is still described)
         _refuse_a_part(p)
     from .checkpoint import shipped_hint, shipped_path

@@ -252,16 +252,23 @@ class NINHash(nn.Module):
         """Mean pooled feature (and mid feature) over the image, its four diagonal shifts by ``test_shift``
         pixels (if set) and each one's mirror image (if ``test_flip``): one trunk pass per shift, mirrors in
         the same batch, so memory grows by 2x at most, not by the number of views."""
-        s, n = self.test_shift, len(images)
+        s = self.test_shift
         shifts = [(0, 0)] + ([(s, s), (-s, -s), (s, -s), (-s, s)] if s else [])
         total: list[torch.Tensor] | None = None
         for dy, dx in shifts:
             view = shift_images(images, dy, dx)
             out = self._pooled(torch.cat([view, view.flip(3)]) if self.test_flip else view, mid)
-            out = [f[:n] + f[n:] if self.test_flip else f for f in out if f is not None]
+            out = [_add_halves(f) if self.test_flip else f for f in out if f is not None]
             total = out if total is None else [t + f for t, f in zip(total, out)]
         means = [t / (len(shifts) * (2 if self.test_flip else 1)) for t in total]
         return means[0], means[1] if mid else None
+
+
+def _add_halves(f: torch.Tensor) -> torch.Tensor:
+    """The first half of a batch plus its second (a view's outputs plus its mirrors'), by the batch's shape
+    rather than a count in Python, so an exported graph keeps its batch size free (`export`)."""
+    pair = f.unflatten(0, (2, -1))
+    return pair[0] + pair[1]
 
 
 def shift_images(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

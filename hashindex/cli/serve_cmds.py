@@ -1,4 +1,5 @@
-"""`hashindex serve`: indexes kept in memory and searched over HTTP (the asgi service, or the basic server)."""
+"""`hashindex serve`: indexes kept in memory and searched over HTTP (the asgi service, or the basic server);
+`hashindex export`: the model as an ONNX file, to encode images where hashindex does not run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import click
 
 from ..errors import HashindexError
-from .group import cli
+from .group import _echo_json, cli
 
 
 @cli.command()
@@ -107,6 +108,41 @@ def serve(ctx, index_dir, model, host, port, device, server_kind, writable, writ
         signal.signal(sig, lambda *_: None)
     asgi_server(engines, writable=writable, write_token=write_token, read_token=read_token, tls_cert=tls_cert,
                 tls_key=tls_key, cors_origins=cors_origins, access_log=access_log, watch=watch).run(sockets=[sock])
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--out", required=True, help="ONNX file to write (e.g. model.onnx).")
+@click.option("--opset", default=None, type=click.IntRange(18),
+              help="ONNX opset [default: the exporter's].")
+@click.option("--no-check", is_flag=True, help="Write without running the file in ONNX Runtime first.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export(model, out, opset, no_check, overwrite, as_json):
+    """Write MODEL (a checkpoint or a shipped name) as one ONNX file: its codes without torch or hashindex.
+
+    \b
+    The graph takes uint8 (N, C, S, S) pixels (the whole image squashed to the
+    model's input size, as extraction prepares it) and outputs codes (packed as
+    the index stores them), latent, features, mid_features and logits; the
+    model's test views are in it. Before writing, ONNX Runtime runs it on check
+    images and its outputs are compared with the model's (float32). Example:
+      hashindex export nin-cifar10-48-v4 --out v4.onnx
+      hashindex info v4.onnx
+    """
+    from ..checkpoint import load_model
+    from ..export import INSTALL, export_onnx
+
+    summary = export_onnx(load_model(model), out, opset=opset, check=not no_check, overwrite=overwrite)
+    if as_json:
+        _echo_json(summary)
+        return
+    check = summary["check"]
+    checked = (f"ONNX Runtime matches the model on {check['images']} images (largest difference "
+               f"{max(check['max_abs_diff'].values()):.1e})" if check else
+               "not run in ONNX Runtime" + ("" if no_check else f" (not installed: {INSTALL})"))
+    click.echo(f"wrote {out}: model {summary['model_id']}, {summary['bits']} bits, {summary['bytes']:,} bytes; "
+               f"{checked}")
 
 
 def _has_asgi() -> bool:

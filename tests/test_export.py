@@ -1,0 +1,120 @@
+"""`hashindex export`: a model as one ONNX file whose outputs are the model's, checked before it is written."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hashindex import HashindexError, load_model
+from hashindex.cli import cli
+from hashindex.data import open_source
+from hashindex.export import OUTPUTS, OnnxEncoder, export_onnx, read_onnx_meta
+from hashindex.model import HashModel, NINHash, pack_codes
+from tests.conftest import CIFAR_TEST, need
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def _random_model(bits: int, channels: int, test_flip: bool, test_shift: int, adapted: bool) -> HashModel:
+    """An untrained net with the options set (code width, grey input, test views, an adapted code head)."""
+    torch.manual_seed(0)
+    net = NINHash(bits, 5, channels=channels, test_flip=test_flip, test_shift=test_shift, adapted_codes=adapted)
+    if adapted:
+        net.code_mean.normal_()
+        net.code_proj.normal_()
+    meta = {"model_id": "0123456789abcdef", "bits": bits, "input_size": 16, "channels": channels,
+            "class_names": list("abcde"), "test_flip": test_flip, "test_shift": test_shift}
+    return HashModel(net.eval(), meta, bf16=False)
+
+
+def test_exported_model_gives_the_models_codes_on_real_images(tmp_path):
+    """The shipped default (test flip) exported: on 200 CIFAR-10 JPEGs read as extraction reads them, ONNX
+    Runtime gives the float32 model's codes bit for bit and its features, mid features and logits within
+    1e-4, for any batch size (1, 7, 200); the file carries the checkpoint's facts, shown by `info`."""
+    need(CIFAR_TEST)
+    out = tmp_path / "v4.onnx"
+    result = CliRunner().invoke(cli, ["export", "nin-cifar10-48-v4", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    model = load_model("nin-cifar10-48-v4", bf16=False)
+    assert summary["model_id"] == model.model_id and summary["check"]["ok"] and summary["bytes"] > 3_000_000
+    src = open_source(str(CIFAR_TEST)).subset(200)
+    images = np.stack([src.read_array(i, 32, 3) for i in range(len(src))])
+    fields = model.encode_fields(images)
+    latent, _, logits = model.forward_numpy(images)
+    encoder = OnnxEncoder(out)
+    for n in (1, 7, 200):
+        got = encoder(images[:n])
+        assert got["codes"].dtype == np.uint8 and np.array_equal(got["codes"], fields["codes"][:n])
+        assert np.allclose(got["latent"], latent[:n], atol=1e-4)
+        assert np.allclose(got["features"], fields["features"][:n], atol=1e-4)
+        assert np.allclose(got["mid_features"], fields["mid_features"][:n], atol=1e-4)
+        assert np.allclose(got["logits"], logits[:n], atol=1e-4)
+    meta = read_onnx_meta(out)
+    assert meta["model_id"] == model.model_id and meta["bits"] == 48 and meta["input_size"] == 32
+    assert meta["class_names"] == model.class_names and meta["outputs"] == list(OUTPUTS)
+    assert "mirror" in meta["views"]
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["kind"] == "onnx model" and info["model_id"] == model.model_id and info["bytes"] == summary["bytes"]
+
+
+@pytest.mark.parametrize("bits, channels, flip, shift, adapted", [(12, 1, False, 0, False), (20, 3, True, 2, True)])
+def test_export_carries_every_option_of_the_model(tmp_path, bits, channels, flip, shift, adapted):
+    """Codes not a whole number of bytes (padded as the index packs them), a one-channel input, ten test views
+    and an adapted code head: the file's outputs are the model's."""
+    model = _random_model(bits, channels, flip, shift, adapted)
+    summary = export_onnx(model, tmp_path / "m.onnx")
+    assert summary["check"]["ok"] and summary["check"]["bits_differing"] == 0
+    images = np.random.default_rng(1).integers(0, 256, (9, channels, 16, 16), dtype=np.uint8)
+    got = OnnxEncoder(tmp_path / "m.onnx")(images)
+    latent, features, _ = model.forward_numpy(images)
+    assert got["codes"].shape == (9, (bits + 7) // 8) and np.array_equal(got["codes"], pack_codes(latent))
+    assert np.allclose(got["features"], features, atol=1e-4)
+
+
+def test_an_export_that_differs_is_not_written(tmp_path, monkeypatch):
+    """ONNX Runtime's outputs off by more than rounding: an error with the figures, no file; an existing
+    file is kept unless overwrite, a missing folder is named."""
+    model = _random_model(16, 3, False, 0, False)
+    out = tmp_path / "m.onnx"
+    real = OnnxEncoder.__call__
+    monkeypatch.setattr(OnnxEncoder, "__call__", lambda self, x: {**real(self, x), "features": real(self, x)[
+        "features"] + 1e-3})
+    with pytest.raises(HashindexError, match=r"^out=.*m\.onnx: not written, ONNX Runtime's outputs differ"):
+        export_onnx(model, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(OnnxEncoder, "__call__", real)
+    export_onnx(model, out)
+    with pytest.raises(HashindexError, match="already exists"):
+        export_onnx(model, out)
+    assert export_onnx(model, out, overwrite=True)["check"]["ok"]
+    with pytest.raises(HashindexError, match="does not exist"):
+        export_onnx(model, tmp_path / "no" / "m.onnx")
+
+
+def test_export_errors_are_one_line(tmp_path, monkeypatch):
+    """A missing exporter package, a file that is not a model, an ONNX model hashindex did not write: one line
+    naming the file or the package to install, exit 2."""
+    import onnx
+
+    model = _random_model(16, 3, False, 0, False)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(HashindexError, match=r"needs the onnxscript package: pip install 'hashindex\[onnx\]'"):
+        export_onnx(model, tmp_path / "m.onnx")
+    monkeypatch.delitem(sys.modules, "onnxscript")
+    export_onnx(model, tmp_path / "m.onnx", check=False)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "other.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    runner = CliRunner()
+    for name, message in (("other.onnx", "an ONNX model, but not one hashindex exported"),
+                          ("junk.onnx", "not an ONNX model"), ("none.onnx", "no such file")):
+        result = runner.invoke(cli, ["info", str(tmp_path / name)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
+    result = runner.invoke(cli, ["export", "nin-cifar10-48", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "--out" in result.output and "already exists" in result.output
