@@ -182,6 +182,45 @@ def test_bad_requests(server, path, data, status, message):
     assert body["error"] == message or message.endswith("(") and body["error"].startswith(message)
 
 
+def test_a_query_encoded_elsewhere_ranks_as_its_photo(server, flat_index, tiny_model, tmp_path):
+    """POST /search with JSON {"model_id", "code", "features"} (what the model's ONNX file gives where the photo
+    is): the photo's ranking, as `hashindex query` gives it; without the feature, with rerank=0, Hamming's. A
+    code of another model, of the wrong width, a missing or malformed feature: a 400 naming the field."""
+    from hashindex import load_model
+
+    flowers = need(CIFAR_TEST.parent.parent / "flowers" / "test.tar")  # a photo the index does not hold
+    with tarfile.open(flowers) as tf:
+        data = tf.extractfile(next(m for m in tf if m.isfile())).read()
+    path = tmp_path / "q.jpg"
+    path.write_bytes(data)
+    model = load_model(tiny_model)
+    fields = model.encode_fields([str(path)])
+    body = {"model_id": model.model_id, "code": fields["codes"][0].tobytes().hex(),
+            "features": fields["features"][0].tolist()}
+    status, got = post(server + "/search?k=7", json.dumps(body).encode())
+    want = query(flat_index, [str(path)], [], model=str(tiny_model), k=7)[0]
+    assert status == 200 and got["query"] == "encoded" and got["results"] == want["results"]
+    hamming = {k: v for k, v in body.items() if k != "features"}
+    status, got = post(server + "/search?k=5&rerank=0", json.dumps(hamming).encode())
+    want = query(flat_index, [str(path)], [], model=str(tiny_model), k=5, rerank=False)[0]
+    assert status == 200 and got["results"] == want["results"]
+    for change, message in [({"model_id": "ffffffffffffffff"}, "model_id=ffffffffffffffff: the index holds codes "
+                                                               f"of model {model.model_id}"),
+                            ({"code": "00ff"}, "code: expected 12 hex digits, the 48-bit code packed"),
+                            ({"code": "zz" * 6}, "code: expected 12 hex digits"),
+                            ({"features": None}, "features: needed by this index's fine stage"),
+                            ({"features": [0.5] * 191}, "features: expected a list of 192 finite numbers"),
+                            ({"features": ["a"] * 192}, "features: expected a list of 192 finite numbers"),
+                            ({"labels": [1]}, "body: unknown field 'labels'")]:
+        status, got = post(server + "/search?k=3", json.dumps({**body, **change}).encode())
+        assert status == 400 and got["error"].startswith(message), (change, got)
+    for raw in (b"[1, 2]", b"{oops", b'"text"'):
+        status, got = post(server + "/search", raw)
+        assert status == 400 and got["error"].startswith("body: expected a JSON object"), raw
+    status, got = post(server + "/search?exclude_self=1", json.dumps(body).encode())
+    assert status == 400 and got["error"].startswith("exclude_self=1: ")
+
+
 def multipart(files: list[tuple[str, bytes]], boundary: str = "hashindex-test-boundary",
               field: str = "file") -> tuple[bytes, str]:
     """(body, Content-Type) of a multipart/form-data request with these files in ``field`` fields, as a browser

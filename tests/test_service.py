@@ -75,6 +75,8 @@ def test_health_metrics_and_docs(service):
         documented = {p["name"] for p in spec["paths"][path]["get"]["parameters"] if p["in"] == "query"}
         assert documented == {"size"}, path  # what `params.image_size` reads
     assert client.get("/docs").status_code == 200
+    body = spec["paths"]["/search"]["post"]["requestBody"]["content"]  # an image, or a query encoded elsewhere
+    assert {"image/*", "multipart/form-data", "application/json"} <= set(body)
 
 
 def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_model, tmp_path):

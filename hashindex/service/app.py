@@ -81,6 +81,12 @@ IMAGE_PARAMS = [{"name": "size", "in": "query", "required": False,
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
+ENCODED_BODY = {"type": "object", "required": ["model_id", "code"], "description": "a query encoded where the photo "
+                "is, by the model's ONNX file (`hashindex export`): its outputs for the image",
+                "properties": {"model_id": {"type": "string"}, "code": {"type": "string", "description": "hex"},
+                               "features": {"type": "array", "items": {"type": "number"}},
+                               "mid_features": {"type": "array", "items": {"type": "number"}}}}
+SEARCH_BODY = {**IMAGE_BODY, "content": {**IMAGE_BODY["content"], "application/json": {"schema": ENCODED_BODY}}}
 
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
@@ -158,14 +164,15 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
     @app.get("/search", summary="Search the default index with an indexed item", operation_id="search_by_id",
              openapi_extra={"parameters": by_id})
     @app.post("/search", summary="Search the default index with an image", operation_id="search_by_image",
-              openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
+              openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": SEARCH_BODY})
     async def search_default(request: Request) -> dict[str, Any]:
         return await search(engines[default], request)
 
     @app.get("/indexes/{name}/search", summary="Search a named index with an indexed item",
              operation_id="search_named_by_id", openapi_extra={"parameters": by_id})
     @app.post("/indexes/{name}/search", summary="Search a named index with an image",
-              operation_id="search_named_by_image", openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": IMAGE_BODY})
+              operation_id="search_named_by_image",
+              openapi_extra={"parameters": SEARCH_PARAMS, "requestBody": SEARCH_BODY})
     async def search_named(name: str, request: Request) -> dict[str, Any]:
         return await search(engine_named(name), request)
 

@@ -5,6 +5,7 @@ ASGI service against. Plain JSON:
 
     GET  /                              what is served (items, bits, model, classes)
     POST /search?k=10   body = image    search with an image file's bytes
+    POST /search  JSON {"model_id", "code", "features"}   a query encoded by the model's ONNX file
     GET  /search?id=42&k=10             search with an indexed item
     GET  /items/42/image                an item's image file, from its collection
     POST /batch?k=10   body = {"ids": [3, 17]} or multipart "file" fields: one row each
@@ -46,8 +47,8 @@ from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
 from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, body_ids, check_files, check_names,
-                     check_upload_options, flag_param, image_size, int_param, no_such_index, own_of, read_only,
-                     search_options)
+                     check_upload_options, flag_param, image_size, int_param, is_json, no_such_index, own_of,
+                     read_only, search_options)
 from .served import Served, no_item, ui_page
 
 
@@ -65,6 +66,13 @@ class Searcher(Served):
         with self.lock:
             codes, vecs, digests = self.encode(array)
             return self._search(codes, vecs, name, options, digest=digests[0])
+
+    def by_encoded(self, body: bytes, options: dict[str, Any]) -> dict[str, Any]:
+        """POST /search with a JSON body: a query encoded where the photo is (`Served.encoded`)."""
+        check_upload_options(options)
+        codes, vecs = self.encoded(body, options["rerank"])
+        with self.lock:
+            return self._search(codes, vecs, "encoded", options)
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""
@@ -168,6 +176,8 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                     if item is None:
                         raise RequestError(400, "GET /search needs id=ID (or POST an image)")
                     return self._reply(200, searcher.by_id(item, options))
+                if is_json(self.headers.get("Content-Type", "")):  # a query encoded elsewhere (an ONNX file)
+                    return self._reply(200, searcher.by_encoded(self._body(), options))
                 return self._reply(200, searcher.by_image(self._body(), options))
             except RequestError as e:
                 return self._reply(e.status, {"error": str(e)}, e.status == 401)

@@ -30,13 +30,15 @@ from .served import Served, no_item
 
 @dataclass(eq=False)
 class Query:
-    """One search waiting for the batcher: an image (the net's input array), an indexed item's id, or several of
-    those searched as one (``members``)."""
+    """One search waiting for the batcher: an image (the net's input array), an indexed item's id, a query
+    encoded elsewhere (``encoded``: its codes and fine-stage vectors, `Served.encoded`), or several images or
+    ids searched as one (``members``)."""
 
     name: str
     options: dict[str, Any]
     array: np.ndarray | None = None
     item_id: int | None = None
+    encoded: tuple[np.ndarray, np.ndarray] | None = None
     digest: int | None = None  # an image's `codes.input_digests`, set when it is encoded
     members: list["Query"] | None = None  # several queries searched as one (`query.search_together`)
     future: Future = field(default_factory=Future)
@@ -112,6 +114,7 @@ class Engine(Served):
             except Exception as e:  # noqa: BLE001 (a bug fails these requests, not the batcher)
                 for q in images:
                     q.future.set_exception(e)
+        ready += [(q, *q.encoded) for q in batch if q.encoded is not None]
         for q in batch:
             if q.item_id is not None:
                 try:

@@ -188,6 +188,66 @@ def own_of(index, item_ids: list[int | None], digests: list[int | None] | None =
     return own
 
 
+ENCODED_FIELDS = ("model_id", "code", "features", "mid_features")  # a query encoded elsewhere (`encoded_fields`)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a request's Content-Type says its body is JSON (a query encoded elsewhere, not an image file)."""
+    return content_type.split(";")[0].strip().lower() == "application/json"
+
+
+def encoded_fields(body: bytes, model_id: str, bits: int, feature_field: str | None) -> dict[str, Any]:
+    """A query encoded where the photo is (the outputs of `hashindex export`'s ONNX file) from a JSON body
+    {"model_id", "code", "features" or "mid_features"}, as `Index.search` takes fields: "codes" (1, ceil(K/8))
+    uint8 and the feature row (1, 192) float32 the index's fine stage reads (``feature_field``; None: the
+    search ranks by Hamming alone, and needs none). Codes of another model are refused: they rank nothing."""
+    import numpy as np
+
+    try:
+        given = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        given = None
+    if not isinstance(given, dict):
+        raise RequestError(400, 'body: expected a JSON object {"model_id", "code", "features" or "mid_features"} '
+                                "(a query encoded by the model's ONNX file), or an image file")
+    unknown = sorted(set(given) - set(ENCODED_FIELDS))
+    if unknown:
+        raise RequestError(400, f"body: unknown field {unknown[0]!r} (expected {', '.join(ENCODED_FIELDS)})")
+    if given.get("model_id") != model_id:
+        raise RequestError(400, f"model_id={given.get('model_id')}: the index holds codes of model {model_id} "
+                                f"(encode with its ONNX file: hashindex export {model_id}, or send the image)")
+    width = (bits + 7) // 8
+    code = given.get("code")
+    try:
+        packed = np.frombuffer(bytes.fromhex(code), np.uint8) if isinstance(code, str) else None
+    except ValueError:
+        packed = None
+    if packed is None or len(packed) != width or (bits % 8 and packed[-1] >> (bits % 8)):
+        raise RequestError(400, f"code: expected {2 * width} hex digits, the {bits}-bit code packed as "
+                                "GET /items/ID shows it (the ONNX file's codes output)")
+    fields = {"codes": packed[None].copy()}
+    if feature_field is not None:
+        fields[feature_field] = _feature_row(given.get(feature_field), feature_field)
+    return fields
+
+
+def _feature_row(values: Any, name: str):
+    """A JSON list of 192 finite numbers as a (1, 192) float32 row; a 400 naming ``name`` otherwise."""
+    import numpy as np
+
+    from ..model import FEATURE_DIM
+
+    if values is None:
+        raise RequestError(400, f"{name}: needed by this index's fine stage (or rerank=0 for Hamming alone)")
+    try:
+        row = np.asarray(values, np.float32)
+    except (TypeError, ValueError):
+        row = None
+    if row is None or row.shape != (FEATURE_DIM,) or not np.isfinite(row).all():
+        raise RequestError(400, f"{name}: expected a list of {FEATURE_DIM} finite numbers")
+    return row[None]
+
+
 def upload_array(data: bytes, size: int, channels: int):
     """An upload's bytes as the net's (channels, size, size) uint8 input, within the caps both servers keep:
     the pixel count checked from the header before decoding, JPEGs decoded at reduced scale."""

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from ..errors import HashindexError
 from .engine import Engine, Query
 from .params import (MAX_BATCH, RequestError, body_ids, check_files, check_upload_options, flag_param, image_size,
-                     int_param, search_options)
+                     int_param, is_json, search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -63,6 +63,9 @@ async def search(engine: Engine, request: Request) -> dict[str, Any]:
             raise RequestError(400, f"GET {request.url.path} needs id=ID (or POST an image)")
         return await answer(engine, Query(f"id:{item}", options, item_id=item))
     check_upload_options(options)
+    if is_json(request.headers.get("content-type", "")):  # a query encoded where the photo is (an ONNX file)
+        codes, vecs = engine.encoded(await request.body(), options["rerank"])
+        return await answer(engine, Query("encoded", options, encoded=(codes, vecs)))
     uploads = await request_uploads(request)
     if uploads is not None:
         if len(uploads) > 1:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..index import INDEX_JSON, Index
-from .params import RequestError, own_of, upload_array
+from .params import RequestError, encoded_fields, own_of, upload_array
 
 
 def disk_stamp(index_dir: str | Path) -> tuple[int, int] | None:
@@ -60,6 +60,16 @@ class Served:
         fields = self.model.encode_fields(arrays)
         codes, feats = self.index.search_inputs(fields)
         return codes, self.index.query_vectors(feats).astype(np.float32), fields["input_digests"].tolist()
+
+    def encoded(self, body: bytes, rerank: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, fine-stage query vectors) of a query encoded elsewhere: a JSON body (`params.encoded_fields`,
+        the outputs of the model's ONNX file); its feature is needed only where the search re-ranks."""
+        from ..model import FEATURE_DIM
+
+        needs = self.index.feature_field if rerank and self.index.rerank is not None else None
+        fields = encoded_fields(body, self.index.model_id, self.index.bits, needs)
+        feats = fields.get(needs) if needs else np.zeros((1, FEATURE_DIM), np.float32)  # (unread: Hamming alone)
+        return fields["codes"], self.index.query_vectors(feats).astype(np.float32)
 
     def together(self, images: list[tuple[str, np.ndarray]], ids: list[int], options: dict[str, Any]) -> dict:
         """Images (name, the net's input array) and indexed items (``ids``) searched as one
