@@ -8,6 +8,10 @@ Runtime's as a ratio of torch's default (the baseline, timed in the same run).
 
     python tools/bench_onnx.py --model nin-cifar10-48-v4 [--data ../shared/data/cifar10-jpeg/test.tar]
                                [--limit 2000] [--batch-size 256] [--json]
+
+--index DIR (an index of --model's codes) also searches it with the first --searches images of --data twice,
+as the service answers them: uploaded (encoded by the served model, in its default precision and in float32)
+and encoded by the ONNX file (a JSON query, `POST /search`), and counts the top-10 lists that are the same.
 """
 
 from __future__ import annotations
@@ -47,12 +51,39 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], bits: int) -> 
             "max_feature_diff": float(np.abs(a["features"] - b["features"]).max())}
 
 
+def same_rankings(index_dir: str, encoder: OnnxEncoder, src, n: int, precision: str) -> tuple[int, int, float]:
+    """(top-10 lists the same, searches, mean ids in common) of the service's answers to a photo uploaded and to
+    the ONNX file's outputs for it sent as JSON, the served model in its default precision or in float32."""
+    from hashindex.data.images import net_array
+    from hashindex.service.basic import Searcher
+    from hashindex.service.params import search_options
+
+    served = Searcher(index_dir)
+    served.model.bf16 = None if precision == "default" else False
+    options = search_options({"k": "10"})
+    same = common = 0
+    n = min(n, len(src))
+    for i in range(n):
+        data = src.read_bytes(i)
+        out = encoder(net_array(data, served.model.input_size, served.model.channels)[None])
+        field = served.index.feature_field
+        body = {"model_id": served.index.model_id, "code": out["codes"][0].tobytes().hex(),
+                field: out[field][0].tolist()}
+        a = [r["id"] for r in served.by_encoded(json.dumps(body).encode(), options)["results"]]
+        b = [r["id"] for r in served.by_image(data, options)["results"]]
+        same += a == b
+        common += len(set(a) & set(b))
+    return same, n, common / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="nin-cifar10-48-v4")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--index", default=None, help="an index of --model's codes: compare the service's rankings")
+    ap.add_argument("--searches", type=int, default=200)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -62,7 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.onnx"
         export_onnx(default, path)
-        ort_out, ort_speed = batches(OnnxEncoder(path), images, args.batch_size)
+        encoder = OnnxEncoder(path)
+        ort_out, ort_speed = batches(encoder, images, args.batch_size)
     torch_out, torch_speed = batches(lambda x: dict(zip(("codes", "features"), default.encode(x))), images,
                                      args.batch_size)
     f32_out, f32_speed = batches(lambda x: dict(zip(("codes", "features"), float32.encode(x))), images,
@@ -73,6 +105,9 @@ def main() -> None:
            "onnx_vs_default": agreement(ort_out, torch_out, default.bits),
            "img_s": {"torch_default": torch_speed, "torch_float32": f32_speed, "onnxruntime": ort_speed},
            "ratio_onnxruntime_to_torch_default": ort_speed / torch_speed}
+    if args.index:
+        res["service_top10_same"] = {p: same_rankings(args.index, encoder, src, args.searches, p)
+                                     for p in ("default", "float32")}
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -84,6 +119,9 @@ def main() -> None:
     s = res["img_s"]
     print(f"img/s: torch {default.precision} {s['torch_default']:.0f}, torch float32 {s['torch_float32']:.0f}, "
           f"ONNX Runtime {s['onnxruntime']:.0f} ({res['ratio_onnxruntime_to_torch_default']:.2f}x torch's default)")
+    for precision, (same, n, overlap) in res.get("service_top10_same", {}).items():
+        print(f"service, photo encoded by its model ({precision}) vs by the ONNX file: {same}/{n} top-10 lists the "
+              f"same, {overlap:.2f} of 10 in common")
 
 
 if __name__ == "__main__":
