@@ -40,6 +40,7 @@ _LAZY = {  # public name -> (module, attribute)
     "find_duplicates": ("duplicates", "find_duplicates"),
     "verify": ("verification", "verify"),
     "batch_search": ("batch", "batch_search"),
+    "export_onnx": ("export", "export_onnx"),
     "read_results": ("batch", "read_results"),
 }
 
@@ -70,5 +71,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["DEFAULT_MODEL", "HashindexError", "HashModel", "Index", "Only", "SearchResult", "ShardSet", "TrainConfig",
-           "append", "build", "evaluate", "extract", "find_duplicates", "load_model", "remove", "restrict", "train",
-           "__version__"]
+           "append", "build", "evaluate", "export_onnx", "extract", "find_duplicates", "load_model", "remove",
+           "restrict", "train", "__version__"]

@@ -142,11 +142,15 @@ def export_bytes(model: HashModel, opset: int | None = None) -> bytes:
     return proto.SerializeToString()
 
 
-def export_onnx(model: HashModel, out: str | Path, *, opset: int | None = None, check: bool = True,
+def export_onnx(model: HashModel | str | Path, out: str | Path, *, opset: int | None = None, check: bool = True,
                 overwrite: bool = False) -> dict[str, Any]:
-    """Write ``model`` as one ONNX file at ``out`` (atomically, after ONNX Runtime's outputs on `check_images`
-    matched torch's; ``check=False``, or onnxruntime absent, skips that). Returns a summary: path, bytes, model
-    id, outputs and the check's figures (None when not checked)."""
+    """Write ``model`` (loaded, a checkpoint file or a shipped name) as one ONNX file at ``out`` (atomically,
+    after ONNX Runtime's outputs on `check_images` matched torch's; ``check=False``, or onnxruntime absent, skips
+    that). Returns a summary: path, bytes, model id, outputs and the check's figures (None when not checked)."""
+    if not isinstance(model, HashModel):
+        from .checkpoint import load_model
+
+        model = load_model(model)
     out = Path(out)
     if out.exists() and not overwrite:
         raise HashindexError(f"out={out}: already exists (overwrite=True replaces it)")

@@ -130,10 +130,9 @@ def export(model, out, opset, no_check, overwrite, as_json):
       hashindex export nin-cifar10-48-v4 --out v4.onnx
       hashindex info v4.onnx
     """
-    from ..checkpoint import load_model
     from ..export import INSTALL, export_onnx
 
-    summary = export_onnx(load_model(model), out, opset=opset, check=not no_check, overwrite=overwrite)
+    summary = export_onnx(model, out, opset=opset, check=not no_check, overwrite=overwrite)
     if as_json:
         _echo_json(summary)
         return
