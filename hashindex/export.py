@@ -152,10 +152,12 @@ def export_onnx(model: HashModel | str | Path, out: str | Path, *, opset: int | 
 
         model = load_model(model)
     out = Path(out)
+    if out.is_dir():
+        raise HashindexError(f"out={out}: a folder (expected a file to write, such as {out / 'model.onnx'})")
     if out.exists() and not overwrite:
         raise HashindexError(f"out={out}: already exists (overwrite=True replaces it)")
     if not out.parent.is_dir():
-        raise HashindexError(f"out={out}: folder {out.parent} does not exist")
+        raise HashindexError(f"out={out}: {out.parent} is not a folder")
     data = export_bytes(model, opset)
     checked = None
     if check and _has_onnxruntime():

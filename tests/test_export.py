@@ -92,8 +92,10 @@ def test_an_export_that_differs_is_not_written(tmp_path, monkeypatch):
     with pytest.raises(HashindexError, match="already exists"):
         export_onnx(model, out)
     assert export_onnx(model, out, overwrite=True)["check"]["ok"]
-    with pytest.raises(HashindexError, match="does not exist"):
+    with pytest.raises(HashindexError, match=r"no is not a folder$"):
         export_onnx(model, tmp_path / "no" / "m.onnx")
+    with pytest.raises(HashindexError, match=r": a folder \(expected a file to write, such as .*model\.onnx\)$"):
+        export_onnx(model, tmp_path, overwrite=True)
 
 
 def test_export_errors_are_one_line(tmp_path, monkeypatch):
