@@ -18,6 +18,7 @@ is written, when onnxruntime is installed (``pip install 'hashindex[onnx]'``).
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import warnings
@@ -136,7 +137,7 @@ def export_bytes(model: HashModel, opset: int | None = None) -> bytes:
                                     dynamic_shapes={"images": {0: batch}}, verbose=False)
     proto = program.model_proto
     proto.doc_string = f"hashindex model {model.model_id}: {model.bits}-bit codes of images (see metadata_props)"
-    for key, value in onnx_meta(model).items():
+    for key, value in {**onnx_meta(model), META_PREFIX + "graph_sha256": graph_digest(proto)}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
@@ -171,9 +172,16 @@ def export_onnx(model: HashModel | str | Path, out: str | Path, *, opset: int | 
             "outputs": list(OUTPUTS), "check": checked}
 
 
+def graph_digest(proto) -> str:
+    """SHA-256 of a model's graph (its operators and weights; not the metadata that records it), serialized
+    deterministically: recorded at export, checked on every read (`read_onnx_meta`)."""
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     """The hashindex facts of an exported file (`onnx_meta`), typed back: bits, input size and channels as
-    ints, class names as a list."""
+    ints, class names as a list; its graph checked against the SHA-256 recorded at export (a changed or
+    damaged file is refused)."""
     try:
         import onnx
     except ImportError:
@@ -185,6 +193,9 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     facts = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
     if "model_id" not in facts:
         raise HashindexError(f"path={path}: an ONNX model, but not one hashindex exported (no {META_PREFIX}model_id)")
+    if facts.get("graph_sha256") != graph_digest(proto):
+        raise HashindexError(f"path={path}: its graph does not match the SHA-256 recorded when it was exported "
+                             "(changed or damaged since; export it again)")
     for key in ("bits", "input_size", "channels"):
         facts[key] = int(facts[key])
     facts["class_names"] = json.loads(facts["class_names"])

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import HashindexError
 
-KINDS = "a shard directory, an index, a prepared store, a checkpoint or a batch results file"
+KINDS = "a shard directory, an index, a prepared store, a checkpoint, an exported model or a batch results file"
 
 
 def verify(path: str | Path) -> dict[str, Any]:
@@ -36,6 +36,10 @@ def verify(path: str | Path) -> dict[str, Any]:
     elif is_results_file(p):
         record = check_results(p, "path")
         count, kind, extra = 1, "batch results file", {"queries_count": record["queries_count"]}
+    elif p.is_file() and p.suffix.lower() == ".onnx":
+        from .export import read_onnx_meta
+
+        count, kind, extra = 1, "onnx model", {"model_id": read_onnx_meta(p)["model_id"]}
     elif (p.is_file() and saved_by_torch(p)) or (not p.exists() and shipped_path(str(path))):
         ckpt = read_checkpoint(path, "path")
         count, kind, extra = 1, "checkpoint", {"model_id": ckpt["model_id"], "path": ckpt["path"]}
@@ -43,7 +47,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         raise HashindexError(f"path={p}: no such file or folder (expected {KINDS})")
     else:
         raise HashindexError(f"path={p}: not {KINDS} (none of manifest.json, index.json, prepared.json, "
-                             "a job record or a torch file)")
+                             "a job record, a torch file or a .onnx file)")
     return {"path": str(p), "kind": kind, "files_verified": count, "ok": True, **extra}
 
 

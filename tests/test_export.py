@@ -121,3 +121,25 @@ def test_export_errors_are_one_line(tmp_path, monkeypatch):
         assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
     result = runner.invoke(cli, ["export", "nin-cifar10-48", "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "--out" in result.output and "already exists" in result.output
+
+
+def test_a_changed_export_is_refused_on_read(tmp_path):
+    """The graph's SHA-256 recorded at export is checked by `info` and `verify`: one weight changed in the file
+    (its metadata kept) is refused in one line; the file as written verifies."""
+    import onnx
+    from onnx import numpy_helper
+
+    export_onnx(_random_model(16, 3, False, 0, False), tmp_path / "m.onnx")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["verify", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0 and "matches the SHA-256 recorded at export" in result.output
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    weights = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(weights).copy()
+    array.flat[0] += 0.01
+    weights.CopyFrom(numpy_helper.from_array(array, weights.name))
+    onnx.save(proto, str(tmp_path / "changed.onnx"))
+    for command in ("verify", "info"):
+        result = runner.invoke(cli, [command, str(tmp_path / "changed.onnx")])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert "its graph does not match the SHA-256 recorded when it was exported" in result.output

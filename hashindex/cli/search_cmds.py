@@ -135,8 +135,9 @@ def verify(path, as_json):
 
     A shard directory, an index or a prepared store: every file hashed against its recorded SHA-256 (commands
     that open them check them too, but skip files unchanged since their last good check). A checkpoint (or a
-    shipped model's name): its weights against its model id. A batch results file: against the SHA-256 its job
-    recorded. A mismatch is one line naming the first bad file, and exit status 2.
+    shipped model's name): its weights against its model id. An exported model (.onnx): its graph against the
+    SHA-256 recorded at export. A batch results file: against the SHA-256 its job recorded. A mismatch is one
+    line naming the first bad file, and exit status 2.
 
     \b
     Examples:
@@ -153,6 +154,8 @@ def verify(path, as_json):
                    "checksums were recorded; nothing to verify (rebuild it)")
     elif result["kind"] == "checkpoint":
         click.echo(f"{path}: the checkpoint's weights match its model id {result['model_id']}")
+    elif result["kind"] == "onnx model":
+        click.echo(f"{path}: the exported graph matches the SHA-256 recorded at export (model {result['model_id']})")
     else:
         click.echo(f"{path}: {result['files_verified']} file(s) of the {result['kind']} match their recorded SHA-256")
 
