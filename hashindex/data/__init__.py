@@ -24,7 +24,8 @@ Supported (``open_source(spec)`` picks by what the path is):
 """
 
 from .formats import cifar_source, idx_source, read_idx
-from .images import BadImage, SkipLog, decode_image, net_array, skip_summary, thumbnail_jpeg, to_array, to_mode
+from .images import (BadImage, SkipLog, as_net_input, decode_image, net_array, skip_summary, thumbnail_jpeg, to_array,
+                     to_mode)
 from .lists import ListSource
 from .archives import TarSource, ZipSource
 from .folders import FolderSource
