@@ -13,7 +13,7 @@ from hashindex.cli import cli
 from hashindex.data import open_source
 from hashindex.export import OUTPUTS, OnnxEncoder, export_onnx, read_onnx_meta
 from hashindex.model import HashModel, NINHash, pack_codes
-from tests.conftest import CIFAR_TEST, need
+from tests.conftest import CIFAR_TEST, load_tool, need
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -143,3 +143,36 @@ def test_a_changed_export_is_refused_on_read(tmp_path):
         result = runner.invoke(cli, [command, str(tmp_path / "changed.onnx")])
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
         assert "its graph does not match the SHA-256 recorded when it was exported" in result.output
+
+
+def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
+    """tools/onnx_client.py (numpy, Pillow and onnxruntime only: the reference for encoding elsewhere) gives
+    each file the net input extraction gives it, pixel for pixel (a camera-size JPEG decoded at reduced scale, a
+    sideways EXIF photo, a transparent PNG, a 16-bit greyscale PNG, a palette GIF), and so the float32 model's
+    codes through the exported file."""
+    from PIL import Image
+
+    from hashindex.data import net_array
+
+    need(CIFAR_TEST)
+    client = load_tool("onnx_client")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((1600, 1200))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, shown rotated
+    photo.resize((400, 300)).save(tmp_path / "sideways.jpg", exif=exif)
+    rgba = np.dstack([rng.integers(0, 256, (40, 30, 3)), rng.integers(0, 2, (40, 30)) * 255]).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray(rng.integers(0, 65536, (50, 50)).astype(np.uint16)).save(tmp_path / "grey16.png")
+    photo.resize((90, 70)).convert("P").save(tmp_path / "palette.gif")
+    paths = [str(tmp_path / n) for n in ("big.jpg", "sideways.jpg", "alpha.png", "grey16.png", "palette.gif")]
+    for path in paths:
+        for side, channels in ((32, 3), (16, 1)):
+            want = net_array(open(path, "rb").read(), side, channels)
+            assert np.array_equal(client.net_input(path, side, channels), want), (path, side, channels)
+    model = load_model("nin-cifar10-48-v4", bf16=False)
+    export_onnx(model, tmp_path / "v4.onnx", check=False)
+    encoder = client.Encoder(str(tmp_path / "v4.onnx"))
+    assert (encoder.model_id, encoder.side, encoder.channels) == (model.model_id, 32, 3)
+    assert np.array_equal(encoder(paths)["codes"], model.encode(paths)[0])

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Encode photos with an exported model and search a running service, without hashindex or torch.
+
+Needs only numpy, Pillow and onnxruntime: the reference for encoding in another language. It reads an image
+as hashindex's extraction does (JPEGs decoded at reduced scale down to twice the net's side, the EXIF rotation
+applied, transparency on white, the whole image squashed to the side, bilinear), runs the file (`hashindex
+export`), and either prints each photo's code or sends the outputs to `POST /search` as JSON, so the photo
+itself never leaves this machine.
+
+    python tools/onnx_client.py model.onnx photo.jpg [more.jpg ...]                       # codes (hex)
+    python tools/onnx_client.py model.onnx photo.jpg --url http://localhost:8000 --k 10   # search results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side (as extraction)
+
+
+def net_input(path: str, side: int, channels: int) -> np.ndarray:
+    """A photo as the net's (channels, side, side) uint8 input, read as hashindex reads it."""
+    img = Image.open(path)
+    if img.format == "JPEG":
+        img.draft(None, (DRAFT_FACTOR * side, DRAFT_FACTOR * side))
+    img.load()
+    if img.getexif().get(0x0112, 1) in range(2, 9):  # the EXIF orientation tag
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale, rescaled to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (side, side):
+        img = img.resize((side, side), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+
+
+class Encoder:
+    """An exported model: photos -> its outputs by name, and the facts its metadata records."""
+
+    def __init__(self, model_path: str):
+        self.session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model_id = meta["hashindex.model_id"]
+        self.side, self.channels = int(meta["hashindex.input_size"]), int(meta["hashindex.channels"])
+        self.outputs = meta["hashindex.outputs"].split(",")
+
+    def __call__(self, paths: list[str]) -> dict[str, np.ndarray]:
+        images = np.stack([net_input(p, self.side, self.channels) for p in paths])
+        return dict(zip(self.outputs, self.session.run(self.outputs, {"images": images})))
+
+
+def search(url: str, encoder: Encoder, out: dict[str, np.ndarray], i: int, k: int) -> dict:
+    """The service's answer to photo ``i`` of ``out`` sent as a JSON query (both features: the index takes the
+    one its fine stage reads)."""
+    info = json.loads(urllib.request.urlopen(url.rstrip("/") + "/", timeout=30).read())
+    field = "mid_features" if info.get("signal") == "mid" else "features"
+    body = {"model_id": encoder.model_id, "code": out["codes"][i].tobytes().hex(), field: out[field][i].tolist()}
+    request = urllib.request.Request(f"{url.rstrip('/')}/search?k={k}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        return json.loads(urllib.request.urlopen(request, timeout=60).read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="an ONNX file written by `hashindex export`")
+    ap.add_argument("photos", nargs="+")
+    ap.add_argument("--url", default=None, help="a running `hashindex serve` to search")
+    ap.add_argument("--k", type=int, default=10)
+    args = ap.parse_args()
+    encoder = Encoder(args.model)
+    out = encoder(args.photos)
+    for i, photo in enumerate(args.photos):
+        if args.url is None:
+            print(f"{photo}\t{out['codes'][i].tobytes().hex()}")
+            continue
+        answer = search(args.url, encoder, out, i, args.k)
+        if "error" in answer:
+            sys.exit(f"{photo}: {answer['error']}")
+        print(photo)
+        for row in answer["results"]:
+            print(f"  {row['id']:>8}  hamming {row['hamming']:>3}  {row.get('path', '')}")
+
+
+if __name__ == "__main__":
+    main()
