@@ -62,15 +62,19 @@ class Encoder:
         return dict(zip(self.outputs, self.session.run(self.outputs, {"images": images})))
 
 
-def search(url: str, encoder: Encoder, out: dict[str, np.ndarray], i: int, k: int) -> dict:
-    """The service's answer to photo ``i`` of ``out`` sent as a JSON query (both features: the index takes the
-    one its fine stage reads)."""
-    info = json.loads(urllib.request.urlopen(url.rstrip("/") + "/", timeout=30).read())
-    field = "mid_features" if info.get("signal") == "mid" else "features"
-    body = {"model_id": encoder.model_id, "code": out["codes"][i].tobytes().hex(), field: out[field][i].tolist()}
-    request = urllib.request.Request(f"{url.rstrip('/')}/search?k={k}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def search(url: str, encoder: Encoder, out: dict[str, np.ndarray], i: int, k: int, token: str | None = None
+           ) -> dict:
+    """The service's answer to photo ``i`` of ``out`` sent as a JSON query, with the feature the index's fine
+    stage reads (GET / names its signal); ``token``: the service's read token, if it has one."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
+        info = json.loads(urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/", headers=auth),
+                                                 timeout=30).read())
+        field = "mid_features" if info.get("signal") == "mid" else "features"
+        body = {"model_id": encoder.model_id, "code": out["codes"][i].tobytes().hex(),
+                field: out[field][i].tolist()}
+        request = urllib.request.Request(f"{url.rstrip('/')}/search?k={k}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", **auth})
         return json.loads(urllib.request.urlopen(request, timeout=60).read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read())
@@ -82,6 +86,7 @@ def main() -> None:
     ap.add_argument("photos", nargs="+")
     ap.add_argument("--url", default=None, help="a running `hashindex serve` to search")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--token", default=None, help="the service's read token (`serve --read-token`)")
     args = ap.parse_args()
     encoder = Encoder(args.model)
     out = encoder(args.photos)
@@ -89,7 +94,7 @@ def main() -> None:
         if args.url is None:
             print(f"{photo}\t{out['codes'][i].tobytes().hex()}")
             continue
-        answer = search(args.url, encoder, out, i, args.k)
+        answer = search(args.url, encoder, out, i, args.k, args.token)
         if "error" in answer:
             sys.exit(f"{photo}: {answer['error']}")
         print(photo)
