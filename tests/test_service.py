@@ -177,6 +177,43 @@ def test_a_bug_fails_one_request_and_the_service_goes_on(service, monkeypatch):
     assert client.get("/search", params={"id": 5}).status_code == 200
 
 
+def test_a_search_past_its_timeout_leaves_the_service_answering(service, monkeypatch):
+    """A search still running when its request times out is answered 503, and the batcher goes on: it once
+    set the result of the future the timeout had cancelled, which raised in its thread and left every later
+    search of that index unanswered. A search queued behind it past its own timeout is skipped, not run for a
+    client that has gone; a full queue refuses a search at once, 503 with Retry-After."""
+    import time
+
+    import hashindex.service.engine as engine_module
+    import hashindex.service.requests as service_requests
+
+    client, engines = service
+    real = engine_module.search_vectors
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(engine_module, "search_vectors", slow)
+    monkeypatch.setattr(service_requests, "REQUEST_TIMEOUT_S", 0.2)
+    engine = engines["flat"]
+    batches = sum(engine.batch_sizes.values())
+    with ThreadPoolExecutor(2) as pool:  # the second waits in the queue behind the first, and times out there
+        first = pool.submit(client.get, "/search", params={"id": 5})
+        time.sleep(0.05)
+        second = pool.submit(client.get, "/search", params={"id": 7})
+        for res in (first.result(), second.result()):
+            assert res.status_code == 503 and "did not finish within" in res.json()["error"]
+    monkeypatch.undo()
+    time.sleep(0.8)  # the slow search ends after its request has gone
+    res = client.get("/search", params={"id": 6})
+    assert res.status_code == 200 and res.json()["query"] == "id:6"
+    assert sum(engine.batch_sizes.values()) == batches + 2  # the first search and this one: the second skipped
+    monkeypatch.setattr(engine, "max_queue", 0)
+    res = client.get("/search", params={"id": 6})
+    assert res.status_code == 503 and res.headers["retry-after"] == "1"
+    assert res.json()["error"] == "busy: 0 searches of flat are waiting; retry shortly"
+
+
 def _serve(index, model, *more: str, stdout=None) -> tuple[subprocess.Popen, str]:
     """`hashindex serve INDEX` in its own process, on a free port: (process, base URL) once it answers."""
     import time

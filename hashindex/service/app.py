@@ -28,7 +28,7 @@ Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "on
 (bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a
 service started without --writable), 404 (no such id, index or endpoint), 408 (the client stopped sending),
 409 (a write while another process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a
-search outlasted the request timeout), 507 (a write the disk has no room for: nothing changed), 500 (a bug:
+search outlasted the request timeout, or `engine.MAX_QUEUE` searches already wait: Retry-After), 507 (a write the disk has no room for: nothing changed), 500 (a bug:
 that request fails, the process goes on). Why this stack:
 uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds hundreds of idle connections for the cost
 of one thread, FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the
@@ -312,8 +312,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, e.status, headers={"WWW-Authenticate": "Bearer"} if e.status == 401
-                            else None)
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(e.status)  # 503: busy
+        return JSONResponse({"error": str(e)}, e.status, headers=headers)
 
     @app.exception_handler(HashindexError)
     async def library_error(request: Request, e: HashindexError) -> JSONResponse:

@@ -11,6 +11,7 @@ releases the GIL while decoding and resizing.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,8 +25,11 @@ import numpy as np
 
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
-from .params import own_of
+from .params import RequestError, own_of
 from .served import Served, no_item
+
+log = logging.getLogger("hashindex.service")
+MAX_QUEUE = 1024  # searches waiting for one index's batcher; past it a search is refused at once (503, retry)
 
 
 @dataclass(eq=False)
@@ -49,9 +53,9 @@ class Engine(Served):
     """A served index with batched searching."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str = "cpu", *,
-                 name: str | None = None, max_batch: int = 64, decode_workers: int = 2):
+                 name: str | None = None, max_batch: int = 64, decode_workers: int = 2, max_queue: int = MAX_QUEUE):
         super().__init__(index_dir, model, device, name)
-        self.max_batch, self.decode_workers = max_batch, decode_workers
+        self.max_batch, self.decode_workers, self.max_queue = max_batch, decode_workers, max_queue
         self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix=f"decode-{self.name}")
         self.batch_sizes: Counter[int] = Counter()  # batches answered, by size (for /metrics; at most max_batch keys)
         self._queue: queue.Queue[Query | None] = queue.Queue()
@@ -59,7 +63,12 @@ class Engine(Served):
         self._thread.start()
 
     def submit(self, query: Query) -> Future:
-        """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError)."""
+        """Queue a search; its future resolves to the result row (or raises RequestError / HashindexError). A
+        full queue refuses it at once (503): under more load than the index answers, a search that waits
+        would time out anyway, after taking its place from one that would not. Cancelling the future (the
+        request timed out) before the batcher takes it saves the work."""
+        if self._queue.qsize() >= self.max_queue:
+            raise RequestError(503, f"busy: {self.max_queue} searches of {self.name} are waiting; retry shortly")
         self._queue.put(query)
         return query.future
 
@@ -68,7 +77,7 @@ class Engine(Served):
         `build --append` swapped a grown index in, say); its batch counts for /metrics go on from this one's."""
         index_dir, model, device = self.opened_with
         fresh = Engine(index_dir, model, device, name=self.name, max_batch=self.max_batch,
-                       decode_workers=self.decode_workers)
+                       decode_workers=self.decode_workers, max_queue=self.max_queue)
         fresh.batch_sizes = self.batch_sizes
         return fresh
 
@@ -95,10 +104,23 @@ class Engine(Served):
                     stop = True
                     break
                 batch.append(item)
-            self.batch_sizes[len(batch)] += 1
-            self._process(batch)
+            live = [q for q in batch if q.future.set_running_or_notify_cancel()]  # timed out while queued: skip
+            if live:
+                self.batch_sizes[len(live)] += 1
+                self._process_safely(live)
             if stop:
                 return
+
+    def _process_safely(self, batch: list[Query]) -> None:
+        """`_process`, with any error it lets through failing the batch's unanswered searches (a bug must not
+        end the batcher, or every later search of this index would wait for nothing)."""
+        try:
+            self._process(batch)
+        except Exception as e:  # noqa: BLE001
+            log.exception("batch of %d searches failed", len(batch))
+            for q in batch:
+                if not q.future.done():
+                    q.future.set_exception(e)
 
     def _process(self, batch: list[Query]) -> None:
         for q in batch:
