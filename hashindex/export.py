@@ -196,10 +196,13 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     if facts.get("graph_sha256") != graph_digest(proto):
         raise HashindexError(f"path={path}: its graph does not match the SHA-256 recorded when it was exported "
                              "(changed or damaged since; export it again)")
-    for key in ("bits", "input_size", "channels"):
-        facts[key] = int(facts[key])
-    facts["class_names"] = json.loads(facts["class_names"])
-    facts["outputs"] = facts["outputs"].split(",")
+    try:
+        for key in ("bits", "input_size", "channels"):
+            facts[key] = int(facts[key])
+        facts["class_names"] = json.loads(facts["class_names"])
+        facts["outputs"] = facts["outputs"].split(",")
+    except (KeyError, ValueError) as e:  # (metadata edited by hand: the digest covers the graph, not it)
+        raise HashindexError(f"path={path}: its hashindex metadata is malformed ({type(e).__name__}: {e})") from None
     return facts
 
 

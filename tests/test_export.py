@@ -143,6 +143,11 @@ def test_a_changed_export_is_refused_on_read(tmp_path):
         result = runner.invoke(cli, [command, str(tmp_path / "changed.onnx")])
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
         assert "its graph does not match the SHA-256 recorded when it was exported" in result.output
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    next(p for p in proto.metadata_props if p.key == "hashindex.bits").value = "sixteen"
+    onnx.save(proto, str(tmp_path / "edited.onnx"))
+    result = runner.invoke(cli, ["info", str(tmp_path / "edited.onnx")])
+    assert result.exit_code == 2 and "its hashindex metadata is malformed (ValueError" in result.output
 
 
 def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
