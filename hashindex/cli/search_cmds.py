@@ -280,12 +280,14 @@ def demo(ctx, data, out, model, every, limit, workers, device, as_json):
 @click.option("--plot", "plot", default=None, metavar="PNG",
               help="A checkpoint's learning curves (accuracy, loss, learning rate by epoch) in this PNG file.")
 def info(path, as_json, plot):
-    """Summarise a checkpoint, a shard directory, an index, or an image collection (before extracting it).
+    """Summarise a checkpoint, an exported model (.onnx), a shard directory, an index, or an image collection
+    (before extracting it).
 
     \b
     Examples:
       hashindex info model.pt --json
       hashindex info model.pt --plot curves.png   # accuracy and loss by epoch
+      hashindex info model.onnx     # what `hashindex export` recorded in it (its graph checked)
       hashindex info photos/        # what extract would read: items, skips by name, labels
     """
     from ..info import describe
