@@ -133,6 +133,9 @@ def read_checkpoint(path: str | Path, arg: str = "model") -> dict[str, Any]:
     """Load and validate a checkpoint dict; one-line HashindexError (naming arg) if it is not one."""
     path = resolve_model_path(path, arg)
     if not saved_by_torch(path):
+        if path.suffix.lower() == ".onnx":  # `hashindex export`'s output: for other runtimes, not for hashindex
+            raise HashindexError(f"{path}: an exported ONNX model; hashindex encodes with the checkpoint it was "
+                                 f"exported from (`hashindex info {path}` names its model id)")
         raise HashindexError(f"{path}: not a hashindex checkpoint (not a file torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -193,7 +193,10 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
     facts = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
     if "model_id" not in facts:
         raise HashindexError(f"path={path}: an ONNX model, but not one hashindex exported (no {META_PREFIX}model_id)")
-    if facts.get("graph_sha256") != graph_digest(proto):
+    if "graph_sha256" not in facts:
+        raise HashindexError(f"path={path}: no SHA-256 of its graph recorded (exported by an earlier version; "
+                             "export it again)")
+    if facts["graph_sha256"] != graph_digest(proto):
         raise HashindexError(f"path={path}: its graph does not match the SHA-256 recorded when it was exported "
                              "(changed or damaged since; export it again)")
     try:

@@ -148,6 +148,9 @@ def test_a_changed_export_is_refused_on_read(tmp_path):
     onnx.save(proto, str(tmp_path / "edited.onnx"))
     result = runner.invoke(cli, ["info", str(tmp_path / "edited.onnx")])
     assert result.exit_code == 2 and "its hashindex metadata is malformed (ValueError" in result.output
+    result = runner.invoke(cli, ["extract", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
+                                 "--out", str(tmp_path / "shards")])
+    assert result.exit_code == 2 and "an exported ONNX model; hashindex encodes with the checkpoint" in result.output
 
 
 def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
