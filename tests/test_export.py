@@ -156,8 +156,8 @@ def test_a_changed_export_is_refused_on_read(tmp_path):
 def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
     """tools/onnx_client.py (numpy, Pillow and onnxruntime only: the reference for encoding elsewhere) gives
     each file the net input extraction gives it, pixel for pixel (a camera-size JPEG decoded at reduced scale, a
-    sideways EXIF photo, a transparent PNG, a 16-bit greyscale PNG, a palette GIF), and so the float32 model's
-    codes through the exported file."""
+    sideways EXIF photo, a transparent PNG, a 16-bit greyscale PNG, a palette GIF, a phone's HEIC), and so the
+    float32 model's codes through the exported file."""
     from PIL import Image
 
     from hashindex.data import net_array
@@ -174,7 +174,11 @@ def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     Image.fromarray(rng.integers(0, 65536, (50, 50)).astype(np.uint16)).save(tmp_path / "grey16.png")
     photo.resize((90, 70)).convert("P").save(tmp_path / "palette.gif")
-    paths = [str(tmp_path / n) for n in ("big.jpg", "sideways.jpg", "alpha.png", "grey16.png", "palette.gif")]
+    names = ["big.jpg", "sideways.jpg", "alpha.png", "grey16.png", "palette.gif"]
+    if client.Image.registered_extensions().get(".heic"):  # pillow-heif installed (the test extra has it)
+        photo.resize((80, 60)).save(tmp_path / "phone.heic")
+        names.append("phone.heic")
+    paths = [str(tmp_path / n) for n in names]
     for path in paths:
         for side, channels in ((32, 3), (16, 1)):
             want = net_array(open(path, "rb").read(), side, channels)

@@ -24,6 +24,12 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side (as extraction)
+try:  # HEIC / HEIF, the format phones store photos in, where pillow-heif is installed (as hashindex reads it)
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pass
 
 
 def net_input(path: str, side: int, channels: int) -> np.ndarray:
