@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import HashindexError
 from .codes import code_statistics, format_code_statistics, pad_codes
-from .metrics import average_precision, chance_map, confusion_shares, default_ranking, evaluate_arrays
+from .confusion import confusion_shares
+from .metrics import average_precision, chance_map, default_ranking, evaluate_arrays
 from .significance import Z95, aligned, paired_difference
 from .targets import class_name, relevant_items
 

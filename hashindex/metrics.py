@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .codes import hamming_distances
+from .confusion import Confusion
 from .significance import mean_interval, paired_difference
 from .targets import Relevance, relevant_items
 
@@ -217,37 +218,6 @@ def _radius_figures(n_le: np.ndarray, r_le: np.ndarray, total: np.ndarray, radiu
     return within, curve
 
 
-CONFUSION_CLASSES = 300  # a dense (C, C) table of counts up to here (720 KB); more classes: no table
-
-
-class _Confusion:
-    """Which classes the top ``k`` results of a query come from, by the query's class: (C, C) counts, row =
-    query class, column = result class (unlabelled results not counted). Where the codes mix two classes up."""
-
-    def __init__(self, q_labels: np.ndarray, db_labels: np.ndarray, k: int):
-        self.db, self.k = db_labels, k
-        classes = int(max(q_labels.max(initial=-1), db_labels.max(initial=-1))) + 1
-        self.classes = classes if classes <= CONFUSION_CLASSES else 0
-        self.counts = np.zeros((self.classes, self.classes), np.int64)
-
-    def add(self, q_labels: np.ndarray, order: np.ndarray) -> None:
-        """One chunk: its queries' labels and their rankings (database positions, best first)."""
-        if not self.classes:
-            return
-        top = self.db[order[:, :self.k]]
-        query = np.broadcast_to(q_labels[:, None], top.shape)
-        ok = (top >= 0) & (query >= 0)
-        self.counts += np.bincount(query[ok] * self.classes + top[ok],
-                                   minlength=self.classes ** 2).reshape(self.classes, self.classes)
-
-
-def confusion_shares(confusion: dict[str, Any]) -> np.ndarray:
-    """`evaluate_arrays`' confusion counts as shares of each query class's results (rows sum to 1; 0 without
-    results)."""
-    counts = np.asarray(confusion["counts"], np.float64)
-    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-
-
 def pair_distances(relevant: np.ndarray, other: np.ndarray) -> dict[str, Any]:
     """How far apart the codes of query-item pairs are, relevant pairs against the others, from the number of
     pairs of each kind at each Hamming distance 0..K: the counts, each kind's mean distance, and ``auc``, the
@@ -280,8 +250,8 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     query's pool when given: its first ``candidates`` items widened to the whole
     tie group at the last one's distance (at most ``tie_cap`` items, default
     ``candidates``: no widening), as `Index.search` does.
-    ``confusion_at``: with class labels (up to `CONFUSION_CLASSES`), count the classes of each query's top
-    ``confusion_at`` results (re-ranked when ``rerank`` is given) by query class (`_Confusion`).
+    ``confusion_at``: with class labels (up to `confusion.MOST_CLASSES`), count the classes of each query's top
+    ``confusion_at`` results (re-ranked when ``rerank`` is given) by query class (`Confusion`).
     ``own`` (Q,): the database position of each query's own item (-1: none), left out of its ranking
     (leave-one-out: a query drawn from the database would otherwise find itself first).
     ``per_query``: also return each query's AP@all (numpy arrays under "per_query": "hamming", and "reranked"
@@ -293,15 +263,13 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     ndb -= int(own is not None and bool((own >= 0).any()))  # cut-offs within the items a query is ranked against
     pk_max = min(pk_max, ndb)
     candidates = min(candidates, ndb)
-    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(db_codes) + 1))])
     hamming, reranked = _RankingScores(at, pk_max), _RankingScores(at, pk_max)
-    ap_tie, pk_tie_sum = [], np.zeros(pk_max)
-    n_le_all, r_le_all, total_rel = [], [], []
+    ties = _TieCounts(pk_max, len(db_codes))
     pool_sum = 0
     relevant = Relevance(q_labels, db_labels)
     graded_at = tuple(min(k, ndb) for k in graded_at) if relevant.sets else ()
     graded, graded_rr = _GradedScores(graded_at), _GradedScores(graded_at)
-    confusion = None if relevant.sets else _Confusion(q_labels, db_labels, min(confusion_at, ndb))
+    confusion = None if relevant.sets else Confusion(q_labels, db_labels, min(confusion_at, ndb))
     for s in tqdm(range(0, nq, chunk), desc="eval", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, nq))
         d = hamming_distances(q_codes[sl], db_codes)
@@ -319,11 +287,7 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
         if graded_at:
             ideal = ideal_gains(gains, max(graded_at))
             graded.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
-        ap_tie.append(tie_aware_ap(n, r, harmonic))
-        pk_tie_sum += tie_aware_precision_at_k(n, r, pk_max).sum(axis=0)
-        n_le_all.append(np.cumsum(n, axis=1))
-        r_le_all.append(np.cumsum(r, axis=1))
-        total_rel.append(r.sum(axis=1))
+        ties.add(n, r)
         if rerank is not None:
             order, sizes = rerank_order(order, np.take_along_axis(d, order, 1), rerank, sl, candidates,
                                         tie_cap or candidates)
@@ -333,23 +297,12 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
                 graded_rr.add(np.take_along_axis(gains, order[:, :max(graded_at)], 1), ideal)
         if confusion is not None:
             confusion.add(q_labels[sl], order)
-    radius = min(radius, bits)
-    n_le, r_le = np.concatenate(n_le_all), np.concatenate(r_le_all)
-    total = np.concatenate(total_rel)
-    within, curve = _radius_figures(n_le, r_le, total, radius, bits)
-    pairs_n = np.diff(n_le.sum(axis=0), prepend=0)  # pairs at each distance, from the counts within each
-    pairs_r = np.rint(np.diff(r_le.sum(axis=0), prepend=0)).astype(np.int64)
     maps = hamming.maps()
+    figures = ties.figures(nq, min(radius, bits), bits)
     out: dict[str, Any] = {
         "queries": nq, "database": len(db_codes), "bits": bits,
-        "hamming": {"map": maps.pop("map"), "map_tie_aware": _mean(ap_tie), **maps},
-        "precision_at_k": (hamming.pk_sum / nq).tolist(),
-        "precision_at_k_tie_aware": (pk_tie_sum / nq).tolist(),
-        f"radius{radius}": within,
-        "pr_curve": curve,
-        "pair_distances": pair_distances(pairs_r, pairs_n - pairs_r),
-        # a one-photo class under leave-one-out, a query class the database lacks: AP 0 whatever the ranking
-        "queries_without_relevant": int((total == 0).sum()),
+        "hamming": {"map": maps.pop("map"), "map_tie_aware": figures.pop("map_tie_aware"), **maps},
+        "precision_at_k": (hamming.pk_sum / nq).tolist(), **figures,
     }
     if graded_at:
         out["hamming"].update(graded.means())
@@ -360,9 +313,51 @@ def evaluate_arrays(q_codes: np.ndarray, q_labels: np.ndarray, db_codes: np.ndar
     if confusion is not None and confusion.classes:
         out["confusion"] = {"k": confusion.k, "ranking": "reranked" if rerank is not None else "hamming",
                             "counts": confusion.counts.tolist()}
-    ap, ap_rr = hamming.per_query(), reranked.per_query() if rerank is not None else None
+    return _per_query_figures(out, q_labels, hamming, reranked if rerank is not None else None, per_query)
+
+
+class _TieCounts:
+    """Each query's items and relevant items at each Hamming distance, chunk by chunk: the figures that do not
+    depend on how ties are ordered (tie-aware AP and precision@k, precision and recall within a radius, the PR
+    curve over radii, relevant and other pairs by distance)."""
+
+    def __init__(self, pk_max: int, n_items: int):
+        self.pk_max = pk_max
+        self.harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n_items + 1))])
+        self.ap: list[np.ndarray] = []
+        self.pk_sum = np.zeros(pk_max)
+        self.n_le: list[np.ndarray] = []
+        self.r_le: list[np.ndarray] = []
+        self.total: list[np.ndarray] = []
+
+    def add(self, n: np.ndarray, r: np.ndarray) -> None:
+        """One chunk: (q, bits + 1) counts of items and of relevant items at each distance."""
+        self.ap.append(tie_aware_ap(n, r, self.harmonic))
+        self.pk_sum += tie_aware_precision_at_k(n, r, self.pk_max).sum(axis=0)
+        self.n_le.append(np.cumsum(n, axis=1))
+        self.r_le.append(np.cumsum(r, axis=1))
+        self.total.append(r.sum(axis=1))
+
+    def figures(self, nq: int, radius: int, bits: int) -> dict[str, Any]:
+        """The figures, by their keys in `evaluate_arrays`' result."""
+        n_le, r_le, total = np.concatenate(self.n_le), np.concatenate(self.r_le), np.concatenate(self.total)
+        within, curve = _radius_figures(n_le, r_le, total, radius, bits)
+        pairs_n = np.diff(n_le.sum(axis=0), prepend=0)  # pairs at each distance, from the counts within each
+        pairs_r = np.rint(np.diff(r_le.sum(axis=0), prepend=0)).astype(np.int64)
+        return {"map_tie_aware": _mean(self.ap), "precision_at_k_tie_aware": (self.pk_sum / nq).tolist(),
+                f"radius{radius}": within, "pr_curve": curve,
+                "pair_distances": pair_distances(pairs_r, pairs_n - pairs_r),
+                # a one-photo class under leave-one-out, a query class the database lacks: AP 0 whatever the ranking
+                "queries_without_relevant": int((total == 0).sum())}
+
+
+def _per_query_figures(out: dict[str, Any], q_labels: np.ndarray, hamming: _RankingScores,
+                       reranked: _RankingScores | None, per_query: bool) -> dict[str, Any]:
+    """``out`` with what the queries' APs one by one give: mAP per class, the fine stage's gain over Hamming
+    query by query (a paired interval), and with ``per_query`` the APs themselves."""
+    ap, ap_rr = hamming.per_query(), reranked.per_query() if reranked is not None else None
     out["per_class"] = per_class_map(q_labels, ap, ap_rr)
-    if ap_rr is not None and nq > 1:  # what the fine stage adds, query by query (a paired interval)
+    if ap_rr is not None and len(ap) > 1:  # what the fine stage adds, query by query (a paired interval)
         gain = paired_difference(ap, ap_rr)
         out["reranked"]["over_hamming"] = {k: gain[k] for k in ("diff", "low", "high", "significant")} | \
             {"queries_better": gain["b_better"], "queries_worse": gain["a_better"]}

@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import HashindexError
 from .grids import pyplot, results_grid, write_png
-from .metrics import confusion_shares, default_ranking
+from .confusion import confusion_shares
+from .metrics import default_ranking
 from .significance import aligned
 
 
