@@ -6,6 +6,8 @@
     GET  /docs, /openapi.json             API documentation
     POST /search?k=10                     body = an image file's bytes, or a multipart/form-data file (field "file"
                                           or any other name: a form's "image")
+    POST /search?k=10  (application/json) {"model_id", "code", "features" or "mid_features"}: a query encoded
+                                          where the photo is, by the model's ONNX file (`hashindex export`)
     GET  /search?id=42&k=10               search with an indexed item
     GET  /items/42/image                  the item's image file (for a front end to show results)
     GET  /ui                              a page over this API: search with a photo, see the results
@@ -28,8 +30,8 @@ Answers are `hashindex query --json` rows. Every failure is JSON ``{"error": "on
 (bad request), 401 (a write without the write token, a request without the read token), 403 (a write to a
 service started without --writable), 404 (no such id, index or endpoint), 408 (the client stopped sending),
 409 (a write while another process writes the index: retry), 411 (no length), 413 (body over the cap), 503 (a
-search outlasted the request timeout, or `engine.MAX_QUEUE` searches already wait: Retry-After), 507 (a write the disk has no room for: nothing changed), 500 (a bug:
-that request fails, the process goes on). Why this stack:
+search outlasted the request timeout, or `engine.MAX_QUEUE` searches already wait: Retry-After), 507 (a write
+the disk has no room for: nothing changed), 500 (a bug: that request fails, the process goes on). Why this stack:
 uvicorn speaks HTTP/1.1 with keep-alive and an event loop that holds hundreds of idle connections for the cost
 of one thread, FastAPI gives the OpenAPI docs and multipart parsing, and neither holds the GIL while the
 batcher thread runs the net and Faiss.
