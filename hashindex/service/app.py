@@ -82,7 +82,8 @@ IMAGE_PARAMS = [{"name": "size", "in": "query", "required": False,
                                 "its collection holds it)"}]
 IMAGE_BODY = {"required": False, "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}
+    "multipart/form-data": {"schema": {"type": "object",
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}}}}
 ENCODED_BODY = {"type": "object", "required": ["model_id", "code"], "description": "a query encoded where the photo "
                 "is, by the model's ONNX file (`hashindex export`): its outputs for the image",
                 "properties": {"model_id": {"type": "string"}, "code": {"type": "string", "description": "hex"},
