@@ -213,3 +213,15 @@ def test_an_output_the_file_system_refuses_is_one_line(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["derive", "nin-cifar10-48-v3", "--out", f"{tmp_path}/m.pt", "--test-flip"])
     assert res.exit_code == 2 and res.output == f"hashindex: error: {tmp_path}/m.pt: permission denied\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    """A command whose stderr is a file or a pipe (a background job's log) draws no progress bars, whose every
+    redraw a log keeps; its summary line is there."""
+    from tests.conftest import CIFAR_TEST, need
+
+    need(CIFAR_TEST)
+    res = CliRunner().invoke(cli, ["extract", "--data", str(CIFAR_TEST), "--limit", "300", "--workers", "0",
+                                   "--out", str(tmp_path / "shards")])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.output and "img/s]" not in res.output and "extracted 300 images" in res.output

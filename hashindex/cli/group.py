@@ -94,7 +94,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hashindex")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings (bars are drawn only on a terminal: "
+              "a job's log keeps its summary lines).")
 @click.option("--threads", type=click.IntRange(min=1), envvar="HASHINDEX_THREADS", show_envvar=True,
               help="CPU threads for torch and Faiss [default: one per core]. On cores another job keeps busy, "
                    "fewer is faster (docs/RESULTS.md 'Threads on a shared machine').")
@@ -110,7 +111,8 @@ def cli(ctx: click.Context, quiet: bool, threads: int | None) -> None:
     """
     from ..runtime import keep_freed_memory, set_threads
 
-    ctx.obj = {"progress": not quiet}
+    # bars only on a terminal: a log file keeps every redraw (6 epochs on 9,000 images: 44 KB of them)
+    ctx.obj = {"progress": not quiet and sys.stderr.isatty()}
     if threads is not None:
         set_threads(threads)
     # a batch job: its peak heap is kept for reuse until it exits (serve's batcher thread would not gain)
