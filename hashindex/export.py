@@ -70,6 +70,8 @@ def onnx_meta(model: HashModel) -> dict[str, str]:
         "model_id": model.model_id, "bits": model.bits, "input_size": model.input_size,
         "channels": model.channels, "class_names": json.dumps(model.class_names),
         "views": views_description(model.test_flip, model.test_shift), "outputs": ",".join(OUTPUTS),
+        # how logits become class probabilities: per-class sigmoids for a net trained on label sets, else softmax
+        "posterior": "sigmoid" if model.meta.get("multi_label") else "softmax",
         "input": f"uint8 (N, {model.channels}, {model.input_size}, {model.input_size}) pixels, the whole image "
                  "squashed (bilinear), as hashindex.data.as_net_input makes them",
         "hashindex_version": __version__,

@@ -57,7 +57,7 @@ def test_exported_model_gives_the_models_codes_on_real_images(tmp_path):
     meta = read_onnx_meta(out)
     assert meta["model_id"] == model.model_id and meta["bits"] == 48 and meta["input_size"] == 32
     assert meta["class_names"] == model.class_names and meta["outputs"] == list(OUTPUTS)
-    assert "mirror" in meta["views"]
+    assert "mirror" in meta["views"] and meta["posterior"] == "softmax"
     info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
     assert info["kind"] == "onnx model" and info["model_id"] == model.model_id and info["bytes"] == summary["bytes"]
 
