@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""How far a photo's code moves when its pixels are prepared by another reader than extraction's.
+
+A client that encodes with the exported model (`hashindex export`; a phone, a browser) decodes and resizes the
+photo itself. Each reader below makes the net's input of every photo of --data; the model (float32, so only the
+pixels differ) encodes them; against extraction's reading: code bits differing per image, images whose code
+differs, and with --index the top 10 a search of the index returns (ids in common, lists the same).
+
+    extraction   hashindex's own (JPEG decoded at reduced scale, EXIF rotation, Pillow's bilinear squash)
+    full         the whole JPEG decoded, then the same bilinear squash (a decoder without DCT scaling)
+    lanczos      the whole JPEG decoded, then a Lanczos squash (another resampling filter)
+    box          the whole JPEG decoded, then box (area-average) filtering (as OpenCV's INTER_AREA)
+
+    python tools/decoder_study.py --data ../shared/data/flowers/test.tar [--index INDEX_DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from hashindex import load_model
+from hashindex.data import net_array, open_source
+
+READERS = {"full": Image.BILINEAR, "lanczos": Image.LANCZOS, "box": Image.BOX}
+
+
+def other_reader(data: bytes, side: int, channels: int, resample: int) -> np.ndarray:
+    """The net's input as a client without JPEG draft decoding would make it, squashed with ``resample``."""
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    img = img.convert("L" if channels == 1 else "RGB").resize((side, side), resample)
+    arr = np.asarray(img, np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def top10(served, arrays: np.ndarray) -> list[list[int]]:
+    """The ids of each array's top 10 in the served index, as the service ranks an upload (own item aside)."""
+    from hashindex.query import search_vectors
+
+    codes, vecs, _ = served.encode(arrays)
+    rows = search_vectors(served.index, codes, vecs, [str(i) for i in range(len(arrays))], k=10)
+    return [[r["id"] for r in row["results"]] for row in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", default="nin-cifar10-48-v4")
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--index", default=None, help="an index of --model's codes: compare top-10 lists too")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    model = load_model(args.model, bf16=False)
+    side, channels = model.input_size, model.channels
+    src = open_source(args.data).subset(args.limit)
+    raw = [src.read_bytes(i) for i in range(len(src))]
+    arrays = {"extraction": np.stack([net_array(d, side, channels) for d in raw])}
+    arrays |= {name: np.stack([other_reader(d, side, channels, f) for d in raw]) for name, f in READERS.items()}
+    codes = {name: model.encode(a)[0] for name, a in arrays.items()}
+    served = None
+    if args.index:
+        from hashindex.service.basic import Searcher
+
+        served = Searcher(args.index, model=args.model)
+        served.model.bf16 = False
+        ref_top = top10(served, arrays["extraction"])
+    res = {"data": args.data, "images": len(raw), "model_id": model.model_id, "readers": {}}
+    for name in READERS:
+        bits = np.unpackbits(codes[name] ^ codes["extraction"], axis=1, count=model.bits, bitorder="little").sum(1)
+        pixels = np.abs(arrays[name].astype(np.int16) - arrays["extraction"]).mean()
+        entry = {"mean_pixel_diff": float(pixels), "bits_per_image": float(bits.mean()), "most_bits": int(bits.max()),
+                 "images_differing": float((bits > 0).mean())}
+        if served is not None:
+            other = top10(served, arrays[name])
+            entry["top10_in_common"] = float(np.mean([len(set(a) & set(b)) for a, b in zip(other, ref_top)]))
+            entry["top10_same"] = float(np.mean([a == b for a, b in zip(other, ref_top)]))
+        res["readers"][name] = entry
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"{len(raw)} images of {args.data}, model {model.model_id} (float32), against extraction's reading")
+    for name, e in res["readers"].items():
+        top = (f"; top 10: {e['top10_in_common']:.2f} ids in common, {e['top10_same']:.1%} the same"
+               if "top10_in_common" in e else "")
+        print(f"{name:10}: pixels {e['mean_pixel_diff']:.2f} apart (of 255), {e['bits_per_image']:.2f} bits differ "
+              f"per image (most {e['most_bits']}), {e['images_differing']:.1%} of images{top}")
+
+
+if __name__ == "__main__":
+    main()
