@@ -213,6 +213,11 @@ def verify_on_read(w: Path, shards: Path, index: Path) -> None:
         (ix / "index.json").write_text(json.dumps(m))
         rc, line = hx("query", str(ix), "--by-id", "3")
         row(cls, label, "one line naming the key", f"exit {rc}: {line}", one_line_error(rc, line, needle))
+    hx("export", "nin-cifar10-48", "--out", str(w / "m.onnx"))
+    flip(w / "m.onnx")  # (its middle byte: inside the weights, which are nearly all of a 4 MB file)
+    rc, line = hx("verify", str(w / "m.onnx"))
+    row(cls, "a byte flipped inside an exported model.onnx", "one line naming the file", f"exit {rc}: {line}",
+        one_line_error(rc, line, "m.onnx", "does not match the SHA-256 recorded when it was exported"))
     prep = w / "prep"
     hx("prepare", "--data", str(CIFAR), "--out", str(prep), "--size", "32")
     flip(prep / "images.h5")
