@@ -9,8 +9,8 @@ and mid features (N, 192 each: what the fine stage ranks by) and the class logit
 batch norm folded into its convolution, so its outputs are `HashModel`'s in float32 (``bf16=False``) to float
 rounding; a code differs only in a bit whose activation is within rounding of 0.5 (an AVX-512 machine's
 default bf16 trunk is further off: 1-2 bits in 1.5 % of CIFAR-10 images, 4.6 % of flowers photos,
-tools/bench_onnx.py). The checkpoint's metadata (model id, bits, classes,
-input size, views) travels in the file's metadata_props (`read_onnx_meta`).
+tools/bench_onnx.py). The checkpoint's metadata (model id, bits, classes, input size, views) travels in the
+file's metadata_props with the SHA-256 of its graph, checked whenever hashindex reads it (`read_onnx_meta`).
 
 Every export is run once by ONNX Runtime on check images and compared with the torch model before the file
 is written, when onnxruntime is installed (``pip install 'hashindex[onnx]'``).
