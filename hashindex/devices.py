@@ -65,26 +65,60 @@ def free_memory(device: torch.device) -> int | None:
 
 
 UNLIMITED = 1 << 62  # cgroup v1 writes "no limit" as a page-rounded 2^63 - 1; v2 writes "max"
-CGROUP_FILES = (  # (limit, usage, the stat line of reclaimable page cache) for cgroup v2, then v1
-    ("memory.max", "memory.current", "inactive_file"),
-    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
-)
+CGROUP_FILES = {  # (limit, usage, the stat line of reclaimable page cache) for cgroup v2 and v1
+    "v2": ("memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
 
 
-def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes a container's memory limit still leaves (limit - usage, the inactive page cache counted as free,
-    since the kernel drops it before the OOM killer runs, as ``docker stats`` counts it); cgroup v2 or v1.
-    None without a limit. (A v1 usage counts the page cache: 15.1 GB here, 8.6 GB of it inactive, 2026-12-06.)"""
-    for limit_file, usage_file, cache_key in CGROUP_FILES:
-        try:
-            limit = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or not limit.isdigit() or int(limit) >= UNLIMITED:
-            return None
-        return int(limit) - usage + _stat(root / Path(limit_file).parent / "memory.stat", cache_key)
-    return None
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes the container's memory limits still leave: the least, over this process's cgroup and every cgroup
+    above it (a limit set on a parent binds too), of limit - usage with the inactive page cache counted as free
+    (the kernel drops it before the OOM killer runs; ``docker stats`` counts it so); cgroup v2 or v1, the
+    process's cgroup read from ``own``. None without a limit. (A v1 usage counts the page cache: 15.1 GB at the
+    root here, 8.6 GB of it inactive, 2026-12-06.)"""
+    rooms = [_headroom(folder, kind) for kind, folder in _cgroup_folders(root, own)]
+    rooms = [r for r in rooms if r is not None]
+    return min(rooms) if rooms else None
+
+
+def _cgroup_folders(root: Path, own: Path) -> list[tuple[str, Path]]:
+    """("v2" or "v1", folder) for this process's memory cgroup and each one above it up to the mount's root
+    (a container usually sees its own cgroup as the root; a systemd service or an older Docker a path below)."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    paths = {"v2": "/", "v1": "/"}
+    for line in lines:  # "0::/path" (v2), "4:memory:/path" (v1; the controllers may be a list)
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:
+            paths["v2"] = path
+        elif "memory" in controllers.split(","):
+            paths["v1"] = path
+    folders = []
+    for kind, mount in (("v2", root), ("v1", root / "memory")):
+        folder = mount / paths[kind].lstrip("/")
+        while True:
+            folders.append((kind, folder))
+            if folder == mount or mount not in folder.parents:
+                break
+            folder = folder.parent
+    return folders
+
+
+def _headroom(folder: Path, kind: str) -> int | None:
+    """limit - usage + inactive page cache of one cgroup folder; None where it sets no limit (or is absent)."""
+    limit_file, usage_file, cache_key = CGROUP_FILES[kind]
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not limit.isdigit() or int(limit) >= UNLIMITED:  # ("max": none)
+        return None
+    return int(limit) - usage + _stat(folder / "memory.stat", cache_key)
 
 
 def _stat(path: Path, key: str) -> int:

@@ -219,26 +219,39 @@ def test_device_names(monkeypatch):
 
 
 def test_cgroup_headroom_v1_and_v2(tmp_path):
-    """A container's memory limit, cgroup v2 or v1, less its usage, the inactive page cache counted as free (a
-    v1 usage holds the cache); no limit ("max", v1's 2^63 - 4096) or no cgroup files: None (MemAvailable rules)."""
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text("8000000000\n")
-    (v2 / "memory.current").write_text("5000000000\n")
-    (v2 / "memory.stat").write_text("anon 3000000000\ninactive_file 1000000000\nactive_file 500\n")
-    assert cgroup_headroom(v2) == 8_000_000_000 - 5_000_000_000 + 1_000_000_000
-    (v2 / "memory.max").write_text("max\n")
-    assert cgroup_headroom(v2) is None
-    v1 = tmp_path / "v1" / "memory"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
-    (v1 / "memory.usage_in_bytes").write_text("3500000000\n")
-    assert cgroup_headroom(v1.parent) == 500_000_000  # no memory.stat: nothing counted as cache
-    (v1 / "memory.stat").write_text("cache 900\ninactive_file 7\ntotal_inactive_file 2000000000\n")
-    assert cgroup_headroom(v1.parent) == 2_500_000_000
-    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert cgroup_headroom(v1.parent) is None
-    assert cgroup_headroom(tmp_path / "none") is None
+    """A container's memory limits, cgroup v2 or v1, less their usage, the inactive page cache counted as free (a
+    v1 usage holds the cache): the least over the process's own cgroup (named in /proc/self/cgroup) and the ones
+    above it, a limit on a parent binding too; no limit ("max", v1's 2^63 - 4096) or no cgroup files: None."""
+    def cgroup(folder, limit, usage, stat="", v1=False):
+        folder.mkdir(parents=True, exist_ok=True)
+        names = ("memory.limit_in_bytes", "memory.usage_in_bytes") if v1 else ("memory.max", "memory.current")
+        (folder / names[0]).write_text(f"{limit}\n")
+        (folder / names[1]).write_text(f"{usage}\n")
+        if stat:
+            (folder / "memory.stat").write_text(stat)
+
+    v2, own = tmp_path / "v2", tmp_path / "self-cgroup"
+    own.write_text("0::/system.slice/job.service\n")
+    cgroup(v2, "max", 9_000_000_000)  # the root: no limit
+    cgroup(v2 / "system.slice", 8_000_000_000, 5_000_000_000, "anon 3000000000\ninactive_file 1000000000\n")
+    cgroup(v2 / "system.slice" / "job.service", "max", 4_000_000_000)
+    assert cgroup_headroom(v2, own) == 8_000_000_000 - 5_000_000_000 + 1_000_000_000  # the parent's limit binds
+    cgroup(v2 / "system.slice" / "job.service", 6_000_000_000, 4_000_000_000)  # a tighter one of its own
+    assert cgroup_headroom(v2, own) == 2_000_000_000
+    cgroup(v2 / "system.slice" / "job.service", "max", 4_000_000_000)
+    cgroup(v2 / "system.slice", "max", 5_000_000_000)
+    assert cgroup_headroom(v2, own) is None
+    v1 = tmp_path / "v1"
+    own.write_text("5:cpu,cpuacct:/x\n4:memory:/process_api/abc\n0::/\n")
+    cgroup(v1 / "memory", 9223372036854771712, 15_000_000_000, v1=True)  # v1's "no limit"
+    cgroup(v1 / "memory" / "process_api" / "abc", 4_000_000_000, 3_500_000_000, v1=True)
+    assert cgroup_headroom(v1, own) == 500_000_000  # no memory.stat: nothing counted as cache
+    (v1 / "memory" / "process_api" / "abc" / "memory.stat").write_text("cache 9\ninactive_file 7\n"
+                                                                      "total_inactive_file 2000000000\n")
+    assert cgroup_headroom(v1, own) == 2_500_000_000
+    own.write_text("4:memory:/\n")  # a container that sees its own cgroup as the root
+    assert cgroup_headroom(v1, own) is None
+    assert cgroup_headroom(tmp_path / "none", tmp_path / "no-such-file") is None
 
 
 def test_bf16_by_default_only_where_it_is_faster(monkeypatch, tiny_model):
