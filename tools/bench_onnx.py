@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from hashindex import load_model
 from hashindex.data import open_source
 from hashindex.export import OnnxEncoder, export_onnx
+from timing import best_of  # tools/ is on sys.path when run as a script
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg" / "test.tar"
 
@@ -34,13 +34,12 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifa
 def batches(encode, images: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], float]:
     """(codes and features of every image, images/s: the best of two passes after a warm-up batch)."""
     encode(images[:batch_size])
-    best, out = 0.0, {}
-    for _ in range(2):
-        t0 = time.perf_counter()
+    out: dict[str, np.ndarray] = {}
+
+    def one_pass() -> None:
         parts = [encode(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
-        best = max(best, len(images) / (time.perf_counter() - t0))
-        out = {k: np.concatenate([p[k] for p in parts]) for k in ("codes", "features")}
-    return out, best
+        out.update({k: np.concatenate([p[k] for p in parts]) for k in ("codes", "features")})
+    return out, len(images) / best_of(one_pass, 2)
 
 
 def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], bits: int) -> dict[str, float]:
