@@ -48,11 +48,12 @@ def reader_arrays(raw: list[bytes], side: int, channels: int, name: str) -> np.n
     return np.stack([other_reader(d, side, channels, READERS[name]) for d in raw])
 
 
-def scores(model, queries: np.ndarray, q_labels, database: np.ndarray, db_labels) -> dict[str, float]:
-    """Hamming mAP@all, and mAP@all and P@10 re-ranked by the mid feature's cosine (a pool of 1,000)."""
+def scores(model, q: dict[str, np.ndarray], q_labels, database: np.ndarray, db_labels) -> dict[str, float]:
+    """Hamming mAP@all, and mAP@all and P@10 re-ranked by the mid feature's cosine (a pool of 1,000), of queries
+    already encoded (``q``: `encode_fields`) against the database's images."""
     from hashindex.metrics import evaluate_arrays
 
-    q, d = model.encode_fields(queries), model.encode_fields(database)
+    d = model.encode_fields(database)
     mid_q, mid_d = (f["mid_features"] / np.linalg.norm(f["mid_features"], axis=1, keepdims=True) for f in (q, d))
     m = evaluate_arrays(q["codes"], q_labels, d["codes"], db_labels, model.bits, candidates=1000,
                         rerank=lambda sl, pos: ((mid_q[sl][:, None, :] - mid_d[pos]) ** 2).sum(-1))
@@ -60,12 +61,13 @@ def scores(model, queries: np.ndarray, q_labels, database: np.ndarray, db_labels
             "mid_p@10": m["precision_at_k_reranked"][9]}
 
 
-def top10(served, arrays: np.ndarray) -> list[list[int]]:
-    """The ids of each array's top 10 in the served index, as the service ranks an upload (own item aside)."""
+def top10(index, fields: dict[str, np.ndarray]) -> list[list[int]]:
+    """The ids of each encoded image's top 10 in the index, as the service ranks an upload (own item aside)."""
     from hashindex.query import search_vectors
 
-    codes, vecs, _ = served.encode(arrays)
-    rows = search_vectors(served.index, codes, vecs, [str(i) for i in range(len(arrays))], k=10)
+    codes, feats = index.search_inputs(fields)
+    rows = search_vectors(index, codes, index.query_vectors(feats).astype(np.float32),
+                          [str(i) for i in range(len(codes))], k=10)
     return [[r["id"] for r in row["results"]] for row in rows]
 
 
@@ -84,29 +86,31 @@ def main() -> None:
     src = open_source(args.data).subset(args.limit)
     raw = [src.read_bytes(i) for i in range(len(src))]
     arrays = {name: reader_arrays(raw, side, channels, name) for name in ("extraction", *READERS)}
-    codes = {name: model.encode(a)[0] for name, a in arrays.items()}
-    served = None
+    fields = {name: model.encode_fields(a) for name, a in arrays.items()}  # each reader's images encoded once
+    codes = {name: f["codes"] for name, f in fields.items()}
+    index = None
     if args.index:
-        from hashindex.service.basic import Searcher
+        from hashindex import Index
 
-        served = Searcher(args.index, model=args.model)
-        served.model.bf16 = False
-        ref_top = top10(served, arrays["extraction"])
+        index = Index.load(args.index)
+        if index.model_id != model.model_id:
+            raise SystemExit(f"--index {args.index}: holds codes of model {index.model_id}, not {model.model_id}")
+        ref_top = top10(index, fields["extraction"])
     res = {"data": args.data, "images": len(raw), "model_id": model.model_id, "readers": {}}
     for name in READERS:
         bits = np.unpackbits(codes[name] ^ codes["extraction"], axis=1, count=model.bits, bitorder="little").sum(1)
         pixels = np.abs(arrays[name].astype(np.int16) - arrays["extraction"]).mean()
         entry = {"mean_pixel_diff": float(pixels), "bits_per_image": float(bits.mean()), "most_bits": int(bits.max()),
                  "images_differing": float((bits > 0).mean())}
-        if served is not None:
-            other = top10(served, arrays[name])
+        if index is not None:
+            other = top10(index, fields[name])
             entry["top10_in_common"] = float(np.mean([len(set(a) & set(b)) for a, b in zip(other, ref_top)]))
             entry["top10_same"] = float(np.mean([a == b for a, b in zip(other, ref_top)]))
         res["readers"][name] = entry
     if args.database:
         db = open_source(args.database)
         db_raw = [db.read_bytes(i) for i in range(len(db))]
-        res["retrieval"] = {name: scores(model, arrays[name], src.labels, reader_arrays(db_raw, side, channels, name),
+        res["retrieval"] = {name: scores(model, fields[name], src.labels, reader_arrays(db_raw, side, channels, name),
                                          db.labels) for name in ("extraction", *READERS)}
     if args.json:
         print(json.dumps(res, indent=2))
