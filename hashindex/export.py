@@ -54,10 +54,7 @@ class Encoder(nn.Module):
         self.register_buffer("place", 2 ** torch.arange(8, dtype=torch.int32))  # Faiss order: bit 0 the lowest
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feature, middle = self.net.embed(images, mid=True)
-        logits, latent = self.net.hash_layers(feature)
-        if self.net.adapted_codes:
-            latent = self.net.code_activations(middle)
+        latent, feature, logits, middle = self.net.code_outputs(images, mid=True)
         bits = nn.functional.pad((latent > 0.5).to(torch.int32), (0, self.pad))
         codes = (bits.unflatten(1, (-1, 8)) * self.place).sum(-1).to(torch.uint8)
         return codes, latent, feature, middle, logits

@@ -214,6 +214,17 @@ class NINHash(nn.Module):
         with torch.autocast(middle.device.type, enabled=False):
             return torch.sigmoid((middle.float() - self.code_mean) @ self.code_proj)
 
+    def code_outputs(self, images: torch.Tensor, mid: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """uint8 images -> (latent activations the codes are thresholded from, pooled feature, class logits, mid
+        feature or None) over the test views: an adapted model's activations are its code head's
+        (`code_activations`), whatever ``mid``. What encoding and the exported graph (`export`) both run."""
+        feature, middle = self.embed(images, mid or self.adapted_codes)
+        logits, latent = self.hash_layers(feature)
+        if self.adapted_codes:
+            latent = self.code_activations(middle)
+        return latent, feature, logits, middle if mid else None
+
     def inference_bytes(self, input_size: int, bf16: bool) -> int:
         """About how many bytes one image's inference pass takes (`activation_bytes`); a test flip runs each
         image's mirror in the same batch, twice the images."""
@@ -369,11 +380,7 @@ class HashModel:
         self.net.eval()
         x = torch.as_tensor(images).to(self.device, non_blocking=True)
         with autocast_for(self.device, self.bf16):
-            feature, middle = self.net.embed(x, mid or self.net.adapted_codes)
-            logits, latent = self.net.hash_layers(feature)
-            if self.net.adapted_codes:
-                latent = self.net.code_activations(middle)
-        arrays = (latent, feature, logits, middle if mid else None)
+            arrays = self.net.code_outputs(x, mid)
         return tuple(a.float().cpu().numpy() if a is not None else None for a in arrays)  # type: ignore[return-value]
 
     def encode(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
