@@ -188,3 +188,44 @@ def test_the_reference_client_reads_photos_as_extraction_does(tmp_path):
     encoder = client.Encoder(str(tmp_path / "v4.onnx"))
     assert (encoder.model_id, encoder.side, encoder.channels) == (model.model_id, 32, 3)
     assert np.array_equal(encoder(paths)["codes"], model.encode(paths)[0])
+
+
+def test_the_reference_client_searches_a_service_with_its_photos_encoded(flat_index, tiny_model, tmp_path):
+    """tools/onnx_client.py --url: the photos encoded by the exported file, sent as JSON queries in POST /batch
+    requests of up to 64 (the service's cap), one answer a photo in order: each the ranking the service gives the
+    float32 model's outputs for that photo; a service that refuses the client (a read token) a one-line exit."""
+    import threading
+
+    from hashindex.service.basic import Searcher, make_server
+    from tests.conftest import jpeg_bytes, same_ranking
+
+    client = load_tool("onnx_client")
+    names = []
+    for i, (_, data) in enumerate(jpeg_bytes(3)):
+        names.append(str(tmp_path / f"q{i}.jpg"))
+        (tmp_path / f"q{i}.jpg").write_bytes(data)
+    paths = names * 23  # 69 photos: two requests
+    model = load_model(str(tiny_model), bf16=False)
+    export_onnx(model, tmp_path / "tiny.onnx", check=False)
+    searcher = Searcher(flat_index, model=str(tiny_model))
+    servers = [make_server(searcher, port=0), make_server(searcher, port=0, read_token="secret")]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        encoder = client.Encoder(str(tmp_path / "tiny.onnx"))
+        url = f"http://127.0.0.1:{servers[0].server_address[1]}"
+        rows = client.search(url, encoder, encoder(paths), k=6)
+        fields = model.encode_fields(names)
+        options = {"k": 6, "candidates": None, "radius": None, "rerank": True, "complete_ties": True}
+        for i, row in enumerate(rows):
+            given = {"model_id": model.model_id, "code": fields["codes"][i % 3].tobytes().hex(),
+                     "features": fields["features"][i % 3].tolist()}
+            want = searcher.by_encoded(given, options)
+            assert row["query"] == f"encoded:{i % 64}" and same_ranking(row["results"], want["results"]), i
+        assert len(rows) == len(paths)
+        with pytest.raises(SystemExit, match="/: GET /: needs the read token"):
+            client.search(f"http://127.0.0.1:{servers[1].server_address[1]}", encoder, encoder(names), k=6)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()

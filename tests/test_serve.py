@@ -279,7 +279,8 @@ def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
                                                        "give at least one)"),
             ("/batch", json.dumps({"ids": list(range(65))}).encode(), 400, "ids: 65 queries, at most 64 in one "
                                                                             "request"),
-            ("/batch", b"{oops", 400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields'),
+            ("/batch", b"{oops", 400, 'body: expected JSON {"ids": [integers]} and/or {"queries": [encoded '
+                                      'queries]}, or multipart "file" fields'),
             ("/batch?together=2", b'{"ids": [3]}', 400, "together=2: expected 0 or 1"),
             ("/batch", (b'--B\r\nContent-Disposition: form-data; name="k"\r\n\r\n6\r\n--B--\r\n',
                         "multipart/form-data; boundary=B"), 400, 'multipart body: no file in it (send the image as '
@@ -290,6 +291,55 @@ def test_batch_on_both_servers(server, flat_index, tiny_model, tmp_path):
         got = post(server + url, *data) if isinstance(data, tuple) else post(server + url, data)
         assert got == (status, {"error": error}), url
     assert call(server + "/batch") == (405, {"error": "/batch: Method Not Allowed"})  # GET: POST it
+
+
+def test_a_batch_of_queries_encoded_elsewhere(server, flat_index, tiny_model, tmp_path):
+    """POST /batch with JSON {"ids": [...], "queries": [encoded queries]} (what the model's ONNX file gives
+    where the photos are): a row each, the ids' first, each query's ranking its photo's as `hashindex query`
+    gives it; a bad query's own 400 in its row, naming its place and field; with together=1 the photos'
+    ranking searched as one. Both servers."""
+    from hashindex import load_model
+
+    (_, a), (_, b) = jpeg_bytes(2)
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for path, data in zip(paths, (a, b)):
+        path.write_bytes(data)
+    model = load_model(tiny_model)
+    fields = model.encode_fields([str(p) for p in paths])
+    queries = [{"model_id": model.model_id, "code": fields["codes"][i].tobytes().hex(),
+                "features": fields["features"][i].tolist()} for i in range(2)]
+    bad = {**queries[1], "code": "00ff"}
+    status, body = post(server + "/batch?k=5", json.dumps({"ids": [7], "queries": [queries[0], bad, queries[1]]})
+                        .encode())
+    assert status == 200 and [r.get("query") for r in body["results"]] == ["id:7", "encoded:0", None, "encoded:2"]
+    assert body["results"][0]["results"] == query(flat_index, [], [7], k=5)[0]["results"]
+    for row, path in zip(body["results"][1::2], paths):
+        assert same_ranking(row["results"], query(flat_index, [str(path)], [], model=str(tiny_model), k=5)[0]["results"])
+    assert body["results"][2] == {"error": "queries[1].code: expected 12 hex digits, the 48-bit code packed as "
+                                           "GET /items/ID shows it (the ONNX file's codes output)", "status": 400}
+    status, body = post(server + "/batch?k=6&together=1", json.dumps({"queries": queries}).encode())
+    want = query(flat_index, [str(p) for p in paths], [], model=str(tiny_model), k=6, together=True)[0]["results"]
+    assert status == 200 and body["results"][0]["query"] == "encoded:0 + encoded:1"
+    assert same_ranking(body["results"][0]["results"], want)
+    hamming = [{k: v for k, v in q.items() if k != "features"} for q in queries]  # rerank=0 needs no feature
+    status, body = post(server + "/batch?k=4&rerank=0", json.dumps({"queries": hamming}).encode())
+    assert status == 200 and all(r["query"].startswith("encoded:") for r in body["results"])
+    for url, data, error in [
+            ("/batch?together=1", {"queries": [queries[0], bad]}, "queries[1].code: expected 12 hex digits"),
+            ("/batch?together=1", {"queries": [queries[0], [1]]}, 'queries[1]: expected a JSON object {"model_id"'),
+            ("/batch", {"queries": [{**queries[0], "features": [1.0] * 3}]}, None),
+            ("/batch", {"queries": queries * 33}, "queries: 66 queries, at most 64 in one request"),
+            ("/batch", {"ids": [1] * 40, "queries": queries * 12}, "ids + queries: 64 queries"),
+            ("/batch", {"queries": {"model_id": "x"}}, "queries: expected a list of JSON objects"),
+            ("/batch", {"ids": [1], "photos": []}, "body: unknown field 'photos' (expected ids and/or queries)")]:
+        status, body = post(server + url, json.dumps(data).encode())
+        if error is None:  # a malformed feature: the row's error, not the request's
+            assert status == 200 and body["results"][0]["error"].startswith("queries[0].features: expected a list "
+                                                                            "of 192 finite numbers"), body
+        elif error.startswith("ids + queries: 64"):  # 64 in all is allowed
+            assert status == 200 and len(body["results"]) == 64, url
+        else:
+            assert status == 400 and body["error"].startswith(error), (url, body)
 
 
 def test_a_server_that_does_not_write_says_so(server):

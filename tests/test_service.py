@@ -77,6 +77,10 @@ def test_health_metrics_and_docs(service):
     assert client.get("/docs").status_code == 200
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]  # an image, or a query encoded elsewhere
     assert {"image/*", "multipart/form-data", "application/json"} <= set(body)
+    batch = spec["paths"]["/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    from hashindex.service.params import BATCH_FIELDS
+
+    assert set(batch) == set(BATCH_FIELDS)  # what `params.batch_body` reads, and no other
 
 
 def test_multipart_and_batch_equal_single_searches(service, flat_index, tiny_model, tmp_path):

@@ -4,8 +4,8 @@
 Needs only numpy, Pillow and onnxruntime: the reference for encoding in another language. It reads an image
 as hashindex's extraction does (JPEGs decoded at reduced scale down to twice the net's side, the EXIF rotation
 applied, transparency on white, the whole image squashed to the side, bilinear), runs the file (`hashindex
-export`), and either prints each photo's code or sends the outputs to `POST /search` as JSON, so the photo
-itself never leaves this machine.
+export`), and either prints each photo's code or sends the outputs to `POST /batch` as JSON queries, so the
+photos themselves never leave this machine.
 
     python tools/onnx_client.py model.onnx photo.jpg [more.jpg ...]                       # codes (hex)
     python tools/onnx_client.py model.onnx photo.jpg --url http://localhost:8000 --k 10   # search results
@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+MAX_BATCH = 64  # queries in one POST /batch request (the service's cap)
 DRAFT_FACTOR = 2  # JPEGs are decoded at reduced scale down to this many times the net's side (as extraction)
 try:  # HEIC / HEIF, the format phones store photos in, where pillow-heif is installed (as hashindex reads it)
     import pillow_heif
@@ -68,19 +69,32 @@ class Encoder:
         return dict(zip(self.outputs, self.session.run(self.outputs, {"images": images})))
 
 
-def search(url: str, encoder: Encoder, out: dict[str, np.ndarray], i: int, k: int, token: str | None = None
-           ) -> dict:
-    """The service's answer to photo ``i`` of ``out`` sent as a JSON query, with the feature the index's fine
-    stage reads (GET / names its signal); ``token``: the service's read token, if it has one."""
+def search(url: str, encoder: Encoder, out: dict[str, np.ndarray], k: int, token: str | None = None) -> list[dict]:
+    """The service's answers to the photos of ``out``, sent as JSON queries in POST /batch requests of up to
+    MAX_BATCH, each with the feature the index's fine stage reads (GET / names its signal): a result row, or
+    {"error", "status"}, a photo; ``token``: the service's read token, if it has one."""
     auth = {"Authorization": f"Bearer {token}"} if token else {}
+    base = url.rstrip("/")
+    info = _json(urllib.request.Request(base + "/", headers=auth))
+    if "error" in info:
+        raise SystemExit(f"{base}/: {info['error']}")
+    field = "mid_features" if info.get("signal") == "mid" else "features"
+    queries = [{"model_id": encoder.model_id, "code": code.tobytes().hex(), field: row.tolist()}
+               for code, row in zip(out["codes"], out[field])]
+    rows: list[dict] = []
+    for start in range(0, len(queries), MAX_BATCH):
+        body = json.dumps({"queries": queries[start:start + MAX_BATCH]}).encode()
+        answer = _json(urllib.request.Request(f"{base}/batch?k={k}", data=body,
+                                              headers={"Content-Type": "application/json", **auth}))
+        if "error" in answer:  # the request's own error (a query's is in its row)
+            raise SystemExit(f"{base}/batch: {answer['error']}")
+        rows += answer["results"]
+    return rows
+
+
+def _json(request: urllib.request.Request) -> dict:
+    """A request's JSON answer, an error status's included (the service says what was wrong in it)."""
     try:
-        info = json.loads(urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/", headers=auth),
-                                                 timeout=30).read())
-        field = "mid_features" if info.get("signal") == "mid" else "features"
-        body = {"model_id": encoder.model_id, "code": out["codes"][i].tobytes().hex(),
-                field: out[field][i].tolist()}
-        request = urllib.request.Request(f"{url.rstrip('/')}/search?k={k}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json", **auth})
         return json.loads(urllib.request.urlopen(request, timeout=60).read())
     except urllib.error.HTTPError as e:
         return json.loads(e.read())
@@ -96,16 +110,20 @@ def main() -> None:
     args = ap.parse_args()
     encoder = Encoder(args.model)
     out = encoder(args.photos)
-    for i, photo in enumerate(args.photos):
-        if args.url is None:
-            print(f"{photo}\t{out['codes'][i].tobytes().hex()}")
-            continue
-        answer = search(args.url, encoder, out, i, args.k, args.token)
+    if args.url is None:
+        for photo, code in zip(args.photos, out["codes"]):
+            print(f"{photo}\t{code.tobytes().hex()}")
+        return
+    failed = 0
+    for photo, answer in zip(args.photos, search(args.url, encoder, out, args.k, args.token)):
         if "error" in answer:
-            sys.exit(f"{photo}: {answer['error']}")
+            print(f"{photo}: {answer['error']}", file=sys.stderr)
+            failed += 1
+            continue
         print(photo)
         for row in answer["results"]:
             print(f"  {row['id']:>8}  hamming {row['hamming']:>3}  {row.get('path', '')}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
     GET  /search?id=42&k=10               search with an indexed item
     GET  /items/42/image                  the item's image file (for a front end to show results)
     GET  /ui                              a page over this API: search with a photo, see the results
-    POST /batch?k=10                      {"ids": [..]} (JSON) or several multipart "file" fields: one row each
+    POST /batch?k=10                      {"ids": [..], "queries": [..]} (JSON: indexed items and queries encoded
+                                          elsewhere, either or both) or several multipart "file" fields: a row each
     POST /batch?together=1                the same queries searched as one ("more like these"): one row
     /indexes/NAME/search, /indexes/NAME/batch   the same on a named index (several served by one process)
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe, exclude_self=0|1 (as on `hashindex query`)
@@ -54,7 +55,7 @@ from .access import check_write
 from .engine import Engine
 from .metrics import Metrics
 from .middleware import BodyLimit, ReadGate, Timing
-from .params import THUMBNAIL_SIDES, RequestError, check_names, no_such_index, read_only
+from .params import MAX_BATCH, THUMBNAIL_SIDES, RequestError, check_names, no_such_index, read_only
 from .requests import REQUEST_TIMEOUT_S, batch, item_image, request_uploads, search
 from .served import disk_stamp, ui_page
 
@@ -74,7 +75,7 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("not_class", "string", "no results of these classes (comma-separated)"),
     ("not_folder", "string", "no results under these folders (comma-separated)"))]
 BATCH_PARAMS = SEARCH_PARAMS + [{"name": "together", "in": "query", "required": False, "schema": {"type": "boolean"},
-                                 "description": "search the batch's ids or photos as one query, one row of results "
+                                 "description": "search the batch's ids, queries or photos as one query, one row of results "
                                                 "(\"more like these\", as `hashindex query --together`; default 0)"}]
 IMAGE_PARAMS = [{"name": "size", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": THUMBNAIL_SIDES[0], "maximum": THUMBNAIL_SIDES[1]},
@@ -90,6 +91,13 @@ ENCODED_BODY = {"type": "object", "required": ["model_id", "code"], "description
                                "features": {"type": "array", "items": {"type": "number"}},
                                "mid_features": {"type": "array", "items": {"type": "number"}}}}
 SEARCH_BODY = {**IMAGE_BODY, "content": {**IMAGE_BODY["content"], "application/json": {"schema": ENCODED_BODY}}}
+BATCH_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "application/json": {"schema": {"type": "object", "description": "indexed items and queries encoded elsewhere, "
+                                    f"either or both (at most {MAX_BATCH} in all); rows: the ids', then the queries'",
+                                    "properties": {"ids": {"type": "array", "items": {"type": "integer"}},
+                                                   "queries": {"type": "array", "items": ENCODED_BODY}}}}}}
 
 
 def create_app(engines: dict[str, Engine], default: str | None = None, writable: bool = False,
@@ -232,12 +240,12 @@ def create_app(engines: dict[str, Engine], default: str | None = None, writable:
             raise read_only(request.method, request.url.path)
 
     @app.post("/batch", summary="Several searches of the default index in one request",
-              openapi_extra={"parameters": BATCH_PARAMS})
+              openapi_extra={"parameters": BATCH_PARAMS, "requestBody": BATCH_BODY})
     async def batch_default(request: Request) -> dict[str, Any]:
         return await batch(engines[default], request)
 
     @app.post("/indexes/{name}/batch", summary="Several searches of a named index in one request",
-              openapi_extra={"parameters": BATCH_PARAMS})
+              openapi_extra={"parameters": BATCH_PARAMS, "requestBody": BATCH_BODY})
     async def batch_named(name: str, request: Request) -> dict[str, Any]:
         return await batch(engine_named(name), request)
 

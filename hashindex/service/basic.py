@@ -8,7 +8,7 @@ ASGI service against. Plain JSON:
     POST /search  JSON {"model_id", "code", "features"}   a query encoded by the model's ONNX file
     GET  /search?id=42&k=10             search with an indexed item
     GET  /items/42/image                an item's image file, from its collection
-    POST /batch?k=10   body = {"ids": [3, 17]} or multipart "file" fields: one row each
+    POST /batch?k=10   body = {"ids": [3, 17], "queries": [encoded queries]} or multipart "file" fields: a row each
     POST /batch?together=1              the same, searched as one ("more like these")
     GET  /health, GET /ui               liveness; the search page the ASGI service serves
     options: k, candidates, radius, rerank=0|1, cut_ties=0|1, nprobe (as on `hashindex query`)
@@ -46,9 +46,9 @@ import numpy as np
 from ..errors import HashindexError
 from ..query import indexed_queries, search_vectors
 from .access import check_read
-from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, body_ids, check_files, check_names,
-                     check_upload_options, flag_param, image_size, int_param, is_json, no_such_index, own_of,
-                     read_only, search_options)
+from .params import (BACKLOG, MAX_BODY, SOCKET_TIMEOUT_S, RequestError, batch_body, check_files, check_names,
+                     check_upload_options, flag_param, image_size, int_param, is_json, json_value, no_such_index,
+                     own_of, read_only, search_options)
 from .served import Served, no_item, ui_page
 
 
@@ -67,12 +67,14 @@ class Searcher(Served):
             codes, vecs, digests = self.encode(array)
             return self._search(codes, vecs, name, options, digest=digests[0])
 
-    def by_encoded(self, body: bytes, options: dict[str, Any]) -> dict[str, Any]:
-        """POST /search with a JSON body: a query encoded where the photo is (`Served.encoded`)."""
+    def by_encoded(self, given: Any, options: dict[str, Any], name: str = "encoded",
+                   where: str = "body") -> dict[str, Any]:
+        """A query encoded where the photo is (parsed JSON: `Served.encoded`): a POST /search body, or one of a
+        POST /batch body's "queries"."""
         check_upload_options(options)
-        codes, vecs = self.encoded(body, options["rerank"])
+        codes, vecs = self.encoded(given, options["rerank"], where)
         with self.lock:
-            return self._search(codes, vecs, "encoded", options)
+            return self._search(codes, vecs, name, options)
 
     def by_id(self, item_id: int, options: dict[str, Any]) -> dict[str, Any]:
         """Search with an indexed item's stored code and feature."""
@@ -85,22 +87,29 @@ class Searcher(Served):
 
     def batch(self, body: bytes, uploads: list[tuple[str, bytes]] | None, options: dict[str, Any],
               together: bool = False) -> dict[str, Any]:
-        """POST /batch, as the ASGI service answers it: the ids of a JSON body or the photos of a multipart one
-        (``uploads``: (file name, bytes)), one row each (a query's own error in its row, as the ASGI service
-        gives it); with ``together``, all of them searched as one (`Served.together`), one row."""
+        """POST /batch, as the ASGI service answers it: the ids and encoded queries of a JSON body
+        (`params.batch_body`) or the photos of a multipart one (``uploads``: (file name, bytes)), one row each (a
+        query's own error in its row, as the ASGI service gives it); with ``together``, all of them searched as
+        one (`Served.together`), one row."""
         if uploads is not None:
             check_upload_options(options)
         if together:
+            ids, queries, images = [], [], []
             if uploads is None:
-                ids, images = body_ids(body, together=True), []
+                ids, queries = batch_body(body, together=True)
             else:
-                ids, images = [], [(f"file:{name}", self.image_array(data)) for name, data in uploads]
+                images = [(f"file:{name}", self.image_array(data)) for name, data in uploads]
+            encoded = [(f"encoded:{j}", self.encoded(given, options["rerank"], f"queries[{j}]"))
+                       for j, given in enumerate(queries)]
             with self.lock:
-                return {"results": [self.together(images, ids, options)]}
+                return {"results": [self.together(images, ids, options, encoded)]}
         if uploads is not None:
             searches = [functools.partial(self.by_image, data, options, f"file:{name}") for name, data in uploads]
         else:
-            searches = [functools.partial(self.by_id, i, options) for i in body_ids(body)]
+            ids, queries = batch_body(body)
+            searches = [functools.partial(self.by_id, i, options) for i in ids]
+            searches += [functools.partial(self.by_encoded, given, options, f"encoded:{j}", f"queries[{j}]")
+                         for j, given in enumerate(queries)]
         rows = []
         for search in searches:
             try:
@@ -177,7 +186,7 @@ def make_handler(searcher: Searcher, log=None, read_token: str | None = None) ->
                         raise RequestError(400, "GET /search needs id=ID (or POST an image)")
                     return self._reply(200, searcher.by_id(item, options))
                 if is_json(self.headers.get("Content-Type", "")):  # a query encoded elsewhere (an ONNX file)
-                    return self._reply(200, searcher.by_encoded(self._body(), options))
+                    return self._reply(200, searcher.by_encoded(json_value(self._body()), options))
                 return self._reply(200, searcher.by_image(self._body(), options))
             except RequestError as e:
                 return self._reply(e.status, {"error": str(e)}, e.status == 401)

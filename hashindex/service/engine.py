@@ -185,7 +185,8 @@ class Engine(Served):
         try:
             images = [(m.name, m.array) for m in query.members if m.array is not None]
             ids = [m.item_id for m in query.members if m.item_id is not None]
-            row = self.together(images, ids, query.options)
+            encoded = [(m.name, m.encoded) for m in query.members if m.encoded is not None]
+            row = self.together(images, ids, query.options, encoded)
         except Exception as e:  # noqa: BLE001 (this request fails, not the batcher)
             query.future.set_exception(e)
             return

@@ -139,19 +139,32 @@ def search_options(params: Mapping[str, str], max_results: int | None = None, by
             "exclude_self": flag_param(params, "exclude_self", False), "only": only_param(params)}
 
 
-def body_ids(body: bytes, together: bool = False) -> list[int]:
-    """The ids of a POST /batch JSON body {"ids": [integers]} (at most MAX_BATCH; ``together``: at least one)."""
-    try:
-        ids = json.loads(body or b"null")["ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise RequestError(400, 'body: expected JSON {"ids": [integers]} or multipart "file" fields') from None
-    if len(ids) > MAX_BATCH:
-        raise RequestError(400, f"ids: {len(ids)} queries, at most {MAX_BATCH} in one request")
-    if together and not ids:
-        raise RequestError(400, 'ids: empty (together=1 searches the queries given as one: give at least one)')
-    return ids
+BATCH_FIELDS = ("ids", "queries")  # a POST /batch JSON body: indexed items, and queries encoded elsewhere
+
+
+def batch_body(body: bytes, together: bool = False) -> tuple[list[int], list[Any]]:
+    """(ids, encoded queries) of a POST /batch JSON body {"ids": [integers], "queries": [{"model_id", "code",
+    "features"}, ...]}, either or both: at most MAX_BATCH in all (``together``: at least one). Each query is
+    checked when it is searched (`encoded_fields`), so that in a batch its own error is its row's."""
+    expected = 'body: expected JSON {"ids": [integers]} and/or {"queries": [encoded queries]}, or multipart ' \
+               '"file" fields'
+    given = json_value(body)
+    if not isinstance(given, dict) or not set(given) & set(BATCH_FIELDS):
+        raise RequestError(400, expected)
+    unknown = sorted(set(given) - set(BATCH_FIELDS))
+    if unknown:
+        raise RequestError(400, f"body: unknown field {unknown[0]!r} (expected {' and/or '.join(BATCH_FIELDS)})")
+    ids, queries = given.get("ids", []), given.get("queries", [])
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise RequestError(400, "ids: expected a list of integers")
+    if not isinstance(queries, list):
+        raise RequestError(400, 'queries: expected a list of JSON objects {"model_id", "code", "features"}')
+    if len(ids) + len(queries) > MAX_BATCH:
+        raise RequestError(400, f"{'ids' if not queries else 'queries' if not ids else 'ids + queries'}: "
+                                f"{len(ids) + len(queries)} queries, at most {MAX_BATCH} in one request")
+    if together and not ids and not queries:
+        raise RequestError(400, "ids: empty (together=1 searches the queries given as one: give at least one)")
+    return ids, queries
 
 
 def check_files(fields: list[tuple[str, Any]]) -> list:
@@ -188,7 +201,7 @@ def own_of(index, item_ids: list[int | None], digests: list[int | None] | None =
     return own
 
 
-ENCODED_FIELDS = ("model_id", "code", "features", "mid_features")  # a query encoded elsewhere (`encoded_fields`)
+ENCODED_FIELDS = ("model_id", "code", "features", "mid_features")  # a query encoded elsewhere (`encoded_query`)
 
 
 def is_json(content_type: str) -> bool:
@@ -196,25 +209,33 @@ def is_json(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == "application/json"
 
 
-def encoded_fields(body: bytes, model_id: str, bits: int, feature_field: str | None) -> dict[str, Any]:
-    """A query encoded where the photo is (the outputs of `hashindex export`'s ONNX file) from a JSON body
-    {"model_id", "code", "features" or "mid_features"}, as `Index.search` takes fields: "codes" (1, ceil(K/8))
-    uint8 and the feature row (1, 192) float32 the index's fine stage reads (``feature_field``; None: the
-    search ranks by Hamming alone, and needs none). Codes of another model are refused: they rank nothing."""
+def json_value(body: bytes) -> Any:
+    """A request body parsed as JSON, or None where it is not JSON (each caller says what it expected)."""
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def encoded_query(given: Any, model_id: str, bits: int, feature_field: str | None,
+                  where: str = "body") -> dict[str, Any]:
+    """A query encoded where the photo is (the outputs of `hashindex export`'s ONNX file), parsed from JSON: a
+    POST /search body {"model_id", "code", "features" or "mid_features"}, or ``queries[3]`` of a batch's (``where``
+    names it in errors), as `Index.search` takes fields: "codes" (1, ceil(K/8)) uint8 and the feature row
+    (1, 192) float32 the index's fine stage reads (``feature_field``; None: the search ranks by Hamming alone,
+    and needs none). Codes of another model are refused: they rank nothing."""
     import numpy as np
 
-    try:
-        given = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        given = None
     if not isinstance(given, dict):
-        raise RequestError(400, 'body: expected a JSON object {"model_id", "code", "features" or "mid_features"} '
-                                "(a query encoded by the model's ONNX file), or an image file")
+        raise RequestError(400, f'{where}: expected a JSON object {{"model_id", "code", "features" or '
+                                '"mid_features"} (a query encoded by the model\'s ONNX file)'
+                                + (", or an image file" if where == "body" else ""))
+    at = "" if where == "body" else f"{where}."  # a field of a batch's query is named with its place
     unknown = sorted(set(given) - set(ENCODED_FIELDS))
     if unknown:
-        raise RequestError(400, f"body: unknown field {unknown[0]!r} (expected {', '.join(ENCODED_FIELDS)})")
+        raise RequestError(400, f"{where}: unknown field {unknown[0]!r} (expected {', '.join(ENCODED_FIELDS)})")
     if given.get("model_id") != model_id:
-        raise RequestError(400, f"model_id={given.get('model_id')}: the index holds codes of model {model_id} "
+        raise RequestError(400, f"{at}model_id={given.get('model_id')}: the index holds codes of model {model_id} "
                                 f"(encode with its ONNX file: hashindex export {model_id}, or send the image)")
     width = (bits + 7) // 8
     code = given.get("code")
@@ -223,11 +244,11 @@ def encoded_fields(body: bytes, model_id: str, bits: int, feature_field: str | N
     except ValueError:
         packed = None
     if packed is None or len(packed) != width or (bits % 8 and packed[-1] >> (bits % 8)):
-        raise RequestError(400, f"code: expected {2 * width} hex digits, the {bits}-bit code packed as "
+        raise RequestError(400, f"{at}code: expected {2 * width} hex digits, the {bits}-bit code packed as "
                                 "GET /items/ID shows it (the ONNX file's codes output)")
     fields = {"codes": packed[None].copy()}
     if feature_field is not None:
-        fields[feature_field] = _feature_row(given.get(feature_field), feature_field)
+        fields[feature_field] = _feature_row(given.get(feature_field), at + feature_field)
     return fields
 
 

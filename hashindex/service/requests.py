@@ -15,8 +15,8 @@ from fastapi.responses import Response
 
 from ..errors import HashindexError
 from .engine import Engine, Query
-from .params import (MAX_BATCH, RequestError, body_ids, check_files, check_upload_options, flag_param, image_size,
-                     int_param, is_json, search_options)
+from .params import (MAX_BATCH, RequestError, batch_body, check_files, check_upload_options, flag_param,
+                     image_size, int_param, is_json, json_value, search_options)
 
 log = logging.getLogger("hashindex.service")
 REQUEST_TIMEOUT_S = 30.0  # a search still queued or running after this is answered 503
@@ -45,6 +45,13 @@ async def image_search(engine: Engine, data: bytes, options: dict[str, Any], nam
     return await answer(engine, Query(name, options, array=await decoded(engine, data)))
 
 
+async def encoded_search(engine: Engine, given: Any, options: dict[str, Any], name: str,
+                         where: str) -> dict[str, Any]:
+    """A query encoded where the photo is (parsed JSON: `Served.encoded`), checked, then searched."""
+    check_upload_options(options)
+    return await answer(engine, Query(name, options, encoded=engine.encoded(given, options["rerank"], where)))
+
+
 async def request_uploads(request: Request) -> list[tuple[str, bytes]] | None:
     """(file name, bytes) of a multipart request's uploads (`check_files`), or None for a raw body."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -64,8 +71,7 @@ async def search(engine: Engine, request: Request) -> dict[str, Any]:
         return await answer(engine, Query(f"id:{item}", options, item_id=item))
     check_upload_options(options)
     if is_json(request.headers.get("content-type", "")):  # a query encoded where the photo is (an ONNX file)
-        codes, vecs = engine.encoded(await request.body(), options["rerank"])
-        return await answer(engine, Query("encoded", options, encoded=(codes, vecs)))
+        return await encoded_search(engine, json_value(await request.body()), options, "encoded", "body")
     uploads = await request_uploads(request)
     if uploads is not None:
         if len(uploads) > 1:
@@ -76,8 +82,9 @@ async def search(engine: Engine, request: Request) -> dict[str, Any]:
 
 
 async def batch(engine: Engine, request: Request) -> dict[str, Any]:
-    """POST /batch: a JSON {"ids": [...]} body or multipart "file" fields, one row each (a query's own error in
-    its row); with ``together=1``, all of them one query and one row (a bad one fails the request)."""
+    """POST /batch: a JSON body of ids and/or queries encoded elsewhere (`params.batch_body`) or multipart "file"
+    fields, one row each (a query's own error in its row); with ``together=1``, all of them one query and one
+    row (a bad one fails the request)."""
     params = dict(request.query_params)
     options = search_options(params, extra=("together",))
     together = flag_param(params, "together", False)
@@ -85,12 +92,15 @@ async def batch(engine: Engine, request: Request) -> dict[str, Any]:
     if uploads is not None:
         check_upload_options(options)
     if together:
-        members = await _members(engine, request, uploads)
+        members = await _members(engine, request, uploads, options["rerank"])
         return {"results": [await answer(engine, Query("together", options, members=members))]}
     if uploads is not None:
         jobs = [image_search(engine, data, options, f"file:{name}") for name, data in uploads]
     else:
-        jobs = [answer(engine, Query(f"id:{i}", options, item_id=i)) for i in body_ids(await request.body())]
+        ids, queries = batch_body(await request.body())
+        jobs = [answer(engine, Query(f"id:{i}", options, item_id=i)) for i in ids]
+        jobs += [encoded_search(engine, given, options, f"encoded:{j}", f"queries[{j}]")
+                 for j, given in enumerate(queries)]
     results = await asyncio.gather(*jobs, return_exceptions=True)
     rows = []
     for r in results:
@@ -105,14 +115,17 @@ async def batch(engine: Engine, request: Request) -> dict[str, Any]:
     return {"results": rows}
 
 
-async def _members(engine: Engine, request: Request, uploads: list[tuple[str, bytes]] | None) -> list[Query]:
+async def _members(engine: Engine, request: Request, uploads: list[tuple[str, bytes]] | None,
+                   rerank: bool) -> list[Query]:
     """The queries of a together batch: its photos, decoded side by side in the engine's pool (one that is not an
-    image fails the request), or its ids (at least one)."""
+    image fails the request), or its ids and queries encoded elsewhere (at least one)."""
     if uploads is not None:
         arrays = await asyncio.gather(*(decoded(engine, data) for _, data in uploads))
         return [Query(f"file:{name}", {}, array=a) for (name, _), a in zip(uploads, arrays)]
-    ids = body_ids(await request.body(), together=True)
-    return [Query(f"id:{i}", {}, item_id=i) for i in ids]
+    ids, queries = batch_body(await request.body(), together=True)
+    return [Query(f"id:{i}", {}, item_id=i) for i in ids] + [
+        Query(f"encoded:{j}", {}, encoded=engine.encoded(given, rerank, f"queries[{j}]"))
+        for j, given in enumerate(queries)]
 
 
 async def item_image(engine: Engine, item_id: int, request: Request) -> Response:

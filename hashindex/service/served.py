@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..index import INDEX_JSON, Index
-from .params import RequestError, encoded_fields, own_of, upload_array
+from .params import RequestError, encoded_query, own_of, upload_array
 
 
 def disk_stamp(index_dir: str | Path) -> tuple[int, int] | None:
@@ -61,19 +61,22 @@ class Served:
         codes, feats = self.index.search_inputs(fields)
         return codes, self.index.query_vectors(feats).astype(np.float32), fields["input_digests"].tolist()
 
-    def encoded(self, body: bytes, rerank: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(codes, fine-stage query vectors) of a query encoded elsewhere: a JSON body (`params.encoded_fields`,
-        the outputs of the model's ONNX file); its feature is needed only where the search re-ranks."""
+    def encoded(self, given: Any, rerank: bool, where: str = "body") -> tuple[np.ndarray, np.ndarray]:
+        """(codes, fine-stage query vectors) of a query encoded elsewhere: a POST /search JSON body parsed, or one
+        of a POST /batch body's "queries" (``where`` names it: ``queries[3]``; `params.encoded_query`); its
+        feature is needed only where the search re-ranks."""
         from ..model import FEATURE_DIM
 
         needs = self.index.feature_field if rerank and self.index.rerank is not None else None
-        fields = encoded_fields(body, self.index.model_id, self.index.bits, needs)
+        fields = encoded_query(given, self.index.model_id, self.index.bits, needs, where)
         feats = fields.get(needs) if needs else np.zeros((1, FEATURE_DIM), np.float32)  # (unread: Hamming alone)
         return fields["codes"], self.index.query_vectors(feats).astype(np.float32)
 
-    def together(self, images: list[tuple[str, np.ndarray]], ids: list[int], options: dict[str, Any]) -> dict:
-        """Images (name, the net's input array) and indexed items (``ids``) searched as one
-        (`query.search_together`, POST /batch?together=1): one result row; an id the index lacks is a 404."""
+    def together(self, images: list[tuple[str, np.ndarray]], ids: list[int], options: dict[str, Any],
+                 encoded: list[tuple[str, tuple[np.ndarray, np.ndarray]]] = ()) -> dict:
+        """Images (name, the net's input array), indexed items (``ids``) and queries encoded elsewhere (name,
+        `encoded_query`'s codes and vectors) searched as one (`query.search_together`, POST /batch?together=1):
+        one result row; an id the index lacks is a 404."""
         from ..query import indexed_queries, search_together
 
         t0 = time.perf_counter()
@@ -88,10 +91,12 @@ class Served:
                 raise no_item(int(missing[0]))
             codes, vecs = indexed_queries(self.index, list(ids))
             parts.append((codes, vecs.astype(np.float32)))
-        own = own_of(self.index, [None] * len(images) + list(ids), digests + [None] * len(ids))
+        parts += [vectors for _, vectors in encoded]
+        own = own_of(self.index, [None] * len(images) + list(ids) + [None] * len(encoded),
+                     digests + [None] * (len(ids) + len(encoded)))
+        names = [n for n, _ in images] + [f"id:{i}" for i in ids] + [n for n, _ in encoded]
         row = search_together(self.index, np.concatenate([c for c, _ in parts]),
-                              np.concatenate([v for _, v in parts]),
-                              [n for n, _ in images] + [f"id:{i}" for i in ids], own=own, **options)[0]
+                              np.concatenate([v for _, v in parts]), names, own=own, **options)[0]
         row["took_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return row
 
