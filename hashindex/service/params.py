@@ -145,7 +145,7 @@ BATCH_FIELDS = ("ids", "queries")  # a POST /batch JSON body: indexed items, and
 def batch_body(body: bytes, together: bool = False) -> tuple[list[int], list[Any]]:
     """(ids, encoded queries) of a POST /batch JSON body {"ids": [integers], "queries": [{"model_id", "code",
     "features"}, ...]}, either or both: at most MAX_BATCH in all (``together``: at least one). Each query is
-    checked when it is searched (`encoded_fields`), so that in a batch its own error is its row's."""
+    checked when it is searched (`encoded_query`), so that in a batch its own error is its row's."""
     expected = 'body: expected JSON {"ids": [integers]} and/or {"queries": [encoded queries]}, or multipart ' \
                '"file" fields'
     given = json_value(body)
