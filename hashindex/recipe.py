@@ -42,6 +42,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # or "step" (x0.1 at 50% and 75%)
+    trunk_lr: float = 1.0  # with init: the trunk's learning rate as a fraction of lr (the new head learns at lr)
     warmup_epochs: float = 1.0
     input_size: int = 32
     channels: int | None = None  # None: 1 for greyscale sources, else 3
@@ -92,6 +93,11 @@ def check_config(cfg: TrainConfig) -> None:
         raise HashindexError(f"swa_epochs={cfg.swa_epochs}: expected 0 to epochs={cfg.epochs}")
     if cfg.swa_epochs and not cfg.swa_lr > 0:
         raise HashindexError(f"swa_lr={cfg.swa_lr}: expected a learning rate > 0")
+    if not 0 < cfg.trunk_lr <= 1:
+        raise HashindexError(f"trunk_lr={cfg.trunk_lr}: expected a fraction of lr in (0, 1]")
+    if cfg.trunk_lr != 1 and not cfg.init:
+        raise HashindexError(f"trunk_lr={cfg.trunk_lr}: the trunk learns slower than the head only when it was "
+                             "trained before; give init=MODEL, or trunk_lr=1")
     if not cfg.sam >= 0:
         raise HashindexError(f"sam={cfg.sam}: expected 0 (off) or a radius > 0, e.g. 0.05")
     if not cfg.mixup >= 0:
@@ -337,7 +343,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
         x = mix(x.to(device, non_blocking=True), lams[step])
         y = y_all[idx].to(device, non_blocking=True)
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch + step / steps)
+            group["lr"] = lr_at(cfg, epoch + step / steps) * group.get("lr_scale", 1.0)
         target = teach(x) if teach is not None else None if soft is None else soft[idx]
         losses = partial(batch_loss, net, cfg, x, y, target, device, lams[step],
                          1.0 if teach is not None else lams[step])  # SAM computes them again, elsewhere

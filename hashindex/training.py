@@ -101,7 +101,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "trivial_augment",
                 "mixup", "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature",
-                "consistent_teacher", "width", "sam"):
+                "consistent_teacher", "width", "sam", "trunk_lr"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -278,7 +278,7 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
         parts = transfer_weights(net, init, class_names)
         init_info = {"model": cfg.init, "model_id": init["model_id"], "copied": parts}
         log(f"init: {', '.join(parts)} from {cfg.init} (model {init['model_id']})")
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    opt = torch.optim.SGD(_param_groups(net, cfg.trunk_lr), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
     history: list[dict[str, float]] = []
     if ckpt is not None:
@@ -291,6 +291,16 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
         history = ckpt["history"]
         log(f"resuming {cfg.out} at epoch {ckpt['epochs'] + 1}/{cfg.epochs}")
     return net, opt, history, init_info
+
+
+def _param_groups(net: NINHash, trunk_lr: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one, or with ``trunk_lr`` < 1 the trunk's at that fraction of each step's
+    learning rate (``lr_scale``, which `recipe.run_epoch` applies) beside the hash layer and classifier's."""
+    if trunk_lr == 1:
+        return [{"params": list(net.parameters())}]
+    trunk = [p for name, p in net.named_parameters() if name.startswith("trunk.")]
+    ids = {id(p) for p in trunk}
+    return [{"params": trunk, "lr_scale": trunk_lr}, {"params": [p for p in net.parameters() if id(p) not in ids]}]
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,

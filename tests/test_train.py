@@ -558,3 +558,38 @@ def test_a_run_the_memory_cannot_hold_is_refused_before_decoding(tmp_path, monke
         "hashindex: error: --input-size 1024: the 200 images decoded at that size take 0.6 GiB in memory, and this "
         "machine has 0.5 GiB free (an --input-size under 1024, or --limit)")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_trunk_learning_slower_than_the_head(tiny_model, tmp_path):
+    """train(init=..., trunk_lr=F): the trunk's parameters step at F times each step's learning rate, the hash
+    layer and classifier at the full rate (discriminative fine-tuning): at F = 1e-6 one epoch leaves the trunk's
+    weights where the init model had them while the head moves as far as at F = 1. The fraction is checked, and
+    it needs an init model."""
+    from hashindex.training import TrainConfig, train as run
+
+    need(CIFAR_TEST)
+    opts = dict(data=str(CIFAR_TEST), limit=256, epochs=1, batch_size=64, workers=0, bits=48, input_size=16,
+                init=str(tiny_model))
+    runs = {}
+    for fraction in (1e-6, 1.0):
+        out = tmp_path / f"tl{fraction:g}.pt"
+        run(TrainConfig(out=str(out), trunk_lr=fraction, **opts), progress=False, log=lambda s: None)
+        runs[fraction] = read_checkpoint(out)
+    before = read_checkpoint(tiny_model)["state_dict"]
+
+    def moved(ckpt, prefix):
+        return max((ckpt["state_dict"][k].float() - before[k].float()).abs().max().item()
+                   for k in before if k.startswith(prefix) and k.endswith(".weight"))
+    assert runs[1e-6]["init"]["copied"] == ["trunk", "latent", "classifier"]
+    assert moved(runs[1e-6], "trunk.") < 1e-5 < 1e-3 < moved(runs[1.0], "trunk.")
+    assert moved(runs[1e-6], "latent.") > 1e-3 and moved(runs[1e-6], "classifier.") > 1e-3
+    assert runs[1e-6]["train_args"]["trunk_lr"] == 1e-6
+    for cfg, message in [(TrainConfig(out=str(tmp_path / "a.pt"), trunk_lr=0, **opts), "trunk_lr=0: expected"),
+                         (TrainConfig(out=str(tmp_path / "b.pt"), trunk_lr=0.1, data=str(CIFAR_TEST), limit=64),
+                          "trunk_lr=0.1: the trunk learns slower than the head only when it was trained before")]:
+        with pytest.raises(HashindexError, match=message):
+            run(cfg, progress=False, log=lambda s: None)
+    r = CliRunner().invoke(cli, ["train", "--data", str(CIFAR_TEST), "--out", str(tmp_path / "c.pt"),
+                                 "--trunk-lr", "0.5"])
+    assert r.exit_code == 2 and r.output == ("hashindex: error: --trunk-lr 0.5: the trunk learns slower than the head "
+                                             "only when it was trained before; give --init MODEL, or --trunk-lr 1\n")

@@ -62,7 +62,7 @@ def zero_shot_model(base: str, size: int, path: Path) -> Path:
     return path
 
 
-def row(out: Path, arm: str, size: int, epochs: int, init: str | None, base: str) -> dict:
+def row(out: Path, arm: str, size: int, epochs: int, init: str | None, base: str, trunk_lr: float = 1.0) -> dict:
     work = out / f"{arm}-{size}"
     work.mkdir(parents=True, exist_ok=True)
     db, q = prepared(out, "train", size), prepared(out, "test", size)
@@ -72,7 +72,7 @@ def row(out: Path, arm: str, size: int, epochs: int, init: str | None, base: str
     else:
         model = work / "model.pt"
         cfg = TrainConfig(data=str(db), val=str(q), out=str(model), input_size=size, epochs=epochs, init=init,
-                          lr=0.1, workers=0)
+                          lr=0.1, workers=0, trunk_lr=trunk_lr if init else 1.0)
         if not model.exists() or "train_state" in read_checkpoint(model):
             train(cfg, resume=model.exists(), progress=False, log=lambda s: print(f"[{arm}-{size}] {s}", flush=True))
         ckpt = read_checkpoint(model)
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--scratch", type=int, nargs="*", default=[64], help="sizes that also get a from-scratch row")
     ap.add_argument("--init", default="nin-cifar10-48")
     ap.add_argument("--arms", nargs="+", default=["zero-shot", "fine-tuned", "scratch"])
+    ap.add_argument("--trunk-lr", type=float, default=1.0,
+                    help="fine-tuned arm: the trunk's learning rate as a fraction of the head's (train --trunk-lr); "
+                         "its rows are arm 'fine-tuned-tlF'")
     ap.add_argument("--table", action="store_true", help="print OUT/rows.jsonl as a markdown table and stop")
     args = ap.parse_args()
     out = Path(args.out)
@@ -116,10 +119,11 @@ def main() -> None:
         if done_file.exists() else set()
     for size in args.sizes:
         for arm in args.arms:
-            if (arm, size) in done or (arm == "scratch" and size not in args.scratch):
-                continue
             init = args.init if arm == "fine-tuned" else None
-            res = row(out, arm, size, EPOCHS.get(size, 10), init, args.init)
+            name = f"{arm}-tl{args.trunk_lr:g}" if init and args.trunk_lr != 1 else arm
+            if (name, size) in done or (arm == "scratch" and size not in args.scratch):
+                continue
+            res = row(out, name, size, EPOCHS.get(size, 10), init, args.init, args.trunk_lr)
             with open(done_file, "a") as f:
                 f.write(json.dumps(res) + "\n")
 

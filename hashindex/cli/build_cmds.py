@@ -18,6 +18,10 @@ from .group import _echo_json, cli, file_ids, file_lines
 @click.option("--out", required=True, help="Checkpoint file to write (rewritten every epoch).")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--trunk-lr", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              metavar="FRACTION", help="With --init: the trunk learns at this fraction of --lr, the hash layer and "
+                                       "classifier at --lr. Under 1 was worse on flowers and Fashion-MNIST, whose "
+                                       "classes are far from CIFAR-10's (docs/RESULTS.md).")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(0))
 @click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
 @click.option("--limit", default=None, type=click.IntRange(1), help="Train on this many images (spread evenly).")
@@ -88,7 +92,7 @@ from .group import _echo_json, cli, file_ids, file_lines
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, schedule, limit,
+def train(ctx, data, val, bits, epochs, out, batch_size, lr, trunk_lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, bf16, workers, seed, init,
           binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, trivial_augment, mixup, sam,
           swa_epochs, swa_lr, width, teacher, distill_weight, distill_temperature, consistent_teacher, test_flip,
@@ -120,7 +124,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, weight_decay, sched
 
     summary = api_train(
         data, out, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"],
-        val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr,
+        val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr, trunk_lr=trunk_lr,
         weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
         follow_links=follow_links,
