@@ -73,7 +73,9 @@ def _augmentation_line(train_args: dict[str, Any]) -> str:
     """What each training image went through: 'crop (4 px padding) + flip + TrivialAugment + cutout 16 + mixup 0.2'."""
     if not train_args:
         return ""
-    parts = [f"crop ({train_args['crop_pad']} px padding)" if train_args.get("crop_pad") else "",
+    crop = (f"resized crop ({train_args['crop_scale']:g}-1 of the area)" if train_args.get("crop_scale") else
+            f"crop ({train_args['crop_pad']} px padding)" if train_args.get("crop_pad") else "")
+    parts = [crop,
              "flip" if train_args.get("flip") else "", "TrivialAugment" if train_args.get("trivial_augment") else "",
              f"cutout {train_args['cutout']}" if train_args.get("cutout") else "",
              f"mixup {train_args['mixup']:g}" if train_args.get("mixup") else ""]

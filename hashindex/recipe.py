@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ class TrainConfig:
     channels: int | None = None  # None: 1 for greyscale sources, else 3
     flip: bool = True
     crop_pad: int = 4
+    # with s > 0: each training image a random box of s to 1 of its area (aspect 3/4 to 4/3) resized to the input
+    # (the Inception crop, Szegedy et al. 2015) instead of the padded shift; 0: off
+    crop_scale: float = 0.0
     dropout: float = 0.3
     width: int = 1  # hidden channels x width (model.WIDTHS): 2 and more train a teacher, 1 the codes' NIN
     limit: int | None = None
@@ -98,6 +101,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.trunk_lr != 1 and not cfg.init:
         raise HashindexError(f"trunk_lr={cfg.trunk_lr}: the trunk learns slower than the head only when it was "
                              "trained before; give init=MODEL, or trunk_lr=1")
+    if not 0 <= cfg.crop_scale < 1:
+        raise HashindexError(f"crop_scale={cfg.crop_scale}: expected 0 (off) or the smallest share of an image's "
+                             "area a crop keeps, under 1 (0.25-0.5 usual)")
     if not cfg.sam >= 0:
         raise HashindexError(f"sam={cfg.sam}: expected 0 (off) or a radius > 0, e.g. 0.05")
     if not cfg.mixup >= 0:
@@ -132,6 +138,16 @@ def check_memory(cfg: TrainConfig, train: int, val: int, channels: int, device: 
                                 f"an input_size= under {cfg.input_size})"))
 
 
+def param_groups(net: NINHash, trunk_lr: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one, or with ``trunk_lr`` < 1 the trunk's at that fraction of each step's
+    learning rate (``lr_scale``, which `recipe.run_epoch` applies) beside the hash layer and classifier's."""
+    if trunk_lr == 1:
+        return [{"params": list(net.parameters())}]
+    trunk = [p for name, p in net.named_parameters() if name.startswith("trunk.")]
+    ids = {id(p) for p in trunk}
+    return [{"params": trunk, "lr_scale": trunk_lr}, {"params": [p for p in net.parameters() if id(p) not in ids]}]
+
+
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """Learning rate at a fractional epoch (stateless, so resume needs no scheduler state).
 
@@ -163,11 +179,14 @@ def code_terms(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def draw_augment(n: int, side: int, g: torch.Generator, pad: int, flip: bool, cutout: int = 0,
-                 trivial: bool = False) -> dict[str, torch.Tensor]:
+                 trivial: bool = False, scale: float = 0.0) -> dict[str, torch.Tensor]:
     """The random choices of augmenting ``n`` images of ``side`` px (one row per image), drawn from the CPU
-    generator ``g``: crop offsets, flips, TrivialAugment's operation and strength, cutout centres."""
+    generator ``g``: crop offsets (or with ``scale`` a box of each image, `crop_boxes`), flips, TrivialAugment's
+    operation and strength, cutout centres."""
     p = {}
-    if pad:
+    if scale:
+        p["box"] = crop_boxes(n, side, g, scale)
+    elif pad:
         p["oy"] = torch.randint(0, 2 * pad + 1, (n,), generator=g)
         p["ox"] = torch.randint(0, 2 * pad + 1, (n,), generator=g)
     if flip:
@@ -181,13 +200,40 @@ def draw_augment(n: int, side: int, g: torch.Generator, pad: int, flip: bool, cu
     return p
 
 
+def crop_boxes(n: int, side: int, g: torch.Generator, scale: float) -> torch.Tensor:
+    """(n, 4) boxes x0, y0, x1, y1 in pixels of a ``side``-px image: area ``scale`` to 1 of the image's, aspect
+    3/4 to 4/3 (log-uniform), clipped to the image, placed uniformly inside it (torchvision's RandomResizedCrop
+    draws the same, with retries where ours clips)."""
+    area = scale + (1 - scale) * torch.rand(n, generator=g, dtype=torch.float64)
+    aspect = torch.exp((torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.log(4 / 3))
+    w = (torch.sqrt(area * aspect) * side).clamp(max=side)
+    h = (torch.sqrt(area / aspect) * side).clamp(max=side)
+    x0 = torch.rand(n, generator=g, dtype=torch.float64) * (side - w)
+    y0 = torch.rand(n, generator=g, dtype=torch.float64) * (side - h)
+    return torch.stack([x0, y0, x0 + w, y0 + h], 1).float()
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each uint8 image's box (`crop_boxes`) resampled bilinearly to the image's size (one sample a pixel, at its
+    centre: the whole image's box gives the image back)."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    rois = torch.cat([torch.arange(b, device=x.device, dtype=boxes.dtype)[:, None], boxes], 1)
+    out = roi_align(x.float(), rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor], pad: int, cutout: int) -> torch.Tensor:
     """A uint8 batch augmented as ``p`` says (`draw_augment`'s rows for these images, on x's device): random
-    crop with zero padding, horizontal flip, TrivialAugment, cutout (a zeroed square centred anywhere in the
-    image, clipped at its borders). Nothing here reads a value back from the device."""
+    crop with zero padding (or a box resized to the input), horizontal flip, TrivialAugment, cutout (a zeroed
+    square centred anywhere in the image, clipped at its borders). Nothing here reads a value back from the
+    device."""
     b, c, h, w = x.shape
     dev = x.device
-    if pad:
+    if "box" in p:
+        x = resized_crops(x, p["box"])
+    elif pad:
         padded = F.pad(x, (pad, pad, pad, pad))
         rows = (p["oy"][:, None] + torch.arange(h, device=dev))[:, None, :, None]
         cols = (p["ox"][:, None] + torch.arange(w, device=dev))[:, None, None, :]
@@ -206,9 +252,9 @@ def apply_augment(x: torch.Tensor, p: dict[str, torch.Tensor], pad: int, cutout:
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int, flip: bool, cutout: int = 0,
-            trivial: bool = False) -> torch.Tensor:
+            trivial: bool = False, scale: float = 0.0) -> torch.Tensor:
     """One uint8 batch augmented with choices drawn now from ``g`` (`draw_augment`, then `apply_augment`)."""
-    p = draw_augment(len(x), x.shape[-1], g, pad, flip, cutout, trivial)
+    p = draw_augment(len(x), x.shape[-1], g, pad, flip, cutout, trivial, scale)
     return apply_augment(x, {k: v.to(x.device) for k, v in p.items()}, pad, cutout)
 
 
@@ -328,7 +374,7 @@ def run_epoch(net: NINHash, opt: torch.optim.Optimizer, cfg: TrainConfig, epoch:
     # so copies per step would leave the GPU idle while the host prepares the next step
     place = x_all.device
     choices = {k: v.to(place) for k, v in draw_augment(len(x_all), x_all.shape[-1], g, cfg.crop_pad, cfg.flip,
-                                                       cfg.cutout, cfg.trivial_augment).items()}
+                                                       cfg.cutout, cfg.trivial_augment, cfg.crop_scale).items()}
     order = perm.to(place)
     lams = mixup_weights(steps, cfg.mixup, g)
     t0, seen = time.time(), 0

@@ -46,7 +46,7 @@ from .errors import HashindexError
 from .codes import code_statistics
 from .metrics import mean_average_precision
 from .model import NINHash, fitting_batch, pack_codes
-from .recipe import TrainConfig, augment, check_config, check_memory, run_epoch
+from .recipe import TrainConfig, augment, check_config, check_memory, param_groups, run_epoch
 from .targets import one_hot_sets
 
 
@@ -101,7 +101,7 @@ def _load_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     for key in ("data", "bits", "input_size", "seed", "limit", "batch_size", "init", "val_every",
                 "binary_weight", "balance_weight", "bit_balance_weight", "label_smoothing", "cutout", "trivial_augment",
                 "mixup", "swa_epochs", "swa_lr", "teacher", "distill_weight", "distill_temperature",
-                "consistent_teacher", "width", "sam", "trunk_lr"):
+                "consistent_teacher", "width", "sam", "trunk_lr", "crop_scale"):
         was = old.get(key, getattr(defaults, key))
         if was != getattr(cfg, key):
             raise HashindexError(f"resume=True: {cfg.out} was trained with {key}={was!r}, "
@@ -278,7 +278,7 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
         parts = transfer_weights(net, init, class_names)
         init_info = {"model": cfg.init, "model_id": init["model_id"], "copied": parts}
         log(f"init: {', '.join(parts)} from {cfg.init} (model {init['model_id']})")
-    opt = torch.optim.SGD(_param_groups(net, cfg.trunk_lr), lr=cfg.lr, momentum=cfg.momentum,
+    opt = torch.optim.SGD(param_groups(net, cfg.trunk_lr), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
     history: list[dict[str, float]] = []
     if ckpt is not None:
@@ -291,16 +291,6 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
         history = ckpt["history"]
         log(f"resuming {cfg.out} at epoch {ckpt['epochs'] + 1}/{cfg.epochs}")
     return net, opt, history, init_info
-
-
-def _param_groups(net: NINHash, trunk_lr: float) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: one, or with ``trunk_lr`` < 1 the trunk's at that fraction of each step's
-    learning rate (``lr_scale``, which `recipe.run_epoch` applies) beside the hash layer and classifier's."""
-    if trunk_lr == 1:
-        return [{"params": list(net.parameters())}]
-    trunk = [p for name, p in net.named_parameters() if name.startswith("trunk.")]
-    ids = {id(p) for p in trunk}
-    return [{"params": trunk, "lr_scale": trunk_lr}, {"params": [p for p in net.parameters() if id(p) not in ids]}]
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -427,7 +417,8 @@ def _average_epoch(avg: WeightAverage, net: NINHash, cfg: TrainConfig, train_x: 
     weights do on their own."""
     avg.update(net)
     sample = torch.from_numpy(bn_sample(train_x))
-    batches = (augment(sample[s:s + 500].clone(), g, cfg.crop_pad, cfg.flip, cfg.cutout, cfg.trivial_augment)
+    batches = (augment(sample[s:s + 500].clone(), g, cfg.crop_pad, cfg.flip, cfg.cutout, cfg.trivial_augment,
+                       cfg.crop_scale)
                for s in range(0, len(sample), 500))
     recompute_batchnorm(avg.net, batches, device, cfg.bf16)
     row["swa_n"] = avg.n

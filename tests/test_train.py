@@ -593,3 +593,48 @@ def test_a_trunk_learning_slower_than_the_head(tiny_model, tmp_path):
                                  "--trunk-lr", "0.5"])
     assert r.exit_code == 2 and r.output == ("hashindex: error: --trunk-lr 0.5: the trunk learns slower than the head "
                                              "only when it was trained before; give --init MODEL, or --trunk-lr 1\n")
+
+
+def test_resized_crops_against_a_direct_computation():
+    """crop_scale=S: each image a random box of S to 1 of its area, aspect 3/4 to 4/3 where the image allows,
+    inside the image; resampled bilinearly to the input size, as torch's own bilinear resize of the box gives it
+    (the whole image's box: the image itself)."""
+    import torch.nn.functional as F
+
+    from hashindex.recipe import augment, crop_boxes, resized_crops
+
+    boxes = crop_boxes(20_000, 32, torch.Generator().manual_seed(0), 0.3)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    area = w * h / 32 ** 2
+    assert (boxes >= 0).all() and (boxes <= 32 + 1e-4).all()
+    assert area.min() >= 0.3 - 1e-4 and area.max() <= 1 + 1e-4 and 0.55 < area.mean() < 0.66
+    unclipped = (w < 32 - 1e-3) & (h < 32 - 1e-3)
+    assert ((w / h)[unclipped] > 0.75 - 1e-4).all() and ((w / h)[unclipped] < 4 / 3 + 1e-4).all()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(resized_crops(x, torch.tensor([[0.0, 0, 32, 32]] * 3)), x)
+    for box, region in (([8.0, 0, 24, 32], (slice(None), slice(8, 24))),
+                        ([0.0, 16, 32, 32], (slice(16, 32), slice(None)))):
+        want = F.interpolate(x[:, :, region[0], region[1]].float(), size=(32, 32), mode="bilinear",
+                             align_corners=False).round().clamp(0, 255)
+        got = resized_crops(x, torch.tensor([box] * 3)).float()
+        inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # (the borders: torch clamps, roi_align not)
+        assert torch.equal(got[inner], want[inner]), box
+    off = augment(x.clone(), torch.Generator().manual_seed(1), pad=0, flip=False, scale=0.5)
+    assert off.shape == x.shape and off.dtype == torch.uint8 and not torch.equal(off, x)
+
+
+def test_crop_scale_trains_is_recorded_and_checked(tmp_path):
+    from hashindex.training import TrainConfig, train as run
+
+    need(CIFAR_TRAIN)
+    opts = dict(data=str(CIFAR_TRAIN), limit=128, epochs=1, batch_size=32, workers=0, bits=16)
+    out = tmp_path / "cs.pt"
+    run(TrainConfig(out=str(out), crop_scale=0.35, **opts), progress=False, log=lambda s: None)
+    assert read_checkpoint(out)["train_args"]["crop_scale"] == 0.35
+    info = json.loads(CliRunner().invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["augmentation"] == "resized crop (0.35-1 of the area) + flip"
+    with pytest.raises(HashindexError, match="crop_scale=1: expected 0"):
+        run(TrainConfig(out=str(tmp_path / "x.pt"), crop_scale=1, **opts), progress=False, log=lambda s: None)
+    r = CliRunner().invoke(cli, ["train", "--data", str(CIFAR_TRAIN), "--out", str(tmp_path / "y.pt"),
+                                 "--crop-scale", "1"])
+    assert r.exit_code == 2 and "--crop-scale" in r.output

@@ -54,6 +54,9 @@ from .group import _echo_json, cli, file_ids, file_lines
               help="Weight of asking each bit to be on for half of a batch's images (no constant bits).")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Cross-entropy against (1 - e) one-hot + e uniform.")
+@click.option("--crop-scale", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              metavar="S", help="Train on a random box of S to 1 of each image's area (aspect 3/4 to 4/3) resized "
+                                "to --input-size, instead of the padded shift (the Inception crop); 0: off.")
 @click.option("--cutout", default=0, show_default=True, type=click.IntRange(0),
               help="Zero a random square of this side (pixels) in each training image; 0: off.")
 @click.option("--trivial-augment", is_flag=True,
@@ -94,9 +97,9 @@ from .group import _echo_json, cli, file_ids, file_lines
 @click.pass_context
 def train(ctx, data, val, bits, epochs, out, batch_size, lr, trunk_lr, weight_decay, schedule, limit,
           val_limit, val_every, input_size, channels, no_flip, follow_links, device, bf16, workers, seed, init,
-          binary_weight, balance_weight, bit_balance_weight, label_smoothing, cutout, trivial_augment, mixup, sam,
-          swa_epochs, swa_lr, width, teacher, distill_weight, distill_temperature, consistent_teacher, test_flip,
-          resume, overwrite, as_json):
+          binary_weight, balance_weight, bit_balance_weight, label_smoothing, crop_scale, cutout, trivial_augment,
+          mixup, sam, swa_epochs, swa_lr, width, teacher, distill_weight, distill_temperature, consistent_teacher,
+          test_flip, resume, overwrite, as_json):
     """Train the NIN hashing net on labelled images.
 
     \b
@@ -130,7 +133,7 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, trunk_lr, weight_de
         follow_links=follow_links,
         device=device, bf16=bf16, workers=workers, seed=seed, init=init,
         binary_weight=binary_weight, balance_weight=balance_weight,
-        bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, cutout=cutout,
+        bit_balance_weight=bit_balance_weight, label_smoothing=label_smoothing, crop_scale=crop_scale, cutout=cutout,
         trivial_augment=trivial_augment, mixup=mixup, sam=sam,
         swa_epochs=swa_epochs, swa_lr=swa_lr, width=int(width), teacher=_one_or_all(teacher),
         distill_weight=distill_weight, distill_temperature=distill_temperature, consistent_teacher=consistent_teacher,
