@@ -24,7 +24,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "input": f"{ckpt['channels']}x{ckpt['input_size']}x{ckpt['input_size']} ({ckpt['resize']})",
         "train_data": ckpt["train_data"],
         "epochs": f"{ckpt['epochs']}/{ckpt['epochs_planned']}",
-        "fine_tuned_from": _init_line(ckpt.get("init")),
+        "fine_tuned_from": _init_line(ckpt.get("init"), (ckpt.get("train_args") or {}).get("trunk_lr", 1.0)),
         "inference": views_description(ckpt.get("test_flip", False), ckpt.get("test_shift", 0)),
         "derived_from": _derived_line(ckpt.get("derived_from")),
         "codes": _codes_line(ckpt.get("adapted_codes")),
@@ -90,11 +90,12 @@ def _weights_line(train_args: dict[str, Any]) -> str:
     return line + (f", SAM rho {rho:g}" if rho else "")
 
 
-def _init_line(init: dict[str, Any] | None) -> str | None:
-    """'nin-cifar10-48 (model 19cc..., copied trunk, latent)' for a fine-tuned checkpoint."""
+def _init_line(init: dict[str, Any] | None, trunk_lr: float = 1.0) -> str | None:
+    """'nin-cifar10-48 (model 19cc...; copied trunk, latent; trunk at 0.1 x lr)' for a fine-tuned checkpoint."""
     if not init:
         return None
-    return f"{init['model']} (model {init['model_id']}; copied {', '.join(init['copied'])})"
+    slower = f"; trunk at {trunk_lr:g} x lr" if trunk_lr != 1 else ""
+    return f"{init['model']} (model {init['model_id']}; copied {', '.join(init['copied'])}{slower})"
 
 
 def _derived_line(derived: dict[str, Any] | None) -> str | None:

@@ -584,6 +584,8 @@ def test_a_trunk_learning_slower_than_the_head(tiny_model, tmp_path):
     assert moved(runs[1e-6], "trunk.") < 1e-5 < 1e-3 < moved(runs[1.0], "trunk.")
     assert moved(runs[1e-6], "latent.") > 1e-3 and moved(runs[1e-6], "classifier.") > 1e-3
     assert runs[1e-6]["train_args"]["trunk_lr"] == 1e-6
+    info = json.loads(CliRunner().invoke(cli, ["info", str(tmp_path / "tl1e-06.pt"), "--json"]).output)
+    assert info["fine_tuned_from"].endswith("; copied trunk, latent, classifier; trunk at 1e-06 x lr)")
     for cfg, message in [(TrainConfig(out=str(tmp_path / "a.pt"), trunk_lr=0, **opts), "trunk_lr=0: expected"),
                          (TrainConfig(out=str(tmp_path / "b.pt"), trunk_lr=0.1, data=str(CIFAR_TEST), limit=64),
                           "trunk_lr=0.1: the trunk learns slower than the head only when it was trained before")]:
