@@ -314,7 +314,8 @@ def test_a_batch_of_queries_encoded_elsewhere(server, flat_index, tiny_model, tm
     assert status == 200 and [r.get("query") for r in body["results"]] == ["id:7", "encoded:0", None, "encoded:2"]
     assert body["results"][0]["results"] == query(flat_index, [], [7], k=5)[0]["results"]
     for row, path in zip(body["results"][1::2], paths):
-        assert same_ranking(row["results"], query(flat_index, [str(path)], [], model=str(tiny_model), k=5)[0]["results"])
+        want = query(flat_index, [str(path)], [], model=str(tiny_model), k=5)[0]["results"]
+        assert same_ranking(row["results"], want)
     assert body["results"][2] == {"error": "queries[1].code: expected 12 hex digits, the 48-bit code packed as "
                                            "GET /items/ID shows it (the ONNX file's codes output)", "status": 400}
     status, body = post(server + "/batch?k=6&together=1", json.dumps({"queries": queries}).encode())

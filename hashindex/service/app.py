@@ -75,8 +75,9 @@ SEARCH_PARAMS = [{"name": n, "in": "query", "required": False, "schema": {"type"
     ("not_class", "string", "no results of these classes (comma-separated)"),
     ("not_folder", "string", "no results under these folders (comma-separated)"))]
 BATCH_PARAMS = SEARCH_PARAMS + [{"name": "together", "in": "query", "required": False, "schema": {"type": "boolean"},
-                                 "description": "search the batch's ids, queries or photos as one query, one row of results "
-                                                "(\"more like these\", as `hashindex query --together`; default 0)"}]
+                                 "description": "search the batch's ids, queries or photos as one query, one row of "
+                                                "results (\"more like these\", as `hashindex query --together`; "
+                                                "default 0)"}]
 IMAGE_PARAMS = [{"name": "size", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": THUMBNAIL_SIDES[0], "maximum": THUMBNAIL_SIDES[1]},
                  "description": "a JPEG of the image at most this many pixels a side, upright (default: the file as "
