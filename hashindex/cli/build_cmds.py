@@ -110,15 +110,15 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, trunk_lr, weight_de
 
     \b
     Fine-tuning the shipped model on 1,000 labelled images of another set:
-      hashindex train --init nin-cifar10-48-v2 --data ../shared/data/fashion-mnist \\
+      hashindex train --init nin-cifar10-48-v4 --data ../shared/data/fashion-mnist \\
           --val ../shared/data/fashion-mnist:test --limit 1000 --epochs 10 \\
           --out /tmp/ft.pt
 
     \b
     Which input size for photographs (measured on 2,934 flower photos, 5 classes, 2 CPU cores;
     docs/RESULTS.md "Input size for photographs"):
-      32 px, --init nin-cifar10-48-v2, 20 epochs: mAP 0.87 in ~3 min   (the quick start)
-      64 px, --init nin-cifar10-48-v2, 12 epochs: mAP 0.89 in ~10 min  (the best under 15 minutes)
+      32 px, --init nin-cifar10-48-v4, 20 epochs: mAP 0.87 in ~3 min   (the quick start)
+      64 px, --init nin-cifar10-48-v4, 12 epochs: mAP 0.90 in ~9 min   (the best under 15 minutes)
       96 / 128 px cost 2-5x more per epoch than 64 and reach less in the same time on CPU;
       from scratch instead of --init: mAP 0.72 at 64 px in the same epochs.
     Prepare the photos once at that size (hashindex prepare) when you train more than once.
