@@ -48,6 +48,7 @@ from .metrics import mean_average_precision
 from .model import NINHash, fitting_batch, pack_codes
 from .recipe import TrainConfig, augment, check_config, check_memory, param_groups, run_epoch
 from .targets import one_hot_sets
+from .transfer import init_channels, scratch_note, transfer_weights
 
 
 @torch.inference_mode()
@@ -140,37 +141,6 @@ def _check_labelled(src: ImageSource, data: str) -> None:
         raise HashindexError(f"{what}; {src.paths[i]} is an image without a class (one in a folder's root has none)")
 
 
-def _init_channels(cfg: TrainConfig, init: dict[str, Any]) -> int:
-    """Input channels of a fine-tuning run: the init model's, unless --channels says otherwise."""
-    channels = cfg.channels or init["channels"]
-    if channels != init["channels"]:
-        raise HashindexError(f"init={cfg.init}: a {init['channels']}-channel model, but channels="
-                             f"{channels}; omit channels= to train with {init['channels']}")
-    return channels
-
-
-def transfer_weights(net: NINHash, init: dict[str, Any], class_names: list[str]) -> list[str]:
-    """Copy what fits from a checkpoint into a fresh net; returns the parts copied.
-
-    The trunk (with its input normalisation) fits a net of the same width; the hash layer when the
-    code length is the same; the classifier when the classes are the same too.
-    """
-    if init.get("width", 1) != net.width:
-        was = init.get("width", 1)
-        raise HashindexError(f"init={init.get('path', init['model_id'])}: a width-{was} net, the net to train has "
-                             f"width {net.width} (give width={was}, or train from scratch)")
-    parts = ["trunk"]
-    if init["bits"] == net.bits:
-        parts.append("latent")
-        if init["class_names"] == class_names:
-            parts.append("classifier")
-    prefixes = tuple(f"{p}." for p in parts) + ("mean", "std")
-    state = {k: v for k, v in init["state_dict"].items() if k.startswith(prefixes)}
-    result = net.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    return parts
-
-
 def _split_sources(cfg: TrainConfig, src: ImageSource) -> tuple[ImageSource, ImageSource | None]:
     """(training images, validation images): --val, or every n-th image held out of --data, or none."""
     if cfg.val and cfg.val_every:
@@ -239,7 +209,7 @@ def _channels(cfg: TrainConfig, src: ImageSource, ckpt: dict[str, Any] | None, i
     if ckpt is not None:
         return ckpt["channels"]
     if init is not None:
-        return _init_channels(cfg, init)
+        return init_channels(cfg, init)
     return cfg.channels or (1 if src.is_greyscale() else 3)
 
 
@@ -274,6 +244,9 @@ def _make_net(cfg: TrainConfig, class_names: list[str], channels: int, train_x: 
     net = NINHash(cfg.bits, len(class_names), channels, mean, std, cfg.dropout, _test_flip(cfg, ckpt, init),
                   width=cfg.width)
     init_info = ckpt.get("init") if ckpt is not None else None
+    note = scratch_note(len(train_x), cfg.width) if init is None and ckpt is None else None
+    if note:
+        log(note)
     if init is not None:
         parts = transfer_weights(net, init, class_names)
         init_info = {"model": cfg.init, "model_id": init["model_id"], "copied": parts}

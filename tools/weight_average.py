@@ -5,7 +5,9 @@ training images (hashindex.averaging), single view, float32.
     python tools/weight_average.py runs/table/cifar10-48-e100.pt runs/table/cifar10-48-e100-cutout-restart.pt \
         --alpha 0.5 --train ../shared/data/cifar10-jpeg/train.tar --val ../shared/data/cifar10-jpeg/test.tar
 
-Two checkpoints: A weighted ``alpha`` (repeatable), B ``1 - alpha``; three or more: their uniform mean.
+Two checkpoints: A weighted ``alpha`` (repeatable), B ``1 - alpha``; three or more: their uniform mean; one: the
+net itself, its BatchNorm statistics measured again (``--clean``: on training images as test images are seen,
+without the crop and flip).
 ``--out`` writes the (last) average as a checkpoint of its own (A's metadata, the average's weights and
 measured accuracy, a new model id), for `hashindex derive`, `eval` or `tools/ensemble_accuracy.py`.
 """
@@ -52,19 +54,19 @@ def write_average(net: nn.Module, first: str, paths: list[str], weights: list[fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+", help="two or more checkpoints of one architecture")
+    ap.add_argument("models", nargs="+", help="checkpoints of one architecture (one: BatchNorm measured again)")
     ap.add_argument("--alpha", type=float, action="append", help="with two: weight of A (repeatable) [0.5]")
-    ap.add_argument("--train", required=True, help="training images for the BatchNorm pass (10,000 of them)")
+    ap.add_argument("--train", required=True, help="training images for the BatchNorm pass")
     ap.add_argument("--val", required=True, help="labelled test images")
     ap.add_argument("--out", help="write the (last) average here as a checkpoint")
+    ap.add_argument("--train-limit", type=int, default=10_000, help="training images of the BatchNorm pass")
+    ap.add_argument("--clean", action="store_true", help="the BatchNorm pass on un-augmented training images")
     args = ap.parse_args()
-    if len(args.models) < 2:
-        ap.error("give two or more checkpoints")
     if args.alpha and len(args.models) != 2:
         ap.error("--alpha weighs A against B: give exactly two checkpoints")
     models = [load_model(p, bf16=False) for p in args.models]
     size, channels, device = models[0].input_size, models[0].channels, torch.device("cpu")
-    tx, _, _ = load_arrays(open_source(args.train).subset(10_000), size, channels, 2, False)
+    tx, _, _ = load_arrays(open_source(args.train).subset(args.train_limit), size, channels, 2, False)
     vx, vy, _ = load_arrays(open_source(args.val), size, channels, 2, False)
     print("  ".join(f"{Path(p).name} {val_accuracy(m.net, vx, vy, device, False):.4f}"
                     for p, m in zip(args.models, models)))
@@ -73,7 +75,8 @@ def main() -> None:
     for weights in mixes:
         net = averaged([m.net for m in models], weights)
         g, sample = torch.Generator().manual_seed(0), torch.from_numpy(tx)
-        batches = (augment(sample[s:s + 500].clone(), g, 4, True) for s in range(0, len(sample), 500))
+        batches = (sample[s:s + 500].clone() if args.clean else augment(sample[s:s + 500].clone(), g, 4, True)
+                   for s in range(0, len(sample), 500))
         recompute_batchnorm(net, batches, device, False)
         accuracy = val_accuracy(net, vx, vy, device, False)
         print(f"weights {' '.join(f'{w:.3g}' for w in weights)}: {accuracy:.4f}")

@@ -6,7 +6,7 @@ import click
 
 from .. import DEFAULT_MODEL
 from ..errors import HashindexError
-from .group import _echo_json, cli, file_ids, file_lines
+from .group import _echo_json, as_flags, cli, file_ids, file_lines
 
 
 @cli.command()
@@ -125,8 +125,11 @@ def train(ctx, data, val, bits, epochs, out, batch_size, lr, trunk_lr, weight_de
     """
     from .. import train as api_train
 
+    def log(line: str) -> None:  # in flags (the library speaks in argument names); beside --json's, on stderr
+        click.echo(as_flags(line, ctx.command), err=as_json)
+
     summary = api_train(
-        data, out, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"],
+        data, out, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"], log=log,
         val=val, bits=bits, epochs=epochs, batch_size=batch_size, lr=lr, trunk_lr=trunk_lr,
         weight_decay=weight_decay, schedule=schedule, limit=limit, val_limit=val_limit, val_every=val_every,
         input_size=input_size, channels=int(channels) if channels else None, flip=not no_flip,
