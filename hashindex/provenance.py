@@ -81,6 +81,22 @@ def list_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
     return out
 
 
+def archive_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
+    """(entry, archive) for each collection the index holds that was read from one tar or zip that exists now (its
+    items' paths are member names): `sync` keeps those in step as it keeps folders, the archive written again with
+    members added or taken out."""
+    from .data.members import TAR_EXTENSIONS, ZIP_EXTENSIONS
+    from .index.layout import collections
+
+    out = []
+    for entry in collections(index.meta):
+        spec = collection_spec(entry)
+        root = Path(base_spec(spec) or "").resolve() if spec else None
+        if root is not None and root.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS) and root.is_file():
+            out.append((entry, root))
+    return out
+
+
 def image_positions(index: Index, images: list[str]) -> np.ndarray:
     """Per image file, the position of the indexed item read from that very file (-1: none), found through
     the folder and image-list collections the index holds (`folder_collections`, `list_collections`: a list's
@@ -107,19 +123,20 @@ def image_positions(index: Index, images: list[str]) -> np.ndarray:
 def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
                   lists: dict[Path, Any] | None = None) -> np.ndarray:
     """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
-    moved away), and of image-list collections whose line the list no longer has or whose file is gone: what
-    `hashindex remove --missing` takes out. Each folder is listed again as extraction read it
-    (its ``#label-sets`` / ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain
-    folder of image files counts: the items of a folder of tars or of a prepared store are not files in it, and
-    a collection whose folder is gone is skipped. ``listings``: folders a caller has just listed (resolved
-    folder -> its files' encoded paths), used as they are instead of being listed again (`sync`); ``lists``: image
+    moved away), of archive collections whose member the tar or zip (written again) no longer has, and of
+    image-list collections whose line the list no longer has or whose file is gone: what `hashindex remove
+    --missing` takes out. Each folder or archive is listed again as extraction read it (its ``#label-sets`` /
+    ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain folder of image files
+    counts: the items of a folder of tars or of a prepared store are not files in it, and a collection whose
+    folder or archive is gone is skipped. ``listings``: folders and archives a caller has just listed (resolved
+    path -> its files' encoded paths), used as they are instead of being listed again (`sync`); ``lists``: image
     lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
-    from .data import FolderSource, reopen_source
+    from .data import FolderSource, TarSource, ZipSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
     from .files import encode_name
 
     gone: list[int] = []
-    for entry, root in folder_collections(index):
+    for entry, root in folder_collections(index) + archive_collections(index):
         listed = (listings or {}).get(root)
         if listed is None:
             options = [o for o in collection_spec(entry).split("#")[1:] if o in (FOLLOW_LINKS, LABEL_SETS)]
@@ -127,7 +144,7 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
                 src = reopen_source("#".join([str(root), *options]))
             except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
                 continue
-            if type(src) is not FolderSource:
+            if type(src) not in (FolderSource, TarSource, ZipSource):
                 continue
             listed = {encode_name(p) for p in src.paths}
         paths = index.paths(np.arange(entry["start"], entry["stop"]))

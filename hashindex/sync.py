@@ -1,6 +1,6 @@
-"""Keeping an index in step with the folders (and image lists) it was built from (`hashindex sync`): image files
-added to a folder since, or lines added to a list, are extracted and appended; items whose file is gone (or whose
-line a list no longer has) are removed.
+"""Keeping an index in step with the folders (image lists, tars and zips) it was built from (`hashindex sync`): image
+files added to a folder since, lines added to a list or members to an archive written again, are extracted and
+appended; items whose file is gone (or whose line a list, or whose member an archive, no longer has) are removed.
 
 It composes what exists: `provenance.folder_collections` and `list_collections` (the folders and image lists an
 index holds that are there now), each listed again as extraction lists it, `extract` of the new files alone
@@ -23,14 +23,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .codes import input_digests
-from .data import BadImage, FolderSource, ImageSource, ListSource, reopen_source
+from .data import BadImage, FolderSource, ImageSource, ListSource, TarSource, ZipSource, reopen_source
 from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
 from .errors import HashindexError
 from .extraction import extract
 from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
-from .provenance import collection_spec, folder_collections, lines_name_items, list_collections, missing_files
+from .provenance import (archive_collections, collection_spec, folder_collections, lines_name_items,
+                         list_collections, missing_files)
 from .query import index_model
 from .store import ShardSet
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 SELECTIONS = ("limit", "every")  # a collection read from part of a folder: its other files are not "new"
 SHOWN = 20  # paths listed per kind in a summary
+KEPT = (FolderSource, ListSource, TarSource, ZipSource)  # collections whose items are files (or members) sync keeps
 
 
 @dataclass
@@ -75,7 +77,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
     ``tried``: shard directories of earlier syncs, whose skipped files (nothing readable: never appended) are not
     new again."""
     by_root: dict[Path, list[dict[str, Any]]] = {}
-    for entry, root in folder_collections(index) + list_collections(index):
+    for entry, root in folder_collections(index) + list_collections(index) + archive_collections(index):
         by_root.setdefault(root, []).append(entry)
     skipped_before: dict[Path, set[str]] = {}
     for directory in tried:
@@ -96,7 +98,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             source = reopen_source("#".join([str(root), *options]))
         except HashindexError:  # nothing readable left in it: nothing new either
             continue
-        if type(source) not in (FolderSource, ListSource):  # a folder of tars, a prepared store: items not files
+        if type(source) not in KEPT:  # a folder of tars, a prepared store: items not files
             changes.append(FolderChanges(root, skipped="its items are not image files in it (tars, a prepared "
                                                        "store): extract and build --append those"))
             continue
@@ -168,13 +170,14 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     shards = Path(shards) if shards is not None else index_dir.with_name(index_dir.name + ".sync")
     changes = folder_changes(index, sorted(shards.glob("new-*")) if shards.is_dir() else [])
     if not changes:
-        raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder or an image list that "
-                             "is there now (sync keeps those in step; extract others and build --append them)")
+        raise HashindexError(f"index_dir={index_dir}: holds no collection read from a folder, an image list, a tar "
+                             "or a zip that is there now (sync keeps those in step; extract others and build "
+                             "--append them)")
     encoder = index_model(index, model, device) if check_contents else None
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
-    listed = {c.folder: c.listed for c in changes if type(c.source) is FolderSource}
+    listed = {c.folder: c.listed for c in changes if type(c.source) in (FolderSource, TarSource, ZipSource)}
     lists = {c.folder: c.source for c in changes if type(c.source) is ListSource}
     gone = np.union1d(missing_files(index, listed, lists), edited)  # folders and lists read once: `folder_changes`
     summary: dict[str, Any] = {

@@ -20,7 +20,7 @@ from hashindex.index import Index, build
 from hashindex.originals import Originals
 from hashindex.query import query
 from hashindex.sync import sync
-from tests.conftest import CIFAR_TEST, need
+from tests.conftest import CIFAR_TEST, make_tar, need
 
 CLASSES = ("cat", "dog", "ship")
 
@@ -47,6 +47,12 @@ def folder_of(pictures: Path, root: Path, per_class: int = 12) -> Path:
         for f in sorted((pictures / cls).iterdir())[:per_class]:
             shutil.copy(f, root / cls / f.name)
     return root
+
+
+def members_of(pictures: Path, per_class: int, skip: int = 0) -> dict[str, bytes]:
+    """class/name -> bytes of pictures ``skip`` to ``skip + per_class`` of each class: an archive's members."""
+    return {f"{cls}/{f.name}": f.read_bytes() for cls in CLASSES
+            for f in sorted((pictures / cls).iterdir())[skip:skip + per_class]}
 
 
 def items(index_dir: Path) -> dict[str, tuple[bytes, str]]:
@@ -117,10 +123,53 @@ def test_sync_refuses_what_it_cannot_keep_in_step(pictures, tiny_model, tmp_path
     res = CliRunner().invoke(cli, ["sync", str(tmp_path / "index")])
     assert res.exit_code == 2 and "has new class folders (zebra)" in res.output and len(res.output.splitlines()) == 1
 
-    extract(str(tiny_model), f"{CIFAR_TEST}", tmp_path / "tar-shards", limit=50, progress=False, log=lambda s: None)
+    archive = make_tar(tmp_path / "gone.tar", members_of(pictures, 3))
+    extract(str(tiny_model), str(archive), tmp_path / "tar-shards", progress=False, log=lambda s: None)
     build(tmp_path / "tar-shards", tmp_path / "tar-index", progress=False, log=lambda s: None)
+    archive.unlink()  # (a drive unmounted): nothing there now to keep the index in step with
     res = CliRunner().invoke(cli, ["sync", str(tmp_path / "tar-index")])
-    assert res.exit_code == 2 and "holds no collection read from a folder" in res.output, res.output
+    assert res.exit_code == 2 and "holds no collection read from a folder, an image list, a tar or a zip that is " \
+        "there now" in res.output, res.output
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_an_archive_written_again_is_kept_in_step(pictures, tiny_model, tmp_path, kind):
+    """A tar or a zip the index was built from, written again with members taken out and others added: sync
+    appends the new members and removes the gone ones, so the index holds what one built from the archive as it
+    is now holds (same paths, codes, classes); a new member's image is served from the archive; a second sync
+    does nothing."""
+    import zipfile
+
+    def write(members: dict[str, bytes]) -> Path:
+        path = tmp_path / f"photos.{kind}"
+        if kind == "tar":
+            return make_tar(path, members)
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return path
+
+    archive = write(members_of(pictures, 6))
+    extract(str(tiny_model), str(archive), tmp_path / "shards", progress=False, log=lambda s: None)
+    build(tmp_path / "shards", tmp_path / "index", progress=False, log=lambda s: None)
+    now = {k: v for i, (k, v) in enumerate(members_of(pictures, 6).items()) if i % 5}  # 4 members gone
+    new = members_of(pictures, 2, skip=6)  # 6 added
+    write({**now, **new})
+    res = CliRunner().invoke(cli, ["remove", str(tmp_path / "index"), "--missing", "--dry-run", "--json"])
+    gone = sorted(set(members_of(pictures, 6)) - set(now))
+    assert res.exit_code == 0 and sorted(r["path"] for r in json.loads(res.output)) == gone  # remove --missing too
+    plan = sync(tmp_path / "index", dry_run=True, progress=False, log=lambda s: None)
+    assert plan["added"] == 6 and plan["removed"] == 4 and sorted(plan["folders"][0]["new_paths"]) == sorted(new)
+    done = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert done["added"] == 6 and done["removed"] == 4
+    extract(str(tiny_model), str(archive), tmp_path / "fresh-shards", progress=False, log=lambda s: None)
+    build(tmp_path / "fresh-shards", tmp_path / "fresh", progress=False, log=lambda s: None)
+    assert items(tmp_path / "index") == items(tmp_path / "fresh") and len(items(tmp_path / "fresh")) == 20
+    after = Index.load(tmp_path / "index")
+    name = sorted(new)[0]
+    assert Originals(after).read_bytes(after.paths(np.arange(after.count)).index(name)) == new[name]
+    again = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert again["added"] == 0 and again["removed"] == 0
 
 
 def test_sync_cli_dry_run_and_json(pictures, tiny_model, tmp_path):

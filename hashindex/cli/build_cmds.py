@@ -372,8 +372,8 @@ def build(ctx, shard_dir, out, binary, rerank, signal, model, nlist, nprobe, rec
                    "or the item recorded with this path (as `query` shows it); repeatable.")
 @click.option("--paths-file", default=None, help="A file of such paths, one per line ('-': standard input).")
 @click.option("--missing", is_flag=True,
-              help="Remove every item whose image file is gone from its indexed folder (deleted or moved), or "
-                   "from its image list (its line or its file).")
+              help="Remove every item whose image file is gone from its indexed folder (deleted or moved), "
+                   "from its image list (its line or its file), or from its tar or zip (its member).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new index.json (with --dry-run: the items).")
 @click.pass_context

@@ -119,8 +119,9 @@ def duplicates(ctx, data, radius, fine_radius, crops, keep, across, out, redunda
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def sync(ctx, index_dir, shards, model, device, check_contents, dry_run, as_json):
-    """Keep an index in step with the folders (or image lists) it was built from: add their new image files (a
-    list's new lines), remove the items whose file is gone (or whose line is).
+    """Keep an index in step with the folders (image lists, tars or zips) it was built from: add their new image
+    files (a list's new lines, an archive's new members), remove the items whose file is gone (or whose line or
+    member is).
 
     The new files are extracted with the index's model and appended (ids after every id the index holds or
     held); the others keep their ids. Each step is atomic: after a kill, run it again.
