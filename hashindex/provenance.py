@@ -126,13 +126,14 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
     moved away), of archive collections whose member the tar or zip (written again) no longer has, and of
     image-list collections whose line the list no longer has or whose file is gone: what `hashindex remove
     --missing` takes out. Each folder or archive is listed again as extraction read it (its ``#label-sets`` /
-    ``#follow-links`` options, without ``#limit`` / ``#every`` selections); only a plain folder of image files
-    counts: the items of a folder of tars or of a prepared store are not files in it, and a collection whose
-    folder or archive is gone is skipped. ``listings``: folders and archives a caller has just listed (resolved
+    ``#follow-links`` options, without ``#limit`` / ``#every`` selections); a folder of image files, or of tars and
+    zips (their members named under each archive's name), counts, a prepared store not (its items are not files
+    in it), and a collection whose folder or archive is gone is skipped. ``listings``: folders and archives a caller has just listed (resolved
     path -> its files' encoded paths), used as they are instead of being listed again (`sync`); ``lists``: image
     lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
     from .data import FolderSource, TarSource, ZipSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
+    from .data.webdataset import ConcatSource
     from .files import encode_name
 
     gone: list[int] = []
@@ -144,7 +145,7 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
                 src = reopen_source("#".join([str(root), *options]))
             except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
                 continue
-            if type(src) not in (FolderSource, TarSource, ZipSource):
+            if type(src) not in (FolderSource, ConcatSource, TarSource, ZipSource):  # (not a prepared store)
                 continue
             listed = {encode_name(p) for p in src.paths}
         paths = index.paths(np.arange(entry["start"], entry["stop"]))

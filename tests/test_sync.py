@@ -172,6 +172,29 @@ def test_an_archive_written_again_is_kept_in_step(pictures, tiny_model, tmp_path
     assert again["added"] == 0 and again["removed"] == 0
 
 
+def test_a_folder_of_tar_shards_is_kept_in_step(pictures, tiny_model, tmp_path):
+    """A folder of tars (WebDataset shards) the index was built from, a shard added and one deleted: sync appends
+    the new shard's members and removes the deleted one's (named under each shard's name), so the index holds
+    what one built from the folder as it is now holds."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    members = list(members_of(pictures, 6).items())  # 18: three shards of 6
+    for k in range(2):
+        make_tar(shards / f"s{k}.tar", dict(members[6 * k:6 * k + 6]))
+    extract(str(tiny_model), str(shards), tmp_path / "x", progress=False, log=lambda s: None)
+    build(tmp_path / "x", tmp_path / "index", progress=False, log=lambda s: None)
+    make_tar(shards / "s2.tar", dict(members[12:]))
+    (shards / "s0.tar").unlink()
+    done = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert done["added"] == 6 and done["removed"] == 6
+    assert sorted(done["removed_paths"]) == sorted(f"s0.tar/{name}" for name, _ in members[:6])
+    extract(str(tiny_model), str(shards), tmp_path / "fresh-x", progress=False, log=lambda s: None)
+    build(tmp_path / "fresh-x", tmp_path / "fresh", progress=False, log=lambda s: None)
+    assert items(tmp_path / "index") == items(tmp_path / "fresh") and len(items(tmp_path / "fresh")) == 12
+    again = sync(tmp_path / "index", progress=False, log=lambda s: None)
+    assert again["added"] == 0 and again["removed"] == 0
+
+
 def test_sync_cli_dry_run_and_json(pictures, tiny_model, tmp_path):
     photos = folder_of(pictures, tmp_path / "photos", per_class=4)
     extract(str(tiny_model), str(photos), tmp_path / "shards", progress=False, log=lambda s: None)
