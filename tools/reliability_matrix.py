@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import importlib.util
+import io
 import os
 import random
 import shutil
@@ -481,6 +482,38 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     row(cls, f"prepare {how}, then rerun", "a store identical to an uninterrupted run",
         f"rerun exit {rc}, same SHA-256: {same}" + ("" if same else f" ({line})"), same)
     sync_kill(w, rng)
+    sync_archive_kill(w, rng)
+
+
+def sync_archive_kill(w: Path, rng: random.Random) -> None:
+    """`sync` of an index built from a tar that was written again (members added and taken out) killed once its
+    new members are extracted, then rerun: the index an uninterrupted sync makes."""
+    with tarfile.open(CIFAR) as tf:
+        members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()][::40][:250]
+
+    def write(chosen: list[tuple[str, bytes]]) -> Path:
+        path = w / "a-photos.tar"
+        with tarfile.open(path, "w") as out:
+            for name, data in chosen:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+        return path
+
+    archive = write(members[:200])
+    hx("extract", "--model", MODEL, "--data", str(archive), "--out", str(w / "a-shards"), "--workers", "0")
+    hx("build", str(w / "a-shards"), "--out", str(w / "a-index"), "--signal", "l2")
+    write(members[10:250])  # 10 gone, 50 new
+    ref = copy(w / "a-index", w / "a-ref")
+    hx("sync", str(ref))
+    killed = copy(w / "a-index", w / "a-killed")
+    how = kill_when(["sync", str(killed)], lambda: any('"complete": true' in m.read_text() for m in
+                                                     killed.with_name(killed.name + ".sync").glob("new-*/manifest.json")))
+    rc, line = hx("sync", str(killed))
+    same = rc == 0 and _table(killed) == _table(ref)
+    row("kill -9", f"sync of a tar written again (50 new members, 10 gone) {how} (once they are extracted), then rerun",
+        "the rerun equals an uninterrupted sync", f"rerun exit {rc}, equal: {same}" + ("" if same else f" ({line})"),
+        same)
 
 
 def sync_kill(w: Path, rng: random.Random) -> None:
