@@ -122,15 +122,15 @@ def image_positions(index: Index, images: list[str]) -> np.ndarray:
 
 def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
                   lists: dict[Path, Any] | None = None) -> np.ndarray:
-    """Positions of the items of folder collections whose image file is no longer in the folder (deleted or
-    moved away), of archive collections whose member the tar or zip (written again) no longer has, and of
-    image-list collections whose line the list no longer has or whose file is gone: what `hashindex remove
-    --missing` takes out. Each folder or archive is listed again as extraction read it (its ``#label-sets`` /
-    ``#follow-links`` options, without ``#limit`` / ``#every`` selections); a folder of image files, or of tars and
-    zips (their members named under each archive's name), counts, a prepared store not (its items are not files
-    in it), and a collection whose folder or archive is gone is skipped. ``listings``: folders and archives a caller has just listed (resolved
-    path -> its files' encoded paths), used as they are instead of being listed again (`sync`); ``lists``: image
-    lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
+    """Positions of the items of folder collections whose image file is no longer in the folder (deleted or moved
+    away), of archive collections whose member the tar or zip (written again) no longer has, and of image-list
+    collections whose line the list no longer has or whose file is gone: what `hashindex remove --missing` takes
+    out. Each folder or archive is listed again as extraction read it (its ``#label-sets`` / ``#follow-links``
+    options, without ``#limit`` / ``#every`` selections); a folder of image files, or of tars and zips (their
+    members named under each archive's name), counts, a prepared store not (its items are not files in it), and a
+    collection whose folder or archive is gone is skipped. ``listings``: folders and archives a caller has just
+    listed (resolved path -> its files' encoded paths), used as they are instead of being listed again (`sync`);
+    ``lists``: image lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
     from .data import FolderSource, TarSource, ZipSource, reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
     from .data.webdataset import ConcatSource

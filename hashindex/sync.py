@@ -2,11 +2,11 @@
 files added to a folder since, lines added to a list or members to an archive written again, are extracted and
 appended; items whose file is gone (or whose line a list, or whose member an archive, no longer has) are removed.
 
-It composes what exists: `provenance.folder_collections` and `list_collections` (the folders and image lists an
-index holds that are there now), each listed again as extraction lists it, `extract` of the new files alone
-(`ImageSource.select`: numbered after every id the index holds or held, recorded with the folder's spec, so their
-images, ``--exclude-self`` and the next sync find them by path as they find the others), `index.append`, and
-`index.remove` of `provenance.missing_files`.
+It composes what exists: `provenance.folder_collections`, `list_collections` and `archive_collections` (the
+folders, image lists and archives an index holds that are there now), each listed again as extraction lists it,
+`extract` of the new files alone (`ImageSource.select`: numbered after every id the index holds or held, recorded
+with the folder's spec, so their images, ``--exclude-self`` and the next sync find them by path as they find the
+others), `index.append`, and `index.remove` of `provenance.missing_files`.
 Files are known by path (a moved photo is removed and added again; one edited in place keeps its code unless
 ``check_contents`` decodes every file and compares its net input's digest with the one the index stored).
 Each step is atomic and resumable on its own (the new files' shard directory is named by what they are, so a
@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from .codes import input_digests
 from .data import BadImage, FolderSource, ImageSource, ListSource, TarSource, ZipSource, reopen_source
-from .data.webdataset import ConcatSource
 from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
+from .data.webdataset import ConcatSource
 from .errors import HashindexError
 from .extraction import extract
 from .files import encode_name
