@@ -8,7 +8,7 @@ serve an item's image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import numpy as np
 
@@ -52,33 +52,32 @@ def collection_spec(entry: dict[str, Any]) -> str | None:
     return entry.get("spec") or source_spec(entry["dir"])
 
 
-def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
-    """(entry, folder) for each collection the index holds that was read from a folder that exists now (its
-    items' paths are relative to it); a collection whose folder is gone (a drive unmounted) is not listed."""
+def _present(index: Index, kind: Callable[[Path], bool]) -> list[tuple[dict[str, Any], Path]]:
+    """(entry, path) for each collection the index holds whose source path (its spec without selections) exists
+    now and is of ``kind``."""
     from .index.layout import collections
 
     out = []
     for entry in collections(index.meta):
         spec = collection_spec(entry)
         root = Path(base_spec(spec) or "").resolve() if spec else None
-        if root is not None and root.is_dir():
+        if root is not None and kind(root):
             out.append((entry, root))
     return out
+
+
+def folder_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
+    """(entry, folder) for each collection the index holds that was read from a folder that exists now (its
+    items' paths are relative to it); a collection whose folder is gone (a drive unmounted) is not listed."""
+    return _present(index, Path.is_dir)
 
 
 def list_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
     """(entry, list file) for each collection the index holds that was read from an image list (a ``.txt``,
     ``.csv``, ``.lst`` or ``.tsv`` of paths) that exists now: `sync` keeps those in step as it keeps folders."""
     from .data.lists import LIST_EXTENSIONS
-    from .index.layout import collections
 
-    out = []
-    for entry in collections(index.meta):
-        spec = collection_spec(entry)
-        root = Path(base_spec(spec) or "").resolve() if spec else None
-        if root is not None and root.name.lower().endswith(LIST_EXTENSIONS) and root.is_file():
-            out.append((entry, root))
-    return out
+    return _present(index, lambda p: p.name.lower().endswith(LIST_EXTENSIONS) and p.is_file())
 
 
 def archive_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
@@ -86,15 +85,18 @@ def archive_collections(index: Index) -> list[tuple[dict[str, Any], Path]]:
     items' paths are member names): `sync` keeps those in step as it keeps folders, the archive written again with
     members added or taken out."""
     from .data.members import TAR_EXTENSIONS, ZIP_EXTENSIONS
-    from .index.layout import collections
 
-    out = []
-    for entry in collections(index.meta):
-        spec = collection_spec(entry)
-        root = Path(base_spec(spec) or "").resolve() if spec else None
-        if root is not None and root.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS) and root.is_file():
-            out.append((entry, root))
-    return out
+    return _present(index, lambda p: p.name.lower().endswith(TAR_EXTENSIONS + ZIP_EXTENSIONS) and p.is_file())
+
+
+def lists_files(source: Any) -> bool:
+    """Whether a collection's items are files it lists again as extraction read them (`missing_files`, `sync`): a
+    folder of images or of tars and zips (their members named under each archive's name), one tar or zip; not a
+    prepared store, whose items are not files in it (an image list is read by its lines: `_gone_from_list`)."""
+    from .data import FolderSource, TarSource, ZipSource
+    from .data.webdataset import ConcatSource
+
+    return type(source) in (FolderSource, ConcatSource, TarSource, ZipSource)
 
 
 def image_positions(index: Index, images: list[str]) -> np.ndarray:
@@ -131,9 +133,8 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
     collection whose folder or archive is gone is skipped. ``listings``: folders and archives a caller has just
     listed (resolved path -> its files' encoded paths), used as they are instead of being listed again (`sync`);
     ``lists``: image lists a caller has just read (resolved list -> its `ListSource`), likewise not read again."""
-    from .data import FolderSource, TarSource, ZipSource, reopen_source
+    from .data import reopen_source
     from .data.spec import FOLLOW_LINKS, LABEL_SETS
-    from .data.webdataset import ConcatSource
     from .files import encode_name
 
     gone: list[int] = []
@@ -145,7 +146,7 @@ def missing_files(index: Index, listings: dict[Path, set[str]] | None = None,
                 src = reopen_source("#".join([str(root), *options]))
             except HashindexError:  # nothing readable left in it: as a folder that is gone, left alone
                 continue
-            if type(src) not in (FolderSource, ConcatSource, TarSource, ZipSource):  # (not a prepared store)
+            if not lists_files(src):
                 continue
             listed = {encode_name(p) for p in src.paths}
         paths = index.paths(np.arange(entry["start"], entry["stop"]))

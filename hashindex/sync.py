@@ -23,16 +23,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .codes import input_digests
-from .data import BadImage, FolderSource, ImageSource, ListSource, TarSource, ZipSource, reopen_source
+from .data import BadImage, FolderSource, ImageSource, ListSource, reopen_source
 from .data.spec import FOLLOW_LINKS, LABEL_SETS, LABELS
-from .data.webdataset import ConcatSource
 from .errors import HashindexError
 from .extraction import extract
 from .files import encode_name
 from .index import Index, append, remove
 from .index.layout import next_id, read_index_meta, read_table
 from .provenance import (archive_collections, collection_spec, folder_collections, lines_name_items,
-                         list_collections, missing_files)
+                         list_collections, lists_files, missing_files)
 from .query import index_model
 from .store import ShardSet
 
@@ -41,10 +40,6 @@ if TYPE_CHECKING:
 
 SELECTIONS = ("limit", "every")  # a collection read from part of a folder: its other files are not "new"
 SHOWN = 20  # paths listed per kind in a summary
-# collections whose items are files (or archives' members) sync keeps: a folder (of images, or of tars and zips
-# as WebDataset shards are), a list, one tar or zip
-KEPT = (FolderSource, ConcatSource, ListSource, TarSource, ZipSource)
-LISTED = (FolderSource, ConcatSource, TarSource, ZipSource)  # (their files are listed, `provenance.missing_files`)
 
 
 @dataclass
@@ -102,7 +97,7 @@ def folder_changes(index: Index, tried: list[Path] = ()) -> list[FolderChanges]:
             source = reopen_source("#".join([str(root), *options]))
         except HashindexError:  # nothing readable left in it: nothing new either
             continue
-        if type(source) not in KEPT:  # a prepared store: items not files
+        if type(source) is not ListSource and not lists_files(source):  # a prepared store: items not files
             changes.append(FolderChanges(root, skipped="its items are not image files in it (a prepared store): "
                                                        "extract and build --append those"))
             continue
@@ -181,7 +176,7 @@ def sync(index_dir: str | Path, *, shards: str | Path | None = None, model: str 
     for change in changes if check_contents else ():
         find_edited(change, index, encoder.input_size, encoder.channels, progress)
     edited = np.array([p for c in changes for p, _ in c.edited], np.int64)
-    listed = {c.folder: c.listed for c in changes if type(c.source) in LISTED}
+    listed = {c.folder: c.listed for c in changes if lists_files(c.source)}
     lists = {c.folder: c.source for c in changes if type(c.source) is ListSource}
     gone = np.union1d(missing_files(index, listed, lists), edited)  # folders and lists read once: `folder_changes`
     summary: dict[str, Any] = {
