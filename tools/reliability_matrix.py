@@ -84,6 +84,21 @@ def flip(path: Path, at: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A plain tar of these (name, bytes) members."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def sync_extracted(ix: Path) -> bool:
+    """Whether a running sync of ``ix`` has extracted its new files (a complete shard directory of them)."""
+    return any('"complete": true' in m.read_text() for m in ix.with_name(ix.name + ".sync").glob("new-*/manifest.json"))
+
+
 def copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
@@ -308,12 +323,8 @@ def special_files(w: Path) -> None:
         f"exit {rc}: {totals.get('skipped_by_reason')}, {totals.get('written')} written",
         rc == 0 and totals.get("written") == 4 and totals.get("skipped_by_reason") == {"not-a-file": 2})
     tar = w / "special" / "links.tar"
-    with tarfile.open(tar, "w") as tf:
-        import io
-        for name, data in (("a/x.jpg", jpeg(1)), ("a/y.jpg", jpeg(2))):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    write_tar(tar, [("a/x.jpg", jpeg(1)), ("a/y.jpg", jpeg(2))])
+    with tarfile.open(tar, "a") as tf:
         for kind, name in ((tarfile.SYMTYPE, "a/sym.jpg"), (tarfile.LNKTYPE, "a/hard.jpg")):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, "a/x.jpg"
@@ -482,33 +493,22 @@ def kills(w: Path, shards: Path, rng: random.Random) -> None:
     row(cls, f"prepare {how}, then rerun", "a store identical to an uninterrupted run",
         f"rerun exit {rc}, same SHA-256: {same}" + ("" if same else f" ({line})"), same)
     sync_kill(w, rng)
-    sync_archive_kill(w, rng)
+    sync_archive_kill(w)
 
 
-def sync_archive_kill(w: Path, rng: random.Random) -> None:
+def sync_archive_kill(w: Path) -> None:
     """`sync` of an index built from a tar that was written again (members added and taken out) killed once its
     new members are extracted, then rerun: the index an uninterrupted sync makes."""
     with tarfile.open(CIFAR) as tf:
         members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()][::40][:250]
-
-    def write(chosen: list[tuple[str, bytes]]) -> Path:
-        path = w / "a-photos.tar"
-        with tarfile.open(path, "w") as out:
-            for name, data in chosen:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                out.addfile(info, io.BytesIO(data))
-        return path
-
-    archive = write(members[:200])
+    archive = write_tar(w / "a-photos.tar", members[:200])
     hx("extract", "--model", MODEL, "--data", str(archive), "--out", str(w / "a-shards"), "--workers", "0")
     hx("build", str(w / "a-shards"), "--out", str(w / "a-index"), "--signal", "l2")
-    write(members[10:250])  # 10 gone, 50 new
+    write_tar(archive, members[10:250])  # 10 gone, 50 new
     ref = copy(w / "a-index", w / "a-ref")
     hx("sync", str(ref))
     killed = copy(w / "a-index", w / "a-killed")
-    how = kill_when(["sync", str(killed)], lambda: any('"complete": true' in m.read_text() for m in
-                                                     killed.with_name(killed.name + ".sync").glob("new-*/manifest.json")))
+    how = kill_when(["sync", str(killed)], lambda: sync_extracted(killed))
     rc, line = hx("sync", str(killed))
     same = rc == 0 and _table(killed) == _table(ref)
     row("kill -9", f"sync of a tar written again (50 new members, 10 gone) {how} (once they are extracted), then rerun",
@@ -536,8 +536,7 @@ def sync_kill(w: Path, rng: random.Random) -> None:
     ref = copy(w / "s-index", w / "s-ref")
     hx("sync", str(ref))
     moments = {"while extracting the new files": lambda ix: ix.with_name(ix.name + ".sync").exists(),
-               "once they are extracted": lambda ix: any('"complete": true' in m.read_text() for m in
-                                                          ix.with_name(ix.name + ".sync").glob("new-*/manifest.json")),
+               "once they are extracted": sync_extracted,
                "at a random moment": None}
     for j, (when, ready) in enumerate(moments.items()):
         killed = copy(w / "s-index", w / f"s-killed{j}")
